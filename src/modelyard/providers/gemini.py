@@ -1,0 +1,847 @@
+"""Gemini API egress (Google AI Studio, `generativelanguage.googleapis.com`): generateContent and embeddings.
+
+Requests are rebuilt from the canonical Struct (Gemini's shape differs too much to pass the caller's JSON
+through): system messages become `systemInstruction`, turns alternate `user`/`model`, tool results become
+`functionResponse` parts named after the call they answer, and sampling knobs move to `generationConfig`.
+Schemas go out as `parametersJsonSchema`/`responseJsonSchema`, the fields that take real JSON Schema, so
+OpenAI-style schemas (`additionalProperties`, `$defs`/`$ref`, `anyOf`) need no lossy rewriting.
+
+Thought signatures: Gemini 3 rejects a replayed `functionCall` that lacks the signature it was issued with.
+OpenAI clients only echo a tool call's id, so the signature travels inside it
+(`call_<24 hex>_ts_<url-safe base64>`); history that never came from Gemini (another provider, a failover)
+gets Google's documented placeholder signature instead. `options["thought_signatures"] = False` turns both
+off.
+
+Finish reasons the model uses for unusable output (MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL,
+MALFORMED_RESPONSE) become a retryable ProviderError(server) when no candidate produced anything: an empty
+answer is useless to the client and a second attempt usually succeeds. A candidate with usable output keeps
+it and finishes with "stop".
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import struct
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import msgspec
+
+from modelyard.config.model import Deployment
+from modelyard.providers.base import (
+    Completion,
+    HttpCall,
+    SSEEvent,
+    StreamStamp,
+    kind_from_status,
+    mentions_context_length,
+    new_id,
+    parse_retry_after,
+)
+from modelyard.schema.chat import (
+    AssistantMessage,
+    AudioPart,
+    ChatRequest,
+    Content,
+    DeveloperMessage,
+    EmbeddingRequest,
+    FilePart,
+    FunctionTool,
+    ImagePart,
+    RefusalPart,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    SystemMessage,
+    TextPart,
+    ToolChoiceAllowed,
+    ToolChoiceFunction,
+    ToolMessage,
+    Usage,
+    UserMessage,
+    text_of,
+)
+from modelyard.schema.errors import ErrorKind, ProviderError, bad_request
+
+DEFAULT_BASE = "https://generativelanguage.googleapis.com"
+DEFAULT_API_VERSION = "v1beta"
+#: Google's documented placeholder for function calls Gemini did not issue itself (foreign history).
+PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+_CALL_PREFIX = "call_"
+_SIGNATURE_MARK = "_ts_"
+_HEX = frozenset("0123456789abcdef")
+
+_FILTERED = frozenset({
+    "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
+    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR", "ESCALATION", "PUP_LIMITED_DISABLED",
+})
+_LENGTH = frozenset({"MAX_TOKENS", "CONTINUATION"})
+#: The model produced something that cannot be handed to a client: retry rather than answer empty.
+_UNUSABLE = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MALFORMED_RESPONSE"})
+
+_MIME_BY_EXTENSION = {
+    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
+    "heic": "image/heic", "heif": "image/heif", "bmp": "image/bmp", "pdf": "application/pdf",
+    "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+    "json": "application/json",
+    "wav": "audio/wav", "mp3": "audio/mp3", "aac": "audio/aac", "ogg": "audio/ogg", "flac": "audio/flac",
+    "aiff": "audio/aiff", "mp4": "video/mp4", "mov": "video/mov", "webm": "video/webm", "mpeg": "video/mpeg",
+}
+_AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "aac": "audio/aac",
+               "ogg": "audio/ogg", "aiff": "audio/aiff", "pcm16": "audio/pcm", "opus": "audio/ogg"}
+
+_TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
+_KIND_BY_GRPC = {
+    "UNAVAILABLE": ErrorKind.OVERLOADED, "DEADLINE_EXCEEDED": ErrorKind.TIMEOUT, "INTERNAL": ErrorKind.SERVER,
+    "UNKNOWN": ErrorKind.SERVER, "CANCELLED": ErrorKind.CONNECTION, "INVALID_ARGUMENT": ErrorKind.BAD_REQUEST,
+    "NOT_FOUND": ErrorKind.BAD_REQUEST,
+}
+
+#: reasoning_effort → Gemini 3 `thinkingLevel`: every Gemini 3 model takes "low" and "high", not all take
+#: the others, so those two are the portable choice.
+_THINKING_LEVEL = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high",
+                   "xhigh": "high"}
+#: reasoning_effort → Gemini 2.x `thinkingBudget` (tokens), the values Google's OpenAI layer documents.
+_THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
+
+
+# ============================================================================ the adapter
+
+
+class GeminiAdapter:
+    """The Gemini API wire format (`models/{model}:generateContent`, `:streamGenerateContent`, embeddings)."""
+
+    name: ClassVar[str] = "gemini"
+
+    # ------------------------------------------------------------------ requests
+
+    def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
+        body = build_request(dep, req, raw)
+        method = "streamGenerateContent?alt=sse" if stream else "generateContent"
+        return HttpCall("POST", f"{_model_url(dep)}:{method}", _headers(dep), _encode(body))
+
+    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        model = _model_path(dep.model)
+        entries = []
+        for text in _embedding_texts(req):
+            entry: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
+            if req.dimensions is not None:
+                entry["outputDimensionality"] = req.dimensions
+            if dep.options.get("task_type"):
+                entry["taskType"] = dep.options["task_type"]
+            entries.append(entry)
+        return HttpCall("POST", f"{_model_url(dep)}:batchEmbedContents", _headers(dep),
+                        _encode({"requests": entries}))
+
+    # ------------------------------------------------------------------ answers
+
+    def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion:
+        data = _decode_object(body)
+        if isinstance(data.get("error"), dict):
+            raise _error_from_object(data["error"], 0)
+        candidates = data.get("candidates") or []
+        if not candidates:
+            raise _no_candidates(data)
+        signatures = _signatures_on(dep)
+        choices = [_choice(cand, signatures) for cand in candidates]
+        if all(choice is None for choice in choices):
+            raise _unusable(candidates[0])
+        model = str(data.get("modelVersion") or dep.model)
+        usage = usage_from(data.get("usageMetadata"))
+        out = {
+            "id": str(data.get("responseId") or new_id("chatcmpl-")),
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": sorted((c for c in choices if c is not None), key=lambda c: c["index"]),
+            "usage": usage.to_openai(),
+        }
+        return Completion(out, usage, model)
+
+    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
+        data = _decode_object(body)
+        vectors = data.get("embeddings")
+        if vectors is None and isinstance(data.get("embedding"), dict):  # :embedContent's single answer
+            vectors = [data["embedding"]]
+        if not isinstance(vectors, list):
+            raise ProviderError(ErrorKind.SERVER, "malformed embeddings response: no embeddings")
+        as_base64 = req.encoding_format == "base64"
+        items = []
+        for index, vector in enumerate(vectors):
+            values = [float(v) for v in (vector or {}).get("values") or []]
+            embedding: Any = _float32_base64(values) if as_base64 else values
+            items.append({"object": "embedding", "index": index, "embedding": embedding})
+        reported = (data.get("usageMetadata") or {}).get("promptTokenCount")
+        prompt = int(reported) if reported else sum(len(text) // 4 for text in _embedding_texts(req))
+        out = {"object": "list", "data": items, "model": dep.model,
+               "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        return Completion(out, Usage(prompt=prompt), dep.model)
+
+    def stream_translator(self, dep: Deployment, req: ChatRequest) -> GeminiStreamTranslator:
+        return GeminiStreamTranslator(StreamStamp(model=dep.model), signatures=_signatures_on(dep))
+
+    # ------------------------------------------------------------------ errors
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        err = _error_object(body)
+        kind = classify(status, str(err.get("status") or ""), str(err.get("message") or ""),
+                        err.get("details"))
+        text = str(err.get("message") or "").strip() or f"HTTP {status}"
+        retry_after = retry_delay(err.get("details"))
+        if retry_after is None:
+            retry_after = parse_retry_after(headers)
+        return ProviderError(kind, f"provider answered {status}: {text}", status=status,
+                             retry_after=retry_after)
+
+
+# ============================================================================ URLs and headers
+
+
+def _headers(dep: Deployment) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if dep.api_key:
+        headers["x-goog-api-key"] = dep.api_key
+    if dep.headers:
+        headers.update(dep.headers)
+    return headers
+
+
+def _model_path(model: str) -> str:
+    """`models/{id}`; names that already carry a collection (`models/...`, `tunedModels/...`) are kept."""
+    return model if "/" in model else f"models/{model}"
+
+
+def _model_url(dep: Deployment) -> str:
+    base = (dep.api_base or DEFAULT_BASE).rstrip("/")
+    last = base.rsplit("/", 1)[-1]
+    if not (last.startswith("v") and last[1:2].isdigit()):  # api_base may already name the version
+        base = f"{base}/{dep.options.get('api_version') or DEFAULT_API_VERSION}"
+    return f"{base}/{_model_path(dep.model)}"
+
+
+def _signatures_on(dep: Deployment) -> bool:
+    return bool(dep.options.get("thought_signatures", True))
+
+
+# ============================================================================ request: messages
+
+
+def build_request(dep: Deployment, req: ChatRequest, raw: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The generateContent body for a canonical request (also what the simulator and tests inspect)."""
+    contents, system = _contents(req, _signatures_on(dep))
+    body: dict[str, Any] = {"contents": contents}
+    if system:
+        body["systemInstruction"] = {"parts": system}
+    declarations = _declarations(req)
+    if declarations:
+        body["tools"] = [{"functionDeclarations": declarations}]
+    tool_config = _tool_config(req)
+    if tool_config:
+        body["toolConfig"] = tool_config
+    config = _generation_config(dep, req, raw or {})
+    if config:
+        body["generationConfig"] = config
+    if dep.options.get("safety_settings"):
+        body["safetySettings"] = dep.options["safety_settings"]
+    if dep.options.get("cached_content"):
+        body["cachedContent"] = dep.options["cached_content"]
+    return body
+
+
+def _contents(req: ChatRequest, signatures: bool) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Gemini turns (same-role neighbours merged) and the system instruction's parts."""
+    contents: list[dict[str, Any]] = []
+    system: list[dict[str, Any]] = []
+    names: dict[str, str] = {}  # tool_call_id → function name, for the functionResponse that answers it
+    for i, msg in enumerate(req.messages):
+        where = f"messages[{i}]"
+        if isinstance(msg, SystemMessage | DeveloperMessage):
+            text = text_of(msg.content)
+            if text:
+                system.append({"text": text})
+            continue
+        if isinstance(msg, UserMessage):
+            _append(contents, "user", _user_parts(msg.content, where))
+        elif isinstance(msg, AssistantMessage):
+            _append(contents, "model", _assistant_parts(msg, names, signatures, where))
+        elif isinstance(msg, ToolMessage):
+            _append(contents, "user", [_tool_result(msg, names, where)])
+    return contents, system
+
+
+def _append(contents: list[dict[str, Any]], role: str, parts: list[dict[str, Any]]) -> None:
+    if not parts:
+        return
+    if contents and contents[-1]["role"] == role:
+        contents[-1]["parts"].extend(parts)
+    else:
+        contents.append({"role": role, "parts": parts})
+
+
+def _user_parts(content: Content, where: str) -> list[dict[str, Any]]:
+    if isinstance(content, str):
+        return [{"text": content}] if content else []
+    parts: list[dict[str, Any]] = []
+    for j, part in enumerate(content):
+        param = f"{where}.content[{j}]"
+        if isinstance(part, TextPart):
+            if part.text:
+                parts.append({"text": part.text})
+        elif isinstance(part, RefusalPart):
+            parts.append({"text": part.refusal})
+        elif isinstance(part, ImagePart):
+            parts.append(_image_part(part.image_url.url, param))
+        elif isinstance(part, AudioPart):
+            parts.append(_audio_part(part, param))
+        elif isinstance(part, FilePart):
+            parts.append(_file_part(part, param))
+    return parts
+
+
+def _image_part(url: str, param: str) -> dict[str, Any]:
+    if url.startswith("data:"):
+        mime, data = _data_url(url, param)
+        return {"inlineData": {"mimeType": mime, "data": data}}
+    if url.startswith(("http://", "https://", "gs://")):
+        return {"fileData": {"mimeType": _guess_mime(url) or "image/jpeg", "fileUri": url}}
+    raise bad_request("image_url must be an http(s) URL or a base64 data URL", param=param)
+
+
+def _audio_part(part: AudioPart, param: str) -> dict[str, Any]:
+    fmt = part.input_audio.format.lower()
+    mime = _AUDIO_MIME.get(fmt)
+    if mime is None:
+        raise bad_request(f"audio format {fmt!r} is not supported by Gemini", param=param)
+    return {"inlineData": {"mimeType": mime, "data": part.input_audio.data}}
+
+
+def _file_part(part: FilePart, param: str) -> dict[str, Any]:
+    ref = part.file
+    guessed = _guess_mime(ref.filename or "")
+    if ref.file_data:
+        if ref.file_data.startswith("data:"):
+            mime, data = _data_url(ref.file_data, param)
+            return {"inlineData": {"mimeType": mime, "data": data}}
+        if guessed is None:
+            raise bad_request("file_data without a data: URL needs a filename with a known extension",
+                              param=param)
+        return {"inlineData": {"mimeType": guessed, "data": ref.file_data}}
+    file_id = ref.file_id or ""
+    if file_id.startswith(("https://", "files/")):  # a Gemini Files API upload
+        uri = file_id if file_id.startswith("https://") else f"{DEFAULT_BASE}/{DEFAULT_API_VERSION}/{file_id}"
+        return {"fileData": {"mimeType": guessed or "application/pdf", "fileUri": uri}}
+    raise bad_request("Gemini cannot read this file: send file_data (base64) or a Gemini Files API URI",
+                      param=param)
+
+
+def _data_url(url: str, param: str) -> tuple[str, str]:
+    header, sep, data = url.partition(",")
+    meta = header[5:].split(";")
+    if not sep or "base64" not in meta[1:] or not meta[0]:
+        raise bad_request("data URLs must be base64 with a media type (data:<mime>;base64,...)", param=param)
+    return meta[0], data
+
+
+def _guess_mime(name: str) -> str | None:
+    path = name.split("?", 1)[0].split("#", 1)[0]
+    last = path.rsplit("/", 1)[-1]
+    if "." not in last:
+        return None
+    return _MIME_BY_EXTENSION.get(last.rsplit(".", 1)[-1].lower())
+
+
+def _assistant_parts(
+    msg: AssistantMessage, names: dict[str, str], signatures: bool, where: str
+) -> list[dict[str, Any]]:
+    parts = _user_parts(msg.content, where) if msg.content else []
+    calls: list[dict[str, Any]] = []
+    for j, call in enumerate(msg.tool_calls or []):
+        names[call.id] = call.function.name
+        part: dict[str, Any] = {"functionCall": {"name": call.function.name,
+                                                 "args": _arguments(call.function.arguments, where, j)}}
+        signature = signature_from_id(call.id) if signatures else None
+        if signature:
+            part["thoughtSignature"] = signature
+        calls.append(part)
+    if signatures and calls and not any("thoughtSignature" in c for c in calls):
+        calls[0]["thoughtSignature"] = PLACEHOLDER_SIGNATURE  # history Gemini did not write
+    return parts + calls
+
+
+def _arguments(arguments: str, where: str, j: int) -> dict[str, Any]:
+    if not arguments.strip():
+        return {}
+    try:
+        args = _decode(arguments)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        args = None
+    if not isinstance(args, dict):
+        raise bad_request("tool call arguments must be a JSON object",
+                          param=f"{where}.tool_calls[{j}].function.arguments")
+    return args
+
+
+def _tool_result(msg: ToolMessage, names: Mapping[str, str], where: str) -> dict[str, Any]:
+    name = names.get(msg.tool_call_id)
+    if name is None:
+        raise bad_request(f"tool message answers unknown tool_call_id {msg.tool_call_id!r}: no earlier "
+                          "assistant tool call has that id", param=f"{where}.tool_call_id")
+    text = text_of(msg.content)
+    response: Any = None
+    if text.lstrip().startswith("{"):
+        try:
+            response = _decode(text)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            response = None
+    if not isinstance(response, dict):
+        response = {"output": text}  # Gemini's documented key for a plain function output
+    return {"functionResponse": {"name": name, "response": response}}
+
+
+# ============================================================================ request: tools and config
+
+
+def _declarations(req: ChatRequest) -> list[dict[str, Any]]:
+    choice = req.tool_choice
+    # allowed_tools in "auto" mode: Gemini's AUTO has no allow-list, so only the allowed tools are declared
+    # ("required" uses ANY + allowedFunctionNames and keeps every declaration).
+    narrowed = isinstance(choice, ToolChoiceAllowed) and choice.allowed_tools.mode == "auto"
+    allowed = set(_allowed_names(req)) if narrowed else None
+    out: list[dict[str, Any]] = []
+    for i, tool in enumerate(req.tools or []):
+        if not isinstance(tool, FunctionTool):
+            raise bad_request("Gemini supports only function tools", param=f"tools[{i}]")
+        fn = tool.function
+        if allowed is not None and fn.name not in allowed:
+            continue
+        decl: dict[str, Any] = {"name": fn.name}
+        if fn.description:
+            decl["description"] = fn.description
+        if fn.parameters:
+            decl["parametersJsonSchema"] = _schema(fn.parameters)
+        out.append(decl)
+    return out
+
+
+def _schema(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON Schema for Gemini's `*JsonSchema` fields: only the `$schema` dialect marker is dropped."""
+    return {k: v for k, v in schema.items() if k != "$schema"}
+
+
+def _allowed_names(req: ChatRequest) -> list[str]:
+    choice = req.tool_choice
+    if not isinstance(choice, ToolChoiceAllowed):
+        return []
+    names = []
+    for tool in choice.allowed_tools.tools:
+        fn = tool.get("function")
+        name = fn.get("name") if isinstance(fn, dict) else tool.get("name")
+        if isinstance(name, str):
+            names.append(name)
+    return names
+
+
+def _tool_config(req: ChatRequest) -> dict[str, Any] | None:
+    choice = req.tool_choice
+    if choice is None or not req.tools:
+        return None
+    config: dict[str, Any]
+    if isinstance(choice, str):
+        config = {"mode": _TOOL_MODES[choice]}
+    elif isinstance(choice, ToolChoiceFunction):
+        config = {"mode": "ANY", "allowedFunctionNames": [choice.function.name]}
+    elif isinstance(choice, ToolChoiceAllowed):
+        if choice.allowed_tools.mode == "required":
+            config = {"mode": "ANY", "allowedFunctionNames": _allowed_names(req)}
+        else:
+            config = {"mode": "AUTO"}  # the declarations were narrowed to the allowed ones
+    else:
+        raise bad_request("Gemini supports only function tools", param="tool_choice")
+    return {"functionCallingConfig": config}
+
+
+def _generation_config(dep: Deployment, req: ChatRequest, raw: Mapping[str, Any]) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    pairs: tuple[tuple[str, Any], ...] = (
+        ("maxOutputTokens", req.output_limit),
+        ("temperature", req.temperature),
+        ("topP", req.top_p),
+        ("topK", raw.get("top_k")),
+        ("seed", req.seed),
+        ("candidateCount", req.n),
+        ("presencePenalty", req.presence_penalty),
+        ("frequencyPenalty", req.frequency_penalty),
+    )
+    for key, value in pairs:
+        if value is not None:
+            config[key] = value
+    if req.stop_list:
+        config["stopSequences"] = req.stop_list
+    if req.logprobs:
+        config["responseLogprobs"] = True
+        if req.top_logprobs is not None:
+            config["logprobs"] = req.top_logprobs
+    fmt = req.response_format
+    if isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema):
+        config["responseMimeType"] = "application/json"
+        if isinstance(fmt, ResponseFormatJsonSchema) and fmt.json_schema.schema:
+            config["responseJsonSchema"] = _schema(fmt.json_schema.schema)
+    thinking = _thinking_config(dep, req)
+    if thinking:
+        config["thinkingConfig"] = thinking
+    extra = dep.options.get("generation_config")
+    if isinstance(extra, dict):
+        config.update(extra)
+    return config
+
+
+def _thinking_config(dep: Deployment, req: ChatRequest) -> dict[str, Any] | None:
+    """reasoning_effort → thinkingConfig: `thinkingLevel` for Gemini 3, `thinkingBudget` before it."""
+    configured = dep.options.get("thinking_config")
+    if isinstance(configured, dict):
+        return dict(configured)
+    effort = (req.reasoning_effort or "").lower()
+    include = dep.options.get("include_thoughts")
+    if effort not in _THINKING_BUDGET:
+        return {"includeThoughts": True} if include else None
+    thinking: dict[str, Any]
+    if "gemini-3" in dep.model:
+        thinking = {"thinkingLevel": _THINKING_LEVEL[effort]}
+    else:
+        thinking = {"thinkingBudget": _THINKING_BUDGET[effort]}
+    thinking["includeThoughts"] = bool(include if include is not None else effort != "none")
+    return thinking
+
+
+def _embedding_texts(req: EmbeddingRequest) -> list[str]:
+    value = req.input
+    if isinstance(value, str):
+        return [value]
+    if all(isinstance(item, str) for item in value):
+        return [str(item) for item in value]
+    raise bad_request("Gemini embeds text only; token-id input is not supported", param="input")
+
+
+# ============================================================================ answers
+
+
+def _choice(cand: dict[str, Any], signatures: bool) -> dict[str, Any] | None:
+    """One candidate as an OpenAI choice; None when the model's output for it is unusable."""
+    text, thoughts, calls = split_parts((cand.get("content") or {}).get("parts"), signatures)
+    reason = cand.get("finishReason")
+    if reason in _UNUSABLE and not text and not calls:
+        return None
+    message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
+    if calls:
+        message["tool_calls"] = calls
+    if thoughts:
+        message["reasoning_content"] = thoughts
+    return {
+        "index": _index(cand),
+        "message": message,
+        "finish_reason": finish_reason(reason, bool(calls)),
+        "logprobs": _logprobs(cand.get("logprobsResult")),
+    }
+
+
+def _index(cand: dict[str, Any]) -> int:
+    return int(cand.get("index") or 0)  # proto3 JSON leaves out the default: no index means 0
+
+
+def split_parts(parts: Any, signatures: bool) -> tuple[str, str, list[dict[str, Any]]]:
+    """(answer text, thought text, tool calls) of a candidate's parts."""
+    text: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for part in parts or ():
+        if not isinstance(part, dict):
+            continue
+        call = part.get("functionCall")
+        if isinstance(call, dict):
+            signature = part.get("thoughtSignature") if signatures else None
+            calls.append({
+                "id": tool_call_id(signature if isinstance(signature, str) else None),
+                "type": "function",
+                "function": {"name": str(call.get("name") or ""),
+                             "arguments": _encode(call.get("args") or {}).decode()},
+            })
+        elif isinstance(part.get("text"), str):
+            (thoughts if part.get("thought") else text).append(part["text"])
+    return "".join(text), "".join(thoughts), calls
+
+
+def finish_reason(reason: Any, has_calls: bool) -> str | None:
+    """Gemini `finishReason` → OpenAI `finish_reason` (None while a stream is still going)."""
+    if not reason:
+        return None
+    if reason in _FILTERED:
+        return "content_filter"
+    if reason in _LENGTH:
+        return "length"
+    return "tool_calls" if has_calls else "stop"
+
+
+def usage_from(meta: Any) -> Usage:
+    """usageMetadata in OpenAI's sense: prompt includes cached (and tool-use prompt) tokens, completion
+    includes thoughts, which OpenAI counts as reasoning tokens inside completion tokens."""
+    if not isinstance(meta, dict):
+        return Usage()
+    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    return Usage(
+        prompt=int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0),
+        completion=int(meta.get("candidatesTokenCount") or 0) + thoughts,
+        cached=int(meta.get("cachedContentTokenCount") or 0),
+        reasoning=thoughts,
+    )
+
+
+def _logprobs(result: Any) -> dict[str, Any] | None:
+    if not isinstance(result, dict) or not result.get("chosenCandidates"):
+        return None
+    tops = result.get("topCandidates") or []
+    content = []
+    for i, chosen in enumerate(result["chosenCandidates"]):
+        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
+        alternatives = top.get("candidates") or []
+        content.append({
+            "token": chosen.get("token", ""),
+            "logprob": float(chosen.get("logProbability", 0.0)),
+            "bytes": None,
+            "top_logprobs": [{"token": alt.get("token", ""), "logprob": float(alt.get("logProbability", 0.0)),
+                              "bytes": None} for alt in alternatives],
+        })
+    return {"content": content, "refusal": None}
+
+
+def _no_candidates(data: dict[str, Any]) -> ProviderError:
+    feedback = data.get("promptFeedback") or {}
+    reason = feedback.get("blockReason")
+    if reason:
+        detail = feedback.get("blockReasonMessage")
+        suffix = f": {detail}" if detail else ""
+        return ProviderError(ErrorKind.CONTENT_FILTER, f"Gemini blocked the prompt ({reason}){suffix}")
+    return ProviderError(ErrorKind.SERVER, "malformed response: no candidates")
+
+
+def _unusable(cand: dict[str, Any], *, after_first_byte: bool = False) -> ProviderError:
+    reason = cand.get("finishReason")
+    detail = cand.get("finishMessage")
+    suffix = f": {detail}" if detail else ""
+    return ProviderError(ErrorKind.SERVER, f"Gemini produced no usable output ({reason}){suffix}",
+                         after_first_byte=after_first_byte)
+
+
+# ============================================================================ thought signatures in ids
+
+
+def tool_call_id(signature: str | None = None) -> str:
+    """A fresh `call_...` id, carrying the thought signature (url-safe, unpadded) when there is one."""
+    base = new_id(_CALL_PREFIX)
+    if not signature:
+        return base
+    standard = signature.replace("-", "+").replace("_", "/").rstrip("=")
+    try:
+        raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return base
+    return base + _SIGNATURE_MARK + base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def signature_from_id(call_id: str) -> str | None:
+    """The thought signature a `tool_call_id` carries (standard base64), or None."""
+    head = len(_CALL_PREFIX) + 24
+    tail = head + len(_SIGNATURE_MARK)
+    if not (call_id.startswith(_CALL_PREFIX) and call_id[head:tail] == _SIGNATURE_MARK):
+        return None
+    if not set(call_id[len(_CALL_PREFIX):head]) <= _HEX:
+        return None
+    encoded = call_id[tail:]
+    try:
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+    except (binascii.Error, ValueError):
+        return None
+    return base64.b64encode(raw).decode() if raw else None
+
+
+# ============================================================================ errors
+
+
+def classify(status: int, grpc_status: str, message: str, details: Any = None) -> ErrorKind:
+    """A Gemini error (HTTP status, google.rpc status name, message) → kind."""
+    grpc = grpc_status.upper()
+    lowered = message.lower()
+    if grpc == "RESOURCE_EXHAUSTED" or status == 429:
+        return ErrorKind.RATE_LIMITED
+    if grpc in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
+        return ErrorKind.AUTH
+    if "api key" in lowered and ("not valid" in lowered or "expired" in lowered or "invalid" in lowered):
+        return ErrorKind.AUTH
+    if _error_reason(details) in ("API_KEY_INVALID", "API_KEY_EXPIRED"):
+        return ErrorKind.AUTH
+    if grpc == "FAILED_PRECONDITION":  # e.g. "User location is not supported", billing not enabled
+        return ErrorKind.AUTH
+    if status in (0, 200, 400, 413) and grpc in ("", "INVALID_ARGUMENT") and mentions_context_length(message):
+        return ErrorKind.CONTEXT_LENGTH
+    if grpc in _KIND_BY_GRPC:
+        return _KIND_BY_GRPC[grpc]
+    if status in (0, 200):  # an error object inside a 200 stream with no usable status
+        return ErrorKind.SERVER
+    return kind_from_status(status)
+
+
+def _error_reason(details: Any) -> str:
+    for detail in details if isinstance(details, list) else ():
+        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo"):
+            return str(detail.get("reason") or "")
+    return ""
+
+
+def retry_delay(details: Any) -> float | None:
+    """Seconds from a `google.rpc.RetryInfo` detail (`"retryDelay": "7s"`, `"0.5s"`), or None."""
+    for detail in details if isinstance(details, list) else ():
+        if not (isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo")):
+            continue
+        delay = detail.get("retryDelay")
+        if isinstance(delay, dict):  # a Duration written as an object
+            return max(0.0, float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9)
+        if isinstance(delay, str) and delay.endswith("s"):
+            try:
+                return max(0.0, float(delay[:-1]))
+            except ValueError:
+                return None
+    return None
+
+
+def _error_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return {"message": body[:200].decode("utf-8", "replace").strip()}
+    if isinstance(data, list) and data:  # the non-SSE stream endpoint answers with a JSON array
+        data = data[0]
+    err = data.get("error") if isinstance(data, dict) else None
+    return err if isinstance(err, dict) else {}
+
+
+def _error_from_object(err: dict[str, Any], status: int, *, after_first_byte: bool = False) -> ProviderError:
+    code = err.get("code")
+    http = int(code) if isinstance(code, int) else status
+    message = str(err.get("message") or "error object from Gemini")
+    kind = classify(http, str(err.get("status") or ""), message, err.get("details"))
+    return ProviderError(kind, f"provider error: {message}", status=http or None,
+                         retry_after=retry_delay(err.get("details")), after_first_byte=after_first_byte)
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
+    return data
+
+
+def _float32_base64(values: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
+
+
+# ============================================================================ streaming
+
+
+class GeminiStreamTranslator:
+    """Each SSE event is a whole GenerateContentResponse fragment; Gemini sends no terminal marker, so the
+    stream is complete once every candidate seen has a finishReason."""
+
+    def __init__(self, stamp: StreamStamp, *, signatures: bool = True) -> None:
+        self.stamp = stamp
+        self.usage = Usage()
+        self.model = stamp.model
+        self._signatures = signatures
+        self._seen: set[int] = set()
+        self._finished: set[int] = set()
+        self._started: set[int] = set()  # candidates whose role chunk went out
+        self._calls: dict[int, int] = {}  # candidate → tool calls emitted so far
+        self._emitted = False
+
+    @property
+    def done(self) -> bool:
+        return bool(self._finished) and self._seen <= self._finished
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        data = event.data.strip()
+        if not data:
+            return []
+        try:
+            obj = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not JSON)",
+                                after_first_byte=self._emitted) from None
+        if not isinstance(obj, dict):
+            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)",
+                                after_first_byte=self._emitted)
+        if isinstance(obj.get("error"), dict):
+            raise _error_from_object(obj["error"], 0, after_first_byte=self._emitted)
+        if obj.get("usageMetadata"):
+            self.usage = usage_from(obj["usageMetadata"])
+        if obj.get("modelVersion"):
+            self.model = str(obj["modelVersion"])
+        if obj.get("responseId") and not self._emitted:  # the same on every event; ours until then
+            self.stamp.id = str(obj["responseId"])
+        candidates = obj.get("candidates") or []
+        if not candidates and (obj.get("promptFeedback") or {}).get("blockReason"):
+            raise _no_candidates(obj)
+        chunks = []
+        for cand in candidates:
+            chunk = self._chunk(cand)
+            if chunk is not None:
+                chunks.append(chunk)
+        self._emitted = self._emitted or bool(chunks)
+        return chunks
+
+    def _chunk(self, cand: dict[str, Any]) -> dict[str, Any] | None:
+        index = _index(cand)
+        self._seen.add(index)
+        text, thoughts, calls = split_parts((cand.get("content") or {}).get("parts"), self._signatures)
+        delta: dict[str, Any] = {}
+        if thoughts:
+            delta["reasoning_content"] = thoughts
+        if text:
+            delta["content"] = text
+        if calls:
+            first = self._calls.get(index, 0)
+            delta["tool_calls"] = [{"index": first + k, **call} for k, call in enumerate(calls)]
+            self._calls[index] = first + len(calls)
+        reason = cand.get("finishReason")
+        if reason:
+            self._finished.add(index)
+            if reason in _UNUSABLE and index not in self._started and not delta and not self._emitted:
+                raise _unusable(cand)  # nothing reached the client: a retry is invisible to it
+        finish = finish_reason(reason, self._calls.get(index, 0) > 0)
+        if not delta and finish is None:
+            return None
+        if index not in self._started:
+            self._started.add(index)
+            delta = {"role": "assistant", **delta}
+        return {
+            "id": self.stamp.id,
+            "object": "chat.completion.chunk",
+            "created": self.stamp.created,
+            "model": self.model,
+            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}],
+        }
+
+    def finish(self) -> list[dict[str, Any]]:
+        if not self._finished:
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before Gemini sent a finishReason",
+                                after_first_byte=True)
+        return []
+
+
+__all__ = ["PLACEHOLDER_SIGNATURE", "GeminiAdapter", "GeminiStreamTranslator", "build_request", "classify",
+           "finish_reason", "retry_delay", "signature_from_id", "split_parts", "tool_call_id", "usage_from"]

@@ -1,0 +1,278 @@
+"""OpenAI-compatible egress: OpenAI, vLLM, Ollama, llama.cpp, OpenRouter, DeepSeek, Mistral, Groq, Together.
+
+The request body is the caller's own JSON with the deployment's model name swapped in, so fields we do not
+model (vendor extras) pass through unchanged. Answers are normalised: usage always present, ids and
+`created` set, tool-call arguments as JSON strings, and the usage chunk of a stream taken out for
+accounting (the server re-emits it, priced, when the client asked for it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import msgspec
+
+from modelyard.config.model import Deployment
+from modelyard.providers.base import (
+    Completion,
+    HttpCall,
+    SSEEvent,
+    StreamStamp,
+    kind_from_status,
+    mentions_context_length,
+    new_id,
+    parse_retry_after,
+    redact,
+)
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
+from modelyard.schema.errors import ErrorKind, ProviderError
+
+DEFAULT_BASE = "https://api.openai.com/v1"
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+_FINISH_ALIASES = {"eos": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
+
+
+def _headers(dep: Deployment) -> dict[str, str]:
+    headers = {"Content-Type": "application/json"}
+    if dep.api_key:
+        headers["Authorization"] = f"Bearer {dep.api_key}"
+    if dep.headers:
+        headers.update(dep.headers)
+    return headers
+
+
+def _base(dep: Deployment) -> str:
+    return (dep.api_base or DEFAULT_BASE).rstrip("/")
+
+
+class OpenAIAdapter:
+    """Any server that speaks OpenAI's Chat Completions and Embeddings wire format."""
+
+    name: ClassVar[str] = "openai"
+
+    # ------------------------------------------------------------------ requests
+
+    def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
+        body = dict(raw)
+        body.pop("modelyard", None)
+        body["model"] = dep.model
+        if stream:
+            body["stream"] = True
+            if dep.options.get("stream_usage", True):
+                options = dict(body.get("stream_options") or {})
+                options["include_usage"] = True
+                body["stream_options"] = options
+        else:
+            body.pop("stream", None)
+            body.pop("stream_options", None)
+        field = dep.options.get("max_tokens_field")
+        if field and "max_tokens" in body and field != "max_tokens":
+            body[field] = body.pop("max_tokens")
+        return HttpCall("POST", _base(dep) + "/chat/completions", _headers(dep), _encode(body))
+
+    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        body = dict(raw)
+        body.pop("modelyard", None)
+        body["model"] = dep.model
+        return HttpCall("POST", _base(dep) + "/embeddings", _headers(dep), _encode(body))
+
+    # ------------------------------------------------------------------ answers
+
+    def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion:
+        data = _decode_object(body)
+        if not isinstance(data.get("choices"), list):
+            raise ProviderError(ErrorKind.SERVER, "malformed response: no choices")
+        data.setdefault("id", new_id("chatcmpl-"))
+        data["object"] = "chat.completion"
+        data.setdefault("created", int(time.time()))
+        model = data.get("model") or dep.model
+        data["model"] = model
+        for choice in data["choices"]:
+            message = choice.get("message") or {}
+            choice["message"] = message
+            message.setdefault("role", "assistant")
+            message.setdefault("content", None)
+            _normalise_tool_calls(message.get("tool_calls"))
+            choice["finish_reason"] = _finish(choice.get("finish_reason"), message)
+        usage = Usage.from_openai(data.get("usage"))
+        data["usage"] = _usage_dict(data.get("usage"), usage)
+        return Completion(data, usage, model)
+
+    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
+        data = _decode_object(body)
+        if not isinstance(data.get("data"), list):
+            raise ProviderError(ErrorKind.SERVER, "malformed embeddings response: no data")
+        data.setdefault("object", "list")
+        model = data.get("model") or dep.model
+        data["model"] = model
+        raw_usage = data.get("usage") or {}
+        prompt = int(raw_usage.get("prompt_tokens") or 0)
+        data["usage"] = {"prompt_tokens": prompt, "total_tokens": int(raw_usage.get("total_tokens") or prompt)}
+        return Completion(data, Usage(prompt=prompt), model)
+
+    def stream_translator(self, dep: Deployment, req: ChatRequest) -> OpenAIStreamTranslator:
+        return OpenAIStreamTranslator(StreamStamp(model=dep.model))
+
+    # ------------------------------------------------------------------ errors
+
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        message, err_type, code = _error_fields(body)
+        kind = classify(status, message, err_type, code)
+        text = message or f"HTTP {status}"
+        return ProviderError(kind, f"provider answered {status}: {text}", status=status,
+                             retry_after=parse_retry_after(headers))
+
+
+def classify(status: int, message: str, err_type: str, code: str) -> ErrorKind:
+    """OpenAI-style error → kind, from the status refined by `code`/`type`/message."""
+    tags = f"{err_type} {code}".lower()
+    if "insufficient_quota" in tags:
+        return ErrorKind.AUTH
+    if "context_length" in tags or (status in (400, 413, 422) and mentions_context_length(message)):
+        return ErrorKind.CONTEXT_LENGTH
+    if "content_filter" in tags or "content_policy" in tags or "moderation" in tags:
+        return ErrorKind.CONTENT_FILTER
+    if status == 200 or status == 0:  # an error event inside a stream
+        if "rate_limit" in tags:
+            return ErrorKind.RATE_LIMITED
+        if "overloaded" in tags or "unavailable" in tags:
+            return ErrorKind.OVERLOADED
+        if "invalid_request" in tags:
+            return ErrorKind.BAD_REQUEST
+        return ErrorKind.SERVER
+    return kind_from_status(status)
+
+
+def _error_fields(body: bytes) -> tuple[str, str, str]:
+    try:
+        data = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return body[:200].decode("utf-8", "replace").strip(), "", ""
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, dict):
+        return str(err.get("message") or ""), str(err.get("type") or ""), str(err.get("code") or "")
+    if isinstance(err, str):  # vLLM/Ollama style {"error": "..."}
+        return err, "", ""
+    if isinstance(data, dict) and "message" in data:
+        return str(data["message"]), str(data.get("type") or ""), str(data.get("code") or "")
+    return "", "", ""
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
+    return data
+
+
+def _normalise_tool_calls(tool_calls: Any) -> None:
+    if not tool_calls:
+        return
+    for call in tool_calls:
+        call.setdefault("type", "function")
+        if not call.get("id"):
+            call["id"] = new_id("call_")
+        function = call.get("function")
+        if isinstance(function, dict) and not isinstance(function.get("arguments"), str):
+            function["arguments"] = _encode(function.get("arguments") or {}).decode()
+
+
+def _finish(reason: Any, message: dict[str, Any] | None = None) -> str | None:
+    if reason is None:
+        return None
+    reason = _FINISH_ALIASES.get(reason, reason)
+    if message is not None and message.get("tool_calls") and reason == "stop":
+        return "tool_calls"  # some servers say "stop" after a tool call; clients branch on "tool_calls"
+    return str(reason)
+
+
+def _usage_dict(raw: Any, usage: Usage) -> dict[str, Any]:
+    out = usage.to_openai()
+    if isinstance(raw, dict):  # keep provider extras (audio tokens, prediction tokens, ...)
+        for key in ("prompt_tokens_details", "completion_tokens_details"):
+            if isinstance(raw.get(key), dict):
+                out[key] = {**raw[key], **out[key]}
+    return out
+
+
+class OpenAIStreamTranslator:
+    """Passes chunks through, normalised; captures usage; detects a stream that ended early."""
+
+    def __init__(self, stamp: StreamStamp) -> None:
+        self.stamp = stamp
+        self.usage = Usage()
+        self.model = stamp.model
+        self.saw_usage = False
+        self._done = False
+        self._finished = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+        data = event.data
+        if data == b"[DONE]":
+            self._done = True
+            return []
+        if not data.strip():
+            return []
+        try:
+            chunk = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not JSON)") from None
+        if not isinstance(chunk, dict):
+            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)")
+        if "error" in chunk or event.event == "error":
+            err = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+            message = str(err.get("message") or "error event in stream")
+            kind = classify(0, message, str(err.get("type") or ""), str(err.get("code") or ""))
+            raise ProviderError(kind, f"provider stream error: {message}")
+        usage = chunk.pop("usage", None)
+        if usage:
+            self.usage = Usage.from_openai(usage)
+            self.saw_usage = True
+        choices = chunk.get("choices")
+        if not choices:
+            return []  # the usage-only chunk; the server re-emits usage itself
+        if chunk.get("model"):
+            self.model = chunk["model"]
+        chunk.setdefault("id", self.stamp.id)
+        chunk["object"] = "chat.completion.chunk"
+        chunk.setdefault("created", self.stamp.created)
+        chunk.setdefault("model", self.model)
+        for choice in choices:
+            delta = choice.get("delta")
+            if delta is None:
+                choice["delta"] = delta = {}
+            _normalise_stream_tool_calls(delta.get("tool_calls"))
+            reason = choice.get("finish_reason")
+            if reason is not None:
+                choice["finish_reason"] = _finish(reason)
+                self._finished = True
+        return [chunk]
+
+    def finish(self) -> list[dict[str, Any]]:
+        if not (self._done or self._finished):
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before it was complete",
+                                after_first_byte=True)
+        return []
+
+
+def _normalise_stream_tool_calls(tool_calls: Any) -> None:
+    if not tool_calls:
+        return
+    for call in tool_calls:
+        function = call.get("function")
+        if isinstance(function, dict) and "arguments" in function and not isinstance(function["arguments"], str):
+            function["arguments"] = _encode(function["arguments"]).decode()
+
+
+__all__ = ["OpenAIAdapter", "OpenAIStreamTranslator", "classify", "redact"]

@@ -1,0 +1,71 @@
+"""Incremental server-sent-events parser (the WHATWG framing), fed raw bytes as they arrive."""
+
+from __future__ import annotations
+
+from modelyard.providers.base import SSEEvent
+
+
+class SSEParser:
+    """Splits a byte stream into events. Handles LF, CRLF and CR line ends split across reads."""
+
+    __slots__ = ("_buf",)
+
+    def __init__(self) -> None:
+        self._buf = b""
+
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        buf = self._buf + data if self._buf else data
+        if b"\r" in buf:
+            # Keep a trailing CR: the LF that may complete it is in the next read.
+            tail = b"\r" if buf.endswith(b"\r") else b""
+            body = buf[:-1] if tail else buf
+            buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
+        if b"\n\n" not in buf:
+            self._buf = buf
+            return []
+        blocks = buf.split(b"\n\n")
+        self._buf = blocks.pop()
+        events: list[SSEEvent] = []
+        for block in blocks:
+            event = _parse_block(block)
+            if event is not None:
+                events.append(event)
+        return events
+
+    def flush(self) -> list[SSEEvent]:
+        """Events left in the buffer when the stream ends without a final blank line."""
+        buf, self._buf = self._buf.rstrip(b"\r\n"), b""
+        if not buf:
+            return []
+        event = _parse_block(buf.replace(b"\r\n", b"\n").replace(b"\r", b"\n"))
+        return [event] if event is not None else []
+
+    @property
+    def pending(self) -> bytes:
+        return self._buf
+
+
+def _parse_block(block: bytes) -> SSEEvent | None:
+    if block.startswith(b"data: ") and b"\n" not in block:  # the common case: one data line
+        return SSEEvent(block[6:])
+    name: str | None = None
+    data: list[bytes] = []
+    for line in block.split(b"\n"):
+        if not line or line.startswith(b":"):
+            continue
+        key, sep, value = line.partition(b":")
+        if sep and value.startswith(b" "):
+            value = value[1:]
+        if key == b"data":
+            data.append(value)
+        elif key == b"event":
+            name = value.decode("utf-8", "replace")
+    if not data and name is None:
+        return None
+    return SSEEvent(b"\n".join(data), name)
+
+
+def encode_event(data: bytes, event: str | None = None) -> bytes:
+    if event is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + event.encode() + b"\ndata: " + data + b"\n\n"

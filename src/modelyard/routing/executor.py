@@ -1,0 +1,452 @@
+"""The executor: walks a plan, attempt by attempt, under timeouts, retries, failover and hedging.
+
+It owns everything the planner may not touch: the clock, I/O (through the transport and adapters) and
+the state updates (health, RPM/TPM windows). Each attempt leaves an `AttemptRecord`; the records of a
+request add up to its history, its attempt count and its cost (a hedged loser included).
+
+Streaming: failover happens before the first byte reaches the client, because an attempt only counts as
+answered once its first chunk is in hand. A failure after that ends the client's stream with an error
+event (the server's job), never with a silent clean end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.accounting.prices import cost_usd, estimate_cost_usd
+from modelyard.accounting.tokens import count_text
+from modelyard.config.model import Deployment, Price, Timeouts
+from modelyard.providers.base import Adapter, Completion, StreamTranslator
+from modelyard.providers.transport import EventStream, Transport
+from modelyard.routing.attempts import AttemptRecord, Next, RetryPolicy
+from modelyard.routing.features import RequestFeatures
+from modelyard.routing.health import HealthTracker
+from modelyard.routing.limits import DeploymentLimits
+from modelyard.routing.plan import Plan
+from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+
+log = logging.getLogger("modelyard.executor")
+
+Replan = Callable[[str], Plan]
+
+
+@dataclass(slots=True)
+class Success:
+    """A non-streaming answer and how it was obtained."""
+
+    completion: Completion
+    deployment: Deployment
+    records: list[AttemptRecord]
+    latency_ms: float
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(r.cost_usd for r in self.records)
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A stream whose first chunks are in hand (the point of no failover)."""
+
+    stream: EventStream
+    events: AsyncIterator[Any]
+    translator: StreamTranslator
+    first: list[dict[str, Any]]
+    record: AttemptRecord
+    started: float
+    ttft_ms: float
+
+
+@dataclass(slots=True)
+class _Request:
+    req: ChatRequest
+    raw: dict[str, Any]
+    features: RequestFeatures
+    stream: bool
+    timeout_s: float | None
+    records: list[AttemptRecord] = field(default_factory=list)
+
+
+class _Walk:
+    """Deployments in plan order, then the fallbacks' plans; each deployment at most once."""
+
+    def __init__(self, plan: Plan, replan: Replan) -> None:
+        self._queue = list(plan.order)
+        self._fallbacks = list(plan.fallbacks)
+        self._replan = replan
+        self._seen: set[str] = set()
+        self._min_window = 0
+
+    def require_window_above(self, tokens: int) -> None:
+        self._min_window = max(self._min_window, tokens)
+
+    def _fits(self, dep: Deployment) -> bool:
+        return dep.name not in self._seen and (
+            dep.context_window is None or dep.context_window > self._min_window or self._min_window == 0)
+
+    def peek(self) -> Deployment | None:
+        while True:
+            while self._queue:
+                if self._fits(self._queue[0]):
+                    return self._queue[0]
+                self._queue.pop(0)
+            if not self._fallbacks:
+                return None
+            name = self._fallbacks.pop(0)
+            try:
+                self._queue = list(self._replan(name).order)
+            except GatewayError:
+                log.warning("fallback %s cannot be planned", name)
+
+    def next(self) -> Deployment | None:
+        dep = self.peek()
+        if dep is not None:
+            self._queue.pop(0)
+            self._seen.add(dep.name)
+        return dep
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        transport: Transport,
+        adapters: dict[str, Adapter],
+        health: HealthTracker,
+        limits: DeploymentLimits,
+        prices: dict[str, Price | None],
+        policy: RetryPolicy | None = None,
+        rng: random.Random | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.transport = transport
+        self.adapters = adapters
+        self.health = health
+        self.limits = limits
+        self.prices = prices
+        self.policy = policy or RetryPolicy()
+        self.rng = rng or random.Random()
+        self.clock = clock
+
+    # ------------------------------------------------------------------ public
+
+    async def complete(self, plan: Plan, replan: Replan, req: ChatRequest, raw: dict[str, Any],
+                       features: RequestFeatures, *, timeout_s: float | None = None) -> Success:
+        request = _Request(req, raw, features, False, timeout_s)
+        started = self.clock()
+        completion, dep = await self._run(plan, replan, request)
+        assert isinstance(completion, Completion)
+        return Success(completion, dep, request.records, (self.clock() - started) * 1000)
+
+    async def open_stream(self, plan: Plan, replan: Replan, req: ChatRequest, raw: dict[str, Any],
+                          features: RequestFeatures, *, timeout_s: float | None = None) -> StreamResult:
+        request = _Request(req, raw, features, True, timeout_s)
+        started = self.clock()
+        opened, dep = await self._run(plan, replan, request)
+        assert isinstance(opened, _Opened)
+        return StreamResult(self, dep, request, opened, started)
+
+    # ------------------------------------------------------------------ the walk
+
+    async def _run(self, plan: Plan, replan: Replan, request: _Request) -> tuple[Completion | _Opened, Deployment]:
+        walk = _Walk(plan, replan)
+        dep = walk.next()
+        if dep is None:
+            raise _no_candidates(plan)
+        policy = self._policy_for(plan)
+        hedge_s = plan.hedge_after_ms / 1000.0 if plan.hedge_after_ms else None
+        retries_used = 0
+        last_error: ProviderError | None = None
+        while dep is not None and len(request.records) < policy.max_attempts:
+            try:
+                if hedge_s is not None and walk.peek() is not None:
+                    delay, hedge_s = hedge_s, None
+                    return await self._race(dep, walk, delay, request)
+                return await self._attempt(dep, request, hedge=False), dep
+            except ProviderError as error:
+                last_error = error
+                error.records = request.records
+                step = Next.FAILOVER if error.untranslatable else policy.next_step(error, retries_used)
+                if step is Next.STOP:
+                    raise
+                if step is Next.RETRY:
+                    await asyncio.sleep(policy.backoff(error, retries_used, self.rng))
+                    retries_used += 1
+                    continue
+                if error.kind is ErrorKind.CONTEXT_LENGTH:
+                    walk.require_window_above(dep.context_window or request.features.prompt_tokens)
+                dep = walk.next()
+                retries_used = 0
+        if last_error is None:
+            raise _no_candidates(plan)
+        raise last_error
+
+    def _policy_for(self, plan: Plan) -> RetryPolicy:
+        options = plan.ctx.options
+        policy = self.policy
+        if plan.retries is None and not options:
+            return policy
+        return RetryPolicy(
+            retries=plan.retries if plan.retries is not None else policy.retries,
+            base_s=float(options.get("backoff_base_s", policy.base_s)),
+            max_backoff_s=float(options.get("max_backoff_s", policy.max_backoff_s)),
+            retry_after_cap_s=float(options.get("retry_after_cap_s", policy.retry_after_cap_s)),
+            max_attempts=int(options.get("max_attempts", policy.max_attempts)),
+            failover_on_content_filter=bool(options.get("failover_on_content_filter",
+                                                        policy.failover_on_content_filter)),
+        )
+
+    async def _race(self, first: Deployment, walk: _Walk, delay: float,
+                    request: _Request) -> tuple[Completion | _Opened, Deployment]:
+        """Hedging: if `first` has not answered after `delay`, start the next candidate too; first wins."""
+        first_task = asyncio.ensure_future(self._attempt(first, request, hedge=False))
+        done, _ = await asyncio.wait({first_task}, timeout=delay)
+        if done:
+            return first_task.result(), first  # answered (or failed) before the hedge was due
+        second = walk.next()
+        assert second is not None
+        second_task = asyncio.ensure_future(self._attempt(second, request, hedge=True))
+        owners = {first_task: first, second_task: second}
+        pending: set[asyncio.Future[Completion | _Opened]] = {first_task, second_task}
+        errors: list[ProviderError] = []
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                winners = [t for t in done if t.exception() is None]
+                errors.extend(e for t in done if isinstance(e := t.exception(), ProviderError))
+                for t in done:
+                    if t.exception() is not None and not isinstance(t.exception(), ProviderError):
+                        raise t.exception()  # type: ignore[misc]
+                if winners:
+                    winner = winners[0]
+                    for extra in winners[1:]:
+                        self._discard(extra.result())
+                    return winner.result(), owners[winner]
+        finally:
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+        # Both failed: let the walk continue with the remaining candidates.
+        raise errors[-1]
+
+    def _discard(self, answer: Completion | _Opened) -> None:
+        if isinstance(answer, _Opened):
+            answer.stream.close()
+            answer.record.outcome = "cancelled"
+            self.health.on_cancel(answer.record.deployment)
+
+    # ------------------------------------------------------------------ one attempt
+
+    def _timeouts(self, dep: Deployment, request: _Request) -> Timeouts:
+        if request.timeout_s is None:
+            return dep.timeouts
+        t = request.timeout_s
+        base = dep.timeouts
+        return Timeouts(connect=min(base.connect, t), first_token=min(base.first_token, t), total=t)
+
+    async def _attempt(self, dep: Deployment, request: _Request, *, hedge: bool) -> Completion | _Opened:
+        adapter = self.adapters[dep.provider]
+        features = request.features
+        record = AttemptRecord(dep.name, dep.provider, "pending", 0.0, hedge=hedge)
+        request.records.append(record)
+        started = self.clock()
+        estimate = features.prompt_tokens + features.output_estimate()
+        self.health.on_start(dep.name, started)
+        self.limits.record(dep.name, started, estimate)
+        try:
+            try:
+                call = adapter.chat_call(dep, request.req, request.raw, request.stream)
+            except GatewayError as exc:
+                raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
+            timeouts = self._timeouts(dep, request)
+            if request.stream:
+                return await self._open(dep, adapter, call, timeouts, request, record, started)
+            body, _ = await self.transport.send(call, timeouts, adapter)
+            completion = adapter.parse_chat(dep, request.req, body)
+        except asyncio.CancelledError:
+            self._cancelled(dep, record, started, features)
+            raise
+        except ProviderError as error:
+            self._failed(dep, record, started, error)
+            raise
+        now = self.clock()
+        total_ms = (now - started) * 1000
+        usage = ensure_usage(completion, features)
+        record.outcome = "ok"
+        record.latency_ms = total_ms
+        record.cost_usd = cost_usd(usage, self.prices.get(dep.name))
+        self.health.on_success(dep.name, now, total_ms, total_ms)
+        self.limits.correct_tokens(dep.name, started, usage.total - estimate)
+        return completion
+
+    async def _open(self, dep: Deployment, adapter: Adapter, call: Any, timeouts: Timeouts, request: _Request,
+                    record: AttemptRecord, started: float) -> _Opened:
+        stream = await self.transport.open_stream(call, timeouts, adapter)
+        try:
+            translator = adapter.stream_translator(dep, request.req)
+            events = stream.events()
+            first: list[dict[str, Any]] = []
+            async for event in events:
+                first = translator.feed(event)
+                if first or translator.done:
+                    break
+            if not first:
+                first = translator.finish()  # an empty but complete answer, or a cut stream (raises)
+        except BaseException:
+            stream.close()
+            raise
+        ttft_ms = (self.clock() - started) * 1000
+        record.outcome = "ok"
+        record.latency_ms = ttft_ms
+        return _Opened(stream, events, translator, first, record, started, ttft_ms)
+
+    def _failed(self, dep: Deployment, record: AttemptRecord, started: float, error: ProviderError) -> None:
+        error.deployment = dep.name
+        error.provider = dep.provider
+        record.outcome = error.kind.value
+        record.status = error.status
+        record.retry_after = error.retry_after
+        record.latency_ms = (self.clock() - started) * 1000
+        self.health.on_failure(dep.name, self.clock(), error.kind)
+        log.info("attempt failed: %s %s %s", dep.name, error.kind.value, error.status or "")
+
+    def _cancelled(self, dep: Deployment, record: AttemptRecord, started: float, features: RequestFeatures) -> None:
+        record.outcome = "cancelled"
+        record.latency_ms = (self.clock() - started) * 1000
+        # The provider has read the prompt by now; bill it (an estimate) rather than pretend it was free.
+        record.cost_usd = estimate_cost_usd(features.prompt_tokens, 0, self.prices.get(dep.name))
+        self.health.on_cancel(dep.name)
+
+    def price(self, name: str) -> Price | None:
+        return self.prices.get(name)
+
+
+class StreamResult:
+    """An answering stream: its first chunks are in hand; iterate `chunks()` for the rest, then read usage."""
+
+    def __init__(self, executor: Executor, deployment: Deployment, request: _Request, opened: _Opened,
+                 started: float) -> None:
+        self._executor = executor
+        self.deployment = deployment
+        self.records = request.records
+        self._request = request
+        self._opened = opened
+        self._started = started
+        self.ttft_ms = (executor.clock() - started) * 1000
+        self.usage = Usage()
+        self.finished = False
+        self._texts: list[str] = []
+
+    @property
+    def model(self) -> str:
+        return self._opened.translator.model or self.deployment.model
+
+    @property
+    def cost_usd(self) -> float:
+        return sum(r.cost_usd for r in self.records)
+
+    @property
+    def latency_ms(self) -> float:
+        return (self._executor.clock() - self._started) * 1000
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """Every chunk of the answer; raises ProviderError(after_first_byte) if the stream breaks."""
+        opened = self._opened
+        translator = opened.translator
+        texts = self._texts
+        try:
+            for chunk in opened.first:
+                _collect_text(chunk, texts)
+                yield chunk
+            if not translator.done:
+                async for event in opened.events:
+                    for chunk in translator.feed(event):
+                        _collect_text(chunk, texts)
+                        yield chunk
+                    if translator.done:
+                        break
+                for chunk in translator.finish():
+                    yield chunk
+        except ProviderError as error:
+            error.after_first_byte = True
+            self._finish(error)
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            self._finish(None, cancelled=True)
+            raise
+        except Exception:
+            self._finish(ProviderError(ErrorKind.SERVER, "stream failed"))
+            raise
+        else:
+            self._finish(None)
+        finally:
+            opened.stream.close()
+
+    async def aclose(self) -> None:
+        """The client went away: stop reading the provider."""
+        if not self.finished:
+            self._opened.stream.close()
+            self._finish(None, cancelled=True)
+
+    def _finish(self, error: ProviderError | None, *, cancelled: bool = False) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        executor = self._executor
+        opened = self._opened
+        dep = self.deployment
+        features = self._request.features
+        now = executor.clock()
+        total_ms = (now - opened.started) * 1000
+        usage = opened.translator.usage
+        if usage.prompt == 0 and usage.completion == 0:
+            usage = Usage(prompt=features.prompt_tokens, completion=count_text("".join(self._texts)))
+        self.usage = usage
+        record = opened.record
+        record.latency_ms = total_ms
+        record.cost_usd = cost_usd(usage, executor.price(dep.name))
+        if error is not None:
+            error.deployment = dep.name
+            record.outcome = error.kind.value
+            executor.health.on_failure(dep.name, now, error.kind)
+        elif cancelled:
+            record.outcome = "cancelled"
+            executor.health.on_cancel(dep.name)
+        else:
+            executor.health.on_success(dep.name, now, total_ms, opened.ttft_ms)
+        executor.limits.correct_tokens(dep.name, opened.started,
+                                       usage.total - features.prompt_tokens - features.output_estimate())
+
+
+def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:
+    for choice in chunk.get("choices") or ():
+        content = choice.get("delta", {}).get("content")
+        if content:
+            texts.append(content)
+
+
+def ensure_usage(completion: Completion, features: RequestFeatures) -> Usage:
+    """Usage as reported, or estimated when the provider reported none (so a cost is never silently 0)."""
+    usage = completion.usage
+    if usage.prompt == 0 and usage.completion == 0:
+        text = "".join(
+            str((choice.get("message") or {}).get("content") or "") for choice in completion.body.get("choices", ())
+        )
+        usage = Usage(prompt=features.prompt_tokens, completion=count_text(text))
+        completion.usage = usage
+        completion.body["usage"] = usage.to_openai()
+    return usage
+
+
+def _no_candidates(plan: Plan) -> GatewayError:
+    reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in plan.ctx.skipped) or "no candidates"
+    return GatewayError(503, f"no deployment of `{plan.model}` can serve this request ({reasons})",
+                        type="service_unavailable", code="no_deployment_available")

@@ -1,0 +1,79 @@
+"""Request features: everything a routing decision may look at, computed once per request.
+
+Strategies and filters read only this (plus the health view), never the raw request, so a decision is
+a pure function of small, explicit inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from modelyard.accounting.tokens import count_request
+from modelyard.schema.chat import (
+    ChatRequest,
+    ImagePart,
+    ResponseFormatJsonObject,
+    ResponseFormatJsonSchema,
+    UserMessage,
+    text_of,
+)
+
+
+@dataclass(slots=True)
+class RequestFeatures:
+    prompt_tokens: int = 0
+    max_output_tokens: int | None = None
+    needs_tools: bool = False
+    needs_vision: bool = False
+    needs_json: bool = False
+    needs_json_schema: bool = False
+    stream: bool = False
+    task: str | None = None
+    complexity: str | None = None
+    key_name: str | None = None
+    tags: tuple[str, ...] = ()
+    kind: str = "chat"
+    #: The last user turn's text, for learned and semantic routing (empty for embeddings).
+    prompt_text: str = ""
+    metadata: dict[str, str] = field(default_factory=dict)
+
+    def output_estimate(self, default: int = 256) -> int:
+        """Tokens we expect the answer to take: the cap when given, else a typical answer length."""
+        return self.max_output_tokens if self.max_output_tokens is not None else default
+
+
+def chat_features(
+    req: ChatRequest,
+    *,
+    task: str | None = None,
+    key_name: str | None = None,
+    tags: tuple[str, ...] = (),
+) -> RequestFeatures:
+    """Features of a chat request; `task`/`tags` from headers win over the body's."""
+    metadata = req.metadata or {}
+    options = req.modelyard
+    needs_vision = False
+    last_user = ""
+    for message in req.messages:
+        if isinstance(message, UserMessage):
+            content = message.content
+            if not isinstance(content, str) and any(isinstance(p, ImagePart) for p in content):
+                needs_vision = True
+            last_user = text_of(content)
+    fmt = req.response_format
+    body_tags = tuple(options.tags) if options and options.tags else ()
+    return RequestFeatures(
+        prompt_tokens=count_request(req),
+        max_output_tokens=req.output_limit,
+        needs_tools=bool(req.tools),
+        needs_vision=needs_vision,
+        needs_json=isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema),
+        needs_json_schema=isinstance(fmt, ResponseFormatJsonSchema),
+        stream=bool(req.stream),
+        task=task or (options.task if options and options.task else None) or metadata.get("task"),
+        complexity=metadata.get("complexity"),
+        key_name=key_name,
+        tags=tags + body_tags,
+        prompt_text=last_user,
+        metadata=metadata,
+    )

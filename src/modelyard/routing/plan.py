@@ -1,0 +1,141 @@
+"""The planner: request features + model group + health view → ranked deployments, explained.
+
+Pure: it reads the routing table, the decision context and the per-request overrides; it performs no
+I/O and reads no clock. The executor then walks the plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from modelyard.config.model import Deployment
+from modelyard.routing.candidates import filter_candidates
+from modelyard.routing.context import DecisionContext
+from modelyard.routing.rules import Rule, first_match
+from modelyard.routing.strategies import STRATEGIES, cheapest
+from modelyard.routing.table import RoutingTable
+from modelyard.schema.chat import ModelyardOptions
+from modelyard.schema.errors import GatewayError
+
+
+@dataclass(slots=True)
+class Plan:
+    """The ranked deployments for one model name, and why."""
+
+    model: str
+    strategy: str
+    order: list[Deployment]
+    ctx: DecisionContext
+    rule: Rule | None = None
+    fallbacks: tuple[str, ...] = ()
+    considered: list[Deployment] = field(default_factory=list)
+    hedge_after_ms: float | None = None
+    retries: int | None = None
+
+    def explain(self) -> dict[str, Any]:
+        """Ranked candidates with the reason each was chosen, kept or skipped."""
+        ranked: list[dict[str, Any]] = []
+        for i, dep in enumerate(self.order):
+            ranked.append({
+                "deployment": dep.name,
+                "decision": "chosen" if i == 0 else "kept",
+                "rank": i + 1,
+                "reason": self.ctx.notes.get(dep.name, ""),
+            })
+        for skip in self.ctx.skipped:
+            ranked.append({"deployment": skip.deployment, "decision": "skipped", "rank": None, "reason": skip.reason})
+        features = self.ctx.features
+        return {
+            "model": self.model,
+            "strategy": self.strategy,
+            "rule": self.rule.text if self.rule else None,
+            "features": {
+                "prompt_tokens": features.prompt_tokens,
+                "max_tokens": features.max_output_tokens,
+                "tools": features.needs_tools,
+                "images": features.needs_vision,
+                "json": features.needs_json,
+                "task": features.task,
+            },
+            "candidates": ranked,
+            "fallbacks": list(self.fallbacks),
+        }
+
+
+def make_plan(
+    table: RoutingTable,
+    model: str,
+    ctx: DecisionContext,
+    overrides: ModelyardOptions | None = None,
+    strategy_override: str | None = None,
+    _depth: int = 0,
+) -> Plan:
+    """Rank the deployments that may serve `model` (a model name or a deployment name)."""
+    group = table.groups.get(model)
+    if group is None:
+        dep = table.deployments.get(model)
+        if dep is None:
+            raise GatewayError(404, f"The model `{model}` does not exist (not a configured model or deployment)",
+                               type="invalid_request_error", param="model", code="model_not_found")
+        ctx.note(dep, "named directly in the request")
+        return Plan(model, "direct", filter_candidates([dep], ctx), ctx, considered=[dep])
+    options = group.group
+    ctx.constraints = {**options.constraints, **(overrides.constraints or {})} if overrides else options.constraints
+    ctx.options = options.options
+    strategy = strategy_override or (overrides.strategy if overrides and overrides.strategy else None) \
+        or options.strategy
+    candidates = list(group.candidates)
+    if overrides and overrides.candidates:
+        candidates = _resolve_override(table, overrides.candidates)
+    fallbacks = tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None \
+        else tuple(options.fallbacks)
+    rule = None
+    if strategy == "rules":
+        rule = first_match(group.rules, ctx.features)
+        if rule is None:
+            raise GatewayError(400, f"no routing rule of model `{model}` matches this request and it has no default",
+                               param="model", code="no_route")
+        if rule.model is not None:
+            if _depth > 4:
+                raise GatewayError(500, "routing rules delegate too deeply", type="server_error")
+            inner = make_plan(table, rule.model, ctx, None, None, _depth + 1)
+            inner.rule = rule
+            inner.fallbacks = inner.fallbacks or fallbacks
+            return inner
+        candidates = [table.deployments[name] for name in rule.use]
+        strategy = rule.strategy or "priority"
+        for dep in candidates:
+            ctx.note(dep, f"rule {rule.index}: {rule.text}")
+    kept = filter_candidates(candidates, ctx)
+    ranker = cheapest if strategy == "learned" else STRATEGIES.get(strategy)
+    if ranker is None:
+        raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")
+    order = ranker(kept, ctx) if kept else []
+    return Plan(model, strategy, order, ctx, rule, fallbacks, candidates,
+                hedge_after_ms=_hedge_after(group.hedge_after_ms, group.hedge_p95, order, ctx),
+                retries=options.retries)
+
+
+def _resolve_override(table: RoutingTable, names: list[str]) -> list[Deployment]:
+    resolved = []
+    for name in names:
+        dep = table.deployments.get(name)
+        if dep is None:
+            raise GatewayError(400, f"modelyard.candidates: unknown deployment `{name}`", param="modelyard.candidates")
+        resolved.append(dep)
+    return resolved
+
+
+def _hedge_after(fixed: float | None, p95: bool, order: list[Deployment], ctx: DecisionContext) -> float | None:
+    if fixed is not None:
+        return fixed
+    if p95 and order:
+        observed = ctx.health.get(order[0].name).p95_ms
+        if observed is not None:
+            health = ctx.health.get(order[0].name)
+            # Hedge on time to first token when streaming, else on the whole answer's p95.
+            if ctx.features.stream and health.ewma_ttft_ms is not None:
+                return max(health.ewma_ttft_ms * 2.0, 1.0)
+            return observed
+    return None

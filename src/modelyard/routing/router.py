@@ -1,0 +1,174 @@
+"""The router: one object that turns a canonical request into an answer, for the server and for workflows.
+
+It wires the pure planner to the executor and owns the per-process state (health, RPM/TPM windows, the
+connection pool). The HTTP server and the in-process workflow backend both call `complete`/`stream`, so
+a workflow step takes exactly the path of a gateway request, minus the HTTP hop.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from typing import Any
+
+from modelyard.config.model import Config, Deployment, Price
+from modelyard.providers import load_adapters
+from modelyard.providers.transport import Transport
+from modelyard.routing.attempts import AttemptRecord, RetryPolicy
+from modelyard.routing.context import DecisionContext, QualityFn
+from modelyard.routing.executor import Executor, StreamResult, Success
+from modelyard.routing.features import RequestFeatures
+from modelyard.routing.health import BreakerPolicy, HealthTracker
+from modelyard.routing.limits import DeploymentLimits
+from modelyard.routing.plan import Plan, make_plan
+from modelyard.routing.table import PriceResolver, RoutingTable
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
+from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+
+
+def breaker_policy(config: Config) -> BreakerPolicy:
+    b = config.routing.breaker
+    return BreakerPolicy(failures=b.failures, window_s=b.window_s, cooldown_s=b.cooldown_s,
+                         error_rate=b.error_rate, min_requests=b.min_requests)
+
+
+def retry_policy(config: Config) -> RetryPolicy:
+    r = config.routing
+    return RetryPolicy(retries=r.retries, base_s=r.backoff_base_s, max_backoff_s=r.max_backoff_s,
+                       retry_after_cap_s=r.retry_after_cap_s, max_attempts=r.max_attempts,
+                       failover_on_content_filter=r.failover_on_content_filter)
+
+
+class Router:
+    """Plans and executes requests over the deployments of one config."""
+
+    def __init__(self, config: Config, *, resolve_price: PriceResolver | None = None,
+                 seed: int | None = None) -> None:
+        self.config = config
+        self.table = RoutingTable.from_config(config, resolve_price)
+        self.health = HealthTracker(breaker_policy(config), alpha=config.routing.latency_alpha)
+        self.limits = DeploymentLimits()
+        self.adapters = load_adapters({dep.provider for dep in config.deployments})
+        seed = seed if seed is not None else config.routing.seed
+        self.rng = random.Random(seed)
+        self.policy = retry_policy(config)
+        self.quality_provider: Any = None  # set by the learned-routing extension (predict per request)
+        self._transport: Transport | None = None
+        self._executor: Executor | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        if self._transport is None:
+            self._transport = Transport()
+            self._executor = Executor(transport=self._transport, adapters=self.adapters, health=self.health,
+                                      limits=self.limits, prices=self.table.prices, policy=self.policy,
+                                      rng=self.rng)
+
+    async def close(self) -> None:
+        if self._transport is not None:
+            await self._transport.close()
+            self._transport = None
+            self._executor = None
+
+    async def __aenter__(self) -> Router:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            raise RuntimeError("Router.start() has not been awaited")
+        return self._executor
+
+    @property
+    def started(self) -> bool:
+        return self._executor is not None
+
+    # ------------------------------------------------------------------ decisions
+
+    def context(self, features: RequestFeatures, *, explain: bool = False,
+                quality: QualityFn | None = None) -> DecisionContext:
+        return DecisionContext(features=features, health=self.health, limits=self.limits, now=time.monotonic(),
+                               rng=self.rng, prices=self.table.prices, explain=explain, quality=quality)
+
+    def plan(self, model: str, features: RequestFeatures, *, overrides: ModelyardOptions | None = None,
+             strategy: str | None = None, explain: bool = False) -> Plan:
+        quality = self._quality_fn(model, features)
+        return make_plan(self.table, model, self.context(features, explain=explain, quality=quality),
+                         overrides, strategy)
+
+    def _quality_fn(self, model: str, features: RequestFeatures) -> QualityFn | None:
+        provider = self.quality_provider
+        if provider is None:
+            return None
+        group = self.table.groups.get(model)
+        if group is None or group.group.strategy != "learned":
+            return None
+        fn: QualityFn | None = provider(features)
+        return fn
+
+    def replanner(self, features: RequestFeatures, explain: bool = False) -> Any:
+        def replan(name: str) -> Plan:
+            return make_plan(self.table, name, self.context(features, explain=explain))
+        return replan
+
+    # ------------------------------------------------------------------ execution
+
+    async def complete(self, req: ChatRequest, raw: dict[str, Any], features: RequestFeatures, *,
+                       plan: Plan | None = None, timeout_s: float | None = None) -> Success:
+        plan = plan or self.plan(req.model, features, overrides=req.modelyard)
+        return await self.executor.complete(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
+
+    async def stream(self, req: ChatRequest, raw: dict[str, Any], features: RequestFeatures, *,
+                     plan: Plan | None = None, timeout_s: float | None = None) -> StreamResult:
+        plan = plan or self.plan(req.model, features, overrides=req.modelyard)
+        return await self.executor.open_stream(plan, self.replanner(features), req, raw, features,
+                                               timeout_s=timeout_s)
+
+    async def embed(self, req: EmbeddingRequest, raw: dict[str, Any],
+                    features: RequestFeatures) -> tuple[Any, Deployment, list[AttemptRecord], float]:
+        """Embeddings: the same plan and failover, no streaming, no hedging."""
+        plan = self.plan(req.model, features)
+        records: list[AttemptRecord] = []
+        transport = self.executor.transport
+        last: ProviderError | None = None
+        for dep in plan.order:
+            adapter = self.adapters[dep.provider]
+            started = time.monotonic()
+            record = AttemptRecord(dep.name, dep.provider, "pending", 0.0)
+            records.append(record)
+            self.health.on_start(dep.name, started)
+            try:
+                call = adapter.embeddings_call(dep, req, raw)
+                body, _ = await transport.send(call, dep.timeouts, adapter)
+                completion = adapter.parse_embeddings(dep, req, body)
+            except ProviderError as error:
+                error.deployment = dep.name
+                record.outcome = error.kind.value
+                record.latency_ms = (time.monotonic() - started) * 1000
+                self.health.on_failure(dep.name, time.monotonic(), error.kind)
+                last = error
+                if error.kind is ErrorKind.BAD_REQUEST:
+                    raise
+                continue
+            except GatewayError:
+                self.health.on_cancel(dep.name)
+                raise
+            elapsed = (time.monotonic() - started) * 1000
+            record.outcome = "ok"
+            record.latency_ms = elapsed
+            from modelyard.accounting.prices import cost_usd
+            record.cost_usd = cost_usd(completion.usage, self.table.prices.get(dep.name))
+            self.health.on_success(dep.name, time.monotonic(), elapsed)
+            return completion, dep, records, elapsed
+        if last is not None:
+            raise last
+        raise GatewayError(503, f"no deployment of `{req.model}` can serve embeddings",
+                           type="service_unavailable", code="no_deployment_available")
+
+    def price(self, deployment: str) -> Price | None:
+        return self.table.prices.get(deployment)

@@ -1,0 +1,65 @@
+"""The routing table: the config compiled once into what decisions need (indexes, rules, prices)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from modelyard.config.model import Config, Deployment, ModelGroup, Price
+from modelyard.routing.rules import Rule, RuleError, compile_rules
+from modelyard.routing.strategies import STRATEGIES
+
+#: Strategies that are not plain rankers in STRATEGIES but handled by the planner.
+SPECIAL_STRATEGIES = frozenset({"rules", "learned"})
+
+PriceResolver = Callable[[Deployment], Price | None]
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledGroup:
+    name: str
+    group: ModelGroup
+    candidates: tuple[Deployment, ...]
+    rules: tuple[Rule, ...]
+    hedge_after_ms: float | None
+    hedge_p95: bool
+
+
+@dataclass(slots=True)
+class RoutingTable:
+    deployments: dict[str, Deployment]
+    groups: dict[str, CompiledGroup]
+    prices: dict[str, Price | None]
+    config: Config
+    public_models: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, config: Config, resolve_price: PriceResolver | None = None) -> RoutingTable:
+        deployments = {dep.name: dep for dep in config.deployments}
+        groups: dict[str, CompiledGroup] = {}
+        for name, group in config.models.items():
+            groups[name] = _compile_group(name, group, deployments, set(config.models))
+        prices = {dep.name: (resolve_price(dep) if resolve_price else dep.price) for dep in config.deployments}
+        return cls(deployments, groups, prices, config, list(config.models))
+
+
+def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployment],
+                   models: set[str]) -> CompiledGroup:
+    if group.strategy not in STRATEGIES and group.strategy not in SPECIAL_STRATEGIES:
+        known = ", ".join(sorted({*STRATEGIES, *SPECIAL_STRATEGIES}))
+        raise RuleError(f"models.{name}.strategy: unknown strategy {group.strategy!r} (one of {known})")
+    rules = compile_rules(group.rules, name, models, set(deployments)) if group.rules else ()
+    if group.strategy == "rules" and not rules:
+        raise RuleError(f"models.{name}: strategy rules needs a `rules:` list")
+    hedge = group.hedge_after_ms
+    hedge_p95 = hedge == "p95"
+    if isinstance(hedge, str) and not hedge_p95:
+        raise RuleError(f"models.{name}.hedge_after_ms: a number of milliseconds or 'p95'")
+    return CompiledGroup(
+        name=name,
+        group=group,
+        candidates=tuple(deployments[c] for c in group.candidates),
+        rules=rules,
+        hedge_after_ms=float(hedge) if isinstance(hedge, int | float) else None,
+        hedge_p95=hedge_p95,
+    )

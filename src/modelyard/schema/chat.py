@@ -1,0 +1,356 @@
+"""The canonical request/response shape: OpenAI Chat Completions.
+
+Requests are decoded once into these msgspec Structs (validated, typed, fast) for routing and for the
+adapters that translate to other wire formats. The raw JSON dict is kept beside the Struct so that
+OpenAI-compatible egress can pass fields we do not model (vendor extras such as vLLM's `top_k`) through
+untouched. Responses and stream chunks are plain dicts in the OpenAI shape (TypedDicts below document
+them): they are built by adapters and encoded straight to the client.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, NotRequired, TypedDict
+
+import msgspec
+from msgspec import Struct
+
+# --------------------------------------------------------------------------- content parts
+
+
+class ImageURL(Struct, kw_only=True, omit_defaults=True):
+    url: str
+    detail: str | None = None
+
+
+class InputAudio(Struct, kw_only=True):
+    data: str
+    format: str
+
+
+class FileRef(Struct, kw_only=True, omit_defaults=True):
+    file_data: str | None = None
+    file_id: str | None = None
+    filename: str | None = None
+
+
+class TextPart(Struct, tag_field="type", tag="text", kw_only=True):
+    text: str
+
+
+class ImagePart(Struct, tag_field="type", tag="image_url", kw_only=True):
+    image_url: ImageURL
+
+
+class AudioPart(Struct, tag_field="type", tag="input_audio", kw_only=True):
+    input_audio: InputAudio
+
+
+class FilePart(Struct, tag_field="type", tag="file", kw_only=True):
+    file: FileRef
+
+
+class RefusalPart(Struct, tag_field="type", tag="refusal", kw_only=True):
+    refusal: str
+
+
+ContentPart = TextPart | ImagePart | AudioPart | FilePart | RefusalPart
+Content = str | list[ContentPart]
+
+# --------------------------------------------------------------------------- tools
+
+
+class FunctionDef(Struct, kw_only=True, omit_defaults=True):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class FunctionTool(Struct, tag_field="type", tag="function", kw_only=True):
+    function: FunctionDef
+
+
+class CustomToolDef(Struct, kw_only=True, omit_defaults=True):
+    name: str
+    description: str | None = None
+    format: dict[str, Any] | None = None
+
+
+class CustomTool(Struct, tag_field="type", tag="custom", kw_only=True):
+    custom: CustomToolDef
+
+
+Tool = FunctionTool | CustomTool
+
+
+class FunctionCall(Struct, kw_only=True):
+    name: str
+    arguments: str
+
+
+class ToolCall(Struct, tag_field="type", tag="function", kw_only=True):
+    id: str
+    function: FunctionCall
+
+
+class NamedFunction(Struct, kw_only=True):
+    name: str
+
+
+class ToolChoiceFunction(Struct, tag_field="type", tag="function", kw_only=True):
+    function: NamedFunction
+
+
+class ToolChoiceCustom(Struct, tag_field="type", tag="custom", kw_only=True):
+    custom: NamedFunction
+
+
+class AllowedTools(Struct, kw_only=True):
+    mode: Literal["auto", "required"]
+    tools: list[dict[str, Any]]
+
+
+class ToolChoiceAllowed(Struct, tag_field="type", tag="allowed_tools", kw_only=True):
+    allowed_tools: AllowedTools
+
+
+ToolChoice = Literal["none", "auto", "required"] | ToolChoiceFunction | ToolChoiceCustom | ToolChoiceAllowed
+
+# --------------------------------------------------------------------------- messages
+
+
+class SystemMessage(Struct, tag_field="role", tag="system", kw_only=True, omit_defaults=True):
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(Struct, tag_field="role", tag="developer", kw_only=True, omit_defaults=True):
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(Struct, tag_field="role", tag="user", kw_only=True, omit_defaults=True):
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(Struct, tag_field="role", tag="assistant", kw_only=True, omit_defaults=True):
+    content: Content | None = None
+    tool_calls: list[ToolCall] | None = None
+    refusal: str | None = None
+    name: str | None = None
+    reasoning_content: str | None = None
+
+
+class ToolMessage(Struct, tag_field="role", tag="tool", kw_only=True, omit_defaults=True):
+    content: Content
+    tool_call_id: str
+
+
+Message = SystemMessage | DeveloperMessage | UserMessage | AssistantMessage | ToolMessage
+
+# --------------------------------------------------------------------------- request
+
+
+class JsonSchemaFormat(Struct, kw_only=True, omit_defaults=True):
+    name: str
+    description: str | None = None
+    schema: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class ResponseFormatText(Struct, tag_field="type", tag="text", kw_only=True):
+    pass
+
+
+class ResponseFormatJsonObject(Struct, tag_field="type", tag="json_object", kw_only=True):
+    pass
+
+
+class ResponseFormatJsonSchema(Struct, tag_field="type", tag="json_schema", kw_only=True):
+    json_schema: JsonSchemaFormat
+
+
+ResponseFormat = ResponseFormatText | ResponseFormatJsonObject | ResponseFormatJsonSchema
+
+
+class StreamOptions(Struct, kw_only=True, omit_defaults=True):
+    include_usage: bool | None = None
+    include_obfuscation: bool | None = None
+
+
+class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
+    """Per-request routing overrides (`extra_body={"modelyard": {...}}`); stripped before egress."""
+
+    strategy: str | None = None
+    candidates: list[str] | None = None
+    constraints: dict[str, Any] | None = None
+    fallbacks: list[str] | None = None
+    task: str | None = None
+    tags: list[str] | None = None
+    explain: bool | None = None
+
+
+class ChatRequest(Struct, kw_only=True, omit_defaults=True):
+    """The fields of an OpenAI chat request that modelyard reads or translates."""
+
+    model: str
+    messages: list[Message]
+    stream: bool | None = None
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = None
+    max_completion_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    n: int | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    tools: list[Tool] | None = None
+    tool_choice: ToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: ResponseFormat | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+    reasoning_effort: str | None = None
+    modelyard: ModelyardOptions | None = None
+
+    @property
+    def output_limit(self) -> int | None:
+        """The caller's cap on generated tokens, whichever field carried it."""
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def wants_usage_in_stream(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
+    model: str
+    input: str | list[str | int | list[int]]
+    encoding_format: Literal["float", "base64"] | None = None
+    dimensions: int | None = None
+    user: str | None = None
+
+
+# --------------------------------------------------------------------------- usage
+
+
+class Usage(Struct, kw_only=True):
+    """Token counts in OpenAI's sense: `prompt` includes cached and cache-write tokens."""
+
+    prompt: int = 0
+    completion: int = 0
+    cached: int = 0
+    cache_write: int = 0
+    reasoning: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.prompt + self.completion
+
+    def to_openai(self) -> dict[str, Any]:
+        return {
+            "prompt_tokens": self.prompt,
+            "completion_tokens": self.completion,
+            "total_tokens": self.prompt + self.completion,
+            "prompt_tokens_details": {"cached_tokens": self.cached, "cache_write_tokens": self.cache_write},
+            "completion_tokens_details": {"reasoning_tokens": self.reasoning},
+        }
+
+    @classmethod
+    def from_openai(cls, usage: dict[str, Any] | None) -> Usage:
+        if not usage:
+            return cls()
+        prompt_details = usage.get("prompt_tokens_details") or {}
+        completion_details = usage.get("completion_tokens_details") or {}
+        return cls(
+            prompt=int(usage.get("prompt_tokens") or 0),
+            completion=int(usage.get("completion_tokens") or 0),
+            cached=int(prompt_details.get("cached_tokens") or 0),
+            cache_write=int(prompt_details.get("cache_write_tokens") or 0),
+            reasoning=int(completion_details.get("reasoning_tokens") or 0),
+        )
+
+
+# --------------------------------------------------------------------------- response shapes (docs + mypy)
+
+
+class ChoiceMessage(TypedDict):
+    role: Literal["assistant"]
+    content: str | None
+    refusal: NotRequired[str | None]
+    tool_calls: NotRequired[list[dict[str, Any]]]
+
+
+class Choice(TypedDict):
+    index: int
+    message: ChoiceMessage
+    finish_reason: str | None
+    logprobs: NotRequired[Any]
+
+
+class ChatCompletion(TypedDict):
+    id: str
+    object: Literal["chat.completion"]
+    created: int
+    model: str
+    choices: list[Choice]
+    usage: dict[str, Any]
+    system_fingerprint: NotRequired[str | None]
+
+
+class ChunkChoice(TypedDict):
+    index: int
+    delta: dict[str, Any]
+    finish_reason: str | None
+    logprobs: NotRequired[Any]
+
+
+class ChatChunk(TypedDict):
+    id: str
+    object: Literal["chat.completion.chunk"]
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: NotRequired[dict[str, Any] | None]
+
+
+FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
+
+# --------------------------------------------------------------------------- helpers
+
+_decoder = msgspec.json.Decoder()
+_request_decoder = msgspec.json.Decoder(ChatRequest)
+_encoder = msgspec.json.Encoder()
+
+
+def decode_json(data: bytes) -> Any:
+    return _decoder.decode(data)
+
+
+def encode_json(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def chat_request_from_dict(raw: dict[str, Any]) -> ChatRequest:
+    """Validate a decoded body; raises msgspec.ValidationError naming the bad path."""
+    return msgspec.convert(raw, ChatRequest)
+
+
+def text_of(content: Content | None) -> str:
+    """The text of a message's content, parts joined; images and audio contribute nothing."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    return "".join(p.text for p in content if isinstance(p, TextPart))

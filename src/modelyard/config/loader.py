@@ -18,6 +18,10 @@ from modelyard.config.model import Config
 
 ENV_VAR = "MODELYARD_CONFIG"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_ENUM_HINTS = {
+    "provider": "openai, anthropic, gemini",
+    "kind": "chat, embedding",
+}
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w\-]*)|\[(\d+)\]|\[`?([^\]`]+)`?\]")
 
@@ -95,6 +99,9 @@ def _build(b: _Builder, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
             key = key_node.value
+            if key in out:
+                raise ConfigError(f"duplicate key {key!r}", source=source, line=key_node.start_mark.line + 1,
+                                  key=format_path((*path, key)))
             if key == "<<":
                 raise ConfigError("YAML merge keys are not supported", source=source,
                                   line=key_node.start_mark.line + 1)
@@ -135,6 +142,9 @@ def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str) -> Any:
         unknown = _UNKNOWN_FIELD.search(message)
         if unknown and (*path, unknown.group(1)) in marks:
             path = (*path, unknown.group(1))
+        hint = _ENUM_HINTS.get(str(path[-1]) if path else "")
+        if hint and message.startswith("Invalid enum value"):
+            message = f"{message} (one of {hint})"
         line = line_for(path, marks)
         raise ConfigError(message, source=source, line=line, key=format_path(path)) from None
 

@@ -1,0 +1,297 @@
+"""`modelyard run | plan | runs list | runs show`: workflows from the command line.
+
+A typer sub-app: the main CLI merges it with `main_app.add_typer(workflows.app)` (or `register(main_app)`),
+and `python -m modelyard.cli.workflows ...` runs it alone. The model backend comes from a factory:
+`--backend scripted` (fake answers), `--backend package.module:factory`, or by default the in-process
+gateway for `--config` (a remote one with `--gateway-url`). MODELYARD_WORKFLOW_BACKEND sets `--backend`;
+MODELYARD_RUNS_DB sets `--store`.
+
+Exit codes: 0 the run succeeded; 1 it failed, partly failed or a budget stopped it; 2 the workflow, its
+inputs or the options are invalid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from modelyard.workflows.api import ResumeError, Workflow, resume_run
+from modelyard.workflows.backend import BackendFactory, BackendUnavailable, load_backend_factory
+from modelyard.workflows.checkpoint import DEFAULT_STORE, SqliteStore, list_runs, load_run
+from modelyard.workflows.inputs import InputError, parse_cli_inputs
+from modelyard.workflows.issues import WorkflowError
+from modelyard.workflows.progress import LiveProgress
+from modelyard.workflows.records import RunResult, RunStatus
+from modelyard.workflows.report import (
+    plan_lines,
+    plan_table,
+    print_run,
+    result_from_stored,
+    result_json,
+    runs_table,
+    timeline,
+)
+from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
+
+app = typer.Typer(help="Declarative multi-model workflows: run, plan and inspect them.", no_args_is_help=True)
+runs_app = typer.Typer(help="Inspect stored workflow runs.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+_STORE_HELP = "Run store (SQLite). Default: $MODELYARD_RUNS_DB or ~/.modelyard/runs.db."
+_BACKEND_HELP = "Backend factory: 'scripted' (fake answers) or package.module:function. Default: the gateway."
+StoreOption = Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)]
+BackendOption = Annotated[
+    str | None, typer.Option("--backend", envvar="MODELYARD_WORKFLOW_BACKEND", help=_BACKEND_HELP)
+]
+ConfigOption = Annotated[
+    str | None, typer.Option("--config", "-c", help="Gateway config for the in-process router.")
+]
+GatewayOption = Annotated[
+    str | None, typer.Option("--gateway-url", help="Use a running modelyard gateway instead of in-process.")
+]
+InputOption = Annotated[
+    list[str] | None, typer.Option("--input", "-i", help="An input as key=value (repeatable).")
+]
+InputsFileOption = Annotated[
+    Path | None, typer.Option("--inputs-file", help="Inputs as a JSON or YAML mapping.")
+]
+JsonOption = Annotated[
+    str | None, typer.Option("--json", help="Write the whole result as JSON to PATH ('-': stdout).")
+]
+WorkflowArgument = Annotated[Path | None, typer.Argument(help="The workflow YAML (optional with --resume).")]
+ResumeOption = Annotated[str | None, typer.Option("--resume", help="Continue the run RUN_ID from the store.")]
+RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Id for a new run (default: generated).")]
+
+
+def register(parent: typer.Typer) -> None:
+    """Add `run`, `plan` and `runs` to the main CLI."""
+    parent.add_typer(app)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _console(stderr: bool = False) -> Console:
+    """A console; when output goes to a file or pipe, wide enough that tables stay readable."""
+    stream = sys.stderr if stderr else sys.stdout
+    return Console(stderr=stderr, width=None if stream.isatty() else 150)
+
+
+def _fail(message: str, code: int = 2) -> typer.Exit:
+    Console(stderr=True).print(message, style="red", highlight=False, markup=False)
+    return typer.Exit(code)
+
+
+def _store(path: Path | None) -> SqliteStore:
+    chosen = path or Path(os.environ.get("MODELYARD_RUNS_DB") or DEFAULT_STORE)
+    return SqliteStore(chosen)
+
+
+def _load(path: Path) -> WorkflowSpec:
+    try:
+        return load_workflow(path)
+    except WorkflowError as exc:
+        count = len(exc.issues)
+        raise _fail(f"{path}: {count} problem{'s' if count != 1 else ''}\n{exc}") from None
+
+
+def _inputs(spec: WorkflowSpec, pairs: list[str] | None, file: Path | None) -> dict[str, Any]:
+    import yaml
+
+    values: dict[str, Any] = {}
+    try:
+        if file is not None:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise InputError(f"{file} must hold a mapping of input names to values")
+            values.update(loaded)
+        values.update(parse_cli_inputs(spec, pairs or []))
+    except (InputError, OSError, yaml.YAMLError) as exc:
+        raise _fail(f"inputs: {exc}") from None
+    return values
+
+
+def _factory(ref: str | None) -> BackendFactory:
+    try:
+        return load_backend_factory(ref)
+    except BackendUnavailable as exc:
+        raise _fail(str(exc)) from None
+
+
+def _emit_json(data: dict[str, Any], target: str | None, console: Console) -> None:
+    if target is None:
+        return
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    if target == "-":
+        print(text)
+    else:
+        Path(target).write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {target}", highlight=False)
+
+
+# --------------------------------------------------------------------------- run
+
+
+@app.command("run")
+def run_command(
+    workflow: WorkflowArgument = None,
+    inputs: InputOption = None,
+    inputs_file: InputsFileOption = None,
+    resume: ResumeOption = None,
+    force: Annotated[bool, typer.Option("--force", help="Resume even if the run looks alive.")] = False,
+    run_id: RunIdOption = None,
+    store: StoreOption = None,
+    json_out: JsonOption = None,
+    config: ConfigOption = None,
+    gateway_url: GatewayOption = None,
+    backend: BackendOption = None,
+    progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")] = True,
+) -> None:
+    """Run a workflow (or resume one) and print its report."""
+    console = _console(stderr=json_out == "-")
+    factory = _factory(backend)
+    runs = _store(store)
+    try:
+        if resume:
+            spec, given = _resume_spec(runs, resume, workflow), None
+        elif workflow is None:
+            raise _fail("give a workflow file, or --resume RUN_ID")
+        else:
+            spec = _load(workflow)
+            given = _inputs(spec, inputs, inputs_file)
+        job = _run(spec, given, factory, runs, config, gateway_url, resume, run_id, force, progress, console)
+        try:
+            result = asyncio.run(job)
+        except (InputError, ResumeError, BackendUnavailable) as exc:
+            raise _fail(str(exc)) from None
+    finally:
+        runs.close()
+    print_run(result, console)
+    console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
+    _emit_json(result_json(result), json_out, console)
+    raise typer.Exit(0 if result.status is RunStatus.SUCCEEDED else 1)
+
+
+def _resume_spec(runs: SqliteStore, run_id: str, workflow: Path | None) -> WorkflowSpec:
+    if workflow is not None:
+        return _load(workflow)
+    stored = runs.header(run_id)
+    if stored is None:
+        raise _fail(f"no run {run_id!r} in {runs.path}")
+    try:
+        return parse_workflow(stored.text, stored.source)
+    except WorkflowError as exc:
+        raise _fail(f"the workflow stored with run {run_id} no longer validates:\n{exc}") from None
+
+
+async def _run(
+    spec: WorkflowSpec,
+    inputs: dict[str, Any] | None,
+    factory: BackendFactory,
+    runs: SqliteStore,
+    config: str | None,
+    gateway_url: str | None,
+    resume: str | None,
+    run_id: str | None,
+    force: bool,
+    progress: bool,
+    console: Console,
+) -> RunResult:
+    async with factory(config, gateway_url) as backend:
+        with LiveProgress(spec, console, enabled=progress and console.is_terminal) as live:
+            if resume:
+                return await resume_run(
+                    resume, backend=backend, store=runs, spec=spec, listener=live.on_event, force=force
+                )
+            workflow = Workflow(spec)
+            listener = live.on_event
+            return await workflow.run(inputs, backend=backend, store=runs, run_id=run_id, listener=listener)
+
+
+# --------------------------------------------------------------------------- plan
+
+
+@app.command("plan")
+def plan_command(
+    workflow: Annotated[Path, typer.Argument(help="The workflow YAML.")],
+    inputs: InputOption = None,
+    inputs_file: InputsFileOption = None,
+    json_out: JsonOption = None,
+    config: ConfigOption = None,
+    gateway_url: GatewayOption = None,
+    backend: BackendOption = None,
+) -> None:
+    """Estimate each step's model, tokens, cost and latency, and the critical path. Calls no model."""
+    console = _console(stderr=json_out == "-")
+    spec = _load(workflow)
+    given = _inputs(spec, inputs, inputs_file)
+    factory = _factory(backend)
+
+    async def build() -> Any:
+        async with factory(config, gateway_url) as chosen:
+            return Workflow(spec).plan(given, backend=chosen)
+
+    try:
+        plan = asyncio.run(build())
+    except (InputError, BackendUnavailable) as exc:
+        raise _fail(str(exc)) from None
+    console.print(plan_table(plan))
+    for line in plan_lines(plan):
+        console.print(line, highlight=False, markup=False)
+    _emit_json(plan.to_json(), json_out, console)
+
+
+# --------------------------------------------------------------------------- runs
+
+
+@runs_app.command("list")
+def runs_list(
+    store: StoreOption = None,
+    limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent runs.")] = 20,
+    json_out: JsonOption = None,
+) -> None:
+    """Recent runs, newest first."""
+    console = _console(stderr=json_out == "-")
+    runs = _store(store)
+    try:
+        rows = list_runs(runs, limit)
+    finally:
+        runs.close()
+    console.print(runs_table(rows))
+    data = {"runs": [{**vars(row), "status": row.status.value} for row in rows]}
+    _emit_json(data, json_out, console)
+
+
+@runs_app.command("show")
+def runs_show(
+    run_id: Annotated[str, typer.Argument(help="The run id (see `runs list`).")],
+    store: StoreOption = None,
+    json_out: JsonOption = None,
+) -> None:
+    """One run: its steps, totals, outputs and a text timeline."""
+    console = _console(stderr=json_out == "-")
+    runs = _store(store)
+    try:
+        stored = load_run(runs, run_id)
+    finally:
+        runs.close()
+    if stored is None:
+        raise _fail(f"no run {run_id!r} in the store")
+    result = result_from_stored(stored)
+    print_run(result, console)
+    console.print(f"sessions: {result.sessions}", highlight=False)
+    console.print("timeline:", highlight=False)
+    for line in timeline(result):
+        console.print(line, highlight=False, markup=False)
+    _emit_json(result_json(result), json_out, console)
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,90 @@
+"""Anthropic ingress: POST /v1/messages, so the official `anthropic` SDK works against the gateway.
+
+The body is translated into the canonical OpenAI shape, routed like any request (to any provider), and
+the answer translated back: a Message object, or the Messages streaming event sequence.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from modelyard.schema.chat import Usage
+from modelyard.schema.errors import ProviderError
+from modelyard.server.anthropic_translate import (
+    KIND_ERROR_TYPES,
+    ChunksToAnthropicEvents,
+    anthropic_error_body,
+    chat_completion_to_message,
+    messages_request_to_chat,
+    wants_thinking,
+)
+from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, Send, cancel_quietly, send_json
+from modelyard.server.validation import decode_body, validate_chat
+
+if TYPE_CHECKING:
+    from modelyard.server.app import Gateway, RequestContext
+
+_encode = msgspec.json.Encoder().encode
+
+async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    body = decode_body(await request.body(gw.max_body))
+    raw = messages_request_to_chat(body)
+    req = validate_chat(raw)
+    features = gw.features(req, request, ctx)
+    await gw.admit(ctx, req.model, features)
+    plan = gw.plan(req, request, features, ctx)
+    timeout_s = gw.timeout_override(request)
+    thinking = wants_thinking(body)
+    if req.stream:
+        await _stream(gw, request, ctx, req, raw, features, plan, timeout_s, thinking)
+        return
+    success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
+    message = chat_completion_to_message(success.completion.body, success.completion.model, thinking=thinking)
+    cost = success.cost_usd
+    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
+    await request.send({"type": "http.response.start", "status": 200, "headers": headers})
+    await request.send({"type": "http.response.body", "body": _encode(message)})
+
+
+async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, raw: dict[str, Any],
+                  features: Any, plan: Any, timeout_s: float | None, thinking: bool) -> None:
+    result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
+    send = request.send
+    events = ChunksToAnthropicEvents(result.model, thinking=thinking)
+    watcher = asyncio.ensure_future(request.wait_disconnect())
+    headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    start = events.start(Usage(prompt=features.prompt_tokens))
+    await send({"type": "http.response.body", "body": b"".join(start), "more_body": True})
+    error: ProviderError | None = None
+    try:
+        async for chunk in result.chunks():
+            if watcher.done():
+                await result.aclose()
+                ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
+                return
+            out = events.feed(chunk)
+            if out:
+                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+    except ProviderError as exc:
+        error = exc
+    finally:
+        await cancel_quietly(watcher)
+    if error is not None:
+        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
+        kind = KIND_ERROR_TYPES.get(error.kind, "api_error")
+        await send({"type": "http.response.body", "body": events.error(kind, error.message)})
+        return
+    ctx.finish_success(result.deployment, result.records, result.usage, result.cost_usd, ttft_ms=result.ttft_ms)
+    await send({"type": "http.response.body", "body": b"".join(events.finish(result.usage))})
+
+
+async def write_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
+    """Errors on /v1/messages in Anthropic's shape, so the anthropic SDK raises its own typed errors."""
+    error = body.get("error") if isinstance(body.get("error"), dict) else {}
+    message = str(error.get("message") or "error") if isinstance(error, dict) else "error"
+    await send_json(send, status, anthropic_error_body(status, message), headers)

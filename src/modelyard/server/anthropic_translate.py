@@ -1,0 +1,608 @@
+"""Pure translation for the `/v1/messages` ingress: Anthropic requests in, Anthropic answers out.
+
+The gateway thinks in OpenAI Chat Completions, so an Anthropic Messages request becomes a canonical chat
+request dict (validated afterwards with `chat_request_from_dict`), and a canonical completion or chunk
+stream becomes an Anthropic Message or Anthropic's typed SSE events, so that the official `anthropic` SDK
+works against the gateway unchanged. No I/O here: the HTTP handler owns the request and the response.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from modelyard.providers.anthropic import TOOL_ERROR_MARKER
+from modelyard.providers.base import new_id
+from modelyard.providers.sse import encode_event
+from modelyard.schema.chat import Usage
+from modelyard.schema.errors import ErrorKind, GatewayError
+
+_decode = msgspec.json.Decoder().decode
+_encode = msgspec.json.Encoder().encode
+
+#: HTTP status → Anthropic `error.type` (https://docs.anthropic.com/en/api/errors).
+ERROR_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    500: "api_error",
+    502: "api_error",
+    503: "overloaded_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+
+#: ErrorKind → Anthropic `error.type`, for error events in the middle of a stream.
+KIND_ERROR_TYPES: dict[ErrorKind, str] = {
+    ErrorKind.RATE_LIMITED: "rate_limit_error",
+    ErrorKind.OVERLOADED: "overloaded_error",
+    ErrorKind.TIMEOUT: "timeout_error",
+    ErrorKind.CONNECTION: "api_error",
+    ErrorKind.SERVER: "api_error",
+    ErrorKind.CONTEXT_LENGTH: "invalid_request_error",
+    ErrorKind.CONTENT_FILTER: "invalid_request_error",
+    ErrorKind.AUTH: "api_error",  # the gateway's provider credentials failed, not the caller's key
+    ErrorKind.BAD_REQUEST: "invalid_request_error",
+}
+
+_FINISH_TO_STOP = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+
+_EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
+
+#: Blocks Anthropic defines that only its own servers can act on (server tools and their results).
+_SERVER_BLOCKS = frozenset({
+    "server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
+    "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
+    "container_upload", "search_result", "tool_reference",
+})
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def anthropic_error_type(status: int) -> str:
+    if status in ERROR_TYPES:
+        return ERROR_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_error_body(status: int, message: str) -> dict[str, Any]:
+    """Anthropic's error envelope: `{"type": "error", "error": {"type": ..., "message": ...}}`."""
+    return {"type": "error", "error": {"type": anthropic_error_type(status), "message": message}}
+
+
+def _bad(message: str, param: str) -> GatewayError:
+    return GatewayError(400, f"{param}: {message}", param=param)
+
+
+# --------------------------------------------------------------------------- request: content blocks
+
+
+def _source_media(source: dict[str, Any], param: str) -> tuple[str, str]:
+    media_type, data = source.get("media_type"), source.get("data")
+    if not isinstance(media_type, str) or not isinstance(data, str):
+        raise _bad("a base64 source needs string `media_type` and `data`", param)
+    return media_type, data
+
+
+def _image_part(block: dict[str, Any], param: str) -> dict[str, Any]:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _bad("an image block needs a `source` object", f"{param}.source")
+    kind = source.get("type")
+    if kind == "base64":
+        media_type, data = _source_media(source, f"{param}.source")
+        return {"type": "image_url", "image_url": {"url": f"data:{media_type};base64,{data}"}}
+    if kind == "url" and isinstance(source.get("url"), str):
+        return {"type": "image_url", "image_url": {"url": source["url"]}}
+    raise _bad(f"image source type {kind!r} is not supported (use base64 or url)", f"{param}.source.type")
+
+
+def _document_parts(block: dict[str, Any], param: str) -> list[dict[str, Any]]:
+    source = block.get("source")
+    if not isinstance(source, dict):
+        raise _bad("a document block needs a `source` object", f"{param}.source")
+    kind = source.get("type")
+    title = block.get("title") if isinstance(block.get("title"), str) else None
+    if kind == "base64":
+        media_type, data = _source_media(source, f"{param}.source")
+        url = f"data:{media_type};base64,{data}"
+        return [{"type": "file", "file": {"file_data": url, "filename": title or "document.pdf"}}]
+    if kind == "text" and isinstance(source.get("data"), str):
+        return [{"type": "text", "text": f"{title}\n\n{source['data']}" if title else source["data"]}]
+    if kind == "content":
+        inner = source.get("content")
+        if isinstance(inner, str):
+            return [{"type": "text", "text": inner}]
+        if isinstance(inner, list):
+            return [_user_part(b, f"{param}.source.content.{j}") for j, b in enumerate(inner)]
+    raise _bad(f"document source type {kind!r} is not supported (use base64, text or content)",
+               f"{param}.source.type")
+
+
+def _block_type(block: Any, param: str) -> str:
+    if not isinstance(block, dict) or not isinstance(block.get("type"), str):
+        raise _bad("each content block must be an object with a string `type`", param)
+    return str(block["type"])
+
+
+def _unsupported(kind: str, param: str) -> GatewayError:
+    if kind in _SERVER_BLOCKS:
+        return _bad(f"content block type {kind!r} is not supported by this gateway", f"{param}.type")
+    return _bad(f"unknown content block type {kind!r}", f"{param}.type")
+
+
+def _text_of_block(block: dict[str, Any], param: str) -> str:
+    text = block.get("text")
+    if not isinstance(text, str):
+        raise _bad("a text block needs a string `text`", f"{param}.text")
+    return text
+
+
+def _user_part(block: Any, param: str) -> dict[str, Any]:
+    kind = _block_type(block, param)
+    if kind == "text":
+        return {"type": "text", "text": _text_of_block(block, param)}
+    if kind == "image":
+        return _image_part(block, param)
+    raise _unsupported(kind, param)
+
+
+def _tool_result(block: dict[str, Any], param: str) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """A `tool` message, plus the images it carried (OpenAI tool messages hold text only)."""
+    tool_use_id = block.get("tool_use_id")
+    if not isinstance(tool_use_id, str):
+        raise _bad("a tool_result block needs a string `tool_use_id`", f"{param}.tool_use_id")
+    content = block.get("content", "")
+    texts: list[str] = []
+    images: list[dict[str, Any]] = []
+    if isinstance(content, str):
+        texts.append(content)
+    elif isinstance(content, list):
+        for j, inner in enumerate(content):
+            part = _user_part(inner, f"{param}.content.{j}")
+            if part["type"] == "text":
+                texts.append(part["text"])
+            else:
+                images.append(part)
+    else:
+        raise _bad("tool_result content must be a string or a list of blocks", f"{param}.content")
+    text = "\n".join(texts)
+    if block.get("is_error"):
+        text = TOOL_ERROR_MARKER + text
+    return {"role": "tool", "tool_call_id": tool_use_id, "content": text}, images
+
+
+def _user_messages(content: list[Any], param: str) -> list[dict[str, Any]]:
+    """One Anthropic user turn → `tool` messages first (they answer the previous turn), then the rest."""
+    tools: list[dict[str, Any]] = []
+    parts: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        where = f"{param}.{j}"
+        kind = _block_type(block, where)
+        if kind == "tool_result":
+            message, images = _tool_result(block, where)
+            tools.append(message)
+            parts.extend(images)
+        elif kind == "document":
+            parts.extend(_document_parts(block, where))
+        elif kind not in ("thinking", "redacted_thinking"):
+            parts.append(_user_part(block, where))
+    if parts:
+        tools.append({"role": "user", "content": parts})
+    return tools
+
+
+def _tool_call(block: dict[str, Any], param: str) -> dict[str, Any]:
+    call_id, name, args = block.get("id"), block.get("name"), block.get("input", {})
+    if not isinstance(call_id, str) or not isinstance(name, str):
+        raise _bad("a tool_use block needs string `id` and `name`", param)
+    if not isinstance(args, dict):
+        raise _bad("tool_use `input` must be an object", f"{param}.input")
+    arguments = _encode(args).decode()
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _assistant_message(content: list[Any], param: str) -> dict[str, Any]:
+    texts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for j, block in enumerate(content):
+        where = f"{param}.{j}"
+        kind = _block_type(block, where)
+        if kind == "text":
+            texts.append(_text_of_block(block, where))
+        elif kind == "tool_use":
+            calls.append(_tool_call(block, where))
+        elif kind not in ("thinking", "redacted_thinking"):  # signed reasoning cannot cross providers
+            raise _unsupported(kind, where)
+    message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
+    if calls:
+        message["tool_calls"] = calls
+    return message
+
+
+def _system_text(system: Any, param: str) -> str:
+    if isinstance(system, str):
+        return system
+    if not isinstance(system, list):
+        raise _bad("must be a string or a list of text blocks", param)
+    texts = []
+    for j, block in enumerate(system):
+        if _block_type(block, f"{param}.{j}") != "text":
+            raise _bad("only text blocks are allowed", f"{param}.{j}.type")
+        texts.append(_text_of_block(block, f"{param}.{j}"))
+    return "\n\n".join(texts)
+
+
+def _message(raw: Any, param: str) -> list[dict[str, Any]]:
+    if not isinstance(raw, dict):
+        raise _bad("each message must be an object with `role` and `content`", param)
+    role, content = raw.get("role"), raw.get("content")
+    if role not in ("user", "assistant", "system"):
+        raise _bad(f"role must be 'user' or 'assistant', got {role!r}", f"{param}.role")
+    if role == "system":  # MessageParam admits system turns since API version 2026-10-21
+        return [{"role": "system", "content": _system_text(content, f"{param}.content")}]
+    if isinstance(content, str):
+        return [{"role": role, "content": content}]
+    if not isinstance(content, list):
+        raise _bad("content must be a string or a list of content blocks", f"{param}.content")
+    if role == "user":
+        return _user_messages(content, f"{param}.content")
+    return [_assistant_message(content, f"{param}.content")]
+
+
+# --------------------------------------------------------------------------- request: options
+
+
+def _tools(raw: Any) -> list[dict[str, Any]]:
+    if not isinstance(raw, list):
+        raise _bad("must be a list of tool definitions", "tools")
+    out = []
+    for i, tool in enumerate(raw):
+        param = f"tools.{i}"
+        if not isinstance(tool, dict):
+            raise _bad("each tool must be an object", param)
+        if tool.get("type") not in (None, "custom"):
+            raise _bad(f"tool type {tool['type']!r} is not supported by this gateway (only client tools)",
+                       f"{param}.type")
+        name, schema = tool.get("name"), tool.get("input_schema")
+        if not isinstance(name, str) or not isinstance(schema, dict):
+            raise _bad("a tool needs a string `name` and an `input_schema` object", param)
+        fn: dict[str, Any] = {"name": name, "parameters": schema}
+        if isinstance(tool.get("description"), str):
+            fn["description"] = tool["description"]
+        if tool.get("strict") is True:
+            fn["strict"] = True
+        out.append({"type": "function", "function": fn})
+    return out
+
+
+def _tool_choice(raw: Any) -> tuple[Any, bool]:
+    """(OpenAI tool_choice, parallel tool calls allowed)."""
+    if not isinstance(raw, dict):
+        raise _bad("must be an object with a `type`", "tool_choice")
+    kind = raw.get("type")
+    parallel = not raw.get("disable_parallel_tool_use", False)
+    if kind == "auto":
+        return "auto", parallel
+    if kind == "any":
+        return "required", parallel
+    if kind == "none":
+        return "none", True
+    if kind == "tool" and isinstance(raw.get("name"), str):
+        return {"type": "function", "function": {"name": raw["name"]}}, parallel
+    raise _bad(f"unsupported tool_choice {raw!r} (auto, any, tool with a name, none)", "tool_choice")
+
+
+def _apply_tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
+    if body.get("tools") is None:
+        return
+    tools = _tools(body["tools"])
+    if not tools:
+        return
+    chat["tools"] = tools
+    if body.get("tool_choice") is not None:
+        choice, parallel = _tool_choice(body["tool_choice"])
+        chat["tool_choice"] = choice
+        if not parallel:
+            chat["parallel_tool_calls"] = False
+
+
+def _apply_output_config(body: dict[str, Any], chat: dict[str, Any]) -> None:
+    config = body.get("output_config")
+    if not isinstance(config, dict):
+        return
+    fmt = config.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        if not isinstance(fmt.get("schema"), dict):
+            raise _bad("json_schema format needs a `schema` object", "output_config.format.schema")
+        chat["response_format"] = {
+            "type": "json_schema",
+            "json_schema": {"name": "output", "schema": fmt["schema"], "strict": True},
+        }
+    effort = config.get("effort")
+    if isinstance(effort, str) and effort in _EFFORT:
+        chat["reasoning_effort"] = _EFFORT[effort]
+
+
+def _apply_sampling(body: dict[str, Any], chat: dict[str, Any]) -> None:
+    for key in ("temperature", "top_p"):  # top_k has no OpenAI equivalent: dropped
+        value = body.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _bad("must be a number", key)
+        chat[key] = value
+    stops = body.get("stop_sequences")
+    if stops is not None:
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise _bad("must be a list of strings", "stop_sequences")
+        if stops:
+            chat["stop"] = stops
+
+
+def _required(body: dict[str, Any]) -> tuple[str, int, list[Any]]:
+    model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
+    if not isinstance(model, str) or not model:
+        raise _bad("field required (a model name)", "model")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise _bad("field required (a non-negative integer)", "max_tokens")
+    if not isinstance(messages, list):
+        raise _bad("field required (a list of messages)", "messages")
+    return model, max_tokens, messages
+
+
+def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
+    """An Anthropic Messages request body → a canonical OpenAI chat request dict."""
+    if not isinstance(body, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    model, max_tokens, raw_messages = _required(body)
+    messages: list[dict[str, Any]] = []
+    if body.get("system") not in (None, "", []):
+        messages.append({"role": "system", "content": _system_text(body["system"], "system")})
+    for i, raw in enumerate(raw_messages):
+        messages.extend(_message(raw, f"messages.{i}"))
+    chat: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
+    _apply_tools(body, chat)
+    _apply_sampling(body, chat)
+    _apply_output_config(body, chat)
+    metadata = body.get("metadata")
+    if isinstance(metadata, dict) and isinstance(metadata.get("user_id"), str):
+        chat["user"] = metadata["user_id"]
+    if body.get("stream") is True:
+        chat["stream"] = True
+    return chat
+
+
+def wants_thinking(body: dict[str, Any]) -> bool:
+    """Whether the caller asked for thinking blocks (only then are they sent back, as Anthropic does)."""
+    thinking = body.get("thinking")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def anthropic_usage(usage: Usage) -> dict[str, Any]:
+    """Canonical usage → Anthropic's, whose `input_tokens` excludes cache reads and writes."""
+    out: dict[str, Any] = {
+        "input_tokens": max(0, usage.prompt - usage.cached - usage.cache_write),
+        "output_tokens": usage.completion,
+        "cache_creation_input_tokens": usage.cache_write,
+        "cache_read_input_tokens": usage.cached,
+    }
+    if usage.reasoning:
+        out["output_tokens_details"] = {"thinking_tokens": usage.reasoning}
+    return out
+
+
+def stop_reason(finish: Any, stop_sequence: Any = None) -> str:
+    if finish == "stop" and isinstance(stop_sequence, str):
+        return "stop_sequence"
+    return _FINISH_TO_STOP.get(str(finish), "end_turn")
+
+
+def _message_id(completion_id: Any) -> str:
+    if not isinstance(completion_id, str) or not completion_id:
+        return new_id("msg_")
+    if completion_id.startswith("msg_"):
+        return completion_id
+    return "msg_" + completion_id.removeprefix("chatcmpl-")
+
+
+def _tool_input(arguments: Any) -> dict[str, Any]:
+    if isinstance(arguments, dict):
+        return arguments
+    if not isinstance(arguments, str) or not arguments.strip():
+        return {}
+    try:
+        parsed = _decode(arguments)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        parsed = None
+    return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}  # keep what the model wrote
+
+
+def chat_completion_to_message(
+    completion: dict[str, Any], model: str, *, thinking: bool = False
+) -> dict[str, Any]:
+    """A canonical chat.completion → an Anthropic Message object."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    content: list[dict[str, Any]] = []
+    if thinking and message.get("reasoning_content"):
+        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    text = message.get("content") or message.get("refusal")
+    if text:
+        content.append({"type": "text", "text": text})
+    for call in message.get("tool_calls") or ():
+        fn = call.get("function") or {}
+        call_id = call.get("id") or new_id("toolu_")
+        content.append({"type": "tool_use", "id": call_id, "name": fn.get("name", ""),
+                        "input": _tool_input(fn.get("arguments"))})
+    stop_sequence = choice.get("stop_sequence")
+    reason = stop_reason(choice.get("finish_reason"), stop_sequence)
+    return {
+        "id": _message_id(completion.get("id")),
+        "type": "message",
+        "role": "assistant",
+        "model": model,
+        "content": content,
+        "stop_reason": reason,
+        "stop_sequence": stop_sequence if reason == "stop_sequence" else None,
+        "usage": anthropic_usage(Usage.from_openai(completion.get("usage"))),
+    }
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+def _event(data: dict[str, Any]) -> bytes:
+    return encode_event(_encode(data), data["type"])
+
+
+class ChunksToAnthropicEvents:
+    """Canonical chunks → Anthropic SSE events, one content block at a time, in Anthropic's order."""
+
+    def __init__(self, model: str, message_id: str | None = None, *, thinking: bool = False) -> None:
+        self.model = model
+        self.message_id = message_id or new_id("msg_")
+        self.thinking = thinking
+        self._started = False
+        self._closed = False
+        self._next_index = 0
+        self._open: tuple[str, int] | None = None  # (block kind, Anthropic index) of the open block
+        self._tool_blocks: dict[int, int] = {}  # OpenAI tool-call index → Anthropic block index
+        self._finish: Any = None
+        self._stop_sequence: Any = None
+
+    def start(self, usage_hint: Usage | None = None) -> list[bytes]:
+        """message_start (with the prompt's usage when known) and a ping."""
+        if self._started:
+            return []
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": anthropic_usage(usage_hint or Usage()),
+        }
+        return [_event({"type": "message_start", "message": message}), _event({"type": "ping"})]
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        if self._closed:
+            return []
+        out = self.start()
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if self.thinking and delta.get("reasoning_content"):
+                out += self._text("thinking", delta["reasoning_content"])
+            text = delta.get("content") or delta.get("refusal")
+            if text:
+                out += self._text("text", text)
+            for call in delta.get("tool_calls") or ():
+                out += self._tool_call(call)
+            if choice.get("finish_reason") is not None:
+                self._finish = choice["finish_reason"]
+                self._stop_sequence = choice.get("stop_sequence")
+        return out
+
+    def finish(self, usage: Usage) -> list[bytes]:
+        """Close the open block, then message_delta (stop reason, final usage) and message_stop."""
+        if self._closed:
+            return []
+        out = self.start() + self._close()
+        self._closed = True
+        reason = stop_reason(self._finish, self._stop_sequence)
+        sequence = self._stop_sequence if reason == "stop_sequence" else None
+        delta = {"stop_reason": reason, "stop_sequence": sequence}
+        out.append(_event({"type": "message_delta", "delta": delta, "usage": anthropic_usage(usage)}))
+        out.append(_event({"type": "message_stop"}))
+        return out
+
+    def error(self, kind_type: str, message: str) -> bytes:
+        """An `error` event (e.g. overloaded_error) that ends the stream."""
+        self._closed = True
+        return _event({"type": "error", "error": {"type": kind_type, "message": message}})
+
+    # ------------------------------------------------------------------ blocks
+
+    def _close(self) -> list[bytes]:
+        if self._open is None:
+            return []
+        index = self._open[1]
+        self._open = None
+        return [_event({"type": "content_block_stop", "index": index})]
+
+    def _begin(self, block: dict[str, Any], kind: str) -> list[bytes]:
+        out = self._close()
+        index = self._next_index
+        self._next_index += 1
+        self._open = (kind, index)
+        out.append(_event({"type": "content_block_start", "index": index, "content_block": block}))
+        return out
+
+    def _text(self, kind: str, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._open is None or self._open[0] != kind:
+            if kind == "text":
+                out = self._begin({"type": "text", "text": ""}, kind)
+            else:
+                out = self._begin({"type": "thinking", "thinking": "", "signature": ""}, kind)
+        index = self._open[1] if self._open else 0
+        if kind == "text":
+            delta = {"type": "text_delta", "text": text}
+        else:
+            delta = {"type": "thinking_delta", "thinking": text}
+        out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}))
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        position = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        out: list[bytes] = []
+        if position not in self._tool_blocks:
+            call_id = call.get("id") or new_id("toolu_")
+            name = fn.get("name") or ""
+            block: dict[str, Any] = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+            out = self._begin(block, "tool")
+            self._tool_blocks[position] = self._next_index - 1
+        arguments = fn.get("arguments")
+        if isinstance(arguments, dict):
+            arguments = _encode(arguments).decode()
+        if arguments:
+            # Fragments of an earlier call (interleaved parallel calls) still name that call's block.
+            out.append(_event({"type": "content_block_delta", "index": self._tool_blocks[position],
+                               "delta": {"type": "input_json_delta", "partial_json": arguments}}))
+        return out
+
+
+__all__ = [
+    "ERROR_TYPES",
+    "KIND_ERROR_TYPES",
+    "ChunksToAnthropicEvents",
+    "anthropic_error_body",
+    "anthropic_error_type",
+    "anthropic_usage",
+    "chat_completion_to_message",
+    "messages_request_to_chat",
+    "stop_reason",
+    "wants_thinking",
+]

@@ -1,0 +1,265 @@
+"""The gateway's ASGI application: routes, per-request context, error mapping, lifespan.
+
+Every failure becomes an OpenAI-shaped (or, on /v1/messages, Anthropic-shaped) JSON error; an unexpected
+exception is logged with a request id and answered with a generic 500, never a traceback, and never
+takes the worker down.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgspec
+
+from modelyard.config.model import Config, Deployment
+from modelyard.providers.base import new_id
+from modelyard.routing.attempts import AttemptRecord, attempts_header
+from modelyard.routing.features import RequestFeatures
+from modelyard.routing.plan import Plan
+from modelyard.routing.router import Router
+from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.errors import GatewayError, ProviderError
+from modelyard.server import anthropic as anthropic_routes
+from modelyard.server import openai as openai_routes
+from modelyard.server.http import (
+    ClientGone,
+    Headers,
+    Receive,
+    Request,
+    Scope,
+    Send,
+    send_error,
+    send_json,
+)
+from modelyard.server.observe import NullObserver, Observer, Outcome
+
+log = logging.getLogger("modelyard.server")
+
+Handler = Callable[["Gateway", Request, "RequestContext"], Awaitable[None]]
+ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
+
+
+class RequestContext:
+    """What the gateway knows about one request while it runs; reported once at the end."""
+
+    __slots__ = ("endpoint", "explain", "finished", "gateway", "key_name", "request_id", "requested_model",
+                 "started", "tags", "ttft_ms")
+
+    def __init__(self, gateway: Gateway, endpoint: str) -> None:
+        self.gateway = gateway
+        self.endpoint = endpoint
+        self.request_id = new_id("req_")
+        self.started = time.perf_counter()
+        self.key_name: str | None = None
+        self.requested_model: str | None = None
+        self.explain: dict[str, Any] | None = None
+        self.tags: tuple[str, ...] = ()
+        self.ttft_ms: float | None = None
+        self.finished = False
+
+    @property
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def _report(self, outcome: Outcome) -> None:
+        if self.finished:
+            return
+        self.finished = True
+        self.gateway.observer.on_outcome(outcome)
+
+    def finish_success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float,
+                       *, ttft_ms: float | None) -> None:
+        self._report(Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms))
+
+    def finish_error(self, error: ProviderError | GatewayError, records: list[AttemptRecord] | None = None, *,
+                     after_first_byte: bool = False, usage: Usage | None = None, cost: float = 0.0) -> None:
+        kind = error.kind.value if isinstance(error, ProviderError) else f"http_{error.status}"
+        dep = error.deployment if isinstance(error, ProviderError) else None
+        status = "stream_error" if after_first_byte else "error"
+        self._report(Outcome(self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms,
+                             None, error_kind=kind))
+
+    def finish_cancelled(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float) -> None:
+        self._report(Outcome(self, "cancelled", dep.name, dep.provider, records, usage, cost, self.elapsed_ms,
+                             None, error_kind="client_disconnected"))
+
+
+async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
+    await send_json(send, status, body, headers)
+
+
+class Gateway:
+    """The ASGI app. Holds the router and the services around it; no module-level state."""
+
+    def __init__(self, config: Config, *, router: Router | None = None, observer: Observer | None = None) -> None:
+        self.config = config
+        self.router = router or Router(config)
+        self.observer: Observer = observer or NullObserver()
+        self.max_body = config.server.max_body_bytes
+        self.started_at = int(time.time())
+        self.ready = False
+        self.routes: dict[tuple[str, str], tuple[Handler, ErrorWriter]] = {}
+        for prefix in ("/v1", ""):
+            self.routes[("POST", f"{prefix}/chat/completions")] = (openai_routes.chat_completions, _openai_error)
+            self.routes[("POST", f"{prefix}/embeddings")] = (openai_routes.embeddings, _openai_error)
+            self.routes[("GET", f"{prefix}/models")] = (openai_routes.list_models, _openai_error)
+        self.routes[("POST", "/v1/messages")] = (anthropic_routes.messages, anthropic_routes.write_error)
+        self.routes[("GET", "/health/live")] = (_live, _openai_error)
+        self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
+
+    # ------------------------------------------------------------------ ASGI
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope["path"]
+        route = self.routes.get((scope["method"], path))
+        if route is None:
+            await self._not_found(scope, send)
+            return
+        handler, write_error = route
+        started = False
+
+        async def tracking_send(message: dict[str, Any]) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        request = Request(scope, receive, tracking_send)
+        ctx = RequestContext(self, path)
+        try:
+            await handler(self, request, ctx)
+        except ClientGone:
+            return
+        except GatewayError as error:
+            ctx.finish_error(error)
+            if not started:
+                headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+                await write_error(send, error.status, error.to_body(), headers)
+        except ProviderError as error:
+            ctx.finish_error(error, error.records)
+            if not started:
+                await write_error(send, error.client_status, error.to_body(), self.error_headers(error))
+        except Exception:
+            log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
+            if not started:
+                body = {"error": {"message": f"Internal error (request id {ctx.request_id})",
+                                  "type": "server_error", "param": None, "code": "internal_error"}}
+                await write_error(send, 500, body, [])
+
+    async def _not_found(self, scope: Scope, send: Send) -> None:
+        known_paths = {p for _, p in self.routes}
+        status, message = (405, f"Method {scope['method']} not allowed on {scope['path']}") \
+            if scope["path"] in known_paths else (404, f"Unknown path {scope['path']}")
+        await send_error(send, GatewayError(status, message, code="not_found" if status == 404 else
+                                            "method_not_allowed"))
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # pragma: no cover - reported to the server
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.shutdown()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def startup(self) -> None:
+        from modelyard.accounting.tokens import count_text
+
+        count_text("warm up the tokenizer")  # load the BPE table now, not on the first request
+        await self.router.start()
+        await self.observer.start()
+        self.ready = True
+
+    async def shutdown(self) -> None:
+        self.ready = False
+        await self.observer.close()
+        await self.router.close()
+
+    # ------------------------------------------------------------------ helpers for handlers
+
+    def features(self, req: ChatRequest, request: Request, ctx: RequestContext) -> RequestFeatures:
+        ctx.requested_model = req.model
+        return openai_routes.features_for(req, request, ctx.key_name)
+
+    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures) -> None:
+        """Access control, rate limits and budget reservation (issue 4 plugs in here)."""
+        ctx.requested_model = model
+
+    def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext) -> Plan:
+        explain = request.header("x-modelyard-explain") in ("1", "true") or bool(
+            req.modelyard and req.modelyard.explain)
+        plan = self.router.plan(req.model, features, overrides=req.modelyard,
+                                strategy=request.header("x-modelyard-strategy"), explain=explain)
+        if explain:
+            ctx.explain = plan.explain()
+        return plan
+
+    def timeout_override(self, request: Request) -> float | None:
+        value = request.header("x-modelyard-timeout-ms")
+        if value is None:
+            return None
+        try:
+            seconds = float(value) / 1000.0
+        except ValueError:
+            raise GatewayError(400, "x-modelyard-timeout-ms must be a number of milliseconds",
+                               param="x-modelyard-timeout-ms") from None
+        if seconds <= 0:
+            raise GatewayError(400, "x-modelyard-timeout-ms must be positive", param="x-modelyard-timeout-ms")
+        return seconds
+
+    def answer_headers(self, ctx: RequestContext, dep: Deployment, records: list[AttemptRecord],
+                       cost: float | None) -> Headers:
+        headers: Headers = [
+            (b"x-modelyard-model", dep.name.encode()),
+            (b"x-modelyard-provider", dep.provider.encode()),
+            (b"x-modelyard-attempts", attempts_header(records).encode()),
+            (b"x-modelyard-latency-ms", f"{ctx.elapsed_ms:.1f}".encode()),
+            (b"x-request-id", ctx.request_id.encode()),
+        ]
+        if cost is not None:
+            headers.append((b"x-modelyard-cost-usd", f"{cost:.8f}".encode()))
+        if ctx.explain is not None:
+            headers.append((b"x-modelyard-explain", msgspec.json.encode(ctx.explain)))
+        return headers
+
+    def error_headers(self, error: ProviderError) -> Headers:
+        headers: Headers = []
+        if error.records:
+            headers.append((b"x-modelyard-attempts", attempts_header(error.records).encode()))
+        if error.retry_after is not None and error.client_status == 429:
+            headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
+        return headers
+
+
+async def _live(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    await send_json(request.send, 200, {"status": "ok"})
+
+
+async def _ready(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    health = gw.router.health
+    now = time.monotonic()
+    open_circuits = [d.name for d in gw.config.deployments if not health.available(d.name, now)]
+    ready = gw.ready and gw.router.started
+    body = {"status": "ready" if ready else "starting", "deployments": len(gw.config.deployments),
+            "open_circuits": open_circuits}
+    await send_json(request.send, 200 if ready else 503, body)
+
+
+def create_app(config: Config, **kwargs: Any) -> Gateway:
+    return Gateway(config, **kwargs)

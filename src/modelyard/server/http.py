@@ -1,0 +1,142 @@
+"""Minimal ASGI plumbing for the hot path: read a bounded body, send JSON and SSE, map errors.
+
+The gateway answers a handful of routes; a framework router and middleware stack would cost more per
+request than everything here together (measured: docs/benchmarks.md), so this module is the framework.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import msgspec
+
+from modelyard.schema.errors import GatewayError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+Headers = list[tuple[bytes, bytes]]
+
+JSON_HEADERS: Headers = [(b"content-type", b"application/json")]
+SSE_HEADERS: Headers = [
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Request:
+    """One HTTP request: scope accessors and a size-limited body."""
+
+    __slots__ = ("_headers", "receive", "scope", "send")
+
+    def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        self.scope = scope
+        self.receive = receive
+        self.send = send
+        self._headers: dict[str, str] | None = None
+
+    @property
+    def method(self) -> str:
+        return str(self.scope["method"])
+
+    @property
+    def path(self) -> str:
+        return str(self.scope["path"])
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Lower-cased header names → values (the last one wins for repeats)."""
+        if self._headers is None:
+            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
+        return self._headers
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name)
+
+    @property
+    def query(self) -> dict[str, str]:
+        from urllib.parse import parse_qsl
+
+        raw = self.scope.get("query_string", b"").decode("latin-1")
+        return dict(parse_qsl(raw))
+
+    async def body(self, limit: int) -> bytes:
+        """The whole body, or a 413 as soon as it exceeds `limit` bytes (announced or actual)."""
+        for name, value in self.scope["headers"]:
+            if name == b"content-length":
+                try:
+                    if int(value) > limit:
+                        raise too_large(limit)
+                except ValueError:
+                    raise GatewayError(400, "Invalid Content-Length header") from None
+        first = await self.receive()
+        body = first.get("body", b"")
+        if not first.get("more_body"):
+            if len(body) > limit:
+                raise too_large(limit)
+            return bytes(body)
+        chunks = [body]
+        size = len(body)
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise ClientGone
+            part = message.get("body", b"")
+            size += len(part)
+            if size > limit:
+                raise too_large(limit)
+            chunks.append(part)
+            if not message.get("more_body"):
+                return b"".join(chunks)
+
+    async def wait_disconnect(self) -> None:
+        """Returns when the client has gone (or the response is complete)."""
+        while True:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                return
+
+
+class ClientGone(Exception):
+    """The client disconnected before we could answer."""
+
+
+def too_large(limit: int) -> GatewayError:
+    return GatewayError(413, f"Request body too large (limit {limit} bytes)", code="request_too_large")
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: Headers) -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_json(send: Send, status: int, obj: Any, extra: Headers | None = None) -> None:
+    headers = JSON_HEADERS + extra if extra else JSON_HEADERS
+    await send_bytes(send, status, _encode(obj), headers)
+
+
+async def send_error(send: Send, error: GatewayError, extra: Headers | None = None) -> None:
+    headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+    if extra:
+        headers.extend(extra)
+    await send_json(send, error.status, error.to_body(), headers)
+
+
+def header_pairs(values: dict[str, str]) -> Headers:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in values.items()]
+
+
+async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
+    if task is None or task.done():
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):
+        pass

@@ -1,0 +1,130 @@
+"""OpenAI ingress: /v1/chat/completions (JSON and SSE), /v1/embeddings, /v1/models."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from modelyard.providers.base import new_id
+from modelyard.routing.executor import StreamResult
+from modelyard.routing.features import RequestFeatures, chat_features
+from modelyard.accounting.tokens import count_text
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest
+from modelyard.schema.errors import ProviderError
+from modelyard.server.http import (
+    JSON_HEADERS,
+    SSE_HEADERS,
+    Request,
+    cancel_quietly,
+    send_json,
+)
+from modelyard.server.validation import decode_body, validate_chat, validate_embeddings
+
+if TYPE_CHECKING:
+    from modelyard.server.app import Gateway, RequestContext
+
+_encode = msgspec.json.Encoder().encode
+_DONE = b"data: [DONE]\n\n"
+
+
+async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    raw = decode_body(await request.body(gw.max_body))
+    req = validate_chat(raw)
+    features = gw.features(req, request, ctx)
+    await gw.admit(ctx, req.model, features)
+    plan = gw.plan(req, request, features, ctx)
+    timeout_s = gw.timeout_override(request)
+    if req.stream:
+        result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
+        await stream_chat(gw, request, ctx, req, result)
+        return
+    success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
+    body = success.completion.body
+    cost = success.cost_usd
+    usage = body.get("usage")
+    if isinstance(usage, dict):
+        usage["cost"] = round(cost, 10)
+    if ctx.explain is not None:
+        body["modelyard"] = {"explain": ctx.explain, "attempts": [_record_dict(r) for r in success.records]}
+    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    await request.send({"type": "http.response.start", "status": 200,
+                        "headers": JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)})
+    await request.send({"type": "http.response.body", "body": _encode(body)})
+
+
+async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,
+                      result: StreamResult) -> None:
+    """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE]."""
+    send = request.send
+    watcher = asyncio.ensure_future(request.wait_disconnect())
+    headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    chunk_id = created = model = None
+    error: ProviderError | None = None
+    try:
+        async for chunk in result.chunks():
+            if watcher.done():
+                await result.aclose()
+                ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
+                return
+            chunk_id = chunk.get("id")
+            created = chunk.get("created")
+            model = chunk.get("model")
+            await send({"type": "http.response.body", "body": b"data: " + _encode(chunk) + b"\n\n",
+                        "more_body": True})
+    except ProviderError as exc:
+        error = exc
+    finally:
+        await cancel_quietly(watcher)
+    cost = result.cost_usd
+    if error is not None:
+        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        await send({"type": "http.response.body", "body": b"data: " + _encode(error.to_body()) + b"\n\n"})
+        return
+    ctx.finish_success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    tail = b""
+    if req.wants_usage_in_stream:
+        usage = result.usage.to_openai()
+        usage["cost"] = round(cost, 10)
+        final = {"id": chunk_id or new_id("chatcmpl-"), "object": "chat.completion.chunk",
+                 "created": created or int(time.time()), "model": model or result.model,
+                 "choices": [], "usage": usage}
+        tail = b"data: " + _encode(final) + b"\n\n"
+    await send({"type": "http.response.body", "body": tail + _DONE})
+
+
+async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    raw = decode_body(await request.body(gw.max_body))
+    req: EmbeddingRequest = validate_embeddings(raw)
+    texts = [req.input] if isinstance(req.input, str) else [t for t in req.input if isinstance(t, str)]
+    features = RequestFeatures(prompt_tokens=sum(count_text(t) for t in texts), kind="embedding",
+                               key_name=ctx.key_name)
+    await gw.admit(ctx, req.model, features)
+    completion, dep, records, _ = await gw.router.embed(req, raw, features)
+    cost = sum(r.cost_usd for r in records)
+    body = completion.body
+    ctx.finish_success(dep, records, completion.usage, cost, ttft_ms=None)
+    await send_json(request.send, 200, body, gw.answer_headers(ctx, dep, records, cost))
+
+
+async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    created = gw.started_at
+    data = [{"id": name, "object": "model", "created": created, "owned_by": "modelyard"}
+            for name in gw.router.table.public_models]
+    await send_json(request.send, 200, {"object": "list", "data": data})
+
+
+def features_for(req: ChatRequest, request: Request, key_name: str | None) -> RequestFeatures:
+    tags_header = request.header("x-modelyard-tags")
+    tags = tuple(t.strip() for t in tags_header.split(",") if t.strip()) if tags_header else ()
+    return chat_features(req, task=request.header("x-modelyard-task"), key_name=key_name, tags=tags)
+
+
+def _record_dict(record: Any) -> dict[str, Any]:
+    return {"deployment": record.deployment, "provider": record.provider, "outcome": record.outcome,
+            "latency_ms": round(record.latency_ms, 1), "status": record.status, "hedge": record.hedge,
+            "cost_usd": round(record.cost_usd, 10)}
+

@@ -1,0 +1,177 @@
+"""OpenAI-compatible adapter: request out, response and stream in, error mapping (table tests)."""
+
+from __future__ import annotations
+
+import msgspec
+import pytest
+
+from modelyard.config.model import Deployment
+from modelyard.providers.base import SSEEvent
+from modelyard.providers.openai import OpenAIAdapter
+from modelyard.providers.sse import SSEParser
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest
+from modelyard.schema.errors import ErrorKind, ProviderError
+
+ADAPTER = OpenAIAdapter()
+DEP = Deployment(name="d", provider="openai", model="gpt-4o-2024-08-06", api_base="https://api.example/v1/",
+                 api_key="sk-secret-123")
+
+
+def call(raw: dict, stream: bool = False, dep: Deployment = DEP):
+    req = msgspec.convert(raw, ChatRequest)
+    return ADAPTER.chat_call(dep, req, raw, stream)
+
+
+def test_request_passes_unknown_fields_swaps_model_strips_modelyard():
+    raw = {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "top_k": 40,
+           "modelyard": {"strategy": "cost"}, "temperature": 0.2}
+    out = call(raw)
+    body = msgspec.json.decode(out.body)
+    assert out.url == "https://api.example/v1/chat/completions"
+    assert out.headers["Authorization"] == "Bearer sk-secret-123"
+    assert body == {"model": "gpt-4o-2024-08-06", "messages": [{"role": "user", "content": "hi"}], "top_k": 40,
+                    "temperature": 0.2}
+    assert raw["model"] == "smart"  # the caller's dict is not mutated
+
+
+def test_stream_forces_usage_and_can_be_disabled():
+    raw = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
+    body = msgspec.json.decode(call(raw, stream=True).body)
+    assert body["stream"] is True and body["stream_options"] == {"include_usage": True}
+    quiet = Deployment(name="d", provider="openai", model="x", options={"stream_usage": False})
+    assert "stream_options" not in msgspec.json.decode(call(raw, stream=True, dep=quiet).body)
+
+
+def test_max_tokens_field_rename_quirk():
+    dep = Deployment(name="o", provider="openai", model="o3", options={"max_tokens_field": "max_completion_tokens"})
+    raw = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 50}
+    body = msgspec.json.decode(call(raw, dep=dep).body)
+    assert body["max_completion_tokens"] == 50 and "max_tokens" not in body
+
+
+def test_response_normalised_usage_and_tool_call_arguments():
+    upstream = {
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-2024-08-06",
+        "choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": None,
+            "tool_calls": [{"id": "call_1", "type": "function",
+                            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}}],
+        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
+                  "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 8}},
+    }
+    req = ChatRequest(model="m", messages=[])
+    result = ADAPTER.parse_chat(DEP, req, msgspec.json.encode(upstream))
+    choice = result.body["choices"][0]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Paris"}'
+    assert (result.usage.prompt, result.usage.completion, result.usage.cached, result.usage.reasoning) == (
+        100, 20, 60, 8)
+    assert result.body["usage"]["prompt_tokens_details"]["audio_tokens"] == 0  # provider extras kept
+    assert result.model == "gpt-4o-2024-08-06"
+
+
+def test_response_fills_missing_id_created_usage():
+    upstream = {"choices": [{"index": 0, "message": {"content": "x"}, "finish_reason": "eos"}]}
+    result = ADAPTER.parse_chat(DEP, ChatRequest(model="m", messages=[]), msgspec.json.encode(upstream))
+    assert result.body["id"].startswith("chatcmpl-") and result.body["created"] > 0
+    assert result.body["choices"][0]["finish_reason"] == "stop"
+    assert result.body["usage"]["total_tokens"] == 0 and result.body["model"] == DEP.model
+
+
+@pytest.mark.parametrize("body", [b"<html>502</html>", b"[1,2]", b'{"no": "choices"}'])
+def test_malformed_response_is_server_error(body):
+    with pytest.raises(ProviderError) as info:
+        ADAPTER.parse_chat(DEP, ChatRequest(model="m", messages=[]), body)
+    assert info.value.kind is ErrorKind.SERVER
+
+
+def stream_of(*payloads: bytes) -> list[SSEEvent]:
+    parser = SSEParser()
+    raw = b"".join(b"data: " + p + b"\n\n" for p in payloads)
+    events = []
+    for i in range(0, len(raw), 7):  # split across reads at awkward places
+        events += parser.feed(raw[i:i + 7])
+    return events
+
+
+def test_stream_translation_usage_captured_usage_chunk_dropped():
+    chunks = [
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+         "usage": None},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+         "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}], "usage": None},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
+         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
+        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o", "choices": [],
+         "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}},
+    ]
+    events = stream_of(*(msgspec.json.encode(c) for c in chunks), b"[DONE]")
+    translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
+    out = [c for e in events for c in translator.feed(e)]
+    assert len(out) == 3 and all("usage" not in c for c in out)
+    assert translator.done and translator.usage.prompt == 9 and translator.usage.completion == 2
+    assert translator.finish() == []
+
+
+def test_stream_cut_and_error_event():
+    translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
+    first = {"id": "c", "choices": [{"index": 0, "delta": {"content": "a"}, "finish_reason": None}]}
+    translator.feed(SSEEvent(msgspec.json.encode(first)))
+    with pytest.raises(ProviderError) as info:
+        translator.finish()
+    assert info.value.kind is ErrorKind.CONNECTION and info.value.after_first_byte
+    with pytest.raises(ProviderError) as info:
+        translator.feed(SSEEvent(b'{"error": {"message": "Rate limit reached", "type": "rate_limit_error"}}'))
+    assert info.value.kind is ErrorKind.RATE_LIMITED
+    with pytest.raises(ProviderError) as info:
+        translator.feed(SSEEvent(b"{not json"))
+    assert info.value.kind is ErrorKind.SERVER
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "headers", "kind", "retry_after"),
+    [
+        (429, {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+         {"retry-after": "7"}, ErrorKind.RATE_LIMITED, 7.0),
+        (429, {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}},
+         {}, ErrorKind.AUTH, None),
+        (400, {"error": {"message": "This model's maximum context length is 128000 tokens",
+                         "type": "invalid_request_error", "code": "context_length_exceeded"}},
+         {}, ErrorKind.CONTEXT_LENGTH, None),
+        (400, {"error": {"message": "flagged", "type": "invalid_request_error", "code": "content_filter"}},
+         {}, ErrorKind.CONTENT_FILTER, None),
+        (400, {"error": {"message": "bad", "type": "invalid_request_error", "code": None}},
+         {}, ErrorKind.BAD_REQUEST, None),
+        (401, {"error": {"message": "Incorrect API key provided: sk-secr***", "type": "invalid_request_error"}},
+         {}, ErrorKind.AUTH, None),
+        (500, {"error": {"message": "boom", "type": "server_error"}}, {}, ErrorKind.SERVER, None),
+        (502, "<html>bad gateway</html>", {}, ErrorKind.SERVER, None),
+        (503, {"error": "overloaded"}, {"retry-after-ms": "1500"}, ErrorKind.OVERLOADED, 1.5),
+        (504, {}, {}, ErrorKind.TIMEOUT, None),
+        (408, {}, {}, ErrorKind.TIMEOUT, None),
+    ],
+)
+def test_error_mapping(status, body, headers, kind, retry_after):
+    raw = body.encode() if isinstance(body, str) else msgspec.json.encode(body)
+    error = ADAPTER.error(status, headers, raw)
+    assert error.kind is kind and error.retry_after == retry_after and error.status == status
+
+
+def test_embeddings_round_trip():
+    raw = {"model": "embed", "input": ["a", "b"]}
+    out = ADAPTER.embeddings_call(DEP, msgspec.convert(raw, EmbeddingRequest), raw)
+    assert out.url.endswith("/embeddings") and msgspec.json.decode(out.body)["model"] == DEP.model
+    body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+            "model": "text-embedding-3-small", "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    result = ADAPTER.parse_embeddings(DEP, msgspec.convert(raw, EmbeddingRequest), msgspec.json.encode(body))
+    assert result.usage.prompt == 4 and result.model == "text-embedding-3-small"
+
+
+def test_sse_parser_crlf_comments_multiline_and_flush():
+    parser = SSEParser()
+    events = parser.feed(b": keepalive\r\n\r\nevent: message_start\r\ndata: {\"a\":\r")
+    events += parser.feed(b"\ndata: 1}\r\n\r\ndata: tail")
+    assert [(e.event, e.data) for e in events] == [("message_start", b'{"a":\n1}')]
+    assert [e.data for e in parser.flush()] == [b"tail"]

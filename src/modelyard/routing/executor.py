@@ -293,13 +293,15 @@ class Executor:
         try:
             translator = adapter.stream_translator(dep, request.req)
             events = stream.events()
+            # Buffer until the answer has substance (content, a tool call or a finish): a stream that breaks
+            # after only the role preamble can still fail over without the client seeing anything.
             first: list[dict[str, Any]] = []
             async for event in events:
-                first = translator.feed(event)
-                if first or translator.done:
+                first.extend(translator.feed(event))
+                if translator.done or (first and _substantive(first[-1])):
                     break
-            if not first:
-                first = translator.finish()  # an empty but complete answer, or a cut stream (raises)
+            else:
+                first.extend(translator.finish())  # a complete answer, or a cut stream (raises)
         except BaseException:
             stream.close()
             raise
@@ -424,6 +426,16 @@ class StreamResult:
             executor.health.on_success(dep.name, now, total_ms, opened.ttft_ms)
         executor.limits.correct_tokens(dep.name, opened.started,
                                        usage.total - features.prompt_tokens - features.output_estimate())
+
+
+def _substantive(chunk: dict[str, Any]) -> bool:
+    for choice in chunk.get("choices") or ():
+        if choice.get("finish_reason") is not None:
+            return True
+        delta = choice.get("delta") or {}
+        if delta.get("content") or delta.get("tool_calls") or delta.get("refusal") or delta.get("reasoning_content"):
+            return True
+    return False
 
 
 def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:

@@ -1,0 +1,1 @@
+"""Utilities for testing gateways and routing configs against the simulator."""

@@ -1,0 +1,217 @@
+"""What a simulated model answers: deterministic text, tool calls and JSON from a seeded RNG.
+
+Conventions tests rely on (checked in this order):
+
+* tools given and the tool choice asks for a call (required / any / a named tool), or is `auto` and the
+  last user text names a tool (or says ``call all tools``) and the last message is not a tool result
+  → tool calls, arguments generated from each tool's JSON-Schema parameters; ``call all tools`` gives
+  two calls unless parallel calls are off;
+* JSON mode → a JSON document: an instance of the schema when one is given, else ``{"answer": "..."}``;
+  a system prompt asking for ``valid JSON`` counts as JSON mode (real models follow such instructions, and
+  the gateway writes one for providers without a native JSON mode), with the JSON Schema that follows the
+  words ``JSON Schema`` in it, if any;
+* the last message is a tool result → ``Tool result received: `` + its first 200 characters;
+* the last user text contains ``Repeat: <text>`` → exactly ``<text>`` (everything after the marker);
+* otherwise words from a fixed vocabulary, as many tokens as the model's `output_tokens` draw.
+
+Text answers honour `stop` sequences and are cut at `max_tokens` (finish "length"); JSON and tool
+arguments are never cut. Token counts are the cheap estimate `count_tokens` (about 4 characters a token).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+import msgspec
+
+from modelyard.sim.fleet import SimModel, TokenRange
+from modelyard.sim.instance import instance
+from modelyard.sim.shapes import Ask, Finish, Reply, ToolCallOut, ToolSpec
+
+#: Tokens an image part counts for in a prompt.
+IMAGE_TOKENS = 85
+TOOL_RESULT_PREFIX = "Tool result received: "
+REPEAT_MARKER = "Repeat: "
+CALL_ALL_MARKER = "call all tools"
+JSON_INSTRUCTION = "valid json"
+SCHEMA_MARKER = "JSON Schema"
+
+VOCAB: tuple[str, ...] = (
+    "the", "a", "model", "router", "gateway", "token", "stream", "answer", "request", "latency", "budget",
+    "cache", "fallback", "provider", "quickly", "carefully", "simply", "always", "often", "never", "system",
+    "signal", "value", "vector", "route", "path", "retry", "window", "prompt", "result", "context",
+    "quality", "price", "fast", "slow", "small", "large", "medium", "every", "some", "many", "few",
+    "because", "while", "and", "but", "so", "then", "when", "where", "how", "why", "this", "that", "these",
+    "those", "it", "we", "they", "you", "is", "are", "was", "be", "will", "can", "may", "should", "could",
+    "would", "plan", "step", "tool", "check", "build", "test", "measure", "serve", "send", "read", "write",
+    "find", "choose", "keep", "clear", "bright", "steady", "calm", "open", "local", "remote", "shared",
+    "simple", "direct", "final", "first", "next", "last", "new", "old", "good",
+)
+
+_encode = msgspec.json.Encoder().encode
+
+
+def count_tokens(text: str) -> int:
+    """The simulator's token estimate: about four characters a token."""
+    return (len(text) + 3) // 4
+
+
+def draw_count(spec: int | TokenRange, rng: random.Random) -> int:
+    if isinstance(spec, int):
+        return spec
+    return rng.randint(spec.min, spec.max)
+
+
+def generate(ask: Ask, model: SimModel, rng: random.Random) -> Reply:
+    """One answer (one choice) to `ask`."""
+    reasoning = draw_count(model.reasoning_tokens, rng)
+    calls = tool_calls(ask, rng)
+    if calls:
+        tokens = sum(count_tokens(c.name) + count_tokens(c.arguments) for c in calls)
+        return Reply("", "tool_calls", tokens + reasoning, calls, reasoning_tokens=reasoning)
+    if ask.json_mode or JSON_INSTRUCTION in ask.system_text.lower():
+        text = json_document(ask, rng)
+        return Reply(text, "stop", count_tokens(text) + reasoning, reasoning_tokens=reasoning)
+    if ask.tool_result is not None:
+        text = TOOL_RESULT_PREFIX + ask.tool_result[:200]
+    elif REPEAT_MARKER in ask.last_user_text:
+        text = ask.last_user_text[ask.last_user_text.index(REPEAT_MARKER) + len(REPEAT_MARKER):]
+    else:
+        text = compose(draw_count(model.output_tokens, rng), rng)
+    return _finish_text(text, ask, reasoning)
+
+
+def _finish_text(text: str, ask: Ask, reasoning: int) -> Reply:
+    """Apply stop sequences, then the token cap, as a model generating left to right would."""
+    finish: Finish = "stop"
+    stop_sequence = None
+    if ask.stop:
+        cut = len(text)
+        for seq in ask.stop:
+            at = text.find(seq) if seq else -1
+            if 0 <= at < cut:
+                cut, stop_sequence = at, seq
+        if stop_sequence is not None:
+            text, finish = text[:cut], "stop_sequence"
+    cap = ask.max_tokens
+    if cap is not None and count_tokens(text) > cap:
+        text, finish, stop_sequence = _truncate(text, cap), "length", None
+    return Reply(text, finish, count_tokens(text) + reasoning, stop_sequence=stop_sequence,
+                 reasoning_tokens=reasoning)
+
+
+def _truncate(text: str, cap: int) -> str:
+    """The longest prefix within `cap` tokens, cut at a word boundary when there is one."""
+    limit = max(0, cap * 4)
+    if limit == 0:
+        return ""
+    head = text[:limit]
+    space = head.rfind(" ")
+    return head[:space] if space > 0 and len(text) > limit and text[limit] != " " else head
+
+
+def _sentences(words: int, rng: random.Random) -> str:
+    """`words` vocabulary words in sentences of 6 to 14 words."""
+    picked = rng.choices(VOCAB, k=words)
+    at = 0
+    while at < words:
+        picked[at] = picked[at].capitalize()
+        at += rng.randint(6, 14)
+        picked[min(at, words) - 1] += "."
+    return " ".join(picked)
+
+
+#: A fixed passage answers are cut from: one slice per answer instead of one draw per word (speed).
+_CORPUS = _sentences(12_000, random.Random(20240517))
+
+
+def compose(tokens: int, rng: random.Random) -> str:
+    """Sentences of vocabulary words, at most `tokens` tokens long and within a word of it."""
+    budget = tokens * 4
+    if budget <= 0:
+        return ""
+    parts: list[str] = []
+    left = budget
+    while left > 0:
+        span = min(left, len(_CORPUS) // 2)
+        start = _CORPUS.find(". ", rng.randrange(len(_CORPUS) - span - 64)) + 2
+        parts.append(_CORPUS[start:start + span])
+        left -= span + 1
+    text = " ".join(parts)
+    cut = text.rfind(" ", 0, budget)
+    text = text[:cut] if cut > 0 else text[: max(1, budget - 1)]
+    return text if text.endswith(".") else text + "."
+
+
+def tool_calls(ask: Ask, rng: random.Random) -> list[ToolCallOut]:
+    chosen = _chosen_tools(ask)
+    return [_call(tool, rng) for tool in chosen]
+
+
+def _chosen_tools(ask: Ask) -> list[ToolSpec]:
+    if not ask.tools or ask.tool_mode == "none":
+        return []
+    if ask.tool_name is not None:
+        named = [t for t in ask.tools if t.name == ask.tool_name]
+        return named[:1] or ask.tools[:1]
+    wants_all = CALL_ALL_MARKER in ask.last_user_text.lower()
+    if ask.tool_mode == "auto":
+        if ask.tool_result is not None:
+            return []
+        mentioned = [t for t in ask.tools if t.name in ask.last_user_text]
+        if not (mentioned or wants_all):
+            return []
+        first = mentioned[0] if mentioned else ask.tools[0]
+    else:
+        first = ask.tools[0]
+    if not (wants_all and ask.parallel_tools):
+        return [first]
+    others = [t for t in ask.tools if t is not first]
+    return [first, others[0] if others else first]
+
+
+def _call(tool: ToolSpec, rng: random.Random) -> ToolCallOut:
+    schema = tool.parameters if tool.parameters else {"type": "object", "properties": {}}
+    args = instance(schema, rng)
+    if not isinstance(args, dict):
+        args = {"value": args}
+    return ToolCallOut(f"{rng.getrandbits(96):024x}", tool.name, _encode(args).decode(), args)
+
+
+def json_document(ask: Ask, rng: random.Random) -> str:
+    schema = ask.json_schema if ask.json_mode else _instructed_schema(ask.system_text)
+    if schema:
+        return _encode(instance(schema, rng)).decode()
+    return _encode({"answer": compose(rng.randint(4, 12), rng)}).decode()
+
+
+def _instructed_schema(system: str) -> dict[str, Any] | None:
+    """The JSON object that follows the words "JSON Schema" in a system prompt, if any."""
+    at = system.find(SCHEMA_MARKER)
+    start = system.find("{", at) if at >= 0 else -1
+    if start < 0:
+        return None
+    try:
+        schema, _ = json.JSONDecoder().raw_decode(system, start)
+    except ValueError:
+        return None
+    return schema if isinstance(schema, dict) else None
+
+
+def cached_tokens(prompt_tokens: int, model: SimModel, rng: random.Random) -> int:
+    """Prompt tokens reported as a cache hit: three quarters of the prompt, `cache_hit_rate` of the time."""
+    if model.cache_hit_rate <= 0.0 or rng.random() >= model.cache_hit_rate:
+        return 0
+    return prompt_tokens * 3 // 4
+
+
+def text_pieces(text: str) -> list[str]:
+    """The stream deltas of a text: one word each (a token or two), joining back to exactly `text`."""
+    if not text:
+        return []
+    words = text.split(" ")
+    pieces = [words[0]] if words[0] else []
+    pieces.extend(" " + w for w in words[1:])
+    return pieces

@@ -85,7 +85,7 @@ def _console(stderr: bool = False) -> Console:
 
 
 def _fail(message: str, code: int = 2) -> typer.Exit:
-    Console(stderr=True).print(message, style="red", highlight=False, markup=False)
+    Console(stderr=True).print(message, style="red", highlight=False, markup=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -160,6 +160,8 @@ def run_command(
     runs = _store(store)
     try:
         if resume:
+            if inputs or inputs_file:
+                raise _fail("--resume continues a run with its own inputs; drop -i/--inputs-file")
             spec, given = _resume_spec(runs, resume, workflow), None
         elif workflow is None:
             raise _fail("give a workflow file, or --resume RUN_ID")

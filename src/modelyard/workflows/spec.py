@@ -1,0 +1,271 @@
+"""A workflow file as typed, validated data.
+
+`load_workflow(path)` reads YAML, checks it against the exported JSON Schema (`schema.py`), builds the
+dataclasses below, then runs the checks a schema cannot express (`checks.py`): unknown references,
+cycles, templates naming steps they do not `need`, output schemas that are not JSON Schema. Every problem
+is reported at once, as `file:line: step 'x': message`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from modelyard.workflows import checks
+from modelyard.workflows.issues import Issue, WorkflowError
+from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
+
+StepKind = Literal["model", "tool", "loop"]
+YamlPath = tuple[str | int, ...]
+DEFAULT_MAX_PARALLEL = 16
+DEFAULT_LOOP_ITERATIONS = 3
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+#: The default of an input that has none (the caller must give it).
+REQUIRED: Any = _Required()
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    name: str
+    type: str = "string"
+    default: Any = REQUIRED
+    description: str = ""
+    enum: tuple[Any, ...] | None = None
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+
+@dataclass(frozen=True)
+class EstimateHint:
+    """What `plan` assumes where it cannot know: fan-out width, answer size, loop rounds."""
+
+    items: int | None = None
+    output_tokens: int | None = None
+    iterations: int | None = None
+
+
+@dataclass(frozen=True)
+class LoopSpec:
+    steps: dict[str, StepSpec]
+    max_iterations: int = DEFAULT_LOOP_ITERATIONS
+    until: str | bool | None = None
+
+
+@dataclass(frozen=True)
+class StepSpec:
+    """One step. `qualname` is `id` at the top level and `loop.id` inside a loop."""
+
+    id: str
+    kind: StepKind
+    path: YamlPath
+    line: int
+    qualname: str
+    needs: tuple[str, ...] = ()
+    description: str = ""
+    model: str | None = None
+    prompt: str | None = None
+    system: str | None = None
+    call: str | None = None
+    args: dict[str, Any] = field(default_factory=dict)
+    foreach: str | list[Any] | None = None
+    max_parallel: int | None = None
+    when: str | bool | None = None
+    retries: int = 0
+    timeout: float | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    task: str | None = None
+    route: dict[str, Any] = field(default_factory=dict)
+    output_schema: dict[str, Any] | bool | None = None
+    loop: LoopSpec | None = None
+    estimate: EstimateHint = field(default_factory=EstimateHint)
+
+
+@dataclass(frozen=True)
+class Budget:
+    max_cost_usd: float | None = None
+    max_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """The counterfactual the report prints: the same tokens priced at `premium_model`."""
+
+    premium_model: str | None = None
+    tasks_step: str | None = None
+    per_tasks: int = 1000
+
+
+@dataclass(frozen=True)
+class WorkflowSpec:
+    name: str
+    steps: dict[str, StepSpec]
+    source: str = "<string>"
+    text: str = ""
+    description: str = ""
+    inputs: dict[str, InputSpec] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    budget: Budget = field(default_factory=Budget)
+    max_parallel: int = DEFAULT_MAX_PARALLEL
+    report: ReportSpec = field(default_factory=ReportSpec)
+    lines: LineMap = field(default_factory=LineMap, compare=False, repr=False)
+    #: The parsed YAML, for checks that need to know which keys were written.
+    raw: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def base_dir(self) -> Path:
+        """Where relative paths in the workflow (schema files, tool modules) are resolved."""
+        if self.source.startswith("<"):
+            return Path.cwd()
+        return Path(self.source).resolve().parent
+
+    def deps(self) -> dict[str, list[str]]:
+        return {sid: list(step.needs) for sid, step in self.steps.items()}
+
+
+def load_workflow(path: str | Path) -> WorkflowSpec:
+    """Read and validate a workflow file; raises WorkflowError listing every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except OSError as exc:
+        issue = Issue(str(path), 1, f"cannot read the workflow: {exc.strerror or exc}")
+        raise WorkflowError([issue]) from None
+    return parse_workflow(text, str(path))
+
+
+def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
+    """Validate workflow YAML text; `name` is the file name used in messages and for relative paths."""
+    try:
+        source = load_source(text, name)
+    except YamlSyntaxError as exc:
+        raise WorkflowError([Issue(name, exc.line, f"YAML syntax: {exc.message}")]) from None
+    issues = checks.structural_issues(source)
+    if issues:
+        raise WorkflowError(issues)
+    builder = _Builder(source)
+    spec = builder.workflow()
+    issues = builder.issues + checks.semantic_issues(spec)
+    if issues:
+        raise WorkflowError(issues)
+    return spec
+
+
+class _Builder:
+    """Turns schema-valid data into dataclasses; collects the problems only building can see."""
+
+    def __init__(self, source: Source) -> None:
+        self.source = source
+        self.issues: list[Issue] = []
+        self.base_dir = Path.cwd() if source.name.startswith("<") else Path(source.name).resolve().parent
+
+    def workflow(self) -> WorkflowSpec:
+        data: dict[str, Any] = self.source.data
+        budget = data.get("budget") or {}
+        report = data.get("report") or {}
+        return WorkflowSpec(
+            name=data["name"],
+            description=data.get("description", ""),
+            steps=self.steps(data["steps"], ("steps",), prefix=""),
+            source=self.source.name,
+            text=self.source.text,
+            inputs={name: _input(name, raw) for name, raw in (data.get("inputs") or {}).items()},
+            outputs=dict(data.get("outputs") or {}),
+            budget=Budget(budget.get("max_cost_usd"), budget.get("max_seconds")),
+            max_parallel=data.get("max_parallel", DEFAULT_MAX_PARALLEL),
+            report=ReportSpec(
+                report.get("premium_model"), report.get("tasks_step"), report.get("per_tasks", 1000)
+            ),
+            lines=self.source.lines,
+            raw=self.source.data,
+        )
+
+    def steps(self, raw: dict[str, Any], path: YamlPath, prefix: str) -> dict[str, StepSpec]:
+        return {sid: self.step(sid, body, (*path, sid), prefix) for sid, body in raw.items()}
+
+    def step(self, sid: str, body: dict[str, Any], path: YamlPath, prefix: str) -> StepSpec:
+        qualname = f"{prefix}{sid}"
+        kind: StepKind = "loop" if "loop" in body else "tool" if "call" in body else "model"
+        loop = None
+        if "loop" in body:
+            raw_loop = body["loop"]
+            loop = LoopSpec(
+                steps=self.steps(raw_loop["steps"], (*path, "loop", "steps"), prefix=f"{qualname}."),
+                max_iterations=raw_loop.get("max_iterations", DEFAULT_LOOP_ITERATIONS),
+                until=raw_loop.get("until"),
+            )
+        hint = body.get("estimate") or {}
+        return StepSpec(
+            id=sid,
+            kind=kind,
+            path=path,
+            line=self.source.lines.line(path),
+            qualname=qualname,
+            needs=tuple(body.get("needs") or ()),
+            description=body.get("description", ""),
+            model=body.get("model"),
+            prompt=body.get("prompt"),
+            system=body.get("system"),
+            call=body.get("call"),
+            args=dict(body.get("args") or {}),
+            foreach=body.get("foreach"),
+            max_parallel=body.get("max_parallel"),
+            when=body.get("when"),
+            retries=body.get("retries", 0),
+            timeout=body.get("timeout"),
+            temperature=body.get("temperature"),
+            max_tokens=body.get("max_tokens"),
+            task=body.get("task"),
+            route=dict(body.get("route") or {}),
+            output_schema=self.output_schema(body.get("output") or {}, path, qualname),
+            loop=loop,
+            estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
+        )
+
+    def output_schema(self, output: dict[str, Any], path: YamlPath, qualname: str) -> Any:
+        schema = output.get("schema")
+        if not isinstance(schema, str):
+            return schema
+        file = self.base_dir / schema
+        line = self.source.lines.line((*path, "output", "schema"))
+        try:
+            return json.loads(file.read_text(encoding="utf-8"))
+        except OSError as exc:
+            problem = f"cannot read schema file {schema}: {exc.strerror or exc}"
+        except json.JSONDecodeError as exc:
+            problem = f"schema file {schema} is not JSON: {exc}"
+        self.issues.append(Issue(self.source.name, line, problem, qualname))
+        return None
+
+
+def _input(name: str, raw: Any) -> InputSpec:
+    if isinstance(raw, str):
+        return InputSpec(name=name, type=raw)
+    enum = raw.get("enum")
+    return InputSpec(
+        name=name,
+        type=raw.get("type", "string"),
+        default=raw.get("default", REQUIRED),
+        description=raw.get("description", ""),
+        enum=tuple(enum) if enum is not None else None,
+    )
+
+
+def walk_steps(steps: dict[str, StepSpec]) -> list[StepSpec]:
+    """Every step, loop bodies included, in declaration order."""
+    found: list[StepSpec] = []
+    for step in steps.values():
+        found.append(step)
+        if step.loop is not None:
+            found.extend(walk_steps(step.loop.steps))
+    return found

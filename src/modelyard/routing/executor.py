@@ -113,6 +113,14 @@ class _Walk:
         return dep
 
 
+class _HedgeSpent(Exception):
+    """Both legs of a hedge failed: the walk goes on, without another hedge."""
+
+    def __init__(self, error: ProviderError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
 class Executor:
     def __init__(
         self,
@@ -167,9 +175,17 @@ class Executor:
         while dep is not None and len(request.records) < policy.max_attempts:
             try:
                 if hedge_s is not None and walk.peek() is not None:
-                    delay, hedge_s = hedge_s, None
-                    return await self._race(dep, walk, delay, request)
+                    # One hedge per request, spent only when an attempt is actually slow.
+                    return await self._race(dep, walk, hedge_s, request)
                 return await self._attempt(dep, request, hedge=False), dep
+            except _HedgeSpent as spent:
+                hedge_s = None
+                error = spent.error
+                error.records = request.records
+                dep = walk.next()
+                retries_used = 0
+                last_error = error
+                continue
             except ProviderError as error:
                 last_error = error
                 error.records = request.records
@@ -205,37 +221,51 @@ class Executor:
 
     async def _race(self, first: Deployment, walk: _Walk, delay: float,
                     request: _Request) -> tuple[Completion | _Opened, Deployment]:
-        """Hedging: if `first` has not answered after `delay`, start the next candidate too; first wins."""
+        """Hedging: if `first` has not answered after `delay`, start the next candidate too; first wins.
+
+        While the hedge is on, a leg that fails is replaced by the next candidate at once, so a fast
+        failure of the hedge does not leave the request waiting on the slow leg alone.
+        """
         first_task = asyncio.ensure_future(self._attempt(first, request, hedge=False))
         done, _ = await asyncio.wait({first_task}, timeout=delay)
         if done:
             return first_task.result(), first  # answered (or failed) before the hedge was due
-        second = walk.next()
-        assert second is not None
-        second_task = asyncio.ensure_future(self._attempt(second, request, hedge=True))
-        owners = {first_task: first, second_task: second}
-        pending: set[asyncio.Future[Completion | _Opened]] = {first_task, second_task}
+        owners: dict[asyncio.Future[Completion | _Opened], Deployment] = {first_task: first}
+        pending: set[asyncio.Future[Completion | _Opened]] = {first_task}
         errors: list[ProviderError] = []
+
+        def launch() -> None:
+            dep = walk.next()
+            if dep is not None and len(request.records) < self.policy.max_attempts:
+                task = asyncio.ensure_future(self._attempt(dep, request, hedge=True))
+                owners[task] = dep
+                pending.add(task)
+
+        launch()
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 winners = [t for t in done if t.exception() is None]
-                errors.extend(e for t in done if isinstance(e := t.exception(), ProviderError))
-                for t in done:
-                    if t.exception() is not None and not isinstance(t.exception(), ProviderError):
-                        raise t.exception()  # type: ignore[misc]
+                for task in done:
+                    exc = task.exception()
+                    if exc is not None and not isinstance(exc, ProviderError):
+                        raise exc
+                    if isinstance(exc, ProviderError):
+                        errors.append(exc)
                 if winners:
-                    winner = winners[0]
                     for extra in winners[1:]:
                         self._discard(extra.result())
-                    return winner.result(), owners[winner]
+                    return winners[0].result(), owners[winners[0]]
+                if errors and errors[-1].kind is not ErrorKind.BAD_REQUEST:
+                    for _ in done:
+                        launch()
         finally:
             for task in pending:
                 task.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
-        # Both failed: let the walk continue with the remaining candidates.
-        raise errors[-1]
+        # Every leg failed: let the walk continue with the remaining candidates.
+        raise _HedgeSpent(errors[-1])
 
     def _discard(self, answer: Completion | _Opened) -> None:
         if isinstance(answer, _Opened):

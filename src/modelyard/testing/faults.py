@@ -63,8 +63,8 @@ class SuiteSettings:
     first_token_timeout_s: float = 0.5
     total_timeout_s: float = 5.0
     hedge_after_ms: float | None = None
-    breaker_failures: int = 20
-    breaker_window_s: float = 5.0
+    breaker_failures: int = 50
+    breaker_window_s: float = 10.0
     breaker_cooldown_s: float = 1.0
 
 
@@ -155,19 +155,34 @@ async def _drive(url: str, settings: SuiteSettings, report: SuiteReport) -> None
         await asyncio.gather(*(guarded(i) for i in range(settings.requests)))
 
 
-def run_fault_suite(settings: SuiteSettings | None = None) -> SuiteReport:
-    """Start the simulator and a gateway, drive the load, and report."""
+def run_fault_suite(settings: SuiteSettings | None = None, *, in_process: bool = False) -> SuiteReport:
+    """Start the simulator and a gateway, drive the load, and report.
+
+    By default the simulator and the gateway run as separate processes (`modelyard sim`, `modelyard
+    serve`), as in production: latencies then measure the gateway, not a shared interpreter lock.
+    `in_process=True` runs both on threads of this process (quicker to start; used by the unit suite).
+    """
+    settings = settings or SuiteSettings()
+    report = SuiteReport(settings)
+    runner = _run_in_process if in_process else _run_in_processes
+    runner(settings, report)
+    report.attempts_reported = sum(report.attempts)
+    return report
+
+
+def _config_text(settings: SuiteSettings, sim_url: str) -> str:
+    return CONFIG.format(sim=sim_url, first_token=settings.first_token_timeout_s,
+                         total=settings.total_timeout_s, hedge=_hedge_line(settings),
+                         breaker_failures=settings.breaker_failures, breaker_window_s=settings.breaker_window_s,
+                         breaker_cooldown_s=settings.breaker_cooldown_s)
+
+
+def _run_in_process(settings: SuiteSettings, report: SuiteReport) -> None:
     from modelyard.sim.fleet import fleet_from_dict
     from modelyard.sim.server import SimServer
 
-    settings = settings or SuiteSettings()
-    report = SuiteReport(settings)
     with SimServer(fleet_from_dict(FLEET), seed=5) as sim:
-        text = CONFIG.format(sim=sim.url, first_token=settings.first_token_timeout_s,
-                             total=settings.total_timeout_s, hedge=_hedge_line(settings),
-                             breaker_failures=settings.breaker_failures, breaker_window_s=settings.breaker_window_s,
-                             breaker_cooldown_s=settings.breaker_cooldown_s)
-        gateway = build_gateway(parse_config(text, source="fault-suite.yaml"))
+        gateway = build_gateway(parse_config(_config_text(settings, sim.url), source="fault-suite.yaml"))
         gateway.router.health.listeners.append(
             lambda name, old, new: report.breaker_transitions.append((name, old.value, new.value)))
         with BackgroundServer(gateway) as server:
@@ -175,10 +190,72 @@ def run_fault_suite(settings: SuiteSettings | None = None) -> SuiteReport:
             asyncio.run(_drive(server.url, settings, report))
             report.wall_s = time.perf_counter() - started
             time.sleep(0.2)  # let cancelled upstream attempts reach the simulator's counters
-        stats = sim.stats()
-    report.attempts_reported = sum(report.attempts)
-    report.upstream_requests = _count_requests(stats)
-    return report
+        report.upstream_requests = _count_requests(sim.stats())
+
+
+def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
+    import json
+    import re
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+    from urllib.request import urlopen
+
+    import yaml
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    def wait(url: str, proc: subprocess.Popen[bytes]) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            try:
+                with urlopen(url, timeout=1):
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{url} did not answer within 30 s")
+
+    cli = [sys.executable, "-m", "modelyard.cli.main"]
+    with tempfile.TemporaryDirectory() as tmp:
+        fleet_path = Path(tmp) / "fleet.yaml"
+        fleet_path.write_text(yaml.safe_dump(FLEET))
+        sim_port, gw_port = free_port(), free_port()
+        sim_url = f"http://127.0.0.1:{sim_port}"
+        config_path = Path(tmp) / "gateway.yaml"
+        config_path.write_text(_config_text(settings, sim_url))
+        log_path = Path(tmp) / "gateway.log"
+        sim = subprocess.Popen([*cli, "sim", "--port", str(sim_port), "--fleet", str(fleet_path), "--seed", "5"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        with open(log_path, "wb") as log:
+            gateway = subprocess.Popen([*cli, "serve", "--config", str(config_path), "--port", str(gw_port),
+                                        "--log-level", "warning"], stdout=log, stderr=log)
+        try:
+            wait(sim_url + "/_sim/health", sim)
+            wait(f"http://127.0.0.1:{gw_port}/health/ready", gateway)
+            started = time.perf_counter()
+            asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", settings, report))
+            report.wall_s = time.perf_counter() - started
+            time.sleep(0.2)
+            with urlopen(sim_url + "/_sim/stats", timeout=5) as resp:
+                report.upstream_requests = _count_requests(json.loads(resp.read()))
+        finally:
+            for proc in (gateway, sim):
+                proc.terminate()
+            for proc in (gateway, sim):
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        pattern = re.compile(r"circuit (\S+): (\w+) -> (\w+)")
+        for match in pattern.finditer(log_path.read_text(errors="replace")):
+            report.breaker_transitions.append((match.group(1), match.group(2), match.group(3)))
 
 
 def _count_requests(stats: dict[str, Any]) -> int:

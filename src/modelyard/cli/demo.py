@@ -51,7 +51,8 @@ def _chat(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
 def demo_calls() -> list[Call]:
     """The scripted mix: every strategy, both ingress APIs, streaming, tools, JSON, embeddings, failover."""
     return [
-        Call("cost: cheapest good-enough", "/v1/chat/completions", _chat("smart", "Why write unit tests?")),
+        Call("cost: cheapest good-enough", "/v1/chat/completions", _chat("balanced", "Why write unit tests?")),
+        Call("cost: strong model", "/v1/chat/completions", _chat("smart", "Prove it step by step.")),
         Call("priority: Anthropic wire", "/v1/chat/completions", _chat("premium", "Draft a product brief.")),
         Call("least-latency", "/v1/chat/completions", _chat("fast", "Capital of France?")),
         Call("rules: coding, high", "/v1/chat/completions",

@@ -87,10 +87,10 @@ def serve(
 
 
 def _write_demo_config(sim_url: str) -> Path:
-    from modelyard.server.factory import DEMO_CONFIG
+    from modelyard.config.demo import demo_config_text
 
     target = Path(os.environ.get("TMPDIR", "/tmp")) / f"modelyard-demo-{os.getpid()}.yaml"
-    target.write_text(DEMO_CONFIG.read_text(encoding="utf-8").replace("${SIM_URL}", sim_url), encoding="utf-8")
+    target.write_text(demo_config_text(sim_url), encoding="utf-8")
     return target
 
 

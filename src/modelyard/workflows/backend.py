@@ -1,7 +1,7 @@
 """The seam between the workflow engine and the gateway: a model call in, an answer with its price out.
 
 The engine never speaks HTTP or a provider's wire format. It hands a `ModelCall` to a `ModelBackend`:
-in-process, the gateway's router and executor (`modelyard.gateway.inprocess`); remotely, a modelyard
+in-process, the gateway's router and executor (`modelyard.workflows.inprocess`); remotely, a modelyard
 server over HTTP (`HttpBackend`); in tests, `scripted.ScriptedBackend`.
 
 `ModelCall.metadata` carries routing hints as strings; a backend maps them onto the gateway's per-request
@@ -189,7 +189,7 @@ def parse_answer(raw: bytes, headers: dict[str, str], measured_ms: float) -> Mod
         usage=Usage.from_openai(body.get("usage")),
         cost_usd=_number(lowered.get("x-modelyard-cost-usd"), 0.0),
         latency_ms=_number(lowered.get("x-modelyard-latency-ms"), measured_ms),
-        attempts=int(_number(lowered.get("x-modelyard-attempts"), 1)),
+        attempts=int(_number((lowered.get("x-modelyard-attempts") or "1").split(";")[0], 1)),
     )
 
 
@@ -230,12 +230,12 @@ async def default_backend_factory(
             yield remote
         return
     try:
-        module = importlib.import_module("modelyard.gateway.inprocess")
+        module = importlib.import_module("modelyard.workflows.inprocess")
     except ModuleNotFoundError as exc:
-        if exc.name is None or not "modelyard.gateway.inprocess".startswith(exc.name):
+        if exc.name is None or not "modelyard.workflows.inprocess".startswith(exc.name):
             raise
         raise BackendUnavailable(
-            "the in-process gateway (modelyard.gateway.inprocess) is not available in this build; "
+            "the in-process gateway (modelyard.workflows.inprocess) is not available in this build; "
             "use --gateway-url URL for a running modelyard server, or --backend scripted for fake answers"
         ) from None
     async with module.open_inprocess_backend(config_path) as backend:

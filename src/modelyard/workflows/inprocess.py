@@ -1,0 +1,134 @@
+"""The in-process backend: workflow steps go through the gateway's own router, with no HTTP hop.
+
+A step's call becomes a canonical chat request, is planned and executed exactly like a gateway request
+(same strategies, retries, failover, hedging, prices), and comes back as a `ModelAnswer`. Without a
+config, the embedded default runs: the provider simulator plus the demo config, so every example works
+with no keys and no network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import msgspec
+
+from modelyard.accounting.prices import cost_usd, estimate_cost_usd
+from modelyard.config.loader import load_config
+from modelyard.config.model import Config, Deployment
+from modelyard.routing.features import RequestFeatures, chat_features
+from modelyard.routing.router import Router
+from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.errors import GatewayError
+from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, routing_options
+
+_DEFAULT_OUTPUT_TOKENS = 256
+
+
+def _price_resolver() -> Any:
+    try:
+        from modelyard.accounting.price_table import resolve_price
+    except ImportError:  # pragma: no cover - the table ships with the package
+        return None
+    return resolve_price
+
+
+class GatewayBackend:
+    """A `ModelBackend` over a started `Router`."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+
+    def _request(self, call: ModelCall) -> tuple[ChatRequest, dict[str, Any], RequestFeatures]:
+        raw: dict[str, Any] = {"model": call.model, "messages": call.messages}
+        if call.max_tokens is not None:
+            raw["max_tokens"] = call.max_tokens
+        if call.temperature is not None:
+            raw["temperature"] = call.temperature
+        if call.response_format is not None:
+            raw["response_format"] = call.response_format
+        options = routing_options(call.metadata)
+        if options:
+            raw["modelyard"] = options
+        try:
+            req = msgspec.convert(raw, ChatRequest)
+        except msgspec.ValidationError as exc:
+            raise GatewayError(400, f"invalid model call: {exc}") from None
+        tags = tuple(options.get("tags", ()))
+        return req, raw, chat_features(req, tags=tags)
+
+    async def call(self, call: ModelCall) -> ModelAnswer:
+        req, raw, features = self._request(call)
+        started = time.perf_counter()
+        success = await self.router.complete(req, raw, features, timeout_s=call.timeout_s)
+        body = success.completion.body
+        message = (body.get("choices") or [{}])[0].get("message") or {}
+        return ModelAnswer(
+            text=str(message.get("content") or ""),
+            model=success.completion.model,
+            deployment=success.deployment.name,
+            usage=success.completion.usage,
+            cost_usd=success.cost_usd,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempts=len(success.records),
+        )
+
+    def _first(self, call: ModelCall) -> tuple[Deployment, RequestFeatures]:
+        req, _, features = self._request(call)
+        plan = self.router.plan(req.model, features, overrides=req.modelyard)
+        if not plan.order:
+            reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in plan.ctx.skipped)
+            raise GatewayError(503, f"no deployment of `{call.model}` can serve this call ({reasons})")
+        return plan.order[0], features
+
+    def estimate(self, call: ModelCall) -> ModelEstimate:
+        dep, features = self._first(call)
+        hint = call.metadata.get("estimate_output_tokens")
+        output = int(hint) if hint else (call.max_tokens or _DEFAULT_OUTPUT_TOKENS)
+        return ModelEstimate(
+            deployment=dep.name,
+            prompt_tokens=features.prompt_tokens,
+            output_tokens=output,
+            cost_usd=estimate_cost_usd(features.prompt_tokens, output, self.router.price(dep.name)),
+            latency_ms=self.expected_latency_ms(dep, output),
+        )
+
+    def expected_latency_ms(self, dep: Deployment, output_tokens: int) -> float:
+        """Live EWMA when traffic has measured it, else the deployment's configured expectation."""
+        health = self.router.health.get(dep.name)
+        if health.ewma_total_ms is not None:
+            return health.ewma_total_ms
+        ttft = dep.expected_ttft_ms if dep.expected_ttft_ms is not None else 500.0
+        rate = dep.expected_tokens_per_s or 50.0
+        return ttft + output_tokens / rate * 1000.0
+
+    def price(self, model: str, usage: Usage) -> float | None:
+        """What `usage` costs on the deployment `model` routes to first (the all-premium comparison)."""
+        dep, _ = self._first(ModelCall(model=model, messages=[{"role": "user", "content": "x"}]))
+        price = self.router.price(dep.name)
+        return None if price is None else cost_usd(usage, price)
+
+
+@asynccontextmanager
+async def open_inprocess_backend(config_path: str | None = None) -> AsyncIterator[GatewayBackend]:
+    """The router of `config_path`, or of the embedded simulator demo when no config is given."""
+    sim = None
+    if config_path:
+        config: Config = load_config(config_path)
+    else:
+        from modelyard.config.demo import demo_config
+        from modelyard.sim.server import SimServer
+
+        sim = SimServer()
+        await asyncio.to_thread(sim.start)
+        config = demo_config(sim.url)
+    router = Router(config, resolve_price=_price_resolver())
+    try:
+        async with router:
+            yield GatewayBackend(router)
+    finally:
+        if sim is not None:
+            await asyncio.to_thread(sim.stop)

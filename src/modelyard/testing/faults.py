@@ -77,6 +77,9 @@ class SuiteReport:
     latencies_ms: list[float] = field(default_factory=list)
     attempts: list[int] = field(default_factory=list)
     attempts_reported: int = 0
+    #: Attempts the gateway abandoned (a lost hedge leg); one cancelled before its request left may never
+    #: reach the simulator, so `upstream_requests` lies in [attempts_reported - cancelled, attempts_reported].
+    cancelled_attempts: int = 0
     upstream_requests: int = 0
     breaker_transitions: list[tuple[str, str, str]] = field(default_factory=list)
     errors: dict[str, int] = field(default_factory=dict)
@@ -103,6 +106,7 @@ class SuiteReport:
             "max_ms": round(max(self.latencies_ms, default=0.0), 1),
             "attempts_per_request": round(sum(self.attempts) / max(1, len(self.attempts)), 3),
             "attempts_reported": self.attempts_reported, "upstream_requests": self.upstream_requests,
+            "cancelled_attempts": self.cancelled_attempts,
             "breaker_opened": opened, "breaker_closed": closed, "errors": self.errors,
             "wall_s": round(self.wall_s, 2),
         }
@@ -132,6 +136,7 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int, stream: bool,
     report.latencies_ms.append((time.perf_counter() - started) * 1000)
     count = int(attempts_header.split(";")[0] or 0)
     report.attempts.append(count)
+    report.cancelled_attempts += attempts_header.count(" cancelled ")
     complete = status == 200 and (not stream or (text.rstrip().endswith("data: [DONE]") and '"error"' not in text))
     if complete:
         report.ok += 1

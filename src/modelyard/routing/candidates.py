@@ -7,43 +7,100 @@ and RPM/TPM headroom. Each exclusion is recorded with its reason so a decision c
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 from modelyard.config.model import Deployment
 from modelyard.routing.context import DecisionContext
+from modelyard.routing.health import BreakerState, HealthTracker
+from modelyard.routing.limits import DeploymentLimits
+
+CLOSED = BreakerState.CLOSED
 
 
-def filter_candidates(deployments: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
+@dataclass(frozen=True, slots=True)
+class GroupProfile:
+    """Static facts about a model's candidates, computed once, that let most requests skip the loop."""
+
+    kind: str | None
+    min_window: float
+    any_limits: bool
+
+    @classmethod
+    def of(cls, deployments: tuple[Deployment, ...] | list[Deployment]) -> GroupProfile:
+        kinds = {dep.kind for dep in deployments}
+        windows = [dep.context_window for dep in deployments if dep.context_window is not None]
+        return cls(
+            kind=kinds.pop() if len(kinds) == 1 else None,
+            min_window=float(min(windows)) if windows else math.inf,
+            any_limits=any(_has_limits(dep) for dep in deployments),
+        )
+
+
+def _has_limits(dep: Deployment) -> bool:
+    limits = dep.limits
+    return limits.rpm is not None or limits.tpm is not None or limits.max_concurrency is not None
+
+
+def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, profile: GroupProfile | None = None,
+                      check_limits: bool | None = None) -> list[Deployment]:
+    """The deployments that may serve this request; each exclusion is recorded with its reason.
+
+    This runs for every request, so the common case is O(1): when the group's static profile shows that
+    every candidate has the right kind and a large enough window, no capability is needed and no circuit
+    is open, the candidates pass as they are. RPM/TPM/concurrency headroom is checked by the executor as
+    it reaches each deployment (`limit_reason`), which gives the same outcome as filtering first (no
+    strategy ranks by headroom) for one check instead of one per candidate; `check_limits=True` (explain
+    mode) checks them all up front so the explanation is complete.
+    """
     features = ctx.features
-    health = ctx.health
-    limits = ctx.limits
-    now = ctx.now
+    check_limits = ctx.explain if check_limits is None else check_limits
     needed = features.prompt_tokens + (features.max_output_tokens or 0)
+    check_capabilities = features.needs_tools or features.needs_vision or features.needs_json_schema
+    health = ctx.health
+    if (profile is not None and profile.kind == features.kind and needed <= profile.min_window
+            and not check_capabilities and not health.unhealthy and not (check_limits and profile.any_limits)):
+        return list(deployments)
+    healths = health.all()
+    now = ctx.now
+    kind = features.kind
     kept: list[Deployment] = []
     for dep in deployments:
-        if dep.kind != features.kind:
-            ctx.skip(dep, f"serves {dep.kind}, request is {features.kind}")
+        if dep.kind != kind:
+            ctx.skip(dep, "serves {}, request is {}", dep.kind, kind)
             continue
-        if dep.context_window is not None and needed > dep.context_window:
-            ctx.skip(dep, f"context window {dep.context_window} < {needed} tokens (prompt + max_tokens)")
+        window = dep.context_window
+        if window is not None and needed > window:
+            ctx.skip(dep, "context window {} < {} tokens (prompt + max_tokens)", window, needed)
             continue
-        missing = _missing_capability(dep, ctx)
-        if missing:
-            ctx.skip(dep, f"lacks capability {missing}")
+        if check_capabilities:
+            missing = _missing_capability(dep, ctx)
+            if missing:
+                ctx.skip(dep, "lacks capability {}", missing)
+                continue
+        state = healths.get(dep.name)
+        if state is not None and state.state is not CLOSED and not health.available(dep.name, now):
+            ctx.skip(dep, "circuit {}", state.state.value)
             continue
-        if not health.available(dep.name, now):
-            ctx.skip(dep, f"circuit {health.get(dep.name).state.value}")
-            continue
-        dep_limits = dep.limits
-        if dep_limits.max_concurrency is not None and health.get(dep.name).in_flight >= dep_limits.max_concurrency:
-            ctx.skip(dep, f"max_concurrency {dep_limits.max_concurrency} reached")
-            continue
-        if dep_limits.rpm is not None or dep_limits.tpm is not None:
-            reason = limits.headroom(dep.name, now, dep_limits.rpm, dep_limits.tpm,
-                                     features.prompt_tokens + features.output_estimate())
+        if check_limits and _has_limits(dep):
+            reason = limit_reason(dep, health, ctx.limits, now, features.prompt_tokens + features.output_estimate())
             if reason:
-                ctx.skip(dep, reason)
+                ctx.skip(dep, "{}", reason)
                 continue
         kept.append(dep)
     return kept
+
+
+def limit_reason(dep: Deployment, health: HealthTracker, limits: DeploymentLimits, now: float,
+                 tokens: int) -> str | None:
+    """Why `dep` has no headroom for one more request of `tokens` now (None when it has)."""
+    dep_limits = dep.limits
+    cap = dep_limits.max_concurrency
+    if cap is not None and health.get(dep.name).in_flight >= cap:
+        return f"max_concurrency {cap} reached"
+    if dep_limits.rpm is not None or dep_limits.tpm is not None:
+        return limits.headroom(dep.name, now, dep_limits.rpm, dep_limits.tpm, tokens)
+    return None
 
 
 def _missing_capability(dep: Deployment, ctx: DecisionContext) -> str | None:

@@ -14,10 +14,23 @@ from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 
 
-@dataclass(slots=True)
 class Skip:
-    deployment: str
-    reason: str
+    """A candidate left out, and why. The reason is formatted only when someone reads it (explain mode,
+    an error message): most skips of a busy gateway are never shown, and formatting is not free."""
+
+    __slots__ = ("_args", "_template", "deployment")
+
+    def __init__(self, deployment: str, template: str, args: tuple[object, ...] = ()) -> None:
+        self.deployment = deployment
+        self._template = template
+        self._args = args
+
+    @property
+    def reason(self) -> str:
+        return self._template.format(*self._args) if self._args else self._template
+
+    def __repr__(self) -> str:
+        return f"Skip({self.deployment!r}, {self.reason!r})"
 
 
 #: Learned quality per deployment for this request (filled by the `learned` strategy's predictor).
@@ -40,9 +53,13 @@ class DecisionContext:
     skipped: list[Skip] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
     quality: QualityFn | None = None
+    #: A per-model cache for static work (e.g. which candidates meet a quality floor), offered by the
+    #: planner only when the candidates are exactly the model's own list, unfiltered; else None.
+    static_cache: dict[Any, Any] | None = None
 
-    def skip(self, dep: Deployment, reason: str) -> None:
-        self.skipped.append(Skip(dep.name, reason))
+    def skip(self, dep: Deployment, template: str, *args: object) -> None:
+        """Record that `dep` was left out; `template` is a str.format template for `args`."""
+        self.skipped.append(Skip(dep.name, template, args))
 
     def note(self, dep: Deployment, text: str) -> None:
         if self.explain:
@@ -57,4 +74,7 @@ class DecisionContext:
             learned = self.quality(dep)
             if learned is not None:
                 return learned
+        quality = dep.quality
+        if quality is None or isinstance(quality, float):
+            return quality
         return dep.quality_for(self.features.task)

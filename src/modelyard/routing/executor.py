@@ -25,6 +25,7 @@ from modelyard.config.model import Deployment, Price, Timeouts
 from modelyard.providers.base import Adapter, Completion, StreamTranslator
 from modelyard.providers.transport import EventStream, Transport
 from modelyard.routing.attempts import AttemptRecord, Next, RetryPolicy
+from modelyard.routing.candidates import limit_reason
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
@@ -75,12 +76,18 @@ class _Request:
 
 
 class _Walk:
-    """Deployments in plan order, then the fallbacks' plans; each deployment at most once."""
+    """Deployments in plan order, then the fallbacks' plans; each deployment at most once.
 
-    def __init__(self, plan: Plan, replan: Replan) -> None:
+    `admit` is asked about each deployment as the walk reaches it (RPM/TPM/concurrency headroom, checked
+    lazily: see `candidates.filter_candidates`); a refusal is recorded as a skip in the plan.
+    """
+
+    def __init__(self, plan: Plan, replan: Replan, admit: Callable[[Deployment], str | None]) -> None:
+        self._plan = plan
         self._queue = list(plan.order)
         self._fallbacks = list(plan.fallbacks)
         self._replan = replan
+        self._admit = admit
         self._seen: set[str] = set()
         self._min_window = 0
 
@@ -88,8 +95,16 @@ class _Walk:
         self._min_window = max(self._min_window, tokens)
 
     def _fits(self, dep: Deployment) -> bool:
-        return dep.name not in self._seen and (
-            dep.context_window is None or dep.context_window > self._min_window or self._min_window == 0)
+        if dep.name in self._seen:
+            return False
+        if self._min_window and dep.context_window is not None and dep.context_window <= self._min_window:
+            return False
+        reason = self._admit(dep)
+        if reason is not None:
+            self._plan.ctx.skip(dep, "{}", reason)
+            self._seen.add(dep.name)
+            return False
+        return True
 
     def peek(self) -> Deployment | None:
         while True:
@@ -164,7 +179,8 @@ class Executor:
     # ------------------------------------------------------------------ the walk
 
     async def _run(self, plan: Plan, replan: Replan, request: _Request) -> tuple[Completion | _Opened, Deployment]:
-        walk = _Walk(plan, replan)
+        tokens = request.features.prompt_tokens + request.features.output_estimate()
+        walk = _Walk(plan, replan, lambda d: self._headroom(d, tokens))
         dep = walk.next()
         if dep is None:
             raise _no_candidates(plan)
@@ -203,6 +219,12 @@ class Executor:
         if last_error is None:
             raise _no_candidates(plan)
         raise last_error
+
+    def _headroom(self, dep: Deployment, tokens: int) -> str | None:
+        limits = dep.limits
+        if limits.rpm is None and limits.tpm is None and limits.max_concurrency is None:
+            return None
+        return limit_reason(dep, self.health, self.limits, self.clock(), tokens)
 
     def _policy_for(self, plan: Plan) -> RetryPolicy:
         options = plan.ctx.options

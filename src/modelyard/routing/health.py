@@ -98,6 +98,8 @@ class HealthTracker:
         self.alpha = alpha
         self._health: dict[str, DeploymentHealth] = {}
         self.listeners: list[StateListener] = []
+        #: Deployments whose circuit is not closed: empty in the common case, so filters skip the check.
+        self.unhealthy: set[str] = set()
 
     def get(self, name: str) -> DeploymentHealth:
         health = self._health.get(name)
@@ -203,6 +205,10 @@ class HealthTracker:
         if old is new:
             return
         health.state = new
+        if new is BreakerState.CLOSED:
+            self.unhealthy.discard(health.name)
+        else:
+            self.unhealthy.add(health.name)
         log.warning("circuit %s: %s -> %s", health.name, old.value, new.value)
         for listener in self.listeners:
             listener(health.name, old, new)

@@ -37,7 +37,9 @@ class MinuteWindow:
         self.last_second = second
 
     def value(self, now: float) -> int:
-        self._advance(int(now))
+        second = int(now)
+        if second != self.last_second:
+            self._advance(second)
         return self.total
 
     def add(self, now: float, amount: int) -> None:
@@ -70,15 +72,11 @@ class DeploymentLimits:
     def __init__(self) -> None:
         self._windows: dict[str, DeploymentWindows] = {}
 
-    def windows(self, name: str) -> DeploymentWindows:
-        windows = self._windows.get(name)
-        if windows is None:
-            windows = self._windows[name] = DeploymentWindows()
-        return windows
-
     def headroom(self, name: str, now: float, rpm: int | None, tpm: int | None, tokens: int) -> str | None:
         """None when one more request of `tokens` fits, else the reason it does not."""
-        windows = self.windows(name)
+        windows = self._windows.get(name)
+        if windows is None:
+            return None
         if rpm is not None and windows.requests.value(now) + 1 > rpm:
             return f"rpm limit {rpm} reached"
         if tpm is not None:
@@ -86,6 +84,12 @@ class DeploymentLimits:
             if used + tokens > tpm and used > 0:
                 return f"tpm limit {tpm} reached ({used} used, {tokens} needed)"
         return None
+
+    def windows(self, name: str) -> DeploymentWindows:
+        windows = self._windows.get(name)
+        if windows is None:
+            windows = self._windows[name] = DeploymentWindows()
+        return windows
 
     def record(self, name: str, now: float, tokens: int) -> None:
         windows = self.windows(name)

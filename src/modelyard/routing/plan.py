@@ -86,8 +86,10 @@ def make_plan(
     strategy = strategy_override or (overrides.strategy if overrides and overrides.strategy else None) \
         or options.strategy
     candidates = list(group.candidates)
+    profile = group.profile
     if overrides and overrides.candidates:
         candidates = _resolve_override(table, overrides.candidates)
+        profile = None
     fallbacks = tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None \
         else tuple(options.fallbacks)
     rule = None
@@ -104,10 +106,13 @@ def make_plan(
             inner.fallbacks = inner.fallbacks or fallbacks
             return inner
         candidates = [table.deployments[name] for name in rule.use]
+        profile = None
         strategy = rule.strategy or "priority"
         for dep in candidates:
             ctx.note(dep, f"rule {rule.index}: {rule.text}")
-    kept = filter_candidates(candidates, ctx)
+    kept = filter_candidates(candidates, ctx, profile=profile)
+    if profile is not None and len(kept) == len(candidates):
+        ctx.static_cache = group.cache
     ranker = cheapest if strategy == "learned" else STRATEGIES.get(strategy)
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")

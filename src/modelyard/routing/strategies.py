@@ -11,27 +11,33 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Callable, Mapping
 from itertools import accumulate
+from operator import attrgetter
 from types import MappingProxyType
 
+from modelyard.accounting.prices import PER_TOKEN
 from modelyard.config.model import Deployment
-from modelyard.routing.context import DecisionContext
+from modelyard.routing.context import DecisionContext, Skip
 
 Strategy = Callable[[list[Deployment], DecisionContext], list[Deployment]]
 
 
-def _weighted_first(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
-    """A weighted draw for the first place; the rest by weight, heaviest first."""
-    if len(candidates) <= 1:
-        return list(candidates)
-    weights = [max(0.0, dep.weight) for dep in candidates]
+def _draw(weights: list[float], rng_value: float) -> int:
+    """Index drawn with probability proportional to its weight (`rng_value` uniform in [0, 1))."""
     total = sum(weights)
     if total <= 0:
-        return list(candidates)
-    pick = bisect_right(list(accumulate(weights)), ctx.rng.random() * total)
-    pick = min(pick, len(candidates) - 1)
-    first = candidates[pick]
-    rest = sorted((d for i, d in enumerate(candidates) if i != pick), key=lambda d: -d.weight)
-    return [first, *rest]
+        return 0
+    pick = bisect_right(list(accumulate(weights)), rng_value * total)
+    return min(pick, len(weights) - 1)
+
+
+def _weighted_first(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
+    """A weighted draw for the first place; the rest keep their listed order (they are only fallbacks)."""
+    order = list(candidates)
+    if len(order) > 1:
+        pick = _draw([dep.weight if dep.weight > 0 else 0.0 for dep in order], ctx.rng.random())
+        if pick:
+            order.insert(0, order.pop(pick))
+    return order
 
 
 def weighted(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -44,28 +50,38 @@ def weighted(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     return order
 
 
+_tier = attrgetter("tier")
+
+
 def priority(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
-    """Ordered tiers (`tier`, lowest first; else the candidates' order); weighted within a tier."""
-    if all(dep.tier == candidates[0].tier for dep in candidates) and not ctx.options.get("weighted_tiers"):
-        order = list(candidates)  # one tier, listed order: the common "primary, then backup" config
-    else:
-        tiers: dict[int, list[Deployment]] = {}
-        for dep in candidates:
-            tiers.setdefault(dep.tier, []).append(dep)
-        order = []
-        for tier in sorted(tiers):
-            order.extend(_weighted_first(tiers[tier], ctx) if len(tiers[tier]) > 1 else tiers[tier])
+    """Ordered tiers (`tier`, lowest first; ties keep the listed order); weighted within the first tier."""
+    order = sorted(candidates, key=_tier)  # stable: one tier keeps the "primary, then backup" order
+    if len(order) > 1 and (order[0].tier != order[-1].tier or ctx.options.get("weighted_tiers")):
+        first_tier = order[0].tier
+        end = 1
+        while end < len(order) and order[end].tier == first_tier:
+            end += 1
+        if end > 1:
+            order[:end] = _weighted_first(order[:end], ctx)
     if ctx.explain:
         for i, dep in enumerate(order):
             ctx.note(dep, f"tier {dep.tier}, position {i + 1}")
     return order
 
 
-def _latency_of(dep: Deployment, ctx: DecisionContext) -> float | None:
-    health = ctx.health.get(dep.name)
-    if ctx.features.stream and health.ewma_ttft_ms is not None:
-        return health.ewma_ttft_ms
-    return health.ewma_total_ms
+def _latencies(candidates: list[Deployment], ctx: DecisionContext) -> list[float | None]:
+    healths = ctx.health.all()
+    if ctx.features.stream:
+        out: list[float | None] = []
+        for dep in candidates:
+            health = healths.get(dep.name)
+            if health is None:
+                out.append(None)
+            else:
+                out.append(health.ewma_ttft_ms if health.ewma_ttft_ms is not None else health.ewma_total_ms)
+        return out
+    return [health.ewma_total_ms if (health := healths.get(dep.name)) is not None else None
+            for dep in candidates]
 
 
 def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -74,35 +90,68 @@ def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[De
     Candidates within `latency_buffer` (default 10%) of the best share the load at random; deployments
     with no observations yet go first so that they get measured.
     """
-    buffer = float(ctx.options.get("latency_buffer", 0.1))
-    scored = [(_latency_of(dep, ctx), i, dep) for i, dep in enumerate(candidates)]
-    unmeasured = [dep for latency, _, dep in scored if latency is None]
-    measured = sorted((item for item in scored if item[0] is not None), key=lambda item: (item[0], item[1]))
-    order = unmeasured + [dep for _, _, dep in measured]
-    if not unmeasured and len(measured) > 1:
-        best = measured[0][0]
-        assert best is not None
-        near = [dep for latency, _, dep in measured if latency is not None and latency <= best * (1 + buffer)]
-        if len(near) > 1:
-            first = near[int(ctx.rng.random() * len(near))]
-            order.remove(first)
-            order.insert(0, first)
+    latencies = _latencies(candidates, ctx)
+    keyed = sorted((-1.0 if lat is None else lat, i) for i, lat in enumerate(latencies))
+    order = [candidates[i] for _, i in keyed]
+    best = keyed[0][0] if keyed else -1.0
+    if best >= 0 and len(keyed) > 1:
+        ceiling = best * (1 + float(ctx.options.get("latency_buffer", 0.1)))
+        near = 1
+        while near < len(keyed) and keyed[near][0] <= ceiling:
+            near += 1
+        if near > 1:
+            pick = int(ctx.rng.random() * near)
+            order.insert(0, order.pop(pick))
     if ctx.explain:
-        for dep in order:
-            latency = _latency_of(dep, ctx)
+        for dep, latency in zip(candidates, latencies, strict=True):
             ctx.note(dep, "no latency observed yet" if latency is None else f"latency ewma {latency:.0f} ms")
     return order
 
 
 def least_busy(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
-    """Fewest requests in flight; ties broken at random."""
-    health = ctx.health
-    rng = ctx.rng
-    order = sorted(candidates, key=lambda dep: (health.get(dep.name).in_flight, rng.random()))
+    """Fewest requests in flight; a tie for first place is broken at random."""
+    healths = ctx.health.all()
+    keyed = []
+    for i, dep in enumerate(candidates):
+        health = healths.get(dep.name)
+        keyed.append((health.in_flight if health is not None else 0, i))
+    keyed.sort()
+    order = [candidates[i] for _, i in keyed]
+    if len(keyed) > 1 and keyed[1][0] == keyed[0][0]:
+        tied = 2
+        while tied < len(keyed) and keyed[tied][0] == keyed[0][0]:
+            tied += 1
+        order.insert(0, order.pop(int(ctx.rng.random() * tied)))
     if ctx.explain:
         for dep in order:
-            ctx.note(dep, f"{health.get(dep.name).in_flight} in flight")
+            health = healths.get(dep.name)
+            ctx.note(dep, f"{health.in_flight if health else 0} in flight")
     return order
+
+
+def _quality_floor(candidates: list[Deployment], ctx: DecisionContext, min_quality: float | None,
+                   ) -> tuple[list[tuple[int, Deployment]], list[Skip]]:
+    """Candidates meeting `min_quality` (static unless a learned predictor is in play), and the skips."""
+    if min_quality is None:
+        return list(enumerate(candidates)), []
+    cache = ctx.static_cache if ctx.quality is None else None
+    key = ("quality-floor", ctx.features.task, min_quality)
+    if cache is not None and key in cache:
+        cached: tuple[list[tuple[int, Deployment]], list[Skip]] = cache[key]
+        return cached
+    passing: list[tuple[int, Deployment]] = []
+    skips: list[Skip] = []
+    for i, dep in enumerate(candidates):
+        quality = ctx.quality_of(dep)
+        if quality is None:
+            skips.append(Skip(dep.name, "quality unknown < min_quality {}", (min_quality,)))
+        elif quality < min_quality:
+            skips.append(Skip(dep.name, "quality {:.3f} < min_quality {}", (quality, min_quality)))
+        else:
+            passing.append((i, dep))
+    if cache is not None:
+        cache[key] = (passing, skips)
+    return passing, skips
 
 
 def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -111,37 +160,50 @@ def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     Constraints (`ctx.constraints`): `max_latency_ms` against the observed p95 (unmeasured passes),
     `min_quality` against the configured (or learned) quality for the task, `max_cost_per_request`
     against the estimate from prompt tokens and max_tokens. Infeasible candidates are skipped with the
-    reason; a candidate with no quality score fails a `min_quality` constraint.
+    reason; a candidate with no quality score fails a `min_quality` constraint. The quality floor is
+    static for configured scores, so its result is cached per model, task and floor.
     """
     constraints = ctx.constraints
     max_latency = constraints.get("max_latency_ms")
-    min_quality = constraints.get("min_quality")
     max_cost = constraints.get("max_cost_per_request")
-    feasible: list[tuple[float, int, Deployment]] = []
-    for i, dep in enumerate(candidates):
-        cost = ctx.estimated_cost(dep)
-        if max_cost is not None and cost > max_cost:
-            ctx.skip(dep, f"estimated cost ${cost:.6f} > max_cost_per_request ${max_cost}")
-            continue
-        if max_latency is not None:
-            p95 = ctx.health.get(dep.name).p95_ms
-            if p95 is not None and p95 > max_latency:
-                ctx.skip(dep, f"p95 {p95:.0f} ms > max_latency_ms {max_latency}")
-                continue
-        if min_quality is not None:
-            quality = ctx.quality_of(dep)
-            if quality is None or quality < min_quality:
-                shown = "unknown" if quality is None else f"{quality:.3f}"
-                ctx.skip(dep, f"quality {shown} < min_quality {min_quality}")
-                continue
-        feasible.append((cost, i, dep))
-    feasible.sort(key=lambda item: (item[0], item[1]))
+    passing, skips = _quality_floor(candidates, ctx, constraints.get("min_quality"))
+    if skips:
+        ctx.skipped.extend(skips)
+    prompt_tokens = ctx.features.prompt_tokens * PER_TOKEN
+    output_tokens = ctx.features.output_estimate() * PER_TOKEN
+    prices = ctx.prices
+    costed = []
+    for i, dep in passing:
+        price = prices.get(dep.name)
+        costed.append((prompt_tokens * price.input + output_tokens * price.output if price else 0.0, i, dep))
+    if max_cost is not None:
+        for cost, _, dep in costed:
+            if cost > max_cost:
+                ctx.skip(dep, "estimated cost ${:.6f} > max_cost_per_request ${}", cost, max_cost)
+        costed = [item for item in costed if item[0] <= max_cost]
+    if max_latency is not None:
+        costed = _within_latency(costed, ctx, max_latency)
+    costed.sort()
     if ctx.explain:
-        for cost, _, dep in feasible:
+        for cost, _, dep in costed:
             quality = ctx.quality_of(dep)
             extra = f", quality {quality:.3f}" if quality is not None else ""
             ctx.note(dep, f"estimated cost ${cost:.6f}{extra}")
-    return [dep for _, _, dep in feasible]
+    return [dep for _, _, dep in costed]
+
+
+def _within_latency(costed: list[tuple[float, int, Deployment]], ctx: DecisionContext,
+                    max_latency: float) -> list[tuple[float, int, Deployment]]:
+    healths = ctx.health.all()
+    kept = []
+    for item in costed:
+        health = healths.get(item[2].name)
+        p95 = health.p95_ms if health is not None else None
+        if p95 is not None and p95 > max_latency:
+            ctx.skip(item[2], "p95 {:.0f} ms > max_latency_ms {}", p95, max_latency)
+        else:
+            kept.append(item)
+    return kept
 
 
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType({

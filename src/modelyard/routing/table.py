@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 from dataclasses import dataclass, field
 
 from modelyard.config.model import Config, Deployment, ModelGroup, Price
+from modelyard.routing.candidates import GroupProfile
 from modelyard.routing.rules import Rule, RuleError, compile_rules
 from modelyard.routing.strategies import STRATEGIES
 
@@ -23,6 +25,9 @@ class CompiledGroup:
     rules: tuple[Rule, ...]
     hedge_after_ms: float | None
     hedge_p95: bool
+    profile: GroupProfile
+    #: Static per-model results cached by strategies (see DecisionContext.static_cache).
+    cache: dict[Any, Any] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -55,10 +60,12 @@ def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployme
     hedge_p95 = hedge == "p95"
     if isinstance(hedge, str) and not hedge_p95:
         raise RuleError(f"models.{name}.hedge_after_ms: a number of milliseconds or 'p95'")
+    candidates = tuple(deployments[c] for c in group.candidates)
     return CompiledGroup(
         name=name,
         group=group,
-        candidates=tuple(deployments[c] for c in group.candidates),
+        candidates=candidates,
+        profile=GroupProfile.of(candidates),
         rules=rules,
         hedge_after_ms=float(hedge) if isinstance(hedge, int | float) else None,
         hedge_p95=hedge_p95,

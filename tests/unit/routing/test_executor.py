@@ -236,3 +236,19 @@ async def test_breaker_opens_and_candidate_is_skipped():
     transport.calls.clear()
     result = await router.complete(*request())
     assert transport.calls == ["b"] and result.deployment.name == "b"
+
+
+async def test_rpm_headroom_is_checked_as_the_walk_reaches_a_deployment():
+    router, transport = make({})
+    a = router.table.deployments["a"]
+    limited = type(a.limits)(rpm=1)
+    router.table.deployments["a"] = type(a)(**{**{f: getattr(a, f) for f in a.__struct_fields__}, "limits": limited})
+    plan = router.plan("m", RequestFeatures(prompt_tokens=10, max_output_tokens=20))
+    plan.order[0] = router.table.deployments["a"]
+    req, raw, features = request()
+    await router.executor.complete(plan, router.replanner(features), req, raw, features)
+    plan = router.plan("m", features)
+    plan.order[0] = router.table.deployments["a"]
+    result = await router.executor.complete(plan, router.replanner(features), req, raw, features)
+    assert transport.calls == ["a", "b"] and result.deployment.name == "b"
+    assert any(s.deployment == "a" and "rpm" in s.reason for s in plan.ctx.skipped)

@@ -1,0 +1,344 @@
+"""Labelled routing data: one documented row schema, a loader, and converters for the shared datasets.
+
+Schema (JSONL, one object per line, or CSV with the same column names), one row per (prompt, model):
+
+==============  ========  ==============================================================================
+field           required  meaning
+==============  ========  ==============================================================================
+prompt          yes       the user prompt as the router will see it
+model           yes       the model that answered (the name the router predicts for)
+score           yes       answer quality in [0, 1] (1 = correct; graded scores allowed)
+cost            no        USD this model spent on this prompt; else priced from tokens with ``--prices``
+input_tokens    no        prompt tokens (estimated as ceil(chars / 4) when absent)
+output_tokens   no        completion tokens (0 when absent)
+id              no        groups the rows of one prompt (default: the prompt text itself)
+task            no        task type or benchmark, for per-task reports
+split           no        ``train`` or ``test``; converters assign one so train and test never overlap
+==============  ========  ==============================================================================
+
+`load_labelled` turns rows into a `LabelledSet`: prompts x models matrices of score and cost, NaN where a
+model has no label. This is also what offline policy replay reads: each model's recorded score and cost
+stand in for calling it.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import hashlib
+import json
+import math
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+Row = dict[str, Any]
+Matrix = NDArray[np.float64]
+
+GPT4 = "gpt-4-1106-preview"
+MIXTRAL = "mistralai/Mixtral-8x7B-Instruct-v0.1"
+#: RouteLLM paper prices, USD per 1M tokens (input and output blended).
+ROUTELLM_PRICES = {GPT4: 24.7, MIXTRAL: 0.24}
+#: LLMRouter records no token counts; every model is charged this many completion tokens per prompt.
+LLMROUTER_OUTPUT_TOKENS = 256
+TEST_PERCENT = 20
+
+
+@dataclass
+class LabelledSet:
+    """Prompts x models: `scores[i, j]` is model j's quality on prompt i, `costs[i, j]` its USD cost."""
+
+    ids: list[str]
+    prompts: list[str]
+    models: list[str]
+    scores: Matrix
+    costs: Matrix
+    tasks: list[str] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def take(self, rows: Sequence[int] | NDArray[np.integer[Any]] | NDArray[np.bool_]) -> LabelledSet:
+        """The same set restricted to some prompts (indices or a boolean mask)."""
+        idx = np.flatnonzero(rows) if np.asarray(rows).dtype == bool else np.asarray(rows, dtype=np.int64)
+        pick = [int(i) for i in idx]
+        return LabelledSet(
+            ids=[self.ids[i] for i in pick],
+            prompts=[self.prompts[i] for i in pick],
+            models=list(self.models),
+            scores=self.scores[idx],
+            costs=self.costs[idx],
+            tasks=[self.tasks[i] for i in pick] if self.tasks else [],
+            splits=[self.splits[i] for i in pick] if self.splits else [],
+        )
+
+    def split(self, name: str) -> LabelledSet:
+        """Rows whose `split` field is `name` (all rows when the data carries no split)."""
+        if not self.splits or all(s == "" for s in self.splits):
+            return self
+        return self.take(np.array([s == name for s in self.splits]))
+
+    def with_models(self, models: Sequence[str]) -> LabelledSet:
+        """Only these model columns (in this order), and only prompts labelled for all of them."""
+        cols = [self.models.index(m) for m in models]
+        sub = LabelledSet(self.ids, self.prompts, list(models), self.scores[:, cols], self.costs[:, cols],
+                          self.tasks, self.splits)
+        return sub.take(~np.isnan(sub.scores).any(axis=1))
+
+    def complete(self) -> LabelledSet:
+        """Only prompts with a score for every model (what the cost-quality metrics need)."""
+        return self.take(~np.isnan(self.scores).any(axis=1))
+
+
+def drop_train_duplicates(data: LabelledSet) -> LabelledSet:
+    """Test rows whose prompt text also appears among the train rows, removed."""
+    seen = {p for p, s in zip(data.prompts, data.splits, strict=True) if s == "train"}
+    return data.take(np.array([s != "test" or p not in seen for p, s in zip(data.prompts, data.splits, strict=True)]))
+
+
+def estimate_tokens(text: str) -> int:
+    """A tokenizer-free estimate (about four characters per token for English), never below one."""
+    return max(1, math.ceil(len(text) / 4))
+
+
+def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
+    """Rows from a JSONL or CSV file (by suffix), with types as the schema says."""
+    p = Path(path)
+    if p.suffix.lower() == ".csv":
+        csv.field_size_limit(1 << 30)
+        with p.open(newline="", encoding="utf-8") as fh:
+            for n, raw in enumerate(csv.DictReader(fh), start=2):
+                yield _typed(dict(raw), f"{p}:{n}")
+        return
+    with p.open(encoding="utf-8") as fh:
+        for n, line in enumerate(fh, start=1):
+            if line.strip():
+                yield _typed(json.loads(line), f"{p}:{n}")
+
+
+def _typed(row: Row, where: str) -> Row:
+    for key in ("prompt", "model", "score"):
+        if row.get(key) in (None, ""):
+            raise ValueError(f"{where}: missing required field {key!r}")
+    out: Row = {"prompt": str(row["prompt"]), "model": str(row["model"]), "score": float(row["score"])}
+    if not 0.0 <= out["score"] <= 1.0:
+        raise ValueError(f"{where}: score {out['score']} is outside [0, 1]")
+    for key in ("cost",):
+        if row.get(key) not in (None, ""):
+            out[key] = float(row[key])
+    for key in ("input_tokens", "output_tokens"):
+        if row.get(key) not in (None, ""):
+            out[key] = int(float(row[key]))
+    for key in ("id", "task", "split"):
+        if row.get(key) not in (None, ""):
+            out[key] = str(row[key])
+    return out
+
+
+def write_rows(path: str | os.PathLike[str], rows: Iterable[Row]) -> int:
+    """Write rows as JSONL; returns how many."""
+    n = 0
+    with Path(path).open("w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def row_cost(row: Row, prices: Mapping[str, Mapping[str, float]] | None) -> float:
+    """The row's USD cost: recorded, else tokens x the model's price (USD per 1M tokens), else NaN."""
+    if "cost" in row:
+        return float(row["cost"])
+    price = (prices or {}).get(row["model"])
+    if price is None:
+        return math.nan
+    tin = row.get("input_tokens") or estimate_tokens(row["prompt"])
+    tout = row.get("output_tokens") or 0
+    return (tin * float(price.get("input", 0.0)) + tout * float(price.get("output", 0.0))) / 1e6
+
+
+def build_set(rows: Iterable[Row], prices: Mapping[str, Mapping[str, float]] | None = None) -> LabelledSet:
+    """Pivot long rows into a `LabelledSet` (the last row wins when a (prompt, model) pair repeats)."""
+    index: dict[str, int] = {}
+    model_index: dict[str, int] = {}
+    prompts: list[str] = []
+    tasks: list[str] = []
+    splits: list[str] = []
+    cells: list[tuple[int, int, float, float]] = []
+    for row in rows:
+        key = row.get("id") or row["prompt"]
+        i = index.setdefault(key, len(index))
+        if i == len(prompts):
+            prompts.append(row["prompt"])
+            tasks.append(row.get("task", ""))
+            splits.append(row.get("split", ""))
+        j = model_index.setdefault(row["model"], len(model_index))
+        cells.append((i, j, row["score"], row_cost(row, prices)))
+    scores = np.full((len(prompts), len(model_index)), np.nan)
+    costs = np.full_like(scores, np.nan)
+    for i, j, s, c in cells:
+        scores[i, j] = s
+        costs[i, j] = c
+    return LabelledSet(list(index), prompts, list(model_index), scores, costs, tasks, splits)
+
+
+def load_labelled(
+    path: str | os.PathLike[str],
+    *,
+    split: str | None = None,
+    prices: Mapping[str, Mapping[str, float]] | None = None,
+) -> LabelledSet:
+    """Load labelled traffic (prompt, per-model score, per-model cost) from the documented schema."""
+    data = build_set(read_rows(path), prices)
+    return data.split(split) if split else data
+
+
+def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
+    """A JSON price table `{model: {"input": usd_per_M, "output": usd_per_M}}`."""
+    raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    return {str(m): {k: float(v) for k, v in p.items()} for m, p in raw.items()}
+
+
+def hash_split(key: str, test_percent: int = TEST_PERCENT) -> str:
+    """A deterministic train/test assignment from the prompt text, stable across runs and machines."""
+    bucket = int.from_bytes(hashlib.blake2b(key.encode("utf-8"), digest_size=4).digest(), "big") % 100
+    return "test" if bucket < test_percent else "train"
+
+
+def shared_data_dir() -> Path | None:
+    """The shared routing data folder (env MODELYARD_ROUTING_DATA, else ../shared/data/routing), if any."""
+    env = os.environ.get("MODELYARD_ROUTING_DATA")
+    candidates = [Path(env)] if env else []
+    here = Path(__file__).resolve()
+    candidates += [p / "shared" / "data" / "routing" for p in here.parents]
+    candidates.append(Path.cwd().parent / "shared" / "data" / "routing")
+    for c in candidates:
+        if c.is_dir():
+            return c
+    return None
+
+
+# --- converters -------------------------------------------------------------------------------------
+
+
+def convert_llmrouter(src: str | os.PathLike[str]) -> Iterator[Row]:
+    """LLMRouter (DCRouter preprocessed): 9 open models, 14 task types, its own train/test split.
+
+    Cost: the model's $/M price (`default_llm.json`) x (estimated prompt tokens + 256 completion tokens):
+    the data has no token counts, and every model's input and output prices are equal. Ids keep the
+    split's own numbering: 119 test prompts repeat a train prompt word for word, and stay test rows
+    (`drop_train_duplicates` removes them for a stricter test).
+    """
+    root = Path(src)
+    prices = json.loads((root / "default_llm.json").read_text(encoding="utf-8"))
+    for split in ("train", "test"):
+        tasks = {}
+        for q in _jsonl(root / f"default_query_{split}.jsonl"):
+            tasks[q["query"]] = q["task_name"]
+        items = json.loads((root / f"dcrouter_{split}.json").read_text(encoding="utf-8"))
+        for n, item in enumerate(items):
+            prompt = item["question"]
+            tin = estimate_tokens(prompt)
+            for model, score in sorted(item["scores"].items()):
+                p = prices[model]
+                cost = (tin * p["input_price"] + LLMROUTER_OUTPUT_TOKENS * p["output_price"]) / 1e6
+                yield {"prompt": prompt, "model": model, "score": float(score), "cost": cost,
+                       "id": f"{split}/{n}", "input_tokens": tin, "output_tokens": LLMROUTER_OUTPUT_TOKENS,
+                       "task": tasks.get(prompt, ""), "split": split}
+
+
+def _jsonl(path: Path) -> Iterator[Any]:
+    """JSON lines split on newlines only (prompts may hold U+2028, which `str.splitlines` would cut)."""
+    with path.open(encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)
+
+
+def _contaminated(path: Path) -> set[str]:
+    if not path.is_file():
+        return set()
+    return {r["eval_prompt"] for r in _jsonl(path)}
+
+
+def _routellm_row(prompt: str, model: str, score: float, task: str, response: str | None) -> Row:
+    tin = estimate_tokens(prompt)
+    tout = estimate_tokens(response) if response else 0
+    cost = (tin + tout) * ROUTELLM_PRICES[model] / 1e6
+    return {"prompt": prompt, "model": model, "score": score, "cost": cost, "input_tokens": tin,
+            "output_tokens": tout, "task": task, "split": hash_split(prompt)}
+
+
+def _truthy(value: str) -> float:
+    return 1.0 if value.strip().lower() in ("true", "1", "1.0") else 0.0
+
+
+def convert_routellm(src: str | os.PathLike[str], benchmarks: Sequence[str] = ("mmlu", "gsm8k")) -> Iterator[Row]:
+    """RouteLLM's eval responses (GPT-4-1106 vs Mixtral-8x7B): MMLU, GSM8K and MT-Bench.
+
+    Contaminated prompts are dropped as RouteLLM does. The split is ours (a hash of the prompt, 20% test):
+    RouteLLM trained on Chatbot Arena preferences and tested on the whole benchmark, so its figures and
+    ours are not on the same split. MT-Bench scores are the judge's 1-10 mean over both turns / 10.
+    """
+    root = Path(src)
+    csv.field_size_limit(1 << 30)
+    if "mmlu" in benchmarks:
+        bad = _contaminated(root / "mmlu" / "contaminated_prompts.jsonl")
+        for f in sorted(glob.glob(str(root / "mmlu" / "responses" / "mmlu_*.csv"))):
+            subject = Path(f).stem.removeprefix("mmlu_")
+            with open(f, newline="", encoding="utf-8") as fh:
+                for r in csv.DictReader(fh):
+                    if r["prompt"] not in bad:
+                        for model in (GPT4, MIXTRAL):
+                            yield _routellm_row(r["prompt"], model, _truthy(r[model]), f"mmlu/{subject}", None)
+    if "gsm8k" in benchmarks:
+        bad = _contaminated(root / "gsm8k" / "contaminated_prompts.jsonl")
+        with open(root / "gsm8k" / "gsm8k_responses.csv", newline="", encoding="utf-8") as fh:
+            for r in csv.DictReader(fh):
+                if r["prompt"] not in bad:
+                    for model in (GPT4, MIXTRAL):
+                        yield _routellm_row(r["prompt"], model, _truthy(r[model]), "gsm8k", r.get(f"{model}_response"))
+    if "mt_bench" in benchmarks:
+        yield from _convert_mt_bench(root / "mt_bench")
+
+
+def _convert_mt_bench(root: Path) -> Iterator[Row]:
+    bad = _contaminated(root / "contaminated_prompts.jsonl")
+    questions = list(_jsonl(root / "question.jsonl"))
+    judged: dict[tuple[int, str], list[float]] = {}
+    for j in _jsonl(root / "judgements.jsonl"):
+        judged.setdefault((j["question_id"], j["model"]), []).append(float(j["score"]))
+    for q in questions:
+        if q["turns"][0] in bad or q["turns"][1] in bad:
+            continue
+        for model in (GPT4, MIXTRAL):
+            marks = judged.get((q["question_id"], model))
+            if marks:
+                yield _routellm_row(q["turns"][0], model, sum(marks) / len(marks) / 10.0, "mt_bench", None)
+
+
+def convert_routerarena(src: str | os.PathLike[str]) -> Iterator[Row]:
+    """RouterArena's cached results: 809 prompts, real token usage and USD cost per query."""
+    root = Path(src)
+    for f in sorted(root.glob("*.jsonl")):
+        for r in _jsonl(f):
+            ev = r.get("evaluation_result") or {}
+            if ev.get("score") is None:
+                continue
+            usage = r.get("token_usage") or {}
+            score = min(1.0, max(0.0, float(ev["score"])))  # METEOR can dip just below zero
+            yield {"prompt": r["question"], "model": f.stem, "score": score,
+                   "cost": float(ev.get("inference_cost") or 0.0), "input_tokens": int(usage.get("input_tokens", 0)),
+                   "output_tokens": int(usage.get("output_tokens", 0)), "id": r["global_index"],
+                   "task": r["global_index"].rsplit("_", 1)[0], "split": hash_split(r["global_index"])}
+
+
+CONVERTERS = {"llmrouter": convert_llmrouter, "routellm": convert_routellm, "routerarena": convert_routerarena}
+#: Where each converter's source lives inside the shared data folder.
+SOURCE_DIRS = {"llmrouter": "llmrouter_dcrouter", "routellm": "routellm_evals", "routerarena": "routerarena_sub10"}

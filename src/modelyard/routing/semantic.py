@@ -1,0 +1,228 @@
+"""Semantic routing and caching: match a prompt to example utterances, or to a recent similar prompt.
+
+`SemanticRouter` is how task-type routing works without hand-written rules: a config lists a few example
+utterances per route (`coding: [...]`, `search: [...]`) and a prompt goes to the route of its nearest
+utterance when the cosine similarity clears a threshold, else to the default. Utterances are embedded once,
+at construction; a decision is one embedding plus one small matrix-vector product.
+
+`SemanticCache` reuses an earlier answer for a prompt whose embedding is within a cosine threshold of a
+cached one, per namespace (model + API key, so tenants never see each other's answers), bounded in size
+and age. It is in-memory and off unless the config turns it on; the clock is injectable for tests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Literal, TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from modelyard.routing.embeddings import Embedder
+
+Vector = NDArray[np.float32]
+T = TypeVar("T")
+#: How a route's utterance similarities become one score: the nearest utterance, the mean of the three
+#: nearest, or the similarity to the route's centroid (best with many varied utterances).
+Aggregate = Literal["max", "top3", "centroid"]
+
+
+def _unit(v: NDArray[Any]) -> Vector:
+    vec = np.asarray(v, dtype=np.float32).reshape(-1)
+    norm = float(np.linalg.norm(vec))
+    return vec / norm if norm > 0 else vec
+
+
+def embed_prompt(embedder: Embedder, prompt: str) -> Vector:
+    """One prompt's unit vector, through the embedder's single-text fast path when it has one."""
+    one = getattr(embedder, "embed_one", None)
+    if callable(one):
+        return _unit(one(prompt))
+    return _unit(embedder.embed([prompt])[0])
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """The decision and why: the route (or default), the best similarity, and the closest utterance."""
+
+    route: str | None
+    similarity: float
+    nearest_route: str | None
+    utterance: str | None
+
+
+class SemanticRouter:
+    """Routes by similarity to example utterances: `route(prompt) -> (route or default, similarity)`."""
+
+    def __init__(
+        self,
+        routes: Mapping[str, Sequence[str]],
+        threshold: float,
+        default: str | None,
+        embedder: Embedder,
+        aggregate: Aggregate = "max",
+    ) -> None:
+        if not routes or any(not utts for utts in routes.values()):
+            raise ValueError("every route needs at least one example utterance")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError("threshold is a cosine similarity in [-1, 1]")
+        if aggregate not in ("max", "top3", "centroid"):
+            raise ValueError(f"unknown aggregate {aggregate!r}")
+        self.threshold = threshold
+        self.default = default
+        self.embedder = embedder
+        self.aggregate = aggregate
+        self.names = list(routes)
+        self.utterances = [u for name in self.names for u in routes[name]]
+        self.owner = np.array([i for i, name in enumerate(self.names) for _ in routes[name]], dtype=np.intp)
+        vecs = np.asarray(embedder.embed(self.utterances), dtype=np.float32)
+        norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+        self.matrix = vecs / np.where(norms > 0, norms, 1.0)
+        self.centroids = np.stack([_unit(self.matrix[self.owner == i].mean(0)) for i in range(len(self.names))])
+
+    def route_scores(self, vector: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+        """(score per route, similarity per utterance) for an embedded prompt."""
+        v = _unit(vector)
+        sims = self.matrix @ v
+        if self.aggregate == "centroid":
+            return (self.centroids @ v).astype(np.float64), sims
+        scores = np.empty(len(self.names))
+        for i in range(len(self.names)):
+            own = sims[self.owner == i]
+            scores[i] = own.max() if self.aggregate == "max" else np.sort(own)[-3:].mean()
+        return scores, sims
+
+    def match_vector(self, vector: NDArray[Any]) -> RouteMatch:
+        """The decision for an already-embedded prompt (the cache and the router share one embedding)."""
+        scores, sims = self.route_scores(vector)
+        best = int(np.argmax(scores))
+        sim = float(scores[best])
+        nearest = self.names[best]
+        own = np.flatnonzero(self.owner == best)
+        closest = self.utterances[int(own[np.argmax(sims[own])])]
+        chosen = nearest if sim >= self.threshold else self.default
+        return RouteMatch(chosen, sim, nearest, closest)
+
+    def match(self, prompt: str) -> RouteMatch:
+        return self.match_vector(embed_prompt(self.embedder, prompt))
+
+    def route(self, prompt: str) -> tuple[str | None, float]:
+        """(route name, or the default when no utterance is similar enough; best cosine similarity)."""
+        m = self.match(prompt)
+        return m.route, m.similarity
+
+    def scores(self, prompt: str) -> dict[str, float]:
+        """Score per route, for `--explain`."""
+        scores, _ = self.route_scores(embed_prompt(self.embedder, prompt))
+        return {name: float(s) for name, s in zip(self.names, scores, strict=True)}
+
+
+def namespace(model: str, key: str | None) -> str:
+    """The cache partition: one model's answers for one API key (or the anonymous caller)."""
+    return f"{model}\x1f{key or '-'}"
+
+
+class _Shelf(Generic[T]):
+    """One namespace: a growing matrix of unit vectors with answers, insertion times and LRU order."""
+
+    def __init__(self, dim: int) -> None:
+        self.vectors = np.zeros((8, dim), np.float32)
+        self.answers: list[T | None] = [None] * 8
+        self.stored = np.zeros(8, np.float64)
+        self.live = np.zeros(8, bool)
+        self.order: OrderedDict[int, None] = OrderedDict()  # slot -> None, least recently used first
+
+    def free_slot(self) -> int:
+        dead = np.flatnonzero(~self.live)
+        if len(dead):
+            return int(dead[0])
+        n = len(self.live)
+        self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
+        self.answers.extend([None] * n)
+        self.stored = np.concatenate([self.stored, np.zeros(n)])
+        self.live = np.concatenate([self.live, np.zeros(n, bool)])
+        return n
+
+    def drop(self, slot: int) -> None:
+        self.live[slot] = False
+        self.answers[slot] = None
+        self.order.pop(slot, None)
+
+
+class SemanticCache(Generic[T]):
+    """Answers keyed by prompt embedding: `lookup(ns, v)` returns one stored for a vector within
+    `threshold` cosine similarity of `v` (the most similar live entry), else None.
+
+    `max_entries` bounds each namespace (least recently used goes first); `ttl_s` bounds an entry's age.
+    """
+
+    def __init__(
+        self,
+        threshold: float = 0.95,
+        max_entries: int = 1000,
+        ttl_s: float | None = 3600.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError("threshold is a cosine similarity in (0, 1]")
+        if max_entries < 1:
+            raise ValueError("max_entries must be positive")
+        self.threshold = threshold
+        self.max_entries = max_entries
+        self.ttl_s = ttl_s
+        self.clock = clock
+        self.shelves: dict[str, _Shelf[T]] = {}
+        self.hits = 0
+        self.misses = 0
+
+    def lookup(self, ns: str, embedding: NDArray[Any]) -> T | None:
+        """The cached answer nearest to `embedding` in `ns` when similar enough and not expired."""
+        shelf = self.shelves.get(ns)
+        if shelf is None or not shelf.live.any():
+            self.misses += 1
+            return None
+        self._expire(shelf)
+        sims = shelf.vectors @ _unit(embedding)
+        sims[~shelf.live] = -np.inf
+        slot = int(np.argmax(sims))
+        if sims[slot] < self.threshold:
+            self.misses += 1
+            return None
+        shelf.order.move_to_end(slot)
+        self.hits += 1
+        return shelf.answers[slot]
+
+    def store(self, ns: str, embedding: NDArray[Any], answer: T) -> None:
+        """Keep `answer` for prompts similar to `embedding` in `ns`, evicting the least recently used."""
+        shelf = self.shelves.get(ns)
+        if shelf is None:
+            shelf = self.shelves[ns] = _Shelf(int(np.asarray(embedding).size))
+        self._expire(shelf)
+        while len(shelf.order) >= self.max_entries:
+            shelf.drop(next(iter(shelf.order)))
+        slot = shelf.free_slot()
+        shelf.vectors[slot] = _unit(embedding)
+        shelf.answers[slot] = answer
+        shelf.stored[slot] = self.clock()
+        shelf.live[slot] = True
+        shelf.order[slot] = None
+
+    def _expire(self, shelf: _Shelf[T]) -> None:
+        if self.ttl_s is None:
+            return
+        old = np.flatnonzero(shelf.live & (shelf.stored <= self.clock() - self.ttl_s))
+        for slot in old:
+            shelf.drop(int(slot))
+
+    def __len__(self) -> int:
+        return sum(len(s.order) for s in self.shelves.values())
+
+    def clear(self, ns: str | None = None) -> None:
+        """Forget one namespace, or everything."""
+        if ns is None:
+            self.shelves.clear()
+        else:
+            self.shelves.pop(ns, None)

@@ -56,6 +56,9 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     quality: float | dict[str, float] | None = None
+    #: Latency to assume before live traffic has measured any (`modelyard plan`, workflow estimates).
+    expected_ttft_ms: float | None = None
+    expected_tokens_per_s: float | None = None
     weight: float = 1.0
     tier: int = 0
     headers: dict[str, str] = field(default_factory=dict)
@@ -118,11 +121,68 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     master_key: str | None = None
 
 
+class KeyLimits(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Limits of one key: requests and tokens per minute, and a budget in USD per period (e.g. "30d")."""
+
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_usd: float | None = None
+    period: str = "30d"
+
+
+class AccessSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Who may call the gateway. No master key and no virtual key in the store = open mode (logged loudly).
+
+    The master key comes from here, else `server.master_key`, else $MODELYARD_MASTER_KEY.
+    """
+
+    master_key: str | None = None
+    #: Limits applied to the master key too; `master_unlimited: true` exempts it.
+    master_limits: KeyLimits = field(default_factory=KeyLimits)
+    master_unlimited: bool = False
+    #: Where virtual keys live (a SQLite path or a postgresql:// DSN); defaults to `spend.store`.
+    keys_store: str | None = None
+    #: How often keys are re-read from the store (revocations made by another replica show up then).
+    refresh_s: float = 30.0
+
+
+class SpendSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The spend log: one row per request, written in batches by a background task."""
+
+    enabled: bool = True
+    #: A SQLite file path (or sqlite:///path, or :memory:) or a postgresql:// DSN. None = in memory.
+    store: str | None = None
+    batch_size: int = 500
+    flush_interval_s: float = 1.0
+    max_queue: int = 100_000
+    #: Also log the last user turn of each request (off by default: no prompt text in the log).
+    log_content: bool = False
+
+
+class StateSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Live counters (key RPM/TPM windows, budget reservations): in memory, or in Redis to share them
+    across replicas."""
+
+    redis_url: str | None = None
+    prefix: str = "modelyard"
+
+
+class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """OpenTelemetry spans per request and attempt (needs the `otel` extra; the exporter is yours to set)."""
+
+    enabled: bool = False
+    service_name: str = "modelyard"
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     deployments: list[Deployment]
     models: dict[str, ModelGroup] = field(default_factory=dict)
     server: ServerSettings = field(default_factory=ServerSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    access: AccessSettings = field(default_factory=AccessSettings)
+    spend: SpendSettings = field(default_factory=SpendSettings)
+    state: StateSettings = field(default_factory=StateSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -24,6 +24,7 @@ from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server import anthropic as anthropic_routes
 from modelyard.server import openai as openai_routes
+from modelyard.server.access import credential_of
 from modelyard.server.http import (
     ClientGone,
     Headers,
@@ -36,6 +37,10 @@ from modelyard.server.http import (
 )
 from modelyard.server.observe import NullObserver, Observer, Outcome
 
+if TYPE_CHECKING:
+    from modelyard.accounting.budgets import Reservation
+    from modelyard.server.services import Services
+
 log = logging.getLogger("modelyard.server")
 
 Handler = Callable[["Gateway", Request, "RequestContext"], Awaitable[None]]
@@ -45,8 +50,8 @@ ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
 class RequestContext:
     """What the gateway knows about one request while it runs; reported once at the end."""
 
-    __slots__ = ("endpoint", "explain", "finished", "gateway", "key_name", "request_id", "requested_model",
-                 "started", "tags", "ttft_ms")
+    __slots__ = ("content", "credential", "endpoint", "explain", "finished", "gateway", "key_id", "key_name",
+                 "request_id", "requested_model", "reservation", "started", "tags", "ttft_ms")
 
     def __init__(self, gateway: Gateway, endpoint: str) -> None:
         self.gateway = gateway
@@ -59,6 +64,10 @@ class RequestContext:
         self.tags: tuple[str, ...] = ()
         self.ttft_ms: float | None = None
         self.finished = False
+        self.credential: str | None = None
+        self.key_id: str | None = None
+        self.reservation: Reservation | None = None
+        self.content: str | None = None
 
     @property
     def elapsed_ms(self) -> float:
@@ -68,6 +77,8 @@ class RequestContext:
         if self.finished:
             return
         self.finished = True
+        if self.reservation is not None and self.gateway.access is not None:
+            self.gateway.access.settle(self, outcome)
         self.gateway.observer.on_outcome(outcome)
 
     def finish_success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float,
@@ -94,10 +105,13 @@ async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: 
 class Gateway:
     """The ASGI app. Holds the router and the services around it; no module-level state."""
 
-    def __init__(self, config: Config, *, router: Router | None = None, observer: Observer | None = None) -> None:
+    def __init__(self, config: Config, *, router: Router | None = None, observer: Observer | None = None,
+                 services: Services | None = None) -> None:
         self.config = config
         self.router = router or Router(config)
         self.observer: Observer = observer or NullObserver()
+        self.services = services
+        self.access = services.access if services is not None else None
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
         self.ready = False
@@ -109,6 +123,8 @@ class Gateway:
         self.routes[("POST", "/v1/messages")] = (anthropic_routes.messages, anthropic_routes.write_error)
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
+        if services is not None:
+            self.routes.update(services.routes())
 
     # ------------------------------------------------------------------ ASGI
 
@@ -122,6 +138,8 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         route = self.routes.get((scope["method"], path))
+        if route is None and self.services is not None:
+            route = self.services.match(scope["method"], path)
         if route is None:
             await self._not_found(scope, send)
             return
@@ -136,6 +154,8 @@ class Gateway:
 
         request = Request(scope, receive, tracking_send)
         ctx = RequestContext(self, path)
+        if self.services is not None:
+            ctx.credential = credential_of(scope["headers"])
         try:
             await handler(self, request, ctx)
         except ClientGone:
@@ -155,6 +175,9 @@ class Gateway:
                 body = {"error": {"message": f"Internal error (request id {ctx.request_id})",
                                   "type": "server_error", "param": None, "code": "internal_error"}}
                 await write_error(send, 500, body, [])
+        finally:
+            if ctx.reservation is not None and self.access is not None:
+                self.access.release(ctx)  # ended without an outcome: give the budget back
 
     async def _not_found(self, scope: Scope, send: Send) -> None:
         known_paths = {p for _, p in self.routes}
@@ -183,12 +206,16 @@ class Gateway:
 
         count_text("warm up the tokenizer")  # load the BPE table now, not on the first request
         await self.router.start()
+        if self.services is not None:
+            await self.services.start()
         await self.observer.start()
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
         await self.observer.close()
+        if self.services is not None:
+            await self.services.close()
         await self.router.close()
 
     # ------------------------------------------------------------------ helpers for handlers
@@ -198,8 +225,10 @@ class Gateway:
         return openai_routes.features_for(req, request, ctx.key_name)
 
     async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures) -> None:
-        """Access control, rate limits and budget reservation (issue 4 plugs in here)."""
+        """Access control, rate limits and budget reservation (server/access.py)."""
         ctx.requested_model = model
+        if self.access is not None:
+            await self.access.admit(ctx, model, features)
 
     def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext) -> Plan:
         explain = request.header("x-modelyard-explain") in ("1", "true") or bool(

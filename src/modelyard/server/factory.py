@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
-from modelyard.config.loader import load_config, parse_config
+from modelyard.config.demo import DEMO_CONFIG, demo_config
+from modelyard.config.loader import load_config
 from modelyard.config.model import Config
 from modelyard.server.app import Gateway
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "defaults" / "demo.yaml"
-
-
-def demo_config(sim_url: str) -> Config:
-    """The embedded default config, pointed at a running simulator."""
-    env = dict(os.environ)
-    env["SIM_URL"] = sim_url.rstrip("/")
-    return parse_config(DEMO_CONFIG.read_text(encoding="utf-8"), source=str(DEMO_CONFIG), env=env)
-
 
 def build_gateway(config: Config, **kwargs: Any) -> Gateway:
-    """The gateway with the services its config asks for (spend log, keys, metrics)."""
-    return Gateway(config, **kwargs)
+    """The gateway with the services its config asks for (prices, keys, budgets, spend log, metrics)."""
+    from modelyard.server.services import build_services
+
+    services = build_services(config, kwargs.pop("router", None))
+    observer = services.observer(kwargs.pop("observer", None))
+    return Gateway(config, router=services.router, observer=observer, services=services, **kwargs)
+
+
+__all__ = ["DEMO_CONFIG", "app_from_env", "build_gateway", "demo_config"]
 
 
 def app_from_env() -> Gateway:

@@ -111,6 +111,8 @@ async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None
 
 
 async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    if gw.access is not None and not gw.access.open:
+        await gw.access.authenticate(ctx.credential)
     created = gw.started_at
     data = [{"id": name, "object": "model", "created": created, "owned_by": "modelyard"}
             for name in gw.router.table.public_models]

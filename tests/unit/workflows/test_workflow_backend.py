@@ -131,16 +131,25 @@ async def test_http_backend_connection_refused() -> None:
     assert failed.value.kind is ErrorKind.CONNECTION
 
 
-async def test_default_factory_explains_a_missing_inprocess_gateway(gateway: Any) -> None:
+async def test_default_factory_is_remote_with_a_url_else_the_inprocess_gateway(gateway: Any) -> None:
     url, _ = gateway
     async with default_backend_factory(None, url) as remote:
         assert isinstance(remote, HttpBackend)
-    try:
-        import modelyard.gateway.inprocess  # noqa: F401
-    except ModuleNotFoundError:
-        with pytest.raises(BackendUnavailable, match="--gateway-url"):
-            async with default_backend_factory(None, None):
-                pass
+    from modelyard.workflows.inprocess import GatewayBackend
+
+    async with default_backend_factory(None, None) as local:  # the embedded simulator + demo config
+        assert isinstance(local, GatewayBackend)
+        call = ModelCall(model="balanced", messages=[{"role": "user", "content": "Repeat: in process"}],
+                         max_tokens=20)
+        estimate = local.estimate(call)
+        answer = await local.call(call)
+        assert answer.text == "in process"
+        assert answer.deployment == estimate.deployment  # the plan and the call agree on the route
+        assert answer.cost_usd > 0 and answer.usage.prompt > 0 and answer.attempts == 1
+        assert estimate.cost_usd > 0 and estimate.latency_ms > 0
+        premium = local.price("smart", answer.usage)
+        cheap = local.price("balanced", answer.usage)
+        assert premium is not None and cheap is not None and premium > cheap
 
 
 async def test_backend_factory_references() -> None:

@@ -1,0 +1,271 @@
+"""`modelyard keys create|list|revoke` and `modelyard spend`: virtual keys and spend reports.
+
+Two ways to reach the keys, same commands:
+
+* `--url http://gateway:4000` (+ `--master-key` or $MODELYARD_MASTER_KEY): through a running gateway's
+  admin API. Use this against a live deployment: a revocation takes effect on that gateway at once.
+* `--config modelyard.yaml`: straight to the store the config names (`access.keys_store` or
+  `spend.store`), no gateway needed (set-up, scripts, a gateway that is down). Running gateways see new
+  keys on their first use and revocations within `access.refresh_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False)
+keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+T = TypeVar("T")
+
+
+def _out() -> Console:
+    return Console()
+
+
+def _err() -> Console:
+    return Console(stderr=True)
+
+
+CONFIG = typer.Option(None, "--config", "-c", help="Config file: talk to its store directly.")
+URL = typer.Option(None, "--url", help="A running gateway: talk to its admin API.")
+MASTER = typer.Option(None, "--master-key", envvar="MODELYARD_MASTER_KEY", help="Master key (with --url).")
+AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
+
+
+class AdminError(Exception):
+    """A failed admin call, with the message to show."""
+
+
+# --------------------------------------------------------------------------- the two backends
+
+
+class ApiBackend:
+    """The admin API of a running gateway."""
+
+    def __init__(self, url: str, master_key: str | None) -> None:
+        if not master_key:
+            raise AdminError("--url needs the master key (--master-key or MODELYARD_MASTER_KEY)")
+        self.url = url.rstrip("/")
+        self.master_key = master_key
+
+    def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
+            "Authorization": f"Bearer {self.master_key}", "Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            try:
+                message = json.loads(exc.read())["error"]["message"]
+            except (ValueError, KeyError, TypeError):
+                message = exc.reason
+            raise AdminError(f"{exc.code}: {message}") from None
+        except urllib.error.URLError as exc:
+            raise AdminError(f"cannot reach {self.url}: {exc.reason}") from None
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.call("POST", "/admin/keys", body))
+
+    def list(self, include_revoked: bool) -> list[dict[str, Any]]:
+        return list(self.call("GET", "/admin/keys" + ("?all=true" if include_revoked else ""))["data"])
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        return dict(self.call("DELETE", f"/admin/keys/{key_id}"))
+
+    def spend(self, by: str, since: str) -> dict[str, Any]:
+        return dict(self.call("GET", f"/admin/spend?by={by}&since={since}"))
+
+
+class StoreBackend:
+    """The store named by a config file, used directly."""
+
+    def __init__(self, config_path: Path) -> None:
+        from modelyard.config.loader import ConfigError, load_config
+
+        try:
+            config = load_config(config_path)
+        except ConfigError as exc:
+            raise AdminError(str(exc)) from None
+        self.dsn = config.access.keys_store or config.spend.store
+        if not self.dsn or self.dsn in (":memory:", "sqlite:///:memory:"):
+            raise AdminError(f"{config_path} keeps keys in memory only: set spend.store (a SQLite path or a "
+                             "postgresql:// DSN) to manage keys from the command line, or use --url")
+
+    def _with_store(self, action: Callable[[Any], Awaitable[T]]) -> T:
+        from modelyard.state.store import open_store
+
+        async def run() -> T:
+            store = open_store(self.dsn)
+            await store.open()
+            try:
+                return await action(store)
+            finally:
+                await store.close()
+
+        return asyncio.run(run())
+
+    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+        from modelyard.server.admin import key_options
+        from modelyard.state.keys import new_key
+
+        raw, record = new_key(body.pop("name"), **key_options(body, time.time()))
+
+        async def insert(store: Any) -> None:
+            await store.create_key(record)
+
+        self._with_store(insert)
+        return {**record.public(), "key": raw}
+
+    def list(self, include_revoked: bool) -> list[dict[str, Any]]:
+        async def fetch(store: Any) -> list[dict[str, Any]]:
+            return [r.public() for r in await store.list_keys(include_revoked=include_revoked)]
+
+        return self._with_store(fetch)
+
+    def revoke(self, key_id: str) -> dict[str, Any]:
+        async def revoke(store: Any) -> dict[str, Any]:
+            if await store.get_key(key_id) is None:
+                raise AdminError(f"404: no key with id `{key_id}`")
+            revoked = await store.revoke_key(key_id, time.time())
+            return {"id": key_id, "revoked": True, "already_revoked": not revoked}
+
+        return self._with_store(revoke)
+
+    def spend(self, by: str, since: str) -> dict[str, Any]:
+        from modelyard.server.admin import parse_since
+
+        start = parse_since(since, time.time())
+
+        async def report(store: Any) -> dict[str, Any]:
+            rows = await store.spend_report(by, start)
+            data = [{"group": r.group, "name": r.name, "requests": r.requests, "errors": r.errors,
+                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+                     "cost_usd": r.cost_usd} for r in rows]
+            return {"by": by, "data": data, "total_cost_usd": sum(r.cost_usd for r in rows),
+                    "total_requests": sum(r.requests for r in rows)}
+
+        return self._with_store(report)
+
+
+def _backend(config: Path | None, url: str | None, master_key: str | None) -> ApiBackend | StoreBackend:
+    if (config is None) == (url is None):
+        raise AdminError("give either --config FILE (the store) or --url URL (a running gateway)")
+    return ApiBackend(url, master_key) if url else StoreBackend(config)  # type: ignore[arg-type]
+
+
+def _run(fn: Callable[[], T]) -> T:
+    from modelyard.schema.errors import GatewayError
+
+    try:
+        return fn()
+    except (AdminError, ValueError) as exc:
+        _err().print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(code=2) from None
+    except GatewayError as exc:
+        _err().print(f"[bold red]error:[/] {exc.message}")
+        raise typer.Exit(code=2) from None
+
+
+# --------------------------------------------------------------------------- commands
+
+
+@keys_app.command("create")
+def create(
+    name: str = typer.Option(..., "--name", help="Who or what the key is for."),
+    models: str = typer.Option(None, "--models", help="Allowed model names, comma-separated (default: all)."),
+    budget_usd: float = typer.Option(None, "--budget-usd", help="Budget in USD per period."),
+    period: str = typer.Option("30d", "--period", help="Budget period: 30d, 7d, 24h, ..."),
+    rpm: int = typer.Option(None, "--rpm", help="Requests per minute."),
+    tpm: int = typer.Option(None, "--tpm", help="Tokens per minute (prompt + output estimate)."),
+    expires_in: str = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d (default: no expiry)."),
+    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+) -> None:
+    """Create a virtual key. The key is printed once and cannot be shown again."""
+    body: dict[str, Any] = {"name": name, "models": models, "budget_usd": budget_usd, "period": period,
+                            "rpm": rpm, "tpm": tpm, "expires_in": expires_in}
+    made = _run(lambda: _backend(config, url, master_key).create(body))
+    if as_json:
+        typer.echo(json.dumps(made, indent=2))
+        return
+    _out().print(f"[bold]{made['key']}[/]")
+    _err().print(f"key {made['id']} ({made['name']}) created; store it now, it will not be shown again")
+
+
+@keys_app.command("list")
+def list_keys(
+    include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys."),
+    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+) -> None:
+    """List keys (never the keys themselves: only their ids, names, prefixes and limits)."""
+    rows = _run(lambda: _backend(config, url, master_key).list(include_revoked))
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for column in ("id", "name", "prefix", "status", "models", "rpm", "tpm", "budget", "spent"):
+        table.add_column(column)
+    for row in rows:
+        spend = row.get("spend") or {}
+        budget = "-"
+        if row.get("budget_usd") is not None:
+            budget = f"${row['budget_usd']:g}/{_days(row.get('period_s'))}"
+        table.add_row(row["id"], row["name"], row["key_prefix"] + "…", row["status"],
+                      ",".join(row["models"]) if row.get("models") else "all", _dash(row.get("rpm")),
+                      _dash(row.get("tpm")), budget, f"${spend['spent_usd']:.4f}" if spend else "-")
+    _out().print(table)
+
+
+@keys_app.command("revoke")
+def revoke(
+    key_id: str = typer.Argument(..., help="The key's id (key_...), as `keys list` shows it."),
+    config: Path = CONFIG, url: str = URL, master_key: str = MASTER,
+) -> None:
+    """Revoke a key: every request with it gets a 401 from then on."""
+    result = _run(lambda: _backend(config, url, master_key).revoke(key_id))
+    _err().print(f"key {key_id} {'was already revoked' if result.get('already_revoked') else 'revoked'}")
+
+
+@app.command("spend")
+def spend(
+    by: str = typer.Option("model", "--by", help="Group by model, key, day or deployment."),
+    since: str = typer.Option("7d", "--since", help="How far back: 7d, 24h, 30d, or all."),
+    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+) -> None:
+    """Spend report from the spend log: requests, errors, tokens and cost per group."""
+    report = _run(lambda: _backend(config, url, master_key).spend(by, since))
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    table = Table(title=f"spend by {by}, last {since}")
+    for column in (by, "requests", "errors", "prompt tokens", "completion tokens", "cost (USD)"):
+        table.add_column(column, justify="left" if column == by else "right")
+    for row in report["data"]:
+        label = f"{row['group']} ({row['name']})" if row.get("name") else row["group"]
+        table.add_row(label, str(row["requests"]), str(row["errors"]), f"{row['prompt_tokens']:,}",
+                      f"{row['completion_tokens']:,}", f"{row['cost_usd']:.6f}")
+    table.add_row("total", str(report["total_requests"]), "", "", "", f"{report['total_cost_usd']:.6f}")
+    _out().print(table)
+
+
+def _dash(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def _days(seconds: float | None) -> str:
+    if not seconds:
+        return "30d"
+    return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h"

@@ -1,0 +1,370 @@
+"""Access control on the request path: authenticate → authorise the model → rate limit → reserve budget.
+
+Cheap by construction: a presented key is hashed (SHA-256) and looked up in an in-memory cache of every
+key; the store is read only on a cache miss (a key made by another replica since the last refresh) and
+unknown hashes are remembered so a flood of bad keys cannot hammer it. Counters live in memory unless
+Redis is configured. Nothing is logged or formatted on success.
+
+Open mode: with no master key and no virtual key in the store, anyone may call the gateway. That is said
+loudly at start, because it is the right default for a laptop and the wrong one for a server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from modelyard.accounting.budgets import (
+    Reservation,
+    nano_to_usd,
+    parse_duration,
+    period_bounds,
+    period_index,
+    usd_to_nano,
+)
+from modelyard.config.model import KeyLimits, Price
+from modelyard.routing.features import RequestFeatures
+from modelyard.schema.errors import GatewayError
+from modelyard.state.counters import Ask, Counters
+from modelyard.state.keys import KeyRecord, hash_key, new_key
+from modelyard.state.store import Store
+
+if TYPE_CHECKING:
+    from modelyard.routing.table import RoutingTable
+    from modelyard.server.app import RequestContext
+    from modelyard.server.observe import Outcome
+
+log = logging.getLogger("modelyard.access")
+
+MASTER_ID = "master"
+_UNKNOWN_CACHE = 10_000
+_OPEN_BANNER = """
+************************************************************************
+*  modelyard is running in OPEN MODE: no master key and no virtual     *
+*  keys, so ANY client may call it and spend your provider credits.    *
+*  Set access.master_key (or MODELYARD_MASTER_KEY) to require keys.    *
+************************************************************************"""
+
+
+@dataclass(slots=True)
+class KeyState:
+    """A key as the request path needs it: flat fields, budgets in nano-dollars."""
+
+    id: str
+    name: str
+    models: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    budget_nano: int | None = None
+    period_s: float = 30 * 86400.0
+    anchor: float = 0.0
+    expires_at: float | None = None
+    revoked: bool = False
+    unlimited: bool = False
+    #: The budget period in force (recomputed when `period_end` passes), so a request does no date math.
+    period: int = -1
+    period_end: float = 0.0
+
+    def current_period(self, now: float) -> int:
+        if now >= self.period_end or self.period < 0:
+            self.period = period_index(self.anchor, self.period_s, now)
+            self.period_end = period_bounds(self.anchor, self.period_s, self.period)[1]
+        return self.period
+
+    @property
+    def limited(self) -> bool:
+        if self.unlimited:
+            return False
+        return self.rpm is not None or self.tpm is not None or self.budget_nano is not None
+
+    @classmethod
+    def from_record(cls, record: KeyRecord) -> KeyState:
+        return cls(record.id, record.name, frozenset(record.models) if record.models is not None else None,
+                   record.rpm, record.tpm,
+                   usd_to_nano(record.budget_usd) if record.budget_usd is not None else None,
+                   record.period_s or 30 * 86400.0, record.created_at, record.expires_at,
+                   record.revoked_at is not None)
+
+    @classmethod
+    def master(cls, limits: KeyLimits, unlimited: bool) -> KeyState:
+        return cls(MASTER_ID, MASTER_ID, None, limits.rpm, limits.tpm,
+                   usd_to_nano(limits.budget_usd) if limits.budget_usd is not None else None,
+                   parse_duration(limits.period), 0.0, None, False, unlimited)
+
+
+def estimate_prices(table: RoutingTable) -> dict[str, tuple[float, float]]:
+    """Per model name (and deployment name): the dearest (input, output) nano-dollars per token it may
+    be served at, fallbacks included, so a reservation is an upper bound whatever the router picks."""
+    def per_token(price: Price | None) -> tuple[float, float]:
+        return (0.0, 0.0) if price is None else (price.input * 1000, price.output * 1000)
+
+    out = {name: per_token(price) for name, price in table.prices.items()}
+
+    def walk(model: str, seen: set[str]) -> tuple[float, float]:
+        if model in seen:
+            return 0.0, 0.0
+        seen.add(model)
+        group = table.groups.get(model)
+        if group is None:
+            return out.get(model, (0.0, 0.0))
+        pairs = [per_token(table.prices.get(dep.name)) for dep in group.candidates]
+        pairs += [walk(fallback, seen) for fallback in group.group.fallbacks]
+        return max(p[0] for p in pairs), max(p[1] for p in pairs)
+
+    for name in table.groups:
+        out[name] = walk(name, set())
+    return out
+
+
+def _retry_after(seconds: float) -> str:
+    return str(max(1, math.ceil(seconds)))
+
+
+class Access:
+    """Keys, limits and budgets for one gateway."""
+
+    def __init__(self, *, store: Store, counters: Counters, master_key: str | None = None,
+                 master_limits: KeyLimits | None = None, master_unlimited: bool = False,
+                 prices: dict[str, tuple[float, float]] | None = None, refresh_s: float = 30.0,
+                 capture_content: bool = False, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.capture_content = capture_content
+        self.counters = counters
+        self.prices = prices or {}
+        self.refresh_s = refresh_s
+        self.clock = clock
+        self.master_hash = hash_key(master_key) if master_key else None
+        self.master = KeyState.master(master_limits or KeyLimits(), master_unlimited)
+        self.open = False
+        self._keys: dict[str, KeyState] = {}
+        self._by_id: dict[str, str] = {}
+        self._unknown: dict[str, None] = {}
+        self._seeded: dict[tuple[str, int], asyncio.Future[None]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        await self.counters.start()
+        await self.reload()
+        self.open = self.master_hash is None and not self._keys
+        if self.open:
+            log.warning(_OPEN_BANNER)
+        if self.refresh_s > 0:
+            self._refresher = asyncio.create_task(self._refresh_loop(), name="modelyard-key-refresh")
+
+    async def close(self) -> None:
+        if self._refresher is not None:
+            self._refresher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._refresher
+            self._refresher = None
+        await self.counters.close()
+
+    async def reload(self) -> None:
+        """Re-read every key (revocations and keys made elsewhere show up; unknown hashes are retried)."""
+        records = await self.store.list_keys(include_revoked=True)
+        keys: dict[str, KeyState] = {}
+        by_id: dict[str, str] = {}
+        for record in records:
+            keys[record.key_hash] = KeyState.from_record(record)
+            by_id[record.id] = record.key_hash
+        if self.master_hash is not None:
+            keys[self.master_hash] = self.master
+        self._keys, self._by_id = keys, by_id
+        self._unknown.clear()
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.refresh_s)
+            try:
+                await self.reload()
+            except Exception as exc:  # keep serving from the cache we have
+                log.warning("could not refresh keys from the store: %s", exc)
+
+    # ------------------------------------------------------------------ the request path
+
+    def authenticate_cached(self, credential: str | None) -> KeyState | None:
+        if not credential:
+            return None
+        return self._keys.get(hashlib.sha256(credential.encode()).hexdigest())
+
+    async def authenticate(self, credential: str | None) -> KeyState:
+        """The key presented, or a 401 (missing, unknown, revoked, expired)."""
+        if not credential:
+            raise GatewayError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
+                               "or `x-api-key: <key>`.", code="invalid_api_key")
+        digest = hashlib.sha256(credential.encode()).hexdigest()
+        key = self._keys.get(digest)
+        if key is None:
+            key = await self._miss(digest)
+        if key is None or key.revoked:
+            raise GatewayError(401, f"Incorrect API key provided: {_shown(credential)}.",
+                               code="invalid_api_key")
+        if key.expires_at is not None and self.clock() >= key.expires_at:
+            raise GatewayError(401, f"API key {_shown(credential)} has expired.", code="invalid_api_key")
+        return key
+
+    async def _miss(self, digest: str) -> KeyState | None:
+        if digest in self._unknown:
+            return None
+        record = await self.store.find_key(digest)
+        if record is None:
+            if len(self._unknown) >= _UNKNOWN_CACHE:
+                self._unknown.pop(next(iter(self._unknown)))
+            self._unknown[digest] = None
+            return None
+        key = self._keys[digest] = KeyState.from_record(record)
+        self._by_id[record.id] = digest
+        return key
+
+    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures) -> None:
+        """Raise the client's error, or let the request through holding its reservation on `ctx`."""
+        if self.capture_content:
+            ctx.content = features.prompt_text
+        if self.open:
+            return
+        key = await self.authenticate(ctx.credential)
+        if key.models is not None and model not in key.models:
+            raise GatewayError(403, f"This key may not use model `{model}` (allowed: "
+                               f"{', '.join(sorted(key.models)) or 'none'}).", code="model_not_allowed")
+        ctx.key_id = key.id
+        ctx.key_name = key.name
+        features.key_name = key.name
+        if key.limited:
+            ctx.reservation = await self._reserve(key, model, features)
+
+    async def _reserve(self, key: KeyState, model: str, features: RequestFeatures) -> Reservation | None:
+        output = 0 if features.kind == "embedding" else features.output_estimate()
+        tokens = features.prompt_tokens + output
+        period = -1
+        estimate = 0
+        ttl = 86400
+        if key.budget_nano is not None:
+            now = self.clock()
+            period = key.current_period(now)
+            ttl = int(key.period_end - now) + 86400
+            seeded = self._seeded.get((key.id, period))
+            if seeded is None or not seeded.done():
+                await self._seed(key, period, ttl)
+            per_in, per_out = self.prices.get(model, (0.0, 0.0))
+            estimate = round(features.prompt_tokens * per_in + output * per_out)
+        verdict = await self.counters.admit(Ask(key.id, key.rpm, key.tpm, tokens, key.budget_nano, period,
+                                                estimate, ttl))
+        if not verdict.ok:
+            raise self._refusal(key, verdict.reason, verdict.retry_after, period)
+        return verdict.reservation
+
+    async def _seed(self, key: KeyState, period: int, ttl: int) -> None:
+        """Start this period's budget from the spend log, once per process (concurrent callers wait)."""
+        slot = (key.id, period)
+        pending = self._seeded.get(slot)
+        if pending is None:
+            pending = self._seeded[slot] = asyncio.get_running_loop().create_future()
+            try:
+                start, _ = period_bounds(key.anchor, key.period_s, period)
+                spent = await self.store.spent_since(key.id, start)
+                await self.counters.seed_budget(key.id, period, usd_to_nano(spent), ttl)
+            except BaseException as exc:
+                del self._seeded[slot]
+                pending.set_exception(exc)
+                pending.exception()  # retrieved: the waiters get it below, nobody else should warn
+                raise
+            pending.set_result(None)
+            return
+        await asyncio.shield(pending)
+
+    def _refusal(self, key: KeyState, reason: str, retry_after: float, period: int) -> GatewayError:
+        if reason == "budget":
+            assert key.budget_nano is not None
+            _, end = period_bounds(key.anchor, key.period_s, period)
+            renews = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
+            return GatewayError(429, f"You exceeded your current quota: key `{key.name}` has used its "
+                                f"budget of ${nano_to_usd(key.budget_nano):.2f} for this period "
+                                f"(renews {renews}).",
+                                type="insufficient_quota", code="insufficient_quota")
+        what, limit = ("requests per minute (RPM)", key.rpm) if reason == "rpm" else \
+            ("tokens per minute (TPM)", key.tpm)
+        wait = _retry_after(retry_after)
+        return GatewayError(429, f"Rate limit reached for key `{key.name}` on {what}: limit {limit}. "
+                            f"Please try again in {wait}s.", type="requests" if reason == "rpm" else "tokens",
+                            code="rate_limit_exceeded", headers={"Retry-After": wait})
+
+    def settle(self, ctx: RequestContext, outcome: Outcome) -> None:
+        """After the answer: the budget is charged what the request cost (0 if it failed before any token)."""
+        reservation = ctx.reservation
+        if reservation is None:
+            return
+        ctx.reservation = None
+        self.counters.settle(reservation, usd_to_nano(outcome.cost_usd), outcome.usage.total)
+
+    def release(self, ctx: RequestContext) -> None:
+        """A request that ended without an outcome (crashed, cancelled): give its reservation back."""
+        reservation = ctx.reservation
+        if reservation is not None:
+            ctx.reservation = None
+            self.counters.settle(reservation, 0, 0)
+
+    # ------------------------------------------------------------------ admin
+
+    def is_master(self, credential: str | None) -> bool:
+        if not credential or self.master_hash is None:
+            return False
+        return hashlib.sha256(credential.encode()).hexdigest() == self.master_hash
+
+    async def create_key(self, name: str, **options: object) -> tuple[str, KeyRecord]:
+        raw, record = new_key(name, **options)  # type: ignore[arg-type]
+        await self.store.create_key(record)
+        self._keys[record.key_hash] = KeyState.from_record(record)
+        self._by_id[record.id] = record.key_hash
+        self._unknown.pop(record.key_hash, None)
+        return raw, record
+
+    async def revoke_key(self, key_id: str) -> bool:
+        revoked = await self.store.revoke_key(key_id, self.clock())
+        digest = self._by_id.get(key_id)
+        if digest is not None and digest in self._keys:
+            self._keys[digest].revoked = True  # takes effect at once here; other replicas at their refresh
+        return revoked
+
+    async def key_spend(self, record: KeyRecord) -> dict[str, float] | None:
+        """Spent and reserved USD in the key's current budget period (None without a budget)."""
+        if record.budget_usd is None:
+            return None
+        key = KeyState.from_record(record)
+        period = period_index(key.anchor, key.period_s, self.clock())
+        start, end = period_bounds(key.anchor, key.period_s, period)
+        if (key.id, period) in self._seeded:
+            spent, reserved = await self.counters.budget_state(key.id, period)
+            spent_usd = nano_to_usd(spent)
+        else:
+            spent_usd, reserved = await self.store.spent_since(key.id, start), 0
+        return {"spent_usd": round(spent_usd, 10), "reserved_usd": round(nano_to_usd(reserved), 10),
+                "period_start": start, "period_end": end}
+
+
+def credential_of(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The key a client presents: `Authorization: Bearer <key>` (OpenAI SDK, anthropic SDK 2.x with a
+    bearer token) or `x-api-key: <key>` (anthropic SDK)."""
+    api_key = None
+    for name, value in headers:
+        if name == b"authorization":
+            scheme, _, token = value.decode("latin-1").partition(" ")
+            if scheme.lower() == "bearer" and token.strip():
+                return token.strip()
+        elif name == b"x-api-key":
+            api_key = value.decode("latin-1").strip() or None
+    return api_key
+
+
+def _shown(credential: str) -> str:
+    """Enough of a key to recognise it in an error, never enough to use it."""
+    return f"{credential[:8]}…" if len(credential) > 12 else "…"

@@ -1,0 +1,155 @@
+"""The admin API (master key only): virtual keys and spend reports.
+
+    POST   /admin/keys          {"name", "models"?, "rpm"?, "tpm"?, "budget_usd"?, "period"?, "expires_in"?,
+                                 "metadata"?}  → the key record plus `key`, the raw key, shown this once
+    GET    /admin/keys          ?all=true lists revoked keys too; each with its current budget period spend
+    DELETE /admin/keys/{id}     revoke (immediate on this replica, within `access.refresh_s` on the others)
+    GET    /admin/spend         ?by=model|key|day|deployment&since=7d
+
+Errors are OpenAI-shaped like everywhere else: 401 without the master key, 403 when the gateway has no
+master key (the admin API is off), 404 for an unknown key id, 400 for a bad body or query.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from modelyard.accounting.budgets import parse_duration
+from modelyard.schema.errors import GatewayError
+from modelyard.server.http import Request, send_json
+from modelyard.server.validation import decode_body
+from modelyard.state.migrations import GROUPINGS
+
+if TYPE_CHECKING:
+    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.services import Services
+
+KEYS_PATH = "/admin/keys"
+_ADMIN_BODY_LIMIT = 64 * 1024
+
+
+def _services(gw: Gateway, ctx: RequestContext) -> Services:
+    services = gw.services
+    if services is None or services.access is None:
+        raise GatewayError(404, "the admin API is not enabled on this gateway", code="not_found")
+    if services.access.master_hash is None:
+        raise GatewayError(403, "the admin API needs a master key (access.master_key or "
+                           "MODELYARD_MASTER_KEY)", type="permission_error", code="admin_disabled")
+    if not services.access.is_master(ctx.credential):
+        raise GatewayError(401, "the admin API needs the master key", code="invalid_api_key")
+    return services
+
+
+def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float],
+              minimum: float | None = None) -> Any:
+    """`body[name]` checked against `kind` (ints accepted for floats) and `minimum`; None when absent."""
+    value: Any = body.get(name)
+    if value is None:
+        return None
+    wrong = isinstance(value, bool) or not isinstance(value, int | float)
+    if wrong or (kind is int and isinstance(value, float)):
+        raise GatewayError(400, f"`{name}` must be a {kind.__name__}", param=name)
+    if minimum is not None and value < minimum:
+        raise GatewayError(400, f"`{name}` must be at least {minimum:g}", param=name)
+    return kind(value)
+
+
+def _models(value: Any) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [m.strip() for m in value.split(",")]
+    if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
+        raise GatewayError(400, "`models` must be a list of model names (or one comma-separated string)",
+                           param="models")
+    return [m for m in value if m] or None
+
+
+def key_options(body: dict[str, Any], now: float) -> dict[str, Any]:
+    """Validated `new_key` options from a POST /admin/keys body."""
+    try:
+        period = parse_duration(body["period"]) if body.get("period") is not None else 30 * 86400.0
+        expires_in = body.get("expires_in")
+        expires_at = now + parse_duration(expires_in) if expires_in is not None else \
+            _optional(body, "expires_at", float)
+    except ValueError as exc:
+        raise GatewayError(400, str(exc), param="period" if "period" in str(exc) else "expires_in") from None
+    metadata = body.get("metadata") or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise GatewayError(400, "`metadata` must be an object of strings", param="metadata")
+    return {"models": _models(body.get("models")), "rpm": _optional(body, "rpm", int, 1),
+            "tpm": _optional(body, "tpm", int, 1), "budget_usd": _optional(body, "budget_usd", float, 0),
+            "period_s": period, "expires_at": expires_at, "metadata": metadata, "now": now}
+
+
+async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    services = _services(gw, ctx)
+    body = decode_body(await request.body(_ADMIN_BODY_LIMIT))
+    name = body.get("name")
+    if not isinstance(name, str) or not name.strip():
+        raise GatewayError(400, "`name` is required", param="name")
+    access = services.access
+    assert access is not None
+    raw, record = await access.create_key(name, **key_options(body, access.clock()))
+    await send_json(request.send, 200, {**record.public(), "key": raw})
+
+
+async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    services = _services(gw, ctx)
+    access = services.access
+    assert access is not None
+    include_revoked = request.query.get("all", "").lower() in ("1", "true", "yes")
+    records = await access.store.list_keys(include_revoked=include_revoked)
+    data = []
+    for record in records:
+        entry = record.public()
+        entry["spend"] = await access.key_spend(record)
+        data.append(entry)
+    await send_json(request.send, 200, {"object": "list", "data": data})
+
+
+async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    services = _services(gw, ctx)
+    access = services.access
+    assert access is not None
+    key_id = request.path[len(KEYS_PATH) + 1:]
+    record = await access.store.get_key(key_id) if key_id else None
+    if record is None:
+        raise GatewayError(404, f"no key with id `{key_id}`", code="key_not_found")
+    revoked = await access.revoke_key(key_id)
+    await send_json(request.send, 200, {"id": key_id, "revoked": True, "already_revoked": not revoked})
+
+
+def parse_since(text: str | None, now: float) -> float:
+    """`7d`, `24h`, … before now; `all` (or nothing but `since=0`) for everything."""
+    if text is None or text == "":
+        return now - 7 * 86400.0
+    if text in ("all", "0"):
+        return 0.0
+    try:
+        return now - parse_duration(text)
+    except ValueError:
+        raise GatewayError(400, f"invalid `since` {text!r} (write e.g. 7d, 24h or all)",
+                           param="since") from None
+
+
+async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    services = _services(gw, ctx)
+    query = request.query
+    by = query.get("by", "model")
+    if by not in GROUPINGS:
+        raise GatewayError(400, f"`by` must be one of {', '.join(GROUPINGS)}", param="by")
+    now = time.time()
+    since = parse_since(query.get("since"), now)
+    if services.spend is not None:
+        await services.spend.flush()  # include the requests still waiting in the writer's queue
+    rows = await services.store.spend_report(by, since)
+    data = [{"group": r.group, "name": r.name, "requests": r.requests, "errors": r.errors,
+             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
+             "cost_usd": round(r.cost_usd, 10)} for r in rows]
+    await send_json(request.send, 200, {
+        "object": "spend_report", "by": by, "since": datetime.fromtimestamp(since, UTC).isoformat(),
+        "data": data, "total_cost_usd": round(sum(r.cost_usd for r in rows), 10),
+        "total_requests": sum(r.requests for r in rows)})

@@ -1,0 +1,219 @@
+"""Prometheus metrics at GET /metrics, fed by request outcomes, on a registry of this gateway's own.
+
+The request path only bumps plain dict counters and histogram buckets (`on_outcome`, a few µs); the
+prometheus-client families are built when /metrics is scraped, by a custom collector on a per-gateway
+`CollectorRegistry` (never the global one, so two gateways in one process, as in tests and benchmarks,
+do not mix). In-flight requests and circuit-breaker states are read from the router's health view at
+scrape time; breaker transitions are counted as they happen (a `router.health.listeners` subscriber).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from modelyard.routing.health import BreakerState
+from modelyard.server.http import send_bytes
+from modelyard.server.observe import Outcome
+
+if TYPE_CHECKING:
+    from modelyard.accounting.spend import SpendWriter
+    from modelyard.routing.router import Router
+    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.http import Request
+
+#: Seconds; from a cache hit to a long reasoning answer.
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                              120.0)
+_BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+_TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write", "reasoning")
+
+
+class _Histogram:
+    __slots__ = ("counts", "sum")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[str, float]]:
+        out: list[tuple[str, float]] = []
+        running = 0.0
+        for bound, count in zip(BUCKETS, self.counts, strict=False):
+            running += count
+            out.append((repr(bound), running))
+        out.append(("+Inf", running + self.counts[-1]))
+        return out
+
+
+class _Series:
+    """Everything counted for one (requested model, deployment): one dict probe per request."""
+
+    __slots__ = ("cost", "latency", "statuses", "tokens", "ttft")
+
+    def __init__(self) -> None:
+        self.statuses: dict[str, int] = {}
+        self.latency = _Histogram()
+        self.ttft: _Histogram | None = None
+        self.tokens = [0, 0, 0, 0, 0]  # _TOKEN_KINDS
+        self.cost = 0.0
+
+
+class Metrics:
+    """An Observer that keeps the gateway's counters, and the /metrics endpoint that exposes them."""
+
+    def __init__(self, router: Router, *, spend: SpendWriter | None = None,
+                 unpriced: list[str] | None = None) -> None:
+        self.router = router
+        self.spend = spend
+        self.unpriced = list(unpriced or [])
+        self.series: dict[tuple[str, str], _Series] = {}
+        self.errors: dict[str, int] = {}
+        self.attempts: dict[tuple[str, str], int] = {}
+        self.transitions: dict[tuple[str, str], int] = {}
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(_Collector(self))
+        router.health.listeners.append(self.on_breaker)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        listeners = self.router.health.listeners
+        if self.on_breaker in listeners:
+            listeners.remove(self.on_breaker)
+
+    # ------------------------------------------------------------------ hot path
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        pair = (outcome.ctx.requested_model or "-", outcome.deployment or "-")
+        series = self.series.get(pair)
+        if series is None:
+            series = self.series[pair] = _Series()
+        statuses = series.statuses
+        statuses[outcome.status] = statuses.get(outcome.status, 0) + 1
+        series.latency.observe(outcome.latency_ms / 1000.0)
+        if outcome.ttft_ms is not None:
+            if series.ttft is None:
+                series.ttft = _Histogram()
+            series.ttft.observe(outcome.ttft_ms / 1000.0)
+        usage = outcome.usage
+        if usage.prompt or usage.completion:
+            tokens = series.tokens
+            tokens[0] += usage.prompt
+            tokens[1] += usage.completion
+            tokens[2] += usage.cached
+            tokens[3] += usage.cache_write
+            tokens[4] += usage.reasoning
+        series.cost += outcome.cost_usd
+        kind = outcome.error_kind
+        if kind is not None:
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+        attempts = self.attempts
+        for record in outcome.records:
+            slot = (record.deployment, record.outcome)
+            attempts[slot] = attempts.get(slot, 0) + 1
+
+    def on_breaker(self, deployment: str, old: BreakerState, new: BreakerState) -> None:
+        slot = (deployment, new.value)
+        self.transitions[slot] = self.transitions.get(slot, 0) + 1
+
+    # ------------------------------------------------------------------ scrape
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+    def families(self) -> Iterator[Metric]:
+        yield from self._traffic()
+        yield from self._timing()
+        yield from self._state()
+
+    def _traffic(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily("modelyard_requests", "Requests by requested model, serving "
+                                       "deployment and status (ok, error, stream_error, cancelled).",
+                                       labels=["model", "deployment", "status"])
+        for (model, deployment), series in self.series.items():
+            for status, count in series.statuses.items():
+                requests.add_metric([model, deployment, status], count)
+        errors = CounterMetricFamily("modelyard_errors", "Failed requests by error kind.", labels=["kind"])
+        for kind, value in self.errors.items():
+            errors.add_metric([kind], value)
+        attempts = CounterMetricFamily("modelyard_attempts", "Provider attempts by deployment and outcome.",
+                                       labels=["deployment", "outcome"])
+        for (deployment, outcome), value in self.attempts.items():
+            attempts.add_metric([deployment, outcome], value)
+        tokens = CounterMetricFamily("modelyard_tokens", "Tokens by model, deployment and kind (prompt "
+                                     "includes cached and cache_write; completion includes reasoning).",
+                                     labels=["model", "deployment", "type"])
+        for (model, deployment), series in self.series.items():
+            for kind, count in zip(_TOKEN_KINDS, series.tokens, strict=True):
+                tokens.add_metric([model, deployment, kind], count)
+        cost = CounterMetricFamily("modelyard_cost_usd", "Cost in USD of the answers, from actual usage.",
+                                   labels=["model", "deployment"])
+        for (model, deployment), series in self.series.items():
+            cost.add_metric([model, deployment], series.cost)
+        yield from (requests, errors, attempts, tokens, cost)
+
+    def _timing(self) -> Iterator[Metric]:
+        latency = HistogramMetricFamily("modelyard_request_duration_seconds", "Request latency, end to end.",
+                                        labels=["model", "deployment"])
+        ttft = HistogramMetricFamily("modelyard_ttft_seconds", "Time to first token of streamed answers.",
+                                     labels=["model", "deployment"])
+        for (model, deployment), series in self.series.items():
+            latency.add_metric([model, deployment], series.latency.cumulative(), series.latency.sum)
+            if series.ttft is not None:
+                ttft.add_metric([model, deployment], series.ttft.cumulative(), series.ttft.sum)
+        yield from (latency, ttft)
+
+    def _state(self) -> Iterator[Metric]:
+        health = self.router.health.all()
+        in_flight = GaugeMetricFamily("modelyard_in_flight", "Provider attempts in flight per deployment.",
+                                      labels=["deployment"])
+        breaker = GaugeMetricFamily("modelyard_breaker_state", "Circuit breaker per deployment: 0 closed, "
+                                    "1 half-open, 2 open.", labels=["deployment"])
+        for dep in self.router.config.deployments:
+            state = health.get(dep.name)
+            in_flight.add_metric([dep.name], state.in_flight if state else 0)
+            breaker.add_metric([dep.name], _BREAKER_VALUE[state.state] if state else 0)
+        transitions = CounterMetricFamily("modelyard_breaker_transitions", "Circuit breaker state changes.",
+                                          labels=["deployment", "state"])
+        for (deployment, state_name), value in self.transitions.items():
+            transitions.add_metric([deployment, state_name], value)
+        unknown = GaugeMetricFamily("modelyard_price_unknown", "1 for deployments whose price is unknown "
+                                    "(their cost is counted as 0).", labels=["deployment"])
+        for name in self.unpriced:
+            unknown.add_metric([name], 1)
+        yield from (in_flight, breaker, transitions, unknown)
+        if self.spend is not None:
+            spend = self.spend
+            yield CounterMetricFamily("modelyard_spend_log_written", "Spend records written.",
+                                      value=spend.written)
+            yield CounterMetricFamily("modelyard_spend_log_dropped", "Spend records dropped (queue full or "
+                                      "store down at shutdown).", value=spend.dropped)
+            yield GaugeMetricFamily("modelyard_spend_log_pending", "Spend records waiting to be written.",
+                                    value=spend.pending)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        return self.metrics.families()
+
+
+async def metrics_endpoint(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    metrics: Any = gw.services.metrics if gw.services is not None else None
+    if metrics is None:
+        await send_bytes(request.send, 404, b"metrics are off\n", [(b"content-type", b"text/plain")])
+        return
+    headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
+    await send_bytes(request.send, 200, metrics.exposition(), headers)

@@ -1,0 +1,164 @@
+"""The services around the router that money and access need, built from the config in one place.
+
+store (keys + spend log) → access (keys, limits, budgets) → spend writer, metrics, tracing (observers).
+`Gateway` gets them as one object: it delegates `admit` to `access`, settles reservations when a request
+ends, registers `routes()` and starts/stops everything with its lifespan.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modelyard.accounting.price_table import PriceTable, unpriced
+from modelyard.accounting.spend import SpendRecord, SpendWriter
+from modelyard.config.model import Config
+from modelyard.routing.attempts import attempts_header
+from modelyard.routing.router import Router
+from modelyard.server import admin
+from modelyard.server.access import Access, estimate_prices
+from modelyard.server.http import Headers, Send, send_json
+from modelyard.server.metrics import Metrics, metrics_endpoint
+from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
+from modelyard.state.counters import Counters, MemoryCounters
+from modelyard.state.store import Store, open_store
+
+if TYPE_CHECKING:
+    from modelyard.server.app import ErrorWriter, Handler
+
+log = logging.getLogger("modelyard.server")
+
+MASTER_KEY_ENV = "MODELYARD_MASTER_KEY"
+
+
+async def _json_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
+    await send_json(send, status, body, headers)
+
+
+def spend_record(outcome: Outcome) -> SpendRecord:
+    """The spend log's row for one request (built in the writer's background task, not on the hot path)."""
+    ctx = outcome.ctx
+    usage = outcome.usage
+    records = outcome.records
+    return SpendRecord(
+        id=ctx.request_id, at=outcome.at, key_id=ctx.key_id, key_name=ctx.key_name, model=ctx.requested_model,
+        deployment=outcome.deployment, provider=outcome.provider, endpoint=ctx.endpoint,
+        attempts=len(records),
+        attempt_log=attempts_header(records) if records else "", prompt_tokens=usage.prompt,
+        completion_tokens=usage.completion, cached_tokens=usage.cached, cache_write_tokens=usage.cache_write,
+        reasoning_tokens=usage.reasoning, cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms, status=outcome.status, error_kind=outcome.error_kind, content=ctx.content,
+    )
+
+
+class SpendLog:
+    """The Observer that hands each outcome to the batching writer (which makes the spend record)."""
+
+    def __init__(self, writer: SpendWriter) -> None:
+        self.writer = writer
+        self.on_outcome = writer.submit  # the whole hot-path cost: one put_nowait
+
+    async def start(self) -> None:
+        await self.writer.start()
+
+    async def close(self) -> None:
+        await self.writer.close()
+
+
+@dataclass(slots=True)
+class Services:
+    router: Router
+    store: Store
+    access: Access | None = None
+    spend: SpendWriter | None = None
+    metrics: Metrics | None = None
+    observers: list[Any] = field(default_factory=list)
+    unpriced: list[str] = field(default_factory=list)
+
+    def observer(self, base: Observer | None = None) -> Observer:
+        """The gateway's observer: `base` (failure logging by default) plus ours."""
+        return FanOut([base or NullObserver(), *self.observers])
+
+    def routes(self) -> dict[tuple[str, str], tuple[Handler, ErrorWriter]]:
+        routes: dict[tuple[str, str], tuple[Handler, ErrorWriter]] = {
+            ("POST", admin.KEYS_PATH): (admin.create_key, _json_error),
+            ("GET", admin.KEYS_PATH): (admin.list_keys, _json_error),
+            ("GET", "/admin/spend"): (admin.spend, _json_error),
+        }
+        if self.metrics is not None:
+            routes[("GET", "/metrics")] = (metrics_endpoint, _json_error)
+        return routes
+
+    def match(self, method: str, path: str) -> tuple[Handler, ErrorWriter] | None:
+        """Routes with a path parameter (only `DELETE /admin/keys/{id}`); called on exact-route misses."""
+        if method == "DELETE" and path.startswith(admin.KEYS_PATH + "/") and path.count("/") == 3:
+            return admin.revoke_key, _json_error
+        return None
+
+    async def start(self) -> None:
+        await self.store.open()
+        if self.access is not None:
+            await self.access.start()
+        for name in self.unpriced:
+            dep = self.router.config.deployment(name)
+            log.warning("price unknown for deployment %s (model %s): its cost is counted as 0 and it shows "
+                        "in modelyard_price_unknown; set `price:` on it in the config", name,
+                        dep.model if dep else "?")
+
+    async def close(self) -> None:
+        if self.access is not None:
+            await self.access.close()
+        await self.store.close()
+
+
+def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | None:
+    """access.master_key, else server.master_key, else $MODELYARD_MASTER_KEY."""
+    environ = os.environ if env is None else env
+    return config.access.master_key or config.server.master_key or environ.get(MASTER_KEY_ENV) or None
+
+
+def build_counters(config: Config) -> Counters:
+    if config.state.redis_url:
+        from modelyard.state.redis_counters import RedisCounters
+
+        return RedisCounters(config.state.redis_url, prefix=config.state.prefix)
+    return MemoryCounters()
+
+
+def build_router(config: Config, prices: PriceTable | None = None) -> Router:
+    """A router whose prices come from the config, else the default price table."""
+    table = prices or PriceTable.load()
+    return Router(config, resolve_price=table.resolve)
+
+
+def build_services(config: Config, router: Router | None = None, *, store: Store | None = None,
+                   counters: Counters | None = None, env: Mapping[str, str] | None = None) -> Services:
+    """Everything the config asks for; `store`/`counters` may be injected (tests, benchmarks)."""
+    router = router or build_router(config)
+    spend_cfg = config.spend
+    store = store or open_store(config.access.keys_store or spend_cfg.store)
+    if spend_cfg.store is None and config.access.keys_store is None:
+        log.warning("no spend.store configured: keys and the spend log are kept in memory only")
+    missing = unpriced(config.deployments, router.table.prices)
+    services = Services(router=router, store=store, unpriced=missing)
+    access_cfg = config.access
+    services.access = Access(
+        store=store, counters=counters or build_counters(config), master_key=master_key(config, env),
+        master_limits=access_cfg.master_limits, master_unlimited=access_cfg.master_unlimited,
+        prices=estimate_prices(router.table), refresh_s=access_cfg.refresh_s,
+        capture_content=spend_cfg.log_content)
+    if spend_cfg.enabled:
+        services.spend = SpendWriter(store, convert=spend_record, batch_size=spend_cfg.batch_size,
+                                     max_queue=spend_cfg.max_queue,
+                                     flush_interval_s=spend_cfg.flush_interval_s)
+        services.observers.append(SpendLog(services.spend))
+    services.metrics = Metrics(router, spend=services.spend, unpriced=services.unpriced)
+    services.observers.append(services.metrics)
+    if config.tracing.enabled:
+        from modelyard.server.tracing import Tracing
+
+        services.observers.append(Tracing(service_name=config.tracing.service_name))
+    return services

@@ -1,0 +1,135 @@
+"""Live counters per key: RPM/TPM windows and budget reservations, checked and reserved in one step.
+
+`admit` either takes everything a request needs (one request in the RPM window, its estimated tokens in
+the TPM window, its estimated cost from the budget) or takes nothing and says why. Doing the three as one
+atomic step matters: a request refused for its budget must not eat RPM, and two requests racing for the
+last dollar must not both win. In memory that step is a synchronous function on the event loop; in
+Redis it is one Lua script, so the bound holds across replicas.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from modelyard.accounting.budgets import BudgetLedger, Reservation
+from modelyard.state.windows import SlidingWindow
+
+
+@dataclass(slots=True)
+class Ask:
+    """What one request needs from its key's counters. None = that limit does not apply."""
+
+    account: str
+    rpm: int | None
+    tpm: int | None
+    tokens: int
+    budget_nano: int | None
+    period: int
+    estimate_nano: int
+    #: Seconds the budget's counters must live (until the period ends, plus slack); Redis only.
+    ttl_s: int = 86400
+
+
+@dataclass(slots=True)
+class Verdict:
+    ok: bool
+    reason: str = ""  # "rpm" | "tpm" | "budget"
+    retry_after: float = 0.0
+    reservation: Reservation | None = None
+
+
+class Counters(Protocol):
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def admit(self, ask: Ask) -> Verdict: ...
+
+    def settle(self, reservation: Reservation, actual_nano: int, actual_tokens: int) -> None:
+        """Swap the estimate for the actual cost and tokens; must not block (Redis does it in a task)."""
+        ...
+
+    async def seed_budget(self, account: str, period: int, spent_nano: int, ttl_s: int) -> None:
+        """Start a budget period from the spend log's total, unless it has already started."""
+        ...
+
+    async def budget_state(self, account: str, period: int) -> tuple[int, int]:
+        """(spent, reserved) nano-dollars."""
+        ...
+
+
+class _KeyWindows:
+    __slots__ = ("requests", "tokens")
+
+    def __init__(self) -> None:
+        self.requests = SlidingWindow()
+        self.tokens = SlidingWindow()
+
+
+class MemoryCounters:
+    """Counters of one process. Exact because `admit` never awaits between the check and the write."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._now = clock
+        self._windows: dict[str, _KeyWindows] = {}
+        self.ledger = BudgetLedger()
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def admit(self, ask: Ask) -> Verdict:
+        return self.admit_now(ask, self._now())
+
+    def admit_now(self, ask: Ask, now: float) -> Verdict:
+        """The synchronous core of `admit` (tests drive the clock through `now`)."""
+        second = int(now)
+        windows = self._windows.get(ask.account)
+        if windows is None:
+            windows = self._windows[ask.account] = _KeyWindows()
+        if ask.rpm is not None:
+            used = windows.requests.used(second)
+            if used + 1 > ask.rpm:
+                return Verdict(False, "rpm", windows.requests.wait_s(now, used + 1 - ask.rpm))
+        if ask.tpm is not None:
+            used = windows.tokens.used(second)
+            if used > 0 and used + ask.tokens > ask.tpm:
+                return Verdict(False, "tpm", windows.tokens.wait_s(now, used + ask.tokens - ask.tpm))
+        ledger = self.ledger
+        period = -1
+        if ask.budget_nano is not None:
+            period = ask.period
+            if not ledger.can_reserve(ask.account, period, ask.estimate_nano, ask.budget_nano):
+                return Verdict(False, "budget")
+            ledger.reserve(ask.account, period, ask.estimate_nano)
+        if ask.rpm is not None:
+            windows.requests.add(second, 1)
+        if ask.tpm is not None:
+            windows.tokens.add(second, ask.tokens)
+        reservation = Reservation(ask.account, period, ask.estimate_nano if period >= 0 else 0,
+                                  ask.tokens if ask.tpm is not None else 0, second)
+        return Verdict(True, reservation=reservation)
+
+    def settle(self, reservation: Reservation, actual_nano: int, actual_tokens: int) -> None:
+        if reservation.settled:
+            return
+        reservation.settled = True
+        if reservation.period >= 0:
+            self.ledger.settle(reservation.account, reservation.period, reservation.estimate_nano,
+                               actual_nano)
+        if reservation.tokens:
+            windows = self._windows.get(reservation.account)
+            if windows is not None:
+                windows.tokens.correct(reservation.second, actual_tokens - reservation.tokens)
+
+    async def seed_budget(self, account: str, period: int, spent_nano: int, ttl_s: int) -> None:
+        self.ledger.seed(account, period, spent_nano)
+        self.ledger.forget_before(account, period)
+
+    async def budget_state(self, account: str, period: int) -> tuple[int, int]:
+        return self.ledger.state(account, period)

@@ -1,0 +1,87 @@
+"""Schema migrations for the store, one list for SQLite and PostgreSQL alike.
+
+Each migration has a version and plain portable SQL (TEXT, BIGINT, DOUBLE PRECISION; times are unix
+seconds). `modelyard_schema` records which versions ran; a store applies the missing ones in order, each
+in its own transaction, under a lock (BEGIN IMMEDIATE in SQLite, an advisory lock in PostgreSQL) so two
+gateways starting together do not race. Append new migrations; never edit one that has shipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERSION_TABLE = """CREATE TABLE IF NOT EXISTS modelyard_schema (
+    version BIGINT PRIMARY KEY,
+    name TEXT NOT NULL,
+    applied_at DOUBLE PRECISION NOT NULL
+)"""
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    version: int
+    name: str
+    statements: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "virtual keys and spend log", (
+        """CREATE TABLE modelyard_keys (
+            id TEXT PRIMARY KEY,
+            name TEXT NOT NULL,
+            key_hash TEXT NOT NULL UNIQUE,
+            key_prefix TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION,
+            models TEXT,
+            rpm BIGINT,
+            tpm BIGINT,
+            budget_usd DOUBLE PRECISION,
+            period_s DOUBLE PRECISION,
+            metadata TEXT NOT NULL DEFAULT '{}'
+        )""",
+        """CREATE TABLE modelyard_spend (
+            id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            key_id TEXT,
+            key_name TEXT,
+            model TEXT,
+            deployment TEXT,
+            provider TEXT,
+            endpoint TEXT NOT NULL DEFAULT '',
+            attempts BIGINT NOT NULL DEFAULT 0,
+            attempt_log TEXT NOT NULL DEFAULT '',
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cached_tokens BIGINT NOT NULL DEFAULT 0,
+            cache_write_tokens BIGINT NOT NULL DEFAULT 0,
+            reasoning_tokens BIGINT NOT NULL DEFAULT 0,
+            cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            ttft_ms DOUBLE PRECISION,
+            status TEXT NOT NULL,
+            error_kind TEXT,
+            content TEXT
+        )""",
+        "CREATE INDEX modelyard_spend_at ON modelyard_spend (at)",
+        "CREATE INDEX modelyard_spend_key_at ON modelyard_spend (key_id, at)",
+    )),
+)
+
+LATEST = MIGRATIONS[-1].version
+
+#: Spend columns in insert order (the SpendRecord field names).
+SPEND_COLUMNS: tuple[str, ...] = (
+    "id", "at", "key_id", "key_name", "model", "deployment", "provider", "endpoint", "attempts",
+    "attempt_log", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
+    "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "status", "error_kind", "content",
+)
+
+KEY_COLUMNS: tuple[str, ...] = (
+    "id", "name", "key_hash", "key_prefix", "created_at", "expires_at", "revoked_at", "models", "rpm", "tpm",
+    "budget_usd", "period_s", "metadata",
+)
+
+#: GET /admin/spend and `modelyard spend` groupings.
+GROUPINGS = ("model", "key", "day", "deployment")

@@ -1,0 +1,158 @@
+"""The PostgreSQL store (asyncpg pool): the same interface and tests as SQLite, for several replicas.
+
+`?schema=name` in the DSN puts the tables in their own schema (created if needed), which is how the
+tests run in parallel without colliding and how two gateways can share one database. Spend batches go in
+with COPY, the fastest way into PostgreSQL. Migrations run under an advisory lock.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from modelyard.accounting.spend import SpendRecord
+from modelyard.state.keys import KeyRecord
+from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
+from modelyard.state.store import (
+    SpendRow,
+    key_from_row,
+    key_row,
+    report_rows,
+    report_sql,
+    spend_from_row,
+    spend_row,
+)
+
+_KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
+_KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
+               f"VALUES ({', '.join(f'${i + 1}' for i in range(len(KEY_COLUMNS)))})")
+_DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+_SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+_MIGRATION_LOCK = 0x6D6F64656C79  # "modely": one lock id for every modelyard schema
+
+
+def split_schema(dsn: str) -> tuple[str, str | None]:
+    """The DSN without its `schema=` query parameter, and that schema (None when absent)."""
+    parts = urlsplit(dsn)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = next((v for k, v in query if k == "schema"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "schema"])
+    if schema is not None and not _SCHEMA_NAME.match(schema):
+        raise ValueError(f"invalid schema name {schema!r}")
+    return urlunsplit(parts._replace(query=rest)), schema
+
+
+class PostgresStore:
+    """`Store` on PostgreSQL through an asyncpg pool."""
+
+    def __init__(self, dsn: str, *, schema: str | None = None, min_size: int = 1, max_size: int = 4) -> None:
+        self.dsn, dsn_schema = split_schema(dsn)
+        self.schema = schema or dsn_schema
+        if self.schema is not None and not _SCHEMA_NAME.match(self.schema):
+            raise ValueError(f"invalid schema name {self.schema!r}")
+        self.min_size = min_size
+        self.max_size = max_size
+        self._pool: Any = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("the store is not open")
+        return self._pool
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._pool is not None:
+            return
+        import asyncpg
+
+        settings = {"search_path": self.schema} if self.schema else None
+        if self.schema:
+            conn = await asyncpg.connect(self.dsn)
+            try:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            finally:
+                await conn.close()
+        self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
+                                               server_settings=settings)
+        await self._migrate()
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    async def _migrate(self) -> None:
+        async with self.pool.acquire() as conn:
+            for migration in MIGRATIONS:
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+                    await conn.execute(VERSION_TABLE)
+                    version = await conn.fetchval("SELECT COALESCE(MAX(version), 0) FROM modelyard_schema")
+                    if version >= migration.version:
+                        continue
+                    for statement in migration.statements:
+                        await conn.execute(statement)
+                    await conn.execute("INSERT INTO modelyard_schema (version, name, applied_at) "
+                                       "VALUES ($1, $2, $3)", migration.version, migration.name, time.time())
+
+    async def schema_version(self) -> int:
+        return int(await self.pool.fetchval("SELECT COALESCE(MAX(version), 0) FROM modelyard_schema"))
+
+    async def drop(self) -> None:
+        """Remove this store's schema and everything in it (tests)."""
+        if self.schema:
+            await self.pool.execute(f'DROP SCHEMA IF EXISTS "{self.schema}" CASCADE')
+
+    # ------------------------------------------------------------------ keys
+
+    async def create_key(self, record: KeyRecord) -> None:
+        await self.pool.execute(_KEY_INSERT, *key_row(record))
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow(f"{_KEY_SELECT} WHERE key_hash = $1", key_hash)
+        return None if row is None else key_from_row(tuple(row))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        row = await self.pool.fetchrow(f"{_KEY_SELECT} WHERE id = $1", key_id)
+        return None if row is None else key_from_row(tuple(row))
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        rows = await self.pool.fetch(f"{_KEY_SELECT}{where} ORDER BY created_at")
+        return [key_from_row(tuple(row)) for row in rows]
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        status = await self.pool.execute(
+            "UPDATE modelyard_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id)
+        return str(status).endswith(" 1")
+
+    async def count_keys(self) -> int:
+        return int(await self.pool.fetchval("SELECT COUNT(*) FROM modelyard_keys WHERE revoked_at IS NULL"))
+
+    # ------------------------------------------------------------------ spend
+
+    async def write_spend(self, records: Sequence[SpendRecord]) -> None:
+        rows = [spend_row(r) for r in records]
+        async with self.pool.acquire() as conn:
+            await conn.copy_records_to_table("modelyard_spend", records=rows, columns=list(SPEND_COLUMNS),
+                                             schema_name=self.schema)
+
+    async def spend_report(self, by: str, since: float) -> list[SpendRow]:
+        rows = await self.pool.fetch(report_sql(by, _DAY, "$1"), since)
+        return report_rows([tuple(r) for r in rows])
+
+    async def spent_since(self, key_id: str, since: float) -> float:
+        value = await self.pool.fetchval(
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = $1 AND at >= $2",
+            key_id, since)
+        return float(value)
+
+    async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]:
+        rows = await self.pool.fetch(f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= $1 "
+                                     "ORDER BY at LIMIT $2", since, limit)
+        return [spend_from_row(tuple(row)) for row in rows]

@@ -1,0 +1,169 @@
+"""The SQLite store: one file (WAL mode), one connection, used from one dedicated thread.
+
+Every call runs on a single-worker thread pool, so the event loop never blocks on disk and the
+connection is only ever touched by the thread that made it. Spend batches are one `executemany` in one
+transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, TypeVar
+
+from modelyard.accounting.spend import SpendRecord
+from modelyard.state.keys import KeyRecord
+from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
+from modelyard.state.store import (
+    SpendRow,
+    key_from_row,
+    key_row,
+    report_rows,
+    report_sql,
+    spend_from_row,
+    spend_row,
+)
+
+T = TypeVar("T")
+
+_KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
+_KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
+               f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
+_SPEND_INSERT = (f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) "
+                 f"VALUES ({', '.join('?' * len(SPEND_COLUMNS))})")
+_DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
+
+
+class SQLiteStore:
+    """`Store` on a SQLite file (or `:memory:`)."""
+
+    def __init__(self, path: str = ":memory:") -> None:
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._pool is None or self._conn is None:
+            raise RuntimeError("the store is not open")
+        conn = self._conn
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, conn)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def open(self) -> None:
+        if self._conn is not None:
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-sqlite")
+        loop = asyncio.get_running_loop()
+        self._conn = await loop.run_in_executor(self._pool, self._connect)
+        await self._run(_migrate)
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA busy_timeout=5000")
+        return conn
+
+    async def close(self) -> None:
+        if self._conn is None or self._pool is None:
+            return
+        pool = self._pool
+        await self._run(lambda conn: conn.close())
+        self._conn = None
+        self._pool = None
+        await asyncio.get_running_loop().run_in_executor(None, pool.shutdown)  # join the thread off the loop
+
+    async def schema_version(self) -> int:
+        return await self._run(_version)
+
+    # ------------------------------------------------------------------ keys
+
+    async def create_key(self, record: KeyRecord) -> None:
+        row = key_row(record)
+        await self._run(lambda conn: conn.execute(_KEY_INSERT, row))
+
+    async def find_key(self, key_hash: str) -> KeyRecord | None:
+        return await self._one(f"{_KEY_SELECT} WHERE key_hash = ?", (key_hash,))
+
+    async def get_key(self, key_id: str) -> KeyRecord | None:
+        return await self._one(f"{_KEY_SELECT} WHERE id = ?", (key_id,))
+
+    async def _one(self, sql: str, args: tuple[Any, ...]) -> KeyRecord | None:
+        row = await self._run(lambda conn: conn.execute(sql, args).fetchone())
+        return None if row is None else key_from_row(row)
+
+    async def list_keys(self, *, include_revoked: bool = False) -> list[KeyRecord]:
+        where = "" if include_revoked else " WHERE revoked_at IS NULL"
+        sql = f"{_KEY_SELECT}{where} ORDER BY created_at"
+        rows = await self._run(lambda conn: conn.execute(sql).fetchall())
+        return [key_from_row(row) for row in rows]
+
+    async def revoke_key(self, key_id: str, at: float) -> bool:
+        sql = "UPDATE modelyard_keys SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL"
+        count = await self._run(lambda conn: conn.execute(sql, (at, key_id)).rowcount)
+        return bool(count)
+
+    async def count_keys(self) -> int:
+        sql = "SELECT COUNT(*) FROM modelyard_keys WHERE revoked_at IS NULL"
+        return int(await self._run(lambda conn: conn.execute(sql).fetchone()[0]))
+
+    # ------------------------------------------------------------------ spend
+
+    async def write_spend(self, records: Sequence[SpendRecord]) -> None:
+        rows = [spend_row(r) for r in records]
+        await self._run(lambda conn: _insert_many(conn, _SPEND_INSERT, rows))
+
+    async def spend_report(self, by: str, since: float) -> list[SpendRow]:
+        sql = report_sql(by, _DAY, "?")
+        rows = await self._run(lambda conn: conn.execute(sql, (since,)).fetchall())
+        return report_rows(rows)
+
+    async def spent_since(self, key_id: str, since: float) -> float:
+        sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?"
+        return float(await self._run(lambda conn: conn.execute(sql, (key_id, since)).fetchone()[0]))
+
+    async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]:
+        sql = f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= ? ORDER BY at LIMIT ?"
+        rows = await self._run(lambda conn: conn.execute(sql, (since, limit)).fetchall())
+        return [spend_from_row(row) for row in rows]
+
+
+def _insert_many(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(sql, rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT COALESCE(MAX(version), 0) FROM modelyard_schema").fetchone()
+    return int(row[0])
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    conn.execute(VERSION_TABLE)
+    for migration in MIGRATIONS:
+        conn.execute("BEGIN IMMEDIATE")  # one writer at a time: two gateways starting together wait here
+        try:
+            if _version(conn) >= migration.version:
+                conn.execute("ROLLBACK")
+                continue
+            for statement in migration.statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO modelyard_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                         (migration.version, migration.name, time.time()))
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")

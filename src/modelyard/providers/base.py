@@ -7,8 +7,8 @@ error status) back into the canonical OpenAI shape or a typed `ProviderError`. T
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
@@ -94,7 +94,8 @@ class Adapter(Protocol):
 
 
 def new_id(prefix: str) -> str:
-    return prefix + uuid.uuid4().hex[:24]
+    """A random id (96 bits) with a prefix; os.urandom is several times cheaper than uuid4 per call."""
+    return prefix + os.urandom(12).hex()
 
 
 def parse_retry_after(headers: Mapping[str, str]) -> float | None:

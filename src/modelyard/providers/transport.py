@@ -35,21 +35,31 @@ class Transport:
             skip_auto_headers=("User-Agent",),
         )
 
+        self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
+
     async def close(self) -> None:
         await self._session.close()
+
+    def _client_timeout(self, connect: float, total: float | None) -> aiohttp.ClientTimeout:
+        """aiohttp's timeout object for these bounds, made once (requests share a handful of them)."""
+        key = (connect, total)
+        timeout = self._timeouts.get(key)
+        if timeout is None:
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=total, connect=connect,
+                                                                  sock_connect=connect)
+        return timeout
 
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
         """A whole request/response; a non-2xx status becomes the adapter's ProviderError."""
         try:
-            async with asyncio.timeout(timeouts.total):
-                async with self._session.request(
-                    call.method, call.url, data=call.body, headers=call.headers,
-                    timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect, connect=timeouts.connect),
-                ) as resp:
-                    body = await resp.read()
-                    if resp.status >= 400:
-                        raise adapter.error(resp.status, resp.headers, body)
-                    return body, resp.headers
+            async with self._session.request(
+                call.method, call.url, data=call.body, headers=call.headers,
+                timeout=self._client_timeout(timeouts.connect, timeouts.total),
+            ) as resp:
+                body = await resp.read()
+                if resp.status >= 400:
+                    raise adapter.error(resp.status, resp.headers, body)
+                return body, resp.headers
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -65,7 +75,7 @@ class Transport:
             async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._session.request(
                     call.method, call.url, data=call.body, headers=call.headers,
-                    timeout=aiohttp.ClientTimeout(sock_connect=timeouts.connect, connect=timeouts.connect),
+                    timeout=self._client_timeout(timeouts.connect, None),
                 )
                 if resp.status >= 400:
                     try:
@@ -107,11 +117,13 @@ class EventStream:
         """Return a fully read connection to the pool."""
         self._resp.release()
 
-    async def events(self) -> AsyncIterator[SSEEvent]:
-        """Events as they arrive; raises ProviderError(timeout|connection) on stalls and broken sockets.
+    async def batches(self) -> AsyncIterator[list[SSEEvent]]:
+        """The events of each network read, as they arrive; raises ProviderError(timeout|connection) on
+        stalls and broken sockets.
 
-        A clean end of the byte stream just ends the iteration: whether that end was premature is the
-        adapter's call (`StreamTranslator.finish`).
+        Events come in batches, one per read, so that whatever arrived together is translated and sent
+        to the client together (one write instead of one per event). A clean end of the byte stream just
+        ends the iteration: whether that end was premature is the adapter's call (`finish`).
         """
         parser = SSEParser()
         loop = asyncio.get_running_loop()
@@ -126,11 +138,13 @@ class EventStream:
                     data = await content.readany()
                 if not data:
                     break
-                for event in parser.feed(data):
+                events = parser.feed(data)
+                if events:
                     self.received_any = True
-                    yield event
-            for event in parser.flush():
-                yield event
+                    yield events
+            tail = parser.flush()
+            if tail:
+                yield tail
         except (TimeoutError, aiohttp.ServerTimeoutError):
             what = "between stream events" if self.received_any else "before the first stream event"
             raise ProviderError(ErrorKind.TIMEOUT, f"stream timed out {what}") from None

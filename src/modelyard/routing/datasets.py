@@ -89,17 +89,18 @@ class LabelledSet:
         cols = [self.models.index(m) for m in models]
         sub = LabelledSet(self.ids, self.prompts, list(models), self.scores[:, cols], self.costs[:, cols],
                           self.tasks, self.splits)
-        return sub.take(~np.isnan(sub.scores).any(axis=1))
+        return sub.take(np.asarray(~np.isnan(sub.scores).any(axis=1), dtype=bool))
 
     def complete(self) -> LabelledSet:
         """Only prompts with a score for every model (what the cost-quality metrics need)."""
-        return self.take(~np.isnan(self.scores).any(axis=1))
+        return self.take(np.asarray(~np.isnan(self.scores).any(axis=1), dtype=bool))
 
 
 def drop_train_duplicates(data: LabelledSet) -> LabelledSet:
     """Test rows whose prompt text also appears among the train rows, removed."""
     seen = {p for p, s in zip(data.prompts, data.splits, strict=True) if s == "train"}
-    return data.take(np.array([s != "test" or p not in seen for p, s in zip(data.prompts, data.splits, strict=True)]))
+    keep = [s != "test" or p not in seen for p, s in zip(data.prompts, data.splits, strict=True)]
+    return data.take(np.array(keep))
 
 
 def estimate_tokens(text: str) -> int:
@@ -279,7 +280,9 @@ def _truthy(value: str) -> float:
     return 1.0 if value.strip().lower() in ("true", "1", "1.0") else 0.0
 
 
-def convert_routellm(src: str | os.PathLike[str], benchmarks: Sequence[str] = ("mmlu", "gsm8k")) -> Iterator[Row]:
+def convert_routellm(
+    src: str | os.PathLike[str], benchmarks: Sequence[str] = ("mmlu", "gsm8k", "mt_bench")
+) -> Iterator[Row]:
     """RouteLLM's eval responses (GPT-4-1106 vs Mixtral-8x7B): MMLU, GSM8K and MT-Bench.
 
     Contaminated prompts are dropped as RouteLLM does. The split is ours (a hash of the prompt, 20% test):
@@ -294,16 +297,18 @@ def convert_routellm(src: str | os.PathLike[str], benchmarks: Sequence[str] = ("
             subject = Path(f).stem.removeprefix("mmlu_")
             with open(f, newline="", encoding="utf-8") as fh:
                 for r in csv.DictReader(fh):
-                    if r["prompt"] not in bad:
-                        for model in (GPT4, MIXTRAL):
-                            yield _routellm_row(r["prompt"], model, _truthy(r[model]), f"mmlu/{subject}", None)
+                    if r["prompt"] in bad:
+                        continue
+                    for model in (GPT4, MIXTRAL):
+                        yield _routellm_row(r["prompt"], model, _truthy(r[model]), "mmlu/" + subject, None)
     if "gsm8k" in benchmarks:
         bad = _contaminated(root / "gsm8k" / "contaminated_prompts.jsonl")
         with open(root / "gsm8k" / "gsm8k_responses.csv", newline="", encoding="utf-8") as fh:
             for r in csv.DictReader(fh):
                 if r["prompt"] not in bad:
                     for model in (GPT4, MIXTRAL):
-                        yield _routellm_row(r["prompt"], model, _truthy(r[model]), "gsm8k", r.get(f"{model}_response"))
+                        answer = r.get(f"{model}_response")
+                        yield _routellm_row(r["prompt"], model, _truthy(r[model]), "gsm8k", answer)
     if "mt_bench" in benchmarks:
         yield from _convert_mt_bench(root / "mt_bench")
 
@@ -334,11 +339,20 @@ def convert_routerarena(src: str | os.PathLike[str]) -> Iterator[Row]:
             usage = r.get("token_usage") or {}
             score = min(1.0, max(0.0, float(ev["score"])))  # METEOR can dip just below zero
             yield {"prompt": r["question"], "model": f.stem, "score": score,
-                   "cost": float(ev.get("inference_cost") or 0.0), "input_tokens": int(usage.get("input_tokens", 0)),
+                   "cost": float(ev.get("inference_cost") or 0.0),
+                   "input_tokens": int(usage.get("input_tokens", 0)),
                    "output_tokens": int(usage.get("output_tokens", 0)), "id": r["global_index"],
                    "task": r["global_index"].rsplit("_", 1)[0], "split": hash_split(r["global_index"])}
 
 
-CONVERTERS = {"llmrouter": convert_llmrouter, "routellm": convert_routellm, "routerarena": convert_routerarena}
+CONVERTERS = {
+    "llmrouter": convert_llmrouter,
+    "routellm": convert_routellm,
+    "routerarena": convert_routerarena,
+}
 #: Where each converter's source lives inside the shared data folder.
-SOURCE_DIRS = {"llmrouter": "llmrouter_dcrouter", "routellm": "routellm_evals", "routerarena": "routerarena_sub10"}
+SOURCE_DIRS = {
+    "llmrouter": "llmrouter_dcrouter",
+    "routellm": "routellm_evals",
+    "routerarena": "routerarena_sub10",
+}

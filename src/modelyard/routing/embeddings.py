@@ -60,8 +60,8 @@ class Embedder(Protocol):
 
 def default_cache_dir() -> Path:
     """Where derived files (the ONNX graph, dataset embeddings) are kept between runs."""
-    root = os.environ.get("MODELYARD_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "modelyard")
-    return Path(root)
+    root = os.environ.get("MODELYARD_CACHE_DIR")
+    return Path(root) if root else Path.home() / ".cache" / "modelyard"
 
 
 def model_dir(path: str | os.PathLike[str] | None = None) -> Path:
@@ -90,19 +90,21 @@ def load_weights(directory: Path) -> dict[str, NDArray[np.float32]]:
     return {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in raw.items() if v.dtype != np.int64}
 
 
-def _erf(x: Vectors) -> Vectors:
+def _erf(x: NDArray[Any]) -> Vectors:
     """Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7): numpy has no erf and BERT's GELU is the exact one."""
     a = np.abs(x)
     t = 1.0 / (1.0 + 0.3275911 * a)
     poly = ((((1.061405429 * t - 1.453152027) * t + 1.421413741) * t - 0.284496736) * t + 0.254829592) * t
-    return np.sign(x) * (1.0 - poly * np.exp(-a * a))
+    out: Vectors = np.sign(x) * (1.0 - poly * np.exp(-a * a))
+    return out
 
 
-def _layer_norm(x: Vectors, gain: Vectors, bias: Vectors) -> Vectors:
+def _layer_norm(x: NDArray[Any], gain: Vectors, bias: Vectors) -> Vectors:
     mean = x.mean(-1, keepdims=True)
     centred = x - mean
     var = (centred * centred).mean(-1, keepdims=True)
-    return centred / np.sqrt(var + np.float32(1e-12)) * gain + bias
+    out: Vectors = centred / np.sqrt(var + np.float32(1e-12)) * gain + bias
+    return out
 
 
 class _Layer:
@@ -112,10 +114,10 @@ class _Layer:
         p = f"encoder.layer.{i}."
         att = p + "attention.self."
         scale = np.float32(1.0 / np.sqrt(HEAD_DIM))
-        self.qkv = np.ascontiguousarray(
-            np.concatenate([w[att + "query.weight"] * scale, w[att + "key.weight"], w[att + "value.weight"]]).T
-        )
-        self.qkv_b = np.concatenate([w[att + "query.bias"] * scale, w[att + "key.bias"], w[att + "value.bias"]])
+        q, k, v = (w[att + name + ".weight"] for name in ("query", "key", "value"))
+        self.qkv = np.ascontiguousarray(np.concatenate([q * scale, k, v]).T)
+        qb, kb, vb = (w[att + name + ".bias"] for name in ("query", "key", "value"))
+        self.qkv_b = np.concatenate([qb * scale, kb, vb])
         self.out = np.ascontiguousarray(w[p + "attention.output.dense.weight"].T)
         self.out_b = w[p + "attention.output.dense.bias"]
         self.ln1 = (w[p + "attention.output.LayerNorm.weight"], w[p + "attention.output.LayerNorm.bias"])
@@ -161,7 +163,8 @@ class NumpyBert:
 
 def _normalise(v: Vectors) -> Vectors:
     norm = np.linalg.norm(v, axis=-1, keepdims=True)
-    return (v / np.maximum(norm, np.float32(1e-12))).astype(np.float32, copy=False)
+    out: Vectors = (v / np.maximum(norm, np.float32(1e-12))).astype(np.float32, copy=False)
+    return out
 
 
 class OnnxBert:
@@ -181,8 +184,9 @@ class OnnxBert:
         self.session = ort.InferenceSession(source, opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, ids: NDArray[np.int64], mask: NDArray[np.int64]) -> Vectors:
-        out = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
-        return np.asarray(out, dtype=np.float32)
+        result = self.session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        out: Vectors = np.asarray(result, np.float32)
+        return out
 
 
 def build_onnx_graph(weights: dict[str, Vectors]) -> bytes:
@@ -278,7 +282,9 @@ def _onnx_graph_path(directory: Path, cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / f"minilm-l6-v2-{key.hexdigest()[:12]}.onnx"
 
 
-def _onnx_backend(directory: Path, weights: dict[str, Vectors], threads: int | None, cache: Path | None) -> OnnxBert:
+def _onnx_backend(
+    directory: Path, weights: dict[str, Vectors], threads: int | None, cache: Path | None
+) -> OnnxBert:
     path = _onnx_graph_path(directory, cache)
     if path.is_file():
         return OnnxBert(path, threads)

@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 Array = NDArray[np.float64]
 Mode = Literal["threshold", "lambda"]
+MODES: tuple[Mode, ...] = ("lambda", "threshold")
 #: A prompt counts as answered correctly when the chosen model's score reaches this.
 CORRECT_AT = 0.5
 
@@ -118,40 +119,51 @@ def pair_report(preference: Array, strong: Array, weak: Array, bins: int = 10) -
 # --- many models: policies, curves, hull area --------------------------------------------------------
 
 
-def choose_batch(predicted: Array, costs: Array, threshold: float | None = None, lam: float | None = None) -> NDArray[np.intp]:
+def choose_batch(
+    predicted: Array, costs: Array, threshold: float | None = None, lam: float | None = None
+) -> NDArray[np.intp]:
     """Vectorised `learned.choose`: the chosen column per row (see that function for the rule)."""
     pred = np.asarray(predicted, dtype=np.float64)
     cost = np.asarray(costs, dtype=np.float64)
     top = cost.max(axis=1, keepdims=True)
     norm = cost / np.where(top > 0, top, 1.0)
-    n, m = pred.shape
+    column = np.broadcast_to(np.arange(pred.shape[1]), pred.shape)
     # Ties go to the cheaper model, then to the earlier column: lexsort keys, last is primary.
     utility = pred - (lam or 0.0) * norm
-    by_utility = np.lexsort((np.broadcast_to(np.arange(m), (n, m)), cost, -utility), axis=1)[:, 0]
+    by_utility = np.lexsort((column, cost, -utility), axis=1)[:, 0]
     if threshold is None:
         return by_utility
     clears = pred >= threshold
-    cheapest_ok = np.lexsort((np.broadcast_to(np.arange(m), (n, m)), -pred, np.where(clears, cost, np.inf)), axis=1)
+    cheapest_ok = np.lexsort((column, -pred, np.where(clears, cost, np.inf)), axis=1)
     return np.where(clears.any(axis=1), cheapest_ok[:, 0], by_utility)
 
 
 @dataclass
 class CurvePoint:
-    """One policy setting's outcome on labelled data."""
+    """One policy setting's outcome on labelled data.
+
+    `accuracy`: share of prompts whose chosen model answered correctly (score >= 0.5);
+    `decision_accuracy`: the same among prompts that at least one model answered correctly.
+    """
 
     knob: float
     cost: float
     quality: float
     accuracy: float
+    decision_accuracy: float = float("nan")
     shares: list[float] = field(default_factory=list)
 
 
 def outcome(choice: NDArray[np.intp], scores: Array, costs: Array, knob: float = 0.0) -> CurvePoint:
-    """Mean cost and quality, accuracy (chosen model scored >= 0.5) and traffic share per model."""
+    """Mean cost and quality, accuracies and traffic share per model of one set of choices."""
     rows = np.arange(len(choice))
     got, paid = scores[rows, choice], costs[rows, choice]
+    right = got >= CORRECT_AT
+    answerable = (scores >= CORRECT_AT).any(axis=1)
+    decision = float(right[answerable].mean()) if answerable.any() else float("nan")
     shares = np.bincount(choice, minlength=scores.shape[1]) / max(len(choice), 1)
-    return CurvePoint(knob, float(paid.mean()), float(got.mean()), float((got >= CORRECT_AT).mean()), shares.tolist())
+    quality, accuracy = float(got.mean()), float(right.mean())
+    return CurvePoint(knob, float(paid.mean()), quality, accuracy, decision, shares.tolist())
 
 
 def default_knobs(mode: Mode) -> Array:
@@ -198,7 +210,9 @@ def hull_value(hull_c: Array, hull_q: Array, cost: float) -> float:
     return float(np.interp(cost, hull_c, hull_q))
 
 
-def hull_area(costs: Sequence[float], qualities: Sequence[float], lo: float | None = None, hi: float | None = None) -> float:
+def hull_area(
+    costs: Sequence[float], qualities: Sequence[float], lo: float | None = None, hi: float | None = None
+) -> float:
     """RouterBench's AIQ: mean height of the non-decreasing convex hull over the cost range [lo, hi]."""
     hc, hq = upper_hull(costs, qualities)
     lo = float(min(costs)) if lo is None else lo
@@ -239,33 +253,38 @@ class ManyReport:
 
     models: list[str]
     single: list[CurvePoint]
-    curves: dict[str, list[CurvePoint]]
-    hull_area: dict[str, float]
+    curves: dict[Mode, list[CurvePoint]]
+    hull_area: dict[Mode, float]
     random_hull_area: float
     cost_range: tuple[float, float]
     best_model: str
-    quality_at_best_cost: dict[str, float]
-    cost_for_95: dict[str, float]
-    calibrated: dict[str, CurvePoint | None]
+    quality_at_best_cost: dict[Mode, float]
+    cost_for_95: dict[Mode, float]
+    calibrated: dict[Mode, CurvePoint | None]
     oracle: CurvePoint
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def many_report(predicted: Array, scores: Array, costs: Array, models: Sequence[str], target: float = 0.95) -> ManyReport:
+def many_report(
+    predicted: Array, scores: Array, costs: Array, models: Sequence[str], target: float = 0.95
+) -> ManyReport:
     """Curves for both policies, hull areas against random mixing, and the 95%-of-best operating points."""
     m = scores.shape[1]
     single = [outcome(np.full(len(scores), j, dtype=np.intp), scores, costs, float(j)) for j in range(m)]
     best = int(np.argmax([p.quality for p in single]))
     lo, hi = min(p.cost for p in single), max(p.cost for p in single)
-    curves = {mode: policy_curve(predicted, scores, costs, mode) for mode in ("threshold", "lambda")}
-    area, at_best, for95, calib = {}, {}, {}, {}
+    curves = {mode: policy_curve(predicted, scores, costs, mode) for mode in MODES}
+    area: dict[Mode, float] = {}
+    at_best: dict[Mode, float] = {}
+    for95: dict[Mode, float] = {}
+    calib: dict[Mode, CurvePoint | None] = {}
     for mode, pts in curves.items():
         c, q = [p.cost for p in pts], [p.quality for p in pts]
         area[mode] = hull_area(c, q, lo, hi)
         hc, hq = upper_hull(c, q)
         at_best[mode] = hull_value(hc, hq, single[best].cost)
         for95[mode] = cost_to_reach(c, q, target * single[best].quality)
-        calib[mode] = calibrate(predicted, scores, costs, target, mode)  # type: ignore[arg-type]
+        calib[mode] = calibrate(predicted, scores, costs, target, mode)
     oracle_choice = choose_batch(scores, costs, lam=0.0)
     return ManyReport(
         models=list(models),

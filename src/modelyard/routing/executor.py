@@ -344,13 +344,16 @@ class Executor:
         stream = await self.transport.open_stream(call, timeouts, adapter)
         try:
             translator = adapter.stream_translator(dep, request.req)
-            events = stream.events()
+            events = stream.batches()
             # Buffer until the answer has substance (content, a tool call or a finish): a stream that breaks
             # after only the role preamble can still fail over without the client seeing anything.
             first: list[dict[str, Any]] = []
-            async for event in events:
-                first.extend(translator.feed(event))
-                if translator.done or (first and _substantive(first[-1])):
+            async for batch in events:
+                for event in batch:
+                    first.extend(translator.feed(event))
+                    if translator.done:
+                        break
+                if translator.done or any(_substantive(chunk) for chunk in first):
                     break
             else:
                 first.extend(translator.finish())  # a complete answer, or a cut stream (raises)
@@ -411,24 +414,31 @@ class StreamResult:
     def latency_ms(self) -> float:
         return (self._executor.clock() - self._started) * 1000
 
-    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """Every chunk of the answer; raises ProviderError(after_first_byte) if the stream breaks."""
+    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+        """The answer's chunks, in batches of what arrived together; raises ProviderError(after_first_byte)
+        if the stream breaks."""
         opened = self._opened
         translator = opened.translator
         texts = self._texts
         try:
-            for chunk in opened.first:
-                _collect_text(chunk, texts)
-                yield chunk
+            if opened.first:
+                _collect_texts(opened.first, texts)
+                yield opened.first
             if not translator.done:
-                async for event in opened.events:
-                    for chunk in translator.feed(event):
-                        _collect_text(chunk, texts)
-                        yield chunk
+                async for events in opened.events:
+                    out: list[dict[str, Any]] = []
+                    for event in events:
+                        out.extend(translator.feed(event))
+                        if translator.done:
+                            break
+                    if out:
+                        _collect_texts(out, texts)
+                        yield out
                     if translator.done:
                         break
-                for chunk in translator.finish():
-                    yield chunk
+                tail = translator.finish()
+                if tail:
+                    yield tail
         except ProviderError as error:
             error.after_first_byte = True
             self._finish(error)
@@ -443,6 +453,12 @@ class StreamResult:
             self._finish(None)
         finally:
             opened.stream.close()
+
+    async def chunks(self) -> AsyncIterator[dict[str, Any]]:
+        """Every chunk of the answer, one at a time (see `batches`)."""
+        async for batch in self.batches():
+            for chunk in batch:
+                yield chunk
 
     async def aclose(self) -> None:
         """The client went away: stop reading the provider."""
@@ -490,11 +506,13 @@ def _substantive(chunk: dict[str, Any]) -> bool:
     return False
 
 
-def _collect_text(chunk: dict[str, Any], texts: list[str]) -> None:
-    for choice in chunk.get("choices") or ():
-        content = choice.get("delta", {}).get("content")
-        if content:
-            texts.append(content)
+def _collect_texts(chunks: list[dict[str, Any]], texts: list[str]) -> None:
+    """Keep the streamed text, in case the provider reports no usage and it must be counted."""
+    for chunk in chunks:
+        for choice in chunk.get("choices") or ():
+            content = choice.get("delta", {}).get("content")
+            if content:
+                texts.append(content)
 
 
 def ensure_usage(completion: Completion, features: RequestFeatures) -> Usage:

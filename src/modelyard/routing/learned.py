@@ -29,7 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelyard.routing import evaluation as ev
-from modelyard.routing.embeddings import MAX_TOKENS, Embedder, MiniLM
+from modelyard.routing.embeddings import MAX_TOKENS, Embedder, EmbeddingStore, MiniLM
 
 Array = NDArray[np.float64]
 Floats = NDArray[np.float32]
@@ -82,7 +82,7 @@ def choose(
     top = max(costs[m] for m in names)
     scale = top if top > 0 else 1.0
     weight = lam or 0.0
-    return min(names, key=lambda m: (-(predicted[m] - weight * (costs[m] / scale)), costs[m], names.index(m)))
+    return min(names, key=lambda m: (weight * (costs[m] / scale) - predicted[m], costs[m], names.index(m)))
 
 
 def text_features(prompts: Sequence[str]) -> Floats:
@@ -114,7 +114,8 @@ def text_features(prompts: Sequence[str]) -> Floats:
 
 
 def _sigmoid(z: Array) -> Array:
-    return 0.5 * (1.0 + np.tanh(0.5 * z))
+    out: Array = 0.5 * (1.0 + np.tanh(0.5 * z))
+    return out
 
 
 class LogisticHead:
@@ -170,25 +171,25 @@ class KnnHead:
 
     kind: HeadKind = "knn"
 
-    def __init__(self, bank: NDArray[Any], labels: Array, k: int = 40, alpha: float = 1.0) -> None:
+    def __init__(self, bank: NDArray[Any], labels: NDArray[Any], k: int = 40, alpha: float = 1.0) -> None:
         self.bank = np.asarray(bank, dtype=np.float32)
         self.labels = np.asarray(labels, dtype=np.float32)
         self.k = int(k)
         self.alpha = float(alpha)
-        self.prior = np.nan_to_num(np.nanmean(np.where(np.isnan(self.labels), np.nan, self.labels), axis=0))
-        patterns: dict[bytes, list[int]] = {}
-        for i, row in enumerate(~np.isnan(self.labels)):
-            patterns.setdefault(row.tobytes(), []).append(i)
-        self.groups = [(np.flatnonzero(np.frombuffer(key, dtype=bool)), np.array(rows)) for key, rows in patterns.items()]
+        seen = ~np.isnan(self.labels)
+        self.prior = np.where(seen, self.labels, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
+        # One sub-bank per set of rows labelled for the same models, split once here, not per call.
+        self.groups = [(cols, np.ascontiguousarray(self.bank[rows].T), self.labels[np.ix_(rows, cols)])
+                       for rows, cols in label_groups(self.labels)]
 
     def __call__(self, x: Floats, emb: Floats) -> Array:
         out = np.tile(self.prior.astype(np.float64), (len(emb), 1))
-        for cols, rows in self.groups:
-            sims = emb @ self.bank[rows].T
-            k = min(self.k, len(rows))
+        for cols, bank_t, labels in self.groups:
+            sims = emb @ bank_t
+            k = min(self.k, bank_t.shape[1])
             top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
             w = np.clip(np.take_along_axis(sims, top, axis=1), 0.0, None).astype(np.float64)
-            y = self.labels[rows][top][:, :, cols].astype(np.float64)  # (n, k, models in group)
+            y = labels[top].astype(np.float64)  # (n, k, models in group)
             num = (w[:, :, None] * y).sum(1) + self.alpha * self.prior[cols]
             out[:, cols] = num / (w.sum(1, keepdims=True) + self.alpha)
         return out
@@ -214,7 +215,7 @@ class Blend:
         return "+".join(p.kind for p in self.parts)
 
     def __call__(self, x: Floats, emb: Floats) -> Array:
-        total = self.weights[0] * self.parts[0](x, emb)
+        total: Array = self.weights[0] * self.parts[0](x, emb)
         for part, w in zip(self.parts[1:], self.weights[1:], strict=True):
             total = total + w * part(x, emb)
         return total
@@ -224,7 +225,8 @@ def _part_from(kind: str, arrays: Mapping[str, NDArray[Any]]) -> Part:
     if kind == "logistic":
         return LogisticHead(arrays["weights"], arrays["bias"])
     if kind == "knn":
-        return KnnHead(arrays["bank"], arrays["labels"].astype(np.float32), int(arrays["k"]), float(arrays["alpha"]))
+        labels = arrays["labels"].astype(np.float32)
+        return KnnHead(arrays["bank"], labels, int(arrays["k"]), float(arrays["alpha"]))
     raise ValueError(f"unknown predictor head {kind!r}")
 
 
@@ -269,7 +271,14 @@ class Router:
         """(n, len(models)) P(good answer); the batch path for replay and evaluation."""
         return self.predict_embedded(self._embedder().embed(prompts), prompts)
 
+    def predict_cached(self, prompts: Sequence[str], cache_dir: Path | None = None) -> Array:
+        """`predict_batch` through the on-disk embedding cache: re-evaluating or replaying a file is fast."""
+        embedder = self._embedder()
+        vectors = EmbeddingStore(embedder.signature, cache_dir).embed(embedder, prompts)
+        return self.predict_embedded(vectors, prompts)
+
     def predict(self, prompt: str) -> dict[str, float]:
+        """P(good answer) per known model for one prompt: the hot path (one embedding, one matrix product)."""
         emb = self._embedder()
         one = getattr(emb, "embed_one", None)
         vec = one(prompt)[None, :] if callable(one) else emb.embed([prompt])
@@ -288,12 +297,15 @@ class Router:
         if target.suffix != ".npz":
             target.mkdir(parents=True, exist_ok=True)
             target = target / "router.npz"
-        heads = [{"kind": p.kind, "weight": float(w)} for p, w in zip(self.head.parts, self.head.weights, strict=True)]
-        meta = {"format": FORMAT, "models": self.models, "heads": heads, "max_tokens": self.max_tokens,
+        parts = zip(self.head.parts, self.head.weights, strict=True)
+        meta = {"format": FORMAT, "models": self.models, "max_tokens": self.max_tokens,
+                "heads": [{"kind": p.kind, "weight": float(w)} for p, w in parts],
                 "text_features": list(TEXT_FEATURES), "calibration": self.calibration, "card": self.card}
-        arrays = {f"h{i}_{k}": v for i, p in enumerate(self.head.parts) for k, v in p.arrays().items()}
-        blob = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-        np.savez_compressed(target, meta=blob, feature_mean=self.feature_mean, feature_std=self.feature_std, **arrays)
+        arrays: dict[str, Any] = {
+            f"h{i}_{k}": v for i, p in enumerate(self.head.parts) for k, v in p.arrays().items()
+        }
+        arrays["feature_mean"], arrays["feature_std"] = self.feature_mean, self.feature_std
+        np.savez_compressed(target, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return target
 
     @classmethod
@@ -307,17 +319,31 @@ class Router:
                 raise ValueError(f"{source}: not a {FORMAT} artifact")
             if meta.get("text_features") != list(TEXT_FEATURES):
                 raise ValueError(f"{source}: trained with other text features; retrain it")
-            parts = [_part_from(h["kind"], {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")})
-                     for i, h in enumerate(meta["heads"])]
+            parts = []
+            for i, h in enumerate(meta["heads"]):
+                own = {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")}
+                parts.append(_part_from(h["kind"], own))
             head = Blend(parts, [h["weight"] for h in meta["heads"]])
             return cls(models=list(meta["models"]), head=head, feature_mean=z["feature_mean"],
                        feature_std=z["feature_std"], max_tokens=int(meta["max_tokens"]),
-                       calibration=list(meta.get("calibration", [])), card=dict(meta.get("card", {})), embedder=embedder)
+                       calibration=list(meta.get("calibration", [])), card=dict(meta.get("card", {})),
+                       embedder=embedder)
 
 
 def load_router(path: str | Path | None = None, embedder: Embedder | None = None) -> Router:
-    """A trained router from `path` (an .npz or a directory holding router.npz); None: the shipped default."""
+    """A trained router from `path` (an .npz or a directory holding router.npz); None: the shipped default.
+
+    Cheap: the embedding model loads on the first prediction (or `Router.warm()`).
+    """
     return Router.load(DEFAULT_ROUTER if path is None else path, embedder)
+
+
+def by_deployment(predicted: Mapping[str, float], router_models: Mapping[str, str]) -> dict[str, float]:
+    """Predictions re-keyed by deployment: `router_models` maps deployment -> the predictor's model name.
+
+    Deployments whose mapped model the router does not know are left out (the caller decides their fate).
+    """
+    return {dep: predicted[m] for dep, m in router_models.items() if m in predicted}
 
 
 # --- training ----------------------------------------------------------------------------------------
@@ -350,7 +376,7 @@ def _folds(n: int, folds: int, seed: int) -> NDArray[np.intp]:
     return np.random.default_rng(seed).permutation(n) % folds
 
 
-def label_groups(scores: Array) -> list[tuple[NDArray[np.intp], NDArray[np.intp]]]:
+def label_groups(scores: NDArray[Any]) -> list[tuple[NDArray[np.intp], NDArray[np.intp]]]:
     """(rows, model columns) for each set of prompts labelled for the same models."""
     patterns: dict[bytes, list[int]] = {}
     for i, row in enumerate(~np.isnan(scores)):
@@ -377,7 +403,9 @@ def routing_score(pred: Array, scores: Array, costs: Array) -> float:
     return total / max(weight, 1)
 
 
-def calibrate_groups(pred: Array, scores: Array, costs: Array, models: Sequence[str], target: float) -> list[dict[str, Any]]:
+def calibrate_groups(
+    pred: Array, scores: Array, costs: Array, models: Sequence[str], target: float
+) -> list[dict[str, Any]]:
     """For each label group, the cheapest threshold and lambda reaching `target` x the best model."""
     points = []
     for rows, cols in label_groups(scores):
@@ -385,13 +413,32 @@ def calibrate_groups(pred: Array, scores: Array, costs: Array, models: Sequence[
         if len(cols) < 2 or np.isnan(c).any():
             continue
         best = float(s.mean(0).max())
-        for mode in ("lambda", "threshold"):
-            pt = ev.calibrate(p, s, c, target, mode)  # type: ignore[arg-type]
+        for mode in ev.MODES:
+            pt = ev.calibrate(p, s, c, target, mode)
             if pt is not None:
-                points.append({"models": [models[j] for j in cols], "mode": mode, "knob": pt.knob, "target": target,
-                               "quality": pt.quality, "best_quality": best, "cost": pt.cost,
-                               "best_cost": float(c.mean(0)[int(np.argmax(s.mean(0)))]), "rows": len(rows)})
+                points.append({
+                    "models": [models[j] for j in cols], "mode": mode, "knob": pt.knob, "target": target,
+                    "quality": pt.quality, "best_quality": best, "cost": pt.cost,
+                    "best_cost": float(c.mean(0)[int(np.argmax(s.mean(0)))]), "rows": len(rows),
+                })
     return points
+
+
+def _select(
+    cands: Sequence[Candidate], scores: Array, costs: Array
+) -> tuple[list[Candidate], Array, float]:
+    """The best candidate, or the equal blend of the best of each kind when that scores higher."""
+    best = max(cands, key=lambda c: c.score)
+    kinds = dict.fromkeys(c.kind for c in cands)
+    picks = [max((c for c in cands if c.kind == k), key=lambda c: c.score) for k in kinds]
+    oofs = [c.oof for c in picks if c.oof is not None]
+    assert best.oof is not None and len(oofs) == len(picks)
+    if len(picks) > 1:
+        blend: Array = np.mean(oofs, axis=0)
+        blend_score = routing_score(blend, scores, costs)
+        if blend_score > best.score:
+            return picks, blend, blend_score
+    return [best], best.oof, best.score
 
 
 def train_router(
@@ -422,21 +469,16 @@ def train_router(
         oof = np.zeros_like(scores)
         for f in range(folds):
             tr, te = fold != f, fold == f
-            head = _fit_head(cand.kind, cand.param, x[tr], e[tr], scores[tr])
-            oof[te] = head(x[te], e[te])
+            part = _fit_head(cand.kind, cand.param, x[tr], e[tr], scores[tr])
+            oof[te] = part(x[te], e[te])
         cand.oof = np.clip(oof, 0.0, 1.0)
         cand.score = routing_score(cand.oof, scores, costs)
-    picks = [max(cs, key=lambda c: c.score) for cs in ([c for c in cands if c.kind == k] for k in kinds) if cs]
-    blend_oof = np.mean([c.oof for c in picks if c.oof is not None], axis=0)
-    blend_score = routing_score(blend_oof, scores, costs) if len(picks) > 1 else -np.inf
-    best = max(cands, key=lambda c: c.score)
-    chosen, oof = ([best], best.oof) if best.score >= blend_score else (picks, blend_oof)
-    assert oof is not None
+    chosen, oof, score = _select(cands, scores, costs)
     head = Blend([_fit_head(c.kind, c.param, x, e, scores) for c in chosen])
     router = Router(list(models), head, mean, std, max_tokens,
                     calibration=calibrate_groups(oof, scores, costs, models, target))
     router.card = {"head": head.kind, "params": [c.param for c in chosen], "cv_folds": folds,
-                   "cv_score": max(best.score, blend_score), "blend_cv_score": blend_score,
+                   "cv_score": score,
                    "candidates": [{"kind": c.kind, "param": c.param, "cv_score": c.score} for c in cands],
                    "train_prompts": len(prompts), "embedding": f"minilm-l6-v2/t{max_tokens}",
                    "trained": time.strftime("%Y-%m-%d")}

@@ -81,9 +81,10 @@ class SemanticRouter:
         vecs = np.asarray(embedder.embed(self.utterances), dtype=np.float32)
         norms = np.linalg.norm(vecs, axis=1, keepdims=True)
         self.matrix = vecs / np.where(norms > 0, norms, 1.0)
-        self.centroids = np.stack([_unit(self.matrix[self.owner == i].mean(0)) for i in range(len(self.names))])
+        groups = range(len(self.names))
+        self.centroids = np.stack([_unit(self.matrix[self.owner == i].mean(0)) for i in groups])
 
-    def route_scores(self, vector: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[np.float32]]:
+    def route_scores(self, vector: NDArray[Any]) -> tuple[NDArray[np.float64], NDArray[Any]]:
         """(score per route, similarity per utterance) for an embedded prompt."""
         v = _unit(vector)
         sims = self.matrix @ v

@@ -62,12 +62,12 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
     await send({"type": "http.response.body", "body": b"".join(start), "more_body": True})
     error: ProviderError | None = None
     try:
-        async for chunk in result.chunks():
+        async for batch in result.batches():
             if watcher.done():
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
-            out = events.feed(chunk)
+            out = [event for chunk in batch for event in events.feed(chunk)]
             if out:
                 await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
     except ProviderError as exc:

@@ -62,19 +62,17 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     watcher = asyncio.ensure_future(request.wait_disconnect())
     headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
     await send({"type": "http.response.start", "status": 200, "headers": headers})
-    chunk_id = created = model = None
+    last: dict[str, Any] = {}
     error: ProviderError | None = None
     try:
-        async for chunk in result.chunks():
+        async for batch in result.batches():
             if watcher.done():
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
-            chunk_id = chunk.get("id")
-            created = chunk.get("created")
-            model = chunk.get("model")
-            await send({"type": "http.response.body", "body": b"data: " + _encode(chunk) + b"\n\n",
-                        "more_body": True})
+            last = batch[-1]
+            body = b"".join([b"data: " + _encode(chunk) + b"\n\n" for chunk in batch])
+            await send({"type": "http.response.body", "body": body, "more_body": True})
     except ProviderError as exc:
         error = exc
     finally:
@@ -89,8 +87,8 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     if req.wants_usage_in_stream:
         usage = result.usage.to_openai()
         usage["cost"] = round(cost, 10)
-        final = {"id": chunk_id or new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                 "created": created or int(time.time()), "model": model or result.model,
+        final = {"id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
+                 "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
                  "choices": [], "usage": usage}
         tail = b"data: " + _encode(final) + b"\n\n"
     await send({"type": "http.response.body", "body": tail + _DONE})

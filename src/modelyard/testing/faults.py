@@ -63,7 +63,7 @@ class SuiteSettings:
     first_token_timeout_s: float = 0.5
     total_timeout_s: float = 5.0
     hedge_after_ms: float | None = None
-    breaker_failures: int = 50
+    breaker_failures: int = 100
     breaker_window_s: float = 10.0
     breaker_cooldown_s: float = 1.0
 

@@ -51,10 +51,10 @@ class FakeStream:
         self.closed = False
         self.headers: dict[str, str] = {}
 
-    async def events(self):
+    async def batches(self):
         for data in self._events:
             await asyncio.sleep(0)
-            yield SSEEvent(data)
+            yield [SSEEvent(data)]
 
     def close(self) -> None:
         self.closed = True

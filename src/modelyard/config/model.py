@@ -118,6 +118,9 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 10 * 1024 * 1024
+    #: The HTTP client for provider calls: `fast` (our HTTP/1.1 client), `aiohttp`, or `auto` (fast, but
+    #: aiohttp when HTTP(S)_PROXY is set, since only aiohttp speaks to proxies).
+    http_client: Literal["auto", "fast", "aiohttp"] = "auto"
     master_key: str | None = None
 
 

@@ -1,40 +1,126 @@
-"""HTTP to providers: one pooled aiohttp session, timeouts, and socket failures mapped to ProviderError.
+"""HTTP to providers: connection pools, timeouts, and socket failures mapped to ProviderError.
 
-aiohttp's client was chosen by measurement: a pass-through on it does ~4x the requests/s of one on httpx
-on the reference machine (see docs/benchmarks.md). Everything provider-specific lives in the adapters.
+Two implementations of one small interface (`send` a whole request, `open_stream` for SSE):
+- `FastTransport` (the default): `providers/http1.py`, asyncio protocols + httptools. Chosen by
+  measurement: a sequential call costs ~32 µs of CPU against ~175 µs through aiohttp's ClientSession, which
+  is most of a gateway's per-request budget (docs/benchmarks.md).
+- `AiohttpTransport`: aiohttp's ClientSession, for what the lean client does not do: HTTP(S) proxies from
+  the environment (chosen automatically when HTTP_PROXY/HTTPS_PROXY is set) or `server.http_client: aiohttp`.
+Both pass one test suite (tests/unit/providers/test_transport.py). Everything provider-specific lives in
+the adapters.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
+from typing import Protocol
 
 import aiohttp
 
 from modelyard.config.model import Timeouts
 from modelyard.providers.base import Adapter, HttpCall, SSEEvent
+from modelyard.providers.http1 import HttpError, Http1Client
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.errors import ErrorKind, ProviderError
 
 _CONNECTION_ERRORS = (
     aiohttp.ClientConnectionError,
     aiohttp.ClientPayloadError,
+    HttpError,
     ConnectionError,
     OSError,
 )
 
 
-class Transport:
-    """Owns the connection pool. Create inside a running event loop; `close()` on shutdown."""
+class Transport(Protocol):
+    async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
+        """A whole request/response; a non-2xx status becomes the adapter's ProviderError."""
+        ...
+
+    async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
+        """Send a streaming request and wait for its headers (bounded by the first-token timeout)."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+def make_transport(kind: str = "auto", *, pool_size: int = 1000) -> Transport:
+    """`fast` (default), `aiohttp`, or `auto` (aiohttp when a proxy is set in the environment)."""
+    if kind == "auto":
+        proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
+        kind = "aiohttp" if proxied else "fast"
+    if kind == "aiohttp":
+        return AiohttpTransport(pool_size=pool_size)
+    if kind == "fast":
+        return FastTransport(pool_size=pool_size)
+    raise ValueError(f"unknown http client {kind!r} (fast, aiohttp or auto)")
+
+
+def _timeout_error(exc: BaseException, what: str) -> ProviderError:
+    return ProviderError(ErrorKind.TIMEOUT, f"{what} ({_what(exc)})")
+
+
+class FastTransport:
+    """The default transport, on `Http1Client`."""
+
+    def __init__(self, *, pool_size: int = 1000) -> None:
+        self._client = Http1Client(limit_per_origin=pool_size)
+
+    async def close(self) -> None:
+        self._client.close()
+
+    async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
+        try:
+            async with asyncio.timeout(timeouts.total):
+                resp = await self._client.request(call.method, call.url, call.headers, call.body,
+                                                  connect_timeout=timeouts.connect)
+                try:
+                    body = await resp.read()
+                finally:
+                    resp.release()
+        except TimeoutError as exc:
+            raise _timeout_error(exc, "no answer within the timeout") from None
+        except _CONNECTION_ERRORS as exc:
+            raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
+        if resp.status >= 400:
+            raise adapter.error(resp.status, resp.headers, body)
+        return body, resp.headers
+
+    async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeouts.total
+        try:
+            async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
+                resp = await self._client.request(call.method, call.url, call.headers, call.body,
+                                                  connect_timeout=timeouts.connect)
+                if resp.status >= 400:
+                    try:
+                        body = await resp.read()
+                    finally:
+                        resp.release()
+                    raise adapter.error(resp.status, resp.headers, body)
+        except ProviderError:
+            raise
+        except TimeoutError as exc:
+            raise _timeout_error(exc, "no response headers within the timeout") from None
+        except _CONNECTION_ERRORS as exc:
+            raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
+        return EventStream(resp.next_chunk, resp.close, resp.release, resp.headers, deadline, timeouts.first_token)
+
+
+class AiohttpTransport:
+    """aiohttp's ClientSession (honours HTTP(S)_PROXY)."""
 
     def __init__(self, *, pool_size: int = 1000) -> None:
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, ttl_dns_cache=300),
             auto_decompress=True,
             skip_auto_headers=("User-Agent",),
+            trust_env=True,
         )
-
         self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
 
     async def close(self) -> None:
@@ -50,7 +136,6 @@ class Transport:
         return timeout
 
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
-        """A whole request/response; a non-2xx status becomes the adapter's ProviderError."""
         try:
             async with self._session.request(
                 call.method, call.url, data=call.body, headers=call.headers,
@@ -63,12 +148,11 @@ class Transport:
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ProviderError(ErrorKind.TIMEOUT, f"no answer within the timeout ({_what(exc)})") from None
+            raise _timeout_error(exc, "no answer within the timeout") from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
 
     async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
-        """Send a streaming request and wait for its headers (bounded by the first-token timeout)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
@@ -86,21 +170,27 @@ class Transport:
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
-            raise ProviderError(ErrorKind.TIMEOUT, f"no response headers within the timeout ({_what(exc)})") from None
+            raise _timeout_error(exc, "no response headers within the timeout") from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
-        return EventStream(resp, deadline, timeouts.first_token)
+        return EventStream(resp.content.readany, resp.close, resp.release, resp.headers, deadline,
+                           timeouts.first_token)
 
 
 class EventStream:
     """The SSE events of one streaming response; always `close()` it (or use `async with`)."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, deadline: float, first_event_timeout: float) -> None:
-        self._resp = resp
+    def __init__(self, read: Callable[[], Awaitable[bytes]], close: Callable[[], None],
+                 release: Callable[[], None], headers: Mapping[str, str], deadline: float,
+                 first_event_timeout: float) -> None:
+        self._read = read
+        self._close = close
+        self._release = release
         self._deadline = deadline
         self._first_event_timeout = first_event_timeout
-        self.headers: Mapping[str, str] = resp.headers
+        self.headers = headers
         self.received_any = False
+        self.finished = False
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -111,11 +201,9 @@ class EventStream:
         self.close()
 
     def close(self) -> None:
-        self._resp.close() if not self._resp.closed else None
-
-    def release(self) -> None:
-        """Return a fully read connection to the pool."""
-        self._resp.release()
+        """Done with the stream: the connection goes back to the pool if its response was read to the end
+        (both clients check), else it is closed."""
+        self._release()
 
     async def batches(self) -> AsyncIterator[list[SSEEvent]]:
         """The events of each network read, as they arrive; raises ProviderError(timeout|connection) on
@@ -127,7 +215,7 @@ class EventStream:
         """
         parser = SSEParser()
         loop = asyncio.get_running_loop()
-        content = self._resp.content
+        read = self._read
         try:
             while True:
                 remaining = self._deadline - loop.time()
@@ -135,8 +223,9 @@ class EventStream:
                     raise TimeoutError
                 wait = remaining if self.received_any else min(remaining, self._first_event_timeout)
                 async with asyncio.timeout(wait):
-                    data = await content.readany()
+                    data = await read()
                 if not data:
+                    self.finished = True
                     break
                 events = parser.feed(data)
                 if events:

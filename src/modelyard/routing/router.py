@@ -13,7 +13,7 @@ from typing import Any
 
 from modelyard.config.model import Config, Deployment, Price
 from modelyard.providers import load_adapters
-from modelyard.providers.transport import Transport
+from modelyard.providers.transport import Transport, make_transport
 from modelyard.routing.attempts import AttemptRecord, RetryPolicy
 from modelyard.routing.context import DecisionContext, QualityFn
 from modelyard.routing.executor import Executor, StreamResult, Success
@@ -60,7 +60,7 @@ class Router:
 
     async def start(self) -> None:
         if self._transport is None:
-            self._transport = Transport()
+            self._transport = make_transport(self.config.server.http_client)
             self._executor = Executor(transport=self._transport, adapters=self.adapters, health=self.health,
                                       limits=self.limits, prices=self.table.prices, policy=self.policy,
                                       rng=self.rng)

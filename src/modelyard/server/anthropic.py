@@ -44,10 +44,9 @@ async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
     message = chat_completion_to_message(success.completion.body, success.completion.model, thinking=thinking)
     cost = success.cost_usd
-    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
     headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
-    await request.send({"type": "http.response.start", "status": 200, "headers": headers})
-    await request.send({"type": "http.response.body", "body": _encode(message)})
+    await request.respond(200, _encode(message), headers)
+    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
 
 
 async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, raw: dict[str, Any],
@@ -56,8 +55,7 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
     send = request.send
     events = ChunksToAnthropicEvents(result.model, thinking=thinking)
     watcher = asyncio.ensure_future(request.wait_disconnect())
-    headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     start = events.start(Usage(prompt=features.prompt_tokens))
     await send({"type": "http.response.body", "body": b"".join(start), "more_body": True})
     error: ProviderError | None = None

@@ -144,15 +144,7 @@ class Gateway:
             await self._not_found(scope, send)
             return
         handler, write_error = route
-        started = False
-
-        async def tracking_send(message: dict[str, Any]) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        request = Request(scope, receive, tracking_send)
+        request = Request(scope, receive, send)
         ctx = RequestContext(self, path)
         if self.services is not None:
             ctx.credential = credential_of(scope["headers"])
@@ -162,16 +154,16 @@ class Gateway:
             return
         except GatewayError as error:
             ctx.finish_error(error)
-            if not started:
+            if not request.started:
                 headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
                 await write_error(send, error.status, error.to_body(), headers)
         except ProviderError as error:
             ctx.finish_error(error, error.records)
-            if not started:
+            if not request.started:
                 await write_error(send, error.client_status, error.to_body(), self.error_headers(error))
         except Exception:
             log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
-            if not started:
+            if not request.started:
                 body = {"error": {"message": f"Internal error (request id {ctx.request_id})",
                                   "type": "server_error", "param": None, "code": "internal_error"}}
                 await write_error(send, 500, body, [])
@@ -231,16 +223,16 @@ class Gateway:
             await self.access.admit(ctx, model, features)
 
     def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext) -> Plan:
-        explain = request.header("x-modelyard-explain") in ("1", "true") or bool(
+        explain = request.header(b"x-modelyard-explain") in ("1", "true") or bool(
             req.modelyard and req.modelyard.explain)
         plan = self.router.plan(req.model, features, overrides=req.modelyard,
-                                strategy=request.header("x-modelyard-strategy"), explain=explain)
+                                strategy=request.header(b"x-modelyard-strategy"), explain=explain)
         if explain:
             ctx.explain = plan.explain()
         return plan
 
     def timeout_override(self, request: Request) -> float | None:
-        value = request.header("x-modelyard-timeout-ms")
+        value = request.header(b"x-modelyard-timeout-ms")
         if value is None:
             return None
         try:

@@ -31,15 +31,16 @@ _encode = msgspec.json.Encoder().encode
 
 
 class Request:
-    """One HTTP request: scope accessors and a size-limited body."""
+    """One HTTP request: scope accessors, a size-limited body, and whether the response has started."""
 
-    __slots__ = ("_headers", "receive", "scope", "send")
+    __slots__ = ("_headers", "receive", "scope", "send", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
         self.receive = receive
         self.send = send
-        self._headers: dict[str, str] | None = None
+        self.started = False
+        self._headers: dict[bytes, bytes] | None = None
 
     @property
     def method(self) -> str:
@@ -52,12 +53,26 @@ class Request:
     @property
     def headers(self) -> dict[str, str]:
         """Lower-cased header names → values (the last one wins for repeats)."""
-        if self._headers is None:
-            self._headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
-        return self._headers
+        return {k.decode("latin-1"): v.decode("latin-1") for k, v in self.scope["headers"]}
 
-    def header(self, name: str) -> str | None:
-        return self.headers.get(name)
+    def header(self, name: bytes | str) -> str | None:
+        """One header's value; `name` lower-case (bytes avoid an encode per call on the hot path)."""
+        headers = self._headers
+        if headers is None:
+            headers = self._headers = dict(self.scope["headers"])
+        value = headers.get(name if isinstance(name, bytes) else name.encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    async def respond(self, status: int, body: bytes, headers: Headers) -> None:
+        """A whole response in two ASGI messages, with its Content-Length (no chunked framing)."""
+        self.started = True
+        headers.append((b"content-length", str(len(body)).encode()))
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": body})
+
+    async def start_stream(self, headers: Headers) -> None:
+        self.started = True
+        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
 
     @property
     def query(self) -> dict[str, str]:

@@ -49,10 +49,10 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
         usage["cost"] = round(cost, 10)
     if ctx.explain is not None:
         body["modelyard"] = {"explain": ctx.explain, "attempts": [_record_dict(r) for r in success.records]}
+    headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
+    await request.respond(200, _encode(body), headers)
+    # Reported after the answer is on its way: bookkeeping never delays the client.
     ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
-    await request.send({"type": "http.response.start", "status": 200,
-                        "headers": JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)})
-    await request.send({"type": "http.response.body", "body": _encode(body)})
 
 
 async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,
@@ -60,8 +60,7 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE]."""
     send = request.send
     watcher = asyncio.ensure_future(request.wait_disconnect())
-    headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     last: dict[str, Any] = {}
     error: ProviderError | None = None
     try:
@@ -104,8 +103,8 @@ async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None
     completion, dep, records, _ = await gw.router.embed(req, raw, features)
     cost = sum(r.cost_usd for r in records)
     body = completion.body
+    await request.respond(200, _encode(body), JSON_HEADERS + gw.answer_headers(ctx, dep, records, cost))
     ctx.finish_success(dep, records, completion.usage, cost, ttft_ms=None)
-    await send_json(request.send, 200, body, gw.answer_headers(ctx, dep, records, cost))
 
 
 async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -114,13 +113,13 @@ async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> Non
     created = gw.started_at
     data = [{"id": name, "object": "model", "created": created, "owned_by": "modelyard"}
             for name in gw.router.table.public_models]
-    await send_json(request.send, 200, {"object": "list", "data": data})
+    await request.respond(200, _encode({"object": "list", "data": data}), list(JSON_HEADERS))
 
 
 def features_for(req: ChatRequest, request: Request, key_name: str | None) -> RequestFeatures:
-    tags_header = request.header("x-modelyard-tags")
+    tags_header = request.header(b"x-modelyard-tags")
     tags = tuple(t.strip() for t in tags_header.split(",") if t.strip()) if tags_header else ()
-    return chat_features(req, task=request.header("x-modelyard-task"), key_name=key_name, tags=tags)
+    return chat_features(req, task=request.header(b"x-modelyard-task"), key_name=key_name, tags=tags)
 
 
 def _record_dict(record: Any) -> dict[str, Any]:

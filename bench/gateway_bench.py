@@ -48,7 +48,8 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 120, headers: dict[str, str] | None = None) -> None:
+def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 120,
+              headers: dict[str, str] | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -123,9 +124,9 @@ class Contender:
 
 
 def spawn(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
-    out = open(log, "wb") if log else subprocess.DEVNULL
-    return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    with open(log or os.devnull, "wb") as out:
+        return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
 
 
 # --------------------------------------------------------------------------- contenders
@@ -145,7 +146,8 @@ def start_upstream(delay_ms: float) -> tuple[str, subprocess.Popen[bytes]]:
     return url, proc
 
 
-def uvicorn_cmd(target: str, port: int, workers: int = 1, factory: bool = False, app_dir: Path | None = None) -> list[str]:
+def uvicorn_cmd(target: str, port: int, workers: int = 1, factory: bool = False,
+                app_dir: Path | None = None) -> list[str]:
     cmd = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
            "httptools", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
     if factory:
@@ -344,7 +346,8 @@ SCENARIOS = [
 ]
 
 
-def measure(contender: Contender, duration: float, tmp: Path, scenarios: list[tuple[str, str, int, bool]]) -> dict[str, Any]:
+def measure(contender: Contender, duration: float, tmp: Path,
+            scenarios: list[tuple[str, str, int, bool]]) -> dict[str, Any]:
     results: dict[str, Any] = {}
     pid = contender.proc.pid if contender.proc else None
     wrk(contender, 16, 2)  # warm-up
@@ -387,7 +390,7 @@ def table(results: dict[str, dict[str, Any]], delay_ms: float) -> str:
         rate_p99 = r.get("rate500", {}).get("p99_ms")
         rate_cell = f"{rate_p99:.1f}" if isinstance(rate_p99, int | float) else "-"
 
-        def cell(key: str, field_: str, fmt: str = "{:.0f}") -> str:
+        def cell(key: str, field_: str, fmt: str = "{:.0f}", r: dict[str, Any] = r) -> str:
             value = r.get(key, {}).get(field_)
             return fmt.format(value) if isinstance(value, int | float) else "-"
 
@@ -401,14 +404,29 @@ def table(results: dict[str, dict[str, Any]], delay_ms: float) -> str:
         if name in ("direct", "passthrough") or "passthrough" not in results:
             continue
         for scenario in ("c16", "c64", "stream-c16"):
-            mine, floor = results[name].get(scenario, {}).get("rps"), results["passthrough"].get(scenario, {}).get("rps")
+            mine = results[name].get(scenario, {}).get("rps")
+            floor = results["passthrough"].get(scenario, {}).get("rps")
             if mine and floor:
                 ratios.append(f"{name}/passthrough {scenario}: {mine / floor:.2f}x")
         if "litellm" in results and name != "litellm":
             mine, theirs = results[name].get("c16", {}).get("rps"), results["litellm"].get("c16", {}).get("rps")
             if mine and theirs:
                 ratios.append(f"{name}/litellm c16: {mine / theirs:.1f}x")
-    return "\n".join(lines + ([""] + ratios if ratios else []))
+    return "\n".join(lines + (["", *ratios] if ratios else []))
+
+
+def _start(name: str, upstream_url: str, tmp: Path) -> Contender | None:
+    if name == "direct":
+        return direct(upstream_url)
+    if name == "passthrough":
+        return passthrough(upstream_url, tmp)
+    if name == "modelyard":
+        return modelyard(upstream_url, tmp)
+    if name == "modelyard2":
+        return modelyard(upstream_url, tmp, workers=2)
+    if name == "litellm":
+        return litellm(upstream_url, tmp)
+    raise SystemExit(f"unknown contender {name!r}")
 
 
 def main() -> None:
@@ -434,12 +452,7 @@ def main() -> None:
             scenarios = chosen if delay == 0 else [s for s in chosen if s[0] in ("c1", "c16", "stream-c16")]
             try:
                 for name in wanted:
-                    builders = {"direct": lambda: direct(upstream_url),
-                                "passthrough": lambda: passthrough(upstream_url, tmp),
-                                "modelyard": lambda: modelyard(upstream_url, tmp),
-                                "modelyard2": lambda: modelyard(upstream_url, tmp, workers=2),
-                                "litellm": lambda: litellm(upstream_url, tmp)}
-                    contender = builders[name]()
+                    contender = _start(name, upstream_url, tmp)
                     if contender is None:
                         continue
                     try:

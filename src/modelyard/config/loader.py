@@ -55,7 +55,7 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     data, marks = load_yaml_with_marks(text, source=source, env=environ)
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
-    config = convert_with_marks(data, Config, marks, source)
+    config: Config = convert_with_marks(data, Config, marks, source)
     config.source = source
     check_references(config, marks)
     return config

@@ -231,7 +231,8 @@ class OpenAIStreamTranslator:
         if not isinstance(chunk, dict):
             raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)")
         if "error" in chunk or event.event == "error":
-            err = chunk.get("error") if isinstance(chunk.get("error"), dict) else chunk
+            inner = chunk.get("error")
+            err: dict[str, Any] = inner if isinstance(inner, dict) else chunk
             message = str(err.get("message") or "error event in stream")
             kind = classify(0, message, str(err.get("type") or ""), str(err.get("code") or ""))
             raise ProviderError(kind, f"provider stream error: {message}")

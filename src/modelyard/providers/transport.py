@@ -22,7 +22,7 @@ import aiohttp
 
 from modelyard.config.model import Timeouts
 from modelyard.providers.base import Adapter, HttpCall, SSEEvent
-from modelyard.providers.http1 import HttpError, Http1Client
+from modelyard.providers.http1 import Http1Client, HttpError
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.errors import ErrorKind, ProviderError
 
@@ -216,21 +216,22 @@ class EventStream:
         parser = SSEParser()
         loop = asyncio.get_running_loop()
         read = self._read
+        # One timer for the whole stream (not one per read): first the first-event bound, then, once an
+        # event has arrived, the overall deadline.
+        first_deadline = min(self._deadline, loop.time() + self._first_event_timeout)
         try:
-            while True:
-                remaining = self._deadline - loop.time()
-                if remaining <= 0:
-                    raise TimeoutError
-                wait = remaining if self.received_any else min(remaining, self._first_event_timeout)
-                async with asyncio.timeout(wait):
+            async with asyncio.timeout_at(self._deadline if self.received_any else first_deadline) as timer:
+                while True:
                     data = await read()
-                if not data:
-                    self.finished = True
-                    break
-                events = parser.feed(data)
-                if events:
-                    self.received_any = True
-                    yield events
+                    if not data:
+                        self.finished = True
+                        break
+                    events = parser.feed(data)
+                    if events:
+                        if not self.received_any:
+                            self.received_any = True
+                            timer.reschedule(self._deadline)
+                        yield events
             tail = parser.flush()
             if tail:
                 yield tail

@@ -84,6 +84,11 @@ class LabelledSet:
             return self
         return self.take(np.array([s == name for s in self.splits]))
 
+    def with_task(self, family: str) -> LabelledSet:
+        """Rows whose task is `family` or starts with `family/` (e.g. "mmlu" keeps "mmlu/anatomy")."""
+        keep = [t == family or t.startswith(family + "/") for t in self.tasks]
+        return self.take(np.array(keep, dtype=bool))
+
     def with_models(self, models: Sequence[str]) -> LabelledSet:
         """Only these model columns (in this order), and only prompts labelled for all of them."""
         cols = [self.models.index(m) for m in models]

@@ -248,7 +248,8 @@ class Executor:
         While the hedge is on, a leg that fails is replaced by the next candidate at once, so a fast
         failure of the hedge does not leave the request waiting on the slow leg alone.
         """
-        first_task = asyncio.ensure_future(self._attempt(first, request, hedge=False))
+        first_task: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
+            self._attempt(first, request, hedge=False))
         done, _ = await asyncio.wait({first_task}, timeout=delay)
         if done:
             return first_task.result(), first  # answered (or failed) before the hedge was due
@@ -259,17 +260,18 @@ class Executor:
         def launch() -> None:
             dep = walk.next()
             if dep is not None and len(request.records) < self.policy.max_attempts:
-                task = asyncio.ensure_future(self._attempt(dep, request, hedge=True))
-                owners[task] = dep
-                pending.add(task)
+                leg: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
+                    self._attempt(dep, request, hedge=True))
+                owners[leg] = dep
+                pending.add(leg)
 
         launch()
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 winners = [t for t in done if t.exception() is None]
-                for task in done:
-                    exc = task.exception()
+                for finished in done:
+                    exc = finished.exception()
                     if exc is not None and not isinstance(exc, ProviderError):
                         raise exc
                     if isinstance(exc, ProviderError):
@@ -282,8 +284,8 @@ class Executor:
                     for _ in done:
                         launch()
         finally:
-            for task in pending:
-                task.cancel()
+            for leg in pending:
+                leg.cancel()
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
         # Every leg failed: let the walk continue with the remaining candidates.

@@ -285,10 +285,14 @@ class Router:
         row = self.predict_embedded(vec, [prompt])[0]
         return {m: float(p) for m, p in zip(self.models, row, strict=True)}
 
-    def operating_point(self, models: Sequence[str]) -> dict[str, Any] | None:
-        """The calibrated point whose model set overlaps `models` most (None when nothing was calibrated)."""
+    def operating_point(self, models: Sequence[str], mode: str | None = None) -> dict[str, Any] | None:
+        """The calibrated point (of `mode`, "lambda" first when None) whose models overlap `models` most.
+
+        `{"mode", "knob", "target", "quality", "cost", ...}`; None when nothing overlaps.
+        """
         wanted = set(models)
-        best = max(self.calibration, key=lambda c: len(wanted & set(c["models"])), default=None)
+        points = [c for c in self.calibration if mode is None or c["mode"] == mode]
+        best = max(points, key=lambda c: len(wanted & set(c["models"])), default=None)
         return best if best is not None and wanted & set(best["models"]) else None
 
     def save(self, path: str | Path) -> Path:
@@ -344,6 +348,43 @@ def by_deployment(predicted: Mapping[str, float], router_models: Mapping[str, st
     Deployments whose mapped model the router does not know are left out (the caller decides their fate).
     """
     return {dep: predicted[m] for dep, m in router_models.items() if m in predicted}
+
+
+def deployment_models(deployments: Sequence[Any]) -> dict[str, str]:
+    """deployment name -> predictor model, from `router_model` (or `options.router_model`) in the config."""
+    found = {}
+    for dep in deployments:
+        name = getattr(dep, "router_model", None) or (getattr(dep, "options", None) or {}).get("router_model")
+        if name:
+            found[dep.name] = str(name)
+    return found
+
+
+QualityFn = Callable[[Any], "float | None"]
+
+
+def quality_provider(
+    predictor: QualityPredictor, router_models: Mapping[str, str]
+) -> Callable[[Any], QualityFn | None]:
+    """The hook for `routing.router.Router.quality_provider`: request features -> (deployment -> P(good)).
+
+    One prediction per request, from `features.prompt_text`; deployments with no mapped model get None
+    (the strategy then falls back to their configured quality).
+    """
+
+    def provide(features: Any) -> QualityFn | None:
+        text = getattr(features, "prompt_text", "")
+        if not text:
+            return None
+        predicted = predictor.predict(text)
+
+        def quality(dep: Any) -> float | None:
+            model = router_models.get(dep.name)
+            return predicted.get(model) if model is not None else None
+
+        return quality
+
+    return provide
 
 
 # --- training ----------------------------------------------------------------------------------------

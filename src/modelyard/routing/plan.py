@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.config.model import Deployment
-from modelyard.routing.candidates import filter_candidates
+from modelyard.routing.candidates import GroupProfile, filter_candidates
 from modelyard.routing.context import DecisionContext
 from modelyard.routing.rules import Rule, first_match
 from modelyard.routing.strategies import STRATEGIES, cheapest
@@ -86,7 +86,7 @@ def make_plan(
     strategy = strategy_override or (overrides.strategy if overrides and overrides.strategy else None) \
         or options.strategy
     candidates = list(group.candidates)
-    profile = group.profile
+    profile: GroupProfile | None = group.profile
     if overrides and overrides.candidates:
         candidates = _resolve_override(table, overrides.candidates)
         profile = None

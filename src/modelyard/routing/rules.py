@@ -21,7 +21,9 @@ into predicate tuples, so matching costs a few attribute reads per rule.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,6 +53,15 @@ def _one_of(value: Any) -> frozenset[str]:
     return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset({str(value)})
 
 
+_COMPARISONS: dict[str, Callable[[float, float], bool]] = {
+    "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+}
+
+
+def _bound(compare: Callable[[float, float], bool], bound: float, value: int) -> bool:
+    return compare(value, bound)
+
+
 def _compare(spec: Any, where: str) -> Predicate:
     if isinstance(spec, int | float):
         limit = spec
@@ -61,16 +72,10 @@ def _compare(spec: Any, where: str) -> Predicate:
     for op, bound in spec.items():
         if not isinstance(bound, int | float):
             raise RuleError(f"{where}: prompt_tokens.{op} must be a number")
-        if op == "gt":
-            checks.append(lambda n, b=bound: n > b)
-        elif op == "gte":
-            checks.append(lambda n, b=bound: n >= b)
-        elif op == "lt":
-            checks.append(lambda n, b=bound: n < b)
-        elif op == "lte":
-            checks.append(lambda n, b=bound: n <= b)
-        else:
+        compare = _COMPARISONS.get(op)
+        if compare is None:
             raise RuleError(f"{where}: unknown comparison {op!r} (use gt, gte, lt, lte)")
+        checks.append(partial(_bound, compare, float(bound)))
     return lambda f: all(check(f.prompt_tokens) for check in checks)
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 from dataclasses import dataclass, field
+from typing import Any
 
 from modelyard.config.model import Config, Deployment, ModelGroup, Price
 from modelyard.routing.candidates import GroupProfile

@@ -54,14 +54,18 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
     result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
     send = request.send
     events = ChunksToAnthropicEvents(result.model, thinking=thinking)
-    watcher = asyncio.ensure_future(request.wait_disconnect())
     await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     start = events.start(Usage(prompt=features.prompt_tokens))
     await send({"type": "http.response.body", "body": b"".join(start), "more_body": True})
     error: ProviderError | None = None
+    watcher: asyncio.Future[None] | None = None
+    batches = 0
     try:
         async for batch in result.batches():
-            if watcher.done():
+            batches += 1
+            if batches == 2:  # a multi-read answer: now watch for a client that goes away
+                watcher = asyncio.ensure_future(request.wait_disconnect())
+            elif watcher is not None and watcher.done():
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return

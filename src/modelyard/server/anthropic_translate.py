@@ -567,10 +567,7 @@ class ChunksToAnthropicEvents:
             else:
                 out = self._begin({"type": "thinking", "thinking": "", "signature": ""}, kind)
         index = self._open[1] if self._open else 0
-        if kind == "text":
-            delta = {"type": "text_delta", "text": text}
-        else:
-            delta = {"type": "thinking_delta", "thinking": text}
+        delta = {"type": "text_delta", "text": text} if kind == "text" else {"type": "thinking_delta", "thinking": text}
         out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}))
         return out
 

@@ -49,7 +49,7 @@ class BackgroundServer:
         config = uvicorn.Config(self.app, loop="uvloop", http="httptools", lifespan="on",
                                 log_level=self.log_level, access_log=False, timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
-        self._server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # uvicorn installs signal handlers only on the main thread, so this thread leaves them alone.
         self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self._port}", daemon=True)
         self._thread.start()
         deadline = time.monotonic() + self.startup_timeout

@@ -147,7 +147,7 @@ def header_pairs(values: dict[str, str]) -> Headers:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in values.items()]
 
 
-async def cancel_quietly(task: asyncio.Task[Any] | None) -> None:
+async def cancel_quietly(task: asyncio.Future[Any] | None) -> None:
     if task is None or task.done():
         return
     task.cancel()

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from modelyard.accounting.tokens import count_text
 from modelyard.providers.base import new_id
 from modelyard.routing.executor import StreamResult
 from modelyard.routing.features import RequestFeatures, chat_features
-from modelyard.accounting.tokens import count_text
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest
 from modelyard.schema.errors import ProviderError
 from modelyard.server.http import (
@@ -19,7 +19,6 @@ from modelyard.server.http import (
     SSE_HEADERS,
     Request,
     cancel_quietly,
-    send_json,
 )
 from modelyard.server.validation import decode_body, validate_chat, validate_embeddings
 
@@ -59,13 +58,17 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
                       result: StreamResult) -> None:
     """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE]."""
     send = request.send
-    watcher = asyncio.ensure_future(request.wait_disconnect())
     await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     last: dict[str, Any] = {}
     error: ProviderError | None = None
+    watcher: asyncio.Future[None] | None = None
     try:
         async for batch in result.batches():
-            if watcher.done():
+            if watcher is None:
+                # Watch for a client that goes away only once the answer spans more than one read: an answer
+                # that arrives at once needs no watcher (and saves a task per request).
+                watcher = asyncio.ensure_future(request.wait_disconnect()) if last else None
+            elif watcher.done():
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
@@ -86,7 +89,7 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     if req.wants_usage_in_stream:
         usage = result.usage.to_openai()
         usage["cost"] = round(cost, 10)
-        final = {"id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
+        final: dict[str, Any] = {"id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
                  "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
                  "choices": [], "usage": usage}
         tail = b"data: " + _encode(final) + b"\n\n"

@@ -129,7 +129,7 @@ async def _one(session: aiohttp.ClientSession, url: str, i: int, stream: bool,
             text = await resp.text()
             attempts_header = resp.headers.get("x-modelyard-attempts", "0;")
             status = resp.status
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         report.lost += 1
         report.errors[type(exc).__name__] = report.errors.get(type(exc).__name__, 0) + 1
         return
@@ -219,7 +219,7 @@ def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
             try:
                 with urlopen(url, timeout=1):
                     return

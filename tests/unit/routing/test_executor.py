@@ -178,8 +178,7 @@ async def test_fallback_model_after_all_candidates_fail():
 
 
 async def test_everything_fails_raises_last_error_with_history():
-    router, transport = make({"a": [ErrorKind.SERVER], "b": [ErrorKind.SERVER], "c": [ErrorKind.CONNECTION]},
-                             retries=0)
+    router, _ = make({"a": [ErrorKind.SERVER], "b": [ErrorKind.SERVER], "c": [ErrorKind.CONNECTION]}, retries=0)
     with pytest.raises(ProviderError) as info:
         await router.complete(*request())
     assert info.value.kind is ErrorKind.CONNECTION
@@ -188,7 +187,7 @@ async def test_everything_fails_raises_last_error_with_history():
 
 
 async def test_hedge_fires_and_first_answer_wins_both_costs_counted():
-    router, transport = make({"a": [("sleep", 1.0)], "b": ["ok"]})
+    router, _ = make({"a": [("sleep", 1.0)], "b": ["ok"]})
     started = asyncio.get_running_loop().time()
     result = await router.complete(*request("hedged"))
     elapsed = asyncio.get_running_loop().time() - started
@@ -207,7 +206,7 @@ async def test_no_hedge_when_first_answers_in_time():
 
 
 async def test_stream_failover_before_first_byte_and_clean_stream():
-    router, transport = make({"a": [ErrorKind.CONNECTION], "b": ["ok"]}, retries=0)
+    router, _ = make({"a": [ErrorKind.CONNECTION], "b": ["ok"]}, retries=0)
     req, raw, features = request(stream=True)
     result = await router.stream(req, raw, features)
     chunks = [c async for c in result.chunks()]
@@ -217,7 +216,7 @@ async def test_stream_failover_before_first_byte_and_clean_stream():
 
 
 async def test_stream_cut_after_first_byte_raises():
-    router, transport = make({"a": ["cut"]})
+    router, _ = make({"a": ["cut"]})
     req, raw, features = request(stream=True)
     result = await router.stream(req, raw, features)
     got = []

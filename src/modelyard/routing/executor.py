@@ -413,6 +413,11 @@ class StreamResult:
         return sum(r.cost_usd for r in self.records)
 
     @property
+    def upstream_done(self) -> bool:
+        """The provider has sent its end-of-stream marker: no more batches will follow."""
+        return self._opened.translator.done
+
+    @property
     def latency_ms(self) -> float:
         return (self._executor.clock() - self._started) * 1000
 

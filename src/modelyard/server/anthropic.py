@@ -60,6 +60,7 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
     error: ProviderError | None = None
     watcher: asyncio.Future[None] | None = None
     batches = 0
+    held: list[bytes] = []
     try:
         async for batch in result.batches():
             batches += 1
@@ -70,19 +71,22 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
             out = [event for chunk in batch for event in events.feed(chunk)]
-            if out:
-                await send({"type": "http.response.body", "body": b"".join(out), "more_body": True})
+            if result.upstream_done:
+                held.extend(out)  # sent with message_stop in one write
+            elif out:
+                await send({"type": "http.response.body", "body": b"".join(held + out), "more_body": True})
+                held.clear()
     except ProviderError as exc:
         error = exc
     finally:
         await cancel_quietly(watcher)
     if error is not None:
-        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
         kind = KIND_ERROR_TYPES.get(error.kind, "api_error")
-        await send({"type": "http.response.body", "body": events.error(kind, error.message)})
+        await send({"type": "http.response.body", "body": b"".join(held) + events.error(kind, error.message)})
+        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
         return
+    await send({"type": "http.response.body", "body": b"".join(held + events.finish(result.usage))})
     ctx.finish_success(result.deployment, result.records, result.usage, result.cost_usd, ttft_ms=result.ttft_ms)
-    await send({"type": "http.response.body", "body": b"".join(events.finish(result.usage))})
 
 
 async def write_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:

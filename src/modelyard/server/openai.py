@@ -56,10 +56,15 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
 
 async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,
                       result: StreamResult) -> None:
-    """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE]."""
+    """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE].
+
+    The last batch (the one after which the provider said it was done) is held back a moment and sent with
+    the usage chunk and `[DONE]` in one write.
+    """
     send = request.send
     await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     last: dict[str, Any] = {}
+    held = b""
     error: ProviderError | None = None
     watcher: asyncio.Future[None] | None = None
     try:
@@ -74,26 +79,30 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
                 return
             last = batch[-1]
             body = b"".join([b"data: " + _encode(chunk) + b"\n\n" for chunk in batch])
-            await send({"type": "http.response.body", "body": body, "more_body": True})
+            if result.upstream_done:
+                held += body
+            else:
+                await send({"type": "http.response.body", "body": held + body, "more_body": True})
+                held = b""
     except ProviderError as exc:
         error = exc
     finally:
         await cancel_quietly(watcher)
     cost = result.cost_usd
     if error is not None:
+        await send({"type": "http.response.body", "body": held + b"data: " + _encode(error.to_body()) + b"\n\n"})
         ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-        await send({"type": "http.response.body", "body": b"data: " + _encode(error.to_body()) + b"\n\n"})
         return
-    ctx.finish_success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
-    tail = b""
     if req.wants_usage_in_stream:
         usage = result.usage.to_openai()
         usage["cost"] = round(cost, 10)
-        final: dict[str, Any] = {"id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
-                 "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
-                 "choices": [], "usage": usage}
-        tail = b"data: " + _encode(final) + b"\n\n"
-    await send({"type": "http.response.body", "body": tail + _DONE})
+        final: dict[str, Any] = {
+            "id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
+            "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
+            "choices": [], "usage": usage}
+        held += b"data: " + _encode(final) + b"\n\n"
+    await send({"type": "http.response.body", "body": held + _DONE})
+    ctx.finish_success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
 
 
 async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None:

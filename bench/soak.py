@@ -1,0 +1,58 @@
+"""Memory soak: RSS of `modelyard serve` (every feature on) over many requests; is it flat after warm-up?
+
+    python bench/soak.py [--requests 500000] [--connections 16] [--stream-share 0.25]
+
+Drives the gateway with wrk in 10-second slices (non-streaming, and a share of streaming slices) against
+the fast mock upstream, and samples the gateway's RSS after each slice. Prints the series, the RSS after
+warm-up (the first 10% of requests) and at the end, and the growth between them (target: within 5%).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from gateway_bench import modelyard, rss_mb, start_upstream, wrk  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=500_000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--slice-s", type=int, default=10)
+    parser.add_argument("--stream-share", type=float, default=0.25, help="share of slices that stream")
+    args = parser.parse_args()
+    upstream_url, upstream = start_upstream(0)
+    samples: list[tuple[int, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        gateway = modelyard(upstream_url, Path(tmp))
+        assert gateway.proc is not None
+        try:
+            done = 0
+            slice_no = 0
+            every = round(1 / args.stream_share) if args.stream_share > 0 else 0
+            while done < args.requests:
+                stream = bool(every) and slice_no % every == every - 1
+                result = wrk(gateway, args.connections, args.slice_s, stream=stream)
+                done += int(result["requests"])
+                slice_no += 1
+                rss = rss_mb(gateway.proc.pid, peak=False)
+                samples.append((done, rss))
+                print(f"{done:>9} requests  rss {rss:7.1f} MB  ({result['rps']:.0f} req/s{', stream' if stream else ''},"
+                      f" errors {result['errors']}, non2xx {result['non2xx']})", flush=True)
+        finally:
+            gateway.stop()
+            upstream.terminate()
+    warm = next((rss for n, rss in samples if n >= args.requests * 0.1), samples[0][1])
+    end = samples[-1][1]
+    growth = (end - warm) / warm * 100
+    print(f"\nafter warm-up: {warm:.1f} MB; after {samples[-1][0]} requests: {end:.1f} MB; growth {growth:+.1f}%"
+          f" (target within 5%); peak {max(r for _, r in samples):.1f} MB")
+
+
+if __name__ == "__main__":
+    main()

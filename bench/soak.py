@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_bench import modelyard, rss_mb, start_upstream, wrk  # noqa: E402
+from gateway_bench import modelyard, rss_mb, start_upstream, wrk
 
 
 def main() -> None:
@@ -42,7 +42,8 @@ def main() -> None:
                 slice_no += 1
                 rss = rss_mb(gateway.proc.pid, peak=False)
                 samples.append((done, rss))
-                print(f"{done:>9} requests  rss {rss:7.1f} MB  ({result['rps']:.0f} req/s{', stream' if stream else ''},"
+                kind = ", stream" if stream else ""
+                print(f"{done:>9} requests  rss {rss:7.1f} MB  ({result['rps']:.0f} req/s{kind},"
                       f" errors {result['errors']}, non2xx {result['non2xx']})", flush=True)
         finally:
             gateway.stop()

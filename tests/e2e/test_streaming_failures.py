@@ -94,7 +94,7 @@ def test_failure_before_any_byte_fails_over_to_one_clean_stream(servers):
 
 
 def test_a_client_that_goes_away_stops_the_upstream_call(servers):
-    sim, gateway, server = servers
+    _, gateway, server = servers
     started = time.monotonic()
     with httpx.stream("POST", server.url + "/v1/chat/completions", json={
             "model": "slow", "stream": True, "messages": [{"role": "user", "content": "a long story"}]},

@@ -56,6 +56,9 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     quality: float | dict[str, float] | None = None
+    #: The model name a learned router knows this deployment by (e.g. `gpt-4-1106-preview`); the `learned`
+    #: strategy uses that model's predicted quality for this deployment.
+    router_model: str | None = None
     #: Latency to assume before live traffic has measured any (`modelyard plan`, workflow estimates).
     expected_ttft_ms: float | None = None
     expected_tokens_per_s: float | None = None
@@ -88,6 +91,24 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     hedge_after_ms: float | str | None = None
     retries: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
+    #: Reuse an answer for a prompt whose embedding is this close to a cached one (off unless set).
+    semantic_cache: SemanticCacheSettings | None = None
+
+
+class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Per model and API key; non-streaming requests only; temperature-0 style reuse, so opt in."""
+
+    threshold: float = 0.95
+    ttl_s: float = 3600.0
+    max_entries: int = 1000
+
+
+class SemanticSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Task types recognised from example utterances (`metadata.task`/headers still win); rules use them."""
+
+    routes: dict[str, list[str]]
+    threshold: float = 0.45
+    default: str | None = None
 
 
 class BreakerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -110,6 +131,8 @@ class RoutingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: int = 8
     failover_on_content_filter: bool = False
     latency_alpha: float = 0.2
+    #: The trained router for `strategy: learned` (an .npz from `modelyard router train`); null: the shipped one.
+    learned_router: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     seed: int | None = None
 
@@ -186,6 +209,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     spend: SpendSettings = field(default_factory=SpendSettings)
     state: StateSettings = field(default_factory=StateSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    semantic: SemanticSettings | None = None
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"
 

@@ -35,8 +35,8 @@ CORRECT_AT = 0.5
 
 
 def pgr(q_router: float, q_weak: float, q_strong: float) -> float:
-    """Share of the weak-to-strong quality gap that the router recovers."""
-    return (q_router - q_weak) / (q_strong - q_weak)
+    """Share of the weak-to-strong quality gap that the router recovers (NaN when there is no gap)."""
+    return (q_router - q_weak) / (q_strong - q_weak) if q_strong != q_weak else float("nan")
 
 
 def strong_share_curve(
@@ -67,6 +67,8 @@ def apgr(share: Array, quality: Array, q_weak: float, q_strong: float) -> float:
     order = np.argsort(share, kind="stable")
     x, y = np.asarray(share)[order], np.asarray(quality)[order]
     span = float(x[-1] - x[0])
+    if span == 0 or q_strong == q_weak:
+        return float("nan")
     auc = float(np.trapezoid(y, x))
     return (auc - q_weak * span) / ((q_strong - q_weak) * span)
 

@@ -259,7 +259,8 @@ class Router:
         self.predict("warm-up")
 
     def features(self, emb: NDArray[Any], prompts: Sequence[str]) -> Floats:
-        text = (text_features(prompts) - self.feature_mean) / self.feature_std
+        # Clipped: a prompt unlike anything in training (say, far longer) must not push the head to extremes.
+        text = np.clip((text_features(prompts) - self.feature_mean) / self.feature_std, -5.0, 5.0)
         return np.hstack([np.asarray(emb, np.float32), text.astype(np.float32)])
 
     def predict_embedded(self, emb: NDArray[Any], prompts: Sequence[str]) -> Array:
@@ -340,51 +341,6 @@ def load_router(path: str | Path | None = None, embedder: Embedder | None = None
     Cheap: the embedding model loads on the first prediction (or `Router.warm()`).
     """
     return Router.load(DEFAULT_ROUTER if path is None else path, embedder)
-
-
-def by_deployment(predicted: Mapping[str, float], router_models: Mapping[str, str]) -> dict[str, float]:
-    """Predictions re-keyed by deployment: `router_models` maps deployment -> the predictor's model name.
-
-    Deployments whose mapped model the router does not know are left out (the caller decides their fate).
-    """
-    return {dep: predicted[m] for dep, m in router_models.items() if m in predicted}
-
-
-def deployment_models(deployments: Sequence[Any]) -> dict[str, str]:
-    """deployment name -> predictor model, from `router_model` (or `options.router_model`) in the config."""
-    found = {}
-    for dep in deployments:
-        name = getattr(dep, "router_model", None) or (getattr(dep, "options", None) or {}).get("router_model")
-        if name:
-            found[dep.name] = str(name)
-    return found
-
-
-QualityFn = Callable[[Any], "float | None"]
-
-
-def quality_provider(
-    predictor: QualityPredictor, router_models: Mapping[str, str]
-) -> Callable[[Any], QualityFn | None]:
-    """The hook for `routing.router.Router.quality_provider`: request features -> (deployment -> P(good)).
-
-    One prediction per request, from `features.prompt_text`; deployments with no mapped model get None
-    (the strategy then falls back to their configured quality).
-    """
-
-    def provide(features: Any) -> QualityFn | None:
-        text = getattr(features, "prompt_text", "")
-        if not text:
-            return None
-        predicted = predictor.predict(text)
-
-        def quality(dep: Any) -> float | None:
-            model = router_models.get(dep.name)
-            return predicted.get(model) if model is not None else None
-
-        return quality
-
-    return provide
 
 
 # --- training ----------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from modelyard.config.model import Deployment
 from modelyard.routing.candidates import GroupProfile, filter_candidates
 from modelyard.routing.context import DecisionContext
 from modelyard.routing.rules import Rule, first_match
-from modelyard.routing.strategies import STRATEGIES, cheapest
+from modelyard.routing.strategies import STRATEGIES
 from modelyard.routing.table import RoutingTable
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
@@ -113,7 +113,9 @@ def make_plan(
     kept = filter_candidates(candidates, ctx, profile=profile)
     if profile is not None and len(kept) == len(candidates):
         ctx.static_cache = group.cache
-    ranker = cheapest if strategy == "learned" else STRATEGIES.get(strategy)
+    if strategy == "learned" and "min_quality" not in ctx.constraints and ctx.default_min_quality is not None:
+        ctx.constraints = {**ctx.constraints, "min_quality": ctx.default_min_quality}
+    ranker = STRATEGIES.get(strategy)
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")
     order = ranker(kept, ctx) if kept else []

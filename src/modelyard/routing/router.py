@@ -52,7 +52,6 @@ class Router:
         seed = seed if seed is not None else config.routing.seed
         self.rng = random.Random(seed)
         self.policy = retry_policy(config)
-        self.quality_provider: Any = None  # set by the learned-routing extension (predict per request)
         self._transport: Transport | None = None
         self._executor: Executor | None = None
 
@@ -96,20 +95,12 @@ class Router:
                                rng=self.rng, prices=self.table.prices, explain=explain, quality=quality)
 
     def plan(self, model: str, features: RequestFeatures, *, overrides: ModelyardOptions | None = None,
-             strategy: str | None = None, explain: bool = False) -> Plan:
-        quality = self._quality_fn(model, features)
-        return make_plan(self.table, model, self.context(features, explain=explain, quality=quality),
-                         overrides, strategy)
-
-    def _quality_fn(self, model: str, features: RequestFeatures) -> QualityFn | None:
-        provider = self.quality_provider
-        if provider is None:
-            return None
-        group = self.table.groups.get(model)
-        if group is None or group.group.strategy != "learned":
-            return None
-        fn: QualityFn | None = provider(features)
-        return fn
+             strategy: str | None = None, explain: bool = False, quality: QualityFn | None = None,
+             default_min_quality: float | None = None) -> Plan:
+        """Rank the deployments for `model`. `quality` carries learned per-deployment quality, if any."""
+        ctx = self.context(features, explain=explain, quality=quality)
+        ctx.default_min_quality = default_min_quality
+        return make_plan(self.table, model, ctx, overrides, strategy)
 
     def replanner(self, features: RequestFeatures, explain: bool = False) -> Any:
         def replan(name: str) -> Plan:

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from modelyard.routing.features import RequestFeatures

@@ -206,6 +206,30 @@ def _within_latency(costed: list[tuple[float, int, Deployment]], ctx: DecisionCo
     return kept
 
 
+def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
+    """Learned routing: the predicted P(good answer) per candidate (`ctx.quality`, from the trained router)
+    stands in for the configured quality.
+
+    With `options.lambda` it maximises predicted quality - λ·(estimated cost in USD); otherwise it is the
+    `cost` strategy: the cheapest candidate whose predicted quality clears `min_quality` (by default the
+    router's calibrated threshold).
+    """
+    lam = ctx.options.get("lambda")
+    if lam is None:
+        return cheapest(candidates, ctx)
+    scored = []
+    for i, dep in enumerate(candidates):
+        quality = ctx.quality_of(dep)
+        cost = ctx.estimated_cost(dep)
+        score = (quality if quality is not None else 0.0) - float(lam) * cost
+        scored.append((-score, i, dep))
+        if ctx.explain:
+            shown = "unknown" if quality is None else f"{quality:.3f}"
+            ctx.note(dep, f"predicted quality {shown} - {lam} x ${cost:.6f} = {score:.4f}")
+    scored.sort()
+    return [dep for _, _, dep in scored]
+
+
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
     "priority": priority,
     "weighted": weighted,
@@ -213,4 +237,5 @@ STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
     "latency": least_latency,
     "least-busy": least_busy,
     "cost": cheapest,
+    "learned": learned,
 })

@@ -12,7 +12,7 @@ from modelyard.routing.rules import Rule, RuleError, compile_rules
 from modelyard.routing.strategies import STRATEGIES
 
 #: Strategies that are not plain rankers in STRATEGIES but handled by the planner.
-SPECIAL_STRATEGIES = frozenset({"rules", "learned"})
+SPECIAL_STRATEGIES = frozenset({"rules"})
 
 PriceResolver = Callable[[Deployment], Price | None]
 

@@ -35,7 +35,8 @@ async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     req = validate_chat(raw)
     features = gw.features(req, request, ctx)
     await gw.admit(ctx, req.model, features)
-    plan = gw.plan(req, request, features, ctx)
+    insight = await gw.analyse(req, features, ctx, use_cache=False)  # the semantic cache serves /v1/chat only
+    plan = gw.plan(req, request, features, ctx, insight)
     timeout_s = gw.timeout_override(request)
     thinking = wants_thinking(body)
     if req.stream:

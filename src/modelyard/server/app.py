@@ -7,6 +7,7 @@ takes the worker down.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -18,6 +19,7 @@ from modelyard.config.model import Config, Deployment
 from modelyard.providers.base import new_id
 from modelyard.routing.attempts import AttemptRecord, attempts_header
 from modelyard.routing.features import RequestFeatures
+from modelyard.routing.intelligence import Insight, Intelligence
 from modelyard.routing.plan import Plan
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, Usage
@@ -112,6 +114,7 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.services = services
         self.access = services.access if services is not None else None
+        self.intelligence = Intelligence.from_config(config)
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
         self.ready = False
@@ -197,6 +200,8 @@ class Gateway:
         from modelyard.accounting.tokens import count_text
 
         count_text("warm up the tokenizer")  # load the BPE table now, not on the first request
+        if self.intelligence.needed:
+            await asyncio.to_thread(self.intelligence.start)  # embedding models load off the event loop
         await self.router.start()
         if self.services is not None:
             await self.services.start()
@@ -209,6 +214,7 @@ class Gateway:
         if self.services is not None:
             await self.services.close()
         await self.router.close()
+        self.intelligence.close()
 
     # ------------------------------------------------------------------ helpers for handlers
 
@@ -222,11 +228,28 @@ class Gateway:
         if self.access is not None:
             await self.access.admit(ctx, model, features)
 
-    def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext) -> Plan:
+    async def analyse(self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *,
+                      use_cache: bool = True) -> Insight | None:
+        """Embedding-based insight (learned quality, task from examples, a cached answer), only if needed."""
+        intelligence = self.intelligence
+        if not intelligence.needed or not intelligence.wanted_for(req.model, features):
+            return None
+        cache_ns = None
+        if use_cache and req.model in intelligence.cached_models and not req.stream:
+            cache_ns = f"{req.model}\x00{ctx.key_id or ''}"
+        insight = await intelligence.analyse(req.model, features, cache_ns)
+        if features.task is None and insight.task is not None:
+            features.task = insight.task
+        return insight
+
+    def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext,
+             insight: Insight | None = None) -> Plan:
         explain = request.header(b"x-modelyard-explain") in ("1", "true") or bool(
             req.modelyard and req.modelyard.explain)
+        quality = self.intelligence.quality_fn(insight) if insight is not None else None
         plan = self.router.plan(req.model, features, overrides=req.modelyard,
-                                strategy=request.header(b"x-modelyard-strategy"), explain=explain)
+                                strategy=request.header(b"x-modelyard-strategy"), explain=explain, quality=quality,
+                                default_min_quality=insight.default_min_quality if insight else None)
         if explain:
             ctx.explain = plan.explain()
         return plan

@@ -12,7 +12,7 @@ from modelyard.accounting.tokens import count_text
 from modelyard.providers.base import new_id
 from modelyard.routing.executor import StreamResult
 from modelyard.routing.features import RequestFeatures, chat_features
-from modelyard.schema.chat import ChatRequest, EmbeddingRequest
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import ProviderError
 from modelyard.server.http import (
     JSON_HEADERS,
@@ -34,13 +34,20 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
     req = validate_chat(raw)
     features = gw.features(req, request, ctx)
     await gw.admit(ctx, req.model, features)
-    plan = gw.plan(req, request, features, ctx)
+    insight = await gw.analyse(req, features, ctx)
+    if insight is not None and insight.cached is not None:
+        await answer_from_cache(gw, request, ctx, insight.cached)
+        return
+    plan = gw.plan(req, request, features, ctx, insight)
     timeout_s = gw.timeout_override(request)
     if req.stream:
         result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
         await stream_chat(gw, request, ctx, req, result)
         return
     success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
+    if insight is not None and insight.vector is not None and req.model in gw.intelligence.cached_models:
+        gw.intelligence.remember(f"{req.model}\x00{ctx.key_id or ''}", insight,
+                                 (success.completion.body, success.deployment, success.completion.usage))
     body = success.completion.body
     cost = success.cost_usd
     usage = body.get("usage")
@@ -52,6 +59,17 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
     await request.respond(200, _encode(body), headers)
     # Reported after the answer is on its way: bookkeeping never delays the client.
     ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+
+
+async def answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:
+    """A semantic-cache hit: the earlier answer, with a new id, at no cost (nothing was called)."""
+    body, dep, _ = cached
+    answer = {**body, "id": new_id("chatcmpl-"), "created": int(time.time())}
+    answer["usage"] = {**(body.get("usage") or {}), "cost": 0.0}
+    headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
+    headers.append((b"x-modelyard-cache", b"hit"))
+    await request.respond(200, _encode(answer), headers)
+    ctx.finish_success(dep, [], Usage(), 0.0, ttft_ms=None)
 
 
 async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,

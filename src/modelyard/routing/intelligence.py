@@ -66,9 +66,11 @@ class Intelligence:
     def from_config(cls, config: Config) -> Intelligence:
         learned = {name for name, group in config.models.items() if group.strategy == "learned"}
         cached = {name for name, group in config.models.items() if group.semantic_cache is not None}
-        router_models = {d.name: d.router_model or str(d.options.get("router_model") or "")
+        # The predictor's name for each deployment: `router_model`, else the provider's model id (which is
+        # what a router trained on that provider's answers knows it by).
+        router_models = {d.name: d.router_model or str(d.options.get("router_model") or d.model)
                          for d in config.deployments}
-        return cls(config, learned, cached, {k: v for k, v in router_models.items() if v})
+        return cls(config, learned, cached, router_models)
 
     @property
     def needed(self) -> bool:

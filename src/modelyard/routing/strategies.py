@@ -212,11 +212,17 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
 
     With `options.lambda` it maximises predicted quality - λ·(estimated cost in USD); otherwise it is the
     `cost` strategy: the cheapest candidate whose predicted quality clears `min_quality` (by default the
-    router's calibrated threshold).
+    router's calibrated threshold) and, when none does, the candidate with the highest predicted quality.
     """
     lam = ctx.options.get("lambda")
     if lam is None:
-        return cheapest(candidates, ctx)
+        order = cheapest(candidates, ctx)
+        if order or not candidates:
+            return order
+        # No candidate is predicted good enough: the one most likely to answer well, not a refusal.
+        ranked = sorted(candidates, key=lambda dep: -(ctx.quality_of(dep) or 0.0))
+        ctx.note(ranked[0], "no candidate clears min_quality: the highest predicted quality")
+        return ranked
     scored = []
     for i, dep in enumerate(candidates):
         quality = ctx.quality_of(dep)

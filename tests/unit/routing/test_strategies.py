@@ -126,6 +126,23 @@ def test_cost_quality_per_task():
     assert [d.name for d in cheapest(deps, chat)] == ["generalist"]
 
 
+def test_learned_uses_predicted_quality_and_falls_back_to_the_most_likely():
+    from modelyard.routing.strategies import learned
+
+    deps = [dep("cheap", price=(0.1, 0.1), quality=0.9), dep("strong", price=(5, 5), quality=0.9)]
+    predicted = {"cheap": 0.3, "strong": 0.8}
+    c = ctx(deployments=deps, constraints={"min_quality": 0.6})
+    c.quality = lambda d: predicted[d.name]
+    assert [d.name for d in learned(deps, c)] == ["strong"]  # predicted, not configured, quality decides
+    c = ctx(deployments=deps, constraints={"min_quality": 0.95})
+    c.quality = lambda d: predicted[d.name]
+    assert [d.name for d in learned(deps, c)] == ["strong", "cheap"]  # nobody clears it: most likely first
+    c = ctx(deployments=deps, options={"lambda": 1000.0})
+    c.quality = lambda d: predicted[d.name]
+    # quality - lambda x cost: 0.3 - 1000 x 2e-5 = 0.28 against 0.8 - 1000 x 1e-3 = -0.2
+    assert learned(deps, c)[0].name == "cheap"
+
+
 def test_filters_context_window_capabilities_circuit_and_limits():
     deps = [dep("small-window", context_window=1000), dep("no-tools", capabilities=["vision"]),
             dep("open"), dep("limited", limits=Limits(rpm=1)), dep("ok")]

@@ -53,7 +53,8 @@ class PolicyResult:
 
     def as_dict(self) -> dict[str, Any]:
         return {"policy": self.name, "strategy": self.strategy, "requests": self.requests, "routed": self.routed,
-                "refused": self.refused, "unlabelled": self.unlabelled, "total_cost_usd": self.total_cost, "mean_quality": self.mean_quality,
+                "refused": self.refused, "unlabelled": self.unlabelled, "total_cost_usd": self.total_cost,
+                "mean_quality": self.mean_quality,
                 "accuracy": self.accuracy, "cost_per_1000_usd": self.cost_per(),
                 "share": {m: n / max(1, self.routed) for m, n in self.shares.items()}}
 

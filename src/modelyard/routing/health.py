@@ -1,8 +1,8 @@
 """Live health of each deployment: latency EWMAs and p95, requests in flight, circuit breakers.
 
 The executor writes (it owns the clock); strategies only read `DeploymentHealth` objects. All methods are
-synchronous and O(1) (the p95 is recomputed from a small ring buffer only when asked, at most once per
-new sample), so one event loop can update them without locks.
+synchronous and O(1) amortised (the p95 is recomputed from a small ring buffer every 16th sample), so one
+event loop can update them without locks.
 """
 
 from __future__ import annotations
@@ -58,26 +58,26 @@ class DeploymentHealth:
     recent_failures: deque[float] = field(default_factory=deque)
     #: Outcomes inside the window for the error-rate rule: (time, failed).
     recent_outcomes: deque[tuple[float, bool]] = field(default_factory=deque)
+    #: p95 of the recent total latencies: a plain attribute (read by every `cost` decision), refreshed
+    #: from the ring buffer on every sample while it is small and every 16th sample after that.
+    p95_ms: float | None = None
     _latencies: list[float] = field(default_factory=list)
     _cursor: int = 0
-    _p95: float | None = None
-    _p95_dirty: bool = False
+    _samples: int = 0
 
-    @property
-    def p95_ms(self) -> float | None:
-        if self._p95_dirty:
-            ordered = sorted(self._latencies)
-            self._p95 = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
-            self._p95_dirty = False
-        return self._p95
-
-    def add_latency(self, total_ms: float) -> None:
+    def add_latency(self, total_ms: float) -> bool:
+        """Record a sample; True when the p95 was refreshed."""
         if len(self._latencies) < _SAMPLES:
             self._latencies.append(total_ms)
         else:
             self._latencies[self._cursor] = total_ms
             self._cursor = (self._cursor + 1) % _SAMPLES
-        self._p95_dirty = True
+        self._samples += 1
+        if self._samples <= 16 or self._samples % 16 == 0:
+            ordered = sorted(self._latencies)
+            self.p95_ms = ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))]
+            return True
+        return False
 
 
 StateListener = Callable[[str, BreakerState, BreakerState], None]
@@ -100,6 +100,20 @@ class HealthTracker:
         self.listeners: list[StateListener] = []
         #: Deployments whose circuit is not closed: empty in the common case, so filters skip the check.
         self.unhealthy: set[str] = set()
+        #: For each watched latency bound (the `max_latency_ms` values of the config), the deployments whose
+        #: p95 is above it: the `cost` strategy reads a (usually empty) set instead of every p95.
+        self._slow: dict[float, set[str]] = {}
+
+    def watch_latency(self, bound: float) -> None:
+        """Keep the set of deployments whose p95 exceeds `bound` up to date (see `slow_over`)."""
+        slow = self._slow.setdefault(float(bound), set())
+        for name, health in self._health.items():
+            if health.p95_ms is not None and health.p95_ms > bound:
+                slow.add(name)
+
+    def slow_over(self, bound: float) -> set[str] | None:
+        """Deployments whose p95 exceeds a watched `bound`; None when the bound is not watched."""
+        return self._slow.get(float(bound))
 
     def get(self, name: str) -> DeploymentHealth:
         health = self._health.get(name)
@@ -142,7 +156,13 @@ class HealthTracker:
         if ttft_ms is not None:
             health.ewma_ttft_ms = ttft_ms if health.ewma_ttft_ms is None else (
                 alpha * ttft_ms + (1 - alpha) * health.ewma_ttft_ms)
-        health.add_latency(total_ms)
+        if health.add_latency(total_ms) and self._slow:
+            p95 = health.p95_ms
+            for bound, slow in self._slow.items():
+                if p95 is not None and p95 > bound:
+                    slow.add(name)
+                else:
+                    slow.discard(name)
         self._record_outcome(health, now, failed=False)
         if health.state is BreakerState.HALF_OPEN:
             health.probe_in_flight = False

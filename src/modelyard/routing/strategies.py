@@ -69,19 +69,21 @@ def priority(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     return order
 
 
-def _latencies(candidates: list[Deployment], ctx: DecisionContext) -> list[float | None]:
-    healths = ctx.health.all()
+def _latencies(candidates: list[Deployment], ctx: DecisionContext) -> list[float]:
+    """EWMA latency per candidate (TTFT when streaming), -1 where none was observed yet."""
+    get = ctx.health.all().get
     if ctx.features.stream:
-        out: list[float | None] = []
-        for dep in candidates:
-            health = healths.get(dep.name)
-            if health is None:
-                out.append(None)
-            else:
-                out.append(health.ewma_ttft_ms if health.ewma_ttft_ms is not None else health.ewma_total_ms)
-        return out
-    return [health.ewma_total_ms if (health := healths.get(dep.name)) is not None else None
+        return [-1.0 if h is None else (h.ewma_ttft_ms if h.ewma_ttft_ms is not None else
+                                        (h.ewma_total_ms if h.ewma_total_ms is not None else -1.0))
+                for h in map(get, [dep.name for dep in candidates])]
+    return [-1.0 if (h := get(dep.name)) is None or h.ewma_total_ms is None else h.ewma_total_ms
             for dep in candidates]
+
+
+def _random_among_first(order: list[Deployment], tied: int, ctx: DecisionContext) -> None:
+    """Put one of the first `tied` (equally good) candidates first, at random: they share the load."""
+    if tied > 1:
+        order.insert(0, order.pop(int(ctx.rng.random() * tied)))
 
 
 def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -91,67 +93,63 @@ def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[De
     with no observations yet go first so that they get measured.
     """
     latencies = _latencies(candidates, ctx)
-    keyed = sorted((-1.0 if lat is None else lat, i) for i, lat in enumerate(latencies))
-    order = [candidates[i] for _, i in keyed]
-    best = keyed[0][0] if keyed else -1.0
-    if best >= 0 and len(keyed) > 1:
-        ceiling = best * (1 + float(ctx.options.get("latency_buffer", 0.1)))
-        near = 1
-        while near < len(keyed) and keyed[near][0] <= ceiling:
-            near += 1
-        if near > 1:
-            pick = int(ctx.rng.random() * near)
-            order.insert(0, order.pop(pick))
+    ranked = sorted(range(len(candidates)), key=latencies.__getitem__)
+    order = list(map(candidates.__getitem__, ranked))
+    if order and latencies[ranked[0]] >= 0:
+        ceiling = latencies[ranked[0]] * (1 + float(ctx.options.get("latency_buffer", 0.1)))
+        _random_among_first(order, bisect_right(ranked, ceiling, key=latencies.__getitem__), ctx)
     if ctx.explain:
         for dep, latency in zip(candidates, latencies, strict=True):
-            ctx.note(dep, "no latency observed yet" if latency is None else f"latency ewma {latency:.0f} ms")
+            ctx.note(dep, "no latency observed yet" if latency < 0 else f"latency ewma {latency:.0f} ms")
     return order
 
 
 def least_busy(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
     """Fewest requests in flight; a tie for first place is broken at random."""
-    healths = ctx.health.all()
-    keyed = []
-    for i, dep in enumerate(candidates):
-        health = healths.get(dep.name)
-        keyed.append((health.in_flight if health is not None else 0, i))
-    keyed.sort()
-    order = [candidates[i] for _, i in keyed]
-    if len(keyed) > 1 and keyed[1][0] == keyed[0][0]:
-        tied = 2
-        while tied < len(keyed) and keyed[tied][0] == keyed[0][0]:
-            tied += 1
-        order.insert(0, order.pop(int(ctx.rng.random() * tied)))
+    get = ctx.health.all().get
+    busy = [0 if (h := get(dep.name)) is None else h.in_flight for dep in candidates]
+    ranked = sorted(range(len(candidates)), key=busy.__getitem__)
+    order = list(map(candidates.__getitem__, ranked))
+    if order:
+        _random_among_first(order, busy.count(busy[ranked[0]]), ctx)  # sorted: the ties for first lead
     if ctx.explain:
-        for dep in order:
-            health = healths.get(dep.name)
-            ctx.note(dep, f"{health.in_flight if health else 0} in flight")
+        for dep, n in zip(candidates, busy, strict=True):
+            ctx.note(dep, f"{n} in flight")
     return order
 
 
-def _quality_floor(candidates: list[Deployment], ctx: DecisionContext, min_quality: float | None,
-                   ) -> tuple[list[tuple[int, Deployment]], list[Skip]]:
-    """Candidates meeting `min_quality` (static unless a learned predictor is in play), and the skips."""
-    if min_quality is None:
-        return list(enumerate(candidates)), []
+_Floor = tuple[list[Deployment], list[tuple[float, float]], list[Skip]]
+
+
+def _quality_floor(candidates: list[Deployment], ctx: DecisionContext, min_quality: float | None) -> _Floor:
+    """The candidates meeting `min_quality`, their (input, output) prices per token, and the skips.
+
+    Static unless a learned predictor is in play, so cached per model, task and floor."""
     cache = ctx.static_cache if ctx.quality is None else None
     key = ("quality-floor", ctx.features.task, min_quality)
-    if cache is not None and key in cache:
-        cached: tuple[list[tuple[int, Deployment]], list[Skip]] = cache[key]
-        return cached
-    passing: list[tuple[int, Deployment]] = []
-    skips: list[Skip] = []
-    for i, dep in enumerate(candidates):
-        quality = ctx.quality_of(dep)
-        if quality is None:
-            skips.append(Skip(dep.name, "quality unknown < min_quality {}", (min_quality,)))
-        elif quality < min_quality:
-            skips.append(Skip(dep.name, "quality {:.3f} < min_quality {}", (quality, min_quality)))
-        else:
-            passing.append((i, dep))
     if cache is not None:
-        cache[key] = (passing, skips)
-    return passing, skips
+        cached: _Floor | None = cache.get(key)
+        if cached is not None:
+            return cached
+    passing: list[Deployment] = []
+    skips: list[Skip] = []
+    for dep in candidates:
+        if min_quality is not None:
+            quality = ctx.quality_of(dep)
+            if quality is None:
+                skips.append(Skip(dep.name, "quality unknown < min_quality {}", (min_quality,)))
+                continue
+            if quality < min_quality:
+                skips.append(Skip(dep.name, "quality {:.3f} < min_quality {}", (quality, min_quality)))
+                continue
+        passing.append(dep)
+    prices = ctx.prices
+    rates = [(p.input * PER_TOKEN, p.output * PER_TOKEN) if (p := prices.get(dep.name)) is not None else (0.0, 0.0)
+             for dep in passing]
+    result = (passing, rates, skips)
+    if cache is not None:
+        cache[key] = result
+    return result
 
 
 def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -160,50 +158,50 @@ def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     Constraints (`ctx.constraints`): `max_latency_ms` against the observed p95 (unmeasured passes),
     `min_quality` against the configured (or learned) quality for the task, `max_cost_per_request`
     against the estimate from prompt tokens and max_tokens. Infeasible candidates are skipped with the
-    reason; a candidate with no quality score fails a `min_quality` constraint. The quality floor is
-    static for configured scores, so its result is cached per model, task and floor.
+    reason; a candidate with no quality score fails a `min_quality` constraint.
     """
     constraints = ctx.constraints
     max_latency = constraints.get("max_latency_ms")
     max_cost = constraints.get("max_cost_per_request")
-    passing, skips = _quality_floor(candidates, ctx, constraints.get("min_quality"))
+    passing, rates, skips = _quality_floor(candidates, ctx, constraints.get("min_quality"))
     if skips:
         ctx.skipped.extend(skips)
-    prompt_tokens = ctx.features.prompt_tokens * PER_TOKEN
-    output_tokens = ctx.features.output_estimate() * PER_TOKEN
-    prices = ctx.prices
-    costed = []
-    for i, dep in passing:
-        price = prices.get(dep.name)
-        costed.append((prompt_tokens * price.input + output_tokens * price.output if price else 0.0, i, dep))
-    if max_cost is not None:
-        for cost, _, dep in costed:
-            if cost > max_cost:
-                ctx.skip(dep, "estimated cost ${:.6f} > max_cost_per_request ${}", cost, max_cost)
-        costed = [item for item in costed if item[0] <= max_cost]
-    if max_latency is not None:
-        costed = _within_latency(costed, ctx, max_latency)
-    costed.sort()
+    prompt_tokens = ctx.features.prompt_tokens
+    output_tokens = ctx.features.output_estimate()
+    costs = [prompt_tokens * per_in + output_tokens * per_out for per_in, per_out in rates]
+    ranked = sorted(range(len(passing)), key=costs.__getitem__)
+    if max_cost is not None or max_latency is not None:
+        ranked = _feasible(ranked, passing, costs, ctx, max_cost, max_latency)
+    order = list(map(passing.__getitem__, ranked))
     if ctx.explain:
-        for cost, _, dep in costed:
-            quality = ctx.quality_of(dep)
+        for i in ranked:
+            quality = ctx.quality_of(passing[i])
             extra = f", quality {quality:.3f}" if quality is not None else ""
-            ctx.note(dep, f"estimated cost ${cost:.6f}{extra}")
-    return [dep for _, _, dep in costed]
+            ctx.note(passing[i], f"estimated cost ${costs[i]:.6f}{extra}")
+    return order
 
 
-def _within_latency(costed: list[tuple[float, int, Deployment]], ctx: DecisionContext,
-                    max_latency: float) -> list[tuple[float, int, Deployment]]:
-    healths = ctx.health.all()
-    kept = []
-    for item in costed:
-        health = healths.get(item[2].name)
-        p95 = health.p95_ms if health is not None else None
-        if p95 is not None and p95 > max_latency:
-            ctx.skip(item[2], "p95 {:.0f} ms > max_latency_ms {}", p95, max_latency)
-        else:
-            kept.append(item)
-    return kept
+def _feasible(ranked: list[int], passing: list[Deployment], costs: list[float], ctx: DecisionContext,
+              max_cost: float | None, max_latency: float | None) -> list[int]:
+    """The ranked candidates within the cost cap and the observed-p95 bound (unmeasured ones pass)."""
+    if max_cost is not None:
+        for i in ranked:
+            if costs[i] > max_cost:
+                ctx.skip(passing[i], "estimated cost ${:.6f} > max_cost_per_request ${}", costs[i], max_cost)
+        ranked = [i for i in ranked if costs[i] <= max_cost]
+    if max_latency is not None:
+        watched = ctx.health.slow_over(max_latency)
+        if watched is not None and not watched:
+            return ranked  # the common case: nobody is slower than this (configured) bound
+        get = ctx.health.all().get
+        p95s = [None if (h := get(passing[i].name)) is None else h.p95_ms for i in ranked]
+        slow = [(i, p95) for i, p95 in zip(ranked, p95s, strict=True) if p95 is not None and p95 > max_latency]
+        if slow:
+            for i, p95 in slow:
+                ctx.skip(passing[i], "p95 {:.0f} ms > max_latency_ms {}", p95, max_latency)
+            excluded = {i for i, _ in slow}
+            ranked = [i for i in ranked if i not in excluded]
+    return ranked
 
 
 def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:

@@ -65,9 +65,14 @@ def test_latency_ewma_p95_and_in_flight():
         health.on_success("a", 0, ms, ttft_ms=ms / 10)
     h = health.get("a")
     assert h.ewma_total_ms == 150 and h.ewma_ttft_ms == 15 and h.in_flight == 0
-    for ms in range(1, 101):
+    for ms in range(1, 111):  # 112 samples in all: the p95 is refreshed every 16th, so it is current now
         h.add_latency(ms)
-    assert 94 <= (h.p95_ms or 0) <= 97
+    assert 103 <= (h.p95_ms or 0) <= 107
+    h.add_latency(10_000)  # one outlier is not seen until the next refresh...
+    assert (h.p95_ms or 0) < 200
+    for _ in range(15):
+        h.add_latency(10_000)
+    assert h.p95_ms == 10_000  # ...16 of them (over 12% of the window) are
 
 
 def test_minute_window_slides_and_corrects():

@@ -3,12 +3,12 @@
     python bench/gateway_bench.py                      # everything (installs LiteLLM into /tmp/venv-litellm)
     python bench/gateway_bench.py --no-litellm --duration 5 --only direct,passthrough,modelyard
 
-One upstream (bench/upstream.py: a fast OpenAI mock, 0 ms and then 50 ms of latency), one load generator
-(wrk with bench/chat.lua; hey for the fixed-rate run; an aiohttp client for streaming time to first
-token), every contender with one worker, started one at a time on loopback. Per contender and scenario:
-requests/s, latency p50/p99 and the added latency (contender minus direct, same run), CPU seconds per
-1,000 requests and peak RSS of the contender's process tree. Results go to stdout as a table and to
-bench/results/<timestamp>.json.
+One upstream (bench/upstream.py: a fast OpenAI mock, 0 ms and then 50 ms of latency) and the same load for
+every contender: wrk with bench/chat.lua; bench/fixed_rate.py, an open-loop generator, for the fixed-rate
+run; an aiohttp client for streaming time to first token. Every contender runs with one worker, started one
+at a time on loopback. Per contender and scenario: requests/s, latency p50/p99 and the added latency
+(contender minus direct, same run), CPU milliseconds per request and peak RSS of the contender's process
+tree. Results go to stdout as a table and to bench/results/<timestamp>.json.
 
 modelyard runs as `modelyard serve` with a master key, a virtual key (with RPM/TPM limits and a budget),
 a `cost` routing strategy over two deployments, accounting, /metrics and the spend log in SQLite: the
@@ -281,24 +281,16 @@ def wrk(contender: Contender, connections: int, duration: float, stream: bool = 
     return dict(json.loads(match.group(1)))
 
 
-def hey_fixed_rate(contender: Contender, rate: int, duration: float, tmp: Path) -> dict[str, Any]:
-    """A fixed request rate: hey with 50 workers at rate/50 requests/s each."""
-    body = tmp / "body.json"
-    body.write_text(json.dumps({"model": contender.model, "max_tokens": 16, "messages": [
-        {"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in five words."}]}))
-    workers = 50
-    cmd = ["hey", "-z", f"{duration}s", "-c", str(workers), "-q", str(rate / workers), "-m", "POST", "-T",
-           "application/json", "-H", f"Authorization: Bearer {contender.key}", "-D", str(body),
-           contender.url + "/v1/chat/completions"]
+def fixed_rate(contender: Contender, rate: int, duration: float) -> dict[str, Any]:
+    """A fixed request rate from an open-loop generator (bench/fixed_rate.py) in its own process."""
+    cmd = [PY, str(HERE / "fixed_rate.py"), "--url", contender.url, "--rate", str(rate), "--duration",
+           str(duration), "--key", contender.key, "--model", contender.model]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
-    result: dict[str, Any] = {}
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    result["rps"] = float(rps.group(1)) if rps else 0.0
-    for q in ("50", "90", "99"):
-        found = re.search(rf"\s{q}%% in ([\d.]+) secs", out.replace("%", "%%"))
-        result[f"p{q}_ms"] = float(found.group(1)) * 1000 if found else None
-    codes = re.findall(r"\[(\d{3})\]\s+(\d+) responses", out)
-    result["non2xx"] = sum(int(n) for code, n in codes if not code.startswith("2"))
+    match = re.search(r"FIXED (\{.*\})", out)
+    if not match:
+        raise RuntimeError(f"fixed_rate.py printed no result for {contender.name}:\n{out}")
+    result = dict(json.loads(match.group(1)))
+    result["non2xx"] = result.pop("errors")
     return result
 
 
@@ -341,7 +333,7 @@ SCENARIOS = [
     ("c16", "wrk", 16, False),
     ("c64", "wrk", 64, False),
     ("stream-c16", "wrk", 16, True),
-    ("rate500", "hey", 500, False),
+    ("rate500", "rate", 500, False),
     ("ttft-c1", "ttft", 1, True),
 ]
 
@@ -356,8 +348,8 @@ def measure(contender: Contender, duration: float, tmp: Path,
         if kind == "wrk":
             result = wrk(contender, amount, duration, stream)
             count = result["requests"]
-        elif kind == "hey":
-            result = hey_fixed_rate(contender, amount, duration, tmp)
+        elif kind == "rate":
+            result = fixed_rate(contender, amount, duration)
             count = int(result["rps"] * duration)
         else:
             result = ttft(contender, 300)
@@ -431,15 +423,14 @@ def _start(name: str, upstream_url: str, tmp: Path) -> Contender | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk/hey run")
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
     parser.add_argument("--only", default="direct,passthrough,modelyard,modelyard2,litellm")
     parser.add_argument("--no-litellm", action="store_true")
     parser.add_argument("--delays", default="0,50", help="upstream latencies in ms")
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
     args = parser.parse_args()
-    for tool in ("wrk", "hey"):
-        if shutil.which(tool) is None:
-            sys.exit(f"{tool} not found: apt-get install -y wrk hey")
+    if shutil.which("wrk") is None:
+        sys.exit("wrk not found: apt-get install -y wrk")
     wanted = [w for w in args.only.split(",") if not (args.no_litellm and w == "litellm")]
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
     report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "nproc": os.cpu_count(),

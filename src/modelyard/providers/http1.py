@@ -40,12 +40,14 @@ class Origin:
     scheme: str
     host: str
     port: int
+    authority: bytes  # the Host header, computed once (the IDNA codec is slow)
 
-    @property
-    def authority(self) -> bytes:
-        default = 443 if self.scheme == "https" else 80
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return (host if self.port == default else f"{host}:{self.port}").encode("idna")
+    @classmethod
+    def of(cls, scheme: str, host: str, port: int) -> Origin:
+        default = 443 if scheme == "https" else 80
+        shown = f"[{host}]" if ":" in host else host
+        authority = (shown if port == default else f"{shown}:{port}").encode("idna")
+        return cls(scheme, host, port, authority)
 
 
 @lru_cache(maxsize=1024)
@@ -56,7 +58,7 @@ def split_url(url: str) -> tuple[Origin, bytes]:
         raise HttpError(f"unsupported URL scheme or host: {parts.scheme}://{parts.hostname}")
     port = parts.port or (443 if parts.scheme == "https" else 80)
     target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    return Origin(parts.scheme, parts.hostname, port), target.encode("latin-1")
+    return Origin.of(parts.scheme, parts.hostname, port), target.encode("latin-1")
 
 
 class Response:

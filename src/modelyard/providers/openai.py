@@ -86,9 +86,11 @@ class OpenAIAdapter:
         data = _decode_object(body)
         if not isinstance(data.get("choices"), list):
             raise ProviderError(ErrorKind.SERVER, "malformed response: no choices")
-        data.setdefault("id", new_id("chatcmpl-"))
+        if "id" not in data:
+            data["id"] = new_id("chatcmpl-")
         data["object"] = "chat.completion"
-        data.setdefault("created", int(time.time()))
+        if "created" not in data:
+            data["created"] = int(time.time())
         model = data.get("model") or dep.model
         data["model"] = model
         for choice in data["choices"]:
@@ -98,8 +100,9 @@ class OpenAIAdapter:
             message.setdefault("content", None)
             _normalise_tool_calls(message.get("tool_calls"))
             choice["finish_reason"] = _finish(choice.get("finish_reason"), message)
-        usage = Usage.from_openai(data.get("usage"))
-        data["usage"] = _usage_dict(data.get("usage"), usage)
+        raw_usage = data.get("usage")
+        usage = Usage.from_openai(raw_usage)
+        data["usage"] = _usage_dict(raw_usage, usage)
         return Completion(data, usage, model)
 
     def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
@@ -194,12 +197,24 @@ def _finish(reason: Any, message: dict[str, Any] | None = None) -> str | None:
 
 
 def _usage_dict(raw: Any, usage: Usage) -> dict[str, Any]:
-    out = usage.to_openai()
-    if isinstance(raw, dict):  # keep provider extras (audio tokens, prediction tokens, ...)
-        for key in ("prompt_tokens_details", "completion_tokens_details"):
-            if isinstance(raw.get(key), dict):
-                out[key] = {**raw[key], **out[key]}
-    return out
+    """The provider's usage object, completed to the canonical shape (totals and the details objects with
+    cached, cache-write and reasoning tokens) without dropping its extras (audio, prediction tokens)."""
+    if not isinstance(raw, dict) or "prompt_tokens" not in raw or "completion_tokens" not in raw:
+        return usage.to_openai()
+    if "total_tokens" not in raw:
+        raw["total_tokens"] = usage.total
+    prompt_details = raw.get("prompt_tokens_details")
+    if not isinstance(prompt_details, dict):
+        raw["prompt_tokens_details"] = {"cached_tokens": usage.cached, "cache_write_tokens": usage.cache_write}
+    else:
+        prompt_details.setdefault("cached_tokens", usage.cached)
+        prompt_details.setdefault("cache_write_tokens", usage.cache_write)
+    completion_details = raw.get("completion_tokens_details")
+    if not isinstance(completion_details, dict):
+        raw["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning}
+    else:
+        completion_details.setdefault("reasoning_tokens", usage.reasoning)
+    return raw
 
 
 class OpenAIStreamTranslator:

@@ -72,4 +72,6 @@ class RetryPolicy:
 
 def attempts_header(records: list[AttemptRecord]) -> str:
     """`x-modelyard-attempts`: the count, then each attempt (deployment, outcome, latency)."""
-    return f"{len(records)}; " + ", ".join(r.header_part() for r in records)
+    if len(records) == 1:
+        return "1; " + records[0].header_part()
+    return f"{len(records)}; " + ", ".join([r.header_part() for r in records])

@@ -314,7 +314,9 @@ class Executor:
         started = self.clock()
         estimate = features.prompt_tokens + features.output_estimate()
         self.health.on_start(dep.name, started)
-        self.limits.record(dep.name, started, estimate)
+        limited = dep.limits.rpm is not None or dep.limits.tpm is not None
+        if limited:
+            self.limits.record(dep.name, started, estimate)
         try:
             try:
                 call = adapter.chat_call(dep, request.req, request.raw, request.stream)
@@ -338,7 +340,8 @@ class Executor:
         record.latency_ms = total_ms
         record.cost_usd = cost_usd(usage, self.prices.get(dep.name))
         self.health.on_success(dep.name, now, total_ms, total_ms)
-        self.limits.correct_tokens(dep.name, started, usage.total - estimate)
+        if limited:
+            self.limits.correct_tokens(dep.name, started, usage.total - estimate)
         return completion
 
     async def _open(self, dep: Deployment, adapter: Adapter, call: Any, timeouts: Timeouts, request: _Request,
@@ -499,8 +502,9 @@ class StreamResult:
             executor.health.on_cancel(dep.name)
         else:
             executor.health.on_success(dep.name, now, total_ms, opened.ttft_ms)
-        executor.limits.correct_tokens(dep.name, opened.started,
-                                       usage.total - features.prompt_tokens - features.output_estimate())
+        if dep.limits.rpm is not None or dep.limits.tpm is not None:
+            executor.limits.correct_tokens(dep.name, opened.started,
+                                           usage.total - features.prompt_tokens - features.output_estimate())
 
 
 def _substantive(chunk: dict[str, Any]) -> bool:

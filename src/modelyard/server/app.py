@@ -8,6 +8,7 @@ takes the worker down.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -115,9 +116,12 @@ class Gateway:
         self.services = services
         self.access = services.access if services is not None else None
         self.intelligence = Intelligence.from_config(config)
+        self._deployment_headers: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
         self.ready = False
+        #: Set by `modelyard serve` (the process is ours): freeze start-up objects out of the collector.
+        self.tune_gc = False
         self.routes: dict[tuple[str, str], tuple[Handler, ErrorWriter]] = {}
         for prefix in ("/v1", ""):
             self.routes[("POST", f"{prefix}/chat/completions")] = (openai_routes.chat_completions, _openai_error)
@@ -206,6 +210,8 @@ class Gateway:
         if self.services is not None:
             await self.services.start()
         await self.observer.start()
+        if self.tune_gc:
+            _tune_gc()
         self.ready = True
 
     async def shutdown(self) -> None:
@@ -269,15 +275,19 @@ class Gateway:
 
     def answer_headers(self, ctx: RequestContext, dep: Deployment, records: list[AttemptRecord],
                        cost: float | None) -> Headers:
+        fixed = self._deployment_headers.get(dep.name)
+        if fixed is None:  # the two headers that depend on the deployment only, encoded once
+            fixed = self._deployment_headers[dep.name] = (
+                (b"x-modelyard-model", dep.name.encode()), (b"x-modelyard-provider", dep.provider.encode()))
         headers: Headers = [
-            (b"x-modelyard-model", dep.name.encode()),
-            (b"x-modelyard-provider", dep.provider.encode()),
+            fixed[0],
+            fixed[1],
             (b"x-modelyard-attempts", attempts_header(records).encode()),
-            (b"x-modelyard-latency-ms", f"{ctx.elapsed_ms:.1f}".encode()),
+            (b"x-modelyard-latency-ms", b"%.1f" % ctx.elapsed_ms),
             (b"x-request-id", ctx.request_id.encode()),
         ]
         if cost is not None:
-            headers.append((b"x-modelyard-cost-usd", f"{cost:.8f}".encode()))
+            headers.append((b"x-modelyard-cost-usd", b"%.8f" % cost))
         if ctx.explain is not None:
             headers.append((b"x-modelyard-explain", msgspec.json.encode(ctx.explain)))
         return headers
@@ -289,6 +299,19 @@ class Gateway:
         if error.retry_after is not None and error.client_status == 429:
             headers.append((b"retry-after", str(max(1, round(error.retry_after))).encode()))
         return headers
+
+
+def _tune_gc() -> None:
+    """Keep the cyclic garbage collector off the latency tail.
+
+    By the end of start-up the process holds tens of thousands of long-lived objects (modules, config,
+    tokenizer tables); every full collection would walk them all (~15 ms measured, a visible p99 spike at a
+    few hundred requests/s). Freezing them moves them out of the collector's sight; a larger first-generation
+    threshold makes collections of the short-lived request objects rarer and still cheap.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 async def _live(gw: Gateway, request: Request, ctx: RequestContext) -> None:

@@ -25,4 +25,6 @@ __all__ = ["DEMO_CONFIG", "app_from_env", "build_gateway", "demo_config"]
 
 def app_from_env() -> Gateway:
     """uvicorn factory: reads $MODELYARD_CONFIG (set by `modelyard serve`)."""
-    return build_gateway(load_config(os.environ.get("MODELYARD_CONFIG")))
+    gateway = build_gateway(load_config(os.environ.get("MODELYARD_CONFIG")))
+    gateway.tune_gc = True  # this process serves only the gateway
+    return gateway

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+import msgspec
+
 from modelyard.config.model import Deployment
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -62,8 +64,9 @@ class StreamTranslator(Protocol):
     #: The model name the provider reported (updated as events arrive).
     model: str
 
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
-        """Chunks for this event; raises ProviderError for an in-stream error event."""
+    def feed(self, event: SSEEvent) -> list[dict[str, Any] | msgspec.Raw]:
+        """Chunks for this event (dicts, or `msgspec.Raw` canonical JSON passed through as it came);
+        raises ProviderError for an in-stream error event."""
         ...
 
     def finish(self) -> list[dict[str, Any]]:

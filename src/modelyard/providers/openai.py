@@ -227,16 +227,23 @@ class OpenAIStreamTranslator:
         self.saw_usage = False
         self._done = False
         self._finished = False
+        #: The first chunk carried id, created and model: later plain content deltas can pass through raw.
+        self._shaped = False
 
     @property
     def done(self) -> bool:
         return self._done
 
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+    def feed(self, event: SSEEvent) -> list[dict[str, Any] | msgspec.Raw]:
         data = event.data
         if data == b"[DONE]":
             self._done = True
             return []
+        if self._shaped and _plain_delta(data) and event.event is None:
+            # A content delta of a well-formed stream needs no change: its bytes go out as they came
+            # (no decode, no encode). Anything else (the first chunk, a finish, tool calls, usage, errors)
+            # is decoded and normalised below.
+            return [msgspec.Raw(data)]
         if not data.strip():
             return []
         try:
@@ -260,6 +267,9 @@ class OpenAIStreamTranslator:
             return []  # the usage-only chunk; the server re-emits usage itself
         if chunk.get("model"):
             self.model = chunk["model"]
+        if not self._shaped:
+            self._shaped = "id" in chunk and "created" in chunk and "model" in chunk \
+                and chunk.get("object") == "chat.completion.chunk"
         chunk.setdefault("id", self.stamp.id)
         chunk["object"] = "chat.completion.chunk"
         chunk.setdefault("created", self.stamp.created)
@@ -280,6 +290,13 @@ class OpenAIStreamTranslator:
             raise ProviderError(ErrorKind.CONNECTION, "stream ended before it was complete",
                                 after_first_byte=True)
         return []
+
+
+def _plain_delta(data: bytes) -> bool:
+    """A chunk that cannot need normalising: choices with a delta, not finishing, no tool calls, no usage
+    object, no error (compact JSON as OpenAI-compatible servers send it; anything else is decoded)."""
+    return (b'"finish_reason":null' in data and b'"choices":[{' in data and b'"tool_calls"' not in data
+            and b'"usage":{' not in data and b'"error"' not in data)
 
 
 def _normalise_stream_tool_calls(tool_calls: Any) -> None:

@@ -19,6 +19,8 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from modelyard.accounting.prices import cost_usd, estimate_cost_usd
 from modelyard.accounting.tokens import count_text
 from modelyard.config.model import Deployment, Price, Timeouts
@@ -36,6 +38,9 @@ from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 log = logging.getLogger("modelyard.executor")
 
 Replan = Callable[[str], Plan]
+#: A stream chunk: a dict in the canonical shape, or canonical JSON passed through undecoded.
+Chunk = dict[str, Any] | msgspec.Raw
+_decode = msgspec.json.Decoder().decode
 
 
 @dataclass(slots=True)
@@ -59,7 +64,7 @@ class _Opened:
     stream: EventStream
     events: AsyncIterator[Any]
     translator: StreamTranslator
-    first: list[dict[str, Any]]
+    first: list[Chunk]
     record: AttemptRecord
     started: float
     ttft_ms: float
@@ -352,13 +357,13 @@ class Executor:
             events = stream.batches()
             # Buffer until the answer has substance (content, a tool call or a finish): a stream that breaks
             # after only the role preamble can still fail over without the client seeing anything.
-            first: list[dict[str, Any]] = []
+            first: list[Chunk] = []
             async for batch in events:
                 for event in batch:
                     first.extend(translator.feed(event))
                     if translator.done:
                         break
-                if translator.done or any(_substantive(chunk) for chunk in first):
+                if translator.done or (first and any(map(_substantive, first))):
                     break
             else:
                 first.extend(translator.finish())  # a complete answer, or a cut stream (raises)
@@ -405,7 +410,8 @@ class StreamResult:
         self.ttft_ms = (executor.clock() - started) * 1000
         self.usage = Usage()
         self.finished = False
-        self._texts: list[str] = []
+        #: Every chunk passed on, in case the provider reports no usage and the answer must be counted.
+        self._texts: list[Chunk] = []
 
     @property
     def model(self) -> str:
@@ -424,7 +430,7 @@ class StreamResult:
     def latency_ms(self) -> float:
         return (self._executor.clock() - self._started) * 1000
 
-    async def batches(self) -> AsyncIterator[list[dict[str, Any]]]:
+    async def batches(self) -> AsyncIterator[list[Chunk]]:
         """The answer's chunks, in batches of what arrived together; raises ProviderError(after_first_byte)
         if the stream breaks."""
         opened = self._opened
@@ -432,21 +438,21 @@ class StreamResult:
         texts = self._texts
         try:
             if opened.first:
-                _collect_texts(opened.first, texts)
+                texts.extend(opened.first)
                 yield opened.first
             if not translator.done:
                 async for events in opened.events:
-                    out: list[dict[str, Any]] = []
+                    out: list[Chunk] = []
                     for event in events:
                         out.extend(translator.feed(event))
                         if translator.done:
                             break
                     if out:
-                        _collect_texts(out, texts)
+                        texts.extend(out)
                         yield out
                     if translator.done:
                         break
-                tail = translator.finish()
+                tail: list[Chunk] = [*translator.finish()]
                 if tail:
                     yield tail
         except ProviderError as error:
@@ -465,10 +471,11 @@ class StreamResult:
             opened.stream.close()
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
-        """Every chunk of the answer, one at a time (see `batches`)."""
+        """Every chunk of the answer as a dict, one at a time (`batches` is the hot path: it may hand out
+        `msgspec.Raw` chunks that pass through undecoded)."""
         async for batch in self.batches():
             for chunk in batch:
-                yield chunk
+                yield as_dict(chunk)
 
     async def aclose(self) -> None:
         """The client went away: stop reading the provider."""
@@ -488,7 +495,7 @@ class StreamResult:
         total_ms = (now - opened.started) * 1000
         usage = opened.translator.usage
         if usage.prompt == 0 and usage.completion == 0:
-            usage = Usage(prompt=features.prompt_tokens, completion=count_text("".join(self._texts)))
+            usage = Usage(prompt=features.prompt_tokens, completion=count_text(_streamed_text(self._texts)))
         self.usage = usage
         record = opened.record
         record.latency_ms = total_ms
@@ -507,7 +514,17 @@ class StreamResult:
                                            usage.total - features.prompt_tokens - features.output_estimate())
 
 
-def _substantive(chunk: dict[str, Any]) -> bool:
+def as_dict(chunk: Chunk) -> dict[str, Any]:
+    """A chunk as a dict, decoding one that passed through raw."""
+    if isinstance(chunk, msgspec.Raw):
+        decoded: dict[str, Any] = _decode(chunk)
+        return decoded
+    return chunk
+
+
+def _substantive(chunk: Chunk) -> bool:
+    if isinstance(chunk, msgspec.Raw):
+        return True  # only content deltas pass through raw
     for choice in chunk.get("choices") or ():
         if choice.get("finish_reason") is not None:
             return True
@@ -517,13 +534,14 @@ def _substantive(chunk: dict[str, Any]) -> bool:
     return False
 
 
-def _collect_texts(chunks: list[dict[str, Any]], texts: list[str]) -> None:
-    """Keep the streamed text, in case the provider reports no usage and it must be counted."""
+def _streamed_text(chunks: list[Chunk]) -> str:
+    parts = []
     for chunk in chunks:
-        for choice in chunk.get("choices") or ():
-            content = choice.get("delta", {}).get("content")
+        for choice in as_dict(chunk).get("choices") or ():
+            content = (choice.get("delta") or {}).get("content")
             if content:
-                texts.append(content)
+                parts.append(content)
+    return "".join(parts)
 
 
 def ensure_usage(completion: Completion, features: RequestFeatures) -> Usage:

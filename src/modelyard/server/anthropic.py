@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from modelyard.routing.executor import as_dict
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ProviderError
 from modelyard.server.anthropic_translate import (
@@ -71,7 +72,7 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
-            out = [event for chunk in batch for event in events.feed(chunk)]
+            out = [event for chunk in batch for event in events.feed(as_dict(chunk))]
             if result.upstream_done:
                 held.extend(out)  # sent with message_stop in one write
             elif out:

@@ -83,19 +83,22 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
     last: dict[str, Any] = {}
     held = b""
+    batches = 0
     error: ProviderError | None = None
     watcher: asyncio.Future[None] | None = None
     try:
         async for batch in result.batches():
+            batches += 1
             if watcher is None:
                 # Watch for a client that goes away only once the answer spans more than one read: an answer
                 # that arrives at once needs no watcher (and saves a task per request).
-                watcher = asyncio.ensure_future(request.wait_disconnect()) if last else None
+                watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
             elif watcher.done():
                 await result.aclose()
                 ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
                 return
-            last = batch[-1]
+            if isinstance(batch[-1], dict):
+                last = batch[-1]  # for the id, created and model of the usage chunk
             body = b"".join([b"data: " + _encode(chunk) + b"\n\n" for chunk in batch])
             if result.upstream_done:
                 held += body

@@ -110,9 +110,29 @@ def test_stream_translation_usage_captured_usage_chunk_dropped():
     events = stream_of(*(msgspec.json.encode(c) for c in chunks), b"[DONE]")
     translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
     out = [c for e in events for c in translator.feed(e)]
-    assert len(out) == 3 and all("usage" not in c for c in out)
+    assert len(out) == 3
+    # the first chunk (shape check) and the finishing one are decoded and normalised...
+    assert isinstance(out[0], dict) and isinstance(out[2], dict)
+    assert "usage" not in out[0] and out[2]["choices"][0]["finish_reason"] == "stop"
+    # ...a plain content delta of a well-formed stream passes through as the provider's own bytes
+    assert isinstance(out[1], msgspec.Raw) and bytes(out[1]) == msgspec.json.encode(chunks[1])
     assert translator.done and translator.usage.prompt == 9 and translator.usage.completion == 2
     assert translator.finish() == []
+
+
+def test_stream_chunks_needing_care_are_never_passed_raw():
+    base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
+    translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
+    translator.feed(SSEEvent(msgspec.json.encode({**base, "choices": [
+        {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})))
+    tool = {**base, "choices": [{"index": 0, "delta": {"tool_calls": [
+        {"index": 0, "function": {"arguments": {"city": "Oslo"}}}]}, "finish_reason": None}]}
+    out = translator.feed(SSEEvent(msgspec.json.encode(tool)))
+    assert out[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Oslo"}'
+    spaced = b'{"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]}'
+    assert isinstance(translator.feed(SSEEvent(spaced))[0], dict)  # not compact JSON: decoded
+    with pytest.raises(ProviderError):
+        translator.feed(SSEEvent(b'{"error": {"message": "boom"}, "choices": [{"finish_reason":null}]}'))
 
 
 def test_stream_cut_and_error_event():

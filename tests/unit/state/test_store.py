@@ -89,6 +89,13 @@ async def test_spend_round_trip(store: Store) -> None:
     assert await store.spend_records() == [record]
 
 
+async def test_spend_text_survives_the_batch_encoding(store: Store) -> None:
+    record = _spend(2, content='héllo "quoted" \n\t✓ \\ end', status="stream_error", error_kind="connection",
+                    ttft_ms=None, cost_usd=1e-12)
+    await store.write_spend([record])
+    assert (await store.spend_records())[-1] == record
+
+
 async def test_spend_report_by_model_key_and_day(store: Store) -> None:
     day2 = 1_700_000_000.0 + DAY
     records = [

@@ -8,6 +8,7 @@ it, over which wire format, after how many attempts, how fast and at what cost.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -118,7 +119,8 @@ async def _run_calls(base: str, calls: list[Call]) -> list[dict[str, Any]]:
 def run_demo(*, requests: int = 16, seed: int = 7) -> None:
     from modelyard.sim.server import SimServer
 
-    console = Console()
+    # Wide enough for the table when the output is not a terminal (CI logs, pipes default to 80 columns).
+    console = Console() if sys.stdout.isatty() else Console(width=150)
     started = time.perf_counter()
     scripted = demo_calls()
     calls = [scripted[i % len(scripted)] for i in range(max(requests, 1))]
@@ -137,7 +139,7 @@ def run_demo(*, requests: int = 16, seed: int = 7) -> None:
         cost = float(row["cost"]) if row.get("cost") not in (None, "None") else 0.0
         total += cost
         table.add_row(str(i), call.label, str(call.body.get("model")), row["served"], row["provider"],
-                      row["attempts"], f"{row['latency']:.0f}", row["tokens"], f"{cost:.6f}",
+                      row["attempts"], f"{row['latency']:.0f}", row["tokens"], f"{cost:.8f}",
                       "ok" if row["status"] == 200 else f"{row['status']} {row.get('error', '')}")
     console.print(table)
     console.print(f"{len(rows)} requests, total cost ${total:.6f}, "

@@ -224,6 +224,7 @@ def shared_data_dir() -> Path | None:
     here = Path(__file__).resolve()
     candidates += [p / "shared" / "data" / "routing" for p in here.parents]
     candidates.append(Path.cwd().parent / "shared" / "data" / "routing")
+    candidates.append(Path("/work/shared/data/routing"))  # this project's machines keep it there
     for c in candidates:
         if c.is_dir():
             return c

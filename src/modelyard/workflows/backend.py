@@ -107,6 +107,21 @@ def routing_options(metadata: dict[str, str]) -> dict[str, Any]:
     return options
 
 
+def chat_body(call: ModelCall) -> dict[str, Any]:
+    """The OpenAI chat request (with the gateway's routing options) for one model call."""
+    body: dict[str, Any] = {"model": call.model, "messages": call.messages}
+    if call.max_tokens is not None:
+        body["max_tokens"] = call.max_tokens
+    if call.temperature is not None:
+        body["temperature"] = call.temperature
+    if call.response_format is not None:
+        body["response_format"] = call.response_format
+    options = routing_options(call.metadata)
+    if options:
+        body["modelyard"] = options
+    return body
+
+
 class HttpBackend:
     """A remote modelyard gateway over HTTP (`/v1/chat/completions` plus the `x-modelyard-*` headers).
 
@@ -142,17 +157,7 @@ class HttpBackend:
         return self._session
 
     def request_body(self, call: ModelCall) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": call.model, "messages": call.messages}
-        if call.max_tokens is not None:
-            body["max_tokens"] = call.max_tokens
-        if call.temperature is not None:
-            body["temperature"] = call.temperature
-        if call.response_format is not None:
-            body["response_format"] = call.response_format
-        options = routing_options(call.metadata)
-        if options:
-            body["modelyard"] = options
-        return body
+        return chat_body(call)
 
     async def call(self, call: ModelCall) -> ModelAnswer:
         started = time.perf_counter()

@@ -23,7 +23,7 @@ from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import GatewayError
-from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, routing_options
+from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, chat_body
 
 _DEFAULT_OUTPUT_TOKENS = 256
 
@@ -43,21 +43,12 @@ class GatewayBackend:
         self.router = router
 
     def _request(self, call: ModelCall) -> tuple[ChatRequest, dict[str, Any], RequestFeatures]:
-        raw: dict[str, Any] = {"model": call.model, "messages": call.messages}
-        if call.max_tokens is not None:
-            raw["max_tokens"] = call.max_tokens
-        if call.temperature is not None:
-            raw["temperature"] = call.temperature
-        if call.response_format is not None:
-            raw["response_format"] = call.response_format
-        options = routing_options(call.metadata)
-        if options:
-            raw["modelyard"] = options
+        raw = chat_body(call)
         try:
             req = msgspec.convert(raw, ChatRequest)
         except msgspec.ValidationError as exc:
             raise GatewayError(400, f"invalid model call: {exc}") from None
-        tags = tuple(options.get("tags", ()))
+        tags = tuple((raw.get("modelyard") or {}).get("tags", ()))
         return req, raw, chat_features(req, tags=tags)
 
     async def call(self, call: ModelCall) -> ModelAnswer:

@@ -53,8 +53,10 @@ class DecisionContext:
     skipped: list[Skip] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)
     quality: QualityFn | None = None
-    #: The learned router's calibrated threshold, used when a `learned` model sets no `min_quality`.
+    #: The learned router's calibrated knobs, used when a `learned` model sets neither `min_quality` nor
+    #: `options.lambda` (λ first: it does better than a threshold on every curve measured, docs/routing.md).
     default_min_quality: float | None = None
+    default_lambda: float | None = None
     #: A per-model cache for static work (e.g. which candidates meet a quality floor), offered by the
     #: planner only when the candidates are exactly the model's own list, unfiltered; else None.
     static_cache: dict[Any, Any] | None = None

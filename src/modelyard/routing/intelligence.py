@@ -45,6 +45,7 @@ class Insight:
     vector: Any = None  # the full embedding (numpy), for the semantic cache
     cached: Any = None  # a cached answer, when the semantic cache had one
     default_min_quality: float | None = None
+    default_lambda: float | None = None
 
 
 @dataclass
@@ -59,6 +60,8 @@ class Intelligence:
     semantic: SemanticRouter | None = None
     cache: SemanticCache[Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    #: The router's calibrated λ per learned model (preferred over the threshold when neither is configured).
+    lambdas: dict[str, float] = field(default_factory=dict)
     _full: Any = None
     _pool: ThreadPoolExecutor | None = None
 
@@ -122,7 +125,11 @@ class Intelligence:
             if unknown:
                 log.warning("model %s: deployments %s have no router_model the learned router knows (%s); their "
                             "configured quality is used instead", model, unknown, ", ".join(sorted(known)))
-            point = self.learned.operating_point([m for m in mapped if m in known], "threshold")
+            known_models = [m for m in mapped if m in known]
+            lam = self.learned.operating_point(known_models, "lambda")
+            if lam is not None:
+                self.lambdas[model] = float(lam["knob"])
+            point = self.learned.operating_point(known_models, "threshold")
             if point is not None:
                 self.thresholds[model] = float(point["knob"])
 
@@ -139,7 +146,7 @@ class Intelligence:
                                           features.task is None, cache_ns)
 
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
-        insight = Insight(default_min_quality=self.thresholds.get(model))
+        insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))
         if model in self.learned_models and self.learned is not None:
             insight.predicted = self.learned.predict(text)
         if self._full is not None and ((infer_task and self.semantic is not None) or cache_ns is not None):

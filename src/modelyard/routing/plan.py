@@ -113,8 +113,11 @@ def make_plan(
     kept = filter_candidates(candidates, ctx, profile=profile)
     if profile is not None and len(kept) == len(candidates):
         ctx.static_cache = group.cache
-    if strategy == "learned" and "min_quality" not in ctx.constraints and ctx.default_min_quality is not None:
-        ctx.constraints = {**ctx.constraints, "min_quality": ctx.default_min_quality}
+    if strategy == "learned" and "min_quality" not in ctx.constraints and "lambda" not in ctx.options:
+        if ctx.default_lambda is not None:
+            ctx.options = {**ctx.options, "lambda": ctx.default_lambda}
+        elif ctx.default_min_quality is not None:
+            ctx.constraints = {**ctx.constraints, "min_quality": ctx.default_min_quality}
     ranker = STRATEGIES.get(strategy)
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")

@@ -120,12 +120,12 @@ def _first_choice(router: Router, model: str, prompt: str, insight: Insight | No
     features = chat_features(req)
     if insight is not None and insight.task is not None and features.task is None:
         features.task = insight.task
-    quality, threshold = None, None
+    quality, threshold, lam = None, None, None
     if intelligence is not None and model in intelligence.learned_models:  # predictions steer learned ones only
         quality = intelligence.quality_fn(insight) if insight is not None else None
-        threshold = intelligence.thresholds.get(model)
+        threshold, lam = intelligence.thresholds.get(model), intelligence.lambdas.get(model)
     try:
-        plan = router.plan(model, features, quality=quality, default_min_quality=threshold)
+        plan = router.plan(model, features, quality=quality, default_min_quality=threshold, default_lambda=lam)
     except GatewayError:
         return None
     return plan.order[0] if plan.order else None

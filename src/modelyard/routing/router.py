@@ -100,10 +100,11 @@ class Router:
 
     def plan(self, model: str, features: RequestFeatures, *, overrides: ModelyardOptions | None = None,
              strategy: str | None = None, explain: bool = False, quality: QualityFn | None = None,
-             default_min_quality: float | None = None) -> Plan:
+             default_min_quality: float | None = None, default_lambda: float | None = None) -> Plan:
         """Rank the deployments for `model`. `quality` carries learned per-deployment quality, if any."""
         ctx = self.context(features, explain=explain, quality=quality)
         ctx.default_min_quality = default_min_quality
+        ctx.default_lambda = default_lambda
         return make_plan(self.table, model, ctx, overrides, strategy)
 
     def replanner(self, features: RequestFeatures, explain: bool = False) -> Any:

@@ -208,9 +208,11 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
     """Learned routing: the predicted P(good answer) per candidate (`ctx.quality`, from the trained router)
     stands in for the configured quality.
 
-    With `options.lambda` it maximises predicted quality - λ·(estimated cost in USD); otherwise it is the
-    `cost` strategy: the cheapest candidate whose predicted quality clears `min_quality` (by default the
-    router's calibrated threshold) and, when none does, the candidate with the highest predicted quality.
+    With `options.lambda` it maximises predicted quality - λ·cost/max(cost) (costs divided by the dearest
+    candidate's, so λ is unit-free and matches `modelyard router eval`'s knob: λ = 0.1 gives up 0.1 of
+    P(good) to avoid the dearest candidate's full price); otherwise it is the `cost` strategy: the cheapest
+    candidate whose predicted quality clears `min_quality` and, when none does, the most likely one.
+    Without either, the router's calibrated knob applies (see `intelligence.py`).
     """
     lam = ctx.options.get("lambda")
     if lam is None:
@@ -221,17 +223,18 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
         ranked = sorted(candidates, key=lambda dep: -(ctx.quality_of(dep) or 0.0))
         ctx.note(ranked[0], "no candidate clears min_quality: the highest predicted quality")
         return ranked
+    costs = [ctx.estimated_cost(dep) for dep in candidates]
+    scale = max(costs, default=0.0) or 1.0
     scored = []
     for i, dep in enumerate(candidates):
         quality = ctx.quality_of(dep)
-        cost = ctx.estimated_cost(dep)
-        score = (quality if quality is not None else 0.0) - float(lam) * cost
-        scored.append((-score, i, dep))
+        score = (quality if quality is not None else 0.0) - float(lam) * costs[i] / scale
+        scored.append((-score, costs[i], i))
         if ctx.explain:
             shown = "unknown" if quality is None else f"{quality:.3f}"
-            ctx.note(dep, f"predicted quality {shown} - {lam} x ${cost:.6f} = {score:.4f}")
+            ctx.note(dep, f"predicted quality {shown} - {lam} x {costs[i] / scale:.3f} (cost share) = {score:.4f}")
     scored.sort()
-    return [dep for _, _, dep in scored]
+    return [candidates[i] for _, _, i in scored]
 
 
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType({

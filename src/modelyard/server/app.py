@@ -255,7 +255,8 @@ class Gateway:
         quality = self.intelligence.quality_fn(insight) if insight is not None else None
         plan = self.router.plan(req.model, features, overrides=req.modelyard,
                                 strategy=request.header(b"x-modelyard-strategy"), explain=explain, quality=quality,
-                                default_min_quality=insight.default_min_quality if insight else None)
+                                default_min_quality=insight.default_min_quality if insight else None,
+                                default_lambda=insight.default_lambda if insight else None)
         if explain:
             ctx.explain = plan.explain()
         return plan

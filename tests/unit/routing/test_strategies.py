@@ -137,10 +137,13 @@ def test_learned_uses_predicted_quality_and_falls_back_to_the_most_likely():
     c = ctx(deployments=deps, constraints={"min_quality": 0.95})
     c.quality = lambda d: predicted[d.name]
     assert [d.name for d in learned(deps, c)] == ["strong", "cheap"]  # nobody clears it: most likely first
-    c = ctx(deployments=deps, options={"lambda": 1000.0})
+    # quality - lambda x cost / dearest cost: cheap costs 2e-5 (0.02 of strong's 1e-3)
+    c = ctx(deployments=deps, options={"lambda": 0.6})
     c.quality = lambda d: predicted[d.name]
-    # quality - lambda x cost: 0.3 - 1000 x 2e-5 = 0.28 against 0.8 - 1000 x 1e-3 = -0.2
-    assert learned(deps, c)[0].name == "cheap"
+    assert learned(deps, c)[0].name == "cheap"  # 0.3 - 0.012 = 0.288 against 0.8 - 0.6 = 0.2
+    c = ctx(deployments=deps, options={"lambda": 0.4})
+    c.quality = lambda d: predicted[d.name]
+    assert learned(deps, c)[0].name == "strong"  # 0.292 against 0.4
 
 
 def test_filters_context_window_capabilities_circuit_and_limits():

@@ -29,6 +29,16 @@ class Limits(Struct, kw_only=True, forbid_unknown_fields=True):
     tpm: int | None = None
     max_concurrency: int | None = None
 
+    @property
+    def rate_limited(self) -> bool:
+        """Whether a sliding-window counter must track this deployment's requests and tokens."""
+        return self.rpm is not None or self.tpm is not None
+
+    @property
+    def configured(self) -> bool:
+        """Whether any limit is set, so the headroom check can be skipped when none is."""
+        return self.rpm is not None or self.tpm is not None or self.max_concurrency is not None
+
 
 class Timeouts(Struct, kw_only=True, forbid_unknown_fields=True):
     """Seconds. `first_token` bounds the wait for response headers and, when streaming, the first event."""

@@ -16,7 +16,7 @@ import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiohttp
 
@@ -63,6 +63,31 @@ def _timeout_error(exc: BaseException, what: str) -> ProviderError:
     return ProviderError(ErrorKind.TIMEOUT, f"{what} ({_what(exc)})")
 
 
+class _OpenedResponse(Protocol):
+    """What both transports' responses offer once their headers are in."""
+
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> Any: ...
+
+
+async def _raise_for_error_status(resp: _OpenedResponse, adapter: Adapter) -> None:
+    """A stream opened with an error status: read its short body, free the connection, raise the provider's error."""
+    if resp.status < 400:
+        return
+    try:
+        body = await resp.read()
+    finally:
+        resp.release()
+    raise adapter.error(resp.status, resp.headers, body)
+
+
 class FastTransport:
     """The default transport, on `Http1Client`."""
 
@@ -96,12 +121,7 @@ class FastTransport:
             async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._client.request(call.method, call.url, call.headers, call.body,
                                                   connect_timeout=timeouts.connect)
-                if resp.status >= 400:
-                    try:
-                        body = await resp.read()
-                    finally:
-                        resp.release()
-                    raise adapter.error(resp.status, resp.headers, body)
+                await _raise_for_error_status(resp, adapter)
         except ProviderError:
             raise
         except TimeoutError as exc:
@@ -161,12 +181,7 @@ class AiohttpTransport:
                     call.method, call.url, data=call.body, headers=call.headers,
                     timeout=self._client_timeout(timeouts.connect, None),
                 )
-                if resp.status >= 400:
-                    try:
-                        body = await resp.read()
-                    finally:
-                        resp.release()
-                    raise adapter.error(resp.status, resp.headers, body)
+                await _raise_for_error_status(resp, adapter)
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:

@@ -33,13 +33,8 @@ class GroupProfile:
         return cls(
             kind=kinds.pop() if len(kinds) == 1 else None,
             min_window=float(min(windows)) if windows else math.inf,
-            any_limits=any(_has_limits(dep) for dep in deployments),
+            any_limits=any(dep.limits.configured for dep in deployments),
         )
-
-
-def _has_limits(dep: Deployment) -> bool:
-    limits = dep.limits
-    return limits.rpm is not None or limits.tpm is not None or limits.max_concurrency is not None
 
 
 def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, profile: GroupProfile | None = None,
@@ -82,7 +77,7 @@ def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, pr
         if state is not None and state.state is not CLOSED and not health.available(dep.name, now):
             ctx.skip(dep, "circuit {}", state.state.value)
             continue
-        if check_limits and _has_limits(dep):
+        if check_limits and dep.limits.configured:
             reason = limit_reason(dep, health, ctx.limits, now, features.prompt_tokens + features.output_estimate())
             if reason:
                 ctx.skip(dep, "{}", reason)
@@ -98,7 +93,7 @@ def limit_reason(dep: Deployment, health: HealthTracker, limits: DeploymentLimit
     cap = dep_limits.max_concurrency
     if cap is not None and health.get(dep.name).in_flight >= cap:
         return f"max_concurrency {cap} reached"
-    if dep_limits.rpm is not None or dep_limits.tpm is not None:
+    if dep_limits.rate_limited:
         return limits.headroom(dep.name, now, dep_limits.rpm, dep_limits.tpm, tokens)
     return None
 

@@ -226,8 +226,7 @@ class Executor:
         raise last_error
 
     def _headroom(self, dep: Deployment, tokens: int) -> str | None:
-        limits = dep.limits
-        if limits.rpm is None and limits.tpm is None and limits.max_concurrency is None:
+        if not dep.limits.configured:
             return None
         return limit_reason(dep, self.health, self.limits, self.clock(), tokens)
 
@@ -319,7 +318,7 @@ class Executor:
         started = self.clock()
         estimate = features.prompt_tokens + features.output_estimate()
         self.health.on_start(dep.name, started)
-        limited = dep.limits.rpm is not None or dep.limits.tpm is not None
+        limited = dep.limits.rate_limited
         if limited:
             self.limits.record(dep.name, started, estimate)
         try:
@@ -509,7 +508,7 @@ class StreamResult:
             executor.health.on_cancel(dep.name)
         else:
             executor.health.on_success(dep.name, now, total_ms, opened.ttft_ms)
-        if dep.limits.rpm is not None or dep.limits.tpm is not None:
+        if dep.limits.rate_limited:
             executor.limits.correct_tokens(dep.name, opened.started,
                                            usage.total - features.prompt_tokens - features.output_estimate())
 

@@ -11,6 +11,7 @@ import random
 import time
 from typing import Any
 
+from modelyard.accounting.prices import cost_usd
 from modelyard.config.model import Config, Deployment, Price
 from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
@@ -157,7 +158,6 @@ class Router:
             elapsed = (time.monotonic() - started) * 1000
             record.outcome = "ok"
             record.latency_ms = elapsed
-            from modelyard.accounting.prices import cost_usd
             record.cost_usd = cost_usd(completion.usage, self.table.prices.get(dep.name))
             self.health.on_success(dep.name, time.monotonic(), elapsed)
             return completion, dep, records, elapsed

@@ -180,6 +180,10 @@ class AccessSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     keys_store: str | None = None
     #: How often keys are re-read from the store (revocations made by another replica show up then).
     refresh_s: float = 30.0
+    #: Output tokens a budget reservation counts when a request sets no `max_tokens`: `estimate` (a typical
+    #: answer, 256 tokens: a long answer may overshoot the budget by its excess) or `max_output` (the most
+    #: any reachable deployment may produce: `max_output_tokens`, else its context window; never overshoots).
+    reserve_output: Literal["estimate", "max_output"] = "estimate"
 
 
 class SpendSettings(Struct, kw_only=True, forbid_unknown_fields=True):

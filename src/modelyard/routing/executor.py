@@ -95,12 +95,17 @@ class _Walk:
         self._admit = admit
         self._seen: set[str] = set()
         self._min_window = 0
+        self._allowed = plan.ctx.features.allowed
 
     def require_window_above(self, tokens: int) -> None:
         self._min_window = max(self._min_window, tokens)
 
     def _fits(self, dep: Deployment) -> bool:
         if dep.name in self._seen:
+            return False
+        if self._allowed is not None and dep.name not in self._allowed:
+            self._plan.ctx.skip(dep, "outside this key's models")  # a fallback's plan, or a hedge, never escapes
+            self._seen.add(dep.name)
             return False
         if self._min_window and dep.context_window is not None and dep.context_window <= self._min_window:
             return False

@@ -36,6 +36,11 @@ class RequestFeatures:
     #: The last user turn's text, for learned and semantic routing (empty for embeddings).
     prompt_text: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The deployments this request's key may reach (None: unrestricted). The planner and the executor's
+    #: walk never try a deployment outside it, whatever overrides, fallbacks or hedges ask for.
+    allowed: frozenset[str] | None = None
+    #: Completions asked for (`n`): the answer's tokens, and so its cost, are multiplied by it.
+    choices: int = 1
 
     def output_estimate(self, default: int = 256) -> int:
         """Tokens we expect the answer to take: the cap when given, else a typical answer length."""
@@ -76,4 +81,5 @@ def chat_features(
         tags=tags + body_tags,
         prompt_text=last_user,
         metadata=metadata,
+        choices=req.n or 1,
     )

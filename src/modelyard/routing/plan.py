@@ -74,12 +74,7 @@ def make_plan(
     """Rank the deployments that may serve `model` (a model name or a deployment name)."""
     group = table.groups.get(model)
     if group is None:
-        dep = table.deployments.get(model)
-        if dep is None:
-            raise GatewayError(404, f"The model `{model}` does not exist (not a configured model or deployment)",
-                               type="invalid_request_error", param="model", code="model_not_found")
-        ctx.note(dep, "named directly in the request")
-        return Plan(model, "direct", filter_candidates([dep], ctx), ctx, considered=[dep])
+        return _direct_plan(table, model, ctx)
     options = group.group
     ctx.constraints = {**options.constraints, **(overrides.constraints or {})} if overrides else options.constraints
     ctx.options = options.options
@@ -110,6 +105,10 @@ def make_plan(
         strategy = rule.strategy or "priority"
         for dep in candidates:
             ctx.note(dep, f"rule {rule.index}: {rule.text}")
+    allowed = ctx.features.allowed
+    if allowed is not None and not all(dep.name in allowed for dep in candidates):
+        candidates = _within(candidates, allowed, ctx)
+        profile = None
     kept = filter_candidates(candidates, ctx, profile=profile)
     if profile is not None and len(kept) == len(candidates):
         ctx.static_cache = group.cache
@@ -125,6 +124,31 @@ def make_plan(
     return Plan(model, strategy, order, ctx, rule, fallbacks, candidates,
                 hedge_after_ms=_hedge_after(group.hedge_after_ms, group.hedge_p95, order, ctx),
                 retries=options.retries)
+
+
+def _direct_plan(table: RoutingTable, model: str, ctx: DecisionContext) -> Plan:
+    """A request that names a deployment rather than a model."""
+    dep = table.deployments.get(model)
+    if dep is None:
+        raise GatewayError(404, f"The model `{model[:256]}` does not exist (not a configured model or deployment)",
+                           type="invalid_request_error", param="model", code="model_not_found")
+    allowed = ctx.features.allowed
+    if allowed is not None and dep.name not in allowed:
+        raise GatewayError(403, f"This key may not use deployment `{model}`.", type="permission_error",
+                           param="model", code="model_not_allowed")
+    ctx.note(dep, "named directly in the request")
+    return Plan(model, "direct", filter_candidates([dep], ctx), ctx, considered=[dep])
+
+
+def _within(candidates: list[Deployment], allowed: frozenset[str], ctx: DecisionContext) -> list[Deployment]:
+    """The candidates a restricted key may reach; the others are skipped, with the reason."""
+    kept = []
+    for dep in candidates:
+        if dep.name in allowed:
+            kept.append(dep)
+        else:
+            ctx.skip(dep, "outside this key's models")
+    return kept
 
 
 def _resolve_override(table: RoutingTable, names: list[str]) -> list[Deployment]:

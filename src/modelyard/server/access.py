@@ -30,8 +30,10 @@ from modelyard.accounting.budgets import (
     period_index,
     usd_to_nano,
 )
-from modelyard.config.model import KeyLimits, Price
+from modelyard.config.model import KeyLimits
 from modelyard.routing.features import RequestFeatures
+from modelyard.routing.reach import Scope, dearest_per_token, reached, request_reach
+from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
 from modelyard.state.counters import Ask, Counters
 from modelyard.state.keys import KeyRecord, hash_key, new_key
@@ -46,6 +48,10 @@ log = logging.getLogger("modelyard.access")
 
 MASTER_ID = "master"
 _UNKNOWN_CACHE = 10_000
+_SCOPE_CACHE = 1_000
+#: Output tokens reserved for a deployment with neither `max_output_tokens` nor `context_window` when
+#: `access.reserve_output: max_output` is on (set either on the deployment for an exact bound).
+UNKNOWN_MAX_OUTPUT = 32_768
 _OPEN_BANNER = """
 ************************************************************************
 *  modelyard is running in OPEN MODE: no master key and no virtual     *
@@ -102,25 +108,11 @@ class KeyState:
 
 def estimate_prices(table: RoutingTable) -> dict[str, tuple[float, float]]:
     """Per model name (and deployment name): the dearest (input, output) nano-dollars per token it may
-    be served at, fallbacks included, so a reservation is an upper bound whatever the router picks."""
-    def per_token(price: Price | None) -> tuple[float, float]:
-        return (0.0, 0.0) if price is None else (price.input * 1000, price.output * 1000)
-
-    out = {name: per_token(price) for name, price in table.prices.items()}
-
-    def walk(model: str, seen: set[str]) -> tuple[float, float]:
-        if model in seen:
-            return 0.0, 0.0
-        seen.add(model)
-        group = table.groups.get(model)
-        if group is None:
-            return out.get(model, (0.0, 0.0))
-        pairs = [per_token(table.prices.get(dep.name)) for dep in group.candidates]
-        pairs += [walk(fallback, seen) for fallback in group.group.fallbacks]
-        return max(p[0] for p in pairs), max(p[1] for p in pairs)
-
+    be served at, fallbacks and rule targets included, so a reservation is an upper bound whatever the
+    router picks."""
+    out = {name: dearest_per_token(table.prices, [name]) for name in table.deployments}
     for name in table.groups:
-        out[name] = walk(name, set())
+        out[name] = dearest_per_token(table.prices, reached(table, [name])[1])
     return out
 
 
@@ -134,8 +126,13 @@ class Access:
     def __init__(self, *, store: Store, counters: Counters, master_key: str | None = None,
                  master_limits: KeyLimits | None = None, master_unlimited: bool = False,
                  prices: dict[str, tuple[float, float]] | None = None, refresh_s: float = 30.0,
-                 capture_content: bool = False, clock: Callable[[], float] = time.time) -> None:
+                 capture_content: bool = False, clock: Callable[[], float] = time.time,
+                 table: RoutingTable | None = None, reserve_max_output: bool = False) -> None:
         self.store = store
+        #: The routing table, for what a request may reach (authorisation and the reservation's price).
+        self.table = table
+        self.reserve_max_output = reserve_max_output
+        self._scopes: dict[frozenset[str], Scope] = {}
         self.capture_content = capture_content
         self.counters = counters
         self.prices = prices or {}
@@ -226,24 +223,90 @@ class Access:
         self._by_id[record.id] = digest
         return key
 
-    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures) -> None:
-        """Raise the client's error, or let the request through holding its reservation on `ctx`."""
+    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures,
+                    overrides: ModelyardOptions | None = None) -> None:
+        """Authorise everything the request may reach and reserve its budget, or raise the client's error.
+
+        The key was authenticated from the headers before the body was read (`Gateway._http`); here the
+        parsed request is checked: its model, and every deployment its overrides could lead to.
+        """
         if self.capture_content:
             ctx.content = features.prompt_text
         if self.open:
             return
-        key = await self.authenticate(ctx.credential)
-        if key.models is not None and model not in key.models:
-            raise GatewayError(403, f"This key may not use model `{model}` (allowed: "
-                               f"{', '.join(sorted(key.models)) or 'none'}).", code="model_not_allowed")
+        key = ctx.key if ctx.key is not None else await self.authenticate(ctx.credential)
         ctx.key_id = key.id
         ctx.key_name = key.name
         features.key_name = key.name
+        if key.models is not None:
+            if model not in key.models:
+                raise GatewayError(403, f"This key may not use model `{model[:64]}` (allowed: "
+                                   f"{', '.join(sorted(key.models)) or 'none'}).", type="permission_error",
+                                   param="model", code="model_not_allowed")
+            if self.table is not None:
+                scope = self.scope_of(key.models, self.table)
+                refused = scope.refusal(overrides)
+                if refused is not None:
+                    raise GatewayError(403, f"This key may not route there: {refused[1]}.",
+                                       type="permission_error", param=refused[0], code="model_not_allowed")
+                features.allowed = scope.deployments
         if key.limited:
-            ctx.reservation = await self._reserve(key, model, features)
+            ctx.reservation = await self._reserve(key, model, features, overrides)
 
-    async def _reserve(self, key: KeyState, model: str, features: RequestFeatures) -> Reservation | None:
-        output = 0 if features.kind == "embedding" else features.output_estimate()
+    def scope_of(self, models: frozenset[str], table: RoutingTable) -> Scope:
+        """The deployments a set of allowed models reaches (computed once per distinct set)."""
+        scope = self._scopes.get(models)
+        if scope is None:
+            if len(self._scopes) >= _SCOPE_CACHE:
+                self._scopes.clear()
+            scope = self._scopes[models] = Scope.of(table, models)
+        return scope
+
+    def estimate_nano(self, model: str, features: RequestFeatures, overrides: ModelyardOptions | None) -> int:
+        """An upper bound on the request's cost: its prompt and every choice's output at the dearest
+        deployment it may reach (`features.allowed` and its overrides taken into account)."""
+        output = self.output_tokens(model, features)
+        if self.table is None:
+            per_in, per_out = self.prices.get(model, (0.0, 0.0))
+        elif overrides is None and features.allowed is None:
+            per_in, per_out = self.prices.get(model) or self._dearest(model, None, None)
+        else:
+            per_in, per_out = self._dearest(model, overrides, features.allowed)
+        return round(features.prompt_tokens * per_in + output * per_out)
+
+    def output_tokens(self, model: str, features: RequestFeatures) -> int:
+        """Output tokens to reserve for: the request's cap, else (with `reserve_output: max_output`) the
+        largest output any deployment of the model allows, else a typical answer; times `n`."""
+        if features.kind == "embedding":
+            return 0
+        cap = features.max_output_tokens
+        if cap is None and self.reserve_max_output and self.table is not None:
+            cap = self._max_output(model, features.prompt_tokens)
+        return features.output_estimate() * max(1, features.choices) if cap is None else \
+            cap * max(1, features.choices)
+
+    def _dearest(self, model: str, overrides: ModelyardOptions | None,
+                 allowed: frozenset[str] | None) -> tuple[float, float]:
+        assert self.table is not None
+        reach = request_reach(self.table, model, overrides)
+        return dearest_per_token(self.table.prices, reach if allowed is None else reach & allowed)
+
+    def _max_output(self, model: str, prompt_tokens: int) -> int:
+        assert self.table is not None
+        most = 0
+        for name in reached(self.table, [model])[1]:
+            dep = self.table.deployments[name]
+            if dep.max_output_tokens is not None:
+                most = max(most, dep.max_output_tokens)
+            elif dep.context_window is not None:
+                most = max(most, dep.context_window - prompt_tokens)
+            else:
+                most = max(most, UNKNOWN_MAX_OUTPUT)
+        return max(1, most)
+
+    async def _reserve(self, key: KeyState, model: str, features: RequestFeatures,
+                       overrides: ModelyardOptions | None = None) -> Reservation | None:
+        output = self.output_tokens(model, features)
         tokens = features.prompt_tokens + output
         period = -1
         estimate = 0
@@ -255,8 +318,7 @@ class Access:
             seeded = self._seeded.get((key.id, period))
             if seeded is None or not seeded.done():
                 await self._seed(key, period, ttl)
-            per_in, per_out = self.prices.get(model, (0.0, 0.0))
-            estimate = round(features.prompt_tokens * per_in + output * per_out)
+            estimate = self.estimate_nano(model, features, overrides)
         verdict = await self.counters.admit(Ask(key.id, key.rpm, key.tpm, tokens, key.budget_nano, period,
                                                 estimate, ttl))
         if not verdict.ok:

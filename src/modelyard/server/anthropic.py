@@ -35,7 +35,7 @@ async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     raw = messages_request_to_chat(body)
     req = validate_chat(raw)
     features = gw.features(req, request, ctx)
-    await gw.admit(ctx, req.model, features)
+    await gw.admit(ctx, req.model, features, req.modelyard)
     insight = await gw.analyse(req, features, ctx, use_cache=False)  # the semantic cache serves /v1/chat only
     plan = gw.plan(req, request, features, ctx, insight)
     timeout_s = gw.timeout_override(request)

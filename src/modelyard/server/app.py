@@ -23,7 +23,7 @@ from modelyard.routing.features import RequestFeatures
 from modelyard.routing.intelligence import Insight, Intelligence
 from modelyard.routing.plan import Plan
 from modelyard.routing.router import Router
-from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.chat import ChatRequest, ModelyardOptions, Usage
 from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server import anthropic as anthropic_routes
 from modelyard.server import openai as openai_routes
@@ -42,9 +42,13 @@ from modelyard.server.observe import NullObserver, Observer, Outcome
 
 if TYPE_CHECKING:
     from modelyard.accounting.budgets import Reservation
+    from modelyard.server.access import KeyState
     from modelyard.server.services import Services
 
 log = logging.getLogger("modelyard.server")
+
+#: Characters of a requested model name kept for logs, spend rows and errors (names are client input).
+MODEL_NAME_LIMIT = 256
 
 Handler = Callable[["Gateway", Request, "RequestContext"], Awaitable[None]]
 ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
@@ -53,8 +57,8 @@ ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
 class RequestContext:
     """What the gateway knows about one request while it runs; reported once at the end."""
 
-    __slots__ = ("content", "credential", "endpoint", "explain", "finished", "gateway", "key_id", "key_name",
-                 "request_id", "requested_model", "reservation", "started", "tags", "ttft_ms")
+    __slots__ = ("authenticated", "content", "credential", "endpoint", "explain", "finished", "gateway", "key",
+                 "key_id", "key_name", "request_id", "requested_model", "reservation", "started", "tags", "ttft_ms")
 
     def __init__(self, gateway: Gateway, endpoint: str) -> None:
         self.gateway = gateway
@@ -69,6 +73,10 @@ class RequestContext:
         self.finished = False
         self.credential: str | None = None
         self.key_id: str | None = None
+        #: The key presented, once `Gateway._http` has authenticated it (None in open mode).
+        self.key: KeyState | None = None
+        #: Whether the caller is known (a valid key, or open mode): only then is a spend row written.
+        self.authenticated = False
         self.reservation: Reservation | None = None
         self.content: str | None = None
 
@@ -128,6 +136,8 @@ class Gateway:
             self.routes[("POST", f"{prefix}/embeddings")] = (openai_routes.embeddings, _openai_error)
             self.routes[("GET", f"{prefix}/models")] = (openai_routes.list_models, _openai_error)
         self.routes[("POST", "/v1/messages")] = (anthropic_routes.messages, anthropic_routes.write_error)
+        #: Routes that serve models: the key is checked from the headers before the body is read.
+        self.keyed: frozenset[tuple[str, str]] = frozenset(self.routes)
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
         if services is not None:
@@ -145,6 +155,8 @@ class Gateway:
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
         route = self.routes.get((scope["method"], path))
+        if route is None and path.startswith("/v1/models/") and scope["method"] == "GET":
+            route = (openai_routes.retrieve_model, _openai_error)
         if route is None and self.services is not None:
             route = self.services.match(scope["method"], path)
         if route is None:
@@ -153,9 +165,16 @@ class Gateway:
         handler, write_error = route
         request = Request(scope, receive, send)
         ctx = RequestContext(self, path)
-        if self.services is not None:
+        access = self.access
+        if access is not None:
             ctx.credential = credential_of(scope["headers"])
         try:
+            if access is None or access.open:
+                ctx.authenticated = True
+            elif (scope["method"], path) in self.keyed or path.startswith("/v1/models/"):
+                # From the headers alone, before any work that grows with the request (body, parse, tokens).
+                ctx.key = await access.authenticate(ctx.credential)
+                ctx.key_id, ctx.key_name, ctx.authenticated = ctx.key.id, ctx.key.name, True
             await handler(self, request, ctx)
         except ClientGone:
             return
@@ -225,14 +244,16 @@ class Gateway:
     # ------------------------------------------------------------------ helpers for handlers
 
     def features(self, req: ChatRequest, request: Request, ctx: RequestContext) -> RequestFeatures:
-        ctx.requested_model = req.model
+        ctx.requested_model = req.model[:MODEL_NAME_LIMIT]
         return openai_routes.features_for(req, request, ctx.key_name)
 
-    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures) -> None:
-        """Access control, rate limits and budget reservation (server/access.py)."""
-        ctx.requested_model = model
+    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures,
+                    overrides: ModelyardOptions | None = None) -> None:
+        """Authorise the model and every deployment the overrides could reach, apply rate limits and
+        reserve the budget (server/access.py)."""
+        ctx.requested_model = model[:MODEL_NAME_LIMIT]  # a client string: kept short in logs and rows
         if self.access is not None:
-            await self.access.admit(ctx, model, features)
+            await self.access.admit(ctx, model, features, overrides)
 
     async def analyse(self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *,
                       use_cache: bool = True) -> Insight | None:

@@ -9,6 +9,7 @@ scrape time; breaker transitions are counted as they happen (a `router.health.li
 
 from __future__ import annotations
 
+import asyncio
 from bisect import bisect_left
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -76,6 +77,9 @@ class Metrics:
         self.spend = spend
         self.unpriced = list(unpriced or [])
         self.series: dict[tuple[str, str], _Series] = {}
+        #: Label values a client can choose are limited to these names (anything else is `other`), so the
+        #: number of series is bounded by the config, never by traffic.
+        self.known_models = frozenset(router.config.models) | {d.name for d in router.config.deployments}
         self.errors: dict[str, int] = {}
         self.attempts: dict[tuple[str, str], int] = {}
         self.transitions: dict[tuple[str, str], int] = {}
@@ -94,7 +98,13 @@ class Metrics:
     # ------------------------------------------------------------------ hot path
 
     def on_outcome(self, outcome: Outcome) -> None:
-        pair = (outcome.ctx.requested_model or "-", outcome.deployment or "-")
+        ctx = outcome.ctx
+        model = ctx.requested_model
+        if model is None or not ctx.authenticated:
+            model = "-"
+        elif model not in self.known_models:
+            model = "other"
+        pair = (model, outcome.deployment or "-")
         series = self.series.get(pair)
         if series is None:
             series = self.series[pair] = _Series()
@@ -140,25 +150,26 @@ class Metrics:
         requests = CounterMetricFamily("modelyard_requests", "Requests by requested model, serving "
                                        "deployment and status (ok, error, stream_error, cancelled).",
                                        labels=["model", "deployment", "status"])
-        for (model, deployment), series in self.series.items():
-            for status, count in series.statuses.items():
+        series_now = list(self.series.items())  # scraped on a worker thread: iterate over snapshots
+        for (model, deployment), series in series_now:
+            for status, count in list(series.statuses.items()):
                 requests.add_metric([model, deployment, status], count)
         errors = CounterMetricFamily("modelyard_errors", "Failed requests by error kind.", labels=["kind"])
-        for kind, value in self.errors.items():
+        for kind, value in list(self.errors.items()):
             errors.add_metric([kind], value)
         attempts = CounterMetricFamily("modelyard_attempts", "Provider attempts by deployment and outcome.",
                                        labels=["deployment", "outcome"])
-        for (deployment, outcome), value in self.attempts.items():
+        for (deployment, outcome), value in list(self.attempts.items()):
             attempts.add_metric([deployment, outcome], value)
         tokens = CounterMetricFamily("modelyard_tokens", "Tokens by model, deployment and kind (prompt "
                                      "includes cached and cache_write; completion includes reasoning).",
                                      labels=["model", "deployment", "type"])
-        for (model, deployment), series in self.series.items():
+        for (model, deployment), series in series_now:
             for kind, count in zip(_TOKEN_KINDS, series.tokens, strict=True):
                 tokens.add_metric([model, deployment, kind], count)
         cost = CounterMetricFamily("modelyard_cost_usd", "Cost in USD of the answers, from actual usage.",
                                    labels=["model", "deployment"])
-        for (model, deployment), series in self.series.items():
+        for (model, deployment), series in series_now:
             cost.add_metric([model, deployment], series.cost)
         yield from (requests, errors, attempts, tokens, cost)
 
@@ -167,7 +178,7 @@ class Metrics:
                                         labels=["model", "deployment"])
         ttft = HistogramMetricFamily("modelyard_ttft_seconds", "Time to first token of streamed answers.",
                                      labels=["model", "deployment"])
-        for (model, deployment), series in self.series.items():
+        for (model, deployment), series in list(self.series.items()):
             latency.add_metric([model, deployment], series.latency.cumulative(), series.latency.sum)
             if series.ttft is not None:
                 ttft.add_metric([model, deployment], series.ttft.cumulative(), series.ttft.sum)
@@ -185,7 +196,7 @@ class Metrics:
             breaker.add_metric([dep.name], _BREAKER_VALUE[state.state] if state else 0)
         transitions = CounterMetricFamily("modelyard_breaker_transitions", "Circuit breaker state changes.",
                                           labels=["deployment", "state"])
-        for (deployment, state_name), value in self.transitions.items():
+        for (deployment, state_name), value in list(self.transitions.items()):
             transitions.add_metric([deployment, state_name], value)
         unknown = GaugeMetricFamily("modelyard_price_unknown", "1 for deployments whose price is unknown "
                                     "(their cost is counted as 0).", labels=["deployment"])
@@ -216,4 +227,5 @@ async def metrics_endpoint(gw: Gateway, request: Request, ctx: RequestContext) -
         await send_bytes(request.send, 404, b"metrics are off\n", [(b"content-type", b"text/plain")])
         return
     headers = [(b"content-type", CONTENT_TYPE_LATEST.encode())]
-    await send_bytes(request.send, 200, metrics.exposition(), headers)
+    body = await asyncio.to_thread(metrics.exposition)  # rendering never holds the event loop
+    await send_bytes(request.send, 200, body, headers)

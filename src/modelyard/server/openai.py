@@ -13,7 +13,7 @@ from modelyard.providers.base import new_id
 from modelyard.routing.executor import StreamResult
 from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
-from modelyard.schema.errors import ProviderError
+from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server.http import (
     JSON_HEADERS,
     SSE_HEADERS,
@@ -33,7 +33,7 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
     raw = decode_body(await request.body(gw.max_body))
     req = validate_chat(raw)
     features = gw.features(req, request, ctx)
-    await gw.admit(ctx, req.model, features)
+    await gw.admit(ctx, req.model, features, req.modelyard)
     insight = await gw.analyse(req, features, ctx)
     if insight is not None and insight.cached is not None:
         await answer_from_cache(gw, request, ctx, insight.cached)
@@ -141,12 +141,28 @@ async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None
 
 
 async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    if gw.access is not None and not gw.access.open:
-        await gw.access.authenticate(ctx.credential)
-    created = gw.started_at
-    data = [{"id": name, "object": "model", "created": created, "owned_by": "modelyard"}
-            for name in gw.router.table.public_models]
+    """The models the caller's key may use (all of them for an unrestricted key or in open mode)."""
+    data = [_model_object(gw, name) for name in _visible_models(gw, ctx)]
     await request.respond(200, _encode({"object": "list", "data": data}), list(JSON_HEADERS))
+
+
+async def retrieve_model(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    """GET /v1/models/{id}: one model the key may use, else a 404 that does not say whether it exists."""
+    name = request.path[len("/v1/models/"):]
+    if name not in _visible_models(gw, ctx):
+        raise GatewayError(404, f"The model `{name[:64]}` does not exist or you do not have access to it.",
+                           param="model", code="model_not_found")
+    await request.respond(200, _encode(_model_object(gw, name)), list(JSON_HEADERS))
+
+
+def _visible_models(gw: Gateway, ctx: RequestContext) -> list[str]:
+    public = gw.router.table.public_models
+    allowed = ctx.key.models if ctx.key is not None else None
+    return public if allowed is None else [name for name in public if name in allowed]
+
+
+def _model_object(gw: Gateway, name: str) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": gw.started_at, "owned_by": "modelyard"}
 
 
 def features_for(req: ChatRequest, request: Request, key_name: str | None) -> RequestFeatures:

@@ -59,7 +59,11 @@ class SpendLog:
 
     def __init__(self, writer: SpendWriter) -> None:
         self.writer = writer
-        self.on_outcome = writer.submit  # the whole hot-path cost: one put_nowait
+
+    def on_outcome(self, outcome: Outcome) -> None:
+        """Queue the outcome (one put_nowait); a caller that never authenticated leaves no row."""
+        if outcome.ctx.authenticated:
+            self.writer.submit(outcome)
 
     async def start(self) -> None:
         await self.writer.start()
@@ -149,7 +153,8 @@ def build_services(config: Config, router: Router | None = None, *, store: Store
         store=store, counters=counters or build_counters(config), master_key=master_key(config, env),
         master_limits=access_cfg.master_limits, master_unlimited=access_cfg.master_unlimited,
         prices=estimate_prices(router.table), refresh_s=access_cfg.refresh_s,
-        capture_content=spend_cfg.log_content)
+        capture_content=spend_cfg.log_content, table=router.table,
+        reserve_max_output=access_cfg.reserve_output == "max_output")
     if spend_cfg.enabled:
         services.spend = SpendWriter(store, convert=spend_record, batch_size=spend_cfg.batch_size,
                                      max_queue=spend_cfg.max_queue,

@@ -201,21 +201,26 @@ spend:
 """
 
 
-def modelyard(upstream: str, tmp: Path, workers: int = 1) -> Contender:
-    config = tmp / f"modelyard-{workers}.yaml"
-    store = tmp / f"modelyard-{workers}.db"
+def modelyard(upstream: str, tmp: Path, workers: int = 1, *, src: Path | None = None,
+              name: str | None = None) -> Contender:
+    """`modelyard serve` with everything on; `src` runs another checkout's code (its `src/` directory)."""
+    label = name or ("modelyard" if workers == 1 else f"modelyard x{workers}")
+    slug = re.sub(r"\W+", "-", label)
+    config = tmp / f"{slug}.yaml"
+    store = tmp / f"{slug}.db"
     config.write_text(MODELYARD_CONFIG.format(upstream=upstream, master=BENCH_KEY_MASTER, store=store))
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
     made = subprocess.run([PY, "-m", "modelyard.cli.main", "keys", "create", "--config", str(config), "--name",
                            "bench", "--budget-usd", "1000000", "--rpm", "100000000", "--tpm", "100000000000",
-                           "--json"], capture_output=True, text=True, check=True)
+                           "--json"], capture_output=True, text=True, check=True, env=env)
     key = json.loads(made.stdout)["key"]
     port = free_port()
     proc = spawn([PY, "-m", "modelyard.cli.main", "serve", "--config", str(config), "--port", str(port),
-                  "--workers", str(workers), "--log-level", "warning"], log=tmp / f"modelyard-{workers}.log")
+                  "--workers", str(workers), "--log-level", "warning"], log=tmp / f"{slug}.log",
+                 env={"PYTHONPATH": str(src)} if src is not None else None)
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health/ready", proc)
-    name = "modelyard" if workers == 1 else f"modelyard x{workers}"
-    return Contender(name, url, "bench", key, proc)
+    return Contender(label, url, "bench", key, proc)
 
 
 LITELLM_CONFIG = """

@@ -1,13 +1,22 @@
-"""The spend log: one record per request, written to the store in batches by a background task.
+"""The spend log: one record per request, durable in a local spool first, written to the store in batches.
 
-`submit` is the only thing the request path does: a `put_nowait` on a bounded asyncio queue (no I/O, no
-formatting; with `convert`, not even building the record: the background task turns what was submitted,
-e.g. a request's outcome, into `SpendRecord`s batch by batch). That task drains the queue in batches of
-up to `batch_size`, waiting at most `flush_interval_s` for a batch to fill, and writes each batch in one
-store call. A failed write is
-retried with backoff while new records keep queueing; if the queue is ever full, records are dropped and
-counted (`dropped`), never blocking a request. `close()` drains everything left, so a clean shutdown
-loses nothing.
+The request path calls `commit(outcome)`: it builds the record (`convert`), appends its JSON line to the
+buffer of the current event-loop tick and returns a future. The first commit of a tick schedules one flush
+(`loop.call_soon`) that writes the whole tick's buffer to the spool with one `os.write()` and resolves the
+tick's futures; the handlers await it before sending a response's last byte, so a completed request's spend is in
+the kernel before the client has its answer (see `spool.py`). `submit` is the same without waiting.
+
+A background task drains the records into the store in batches of up to `batch_size` (waiting at most
+`flush_interval_s` for a batch to fill) and acknowledges them to the spool, which deletes segments once
+fully acknowledged; it also fsyncs the spool once per flush interval. On start it replays what a crashed
+process left in the spool: the store ignores ids it already has, so a replay never doubles a row.
+
+Two kinds of failure, told apart: an outage (connection refused, a locked database) is retried with
+backoff for as long as it lasts, the records staying in the spool; a data error (a row the store refuses)
+is bisected down to the bad rows, which are sanitised and retried once, then set aside in the dead-letter
+table (`dead_letters` counts them) while the rest of the batch is written. Nothing retries forever on a
+bad row. If the in-memory queue is full (`max_queue`), a spooled record is left to the next start's replay
+(`deferred`); without a spool it is dropped (`dropped`). `close()` writes everything it can.
 """
 
 from __future__ import annotations
@@ -15,15 +24,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Sequence
+import math
+import re
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import msgspec
 
+from modelyard.accounting.spool import SEGMENT_BYTES, Segment, Spool
+
 log = logging.getLogger("modelyard.spend")
 
-
-_CONVERT_SLICE = 50
+_INT64 = (-(2**63), 2**63 - 1)
+#: Characters PostgreSQL's text type cannot hold (NUL) or UTF-8 cannot encode (lone surrogates).
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 class SpendRecord(msgspec.Struct, kw_only=True):
@@ -52,16 +69,58 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     content: str | None = None
 
 
+class SpendDataError(Exception):
+    """The store refused records for what they hold (bad data), not because it is unreachable."""
+
+
 class SpendSink(Protocol):
     async def write_spend(self, records: Sequence[SpendRecord]) -> None: ...
 
 
+def escape_text(text: str) -> str:
+    """`text` with NUL and lone surrogates written as `\\u0000`-style escapes (storable everywhere)."""
+    if _UNSTORABLE.search(text) is None:
+        return text
+    return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def sanitise(record: SpendRecord) -> SpendRecord:
+    """A copy every store can take: text escaped, integers clamped to 64 bits, non-finite floats as 0."""
+    changes: dict[str, Any] = {}
+    for name in record.__struct_fields__:
+        value = getattr(record, name)
+        if isinstance(value, str):
+            fixed: Any = escape_text(value)
+        elif isinstance(value, bool):
+            continue
+        elif isinstance(value, int):
+            fixed = min(max(value, _INT64[0]), _INT64[1])
+        elif isinstance(value, float):
+            fixed = value if math.isfinite(value) else 0.0
+        else:
+            continue
+        if fixed is not value and fixed != value:
+            changes[name] = fixed
+    return msgspec.structs.replace(record, **changes) if changes else record
+
+
+def is_data_error(exc: BaseException) -> bool:
+    """A failure that retrying the same rows cannot fix (vs. an outage, which waiting can)."""
+    return isinstance(exc, SpendDataError | ValueError | TypeError | OverflowError)
+
+
+_encode = msgspec.json.Encoder().encode
+_decode_record = msgspec.json.Decoder(SpendRecord).decode
+_Entry = tuple[SpendRecord, Segment | None]
+
+
 class SpendWriter:
-    """Batches spend records from the request path into a store, in the background."""
+    """Spend records from the request path: into the spool at once, into the store in the background."""
 
     def __init__(self, sink: SpendSink, *, convert: Callable[[Any], SpendRecord] | None = None,
                  batch_size: int = 500, flush_interval_s: float = 1.0, max_queue: int = 100_000,
-                 retry_base_s: float = 0.2, retry_max_s: float = 5.0) -> None:
+                 retry_base_s: float = 0.2, retry_max_s: float = 5.0, spool_dir: str | Path | None = None,
+                 segment_bytes: int = SEGMENT_BYTES) -> None:
         self.sink = sink
         self.convert = convert
         self.batch_size = max(1, batch_size)
@@ -69,35 +128,71 @@ class SpendWriter:
         self.max_queue = max_queue
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
-        self.written = 0
-        self.dropped = 0
-        self.failures = 0
-        self._queue: asyncio.Queue[Any] | None = None
+        self.spool_dir = None if spool_dir is None else Path(spool_dir)
+        self.segment_bytes = segment_bytes
+        self.written = 0        # records the store acknowledged
+        self.dropped = 0        # records lost (no spool and a full queue, a bug in `convert`, closed writer)
+        self.deferred = 0       # spooled records not queued (full queue): the next start replays them
+        self.failures = 0       # failed store writes (outages and data errors)
+        self.dead_letters = 0   # records the store refused even sanitised: set aside, not written
+        self.replayed = 0       # records found in the spool at start
+        self.spool_errors = 0   # failed spool writes (disk full...): those records are only in memory
+        self.spool: Spool | None = None
+        self._queue: deque[_Entry] = deque()
+        self._inflight: list[_Entry] = []
+        self._tick_scheduled = False
+        self._tick_waiters: list[asyncio.Future[None]] = []
+        self._tick_records: list[SpendRecord] = []
+        self._tick_lines: list[bytes] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._full: asyncio.Event | None = None
         self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._urgent = False
-        self._idle: asyncio.Event | None = None
+        self._synced_at = 0.0
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        """Open the spool (adopting what a crashed process left: replayed first), start the writer task."""
         if self._task is not None:
             return
-        self._queue = asyncio.Queue(self.max_queue)
+        self._loop = asyncio.get_running_loop()
         self._full = asyncio.Event()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
         self._closing = False
+        if self.spool_dir is not None:
+            self._open_spool(self.spool_dir)
         self._task = asyncio.create_task(self._run(), name="modelyard-spend-writer")
+        if self._queue:
+            self._idle.clear()
+            self._wake.set()
+
+    def _open_spool(self, directory: Path) -> None:
+        """Open the spool and queue what it holds; a directory we cannot use is loud but not fatal (the gateway
+        serves on, with the durability of the in-memory queue only: `modelyard_spend_spool_errors`)."""
+        spool = Spool(directory, segment_bytes=self.segment_bytes)
+        try:
+            adopted = spool.open()
+        except OSError as exc:
+            self.spool_errors += 1
+            log.error("spend spool disabled: cannot use %s (%s); set spend.spool_dir to a writable directory",
+                      directory, exc)
+            return
+        self.spool = spool
+        for segment, lines in adopted:
+            self._replay(segment, lines)
 
     async def close(self) -> None:
-        """Write everything queued, then stop. Safe to call twice."""
+        """Write everything queued, then stop (what the store refuses to take stays in the spool)."""
         if self._task is None:
             return
         self._closing = True
+        self._flush_tick()
         assert self._full is not None and self._wake is not None
         self._full.set()
         self._wake.set()
@@ -105,106 +200,271 @@ class SpendWriter:
             await self._task
         finally:
             self._task = None
+            if self.spool is not None:
+                self.spool.close()
+                self.spool = None
 
     # ------------------------------------------------------------------ hot path
 
-    def submit(self, record: Any) -> None:
-        """Queue one record (or what `convert` makes one of); never blocks or raises (a full queue drops and
-        counts)."""
-        queue = self._queue
-        if queue is None or self._closing:
+    def commit(self, item: Any) -> asyncio.Future[None] | None:
+        """Take one record (or what `convert` makes one of); the future resolves once it is in the spool.
+
+        None when there is nothing to wait for (no spool, or the record was dropped). Never raises. Each
+        caller gets its own future: a committer cancelled while waiting cancels nobody else's.
+        """
+        if not self._take(item):
+            return None
+        waiter = self._loop.create_future()  # type: ignore[union-attr]
+        self._tick_waiters.append(waiter)
+        return waiter
+
+    def submit(self, item: Any) -> None:
+        """`commit` without waiting for the spool (the record still reaches it at the end of this tick)."""
+        self._take(item)
+
+    def _take(self, item: Any) -> bool:
+        """Queue the record, or buffer its line for this tick's write; True when that write is to be waited for."""
+        if self._loop is None or self._closing:
             self.dropped += 1
-            return
+            return False
+        record = self._record(item)
+        if record is None:
+            return False
+        if self.spool is None:
+            self._enqueue(record, None)
+            return False
         try:
-            queue.put_nowait(record)
-        except asyncio.QueueFull:
+            line = _encode(record)
+        except UnicodeEncodeError:  # a lone surrogate in client text: escaped, the rest kept
+            record = sanitise(record)
+            line = _encode(record)
+        self._tick_records.append(record)
+        self._tick_lines.append(line)
+        if not self._tick_scheduled:
+            self._tick_scheduled = True
+            self._loop.call_soon(self._flush_tick)
+        return True
+
+    def _record(self, item: Any) -> SpendRecord | None:
+        convert = self.convert
+        if convert is None:
+            return item  # type: ignore[no-any-return]
+        try:
+            return convert(item)
+        except Exception:  # a bug, not an outage: say so loudly, keep serving
+            self.dropped += 1
+            log.exception("spend log: could not build a record; dropped")
+            return None
+
+    def _flush_tick(self) -> None:
+        """One write() for every record committed in this tick, then wake their committers."""
+        self._tick_scheduled = False
+        records, self._tick_records = self._tick_records, []
+        lines, self._tick_lines = self._tick_lines, []
+        waiters, self._tick_waiters = self._tick_waiters, []
+        segment: Segment | None = None
+        if records and self.spool is not None:
+            try:
+                segment = self.spool.append(b"\n".join(lines) + b"\n", len(records))
+            except OSError as exc:
+                self.spool_errors += 1
+                if self.spool_errors & (self.spool_errors - 1) == 0:
+                    log.error("spend spool write failed (%s): %d records only in memory (%d failures so far)",
+                              exc, len(records), self.spool_errors)
+        for record in records:
+            self._enqueue(record, segment)
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def _enqueue(self, record: SpendRecord, segment: Segment | None) -> None:
+        queue = self._queue
+        if len(queue) >= self.max_queue:
+            if segment is not None:
+                self.deferred += 1  # stays in the spool, unacknowledged: the next start writes it
+                return
             self.dropped += 1
             if self.dropped & (self.dropped - 1) == 0:  # log at 1, 2, 4, 8, ... drops
-                log.warning("spend log queue full (%d records): %d dropped so far", self.max_queue,
-                            self.dropped)
+                log.warning("spend log queue full (%d records): %d dropped so far", self.max_queue, self.dropped)
             return
-        size = queue.qsize()
+        queue.append((record, segment))
+        size = len(queue)
         if size == 1:  # the queue was empty: wake the writer (and say a write is pending)
             self._idle.clear()  # type: ignore[union-attr]
             self._wake.set()  # type: ignore[union-attr]
         elif size >= self.batch_size:
             self._full.set()  # type: ignore[union-attr]
 
+    # ------------------------------------------------------------------ queries
+
     @property
     def pending(self) -> int:
-        return 0 if self._queue is None else self._queue.qsize()
+        """Records not yet acknowledged by the store (in this tick's buffer, queued, or being written)."""
+        return len(self._tick_records) + len(self._queue) + len(self._inflight)
 
-    async def flush(self) -> None:
-        """Wait until every record submitted so far is written (for admin reports and tests)."""
+    def pending_cost(self, key_id: str, since: float) -> float:
+        """USD of `key_id`'s records at or after `since` that the store has not acknowledged yet (re-seeding a
+        budget must count them: they are spent, only not yet in the store)."""
+        total = 0.0
+        for record in self._unacknowledged():
+            if record.key_id == key_id and record.at >= since:
+                total += record.cost_usd
+        return total
+
+    def _unacknowledged(self) -> Iterator[SpendRecord]:
+        yield from self._tick_records
+        for record, _ in self._inflight:
+            yield record
+        for record, _ in self._queue:
+            yield record
+
+    async def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every record committed so far is written; False if `timeout_s` passed first."""
         if self._task is None or self._idle is None or self._full is None:
-            return
+            return True
+        self._flush_tick()
         if self._idle.is_set():
-            return
+            return True
         self._urgent = True
         self._full.set()
-        await self._idle.wait()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
 
     # ------------------------------------------------------------------ background
 
+    def _replay(self, segment: Segment, lines: list[bytes]) -> None:
+        bad = 0
+        for line in lines:
+            try:
+                record = _decode_record(line)
+            except (msgspec.DecodeError, msgspec.ValidationError):
+                bad += 1  # a line torn by a power loss: nothing to replay
+                continue
+            self._queue.append((record, segment))
+            self.replayed += 1
+        if bad and self.spool is not None:
+            log.warning("spend spool: %d unreadable lines in %s skipped", bad, segment.path.name)
+            self.spool.ack(segment, bad)
+        if lines:
+            log.info("spend spool: replaying %d records from %s", len(lines) - bad, segment.path.name)
+
     async def _run(self) -> None:
         queue, full, wake, idle = self._queue, self._full, self._wake, self._idle
-        assert queue is not None and full is not None and wake is not None and idle is not None
+        assert full is not None and wake is not None and idle is not None
         while True:
-            if queue.empty():
+            await self._maybe_sync()
+            if not queue:
                 self._urgent = False
                 idle.set()
                 if self._closing:
                     return
                 wake.clear()
-                await wake.wait()
+                await self._wait(wake, self.flush_interval_s if self._spool_dirty() else None)
                 continue
-            if queue.qsize() < self.batch_size and not (self._closing or self._urgent):
+            if len(queue) < self.batch_size and not (self._closing or self._urgent):
                 full.clear()
                 await self._wait(full, self.flush_interval_s)
-            batch = [queue.get_nowait() for _ in range(min(self.batch_size, queue.qsize()))]
-            records: list[SpendRecord] = []
-            for start in range(0, len(batch), _CONVERT_SLICE):
-                # Built in slices with a yield between them: a whole batch at once held the event loop
-                # for milliseconds (visible in the gateway's p99), a slice of 50 for ~0.2 ms.
-                records.extend(self._convert(batch[start:start + _CONVERT_SLICE]))
-                await asyncio.sleep(0)
-            if records:
-                await self._write(records)
+            count = min(self.batch_size, len(queue))
+            self._inflight = [queue.popleft() for _ in range(count)]
+            try:
+                await self._write(self._inflight)
+            finally:
+                self._inflight = []
 
-    def _convert(self, batch: list[Any]) -> list[SpendRecord]:
-        convert = self.convert
-        if convert is None:
-            return batch
-        try:
-            return [convert(item) for item in batch]
-        except Exception:  # a bug, not an outage: say so loudly, keep the writer alive
-            self.dropped += len(batch)
-            log.exception("spend log: could not build %d records; dropped", len(batch))
-            return []
+    def _spool_dirty(self) -> bool:
+        spool = self.spool
+        return spool is not None and any(s.dirty or (s.sealed and s.fd is not None) for s in spool.segments)
+
+    async def _maybe_sync(self) -> None:
+        spool = self.spool
+        if spool is None:
+            return
+        now = time.monotonic()
+        if self._closing or now - self._synced_at >= self.flush_interval_s:
+            self._synced_at = now
+            await spool.sync()
 
     @staticmethod
-    async def _wait(event: asyncio.Event, seconds: float) -> None:
+    async def _wait(event: asyncio.Event, seconds: float | None) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(event.wait(), seconds)
 
-    async def _write(self, batch: list[SpendRecord]) -> None:
+    async def _write(self, batch: list[_Entry]) -> None:
+        """Write `batch`: outages retried with backoff, data errors bisected down to the rows at fault."""
+        parts: list[list[_Entry]] = [batch]
         delay = self.retry_base_s
-        attempts = 0
-        while True:
+        outages = 0
+        while parts:
+            part = parts.pop()
             try:
-                await self.sink.write_spend(batch)
-            except Exception as exc:  # the store is down: keep the batch, back off, try again
-                attempts += 1
+                await self.sink.write_spend([record for record, _ in part])
+            except Exception as exc:
                 self.failures += 1
-                if self._closing and attempts >= 3:
-                    self.dropped += len(batch)
-                    log.error("spend log: dropping %d records at shutdown after %d failed writes: %s",
-                              len(batch), attempts, exc)
+                if is_data_error(exc):
+                    parts.extend(await self._split(part, exc))
+                    continue
+                outages += 1
+                if self._closing and outages >= 3:
+                    self._give_up(part, parts, exc)
                     return
-                log.warning("spend log write of %d records failed (%s); retrying in %.1fs", len(batch), exc,
-                            delay)
+                log.warning("spend log write of %d records failed (%s); retrying in %.1fs", len(part), exc, delay)
+                parts.append(part)
                 await asyncio.sleep(delay)
                 delay = min(self.retry_max_s, delay * 2)
                 continue
-            self.written += len(batch)
-            return
+            self._ack(part)
+
+    async def _split(self, part: list[_Entry], exc: BaseException) -> list[list[_Entry]]:
+        """Halves of a refused batch to try again; a refused single row is sanitised once, then set aside."""
+        if len(part) > 1:
+            middle = len(part) // 2
+            return [part[middle:], part[:middle]]  # popped from the end: the first half goes first
+        record, segment = part[0]
+        clean = sanitise(record)
+        if clean is not record:
+            log.warning("spend record %s refused (%s): retrying it sanitised", record.id[:64], exc)
+            return [[(clean, segment)]]
+        await self._dead_letter(record, exc)
+        self._ack(part, written=False)
+        return []
+
+    async def _dead_letter(self, record: SpendRecord, exc: BaseException) -> None:
+        self.dead_letters += 1
+        reason = f"{type(exc).__name__}: {exc}"[:1000]
+        writer = getattr(self.sink, "write_dead_spend", None)
+        if writer is not None:
+            try:
+                await writer([(record, reason)])
+                log.error("spend record %s set aside in the dead-letter table: %s", record.id[:64], reason)
+                return
+            except Exception as dead_exc:  # the dead-letter table failed too: the log keeps it
+                reason = f"{reason}; dead-letter table: {dead_exc}"
+        log.error("spend record set aside (%s): %s", reason, escape_text(_encode(sanitise(record)).decode()))
+
+    def _give_up(self, part: list[_Entry], rest: list[list[_Entry]], exc: BaseException) -> None:
+        """At shutdown with the store down: spooled records wait for the next start, the others are lost."""
+        entries = [entry for chunk in (part, *rest) for entry in chunk]
+        entries.extend(self._queue)
+        self._queue.clear()
+        lost = sum(1 for _, segment in entries if segment is None)
+        self.dropped += lost
+        log.error("spend log: store unreachable at shutdown (%s): %d records left in the spool for the next "
+                  "start, %d dropped", exc, len(entries) - lost, lost)
+
+    def _ack(self, part: Iterable[_Entry], *, written: bool = True) -> None:
+        counts: dict[Segment, int] = {}
+        total = 0
+        for _, segment in part:
+            total += 1
+            if segment is not None:
+                counts[segment] = counts.get(segment, 0) + 1
+        if written:
+            self.written += total
+        spool = self.spool
+        if spool is not None:
+            for segment, count in counts.items():
+                spool.ack(segment, count)
+

@@ -5,12 +5,16 @@ the TPM window, its estimated cost from the budget) or takes nothing and says wh
 atomic step matters: a request refused for its budget must not eat RPM, and two requests racing for the
 last dollar must not both win. In memory that step is a synchronous function on the event loop; in
 Redis it is one Lua script, so the bound holds across replicas.
+
+A budget is *seeded* (started from the spend log) before its first reservation, and again whenever its
+counters are found missing (Redis restarted empty): an `Ask` with `seed_required` gets the verdict
+"unseeded" instead of a budget that silently starts from zero, and the caller seeds and asks again.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -31,14 +35,35 @@ class Ask:
     estimate_nano: int
     #: Seconds the budget's counters must live (until the period ends, plus slack); Redis only.
     ttl_s: int = 86400
+    #: Refuse with "unseeded" (instead of starting at zero) when the budget has no counters yet.
+    seed_required: bool = False
 
 
 @dataclass(slots=True)
 class Verdict:
     ok: bool
-    reason: str = ""  # "rpm" | "tpm" | "budget"
+    reason: str = ""  # "rpm" | "tpm" | "budget" | "unseeded"
     retry_after: float = 0.0
     reservation: Reservation | None = None
+
+
+#: What a budget starts from: nano-dollars, or a coroutine function computing them (called after the counters
+#: have noted the reservations they hold, so nothing settling meanwhile is missed).
+SpentSource = int | Callable[[], Awaitable[int]]
+
+#: Bounds on what is sent to a counter: above every limit the gateway accepts (rpm/tpm, budgets <= 1e9 USD)
+#: and inside Redis's 64-bit integers, so a hostile `max_tokens` cannot overflow a counter.
+MAX_TOKENS = 2**53
+MAX_NANO = 2**62
+
+
+def clamp(value: int, bound: int) -> int:
+    """`value` limited to [-bound, bound]."""
+    return max(-bound, min(bound, value))
+
+
+async def spent_value(spent: SpentSource) -> int:
+    return spent if isinstance(spent, int) else await spent()
 
 
 class Counters(Protocol):
@@ -52,12 +77,22 @@ class Counters(Protocol):
         """Swap the estimate for the actual cost and tokens; must not block (Redis does it in a task)."""
         ...
 
-    async def seed_budget(self, account: str, period: int, spent_nano: int, ttl_s: int) -> None:
-        """Start a budget period from the spend log's total, unless it has already started."""
+    async def seed_budget(self, account: str, period: int, spent_nano: SpentSource, ttl_s: int) -> None:
+        """Start a budget period from the spend log's total, unless it has already started (atomically, across
+        replicas: only if absent)."""
         ...
 
     async def budget_state(self, account: str, period: int) -> tuple[int, int]:
         """(spent, reserved) nano-dollars."""
+        ...
+
+    async def budget_started(self, account: str, period: int) -> bool:
+        """Whether the period's budget counters exist (seeded, or reserved in)."""
+        ...
+
+    @property
+    def degraded(self) -> bool:
+        """True while the shared counters are unreachable (answering from the outage policy)."""
         ...
 
 
@@ -104,6 +139,8 @@ class MemoryCounters:
         period = -1
         if ask.budget_nano is not None:
             period = ask.period
+            if ask.seed_required and not ledger.seeded(ask.account, period):
+                return Verdict(False, "unseeded")
             if not ledger.can_reserve(ask.account, period, ask.estimate_nano, ask.budget_nano):
                 return Verdict(False, "budget")
             ledger.reserve(ask.account, period, ask.estimate_nano)
@@ -127,9 +164,19 @@ class MemoryCounters:
             if windows is not None:
                 windows.tokens.correct(reservation.second, actual_tokens - reservation.tokens)
 
-    async def seed_budget(self, account: str, period: int, spent_nano: int, ttl_s: int) -> None:
-        self.ledger.seed(account, period, spent_nano)
+    async def seed_budget(self, account: str, period: int, spent_nano: SpentSource, ttl_s: int) -> None:
+        if self.ledger.seeded(account, period):
+            return
+        value = await spent_value(spent_nano)
+        self.ledger.seed(account, period, value)  # ignored if a concurrent seed got there first
         self.ledger.forget_before(account, period)
 
     async def budget_state(self, account: str, period: int) -> tuple[int, int]:
         return self.ledger.state(account, period)
+
+    async def budget_started(self, account: str, period: int) -> bool:
+        return self.ledger.seeded(account, period)
+
+    @property
+    def degraded(self) -> bool:
+        return False

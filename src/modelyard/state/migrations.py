@@ -67,6 +67,19 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE INDEX modelyard_spend_at ON modelyard_spend (at)",
         "CREATE INDEX modelyard_spend_key_at ON modelyard_spend (key_id, at)",
     )),
+    # A spend row's id is its request id: unique, so replaying the spool after a crash never doubles a row
+    # (SQLite inserts with OR IGNORE, PostgreSQL with ON CONFLICT (id) DO NOTHING). Rows the store refused
+    # even sanitised are set aside, as JSON, in the dead-letter table.
+    Migration(2, "unique spend ids, spend dead letters", (
+        "CREATE UNIQUE INDEX modelyard_spend_id ON modelyard_spend (id)",
+        """CREATE TABLE modelyard_spend_dead (
+            id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            failed_at DOUBLE PRECISION NOT NULL,
+            error TEXT NOT NULL,
+            record TEXT NOT NULL
+        )""",
+    )),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import re
 import time
+import typing
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from modelyard.accounting.spend import SpendRecord
+from modelyard.accounting.spend import SpendDataError, SpendRecord, escape_text
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.store import (
     SpendRow,
+    dead_row,
     key_from_row,
     key_row,
     report_rows,
@@ -30,6 +32,28 @@ _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
 _KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
                f"VALUES ({', '.join(f'${i + 1}' for i in range(len(KEY_COLUMNS)))})")
 _DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+def _pg_type(hint: Any) -> str:
+    """The PostgreSQL array element type of a SpendRecord field (str → text, int → int8, float → float8)."""
+    kinds = set(typing.get_args(hint)) or {hint}
+    for python, sql in ((bool, "boolean"), (int, "int8"), (float, "float8")):
+        if python in kinds:
+            return sql
+    return "text"
+
+
+_SPEND_TYPES = typing.get_type_hints(SpendRecord)
+_SPEND_INSERT = (f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT * FROM unnest("
+                 + ", ".join(f"${i + 1}::{_pg_type(_SPEND_TYPES[c])}[]" for i, c in enumerate(SPEND_COLUMNS))
+                 + ") ON CONFLICT (id) DO NOTHING")
+
+
+def _valid_text(row: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The row with NUL and lone surrogates escaped in its text (PostgreSQL's text cannot hold them)."""
+    return tuple(escape_text(v) if isinstance(v, str) else v for v in row)
+
+
 _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _MIGRATION_LOCK = 0x6D6F64656C79  # "modely": one lock id for every modelyard schema
 
@@ -137,10 +161,23 @@ class PostgresStore:
     # ------------------------------------------------------------------ spend
 
     async def write_spend(self, records: Sequence[SpendRecord]) -> None:
-        rows = [spend_row(r) for r in records]
-        async with self.pool.acquire() as conn:
-            await conn.copy_records_to_table("modelyard_spend", records=rows, columns=list(SPEND_COLUMNS),
-                                             schema_name=self.schema)
+        """One INSERT … SELECT FROM unnest(one array per column) ON CONFLICT (id) DO NOTHING: one round trip
+        per batch like COPY (which cannot skip the ids a spool replay brings back). Text is made valid first:
+        a NUL or a lone surrogate in one row used to fail every later batch."""
+        import asyncpg
+
+        columns = list(zip(*[_valid_text(spend_row(r)) for r in records], strict=True)) if records else []
+        if not columns:
+            return
+        try:
+            await self.pool.execute(_SPEND_INSERT, *columns)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            raise SpendDataError(str(exc)) from exc
+
+    async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
+        rows = [dead_row(record, reason) for record, reason in records]
+        await self.pool.executemany("INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) "
+                                    "VALUES ($1, $2, $3, $4, $5)", rows)
 
     async def spend_report(self, by: str, since: float) -> list[SpendRow]:
         rows = await self.pool.fetch(report_sql(by, _DAY, "$1"), since)

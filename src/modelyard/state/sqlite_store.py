@@ -17,11 +17,12 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from modelyard.accounting.spend import SpendRecord
+from modelyard.accounting.spend import SpendDataError, SpendRecord
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.store import (
     SpendRow,
+    dead_row,
     key_from_row,
     key_row,
     report_rows,
@@ -39,9 +40,13 @@ _KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
 #: needs the GIL for every row, and under load the writer thread then waits on the busy event loop for it
 #: (measured: the writer fell to ~800 rows/s at 3,000 requests/s and its queue grew without bound). One
 #: parameter means one GIL hand-off per batch; SQLite does the rest with the GIL released.
+#: ON CONFLICT (id) DO NOTHING: an id already stored (a spool replay after a crash) is skipped, never doubled.
+#: Not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL, silently. (`WHERE true` is SQLite's
+#: way to tell an upsert's ON CONFLICT from a join's ON after a SELECT.)
 _SPEND_INSERT_JSON = (f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT "
                       + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(SPEND_COLUMNS)))
-                      + " FROM json_each(?)")
+                      + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING")
+_DEAD_INSERT = "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES (?, ?, ?, ?, ?)"
 _encode = msgspec.json.Encoder().encode
 _DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
 
@@ -126,8 +131,18 @@ class SQLiteStore:
     # ------------------------------------------------------------------ spend
 
     async def write_spend(self, records: Sequence[SpendRecord]) -> None:
-        payload = _encode([spend_row(r) for r in records])
-        await self._run(lambda conn: _insert_json(conn, payload))
+        try:
+            payload = _encode([spend_row(r) for r in records])
+        except (UnicodeEncodeError, OverflowError, TypeError) as exc:  # lone surrogates, ints beyond 64 bits
+            raise SpendDataError(str(exc)) from exc
+        try:
+            await self._run(lambda conn: _insert_json(conn, payload))
+        except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
+            raise SpendDataError(str(exc)) from exc
+
+    async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
+        rows = [dead_row(record, reason) for record, reason in records]
+        await self._run(lambda conn: _executemany(conn, _DEAD_INSERT, rows))
 
     async def spend_report(self, by: str, since: float) -> list[SpendRow]:
         sql = report_sql(by, _DAY, "?")
@@ -142,6 +157,16 @@ class SQLiteStore:
         sql = f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= ? ORDER BY at LIMIT ?"
         rows = await self._run(lambda conn: conn.execute(sql, (since, limit)).fetchall())
         return [spend_from_row(row) for row in rows]
+
+
+def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    conn.execute("BEGIN")
+    try:
+        conn.executemany(sql, rows)
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    conn.execute("COMMIT")
 
 
 def _insert_json(conn: sqlite3.Connection, payload: bytes) -> None:

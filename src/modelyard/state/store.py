@@ -7,12 +7,15 @@ the spend writer's background task.
 
 from __future__ import annotations
 
+import json
+import math
+import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import msgspec
 
-from modelyard.accounting.spend import SpendRecord
+from modelyard.accounting.spend import SpendRecord, escape_text
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import GROUPINGS, KEY_COLUMNS, SPEND_COLUMNS
 
@@ -54,7 +57,13 @@ class Store(Protocol):
         """Keys not revoked (expired ones included: their holders must still get a 401, not open mode)."""
         ...
 
-    async def write_spend(self, records: Sequence[SpendRecord]) -> None: ...
+    async def write_spend(self, records: Sequence[SpendRecord]) -> None:
+        """Insert the records, skipping ids already stored (a spool replay); bad data raises SpendDataError."""
+        ...
+
+    async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
+        """Set aside records the spend table refused, with the reason (the dead-letter table)."""
+        ...
 
     async def spend_report(self, by: str, since: float) -> list[SpendRow]: ...
 
@@ -111,6 +120,13 @@ if SpendRecord.__struct_fields__ != SPEND_COLUMNS:  # pragma: no cover - a devel
 
 def spend_row(record: SpendRecord) -> tuple[Any, ...]:
     return msgspec.structs.astuple(record)
+
+
+def dead_row(record: SpendRecord, reason: str) -> tuple[str, float, float, str, str]:
+    """A dead-letter row: ASCII JSON (NUL and lone surrogates escaped), so any store takes it."""
+    as_json = json.dumps(msgspec.to_builtins(record), ensure_ascii=True, default=str)
+    return (escape_text(record.id), record.at if math.isfinite(record.at) else 0.0, time.time(),
+            escape_text(reason), as_json)
 
 
 def spend_from_row(row: Sequence[Any]) -> SpendRecord:

@@ -1,0 +1,65 @@
+"""Spend rows on the real stores (SQLite, PostgreSQL): idempotent replay by id, and poison rows that once
+stopped the PostgreSQL spend log for good (a NUL byte: `invalid byte sequence for encoding "UTF8": 0x00`)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from modelyard.accounting.spend import SpendRecord, SpendWriter
+from modelyard.state.store import Store
+
+
+def _spend(i: int, **fields: Any) -> SpendRecord:
+    base: dict[str, Any] = {"id": f"req_{i}", "at": 1_700_000_000.0 + i, "model": "smart", "status": "ok",
+                            "prompt_tokens": 10, "cost_usd": 0.001}
+    base.update(fields)
+    return SpendRecord(**base)
+
+
+async def _rows(store: Store, sql: str) -> list[tuple[Any, ...]]:
+    pool = getattr(store, "pool", None)
+    if pool is not None:
+        return [tuple(r) for r in await pool.fetch(sql)]
+    return await store._run(lambda conn: conn.execute(sql).fetchall())  # type: ignore[attr-defined, no-any-return]
+
+
+async def test_write_spend_skips_ids_already_stored(store: Store) -> None:
+    await store.write_spend([_spend(i) for i in range(10)])
+    await store.write_spend([_spend(i) for i in range(5, 15)])  # a replay overlapping what is stored
+    await store.write_spend([_spend(20), _spend(20)])  # the same id twice in one batch
+    rows = await _rows(store, "SELECT id, COUNT(*) FROM modelyard_spend GROUP BY id")
+    assert len(rows) == 16 and all(count == 1 for _, count in rows)
+
+
+async def test_poison_rows_are_sanitised_or_set_aside_and_later_batches_flow(store: Store, tmp_path: Path) -> None:
+    writer = SpendWriter(store, batch_size=50, flush_interval_s=0.01, spool_dir=tmp_path / "spool")
+    await writer.start()
+    try:
+        for i in range(20):
+            fields: dict[str, Any] = {}
+            if i == 3:
+                fields = {"model": "evil\x00model"}      # NUL: PostgreSQL text cannot hold it
+            elif i == 7:
+                fields = {"key_name": "half \ud800 pair"}  # a lone surrogate: not UTF-8 at all
+            elif i == 11:
+                fields = {"prompt_tokens": 2**70}          # beyond BIGINT: clamped when sanitised
+            elif i == 15:
+                fields = {"status": None}                  # NOT NULL: nothing can fix it → dead letter
+            writer.submit(_spend(i, **fields))
+        assert await writer.flush(10)
+        ids = {r[0] for r in await _rows(store, "SELECT id FROM modelyard_spend")}
+        assert ids == {f"req_{i}" for i in range(20)} - {"req_15"}
+        models = dict(await _rows(store, "SELECT id, model FROM modelyard_spend WHERE id = 'req_3'"))
+        assert "\x00" not in models["req_3"] and models["req_3"].startswith("evil")
+        dead = await _rows(store, "SELECT id, error, record FROM modelyard_spend_dead")
+        assert [d[0] for d in dead] == ["req_15"] and '"status":null' in dead[0][2].replace(" ", "")
+        assert writer.dead_letters == 1
+
+        writer.submit(_spend(100, model="after the poison"))
+        assert await writer.flush(10)
+        assert await _rows(store, "SELECT id FROM modelyard_spend WHERE id = 'req_100'") == [("req_100",)]
+    finally:
+        await writer.close()
+    assert os.listdir(tmp_path / "spool") == []

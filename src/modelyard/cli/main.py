@@ -56,6 +56,15 @@ def serve(
     workers: int = typer.Option(1, help="Worker processes (one per core is a good start)."),
     demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo config over a built-in simulator."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
+    header_timeout: float = typer.Option(10.0, envvar="MODELYARD_HEADER_TIMEOUT_S", min=0.1,
+                                         help="Seconds a client has to send a request's headers (slowloris)."),
+    body_timeout: float = typer.Option(30.0, envvar="MODELYARD_BODY_TIMEOUT_S", min=0.1,
+                                       help="Seconds a client has to send a request's body, once its headers are in."),
+    keep_alive: int = typer.Option(5, envvar="MODELYARD_KEEP_ALIVE_S", min=1,
+                                     help="Seconds an idle kept-alive connection stays open."),
+    limit_concurrency: int = typer.Option(None, envvar="MODELYARD_LIMIT_CONCURRENCY", min=1,
+                                          help="Connections + requests per worker before new ones get a 503 "
+                                               "(default: unlimited)."),
 ) -> None:
     """Run the gateway (OpenAI API at /v1, Anthropic Messages API at /v1/messages)."""
     import uvicorn
@@ -76,11 +85,19 @@ def serve(
     except ConfigError as exc:
         raise _fail(str(exc)) from None
     os.environ["MODELYARD_CONFIG"] = str(path)
+    # Read by the protocol of every worker process (server/protocol.py).
+    os.environ["MODELYARD_HEADER_TIMEOUT_S"] = str(header_timeout)
+    os.environ["MODELYARD_BODY_TIMEOUT_S"] = str(body_timeout)
+    from modelyard.server.protocol import GuardedHttpToolsProtocol
+
+    GuardedHttpToolsProtocol.header_timeout_s = header_timeout
+    GuardedHttpToolsProtocol.body_timeout_s = body_timeout
     err.print(f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
               f"from {path}; listening on http://{host}:{port}")
     try:
         uvicorn.run("modelyard.server.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    loop="uvloop", http="httptools", log_level="warning", access_log=False, lifespan="on")
+                    loop="uvloop", http=GuardedHttpToolsProtocol, log_level="warning", access_log=False,
+                    lifespan="on", timeout_keep_alive=keep_alive, limit_concurrency=limit_concurrency)
     finally:
         if sim is not None:
             sim.__exit__(None, None, None)

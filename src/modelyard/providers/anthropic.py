@@ -28,6 +28,7 @@ from modelyard.providers.base import (
     mentions_context_length,
     new_id,
     parse_retry_after,
+    upstream_error,
 )
 from modelyard.schema.chat import (
     AssistantMessage,
@@ -552,9 +553,8 @@ def error_from_event(data: dict[str, Any], after_first_byte: bool) -> ProviderEr
         err = {}
     err_type = str(err.get("type") or "")
     message = _scrub(str(err.get("message") or "error event in stream"))
-    return ProviderError(classify(0, err_type, message),
-                         f"provider stream error ({err_type or 'unknown'}): {message}",
-                         after_first_byte=after_first_byte)
+    return upstream_error(classify(0, err_type, message), f"provider stream error ({err_type or 'unknown'})",
+                          message, after_first_byte=after_first_byte)
 
 
 def _no_embeddings(dep: Deployment) -> GatewayError:
@@ -593,8 +593,8 @@ class AnthropicAdapter:
         kind = classify(status, err_type, message)
         text = message or f"HTTP {status}"
         label = f" {err_type}" if err_type else ""
-        return ProviderError(kind, f"provider answered {status}{label}: {text}", status=status,
-                             retry_after=parse_retry_after(headers))
+        return upstream_error(kind, f"provider answered {status}{label}", text, status=status,
+                              retry_after=parse_retry_after(headers))
 
     def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
         raise _no_embeddings(dep)

@@ -18,7 +18,7 @@ import msgspec
 
 from modelyard.config.model import Deployment
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
-from modelyard.schema.errors import ErrorKind, ProviderError
+from modelyard.schema.errors import CLIENT_ACTIONABLE, GENERIC_MESSAGES, ErrorKind, ProviderError
 
 
 @dataclass(slots=True)
@@ -156,6 +156,20 @@ _CONTEXT_MARKERS = (
 def mentions_context_length(text: str) -> bool:
     lowered = text.lower()
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
+
+
+def upstream_error(kind: ErrorKind, where: str, text: str, *, status: int | None = None,
+                   retry_after: float | None = None, after_first_byte: bool = False) -> ProviderError:
+    """A ProviderError carrying a provider's own error text (`where`: e.g. "provider answered 400").
+
+    The text is masked (ProviderError does that); a client sees it only when it can act on it (a bad
+    request, context length, content filter). Otherwise (our key refused, the provider's 5xx, overload, its
+    rate limits on our account) the client gets a generic message and the text stays in `detail` for logs.
+    """
+    detail = f"{where}: {text}"
+    message = detail if kind in CLIENT_ACTIONABLE else f"{where}: {GENERIC_MESSAGES.get(kind, 'provider error')}"
+    return ProviderError(kind, message, status=status, retry_after=retry_after, after_first_byte=after_first_byte,
+                         detail=detail)
 
 
 def redact(text: str, *secrets: str | None) -> str:

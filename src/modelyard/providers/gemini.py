@@ -39,6 +39,7 @@ from modelyard.providers.base import (
     mentions_context_length,
     new_id,
     parse_retry_after,
+    upstream_error,
 )
 from modelyard.schema.chat import (
     AssistantMessage,
@@ -195,8 +196,7 @@ class GeminiAdapter:
         retry_after = retry_delay(err.get("details"))
         if retry_after is None:
             retry_after = parse_retry_after(headers)
-        return ProviderError(kind, f"provider answered {status}: {text}", status=status,
-                             retry_after=retry_after)
+        return upstream_error(kind, f"provider answered {status}", text, status=status, retry_after=retry_after)
 
 
 # ============================================================================ URLs and headers
@@ -733,8 +733,8 @@ def _error_from_object(err: dict[str, Any], status: int, *, after_first_byte: bo
     http = int(code) if isinstance(code, int) else status
     message = str(err.get("message") or "error object from Gemini")
     kind = classify(http, str(err.get("status") or ""), message, err.get("details"))
-    return ProviderError(kind, f"provider error: {message}", status=http or None,
-                         retry_after=retry_delay(err.get("details")), after_first_byte=after_first_byte)
+    return upstream_error(kind, "provider error", message, status=http or None,
+                          retry_after=retry_delay(err.get("details")), after_first_byte=after_first_byte)
 
 
 def _decode_object(body: bytes) -> dict[str, Any]:

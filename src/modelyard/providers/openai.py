@@ -25,6 +25,7 @@ from modelyard.providers.base import (
     new_id,
     parse_retry_after,
     redact,
+    upstream_error,
 )
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -126,8 +127,8 @@ class OpenAIAdapter:
         message, err_type, code = _error_fields(body)
         kind = classify(status, message, err_type, code)
         text = message or f"HTTP {status}"
-        return ProviderError(kind, f"provider answered {status}: {text}", status=status,
-                             retry_after=parse_retry_after(headers))
+        return upstream_error(kind, f"provider answered {status}", text, status=status,
+                              retry_after=parse_retry_after(headers))
 
 
 def classify(status: int, message: str, err_type: str, code: str) -> ErrorKind:
@@ -257,7 +258,7 @@ class OpenAIStreamTranslator:
             err: dict[str, Any] = inner if isinstance(inner, dict) else chunk
             message = str(err.get("message") or "error event in stream")
             kind = classify(0, message, str(err.get("type") or ""), str(err.get("code") or ""))
-            raise ProviderError(kind, f"provider stream error: {message}")
+            raise upstream_error(kind, "provider stream error", message)
         usage = chunk.pop("usage", None)
         if usage:
             self.usage = Usage.from_openai(usage)

@@ -37,7 +37,8 @@ _CONNECTION_ERRORS = (
 
 class Transport(Protocol):
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
-        """A whole request/response; a non-2xx status becomes the adapter's ProviderError."""
+        """A whole request/response within `min(response, total)`; a non-2xx status becomes the adapter's
+        ProviderError."""
         ...
 
     async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
@@ -57,6 +58,11 @@ def make_transport(kind: str = "auto", *, pool_size: int = 1000) -> Transport:
     if kind == "fast":
         return FastTransport(pool_size=pool_size)
     raise ValueError(f"unknown http client {kind!r} (fast, aiohttp or auto)")
+
+
+def response_timeout(timeouts: Timeouts) -> float:
+    """The bound of a whole non-streaming call: `response`, never more than `total`."""
+    return min(timeouts.response, timeouts.total)
 
 
 def _timeout_error(exc: BaseException, what: str) -> ProviderError:
@@ -99,7 +105,7 @@ class FastTransport:
 
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
         try:
-            async with asyncio.timeout(timeouts.total):
+            async with asyncio.timeout(response_timeout(timeouts)):
                 resp = await self._client.request(call.method, call.url, call.headers, call.body,
                                                   connect_timeout=timeouts.connect)
                 try:
@@ -159,7 +165,7 @@ class AiohttpTransport:
         try:
             async with self._session.request(
                 call.method, call.url, data=call.body, headers=call.headers,
-                timeout=self._client_timeout(timeouts.connect, timeouts.total),
+                timeout=self._client_timeout(timeouts.connect, response_timeout(timeouts)),
             ) as resp:
                 body = await resp.read()
                 if resp.status >= 400:

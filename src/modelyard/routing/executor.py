@@ -259,9 +259,6 @@ class Executor:
         """
         first_task: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
             self._attempt(first, request, hedge=False))
-        done, _ = await asyncio.wait({first_task}, timeout=delay)
-        if done:
-            return first_task.result(), first  # answered (or failed) before the hedge was due
         owners: dict[asyncio.Future[Completion | _Opened], Deployment] = {first_task: first}
         pending: set[asyncio.Future[Completion | _Opened]] = {first_task}
         errors: list[ProviderError] = []
@@ -274,17 +271,24 @@ class Executor:
                 owners[leg] = dep
                 pending.add(leg)
 
-        launch()
+        # Every leg is cancelled (and awaited) on the way out, whatever ends the race: a cancelled request,
+        # an unexpected exception in one leg, or a winner; an answer that is not returned is discarded.
         try:
+            done, _ = await asyncio.wait({first_task}, timeout=delay)
+            if done:
+                pending.clear()
+                return first_task.result(), first  # answered (or failed) before the hedge was due
+            launch()
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 winners = [t for t in done if t.exception() is None]
-                for finished in done:
-                    exc = finished.exception()
-                    if exc is not None and not isinstance(exc, ProviderError):
-                        raise exc
-                    if isinstance(exc, ProviderError):
-                        errors.append(exc)
+                unexpected = [exc for t in done if (exc := t.exception()) is not None
+                              and not isinstance(exc, ProviderError)]
+                if unexpected:
+                    for extra in winners:
+                        self._discard(extra.result())
+                    raise unexpected[0]
+                errors.extend(exc for t in done if isinstance(exc := t.exception(), ProviderError))
                 if winners:
                     for extra in winners[1:]:
                         self._discard(extra.result())
@@ -296,7 +300,10 @@ class Executor:
             for leg in pending:
                 leg.cancel()
             if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+                results = await asyncio.gather(*pending, return_exceptions=True)
+                for answer in results:  # a leg that answered just as it was cancelled
+                    if isinstance(answer, Completion | _Opened):
+                        self._discard(answer)
         # Every leg failed: let the walk continue with the remaining candidates.
         raise _HedgeSpent(errors[-1])
 
@@ -311,47 +318,80 @@ class Executor:
     def _timeouts(self, dep: Deployment, request: _Request) -> Timeouts:
         if request.timeout_s is None:
             return dep.timeouts
-        t = request.timeout_s
+        t = request.timeout_s  # a client's x-modelyard-timeout-ms: it may only shorten the operator's bounds
         base = dep.timeouts
-        return Timeouts(connect=min(base.connect, t), first_token=min(base.first_token, t), total=t)
+        if t >= base.total:
+            return base
+        return Timeouts(connect=min(base.connect, t), first_token=min(base.first_token, t),
+                        response=min(base.response, t), total=t)
 
     async def _attempt(self, dep: Deployment, request: _Request, *, hedge: bool) -> Completion | _Opened:
+        """One try at one deployment. Its in-flight slot and RPM/TPM window record are given back whatever
+        ends it: a verdict for a ProviderError, no verdict for a cancellation or any other exception (a
+        bug of ours, or of an adapter, must never take a deployment's capacity with it)."""
         adapter = self.adapters[dep.provider]
         features = request.features
         record = AttemptRecord(dep.name, dep.provider, "pending", 0.0, hedge=hedge)
         request.records.append(record)
         started = self.clock()
         estimate = features.prompt_tokens + features.output_estimate()
-        self.health.on_start(dep.name, started)
         limited = dep.limits.rate_limited
-        if limited:
-            self.limits.record(dep.name, started, estimate)
+        settled = recorded = False
+        self.health.on_start(dep.name, started)
         try:
+            if limited:
+                self.limits.record(dep.name, started, estimate)
+                recorded = True
             try:
                 call = adapter.chat_call(dep, request.req, request.raw, request.stream)
             except GatewayError as exc:
                 raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
             timeouts = self._timeouts(dep, request)
             if request.stream:
-                return await self._open(dep, adapter, call, timeouts, request, record, started)
+                opened = await self._open(dep, adapter, call, timeouts, request, record, started)
+                settled = True  # the slot now belongs to the stream (StreamResult._finish gives it back)
+                return opened
             body, _ = await self.transport.send(call, timeouts, adapter)
             completion = adapter.parse_chat(dep, request.req, body)
+            usage = ensure_usage(completion, features)
+            cost = cost_usd(usage, self.prices.get(dep.name))
+            settled = True  # settled just below, by on_success
         except asyncio.CancelledError:
+            settled = True
             self._cancelled(dep, record, started, features)
             raise
         except ProviderError as error:
+            settled = True
+            if error.untranslatable and recorded:
+                self._unrecord(dep, started, estimate)  # nothing was sent
             self._failed(dep, record, started, error)
             raise
+        finally:
+            if not settled:
+                self._abandoned(dep, record, started, estimate if recorded else None)
         now = self.clock()
         total_ms = (now - started) * 1000
-        usage = ensure_usage(completion, features)
         record.outcome = "ok"
         record.latency_ms = total_ms
-        record.cost_usd = cost_usd(usage, self.prices.get(dep.name))
+        record.cost_usd = cost
         self.health.on_success(dep.name, now, total_ms, total_ms)
         if limited:
             self.limits.correct_tokens(dep.name, started, usage.total - estimate)
         return completion
+
+    def _abandoned(self, dep: Deployment, record: AttemptRecord, started: float, recorded: int | None) -> None:
+        """An attempt ended by an unexpected exception: free its slot and its window record, no verdict."""
+        record.outcome = "error"
+        record.latency_ms = (self.clock() - started) * 1000
+        self.health.on_cancel(dep.name)
+        if recorded is not None:
+            self._unrecord(dep, started, recorded)
+        log.warning("attempt at %s ended by an unexpected exception (logged with the request)", dep.name)
+
+    def _unrecord(self, dep: Deployment, started: float, tokens: int) -> None:
+        windows = self.limits.windows(dep.name)
+        windows.requests.correct(started, -1)
+        windows.tokens.correct(started, -tokens)
 
     async def _open(self, dep: Deployment, adapter: Adapter, call: Any, timeouts: Timeouts, request: _Request,
                     record: AttemptRecord, started: float) -> _Opened:
@@ -387,7 +427,7 @@ class Executor:
         record.retry_after = error.retry_after
         record.latency_ms = (self.clock() - started) * 1000
         self.health.on_failure(dep.name, self.clock(), error.kind)
-        log.info("attempt failed: %s %s %s", dep.name, error.kind.value, error.status or "")
+        log.info("attempt failed: %s %s %s %.300s", dep.name, error.kind.value, error.status or "", error.detail)
 
     def _cancelled(self, dep: Deployment, record: AttemptRecord, started: float, features: RequestFeatures) -> None:
         record.outcome = "cancelled"
@@ -497,13 +537,22 @@ class StreamResult:
         features = self._request.features
         now = executor.clock()
         total_ms = (now - opened.started) * 1000
-        usage = opened.translator.usage
-        if usage.prompt == 0 and usage.completion == 0:
-            usage = Usage(prompt=features.prompt_tokens, completion=count_text(_streamed_text(self._texts)))
-        self.usage = usage
         record = opened.record
         record.latency_ms = total_ms
-        record.cost_usd = cost_usd(usage, executor.price(dep.name))
+        usage = opened.translator.usage
+        try:
+            if usage.prompt == 0 and usage.completion == 0:
+                usage = Usage(prompt=features.prompt_tokens, completion=count_text(_streamed_text(self._texts)))
+            self.usage = usage
+            record.cost_usd = cost_usd(usage, executor.price(dep.name))
+        finally:  # the in-flight slot is given back even if the accounting above failed
+            self._settle(error, cancelled, now, total_ms)
+        if dep.limits.rate_limited:
+            executor.limits.correct_tokens(dep.name, opened.started,
+                                           usage.total - features.prompt_tokens - features.output_estimate())
+
+    def _settle(self, error: ProviderError | None, cancelled: bool, now: float, total_ms: float) -> None:
+        executor, dep, record = self._executor, self.deployment, self._opened.record
         if error is not None:
             error.deployment = dep.name
             record.outcome = error.kind.value
@@ -512,10 +561,7 @@ class StreamResult:
             record.outcome = "cancelled"
             executor.health.on_cancel(dep.name)
         else:
-            executor.health.on_success(dep.name, now, total_ms, opened.ttft_ms)
-        if dep.limits.rate_limited:
-            executor.limits.correct_tokens(dep.name, opened.started,
-                                           usage.total - features.prompt_tokens - features.output_estimate())
+            executor.health.on_success(dep.name, now, total_ms, self._opened.ttft_ms)
 
 
 def as_dict(chunk: Chunk) -> dict[str, Any]:

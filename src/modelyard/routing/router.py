@@ -143,6 +143,7 @@ class Router:
                 call = adapter.embeddings_call(dep, req, raw)
                 body, _ = await transport.send(call, dep.timeouts, adapter)
                 completion = adapter.parse_embeddings(dep, req, body)
+                cost = cost_usd(completion.usage, self.table.prices.get(dep.name))
             except ProviderError as error:
                 error.deployment = dep.name
                 record.outcome = error.kind.value
@@ -152,13 +153,16 @@ class Router:
                 if error.kind is ErrorKind.BAD_REQUEST:
                     raise
                 continue
-            except GatewayError:
+            except BaseException:
+                # A cancellation, a GatewayError (an adapter that serves no embeddings) or a bug: no verdict
+                # on the deployment, but its in-flight slot is always given back.
+                record.outcome = "cancelled"
                 self.health.on_cancel(dep.name)
                 raise
             elapsed = (time.monotonic() - started) * 1000
             record.outcome = "ok"
             record.latency_ms = elapsed
-            record.cost_usd = cost_usd(completion.usage, self.table.prices.get(dep.name))
+            record.cost_usd = cost
             self.health.on_success(dep.name, time.monotonic(), elapsed)
             return completion, dep, records, elapsed
         if last is not None:

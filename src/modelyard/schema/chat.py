@@ -9,7 +9,7 @@ them): they are built by adapters and encoded straight to the client.
 
 from __future__ import annotations
 
-from typing import Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal, NotRequired, TypedDict
 
 import msgspec
 from msgspec import Struct
@@ -191,6 +191,17 @@ class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
     explain: bool | None = None
 
 
+#: Client numbers are checked when a request is decoded (msgspec refuses NaN and ±inf against these bounds):
+#: OpenAI's documented ranges, and caps far above any model's that keep counters and estimates finite.
+MAX_OUTPUT_TOKENS = 10_000_000
+MAX_N = 128
+OutputTokens = Annotated[int, msgspec.Meta(ge=0, le=MAX_OUTPUT_TOKENS)]  # 0: Anthropic's cache pre-warm
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+Penalty = Annotated[float, msgspec.Meta(ge=-2.0, le=2.0)]
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+
+
 class ChatRequest(Struct, kw_only=True, omit_defaults=True):
     """The fields of an OpenAI chat request that modelyard reads or translates."""
 
@@ -198,21 +209,21 @@ class ChatRequest(Struct, kw_only=True, omit_defaults=True):
     messages: list[Message]
     stream: bool | None = None
     stream_options: StreamOptions | None = None
-    max_tokens: int | None = None
-    max_completion_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    n: int | None = None
+    max_tokens: OutputTokens | None = None
+    max_completion_tokens: OutputTokens | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    n: Annotated[int, msgspec.Meta(ge=1, le=MAX_N)] | None = None
     stop: str | list[str] | None = None
-    seed: int | None = None
+    seed: Int64 | None = None
     tools: list[Tool] | None = None
     tool_choice: ToolChoice | None = None
     parallel_tool_calls: bool | None = None
     response_format: ResponseFormat | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
+    presence_penalty: Penalty | None = None
+    frequency_penalty: Penalty | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: Annotated[int, msgspec.Meta(ge=0, le=20)] | None = None
     user: str | None = None
     metadata: dict[str, str] | None = None
     reasoning_effort: str | None = None
@@ -238,7 +249,7 @@ class EmbeddingRequest(Struct, kw_only=True, omit_defaults=True):
     model: str
     input: str | list[str | int | list[int]]
     encoding_format: Literal["float", "base64"] | None = None
-    dimensions: int | None = None
+    dimensions: Annotated[int, msgspec.Meta(ge=1, le=65_536)] | None = None
     user: str | None = None
 
 

@@ -7,6 +7,7 @@ Messages are built by the adapters from the provider's own text and never carry 
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any
 
@@ -64,8 +65,50 @@ _OPENAI_CODE: dict[ErrorKind, str] = {
 }
 
 
+#: Kinds whose provider text helps a client fix its request: passed on (masked). Any other kind of provider
+#: text (our provider key refused, the provider's 5xx, overload, its rate limits on our account) is about
+#: the gateway's account, not the caller's request, and is replaced by `GENERIC_MESSAGES`.
+CLIENT_ACTIONABLE: frozenset[ErrorKind] = frozenset(
+    {ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER}
+)
+
+GENERIC_MESSAGES: dict[ErrorKind, str] = {
+    ErrorKind.AUTH: "the provider refused the gateway's credentials for this deployment",
+    ErrorKind.SERVER: "the provider failed with an internal error",
+    ErrorKind.OVERLOADED: "the provider is overloaded",
+    ErrorKind.RATE_LIMITED: "the provider is rate limiting this deployment",
+    ErrorKind.TIMEOUT: "the provider timed out",
+    ErrorKind.CONNECTION: "the connection to the provider failed",
+}
+
+#: Key-like strings: API keys (OpenAI `sk-…`, masked `sk-proj-****abcd` included; Anthropic `sk-ant-…`;
+#: Google `AIza…`), bearer tokens, `key=`/`token=` parameters, organisation ids, and long hex or base64 runs.
+_SECRET = re.compile(
+    r"\bsk-[A-Za-z0-9_*\-]{6,}"
+    r"|\bAIza[0-9A-Za-z_\-]{10,}"
+    r"|\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=*\-]{4,}"
+    r"|(?P<param>(?i:\b(?:api[_-]?key|key|token|access_token|secret|password|signature|sig)=))[^&\s\"',;]+"
+    r"|\borg-[A-Za-z0-9]{8,}"
+    r"|\b[0-9a-fA-F]{32,}\b"
+    r"|(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{40,}={0,2}"
+)
+
+
+def mask_secrets(text: str) -> str:
+    """`text` with every key-like string replaced by `[redacted]` (provider text may quote our key)."""
+    return _SECRET.sub(_redacted, text) if text else text
+
+
+def _redacted(match: re.Match[str]) -> str:
+    return f"{match.group('param') or ''}[redacted]"
+
+
 class ProviderError(Exception):
-    """One failed attempt at one deployment, classified."""
+    """One failed attempt at one deployment, classified.
+
+    `message` may reach a client: it is masked here whoever built it. `detail` is the provider's own
+    (masked) text, for logs, where `message` had to be generic (see `providers.base.upstream_error`).
+    """
 
     def __init__(
         self,
@@ -78,10 +121,13 @@ class ProviderError(Exception):
         provider: str | None = None,
         after_first_byte: bool = False,
         untranslatable: bool = False,
+        detail: str | None = None,
     ) -> None:
+        message = mask_secrets(message)
         super().__init__(message)
         self.kind = kind
         self.message = message
+        self.detail = message if detail is None else mask_secrets(detail)
         self.status = status
         self.retry_after = retry_after
         self.deployment = deployment

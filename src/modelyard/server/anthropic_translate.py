@@ -8,6 +8,7 @@ works against the gateway unchanged. No I/O here: the HTTP handler owns the requ
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgspec
@@ -336,14 +337,27 @@ def _apply_output_config(body: dict[str, Any], chat: dict[str, Any]) -> None:
         chat["reasoning_effort"] = _EFFORT[effort]
 
 
+#: Anthropic's documented ranges for the sampling numbers (temperature is 0..1 there, not OpenAI's 0..2).
+_SAMPLING_BOUNDS: dict[str, tuple[float, float]] = {"temperature": (0.0, 1.0), "top_p": (0.0, 1.0)}
+#: The most output tokens a request may ask for (as on /v1/chat/completions: far above any model's).
+MAX_OUTPUT_TOKENS = 10_000_000
+
+
+def _number(value: Any, key: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+            or not low <= value <= high:
+        raise _bad(f"must be a finite number between {low:g} and {high:g}", key)
+    return value
+
+
 def _apply_sampling(body: dict[str, Any], chat: dict[str, Any]) -> None:
-    for key in ("temperature", "top_p"):  # top_k has no OpenAI equivalent: dropped
+    for key, (low, high) in _SAMPLING_BOUNDS.items():
         value = body.get(key)
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _bad("must be a number", key)
-        chat[key] = value
+        if value is not None:
+            chat[key] = _number(value, key, low, high)
+    top_k = body.get("top_k")  # no OpenAI equivalent: checked, then dropped
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= 1_000_000):
+        raise _bad("must be a non-negative integer", "top_k")
     stops = body.get("stop_sequences")
     if stops is not None:
         if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
@@ -356,8 +370,8 @@ def _required(body: dict[str, Any]) -> tuple[str, int, list[Any]]:
     model, max_tokens, messages = body.get("model"), body.get("max_tokens"), body.get("messages")
     if not isinstance(model, str) or not model:
         raise _bad("field required (a model name)", "model")
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise _bad("field required (a non-negative integer)", "max_tokens")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens <= MAX_OUTPUT_TOKENS:
+        raise _bad(f"field required (a non-negative integer up to {MAX_OUTPUT_TOKENS})", "max_tokens")
     if not isinstance(messages, list):
         raise _bad("field required (a list of messages)", "messages")
     return model, max_tokens, messages

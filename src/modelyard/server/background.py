@@ -46,7 +46,9 @@ class BackgroundServer:
         sock.listen(2048)
         self._socket = sock
         self._port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, loop="uvloop", http="httptools", lifespan="on",
+        from modelyard.server.protocol import GuardedHttpToolsProtocol  # slow-client deadlines, as in `serve`
+
+        config = uvicorn.Config(self.app, loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on",
                                 log_level=self.log_level, access_log=False, timeout_graceful_shutdown=2)
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers only on the main thread, so this thread leaves them alone.

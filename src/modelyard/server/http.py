@@ -82,7 +82,10 @@ class Request:
         return dict(parse_qsl(raw))
 
     async def body(self, limit: int) -> bytes:
-        """The whole body, or a 413 as soon as it exceeds `limit` bytes (announced or actual)."""
+        """The whole body, or a 413 as soon as it exceeds `limit` bytes (announced or actual).
+
+        A body that arrives too slowly is cut off by the server's protocol (server/protocol.py: a 408 and a
+        closed connection, seen here as a disconnect), not by a timer here: that costs no timer per request."""
         for name, value in self.scope["headers"]:
             if name == b"content-length":
                 try:
@@ -91,6 +94,8 @@ class Request:
                 except ValueError:
                     raise GatewayError(400, "Invalid Content-Length header") from None
         first = await self.receive()
+        if first["type"] == "http.disconnect":  # gone, or cut off by the server's body deadline
+            raise ClientGone
         body = first.get("body", b"")
         if not first.get("more_body"):
             if len(body) > limit:

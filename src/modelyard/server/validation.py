@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -11,6 +12,18 @@ from modelyard.schema.chat import ChatRequest, EmbeddingRequest
 from modelyard.schema.errors import GatewayError
 
 _decode = msgspec.json.Decoder().decode
+
+#: The deepest JSON a request may nest (tool schemas rarely pass 10). Deeper bodies are refused with a 400:
+#: msgspec stops at Python's recursion limit with a RecursionError, and a body just under it would blow the
+#: stack later, in any recursive walk over it (translation, token counting, encoding for a provider).
+MAX_JSON_DEPTH = 64
+
+#: `extra_body.modelyard.constraints` a request may set: each a finite number within these bounds.
+CONSTRAINT_BOUNDS: dict[str, tuple[float, float]] = {
+    "max_cost_per_request": (0.0, 1e6),
+    "max_latency_ms": (0.0, 1e9),
+    "min_quality": (-1e6, 1e6),
+}
 _AT = re.compile(r"^(?P<message>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
 _TAG = re.compile(r"Invalid value '([^']*)'")
@@ -23,9 +36,43 @@ def decode_body(body: bytes) -> dict[str, Any]:
         data = _decode(body)
     except msgspec.DecodeError as exc:
         raise GatewayError(400, f"Invalid JSON body: {exc}", code="invalid_json") from None
+    except RecursionError:
+        raise _too_deep() from None
     if not isinstance(data, dict):
         raise GatewayError(400, "Request body must be a JSON object", code="invalid_json")
+    if _nests_too_deep(data):
+        raise _too_deep()
     return data
+
+
+def _nests_too_deep(data: dict[str, Any]) -> bool:
+    """Whether a field nests deeper than MAX_JSON_DEPTH. `messages` is left out: it is the bulk of a body, its
+    shape is fixed by the schema (so deep nesting fails validation at its first level), and nothing walks
+    the free-form JSON inside it (tool inputs) recursively; the fields that are free-form and walked
+    recursively (tool schemas, response formats, vendor extras) are all at the top level."""
+    for key, value in data.items():
+        if (type(value) is dict or type(value) is list) and key != "messages" and \
+                _deeper_than(value, MAX_JSON_DEPTH - 1):
+            return True
+    return False
+
+
+def _too_deep() -> GatewayError:
+    return GatewayError(400, f"Invalid JSON body: nested deeper than {MAX_JSON_DEPTH} levels", code="invalid_json")
+
+
+def _deeper_than(data: Any, limit: int) -> bool:
+    """Whether `data` nests more than `limit` containers deep (iterative: no recursion to exhaust)."""
+    stack: list[tuple[Any, int]] = [(data, 1)]
+    pop, push = stack.pop, stack.append
+    while stack:
+        node, depth = pop()
+        if depth > limit:
+            return True
+        for child in node.values() if type(node) is dict else node:
+            if type(child) is dict or type(child) is list:
+                push((child, depth + 1))
+    return False
 
 
 def validation_error(exc: msgspec.ValidationError) -> GatewayError:
@@ -66,7 +113,26 @@ def validate_chat(raw: dict[str, Any]) -> ChatRequest:
     limit = req.output_limit
     if limit is not None and limit < 1:
         raise GatewayError(400, "'max_tokens' must be at least 1.", param="max_tokens", code="invalid_value")
+    if req.modelyard is not None and req.modelyard.constraints:
+        check_constraints(req.modelyard.constraints)
     return req
+
+
+def check_constraints(constraints: dict[str, Any]) -> None:
+    """Routing constraints from a client: known names, finite numbers in range (the strategies compare them
+    with costs and latencies and must never meet a string or a NaN)."""
+    for name, value in constraints.items():
+        param = f"modelyard.constraints.{name}"
+        bounds = CONSTRAINT_BOUNDS.get(name)
+        if bounds is None:
+            known = ", ".join(sorted(CONSTRAINT_BOUNDS))
+            raise GatewayError(400, f"Unknown routing constraint '{name[:64]}' (known: {known}).", param=param[:96],
+                               code="invalid_value")
+        low, high = bounds
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not low <= value <= high:
+            raise GatewayError(400, f"'{param}' must be a finite number between {low:g} and {high:g}.",
+                               param=param, code="invalid_value")
 
 
 def validate_embeddings(raw: dict[str, Any]) -> EmbeddingRequest:

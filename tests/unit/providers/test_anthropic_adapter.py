@@ -848,7 +848,7 @@ def test_error_event_mid_stream(error_type: str, message: str, kind: ErrorKind) 
         translate(head + f"event: error\ndata: {error}\n\n")
     assert err.value.kind is kind
     assert err.value.after_first_byte  # chunks were already emitted
-    assert message in err.value.message
+    assert message in err.value.detail  # the provider's text; `message` is generic unless actionable
 
 
 def test_error_event_right_after_message_start_is_not_after_first_byte() -> None:
@@ -926,7 +926,7 @@ def test_error_kinds(status: int, error_type: str | None, message: str, kind: Er
     err = _err(status, error_type, message)
     assert err.kind is kind
     assert err.status == status
-    assert message in err.message
+    assert message in err.detail
 
 
 def test_rate_limit_retry_after() -> None:
@@ -939,12 +939,12 @@ def test_rate_limit_retry_after() -> None:
 def test_non_json_error_body() -> None:
     err = _err(502, None, raw=b"<html><body>Bad Gateway</body></html>")
     assert err.kind is ErrorKind.SERVER
-    assert "Bad Gateway" in err.message
+    assert "Bad Gateway" in err.detail and "Bad Gateway" not in err.message
 
 
 def test_error_message_never_carries_an_api_key() -> None:
     err = _err(401, "authentication_error", f"invalid x-api-key {KEY}")
-    assert KEY not in err.message
+    assert KEY not in err.message and KEY not in err.detail
     assert "sk-ant-" not in str(err)
 
 

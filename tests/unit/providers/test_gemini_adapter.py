@@ -786,7 +786,7 @@ def test_error_object_in_stream(error: dict[str, Any], kind: ErrorKind) -> None:
         translator.feed(SSEEvent(json.dumps({"error": error}).encode()))
     assert info.value.kind is kind
     assert info.value.after_first_byte
-    assert error["message"] in info.value.message
+    assert error["message"] in info.value.detail
 
 
 def test_stream_blocked_prompt() -> None:
@@ -887,9 +887,9 @@ def test_error_mapping(status: int, body: dict[str, Any] | None, kind: ErrorKind
     error = ADAPTER.error(status, {}, raw)
     assert error.kind is kind
     assert error.status == status
-    assert API_KEY not in error.message
+    assert API_KEY not in error.message and API_KEY not in error.detail
     if body:
-        assert body["error"]["message"] in error.message
+        assert body["error"]["message"] in error.detail
 
 
 def test_retry_info_gives_retry_after() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import msgspec
 import pytest
 
@@ -195,3 +197,55 @@ def test_sse_parser_crlf_comments_multiline_and_flush():
     events += parser.feed(b"\ndata: 1}\r\n\r\ndata: tail")
     assert [(e.event, e.data) for e in events] == [("message_start", b'{"a":\n1}')]
     assert [e.data for e in parser.flush()] == [b"tail"]
+
+
+# --------------------------------------------------------------------------- error text that reaches clients
+
+
+def _error_body(message: str, err_type: str = "invalid_request_error", code: str | None = None) -> bytes:
+    return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}}).encode()
+
+
+@pytest.mark.parametrize(("status", "message", "code"), [
+    (401, "Incorrect API key provided: sk-proj-********************************abcd. You can find your API key at "
+          "https://platform.openai.com/account/api-keys.", "invalid_api_key"),
+    (500, "The server had an error while processing your request (req_0123456789abcdef0123456789abcdef).", None),
+    (503, "The engine is currently overloaded, please try again later", None),
+    (429, "Rate limit reached for gpt-4o in organization org-AbCdEfGh12345678 on tokens per min",
+     "rate_limit_exceeded"),
+])
+def test_errors_a_client_cannot_act_on_get_a_generic_message(status: int, message: str, code: str | None) -> None:
+    error = OpenAIAdapter().error(status, {}, _error_body(message, code=code))
+    shown = error.to_body()["error"]["message"]
+    assert message[:20] not in shown and "sk-" not in shown and "org-" not in shown
+    assert shown.startswith(f"provider answered {status}: the provider")
+    assert "sk-proj" not in error.detail and "org-AbCd" not in error.detail  # logs keep the text, masked
+
+
+@pytest.mark.parametrize("secret", [
+    "sk-proj-abcdefghijklmnop0123456789", "sk-ant-api03-abcdefghijklmnop", "AIzaSyA1234567890abcdefghijklmnopqrs",
+    "Bearer abc.def-ghi_jkl", "0123456789abcdef0123456789abcdef0123", "dGhpc2lzYWxvbmdiYXNlNjR0b2tlbjAxMjM0NTY3ODk=",
+])
+def test_actionable_errors_keep_their_text_with_secrets_masked(secret: str) -> None:
+    message = f"Invalid value for 'tools[0]': echo of {secret} is not allowed"
+    error = OpenAIAdapter().error(400, {}, _error_body(message))
+    assert error.kind is ErrorKind.BAD_REQUEST
+    shown = error.to_body()["error"]["message"]
+    assert "Invalid value for 'tools[0]': echo of [redacted] is not allowed" in shown
+    assert secret not in shown and secret not in str(error)
+
+
+def test_a_context_length_error_keeps_its_useful_text() -> None:
+    message = "This model's maximum context length is 8192 tokens. However, you requested 9000 tokens."
+    error = OpenAIAdapter().error(400, {}, _error_body(message, code="context_length_exceeded"))
+    assert error.kind is ErrorKind.CONTEXT_LENGTH and message in error.to_body()["error"]["message"]
+
+
+def test_a_stream_error_event_is_masked_too() -> None:
+    translator = OpenAIAdapter().stream_translator(Deployment(name="d", provider="openai", model="m"),
+                                                   ChatRequest(model="m", messages=[]))
+    event = json.dumps({"error": {"message": "upstream auth failed for key sk-live-0123456789abcdef",
+                                  "type": "authentication_error"}}).encode()
+    with pytest.raises(ProviderError) as info:
+        translator.feed(SSEEvent(event))
+    assert "sk-live" not in info.value.message and "sk-live" not in info.value.detail

@@ -88,6 +88,16 @@ async def test_hang_times_out(sim, transport):
     assert asyncio.get_running_loop().time() - started < 2
 
 
+async def test_a_hung_non_streaming_call_times_out_after_response_not_total(sim, transport):
+    """`response` bounds a whole non-streaming call (before: only `total`, 600 s by default)."""
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ProviderError) as info:
+        await transport.send(chat_call(sim.url, fault="hang"),
+                             Timeouts(connect=1, first_token=30, response=0.3, total=30), ADAPTER)
+    assert info.value.kind is ErrorKind.TIMEOUT
+    assert asyncio.get_running_loop().time() - started < 2
+
+
 async def test_connection_refused(transport):
     with pytest.raises(ProviderError) as info:
         await transport.send(chat_call("http://127.0.0.1:9"), FAST, ADAPTER)

@@ -330,7 +330,7 @@ def test_clean_shutdown_writes_every_spend_record(sim: SimServer, tmp_path: Path
         db.close()
     assert count == 25
     assert made["key"] not in {h[0] for h in hashes}
-    blob = b"".join(p.read_bytes() for p in tmp_path.iterdir() if p.name.startswith("modelyard.db"))
+    blob = b"".join(p.read_bytes() for p in tmp_path.rglob("modelyard.db*") if p.is_file())  # the spool too
     assert made["key"].encode() not in blob
 
 

@@ -6,9 +6,9 @@ path of the bad key; `config.loader` turns that path into a file and line.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 ProviderName = Literal["openai", "anthropic", "gemini"]
 Capability = Literal["tools", "vision", "json_object", "json_schema", "streaming", "audio", "reasoning"]
@@ -41,11 +41,22 @@ class Limits(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Timeouts(Struct, kw_only=True, forbid_unknown_fields=True):
-    """Seconds. `first_token` bounds the wait for response headers and, when streaming, the first event."""
+    """Seconds, each finite and > 0.
 
-    connect: float = 5.0
-    first_token: float = 60.0
-    total: float = 600.0
+    - `connect`: opening the connection (TCP and TLS).
+    - `first_token`: a streaming call's wait for the response headers and its first event; a stream that
+      has not started by then fails over (a stream's later pauses are bounded by `total`).
+    - `response`: a non-streaming call's whole answer. A provider sends nothing until the answer is done,
+      so this is its only progress bound: 300 s covers a long reasoning answer (~30k output tokens at
+      ~100 tokens/s), yet a hung upstream fails over in 5 minutes instead of `total`'s 10. Longer answers
+      should stream.
+    - `total`: the ceiling of any one attempt, streaming or not.
+    """
+
+    connect: Annotated[float, Meta(gt=0, le=86_400)] = 5.0
+    first_token: Annotated[float, Meta(gt=0, le=86_400)] = 60.0
+    response: Annotated[float, Meta(gt=0, le=86_400)] = 300.0
+    total: Annotated[float, Meta(gt=0, le=86_400)] = 600.0
 
 
 class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -197,6 +208,14 @@ class SpendSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     max_queue: int = 100_000
     #: Also log the last user turn of each request (off by default: no prompt text in the log).
     log_content: bool = False
+    #: Keep each record in a local append-only spool before the response's last byte, so kill -9 loses no
+    #: completed request's spend (replayed into the store at the next start; fsynced every flush interval).
+    spool: bool = True
+    #: Where the spool lives. Default: `<sqlite file>.spool/` beside a SQLite store; for PostgreSQL a
+    #: directory per DSN under $XDG_STATE_HOME (~/.local/state)/modelyard/spool/; none for an in-memory store.
+    spool_dir: str | None = None
+    #: A spool segment is rotated at this size and deleted once the store holds all its records.
+    spool_segment_bytes: int = 16 * 1024 * 1024
 
 
 class StateSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -205,6 +224,15 @@ class StateSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 
     redis_url: str | None = None
     prefix: str = "modelyard"
+    #: While Redis is unreachable: refuse keys with limits (503 `state_unavailable` + Retry-After), or admit
+    #: them against in-memory limits of each replica until Redis returns (docs/accounting.md).
+    on_unavailable: Literal["fail_closed", "fail_open"] = "fail_closed"
+    #: Connect and command timeout for Redis: how quickly an outage is noticed.
+    redis_timeout_s: float = 0.5
+    #: Budget settlements kept (and replayed when Redis returns) during an outage.
+    max_pending_settlements: int = 100_000
+    #: Bound on every store call made while serving a request or an admin call (a hung store → 503).
+    store_timeout_s: float = 5.0
 
 
 class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):

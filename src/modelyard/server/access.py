@@ -35,8 +35,10 @@ from modelyard.routing.features import RequestFeatures
 from modelyard.routing.reach import Scope, dearest_per_token, reached, request_reach
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
-from modelyard.state.counters import Ask, Counters
+from modelyard.state.counters import MAX_NANO, MAX_TOKENS, Ask, Counters
+from modelyard.state.key_limits import limits_problem
 from modelyard.state.keys import KeyRecord, hash_key, new_key
+from modelyard.state.outage import StateUnavailable, StoreGuard, state_unavailable
 from modelyard.state.store import Store
 
 if TYPE_CHECKING:
@@ -127,8 +129,14 @@ class Access:
                  master_limits: KeyLimits | None = None, master_unlimited: bool = False,
                  prices: dict[str, tuple[float, float]] | None = None, refresh_s: float = 30.0,
                  capture_content: bool = False, clock: Callable[[], float] = time.time,
-                 table: RoutingTable | None = None, reserve_max_output: bool = False) -> None:
+                 table: RoutingTable | None = None, reserve_max_output: bool = False,
+                 unsettled: Callable[[str, float], float] | None = None, store_timeout_s: float = 5.0) -> None:
         self.store = store
+        #: USD a key has spent since a time that is not in the store yet (the spend writer's spool and queue):
+        #: a budget re-seeded after Redis lost it counts it too.
+        self.unsettled = unsettled
+        #: Every store call from a request or admin path goes through it: bounded, a 503 when the store is down.
+        self.store_guard = StoreGuard(store_timeout_s)
         #: The routing table, for what a request may reach (authorisation and the reservation's price).
         self.table = table
         self.reserve_max_output = reserve_max_output
@@ -144,7 +152,8 @@ class Access:
         self._keys: dict[str, KeyState] = {}
         self._by_id: dict[str, str] = {}
         self._unknown: dict[str, None] = {}
-        self._seeded: dict[tuple[str, int], asyncio.Future[None]] = {}
+        #: Seeds in flight per (key, period): concurrent requests that find the budget unseeded wait for one.
+        self._seeding: dict[tuple[str, int], asyncio.Future[None]] = {}
         self._refresher: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -168,10 +177,14 @@ class Access:
 
     async def reload(self) -> None:
         """Re-read every key (revocations and keys made elsewhere show up; unknown hashes are retried)."""
-        records = await self.store.list_keys(include_revoked=True)
+        records = await self.store_guard.call(self.store.list_keys(include_revoked=True))
         keys: dict[str, KeyState] = {}
         by_id: dict[str, str] = {}
         for record in records:
+            problem = limits_problem(record)
+            if problem is not None:  # one bad row must not stop the gateway: that key alone is refused
+                log.warning("ignoring key %s (%s): %s", record.id, record.name[:64], problem)
+                continue
             keys[record.key_hash] = KeyState.from_record(record)
             by_id[record.id] = record.key_hash
         if self.master_hash is not None:
@@ -213,7 +226,10 @@ class Access:
     async def _miss(self, digest: str) -> KeyState | None:
         if digest in self._unknown:
             return None
-        record = await self.store.find_key(digest)
+        record = await self.store_guard.call(self.store.find_key(digest))  # store down: 503, not a 500 or a hang
+        if record is not None and limits_problem(record) is not None:
+            log.warning("ignoring key %s (%s): %s", record.id, record.name[:64], limits_problem(record))
+            record = None
         if record is None:
             if len(self._unknown) >= _UNKNOWN_CACHE:
                 self._unknown.pop(next(iter(self._unknown)))
@@ -307,7 +323,7 @@ class Access:
     async def _reserve(self, key: KeyState, model: str, features: RequestFeatures,
                        overrides: ModelyardOptions | None = None) -> Reservation | None:
         output = self.output_tokens(model, features)
-        tokens = features.prompt_tokens + output
+        tokens = min(features.prompt_tokens + output, MAX_TOKENS)
         period = -1
         estimate = 0
         ttl = 86400
@@ -315,34 +331,49 @@ class Access:
             now = self.clock()
             period = key.current_period(now)
             ttl = int(key.period_end - now) + 86400
-            seeded = self._seeded.get((key.id, period))
-            if seeded is None or not seeded.done():
+            estimate = min(self.estimate_nano(model, features, overrides), MAX_NANO)
+        ask = Ask(key.id, key.rpm, key.tpm, tokens, key.budget_nano, period, estimate, ttl, seed_required=True)
+        try:
+            verdict = await self.counters.admit(ask)
+            for _ in range(3):  # the budget has no counters (first use, or Redis lost them): seed, ask again
+                if verdict.reason != "unseeded":
+                    break
                 await self._seed(key, period, ttl)
-            estimate = self.estimate_nano(model, features, overrides)
-        verdict = await self.counters.admit(Ask(key.id, key.rpm, key.tpm, tokens, key.budget_nano, period,
-                                                estimate, ttl))
+                verdict = await self.counters.admit(ask)
+        except StateUnavailable as exc:
+            raise state_unavailable(exc.retry_after) from None
         if not verdict.ok:
+            if verdict.reason == "unseeded":  # seeded three times and gone each time: Redis is not keeping it
+                raise state_unavailable()
             raise self._refusal(key, verdict.reason, verdict.retry_after, period)
         return verdict.reservation
 
     async def _seed(self, key: KeyState, period: int, ttl: int) -> None:
-        """Start this period's budget from the spend log, once per process (concurrent callers wait)."""
+        """Start this period's budget in the counters from what the key has spent: the store's spend log plus
+        what is not in it yet (`unsettled`: the spend writer's spool and queue). Called whenever the counters
+        lack the budget, not once per process, so a Redis restart never resets spending. One seed per key
+        and period at a time here (concurrent callers wait); across replicas the counters seed only if absent.
+        """
         slot = (key.id, period)
-        pending = self._seeded.get(slot)
-        if pending is None:
-            pending = self._seeded[slot] = asyncio.get_running_loop().create_future()
-            try:
-                start, _ = period_bounds(key.anchor, key.period_s, period)
-                spent = await self.store.spent_since(key.id, start)
-                await self.counters.seed_budget(key.id, period, usd_to_nano(spent), ttl)
-            except BaseException as exc:
-                del self._seeded[slot]
-                pending.set_exception(exc)
-                pending.exception()  # retrieved: the waiters get it below, nobody else should warn
-                raise
+        pending = self._seeding.get(slot)
+        if pending is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(pending)
+            return  # the caller asks again (and seeds itself if that seed failed)
+        pending = self._seeding[slot] = asyncio.get_running_loop().create_future()
+        start, _ = period_bounds(key.anchor, key.period_s, period)
+
+        async def spent() -> int:
+            # The unsettled part first: a record moving into the store meanwhile is counted twice, never missed.
+            unsettled = self.unsettled(key.id, start) if self.unsettled is not None else 0.0
+            total = await self.store_guard.call(self.store.spent_since(key.id, start)) + unsettled
+            return usd_to_nano(total) if 0.0 <= total < MAX_NANO / 1e9 else (0 if not total > 0 else MAX_NANO)
+
+        try:
+            await self.counters.seed_budget(key.id, period, spent, ttl)
+        finally:
+            del self._seeding[slot]
             pending.set_result(None)
-            return
-        await asyncio.shield(pending)
 
     def _refusal(self, key: KeyState, reason: str, retry_after: float, period: int) -> GatewayError:
         if reason == "budget":
@@ -366,7 +397,9 @@ class Access:
         if reservation is None:
             return
         ctx.reservation = None
-        self.counters.settle(reservation, usd_to_nano(outcome.cost_usd), outcome.usage.total)
+        cost = outcome.cost_usd
+        nano = usd_to_nano(cost) if 0.0 <= cost < MAX_NANO / 1e9 else (0 if not cost > 0 else MAX_NANO)
+        self.counters.settle(reservation, nano, min(outcome.usage.total, MAX_TOKENS))
 
     def release(self, ctx: RequestContext) -> None:
         """A request that ended without an outcome (crashed, cancelled): give its reservation back."""
@@ -398,17 +431,25 @@ class Access:
         return revoked
 
     async def key_spend(self, record: KeyRecord) -> dict[str, float] | None:
-        """Spent and reserved USD in the key's current budget period (None without a budget)."""
-        if record.budget_usd is None:
+        """Spent and reserved USD in the key's current budget period (None without a usable budget): from the
+        counters when they hold the period, else from the store (bounded; a 503 when it is down)."""
+        if record.budget_usd is None or limits_problem(record) is not None:
             return None
         key = KeyState.from_record(record)
         period = period_index(key.anchor, key.period_s, self.clock())
         start, end = period_bounds(key.anchor, key.period_s, period)
-        if (key.id, period) in self._seeded:
-            spent, reserved = await self.counters.budget_state(key.id, period)
-            spent_usd = nano_to_usd(spent)
-        else:
-            spent_usd, reserved = await self.store.spent_since(key.id, start), 0
+        spent_usd: float | None = None
+        reserved = 0
+        try:
+            if await self.counters.budget_started(key.id, period):
+                spent, reserved = await self.counters.budget_state(key.id, period)
+                spent_usd = nano_to_usd(spent)
+        except StateUnavailable:  # Redis is down: what the spend log says
+            reserved = 0
+        if spent_usd is None:
+            spent_usd = await self.store_guard.call(self.store.spent_since(key.id, start))
+            if self.unsettled is not None:
+                spent_usd += self.unsettled(key.id, start)
         return {"spent_usd": round(spent_usd, 10), "reserved_usd": round(nano_to_usd(reserved), 10),
                 "period_start": start, "period_end": end}
 

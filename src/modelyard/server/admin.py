@@ -7,11 +7,15 @@
     GET    /admin/spend         ?by=model|key|day|deployment&since=7d
 
 Errors are OpenAI-shaped like everywhere else: 401 without the master key, 403 when the gateway has no
-master key (the admin API is off), 404 for an unknown key id, 400 for a bad body or query.
+master key (the admin API is off), 404 for an unknown key id, 400 for a bad body or query (every value is
+checked, finite and in range, before anything is written), 503 `store_unavailable` when the store does not
+answer within `state.store_timeout_s` (never a hang).
 """
 
 from __future__ import annotations
 
+import math
+import re
 import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -20,6 +24,13 @@ from modelyard.accounting.budgets import parse_duration
 from modelyard.schema.errors import GatewayError
 from modelyard.server.http import Request, send_json
 from modelyard.server.validation import decode_body
+from modelyard.state.key_limits import (
+    MAX_PERIOD_S,
+    MIN_PERIOD_S,
+    budget_problem,
+    rate_problem,
+    timestamp_problem,
+)
 from modelyard.state.migrations import GROUPINGS
 
 if TYPE_CHECKING:
@@ -28,6 +39,12 @@ if TYPE_CHECKING:
 
 KEYS_PATH = "/admin/keys"
 _ADMIN_BODY_LIMIT = 64 * 1024
+_MAX_TEXT = 256         # a key's name, a model name, a metadata key
+_MAX_VALUE = 4096       # a metadata value
+_MAX_ITEMS = 256        # models, metadata entries
+_KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+#: Control characters (NUL first) have no place in names, and PostgreSQL's text cannot hold NUL.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _services(gw: Gateway, ctx: RequestContext) -> Services:
@@ -44,16 +61,32 @@ def _services(gw: Gateway, ctx: RequestContext) -> Services:
 
 def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float],
               minimum: float | None = None) -> Any:
-    """`body[name]` checked against `kind` (ints accepted for floats) and `minimum`; None when absent."""
+    """`body[name]` checked against `kind` (ints accepted for floats), finite and at least `minimum`; None when
+    absent."""
     value: Any = body.get(name)
     if value is None:
         return None
     wrong = isinstance(value, bool) or not isinstance(value, int | float)
     if wrong or (kind is int and isinstance(value, float)):
         raise GatewayError(400, f"`{name}` must be a {kind.__name__}", param=name)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise GatewayError(400, f"`{name}` must be a finite number", param=name)
     if minimum is not None and value < minimum:
         raise GatewayError(400, f"`{name}` must be at least {minimum:g}", param=name)
     return kind(value)
+
+
+def _checked(name: str, value: Any, problem: str | None) -> Any:
+    if problem is not None:
+        raise GatewayError(400, f"`{name}` {problem}", param=name)
+    return value
+
+
+def _text(name: str, value: str, limit: int = _MAX_TEXT) -> str:
+    if len(value) > limit or _CONTROL.search(value):
+        raise GatewayError(400, f"`{name}` must be at most {limit} characters, without control characters",
+                           param=name)
+    return value
 
 
 def _models(value: Any) -> list[str] | None:
@@ -64,24 +97,53 @@ def _models(value: Any) -> list[str] | None:
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
         raise GatewayError(400, "`models` must be a list of model names (or one comma-separated string)",
                            param="models")
-    return [m for m in value if m] or None
+    if len(value) > _MAX_ITEMS:
+        raise GatewayError(400, f"`models` may list at most {_MAX_ITEMS} names", param="models")
+    return [_text("models", m) for m in value if m] or None
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    metadata = value or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise GatewayError(400, "`metadata` must be an object of strings", param="metadata")
+    if len(metadata) > _MAX_ITEMS:
+        raise GatewayError(400, f"`metadata` may hold at most {_MAX_ITEMS} entries", param="metadata")
+    for key, text in metadata.items():
+        _text("metadata", key)
+        _text("metadata", text, _MAX_VALUE)
+    return metadata
+
+
+def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
+    """`body[name]` as seconds ("30d", "12h", a number), between `minimum` and MAX_PERIOD_S; None when absent."""
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise GatewayError(400, f"`{name}` must be a duration (e.g. 30d, 12h, 90m) or seconds", param=name)
+    try:
+        seconds = parse_duration(value)
+    except ValueError as exc:
+        raise GatewayError(400, f"`{name}`: {exc}", param=name) from None
+    if not math.isfinite(seconds) or not minimum <= seconds <= MAX_PERIOD_S:
+        raise GatewayError(400, f"`{name}` must be between {minimum:g}s and {MAX_PERIOD_S / 86400:.0f}d",
+                           param=name)
+    return seconds
 
 
 def key_options(body: dict[str, Any], now: float) -> dict[str, Any]:
-    """Validated `new_key` options from a POST /admin/keys body."""
-    try:
-        period = parse_duration(body["period"]) if body.get("period") is not None else 30 * 86400.0
-        expires_in = body.get("expires_in")
-        expires_at = now + parse_duration(expires_in) if expires_in is not None else \
-            _optional(body, "expires_at", float)
-    except ValueError as exc:
-        raise GatewayError(400, str(exc), param="period" if "period" in str(exc) else "expires_in") from None
-    metadata = body.get("metadata") or {}
-    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
-        raise GatewayError(400, "`metadata` must be an object of strings", param="metadata")
-    return {"models": _models(body.get("models")), "rpm": _optional(body, "rpm", int, 1),
-            "tpm": _optional(body, "tpm", int, 1), "budget_usd": _optional(body, "budget_usd", float, 0),
-            "period_s": period, "expires_at": expires_at, "metadata": metadata, "now": now}
+    """Validated `new_key` options from a POST /admin/keys body: every value finite and in range."""
+    period = _duration(body, "period", MIN_PERIOD_S)
+    expires_in = _duration(body, "expires_in", 1.0)
+    expires_at = now + expires_in if expires_in is not None else _optional(body, "expires_at", float)
+    _checked("expires_in" if expires_in is not None else "expires_at", expires_at, timestamp_problem(expires_at))
+    rpm = _checked("rpm", _optional(body, "rpm", int, 1), rate_problem(body.get("rpm")))
+    tpm = _checked("tpm", _optional(body, "tpm", int, 1), rate_problem(body.get("tpm")))
+    budget = _optional(body, "budget_usd", float, 0)
+    _checked("budget_usd", budget, budget_problem(budget))
+    return {"models": _models(body.get("models")), "rpm": rpm, "tpm": tpm, "budget_usd": budget,
+            "period_s": period if period is not None else 30 * 86400.0, "expires_at": expires_at,
+            "metadata": _metadata(body.get("metadata")), "now": now}
 
 
 async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -90,9 +152,11 @@ async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
         raise GatewayError(400, "`name` is required", param="name")
+    _text("name", name)
     access = services.access
     assert access is not None
-    raw, record = await access.create_key(name, **key_options(body, access.clock()))
+    options = key_options(body, access.clock())  # everything checked before anything is written
+    raw, record = await access.store_guard.call(access.create_key(name, **options))
     await send_json(request.send, 200, {**record.public(), "key": raw})
 
 
@@ -101,11 +165,11 @@ async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     access = services.access
     assert access is not None
     include_revoked = request.query.get("all", "").lower() in ("1", "true", "yes")
-    records = await access.store.list_keys(include_revoked=include_revoked)
+    records = await access.store_guard.call(access.store.list_keys(include_revoked=include_revoked))
     data = []
     for record in records:
         entry = record.public()
-        entry["spend"] = await access.key_spend(record)
+        entry["spend"] = await access.key_spend(record)  # bounded: counters and store have timeouts
         data.append(entry)
     await send_json(request.send, 200, {"object": "list", "data": data})
 
@@ -115,10 +179,12 @@ async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
     access = services.access
     assert access is not None
     key_id = request.path[len(KEYS_PATH) + 1:]
-    record = await access.store.get_key(key_id) if key_id else None
+    if not _KEY_ID.match(key_id):
+        raise GatewayError(404, f"no key with id `{key_id[:64]}`", code="key_not_found")
+    record = await access.store_guard.call(access.store.get_key(key_id))
     if record is None:
         raise GatewayError(404, f"no key with id `{key_id}`", code="key_not_found")
-    revoked = await access.revoke_key(key_id)
+    revoked = await access.store_guard.call(access.revoke_key(key_id))
     await send_json(request.send, 200, {"id": key_id, "revoked": True, "already_revoked": not revoked})
 
 
@@ -129,10 +195,14 @@ def parse_since(text: str | None, now: float) -> float:
     if text in ("all", "0"):
         return 0.0
     try:
-        return now - parse_duration(text)
+        seconds = parse_duration(text)
     except ValueError:
-        raise GatewayError(400, f"invalid `since` {text!r} (write e.g. 7d, 24h or all)",
+        raise GatewayError(400, f"invalid `since` {text[:64]!r} (write e.g. 7d, 24h or all)",
                            param="since") from None
+    if not math.isfinite(seconds) or seconds > MAX_PERIOD_S:
+        raise GatewayError(400, f"`since` may reach back at most {MAX_PERIOD_S / 86400:.0f}d (or write all)",
+                           param="since")
+    return max(0.0, now - seconds)
 
 
 async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -143,9 +213,12 @@ async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         raise GatewayError(400, f"`by` must be one of {', '.join(GROUPINGS)}", param="by")
     now = time.time()
     since = parse_since(query.get("since"), now)
-    if services.spend is not None:
-        await services.spend.flush()  # include the requests still waiting in the writer's queue
-    rows = await services.store.spend_report(by, since)
+    access = services.access
+    assert access is not None
+    guard = access.store_guard
+    if services.spend is not None and not guard.down:  # include the requests still in the writer's queue
+        await services.spend.flush(timeout_s=guard.timeout_s)
+    rows = await guard.call(services.store.spend_report(by, since))
     data = [{"group": r.group, "name": r.name, "requests": r.requests, "errors": r.errors,
              "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
              "cost_usd": round(r.cost_usd, 10)} for r in rows]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from modelyard.routing.executor import as_dict
+from modelyard.routing.executor import StreamResult, as_dict
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ProviderError
 from modelyard.server.anthropic_translate import (
@@ -47,13 +47,22 @@ async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     message = chat_completion_to_message(success.completion.body, success.completion.model, thinking=thinking)
     cost = success.cost_usd
     headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
-    await request.respond(200, _encode(message), headers)
-    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    outcome = ctx.success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    await ctx.end(outcome, request.respond(200, _encode(message), headers))  # spend spooled before the answer
 
 
 async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, raw: dict[str, Any],
                   features: Any, plan: Any, timeout_s: float | None, thinking: bool) -> None:
     result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
+    try:
+        await _relay(gw, request, ctx, result, features, thinking)
+    finally:
+        await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
+
+
+async def _relay(gw: Gateway, request: Request, ctx: RequestContext, result: StreamResult, features: Any,
+                 thinking: bool) -> None:
+    """The Messages event sequence out of the canonical stream; message_stop is the last byte."""
     send = request.send
     events = ChunksToAnthropicEvents(result.model, thinking=thinking)
     await request.start_stream(SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None))
@@ -84,11 +93,13 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
         await cancel_quietly(watcher)
     if error is not None:
         kind = KIND_ERROR_TYPES.get(error.kind, "api_error")
-        await send({"type": "http.response.body", "body": b"".join(held) + events.error(kind, error.message)})
-        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
+        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
+        await ctx.end(failed, send({"type": "http.response.body",
+                                    "body": b"".join(held) + events.error(kind, error.message)}))
         return
-    await send({"type": "http.response.body", "body": b"".join(held + events.finish(result.usage))})
-    ctx.finish_success(result.deployment, result.records, result.usage, result.cost_usd, ttft_ms=result.ttft_ms)
+    # message_stop is the last byte: the spend record is in the spool before it.
+    outcome = ctx.success(result.deployment, result.records, result.usage, result.cost_usd, ttft_ms=result.ttft_ms)
+    await ctx.end(outcome, send({"type": "http.response.body", "body": b"".join(held + events.finish(result.usage))}))
 
 
 async def write_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:

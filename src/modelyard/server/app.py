@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("modelyard.server")
 
+#: The largest `x-modelyard-timeout-ms` accepted (a day); it can only lower the configured timeouts anyway.
+TIMEOUT_HEADER_MAX_MS = 86_400_000
+
 #: Characters of a requested model name kept for logs, spend rows and errors (names are client input).
 MODEL_NAME_LIMIT = 256
 
@@ -58,7 +62,8 @@ class RequestContext:
     """What the gateway knows about one request while it runs; reported once at the end."""
 
     __slots__ = ("authenticated", "content", "credential", "endpoint", "explain", "finished", "gateway", "key",
-                 "key_id", "key_name", "request_id", "requested_model", "reservation", "started", "tags", "ttft_ms")
+                 "key_id", "key_name", "request_id", "requested_model", "reservation", "spooled", "started", "tags",
+                 "ttft_ms")
 
     def __init__(self, gateway: Gateway, endpoint: str) -> None:
         self.gateway = gateway
@@ -71,6 +76,7 @@ class RequestContext:
         self.tags: tuple[str, ...] = ()
         self.ttft_ms: float | None = None
         self.finished = False
+        self.spooled = False  # its spend record was handed to the spool
         self.credential: str | None = None
         self.key_id: str | None = None
         #: The key presented, once `Gateway._http` has authenticated it (None in open mode).
@@ -84,29 +90,74 @@ class RequestContext:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
-    def _report(self, outcome: Outcome) -> None:
+    # A request ends in three steps: build its Outcome (`success` / `failure`), `commit` it (its spend record
+    # into the spool, awaited: in the kernel before the response's last byte) and `report` it after that byte
+    # (budget settlement, metrics, traces). `end` does the last two around the final send; `finish_*` build
+    # and report at once (a cancelled stream has no last byte; its record still reaches the spool this tick).
+
+    def success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *,
+                ttft_ms: float | None) -> Outcome:
+        return Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms)
+
+    def failure(self, error: ProviderError | GatewayError, records: list[AttemptRecord] | None = None, *,
+                after_first_byte: bool = False, usage: Usage | None = None, cost: float = 0.0) -> Outcome:
+        kind = error.kind.value if isinstance(error, ProviderError) else f"http_{error.status}"
+        dep = error.deployment if isinstance(error, ProviderError) else None
+        status = "stream_error" if after_first_byte else "error"
+        return Outcome(self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms, None,
+                       error_kind=kind)
+
+    async def commit(self, outcome: Outcome) -> None:
+        """Put this request's spend record in the spool; returns once it is in the kernel (one write() per
+        event-loop tick for every request committing in it)."""
+        written = self._spool(outcome, wait=True)
+        if written is not None:
+            await written
+
+    async def end(self, outcome: Outcome, last: Awaitable[None] | None) -> None:
+        """Commit, then send the response's last bytes (`last`, a coroutine not yet awaited), then report."""
+        await self.commit(outcome)
+        try:
+            if last is not None:
+                await last
+        finally:
+            self.report(outcome)
+
+    def _spool(self, outcome: Outcome, *, wait: bool) -> asyncio.Future[None] | None:
+        if self.spooled or not self.authenticated:  # a caller never authenticated leaves no spend row
+            return None
+        self.spooled = True
+        services = self.gateway.services
+        spend = services.spend if services is not None else None
+        if spend is None:
+            return None
+        if wait:
+            return spend.commit(outcome)
+        spend.submit(outcome)
+        return None
+
+    def report(self, outcome: Outcome) -> None:
         if self.finished:
             return
         self.finished = True
+        self._spool(outcome, wait=False)  # if not committed yet: in the spool at the end of this tick
         if self.reservation is not None and self.gateway.access is not None:
             self.gateway.access.settle(self, outcome)
         self.gateway.observer.on_outcome(outcome)
 
+    _report = report
+
     def finish_success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float,
                        *, ttft_ms: float | None) -> None:
-        self._report(Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms))
+        self.report(self.success(dep, records, usage, cost, ttft_ms=ttft_ms))
 
     def finish_error(self, error: ProviderError | GatewayError, records: list[AttemptRecord] | None = None, *,
                      after_first_byte: bool = False, usage: Usage | None = None, cost: float = 0.0) -> None:
-        kind = error.kind.value if isinstance(error, ProviderError) else f"http_{error.status}"
-        dep = error.deployment if isinstance(error, ProviderError) else None
-        status = "stream_error" if after_first_byte else "error"
-        self._report(Outcome(self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms,
-                             None, error_kind=kind))
+        self.report(self.failure(error, records, after_first_byte=after_first_byte, usage=usage, cost=cost))
 
     def finish_cancelled(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float) -> None:
-        self._report(Outcome(self, "cancelled", dep.name, dep.provider, records, usage, cost, self.elapsed_ms,
-                             None, error_kind="client_disconnected"))
+        self.report(Outcome(self, "cancelled", dep.name, dep.provider, records, usage, cost, self.elapsed_ms,
+                            None, error_kind="client_disconnected"))
 
 
 async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
@@ -179,14 +230,16 @@ class Gateway:
         except ClientGone:
             return
         except GatewayError as error:
-            ctx.finish_error(error)
+            reply = None
             if not request.started:
                 headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-                await write_error(send, error.status, error.to_body(), headers)
+                reply = write_error(send, error.status, error.to_body(), headers)
+            await ctx.end(ctx.failure(error), reply)  # the spend record is spooled before the error goes out
         except ProviderError as error:
-            ctx.finish_error(error, error.records)
+            reply = None
             if not request.started:
-                await write_error(send, error.client_status, error.to_body(), self.error_headers(error))
+                reply = write_error(send, error.client_status, error.to_body(), self.error_headers(error))
+            await ctx.end(ctx.failure(error, error.records), reply)
         except Exception:
             log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
             if not request.started:
@@ -287,13 +340,13 @@ class Gateway:
         if value is None:
             return None
         try:
-            seconds = float(value) / 1000.0
+            ms = float(value)
         except ValueError:
-            raise GatewayError(400, "x-modelyard-timeout-ms must be a number of milliseconds",
-                               param="x-modelyard-timeout-ms") from None
-        if seconds <= 0:
-            raise GatewayError(400, "x-modelyard-timeout-ms must be positive", param="x-modelyard-timeout-ms")
-        return seconds
+            ms = math.nan
+        if not 0 < ms <= TIMEOUT_HEADER_MAX_MS:  # also refuses NaN and infinities
+            raise GatewayError(400, f"x-modelyard-timeout-ms must be a number of milliseconds in (0, "
+                               f"{TIMEOUT_HEADER_MAX_MS}]", param="x-modelyard-timeout-ms")
+        return ms / 1000.0  # the executor applies it as min(configured, this): it can only shorten
 
     def answer_headers(self, ctx: RequestContext, dep: Deployment, records: list[AttemptRecord],
                        cost: float | None) -> Headers:
@@ -345,8 +398,11 @@ async def _ready(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     now = time.monotonic()
     open_circuits = [d.name for d in gw.config.deployments if not health.available(d.name, now)]
     ready = gw.ready and gw.router.started
-    body = {"status": "ready" if ready else "starting", "deployments": len(gw.config.deployments),
-            "open_circuits": open_circuits}
+    counters = gw.access.counters if gw.access is not None else None
+    degraded = counters is not None and counters.degraded  # Redis unreachable: limited keys follow the policy
+    body = {"status": ("degraded" if degraded else "ready") if ready else "starting",
+            "deployments": len(gw.config.deployments), "open_circuits": open_circuits,
+            "state": "unavailable" if degraded else "ok"}
     await send_json(request.send, 200 if ready else 503, body)
 
 

@@ -76,6 +76,8 @@ class Metrics:
         self.router = router
         self.spend = spend
         self.unpriced = list(unpriced or [])
+        #: The key counters (state/counters.py), for modelyard_state_unavailable; set by build_services.
+        self.counters: Any = None
         self.series: dict[tuple[str, str], _Series] = {}
         #: Label values a client can choose are limited to these names (anything else is `other`), so the
         #: number of series is bounded by the config, never by traffic.
@@ -203,14 +205,25 @@ class Metrics:
         for name in self.unpriced:
             unknown.add_metric([name], 1)
         yield from (in_flight, breaker, transitions, unknown)
+        if self.counters is not None:
+            yield GaugeMetricFamily("modelyard_state_unavailable", "1 while the shared counters (Redis) are "
+                                    "unreachable and state.on_unavailable applies.", value=int(self.counters.degraded))
+            yield CounterMetricFamily("modelyard_state_outages", "Times the shared counters became unreachable.",
+                                      value=getattr(self.counters, "outages", 0))
         if self.spend is not None:
             spend = self.spend
             yield CounterMetricFamily("modelyard_spend_log_written", "Spend records written.",
                                       value=spend.written)
-            yield CounterMetricFamily("modelyard_spend_log_dropped", "Spend records dropped (queue full or "
-                                      "store down at shutdown).", value=spend.dropped)
+            yield CounterMetricFamily("modelyard_spend_log_dropped", "Spend records dropped (no spool and "
+                                      "a full queue, or the store down at shutdown).", value=spend.dropped)
             yield GaugeMetricFamily("modelyard_spend_log_pending", "Spend records waiting to be written.",
                                     value=spend.pending)
+            yield CounterMetricFamily("modelyard_spend_log_dead_letters", "Spend records the store refused even "
+                                      "sanitised, set aside in modelyard_spend_dead.", value=spend.dead_letters)
+            yield CounterMetricFamily("modelyard_spend_log_replayed", "Spend records replayed from the spool at "
+                                      "start (left by a crash).", value=spend.replayed)
+            yield CounterMetricFamily("modelyard_spend_spool_errors", "Failed spool writes (their records were "
+                                      "only in memory).", value=spend.spool_errors)
 
 
 class _Collector:

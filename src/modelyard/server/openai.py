@@ -42,7 +42,10 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
     timeout_s = gw.timeout_override(request)
     if req.stream:
         result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
-        await stream_chat(gw, request, ctx, req, result)
+        try:
+            await stream_chat(gw, request, ctx, req, result)
+        finally:
+            await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
         return
     success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
     if insight is not None and insight.vector is not None and req.model in gw.intelligence.cached_models:
@@ -56,9 +59,9 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
     if ctx.explain is not None:
         body["modelyard"] = {"explain": ctx.explain, "attempts": [_record_dict(r) for r in success.records]}
     headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
-    await request.respond(200, _encode(body), headers)
-    # Reported after the answer is on its way: bookkeeping never delays the client.
-    ctx.finish_success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    # The spend record reaches the spool before the answer goes out; the rest of the bookkeeping after it.
+    outcome = ctx.success(success.deployment, success.records, success.completion.usage, cost, ttft_ms=None)
+    await ctx.end(outcome, request.respond(200, _encode(body), headers))
 
 
 async def answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:
@@ -68,8 +71,7 @@ async def answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, 
     answer["usage"] = {**(body.get("usage") or {}), "cost": 0.0}
     headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
     headers.append((b"x-modelyard-cache", b"hit"))
-    await request.respond(200, _encode(answer), headers)
-    ctx.finish_success(dep, [], Usage(), 0.0, ttft_ms=None)
+    await ctx.end(ctx.success(dep, [], Usage(), 0.0, ttft_ms=None), request.respond(200, _encode(answer), headers))
 
 
 async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,
@@ -111,8 +113,9 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
         await cancel_quietly(watcher)
     cost = result.cost_usd
     if error is not None:
-        await send({"type": "http.response.body", "body": held + b"data: " + _encode(error.to_body()) + b"\n\n"})
-        ctx.finish_error(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        await ctx.end(failed, send({"type": "http.response.body",
+                                    "body": held + b"data: " + _encode(error.to_body()) + b"\n\n"}))
         return
     if req.wants_usage_in_stream:
         usage = result.usage.to_openai()
@@ -122,8 +125,9 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
             "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
             "choices": [], "usage": usage}
         held += b"data: " + _encode(final) + b"\n\n"
-    await send({"type": "http.response.body", "body": held + _DONE})
-    ctx.finish_success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    # [DONE] is the last byte: the spend record is in the spool before it.
+    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    await ctx.end(outcome, send({"type": "http.response.body", "body": held + _DONE}))
 
 
 async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -136,8 +140,8 @@ async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None
     completion, dep, records, _ = await gw.router.embed(req, raw, features)
     cost = sum(r.cost_usd for r in records)
     body = completion.body
-    await request.respond(200, _encode(body), JSON_HEADERS + gw.answer_headers(ctx, dep, records, cost))
-    ctx.finish_success(dep, records, completion.usage, cost, ttft_ms=None)
+    await ctx.end(ctx.success(dep, records, completion.usage, cost, ttft_ms=None),
+                  request.respond(200, _encode(body), JSON_HEADERS + gw.answer_headers(ctx, dep, records, cost)))
 
 
 async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:

@@ -1,21 +1,24 @@
 """The services around the router that money and access need, built from the config in one place.
 
-store (keys + spend log) → access (keys, limits, budgets) → spend writer, metrics, tracing (observers).
+store (keys + spend log) → access (keys, limits, budgets) → spend writer (spool + store), metrics, tracing
+(observers).
 `Gateway` gets them as one object: it delegates `admit` to `access`, settles reservations when a request
 ends, registers `routes()` and starts/stops everything with its lifespan.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from modelyard.accounting.price_table import PriceTable, unpriced
 from modelyard.accounting.spend import SpendRecord, SpendWriter
-from modelyard.config.model import Config
+from modelyard.config.model import Config, SpendSettings
 from modelyard.routing.attempts import attempts_header
 from modelyard.routing.router import Router
 from modelyard.server import admin
@@ -24,7 +27,7 @@ from modelyard.server.http import Headers, Send, send_json
 from modelyard.server.metrics import Metrics, metrics_endpoint
 from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
 from modelyard.state.counters import Counters, MemoryCounters
-from modelyard.state.store import Store, open_store
+from modelyard.state.store import Store, open_store, sqlite_path
 
 if TYPE_CHECKING:
     from modelyard.server.app import ErrorWriter, Handler
@@ -39,7 +42,7 @@ async def _json_error(send: Send, status: int, body: dict[str, Any], headers: He
 
 
 def spend_record(outcome: Outcome) -> SpendRecord:
-    """The spend log's row for one request (built in the writer's background task, not on the hot path)."""
+    """The spend log's row for one request (built when the request commits it to the spool: a few µs)."""
     ctx = outcome.ctx
     usage = outcome.usage
     records = outcome.records
@@ -52,24 +55,6 @@ def spend_record(outcome: Outcome) -> SpendRecord:
         reasoning_tokens=usage.reasoning, cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
         ttft_ms=outcome.ttft_ms, status=outcome.status, error_kind=outcome.error_kind, content=ctx.content,
     )
-
-
-class SpendLog:
-    """The Observer that hands each outcome to the batching writer (which makes the spend record)."""
-
-    def __init__(self, writer: SpendWriter) -> None:
-        self.writer = writer
-
-    def on_outcome(self, outcome: Outcome) -> None:
-        """Queue the outcome (one put_nowait); a caller that never authenticated leaves no row."""
-        if outcome.ctx.authenticated:
-            self.writer.submit(outcome)
-
-    async def start(self) -> None:
-        await self.writer.start()
-
-    async def close(self) -> None:
-        await self.writer.close()
 
 
 @dataclass(slots=True)
@@ -106,6 +91,8 @@ class Services:
         await self.store.open()
         if self.access is not None:
             await self.access.start()
+        if self.spend is not None:
+            await self.spend.start()  # replays what a crashed process left in the spool
         for name in self.unpriced:
             dep = self.router.config.deployment(name)
             log.warning("price unknown for deployment %s (model %s): its cost is counted as 0 and it shows "
@@ -113,9 +100,28 @@ class Services:
                         dep.model if dep else "?")
 
     async def close(self) -> None:
+        if self.spend is not None:
+            await self.spend.close()  # after the last request, before the store goes
         if self.access is not None:
             await self.access.close()
         await self.store.close()
+
+
+def spool_directory(spend: SpendSettings, dsn: str | None) -> Path | None:
+    """Where the spend spool lives: `spend.spool_dir`, else beside the SQLite file, else (PostgreSQL) one directory
+    per DSN under the user's state directory; None without a spool or for an in-memory store (whose rows die
+    with the process anyway)."""
+    if not spend.spool:
+        return None
+    if spend.spool_dir:
+        return Path(spend.spool_dir).expanduser()
+    if not dsn:
+        return None
+    if dsn.startswith(("postgres://", "postgresql://")):
+        state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(state) / "modelyard" / "spool" / hashlib.sha256(dsn.encode()).hexdigest()[:16]
+    path = sqlite_path(dsn)
+    return None if path == ":memory:" else Path(f"{path}.spool")
 
 
 def master_key(config: Config, env: Mapping[str, str] | None = None) -> str | None:
@@ -128,7 +134,9 @@ def build_counters(config: Config) -> Counters:
     if config.state.redis_url:
         from modelyard.state.redis_counters import RedisCounters
 
-        return RedisCounters(config.state.redis_url, prefix=config.state.prefix)
+        state = config.state
+        return RedisCounters(config.state.redis_url, prefix=state.prefix, on_unavailable=state.on_unavailable,
+                             timeout_s=state.redis_timeout_s, max_pending=state.max_pending_settlements)
     return MemoryCounters()
 
 
@@ -143,7 +151,8 @@ def build_services(config: Config, router: Router | None = None, *, store: Store
     """Everything the config asks for; `store`/`counters` may be injected (tests, benchmarks)."""
     router = router or build_router(config)
     spend_cfg = config.spend
-    store = store or open_store(config.access.keys_store or spend_cfg.store)
+    dsn = config.access.keys_store or spend_cfg.store
+    store = store or open_store(dsn)
     if spend_cfg.store is None and config.access.keys_store is None:
         log.warning("no spend.store configured: keys and the spend log are kept in memory only")
     missing = unpriced(config.deployments, router.table.prices)
@@ -154,13 +163,17 @@ def build_services(config: Config, router: Router | None = None, *, store: Store
         master_limits=access_cfg.master_limits, master_unlimited=access_cfg.master_unlimited,
         prices=estimate_prices(router.table), refresh_s=access_cfg.refresh_s,
         capture_content=spend_cfg.log_content, table=router.table,
-        reserve_max_output=access_cfg.reserve_output == "max_output")
+        reserve_max_output=access_cfg.reserve_output == "max_output", store_timeout_s=config.state.store_timeout_s)
     if spend_cfg.enabled:
+        # Not an observer: RequestContext commits each authenticated request's record to the spool before
+        # the response's last byte (RequestContext.commit), and the writer drains the spool into the store.
         services.spend = SpendWriter(store, convert=spend_record, batch_size=spend_cfg.batch_size,
-                                     max_queue=spend_cfg.max_queue,
-                                     flush_interval_s=spend_cfg.flush_interval_s)
-        services.observers.append(SpendLog(services.spend))
+                                     max_queue=spend_cfg.max_queue, flush_interval_s=spend_cfg.flush_interval_s,
+                                     spool_dir=spool_directory(spend_cfg, dsn),
+                                     segment_bytes=spend_cfg.spool_segment_bytes)
+        services.access.unsettled = services.spend.pending_cost  # a re-seeded budget counts the unwritten spend
     services.metrics = Metrics(router, spend=services.spend, unpriced=services.unpriced)
+    services.metrics.counters = services.access.counters  # modelyard_state_unavailable
     services.observers.append(services.metrics)
     if config.tracing.enabled:
         from modelyard.server.tracing import Tracing

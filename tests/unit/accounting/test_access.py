@@ -33,6 +33,7 @@ class _Ctx:
         self.key_name: str | None = None
         self.reservation: Any = None
         self.content: str | None = None
+        self.key: Any = None  # authenticated from the headers by the gateway; None: admit authenticates
 
 
 def Ctx(credential: str | None) -> Any:  # reads as the class it stands for

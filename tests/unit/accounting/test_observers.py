@@ -23,6 +23,7 @@ class Ctx:
         self.endpoint = endpoint
         self.request_id = "req_1"
         self.key_name = "team-a"
+        self.authenticated = True
 
 
 def router() -> Router:

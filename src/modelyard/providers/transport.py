@@ -212,6 +212,8 @@ class EventStream:
         self.headers = headers
         self.received_any = False
         self.finished = False
+        #: The stream's one timer while `batches()` runs (it cancels the task iterating when it fires).
+        self._timer: asyncio.Timeout | None = None
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -223,7 +225,14 @@ class EventStream:
 
     def close(self) -> None:
         """Done with the stream: the connection goes back to the pool if its response was read to the end
-        (both clients check), else it is closed."""
+        (both clients check), else it is closed.
+
+        The timer is disarmed here too: a consumer that stops iterating `batches()` early leaves the generator
+        suspended inside the timer's scope, and an armed timer would later cancel whatever that task is doing
+        by then (found by the fuzzer: a request cancelled while committing its spend record)."""
+        timer, self._timer = self._timer, None
+        if timer is not None:  # set only while the generator is inside the timer's scope
+            timer.reschedule(None)
         self._release()
 
     async def batches(self) -> AsyncIterator[list[SSEEvent]]:
@@ -242,17 +251,23 @@ class EventStream:
         first_deadline = min(self._deadline, loop.time() + self._first_event_timeout)
         try:
             async with asyncio.timeout_at(self._deadline if self.received_any else first_deadline) as timer:
-                while True:
-                    data = await read()
-                    if not data:
-                        self.finished = True
-                        break
-                    events = parser.feed(data)
-                    if events:
-                        if not self.received_any:
-                            self.received_any = True
-                            timer.reschedule(self._deadline)
-                        yield events
+                self._timer = timer
+                try:
+                    while True:
+                        data = await read()
+                        if not data:
+                            self.finished = True
+                            break
+                        events = parser.feed(data)
+                        if events:
+                            if not self.received_any:
+                                self.received_any = True
+                                timer.reschedule(self._deadline)
+                            yield events
+                            if self._timer is None:  # closed while suspended: stop, the timer is off
+                                return
+                finally:
+                    self._timer = None
             tail = parser.flush()
             if tail:
                 yield tail

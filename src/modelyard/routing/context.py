@@ -29,6 +29,11 @@ class Skip:
     def reason(self) -> str:
         return self._template.format(*self._args) if self._args else self._template
 
+    @property
+    def template(self) -> str:
+        """The reason's template: what kind of reason it is, whatever the numbers."""
+        return self._template
+
     def __repr__(self) -> str:
         return f"Skip({self.deployment!r}, {self.reason!r})"
 

@@ -31,7 +31,7 @@ from modelyard.routing.candidates import limit_reason
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
-from modelyard.routing.plan import Plan
+from modelyard.routing.plan import OUTSIDE_SCOPE, Plan, no_deployment_error
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
@@ -104,7 +104,7 @@ class _Walk:
         if dep.name in self._seen:
             return False
         if self._allowed is not None and dep.name not in self._allowed:
-            self._plan.ctx.skip(dep, "outside this key's models")  # a fallback's plan, or a hedge, never escapes
+            self._plan.ctx.skip(dep, OUTSIDE_SCOPE)  # a fallback's plan, or a hedge, never escapes
             self._seen.add(dep.name)
             return False
         if self._min_window and dep.context_window is not None and dep.context_window <= self._min_window:
@@ -193,7 +193,7 @@ class Executor:
         walk = _Walk(plan, replan, lambda d: self._headroom(d, tokens))
         dep = walk.next()
         if dep is None:
-            raise _no_candidates(plan)
+            raise no_deployment_error(plan)
         policy = self._policy_for(plan)
         hedge_s = plan.hedge_after_ms / 1000.0 if plan.hedge_after_ms else None
         retries_used = 0
@@ -227,7 +227,7 @@ class Executor:
                 dep = walk.next()
                 retries_used = 0
         if last_error is None:
-            raise _no_candidates(plan)
+            raise no_deployment_error(plan)
         raise last_error
 
     def _headroom(self, dep: Deployment, tokens: int) -> str | None:
@@ -364,7 +364,10 @@ class Executor:
             settled = True
             if error.untranslatable and recorded:
                 self._unrecord(dep, started, estimate)  # nothing was sent
-            self._failed(dep, record, started, error)
+            base = dep.timeouts
+            operator_s = min(base.total, base.first_token if request.stream else base.response)
+            self._failed(dep, record, started, error,
+                         client_bound=_client_bound(request, error, self.clock() - started, operator_s))
             raise
         finally:
             if not settled:
@@ -419,14 +422,18 @@ class Executor:
         record.latency_ms = ttft_ms
         return _Opened(stream, events, translator, first, record, started, ttft_ms)
 
-    def _failed(self, dep: Deployment, record: AttemptRecord, started: float, error: ProviderError) -> None:
+    def _failed(self, dep: Deployment, record: AttemptRecord, started: float, error: ProviderError, *,
+                client_bound: bool = False) -> None:
         error.deployment = dep.name
         error.provider = dep.provider
         record.outcome = error.kind.value
         record.status = error.status
         record.retry_after = error.retry_after
         record.latency_ms = (self.clock() - started) * 1000
-        self.health.on_failure(dep.name, self.clock(), error.kind)
+        if client_bound:
+            self.health.on_cancel(dep.name)  # the client's own deadline says nothing about the deployment
+        else:
+            self.health.on_failure(dep.name, self.clock(), error.kind)
         log.info("attempt failed: %s %s %s %.300s", dep.name, error.kind.value, error.status or "", error.detail)
 
     def _cancelled(self, dep: Deployment, record: AttemptRecord, started: float, features: RequestFeatures) -> None:
@@ -556,12 +563,26 @@ class StreamResult:
         if error is not None:
             error.deployment = dep.name
             record.outcome = error.kind.value
-            executor.health.on_failure(dep.name, now, error.kind)
+            if _client_bound(self._request, error, now - self._opened.started, dep.timeouts.total):
+                executor.health.on_cancel(dep.name)
+            else:
+                executor.health.on_failure(dep.name, now, error.kind)
         elif cancelled:
             record.outcome = "cancelled"
             executor.health.on_cancel(dep.name)
         else:
             executor.health.on_success(dep.name, now, total_ms, self._opened.ttft_ms)
+
+
+def _client_bound(request: _Request, error: ProviderError, elapsed_s: float, operator_s: float) -> bool:
+    """A timeout of the client's own making: the attempt ran to the client's `x-modelyard-timeout-ms`, which
+    was shorter than the operator's bound for that phase, so the operator's deployment did not fail its own
+    bound. Counting it against the deployment would let any tenant open the breaker for everyone with a few
+    tiny timeouts."""
+    t = request.timeout_s
+    if t is None or error.kind is not ErrorKind.TIMEOUT:
+        return False
+    return t < operator_s and elapsed_s >= t * 0.9
 
 
 def as_dict(chunk: Chunk) -> dict[str, Any]:
@@ -605,9 +626,3 @@ def ensure_usage(completion: Completion, features: RequestFeatures) -> Usage:
         completion.usage = usage
         completion.body["usage"] = usage.to_openai()
     return usage
-
-
-def _no_candidates(plan: Plan) -> GatewayError:
-    reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in plan.ctx.skipped) or "no candidates"
-    return GatewayError(503, f"no deployment of `{plan.model}` can serve this request ({reasons})",
-                        type="service_unavailable", code="no_deployment_available")

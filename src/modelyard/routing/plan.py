@@ -18,6 +18,9 @@ from modelyard.routing.table import RoutingTable
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
 
+#: The skip reason of a deployment outside the key's scope (planner and executor alike).
+OUTSIDE_SCOPE = "outside this key's models"
+
 
 @dataclass(slots=True)
 class Plan:
@@ -147,7 +150,7 @@ def _within(candidates: list[Deployment], allowed: frozenset[str], ctx: Decision
         if dep.name in allowed:
             kept.append(dep)
         else:
-            ctx.skip(dep, "outside this key's models")
+            ctx.skip(dep, OUTSIDE_SCOPE)
     return kept
 
 
@@ -173,3 +176,28 @@ def _hedge_after(fixed: float | None, p95: bool, order: list[Deployment], ctx: D
                 return max(health.ewma_ttft_ms * 2.0, 1.0)
             return observed
     return None
+
+
+#: Skip reasons that the request itself causes: no retry, no other moment, no other replica would serve it,
+#: so "nothing can serve it" is the client's error (a 400), not an outage (a 503 that SDKs retry).
+_REQUEST_REASONS = {
+    "serves {}, request is {}": "wrong_model_kind",
+    "context window {} < {} tokens (prompt + max_tokens)": "context_length_exceeded",
+    "lacks capability {}": "unsupported_capability",
+    "estimated cost ${:.6f} > max_cost_per_request ${}": "over_max_cost",
+    OUTSIDE_SCOPE: "model_not_allowed",
+}
+
+
+def no_deployment_error(plan: Plan, what: str = "this request") -> GatewayError:
+    """Why no deployment of the plan's model can serve the request: a 400 when every candidate was ruled out
+    by the request itself (wrong kind, too long, a missing capability, over the client's cost cap), else a 503
+    (circuits open, limits reached: it may pass later or elsewhere)."""
+    skipped = plan.ctx.skipped
+    reasons = "; ".join(f"{s.deployment}: {s.reason}" for s in skipped[:16]) or "no candidates"
+    message = f"no deployment of `{plan.model[:256]}` can serve {what} ({reasons})"
+    codes = {_REQUEST_REASONS.get(s.template) for s in skipped}
+    if skipped and None not in codes:
+        code = codes.pop() if len(codes) == 1 else "no_deployment_fits"
+        return GatewayError(400, message, param="model", code=code or "no_deployment_fits")
+    return GatewayError(503, message, type="service_unavailable", code="no_deployment_available")

@@ -21,10 +21,10 @@ from modelyard.routing.executor import Executor, StreamResult, Success
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import BreakerPolicy, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
-from modelyard.routing.plan import Plan, make_plan
+from modelyard.routing.plan import Plan, make_plan, no_deployment_error
 from modelyard.routing.table import PriceResolver, RoutingTable
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
-from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+from modelyard.schema.errors import ErrorKind, ProviderError
 
 
 def breaker_policy(config: Config) -> BreakerPolicy:
@@ -167,8 +167,7 @@ class Router:
             return completion, dep, records, elapsed
         if last is not None:
             raise last
-        raise GatewayError(503, f"no deployment of `{req.model}` can serve embeddings",
-                           type="service_unavailable", code="no_deployment_available")
+        raise no_deployment_error(plan, "embeddings")
 
     def price(self, deployment: str) -> Price | None:
         return self.table.prices.get(deployment)

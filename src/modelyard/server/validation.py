@@ -129,8 +129,9 @@ def check_constraints(constraints: dict[str, Any]) -> None:
             raise GatewayError(400, f"Unknown routing constraint '{name[:64]}' (known: {known}).", param=param[:96],
                                code="invalid_value")
         low, high = bounds
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-                or not low <= value <= high:
+        # Compared as they are: math.isfinite would overflow on a 400-digit integer (ints are finite anyway).
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
             raise GatewayError(400, f"'{param}' must be a finite number between {low:g} and {high:g}.",
                                param=param, code="invalid_value")
 

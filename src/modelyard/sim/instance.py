@@ -17,6 +17,10 @@ _WORDS = (
     "alpha", "bravo", "delta", "echo", "kilo", "lima", "nova", "orbit", "pixel", "quartz", "river", "sierra",
 )
 _MAX_DEPTH = 6
+#: Past this depth, or this many values, every schema yields a plain word: a `$ref` cycle (`{"$ref": "#"}`) or
+#: recursive required properties have no finite instance, and the simulator must answer, not crash or explode.
+_HARD_DEPTH = 32
+_MAX_VALUES = 2_000
 _FORMATS = {
     "date": "2024-05-17",
     "date-time": "2024-05-17T09:30:00Z",
@@ -40,8 +44,12 @@ class _Gen:
     def __init__(self, root: Any, rng: random.Random) -> None:
         self.root = root
         self.rng = rng
+        self.values = 0
 
     def value(self, schema: Any, depth: int) -> Any:
+        self.values += 1
+        if depth > _HARD_DEPTH or self.values > _MAX_VALUES:
+            return self.word()
         if not isinstance(schema, dict):
             return self.word() if schema is not False else None
         if "$ref" in schema:
@@ -56,6 +64,9 @@ class _Gen:
             options = schema.get(key)
             if isinstance(options, list) and options:
                 return self.value(_first_non_null(options), depth + 1)
+        return self.typed(schema, depth)
+
+    def typed(self, schema: dict[str, Any], depth: int) -> Any:
         kind = _type_of(schema)
         if kind == "object":
             return self.obj(schema, depth)

@@ -101,8 +101,9 @@ class GeminiWire:
             content = get(request, "content", "content")
             if not isinstance(content, dict):
                 raise BadRequest("* EmbedContentRequest.content: content is not specified")
-            parts = content.get("parts") or []
-            texts.append("".join(p.get("text", "") for p in parts if isinstance(p, dict)))
+            parts = content.get("parts")
+            parts = parts if isinstance(parts, list) else []
+            texts.append("".join(t for p in parts if isinstance(p, dict) and isinstance(t := p.get("text"), str)))
         dims = get(requests[0], "outputDimensionality", "output_dimensionality")
         return EmbedAsk(model or "", texts, dims if isinstance(dims, int) and dims > 0 else None)
 

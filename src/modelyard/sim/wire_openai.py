@@ -110,8 +110,11 @@ class OpenAIWire:
             texts = [raw]
         elif raw and all(isinstance(x, int) for x in raw):
             texts = [" ".join(str(x) for x in raw)]
-        else:
+        elif all(isinstance(x, str) for x in raw) or all(isinstance(x, list) for x in raw):
             texts = [x if isinstance(x, str) else " ".join(str(t) for t in x) for x in raw]
+        else:  # OpenAI refuses a list that mixes strings, token ids and token-id lists
+            raise BadRequest("'input' must be a string, a list of strings, a list of token ids or a list of "
+                             "token-id lists")
         if not texts:
             raise BadRequest("'input' must not be empty")
         return EmbedAsk(req.model, texts, req.dimensions, req.encoding_format == "base64")

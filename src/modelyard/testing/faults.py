@@ -201,7 +201,6 @@ def _run_in_process(settings: SuiteSettings, report: SuiteReport) -> None:
 def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
     import json
     import re
-    import socket
     import subprocess
     import sys
     import tempfile
@@ -210,22 +209,7 @@ def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
 
     import yaml
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
-
-    def wait(url: str, proc: subprocess.Popen[bytes]) -> None:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
-            try:
-                with urlopen(url, timeout=1):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"{url} did not answer within 30 s")
+    from modelyard.testing.process import free_port, wait_http
 
     cli = [sys.executable, "-m", "modelyard.cli.main"]
     with tempfile.TemporaryDirectory() as tmp:
@@ -242,8 +226,8 @@ def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
             gateway = subprocess.Popen([*cli, "serve", "--config", str(config_path), "--port", str(gw_port),
                                         "--log-level", "warning"], stdout=log, stderr=log)
         try:
-            wait(sim_url + "/_sim/health", sim)
-            wait(f"http://127.0.0.1:{gw_port}/health/ready", gateway)
+            wait_http(sim_url + "/_sim/health", sim)
+            wait_http(f"http://127.0.0.1:{gw_port}/health/ready", gateway)
             started = time.perf_counter()
             asyncio.run(_drive(f"http://127.0.0.1:{gw_port}", settings, report))
             report.wall_s = time.perf_counter() - started

@@ -26,6 +26,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> None:
+    """Until `url` answers 2xx (a gateway's /health/ready says 503 while it starts), or raise if `proc`
+    exits or `timeout_s` passes."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
+        try:
+            with urlopen(url, timeout=1):
+                return
+        except OSError:  # refused, or an HTTP error status
+            time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s}s")
+
+
 class GatewayProcess:
     """`with GatewayProcess(config_path) as gw: gw.url` — `modelyard serve` on loopback, ready when entered."""
 

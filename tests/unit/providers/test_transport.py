@@ -17,7 +17,7 @@ from modelyard.config.model import Deployment, Timeouts
 from modelyard.providers.base import HttpCall
 from modelyard.providers.http1 import Http1Client
 from modelyard.providers.openai import OpenAIAdapter
-from modelyard.providers.transport import AiohttpTransport, FastTransport, Transport, make_transport
+from modelyard.providers.transport import AiohttpTransport, EventStream, FastTransport, Transport, make_transport
 from modelyard.schema.chat import ChatRequest
 from modelyard.schema.errors import ErrorKind, ProviderError
 from modelyard.sim.server import SimServer
@@ -248,3 +248,20 @@ def test_make_transport_picks_aiohttp_behind_a_proxy(monkeypatch):
         return type(plain), type(proxied), type(forced)
 
     assert asyncio.run(kinds()) == (FastTransport, AiohttpTransport, FastTransport)
+
+
+async def test_a_stream_left_mid_iteration_and_closed_never_cancels_its_task_later() -> None:
+    """The stream's one timer spans the generator's yields; a consumer that stops early and closes the stream
+    must not be cancelled when the (now irrelevant) deadline passes."""
+    chunks = [b'data: {"a": 1}\n\n', b'data: {"a": 2}\n\n']
+
+    async def read() -> bytes:
+        return chunks.pop(0) if chunks else b""
+
+    loop = asyncio.get_running_loop()
+    stream = EventStream(read, lambda: None, lambda: None, {}, loop.time() + 0.05, 0.05)
+    batches = stream.batches()  # kept alive, as the executor keeps it: no garbage collection closes it
+    async for _ in batches:
+        break  # the answer is complete as far as the consumer is concerned
+    stream.close()
+    await asyncio.sleep(0.15)  # past the deadline: a live timer would cancel this task here

@@ -142,6 +142,12 @@ def test_embed_and_batch_embed(sim: SimServer) -> None:
     assert batch["embeddings"][1]["values"] != one["embedding"]["values"]
 
 
+def test_embed_ignores_parts_that_are_not_text(sim: SimServer) -> None:
+    for parts in ([{"text": 5}, {"text": "hi"}], 7, [None, {"text": None}]):
+        r = post(sim, "sim-embed:embedContent", {"content": {"parts": parts}})
+        assert r.status_code == 200, r.text
+
+
 def test_errors_in_gemini_format(sim: SimServer) -> None:
     r = post(sim, "gemini-nope:generateContent", text_request("hi"))
     assert r.status_code == 404

@@ -115,3 +115,16 @@ def test_optional_properties_are_sometimes_present_and_values_vary() -> None:
     values = [instance(schema, random.Random(s)) for s in range(40)]
     assert any("b" in v for v in values) and any("b" not in v for v in values)
     assert len({v["a"] for v in values}) > 5
+
+
+@pytest.mark.parametrize("schema", [
+    {"$ref": "#"},
+    {"allOf": [{"$ref": "#"}]},
+    {"anyOf": [{"$ref": "#"}]},
+    {"type": "object", "properties": {"a": {"$ref": "#"}, "b": {"$ref": "#"}}, "required": ["a", "b"]},
+    {"$defs": {"n": {"type": "array", "minItems": 3, "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"},
+])
+def test_schemas_without_a_finite_instance_still_give_a_bounded_value(schema: dict[str, Any]) -> None:
+    """A client's cyclic tool schema once crashed the simulator (RecursionError → 500): now a bounded value."""
+    value = instance(schema, random.Random(0))
+    assert len(repr(value)) < 200_000

@@ -226,6 +226,13 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, sim: SimServer) -> N
     assert len(tokens.data) == 2
 
 
+@pytest.mark.parametrize("mixed", [[[1, 2], 3], ["a", [1]], ["a", 1]])
+def test_embeddings_refuse_mixed_inputs_with_a_400(sim: SimServer, mixed: list[object]) -> None:
+    """A list mixing strings, token ids and token-id lists is OpenAI's 400, not a simulator crash."""
+    r = httpx.post(sim.openai_base + "/embeddings", json={"model": "sim-embed", "input": mixed})
+    assert r.status_code == 400 and "input" in r.json()["error"]["message"]
+
+
 def test_models_list_and_retrieve(client: openai.OpenAI) -> None:
     ids = [m.id for m in client.models.list()]
     assert {"sim-large", "sim-medium", "sim-small", "sim-embed"} <= set(ids)

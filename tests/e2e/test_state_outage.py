@@ -291,7 +291,7 @@ async def _drop_schema(schema: str) -> None:
 BAD_KEYS: list[tuple[dict[str, Any], str]] = [
     ({"rpm": 1e30}, "rpm"),
     ({"rpm": 10**30}, "rpm"),
-    ({"tpm": 10**10}, "tpm"),
+    ({"tpm": 10**13}, "tpm"),
     ({"rpm": 0}, "rpm"),
     ({"budget_usd": 1e300}, "budget_usd"),
     ({"budget_usd": -1}, "budget_usd"),

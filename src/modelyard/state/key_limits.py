@@ -11,7 +11,7 @@ import math
 
 from modelyard.state.keys import KeyRecord
 
-MAX_RATE = 10**9               # rpm / tpm
+MAX_RATE = 10**12              # rpm / tpm: above any real limit (keys made with 1e11 exist), far below 2**53
 MAX_BUDGET_USD = 1e9
 MIN_PERIOD_S = 1.0
 MAX_PERIOD_S = 100 * 366 * 86400.0  # also the longest `expires_in` and `since`

@@ -141,6 +141,7 @@ class Access:
         self.table = table
         self.reserve_max_output = reserve_max_output
         self._scopes: dict[frozenset[str], Scope] = {}
+        self._output_bounds: dict[str, tuple[int, int]] = {}  # per model: (largest fixed cap, largest window)
         self.capture_content = capture_content
         self.counters = counters
         self.prices = prices or {}
@@ -278,16 +279,16 @@ class Access:
             scope = self._scopes[models] = Scope.of(table, models)
         return scope
 
-    def estimate_nano(self, model: str, features: RequestFeatures, overrides: ModelyardOptions | None) -> int:
-        """An upper bound on the request's cost: its prompt and every choice's output at the dearest
-        deployment it may reach (`features.allowed` and its overrides taken into account)."""
-        output = self.output_tokens(model, features)
-        if self.table is None:
-            per_in, per_out = self.prices.get(model, (0.0, 0.0))
-        elif overrides is None and features.allowed is None:
-            per_in, per_out = self.prices.get(model) or self._dearest(model, None, None)
-        else:
+    def estimate_nano(self, model: str, features: RequestFeatures, overrides: ModelyardOptions | None,
+                      output: int) -> int:
+        """An upper bound on the request's cost: its prompt and `output` tokens (from `output_tokens`) at the
+        dearest deployment it may reach."""
+        if self.table is not None and overrides is not None and (overrides.candidates or overrides.fallbacks):
             per_in, per_out = self._dearest(model, overrides, features.allowed)
+        else:
+            # The model's own reach, priced once at start; for a restricted key it lies inside the key's scope
+            # by construction (the scope is what its models reach), so no per-request walk is needed.
+            per_in, per_out = self.prices.get(model, (0.0, 0.0))
         return round(features.prompt_tokens * per_in + output * per_out)
 
     def output_tokens(self, model: str, features: RequestFeatures) -> int:
@@ -308,17 +309,24 @@ class Access:
         return dearest_per_token(self.table.prices, reach if allowed is None else reach & allowed)
 
     def _max_output(self, model: str, prompt_tokens: int) -> int:
-        assert self.table is not None
-        most = 0
-        for name in reached(self.table, [model])[1]:
-            dep = self.table.deployments[name]
-            if dep.max_output_tokens is not None:
-                most = max(most, dep.max_output_tokens)
-            elif dep.context_window is not None:
-                most = max(most, dep.context_window - prompt_tokens)
-            else:
-                most = max(most, UNKNOWN_MAX_OUTPUT)
-        return max(1, most)
+        """The most any deployment `model` reaches may answer: a fixed cap, or a window less the prompt."""
+        bounds = self._output_bounds.get(model)
+        if bounds is None:
+            assert self.table is not None
+            fixed, window = 0, 0
+            for name in reached(self.table, [model])[1]:
+                dep = self.table.deployments[name]
+                if dep.max_output_tokens is not None:
+                    fixed = max(fixed, dep.max_output_tokens)
+                elif dep.context_window is not None:
+                    window = max(window, dep.context_window)
+                else:
+                    fixed = max(fixed, UNKNOWN_MAX_OUTPUT)
+            bounds = (fixed, window)
+            if model in self.table.groups or model in self.table.deployments:  # config names only: bounded
+                self._output_bounds[model] = bounds
+        fixed, window = bounds
+        return max(1, fixed, window - prompt_tokens)
 
     async def _reserve(self, key: KeyState, model: str, features: RequestFeatures,
                        overrides: ModelyardOptions | None = None) -> Reservation | None:
@@ -331,7 +339,7 @@ class Access:
             now = self.clock()
             period = key.current_period(now)
             ttl = int(key.period_end - now) + 86400
-            estimate = min(self.estimate_nano(model, features, overrides), MAX_NANO)
+            estimate = min(self.estimate_nano(model, features, overrides, output), MAX_NANO)
         ask = Ask(key.id, key.rpm, key.tpm, tokens, key.budget_nano, period, estimate, ttl, seed_required=True)
         try:
             verdict = await self.counters.admit(ask)

@@ -205,7 +205,7 @@ async def hot_path_us(iterations: int) -> dict[str, float]:
         if gateway.services is not None:
             ctx.credential = credential_of(headers)
         await gateway.admit(ctx, "fast", RequestFeatures(prompt_tokens=12, max_output_tokens=16))
-        ctx._report(Outcome(ctx, "ok", "small@openai", "openai", records, usage, 0.0000076, 1.0, None))
+        ctx.report(Outcome(ctx, "ok", "small@openai", "openai", records, usage, 0.0000076, 1.0, None))
 
     async def timed(gateway: Gateway) -> float:
         for _ in range(1000):

@@ -145,8 +145,6 @@ class RequestContext:
             self.gateway.access.settle(self, outcome)
         self.gateway.observer.on_outcome(outcome)
 
-    _report = report
-
     def finish_success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float,
                        *, ttft_ms: float | None) -> None:
         self.report(self.success(dep, records, usage, cost, ttft_ms=ttft_ms))
@@ -187,8 +185,10 @@ class Gateway:
             self.routes[("POST", f"{prefix}/embeddings")] = (openai_routes.embeddings, _openai_error)
             self.routes[("GET", f"{prefix}/models")] = (openai_routes.list_models, _openai_error)
         self.routes[("POST", "/v1/messages")] = (anthropic_routes.messages, anthropic_routes.write_error)
-        #: Routes that serve models: the key is checked from the headers before the body is read.
-        self.keyed: frozenset[tuple[str, str]] = frozenset(self.routes)
+        #: Handlers that serve models: the key is checked from the headers before the body is read. A route
+        #: added later (with a path parameter or not) is keyed by naming its handler here.
+        self.keyed: frozenset[Handler] = frozenset(
+            {handler for handler, _ in self.routes.values()} | {openai_routes.retrieve_model})
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
         if services is not None:
@@ -222,7 +222,7 @@ class Gateway:
         try:
             if access is None or access.open:
                 ctx.authenticated = True
-            elif (scope["method"], path) in self.keyed or path.startswith("/v1/models/"):
+            elif handler in self.keyed:
                 # From the headers alone, before any work that grows with the request (body, parse, tokens).
                 ctx.key = await access.authenticate(ctx.credential)
                 ctx.key_id, ctx.key_name, ctx.authenticated = ctx.key.id, ctx.key.name, True

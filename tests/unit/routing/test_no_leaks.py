@@ -22,6 +22,7 @@ from modelyard.routing.executor import Executor
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, UserMessage
+from tests.unit.routing.test_executor import FakeStream
 
 CONFIG = """
 deployments:
@@ -46,28 +47,13 @@ def chunk(content: str, finish: str | None = None) -> bytes:
                                 "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
 
 
-class Stream:
-    def __init__(self, events: list[bytes]) -> None:
-        self.events = events
-        self.headers: dict[str, str] = {}
-        self.closed = False
-
-    async def batches(self) -> Any:
-        for data in self.events:
-            await asyncio.sleep(0)
-            yield [SSEEvent(data)]
-
-    def close(self) -> None:
-        self.closed = True
-
-
 class Transport:
     """Answers well unless `fail[host]` names the stage that raises Boom, or `slow[host]` delays it."""
 
     def __init__(self, fail: dict[str, str], slow: dict[str, float] | None = None) -> None:
         self.fail = fail
         self.slow = slow or {}
-        self.streams: list[Stream] = []
+        self.streams: list[FakeStream] = []
 
     async def _stage(self, url: str, stage: str) -> None:
         host = url.split("//")[1].split("/")[0]
@@ -85,9 +71,9 @@ class Transport:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
             "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}), {}
 
-    async def open_stream(self, call: Any, timeouts: Any, adapter: Any) -> Stream:
+    async def open_stream(self, call: Any, timeouts: Any, adapter: Any) -> FakeStream:
         await self._stage(call.url, "open_stream")
-        stream = Stream([chunk("hel"), chunk("lo", "stop"), b"[DONE]"])
+        stream = FakeStream([chunk("hel"), chunk("lo", "stop"), b"[DONE]"])
         self.streams.append(stream)
         return stream
 
@@ -197,10 +183,10 @@ async def test_an_exception_at_the_end_of_a_short_stream_releases_the_slot() -> 
     router, transport = make("finish")
     transport.streams.clear()
 
-    async def one_read(call: Any, timeouts: Any, adapter: Any) -> Stream:
+    async def one_read(call: Any, timeouts: Any, adapter: Any) -> FakeStream:
         role = msgspec.json.encode({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
                                     "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
-        stream = Stream([role])  # nothing of substance and no [DONE]: `finish` is called
+        stream = FakeStream([role])  # nothing of substance and no [DONE]: `finish` is called
         transport.streams.append(stream)
         return stream
 

@@ -27,13 +27,15 @@ SCENARIOS = {"c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
 
 
 def worktree(ref: str, into: Path) -> Path:
-    subprocess.run(["git", "-C", str(gb.ROOT), "worktree", "add", "--detach", str(into), ref], check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["git", "-C", str(gb.ROOT), "worktree", "add", "--detach", str(into), ref], check=True, capture_output=True
+    )
     return into / "src"
 
 
-def measure(name: str, src: Path | None, upstream: str, tmp: Path, scenarios: list[str],
-            duration: float) -> dict[str, float]:
+def measure(
+    name: str, src: Path | None, upstream: str, tmp: Path, scenarios: list[str], duration: float
+) -> dict[str, float]:
     contender = gb.modelyard(upstream, tmp, src=src, name=name)
     try:
         gb.wrk(contender, 16, 2)  # warm-up
@@ -73,20 +75,26 @@ def main() -> None:
                 for s in scenarios:
                     rows[s].append((got["base"][s], got["head"][s]))
                     cpu[s].append((got["base"][s + " cpu_us"], got["head"][s + " cpu_us"]))
-                    print(f"round {i + 1} {s}: base {got['base'][s]:.0f} req/s, head {got['head'][s]:.0f} req/s "
-                          f"({got['head'][s] / got['base'][s]:.3f}x)", flush=True)
+                    print(
+                        f"round {i + 1} {s}: base {got['base'][s]:.0f} req/s, head {got['head'][s]:.0f} req/s "
+                        f"({got['head'][s] / got['base'][s]:.3f}x)",
+                        flush=True,
+                    )
         finally:
             upstream_proc.terminate()
-            subprocess.run(["git", "-C", str(gb.ROOT), "worktree", "remove", "--force", str(tmp / "base")],
-                           capture_output=True)
+            subprocess.run(
+                ["git", "-C", str(gb.ROOT), "worktree", "remove", "--force", str(tmp / "base")], capture_output=True
+            )
     print(f"\nhead vs {args.base}, {args.rounds} rounds of {args.duration:.0f} s, alternating:")
     for s in scenarios:
         ratios = sorted(h / b for b, h in rows[s])
         cpu_ratios = sorted(h / b for b, h in cpu[s])
-        print(f"  {s}: req/s ratio median {statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f});"
-              f" base median {statistics.median(b for b, _ in rows[s]):.0f}, head median "
-              f"{statistics.median(h for _, h in rows[s]):.0f}; CPU/request ratio median "
-              f"{statistics.median(cpu_ratios):.3f}")
+        print(
+            f"  {s}: req/s ratio median {statistics.median(ratios):.3f} (min {ratios[0]:.3f}, max {ratios[-1]:.3f});"
+            f" base median {statistics.median(b for b, _ in rows[s]):.0f}, head median "
+            f"{statistics.median(h for _, h in rows[s]):.0f}; CPU/request ratio median "
+            f"{statistics.median(cpu_ratios):.3f}"
+        )
 
 
 if __name__ == "__main__":

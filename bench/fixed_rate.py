@@ -20,8 +20,15 @@ from modelyard.providers.http1 import Http1Client
 
 async def run(url: str, rate: float, duration: float, key: str, model: str) -> dict[str, float]:
     client = Http1Client(limit_per_origin=512)
-    body = json.dumps({"model": model, "max_tokens": 16, "messages": [
-        {"role": "system", "content": "You are terse."}, {"role": "user", "content": "Say hello in five words."}]}
+    body = json.dumps(
+        {
+            "model": model,
+            "max_tokens": 16,
+            "messages": [
+                {"role": "system", "content": "You are terse."},
+                {"role": "user", "content": "Say hello in five words."},
+            ],
+        }
     ).encode()
     headers = {"content-type": "application/json", "authorization": f"Bearer {key}"}
     target = url.rstrip("/") + "/v1/chat/completions"
@@ -63,8 +70,15 @@ async def run(url: str, rate: float, duration: float, key: str, model: str) -> d
     def q(p: float) -> float:
         return ordered[min(len(ordered) - 1, int(p * len(ordered)))] if ordered else float("nan")
 
-    return {"rps": len(ordered) / elapsed, "p50_ms": q(0.5), "p90_ms": q(0.9), "p99_ms": q(0.99),
-            "max_ms": ordered[-1] if ordered else float("nan"), "errors": errors, "sent": n}
+    return {
+        "rps": len(ordered) / elapsed,
+        "p50_ms": q(0.5),
+        "p90_ms": q(0.9),
+        "p99_ms": q(0.99),
+        "max_ms": ordered[-1] if ordered else float("nan"),
+        "errors": errors,
+        "sent": n,
+    }
 
 
 def main() -> None:

@@ -48,8 +48,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_http(url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 120,
-              headers: dict[str, str] | None = None) -> None:
+def wait_http(
+    url: str, proc: subprocess.Popen[bytes] | None, timeout: float = 120, headers: dict[str, str] | None = None
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
@@ -125,8 +126,9 @@ class Contender:
 
 def spawn(cmd: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> subprocess.Popen[bytes]:
     with open(log or os.devnull, "wb") as out:
-        return subprocess.Popen(cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            cmd, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 # --------------------------------------------------------------------------- contenders
@@ -146,10 +148,28 @@ def start_upstream(delay_ms: float) -> tuple[str, subprocess.Popen[bytes]]:
     return url, proc
 
 
-def uvicorn_cmd(target: str, port: int, workers: int = 1, factory: bool = False,
-                app_dir: Path | None = None) -> list[str]:
-    cmd = [PY, "-m", "uvicorn", target, "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http",
-           "httptools", "--no-access-log", "--log-level", "warning", "--workers", str(workers)]
+def uvicorn_cmd(
+    target: str, port: int, workers: int = 1, factory: bool = False, app_dir: Path | None = None
+) -> list[str]:
+    cmd = [
+        PY,
+        "-m",
+        "uvicorn",
+        target,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--loop",
+        "uvloop",
+        "--http",
+        "httptools",
+        "--no-access-log",
+        "--log-level",
+        "warning",
+        "--workers",
+        str(workers),
+    ]
     if factory:
         cmd.append("--factory")
     if app_dir:
@@ -163,8 +183,9 @@ def direct(upstream: str) -> Contender:
 
 def passthrough(upstream: str, tmp: Path) -> Contender:
     port = free_port()
-    proc = spawn(uvicorn_cmd("passthrough:app", port, app_dir=HERE), env={"UPSTREAM": upstream},
-                 log=tmp / "passthrough.log")
+    proc = spawn(
+        uvicorn_cmd("passthrough:app", port, app_dir=HERE), env={"UPSTREAM": upstream}, log=tmp / "passthrough.log"
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/v1/models", proc)
     return Contender("passthrough", url, "bench", "sk-none", proc)
@@ -201,8 +222,9 @@ spend:
 """
 
 
-def modelyard(upstream: str, tmp: Path, workers: int = 1, *, src: Path | None = None,
-              name: str | None = None) -> Contender:
+def modelyard(
+    upstream: str, tmp: Path, workers: int = 1, *, src: Path | None = None, name: str | None = None
+) -> Contender:
     """`modelyard serve` with everything on; `src` runs another checkout's code (its `src/` directory)."""
     label = name or ("modelyard" if workers == 1 else f"modelyard x{workers}")
     slug = re.sub(r"\W+", "-", label)
@@ -210,14 +232,50 @@ def modelyard(upstream: str, tmp: Path, workers: int = 1, *, src: Path | None = 
     store = tmp / f"{slug}.db"
     config.write_text(MODELYARD_CONFIG.format(upstream=upstream, master=BENCH_KEY_MASTER, store=store))
     env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
-    made = subprocess.run([PY, "-m", "modelyard.cli.main", "keys", "create", "--config", str(config), "--name",
-                           "bench", "--budget-usd", "1000000", "--rpm", "100000000", "--tpm", "100000000000",
-                           "--json"], capture_output=True, text=True, check=True, env=env)
+    made = subprocess.run(
+        [
+            PY,
+            "-m",
+            "modelyard.cli.main",
+            "keys",
+            "create",
+            "--config",
+            str(config),
+            "--name",
+            "bench",
+            "--budget-usd",
+            "1000000",
+            "--rpm",
+            "100000000",
+            "--tpm",
+            "100000000000",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+    )
     key = json.loads(made.stdout)["key"]
     port = free_port()
-    proc = spawn([PY, "-m", "modelyard.cli.main", "serve", "--config", str(config), "--port", str(port),
-                  "--workers", str(workers), "--log-level", "warning"], log=tmp / f"{slug}.log",
-                 env={"PYTHONPATH": str(src)} if src is not None else None)
+    proc = spawn(
+        [
+            PY,
+            "-m",
+            "modelyard.cli.main",
+            "serve",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+            "--workers",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        log=tmp / f"{slug}.log",
+        env={"PYTHONPATH": str(src)} if src is not None else None,
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health/ready", proc)
     return Contender(label, url, "bench", key, proc)
@@ -244,8 +302,9 @@ def ensure_litellm() -> Path | None:
         return binary
     print(f"installing {LITELLM_SPEC} into {LITELLM_VENV} ...", file=sys.stderr)
     subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-    done = subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", LITELLM_SPEC],
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [str(LITELLM_VENV / "bin" / "pip"), "install", "-q", LITELLM_SPEC], capture_output=True, text=True
+    )
     if done.returncode != 0:
         print(f"LiteLLM install failed; skipping it:\n{done.stderr[-2000:]}", file=sys.stderr)
         return None
@@ -259,10 +318,17 @@ def litellm(upstream: str, tmp: Path) -> Contender | None:
     config = tmp / "litellm.yaml"
     config.write_text(LITELLM_CONFIG.format(upstream=upstream))
     port = free_port()
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOG": "ERROR", "DISABLE_SCHEMA_UPDATE": "true",
-           "NO_DOCS": "True"}
-    proc = spawn([str(binary), "--config", str(config), "--port", str(port), "--num_workers", "1"], env=env,
-                 log=tmp / "litellm.log")
+    env = {
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        "LITELLM_LOG": "ERROR",
+        "DISABLE_SCHEMA_UPDATE": "true",
+        "NO_DOCS": "True",
+    }
+    proc = spawn(
+        [str(binary), "--config", str(config), "--port", str(port), "--num_workers", "1"],
+        env=env,
+        log=tmp / "litellm.log",
+    )
     url = f"http://127.0.0.1:{port}"
     wait_http(url + "/health/liveliness", proc, timeout=180)
     return Contender("litellm", url, "bench", "sk-litellm-master", proc)
@@ -277,8 +343,18 @@ _BENCH = re.compile(r"BENCH (\{.*\})")
 def wrk(contender: Contender, connections: int, duration: float, stream: bool = False) -> dict[str, Any]:
     threads = 1 if connections == 1 else 2
     env = {**os.environ, "MODEL": contender.model, "KEY": contender.key, "STREAM": "1" if stream else "0"}
-    cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{int(duration)}s", "--latency", "--timeout", "10s", "-s",
-           str(HERE / "chat.lua"), contender.url + "/v1/chat/completions"]
+    cmd = [
+        "wrk",
+        f"-t{threads}",
+        f"-c{connections}",
+        f"-d{int(duration)}s",
+        "--latency",
+        "--timeout",
+        "10s",
+        "-s",
+        str(HERE / "chat.lua"),
+        contender.url + "/v1/chat/completions",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True).stdout
     match = _BENCH.search(out)
     if not match:
@@ -288,8 +364,20 @@ def wrk(contender: Contender, connections: int, duration: float, stream: bool = 
 
 def fixed_rate(contender: Contender, rate: int, duration: float) -> dict[str, Any]:
     """A fixed request rate from an open-loop generator (bench/fixed_rate.py) in its own process."""
-    cmd = [PY, str(HERE / "fixed_rate.py"), "--url", contender.url, "--rate", str(rate), "--duration",
-           str(duration), "--key", contender.key, "--model", contender.model]
+    cmd = [
+        PY,
+        str(HERE / "fixed_rate.py"),
+        "--url",
+        contender.url,
+        "--rate",
+        str(rate),
+        "--duration",
+        str(duration),
+        "--key",
+        contender.key,
+        "--model",
+        contender.model,
+    ]
     out = subprocess.run(cmd, capture_output=True, text=True).stdout
     match = re.search(r"FIXED (\{.*\})", out)
     if not match:
@@ -302,8 +390,13 @@ def fixed_rate(contender: Contender, rate: int, duration: float) -> dict[str, An
 async def _ttft_run(contender: Contender, requests: int) -> dict[str, Any]:
     import aiohttp
 
-    body = {"model": contender.model, "max_tokens": 16, "stream": True, "stream_options": {"include_usage": True},
-            "messages": [{"role": "user", "content": "Say hello in five words."}]}
+    body = {
+        "model": contender.model,
+        "max_tokens": 16,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": "Say hello in five words."}],
+    }
     headers = {"Authorization": f"Bearer {contender.key}"}
     first: list[float] = []
     last: list[float] = []
@@ -321,8 +414,11 @@ async def _ttft_run(contender: Contender, requests: int) -> dict[str, Any]:
                 last.append((ended - started) * 1000)
     first.sort()
     last.sort()
-    return {"ttft_p50_ms": first[len(first) // 2], "ttft_p99_ms": first[int(len(first) * 0.99)],
-            "ttlt_p50_ms": last[len(last) // 2]}
+    return {
+        "ttft_p50_ms": first[len(first) // 2],
+        "ttft_p99_ms": first[int(len(first) * 0.99)],
+        "ttlt_p50_ms": last[len(last) // 2],
+    }
 
 
 def ttft(contender: Contender, requests: int) -> dict[str, Any]:
@@ -343,8 +439,9 @@ SCENARIOS = [
 ]
 
 
-def measure(contender: Contender, duration: float, tmp: Path,
-            scenarios: list[tuple[str, str, int, bool]]) -> dict[str, Any]:
+def measure(
+    contender: Contender, duration: float, tmp: Path, scenarios: list[tuple[str, str, int, bool]]
+) -> dict[str, Any]:
     results: dict[str, Any] = {}
     pid = contender.proc.pid if contender.proc else None
     wrk(contender, 16, 2)  # warm-up
@@ -362,8 +459,11 @@ def measure(contender: Contender, duration: float, tmp: Path,
         if pid:
             result["cpu_ms_per_req"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, count)
         results[name] = result
-        print(f"  {contender.name:>14} {name:>10}: " + ", ".join(
-            f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()), flush=True)
+        print(
+            f"  {contender.name:>14} {name:>10}: "
+            + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
+            flush=True,
+        )
     if pid:
         results["rss_peak_mb"] = rss_mb(pid)
         results["rss_now_mb"] = rss_mb(pid, peak=False)
@@ -372,18 +472,26 @@ def measure(contender: Contender, duration: float, tmp: Path,
 
 def table(results: dict[str, dict[str, Any]], delay_ms: float) -> str:
     direct_c1 = results.get("direct", {}).get("c1", {})
-    lines = [f"upstream latency {delay_ms:.0f} ms",
-             "| contender | c=1 p50 / p99 ms | added p50 / p99 at c=1 | req/s c=16 | req/s c=64 | stream req/s c=16 "
-             "| 500 RPS p99 ms | TTFT p50 ms (added) | CPU ms/req c=16 | peak RSS MB |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"upstream latency {delay_ms:.0f} ms",
+        "| contender | c=1 p50 / p99 ms | added p50 / p99 at c=1 | req/s c=16 | req/s c=64 | stream req/s c=16 "
+        "| 500 RPS p99 ms | TTFT p50 ms (added) | CPU ms/req c=16 | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     base_ttft = results.get("direct", {}).get("ttft-c1", {}).get("ttft_p50_ms")
     for name, r in results.items():
         c1 = r.get("c1", {})
-        added = (f"+{c1['p50_ms'] - direct_c1['p50_ms']:.2f} / +{c1['p99_ms'] - direct_c1['p99_ms']:.2f}"
-                 if c1 and direct_c1 and name != "direct" else "-")
+        added = (
+            f"+{c1['p50_ms'] - direct_c1['p50_ms']:.2f} / +{c1['p99_ms'] - direct_c1['p99_ms']:.2f}"
+            if c1 and direct_c1 and name != "direct"
+            else "-"
+        )
         t = r.get("ttft-c1", {})
-        ttft_cell = (f"{t['ttft_p50_ms']:.2f} (+{t['ttft_p50_ms'] - base_ttft:.2f})"
-                     if t and base_ttft is not None and name != "direct" else (f"{t['ttft_p50_ms']:.2f}" if t else "-"))
+        ttft_cell = (
+            f"{t['ttft_p50_ms']:.2f} (+{t['ttft_p50_ms'] - base_ttft:.2f})"
+            if t and base_ttft is not None and name != "direct"
+            else (f"{t['ttft_p50_ms']:.2f}" if t else "-")
+        )
         rate_p99 = r.get("rate500", {}).get("p99_ms")
         rate_cell = f"{rate_p99:.1f}" if isinstance(rate_p99, int | float) else "-"
 
@@ -395,7 +503,8 @@ def table(results: dict[str, dict[str, Any]], delay_ms: float) -> str:
             f"| {name} | {cell('c1', 'p50_ms', '{:.2f}')} / {cell('c1', 'p99_ms', '{:.2f}')} | {added} "
             f"| {cell('c16', 'rps')} | {cell('c64', 'rps')} | {cell('stream-c16', 'rps')} "
             f"| {rate_cell} | {ttft_cell} "
-            f"| {cell('c16', 'cpu_ms_per_req', '{:.3f}')} | {r.get('rss_peak_mb', 0):.0f} |")
+            f"| {cell('c16', 'cpu_ms_per_req', '{:.3f}')} | {r.get('rss_peak_mb', 0):.0f} |"
+        )
     ratios = []
     for name in results:
         if name in ("direct", "passthrough") or "passthrough" not in results:
@@ -438,8 +547,12 @@ def main() -> None:
         sys.exit("wrk not found: apt-get install -y wrk")
     wanted = [w for w in args.only.split(",") if not (args.no_litellm and w == "litellm")]
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "nproc": os.cpu_count(),
-                              "cpu": _cpu_model(), "runs": {}}
+    report: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        "nproc": os.cpu_count(),
+        "cpu": _cpu_model(),
+        "runs": {},
+    }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         for delay in [float(d) for d in args.delays.split(",")]:

@@ -63,8 +63,16 @@ def serve_sim(port: int) -> None:
     from modelyard.sim.app import create_app
     from modelyard.sim.fleet import default_fleet
 
-    uvicorn.run(create_app(default_fleet().instant()), host="127.0.0.1", port=port, loop="uvloop",
-                http="httptools", log_level="warning", access_log=False, lifespan="on")
+    uvicorn.run(
+        create_app(default_fleet().instant()),
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 def serve_gateway(port: int, text: str, features: bool) -> None:
@@ -77,8 +85,16 @@ def serve_gateway(port: int, text: str, features: bool) -> None:
 
     config = parse_config(text, env={})
     app = build_gateway(config) if features else Gateway(config, router=build_router(config))
-    uvicorn.run(app, host="127.0.0.1", port=port, loop="uvloop", http="httptools", log_level="warning",
-                access_log=False, lifespan="on")
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+    )
 
 
 async def wait_up(url: str) -> None:
@@ -98,8 +114,10 @@ async def wait_up(url: str) -> None:
 
 async def make_key(url: str) -> str:
     body = {"name": "bench", "rpm": 10_000_000, "tpm": 10_000_000_000, "budget_usd": 1_000_000.0}
-    async with aiohttp.ClientSession() as session, session.post(
-            url + "/admin/keys", json=body, headers={"Authorization": f"Bearer {MASTER}"}) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url + "/admin/keys", json=body, headers={"Authorization": f"Bearer {MASTER}"}) as response,
+    ):
         response.raise_for_status()
         return str((await response.json())["key"])
 
@@ -142,8 +160,9 @@ async def http_bench(args: argparse.Namespace) -> dict[str, Any]:
     processes = [
         ctx.Process(target=serve_sim, args=(sim_port,), daemon=True),
         ctx.Process(target=serve_gateway, args=(off_port, config_text(sim_port, None), False), daemon=True),
-        ctx.Process(target=serve_gateway, args=(on_port, config_text(sim_port, str(tmp / "spend.db")), True),
-                    daemon=True),
+        ctx.Process(
+            target=serve_gateway, args=(on_port, config_text(sim_port, str(tmp / "spend.db")), True), daemon=True
+        ),
     ]
     for process in processes:
         process.start()
@@ -166,11 +185,19 @@ async def http_bench(args: argparse.Namespace) -> dict[str, Any]:
         for process in processes:
             process.join(5)
     summary: dict[str, dict[str, Any]] = {
-        name: {"rps": statistics.median(r["rps"]), "p50_ms": percentile(r["lat"], 0.5),
-               "p99_ms": percentile(r["lat"], 0.99)} for name, r in results.items()}
+        name: {
+            "rps": statistics.median(r["rps"]),
+            "p50_ms": percentile(r["lat"], 0.5),
+            "p99_ms": percentile(r["lat"], 0.99),
+        }
+        for name, r in results.items()
+    }
     paired = [on / off for on, off in zip(results["on"]["rps"], results["off"]["rps"], strict=True)]
-    summary["ratio"] = {"rps": summary["on"]["rps"] / summary["off"]["rps"],
-                        "paired_median": statistics.median(paired), "paired": paired}
+    summary["ratio"] = {
+        "rps": summary["on"]["rps"] / summary["off"]["rps"],
+        "paired_median": statistics.median(paired),
+        "paired": paired,
+    }
     return summary
 
 
@@ -188,7 +215,7 @@ async def hot_path_us(iterations: int) -> dict[str, float]:
     from modelyard.server.services import build_router, build_services
     from modelyard.state.sqlite_store import SQLiteStore
 
-    config = parse_config(config_text(1, "\":memory:\""), env={})
+    config = parse_config(config_text(1, '":memory:"'), env={})
     services = build_services(config, store=SQLiteStore(":memory:"))
     on = Gateway(config, router=services.router, observer=services.observer(), services=services)
     off = Gateway(config, router=build_router(config))
@@ -225,8 +252,7 @@ async def hot_path_us(iterations: int) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=2000, help="requests per round and gateway")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=8)
@@ -236,21 +262,28 @@ def main() -> None:
     args = parser.parse_args()
     micro = asyncio.run(hot_path_us(args.hot_path_iterations))
     summary = asyncio.run(http_bench(args))
-    print(f"{args.rounds} rounds x {args.requests} requests, concurrency {args.concurrency}, "
-          f"{mp.cpu_count()} cores, Python {sys.version.split()[0]}")
+    print(
+        f"{args.rounds} rounds x {args.requests} requests, concurrency {args.concurrency}, "
+        f"{mp.cpu_count()} cores, Python {sys.version.split()[0]}"
+    )
     print(f"{'gateway':<34}{'req/s':>10}{'p50 ms':>10}{'p99 ms':>10}")
     labels = (("off", "off (no keys/budgets/spend log)"), ("on", "on (keys+budgets+spend+metrics)"))
     for name, label in labels:
         row = summary[name]
         print(f"{label:<34}{row['rps']:>10.0f}{row['p50_ms']:>10.2f}{row['p99_ms']:>10.2f}")
     ratio = summary["ratio"]
-    print(f"ratio on/off (req/s): {ratio['rps']:.3f} of medians; per round (back to back) "
-          f"{', '.join(f'{r:.2f}' for r in ratio['paired'])}: median {ratio['paired_median']:.3f}")
-    print(f"per-request bookkeeping, in-process: off {micro['off_us']:.1f} us, on {micro['on_us']:.1f} us: "
-          f"{micro['added_us']:.1f} us added (auth + limits + budget + settle + spend log + metrics)")
+    print(
+        f"ratio on/off (req/s): {ratio['rps']:.3f} of medians; per round (back to back) "
+        f"{', '.join(f'{r:.2f}' for r in ratio['paired'])}: median {ratio['paired_median']:.3f}"
+    )
+    print(
+        f"per-request bookkeeping, in-process: off {micro['off_us']:.1f} us, on {micro['on_us']:.1f} us: "
+        f"{micro['added_us']:.1f} us added (auth + limits + budget + settle + spend log + metrics)"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"http": summary, "hot_path": micro, "args": vars(args)}, default=str,
-                                        indent=2))
+        args.json.write_text(
+            json.dumps({"http": summary, "hot_path": micro, "args": vars(args)}, default=str, indent=2)
+        )
 
 
 if __name__ == "__main__":

@@ -19,7 +19,8 @@ async def app(scope, receive, send):
             message = await receive()
             if message["type"] == "lifespan.startup":
                 state["session"] = aiohttp.ClientSession(
-                    UPSTREAM, connector=aiohttp.TCPConnector(limit=1000), auto_decompress=False)
+                    UPSTREAM, connector=aiohttp.TCPConnector(limit=1000), auto_decompress=False
+                )
                 await send({"type": "lifespan.startup.complete"})
             else:
                 await state["session"].close()
@@ -33,8 +34,7 @@ async def app(scope, receive, send):
             break
     headers = {k.decode(): v.decode() for k, v in scope["headers"] if k not in DROP}
     async with state["session"].request(scope["method"], scope["path"], data=body, headers=headers) as up:
-        out = [(k.lower().encode(), v.encode()) for k, v in up.headers.items()
-               if k.lower().encode() not in DROP]
+        out = [(k.lower().encode(), v.encode()) for k, v in up.headers.items() if k.lower().encode() not in DROP]
         await send({"type": "http.response.start", "status": up.status, "headers": out})
         async for chunk in up.content.iter_any():
             await send({"type": "http.response.body", "body": chunk, "more_body": True})

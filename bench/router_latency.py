@@ -74,9 +74,15 @@ def run(
     router.predict_batch(prompts)
     batch_s = time.perf_counter() - t
     lengths = [len(x.ids) for x in embedder.tokenizer.encode_batch(prompts)]
-    return {"backend": embedder.backend, "max_tokens": max_tokens, "threads": threads or "default",
-            "tokens_p50": float(np.median(lengths)), "embed": percentiles(embed_ms),
-            "decision": percentiles(decide_ms), "batch_prompts_per_s": len(prompts) / batch_s}
+    return {
+        "backend": embedder.backend,
+        "max_tokens": max_tokens,
+        "threads": threads or "default",
+        "tokens_p50": float(np.median(lengths)),
+        "embed": percentiles(embed_ms),
+        "decision": percentiles(decide_ms),
+        "batch_prompts_per_s": len(prompts) / batch_s,
+    }
 
 
 def main() -> None:
@@ -93,12 +99,16 @@ def main() -> None:
     sizes = [int(x) for x in args.max_tokens.split(",")] if args.max_tokens else [own]
     rows = [run(args.router, prompts, n, b, args.threads) for b in args.backend.split(",") for n in sizes]
     print(f"{len(prompts)} prompts, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")
-    print(f"{'backend':8} {'max_tok':>7} {'tok p50':>7} {'embed p50':>10} {'decide p50':>11} {'p90':>7} {'p99':>7} "
-          f"{'batch/s':>8}")
+    print(
+        f"{'backend':8} {'max_tok':>7} {'tok p50':>7} {'embed p50':>10} {'decide p50':>11} {'p90':>7} {'p99':>7} "
+        f"{'batch/s':>8}"
+    )
     for r in rows:
         d = r["decision"]
-        print(f"{r['backend']:8} {r['max_tokens']:7d} {r['tokens_p50']:7.0f} {r['embed']['p50_ms']:8.2f}ms "
-              f"{d['p50_ms']:9.2f}ms {d['p90_ms']:5.1f}ms {d['p99_ms']:5.1f}ms {r['batch_prompts_per_s']:8.0f}")
+        print(
+            f"{r['backend']:8} {r['max_tokens']:7d} {r['tokens_p50']:7.0f} {r['embed']['p50_ms']:8.2f}ms "
+            f"{d['p50_ms']:9.2f}ms {d['p90_ms']:5.1f}ms {d['p99_ms']:5.1f}ms {r['batch_prompts_per_s']:8.0f}"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"prompts": len(prompts), "cpus": os.cpu_count(), "rows": rows}, indent=2))
 

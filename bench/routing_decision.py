@@ -25,22 +25,36 @@ STRATEGIES = ["priority", "weighted", "least-latency", "least-busy", "cost", "ru
 def build(n: int) -> Router:
     rng = random.Random(1)
     deployments = [
-        Deployment(name=f"d{i}", provider="openai", model=f"m{i}", api_base="http://127.0.0.1:9/v1",
-                   price=Price(input=rng.uniform(0.1, 10), output=rng.uniform(0.2, 30)),
-                   context_window=rng.choice([8000, 32000, 128000]), quality=rng.uniform(0.4, 0.95),
-                   weight=rng.uniform(0.5, 3), tier=rng.randint(0, 2),
-                   limits=Limits(rpm=100000, tpm=10_000_000))
+        Deployment(
+            name=f"d{i}",
+            provider="openai",
+            model=f"m{i}",
+            api_base="http://127.0.0.1:9/v1",
+            price=Price(input=rng.uniform(0.1, 10), output=rng.uniform(0.2, 30)),
+            context_window=rng.choice([8000, 32000, 128000]),
+            quality=rng.uniform(0.4, 0.95),
+            weight=rng.uniform(0.5, 3),
+            tier=rng.randint(0, 2),
+            limits=Limits(rpm=100000, tpm=10_000_000),
+        )
         for i in range(n)
     ]
     names = [d.name for d in deployments]
-    models = {s: ModelGroup(candidates=names, strategy=s, constraints={"min_quality": 0.6, "max_latency_ms": 5000})
-              for s in STRATEGIES if s != "rules"}
-    models["rules"] = ModelGroup(candidates=names, strategy="rules", rules=[
-        {"when": {"task": "coding", "complexity": "high"}, "use": names[:3]},
-        {"when": {"task": "search"}, "use": "least-latency"},
-        {"when": {"prompt_tokens": {"gt": 4000}}, "use": names[3:6]},
-        {"use": "cost"},
-    ])
+    models = {
+        s: ModelGroup(candidates=names, strategy=s, constraints={"min_quality": 0.6, "max_latency_ms": 5000})
+        for s in STRATEGIES
+        if s != "rules"
+    }
+    models["rules"] = ModelGroup(
+        candidates=names,
+        strategy="rules",
+        rules=[
+            {"when": {"task": "coding", "complexity": "high"}, "use": names[:3]},
+            {"when": {"task": "search"}, "use": "least-latency"},
+            {"when": {"prompt_tokens": {"gt": 4000}}, "use": names[3:6]},
+            {"use": "cost"},
+        ],
+    )
     router = Router(Config(deployments=deployments, models=models), seed=1)
     now = time.monotonic()
     for dep in deployments:  # live health for every deployment

@@ -43,16 +43,21 @@ def main() -> None:
                 rss = rss_mb(gateway.proc.pid, peak=False)
                 samples.append((done, rss))
                 kind = ", stream" if stream else ""
-                print(f"{done:>9} requests  rss {rss:7.1f} MB  ({result['rps']:.0f} req/s{kind},"
-                      f" errors {result['errors']}, non2xx {result['non2xx']})", flush=True)
+                print(
+                    f"{done:>9} requests  rss {rss:7.1f} MB  ({result['rps']:.0f} req/s{kind},"
+                    f" errors {result['errors']}, non2xx {result['non2xx']})",
+                    flush=True,
+                )
         finally:
             gateway.stop()
             upstream.terminate()
     warm = next((rss for n, rss in samples if n >= args.requests * 0.1), samples[0][1])
     end = samples[-1][1]
     growth = (end - warm) / warm * 100
-    print(f"\nafter warm-up: {warm:.1f} MB; after {samples[-1][0]} requests: {end:.1f} MB; growth {growth:+.1f}%"
-          f" (target within 5%); peak {max(r for _, r in samples):.1f} MB")
+    print(
+        f"\nafter warm-up: {warm:.1f} MB; after {samples[-1][0]} requests: {end:.1f} MB; growth {growth:+.1f}%"
+        f" (target within 5%); peak {max(r for _, r in samples):.1f} MB"
+    )
 
 
 if __name__ == "__main__":

@@ -129,9 +129,12 @@ async def run(iterations: int) -> dict[str, Any]:
         for k in (1, 16, 64):
             base = await per_request_us(off, k, iterations, commit=False)
             full = await per_request_us(on, k, iterations, commit=True)
-            results[f"per_tick_{k}"] = {"off_us": round(base, 2), "on_us": round(full, 2),
-                                        "added_us": round(full - base, 2),
-                                        "write_us": round(await write_us(directory, k, line, iterations), 2)}
+            results[f"per_tick_{k}"] = {
+                "off_us": round(base, 2),
+                "on_us": round(full, 2),
+                "added_us": round(full - base, 2),
+                "write_us": round(await write_us(directory, k, line, iterations), 2),
+            }
         results["old_put_nowait_us"] = round(await old_hot_path_us(on, iterations), 3)
     finally:
         await on_services.spend.close()
@@ -149,8 +152,10 @@ def main() -> None:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     results = asyncio.run(run(args.iterations))
-    print(f"spend spool commit, {'asyncio' if args.asyncio else 'uvloop'}, {results['cores']} cores, "
-          f"Python {results['python']}, {results['record_bytes']} bytes a record")
+    print(
+        f"spend spool commit, {'asyncio' if args.asyncio else 'uvloop'}, {results['cores']} cores, "
+        f"Python {results['python']}, {results['record_bytes']} bytes a record"
+    )
     print("| requests per tick | off µs/req | with commit µs/req | added µs/req | of which write() µs/req |")
     print("|---|---|---|---|---|")
     for k in (1, 16, 64):

@@ -23,12 +23,24 @@ WORDS = ["The", " quick", " brown", " fox", " jumps", " over", " the", " dog"]
 
 
 def _completion(model: str) -> bytes:
-    return json.dumps({
-        "id": "chatcmpl-bench", "object": "chat.completion", "created": int(time.time()), "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "The quick brown fox jumps."},
-                     "logprobs": None, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27},
-    }, separators=(",", ":")).encode()
+    return json.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "The quick brown fox jumps."},
+                    "logprobs": None,
+                    "finish_reason": "stop",
+                }
+            ],
+            "usage": {"prompt_tokens": 20, "completion_tokens": 7, "total_tokens": 27},
+        },
+        separators=(",", ":"),
+    ).encode()
 
 
 def _events(model: str, include_usage: bool) -> list[bytes]:
@@ -94,13 +106,19 @@ class _Handler(asyncio.Protocol):
         if request.get("stream"):
             include = bool((request.get("stream_options") or {}).get("include_usage"))
             payload = b"".join(_events(model, include))
-            head = (b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
-                    b"transfer-encoding: chunked\r\n\r\n")
+            head = (
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
+                b"transfer-encoding: chunked\r\n\r\n"
+            )
             transport.write(head + f"{len(payload):x}\r\n".encode() + payload + b"\r\n0\r\n\r\n")
         else:
             payload = _completion(model)
-            transport.write(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
-                            + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            transport.write(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: "
+                + str(len(payload)).encode()
+                + b"\r\n\r\n"
+                + payload
+            )
         if not keep_alive:
             transport.close()
 

@@ -61,23 +61,23 @@ class JitterBackend(ScriptedBackend):
 
 
 def chain_yaml(n: int) -> str:
-    lines = [HEADER.format(parallel=16), "  s0: {model: m, prompt: \"start\"}\n"]
+    lines = [HEADER.format(parallel=16), '  s0: {model: m, prompt: "start"}\n']
     for i in range(1, n):
         prompt = f"step {i} after {{{{ s{i - 1} }}}}"
-        lines.append(f"  s{i}: {{model: m, needs: [s{i - 1}], prompt: \"{prompt}\"}}\n")
+        lines.append(f'  s{i}: {{model: m, needs: [s{i - 1}], prompt: "{prompt}"}}\n')
     return "".join(lines)
 
 
 def wide_yaml(n: int) -> str:
     lines = [HEADER.format(parallel=n)]
-    lines.extend(f"  s{i}: {{model: m, prompt: \"independent step {i}\"}}\n" for i in range(n))
+    lines.extend(f'  s{i}: {{model: m, prompt: "independent step {i}"}}\n' for i in range(n))
     return "".join(lines)
 
 
 def fanout_yaml(width: int, model: str) -> str:
     items = ", ".join(str(i) for i in range(width))
     prompt = "label item {{ item }}"
-    step = f"  each: {{model: {model}, foreach: [{items}], max_parallel: {width}, prompt: \"{prompt}\"}}\n"
+    step = f'  each: {{model: {model}, foreach: [{items}], max_parallel: {width}, prompt: "{prompt}"}}\n'
     return HEADER.format(parallel=width) + step
 
 

@@ -52,8 +52,11 @@ def measure(router: Router, test: ds.LabelledSet, emb: np.ndarray) -> dict[str, 
         best = next(p for p in rep.single if models[int(p.knob)] == rep.best_model)
         cal = router.operating_point(models)
         entry: dict[str, object] = {
-            "prompts": len(sub), "best_model": rep.best_model, "best_quality": best.quality,
-            "hull_area": rep.hull_area, "random_hull_area": rep.random_hull_area,
+            "prompts": len(sub),
+            "best_model": rep.best_model,
+            "best_quality": best.quality,
+            "hull_area": rep.hull_area,
+            "random_hull_area": rep.random_hull_area,
             "quality_at_best_cost": rep.quality_at_best_cost,
             "cost_for_95_vs_best": {k: v / best.cost for k, v in rep.cost_for_95.items()},
             "oracle_quality": rep.oracle.quality,
@@ -61,9 +64,14 @@ def measure(router: Router, test: ds.LabelledSet, emb: np.ndarray) -> dict[str, 
         if cal is not None:
             kw = {"threshold": cal["knob"]} if cal["mode"] == "threshold" else {"lam": cal["knob"]}
             o = ev.outcome(ev.choose_batch(pred, sub.costs, **kw), sub.scores, sub.costs)
-            entry["calibrated"] = {"mode": cal["mode"], "knob": cal["knob"], "quality": o.quality,
-                                   "cost_vs_best": o.cost / best.cost, "accuracy": o.accuracy,
-                                   "decision_accuracy": o.decision_accuracy}
+            entry["calibrated"] = {
+                "mode": cal["mode"],
+                "knob": cal["knob"],
+                "quality": o.quality,
+                "cost_vs_best": o.cost / best.cost,
+                "accuracy": o.accuracy,
+                "decision_accuracy": o.decision_accuracy,
+            }
         if len(models) == 2:
             s, w = (0, 1) if sub.scores[:, 0].mean() >= sub.scores[:, 1].mean() else (1, 0)
             for fam in sorted({t.split("/")[0] for t in sub.tasks}):
@@ -71,8 +79,12 @@ def measure(router: Router, test: ds.LabelledSet, emb: np.ndarray) -> dict[str, 
                 if keep.sum() >= 50:
                     sc = sub.scores[keep]
                     pr = ev.pair_report(pred[keep, s] - pred[keep, w], sc[:, s], sc[:, w])
-                    entry[f"apgr/{fam}"] = {"prompts": int(keep.sum()), "apgr": pr.apgr, "cpt50": pr.cpt50,
-                                            "cpt80": pr.cpt80}
+                    entry[f"apgr/{fam}"] = {
+                        "prompts": int(keep.sum()),
+                        "apgr": pr.apgr,
+                        "cpt50": pr.cpt50,
+                        "cpt80": pr.cpt80,
+                    }
         figures[" vs ".join(models)] = entry
     return figures
 
@@ -100,18 +112,23 @@ def main() -> None:
     t0 = time.perf_counter()
     e_train, e_test = store.embed(embedder, train.prompts), store.embed(embedder, test.prompts)
     kinds = ("logistic", "knn") if args.kind == "auto" else (args.kind,)
-    result = train_router(train.prompts, e_train, train.scores, train.costs, train.models,
-                          kinds=kinds, max_tokens=args.max_tokens)  # type: ignore[arg-type]
+    result = train_router(
+        train.prompts, e_train, train.scores, train.costs, train.models, kinds=kinds, max_tokens=args.max_tokens
+    )  # type: ignore[arg-type]
     router = result.router
-    router.card.update({
-        "data": "shared routing data, train splits: LLMRouter (5,608 prompts), RouteLLM MMLU/GSM8K/MT-Bench "
-                "and RouterArena (80% by prompt hash)",
-        "test": measure(router, test, e_test),
-        "seconds": round(time.perf_counter() - t0, 1),
-    })
+    router.card.update(
+        {
+            "data": "shared routing data, train splits: LLMRouter (5,608 prompts), RouteLLM MMLU/GSM8K/MT-Bench "
+            "and RouterArena (80% by prompt hash)",
+            "test": measure(router, test, e_test),
+            "seconds": round(time.perf_counter() - t0, 1),
+        }
+    )
     path = router.save(args.out)
-    print(f"saved {path} ({path.stat().st_size / 1e6:.2f} MB), head {router.card['head']} "
-          f"params {router.card['params']}, trained in {result.seconds:.0f}s")
+    print(
+        f"saved {path} ({path.stat().st_size / 1e6:.2f} MB), head {router.card['head']} "
+        f"params {router.card['params']}, trained in {result.seconds:.0f}s"
+    )
     print(json.dumps(router.card["test"], indent=2, default=float))
     print(json.dumps(router.calibration, indent=2, default=float))
 

@@ -19,13 +19,19 @@ def gateway_yaml(sim_url: str, extra: str = "") -> str:
     bases = {"openai": f"{sim_url}/v1", "anthropic": sim_url, "gemini": sim_url}
     lines = ["deployments:"]
     for wire in WIRES:
-        lines.append(f"  - {{name: small@{wire}, provider: {wire}, model: sim-small, api_base: \"{bases[wire]}\", "
-                     f"api_key: sk-test-{wire}-secret, price: {{input: 0.1, output: 0.4}}, "
-                     "timeouts: {connect: 2, first_token: 5, total: 10}}")
-    lines.append("  - {name: embed@openai, provider: openai, kind: embedding, model: sim-embed, "
-                 f"api_base: \"{sim_url}/v1\", price: {{input: 0.02, output: 0}}}}")
-    lines.append("  - {name: embed@gemini, provider: gemini, kind: embedding, model: sim-embed, "
-                 f"api_base: \"{sim_url}\", price: {{input: 0.02, output: 0}}}}")
+        lines.append(
+            f'  - {{name: small@{wire}, provider: {wire}, model: sim-small, api_base: "{bases[wire]}", '
+            f"api_key: sk-test-{wire}-secret, price: {{input: 0.1, output: 0.4}}, "
+            "timeouts: {connect: 2, first_token: 5, total: 10}}"
+        )
+    lines.append(
+        "  - {name: embed@openai, provider: openai, kind: embedding, model: sim-embed, "
+        f'api_base: "{sim_url}/v1", price: {{input: 0.02, output: 0}}}}'
+    )
+    lines.append(
+        "  - {name: embed@gemini, provider: gemini, kind: embedding, model: sim-embed, "
+        f'api_base: "{sim_url}", price: {{input: 0.02, output: 0}}}}'
+    )
     lines.append("models:")
     for wire in WIRES:
         lines.append(f"  via-{wire}: {{candidates: [small@{wire}]}}")

@@ -144,6 +144,7 @@ ANTHROPIC_ROUTES = {("POST", "/v1/messages")}
 def shape_of(probe: Probe) -> Shape:
     return "anthropic" if (probe.method, probe.path.split("?")[0]) in ANTHROPIC_ROUTES else "openai"
 
+
 #: A 504 is the right answer to a client that asked for less time than this (x-modelyard-timeout-ms).
 CLIENT_TIMEOUT_MS = 1000.0
 
@@ -180,13 +181,24 @@ def _error_shape_problems(answer: Answer, shape: Shape) -> list[str]:
     except ValueError:
         return ["error body is not JSON"]
     if shape == "anthropic":
-        ok = (isinstance(body, dict) and set(body) == {"type", "error"} and body["type"] == "error"
-              and isinstance(body["error"], dict) and isinstance(body["error"].get("type"), str)
-              and isinstance(body["error"].get("message"), str) and body["error"]["message"] != "")
+        ok = (
+            isinstance(body, dict)
+            and set(body) == {"type", "error"}
+            and body["type"] == "error"
+            and isinstance(body["error"], dict)
+            and isinstance(body["error"].get("type"), str)
+            and isinstance(body["error"].get("message"), str)
+            and body["error"]["message"] != ""
+        )
     else:
-        ok = (isinstance(body, dict) and set(body) == {"error"} and isinstance(body["error"], dict)
-              and set(body["error"]) == {"message", "type", "param", "code"}
-              and isinstance(body["error"]["message"], str) and body["error"]["message"] != "")
+        ok = (
+            isinstance(body, dict)
+            and set(body) == {"error"}
+            and isinstance(body["error"], dict)
+            and set(body["error"]) == {"message", "type", "param", "code"}
+            and isinstance(body["error"]["message"], str)
+            and body["error"]["message"] != ""
+        )
     return [] if ok else [f"error body not in the {shape} shape"]
 
 
@@ -210,32 +222,43 @@ RESTRICTED_MODELS = ("via-openai", "embed")
 def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
     """Every wire format, each strategy kind, fallbacks and hedging: the paths a fuzzed request can take."""
     bases = {"openai": f"{sim_url}/v1", "anthropic": sim_url, "gemini": sim_url}
-    deps = [f"  - {{name: small@{w}, provider: {w}, model: sim-small, api_base: \"{bases[w]}\", api_key: sk-up-{w}, "
-            "price: {input: 0.1, output: 0.4}, limits: {max_concurrency: 64}, "
-            "timeouts: {connect: 2, first_token: 5, total: 10}}" for w in ("openai", "anthropic", "gemini")]
-    deps += [f"  - {{name: tiny@openai, provider: openai, model: sim-tiny, api_base: \"{bases['openai']}\", "
-             "context_window: 8000, price: {input: 0.05, output: 0.1}}",
-             f"  - {{name: embed@openai, provider: openai, kind: embedding, model: sim-embed, "
-             f"api_base: \"{bases['openai']}\", price: {{input: 0.02, output: 0}}}}",
-             f"  - {{name: embed@gemini, provider: gemini, kind: embedding, model: sim-embed, "
-             f"api_base: \"{sim_url}\", price: {{input: 0.02, output: 0}}}}"]
-    return "\n".join([
-        "deployments:", *deps,
-        "models:",
-        "  via-openai: {candidates: [small@openai], fallbacks: [via-anthropic]}",
-        "  via-anthropic: {candidates: [small@anthropic]}",
-        "  via-gemini: {candidates: [small@gemini]}",
-        "  mixed: {candidates: [small@openai, small@anthropic, small@gemini, tiny@openai], strategy: weighted}",
-        "  cheapest: {candidates: [small@openai, tiny@openai], strategy: cost, "
-        "constraints: {max_cost_per_request: 1.0}}",
-        "  hedged: {candidates: [small@openai, small@gemini], hedge_after_ms: 1}",
-        "  embed: {candidates: [embed@openai]}",
-        "  embed-gemini: {candidates: [embed@gemini]}",
-        "server: {max_body_bytes: 2000000}",
-        f"access: {{master_key: {MASTER}, refresh_s: 0}}",
-        f"spend: {{store: \"{store}\", flush_interval_s: 0.05}}",
-        extra,
-    ]) + "\n"
+    deps = [
+        f'  - {{name: small@{w}, provider: {w}, model: sim-small, api_base: "{bases[w]}", api_key: sk-up-{w}, '
+        "price: {input: 0.1, output: 0.4}, limits: {max_concurrency: 64}, "
+        "timeouts: {connect: 2, first_token: 5, total: 10}}"
+        for w in ("openai", "anthropic", "gemini")
+    ]
+    deps += [
+        f'  - {{name: tiny@openai, provider: openai, model: sim-tiny, api_base: "{bases["openai"]}", '
+        "context_window: 8000, price: {input: 0.05, output: 0.1}}",
+        f"  - {{name: embed@openai, provider: openai, kind: embedding, model: sim-embed, "
+        f'api_base: "{bases["openai"]}", price: {{input: 0.02, output: 0}}}}',
+        f"  - {{name: embed@gemini, provider: gemini, kind: embedding, model: sim-embed, "
+        f'api_base: "{sim_url}", price: {{input: 0.02, output: 0}}}}',
+    ]
+    return (
+        "\n".join(
+            [
+                "deployments:",
+                *deps,
+                "models:",
+                "  via-openai: {candidates: [small@openai], fallbacks: [via-anthropic]}",
+                "  via-anthropic: {candidates: [small@anthropic]}",
+                "  via-gemini: {candidates: [small@gemini]}",
+                "  mixed: {candidates: [small@openai, small@anthropic, small@gemini, tiny@openai], strategy: weighted}",
+                "  cheapest: {candidates: [small@openai, tiny@openai], strategy: cost, "
+                "constraints: {max_cost_per_request: 1.0}}",
+                "  hedged: {candidates: [small@openai, small@gemini], hedge_after_ms: 1}",
+                "  embed: {candidates: [embed@openai]}",
+                "  embed-gemini: {candidates: [embed@gemini]}",
+                "server: {max_body_bytes: 2000000}",
+                f"access: {{master_key: {MASTER}, refresh_s: 0}}",
+                f'spend: {{store: "{store}", flush_interval_s: 0.05}}',
+                extra,
+            ]
+        )
+        + "\n"
+    )
 
 
 @dataclass
@@ -266,8 +289,9 @@ class Stack:
         fleet = self.workdir / "fleet.yaml"
         fleet.write_text(SIM_FLEET)
         with open(self.workdir / "sim.log", "ab") as log:
-            self.sim = subprocess.Popen([*CLI, "sim", "--port", str(self.sim_port), "--fleet", str(fleet)],
-                                        stdout=log, stderr=log)
+            self.sim = subprocess.Popen(
+                [*CLI, "sim", "--port", str(self.sim_port), "--fleet", str(fleet)], stdout=log, stderr=log
+            )
         try:
             wait_http(f"http://127.0.0.1:{self.sim_port}/_sim/health", self.sim)
             config = self.workdir / "gateway.yaml"
@@ -276,8 +300,9 @@ class Stack:
             self.gateway = GatewayProcess(config, log=self.workdir / "gateway.log").start()
             self._conn = Connection("127.0.0.1", self.gateway.port)
             self.keys = {"master": MASTER, "bad": "sk-not-a-key-" + "0" * 24}
-            self.keys["restricted"] = self._new_key({"name": "restricted", "models": list(RESTRICTED_MODELS),
-                                                     "budget_usd": 1000, "rpm": 1_000_000})
+            self.keys["restricted"] = self._new_key(
+                {"name": "restricted", "models": list(RESTRICTED_MODELS), "budget_usd": 1000, "rpm": 1_000_000}
+            )
             self.keys["fresh"] = self.keys["restricted"]
         except BaseException:
             self.stop()
@@ -285,8 +310,11 @@ class Stack:
         return self
 
     def _new_key(self, body: dict[str, Any]) -> str:
-        answer = self.send(Probe("POST", "/admin/keys", json.dumps(body).encode(),
-                                 (("content-type", b"application/json"),), key="master"))
+        answer = self.send(
+            Probe(
+                "POST", "/admin/keys", json.dumps(body).encode(), (("content-type", b"application/json"),), key="master"
+            )
+        )
         assert answer.status == 200, answer.body
         return str(json.loads(answer.body)["key"])
 
@@ -335,7 +363,6 @@ class Stack:
                     self.sim.wait(timeout=10)
 
 
-
 # --------------------------------------------------------------------------- running a route
 
 
@@ -357,9 +384,15 @@ def fuzz(stack: Stack, route: Route) -> tuple[int, float]:
     """Hypothesis over `route.probes` against the running stack; returns (requests sent, seconds)."""
     sent, started = stack.sent, time.monotonic()
 
-    @settings(max_examples=max(1, int(route.examples * SCALE)), deadline=None, derandomize=SEED is None,
-              database=None, suppress_health_check=list(HealthCheck), print_blob=False,
-              phases=(Phase.explicit, Phase.generate, Phase.shrink))
+    @settings(
+        max_examples=max(1, int(route.examples * SCALE)),
+        deadline=None,
+        derandomize=SEED is None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=False,
+        phases=(Phase.explicit, Phase.generate, Phase.shrink),
+    )
     @given(route.probes)
     def run(probe: Probe) -> None:
         answer = stack.send(probe)
@@ -382,15 +415,18 @@ def report(request: Any, line: str) -> None:
 
 
 def describe(stack: Stack, probe: Probe, answer: Answer, found: list[str]) -> str:
-    return (f"{'; '.join(found)}\n{probe.repro(stack.url, stack.credential(probe))}\n"
-            f"-> {answer.status} {answer.body[:2000]!r}")
+    return (
+        f"{'; '.join(found)}\n{probe.repro(stack.url, stack.credential(probe))}\n"
+        f"-> {answer.status} {answer.body[:2000]!r}"
+    )
 
 
 def _collect(stack: Stack, route: Route, probe: Probe, answer: Answer, found: list[str]) -> None:
     assert COLLECT is not None
     with open(COLLECT, "a") as out:
-        out.write(json.dumps({"route": route.name, "problems": found,
-                              "report": describe(stack, probe, answer, found)}) + "\n")
+        out.write(
+            json.dumps({"route": route.name, "problems": found, "report": describe(stack, probe, answer, found)}) + "\n"
+        )
 
 
 # --------------------------------------------------------------------------- hostile values
@@ -413,11 +449,28 @@ def nested(depth: int, kind: str = "list") -> Raw:
 
 
 #: Number tokens a JSON parser may turn into NaN, ±inf, 0, an arbitrary-precision int or an exception.
-RAW_NUMBERS = tuple(Raw(t) for t in (
-    "NaN", "-NaN", "Infinity", "-Infinity", "1e400", "-1e400", "1e-400", "1" + "0" * 400, "-" + "9" * 400,
-    "-0", "0e0", "1.7976931348623157e308", "9007199254740993", "18446744073709551616", "-9223372036854775809",
-    "1E+2", "0.0000000000000000000001",
-))
+RAW_NUMBERS = tuple(
+    Raw(t)
+    for t in (
+        "NaN",
+        "-NaN",
+        "Infinity",
+        "-Infinity",
+        "1e400",
+        "-1e400",
+        "1e-400",
+        "1" + "0" * 400,
+        "-" + "9" * 400,
+        "-0",
+        "0e0",
+        "1.7976931348623157e308",
+        "9007199254740993",
+        "18446744073709551616",
+        "-9223372036854775809",
+        "1E+2",
+        "0.0000000000000000000001",
+    )
+)
 NUMBERS = (0, -1, 1, 2**31, 2**53 + 1, 2**63, -(2**63) - 1, 2**64, 10**30, 1e30, 1e300, -1e300, 1e-300, 0.5, -0.0)
 
 
@@ -425,10 +478,29 @@ def deep() -> st.SearchStrategy[Raw]:
     """Nesting 64 to 200,000 levels deep (built when drawn, so the strategy's repr stays short)."""
     return st.builds(nested, st.sampled_from((64, 1_000, 20_000, 200_000)), st.sampled_from(("list", "dict")))
 
+
 ODD_STRINGS = (
-    "", " ", "\x00", "a\x00b", "\ud800", "a\udfffb", "\u202e\u2066evil", "\ufeff", "\U0001f4a9" * 3,
-    "\uff46\uff55\uff4c\uff4c", "\r\n\r\nHTTP/1.1 200 OK", "'; DROP TABLE spend; --", "%s%n%x",
-    "${HOME}", "{{7*7}}", "../../etc/passwd", "\\u0000", "null", "NaN", "-1", "1e400",
+    "",
+    " ",
+    "\x00",
+    "a\x00b",
+    "\ud800",
+    "a\udfffb",
+    "\u202e\u2066evil",
+    "\ufeff",
+    "\U0001f4a9" * 3,
+    "\uff46\uff55\uff4c\uff4c",
+    "\r\n\r\nHTTP/1.1 200 OK",
+    "'; DROP TABLE spend; --",
+    "%s%n%x",
+    "${HOME}",
+    "{{7*7}}",
+    "../../etc/passwd",
+    "\\u0000",
+    "null",
+    "NaN",
+    "-1",
+    "1e400",
 )
 
 
@@ -439,8 +511,7 @@ def huge_strings() -> st.SearchStrategy[str]:
 
 def odd_text(max_size: int = 40) -> st.SearchStrategy[str]:
     """Any unicode (control characters, NUL, RTL marks, astral planes, lone surrogates) or a known-odd string."""
-    any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()),
-                       max_size=max_size)
+    any_text = st.text(st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=()), max_size=max_size)
     longer = st.sampled_from((("x", 300), ("\u00e9", 2000), ("\U0001f4a9", 1000))).map(lambda c: c[0] * c[1])
     return st.one_of(st.sampled_from(ODD_STRINGS), any_text, longer)
 
@@ -448,9 +519,17 @@ def odd_text(max_size: int = 40) -> st.SearchStrategy[str]:
 def hostile() -> st.SearchStrategy[Any]:
     """One value of a wrong, extreme or malformed kind, for any field."""
     return st.one_of(
-        st.sampled_from(RAW_NUMBERS), st.sampled_from(NUMBERS), st.integers(), st.floats(allow_nan=False,
-        allow_infinity=False), st.booleans(), st.none(), odd_text(), deep(),
-        st.just([]), st.just({}), st.lists(st.sampled_from(NUMBERS), max_size=3),
+        st.sampled_from(RAW_NUMBERS),
+        st.sampled_from(NUMBERS),
+        st.integers(),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.booleans(),
+        st.none(),
+        odd_text(),
+        deep(),
+        st.just([]),
+        st.just({}),
+        st.lists(st.sampled_from(NUMBERS), max_size=3),
         st.dictionaries(odd_text(8), st.sampled_from(RAW_NUMBERS + ODD_STRINGS), max_size=2),
         huge_strings().filter(lambda s: len(s) < 1_000_000),
     )
@@ -459,9 +538,11 @@ def hostile() -> st.SearchStrategy[Any]:
 def json_values(max_leaves: int = 8) -> st.SearchStrategy[Any]:
     """Arbitrary JSON trees whose leaves are hostile values."""
     leaves = st.one_of(st.sampled_from(RAW_NUMBERS + NUMBERS + ODD_STRINGS), st.booleans(), st.none(), odd_text(8))
-    return st.recursive(leaves, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text(8), inner,
-                                                                                          max_size=4),
-                        max_leaves=max_leaves)
+    return st.recursive(
+        leaves,
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(odd_text(8), inner, max_size=4),
+        max_leaves=max_leaves,
+    )
 
 
 def sometimes(good: st.SearchStrategy[Any], bad: st.SearchStrategy[Any], percent_bad: int) -> st.SearchStrategy[Any]:
@@ -511,8 +592,7 @@ def _encode(value: Any, ascii_only: bool) -> str:
     if isinstance(value, Raw):
         return str(value)
     if isinstance(value, dict):
-        return "{" + ",".join(f"{_encode(str(k), ascii_only)}:{_encode(v, ascii_only)}"
-                              for k, v in value.items()) + "}"
+        return "{" + ",".join(f"{_encode(str(k), ascii_only)}:{_encode(v, ascii_only)}" for k, v in value.items()) + "}"
     if isinstance(value, list | tuple):
         return "[" + ",".join(_encode(v, ascii_only) for v in value) + "]"
     return json.dumps(value, ensure_ascii=ascii_only)
@@ -523,14 +603,30 @@ def json_bodies(requests: st.SearchStrategy[Any]) -> st.SearchStrategy[bytes]:
     return st.builds(encode, requests, sometimes(st.just(True), st.just(False), 20))
 
 
-GARBAGE = (b"", b"{", b"}", b"[", b"null", b"true", b"0", b'""', b"[1,2,3]", b"\xff\xfe\x00\x00", b"\x00" * 64,
-           b'{"model": "via-openai"', b'{"a":1}{"b":2}', b"\xef\xbb\xbf{}", b"{'model': 'x'}", b"model=x&messages=y",
-           b'{"model":"via-openai","messages":[{"role":"user","content":"hi"}]}garbage', b"\n" * 100)
+GARBAGE = (
+    b"",
+    b"{",
+    b"}",
+    b"[",
+    b"null",
+    b"true",
+    b"0",
+    b'""',
+    b"[1,2,3]",
+    b"\xff\xfe\x00\x00",
+    b"\x00" * 64,
+    b'{"model": "via-openai"',
+    b'{"a":1}{"b":2}',
+    b"\xef\xbb\xbf{}",
+    b"{'model': 'x'}",
+    b"model=x&messages=y",
+    b'{"model":"via-openai","messages":[{"role":"user","content":"hi"}]}garbage',
+    b"\n" * 100,
+)
 
 
 def garbage_bodies() -> st.SearchStrategy[bytes]:
-    return st.one_of(st.sampled_from(GARBAGE), st.binary(max_size=200),
-                     deep().map(lambda raw: str(raw).encode()))
+    return st.one_of(st.sampled_from(GARBAGE), st.binary(max_size=200), deep().map(lambda raw: str(raw).encode()))
 
 
 # --------------------------------------------------------------------------- headers and keys
@@ -542,18 +638,62 @@ def _header_values(values: tuple[str, ...]) -> st.SearchStrategy[bytes]:
 
 #: Headers the gateway reads (routing hints, timeouts) plus content negotiation, with hostile values.
 MODELYARD_HEADERS: dict[str, st.SearchStrategy[bytes]] = {
-    "x-modelyard-timeout-ms": _header_values((
-        "nan", "NaN", "inf", "-inf", "Infinity", "-1", "0", "0.0001", "1", "50", "5000", "1e30", "1e309", "abc", "",
-        "9" * 400, "0x10", " 100 ", "100ms", "1_000", "-0")),
-    "x-modelyard-strategy": _header_values((
-        "priority", "weighted", "least-latency", "least-busy", "cost", "learned", "rules", "bogus", "", " ",
-        "PRIORITY", "x" * 300, "cost,priority", "../priority")),
+    "x-modelyard-timeout-ms": _header_values(
+        (
+            "nan",
+            "NaN",
+            "inf",
+            "-inf",
+            "Infinity",
+            "-1",
+            "0",
+            "0.0001",
+            "1",
+            "50",
+            "5000",
+            "1e30",
+            "1e309",
+            "abc",
+            "",
+            "9" * 400,
+            "0x10",
+            " 100 ",
+            "100ms",
+            "1_000",
+            "-0",
+        )
+    ),
+    "x-modelyard-strategy": _header_values(
+        (
+            "priority",
+            "weighted",
+            "least-latency",
+            "least-busy",
+            "cost",
+            "learned",
+            "rules",
+            "bogus",
+            "",
+            " ",
+            "PRIORITY",
+            "x" * 300,
+            "cost,priority",
+            "../priority",
+        )
+    ),
     "x-modelyard-tags": _header_values(("a,b", "", ",,,", "t" * 5000, "a," * 2000, "\xe9,\xfc", "x=1;y=2")),
     "x-modelyard-task": _header_values(("coding", "", "x" * 3000, "reasoning", "None")),
     "x-modelyard-explain": _header_values(("1", "true", "0", "yes", "")),
-    "content-type": _header_values((
-        "application/json", "text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-        "application/json; charset=latin-1", "")),
+    "content-type": _header_values(
+        (
+            "application/json",
+            "text/plain",
+            "application/x-www-form-urlencoded",
+            "multipart/form-data; boundary=x",
+            "application/json; charset=latin-1",
+            "",
+        )
+    ),
     "accept": _header_values(("text/event-stream", "*/*", "application/xml", "")),
     "anthropic-version": _header_values(("2023-06-01", "1999-01-01", "", "x" * 500)),
     "anthropic-beta": _header_values(("prompt-caching-2024-07-31", "a,b,c", "")),
@@ -569,8 +709,9 @@ def headers(names: tuple[str, ...] = tuple(MODELYARD_HEADERS)) -> st.SearchStrat
     return chosen.map(lambda h: tuple({"content-type": b"application/json", **h}.items()))
 
 
-def keys(weights: tuple[tuple[str, int], ...] = (("master", 4), ("restricted", 3), ("fresh", 1), ("bad", 1),
-                                                   ("none", 1))) -> st.SearchStrategy[str]:
+def keys(
+    weights: tuple[tuple[str, int], ...] = (("master", 4), ("restricted", 3), ("fresh", 1), ("bad", 1), ("none", 1)),
+) -> st.SearchStrategy[str]:
     """Which credential a probe carries, weighted towards keys that get past authentication."""
     return st.sampled_from(tuple(name for name, weight in weights for _ in range(weight)))
 

@@ -36,8 +36,12 @@ PROMPT: Any = [{"role": "user", "content": "Say something short about budgets."}
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimServer]:
-    fleet = Fleet(models=[SimModel(name="sim-fast", output_tokens=12),
-                          SimModel(name="sim-slow", ttft_ms=2500.0, output_tokens=12)])
+    fleet = Fleet(
+        models=[
+            SimModel(name="sim-fast", output_tokens=12),
+            SimModel(name="sim-slow", ttft_ms=2500.0, output_tokens=12),
+        ]
+    )
     with SimServer(fleet) as server:
         yield server
 
@@ -79,8 +83,7 @@ def gateway(config: Config) -> Iterator[str]:
 
 
 def admin(url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
-    return httpx.request(method, url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30,
-                         **kwargs)
+    return httpx.request(method, url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30, **kwargs)
 
 
 def create_key(url: str, **body: Any) -> dict[str, Any]:
@@ -106,7 +109,8 @@ def test_request_with_a_virtual_key_is_priced(url: str) -> None:
     made = create_key(url, name="team-a", models=["smart", "fast"])
     assert made["key"].startswith("sk-my-") and "key_hash" not in made
     raw = client(url, made["key"]).chat.completions.with_raw_response.create(
-        model="smart", messages=PROMPT, max_tokens=20)
+        model="smart", messages=PROMPT, max_tokens=20
+    )
     completion = raw.parse()
     usage = completion.usage
     assert usage is not None
@@ -172,13 +176,16 @@ def test_admin_api_needs_the_master_key(url: str) -> None:
 
 def test_anthropic_sdk_with_x_api_key_and_bearer(url: str) -> None:
     made = create_key(url, name="claude-users")
-    for sdk in (anthropic.Anthropic(base_url=url, api_key=made["key"], max_retries=0),
-                anthropic.Anthropic(base_url=url, auth_token=made["key"], max_retries=0)):
+    for sdk in (
+        anthropic.Anthropic(base_url=url, api_key=made["key"], max_retries=0),
+        anthropic.Anthropic(base_url=url, auth_token=made["key"], max_retries=0),
+    ):
         message = sdk.messages.create(model="fast", max_tokens=30, messages=PROMPT)
         assert message.usage.output_tokens > 0
     with pytest.raises(anthropic.AuthenticationError):
         anthropic.Anthropic(base_url=url, api_key="sk-my-wrong", max_retries=0).messages.create(
-            model="fast", max_tokens=30, messages=PROMPT)
+            model="fast", max_tokens=30, messages=PROMPT
+        )
 
 
 # --------------------------------------------------------------------------- limits and budgets
@@ -208,8 +215,10 @@ def test_budget_lets_exactly_what_it_can_pay_for_through_100_concurrent_requests
 
     async def run() -> list[Any]:
         sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=made["key"], max_retries=0, timeout=60)
-        calls = [sdk.chat.completions.with_raw_response.create(model="slow", messages=PROMPT,
-                                                               max_tokens=max_tokens) for _ in range(100)]
+        calls = [
+            sdk.chat.completions.with_raw_response.create(model="slow", messages=PROMPT, max_tokens=max_tokens)
+            for _ in range(100)
+        ]
         try:
             return await asyncio.gather(*calls, return_exceptions=True)
         finally:
@@ -231,7 +240,8 @@ def test_budget_lets_exactly_what_it_can_pay_for_through_100_concurrent_requests
 def test_streaming_is_settled_and_priced_in_the_final_chunk(url: str) -> None:
     made = create_key(url, name="streamer", budget_usd=1.0)
     stream = client(url, made["key"]).chat.completions.create(
-        model="fast", messages=PROMPT, stream=True, stream_options={"include_usage": True})
+        model="fast", messages=PROMPT, stream=True, stream_options={"include_usage": True}
+    )
     chunks = list(stream)
     usage = chunks[-1].usage
     assert usage is not None and usage.model_extra is not None
@@ -272,19 +282,27 @@ def test_metrics_are_scraped_and_parsed(url: str) -> None:
         client(url, "sk-my-wrong").chat.completions.create(model="fast", messages=PROMPT)
     text = httpx.get(url + "/metrics").text
     families = {f.name: f for f in text_string_to_metric_families(text)}
-    ok = [s for s in families["modelyard_requests"].samples
-          if s.name == "modelyard_requests_total"
-          and s.labels == {"model": "fast", "deployment": "fast@openai", "status": "ok"}]
+    ok = [
+        s
+        for s in families["modelyard_requests"].samples
+        if s.name == "modelyard_requests_total"
+        and s.labels == {"model": "fast", "deployment": "fast@openai", "status": "ok"}
+    ]
     assert ok and ok[0].value >= 3
     errors = families["modelyard_errors"].samples
     assert any(s.labels.get("kind") == "http_401" and s.value >= 1 for s in errors)
-    counts = [s for s in families["modelyard_request_duration_seconds"].samples
-              if s.name.endswith("_count") and s.labels.get("model") == "fast"]
+    counts = [
+        s
+        for s in families["modelyard_request_duration_seconds"].samples
+        if s.name.endswith("_count") and s.labels.get("model") == "fast"
+    ]
     assert counts and counts[0].value >= 3
     cost = [s for s in families["modelyard_cost_usd"].samples if s.labels.get("deployment") == "fast@openai"]
     assert cost and cost[0].value > 0
-    assert {s.labels["deployment"] for s in families["modelyard_breaker_state"].samples} == {"fast@openai",
-                                                                                             "slow@openai"}
+    assert {s.labels["deployment"] for s in families["modelyard_breaker_state"].samples} == {
+        "fast@openai",
+        "slow@openai",
+    }
     assert "modelyard_in_flight" in families and "modelyard_tokens" in families
 
 
@@ -343,9 +361,30 @@ def test_cli_through_the_admin_api(url: str) -> None:
     from modelyard.cli.admin import app
 
     runner = CliRunner(env={"COLUMNS": "250"})
-    made = runner.invoke(app, ["keys", "create", "--name", "cli-team", "--budget-usd", "50",
-                               "--period", "30d", "--models", "smart,fast", "--rpm", "600", "--tpm", "200000",
-                               "--url", url, "--master-key", MASTER, "--json"])
+    made = runner.invoke(
+        app,
+        [
+            "keys",
+            "create",
+            "--name",
+            "cli-team",
+            "--budget-usd",
+            "50",
+            "--period",
+            "30d",
+            "--models",
+            "smart,fast",
+            "--rpm",
+            "600",
+            "--tpm",
+            "200000",
+            "--url",
+            url,
+            "--master-key",
+            MASTER,
+            "--json",
+        ],
+    )
     assert made.exit_code == 0, made.output
     key = __import__("json").loads(made.stdout)
     assert key["models"] == ["fast", "smart"] and key["rpm"] == 600 and key["budget_usd"] == 50.0
@@ -353,8 +392,7 @@ def test_cli_through_the_admin_api(url: str) -> None:
     client(url, key["key"]).chat.completions.create(model="fast", messages=PROMPT)
     listed = runner.invoke(app, ["keys", "list", "--url", url, "--master-key", MASTER])
     assert listed.exit_code == 0 and key["id"] in listed.stdout and key["key"] not in listed.stdout
-    report = runner.invoke(app, ["spend", "--by", "key", "--since", "1d", "--url", url,
-                                 "--master-key", MASTER])
+    report = runner.invoke(app, ["spend", "--by", "key", "--since", "1d", "--url", url, "--master-key", MASTER])
     assert report.exit_code == 0 and key["id"] in report.stdout
     revoked = runner.invoke(app, ["keys", "revoke", key["id"], "--url", url, "--master-key", MASTER])
     assert revoked.exit_code == 0
@@ -423,10 +461,16 @@ def test_two_replicas_share_keys_limits_and_budgets(sim: SimServer, tmp_path: Pa
             made = create_key(first, name="shared", budget_usd=budget_usd, rpm=1000)
 
             async def run() -> list[Any]:
-                clients = [openai.AsyncOpenAI(base_url=u + "/v1", api_key=made["key"], max_retries=0,
-                                              timeout=60) for u in (first, second)]
-                calls = [clients[i % 2].chat.completions.with_raw_response.create(
-                    model="slow", messages=PROMPT, max_tokens=max_tokens) for i in range(100)]
+                clients = [
+                    openai.AsyncOpenAI(base_url=u + "/v1", api_key=made["key"], max_retries=0, timeout=60)
+                    for u in (first, second)
+                ]
+                calls = [
+                    clients[i % 2].chat.completions.with_raw_response.create(
+                        model="slow", messages=PROMPT, max_tokens=max_tokens
+                    )
+                    for i in range(100)
+                ]
                 try:
                     return await asyncio.gather(*calls, return_exceptions=True)
                 finally:
@@ -436,8 +480,11 @@ def test_two_replicas_share_keys_limits_and_budgets(sim: SimServer, tmp_path: Pa
             results = asyncio.run(run())
             answered = [r for r in results if not isinstance(r, BaseException)]
             assert len(answered) == 10  # one budget across both replicas, not 10 each
-            assert all(isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota"
-                       for r in results if isinstance(r, BaseException))
+            assert all(
+                isinstance(r, openai.RateLimitError) and r.code == "insufficient_quota"
+                for r in results
+                if isinstance(r, BaseException)
+            )
             spent = [k for k in admin(second, "GET", "/admin/keys").json()["data"] if k["id"] == made["id"]]
             assert spent[0]["spend"]["spent_usd"] <= budget_usd  # both replicas read the same Redis ledger
             assert spent[0]["spend"]["reserved_usd"] == 0

@@ -7,8 +7,11 @@ import pytest
 
 from .conftest import WIRES
 
-WEATHER = {"name": "get_weather", "description": "Weather for a city",
-           "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}
+WEATHER = {
+    "name": "get_weather",
+    "description": "Weather for a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
 
 
 @pytest.fixture(scope="module")
@@ -18,8 +21,12 @@ def client(gateway) -> anthropic.Anthropic:
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_message(client, wire):
-    message = client.messages.create(model=f"via-{wire}", max_tokens=100, system="be brief",
-                                     messages=[{"role": "user", "content": "Repeat: bonjour le monde"}])
+    message = client.messages.create(
+        model=f"via-{wire}",
+        max_tokens=100,
+        system="be brief",
+        messages=[{"role": "user", "content": "Repeat: bonjour le monde"}],
+    )
     assert message.type == "message" and message.role == "assistant"
     assert message.content[0].type == "text" and message.content[0].text == "bonjour le monde"
     assert message.stop_reason == "end_turn"
@@ -28,8 +35,9 @@ def test_message(client, wire):
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_stream(client, wire):
-    with client.messages.stream(model=f"via-{wire}", max_tokens=100,
-                                messages=[{"role": "user", "content": "Repeat: one two three"}]) as stream:
+    with client.messages.stream(
+        model=f"via-{wire}", max_tokens=100, messages=[{"role": "user", "content": "Repeat: one two three"}]
+    ) as stream:
         text = "".join(stream.text_stream)
         final = stream.get_final_message()
     assert text == "one two three"
@@ -38,17 +46,27 @@ def test_stream(client, wire):
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_tool_use_round_trip_streaming(client, wire):
-    with client.messages.stream(model=f"via-{wire}", max_tokens=200, tools=[WEATHER],
-                                tool_choice={"type": "any"},
-                                messages=[{"role": "user", "content": "weather in Rome?"}]) as stream:
+    with client.messages.stream(
+        model=f"via-{wire}",
+        max_tokens=200,
+        tools=[WEATHER],
+        tool_choice={"type": "any"},
+        messages=[{"role": "user", "content": "weather in Rome?"}],
+    ) as stream:
         final = stream.get_final_message()
     assert final.stop_reason == "tool_use"
     use = next(b for b in final.content if b.type == "tool_use")
     assert use.name == "get_weather" and isinstance(use.input.get("city"), str)
-    reply = client.messages.create(model=f"via-{wire}", max_tokens=100, tools=[WEATHER], messages=[
-        {"role": "user", "content": "weather in Rome?"},
-        {"role": "assistant", "content": [b.model_dump() for b in final.content]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "rainy"}]}])
+    reply = client.messages.create(
+        model=f"via-{wire}",
+        max_tokens=100,
+        tools=[WEATHER],
+        messages=[
+            {"role": "user", "content": "weather in Rome?"},
+            {"role": "assistant", "content": [b.model_dump() for b in final.content]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "rainy"}]},
+        ],
+    )
     assert reply.content[0].text.startswith("Tool result received: rainy")
 
 

@@ -26,10 +26,16 @@ DEAR_IN, DEAR_OUT = 30.0, 60.0  # USD per 1M tokens
 
 @pytest.fixture(scope="module")
 def sim() -> Iterator[SimServer]:
-    fleet = Fleet(models=[SimModel(name="sim-cheap", output_tokens=10), SimModel(name="sim-mid", output_tokens=10),
-                          SimModel(name="sim-dear", output_tokens=10), SimModel(name="sim-long", output_tokens=400),
-                          SimModel(name="sim-embed", kind="embedding"),
-                          SimModel(name="sim-embed-dear", kind="embedding")])
+    fleet = Fleet(
+        models=[
+            SimModel(name="sim-cheap", output_tokens=10),
+            SimModel(name="sim-mid", output_tokens=10),
+            SimModel(name="sim-dear", output_tokens=10),
+            SimModel(name="sim-long", output_tokens=400),
+            SimModel(name="sim-embed", kind="embedding"),
+            SimModel(name="sim-embed-dear", kind="embedding"),
+        ]
+    )
     with SimServer(fleet) as server:
         yield server
 
@@ -75,8 +81,12 @@ def gateway(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 
 def new_key(url: str, **body: Any) -> str:
-    response = httpx.post(url + "/admin/keys", json={"name": f"k-{uuid.uuid4().hex[:8]}", **body},
-                          headers={"Authorization": f"Bearer {MASTER}"}, timeout=10)
+    response = httpx.post(
+        url + "/admin/keys",
+        json={"name": f"k-{uuid.uuid4().hex[:8]}", **body},
+        headers={"Authorization": f"Bearer {MASTER}"},
+        timeout=10,
+    )
     assert response.status_code == 200, response.text
     return str(response.json()["key"])
 
@@ -94,21 +104,31 @@ ESCAPES: list[tuple[str, str, dict[str, Any]]] = [
     ("model names a deployment", "/v1/chat/completions", {"model": "dear-a"}),
     ("override candidates", "/v1/chat/completions", {"model": "cheap", "modelyard": {"candidates": ["dear-a"]}}),
     ("override fallbacks (model)", "/v1/chat/completions", {"model": "cheap", "modelyard": {"fallbacks": ["dear"]}}),
-    ("override fallbacks (deployment)", "/v1/chat/completions",
-     {"model": "cheap", "modelyard": {"fallbacks": ["dear-anthropic"]}}),
-    ("streamed override", "/v1/chat/completions",
-     {"model": "cheap", "stream": True, "modelyard": {"candidates": ["cheap-a", "dear-a"]}}),
+    (
+        "override fallbacks (deployment)",
+        "/v1/chat/completions",
+        {"model": "cheap", "modelyard": {"fallbacks": ["dear-anthropic"]}},
+    ),
+    (
+        "streamed override",
+        "/v1/chat/completions",
+        {"model": "cheap", "stream": True, "modelyard": {"candidates": ["cheap-a", "dear-a"]}},
+    ),
     ("anthropic ingress, model", "/v1/messages", {"model": "dear", "max_tokens": 10}),
     # The Messages ingress takes no routing overrides: it is served inside the key's scope.
-    ("anthropic ingress, override", "/v1/messages",
-     {"model": "cheap", "max_tokens": 10, "modelyard": {"candidates": ["dear-anthropic"]}}),
+    (
+        "anthropic ingress, override",
+        "/v1/messages",
+        {"model": "cheap", "max_tokens": 10, "modelyard": {"candidates": ["dear-anthropic"]}},
+    ),
 ]
 SERVED_IN_SCOPE = {"anthropic ingress, override"}
 
 
 @pytest.mark.parametrize(("what", "path", "body"), ESCAPES, ids=[e[0] for e in ESCAPES])
-def test_a_restricted_key_cannot_reach_another_deployment(gateway: GatewayProcess, sim: SimServer, what: str,
-                                                          path: str, body: dict[str, Any]) -> None:
+def test_a_restricted_key_cannot_reach_another_deployment(
+    gateway: GatewayProcess, sim: SimServer, what: str, path: str, body: dict[str, Any]
+) -> None:
     key = new_key(gateway.url, models=["cheap", "embed"])
     before = upstream_calls(sim, "sim-dear")
     response = chat(gateway.url, key, {"messages": PROMPT, **body}, path)
@@ -154,8 +174,7 @@ def test_models_lists_only_what_the_key_may_use(gateway: GatewayProcess) -> None
     assert {m["id"] for m in master["data"]} >= {"cheap", "dear", "long"}
 
 
-def test_the_reservation_counts_n_and_the_dearest_reachable_deployment(gateway: GatewayProcess,
-                                                                        sim: SimServer) -> None:
+def test_the_reservation_counts_n_and_the_dearest_reachable_deployment(gateway: GatewayProcess, sim: SimServer) -> None:
     """$0.01 buys one answer of 100 tokens at $60/M ($0.006), not 16 choices of it: refused before any call."""
     key = new_key(gateway.url, models=["dear"], budget_usd=0.01)
     before = upstream_calls(sim, "sim-dear")
@@ -172,6 +191,7 @@ async def _spend_concurrently(urls: list[str], key: str, body: dict[str, Any], t
     served = 0
     cost = 0.0
     async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {key}"}) as client:
+
         async def one(i: int) -> None:
             nonlocal served, cost
             async with limit:
@@ -189,8 +209,9 @@ async def _spend_concurrently(urls: list[str], key: str, body: dict[str, Any], t
 def test_200_concurrent_requests_never_overspend(gateway: GatewayProcess) -> None:
     budget = 0.03
     key = new_key(gateway.url, models=["dear"], budget_usd=budget)
-    served, cost = asyncio.run(_spend_concurrently(
-        [gateway.url], key, {"model": "dear", "messages": PROMPT, "max_tokens": 20}, 200))
+    served, cost = asyncio.run(
+        _spend_concurrently([gateway.url], key, {"model": "dear", "messages": PROMPT, "max_tokens": 20}, 200)
+    )
     assert 0 < served < 200  # the budget ran out part-way, and refused the rest
     assert cost <= budget
 
@@ -202,8 +223,7 @@ def test_without_max_tokens_reserve_max_output_never_overspends(sim: SimServer, 
     with GatewayProcess(config) as process:
         budget = 0.2
         key = new_key(process.url, models=["long"], budget_usd=budget)
-        served, cost = asyncio.run(_spend_concurrently([process.url], key, {"model": "long", "messages": PROMPT},
-                                                       60))
+        served, cost = asyncio.run(_spend_concurrently([process.url], key, {"model": "long", "messages": PROMPT}, 60))
     assert 0 < served < 60
     assert cost <= budget
 
@@ -211,13 +231,16 @@ def test_without_max_tokens_reserve_max_output_never_overspends(sim: SimServer, 
 @pytest.mark.redis
 def test_two_gateways_on_one_redis_never_overspend(sim: SimServer, tmp_path: Path) -> None:
     prefix = f"authz-{uuid.uuid4().hex[:8]}"
-    extra = f"state: {{redis_url: \"redis://127.0.0.1:6379/0\", prefix: {prefix}}}\n"
+    extra = f'state: {{redis_url: "redis://127.0.0.1:6379/0", prefix: {prefix}}}\n'
     config = write_config(sim, tmp_path / "gateway.yaml", extra)
     with GatewayProcess(config) as first, GatewayProcess(config, log=tmp_path / "second.log") as second:
         budget = 0.03
         key = new_key(first.url, models=["dear"], budget_usd=budget)
-        served, cost = asyncio.run(_spend_concurrently(
-            [first.url, second.url], key, {"model": "dear", "messages": PROMPT, "max_tokens": 20}, 200))
+        served, cost = asyncio.run(
+            _spend_concurrently(
+                [first.url, second.url], key, {"model": "dear", "messages": PROMPT, "max_tokens": 20}, 200
+            )
+        )
     assert 0 < served < 200
     assert cost <= budget
 

@@ -25,8 +25,9 @@ def small_gateway(sim):
 
 def post(server, body: bytes | dict, path: str = "/v1/chat/completions", **headers: str) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(server.url + path, content=content, timeout=10,
-                      headers={"content-type": "application/json", **headers})
+    return httpx.post(
+        server.url + path, content=content, timeout=10, headers={"content-type": "application/json", **headers}
+    )
 
 
 def assert_openai_error(resp: httpx.Response, status: int, param: str | None = None, code: str | None = None):
@@ -52,18 +53,37 @@ def assert_openai_error(resp: httpx.Response, status: int, param: str | None = N
         ({"model": "via-openai"}, 400, "messages", "missing_required_parameter"),
         ({"model": "via-openai", "messages": []}, 400, "messages", "invalid_value"),
         ({"model": 42, "messages": [{"role": "user", "content": "x"}]}, 400, "model", "invalid_value"),
-        ({"model": "via-openai", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
-         400, "temperature", "invalid_value"),
-        ({"model": "via-openai", "messages": [{"role": "wizard", "content": "x"}]}, 400, "messages[0].role",
-         "invalid_value"),
-        ({"model": "via-openai", "messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]},
-         400, "messages[0].content[0].type", "unsupported_content_part"),
-        ({"model": "via-openai", "messages": [{"role": "user"}]}, 400, "messages[0].content",
-         "missing_required_parameter"),
-        ({"model": "via-openai", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0}, 400,
-         "max_tokens", "invalid_value"),
-        ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "model",
-         "model_not_found"),
+        (
+            {"model": "via-openai", "messages": [{"role": "user", "content": "x"}], "temperature": "hot"},
+            400,
+            "temperature",
+            "invalid_value",
+        ),
+        (
+            {"model": "via-openai", "messages": [{"role": "wizard", "content": "x"}]},
+            400,
+            "messages[0].role",
+            "invalid_value",
+        ),
+        (
+            {"model": "via-openai", "messages": [{"role": "user", "content": [{"type": "video", "url": "x"}]}]},
+            400,
+            "messages[0].content[0].type",
+            "unsupported_content_part",
+        ),
+        (
+            {"model": "via-openai", "messages": [{"role": "user"}]},
+            400,
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
+        (
+            {"model": "via-openai", "messages": [{"role": "user", "content": "x"}], "max_tokens": 0},
+            400,
+            "max_tokens",
+            "invalid_value",
+        ),
+        ({"model": "no-such-model", "messages": [{"role": "user", "content": "x"}]}, 404, "model", "model_not_found"),
     ],
 )
 def test_bad_chat_requests(small_gateway, body, status, param, code):
@@ -76,8 +96,12 @@ def test_body_over_limit_is_413(small_gateway):
 
 
 def test_unsupported_part_for_a_provider_is_a_clear_400(small_gateway):
-    body = {"model": "via-anthropic", "messages": [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}
+    body = {
+        "model": "via-anthropic",
+        "messages": [
+            {"role": "user", "content": [{"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}
+        ],
+    }
     error = assert_openai_error(post(small_gateway, body), 400)
     assert "audio" in error["message"]
 

@@ -42,22 +42,32 @@ def test_check_validates_and_reports_errors_with_file_and_line(tmp_path):
     ok = run("check", "--config", "examples/modelyard.yaml")
     assert ok.returncode == 0 and "OK" in ok.stdout and "4 deployments, 7 models" in ok.stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text("deployments:\n  - name: a\n    provider: openai\n    model: m\nmodels:\n"
-                   "  x: {candidates: [b]}\n")
+    bad.write_text("deployments:\n  - name: a\n    provider: openai\n    model: m\nmodels:\n  x: {candidates: [b]}\n")
     failed = run("check", "--config", str(bad))
     assert failed.returncode == 2
     assert f"{bad}:6: models.x.candidates[0]: unknown deployment 'b'" in failed.stderr.replace("\n", "")
 
 
 def test_route_explains_without_calling_anything():
-    done = run("route", "--config", "examples/modelyard.yaml", "--model", "smart", "--prompt", "Prove it",
-               "--max-tokens", "500", "--json")
+    done = run(
+        "route",
+        "--config",
+        "examples/modelyard.yaml",
+        "--model",
+        "smart",
+        "--prompt",
+        "Prove it",
+        "--max-tokens",
+        "500",
+        "--json",
+    )
     assert done.returncode == 0, done.stderr
     explained = json.loads(done.stdout)
     decisions = {c["deployment"]: c["decision"] for c in explained["candidates"]}
     assert decisions == {"sonnet@anthropic": "chosen", "gpt-4o@openai": "skipped", "flash@gemini": "skipped"}
-    table = run("route", "--config", "examples/modelyard.yaml", "--model", "agent", "--task", "coding",
-                "--complexity", "high")
+    table = run(
+        "route", "--config", "examples/modelyard.yaml", "--model", "agent", "--task", "coding", "--complexity", "high"
+    )
     assert "rule: task=['reasoning', 'coding'], complexity=high" in table.stdout.replace("\n", " ")
 
 
@@ -69,8 +79,9 @@ def _free_port() -> int:
 
 def test_sim_and_serve_as_processes(tmp_path):
     sim_port, gw_port = _free_port(), _free_port()
-    sim = subprocess.Popen([*CLI, "sim", "--port", str(sim_port)], env=ENV, stdout=subprocess.DEVNULL,
-                           stderr=subprocess.DEVNULL)
+    sim = subprocess.Popen(
+        [*CLI, "sim", "--port", str(sim_port)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     config = tmp_path / "modelyard.yaml"
     config.write_text(f"""
 deployments:
@@ -78,8 +89,13 @@ deployments:
 models:
   fast: {{candidates: [small]}}
 """)
-    gateway = subprocess.Popen([*CLI, "serve", "--config", str(config), "--port", str(gw_port), "--workers", "2"],
-                               env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    gateway = subprocess.Popen(
+        [*CLI, "serve", "--config", str(config), "--port", str(gw_port), "--workers", "2"],
+        env=ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while True:

@@ -70,8 +70,10 @@ routing: {{retries: 0, breaker: {{failures: 3, window_s: 30, cooldown_s: 0.5}}}}
         gateway.router.health.listeners.append(lambda name, old, new: transitions.append((old.value, new.value)))
 
         def served() -> str:
-            response = httpx.post(server.url + "/v1/chat/completions", json={
-                "model": "m", "messages": [{"role": "user", "content": "hi"}]})
+            response = httpx.post(
+                server.url + "/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            )
             assert response.status_code == 200
             return response.headers["x-modelyard-model"]
 

@@ -46,10 +46,17 @@ NAMES = MODELS + DEPLOYMENTS + ("no-such-model", "VIA-OPENAI", " via-openai")
 model_names = sometimes(st.sampled_from(NAMES), st.one_of(odd_text(), huge_strings(), hostile()), 12)
 prompt_text = st.one_of(st.sampled_from(("Repeat: ok", "hi", "")), odd_text(60))
 small_ints = st.one_of(st.integers(0, 64), st.sampled_from((4096, 128_000, 10_000_000)))
-strategy_names = st.sampled_from(("priority", "weighted", "least-latency", "least-busy", "cost", "learned", "rules",
-                                  "bogus", ""))
-schemas = st.sampled_from(({"type": "object"}, {"type": "object", "properties": {"a": {"type": "string"}},
-                                                "required": ["a"]}, {}, {"$ref": "#"}))
+strategy_names = st.sampled_from(
+    ("priority", "weighted", "least-latency", "least-busy", "cost", "learned", "rules", "bogus", "")
+)
+schemas = st.sampled_from(
+    (
+        {"type": "object"},
+        {"type": "object", "properties": {"a": {"type": "string"}}, "required": ["a"]},
+        {},
+        {"$ref": "#"},
+    )
+)
 
 
 def optional(required: dict[str, Any], **fields: st.SearchStrategy[Any]) -> st.SearchStrategy[dict[str, Any]]:
@@ -61,63 +68,141 @@ def optional(required: dict[str, Any], **fields: st.SearchStrategy[Any]) -> st.S
 text_part = optional({"type": st.just("text"), "text": prompt_text})
 content_parts = st.one_of(
     text_part,
-    optional({"type": st.just("image_url"), "image_url": optional(
-        {"url": st.sampled_from(("data:image/png;base64,iVBORw0KGgo=", "https://example.invalid/a.png", "data:,",
-                                 "", "javascript:alert(1)", "data:image/png;base64,%%%"))},
-        detail=st.sampled_from(("low", "high", "auto", "x")))}),
-    optional({"type": st.just("input_audio"), "input_audio": optional(
-        {"data": st.sampled_from(("AAAA", "", "!!")), "format": st.sampled_from(("wav", "mp3", "x"))})}),
-    optional({"type": st.just("file"), "file": optional(
-        {}, file_data=st.sampled_from(("data:application/pdf;base64,JVBERi0=", "")), file_id=st.just("file-1"),
-        filename=st.sampled_from(("a.pdf", "")))}),
+    optional(
+        {
+            "type": st.just("image_url"),
+            "image_url": optional(
+                {
+                    "url": st.sampled_from(
+                        (
+                            "data:image/png;base64,iVBORw0KGgo=",
+                            "https://example.invalid/a.png",
+                            "data:,",
+                            "",
+                            "javascript:alert(1)",
+                            "data:image/png;base64,%%%",
+                        )
+                    )
+                },
+                detail=st.sampled_from(("low", "high", "auto", "x")),
+            ),
+        }
+    ),
+    optional(
+        {
+            "type": st.just("input_audio"),
+            "input_audio": optional(
+                {"data": st.sampled_from(("AAAA", "", "!!")), "format": st.sampled_from(("wav", "mp3", "x"))}
+            ),
+        }
+    ),
+    optional(
+        {
+            "type": st.just("file"),
+            "file": optional(
+                {},
+                file_data=st.sampled_from(("data:application/pdf;base64,JVBERi0=", "")),
+                file_id=st.just("file-1"),
+                filename=st.sampled_from(("a.pdf", "")),
+            ),
+        }
+    ),
     optional({"type": st.just("refusal"), "refusal": prompt_text}),
 )
 chat_content = st.one_of(prompt_text, st.lists(content_parts, min_size=1, max_size=3))
-tool_calls = st.lists(optional({"id": st.sampled_from(("call_1", "")), "type": st.just("function"),
-                                "function": optional({"name": st.sampled_from(("f", "")),
-                                                      "arguments": st.sampled_from(("{}", '{"a":1}', "not json"))})}),
-                      min_size=1, max_size=2)
+tool_calls = st.lists(
+    optional(
+        {
+            "id": st.sampled_from(("call_1", "")),
+            "type": st.just("function"),
+            "function": optional(
+                {"name": st.sampled_from(("f", "")), "arguments": st.sampled_from(("{}", '{"a":1}', "not json"))}
+            ),
+        }
+    ),
+    min_size=1,
+    max_size=2,
+)
 chat_message = st.one_of(
-    optional({"role": st.sampled_from(("user", "system", "developer")), "content": chat_content},
-             name=st.sampled_from(("bob", "", "a b"))),
-    optional({"role": st.just("assistant")}, content=st.one_of(prompt_text, st.none()), tool_calls=tool_calls,
-             reasoning_content=prompt_text, refusal=prompt_text),
+    optional(
+        {"role": st.sampled_from(("user", "system", "developer")), "content": chat_content},
+        name=st.sampled_from(("bob", "", "a b")),
+    ),
+    optional(
+        {"role": st.just("assistant")},
+        content=st.one_of(prompt_text, st.none()),
+        tool_calls=tool_calls,
+        reasoning_content=prompt_text,
+        refusal=prompt_text,
+    ),
     optional({"role": st.just("tool"), "content": chat_content, "tool_call_id": st.sampled_from(("call_1", ""))}),
 )
-chat_tool = optional({"type": st.just("function"), "function": optional(
-    {"name": st.sampled_from(("f", "get_weather", "", "bad name!", "n" * 200))},
-    description=prompt_text, parameters=schemas, strict=st.booleans())})
+chat_tool = optional(
+    {
+        "type": st.just("function"),
+        "function": optional(
+            {"name": st.sampled_from(("f", "get_weather", "", "bad name!", "n" * 200))},
+            description=prompt_text,
+            parameters=schemas,
+            strict=st.booleans(),
+        ),
+    }
+)
 modelyard_overrides = optional(
-    {}, strategy=strategy_names, candidates=st.lists(st.sampled_from(NAMES), max_size=3),
-    fallbacks=st.lists(st.sampled_from(NAMES), max_size=3), task=st.sampled_from(("coding", "", "x" * 500)),
-    tags=st.lists(odd_text(10), max_size=3), explain=st.booleans(),
-    constraints=optional({}, max_cost_per_request=st.one_of(st.floats(0, 10), hostile()),
-                         max_latency_ms=st.one_of(st.floats(0, 1e5), hostile()),
-                         min_quality=st.one_of(st.floats(0, 1), hostile())),
+    {},
+    strategy=strategy_names,
+    candidates=st.lists(st.sampled_from(NAMES), max_size=3),
+    fallbacks=st.lists(st.sampled_from(NAMES), max_size=3),
+    task=st.sampled_from(("coding", "", "x" * 500)),
+    tags=st.lists(odd_text(10), max_size=3),
+    explain=st.booleans(),
+    constraints=optional(
+        {},
+        max_cost_per_request=st.one_of(st.floats(0, 10), hostile()),
+        max_latency_ms=st.one_of(st.floats(0, 1e5), hostile()),
+        min_quality=st.one_of(st.floats(0, 1), hostile()),
+    ),
 )
 chat_request = optional(
     {"model": model_names, "messages": st.lists(chat_message, min_size=1, max_size=4)},
-    stream=st.booleans(), stream_options=optional({}, include_usage=st.booleans()),
-    max_tokens=small_ints, max_completion_tokens=small_ints, temperature=st.floats(0, 2), top_p=st.floats(0, 1),
-    n=st.one_of(st.integers(1, 3), st.just(128)), stop=st.one_of(prompt_text, st.lists(prompt_text, max_size=4)),
-    seed=st.integers(-(2**63), 2**63 - 1), tools=st.lists(chat_tool, max_size=3),
+    stream=st.booleans(),
+    stream_options=optional({}, include_usage=st.booleans()),
+    max_tokens=small_ints,
+    max_completion_tokens=small_ints,
+    temperature=st.floats(0, 2),
+    top_p=st.floats(0, 1),
+    n=st.one_of(st.integers(1, 3), st.just(128)),
+    stop=st.one_of(prompt_text, st.lists(prompt_text, max_size=4)),
+    seed=st.integers(-(2**63), 2**63 - 1),
+    tools=st.lists(chat_tool, max_size=3),
     tool_choice=st.sampled_from(("none", "auto", "required", {"type": "function", "function": {"name": "f"}})),
     parallel_tool_calls=st.booleans(),
-    response_format=st.sampled_from(({"type": "text"}, {"type": "json_object"},
-                                     {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})),
-    presence_penalty=st.floats(-2, 2), frequency_penalty=st.floats(-2, 2), logprobs=st.booleans(),
-    top_logprobs=st.integers(0, 20), user=prompt_text, metadata=st.dictionaries(odd_text(8), odd_text(8), max_size=3),
+    response_format=st.sampled_from(
+        ({"type": "text"}, {"type": "json_object"}, {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}})
+    ),
+    presence_penalty=st.floats(-2, 2),
+    frequency_penalty=st.floats(-2, 2),
+    logprobs=st.booleans(),
+    top_logprobs=st.integers(0, 20),
+    user=prompt_text,
+    metadata=st.dictionaries(odd_text(8), odd_text(8), max_size=3),
     reasoning_effort=st.sampled_from(("low", "medium", "high", "minimal", "x")),
-    logit_bias=st.just({"50256": -100}), top_k=st.integers(0, 100), modelyard=modelyard_overrides,
+    logit_bias=st.just({"50256": -100}),
+    top_k=st.integers(0, 100),
+    modelyard=modelyard_overrides,
 )
 
 # Anthropic Messages
 
-anthropic_text = optional({"type": st.just("text"), "text": prompt_text},
-                          cache_control=st.just({"type": "ephemeral"}))
+anthropic_text = optional({"type": st.just("text"), "text": prompt_text}, cache_control=st.just({"type": "ephemeral"}))
 anthropic_source = st.one_of(
-    optional({"type": st.just("base64"), "media_type": st.sampled_from(("image/png", "application/pdf", "")),
-              "data": st.sampled_from(("iVBORw0KGgo=", "", "%%%"))}),
+    optional(
+        {
+            "type": st.just("base64"),
+            "media_type": st.sampled_from(("image/png", "application/pdf", "")),
+            "data": st.sampled_from(("iVBORw0KGgo=", "", "%%%")),
+        }
+    ),
     optional({"type": st.just("url"), "url": st.sampled_from(("https://example.invalid/a.png", ""))}),
     optional({"type": st.just("text"), "data": prompt_text}),
     optional({"type": st.just("content"), "content": st.one_of(prompt_text, st.lists(anthropic_text, max_size=2))}),
@@ -126,44 +211,81 @@ anthropic_block = st.one_of(
     anthropic_text,
     optional({"type": st.just("image"), "source": anthropic_source}),
     optional({"type": st.just("document"), "source": anthropic_source}, title=prompt_text),
-    optional({"type": st.just("tool_use"), "id": st.just("toolu_1"), "name": st.just("f"),
-              "input": st.sampled_from(({}, {"a": 1}))}),
-    optional({"type": st.just("tool_result"), "tool_use_id": st.just("toolu_1")},
-             content=st.one_of(prompt_text, st.lists(anthropic_text, max_size=2)), is_error=st.booleans()),
+    optional(
+        {
+            "type": st.just("tool_use"),
+            "id": st.just("toolu_1"),
+            "name": st.just("f"),
+            "input": st.sampled_from(({}, {"a": 1})),
+        }
+    ),
+    optional(
+        {"type": st.just("tool_result"), "tool_use_id": st.just("toolu_1")},
+        content=st.one_of(prompt_text, st.lists(anthropic_text, max_size=2)),
+        is_error=st.booleans(),
+    ),
     optional({"type": st.just("thinking"), "thinking": prompt_text, "signature": st.just("sig")}),
     optional({"type": st.sampled_from(("redacted_thinking", "server_tool_use", "web_search_tool_result", "video"))}),
 )
-anthropic_message = optional({"role": st.sampled_from(("user", "assistant", "system")),
-                              "content": st.one_of(prompt_text, st.lists(anthropic_block, min_size=1, max_size=3))})
-anthropic_tool = optional({"name": st.sampled_from(("f", "", "bad name!")), "input_schema": schemas},
-                          description=prompt_text, type=st.sampled_from(("custom", "web_search_20250305")),
-                          strict=st.booleans())
+anthropic_message = optional(
+    {
+        "role": st.sampled_from(("user", "assistant", "system")),
+        "content": st.one_of(prompt_text, st.lists(anthropic_block, min_size=1, max_size=3)),
+    }
+)
+anthropic_tool = optional(
+    {"name": st.sampled_from(("f", "", "bad name!")), "input_schema": schemas},
+    description=prompt_text,
+    type=st.sampled_from(("custom", "web_search_20250305")),
+    strict=st.booleans(),
+)
 messages_request = optional(
-    {"model": model_names, "max_tokens": small_ints,
-     "messages": st.lists(anthropic_message, min_size=1, max_size=4)},
-    system=st.one_of(prompt_text, st.lists(anthropic_text, max_size=2)), temperature=st.floats(0, 1),
-    top_p=st.floats(0, 1), top_k=st.integers(0, 500), stop_sequences=st.lists(prompt_text, max_size=3),
-    stream=st.booleans(), tools=st.lists(anthropic_tool, max_size=2),
-    tool_choice=st.sampled_from(({"type": "auto"}, {"type": "any"}, {"type": "tool", "name": "f"}, {"type": "none"},
-                                 {"type": "auto", "disable_parallel_tool_use": True})),
-    thinking=st.sampled_from(({"type": "enabled", "budget_tokens": 1024}, {"type": "adaptive"},
-                              {"type": "disabled"})),
+    {"model": model_names, "max_tokens": small_ints, "messages": st.lists(anthropic_message, min_size=1, max_size=4)},
+    system=st.one_of(prompt_text, st.lists(anthropic_text, max_size=2)),
+    temperature=st.floats(0, 1),
+    top_p=st.floats(0, 1),
+    top_k=st.integers(0, 500),
+    stop_sequences=st.lists(prompt_text, max_size=3),
+    stream=st.booleans(),
+    tools=st.lists(anthropic_tool, max_size=2),
+    tool_choice=st.sampled_from(
+        (
+            {"type": "auto"},
+            {"type": "any"},
+            {"type": "tool", "name": "f"},
+            {"type": "none"},
+            {"type": "auto", "disable_parallel_tool_use": True},
+        )
+    ),
+    thinking=st.sampled_from(({"type": "enabled", "budget_tokens": 1024}, {"type": "adaptive"}, {"type": "disabled"})),
     metadata=optional({}, user_id=prompt_text),
-    output_config=optional({}, format=st.just({"type": "json_schema", "schema": {"type": "object"}}),
-                           effort=st.sampled_from(("low", "medium", "high", "max"))),
+    output_config=optional(
+        {},
+        format=st.just({"type": "json_schema", "schema": {"type": "object"}}),
+        effort=st.sampled_from(("low", "medium", "high", "max")),
+    ),
     modelyard=modelyard_overrides,
 )
 
 # Embeddings
 
 embeddings_request = optional(
-    {"model": sometimes(st.sampled_from(("embed", "embed-gemini", "embed@openai", "via-openai", "nope")),
-                        st.one_of(odd_text(), hostile()), 10),
-     "input": st.one_of(prompt_text, st.lists(prompt_text, min_size=1, max_size=4),
-                        st.lists(st.integers(0, 200_000), min_size=1, max_size=8),
-                        st.lists(st.lists(st.integers(0, 200_000), max_size=4), min_size=1, max_size=3))},
+    {
+        "model": sometimes(
+            st.sampled_from(("embed", "embed-gemini", "embed@openai", "via-openai", "nope")),
+            st.one_of(odd_text(), hostile()),
+            10,
+        ),
+        "input": st.one_of(
+            prompt_text,
+            st.lists(prompt_text, min_size=1, max_size=4),
+            st.lists(st.integers(0, 200_000), min_size=1, max_size=8),
+            st.lists(st.lists(st.integers(0, 200_000), max_size=4), min_size=1, max_size=3),
+        ),
+    },
     encoding_format=st.sampled_from(("float", "base64", "x")),
-    dimensions=st.one_of(st.integers(1, 64), st.sampled_from((65_536, 0))), user=prompt_text,
+    dimensions=st.one_of(st.integers(1, 64), st.sampled_from((65_536, 0))),
+    user=prompt_text,
 )
 
 # Admin API
@@ -171,15 +293,36 @@ embeddings_request = optional(
 admin_key_body = optional(
     {"name": sometimes(st.sampled_from(("k1", "team a")), odd_text(), 20)},
     models=st.lists(st.sampled_from(NAMES), max_size=3),
-    rpm=st.one_of(st.integers(1, 1000), st.sampled_from((0, 10**6))), tpm=st.integers(1, 10**7),
+    rpm=st.one_of(st.integers(1, 1000), st.sampled_from((0, 10**6))),
+    tpm=st.integers(1, 10**7),
     budget_usd=st.one_of(st.floats(0, 1000), st.sampled_from((0.000001, 1e9))),
     period=st.sampled_from(("1d", "30d", "1h", "0s", "-1d", "x", "1e400d", "999999999d", "")),
     expires_in=st.sampled_from(("1h", "30d", "0s", "-5m", "10y", "1e9d")),
     metadata=st.dictionaries(odd_text(8), odd_text(20), max_size=3),
 )
-query_values = st.one_of(st.sampled_from(("model", "key", "day", "deployment", "7d", "all", "1h", "0s", "-1d", "1e308",
-                                          "nan", "9" * 400, "2024-01-01", "2024-13-45T99:99", "true", "")),
-                         odd_text(12))
+query_values = st.one_of(
+    st.sampled_from(
+        (
+            "model",
+            "key",
+            "day",
+            "deployment",
+            "7d",
+            "all",
+            "1h",
+            "0s",
+            "-1d",
+            "1e308",
+            "nan",
+            "9" * 400,
+            "2024-01-01",
+            "2024-13-45T99:99",
+            "true",
+            "",
+        )
+    ),
+    odd_text(12),
+)
 
 
 def q(value: str) -> str:
@@ -189,45 +332,116 @@ def q(value: str) -> str:
 # --------------------------------------------------------------------------- probes per route
 
 
-def json_posts(path: str, requests: st.SearchStrategy[Any], header_names: tuple[str, ...] | None = None,
-               key_choice: st.SearchStrategy[str] | None = None) -> st.SearchStrategy[Probe]:
+def json_posts(
+    path: str,
+    requests: st.SearchStrategy[Any],
+    header_names: tuple[str, ...] | None = None,
+    key_choice: st.SearchStrategy[str] | None = None,
+) -> st.SearchStrategy[Probe]:
     """POSTs of `requests` (mutated in two of three draws) to `path`, with drawn headers and credentials."""
-    names = header_names or ("x-modelyard-timeout-ms", "x-modelyard-strategy", "x-modelyard-tags",
-                             "x-modelyard-task", "x-modelyard-explain", "content-type", "accept", "x-request-id",
-                             "x-sim-fault")
-    return st.builds(Probe, st.just("POST"), st.just(path), json_bodies(mutated(requests)), headers(names),
-                     keys() if key_choice is None else key_choice, key_headers())
+    names = header_names or (
+        "x-modelyard-timeout-ms",
+        "x-modelyard-strategy",
+        "x-modelyard-tags",
+        "x-modelyard-task",
+        "x-modelyard-explain",
+        "content-type",
+        "accept",
+        "x-request-id",
+        "x-sim-fault",
+    )
+    return st.builds(
+        Probe,
+        st.just("POST"),
+        st.just(path),
+        json_bodies(mutated(requests)),
+        headers(names),
+        keys() if key_choice is None else key_choice,
+        key_headers(),
+    )
 
 
 model_probes = st.builds(
-    Probe, st.sampled_from(("GET", "GET", "GET", "POST", "DELETE")),
-    st.one_of(st.just("/v1/models"), st.sampled_from(NAMES).map(lambda m: f"/v1/models/{q(m)}"),
-              odd_text(30).map(lambda m: f"/v1/models/{q(m)}")),
-    st.just(b""), headers(("accept",)), keys(), key_headers())
+    Probe,
+    st.sampled_from(("GET", "GET", "GET", "POST", "DELETE")),
+    st.one_of(
+        st.just("/v1/models"),
+        st.sampled_from(NAMES).map(lambda m: f"/v1/models/{q(m)}"),
+        odd_text(30).map(lambda m: f"/v1/models/{q(m)}"),
+    ),
+    st.just(b""),
+    headers(("accept",)),
+    keys(),
+    key_headers(),
+)
 
 ADMIN_KEYS = keys((("master", 6), ("restricted", 1), ("fresh", 1), ("bad", 1), ("none", 1)))
 admin_probes = st.one_of(
     json_posts("/admin/keys", admin_key_body, ("content-type",), ADMIN_KEYS),
     st.builds(Probe, st.just("GET"), query_values.map(lambda v: f"/admin/keys?all={q(v)}"), key=ADMIN_KEYS),
-    st.builds(Probe, st.just("DELETE"), st.one_of(st.just("/admin/keys/{fresh_id}"),
-                                                  odd_text(20).map(lambda v: f"/admin/keys/{q(v)}")), key=ADMIN_KEYS),
-    st.builds(Probe, st.just("GET"), st.tuples(query_values, query_values).map(
-        lambda bq: f"/admin/spend?by={q(bq[0])}&since={q(bq[1])}"), key=ADMIN_KEYS),
+    st.builds(
+        Probe,
+        st.just("DELETE"),
+        st.one_of(st.just("/admin/keys/{fresh_id}"), odd_text(20).map(lambda v: f"/admin/keys/{q(v)}")),
+        key=ADMIN_KEYS,
+    ),
+    st.builds(
+        Probe,
+        st.just("GET"),
+        st.tuples(query_values, query_values).map(lambda bq: f"/admin/spend?by={q(bq[0])}&since={q(bq[1])}"),
+        key=ADMIN_KEYS,
+    ),
 )
 
-PATHS = ("/v1/chat/completions", "/v1/messages", "/v1/embeddings", "/v1/models", "/admin/keys", "/admin/spend",
-         "/metrics", "/health/live", "/health/ready", "/v1/chat/completions/", "/v1//chat/completions",
-         "/V1/CHAT/COMPLETIONS", "/v1/chat/completions?stream=true", "/admin/keys/a/b", "/v1/models/%00",
-         "/v1/messages?beta=true", "/%ff", "/" + "a" * 3000)
+PATHS = (
+    "/v1/chat/completions",
+    "/v1/messages",
+    "/v1/embeddings",
+    "/v1/models",
+    "/admin/keys",
+    "/admin/spend",
+    "/metrics",
+    "/health/live",
+    "/health/ready",
+    "/v1/chat/completions/",
+    "/v1//chat/completions",
+    "/V1/CHAT/COMPLETIONS",
+    "/v1/chat/completions?stream=true",
+    "/admin/keys/a/b",
+    "/v1/models/%00",
+    "/v1/messages?beta=true",
+    "/%ff",
+    "/" + "a" * 3000,
+)
 garbage_probes = st.builds(
-    Probe, st.sampled_from(("POST", "POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS")), st.sampled_from(PATHS),
-    garbage_bodies(), headers(("content-type", "x-modelyard-timeout-ms", "accept")), keys(), key_headers())
+    Probe,
+    st.sampled_from(("POST", "POST", "GET", "PUT", "DELETE", "PATCH", "OPTIONS")),
+    st.sampled_from(PATHS),
+    garbage_bodies(),
+    headers(("content-type", "x-modelyard-timeout-ms", "accept")),
+    keys(),
+    key_headers(),
+)
 
 ROUTES = [
     Route("chat", json_posts("/v1/chat/completions", chat_request), 1800),
-    Route("messages", json_posts("/v1/messages", messages_request, ("x-modelyard-timeout-ms", "x-modelyard-strategy",
-                                                                    "x-modelyard-tags", "anthropic-version",
-                                                                    "anthropic-beta", "content-type", "accept")), 1200),
+    Route(
+        "messages",
+        json_posts(
+            "/v1/messages",
+            messages_request,
+            (
+                "x-modelyard-timeout-ms",
+                "x-modelyard-strategy",
+                "x-modelyard-tags",
+                "anthropic-version",
+                "anthropic-beta",
+                "content-type",
+                "accept",
+            ),
+        ),
+        1200,
+    ),
     Route("embeddings", json_posts("/v1/embeddings", embeddings_request), 600),
     Route("models", model_probes, 300),
     Route("admin", admin_probes, 700),
@@ -278,13 +492,15 @@ def test_the_server_is_alive_and_bounded_after_the_run(stack: Stack, request: py
     assert metrics.status == 200
     assert len(metrics.body) < 1_000_000, f"/metrics is {len(metrics.body)} bytes"
     grown = stack.rss_bytes() - stack.baseline_rss
-    report(request, f"fuzz total: {stack.sent} requests in {time.monotonic() - stack.started:.1f}s "
-                    f"({stack.seconds:.1f}s waiting on the gateway); RSS +{grown / 2**20:.1f} MB, "
-                    f"/metrics {len(metrics.body)} bytes")
+    report(
+        request,
+        f"fuzz total: {stack.sent} requests in {time.monotonic() - stack.started:.1f}s "
+        f"({stack.seconds:.1f}s waiting on the gateway); RSS +{grown / 2**20:.1f} MB, "
+        f"/metrics {len(metrics.body)} bytes",
+    )
     assert grown < 50 * 2**20, f"RSS grew {grown / 2**20:.1f} MB over the run"
     if stack.routes_run >= {r.name for r in ROUTES}:
         assert stack.sent >= MIN_REQUESTS * min(1.0, SCALE)
-
 
 
 def test_a_clients_own_short_timeout_does_not_open_the_breaker_for_everyone(stack: Stack) -> None:
@@ -294,8 +510,15 @@ def test_a_clients_own_short_timeout_does_not_open_the_breaker_for_everyone(stac
     body = b'{"model": "via-openai", "messages": [{"role": "user", "content": "hi"}]}'
     json_type = ("content-type", b"application/json")
     for _ in range(10):
-        answer = stack.send(Probe("POST", "/v1/chat/completions", body, (json_type, ("x-modelyard-timeout-ms",
-                                                                                      b"0.001")), key="restricted"))
+        answer = stack.send(
+            Probe(
+                "POST",
+                "/v1/chat/completions",
+                body,
+                (json_type, ("x-modelyard-timeout-ms", b"0.001")),
+                key="restricted",
+            )
+        )
         assert answer.status in (200, 504), answer.body
     other = stack.send(Probe("POST", "/v1/chat/completions", body, (json_type,), key="master"))
     assert other.status == 200, other.body

@@ -64,11 +64,17 @@ def gateway(keyed_sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> I
         yield process
 
 
-def post(gw: GatewayProcess, body: dict[str, Any] | bytes, path: str = "/v1/chat/completions",
-         timeout: float = 10, **headers: str) -> httpx.Response:
+def post(
+    gw: GatewayProcess,
+    body: dict[str, Any] | bytes,
+    path: str = "/v1/chat/completions",
+    timeout: float = 10,
+    **headers: str,
+) -> httpx.Response:
     content = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return httpx.post(gw.url + path, content=content, timeout=timeout,
-                      headers={"content-type": "application/json", **headers})
+    return httpx.post(
+        gw.url + path, content=content, timeout=timeout, headers={"content-type": "application/json", **headers}
+    )
 
 
 def chat(model: str = "capped", **fields: Any) -> dict[str, Any]:
@@ -128,51 +134,65 @@ def test_an_upstream_auth_error_reaches_the_client_as_a_generic_message(gateway:
 # ---------------------------------------------------------------------------------------- numbers
 
 
-@pytest.mark.parametrize(("fields", "param"), [
-    ({"max_tokens": 100000000000000000000}, "max_tokens"),
-    ({"max_tokens": 1e20}, "max_tokens"),
-    ({"max_completion_tokens": 10**8}, "max_completion_tokens"),
-    ({"max_tokens": 1e400}, None),  # not representable: a JSON error
-    ({"max_tokens": "12"}, "max_tokens"),
-    ({"n": 0}, "n"),
-    ({"n": 129}, "n"),
-    ({"temperature": 2.5}, "temperature"),
-    ({"temperature": -0.1}, "temperature"),
-    ({"temperature": 1e400}, None),
-    ({"top_p": 1.5}, "top_p"),
-    ({"presence_penalty": 3}, "presence_penalty"),
-    ({"frequency_penalty": -2.5}, "frequency_penalty"),
-    ({"top_logprobs": 21}, "top_logprobs"),
-    ({"seed": 2**70}, "seed"),
-    ({"modelyard": {"constraints": {"max_cost_per_request": "x"}}}, "modelyard.constraints.max_cost_per_request"),
-    ({"modelyard": {"constraints": {"max_latency_ms": -1}}}, "modelyard.constraints.max_latency_ms"),
-    ({"modelyard": {"constraints": {"min_quality": [1]}}}, "modelyard.constraints.min_quality"),
-    ({"modelyard": {"constraints": {"max_cost": 1}}}, "modelyard.constraints.max_cost"),
-])
-def test_out_of_range_numbers_are_a_400_naming_the_parameter(gateway: GatewayProcess, fields: dict[str, Any],
-                                                             param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("fields", "param"),
+    [
+        ({"max_tokens": 100000000000000000000}, "max_tokens"),
+        ({"max_tokens": 1e20}, "max_tokens"),
+        ({"max_completion_tokens": 10**8}, "max_completion_tokens"),
+        ({"max_tokens": 1e400}, None),  # not representable: a JSON error
+        ({"max_tokens": "12"}, "max_tokens"),
+        ({"n": 0}, "n"),
+        ({"n": 129}, "n"),
+        ({"temperature": 2.5}, "temperature"),
+        ({"temperature": -0.1}, "temperature"),
+        ({"temperature": 1e400}, None),
+        ({"top_p": 1.5}, "top_p"),
+        ({"presence_penalty": 3}, "presence_penalty"),
+        ({"frequency_penalty": -2.5}, "frequency_penalty"),
+        ({"top_logprobs": 21}, "top_logprobs"),
+        ({"seed": 2**70}, "seed"),
+        ({"modelyard": {"constraints": {"max_cost_per_request": "x"}}}, "modelyard.constraints.max_cost_per_request"),
+        ({"modelyard": {"constraints": {"max_latency_ms": -1}}}, "modelyard.constraints.max_latency_ms"),
+        ({"modelyard": {"constraints": {"min_quality": [1]}}}, "modelyard.constraints.min_quality"),
+        ({"modelyard": {"constraints": {"max_cost": 1}}}, "modelyard.constraints.max_cost"),
+    ],
+)
+def test_out_of_range_numbers_are_a_400_naming_the_parameter(
+    gateway: GatewayProcess, fields: dict[str, Any], param: str | None
+) -> None:
     body = json.dumps(chat(**fields)).replace("Infinity", "1e400").encode()
     assert_400(post(gateway, body), param)
 
 
 def test_numbers_in_range_are_served(gateway: GatewayProcess) -> None:
-    fields = {"max_tokens": 10_000_000, "n": 1, "temperature": 2, "top_p": 0, "presence_penalty": -2,
-              "modelyard": {"constraints": {"max_cost_per_request": 1.5, "min_quality": 0}}}
+    fields = {
+        "max_tokens": 10_000_000,
+        "n": 1,
+        "temperature": 2,
+        "top_p": 0,
+        "presence_penalty": -2,
+        "modelyard": {"constraints": {"max_cost_per_request": 1.5, "min_quality": 0}},
+    }
     resp = post(gateway, chat(**fields))
     assert resp.status_code == 200, resp.text
 
 
-@pytest.mark.parametrize(("fields", "needle"), [
-    ({"max_tokens": 10**20}, "max_tokens"),
-    ({"max_tokens": 1.5}, "max_tokens"),
-    ({"temperature": 1.5}, "temperature"),  # Anthropic's range is 0..1
-    ({"temperature": "hot"}, "temperature"),
-    ({"top_p": -1}, "top_p"),
-    ({"top_k": -3}, "top_k"),
-    ({"max_tokens": 1e20}, "max_tokens"),
-])
-def test_anthropic_ingress_validates_numbers_in_its_own_error_shape(gateway: GatewayProcess,
-                                                                   fields: dict[str, Any], needle: str) -> None:
+@pytest.mark.parametrize(
+    ("fields", "needle"),
+    [
+        ({"max_tokens": 10**20}, "max_tokens"),
+        ({"max_tokens": 1.5}, "max_tokens"),
+        ({"temperature": 1.5}, "temperature"),  # Anthropic's range is 0..1
+        ({"temperature": "hot"}, "temperature"),
+        ({"top_p": -1}, "top_p"),
+        ({"top_k": -3}, "top_k"),
+        ({"max_tokens": 1e20}, "max_tokens"),
+    ],
+)
+def test_anthropic_ingress_validates_numbers_in_its_own_error_shape(
+    gateway: GatewayProcess, fields: dict[str, Any], needle: str
+) -> None:
     body = {"model": "claude", "max_tokens": 16, "messages": ASK, **fields}
     resp = post(gateway, body, "/v1/messages", **{"anthropic-version": "2023-06-01"})
     assert resp.status_code == 400, resp.text
@@ -184,12 +204,15 @@ def test_anthropic_ingress_validates_numbers_in_its_own_error_shape(gateway: Gat
 # ---------------------------------------------------------------------------------------- JSON depth
 
 
-@pytest.mark.parametrize("body", [
-    b"[" * 10_000 + b"]" * 10_000,
-    b'{"model": "capped", "messages": [], "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
-    b'{"model": "capped", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
-    b'"function": {"name": "f", "parameters": ' + b'{"a": ' * 200 + b"1" + b"}" * 200 + b"}}]}",
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"[" * 10_000 + b"]" * 10_000,
+        b'{"model": "capped", "messages": [], "x": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+        b'{"model": "capped", "messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function", '
+        b'"function": {"name": "f", "parameters": ' + b'{"a": ' * 200 + b"1" + b"}" * 200 + b"}}]}",
+    ],
+)
 def test_deep_json_is_a_400_not_a_500(gateway: GatewayProcess, body: bytes) -> None:
     assert_400(post(gateway, body), code="invalid_json")
     resp = post(gateway, body, "/v1/messages")
@@ -255,8 +278,10 @@ def test_a_silent_connection_is_cut_off(gateway: GatewayProcess) -> None:
 def test_a_slow_body_is_cut_off(gateway: GatewayProcess) -> None:
     body = json.dumps(chat()).encode()
     sock = _connect(gateway)
-    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
-                 b"content-length: %d\r\n\r\n" % len(body))
+    sock.sendall(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        b"content-length: %d\r\n\r\n" % len(body)
+    )
     started = time.monotonic()
     _trickle(sock, body, 0.05, BOUND_S + 2)
     answer = _read_all(sock)

@@ -45,13 +45,15 @@ class Faulty:
             if self.stage == name:
                 raise Boom(name)
             return attr(*args, **kwargs)
+
         return call
 
 
 @pytest.fixture(scope="module")
 def served(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Gateway, Faulty]]:
     store = tmp_path_factory.mktemp("leaks") / "modelyard.db"
-    config = parse_config(f"""
+    config = parse_config(
+        f"""
 deployments:
   - {{name: capped, provider: openai, model: sim-small, api_base: "{sim.url}/v1", api_key: sim,
      price: {{input: 3, output: 15}}, limits: {{rpm: 1000, tpm: 100000000, max_concurrency: 2}}}}
@@ -62,7 +64,9 @@ access:
 spend:
   store: {store}
   flush_interval_s: 0.05
-""", env={})
+""",
+        env={},
+    )
     gateway = build_gateway(config)
     faulty = Faulty(gateway.router.adapters["openai"])
     gateway.router.adapters["openai"] = faulty  # the executor shares this dict
@@ -74,11 +78,18 @@ def admin(url: str, method: str, path: str, **kwargs: Any) -> httpx.Response:
     return httpx.request(method, url + path, headers={"Authorization": f"Bearer {MASTER}"}, timeout=10, **kwargs)
 
 
-@pytest.mark.parametrize(("stage", "stream"), [
-    ("chat_call", False), ("parse_chat", False), ("chat_call", True), ("stream_translator", True),
-])
-def test_an_injected_exception_returns_reservation_slot_and_window(served: tuple[str, Gateway, Faulty],
-                                                                   stage: str, stream: bool) -> None:
+@pytest.mark.parametrize(
+    ("stage", "stream"),
+    [
+        ("chat_call", False),
+        ("parse_chat", False),
+        ("chat_call", True),
+        ("stream_translator", True),
+    ],
+)
+def test_an_injected_exception_returns_reservation_slot_and_window(
+    served: tuple[str, Gateway, Faulty], stage: str, stream: bool
+) -> None:
     url, gateway, faulty = served
     made = admin(url, "POST", "/admin/keys", json={"name": f"leak-{stage}-{stream}", "budget_usd": 5.0}).json()
     headers = {"Authorization": f"Bearer {made['key']}"}

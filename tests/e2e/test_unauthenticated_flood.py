@@ -78,8 +78,9 @@ async def flood(url: str, names: range, statuses: dict[int, int]) -> None:
     async def client(session: aiohttp.ClientSession) -> None:
         for i in todo:
             body = json.dumps({"model": f"{i}-{padding}", "messages": [{"role": "user", "content": "hi"}]})
-            async with session.post(url + "/v1/chat/completions", data=body,
-                                    headers={"content-type": "application/json"}) as response:
+            async with session.post(
+                url + "/v1/chat/completions", data=body, headers={"content-type": "application/json"}
+            ) as response:
                 await response.read()
                 statuses[response.status] = statuses.get(response.status, 0) + 1
 
@@ -95,12 +96,14 @@ def p99(values: list[float]) -> float:
 
 def start_prober(stack: Stack, stop: Path) -> subprocess.Popen[str]:
     assert stack.gateway is not None
-    return subprocess.Popen([sys.executable, "-c", PROBER, str(stack.gateway.port), str(stop), MASTER],
-                            stdout=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", PROBER, str(stack.gateway.port), str(stop), MASTER], stdout=subprocess.PIPE, text=True
+    )
 
 
-def test_unauthenticated_flood_of_unique_model_names_stays_bounded(stack: Stack, tmp_path: Path,
-                                                                    request: pytest.FixtureRequest) -> None:
+def test_unauthenticated_flood_of_unique_model_names_stays_bounded(
+    stack: Stack, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     statuses: dict[int, int] = {}
     asyncio.run(flood(stack.url, range(-200, 0), statuses))  # warm: the baseline holds what any first request fills
     assert stack.get("/metrics", key="master").status == 200
@@ -124,9 +127,12 @@ def test_unauthenticated_flood_of_unique_model_names_stays_bounded(stack: Stack,
     probed = json.loads(out)
     live_ms = [ms for status, _, ms in probed["live"] if status == 200]
     scrapes = probed["metrics"]
-    report(request, f"flood: {REQUESTS} no-key requests in {seconds:.1f}s, statuses {statuses}; RSS +"
-                    f"{grown / 2**20:.1f} MB; /health/live p99 {p99(live_ms):.1f} ms over {len(live_ms)} probes; "
-                    f"/metrics max {max(s[1] for s in scrapes)} bytes, {max(s[2] for s in scrapes):.0f} ms")
+    report(
+        request,
+        f"flood: {REQUESTS} no-key requests in {seconds:.1f}s, statuses {statuses}; RSS +"
+        f"{grown / 2**20:.1f} MB; /health/live p99 {p99(live_ms):.1f} ms over {len(live_ms)} probes; "
+        f"/metrics max {max(s[1] for s in scrapes)} bytes, {max(s[2] for s in scrapes):.0f} ms",
+    )
 
     assert statuses == {401: REQUESTS}
     assert len(live_ms) == len(probed["live"]) >= 10, "/health/live failed, or was probed too few times"
@@ -135,4 +141,3 @@ def test_unauthenticated_flood_of_unique_model_names_stays_bounded(stack: Stack,
     assert max(size for _, size, _ in scrapes) < 1_000_000, "/metrics grew past 1 MB"
     assert max(ms for _, _, ms in scrapes) < 100, "a /metrics scrape took 100 ms or more"
     assert grown <= 10 * 2**20, f"RSS grew {grown / 2**20:.1f} MB over {REQUESTS} unauthenticated requests"
-

@@ -37,7 +37,11 @@ def env(*, simulator: bool = False, **extra: str) -> dict[str, str]:
 
 def cli(*args: str, timeout: float = 120, simulator: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env(simulator=simulator, **extra),
+        [*CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env(simulator=simulator, **extra),
         cwd=ROOT,
     )
 
@@ -51,11 +55,11 @@ def cli(*args: str, timeout: float = 120, simulator: bool = False, **extra: str)
         ("classify.yaml", "cost per 1,000 tasks (100 measured): all-premium (smart)"),
     ],
 )
-def test_the_examples_run_and_print_their_reports(example: str, expect: str, simulator: bool,
-                                                  tmp_path: Path) -> None:
+def test_the_examples_run_and_print_their_reports(example: str, expect: str, simulator: bool, tmp_path: Path) -> None:
     out = tmp_path / "run.json"
-    done = cli("run", str(EXAMPLES / example), "--store", str(tmp_path / "runs.db"), "--json", str(out),
-               simulator=simulator)
+    done = cli(
+        "run", str(EXAMPLES / example), "--store", str(tmp_path / "runs.db"), "--json", str(out), simulator=simulator
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     assert expect in done.stdout
     assert "status: succeeded" in done.stdout and "critical path" in done.stdout
@@ -111,8 +115,15 @@ def test_an_invalid_workflow_exits_2_with_file_and_line(tmp_path: Path) -> None:
 
 def test_runs_list_and_show_with_a_timeline(tmp_path: Path) -> None:
     store = str(tmp_path / "runs.db")
-    done = cli("run", str(EXAMPLES / "research.yaml"), "--store", store, "--run-id", "r-show",
-               MODELYARD_SCRIPTED_DELAY_S="0.05")
+    done = cli(
+        "run",
+        str(EXAMPLES / "research.yaml"),
+        "--store",
+        store,
+        "--run-id",
+        "r-show",
+        MODELYARD_SCRIPTED_DELAY_S="0.05",
+    )
     assert done.returncode == 0, done.stderr
     listed = cli("runs", "list", "--store", store, "--json", "-")
     assert listed.returncode == 0
@@ -180,8 +191,9 @@ def test_resume_after_kill_9_reruns_nothing_finished_and_pays_once(tmp_path: Pat
     store.close()
 
     out = tmp_path / "resumed.json"
-    resumed = cli("run", "--resume", "crash-1", "--store", str(db), "--json", str(out),
-                  MODELYARD_SCRIPTED_LOG=str(second_log))
+    resumed = cli(
+        "run", "--resume", "crash-1", "--store", str(db), "--json", str(out), MODELYARD_SCRIPTED_LOG=str(second_log)
+    )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "2 reused from the store, not paid again" in resumed.stdout
 

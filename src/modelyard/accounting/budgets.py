@@ -65,11 +65,11 @@ def estimate_nano(prompt_tokens: int, output_tokens: int, price: Price | None) -
 class Reservation:
     """What one admitted request holds until it settles (budget and TPM estimate)."""
 
-    account: str                 # key id
-    period: int                  # budget period index (-1 when the key has no budget)
+    account: str  # key id
+    period: int  # budget period index (-1 when the key has no budget)
     estimate_nano: int
-    tokens: int                  # TPM estimate recorded in the window
-    second: int                  # window second the tokens were recorded in (for the correction)
+    tokens: int  # TPM estimate recorded in the window
+    second: int  # window second the tokens were recorded in (for the correction)
     settled: bool = False
 
 

@@ -27,14 +27,14 @@ _VENDORS_BY_PROVIDER: dict[str, tuple[str, ...]] = {
 
 #: Suffixes that name a snapshot of a model rather than another model, tried one at a time.
 _SNAPSHOT_SUFFIXES = (
-    re.compile(r"-v\d+(:\d+)?$"),             # bedrock: anthropic.claude-3-haiku-20240307-v1:0
-    re.compile(r"-\d{4}-\d{2}-\d{2}$"),       # openai: gpt-4o-2024-08-06
-    re.compile(r"-\d{8}$"),                   # anthropic: claude-sonnet-4-20250514
-    re.compile(r"-latest$"),                  # anthropic, mistral: *-latest
+    re.compile(r"-v\d+(:\d+)?$"),  # bedrock: anthropic.claude-3-haiku-20240307-v1:0
+    re.compile(r"-\d{4}-\d{2}-\d{2}$"),  # openai: gpt-4o-2024-08-06
+    re.compile(r"-\d{8}$"),  # anthropic: claude-sonnet-4-20250514
+    re.compile(r"-latest$"),  # anthropic, mistral: *-latest
     re.compile(r"-preview(-\d{2}-\d{2}|-\d{4})?$"),  # google: gemini-2.5-flash-preview-05-20
-    re.compile(r"-exp(-\d{4})?$"),            # google: gemini-2.0-flash-exp
-    re.compile(r"-\d{3}$"),                   # google: gemini-1.5-pro-002
-    re.compile(r"-\d{4}$"),                   # mistral: mistral-large-2411; openai: gpt-3.5-turbo-0125
+    re.compile(r"-exp(-\d{4})?$"),  # google: gemini-2.0-flash-exp
+    re.compile(r"-\d{3}$"),  # google: gemini-1.5-pro-002
+    re.compile(r"-\d{4}$"),  # mistral: mistral-large-2411; openai: gpt-3.5-turbo-0125
 )
 _DOTTED_VERSION = re.compile(r"(\d)\.(\d)")
 
@@ -63,8 +63,13 @@ class PriceTable:
             prices[f"{vendor}/{model}"] = Price(**entry)
             by_model.setdefault(model, []).append(vendor)
         source = data.get("source") or {}
-        return cls(prices, int(data.get("version") or 0), str(data.get("date") or ""),
-                   dict(source) if isinstance(source, dict) else {"all": str(source)}, by_model)
+        return cls(
+            prices,
+            int(data.get("version") or 0),
+            str(data.get("date") or ""),
+            dict(source) if isinstance(source, dict) else {"all": str(source)},
+            by_model,
+        )
 
     @classmethod
     def load(cls, path: str | Path | None = None) -> PriceTable:

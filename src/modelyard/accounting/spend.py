@@ -47,15 +47,15 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     """One request as the spend log keeps it (no prompt or completion text unless `content` is set)."""
 
     id: str
-    at: float                      # unix time the request ended
+    at: float  # unix time the request ended
     key_id: str | None = None
     key_name: str | None = None
-    model: str | None = None       # what the client asked for
+    model: str | None = None  # what the client asked for
     deployment: str | None = None  # what served it
     provider: str | None = None
     endpoint: str = ""
     attempts: int = 0
-    attempt_log: str = ""          # the x-modelyard-attempts text
+    attempt_log: str = ""  # the x-modelyard-attempts text
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -117,10 +117,19 @@ _Entry = tuple[SpendRecord, Segment | None]
 class SpendWriter:
     """Spend records from the request path: into the spool at once, into the store in the background."""
 
-    def __init__(self, sink: SpendSink, *, convert: Callable[[Any], SpendRecord] | None = None,
-                 batch_size: int = 500, flush_interval_s: float = 1.0, max_queue: int = 100_000,
-                 retry_base_s: float = 0.2, retry_max_s: float = 5.0, spool_dir: str | Path | None = None,
-                 segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(
+        self,
+        sink: SpendSink,
+        *,
+        convert: Callable[[Any], SpendRecord] | None = None,
+        batch_size: int = 500,
+        flush_interval_s: float = 1.0,
+        max_queue: int = 100_000,
+        retry_base_s: float = 0.2,
+        retry_max_s: float = 5.0,
+        spool_dir: str | Path | None = None,
+        segment_bytes: int = SEGMENT_BYTES,
+    ) -> None:
         self.sink = sink
         self.convert = convert
         self.batch_size = max(1, batch_size)
@@ -130,13 +139,13 @@ class SpendWriter:
         self.retry_max_s = retry_max_s
         self.spool_dir = None if spool_dir is None else Path(spool_dir)
         self.segment_bytes = segment_bytes
-        self.written = 0        # records the store acknowledged
-        self.dropped = 0        # records lost (no spool and a full queue, a bug in `convert`, closed writer)
-        self.deferred = 0       # spooled records not queued (full queue): the next start replays them
-        self.failures = 0       # failed store writes (outages and data errors)
-        self.dead_letters = 0   # records the store refused even sanitised: set aside, not written
-        self.replayed = 0       # records found in the spool at start
-        self.spool_errors = 0   # failed spool writes (disk full...): those records are only in memory
+        self.written = 0  # records the store acknowledged
+        self.dropped = 0  # records lost (no spool and a full queue, a bug in `convert`, closed writer)
+        self.deferred = 0  # spooled records not queued (full queue): the next start replays them
+        self.failures = 0  # failed store writes (outages and data errors)
+        self.dead_letters = 0  # records the store refused even sanitised: set aside, not written
+        self.replayed = 0  # records found in the spool at start
+        self.spool_errors = 0  # failed spool writes (disk full...): those records are only in memory
         self.spool: Spool | None = None
         self._queue: deque[_Entry] = deque()
         self._inflight: list[_Entry] = []
@@ -180,8 +189,9 @@ class SpendWriter:
             adopted = spool.open()
         except OSError as exc:
             self.spool_errors += 1
-            log.error("spend spool disabled: cannot use %s (%s); set spend.spool_dir to a writable directory",
-                      directory, exc)
+            log.error(
+                "spend spool disabled: cannot use %s (%s); set spend.spool_dir to a writable directory", directory, exc
+            )
             return
         self.spool = spool
         for segment, lines in adopted:
@@ -269,8 +279,12 @@ class SpendWriter:
             except OSError as exc:
                 self.spool_errors += 1
                 if self.spool_errors & (self.spool_errors - 1) == 0:
-                    log.error("spend spool write failed (%s): %d records only in memory (%d failures so far)",
-                              exc, len(records), self.spool_errors)
+                    log.error(
+                        "spend spool write failed (%s): %d records only in memory (%d failures so far)",
+                        exc,
+                        len(records),
+                        self.spool_errors,
+                    )
         for record in records:
             self._enqueue(record, segment)
         for waiter in waiters:
@@ -451,8 +465,13 @@ class SpendWriter:
         self._queue.clear()
         lost = sum(1 for _, segment in entries if segment is None)
         self.dropped += lost
-        log.error("spend log: store unreachable at shutdown (%s): %d records left in the spool for the next "
-                  "start, %d dropped", exc, len(entries) - lost, lost)
+        log.error(
+            "spend log: store unreachable at shutdown (%s): %d records left in the spool for the next "
+            "start, %d dropped",
+            exc,
+            len(entries) - lost,
+            lost,
+        )
 
     def _ack(self, part: Iterable[_Entry], *, written: bool = True) -> None:
         counts: dict[Segment, int] = {}
@@ -467,4 +486,3 @@ class SpendWriter:
         if spool is not None:
             for segment, count in counts.items():
                 spool.ack(segment, count)
-

@@ -41,11 +41,11 @@ class Segment:
     """One spool file and how many of its records the store has not acknowledged yet."""
 
     path: Path
-    fd: int | None = None       # open for appending while active (and until its last fsync)
+    fd: int | None = None  # open for appending while active (and until its last fsync)
     size: int = 0
-    outstanding: int = 0        # records written here, not yet acknowledged by the store
-    sealed: bool = False        # no more appends: deleted once `outstanding` reaches zero
-    dirty: bool = False         # written since its last fsync
+    outstanding: int = 0  # records written here, not yet acknowledged by the store
+    sealed: bool = False  # no more appends: deleted once `outstanding` reaches zero
+    dirty: bool = False  # written since its last fsync
     deleted: bool = field(default=False)
 
 

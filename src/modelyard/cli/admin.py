@@ -63,8 +63,12 @@ class ApiBackend:
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.url + path, data=data, method=method, headers={
-            "Authorization": f"Bearer {self.master_key}", "Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.url + path,
+            data=data,
+            method=method,
+            headers={"Authorization": f"Bearer {self.master_key}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=30) as response:
                 return json.loads(response.read())
@@ -102,8 +106,10 @@ class StoreBackend:
             raise AdminError(str(exc)) from None
         self.dsn = config.access.keys_store or config.spend.store
         if not self.dsn or self.dsn in (":memory:", "sqlite:///:memory:"):
-            raise AdminError(f"{config_path} keeps keys in memory only: set spend.store (a SQLite path or a "
-                             "postgresql:// DSN) to manage keys from the command line, or use --url")
+            raise AdminError(
+                f"{config_path} keeps keys in memory only: set spend.store (a SQLite path or a "
+                "postgresql:// DSN) to manage keys from the command line, or use --url"
+            )
 
     def _with_store(self, action: Callable[[Any], Awaitable[T]]) -> T:
         from modelyard.state.store import open_store
@@ -152,11 +158,24 @@ class StoreBackend:
 
         async def report(store: Any) -> dict[str, Any]:
             rows = await store.spend_report(by, start)
-            data = [{"group": r.group, "name": r.name, "requests": r.requests, "errors": r.errors,
-                     "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-                     "cost_usd": r.cost_usd} for r in rows]
-            return {"by": by, "data": data, "total_cost_usd": sum(r.cost_usd for r in rows),
-                    "total_requests": sum(r.requests for r in rows)}
+            data = [
+                {
+                    "group": r.group,
+                    "name": r.name,
+                    "requests": r.requests,
+                    "errors": r.errors,
+                    "prompt_tokens": r.prompt_tokens,
+                    "completion_tokens": r.completion_tokens,
+                    "cost_usd": r.cost_usd,
+                }
+                for r in rows
+            ]
+            return {
+                "by": by,
+                "data": data,
+                "total_cost_usd": sum(r.cost_usd for r in rows),
+                "total_requests": sum(r.requests for r in rows),
+            }
 
         return self._with_store(report)
 
@@ -192,11 +211,21 @@ def create(
     rpm: int = typer.Option(None, "--rpm", help="Requests per minute."),
     tpm: int = typer.Option(None, "--tpm", help="Tokens per minute (prompt + output estimate)."),
     expires_in: str = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d (default: no expiry)."),
-    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+    config: Path = CONFIG,
+    url: str = URL,
+    master_key: str = MASTER,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Create a virtual key. The key is printed once and cannot be shown again."""
-    body: dict[str, Any] = {"name": name, "models": models, "budget_usd": budget_usd, "period": period,
-                            "rpm": rpm, "tpm": tpm, "expires_in": expires_in}
+    body: dict[str, Any] = {
+        "name": name,
+        "models": models,
+        "budget_usd": budget_usd,
+        "period": period,
+        "rpm": rpm,
+        "tpm": tpm,
+        "expires_in": expires_in,
+    }
     made = _run(lambda: _backend(config, url, master_key).create(body))
     if as_json:
         typer.echo(json.dumps(made, indent=2))
@@ -208,7 +237,10 @@ def create(
 @keys_app.command("list")
 def list_keys(
     include_revoked: bool = typer.Option(False, "--all", help="Include revoked keys."),
-    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+    config: Path = CONFIG,
+    url: str = URL,
+    master_key: str = MASTER,
+    as_json: bool = AS_JSON,
 ) -> None:
     """List keys (never the keys themselves: only their ids, names, prefixes and limits)."""
     rows = _run(lambda: _backend(config, url, master_key).list(include_revoked))
@@ -223,16 +255,26 @@ def list_keys(
         budget = "-"
         if row.get("budget_usd") is not None:
             budget = f"${row['budget_usd']:g}/{_days(row.get('period_s'))}"
-        table.add_row(row["id"], row["name"], row["key_prefix"] + "…", row["status"],
-                      ",".join(row["models"]) if row.get("models") else "all", _dash(row.get("rpm")),
-                      _dash(row.get("tpm")), budget, f"${spend['spent_usd']:.4f}" if spend else "-")
+        table.add_row(
+            row["id"],
+            row["name"],
+            row["key_prefix"] + "…",
+            row["status"],
+            ",".join(row["models"]) if row.get("models") else "all",
+            _dash(row.get("rpm")),
+            _dash(row.get("tpm")),
+            budget,
+            f"${spend['spent_usd']:.4f}" if spend else "-",
+        )
     _out().print(table)
 
 
 @keys_app.command("revoke")
 def revoke(
     key_id: str = typer.Argument(..., help="The key's id (key_...), as `keys list` shows it."),
-    config: Path = CONFIG, url: str = URL, master_key: str = MASTER,
+    config: Path = CONFIG,
+    url: str = URL,
+    master_key: str = MASTER,
 ) -> None:
     """Revoke a key: every request with it gets a 401 from then on."""
     result = _run(lambda: _backend(config, url, master_key).revoke(key_id))
@@ -243,7 +285,10 @@ def revoke(
 def spend(
     by: str = typer.Option("model", "--by", help="Group by model, key, day or deployment."),
     since: str = typer.Option("7d", "--since", help="How far back: 7d, 24h, 30d, or all."),
-    config: Path = CONFIG, url: str = URL, master_key: str = MASTER, as_json: bool = AS_JSON,
+    config: Path = CONFIG,
+    url: str = URL,
+    master_key: str = MASTER,
+    as_json: bool = AS_JSON,
 ) -> None:
     """Spend report from the spend log: requests, errors, tokens and cost per group."""
     report = _run(lambda: _backend(config, url, master_key).spend(by, since))
@@ -255,8 +300,14 @@ def spend(
         table.add_column(column, justify="left" if column == by else "right")
     for row in report["data"]:
         label = f"{row['group']} ({row['name']})" if row.get("name") else row["group"]
-        table.add_row(label, str(row["requests"]), str(row["errors"]), f"{row['prompt_tokens']:,}",
-                      f"{row['completion_tokens']:,}", f"{row['cost_usd']:.6f}")
+        table.add_row(
+            label,
+            str(row["requests"]),
+            str(row["errors"]),
+            f"{row['prompt_tokens']:,}",
+            f"{row['completion_tokens']:,}",
+            f"{row['cost_usd']:.6f}",
+        )
     table.add_row("total", str(report["total_requests"]), "", "", "", f"{report['total_cost_usd']:.6f}")
     _out().print(table)
 

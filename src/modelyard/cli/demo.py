@@ -30,10 +30,17 @@ WEATHER_TOOL = {
 }
 ANSWER_SCHEMA = {
     "type": "json_schema",
-    "json_schema": {"name": "verdict", "schema": {
-        "type": "object", "required": ["label", "confidence"],
-        "properties": {"label": {"type": "string", "enum": ["positive", "negative"]},
-                       "confidence": {"type": "number"}}}},
+    "json_schema": {
+        "name": "verdict",
+        "schema": {
+            "type": "object",
+            "required": ["label", "confidence"],
+            "properties": {
+                "label": {"type": "string", "enum": ["positive", "negative"]},
+                "confidence": {"type": "number"},
+            },
+        },
+    },
 }
 
 
@@ -56,20 +63,41 @@ def demo_calls() -> list[Call]:
         Call("cost: strong model", "/v1/chat/completions", _chat("smart", "Prove it step by step.")),
         Call("priority: Anthropic wire", "/v1/chat/completions", _chat("premium", "Draft a product brief.")),
         Call("least-latency", "/v1/chat/completions", _chat("fast", "Capital of France?")),
-        Call("rules: coding, high", "/v1/chat/completions",
-             _chat("agent", "Design a rate limiter.", metadata={"task": "coding", "complexity": "high"})),
-        Call("rules: classification", "/v1/chat/completions",
-             _chat("agent", "Label: 'great product!'", metadata={"task": "classification"})),
-        Call("rules: search → fast", "/v1/chat/completions",
-             _chat("agent", "Find papers on routing.", metadata={"task": "search"})),
-        Call("streaming + usage", "/v1/chat/completions",
-             _chat("smart", "Tell a short story.", stream=True, stream_options={"include_usage": True})),
-        Call("tool call", "/v1/chat/completions",
-             _chat("premium", "What is the weather in Paris?", tools=[WEATHER_TOOL], tool_choice="required")),
-        Call("JSON schema output", "/v1/chat/completions",
-             _chat("fast", "Classify: 'I love it'", response_format=ANSWER_SCHEMA)),
-        Call("Anthropic Messages API in", "/v1/messages",
-             {"model": "smart", "max_tokens": 60, "messages": [{"role": "user", "content": "Hello, Claude-style"}]}),
+        Call(
+            "rules: coding, high",
+            "/v1/chat/completions",
+            _chat("agent", "Design a rate limiter.", metadata={"task": "coding", "complexity": "high"}),
+        ),
+        Call(
+            "rules: classification",
+            "/v1/chat/completions",
+            _chat("agent", "Label: 'great product!'", metadata={"task": "classification"}),
+        ),
+        Call(
+            "rules: search → fast",
+            "/v1/chat/completions",
+            _chat("agent", "Find papers on routing.", metadata={"task": "search"}),
+        ),
+        Call(
+            "streaming + usage",
+            "/v1/chat/completions",
+            _chat("smart", "Tell a short story.", stream=True, stream_options={"include_usage": True}),
+        ),
+        Call(
+            "tool call",
+            "/v1/chat/completions",
+            _chat("premium", "What is the weather in Paris?", tools=[WEATHER_TOOL], tool_choice="required"),
+        ),
+        Call(
+            "JSON schema output",
+            "/v1/chat/completions",
+            _chat("fast", "Classify: 'I love it'", response_format=ANSWER_SCHEMA),
+        ),
+        Call(
+            "Anthropic Messages API in",
+            "/v1/messages",
+            {"model": "smart", "max_tokens": 60, "messages": [{"role": "user", "content": "Hello, Claude-style"}]},
+        ),
         Call("embeddings", "/v1/embeddings", {"model": "embed", "input": ["routing", "orchestration"]}),
         Call("failover: primary down", "/v1/chat/completions", _chat("resilient", "Status report, please.")),
     ]
@@ -82,10 +110,15 @@ async def _send(session: aiohttp.ClientSession, base: str, call: Call) -> dict[s
         raw = await resp.read()
         elapsed = (time.perf_counter() - started) * 1000
         h = resp.headers
-        row = {"status": resp.status, "served": h.get("x-modelyard-model", "-"),
-               "provider": h.get("x-modelyard-provider", "-"),
-               "attempts": (h.get("x-modelyard-attempts") or "-").split(";")[0],
-               "latency": elapsed, "cost": h.get("x-modelyard-cost-usd"), "tokens": "-"}
+        row = {
+            "status": resp.status,
+            "served": h.get("x-modelyard-model", "-"),
+            "provider": h.get("x-modelyard-provider", "-"),
+            "attempts": (h.get("x-modelyard-attempts") or "-").split(";")[0],
+            "latency": elapsed,
+            "cost": h.get("x-modelyard-cost-usd"),
+            "tokens": "-",
+        }
     text = raw.decode("utf-8", "replace")
     if call.body.get("stream"):
         row["tokens"], row["cost"] = _stream_usage(text)
@@ -127,20 +160,43 @@ def run_demo(*, requests: int = 16, seed: int = 7) -> None:
     with SimServer(seed=seed) as sim:
         gateway = build_gateway(demo_config(sim.url))
         with BackgroundServer(gateway) as server:
-            console.print(f"simulated fleet at {sim.url}; gateway at {server.url} "
-                          f"({len(gateway.config.deployments)} deployments, {len(gateway.config.models)} models)")
+            console.print(
+                f"simulated fleet at {sim.url}; gateway at {server.url} "
+                f"({len(gateway.config.deployments)} deployments, {len(gateway.config.models)} models)"
+            )
             rows = asyncio.run(_run_calls(server.url, calls))
     table = Table(title="modelyard demo: who served what")
-    for column in ("#", "request", "model asked", "served by", "wire", "attempts", "latency ms",
-                   "tokens in/out", "cost $", "status"):
+    for column in (
+        "#",
+        "request",
+        "model asked",
+        "served by",
+        "wire",
+        "attempts",
+        "latency ms",
+        "tokens in/out",
+        "cost $",
+        "status",
+    ):
         table.add_column(column, justify="right" if column in ("#", "latency ms", "cost $") else "left")
     total = 0.0
     for i, (call, row) in enumerate(zip(calls, rows, strict=True), 1):
         cost = float(row["cost"]) if row.get("cost") not in (None, "None") else 0.0
         total += cost
-        table.add_row(str(i), call.label, str(call.body.get("model")), row["served"], row["provider"],
-                      row["attempts"], f"{row['latency']:.0f}", row["tokens"], f"{cost:.8f}",
-                      "ok" if row["status"] == 200 else f"{row['status']} {row.get('error', '')}")
+        table.add_row(
+            str(i),
+            call.label,
+            str(call.body.get("model")),
+            row["served"],
+            row["provider"],
+            row["attempts"],
+            f"{row['latency']:.0f}",
+            row["tokens"],
+            f"{cost:.8f}",
+            "ok" if row["status"] == 200 else f"{row['status']} {row.get('error', '')}",
+        )
     console.print(table)
-    console.print(f"{len(rows)} requests, total cost ${total:.6f}, "
-                  f"{sum(1 for r in rows if r['status'] == 200)} ok, in {time.perf_counter() - started:.1f}s")
+    console.print(
+        f"{len(rows)} requests, total cost ${total:.6f}, "
+        f"{sum(1 for r in rows if r['status'] == 200)} ok, in {time.perf_counter() - started:.1f}s"
+    )

@@ -32,8 +32,11 @@ _GROUPS: list[tuple[str, str | None]] = [
 
 
 def _setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
 
 
 def _fail(message: str) -> typer.Exit:
@@ -49,22 +52,35 @@ def version() -> None:
 
 @app.command()
 def serve(
-    config: Path = typer.Option(None, "--config", "-c", help="Config file (default: $MODELYARD_CONFIG or "
-                                "./modelyard.yaml)."),
+    config: Path = typer.Option(
+        None, "--config", "-c", help="Config file (default: $MODELYARD_CONFIG or ./modelyard.yaml)."
+    ),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(4000, help="Port to listen on."),
     workers: int = typer.Option(1, help="Worker processes (one per core is a good start)."),
     demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo config over a built-in simulator."),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
-    header_timeout: float = typer.Option(10.0, envvar="MODELYARD_HEADER_TIMEOUT_S", min=0.1,
-                                         help="Seconds a client has to send a request's headers (slowloris)."),
-    body_timeout: float = typer.Option(30.0, envvar="MODELYARD_BODY_TIMEOUT_S", min=0.1,
-                                       help="Seconds a client has to send a request's body, once its headers are in."),
-    keep_alive: int = typer.Option(5, envvar="MODELYARD_KEEP_ALIVE_S", min=1,
-                                     help="Seconds an idle kept-alive connection stays open."),
-    limit_concurrency: int = typer.Option(None, envvar="MODELYARD_LIMIT_CONCURRENCY", min=1,
-                                          help="Connections + requests per worker before new ones get a 503 "
-                                               "(default: unlimited)."),
+    header_timeout: float = typer.Option(
+        10.0,
+        envvar="MODELYARD_HEADER_TIMEOUT_S",
+        min=0.1,
+        help="Seconds a client has to send a request's headers (slowloris).",
+    ),
+    body_timeout: float = typer.Option(
+        30.0,
+        envvar="MODELYARD_BODY_TIMEOUT_S",
+        min=0.1,
+        help="Seconds a client has to send a request's body, once its headers are in.",
+    ),
+    keep_alive: int = typer.Option(
+        5, envvar="MODELYARD_KEEP_ALIVE_S", min=1, help="Seconds an idle kept-alive connection stays open."
+    ),
+    limit_concurrency: int = typer.Option(
+        None,
+        envvar="MODELYARD_LIMIT_CONCURRENCY",
+        min=1,
+        help="Connections + requests per worker before new ones get a 503 (default: unlimited).",
+    ),
 ) -> None:
     """Run the gateway (OpenAI API at /v1, Anthropic Messages API at /v1/messages)."""
     import uvicorn
@@ -92,12 +108,25 @@ def serve(
 
     GuardedHttpToolsProtocol.header_timeout_s = header_timeout
     GuardedHttpToolsProtocol.body_timeout_s = body_timeout
-    err.print(f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
-              f"from {path}; listening on http://{host}:{port}")
+    err.print(
+        f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
+        f"from {path}; listening on http://{host}:{port}"
+    )
     try:
-        uvicorn.run("modelyard.server.factory:app_from_env", factory=True, host=host, port=port, workers=workers,
-                    loop="uvloop", http=GuardedHttpToolsProtocol, log_level="warning", access_log=False,
-                    lifespan="on", timeout_keep_alive=keep_alive, limit_concurrency=limit_concurrency)
+        uvicorn.run(
+            "modelyard.server.factory:app_from_env",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            loop="uvloop",
+            http=GuardedHttpToolsProtocol,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_keep_alive=keep_alive,
+            limit_concurrency=limit_concurrency,
+        )
     finally:
         if sim is not None:
             sim.__exit__(None, None, None)
@@ -155,8 +184,12 @@ def check(config: Path = typer.Option(..., "--config", "-c", help="Config file t
     for column in ("model", "strategy", "candidates", "fallbacks"):
         grid.add_column(column)
     for name, group in table.groups.items():
-        grid.add_row(name, group.group.strategy, ", ".join(d.name for d in group.candidates),
-                     ", ".join(group.group.fallbacks) or "-")
+        grid.add_row(
+            name,
+            group.group.strategy,
+            ", ".join(d.name for d in group.candidates),
+            ", ".join(group.group.fallbacks) or "-",
+        )
     out.print(grid)
     out.print(f"{len(loaded.deployments)} deployments, {len(loaded.models)} models")
 
@@ -177,8 +210,18 @@ def route(
     """Show where a request would go (no model is called)."""
     from modelyard.cli.route import explain_route
 
-    explain_route(config, model, prompt, max_tokens=max_tokens, task=task, complexity=complexity,
-                  strategy=strategy, tools=tools, explain=explain, as_json=as_json)
+    explain_route(
+        config,
+        model,
+        prompt,
+        max_tokens=max_tokens,
+        task=task,
+        complexity=complexity,
+        strategy=strategy,
+        tools=tools,
+        explain=explain,
+        as_json=as_json,
+    )
 
 
 def _register_groups() -> None:

@@ -53,8 +53,17 @@ def replay(
     single = baselines(labelled)
     top = premium(single)
     if as_json:
-        typer.echo(json.dumps({"prompts": len(labelled), "policies": [r.as_dict() for r in results],
-                               "models": [r.as_dict() for r in single], "premium": top.name}, indent=2))
+        typer.echo(
+            json.dumps(
+                {
+                    "prompts": len(labelled),
+                    "policies": [r.as_dict() for r in results],
+                    "models": [r.as_dict() for r in single],
+                    "premium": top.name,
+                },
+                indent=2,
+            )
+        )
         return
     _print(results, single, top, len(labelled))
 
@@ -62,21 +71,40 @@ def replay(
 def _print(results: list[PolicyResult], single: list[PolicyResult], top: PolicyResult, prompts: int) -> None:
     console = Console()
     grid = Table(title=f"replay of {prompts} prompts (recorded answers stand in for the calls)")
-    for column in ("policy", "strategy", "routed", "total cost $", "per 1000 tasks $", "mean quality", "accuracy",
-                   "traffic"):
+    for column in (
+        "policy",
+        "strategy",
+        "routed",
+        "total cost $",
+        "per 1000 tasks $",
+        "mean quality",
+        "accuracy",
+        "traffic",
+    ):
         grid.add_column(column, justify="left" if column in ("policy", "strategy", "traffic") else "right")
     for r in [*results, *single]:
-        shares = ", ".join(f"{m} {100 * n / max(1, r.routed):.0f}%"
-                           for m, n in sorted(r.shares.items(), key=lambda kv: -kv[1])[:3])
+        shares = ", ".join(
+            f"{m} {100 * n / max(1, r.routed):.0f}%" for m, n in sorted(r.shares.items(), key=lambda kv: -kv[1])[:3]
+        )
         lost = ", ".join(f"{n} {what}" for n, what in ((r.refused, "refused"), (r.unlabelled, "unlabelled")) if n)
         routed = f"{r.routed}" + (f" ({lost})" if lost else "")
-        grid.add_row(r.name, r.strategy, routed, f"{r.total_cost:.4f}", f"{r.cost_per():.4f}",
-                     f"{r.mean_quality:.3f}", f"{r.accuracy:.1%}", shares,
-                     style="dim" if r.strategy == "single model" else "")
+        grid.add_row(
+            r.name,
+            r.strategy,
+            routed,
+            f"{r.total_cost:.4f}",
+            f"{r.cost_per():.4f}",
+            f"{r.mean_quality:.3f}",
+            f"{r.accuracy:.1%}",
+            shares,
+            style="dim" if r.strategy == "single model" else "",
+        )
     console.print(grid)
     for r in results:
         if r.routed:
             saved = 1 - r.cost_per() / top.cost_per() if top.cost_per() else 0.0
-            console.print(f"cost per 1000 tasks: all-premium ({top.name}) ${top.cost_per():.4f} "
-                          f"vs {r.name} ${r.cost_per():.4f} ({saved:.0%} less); quality {top.mean_quality:.3f} "
-                          f"vs {r.mean_quality:.3f}")
+            console.print(
+                f"cost per 1000 tasks: all-premium ({top.name}) ${top.cost_per():.4f} "
+                f"vs {r.name} ${r.cost_per():.4f} ({saved:.0%} less); quality {top.mean_quality:.3f} "
+                f"vs {r.mean_quality:.3f}"
+            )

@@ -18,9 +18,19 @@ from modelyard.schema.chat import ChatRequest, FunctionDef, FunctionTool, UserMe
 from modelyard.schema.errors import GatewayError
 
 
-def explain_route(config_path: Path, model: str, prompt: str, *, max_tokens: int | None, task: str | None,
-                  complexity: str | None, strategy: str | None, tools: bool, explain: bool,
-                  as_json: bool) -> dict[str, Any]:
+def explain_route(
+    config_path: Path,
+    model: str,
+    prompt: str,
+    *,
+    max_tokens: int | None,
+    task: str | None,
+    complexity: str | None,
+    strategy: str | None,
+    tools: bool,
+    explain: bool,
+    as_json: bool,
+) -> dict[str, Any]:
     console = Console()
     try:
         router = Router(load_config(config_path))
@@ -46,8 +56,10 @@ def explain_route(config_path: Path, model: str, prompt: str, *, max_tokens: int
         typer.echo(json.dumps(result, indent=2))
         return result
     rule = f", rule: {result['rule']}" if result["rule"] else ""
-    console.print(f"model [bold]{model}[/] → strategy [bold]{result['strategy']}[/]{rule}; "
-                  f"prompt ≈ {features.prompt_tokens} tokens")
+    console.print(
+        f"model [bold]{model}[/] → strategy [bold]{result['strategy']}[/]{rule}; "
+        f"prompt ≈ {features.prompt_tokens} tokens"
+    )
     chosen = plan.order[0].name if plan.order else None
     console.print(f"chosen: [bold green]{chosen or 'none'}[/]")
     if explain:

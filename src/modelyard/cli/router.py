@@ -27,9 +27,7 @@ if TYPE_CHECKING:  # numpy and the routing modules load inside the commands: `mo
     from modelyard.routing import datasets as ds
     from modelyard.routing import evaluation as ev
 
-app = typer.Typer(
-    help="Train and evaluate the learned quality router.", no_args_is_help=True, add_completion=False
-)
+app = typer.Typer(help="Train and evaluate the learned quality router.", no_args_is_help=True, add_completion=False)
 out = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped to a file
 err = Console(stderr=True)
 
@@ -127,8 +125,17 @@ def train(
     kinds = _kinds(kind)
     emb = _embed(labelled.prompts, max_tokens)
     with out.status("training"):
-        result = train_router(labelled.prompts, emb, labelled.scores, labelled.costs, labelled.models,
-                              kinds=kinds, folds=folds, target=target, max_tokens=max_tokens)
+        result = train_router(
+            labelled.prompts,
+            emb,
+            labelled.scores,
+            labelled.costs,
+            labelled.models,
+            kinds=kinds,
+            folds=folds,
+            target=target,
+            max_tokens=max_tokens,
+        )
     result.router.card.update({"data": data.name, "split": split, "task": task})
     path = result.router.save(out_path)
     table = Table("head", "param", f"cross-fitted score ({folds} folds)")
@@ -136,12 +143,16 @@ def train(
         table.add_row(c.kind, f"{c.param:g}", f"{c.score:.4f}")
     out.print(table)
     for cal in result.router.calibration:
-        out.print(f"calibrated {cal['mode']} = {cal['knob']:.4g} for {len(cal['models'])} models: "
-                  f"quality {cal['quality']:.4f} of best {cal['best_quality']:.4f} at "
-                  f"{cal['cost'] / cal['best_cost']:.1%} of its cost")
+        out.print(
+            f"calibrated {cal['mode']} = {cal['knob']:.4g} for {len(cal['models'])} models: "
+            f"quality {cal['quality']:.4f} of best {cal['best_quality']:.4f} at "
+            f"{cal['cost'] / cal['best_cost']:.1%} of its cost"
+        )
     params = ", ".join(f"{v:g}" for v in result.router.card["params"])
-    out.print(f"kept {result.router.card['head']} ({params}); "
-              f"trained in {result.seconds:.1f}s; saved {path} ({path.stat().st_size / 1e6:.2f} MB)")
+    out.print(
+        f"kept {result.router.card['head']} ({params}); "
+        f"trained in {result.seconds:.1f}s; saved {path} ({path.stat().st_size / 1e6:.2f} MB)"
+    )
 
 
 def _pair_table(rep: ev.PairReport, title: str) -> Table:
@@ -163,20 +174,31 @@ def _many_tables(rep: ev.ManyReport, target: float) -> list[Table]:
         name = rep.models[int(p.knob)]
         singles.add_row(name, f"{p.quality:.4f}", f"{p.accuracy:.1%}", f"{p.cost * 1000:.4f}")
     o = rep.oracle
-    singles.add_row("oracle (best per prompt)", f"{o.quality:.4f}", f"{o.accuracy:.1%}",
-                    f"{o.cost * 1000:.4f}")
-    curve = Table("policy", "hull area (AIQ)", "quality at best model's cost",
-                  f"cost for {target:.0%} of best", f"knob for {target:.0%}",
-                  "quality / cost vs best / accuracy / decision acc.", title="learned router")
+    singles.add_row("oracle (best per prompt)", f"{o.quality:.4f}", f"{o.accuracy:.1%}", f"{o.cost * 1000:.4f}")
+    curve = Table(
+        "policy",
+        "hull area (AIQ)",
+        "quality at best model's cost",
+        f"cost for {target:.0%} of best",
+        f"knob for {target:.0%}",
+        "quality / cost vs best / accuracy / decision acc.",
+        title="learned router",
+    )
     curve.add_row("random mixing", f"{rep.random_hull_area:.4f}", f"{best.quality:.4f}", "", "", "")
     for mode, area in rep.hull_area.items():
         cal, c95 = rep.calibrated[mode], rep.cost_for_95[mode]
-        at = "" if cal is None else (f"{cal.quality:.4f} / {cal.cost / best.cost:.1%} / {cal.accuracy:.1%} / "
-                                     f"{cal.decision_accuracy:.1%}")
+        at = (
+            ""
+            if cal is None
+            else (f"{cal.quality:.4f} / {cal.cost / best.cost:.1%} / {cal.accuracy:.1%} / {cal.decision_accuracy:.1%}")
+        )
         curve.add_row(
-            mode, f"{area:.4f}", f"{rep.quality_at_best_cost[mode]:.4f}",
+            mode,
+            f"{area:.4f}",
+            f"{rep.quality_at_best_cost[mode]:.4f}",
             "never" if np.isnan(c95) else f"{c95 / best.cost:.1%} of {rep.best_model}",
-            "none" if cal is None else f"{cal.knob:.4g}", at,
+            "none" if cal is None else f"{cal.knob:.4g}",
+            at,
         )
     return [singles, curve]
 
@@ -261,15 +283,23 @@ def crossval(
         for f in range(folds):
             train_rows = np.flatnonzero(fold != f)
             part = labelled.take(train_rows)
-            router = train_router(part.prompts, emb[train_rows], part.scores, part.costs, part.models,
-                                  kinds=_kinds(kind), max_tokens=max_tokens).router
+            router = train_router(
+                part.prompts,
+                emb[train_rows],
+                part.scores,
+                part.costs,
+                part.models,
+                kinds=_kinds(kind),
+                max_tokens=max_tokens,
+            ).router
             test_rows = np.flatnonzero(fold == f)
             prompts = [labelled.prompts[i] for i in test_rows]
             pred[test_rows] = router.predict_embedded(emb[test_rows], prompts)
     report = _report(pred, labelled, target)
     if len(labelled.models) == 2:
-        per_fold = [_report(pred[fold == f], labelled.take(fold == f), target)["json"]["pair"]["all"]
-                    for f in range(folds)]
+        per_fold = [
+            _report(pred[fold == f], labelled.take(fold == f), target)["json"]["pair"]["all"] for f in range(folds)
+        ]
         t = Table("metric", "mean", "sd", title=f"{folds}-fold held-out, per fold ({len(labelled)} prompts)")
         for key in ("apgr", "apgr_exact", "cpt50", "cpt80"):
             vals = [p[key] for p in per_fold]
@@ -282,9 +312,7 @@ def crossval(
         json_out.write_text(json.dumps(report["json"], indent=2, default=float))
 
 
-def _own_point(
-    point: dict[str, Any] | None, pred: np.ndarray[Any, Any], labelled: ds.LabelledSet
-) -> dict[str, Any]:
+def _own_point(point: dict[str, Any] | None, pred: np.ndarray[Any, Any], labelled: ds.LabelledSet) -> dict[str, Any]:
     """What the knob calibrated at training time (stored in the artifact) does on this data."""
     import numpy as np
 
@@ -296,12 +324,21 @@ def _own_point(
     got = ev.outcome(ev.choose_batch(pred, labelled.costs, **kw), labelled.scores, labelled.costs)
     best = int(np.argmax(labelled.scores.mean(0)))
     q_best, c_best = float(labelled.scores[:, best].mean()), float(labelled.costs[:, best].mean())
-    text = (f"the artifact's own {point['mode']} = {point['knob']:.4g} (calibrated on its training data for "
-            f"{point['target']:.0%}): quality {got.quality:.4f} ({got.quality / q_best:.1%} of the best) "
-            f"at {got.cost / c_best:.1%} of its cost, accuracy {got.accuracy:.1%}")
-    return {"text": text, "mode": point["mode"], "knob": point["knob"], "quality": got.quality,
-            "quality_vs_best": got.quality / q_best, "cost_vs_best": got.cost / c_best,
-            "accuracy": got.accuracy, "decision_accuracy": got.decision_accuracy}
+    text = (
+        f"the artifact's own {point['mode']} = {point['knob']:.4g} (calibrated on its training data for "
+        f"{point['target']:.0%}): quality {got.quality:.4f} ({got.quality / q_best:.1%} of the best) "
+        f"at {got.cost / c_best:.1%} of its cost, accuracy {got.accuracy:.1%}"
+    )
+    return {
+        "text": text,
+        "mode": point["mode"],
+        "knob": point["knob"],
+        "quality": got.quality,
+        "quality_vs_best": got.quality / q_best,
+        "cost_vs_best": got.cost / c_best,
+        "accuracy": got.accuracy,
+        "decision_accuracy": got.decision_accuracy,
+    }
 
 
 def _report(pred: np.ndarray[Any, Any], labelled: ds.LabelledSet, target: float) -> dict[str, Any]:
@@ -349,8 +386,13 @@ def plot_curve(rep: ev.ManyReport, path: Path, title: str) -> None:
     ax.plot(sc * 1000, sq, ":", color="grey", lw=1.5, label=label)
     for p in rep.single:
         ax.scatter(p.cost * 1000, p.quality, color="black", s=18, zorder=3)
-        ax.annotate(rep.models[int(p.knob)].split("/")[-1], (p.cost * 1000, p.quality), fontsize=7,
-                    xytext=(4, -3), textcoords="offset points")
+        ax.annotate(
+            rep.models[int(p.knob)].split("/")[-1],
+            (p.cost * 1000, p.quality),
+            fontsize=7,
+            xytext=(4, -3),
+            textcoords="offset points",
+        )
     o = rep.oracle
     ax.scatter(o.cost * 1000, o.quality, marker="*", s=80, color="tab:green", label="oracle", zorder=3)
     best = max(p.quality for p in rep.single)

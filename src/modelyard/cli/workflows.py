@@ -50,21 +50,13 @@ StoreOption = Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)]
 BackendOption = Annotated[
     str | None, typer.Option("--backend", envvar="MODELYARD_WORKFLOW_BACKEND", help=_BACKEND_HELP)
 ]
-ConfigOption = Annotated[
-    str | None, typer.Option("--config", "-c", help="Gateway config for the in-process router.")
-]
+ConfigOption = Annotated[str | None, typer.Option("--config", "-c", help="Gateway config for the in-process router.")]
 GatewayOption = Annotated[
     str | None, typer.Option("--gateway-url", help="Use a running modelyard gateway instead of in-process.")
 ]
-InputOption = Annotated[
-    list[str] | None, typer.Option("--input", "-i", help="An input as key=value (repeatable).")
-]
-InputsFileOption = Annotated[
-    Path | None, typer.Option("--inputs-file", help="Inputs as a JSON or YAML mapping.")
-]
-JsonOption = Annotated[
-    str | None, typer.Option("--json", help="Write the whole result as JSON to PATH ('-': stdout).")
-]
+InputOption = Annotated[list[str] | None, typer.Option("--input", "-i", help="An input as key=value (repeatable).")]
+InputsFileOption = Annotated[Path | None, typer.Option("--inputs-file", help="Inputs as a JSON or YAML mapping.")]
+JsonOption = Annotated[str | None, typer.Option("--json", help="Write the whole result as JSON to PATH ('-': stdout).")]
 WorkflowArgument = Annotated[Path | None, typer.Argument(help="The workflow YAML (optional with --resume).")]
 ResumeOption = Annotated[str | None, typer.Option("--resume", help="Continue the run RUN_ID from the store.")]
 RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Id for a new run (default: generated).")]

@@ -61,9 +61,7 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     return config
 
 
-def load_yaml_with_marks(
-    text: str, *, source: str = "<yaml>", env: dict[str, str] | None = None
-) -> tuple[Any, Marks]:
+def load_yaml_with_marks(text: str, *, source: str = "<yaml>", env: dict[str, str] | None = None) -> tuple[Any, Marks]:
     """Parse YAML into plain data plus a map from key path to 1-based line number."""
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -100,11 +98,14 @@ def _build(b: _Builder, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
         for key_node, value_node in node.value:
             key = key_node.value
             if key in out:
-                raise ConfigError(f"duplicate key {key!r}", source=source, line=key_node.start_mark.line + 1,
-                                  key=format_path((*path, key)))
+                raise ConfigError(
+                    f"duplicate key {key!r}",
+                    source=source,
+                    line=key_node.start_mark.line + 1,
+                    key=format_path((*path, key)),
+                )
             if key == "<<":
-                raise ConfigError("YAML merge keys are not supported", source=source,
-                                  line=key_node.start_mark.line + 1)
+                raise ConfigError("YAML merge keys are not supported", source=source, line=key_node.start_mark.line + 1)
             out[key] = _build(b, value_node, (*path, key))
         return out
     if isinstance(node, yaml.SequenceNode):
@@ -123,8 +124,12 @@ def _interpolate(value: str, env: dict[str, str], source: str, line: int, path: 
             return env[name]
         if default is not None:
             return default
-        raise ConfigError(f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
-                          source=source, line=line, key=format_path(path))
+        raise ConfigError(
+            f"environment variable {name} is not set (write ${{{name}:-default}} for a default)",
+            source=source,
+            line=line,
+            key=format_path(path),
+        )
 
     return _INTERPOLATION.sub(replace, value)
 
@@ -178,22 +183,34 @@ def check_references(config: Config, marks: Marks) -> None:
     seen: dict[str, int] = {}
     for i, dep in enumerate(config.deployments):
         if dep.name in seen:
-            raise ConfigError(f"duplicate deployment name {dep.name!r} (also deployments[{seen[dep.name]}])",
-                              source=config.source, line=line_for(("deployments", i, "name"), marks),
-                              key=f"deployments[{i}].name")
+            raise ConfigError(
+                f"duplicate deployment name {dep.name!r} (also deployments[{seen[dep.name]}])",
+                source=config.source,
+                line=line_for(("deployments", i, "name"), marks),
+                key=f"deployments[{i}].name",
+            )
         seen[dep.name] = i
     for model_name, group in config.models.items():
         if not group.candidates:
-            raise ConfigError("a model needs at least one candidate", source=config.source,
-                              line=line_for(("models", model_name), marks), key=f"models.{model_name}.candidates")
+            raise ConfigError(
+                "a model needs at least one candidate",
+                source=config.source,
+                line=line_for(("models", model_name), marks),
+                key=f"models.{model_name}.candidates",
+            )
         for j, candidate in enumerate(group.candidates):
             if candidate not in seen:
-                raise ConfigError(f"unknown deployment {candidate!r}", source=config.source,
-                                  line=line_for(("models", model_name, "candidates", j), marks),
-                                  key=f"models.{model_name}.candidates[{j}]")
+                raise ConfigError(
+                    f"unknown deployment {candidate!r}",
+                    source=config.source,
+                    line=line_for(("models", model_name, "candidates", j), marks),
+                    key=f"models.{model_name}.candidates[{j}]",
+                )
         for j, fallback in enumerate(group.fallbacks):
             if fallback not in config.models and fallback not in seen:
-                raise ConfigError(f"unknown fallback {fallback!r} (not a model or a deployment)",
-                                  source=config.source,
-                                  line=line_for(("models", model_name, "fallbacks", j), marks),
-                                  key=f"models.{model_name}.fallbacks[{j}]")
+                raise ConfigError(
+                    f"unknown fallback {fallback!r} (not a model or a deployment)",
+                    source=config.source,
+                    line=line_for(("models", model_name, "fallbacks", j), marks),
+                    key=f"models.{model_name}.fallbacks[{j}]",
+                )

@@ -103,7 +103,12 @@ _JSON_SCHEMA_INSTRUCTION = (
 )
 
 _EFFORTS = {
-    "minimal": "low", "low": "low", "medium": "medium", "high": "high", "xhigh": "xhigh", "max": "max",
+    "minimal": "low",
+    "low": "low",
+    "medium": "medium",
+    "high": "high",
+    "xhigh": "xhigh",
+    "max": "max",
 }
 
 #: Anthropic-native fields a caller may send as OpenAI extra body; forwarded as given.
@@ -200,8 +205,10 @@ def _tool_use_blocks(msg: AssistantMessage, param: str) -> list[dict[str, Any]]:
         except (msgspec.DecodeError, UnicodeDecodeError):
             args = None
         if not isinstance(args, dict):
-            raise _fail("tool call arguments must be a JSON object for Anthropic deployments",
-                        f"{param}.tool_calls[{j}].function.arguments")
+            raise _fail(
+                "tool call arguments must be a JSON object for Anthropic deployments",
+                f"{param}.tool_calls[{j}].function.arguments",
+            )
         blocks.append({"type": "tool_use", "id": call.id, "name": call.function.name, "input": args})
     return blocks
 
@@ -211,7 +218,7 @@ def _tool_result_block(msg: ToolMessage, param: str) -> dict[str, Any]:
     if isinstance(msg.content, str):
         text = msg.content
         if text.startswith(TOOL_ERROR_MARKER):
-            text = text[len(TOOL_ERROR_MARKER):]
+            text = text[len(TOOL_ERROR_MARKER) :]
             block["is_error"] = True
         if text:
             block["content"] = text
@@ -344,8 +351,9 @@ def _apply_tools(body: dict[str, Any], req: ChatRequest, dep: Deployment) -> Non
         body["tool_choice"] = choice
 
 
-def _apply_response_format(body: dict[str, Any], system: list[dict[str, Any]], req: ChatRequest,
-                           dep: Deployment) -> None:
+def _apply_response_format(
+    body: dict[str, Any], system: list[dict[str, Any]], req: ChatRequest, dep: Deployment
+) -> None:
     fmt = req.response_format
     if isinstance(fmt, ResponseFormatJsonSchema):
         schema = fmt.json_schema.schema or {"type": "object"}
@@ -363,8 +371,7 @@ def _sampling_allowed(dep: Deployment, version: str) -> bool:
     return version < _NO_SAMPLING_VERSION and dep.options.get("sampling", True) is not False
 
 
-def _apply_sampling(body: dict[str, Any], req: ChatRequest, raw: dict[str, Any], dep: Deployment,
-                    version: str) -> None:
+def _apply_sampling(body: dict[str, Any], req: ChatRequest, raw: dict[str, Any], dep: Deployment, version: str) -> None:
     """Sampling fields where the API version and model take them, and Anthropic-native extra-body fields."""
     for key in _NATIVE_EXTRAS:
         if key in raw:
@@ -471,11 +478,13 @@ def _message_from_blocks(content: list[Any]) -> dict[str, Any]:
             thinking.append(str(block.get("thinking") or ""))
         elif kind == "tool_use":
             arguments = _encode(block.get("input") or {}).decode()
-            calls.append({
-                "id": block.get("id") or new_id("toolu_"),
-                "type": "function",
-                "function": {"name": block.get("name", ""), "arguments": arguments},
-            })
+            calls.append(
+                {
+                    "id": block.get("id") or new_id("toolu_"),
+                    "type": "function",
+                    "function": {"name": block.get("name", ""), "arguments": arguments},
+                }
+            )
         # server_tool_use, *_tool_result and redacted_thinking ran at Anthropic: nothing for the client.
     text = "".join(texts) if texts else None
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
@@ -553,8 +562,12 @@ def error_from_event(data: dict[str, Any], after_first_byte: bool) -> ProviderEr
         err = {}
     err_type = str(err.get("type") or "")
     message = _scrub(str(err.get("message") or "error event in stream"))
-    return upstream_error(classify(0, err_type, message), f"provider stream error ({err_type or 'unknown'})",
-                          message, after_first_byte=after_first_byte)
+    return upstream_error(
+        classify(0, err_type, message),
+        f"provider stream error ({err_type or 'unknown'})",
+        message,
+        after_first_byte=after_first_byte,
+    )
 
 
 def _no_embeddings(dep: Deployment) -> GatewayError:
@@ -593,8 +606,9 @@ class AnthropicAdapter:
         kind = classify(status, err_type, message)
         text = message or f"HTTP {status}"
         label = f" {err_type}" if err_type else ""
-        return upstream_error(kind, f"provider answered {status}{label}", text, status=status,
-                              retry_after=parse_retry_after(headers))
+        return upstream_error(
+            kind, f"provider answered {status}{label}", text, status=status, retry_after=parse_retry_after(headers)
+        )
 
     def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
         raise _no_embeddings(dep)
@@ -629,11 +643,13 @@ class AnthropicStreamTranslator:
         try:
             data = _decode(event.data)
         except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not JSON)",
-                                after_first_byte=self._emitted) from None
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
+            ) from None
         if not isinstance(data, dict):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)",
-                                after_first_byte=self._emitted)
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
+            )
         kind = data.get("type") or event.event
         if kind == "content_block_delta":  # the hot path first
             return self._on_delta(data)
@@ -651,15 +667,12 @@ class AnthropicStreamTranslator:
 
     def finish(self) -> list[dict[str, Any]]:
         if not self._done:
-            raise ProviderError(ErrorKind.CONNECTION, "stream ended before message_stop",
-                                after_first_byte=True)
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before message_stop", after_first_byte=True)
         return []
 
     # ------------------------------------------------------------------ events
 
-    def _chunk(
-        self, delta: dict[str, Any], finish: str | None = None, *, content: bool = True
-    ) -> dict[str, Any]:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, *, content: bool = True) -> dict[str, Any]:
         self._emitted = self._emitted or content
         return {
             "id": self.stamp.id,

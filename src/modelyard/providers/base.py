@@ -158,8 +158,15 @@ def mentions_context_length(text: str) -> bool:
     return any(marker in lowered for marker in _CONTEXT_MARKERS)
 
 
-def upstream_error(kind: ErrorKind, where: str, text: str, *, status: int | None = None,
-                   retry_after: float | None = None, after_first_byte: bool = False) -> ProviderError:
+def upstream_error(
+    kind: ErrorKind,
+    where: str,
+    text: str,
+    *,
+    status: int | None = None,
+    retry_after: float | None = None,
+    after_first_byte: bool = False,
+) -> ProviderError:
     """A ProviderError carrying a provider's own error text (`where`: e.g. "provider answered 400").
 
     The text is masked (ProviderError does that); a client sees it only when it can act on it (a bad
@@ -168,8 +175,9 @@ def upstream_error(kind: ErrorKind, where: str, text: str, *, status: int | None
     """
     detail = f"{where}: {text}"
     message = detail if kind in CLIENT_ACTIONABLE else f"{where}: {GENERIC_MESSAGES.get(kind, 'provider error')}"
-    return ProviderError(kind, message, status=status, retry_after=retry_after, after_first_byte=after_first_byte,
-                         detail=detail)
+    return ProviderError(
+        kind, message, status=status, retry_after=retry_after, after_first_byte=after_first_byte, detail=detail
+    )
 
 
 def redact(text: str, *secrets: str | None) -> str:

@@ -77,36 +77,76 @@ _CALL_PREFIX = "call_"
 _SIGNATURE_MARK = "_ts_"
 _HEX = frozenset("0123456789abcdef")
 
-_FILTERED = frozenset({
-    "SAFETY", "RECITATION", "BLOCKLIST", "PROHIBITED_CONTENT", "SPII", "IMAGE_SAFETY",
-    "IMAGE_PROHIBITED_CONTENT", "IMAGE_RECITATION", "MODEL_ARMOR", "ESCALATION", "PUP_LIMITED_DISABLED",
-})
+_FILTERED = frozenset(
+    {
+        "SAFETY",
+        "RECITATION",
+        "BLOCKLIST",
+        "PROHIBITED_CONTENT",
+        "SPII",
+        "IMAGE_SAFETY",
+        "IMAGE_PROHIBITED_CONTENT",
+        "IMAGE_RECITATION",
+        "MODEL_ARMOR",
+        "ESCALATION",
+        "PUP_LIMITED_DISABLED",
+    }
+)
 _LENGTH = frozenset({"MAX_TOKENS", "CONTINUATION"})
 #: The model produced something that cannot be handed to a client: retry rather than answer empty.
 _UNUSABLE = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MALFORMED_RESPONSE"})
 
 _MIME_BY_EXTENSION = {
-    "png": "image/png", "jpg": "image/jpeg", "jpeg": "image/jpeg", "webp": "image/webp", "gif": "image/gif",
-    "heic": "image/heic", "heif": "image/heif", "bmp": "image/bmp", "pdf": "application/pdf",
-    "txt": "text/plain", "md": "text/markdown", "csv": "text/csv", "html": "text/html",
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "gif": "image/gif",
+    "heic": "image/heic",
+    "heif": "image/heif",
+    "bmp": "image/bmp",
+    "pdf": "application/pdf",
+    "txt": "text/plain",
+    "md": "text/markdown",
+    "csv": "text/csv",
+    "html": "text/html",
     "json": "application/json",
-    "wav": "audio/wav", "mp3": "audio/mp3", "aac": "audio/aac", "ogg": "audio/ogg", "flac": "audio/flac",
-    "aiff": "audio/aiff", "mp4": "video/mp4", "mov": "video/mov", "webm": "video/webm", "mpeg": "video/mpeg",
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "aac": "audio/aac",
+    "ogg": "audio/ogg",
+    "flac": "audio/flac",
+    "aiff": "audio/aiff",
+    "mp4": "video/mp4",
+    "mov": "video/mov",
+    "webm": "video/webm",
+    "mpeg": "video/mpeg",
 }
-_AUDIO_MIME = {"wav": "audio/wav", "mp3": "audio/mp3", "flac": "audio/flac", "aac": "audio/aac",
-               "ogg": "audio/ogg", "aiff": "audio/aiff", "pcm16": "audio/pcm", "opus": "audio/ogg"}
+_AUDIO_MIME = {
+    "wav": "audio/wav",
+    "mp3": "audio/mp3",
+    "flac": "audio/flac",
+    "aac": "audio/aac",
+    "ogg": "audio/ogg",
+    "aiff": "audio/aiff",
+    "pcm16": "audio/pcm",
+    "opus": "audio/ogg",
+}
 
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
 _KIND_BY_GRPC = {
-    "UNAVAILABLE": ErrorKind.OVERLOADED, "DEADLINE_EXCEEDED": ErrorKind.TIMEOUT, "INTERNAL": ErrorKind.SERVER,
-    "UNKNOWN": ErrorKind.SERVER, "CANCELLED": ErrorKind.CONNECTION, "INVALID_ARGUMENT": ErrorKind.BAD_REQUEST,
+    "UNAVAILABLE": ErrorKind.OVERLOADED,
+    "DEADLINE_EXCEEDED": ErrorKind.TIMEOUT,
+    "INTERNAL": ErrorKind.SERVER,
+    "UNKNOWN": ErrorKind.SERVER,
+    "CANCELLED": ErrorKind.CONNECTION,
+    "INVALID_ARGUMENT": ErrorKind.BAD_REQUEST,
     "NOT_FOUND": ErrorKind.BAD_REQUEST,
 }
 
 #: reasoning_effort → Gemini 3 `thinkingLevel`: every Gemini 3 model takes "low" and "high", not all take
 #: the others, so those two are the portable choice.
-_THINKING_LEVEL = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high",
-                   "xhigh": "high"}
+_THINKING_LEVEL = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "high"}
 #: reasoning_effort → Gemini 2.x `thinkingBudget` (tokens), the values Google's OpenAI layer documents.
 _THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "high": 24576, "xhigh": 24576}
 
@@ -136,8 +176,7 @@ class GeminiAdapter:
             if dep.options.get("task_type"):
                 entry["taskType"] = dep.options["task_type"]
             entries.append(entry)
-        return HttpCall("POST", f"{_model_url(dep)}:batchEmbedContents", _headers(dep),
-                        _encode({"requests": entries}))
+        return HttpCall("POST", f"{_model_url(dep)}:batchEmbedContents", _headers(dep), _encode({"requests": entries}))
 
     # ------------------------------------------------------------------ answers
 
@@ -179,8 +218,12 @@ class GeminiAdapter:
             items.append({"object": "embedding", "index": index, "embedding": embedding})
         reported = (data.get("usageMetadata") or {}).get("promptTokenCount")
         prompt = int(reported) if reported else sum(len(text) // 4 for text in _embedding_texts(req))
-        out = {"object": "list", "data": items, "model": dep.model,
-               "usage": {"prompt_tokens": prompt, "total_tokens": prompt}}
+        out = {
+            "object": "list",
+            "data": items,
+            "model": dep.model,
+            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+        }
         return Completion(out, Usage(prompt=prompt), dep.model)
 
     def stream_translator(self, dep: Deployment, req: ChatRequest) -> GeminiStreamTranslator:
@@ -190,8 +233,7 @@ class GeminiAdapter:
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         err = _error_object(body)
-        kind = classify(status, str(err.get("status") or ""), str(err.get("message") or ""),
-                        err.get("details"))
+        kind = classify(status, str(err.get("status") or ""), str(err.get("message") or ""), err.get("details"))
         text = str(err.get("message") or "").strip() or f"HTTP {status}"
         retry_after = retry_delay(err.get("details"))
         if retry_after is None:
@@ -328,15 +370,13 @@ def _file_part(part: FilePart, param: str) -> dict[str, Any]:
             mime, data = _data_url(ref.file_data, param)
             return {"inlineData": {"mimeType": mime, "data": data}}
         if guessed is None:
-            raise bad_request("file_data without a data: URL needs a filename with a known extension",
-                              param=param)
+            raise bad_request("file_data without a data: URL needs a filename with a known extension", param=param)
         return {"inlineData": {"mimeType": guessed, "data": ref.file_data}}
     file_id = ref.file_id or ""
     if file_id.startswith(("https://", "files/")):  # a Gemini Files API upload
         uri = file_id if file_id.startswith("https://") else f"{DEFAULT_BASE}/{DEFAULT_API_VERSION}/{file_id}"
         return {"fileData": {"mimeType": guessed or "application/pdf", "fileUri": uri}}
-    raise bad_request("Gemini cannot read this file: send file_data (base64) or a Gemini Files API URI",
-                      param=param)
+    raise bad_request("Gemini cannot read this file: send file_data (base64) or a Gemini Files API URI", param=param)
 
 
 def _data_url(url: str, param: str) -> tuple[str, str]:
@@ -362,8 +402,9 @@ def _assistant_parts(
     calls: list[dict[str, Any]] = []
     for j, call in enumerate(msg.tool_calls or []):
         names[call.id] = call.function.name
-        part: dict[str, Any] = {"functionCall": {"name": call.function.name,
-                                                 "args": _arguments(call.function.arguments, where, j)}}
+        part: dict[str, Any] = {
+            "functionCall": {"name": call.function.name, "args": _arguments(call.function.arguments, where, j)}
+        }
         signature = signature_from_id(call.id) if signatures else None
         if signature:
             part["thoughtSignature"] = signature
@@ -381,16 +422,20 @@ def _arguments(arguments: str, where: str, j: int) -> dict[str, Any]:
     except (msgspec.DecodeError, UnicodeDecodeError):
         args = None
     if not isinstance(args, dict):
-        raise bad_request("tool call arguments must be a JSON object",
-                          param=f"{where}.tool_calls[{j}].function.arguments")
+        raise bad_request(
+            "tool call arguments must be a JSON object", param=f"{where}.tool_calls[{j}].function.arguments"
+        )
     return args
 
 
 def _tool_result(msg: ToolMessage, names: Mapping[str, str], where: str) -> dict[str, Any]:
     name = names.get(msg.tool_call_id)
     if name is None:
-        raise bad_request(f"tool message answers unknown tool_call_id {msg.tool_call_id!r}: no earlier "
-                          "assistant tool call has that id", param=f"{where}.tool_call_id")
+        raise bad_request(
+            f"tool message answers unknown tool_call_id {msg.tool_call_id!r}: no earlier "
+            "assistant tool call has that id",
+            param=f"{where}.tool_call_id",
+        )
     text = text_of(msg.content)
     response: Any = None
     if text.lstrip().startswith("{"):
@@ -564,12 +609,16 @@ def split_parts(parts: Any, signatures: bool) -> tuple[str, str, list[dict[str, 
         call = part.get("functionCall")
         if isinstance(call, dict):
             signature = part.get("thoughtSignature") if signatures else None
-            calls.append({
-                "id": tool_call_id(signature if isinstance(signature, str) else None),
-                "type": "function",
-                "function": {"name": str(call.get("name") or ""),
-                             "arguments": _encode(call.get("args") or {}).decode()},
-            })
+            calls.append(
+                {
+                    "id": tool_call_id(signature if isinstance(signature, str) else None),
+                    "type": "function",
+                    "function": {
+                        "name": str(call.get("name") or ""),
+                        "arguments": _encode(call.get("args") or {}).decode(),
+                    },
+                }
+            )
         elif isinstance(part.get("text"), str):
             (thoughts if part.get("thought") else text).append(part["text"])
     return "".join(text), "".join(thoughts), calls
@@ -608,13 +657,17 @@ def _logprobs(result: Any) -> dict[str, Any] | None:
     for i, chosen in enumerate(result["chosenCandidates"]):
         top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
         alternatives = top.get("candidates") or []
-        content.append({
-            "token": chosen.get("token", ""),
-            "logprob": float(chosen.get("logProbability", 0.0)),
-            "bytes": None,
-            "top_logprobs": [{"token": alt.get("token", ""), "logprob": float(alt.get("logProbability", 0.0)),
-                              "bytes": None} for alt in alternatives],
-        })
+        content.append(
+            {
+                "token": chosen.get("token", ""),
+                "logprob": float(chosen.get("logProbability", 0.0)),
+                "bytes": None,
+                "top_logprobs": [
+                    {"token": alt.get("token", ""), "logprob": float(alt.get("logProbability", 0.0)), "bytes": None}
+                    for alt in alternatives
+                ],
+            }
+        )
     return {"content": content, "refusal": None}
 
 
@@ -632,8 +685,9 @@ def _unusable(cand: dict[str, Any], *, after_first_byte: bool = False) -> Provid
     reason = cand.get("finishReason")
     detail = cand.get("finishMessage")
     suffix = f": {detail}" if detail else ""
-    return ProviderError(ErrorKind.SERVER, f"Gemini produced no usable output ({reason}){suffix}",
-                         after_first_byte=after_first_byte)
+    return ProviderError(
+        ErrorKind.SERVER, f"Gemini produced no usable output ({reason}){suffix}", after_first_byte=after_first_byte
+    )
 
 
 # ============================================================================ thought signatures in ids
@@ -658,7 +712,7 @@ def signature_from_id(call_id: str) -> str | None:
     tail = head + len(_SIGNATURE_MARK)
     if not (call_id.startswith(_CALL_PREFIX) and call_id[head:tail] == _SIGNATURE_MARK):
         return None
-    if not set(call_id[len(_CALL_PREFIX):head]) <= _HEX:
+    if not set(call_id[len(_CALL_PREFIX) : head]) <= _HEX:
         return None
     encoded = call_id[tail:]
     try:
@@ -733,8 +787,14 @@ def _error_from_object(err: dict[str, Any], status: int, *, after_first_byte: bo
     http = int(code) if isinstance(code, int) else status
     message = str(err.get("message") or "error object from Gemini")
     kind = classify(http, str(err.get("status") or ""), message, err.get("details"))
-    return upstream_error(kind, "provider error", message, status=http or None,
-                          retry_after=retry_delay(err.get("details")), after_first_byte=after_first_byte)
+    return upstream_error(
+        kind,
+        "provider error",
+        message,
+        status=http or None,
+        retry_after=retry_delay(err.get("details")),
+        after_first_byte=after_first_byte,
+    )
 
 
 def _decode_object(body: bytes) -> dict[str, Any]:
@@ -780,11 +840,13 @@ class GeminiStreamTranslator:
         try:
             obj = _decode(data)
         except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not JSON)",
-                                after_first_byte=self._emitted) from None
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
+            ) from None
         if not isinstance(obj, dict):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)",
-                                after_first_byte=self._emitted)
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
+            )
         if isinstance(obj.get("error"), dict):
             raise _error_from_object(obj["error"], 0, after_first_byte=self._emitted)
         if obj.get("usageMetadata"):
@@ -838,10 +900,22 @@ class GeminiStreamTranslator:
 
     def finish(self) -> list[dict[str, Any]]:
         if not self._finished:
-            raise ProviderError(ErrorKind.CONNECTION, "stream ended before Gemini sent a finishReason",
-                                after_first_byte=True)
+            raise ProviderError(
+                ErrorKind.CONNECTION, "stream ended before Gemini sent a finishReason", after_first_byte=True
+            )
         return []
 
 
-__all__ = ["PLACEHOLDER_SIGNATURE", "GeminiAdapter", "GeminiStreamTranslator", "build_request", "classify",
-           "finish_reason", "retry_delay", "signature_from_id", "split_parts", "tool_call_id", "usage_from"]
+__all__ = [
+    "PLACEHOLDER_SIGNATURE",
+    "GeminiAdapter",
+    "GeminiStreamTranslator",
+    "build_request",
+    "classify",
+    "finish_reason",
+    "retry_delay",
+    "signature_from_id",
+    "split_parts",
+    "tool_call_id",
+    "usage_from",
+]

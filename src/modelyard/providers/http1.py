@@ -259,8 +259,12 @@ class OriginPool:
         origin = self.origin
         async with asyncio.timeout(connect_timeout):
             _, conn = await loop.create_connection(
-                lambda: Connection(self), origin.host, origin.port, ssl=self.ssl_context,
-                server_hostname=origin.host if self.ssl_context is not None else None)
+                lambda: Connection(self),
+                origin.host,
+                origin.port,
+                ssl=self.ssl_context,
+                server_hostname=origin.host if self.ssl_context is not None else None,
+            )
         self._members.add(conn)
         conn._in_use = True
         return conn
@@ -309,8 +313,9 @@ class Http1Client:
             pool = self._pools[origin] = OriginPool(origin, self.limit, context)
         return pool
 
-    async def request(self, method: str, url: str, headers: dict[str, str], body: bytes, *,
-                      connect_timeout: float) -> Response:
+    async def request(
+        self, method: str, url: str, headers: dict[str, str], body: bytes, *, connect_timeout: float
+    ) -> Response:
         """Send a request; returns once the response headers are in. Release or close the Response."""
         origin, target = split_url(url)
         head = _head(method.encode(), target, origin.authority, headers, len(body))
@@ -333,8 +338,16 @@ class Http1Client:
 
 
 def _head(method: bytes, target: bytes, authority: bytes, headers: dict[str, str], length: int) -> bytes:
-    lines = [method, b" ", target, b" HTTP/1.1\r\nhost: ", authority, b"\r\ncontent-length: ",
-             str(length).encode(), b"\r\n"]
+    lines = [
+        method,
+        b" ",
+        target,
+        b" HTTP/1.1\r\nhost: ",
+        authority,
+        b"\r\ncontent-length: ",
+        str(length).encode(),
+        b"\r\n",
+    ]
     for name, value in headers.items():
         if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
             raise HttpError(f"header {name!r} contains a line break")

@@ -127,8 +127,9 @@ class OpenAIAdapter:
         message, err_type, code = _error_fields(body)
         kind = classify(status, message, err_type, code)
         text = message or f"HTTP {status}"
-        return upstream_error(kind, f"provider answered {status}", text, status=status,
-                              retry_after=parse_retry_after(headers))
+        return upstream_error(
+            kind, f"provider answered {status}", text, status=status, retry_after=parse_retry_after(headers)
+        )
 
 
 def classify(status: int, message: str, err_type: str, code: str) -> ErrorKind:
@@ -269,8 +270,12 @@ class OpenAIStreamTranslator:
         if chunk.get("model"):
             self.model = chunk["model"]
         if not self._shaped:
-            self._shaped = "id" in chunk and "created" in chunk and "model" in chunk \
+            self._shaped = (
+                "id" in chunk
+                and "created" in chunk
+                and "model" in chunk
                 and chunk.get("object") == "chat.completion.chunk"
+            )
         chunk.setdefault("id", self.stamp.id)
         chunk["object"] = "chat.completion.chunk"
         chunk.setdefault("created", self.stamp.created)
@@ -288,16 +293,20 @@ class OpenAIStreamTranslator:
 
     def finish(self) -> list[dict[str, Any]]:
         if not (self._done or self._finished):
-            raise ProviderError(ErrorKind.CONNECTION, "stream ended before it was complete",
-                                after_first_byte=True)
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before it was complete", after_first_byte=True)
         return []
 
 
 def _plain_delta(data: bytes) -> bool:
     """A chunk that cannot need normalising: choices with a delta, not finishing, no tool calls, no usage
     object, no error (compact JSON as OpenAI-compatible servers send it; anything else is decoded)."""
-    return (b'"finish_reason":null' in data and b'"choices":[{' in data and b'"tool_calls"' not in data
-            and b'"usage":{' not in data and b'"error"' not in data)
+    return (
+        b'"finish_reason":null' in data
+        and b'"choices":[{' in data
+        and b'"tool_calls"' not in data
+        and b'"usage":{' not in data
+        and b'"error"' not in data
+    )
 
 
 def _normalise_stream_tool_calls(tool_calls: Any) -> None:

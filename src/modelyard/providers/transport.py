@@ -106,8 +106,9 @@ class FastTransport:
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
         try:
             async with asyncio.timeout(response_timeout(timeouts)):
-                resp = await self._client.request(call.method, call.url, call.headers, call.body,
-                                                  connect_timeout=timeouts.connect)
+                resp = await self._client.request(
+                    call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
+                )
                 try:
                     body = await resp.read()
                 finally:
@@ -125,8 +126,9 @@ class FastTransport:
         deadline = loop.time() + timeouts.total
         try:
             async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
-                resp = await self._client.request(call.method, call.url, call.headers, call.body,
-                                                  connect_timeout=timeouts.connect)
+                resp = await self._client.request(
+                    call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
+                )
                 await _raise_for_error_status(resp, adapter)
         except ProviderError:
             raise
@@ -157,14 +159,16 @@ class AiohttpTransport:
         key = (connect, total)
         timeout = self._timeouts.get(key)
         if timeout is None:
-            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=total, connect=connect,
-                                                                  sock_connect=connect)
+            timeout = self._timeouts[key] = aiohttp.ClientTimeout(total=total, connect=connect, sock_connect=connect)
         return timeout
 
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
         try:
             async with self._session.request(
-                call.method, call.url, data=call.body, headers=call.headers,
+                call.method,
+                call.url,
+                data=call.body,
+                headers=call.headers,
                 timeout=self._client_timeout(timeouts.connect, response_timeout(timeouts)),
             ) as resp:
                 body = await resp.read()
@@ -184,7 +188,10 @@ class AiohttpTransport:
         try:
             async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._session.request(
-                    call.method, call.url, data=call.body, headers=call.headers,
+                    call.method,
+                    call.url,
+                    data=call.body,
+                    headers=call.headers,
                     timeout=self._client_timeout(timeouts.connect, None),
                 )
                 await _raise_for_error_status(resp, adapter)
@@ -194,16 +201,21 @@ class AiohttpTransport:
             raise _timeout_error(exc, "no response headers within the timeout") from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
-        return EventStream(resp.content.readany, resp.close, resp.release, resp.headers, deadline,
-                           timeouts.first_token)
+        return EventStream(resp.content.readany, resp.close, resp.release, resp.headers, deadline, timeouts.first_token)
 
 
 class EventStream:
     """The SSE events of one streaming response; always `close()` it (or use `async with`)."""
 
-    def __init__(self, read: Callable[[], Awaitable[bytes]], close: Callable[[], None],
-                 release: Callable[[], None], headers: Mapping[str, str], deadline: float,
-                 first_event_timeout: float) -> None:
+    def __init__(
+        self,
+        read: Callable[[], Awaitable[bytes]],
+        close: Callable[[], None],
+        release: Callable[[], None],
+        headers: Mapping[str, str],
+        deadline: float,
+        first_event_timeout: float,
+    ) -> None:
         self._read = read
         self._close = close
         self._release = release

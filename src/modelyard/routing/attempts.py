@@ -19,9 +19,9 @@ SAME_DEPLOYMENT_RETRY = frozenset(
 
 
 class Next(Enum):
-    RETRY = "retry"        # same deployment, after a backoff
+    RETRY = "retry"  # same deployment, after a backoff
     FAILOVER = "failover"  # next candidate
-    STOP = "stop"          # give the error to the client
+    STOP = "stop"  # give the error to the client
 
 
 @dataclass(slots=True)
@@ -66,7 +66,7 @@ class RetryPolicy:
     def backoff(self, error: ProviderError, retries_used: int, rng: random.Random) -> float:
         if error.retry_after is not None:
             return min(error.retry_after, self.retry_after_cap_s)
-        ceiling = min(self.max_backoff_s, self.base_s * (2 ** retries_used))
+        ceiling = min(self.max_backoff_s, self.base_s * (2**retries_used))
         return rng.uniform(0, ceiling)
 
 

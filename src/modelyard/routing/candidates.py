@@ -37,8 +37,13 @@ class GroupProfile:
         )
 
 
-def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, profile: GroupProfile | None = None,
-                      check_limits: bool | None = None) -> list[Deployment]:
+def filter_candidates(
+    deployments: list[Deployment],
+    ctx: DecisionContext,
+    *,
+    profile: GroupProfile | None = None,
+    check_limits: bool | None = None,
+) -> list[Deployment]:
     """The deployments that may serve this request; each exclusion is recorded with its reason.
 
     This runs for every request, so the common case is O(1): when the group's static profile shows that
@@ -53,8 +58,14 @@ def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, pr
     needed = features.prompt_tokens + (features.max_output_tokens or 0)
     check_capabilities = features.needs_tools or features.needs_vision or features.needs_json_schema
     health = ctx.health
-    if (profile is not None and profile.kind == features.kind and needed <= profile.min_window
-            and not check_capabilities and not health.unhealthy and not (check_limits and profile.any_limits)):
+    if (
+        profile is not None
+        and profile.kind == features.kind
+        and needed <= profile.min_window
+        and not check_capabilities
+        and not health.unhealthy
+        and not (check_limits and profile.any_limits)
+    ):
         return list(deployments)
     healths = health.all()
     now = ctx.now
@@ -86,8 +97,9 @@ def filter_candidates(deployments: list[Deployment], ctx: DecisionContext, *, pr
     return kept
 
 
-def limit_reason(dep: Deployment, health: HealthTracker, limits: DeploymentLimits, now: float,
-                 tokens: int) -> str | None:
+def limit_reason(
+    dep: Deployment, health: HealthTracker, limits: DeploymentLimits, now: float, tokens: int
+) -> str | None:
     """Why `dep` has no headroom for one more request of `tokens` now (None when it has)."""
     dep_limits = dep.limits
     cap = dep_limits.max_concurrency

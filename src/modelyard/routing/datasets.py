@@ -92,8 +92,9 @@ class LabelledSet:
     def with_models(self, models: Sequence[str]) -> LabelledSet:
         """Only these model columns (in this order), and only prompts labelled for all of them."""
         cols = [self.models.index(m) for m in models]
-        sub = LabelledSet(self.ids, self.prompts, list(models), self.scores[:, cols], self.costs[:, cols],
-                          self.tasks, self.splits)
+        sub = LabelledSet(
+            self.ids, self.prompts, list(models), self.scores[:, cols], self.costs[:, cols], self.tasks, self.splits
+        )
         return sub.take(np.asarray(~np.isnan(sub.scores).any(axis=1), dtype=bool))
 
     def complete(self) -> LabelledSet:
@@ -255,9 +256,17 @@ def convert_llmrouter(src: str | os.PathLike[str]) -> Iterator[Row]:
             for model, score in sorted(item["scores"].items()):
                 p = prices[model]
                 cost = (tin * p["input_price"] + LLMROUTER_OUTPUT_TOKENS * p["output_price"]) / 1e6
-                yield {"prompt": prompt, "model": model, "score": float(score), "cost": cost,
-                       "id": f"{split}/{n}", "input_tokens": tin, "output_tokens": LLMROUTER_OUTPUT_TOKENS,
-                       "task": tasks.get(prompt, ""), "split": split}
+                yield {
+                    "prompt": prompt,
+                    "model": model,
+                    "score": float(score),
+                    "cost": cost,
+                    "id": f"{split}/{n}",
+                    "input_tokens": tin,
+                    "output_tokens": LLMROUTER_OUTPUT_TOKENS,
+                    "task": tasks.get(prompt, ""),
+                    "split": split,
+                }
 
 
 def _jsonl(path: Path) -> Iterator[Any]:
@@ -278,8 +287,16 @@ def _routellm_row(prompt: str, model: str, score: float, task: str, response: st
     tin = estimate_tokens(prompt)
     tout = estimate_tokens(response) if response else 0
     cost = (tin + tout) * ROUTELLM_PRICES[model] / 1e6
-    return {"prompt": prompt, "model": model, "score": score, "cost": cost, "input_tokens": tin,
-            "output_tokens": tout, "task": task, "split": hash_split(prompt)}
+    return {
+        "prompt": prompt,
+        "model": model,
+        "score": score,
+        "cost": cost,
+        "input_tokens": tin,
+        "output_tokens": tout,
+        "task": task,
+        "split": hash_split(prompt),
+    }
 
 
 def _truthy(value: str) -> float:
@@ -344,11 +361,17 @@ def convert_routerarena(src: str | os.PathLike[str]) -> Iterator[Row]:
                 continue
             usage = r.get("token_usage") or {}
             score = min(1.0, max(0.0, float(ev["score"])))  # METEOR can dip just below zero
-            yield {"prompt": r["question"], "model": f.stem, "score": score,
-                   "cost": float(ev.get("inference_cost") or 0.0),
-                   "input_tokens": int(usage.get("input_tokens", 0)),
-                   "output_tokens": int(usage.get("output_tokens", 0)), "id": r["global_index"],
-                   "task": r["global_index"].rsplit("_", 1)[0], "split": hash_split(r["global_index"])}
+            yield {
+                "prompt": r["question"],
+                "model": f.stem,
+                "score": score,
+                "cost": float(ev.get("inference_cost") or 0.0),
+                "input_tokens": int(usage.get("input_tokens", 0)),
+                "output_tokens": int(usage.get("output_tokens", 0)),
+                "id": r["global_index"],
+                "task": r["global_index"].rsplit("_", 1)[0],
+                "split": hash_split(r["global_index"]),
+            }
 
 
 CONVERTERS = {

@@ -282,9 +282,7 @@ def _onnx_graph_path(directory: Path, cache_dir: Path | None) -> Path:
     return (cache_dir or default_cache_dir()) / f"minilm-l6-v2-{key.hexdigest()[:12]}.onnx"
 
 
-def _onnx_backend(
-    directory: Path, weights: dict[str, Vectors], threads: int | None, cache: Path | None
-) -> OnnxBert:
+def _onnx_backend(directory: Path, weights: dict[str, Vectors], threads: int | None, cache: Path | None) -> OnnxBert:
     path = _onnx_graph_path(directory, cache)
     if path.is_file():
         return OnnxBert(path, threads)

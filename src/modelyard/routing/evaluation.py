@@ -39,9 +39,7 @@ def pgr(q_router: float, q_weak: float, q_strong: float) -> float:
     return (q_router - q_weak) / (q_strong - q_weak) if q_strong != q_weak else float("nan")
 
 
-def strong_share_curve(
-    preference: Array, strong: Array, weak: Array, bins: int | None = 10
-) -> tuple[Array, Array]:
+def strong_share_curve(preference: Array, strong: Array, weak: Array, bins: int | None = 10) -> tuple[Array, Array]:
     """(share of strong calls, mean quality) for threshold sweeps over the strong-preference score.
 
     `bins` quantile thresholds as RouteLLM computes them; `None` for every distinct cut (the exact curve).
@@ -182,8 +180,11 @@ def policy_curve(
     grid = default_knobs(mode) if knobs is None else np.asarray(knobs, dtype=np.float64)
     points = []
     for k in grid:
-        choice = choose_batch(predicted, costs, threshold=float(k)) if mode == "threshold" else \
-            choose_batch(predicted, costs, lam=float(k))
+        choice = (
+            choose_batch(predicted, costs, threshold=float(k))
+            if mode == "threshold"
+            else choose_batch(predicted, costs, lam=float(k))
+        )
         points.append(outcome(choice, scores, costs, float(k)))
     return points
 

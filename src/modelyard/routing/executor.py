@@ -170,16 +170,32 @@ class Executor:
 
     # ------------------------------------------------------------------ public
 
-    async def complete(self, plan: Plan, replan: Replan, req: ChatRequest, raw: dict[str, Any],
-                       features: RequestFeatures, *, timeout_s: float | None = None) -> Success:
+    async def complete(
+        self,
+        plan: Plan,
+        replan: Replan,
+        req: ChatRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        timeout_s: float | None = None,
+    ) -> Success:
         request = _Request(req, raw, features, False, timeout_s)
         started = self.clock()
         completion, dep = await self._run(plan, replan, request)
         assert isinstance(completion, Completion)
         return Success(completion, dep, request.records, (self.clock() - started) * 1000)
 
-    async def open_stream(self, plan: Plan, replan: Replan, req: ChatRequest, raw: dict[str, Any],
-                          features: RequestFeatures, *, timeout_s: float | None = None) -> StreamResult:
+    async def open_stream(
+        self,
+        plan: Plan,
+        replan: Replan,
+        req: ChatRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        timeout_s: float | None = None,
+    ) -> StreamResult:
         request = _Request(req, raw, features, True, timeout_s)
         started = self.clock()
         opened, dep = await self._run(plan, replan, request)
@@ -246,19 +262,22 @@ class Executor:
             max_backoff_s=float(options.get("max_backoff_s", policy.max_backoff_s)),
             retry_after_cap_s=float(options.get("retry_after_cap_s", policy.retry_after_cap_s)),
             max_attempts=int(options.get("max_attempts", policy.max_attempts)),
-            failover_on_content_filter=bool(options.get("failover_on_content_filter",
-                                                        policy.failover_on_content_filter)),
+            failover_on_content_filter=bool(
+                options.get("failover_on_content_filter", policy.failover_on_content_filter)
+            ),
         )
 
-    async def _race(self, first: Deployment, walk: _Walk, delay: float,
-                    request: _Request) -> tuple[Completion | _Opened, Deployment]:
+    async def _race(
+        self, first: Deployment, walk: _Walk, delay: float, request: _Request
+    ) -> tuple[Completion | _Opened, Deployment]:
         """Hedging: if `first` has not answered after `delay`, start the next candidate too; first wins.
 
         While the hedge is on, a leg that fails is replaced by the next candidate at once, so a fast
         failure of the hedge does not leave the request waiting on the slow leg alone.
         """
         first_task: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
-            self._attempt(first, request, hedge=False))
+            self._attempt(first, request, hedge=False)
+        )
         owners: dict[asyncio.Future[Completion | _Opened], Deployment] = {first_task: first}
         pending: set[asyncio.Future[Completion | _Opened]] = {first_task}
         errors: list[ProviderError] = []
@@ -267,7 +286,8 @@ class Executor:
             dep = walk.next()
             if dep is not None and len(request.records) < self.policy.max_attempts:
                 leg: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
-                    self._attempt(dep, request, hedge=True))
+                    self._attempt(dep, request, hedge=True)
+                )
                 owners[leg] = dep
                 pending.add(leg)
 
@@ -282,8 +302,9 @@ class Executor:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 winners = [t for t in done if t.exception() is None]
-                unexpected = [exc for t in done if (exc := t.exception()) is not None
-                              and not isinstance(exc, ProviderError)]
+                unexpected = [
+                    exc for t in done if (exc := t.exception()) is not None and not isinstance(exc, ProviderError)
+                ]
                 if unexpected:
                     for extra in winners:
                         self._discard(extra.result())
@@ -322,8 +343,9 @@ class Executor:
         base = dep.timeouts
         if t >= base.total:
             return base
-        return Timeouts(connect=min(base.connect, t), first_token=min(base.first_token, t),
-                        response=min(base.response, t), total=t)
+        return Timeouts(
+            connect=min(base.connect, t), first_token=min(base.first_token, t), response=min(base.response, t), total=t
+        )
 
     async def _attempt(self, dep: Deployment, request: _Request, *, hedge: bool) -> Completion | _Opened:
         """One try at one deployment. Its in-flight slot and RPM/TPM window record are given back whatever
@@ -366,8 +388,13 @@ class Executor:
                 self._unrecord(dep, started, estimate)  # nothing was sent
             base = dep.timeouts
             operator_s = min(base.total, base.first_token if request.stream else base.response)
-            self._failed(dep, record, started, error,
-                         client_bound=_client_bound(request, error, self.clock() - started, operator_s))
+            self._failed(
+                dep,
+                record,
+                started,
+                error,
+                client_bound=_client_bound(request, error, self.clock() - started, operator_s),
+            )
             raise
         finally:
             if not settled:
@@ -396,8 +423,16 @@ class Executor:
         windows.requests.correct(started, -1)
         windows.tokens.correct(started, -tokens)
 
-    async def _open(self, dep: Deployment, adapter: Adapter, call: Any, timeouts: Timeouts, request: _Request,
-                    record: AttemptRecord, started: float) -> _Opened:
+    async def _open(
+        self,
+        dep: Deployment,
+        adapter: Adapter,
+        call: Any,
+        timeouts: Timeouts,
+        request: _Request,
+        record: AttemptRecord,
+        started: float,
+    ) -> _Opened:
         stream = await self.transport.open_stream(call, timeouts, adapter)
         try:
             translator = adapter.stream_translator(dep, request.req)
@@ -422,8 +457,15 @@ class Executor:
         record.latency_ms = ttft_ms
         return _Opened(stream, events, translator, first, record, started, ttft_ms)
 
-    def _failed(self, dep: Deployment, record: AttemptRecord, started: float, error: ProviderError, *,
-                client_bound: bool = False) -> None:
+    def _failed(
+        self,
+        dep: Deployment,
+        record: AttemptRecord,
+        started: float,
+        error: ProviderError,
+        *,
+        client_bound: bool = False,
+    ) -> None:
         error.deployment = dep.name
         error.provider = dep.provider
         record.outcome = error.kind.value
@@ -450,8 +492,9 @@ class Executor:
 class StreamResult:
     """An answering stream: its first chunks are in hand; iterate `chunks()` for the rest, then read usage."""
 
-    def __init__(self, executor: Executor, deployment: Deployment, request: _Request, opened: _Opened,
-                 started: float) -> None:
+    def __init__(
+        self, executor: Executor, deployment: Deployment, request: _Request, opened: _Opened, started: float
+    ) -> None:
         self._executor = executor
         self.deployment = deployment
         self.records = request.records
@@ -555,8 +598,9 @@ class StreamResult:
         finally:  # the in-flight slot is given back even if the accounting above failed
             self._settle(error, cancelled, now, total_ms)
         if dep.limits.rate_limited:
-            executor.limits.correct_tokens(dep.name, opened.started,
-                                           usage.total - features.prompt_tokens - features.output_estimate())
+            executor.limits.correct_tokens(
+                dep.name, opened.started, usage.total - features.prompt_tokens - features.output_estimate()
+            )
 
     def _settle(self, error: ProviderError | None, cancelled: bool, now: float, total_ms: float) -> None:
         executor, dep, record = self._executor, self.deployment, self._opened.record

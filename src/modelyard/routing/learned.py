@@ -179,8 +179,10 @@ class KnnHead:
         seen = ~np.isnan(self.labels)
         self.prior = np.where(seen, self.labels, 0.0).sum(0) / np.maximum(seen.sum(0), 1)
         # One sub-bank per set of rows labelled for the same models, split once here, not per call.
-        self.groups = [(cols, np.ascontiguousarray(self.bank[rows].T), self.labels[np.ix_(rows, cols)])
-                       for rows, cols in label_groups(self.labels)]
+        self.groups = [
+            (cols, np.ascontiguousarray(self.bank[rows].T), self.labels[np.ix_(rows, cols)])
+            for rows, cols in label_groups(self.labels)
+        ]
 
     def __call__(self, x: Floats, emb: Floats) -> Array:
         out = np.tile(self.prior.astype(np.float64), (len(emb), 1))
@@ -195,8 +197,12 @@ class KnnHead:
         return out
 
     def arrays(self) -> dict[str, NDArray[Any]]:
-        return {"bank": self.bank.astype(np.float16), "labels": self.labels.astype(np.float16),
-                "k": np.array(self.k), "alpha": np.array(self.alpha)}
+        return {
+            "bank": self.bank.astype(np.float16),
+            "labels": self.labels.astype(np.float16),
+            "k": np.array(self.k),
+            "alpha": np.array(self.alpha),
+        }
 
 
 Part = LogisticHead | KnnHead
@@ -303,12 +309,16 @@ class Router:
             target.mkdir(parents=True, exist_ok=True)
             target = target / "router.npz"
         parts = zip(self.head.parts, self.head.weights, strict=True)
-        meta = {"format": FORMAT, "models": self.models, "max_tokens": self.max_tokens,
-                "heads": [{"kind": p.kind, "weight": float(w)} for p, w in parts],
-                "text_features": list(TEXT_FEATURES), "calibration": self.calibration, "card": self.card}
-        arrays: dict[str, Any] = {
-            f"h{i}_{k}": v for i, p in enumerate(self.head.parts) for k, v in p.arrays().items()
+        meta = {
+            "format": FORMAT,
+            "models": self.models,
+            "max_tokens": self.max_tokens,
+            "heads": [{"kind": p.kind, "weight": float(w)} for p, w in parts],
+            "text_features": list(TEXT_FEATURES),
+            "calibration": self.calibration,
+            "card": self.card,
         }
+        arrays: dict[str, Any] = {f"h{i}_{k}": v for i, p in enumerate(self.head.parts) for k, v in p.arrays().items()}
         arrays["feature_mean"], arrays["feature_std"] = self.feature_mean, self.feature_std
         np.savez_compressed(target, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
         return target
@@ -329,10 +339,16 @@ class Router:
                 own = {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")}
                 parts.append(_part_from(h["kind"], own))
             head = Blend(parts, [h["weight"] for h in meta["heads"]])
-            return cls(models=list(meta["models"]), head=head, feature_mean=z["feature_mean"],
-                       feature_std=z["feature_std"], max_tokens=int(meta["max_tokens"]),
-                       calibration=list(meta.get("calibration", [])), card=dict(meta.get("card", {})),
-                       embedder=embedder)
+            return cls(
+                models=list(meta["models"]),
+                head=head,
+                feature_mean=z["feature_mean"],
+                feature_std=z["feature_std"],
+                max_tokens=int(meta["max_tokens"]),
+                calibration=list(meta.get("calibration", [])),
+                card=dict(meta.get("card", {})),
+                embedder=embedder,
+            )
 
 
 def load_router(path: str | Path | None = None, embedder: Embedder | None = None) -> Router:
@@ -413,17 +429,23 @@ def calibrate_groups(
         for mode in ev.MODES:
             pt = ev.calibrate(p, s, c, target, mode)
             if pt is not None:
-                points.append({
-                    "models": [models[j] for j in cols], "mode": mode, "knob": pt.knob, "target": target,
-                    "quality": pt.quality, "best_quality": best, "cost": pt.cost,
-                    "best_cost": float(c.mean(0)[int(np.argmax(s.mean(0)))]), "rows": len(rows),
-                })
+                points.append(
+                    {
+                        "models": [models[j] for j in cols],
+                        "mode": mode,
+                        "knob": pt.knob,
+                        "target": target,
+                        "quality": pt.quality,
+                        "best_quality": best,
+                        "cost": pt.cost,
+                        "best_cost": float(c.mean(0)[int(np.argmax(s.mean(0)))]),
+                        "rows": len(rows),
+                    }
+                )
     return points
 
 
-def _select(
-    cands: Sequence[Candidate], scores: Array, costs: Array
-) -> tuple[list[Candidate], Array, float]:
+def _select(cands: Sequence[Candidate], scores: Array, costs: Array) -> tuple[list[Candidate], Array, float]:
     """The best candidate, or the equal blend of the best of each kind when that scores higher."""
     best = max(cands, key=lambda c: c.score)
     kinds = dict.fromkeys(c.kind for c in cands)
@@ -472,11 +494,17 @@ def train_router(
         cand.score = routing_score(cand.oof, scores, costs)
     chosen, oof, score = _select(cands, scores, costs)
     head = Blend([_fit_head(c.kind, c.param, x, e, scores) for c in chosen])
-    router = Router(list(models), head, mean, std, max_tokens,
-                    calibration=calibrate_groups(oof, scores, costs, models, target))
-    router.card = {"head": head.kind, "params": [c.param for c in chosen], "cv_folds": folds,
-                   "cv_score": score,
-                   "candidates": [{"kind": c.kind, "param": c.param, "cv_score": c.score} for c in cands],
-                   "train_prompts": len(prompts), "embedding": f"minilm-l6-v2/t{max_tokens}",
-                   "trained": time.strftime("%Y-%m-%d")}
+    router = Router(
+        list(models), head, mean, std, max_tokens, calibration=calibrate_groups(oof, scores, costs, models, target)
+    )
+    router.card = {
+        "head": head.kind,
+        "params": [c.param for c in chosen],
+        "cv_folds": folds,
+        "cv_score": score,
+        "candidates": [{"kind": c.kind, "param": c.param, "cv_score": c.score} for c in cands],
+        "train_prompts": len(prompts),
+        "embedding": f"minilm-l6-v2/t{max_tokens}",
+        "trained": time.strftime("%Y-%m-%d"),
+    }
     return TrainResult(router, cands, time.perf_counter() - t0)

@@ -40,12 +40,14 @@ class Plan:
         """Ranked candidates with the reason each was chosen, kept or skipped."""
         ranked: list[dict[str, Any]] = []
         for i, dep in enumerate(self.order):
-            ranked.append({
-                "deployment": dep.name,
-                "decision": "chosen" if i == 0 else "kept",
-                "rank": i + 1,
-                "reason": self.ctx.notes.get(dep.name, ""),
-            })
+            ranked.append(
+                {
+                    "deployment": dep.name,
+                    "decision": "chosen" if i == 0 else "kept",
+                    "rank": i + 1,
+                    "reason": self.ctx.notes.get(dep.name, ""),
+                }
+            )
         for skip in self.ctx.skipped:
             ranked.append({"deployment": skip.deployment, "decision": "skipped", "rank": None, "reason": skip.reason})
         features = self.ctx.features
@@ -81,21 +83,27 @@ def make_plan(
     options = group.group
     ctx.constraints = {**options.constraints, **(overrides.constraints or {})} if overrides else options.constraints
     ctx.options = options.options
-    strategy = strategy_override or (overrides.strategy if overrides and overrides.strategy else None) \
-        or options.strategy
+    strategy = (
+        strategy_override or (overrides.strategy if overrides and overrides.strategy else None) or options.strategy
+    )
     candidates = list(group.candidates)
     profile: GroupProfile | None = group.profile
     if overrides and overrides.candidates:
         candidates = _resolve_override(table, overrides.candidates)
         profile = None
-    fallbacks = tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None \
-        else tuple(options.fallbacks)
+    fallbacks = (
+        tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None else tuple(options.fallbacks)
+    )
     rule = None
     if strategy == "rules":
         rule = first_match(group.rules, ctx.features)
         if rule is None:
-            raise GatewayError(400, f"no routing rule of model `{model}` matches this request and it has no default",
-                               param="model", code="no_route")
+            raise GatewayError(
+                400,
+                f"no routing rule of model `{model}` matches this request and it has no default",
+                param="model",
+                code="no_route",
+            )
         if rule.model is not None:
             if _depth > 4:
                 raise GatewayError(500, "routing rules delegate too deeply", type="server_error")
@@ -124,21 +132,39 @@ def make_plan(
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")
     order = ranker(kept, ctx) if kept else []
-    return Plan(model, strategy, order, ctx, rule, fallbacks, candidates,
-                hedge_after_ms=_hedge_after(group.hedge_after_ms, group.hedge_p95, order, ctx),
-                retries=options.retries)
+    return Plan(
+        model,
+        strategy,
+        order,
+        ctx,
+        rule,
+        fallbacks,
+        candidates,
+        hedge_after_ms=_hedge_after(group.hedge_after_ms, group.hedge_p95, order, ctx),
+        retries=options.retries,
+    )
 
 
 def _direct_plan(table: RoutingTable, model: str, ctx: DecisionContext) -> Plan:
     """A request that names a deployment rather than a model."""
     dep = table.deployments.get(model)
     if dep is None:
-        raise GatewayError(404, f"The model `{model[:256]}` does not exist (not a configured model or deployment)",
-                           type="invalid_request_error", param="model", code="model_not_found")
+        raise GatewayError(
+            404,
+            f"The model `{model[:256]}` does not exist (not a configured model or deployment)",
+            type="invalid_request_error",
+            param="model",
+            code="model_not_found",
+        )
     allowed = ctx.features.allowed
     if allowed is not None and dep.name not in allowed:
-        raise GatewayError(403, f"This key may not use deployment `{model}`.", type="permission_error",
-                           param="model", code="model_not_allowed")
+        raise GatewayError(
+            403,
+            f"This key may not use deployment `{model}`.",
+            type="permission_error",
+            param="model",
+            code="model_not_allowed",
+        )
     ctx.note(dep, "named directly in the request")
     return Plan(model, "direct", filter_candidates([dep], ctx), ctx, considered=[dep])
 

@@ -52,11 +52,19 @@ class PolicyResult:
         return self.total_cost / self.routed * tasks if self.routed else float("nan")
 
     def as_dict(self) -> dict[str, Any]:
-        return {"policy": self.name, "strategy": self.strategy, "requests": self.requests, "routed": self.routed,
-                "refused": self.refused, "unlabelled": self.unlabelled, "total_cost_usd": self.total_cost,
-                "mean_quality": self.mean_quality,
-                "accuracy": self.accuracy, "cost_per_1000_usd": self.cost_per(),
-                "share": {m: n / max(1, self.routed) for m, n in self.shares.items()}}
+        return {
+            "policy": self.name,
+            "strategy": self.strategy,
+            "requests": self.requests,
+            "routed": self.routed,
+            "refused": self.refused,
+            "unlabelled": self.unlabelled,
+            "total_cost_usd": self.total_cost,
+            "mean_quality": self.mean_quality,
+            "accuracy": self.accuracy,
+            "cost_per_1000_usd": self.cost_per(),
+            "share": {m: n / max(1, self.routed) for m, n in self.shares.items()},
+        }
 
 
 def data_model(dep: Deployment) -> str:
@@ -70,9 +78,16 @@ def baselines(data: LabelledSet) -> list[PolicyResult]:
     for j, model in enumerate(data.models):
         labelled = ~np.isnan(data.scores[:, j])
         scores, costs = data.scores[labelled, j], data.costs[labelled, j]
-        result = PolicyResult(model, "single model", requests=len(data), routed=int(labelled.sum()),
-                              total_cost=float(np.nansum(costs)), total_score=float(scores.sum()),
-                              correct=int((scores >= CORRECT_AT).sum()), shares={model: int(labelled.sum())})
+        result = PolicyResult(
+            model,
+            "single model",
+            requests=len(data),
+            routed=int(labelled.sum()),
+            total_cost=float(np.nansum(costs)),
+            total_score=float(scores.sum()),
+            correct=int((scores >= CORRECT_AT).sum()),
+            shares={model: int(labelled.sum())},
+        )
         out.append(result)
     return out
 
@@ -82,8 +97,9 @@ def premium(single: list[PolicyResult]) -> PolicyResult:
     return max(single, key=lambda r: (r.mean_quality, r.cost_per()))
 
 
-def replay(config: Config, data: LabelledSet, policies: list[str] | None = None,
-           intelligence: Intelligence | None = None) -> list[PolicyResult]:
+def replay(
+    config: Config, data: LabelledSet, policies: list[str] | None = None, intelligence: Intelligence | None = None
+) -> list[PolicyResult]:
     """Plan every prompt with every policy; `intelligence` (started) supplies learned and semantic input."""
     router = Router(config, seed=0)
     column = {m: j for j, m in enumerate(data.models)}
@@ -114,8 +130,9 @@ def replay(config: Config, data: LabelledSet, policies: list[str] | None = None,
     return results
 
 
-def _first_choice(router: Router, model: str, prompt: str, insight: Insight | None,
-                  intelligence: Intelligence | None) -> Deployment | None:
+def _first_choice(
+    router: Router, model: str, prompt: str, insight: Insight | None, intelligence: Intelligence | None
+) -> Deployment | None:
     req = ChatRequest(model=model, messages=[UserMessage(content=prompt)])
     features = chat_features(req)
     if insight is not None and insight.task is not None and features.task is None:
@@ -131,8 +148,7 @@ def _first_choice(router: Router, model: str, prompt: str, insight: Insight | No
     return plan.order[0] if plan.order else None
 
 
-def _insights(intelligence: Intelligence | None, policies: list[str],
-              prompts: list[str]) -> list[Insight] | None:
+def _insights(intelligence: Intelligence | None, policies: list[str], prompts: list[str]) -> list[Insight] | None:
     """One batch of embeddings for the whole file (replay would be slow prompt by prompt)."""
     if intelligence is None or not intelligence.needed:
         return None

@@ -29,22 +29,31 @@ from modelyard.schema.errors import ErrorKind, ProviderError
 
 def breaker_policy(config: Config) -> BreakerPolicy:
     b = config.routing.breaker
-    return BreakerPolicy(failures=b.failures, window_s=b.window_s, cooldown_s=b.cooldown_s,
-                         error_rate=b.error_rate, min_requests=b.min_requests)
+    return BreakerPolicy(
+        failures=b.failures,
+        window_s=b.window_s,
+        cooldown_s=b.cooldown_s,
+        error_rate=b.error_rate,
+        min_requests=b.min_requests,
+    )
 
 
 def retry_policy(config: Config) -> RetryPolicy:
     r = config.routing
-    return RetryPolicy(retries=r.retries, base_s=r.backoff_base_s, max_backoff_s=r.max_backoff_s,
-                       retry_after_cap_s=r.retry_after_cap_s, max_attempts=r.max_attempts,
-                       failover_on_content_filter=r.failover_on_content_filter)
+    return RetryPolicy(
+        retries=r.retries,
+        base_s=r.backoff_base_s,
+        max_backoff_s=r.max_backoff_s,
+        retry_after_cap_s=r.retry_after_cap_s,
+        max_attempts=r.max_attempts,
+        failover_on_content_filter=r.failover_on_content_filter,
+    )
 
 
 class Router:
     """Plans and executes requests over the deployments of one config."""
 
-    def __init__(self, config: Config, *, resolve_price: PriceResolver | None = None,
-                 seed: int | None = None) -> None:
+    def __init__(self, config: Config, *, resolve_price: PriceResolver | None = None, seed: int | None = None) -> None:
         self.config = config
         self.table = RoutingTable.from_config(config, resolve_price)
         self.health = HealthTracker(breaker_policy(config), alpha=config.routing.latency_alpha)
@@ -65,9 +74,15 @@ class Router:
     async def start(self) -> None:
         if self._transport is None:
             self._transport = make_transport(self.config.server.http_client)
-            self._executor = Executor(transport=self._transport, adapters=self.adapters, health=self.health,
-                                      limits=self.limits, prices=self.table.prices, policy=self.policy,
-                                      rng=self.rng)
+            self._executor = Executor(
+                transport=self._transport,
+                adapters=self.adapters,
+                health=self.health,
+                limits=self.limits,
+                prices=self.table.prices,
+                policy=self.policy,
+                rng=self.rng,
+            )
 
     async def close(self) -> None:
         if self._transport is not None:
@@ -94,14 +109,32 @@ class Router:
 
     # ------------------------------------------------------------------ decisions
 
-    def context(self, features: RequestFeatures, *, explain: bool = False,
-                quality: QualityFn | None = None) -> DecisionContext:
-        return DecisionContext(features=features, health=self.health, limits=self.limits, now=time.monotonic(),
-                               rng=self.rng, prices=self.table.prices, explain=explain, quality=quality)
+    def context(
+        self, features: RequestFeatures, *, explain: bool = False, quality: QualityFn | None = None
+    ) -> DecisionContext:
+        return DecisionContext(
+            features=features,
+            health=self.health,
+            limits=self.limits,
+            now=time.monotonic(),
+            rng=self.rng,
+            prices=self.table.prices,
+            explain=explain,
+            quality=quality,
+        )
 
-    def plan(self, model: str, features: RequestFeatures, *, overrides: ModelyardOptions | None = None,
-             strategy: str | None = None, explain: bool = False, quality: QualityFn | None = None,
-             default_min_quality: float | None = None, default_lambda: float | None = None) -> Plan:
+    def plan(
+        self,
+        model: str,
+        features: RequestFeatures,
+        *,
+        overrides: ModelyardOptions | None = None,
+        strategy: str | None = None,
+        explain: bool = False,
+        quality: QualityFn | None = None,
+        default_min_quality: float | None = None,
+        default_lambda: float | None = None,
+    ) -> Plan:
         """Rank the deployments for `model`. `quality` carries learned per-deployment quality, if any."""
         ctx = self.context(features, explain=explain, quality=quality)
         ctx.default_min_quality = default_min_quality
@@ -111,23 +144,38 @@ class Router:
     def replanner(self, features: RequestFeatures, explain: bool = False) -> Any:
         def replan(name: str) -> Plan:
             return make_plan(self.table, name, self.context(features, explain=explain))
+
         return replan
 
     # ------------------------------------------------------------------ execution
 
-    async def complete(self, req: ChatRequest, raw: dict[str, Any], features: RequestFeatures, *,
-                       plan: Plan | None = None, timeout_s: float | None = None) -> Success:
+    async def complete(
+        self,
+        req: ChatRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        plan: Plan | None = None,
+        timeout_s: float | None = None,
+    ) -> Success:
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
         return await self.executor.complete(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
 
-    async def stream(self, req: ChatRequest, raw: dict[str, Any], features: RequestFeatures, *,
-                     plan: Plan | None = None, timeout_s: float | None = None) -> StreamResult:
+    async def stream(
+        self,
+        req: ChatRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        plan: Plan | None = None,
+        timeout_s: float | None = None,
+    ) -> StreamResult:
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        return await self.executor.open_stream(plan, self.replanner(features), req, raw, features,
-                                               timeout_s=timeout_s)
+        return await self.executor.open_stream(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
 
-    async def embed(self, req: EmbeddingRequest, raw: dict[str, Any],
-                    features: RequestFeatures) -> tuple[Any, Deployment, list[AttemptRecord], float]:
+    async def embed(
+        self, req: EmbeddingRequest, raw: dict[str, Any], features: RequestFeatures
+    ) -> tuple[Any, Deployment, list[AttemptRecord], float]:
         """Embeddings: the same plan and failover, no streaming, no hedging."""
         plan = self.plan(req.model, features)
         records: list[AttemptRecord] = []

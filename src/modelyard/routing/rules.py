@@ -54,7 +54,10 @@ def _one_of(value: Any) -> frozenset[str]:
 
 
 _COMPARISONS: dict[str, Callable[[float, float], bool]] = {
-    "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le,
+    "gt": operator.gt,
+    "gte": operator.ge,
+    "lt": operator.lt,
+    "lte": operator.le,
 }
 
 
@@ -112,12 +115,15 @@ def _predicate(name: str, value: Any, where: str) -> Predicate:
         field = name.removeprefix("metadata.")
         allowed = _one_of(value)
         return lambda f: f.metadata.get(field) in allowed
-    raise RuleError(f"{where}: unknown condition {name!r} (task, complexity, key, tags, metadata.<name>, "
-                    "has_tools, has_images, json, stream, prompt_tokens)")
+    raise RuleError(
+        f"{where}: unknown condition {name!r} (task, complexity, key, tags, metadata.<name>, "
+        "has_tools, has_images, json, stream, prompt_tokens)"
+    )
 
 
-def compile_rules(raw_rules: list[dict[str, Any]], model: str, known_models: set[str],
-                  known_deployments: set[str]) -> tuple[Rule, ...]:
+def compile_rules(
+    raw_rules: list[dict[str, Any]], model: str, known_models: set[str], known_deployments: set[str]
+) -> tuple[Rule, ...]:
     rules: list[Rule] = []
     for i, raw in enumerate(raw_rules):
         where = f"models.{model}.rules[{i}]"

@@ -73,11 +73,17 @@ def _latencies(candidates: list[Deployment], ctx: DecisionContext) -> list[float
     """EWMA latency per candidate (TTFT when streaming), -1 where none was observed yet."""
     get = ctx.health.all().get
     if ctx.features.stream:
-        return [-1.0 if h is None else (h.ewma_ttft_ms if h.ewma_ttft_ms is not None else
-                                        (h.ewma_total_ms if h.ewma_total_ms is not None else -1.0))
-                for h in map(get, [dep.name for dep in candidates])]
-    return [-1.0 if (h := get(dep.name)) is None or h.ewma_total_ms is None else h.ewma_total_ms
-            for dep in candidates]
+        return [
+            -1.0
+            if h is None
+            else (
+                h.ewma_ttft_ms
+                if h.ewma_ttft_ms is not None
+                else (h.ewma_total_ms if h.ewma_total_ms is not None else -1.0)
+            )
+            for h in map(get, [dep.name for dep in candidates])
+        ]
+    return [-1.0 if (h := get(dep.name)) is None or h.ewma_total_ms is None else h.ewma_total_ms for dep in candidates]
 
 
 def _random_among_first(order: list[Deployment], tied: int, ctx: DecisionContext) -> None:
@@ -144,8 +150,10 @@ def _quality_floor(candidates: list[Deployment], ctx: DecisionContext, min_quali
                 continue
         passing.append(dep)
     prices = ctx.prices
-    rates = [(p.input * PER_TOKEN, p.output * PER_TOKEN) if (p := prices.get(dep.name)) is not None else (0.0, 0.0)
-             for dep in passing]
+    rates = [
+        (p.input * PER_TOKEN, p.output * PER_TOKEN) if (p := prices.get(dep.name)) is not None else (0.0, 0.0)
+        for dep in passing
+    ]
     result = (passing, rates, skips)
     if cache is not None:
         cache[key] = result
@@ -181,8 +189,14 @@ def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     return order
 
 
-def _feasible(ranked: list[int], passing: list[Deployment], costs: list[float], ctx: DecisionContext,
-              max_cost: float | None, max_latency: float | None) -> list[int]:
+def _feasible(
+    ranked: list[int],
+    passing: list[Deployment],
+    costs: list[float],
+    ctx: DecisionContext,
+    max_cost: float | None,
+    max_latency: float | None,
+) -> list[int]:
     """The ranked candidates within the cost cap and the observed-p95 bound (unmeasured ones pass)."""
     if max_cost is not None:
         for i in ranked:
@@ -237,12 +251,14 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
     return [candidates[i] for _, _, i in scored]
 
 
-STRATEGIES: Mapping[str, Strategy] = MappingProxyType({
-    "priority": priority,
-    "weighted": weighted,
-    "least-latency": least_latency,
-    "latency": least_latency,
-    "least-busy": least_busy,
-    "cost": cheapest,
-    "learned": learned,
-})
+STRATEGIES: Mapping[str, Strategy] = MappingProxyType(
+    {
+        "priority": priority,
+        "weighted": weighted,
+        "least-latency": least_latency,
+        "latency": least_latency,
+        "least-busy": least_busy,
+        "cost": cheapest,
+        "learned": learned,
+    }
+)

@@ -48,8 +48,7 @@ class RoutingTable:
         return cls(deployments, groups, prices, config, list(config.models))
 
 
-def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployment],
-                   models: set[str]) -> CompiledGroup:
+def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployment], models: set[str]) -> CompiledGroup:
     if group.strategy not in STRATEGIES and group.strategy not in SPECIAL_STRATEGIES:
         known = ", ".join(sorted({*STRATEGIES, *SPECIAL_STRATEGIES}))
         raise RuleError(f"models.{name}.strategy: unknown strategy {group.strategy!r} (one of {known})")

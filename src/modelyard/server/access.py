@@ -95,17 +95,34 @@ class KeyState:
 
     @classmethod
     def from_record(cls, record: KeyRecord) -> KeyState:
-        return cls(record.id, record.name, frozenset(record.models) if record.models is not None else None,
-                   record.rpm, record.tpm,
-                   usd_to_nano(record.budget_usd) if record.budget_usd is not None else None,
-                   record.period_s or 30 * 86400.0, record.created_at, record.expires_at,
-                   record.revoked_at is not None)
+        return cls(
+            record.id,
+            record.name,
+            frozenset(record.models) if record.models is not None else None,
+            record.rpm,
+            record.tpm,
+            usd_to_nano(record.budget_usd) if record.budget_usd is not None else None,
+            record.period_s or 30 * 86400.0,
+            record.created_at,
+            record.expires_at,
+            record.revoked_at is not None,
+        )
 
     @classmethod
     def master(cls, limits: KeyLimits, unlimited: bool) -> KeyState:
-        return cls(MASTER_ID, MASTER_ID, None, limits.rpm, limits.tpm,
-                   usd_to_nano(limits.budget_usd) if limits.budget_usd is not None else None,
-                   parse_duration(limits.period), 0.0, None, False, unlimited)
+        return cls(
+            MASTER_ID,
+            MASTER_ID,
+            None,
+            limits.rpm,
+            limits.tpm,
+            usd_to_nano(limits.budget_usd) if limits.budget_usd is not None else None,
+            parse_duration(limits.period),
+            0.0,
+            None,
+            False,
+            unlimited,
+        )
 
 
 def estimate_prices(table: RoutingTable) -> dict[str, tuple[float, float]]:
@@ -125,12 +142,23 @@ def _retry_after(seconds: float) -> str:
 class Access:
     """Keys, limits and budgets for one gateway."""
 
-    def __init__(self, *, store: Store, counters: Counters, master_key: str | None = None,
-                 master_limits: KeyLimits | None = None, master_unlimited: bool = False,
-                 prices: dict[str, tuple[float, float]] | None = None, refresh_s: float = 30.0,
-                 capture_content: bool = False, clock: Callable[[], float] = time.time,
-                 table: RoutingTable | None = None, reserve_max_output: bool = False,
-                 unsettled: Callable[[str, float], float] | None = None, store_timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        counters: Counters,
+        master_key: str | None = None,
+        master_limits: KeyLimits | None = None,
+        master_unlimited: bool = False,
+        prices: dict[str, tuple[float, float]] | None = None,
+        refresh_s: float = 30.0,
+        capture_content: bool = False,
+        clock: Callable[[], float] = time.time,
+        table: RoutingTable | None = None,
+        reserve_max_output: bool = False,
+        unsettled: Callable[[str, float], float] | None = None,
+        store_timeout_s: float = 5.0,
+    ) -> None:
         self.store = store
         #: USD a key has spent since a time that is not in the store yet (the spend writer's spool and queue):
         #: a budget re-seeded after Redis lost it counts it too.
@@ -211,15 +239,17 @@ class Access:
     async def authenticate(self, credential: str | None) -> KeyState:
         """The key presented, or a 401 (missing, unknown, revoked, expired)."""
         if not credential:
-            raise GatewayError(401, "You didn't provide an API key. Send it as `Authorization: Bearer <key>` "
-                               "or `x-api-key: <key>`.", code="invalid_api_key")
+            raise GatewayError(
+                401,
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+                code="invalid_api_key",
+            )
         digest = hashlib.sha256(credential.encode()).hexdigest()
         key = self._keys.get(digest)
         if key is None:
             key = await self._miss(digest)
         if key is None or key.revoked:
-            raise GatewayError(401, f"Incorrect API key provided: {_shown(credential)}.",
-                               code="invalid_api_key")
+            raise GatewayError(401, f"Incorrect API key provided: {_shown(credential)}.", code="invalid_api_key")
         if key.expires_at is not None and self.clock() >= key.expires_at:
             raise GatewayError(401, f"API key {_shown(credential)} has expired.", code="invalid_api_key")
         return key
@@ -240,8 +270,9 @@ class Access:
         self._by_id[record.id] = digest
         return key
 
-    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures,
-                    overrides: ModelyardOptions | None = None) -> None:
+    async def admit(
+        self, ctx: RequestContext, model: str, features: RequestFeatures, overrides: ModelyardOptions | None = None
+    ) -> None:
         """Authorise everything the request may reach and reserve its budget, or raise the client's error.
 
         The key was authenticated from the headers before the body was read (`Gateway._http`); here the
@@ -257,15 +288,24 @@ class Access:
         features.key_name = key.name
         if key.models is not None:
             if model not in key.models:
-                raise GatewayError(403, f"This key may not use model `{model[:64]}` (allowed: "
-                                   f"{', '.join(sorted(key.models)) or 'none'}).", type="permission_error",
-                                   param="model", code="model_not_allowed")
+                raise GatewayError(
+                    403,
+                    f"This key may not use model `{model[:64]}` (allowed: {', '.join(sorted(key.models)) or 'none'}).",
+                    type="permission_error",
+                    param="model",
+                    code="model_not_allowed",
+                )
             if self.table is not None:
                 scope = self.scope_of(key.models, self.table)
                 refused = scope.refusal(overrides)
                 if refused is not None:
-                    raise GatewayError(403, f"This key may not route there: {refused[1]}.",
-                                       type="permission_error", param=refused[0], code="model_not_allowed")
+                    raise GatewayError(
+                        403,
+                        f"This key may not route there: {refused[1]}.",
+                        type="permission_error",
+                        param=refused[0],
+                        code="model_not_allowed",
+                    )
                 features.allowed = scope.deployments
         if key.limited:
             ctx.reservation = await self._reserve(key, model, features, overrides)
@@ -279,8 +319,9 @@ class Access:
             scope = self._scopes[models] = Scope.of(table, models)
         return scope
 
-    def estimate_nano(self, model: str, features: RequestFeatures, overrides: ModelyardOptions | None,
-                      output: int) -> int:
+    def estimate_nano(
+        self, model: str, features: RequestFeatures, overrides: ModelyardOptions | None, output: int
+    ) -> int:
         """An upper bound on the request's cost: its prompt and `output` tokens (from `output_tokens`) at the
         dearest deployment it may reach."""
         if self.table is not None and overrides is not None and (overrides.candidates or overrides.fallbacks):
@@ -299,11 +340,11 @@ class Access:
         cap = features.max_output_tokens
         if cap is None and self.reserve_max_output and self.table is not None:
             cap = self._max_output(model, features.prompt_tokens)
-        return features.output_estimate() * max(1, features.choices) if cap is None else \
-            cap * max(1, features.choices)
+        return features.output_estimate() * max(1, features.choices) if cap is None else cap * max(1, features.choices)
 
-    def _dearest(self, model: str, overrides: ModelyardOptions | None,
-                 allowed: frozenset[str] | None) -> tuple[float, float]:
+    def _dearest(
+        self, model: str, overrides: ModelyardOptions | None, allowed: frozenset[str] | None
+    ) -> tuple[float, float]:
         assert self.table is not None
         reach = request_reach(self.table, model, overrides)
         return dearest_per_token(self.table.prices, reach if allowed is None else reach & allowed)
@@ -328,8 +369,9 @@ class Access:
         fixed, window = bounds
         return max(1, fixed, window - prompt_tokens)
 
-    async def _reserve(self, key: KeyState, model: str, features: RequestFeatures,
-                       overrides: ModelyardOptions | None = None) -> Reservation | None:
+    async def _reserve(
+        self, key: KeyState, model: str, features: RequestFeatures, overrides: ModelyardOptions | None = None
+    ) -> Reservation | None:
         output = self.output_tokens(model, features)
         tokens = min(features.prompt_tokens + output, MAX_TOKENS)
         period = -1
@@ -388,16 +430,25 @@ class Access:
             assert key.budget_nano is not None
             _, end = period_bounds(key.anchor, key.period_s, period)
             renews = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
-            return GatewayError(429, f"You exceeded your current quota: key `{key.name}` has used its "
-                                f"budget of ${nano_to_usd(key.budget_nano):.2f} for this period "
-                                f"(renews {renews}).",
-                                type="insufficient_quota", code="insufficient_quota")
-        what, limit = ("requests per minute (RPM)", key.rpm) if reason == "rpm" else \
-            ("tokens per minute (TPM)", key.tpm)
+            return GatewayError(
+                429,
+                f"You exceeded your current quota: key `{key.name}` has used its "
+                f"budget of ${nano_to_usd(key.budget_nano):.2f} for this period "
+                f"(renews {renews}).",
+                type="insufficient_quota",
+                code="insufficient_quota",
+            )
+        what, limit = (
+            ("requests per minute (RPM)", key.rpm) if reason == "rpm" else ("tokens per minute (TPM)", key.tpm)
+        )
         wait = _retry_after(retry_after)
-        return GatewayError(429, f"Rate limit reached for key `{key.name}` on {what}: limit {limit}. "
-                            f"Please try again in {wait}s.", type="requests" if reason == "rpm" else "tokens",
-                            code="rate_limit_exceeded", headers={"Retry-After": wait})
+        return GatewayError(
+            429,
+            f"Rate limit reached for key `{key.name}` on {what}: limit {limit}. Please try again in {wait}s.",
+            type="requests" if reason == "rpm" else "tokens",
+            code="rate_limit_exceeded",
+            headers={"Retry-After": wait},
+        )
 
     def settle(self, ctx: RequestContext, outcome: Outcome) -> None:
         """After the answer: the budget is charged what the request cost (0 if it failed before any token)."""
@@ -458,8 +509,12 @@ class Access:
             spent_usd = await self.store_guard.call(self.store.spent_since(key.id, start))
             if self.unsettled is not None:
                 spent_usd += self.unsettled(key.id, start)
-        return {"spent_usd": round(spent_usd, 10), "reserved_usd": round(nano_to_usd(reserved), 10),
-                "period_start": start, "period_end": end}
+        return {
+            "spent_usd": round(spent_usd, 10),
+            "reserved_usd": round(nano_to_usd(reserved), 10),
+            "period_start": start,
+            "period_end": end,
+        }
 
 
 def credential_of(headers: list[tuple[bytes, bytes]]) -> str | None:

@@ -39,9 +39,9 @@ if TYPE_CHECKING:
 
 KEYS_PATH = "/admin/keys"
 _ADMIN_BODY_LIMIT = 64 * 1024
-_MAX_TEXT = 256         # a key's name, a model name, a metadata key
-_MAX_VALUE = 4096       # a metadata value
-_MAX_ITEMS = 256        # models, metadata entries
+_MAX_TEXT = 256  # a key's name, a model name, a metadata key
+_MAX_VALUE = 4096  # a metadata value
+_MAX_ITEMS = 256  # models, metadata entries
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Control characters (NUL first) have no place in names, and PostgreSQL's text cannot hold NUL.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -52,15 +52,18 @@ def _services(gw: Gateway, ctx: RequestContext) -> Services:
     if services is None or services.access is None:
         raise GatewayError(404, "the admin API is not enabled on this gateway", code="not_found")
     if services.access.master_hash is None:
-        raise GatewayError(403, "the admin API needs a master key (access.master_key or "
-                           "MODELYARD_MASTER_KEY)", type="permission_error", code="admin_disabled")
+        raise GatewayError(
+            403,
+            "the admin API needs a master key (access.master_key or MODELYARD_MASTER_KEY)",
+            type="permission_error",
+            code="admin_disabled",
+        )
     if not services.access.is_master(ctx.credential):
         raise GatewayError(401, "the admin API needs the master key", code="invalid_api_key")
     return services
 
 
-def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float],
-              minimum: float | None = None) -> Any:
+def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float], minimum: float | None = None) -> Any:
     """`body[name]` checked against `kind` (ints accepted for floats), finite and at least `minimum`; None when
     absent."""
     value: Any = body.get(name)
@@ -84,8 +87,7 @@ def _checked(name: str, value: Any, problem: str | None) -> Any:
 
 def _text(name: str, value: str, limit: int = _MAX_TEXT) -> str:
     if len(value) > limit or _CONTROL.search(value):
-        raise GatewayError(400, f"`{name}` must be at most {limit} characters, without control characters",
-                           param=name)
+        raise GatewayError(400, f"`{name}` must be at most {limit} characters, without control characters", param=name)
     return value
 
 
@@ -95,8 +97,9 @@ def _models(value: Any) -> list[str] | None:
     if isinstance(value, str):
         value = [m.strip() for m in value.split(",")]
     if not isinstance(value, list) or not all(isinstance(m, str) for m in value):
-        raise GatewayError(400, "`models` must be a list of model names (or one comma-separated string)",
-                           param="models")
+        raise GatewayError(
+            400, "`models` must be a list of model names (or one comma-separated string)", param="models"
+        )
     if len(value) > _MAX_ITEMS:
         raise GatewayError(400, f"`models` may list at most {_MAX_ITEMS} names", param="models")
     return [_text("models", m) for m in value if m] or None
@@ -126,8 +129,7 @@ def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
     except ValueError as exc:
         raise GatewayError(400, f"`{name}`: {exc}", param=name) from None
     if not math.isfinite(seconds) or not minimum <= seconds <= MAX_PERIOD_S:
-        raise GatewayError(400, f"`{name}` must be between {minimum:g}s and {MAX_PERIOD_S / 86400:.0f}d",
-                           param=name)
+        raise GatewayError(400, f"`{name}` must be between {minimum:g}s and {MAX_PERIOD_S / 86400:.0f}d", param=name)
     return seconds
 
 
@@ -141,9 +143,16 @@ def key_options(body: dict[str, Any], now: float) -> dict[str, Any]:
     tpm = _checked("tpm", _optional(body, "tpm", int, 1), rate_problem(body.get("tpm")))
     budget = _optional(body, "budget_usd", float, 0)
     _checked("budget_usd", budget, budget_problem(budget))
-    return {"models": _models(body.get("models")), "rpm": rpm, "tpm": tpm, "budget_usd": budget,
-            "period_s": period if period is not None else 30 * 86400.0, "expires_at": expires_at,
-            "metadata": _metadata(body.get("metadata")), "now": now}
+    return {
+        "models": _models(body.get("models")),
+        "rpm": rpm,
+        "tpm": tpm,
+        "budget_usd": budget,
+        "period_s": period if period is not None else 30 * 86400.0,
+        "expires_at": expires_at,
+        "metadata": _metadata(body.get("metadata")),
+        "now": now,
+    }
 
 
 async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -178,7 +187,7 @@ async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
     services = _services(gw, ctx)
     access = services.access
     assert access is not None
-    key_id = request.path[len(KEYS_PATH) + 1:]
+    key_id = request.path[len(KEYS_PATH) + 1 :]
     if not _KEY_ID.match(key_id):
         raise GatewayError(404, f"no key with id `{key_id[:64]}`", code="key_not_found")
     record = await access.store_guard.call(access.store.get_key(key_id))
@@ -197,11 +206,11 @@ def parse_since(text: str | None, now: float) -> float:
     try:
         seconds = parse_duration(text)
     except ValueError:
-        raise GatewayError(400, f"invalid `since` {text[:64]!r} (write e.g. 7d, 24h or all)",
-                           param="since") from None
+        raise GatewayError(400, f"invalid `since` {text[:64]!r} (write e.g. 7d, 24h or all)", param="since") from None
     if not math.isfinite(seconds) or seconds > MAX_PERIOD_S:
-        raise GatewayError(400, f"`since` may reach back at most {MAX_PERIOD_S / 86400:.0f}d (or write all)",
-                           param="since")
+        raise GatewayError(
+            400, f"`since` may reach back at most {MAX_PERIOD_S / 86400:.0f}d (or write all)", param="since"
+        )
     return max(0.0, now - seconds)
 
 
@@ -219,10 +228,27 @@ async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     if services.spend is not None and not guard.down:  # include the requests still in the writer's queue
         await services.spend.flush(timeout_s=guard.timeout_s)
     rows = await guard.call(services.store.spend_report(by, since))
-    data = [{"group": r.group, "name": r.name, "requests": r.requests, "errors": r.errors,
-             "prompt_tokens": r.prompt_tokens, "completion_tokens": r.completion_tokens,
-             "cost_usd": round(r.cost_usd, 10)} for r in rows]
-    await send_json(request.send, 200, {
-        "object": "spend_report", "by": by, "since": datetime.fromtimestamp(since, UTC).isoformat(),
-        "data": data, "total_cost_usd": round(sum(r.cost_usd for r in rows), 10),
-        "total_requests": sum(r.requests for r in rows)})
+    data = [
+        {
+            "group": r.group,
+            "name": r.name,
+            "requests": r.requests,
+            "errors": r.errors,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cost_usd": round(r.cost_usd, 10),
+        }
+        for r in rows
+    ]
+    await send_json(
+        request.send,
+        200,
+        {
+            "object": "spend_report",
+            "by": by,
+            "since": datetime.fromtimestamp(since, UTC).isoformat(),
+            "data": data,
+            "total_cost_usd": round(sum(r.cost_usd for r in rows), 10),
+            "total_requests": sum(r.requests for r in rows),
+        },
+    )

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 _encode = msgspec.json.Encoder().encode
 
+
 async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     body = decode_body(await request.body(gw.max_body))
     raw = messages_request_to_chat(body)
@@ -51,8 +52,17 @@ async def messages(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     await ctx.end(outcome, request.respond(200, _encode(message), headers))  # spend spooled before the answer
 
 
-async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, raw: dict[str, Any],
-                  features: Any, plan: Any, timeout_s: float | None, thinking: bool) -> None:
+async def _stream(
+    gw: Gateway,
+    request: Request,
+    ctx: RequestContext,
+    req: Any,
+    raw: dict[str, Any],
+    features: Any,
+    plan: Any,
+    timeout_s: float | None,
+    thinking: bool,
+) -> None:
     result = await gw.router.stream(req, raw, features, plan=plan, timeout_s=timeout_s)
     try:
         await _relay(gw, request, ctx, result, features, thinking)
@@ -60,8 +70,9 @@ async def _stream(gw: Gateway, request: Request, ctx: RequestContext, req: Any, 
         await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
 
 
-async def _relay(gw: Gateway, request: Request, ctx: RequestContext, result: StreamResult, features: Any,
-                 thinking: bool) -> None:
+async def _relay(
+    gw: Gateway, request: Request, ctx: RequestContext, result: StreamResult, features: Any, thinking: bool
+) -> None:
     """The Messages event sequence out of the canonical stream; message_stop is the last byte."""
     send = request.send
     events = ChunksToAnthropicEvents(result.model, thinking=thinking)
@@ -94,8 +105,9 @@ async def _relay(gw: Gateway, request: Request, ctx: RequestContext, result: Str
     if error is not None:
         kind = KIND_ERROR_TYPES.get(error.kind, "api_error")
         failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=result.cost_usd)
-        await ctx.end(failed, send({"type": "http.response.body",
-                                    "body": b"".join(held) + events.error(kind, error.message)}))
+        await ctx.end(
+            failed, send({"type": "http.response.body", "body": b"".join(held) + events.error(kind, error.message)})
+        )
         return
     # message_stop is the last byte: the spend record is in the spool before it.
     outcome = ctx.success(result.deployment, result.records, result.usage, result.cost_usd, ttft_ms=result.ttft_ms)

@@ -62,11 +62,20 @@ _FINISH_TO_STOP = {
 _EFFORT = {"low": "low", "medium": "medium", "high": "high", "xhigh": "high", "max": "high"}
 
 #: Blocks Anthropic defines that only its own servers can act on (server tools and their results).
-_SERVER_BLOCKS = frozenset({
-    "server_tool_use", "web_search_tool_result", "web_fetch_tool_result", "code_execution_tool_result",
-    "bash_code_execution_tool_result", "text_editor_code_execution_tool_result", "tool_search_tool_result",
-    "container_upload", "search_result", "tool_reference",
-})
+_SERVER_BLOCKS = frozenset(
+    {
+        "server_tool_use",
+        "web_search_tool_result",
+        "web_fetch_tool_result",
+        "code_execution_tool_result",
+        "bash_code_execution_tool_result",
+        "text_editor_code_execution_tool_result",
+        "tool_search_tool_result",
+        "container_upload",
+        "search_result",
+        "tool_reference",
+    }
+)
 
 
 # --------------------------------------------------------------------------- errors
@@ -128,8 +137,7 @@ def _document_parts(block: dict[str, Any], param: str) -> list[dict[str, Any]]:
             return [{"type": "text", "text": inner}]
         if isinstance(inner, list):
             return [_user_part(b, f"{param}.source.content.{j}") for j, b in enumerate(inner)]
-    raise _bad(f"document source type {kind!r} is not supported (use base64, text or content)",
-               f"{param}.source.type")
+    raise _bad(f"document source type {kind!r} is not supported (use base64, text or content)", f"{param}.source.type")
 
 
 def _block_type(block: Any, param: str) -> str:
@@ -275,8 +283,9 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict):
             raise _bad("each tool must be an object", param)
         if tool.get("type") not in (None, "custom"):
-            raise _bad(f"tool type {tool['type']!r} is not supported by this gateway (only client tools)",
-                       f"{param}.type")
+            raise _bad(
+                f"tool type {tool['type']!r} is not supported by this gateway (only client tools)", f"{param}.type"
+            )
         name, schema = tool.get("name"), tool.get("input_schema")
         if not isinstance(name, str) or not isinstance(schema, dict):
             raise _bad("a tool needs a string `name` and an `input_schema` object", param)
@@ -344,8 +353,12 @@ MAX_OUTPUT_TOKENS = 10_000_000
 
 
 def _number(value: Any, key: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not low <= value <= high:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not low <= value <= high
+    ):
         raise _bad(f"must be a finite number between {low:g} and {high:g}", key)
     return value
 
@@ -447,9 +460,7 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}  # keep what the model wrote
 
 
-def chat_completion_to_message(
-    completion: dict[str, Any], model: str, *, thinking: bool = False
-) -> dict[str, Any]:
+def chat_completion_to_message(completion: dict[str, Any], model: str, *, thinking: bool = False) -> dict[str, Any]:
     """A canonical chat.completion → an Anthropic Message object."""
     choices = completion.get("choices") or [{}]
     choice = choices[0]
@@ -463,8 +474,9 @@ def chat_completion_to_message(
     for call in message.get("tool_calls") or ():
         fn = call.get("function") or {}
         call_id = call.get("id") or new_id("toolu_")
-        content.append({"type": "tool_use", "id": call_id, "name": fn.get("name", ""),
-                        "input": _tool_input(fn.get("arguments"))})
+        content.append(
+            {"type": "tool_use", "id": call_id, "name": fn.get("name", ""), "input": _tool_input(fn.get("arguments"))}
+        )
     stop_sequence = choice.get("stop_sequence")
     reason = stop_reason(choice.get("finish_reason"), stop_sequence)
     return {
@@ -600,8 +612,15 @@ class ChunksToAnthropicEvents:
             arguments = _encode(arguments).decode()
         if arguments:
             # Fragments of an earlier call (interleaved parallel calls) still name that call's block.
-            out.append(_event({"type": "content_block_delta", "index": self._tool_blocks[position],
-                               "delta": {"type": "input_json_delta", "partial_json": arguments}}))
+            out.append(
+                _event(
+                    {
+                        "type": "content_block_delta",
+                        "index": self._tool_blocks[position],
+                        "delta": {"type": "input_json_delta", "partial_json": arguments},
+                    }
+                )
+            )
         return out
 
 

@@ -61,9 +61,25 @@ ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
 class RequestContext:
     """What the gateway knows about one request while it runs; reported once at the end."""
 
-    __slots__ = ("authenticated", "content", "credential", "endpoint", "explain", "finished", "gateway", "key",
-                 "key_id", "key_name", "request_id", "requested_model", "reservation", "spooled", "started", "tags",
-                 "ttft_ms")
+    __slots__ = (
+        "authenticated",
+        "content",
+        "credential",
+        "endpoint",
+        "explain",
+        "finished",
+        "gateway",
+        "key",
+        "key_id",
+        "key_name",
+        "request_id",
+        "requested_model",
+        "reservation",
+        "spooled",
+        "started",
+        "tags",
+        "ttft_ms",
+    )
 
     def __init__(self, gateway: Gateway, endpoint: str) -> None:
         self.gateway = gateway
@@ -95,17 +111,26 @@ class RequestContext:
     # (budget settlement, metrics, traces). `end` does the last two around the final send; `finish_*` build
     # and report at once (a cancelled stream has no last byte; its record still reaches the spool this tick).
 
-    def success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *,
-                ttft_ms: float | None) -> Outcome:
+    def success(
+        self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *, ttft_ms: float | None
+    ) -> Outcome:
         return Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms)
 
-    def failure(self, error: ProviderError | GatewayError, records: list[AttemptRecord] | None = None, *,
-                after_first_byte: bool = False, usage: Usage | None = None, cost: float = 0.0) -> Outcome:
+    def failure(
+        self,
+        error: ProviderError | GatewayError,
+        records: list[AttemptRecord] | None = None,
+        *,
+        after_first_byte: bool = False,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+    ) -> Outcome:
         kind = error.kind.value if isinstance(error, ProviderError) else f"http_{error.status}"
         dep = error.deployment if isinstance(error, ProviderError) else None
         status = "stream_error" if after_first_byte else "error"
-        return Outcome(self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms, None,
-                       error_kind=kind)
+        return Outcome(
+            self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms, None, error_kind=kind
+        )
 
     async def commit(self, outcome: Outcome) -> None:
         """Put this request's spend record in the spool; returns once it is in the kernel (one write() per
@@ -145,17 +170,37 @@ class RequestContext:
             self.gateway.access.settle(self, outcome)
         self.gateway.observer.on_outcome(outcome)
 
-    def finish_success(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float,
-                       *, ttft_ms: float | None) -> None:
+    def finish_success(
+        self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *, ttft_ms: float | None
+    ) -> None:
         self.report(self.success(dep, records, usage, cost, ttft_ms=ttft_ms))
 
-    def finish_error(self, error: ProviderError | GatewayError, records: list[AttemptRecord] | None = None, *,
-                     after_first_byte: bool = False, usage: Usage | None = None, cost: float = 0.0) -> None:
+    def finish_error(
+        self,
+        error: ProviderError | GatewayError,
+        records: list[AttemptRecord] | None = None,
+        *,
+        after_first_byte: bool = False,
+        usage: Usage | None = None,
+        cost: float = 0.0,
+    ) -> None:
         self.report(self.failure(error, records, after_first_byte=after_first_byte, usage=usage, cost=cost))
 
     def finish_cancelled(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float) -> None:
-        self.report(Outcome(self, "cancelled", dep.name, dep.provider, records, usage, cost, self.elapsed_ms,
-                            None, error_kind="client_disconnected"))
+        self.report(
+            Outcome(
+                self,
+                "cancelled",
+                dep.name,
+                dep.provider,
+                records,
+                usage,
+                cost,
+                self.elapsed_ms,
+                None,
+                error_kind="client_disconnected",
+            )
+        )
 
 
 async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
@@ -165,8 +210,14 @@ async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: 
 class Gateway:
     """The ASGI app. Holds the router and the services around it; no module-level state."""
 
-    def __init__(self, config: Config, *, router: Router | None = None, observer: Observer | None = None,
-                 services: Services | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        router: Router | None = None,
+        observer: Observer | None = None,
+        services: Services | None = None,
+    ) -> None:
         self.config = config
         self.router = router or Router(config)
         self.observer: Observer = observer or NullObserver()
@@ -188,7 +239,8 @@ class Gateway:
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route
         #: added later (with a path parameter or not) is keyed by naming its handler here.
         self.keyed: frozenset[Handler] = frozenset(
-            {handler for handler, _ in self.routes.values()} | {openai_routes.retrieve_model})
+            {handler for handler, _ in self.routes.values()} | {openai_routes.retrieve_model}
+        )
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
         if services is not None:
@@ -243,8 +295,14 @@ class Gateway:
         except Exception:
             log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
             if not request.started:
-                body = {"error": {"message": f"Internal error (request id {ctx.request_id})",
-                                  "type": "server_error", "param": None, "code": "internal_error"}}
+                body = {
+                    "error": {
+                        "message": f"Internal error (request id {ctx.request_id})",
+                        "type": "server_error",
+                        "param": None,
+                        "code": "internal_error",
+                    }
+                }
                 await write_error(send, 500, body, [])
         finally:
             if ctx.reservation is not None and self.access is not None:
@@ -252,10 +310,14 @@ class Gateway:
 
     async def _not_found(self, scope: Scope, send: Send) -> None:
         known_paths = {p for _, p in self.routes}
-        status, message = (405, f"Method {scope['method']} not allowed on {scope['path']}") \
-            if scope["path"] in known_paths else (404, f"Unknown path {scope['path']}")
-        await send_error(send, GatewayError(status, message, code="not_found" if status == 404 else
-                                            "method_not_allowed"))
+        status, message = (
+            (405, f"Method {scope['method']} not allowed on {scope['path']}")
+            if scope["path"] in known_paths
+            else (404, f"Unknown path {scope['path']}")
+        )
+        await send_error(
+            send, GatewayError(status, message, code="not_found" if status == 404 else "method_not_allowed")
+        )
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -300,16 +362,18 @@ class Gateway:
         ctx.requested_model = req.model[:MODEL_NAME_LIMIT]
         return openai_routes.features_for(req, request, ctx.key_name)
 
-    async def admit(self, ctx: RequestContext, model: str, features: RequestFeatures,
-                    overrides: ModelyardOptions | None = None) -> None:
+    async def admit(
+        self, ctx: RequestContext, model: str, features: RequestFeatures, overrides: ModelyardOptions | None = None
+    ) -> None:
         """Authorise the model and every deployment the overrides could reach, apply rate limits and
         reserve the budget (server/access.py)."""
         ctx.requested_model = model[:MODEL_NAME_LIMIT]  # a client string: kept short in logs and rows
         if self.access is not None:
             await self.access.admit(ctx, model, features, overrides)
 
-    async def analyse(self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *,
-                      use_cache: bool = True) -> Insight | None:
+    async def analyse(
+        self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *, use_cache: bool = True
+    ) -> Insight | None:
         """Embedding-based insight (learned quality, task from examples, a cached answer), only if needed."""
         intelligence = self.intelligence
         if not intelligence.needed or not intelligence.wanted_for(req.model, features):
@@ -322,15 +386,28 @@ class Gateway:
             features.task = insight.task
         return insight
 
-    def plan(self, req: ChatRequest, request: Request, features: RequestFeatures, ctx: RequestContext,
-             insight: Insight | None = None) -> Plan:
+    def plan(
+        self,
+        req: ChatRequest,
+        request: Request,
+        features: RequestFeatures,
+        ctx: RequestContext,
+        insight: Insight | None = None,
+    ) -> Plan:
         explain = request.header(b"x-modelyard-explain") in ("1", "true") or bool(
-            req.modelyard and req.modelyard.explain)
+            req.modelyard and req.modelyard.explain
+        )
         quality = self.intelligence.quality_fn(insight) if insight is not None else None
-        plan = self.router.plan(req.model, features, overrides=req.modelyard,
-                                strategy=request.header(b"x-modelyard-strategy"), explain=explain, quality=quality,
-                                default_min_quality=insight.default_min_quality if insight else None,
-                                default_lambda=insight.default_lambda if insight else None)
+        plan = self.router.plan(
+            req.model,
+            features,
+            overrides=req.modelyard,
+            strategy=request.header(b"x-modelyard-strategy"),
+            explain=explain,
+            quality=quality,
+            default_min_quality=insight.default_min_quality if insight else None,
+            default_lambda=insight.default_lambda if insight else None,
+        )
         if explain:
             ctx.explain = plan.explain()
         return plan
@@ -344,16 +421,22 @@ class Gateway:
         except ValueError:
             ms = math.nan
         if not 0 < ms <= TIMEOUT_HEADER_MAX_MS:  # also refuses NaN and infinities
-            raise GatewayError(400, f"x-modelyard-timeout-ms must be a number of milliseconds in (0, "
-                               f"{TIMEOUT_HEADER_MAX_MS}]", param="x-modelyard-timeout-ms")
+            raise GatewayError(
+                400,
+                f"x-modelyard-timeout-ms must be a number of milliseconds in (0, {TIMEOUT_HEADER_MAX_MS}]",
+                param="x-modelyard-timeout-ms",
+            )
         return ms / 1000.0  # the executor applies it as min(configured, this): it can only shorten
 
-    def answer_headers(self, ctx: RequestContext, dep: Deployment, records: list[AttemptRecord],
-                       cost: float | None) -> Headers:
+    def answer_headers(
+        self, ctx: RequestContext, dep: Deployment, records: list[AttemptRecord], cost: float | None
+    ) -> Headers:
         fixed = self._deployment_headers.get(dep.name)
         if fixed is None:  # the two headers that depend on the deployment only, encoded once
             fixed = self._deployment_headers[dep.name] = (
-                (b"x-modelyard-model", dep.name.encode()), (b"x-modelyard-provider", dep.provider.encode()))
+                (b"x-modelyard-model", dep.name.encode()),
+                (b"x-modelyard-provider", dep.provider.encode()),
+            )
         headers: Headers = [
             fixed[0],
             fixed[1],
@@ -400,9 +483,12 @@ async def _ready(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     ready = gw.ready and gw.router.started
     counters = gw.access.counters if gw.access is not None else None
     degraded = counters is not None and counters.degraded  # Redis unreachable: limited keys follow the policy
-    body = {"status": ("degraded" if degraded else "ready") if ready else "starting",
-            "deployments": len(gw.config.deployments), "open_circuits": open_circuits,
-            "state": "unavailable" if degraded else "ok"}
+    body = {
+        "status": ("degraded" if degraded else "ready") if ready else "starting",
+        "deployments": len(gw.config.deployments),
+        "open_circuits": open_circuits,
+        "state": "unavailable" if degraded else "ok",
+    }
     await send_json(request.send, 200 if ready else 503, body)
 
 

@@ -19,8 +19,15 @@ import uvicorn
 class BackgroundServer:
     """`with BackgroundServer(app) as server: server.url` — uvicorn with uvloop/httptools, in a thread."""
 
-    def __init__(self, app: Any, *, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
-                 startup_timeout: float = 20.0) -> None:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        log_level: str = "warning",
+        startup_timeout: float = 20.0,
+    ) -> None:
         self.app = app
         self.host = host
         self._port = port
@@ -48,8 +55,15 @@ class BackgroundServer:
         self._port = sock.getsockname()[1]
         from modelyard.server.protocol import GuardedHttpToolsProtocol  # slow-client deadlines, as in `serve`
 
-        config = uvicorn.Config(self.app, loop="uvloop", http=GuardedHttpToolsProtocol, lifespan="on",
-                                log_level=self.log_level, access_log=False, timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            loop="uvloop",
+            http=GuardedHttpToolsProtocol,
+            lifespan="on",
+            log_level=self.log_level,
+            access_log=False,
+            timeout_graceful_shutdown=2,
+        )
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers only on the main thread, so this thread leaves them alone.
         self._thread = threading.Thread(target=self._run, name=f"uvicorn:{self._port}", daemon=True)
@@ -90,6 +104,7 @@ class BackgroundServer:
     def __enter__(self) -> BackgroundServer:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

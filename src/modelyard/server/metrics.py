@@ -28,8 +28,7 @@ if TYPE_CHECKING:
     from modelyard.server.http import Request
 
 #: Seconds; from a cache hit to a long reasoning answer.
-BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
-                              120.0)
+BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 _TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write", "reasoning")
 
@@ -71,8 +70,7 @@ class _Series:
 class Metrics:
     """An Observer that keeps the gateway's counters, and the /metrics endpoint that exposes them."""
 
-    def __init__(self, router: Router, *, spend: SpendWriter | None = None,
-                 unpriced: list[str] | None = None) -> None:
+    def __init__(self, router: Router, *, spend: SpendWriter | None = None, unpriced: list[str] | None = None) -> None:
         self.router = router
         self.spend = spend
         self.unpriced = list(unpriced or [])
@@ -149,9 +147,11 @@ class Metrics:
         yield from self._state()
 
     def _traffic(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("modelyard_requests", "Requests by requested model, serving "
-                                       "deployment and status (ok, error, stream_error, cancelled).",
-                                       labels=["model", "deployment", "status"])
+        requests = CounterMetricFamily(
+            "modelyard_requests",
+            "Requests by requested model, serving deployment and status (ok, error, stream_error, cancelled).",
+            labels=["model", "deployment", "status"],
+        )
         series_now = list(self.series.items())  # scraped on a worker thread: iterate over snapshots
         for (model, deployment), series in series_now:
             for status, count in list(series.statuses.items()):
@@ -159,27 +159,34 @@ class Metrics:
         errors = CounterMetricFamily("modelyard_errors", "Failed requests by error kind.", labels=["kind"])
         for kind, value in list(self.errors.items()):
             errors.add_metric([kind], value)
-        attempts = CounterMetricFamily("modelyard_attempts", "Provider attempts by deployment and outcome.",
-                                       labels=["deployment", "outcome"])
+        attempts = CounterMetricFamily(
+            "modelyard_attempts", "Provider attempts by deployment and outcome.", labels=["deployment", "outcome"]
+        )
         for (deployment, outcome), value in list(self.attempts.items()):
             attempts.add_metric([deployment, outcome], value)
-        tokens = CounterMetricFamily("modelyard_tokens", "Tokens by model, deployment and kind (prompt "
-                                     "includes cached and cache_write; completion includes reasoning).",
-                                     labels=["model", "deployment", "type"])
+        tokens = CounterMetricFamily(
+            "modelyard_tokens",
+            "Tokens by model, deployment and kind (prompt "
+            "includes cached and cache_write; completion includes reasoning).",
+            labels=["model", "deployment", "type"],
+        )
         for (model, deployment), series in series_now:
             for kind, count in zip(_TOKEN_KINDS, series.tokens, strict=True):
                 tokens.add_metric([model, deployment, kind], count)
-        cost = CounterMetricFamily("modelyard_cost_usd", "Cost in USD of the answers, from actual usage.",
-                                   labels=["model", "deployment"])
+        cost = CounterMetricFamily(
+            "modelyard_cost_usd", "Cost in USD of the answers, from actual usage.", labels=["model", "deployment"]
+        )
         for (model, deployment), series in series_now:
             cost.add_metric([model, deployment], series.cost)
         yield from (requests, errors, attempts, tokens, cost)
 
     def _timing(self) -> Iterator[Metric]:
-        latency = HistogramMetricFamily("modelyard_request_duration_seconds", "Request latency, end to end.",
-                                        labels=["model", "deployment"])
-        ttft = HistogramMetricFamily("modelyard_ttft_seconds", "Time to first token of streamed answers.",
-                                     labels=["model", "deployment"])
+        latency = HistogramMetricFamily(
+            "modelyard_request_duration_seconds", "Request latency, end to end.", labels=["model", "deployment"]
+        )
+        ttft = HistogramMetricFamily(
+            "modelyard_ttft_seconds", "Time to first token of streamed answers.", labels=["model", "deployment"]
+        )
         for (model, deployment), series in list(self.series.items()):
             latency.add_metric([model, deployment], series.latency.cumulative(), series.latency.sum)
             if series.ttft is not None:
@@ -188,42 +195,68 @@ class Metrics:
 
     def _state(self) -> Iterator[Metric]:
         health = self.router.health.all()
-        in_flight = GaugeMetricFamily("modelyard_in_flight", "Provider attempts in flight per deployment.",
-                                      labels=["deployment"])
-        breaker = GaugeMetricFamily("modelyard_breaker_state", "Circuit breaker per deployment: 0 closed, "
-                                    "1 half-open, 2 open.", labels=["deployment"])
+        in_flight = GaugeMetricFamily(
+            "modelyard_in_flight", "Provider attempts in flight per deployment.", labels=["deployment"]
+        )
+        breaker = GaugeMetricFamily(
+            "modelyard_breaker_state",
+            "Circuit breaker per deployment: 0 closed, 1 half-open, 2 open.",
+            labels=["deployment"],
+        )
         for dep in self.router.config.deployments:
             state = health.get(dep.name)
             in_flight.add_metric([dep.name], state.in_flight if state else 0)
             breaker.add_metric([dep.name], _BREAKER_VALUE[state.state] if state else 0)
-        transitions = CounterMetricFamily("modelyard_breaker_transitions", "Circuit breaker state changes.",
-                                          labels=["deployment", "state"])
+        transitions = CounterMetricFamily(
+            "modelyard_breaker_transitions", "Circuit breaker state changes.", labels=["deployment", "state"]
+        )
         for (deployment, state_name), value in list(self.transitions.items()):
             transitions.add_metric([deployment, state_name], value)
-        unknown = GaugeMetricFamily("modelyard_price_unknown", "1 for deployments whose price is unknown "
-                                    "(their cost is counted as 0).", labels=["deployment"])
+        unknown = GaugeMetricFamily(
+            "modelyard_price_unknown",
+            "1 for deployments whose price is unknown (their cost is counted as 0).",
+            labels=["deployment"],
+        )
         for name in self.unpriced:
             unknown.add_metric([name], 1)
         yield from (in_flight, breaker, transitions, unknown)
         if self.counters is not None:
-            yield GaugeMetricFamily("modelyard_state_unavailable", "1 while the shared counters (Redis) are "
-                                    "unreachable and state.on_unavailable applies.", value=int(self.counters.degraded))
-            yield CounterMetricFamily("modelyard_state_outages", "Times the shared counters became unreachable.",
-                                      value=getattr(self.counters, "outages", 0))
+            yield GaugeMetricFamily(
+                "modelyard_state_unavailable",
+                "1 while the shared counters (Redis) are unreachable and state.on_unavailable applies.",
+                value=int(self.counters.degraded),
+            )
+            yield CounterMetricFamily(
+                "modelyard_state_outages",
+                "Times the shared counters became unreachable.",
+                value=getattr(self.counters, "outages", 0),
+            )
         if self.spend is not None:
             spend = self.spend
-            yield CounterMetricFamily("modelyard_spend_log_written", "Spend records written.",
-                                      value=spend.written)
-            yield CounterMetricFamily("modelyard_spend_log_dropped", "Spend records dropped (no spool and "
-                                      "a full queue, or the store down at shutdown).", value=spend.dropped)
-            yield GaugeMetricFamily("modelyard_spend_log_pending", "Spend records waiting to be written.",
-                                    value=spend.pending)
-            yield CounterMetricFamily("modelyard_spend_log_dead_letters", "Spend records the store refused even "
-                                      "sanitised, set aside in modelyard_spend_dead.", value=spend.dead_letters)
-            yield CounterMetricFamily("modelyard_spend_log_replayed", "Spend records replayed from the spool at "
-                                      "start (left by a crash).", value=spend.replayed)
-            yield CounterMetricFamily("modelyard_spend_spool_errors", "Failed spool writes (their records were "
-                                      "only in memory).", value=spend.spool_errors)
+            yield CounterMetricFamily("modelyard_spend_log_written", "Spend records written.", value=spend.written)
+            yield CounterMetricFamily(
+                "modelyard_spend_log_dropped",
+                "Spend records dropped (no spool and a full queue, or the store down at shutdown).",
+                value=spend.dropped,
+            )
+            yield GaugeMetricFamily(
+                "modelyard_spend_log_pending", "Spend records waiting to be written.", value=spend.pending
+            )
+            yield CounterMetricFamily(
+                "modelyard_spend_log_dead_letters",
+                "Spend records the store refused even sanitised, set aside in modelyard_spend_dead.",
+                value=spend.dead_letters,
+            )
+            yield CounterMetricFamily(
+                "modelyard_spend_log_replayed",
+                "Spend records replayed from the spool at start (left by a crash).",
+                value=spend.replayed,
+            )
+            yield CounterMetricFamily(
+                "modelyard_spend_spool_errors",
+                "Failed spool writes (their records were only in memory).",
+                value=spend.spool_errors,
+            )
 
 
 class _Collector:

@@ -54,8 +54,13 @@ class NullObserver:
 
     def on_outcome(self, outcome: Outcome) -> None:
         if outcome.status != "ok" and log.isEnabledFor(logging.INFO):
-            log.info("request %s %s: %s %s", outcome.ctx.request_id, outcome.status, outcome.error_kind,
-                     outcome.deployment or "-")
+            log.info(
+                "request %s %s: %s %s",
+                outcome.ctx.request_id,
+                outcome.status,
+                outcome.error_kind,
+                outcome.deployment or "-",
+            )
 
 
 class FanOut:

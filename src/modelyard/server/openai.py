@@ -49,8 +49,11 @@ async def chat_completions(gw: Gateway, request: Request, ctx: RequestContext) -
         return
     success = await gw.router.complete(req, raw, features, plan=plan, timeout_s=timeout_s)
     if insight is not None and insight.vector is not None and req.model in gw.intelligence.cached_models:
-        gw.intelligence.remember(f"{req.model}\x00{ctx.key_id or ''}", insight,
-                                 (success.completion.body, success.deployment, success.completion.usage))
+        gw.intelligence.remember(
+            f"{req.model}\x00{ctx.key_id or ''}",
+            insight,
+            (success.completion.body, success.deployment, success.completion.usage),
+        )
     body = success.completion.body
     cost = success.cost_usd
     usage = body.get("usage")
@@ -74,8 +77,9 @@ async def answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, 
     await ctx.end(ctx.success(dep, [], Usage(), 0.0, ttft_ms=None), request.respond(200, _encode(answer), headers))
 
 
-async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest,
-                      result: StreamResult) -> None:
+async def stream_chat(
+    gw: Gateway, request: Request, ctx: RequestContext, req: ChatRequest, result: StreamResult
+) -> None:
     """SSE out: chunks as they come; a failure after the first byte ends with an error event, not [DONE].
 
     The last batch (the one after which the provider said it was done) is held back a moment and sent with
@@ -114,16 +118,21 @@ async def stream_chat(gw: Gateway, request: Request, ctx: RequestContext, req: C
     cost = result.cost_usd
     if error is not None:
         failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-        await ctx.end(failed, send({"type": "http.response.body",
-                                    "body": held + b"data: " + _encode(error.to_body()) + b"\n\n"}))
+        await ctx.end(
+            failed, send({"type": "http.response.body", "body": held + b"data: " + _encode(error.to_body()) + b"\n\n"})
+        )
         return
     if req.wants_usage_in_stream:
         usage = result.usage.to_openai()
         usage["cost"] = round(cost, 10)
         final: dict[str, Any] = {
-            "id": last.get("id") or new_id("chatcmpl-"), "object": "chat.completion.chunk",
-            "created": last.get("created") or int(time.time()), "model": last.get("model") or result.model,
-            "choices": [], "usage": usage}
+            "id": last.get("id") or new_id("chatcmpl-"),
+            "object": "chat.completion.chunk",
+            "created": last.get("created") or int(time.time()),
+            "model": last.get("model") or result.model,
+            "choices": [],
+            "usage": usage,
+        }
         held += b"data: " + _encode(final) + b"\n\n"
     # [DONE] is the last byte: the spend record is in the spool before it.
     outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
@@ -134,14 +143,15 @@ async def embeddings(gw: Gateway, request: Request, ctx: RequestContext) -> None
     raw = decode_body(await request.body(gw.max_body))
     req: EmbeddingRequest = validate_embeddings(raw)
     texts = [req.input] if isinstance(req.input, str) else [t for t in req.input if isinstance(t, str)]
-    features = RequestFeatures(prompt_tokens=sum(count_text(t) for t in texts), kind="embedding",
-                               key_name=ctx.key_name)
+    features = RequestFeatures(prompt_tokens=sum(count_text(t) for t in texts), kind="embedding", key_name=ctx.key_name)
     await gw.admit(ctx, req.model, features)
     completion, dep, records, _ = await gw.router.embed(req, raw, features)
     cost = sum(r.cost_usd for r in records)
     body = completion.body
-    await ctx.end(ctx.success(dep, records, completion.usage, cost, ttft_ms=None),
-                  request.respond(200, _encode(body), JSON_HEADERS + gw.answer_headers(ctx, dep, records, cost)))
+    await ctx.end(
+        ctx.success(dep, records, completion.usage, cost, ttft_ms=None),
+        request.respond(200, _encode(body), JSON_HEADERS + gw.answer_headers(ctx, dep, records, cost)),
+    )
 
 
 async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> None:
@@ -152,10 +162,14 @@ async def list_models(gw: Gateway, request: Request, ctx: RequestContext) -> Non
 
 async def retrieve_model(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     """GET /v1/models/{id}: one model the key may use, else a 404 that does not say whether it exists."""
-    name = request.path[len("/v1/models/"):]
+    name = request.path[len("/v1/models/") :]
     if name not in _visible_models(gw, ctx):
-        raise GatewayError(404, f"The model `{name[:64]}` does not exist or you do not have access to it.",
-                           param="model", code="model_not_found")
+        raise GatewayError(
+            404,
+            f"The model `{name[:64]}` does not exist or you do not have access to it.",
+            param="model",
+            code="model_not_found",
+        )
     await request.respond(200, _encode(_model_object(gw, name)), list(JSON_HEADERS))
 
 
@@ -176,7 +190,12 @@ def features_for(req: ChatRequest, request: Request, key_name: str | None) -> Re
 
 
 def _record_dict(record: Any) -> dict[str, Any]:
-    return {"deployment": record.deployment, "provider": record.provider, "outcome": record.outcome,
-            "latency_ms": round(record.latency_ms, 1), "status": record.status, "hedge": record.hedge,
-            "cost_usd": round(record.cost_usd, 10)}
-
+    return {
+        "deployment": record.deployment,
+        "provider": record.provider,
+        "outcome": record.outcome,
+        "latency_ms": round(record.latency_ms, 1),
+        "status": record.status,
+        "hedge": record.hedge,
+        "cost_usd": round(record.cost_usd, 10),
+    }

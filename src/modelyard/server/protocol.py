@@ -64,8 +64,9 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._disarm()
         elif self._in_head:
             if self._head_bytes > self.max_header_bytes:
-                self._refuse(431, "Request Header Fields Too Large", "request headers too large",
-                             "request_headers_too_large")
+                self._refuse(
+                    431, "Request Header Fields Too Large", "request headers too large", "request_headers_too_large"
+                )
             elif self._waiting_for != "head":
                 self._arm("head")
         elif self._in_body:
@@ -124,10 +125,13 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._disarm()
         cycle = None if self._in_head else self.cycle  # a cycle exists once a request's headers are in
         if cycle is None or not cycle.response_started:
-            body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None,
-                                         "code": code}}).encode()
-            head = (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
-                    f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode()
+            body = json.dumps(
+                {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
+            ).encode()
+            head = (
+                f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+                f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
+            ).encode()
             self.transport.write(head + body)
         if cycle is not None and not cycle.response_complete:
             cycle.disconnected = True  # the request's task reads a disconnect; whatever it sends is dropped

@@ -47,13 +47,27 @@ def spend_record(outcome: Outcome) -> SpendRecord:
     usage = outcome.usage
     records = outcome.records
     return SpendRecord(
-        id=ctx.request_id, at=outcome.at, key_id=ctx.key_id, key_name=ctx.key_name, model=ctx.requested_model,
-        deployment=outcome.deployment, provider=outcome.provider, endpoint=ctx.endpoint,
+        id=ctx.request_id,
+        at=outcome.at,
+        key_id=ctx.key_id,
+        key_name=ctx.key_name,
+        model=ctx.requested_model,
+        deployment=outcome.deployment,
+        provider=outcome.provider,
+        endpoint=ctx.endpoint,
         attempts=len(records),
-        attempt_log=attempts_header(records) if records else "", prompt_tokens=usage.prompt,
-        completion_tokens=usage.completion, cached_tokens=usage.cached, cache_write_tokens=usage.cache_write,
-        reasoning_tokens=usage.reasoning, cost_usd=outcome.cost_usd, latency_ms=outcome.latency_ms,
-        ttft_ms=outcome.ttft_ms, status=outcome.status, error_kind=outcome.error_kind, content=ctx.content,
+        attempt_log=attempts_header(records) if records else "",
+        prompt_tokens=usage.prompt,
+        completion_tokens=usage.completion,
+        cached_tokens=usage.cached,
+        cache_write_tokens=usage.cache_write,
+        reasoning_tokens=usage.reasoning,
+        cost_usd=outcome.cost_usd,
+        latency_ms=outcome.latency_ms,
+        ttft_ms=outcome.ttft_ms,
+        status=outcome.status,
+        error_kind=outcome.error_kind,
+        content=ctx.content,
     )
 
 
@@ -95,9 +109,12 @@ class Services:
             await self.spend.start()  # replays what a crashed process left in the spool
         for name in self.unpriced:
             dep = self.router.config.deployment(name)
-            log.warning("price unknown for deployment %s (model %s): its cost is counted as 0 and it shows "
-                        "in modelyard_price_unknown; set `price:` on it in the config", name,
-                        dep.model if dep else "?")
+            log.warning(
+                "price unknown for deployment %s (model %s): its cost is counted as 0 and it shows "
+                "in modelyard_price_unknown; set `price:` on it in the config",
+                name,
+                dep.model if dep else "?",
+            )
 
     async def close(self) -> None:
         if self.spend is not None:
@@ -135,8 +152,13 @@ def build_counters(config: Config) -> Counters:
         from modelyard.state.redis_counters import RedisCounters
 
         state = config.state
-        return RedisCounters(config.state.redis_url, prefix=state.prefix, on_unavailable=state.on_unavailable,
-                             timeout_s=state.redis_timeout_s, max_pending=state.max_pending_settlements)
+        return RedisCounters(
+            config.state.redis_url,
+            prefix=state.prefix,
+            on_unavailable=state.on_unavailable,
+            timeout_s=state.redis_timeout_s,
+            max_pending=state.max_pending_settlements,
+        )
     return MemoryCounters()
 
 
@@ -146,8 +168,14 @@ def build_router(config: Config, prices: PriceTable | None = None) -> Router:
     return Router(config, resolve_price=table.resolve)
 
 
-def build_services(config: Config, router: Router | None = None, *, store: Store | None = None,
-                   counters: Counters | None = None, env: Mapping[str, str] | None = None) -> Services:
+def build_services(
+    config: Config,
+    router: Router | None = None,
+    *,
+    store: Store | None = None,
+    counters: Counters | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Services:
     """Everything the config asks for; `store`/`counters` may be injected (tests, benchmarks)."""
     router = router or build_router(config)
     spend_cfg = config.spend
@@ -159,18 +187,30 @@ def build_services(config: Config, router: Router | None = None, *, store: Store
     services = Services(router=router, store=store, unpriced=missing)
     access_cfg = config.access
     services.access = Access(
-        store=store, counters=counters or build_counters(config), master_key=master_key(config, env),
-        master_limits=access_cfg.master_limits, master_unlimited=access_cfg.master_unlimited,
-        prices=estimate_prices(router.table), refresh_s=access_cfg.refresh_s,
-        capture_content=spend_cfg.log_content, table=router.table,
-        reserve_max_output=access_cfg.reserve_output == "max_output", store_timeout_s=config.state.store_timeout_s)
+        store=store,
+        counters=counters or build_counters(config),
+        master_key=master_key(config, env),
+        master_limits=access_cfg.master_limits,
+        master_unlimited=access_cfg.master_unlimited,
+        prices=estimate_prices(router.table),
+        refresh_s=access_cfg.refresh_s,
+        capture_content=spend_cfg.log_content,
+        table=router.table,
+        reserve_max_output=access_cfg.reserve_output == "max_output",
+        store_timeout_s=config.state.store_timeout_s,
+    )
     if spend_cfg.enabled:
         # Not an observer: RequestContext commits each authenticated request's record to the spool before
         # the response's last byte (RequestContext.commit), and the writer drains the spool into the store.
-        services.spend = SpendWriter(store, convert=spend_record, batch_size=spend_cfg.batch_size,
-                                     max_queue=spend_cfg.max_queue, flush_interval_s=spend_cfg.flush_interval_s,
-                                     spool_dir=spool_directory(spend_cfg, dsn),
-                                     segment_bytes=spend_cfg.spool_segment_bytes)
+        services.spend = SpendWriter(
+            store,
+            convert=spend_record,
+            batch_size=spend_cfg.batch_size,
+            max_queue=spend_cfg.max_queue,
+            flush_interval_s=spend_cfg.flush_interval_s,
+            spool_dir=spool_directory(spend_cfg, dsn),
+            segment_bytes=spend_cfg.spool_segment_bytes,
+        )
         services.access.unsettled = services.spend.pending_cost  # a re-seeded budget counts the unwritten spend
     services.metrics = Metrics(router, spend=services.spend, unpriced=services.unpriced)
     services.metrics.counters = services.access.counters  # modelyard_state_unavailable

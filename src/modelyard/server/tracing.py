@@ -60,8 +60,9 @@ class Tracing:
             attributes["error.type"] = outcome.error_kind
         if ctx.key_name:
             attributes["modelyard.key_name"] = ctx.key_name
-        span = self.tracer.start_span(f"{operation} {model}", start_time=start_ns, attributes=attributes,
-                                      kind=trace.SpanKind.SERVER)
+        span = self.tracer.start_span(
+            f"{operation} {model}", start_time=start_ns, attributes=attributes, kind=trace.SpanKind.SERVER
+        )
         parent = trace.set_span_in_context(span)
         cursor = start_ns
         for record in outcome.records:
@@ -81,9 +82,13 @@ class Tracing:
                 child_attributes["http.response.status_code"] = record.status
             if record.outcome not in ("ok", "cancelled"):
                 child_attributes["error.type"] = record.outcome
-            child = self.tracer.start_span(f"{operation} {record.deployment}", context=parent,
-                                           start_time=begin, attributes=child_attributes,
-                                           kind=trace.SpanKind.CLIENT)
+            child = self.tracer.start_span(
+                f"{operation} {record.deployment}",
+                context=parent,
+                start_time=begin,
+                attributes=child_attributes,
+                kind=trace.SpanKind.CLIENT,
+            )
             if record.outcome not in ("ok", "cancelled"):
                 child.set_status(trace.Status(trace.StatusCode.ERROR, record.outcome))
             child.end(end_time=min(begin + length, end_ns))

@@ -51,8 +51,11 @@ def _nests_too_deep(data: dict[str, Any]) -> bool:
     the free-form JSON inside it (tool inputs) recursively; the fields that are free-form and walked
     recursively (tool schemas, response formats, vendor extras) are all at the top level."""
     for key, value in data.items():
-        if (type(value) is dict or type(value) is list) and key != "messages" and \
-                _deeper_than(value, MAX_JSON_DEPTH - 1):
+        if (
+            (type(value) is dict or type(value) is list)
+            and key != "messages"
+            and _deeper_than(value, MAX_JSON_DEPTH - 1)
+        ):
             return True
     return False
 
@@ -85,15 +88,26 @@ def validation_error(exc: msgspec.ValidationError) -> GatewayError:
     if missing:
         field = missing.group(1)
         param = f"{param}.{field}" if param else field
-        return GatewayError(400, f"Missing required parameter: '{param}'.", param=param,
-                            code="missing_required_parameter")
+        return GatewayError(
+            400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+        )
     tag = _TAG.search(message)
     if tag and param and param.endswith(".type") and ".content[" in param:
-        return GatewayError(400, f"Unsupported content part type '{tag.group(1)}' at '{param}' (supported: text, "
-                            "image_url, input_audio, file, refusal).", param=param, code="unsupported_content_part")
+        return GatewayError(
+            400,
+            f"Unsupported content part type '{tag.group(1)}' at '{param}' (supported: text, "
+            "image_url, input_audio, file, refusal).",
+            param=param,
+            code="unsupported_content_part",
+        )
     if tag and param and param.endswith(".role"):
-        return GatewayError(400, f"Invalid message role '{tag.group(1)}' at '{param}' (expected system, developer, "
-                            "user, assistant or tool).", param=param, code="invalid_value")
+        return GatewayError(
+            400,
+            f"Invalid message role '{tag.group(1)}' at '{param}' (expected system, developer, "
+            "user, assistant or tool).",
+            param=param,
+            code="invalid_value",
+        )
     where = f" at '{param}'" if param else ""
     return GatewayError(400, f"Invalid request{where}: {message}", param=param, code="invalid_value")
 
@@ -104,8 +118,7 @@ def validate_chat(raw: dict[str, Any]) -> ChatRequest:
     except msgspec.ValidationError as exc:
         raise validation_error(exc) from None
     if not req.messages:
-        raise GatewayError(400, "'messages' must contain at least one message.", param="messages",
-                           code="invalid_value")
+        raise GatewayError(400, "'messages' must contain at least one message.", param="messages", code="invalid_value")
     if not req.model:
         raise GatewayError(400, "'model' must be a non-empty string.", param="model", code="invalid_value")
     if req.n is not None and req.n < 1:
@@ -126,14 +139,26 @@ def check_constraints(constraints: dict[str, Any]) -> None:
         bounds = CONSTRAINT_BOUNDS.get(name)
         if bounds is None:
             known = ", ".join(sorted(CONSTRAINT_BOUNDS))
-            raise GatewayError(400, f"Unknown routing constraint '{name[:64]}' (known: {known}).", param=param[:96],
-                               code="invalid_value")
+            raise GatewayError(
+                400,
+                f"Unknown routing constraint '{name[:64]}' (known: {known}).",
+                param=param[:96],
+                code="invalid_value",
+            )
         low, high = bounds
         # Compared as they are: math.isfinite would overflow on a 400-digit integer (ints are finite anyway).
-        if isinstance(value, bool) or not isinstance(value, int | float) \
-                or (isinstance(value, float) and not math.isfinite(value)) or not low <= value <= high:
-            raise GatewayError(400, f"'{param}' must be a finite number between {low:g} and {high:g}.",
-                               param=param, code="invalid_value")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or (isinstance(value, float) and not math.isfinite(value))
+            or not low <= value <= high
+        ):
+            raise GatewayError(
+                400,
+                f"'{param}' must be a finite number between {low:g} and {high:g}.",
+                param=param,
+                code="invalid_value",
+            )
 
 
 def validate_embeddings(raw: dict[str, Any]) -> EmbeddingRequest:

@@ -157,8 +157,14 @@ class SimApp:
     # ------------------------------------------------------------------ chat
 
     async def _chat(
-        self, wire: Wire, scope: Scope, receive: Receive, send: Send, path_model: str | None,
-        stream: bool | None, sse: bool = True,
+        self,
+        wire: Wire,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path_model: str | None,
+        stream: bool | None,
+        sse: bool = True,
     ) -> None:
         headers = _read_headers(scope)
         if not self._authorised(headers, scope):
@@ -177,15 +183,22 @@ class SimApp:
             detail = f"`{model.name}` is an embedding model"
             return await self._reject(send, wire, "bad_request", detail=detail)
         if ask.prompt_tokens > model.context_window:
-            return await self._reject(send, wire, "context_length", prompt=ask.prompt_tokens,
-                                      limit=model.context_window)
+            return await self._reject(
+                send, wire, "context_length", prompt=ask.prompt_tokens, limit=model.context_window
+            )
         call = await self._admit(wire, model, headers, body, receive, send)
         if call is None:
             return
         rng = call.rng
         replies = [generate(ask, model, rng) for _ in range(ask.n)]
-        answer = Answer(ask, replies, f"{rng.getrandbits(96):024x}", int(time.time()), ask.prompt_tokens,
-                        draw_cached(ask.prompt_tokens, model, rng))
+        answer = Answer(
+            ask,
+            replies,
+            f"{rng.getrandbits(96):024x}",
+            int(time.time()),
+            ask.prompt_tokens,
+            draw_cached(ask.prompt_tokens, model, rng),
+        )
         call.ttft += generation_seconds(answer.reasoning_tokens, model)
         if ask.stream:
             await self._send_stream(call, answer, send)
@@ -212,8 +225,11 @@ class SimApp:
         if fault is Fault.MALFORMED and events:
             at = min(rng.randrange(max(1, plan.cut_limit)), len(events) - 1)
             broken = events[at]
-            events = [*events[:at], Event(broken.data[: len(broken.data) // 2], broken.name, broken.tokens),
-                      *events[at + 1:]]
+            events = [
+                *events[:at],
+                Event(broken.data[: len(broken.data) // 2], broken.name, broken.tokens),
+                *events[at + 1 :],
+            ]
         elif fault is Fault.RESET:
             events = []  # the connection drops as the answer begins: headers, then nothing
         elif not complete:
@@ -224,8 +240,9 @@ class SimApp:
         tps = call.model.tokens_per_second
         offsets = _offsets(events, call.ttft, tps) if frames else []
         content_type = asgi.SSE_TYPE if answer.ask.sse else asgi.JSON_TYPE
-        await asgi.send_stream(send, frames, offsets, self._release, content_type=content_type,
-                               abort=fault is Fault.RESET)
+        await asgi.send_stream(
+            send, frames, offsets, self._release, content_type=content_type, abort=fault is Fault.RESET
+        )
 
     # ------------------------------------------------------------------ embeddings
 
@@ -293,8 +310,7 @@ class SimApp:
         kind = _STATUS_FAULTS.get(fault) if fault is not None else None
         if kind is not None:
             retry = model.faults.retry_after_s
-            await self._reject(send, wire, kind, count=False, model=model.name, retry=f"{retry:g}",
-                               retry_after=retry)
+            await self._reject(send, wire, kind, count=False, model=model.name, retry=f"{retry:g}", retry_after=retry)
             return None
         if fault is Fault.HANG:
             if not await asgi.wait_for_disconnect(receive, model.faults.hang_s, self._release):
@@ -325,7 +341,13 @@ class SimApp:
         stats.tokens_out += tokens_out
 
     async def _reject(
-        self, send: Send, wire: Wire, kind: ErrKind, *, count: bool = True, retry_after: float | None = None,
+        self,
+        send: Send,
+        wire: Wire,
+        kind: ErrKind,
+        *,
+        count: bool = True,
+        retry_after: float | None = None,
         **facts: Any,
     ) -> None:
         if count:
@@ -336,8 +358,10 @@ class SimApp:
         status, body = wire.error(kind, message, retry_after)
         headers = None
         if retry_after is not None:
-            headers = [(b"retry-after", f"{retry_after:g}".encode()),
-                       (b"retry-after-ms", str(int(retry_after * 1000)).encode())]
+            headers = [
+                (b"retry-after", f"{retry_after:g}".encode()),
+                (b"retry-after-ms", str(int(retry_after * 1000)).encode()),
+            ]
         await asgi.respond(send, status, body, headers)
 
     # ------------------------------------------------------------------ gemini routing
@@ -366,9 +390,12 @@ class SimApp:
 
     async def _list_models(self, scope: Scope, path: str, send: Send) -> None:
         anthropic = _read_headers(scope).anthropic
-        wanted = path[len("/v1/models/"):] if path.startswith("/v1/models/") else None
-        entries = [_anthropic_model(m) if anthropic else self._openai_model(m)
-                   for m in self.models.values() if wanted is None or m.name == wanted]
+        wanted = path[len("/v1/models/") :] if path.startswith("/v1/models/") else None
+        entries = [
+            _anthropic_model(m) if anthropic else self._openai_model(m)
+            for m in self.models.values()
+            if wanted is None or m.name == wanted
+        ]
         if wanted is not None:
             if not entries:
                 wire: Wire = self.anthropic if anthropic else self.openai
@@ -404,7 +431,7 @@ class SimApp:
             self.reset()
             return await asgi.respond(send, 200, b'{"status":"reset"}')
         if method == "PATCH" and path.startswith("/_sim/models/"):
-            return await self._control_patch(path[len("/_sim/models/"):], receive, send)
+            return await self._control_patch(path[len("/_sim/models/") :], receive, send)
         await asgi.respond(send, 404, b'{"error":"unknown control endpoint"}')
 
     async def _control_patch(self, name: str, receive: Receive, send: Send) -> None:
@@ -457,10 +484,17 @@ def _anthropic_model(model: SimModel) -> dict[str, Any]:
 
 
 def _gemini_model(model: SimModel) -> dict[str, Any]:
-    methods = (["embedContent", "batchEmbedContents"] if model.kind == "embedding"
-               else ["generateContent", "streamGenerateContent"])
+    methods = (
+        ["embedContent", "batchEmbedContents"]
+        if model.kind == "embedding"
+        else ["generateContent", "streamGenerateContent"]
+    )
     return {
-        "name": f"models/{model.name}", "version": "001", "displayName": model.name,
-        "description": "A modelyard simulator model.", "inputTokenLimit": model.context_window,
-        "outputTokenLimit": 8192, "supportedGenerationMethods": methods,
+        "name": f"models/{model.name}",
+        "version": "001",
+        "displayName": model.name,
+        "description": "A modelyard simulator model.",
+        "inputTokenLimit": model.context_window,
+        "outputTokenLimit": 8192,
+        "supportedGenerationMethods": methods,
     }

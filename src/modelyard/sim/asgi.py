@@ -52,7 +52,10 @@ async def read_body(receive: Receive) -> bytes:
 
 
 async def respond(
-    send: Send, status: int, body: bytes, headers: list[tuple[bytes, bytes]] | None = None,
+    send: Send,
+    status: int,
+    body: bytes,
+    headers: list[tuple[bytes, bytes]] | None = None,
     content_type: bytes = JSON_TYPE,
 ) -> None:
     head = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
@@ -65,8 +68,13 @@ async def respond(
 async def abort_midway(send: Send, body: bytes, content_type: bytes = JSON_TYPE) -> NoReturn:
     """Announce the whole body, send half of it, and drop the connection."""
     length = str(len(body) + 64).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", content_type), (b"content-length", length)]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", content_type), (b"content-length", length)],
+        }
+    )
     if body:
         await send({"type": "http.response.body", "body": body[: len(body) // 2], "more_body": True})
     raise Abort
@@ -95,16 +103,26 @@ async def wait_for_disconnect(receive: Receive, limit: float, release: asyncio.E
 
 
 async def send_stream(
-    send: Send, frames: list[bytes], offsets: list[float], release: asyncio.Event, *,
-    content_type: bytes = SSE_TYPE, abort: bool = False,
+    send: Send,
+    frames: list[bytes],
+    offsets: list[float],
+    release: asyncio.Event,
+    *,
+    content_type: bytes = SSE_TYPE,
+    abort: bool = False,
 ) -> None:
     """Send `frames`, frame *i* at `offsets[i]` seconds after the start (the last offset for extra frames).
 
     Headers go out at once; frames due at the same moment share one write. With `abort` the connection
     is dropped after the last frame instead of ending the body cleanly.
     """
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", content_type), (b"cache-control", b"no-cache")],
+        }
+    )
     count = len(frames)
     if not offsets or (offsets[-1] <= 0 and count):
         if abort:

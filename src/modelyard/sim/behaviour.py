@@ -39,15 +39,107 @@ JSON_INSTRUCTION = "valid json"
 SCHEMA_MARKER = "JSON Schema"
 
 VOCAB: tuple[str, ...] = (
-    "the", "a", "model", "router", "gateway", "token", "stream", "answer", "request", "latency", "budget",
-    "cache", "fallback", "provider", "quickly", "carefully", "simply", "always", "often", "never", "system",
-    "signal", "value", "vector", "route", "path", "retry", "window", "prompt", "result", "context",
-    "quality", "price", "fast", "slow", "small", "large", "medium", "every", "some", "many", "few",
-    "because", "while", "and", "but", "so", "then", "when", "where", "how", "why", "this", "that", "these",
-    "those", "it", "we", "they", "you", "is", "are", "was", "be", "will", "can", "may", "should", "could",
-    "would", "plan", "step", "tool", "check", "build", "test", "measure", "serve", "send", "read", "write",
-    "find", "choose", "keep", "clear", "bright", "steady", "calm", "open", "local", "remote", "shared",
-    "simple", "direct", "final", "first", "next", "last", "new", "old", "good",
+    "the",
+    "a",
+    "model",
+    "router",
+    "gateway",
+    "token",
+    "stream",
+    "answer",
+    "request",
+    "latency",
+    "budget",
+    "cache",
+    "fallback",
+    "provider",
+    "quickly",
+    "carefully",
+    "simply",
+    "always",
+    "often",
+    "never",
+    "system",
+    "signal",
+    "value",
+    "vector",
+    "route",
+    "path",
+    "retry",
+    "window",
+    "prompt",
+    "result",
+    "context",
+    "quality",
+    "price",
+    "fast",
+    "slow",
+    "small",
+    "large",
+    "medium",
+    "every",
+    "some",
+    "many",
+    "few",
+    "because",
+    "while",
+    "and",
+    "but",
+    "so",
+    "then",
+    "when",
+    "where",
+    "how",
+    "why",
+    "this",
+    "that",
+    "these",
+    "those",
+    "it",
+    "we",
+    "they",
+    "you",
+    "is",
+    "are",
+    "was",
+    "be",
+    "will",
+    "can",
+    "may",
+    "should",
+    "could",
+    "would",
+    "plan",
+    "step",
+    "tool",
+    "check",
+    "build",
+    "test",
+    "measure",
+    "serve",
+    "send",
+    "read",
+    "write",
+    "find",
+    "choose",
+    "keep",
+    "clear",
+    "bright",
+    "steady",
+    "calm",
+    "open",
+    "local",
+    "remote",
+    "shared",
+    "simple",
+    "direct",
+    "final",
+    "first",
+    "next",
+    "last",
+    "new",
+    "old",
+    "good",
 )
 
 _encode = msgspec.json.Encoder().encode
@@ -77,7 +169,7 @@ def generate(ask: Ask, model: SimModel, rng: random.Random) -> Reply:
     if ask.tool_result is not None:
         text = TOOL_RESULT_PREFIX + ask.tool_result[:200]
     elif REPEAT_MARKER in ask.last_user_text:
-        text = ask.last_user_text[ask.last_user_text.index(REPEAT_MARKER) + len(REPEAT_MARKER):]
+        text = ask.last_user_text[ask.last_user_text.index(REPEAT_MARKER) + len(REPEAT_MARKER) :]
     else:
         text = compose(draw_count(model.output_tokens, rng), rng)
     return _finish_text(text, ask, reasoning)
@@ -98,8 +190,7 @@ def _finish_text(text: str, ask: Ask, reasoning: int) -> Reply:
     cap = ask.max_tokens
     if cap is not None and count_tokens(text) > cap:
         text, finish, stop_sequence = _truncate(text, cap), "length", None
-    return Reply(text, finish, count_tokens(text) + reasoning, stop_sequence=stop_sequence,
-                 reasoning_tokens=reasoning)
+    return Reply(text, finish, count_tokens(text) + reasoning, stop_sequence=stop_sequence, reasoning_tokens=reasoning)
 
 
 def _truncate(text: str, cap: int) -> str:
@@ -137,7 +228,7 @@ def compose(tokens: int, rng: random.Random) -> str:
     while left > 0:
         span = min(left, len(_CORPUS) // 2)
         start = _CORPUS.find(". ", rng.randrange(len(_CORPUS) - span - 64)) + 2
-        parts.append(_CORPUS[start:start + span])
+        parts.append(_CORPUS[start : start + span])
         left -= span + 1
     text = " ".join(parts)
     cut = text.rfind(" ", 0, budget)

@@ -24,7 +24,7 @@ def embed(text: str, dimensions: int) -> list[float]:
     for word in _WORD.findall(text.lower()):
         digest = hashlib.blake2b(word.encode(), digest_size=4 * _FEATURES_PER_WORD).digest()
         for at in range(0, len(digest), 4):
-            index = int.from_bytes(digest[at:at + 3], "little") % dimensions
+            index = int.from_bytes(digest[at : at + 3], "little") % dimensions
             vec[index] += 1.0 if digest[at + 3] & 1 else -1.0
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]

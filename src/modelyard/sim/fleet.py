@@ -37,7 +37,13 @@ from msgspec import Struct, field
 from modelyard.config.model import Price
 
 FAULT_NAMES: tuple[str, ...] = (
-    "rate_limit", "server_error", "unavailable", "hang", "reset", "malformed", "cut_stream",
+    "rate_limit",
+    "server_error",
+    "unavailable",
+    "hang",
+    "reset",
+    "malformed",
+    "cut_stream",
 )
 
 
@@ -193,7 +199,7 @@ def default_fleet() -> Fleet:
 def patch_model(model: SimModel, changes: Any) -> SimModel:
     """`model` with `changes` merged in (faults merge key by key); raises FleetError when invalid."""
     if not isinstance(changes, dict):
-        raise FleetError("a model change is a JSON object, e.g. {\"faults\": {\"rate_limit\": 0.3}}")
+        raise FleetError('a model change is a JSON object, e.g. {"faults": {"rate_limit": 0.3}}')
     if "name" in changes and changes["name"] != model.name:
         raise FleetError("a model cannot be renamed")
     current = msgspec.to_builtins(model)

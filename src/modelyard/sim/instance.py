@@ -14,7 +14,18 @@ import random
 from typing import Any
 
 _WORDS = (
-    "alpha", "bravo", "delta", "echo", "kilo", "lima", "nova", "orbit", "pixel", "quartz", "river", "sierra",
+    "alpha",
+    "bravo",
+    "delta",
+    "echo",
+    "kilo",
+    "lima",
+    "nova",
+    "orbit",
+    "pixel",
+    "quartz",
+    "river",
+    "sierra",
 )
 _MAX_DEPTH = 6
 #: Past this depth, or this many values, every schema yields a plain word: a `$ref` cycle (`{"$ref": "#"}`) or

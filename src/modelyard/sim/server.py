@@ -56,13 +56,24 @@ def _load(fleet: Fleet | str | os.PathLike[str] | None) -> Fleet:
 
 
 def run_sim(
-    host: str = "127.0.0.1", port: int = 9000, fleet_path: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 9000,
+    fleet_path: str | os.PathLike[str] | None = None,
     seed: int | None = None,
 ) -> None:
     """Serve the simulator until interrupted (`modelyard sim --port 9000 [--fleet FILE] [--seed N]`)."""
     app = create_app(_load(fleet_path), seed)
-    config = uvicorn.Config(app, host=host, port=port, loop="uvloop", http="httptools", log_level="warning",
-                            access_log=False, lifespan="on", timeout_graceful_shutdown=5)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=5,
+    )
     _Uvicorn(config, app).run()
 
 
@@ -75,8 +86,12 @@ class SimServer:
     """
 
     def __init__(
-        self, fleet: Fleet | str | os.PathLike[str] | None = None, seed: int | None = None, *,
-        instant: bool = False, host: str = "127.0.0.1",
+        self,
+        fleet: Fleet | str | os.PathLike[str] | None = None,
+        seed: int | None = None,
+        *,
+        instant: bool = False,
+        host: str = "127.0.0.1",
     ) -> None:
         loaded = _load(fleet)
         self.fleet = loaded.instant() if instant else loaded
@@ -115,8 +130,15 @@ class SimServer:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, 0))
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, http="httptools", log_level="warning", access_log=False,
-                                lifespan="on", log_config=None, timeout_graceful_shutdown=2)
+        config = uvicorn.Config(
+            self.app,
+            http="httptools",
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            log_config=None,
+            timeout_graceful_shutdown=2,
+        )
         self._server = _Uvicorn(config, self.app)
         quiet_server_aborts()
         self._thread = threading.Thread(target=self._run, args=(sock,), name=f"sim-{self.port}", daemon=True)

@@ -15,9 +15,7 @@ import msgspec
 ToolMode = Literal["none", "auto", "required"]
 Finish = Literal["stop", "length", "stop_sequence", "tool_calls"]
 #: What went wrong, in words every wire format maps to its own status and error body.
-ErrKind = Literal[
-    "bad_request", "auth", "not_found", "rate_limit", "server_error", "unavailable", "context_length"
-]
+ErrKind = Literal["bad_request", "auth", "not_found", "rate_limit", "server_error", "unavailable", "context_length"]
 
 
 class BadRequest(Exception):
@@ -157,8 +155,6 @@ class Wire(Protocol):
 
     def frame(self, events: list[Event], ask: Ask, complete: bool) -> list[bytes]: ...
 
-    def embeddings(
-        self, ask: EmbedAsk, vectors: list[list[float]], prompt_tokens: int, batch: bool
-    ) -> bytes: ...
+    def embeddings(self, ask: EmbedAsk, vectors: list[list[float]], prompt_tokens: int, batch: bool) -> bytes: ...
 
     def error(self, kind: ErrKind, message: str, retry_after: float | None = None) -> tuple[int, bytes]: ...

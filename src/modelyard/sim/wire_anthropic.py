@@ -30,7 +30,10 @@ _encode = msgspec.json.Encoder().encode
 
 _ARG_FRAGMENT = 12
 _STOP_REASON = {
-    "stop": "end_turn", "stop_sequence": "stop_sequence", "length": "max_tokens", "tool_calls": "tool_use",
+    "stop": "end_turn",
+    "stop_sequence": "stop_sequence",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
 }
 _ERRORS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "invalid_request_error"),
@@ -51,7 +54,7 @@ class AnthropicWire:
         "auth": "invalid x-api-key",
         "not_found": "model: {model}",
         "rate_limit": "This request would exceed the rate limit for your organization (simulated). "
-                      "Please retry after {retry} seconds.",
+        "Please retry after {retry} seconds.",
         "server_error": "Internal server error",
         "unavailable": "Overloaded",
         "context_length": "prompt is too long: {prompt} tokens > {limit} maximum",
@@ -71,8 +74,13 @@ class AnthropicWire:
         if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
             raise BadRequest("max_tokens: Field required (an integer >= 1)")
         stop = data.get("stop_sequences") or []
-        ask = Ask(model=name, prompt_tokens=0, max_tokens=max_tokens, stream=bool(data.get("stream")),
-                  stop=[s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [])
+        ask = Ask(
+            model=name,
+            prompt_tokens=0,
+            max_tokens=max_tokens,
+            stream=bool(data.get("stream")),
+            stop=[s for s in stop if isinstance(s, str)] if isinstance(stop, list) else [],
+        )
         ask.system_text, _ = _text_and_images(data.get("system"))
         prompt = count_tokens(ask.system_text)
         for message in messages:
@@ -109,8 +117,14 @@ class AnthropicWire:
         reply = answer.replies[0]
         start_usage = usage(answer, 1)
         message: dict[str, Any] = {
-            "id": "msg_" + answer.key, "type": "message", "role": "assistant", "model": answer.ask.model,
-            "content": [], "stop_reason": None, "stop_sequence": None, "usage": start_usage,
+            "id": "msg_" + answer.key,
+            "type": "message",
+            "role": "assistant",
+            "model": answer.ask.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": start_usage,
         }
         events = [Event(_encode({"type": "message_start", "message": message}), "message_start")]
         cut_limit = 0
@@ -160,8 +174,7 @@ def _event(kind: str, payload: dict[str, Any], tokens: float = 0.0) -> Event:
 
 def _blocks(reply: Reply) -> list[dict[str, Any]]:
     if reply.tool_calls:
-        return [{"type": "tool_use", "id": "toolu_" + c.key, "name": c.name, "input": c.args}
-                for c in reply.tool_calls]
+        return [{"type": "tool_use", "id": "toolu_" + c.key, "name": c.name, "input": c.args} for c in reply.tool_calls]
     return [{"type": "text", "text": reply.text}]
 
 
@@ -175,7 +188,7 @@ def _stream_blocks(reply: Reply) -> list[tuple[dict[str, Any], list[tuple[dict[s
         opening = {"type": "tool_use", "id": "toolu_" + call.key, "name": call.name, "input": {}}
         args = call.arguments
         deltas = [
-            ({"type": "input_json_delta", "partial_json": args[at:at + _ARG_FRAGMENT]}, _ARG_FRAGMENT / 4)
+            ({"type": "input_json_delta", "partial_json": args[at : at + _ARG_FRAGMENT]}, _ARG_FRAGMENT / 4)
             for at in range(0, len(args), _ARG_FRAGMENT)
         ]
         blocks.append((opening, deltas))
@@ -235,7 +248,8 @@ def _read_tools(data: dict[str, Any], ask: Ask) -> None:
     if isinstance(tools, list):
         ask.tools = [
             ToolSpec(t["name"], t.get("input_schema") if isinstance(t.get("input_schema"), dict) else None)
-            for t in tools if isinstance(t, dict) and isinstance(t.get("name"), str)
+            for t in tools
+            if isinstance(t, dict) and isinstance(t.get("name"), str)
         ]
     choice = data.get("tool_choice")
     if not isinstance(choice, dict):

@@ -57,14 +57,13 @@ class GeminiWire:
         "bad_request": "{detail}",
         "auth": "API key not valid. Please pass a valid API key.",
         "not_found": "models/{model} is not found for API version v1beta, or is not supported for "
-                     "generateContent. Call ListModels to see the list of available models and their "
-                     "supported methods.",
+        "generateContent. Call ListModels to see the list of available models and their "
+        "supported methods.",
         "rate_limit": "Resource has been exhausted (e.g. check quota).",
         "server_error": "An internal error has occurred. Please retry or report in "
-                        "https://developers.generativeai.google/guide/troubleshooting",
+        "https://developers.generativeai.google/guide/troubleshooting",
         "unavailable": "The model is overloaded. Please try again later.",
-        "context_length": "The input token count ({prompt}) exceeds the maximum number of tokens allowed "
-                          "({limit}).",
+        "context_length": "The input token count ({prompt}) exceeds the maximum number of tokens allowed ({limit}).",
     }
 
     # ------------------------------------------------------------------ requests
@@ -114,12 +113,14 @@ class GeminiWire:
             {"content": {"parts": _parts(r), "role": "model"}, "finishReason": _FINISH[r.finish], "index": i}
             for i, r in enumerate(answer.replies)
         ]
-        return _encode({
-            "candidates": candidates,
-            "usageMetadata": usage_metadata(answer, final=True),
-            "modelVersion": answer.ask.model,
-            "responseId": answer.key,
-        })
+        return _encode(
+            {
+                "candidates": candidates,
+                "usageMetadata": usage_metadata(answer, final=True),
+                "modelVersion": answer.ask.model,
+                "responseId": answer.key,
+            }
+        )
 
     def stream(self, answer: Answer) -> StreamPlan:
         running = usage_metadata(answer, final=False)
@@ -136,8 +137,12 @@ class GeminiWire:
         events = []
         for at, (candidate, tokens) in enumerate(fragments):
             meta = usage_metadata(answer, final=True) if at == len(fragments) - 1 else running
-            body = {"candidates": [candidate], "usageMetadata": meta, "modelVersion": answer.ask.model,
-                    "responseId": answer.key}
+            body = {
+                "candidates": [candidate],
+                "usageMetadata": meta,
+                "modelVersion": answer.ask.model,
+                "responseId": answer.key,
+            }
             events.append(Event(_encode(body), None, tokens))
         return StreamPlan(events, max(cut_limit, 0))
 
@@ -192,7 +197,7 @@ def _stream_parts(reply: Reply) -> list[tuple[list[dict[str, Any]], float]]:
     pieces = text_pieces(reply.text)
     out = []
     for at in range(0, len(pieces), _WORDS_PER_CHUNK):
-        text = "".join(pieces[at:at + _WORDS_PER_CHUNK])
+        text = "".join(pieces[at : at + _WORDS_PER_CHUNK])
         out.append(([{"text": text}], len(text) / 4))
     return out or [([{"text": ""}], 0.0)]
 
@@ -275,7 +280,8 @@ def _read_config(config: dict[str, Any], ask: Ask) -> None:
     ask.n = count if isinstance(count, int) and 1 <= count <= 8 else 1
     mime = get(config, "responseMimeType", "response_mime_type")
     schema = get(config, "responseJsonSchema", "response_json_schema") or get(
-        config, "responseSchema", "response_schema")
+        config, "responseSchema", "response_schema"
+    )
     if mime == "application/json" or isinstance(schema, dict):
         ask.json_mode = True
         ask.json_schema = schema if isinstance(schema, dict) else None

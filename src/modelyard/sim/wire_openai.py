@@ -72,7 +72,7 @@ class OpenAIWire:
         "server_error": "The server had an error while processing your request. Sorry about that!",
         "unavailable": "The server is overloaded or not ready yet.",
         "context_length": "This model's maximum context length is {limit} tokens. However, your messages "
-                          "resulted in {prompt} tokens. Please reduce the length of the messages.",
+        "resulted in {prompt} tokens. Please reduce the length of the messages.",
     }
 
     # ------------------------------------------------------------------ requests
@@ -84,16 +84,25 @@ class OpenAIWire:
         n = req.n or 1
         if not 1 <= n <= MAX_CHOICES:
             raise BadRequest(f"n must be between 1 and {MAX_CHOICES}")
-        tools = [ToolSpec(t.function.name, t.function.parameters) for t in req.tools or []
-                 if isinstance(t, FunctionTool)]
+        tools = [
+            ToolSpec(t.function.name, t.function.parameters) for t in req.tools or [] if isinstance(t, FunctionTool)
+        ]
         mode, name, tools = _tool_choice(req, tools)
         prompt = sum(_message_tokens(m) for m in req.messages)
         if req.tools:
             prompt += count_tokens(_encode(req.tools).decode())
         ask = Ask(
-            model=req.model, prompt_tokens=max(1, prompt), tools=tools, tool_mode=mode, tool_name=name,
-            parallel_tools=req.parallel_tool_calls is not False, max_tokens=req.output_limit,
-            stop=req.stop_list, n=n, stream=bool(req.stream), include_usage=req.wants_usage_in_stream,
+            model=req.model,
+            prompt_tokens=max(1, prompt),
+            tools=tools,
+            tool_mode=mode,
+            tool_name=name,
+            parallel_tools=req.parallel_tool_calls is not False,
+            max_tokens=req.output_limit,
+            stop=req.stop_list,
+            n=n,
+            stream=bool(req.stream),
+            include_usage=req.wants_usage_in_stream,
         )
         _read_conversation(req.messages, ask)
         fmt = req.response_format
@@ -113,8 +122,9 @@ class OpenAIWire:
         elif all(isinstance(x, str) for x in raw) or all(isinstance(x, list) for x in raw):
             texts = [x if isinstance(x, str) else " ".join(str(t) for t in x) for x in raw]
         else:  # OpenAI refuses a list that mixes strings, token ids and token-id lists
-            raise BadRequest("'input' must be a string, a list of strings, a list of token ids or a list of "
-                             "token-id lists")
+            raise BadRequest(
+                "'input' must be a string, a list of strings, a list of token ids or a list of token-id lists"
+            )
         if not texts:
             raise BadRequest("'input' must not be empty")
         return EmbedAsk(req.model, texts, req.dimensions, req.encoding_format == "base64")
@@ -136,10 +146,19 @@ class OpenAIWire:
 
     def stream(self, answer: Answer) -> StreamPlan:
         ask = answer.ask
-        head = _encode({
-            "id": "chatcmpl-" + answer.key, "object": "chat.completion.chunk", "created": answer.created,
-            "model": ask.model, "service_tier": "default", "system_fingerprint": FINGERPRINT,
-        })[:-1] + b',"choices":['
+        head = (
+            _encode(
+                {
+                    "id": "chatcmpl-" + answer.key,
+                    "object": "chat.completion.chunk",
+                    "created": answer.created,
+                    "model": ask.model,
+                    "service_tier": "default",
+                    "system_fingerprint": FINGERPRINT,
+                }
+            )[:-1]
+            + b',"choices":['
+        )
         tail = b'],"usage":null}' if ask.include_usage else b"]}"
         events: list[Event] = []
         cut_limit = -1
@@ -161,10 +180,14 @@ class OpenAIWire:
             {"object": "embedding", "index": i, "embedding": to_base64(v) if ask.base64 else v}
             for i, v in enumerate(vectors)
         ]
-        return _encode({
-            "object": "list", "data": data, "model": ask.model,
-            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
-        })
+        return _encode(
+            {
+                "object": "list",
+                "data": data,
+                "model": ask.model,
+                "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+            }
+        )
 
     def error(self, kind: ErrKind, message: str, retry_after: float | None = None) -> tuple[int, bytes]:
         status, err_type, code = _ERRORS[kind]
@@ -181,8 +204,10 @@ def usage(answer: Answer) -> dict[str, Any]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": answer.cached_tokens, "audio_tokens": 0},
         "completion_tokens_details": {
-            "reasoning_tokens": answer.reasoning_tokens, "audio_tokens": 0,
-            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+            "reasoning_tokens": answer.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
         },
     }
 
@@ -193,8 +218,10 @@ def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
     except msgspec.ValidationError as exc:
         raise BadRequest(f"Invalid request: {exc}") from None
     except msgspec.DecodeError:
-        raise BadRequest("We could not parse the JSON body of your request. (HINT: This likely means you "
-                         "aren't using your HTTP library correctly.)") from None
+        raise BadRequest(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly.)"
+        ) from None
 
 
 def _message_tokens(message: Message) -> int:
@@ -208,8 +235,7 @@ def _message_tokens(message: Message) -> int:
 
 
 def _read_conversation(messages: list[Message], ask: Ask) -> None:
-    ask.system_text = "\n".join(text_of(m.content) for m in messages
-                                if isinstance(m, SystemMessage | DeveloperMessage))
+    ask.system_text = "\n".join(text_of(m.content) for m in messages if isinstance(m, SystemMessage | DeveloperMessage))
     last = messages[-1]
     if isinstance(last, ToolMessage):
         ask.tool_result = text_of(last.content)
@@ -244,8 +270,7 @@ def _choice(index: int, reply: Reply) -> dict[str, Any]:
     }
     if reply.tool_calls:
         message["tool_calls"] = [
-            {"id": "call_" + c.key, "type": "function",
-             "function": {"name": c.name, "arguments": c.arguments}}
+            {"id": "call_" + c.key, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
             for c in reply.tool_calls
         ]
     return {"index": index, "message": message, "logprobs": None, "finish_reason": _FINISH[reply.finish]}
@@ -262,12 +287,16 @@ def _choice_chunks(index: int, reply: Reply) -> list[tuple[dict[str, Any], float
     for piece in text_pieces(reply.text):
         out.append((chunk({"content": piece}), len(piece) / 4))
     for j, call in enumerate(reply.tool_calls):
-        opening = {"index": j, "id": "call_" + call.key, "type": "function",
-                   "function": {"name": call.name, "arguments": ""}}
+        opening = {
+            "index": j,
+            "id": "call_" + call.key,
+            "type": "function",
+            "function": {"name": call.name, "arguments": ""},
+        }
         out.append((chunk({"tool_calls": [opening]}), len(call.name) / 4))
         args = call.arguments
         for at in range(0, len(args), _ARG_FRAGMENT):
-            fragment = args[at:at + _ARG_FRAGMENT]
+            fragment = args[at : at + _ARG_FRAGMENT]
             delta = {"tool_calls": [{"index": j, "function": {"arguments": fragment}}]}
             out.append((chunk(delta), len(fragment) / 4))
     out.append((chunk({}, _FINISH[reply.finish]), 0.0))

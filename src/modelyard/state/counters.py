@@ -148,8 +148,13 @@ class MemoryCounters:
             windows.requests.add(second, 1)
         if ask.tpm is not None:
             windows.tokens.add(second, ask.tokens)
-        reservation = Reservation(ask.account, period, ask.estimate_nano if period >= 0 else 0,
-                                  ask.tokens if ask.tpm is not None else 0, second)
+        reservation = Reservation(
+            ask.account,
+            period,
+            ask.estimate_nano if period >= 0 else 0,
+            ask.tokens if ask.tpm is not None else 0,
+            second,
+        )
         return Verdict(True, reservation=reservation)
 
     def settle(self, reservation: Reservation, actual_nano: int, actual_tokens: int) -> None:
@@ -157,8 +162,7 @@ class MemoryCounters:
             return
         reservation.settled = True
         if reservation.period >= 0:
-            self.ledger.settle(reservation.account, reservation.period, reservation.estimate_nano,
-                               actual_nano)
+            self.ledger.settle(reservation.account, reservation.period, reservation.estimate_nano, actual_nano)
         if reservation.tokens:
             windows = self._windows.get(reservation.account)
             if windows is not None:

@@ -11,7 +11,7 @@ import math
 
 from modelyard.state.keys import KeyRecord
 
-MAX_RATE = 10**12              # rpm / tpm: above any real limit (keys made with 1e11 exist), far below 2**53
+MAX_RATE = 10**12  # rpm / tpm: above any real limit (keys made with 1e11 exist), far below 2**53
 MAX_BUDGET_USD = 1e9
 MIN_PERIOD_S = 1.0
 MAX_PERIOD_S = 100 * 366 * 86400.0  # also the longest `expires_in` and `since`
@@ -29,8 +29,12 @@ def rate_problem(value: int | None) -> str | None:
 def budget_problem(value: float | None) -> str | None:
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
-            or not 0 <= value <= MAX_BUDGET_USD:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not 0 <= value <= MAX_BUDGET_USD
+    ):
         return f"must be a number from 0 to {MAX_BUDGET_USD:.0f}"
     return None
 
@@ -53,10 +57,14 @@ def timestamp_problem(value: float | None) -> str | None:
 
 def limits_problem(record: KeyRecord) -> str | None:
     """Why a stored key's limits cannot be used (None when they can)."""
-    checks = (("rpm", rate_problem(record.rpm)), ("tpm", rate_problem(record.tpm)),
-              ("budget_usd", budget_problem(record.budget_usd)), ("period_s", period_problem(record.period_s)),
-              ("created_at", timestamp_problem(record.created_at)),
-              ("expires_at", timestamp_problem(record.expires_at)))
+    checks = (
+        ("rpm", rate_problem(record.rpm)),
+        ("tpm", rate_problem(record.tpm)),
+        ("budget_usd", budget_problem(record.budget_usd)),
+        ("period_s", period_problem(record.period_s)),
+        ("created_at", timestamp_problem(record.created_at)),
+        ("expires_at", timestamp_problem(record.expires_at)),
+    )
     for name, problem in checks:
         if problem is not None:
             return f"{name} {problem}"

@@ -35,7 +35,7 @@ class KeyRecord(msgspec.Struct, kw_only=True):
     metadata: dict[str, str] = msgspec.field(default_factory=dict)
 
     def status(self, now: float) -> str:
-        """"active", "revoked" or "expired"."""
+        """ "active", "revoked" or "expired"."""
         if self.revoked_at is not None:
             return "revoked"
         if self.expires_at is not None and now >= self.expires_at:
@@ -58,9 +58,18 @@ def generate_key() -> str:
     return KEY_PREFIX + secrets.token_urlsafe(32)
 
 
-def new_key(name: str, *, models: list[str] | None = None, rpm: int | None = None, tpm: int | None = None,
-            budget_usd: float | None = None, period_s: float | None = None, expires_at: float | None = None,
-            metadata: dict[str, str] | None = None, now: float | None = None) -> tuple[str, KeyRecord]:
+def new_key(
+    name: str,
+    *,
+    models: list[str] | None = None,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    budget_usd: float | None = None,
+    period_s: float | None = None,
+    expires_at: float | None = None,
+    metadata: dict[str, str] | None = None,
+    now: float | None = None,
+) -> tuple[str, KeyRecord]:
     """A fresh raw key and the record to store for it (the raw key is shown once, then forgotten)."""
     if not name.strip():
         raise ValueError("a key needs a name")
@@ -71,10 +80,17 @@ def new_key(name: str, *, models: list[str] | None = None, rpm: int | None = Non
         raise ValueError("budget_usd cannot be negative")
     raw = generate_key()
     record = KeyRecord(
-        id="key_" + secrets.token_hex(8), name=name.strip(), key_hash=hash_key(raw),
-        key_prefix=raw[: len(KEY_PREFIX) + 4], created_at=time.time() if now is None else now,
-        expires_at=expires_at, models=sorted(set(models)) if models else None, rpm=rpm, tpm=tpm,
-        budget_usd=budget_usd, period_s=period_s if budget_usd is not None else None,
+        id="key_" + secrets.token_hex(8),
+        name=name.strip(),
+        key_hash=hash_key(raw),
+        key_prefix=raw[: len(KEY_PREFIX) + 4],
+        created_at=time.time() if now is None else now,
+        expires_at=expires_at,
+        models=sorted(set(models)) if models else None,
+        rpm=rpm,
+        tpm=tpm,
+        budget_usd=budget_usd,
+        period_s=period_s if budget_usd is not None else None,
         metadata=dict(metadata or {}),
     )
     return raw, record

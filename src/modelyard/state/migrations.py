@@ -25,8 +25,11 @@ class Migration:
 
 
 MIGRATIONS: tuple[Migration, ...] = (
-    Migration(1, "virtual keys and spend log", (
-        """CREATE TABLE modelyard_keys (
+    Migration(
+        1,
+        "virtual keys and spend log",
+        (
+            """CREATE TABLE modelyard_keys (
             id TEXT PRIMARY KEY,
             name TEXT NOT NULL,
             key_hash TEXT NOT NULL UNIQUE,
@@ -41,7 +44,7 @@ MIGRATIONS: tuple[Migration, ...] = (
             period_s DOUBLE PRECISION,
             metadata TEXT NOT NULL DEFAULT '{}'
         )""",
-        """CREATE TABLE modelyard_spend (
+            """CREATE TABLE modelyard_spend (
             id TEXT NOT NULL,
             at DOUBLE PRECISION NOT NULL,
             key_id TEXT,
@@ -64,36 +67,70 @@ MIGRATIONS: tuple[Migration, ...] = (
             error_kind TEXT,
             content TEXT
         )""",
-        "CREATE INDEX modelyard_spend_at ON modelyard_spend (at)",
-        "CREATE INDEX modelyard_spend_key_at ON modelyard_spend (key_id, at)",
-    )),
+            "CREATE INDEX modelyard_spend_at ON modelyard_spend (at)",
+            "CREATE INDEX modelyard_spend_key_at ON modelyard_spend (key_id, at)",
+        ),
+    ),
     # A spend row's id is its request id: unique, so replaying the spool after a crash never doubles a row
     # (SQLite inserts with OR IGNORE, PostgreSQL with ON CONFLICT (id) DO NOTHING). Rows the store refused
     # even sanitised are set aside, as JSON, in the dead-letter table.
-    Migration(2, "unique spend ids, spend dead letters", (
-        "CREATE UNIQUE INDEX modelyard_spend_id ON modelyard_spend (id)",
-        """CREATE TABLE modelyard_spend_dead (
+    Migration(
+        2,
+        "unique spend ids, spend dead letters",
+        (
+            "CREATE UNIQUE INDEX modelyard_spend_id ON modelyard_spend (id)",
+            """CREATE TABLE modelyard_spend_dead (
             id TEXT NOT NULL,
             at DOUBLE PRECISION NOT NULL,
             failed_at DOUBLE PRECISION NOT NULL,
             error TEXT NOT NULL,
             record TEXT NOT NULL
         )""",
-    )),
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
 
 #: Spend columns in insert order (the SpendRecord field names).
 SPEND_COLUMNS: tuple[str, ...] = (
-    "id", "at", "key_id", "key_name", "model", "deployment", "provider", "endpoint", "attempts",
-    "attempt_log", "prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens",
-    "reasoning_tokens", "cost_usd", "latency_ms", "ttft_ms", "status", "error_kind", "content",
+    "id",
+    "at",
+    "key_id",
+    "key_name",
+    "model",
+    "deployment",
+    "provider",
+    "endpoint",
+    "attempts",
+    "attempt_log",
+    "prompt_tokens",
+    "completion_tokens",
+    "cached_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "latency_ms",
+    "ttft_ms",
+    "status",
+    "error_kind",
+    "content",
 )
 
 KEY_COLUMNS: tuple[str, ...] = (
-    "id", "name", "key_hash", "key_prefix", "created_at", "expires_at", "revoked_at", "models", "rpm", "tpm",
-    "budget_usd", "period_s", "metadata",
+    "id",
+    "name",
+    "key_hash",
+    "key_prefix",
+    "created_at",
+    "expires_at",
+    "revoked_at",
+    "models",
+    "rpm",
+    "tpm",
+    "budget_usd",
+    "period_s",
+    "metadata",
 )
 
 #: GET /admin/spend and `modelyard spend` groupings.

@@ -33,16 +33,25 @@ class StateUnavailable(Exception):
 def state_unavailable(retry_after: float = RETRY_AFTER_S) -> GatewayError:
     """The client's answer while Redis is down: 503, retryable."""
     wait = str(max(1, round(retry_after)))
-    return GatewayError(503, "The gateway cannot check this key's limits right now (its shared state is "
-                        f"unreachable). Please retry in {wait}s.", type="server_error", code="state_unavailable",
-                        headers={"Retry-After": wait})
+    return GatewayError(
+        503,
+        "The gateway cannot check this key's limits right now (its shared state is "
+        f"unreachable). Please retry in {wait}s.",
+        type="server_error",
+        code="state_unavailable",
+        headers={"Retry-After": wait},
+    )
 
 
 def store_unavailable() -> GatewayError:
     """The client's answer while the store (keys, spend log) is down or too slow: 503, retryable."""
-    return GatewayError(503, f"The gateway's store is unavailable. Please retry in {RETRY_AFTER_S}s.",
-                        type="server_error", code="store_unavailable",
-                        headers={"Retry-After": str(RETRY_AFTER_S)})
+    return GatewayError(
+        503,
+        f"The gateway's store is unavailable. Please retry in {RETRY_AFTER_S}s.",
+        type="server_error",
+        code="store_unavailable",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
 
 
 async def _within(call: Awaitable[T], timeout_s: float) -> T:
@@ -97,8 +106,11 @@ class StoreGuard:
             self._down_until = time.monotonic() + self.fail_fast_s
             if not self._logged:
                 self._logged = True
-                log.warning("the store is unavailable (%s: %s); answering 503 until it returns",
-                            type(exc).__name__, exc or "timed out")
+                log.warning(
+                    "the store is unavailable (%s: %s); answering 503 until it returns",
+                    type(exc).__name__,
+                    exc or "timed out",
+                )
             raise store_unavailable() from None
         if self._logged:
             self._logged = False

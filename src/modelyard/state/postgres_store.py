@@ -29,8 +29,10 @@ from modelyard.state.store import (
 )
 
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
-_KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
-               f"VALUES ({', '.join(f'${i + 1}' for i in range(len(KEY_COLUMNS)))})")
+_KEY_INSERT = (
+    f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
+    f"VALUES ({', '.join(f'${i + 1}' for i in range(len(KEY_COLUMNS)))})"
+)
 _DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
 
 
@@ -44,9 +46,11 @@ def _pg_type(hint: Any) -> str:
 
 
 _SPEND_TYPES = typing.get_type_hints(SpendRecord)
-_SPEND_INSERT = (f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT * FROM unnest("
-                 + ", ".join(f"${i + 1}::{_pg_type(_SPEND_TYPES[c])}[]" for i, c in enumerate(SPEND_COLUMNS))
-                 + ") ON CONFLICT (id) DO NOTHING")
+_SPEND_INSERT = (
+    f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT * FROM unnest("
+    + ", ".join(f"${i + 1}::{_pg_type(_SPEND_TYPES[c])}[]" for i, c in enumerate(SPEND_COLUMNS))
+    + ") ON CONFLICT (id) DO NOTHING"
+)
 
 
 def _valid_text(row: tuple[Any, ...]) -> tuple[Any, ...]:
@@ -101,8 +105,9 @@ class PostgresStore:
                 await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
             finally:
                 await conn.close()
-        self._pool = await asyncpg.create_pool(self.dsn, min_size=self.min_size, max_size=self.max_size,
-                                               server_settings=settings)
+        self._pool = await asyncpg.create_pool(
+            self.dsn, min_size=self.min_size, max_size=self.max_size, server_settings=settings
+        )
         await self._migrate()
 
     async def close(self) -> None:
@@ -121,8 +126,12 @@ class PostgresStore:
                         continue
                     for statement in migration.statements:
                         await conn.execute(statement)
-                    await conn.execute("INSERT INTO modelyard_schema (version, name, applied_at) "
-                                       "VALUES ($1, $2, $3)", migration.version, migration.name, time.time())
+                    await conn.execute(
+                        "INSERT INTO modelyard_schema (version, name, applied_at) VALUES ($1, $2, $3)",
+                        migration.version,
+                        migration.name,
+                        time.time(),
+                    )
 
     async def schema_version(self) -> int:
         return int(await self.pool.fetchval("SELECT COALESCE(MAX(version), 0) FROM modelyard_schema"))
@@ -152,7 +161,8 @@ class PostgresStore:
 
     async def revoke_key(self, key_id: str, at: float) -> bool:
         status = await self.pool.execute(
-            "UPDATE modelyard_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id)
+            "UPDATE modelyard_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL", at, key_id
+        )
         return str(status).endswith(" 1")
 
     async def count_keys(self) -> int:
@@ -176,8 +186,9 @@ class PostgresStore:
 
     async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
         rows = [dead_row(record, reason) for record, reason in records]
-        await self.pool.executemany("INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) "
-                                    "VALUES ($1, $2, $3, $4, $5)", rows)
+        await self.pool.executemany(
+            "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES ($1, $2, $3, $4, $5)", rows
+        )
 
     async def spend_report(self, by: str, since: float) -> list[SpendRow]:
         rows = await self.pool.fetch(report_sql(by, _DAY, "$1"), since)
@@ -185,11 +196,12 @@ class PostgresStore:
 
     async def spent_since(self, key_id: str, since: float) -> float:
         value = await self.pool.fetchval(
-            "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = $1 AND at >= $2",
-            key_id, since)
+            "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = $1 AND at >= $2", key_id, since
+        )
         return float(value)
 
     async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]:
-        rows = await self.pool.fetch(f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= $1 "
-                                     "ORDER BY at LIMIT $2", since, limit)
+        rows = await self.pool.fetch(
+            f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= $1 ORDER BY at LIMIT $2", since, limit
+        )
         return [spend_from_row(tuple(row)) for row in rows]

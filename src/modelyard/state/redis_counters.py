@@ -198,9 +198,18 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 class RedisCounters:
     """`Counters` on a Redis server (redis-py asyncio); `prefix` separates gateways and tests."""
 
-    def __init__(self, url: str, *, prefix: str = "modelyard", client: Any = None,
-                 on_unavailable: OnUnavailable = "fail_closed", timeout_s: float = 0.5,
-                 max_pending: int = 100_000, probe_min_s: float = 0.05, probe_max_s: float = 0.5) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "modelyard",
+        client: Any = None,
+        on_unavailable: OnUnavailable = "fail_closed",
+        timeout_s: float = 0.5,
+        max_pending: int = 100_000,
+        probe_min_s: float = 0.05,
+        probe_max_s: float = 0.5,
+    ) -> None:
         self.url = url
         self.prefix = prefix
         self.on_unavailable = on_unavailable
@@ -252,9 +261,12 @@ class RedisCounters:
 
             # Short timeouts and one immediate retry (a pooled connection Redis closed): an outage is noticed
             # in `timeout_s`, not after redis-py's default backoff of several seconds.
-            self._client = aioredis.Redis.from_url(self.url, socket_timeout=self.timeout_s,
-                                                   socket_connect_timeout=self.timeout_s,
-                                                   retry=Retry(NoBackoff(), 1))
+            self._client = aioredis.Redis.from_url(
+                self.url,
+                socket_timeout=self.timeout_s,
+                socket_connect_timeout=self.timeout_s,
+                retry=Retry(NoBackoff(), 1),
+            )
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._seed = self._client.register_script(_SEED)
@@ -271,8 +283,11 @@ class RedisCounters:
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._pending:
-            log.warning("%d budget settlements could not be sent to Redis before shutdown (their spend is in "
-                        "the spend log and counted when the budget is next seeded)", len(self._pending))
+            log.warning(
+                "%d budget settlements could not be sent to Redis before shutdown (their spend is in "
+                "the spend log and counted when the budget is next seeded)",
+                len(self._pending),
+            )
         if self._client is not None and self._own_client:
             await self._client.aclose()
             self._client = None
@@ -285,10 +300,14 @@ class RedisCounters:
         self._down_since = time.monotonic()
         self.outages += 1
         self._local = MemoryCounters()  # fail_open: this outage's limits start from the spend log again
-        log.warning("Redis is unreachable (%s: %s): %s until it returns", type(exc).__name__, exc,
-                    "refusing limited keys with 503 (state.on_unavailable: fail_closed)"
-                    if self.on_unavailable == "fail_closed" else
-                    "limits are kept per replica in memory (state.on_unavailable: fail_open)")
+        log.warning(
+            "Redis is unreachable (%s: %s): %s until it returns",
+            type(exc).__name__,
+            exc,
+            "refusing limited keys with 503 (state.on_unavailable: fail_closed)"
+            if self.on_unavailable == "fail_closed"
+            else "limits are kept per replica in memory (state.on_unavailable: fail_open)",
+        )
         if self._probe is None or self._probe.done():
             self._probe = asyncio.get_running_loop().create_task(self._probe_loop(), name="modelyard-redis-probe")
 
@@ -305,8 +324,11 @@ class RedisCounters:
                     log.warning("probing Redis failed unexpectedly: %r", exc)
                 delay = min(delay * 2, self.probe_max_s)
                 continue
-            log.warning("Redis is reachable again after %.1fs (%d settlements replayed)",
-                        time.monotonic() - self._down_since, replayed)
+            log.warning(
+                "Redis is reachable again after %.1fs (%d settlements replayed)",
+                time.monotonic() - self._down_since,
+                replayed,
+            )
             self._available = True
             return
 
@@ -337,10 +359,23 @@ class RedisCounters:
         tokens = clamp(ask.tokens, MAX_TOKENS)
         estimate = clamp(ask.estimate_nano, MAX_NANO)
         token = f"{self._process}.{next(self._tokens)}"
-        keys = [self._key(account, "rpm"), self._key(account, "tpm"),
-                self._key(account, f"budget:{ask.period}"), self._key(account, f"r:{token}")]
-        args = [_num(ask.rpm), _num(ask.tpm), tokens, clamp(_num(ask.budget_nano), MAX_NANO), estimate, SPAN,
-                max(1, ask.ttl_s), "1" if ask.seed_required else "0", _MARKER_TTL_S]
+        keys = [
+            self._key(account, "rpm"),
+            self._key(account, "tpm"),
+            self._key(account, f"budget:{ask.period}"),
+            self._key(account, f"r:{token}"),
+        ]
+        args = [
+            _num(ask.rpm),
+            _num(ask.tpm),
+            tokens,
+            clamp(_num(ask.budget_nano), MAX_NANO),
+            estimate,
+            SPAN,
+            max(1, ask.ttl_s),
+            "1" if ask.seed_required else "0",
+            _MARKER_TTL_S,
+        ]
         try:
             ok, reason, wait, second, epoch = await self._admit(keys=keys, args=args)
         except self._errors as exc:
@@ -351,10 +386,15 @@ class RedisCounters:
         if not int(ok):
             text = reason.decode() if isinstance(reason, bytes) else str(reason)
             return Verdict(False, text, float(wait))
-        reservation = RedisReservation(account, ask.period if budget else -1, estimate if budget else 0,
-                                       tokens if ask.tpm is not None else 0, int(second),
-                                       epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
-                                       token=token if budget else "")
+        reservation = RedisReservation(
+            account,
+            ask.period if budget else -1,
+            estimate if budget else 0,
+            tokens if ask.tpm is not None else 0,
+            int(second),
+            epoch=epoch.decode() if isinstance(epoch, bytes) else str(epoch),
+            token=token if budget else "",
+        )
         if budget:
             self._holding.setdefault((account, ask.period), {})[id(reservation)] = reservation
         return Verdict(True, reservation=reservation)
@@ -386,18 +426,47 @@ class RedisCounters:
         if not budget and not reservation.tokens:
             return
         delta = clamp(actual_tokens, MAX_TOKENS) - reservation.tokens
-        call = self._settle_call(reservation.account, reservation.period, reservation.second, actual_nano,
-                                 delta, reservation.tokens, reservation.epoch, reservation.adopted,
-                                 -reservation.estimate_nano, reservation.token,
-                                 "settle" if reservation.token else "")
+        call = self._settle_call(
+            reservation.account,
+            reservation.period,
+            reservation.second,
+            actual_nano,
+            delta,
+            reservation.tokens,
+            reservation.epoch,
+            reservation.adopted,
+            -reservation.estimate_nano,
+            reservation.token,
+            "settle" if reservation.token else "",
+        )
         self._send(call, self._seeding.get(reservation.adopted) if reservation.adopted else None)
 
-    def _settle_call(self, account: str, period: int, second: int, actual_nano: int, token_delta: int,
-                     tokens: int, epoch: str, adopted: str, minus_estimate: int = 0, token: str = "",
-                     marker: str = "") -> tuple[list[str], list[Any]]:
+    def _settle_call(
+        self,
+        account: str,
+        period: int,
+        second: int,
+        actual_nano: int,
+        token_delta: int,
+        tokens: int,
+        epoch: str,
+        adopted: str,
+        minus_estimate: int = 0,
+        token: str = "",
+        marker: str = "",
+    ) -> tuple[list[str], list[Any]]:
         keys = [self._key(account, "tpm"), self._key(account, f"budget:{period}"), self._key(account, f"r:{token}")]
-        args = [second, token_delta, minus_estimate, actual_nano, "1" if tokens else "0",
-                "1" if period >= 0 else "0", epoch, adopted, marker]
+        args = [
+            second,
+            token_delta,
+            minus_estimate,
+            actual_nano,
+            "1" if tokens else "0",
+            "1" if period >= 0 else "0",
+            epoch,
+            adopted,
+            marker,
+        ]
         return keys, args
 
     def _send(self, call: tuple[list[str], list[Any]], after: asyncio.Future[None] | None = None) -> None:
@@ -425,8 +494,11 @@ class RedisCounters:
         if len(self._pending) == self._pending.maxlen:
             self.dropped_settlements += 1
             if self.dropped_settlements & (self.dropped_settlements - 1) == 0:  # 1, 2, 4, 8, ...
-                log.warning("Redis settlement queue full (%d): %d settlements dropped so far (their spend is in "
-                            "the spend log)", self._pending.maxlen, self.dropped_settlements)
+                log.warning(
+                    "Redis settlement queue full (%d): %d settlements dropped so far (their spend is in the spend log)",
+                    self._pending.maxlen,
+                    self.dropped_settlements,
+                )
         self._pending.append(call)
 
     # ------------------------------------------------------------------ seed and read
@@ -445,8 +517,10 @@ class RedisCounters:
             spent = clamp(await spent_value(spent_nano), MAX_NANO)
             reserved = sum(r.estimate_nano for r in carried)
             markers = [self._key(account, f"r:{r.token}") for r in carried if r.token]
-            await self._seed(keys=[self._key(account, f"budget:{period}"), *markers],
-                             args=[spent, max(1, ttl_s), clamp(reserved, MAX_NANO), epoch, _MARKER_TTL_S])
+            await self._seed(
+                keys=[self._key(account, f"budget:{period}"), *markers],
+                args=[spent, max(1, ttl_s), clamp(reserved, MAX_NANO), epoch, _MARKER_TTL_S],
+            )
         except self._errors as exc:
             self._went_down(exc)
         else:

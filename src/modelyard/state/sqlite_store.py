@@ -34,8 +34,7 @@ from modelyard.state.store import (
 T = TypeVar("T")
 
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
-_KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
-               f"VALUES ({', '.join('?' * len(KEY_COLUMNS))})")
+_KEY_INSERT = f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join('?' * len(KEY_COLUMNS))})"
 #: A whole batch as one JSON parameter, unpacked by SQLite itself: binding rows one by one in `executemany`
 #: needs the GIL for every row, and under load the writer thread then waits on the busy event loop for it
 #: (measured: the writer fell to ~800 rows/s at 3,000 requests/s and its queue grew without bound). One
@@ -43,9 +42,11 @@ _KEY_INSERT = (f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) "
 #: ON CONFLICT (id) DO NOTHING: an id already stored (a spool replay after a crash) is skipped, never doubled.
 #: Not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL, silently. (`WHERE true` is SQLite's
 #: way to tell an upsert's ON CONFLICT from a join's ON after a SELECT.)
-_SPEND_INSERT_JSON = (f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT "
-                      + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(SPEND_COLUMNS)))
-                      + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING")
+_SPEND_INSERT_JSON = (
+    f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT "
+    + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(SPEND_COLUMNS)))
+    + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
+)
 _DEAD_INSERT = "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES (?, ?, ?, ?, ?)"
 _encode = msgspec.json.Encoder().encode
 _DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
@@ -194,8 +195,10 @@ def _migrate(conn: sqlite3.Connection) -> None:
                 continue
             for statement in migration.statements:
                 conn.execute(statement)
-            conn.execute("INSERT INTO modelyard_schema (version, name, applied_at) VALUES (?, ?, ?)",
-                         (migration.version, migration.name, time.time()))
+            conn.execute(
+                "INSERT INTO modelyard_schema (version, name, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.name, time.time()),
+            )
         except BaseException:
             conn.execute("ROLLBACK")
             raise

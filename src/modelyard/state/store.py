@@ -88,9 +88,9 @@ def sqlite_path(dsn: str | None) -> str:
     if not dsn:
         return ":memory:"
     if dsn.startswith("sqlite:///"):
-        return dsn[len("sqlite:///"):] or ":memory:"
+        return dsn[len("sqlite:///") :] or ":memory:"
     if dsn.startswith("sqlite://"):
-        return dsn[len("sqlite://"):] or ":memory:"
+        return dsn[len("sqlite://") :] or ":memory:"
     return dsn
 
 
@@ -102,9 +102,21 @@ _json_decode = msgspec.json.Decoder().decode
 
 def key_row(record: KeyRecord) -> tuple[Any, ...]:
     models = None if record.models is None else _json_encode(record.models).decode()
-    return (record.id, record.name, record.key_hash, record.key_prefix, record.created_at, record.expires_at,
-            record.revoked_at, models, record.rpm, record.tpm, record.budget_usd, record.period_s,
-            _json_encode(record.metadata).decode())
+    return (
+        record.id,
+        record.name,
+        record.key_hash,
+        record.key_prefix,
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+        models,
+        record.rpm,
+        record.tpm,
+        record.budget_usd,
+        record.period_s,
+        _json_encode(record.metadata).decode(),
+    )
 
 
 def key_from_row(row: Sequence[Any]) -> KeyRecord:
@@ -125,8 +137,13 @@ def spend_row(record: SpendRecord) -> tuple[Any, ...]:
 def dead_row(record: SpendRecord, reason: str) -> tuple[str, float, float, str, str]:
     """A dead-letter row: ASCII JSON (NUL and lone surrogates escaped), so any store takes it."""
     as_json = json.dumps(msgspec.to_builtins(record), ensure_ascii=True, default=str)
-    return (escape_text(record.id), record.at if math.isfinite(record.at) else 0.0, time.time(),
-            escape_text(reason), as_json)
+    return (
+        escape_text(record.id),
+        record.at if math.isfinite(record.at) else 0.0,
+        time.time(),
+        escape_text(reason),
+        as_json,
+    )
 
 
 def spend_from_row(row: Sequence[Any]) -> SpendRecord:
@@ -137,17 +154,32 @@ def report_sql(by: str, day_expr: str, placeholder: str) -> str:
     """The spend report query for one grouping; `day_expr` is the dialect's unix-time → YYYY-MM-DD."""
     if by not in GROUPINGS:
         raise ValueError(f"unknown grouping {by!r} (one of {', '.join(GROUPINGS)})")
-    group = {"model": "COALESCE(model, '-')", "key": "COALESCE(key_id, '-')", "day": day_expr,
-             "deployment": "COALESCE(deployment, '-')"}[by]
+    group = {
+        "model": "COALESCE(model, '-')",
+        "key": "COALESCE(key_id, '-')",
+        "day": day_expr,
+        "deployment": "COALESCE(deployment, '-')",
+    }[by]
     name = "MAX(key_name)" if by == "key" else "NULL"
     order = "grp" if by == "day" else "cost DESC, grp"
-    return (f"SELECT {group} AS grp, {name} AS name, COUNT(*) AS requests, "
-            "SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END) AS errors, "
-            "SUM(prompt_tokens) AS prompt, SUM(completion_tokens) AS completion, SUM(cost_usd) AS cost "
-            f"FROM modelyard_spend WHERE at >= {placeholder} GROUP BY grp ORDER BY {order}")
+    return (
+        f"SELECT {group} AS grp, {name} AS name, COUNT(*) AS requests, "
+        "SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END) AS errors, "
+        "SUM(prompt_tokens) AS prompt, SUM(completion_tokens) AS completion, SUM(cost_usd) AS cost "
+        f"FROM modelyard_spend WHERE at >= {placeholder} GROUP BY grp ORDER BY {order}"
+    )
 
 
 def report_rows(rows: Sequence[Sequence[Any]]) -> list[SpendRow]:
-    return [SpendRow(group=str(r[0]), name=r[1], requests=int(r[2]), errors=int(r[3] or 0),
-                     prompt_tokens=int(r[4] or 0), completion_tokens=int(r[5] or 0),
-                     cost_usd=float(r[6] or 0.0)) for r in rows]
+    return [
+        SpendRow(
+            group=str(r[0]),
+            name=r[1],
+            requests=int(r[2]),
+            errors=int(r[3] or 0),
+            prompt_tokens=int(r[4] or 0),
+            completion_tokens=int(r[5] or 0),
+            cost_usd=float(r[6] or 0.0),
+        )
+        for r in rows
+    ]

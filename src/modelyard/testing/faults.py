@@ -24,10 +24,20 @@ from modelyard.server.factory import build_gateway
 FLEET = {
     "seed": 5,
     "models": [
-        {"name": "flaky-a", "ttft_ms": 2, "tokens_per_second": 0, "output_tokens": {"min": 8, "max": 16},
-         "faults": {"rate_limit": 0.3, "retry_after_s": 0.05, "hang": 0.1, "hang_s": 30}},
-        {"name": "flaky-b", "ttft_ms": 2, "tokens_per_second": 0, "output_tokens": {"min": 8, "max": 16},
-         "faults": {"reset": 0.2}},
+        {
+            "name": "flaky-a",
+            "ttft_ms": 2,
+            "tokens_per_second": 0,
+            "output_tokens": {"min": 8, "max": 16},
+            "faults": {"rate_limit": 0.3, "retry_after_s": 0.05, "hang": 0.1, "hang_s": 30},
+        },
+        {
+            "name": "flaky-b",
+            "ttft_ms": 2,
+            "tokens_per_second": 0,
+            "output_tokens": {"min": 8, "max": 16},
+            "faults": {"reset": 0.2},
+        },
         {"name": "steady-c", "ttft_ms": 2, "tokens_per_second": 0, "output_tokens": {"min": 8, "max": 16}},
     ],
 }
@@ -99,15 +109,23 @@ class SuiteReport:
         opened = sum(1 for _, _, new in self.breaker_transitions if new == "open")
         closed = sum(1 for _, _, new in self.breaker_transitions if new == "closed")
         return {
-            "requests": self.settings.requests, "concurrency": self.settings.concurrency,
-            "hedge_after_ms": self.settings.hedge_after_ms, "ok": self.ok, "failed": self.failed,
-            "lost": self.lost, "success_rate": round(self.success_rate, 5),
-            "p50_ms": round(self.percentile(0.5), 1), "p99_ms": round(self.percentile(0.99), 1),
+            "requests": self.settings.requests,
+            "concurrency": self.settings.concurrency,
+            "hedge_after_ms": self.settings.hedge_after_ms,
+            "ok": self.ok,
+            "failed": self.failed,
+            "lost": self.lost,
+            "success_rate": round(self.success_rate, 5),
+            "p50_ms": round(self.percentile(0.5), 1),
+            "p99_ms": round(self.percentile(0.99), 1),
             "max_ms": round(max(self.latencies_ms, default=0.0), 1),
             "attempts_per_request": round(sum(self.attempts) / max(1, len(self.attempts)), 3),
-            "attempts_reported": self.attempts_reported, "upstream_requests": self.upstream_requests,
+            "attempts_reported": self.attempts_reported,
+            "upstream_requests": self.upstream_requests,
             "cancelled_attempts": self.cancelled_attempts,
-            "breaker_opened": opened, "breaker_closed": closed, "errors": self.errors,
+            "breaker_opened": opened,
+            "breaker_closed": closed,
+            "errors": self.errors,
             "wall_s": round(self.wall_s, 2),
         }
 
@@ -116,10 +134,12 @@ def _hedge_line(settings: SuiteSettings) -> str:
     return f"hedge_after_ms: {settings.hedge_after_ms}" if settings.hedge_after_ms else ""
 
 
-async def _one(session: aiohttp.ClientSession, url: str, i: int, stream: bool,
-               report: SuiteReport) -> None:
-    body: dict[str, Any] = {"model": "resilient", "max_tokens": 16,
-                            "messages": [{"role": "user", "content": f"request {i}: say something"}]}
+async def _one(session: aiohttp.ClientSession, url: str, i: int, stream: bool, report: SuiteReport) -> None:
+    body: dict[str, Any] = {
+        "model": "resilient",
+        "max_tokens": 16,
+        "messages": [{"role": "user", "content": f"request {i}: say something"}],
+    }
     if stream:
         body["stream"] = True
         body["stream_options"] = {"include_usage": True}
@@ -176,10 +196,15 @@ def run_fault_suite(settings: SuiteSettings | None = None, *, in_process: bool =
 
 
 def _config_text(settings: SuiteSettings, sim_url: str) -> str:
-    return CONFIG.format(sim=sim_url, first_token=settings.first_token_timeout_s,
-                         total=settings.total_timeout_s, hedge=_hedge_line(settings),
-                         breaker_failures=settings.breaker_failures, breaker_window_s=settings.breaker_window_s,
-                         breaker_cooldown_s=settings.breaker_cooldown_s)
+    return CONFIG.format(
+        sim=sim_url,
+        first_token=settings.first_token_timeout_s,
+        total=settings.total_timeout_s,
+        hedge=_hedge_line(settings),
+        breaker_failures=settings.breaker_failures,
+        breaker_window_s=settings.breaker_window_s,
+        breaker_cooldown_s=settings.breaker_cooldown_s,
+    )
 
 
 def _run_in_process(settings: SuiteSettings, report: SuiteReport) -> None:
@@ -189,7 +214,8 @@ def _run_in_process(settings: SuiteSettings, report: SuiteReport) -> None:
     with SimServer(fleet_from_dict(FLEET), seed=5) as sim:
         gateway = build_gateway(parse_config(_config_text(settings, sim.url), source="fault-suite.yaml"))
         gateway.router.health.listeners.append(
-            lambda name, old, new: report.breaker_transitions.append((name, old.value, new.value)))
+            lambda name, old, new: report.breaker_transitions.append((name, old.value, new.value))
+        )
         with BackgroundServer(gateway) as server:
             started = time.perf_counter()
             asyncio.run(_drive(server.url, settings, report))
@@ -220,11 +246,17 @@ def _run_in_processes(settings: SuiteSettings, report: SuiteReport) -> None:
         config_path = Path(tmp) / "gateway.yaml"
         config_path.write_text(_config_text(settings, sim_url))
         log_path = Path(tmp) / "gateway.log"
-        sim = subprocess.Popen([*cli, "sim", "--port", str(sim_port), "--fleet", str(fleet_path), "--seed", "5"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        sim = subprocess.Popen(
+            [*cli, "sim", "--port", str(sim_port), "--fleet", str(fleet_path), "--seed", "5"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         with open(log_path, "wb") as log:
-            gateway = subprocess.Popen([*cli, "serve", "--config", str(config_path), "--port", str(gw_port),
-                                        "--log-level", "warning"], stdout=log, stderr=log)
+            gateway = subprocess.Popen(
+                [*cli, "serve", "--config", str(config_path), "--port", str(gw_port), "--log-level", "warning"],
+                stdout=log,
+                stderr=log,
+            )
         try:
             wait_http(sim_url + "/_sim/health", sim)
             wait_http(f"http://127.0.0.1:{gw_port}/health/ready", gateway)

@@ -44,8 +44,16 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) 
 class GatewayProcess:
     """`with GatewayProcess(config_path) as gw: gw.url` — `modelyard serve` on loopback, ready when entered."""
 
-    def __init__(self, config: Path, *, port: int | None = None, log: Path | None = None,
-                 env: dict[str, str] | None = None, workers: int = 1, ready_timeout_s: float = 40.0) -> None:
+    def __init__(
+        self,
+        config: Path,
+        *,
+        port: int | None = None,
+        log: Path | None = None,
+        env: dict[str, str] | None = None,
+        workers: int = 1,
+        ready_timeout_s: float = 40.0,
+    ) -> None:
         self.config = config
         self.port = port or free_port()
         self.log = log or config.with_suffix(".log")
@@ -66,8 +74,22 @@ class GatewayProcess:
     def start(self) -> GatewayProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*CLI, "serve", "--config", str(self.config), "--port", str(self.port), "--log-level", "warning",
-                 "--workers", str(self.workers)], stdout=log, stderr=log, env=self.env)
+                [
+                    *CLI,
+                    "serve",
+                    "--config",
+                    str(self.config),
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "warning",
+                    "--workers",
+                    str(self.workers),
+                ],
+                stdout=log,
+                stderr=log,
+                env=self.env,
+            )
         self.wait_ready()
         return self
 
@@ -112,6 +134,7 @@ class GatewayProcess:
     def __enter__(self) -> GatewayProcess:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -66,9 +66,7 @@ class RunRow:
 class RunStore(Protocol):
     def create_run(self, header: RunHeader) -> None: ...
 
-    def append(
-        self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0
-    ) -> None: ...
+    def append(self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0) -> None: ...
 
     def header(self, run_id: str) -> RunHeader | None: ...
 
@@ -96,9 +94,7 @@ class MemoryStore:
             raise ValueError(f"run {header.run_id} already exists")
         self._headers[header.run_id] = header
 
-    def append(
-        self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0
-    ) -> None:
+    def append(self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0) -> None:
         encoded = json.loads(json.dumps(data, default=str))
         seq = len(self._events) + 1
         self._events.append(StoredEvent(seq, run_id, time.time(), kind, key, cost_usd, encoded))
@@ -166,9 +162,7 @@ class SqliteStore:
             ),
         )
 
-    def append(
-        self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0
-    ) -> None:
+    def append(self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0) -> None:
         self._pending.append((run_id, time.time(), kind, key, cost_usd, json.dumps(data, default=str)))
         try:
             loop = asyncio.get_running_loop()

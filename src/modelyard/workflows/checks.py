@@ -47,8 +47,7 @@ _DICT_METHODS = frozenset({"items", "keys", "values", "get"})
 
 def structural_issues(source: Source) -> list[Issue]:
     issues = [
-        Issue(source.name, line, f"duplicate key '{path[-1]}'", _step_of(path))
-        for path, line in source.duplicates
+        Issue(source.name, line, f"duplicate key '{path[-1]}'", _step_of(path)) for path, line in source.duplicates
     ]
     if not isinstance(source.data, dict):
         return [*issues, Issue(source.name, 1, "a workflow is a YAML mapping (name, steps, ...)")]
@@ -93,7 +92,7 @@ def _schema_message(path: tuple[Any, ...], error: ValidationError) -> str:
     if keyword == "oneOf" and len(path) == 2 and path[0] == "inputs":
         return "an input is a type name (string, number, ...) or a mapping {type, default, description, enum}"
     if keyword == "oneOf" and path[-1:] == ("foreach",):
-        return "foreach is a template (\"{{ step.list }}\") or a YAML list"
+        return 'foreach is a template ("{{ step.list }}") or a YAML list'
     if keyword == "dependentRequired":
         return "a model step needs both `model` and `prompt`"
     if keyword == "propertyNames" or (keyword == "pattern" and path[-2:-1] != ("call",)):

@@ -51,9 +51,7 @@ def topo_order(deps: Mapping[str, Sequence[str]]) -> list[str]:
     return order
 
 
-def critical_path(
-    deps: Mapping[str, Sequence[str]], durations: Mapping[str, float]
-) -> tuple[float, list[str]]:
+def critical_path(deps: Mapping[str, Sequence[str]], durations: Mapping[str, float]) -> tuple[float, list[str]]:
     """The longest chain of dependent durations: its length and its nodes, first to last."""
     finish: dict[str, float] = {}
     via: dict[str, str | None] = {}

@@ -169,8 +169,6 @@ def _money(value: float) -> str:
     return f"${value:.4f}" if value < 10 else f"${value:,.2f}"
 
 
-
-
 def _display_rows(result: RunResult) -> list[tuple[int, StepRecord]]:
     """Top-level steps, each loop followed by its rounds' steps (indented); fan-out items folded."""
     rows: list[tuple[int, StepRecord]] = []

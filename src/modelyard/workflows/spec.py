@@ -183,9 +183,7 @@ class _Builder:
             outputs=dict(data.get("outputs") or {}),
             budget=Budget(budget.get("max_cost_usd"), budget.get("max_seconds")),
             max_parallel=data.get("max_parallel", DEFAULT_MAX_PARALLEL),
-            report=ReportSpec(
-                report.get("premium_model"), report.get("tasks_step"), report.get("per_tasks", 1000)
-            ),
+            report=ReportSpec(report.get("premium_model"), report.get("tasks_step"), report.get("per_tasks", 1000)),
             lines=self.source.lines,
             raw=self.source.data,
         )

@@ -63,9 +63,7 @@ def _path(path: str, base: str | None) -> Path:
     return file if file.is_absolute() or not base else Path(base) / file
 
 
-def read_lines(
-    path: str, base: str | None = None, limit: int | None = None, skip_blank: bool = True
-) -> list[str]:
+def read_lines(path: str, base: str | None = None, limit: int | None = None, skip_blank: bool = True) -> list[str]:
     """The lines of a text file (stripped; blank and # lines dropped), to fan out over as items.
 
     A relative `path` is read from `base` when given (pass `{{ workflow.dir }}` for the workflow's folder).

@@ -59,8 +59,14 @@ async def store() -> AsyncIterator[CountingStore]:
 
 
 async def make_access(store: CountingStore, master: str | None = MASTER, **kwargs: Any) -> Access:
-    access = Access(store=store, counters=MemoryCounters(), master_key=master, refresh_s=0,
-                    prices={"smart": (1000.0, 2000.0)}, **kwargs)  # 1 and 2 USD per 1M tokens, in nano
+    access = Access(
+        store=store,
+        counters=MemoryCounters(),
+        master_key=master,
+        refresh_s=0,
+        prices={"smart": (1000.0, 2000.0)},
+        **kwargs,
+    )  # 1 and 2 USD per 1M tokens, in nano
     await access.start()
     return access
 
@@ -69,28 +75,36 @@ def features(prompt: int = 100, max_tokens: int | None = 50) -> RequestFeatures:
     return RequestFeatures(prompt_tokens=prompt, max_output_tokens=max_tokens)
 
 
-@pytest.mark.parametrize(("headers", "expected"), [
-    ([(b"authorization", b"Bearer sk-1")], "sk-1"),
-    ([(b"authorization", b"bearer   sk-2  ")], "sk-2"),
-    ([(b"x-api-key", b"sk-3")], "sk-3"),
-    ([(b"x-api-key", b"sk-4"), (b"authorization", b"Bearer sk-5")], "sk-5"),
-    ([(b"authorization", b"Basic abc"), (b"x-api-key", b"sk-6")], "sk-6"),
-    ([(b"authorization", b"Bearer ")], None),
-    ([], None),
-])
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ([(b"authorization", b"Bearer sk-1")], "sk-1"),
+        ([(b"authorization", b"bearer   sk-2  ")], "sk-2"),
+        ([(b"x-api-key", b"sk-3")], "sk-3"),
+        ([(b"x-api-key", b"sk-4"), (b"authorization", b"Bearer sk-5")], "sk-5"),
+        ([(b"authorization", b"Basic abc"), (b"x-api-key", b"sk-6")], "sk-6"),
+        ([(b"authorization", b"Bearer ")], None),
+        ([], None),
+    ],
+)
 def test_credential_from_either_header(headers: list[tuple[bytes, bytes]], expected: str | None) -> None:
     assert credential_of(headers) == expected
 
 
 def test_estimate_uses_the_dearest_candidate_and_fallbacks() -> None:
     def dep(name: str, price: tuple[float, float] | None) -> Deployment:
-        return Deployment(name=name, provider="openai", model=name,
-                          price=Price(input=price[0], output=price[1]) if price else None)
+        return Deployment(
+            name=name, provider="openai", model=name, price=Price(input=price[0], output=price[1]) if price else None
+        )
 
     deps = [dep("a", (1.0, 4.0)), dep("b", (3.0, 2.0)), dep("c", (0.5, 9.0)), dep("d", None)]
-    config = Config(deployments=deps,
-                    models={"smart": ModelGroup(candidates=["a", "b"], fallbacks=["cheap"]),
-                            "cheap": ModelGroup(candidates=["c", "d"], fallbacks=["smart"])})
+    config = Config(
+        deployments=deps,
+        models={
+            "smart": ModelGroup(candidates=["a", "b"], fallbacks=["cheap"]),
+            "cheap": ModelGroup(candidates=["c", "d"], fallbacks=["smart"]),
+        },
+    )
     prices = estimate_prices(RoutingTable.from_config(config))
     assert prices["smart"] == (3000.0, 9000.0)  # nano-dollars per token: b's input, c's output (a fallback)
     assert prices["cheap"] == (3000.0, 9000.0)  # the cycle back to smart is followed once
@@ -123,7 +137,8 @@ async def test_keys_in_the_store_end_open_mode(store: CountingStore) -> None:
 
 
 async def test_a_key_made_elsewhere_is_found_on_a_cache_miss_and_unknown_keys_are_remembered(
-        store: CountingStore) -> None:
+    store: CountingStore,
+) -> None:
     access = await make_access(store)
     raw, record = new_key("made-by-the-cli")
     await store.create_key(record)  # after start: not in the cache
@@ -154,8 +169,12 @@ async def test_budget_period_starts_from_the_spend_log(store: CountingStore) -> 
     raw, record = new_key("team", budget_usd=0.001, period_s=86400.0)
     await store.create_key(record)
     # 0.0009 USD already spent in this period (e.g. before a restart); older spend does not count
-    await store.write_spend([SpendRecord(id="r1", at=time.time(), key_id=record.id, cost_usd=0.0009),
-                             SpendRecord(id="r0", at=record.created_at - 10, key_id=record.id, cost_usd=5.0)])
+    await store.write_spend(
+        [
+            SpendRecord(id="r1", at=time.time(), key_id=record.id, cost_usd=0.0009),
+            SpendRecord(id="r0", at=record.created_at - 10, key_id=record.id, cost_usd=5.0),
+        ]
+    )
     access = await make_access(store)
     # estimate: 100 x 1000 + 50 x 2000 = 200_000 nano = 0.0002 USD > the 0.0001 left
     with pytest.raises(GatewayError) as spent:

@@ -15,10 +15,20 @@ from modelyard.accounting.budgets import (
 )
 
 
-@pytest.mark.parametrize(("text", "seconds"), [
-    ("30d", 30 * 86400.0), ("12h", 43200.0), ("90m", 5400.0), ("45s", 45.0), ("2w", 1209600.0), ("10", 10.0),
-    ("1.5h", 5400.0), (3600, 3600.0), (" 7D ", 7 * 86400.0),
-])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [
+        ("30d", 30 * 86400.0),
+        ("12h", 43200.0),
+        ("90m", 5400.0),
+        ("45s", 45.0),
+        ("2w", 1209600.0),
+        ("10", 10.0),
+        ("1.5h", 5400.0),
+        (3600, 3600.0),
+        (" 7D ", 7 * 86400.0),
+    ],
+)
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 

@@ -33,10 +33,17 @@ def router() -> Router:
 
 
 def outcome(status: str = "ok", **extra: Any) -> Outcome:
-    fields: dict[str, Any] = {"ctx": Ctx(), "status": status, "deployment": "a", "provider": "openai",
-                              "records": [AttemptRecord("a", "openai", "ok", 120.0)],
-                              "usage": Usage(prompt=100, completion=20, cached=40, reasoning=5),
-                              "cost_usd": 0.0002, "latency_ms": 130.0, "ttft_ms": None}
+    fields: dict[str, Any] = {
+        "ctx": Ctx(),
+        "status": status,
+        "deployment": "a",
+        "provider": "openai",
+        "records": [AttemptRecord("a", "openai", "ok", 120.0)],
+        "usage": Usage(prompt=100, completion=20, cached=40, reasoning=5),
+        "cost_usd": 0.0002,
+        "latency_ms": 130.0,
+        "ttft_ms": None,
+    }
     fields.update(extra)
     return Outcome(**fields)
 
@@ -56,21 +63,28 @@ def test_requests_errors_tokens_cost_and_latency() -> None:
     for _ in range(3):
         metrics.on_outcome(outcome())
     metrics.on_outcome(outcome(ttft_ms=40.0, latency_ms=2000.0))
-    metrics.on_outcome(outcome("error", deployment="b", error_kind="server", usage=Usage(), cost_usd=0.0,
-                               records=[AttemptRecord("b", "openai", "server", 5.0, status=502)]))
+    metrics.on_outcome(
+        outcome(
+            "error",
+            deployment="b",
+            error_kind="server",
+            usage=Usage(),
+            cost_usd=0.0,
+            records=[AttemptRecord("b", "openai", "server", 5.0, status=502)],
+        )
+    )
     f = scrape(metrics)
-    assert sample(f, "modelyard_requests", "modelyard_requests_total", model="smart", deployment="a",
-                  status="ok") == 4
-    assert sample(f, "modelyard_requests", "modelyard_requests_total", model="smart", deployment="b",
-                  status="error") == 1
+    assert sample(f, "modelyard_requests", "modelyard_requests_total", model="smart", deployment="a", status="ok") == 4
+    assert (
+        sample(f, "modelyard_requests", "modelyard_requests_total", model="smart", deployment="b", status="error") == 1
+    )
     assert sample(f, "modelyard_errors", "modelyard_errors_total", kind="server") == 1
     assert sample(f, "modelyard_attempts", "modelyard_attempts_total", deployment="b", outcome="server") == 1
-    assert sample(f, "modelyard_tokens", "modelyard_tokens_total", model="smart", deployment="a",
-                  type="prompt") == 400
-    assert sample(f, "modelyard_tokens", "modelyard_tokens_total", model="smart", deployment="a",
-                  type="cached") == 160
-    assert sample(f, "modelyard_cost_usd", "modelyard_cost_usd_total", model="smart",
-                  deployment="a") == pytest.approx(0.0008)
+    assert sample(f, "modelyard_tokens", "modelyard_tokens_total", model="smart", deployment="a", type="prompt") == 400
+    assert sample(f, "modelyard_tokens", "modelyard_tokens_total", model="smart", deployment="a", type="cached") == 160
+    assert sample(f, "modelyard_cost_usd", "modelyard_cost_usd_total", model="smart", deployment="a") == pytest.approx(
+        0.0008
+    )
     latency = "modelyard_request_duration_seconds"
     assert sample(f, latency, latency + "_count", model="smart", deployment="a") == 4
     assert sample(f, latency, latency + "_bucket", model="smart", deployment="a", le="0.25") == 3
@@ -92,8 +106,10 @@ def test_breaker_state_and_in_flight_come_from_the_health_view() -> None:
     assert sample(f, "modelyard_breaker_state", "modelyard_breaker_state", deployment="b") == 2
     assert sample(f, "modelyard_breaker_state", "modelyard_breaker_state", deployment="a") == 0
     assert sample(f, "modelyard_in_flight", "modelyard_in_flight", deployment="a") == 1
-    assert sample(f, "modelyard_breaker_transitions", "modelyard_breaker_transitions_total", deployment="b",
-                  state="open") == 1
+    assert (
+        sample(f, "modelyard_breaker_transitions", "modelyard_breaker_transitions_total", deployment="b", state="open")
+        == 1
+    )
 
 
 async def test_each_gateway_has_its_own_registry() -> None:
@@ -139,9 +155,11 @@ class FakeTracer:
 def test_tracing_builds_a_request_span_and_one_per_attempt() -> None:
     pytest.importorskip("opentelemetry.trace")
     tracer = FakeTracer()
-    records = [AttemptRecord("b", "openai", "rate_limited", 10.0, status=429),
-               AttemptRecord("a", "openai", "ok", 100.0),
-               AttemptRecord("c", "anthropic", "cancelled", 60.0, hedge=True)]
+    records = [
+        AttemptRecord("b", "openai", "rate_limited", 10.0, status=429),
+        AttemptRecord("a", "openai", "ok", 100.0),
+        AttemptRecord("c", "anthropic", "cancelled", 60.0, hedge=True),
+    ]
     Tracing(tracer).on_outcome(outcome(records=records, at=1000.0, latency_ms=120.0, ttft_ms=30.0))
     request, *attempts = tracer.spans
     attrs = request.kwargs["attributes"]

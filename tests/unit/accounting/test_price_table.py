@@ -27,34 +27,42 @@ def test_table_is_dated_versioned_and_sourced() -> None:
     assert vendors == {"openai", "anthropic", "google", "mistral", "deepseek"}
 
 
-@pytest.mark.parametrize(("provider", "model", "expected"), [
-    ("openai", "gpt-4o", Price(input=2.5, cached_input=1.25, output=10.0)),
-    ("openai", "gpt-4o-2024-08-06", Price(input=2.5, cached_input=1.25, output=10.0)),
-    ("openai", "gpt-4o-mini-2024-07-18", Price(input=0.15, cached_input=0.075, output=0.6)),
-    ("openai", "o3-mini-2025-01-31", Price(input=1.1, cached_input=0.55, output=4.4)),
-    ("openai", "gpt-4.1-2025-04-14", Price(input=2.0, cached_input=0.5, output=8.0)),
-    ("openai", "gpt-3.5-turbo-0125", Price(input=0.5, output=1.5)),
-    ("anthropic", "claude-3-5-sonnet-20241022", SONNET),
-    ("anthropic", "claude-sonnet-4-20250514", SONNET),
-    ("anthropic", "claude-3-7-sonnet-latest", SONNET),
-    ("anthropic", "claude-opus-4-1-20250805", OPUS),
-    ("anthropic", "claude-haiku-4.5", Price(input=1.0, cache_write=1.25, cached_input=0.1, output=5.0)),
-    ("gemini", "gemini-2.5-flash", Price(input=0.3, cached_input=0.03, output=2.5)),
-    ("gemini", "gemini-2.5-flash-preview-05-20", Price(input=0.3, cached_input=0.03, output=2.5)),
-    ("gemini", "models/gemini-1.5-pro-002", Price(input=1.25, cached_input=0.3125, output=5.0)),
-    ("openai", "deepseek-chat", Price(input=0.28, cached_input=0.028, output=0.42)),
-    ("openai", "mistral-large-2411", Price(input=2.0, output=6.0)),
-    ("openai", "mistral-large-latest", Price(input=2.0, output=6.0)),
-    ("openai", "deepseek/deepseek-reasoner", Price(input=0.28, cached_input=0.028, output=0.42)),
-])
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [
+        ("openai", "gpt-4o", Price(input=2.5, cached_input=1.25, output=10.0)),
+        ("openai", "gpt-4o-2024-08-06", Price(input=2.5, cached_input=1.25, output=10.0)),
+        ("openai", "gpt-4o-mini-2024-07-18", Price(input=0.15, cached_input=0.075, output=0.6)),
+        ("openai", "o3-mini-2025-01-31", Price(input=1.1, cached_input=0.55, output=4.4)),
+        ("openai", "gpt-4.1-2025-04-14", Price(input=2.0, cached_input=0.5, output=8.0)),
+        ("openai", "gpt-3.5-turbo-0125", Price(input=0.5, output=1.5)),
+        ("anthropic", "claude-3-5-sonnet-20241022", SONNET),
+        ("anthropic", "claude-sonnet-4-20250514", SONNET),
+        ("anthropic", "claude-3-7-sonnet-latest", SONNET),
+        ("anthropic", "claude-opus-4-1-20250805", OPUS),
+        ("anthropic", "claude-haiku-4.5", Price(input=1.0, cache_write=1.25, cached_input=0.1, output=5.0)),
+        ("gemini", "gemini-2.5-flash", Price(input=0.3, cached_input=0.03, output=2.5)),
+        ("gemini", "gemini-2.5-flash-preview-05-20", Price(input=0.3, cached_input=0.03, output=2.5)),
+        ("gemini", "models/gemini-1.5-pro-002", Price(input=1.25, cached_input=0.3125, output=5.0)),
+        ("openai", "deepseek-chat", Price(input=0.28, cached_input=0.028, output=0.42)),
+        ("openai", "mistral-large-2411", Price(input=2.0, output=6.0)),
+        ("openai", "mistral-large-latest", Price(input=2.0, output=6.0)),
+        ("openai", "deepseek/deepseek-reasoner", Price(input=0.28, cached_input=0.028, output=0.42)),
+    ],
+)
 def test_known_models_resolve(provider: str, model: str, expected: Price) -> None:
     assert TABLE.resolve(dep(provider, model)) == expected
 
 
-@pytest.mark.parametrize(("provider", "model"), [
-    ("openai", "sim-large"), ("openai", "my-finetune"), ("anthropic", "claude-9"),
-    ("gemini", "text-embedding-004"),
-])
+@pytest.mark.parametrize(
+    ("provider", "model"),
+    [
+        ("openai", "sim-large"),
+        ("openai", "my-finetune"),
+        ("anthropic", "claude-9"),
+        ("gemini", "text-embedding-004"),
+    ],
+)
 def test_unknown_models_stay_unknown(provider: str, model: str) -> None:
     assert TABLE.resolve(dep(provider, model)) is None
 
@@ -71,8 +79,9 @@ def test_price_model_option_names_the_table_entry() -> None:
 
 
 def test_vendor_of_the_provider_is_preferred() -> None:
-    table = PriceTable.from_dict({"models": {"openai/shared": {"input": 1, "output": 1},
-                                            "mistral/shared": {"input": 2, "output": 2}}})
+    table = PriceTable.from_dict(
+        {"models": {"openai/shared": {"input": 1, "output": 1}, "mistral/shared": {"input": 2, "output": 2}}}
+    )
     assert table.resolve(dep("openai", "shared")) == Price(input=1, output=1)
     assert table.resolve(dep("gemini", "shared")) is None  # ambiguous and not Google's: unknown, not a guess
 

@@ -69,7 +69,8 @@ def crash(writer: SpendWriter) -> None:
 
 
 async def test_one_write_per_tick_and_in_the_kernel_before_the_commit_returns(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     writes: list[int] = []
     real_write = os.write
 
@@ -82,6 +83,7 @@ async def test_one_write_per_tick_and_in_the_kernel_before_the_commit_returns(
     writer = SpendWriter(sink, spool_dir=tmp_path, flush_interval_s=30.0)
     await writer.start()
     try:
+
         async def respond(i: int) -> int:
             done = writer.commit(record(i))
             assert done is not None

@@ -33,19 +33,37 @@ def test_env_interpolation_with_default_and_number_conversion():
     ("text", "env", "expected"),
     [
         (BASE, {}, "cfg.yaml:5: deployments[0].api_key: environment variable OPENAI_API_KEY is not set"),
-        (BASE.replace("output: 10", "output: ten"), {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:6: deployments[0].price.output: Expected `float`, got `str`"),
-        (BASE.replace("provider: openai", "provider: openia"), {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:3: deployments[0].provider: Invalid enum value 'openia' (one of openai, anthropic, gemini)"),
-        (BASE.replace("    model: gpt-4o\n", "    model: gpt-4o\n    modle: x\n"), {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:5: deployments[0].modle: Object contains unknown field `modle`"),
-        (BASE.replace("candidates: [gpt]", "candidates: [gtp]"), {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:12: models.smart.candidates[0]: unknown deployment 'gtp'"),
-        (BASE + "  other:\n    candidates: [gpt]\n    fallbacks: [nowhere]\n", {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:15: models.other.fallbacks[0]: unknown fallback 'nowhere'"),
+        (
+            BASE.replace("output: 10", "output: ten"),
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:6: deployments[0].price.output: Expected `float`, got `str`",
+        ),
+        (
+            BASE.replace("provider: openai", "provider: openia"),
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:3: deployments[0].provider: Invalid enum value 'openia' (one of openai, anthropic, gemini)",
+        ),
+        (
+            BASE.replace("    model: gpt-4o\n", "    model: gpt-4o\n    modle: x\n"),
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:5: deployments[0].modle: Object contains unknown field `modle`",
+        ),
+        (
+            BASE.replace("candidates: [gpt]", "candidates: [gtp]"),
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:12: models.smart.candidates[0]: unknown deployment 'gtp'",
+        ),
+        (
+            BASE + "  other:\n    candidates: [gpt]\n    fallbacks: [nowhere]\n",
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:15: models.other.fallbacks[0]: unknown fallback 'nowhere'",
+        ),
         ("deployments: [\n", {}, "cfg.yaml:2: invalid YAML"),
-        (BASE.replace("  - name: gpt\n", "  - name: gpt\n    provider: openai\n", 1), {"OPENAI_API_KEY": "k"},
-         "cfg.yaml:4: deployments[0].provider: duplicate key 'provider'"),
+        (
+            BASE.replace("  - name: gpt\n", "  - name: gpt\n    provider: openai\n", 1),
+            {"OPENAI_API_KEY": "k"},
+            "cfg.yaml:4: deployments[0].provider: duplicate key 'provider'",
+        ),
     ],
 )
 def test_errors_name_file_line_and_key(text, env, expected):

@@ -42,7 +42,10 @@ ADAPTER = AnthropicAdapter()
 
 def dep(**kw: Any) -> Deployment:
     fields: dict[str, Any] = {
-        "name": "sonnet@anthropic", "provider": "anthropic", "model": "claude-sonnet-4-5", "api_key": KEY,
+        "name": "sonnet@anthropic",
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-5",
+        "api_key": KEY,
     }
     fields.update(kw)
     return Deployment(**fields)
@@ -143,20 +146,49 @@ def assert_valid_anthropic_body(body: dict[str, Any], *, legacy_sampling: bool =
 
 CONFORMANCE_REQUESTS: list[dict[str, Any]] = [
     {"messages": [user()]},
-    {"messages": [{"role": "system", "content": "Be terse."}, user()], "stop": ["END"], "user": "u-1",
-     "max_tokens": 100},
-    {"messages": [user(), {"role": "assistant", "content": None, "tool_calls": [
-        {"id": "toolu_01", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"location":"SF"}'}}]},
-        {"role": "tool", "tool_call_id": "toolu_01", "content": "15 degrees"}],
-     "tools": [WEATHER_TOOL], "tool_choice": "required", "parallel_tool_calls": False},
-    {"messages": [{"role": "user", "content": [
-        {"type": "text", "text": "Describe"},
-        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-        {"type": "image_url", "image_url": {"url": "https://upload.wikimedia.org/a.jpg"}},
-        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=",
-                                  "filename": "a.pdf"}}]}],
-     "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}}},
+    {
+        "messages": [{"role": "system", "content": "Be terse."}, user()],
+        "stop": ["END"],
+        "user": "u-1",
+        "max_tokens": 100,
+    },
+    {
+        "messages": [
+            user(),
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {
+                        "id": "toolu_01",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"location":"SF"}'},
+                    }
+                ],
+            },
+            {"role": "tool", "tool_call_id": "toolu_01", "content": "15 degrees"},
+        ],
+        "tools": [WEATHER_TOOL],
+        "tool_choice": "required",
+        "parallel_tool_calls": False,
+    },
+    {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Describe"},
+                    {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+                    {"type": "image_url", "image_url": {"url": "https://upload.wikimedia.org/a.jpg"}},
+                    {
+                        "type": "file",
+                        "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"},
+                    },
+                ],
+            }
+        ],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+    },
 ]
 
 
@@ -196,8 +228,7 @@ def test_call_url_and_headers() -> None:
     ("dep_kw", "url", "headers"),
     [
         ({"api_base": "http://sim:9000/"}, "http://sim:9000/v1/messages", {}),
-        ({"api_base": "https://proxy.example/anthropic/v1"}, "https://proxy.example/anthropic/v1/messages",
-         {}),
+        ({"api_base": "https://proxy.example/anthropic/v1"}, "https://proxy.example/anthropic/v1/messages", {}),
         ({"options": {"api_version": "2026-10-21"}}, None, {"anthropic-version": "2026-10-21"}),
         ({"options": {"beta": "context-1m-2025-08-07"}}, None, {"anthropic-beta": "context-1m-2025-08-07"}),
         ({"options": {"beta": ["a-2025", "b-2025"]}}, None, {"anthropic-beta": "a-2025,b-2025"}),
@@ -244,12 +275,19 @@ def test_max_tokens_is_always_sent(raw: dict[str, Any], dep_kw: dict[str, Any], 
 @pytest.mark.parametrize(
     ("messages", "system"),
     [
-        ([{"role": "system", "content": "You are a seasoned data scientist."}, user()],
-         "You are a seasoned data scientist."),
+        (
+            [{"role": "system", "content": "You are a seasoned data scientist."}, user()],
+            "You are a seasoned data scientist.",
+        ),
         ([{"role": "developer", "content": "Answer in French."}, user()], "Answer in French."),
-        ([{"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
-          {"role": "developer", "content": "C"}, user()],
-         [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}, {"type": "text", "text": "C"}]),
+        (
+            [
+                {"role": "system", "content": [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}]},
+                {"role": "developer", "content": "C"},
+                user(),
+            ],
+            [{"type": "text", "text": "A"}, {"type": "text", "text": "B"}, {"type": "text", "text": "C"}],
+        ),
     ],
 )
 def test_system_and_developer_messages_become_top_level_system(messages: list[Any], system: Any) -> None:
@@ -259,8 +297,17 @@ def test_system_and_developer_messages_become_top_level_system(messages: list[An
 
 
 def test_consecutive_same_role_messages_are_merged() -> None:
-    body = build({"messages": [user("one"), user("two"), {"role": "assistant", "content": "a"},
-                               {"role": "assistant", "content": "b"}, user("three")]})
+    body = build(
+        {
+            "messages": [
+                user("one"),
+                user("two"),
+                {"role": "assistant", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                user("three"),
+            ]
+        }
+    )
     assert body["messages"] == [
         {"role": "user", "content": [{"type": "text", "text": "one"}, {"type": "text", "text": "two"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
@@ -279,19 +326,32 @@ ANT_URL = "https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavom
 @pytest.mark.parametrize(
     ("url", "source"),
     [
-        ("data:image/jpeg;base64,/9j/4AAQSkZJRg==", {"type": "base64", "media_type": "image/jpeg",
-                                                      "data": "/9j/4AAQSkZJRg=="}),
-        ("data:image/webp;base64,UklGRg==", {"type": "base64", "media_type": "image/webp",
-                                              "data": "UklGRg=="}),
+        (
+            "data:image/jpeg;base64,/9j/4AAQSkZJRg==",
+            {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQSkZJRg=="},
+        ),
+        ("data:image/webp;base64,UklGRg==", {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}),
         (ANT_URL, {"type": "url", "url": ANT_URL}),
     ],
 )
 def test_image_parts(url: str, source: dict[str, Any]) -> None:
-    body = build({"messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": url, "detail": "high"}},
-        {"type": "text", "text": "What is in the above image?"}]}]})
+    body = build(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image_url", "image_url": {"url": url, "detail": "high"}},
+                        {"type": "text", "text": "What is in the above image?"},
+                    ],
+                }
+            ]
+        }
+    )
     assert body["messages"][0]["content"] == [
-        {"type": "image", "source": source}, {"type": "text", "text": "What is in the above image?"}]
+        {"type": "image", "source": source},
+        {"type": "text", "text": "What is in the above image?"},
+    ]
 
 
 @pytest.mark.parametrize(
@@ -314,25 +374,41 @@ def test_unsupported_parts_are_a_400_naming_the_part(part: dict[str, Any], needl
 
 
 def test_pdf_and_text_files_become_document_blocks() -> None:
-    body = build({"messages": [{"role": "user", "content": [
-        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQ=",
-                                  "filename": "r.pdf"}},
-        {"type": "file", "file": {"file_data": "data:text/plain;base64,aGVsbG8="}}]}]})
+    body = build(
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "file",
+                            "file": {"file_data": "data:application/pdf;base64,JVBERi0xLjQ=", "filename": "r.pdf"},
+                        },
+                        {"type": "file", "file": {"file_data": "data:text/plain;base64,aGVsbG8="}},
+                    ],
+                }
+            ]
+        }
+    )
     assert body["messages"][0]["content"] == [
-        {"type": "document",
-         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQ="},
-         "title": "r.pdf"},
+        {
+            "type": "document",
+            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0xLjQ="},
+            "title": "r.pdf",
+        },
         {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "hello"}},
     ]
 
 
 def test_tools_are_translated() -> None:
     body = build({"messages": [user("What is the weather like in San Francisco?")], "tools": [WEATHER_TOOL]})
-    assert body["tools"] == [{
-        "name": "get_weather",
-        "description": "Get the current weather in a given location",
-        "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
-    }]
+    assert body["tools"] == [
+        {
+            "name": "get_weather",
+            "description": "Get the current weather in a given location",
+            "input_schema": WEATHER_TOOL["function"]["parameters"],  # type: ignore[index]
+        }
+    ]
     assert "tool_choice" not in body
 
 
@@ -369,73 +445,146 @@ def test_tool_choice(choice: Any, parallel: bool | None, expected: dict[str, Any
 
 def test_allowed_tools_choice_restricts_the_tool_list() -> None:
     other = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}}
-    body = build({"messages": [user()], "tools": [WEATHER_TOOL, other], "tool_choice": {
-        "type": "allowed_tools",
-        "allowed_tools": {"mode": "required",
-                          "tools": [{"type": "function", "function": {"name": "get_time"}}]}}})
+    body = build(
+        {
+            "messages": [user()],
+            "tools": [WEATHER_TOOL, other],
+            "tool_choice": {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "function", "function": {"name": "get_time"}}],
+                },
+            },
+        }
+    )
     assert [t["name"] for t in body["tools"]] == ["get_time"]
     assert body["tool_choice"] == {"type": "any"}
 
 
 def test_tool_round_trip_documented_example() -> None:
     """Anthropic's tool-use example: assistant tool_use, then the tool_result in the next user turn."""
-    body = build({"tools": [WEATHER_TOOL], "messages": [
-        user("What's the weather like in San Francisco?"),
-        {"role": "assistant", "content": "I'll check the current weather in San Francisco for you.",
-         "tool_calls": [{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {
-             "name": "get_weather", "arguments": '{"location": "San Francisco, CA", "unit": "celsius"}'}}]},
-        {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
-    ]})
+    body = build(
+        {
+            "tools": [WEATHER_TOOL],
+            "messages": [
+                user("What's the weather like in San Francisco?"),
+                {
+                    "role": "assistant",
+                    "content": "I'll check the current weather in San Francisco for you.",
+                    "tool_calls": [
+                        {
+                            "id": "toolu_01A09q90qw90lq917835lq9",
+                            "type": "function",
+                            "function": {
+                                "name": "get_weather",
+                                "arguments": '{"location": "San Francisco, CA", "unit": "celsius"}',
+                            },
+                        }
+                    ],
+                },
+                {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
+            ],
+        }
+    )
     assert body["messages"] == [
         user("What's the weather like in San Francisco?"),
-        {"role": "assistant", "content": [
-            {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
-            {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
-             "input": {"location": "San Francisco, CA", "unit": "celsius"}}]},
-        {"role": "user", "content": [
-            {"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9",
-             "content": "15 degrees"}]},
+        {
+            "role": "assistant",
+            "content": [
+                {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01A09q90qw90lq917835lq9",
+                    "name": "get_weather",
+                    "input": {"location": "San Francisco, CA", "unit": "celsius"},
+                },
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"}
+            ],
+        },
     ]
 
 
 def test_parallel_tool_results_share_one_user_turn_before_any_text() -> None:
-    calls = [{"id": f"toolu_{i}", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
-             for i in (1, 2)]
-    body = build({"tools": [WEATHER_TOOL], "messages": [
-        user("Weather in SF and NYC?"),
-        {"role": "assistant", "content": None, "tool_calls": calls},
-        {"role": "tool", "tool_call_id": "toolu_1", "content": [{"type": "text", "text": "15C"}]},
-        {"role": "tool", "tool_call_id": "toolu_2", "content": TOOL_ERROR_MARKER + "station offline"},
-        user("Compare them."),
-    ]})
-    assert body["messages"][1] == {"role": "assistant", "content": [
-        {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
-        {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}}]}
-    assert body["messages"][2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "15C"}]},
-        {"type": "tool_result", "tool_use_id": "toolu_2", "content": "station offline", "is_error": True},
-        {"type": "text", "text": "Compare them."}]}
+    calls = [
+        {"id": f"toolu_{i}", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}} for i in (1, 2)
+    ]
+    body = build(
+        {
+            "tools": [WEATHER_TOOL],
+            "messages": [
+                user("Weather in SF and NYC?"),
+                {"role": "assistant", "content": None, "tool_calls": calls},
+                {"role": "tool", "tool_call_id": "toolu_1", "content": [{"type": "text", "text": "15C"}]},
+                {"role": "tool", "tool_call_id": "toolu_2", "content": TOOL_ERROR_MARKER + "station offline"},
+                user("Compare them."),
+            ],
+        }
+    )
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": [
+            {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+            {"type": "tool_use", "id": "toolu_2", "name": "get_weather", "input": {}},
+        ],
+    }
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "15C"}]},
+            {"type": "tool_result", "tool_use_id": "toolu_2", "content": "station offline", "is_error": True},
+            {"type": "text", "text": "Compare them."},
+        ],
+    }
     assert len(body["messages"]) == 3
 
 
 def test_tool_result_is_moved_before_text_of_the_same_turn() -> None:
-    body = build({"messages": [
-        user("Weather?"),
-        {"role": "assistant", "tool_calls": [
-            {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
-        user("(also, be brief)"),
-        {"role": "tool", "tool_call_id": "toolu_1", "content": "15C"},
-    ]})
-    assert body["messages"][2] == {"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "toolu_1", "content": "15C"},
-        {"type": "text", "text": "(also, be brief)"}]}
+    body = build(
+        {
+            "messages": [
+                user("Weather?"),
+                {
+                    "role": "assistant",
+                    "tool_calls": [
+                        {"id": "toolu_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+                    ],
+                },
+                user("(also, be brief)"),
+                {"role": "tool", "tool_call_id": "toolu_1", "content": "15C"},
+            ]
+        }
+    )
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "toolu_1", "content": "15C"},
+            {"type": "text", "text": "(also, be brief)"},
+        ],
+    }
 
 
 @pytest.mark.parametrize("arguments", ["not json", "[1, 2]", '"text"'])
 def test_tool_call_arguments_must_be_a_json_object(arguments: str) -> None:
     with pytest.raises(GatewayError) as err:
-        build({"messages": [user(), {"role": "assistant", "tool_calls": [
-            {"id": "t1", "type": "function", "function": {"name": "f", "arguments": arguments}}]}]})
+        build(
+            {
+                "messages": [
+                    user(),
+                    {
+                        "role": "assistant",
+                        "tool_calls": [
+                            {"id": "t1", "type": "function", "function": {"name": "f", "arguments": arguments}}
+                        ],
+                    },
+                ]
+            }
+        )
     assert err.value.param == "messages[1].tool_calls[0].function.arguments"
 
 
@@ -469,8 +618,17 @@ def test_sampling(raw: dict[str, Any], dep_kw: dict[str, Any], expected: dict[st
 
 
 def test_user_becomes_metadata_user_id_and_openai_only_fields_are_dropped() -> None:
-    body = build({"messages": [user()], "user": "user-123", "seed": 7, "presence_penalty": 0.1,
-                  "logprobs": True, "metadata": {"k": "v"}, "modelyard": {"strategy": "cost"}})
+    body = build(
+        {
+            "messages": [user()],
+            "user": "user-123",
+            "seed": 7,
+            "presence_penalty": 0.1,
+            "logprobs": True,
+            "metadata": {"k": "v"},
+            "modelyard": {"strategy": "cost"},
+        }
+    )
     assert body["metadata"] == {"user_id": "user-123"}
     assert set(body) == {"model", "max_tokens", "messages", "metadata"}
 
@@ -480,27 +638,42 @@ def test_stream_flag() -> None:
     assert "stream" not in build({"messages": [user()], "stream": True}, stream=False)
 
 
-SCHEMA = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"],
-          "additionalProperties": False}
+SCHEMA = {
+    "type": "object",
+    "properties": {"name": {"type": "string"}},
+    "required": ["name"],
+    "additionalProperties": False,
+}
 
 
 def test_json_schema_uses_structured_outputs_when_the_deployment_supports_them() -> None:
-    body = build({"messages": [user()], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA, "strict": True}}},
-        capabilities=["json_schema"])
+    body = build(
+        {
+            "messages": [user()],
+            "response_format": {
+                "type": "json_schema",
+                "json_schema": {"name": "person", "schema": SCHEMA, "strict": True},
+            },
+        },
+        capabilities=["json_schema"],
+    )
     assert body["output_config"] == {"format": {"type": "json_schema", "schema": SCHEMA}}
     assert "system" not in body
 
 
 def test_json_schema_falls_back_to_an_instruction() -> None:
-    body = build({"messages": [{"role": "system", "content": "Extract."}, user()], "response_format": {
-        "type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}}},
-        capabilities=["tools", "vision", "json_object"])
+    body = build(
+        {
+            "messages": [{"role": "system", "content": "Extract."}, user()],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "person", "schema": SCHEMA}},
+        },
+        capabilities=["tools", "vision", "json_object"],
+    )
     assert "output_config" not in body
     assert body["system"][0] == {"type": "text", "text": "Extract."}
     instruction = body["system"][1]["text"]
     assert "JSON" in instruction
-    assert json.loads(instruction[instruction.index("{"):]) == SCHEMA
+    assert json.loads(instruction[instruction.index("{") :]) == SCHEMA
 
 
 def test_json_object_is_an_instruction() -> None:
@@ -534,9 +707,17 @@ def parse(data: dict[str, Any]) -> Any:
 
 
 def message(content: list[Any], stop_reason: str = "end_turn", **extra: Any) -> dict[str, Any]:
-    return {"id": "msg_013Zva2CMHLNnXjNJJKqJ2EF", "type": "message", "role": "assistant",
-            "model": "claude-sonnet-4-5-20250929", "content": content, "stop_reason": stop_reason,
-            "stop_sequence": None, "usage": {"input_tokens": 2095, "output_tokens": 503}, **extra}
+    return {
+        "id": "msg_013Zva2CMHLNnXjNJJKqJ2EF",
+        "type": "message",
+        "role": "assistant",
+        "model": "claude-sonnet-4-5-20250929",
+        "content": content,
+        "stop_reason": stop_reason,
+        "stop_sequence": None,
+        "usage": {"input_tokens": 2095, "output_tokens": 503},
+        **extra,
+    }
 
 
 def test_text_response_documented_example() -> None:
@@ -553,10 +734,20 @@ def test_text_response_documented_example() -> None:
 
 
 def test_tool_use_response_documented_example() -> None:
-    done = parse(message([
-        {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
-        {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
-         "input": {"location": "San Francisco, CA", "unit": "celsius"}}], "tool_use"))
+    done = parse(
+        message(
+            [
+                {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
+                {
+                    "type": "tool_use",
+                    "id": "toolu_01A09q90qw90lq917835lq9",
+                    "name": "get_weather",
+                    "input": {"location": "San Francisco, CA", "unit": "celsius"},
+                },
+            ],
+            "tool_use",
+        )
+    )
     choice = done.body["choices"][0]
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["content"] == "I'll check the current weather in San Francisco for you."
@@ -568,14 +759,22 @@ def test_tool_use_response_documented_example() -> None:
 
 
 def test_thinking_becomes_reasoning_content_and_server_tool_blocks_are_left_out() -> None:
-    done = parse(message([
-        {"type": "thinking", "thinking": "Let me analyze this step by step...",
-         "signature": "WaUjzkypQ2mUEVM36O2T"},
-        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
-        {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {"query": "weather"}},
-        {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_01", "content": []},
-        {"type": "text", "text": "Based on my analysis", "citations": None},
-        {"type": "text", "text": ", it is sunny."}]))
+    done = parse(
+        message(
+            [
+                {
+                    "type": "thinking",
+                    "thinking": "Let me analyze this step by step...",
+                    "signature": "WaUjzkypQ2mUEVM36O2T",
+                },
+                {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+                {"type": "server_tool_use", "id": "srvtoolu_01", "name": "web_search", "input": {"query": "weather"}},
+                {"type": "web_search_tool_result", "tool_use_id": "srvtoolu_01", "content": []},
+                {"type": "text", "text": "Based on my analysis", "citations": None},
+                {"type": "text", "text": ", it is sunny."},
+            ]
+        )
+    )
     msg = done.body["choices"][0]["message"]
     assert msg["reasoning_content"] == "Let me analyze this step by step..."
     assert msg["content"] == "Based on my analysis, it is sunny."
@@ -612,9 +811,18 @@ def test_stop_sequence_is_kept_as_an_extension() -> None:
 
 
 def test_cache_usage_counts_like_openai() -> None:
-    done = parse(message([{"type": "text", "text": "x"}], usage={
-        "input_tokens": 100, "cache_creation_input_tokens": 500, "cache_read_input_tokens": 2000,
-        "output_tokens": 50, "output_tokens_details": {"thinking_tokens": 20}}))
+    done = parse(
+        message(
+            [{"type": "text", "text": "x"}],
+            usage={
+                "input_tokens": 100,
+                "cache_creation_input_tokens": 500,
+                "cache_read_input_tokens": 2000,
+                "output_tokens": 50,
+                "output_tokens_details": {"thinking_tokens": 20},
+            },
+        )
+    )
     assert done.usage == Usage(prompt=2600, completion=50, cached=2000, cache_write=500, reasoning=20)
     usage = done.body["usage"]
     assert usage["prompt_tokens"] == 2600
@@ -728,15 +936,17 @@ data: {"type":"message_stop"}
 """  # noqa: E501 -- a byte-faithful recording: SSE data lines are long
 
 
-def translate(text: str, translator: AnthropicStreamTranslator | None = None) -> tuple[
-        AnthropicStreamTranslator, list[dict[str, Any]]]:
-    translator = translator or ADAPTER.stream_translator(dep(), chat_request_from_dict(
-        {"model": "smart", "messages": [user()]}))
+def translate(
+    text: str, translator: AnthropicStreamTranslator | None = None
+) -> tuple[AnthropicStreamTranslator, list[dict[str, Any]]]:
+    translator = translator or ADAPTER.stream_translator(
+        dep(), chat_request_from_dict({"model": "smart", "messages": [user()]})
+    )
     parser = SSEParser()
     chunks: list[dict[str, Any]] = []
     data = text.encode()
     for start in range(0, len(data), 37):  # arbitrary read boundaries, as from a socket
-        for event in parser.feed(data[start:start + 37]):
+        for event in parser.feed(data[start : start + 37]):
             chunks.extend(translator.feed(event))
     for event in parser.flush():
         chunks.extend(translator.feed(event))
@@ -763,12 +973,23 @@ def test_recorded_stream_every_event_type() -> None:
         {"reasoning_content": "the weather."},
         {"content": "Okay, let's check"},
         {"content": " the weather."},
-        {"tool_calls": [{"index": 0, "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6", "type": "function",
-                         "function": {"name": "get_weather", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {
+                    "index": 0,
+                    "id": "toolu_01T1x1fJ34qAmk2tNTrN7Up6",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": ""},
+                }
+            ]
+        },
         {"tool_calls": [{"index": 0, "function": {"arguments": '{"location":'}}]},
         {"tool_calls": [{"index": 0, "function": {"arguments": ' "San Francisco, CA"}'}}]},
-        {"tool_calls": [{"index": 1, "id": "toolu_02", "type": "function",
-                         "function": {"name": "get_time", "arguments": ""}}]},
+        {
+            "tool_calls": [
+                {"index": 1, "id": "toolu_02", "type": "function", "function": {"name": "get_time", "arguments": ""}}
+            ]
+        },
         {"tool_calls": [{"index": 1, "function": {"arguments": "{}"}}]},
         {},
     ]
@@ -787,8 +1008,7 @@ def test_stream_arguments_reassemble_to_the_tool_input() -> None:
     assert json.loads(arguments[1]) == {}
 
 
-def _simple_stream(stop_reason: str, stop_sequence: str | None = None,
-                   usage: str = '{"output_tokens":15}') -> str:
+def _simple_stream(stop_reason: str, stop_sequence: str | None = None, usage: str = '{"output_tokens":15}') -> str:
     seq = json.dumps(stop_sequence)
     return (
         'event: message_start\ndata: {"type":"message_start","message":{"id":"msg_1","type":"message",'
@@ -807,8 +1027,14 @@ def _simple_stream(stop_reason: str, stop_sequence: str | None = None,
 
 @pytest.mark.parametrize(
     ("stop_reason", "finish"),
-    [("end_turn", "stop"), ("max_tokens", "length"), ("stop_sequence", "stop"), ("refusal", "content_filter"),
-     ("pause_turn", "stop"), ("tool_use", "tool_calls")],
+    [
+        ("end_turn", "stop"),
+        ("max_tokens", "length"),
+        ("stop_sequence", "stop"),
+        ("refusal", "content_filter"),
+        ("pause_turn", "stop"),
+        ("tool_use", "tool_calls"),
+    ],
 )
 def test_stream_stop_reasons(stop_reason: str, finish: str) -> None:
     translator, chunks = translate(_simple_stream(stop_reason))
@@ -831,8 +1057,11 @@ def test_message_delta_cumulative_usage_overwrites() -> None:
     ("error_type", "message", "kind"),
     [
         ("overloaded_error", "Overloaded", ErrorKind.OVERLOADED),
-        ("rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit",
-         ErrorKind.RATE_LIMITED),
+        (
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+            ErrorKind.RATE_LIMITED,
+        ),
         ("api_error", "Internal server error", ErrorKind.SERVER),
         ("timeout_error", "Request timed out", ErrorKind.TIMEOUT),
         ("invalid_request_error", TOO_LONG, ErrorKind.CONTEXT_LENGTH),
@@ -864,8 +1093,9 @@ def test_error_event_right_after_message_start_is_not_after_first_byte() -> None
 def test_error_event_before_any_chunk_is_not_after_first_byte() -> None:
     translator = AnthropicStreamTranslator(StreamStamp(model="m"))
     with pytest.raises(ProviderError) as err:
-        translator.feed(SSEEvent(b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}',
-                                 "error"))
+        translator.feed(
+            SSEEvent(b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', "error")
+        )
     assert err.value.kind is ErrorKind.OVERLOADED
     assert not err.value.after_first_byte
 
@@ -892,10 +1122,18 @@ def test_malformed_stream_event(data: bytes) -> None:
 # =========================================================================== errors
 
 
-def _err(status: int, error_type: str | None, message: str = "", headers: dict[str, str] | None = None,
-         raw: bytes | None = None) -> ProviderError:
-    envelope = {"type": "error", "error": {"type": error_type, "message": message},
-                "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy"}
+def _err(
+    status: int,
+    error_type: str | None,
+    message: str = "",
+    headers: dict[str, str] | None = None,
+    raw: bytes | None = None,
+) -> ProviderError:
+    envelope = {
+        "type": "error",
+        "error": {"type": error_type, "message": message},
+        "request_id": "req_011CSHoEeqs5C35K2UUqR7Fy",
+    }
     body = raw if raw is not None else json.dumps(envelope).encode()
     return ADAPTER.error(status, headers or {}, body)
 
@@ -905,16 +1143,24 @@ def _err(status: int, error_type: str | None, message: str = "", headers: dict[s
     [
         (400, "invalid_request_error", "messages: roles must alternate", ErrorKind.BAD_REQUEST),
         (400, "invalid_request_error", TOO_LONG, ErrorKind.CONTEXT_LENGTH),
-        (400, "invalid_request_error", "input length and `max_tokens` exceed context limit: 197626 + 21333 > "
-         "200000, decrease input length or `max_tokens` and try again", ErrorKind.CONTEXT_LENGTH),
+        (
+            400,
+            "invalid_request_error",
+            "input length and `max_tokens` exceed context limit: 197626 + 21333 > "
+            "200000, decrease input length or `max_tokens` and try again",
+            ErrorKind.CONTEXT_LENGTH,
+        ),
         (401, "authentication_error", "invalid x-api-key", ErrorKind.AUTH),
         (402, "billing_error", "Your credit balance is too low", ErrorKind.AUTH),
         (403, "permission_error", "Your API key does not have permission", ErrorKind.AUTH),
         (404, "not_found_error", "model: claude-9", ErrorKind.BAD_REQUEST),
-        (413, "request_too_large", "Request exceeds the maximum allowed number of bytes.",
-         ErrorKind.CONTEXT_LENGTH),
-        (429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit",
-         ErrorKind.RATE_LIMITED),
+        (413, "request_too_large", "Request exceeds the maximum allowed number of bytes.", ErrorKind.CONTEXT_LENGTH),
+        (
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+            ErrorKind.RATE_LIMITED,
+        ),
         (500, "api_error", "Internal server error", ErrorKind.SERVER),
         (504, "timeout_error", "Request timed out", ErrorKind.TIMEOUT),
         (529, "overloaded_error", "Overloaded", ErrorKind.OVERLOADED),

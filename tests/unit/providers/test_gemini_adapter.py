@@ -80,15 +80,31 @@ def test_stream_url_asks_for_sse() -> None:
 @pytest.mark.parametrize(
     ("api_base", "options", "model", "expected"),
     [
-        (None, {"api_version": "v1"}, "gemini-2.5-pro",
-         "https://generativelanguage.googleapis.com/v1/models/gemini-2.5-pro:generateContent"),
+        (
+            None,
+            {"api_version": "v1"},
+            "gemini-2.5-pro",
+            "https://generativelanguage.googleapis.com/v1/models/gemini-2.5-pro:generateContent",
+        ),
         ("http://sim:8080/", {}, "gemini-2.0-flash", "http://sim:8080/v1beta/models/gemini-2.0-flash:generateContent"),
-        ("https://proxy.example/google/v1beta", {}, "gemini-2.0-flash",
-         "https://proxy.example/google/v1beta/models/gemini-2.0-flash:generateContent"),
-        (None, {}, "models/gemini-2.0-flash",
-         "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent"),
-        (None, {}, "tunedModels/my-tuned-7",
-         "https://generativelanguage.googleapis.com/v1beta/tunedModels/my-tuned-7:generateContent"),
+        (
+            "https://proxy.example/google/v1beta",
+            {},
+            "gemini-2.0-flash",
+            "https://proxy.example/google/v1beta/models/gemini-2.0-flash:generateContent",
+        ),
+        (
+            None,
+            {},
+            "models/gemini-2.0-flash",
+            "https://generativelanguage.googleapis.com/v1beta/models/gemini-2.0-flash:generateContent",
+        ),
+        (
+            None,
+            {},
+            "tunedModels/my-tuned-7",
+            "https://generativelanguage.googleapis.com/v1beta/tunedModels/my-tuned-7:generateContent",
+        ),
     ],
 )
 def test_url_variants(api_base: str | None, options: dict[str, Any], model: str, expected: str) -> None:
@@ -108,11 +124,14 @@ def test_deployment_headers_are_added() -> None:
 
 
 def test_system_and_developer_messages_become_system_instruction() -> None:
-    body = body_of(dep(), [
-        {"role": "system", "content": "You are a cat. Your name is Neko."},
-        {"role": "developer", "content": [{"type": "text", "text": "Answer in one line."}]},
-        {"role": "user", "content": "Hello there"},
-    ])
+    body = body_of(
+        dep(),
+        [
+            {"role": "system", "content": "You are a cat. Your name is Neko."},
+            {"role": "developer", "content": [{"type": "text", "text": "Answer in one line."}]},
+            {"role": "user", "content": "Hello there"},
+        ],
+    )
     assert body["systemInstruction"] == {
         "parts": [{"text": "You are a cat. Your name is Neko."}, {"text": "Answer in one line."}]
     }
@@ -121,27 +140,40 @@ def test_system_and_developer_messages_become_system_instruction() -> None:
 
 def test_multi_turn_roles_and_merging() -> None:
     # The documented chat example, with two user messages in a row that Gemini wants as one turn.
-    body = body_of(dep(), [
-        {"role": "user", "content": "Hello"},
-        {"role": "assistant", "content": "Great to meet you. What would you like to know?"},
-        {"role": "user", "content": "I have two dogs in my house."},
-        {"role": "user", "content": "How many paws are in my house?"},
-    ])
+    body = body_of(
+        dep(),
+        [
+            {"role": "user", "content": "Hello"},
+            {"role": "assistant", "content": "Great to meet you. What would you like to know?"},
+            {"role": "user", "content": "I have two dogs in my house."},
+            {"role": "user", "content": "How many paws are in my house?"},
+        ],
+    )
     assert body["contents"] == [
         {"role": "user", "parts": [{"text": "Hello"}]},
         {"role": "model", "parts": [{"text": "Great to meet you. What would you like to know?"}]},
-        {"role": "user", "parts": [{"text": "I have two dogs in my house."},
-                                   {"text": "How many paws are in my house?"}]},
+        {
+            "role": "user",
+            "parts": [{"text": "I have two dogs in my house."}, {"text": "How many paws are in my house?"}],
+        },
     ]
     assert "systemInstruction" not in body and "tools" not in body and "generationConfig" not in body
 
 
 def test_inline_image_from_data_url() -> None:
     png = base64.b64encode(b"\x89PNG\r\n\x1a\nfake").decode()
-    body = body_of(dep(), [{"role": "user", "content": [
-        {"type": "text", "text": "Caption this image."},
-        {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}", "detail": "high"}},
-    ]}])
+    body = body_of(
+        dep(),
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Caption this image."},
+                    {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}", "detail": "high"}},
+                ],
+            }
+        ],
+    )
     assert body["contents"][0]["parts"] == [
         {"text": "Caption this image."},
         {"inlineData": {"mimeType": "image/png", "data": png}},
@@ -151,8 +183,7 @@ def test_inline_image_from_data_url() -> None:
 @pytest.mark.parametrize(
     ("url", "mime"),
     [
-        ("https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavomarginatus_ant.jpg",
-         "image/jpeg"),
+        ("https://upload.wikimedia.org/wikipedia/commons/a/a7/Camponotus_flavomarginatus_ant.jpg", "image/jpeg"),
         ("https://example.com/chart.PNG?size=large#top", "image/png"),
         ("https://example.com/photo.webp", "image/webp"),
         ("gs://cloud-samples-data/generative-ai/image/scones.heic", "image/heic"),
@@ -184,20 +215,32 @@ def test_unusable_parts_are_a_400(part: dict[str, Any]) -> None:
 
 def test_audio_and_file_parts_become_inline_data() -> None:
     pdf = base64.b64encode(b"%PDF-1.7 fake").decode()
-    body = body_of(dep(), [{"role": "user", "content": [
-        {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
-        {"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}},
-        {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
-        {"type": "file", "file": {"file_data": pdf, "filename": "paper.pdf"}},
-        {"type": "file", "file": {"file_id": "files/abc-123", "filename": "notes.txt"}},
-    ]}])
+    body = body_of(
+        dep(),
+        [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+                    {"type": "input_audio", "input_audio": {"data": "SUQz", "format": "mp3"}},
+                    {"type": "file", "file": {"file_data": f"data:application/pdf;base64,{pdf}", "filename": "a.pdf"}},
+                    {"type": "file", "file": {"file_data": pdf, "filename": "paper.pdf"}},
+                    {"type": "file", "file": {"file_id": "files/abc-123", "filename": "notes.txt"}},
+                ],
+            }
+        ],
+    )
     assert body["contents"][0]["parts"] == [
         {"inlineData": {"mimeType": "audio/wav", "data": "UklGRg=="}},
         {"inlineData": {"mimeType": "audio/mp3", "data": "SUQz"}},
         {"inlineData": {"mimeType": "application/pdf", "data": pdf}},
         {"inlineData": {"mimeType": "application/pdf", "data": pdf}},
-        {"fileData": {"mimeType": "text/plain",
-                      "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc-123"}},
+        {
+            "fileData": {
+                "mimeType": "text/plain",
+                "fileUri": "https://generativelanguage.googleapis.com/v1beta/files/abc-123",
+            }
+        },
     ]
 
 
@@ -212,8 +255,11 @@ SCHEDULE_MEETING = {
             "$schema": "http://json-schema.org/draft-07/schema#",
             "type": "object",
             "properties": {
-                "attendees": {"type": "array", "items": {"type": "string"},
-                              "description": "List of people attending the meeting."},
+                "attendees": {
+                    "type": "array",
+                    "items": {"type": "string"},
+                    "description": "List of people attending the meeting.",
+                },
                 "date": {"type": "string", "description": "Date of the meeting (e.g., '2024-07-29')"},
                 "time": {"type": "string", "description": "Time of the meeting (e.g., '15:00')"},
                 "topic": {"type": "string", "description": "The subject or topic of the meeting."},
@@ -229,8 +275,7 @@ GET_WEATHER = {
     "function": {
         "name": "get_current_temperature",
         "description": "Gets the current temperature for a given location.",
-        "parameters": {"type": "object", "properties": {"location": {"type": "string"}},
-                       "required": ["location"]},
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
     },
 }
 
@@ -262,16 +307,33 @@ def test_function_without_parameters_has_no_schema() -> None:
         ("auto", {"mode": "AUTO"}, ["schedule_meeting", "get_current_temperature"]),
         ("none", {"mode": "NONE"}, ["schedule_meeting", "get_current_temperature"]),
         ("required", {"mode": "ANY"}, ["schedule_meeting", "get_current_temperature"]),
-        ({"type": "function", "function": {"name": "get_current_temperature"}},
-         {"mode": "ANY", "allowedFunctionNames": ["get_current_temperature"]},
-         ["schedule_meeting", "get_current_temperature"]),
-        ({"type": "allowed_tools", "allowed_tools": {"mode": "required", "tools": [
-            {"type": "function", "function": {"name": "schedule_meeting"}}]}},
-         {"mode": "ANY", "allowedFunctionNames": ["schedule_meeting"]},
-         ["schedule_meeting", "get_current_temperature"]),
-        ({"type": "allowed_tools", "allowed_tools": {"mode": "auto", "tools": [
-            {"type": "function", "function": {"name": "schedule_meeting"}}]}},
-         {"mode": "AUTO"}, ["schedule_meeting"]),
+        (
+            {"type": "function", "function": {"name": "get_current_temperature"}},
+            {"mode": "ANY", "allowedFunctionNames": ["get_current_temperature"]},
+            ["schedule_meeting", "get_current_temperature"],
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "required",
+                    "tools": [{"type": "function", "function": {"name": "schedule_meeting"}}],
+                },
+            },
+            {"mode": "ANY", "allowedFunctionNames": ["schedule_meeting"]},
+            ["schedule_meeting", "get_current_temperature"],
+        ),
+        (
+            {
+                "type": "allowed_tools",
+                "allowed_tools": {
+                    "mode": "auto",
+                    "tools": [{"type": "function", "function": {"name": "schedule_meeting"}}],
+                },
+            },
+            {"mode": "AUTO"},
+            ["schedule_meeting"],
+        ),
     ],
 )
 def test_tool_choice_modes(tool_choice: Any, config: dict[str, Any], declared: list[str]) -> None:
@@ -294,12 +356,22 @@ def test_custom_tools_are_a_400() -> None:
 def _tool_history(first_id: str, second_id: str) -> list[dict[str, Any]]:
     return [
         {"role": "user", "content": "What's the temperature in London and Paris?"},
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": first_id, "type": "function",
-             "function": {"name": "get_current_temperature", "arguments": '{"location": "London"}'}},
-            {"id": second_id, "type": "function",
-             "function": {"name": "get_current_temperature", "arguments": '{"location":"Paris"}'}},
-        ]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": first_id,
+                    "type": "function",
+                    "function": {"name": "get_current_temperature", "arguments": '{"location": "London"}'},
+                },
+                {
+                    "id": second_id,
+                    "type": "function",
+                    "function": {"name": "get_current_temperature", "arguments": '{"location":"Paris"}'},
+                },
+            ],
+        },
         {"role": "tool", "tool_call_id": second_id, "content": '{"temperature": 25, "unit": "Celsius"}'},
         {"role": "tool", "tool_call_id": first_id, "content": "18 degrees and cloudy"},
         {"role": "user", "content": "Which is warmer?"},
@@ -310,18 +382,29 @@ def test_tool_round_trip_recovers_names_and_merges_results() -> None:
     body = body_of(dep(), _tool_history("call_a", "toolu_b"), tools=[GET_WEATHER])
     user, model, results = body["contents"]
     assert user["role"] == "user"
-    assert model == {"role": "model", "parts": [
-        {"functionCall": {"name": "get_current_temperature", "args": {"location": "London"}},
-         "thoughtSignature": PLACEHOLDER_SIGNATURE},  # foreign history: only the first call carries it
-        {"functionCall": {"name": "get_current_temperature", "args": {"location": "Paris"}}},
-    ]}
-    assert results == {"role": "user", "parts": [
-        {"functionResponse": {"name": "get_current_temperature",
-                              "response": {"temperature": 25, "unit": "Celsius"}}},
-        {"functionResponse": {"name": "get_current_temperature",
-                              "response": {"output": "18 degrees and cloudy"}}},
-        {"text": "Which is warmer?"},
-    ]}
+    assert model == {
+        "role": "model",
+        "parts": [
+            {
+                "functionCall": {"name": "get_current_temperature", "args": {"location": "London"}},
+                "thoughtSignature": PLACEHOLDER_SIGNATURE,
+            },  # foreign history: only the first call carries it
+            {"functionCall": {"name": "get_current_temperature", "args": {"location": "Paris"}}},
+        ],
+    }
+    assert results == {
+        "role": "user",
+        "parts": [
+            {
+                "functionResponse": {
+                    "name": "get_current_temperature",
+                    "response": {"temperature": 25, "unit": "Celsius"},
+                }
+            },
+            {"functionResponse": {"name": "get_current_temperature", "response": {"output": "18 degrees and cloudy"}}},
+            {"text": "Which is warmer?"},
+        ],
+    }
 
 
 def test_thought_signature_round_trips_through_the_tool_call_id() -> None:
@@ -334,9 +417,7 @@ def test_thought_signature_round_trips_through_the_tool_call_id() -> None:
     assert "thoughtSignature" not in parts[1]
 
 
-@pytest.mark.parametrize(
-    "foreign", ["call_abc", "toolu_01A09q90qw90lq917835lq9", "call_" + "g" * 24 + "_ts_AAAA", ""]
-)
+@pytest.mark.parametrize("foreign", ["call_abc", "toolu_01A09q90qw90lq917835lq9", "call_" + "g" * 24 + "_ts_AAAA", ""])
 def test_ids_without_a_signature_carry_none(foreign: str) -> None:
     assert signature_from_id(foreign) is None
 
@@ -349,8 +430,9 @@ def test_signatures_can_be_switched_off() -> None:
 
 
 def test_tool_message_for_unknown_call_is_a_400() -> None:
-    req, raw = chat([{"role": "user", "content": "hi"},
-                     {"role": "tool", "tool_call_id": "call_missing", "content": "42"}])
+    req, raw = chat(
+        [{"role": "user", "content": "hi"}, {"role": "tool", "tool_call_id": "call_missing", "content": "42"}]
+    )
     with pytest.raises(GatewayError) as info:
         ADAPTER.chat_call(dep(), req, raw, stream=False)
     assert info.value.status == 400 and info.value.param == "messages[1].tool_call_id"
@@ -368,16 +450,27 @@ def test_invalid_tool_arguments_are_a_400_and_empty_ones_are_an_empty_object() -
 
 
 def test_assistant_text_and_tool_call_share_one_model_turn() -> None:
-    body = body_of(dep(options={"thought_signatures": False}), [
-        {"role": "user", "content": "Book it"},
-        {"role": "assistant", "content": "Booking now.", "tool_calls": [
-            {"id": "c1", "type": "function", "function": {"name": "schedule_meeting", "arguments": "{}"}}]},
-        {"role": "tool", "tool_call_id": "c1", "content": '["ok"]'},
-    ])
-    assert body["contents"][1] == {"role": "model", "parts": [
-        {"text": "Booking now."}, {"functionCall": {"name": "schedule_meeting", "args": {}}}]}
+    body = body_of(
+        dep(options={"thought_signatures": False}),
+        [
+            {"role": "user", "content": "Book it"},
+            {
+                "role": "assistant",
+                "content": "Booking now.",
+                "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "schedule_meeting", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": '["ok"]'},
+        ],
+    )
+    assert body["contents"][1] == {
+        "role": "model",
+        "parts": [{"text": "Booking now."}, {"functionCall": {"name": "schedule_meeting", "args": {}}}],
+    }
     assert body["contents"][2]["parts"] == [
-        {"functionResponse": {"name": "schedule_meeting", "response": {"output": '["ok"]'}}}]
+        {"functionResponse": {"name": "schedule_meeting", "response": {"output": '["ok"]'}}}
+    ]
 
 
 # ============================================================================ request: generationConfig
@@ -390,10 +483,8 @@ def test_assistant_text_and_tool_call_share_one_model_turn() -> None:
         ({"max_tokens": 100, "max_completion_tokens": 300}, {"maxOutputTokens": 300}),
         ({"top_p": 0.9, "top_k": 40}, {"topP": 0.9, "topK": 40}),
         ({"stop": "END"}, {"stopSequences": ["END"]}),
-        ({"stop": ["x", "y"], "seed": 7, "n": 2},
-         {"stopSequences": ["x", "y"], "seed": 7, "candidateCount": 2}),
-        ({"presence_penalty": 0.5, "frequency_penalty": -0.5},
-         {"presencePenalty": 0.5, "frequencyPenalty": -0.5}),
+        ({"stop": ["x", "y"], "seed": 7, "n": 2}, {"stopSequences": ["x", "y"], "seed": 7, "candidateCount": 2}),
+        ({"presence_penalty": 0.5, "frequency_penalty": -0.5}, {"presencePenalty": 0.5, "frequencyPenalty": -0.5}),
         ({"logprobs": True, "top_logprobs": 3}, {"responseLogprobs": True, "logprobs": 3}),
         ({"response_format": {"type": "json_object"}}, {"responseMimeType": "application/json"}),
         ({"response_format": {"type": "text"}}, None),
@@ -408,8 +499,10 @@ def test_json_schema_response_format() -> None:
     schema = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "type": "object",
-        "properties": {"recipe_name": {"type": "string"},
-                       "ingredients": {"type": "array", "items": {"type": "string"}}},
+        "properties": {
+            "recipe_name": {"type": "string"},
+            "ingredients": {"type": "array", "items": {"type": "string"}},
+        },
         "required": ["recipe_name", "ingredients"],
         "additionalProperties": False,
     }
@@ -437,8 +530,9 @@ def test_reasoning_effort_becomes_thinking_config(model: str, effort: str, think
 
 def test_deployment_options_reach_the_body() -> None:
     safety = [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]
-    d = dep(options={"safety_settings": safety, "thinking_config": {"thinkingBudget": -1},
-                     "generation_config": {"topK": 1}})
+    d = dep(
+        options={"safety_settings": safety, "thinking_config": {"thinkingBudget": -1}, "generation_config": {"topK": 1}}
+    )
     body = body_of(d, reasoning_effort="low")
     assert body["safetySettings"] == safety
     assert body["generationConfig"] == {"thinkingConfig": {"thinkingBudget": -1}, "topK": 1}
@@ -447,45 +541,77 @@ def test_deployment_options_reach_the_body() -> None:
 # ============================================================================ responses
 
 TEXT_RESPONSE = {
-    "candidates": [{
-        "content": {"parts": [{"text": "AI learns patterns from data to make predictions."}],
-                    "role": "model"},
-        "finishReason": "STOP",
-        "avgLogprobs": -0.1385,
-    }],
-    "usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 9, "totalTokenCount": 17,
-                      "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}]},
+    "candidates": [
+        {
+            "content": {"parts": [{"text": "AI learns patterns from data to make predictions."}], "role": "model"},
+            "finishReason": "STOP",
+            "avgLogprobs": -0.1385,
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 8,
+        "candidatesTokenCount": 9,
+        "totalTokenCount": 17,
+        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 8}],
+    },
     "modelVersion": "gemini-2.5-flash-001",
     "responseId": "mAitaLmkHPPlz7IPvtfUqQ4",
 }
 
 FUNCTION_CALL_RESPONSE = {
-    "candidates": [{
-        "content": {"role": "model", "parts": [
-            {"functionCall": {"name": "schedule_meeting", "args": {"attendees": ["Bob", "Alice"],
-                                                                   "date": "2025-03-14", "time": "10:00",
-                                                                   "topic": "Q3 planning"}},
-             "thoughtSignature": SIGNATURE},
-        ]},
-        "finishReason": "STOP",
-        "index": 0,
-    }],
-    "usageMetadata": {"promptTokenCount": 111, "candidatesTokenCount": 42, "totalTokenCount": 236,
-                      "thoughtsTokenCount": 83},
+    "candidates": [
+        {
+            "content": {
+                "role": "model",
+                "parts": [
+                    {
+                        "functionCall": {
+                            "name": "schedule_meeting",
+                            "args": {
+                                "attendees": ["Bob", "Alice"],
+                                "date": "2025-03-14",
+                                "time": "10:00",
+                                "topic": "Q3 planning",
+                            },
+                        },
+                        "thoughtSignature": SIGNATURE,
+                    },
+                ],
+            },
+            "finishReason": "STOP",
+            "index": 0,
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 111,
+        "candidatesTokenCount": 42,
+        "totalTokenCount": 236,
+        "thoughtsTokenCount": 83,
+    },
     "modelVersion": "gemini-3-pro-preview",
     "responseId": "fc-1",
 }
 
 THINKING_RESPONSE = {
-    "candidates": [{
-        "content": {"role": "model", "parts": [
-            {"text": "**Counting paws**\n\nTwo dogs, four paws each.", "thought": True},
-            {"text": "There are 8 paws in your house.", "thoughtSignature": SIGNATURE},
-        ]},
-        "finishReason": "STOP",
-    }],
-    "usageMetadata": {"promptTokenCount": 20, "candidatesTokenCount": 9, "thoughtsTokenCount": 240,
-                      "cachedContentTokenCount": 12, "totalTokenCount": 269},
+    "candidates": [
+        {
+            "content": {
+                "role": "model",
+                "parts": [
+                    {"text": "**Counting paws**\n\nTwo dogs, four paws each.", "thought": True},
+                    {"text": "There are 8 paws in your house.", "thoughtSignature": SIGNATURE},
+                ],
+            },
+            "finishReason": "STOP",
+        }
+    ],
+    "usageMetadata": {
+        "promptTokenCount": 20,
+        "candidatesTokenCount": 9,
+        "thoughtsTokenCount": 240,
+        "cachedContentTokenCount": 12,
+        "totalTokenCount": 269,
+    },
     "modelVersion": "gemini-2.5-pro",
 }
 
@@ -496,12 +622,14 @@ def test_text_response() -> None:
     assert body["id"] == "mAitaLmkHPPlz7IPvtfUqQ4"
     assert body["model"] == "gemini-2.5-flash-001"
     assert isinstance(body["created"], int)
-    assert body["choices"] == [{
-        "index": 0,
-        "message": {"role": "assistant", "content": "AI learns patterns from data to make predictions."},
-        "finish_reason": "stop",
-        "logprobs": None,
-    }]
+    assert body["choices"] == [
+        {
+            "index": 0,
+            "message": {"role": "assistant", "content": "AI learns patterns from data to make predictions."},
+            "finish_reason": "stop",
+            "logprobs": None,
+        }
+    ]
     assert body["usage"]["prompt_tokens"] == 8
     assert body["usage"]["completion_tokens"] == 9
     assert body["usage"]["total_tokens"] == 17
@@ -516,14 +644,19 @@ def test_function_call_response() -> None:
     assert call["type"] == "function"
     assert call["function"]["name"] == "schedule_meeting"
     assert json.loads(call["function"]["arguments"]) == {
-        "attendees": ["Bob", "Alice"], "date": "2025-03-14", "time": "10:00", "topic": "Q3 planning"}
+        "attendees": ["Bob", "Alice"],
+        "date": "2025-03-14",
+        "time": "10:00",
+        "topic": "Q3 planning",
+    }
     assert call["id"].startswith("call_")
     assert signature_from_id(call["id"]) == SIGNATURE
     # the id the client echoes back restores the signature Gemini 3 insists on
-    history: list[dict[str, Any]] = [{"role": "user", "content": "Schedule it"},
-                                     {"role": "assistant", "content": None, "tool_calls": [call]},
-                                     {"role": "tool", "tool_call_id": call["id"],
-                                      "content": '{"status": "booked"}'}]
+    history: list[dict[str, Any]] = [
+        {"role": "user", "content": "Schedule it"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "tool_call_id": call["id"], "content": '{"status": "booked"}'},
+    ]
     sent = body_of(dep("gemini-3-pro-preview"), history)
     assert sent["contents"][1]["parts"][0]["thoughtSignature"] == SIGNATURE
     assert sent["contents"][2]["parts"][0]["functionResponse"]["name"] == "schedule_meeting"
@@ -562,11 +695,19 @@ def test_model_and_id_fall_back_when_absent() -> None:
 @pytest.mark.parametrize(
     ("reason", "expected"),
     [
-        ("STOP", "stop"), ("MAX_TOKENS", "length"), ("SAFETY", "content_filter"),
-        ("RECITATION", "content_filter"), ("BLOCKLIST", "content_filter"),
-        ("PROHIBITED_CONTENT", "content_filter"), ("SPII", "content_filter"),
-        ("IMAGE_SAFETY", "content_filter"), ("OTHER", "stop"), ("LANGUAGE", "stop"),
-        ("FINISH_REASON_UNSPECIFIED", "stop"), ("TOO_MANY_TOOL_CALLS", "stop"), ("SOMETHING_NEW", "stop"),
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("BLOCKLIST", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("SPII", "content_filter"),
+        ("IMAGE_SAFETY", "content_filter"),
+        ("OTHER", "stop"),
+        ("LANGUAGE", "stop"),
+        ("FINISH_REASON_UNSPECIFIED", "stop"),
+        ("TOO_MANY_TOOL_CALLS", "stop"),
+        ("SOMETHING_NEW", "stop"),
         ("MALFORMED_FUNCTION_CALL", "stop"),  # the candidate still has usable text
     ],
 )
@@ -577,9 +718,16 @@ def test_finish_reasons(reason: str, expected: str) -> None:
 
 
 def test_safety_stop_without_content() -> None:
-    response = {"candidates": [{"finishReason": "SAFETY", "index": 0, "safetyRatings": [
-        {"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}]}],
-        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}}
+    response = {
+        "candidates": [
+            {
+                "finishReason": "SAFETY",
+                "index": 0,
+                "safetyRatings": [{"category": "HARM_CATEGORY_DANGEROUS_CONTENT", "probability": "HIGH"}],
+            }
+        ],
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+    }
     choice = parse(response)["choices"][0]
     assert choice["finish_reason"] == "content_filter"
     assert choice["message"] == {"role": "assistant", "content": ""}
@@ -587,9 +735,12 @@ def test_safety_stop_without_content() -> None:
 
 @pytest.mark.parametrize("reason", ["MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL"])
 def test_unusable_output_is_a_retryable_server_error(reason: str) -> None:
-    response = {"candidates": [{"content": {}, "finishReason": reason,
-                                "finishMessage": "Malformed function call: print(default_api.x("}],
-                "usageMetadata": {"promptTokenCount": 50, "totalTokenCount": 50}}
+    response = {
+        "candidates": [
+            {"content": {}, "finishReason": reason, "finishMessage": "Malformed function call: print(default_api.x("}
+        ],
+        "usageMetadata": {"promptTokenCount": 50, "totalTokenCount": 50},
+    }
     with pytest.raises(ProviderError) as info:
         parse(response)
     assert info.value.kind is ErrorKind.SERVER and info.value.retryable
@@ -605,21 +756,29 @@ def test_one_usable_candidate_is_enough() -> None:
 
 
 def test_multiple_candidates_are_choices_in_index_order() -> None:
-    response = {"candidates": [
-        {"content": {"parts": [{"text": "second"}], "role": "model"}, "finishReason": "STOP", "index": 1},
-        {"content": {"parts": [{"text": "fir"}, {"text": "st"}], "role": "model"},
-         "finishReason": "MAX_TOKENS"},
-    ]}
+    response = {
+        "candidates": [
+            {"content": {"parts": [{"text": "second"}], "role": "model"}, "finishReason": "STOP", "index": 1},
+            {"content": {"parts": [{"text": "fir"}, {"text": "st"}], "role": "model"}, "finishReason": "MAX_TOKENS"},
+        ]
+    }
     choices = parse(response)["choices"]
     assert [(c["index"], c["message"]["content"], c["finish_reason"]) for c in choices] == [
-        (0, "first", "length"), (1, "second", "stop")]
+        (0, "first", "length"),
+        (1, "second", "stop"),
+    ]
 
 
 @pytest.mark.parametrize("reason", ["SAFETY", "OTHER", "BLOCKLIST", "PROHIBITED_CONTENT"])
 def test_blocked_prompt_is_content_filter(reason: str) -> None:
-    response = {"promptFeedback": {"blockReason": reason, "safetyRatings": [
-        {"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"}]},
-        "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7}, "modelVersion": "gemini-2.5-flash"}
+    response = {
+        "promptFeedback": {
+            "blockReason": reason,
+            "safetyRatings": [{"category": "HARM_CATEGORY_SEXUALLY_EXPLICIT", "probability": "NEGLIGIBLE"}],
+        },
+        "usageMetadata": {"promptTokenCount": 7, "totalTokenCount": 7},
+        "modelVersion": "gemini-2.5-flash",
+    }
     with pytest.raises(ProviderError) as info:
         parse(response)
     assert info.value.kind is ErrorKind.CONTENT_FILTER
@@ -628,12 +787,21 @@ def test_blocked_prompt_is_content_filter(reason: str) -> None:
 
 def test_usage_includes_cached_and_tool_use_prompt_tokens() -> None:
     response = json.loads(json.dumps(TEXT_RESPONSE))
-    response["usageMetadata"] = {"promptTokenCount": 1000, "cachedContentTokenCount": 800,
-                                 "toolUsePromptTokenCount": 50, "candidatesTokenCount": 20,
-                                 "thoughtsTokenCount": 30, "totalTokenCount": 1100}
+    response["usageMetadata"] = {
+        "promptTokenCount": 1000,
+        "cachedContentTokenCount": 800,
+        "toolUsePromptTokenCount": 50,
+        "candidatesTokenCount": 20,
+        "thoughtsTokenCount": 30,
+        "totalTokenCount": 1100,
+    }
     completion = ADAPTER.parse_chat(dep(), chat()[0], json.dumps(response).encode())
-    assert (completion.usage.prompt, completion.usage.cached, completion.usage.completion,
-            completion.usage.reasoning) == (1050, 800, 50, 30)
+    assert (
+        completion.usage.prompt,
+        completion.usage.cached,
+        completion.usage.completion,
+        completion.usage.reasoning,
+    ) == (1050, 800, 50, 30)
     assert completion.usage.total == 1100
     assert completion.model == "gemini-2.5-flash-001"
 
@@ -641,15 +809,26 @@ def test_usage_includes_cached_and_tool_use_prompt_tokens() -> None:
 def test_logprobs_are_translated() -> None:
     response = json.loads(json.dumps(TEXT_RESPONSE))
     response["candidates"][0]["logprobsResult"] = {
-        "topCandidates": [{"candidates": [{"token": "AI", "logProbability": -0.01},
-                                          {"token": "Machine", "logProbability": -4.6}]}],
+        "topCandidates": [
+            {"candidates": [{"token": "AI", "logProbability": -0.01}, {"token": "Machine", "logProbability": -4.6}]}
+        ],
         "chosenCandidates": [{"token": "AI", "logProbability": -0.01}],
     }
     logprobs = parse(response)["choices"][0]["logprobs"]
-    assert logprobs == {"refusal": None, "content": [{
-        "token": "AI", "logprob": -0.01, "bytes": None,
-        "top_logprobs": [{"token": "AI", "logprob": -0.01, "bytes": None},
-                         {"token": "Machine", "logprob": -4.6, "bytes": None}]}]}
+    assert logprobs == {
+        "refusal": None,
+        "content": [
+            {
+                "token": "AI",
+                "logprob": -0.01,
+                "bytes": None,
+                "top_logprobs": [
+                    {"token": "AI", "logprob": -0.01, "bytes": None},
+                    {"token": "Machine", "logprob": -4.6, "bytes": None},
+                ],
+            }
+        ],
+    }
 
 
 @pytest.mark.parametrize("raw", [b"<html>502 Bad Gateway</html>", b"[1, 2]", b'{"candidates": []}'])
@@ -667,14 +846,15 @@ def sse(*events: dict[str, Any]) -> bytes:
     return b"".join(b"data: " + json.dumps(e).encode() + b"\r\n\r\n" for e in events)
 
 
-def run_stream(raw: bytes, d: Deployment | None = None, split: int = 7) -> tuple[list[dict[str, Any]],
-                                                                              GeminiStreamTranslator]:
+def run_stream(
+    raw: bytes, d: Deployment | None = None, split: int = 7
+) -> tuple[list[dict[str, Any]], GeminiStreamTranslator]:
     """Feed bytes through the real SSE parser in small reads, as the transport does."""
     translator = ADAPTER.stream_translator(d or dep(), chat(stream=True)[0])
     parser = SSEParser()
     chunks: list[dict[str, Any]] = []
     for i in range(0, len(raw), split):
-        for event in parser.feed(raw[i:i + split]):
+        for event in parser.feed(raw[i : i + split]):
             chunks.extend(translator.feed(event))
     for event in parser.flush():
         chunks.extend(translator.feed(event))
@@ -682,8 +862,9 @@ def run_stream(raw: bytes, d: Deployment | None = None, split: int = 7) -> tuple
     return chunks, translator
 
 
-def frag(parts: list[dict[str, Any]], finish: str | None = None, usage: dict[str, Any] | None = None,
-         **extra: Any) -> dict[str, Any]:
+def frag(
+    parts: list[dict[str, Any]], finish: str | None = None, usage: dict[str, Any] | None = None, **extra: Any
+) -> dict[str, Any]:
     cand: dict[str, Any] = {"content": {"parts": parts, "role": "model"}, "index": 0}
     if finish:
         cand["finishReason"] = finish
@@ -699,11 +880,19 @@ def test_full_stream_with_text_and_function_call() -> None:
         frag([{"text": "Let me"}], usage={"promptTokenCount": 30, "totalTokenCount": 30}),
         frag([{"text": " check the weather"}]),
         frag([{"text": " for you."}]),
-        frag([{"functionCall": {"name": "get_current_temperature", "args": {"location": "London"}},
-               "thoughtSignature": SIGNATURE}]),
-        frag([{"text": ""}], finish="STOP",
-             usage={"promptTokenCount": 30, "candidatesTokenCount": 25, "thoughtsTokenCount": 5,
-                    "totalTokenCount": 60}),
+        frag(
+            [
+                {
+                    "functionCall": {"name": "get_current_temperature", "args": {"location": "London"}},
+                    "thoughtSignature": SIGNATURE,
+                }
+            ]
+        ),
+        frag(
+            [{"text": ""}],
+            finish="STOP",
+            usage={"promptTokenCount": 30, "candidatesTokenCount": 25, "thoughtsTokenCount": 5, "totalTokenCount": 60},
+        ),
     )
     chunks, translator = run_stream(raw)
     assert all(c["object"] == "chat.completion.chunk" and c["id"] == "r-42" for c in chunks)
@@ -731,10 +920,12 @@ def test_parallel_calls_in_a_stream_get_consecutive_indexes() -> None:
 
 
 def test_stream_thoughts_become_reasoning_deltas() -> None:
-    chunks, _ = run_stream(sse(
-        frag([{"text": "Thinking about paws", "thought": True}]),
-        frag([{"text": "8 paws."}], finish="STOP", usage={"promptTokenCount": 5, "candidatesTokenCount": 3}),
-    ))
+    chunks, _ = run_stream(
+        sse(
+            frag([{"text": "Thinking about paws", "thought": True}]),
+            frag([{"text": "8 paws."}], finish="STOP", usage={"promptTokenCount": 5, "candidatesTokenCount": 3}),
+        )
+    )
     first = chunks[0]["choices"][0]["delta"]
     assert first == {"role": "assistant", "reasoning_content": "Thinking about paws"}
     assert chunks[1]["choices"][0]["delta"] == {"content": "8 paws."}
@@ -742,12 +933,16 @@ def test_stream_thoughts_become_reasoning_deltas() -> None:
 
 
 def test_stream_finish_with_length_and_trailing_usage_event() -> None:
-    chunks, translator = run_stream(sse(
-        frag([{"text": "Once upon a"}]),
-        frag([], finish="MAX_TOKENS"),
-        {"usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 16, "totalTokenCount": 20},
-         "modelVersion": "gemini-2.5-flash"},
-    ))
+    chunks, translator = run_stream(
+        sse(
+            frag([{"text": "Once upon a"}]),
+            frag([], finish="MAX_TOKENS"),
+            {
+                "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 16, "totalTokenCount": 20},
+                "modelVersion": "gemini-2.5-flash",
+            },
+        )
+    )
     assert [c["choices"][0]["finish_reason"] for c in chunks] == [None, "length"]
     assert chunks[-1]["choices"][0]["delta"] == {}
     assert translator.usage.completion == 16
@@ -771,11 +966,15 @@ def test_stream_not_done_until_finish_reason() -> None:
 @pytest.mark.parametrize(
     ("error", "kind"),
     [
-        ({"code": 429, "message": "Resource has been exhausted (e.g. check quota).",
-          "status": "RESOURCE_EXHAUSTED"}, ErrorKind.RATE_LIMITED),
+        (
+            {"code": 429, "message": "Resource has been exhausted (e.g. check quota).", "status": "RESOURCE_EXHAUSTED"},
+            ErrorKind.RATE_LIMITED,
+        ),
         ({"code": 500, "message": "An internal error has occurred.", "status": "INTERNAL"}, ErrorKind.SERVER),
-        ({"code": 503, "message": "The model is overloaded. Please try again later.",
-          "status": "UNAVAILABLE"}, ErrorKind.OVERLOADED),
+        (
+            {"code": 503, "message": "The model is overloaded. Please try again later.", "status": "UNAVAILABLE"},
+            ErrorKind.OVERLOADED,
+        ),
         ({"message": "something went wrong"}, ErrorKind.SERVER),
     ],
 )
@@ -791,8 +990,10 @@ def test_error_object_in_stream(error: dict[str, Any], kind: ErrorKind) -> None:
 
 def test_stream_blocked_prompt() -> None:
     translator = ADAPTER.stream_translator(dep(), chat()[0])
-    event = {"promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
-             "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9}}
+    event = {
+        "promptFeedback": {"blockReason": "PROHIBITED_CONTENT"},
+        "usageMetadata": {"promptTokenCount": 9, "totalTokenCount": 9},
+    }
     with pytest.raises(ProviderError) as info:
         translator.feed(SSEEvent(json.dumps(event).encode()))
     assert info.value.kind is ErrorKind.CONTENT_FILTER and not info.value.after_first_byte
@@ -814,40 +1015,74 @@ def test_stream_garbage_is_a_server_error(data: bytes) -> None:
 
 
 def test_stream_with_two_candidates() -> None:
-    event = {"candidates": [
-        {"content": {"parts": [{"text": "A"}], "role": "model"}, "index": 0},
-        {"content": {"parts": [{"text": "B"}], "role": "model"}, "index": 1},
-    ]}
-    last = {"candidates": [{"content": {"parts": [], "role": "model"}, "index": 0, "finishReason": "STOP"},
-                           {"content": {"parts": [], "role": "model"}, "index": 1, "finishReason": "STOP"}]}
+    event = {
+        "candidates": [
+            {"content": {"parts": [{"text": "A"}], "role": "model"}, "index": 0},
+            {"content": {"parts": [{"text": "B"}], "role": "model"}, "index": 1},
+        ]
+    }
+    last = {
+        "candidates": [
+            {"content": {"parts": [], "role": "model"}, "index": 0, "finishReason": "STOP"},
+            {"content": {"parts": [], "role": "model"}, "index": 1, "finishReason": "STOP"},
+        ]
+    }
     chunks, translator = run_stream(sse(event, last))
     assert [(c["choices"][0]["index"], c["choices"][0]["delta"]) for c in chunks[:2]] == [
-        (0, {"role": "assistant", "content": "A"}), (1, {"role": "assistant", "content": "B"})]
+        (0, {"role": "assistant", "content": "A"}),
+        (1, {"role": "assistant", "content": "B"}),
+    ]
     assert [c["choices"][0]["finish_reason"] for c in chunks[2:]] == ["stop", "stop"]
     assert translator.done
 
 
 # ============================================================================ errors
 
-QUOTA_429 = {"error": {
-    "code": 429,
-    "message": "You exceeded your current quota, please check your plan and billing details.",
-    "status": "RESOURCE_EXHAUSTED",
-    "details": [
-        {"@type": "type.googleapis.com/google.rpc.QuotaFailure", "violations": [{
-            "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
-            "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
-            "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"}, "quotaValue": "10"}]},
-        {"@type": "type.googleapis.com/google.rpc.Help", "links": [
-            {"description": "Learn more about Gemini API quotas", "url": "https://ai.google.dev/gemini-api/docs/rate-limits"}]},
-        {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
-    ],
-}}
-KEY_INVALID_400 = {"error": {
-    "code": 400, "message": "API key not valid. Please pass a valid API key.", "status": "INVALID_ARGUMENT",
-    "details": [{"@type": "type.googleapis.com/google.rpc.ErrorInfo", "reason": "API_KEY_INVALID",
-                 "domain": "googleapis.com", "metadata": {"service": "generativelanguage.googleapis.com"}}],
-}}
+QUOTA_429 = {
+    "error": {
+        "code": 429,
+        "message": "You exceeded your current quota, please check your plan and billing details.",
+        "status": "RESOURCE_EXHAUSTED",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.QuotaFailure",
+                "violations": [
+                    {
+                        "quotaMetric": "generativelanguage.googleapis.com/generate_content_free_tier_requests",
+                        "quotaId": "GenerateRequestsPerMinutePerProjectPerModel-FreeTier",
+                        "quotaDimensions": {"location": "global", "model": "gemini-2.5-flash"},
+                        "quotaValue": "10",
+                    }
+                ],
+            },
+            {
+                "@type": "type.googleapis.com/google.rpc.Help",
+                "links": [
+                    {
+                        "description": "Learn more about Gemini API quotas",
+                        "url": "https://ai.google.dev/gemini-api/docs/rate-limits",
+                    }
+                ],
+            },
+            {"@type": "type.googleapis.com/google.rpc.RetryInfo", "retryDelay": "43s"},
+        ],
+    }
+}
+KEY_INVALID_400 = {
+    "error": {
+        "code": 400,
+        "message": "API key not valid. Please pass a valid API key.",
+        "status": "INVALID_ARGUMENT",
+        "details": [
+            {
+                "@type": "type.googleapis.com/google.rpc.ErrorInfo",
+                "reason": "API_KEY_INVALID",
+                "domain": "googleapis.com",
+                "metadata": {"service": "generativelanguage.googleapis.com"},
+            }
+        ],
+    }
+}
 
 
 def err(code: int, status: str, message: str) -> dict[str, Any]:
@@ -858,27 +1093,49 @@ def err(code: int, status: str, message: str) -> dict[str, Any]:
     ("status", "body", "kind"),
     [
         (429, QUOTA_429, ErrorKind.RATE_LIMITED),
-        (503, err(503, "UNAVAILABLE", "The model is overloaded. Please try again later."),
-         ErrorKind.OVERLOADED),
-        (500, err(500, "INTERNAL", "An internal error has occurred. Please retry or report in "
-                                   "https://developers.generativeai.google/guide/troubleshooting"),
-         ErrorKind.SERVER),
-        (504, err(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."),
-         ErrorKind.TIMEOUT),
+        (503, err(503, "UNAVAILABLE", "The model is overloaded. Please try again later."), ErrorKind.OVERLOADED),
+        (
+            500,
+            err(
+                500,
+                "INTERNAL",
+                "An internal error has occurred. Please retry or report in "
+                "https://developers.generativeai.google/guide/troubleshooting",
+            ),
+            ErrorKind.SERVER,
+        ),
+        (504, err(504, "DEADLINE_EXCEEDED", "Deadline expired before operation could complete."), ErrorKind.TIMEOUT),
         (401, err(401, "UNAUTHENTICATED", "Request had invalid authentication credentials."), ErrorKind.AUTH),
-        (403, err(403, "PERMISSION_DENIED",
-                  "Your API key was reported as leaked. Please use another API key."), ErrorKind.AUTH),
+        (
+            403,
+            err(403, "PERMISSION_DENIED", "Your API key was reported as leaked. Please use another API key."),
+            ErrorKind.AUTH,
+        ),
         (400, KEY_INVALID_400, ErrorKind.AUTH),
-        (400, err(400, "FAILED_PRECONDITION", "User location is not supported for the API use."),
-         ErrorKind.AUTH),
-        (400, err(400, "INVALID_ARGUMENT",
-                  "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576)."),
-         ErrorKind.CONTEXT_LENGTH),
-        (400, err(400, "INVALID_ARGUMENT",
-                  "Invalid JSON payload received. Unknown name \"foo\": Cannot find field."),
-         ErrorKind.BAD_REQUEST),
-        (404, err(404, "NOT_FOUND", "models/gemini-9 is not found for API version v1beta, or is not "
-                                    "supported for generateContent."), ErrorKind.BAD_REQUEST),
+        (400, err(400, "FAILED_PRECONDITION", "User location is not supported for the API use."), ErrorKind.AUTH),
+        (
+            400,
+            err(
+                400,
+                "INVALID_ARGUMENT",
+                "The input token count (1200000) exceeds the maximum number of tokens allowed (1048576).",
+            ),
+            ErrorKind.CONTEXT_LENGTH,
+        ),
+        (
+            400,
+            err(400, "INVALID_ARGUMENT", 'Invalid JSON payload received. Unknown name "foo": Cannot find field.'),
+            ErrorKind.BAD_REQUEST,
+        ),
+        (
+            404,
+            err(
+                404,
+                "NOT_FOUND",
+                "models/gemini-9 is not found for API version v1beta, or is not supported for generateContent.",
+            ),
+            ErrorKind.BAD_REQUEST,
+        ),
         (502, None, ErrorKind.SERVER),
     ],
 )
@@ -931,26 +1188,36 @@ def embed_req(**fields: Any) -> tuple[EmbeddingRequest, dict[str, Any]]:
 
 
 def test_embeddings_request() -> None:
-    req, raw = embed_req(input=["What is the meaning of life?", "How much wood would a woodchuck chuck?"],
-                         dimensions=768)
+    req, raw = embed_req(
+        input=["What is the meaning of life?", "How much wood would a woodchuck chuck?"], dimensions=768
+    )
     call = ADAPTER.embeddings_call(dep("gemini-embedding-001"), req, raw)
-    assert call.url == ("https://generativelanguage.googleapis.com/v1beta/models/"
-                        "gemini-embedding-001:batchEmbedContents")
+    assert call.url == (
+        "https://generativelanguage.googleapis.com/v1beta/models/gemini-embedding-001:batchEmbedContents"
+    )
     assert call.headers["x-goog-api-key"] == API_KEY
-    assert json.loads(call.body) == {"requests": [
-        {"model": "models/gemini-embedding-001",
-         "content": {"parts": [{"text": "What is the meaning of life?"}]}, "outputDimensionality": 768},
-        {"model": "models/gemini-embedding-001",
-         "content": {"parts": [{"text": "How much wood would a woodchuck chuck?"}]},
-         "outputDimensionality": 768},
-    ]}
+    assert json.loads(call.body) == {
+        "requests": [
+            {
+                "model": "models/gemini-embedding-001",
+                "content": {"parts": [{"text": "What is the meaning of life?"}]},
+                "outputDimensionality": 768,
+            },
+            {
+                "model": "models/gemini-embedding-001",
+                "content": {"parts": [{"text": "How much wood would a woodchuck chuck?"}]},
+                "outputDimensionality": 768,
+            },
+        ]
+    }
 
 
 def test_single_embedding_input_and_token_ids() -> None:
     req, raw = embed_req(input="hello world")
     body = json.loads(ADAPTER.embeddings_call(dep("text-embedding-004"), req, raw).body)
-    assert body == {"requests": [{"model": "models/text-embedding-004",
-                                  "content": {"parts": [{"text": "hello world"}]}}]}
+    assert body == {
+        "requests": [{"model": "models/text-embedding-004", "content": {"parts": [{"text": "hello world"}]}}]
+    }
     req, raw = embed_req(input=[[1, 2, 3]])
     with pytest.raises(GatewayError):
         ADAPTER.embeddings_call(dep(), req, raw)
@@ -980,8 +1247,7 @@ def test_embeddings_base64_is_little_endian_float32() -> None:
 
 def test_embeddings_reported_usage_wins() -> None:
     req, _ = embed_req(input="some text here")
-    answer = {"embeddings": [{"values": [1.0]}],
-              "usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}}
+    answer = {"embeddings": [{"values": [1.0]}], "usageMetadata": {"promptTokenCount": 4, "totalTokenCount": 4}}
     assert ADAPTER.parse_embeddings(dep(), req, json.dumps(answer).encode()).usage.prompt == 4
 
 
@@ -991,18 +1257,35 @@ def test_embeddings_reported_usage_wins() -> None:
 def test_shapes_validate_against_google_genai_types() -> None:
     types = pytest.importorskip("google.genai.types")
     body = body_of(
-        dep("gemini-2.5-flash", options={"safety_settings": [
-            {"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]}),
-        [{"role": "system", "content": "Be brief."},
-         {"role": "user", "content": [
-             {"type": "text", "text": "What is in this picture?"},
-             {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
-             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]},
-         *_tool_history(tool_call_id(SIGNATURE), "call_x")],
+        dep(
+            "gemini-2.5-flash",
+            options={"safety_settings": [{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_ONLY_HIGH"}]},
+        ),
+        [
+            {"role": "system", "content": "Be brief."},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "What is in this picture?"},
+                    {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            },
+            *_tool_history(tool_call_id(SIGNATURE), "call_x"),
+        ],
         tools=[SCHEDULE_MEETING, GET_WEATHER],
         tool_choice={"type": "function", "function": {"name": "get_current_temperature"}},
-        max_tokens=100, temperature=0.3, top_p=0.8, stop=["END"], seed=1, n=1, presence_penalty=0.1,
-        frequency_penalty=0.1, logprobs=True, top_logprobs=2, reasoning_effort="low",
+        max_tokens=100,
+        temperature=0.3,
+        top_p=0.8,
+        stop=["END"],
+        seed=1,
+        n=1,
+        presence_penalty=0.1,
+        frequency_penalty=0.1,
+        logprobs=True,
+        top_logprobs=2,
+        reasoning_effort="low",
         response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
     )
     for content in body["contents"]:

@@ -15,8 +15,9 @@ from modelyard.schema.chat import ChatRequest, EmbeddingRequest
 from modelyard.schema.errors import ErrorKind, ProviderError
 
 ADAPTER = OpenAIAdapter()
-DEP = Deployment(name="d", provider="openai", model="gpt-4o-2024-08-06", api_base="https://api.example/v1/",
-                 api_key="sk-secret-123")
+DEP = Deployment(
+    name="d", provider="openai", model="gpt-4o-2024-08-06", api_base="https://api.example/v1/", api_key="sk-secret-123"
+)
 
 
 def call(raw: dict, stream: bool = False, dep: Deployment = DEP):
@@ -25,14 +26,23 @@ def call(raw: dict, stream: bool = False, dep: Deployment = DEP):
 
 
 def test_request_passes_unknown_fields_swaps_model_strips_modelyard():
-    raw = {"model": "smart", "messages": [{"role": "user", "content": "hi"}], "top_k": 40,
-           "modelyard": {"strategy": "cost"}, "temperature": 0.2}
+    raw = {
+        "model": "smart",
+        "messages": [{"role": "user", "content": "hi"}],
+        "top_k": 40,
+        "modelyard": {"strategy": "cost"},
+        "temperature": 0.2,
+    }
     out = call(raw)
     body = msgspec.json.decode(out.body)
     assert out.url == "https://api.example/v1/chat/completions"
     assert out.headers["Authorization"] == "Bearer sk-secret-123"
-    assert body == {"model": "gpt-4o-2024-08-06", "messages": [{"role": "user", "content": "hi"}], "top_k": 40,
-                    "temperature": 0.2}
+    assert body == {
+        "model": "gpt-4o-2024-08-06",
+        "messages": [{"role": "user", "content": "hi"}],
+        "top_k": 40,
+        "temperature": 0.2,
+    }
     assert raw["model"] == "smart"  # the caller's dict is not mutated
 
 
@@ -53,14 +63,34 @@ def test_max_tokens_field_rename_quirk():
 
 def test_response_normalised_usage_and_tool_call_arguments():
     upstream = {
-        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1700000000, "model": "gpt-4o-2024-08-06",
-        "choices": [{"index": 0, "finish_reason": "stop", "message": {
-            "role": "assistant", "content": None,
-            "tool_calls": [{"id": "call_1", "type": "function",
-                            "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}]}}],
-        "usage": {"prompt_tokens": 100, "completion_tokens": 20, "total_tokens": 120,
-                  "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 0},
-                  "completion_tokens_details": {"reasoning_tokens": 8}},
+        "id": "chatcmpl-abc",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "gpt-4o-2024-08-06",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "stop",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+                        }
+                    ],
+                },
+            }
+        ],
+        "usage": {
+            "prompt_tokens": 100,
+            "completion_tokens": 20,
+            "total_tokens": 120,
+            "prompt_tokens_details": {"cached_tokens": 60, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 8},
+        },
     }
     req = ChatRequest(model="m", messages=[])
     result = ADAPTER.parse_chat(DEP, req, msgspec.json.encode(upstream))
@@ -68,7 +98,11 @@ def test_response_normalised_usage_and_tool_call_arguments():
     assert choice["finish_reason"] == "tool_calls"
     assert choice["message"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Paris"}'
     assert (result.usage.prompt, result.usage.completion, result.usage.cached, result.usage.reasoning) == (
-        100, 20, 60, 8)
+        100,
+        20,
+        60,
+        8,
+    )
     assert result.body["usage"]["prompt_tokens_details"]["audio_tokens"] == 0  # provider extras kept
     assert result.model == "gpt-4o-2024-08-06"
 
@@ -93,21 +127,44 @@ def stream_of(*payloads: bytes) -> list[SSEEvent]:
     raw = b"".join(b"data: " + p + b"\n\n" for p in payloads)
     events = []
     for i in range(0, len(raw), 7):  # split across reads at awkward places
-        events += parser.feed(raw[i:i + 7])
+        events += parser.feed(raw[i : i + 7])
     return events
 
 
 def test_stream_translation_usage_captured_usage_chunk_dropped():
     chunks = [
-        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-         "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
-         "usage": None},
-        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-         "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}], "usage": None},
-        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-         "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}], "usage": None},
-        {"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o", "choices": [],
-         "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11}},
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+            "usage": None,
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}],
+            "usage": None,
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+            "usage": None,
+        },
+        {
+            "id": "c1",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "gpt-4o",
+            "choices": [],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 2, "total_tokens": 11},
+        },
     ]
     events = stream_of(*(msgspec.json.encode(c) for c in chunks), b"[DONE]")
     translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
@@ -125,10 +182,23 @@ def test_stream_translation_usage_captured_usage_chunk_dropped():
 def test_stream_chunks_needing_care_are_never_passed_raw():
     base = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m"}
     translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
-    translator.feed(SSEEvent(msgspec.json.encode({**base, "choices": [
-        {"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})))
-    tool = {**base, "choices": [{"index": 0, "delta": {"tool_calls": [
-        {"index": 0, "function": {"arguments": {"city": "Oslo"}}}]}, "finish_reason": None}]}
+    translator.feed(
+        SSEEvent(
+            msgspec.json.encode(
+                {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]}
+            )
+        )
+    )
+    tool = {
+        **base,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"tool_calls": [{"index": 0, "function": {"arguments": {"city": "Oslo"}}}]},
+                "finish_reason": None,
+            }
+        ],
+    }
     out = translator.feed(SSEEvent(msgspec.json.encode(tool)))
     assert out[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"city":"Oslo"}'
     spaced = b'{"id": "c", "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]}'
@@ -155,19 +225,54 @@ def test_stream_cut_and_error_event():
 @pytest.mark.parametrize(
     ("status", "body", "headers", "kind", "retry_after"),
     [
-        (429, {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
-         {"retry-after": "7"}, ErrorKind.RATE_LIMITED, 7.0),
-        (429, {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}},
-         {}, ErrorKind.AUTH, None),
-        (400, {"error": {"message": "This model's maximum context length is 128000 tokens",
-                         "type": "invalid_request_error", "code": "context_length_exceeded"}},
-         {}, ErrorKind.CONTEXT_LENGTH, None),
-        (400, {"error": {"message": "flagged", "type": "invalid_request_error", "code": "content_filter"}},
-         {}, ErrorKind.CONTENT_FILTER, None),
-        (400, {"error": {"message": "bad", "type": "invalid_request_error", "code": None}},
-         {}, ErrorKind.BAD_REQUEST, None),
-        (401, {"error": {"message": "Incorrect API key provided: sk-secr***", "type": "invalid_request_error"}},
-         {}, ErrorKind.AUTH, None),
+        (
+            429,
+            {"error": {"message": "Rate limit reached", "type": "requests", "code": "rate_limit_exceeded"}},
+            {"retry-after": "7"},
+            ErrorKind.RATE_LIMITED,
+            7.0,
+        ),
+        (
+            429,
+            {"error": {"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}},
+            {},
+            ErrorKind.AUTH,
+            None,
+        ),
+        (
+            400,
+            {
+                "error": {
+                    "message": "This model's maximum context length is 128000 tokens",
+                    "type": "invalid_request_error",
+                    "code": "context_length_exceeded",
+                }
+            },
+            {},
+            ErrorKind.CONTEXT_LENGTH,
+            None,
+        ),
+        (
+            400,
+            {"error": {"message": "flagged", "type": "invalid_request_error", "code": "content_filter"}},
+            {},
+            ErrorKind.CONTENT_FILTER,
+            None,
+        ),
+        (
+            400,
+            {"error": {"message": "bad", "type": "invalid_request_error", "code": None}},
+            {},
+            ErrorKind.BAD_REQUEST,
+            None,
+        ),
+        (
+            401,
+            {"error": {"message": "Incorrect API key provided: sk-secr***", "type": "invalid_request_error"}},
+            {},
+            ErrorKind.AUTH,
+            None,
+        ),
         (500, {"error": {"message": "boom", "type": "server_error"}}, {}, ErrorKind.SERVER, None),
         (502, "<html>bad gateway</html>", {}, ErrorKind.SERVER, None),
         (503, {"error": "overloaded"}, {"retry-after-ms": "1500"}, ErrorKind.OVERLOADED, 1.5),
@@ -185,15 +290,19 @@ def test_embeddings_round_trip():
     raw = {"model": "embed", "input": ["a", "b"]}
     out = ADAPTER.embeddings_call(DEP, msgspec.convert(raw, EmbeddingRequest), raw)
     assert out.url.endswith("/embeddings") and msgspec.json.decode(out.body)["model"] == DEP.model
-    body = {"object": "list", "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
-            "model": "text-embedding-3-small", "usage": {"prompt_tokens": 4, "total_tokens": 4}}
+    body = {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": [0.1]}],
+        "model": "text-embedding-3-small",
+        "usage": {"prompt_tokens": 4, "total_tokens": 4},
+    }
     result = ADAPTER.parse_embeddings(DEP, msgspec.convert(raw, EmbeddingRequest), msgspec.json.encode(body))
     assert result.usage.prompt == 4 and result.model == "text-embedding-3-small"
 
 
 def test_sse_parser_crlf_comments_multiline_and_flush():
     parser = SSEParser()
-    events = parser.feed(b": keepalive\r\n\r\nevent: message_start\r\ndata: {\"a\":\r")
+    events = parser.feed(b': keepalive\r\n\r\nevent: message_start\r\ndata: {"a":\r')
     events += parser.feed(b"\ndata: 1}\r\n\r\ndata: tail")
     assert [(e.event, e.data) for e in events] == [("message_start", b'{"a":\n1}')]
     assert [e.data for e in parser.flush()] == [b"tail"]
@@ -206,14 +315,24 @@ def _error_body(message: str, err_type: str = "invalid_request_error", code: str
     return json.dumps({"error": {"message": message, "type": err_type, "param": None, "code": code}}).encode()
 
 
-@pytest.mark.parametrize(("status", "message", "code"), [
-    (401, "Incorrect API key provided: sk-proj-********************************abcd. You can find your API key at "
-          "https://platform.openai.com/account/api-keys.", "invalid_api_key"),
-    (500, "The server had an error while processing your request (req_0123456789abcdef0123456789abcdef).", None),
-    (503, "The engine is currently overloaded, please try again later", None),
-    (429, "Rate limit reached for gpt-4o in organization org-AbCdEfGh12345678 on tokens per min",
-     "rate_limit_exceeded"),
-])
+@pytest.mark.parametrize(
+    ("status", "message", "code"),
+    [
+        (
+            401,
+            "Incorrect API key provided: sk-proj-********************************abcd. You can find your API key at "
+            "https://platform.openai.com/account/api-keys.",
+            "invalid_api_key",
+        ),
+        (500, "The server had an error while processing your request (req_0123456789abcdef0123456789abcdef).", None),
+        (503, "The engine is currently overloaded, please try again later", None),
+        (
+            429,
+            "Rate limit reached for gpt-4o in organization org-AbCdEfGh12345678 on tokens per min",
+            "rate_limit_exceeded",
+        ),
+    ],
+)
 def test_errors_a_client_cannot_act_on_get_a_generic_message(status: int, message: str, code: str | None) -> None:
     error = OpenAIAdapter().error(status, {}, _error_body(message, code=code))
     shown = error.to_body()["error"]["message"]
@@ -222,10 +341,17 @@ def test_errors_a_client_cannot_act_on_get_a_generic_message(status: int, messag
     assert "sk-proj" not in error.detail and "org-AbCd" not in error.detail  # logs keep the text, masked
 
 
-@pytest.mark.parametrize("secret", [
-    "sk-proj-abcdefghijklmnop0123456789", "sk-ant-api03-abcdefghijklmnop", "AIzaSyA1234567890abcdefghijklmnopqrs",
-    "Bearer abc.def-ghi_jkl", "0123456789abcdef0123456789abcdef0123", "dGhpc2lzYWxvbmdiYXNlNjR0b2tlbjAxMjM0NTY3ODk=",
-])
+@pytest.mark.parametrize(
+    "secret",
+    [
+        "sk-proj-abcdefghijklmnop0123456789",
+        "sk-ant-api03-abcdefghijklmnop",
+        "AIzaSyA1234567890abcdefghijklmnopqrs",
+        "Bearer abc.def-ghi_jkl",
+        "0123456789abcdef0123456789abcdef0123",
+        "dGhpc2lzYWxvbmdiYXNlNjR0b2tlbjAxMjM0NTY3ODk=",
+    ],
+)
 def test_actionable_errors_keep_their_text_with_secrets_masked(secret: str) -> None:
     message = f"Invalid value for 'tools[0]': echo of {secret} is not allowed"
     error = OpenAIAdapter().error(400, {}, _error_body(message))
@@ -242,10 +368,12 @@ def test_a_context_length_error_keeps_its_useful_text() -> None:
 
 
 def test_a_stream_error_event_is_masked_too() -> None:
-    translator = OpenAIAdapter().stream_translator(Deployment(name="d", provider="openai", model="m"),
-                                                   ChatRequest(model="m", messages=[]))
-    event = json.dumps({"error": {"message": "upstream auth failed for key sk-live-0123456789abcdef",
-                                  "type": "authentication_error"}}).encode()
+    translator = OpenAIAdapter().stream_translator(
+        Deployment(name="d", provider="openai", model="m"), ChatRequest(model="m", messages=[])
+    )
+    event = json.dumps(
+        {"error": {"message": "upstream auth failed for key sk-live-0123456789abcdef", "type": "authentication_error"}}
+    ).encode()
     with pytest.raises(ProviderError) as info:
         translator.feed(SSEEvent(event))
     assert "sk-live" not in info.value.message and "sk-live" not in info.value.detail

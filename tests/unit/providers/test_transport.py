@@ -40,8 +40,13 @@ async def transport(request) -> AsyncIterator[Transport]:
 
 
 def chat_call(base: str, *, stream: bool = False, fault: str | None = None, prompt: str = "Repeat: hi") -> HttpCall:
-    dep = Deployment(name="d", provider="openai", model="sim-small", api_base=base + "/v1",
-                     headers={"x-sim-fault": fault} if fault else {})
+    dep = Deployment(
+        name="d",
+        provider="openai",
+        model="sim-small",
+        api_base=base + "/v1",
+        headers={"x-sim-fault": fault} if fault else {},
+    )
     raw = {"model": "x", "messages": [{"role": "user", "content": prompt}]}
     return ADAPTER.chat_call(dep, msgspec.convert(raw, ChatRequest), raw, stream)
 
@@ -59,8 +64,9 @@ async def test_send_and_keep_alive(sim, transport):
 async def test_concurrent_requests_respect_the_pool_limit(sim):
     client = FastTransport(pool_size=4)
     try:
-        results = await asyncio.gather(*(client.send(chat_call(sim.url, prompt=f"Repeat: n{i}"), FAST, ADAPTER)
-                                         for i in range(40)))
+        results = await asyncio.gather(
+            *(client.send(chat_call(sim.url, prompt=f"Repeat: n{i}"), FAST, ADAPTER) for i in range(40))
+        )
         texts = sorted(msgspec.json.decode(b)["choices"][0]["message"]["content"] for b, _ in results)
         assert texts == sorted(f"n{i}" for i in range(40))
         pool = next(iter(client._client._pools.values()))
@@ -69,8 +75,15 @@ async def test_concurrent_requests_respect_the_pool_limit(sim):
         await client.close()
 
 
-@pytest.mark.parametrize(("fault", "kind"), [("rate_limit", ErrorKind.RATE_LIMITED), ("server_error", ErrorKind.SERVER),
-                                             ("unavailable", ErrorKind.OVERLOADED), ("reset", ErrorKind.CONNECTION)])
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("rate_limit", ErrorKind.RATE_LIMITED),
+        ("server_error", ErrorKind.SERVER),
+        ("unavailable", ErrorKind.OVERLOADED),
+        ("reset", ErrorKind.CONNECTION),
+    ],
+)
 async def test_errors_are_typed(sim, transport, fault, kind):
     with pytest.raises(ProviderError) as info:
         await transport.send(chat_call(sim.url, fault=fault), FAST, ADAPTER)
@@ -92,8 +105,9 @@ async def test_a_hung_non_streaming_call_times_out_after_response_not_total(sim,
     """`response` bounds a whole non-streaming call (before: only `total`, 600 s by default)."""
     started = asyncio.get_running_loop().time()
     with pytest.raises(ProviderError) as info:
-        await transport.send(chat_call(sim.url, fault="hang"),
-                             Timeouts(connect=1, first_token=30, response=0.3, total=30), ADAPTER)
+        await transport.send(
+            chat_call(sim.url, fault="hang"), Timeouts(connect=1, first_token=30, response=0.3, total=30), ADAPTER
+        )
     assert info.value.kind is ErrorKind.TIMEOUT
     assert asyncio.get_running_loop().time() - started < 2
 
@@ -110,8 +124,10 @@ async def test_stream_batches_and_reuse(sim, transport):
         events = [e async for batch in stream.batches() for e in batch]
         stream.close()
         assert events[-1].data == b"[DONE]"
-        text = "".join((msgspec.json.decode(e.data)["choices"] or [{"delta": {}}])[0]["delta"].get("content") or ""
-                       for e in events[:-1])
+        text = "".join(
+            (msgspec.json.decode(e.data)["choices"] or [{"delta": {}}])[0]["delta"].get("content") or ""
+            for e in events[:-1]
+        )
         assert text == "a b c"
     if isinstance(transport, FastTransport):
         pool = next(iter(transport._client._pools.values()))
@@ -123,8 +139,9 @@ async def test_stream_error_status_and_first_event_timeout(sim, transport):
         await transport.open_stream(chat_call(sim.url, stream=True, fault="rate_limit"), FAST, ADAPTER)
     assert info.value.kind is ErrorKind.RATE_LIMITED
     with pytest.raises(ProviderError) as info:
-        await transport.open_stream(chat_call(sim.url, stream=True, fault="hang"),
-                                    Timeouts(connect=1, first_token=0.3, total=5), ADAPTER)
+        await transport.open_stream(
+            chat_call(sim.url, stream=True, fault="hang"), Timeouts(connect=1, first_token=0.3, total=5), ADAPTER
+        )
     assert info.value.kind is ErrorKind.TIMEOUT
 
 
@@ -173,8 +190,7 @@ async def test_chunked_response_and_truncated_body():
                 await writer.drain()
                 writer.close()
                 return
-            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n"
-                         b"0\r\n\r\n")
+            writer.write(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
             await writer.drain()
 
     server, port = await _serve(handler)
@@ -196,9 +212,27 @@ def _self_signed(tmp: Path) -> tuple[Path, Path] | None:
     if shutil.which("openssl") is None:
         return None
     cert, key = tmp / "cert.pem", tmp / "key.pem"
-    done = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
-                           "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
-                           "-addext", "subjectAltName=DNS:localhost"], capture_output=True)
+    done = subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost",
+        ],
+        capture_output=True,
+    )
     return (cert, key) if done.returncode == 0 else None
 
 

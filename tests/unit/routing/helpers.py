@@ -13,15 +13,28 @@ from modelyard.routing.limits import DeploymentLimits
 
 
 def dep(name: str, *, price: tuple[float, float] = (1.0, 1.0), **kwargs: Any) -> Deployment:
-    return Deployment(name=name, provider=kwargs.pop("provider", "openai"), model=kwargs.pop("model", name),
-                      api_base=kwargs.pop("api_base", f"http://{name}.invalid/v1"),
-                      price=Price(input=price[0], output=price[1]), **kwargs)
+    return Deployment(
+        name=name,
+        provider=kwargs.pop("provider", "openai"),
+        model=kwargs.pop("model", name),
+        api_base=kwargs.pop("api_base", f"http://{name}.invalid/v1"),
+        price=Price(input=price[0], output=price[1]),
+        **kwargs,
+    )
 
 
-def ctx(features: RequestFeatures | None = None, *, deployments: list[Deployment] | None = None,
-        health: HealthTracker | None = None, limits: DeploymentLimits | None = None, now: float = 1000.0,
-        seed: int = 0, constraints: dict[str, Any] | None = None, options: dict[str, Any] | None = None,
-        explain: bool = True) -> DecisionContext:
+def ctx(
+    features: RequestFeatures | None = None,
+    *,
+    deployments: list[Deployment] | None = None,
+    health: HealthTracker | None = None,
+    limits: DeploymentLimits | None = None,
+    now: float = 1000.0,
+    seed: int = 0,
+    constraints: dict[str, Any] | None = None,
+    options: dict[str, Any] | None = None,
+    explain: bool = True,
+) -> DecisionContext:
     deployments = deployments or []
     return DecisionContext(
         features=features or RequestFeatures(prompt_tokens=100, max_output_tokens=100),

@@ -38,11 +38,16 @@ models:
 
 
 def ok_body(model: str) -> bytes:
-    return msgspec.json.encode({
-        "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-        "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
-    })
+    return msgspec.json.encode(
+        {
+            "id": "chatcmpl-1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+        }
+    )
 
 
 class FakeStream:
@@ -79,8 +84,9 @@ class ScriptedTransport:
             await asyncio.sleep(step[1])
             step = "ok"
         if isinstance(step, ErrorKind):
-            raise ProviderError(step, f"scripted {step.value}", retry_after=0.0 if step is ErrorKind.RATE_LIMITED
-                                else None)
+            raise ProviderError(
+                step, f"scripted {step.value}", retry_after=0.0 if step is ErrorKind.RATE_LIMITED else None
+            )
         return ok_body(f"m-{host}"), {}
 
     async def open_stream(self, call, timeouts, adapter):
@@ -90,8 +96,13 @@ class ScriptedTransport:
             step = "ok"
         if isinstance(step, ErrorKind):
             raise ProviderError(step, f"scripted {step.value}")
-        chunk = {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": f"m-{host}",
-                 "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": None}]}
+        chunk = {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": f"m-{host}",
+            "choices": [{"index": 0, "delta": {"content": "hel"}, "finish_reason": None}],
+        }
         last = {**chunk, "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}]}
         events = [msgspec.json.encode(chunk)]
         if step != "cut":
@@ -102,10 +113,15 @@ class ScriptedTransport:
 def make(script: dict[str, list[Any]], **policy: Any) -> tuple[Router, ScriptedTransport]:
     router = Router(parse_config(CONFIG), seed=3)
     transport = ScriptedTransport(script)
-    router._executor = Executor(transport=transport, adapters=router.adapters, health=router.health,  # type: ignore[arg-type]
-                                limits=router.limits, prices=router.table.prices,
-                                policy=RetryPolicy(base_s=0.001, max_backoff_s=0.002, **policy),
-                                rng=random.Random(0))
+    router._executor = Executor(
+        transport=transport,
+        adapters=router.adapters,
+        health=router.health,  # type: ignore[arg-type]
+        limits=router.limits,
+        prices=router.table.prices,
+        policy=RetryPolicy(base_s=0.001, max_backoff_s=0.002, **policy),
+        rng=random.Random(0),
+    )
     return router, transport
 
 
@@ -183,7 +199,10 @@ async def test_everything_fails_raises_last_error_with_history():
         await router.complete(*request())
     assert info.value.kind is ErrorKind.CONNECTION
     assert [(r.deployment, r.outcome) for r in info.value.records] == [
-        ("a", "server"), ("b", "server"), ("c", "connection")]
+        ("a", "server"),
+        ("b", "server"),
+        ("c", "connection"),
+    ]
 
 
 async def test_hedge_fires_and_first_answer_wins_both_costs_counted():

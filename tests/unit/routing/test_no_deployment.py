@@ -1,4 +1,4 @@
-""""Nothing can serve this": the client's error (400) when the request ruled every candidate out, an outage
+""" "Nothing can serve this": the client's error (400) when the request ruled every candidate out, an outage
 (503, which SDKs retry) when the deployments did."""
 
 from __future__ import annotations

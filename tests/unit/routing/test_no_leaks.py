@@ -43,8 +43,15 @@ class Boom(RuntimeError):
 
 
 def chunk(content: str, finish: str | None = None) -> bytes:
-    return msgspec.json.encode({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                                "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}]})
+    return msgspec.json.encode(
+        {
+            "id": "x",
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": {"content": content}, "finish_reason": finish}],
+        }
+    )
 
 
 class Transport:
@@ -64,12 +71,23 @@ class Transport:
     async def send(self, call: Any, timeouts: Any, adapter: Any) -> tuple[bytes, dict[str, str]]:
         await self._stage(call.url, "send")
         if "/embeddings" in call.url:
-            return msgspec.json.encode({"data": [{"embedding": [0.1], "index": 0}], "model": "m-e",
-                                        "usage": {"prompt_tokens": 3, "total_tokens": 3}}), {}
-        return msgspec.json.encode({
-            "id": "c", "object": "chat.completion", "created": 1, "model": "m",
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}}), {}
+            return msgspec.json.encode(
+                {
+                    "data": [{"embedding": [0.1], "index": 0}],
+                    "model": "m-e",
+                    "usage": {"prompt_tokens": 3, "total_tokens": 3},
+                }
+            ), {}
+        return msgspec.json.encode(
+            {
+                "id": "c",
+                "object": "chat.completion",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15},
+            }
+        ), {}
 
     async def open_stream(self, call: Any, timeouts: Any, adapter: Any) -> FakeStream:
         await self._stage(call.url, "open_stream")
@@ -135,14 +153,21 @@ class Adapter:
         return self.inner.parse_embeddings(*args)
 
 
-def make(stage: str | None = None, fail: dict[str, str] | None = None,
-         slow: dict[str, float] | None = None) -> tuple[Router, Transport]:
+def make(
+    stage: str | None = None, fail: dict[str, str] | None = None, slow: dict[str, float] | None = None
+) -> tuple[Router, Transport]:
     router = Router(parse_config(CONFIG), seed=1)
     transport = Transport(fail or {}, slow)
     router.adapters = {"openai": Adapter(router.adapters["openai"], stage)}  # type: ignore[dict-item]
-    router._executor = Executor(transport=transport, adapters=router.adapters, health=router.health,  # type: ignore[arg-type]
-                                limits=router.limits, prices=router.table.prices,
-                                policy=RetryPolicy(base_s=0.001, max_backoff_s=0.002), rng=random.Random(0))
+    router._executor = Executor(
+        transport=transport,
+        adapters=router.adapters,
+        health=router.health,  # type: ignore[arg-type]
+        limits=router.limits,
+        prices=router.table.prices,
+        policy=RetryPolicy(base_s=0.001, max_backoff_s=0.002),
+        rng=random.Random(0),
+    )
     return router, transport
 
 
@@ -160,14 +185,23 @@ def assert_released(router: Router, *names: str, windows: bool = True) -> None:
             assert (w.requests.value(now), w.tokens.value(now)) == (0, 0), f"{name}: window record leaked"
 
 
-@pytest.mark.parametrize(("stage", "stream"), [
-    ("chat_call", False), ("send", False), ("parse", False),
-    ("chat_call", True), ("open_stream", True), ("stream_translator", True), ("feed", True),
-])
+@pytest.mark.parametrize(
+    ("stage", "stream"),
+    [
+        ("chat_call", False),
+        ("send", False),
+        ("parse", False),
+        ("chat_call", True),
+        ("open_stream", True),
+        ("stream_translator", True),
+        ("feed", True),
+    ],
+)
 async def test_an_exception_in_an_attempt_releases_slot_and_window(stage: str, stream: bool) -> None:
     adapter_stages = {"chat_call", "parse", "stream_translator", "feed"}
-    router, transport = make(stage if stage in adapter_stages else None,
-                             fail={} if stage in adapter_stages else {"a": stage})
+    router, transport = make(
+        stage if stage in adapter_stages else None, fail={} if stage in adapter_stages else {"a": stage}
+    )
     for _ in range(5):  # more than max_concurrency: a leak would show as a full deployment
         with pytest.raises(Boom):
             if stream:
@@ -184,8 +218,15 @@ async def test_an_exception_at_the_end_of_a_short_stream_releases_the_slot() -> 
     transport.streams.clear()
 
     async def one_read(call: Any, timeouts: Any, adapter: Any) -> FakeStream:
-        role = msgspec.json.encode({"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                                    "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}]})
+        role = msgspec.json.encode(
+            {
+                "id": "x",
+                "object": "chat.completion.chunk",
+                "created": 1,
+                "model": "m",
+                "choices": [{"index": 0, "delta": {"role": "assistant"}, "finish_reason": None}],
+            }
+        )
         stream = FakeStream([role])  # nothing of substance and no [DONE]: `finish` is called
         transport.streams.append(stream)
         return stream

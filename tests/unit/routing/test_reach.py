@@ -61,8 +61,12 @@ def test_a_scope_refuses_overrides_outside_it(table: RoutingTable) -> None:
 
 
 def test_the_dearest_price_counts_cache_writes_and_reasoning() -> None:
-    prices = {"a": Price(input=1, output=2), "b": Price(input=5, output=9, cache_write=7),
-              "c": Price(input=1, output=2, reasoning=30), "d": None}
+    prices = {
+        "a": Price(input=1, output=2),
+        "b": Price(input=5, output=9, cache_write=7),
+        "c": Price(input=1, output=2, reasoning=30),
+        "d": None,
+    }
     assert dearest_per_token(prices, ["a", "b", "c", "d"]) == (7000.0, 30000.0)
     assert dearest_per_token(prices, ["d"]) == (0.0, 0.0)
 

@@ -66,8 +66,12 @@ def test_route_to_agent_as_a_rules_table(router, features, expected):
 
 
 def test_explain_lists_chosen_kept_and_skipped(router):
-    plan = router.plan("fast", RequestFeatures(prompt_tokens=10, max_output_tokens=50), explain=True,
-                       overrides=ModelyardOptions(constraints={"max_cost_per_request": 0.0001}))
+    plan = router.plan(
+        "fast",
+        RequestFeatures(prompt_tokens=10, max_output_tokens=50),
+        explain=True,
+        overrides=ModelyardOptions(constraints={"max_cost_per_request": 0.0001}),
+    )
     explained = plan.explain()
     decisions = {c["deployment"]: c["decision"] for c in explained["candidates"]}
     assert decisions == {"mini": "chosen", "haiku": "skipped"}

@@ -67,8 +67,9 @@ def test_least_latency_buffer_shares_load_between_near_equals():
     for name, ms in (("a", 100), ("b", 105), ("c", 300)):
         health.on_start(name, 0)
         health.on_success(name, 0, ms)
-    firsts = Counter(least_latency(deps, ctx(deployments=deps, health=health, seed=s, explain=False))[0].name
-                     for s in range(1000))
+    firsts = Counter(
+        least_latency(deps, ctx(deployments=deps, health=health, seed=s, explain=False))[0].name for s in range(1000)
+    )
     assert firsts["c"] == 0
     assert firsts["a"] > 350 and firsts["b"] > 350
 
@@ -96,8 +97,11 @@ def test_least_busy_picks_fewest_in_flight():
 
 
 def test_cost_picks_cheapest_feasible_and_explains_skips():
-    deps = [dep("big", price=(10, 30), quality=0.95), dep("mid", price=(1, 3), quality=0.8),
-            dep("tiny", price=(0.1, 0.2), quality=0.5)]
+    deps = [
+        dep("big", price=(10, 30), quality=0.95),
+        dep("mid", price=(1, 3), quality=0.8),
+        dep("tiny", price=(0.1, 0.2), quality=0.5),
+    ]
     c = ctx(deployments=deps, constraints={"min_quality": 0.7})
     order = cheapest(deps, c)
     assert [d.name for d in order] == ["mid", "big"]
@@ -118,8 +122,10 @@ def test_cost_constraints_latency_and_cost_cap():
 
 
 def test_cost_quality_per_task():
-    deps = [dep("coder", price=(1, 1), quality={"coding": 0.9, "default": 0.5}),
-            dep("generalist", price=(2, 2), quality=0.8)]
+    deps = [
+        dep("coder", price=(1, 1), quality={"coding": 0.9, "default": 0.5}),
+        dep("generalist", price=(2, 2), quality=0.8),
+    ]
     coding = ctx(RequestFeatures(task="coding"), deployments=deps, constraints={"min_quality": 0.7})
     assert cheapest(deps, coding)[0].name == "coder"
     chat = ctx(RequestFeatures(task="chat"), deployments=deps, constraints={"min_quality": 0.7})
@@ -147,8 +153,13 @@ def test_learned_uses_predicted_quality_and_falls_back_to_the_most_likely():
 
 
 def test_filters_context_window_capabilities_circuit_and_limits():
-    deps = [dep("small-window", context_window=1000), dep("no-tools", capabilities=["vision"]),
-            dep("open"), dep("limited", limits=Limits(rpm=1)), dep("ok")]
+    deps = [
+        dep("small-window", context_window=1000),
+        dep("no-tools", capabilities=["vision"]),
+        dep("open"),
+        dep("limited", limits=Limits(rpm=1)),
+        dep("ok"),
+    ]
     health = HealthTracker(BreakerPolicy(failures=1, cooldown_s=60))
     health.on_start("open", 0)
     health.on_failure("open", 999.0, ErrorKind.SERVER)
@@ -179,12 +190,17 @@ deployment_specs = st.lists(
 
 
 @settings(max_examples=200, deadline=None)
-@given(specs=deployment_specs, prompt=st.integers(min_value=1, max_value=4000),
-       needs_tools=st.booleans(), min_quality=st.floats(min_value=0, max_value=1))
+@given(
+    specs=deployment_specs,
+    prompt=st.integers(min_value=1, max_value=4000),
+    needs_tools=st.booleans(),
+    min_quality=st.floats(min_value=0, max_value=1),
+)
 def test_property_never_choose_filtered_and_cost_is_cheapest_feasible(specs, prompt, needs_tools, min_quality):
-    deps = [dep(f"d{i}", price=(pi, po), quality=q, context_window=w,
-                capabilities=["tools"] if tools else ["vision"])
-            for i, (pi, po, q, w, tools) in enumerate(specs)]
+    deps = [
+        dep(f"d{i}", price=(pi, po), quality=q, context_window=w, capabilities=["tools"] if tools else ["vision"])
+        for i, (pi, po, q, w, tools) in enumerate(specs)
+    ]
     features = RequestFeatures(prompt_tokens=prompt, max_output_tokens=64, needs_tools=needs_tools)
     c = ctx(features, deployments=deps, constraints={"min_quality": min_quality}, explain=False)
     kept = filter_candidates(deps, c)
@@ -204,8 +220,10 @@ def test_property_never_choose_filtered_and_cost_is_cheapest_feasible(specs, pro
 
 
 @settings(max_examples=100, deadline=None)
-@given(weights=st.lists(st.floats(min_value=0.1, max_value=10), min_size=2, max_size=6),
-       seed=st.integers(min_value=0, max_value=10_000))
+@given(
+    weights=st.lists(st.floats(min_value=0.1, max_value=10), min_size=2, max_size=6),
+    seed=st.integers(min_value=0, max_value=10_000),
+)
 def test_property_weighted_returns_a_permutation(weights, seed):
     deps = [dep(f"w{i}", weight=w) for i, w in enumerate(weights)]
     order = weighted(deps, ctx(deployments=deps, seed=seed, explain=False))

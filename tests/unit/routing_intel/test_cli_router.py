@@ -13,12 +13,20 @@ from modelyard.cli.router import app
 
 runner = CliRunner()
 
-EASY = ["Say hello to my friend {}.", "What is a good name for a cat called {}?", "Translate 'thank you' for {}.",
-        "Write a short birthday greeting for {}.", "Suggest a weekend activity for {}."]
-HARD = ["Prove that the integral of x^{} from 0 to 1 equals 1/({}+1).",
-        "Find all eigenvalues of the {}x{} matrix with ones on the diagonal.",
-        "Show that every group of order {} squared is abelian.",
-        "Compute the derivative of sin(x)^{} and simplify.", "Solve the recurrence a(n) = {} a(n-1) + 1."]
+EASY = [
+    "Say hello to my friend {}.",
+    "What is a good name for a cat called {}?",
+    "Translate 'thank you' for {}.",
+    "Write a short birthday greeting for {}.",
+    "Suggest a weekend activity for {}.",
+]
+HARD = [
+    "Prove that the integral of x^{} from 0 to 1 equals 1/({}+1).",
+    "Find all eigenvalues of the {}x{} matrix with ones on the diagonal.",
+    "Show that every group of order {} squared is abelian.",
+    "Compute the derivative of sin(x)^{} and simplify.",
+    "Solve the recurrence a(n) = {} a(n-1) + 1.",
+]
 
 
 def write_data(path: Path, n: int = 80) -> None:
@@ -47,8 +55,9 @@ def test_train_then_eval_with_plot(cache: Path, minilm) -> None:  # type: ignore
     assert res.exit_code == 0, res.output
     assert model.is_file() and "kept" in res.output and "calibrated" in res.output
     plot, report = cache / "curve.png", cache / "report.json"
-    res = runner.invoke(app, ["eval", "--router", str(model), "--data", str(data), "--plot", str(plot),
-                              "--json", str(report)])
+    res = runner.invoke(
+        app, ["eval", "--router", str(model), "--data", str(data), "--plot", str(plot), "--json", str(report)]
+    )
     assert res.exit_code == 0, res.output
     assert "APGR" in res.output and "CPT(50%)" in res.output and "hull area" in res.output
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -63,8 +72,25 @@ def test_train_then_eval_with_plot(cache: Path, minilm) -> None:  # type: ignore
 def test_eval_refuses_unknown_models(cache: Path, minilm) -> None:  # type: ignore[no-untyped-def]
     data, model = cache / "d.jsonl", cache / "r.npz"
     write_data(data, 30)
-    assert runner.invoke(app, ["train", "--data", str(data), "--out", str(model), "--max-tokens", "16",
-                               "--folds", "2", "--kind", "logistic"]).exit_code == 0
+    assert (
+        runner.invoke(
+            app,
+            [
+                "train",
+                "--data",
+                str(data),
+                "--out",
+                str(model),
+                "--max-tokens",
+                "16",
+                "--folds",
+                "2",
+                "--kind",
+                "logistic",
+            ],
+        ).exit_code
+        == 0
+    )
     other = cache / "other.jsonl"
     other.write_text(json.dumps({"prompt": "x", "model": "zzz", "score": 1, "cost": 1}) + "\n")
     res = runner.invoke(app, ["eval", "--router", str(model), "--data", str(other), "--split", "test"])
@@ -81,8 +107,12 @@ def test_missing_files_fail_cleanly(cache: Path) -> None:
 def test_convert_routerarena_copy(cache: Path) -> None:
     src = cache / "arena"
     src.mkdir()
-    row = {"global_index": "MMLU_1", "question": "q", "token_usage": {"input_tokens": 3, "output_tokens": 1},
-           "evaluation_result": {"score": 1.0, "inference_cost": 0.001}}
+    row = {
+        "global_index": "MMLU_1",
+        "question": "q",
+        "token_usage": {"input_tokens": 3, "output_tokens": 1},
+        "evaluation_result": {"score": 1.0, "inference_cost": 0.001},
+    }
     (src / "m.jsonl").write_text(json.dumps(row) + "\n")
     out = cache / "arena.jsonl"
     res = runner.invoke(app, ["convert", "routerarena", "--src", str(src), "--out", str(out)])

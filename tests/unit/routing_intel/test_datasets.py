@@ -44,7 +44,7 @@ def test_replay_totals_are_sums_of_recorded_costs(tmp_path: Path) -> None:
 
 def test_csv_schema(tmp_path: Path) -> None:
     path = tmp_path / "d.csv"
-    path.write_text("prompt,model,score,cost\n\"a, b\",m1,1,0.5\n\"a, b\",m2,0,\n", encoding="utf-8")
+    path.write_text('prompt,model,score,cost\n"a, b",m1,1,0.5\n"a, b",m2,0,\n', encoding="utf-8")
     data = ds.load_labelled(path)
     assert data.prompts == ["a, b"]
     np.testing.assert_array_equal(data.scores, [[1.0, 0.0]])
@@ -75,13 +75,16 @@ def test_estimate_tokens() -> None:
 
 
 def test_llmrouter_converter_on_a_tiny_copy(tmp_path: Path) -> None:
-    (tmp_path / "default_llm.json").write_text(json.dumps(
-        {"a": {"input_price": 0.2, "output_price": 0.2}, "b": {"input_price": 0.9, "output_price": 0.9}}))
+    (tmp_path / "default_llm.json").write_text(
+        json.dumps({"a": {"input_price": 0.2, "output_price": 0.2}, "b": {"input_price": 0.9, "output_price": 0.9}})
+    )
     for split in ("train", "test"):
-        (tmp_path / f"dcrouter_{split}.json").write_text(json.dumps(
-            [{"question": "What is 1+1?", "scores": {"a": 1.0, "b": 0.0}}]))
+        (tmp_path / f"dcrouter_{split}.json").write_text(
+            json.dumps([{"question": "What is 1+1?", "scores": {"a": 1.0, "b": 0.0}}])
+        )
         (tmp_path / f"default_query_{split}.jsonl").write_text(
-            json.dumps({"task_name": "gsm8k", "query": "What is 1+1?"}) + "\n")
+            json.dumps({"task_name": "gsm8k", "query": "What is 1+1?"}) + "\n"
+        )
     rows = list(ds.convert_llmrouter(tmp_path))
     assert len(rows) == 4
     first = rows[0]
@@ -95,8 +98,7 @@ def test_llmrouter_converter_on_a_tiny_copy(tmp_path: Path) -> None:
 def test_routellm_converter_on_a_tiny_copy(tmp_path: Path) -> None:
     (tmp_path / "gsm8k").mkdir()
     header = f"prompt,{ds.MIXTRAL},{ds.GPT4},{ds.MIXTRAL}_response,{ds.GPT4}_response\n"
-    (tmp_path / "gsm8k" / "gsm8k_responses.csv").write_text(
-        header + "q1,True,False,abcd,abcdefgh\nq2,False,True,x,y\n")
+    (tmp_path / "gsm8k" / "gsm8k_responses.csv").write_text(header + "q1,True,False,abcd,abcdefgh\nq2,False,True,x,y\n")
     (tmp_path / "gsm8k" / "contaminated_prompts.jsonl").write_text(json.dumps({"eval_prompt": "q2"}) + "\n")
     rows = list(ds.convert_routellm(tmp_path, ("gsm8k",)))
     assert [(r["model"], r["score"]) for r in rows] == [(ds.GPT4, 0.0), (ds.MIXTRAL, 1.0)]
@@ -104,8 +106,12 @@ def test_routellm_converter_on_a_tiny_copy(tmp_path: Path) -> None:
 
 
 def test_routerarena_converter_on_a_tiny_copy(tmp_path: Path) -> None:
-    row = {"global_index": "AIME_1", "question": "q", "token_usage": {"input_tokens": 10, "output_tokens": 5},
-           "evaluation_result": {"score": -0.01, "inference_cost": 0.0003}}
+    row = {
+        "global_index": "AIME_1",
+        "question": "q",
+        "token_usage": {"input_tokens": 10, "output_tokens": 5},
+        "evaluation_result": {"score": -0.01, "inference_cost": 0.0003},
+    }
     (tmp_path / "model-x.jsonl").write_text(json.dumps(row) + "\n")
     (rows,) = list(ds.convert_routerarena(tmp_path))
     assert rows["model"] == "model-x" and rows["score"] == 0.0 and rows["cost"] == 0.0003

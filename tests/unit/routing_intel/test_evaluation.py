@@ -141,6 +141,7 @@ def test_choose_by_hand() -> None:
 def test_choose_matches_vectorised_rule(models: int, rows: int, data: st.DataObject) -> None:
     probs = st.floats(0, 1, allow_nan=False).map(lambda v: round(v, 2))
     prices = st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0, 30.0])
+
     def matrix(values: st.SearchStrategy[float]) -> np.ndarray:
         row = st.lists(values, min_size=models, max_size=models)
         return np.array(data.draw(st.lists(row, min_size=rows, max_size=rows)))

@@ -22,8 +22,18 @@ from modelyard.routing.learned import (
 from .conftest import HashEmbedder
 
 EASY = ["hello", "thanks", "weather", "movie", "recipe", "holiday", "garden", "music", "friend", "coffee"]
-HARD = ["integral", "eigenvalue", "theorem", "topology", "lemma", "manifold", "derivative", "tensor", "proof",
-        "homology"]
+HARD = [
+    "integral",
+    "eigenvalue",
+    "theorem",
+    "topology",
+    "lemma",
+    "manifold",
+    "derivative",
+    "tensor",
+    "proof",
+    "homology",
+]
 MODELS = ["cheap", "strong"]
 
 

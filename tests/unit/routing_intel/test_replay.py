@@ -79,13 +79,21 @@ def test_baselines_and_premium(data):
 def test_cli_prints_every_policy_and_the_all_premium_comparison(data, tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(CONFIG)
-    done = subprocess.run([sys.executable, "-m", "modelyard.cli.main", "replay", "--config", str(config), "--data",
-                           str(data), "--json"], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli.main", "replay", "--config", str(config), "--data", str(data), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
     assert out["premium"] == "big-model" and out["prompts"] == 4
     assert {p["policy"] for p in out["policies"]} == {"premium", "cheap", "smart", "triage", "ghost"}
-    table = subprocess.run([sys.executable, "-m", "modelyard.cli.main", "replay", "--config", str(config), "--data",
-                            str(data)], capture_output=True, text=True, timeout=120, env={"COLUMNS": "200",
-                                                                                           **__import__("os").environ})
+    table = subprocess.run(
+        [sys.executable, "-m", "modelyard.cli.main", "replay", "--config", str(config), "--data", str(data)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"COLUMNS": "200", **__import__("os").environ},
+    )
     assert "cost per 1000 tasks: all-premium (big-model) $25.0000 vs triage" in table.stdout

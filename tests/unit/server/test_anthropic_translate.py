@@ -39,7 +39,9 @@ WEATHER = {
     "name": "get_weather",
     "description": "Get the current weather in a given location",
     "input_schema": {
-        "type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"],
+        "type": "object",
+        "properties": {"location": {"type": "string"}},
+        "required": ["location"],
     },
 }
 
@@ -59,17 +61,21 @@ def to_chat(body: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_basic_documented_example() -> None:
-    assert to_chat(request()) == {"model": MODEL, "max_tokens": 1024,
-                                  "messages": [{"role": "user", "content": "Hello, Claude"}]}
+    assert to_chat(request()) == {
+        "model": MODEL,
+        "max_tokens": 1024,
+        "messages": [{"role": "user", "content": "Hello, Claude"}],
+    }
 
 
 @pytest.mark.parametrize(
     ("system", "content"),
     [
         ("You are a seasoned data scientist.", "You are a seasoned data scientist."),
-        ([{"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}},
-          {"type": "text", "text": "B"}],
-         "A\n\nB"),
+        (
+            [{"type": "text", "text": "A", "cache_control": {"type": "ephemeral"}}, {"type": "text", "text": "B"}],
+            "A\n\nB",
+        ),
     ],
 )
 def test_system(system: Any, content: str) -> None:
@@ -84,76 +90,167 @@ def test_system_role_inside_messages() -> None:
 
 
 def test_images_both_kinds() -> None:
-    chat = to_chat(request(messages=[{"role": "user", "content": [
-        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
-        {"type": "image", "source": {"type": "url", "url": "https://upload.wikimedia.org/ant.jpg"}},
-        {"type": "text", "text": "Describe these images."}]}]))
-    assert chat["messages"] == [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
-        {"type": "image_url", "image_url": {"url": "https://upload.wikimedia.org/ant.jpg"}},
-        {"type": "text", "text": "Describe these images."}]}]
+    chat = to_chat(
+        request(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "image", "source": {"type": "base64", "media_type": "image/jpeg", "data": "/9j/4AAQ"}},
+                        {"type": "image", "source": {"type": "url", "url": "https://upload.wikimedia.org/ant.jpg"}},
+                        {"type": "text", "text": "Describe these images."},
+                    ],
+                }
+            ]
+        )
+    )
+    assert chat["messages"] == [
+        {
+            "role": "user",
+            "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+                {"type": "image_url", "image_url": {"url": "https://upload.wikimedia.org/ant.jpg"}},
+                {"type": "text", "text": "Describe these images."},
+            ],
+        }
+    ]
 
 
 def test_documents() -> None:
-    chat = to_chat(request(messages=[{"role": "user", "content": [
-        {"type": "document", "title": "report.pdf",
-         "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"}},
-        {"type": "document",
-         "source": {"type": "text", "media_type": "text/plain", "data": "The grass is green."}},
-        {"type": "text", "text": "Summarise."}]}]))
+    chat = to_chat(
+        request(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "document",
+                            "title": "report.pdf",
+                            "source": {"type": "base64", "media_type": "application/pdf", "data": "JVBERi0x"},
+                        },
+                        {
+                            "type": "document",
+                            "source": {"type": "text", "media_type": "text/plain", "data": "The grass is green."},
+                        },
+                        {"type": "text", "text": "Summarise."},
+                    ],
+                }
+            ]
+        )
+    )
     assert chat["messages"][0]["content"] == [
-        {"type": "file",
-         "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "report.pdf"}},
+        {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0x", "filename": "report.pdf"}},
         {"type": "text", "text": "The grass is green."},
-        {"type": "text", "text": "Summarise."}]
+        {"type": "text", "text": "Summarise."},
+    ]
 
 
 def test_tool_round_trip_documented_example() -> None:
-    chat = to_chat(request(tools=[WEATHER], messages=[
-        {"role": "user", "content": "What's the weather like in San Francisco?"},
-        {"role": "assistant", "content": [
-            {"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCgIYAhIM"},
-            {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
-            {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
-             "input": {"location": "San Francisco, CA", "unit": "celsius"}}]},
-        {"role": "user", "content": [
-            {"type": "text", "text": "Also, be brief."},
-            {"type": "tool_result", "tool_use_id": "toolu_01A09q90qw90lq917835lq9",
-             "content": "15 degrees"}]},
-    ]))
+    chat = to_chat(
+        request(
+            tools=[WEATHER],
+            messages=[
+                {"role": "user", "content": "What's the weather like in San Francisco?"},
+                {
+                    "role": "assistant",
+                    "content": [
+                        {"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCgIYAhIM"},
+                        {"type": "text", "text": "I'll check the current weather in San Francisco for you."},
+                        {
+                            "type": "tool_use",
+                            "id": "toolu_01A09q90qw90lq917835lq9",
+                            "name": "get_weather",
+                            "input": {"location": "San Francisco, CA", "unit": "celsius"},
+                        },
+                    ],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "Also, be brief."},
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "toolu_01A09q90qw90lq917835lq9",
+                            "content": "15 degrees",
+                        },
+                    ],
+                },
+            ],
+        )
+    )
     assert chat["messages"][1:] == [
-        {"role": "assistant", "content": "I'll check the current weather in San Francisco for you.",
-         "tool_calls": [{"id": "toolu_01A09q90qw90lq917835lq9", "type": "function", "function": {
-             "name": "get_weather", "arguments": '{"location":"San Francisco, CA","unit":"celsius"}'}}]},
+        {
+            "role": "assistant",
+            "content": "I'll check the current weather in San Francisco for you.",
+            "tool_calls": [
+                {
+                    "id": "toolu_01A09q90qw90lq917835lq9",
+                    "type": "function",
+                    "function": {
+                        "name": "get_weather",
+                        "arguments": '{"location":"San Francisco, CA","unit":"celsius"}',
+                    },
+                }
+            ],
+        },
         # The tool message must directly follow the assistant turn, before the user's text.
         {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},
         {"role": "user", "content": [{"type": "text", "text": "Also, be brief."}]},
     ]
-    assert chat["tools"] == [{"type": "function", "function": {
-        "name": "get_weather", "parameters": WEATHER["input_schema"], "description": WEATHER["description"]}}]
+    assert chat["tools"] == [
+        {
+            "type": "function",
+            "function": {
+                "name": "get_weather",
+                "parameters": WEATHER["input_schema"],
+                "description": WEATHER["description"],
+            },
+        }
+    ]
 
 
 def test_tool_only_assistant_turn_has_null_content() -> None:
-    chat = to_chat(request(messages=[
-        {"role": "user", "content": "x"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]}]))
+    chat = to_chat(
+        request(
+            messages=[
+                {"role": "user", "content": "x"},
+                {"role": "assistant", "content": [{"type": "tool_use", "id": "t1", "name": "f", "input": {}}]},
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]},
+            ]
+        )
+    )
     assert chat["messages"][1]["content"] is None
     assert chat["messages"][2] == {"role": "tool", "tool_call_id": "t1", "content": ""}
 
 
 def test_tool_result_error_and_blocks_and_images() -> None:
     image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}}
-    chat = to_chat(request(messages=[{"role": "user", "content": [
-        {"type": "tool_result", "tool_use_id": "t1", "is_error": True,
-         "content": "ConnectionError: unreachable"},
-        {"type": "tool_result", "tool_use_id": "t2",
-         "content": [{"type": "text", "text": "line 1"}, {"type": "text", "text": "line 2"}, image]}]}]))
+    chat = to_chat(
+        request(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t1",
+                            "is_error": True,
+                            "content": "ConnectionError: unreachable",
+                        },
+                        {
+                            "type": "tool_result",
+                            "tool_use_id": "t2",
+                            "content": [{"type": "text", "text": "line 1"}, {"type": "text", "text": "line 2"}, image],
+                        },
+                    ],
+                }
+            ]
+        )
+    )
     assert chat["messages"] == [
         {"role": "tool", "tool_call_id": "t1", "content": "[tool error] ConnectionError: unreachable"},
         {"role": "tool", "tool_call_id": "t2", "content": "line 1\nline 2"},
-        {"role": "user",
-         "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]},
+        {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0K"}}]},
     ]
 
 
@@ -163,8 +260,7 @@ def test_tool_result_error_and_blocks_and_images() -> None:
         ({"type": "auto"}, "auto", None),
         ({"type": "any"}, "required", None),
         ({"type": "none"}, "none", None),
-        ({"type": "tool", "name": "get_weather"},
-         {"type": "function", "function": {"name": "get_weather"}}, None),
+        ({"type": "tool", "name": "get_weather"}, {"type": "function", "function": {"name": "get_weather"}}, None),
         ({"type": "auto", "disable_parallel_tool_use": True}, "auto", False),
         ({"type": "any", "disable_parallel_tool_use": True}, "required", False),
     ],
@@ -176,10 +272,19 @@ def test_tool_choice(tool_choice: dict[str, Any], choice: Any, parallel: bool | 
 
 
 def test_scalar_options() -> None:
-    chat = to_chat(request(stop_sequences=["###", "\n\nHuman:"], temperature=0.3, top_p=0.9, top_k=40,
-                           metadata={"user_id": "13803d75-b4b5-4c3e-b2a2-6f21399b021b"}, stream=True,
-                           thinking={"type": "enabled", "budget_tokens": 2048}, service_tier="auto",
-                           cache_control={"type": "ephemeral"}))
+    chat = to_chat(
+        request(
+            stop_sequences=["###", "\n\nHuman:"],
+            temperature=0.3,
+            top_p=0.9,
+            top_k=40,
+            metadata={"user_id": "13803d75-b4b5-4c3e-b2a2-6f21399b021b"},
+            stream=True,
+            thinking={"type": "enabled", "budget_tokens": 2048},
+            service_tier="auto",
+            cache_control={"type": "ephemeral"},
+        )
+    )
     assert chat["stop"] == ["###", "\n\nHuman:"]
     assert chat["temperature"] == 0.3
     assert chat["top_p"] == 0.9
@@ -193,15 +298,21 @@ def test_output_config() -> None:
     schema = {"type": "object", "properties": {"a": {"type": "string"}}, "additionalProperties": False}
     config = {"format": {"type": "json_schema", "schema": schema}, "effort": "max"}
     chat = to_chat(request(output_config=config))
-    assert chat["response_format"] == {"type": "json_schema",
-                                       "json_schema": {"name": "output", "schema": schema, "strict": True}}
+    assert chat["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "output", "schema": schema, "strict": True},
+    }
     assert chat["reasoning_effort"] == "high"
 
 
 @pytest.mark.parametrize(
     ("thinking", "expected"),
-    [({"type": "enabled", "budget_tokens": 1024}, True), ({"type": "adaptive"}, True),
-     ({"type": "disabled"}, False), (None, False)],
+    [
+        ({"type": "enabled", "budget_tokens": 1024}, True),
+        ({"type": "adaptive"}, True),
+        ({"type": "disabled"}, False),
+        (None, False),
+    ],
 )
 def test_wants_thinking(thinking: Any, expected: bool) -> None:
     assert wants_thinking(request(thinking=thinking)) is expected
@@ -216,20 +327,35 @@ def test_wants_thinking(thinking: Any, expected: bool) -> None:
         ({"max_tokens": 10, "messages": []}, "model", "required"),
         (request(messages=[{"role": "tool", "content": "x"}]), "messages.0.role", "role"),
         (request(messages=[{"role": "user", "content": 5}]), "messages.0.content", "string or a list"),
-        (request(messages=[{"role": "user", "content": [{"type": "hologram"}]}]), "messages.0.content.0.type",
-         "unknown content block type 'hologram'"),
-        (request(messages=[{"role": "user", "content": [{"text": "no type"}]}]),
-         "messages.0.content.0", "type"),
-        (request(messages=[{"role": "user", "content": [{"type": "text"}]}]),
-         "messages.0.content.0.text", "text"),
-        (request(messages=[{"role": "assistant", "content": [
-            {"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}]}]),
-         "messages.0.content.0.type", "not supported"),
-        (request(messages=[{"role": "user", "content": [
-            {"type": "image", "source": {"type": "file", "file_id": "file_011"}}]}]),
-         "messages.0.content.0.source.type", "file"),
-        (request(tools=[{"type": "web_search_20250305", "name": "web_search"}]),
-         "tools.0.type", "web_search"),
+        (
+            request(messages=[{"role": "user", "content": [{"type": "hologram"}]}]),
+            "messages.0.content.0.type",
+            "unknown content block type 'hologram'",
+        ),
+        (request(messages=[{"role": "user", "content": [{"text": "no type"}]}]), "messages.0.content.0", "type"),
+        (request(messages=[{"role": "user", "content": [{"type": "text"}]}]), "messages.0.content.0.text", "text"),
+        (
+            request(
+                messages=[
+                    {
+                        "role": "assistant",
+                        "content": [{"type": "server_tool_use", "id": "s", "name": "web_search", "input": {}}],
+                    }
+                ]
+            ),
+            "messages.0.content.0.type",
+            "not supported",
+        ),
+        (
+            request(
+                messages=[
+                    {"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "file_011"}}]}
+                ]
+            ),
+            "messages.0.content.0.source.type",
+            "file",
+        ),
+        (request(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools.0.type", "web_search"),
         (request(tools=[{"name": "f"}]), "tools.0", "input_schema"),
         (request(tools=[WEATHER], tool_choice={"type": "tool"}), "tool_choice", "tool_choice"),
         (request(stop_sequences="###"), "stop_sequences", "list"),
@@ -249,32 +375,40 @@ def test_invalid_requests_are_400_with_a_param(body: dict[str, Any], param: str,
 
 
 def _deployment() -> Deployment:
-    return Deployment(name="sonnet@anthropic", provider="anthropic", model=MODEL,
-                      capabilities=["tools", "vision"])
+    return Deployment(name="sonnet@anthropic", provider="anthropic", model=MODEL, capabilities=["tools", "vision"])
 
 
 ROUND_TRIP_REQUESTS: list[dict[str, Any]] = [
     request(),
-    request(system="You are a weather bot.", stop_sequences=["###"], metadata={"user_id": "u-1"},
-            stream=True),
+    request(system="You are a weather bot.", stop_sequences=["###"], metadata={"user_id": "u-1"}, stream=True),
     request(
         system=[{"type": "text", "text": "Rule one."}, {"type": "text", "text": "Rule two."}],
         tools=[WEATHER],
         tool_choice={"type": "any", "disable_parallel_tool_use": True},
         messages=[
-            {"role": "user", "content": [
-                {"type": "image",
-                 "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
-                {"type": "text", "text": "Where is this? And what's the weather there?"}]},
-            {"role": "assistant", "content": [
-                {"type": "text", "text": "That is San Francisco."},
-                {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"location": "SF"}},
-                {"type": "tool_use", "id": "toolu_02", "name": "get_weather",
-                 "input": {"location": "Oakland"}}]},
-            {"role": "user", "content": [
-                {"type": "tool_result", "tool_use_id": "toolu_01", "content": "15 degrees"},
-                {"type": "tool_result", "tool_use_id": "toolu_02", "content": "timeout", "is_error": True},
-                {"type": "text", "text": "Thanks."}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": "iVBORw0K"}},
+                    {"type": "text", "text": "Where is this? And what's the weather there?"},
+                ],
+            },
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "That is San Francisco."},
+                    {"type": "tool_use", "id": "toolu_01", "name": "get_weather", "input": {"location": "SF"}},
+                    {"type": "tool_use", "id": "toolu_02", "name": "get_weather", "input": {"location": "Oakland"}},
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {"type": "tool_result", "tool_use_id": "toolu_01", "content": "15 degrees"},
+                    {"type": "tool_result", "tool_use_id": "toolu_02", "content": "timeout", "is_error": True},
+                    {"type": "text", "text": "Thanks."},
+                ],
+            },
         ],
     ),
 ]
@@ -298,16 +432,29 @@ COMPLETION: dict[str, Any] = {
     "object": "chat.completion",
     "created": 1741570283,
     "model": "gpt-4o-2024-08-06",
-    "choices": [{"index": 0, "finish_reason": "stop", "logprobs": None,
-                 "message": {"role": "assistant", "content": "Hi! How can I help?", "refusal": None}}],
-    "usage": {"prompt_tokens": 1117, "completion_tokens": 46, "total_tokens": 1163,
-              "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 0}},
+    "choices": [
+        {
+            "index": 0,
+            "finish_reason": "stop",
+            "logprobs": None,
+            "message": {"role": "assistant", "content": "Hi! How can I help?", "refusal": None},
+        }
+    ],
+    "usage": {
+        "prompt_tokens": 1117,
+        "completion_tokens": 46,
+        "total_tokens": 1163,
+        "prompt_tokens_details": {"cached_tokens": 1000, "cache_write_tokens": 0},
+    },
 }
 
 
 def _completion(finish: str = "stop", **message: Any) -> dict[str, Any]:
-    choice = {**COMPLETION["choices"][0], "finish_reason": finish,
-              "message": {**COMPLETION["choices"][0]["message"], **message}}
+    choice = {
+        **COMPLETION["choices"][0],
+        "finish_reason": finish,
+        "message": {**COMPLETION["choices"][0]["message"], **message},
+    }
     return {**COMPLETION, "choices": [choice]}
 
 
@@ -322,17 +469,32 @@ def test_text_completion_to_message() -> None:
         "content": [{"type": "text", "text": "Hi! How can I help?"}],
         "stop_reason": "end_turn",
         "stop_sequence": None,
-        "usage": {"input_tokens": 117, "output_tokens": 46, "cache_creation_input_tokens": 0,
-                  "cache_read_input_tokens": 1000},
+        "usage": {
+            "input_tokens": 117,
+            "output_tokens": 46,
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 1000,
+        },
     }
 
 
 def test_tool_call_completion_to_message() -> None:
-    out = chat_completion_to_message(_completion("tool_calls", content=None, tool_calls=[
-        {"id": "call_abc", "type": "function",
-         "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'}},
-        {"id": "call_def", "type": "function", "function": {"name": "get_time", "arguments": ""}},
-        {"id": "call_bad", "type": "function", "function": {"name": "cut", "arguments": '{"loc'}}]), MODEL)
+    out = chat_completion_to_message(
+        _completion(
+            "tool_calls",
+            content=None,
+            tool_calls=[
+                {
+                    "id": "call_abc",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"location":"Paris"}'},
+                },
+                {"id": "call_def", "type": "function", "function": {"name": "get_time", "arguments": ""}},
+                {"id": "call_bad", "type": "function", "function": {"name": "cut", "arguments": '{"loc'}},
+            ],
+        ),
+        MODEL,
+    )
     Message.model_validate(out)
     assert out["stop_reason"] == "tool_use"
     assert out["content"] == [
@@ -353,9 +515,7 @@ def test_tool_call_completion_to_message() -> None:
         (None, {}, "end_turn", None),
     ],
 )
-def test_stop_reason_mapping(
-    finish: Any, extra: dict[str, Any], stop_reason: str, stop_sequence: Any
-) -> None:
+def test_stop_reason_mapping(finish: Any, extra: dict[str, Any], stop_reason: str, stop_sequence: Any) -> None:
     completion = _completion(finish)
     completion["choices"][0].update(extra)
     out = chat_completion_to_message(completion, MODEL)
@@ -381,14 +541,27 @@ def test_thinking_is_only_returned_when_asked_for() -> None:
 
 def test_response_round_trip_through_the_anthropic_adapter() -> None:
     original = {
-        "id": "msg_01Aq9w938a90dw8q", "type": "message", "role": "assistant",
+        "id": "msg_01Aq9w938a90dw8q",
+        "type": "message",
+        "role": "assistant",
         "model": "claude-sonnet-4-5-20250929",
-        "content": [{"type": "text", "text": "I'll check the weather."},
-                    {"type": "tool_use", "id": "toolu_01A09q90qw90lq917835lq9", "name": "get_weather",
-                     "input": {"location": "San Francisco, CA", "unit": "celsius"}}],
-        "stop_reason": "tool_use", "stop_sequence": None,
-        "usage": {"input_tokens": 472, "output_tokens": 91, "cache_creation_input_tokens": 12,
-                  "cache_read_input_tokens": 2048},
+        "content": [
+            {"type": "text", "text": "I'll check the weather."},
+            {
+                "type": "tool_use",
+                "id": "toolu_01A09q90qw90lq917835lq9",
+                "name": "get_weather",
+                "input": {"location": "San Francisco, CA", "unit": "celsius"},
+            },
+        ],
+        "stop_reason": "tool_use",
+        "stop_sequence": None,
+        "usage": {
+            "input_tokens": 472,
+            "output_tokens": 91,
+            "cache_creation_input_tokens": 12,
+            "cache_read_input_tokens": 2048,
+        },
     }
     done = parse_message(json.loads(json.dumps(original)), MODEL)
     assert chat_completion_to_message(done.body, done.model) == original
@@ -417,20 +590,35 @@ def _validate(events: list[dict[str, Any]]) -> None:
 
 
 def _chunk(delta: dict[str, Any], finish: str | None = None, **choice: Any) -> dict[str, Any]:
-    return {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 1, "model": "gpt-4o",
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None, **choice}]}
+    return {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "gpt-4o",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None, **choice}],
+    }
 
 
 TEXT_AND_TOOLS = [
     _chunk({"role": "assistant", "content": ""}),
     _chunk({"content": "Let me "}),
     _chunk({"content": "check."}),
-    _chunk({"tool_calls": [{"index": 0, "id": "call_1", "type": "function",
-                            "function": {"name": "get_weather", "arguments": ""}}]}),
+    _chunk(
+        {
+            "tool_calls": [
+                {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": ""}}
+            ]
+        }
+    ),
     _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"location":'}}]}),
     _chunk({"tool_calls": [{"index": 0, "function": {"arguments": ' "Paris"}'}}]}),
-    _chunk({"tool_calls": [{"index": 1, "id": "call_2", "type": "function",
-                            "function": {"name": "get_time", "arguments": "{}"}}]}),
+    _chunk(
+        {
+            "tool_calls": [
+                {"index": 1, "id": "call_2", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]
+        }
+    ),
     _chunk({}, "tool_calls"),
 ]
 FINAL_USAGE = Usage(prompt=1100, completion=42, cached=1000, cache_write=50)
@@ -448,39 +636,57 @@ def test_event_sequence_shapes() -> None:
     events = _events(_run(TEXT_AND_TOOLS))
     _validate(events)
     assert [e["type"] for e in events] == [
-        "message_start", "ping",
-        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_delta", "content_block_stop",
-        "content_block_start", "content_block_delta", "content_block_stop",
-        "message_delta", "message_stop",
+        "message_start",
+        "ping",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_delta",
+        "content_block_stop",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
     ]
     start = events[0]["message"]
     assert start["id"] == "msg_gateway_1"
     assert start["content"] == [] and start["stop_reason"] is None
     assert start["usage"]["input_tokens"] == 50
-    assert events[2] == {"type": "content_block_start", "index": 0,
-                         "content_block": {"type": "text", "text": ""}}
-    assert events[6] == {"type": "content_block_start", "index": 1, "content_block": {
-        "type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}}}
+    assert events[2] == {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}
+    assert events[6] == {
+        "type": "content_block_start",
+        "index": 1,
+        "content_block": {"type": "tool_use", "id": "call_1", "name": "get_weather", "input": {}},
+    }
     assert events[7]["delta"] == {"type": "input_json_delta", "partial_json": '{"location":'}
     assert [e["index"] for e in events if "index" in e] == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2]
     assert events[-2] == {
         "type": "message_delta",
         "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-        "usage": {"input_tokens": 50, "output_tokens": 42, "cache_creation_input_tokens": 50,
-                  "cache_read_input_tokens": 1000},
+        "usage": {
+            "input_tokens": 50,
+            "output_tokens": 42,
+            "cache_creation_input_tokens": 50,
+            "cache_read_input_tokens": 1000,
+        },
     }
 
 
 def _sdk(handler: Callable[[httpx2.Request], httpx2.Response]) -> anthropic.Anthropic:
     transport = httpx2.MockTransport(handler)
-    return anthropic.Anthropic(api_key="k", base_url="http://gateway", max_retries=0,
-                               http_client=httpx2.Client(transport=transport))
+    return anthropic.Anthropic(
+        api_key="k", base_url="http://gateway", max_retries=0, http_client=httpx2.Client(transport=transport)
+    )
 
 
 def _sse_handler(raw: list[bytes]) -> Callable[[httpx2.Request], httpx2.Response]:
     def handler(request: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(200, headers={"content-type": "text/event-stream"}, content=b"".join(raw))
+
     return handler
 
 
@@ -505,8 +711,12 @@ def test_sdk_accumulates_the_stream() -> None:
 
 
 def test_stream_with_thinking_and_stop_sequence() -> None:
-    chunks = [_chunk({"reasoning_content": "Hmm."}), _chunk({"reasoning_content": " Yes."}),
-              _chunk({"content": "42"}), _chunk({}, "stop", stop_sequence="###")]
+    chunks = [
+        _chunk({"reasoning_content": "Hmm."}),
+        _chunk({"reasoning_content": " Yes."}),
+        _chunk({"content": "42"}),
+        _chunk({}, "stop", stop_sequence="###"),
+    ]
     final = _final_message(_run(chunks, thinking=True))
     assert [block.type for block in final.content] == ["thinking", "text"]
     assert final.content[0].thinking == "Hmm. Yes."  # type: ignore[union-attr]
@@ -516,8 +726,10 @@ def test_stream_with_thinking_and_stop_sequence() -> None:
     assert [e["content_block"]["type"] for e in without if e["type"] == "content_block_start"] == ["text"]
 
 
-@pytest.mark.parametrize(("finish", "stop_reason"), [("stop", "end_turn"), ("length", "max_tokens"),
-                                                      ("content_filter", "refusal"), (None, "end_turn")])
+@pytest.mark.parametrize(
+    ("finish", "stop_reason"),
+    [("stop", "end_turn"), ("length", "max_tokens"), ("content_filter", "refusal"), (None, "end_turn")],
+)
 def test_stream_stop_reasons(finish: str | None, stop_reason: str) -> None:
     chunks = [_chunk({"content": "x"})] + ([_chunk({}, finish)] if finish else [])
     assert _final_message(_run(chunks)).stop_reason == stop_reason
@@ -551,21 +763,39 @@ def test_error_event_is_raised_by_the_sdk() -> None:
 def test_anthropic_stream_round_trip() -> None:
     """Anthropic SSE → canonical chunks (egress translator) → Anthropic SSE (ingress) → same final message."""
     upstream = [
-        {"type": "message_start", "message": {
-            "id": "msg_up", "type": "message", "role": "assistant", "content": [], "model": MODEL,
-            "stop_reason": None, "stop_sequence": None, "usage": {"input_tokens": 25, "output_tokens": 1}}},
+        {
+            "type": "message_start",
+            "message": {
+                "id": "msg_up",
+                "type": "message",
+                "role": "assistant",
+                "content": [],
+                "model": MODEL,
+                "stop_reason": None,
+                "stop_sequence": None,
+                "usage": {"input_tokens": 25, "output_tokens": 1},
+            },
+        },
         {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
         {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Checking."}},
         {"type": "content_block_stop", "index": 0},
-        {"type": "content_block_start", "index": 1,
-         "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}},
-        {"type": "content_block_delta", "index": 1,
-         "delta": {"type": "input_json_delta", "partial_json": '{"loc'}},
-        {"type": "content_block_delta", "index": 1,
-         "delta": {"type": "input_json_delta", "partial_json": 'ation": "SF"}'}},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}},
+        },
+        {"type": "content_block_delta", "index": 1, "delta": {"type": "input_json_delta", "partial_json": '{"loc'}},
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": 'ation": "SF"}'},
+        },
         {"type": "content_block_stop", "index": 1},
-        {"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": None},
-         "usage": {"output_tokens": 30}},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use", "stop_sequence": None},
+            "usage": {"output_tokens": 30},
+        },
         {"type": "message_stop"},
     ]
     egress = AnthropicStreamTranslator(StreamStamp(model=MODEL))
@@ -602,9 +832,7 @@ def test_anthropic_stream_round_trip() -> None:
         (529, "overloaded_error", anthropic.OverloadedError),
     ],
 )
-def test_error_bodies_are_understood_by_the_sdk(
-    status: int, error_type: str, sdk_error: type[Exception]
-) -> None:
+def test_error_bodies_are_understood_by_the_sdk(status: int, error_type: str, sdk_error: type[Exception]) -> None:
     body = anthropic_error_body(status, "something went wrong")
     assert body == {"type": "error", "error": {"type": error_type, "message": "something went wrong"}}
     client = _sdk(lambda request: httpx2.Response(status, json=body))
@@ -613,9 +841,16 @@ def test_error_bodies_are_understood_by_the_sdk(
     assert err.value.body == body  # type: ignore[attr-defined]
 
 
-@pytest.mark.parametrize(("status", "error_type"), [(418, "invalid_request_error"), (502, "api_error"),
-                                                    (599, "api_error"), (402, "billing_error"),
-                                                    (504, "timeout_error")])
+@pytest.mark.parametrize(
+    ("status", "error_type"),
+    [
+        (418, "invalid_request_error"),
+        (502, "api_error"),
+        (599, "api_error"),
+        (402, "billing_error"),
+        (504, "timeout_error"),
+    ],
+)
 def test_error_type_fallbacks(status: int, error_type: str) -> None:
     assert anthropic_error_type(status) == error_type
 

@@ -26,13 +26,20 @@ class Result:
 
 
 async def asgi_call(
-    app: Any, method: str, path: str, body: Any = b"", headers: dict[str, str] | None = None,
+    app: Any,
+    method: str,
+    path: str,
+    body: Any = b"",
+    headers: dict[str, str] | None = None,
     query: bytes = b"",
 ) -> Result:
     """Call the ASGI app directly (no sockets): fast enough for thousand-request statistics."""
     raw = body if isinstance(body, bytes) else msgspec.json.encode(body)
     scope = {
-        "type": "http", "method": method, "path": path, "query_string": query,
+        "type": "http",
+        "method": method,
+        "path": path,
+        "query_string": query,
         "headers": [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()],
     }
     sent = False

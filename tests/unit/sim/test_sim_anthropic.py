@@ -26,8 +26,10 @@ WEATHER: Any = {
         "required": ["location"],
     },
 }
-TIME: Any = {"name": "get_time", "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}},
-                                             "required": ["tz"]}}
+TIME: Any = {
+    "name": "get_time",
+    "input_schema": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
+}
 
 
 @pytest.fixture
@@ -42,8 +44,7 @@ def user(text: str) -> Any:
 
 
 def test_message_round_trip(client: anthropic.Anthropic) -> None:
-    m = client.messages.create(model="sim-medium", max_tokens=1024, system="Be brief.",
-                               messages=user("Hello"))
+    m = client.messages.create(model="sim-medium", max_tokens=1024, system="Be brief.", messages=user("Hello"))
     assert m.type == "message" and m.role == "assistant" and m.model == "sim-medium"
     assert m.id.startswith("msg_")
     assert m.stop_reason == "end_turn" and m.stop_sequence is None
@@ -55,8 +56,9 @@ def test_message_round_trip(client: anthropic.Anthropic) -> None:
 
 
 def test_repeat_stop_sequences_and_max_tokens(client: anthropic.Anthropic) -> None:
-    m = client.messages.create(model="sim-small", max_tokens=100, messages=user("Repeat: alpha END beta"),
-                               stop_sequences=["END"])
+    m = client.messages.create(
+        model="sim-small", max_tokens=100, messages=user("Repeat: alpha END beta"), stop_sequences=["END"]
+    )
     assert m.content[0].type == "text" and m.content[0].text == "alpha "
     assert m.stop_reason == "stop_sequence" and m.stop_sequence == "END"
     m = client.messages.create(model="sim-large", max_tokens=4, messages=user("hi"))
@@ -95,31 +97,50 @@ def test_sdk_stream_accumulates_the_final_message(client: anthropic.Anthropic) -
 
 
 def test_tool_use_any_named_and_auto(client: anthropic.Anthropic) -> None:
-    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("hi"), tools=[WEATHER, TIME],
-                               tool_choice={"type": "any"})
+    m = client.messages.create(
+        model="sim-large", max_tokens=500, messages=user("hi"), tools=[WEATHER, TIME], tool_choice={"type": "any"}
+    )
     assert m.stop_reason == "tool_use"
     assert [b.type for b in m.content] == ["tool_use"]
     block = m.content[0]
     assert block.type == "tool_use" and block.name == "get_weather" and block.id.startswith("toolu_")
     jsonschema.validate(block.input, WEATHER["input_schema"])
-    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("hi"), tools=[WEATHER, TIME],
-                               tool_choice={"type": "tool", "name": "get_time"})
+    m = client.messages.create(
+        model="sim-large",
+        max_tokens=500,
+        messages=user("hi"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "tool", "name": "get_time"},
+    )
     assert [b.name for b in m.content if b.type == "tool_use"] == ["get_time"]
-    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("use get_time"),
-                               tools=[WEATHER, TIME])
+    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("use get_time"), tools=[WEATHER, TIME])
     assert [b.name for b in m.content if b.type == "tool_use"] == ["get_time"]
-    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("call all tools"),
-                               tools=[WEATHER, TIME],
-                               tool_choice={"type": "any", "disable_parallel_tool_use": True})
+    m = client.messages.create(
+        model="sim-large",
+        max_tokens=500,
+        messages=user("call all tools"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "any", "disable_parallel_tool_use": True},
+    )
     assert len([b for b in m.content if b.type == "tool_use"]) == 1
-    m = client.messages.create(model="sim-large", max_tokens=500, messages=user("use get_time"),
-                               tools=[WEATHER, TIME], tool_choice={"type": "none"})
+    m = client.messages.create(
+        model="sim-large",
+        max_tokens=500,
+        messages=user("use get_time"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "none"},
+    )
     assert m.stop_reason in ("end_turn", "max_tokens") and m.content[0].type == "text"
 
 
 def test_streamed_tool_use_arguments_parse(client: anthropic.Anthropic) -> None:
-    with client.messages.stream(model="sim-small", max_tokens=500, messages=user("call all tools"),
-                                tools=[WEATHER, TIME], tool_choice={"type": "any"}) as s:
+    with client.messages.stream(
+        model="sim-small",
+        max_tokens=500,
+        messages=user("call all tools"),
+        tools=[WEATHER, TIME],
+        tool_choice={"type": "any"},
+    ) as s:
         final = s.get_final_message()
     blocks = [b for b in final.content if b.type == "tool_use"]
     assert [b.name for b in blocks] == ["get_weather", "get_time"]
@@ -131,10 +152,16 @@ def test_streamed_tool_use_arguments_parse(client: anthropic.Anthropic) -> None:
 def test_tool_result_convention(client: anthropic.Anthropic) -> None:
     messages: Any = [
         {"role": "user", "content": "weather? get_weather"},
-        {"role": "assistant", "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather",
-                                           "input": {"location": "Paris"}}]},
-        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1",
-                                      "content": [{"type": "text", "text": "18C, cloudy"}]}]},
+        {
+            "role": "assistant",
+            "content": [{"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"location": "Paris"}}],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "tool_result", "tool_use_id": "toolu_1", "content": [{"type": "text", "text": "18C, cloudy"}]}
+            ],
+        },
     ]
     m = client.messages.create(model="sim-small", max_tokens=200, messages=messages, tools=[WEATHER])
     assert m.content[0].type == "text" and m.content[0].text == "Tool result received: 18C, cloudy"
@@ -142,10 +169,18 @@ def test_tool_result_convention(client: anthropic.Anthropic) -> None:
 
 
 def test_structured_output_and_images(client: anthropic.Anthropic) -> None:
-    schema: Any = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
-              "required": ["name", "age"], "additionalProperties": False}
-    m = client.messages.create(model="sim-small", max_tokens=500, messages=user("extract"),
-                               output_config={"format": {"type": "json_schema", "schema": schema}})
+    schema: Any = {
+        "type": "object",
+        "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+        "required": ["name", "age"],
+        "additionalProperties": False,
+    }
+    m = client.messages.create(
+        model="sim-small",
+        max_tokens=500,
+        messages=user("extract"),
+        output_config={"format": {"type": "json_schema", "schema": schema}},
+    )
     assert m.content[0].type == "text"
     jsonschema.validate(json.loads(m.content[0].text), schema)
     source = {"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="}
@@ -177,11 +212,15 @@ def test_models_list_in_anthropic_shape(client: anthropic.Anthropic) -> None:
 def test_key_cache_and_context_window() -> None:
     spec = {"name": "m", "cache_hit_rate": 1.0, "context_window": 120}
     with SimServer(fleet(spec, api_key="right")) as sim:
-        with anthropic.Anthropic(base_url=sim.url, api_key="wrong", max_retries=0) as bad, \
-                pytest.raises(anthropic.AuthenticationError) as err:
+        with (
+            anthropic.Anthropic(base_url=sim.url, api_key="wrong", max_retries=0) as bad,
+            pytest.raises(anthropic.AuthenticationError) as err,
+        ):
             bad.messages.create(model="m", max_tokens=10, messages=user("hi"))
-        assert err.value.body == {"type": "error", "error": {"type": "authentication_error",
-                                                             "message": "invalid x-api-key"}}
+        assert err.value.body == {
+            "type": "error",
+            "error": {"type": "authentication_error", "message": "invalid x-api-key"},
+        }
         with anthropic.Anthropic(base_url=sim.url, api_key="right", max_retries=0) as good:
             m = good.messages.create(model="m", max_tokens=10, messages=user("Repeat: " + "z" * 392))
             assert m.usage.cache_read_input_tokens == 75  # of a 100-token prompt

@@ -23,11 +23,14 @@ from modelyard.sim.faults import Fault, draw_fault, fault_edges, lognormal_ms, t
 from modelyard.sim.fleet import Faults, Latency, SimModel, TokenRange
 from modelyard.sim.shapes import Ask, ToolSpec
 
-WEATHER = ToolSpec("get_weather", {
-    "type": "object",
-    "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
-    "required": ["city", "unit"],
-})
+WEATHER = ToolSpec(
+    "get_weather",
+    {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "unit": {"type": "string", "enum": ["c", "f"]}},
+        "required": ["city", "unit"],
+    },
+)
 CLOCK = ToolSpec("get_time", {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]})
 
 
@@ -137,8 +140,12 @@ def test_json_object_mode_answers_an_answer_object() -> None:
 def test_json_schema_mode_answers_an_instance() -> None:
     import json
 
-    schema = {"type": "object", "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 4}},
-              "required": ["n"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer", "minimum": 3, "maximum": 4}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
     for seed in range(20):
         reply = generate(ask(json_mode=True, json_schema=schema), model(), random.Random(seed))
         jsonschema.validate(json.loads(reply.text), schema)
@@ -233,8 +240,12 @@ def test_a_system_prompt_asking_for_valid_json_gets_json() -> None:
     plain = ask(system_text="Respond with a single valid JSON object only.")
     doc = json.loads(generate(plain, model(), random.Random(1)).text)
     assert set(doc) == {"answer"}
-    schema = {"type": "object", "properties": {"label": {"enum": ["yes", "no"]}, "score": {"type": "number"}},
-              "required": ["label", "score"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"label": {"enum": ["yes", "no"]}, "score": {"type": "number"}},
+        "required": ["label", "score"],
+        "additionalProperties": False,
+    }
     instruction = "Respond with a single valid JSON object only, conforming to this JSON Schema (no prose):\n"
     instructed = ask(system_text=instruction + json.dumps(schema) + "\nThanks.")
     for seed in range(10):

@@ -14,8 +14,11 @@ import pytest
 from modelyard.sim import SimServer, create_app
 from tests.unit.sim.sim_helpers import asgi_call, chat_body, fleet, sse
 
-FAULTY = {"name": "m", "output_tokens": {"min": 5, "max": 40},
-          "faults": {"rate_limit": 0.15, "server_error": 0.1, "malformed": 0.1, "unavailable": 0.05}}
+FAULTY = {
+    "name": "m",
+    "output_tokens": {"min": 5, "max": 40},
+    "faults": {"rate_limit": 0.15, "server_error": 0.1, "malformed": 0.1, "unavailable": 0.05},
+}
 
 
 def run_sequence(sim: SimServer) -> list[tuple[int, str]]:
@@ -29,8 +32,9 @@ def run_sequence(sim: SimServer) -> list[tuple[int, str]]:
             elif i % 3 == 1:
                 r = client.post(sim.url + "/v1/messages", json=chat_body("m", prompt, max_tokens=100))
             else:
-                r = client.post(sim.gemini_base + "/models/m:generateContent",
-                                json={"contents": [{"parts": [{"text": prompt}]}]})
+                r = client.post(
+                    sim.gemini_base + "/models/m:generateContent", json={"contents": [{"parts": [{"text": prompt}]}]}
+                )
             out.append((r.status_code, _answer(r.content)))
     return out
 
@@ -79,11 +83,19 @@ def test_a_repeated_request_gets_a_new_answer_but_the_same_sequence() -> None:
 
 
 async def test_fault_rates_within_tolerance_over_a_thousand_requests() -> None:
-    rates = {"rate_limit": 0.1, "server_error": 0.05, "unavailable": 0.05, "hang": 0.02, "reset": 0.03,
-             "malformed": 0.1, "cut_stream": 0.05}
+    rates = {
+        "rate_limit": 0.1,
+        "server_error": 0.05,
+        "unavailable": 0.05,
+        "hang": 0.02,
+        "reset": 0.03,
+        "malformed": 0.1,
+        "cut_stream": 0.05,
+    }
     app = create_app(fleet({"name": "m", "output_tokens": 8, "faults": rates}), seed=5)
     seen: dict[str, int] = dict.fromkeys(
-        ["rate_limit", "server_error", "unavailable", "hang", "dropped", "malformed", "cut", "ok"], 0)
+        ["rate_limit", "server_error", "unavailable", "hang", "dropped", "malformed", "cut", "ok"], 0
+    )
     n = 1400
     paths = ["/v1/chat/completions", "/v1/messages", "/v1beta/models/m:streamGenerateContent"]
     for i in range(n):
@@ -138,8 +150,12 @@ def _ends(r: Any) -> bool:
 
 
 async def test_fixed_ttft_and_token_pacing_are_honoured() -> None:
-    app = create_app(fleet({"name": "slow", "ttft_ms": 120, "tokens_per_second": 400},
-                           {"name": "lagged", "ttft_ms": {"p50": 40, "p95": 80}}))
+    app = create_app(
+        fleet(
+            {"name": "slow", "ttft_ms": 120, "tokens_per_second": 400},
+            {"name": "lagged", "ttft_ms": {"p50": 40, "p95": 80}},
+        )
+    )
     started = time.monotonic()
     r = await asgi_call(app, "POST", "/v1/chat/completions", chat_body("slow", "Repeat: " + "word " * 40))
     elapsed = time.monotonic() - started
@@ -205,6 +221,7 @@ async def test_ttft_header_overrides_and_zero_latency_is_free() -> None:
 async def test_every_model_serves_every_wire(wire_path: str) -> None:
     app = create_app()
     for name in ("sim-large", "sim-medium", "sim-small"):
-        r = await asgi_call(app, "POST", wire_path, chat_body(name, "Repeat: ok", max_tokens=10),
-                            headers={"x-sim-ttft-ms": "0"})
+        r = await asgi_call(
+            app, "POST", wire_path, chat_body(name, "Repeat: ok", max_tokens=10), headers={"x-sim-ttft-ms": "0"}
+        )
         assert r.status == 200 and r.json()["model"] == name

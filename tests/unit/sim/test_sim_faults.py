@@ -48,31 +48,38 @@ def test_rate_limit_is_429_with_retry_after_in_the_provider_format(server: SimSe
     assert r.status_code == 429
     assert r.headers["retry-after"] == "2" and r.headers["retry-after-ms"] == "2000"
     error = r.json()["error"]
-    expected = {"openai": ("code", "rate_limit_exceeded"), "anthropic": ("type", "rate_limit_error"),
-                "gemini": ("status", "RESOURCE_EXHAUSTED")}[wire]
+    expected = {
+        "openai": ("code", "rate_limit_exceeded"),
+        "anthropic": ("type", "rate_limit_error"),
+        "gemini": ("status", "RESOURCE_EXHAUSTED"),
+    }[wire]
     assert error[expected[0]] == expected[1]
     if wire == "anthropic":
         assert r.json()["type"] == "error"
 
 
-@pytest.mark.parametrize(("wire", "status", "field", "value"), [
-    ("openai", 500, "type", "server_error"),
-    ("anthropic", 500, "type", "api_error"),
-    ("gemini", 500, "status", "INTERNAL"),
-])
+@pytest.mark.parametrize(
+    ("wire", "status", "field", "value"),
+    [
+        ("openai", 500, "type", "server_error"),
+        ("anthropic", 500, "type", "api_error"),
+        ("gemini", 500, "status", "INTERNAL"),
+    ],
+)
 def test_server_error_is_500(server: SimServer, wire: str, status: int, field: str, value: str) -> None:
     r = call(server, wire, "server_error", stream=True)  # status faults come before any stream
     assert r.status_code == status and r.json()["error"][field] == value
 
 
-@pytest.mark.parametrize(("wire", "status", "field", "value"), [
-    ("openai", 503, "type", "server_error"),
-    ("anthropic", 529, "type", "overloaded_error"),
-    ("gemini", 503, "status", "UNAVAILABLE"),
-])
-def test_unavailable_is_503_or_anthropic_529(
-    server: SimServer, wire: str, status: int, field: str, value: str
-) -> None:
+@pytest.mark.parametrize(
+    ("wire", "status", "field", "value"),
+    [
+        ("openai", 503, "type", "server_error"),
+        ("anthropic", 529, "type", "overloaded_error"),
+        ("gemini", 503, "status", "UNAVAILABLE"),
+    ],
+)
+def test_unavailable_is_503_or_anthropic_529(server: SimServer, wire: str, status: int, field: str, value: str) -> None:
     r = call(server, wire, "unavailable")
     assert r.status_code == status and r.json()["error"][field] == value
 
@@ -104,8 +111,10 @@ def test_reset_drops_a_stream_as_it_begins(server: SimServer, wire: str) -> None
     """A reset is a connection dropped before any answer event (a mid-stream cut is `cut_stream`)."""
     url, body = request(server, wire, True)
     received = b""
-    with pytest.raises(httpx.RemoteProtocolError), \
-            httpx.stream("POST", url, json=body, headers={"x-sim-fault": "reset"}) as r:
+    with (
+        pytest.raises(httpx.RemoteProtocolError),
+        httpx.stream("POST", url, json=body, headers={"x-sim-fault": "reset"}) as r,
+    ):
         assert r.status_code == 200
         for chunk in r.iter_bytes():
             received += chunk
@@ -185,9 +194,7 @@ def test_fault_counts_show_in_stats(server: SimServer) -> None:
     assert stats["by_wire"] == {"openai": 4, "anthropic": 0, "gemini": 0}
 
 
-def test_deliberate_drops_leave_the_server_log_quiet(
-    server: SimServer, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_deliberate_drops_leave_the_server_log_quiet(server: SimServer, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         for wire in WIRES:
             with pytest.raises(httpx.RemoteProtocolError):

@@ -75,11 +75,15 @@ def test_max_output_tokens_and_stop_sequences(sim: SimServer) -> None:
     assert data["candidates"][0]["finishReason"] == "STOP"
 
 
-WEATHER_DECL = {"name": "get_weather", "description": "Weather", "parameters": {
-    "type": "OBJECT",
-    "properties": {"city": {"type": "STRING"}, "days": {"type": "INTEGER"}},
-    "required": ["city"],
-}}
+WEATHER_DECL = {
+    "name": "get_weather",
+    "description": "Weather",
+    "parameters": {
+        "type": "OBJECT",
+        "properties": {"city": {"type": "STRING"}, "days": {"type": "INTEGER"}},
+        "required": ["city"],
+    },
+}
 
 
 def test_function_calling_modes(sim: SimServer) -> None:
@@ -105,9 +109,12 @@ def test_function_response_convention(sim: SimServer) -> None:
         "contents": [
             {"role": "user", "parts": [{"text": "weather via get_weather"}]},
             {"role": "model", "parts": [{"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}}]},
-            {"role": "user", "parts": [
-                {"functionResponse": {"name": "get_weather", "response": {"result": "-3C"}}},
-            ]},
+            {
+                "role": "user",
+                "parts": [
+                    {"functionResponse": {"name": "get_weather", "response": {"result": "-3C"}}},
+                ],
+            },
         ],
         "tools": [{"functionDeclarations": [WEATHER_DECL]}],
     }
@@ -116,27 +123,46 @@ def test_function_response_convention(sim: SimServer) -> None:
 
 
 def test_json_response_schemas(sim: SimServer) -> None:
-    openapi = {"type": "OBJECT", "properties": {"name": {"type": "STRING"}, "n": {"type": "INTEGER"}},
-               "required": ["name", "n"]}
-    data = post(sim, "sim-small:generateContent",
-                text_request("json", responseMimeType="application/json", responseSchema=openapi)).json()
+    openapi = {
+        "type": "OBJECT",
+        "properties": {"name": {"type": "STRING"}, "n": {"type": "INTEGER"}},
+        "required": ["name", "n"],
+    }
+    data = post(
+        sim,
+        "sim-small:generateContent",
+        text_request("json", responseMimeType="application/json", responseSchema=openapi),
+    ).json()
     doc = json.loads(data["candidates"][0]["content"]["parts"][0]["text"])
     assert isinstance(doc["name"], str) and isinstance(doc["n"], int)
-    schema = {"type": "object", "properties": {"items": {"type": "array", "items": {"type": "number"}}},
-              "required": ["items"]}
-    data = post(sim, "sim-small:generateContent",
-                text_request("json", responseMimeType="application/json", responseJsonSchema=schema)).json()
+    schema = {
+        "type": "object",
+        "properties": {"items": {"type": "array", "items": {"type": "number"}}},
+        "required": ["items"],
+    }
+    data = post(
+        sim,
+        "sim-small:generateContent",
+        text_request("json", responseMimeType="application/json", responseJsonSchema=schema),
+    ).json()
     jsonschema.validate(json.loads(data["candidates"][0]["content"]["parts"][0]["text"]), schema)
 
 
 def test_embed_and_batch_embed(sim: SimServer) -> None:
-    one = post(sim, "sim-embed:embedContent",
-               {"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 32}).json()
+    one = post(
+        sim, "sim-embed:embedContent", {"content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 32}
+    ).json()
     assert len(one["embedding"]["values"]) == 32
-    batch = post(sim, "sim-embed:batchEmbedContents", {"requests": [
-        {"model": "models/sim-embed", "content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 32},
-        {"model": "models/sim-embed", "content": {"parts": [{"text": "world"}]}, "outputDimensionality": 32},
-    ]}).json()
+    batch = post(
+        sim,
+        "sim-embed:batchEmbedContents",
+        {
+            "requests": [
+                {"model": "models/sim-embed", "content": {"parts": [{"text": "hello"}]}, "outputDimensionality": 32},
+                {"model": "models/sim-embed", "content": {"parts": [{"text": "world"}]}, "outputDimensionality": 32},
+            ]
+        },
+    ).json()
     assert [len(e["values"]) for e in batch["embeddings"]] == [32, 32]
     assert batch["embeddings"][0]["values"] == one["embedding"]["values"]
     assert batch["embeddings"][1]["values"] != one["embedding"]["values"]
@@ -194,8 +220,9 @@ def test_google_genai_sdk_round_trip(sim: SimServer) -> None:
     chunks = list(client.models.generate_content_stream(model="sim-medium", contents="Repeat: p q r s t u v"))
     assert "".join(c.text or "" for c in chunks) == "p q r s t u v"
     assert chunks[-1].candidates[0].finish_reason == types.FinishReason.STOP
-    e = client.models.embed_content(model="sim-embed", contents=["a", "b"],
-                                    config=types.EmbedContentConfig(output_dimensionality=8))
+    e = client.models.embed_content(
+        model="sim-embed", contents=["a", "b"], config=types.EmbedContentConfig(output_dimensionality=8)
+    )
     assert [len(x.values) for x in e.embeddings] == [8, 8]
 
 

@@ -28,8 +28,7 @@ SCHEMAS: list[dict[str, Any]] = [
     {"type": "string", "format": "email"},
     {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 4},
     {"type": "array", "items": {"enum": ["a", "b", "c"]}, "uniqueItems": True, "minItems": 3},
-    {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False,
-     "minItems": 2},
+    {"type": "array", "prefixItems": [{"type": "string"}, {"type": "integer"}], "items": False, "minItems": 2},
     {"type": "array", "maxItems": 0},
     {
         "type": "object",
@@ -47,8 +46,7 @@ SCHEMAS: list[dict[str, Any]] = [
         "additionalProperties": False,
     },
     {"type": "object", "minProperties": 2, "additionalProperties": {"type": "integer"}},
-    {"anyOf": [{"type": "null"},
-               {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}]},
+    {"anyOf": [{"type": "null"}, {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}]},
     {"oneOf": [{"type": "string", "maxLength": 3}]},
     {
         "allOf": [
@@ -57,10 +55,16 @@ SCHEMAS: list[dict[str, Any]] = [
         ]
     },
     {
-        "$defs": {"node": {"type": "object", "properties": {"value": {"type": "integer"},
-                                                             "children": {"type": "array",
-                                                                          "items": {"$ref": "#/$defs/node"}}},
-                           "required": ["value"]}},
+        "$defs": {
+            "node": {
+                "type": "object",
+                "properties": {
+                    "value": {"type": "integer"},
+                    "children": {"type": "array", "items": {"$ref": "#/$defs/node"}},
+                },
+                "required": ["value"],
+            }
+        },
         "$ref": "#/$defs/node",
     },
     {
@@ -101,8 +105,12 @@ def test_gemini_openapi_upper_case_types() -> None:
     }
     lowered = {
         "type": "object",
-        "properties": {"recipe": {"type": "string"}, "minutes": {"type": "integer"},
-                       "steps": {"type": "array", "items": {"type": "string"}}, "vegan": {"type": "boolean"}},
+        "properties": {
+            "recipe": {"type": "string"},
+            "minutes": {"type": "integer"},
+            "steps": {"type": "array", "items": {"type": "string"}},
+            "vegan": {"type": "boolean"},
+        },
         "required": ["recipe", "minutes", "steps"],
     }
     for seed in range(30):
@@ -110,20 +118,22 @@ def test_gemini_openapi_upper_case_types() -> None:
 
 
 def test_optional_properties_are_sometimes_present_and_values_vary() -> None:
-    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}},
-              "required": ["a"]}
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "string"}}, "required": ["a"]}
     values = [instance(schema, random.Random(s)) for s in range(40)]
     assert any("b" in v for v in values) and any("b" not in v for v in values)
     assert len({v["a"] for v in values}) > 5
 
 
-@pytest.mark.parametrize("schema", [
-    {"$ref": "#"},
-    {"allOf": [{"$ref": "#"}]},
-    {"anyOf": [{"$ref": "#"}]},
-    {"type": "object", "properties": {"a": {"$ref": "#"}, "b": {"$ref": "#"}}, "required": ["a", "b"]},
-    {"$defs": {"n": {"type": "array", "minItems": 3, "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"},
-])
+@pytest.mark.parametrize(
+    "schema",
+    [
+        {"$ref": "#"},
+        {"allOf": [{"$ref": "#"}]},
+        {"anyOf": [{"$ref": "#"}]},
+        {"type": "object", "properties": {"a": {"$ref": "#"}, "b": {"$ref": "#"}}, "required": ["a", "b"]},
+        {"$defs": {"n": {"type": "array", "minItems": 3, "items": {"$ref": "#/$defs/n"}}}, "$ref": "#/$defs/n"},
+    ],
+)
 def test_schemas_without_a_finite_instance_still_give_a_bounded_value(schema: dict[str, Any]) -> None:
     """A client's cyclic tool schema once crashed the simulator (RecursionError → 500): now a bounded value."""
     value = instance(schema, random.Random(0))

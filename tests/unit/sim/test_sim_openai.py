@@ -33,8 +33,13 @@ WEATHER_TOOL: Any = {
         },
     },
 }
-TIME_TOOL: Any = {"type": "function", "function": {"name": "get_time", "parameters": {
-    "type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]}}}
+TIME_TOOL: Any = {
+    "type": "function",
+    "function": {
+        "name": "get_time",
+        "parameters": {"type": "object", "properties": {"tz": {"type": "string"}}, "required": ["tz"]},
+    },
+}
 
 
 @pytest.fixture
@@ -67,8 +72,13 @@ def test_repeat_and_tool_result_conventions(client: openai.OpenAI) -> None:
     assert r.choices[0].finish_reason == "stop"
     messages: Any = [
         *user("weather in Paris? use get_weather"),
-        {"role": "assistant", "content": None, "tool_calls": [
-            {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ],
+        },
         {"role": "tool", "tool_call_id": "call_1", "content": "22C and sunny " + "x" * 300},
     ]
     r = client.chat.completions.create(model="sim-small", messages=messages, tools=[WEATHER_TOOL])
@@ -78,10 +88,14 @@ def test_repeat_and_tool_result_conventions(client: openai.OpenAI) -> None:
 
 
 def test_stream_with_include_usage_is_shaped_like_openai(client: openai.OpenAI, sim: SimServer) -> None:
-    chunks = list(client.chat.completions.create(
-        model="sim-medium", messages=user("Repeat: one two three four"), stream=True,
-        stream_options={"include_usage": True},
-    ))
+    chunks = list(
+        client.chat.completions.create(
+            model="sim-medium",
+            messages=user("Repeat: one two three four"),
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "one two three four"
@@ -93,8 +107,7 @@ def test_stream_with_include_usage_is_shaped_like_openai(client: openai.OpenAI, 
     assert finishes[-1] == "stop" and all(f is None for f in finishes[:-1])
     assert len({c.id for c in chunks}) == 1
     # the raw bytes: every chunk carries "usage": null, and the stream ends with [DONE]
-    body = {"model": "sim-medium", "messages": user("hi"), "stream": True,
-            "stream_options": {"include_usage": True}}
+    body = {"model": "sim-medium", "messages": user("hi"), "stream": True, "stream_options": {"include_usage": True}}
     raw = httpx.post(sim.openai_base + "/chat/completions", json=body).content
     events = sse(raw)
     assert events[-1] == (None, b"[DONE]")
@@ -105,8 +118,9 @@ def test_stream_with_include_usage_is_shaped_like_openai(client: openai.OpenAI, 
 
 
 def test_stream_without_include_usage_has_no_usage_key(sim: SimServer) -> None:
-    raw = httpx.post(sim.openai_base + "/chat/completions",
-                     json={"model": "sim-small", "messages": user("hi"), "stream": True}).content
+    raw = httpx.post(
+        sim.openai_base + "/chat/completions", json={"model": "sim-small", "messages": user("hi"), "stream": True}
+    ).content
     events = sse(raw)
     assert events[-1] == (None, b"[DONE]")
     decoded = [json.loads(data) for _, data in events[:-1]]
@@ -115,8 +129,9 @@ def test_stream_without_include_usage_has_no_usage_key(sim: SimServer) -> None:
 
 
 def test_required_tool_call_has_schema_valid_arguments(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="sim-large", messages=user("hi"),
-                                       tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required")
+    r = client.chat.completions.create(
+        model="sim-large", messages=user("hi"), tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required"
+    )
     choice = r.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content is None
     calls = choice.message.tool_calls or []
@@ -131,27 +146,36 @@ def called(completion: Any) -> list[str]:
 
 def test_named_and_auto_tool_choice(client: openai.OpenAI) -> None:
     named = client.chat.completions.create(
-        model="sim-large", messages=user("hi"), tools=[WEATHER_TOOL, TIME_TOOL],
-        tool_choice={"type": "function", "function": {"name": "get_time"}})
+        model="sim-large",
+        messages=user("hi"),
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice={"type": "function", "function": {"name": "get_time"}},
+    )
     assert called(named) == ["get_time"]
-    auto = client.chat.completions.create(model="sim-large", messages=user("what does get_time say?"),
-                                          tools=[WEATHER_TOOL, TIME_TOOL])
+    auto = client.chat.completions.create(
+        model="sim-large", messages=user("what does get_time say?"), tools=[WEATHER_TOOL, TIME_TOOL]
+    )
     assert called(auto) == ["get_time"]
-    plain = client.chat.completions.create(model="sim-large", messages=user("just chat"),
-                                           tools=[WEATHER_TOOL])
+    plain = client.chat.completions.create(model="sim-large", messages=user("just chat"), tools=[WEATHER_TOOL])
     assert plain.choices[0].message.tool_calls is None and plain.choices[0].message.content
-    both = client.chat.completions.create(model="sim-large", messages=user("call all tools"),
-                                          tools=[WEATHER_TOOL, TIME_TOOL])
+    both = client.chat.completions.create(
+        model="sim-large", messages=user("call all tools"), tools=[WEATHER_TOOL, TIME_TOOL]
+    )
     assert called(both) == ["get_weather", "get_time"]
-    single = client.chat.completions.create(model="sim-large", messages=user("call all tools"),
-                                            tools=[WEATHER_TOOL, TIME_TOOL], parallel_tool_calls=False)
+    single = client.chat.completions.create(
+        model="sim-large", messages=user("call all tools"), tools=[WEATHER_TOOL, TIME_TOOL], parallel_tool_calls=False
+    )
     assert len(single.choices[0].message.tool_calls or []) == 1
 
 
 def test_streamed_tool_calls_accumulate_to_valid_arguments(client: openai.OpenAI) -> None:
-    stream = client.chat.completions.create(model="sim-small", messages=user("call all tools"),
-                                            tools=[WEATHER_TOOL, TIME_TOOL], tool_choice="required",
-                                            stream=True)
+    stream = client.chat.completions.create(
+        model="sim-small",
+        messages=user("call all tools"),
+        tools=[WEATHER_TOOL, TIME_TOOL],
+        tool_choice="required",
+        stream=True,
+    )
     calls: dict[int, dict[str, str]] = {}
     finish = None
     for chunk in stream:
@@ -173,16 +197,25 @@ def test_streamed_tool_calls_accumulate_to_valid_arguments(client: openai.OpenAI
 
 
 def test_json_modes(client: openai.OpenAI) -> None:
-    r = client.chat.completions.create(model="sim-small", messages=user("give json"),
-                                       response_format={"type": "json_object"})
-    assert set(json.loads(r.choices[0].message.content or "")) == {"answer"}
-    schema: Any = {"type": "object", "properties": {"title": {"type": "string"}, "score": {"type": "number"},
-                                               "tags": {"type": "array", "items": {"type": "string"}}},
-              "required": ["title", "score", "tags"], "additionalProperties": False}
     r = client.chat.completions.create(
-        model="sim-small", messages=user("give json"),
-        response_format={"type": "json_schema",
-                         "json_schema": {"name": "doc", "schema": schema, "strict": True}})
+        model="sim-small", messages=user("give json"), response_format={"type": "json_object"}
+    )
+    assert set(json.loads(r.choices[0].message.content or "")) == {"answer"}
+    schema: Any = {
+        "type": "object",
+        "properties": {
+            "title": {"type": "string"},
+            "score": {"type": "number"},
+            "tags": {"type": "array", "items": {"type": "string"}},
+        },
+        "required": ["title", "score", "tags"],
+        "additionalProperties": False,
+    }
+    r = client.chat.completions.create(
+        model="sim-small",
+        messages=user("give json"),
+        response_format={"type": "json_schema", "json_schema": {"name": "doc", "schema": schema, "strict": True}},
+    )
     jsonschema.validate(json.loads(r.choices[0].message.content or ""), schema)
 
 
@@ -191,8 +224,7 @@ def test_max_tokens_stop_and_n(client: openai.OpenAI) -> None:
     assert r.choices[0].finish_reason == "length" and r.usage and r.usage.completion_tokens <= 5
     r = client.chat.completions.create(model="sim-large", messages=user("hi"), max_completion_tokens=3)
     assert r.choices[0].finish_reason == "length" and r.usage and r.usage.completion_tokens <= 3
-    r = client.chat.completions.create(model="sim-large", messages=user("Repeat: one, two; three"),
-                                       stop=[";"])
+    r = client.chat.completions.create(model="sim-large", messages=user("Repeat: one, two; three"), stop=[";"])
     assert r.choices[0].message.content == "one, two" and r.choices[0].finish_reason == "stop"
     r = client.chat.completions.create(model="sim-large", messages=user("hi"), n=3)
     assert [c.index for c in r.choices] == [0, 1, 2]
@@ -201,9 +233,11 @@ def test_max_tokens_stop_and_n(client: openai.OpenAI) -> None:
 
 
 def test_images_are_counted(client: openai.OpenAI) -> None:
-    content: Any = [{"type": "text", "text": "Repeat: ok"},
-               {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
-               {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]
+    content: Any = [
+        {"type": "text", "text": "Repeat: ok"},
+        {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+    ]
     r = client.chat.completions.create(model="sim-small", messages=[{"role": "user", "content": content}])
     assert r.choices[0].message.content == "ok"
     assert r.usage and r.usage.prompt_tokens == 3 + 2 * 85
@@ -217,9 +251,10 @@ def test_embeddings_float_and_base64(client: openai.OpenAI, sim: SimServer) -> N
     assert r.usage.prompt_tokens == 3 + 1
     default = client.embeddings.create(model="sim-embed", input="hello world")  # the SDK asks for base64
     assert default.data[0].embedding == pytest.approx(r.data[0].embedding, abs=1e-6)
-    raw = httpx.post(sim.openai_base + "/embeddings",
-                     json={"model": "sim-embed", "input": "hello world", "encoding_format": "base64",
-                           "dimensions": 16}).json()
+    raw = httpx.post(
+        sim.openai_base + "/embeddings",
+        json={"model": "sim-embed", "input": "hello world", "encoding_format": "base64", "dimensions": 16},
+    ).json()
     vector = struct.unpack("<16f", base64.b64decode(raw["data"][0]["embedding"]))
     assert abs(sum(v * v for v in vector) - 1.0) < 1e-5
     tokens = client.embeddings.create(model="sim-embed", input=[[1, 2, 3], [4]], encoding_format="float")
@@ -257,8 +292,10 @@ def test_invalid_body_is_400(client: openai.OpenAI, sim: SimServer) -> None:
 
 
 def test_context_window_overflow_is_a_context_length_error() -> None:
-    with SimServer(fleet({"name": "tiny", "context_window": 10})) as sim, \
-            openai.OpenAI(base_url=sim.openai_base, api_key="k", max_retries=0) as client:
+    with (
+        SimServer(fleet({"name": "tiny", "context_window": 10})) as sim,
+        openai.OpenAI(base_url=sim.openai_base, api_key="k", max_retries=0) as client,
+    ):
         with pytest.raises(openai.BadRequestError) as err:
             client.chat.completions.create(model="tiny", messages=user("x" * 200))
         assert err.value.code == "context_length_exceeded"
@@ -267,20 +304,23 @@ def test_context_window_overflow_is_a_context_length_error() -> None:
 
 def test_api_key_is_enforced_when_the_fleet_sets_one() -> None:
     with SimServer(fleet({"name": "m"}, api_key="sk-right")) as sim:
-        with openai.OpenAI(base_url=sim.openai_base, api_key="sk-wrong", max_retries=0) as bad, \
-                pytest.raises(openai.AuthenticationError) as err:
+        with (
+            openai.OpenAI(base_url=sim.openai_base, api_key="sk-wrong", max_retries=0) as bad,
+            pytest.raises(openai.AuthenticationError) as err,
+        ):
             bad.chat.completions.create(model="m", messages=user("hi"))
         assert err.value.status_code == 401 and err.value.code == "invalid_api_key"
-        assert httpx.post(sim.openai_base + "/chat/completions", json={"model": "m", "messages": user("hi")}
-                          ).status_code == 401
+        assert (
+            httpx.post(sim.openai_base + "/chat/completions", json={"model": "m", "messages": user("hi")}).status_code
+            == 401
+        )
         with openai.OpenAI(base_url=sim.openai_base, api_key="sk-right", max_retries=0) as good:
             assert good.chat.completions.create(model="m", messages=user("hi")).choices[0].message.content
 
 
 def test_cached_and_reasoning_tokens_are_reported() -> None:
     spec = {"name": "r", "cache_hit_rate": 1.0, "reasoning_tokens": 12}
-    with SimServer(fleet(spec)) as sim, \
-            openai.OpenAI(base_url=sim.openai_base, api_key="k", max_retries=0) as c:
+    with SimServer(fleet(spec)) as sim, openai.OpenAI(base_url=sim.openai_base, api_key="k", max_retries=0) as c:
         # 400 characters: 100 tokens
         r = c.chat.completions.create(model="r", messages=user("Repeat: " + "y" * 392))
         assert r.usage is not None

@@ -116,8 +116,9 @@ def test_stop_is_prompt_with_a_slow_stream_in_flight() -> None:
 
     def read() -> None:
         try:
-            with httpx.stream("POST", sim.openai_base + "/chat/completions", json=chat_body(stream=True),
-                              timeout=60) as r:
+            with httpx.stream(
+                "POST", sim.openai_base + "/chat/completions", json=chat_body(stream=True), timeout=60
+            ) as r:
                 for chunk in r.iter_bytes():
                     got.append(chunk)
         except httpx.HTTPError:
@@ -172,8 +173,9 @@ def test_run_sim_serves_with_uvloop_and_httptools(tmp_path: Any) -> None:
                 time.sleep(0.1)
         assert r.json()["seed"] == 9 and [m["name"] for m in r.json()["models"]] == ["only"]
         with pytest.raises(httpx.RemoteProtocolError):
-            httpx.post(f"http://127.0.0.1:{port}/v1/chat/completions", json=chat_body("only"),
-                       headers={"x-sim-fault": "reset"})
+            httpx.post(
+                f"http://127.0.0.1:{port}/v1/chat/completions", json=chat_body("only"), headers={"x-sim-fault": "reset"}
+            )
     finally:
         proc.terminate()
         out, _ = proc.communicate(timeout=10)

@@ -65,8 +65,13 @@ async def test_a_budget_redis_lost_is_reseeded_from_the_store_plus_the_unwritten
     unwritten = {"usd": 0.001}
     with RedisServer() as redis:
         counters = RedisCounters(redis.url, prefix="a", timeout_s=0.3)
-        access = Access(store=store, counters=counters, refresh_s=0, prices=PRICES,
-                        unsettled=lambda key_id, since: unwritten["usd"] if key_id == record.id else 0.0)
+        access = Access(
+            store=store,
+            counters=counters,
+            refresh_s=0,
+            prices=PRICES,
+            unsettled=lambda key_id, since: unwritten["usd"] if key_id == record.id else 0.0,
+        )
         await access.start()
         try:
             key = await access.authenticate(raw)

@@ -11,8 +11,16 @@ from modelyard.state.counters import Ask, Counters, MemoryCounters
 from modelyard.state.windows import SlidingWindow
 
 
-def ask(account: str = "k", *, rpm: int | None = None, tpm: int | None = None, tokens: int = 0,
-        budget: int | None = None, estimate: int = 0, period: int = 0) -> Ask:
+def ask(
+    account: str = "k",
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    tokens: int = 0,
+    budget: int | None = None,
+    estimate: int = 0,
+    period: int = 0,
+) -> Ask:
     return Ask(account, rpm, tpm, tokens, budget, period, estimate)
 
 

@@ -23,8 +23,15 @@ BUDGET = 1_000_000
 ESTIMATE = 100_000
 
 
-def ask(*, rpm: int | None = None, tpm: int | None = None, tokens: int = 0, seed: bool = True,
-        estimate: int = ESTIMATE, budget: int | None = BUDGET) -> Ask:
+def ask(
+    *,
+    rpm: int | None = None,
+    tpm: int | None = None,
+    tokens: int = 0,
+    seed: bool = True,
+    estimate: int = ESTIMATE,
+    budget: int | None = BUDGET,
+) -> Ask:
     return Ask("k", rpm, tpm, tokens, budget, 0, estimate, 3600, seed_required=seed)
 
 
@@ -35,8 +42,12 @@ def redis() -> Iterator[RedisServer]:
 
 
 async def make(redis: RedisServer, policy: str = "fail_closed") -> RedisCounters:
-    counters = RedisCounters(redis.url, prefix="t", on_unavailable=policy,  # type: ignore[arg-type]
-                             timeout_s=0.3)
+    counters = RedisCounters(
+        redis.url,
+        prefix="t",
+        on_unavailable=policy,  # type: ignore[arg-type]
+        timeout_s=0.3,
+    )
     await counters.start()
     return counters
 
@@ -67,8 +78,9 @@ async def test_memory_counters_refuse_an_unseeded_budget_until_seeded() -> None:
     assert await counters.budget_state("k", 0) == (300_000, ESTIMATE)
 
 
-async def test_a_missing_budget_is_reported_unseeded_every_time_not_once(counters: RedisCounters,
-                                                                          redis: RedisServer) -> None:
+async def test_a_missing_budget_is_reported_unseeded_every_time_not_once(
+    counters: RedisCounters, redis: RedisServer
+) -> None:
     assert (await counters.admit(ask())).reason == "unseeded"
     await counters.seed_budget("k", 0, 500_000, 3600)
     first = await counters.admit(ask())
@@ -102,8 +114,9 @@ async def test_a_reseed_carries_the_reservations_in_flight(counters: RedisCounte
     assert spent == 230_000 and reserved == admitted * ESTIMATE  # each carried reservation given back once
 
 
-async def test_a_reservation_from_a_lost_budget_adds_its_cost_but_not_a_reservation(counters: RedisCounters,
-                                                                                    redis: RedisServer) -> None:
+async def test_a_reservation_from_a_lost_budget_adds_its_cost_but_not_a_reservation(
+    counters: RedisCounters, redis: RedisServer
+) -> None:
     await counters.seed_budget("k", 0, 0, 3600)
     old = await counters.admit(ask())
     assert old.reservation is not None
@@ -115,7 +128,8 @@ async def test_a_reservation_from_a_lost_budget_adds_its_cost_but_not_a_reservat
 
 
 async def test_fail_closed_refuses_quickly_during_an_outage_and_serves_within_2s_of_the_return(
-        counters: RedisCounters, redis: RedisServer) -> None:
+    counters: RedisCounters, redis: RedisServer
+) -> None:
     await counters.seed_budget("k", 0, 0, 3600)
     taken = await counters.admit(ask(rpm=100))
     assert taken.reservation is not None
@@ -137,7 +151,8 @@ async def test_fail_closed_refuses_quickly_during_an_outage_and_serves_within_2s
 
 
 async def test_settlements_made_during_a_partition_are_replayed_into_the_surviving_budget(
-        counters: RedisCounters, redis: RedisServer) -> None:
+    counters: RedisCounters, redis: RedisServer
+) -> None:
     await counters.seed_budget("k", 0, 0, 3600)
     taken = [await counters.admit(ask()) for _ in range(2)]
     redis.pause()  # a partition: commands time out, the data survives
@@ -154,8 +169,9 @@ async def test_settlements_made_during_a_partition_are_replayed_into_the_survivi
     assert await counters.budget_state("k", 0) == (50_000, 0)  # nothing stranded, nothing doubled
 
 
-async def test_a_settlement_whose_answer_was_lost_is_replayed_once_not_twice(counters: RedisCounters,
-                                                                            redis: RedisServer) -> None:
+async def test_a_settlement_whose_answer_was_lost_is_replayed_once_not_twice(
+    counters: RedisCounters, redis: RedisServer
+) -> None:
     await counters.seed_budget("k", 0, 0, 3600)
     taken = await counters.admit(ask())
     assert taken.reservation is not None

@@ -12,8 +12,14 @@ from modelyard.state.store import Store
 
 
 def _spend(i: int, **fields: Any) -> SpendRecord:
-    base: dict[str, Any] = {"id": f"req_{i}", "at": 1_700_000_000.0 + i, "model": "smart", "status": "ok",
-                            "prompt_tokens": 10, "cost_usd": 0.001}
+    base: dict[str, Any] = {
+        "id": f"req_{i}",
+        "at": 1_700_000_000.0 + i,
+        "model": "smart",
+        "status": "ok",
+        "prompt_tokens": 10,
+        "cost_usd": 0.001,
+    }
     base.update(fields)
     return SpendRecord(**base)
 
@@ -40,13 +46,13 @@ async def test_poison_rows_are_sanitised_or_set_aside_and_later_batches_flow(sto
         for i in range(20):
             fields: dict[str, Any] = {}
             if i == 3:
-                fields = {"model": "evil\x00model"}      # NUL: PostgreSQL text cannot hold it
+                fields = {"model": "evil\x00model"}  # NUL: PostgreSQL text cannot hold it
             elif i == 7:
                 fields = {"key_name": "half \ud800 pair"}  # a lone surrogate: not UTF-8 at all
             elif i == 11:
-                fields = {"prompt_tokens": 2**70}          # beyond BIGINT: clamped when sanitised
+                fields = {"prompt_tokens": 2**70}  # beyond BIGINT: clamped when sanitised
             elif i == 15:
-                fields = {"status": None}                  # NOT NULL: nothing can fix it → dead letter
+                fields = {"status": None}  # NOT NULL: nothing can fix it → dead letter
             writer.submit(_spend(i, **fields))
         assert await writer.flush(10)
         ids = {r[0] for r in await _rows(store, "SELECT id FROM modelyard_spend")}

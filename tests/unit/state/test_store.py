@@ -37,8 +37,16 @@ async def test_sqlite_reopen_keeps_data_and_version(tmp_path: Path) -> None:
 
 
 async def test_key_round_trip(store: Store) -> None:
-    raw, record = new_key("team-a", models=["smart", "fast"], rpm=600, tpm=200_000, budget_usd=50.0,
-                          period_s=30 * DAY, expires_at=time.time() + DAY, metadata={"owner": "ana"})
+    raw, record = new_key(
+        "team-a",
+        models=["smart", "fast"],
+        rpm=600,
+        tpm=200_000,
+        budget_usd=50.0,
+        period_s=30 * DAY,
+        expires_at=time.time() + DAY,
+        metadata={"owner": "ana"},
+    )
     assert raw.startswith(KEY_PREFIX) and record.key_hash == hash_key(raw)
     await store.create_key(record)
     assert await store.find_key(hash_key(raw)) == record
@@ -73,25 +81,49 @@ async def test_duplicate_hash_is_rejected(store: Store) -> None:
 
 
 def _spend(i: int, **fields: object) -> SpendRecord:
-    base: dict[str, object] = {"id": f"req_{i}", "at": 1_700_000_000.0 + i, "model": "smart",
-                               "deployment": "gpt-4o@openai", "provider": "openai", "status": "ok",
-                               "prompt_tokens": 100, "completion_tokens": 20, "cost_usd": 0.001,
-                               "attempts": 1}
+    base: dict[str, object] = {
+        "id": f"req_{i}",
+        "at": 1_700_000_000.0 + i,
+        "model": "smart",
+        "deployment": "gpt-4o@openai",
+        "provider": "openai",
+        "status": "ok",
+        "prompt_tokens": 100,
+        "completion_tokens": 20,
+        "cost_usd": 0.001,
+        "attempts": 1,
+    }
     base.update(fields)
     return SpendRecord(**base)  # type: ignore[arg-type]
 
 
 async def test_spend_round_trip(store: Store) -> None:
-    record = _spend(1, key_id="key_1", key_name="team-a", cached_tokens=40, cache_write_tokens=10,
-                    reasoning_tokens=5, ttft_ms=12.5, attempt_log="2; a rate_limited 3ms, b ok 9ms",
-                    error_kind=None, endpoint="/v1/chat/completions", latency_ms=33.3)
+    record = _spend(
+        1,
+        key_id="key_1",
+        key_name="team-a",
+        cached_tokens=40,
+        cache_write_tokens=10,
+        reasoning_tokens=5,
+        ttft_ms=12.5,
+        attempt_log="2; a rate_limited 3ms, b ok 9ms",
+        error_kind=None,
+        endpoint="/v1/chat/completions",
+        latency_ms=33.3,
+    )
     await store.write_spend([record])
     assert await store.spend_records() == [record]
 
 
 async def test_spend_text_survives_the_batch_encoding(store: Store) -> None:
-    record = _spend(2, content='héllo "quoted" \n\t✓ \\ end', status="stream_error", error_kind="connection",
-                    ttft_ms=None, cost_usd=1e-12)
+    record = _spend(
+        2,
+        content='héllo "quoted" \n\t✓ \\ end',
+        status="stream_error",
+        error_kind="connection",
+        ttft_ms=None,
+        cost_usd=1e-12,
+    )
     await store.write_spend([record])
     assert (await store.spend_records())[-1] == record
 
@@ -101,8 +133,9 @@ async def test_spend_report_by_model_key_and_day(store: Store) -> None:
     records = [
         _spend(1, key_id="key_a", key_name="team-a", cost_usd=0.25),
         _spend(2, key_id="key_a", key_name="team-a", cost_usd=0.5, model="fast"),
-        _spend(3, key_id="key_b", key_name="team-b", cost_usd=1.0, status="error", error_kind="server",
-               completion_tokens=0),
+        _spend(
+            3, key_id="key_b", key_name="team-b", cost_usd=1.0, status="error", error_kind="server", completion_tokens=0
+        ),
         _spend(4, key_id="key_b", key_name="team-b", cost_usd=2.0, at=day2),
     ]
     await store.write_spend(records)
@@ -123,8 +156,14 @@ async def test_spend_report_by_model_key_and_day(store: Store) -> None:
 
 
 async def test_spent_since_sums_one_key(store: Store) -> None:
-    await store.write_spend([_spend(1, key_id="k", cost_usd=0.125), _spend(2, key_id="k", cost_usd=0.25),
-                             _spend(3, key_id="other", cost_usd=9.0), _spend(50, key_id="k", cost_usd=1.0)])
+    await store.write_spend(
+        [
+            _spend(1, key_id="k", cost_usd=0.125),
+            _spend(2, key_id="k", cost_usd=0.25),
+            _spend(3, key_id="other", cost_usd=9.0),
+            _spend(50, key_id="k", cost_usd=1.0),
+        ]
+    )
     assert await store.spent_since("k", 0.0) == pytest.approx(1.375)
     assert await store.spent_since("k", 1_700_000_000.0 + 2) == pytest.approx(1.25)
     assert await store.spent_since("nobody", 0.0) == 0.0
@@ -144,7 +183,7 @@ async def test_raw_key_is_not_in_the_database_file(tmp_path: Path) -> None:
     await store.close()
     blobs = b"".join(p.read_bytes() for p in sorted(tmp_path.iterdir()) if p.is_file())  # noqa: ASYNC240
     assert raw.encode() not in blobs
-    assert raw[len(KEY_PREFIX) + 4:].encode() not in blobs  # not even the part after the visible prefix
+    assert raw[len(KEY_PREFIX) + 4 :].encode() not in blobs  # not even the part after the visible prefix
     assert record.key_hash.encode() in blobs
 
 
@@ -161,6 +200,8 @@ def test_postgres_schema_from_dsn() -> None:
     from modelyard.state.postgres_store import split_schema
 
     assert split_schema("postgresql://u@h:5432/db?schema=abc&sslmode=disable") == (
-        "postgresql://u@h:5432/db?sslmode=disable", "abc")
+        "postgresql://u@h:5432/db?sslmode=disable",
+        "abc",
+    )
     with pytest.raises(ValueError):
         split_schema("postgresql://u@h/db?schema=bad;drop")

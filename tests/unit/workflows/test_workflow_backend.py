@@ -139,8 +139,7 @@ async def test_default_factory_is_remote_with_a_url_else_the_inprocess_gateway(g
 
     async with default_backend_factory(None, None) as local:  # the embedded simulator + demo config
         assert isinstance(local, GatewayBackend)
-        call = ModelCall(model="balanced", messages=[{"role": "user", "content": "Repeat: in process"}],
-                         max_tokens=20)
+        call = ModelCall(model="balanced", messages=[{"role": "user", "content": "Repeat: in process"}], max_tokens=20)
         estimate = local.estimate(call)
         answer = await local.call(call)
         assert answer.text == "in process"

@@ -19,9 +19,7 @@ from tests.unit.workflows import wf_tools_fixture
 from tests.unit.workflows.helpers import workflow
 
 
-async def run(
-    spec_body: str, backend: ScriptedBackend, inputs: dict[str, Any] | None = None, **kw: Any
-) -> RunResult:
+async def run(spec_body: str, backend: ScriptedBackend, inputs: dict[str, Any] | None = None, **kw: Any) -> RunResult:
     return await Workflow(workflow(spec_body)).run(inputs, backend=backend, **kw)
 
 

@@ -94,8 +94,7 @@ def test_rendering_structures_and_none() -> None:
 
 def test_references_found_for_validation() -> None:
     refs = TemplateEngine().references(
-        "{% for q in plan.queries %}{{ q }}{% endfor %}\n"
-        "{{ inputs.goal }} {{ search['x'] }} {{ range(3) | list }}"
+        "{% for q in plan.queries %}{{ q }}{% endfor %}\n{{ inputs.goal }} {{ search['x'] }} {{ range(3) | list }}"
     )
     assert set(refs.names) == {"plan", "inputs", "search"}  # globals such as range are not data
     assert refs.input_fields == {"goal": 2}

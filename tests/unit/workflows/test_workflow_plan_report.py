@@ -99,9 +99,7 @@ def test_plan_warns_over_budget_and_without_estimates() -> None:
 # --------------------------------------------------------------------------- report
 
 
-def _leaf(
-    key: str, order: list[int], prompt: int, instructions: int, out: int, kind: str = "model"
-) -> StepRecord:
+def _leaf(key: str, order: list[int], prompt: int, instructions: int, out: int, kind: str = "model") -> StepRecord:
     record = StepRecord(key, key.split("[")[0], kind, StepState.SUCCEEDED, order=order)
     record.prompt_tokens, record.instruction_tokens, record.output_tokens = prompt, instructions, out
     return record

@@ -323,8 +323,7 @@ def test_shipped_examples_are_valid(examples_dir: Path) -> None:
 
 def test_inputs_shorthand_and_full_form() -> None:
     spec = parse_workflow(
-        HEADER + "inputs:\n  a: string\n  b: {type: integer, default: 3}\n"
-        "steps:\n  s: {model: m, prompt: hi}\n"
+        HEADER + "inputs:\n  a: string\n  b: {type: integer, default: 3}\nsteps:\n  s: {model: m, prompt: hi}\n"
     )
     assert spec.inputs["a"].required and spec.inputs["a"].type == "string"
     assert not spec.inputs["b"].required and spec.inputs["b"].default == 3

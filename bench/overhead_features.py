@@ -80,11 +80,11 @@ def serve_gateway(port: int, text: str, features: bool) -> None:
 
     from modelyard.config.loader import parse_config
     from modelyard.server.app import Gateway
-    from modelyard.server.factory import build_gateway
+    from modelyard.server.factory import create_app
     from modelyard.server.services import build_router
 
     config = parse_config(text, env={})
-    app = build_gateway(config) if features else Gateway(config, router=build_router(config))
+    app = create_app(config) if features else Gateway(config, router=build_router(config))
     uvicorn.run(
         app,
         host="127.0.0.1",

@@ -8,7 +8,7 @@ import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 
 WIRES = ("openai", "anthropic", "gemini")
@@ -49,5 +49,5 @@ def sim() -> Iterator[SimServer]:
 @pytest.fixture(scope="session")
 def gateway(sim: SimServer) -> Iterator[BackgroundServer]:
     config = parse_config(gateway_yaml(sim.url), source="e2e.yaml")
-    with BackgroundServer(build_gateway(config)) as server:
+    with BackgroundServer(create_app(config)) as server:
         yield server

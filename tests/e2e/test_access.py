@@ -24,7 +24,7 @@ from modelyard.config.loader import parse_config
 from modelyard.config.model import Config
 from modelyard.routing.features import chat_features
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 from modelyard.server.validation import validate_chat
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
@@ -78,7 +78,7 @@ spend:
 
 @contextmanager
 def gateway(config: Config) -> Iterator[str]:
-    with BackgroundServer(build_gateway(config)) as server:
+    with BackgroundServer(create_app(config)) as server:
         yield server.url
 
 

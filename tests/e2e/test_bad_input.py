@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 
 from .conftest import gateway_yaml
 
@@ -19,7 +19,7 @@ GOOD = {"model": "via-openai", "messages": [{"role": "user", "content": "Repeat:
 @pytest.fixture(scope="module")
 def small_gateway(sim):
     text = gateway_yaml(sim.url) + "server:\n  max_body_bytes: 4096\n"
-    with BackgroundServer(build_gateway(parse_config(text))) as server:
+    with BackgroundServer(create_app(parse_config(text))) as server:
         yield server
 
 

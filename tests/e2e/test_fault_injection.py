@@ -53,7 +53,7 @@ def test_breaker_lifecycle(tmp_path):
 
     from modelyard.config.loader import parse_config
     from modelyard.server.background import BackgroundServer
-    from modelyard.server.factory import build_gateway
+    from modelyard.server.factory import create_app
     from modelyard.sim.server import SimServer
 
     with SimServer(instant=True) as sim:
@@ -65,7 +65,7 @@ models:
   m: {{strategy: priority, candidates: [primary, backup]}}
 routing: {{retries: 0, breaker: {{failures: 3, window_s: 30, cooldown_s: 0.5}}}}
 """)
-        gateway = build_gateway(config)
+        gateway = create_app(config)
         transitions: list[tuple[str, str]] = []
         gateway.router.health.listeners.append(lambda name, old, new: transitions.append((old.value, new.value)))
 

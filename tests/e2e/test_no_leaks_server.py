@@ -17,7 +17,7 @@ import pytest
 from modelyard.config.loader import parse_config
 from modelyard.server.app import Gateway
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 
 MASTER = "sk-master-test-leaks-0123456789"
@@ -67,7 +67,7 @@ spend:
 """,
         env={},
     )
-    gateway = build_gateway(config)
+    gateway = create_app(config)
     faulty = Faulty(gateway.router.adapters["openai"])
     gateway.router.adapters["openai"] = faulty  # the executor shares this dict
     with BackgroundServer(gateway) as server:

@@ -12,7 +12,7 @@ import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 from modelyard.sim.fleet import fleet_from_dict
 from modelyard.sim.server import SimServer
 
@@ -44,7 +44,7 @@ routing: {{retries: 0, breaker: {{failures: 1000}}}}
 @pytest.fixture(scope="module")
 def servers():
     with SimServer(fleet_from_dict(FLEET)) as sim:
-        gateway = build_gateway(parse_config(CONFIG.format(sim=sim.url)))
+        gateway = create_app(parse_config(CONFIG.format(sim=sim.url)))
         with BackgroundServer(gateway) as server:
             yield sim, gateway, server
 

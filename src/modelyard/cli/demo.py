@@ -18,7 +18,8 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway, demo_config
+from modelyard.config.demo import demo_config
+from modelyard.server.factory import create_app
 
 WEATHER_TOOL = {
     "type": "function",
@@ -158,7 +159,7 @@ def run_demo(*, requests: int = 16, seed: int = 7) -> None:
     scripted = demo_calls()
     calls = [scripted[i % len(scripted)] for i in range(max(requests, 1))]
     with SimServer(seed=seed) as sim:
-        gateway = build_gateway(demo_config(sim.url))
+        gateway = create_app(demo_config(sim.url))
         with BackgroundServer(gateway) as server:
             console.print(
                 f"simulated fleet at {sim.url}; gateway at {server.url} "

@@ -11,7 +11,10 @@ import re
 from enum import StrEnum
 from typing import Any
 
-import msgspec
+
+class ModelyardError(Exception):
+    """The root of every exception modelyard raises on purpose, so an embedder can catch ours in one clause
+    (the package's own subclasses keep their stdlib bases, e.g. `ConfigError` is also a `ValueError`)."""
 
 
 class ErrorKind(StrEnum):
@@ -103,7 +106,7 @@ def _redacted(match: re.Match[str]) -> str:
     return f"{match.group('param') or ''}[redacted]"
 
 
-class ProviderError(Exception):
+class ProviderError(ModelyardError):
     """One failed attempt at one deployment, classified.
 
     `message` may reach a client: it is masked here whoever built it. `detail` is the provider's own
@@ -162,7 +165,7 @@ class ProviderError(Exception):
         return f"ProviderError({self.kind.value!r}, {self.message!r}, status={self.status})"
 
 
-class GatewayError(Exception):
+class GatewayError(ModelyardError):
     """An error the gateway itself answers with (bad input, auth, limits): status + OpenAI error body."""
 
     def __init__(
@@ -185,10 +188,6 @@ class GatewayError(Exception):
 
     def to_body(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-
-
-def error_body_bytes(body: dict[str, Any]) -> bytes:
-    return msgspec.json.encode(body)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> GatewayError:

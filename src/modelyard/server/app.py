@@ -490,7 +490,3 @@ async def _ready(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         "state": "unavailable" if degraded else "ok",
     }
     await send_json(request.send, 200 if ready else 503, body)
-
-
-def create_app(config: Config, **kwargs: Any) -> Gateway:
-    return Gateway(config, **kwargs)

@@ -1,30 +1,38 @@
-"""Build the gateway from a config file; `app_from_env` is uvicorn's factory for `--workers N`."""
+"""The one public way to build the gateway: `modelyard.create_app(config)`.
+
+`app_from_env` is only uvicorn's factory for `modelyard serve --workers N` (it reads the config path that
+`serve` put in $MODELYARD_CONFIG).
+"""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
-from modelyard.config.demo import DEMO_CONFIG, demo_config
 from modelyard.config.loader import load_config
 from modelyard.config.model import Config
 from modelyard.server.app import Gateway
 
+__all__ = ["create_app"]
 
-def build_gateway(config: Config, **kwargs: Any) -> Gateway:
-    """The gateway with the services its config asks for (prices, keys, budgets, spend log, metrics)."""
+
+def create_app(config: Config | str | os.PathLike[str], **kwargs: Any) -> Gateway:
+    """The gateway (an ASGI app) with the services its config asks for: prices, keys, budgets, spend log,
+    metrics. `config` is a loaded `Config` or the path of a YAML file. Keyword arguments are for tests
+    and embedders: `router=` (a prebuilt Router), `observer=` (an extra request observer), and
+    `Gateway`'s own options."""
     from modelyard.server.services import build_services
 
+    if isinstance(config, str | Path | os.PathLike):
+        config = load_config(config)
     services = build_services(config, kwargs.pop("router", None))
     observer = services.observer(kwargs.pop("observer", None))
     return Gateway(config, router=services.router, observer=observer, services=services, **kwargs)
 
 
-__all__ = ["DEMO_CONFIG", "app_from_env", "build_gateway", "demo_config"]
-
-
 def app_from_env() -> Gateway:
-    """uvicorn factory: reads $MODELYARD_CONFIG (set by `modelyard serve`)."""
-    gateway = build_gateway(load_config(os.environ.get("MODELYARD_CONFIG")))
+    """uvicorn's factory: reads $MODELYARD_CONFIG (set by `modelyard serve`)."""
+    gateway = create_app(load_config(os.environ.get("MODELYARD_CONFIG")))
     gateway.tune_gc = True  # this process serves only the gateway
     return gateway

@@ -12,7 +12,7 @@ from typing import Any
 
 import msgspec
 
-from modelyard.schema.errors import GatewayError
+from modelyard.schema.errors import GatewayError, ModelyardError
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -123,7 +123,7 @@ class Request:
                 return
 
 
-class ClientGone(Exception):
+class ClientGone(ModelyardError):
     """The client disconnected before we could answer."""
 
 
@@ -146,10 +146,6 @@ async def send_error(send: Send, error: GatewayError, extra: Headers | None = No
     if extra:
         headers.extend(extra)
     await send_json(send, error.status, error.to_body(), headers)
-
-
-def header_pairs(values: dict[str, str]) -> Headers:
-    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in values.items()]
 
 
 async def cancel_quietly(task: asyncio.Future[Any] | None) -> None:

@@ -19,7 +19,7 @@ import aiohttp
 from modelyard.config.loader import parse_config
 from modelyard.routing.health import BreakerState
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 
 FLEET = {
     "seed": 5,
@@ -212,7 +212,7 @@ def _run_in_process(settings: SuiteSettings, report: SuiteReport) -> None:
     from modelyard.sim.server import SimServer
 
     with SimServer(fleet_from_dict(FLEET), seed=5) as sim:
-        gateway = build_gateway(parse_config(_config_text(settings, sim.url), source="fault-suite.yaml"))
+        gateway = create_app(parse_config(_config_text(settings, sim.url), source="fault-suite.yaml"))
         gateway.router.health.listeners.append(
             lambda name, old, new: report.breaker_transitions.append((name, old.value, new.value))
         )

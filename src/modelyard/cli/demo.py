@@ -17,8 +17,8 @@ import aiohttp
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.server.background import BackgroundServer
 from modelyard.config.demo import demo_config
+from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 
 WEATHER_TOOL = {

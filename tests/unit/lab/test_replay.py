@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from modelyard.config.loader import parse_config
-from modelyard.routing.datasets import load_labelled
-from modelyard.routing.replay import baselines, premium, replay
+from modelyard.lab.datasets import load_labelled
+from modelyard.lab.replay import baselines, premium, replay
 
 CONFIG = """
 deployments:

@@ -1,7 +1,7 @@
 """Offline policy replay: labelled traffic through the configured routing policies, no provider called.
 
 Each model name of a config is a policy. Every prompt of a labelled set (prompts x models with recorded
-score and cost, `routing/datasets.py`) is planned by the real planner exactly as the gateway would plan it
+score and cost, `lab/datasets.py`) is planned by the real planner exactly as the gateway would plan it
 (same strategies, rules, learned predictions and semantic task types; no live health, since nothing has
 been called); the chosen deployment's model (`router_model`, else its `model`) picks the recorded answer
 whose score and cost stand in for the call. The result says, before a cent is spent, what each policy
@@ -16,10 +16,10 @@ from typing import Any
 import numpy as np
 
 from modelyard.config.model import Config, Deployment
-from modelyard.routing.datasets import LabelledSet
-from modelyard.routing.evaluation import CORRECT_AT
+from modelyard.lab.datasets import LabelledSet
+from modelyard.lab.evaluation import CORRECT_AT
 from modelyard.routing.features import chat_features
-from modelyard.routing.intelligence import Insight, Intelligence
+from modelyard.routing.intelligence import Insight, Intelligence, router_model_of
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, UserMessage
 from modelyard.schema.errors import GatewayError
@@ -67,11 +67,6 @@ class PolicyResult:
         }
 
 
-def data_model(dep: Deployment) -> str:
-    """The labelled-data model a deployment stands for."""
-    return dep.router_model or str(dep.options.get("router_model") or dep.model)
-
-
 def baselines(data: LabelledSet) -> list[PolicyResult]:
     """Every labelled model on its own (the rows where it has a label)."""
     out = []
@@ -116,7 +111,7 @@ def replay(
             if dep is None:
                 result.refused += 1
                 continue
-            j = column.get(data_model(dep))
+            j = column.get(router_model_of(dep))
             if j is None or np.isnan(data.scores[i, j]):
                 result.unlabelled += 1
                 continue

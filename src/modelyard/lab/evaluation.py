@@ -12,12 +12,13 @@ Definitions follow the papers so figures can be set side by side:
 - Many models: each policy setting gives (mean cost, mean quality); the curve's non-decreasing convex
   hull, integrated over a cost range and divided by its width, is RouterBench's AIQ.
 
-Everything is pure numpy on arrays: `predicted`, `scores`, `costs` are (prompts, models) matrices.
+Everything is pure numpy on arrays: `predicted`, `scores`, `costs` are (prompts, models) matrices; `choose`
+is the same choice rule for one prompt (the gateway's `learned` strategy applies it to deployments).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -119,10 +120,38 @@ def pair_report(preference: Array, strong: Array, weak: Array, bins: int = 10) -
 # --- many models: policies, curves, hull area --------------------------------------------------------
 
 
+def choose(
+    predicted: Mapping[str, float],
+    costs: Mapping[str, float],
+    threshold: float | None = None,
+    lam: float | None = None,
+) -> str:
+    """Pick one model from `predicted` (each needs a cost): pure, no I/O, microseconds.
+
+    - `threshold` set: the cheapest model whose predicted quality >= threshold; when none clears it,
+      fall through to the rule below.
+    - otherwise: argmax of quality - lam * cost / max(cost) (lam None = 0: the most likely to succeed).
+      Costs are divided by the largest candidate cost, so lam is unit-free: lam = 0.1 gives up 0.1 of
+      P(correct) to avoid paying the most expensive candidate's full price.
+    Ties go to the cheaper model, then to the earlier name in `predicted`.
+    """
+    names = [m for m in predicted if m in costs]
+    if not names:
+        raise ValueError("choose: no model has both a prediction and a cost")
+    if threshold is not None:
+        ok = [m for m in names if predicted[m] >= threshold]
+        if ok:
+            return min(ok, key=lambda m: (costs[m], -predicted[m], names.index(m)))
+    top = max(costs[m] for m in names)
+    scale = top if top > 0 else 1.0
+    weight = lam or 0.0
+    return min(names, key=lambda m: (weight * (costs[m] / scale) - predicted[m], costs[m], names.index(m)))
+
+
 def choose_batch(
     predicted: Array, costs: Array, threshold: float | None = None, lam: float | None = None
 ) -> NDArray[np.intp]:
-    """Vectorised `learned.choose`: the chosen column per row (see that function for the rule)."""
+    """Vectorised `choose`: the chosen column per row (see that function for the rule)."""
     pred = np.asarray(predicted, dtype=np.float64)
     cost = np.asarray(costs, dtype=np.float64)
     top = cost.max(axis=1, keepdims=True)

@@ -25,6 +25,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 from numpy.typing import NDArray
 
+from modelyard.schema.errors import ModelyardError
+
 DIM = 384
 LAYERS = 6
 HEADS = 12
@@ -43,7 +45,7 @@ INSTALL_HINT = (
 )
 
 
-class EmbeddingUnavailable(RuntimeError):
+class EmbeddingUnavailable(ModelyardError, RuntimeError):
     """The model files or the runtime packages are missing; the message says what to install."""
 
 

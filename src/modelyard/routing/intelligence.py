@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.config.model import Config, Deployment
 from modelyard.routing.context import QualityFn
 from modelyard.routing.features import RequestFeatures
+from modelyard.schema.errors import ModelyardError
 
 if TYPE_CHECKING:
     from modelyard.routing.learned import QualityModel
@@ -37,7 +38,7 @@ def router_model_of(dep: Deployment) -> str:
     return dep.router_model or dep.model
 
 
-class IntelligenceUnavailable(RuntimeError):
+class IntelligenceUnavailable(ModelyardError, RuntimeError):
     """The config asks for learned or semantic routing but the embedding stack is not installed."""
 
 

@@ -3,13 +3,13 @@
 Requests are decoded once into these msgspec Structs (validated, typed, fast) for routing and for the
 adapters that translate to other wire formats. The raw JSON dict is kept beside the Struct so that
 OpenAI-compatible egress can pass fields we do not model (vendor extras such as vLLM's `top_k`) through
-untouched. Responses and stream chunks are plain dicts in the OpenAI shape (TypedDicts below document
-them): they are built by adapters and encoded straight to the client.
+untouched. Responses and stream chunks are plain dicts in the OpenAI shape, built by adapters and encoded
+straight to the client.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, NotRequired, TypedDict
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import Struct
@@ -292,51 +292,6 @@ class Usage(Struct, kw_only=True):
             reasoning=int(completion_details.get("reasoning_tokens") or 0),
         )
 
-
-# --------------------------------------------------------------------------- response shapes (docs + mypy)
-
-
-class ChoiceMessage(TypedDict):
-    role: Literal["assistant"]
-    content: str | None
-    refusal: NotRequired[str | None]
-    tool_calls: NotRequired[list[dict[str, Any]]]
-
-
-class Choice(TypedDict):
-    index: int
-    message: ChoiceMessage
-    finish_reason: str | None
-    logprobs: NotRequired[Any]
-
-
-class ChatCompletion(TypedDict):
-    id: str
-    object: Literal["chat.completion"]
-    created: int
-    model: str
-    choices: list[Choice]
-    usage: dict[str, Any]
-    system_fingerprint: NotRequired[str | None]
-
-
-class ChunkChoice(TypedDict):
-    index: int
-    delta: dict[str, Any]
-    finish_reason: str | None
-    logprobs: NotRequired[Any]
-
-
-class ChatChunk(TypedDict):
-    id: str
-    object: Literal["chat.completion.chunk"]
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: NotRequired[dict[str, Any] | None]
-
-
-FinishReason = Literal["stop", "length", "tool_calls", "content_filter", "function_call"]
 
 # --------------------------------------------------------------------------- helpers
 

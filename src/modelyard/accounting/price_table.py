@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.config.model import Deployment, Price
+from modelyard.config.providers import ProviderOptions
 
 #: Which table vendors a wire-format provider may mean (an OpenAI-compatible server may be anyone).
 _VENDORS_BY_PROVIDER: dict[str, tuple[str, ...]] = {
@@ -109,7 +110,8 @@ class PriceTable:
         """The deployment's own price, else the table's for its model, else None."""
         if dep.price is not None:
             return dep.price
-        model = str(dep.options.get("price_model") or dep.model)
+        options = dep.options
+        model = (options.price_model if isinstance(options, ProviderOptions) else None) or dep.model
         return self.lookup(model, _VENDORS_BY_PROVIDER.get(dep.provider, ()))
 
 

@@ -15,11 +15,11 @@ import msgspec
 import yaml
 
 from modelyard.config.model import Config
+from modelyard.config.providers import bind_deployment_options
 
 ENV_VAR = "MODELYARD_CONFIG"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENUM_HINTS = {
-    "provider": "openai, anthropic, gemini",
     "kind": "chat, embedding",
 }
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
@@ -55,6 +55,7 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     data, marks = load_yaml_with_marks(text, source=source, env=environ)
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
+    bind_deployment_options(data, marks, source)
     config: Config = convert_with_marks(data, Config, marks, source)
     config.source = source
     check_references(config, marks)

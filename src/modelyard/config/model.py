@@ -10,7 +10,8 @@ from typing import Annotated, Any, Literal
 
 from msgspec import Meta, Struct, field
 
-ProviderName = Literal["openai", "anthropic", "gemini"]
+from modelyard.config.providers import bind_options
+
 Capability = Literal["tools", "vision", "json_object", "json_schema", "streaming", "audio", "reasoning"]
 
 
@@ -63,7 +64,9 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     """One model at one provider endpoint, with its price, limits and capabilities."""
 
     name: str
-    provider: ProviderName
+    #: A built-in adapter (`openai`, `anthropic`, `gemini`), an installed `modelyard.providers` entry point,
+    #: or `"package.module:ClassName"` (config/providers.py resolves it).
+    provider: str
     model: str
     api_base: str | None = None
     api_key: str | None = None
@@ -87,8 +90,13 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     tier: int = 0
     headers: dict[str, str] = field(default_factory=dict)
     #: Provider-specific switches, e.g. {"stream_usage": false} for OpenAI-compatible servers that reject
-    #: `stream_options`, or {"api_version": "2023-06-01"} for Anthropic.
-    options: dict[str, Any] = field(default_factory=dict)
+    #: `stream_options`, or {"api_version": "2023-06-01"} for Anthropic. Given as a mapping (or the Struct
+    #: itself); always the adapter's `options_type` Struct once the Deployment exists (`__post_init__`), so
+    #: adapters read fields by attribute and a typo fails here, not silently at request time.
+    options: Any = None
+
+    def __post_init__(self) -> None:
+        self.options = bind_options(self.provider, self.options)
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities

@@ -14,11 +14,12 @@ import binascii
 import re
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from modelyard.config.model import Deployment
+from modelyard.config.providers import ProviderOptions
 from modelyard.providers.base import (
     Completion,
     HttpCall,
@@ -30,6 +31,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     upstream_error,
 )
+from modelyard.providers.data_url import parse_data_url
 from modelyard.schema.chat import (
     AssistantMessage,
     AudioPart,
@@ -114,6 +116,18 @@ _EFFORTS = {
 #: Anthropic-native fields a caller may send as OpenAI extra body; forwarded as given.
 _NATIVE_EXTRAS = ("thinking", "top_k", "cache_control")
 
+
+class AnthropicOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
+    """`options:` of an Anthropic deployment."""
+
+    #: The `anthropic-version` header (quote it in YAML: an unquoted date is not a string).
+    api_version: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")] = DEFAULT_VERSION
+    #: False for models that reject temperature/top_p/top_k (versions from 2026-10-21 reject them anyway).
+    sampling: bool = True
+    #: The `anthropic-beta` header: one feature name or a list of them.
+    beta: str | list[str] | None = None
+
+
 # --------------------------------------------------------------------------- request: messages
 
 
@@ -121,18 +135,10 @@ def _fail(message: str, param: str | None = None) -> GatewayError:
     return GatewayError(400, message, param=param)
 
 
-def _data_url(url: str, param: str) -> tuple[str, str]:
-    """(media type, base64 data) of a `data:` URL; only base64 payloads are accepted."""
-    head, sep, data = url.partition(",")
-    if not sep or not head.endswith(";base64"):
-        raise _fail("only base64 data URLs are supported for Anthropic deployments", param)
-    return head[5:-7].lower(), data
-
-
 def _image_block(part: ImagePart, param: str) -> dict[str, Any]:
     url = part.image_url.url
     if url.startswith("data:"):
-        media_type, data = _data_url(url, param)
+        media_type, data = parse_data_url(url, param)
         if media_type not in _IMAGE_TYPES:
             raise _fail(f"image type {media_type!r} is not supported by Anthropic (jpeg/png/gif/webp)", param)
         return {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
@@ -146,7 +152,7 @@ def _file_block(part: FilePart, param: str) -> dict[str, Any]:
     ref = part.file
     if not ref.file_data:
         raise _fail("file parts need inline file_data for Anthropic deployments (file_id is OpenAI's)", param)
-    media_type, data = _data_url(ref.file_data, param)
+    media_type, data = parse_data_url(ref.file_data, param)
     block: dict[str, Any]
     if media_type == "application/pdf":
         block = {"type": "document", "source": {"type": "base64", "media_type": media_type, "data": data}}
@@ -368,7 +374,8 @@ def _apply_response_format(
 
 def _sampling_allowed(dep: Deployment, version: str) -> bool:
     """Version 2026-10-21 rejects sampling fields outright; `sampling: false` marks models that do too."""
-    return version < _NO_SAMPLING_VERSION and dep.options.get("sampling", True) is not False
+    opts: AnthropicOptions = dep.options
+    return version < _NO_SAMPLING_VERSION and opts.sampling
 
 
 def _apply_sampling(body: dict[str, Any], req: ChatRequest, raw: dict[str, Any], dep: Deployment, version: str) -> None:
@@ -416,16 +423,18 @@ def build_body(dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: b
 
 
 def _version(dep: Deployment) -> str:
-    return str(dep.options.get("api_version") or DEFAULT_VERSION)
+    opts: AnthropicOptions = dep.options
+    return opts.api_version
 
 
 def _headers(dep: Deployment) -> dict[str, str]:
-    headers = {"content-type": "application/json", "anthropic-version": _version(dep)}
+    opts: AnthropicOptions = dep.options
+    headers = {"content-type": "application/json", "anthropic-version": opts.api_version}
     if dep.api_key:
         headers["x-api-key"] = dep.api_key
-    beta = dep.options.get("beta")
+    beta = opts.beta
     if beta:
-        headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(str(b) for b in beta)
+        headers["anthropic-beta"] = beta if isinstance(beta, str) else ",".join(beta)
     if dep.headers:
         headers.update(dep.headers)
     return headers
@@ -581,6 +590,7 @@ class AnthropicAdapter:
     """Anthropic's Messages API (api.anthropic.com or a compatible endpoint)."""
 
     name: ClassVar[str] = "anthropic"
+    options_type: ClassVar[type[AnthropicOptions]] = AnthropicOptions
 
     def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
         body = build_body(dep, req, raw, stream)

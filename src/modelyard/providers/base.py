@@ -1,8 +1,15 @@
-"""The adapter protocol: one pure translator per wire format, no I/O.
+"""The adapter contract: one pure translator per wire format, no I/O.
 
 An adapter turns a canonical request into an `HttpCall`, and a provider's answer (body, SSE events,
 error status) back into the canonical OpenAI shape or a typed `ProviderError`. The transport
 (`providers.transport`) owns sockets and timeouts, so every adapter can be table-tested without a network.
+
+The contract (`Adapter`) is six methods, `name` and `options_type`; it is all an adapter outside the
+package must implement (`provider: mypkg.adapters:MyAdapter`, docs/adapters.md). What comes later is
+optional: small `Capability` protocols below (native pass-through, token counting, stream framing other
+than SSE, credential refresh, non-chat endpoints) that an adapter may implement and the pipeline finds with
+`discover()`, once per adapter, so new features extend the contract without breaking an adapter that has
+none of them.
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -80,21 +87,145 @@ class StreamTranslator(Protocol):
 
 
 class Adapter(Protocol):
-    """A wire format. Stateless: one instance serves every deployment of its provider."""
+    """A wire format. Stateless: one instance serves every deployment of its provider.
 
+    `dep.options` is an instance of `options_type` (converted when the Deployment was built; a typo in the
+    YAML is a `file:line` error at load), so methods read it by attribute. Methods are pure: no I/O, no
+    clock they depend on, errors as `ProviderError` (answers) or `GatewayError` (a request this wire format
+    cannot express, a 400).
+    """
+
+    #: A short name for logs and messages (`openai`); the config names the adapter by `provider:`.
     name: ClassVar[str]
+    #: The msgspec Struct of this adapter's `options:` (kw_only, forbid_unknown_fields, typed fields).
+    options_type: ClassVar[type[msgspec.Struct]]
 
-    def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall: ...
+    def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
+        """The HTTP request for a chat completion (`raw`: the caller's JSON, for vendor extras)."""
+        ...
 
-    def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion: ...
+    def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion:
+        """A 2xx body as a canonical chat completion with its usage; ProviderError when malformed."""
+        ...
 
-    def stream_translator(self, dep: Deployment, req: ChatRequest) -> StreamTranslator: ...
+    def stream_translator(self, dep: Deployment, req: ChatRequest) -> StreamTranslator:
+        """A fresh translator for one streamed answer (the transport frames SSE events for it)."""
+        ...
 
-    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError: ...
+    def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
+        """A non-2xx answer as a typed ProviderError (its kind drives retry and failover)."""
+        ...
 
-    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall: ...
+    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        """The HTTP request for embeddings; a wire format without them raises GatewayError (400)."""
+        ...
 
-    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion: ...
+    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
+        """A 2xx embeddings body in the canonical (OpenAI) shape."""
+        ...
+
+
+# ----------------------------------------------------------------------------- optional capabilities
+#
+# Each is a small protocol an adapter may implement besides the contract. None is implemented or used yet:
+# later issues wire each into the pipeline, which asks `discover(adapter)` once per adapter (at start, not
+# per request) and takes the generic path when a capability is absent.
+
+
+@runtime_checkable
+class NativePassthrough(Protocol):
+    """Forwards a request already in this adapter's own wire format (e.g. `/v1/messages` to Anthropic)
+    without the round trip through the canonical shape; the answer goes back as the provider sent it."""
+
+    #: The wire format it accepts as is (`anthropic-messages`, `gemini-generate-content`).
+    native_format: ClassVar[str]
+
+    def native_call(self, dep: Deployment, body: bytes, stream: bool) -> HttpCall: ...
+
+    def native_usage(self, dep: Deployment, body: bytes) -> Usage:
+        """The usage in a native answer body, for accounting (streams: from the translator's events)."""
+        ...
+
+
+@runtime_checkable
+class TokenCounter(Protocol):
+    """Counts a request's prompt tokens with the provider's own tokenizer endpoint (exact, not estimated)."""
+
+    def count_tokens_call(self, dep: Deployment, req: ChatRequest) -> HttpCall: ...
+
+    def parse_count_tokens(self, dep: Deployment, body: bytes) -> int: ...
+
+
+class StreamDecoder(Protocol):
+    """Frames a streamed body into events (what `providers.sse.SSEParser` does for SSE)."""
+
+    def feed(self, data: bytes) -> list[SSEEvent]: ...
+
+    def flush(self) -> list[SSEEvent]: ...
+
+
+@runtime_checkable
+class StreamFraming(Protocol):
+    """A stream framed otherwise than as server-sent events (NDJSON, AWS event-stream): the transport uses
+    this decoder instead of SSE, and the adapter's StreamTranslator receives the same `SSEEvent`s."""
+
+    def stream_decoder(self, dep: Deployment) -> StreamDecoder: ...
+
+
+@runtime_checkable
+class CredentialRefresh(Protocol):
+    """Short-lived credentials (OAuth tokens, signed requests): the one capability that may do I/O and keep
+    state. The executor awaits it before each attempt and merges the headers into the `HttpCall`."""
+
+    async def credentials(self, dep: Deployment) -> Mapping[str, str]:
+        """Headers carrying a valid credential, refreshed (and cached by the adapter) when needed."""
+        ...
+
+    def credentials_rejected(self, dep: Deployment) -> None:
+        """The provider refused the credential (an AUTH error): drop it so the next call refreshes."""
+        ...
+
+
+@runtime_checkable
+class Endpoints(Protocol):
+    """Endpoints beyond chat and embeddings (images, audio, rerank, batches), named like OpenAI's paths."""
+
+    #: What it serves, e.g. frozenset({"images/generations", "audio/transcriptions"}).
+    endpoints: ClassVar[frozenset[str]]
+
+    def endpoint_call(self, dep: Deployment, endpoint: str, raw: dict[str, Any]) -> HttpCall: ...
+
+    def parse_endpoint(self, dep: Deployment, endpoint: str, body: bytes) -> Completion: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What one adapter can do beyond the contract: each field the adapter itself, typed, or None."""
+
+    native: NativePassthrough | None = None
+    count_tokens: TokenCounter | None = None
+    framing: StreamFraming | None = None
+    credentials: CredentialRefresh | None = None
+    endpoints: Endpoints | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The capabilities present, for logs and `modelyard check`."""
+        return tuple(name for name in self.__slots__ if getattr(self, name) is not None)
+
+
+def discover(adapter: object) -> Capabilities:
+    """The optional capabilities `adapter` implements (by their members, as `runtime_checkable` checks them).
+
+    Called once per adapter when the pipeline is built, never per request; an adapter with none is fine.
+    """
+    return Capabilities(
+        native=adapter if isinstance(adapter, NativePassthrough) else None,
+        count_tokens=adapter if isinstance(adapter, TokenCounter) else None,
+        framing=adapter if isinstance(adapter, StreamFraming) else None,
+        credentials=adapter if isinstance(adapter, CredentialRefresh) else None,
+        endpoints=adapter if isinstance(adapter, Endpoints) else None,
+    )
 
 
 #: Ids are unique per process by a counter and across processes by a random prefix drawn at start:

@@ -9,7 +9,7 @@ OpenAI-style schemas (`additionalProperties`, `$defs`/`$ref`, `anyOf`) need no l
 Thought signatures: Gemini 3 rejects a replayed `functionCall` that lacks the signature it was issued with.
 OpenAI clients only echo a tool call's id, so the signature travels inside it
 (`call_<24 hex>_ts_<url-safe base64>`); history that never came from Gemini (another provider, a failover)
-gets Google's documented placeholder signature instead. `options["thought_signatures"] = False` turns both
+gets Google's documented placeholder signature instead. `options: {thought_signatures: false}` turns both
 off.
 
 Finish reasons the model uses for unusable output (MALFORMED_FUNCTION_CALL, UNEXPECTED_TOOL_CALL,
@@ -25,11 +25,12 @@ import binascii
 import struct
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import msgspec
 
 from modelyard.config.model import Deployment
+from modelyard.config.providers import ProviderOptions
 from modelyard.providers.base import (
     Completion,
     HttpCall,
@@ -41,6 +42,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     upstream_error,
 )
+from modelyard.providers.data_url import parse_data_url
 from modelyard.schema.chat import (
     AssistantMessage,
     AudioPart,
@@ -154,10 +156,32 @@ _THINKING_BUDGET = {"none": 0, "minimal": 512, "low": 1024, "medium": 8192, "hig
 # ============================================================================ the adapter
 
 
+class GeminiOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
+    """`options:` of a Gemini deployment; the mappings are Gemini's own JSON, sent as given."""
+
+    #: The API version in the URL when `api_base` does not name one (`v1`, `v1beta`).
+    api_version: Annotated[str, msgspec.Meta(pattern=r"^v\d+\w*$")] = DEFAULT_API_VERSION
+    #: Carry thought signatures inside tool-call ids and sign foreign history (see the module docstring).
+    thought_signatures: bool = True
+    #: `taskType` of embedding requests (`RETRIEVAL_QUERY`, `SEMANTIC_SIMILARITY`, ...).
+    task_type: Annotated[str, msgspec.Meta(pattern=r"^[A-Z_]+$")] | None = None
+    #: `safetySettings` of every chat request (`[{category: ..., threshold: ...}]`).
+    safety_settings: list[dict[str, Any]] | None = None
+    #: `cachedContent`: the name of a context cache (`cachedContents/...`).
+    cached_content: str | None = None
+    #: Merged last into `generationConfig` (wins over what the request sets).
+    generation_config: dict[str, Any] | None = None
+    #: `thinkingConfig` as given, instead of the one derived from `reasoning_effort`.
+    thinking_config: dict[str, Any] | None = None
+    #: `includeThoughts`; unset: on when the request asks for reasoning.
+    include_thoughts: bool | None = None
+
+
 class GeminiAdapter:
     """The Gemini API wire format (`models/{model}:generateContent`, `:streamGenerateContent`, embeddings)."""
 
     name: ClassVar[str] = "gemini"
+    options_type: ClassVar[type[GeminiOptions]] = GeminiOptions
 
     # ------------------------------------------------------------------ requests
 
@@ -167,14 +191,15 @@ class GeminiAdapter:
         return HttpCall("POST", f"{_model_url(dep)}:{method}", _headers(dep), _encode(body))
 
     def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        opts: GeminiOptions = dep.options
         model = _model_path(dep.model)
         entries = []
         for text in _embedding_texts(req):
             entry: dict[str, Any] = {"model": model, "content": {"parts": [{"text": text}]}}
             if req.dimensions is not None:
                 entry["outputDimensionality"] = req.dimensions
-            if dep.options.get("task_type"):
-                entry["taskType"] = dep.options["task_type"]
+            if opts.task_type:
+                entry["taskType"] = opts.task_type
             entries.append(entry)
         return HttpCall("POST", f"{_model_url(dep)}:batchEmbedContents", _headers(dep), _encode({"requests": entries}))
 
@@ -259,15 +284,17 @@ def _model_path(model: str) -> str:
 
 
 def _model_url(dep: Deployment) -> str:
+    opts: GeminiOptions = dep.options
     base = (dep.api_base or DEFAULT_BASE).rstrip("/")
     last = base.rsplit("/", 1)[-1]
     if not (last.startswith("v") and last[1:2].isdigit()):  # api_base may already name the version
-        base = f"{base}/{dep.options.get('api_version') or DEFAULT_API_VERSION}"
+        base = f"{base}/{opts.api_version}"
     return f"{base}/{_model_path(dep.model)}"
 
 
 def _signatures_on(dep: Deployment) -> bool:
-    return bool(dep.options.get("thought_signatures", True))
+    opts: GeminiOptions = dep.options
+    return opts.thought_signatures
 
 
 # ============================================================================ request: messages
@@ -288,10 +315,11 @@ def build_request(dep: Deployment, req: ChatRequest, raw: Mapping[str, Any] | No
     config = _generation_config(dep, req, raw or {})
     if config:
         body["generationConfig"] = config
-    if dep.options.get("safety_settings"):
-        body["safetySettings"] = dep.options["safety_settings"]
-    if dep.options.get("cached_content"):
-        body["cachedContent"] = dep.options["cached_content"]
+    opts: GeminiOptions = dep.options
+    if opts.safety_settings:
+        body["safetySettings"] = opts.safety_settings
+    if opts.cached_content:
+        body["cachedContent"] = opts.cached_content
     return body
 
 
@@ -347,7 +375,7 @@ def _user_parts(content: Content, where: str) -> list[dict[str, Any]]:
 
 def _image_part(url: str, param: str) -> dict[str, Any]:
     if url.startswith("data:"):
-        mime, data = _data_url(url, param)
+        mime, data = parse_data_url(url, param)
         return {"inlineData": {"mimeType": mime, "data": data}}
     if url.startswith(("http://", "https://", "gs://")):
         return {"fileData": {"mimeType": _guess_mime(url) or "image/jpeg", "fileUri": url}}
@@ -367,7 +395,7 @@ def _file_part(part: FilePart, param: str) -> dict[str, Any]:
     guessed = _guess_mime(ref.filename or "")
     if ref.file_data:
         if ref.file_data.startswith("data:"):
-            mime, data = _data_url(ref.file_data, param)
+            mime, data = parse_data_url(ref.file_data, param)
             return {"inlineData": {"mimeType": mime, "data": data}}
         if guessed is None:
             raise bad_request("file_data without a data: URL needs a filename with a known extension", param=param)
@@ -377,14 +405,6 @@ def _file_part(part: FilePart, param: str) -> dict[str, Any]:
         uri = file_id if file_id.startswith("https://") else f"{DEFAULT_BASE}/{DEFAULT_API_VERSION}/{file_id}"
         return {"fileData": {"mimeType": guessed or "application/pdf", "fileUri": uri}}
     raise bad_request("Gemini cannot read this file: send file_data (base64) or a Gemini Files API URI", param=param)
-
-
-def _data_url(url: str, param: str) -> tuple[str, str]:
-    header, sep, data = url.partition(",")
-    meta = header[5:].split(";")
-    if not sep or "base64" not in meta[1:] or not meta[0]:
-        raise bad_request("data URLs must be base64 with a media type (data:<mime>;base64,...)", param=param)
-    return meta[0], data
 
 
 def _guess_mime(name: str) -> str | None:
@@ -539,19 +559,19 @@ def _generation_config(dep: Deployment, req: ChatRequest, raw: Mapping[str, Any]
     thinking = _thinking_config(dep, req)
     if thinking:
         config["thinkingConfig"] = thinking
-    extra = dep.options.get("generation_config")
-    if isinstance(extra, dict):
-        config.update(extra)
+    opts: GeminiOptions = dep.options
+    if opts.generation_config:
+        config.update(opts.generation_config)
     return config
 
 
 def _thinking_config(dep: Deployment, req: ChatRequest) -> dict[str, Any] | None:
     """reasoning_effort → thinkingConfig: `thinkingLevel` for Gemini 3, `thinkingBudget` before it."""
-    configured = dep.options.get("thinking_config")
-    if isinstance(configured, dict):
-        return dict(configured)
+    opts: GeminiOptions = dep.options
+    if opts.thinking_config is not None:
+        return dict(opts.thinking_config)
     effort = (req.reasoning_effort or "").lower()
-    include = dep.options.get("include_thoughts")
+    include = opts.include_thoughts
     if effort not in _THINKING_BUDGET:
         return {"includeThoughts": True} if include else None
     thinking: dict[str, Any]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import msgspec
 
 from modelyard.config.model import Deployment
+from modelyard.config.providers import ProviderOptions
 from modelyard.providers.base import (
     Completion,
     HttpCall,
@@ -37,6 +38,15 @@ _encode = msgspec.json.Encoder().encode
 _FINISH_ALIASES = {"eos": "stop", "stop_sequence": "stop", "max_tokens": "length", "tool_use": "tool_calls"}
 
 
+class OpenAIOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
+    """`options:` of an OpenAI-compatible deployment."""
+
+    #: Ask for the usage chunk of a stream (`stream_options.include_usage`); off for servers that reject it.
+    stream_usage: bool = True
+    #: Send the caller's `max_tokens` under this name (`max_completion_tokens` for OpenAI's reasoning models).
+    max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+
+
 def _headers(dep: Deployment) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     if dep.api_key:
@@ -54,23 +64,25 @@ class OpenAIAdapter:
     """Any server that speaks OpenAI's Chat Completions and Embeddings wire format."""
 
     name: ClassVar[str] = "openai"
+    options_type: ClassVar[type[OpenAIOptions]] = OpenAIOptions
 
     # ------------------------------------------------------------------ requests
 
     def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
+        opts: OpenAIOptions = dep.options
         body = dict(raw)
         body.pop("modelyard", None)
         body["model"] = dep.model
         if stream:
             body["stream"] = True
-            if dep.options.get("stream_usage", True):
+            if opts.stream_usage:
                 options = dict(body.get("stream_options") or {})
                 options["include_usage"] = True
                 body["stream_options"] = options
         else:
             body.pop("stream", None)
             body.pop("stream_options", None)
-        field = dep.options.get("max_tokens_field")
+        field = opts.max_tokens_field
         if field and "max_tokens" in body and field != "max_tokens":
             body[field] = body.pop("max_tokens")
         return HttpCall("POST", _base(dep) + "/chat/completions", _headers(dep), _encode(body))

@@ -41,7 +41,7 @@ def test_env_interpolation_with_default_and_number_conversion():
         (
             BASE.replace("provider: openai", "provider: openia"),
             {"OPENAI_API_KEY": "k"},
-            "cfg.yaml:3: deployments[0].provider: Invalid enum value 'openia' (one of openai, anthropic, gemini)",
+            "cfg.yaml:3: deployments[0].provider: unknown provider 'openia': one of openai, anthropic, gemini,",
         ),
         (
             BASE.replace("    model: gpt-4o\n", "    model: gpt-4o\n    modle: x\n"),

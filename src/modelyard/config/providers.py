@@ -71,14 +71,14 @@ class ProviderOptions(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 def adapter_class(provider: str) -> type[Any]:
     """The adapter class `provider` names; raises AdapterConfigError saying why not."""
     path = BUILTIN_ADAPTERS.get(provider)
-    if path is None and ":" not in provider:
-        path = _plugin_path(provider)
+    if path is None:
+        path = provider if ":" in provider else _plugin_path(provider)
     if path is None:
         raise AdapterConfigError(
             f"unknown provider {provider!r}: one of {', '.join(BUILTIN_PROVIDERS)}, an installed "
             f"{ENTRY_POINT_GROUP!r} entry point, or 'package.module:ClassName'"
         )
-    return _import_adapter(path or provider)
+    return _import_adapter(path)
 
 
 def _plugin_path(name: str) -> str | None:

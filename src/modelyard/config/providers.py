@@ -139,6 +139,8 @@ def bind_options(provider: str, options: Any) -> msgspec.Struct:
         unknown = _UNKNOWN_FIELD.search(message)
         if unknown:
             where = f"{where}.{unknown.group(1)}"
+        if message.startswith("Expected `str`, got `date"):
+            message += " (quote it: YAML reads an unquoted 2023-06-01 as a date)"
         raise AdapterConfigError(message, key="options" + where) from None
     return converted
 

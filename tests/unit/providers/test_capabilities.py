@@ -1,0 +1,92 @@
+"""Optional adapter capabilities are found by `discover()` from what an adapter implements; an adapter with
+none (every built-in today, and the outside Acme adapter) is complete."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import pytest
+
+from modelyard.config.model import Deployment
+from modelyard.providers import load_adapter
+from modelyard.providers.base import Capabilities, HttpCall, SSEEvent, discover
+from modelyard.schema.chat import ChatRequest, Usage
+from tests.plugins.acme_adapter import AcmeAdapter
+
+
+class CountingAdapter(AcmeAdapter):
+    """Acme plus a token-count endpoint and NDJSON stream framing."""
+
+    def count_tokens_call(self, dep: Deployment, req: ChatRequest) -> HttpCall:
+        return HttpCall("POST", "http://acme/count", {}, b"{}")
+
+    def parse_count_tokens(self, dep: Deployment, body: bytes) -> int:
+        return 7
+
+    def stream_decoder(self, dep: Deployment) -> Any:
+        return NDJSON()
+
+
+class NDJSON:
+    def feed(self, data: bytes) -> list[SSEEvent]:
+        return [SSEEvent(line) for line in data.splitlines() if line]
+
+    def flush(self) -> list[SSEEvent]:
+        return []
+
+
+class EverythingAdapter(CountingAdapter):
+    native_format: ClassVar[str] = "acme"
+    endpoints: ClassVar[frozenset[str]] = frozenset({"rerank"})
+
+    def native_call(self, dep: Deployment, body: bytes, stream: bool) -> HttpCall:
+        return HttpCall("POST", "http://acme/native", {}, body)
+
+    def native_usage(self, dep: Deployment, body: bytes) -> Usage:
+        return Usage()
+
+    async def credentials(self, dep: Deployment) -> Mapping[str, str]:
+        return {"authorization": "Bearer fresh"}
+
+    def credentials_rejected(self, dep: Deployment) -> None:
+        return None
+
+    def endpoint_call(self, dep: Deployment, endpoint: str, raw: dict[str, Any]) -> HttpCall:
+        return HttpCall("POST", f"http://acme/{endpoint}", {}, b"{}")
+
+    def parse_endpoint(self, dep: Deployment, endpoint: str, body: bytes) -> Any:
+        return None
+
+
+class HalfACounter(AcmeAdapter):
+    """Asks for the count but cannot read the answer: not a TokenCounter."""
+
+    def count_tokens_call(self, dep: Deployment, req: ChatRequest) -> HttpCall:
+        return HttpCall("POST", "http://acme/count", {}, b"{}")
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini", "tests.plugins.acme_adapter:AcmeAdapter"])
+def test_an_adapter_with_no_capability_discovers_none(provider: str) -> None:
+    assert discover(load_adapter(provider)) == Capabilities()
+    assert discover(load_adapter(provider)).names == ()
+
+
+def test_the_capabilities_an_adapter_implements_are_found_and_typed() -> None:
+    adapter = CountingAdapter()
+    found = discover(adapter)
+    assert found.names == ("count_tokens", "framing")
+    assert found.count_tokens is adapter and found.framing is adapter
+    assert found.native is None and found.credentials is None and found.endpoints is None
+    assert found.framing.stream_decoder(Deployment(name="d", provider="openai", model="m")).feed(b"a\nb\n") == [
+        SSEEvent(b"a"),
+        SSEEvent(b"b"),
+    ]
+
+
+def test_every_capability_is_discoverable() -> None:
+    assert discover(EverythingAdapter()).names == ("native", "count_tokens", "framing", "credentials", "endpoints")
+
+
+def test_half_a_capability_is_no_capability() -> None:
+    assert discover(HalfACounter()).names == ()

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 import msgspec
 
 from modelyard.accounting.spool import SEGMENT_BYTES, Segment, Spool
+from modelyard.schema.errors import ModelyardError
 
 log = logging.getLogger("modelyard.spend")
 
@@ -69,7 +70,7 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     content: str | None = None
 
 
-class SpendDataError(Exception):
+class SpendDataError(ModelyardError):
     """The store refused records for what they hold (bad data), not because it is unreachable."""
 
 

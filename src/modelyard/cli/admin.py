@@ -24,6 +24,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from modelyard.schema.errors import ModelyardError
+
 app = typer.Typer(add_completion=False)
 keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
@@ -45,7 +47,7 @@ MASTER = typer.Option(None, "--master-key", envvar="MODELYARD_MASTER_KEY", help=
 AS_JSON = typer.Option(False, "--json", help="Print JSON instead of a table.")
 
 
-class AdminError(Exception):
+class AdminError(ModelyardError):
     """A failed admin call, with the message to show."""
 
 

@@ -22,8 +22,10 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from modelyard.schema.errors import ModelyardError
 
-class HttpError(Exception):
+
+class HttpError(ModelyardError):
     """A transport-level failure (the connection broke, the response was not valid HTTP)."""
 
 

@@ -11,6 +11,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, NoReturn
 
+from modelyard.schema.errors import ModelyardError
+
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -20,7 +22,7 @@ JSON_TYPE = b"application/json"
 SSE_TYPE = b"text/event-stream; charset=utf-8"
 
 
-class Abort(Exception):
+class Abort(ModelyardError):
     """Raised to drop the connection mid-response; the server closes the socket (its log stays quiet)."""
 
 

@@ -35,6 +35,7 @@ import yaml
 from msgspec import Struct, field
 
 from modelyard.config.model import Price
+from modelyard.schema.errors import ModelyardError
 
 FAULT_NAMES: tuple[str, ...] = (
     "rate_limit",
@@ -47,7 +48,7 @@ FAULT_NAMES: tuple[str, ...] = (
 )
 
 
-class FleetError(ValueError):
+class FleetError(ModelyardError, ValueError):
     """A fleet file or fleet change that does not validate; the message names the source and the path."""
 
 

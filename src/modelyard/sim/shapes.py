@@ -12,13 +12,15 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 
+from modelyard.schema.errors import ModelyardError
+
 ToolMode = Literal["none", "auto", "required"]
 Finish = Literal["stop", "length", "stop_sequence", "tool_calls"]
 #: What went wrong, in words every wire format maps to its own status and error body.
 ErrKind = Literal["bad_request", "auth", "not_found", "rate_limit", "server_error", "unavailable", "context_length"]
 
 
-class BadRequest(Exception):
+class BadRequest(ModelyardError):
     """The request cannot be served as sent; answered 400 in the provider's own error format."""
 
 

@@ -12,7 +12,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
-from modelyard.schema.errors import GatewayError
+from modelyard.schema.errors import GatewayError, ModelyardError
 
 log = logging.getLogger("modelyard.state")
 
@@ -22,7 +22,7 @@ T = TypeVar("T")
 RETRY_AFTER_S = 1
 
 
-class StateUnavailable(Exception):
+class StateUnavailable(ModelyardError):
     """Redis (the shared counters) cannot be reached and the gateway is configured to fail closed."""
 
     def __init__(self, retry_after: float = RETRY_AFTER_S) -> None:

@@ -167,10 +167,11 @@ def demo(
 
 @app.command()
 def check(config: Path = typer.Option(..., "--config", "-c", help="Config file to validate.")) -> None:
-    """Validate a config without serving."""
+    """Validate a config without serving: every typo of the model groups is listed, one `file:line` each."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from modelyard.config.loader import ConfigError, load_config
+    from modelyard.config.loader import ConfigError, ConfigErrors, load_config
     from modelyard.routing.rules import RuleError
     from modelyard.routing.table import RoutingTable
 
@@ -178,7 +179,9 @@ def check(config: Path = typer.Option(..., "--config", "-c", help="Config file t
         loaded = load_config(config)
         table = RoutingTable.from_config(loaded)
     except (ConfigError, RuleError) as exc:
-        raise _fail(str(exc)) from None
+        for error in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
+            err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
+        raise typer.Exit(code=2) from None
     out = Console()
     grid = Table(title=f"{config}: OK")
     for column in ("model", "strategy", "candidates", "fallbacks"):

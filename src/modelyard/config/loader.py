@@ -14,8 +14,9 @@ from typing import Any
 import msgspec
 import yaml
 
-from modelyard.config.model import Config
+from modelyard.config.model import Config, ModelGroup
 from modelyard.config.providers import bind_deployment_options
+from modelyard.config.routing_options import Constraints, ModelOptions, RuleSpec, nest_metadata
 
 ENV_VAR = "MODELYARD_CONFIG"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -37,6 +38,16 @@ class ConfigError(Exception):
         super().__init__(f"{where}: {key + ': ' if key else ''}{message}")
 
 
+class ConfigErrors(ConfigError):
+    """Several config problems found in one pass (each model group's sections are validated on their own), so
+    `modelyard check` lists every typo at once; `str()` is one `file:line: key: message` per line."""
+
+    def __init__(self, errors: list[ConfigError]) -> None:
+        first = errors[0]
+        self.source, self.line, self.key, self.errors = first.source, first.line, first.key, errors
+        Exception.__init__(self, "\n".join(str(error) for error in errors))
+
+
 Marks = dict[tuple[str | int, ...], int]
 
 
@@ -56,7 +67,18 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
     bind_deployment_options(data, marks, source)
-    config: Config = convert_with_marks(data, Config, marks, source)
+    errors: list[ConfigError] = []
+    models = _convert_models(data.get("models"), marks, source, errors)
+    rest = data if models is None else {key: value for key, value in data.items() if key != "models"}
+    try:
+        config: Config = convert_with_marks(rest, Config, marks, source)
+    except ConfigError as exc:
+        errors.append(exc)
+    if errors:
+        errors.sort(key=lambda error: error.line or 0)
+        raise errors[0] if len(errors) == 1 else ConfigErrors(errors)
+    if models is not None:
+        config.models = models
     config.source = source
     check_references(config, marks)
     return config
@@ -135,16 +157,81 @@ def _interpolate(value: str, env: dict[str, str], source: str, line: int, path: 
     return _INTERPOLATION.sub(replace, value)
 
 
-def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str) -> Any:
-    """`msgspec.convert` whose errors point at the file and line of the offending key."""
+def _convert_models(raw: Any, marks: Marks, source: str, errors: list[ConfigError]) -> dict[str, ModelGroup] | None:
+    """`models:` converted group by group, and within a group its constraints, options and each rule on
+    their own: msgspec stops at a conversion's first error, so this is how one pass finds every typo.
+    Errors go to `errors`; None when `models:` is not a mapping (the Config conversion reports that)."""
+    if not isinstance(raw, dict):
+        return None
+    models: dict[str, ModelGroup] = {}
+    for name, group in raw.items():
+        if isinstance(group, dict):
+            group = _convert_sections(group, ("models", name), marks, source, errors)
+            if group is None:
+                continue
+        try:
+            models.update(convert_with_marks({name: group}, dict[str, ModelGroup], marks, source, at=("models",)))
+        except ConfigError as exc:
+            errors.append(exc)
+    return models
+
+
+_SECTIONS: tuple[tuple[str, type[Any]], ...] = (("constraints", Constraints), ("options", ModelOptions))
+
+
+def _convert_sections(
+    group: dict[str, Any], at: tuple[str | int, ...], marks: Marks, source: str, errors: list[ConfigError]
+) -> dict[str, Any] | None:
+    """A group's mapping with its typed sections converted (None if any failed: its errors are in `errors`)."""
+    group = dict(group)
+    failed = False
+    for key, type_ in _SECTIONS:
+        if key in group:
+            try:
+                group[key] = convert_with_marks(group[key], type_, marks, source, at=(*at, key))
+            except ConfigError as exc:
+                errors.append(exc)
+                failed = True
+    rules = group.get("rules")
+    if isinstance(rules, list):
+        converted = []
+        for i, rule in enumerate(rules):
+            where = (*at, "rules", i)
+            try:
+                converted.append(convert_with_marks(_rule_data(rule, where, marks), RuleSpec, marks, source, at=where))
+            except ConfigError as exc:
+                errors.append(exc)
+                failed = True
+        group["rules"] = converted
+    return None if failed else group
+
+
+def _rule_data(rule: Any, at: tuple[str | int, ...], marks: Marks) -> Any:
+    """The rule with its `metadata.<name>` conditions nested under `metadata`, their lines carried along."""
+    when = rule.get("when") if isinstance(rule, dict) else None
+    if not isinstance(when, dict):
+        return rule
+    nested = nest_metadata(when)
+    if nested is when:
+        return rule
+    for key in when:
+        if isinstance(key, str) and key.startswith("metadata.") and (*at, "when", key) in marks:
+            line = marks[(*at, "when", key)]
+            marks.setdefault((*at, "when", "metadata"), line)
+            marks[(*at, "when", "metadata", key.removeprefix("metadata."))] = line
+    return {**rule, "when": nested}
+
+
+def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str, *, at: tuple[str | int, ...] = ()) -> Any:
+    """`msgspec.convert` whose errors point at the file and line of the offending key (`data` sits at `at`)."""
     try:
         return msgspec.convert(data, type_, strict=False)
     except msgspec.ValidationError as exc:
         message = str(exc)
-        path: tuple[str | int, ...] = ()
+        path: tuple[str | int, ...] = at
         if " - at `$" in message:
             message, _, where = message.rpartition(" - at `")
-            path = parse_path(where.rstrip("`"))
+            path = (*at, *parse_path(where.rstrip("`")))
         unknown = _UNKNOWN_FIELD.search(message)
         if unknown and (*path, unknown.group(1)) in marks:
             path = (*path, unknown.group(1))

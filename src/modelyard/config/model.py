@@ -11,6 +11,7 @@ from typing import Annotated, Any, Literal
 from msgspec import Meta, Struct, field
 
 from modelyard.config.providers import bind_options
+from modelyard.config.routing_options import Constraints, ModelOptions, RuleSpec, as_struct
 
 Capability = Literal["tools", "vision", "json_object", "json_schema", "streaming", "audio", "reasoning"]
 
@@ -115,13 +116,19 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     candidates: list[str]
     strategy: str = "priority"
     fallbacks: list[str] = field(default_factory=list)
-    constraints: dict[str, Any] = field(default_factory=dict)
-    rules: list[dict[str, Any]] = field(default_factory=list)
+    constraints: Constraints = field(default_factory=Constraints)
+    rules: list[RuleSpec] = field(default_factory=list)
     hedge_after_ms: float | str | None = None
     retries: int | None = None
-    options: dict[str, Any] = field(default_factory=dict)
+    options: ModelOptions = field(default_factory=ModelOptions)
     #: Reuse an answer for a prompt whose embedding is this close to a cached one (off unless set).
     semantic_cache: SemanticCacheSettings | None = None
+
+    def __post_init__(self) -> None:
+        # Settings built in code may be given as plain mappings; the loader hands Structs (a no-op here).
+        self.constraints = as_struct(self.constraints, Constraints)
+        self.options = as_struct(self.options, ModelOptions)
+        self.rules = [as_struct(rule, RuleSpec) for rule in self.rules]
 
 
 class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):

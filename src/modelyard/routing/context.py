@@ -9,6 +9,7 @@ from typing import Any
 
 from modelyard.accounting.prices import estimate_cost_usd
 from modelyard.config.model import Deployment, Price
+from modelyard.config.routing_options import Constraints, ModelOptions
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
@@ -52,8 +53,9 @@ class DecisionContext:
     now: float
     rng: random.Random
     prices: dict[str, Price | None]
-    constraints: dict[str, Any] = field(default_factory=dict)
-    options: dict[str, Any] = field(default_factory=dict)
+    #: The model's constraints, with the request's overrides merged on (only when it carries some).
+    constraints: Constraints = field(default_factory=Constraints)
+    options: ModelOptions = field(default_factory=ModelOptions)
     explain: bool = False
     skipped: list[Skip] = field(default_factory=list)
     notes: dict[str, str] = field(default_factory=dict)

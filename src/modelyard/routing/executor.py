@@ -17,7 +17,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -40,6 +40,7 @@ log = logging.getLogger("modelyard.executor")
 Replan = Callable[[str], Plan]
 #: A stream chunk: a dict in the canonical shape, or canonical JSON passed through undecoded.
 Chunk = dict[str, Any] | msgspec.Raw
+_T = TypeVar("_T")
 _decode = msgspec.json.Decoder().decode
 
 
@@ -254,17 +255,15 @@ class Executor:
     def _policy_for(self, plan: Plan) -> RetryPolicy:
         options = plan.ctx.options
         policy = self.policy
-        if plan.retries is None and not options:
+        if plan.retries is None and not options.overrides_retries:
             return policy
         return RetryPolicy(
             retries=plan.retries if plan.retries is not None else policy.retries,
-            base_s=float(options.get("backoff_base_s", policy.base_s)),
-            max_backoff_s=float(options.get("max_backoff_s", policy.max_backoff_s)),
-            retry_after_cap_s=float(options.get("retry_after_cap_s", policy.retry_after_cap_s)),
-            max_attempts=int(options.get("max_attempts", policy.max_attempts)),
-            failover_on_content_filter=bool(
-                options.get("failover_on_content_filter", policy.failover_on_content_filter)
-            ),
+            base_s=_or(options.backoff_base_s, policy.base_s),
+            max_backoff_s=_or(options.max_backoff_s, policy.max_backoff_s),
+            retry_after_cap_s=_or(options.retry_after_cap_s, policy.retry_after_cap_s),
+            max_attempts=_or(options.max_attempts, policy.max_attempts),
+            failover_on_content_filter=_or(options.failover_on_content_filter, policy.failover_on_content_filter),
         )
 
     async def _race(
@@ -616,6 +615,11 @@ class StreamResult:
             executor.health.on_cancel(dep.name)
         else:
             executor.health.on_success(dep.name, now, total_ms, self._opened.ttft_ms)
+
+
+def _or(value: _T | None, default: _T) -> _T:
+    """A model's override when it sets one, else the gateway's default."""
+    return default if value is None else value
 
 
 def _client_bound(request: _Request, error: ProviderError, elapsed_s: float, operator_s: float) -> bool:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from msgspec.structs import replace
+
 from modelyard.config.model import Deployment
 from modelyard.routing.candidates import GroupProfile, filter_candidates
 from modelyard.routing.context import DecisionContext
@@ -81,7 +83,11 @@ def make_plan(
     if group is None:
         return _direct_plan(table, model, ctx)
     options = group.group
-    ctx.constraints = {**options.constraints, **(overrides.constraints or {})} if overrides else options.constraints
+    ctx.constraints = (
+        options.constraints.overridden_by(overrides.constraints)
+        if overrides is not None and overrides.constraints is not None
+        else options.constraints
+    )
     ctx.options = options.options
     strategy = (
         strategy_override or (overrides.strategy if overrides and overrides.strategy else None) or options.strategy
@@ -123,11 +129,11 @@ def make_plan(
     kept = filter_candidates(candidates, ctx, profile=profile)
     if profile is not None and len(kept) == len(candidates):
         ctx.static_cache = group.cache
-    if strategy == "learned" and "min_quality" not in ctx.constraints and "lambda" not in ctx.options:
+    if strategy == "learned" and ctx.constraints.min_quality is None and ctx.options.lambda_ is None:
         if ctx.default_lambda is not None:
-            ctx.options = {**ctx.options, "lambda": ctx.default_lambda}
+            ctx.options = replace(ctx.options, lambda_=ctx.default_lambda)
         elif ctx.default_min_quality is not None:
-            ctx.constraints = {**ctx.constraints, "min_quality": ctx.default_min_quality}
+            ctx.constraints = replace(ctx.constraints, min_quality=ctx.default_min_quality)
     ranker = STRATEGIES.get(strategy)
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")

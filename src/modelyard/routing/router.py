@@ -58,9 +58,9 @@ class Router:
         self.table = RoutingTable.from_config(config, resolve_price)
         self.health = HealthTracker(breaker_policy(config), alpha=config.routing.latency_alpha)
         for group in config.models.values():
-            bound = group.constraints.get("max_latency_ms")
-            if isinstance(bound, int | float):
-                self.health.watch_latency(float(bound))
+            bound = group.constraints.max_latency_ms
+            if bound is not None:
+                self.health.watch_latency(bound)
         self.limits = DeploymentLimits()
         self.adapters = load_adapters({dep.provider for dep in config.deployments})
         seed = seed if seed is not None else config.routing.seed

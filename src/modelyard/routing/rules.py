@@ -15,8 +15,9 @@ models:
       - use: [haiku]                 # no `when`: the default
 ```
 Conditions: `task`, `complexity`, `key`, `tags` (any of), `metadata.<name>`, `has_tools`, `has_images`,
-`json`, `stream`, and `prompt_tokens` with `gt`/`gte`/`lt`/`lte`. Rules compile once, at config load,
-into predicate tuples, so matching costs a few attribute reads per rule.
+`json`, `stream`, and `prompt_tokens` with `gt`/`gte`/`lt`/`lte` (the fields of `config.routing_options.RuleWhen`,
+so a misspelt one is a config error with its line). Rules compile once, at config load, into predicate
+tuples, so matching costs a few attribute reads per rule.
 """
 
 from __future__ import annotations
@@ -25,8 +26,10 @@ import operator
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
 
+import msgspec
+
+from modelyard.config.routing_options import OneOrMany, RuleSpec, RuleWhen, TokenBounds
 from modelyard.routing.features import RequestFeatures
 
 Predicate = Callable[[RequestFeatures], bool]
@@ -49,7 +52,7 @@ class Rule:
         return all(predicate(features) for predicate in self.predicates)
 
 
-def _one_of(value: Any) -> frozenset[str]:
+def _one_of(value: OneOrMany) -> frozenset[str]:
     return frozenset(str(v) for v in value) if isinstance(value, list) else frozenset({str(value)})
 
 
@@ -65,20 +68,14 @@ def _bound(compare: Callable[[float, float], bool], bound: float, value: int) ->
     return compare(value, bound)
 
 
-def _compare(spec: Any, where: str) -> Predicate:
-    if isinstance(spec, int | float):
+def _compare(spec: int | float | TokenBounds, where: str) -> Predicate:
+    if not isinstance(spec, TokenBounds):
         limit = spec
         return lambda f: f.prompt_tokens == limit
-    if not isinstance(spec, dict) or not spec:
+    bounds = [(op, bound) for op in _COMPARISONS if (bound := getattr(spec, op)) is not None]
+    if not bounds:
         raise RuleError(f"{where}: prompt_tokens needs {{gt|gte|lt|lte: number}}")
-    checks: list[Callable[[int], bool]] = []
-    for op, bound in spec.items():
-        if not isinstance(bound, int | float):
-            raise RuleError(f"{where}: prompt_tokens.{op} must be a number")
-        compare = _COMPARISONS.get(op)
-        if compare is None:
-            raise RuleError(f"{where}: unknown comparison {op!r} (use gt, gte, lt, lte)")
-        checks.append(partial(_bound, compare, float(bound)))
+    checks = [partial(_bound, _COMPARISONS[op], float(bound)) for op, bound in bounds]
     return lambda f: all(check(f.prompt_tokens) for check in checks)
 
 
@@ -96,45 +93,57 @@ _STRINGS: dict[str, Callable[[RequestFeatures], str | None]] = {
 }
 
 
-def _predicate(name: str, value: Any, where: str) -> Predicate:
-    if name in _FLAGS:
-        if not isinstance(value, bool):
-            raise RuleError(f"{where}: {name} must be true or false")
-        flag = _FLAGS[name]
-        return lambda f: flag(f) is value
-    if name in _STRINGS:
-        allowed = _one_of(value)
-        getter = _STRINGS[name]
-        return lambda f: getter(f) in allowed
-    if name == "tags":
-        wanted = _one_of(value)
-        return lambda f: not wanted.isdisjoint(f.tags)
-    if name == "prompt_tokens":
-        return _compare(value, where)
-    if name.startswith("metadata."):
-        field = name.removeprefix("metadata.")
-        allowed = _one_of(value)
-        return lambda f: f.metadata.get(field) in allowed
-    raise RuleError(
-        f"{where}: unknown condition {name!r} (task, complexity, key, tags, metadata.<name>, "
-        "has_tools, has_images, json, stream, prompt_tokens)"
-    )
+def _flag(getter: Callable[[RequestFeatures], bool], value: bool) -> Predicate:
+    return lambda f: getter(f) is value
+
+
+def _string(getter: Callable[[RequestFeatures], str | None], allowed: frozenset[str]) -> Predicate:
+    return lambda f: getter(f) in allowed
+
+
+def _tags(wanted: frozenset[str]) -> Predicate:
+    return lambda f: not wanted.isdisjoint(f.tags)
+
+
+def _metadata(name: str, allowed: frozenset[str]) -> Predicate:
+    return lambda f: f.metadata.get(name) in allowed
+
+
+def _conditions(when: RuleWhen, where: str) -> tuple[tuple[Predicate, ...], str]:
+    """The predicates of `when` and their text for explanations (`task=coding, complexity=high`)."""
+    predicates: list[Predicate] = []
+    shown: list[str] = []
+    for name in when.__struct_fields__:
+        value = getattr(when, name)
+        if value is None:
+            continue
+        if name in _FLAGS:
+            predicates.append(_flag(_FLAGS[name], value))
+        elif name in _STRINGS:
+            predicates.append(_string(_STRINGS[name], _one_of(value)))
+        elif name == "tags":
+            predicates.append(_tags(_one_of(value)))
+        elif name == "prompt_tokens":
+            predicates.append(_compare(value, f"{where}.when"))
+            value = msgspec.to_builtins(value)
+        if name == "metadata":
+            for field, accepted in value.items():
+                predicates.append(_metadata(field, _one_of(accepted)))
+                shown.append(f"metadata.{field}={accepted}")
+        else:
+            shown.append(f"{name}={value}")
+    return tuple(predicates), ", ".join(shown)
 
 
 def compile_rules(
-    raw_rules: list[dict[str, Any]], model: str, known_models: set[str], known_deployments: set[str]
+    specs: list[RuleSpec], model: str, known_models: set[str], known_deployments: set[str]
 ) -> tuple[Rule, ...]:
+    """The rules of `model`, compiled into predicates; names in `use` are checked against the config."""
     rules: list[Rule] = []
-    for i, raw in enumerate(raw_rules):
+    for i, spec in enumerate(specs):
         where = f"models.{model}.rules[{i}]"
-        unknown = set(raw) - {"when", "use", "strategy"}
-        if unknown:
-            raise RuleError(f"{where}: unknown key(s) {sorted(unknown)} (a rule has when, use, strategy)")
-        when = raw.get("when") or {}
-        if not isinstance(when, dict):
-            raise RuleError(f"{where}.when must be a mapping of conditions")
-        predicates = tuple(_predicate(str(k), v, f"{where}.when") for k, v in when.items())
-        use = raw.get("use")
+        predicates, text = _conditions(spec.when, where) if spec.when is not None else ((), "")
+        use = spec.use
         target_model: str | None = None
         targets: tuple[str, ...] = ()
         if isinstance(use, str):
@@ -144,17 +153,16 @@ def compile_rules(
                 targets = (use,)
             else:
                 raise RuleError(f"{where}.use: {use!r} is neither a model nor a deployment")
-        elif isinstance(use, list) and use:
+        elif use:
             for name in use:
                 if name not in known_deployments:
                     raise RuleError(f"{where}.use: unknown deployment {name!r}")
-            targets = tuple(str(n) for n in use)
+            targets = tuple(use)
         else:
             raise RuleError(f"{where}.use must name a model or list deployments")
         if target_model == model:
             raise RuleError(f"{where}.use: a rule cannot delegate to its own model")
-        text = ", ".join(f"{k}={v}" for k, v in when.items()) or "default"
-        rules.append(Rule(i, predicates, targets, target_model, raw.get("strategy"), text))
+        rules.append(Rule(i, predicates, targets, target_model, spec.strategy, text or "default"))
     return tuple(rules)
 
 

@@ -56,7 +56,7 @@ _tier = attrgetter("tier")
 def priority(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
     """Ordered tiers (`tier`, lowest first; ties keep the listed order); weighted within the first tier."""
     order = sorted(candidates, key=_tier)  # stable: one tier keeps the "primary, then backup" order
-    if len(order) > 1 and (order[0].tier != order[-1].tier or ctx.options.get("weighted_tiers")):
+    if len(order) > 1 and (order[0].tier != order[-1].tier or ctx.options.weighted_tiers):
         first_tier = order[0].tier
         end = 1
         while end < len(order) and order[end].tier == first_tier:
@@ -102,7 +102,7 @@ def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[De
     ranked = sorted(range(len(candidates)), key=latencies.__getitem__)
     order = list(map(candidates.__getitem__, ranked))
     if order and latencies[ranked[0]] >= 0:
-        ceiling = latencies[ranked[0]] * (1 + float(ctx.options.get("latency_buffer", 0.1)))
+        ceiling = latencies[ranked[0]] * (1 + ctx.options.latency_buffer)
         _random_among_first(order, bisect_right(ranked, ceiling, key=latencies.__getitem__), ctx)
     if ctx.explain:
         for dep, latency in zip(candidates, latencies, strict=True):
@@ -169,9 +169,9 @@ def cheapest(candidates: list[Deployment], ctx: DecisionContext) -> list[Deploym
     reason; a candidate with no quality score fails a `min_quality` constraint.
     """
     constraints = ctx.constraints
-    max_latency = constraints.get("max_latency_ms")
-    max_cost = constraints.get("max_cost_per_request")
-    passing, rates, skips = _quality_floor(candidates, ctx, constraints.get("min_quality"))
+    max_latency = constraints.max_latency_ms
+    max_cost = constraints.max_cost_per_request
+    passing, rates, skips = _quality_floor(candidates, ctx, constraints.min_quality)
     if skips:
         ctx.skipped.extend(skips)
     prompt_tokens = ctx.features.prompt_tokens
@@ -228,7 +228,7 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
     candidate whose predicted quality clears `min_quality` and, when none does, the most likely one.
     Without either, the router's calibrated knob applies (see `intelligence.py`).
     """
-    lam = ctx.options.get("lambda")
+    lam = ctx.options.lambda_
     if lam is None:
         order = cheapest(candidates, ctx)
         if order or not candidates:
@@ -242,7 +242,7 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
     scored = []
     for i, dep in enumerate(candidates):
         quality = ctx.quality_of(dep)
-        score = (quality if quality is not None else 0.0) - float(lam) * costs[i] / scale
+        score = (quality if quality is not None else 0.0) - lam * costs[i] / scale
         scored.append((-score, costs[i], i))
         if ctx.explain:
             shown = "unknown" if quality is None else f"{quality:.3f}"

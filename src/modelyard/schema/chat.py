@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import Struct
 
+from modelyard.schema.constraints import Constraints
+
 # --------------------------------------------------------------------------- content parts
 
 
@@ -184,7 +186,8 @@ class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
 
     strategy: str | None = None
     candidates: list[str] | None = None
-    constraints: dict[str, Any] | None = None
+    #: Checked when the request is decoded: known names, finite numbers in range (400 with `param` otherwise).
+    constraints: Constraints | None = None
     fallbacks: list[str] | None = None
     task: str | None = None
     tags: list[str] | None = None

@@ -6,6 +6,7 @@ import random
 from typing import Any
 
 from modelyard.config.model import Config, Deployment, Limits, ModelGroup, Price
+from modelyard.config.routing_options import Constraints, ModelOptions, as_struct
 from modelyard.routing.context import DecisionContext
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import HealthTracker
@@ -43,8 +44,8 @@ def ctx(
         now=now,
         rng=random.Random(seed),
         prices={d.name: d.price for d in deployments},
-        constraints=constraints or {},
-        options=options or {},
+        constraints=as_struct(constraints or {}, Constraints),
+        options=as_struct(options or {}, ModelOptions),
         explain=explain,
     )
 

@@ -34,6 +34,9 @@ models:
     fallbacks: [m2]
   m2:
     candidates: [c]
+  capped:
+    candidates: [a, b, c]
+    options: {max_attempts: 3, failover_on_content_filter: true}
 """
 
 
@@ -170,6 +173,18 @@ async def test_bad_request_stops_and_content_filter_configurable():
     router, transport = make({"a": [ErrorKind.CONTENT_FILTER]}, failover_on_content_filter=True)
     result = await router.complete(*request())
     assert result.deployment.name == "b"
+
+
+async def test_a_models_options_override_the_retry_defaults():
+    router, transport = make({"a": [ErrorKind.SERVER], "b": [ErrorKind.SERVER]}, retries=1)
+    with pytest.raises(ProviderError):
+        await router.complete(*request("capped"))
+    assert transport.calls == ["a", "a", "b"]  # max_attempts: 3 (the default allows 8: a, a, b, b, c)
+    router, transport = make({"a": [ErrorKind.CONTENT_FILTER]})
+    result = await router.complete(*request("capped"))
+    assert result.deployment.name == "b"  # the model fails over where the default stops
+    with pytest.raises(ProviderError):
+        await make({"a": [ErrorKind.CONTENT_FILTER]})[0].complete(*request("m"))
 
 
 async def test_auth_fails_over():

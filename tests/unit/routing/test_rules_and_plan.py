@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from modelyard.config.loader import parse_config
+from modelyard.config.routing_options import RuleSpec, as_struct
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.router import Router
-from modelyard.routing.rules import RuleError, compile_rules
+from modelyard.routing.rules import RuleError, compile_rules, first_match
 from modelyard.schema.chat import ModelyardOptions
+from modelyard.schema.constraints import Constraints
 from modelyard.schema.errors import GatewayError
 
 CONFIG = """
@@ -70,7 +73,7 @@ def test_explain_lists_chosen_kept_and_skipped(router):
         "fast",
         RequestFeatures(prompt_tokens=10, max_output_tokens=50),
         explain=True,
-        overrides=ModelyardOptions(constraints={"max_cost_per_request": 0.0001}),
+        overrides=ModelyardOptions(constraints=Constraints(max_cost_per_request=0.0001)),
     )
     explained = plan.explain()
     decisions = {c["deployment"]: c["decision"] for c in explained["candidates"]}
@@ -101,16 +104,65 @@ def test_unknown_model_and_unknown_override(router):
 @pytest.mark.parametrize(
     ("rules", "message"),
     [
-        ([{"when": {"colour": "red"}, "use": ["a"]}], "unknown condition"),
         ([{"when": {"task": "x"}, "use": ["ghost"]}], "unknown deployment"),
+        ([{"use": "ghost"}], "neither a model nor a deployment"),
         ([{"use": "m"}], "cannot delegate to its own model"),
-        ([{"when": {"prompt_tokens": {"about": 3}}, "use": ["a"]}], "unknown comparison"),
-        ([{"when": {"task": "x"}, "then": ["a"]}], "unknown key"),
+        ([{"use": []}], "must name a model or list deployments"),
+        ([{"when": {"prompt_tokens": {}}, "use": ["a"]}], "prompt_tokens needs"),
     ],
 )
 def test_rule_errors_are_clear(rules, message):
+    specs = [as_struct(rule, RuleSpec) for rule in rules]
     with pytest.raises(RuleError, match=message):
-        compile_rules(rules, "m", {"m", "other"}, {"a"})
+        compile_rules(specs, "m", {"m", "other"}, {"a"})
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"when": {"colour": "red"}, "use": ["a"]},
+        {"when": {"prompt_tokens": {"about": 3}}, "use": ["a"]},
+        {"when": {"task": "x"}, "then": ["a"]},
+        {"when": {"has_tools": "maybe"}, "use": ["a"]},
+    ],
+)
+def test_a_rule_of_the_wrong_shape_is_refused_when_built(rule):
+    with pytest.raises(msgspec.ValidationError):
+        as_struct(rule, RuleSpec)
+
+
+def test_rule_conditions_match_and_explain_themselves():
+    specs = [
+        as_struct(rule, RuleSpec)
+        for rule in (
+            {"when": {"task": ["reasoning", "coding"], "complexity": "high"}, "use": ["a"]},
+            {"when": {"metadata.tier": [1, "gold"], "tags": "vip"}, "use": ["a"]},
+            {"when": {"prompt_tokens": {"gt": 100, "lte": 200}, "has_tools": True}, "use": "other"},
+            {"when": {"prompt_tokens": 7, "stream": False}, "use": ["a"]},
+            {"use": ["a"]},
+        )
+    ]
+    rules = compile_rules(specs, "m", {"m", "other"}, {"a"})
+    assert [rule.text for rule in rules] == [
+        "task=['reasoning', 'coding'], complexity=high",
+        "tags=vip, metadata.tier=[1, 'gold']",
+        "has_tools=True, prompt_tokens={'gt': 100, 'lte': 200}",
+        "stream=False, prompt_tokens=7",
+        "default",
+    ]
+
+    def first(**features):
+        rule = first_match(rules, RequestFeatures(**features))
+        return rule.index if rule else None
+
+    assert first(task="coding", complexity="high") == 0
+    assert first(task="coding", complexity="low") == 4
+    assert first(metadata={"tier": "1"}, tags=("vip",)) == 1
+    assert first(metadata={"tier": "gold"}) == 4  # the tag is missing
+    assert first(prompt_tokens=150, needs_tools=True) == 2
+    assert first(prompt_tokens=250, needs_tools=True) == 4
+    assert first(prompt_tokens=7) == 3
+    assert first(prompt_tokens=7, stream=True) == 4
 
 
 def test_config_with_bad_strategy_fails_at_load():

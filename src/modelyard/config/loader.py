@@ -17,6 +17,7 @@ import yaml
 from modelyard.config.model import Config, ModelGroup
 from modelyard.config.providers import bind_deployment_options
 from modelyard.config.routing_options import Constraints, ModelOptions, RuleSpec, nest_metadata
+from modelyard.schema.errors import ModelyardError
 
 ENV_VAR = "MODELYARD_CONFIG"
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -27,7 +28,7 @@ _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w\-]*)|\[(\d+)\]|\[`?([^\]`]+)`?\]")
 
 
-class ConfigError(Exception):
+class ConfigError(ModelyardError):
     """A config problem with its location; `str()` is the message to show the user."""
 
     def __init__(self, message: str, *, source: str = "<config>", line: int | None = None, key: str = "") -> None:

@@ -31,11 +31,12 @@ import msgspec
 
 from modelyard.config.routing_options import OneOrMany, RuleSpec, RuleWhen, TokenBounds
 from modelyard.routing.features import RequestFeatures
+from modelyard.schema.errors import ModelyardError
 
 Predicate = Callable[[RequestFeatures], bool]
 
 
-class RuleError(ValueError):
+class RuleError(ModelyardError, ValueError):
     """A rule that cannot be compiled; the message names the rule and the key."""
 
 

@@ -1,69 +1,21 @@
 """Requests-per-minute and tokens-per-minute windows per deployment (in memory, per process).
 
-A 60-slot ring of one-second buckets with a running sum: `headroom` and `record` are O(1) amortised.
-Tokens are recorded from the pre-call estimate and corrected from the real usage afterwards.
+Each window is state/windows.py's `SlidingWindow` (a 60-slot ring of one-second buckets with a running sum,
+shared with the key limits of state/counters.py): `headroom` and `record` are O(1) amortised. Tokens are
+recorded from the pre-call estimate and corrected from the real usage afterwards.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-_SLOTS = 60
-
-
-@dataclass(slots=True)
-class MinuteWindow:
-    """A sliding 60-second sum with one-second resolution."""
-
-    buckets: list[int] = field(default_factory=lambda: [0] * _SLOTS)
-    stamps: list[int] = field(default_factory=lambda: [-1] * _SLOTS)
-    total: int = 0
-    last_second: int = -1
-
-    def _advance(self, second: int) -> None:
-        if second <= self.last_second:
-            return
-        if second - self.last_second >= _SLOTS:
-            self.buckets = [0] * _SLOTS
-            self.stamps = [-1] * _SLOTS
-            self.total = 0
-        else:
-            for s in range(self.last_second + 1, second + 1):
-                slot = s % _SLOTS
-                if self.stamps[slot] != s:
-                    self.total -= self.buckets[slot]
-                    self.buckets[slot] = 0
-                    self.stamps[slot] = s
-        self.last_second = second
-
-    def value(self, now: float) -> int:
-        second = int(now)
-        if second != self.last_second:
-            self._advance(second)
-        return self.total
-
-    def add(self, now: float, amount: int) -> None:
-        second = int(now)
-        self._advance(second)
-        slot = second % _SLOTS
-        self.stamps[slot] = second
-        self.buckets[slot] += amount
-        self.total += amount
-
-    def correct(self, at: float, delta: int) -> None:
-        """Adjust an earlier `add` (at time `at`) if its bucket is still in the window."""
-        second = int(at)
-        slot = second % _SLOTS
-        if self.stamps[slot] == second:
-            new = max(0, self.buckets[slot] + delta)
-            self.total += new - self.buckets[slot]
-            self.buckets[slot] = new
+from modelyard.state.windows import SlidingWindow
 
 
 @dataclass(slots=True)
 class DeploymentWindows:
-    requests: MinuteWindow = field(default_factory=MinuteWindow)
-    tokens: MinuteWindow = field(default_factory=MinuteWindow)
+    requests: SlidingWindow = field(default_factory=SlidingWindow)
+    tokens: SlidingWindow = field(default_factory=SlidingWindow)
 
 
 class DeploymentLimits:

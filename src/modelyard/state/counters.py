@@ -128,11 +128,11 @@ class MemoryCounters:
         if windows is None:
             windows = self._windows[ask.account] = _KeyWindows()
         if ask.rpm is not None:
-            used = windows.requests.used(second)
+            used = windows.requests.value(second)
             if used + 1 > ask.rpm:
                 return Verdict(False, "rpm", windows.requests.wait_s(now, used + 1 - ask.rpm))
         if ask.tpm is not None:
-            used = windows.tokens.used(second)
+            used = windows.tokens.value(second)
             if used > 0 and used + ask.tokens > ask.tpm:
                 return Verdict(False, "tpm", windows.tokens.wait_s(now, used + ask.tokens - ask.tpm))
         ledger = self.ledger

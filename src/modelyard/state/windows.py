@@ -1,7 +1,9 @@
-"""A sliding one-minute window with one-second buckets, and how long until it has room again.
+"""The sliding one-minute window: one-second buckets, a running sum, and how long until it has room again.
 
-The same arithmetic runs in Redis (state/redis_counters.py's Lua script), so the in-memory and the shared
-counters admit exactly the same sequences of requests.
+One copy for both layers that count per minute: the routing executor's RPM/TPM per deployment
+(routing/limits.py, on every request's hot path) and the key limits of the in-memory counters
+(state/counters.py). The same arithmetic runs in Redis (state/redis_counters.py's Lua script), so the
+in-memory and the shared counters admit exactly the same sequences of requests.
 """
 
 from __future__ import annotations
@@ -10,7 +12,10 @@ SPAN = 60
 
 
 class SlidingWindow:
-    """Sum of the amounts added in the last `SPAN` whole seconds; O(1) amortised per call."""
+    """Sum of the amounts added in the last `SPAN` whole seconds; O(1) amortised per call.
+
+    Times are Unix seconds (float or int); each lands in the bucket of its whole second.
+    """
 
     __slots__ = ("buckets", "last", "stamps", "total")
 
@@ -36,19 +41,24 @@ class SlidingWindow:
                     self.stamps[slot] = s
         self.last = second
 
-    def used(self, second: int) -> int:
-        self._advance(second)
+    def value(self, now: float) -> int:
+        """The sum over the window ending at `now`."""
+        second = int(now)
+        if second != self.last:  # the hot path: most calls land in the second already advanced to
+            self._advance(second)
         return self.total
 
-    def add(self, second: int, amount: int) -> None:
+    def add(self, now: float, amount: int) -> None:
+        second = int(now)
         self._advance(second)
         slot = second % SPAN
         self.stamps[slot] = second
         self.buckets[slot] += amount
         self.total += amount
 
-    def correct(self, second: int, delta: int) -> None:
-        """Adjust an earlier `add` if its bucket is still inside the window (never below zero)."""
+    def correct(self, at: float, delta: int) -> None:
+        """Adjust an earlier `add` (made at `at`) if its bucket is still inside the window (never below zero)."""
+        second = int(at)
         slot = second % SPAN
         if self.stamps[slot] == second:
             new = max(0, self.buckets[slot] + delta)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from modelyard.routing.health import BreakerPolicy, BreakerState, HealthTracker
-from modelyard.routing.limits import DeploymentLimits, MinuteWindow
+from modelyard.routing.limits import DeploymentLimits
 from modelyard.schema.errors import ErrorKind
+from modelyard.state.windows import SlidingWindow
 
 
 def test_breaker_opens_after_n_failures_in_window_then_half_open_probe_closes_it():
@@ -76,7 +77,7 @@ def test_latency_ewma_p95_and_in_flight():
 
 
 def test_minute_window_slides_and_corrects():
-    window = MinuteWindow()
+    window = SlidingWindow()
     window.add(0.5, 10)
     window.add(30.2, 5)
     assert window.value(59.9) == 15

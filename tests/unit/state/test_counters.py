@@ -136,9 +136,9 @@ def test_window_wait_covers_several_buckets() -> None:
     window.add(100, 300)
     window.add(110, 300)
     window.add(120, 300)
-    assert window.used(125) == 900
+    assert window.value(125) == 900
     assert window.wait_s(125.0, 500) == pytest.approx(170.0 - 125.0)  # two buckets must leave
     assert window.wait_s(125.0, 10_000) == 60.0
     window.correct(110, -250)
-    assert window.used(125) == 650
-    assert window.used(175) == 300
+    assert window.value(125) == 650
+    assert window.value(175) == 300

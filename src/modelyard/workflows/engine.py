@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.accounting.tokens import count_message_dicts, count_value
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
 from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
@@ -35,7 +36,6 @@ from modelyard.workflows.records import (
 )
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.templates import TemplateEngine, TemplateError
-from modelyard.workflows.tokens import count_message_tokens, count_value_tokens
 from modelyard.workflows.tools import ToolImportError, resolve_callable
 
 Listener = Callable[[RunEvent], None]
@@ -447,9 +447,9 @@ class Engine:
                 system = self.templates.render_hollow(step.system, bare, data)
                 messages.append({"role": "system", "content": system})
             prompt = self.templates.render_hollow(step.prompt or "", bare, data)
-            tokens = count_message_tokens([*messages, {"role": "user", "content": prompt}])
+            tokens = count_message_dicts([*messages, {"role": "user", "content": prompt}])
         except TemplateError:  # a template that cannot render without its data: count it whole
-            tokens = count_message_tokens(call.messages)
+            tokens = count_message_dicts(call.messages)
         self._instructions[step.qualname] = tokens
         return tokens
 
@@ -511,7 +511,7 @@ class Engine:
                 assert function is not None
                 output = await run_tool(function, args, retry, spend)
                 record.output = json.loads(json.dumps(output, default=str))
-                record.output_tokens = count_value_tokens(record.output)
+                record.output_tokens = count_value(record.output)
             record.state = StepState.SUCCEEDED
         except StepFailure as exc:
             record.state, record.error = StepState.FAILED, exc.message

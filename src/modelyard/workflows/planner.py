@@ -15,12 +15,12 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from modelyard.accounting.tokens import count_message_dicts, count_value, filler
 from modelyard.workflows.backend import ModelBackend, ModelCall
 from modelyard.workflows.graph import critical_path, topo_order
 from modelyard.workflows.jsonout import response_format
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.templates import TemplateEngine, TemplateError
-from modelyard.workflows.tokens import count_message_tokens, count_value_tokens, filler
 
 DEFAULT_ITEMS = 5
 DEFAULT_OUTPUT_TOKENS = 200
@@ -211,7 +211,7 @@ class Planner:
             if not self._no_estimate:
                 self.warnings.append("the backend cannot estimate: deployments, cost and latency are unknown")
             self._no_estimate = True
-            row.prompt_tokens = count_message_tokens(messages)
+            row.prompt_tokens = count_message_dicts(messages)
             row.output_tokens = step.estimate.output_tokens or step.max_tokens or DEFAULT_OUTPUT_TOKENS
             row.note = "no estimate"
             return 0.0
@@ -246,7 +246,7 @@ class Planner:
 
     def _input_tokens(self, name: str) -> int:
         value = self.inputs.get(name)
-        return count_value_tokens(value) if value is not None else DEFAULT_INPUT_TOKENS
+        return count_value(value) if value is not None else DEFAULT_INPUT_TOKENS
 
 
 def make_plan(spec: WorkflowSpec, backend: ModelBackend, inputs: dict[str, Any] | None = None) -> Plan:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from modelyard.accounting.tokens import count_message_dicts, filler
 from modelyard.schema.chat import Usage
 from modelyard.workflows.backend import ModelBackend, ModelCall, PricingBackend
-from modelyard.workflows.tokens import MESSAGE_OVERHEAD, REPLY_PRIMING, filler
 
 if TYPE_CHECKING:
     from modelyard.workflows.records import RunResult
@@ -25,7 +25,7 @@ def price_usage(backend: ModelBackend, model: str, usage: Usage) -> float | None
             return backend.price(model, usage)
         except Exception:
             return None
-    overhead = MESSAGE_OVERHEAD + REPLY_PRIMING + 1
+    overhead = count_message_dicts([{"role": "user", "content": ""}])  # framing, role and reply priming
     call = ModelCall(
         model=model,
         messages=[{"role": "user", "content": filler(usage.prompt - overhead)}],

@@ -17,10 +17,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from modelyard.accounting.tokens import count_message_dicts, count_text
 from modelyard.schema.chat import Usage
 from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate
 from modelyard.workflows.jsonout import example_for_schema
-from modelyard.workflows.tokens import count_message_tokens, count_tokens
 
 Answer = str | Exception | Callable[[ModelCall], str]
 
@@ -82,7 +82,7 @@ class ScriptedBackend:
             text = self.answer_text(call)
         finally:
             self.in_flight -= 1
-        usage = Usage(prompt=count_message_tokens(call.messages), completion=count_tokens(text))
+        usage = Usage(prompt=count_message_dicts(call.messages), completion=count_text(text))
         self._log("finished", call)
         return ModelAnswer(
             text=text,
@@ -114,7 +114,7 @@ class ScriptedBackend:
         return f"[{call.model}] {body}"
 
     def estimate(self, call: ModelCall) -> ModelEstimate:
-        prompt = count_message_tokens(call.messages)
+        prompt = count_message_dicts(call.messages)
         hint = call.metadata.get("estimate_output_tokens")
         output = int(hint) if hint else min(call.max_tokens or 256, 256)
         cost = self.price(call.model, Usage(prompt=prompt, completion=output)) or 0.0

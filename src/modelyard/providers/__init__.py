@@ -9,6 +9,11 @@ from __future__ import annotations
 from modelyard.config.providers import adapter_class
 from modelyard.providers.base import Adapter
 
+__all__ = [
+    "load_adapter",
+    "load_adapters",
+]
+
 
 def load_adapter(provider: str) -> Adapter:
     """A fresh adapter instance for `provider` (adapters are stateless; callers keep their own)."""

@@ -27,6 +27,29 @@ from modelyard.config.model import Deployment
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import CLIENT_ACTIONABLE, GENERIC_MESSAGES, ErrorKind, ProviderError
 
+__all__ = [
+    "Adapter",
+    "Capabilities",
+    "Completion",
+    "CredentialRefresh",
+    "Endpoints",
+    "HttpCall",
+    "NativePassthrough",
+    "SSEEvent",
+    "StreamDecoder",
+    "StreamFraming",
+    "StreamStamp",
+    "StreamTranslator",
+    "TokenCounter",
+    "discover",
+    "kind_from_status",
+    "mentions_context_length",
+    "new_id",
+    "parse_retry_after",
+    "redact",
+    "upstream_error",
+]
+
 
 @dataclass(slots=True)
 class HttpCall:

@@ -11,6 +11,18 @@ import re
 from enum import StrEnum
 from typing import Any
 
+__all__ = [
+    "CLIENT_ACTIONABLE",
+    "GENERIC_MESSAGES",
+    "RETRYABLE_KINDS",
+    "ErrorKind",
+    "GatewayError",
+    "ModelyardError",
+    "ProviderError",
+    "bad_request",
+    "mask_secrets",
+]
+
 
 class ModelyardError(Exception):
     """The root of every exception modelyard raises on purpose, so an embedder can catch ours in one clause

@@ -12,7 +12,7 @@ from modelyard.workflows.backend import (
 )
 from modelyard.workflows.checkpoint import MemoryStore, SqliteStore
 from modelyard.workflows.issues import Issue, WorkflowError
-from modelyard.workflows.planner import Plan
+from modelyard.workflows.planner import WorkflowPlan
 from modelyard.workflows.records import RunEvent, RunResult, RunStatus, StepRecord, StepState
 from modelyard.workflows.schema import workflow_json_schema
 from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
@@ -25,7 +25,6 @@ __all__ = [
     "ModelBackend",
     "ModelCall",
     "ModelEstimate",
-    "Plan",
     "ResumeError",
     "RunEvent",
     "RunResult",
@@ -36,6 +35,7 @@ __all__ = [
     "StepState",
     "Workflow",
     "WorkflowError",
+    "WorkflowPlan",
     "WorkflowSpec",
     "default_backend_factory",
     "load_workflow",

@@ -20,7 +20,7 @@ from modelyard.workflows.backend import ModelBackend
 from modelyard.workflows.checkpoint import RunStore, load_run
 from modelyard.workflows.engine import Engine, EngineOptions, Listener
 from modelyard.workflows.inputs import resolve_inputs
-from modelyard.workflows.planner import Plan, make_plan
+from modelyard.workflows.planner import WorkflowPlan, plan_workflow
 from modelyard.workflows.records import RunEvent, RunResult, RunStatus
 from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
 from modelyard.workflows.templates import TemplateEngine
@@ -80,9 +80,9 @@ class Workflow:
         """The run's events as an async iterator; `.result` holds the RunResult once it is exhausted."""
         return RunStream(lambda listener: self.run(inputs, listener=listener, **kwargs))
 
-    def plan(self, inputs: dict[str, Any] | None = None, *, backend: ModelBackend) -> Plan:
+    def plan(self, inputs: dict[str, Any] | None = None, *, backend: ModelBackend) -> WorkflowPlan:
         """Per-step estimates and the critical path, from the backend's prices and latencies; no calls."""
-        return make_plan(self.spec, backend, resolve_inputs(self.spec, inputs))
+        return plan_workflow(self.spec, backend, resolve_inputs(self.spec, inputs))
 
 
 async def resume_run(

@@ -4,10 +4,11 @@ The engine never speaks HTTP or a provider's wire format. It hands a `ModelCall`
 in-process, the gateway's router and executor (`modelyard.workflows.inprocess`); remotely, a modelyard
 server over HTTP (`HttpBackend`); in tests, `scripted.ScriptedBackend`.
 
-`ModelCall.metadata` carries routing hints as strings; a backend maps them onto the gateway's per-request
-options (`ChatRequest.modelyard`): `task`, `strategy`, `constraints` (JSON object), `candidates` (JSON
-list); and labels for accounting: `workflow`, `run`, `step`. `estimate_output_tokens` is the expected answer
-size `plan` wants priced.
+`ModelCall.route` carries the routing hints, typed (`RouteHints`: task, strategy, constraints, candidates,
+tags); every backend maps them onto the gateway's per-request options (`ChatRequest.modelyard`) with
+`RouteHints.options`, the HTTP one as the `modelyard` extra body. `ModelCall.metadata` holds labels only
+(`workflow`, `run`, `step`, `step_name`), for logs and scripted answers. `estimate_output_tokens` is the
+expected answer size `plan` wants priced.
 """
 
 from __future__ import annotations
@@ -22,15 +23,46 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
 import aiohttp
+import msgspec
 
 from modelyard.providers.base import kind_from_status, parse_retry_after
-from modelyard.schema.chat import Usage
+from modelyard.schema.chat import ModelyardOptions, Usage
+from modelyard.schema.constraints import Constraints
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+
+
+class RouteHints(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """How the gateway should route one call: a step's `task` and `route:` plus the run's tags.
+
+    Typed, so a misspelt constraint is an error when the workflow is loaded, not a string the gateway
+    refuses mid-run; `Constraints` is the gateway's own Struct, so both sides read the same names.
+    """
+
+    task: str | None = None
+    strategy: str | None = None
+    constraints: Constraints | None = None
+    candidates: tuple[str, ...] | None = None
+    tags: tuple[str, ...] = ()
+
+    def options(self) -> ModelyardOptions | None:
+        """The gateway's per-request routing options (`ChatRequest.modelyard`); None when there are none."""
+        if self == _NO_HINTS:
+            return None
+        return ModelyardOptions(
+            task=self.task,
+            strategy=self.strategy,
+            constraints=self.constraints,
+            candidates=list(self.candidates) if self.candidates is not None else None,
+            tags=list(self.tags) or None,
+        )
+
+
+_NO_HINTS = RouteHints()
 
 
 @dataclass
 class ModelCall:
-    """One model step's request, in OpenAI chat terms."""
+    """One model step's request, in OpenAI chat terms, with its routing hints."""
 
     model: str
     messages: list[dict[str, Any]]
@@ -38,6 +70,10 @@ class ModelCall:
     temperature: float | None = None
     response_format: dict[str, Any] | None = None
     timeout_s: float | None = None
+    route: RouteHints = field(default_factory=RouteHints)
+    #: The answer size to price an estimate at (a step's `estimate.output_tokens`); None: the backend's guess.
+    estimate_output_tokens: int | None = None
+    #: Labels, not routing: `workflow`, `run`, `step`, `step_name` (logs, scripted answers).
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -91,22 +127,6 @@ class BackendUnavailable(RuntimeError):
     pass
 
 
-def routing_options(metadata: dict[str, str]) -> dict[str, Any]:
-    """The gateway's per-request routing options (`extra_body["modelyard"]`) from call metadata."""
-    options: dict[str, Any] = {}
-    if metadata.get("task"):
-        options["task"] = metadata["task"]
-    if metadata.get("strategy"):
-        options["strategy"] = metadata["strategy"]
-    for key in ("constraints", "candidates"):
-        if metadata.get(key):
-            options[key] = json.loads(metadata[key])
-    tags = [f"{key}:{metadata[key]}" for key in ("workflow", "run", "step") if metadata.get(key)]
-    if tags:
-        options["tags"] = tags
-    return options
-
-
 def chat_body(call: ModelCall) -> dict[str, Any]:
     """The OpenAI chat request (with the gateway's routing options) for one model call."""
     body: dict[str, Any] = {"model": call.model, "messages": call.messages}
@@ -116,9 +136,9 @@ def chat_body(call: ModelCall) -> dict[str, Any]:
         body["temperature"] = call.temperature
     if call.response_format is not None:
         body["response_format"] = call.response_format
-    options = routing_options(call.metadata)
-    if options:
-        body["modelyard"] = options
+    options = call.route.options()
+    if options is not None:
+        body["modelyard"] = msgspec.to_builtins(options)
     return body
 
 
@@ -234,16 +254,9 @@ async def default_backend_factory(
         async with HttpBackend(gateway_url, os.environ.get("MODELYARD_API_KEY")) as remote:
             yield remote
         return
-    try:
-        module = importlib.import_module("modelyard.workflows.inprocess")
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not "modelyard.workflows.inprocess".startswith(exc.name):
-            raise
-        raise BackendUnavailable(
-            "the in-process gateway (modelyard.workflows.inprocess) is not available in this build; "
-            "use --gateway-url URL for a running modelyard server, or --backend scripted for fake answers"
-        ) from None
-    async with module.open_inprocess_backend(config_path) as backend:
+    from modelyard.workflows.inprocess import open_inprocess_backend  # the router, loaded only when used
+
+    async with open_inprocess_backend(config_path) as backend:
         yield backend
 
 

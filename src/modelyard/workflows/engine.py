@@ -19,12 +19,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
+
 from modelyard.accounting.tokens import count_message_dicts, count_value
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
 from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
 from modelyard.workflows.graph import topo_order
-from modelyard.workflows.jsonout import response_format
 from modelyard.workflows.pricing import premium_comparison
 from modelyard.workflows.records import (
     DONE_OK,
@@ -35,6 +36,7 @@ from modelyard.workflows.records import (
     StepState,
 )
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
+from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import ToolImportError, resolve_callable
 
@@ -462,29 +464,12 @@ class Engine:
 
     def _model_call(self, step: StepSpec, key: str, context: dict[str, Any]) -> ModelCall:
         assert step.model is not None and step.prompt is not None
-        messages: list[dict[str, Any]] = []
-        if step.system:
-            messages.append({"role": "system", "content": self.templates.render(step.system, context)})
-        messages.append({"role": "user", "content": self.templates.render(step.prompt, context)})
-        metadata = {"workflow": self.spec.name, "run": self.run_id, "step": key, "step_name": step.qualname}
-        if step.task:
-            metadata["task"] = step.task
-        if step.route.get("strategy"):
-            metadata["strategy"] = str(step.route["strategy"])
-        for name in ("constraints", "candidates"):
-            if step.route.get(name):
-                metadata[name] = json.dumps(step.route[name])
-        if step.estimate.output_tokens:
-            metadata["estimate_output_tokens"] = str(step.estimate.output_tokens)
-        schema = step.output_schema
-        return ModelCall(
-            model=step.model,
-            messages=messages,
-            max_tokens=step.max_tokens,
-            temperature=step.temperature,
-            response_format=response_format(step.id, schema) if schema is not None else None,
-            timeout_s=step.timeout,
-            metadata=metadata,
+        return step_call(
+            step,
+            lambda template: self.templates.render(template, context),
+            workflow=self.spec.name,
+            key=key,
+            run_id=self.run_id,
         )
 
     async def _execute(
@@ -578,7 +563,7 @@ def _call_identity(call: ModelCall) -> dict[str, Any]:
         "max_tokens": call.max_tokens,
         "temperature": call.temperature,
         "response_format": call.response_format,
-        "route": {k: v for k, v in call.metadata.items() if k in ("task", "strategy", "constraints")},
+        "route": msgspec.to_builtins(msgspec.structs.replace(call.route, candidates=None, tags=())),
     }
 
 

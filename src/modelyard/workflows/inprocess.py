@@ -48,8 +48,7 @@ class GatewayBackend:
             req = msgspec.convert(raw, ChatRequest)
         except msgspec.ValidationError as exc:
             raise GatewayError(400, f"invalid model call: {exc}") from None
-        tags = tuple((raw.get("modelyard") or {}).get("tags", ()))
-        return req, raw, chat_features(req, tags=tags)
+        return req, raw, chat_features(req, tags=call.route.tags)
 
     async def call(self, call: ModelCall) -> ModelAnswer:
         req, raw, features = self._request(call)
@@ -77,8 +76,9 @@ class GatewayBackend:
 
     def estimate(self, call: ModelCall) -> ModelEstimate:
         dep, features = self._first(call)
-        hint = call.metadata.get("estimate_output_tokens")
-        output = int(hint) if hint else (call.max_tokens or _DEFAULT_OUTPUT_TOKENS)
+        output = call.estimate_output_tokens
+        if output is None:
+            output = call.max_tokens or _DEFAULT_OUTPUT_TOKENS
         return ModelEstimate(
             deployment=dep.name,
             prompt_tokens=features.prompt_tokens,

@@ -16,10 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.accounting.tokens import count_message_dicts, count_value, filler
-from modelyard.workflows.backend import ModelBackend, ModelCall
+from modelyard.workflows.backend import ModelBackend
 from modelyard.workflows.graph import critical_path, topo_order
-from modelyard.workflows.jsonout import response_format
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
+from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 
 DEFAULT_ITEMS = 5
@@ -48,7 +48,9 @@ class PlanRow:
 
 
 @dataclass
-class Plan:
+class WorkflowPlan:
+    """What a run of a workflow would cost and take (named apart from routing.plan.Plan, one request's route)."""
+
     workflow: str
     rows: list[PlanRow]
     cost_usd: float
@@ -73,7 +75,7 @@ class Plan:
         }
 
 
-class Planner:
+class WorkflowPlanner:
     def __init__(self, spec: WorkflowSpec, backend: ModelBackend, inputs: dict[str, Any]) -> None:
         self.spec = spec
         self.backend = backend
@@ -84,7 +86,7 @@ class Planner:
         self._no_estimate = False
         self._item_tokens = DEFAULT_ITEM_TOKENS
 
-    def plan(self) -> Plan:
+    def plan(self) -> WorkflowPlan:
         latencies = self._graph(self.spec.steps, {}, depth=0)
         length, path = critical_path(self.spec.deps(), latencies)
         for row in self.rows:
@@ -99,7 +101,7 @@ class Planner:
             over = f"estimated critical path {length / 1000:.1f}s is over the {budget.max_seconds:g}s budget"
             self.warnings.append(over)
         leaves = [r for r in self.rows if r.kind in ("model", "tool")]
-        return Plan(
+        return WorkflowPlan(
             workflow=self.spec.name,
             rows=self.rows,
             cost_usd=cost,
@@ -187,23 +189,8 @@ class Planner:
 
     def _estimate_call(self, step: StepSpec, sizes: dict[str, int], row: PlanRow) -> float:
         """Fill one call's row from the backend's estimate; returns its latency (ms)."""
-        messages = []
-        if step.system:
-            messages.append({"role": "system", "content": self._sized(step.system, sizes)})
-        messages.append({"role": "user", "content": self._sized(step.prompt or "", sizes)})
-        metadata = {"workflow": self.spec.name, "step": step.qualname, "step_name": step.qualname}
-        if step.estimate.output_tokens:
-            metadata["estimate_output_tokens"] = str(step.estimate.output_tokens)
-        if step.task:
-            metadata["task"] = step.task
-        schema = step.output_schema
-        call = ModelCall(
-            model=step.model or "",
-            messages=messages,
-            max_tokens=step.max_tokens,
-            temperature=step.temperature,
-            response_format=response_format(step.id, schema) if schema is not None else None,
-            metadata=metadata,
+        call = step_call(
+            step, lambda template: self._sized(template, sizes), workflow=self.spec.name, key=step.qualname
         )
         try:
             estimate = self.backend.estimate(call)
@@ -211,7 +198,7 @@ class Planner:
             if not self._no_estimate:
                 self.warnings.append("the backend cannot estimate: deployments, cost and latency are unknown")
             self._no_estimate = True
-            row.prompt_tokens = count_message_dicts(messages)
+            row.prompt_tokens = count_message_dicts(call.messages)
             row.output_tokens = step.estimate.output_tokens or step.max_tokens or DEFAULT_OUTPUT_TOKENS
             row.note = "no estimate"
             return 0.0
@@ -249,5 +236,5 @@ class Planner:
         return count_value(value) if value is not None else DEFAULT_INPUT_TOKENS
 
 
-def make_plan(spec: WorkflowSpec, backend: ModelBackend, inputs: dict[str, Any] | None = None) -> Plan:
-    return Planner(spec, backend, dict(inputs or {})).plan()
+def plan_workflow(spec: WorkflowSpec, backend: ModelBackend, inputs: dict[str, Any] | None = None) -> WorkflowPlan:
+    return WorkflowPlanner(spec, backend, dict(inputs or {})).plan()

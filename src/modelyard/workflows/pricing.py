@@ -30,7 +30,7 @@ def price_usage(backend: ModelBackend, model: str, usage: Usage) -> float | None
         model=model,
         messages=[{"role": "user", "content": filler(usage.prompt - overhead)}],
         max_tokens=max(1, usage.completion),
-        metadata={"estimate_output_tokens": str(usage.completion)},
+        estimate_output_tokens=usage.completion,
     )
     try:
         return backend.estimate(call).cost_usd

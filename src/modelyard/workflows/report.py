@@ -19,7 +19,7 @@ from rich.table import Table
 
 from modelyard.workflows.checkpoint import StoredRun
 from modelyard.workflows.graph import critical_path
-from modelyard.workflows.planner import Plan
+from modelyard.workflows.planner import WorkflowPlan
 from modelyard.workflows.records import RunResult, StepRecord, StepState
 
 _STATE_STYLE = {
@@ -306,7 +306,7 @@ def runs_table(rows: list[Any]) -> Table:
     return table
 
 
-def plan_table(plan: Plan) -> Table:
+def plan_table(plan: WorkflowPlan) -> Table:
     table = Table(title=f"plan: {plan.workflow} (no model is called)", title_justify="left")
     left = ("step", "model", "would route to", "note")
     names = ("step", "model", "would route to", "calls", "prompt tok", "output tok", "cost", "latency")
@@ -328,7 +328,7 @@ def plan_table(plan: Plan) -> Table:
     return table
 
 
-def plan_lines(plan: Plan) -> list[str]:
+def plan_lines(plan: WorkflowPlan) -> list[str]:
     path = " -> ".join(plan.critical_path) or "-"
     lines = [
         f"estimated cost: {_money(plan.cost_usd)}; tokens: {plan.prompt_tokens:,} prompt + "

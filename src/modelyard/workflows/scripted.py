@@ -115,8 +115,9 @@ class ScriptedBackend:
 
     def estimate(self, call: ModelCall) -> ModelEstimate:
         prompt = count_message_dicts(call.messages)
-        hint = call.metadata.get("estimate_output_tokens")
-        output = int(hint) if hint else min(call.max_tokens or 256, 256)
+        output = call.estimate_output_tokens
+        if output is None:
+            output = min(call.max_tokens or 256, 256)
         cost = self.price(call.model, Usage(prompt=prompt, completion=output)) or 0.0
         return ModelEstimate(self.deployment(call.model), prompt, output, cost, self.delay_for(call) * 1000)
 

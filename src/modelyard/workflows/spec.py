@@ -13,7 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import msgspec
+
 from modelyard.workflows import checks
+from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
 from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
 
@@ -85,7 +88,8 @@ class StepSpec:
     temperature: float | None = None
     max_tokens: int | None = None
     task: str | None = None
-    route: dict[str, Any] = field(default_factory=dict)
+    #: `task` and `route:` (strategy, constraints, candidates), typed when the workflow is loaded.
+    route: RouteHints = field(default_factory=RouteHints)
     output_schema: dict[str, Any] | bool | None = None
     loop: LoopSpec | None = None
     estimate: EstimateHint = field(default_factory=EstimateHint)
@@ -224,11 +228,23 @@ class _Builder:
             temperature=body.get("temperature"),
             max_tokens=body.get("max_tokens"),
             task=body.get("task"),
-            route=dict(body.get("route") or {}),
+            route=self.route(body, path, qualname),
             output_schema=self.output_schema(body.get("output") or {}, path, qualname),
             loop=loop,
             estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
         )
+
+    def route(self, body: dict[str, Any], path: YamlPath, qualname: str) -> RouteHints:
+        """The step's routing hints; a misspelt constraint or a value out of range is an issue at its line."""
+        raw = {name: value for name, value in (body.get("route") or {}).items() if value not in (None, [], {})}
+        if body.get("task"):
+            raw["task"] = body["task"]
+        try:
+            return msgspec.convert(raw, RouteHints)
+        except msgspec.ValidationError as exc:
+            line = self.source.lines.line((*path, "route", "constraints"))
+            self.issues.append(Issue(self.source.name, line, f"route: {exc}", qualname))
+            return RouteHints()
 
     def output_schema(self, output: dict[str, Any], path: YamlPath, qualname: str) -> Any:
         schema = output.get("schema")

@@ -13,11 +13,13 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jsonschema import Draft202012Validator
 
+from modelyard.schema.constraints import Constraints
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 from modelyard.workflows.backend import (
     BackendUnavailable,
     HttpBackend,
     ModelCall,
+    RouteHints,
     default_backend_factory,
     load_backend_factory,
 )
@@ -83,12 +85,10 @@ async def test_http_backend_reads_answer_usage_and_modelyard_headers(gateway: An
         max_tokens=20,
         temperature=0.1,
         response_format=response_format("plan", {"type": "object"}),
-        metadata={
-            "workflow": "wf",
-            "step": "plan",
-            "task": "classification",
-            "constraints": '{"min_quality": 0.7}',
-        },
+        route=RouteHints(
+            task="classification", constraints=Constraints(min_quality=0.7), tags=("workflow:wf", "step:plan")
+        ),
+        metadata={"workflow": "wf", "step": "plan"},
     )
     async with HttpBackend(url, api_key="sk-test") as backend:
         answer = await backend.call(call)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from modelyard.schema.constraints import Constraints
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 from modelyard.workflows import Workflow
 from modelyard.workflows.backend import ModelCall
@@ -551,6 +551,7 @@ async def test_routing_hints_reach_the_backend() -> None:
     )
     call: ModelCall = backend.calls[0]
     assert call.model == "fast" and call.temperature == 0.2 and call.max_tokens == 50
-    assert call.metadata["task"] == "classification" and call.metadata["strategy"] == "cost"
-    assert json.loads(call.metadata["constraints"]) == {"min_quality": 0.7}
+    assert call.route.task == "classification" and call.route.strategy == "cost"
+    assert call.route.constraints == Constraints(min_quality=0.7)
+    assert call.route.tags == ("workflow:test", f"run:{call.metadata['run']}", "step:a")
     assert call.metadata["workflow"] == "test" and call.metadata["step"] == "a"

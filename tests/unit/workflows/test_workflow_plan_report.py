@@ -10,7 +10,7 @@ import pytest
 
 from modelyard.workflows import Workflow, load_workflow
 from modelyard.workflows.backend import ModelCall
-from modelyard.workflows.planner import DEFAULT_ITEMS, make_plan
+from modelyard.workflows.planner import DEFAULT_ITEMS, plan_workflow
 from modelyard.workflows.records import RunResult, RunStatus, StepRecord, StepState
 from modelyard.workflows.report import full_context_tokens, result_json, summarize, timeline
 from modelyard.workflows.scripted import ScriptedBackend
@@ -60,7 +60,7 @@ def test_plan_fan_out_width_waves_and_default_items() -> None:
           lit: {model: m, foreach: [a, b, c], prompt: "{{ item }}"}
         """
     )
-    plan = make_plan(spec, ScriptedBackend(delay_s=1.0))
+    plan = plan_workflow(spec, ScriptedBackend(delay_s=1.0))
     rows = {row.step: row for row in plan.rows}
     assert rows["each"].calls == DEFAULT_ITEMS and "(assumed)" in rows["each"].note
     assert rows["each"].latency_ms == pytest.approx(1000.0 * 3)  # 5 items two at a time: 3 waves
@@ -70,7 +70,7 @@ def test_plan_fan_out_width_waves_and_default_items() -> None:
 
 
 def test_plan_of_a_loop_counts_its_rounds(examples_dir: Path) -> None:
-    plan = make_plan(load_workflow(examples_dir / "code_review.yaml"), ScriptedBackend(delay_s=1.0))
+    plan = plan_workflow(load_workflow(examples_dir / "code_review.yaml"), ScriptedBackend(delay_s=1.0))
     rows = {row.step: row for row in plan.rows}
     assert rows["build"].kind == "loop" and "x2 rounds" in rows["build"].note
     assert rows["build.code"].calls == 2 and rows["build.review"].calls == 2
@@ -83,14 +83,14 @@ def test_plan_of_a_loop_counts_its_rounds(examples_dir: Path) -> None:
 
 def test_plan_warns_over_budget_and_without_estimates() -> None:
     spec = workflow("budget: {max_cost_usd: 0.000001}\nsteps:\n  a: {model: m, prompt: hello}\n")
-    plan = make_plan(spec, ScriptedBackend())
+    plan = plan_workflow(spec, ScriptedBackend())
     assert any("over the $1e-06 budget" in w for w in plan.warnings)
 
     class Blind(ScriptedBackend):
         def estimate(self, call: ModelCall) -> Any:
             raise NotImplementedError
 
-    plan = make_plan(spec, Blind())
+    plan = plan_workflow(spec, Blind())
     assert plan.rows[0].deployment is None and plan.rows[0].prompt_tokens > 0
     assert any("cannot estimate" in w for w in plan.warnings)
     assert json.loads(json.dumps(plan.to_json()))["steps"][0]["step"] == "a"

@@ -73,17 +73,22 @@ def count_message_text(text: str) -> int:
     return _count_message_text(text)
 
 
-@lru_cache(maxsize=1)
+#: Each message type's fixed cost: the framing plus its role name's tokens (a message's role is its tag).
+#: Filled on first use (the encoder loads lazily); read once per message on the gateway's hot path.
+_FRAMING: dict[type, int] = {}
+
+
 def _framing() -> dict[type, int]:
-    """Each message type's fixed cost: the framing plus its role name's tokens (a message's role is its tag)."""
-    return {cls: _PER_MESSAGE + count_text(str(cls.__struct_config__.tag)) for cls in get_args(Message)}
+    if not _FRAMING:
+        _FRAMING.update({cls: _PER_MESSAGE + count_text(str(cls.__struct_config__.tag)) for cls in get_args(Message)})
+    return _FRAMING
 
 
 def count_messages(messages: Iterable[Message]) -> int:
     """Prompt tokens of a conversation, OpenAI-style: framing and role, text, images, audio, files, tool calls."""
     total = _REPLY_PRIMING
     count = count_message_text
-    framing = _framing()
+    framing = _FRAMING or _framing()
     for message in messages:
         total += framing[type(message)]
         content = message.content

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.backend import ModelBackend
 from modelyard.workflows.checkpoint import RunStore, load_run
 from modelyard.workflows.engine import Engine, EngineOptions, Listener
@@ -26,7 +27,7 @@ from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
 from modelyard.workflows.templates import TemplateEngine
 
 
-class ResumeError(RuntimeError):
+class ResumeError(ModelyardError, RuntimeError):
     pass
 
 

@@ -28,7 +28,7 @@ import msgspec
 from modelyard.providers.base import kind_from_status, parse_retry_after
 from modelyard.schema.chat import ModelyardOptions, Usage
 from modelyard.schema.constraints import Constraints
-from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+from modelyard.schema.errors import ErrorKind, GatewayError, ModelyardError, ProviderError
 
 
 class RouteHints(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
@@ -123,7 +123,7 @@ class PricingBackend(Protocol):
 BackendFactory = Callable[[str | None, str | None], AbstractAsyncContextManager[ModelBackend]]
 
 
-class BackendUnavailable(RuntimeError):
+class BackendUnavailable(ModelyardError, RuntimeError):
     pass
 
 

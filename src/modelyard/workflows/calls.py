@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
-from modelyard.schema.errors import GatewayError, ProviderError
+from modelyard.schema.errors import GatewayError, ModelyardError, ProviderError
 from modelyard.workflows.backend import ModelAnswer, ModelBackend, ModelCall
 from modelyard.workflows.jsonout import AnswerInvalid, parse_structured, repair_message
 from modelyard.workflows.records import StepRecord
@@ -21,7 +21,7 @@ from modelyard.workflows.records import StepRecord
 T = TypeVar("T")
 
 
-class StepFailure(Exception):
+class StepFailure(ModelyardError):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message

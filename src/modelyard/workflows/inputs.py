@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.spec import InputSpec, WorkflowSpec
 
 _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
@@ -17,7 +18,7 @@ _PYTHON_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-class InputError(ValueError):
+class InputError(ModelyardError, ValueError):
     """Inputs that do not fit the workflow: every problem, one per line."""
 
 

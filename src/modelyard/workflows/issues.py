@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelyard.schema.errors import ModelyardError
+
 
 @dataclass(frozen=True, order=True)
 class Issue:
@@ -17,7 +19,7 @@ class Issue:
         return f"{self.file}:{self.line}:{where} {self.message}"
 
 
-class WorkflowError(Exception):
+class WorkflowError(ModelyardError):
     """A workflow file that cannot run; `issues` lists every problem found, in file order."""
 
     def __init__(self, issues: list[Issue]) -> None:

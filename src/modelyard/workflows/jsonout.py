@@ -9,10 +9,12 @@ from typing import Any
 from jsonschema import ValidationError
 from jsonschema.validators import validator_for
 
+from modelyard.schema.errors import ModelyardError
+
 _FENCE = re.compile(r"^\s*```(?:json|JSON)?\s*\n(?P<body>.*?)\n?```\s*$", re.DOTALL)
 
 
-class AnswerInvalid(Exception):
+class AnswerInvalid(ModelyardError):
     """An answer that is not JSON, or not valid against the step's schema."""
 
 

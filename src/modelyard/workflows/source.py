@@ -7,6 +7,8 @@ from typing import Any
 
 import yaml
 
+from modelyard.schema.errors import ModelyardError
+
 Path = tuple[str | int, ...]
 
 
@@ -41,7 +43,7 @@ class Source:
     duplicates: list[tuple[Path, int]] = field(default_factory=list)
 
 
-class YamlSyntaxError(Exception):
+class YamlSyntaxError(ModelyardError):
     def __init__(self, name: str, line: int, message: str) -> None:
         super().__init__(f"{name}:{line}: {message}")
         self.name = name

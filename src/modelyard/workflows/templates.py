@@ -19,12 +19,14 @@ from jinja2.environment import Template
 from jinja2.meta import find_undeclared_variables
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from modelyard.schema.errors import ModelyardError
+
 #: A template that is exactly one `{{ expression }}` is evaluated to its native value (list, dict, bool).
 _SINGLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\{\{|\}\}).)*)\}\}\s*$", re.DOTALL)
 _FALSE_WORDS = frozenset({"", "false", "no", "0", "none", "null", "off"})
 
 
-class TemplateError(Exception):
+class TemplateError(ModelyardError):
     """A template failed to parse or render; `line` is relative to the template's first line."""
 
     def __init__(self, message: str, line: int | None = None) -> None:

@@ -14,8 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from modelyard.schema.errors import ModelyardError
 
-class ToolImportError(Exception):
+
+class ToolImportError(ModelyardError):
     pass
 
 

@@ -67,8 +67,8 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     data, marks = load_yaml_with_marks(text, source=source, env=environ)
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
-    bind_deployment_options(data, marks, source)
     errors: list[ConfigError] = []
+    bind_deployment_options(data, marks, source, errors)
     models = _convert_models(data.get("models"), marks, source, errors)
     rest = data if models is None else {key: value for key, value in data.items() if key != "models"}
     try:

@@ -145,9 +145,13 @@ def bind_options(provider: str, options: Any) -> msgspec.Struct:
     return converted
 
 
-def bind_deployment_options(data: dict[str, Any], marks: dict[tuple[str | int, ...], int], source: str) -> None:
+def bind_deployment_options(
+    data: dict[str, Any], marks: dict[tuple[str | int, ...], int], source: str, errors: list[Any]
+) -> None:
     """The loader's step before validation: resolve each deployment's provider and convert its `options:`
     in place, so an error points at its own key's line (`file:line: deployments[0].options.sampl: ...`).
+    Each problem is appended to `errors` (a ConfigError) and the deployment's options dropped, so the rest of
+    the file is still checked and `modelyard check` lists every mistake at once.
 
     Entries msgspec will reject anyway (not a mapping, a provider that is not a string) are left to it.
     """
@@ -163,4 +167,7 @@ def bind_deployment_options(data: dict[str, Any], marks: dict[tuple[str | int, .
             entry["options"] = bind_options(entry["provider"], entry.get("options"))
         except AdapterConfigError as exc:
             path = ("deployments", i, *parse_path("$." + exc.key))
-            raise ConfigError(exc.message, source=source, line=line_for(path, marks), key=format_path(path)) from None
+            errors.append(ConfigError(exc.message, source=source, line=line_for(path, marks), key=format_path(path)))
+            entry.pop("options", None)
+            if exc.key == "provider":
+                entry["provider"] = BUILTIN_PROVIDERS[0]  # checked already: keep the rest of the entry checkable

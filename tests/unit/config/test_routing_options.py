@@ -75,6 +75,27 @@ def test_a_group_error_is_reported_beside_an_error_elsewhere() -> None:
     assert info.value.errors[0].key == "deployments[1].wieght"
 
 
+def test_adapter_option_and_provider_errors_are_reported_with_the_groups() -> None:
+    """A deployment's options typo or unknown provider does not hide the model groups' typos below it."""
+    options_typo = TYPOS.replace('api_base: "http://a/v1"', 'api_base: "http://a/v1", options: {stream_usag: false}')
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(options_typo, source="cfg.yaml")
+    assert [str(error) for error in info.value.errors] == [
+        "cfg.yaml:2: deployments[0].options.stream_usag: Object contains unknown field `stream_usag`",
+        *EXPECTED,
+    ]
+    provider_typo = TYPOS.replace("name: b, provider: openai", "name: b, provider: opneai")
+    with pytest.raises(ConfigErrors) as info:
+        parse_config(provider_typo, source="cfg.yaml")
+    assert [error.key for error in info.value.errors] == [
+        "deployments[1].provider",
+        "models.smart.options.max_attempt",
+        "models.smart.constraints.min_qualty",
+        "models.agent.rules[1].when.taks",
+    ]
+    assert "unknown provider 'opneai'" in str(info.value.errors[0])
+
+
 @pytest.mark.parametrize(
     ("section", "expected"),
     [

@@ -7,11 +7,16 @@ import os
 import sys
 from importlib import import_module
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
 from modelyard import __version__
+
+if TYPE_CHECKING:
+    from modelyard.config.model import Config
+    from modelyard.routing.table import RoutingTable
 
 app = typer.Typer(
     name="modelyard",
@@ -85,8 +90,6 @@ def serve(
     """Run the gateway (OpenAI API at /v1, Anthropic Messages API at /v1/messages)."""
     import uvicorn
 
-    from modelyard.config.loader import ConfigError, load_config
-
     _setup_logging(log_level)
     sim = None
     if demo:
@@ -96,10 +99,7 @@ def serve(
         path = _write_demo_config(sim.url)
     else:
         path = config or Path(os.environ.get("MODELYARD_CONFIG", "modelyard.yaml"))
-    try:
-        loaded = load_config(path)
-    except ConfigError as exc:
-        raise _fail(str(exc)) from None
+    loaded, _ = _load_checked(path)
     os.environ["MODELYARD_CONFIG"] = str(path)
     # Read by the protocol of every worker process (server/protocol.py).
     os.environ["MODELYARD_HEADER_TIMEOUT_S"] = str(header_timeout)
@@ -165,23 +165,32 @@ def demo(
     run_demo(requests=requests, seed=seed)
 
 
-@app.command()
-def check(config: Path = typer.Option(..., "--config", "-c", help="Config file to validate.")) -> None:
-    """Validate a config without serving: every typo of the model groups is listed, one `file:line` each."""
+def _load_checked(path: Path) -> tuple[Config, RoutingTable]:
+    """The config and its compiled routing table, or exit 2 listing every problem at its `file:line` (what
+    `check` reports is what `serve` refuses to start with)."""
     from rich.markup import escape
-    from rich.table import Table
 
-    from modelyard.config.loader import ConfigError, ConfigErrors, load_config
-    from modelyard.routing.rules import RuleError
-    from modelyard.routing.table import RoutingTable
+    from modelyard.config.loader import ConfigError, ConfigErrors, load_config, problems_at_lines
+    from modelyard.routing.table import RoutingTable, compile_groups
 
     try:
-        loaded = load_config(config)
-        table = RoutingTable.from_config(loaded)
-    except (ConfigError, RuleError) as exc:
+        loaded = load_config(path)
+        _, problems = compile_groups(loaded)
+        if problems:
+            raise problems_at_lines(path, [(problem.key, problem.message) for problem in problems])
+        return loaded, RoutingTable.from_config(loaded)
+    except ConfigError as exc:
         for error in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
             err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)
         raise typer.Exit(code=2) from None
+
+
+@app.command()
+def check(config: Path = typer.Option(..., "--config", "-c", help="Config file to validate.")) -> None:
+    """Validate a config without serving: every mistake is listed, one `file:line` each."""
+    from rich.table import Table
+
+    loaded, table = _load_checked(config)
     out = Console()
     grid = Table(title=f"{config}: OK")
     for column in ("model", "strategy", "candidates", "fallbacks"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +84,19 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     config.source = source
     check_references(config, marks)
     return config
+
+
+def problems_at_lines(path: str | os.PathLike[str], problems: Iterable[tuple[str, str]]) -> ConfigError:
+    """Problems found after loading (a key path and a message each: the routing table's, say) placed at their
+    `file:line`, by reading the file's line marks again; one ConfigError, or ConfigErrors for several."""
+    source = str(path)
+    _, marks = load_yaml_with_marks(Path(path).read_text(encoding="utf-8"), source=source)
+    errors = [
+        ConfigError(message, source=source, line=line_for(parse_path("$." + key), marks), key=key)
+        for key, message in problems
+    ]
+    errors.sort(key=lambda error: error.line or 0)
+    return errors[0] if len(errors) == 1 else ConfigErrors(errors)
 
 
 def load_yaml_with_marks(text: str, *, source: str = "<yaml>", env: dict[str, str] | None = None) -> tuple[Any, Marks]:

@@ -37,7 +37,13 @@ Predicate = Callable[[RequestFeatures], bool]
 
 
 class RuleError(ModelyardError, ValueError):
-    """A rule that cannot be compiled; the message names the rule and the key."""
+    """A model's routing settings that cannot be compiled. `key` is the config path of the culprit
+    (`models.agent.rules[1].use`), so the loader can put it at its file and line."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"{key}: {message}")
+        self.key = key
+        self.message = message
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +81,7 @@ def _compare(spec: int | float | TokenBounds, where: str) -> Predicate:
         return lambda f: f.prompt_tokens == limit
     bounds = [(op, bound) for op in _COMPARISONS if (bound := getattr(spec, op)) is not None]
     if not bounds:
-        raise RuleError(f"{where}: prompt_tokens needs {{gt|gte|lt|lte: number}}")
+        raise RuleError(where, "prompt_tokens needs {gt|gte|lt|lte: number}")
     checks = [partial(_bound, _COMPARISONS[op], float(bound)) for op, bound in bounds]
     return lambda f: all(check(f.prompt_tokens) for check in checks)
 
@@ -125,7 +131,7 @@ def _conditions(when: RuleWhen, where: str) -> tuple[tuple[Predicate, ...], str]
         elif name == "tags":
             predicates.append(_tags(_one_of(value)))
         elif name == "prompt_tokens":
-            predicates.append(_compare(value, f"{where}.when"))
+            predicates.append(_compare(value, f"{where}.when.prompt_tokens"))
             value = msgspec.to_builtins(value)
         if name == "metadata":
             for field, accepted in value.items():
@@ -153,16 +159,16 @@ def compile_rules(
             elif use in known_deployments:
                 targets = (use,)
             else:
-                raise RuleError(f"{where}.use: {use!r} is neither a model nor a deployment")
+                raise RuleError(f"{where}.use", f"{use!r} is neither a model nor a deployment")
         elif use:
             for name in use:
                 if name not in known_deployments:
-                    raise RuleError(f"{where}.use: unknown deployment {name!r}")
+                    raise RuleError(f"{where}.use", f"unknown deployment {name!r}")
             targets = tuple(use)
         else:
-            raise RuleError(f"{where}.use must name a model or list deployments")
+            raise RuleError(f"{where}.use", "must name a model or list deployments")
         if target_model == model:
-            raise RuleError(f"{where}.use: a rule cannot delegate to its own model")
+            raise RuleError(f"{where}.use", "a rule cannot delegate to its own model")
         rules.append(Rule(i, predicates, targets, target_model, spec.strategy, text or "default"))
     return tuple(rules)
 

@@ -40,25 +40,38 @@ class RoutingTable:
 
     @classmethod
     def from_config(cls, config: Config, resolve_price: PriceResolver | None = None) -> RoutingTable:
-        deployments = {dep.name: dep for dep in config.deployments}
-        groups: dict[str, CompiledGroup] = {}
-        for name, group in config.models.items():
-            groups[name] = _compile_group(name, group, deployments, set(config.models))
+        groups, errors = compile_groups(config)
+        if errors:
+            raise errors[0]
         prices = {dep.name: (resolve_price(dep) if resolve_price else dep.price) for dep in config.deployments}
+        deployments = {dep.name: dep for dep in config.deployments}
         return cls(deployments, groups, prices, config, list(config.models))
+
+
+def compile_groups(config: Config) -> tuple[dict[str, CompiledGroup], list[RuleError]]:
+    """Every model group compiled, and every group's error (`modelyard check` lists them all at once)."""
+    deployments = {dep.name: dep for dep in config.deployments}
+    groups: dict[str, CompiledGroup] = {}
+    errors: list[RuleError] = []
+    for name, group in config.models.items():
+        try:
+            groups[name] = _compile_group(name, group, deployments, set(config.models))
+        except RuleError as exc:
+            errors.append(exc)
+    return groups, errors
 
 
 def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployment], models: set[str]) -> CompiledGroup:
     if group.strategy not in STRATEGIES and group.strategy not in SPECIAL_STRATEGIES:
         known = ", ".join(sorted({*STRATEGIES, *SPECIAL_STRATEGIES}))
-        raise RuleError(f"models.{name}.strategy: unknown strategy {group.strategy!r} (one of {known})")
+        raise RuleError(f"models.{name}.strategy", f"unknown strategy {group.strategy!r} (one of {known})")
     rules = compile_rules(group.rules, name, models, set(deployments)) if group.rules else ()
     if group.strategy == "rules" and not rules:
-        raise RuleError(f"models.{name}: strategy rules needs a `rules:` list")
+        raise RuleError(f"models.{name}.rules", "strategy rules needs a `rules:` list")
     hedge = group.hedge_after_ms
     hedge_p95 = hedge == "p95"
     if isinstance(hedge, str) and not hedge_p95:
-        raise RuleError(f"models.{name}.hedge_after_ms: a number of milliseconds or 'p95'")
+        raise RuleError(f"models.{name}.hedge_after_ms", "a number of milliseconds or 'p95'")
     candidates = tuple(deployments[c] for c in group.candidates)
     return CompiledGroup(
         name=name,

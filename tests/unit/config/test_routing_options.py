@@ -206,3 +206,41 @@ def test_request_overrides_replace_only_the_bounds_they_set() -> None:
     assert model.overridden_by(Constraints(min_quality=0.9, max_cost_per_request=0.01)) == Constraints(
         min_quality=0.9, max_latency_ms=4000, max_cost_per_request=0.01
     )
+
+
+COMPILE_MISTAKES = (
+    DEPLOYMENTS
+    + """\
+models:
+  smart:
+    strategy: cots
+    candidates: [a, b]
+  agent:
+    strategy: rules
+    candidates: [a, b]
+    rules:
+      - when: {task: coding}
+        use: [zz]
+  quick:
+    candidates: [a]
+    hedge_after_ms: soon
+"""
+)
+
+
+@pytest.mark.parametrize("command", [["check", "-c"], ["serve", "--port", "1", "-c"]])
+def test_routing_table_mistakes_are_listed_at_their_lines(tmp_path: Path, command: list[str]) -> None:
+    """Mistakes found when the routing table compiles (after the schema passed) are listed like the schema's,
+    each at its file:line, by `check` and by `serve`, which refuses to start on them."""
+    path = tmp_path / "cfg.yaml"
+    path.write_text(COMPILE_MISTAKES, encoding="utf-8")
+    result = CliRunner().invoke(app, [*command, str(path)], terminal_width=400)
+    assert result.exit_code == 2, result.output
+    shown = " ".join(result.output.split())
+    assert shown.count("error:") == 3, shown
+    for line, key in (
+        (6, "models.smart.strategy: unknown strategy 'cots'"),
+        (13, "models.agent.rules[0].use: unknown deployment 'zz'"),
+        (16, "models.quick.hedge_after_ms: a number of milliseconds"),
+    ):
+        assert f"{path}:{line}: {key}" in shown

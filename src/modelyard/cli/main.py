@@ -44,11 +44,6 @@ def _setup_logging(level: str) -> None:
     )
 
 
-def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
-
-
 @app.command()
 def version() -> None:
     """Print the version."""

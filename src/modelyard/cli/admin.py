@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from modelyard.schema.errors import ModelyardError
+from modelyard.state.store import spend_report_body
 
 app = typer.Typer(add_completion=False)
 keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
@@ -159,25 +160,7 @@ class StoreBackend:
         start = parse_since(since, time.time())
 
         async def report(store: Any) -> dict[str, Any]:
-            rows = await store.spend_report(by, start)
-            data = [
-                {
-                    "group": r.group,
-                    "name": r.name,
-                    "requests": r.requests,
-                    "errors": r.errors,
-                    "prompt_tokens": r.prompt_tokens,
-                    "completion_tokens": r.completion_tokens,
-                    "cost_usd": r.cost_usd,
-                }
-                for r in rows
-            ]
-            return {
-                "by": by,
-                "data": data,
-                "total_cost_usd": sum(r.cost_usd for r in rows),
-                "total_requests": sum(r.requests for r in rows),
-            }
+            return spend_report_body(by, await store.spend_report(by, start))
 
         return self._with_store(report)
 

@@ -32,6 +32,7 @@ from modelyard.state.key_limits import (
     timestamp_problem,
 )
 from modelyard.state.migrations import GROUPINGS
+from modelyard.state.store import spend_report_body
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway, RequestContext
@@ -228,27 +229,9 @@ async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     if services.spend is not None and not guard.down:  # include the requests still in the writer's queue
         await services.spend.flush(timeout_s=guard.timeout_s)
     rows = await guard.call(services.store.spend_report(by, since))
-    data = [
-        {
-            "group": r.group,
-            "name": r.name,
-            "requests": r.requests,
-            "errors": r.errors,
-            "prompt_tokens": r.prompt_tokens,
-            "completion_tokens": r.completion_tokens,
-            "cost_usd": round(r.cost_usd, 10),
-        }
-        for r in rows
-    ]
+    body = spend_report_body(by, rows)
     await send_json(
         request.send,
         200,
-        {
-            "object": "spend_report",
-            "by": by,
-            "since": datetime.fromtimestamp(since, UTC).isoformat(),
-            "data": data,
-            "total_cost_usd": round(sum(r.cost_usd for r in rows), 10),
-            "total_requests": sum(r.requests for r in rows),
-        },
+        {"object": "spend_report", **body, "since": datetime.fromtimestamp(since, UTC).isoformat()},
     )

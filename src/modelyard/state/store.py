@@ -32,6 +32,29 @@ class SpendRow(msgspec.Struct, kw_only=True):
     cost_usd: float = 0.0
 
 
+def spend_report_body(by: str, rows: list[SpendRow]) -> dict[str, Any]:
+    """A spend report as `/admin/spend` answers it and `modelyard spend` prints it, whichever reads the store
+    (costs rounded to 1e-10 USD: float sums carry noise below that)."""
+    data = [
+        {
+            "group": r.group,
+            "name": r.name,
+            "requests": r.requests,
+            "errors": r.errors,
+            "prompt_tokens": r.prompt_tokens,
+            "completion_tokens": r.completion_tokens,
+            "cost_usd": round(r.cost_usd, 10),
+        }
+        for r in rows
+    ]
+    return {
+        "by": by,
+        "data": data,
+        "total_cost_usd": round(sum(r.cost_usd for r in rows), 10),
+        "total_requests": sum(r.requests for r in rows),
+    }
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations."""

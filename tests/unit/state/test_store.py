@@ -205,3 +205,25 @@ def test_postgres_schema_from_dsn() -> None:
     )
     with pytest.raises(ValueError):
         split_schema("postgresql://u@h/db?schema=bad;drop")
+
+
+def test_spend_report_body_is_the_one_report_shape() -> None:
+    """`/admin/spend` and `modelyard spend --config` both answer with this body."""
+    from modelyard.state.store import SpendRow, spend_report_body
+
+    rows = [
+        SpendRow(group="a", requests=2, errors=1, prompt_tokens=10, completion_tokens=5, cost_usd=0.1 + 0.2),
+        SpendRow(group="b", name="team", requests=1, cost_usd=1e-12),
+    ]
+    body = spend_report_body("model", rows)
+    assert body["by"] == "model" and body["total_requests"] == 3
+    assert body["total_cost_usd"] == 0.3 and body["data"][0]["cost_usd"] == 0.3  # float noise rounded away
+    assert body["data"][1] == {
+        "group": "b",
+        "name": "team",
+        "requests": 1,
+        "errors": 0,
+        "prompt_tokens": 0,
+        "completion_tokens": 0,
+        "cost_usd": 0.0,
+    }

@@ -340,7 +340,16 @@ def litellm(upstream: str, tmp: Path) -> Contender | None:
 _BENCH = re.compile(r"BENCH (\{.*\})")
 
 
-def wrk(contender: Contender, connections: int, duration: float, stream: bool = False) -> dict[str, Any]:
+def wrk(
+    contender: Contender,
+    connections: int,
+    duration: float,
+    stream: bool = False,
+    *,
+    script: str = "chat.lua",
+    path: str = "/v1/chat/completions",
+) -> dict[str, Any]:
+    """One wrk run; `script`/`path` pick the ingress (chat.lua on chat completions, responses.lua on /v1/responses)."""
     threads = 1 if connections == 1 else 2
     env = {**os.environ, "MODEL": contender.model, "KEY": contender.key, "STREAM": "1" if stream else "0"}
     cmd = [
@@ -352,8 +361,8 @@ def wrk(contender: Contender, connections: int, duration: float, stream: bool = 
         "--timeout",
         "10s",
         "-s",
-        str(HERE / "chat.lua"),
-        contender.url + "/v1/chat/completions",
+        str(HERE / script),
+        contender.url + path,
     ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True).stdout
     match = _BENCH.search(out)

@@ -44,6 +44,20 @@ _T = TypeVar("_T")
 _decode = msgspec.json.Decoder().decode
 
 
+@dataclass(frozen=True, slots=True)
+class NativeBody:
+    """The client's own request, kept for native pass-through (server/codecs decide when it applies).
+
+    `format` names the wire (`anthropic-messages`, `openai-responses`); an attempt at a deployment whose
+    adapter accepts that format sends `body` as the client wrote it (only `model` rewritten by the adapter)
+    with `headers` (the client headers the gateway lets through); any other attempt takes the canonical path.
+    """
+
+    format: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+
+
 @dataclass(slots=True)
 class Success:
     """A non-streaming answer and how it was obtained."""

@@ -43,7 +43,7 @@ from modelyard.state.store import Store
 
 if TYPE_CHECKING:
     from modelyard.routing.table import RoutingTable
-    from modelyard.server.app import RequestContext
+    from modelyard.server.context import RequestContext
     from modelyard.server.observe import Outcome
 
 log = logging.getLogger("modelyard.access")

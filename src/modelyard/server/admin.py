@@ -35,7 +35,8 @@ from modelyard.state.migrations import GROUPINGS
 from modelyard.state.store import spend_report_body
 
 if TYPE_CHECKING:
-    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.app import Gateway
+    from modelyard.server.context import RequestContext
     from modelyard.server.services import Services
 
 KEYS_PATH = "/admin/keys"

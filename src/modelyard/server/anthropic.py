@@ -26,7 +26,8 @@ from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, S
 from modelyard.server.validation import decode_body, validate_chat
 
 if TYPE_CHECKING:
-    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.app import Gateway
+    from modelyard.server.context import RequestContext
 
 _encode = msgspec.json.Encoder().encode
 

@@ -12,23 +12,22 @@ import gc
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from modelyard.config.model import Config, Deployment
-from modelyard.providers.base import new_id
 from modelyard.routing.attempts import AttemptRecord, attempts_header
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.intelligence import Insight, Intelligence
 from modelyard.routing.plan import Plan
 from modelyard.routing.router import Router
-from modelyard.schema.chat import ChatRequest, ModelyardOptions, Usage
+from modelyard.schema.chat import ChatRequest, ModelyardOptions
 from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server import anthropic as anthropic_routes
 from modelyard.server import openai as openai_routes
 from modelyard.server.access import credential_of
+from modelyard.server.context import ErrorWriter, Handler, RequestContext
 from modelyard.server.http import (
     ClientGone,
     Headers,
@@ -39,11 +38,9 @@ from modelyard.server.http import (
     send_error,
     send_json,
 )
-from modelyard.server.observe import NullObserver, Observer, Outcome
+from modelyard.server.observe import NullObserver, Observer
 
 if TYPE_CHECKING:
-    from modelyard.accounting.budgets import Reservation
-    from modelyard.server.access import KeyState
     from modelyard.server.services import Services
 
 log = logging.getLogger("modelyard.server")
@@ -53,154 +50,6 @@ TIMEOUT_HEADER_MAX_MS = 86_400_000
 
 #: Characters of a requested model name kept for logs, spend rows and errors (names are client input).
 MODEL_NAME_LIMIT = 256
-
-Handler = Callable[["Gateway", Request, "RequestContext"], Awaitable[None]]
-ErrorWriter = Callable[[Send, int, dict[str, Any], Headers], Awaitable[None]]
-
-
-class RequestContext:
-    """What the gateway knows about one request while it runs; reported once at the end."""
-
-    __slots__ = (
-        "authenticated",
-        "content",
-        "credential",
-        "endpoint",
-        "explain",
-        "finished",
-        "gateway",
-        "key",
-        "key_id",
-        "key_name",
-        "request_id",
-        "requested_model",
-        "reservation",
-        "spooled",
-        "started",
-        "tags",
-        "ttft_ms",
-    )
-
-    def __init__(self, gateway: Gateway, endpoint: str) -> None:
-        self.gateway = gateway
-        self.endpoint = endpoint
-        self.request_id = new_id("req_")
-        self.started = time.perf_counter()
-        self.key_name: str | None = None
-        self.requested_model: str | None = None
-        self.explain: dict[str, Any] | None = None
-        self.tags: tuple[str, ...] = ()
-        self.ttft_ms: float | None = None
-        self.finished = False
-        self.spooled = False  # its spend record was handed to the spool
-        self.credential: str | None = None
-        self.key_id: str | None = None
-        #: The key presented, once `Gateway._http` has authenticated it (None in open mode).
-        self.key: KeyState | None = None
-        #: Whether the caller is known (a valid key, or open mode): only then is a spend row written.
-        self.authenticated = False
-        self.reservation: Reservation | None = None
-        self.content: str | None = None
-
-    @property
-    def elapsed_ms(self) -> float:
-        return (time.perf_counter() - self.started) * 1000
-
-    # A request ends in three steps: build its Outcome (`success` / `failure`), `commit` it (its spend record
-    # into the spool, awaited: in the kernel before the response's last byte) and `report` it after that byte
-    # (budget settlement, metrics, traces). `end` does the last two around the final send; `finish_*` build
-    # and report at once (a cancelled stream has no last byte; its record still reaches the spool this tick).
-
-    def success(
-        self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *, ttft_ms: float | None
-    ) -> Outcome:
-        return Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms)
-
-    def failure(
-        self,
-        error: ProviderError | GatewayError,
-        records: list[AttemptRecord] | None = None,
-        *,
-        after_first_byte: bool = False,
-        usage: Usage | None = None,
-        cost: float = 0.0,
-    ) -> Outcome:
-        kind = error.kind.value if isinstance(error, ProviderError) else f"http_{error.status}"
-        dep = error.deployment if isinstance(error, ProviderError) else None
-        status = "stream_error" if after_first_byte else "error"
-        return Outcome(
-            self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms, None, error_kind=kind
-        )
-
-    async def commit(self, outcome: Outcome) -> None:
-        """Put this request's spend record in the spool; returns once it is in the kernel (one write() per
-        event-loop tick for every request committing in it)."""
-        written = self._spool(outcome, wait=True)
-        if written is not None:
-            await written
-
-    async def end(self, outcome: Outcome, last: Awaitable[None] | None) -> None:
-        """Commit, then send the response's last bytes (`last`, a coroutine not yet awaited), then report."""
-        await self.commit(outcome)
-        try:
-            if last is not None:
-                await last
-        finally:
-            self.report(outcome)
-
-    def _spool(self, outcome: Outcome, *, wait: bool) -> asyncio.Future[None] | None:
-        if self.spooled or not self.authenticated:  # a caller never authenticated leaves no spend row
-            return None
-        self.spooled = True
-        services = self.gateway.services
-        spend = services.spend if services is not None else None
-        if spend is None:
-            return None
-        if wait:
-            return spend.commit(outcome)
-        spend.submit(outcome)
-        return None
-
-    def report(self, outcome: Outcome) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        self._spool(outcome, wait=False)  # if not committed yet: in the spool at the end of this tick
-        if self.reservation is not None and self.gateway.access is not None:
-            self.gateway.access.settle(self, outcome)
-        self.gateway.observer.on_outcome(outcome)
-
-    def finish_success(
-        self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *, ttft_ms: float | None
-    ) -> None:
-        self.report(self.success(dep, records, usage, cost, ttft_ms=ttft_ms))
-
-    def finish_error(
-        self,
-        error: ProviderError | GatewayError,
-        records: list[AttemptRecord] | None = None,
-        *,
-        after_first_byte: bool = False,
-        usage: Usage | None = None,
-        cost: float = 0.0,
-    ) -> None:
-        self.report(self.failure(error, records, after_first_byte=after_first_byte, usage=usage, cost=cost))
-
-    def finish_cancelled(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float) -> None:
-        self.report(
-            Outcome(
-                self,
-                "cancelled",
-                dep.name,
-                dep.provider,
-                records,
-                usage,
-                cost,
-                self.elapsed_ms,
-                None,
-                error_kind="client_disconnected",
-            )
-        )
 
 
 async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:

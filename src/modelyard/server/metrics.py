@@ -24,7 +24,8 @@ from modelyard.server.observe import Outcome
 if TYPE_CHECKING:
     from modelyard.accounting.spend import SpendWriter
     from modelyard.routing.router import Router
-    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.app import Gateway
+    from modelyard.server.context import RequestContext
     from modelyard.server.http import Request
 
 #: Seconds; from a cache hit to a long reasoning answer.

@@ -15,7 +15,7 @@ from modelyard.routing.attempts import AttemptRecord
 from modelyard.schema.chat import Usage
 
 if TYPE_CHECKING:
-    from modelyard.server.app import RequestContext
+    from modelyard.server.context import RequestContext
 
 log = logging.getLogger("modelyard.requests")
 

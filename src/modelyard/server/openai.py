@@ -23,7 +23,8 @@ from modelyard.server.http import (
 from modelyard.server.validation import decode_body, validate_chat, validate_embeddings
 
 if TYPE_CHECKING:
-    from modelyard.server.app import Gateway, RequestContext
+    from modelyard.server.app import Gateway
+    from modelyard.server.context import RequestContext
 
 _encode = msgspec.json.Encoder().encode
 _DONE = b"data: [DONE]\n\n"

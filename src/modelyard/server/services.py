@@ -30,7 +30,7 @@ from modelyard.state.counters import Counters, MemoryCounters
 from modelyard.state.store import Store, open_store, sqlite_path
 
 if TYPE_CHECKING:
-    from modelyard.server.app import ErrorWriter, Handler
+    from modelyard.server.context import ErrorWriter, Handler
 
 log = logging.getLogger("modelyard.server")
 

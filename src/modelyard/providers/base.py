@@ -76,6 +76,8 @@ class Completion:
     body: dict[str, Any]
     usage: Usage
     model: str
+    #: The provider's own bytes when the answer came through native pass-through (sent to the client as is).
+    native: bytes | None = None
 
 
 @dataclass(slots=True)
@@ -158,15 +160,32 @@ class Adapter(Protocol):
 @runtime_checkable
 class NativePassthrough(Protocol):
     """Forwards a request already in this adapter's own wire format (e.g. `/v1/messages` to Anthropic)
-    without the round trip through the canonical shape; the answer goes back as the provider sent it."""
+    without the round trip through the canonical shape; the answer goes back as the provider sent it.
 
-    #: The wire format it accepts as is (`anthropic-messages`, `gemini-generate-content`).
-    native_format: ClassVar[str]
+    The executor takes this path for an attempt when the request carries the client's own body in a format
+    of `native_formats` (discovered once per adapter at start); any other attempt of the same request (a
+    failover to another wire) is translated as usual.
+    """
 
-    def native_call(self, dep: Deployment, body: bytes, stream: bool) -> HttpCall: ...
+    #: The wire formats it accepts as is, e.g. frozenset({"anthropic-messages"}).
+    native_formats: ClassVar[frozenset[str]]
 
-    def native_usage(self, dep: Deployment, body: bytes) -> Usage:
-        """The usage in a native answer body, for accounting (streams: from the translator's events)."""
+    def native_call(
+        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+    ) -> HttpCall:
+        """The HTTP request: `body` is the client's JSON (the adapter sets `model` to `dep.model`), `headers`
+        the client headers the gateway let through (`anthropic-beta`, `anthropic-version`)."""
+        ...
+
+    def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
+        """A 2xx native body: `Completion(body=<decoded, for bookkeeping>, usage, model, native=body)`; the
+        bytes go to the client unchanged."""
+        ...
+
+    def native_stream(self, dep: Deployment, fmt: str) -> StreamTranslator:
+        """A translator whose `feed` returns each event re-framed as `msgspec.Raw(b"event: NAME\\ndata:
+        DATA\\n\\n")`, tracks usage, model and `done`, raises ProviderError on an in-stream error event,
+        and has `answered: bool` (substance seen: until then a failure still fails over invisibly)."""
         ...
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from modelyard.config.model import Deployment
 from modelyard.providers import load_adapter
-from modelyard.providers.base import Capabilities, HttpCall, SSEEvent, discover
+from modelyard.providers.base import Capabilities, Completion, HttpCall, SSEEvent, discover
 from modelyard.schema.chat import ChatRequest, Usage
 from tests.plugins.acme_adapter import AcmeAdapter
 
@@ -37,14 +37,19 @@ class NDJSON:
 
 
 class EverythingAdapter(CountingAdapter):
-    native_format: ClassVar[str] = "acme"
+    native_formats: ClassVar[frozenset[str]] = frozenset({"acme"})
     endpoints: ClassVar[frozenset[str]] = frozenset({"rerank"})
 
-    def native_call(self, dep: Deployment, body: bytes, stream: bool) -> HttpCall:
-        return HttpCall("POST", "http://acme/native", {}, body)
+    def native_call(
+        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+    ) -> HttpCall:
+        return HttpCall("POST", "http://acme/native", {}, b"{}")
 
-    def native_usage(self, dep: Deployment, body: bytes) -> Usage:
-        return Usage()
+    def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
+        return Completion({}, Usage(), dep.model, native=body)
+
+    def native_stream(self, dep: Deployment, fmt: str) -> Any:
+        return None
 
     async def credentials(self, dep: Deployment) -> Mapping[str, str]:
         return {"authorization": "Bearer fresh"}

@@ -52,6 +52,9 @@ class ModelOptions(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaul
     latency_buffer: Annotated[float, Meta(ge=0.0, le=1000.0)] = 0.1
     #: `learned`: maximise predicted quality - λ·cost/max(cost) instead of meeting `min_quality`.
     lambda_: Annotated[float, Meta(ge=0.0, le=1e6)] | None = field(default=None, name="lambda")
+    #: Keep a conversation on one deployment (prompt caches are per deployment): where the strategy would
+    #: draw at random, rendezvous hashing of the session key chooses instead (routing/sticky.py).
+    sticky: bool = True
 
     @property
     def overrides_retries(self) -> bool:

@@ -67,6 +67,13 @@ class DecisionContext:
     #: A per-model cache for static work (e.g. which candidates meet a quality floor), offered by the
     #: planner only when the candidates are exactly the model's own list, unfiltered; else None.
     static_cache: dict[Any, Any] | None = None
+    #: The deployment a session's rendezvous hashing put first (explain: `sticky: <deployment>`).
+    sticky: str | None = None
+
+    @property
+    def session(self) -> str | None:
+        """The request's session key when the model keeps sessions sticky (`options.sticky`), else None."""
+        return self.features.session if self.options.sticky else None
 
     def skip(self, dep: Deployment, template: str, *args: object) -> None:
         """Record that `dep` was left out; `template` is a str.format template for `args`."""

@@ -41,6 +41,9 @@ class RequestFeatures:
     allowed: frozenset[str] | None = None
     #: Completions asked for (`n`): the answer's tokens, and so its cost, are multiplied by it.
     choices: int = 1
+    #: The conversation this request belongs to (`routing.sticky.session_key`), set by the ingress when the
+    #: model keeps sessions sticky: strategies that would draw at random choose by rendezvous hashing on it.
+    session: str | None = None
 
     def output_estimate(self, default: int = 256) -> int:
         """Tokens we expect the answer to take: the cap when given, else a typical answer length."""
@@ -53,8 +56,10 @@ def chat_features(
     task: str | None = None,
     key_name: str | None = None,
     tags: tuple[str, ...] = (),
+    session: str | None = None,
 ) -> RequestFeatures:
-    """Features of a chat request; `task`/`tags` from headers win over the body's."""
+    """Features of a chat request; `task`/`tags` from headers win over the body's; `session` from
+    `routing.sticky.session_key` (None: no stickiness)."""
     metadata = req.metadata or {}
     options = req.modelyard
     needs_vision = False
@@ -82,4 +87,5 @@ def chat_features(
         prompt_text=last_user,
         metadata=metadata,
         choices=req.n or 1,
+        session=session,
     )

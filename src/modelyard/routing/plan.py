@@ -41,13 +41,17 @@ class Plan:
     def explain(self) -> dict[str, Any]:
         """Ranked candidates with the reason each was chosen, kept or skipped."""
         ranked: list[dict[str, Any]] = []
+        sticky = self.ctx.sticky
         for i, dep in enumerate(self.order):
+            reason = self.ctx.notes.get(dep.name, "")
+            if dep.name == sticky:
+                reason = f"{reason}; sticky: {sticky}" if reason else f"sticky: {sticky}"
             ranked.append(
                 {
                     "deployment": dep.name,
                     "decision": "chosen" if i == 0 else "kept",
                     "rank": i + 1,
-                    "reason": self.ctx.notes.get(dep.name, ""),
+                    "reason": reason,
                 }
             )
         for skip in self.ctx.skipped:
@@ -67,6 +71,7 @@ class Plan:
             },
             "candidates": ranked,
             "fallbacks": list(self.fallbacks),
+            "sticky": sticky,
         }
 
 

@@ -17,6 +17,13 @@ from types import MappingProxyType
 from modelyard.accounting.prices import PER_TOKEN
 from modelyard.config.model import Deployment
 from modelyard.routing.context import DecisionContext, Skip
+from modelyard.routing.sticky import choose
+
+#: `least-busy` with a session: deployments within this many requests in flight of the least busy one
+#: count as tied, so a session is not moved by one other request's arrival.
+STICKY_BUSY_SLACK = 1
+#: `learned` (with λ) with a session: candidates within this score of the best one count as tied.
+STICKY_SCORE_SLACK = 0.01
 
 Strategy = Callable[[list[Deployment], DecisionContext], list[Deployment]]
 
@@ -34,7 +41,12 @@ def _weighted_first(candidates: list[Deployment], ctx: DecisionContext) -> list[
     """A weighted draw for the first place; the rest keep their listed order (they are only fallbacks)."""
     order = list(candidates)
     if len(order) > 1:
-        pick = _draw([dep.weight if dep.weight > 0 else 0.0 for dep in order], ctx.rng.random())
+        session = ctx.session
+        if session is not None:
+            pick = choose(session, order)  # weighted rendezvous: the same split by weight, per session
+            ctx.sticky = order[pick].name
+        else:
+            pick = _draw([dep.weight if dep.weight > 0 else 0.0 for dep in order], ctx.rng.random())
         if pick:
             order.insert(0, order.pop(pick))
     return order
@@ -87,9 +99,16 @@ def _latencies(candidates: list[Deployment], ctx: DecisionContext) -> list[float
 
 
 def _random_among_first(order: list[Deployment], tied: int, ctx: DecisionContext) -> None:
-    """Put one of the first `tied` (equally good) candidates first, at random: they share the load."""
+    """Put one of the first `tied` (equally good) candidates first, at random: they share the load
+    (a session's rendezvous choice among them instead of the draw, so it keeps its prompt cache)."""
     if tied > 1:
-        order.insert(0, order.pop(int(ctx.rng.random() * tied)))
+        session = ctx.session
+        if session is not None:
+            pick = choose(session, order[:tied])
+            ctx.sticky = order[pick].name
+        else:
+            pick = int(ctx.rng.random() * tied)
+        order.insert(0, order.pop(pick))
 
 
 def least_latency(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployment]:
@@ -117,7 +136,12 @@ def least_busy(candidates: list[Deployment], ctx: DecisionContext) -> list[Deplo
     ranked = sorted(range(len(candidates)), key=busy.__getitem__)
     order = list(map(candidates.__getitem__, ranked))
     if order:
-        _random_among_first(order, busy.count(busy[ranked[0]]), ctx)  # sorted: the ties for first lead
+        least = busy[ranked[0]]
+        if ctx.session is not None:
+            tied = bisect_right(ranked, least + STICKY_BUSY_SLACK, key=busy.__getitem__)
+        else:
+            tied = busy.count(least)  # sorted: the ties for first lead
+        _random_among_first(order, tied, ctx)
     if ctx.explain:
         for dep, n in zip(candidates, busy, strict=True):
             ctx.note(dep, f"{n} in flight")
@@ -248,7 +272,11 @@ def learned(candidates: list[Deployment], ctx: DecisionContext) -> list[Deployme
             shown = "unknown" if quality is None else f"{quality:.3f}"
             ctx.note(dep, f"predicted quality {shown} - {lam} x {costs[i] / scale:.3f} (cost share) = {score:.4f}")
     scored.sort()
-    return [candidates[i] for _, _, i in scored]
+    order = [candidates[i] for _, _, i in scored]
+    if ctx.session is not None and len(order) > 1:
+        best = scored[0][0]
+        _random_among_first(order, sum(1 for s, _, _ in scored if s - best <= STICKY_SCORE_SLACK), ctx)
+    return order
 
 
 STRATEGIES: Mapping[str, Strategy] = MappingProxyType(

@@ -9,6 +9,7 @@ from typing import Any
 from modelyard.config.model import Config, Deployment, ModelGroup, Price
 from modelyard.routing.candidates import GroupProfile
 from modelyard.routing.rules import Rule, RuleError, compile_rules
+from modelyard.routing.sticky import applies as sticky_applies
 from modelyard.routing.strategies import STRATEGIES
 
 #: Strategies that are not plain rankers in STRATEGIES but handled by the planner.
@@ -28,6 +29,8 @@ class CompiledGroup:
     profile: GroupProfile
     #: Static per-model results cached by strategies (see DecisionContext.static_cache).
     cache: dict[Any, Any] = field(default_factory=dict)
+    #: Whether requests for this model should carry a session key (routing/sticky.py).
+    sticky: bool = False
 
 
 @dataclass(slots=True)
@@ -46,6 +49,12 @@ class RoutingTable:
         prices = {dep.name: (resolve_price(dep) if resolve_price else dep.price) for dep in config.deployments}
         deployments = {dep.name: dep for dep in config.deployments}
         return cls(deployments, groups, prices, config, list(config.models))
+
+    def sticky(self, model: str) -> bool:
+        """Whether the ingress should compute `routing.sticky.session_key` for a request of `model`
+        (a model group whose strategy may choose among equals and whose `options.sticky` is on)."""
+        group = self.groups.get(model)
+        return group is not None and group.sticky
 
 
 def compile_groups(config: Config) -> tuple[dict[str, CompiledGroup], list[RuleError]]:
@@ -81,4 +90,6 @@ def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployme
         rules=rules,
         hedge_after_ms=float(hedge) if isinstance(hedge, int | float) else None,
         hedge_p95=hedge_p95,
+        sticky=sticky_applies(group.strategy, group.options.sticky)
+        or (group.strategy == "rules" and group.options.sticky),
     )

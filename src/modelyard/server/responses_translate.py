@@ -1,0 +1,909 @@
+"""Pure translation for the `/v1/responses` ingress: OpenAI Responses requests in, Response objects out.
+
+The gateway thinks in OpenAI Chat Completions, so a Responses request (its `input` items, after the stored
+conversation a `previous_response_id` names) becomes a canonical chat request dict, and a canonical
+completion or chunk stream becomes a Response object or the Responses API's typed SSE events, so that the
+official `openai` SDK (`client.responses.create` / `.stream`) and the Agents SDK work unchanged. No I/O.
+
+Documented losses across wire formats (translated deployments only; a Responses-speaking deployment gets the
+client's body as sent):
+- `reasoning` input items are dropped: their `encrypted_content` belongs to the vendor that made it and is
+  never sent to another; a translated answer's reasoning item carries plain `reasoning_text`, never
+  `encrypted_content`.
+- hosted tools (`web_search`, `file_search`, `code_interpreter`, `mcp`, `image_generation`, computer and shell
+  tools, …) are dropped: a chat deployment cannot run them. Naming one in `tool_choice` is a 400.
+- `namespace` tools are flattened to functions named `{namespace}__{name}` and mapped back on the way out.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Struct
+
+from modelyard.providers.base import new_id
+from modelyard.providers.sse import encode_event
+from modelyard.schema.chat import MAX_OUTPUT_TOKENS, Usage
+from modelyard.schema.errors import ErrorKind, GatewayError
+from modelyard.server.validation import validation_error
+
+_encode = msgspec.json.Encoder().encode
+
+#: Most input items one request may carry (with its stored history): far above any agent's turn.
+MAX_INPUT_ITEMS = 10_000
+#: The separator of a flattened namespace tool's name (`.` is not allowed in chat function names).
+NAMESPACE_SEP = "__"
+
+#: Tool types only the vendor's servers can run; dropped when the request is translated to chat.
+HOSTED_TOOLS = frozenset(
+    {
+        "web_search",
+        "web_search_preview",
+        "web_search_2025_08_26",
+        "web_search_preview_2025_03_11",
+        "file_search",
+        "code_interpreter",
+        "image_generation",
+        "computer",
+        "computer_use",
+        "computer_use_preview",
+        "mcp",
+        "local_shell",
+        "shell",
+        "apply_patch",
+        "tool_search",
+    }
+)
+
+# --------------------------------------------------------------------------- request structs
+
+OutputTokens = Annotated[int, msgspec.Meta(ge=1, le=MAX_OUTPUT_TOKENS)]
+Temperature = Annotated[float, msgspec.Meta(ge=0.0, le=2.0)]
+Probability = Annotated[float, msgspec.Meta(ge=0.0, le=1.0)]
+MetaKey = Annotated[str, msgspec.Meta(max_length=64)]
+MetaValue = Annotated[str, msgspec.Meta(max_length=512)]
+
+
+class InputText(Struct, tag_field="type", tag="input_text", kw_only=True):
+    text: str
+
+
+class OutputText(Struct, tag_field="type", tag="output_text", kw_only=True):
+    text: str
+
+
+class Refusal(Struct, tag_field="type", tag="refusal", kw_only=True):
+    refusal: str
+
+
+class InputImage(Struct, tag_field="type", tag="input_image", kw_only=True, omit_defaults=True):
+    image_url: str | None = None
+    file_id: str | None = None
+    detail: str | None = None
+
+
+class InputFile(Struct, tag_field="type", tag="input_file", kw_only=True, omit_defaults=True):
+    file_data: str | None = None
+    file_id: str | None = None
+    file_url: str | None = None
+    filename: str | None = None
+
+
+Part = InputText | OutputText | Refusal | InputImage | InputFile
+
+
+class MessageItem(Struct, tag_field="type", tag="message", kw_only=True, omit_defaults=True):
+    role: Literal["user", "assistant", "system", "developer"]
+    content: str | list[Part]
+    id: str | None = None
+    status: str | None = None
+    phase: str | None = None
+
+
+class FunctionCallItem(Struct, tag_field="type", tag="function_call", kw_only=True, omit_defaults=True):
+    call_id: str
+    name: str
+    arguments: str
+    id: str | None = None
+    status: str | None = None
+    namespace: str | None = None
+
+
+class FunctionCallOutputItem(Struct, tag_field="type", tag="function_call_output", kw_only=True, omit_defaults=True):
+    call_id: str
+    output: str | list[Part]
+    id: str | None = None
+    status: str | None = None
+
+
+class ReasoningItem(Struct, tag_field="type", tag="reasoning", kw_only=True, omit_defaults=True):
+    id: str | None = None
+    summary: list[dict[str, Any]] | None = None
+    content: list[dict[str, Any]] | None = None
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
+_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+
+
+class TextFormat(Struct, kw_only=True, omit_defaults=True):
+    type: Literal["text", "json_object", "json_schema"]
+    name: str | None = None
+    schema: dict[str, Any] | None = None
+    description: str | None = None
+    strict: bool | None = None
+
+
+class TextConfig(Struct, kw_only=True, omit_defaults=True):
+    format: TextFormat | None = None
+    verbosity: Literal["low", "medium", "high"] | None = None
+
+
+class ReasoningConfig(Struct, kw_only=True, omit_defaults=True):
+    effort: str | None = None
+    summary: str | None = None
+    generate_summary: str | None = None
+
+
+class ResponsesRequest(Struct, kw_only=True, omit_defaults=True):
+    """The top-level fields of a Responses request the gateway reads (others are kept in the raw body for
+    pass-through and ignored in translation). `input` items are checked one by one (`input_items`)."""
+
+    model: str
+    input: str | list[dict[str, Any]] | None = None
+    instructions: str | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    text: TextConfig | None = None
+    max_output_tokens: OutputTokens | None = None
+    reasoning: ReasoningConfig | None = None
+    metadata: dict[MetaKey, MetaValue] | None = None
+    store: bool | None = None
+    previous_response_id: str | None = None
+    stream: bool | None = None
+    temperature: Temperature | None = None
+    top_p: Probability | None = None
+    user: str | None = None
+    prompt_cache_key: str | None = None
+    include: list[str] | None = None
+    truncation: Literal["auto", "disabled"] | None = None
+    modelyard: dict[str, Any] | None = None
+
+
+def validate_responses(raw: dict[str, Any]) -> ResponsesRequest:
+    """A decoded body → a checked request; a bad field is an OpenAI 400 whose `param` is its path."""
+    try:
+        req = msgspec.convert(raw, ResponsesRequest)
+    except msgspec.ValidationError as exc:
+        raise validation_error(exc) from None
+    if not req.model:
+        raise GatewayError(400, "'model' must be a non-empty string.", param="model", code="invalid_value")
+    if req.input is None and req.previous_response_id is None:
+        raise GatewayError(
+            400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter"
+        )
+    if isinstance(req.input, list) and len(req.input) > MAX_INPUT_ITEMS:
+        raise GatewayError(
+            400, f"'input' holds more than {MAX_INPUT_ITEMS} items.", param="input", code="invalid_value"
+        )
+    return req
+
+
+def input_items(req: ResponsesRequest) -> list[InputItem]:
+    """The request's `input` as typed items (a string is one user message); 400 with `param` on a bad one."""
+    if req.input is None:
+        return []
+    if isinstance(req.input, str):
+        return [MessageItem(role="user", content=req.input)]
+    items: list[InputItem] = []
+    for i, raw in enumerate(req.input):
+        items.append(_item(raw, f"input[{i}]"))
+    return items
+
+
+def _item(raw: dict[str, Any], param: str) -> InputItem:
+    kind = raw.get("type")
+    if kind is None and "role" in raw:
+        raw = {**raw, "type": "message"}  # EasyInputMessage: `type` is optional
+    elif kind not in _ITEM_TYPES:
+        shown = str(kind)[:64] if kind is not None else "(missing)"
+        raise GatewayError(
+            400,
+            f"Unsupported input item type '{shown}' at '{param}.type' (supported: {', '.join(_ITEM_TYPES)}).",
+            param=f"{param}.type",
+            code="invalid_value",
+        )
+    try:
+        item: InputItem = msgspec.convert(raw, InputItem)
+    except msgspec.ValidationError as exc:
+        error = validation_error(exc)
+        inner = error.param
+        error.param = f"{param}.{inner}" if inner else param
+        error.message = error.message.replace(f"'{inner}'", f"'{error.param}'") if inner else error.message
+        raise error from None
+    return item
+
+
+def item_dicts(items: list[InputItem]) -> list[dict[str, Any]]:
+    """Typed items → the JSON objects stored and listed by `input_items` (each with an id)."""
+    out: list[dict[str, Any]] = []
+    for item in items:
+        data: dict[str, Any] = msgspec.to_builtins(item)
+        if isinstance(item, MessageItem):
+            data.setdefault("id", new_id("msg_"))
+            if isinstance(item.content, str):
+                part = "output_text" if item.role == "assistant" else "input_text"
+                data["content"] = [{"type": part, "text": item.content}]
+        elif isinstance(item, FunctionCallItem):
+            data.setdefault("id", new_id("fc_"))
+        elif isinstance(item, FunctionCallOutputItem):
+            data.setdefault("id", new_id("fco_"))
+        else:
+            data.setdefault("id", new_id("rs_"))
+        out.append(data)
+    return out
+
+
+# --------------------------------------------------------------------------- request → chat
+
+
+class Translation(Struct, kw_only=True):
+    """A translated request: the chat body, plus what the answer's translation needs to map back."""
+
+    chat: dict[str, Any]
+    #: Flattened function name → (namespace, name) for namespace tools.
+    namespaced: dict[str, tuple[str, str]]
+    #: Hosted tool types dropped (reported in logs, never silently turned into something else).
+    dropped_tools: list[str]
+
+
+def _part_to_chat(part: Part, param: str) -> dict[str, Any]:
+    if isinstance(part, InputText | OutputText):
+        return {"type": "text", "text": part.text}
+    if isinstance(part, Refusal):
+        return {"type": "text", "text": part.refusal}
+    if isinstance(part, InputImage):
+        if part.image_url is None:
+            raise GatewayError(
+                400,
+                "Only `image_url` images can be translated for this deployment (file ids live upstream).",
+                param=f"{param}.image_url",
+                code="invalid_value",
+            )
+        image: dict[str, Any] = {"url": part.image_url}
+        if part.detail is not None and part.detail != "original":
+            image["detail"] = part.detail
+        return {"type": "image_url", "image_url": image}
+    if part.file_data is None:
+        raise GatewayError(
+            400,
+            "Only inline `file_data` files can be translated for this deployment.",
+            param=f"{param}.file_data",
+            code="invalid_value",
+        )
+    file: dict[str, Any] = {"file_data": part.file_data}
+    if part.filename is not None:
+        file["filename"] = part.filename
+    return {"type": "file", "file": file}
+
+
+def _content_to_chat(content: str | list[Part], param: str) -> str | list[dict[str, Any]]:
+    if isinstance(content, str):
+        return content
+    parts = [_part_to_chat(p, f"{param}[{j}]") for j, p in enumerate(content)]
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def _text_only(content: str | list[Part]) -> str:
+    if isinstance(content, str):
+        return content
+    texts = []
+    for part in content:
+        if isinstance(part, InputText | OutputText):
+            texts.append(part.text)
+        elif isinstance(part, Refusal):
+            texts.append(part.refusal)
+    return "".join(texts)
+
+
+def _flat_name(item: FunctionCallItem) -> str:
+    return f"{item.namespace}{NAMESPACE_SEP}{item.name}" if item.namespace else item.name
+
+
+def items_to_messages(items: list[InputItem], *, param: str = "input") -> list[dict[str, Any]]:
+    """Input items → chat messages. Consecutive function calls join one assistant turn (with any assistant
+    text just before them); reasoning items are dropped (see the module's documented losses)."""
+    messages: list[dict[str, Any]] = []
+    for i, item in enumerate(items):
+        where = f"{param}[{i}]"
+        if isinstance(item, MessageItem):
+            if item.role == "assistant":
+                messages.append({"role": "assistant", "content": _text_only(item.content)})
+            else:
+                messages.append({"role": item.role, "content": _content_to_chat(item.content, f"{where}.content")})
+        elif isinstance(item, FunctionCallItem):
+            call = {
+                "id": item.call_id,
+                "type": "function",
+                "function": {"name": _flat_name(item), "arguments": item.arguments},
+            }
+            last = messages[-1] if messages else None
+            if (
+                last is not None
+                and last["role"] == "assistant"
+                and (last.get("tool_calls") or last.get("content") is not None)
+            ):
+                last.setdefault("tool_calls", []).append(call)
+                if last.get("content") == "":
+                    last["content"] = None
+            else:
+                messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
+        elif isinstance(item, FunctionCallOutputItem):
+            output = item.output if isinstance(item.output, str) else _text_only(item.output)
+            messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
+    return messages
+
+
+def _function(tool: dict[str, Any], param: str, name: str | None = None) -> dict[str, Any]:
+    raw_name = tool.get("name")
+    if not isinstance(raw_name, str) or not raw_name:
+        raise GatewayError(400, "A function tool needs a string `name`.", param=f"{param}.name", code="invalid_value")
+    fn: dict[str, Any] = {"name": name or raw_name}
+    if isinstance(tool.get("description"), str):
+        fn["description"] = tool["description"]
+    parameters = tool.get("parameters")
+    if parameters is not None:
+        if not isinstance(parameters, dict):
+            raise GatewayError(
+                400, "`parameters` must be an object.", param=f"{param}.parameters", code="invalid_value"
+            )
+        fn["parameters"] = parameters
+    if isinstance(tool.get("strict"), bool):
+        fn["strict"] = tool["strict"]
+    return {"type": "function", "function": fn}
+
+
+def _custom(tool: dict[str, Any], param: str) -> dict[str, Any]:
+    if not isinstance(tool.get("name"), str):
+        raise GatewayError(400, "A custom tool needs a string `name`.", param=f"{param}.name", code="invalid_value")
+    custom: dict[str, Any] = {"name": tool["name"]}
+    if isinstance(tool.get("description"), str):
+        custom["description"] = tool["description"]
+    if isinstance(tool.get("format"), dict):
+        custom["format"] = tool["format"]
+    return {"type": "custom", "custom": custom}
+
+
+def tools_to_chat(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str]], list[str]]:
+    """(chat tools, flattened namespace names, dropped hosted tool types)."""
+    out: list[dict[str, Any]] = []
+    namespaced: dict[str, tuple[str, str]] = {}
+    dropped: list[str] = []
+    for i, tool in enumerate(tools):
+        param = f"tools[{i}]"
+        kind = tool.get("type")
+        if kind == "function":
+            out.append(_function(tool, param))
+        elif kind == "custom":
+            out.append(_custom(tool, param))
+        elif kind == "namespace":
+            space, inner = tool.get("name"), tool.get("tools")
+            if not isinstance(space, str) or not isinstance(inner, list):
+                raise GatewayError(
+                    400, "A namespace tool needs a `name` and a list of `tools`.", param=param, code="invalid_value"
+                )
+            for j, member in enumerate(inner):
+                where = f"{param}.tools[{j}]"
+                if not isinstance(member, dict) or member.get("type") != "function":
+                    raise GatewayError(
+                        400,
+                        "Only function tools can be translated inside a namespace.",
+                        param=f"{where}.type",
+                        code="invalid_value",
+                    )
+                flat = f"{space}{NAMESPACE_SEP}{member.get('name')}"
+                namespaced[flat] = (space, str(member.get("name")))
+                out.append(_function(member, where, flat))
+        elif isinstance(kind, str) and kind in HOSTED_TOOLS:
+            dropped.append(kind)
+        else:
+            shown = str(kind)[:64]
+            raise GatewayError(400, f"Unsupported tool type '{shown}'.", param=f"{param}.type", code="invalid_value")
+    return out, namespaced, dropped
+
+
+def tool_choice_to_chat(choice: str | dict[str, Any], dropped: list[str]) -> Any:
+    if isinstance(choice, str):
+        if choice not in ("none", "auto", "required"):
+            raise GatewayError(
+                400,
+                f"Invalid tool_choice '{choice[:64]}' (none, auto, required).",
+                param="tool_choice",
+                code="invalid_value",
+            )
+        return choice
+    kind = choice.get("type")
+    if kind == "function" and isinstance(choice.get("name"), str):
+        return {"type": "function", "function": {"name": choice["name"]}}
+    if kind == "custom" and isinstance(choice.get("name"), str):
+        return {"type": "custom", "custom": {"name": choice["name"]}}
+    if kind == "allowed_tools" and choice.get("mode") in ("auto", "required"):
+        return choice["mode"]  # the subset is not expressible on every egress: the mode is kept
+    if isinstance(kind, str) and (kind in HOSTED_TOOLS or kind in dropped):
+        raise GatewayError(
+            400,
+            f"tool_choice '{kind[:64]}' names a hosted tool this deployment cannot run.",
+            param="tool_choice.type",
+            code="invalid_value",
+        )
+    raise GatewayError(400, "Unsupported tool_choice.", param="tool_choice", code="invalid_value")
+
+
+def _format_to_chat(fmt: TextFormat) -> dict[str, Any] | None:
+    if fmt.type == "text":
+        return None
+    if fmt.type == "json_object":
+        return {"type": "json_object"}
+    if fmt.schema is None or not fmt.name:
+        raise GatewayError(
+            400, "A json_schema format needs a `name` and a `schema`.", param="text.format", code="invalid_value"
+        )
+    schema: dict[str, Any] = {"name": fmt.name, "schema": fmt.schema}
+    if fmt.description is not None:
+        schema["description"] = fmt.description
+    if fmt.strict is not None:
+        schema["strict"] = fmt.strict
+    return {"type": "json_schema", "json_schema": schema}
+
+
+def _apply_tools(req: ResponsesRequest, chat: dict[str, Any]) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    namespaced: dict[str, tuple[str, str]] = {}
+    dropped: list[str] = []
+    if req.tools:
+        tools, namespaced, dropped = tools_to_chat(req.tools)
+        if tools:
+            chat["tools"] = tools
+            if req.tool_choice is not None:
+                chat["tool_choice"] = tool_choice_to_chat(req.tool_choice, dropped)
+            if req.parallel_tool_calls is not None:
+                chat["parallel_tool_calls"] = req.parallel_tool_calls
+    if "tools" not in chat and req.tool_choice not in (None, "none", "auto"):
+        tool_choice_to_chat(req.tool_choice, dropped)  # a hosted tool named: say so
+        raise GatewayError(
+            400, "tool_choice needs at least one function tool.", param="tool_choice", code="invalid_value"
+        )
+    return namespaced, dropped
+
+
+def responses_to_chat(
+    req: ResponsesRequest, items: list[InputItem], history: list[InputItem] | None = None
+) -> Translation:
+    """A checked request (its items after the stored `history`) → a canonical chat request dict."""
+    messages: list[dict[str, Any]] = []
+    if req.instructions:  # instructions are not carried over from a previous response (OpenAI's rule)
+        messages.append({"role": "system", "content": req.instructions})
+    if history:
+        messages.extend(items_to_messages(history, param="previous_response_id"))
+    messages.extend(items_to_messages(items))
+    if not any(m["role"] != "system" for m in messages):
+        raise GatewayError(400, "'input' must contain at least one message.", param="input", code="invalid_value")
+    chat: dict[str, Any] = {"model": req.model, "messages": messages}
+    namespaced, dropped = _apply_tools(req, chat)
+    if req.text is not None and req.text.format is not None:
+        fmt = _format_to_chat(req.text.format)
+        if fmt is not None:
+            chat["response_format"] = fmt
+    for key in ("max_output_tokens", "temperature", "top_p", "user", "metadata"):
+        value = getattr(req, key)
+        if value is not None:
+            chat["max_completion_tokens" if key == "max_output_tokens" else key] = value
+    if req.reasoning is not None and req.reasoning.effort is not None:
+        chat["reasoning_effort"] = req.reasoning.effort
+    if req.stream:
+        chat["stream"] = True
+        chat["stream_options"] = {"include_usage": True}
+    if req.modelyard is not None:
+        chat["modelyard"] = req.modelyard
+    return Translation(chat=chat, namespaced=namespaced, dropped_tools=dropped)
+
+
+# --------------------------------------------------------------------------- answers
+
+
+def responses_usage(usage: Usage, cost: float | None = None) -> dict[str, Any]:
+    """Canonical usage → the Responses `usage` object (+ the gateway's `cost` in USD)."""
+    out: dict[str, Any] = {
+        "input_tokens": usage.prompt,
+        "input_tokens_details": {"cached_tokens": usage.cached, "cache_write_tokens": usage.cache_write},
+        "output_tokens": usage.completion,
+        "output_tokens_details": {"reasoning_tokens": usage.reasoning},
+        "total_tokens": usage.prompt + usage.completion,
+    }
+    if cost is not None:
+        out["cost"] = round(cost, 10)
+    return out
+
+
+def response_object(
+    req: ResponsesRequest,
+    response_id: str,
+    *,
+    status: str,
+    output: list[dict[str, Any]],
+    created_at: float | None = None,
+    usage: dict[str, Any] | None = None,
+    error: dict[str, Any] | None = None,
+    incomplete: str | None = None,
+) -> dict[str, Any]:
+    """The Response object around `output`, echoing the request's settings as OpenAI does."""
+    fmt: dict[str, Any] = {"type": "text"}
+    if req.text is not None and req.text.format is not None:
+        fmt = msgspec.to_builtins(req.text.format)
+    return {
+        "id": response_id,
+        "object": "response",
+        "created_at": int(created_at if created_at is not None else time.time()),
+        "status": status,
+        "error": error,
+        "incomplete_details": {"reason": incomplete} if incomplete else None,
+        "instructions": req.instructions,
+        "max_output_tokens": req.max_output_tokens,
+        "metadata": req.metadata or {},
+        "model": req.model,
+        "output": output,
+        "parallel_tool_calls": req.parallel_tool_calls if req.parallel_tool_calls is not None else True,
+        "previous_response_id": req.previous_response_id,
+        "reasoning": {
+            "effort": req.reasoning.effort if req.reasoning else None,
+            "summary": req.reasoning.summary if req.reasoning else None,
+        },
+        "store": req.store if req.store is not None else True,
+        "temperature": req.temperature,
+        "text": {"format": fmt},
+        "tool_choice": req.tool_choice if req.tool_choice is not None else "auto",
+        "tools": req.tools or [],
+        "top_p": req.top_p,
+        "truncation": req.truncation or "disabled",
+        "usage": usage,
+        "user": req.user,
+    }
+
+
+_INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
+
+
+def _call_item(call: dict[str, Any], namespaced: dict[str, tuple[str, str]], status: str) -> dict[str, Any]:
+    fn = call.get("function") or {}
+    name = str(fn.get("name") or "")
+    arguments = fn.get("arguments")
+    if isinstance(arguments, dict):
+        arguments = _encode(arguments).decode()
+    item: dict[str, Any] = {
+        "id": new_id("fc_"),
+        "type": "function_call",
+        "status": status,
+        "call_id": call.get("id") or new_id("call_"),
+        "name": name,
+        "arguments": arguments or "",
+    }
+    if name in namespaced:
+        item["namespace"], item["name"] = namespaced[name]
+    return item
+
+
+def _text_part(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def _reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
+    return {
+        "id": item_id or new_id("rs_"),
+        "type": "reasoning",
+        "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}],
+        "status": "completed",
+    }
+
+
+def completion_output(
+    completion: dict[str, Any], namespaced: dict[str, tuple[str, str]]
+) -> tuple[list[dict[str, Any]], str | None]:
+    """A canonical chat.completion → (Responses output items, the incomplete reason or None)."""
+    choices = completion.get("choices") or [{}]
+    choice = choices[0]
+    message = choice.get("message") or {}
+    output: list[dict[str, Any]] = []
+    if message.get("reasoning_content"):
+        output.append(_reasoning_item(str(message["reasoning_content"])))
+    content: list[dict[str, Any]] = []
+    if message.get("content"):
+        content.append(_text_part(str(message["content"])))
+    if message.get("refusal"):
+        content.append({"type": "refusal", "refusal": str(message["refusal"])})
+    if content:
+        output.append(
+            {"id": new_id("msg_"), "type": "message", "role": "assistant", "status": "completed", "content": content}
+        )
+    for call in message.get("tool_calls") or ():
+        output.append(_call_item(call, namespaced, "completed"))
+    return output, _INCOMPLETE.get(str(choice.get("finish_reason")))
+
+
+def completion_to_response(
+    req: ResponsesRequest,
+    translation: Translation,
+    completion: dict[str, Any],
+    usage: Usage,
+    cost: float,
+    response_id: str | None = None,
+) -> dict[str, Any]:
+    """A canonical chat.completion → a Response object (status `incomplete` when the answer was cut)."""
+    output, incomplete = completion_output(completion, translation.namespaced)
+    return response_object(
+        req,
+        response_id or new_id("resp_"),
+        status="incomplete" if incomplete else "completed",
+        output=output,
+        usage=responses_usage(usage, cost),
+        incomplete=incomplete,
+    )
+
+
+def output_text(response: dict[str, Any]) -> str:
+    """The text of a Response's message items, joined (what the SDKs call `output_text`)."""
+    return "".join(
+        part.get("text", "")
+        for item in response.get("output") or ()
+        if item.get("type") == "message"
+        for part in item.get("content") or ()
+        if part.get("type") == "output_text"
+    )
+
+
+# --------------------------------------------------------------------------- errors
+
+#: ErrorKind → the Response object's `error.code` (OpenAI's enumeration has no finer codes for these).
+KIND_CODES: dict[ErrorKind, str] = {ErrorKind.RATE_LIMITED: "rate_limit_exceeded"}
+
+
+def error_code(kind: ErrorKind) -> str:
+    if kind in (ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER):
+        return "invalid_prompt"
+    return KIND_CODES.get(kind, "server_error")
+
+
+# --------------------------------------------------------------------------- streaming
+
+
+class _OpenItem:
+    __slots__ = ("call", "index", "item", "kind", "text")
+
+    def __init__(self, kind: str, index: int, item: dict[str, Any]) -> None:
+        self.kind = kind  # "message" | "reasoning" | "function_call"
+        self.index = index
+        self.item = item
+        self.text: list[str] = []
+        self.call: int | None = None
+
+
+class ChunksToResponseEvents:
+    """Canonical chunks → the Responses API's SSE events, each with its `sequence_number`, in OpenAI's order:
+    response.created, response.in_progress, then per output item output_item.added → (content_part.added →
+    output_text.delta… → output_text.done → content_part.done | function_call_arguments.delta… → .done) →
+    output_item.done, and response.completed (or .incomplete / .failed) with the whole Response."""
+
+    def __init__(self, req: ResponsesRequest, translation: Translation, response_id: str | None = None) -> None:
+        self.req = req
+        self.namespaced = translation.namespaced
+        self.response_id = response_id or new_id("resp_")
+        self.created_at = time.time()
+        self._seq = 0
+        self._started = False
+        self._closed = False
+        self._output: list[dict[str, Any]] = []
+        self._open: _OpenItem | None = None  # the open message or reasoning item
+        self._calls: dict[int, _OpenItem] = {}  # chat tool-call index → its open function_call item
+        self._finish: str | None = None
+
+    @property
+    def output(self) -> list[dict[str, Any]]:
+        """The output items finished so far (all of them after `finish`)."""
+        return self._output
+
+    def _event(self, kind: str, data: dict[str, Any]) -> bytes:
+        body = {"type": kind, "sequence_number": self._seq, **data}
+        self._seq += 1
+        return encode_event(_encode(body), kind)
+
+    def _response(self, status: str, **extra: Any) -> dict[str, Any]:
+        return response_object(
+            self.req, self.response_id, status=status, output=list(self._output), created_at=self.created_at, **extra
+        )
+
+    def start(self) -> list[bytes]:
+        if self._started:
+            return []
+        self._started = True
+        return [
+            self._event("response.created", {"response": self._response("in_progress")}),
+            self._event("response.in_progress", {"response": self._response("in_progress")}),
+        ]
+
+    def feed(self, chunk: dict[str, Any]) -> list[bytes]:
+        if self._closed:
+            return []
+        out = self.start()
+        for choice in chunk.get("choices") or ():
+            if choice.get("index", 0) != 0:
+                continue
+            delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                out += self._delta("reasoning", str(delta["reasoning_content"]))
+            if delta.get("content"):
+                out += self._delta("message", str(delta["content"]))
+            for call in delta.get("tool_calls") or ():
+                out += self._tool_call(call)
+            if choice.get("finish_reason") is not None:
+                self._finish = str(choice["finish_reason"])
+        return out
+
+    def finish(self, usage: Usage, cost: float | None = None) -> list[bytes]:
+        """Close every open item, then response.completed (or response.incomplete) with usage and cost."""
+        if self._closed:
+            return []
+        out = self.start() + self._close_open() + self._close_calls()
+        self._closed = True
+        incomplete = _INCOMPLETE.get(self._finish or "")
+        status = "incomplete" if incomplete else "completed"
+        response = self._response(status, usage=responses_usage(usage, cost), incomplete=incomplete)
+        out.append(self._event(f"response.{status}", {"response": response}))
+        return out
+
+    def fail(self, kind: ErrorKind, message: str) -> list[bytes]:
+        """A failure after the first byte: open items are left as they are and the response is `failed`."""
+        if self._closed:
+            return []
+        out = self.start()
+        self._closed = True
+        error = {"code": error_code(kind), "message": message}
+        out.append(self._event("response.failed", {"response": self._response("failed", error=error)}))
+        return out
+
+    # ------------------------------------------------------------------ items
+
+    def _add(self, kind: str, item: dict[str, Any]) -> tuple[_OpenItem, bytes]:
+        index = len(self._output) + (1 if self._open is not None else 0) + len(self._calls)
+        opened = _OpenItem(kind, index, item)
+        return opened, self._event("response.output_item.added", {"output_index": index, "item": item})
+
+    def _delta(self, kind: str, text: str) -> list[bytes]:
+        out: list[bytes] = []
+        if self._open is None or self._open.kind != kind:
+            out += self._close_open() + self._close_calls()
+            if kind == "message":
+                item = {
+                    "id": new_id("msg_"),
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "in_progress",
+                    "content": [],
+                }
+                self._open, added = self._add(kind, item)
+                part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                out += [added, self._part_event("response.content_part.added", part)]
+            else:
+                item = {"id": new_id("rs_"), "type": "reasoning", "summary": [], "status": "in_progress"}
+                self._open, added = self._add(kind, item)
+                out.append(added)
+        opened = self._open
+        assert opened is not None
+        opened.text.append(text)
+        name = "response.output_text.delta" if kind == "message" else "response.reasoning_text.delta"
+        data: dict[str, Any] = {
+            "item_id": opened.item["id"],
+            "output_index": opened.index,
+            "content_index": 0,
+            "delta": text,
+        }
+        if kind == "message":
+            data["logprobs"] = []
+        out.append(self._event(name, data))
+        return out
+
+    def _part_event(self, kind: str, part: dict[str, Any]) -> bytes:
+        opened = self._open
+        assert opened is not None
+        return self._event(
+            kind, {"item_id": opened.item["id"], "output_index": opened.index, "content_index": 0, "part": part}
+        )
+
+    def _close_open(self) -> list[bytes]:
+        opened = self._open
+        if opened is None:
+            return []
+        text = "".join(opened.text)
+        ids = {"item_id": opened.item["id"], "output_index": opened.index, "content_index": 0}
+        if opened.kind == "message":
+            part = _text_part(text)
+            out = [
+                self._event("response.output_text.done", {**ids, "text": text, "logprobs": []}),
+                self._part_event("response.content_part.done", part),
+            ]
+            item = {**opened.item, "status": "completed", "content": [part]}
+        else:
+            out = [self._event("response.reasoning_text.done", {**ids, "text": text})]
+            item = _reasoning_item(text, opened.item["id"])
+        self._open = None
+        self._output.append(item)
+        out.append(self._event("response.output_item.done", {"output_index": opened.index, "item": item}))
+        return out
+
+    def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
+        position = int(call.get("index", 0))
+        fn = call.get("function") or {}
+        out: list[bytes] = []
+        opened = self._calls.get(position)
+        if opened is None:
+            out += self._close_open()
+            item = _call_item(
+                {"id": call.get("id"), "function": {"name": fn.get("name")}}, self.namespaced, "in_progress"
+            )
+            opened, added = self._add("function_call", item)
+            self._calls[position] = opened
+            out.append(added)
+        arguments = fn.get("arguments")
+        if isinstance(arguments, dict):
+            arguments = _encode(arguments).decode()
+        if arguments:
+            opened.text.append(str(arguments))
+            out.append(
+                self._event(
+                    "response.function_call_arguments.delta",
+                    {"item_id": opened.item["id"], "output_index": opened.index, "delta": str(arguments)},
+                )
+            )
+        return out
+
+    def _close_calls(self) -> list[bytes]:
+        out: list[bytes] = []
+        for opened in sorted(self._calls.values(), key=lambda o: o.index):
+            arguments = "".join(opened.text)
+            item = {**opened.item, "status": "completed", "arguments": arguments}
+            out.append(
+                self._event(
+                    "response.function_call_arguments.done",
+                    {"item_id": item["id"], "output_index": opened.index, "name": item["name"], "arguments": arguments},
+                )
+            )
+            self._output.append(item)
+            out.append(self._event("response.output_item.done", {"output_index": opened.index, "item": item}))
+        self._calls.clear()
+        return out
+
+
+__all__ = [
+    "HOSTED_TOOLS",
+    "ChunksToResponseEvents",
+    "InputItem",
+    "ResponsesRequest",
+    "Translation",
+    "completion_output",
+    "completion_to_response",
+    "error_code",
+    "input_items",
+    "item_dicts",
+    "items_to_messages",
+    "output_text",
+    "response_object",
+    "responses_to_chat",
+    "responses_usage",
+    "tools_to_chat",
+    "validate_responses",
+]

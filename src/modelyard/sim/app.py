@@ -35,6 +35,7 @@ from modelyard.sim.behaviour import count_tokens, generate
 from modelyard.sim.embedding import embed
 from modelyard.sim.faults import OVERRIDES, Fault, draw_fault, fault_edges, generation_seconds, ttft_seconds
 from modelyard.sim.fleet import Fleet, FleetError, SimModel, default_fleet, patch_model
+from modelyard.sim.prompt_cache import PromptCache, segments_from_body
 from modelyard.sim.shapes import Answer, BadRequest, ErrKind, Event, Wire
 from modelyard.sim.stats import ModelStats, Stats
 from modelyard.sim.wire_anthropic import AnthropicWire
@@ -95,6 +96,7 @@ class SimApp:
         self.openai, self.anthropic, self.gemini = OpenAIWire(), AnthropicWire(), GeminiWire()
         self._release = asyncio.Event()
         self._created = int(time.time())
+        self.prompt_cache = PromptCache()
 
     # ------------------------------------------------------------------ control (also used in-process)
 
@@ -106,6 +108,7 @@ class SimApp:
         """Zero the stats and the per-model request counters (so a seed replays from the start)."""
         self.stats = Stats(list(self.models))
         self.counters = {}
+        self.prompt_cache.clear()
 
     def patch(self, name: str, changes: Any) -> SimModel:
         """Merge `changes` into model `name`; KeyError if unknown, FleetError if invalid."""
@@ -199,6 +202,11 @@ class SimApp:
             ask.prompt_tokens,
             draw_cached(ask.prompt_tokens, model, rng),
         )
+        prefix = ask.prefix if ask.prefix is not None else segments_from_body(body)
+        cache = self.prompt_cache.use(model.name, prefix, ask.prompt_tokens)
+        if cache.read or cache.written:  # else the model's random `cache_hit_rate` draw stands
+            answer.cached_tokens = cache.read or answer.cached_tokens
+            answer.cache_write_tokens = min(cache.written, ask.prompt_tokens - answer.cached_tokens)
         call.ttft += generation_seconds(answer.reasoning_tokens, model)
         if ask.stream:
             await self._send_stream(call, answer, send)

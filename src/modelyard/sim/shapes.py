@@ -69,6 +69,8 @@ class Ask:
     include_usage: bool = False
     #: Gemini: `alt=sse` (else a stream is one JSON array sent piece by piece).
     sse: bool = True
+    #: The prompt cut for the prompt cache (`sim.prompt_cache.prefix_segments`); None: the app cuts the body.
+    prefix: list[bytes] | None = None
 
 
 @dataclass(slots=True)
@@ -112,7 +114,10 @@ class Answer:
     key: str
     created: int
     prompt_tokens: int
+    #: Prompt tokens read from the prompt cache (part of `prompt_tokens`).
     cached_tokens: int = 0
+    #: Prompt tokens this request wrote to the prompt cache (Anthropic `cache_creation_input_tokens`).
+    cache_write_tokens: int = 0
 
     @property
     def completion_tokens(self) -> int:

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from modelyard.sim.behaviour import IMAGE_TOKENS, count_tokens, text_pieces
+from modelyard.sim.prompt_cache import prefix_segments
 from modelyard.sim.shapes import (
     Answer,
     Ask,
@@ -87,6 +88,7 @@ class GeminiWire:
         if ask.tools:
             prompt += count_tokens(_encode(data.get("tools")).decode())
         ask.prompt_tokens = max(1, prompt)
+        ask.prefix = prefix_segments([system, data.get("tools"), get(data, "toolConfig", "tool_config")], contents)
         _read_config(config, ask)
         return ask
 

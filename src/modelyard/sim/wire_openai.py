@@ -30,6 +30,7 @@ from modelyard.schema.chat import (
 )
 from modelyard.sim.behaviour import IMAGE_TOKENS, count_tokens, text_pieces
 from modelyard.sim.embedding import to_base64
+from modelyard.sim.prompt_cache import prefix_segments
 from modelyard.sim.shapes import (
     Answer,
     Ask,
@@ -103,6 +104,7 @@ class OpenAIWire:
             n=n,
             stream=bool(req.stream),
             include_usage=req.wants_usage_in_stream,
+            prefix=prefix_segments(req.tools, req.messages),
         )
         _read_conversation(req.messages, ask)
         fmt = req.response_format

@@ -3,11 +3,12 @@
 Endpoints (every model of the fleet is served on every wire format):
 
 * OpenAI: ``POST /v1/chat/completions`` (plain and SSE), ``POST /v1/embeddings``, ``GET /v1/models[/{id}]``
-* Anthropic: ``POST /v1/messages`` (plain and SSE); ``GET /v1/models`` answers in Anthropic's shape when
-  the request carries an ``anthropic-version`` header
+* Anthropic: ``POST /v1/messages`` (plain and SSE), ``POST /v1/messages/count_tokens``; ``GET /v1/models``
+  answers in Anthropic's shape when the request carries an ``anthropic-version`` header
 * Gemini: ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent[?alt=sse]``,
   ``:embedContent``, ``:batchEmbedContents``, ``GET /v1beta/models[/{model}]`` (``/v1/`` works too)
 * Control: ``GET /_sim/health``, ``GET /_sim/stats``, ``GET /_sim/fleet``, ``POST /_sim/reset``,
+  ``GET /_sim/requests/{model}`` (the last bodies and non-secret headers that model received),
   ``PATCH /_sim/models/{name}`` (JSON body merged into the model, e.g. ``{"faults": {"rate_limit": 0.3}}``)
 
 Per-request overrides: ``x-sim-fault`` (``rate_limit``, ``server_error``, ``unavailable``, ``hang``,
@@ -36,9 +37,10 @@ from modelyard.sim.embedding import embed
 from modelyard.sim.faults import OVERRIDES, Fault, draw_fault, fault_edges, generation_seconds, ttft_seconds
 from modelyard.sim.fleet import Fleet, FleetError, SimModel, default_fleet, patch_model
 from modelyard.sim.prompt_cache import PromptCache, segments_from_body
+from modelyard.sim.received import RequestLog
 from modelyard.sim.shapes import Answer, BadRequest, ErrKind, Event, Wire
 from modelyard.sim.stats import ModelStats, Stats
-from modelyard.sim.wire_anthropic import AnthropicWire
+from modelyard.sim.wire_anthropic import AnthropicWire, secret_for_seed
 from modelyard.sim.wire_gemini import GeminiWire
 from modelyard.sim.wire_openai import OpenAIWire
 
@@ -93,7 +95,9 @@ class SimApp:
         self._edges = {m.name: fault_edges(m.faults) for m in fleet.models}
         self.stats = Stats(list(self.models))
         self.counters: dict[str, int] = {}
-        self.openai, self.anthropic, self.gemini = OpenAIWire(), AnthropicWire(), GeminiWire()
+        self.openai, self.anthropic, self.gemini = OpenAIWire(), AnthropicWire(secret_for_seed(seed)), GeminiWire()
+        #: The last bodies each model received (`GET /_sim/requests/{model}`), for upstream-side assertions.
+        self.received = RequestLog()
         self._release = asyncio.Event()
         self._created = int(time.time())
         self.prompt_cache = PromptCache()
@@ -109,6 +113,7 @@ class SimApp:
         self.stats = Stats(list(self.models))
         self.counters = {}
         self.prompt_cache.clear()
+        self.received.clear()
 
     def patch(self, name: str, changes: Any) -> SimModel:
         """Merge `changes` into model `name`; KeyError if unknown, FleetError if invalid."""
@@ -146,6 +151,8 @@ class SimApp:
                 return await self._chat(self.openai, scope, receive, send, None, None)
             if path == "/v1/messages":
                 return await self._chat(self.anthropic, scope, receive, send, None, None)
+            if path == "/v1/messages/count_tokens":
+                return await self._count_tokens(scope, receive, send)
             if path == "/v1/embeddings":
                 return await self._embed(self.openai, scope, receive, send, None, False)
             if ":" in path and path.startswith(("/v1beta/models/", "/v1/models/")):
@@ -179,6 +186,7 @@ class SimApp:
             return await self._reject(send, wire, "bad_request", detail=str(exc))
         if stream is not None:
             ask.stream, ask.sse = stream, sse
+        self.received.record(ask.model, scope["path"], scope["headers"], body)
         model = self.models.get(ask.model)
         if model is None:
             return await self._reject(send, wire, "not_found", model=ask.model)
@@ -251,6 +259,21 @@ class SimApp:
         await asgi.send_stream(
             send, frames, offsets, self._release, content_type=content_type, abort=fault is Fault.RESET
         )
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Anthropic's `POST /v1/messages/count_tokens`: the prompt's tokens, no generation, no fault."""
+        wire = self.anthropic
+        if not self._authorised(_read_headers(scope), scope):
+            return await self._reject(send, wire, "auth")
+        body = await asgi.read_body(receive)
+        try:
+            ask = wire.parse_count(body)
+        except BadRequest as exc:
+            return await self._reject(send, wire, "bad_request", detail=str(exc))
+        self.received.record(ask.model, scope["path"], scope["headers"], body)
+        if ask.model not in self.models:
+            return await self._reject(send, wire, "not_found", model=ask.model)
+        await asgi.respond(send, 200, wire.count_tokens_answer(ask))
 
     # ------------------------------------------------------------------ embeddings
 
@@ -438,6 +461,9 @@ class SimApp:
         if method == "POST" and path == "/_sim/reset":
             self.reset()
             return await asgi.respond(send, 200, b'{"status":"reset"}')
+        if method == "GET" and path.startswith("/_sim/requests/"):
+            name = path[len("/_sim/requests/") :]
+            return await asgi.respond(send, 200, _encode({"model": name, "requests": self.received.snapshot(name)}))
         if method == "PATCH" and path.startswith("/_sim/models/"):
             return await self._control_patch(path[len("/_sim/models/") :], receive, send)
         await asgi.respond(send, 404, b'{"error":"unknown control endpoint"}')

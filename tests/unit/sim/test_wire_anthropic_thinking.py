@@ -144,16 +144,16 @@ def test_redacted_thinking_round_trip(client: anthropic.Anthropic) -> None:
     m = client.messages.create(model="sim-medium", max_tokens=2048, thinking=THINKING, tools=[TOOL], messages=messages)
     assert m.content[0].type == "redacted_thinking"
     blocks = [b.model_dump() for b in m.content]
-    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": blocks[1]["id"], "content": "x"}]}
+    result: Any = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": blocks[1]["id"], "content": "x"}]}
     ok = client.messages.create(
         model="sim-medium",
         max_tokens=2048,
         thinking=THINKING,
         tools=[TOOL],
-        messages=[*messages, {"role": "assistant", "content": blocks}, result],
+        messages=[*messages, {"role": "assistant", "content": blocks}, result],  # type: ignore[misc,list-item]
     )
     assert ok.stop_reason == "end_turn"
-    forged = copy.deepcopy(blocks)
+    forged: Any = copy.deepcopy(blocks)
     forged[0]["data"] = forged[0]["data"][:-8] + "AAAAAAA="
     with pytest.raises(anthropic.BadRequestError, match="Invalid `data` in `redacted_thinking` block"):
         client.messages.create(

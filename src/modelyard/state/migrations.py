@@ -88,6 +88,28 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         ),
     ),
+    # Responses API conversations (state/conversations.py): one row per stored response, scoped by key id
+    # ('' without a key); items as JSON text. Rows past `expires_at` are invisible and purged now and then.
+    Migration(
+        3,
+        "stored responses",
+        (
+            """CREATE TABLE modelyard_responses (
+            id TEXT PRIMARY KEY,
+            key_id TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL,
+            model TEXT NOT NULL,
+            previous_id TEXT,
+            upstream TEXT,
+            input_items TEXT NOT NULL,
+            output_items TEXT NOT NULL,
+            response TEXT
+        )""",
+            "CREATE INDEX modelyard_responses_key ON modelyard_responses (key_id, expires_at)",
+            "CREATE INDEX modelyard_responses_expiry ON modelyard_responses (expires_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

@@ -15,6 +15,17 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from modelyard.accounting.spend import SpendDataError, SpendRecord, escape_text
+from modelyard.state.conversations import (
+    COUNT_SQL,
+    DELETE_SQL,
+    PURGE_SQL,
+    StoredResponse,
+    chain_sql,
+    insert_sql,
+    response_from_row,
+    response_row,
+    select_sql,
+)
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.store import (
@@ -34,6 +45,18 @@ _KEY_INSERT = (
     f"VALUES ({', '.join(f'${i + 1}' for i in range(len(KEY_COLUMNS)))})"
 )
 _DAY = "to_char(to_timestamp(at) AT TIME ZONE 'UTC', 'YYYY-MM-DD')"
+
+
+def _ph(n: int) -> str:
+    return f"${n}"
+
+
+_RESPONSE_CHAIN = chain_sql(_ph)
+_RESPONSE_SELECT = select_sql(_ph)
+_RESPONSE_INSERT = insert_sql(_ph)
+_RESPONSE_DELETE = DELETE_SQL.format("$1", "$2", "$3")
+_RESPONSE_COUNT = COUNT_SQL.format("$1", "$2")
+_RESPONSE_PURGE = PURGE_SQL.format("$1")
 
 
 def _pg_type(hint: Any) -> str:
@@ -205,3 +228,27 @@ class PostgresStore:
             f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= $1 ORDER BY at LIMIT $2", since, limit
         )
         return [spend_from_row(tuple(row)) for row in rows]
+
+    # ------------------------------------------------------------------ stored responses (state/conversations.py)
+
+    async def put_response(self, record: StoredResponse) -> None:
+        await self.pool.execute(_RESPONSE_INSERT, *_valid_text(response_row(record)))
+
+    async def get_response(self, key_id: str, response_id: str, now: float) -> StoredResponse | None:
+        row = await self.pool.fetchrow(_RESPONSE_SELECT, response_id, key_id, now)
+        return None if row is None else response_from_row(tuple(row))
+
+    async def response_chain(self, key_id: str, response_id: str, now: float, limit: int) -> list[StoredResponse]:
+        rows = await self.pool.fetch(_RESPONSE_CHAIN, response_id, key_id, now, limit)
+        return [response_from_row(tuple(row)) for row in rows]
+
+    async def delete_response(self, key_id: str, response_id: str, now: float) -> bool:
+        status = await self.pool.execute(_RESPONSE_DELETE, response_id, key_id, now)
+        return str(status).endswith(" 1")
+
+    async def count_responses(self, key_id: str, now: float) -> int:
+        return int(await self.pool.fetchval(_RESPONSE_COUNT, key_id, now))
+
+    async def purge_responses(self, now: float) -> int:
+        status = str(await self.pool.execute(_RESPONSE_PURGE, now))
+        return int(status.rsplit(" ", 1)[-1]) if status.startswith("DELETE") else 0

@@ -18,6 +18,17 @@ from typing import Any, TypeVar
 import msgspec
 
 from modelyard.accounting.spend import SpendDataError, SpendRecord
+from modelyard.state.conversations import (
+    COUNT_SQL,
+    DELETE_SQL,
+    PURGE_SQL,
+    StoredResponse,
+    chain_sql,
+    insert_sql,
+    response_from_row,
+    response_row,
+    select_sql,
+)
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.store import (
@@ -50,6 +61,18 @@ _SPEND_INSERT_JSON = (
 _DEAD_INSERT = "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES (?, ?, ?, ?, ?)"
 _encode = msgspec.json.Encoder().encode
 _DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
+
+
+def _ph(n: int) -> str:
+    return f"?{n}"
+
+
+_RESPONSE_CHAIN = chain_sql(_ph)
+_RESPONSE_SELECT = select_sql(_ph)
+_RESPONSE_INSERT = insert_sql(_ph)
+_RESPONSE_DELETE = DELETE_SQL.format("?1", "?2", "?3")
+_RESPONSE_COUNT = COUNT_SQL.format("?1", "?2")
+_RESPONSE_PURGE = PURGE_SQL.format("?1")
 
 
 class SQLiteStore:
@@ -158,6 +181,32 @@ class SQLiteStore:
         sql = f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= ? ORDER BY at LIMIT ?"
         rows = await self._run(lambda conn: conn.execute(sql, (since, limit)).fetchall())
         return [spend_from_row(row) for row in rows]
+
+    # ------------------------------------------------------------------ stored responses (state/conversations.py)
+
+    async def put_response(self, record: StoredResponse) -> None:
+        row = response_row(record)
+        await self._run(lambda conn: conn.execute(_RESPONSE_INSERT, row))
+
+    async def get_response(self, key_id: str, response_id: str, now: float) -> StoredResponse | None:
+        args = (response_id, key_id, now)
+        row = await self._run(lambda conn: conn.execute(_RESPONSE_SELECT, args).fetchone())
+        return None if row is None else response_from_row(row)
+
+    async def response_chain(self, key_id: str, response_id: str, now: float, limit: int) -> list[StoredResponse]:
+        args = (response_id, key_id, now, limit)
+        rows = await self._run(lambda conn: conn.execute(_RESPONSE_CHAIN, args).fetchall())
+        return [response_from_row(row) for row in rows]
+
+    async def delete_response(self, key_id: str, response_id: str, now: float) -> bool:
+        args = (response_id, key_id, now)
+        return bool(await self._run(lambda conn: conn.execute(_RESPONSE_DELETE, args).rowcount))
+
+    async def count_responses(self, key_id: str, now: float) -> int:
+        return int(await self._run(lambda conn: conn.execute(_RESPONSE_COUNT, (key_id, now)).fetchone()[0]))
+
+    async def purge_responses(self, now: float) -> int:
+        return int(await self._run(lambda conn: conn.execute(_RESPONSE_PURGE, (now,)).rowcount))
 
 
 def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]) -> None:

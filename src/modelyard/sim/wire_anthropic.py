@@ -27,6 +27,7 @@ from typing import Any
 import msgspec
 
 from modelyard.sim.behaviour import IMAGE_TOKENS, compose, count_tokens, text_pieces
+from modelyard.sim.prompt_cache import prefix_segments
 from modelyard.sim.shapes import (
     Answer,
     Ask,
@@ -176,6 +177,7 @@ class AnthropicWire:
         prompt += count_tokens(_encode(data["tools"]).decode()) if ask.tools else 0
         ask.prompt_tokens = max(1, prompt)
         _read_output_format(data, ask)
+        ask.prefix = cache_prefix(data, messages)
         return ask
 
     def _check_thinking(self, content: Any, param: str) -> None:
@@ -282,8 +284,8 @@ class AnthropicWire:
 def usage(answer: Answer, output_tokens: int, thinking_tokens: int | None = None) -> dict[str, Any]:
     """Anthropic counts `input_tokens` without the cached part (reported as `cache_read_input_tokens`)."""
     out: dict[str, Any] = {
-        "input_tokens": answer.prompt_tokens - answer.cached_tokens,
-        "cache_creation_input_tokens": 0,
+        "input_tokens": max(0, answer.prompt_tokens - answer.cached_tokens - answer.cache_write_tokens),
+        "cache_creation_input_tokens": answer.cache_write_tokens,
         "cache_read_input_tokens": answer.cached_tokens,
         "output_tokens": output_tokens,
         "service_tier": "standard",
@@ -292,6 +294,40 @@ def usage(answer: Answer, output_tokens: int, thinking_tokens: int | None = None
     if thinking and output_tokens > 1:
         out["output_tokens_details"] = {"thinking_tokens": thinking}
     return out
+
+
+def cache_prefix(data: dict[str, Any], messages: list[Any]) -> list[bytes]:
+    """The prompt segments Anthropic would cache: up to the last `cache_control` breakpoint, none without one.
+
+    A top-level `cache_control` (automatic caching) marks the whole prompt. The marks themselves are left out
+    of the bytes hashed, so a client that moves its breakpoint to the newest message each turn (Claude Code
+    does) still reads the prefix it wrote on the previous turn.
+    """
+    head = [data.get("tools"), data.get("system")]
+    if isinstance(data.get("cache_control"), dict):
+        last = len(messages)
+    else:
+        marked = [i for i, part in enumerate([head, *messages]) if _has_cache_control(part)]
+        if not marked:
+            return []
+        last = marked[-1]
+    return prefix_segments(_without_cache_control(head), [_without_cache_control(m) for m in messages[:last]])
+
+
+def _has_cache_control(value: Any) -> bool:
+    if isinstance(value, dict):
+        return "cache_control" in value or any(_has_cache_control(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_cache_control(v) for v in value)
+    return False
+
+
+def _without_cache_control(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_cache_control(v) for k, v in value.items() if k != "cache_control"}
+    if isinstance(value, list):
+        return [_without_cache_control(v) for v in value]
+    return value
 
 
 def _output_tokens(answer: Answer, thinking_tokens: int) -> int:

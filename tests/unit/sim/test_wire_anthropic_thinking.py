@@ -200,3 +200,25 @@ def test_request_log_keeps_bodies_and_betas_not_keys(sim: SimServer, client: ant
     assert httpx.get(sim.url + "/_sim/requests/sim-small").json()["requests"] == []
     sim.reset()
     assert httpx.get(sim.url + "/_sim/requests/sim-large").json()["requests"] == []
+
+
+def test_prompt_cache_only_at_cache_control_breakpoints(client: anthropic.Anthropic) -> None:
+    long_text = "stable instructions " * 400  # about 2000 tokens: above the 1024-token minimum
+    marked: Any = [{"type": "text", "text": long_text, "cache_control": {"type": "ephemeral"}}]
+    plain: Any = [{"type": "text", "text": long_text}]
+    first = client.messages.create(model="sim-small", max_tokens=16, system=marked, messages=user_msgs("one"))
+    assert first.usage.cache_creation_input_tokens and first.usage.cache_creation_input_tokens >= 1024
+    assert first.usage.cache_read_input_tokens == 0
+    second = client.messages.create(model="sim-small", max_tokens=16, system=marked, messages=user_msgs("two"))
+    assert second.usage.cache_read_input_tokens == first.usage.cache_creation_input_tokens
+    total = second.usage.input_tokens + second.usage.cache_read_input_tokens + second.usage.cache_creation_input_tokens
+    assert total == first.usage.input_tokens + first.usage.cache_creation_input_tokens
+    # The same prompt without a breakpoint is neither read from nor written to the cache (Anthropic's rule).
+    other = client.messages.create(model="sim-large", max_tokens=16, system=plain, messages=user_msgs("one"))
+    again = client.messages.create(model="sim-large", max_tokens=16, system=plain, messages=user_msgs("one"))
+    for m in (other, again):
+        assert not m.usage.cache_read_input_tokens and not m.usage.cache_creation_input_tokens
+
+
+def user_msgs(text: str) -> Any:
+    return [{"role": "user", "content": text}]

@@ -24,7 +24,7 @@ import msgspec
 from modelyard.accounting.prices import cost_usd, estimate_cost_usd
 from modelyard.accounting.tokens import count_text
 from modelyard.config.model import Deployment, Price, Timeouts
-from modelyard.providers.base import Adapter, Completion, StreamTranslator
+from modelyard.providers.base import Adapter, Completion, NativePassthrough, StreamTranslator, discover
 from modelyard.providers.transport import EventStream, Transport
 from modelyard.routing.attempts import AttemptRecord, Next, RetryPolicy
 from modelyard.routing.candidates import limit_reason
@@ -32,7 +32,7 @@ from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import OUTSIDE_SCOPE, Plan, no_deployment_error
-from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 log = logging.getLogger("modelyard.executor")
@@ -83,15 +83,18 @@ class _Opened:
     record: AttemptRecord
     started: float
     ttft_ms: float
+    #: The native format its events are in (re-framed upstream events), or None (canonical chunks).
+    native: str | None = None
 
 
 @dataclass(slots=True)
 class _Request:
-    req: ChatRequest
+    req: ChatRequest | EmbeddingRequest
     raw: dict[str, Any]
     features: RequestFeatures
     stream: bool
     timeout_s: float | None
+    native: NativeBody | None = None
     records: list[AttemptRecord] = field(default_factory=list)
 
 
@@ -154,7 +157,8 @@ class _Walk:
 
 
 class _HedgeSpent(Exception):
-    """Both legs of a hedge failed: the walk goes on, without another hedge."""
+    """Every leg of a hedge failed, and the retry policy said to go on after each: the walk goes on, without
+    another hedge. (A failure the policy stops on ends the race with that error itself.)"""
 
     def __init__(self, error: ProviderError) -> None:
         super().__init__(error.message)
@@ -182,6 +186,10 @@ class Executor:
         self.policy = policy or RetryPolicy()
         self.rng = rng or random.Random()
         self.clock = clock
+        #: The adapters that forward some wire formats as they are, discovered once (never per request).
+        self._native: dict[str, NativePassthrough] = {
+            name: cap for name, adapter in adapters.items() if (cap := discover(adapter).native) is not None
+        }
 
     # ------------------------------------------------------------------ public
 
@@ -194,7 +202,25 @@ class Executor:
         features: RequestFeatures,
         *,
         timeout_s: float | None = None,
+        native: NativeBody | None = None,
     ) -> Success:
+        request = _Request(req, raw, features, False, timeout_s, native)
+        started = self.clock()
+        completion, dep = await self._run(plan, replan, request)
+        assert isinstance(completion, Completion)
+        return Success(completion, dep, request.records, (self.clock() - started) * 1000)
+
+    async def embed(
+        self,
+        plan: Plan,
+        replan: Replan,
+        req: EmbeddingRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        timeout_s: float | None = None,
+    ) -> Success:
+        """Embeddings: the same walk, retry policy, RPM/TPM windows and error attribution as chat (no hedge)."""
         request = _Request(req, raw, features, False, timeout_s)
         started = self.clock()
         completion, dep = await self._run(plan, replan, request)
@@ -210,8 +236,9 @@ class Executor:
         features: RequestFeatures,
         *,
         timeout_s: float | None = None,
+        native: NativeBody | None = None,
     ) -> StreamResult:
-        request = _Request(req, raw, features, True, timeout_s)
+        request = _Request(req, raw, features, True, timeout_s, native)
         started = self.clock()
         opened, dep = await self._run(plan, replan, request)
         assert isinstance(opened, _Opened)
@@ -227,15 +254,18 @@ class Executor:
             raise no_deployment_error(plan)
         policy = self._policy_for(plan)
         hedge_s = plan.hedge_after_ms / 1000.0 if plan.hedge_after_ms else None
+        if isinstance(request.req, EmbeddingRequest):
+            hedge_s = None  # an embedding is cheap and quick: never two in flight
         retries_used = 0
         last_error: ProviderError | None = None
         while dep is not None and len(request.records) < policy.max_attempts:
             try:
                 if hedge_s is not None and walk.peek() is not None:
                     # One hedge per request, spent only when an attempt is actually slow.
-                    return await self._race(dep, walk, hedge_s, request)
+                    return await self._race(dep, walk, hedge_s, request, policy)
                 return await self._attempt(dep, request, hedge=False), dep
             except _HedgeSpent as spent:
+                # Each leg's failure was put to the policy in the race (none said stop): fail over.
                 hedge_s = None
                 error = spent.error
                 error.records = request.records
@@ -246,7 +276,7 @@ class Executor:
             except ProviderError as error:
                 last_error = error
                 error.records = request.records
-                step = Next.FAILOVER if error.untranslatable else policy.next_step(error, retries_used)
+                step = _step(policy, error, retries_used)
                 if step is Next.STOP:
                     raise
                 if step is Next.RETRY:
@@ -281,12 +311,15 @@ class Executor:
         )
 
     async def _race(
-        self, first: Deployment, walk: _Walk, delay: float, request: _Request
+        self, first: Deployment, walk: _Walk, delay: float, request: _Request, policy: RetryPolicy
     ) -> tuple[Completion | _Opened, Deployment]:
         """Hedging: if `first` has not answered after `delay`, start the next candidate too; first wins.
 
-        While the hedge is on, a leg that fails is replaced by the next candidate at once, so a fast
-        failure of the hedge does not leave the request waiting on the slow leg alone.
+        While the hedge is on, a leg that fails is put to the plan's retry policy like any attempt: a stop
+        (a bad request, a content filter the model does not fail over on) ends the race with that error;
+        otherwise the leg is replaced by the next candidate at once (a retry is a failover here: the race
+        moves on), so a fast failure of the hedge does not leave the request waiting on the slow leg alone.
+        Legs count against the plan's `max_attempts` like any attempt.
         """
         first_task: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
             self._attempt(first, request, hedge=False)
@@ -296,8 +329,10 @@ class Executor:
         errors: list[ProviderError] = []
 
         def launch() -> None:
+            if len(request.records) >= policy.max_attempts:
+                return
             dep = walk.next()
-            if dep is not None and len(request.records) < self.policy.max_attempts:
+            if dep is not None:
                 leg: asyncio.Future[Completion | _Opened] = asyncio.ensure_future(
                     self._attempt(dep, request, hedge=True)
                 )
@@ -322,14 +357,16 @@ class Executor:
                     for extra in winners:
                         self._discard(extra.result())
                     raise unexpected[0]
-                errors.extend(exc for t in done if isinstance(exc := t.exception(), ProviderError))
                 if winners:
                     for extra in winners[1:]:
                         self._discard(extra.result())
                     return winners[0].result(), owners[winners[0]]
-                if errors and errors[-1].kind is not ErrorKind.BAD_REQUEST:
-                    for _ in done:
-                        launch()
+                for leg in done:
+                    error = leg.exception()
+                    assert isinstance(error, ProviderError)
+                    errors.append(error)
+                    _leg_failed(policy, walk, request, owners[leg], error)  # raises on a stop
+                    launch()
         finally:
             for leg in pending:
                 leg.cancel()
@@ -366,6 +403,13 @@ class Executor:
         bug of ours, or of an adapter, must never take a deployment's capacity with it)."""
         adapter = self.adapters[dep.provider]
         features = request.features
+        req = request.req
+        native = request.native
+        passthrough: NativePassthrough | None = None
+        if native is not None:
+            passthrough = self._native.get(dep.provider)
+            if passthrough is not None and native.format not in passthrough.native_formats:
+                passthrough = None
         record = AttemptRecord(dep.name, dep.provider, "pending", 0.0, hedge=hedge)
         request.records.append(record)
         started = self.clock()
@@ -378,17 +422,31 @@ class Executor:
                 self.limits.record(dep.name, started, estimate)
                 recorded = True
             try:
-                call = adapter.chat_call(dep, request.req, request.raw, request.stream)
+                if passthrough is not None:
+                    assert native is not None
+                    call = passthrough.native_call(dep, native.format, native.body, request.stream, native.headers)
+                elif isinstance(req, EmbeddingRequest):
+                    call = adapter.embeddings_call(dep, req, request.raw)
+                else:
+                    call = adapter.chat_call(dep, req, request.raw, request.stream)
             except GatewayError as exc:
                 raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
             timeouts = self._timeouts(dep, request)
             if request.stream:
-                opened = await self._open(dep, adapter, call, timeouts, request, record, started)
+                opened = await self._open(dep, adapter, call, timeouts, request, record, started, passthrough)
                 settled = True  # the slot now belongs to the stream (StreamResult._finish gives it back)
                 return opened
             body, _ = await self.transport.send(call, timeouts, adapter)
-            completion = adapter.parse_chat(dep, request.req, body)
-            usage = ensure_usage(completion, features)
+            if passthrough is not None:
+                assert native is not None
+                completion = passthrough.parse_native(dep, native.format, body)
+                usage = _native_usage(completion, features)
+            elif isinstance(req, EmbeddingRequest):
+                completion = adapter.parse_embeddings(dep, req, body)
+                usage = completion.usage
+            else:
+                completion = adapter.parse_chat(dep, req, body)
+                usage = ensure_usage(completion, features)
             cost = cost_usd(usage, self.prices.get(dep.name))
             settled = True  # settled just below, by on_success
         except asyncio.CancelledError:
@@ -445,20 +503,34 @@ class Executor:
         request: _Request,
         record: AttemptRecord,
         started: float,
+        passthrough: NativePassthrough | None,
     ) -> _Opened:
         stream = await self.transport.open_stream(call, timeouts, adapter)
+        fmt: str | None = None
         try:
-            translator = adapter.stream_translator(dep, request.req)
+            if passthrough is not None:
+                assert request.native is not None
+                fmt = request.native.format
+                translator = passthrough.native_stream(dep, fmt)
+            else:
+                assert isinstance(request.req, ChatRequest)
+                translator = adapter.stream_translator(dep, request.req)
             events = stream.batches()
             # Buffer until the answer has substance (content, a tool call or a finish): a stream that breaks
-            # after only the role preamble can still fail over without the client seeing anything.
+            # after only the role preamble can still fail over without the client seeing anything. Native
+            # events are opaque here: their translator says when it has seen substance (`answered`).
             first: list[Chunk] = []
             async for batch in events:
                 for event in batch:
                     first.extend(translator.feed(event))
                     if translator.done:
                         break
-                if translator.done or (first and any(map(_substantive, first))):
+                if translator.done:
+                    break
+                if fmt is None:
+                    if first and any(map(_substantive, first)):
+                        break
+                elif getattr(translator, "answered", False):
                     break
             else:
                 first.extend(translator.finish())  # a complete answer, or a cut stream (raises)
@@ -468,7 +540,7 @@ class Executor:
         ttft_ms = (self.clock() - started) * 1000
         record.outcome = "ok"
         record.latency_ms = ttft_ms
-        return _Opened(stream, events, translator, first, record, started, ttft_ms)
+        return _Opened(stream, events, translator, first, record, started, ttft_ms, fmt)
 
     def _failed(
         self,
@@ -517,6 +589,9 @@ class StreamResult:
         self.ttft_ms = (executor.clock() - started) * 1000
         self.usage = Usage()
         self.finished = False
+        #: The wire format of the events when this attempt went through native pass-through (each chunk is
+        #: then `msgspec.Raw` of an upstream event, framed), or None: canonical chunks.
+        self.native = opened.native
         #: Every chunk passed on, in case the provider reports no usage and the answer must be counted.
         self._texts: list[Chunk] = []
 
@@ -542,7 +617,8 @@ class StreamResult:
         if the stream breaks."""
         opened = self._opened
         translator = opened.translator
-        texts = self._texts
+        # Native events are not canonical chunks: a missing usage is estimated from the prompt alone.
+        texts: list[Chunk] = self._texts if opened.native is None else []
         try:
             if opened.first:
                 texts.extend(opened.first)
@@ -579,7 +655,7 @@ class StreamResult:
 
     async def chunks(self) -> AsyncIterator[dict[str, Any]]:
         """Every chunk of the answer as a dict, one at a time (`batches` is the hot path: it may hand out
-        `msgspec.Raw` chunks that pass through undecoded)."""
+        `msgspec.Raw` chunks that pass through undecoded). Canonical streams only (not `native`)."""
         async for batch in self.batches():
             for chunk in batch:
                 yield as_dict(chunk)
@@ -629,6 +705,31 @@ class StreamResult:
             executor.health.on_cancel(dep.name)
         else:
             executor.health.on_success(dep.name, now, total_ms, self._opened.ttft_ms)
+
+
+def _step(policy: RetryPolicy, error: ProviderError, retries_used: int) -> Next:
+    """What to do after a failed attempt: a request this deployment's wire cannot express fails over (the
+    next one may); anything else is the policy's call."""
+    return Next.FAILOVER if error.untranslatable else policy.next_step(error, retries_used)
+
+
+def _leg_failed(policy: RetryPolicy, walk: _Walk, request: _Request, dep: Deployment, error: ProviderError) -> None:
+    """A hedge leg failed: raise the error if the policy stops on it (the race cancels the other legs), else
+    narrow the walk as the sequential loop would (a context-length failure wants a larger window)."""
+    if _step(policy, error, 0) is Next.STOP:
+        error.records = request.records
+        raise error
+    if error.kind is ErrorKind.CONTEXT_LENGTH:
+        walk.require_window_above(dep.context_window or request.features.prompt_tokens)
+
+
+def _native_usage(completion: Completion, features: RequestFeatures) -> Usage:
+    """A native answer's usage as its adapter read it, or the prompt estimate (its body is the provider's own
+    shape: nothing to count the answer from, and nothing of it is rewritten)."""
+    usage = completion.usage
+    if usage.prompt == 0 and usage.completion == 0:
+        usage = completion.usage = Usage(prompt=features.prompt_tokens)
+    return usage
 
 
 def _or(value: _T | None, default: _T) -> _T:

@@ -11,20 +11,18 @@ import random
 import time
 from typing import Any
 
-from modelyard.accounting.prices import cost_usd
-from modelyard.config.model import Config, Deployment, Price
+from modelyard.config.model import Config, Price
 from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
-from modelyard.routing.attempts import AttemptRecord, RetryPolicy
+from modelyard.routing.attempts import RetryPolicy
 from modelyard.routing.context import DecisionContext, QualityFn
-from modelyard.routing.executor import Executor, StreamResult, Success
+from modelyard.routing.executor import Executor, NativeBody, StreamResult, Success
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import BreakerPolicy, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
-from modelyard.routing.plan import Plan, make_plan, no_deployment_error
+from modelyard.routing.plan import Plan, make_plan
 from modelyard.routing.table import PriceResolver, RoutingTable
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
-from modelyard.schema.errors import ErrorKind, ProviderError
 
 
 def breaker_policy(config: Config) -> BreakerPolicy:
@@ -157,9 +155,14 @@ class Router:
         *,
         plan: Plan | None = None,
         timeout_s: float | None = None,
+        native: NativeBody | None = None,
     ) -> Success:
+        """A whole answer. `native`: the client's own body, sent as is to a deployment whose adapter speaks
+        its format (the answer's `completion.native` then holds the provider's bytes)."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        return await self.executor.complete(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
+        return await self.executor.complete(
+            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native
+        )
 
     async def stream(
         self,
@@ -169,53 +172,26 @@ class Router:
         *,
         plan: Plan | None = None,
         timeout_s: float | None = None,
+        native: NativeBody | None = None,
     ) -> StreamResult:
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        return await self.executor.open_stream(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
+        return await self.executor.open_stream(
+            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native
+        )
 
     async def embed(
-        self, req: EmbeddingRequest, raw: dict[str, Any], features: RequestFeatures
-    ) -> tuple[Any, Deployment, list[AttemptRecord], float]:
-        """Embeddings: the same plan and failover, no streaming, no hedging."""
-        plan = self.plan(req.model, features)
-        records: list[AttemptRecord] = []
-        transport = self.executor.transport
-        last: ProviderError | None = None
-        for dep in plan.order:
-            adapter = self.adapters[dep.provider]
-            started = time.monotonic()
-            record = AttemptRecord(dep.name, dep.provider, "pending", 0.0)
-            records.append(record)
-            self.health.on_start(dep.name, started)
-            try:
-                call = adapter.embeddings_call(dep, req, raw)
-                body, _ = await transport.send(call, dep.timeouts, adapter)
-                completion = adapter.parse_embeddings(dep, req, body)
-                cost = cost_usd(completion.usage, self.table.prices.get(dep.name))
-            except ProviderError as error:
-                error.deployment = dep.name
-                record.outcome = error.kind.value
-                record.latency_ms = (time.monotonic() - started) * 1000
-                self.health.on_failure(dep.name, time.monotonic(), error.kind)
-                last = error
-                if error.kind is ErrorKind.BAD_REQUEST:
-                    raise
-                continue
-            except BaseException:
-                # A cancellation, a GatewayError (an adapter that serves no embeddings) or a bug: no verdict
-                # on the deployment, but its in-flight slot is always given back.
-                record.outcome = "cancelled"
-                self.health.on_cancel(dep.name)
-                raise
-            elapsed = (time.monotonic() - started) * 1000
-            record.outcome = "ok"
-            record.latency_ms = elapsed
-            record.cost_usd = cost
-            self.health.on_success(dep.name, time.monotonic(), elapsed)
-            return completion, dep, records, elapsed
-        if last is not None:
-            raise last
-        raise no_deployment_error(plan, "embeddings")
+        self,
+        req: EmbeddingRequest,
+        raw: dict[str, Any],
+        features: RequestFeatures,
+        *,
+        plan: Plan | None = None,
+        timeout_s: float | None = None,
+    ) -> Success:
+        """Embeddings: the executor's one attempt loop (retry policy, failover, RPM/TPM windows, error
+        attribution), never hedged."""
+        plan = plan or self.plan(req.model, features)
+        return await self.executor.embed(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
 
     def price(self, deployment: str) -> Price | None:
         return self.table.prices.get(deployment)

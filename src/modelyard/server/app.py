@@ -12,6 +12,7 @@ import gc
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -24,10 +25,12 @@ from modelyard.routing.plan import Plan
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, ModelyardOptions
 from modelyard.schema.errors import GatewayError, ProviderError
-from modelyard.server import anthropic as anthropic_routes
-from modelyard.server import openai as openai_routes
+from modelyard.server import models as model_routes
 from modelyard.server.access import credential_of
+from modelyard.server.codecs.chat_completions import ChatCompletions
+from modelyard.server.codecs.messages import Messages
 from modelyard.server.context import ErrorWriter, Handler, RequestContext
+from modelyard.server.embeddings import embeddings
 from modelyard.server.http import (
     ClientGone,
     Headers,
@@ -39,11 +42,17 @@ from modelyard.server.http import (
     send_json,
 )
 from modelyard.server.observe import NullObserver, Observer
+from modelyard.server.pipeline import CodecRoute, features_for
 
 if TYPE_CHECKING:
     from modelyard.server.services import Services
 
 log = logging.getLogger("modelyard.server")
+#: One line per error answer and per request to an unknown path: method, path, model, status.
+access_log = logging.getLogger("modelyard.access")
+
+#: Lines a second about unknown paths, at most (a scanner must not flood the log); the rest are counted.
+UNKNOWN_PATH_LINES_PER_S = 10
 
 #: The largest `x-modelyard-timeout-ms` accepted (a day); it can only lower the configured timeouts anyway.
 TIMEOUT_HEADER_MAX_MS = 86_400_000
@@ -54,6 +63,36 @@ MODEL_NAME_LIMIT = 256
 
 async def _openai_error(send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
     await send_json(send, status, body, headers)
+
+
+class RateLimitedLog:
+    """At most `per_second` lines a second; the lines over that are counted (`suppressed`) and the count of
+    a busy second is logged once when the next one starts."""
+
+    __slots__ = ("_clock", "_lines", "_logger", "_per_second", "_second", "_skipped", "suppressed")
+
+    def __init__(self, logger: logging.Logger, per_second: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self._logger = logger
+        self._per_second = per_second
+        self._clock = clock
+        self._second = -math.inf
+        self._lines = 0
+        self._skipped = 0
+        #: Lines not logged since start.
+        self.suppressed = 0
+
+    def warning(self, message: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._second >= 1.0:
+            if self._skipped:
+                self._logger.warning("%d more such lines suppressed in the last second", self._skipped)
+            self._second, self._lines, self._skipped = now, 0, 0
+        if self._lines < self._per_second:
+            self._lines += 1
+            self._logger.warning(message, *args)
+        else:
+            self._skipped += 1
+            self.suppressed += 1
 
 
 class Gateway:
@@ -79,16 +118,18 @@ class Gateway:
         self.ready = False
         #: Set by `modelyard serve` (the process is ours): freeze start-up objects out of the collector.
         self.tune_gc = False
+        self.unknown_paths = RateLimitedLog(access_log, UNKNOWN_PATH_LINES_PER_S)
         self.routes: dict[tuple[str, str], tuple[Handler, ErrorWriter]] = {}
+        chat, messages = CodecRoute(ChatCompletions()), CodecRoute(Messages())
         for prefix in ("/v1", ""):
-            self.routes[("POST", f"{prefix}/chat/completions")] = (openai_routes.chat_completions, _openai_error)
-            self.routes[("POST", f"{prefix}/embeddings")] = (openai_routes.embeddings, _openai_error)
-            self.routes[("GET", f"{prefix}/models")] = (openai_routes.list_models, _openai_error)
-        self.routes[("POST", "/v1/messages")] = (anthropic_routes.messages, anthropic_routes.write_error)
+            self.routes[("POST", f"{prefix}/chat/completions")] = (chat, chat.write_error)
+            self.routes[("POST", f"{prefix}/embeddings")] = (embeddings, _openai_error)
+            self.routes[("GET", f"{prefix}/models")] = (model_routes.list_models, _openai_error)
+        self.routes[("POST", "/v1/messages")] = (messages, messages.write_error)
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route
         #: added later (with a path parameter or not) is keyed by naming its handler here.
         self.keyed: frozenset[Handler] = frozenset(
-            {handler for handler, _ in self.routes.values()} | {openai_routes.retrieve_model}
+            {handler for handler, _ in self.routes.values()} | {model_routes.retrieve_model}
         )
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
@@ -108,7 +149,7 @@ class Gateway:
         path = scope["path"]
         route = self.routes.get((scope["method"], path))
         if route is None and path.startswith("/v1/models/") and scope["method"] == "GET":
-            route = (openai_routes.retrieve_model, _openai_error)
+            route = (model_routes.retrieve_model, _openai_error)
         if route is None and self.services is not None:
             route = self.services.match(scope["method"], path)
         if route is None:
@@ -131,18 +172,22 @@ class Gateway:
         except ClientGone:
             return
         except GatewayError as error:
+            self._log_error(scope, ctx, error.status)
             reply = None
             if not request.started:
                 headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-                reply = write_error(send, error.status, error.to_body(), headers)
+                reply = write_error(send, error.status, error.to_body(), self._id_headers(headers, handler, ctx))
             await ctx.end(ctx.failure(error), reply)  # the spend record is spooled before the error goes out
         except ProviderError as error:
+            self._log_error(scope, ctx, error.client_status)
             reply = None
             if not request.started:
-                reply = write_error(send, error.client_status, error.to_body(), self.error_headers(error))
+                headers = self._id_headers(self.error_headers(error), handler, ctx)
+                reply = write_error(send, error.client_status, error.to_body(), headers)
             await ctx.end(ctx.failure(error, error.records), reply)
         except Exception:
             log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
+            self._log_error(scope, ctx, 500)
             if not request.started:
                 body = {
                     "error": {
@@ -157,6 +202,20 @@ class Gateway:
             if ctx.reservation is not None and self.access is not None:
                 self.access.release(ctx)  # ended without an outcome: give the budget back
 
+    @staticmethod
+    def _log_error(scope: Scope, ctx: RequestContext, status: int) -> None:
+        level = logging.WARNING if status >= 500 else logging.INFO
+        path = str(scope["path"])[:256]
+        access_log.log(level, "%s %s model=%s status=%d", scope["method"], path, ctx.requested_model, status)
+
+    @staticmethod
+    def _id_headers(headers: Headers, handler: Handler, ctx: RequestContext) -> Headers:
+        """An error answer carries the request id too (and the ingress's own id header, e.g. `request-id`)."""
+        headers.append((b"x-request-id", ctx.request_id.encode()))
+        if isinstance(handler, CodecRoute):
+            headers.extend(handler.codec.headers(ctx))
+        return headers
+
     async def _not_found(self, scope: Scope, send: Send) -> None:
         known_paths = {p for _, p in self.routes}
         status, message = (
@@ -164,6 +223,8 @@ class Gateway:
             if scope["path"] in known_paths
             else (404, f"Unknown path {scope['path']}")
         )
+        # What a client is missing, for the operator; rate-limited (a scanner must not flood the log).
+        self.unknown_paths.warning("%s %s model=None status=%d", scope["method"], str(scope["path"])[:256], status)
         await send_error(
             send, GatewayError(status, message, code="not_found" if status == 404 else "method_not_allowed")
         )
@@ -209,7 +270,7 @@ class Gateway:
 
     def features(self, req: ChatRequest, request: Request, ctx: RequestContext) -> RequestFeatures:
         ctx.requested_model = req.model[:MODEL_NAME_LIMIT]
-        return openai_routes.features_for(req, request, ctx.key_name)
+        return features_for(req, request, ctx.key_name)
 
     async def admit(
         self, ctx: RequestContext, model: str, features: RequestFeatures, overrides: ModelyardOptions | None = None

@@ -1,0 +1,157 @@
+"""The one request pipeline every model ingress runs on (chat completions, messages, responses).
+
+body (the key was checked before it was read) → `codec.decode` → features → admit → analyse → plan →
+execute → `codec.answer`, or the stream pump: batches as they arrive, the last batch held back and sent
+with the codec's tail in one write, one disconnect watcher (only once an answer spans more than one read),
+the error tail after a break, and the spend record in the spool before the last byte.
+
+A wire format is a codec (server/codecs/); nothing here knows one from another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from modelyard.routing.executor import StreamResult
+from modelyard.routing.features import RequestFeatures, chat_features
+from modelyard.schema.chat import ChatRequest, Usage
+from modelyard.schema.errors import ProviderError
+from modelyard.server.codecs.base import Codec, Inbound
+from modelyard.server.codecs.chat_completions import cached_answer
+from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, Send, cancel_quietly, send_json
+
+if TYPE_CHECKING:
+    from modelyard.server.app import Gateway
+    from modelyard.server.context import ErrorWriter, RequestContext
+
+
+class CodecRoute:
+    """A route's handler: the pipeline, run with one codec (`Gateway.routes` maps paths to these)."""
+
+    __slots__ = ("codec", "write_error")
+
+    def __init__(self, codec: Codec) -> None:
+        self.codec = codec
+        #: This ingress's error writer (its own error shape), for the app's error mapping.
+        self.write_error: ErrorWriter = self._write_error
+
+    async def __call__(self, gw: Gateway, request: Request, ctx: RequestContext) -> None:
+        codec = self.codec
+        inbound = await codec.decode(await request.body(gw.max_body), request, ctx)
+        req = inbound.req
+        features = inbound.features = gw.features(req, request, ctx)
+        await gw.admit(ctx, req.model, features, req.modelyard)
+        insight = await gw.analyse(req, features, ctx, use_cache=codec.semantic_cache)
+        if insight is not None and insight.cached is not None:
+            await _answer_from_cache(gw, request, ctx, insight.cached)
+            return
+        plan = gw.plan(req, request, features, ctx, insight)
+        timeout_s = gw.timeout_override(request)
+        router = gw.router
+        if req.stream:
+            result = await router.stream(
+                req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
+            )
+            try:
+                await pump(gw, request, ctx, codec, inbound, result)
+            finally:
+                await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
+            return
+        success = await router.complete(
+            req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
+        )
+        completion = success.completion
+        if insight is not None and insight.vector is not None and completion.native is None:
+            intelligence = gw.intelligence
+            if req.model in intelligence.cached_models:
+                intelligence.remember(
+                    f"{req.model}\x00{ctx.key_id or ''}",
+                    insight,
+                    (completion.body, success.deployment, completion.usage),
+                )
+        body = codec.answer(inbound, success, ctx)
+        cost = success.cost_usd
+        headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)
+        extra = codec.headers(ctx)
+        if extra:
+            headers.extend(extra)
+        # The spend record (and the codec's own record) before the answer goes out; the rest after it.
+        outcome = ctx.success(success.deployment, success.records, completion.usage, cost, ttft_ms=None)
+        pending = codec.commit(inbound, ctx)
+        if pending is not None:
+            await pending
+        await ctx.end(outcome, request.respond(200, body, headers))
+
+    async def _write_error(self, send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
+        await send_json(send, status, self.codec.error_body(status, body), headers)
+
+
+async def pump(
+    gw: Gateway, request: Request, ctx: RequestContext, codec: Codec, inbound: Inbound, result: StreamResult
+) -> None:
+    """SSE out: batches as they come; a failure after the first byte ends with the codec's error event,
+    never a silent clean end. The batch after which the provider said it was done is held back and sent with
+    the codec's tail (usage, `[DONE]`, `message_stop`) in one write; that write is the last byte, and the
+    spend record is in the spool before it."""
+    send = request.send
+    encoder = codec.stream(inbound, result)
+    headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
+    extra = codec.headers(ctx)
+    if extra:
+        headers.extend(extra)
+    await request.start_stream(headers)
+    start = encoder.start()
+    if start:
+        await send({"type": "http.response.body", "body": start, "more_body": True})
+    held = b""
+    batches = 0
+    error: ProviderError | None = None
+    watcher: asyncio.Future[None] | None = None
+    try:
+        async for batch in result.batches():
+            batches += 1
+            if watcher is None:
+                # Watch for a client that goes away only once the answer spans more than one read: an answer
+                # that arrives at once needs no watcher (and saves a task per request).
+                watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
+            elif watcher.done():
+                await result.aclose()
+                ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
+                return
+            body = encoder.batch(batch)
+            if result.upstream_done:
+                held += body
+            elif body:
+                await send({"type": "http.response.body", "body": held + body, "more_body": True})
+                held = b""
+    except ProviderError as exc:
+        error = exc
+    finally:
+        await cancel_quietly(watcher)
+    cost = result.cost_usd
+    if error is not None:
+        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        await ctx.end(failed, send({"type": "http.response.body", "body": held + encoder.error(error)}))
+        return
+    tail = held + encoder.finish(result.usage, cost)
+    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    pending = codec.commit(inbound, ctx)
+    if pending is not None:
+        await pending
+    await ctx.end(outcome, send({"type": "http.response.body", "body": tail}))
+
+
+async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:
+    """A semantic-cache hit (chat only: `Codec.semantic_cache`): the earlier answer, at no cost."""
+    body, dep, _ = cached
+    headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
+    headers.append((b"x-modelyard-cache", b"hit"))
+    await ctx.end(ctx.success(dep, [], Usage(), 0.0, ttft_ms=None), request.respond(200, cached_answer(body), headers))
+
+
+def features_for(req: ChatRequest, request: Request, key_name: str | None) -> RequestFeatures:
+    """The routing features of a canonical request, with the task and tags the client's headers name."""
+    tags_header = request.header(b"x-modelyard-tags")
+    tags = tuple(t.strip() for t in tags_header.split(",") if t.strip()) if tags_header else ()
+    return chat_features(req, task=request.header(b"x-modelyard-task"), key_name=key_name, tags=tags)

@@ -317,3 +317,15 @@ def check_references(config: Config, marks: Marks) -> None:
                     line=line_for(("models", model_name, "fallbacks", j), marks),
                     key=f"models.{model_name}.fallbacks[{j}]",
                 )
+    for alias, target in config.aliases.items():
+        problem = None
+        if not alias.strip("*?"):
+            problem = "an alias needs at least one literal character (`*` alone would catch every typo)"
+        elif alias in config.models or alias in seen:
+            problem = f"alias {alias!r} is already a configured name, which always wins"
+        elif target not in config.models and target not in seen:
+            problem = f"unknown alias target {target!r} (not a model or a deployment)"
+        if problem is not None:
+            raise ConfigError(
+                problem, source=config.source, line=line_for(("aliases", alias), marks), key=f"aliases.{alias}"
+            )

@@ -267,6 +267,9 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     state: StateSettings = field(default_factory=StateSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     semantic: SemanticSettings | None = None
+    #: Client model names (exact, or `*`/`?` patterns such as `claude-*`) → a model or deployment name;
+    #: exact configured names win, then exact aliases, then the most specific pattern (routing/aliases.py).
+    aliases: dict[str, str] = field(default_factory=dict)
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"
 

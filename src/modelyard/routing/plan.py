@@ -83,8 +83,11 @@ def make_plan(
     strategy_override: str | None = None,
     _depth: int = 0,
 ) -> Plan:
-    """Rank the deployments that may serve `model` (a model name or a deployment name)."""
+    """Rank the deployments that may serve `model` (a model name, a deployment name or an alias)."""
     group = table.groups.get(model)
+    if group is None and model not in table.deployments:
+        model = table.resolve(model)
+        group = table.groups.get(model)
     if group is None:
         return _direct_plan(table, model, ctx)
     options = group.group

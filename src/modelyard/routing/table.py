@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from modelyard.config.model import Config, Deployment, ModelGroup, Price
+from modelyard.routing.aliases import Aliases
 from modelyard.routing.candidates import GroupProfile
 from modelyard.routing.rules import Rule, RuleError, compile_rules
 from modelyard.routing.sticky import applies as sticky_applies
@@ -40,6 +41,7 @@ class RoutingTable:
     prices: dict[str, Price | None]
     config: Config
     public_models: list[str] = field(default_factory=list)
+    aliases: Aliases = field(default_factory=lambda: Aliases({}))
 
     @classmethod
     def from_config(cls, config: Config, resolve_price: PriceResolver | None = None) -> RoutingTable:
@@ -48,7 +50,14 @@ class RoutingTable:
             raise errors[0]
         prices = {dep.name: (resolve_price(dep) if resolve_price else dep.price) for dep in config.deployments}
         deployments = {dep.name: dep for dep in config.deployments}
-        return cls(deployments, groups, prices, config, list(config.models))
+        return cls(deployments, groups, prices, config, list(config.models), Aliases(config.aliases))
+
+    def resolve(self, name: str) -> str:
+        """The configured name a client's model name stands for: itself when it is a model or a deployment,
+        else its alias's target (`aliases:`), else itself (the planner then answers 404)."""
+        if name in self.groups or name in self.deployments or not self.aliases:
+            return name
+        return self.aliases.resolve(name) or name
 
     def sticky(self, model: str) -> bool:
         """Whether the ingress should compute `routing.sticky.session_key` for a request of `model`

@@ -286,6 +286,8 @@ class Access:
         ctx.key_id = key.id
         ctx.key_name = key.name
         features.key_name = key.name
+        if self.table is not None:
+            model = self.table.resolve(model)  # an alias (`claude-*` → smart) is checked as its target
         if key.models is not None:
             if model not in key.models:
                 raise GatewayError(

@@ -1,0 +1,110 @@
+"""Claude Code (`claude -p`, npm) completes a task that needs its Read tool, through the gateway, on loopback.
+
+The simulator's convention (sim/behaviour.py): a tool named in the prompt and followed by a JSON object is
+called with that object; after the tool result it answers `Tool result received: <the result>`. So the
+secret word, which only exists in a file, reaching Claude Code's final answer proves the whole loop ran:
+model asks for Read → Claude Code reads the file → the result goes back → the model answers.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from modelyard.testing.recorder import RecordingProxy
+from tests.e2e.clients.conftest import CLAUDE_OFFLINE_ENV, ClientRun, run_client, save_fixture
+
+SECRET = "PINEAPPLE-7731"
+
+pytestmark = pytest.mark.usefixtures("strace_ok")
+
+
+def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str, prompt: str) -> ClientRun:
+    home = tmp_path / "home"
+    home.mkdir()
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    env = {
+        "HOME": str(home),
+        "CLAUDE_CONFIG_DIR": str(home / ".claude"),
+        "ANTHROPIC_BASE_URL": proxy.url,
+        "ANTHROPIC_API_KEY": "sk-client-test",
+        **CLAUDE_OFFLINE_ENV,
+    }
+    command = [
+        str(claude_bin),
+        "-p",
+        prompt,
+        "--model",
+        model,
+        "--allowedTools",
+        "Read",
+        "--output-format",
+        "json",
+        "--max-turns",
+        "4",
+    ]
+    return run_client(command, env=env, cwd=work, proxy=proxy, trace=tmp_path / "strace.log")
+
+
+def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    found = []
+    for message in body["messages"]:
+        content = message["content"]
+        if message["role"] == "user" and isinstance(content, list):
+            found.extend(block for block in content if block.get("type") == "tool_result")
+    return found
+
+
+@pytest.mark.parametrize("model", ["via-anthropic", "via-openai"])
+def test_claude_code_reads_a_file_through_the_gateway(
+    claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str
+) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    note = work / "note.txt"
+    note.write_text(f"The secret word is {SECRET}.\n", encoding="utf-8")
+    prompt = f"Use Read {json.dumps({'file_path': str(note)})} and tell me the secret word."
+
+    run = _claude(claude_bin, proxy, tmp_path, model, prompt)
+
+    assert run.returncode == 0, run.describe()
+    result = json.loads(run.stdout)
+    assert result["is_error"] is False, run.describe()
+    assert SECRET in result["result"], run.describe()
+    assert result["num_turns"] >= 2, run.describe()
+
+    calls = [e for e in run.exchanges if e.method == "POST" and e.path.startswith("/v1/messages")]
+    assert len(calls) >= 2, run.describe()
+    assert all(e.status == 200 for e in calls), run.describe()
+    first, second = calls[0].json(), calls[1].json()
+    assert first["model"] == model and first["stream"] is True
+    assert calls[0].header("anthropic-version") == "2023-06-01"
+    # The second turn sends Read's output back as a tool_result for the Read call the gateway streamed.
+    results = _tool_results(second)
+    assert results, json.dumps(second["messages"])[-2000:]
+    assert SECRET in json.dumps(results)
+    uses = [b for m in second["messages"] if m["role"] == "assistant" for b in m["content"] if b["type"] == "tool_use"]
+    assert [u["name"] for u in uses] == ["Read"]
+    assert uses[0]["input"] == {"file_path": str(note)}
+
+    assert run.destinations, "strace saw no connect at all: the trace is not working"
+    assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"
+    save_fixture(f"claude_code_{model}", run.exchanges)
+
+
+def test_claude_code_plain_answer_and_what_it_sends(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path) -> None:
+    """A one-turn answer; pins down the request shape the gateway must accept from Claude Code."""
+    run = _claude(claude_bin, proxy, tmp_path, "via-anthropic", "Repeat: modelyard says hello")
+
+    assert run.returncode == 0, run.describe()
+    assert json.loads(run.stdout)["result"] == "modelyard says hello", run.describe()
+    call = next(e for e in run.exchanges if e.path.startswith("/v1/messages"))
+    body = call.json()
+    assert call.status == 200
+    assert body["max_tokens"] > 0 and body["tools"], body.keys()
+    assert "claude-code-20250219" in (call.header("anthropic-beta") or "")
+    assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"

@@ -2,7 +2,8 @@
 
 Endpoints (every model of the fleet is served on every wire format):
 
-* OpenAI: ``POST /v1/chat/completions`` (plain and SSE), ``POST /v1/embeddings``, ``GET /v1/models[/{id}]``
+* OpenAI: ``POST /v1/chat/completions`` and ``POST /v1/responses`` (plain and SSE), ``POST /v1/embeddings``,
+  ``GET /v1/models[/{id}]``
 * Anthropic: ``POST /v1/messages`` (plain and SSE), ``POST /v1/messages/count_tokens``; ``GET /v1/models``
   answers in Anthropic's shape when the request carries an ``anthropic-version`` header
 * Gemini: ``POST /v1beta/models/{model}:generateContent``, ``:streamGenerateContent[?alt=sse]``,
@@ -43,6 +44,7 @@ from modelyard.sim.stats import ModelStats, Stats
 from modelyard.sim.wire_anthropic import AnthropicWire, secret_for_seed
 from modelyard.sim.wire_gemini import GeminiWire
 from modelyard.sim.wire_openai import OpenAIWire
+from modelyard.sim.wire_responses import ResponsesWire
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -96,6 +98,7 @@ class SimApp:
         self.stats = Stats(list(self.models))
         self.counters: dict[str, int] = {}
         self.openai, self.anthropic, self.gemini = OpenAIWire(), AnthropicWire(secret_for_seed(seed)), GeminiWire()
+        self.responses = ResponsesWire()  # keeps what it answered, for `previous_response_id`
         #: The last bodies each model received (`GET /_sim/requests/{model}`), for upstream-side assertions.
         self.received = RequestLog()
         self._release = asyncio.Event()
@@ -151,6 +154,8 @@ class SimApp:
                 return await self._chat(self.openai, scope, receive, send, None, None)
             if path == "/v1/messages":
                 return await self._chat(self.anthropic, scope, receive, send, None, None)
+            if path == "/v1/responses":
+                return await self._chat(self.responses, scope, receive, send, None, None)
             if path == "/v1/messages/count_tokens":
                 return await self._count_tokens(scope, receive, send)
             if path == "/v1/embeddings":

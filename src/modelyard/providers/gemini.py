@@ -16,6 +16,11 @@ Finish reasons the model uses for unusable output (MALFORMED_FUNCTION_CALL, UNEX
 MALFORMED_RESPONSE) become a retryable ProviderError(server) when no candidate produced anything: an empty
 answer is useless to the client and a second attempt usually succeeds. A candidate with usable output keeps
 it and finishes with "stop".
+
+`parallel_tool_calls: false` (and Anthropic's `disable_parallel_tool_use`, which arrives as it): Gemini's
+`functionCallingConfig` has only `mode` and `allowedFunctionNames`, no switch for parallel calls, so the
+adapter keeps the first function call of each candidate and drops the others, in answers and in streams
+(the first call carries Gemini 3's thought signature, so the replayed turn stays valid).
 """
 
 from __future__ import annotations
@@ -213,7 +218,8 @@ class GeminiAdapter:
         if not candidates:
             raise _no_candidates(data)
         signatures = _signatures_on(dep)
-        choices = [_choice(cand, signatures) for cand in candidates]
+        single = req.parallel_tool_calls is False
+        choices = [_choice(cand, signatures, single) for cand in candidates]
         if all(choice is None for choice in choices):
             raise _unusable(candidates[0])
         model = str(data.get("modelVersion") or dep.model)
@@ -252,7 +258,9 @@ class GeminiAdapter:
         return Completion(out, Usage(prompt=prompt), dep.model)
 
     def stream_translator(self, dep: Deployment, req: ChatRequest) -> GeminiStreamTranslator:
-        return GeminiStreamTranslator(StreamStamp(model=dep.model), signatures=_signatures_on(dep))
+        return GeminiStreamTranslator(
+            StreamStamp(model=dep.model), signatures=_signatures_on(dep), single_call=req.parallel_tool_calls is False
+        )
 
     # ------------------------------------------------------------------ errors
 
@@ -595,9 +603,12 @@ def _embedding_texts(req: EmbeddingRequest) -> list[str]:
 # ============================================================================ answers
 
 
-def _choice(cand: dict[str, Any], signatures: bool) -> dict[str, Any] | None:
-    """One candidate as an OpenAI choice; None when the model's output for it is unusable."""
+def _choice(cand: dict[str, Any], signatures: bool, single_call: bool = False) -> dict[str, Any] | None:
+    """One candidate as an OpenAI choice; None when the model's output for it is unusable. `single_call`:
+    only its first function call (the client turned parallel tool calls off)."""
     text, thoughts, calls = split_parts((cand.get("content") or {}).get("parts"), signatures)
+    if single_call:
+        calls = calls[:1]
     reason = cand.get("finishReason")
     if reason in _UNUSABLE and not text and not calls:
         return None
@@ -838,8 +849,10 @@ class GeminiStreamTranslator:
     """Each SSE event is a whole GenerateContentResponse fragment; Gemini sends no terminal marker, so the
     stream is complete once every candidate seen has a finishReason."""
 
-    def __init__(self, stamp: StreamStamp, *, signatures: bool = True) -> None:
+    def __init__(self, stamp: StreamStamp, *, signatures: bool = True, single_call: bool = False) -> None:
         self.stamp = stamp
+        #: Parallel tool calls off: the first function call of each candidate only.
+        self._single_call = single_call
         self.usage = Usage()
         self.model = stamp.model
         self._signatures = signatures
@@ -895,6 +908,8 @@ class GeminiStreamTranslator:
             delta["reasoning_content"] = thoughts
         if text:
             delta["content"] = text
+        if calls and self._single_call:
+            calls = calls[: max(0, 1 - self._calls.get(index, 0))]
         if calls:
             first = self._calls.get(index, 0)
             delta["tool_calls"] = [{"index": first + k, **call} for k, call in enumerate(calls)]

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
+from modelyard.server.factory import create_app
+from modelyard.sim.server import SimServer
 from modelyard.testing.loopback import (
     Destination,
     outside_loopback,
@@ -27,6 +30,7 @@ from modelyard.testing.loopback import (
     traced_destinations,
 )
 from modelyard.testing.recorder import Exchange, RecordingProxy
+from tests.e2e.conftest import gateway_yaml
 
 #: The versions these tests were written against (docs/clients.md); bump together with the fixtures.
 NPM_CLIENTS = {
@@ -152,10 +156,22 @@ def codex_bin() -> Path:
     return npm_client("codex")
 
 
+#: Agents ask for their own default model names (Claude Code 2.1.197: `claude-opus-4-8`); aliases serve them.
+CLIENT_ALIASES = 'aliases:\n  "claude-*": via-anthropic\n  "gpt-*": via-openai\n'
+
+
+@pytest.fixture(scope="session")
+def clients_gateway(sim: SimServer) -> Iterator[BackgroundServer]:
+    """The e2e gateway (a deployment per wire format over the simulator) plus the clients' default names."""
+    config = parse_config(gateway_yaml(sim.url, CLIENT_ALIASES), source="clients.yaml")
+    with BackgroundServer(create_app(config)) as server:
+        yield server
+
+
 @pytest.fixture
-def proxy(gateway: BackgroundServer) -> Iterator[RecordingProxy]:
-    """A recording proxy in front of the session's gateway: the client talks to it."""
-    with RecordingProxy(gateway.url) as recorder:
+def proxy(clients_gateway: BackgroundServer) -> Iterator[RecordingProxy]:
+    """A recording proxy in front of the clients' gateway: the client talks to it."""
+    with RecordingProxy(clients_gateway.url) as recorder:
         yield recorder
 
 

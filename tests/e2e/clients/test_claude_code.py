@@ -22,7 +22,7 @@ SECRET = "PINEAPPLE-7731"
 pytestmark = pytest.mark.usefixtures("strace_ok")
 
 
-def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str, prompt: str) -> ClientRun:
+def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str | None, prompt: str) -> ClientRun:
     home = tmp_path / "home"
     home.mkdir()
     work = tmp_path / "work"
@@ -38,8 +38,7 @@ def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str,
         str(claude_bin),
         "-p",
         prompt,
-        "--model",
-        model,
+        *(["--model", model] if model else []),
         "--allowedTools",
         "Read",
         "--output-format",
@@ -107,4 +106,18 @@ def test_claude_code_plain_answer_and_what_it_sends(claude_bin: Path, proxy: Rec
     assert call.status == 200
     assert body["max_tokens"] > 0 and body["tools"], body.keys()
     assert "claude-code-20250219" in (call.header("anthropic-beta") or "")
+    assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"
+
+
+def test_claude_code_default_model_is_served_by_an_alias(
+    claude_bin: Path, proxy: RecordingProxy, tmp_path: Path
+) -> None:
+    """No --model: Claude Code asks for its own default model name; the `claude-*` alias serves it."""
+    run = _claude(claude_bin, proxy, tmp_path, None, "Repeat: served by an alias")
+
+    assert run.returncode == 0, run.describe()
+    assert json.loads(run.stdout)["result"] == "served by an alias", run.describe()
+    call = next(e for e in run.exchanges if e.path.startswith("/v1/messages"))
+    assert call.json()["model"].startswith("claude-"), call.json()["model"]
+    assert call.status == 200, call.response_body[:500]
     assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"

@@ -173,6 +173,18 @@ class RoutingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     seed: int | None = None
 
 
+class ResponsesSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """`/v1/responses` conversation state (state/conversations.py), kept in the gateway's store."""
+
+    #: Keep responses for `previous_response_id` and GET /v1/responses/{id}: true, false, or null = on when
+    #: keys are in use and off in open mode (an open gateway would share every conversation id with anyone).
+    store: bool | None = None
+    #: How long a stored response lives (seconds; OpenAI keeps them 30 days).
+    ttl_s: float = 30 * 86400.0
+    #: The most live stored responses per key (a 429 on `store: true` beyond it).
+    max_per_key: int = 100_000
+
+
 class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 4000
@@ -181,6 +193,7 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     #: aiohttp when HTTP(S)_PROXY is set, since only aiohttp speaks to proxies).
     http_client: Literal["auto", "fast", "aiohttp"] = "auto"
     master_key: str | None = None
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
 
 
 class KeyLimits(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -5,6 +5,14 @@ turns must alternate (so consecutive same-role messages are merged), tool result
 blocks inside a user turn, `max_tokens` is required, and streams are typed events (message_start,
 content_block_*, message_delta, message_stop) instead of chunks. Usage counts input tokens without the
 cached ones, so the prompt count is rebuilt as OpenAI counts it (input + cache read + cache write).
+
+Two paths. Translated (any ingress): thinking blocks keep their `signature` in a `thinking_blocks` extension
+on the canonical assistant message and delta (the shape LiteLLM and others use), and signed blocks a client
+returns go back to Anthropic as they came; unsigned ones (reasoning another vendor produced) are dropped,
+since Anthropic refuses them. Native pass-through (`/v1/messages` to an Anthropic deployment,
+`NativePassthrough`): the client's body goes out with only `model` rewritten and the provider's bytes come
+back unchanged, parsed only for usage, the model and the first-byte failover decision. `TokenCounter`: the
+provider's own `/v1/messages/count_tokens`.
 """
 
 from __future__ import annotations
@@ -235,12 +243,36 @@ def _tool_result_block(msg: ToolMessage, param: str) -> dict[str, Any]:
     return block
 
 
-def _turn(msg: Message, param: str) -> tuple[str, list[dict[str, Any]]]:
+def signed_thinking_blocks(raw_message: Any) -> list[dict[str, Any]]:
+    """The thinking blocks of a canonical assistant message (`thinking_blocks`) that Anthropic will accept.
+
+    Only blocks Anthropic signed survive: a `thinking` block with a non-empty `signature`, a
+    `redacted_thinking` block with its `data`. Reasoning without a signature (another vendor's) is dropped,
+    since Anthropic refuses a thinking block it did not sign.
+    """
+    blocks = raw_message.get("thinking_blocks") if isinstance(raw_message, dict) else None
+    if not isinstance(blocks, list):
+        return []
+    out: list[dict[str, Any]] = []
+    for block in blocks:
+        if not isinstance(block, dict):
+            continue
+        kind = block.get("type")
+        if kind == "thinking" and isinstance(block.get("thinking"), str) and block.get("signature"):
+            if isinstance(block["signature"], str):
+                out.append({"type": "thinking", "thinking": block["thinking"], "signature": block["signature"]})
+        elif kind == "redacted_thinking" and isinstance(block.get("data"), str) and block["data"]:
+            out.append({"type": "redacted_thinking", "data": block["data"]})
+    return out
+
+
+def _turn(msg: Message, param: str, raw_message: Any = None) -> tuple[str, list[dict[str, Any]]]:
     """The Anthropic role and blocks of one non-system message."""
     if isinstance(msg, UserMessage):
         return "user", _content_blocks(msg.content, f"{param}.content")
     if isinstance(msg, AssistantMessage):
-        return "assistant", _content_blocks(msg.content, f"{param}.content") + _tool_use_blocks(msg, param)
+        thinking = signed_thinking_blocks(raw_message) if raw_message is not None else []
+        return "assistant", thinking + _content_blocks(msg.content, f"{param}.content") + _tool_use_blocks(msg, param)
     if isinstance(msg, ToolMessage):
         return "user", [_tool_result_block(msg, param)]
     raise _fail(f"message role {type(msg).__name__} is not supported", param)
@@ -276,16 +308,22 @@ def _strip_final_assistant(turns: list[tuple[str, list[dict[str, Any]]]]) -> Non
         turns.pop()
 
 
-def build_messages(messages: list[Message]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """(system blocks, alternating Anthropic messages) from canonical messages."""
+def build_messages(
+    messages: list[Message], raw_messages: Any = None
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(system blocks, alternating Anthropic messages) from canonical messages.
+
+    `raw_messages`: the caller's message dicts (same order), read only for signed `thinking_blocks`.
+    """
     system: list[dict[str, Any]] = []
     turns: list[tuple[str, list[dict[str, Any]]]] = []
+    raw_list = raw_messages if isinstance(raw_messages, list) and len(raw_messages) == len(messages) else None
     for i, msg in enumerate(messages):
         param = f"messages[{i}]"
         if isinstance(msg, SystemMessage | DeveloperMessage):
             system.extend(_system_blocks(msg, param))
             continue
-        role, blocks = _turn(msg, param)
+        role, blocks = _turn(msg, param, raw_list[i] if raw_list is not None else None)
         if not blocks:
             continue
         if turns and turns[-1][0] == role:
@@ -400,7 +438,7 @@ def build_body(dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: b
     """The Anthropic Messages request body for a canonical request."""
     if req.n is not None and req.n > 1:
         raise _fail("n > 1 is not supported by Anthropic deployments", "n")
-    system, messages = build_messages(req.messages)
+    system, messages = build_messages(req.messages, raw.get("messages"))
     limit = req.output_limit
     if limit is None:
         limit = dep.max_output_tokens or DEFAULT_MAX_TOKENS
@@ -440,9 +478,36 @@ def _headers(dep: Deployment) -> dict[str, str]:
     return headers
 
 
-def _url(dep: Deployment) -> str:
+def _url(dep: Deployment, endpoint: str = "/messages") -> str:
     base = (dep.api_base or DEFAULT_BASE).rstrip("/")
-    return base + ("/messages" if base.endswith("/v1") else "/v1/messages")
+    return base + (endpoint if base.endswith("/v1") else "/v1" + endpoint)
+
+
+def split_betas(value: str | list[str] | None) -> list[str]:
+    """`anthropic-beta` values: a comma-separated header or a list, trimmed, empty ones dropped."""
+    if not value:
+        return []
+    items = value.split(",") if isinstance(value, str) else value
+    return [item.strip() for item in items if item.strip()]
+
+
+def _native_headers(dep: Deployment, client: Mapping[str, str]) -> dict[str, str]:
+    """The deployment's headers, with the client's `anthropic-version` and its betas added to the deployment's.
+
+    `client` holds only what the gateway let through (the ingress filters `anthropic-beta` by its
+    allowlist before this point); the credential is always the deployment's.
+    """
+    headers = _headers(dep)
+    version = client.get("anthropic-version")
+    if version:
+        headers["anthropic-version"] = version
+    betas = split_betas(headers.get("anthropic-beta"))
+    for beta in split_betas(client.get("anthropic-beta")):
+        if beta not in betas:
+            betas.append(beta)
+    if betas:
+        headers["anthropic-beta"] = ",".join(betas)
+    return headers
 
 
 # --------------------------------------------------------------------------- answers
@@ -478,6 +543,7 @@ def finish_reason(stop_reason: Any) -> str | None:
 def _message_from_blocks(content: list[Any]) -> dict[str, Any]:
     texts: list[str] = []
     thinking: list[str] = []
+    signed: list[dict[str, Any]] = []
     calls: list[dict[str, Any]] = []
     for block in content:
         kind = block.get("type") if isinstance(block, dict) else None
@@ -485,6 +551,11 @@ def _message_from_blocks(content: list[Any]) -> dict[str, Any]:
             texts.append(str(block.get("text") or ""))
         elif kind == "thinking":
             thinking.append(str(block.get("thinking") or ""))
+            signed.append(
+                {"type": "thinking", "thinking": thinking[-1], "signature": str(block.get("signature") or "")}
+            )
+        elif kind == "redacted_thinking":
+            signed.append({"type": "redacted_thinking", "data": str(block.get("data") or "")})
         elif kind == "tool_use":
             arguments = _encode(block.get("input") or {}).decode()
             calls.append(
@@ -494,13 +565,15 @@ def _message_from_blocks(content: list[Any]) -> dict[str, Any]:
                     "function": {"name": block.get("name", ""), "arguments": arguments},
                 }
             )
-        # server_tool_use, *_tool_result and redacted_thinking ran at Anthropic: nothing for the client.
+        # server_tool_use and *_tool_result ran at Anthropic: nothing for the client.
     text = "".join(texts) if texts else None
     message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}
     if calls:
         message["tool_calls"] = calls
     if thinking:
         message["reasoning_content"] = "".join(thinking)
+    if signed:
+        message["thinking_blocks"] = signed  # extension: the signed blocks, for a client that returns them
     return message
 
 
@@ -586,11 +659,19 @@ def _no_embeddings(dep: Deployment) -> GatewayError:
 # --------------------------------------------------------------------------- adapter
 
 
+#: The wire format `/v1/messages` bodies are in (NativePassthrough.native_formats).
+NATIVE_FORMAT = "anthropic-messages"
+
+
 class AnthropicAdapter:
-    """Anthropic's Messages API (api.anthropic.com or a compatible endpoint)."""
+    """Anthropic's Messages API (api.anthropic.com or a compatible endpoint).
+
+    Besides the contract: `NativePassthrough` for `anthropic-messages` bodies and `TokenCounter`.
+    """
 
     name: ClassVar[str] = "anthropic"
     options_type: ClassVar[type[AnthropicOptions]] = AnthropicOptions
+    native_formats: ClassVar[frozenset[str]] = frozenset({NATIVE_FORMAT})
 
     def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
         body = build_body(dep, req, raw, stream)
@@ -625,6 +706,154 @@ class AnthropicAdapter:
 
     def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
         raise _no_embeddings(dep)
+
+    # ------------------------------------------------------------------ native pass-through
+
+    def native_call(
+        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+    ) -> HttpCall:
+        """The client's Messages body with only `model` rewritten (key order kept); everything else
+        (thinking and its signatures, cache_control, citations, documents, server tools, metadata,
+        context_management) goes out as the client sent it."""
+        _check_format(fmt)
+        out = dict(body)
+        out["model"] = dep.model
+        if stream and out.get("stream") is not True:
+            out["stream"] = True
+        elif not stream and "stream" in out:
+            del out["stream"]
+        return HttpCall("POST", _url(dep), _native_headers(dep, headers), _encode(out))
+
+    def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
+        """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""
+        _check_format(fmt)
+        data = _decode_object(body)
+        if data.get("type") == "error":
+            raise error_from_event(data, after_first_byte=False)
+        if not isinstance(data.get("content"), list):
+            raise ProviderError(ErrorKind.SERVER, "malformed response: no content")
+        return Completion(data, usage_from(data.get("usage")), str(data.get("model") or dep.model), native=body)
+
+    def native_stream(self, dep: Deployment, fmt: str) -> NativeAnthropicStream:
+        _check_format(fmt)
+        return NativeAnthropicStream(dep.model)
+
+    # ------------------------------------------------------------------ token counting
+
+    def count_tokens_call(self, dep: Deployment, req: ChatRequest) -> HttpCall:
+        """`/v1/messages/count_tokens` for a canonical request (the Messages body without max_tokens)."""
+        body = build_body(dep, req, {}, stream=False)
+        for key in ("max_tokens", "stream", "temperature", "top_p", "top_k", "stop_sequences", "metadata"):
+            body.pop(key, None)
+        return HttpCall("POST", _url(dep, "/messages/count_tokens"), _headers(dep), _encode(body))
+
+    def native_count_tokens_call(self, dep: Deployment, body: dict[str, Any], headers: Mapping[str, str]) -> HttpCall:
+        """`/v1/messages/count_tokens` for the client's own count_tokens body (only `model` rewritten)."""
+        out = dict(body)
+        out["model"] = dep.model
+        return HttpCall("POST", _url(dep, "/messages/count_tokens"), _native_headers(dep, headers), _encode(out))
+
+    def parse_count_tokens(self, dep: Deployment, body: bytes) -> int:
+        data = _decode_object(body)
+        count = data.get("input_tokens")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ProviderError(ErrorKind.SERVER, "malformed count_tokens answer: no input_tokens")
+        return count
+
+
+def _check_format(fmt: str) -> None:
+    if fmt != NATIVE_FORMAT:
+        raise GatewayError(400, f"the Anthropic adapter does not pass {fmt!r} bodies through")
+
+
+def _decode_object(body: bytes) -> dict[str, Any]:
+    try:
+        data = _decode(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
+    return data
+
+
+class NativeAnthropicStream:
+    """Anthropic's own events, re-framed byte for byte (`event: NAME\ndata: DATA\n\n`) as `msgspec.Raw`.
+
+    Parsed only for what the gateway needs: usage (message_start, message_delta), the model, the end
+    (message_stop), in-stream errors, and `answered`: a content block with substance was seen. Until then
+    the executor may still fail over invisibly (message_start, ping and an empty block opening carry none).
+    Content deltas after the first are not decoded at all.
+    """
+
+    def __init__(self, model: str) -> None:
+        self.usage = Usage()
+        self.model = model
+        self.answered = False
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any] | msgspec.Raw]:
+        name = event.event
+        data = event.data
+        if name == "content_block_delta" and self.answered:  # the hot path: no decoding
+            return [msgspec.Raw(b"event: content_block_delta\ndata: " + data + b"\n\n")]
+        if not data.strip():
+            return [msgspec.Raw(_frame(name, data))]
+        try:
+            payload = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self.answered
+            ) from None
+        if not isinstance(payload, dict):
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self.answered
+            )
+        kind = payload.get("type") or name
+        if kind == "error":
+            raise error_from_event(payload, after_first_byte=self.answered)
+        if kind == "message_start":
+            message = payload.get("message")
+            if isinstance(message, dict):
+                if message.get("model"):
+                    self.model = str(message["model"])
+                self.usage = usage_from(message.get("usage"), self.usage)
+        elif kind == "message_delta":
+            self.usage = usage_from(payload.get("usage"), self.usage)
+        elif kind == "message_stop":
+            self._done = True
+        elif not self.answered and kind in ("content_block_start", "content_block_delta"):
+            self.answered = _has_substance(payload)
+        return [msgspec.Raw(_frame(name, data))]
+
+    def finish(self) -> list[dict[str, Any]]:
+        if not self._done:
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before message_stop", after_first_byte=True)
+        return []
+
+
+def _frame(name: str | None, data: bytes) -> bytes:
+    if name is None:
+        return b"data: " + data + b"\n\n"
+    return b"event: " + name.encode() + b"\ndata: " + data + b"\n\n"
+
+
+def _has_substance(payload: dict[str, Any]) -> bool:
+    """A block opening or delta that carries something a client would show or act on."""
+    if payload.get("type") == "content_block_start":
+        block = payload.get("content_block")
+        if not isinstance(block, dict):
+            return False
+        if block.get("type") in ("text", "thinking"):
+            return bool(block.get("text") or block.get("thinking"))
+        return True  # tool_use, server_tool_use, redacted_thinking, results: substance from the start
+    delta = payload.get("delta")
+    if not isinstance(delta, dict):
+        return False
+    return any(delta.get(k) for k in ("text", "thinking", "partial_json", "signature", "citation"))
 
 
 # --------------------------------------------------------------------------- streaming
@@ -712,8 +941,10 @@ class AnthropicStreamTranslator:
         if kind == "thinking":
             self._blocks[index] = ("thinking", -1)
             return [self._chunk({"reasoning_content": block["thinking"]})] if block.get("thinking") else []
+        if kind == "redacted_thinking" and block.get("data"):
+            return [self._chunk({"thinking_blocks": [{"type": "redacted_thinking", "data": str(block["data"])}]})]
         if kind != "tool_use":
-            return []  # redacted_thinking, server_tool_use and server tool results stay at Anthropic
+            return []  # server_tool_use and server tool results stay at Anthropic
         call_index = self._tool_count
         self._tool_count += 1
         self._blocks[index] = ("tool", call_index)
@@ -747,7 +978,11 @@ class AnthropicStreamTranslator:
         if dtype == "thinking_delta" and kind == "thinking":
             thinking = delta.get("thinking") or ""
             return [self._chunk({"reasoning_content": thinking})] if thinking else []
-        return []  # signature_delta, citations_delta: nothing in the OpenAI shape carries them
+        if dtype == "signature_delta" and kind == "thinking" and delta.get("signature"):
+            # The signature closes the thinking block streamed so far (the `thinking_blocks` extension).
+            block = {"type": "thinking", "thinking": "", "signature": str(delta["signature"])}
+            return [self._chunk({"thinking_blocks": [block]})]
+        return []  # citations_delta: nothing in the OpenAI shape carries it
 
     def _on_message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
         self.usage = usage_from(data.get("usage"), self.usage)  # cumulative counts: overwrite
@@ -762,13 +997,17 @@ class AnthropicStreamTranslator:
 
 
 __all__ = [
+    "NATIVE_FORMAT",
     "TOOL_ERROR_MARKER",
     "AnthropicAdapter",
     "AnthropicStreamTranslator",
+    "NativeAnthropicStream",
     "build_body",
     "build_messages",
     "classify",
     "finish_reason",
     "parse_message",
+    "signed_thinking_blocks",
+    "split_betas",
     "usage_from",
 ]

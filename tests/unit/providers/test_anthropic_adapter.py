@@ -779,6 +779,11 @@ def test_thinking_becomes_reasoning_content_and_server_tool_blocks_are_left_out(
     assert msg["reasoning_content"] == "Let me analyze this step by step..."
     assert msg["content"] == "Based on my analysis, it is sunny."
     assert "tool_calls" not in msg
+    # The signed blocks survive (the thinking_blocks extension), in order, signature and data unchanged.
+    assert msg["thinking_blocks"] == [
+        {"type": "thinking", "thinking": "Let me analyze this step by step...", "signature": "WaUjzkypQ2mUEVM36O2T"},
+        {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"},
+    ]
 
 
 def test_tool_only_response_has_null_content() -> None:
@@ -971,6 +976,8 @@ def test_recorded_stream_every_event_type() -> None:
         {"role": "assistant", "content": ""},
         {"reasoning_content": "I need to find "},
         {"reasoning_content": "the weather."},
+        {"thinking_blocks": [{"type": "thinking", "thinking": "", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}]},
+        {"thinking_blocks": [{"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}]},
         {"content": "Okay, let's check"},
         {"content": " the weather."},
         {

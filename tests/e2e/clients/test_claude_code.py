@@ -49,6 +49,24 @@ def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str 
     return run_client(command, env=env, cwd=work, proxy=proxy, trace=tmp_path / "strace.log")
 
 
+def _streamed_thinking(sse: str) -> list[dict[str, Any]]:
+    """The thinking blocks of an Anthropic SSE answer, put back together from their deltas."""
+    blocks: dict[int, dict[str, Any]] = {}
+    for line in sse.splitlines():
+        if not line.startswith("data: "):
+            continue
+        event = json.loads(line[6:])
+        if event["type"] == "content_block_start" and event["content_block"]["type"] == "thinking":
+            blocks[event["index"]] = dict(event["content_block"])
+        elif event["type"] == "content_block_delta" and event["index"] in blocks:
+            delta, block = event["delta"], blocks[event["index"]]
+            if delta["type"] == "thinking_delta":
+                block["thinking"] = block.get("thinking", "") + delta["thinking"]
+            elif delta["type"] == "signature_delta":
+                block["signature"] = block.get("signature", "") + delta["signature"]
+    return [blocks[i] for i in sorted(blocks)]
+
+
 def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for message in body["messages"]:
@@ -89,6 +107,14 @@ def test_claude_code_reads_a_file_through_the_gateway(
     uses = [b for m in second["messages"] if m["role"] == "assistant" for b in m["content"] if b["type"] == "tool_use"]
     assert [u["name"] for u in uses] == ["Read"]
     assert uses[0]["input"] == {"file_path": str(note)}
+    # Thinking the model streamed goes back with the next turn exactly as signed (the simulator rejects
+    # an altered or unsigned block, as Anthropic does; across wire formats there is none to return).
+    thinking = _streamed_thinking(calls[0].response_body)
+    returned = [
+        b for m in second["messages"] if m["role"] == "assistant" for b in m["content"] if b["type"] == "thinking"
+    ]
+    assert [(b["thinking"], b["signature"]) for b in returned] == [(b["thinking"], b["signature"]) for b in thinking]
+    assert all(b["signature"] for b in returned)
 
     assert run.destinations, "strace saw no connect at all: the trace is not working"
     assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"

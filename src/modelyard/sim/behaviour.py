@@ -4,9 +4,11 @@ Conventions tests rely on (checked in this order):
 
 * tools given and the tool choice asks for a call (required / any / a named tool), or is `auto` and the
   last user text names a tool (or says ``call all tools``) and the last message is not a tool result
-  → tool calls, arguments generated from each tool's JSON-Schema parameters; ``call all tools`` gives
-  two calls unless parallel calls are off;
-* JSON mode → a JSON document: an instance of the schema when one is given, else ``{"answer": "..."}``;
+  → tool calls, arguments generated from each tool's JSON-Schema parameters. The tool called is the named
+  one, else the one the last user text names first (the first declared when it names none), as a model
+  would; ``call all tools`` gives two calls unless parallel calls are off;
+* JSON mode → a JSON document: an instance of the request's schema when one is given (whatever the system
+  prompt says), else of the schema the system prompt gives, else ``{"answer": "..."}``;
   a system prompt asking for ``valid JSON`` counts as JSON mode (real models follow such instructions, and
   the gateway writes one for providers without a native JSON mode), with the JSON Schema that follows the
   words ``JSON Schema`` in it, if any;
@@ -248,19 +250,26 @@ def _chosen_tools(ask: Ask) -> list[ToolSpec]:
         named = [t for t in ask.tools if t.name == ask.tool_name]
         return named[:1] or ask.tools[:1]
     wants_all = CALL_ALL_MARKER in ask.last_user_text.lower()
-    if ask.tool_mode == "auto":
-        if ask.tool_result is not None:
-            return []
-        mentioned = [t for t in ask.tools if t.name in ask.last_user_text]
-        if not (mentioned or wants_all):
-            return []
-        first = mentioned[0] if mentioned else ask.tools[0]
-    else:
-        first = ask.tools[0]
+    mentioned = _named_first(ask.tools, ask.last_user_text)
+    if ask.tool_mode == "auto" and (ask.tool_result is not None or not (mentioned or wants_all)):
+        return []
+    first = mentioned or ask.tools[0]
     if not (wants_all and ask.parallel_tools):
         return [first]
     others = [t for t in ask.tools if t is not first]
     return [first, others[0] if others else first]
+
+
+def _named_first(tools: list[ToolSpec], text: str) -> ToolSpec | None:
+    """The tool whose name appears first in `text` (the longest name where two start at one place:
+    `read_file` over `read`)."""
+    best: tuple[int, int] | None = None
+    found = None
+    for tool in tools:
+        at = text.find(tool.name) if tool.name else -1
+        if at >= 0 and (best is None or (at, -len(tool.name)) < best):
+            best, found = (at, -len(tool.name)), tool
+    return found
 
 
 def _call(tool: ToolSpec, rng: random.Random) -> ToolCallOut:
@@ -272,7 +281,7 @@ def _call(tool: ToolSpec, rng: random.Random) -> ToolCallOut:
 
 
 def json_document(ask: Ask, rng: random.Random) -> str:
-    schema = ask.json_schema if ask.json_mode else _instructed_schema(ask.system_text)
+    schema = ask.json_schema if ask.json_mode and ask.json_schema else _instructed_schema(ask.system_text)
     if schema:
         return _encode(instance(schema, rng)).decode()
     return _encode({"answer": compose(rng.randint(4, 12), rng)}).decode()

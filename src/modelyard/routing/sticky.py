@@ -26,6 +26,9 @@ from modelyard.schema.chat import ChatRequest, DeveloperMessage, SystemMessage, 
 #: Strategies whose ranking depends on a random draw or on a tie; only they are made sticky.
 STICKY_STRATEGIES = frozenset({"weighted", "priority", "least-latency", "latency", "least-busy", "learned"})
 
+#: The header a client may name its session with (any string; scoped by the API key like every session).
+SESSION_HEADER = b"x-modelyard-session"
+
 #: The longest explicit session id kept (ids are hashed, so a longer one only costs hashing time).
 MAX_EXPLICIT = 512
 

@@ -11,7 +11,9 @@ from modelyard.routing.aliases import Aliases
 from modelyard.routing.candidates import GroupProfile
 from modelyard.routing.rules import Rule, RuleError, compile_rules
 from modelyard.routing.sticky import applies as sticky_applies
+from modelyard.routing.sticky import session_key
 from modelyard.routing.strategies import STRATEGIES
+from modelyard.schema.chat import ChatRequest
 
 #: Strategies that are not plain rankers in STRATEGIES but handled by the planner.
 SPECIAL_STRATEGIES = frozenset({"rules"})
@@ -60,10 +62,17 @@ class RoutingTable:
         return self.aliases.resolve(name) or name
 
     def sticky(self, model: str) -> bool:
-        """Whether the ingress should compute `routing.sticky.session_key` for a request of `model`
-        (a model group whose strategy may choose among equals and whose `options.sticky` is on)."""
+        """Whether the ingress should compute `routing.sticky.session_key` for a request of `model` (a model
+        group, or an alias of one, whose strategy may choose among equals and whose `options.sticky` is on)."""
         group = self.groups.get(model)
+        if group is None and self.aliases:
+            group = self.groups.get(self.resolve(model))
         return group is not None and group.sticky
+
+    def session(self, req: ChatRequest, key_id: str | None, explicit: str | None = None) -> str | None:
+        """The request's session key for `RequestFeatures.session`, or None when its model is not sticky
+        (so the prefix is hashed only when it matters). `explicit`: the client's own session id, if any."""
+        return session_key(key_id, explicit, req) if self.sticky(req.model) else None
 
 
 def compile_groups(config: Config) -> tuple[dict[str, CompiledGroup], list[RuleError]]:

@@ -210,3 +210,13 @@ def test_table_says_which_models_want_a_session_key():
     assert not _table("cost").sticky("agent")
     assert not _table("weighted", sticky=False).sticky("agent")
     assert not _table().sticky("unknown")
+
+
+def test_table_session_is_computed_only_for_sticky_models() -> None:
+    req = _req(SYSTEM, FIRST)
+    req.model = "agent"
+    assert _table("weighted").session(req, "k1") == session_key("k1", None, req)
+    assert _table("weighted").session(req, "k1", "conv-9") == session_key("k1", "conv-9", req)
+    assert _table("cost").session(req, "k1") is None
+    req.model = "unknown"
+    assert _table("weighted").session(req, "k1") is None

@@ -29,7 +29,7 @@ from modelyard.providers.base import (
     upstream_error,
 )
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
-from modelyard.schema.errors import ErrorKind, ProviderError
+from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 DEFAULT_BASE = "https://api.openai.com/v1"
 _decode = msgspec.json.Decoder().decode
@@ -45,6 +45,13 @@ class OpenAIOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
     stream_usage: bool = True
     #: Send the caller's `max_tokens` under this name (`max_completion_tokens` for OpenAI's reasoning models).
     max_tokens_field: Literal["max_tokens", "max_completion_tokens"] | None = None
+    #: The server speaks OpenAI's Responses API (`{base_url}/responses`): `/v1/responses` requests reach it
+    #: as the client sent them (only `model` rewritten) and its bytes go back unchanged.
+    responses_api: bool = False
+
+
+#: The wire format of `/v1/responses` bodies (NativePassthrough.native_formats).
+RESPONSES_FORMAT = "openai-responses"
 
 
 def _headers(dep: Deployment) -> dict[str, str]:
@@ -65,6 +72,8 @@ class OpenAIAdapter:
 
     name: ClassVar[str] = "openai"
     options_type: ClassVar[type[OpenAIOptions]] = OpenAIOptions
+    #: Responses bodies pass through to deployments with `options: {responses_api: true}`.
+    native_formats: ClassVar[frozenset[str]] = frozenset({RESPONSES_FORMAT})
 
     # ------------------------------------------------------------------ requests
 
@@ -132,6 +141,42 @@ class OpenAIAdapter:
 
     def stream_translator(self, dep: Deployment, req: ChatRequest) -> OpenAIStreamTranslator:
         return OpenAIStreamTranslator(StreamStamp(model=dep.model))
+
+    # ------------------------------------------------------------------ native pass-through (Responses API)
+
+    def native_call(
+        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+    ) -> HttpCall:
+        """The client's Responses body with only `model` rewritten (and the gateway's `modelyard` options
+        taken out), to `{base_url}/responses`. A deployment not marked `responses_api` cannot take it: the
+        attempt fails over (the Responses codec only asks for pass-through when every reachable OpenAI
+        deployment speaks it, so this is a guard)."""
+        _check_format(fmt)
+        opts: OpenAIOptions = dep.options
+        if not opts.responses_api:
+            raise GatewayError(400, f"deployment {dep.name!r} does not speak the Responses API")
+        out = dict(body)
+        out.pop("modelyard", None)
+        out["model"] = dep.model
+        if stream:
+            out["stream"] = True
+        else:
+            out.pop("stream", None)
+        return HttpCall("POST", _base(dep) + "/responses", _headers(dep), _encode(out))
+
+    def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
+        """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""
+        _check_format(fmt)
+        data = _decode_object(body)
+        if data.get("object") != "response":
+            raise ProviderError(ErrorKind.SERVER, "malformed response: not a Response object")
+        if data.get("status") == "failed":
+            raise _failed(data, after_first_byte=False)
+        return Completion(data, responses_usage(data.get("usage")), str(data.get("model") or dep.model), native=body)
+
+    def native_stream(self, dep: Deployment, fmt: str) -> NativeResponsesStream:
+        _check_format(fmt)
+        return NativeResponsesStream(dep.model)
 
     # ------------------------------------------------------------------ errors
 
@@ -330,4 +375,130 @@ def _normalise_stream_tool_calls(tool_calls: Any) -> None:
             function["arguments"] = _encode(function["arguments"]).decode()
 
 
-__all__ = ["OpenAIAdapter", "OpenAIStreamTranslator", "classify", "redact"]
+# --------------------------------------------------------------------------- Responses API pass-through
+
+
+def _check_format(fmt: str) -> None:
+    if fmt != RESPONSES_FORMAT:
+        raise GatewayError(400, f"the OpenAI adapter does not pass {fmt!r} bodies through")
+
+
+def responses_usage(raw: Any) -> Usage:
+    """A Responses `usage` object (input/output tokens and their details) as canonical usage."""
+    if not isinstance(raw, dict):
+        return Usage()
+    inputs, outputs = _obj(raw.get("input_tokens_details")), _obj(raw.get("output_tokens_details"))
+    return Usage(
+        prompt=int(raw.get("input_tokens") or 0),
+        completion=int(raw.get("output_tokens") or 0),
+        cached=int(inputs.get("cached_tokens") or 0),
+        cache_write=int(inputs.get("cache_write_tokens") or 0),
+        reasoning=int(outputs.get("reasoning_tokens") or 0),
+    )
+
+
+def _obj(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _failed(response: dict[str, Any], *, after_first_byte: bool) -> ProviderError:
+    error = _obj(response.get("error"))
+    message = str(error.get("message") or "the response failed")
+    kind = classify(0, message, str(error.get("type") or ""), str(error.get("code") or ""))
+    failure = upstream_error(kind, "provider response failed", message)
+    failure.after_first_byte = after_first_byte
+    return failure
+
+
+#: Events that carry the answer itself: once one is seen, a failure can no longer fail over invisibly.
+_SUBSTANCE = frozenset(
+    {
+        "response.output_text.delta",
+        "response.refusal.delta",
+        "response.function_call_arguments.delta",
+        "response.output_item.done",
+        "response.reasoning_text.delta",
+        "response.reasoning_summary_text.delta",
+    }
+)
+_FAST_DELTAS = frozenset({b"response.output_text.delta", b"response.function_call_arguments.delta"})
+_ENDS = frozenset({"response.completed", "response.incomplete"})
+
+
+class NativeResponsesStream:
+    """The Responses API's own events, re-framed byte for byte (`event: NAME\ndata: DATA\n\n`) as
+    `msgspec.Raw`, parsed only for usage and model (`response.completed` / `.incomplete`), the end, errors
+    (`error`, `response.failed`) and `answered`. Text and argument deltas after the first are not decoded."""
+
+    def __init__(self, model: str) -> None:
+        self.usage = Usage()
+        self.model = model
+        self.answered = False
+        #: The upstream's response id (`response.created`), recorded key-scoped by the Responses codec.
+        self.response_id: str | None = None
+        self._done = False
+
+    @property
+    def done(self) -> bool:
+        return self._done
+
+    def feed(self, event: SSEEvent) -> list[dict[str, Any] | msgspec.Raw]:
+        name = event.event
+        data = event.data
+        frame = (b"event: " + name.encode() + b"\ndata: " if name else b"data: ") + data + b"\n\n"
+        if self.answered and name is not None and name.encode() in _FAST_DELTAS:  # the hot path
+            return [msgspec.Raw(frame)]
+        if not data.strip() or data == b"[DONE]":
+            return [msgspec.Raw(frame)]
+        try:
+            payload = _decode(data)
+        except (msgspec.DecodeError, UnicodeDecodeError):
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self.answered
+            ) from None
+        if not isinstance(payload, dict):
+            raise ProviderError(
+                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self.answered
+            )
+        kind = str(payload.get("type") or name or "")
+        if kind == "error":
+            inner = _obj(payload.get("error")) or payload
+            message = str(inner.get("message") or "error event in stream")
+            failure = upstream_error(
+                classify(0, message, str(inner.get("type") or ""), str(inner.get("code") or "")),
+                "provider stream error",
+                message,
+            )
+            failure.after_first_byte = self.answered
+            raise failure
+        response = _obj(payload.get("response"))
+        if response:
+            if response.get("model"):
+                self.model = str(response["model"])
+            if kind == "response.created" and isinstance(response.get("id"), str):
+                self.response_id = response["id"]
+            if kind == "response.failed":
+                raise _failed(response, after_first_byte=self.answered)
+            if kind in _ENDS:
+                self.usage = responses_usage(response.get("usage"))
+                self._done = True
+                self.answered = True
+        if not self.answered and kind in _SUBSTANCE:
+            self.answered = True
+        return [msgspec.Raw(frame)]
+
+    def finish(self) -> list[dict[str, Any]]:
+        if not self._done:
+            raise ProviderError(ErrorKind.CONNECTION, "stream ended before response.completed", after_first_byte=True)
+        return []
+
+
+__all__ = [
+    "RESPONSES_FORMAT",
+    "NativeResponsesStream",
+    "OpenAIAdapter",
+    "OpenAIStreamTranslator",
+    "classify",
+    "redact",
+    "responses_usage",
+]

@@ -71,8 +71,9 @@ class HalfACounter(AcmeAdapter):
         return HttpCall("POST", "http://acme/count", {}, b"{}")
 
 
-# The Anthropic adapter has native pass-through and token counting (tests/unit/providers/test_anthropic_native.py).
-@pytest.mark.parametrize("provider", ["openai", "gemini", "tests.plugins.acme_adapter:AcmeAdapter"])
+# The Anthropic adapter has native pass-through and token counting (tests/unit/providers/test_anthropic_native.py),
+# the OpenAI adapter native pass-through of Responses bodies (tests/unit/server/test_responses_passthrough.py).
+@pytest.mark.parametrize("provider", ["gemini", "tests.plugins.acme_adapter:AcmeAdapter"])
 def test_an_adapter_with_no_capability_discovers_none(provider: str) -> None:
     assert discover(load_adapter(provider)) == Capabilities()
     assert discover(load_adapter(provider)).names == ()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from modelyard.sim.app import create_app
 from modelyard.sim.prompt_cache import PromptCache, prefix_segments, segments_from_body
 from tests.unit.sim.sim_helpers import asgi_call, fleet
@@ -124,3 +126,38 @@ async def test_gemini_reports_cached_content_tokens() -> None:
     body = {"contents": [*contents, {"role": "model", "parts": [{"text": "ok"}]}, *contents]}
     second = (await asgi_call(app, "POST", path, body, headers)).json()["usageMetadata"]
     assert 1024 <= second["cachedContentTokenCount"] <= second["promptTokenCount"]
+
+
+def _anthropic_body(turns: int, marked: bool) -> dict[str, Any]:
+    system: Any = [{"type": "text", "text": SYSTEM}]
+    if marked:
+        system[0]["cache_control"] = {"type": "ephemeral"}
+    messages = [m for m in conversation(turns) if m["role"] != "system"]
+    return {"model": "a", "max_tokens": 50, "system": system, "messages": messages}
+
+
+def test_anthropic_segments_end_at_the_last_breakpoint() -> None:
+    marked = segments_from_body(msgspec.json.encode(_anthropic_body(2, True)), "anthropic")
+    assert len(marked) == 2  # tools, then the marked system prompt; the messages after it are not cached
+    assert segments_from_body(msgspec.json.encode(_anthropic_body(2, False)), "anthropic") == []
+    automatic = {**_anthropic_body(2, False), "cache_control": {"type": "ephemeral"}}
+    assert len(segments_from_body(msgspec.json.encode(automatic), "anthropic")) == 2 + 3
+
+
+async def test_anthropic_reports_reads_and_writes_only_with_cache_control() -> None:
+    app = _app()
+    headers = {"x-api-key": "k", "anthropic-version": "2023-06-01"}
+
+    async def usage(turns: int, marked: bool) -> dict[str, Any]:
+        result = await asgi_call(app, "POST", "/v1/messages", _anthropic_body(turns, marked), headers)
+        assert result.status == 200, result.body
+        found: dict[str, Any] = result.json()["usage"]
+        return found
+
+    first = await usage(1, True)
+    assert first["cache_read_input_tokens"] == 0 and first["cache_creation_input_tokens"] >= 1024
+    second = await usage(2, True)
+    assert second["cache_read_input_tokens"] == first["cache_creation_input_tokens"]
+    app.reset()
+    assert (await usage(1, False))["cache_creation_input_tokens"] == 0
+    assert (await usage(2, False))["cache_read_input_tokens"] == 0

@@ -160,10 +160,22 @@ def codex_bin() -> Path:
 CLIENT_ALIASES = 'aliases:\n  "claude-*": via-anthropic\n  "gpt-*": via-openai\n'
 
 
+def clients_yaml(sim_url: str) -> str:
+    """The e2e gateway's config (a deployment per wire format over the simulator), a deployment that speaks
+    the Responses API (`via-responses`: pass-through), and the clients' default names as aliases."""
+    responses = (
+        f'  - {{name: small@responses, provider: openai, model: sim-small, api_base: "{sim_url}/v1", '
+        "api_key: sk-test-responses-secret, price: {input: 0.1, output: 0.4}, options: {responses_api: true}, "
+        "timeouts: {connect: 2, first_token: 5, total: 10}}\n"
+    )
+    text = gateway_yaml(sim_url, CLIENT_ALIASES)
+    return text.replace("\nmodels:\n", f"\n{responses}models:\n  via-responses: {{candidates: [small@responses]}}\n", 1)
+
+
 @pytest.fixture(scope="session")
 def clients_gateway(sim: SimServer) -> Iterator[BackgroundServer]:
-    """The e2e gateway (a deployment per wire format over the simulator) plus the clients' default names."""
-    config = parse_config(gateway_yaml(sim.url, CLIENT_ALIASES), source="clients.yaml")
+    """The gateway the client tests talk to (through a recording proxy): `clients_yaml`."""
+    config = parse_config(clients_yaml(sim.url), source="clients.yaml")
     with BackgroundServer(create_app(config)) as server:
         yield server
 

@@ -50,7 +50,7 @@ def _items(body: dict[str, Any], kind: str) -> list[dict[str, Any]]:
     return [item for item in items if isinstance(item, dict) and item.get("type") == kind]
 
 
-@pytest.mark.parametrize("model", ["via-openai", "via-anthropic"])
+@pytest.mark.parametrize("model", ["via-responses", "via-openai", "via-anthropic"])
 def test_codex_exec_runs_a_command_through_the_gateway(
     codex_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str
 ) -> None:

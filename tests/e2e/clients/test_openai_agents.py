@@ -48,7 +48,7 @@ def _check_traffic(proxy: RecordingProxy, model: str) -> None:
     assert len(outputs) == 1 and SECRET in outputs[0]["output"], json.dumps(second["input"])[:2000]
 
 
-@pytest.mark.parametrize("model", ["via-openai", "via-anthropic", "via-gemini"])
+@pytest.mark.parametrize("model", ["via-responses", "via-openai", "via-anthropic", "via-gemini"])
 async def test_agents_sdk_runs_a_function_tool(proxy: RecordingProxy, model: str) -> None:
     set_tracing_disabled(True)
     calls: list[str] = []

@@ -4,16 +4,31 @@ The gateway thinks in OpenAI Chat Completions, so an Anthropic Messages request 
 request dict (validated afterwards with `chat_request_from_dict`), and a canonical completion or chunk
 stream becomes an Anthropic Message or Anthropic's typed SSE events, so that the official `anthropic` SDK
 works against the gateway unchanged. No I/O here: the HTTP handler owns the request and the response.
+
+What crosses vendors and what does not:
+- signed thinking: an assistant turn's `thinking` / `redacted_thinking` blocks travel as `thinking_blocks` on
+  the canonical assistant message; the Anthropic adapter sends the signed ones back as they came, every
+  other adapter ignores them (a signature is only meaningful to the vendor that made it). Answers carry
+  them the same way, so a client gets `signature` (and `signature_delta` events) back from Anthropic, and
+  `signature: ""` for reasoning another vendor produced, which is dropped when the client returns it.
+- `stop_reason: stop_sequence`: reported with the matched sequence when the answer says which one ended it
+  (Anthropic's `stop_sequence`, vLLM-style `stop_reason` strings) or when the text still contains one (the
+  text is then cut there, as Anthropic would have stopped).
+- pass-through policy (`passthrough_headers`, `check_server_tools`): forwarded `anthropic-beta` values pass
+  an allowlist, the others are dropped, never forwarded; server tools (web search, code execution, ...) are
+  refused unless the operator allows them, since their cost is not priced by the gateway.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Collection, Mapping
 from typing import Any
 
 import msgspec
 
-from modelyard.providers.anthropic import TOOL_ERROR_MARKER
+from modelyard.providers.anthropic import TOOL_ERROR_MARKER, split_betas
 from modelyard.providers.base import new_id
 from modelyard.providers.sse import encode_event
 from modelyard.schema.chat import Usage
@@ -21,6 +36,23 @@ from modelyard.schema.errors import ErrorKind, GatewayError
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+_log = logging.getLogger("modelyard.anthropic")
+
+#: `anthropic-beta` values forwarded on pass-through when the config names none (`server.anthropic_betas`):
+#: features that change how a request is processed but cost nothing extra and reach no stored objects.
+#: Left out on purpose: files-api (another tenant's stored files), code-execution / mcp-client / web-fetch /
+#: skills (priced server-side work or outbound calls), context-1m (long-context pricing), oauth (credentials).
+DEFAULT_ANTHROPIC_BETAS: tuple[str, ...] = (
+    "claude-code-20250219",
+    "interleaved-thinking-2025-05-14",
+    "fine-grained-tool-streaming-2025-05-14",
+    "token-efficient-tools-2025-02-19",
+    "context-management-2025-06-27",
+    "prompt-caching-2024-07-31",
+    "output-128k-2025-02-19",
+    "effort-2025-11-24",
+    "structured-outputs-2025-11-13",
+)
 
 #: HTTP status → Anthropic `error.type` (https://docs.anthropic.com/en/api/errors).
 ERROR_TYPES: dict[int, str] = {
@@ -193,7 +225,7 @@ def _tool_result(block: dict[str, Any], param: str) -> tuple[dict[str, Any], lis
     return {"role": "tool", "tool_call_id": tool_use_id, "content": text}, images
 
 
-def _user_messages(content: list[Any], param: str) -> list[dict[str, Any]]:
+def _user_messages(content: list[Any], param: str, server_tools: bool = False) -> list[dict[str, Any]]:
     """One Anthropic user turn → `tool` messages first (they answer the previous turn), then the rest."""
     tools: list[dict[str, Any]] = []
     parts: list[dict[str, Any]] = []
@@ -206,6 +238,8 @@ def _user_messages(content: list[Any], param: str) -> list[dict[str, Any]]:
             parts.extend(images)
         elif kind == "document":
             parts.extend(_document_parts(block, where))
+        elif server_tools and kind in _SERVER_BLOCKS:
+            continue
         elif kind not in ("thinking", "redacted_thinking"):
             parts.append(_user_part(block, where))
     if parts:
@@ -223,9 +257,21 @@ def _tool_call(block: dict[str, Any], param: str) -> dict[str, Any]:
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
 
 
-def _assistant_message(content: list[Any], param: str) -> dict[str, Any]:
+def _signed_block(block: dict[str, Any]) -> dict[str, Any] | None:
+    """A thinking block as `thinking_blocks` carries it, when it is signed (unsigned ones cannot go back)."""
+    if block["type"] == "thinking":
+        text, signature = block.get("thinking"), block.get("signature")
+        if isinstance(text, str) and isinstance(signature, str) and signature:
+            return {"type": "thinking", "thinking": text, "signature": signature}
+        return None
+    data = block.get("data")
+    return {"type": "redacted_thinking", "data": data} if isinstance(data, str) and data else None
+
+
+def _assistant_message(content: list[Any], param: str, server_tools: bool = False) -> dict[str, Any]:
     texts: list[str] = []
     calls: list[dict[str, Any]] = []
+    thinking: list[dict[str, Any]] = []
     for j, block in enumerate(content):
         where = f"{param}.{j}"
         kind = _block_type(block, where)
@@ -233,11 +279,17 @@ def _assistant_message(content: list[Any], param: str) -> dict[str, Any]:
             texts.append(_text_of_block(block, where))
         elif kind == "tool_use":
             calls.append(_tool_call(block, where))
-        elif kind not in ("thinking", "redacted_thinking"):  # signed reasoning cannot cross providers
+        elif kind in ("thinking", "redacted_thinking"):
+            signed = _signed_block(block)
+            if signed is not None:
+                thinking.append(signed)
+        elif not (server_tools and kind in _SERVER_BLOCKS):  # allowed server blocks exist on pass-through only
             raise _unsupported(kind, where)
     message: dict[str, Any] = {"role": "assistant", "content": "".join(texts) if texts or not calls else None}
     if calls:
         message["tool_calls"] = calls
+    if thinking:
+        message["thinking_blocks"] = thinking  # only the Anthropic adapter reads (and sends back) these
     return message
 
 
@@ -254,7 +306,7 @@ def _system_text(system: Any, param: str) -> str:
     return "\n\n".join(texts)
 
 
-def _message(raw: Any, param: str) -> list[dict[str, Any]]:
+def _message(raw: Any, param: str, server_tools: bool = False) -> list[dict[str, Any]]:
     if not isinstance(raw, dict):
         raise _bad("each message must be an object with `role` and `content`", param)
     role, content = raw.get("role"), raw.get("content")
@@ -267,14 +319,14 @@ def _message(raw: Any, param: str) -> list[dict[str, Any]]:
     if not isinstance(content, list):
         raise _bad("content must be a string or a list of content blocks", f"{param}.content")
     if role == "user":
-        return _user_messages(content, f"{param}.content")
-    return [_assistant_message(content, f"{param}.content")]
+        return _user_messages(content, f"{param}.content", server_tools)
+    return [_assistant_message(content, f"{param}.content", server_tools)]
 
 
 # --------------------------------------------------------------------------- request: options
 
 
-def _tools(raw: Any) -> list[dict[str, Any]]:
+def _tools(raw: Any, server_tools: bool = False) -> list[dict[str, Any]]:
     if not isinstance(raw, list):
         raise _bad("must be a list of tool definitions", "tools")
     out = []
@@ -282,6 +334,8 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
         param = f"tools.{i}"
         if not isinstance(tool, dict):
             raise _bad("each tool must be an object", param)
+        if server_tools and tool.get("type") not in (None, "custom"):
+            continue  # an allowed server tool: on the pass-through body only
         if tool.get("type") not in (None, "custom"):
             raise _bad(
                 f"tool type {tool['type']!r} is not supported by this gateway (only client tools)", f"{param}.type"
@@ -315,10 +369,10 @@ def _tool_choice(raw: Any) -> tuple[Any, bool]:
     raise _bad(f"unsupported tool_choice {raw!r} (auto, any, tool with a name, none)", "tool_choice")
 
 
-def _apply_tools(body: dict[str, Any], chat: dict[str, Any]) -> None:
+def _apply_tools(body: dict[str, Any], chat: dict[str, Any], server_tools: bool = False) -> None:
     if body.get("tools") is None:
         return
-    tools = _tools(body["tools"])
+    tools = _tools(body["tools"], server_tools)
     if not tools:
         return
     chat["tools"] = tools
@@ -390,8 +444,13 @@ def _required(body: dict[str, Any]) -> tuple[str, int, list[Any]]:
     return model, max_tokens, messages
 
 
-def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
-    """An Anthropic Messages request body → a canonical OpenAI chat request dict."""
+def messages_request_to_chat(body: dict[str, Any], *, server_tools: bool = False) -> dict[str, Any]:
+    """An Anthropic Messages request body → a canonical OpenAI chat request dict.
+
+    `server_tools`: the operator allows Anthropic server tools (see `check_server_tools`); they and their
+    result blocks are then left out of the canonical request (they exist on the pass-through body only)
+    instead of being refused.
+    """
     if not isinstance(body, dict):
         raise GatewayError(400, "request body must be a JSON object")
     model, max_tokens, raw_messages = _required(body)
@@ -399,9 +458,9 @@ def messages_request_to_chat(body: dict[str, Any]) -> dict[str, Any]:
     if body.get("system") not in (None, "", []):
         messages.append({"role": "system", "content": _system_text(body["system"], "system")})
     for i, raw in enumerate(raw_messages):
-        messages.extend(_message(raw, f"messages.{i}"))
+        messages.extend(_message(raw, f"messages.{i}", server_tools))
     chat: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": max_tokens}
-    _apply_tools(body, chat)
+    _apply_tools(body, chat, server_tools)
     _apply_sampling(body, chat)
     _apply_output_config(body, chat)
     metadata = body.get("metadata")
@@ -416,6 +475,64 @@ def wants_thinking(body: dict[str, Any]) -> bool:
     """Whether the caller asked for thinking blocks (only then are they sent back, as Anthropic does)."""
     thinking = body.get("thinking")
     return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+
+
+# --------------------------------------------------------------------------- pass-through policy
+
+
+def passthrough_headers(client: Mapping[str, str], allowed_betas: Collection[str]) -> dict[str, str]:
+    """The client headers a pass-through forwards: `anthropic-version`, and the `anthropic-beta` values on
+    the allowlist (per key, else `server.anthropic_betas`). Other betas are dropped, never forwarded: some
+    cost money or reach stored files. Header names are matched case-insensitively."""
+    out: dict[str, str] = {}
+    beta: str | None = None
+    for name, value in client.items():
+        lowered = name.lower()
+        if lowered == "anthropic-version" and value:
+            out["anthropic-version"] = value
+        elif lowered == "anthropic-beta":
+            beta = value if beta is None else f"{beta},{value}"
+    kept: list[str] = []
+    for item in split_betas(beta):
+        if item in allowed_betas:
+            if item not in kept:
+                kept.append(item)
+        else:
+            _log.debug("anthropic-beta %r is not on the allowlist: dropped", item)
+    if kept:
+        out["anthropic-beta"] = ",".join(kept)
+    return out
+
+
+def server_tool_types(body: dict[str, Any]) -> list[tuple[int, str]]:
+    """(index, type) of each Anthropic server tool (web search, code execution, ...) in a Messages body.
+
+    A client tool has no `type` or `type: custom`; every typed tool runs (or is billed) at Anthropic,
+    including the versioned client-side ones (bash, text_editor, computer), which cost nothing extra but
+    are still typed: they are listed too, so an operator's allowlist decides."""
+    tools = body.get("tools")
+    if not isinstance(tools, list):
+        return []
+    return [
+        (i, str(tool["type"]))
+        for i, tool in enumerate(tools)
+        if isinstance(tool, dict) and tool.get("type") not in (None, "custom")
+    ]
+
+
+def check_server_tools(body: dict[str, Any], allowed: bool) -> None:
+    """Refuse (400, `param` at the tool) a server tool the operator has not allowed: the gateway does not
+    price their use (`usage.server_tool_use`), so none reaches an upstream unpriced without consent."""
+    if allowed:
+        return
+    found = server_tool_types(body)
+    if found:
+        index, kind = found[0]
+        raise _bad(
+            f"tool type {kind!r} is not allowed for this key (Anthropic server tools are off unless the "
+            "operator sets server.anthropic_server_tools or the key's anthropic_server_tools metadata)",
+            f"tools.{index}.type",
+        )
 
 
 # --------------------------------------------------------------------------- answers
@@ -460,15 +577,72 @@ def _tool_input(arguments: Any) -> dict[str, Any]:
     return parsed if isinstance(parsed, dict) else {"_raw_arguments": arguments}  # keep what the model wrote
 
 
-def chat_completion_to_message(completion: dict[str, Any], model: str, *, thinking: bool = False) -> dict[str, Any]:
-    """A canonical chat.completion → an Anthropic Message object."""
+def matched_stop_sequence(choice: dict[str, Any], stop_sequences: Collection[str] | None) -> str | None:
+    """Which of the client's stop sequences ended an answer, when the upstream says so.
+
+    Anthropic reports it (`stop_sequence`, kept on the canonical choice by its adapter); vLLM and others
+    put the matched string in `stop_reason`. OpenAI itself says only `stop`, so nothing is claimed then.
+    """
+    reported = choice.get("stop_sequence")
+    if isinstance(reported, str) and reported:
+        return reported
+    other = choice.get("stop_reason")
+    if stop_sequences and isinstance(other, str) and other in stop_sequences:
+        return other
+    return None
+
+
+def _cut_at_stop(text: str, stop_sequences: Collection[str] | None) -> tuple[str, str | None]:
+    """An answer whose text still holds a stop sequence (the upstream ignored `stop`) is cut there."""
+    if not stop_sequences or not text:
+        return text, None
+    cut, found = len(text), None
+    for seq in stop_sequences:
+        at = text.find(seq) if seq else -1
+        if 0 <= at < cut:
+            cut, found = at, seq
+    return (text[:cut], found) if found is not None else (text, None)
+
+
+def _thinking_content(message: dict[str, Any]) -> list[dict[str, Any]]:
+    """Thinking blocks for an answer: the signed ones when the provider signed them, else the bare
+    reasoning text with an empty signature (a client returning it gets it dropped, not refused)."""
+    blocks = message.get("thinking_blocks")
+    if isinstance(blocks, list) and blocks:
+        out = []
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "redacted_thinking":
+                out.append({"type": "redacted_thinking", "data": str(block.get("data") or "")})
+            elif block.get("type") == "thinking":
+                text, signature = block.get("thinking") or "", block.get("signature") or ""
+                out.append({"type": "thinking", "thinking": str(text), "signature": str(signature)})
+        if out:
+            return out
+    if message.get("reasoning_content"):
+        return [{"type": "thinking", "thinking": message["reasoning_content"], "signature": ""}]
+    return []
+
+
+def chat_completion_to_message(
+    completion: dict[str, Any],
+    model: str,
+    *,
+    thinking: bool = False,
+    stop_sequences: Collection[str] | None = None,
+) -> dict[str, Any]:
+    """A canonical chat.completion → an Anthropic Message object.
+
+    `stop_sequences`: the client's `stop_sequences`, to report which one ended a non-Anthropic answer."""
     choices = completion.get("choices") or [{}]
     choice = choices[0]
     message = choice.get("message") or {}
-    content: list[dict[str, Any]] = []
-    if thinking and message.get("reasoning_content"):
-        content.append({"type": "thinking", "thinking": message["reasoning_content"], "signature": ""})
+    content: list[dict[str, Any]] = _thinking_content(message) if thinking else []
     text = message.get("content") or message.get("refusal")
+    stop_sequence = matched_stop_sequence(choice, stop_sequences)
+    if text and stop_sequence is None and choice.get("finish_reason") in ("stop", "length"):
+        text, stop_sequence = _cut_at_stop(text, stop_sequences)
     if text:
         content.append({"type": "text", "text": text})
     for call in message.get("tool_calls") or ():
@@ -477,8 +651,8 @@ def chat_completion_to_message(completion: dict[str, Any], model: str, *, thinki
         content.append(
             {"type": "tool_use", "id": call_id, "name": fn.get("name", ""), "input": _tool_input(fn.get("arguments"))}
         )
-    stop_sequence = choice.get("stop_sequence")
-    reason = stop_reason(choice.get("finish_reason"), stop_sequence)
+    finish = "stop" if stop_sequence is not None else choice.get("finish_reason")
+    reason = stop_reason(finish, stop_sequence)
     return {
         "id": _message_id(completion.get("id")),
         "type": "message",
@@ -501,10 +675,18 @@ def _event(data: dict[str, Any]) -> bytes:
 class ChunksToAnthropicEvents:
     """Canonical chunks → Anthropic SSE events, one content block at a time, in Anthropic's order."""
 
-    def __init__(self, model: str, message_id: str | None = None, *, thinking: bool = False) -> None:
+    def __init__(
+        self,
+        model: str,
+        message_id: str | None = None,
+        *,
+        thinking: bool = False,
+        stop_sequences: Collection[str] | None = None,
+    ) -> None:
         self.model = model
         self.message_id = message_id or new_id("msg_")
         self.thinking = thinking
+        self.stop_sequences = stop_sequences
         self._started = False
         self._closed = False
         self._next_index = 0
@@ -538,8 +720,12 @@ class ChunksToAnthropicEvents:
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
-            if self.thinking and delta.get("reasoning_content"):
-                out += self._text("thinking", delta["reasoning_content"])
+            if self.thinking:
+                if delta.get("reasoning_content"):
+                    out += self._text("thinking", delta["reasoning_content"])
+                blocks = delta.get("thinking_blocks")
+                if isinstance(blocks, list):
+                    out += self._signed(blocks)
             text = delta.get("content") or delta.get("refusal")
             if text:
                 out += self._text("text", text)
@@ -547,7 +733,7 @@ class ChunksToAnthropicEvents:
                 out += self._tool_call(call)
             if choice.get("finish_reason") is not None:
                 self._finish = choice["finish_reason"]
-                self._stop_sequence = choice.get("stop_sequence")
+                self._stop_sequence = matched_stop_sequence(choice, self.stop_sequences)
         return out
 
     def finish(self, usage: Usage) -> list[bytes]:
@@ -597,6 +783,24 @@ class ChunksToAnthropicEvents:
         out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}))
         return out
 
+    def _signed(self, blocks: list[Any]) -> list[bytes]:
+        """`thinking_blocks` deltas: a signature closes the open thinking block (`signature_delta`); a
+        redacted block is a whole block of its own."""
+        out: list[bytes] = []
+        for block in blocks:
+            if not isinstance(block, dict):
+                continue
+            if block.get("type") == "redacted_thinking" and block.get("data"):
+                out += self._begin({"type": "redacted_thinking", "data": str(block["data"])}, "redacted")
+                out += self._close()
+            elif block.get("type") == "thinking" and block.get("signature"):
+                if self._open is None or self._open[0] != "thinking":
+                    out += self._begin({"type": "thinking", "thinking": "", "signature": ""}, "thinking")
+                index = self._open[1] if self._open else 0
+                delta = {"type": "signature_delta", "signature": str(block["signature"])}
+                out.append(_event({"type": "content_block_delta", "index": index, "delta": delta}))
+        return out
+
     def _tool_call(self, call: dict[str, Any]) -> list[bytes]:
         position = int(call.get("index", 0))
         fn = call.get("function") or {}
@@ -625,6 +829,7 @@ class ChunksToAnthropicEvents:
 
 
 __all__ = [
+    "DEFAULT_ANTHROPIC_BETAS",
     "ERROR_TYPES",
     "KIND_ERROR_TYPES",
     "ChunksToAnthropicEvents",
@@ -632,7 +837,11 @@ __all__ = [
     "anthropic_error_type",
     "anthropic_usage",
     "chat_completion_to_message",
+    "check_server_tools",
+    "matched_stop_sequence",
     "messages_request_to_chat",
+    "passthrough_headers",
+    "server_tool_types",
     "stop_reason",
     "wants_thinking",
 ]

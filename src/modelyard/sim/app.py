@@ -215,7 +215,7 @@ class SimApp:
             ask.prompt_tokens,
             draw_cached(ask.prompt_tokens, model, rng),
         )
-        prefix = ask.prefix if ask.prefix is not None else segments_from_body(body, wire.name)
+        prefix = ask.prefix if ask.prefix is not None else segments_from_body(body)
         cache = self.prompt_cache.use(model.name, prefix, ask.prompt_tokens)
         if cache.read or cache.written:  # else the model's random `cache_hit_rate` draw stands
             answer.cached_tokens = cache.read or answer.cached_tokens

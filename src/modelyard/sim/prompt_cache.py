@@ -41,7 +41,6 @@ _decode = msgspec.json.Decoder().decode
 #: Request fields that come before the messages in a prompt, in the order providers lay them out.
 _HEAD_FIELDS = ("tools", "system", "instructions", "systemInstruction", "system_instruction", "toolConfig")
 _TURN_FIELDS = ("messages", "contents", "input")
-_MARK = b'"cache_control"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,13 +61,9 @@ def prefix_segments(head: Any, messages: Iterable[Any]) -> list[bytes]:
     return [_encode(head), *(_encode(m) for m in messages)]
 
 
-def segments_from_body(body: bytes, wire: str = "") -> list[bytes]:
-    """The segments of any wire's JSON request body (OpenAI, Anthropic, Gemini, Responses); [] if unreadable.
-
-    `wire="anthropic"`: Anthropic caches only up to its `cache_control` breakpoints, so the segments end
-    at the last marked one, and a body with no mark has none (a gateway that drops the marks loses the
-    cache, and the bill shows it). A top-level `cache_control` (automatic caching) caches the whole prompt.
-    """
+def segments_from_body(body: bytes) -> list[bytes]:
+    """The segments of any wire's JSON request body (OpenAI, Gemini, Responses), for a wire that set no
+    `Ask.prefix`; [] if unreadable. (Anthropic's wire cuts its own: only up to its `cache_control` marks.)"""
     try:
         data = _decode(body)
     except (msgspec.DecodeError, UnicodeDecodeError):
@@ -76,13 +71,7 @@ def segments_from_body(body: bytes, wire: str = "") -> list[bytes]:
     if not isinstance(data, dict):
         return []
     turns: Any = next((data[f] for f in _TURN_FIELDS if isinstance(data.get(f), list)), [])
-    if wire != "anthropic":
-        return prefix_segments([data.get(f) for f in _HEAD_FIELDS], turns)
-    segments = prefix_segments(None, [data.get("tools"), data.get("system"), *turns])[1:]
-    if data.get("cache_control") is not None:
-        return segments
-    marked = [i for i, segment in enumerate(segments) if _MARK in segment]
-    return segments[: marked[-1] + 1] if marked else []
+    return prefix_segments([data.get(f) for f in _HEAD_FIELDS], turns)
 
 
 def _tokens(chars: int) -> int:

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import msgspec
-
 from modelyard.sim.app import create_app
 from modelyard.sim.prompt_cache import PromptCache, prefix_segments, segments_from_body
 from tests.unit.sim.sim_helpers import asgi_call, fleet
@@ -134,14 +132,6 @@ def _anthropic_body(turns: int, marked: bool) -> dict[str, Any]:
         system[0]["cache_control"] = {"type": "ephemeral"}
     messages = [m for m in conversation(turns) if m["role"] != "system"]
     return {"model": "a", "max_tokens": 50, "system": system, "messages": messages}
-
-
-def test_anthropic_segments_end_at_the_last_breakpoint() -> None:
-    marked = segments_from_body(msgspec.json.encode(_anthropic_body(2, True)), "anthropic")
-    assert len(marked) == 2  # tools, then the marked system prompt; the messages after it are not cached
-    assert segments_from_body(msgspec.json.encode(_anthropic_body(2, False)), "anthropic") == []
-    automatic = {**_anthropic_body(2, False), "cache_control": {"type": "ephemeral"}}
-    assert len(segments_from_body(msgspec.json.encode(automatic), "anthropic")) == 2 + 3
 
 
 async def test_anthropic_reports_reads_and_writes_only_with_cache_control() -> None:

@@ -193,6 +193,14 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     #: aiohttp when HTTP(S)_PROXY is set, since only aiohttp speaks to proxies).
     http_client: Literal["auto", "fast", "aiohttp"] = "auto"
     master_key: str | None = None
+    #: `anthropic-beta` values a client may have forwarded to an Anthropic upstream on pass-through; others
+    #: are dropped (some betas cost money or reach stored files). None: the safe default list
+    #: (server/anthropic_translate.py DEFAULT_ANTHROPIC_BETAS). A key's `anthropic_betas` metadata
+    #: (comma-separated) replaces it for that key.
+    anthropic_betas: list[str] | None = None
+    #: Anthropic server tools (web search, code execution, ...) on pass-through: the gateway does not price
+    #: them, so they are refused unless allowed here or by a key's `anthropic_server_tools: allow` metadata.
+    anthropic_server_tools: bool = False
     responses: ResponsesSettings = field(default_factory=ResponsesSettings)
 
 

@@ -80,6 +80,10 @@ class KeyState:
     #: The budget period in force (recomputed when `period_end` passes), so a request does no date math.
     period: int = -1
     period_end: float = 0.0
+    #: Anthropic pass-through policy from the key's metadata (`anthropic_betas`: comma-separated, replaces
+    #: `server.anthropic_betas`; `anthropic_server_tools: allow|deny`); None: the server's setting.
+    anthropic_betas: frozenset[str] | None = None
+    anthropic_server_tools: bool | None = None
 
     def current_period(self, now: float) -> int:
         if now >= self.period_end or self.period < 0:
@@ -95,6 +99,17 @@ class KeyState:
 
     @classmethod
     def from_record(cls, record: KeyRecord) -> KeyState:
+        state = cls._from_record(record)
+        betas = record.metadata.get("anthropic_betas")
+        if betas is not None:
+            state.anthropic_betas = frozenset(b.strip() for b in betas.split(",") if b.strip())
+        tools = record.metadata.get("anthropic_server_tools")
+        if tools is not None:
+            state.anthropic_server_tools = tools.strip().lower() in ("allow", "true", "yes", "on")
+        return state
+
+    @classmethod
+    def _from_record(cls, record: KeyRecord) -> KeyState:
         return cls(
             record.id,
             record.name,

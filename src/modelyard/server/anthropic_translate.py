@@ -504,6 +504,22 @@ def passthrough_headers(client: Mapping[str, str], allowed_betas: Collection[str
     return out
 
 
+_DEFAULT_BETA_SET = frozenset(DEFAULT_ANTHROPIC_BETAS)
+
+
+def allowed_betas(configured: list[str] | None, key_override: frozenset[str] | None) -> Collection[str]:
+    """The beta allowlist in force: the key's own (metadata `anthropic_betas`), else `server.anthropic_betas`,
+    else the safe default."""
+    if key_override is not None:
+        return key_override
+    return _DEFAULT_BETA_SET if configured is None else frozenset(configured)
+
+
+def server_tools_allowed(configured: bool, key_override: bool | None) -> bool:
+    """Server tools on pass-through: the key's metadata `anthropic_server_tools` decides, else the server's."""
+    return configured if key_override is None else key_override
+
+
 def server_tool_types(body: dict[str, Any]) -> list[tuple[int, str]]:
     """(index, type) of each Anthropic server tool (web search, code execution, ...) in a Messages body.
 
@@ -833,6 +849,7 @@ __all__ = [
     "ERROR_TYPES",
     "KIND_ERROR_TYPES",
     "ChunksToAnthropicEvents",
+    "allowed_betas",
     "anthropic_error_body",
     "anthropic_error_type",
     "anthropic_usage",
@@ -842,6 +859,7 @@ __all__ = [
     "messages_request_to_chat",
     "passthrough_headers",
     "server_tool_types",
+    "server_tools_allowed",
     "stop_reason",
     "wants_thinking",
 ]

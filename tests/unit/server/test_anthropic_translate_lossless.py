@@ -14,15 +14,19 @@ from modelyard.providers.base import StreamStamp
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import AssistantMessage, Usage, chat_request_from_dict
 from modelyard.schema.errors import GatewayError
+from modelyard.server.access import KeyState
 from modelyard.server.anthropic_translate import (
     DEFAULT_ANTHROPIC_BETAS,
     ChunksToAnthropicEvents,
+    allowed_betas,
     chat_completion_to_message,
     check_server_tools,
     messages_request_to_chat,
     passthrough_headers,
     server_tool_types,
+    server_tools_allowed,
 )
+from modelyard.state.keys import new_key
 
 SIGNED = {"type": "thinking", "thinking": "Check the file first.", "signature": "EqQBCgIYAhIMsig=="}
 REDACTED = {"type": "redacted_thinking", "data": "EmwKAhgBEgy3va3pzix"}
@@ -235,3 +239,17 @@ def test_allowed_server_tools_and_their_blocks_stay_off_the_canonical_request() 
     chat = messages_request_to_chat(request, server_tools=True)
     assert "tools" not in chat
     assert chat["messages"][1] == {"role": "assistant", "content": "Found it."}
+
+
+def test_per_key_policy_from_metadata_overrides_the_server_setting() -> None:
+    plain = KeyState.from_record(new_key("plain")[1])
+    assert plain.anthropic_betas is None and plain.anthropic_server_tools is None
+    assert allowed_betas(None, plain.anthropic_betas) == frozenset(DEFAULT_ANTHROPIC_BETAS)
+    assert allowed_betas(["x"], plain.anthropic_betas) == {"x"}
+    assert not server_tools_allowed(False, plain.anthropic_server_tools)
+    record = new_key("team", metadata={"anthropic_betas": "a, b,", "anthropic_server_tools": "allow"})[1]
+    special = KeyState.from_record(record)
+    assert allowed_betas(["x"], special.anthropic_betas) == {"a", "b"}
+    assert server_tools_allowed(False, special.anthropic_server_tools)
+    denied = KeyState.from_record(new_key("t", metadata={"anthropic_server_tools": "deny"})[1])
+    assert not server_tools_allowed(True, denied.anthropic_server_tools)

@@ -43,6 +43,8 @@ from modelyard.server.http import (
 )
 from modelyard.server.observe import NullObserver, Observer
 from modelyard.server.pipeline import CodecRoute, features_for
+from modelyard.server.responses_routes import PREFIX as RESPONSES_PREFIX
+from modelyard.server.responses_routes import responses_routes
 
 if TYPE_CHECKING:
     from modelyard.server.services import Services
@@ -126,10 +128,12 @@ class Gateway:
             self.routes[("POST", f"{prefix}/embeddings")] = (embeddings, _openai_error)
             self.routes[("GET", f"{prefix}/models")] = (model_routes.list_models, _openai_error)
         self.routes[("POST", "/v1/messages")] = (messages, messages.write_error)
+        responses, self.response_objects = responses_routes(config, services)
+        self.routes[("POST", "/v1/responses")] = (responses, responses.write_error)
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route
         #: added later (with a path parameter or not) is keyed by naming its handler here.
         self.keyed: frozenset[Handler] = frozenset(
-            {handler for handler, _ in self.routes.values()} | {model_routes.retrieve_model}
+            {handler for handler, _ in self.routes.values()} | {model_routes.retrieve_model, self.response_objects}
         )
         self.routes[("GET", "/health/live")] = (_live, _openai_error)
         self.routes[("GET", "/health/ready")] = (_ready, _openai_error)
@@ -147,11 +151,7 @@ class Gateway:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope["path"]
-        route = self.routes.get((scope["method"], path))
-        if route is None and path.startswith("/v1/models/") and scope["method"] == "GET":
-            route = (model_routes.retrieve_model, _openai_error)
-        if route is None and self.services is not None:
-            route = self.services.match(scope["method"], path)
+        route = self.routes.get((scope["method"], path)) or self._path_route(scope["method"], path)
         if route is None:
             await self._not_found(scope, send)
             return
@@ -201,6 +201,16 @@ class Gateway:
         finally:
             if ctx.reservation is not None and self.access is not None:
                 self.access.release(ctx)  # ended without an outcome: give the budget back
+
+    def _path_route(self, method: str, path: str) -> tuple[Handler, ErrorWriter] | None:
+        """The route of a path that carries a parameter (a model or response id, an admin object)."""
+        if path.startswith("/v1/models/") and method == "GET":
+            return (model_routes.retrieve_model, _openai_error)
+        if path.startswith(RESPONSES_PREFIX):
+            return (self.response_objects, _openai_error)
+        if self.services is not None:
+            return self.services.match(method, path)
+        return None
 
     @staticmethod
     def _log_error(scope: Scope, ctx: RequestContext, status: int) -> None:

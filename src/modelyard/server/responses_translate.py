@@ -711,6 +711,8 @@ class ChunksToResponseEvents:
         self._open: _OpenItem | None = None  # the open message or reasoning item
         self._calls: dict[int, _OpenItem] = {}  # chat tool-call index → its open function_call item
         self._finish: str | None = None
+        #: The whole Response as `response.completed` (or `.incomplete`) carried it; None before `finish`.
+        self.final: dict[str, Any] | None = None
 
     @property
     def output(self) -> list[dict[str, Any]]:
@@ -763,6 +765,7 @@ class ChunksToResponseEvents:
         incomplete = _INCOMPLETE.get(self._finish or "")
         status = "incomplete" if incomplete else "completed"
         response = self._response(status, usage=responses_usage(usage, cost), incomplete=incomplete)
+        self.final = response
         out.append(self._event(f"response.{status}", {"response": response}))
         return out
 

@@ -224,10 +224,10 @@ async def test_error_answers_and_unknown_paths_are_logged(caplog: pytest.LogCapt
     gw, _ = gateway()
     with caplog.at_level(logging.INFO, logger="modelyard.access"):
         await call(gw, "POST", "/v1/chat/completions", {"model": "chat", "messages": "nope"})
-        await call(gw, "POST", "/v1/responses", {})
+        await call(gw, "POST", "/v1/files", {})
     lines = [r.getMessage() for r in caplog.records if r.name == "modelyard.access"]
     assert any(line.startswith("POST /v1/chat/completions model=") and "status=400" in line for line in lines)
-    assert "POST /v1/responses model=None status=404" in lines
+    assert "POST /v1/files model=None status=404" in lines
 
 
 def test_unknown_path_lines_are_rate_limited_and_counted(caplog: pytest.LogCaptureFixture) -> None:

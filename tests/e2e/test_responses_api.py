@@ -1,0 +1,205 @@
+"""`/v1/responses` end to end with the real `openai` SDK over the simulator: a Responses-speaking deployment
+(pass-through: the upstream gets the client's body, the client the upstream's bytes) and translated ones
+(OpenAI chat, Anthropic), JSON and streams, a function-tool round trip with `previous_response_id`, stored
+objects, and tenancy (another key's response id is a 404, never another tenant's conversation)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from modelyard.config.loader import parse_config
+from modelyard.server.background import BackgroundServer
+from modelyard.server.factory import create_app
+from modelyard.sim.server import SimServer
+
+MASTER = "sk-master-responses-test"
+NATIVE, CHAT, ANTHROPIC = "native", "via-chat", "via-anthropic"
+MODELS = (NATIVE, CHAT, ANTHROPIC)
+WEATHER: Any = {
+    "type": "function",
+    "name": "get_weather",
+    "description": "Weather now",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}
+
+
+def _config(sim: SimServer, tmp_path: Path) -> Any:
+    text = f"""
+deployments:
+  - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{sim.openai_base}", api_key: sim,
+      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true}}}}
+  - {{name: chat@openai, provider: openai, model: sim-small, api_base: "{sim.openai_base}", api_key: sim,
+      price: {{input: 1.0, output: 2.0}}}}
+  - {{name: small@anthropic, provider: anthropic, model: sim-small, api_base: "{sim.url}", api_key: sim,
+      price: {{input: 1.0, output: 2.0}}}}
+models:
+  {NATIVE}: {{candidates: [resp@openai]}}
+  {CHAT}: {{candidates: [chat@openai]}}
+  {ANTHROPIC}: {{candidates: [small@anthropic]}}
+access:
+  master_key: {MASTER}
+spend:
+  store: {tmp_path / "modelyard.db"}
+  flush_interval_s: 0.05
+"""
+    return parse_config(text, env={})
+
+
+@pytest.fixture(scope="module")
+def url(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with BackgroundServer(create_app(_config(sim, tmp_path_factory.mktemp("responses")))) as server:
+        yield server.url
+
+
+def _key(url: str, name: str) -> str:
+    made = httpx.post(url + "/admin/keys", json={"name": name}, headers={"Authorization": f"Bearer {MASTER}"})
+    assert made.status_code == 200, made.text
+    return str(made.json()["key"])
+
+
+@pytest.fixture(scope="module")
+def keys(url: str) -> tuple[str, str]:
+    return _key(url, "tenant-a"), _key(url, "tenant-b")
+
+
+@pytest.fixture(scope="module")
+def client(url: str, keys: tuple[str, str]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=url + "/v1", api_key=keys[0], max_retries=0) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def other(url: str, keys: tuple[str, str]) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=url + "/v1", api_key=keys[1], max_retries=0) as c:
+        yield c
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_create(client: openai.OpenAI, model: str) -> None:
+    raw = client.responses.with_raw_response.create(model=model, input="Say something", instructions="be brief")
+    r = raw.parse()
+    assert r.object == "response" and r.id.startswith("resp_") and r.status == "completed"
+    assert r.output_text
+    assert r.usage is not None and r.usage.input_tokens > 0 and r.usage.output_tokens > 0
+    assert raw.headers["x-modelyard-model"] == {NATIVE: "resp@openai", CHAT: "chat@openai"}.get(
+        model, "small@anthropic"
+    )
+    assert float(raw.headers["x-modelyard-cost-usd"]) > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_stream(client: openai.OpenAI, model: str) -> None:
+    with client.responses.stream(model=model, input="Tell me a story") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and "response.output_item.done" in kinds
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    text = "".join(e.delta for e in events if e.type == "response.output_text.delta")
+    assert text == final.output_text and final.usage is not None and final.usage.total_tokens > 0
+
+
+@pytest.mark.parametrize("model", MODELS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_function_round_trip_with_previous_response_id(client: openai.OpenAI, model: str, stream: bool) -> None:
+    first: Any
+    if stream:
+        with client.responses.stream(model=model, input="call get_weather for Oslo", tools=[WEATHER]) as s:
+            first = s.get_final_response()
+    else:
+        first = client.responses.create(model=model, input="call get_weather for Oslo", tools=[WEATHER])
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1 and calls[0].name == "get_weather"
+    assert "city" in json.loads(calls[0].arguments)
+    second = client.responses.create(
+        model=model,
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": calls[0].call_id, "output": "cloudy, 7C"}],
+        tools=[WEATHER],
+    )
+    assert "cloudy, 7C" in second.output_text  # the model saw the call and its result: history was applied
+    third = client.responses.create(model=model, previous_response_id=second.id, input="thanks")
+    assert third.output_text
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_another_keys_response_is_a_404(client: openai.OpenAI, other: openai.OpenAI, model: str) -> None:
+    mine = client.responses.create(model=model, input="hello")
+    with pytest.raises(openai.NotFoundError) as caught:
+        other.responses.create(model=model, input="and?", previous_response_id=mine.id)
+    body: Any = caught.value.body
+    assert body["param"] == "previous_response_id"
+    with pytest.raises(openai.NotFoundError):
+        other.responses.retrieve(mine.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(mine.id)
+    assert client.responses.create(model=model, input="and?", previous_response_id=mine.id).output_text
+
+
+def test_unknown_previous_response_id_is_a_404(client: openai.OpenAI) -> None:
+    for model in MODELS:
+        with pytest.raises(openai.NotFoundError):
+            client.responses.create(model=model, input="x", previous_response_id="resp_does_not_exist")
+
+
+def test_stored_objects(client: openai.OpenAI) -> None:
+    made = client.responses.create(
+        model=CHAT, input=[{"role": "user", "content": "first"}, {"role": "user", "content": "second"}]
+    )
+    got = client.responses.retrieve(made.id)
+    assert got.id == made.id and got.output_text == made.output_text
+    items = client.responses.input_items.list(made.id, order="asc")
+    texts = [item.content[0].text for item in items.data if item.type == "message"]  # type: ignore[union-attr]
+    assert texts == ["first", "second"]
+    client.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+
+
+def test_store_false_keeps_nothing(client: openai.OpenAI) -> None:
+    made = client.responses.create(model=CHAT, input="x", store=False)
+    assert made.to_dict()["store"] is False
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+
+
+def test_passthrough_sends_the_clients_body(client: openai.OpenAI, sim: SimServer) -> None:
+    extra: Any = {"prompt_cache_key": "pck-1", "include": ["reasoning.encrypted_content"], "metadata": {"a": "b"}}
+    client.responses.create(
+        model=NATIVE, input="exact body please", extra_body={"client_metadata": {"x": "1"}}, **extra
+    )
+    seen = httpx.get(sim.url + "/_sim/requests/sim-small").json()["requests"]
+    mine = [r for r in seen if r["path"] == "/v1/responses" and "exact body please" in r["body"]]
+    assert mine, seen
+    body = json.loads(mine[-1]["body"])
+    assert body["model"] == "sim-small" and body["prompt_cache_key"] == "pck-1"
+    assert body["client_metadata"] == {"x": "1"} and body["include"] == ["reasoning.encrypted_content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"model": CHAT}, "input"),
+        ({"model": CHAT, "input": [{"type": "nonsense"}]}, "input[0].type"),
+        ({"model": CHAT, "input": "x", "temperature": 9}, "temperature"),
+        ({"model": CHAT, "input": "x", "tools": [{"type": "function"}]}, "tools[0].name"),
+    ],
+)
+def test_bad_input_is_an_openai_400_with_param(url: str, keys: tuple[str, str], body: Any, param: str) -> None:
+    r = httpx.post(url + "/v1/responses", json=body, headers={"Authorization": f"Bearer {keys[0]}"})
+    assert r.status_code == 400, r.text
+    assert r.json()["error"]["param"] == param
+
+
+def test_responses_routes_need_a_key(url: str) -> None:
+    assert httpx.post(url + "/v1/responses", json={"model": CHAT, "input": "x"}).status_code == 401
+    assert httpx.get(url + "/v1/responses/resp_x").status_code == 401
+    assert httpx.get(url + "/v1/responses/resp_x/input_items").status_code == 401

@@ -32,8 +32,11 @@ def _agent(calls: list[str]) -> Agent:
     return Agent(name="keeper", instructions="Answer with the secret the tool returns.", tools=[get_secret])
 
 
-def _config(proxy: RecordingProxy, model: str) -> RunConfig:
-    client = AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client-test", max_retries=0)
+def _client(proxy: RecordingProxy) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url=f"{proxy.url}/v1", api_key="sk-client-test", max_retries=0)
+
+
+def _config(client: AsyncOpenAI, model: str) -> RunConfig:
     return RunConfig(model=model, model_provider=OpenAIProvider(openai_client=client), tracing_disabled=True)
 
 
@@ -53,9 +56,12 @@ async def test_agents_sdk_runs_a_function_tool(proxy: RecordingProxy, model: str
     set_tracing_disabled(True)
     calls: list[str] = []
     with LoopbackGuard() as guard:
-        result = await Runner.run(
-            _agent(calls), 'Use get_secret {"name": "alpha"} and tell me the secret.', run_config=_config(proxy, model)
-        )
+        async with _client(proxy) as client:
+            result = await Runner.run(
+                _agent(calls),
+                'Use get_secret {"name": "alpha"} and tell me the secret.',
+                run_config=_config(client, model),
+            )
     assert calls == ["alpha"]
     assert SECRET in str(result.final_output)
     _check_traffic(proxy, model)
@@ -67,10 +73,11 @@ async def test_agents_sdk_streamed_run(proxy: RecordingProxy) -> None:
     set_tracing_disabled(True)
     calls: list[str] = []
     with LoopbackGuard() as guard:
-        streamed = Runner.run_streamed(
-            _agent(calls), 'Use get_secret {"name": "beta"} and tell me.', run_config=_config(proxy, "via-openai")
-        )
-        kinds = [event.type async for event in streamed.stream_events()]
+        async with _client(proxy) as client:
+            streamed = Runner.run_streamed(
+                _agent(calls), 'Use get_secret {"name": "beta"} and tell me.', run_config=_config(client, "via-openai")
+            )
+            kinds = [event.type async for event in streamed.stream_events()]
     assert calls == ["beta"]
     assert SECRET in str(streamed.final_output)
     assert "raw_response_event" in kinds and "run_item_stream_event" in kinds

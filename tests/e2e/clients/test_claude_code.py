@@ -133,6 +133,7 @@ def test_claude_code_plain_answer_and_what_it_sends(claude_bin: Path, proxy: Rec
     assert body["max_tokens"] > 0 and body["tools"], body.keys()
     assert "claude-code-20250219" in (call.header("anthropic-beta") or "")
     assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"
+    save_fixture("claude_code_plain", run.exchanges)
 
 
 def test_claude_code_default_model_is_served_by_an_alias(

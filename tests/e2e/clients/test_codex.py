@@ -89,3 +89,4 @@ def test_codex_plain_answer(codex_bin: Path, proxy: RecordingProxy, tmp_path: Pa
     assert run.returncode == 0, run.describe()
     assert last.strip() == "modelyard says hello", run.describe()
     assert run.outside() == [], f"Codex reached outside loopback: {run.outside()}"
+    save_fixture("codex_plain", run.exchanges)

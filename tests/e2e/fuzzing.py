@@ -214,8 +214,26 @@ models:
 """
 
 #: Deployment names, the models over them, and the one model of the restricted key.
-DEPLOYMENTS = ("small@openai", "small@anthropic", "small@gemini", "tiny@openai", "embed@openai", "embed@gemini")
-MODELS = ("via-openai", "via-anthropic", "via-gemini", "mixed", "cheapest", "hedged", "embed", "embed-gemini")
+DEPLOYMENTS = (
+    "small@openai",
+    "small@anthropic",
+    "small@gemini",
+    "tiny@openai",
+    "embed@openai",
+    "embed@gemini",
+    "resp@openai",
+)
+MODELS = (
+    "via-openai",
+    "via-anthropic",
+    "via-gemini",
+    "mixed",
+    "cheapest",
+    "hedged",
+    "embed",
+    "embed-gemini",
+    "via-responses",
+)
 RESTRICTED_MODELS = ("via-openai", "embed")
 
 
@@ -235,6 +253,8 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
         f'api_base: "{bases["openai"]}", price: {{input: 0.02, output: 0}}}}',
         f"  - {{name: embed@gemini, provider: gemini, kind: embedding, model: sim-embed, "
         f'api_base: "{sim_url}", price: {{input: 0.02, output: 0}}}}',
+        f'  - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{bases["openai"]}", '
+        "price: {input: 0.1, output: 0.4}, options: {responses_api: true}}",
     ]
     return (
         "\n".join(
@@ -251,6 +271,7 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
                 "  hedged: {candidates: [small@openai, small@gemini], hedge_after_ms: 1}",
                 "  embed: {candidates: [embed@openai]}",
                 "  embed-gemini: {candidates: [embed@gemini]}",
+                "  via-responses: {candidates: [resp@openai], fallbacks: [via-anthropic]}",
                 "server: {max_body_bytes: 2000000}",
                 f"access: {{master_key: {MASTER}, refresh_s: 0}}",
                 f'spend: {{store: "{store}", flush_interval_s: 0.05}}',

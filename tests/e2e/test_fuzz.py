@@ -329,6 +329,83 @@ def q(value: str) -> str:
     return quote(value.encode("utf-8", "surrogatepass"), safe="")
 
 
+# OpenAI Responses
+response_parts = st.one_of(
+    optional({"type": st.just("input_text"), "text": prompt_text}),
+    optional(
+        {"type": st.just("input_image")},
+        image_url=st.sampled_from(("data:image/png;base64,iVBORw0KGgo=", "", "https://example.invalid/a.png")),
+        file_id=st.just("file-1"),
+        detail=st.sampled_from(("low", "auto", "x")),
+    ),
+    optional({"type": st.just("output_text"), "text": prompt_text}),
+    optional({"type": st.just("input_file")}, file_data=st.just("data:application/pdf;base64,JVBERi0=")),
+)
+response_items = st.one_of(
+    optional(
+        {
+            "role": st.sampled_from(("user", "assistant", "system", "developer", "tool")),
+            "content": st.one_of(prompt_text, st.lists(response_parts, min_size=1, max_size=3)),
+        },
+        type=st.just("message"),
+    ),
+    optional(
+        {
+            "type": st.just("function_call"),
+            "call_id": st.sampled_from(("c1", "")),
+            "name": st.sampled_from(("f", "ns__f", "")),
+            "arguments": st.sampled_from(("{}", '{"a":1}', "not json")),
+        }
+    ),
+    optional({"type": st.just("function_call_output"), "call_id": st.sampled_from(("c1", "")), "output": prompt_text}),
+    optional({"type": st.just("reasoning"), "summary": st.just([])}, encrypted_content=st.just("opaque")),
+    optional({"type": st.sampled_from(("custom_tool_call", "item_reference", "web_search_call"))}, id=st.just("x")),
+)
+response_tools = st.lists(
+    st.one_of(
+        optional({"type": st.just("function"), "name": st.sampled_from(("f", "g", ""))}, parameters=schemas),
+        st.sampled_from(({"type": "web_search"}, {"type": "file_search"}, {"type": "teleport"})),
+        optional(
+            {
+                "type": st.just("namespace"),
+                "name": st.just("ns"),
+                "description": st.just("d"),
+                "tools": st.just([{"type": "function", "name": "f"}]),
+            }
+        ),
+        optional({"type": st.just("custom"), "name": st.just("patch")}),
+    ),
+    max_size=3,
+)
+responses_request = optional(
+    {"model": model_names, "input": st.one_of(prompt_text, st.lists(response_items, min_size=1, max_size=4))},
+    instructions=prompt_text,
+    stream=st.booleans(),
+    store=st.booleans(),
+    max_output_tokens=small_ints,
+    temperature=st.floats(0, 2),
+    top_p=st.floats(0, 1),
+    previous_response_id=st.sampled_from(("resp_nope", "", "resp_" + "0" * 24)),
+    tools=response_tools,
+    tool_choice=st.sampled_from(
+        ("none", "auto", "required", {"type": "function", "name": "f"}, {"type": "web_search"}, {"type": "x"})
+    ),
+    parallel_tool_calls=st.booleans(),
+    text=st.sampled_from(
+        (
+            {"format": {"type": "json_schema", "name": "o", "schema": {"type": "object"}}},
+            {"format": {"type": "json_object"}},
+            {"format": {"type": "json_schema"}},
+        )
+    ),
+    reasoning=st.sampled_from(({"effort": "low"}, {"effort": "high", "summary": "auto"})),
+    metadata=st.dictionaries(odd_text(8), odd_text(8), max_size=2),
+    include=st.just(["reasoning.encrypted_content"]),
+    prompt_cache_key=odd_text(10),
+    user=odd_text(10),
+)
+
+
 # --------------------------------------------------------------------------- probes per route
 
 
@@ -375,6 +452,22 @@ model_probes = st.builds(
     key_headers(),
 )
 
+response_object_probes = st.builds(
+    Probe,
+    st.sampled_from(("GET", "GET", "DELETE", "POST")),
+    st.one_of(
+        st.sampled_from(("resp_nope", "resp_" + "0" * 24, "", "%00")).map(lambda r: f"/v1/responses/{r}"),
+        odd_text(30).map(lambda r: f"/v1/responses/{q(r)}"),
+        st.tuples(odd_text(12), st.sampled_from(("", "?limit=5", "?limit=0", "?order=asc", "?order=x&after=a"))).map(
+            lambda ra: f"/v1/responses/{q(ra[0])}/input_items{ra[1]}"
+        ),
+    ),
+    st.just(b""),
+    headers(("accept",)),
+    keys(),
+    key_headers(),
+)
+
 ADMIN_KEYS = keys((("master", 6), ("restricted", 1), ("fresh", 1), ("bad", 1), ("none", 1)))
 admin_probes = st.one_of(
     json_posts("/admin/keys", admin_key_body, ("content-type",), ADMIN_KEYS),
@@ -410,6 +503,9 @@ PATHS = (
     "/admin/keys/a/b",
     "/v1/models/%00",
     "/v1/messages?beta=true",
+    "/v1/responses",
+    "/v1/responses/",
+    "/v1/responses/resp_x/input_items",
     "/%ff",
     "/" + "a" * 3000,
 )
@@ -443,6 +539,8 @@ ROUTES = [
         1200,
     ),
     Route("embeddings", json_posts("/v1/embeddings", embeddings_request), 600),
+    Route("responses", json_posts("/v1/responses", responses_request), 1200),
+    Route("response-objects", response_object_probes, 300),
     Route("models", model_probes, 300),
     Route("admin", admin_probes, 700),
     Route("garbage", garbage_probes, 600),

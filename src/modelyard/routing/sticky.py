@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import msgspec
 
@@ -34,6 +35,23 @@ MAX_EXPLICIT = 512
 
 _encode = msgspec.json.Encoder().encode
 _TWO64 = float(1 << 64)
+
+
+def explicit_session(header: str | None, body: Mapping[str, Any] | None) -> str | None:
+    """The client's own session id, if it names one: the `x-modelyard-session` header, else the body's
+    `prompt_cache_key` (OpenAI chat completions and Responses), else Anthropic's `metadata.user_id`
+    (Claude Code puts its session id there). A Responses `previous_response_id` changes every turn, so it is
+    no session id; the conversation it restores has a stable prefix, which the prefix hash finds."""
+    if header:
+        return header
+    if not body:
+        return None
+    key = body.get("prompt_cache_key")
+    if isinstance(key, str) and key:
+        return key
+    metadata = body.get("metadata")
+    user = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+    return user if isinstance(user, str) and user else None
 
 
 def session_key(key_id: str | None, explicit: str | None, req: ChatRequest) -> str:

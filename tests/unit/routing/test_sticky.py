@@ -13,7 +13,7 @@ from modelyard.config.model import ModelGroup
 from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.routing.health import BreakerPolicy, HealthTracker
 from modelyard.routing.plan import make_plan
-from modelyard.routing.sticky import choose, rank, session_key
+from modelyard.routing.sticky import choose, explicit_session, rank, session_key
 from modelyard.routing.strategies import cheapest, least_busy, least_latency, priority, weighted
 from modelyard.routing.table import RoutingTable
 from modelyard.schema.chat import ChatRequest
@@ -220,3 +220,13 @@ def test_table_session_is_computed_only_for_sticky_models() -> None:
     assert _table("cost").session(req, "k1") is None
     req.model = "unknown"
     assert _table("weighted").session(req, "k1") is None
+
+
+def test_explicit_session_sources_in_order() -> None:
+    claude = {"metadata": {"user_id": "user_ab_account_cd_session_ef"}}
+    assert explicit_session("h1", {"prompt_cache_key": "p1", **claude}) == "h1"
+    assert explicit_session(None, {"prompt_cache_key": "p1", **claude}) == "p1"
+    assert explicit_session(None, claude) == "user_ab_account_cd_session_ef"
+    assert explicit_session(None, {"metadata": "nope", "prompt_cache_key": 5}) is None
+    assert explicit_session(None, {"previous_response_id": "resp_1"}) is None
+    assert explicit_session("", None) is None

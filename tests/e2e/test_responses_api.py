@@ -203,3 +203,34 @@ def test_responses_routes_need_a_key(url: str) -> None:
     assert httpx.post(url + "/v1/responses", json={"model": CHAT, "input": "x"}).status_code == 401
     assert httpx.get(url + "/v1/responses/resp_x").status_code == 401
     assert httpx.get(url + "/v1/responses/resp_x/input_items").status_code == 401
+
+
+def _open_gateway(sim: SimServer, tmp_path: Path, responses: str) -> BackgroundServer:
+    text = f"""
+deployments:
+  - {{name: chat@openai, provider: openai, model: sim-small, api_base: "{sim.openai_base}", api_key: sim}}
+models:
+  {CHAT}: {{candidates: [chat@openai]}}
+server: {{responses: {responses}}}
+spend: {{store: "{tmp_path / "open.db"}"}}
+"""
+    return BackgroundServer(create_app(parse_config(text, env={})))
+
+
+def test_open_mode_stores_nothing_unless_enabled(sim: SimServer, tmp_path: Path) -> None:
+    with (
+        _open_gateway(sim, tmp_path, "{}") as server,
+        openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as c,
+    ):
+        made = c.responses.create(model=CHAT, input="x")
+        assert made.to_dict()["store"] is False  # said so in the answer
+        with pytest.raises(openai.NotFoundError):
+            c.responses.create(model=CHAT, input="y", previous_response_id=made.id)
+    with (
+        _open_gateway(sim, tmp_path, "{store: true, ttl_s: 60}") as server,
+        openai.OpenAI(base_url=server.url + "/v1", api_key="x", max_retries=0) as c,
+    ):
+        made = c.responses.create(model=CHAT, input="x")
+        assert made.to_dict()["store"] is True
+        assert c.responses.create(model=CHAT, input="y", previous_response_id=made.id).output_text
+        assert c.responses.retrieve(made.id).id == made.id

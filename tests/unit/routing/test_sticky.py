@@ -13,6 +13,7 @@ from modelyard.config.model import ModelGroup
 from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.routing.health import BreakerPolicy, HealthTracker
 from modelyard.routing.plan import make_plan
+from modelyard.routing.router import Router
 from modelyard.routing.sticky import choose, explicit_session, rank, session_key
 from modelyard.routing.strategies import cheapest, least_busy, least_latency, priority, weighted
 from modelyard.routing.table import RoutingTable
@@ -230,3 +231,13 @@ def test_explicit_session_sources_in_order() -> None:
     assert explicit_session(None, {"metadata": "nope", "prompt_cache_key": 5}) is None
     assert explicit_session(None, {"previous_response_id": "resp_1"}) is None
     assert explicit_session("", None) is None
+
+
+def test_same_session_same_choice_across_router_instances() -> None:
+    deps = [dep("d1"), dep("d2"), dep("d3")]
+    cfg = config(deps, {"agent": ModelGroup(candidates=["d1", "d2", "d3"], strategy="weighted")})
+    for name in ("conv-a", "conv-b", "conv-c", "conv-d"):
+        picks = {Router(cfg, seed=seed).plan("agent", _session(name)).order[0].name for seed in range(6)}
+        assert len(picks) == 1
+    spread = {Router(cfg, seed=0).plan("agent", _session(f"c{i}")).order[0].name for i in range(30)}
+    assert spread == {"d1", "d2", "d3"}

@@ -160,10 +160,11 @@ async def test_chat_stream_ends_with_the_priced_usage_chunk_and_done_in_one_writ
 async def test_messages_pass_through_sends_the_clients_body_and_returns_the_upstreams_bytes() -> None:
     gw, transport = gateway()
     sent = messages_body(thinking={"type": "enabled", "budget_tokens": 10})
-    answer = await call(gw, "POST", "/v1/messages", sent, {"anthropic-version": "2023-06-01", "anthropic-beta": "b1"})
+    betas = "prompt-caching-2024-07-31,files-api-2025-04-14"  # the second is not on the default allowlist
+    answer = await call(gw, "POST", "/v1/messages", sent, {"anthropic-version": "2023-06-01", "anthropic-beta": betas})
     assert answer.status == 200 and transport.calls == ["n"]
     assert msgspec.json.decode(transport.bodies[0]) == {**sent, "model": "m-n"}  # cache_control, thinking intact
-    assert transport.headers[0] == {"anthropic-version": "2023-06-01", "anthropic-beta": "b1"}
+    assert transport.headers[0] == {"anthropic-version": "2023-06-01", "anthropic-beta": "prompt-caching-2024-07-31"}
     assert answer.body == ok_body("m-n")  # the upstream's own bytes, not a translated Message
     assert answer.headers["request-id"] == answer.headers["x-request-id"]
     assert float(answer.headers["x-modelyard-cost-usd"]) > 0
@@ -241,3 +242,11 @@ def test_unknown_path_lines_are_rate_limited_and_counted(caplog: pytest.LogCaptu
     lines = [r.getMessage() for r in caplog.records]
     assert lines == ["line 0", "line 1", "line 2", "2 more such lines suppressed in the last second", "line 5"]
     assert limited.suppressed == 2
+
+
+async def test_messages_refuse_a_server_tool_the_operator_has_not_allowed() -> None:
+    gw, transport = gateway()
+    tools = [{"type": "web_search_20250305", "name": "web_search", "max_uses": 1}]
+    answer = await call(gw, "POST", "/v1/messages", messages_body(tools=tools))
+    assert answer.status == 400 and answer.json()["error"]["type"] == "invalid_request_error"
+    assert "web_search_20250305" in answer.json()["error"]["message"] and transport.calls == []

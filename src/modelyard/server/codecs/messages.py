@@ -16,13 +16,17 @@ import msgspec
 from modelyard.providers.sse import encode_event
 from modelyard.routing.executor import Chunk, NativeBody, StreamResult, Success, as_dict
 from modelyard.schema.chat import Usage
-from modelyard.schema.errors import ProviderError
+from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server.anthropic_translate import (
     KIND_ERROR_TYPES,
     ChunksToAnthropicEvents,
+    allowed_betas,
     anthropic_error_body,
     chat_completion_to_message,
+    check_server_tools,
     messages_request_to_chat,
+    passthrough_headers,
+    server_tools_allowed,
     wants_thinking,
 )
 from modelyard.server.codecs.base import Inbound, StreamEncoder
@@ -35,26 +39,35 @@ if TYPE_CHECKING:
 _encode = msgspec.json.Encoder().encode
 
 WIRE = "anthropic-messages"
-#: Client headers forwarded on pass-through (the API version, and the betas the request relies on).
+#: Client headers a pass-through may forward (the API version; the betas on the key's allowlist).
 FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
 
 class Messages:
-    """The `anthropic-messages` codec (stateless; `Inbound.state` holds the request's `thinking` flag)."""
+    """The `anthropic-messages` codec (stateless; `Inbound.state`: the request's `thinking` flag and its
+    `stop_sequences`)."""
 
     wire: ClassVar[str] = WIRE
     semantic_cache: ClassVar[bool] = False  # the semantic cache serves /v1/chat/completions only
 
     async def decode(self, body: bytes, request: Request, ctx: RequestContext) -> Inbound:
+        """The canonical request, and the body as sent for pass-through. Server tools are refused (400 at the
+        tool) unless the operator or the key allows them; only allowlisted `anthropic-beta` values are kept
+        for the upstream (server.anthropic_betas, or the key's own list)."""
         native = decode_body(body)
-        raw = messages_request_to_chat(native)
+        if not isinstance(native, dict):
+            raise GatewayError(400, "request body must be a JSON object")
+        key = ctx.key
+        settings = ctx.gateway.config.server
+        tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
+        check_server_tools(native, tools_ok)
+        raw = messages_request_to_chat(native, server_tools=tools_ok)
         req = validate_chat(raw)
-        headers = {}
-        for name in FORWARDED_HEADERS:
-            value = request.header(name)
-            if value is not None:
-                headers[name.decode()] = value
-        return Inbound(req, raw, NativeBody(WIRE, native, headers), wants_thinking(native))
+        client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
+        betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
+        native_body = NativeBody(WIRE, native, passthrough_headers(client, betas))
+        stops = native.get("stop_sequences")  # to report which one ended a non-Anthropic answer
+        return Inbound(req, raw, native_body, (wants_thinking(native), stops if isinstance(stops, list) else None))
 
     def headers(self, ctx: RequestContext) -> Headers:
         """The anthropic SDK reads `request-id` (`_request_id`, error messages): the gateway's request id."""
@@ -64,13 +77,16 @@ class Messages:
         completion = success.completion
         if completion.native is not None:
             return completion.native
-        return _encode(chat_completion_to_message(completion.body, completion.model, thinking=bool(inbound.state)))
+        thinking, stops = inbound.state
+        message = chat_completion_to_message(completion.body, completion.model, thinking=thinking, stop_sequences=stops)
+        return _encode(message)
 
     def stream(self, inbound: Inbound, result: StreamResult) -> StreamEncoder:
         if result.native is not None:
             return NativeEvents()
         prompt = inbound.features.prompt_tokens if inbound.features is not None else 0
-        return TranslatedEvents(ChunksToAnthropicEvents(result.model, thinking=bool(inbound.state)), prompt)
+        thinking, stops = inbound.state
+        return TranslatedEvents(ChunksToAnthropicEvents(result.model, thinking=thinking, stop_sequences=stops), prompt)
 
     def commit(self, inbound: Inbound, ctx: RequestContext) -> None:
         return None

@@ -12,12 +12,16 @@ import json
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
-from modelyard.testing.recorder import RecordingProxy
+from modelyard.sim.server import SimServer
+from modelyard.testing.recorder import Exchange, RecordingProxy
 from tests.e2e.clients.conftest import CLAUDE_OFFLINE_ENV, ClientRun, run_client, save_fixture
 
 SECRET = "PINEAPPLE-7731"
+#: Lets a `role: "system"` message into `messages`; Anthropic refuses such a body without it.
+MID_CONVERSATION_SYSTEM = "mid-conversation-system-2026-04-07"
 
 pytestmark = pytest.mark.usefixtures("strace_ok")
 
@@ -49,6 +53,14 @@ def _claude(claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str 
     return run_client(command, env=env, cwd=work, proxy=proxy, trace=tmp_path / "strace.log")
 
 
+def _answer_model(sse: str) -> str:
+    """`message_start.message.model` of an Anthropic SSE answer."""
+    for line in sse.splitlines():
+        if line.startswith("data: ") and '"message_start"' in line:
+            return str(json.loads(line[6:])["message"]["model"])
+    raise AssertionError(f"no message_start in {sse[:300]!r}")
+
+
 def _streamed_thinking(sse: str) -> list[dict[str, Any]]:
     """The thinking blocks of an Anthropic SSE answer, put back together from their deltas."""
     blocks: dict[int, dict[str, Any]] = {}
@@ -67,6 +79,23 @@ def _streamed_thinking(sse: str) -> list[dict[str, Any]]:
     return [blocks[i] for i in sorted(blocks)]
 
 
+def _check_upstream(sim: SimServer, call: Exchange) -> None:
+    """On pass-through the simulator received Claude Code's body with only `model` rewritten, and every beta
+    the body depends on."""
+    sent = call.json()
+    log = httpx.get(f"{sim.url}/_sim/requests/sim-small", timeout=10).json()["requests"]
+    mine = [
+        r
+        for r in log
+        if r["path"].startswith("/v1/messages") and json.loads(r["body"]) == {**sent, "model": "sim-small"}
+    ]
+    assert mine, "the upstream never received Claude Code's body unchanged (but for model)"
+    betas = {b.strip() for b in mine[-1]["headers"].get("anthropic-beta", "").split(",")}
+    if any(m["role"] == "system" for m in sent["messages"]):
+        assert MID_CONVERSATION_SYSTEM in betas, f"a role=system message went upstream without its beta: {betas}"
+    assert mine[-1]["headers"].get("anthropic-version") == "2023-06-01"
+
+
 def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     found = []
     for message in body["messages"]:
@@ -78,7 +107,7 @@ def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("model", ["via-anthropic", "via-openai"])
 def test_claude_code_reads_a_file_through_the_gateway(
-    claude_bin: Path, proxy: RecordingProxy, tmp_path: Path, model: str
+    claude_bin: Path, proxy: RecordingProxy, sim: SimServer, tmp_path: Path, model: str
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -88,6 +117,11 @@ def test_claude_code_reads_a_file_through_the_gateway(
 
     run = _claude(claude_bin, proxy, tmp_path, model, prompt)
 
+    if model == "via-anthropic":
+        # The answer must name the model Claude Code asked for: with another name it takes the answer for a
+        # model switch and leaves the thinking out of the next turn, which Anthropic then refuses.
+        first_answer = next(e for e in run.exchanges if e.path.startswith("/v1/messages"))
+        assert _answer_model(first_answer.response_body) == model, run.describe()
     assert run.returncode == 0, run.describe()
     result = json.loads(run.stdout)
     assert result["is_error"] is False, run.describe()
@@ -115,6 +149,8 @@ def test_claude_code_reads_a_file_through_the_gateway(
     ]
     assert [(b["thinking"], b["signature"]) for b in returned] == [(b["thinking"], b["signature"]) for b in thinking]
     assert all(b["signature"] for b in returned)
+    if model == "via-anthropic":
+        _check_upstream(sim, calls[1])
 
     assert run.destinations, "strace saw no connect at all: the trace is not working"
     assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"

@@ -13,6 +13,9 @@ client's body as sent):
 - hosted tools (`web_search`, `file_search`, `code_interpreter`, `mcp`, `image_generation`, computer and shell
   tools, …) are dropped: a chat deployment cannot run them. Naming one in `tool_choice` is a 400.
 - `namespace` tools are flattened to functions named `{namespace}__{name}` and mapped back on the way out.
+- `custom` (freeform) tools become functions taking one string, `{"input": ...}`, so that every egress can
+  carry them; their calls come back as `custom_tool_call` items (a grammar `format` is described to the
+  model, not enforced).
 """
 
 from __future__ import annotations
@@ -118,6 +121,23 @@ class FunctionCallOutputItem(Struct, tag_field="type", tag="function_call_output
     status: str | None = None
 
 
+class CustomToolCallItem(Struct, tag_field="type", tag="custom_tool_call", kw_only=True, omit_defaults=True):
+    call_id: str
+    name: str
+    input: str
+    id: str | None = None
+    status: str | None = None
+
+
+class CustomToolCallOutputItem(
+    Struct, tag_field="type", tag="custom_tool_call_output", kw_only=True, omit_defaults=True
+):
+    call_id: str
+    output: str | list[Part]
+    id: str | None = None
+    status: str | None = None
+
+
 class ReasoningItem(Struct, tag_field="type", tag="reasoning", kw_only=True, omit_defaults=True):
     id: str | None = None
     summary: list[dict[str, Any]] | None = None
@@ -126,8 +146,22 @@ class ReasoningItem(Struct, tag_field="type", tag="reasoning", kw_only=True, omi
     status: str | None = None
 
 
-InputItem = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning")
+InputItem = (
+    MessageItem
+    | FunctionCallItem
+    | FunctionCallOutputItem
+    | CustomToolCallItem
+    | CustomToolCallOutputItem
+    | ReasoningItem
+)
+_ITEM_TYPES = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "reasoning",
+)
 
 
 class TextFormat(Struct, kw_only=True, omit_defaults=True):
@@ -241,8 +275,10 @@ def item_dicts(items: list[InputItem]) -> list[dict[str, Any]]:
                 data["content"] = [{"type": part, "text": item.content}]
         elif isinstance(item, FunctionCallItem):
             data.setdefault("id", new_id("fc_"))
-        elif isinstance(item, FunctionCallOutputItem):
+        elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
             data.setdefault("id", new_id("fco_"))
+        elif isinstance(item, CustomToolCallItem):
+            data.setdefault("id", new_id("ctc_"))
         else:
             data.setdefault("id", new_id("rs_"))
         out.append(data)
@@ -260,6 +296,8 @@ class Translation(Struct, kw_only=True):
     namespaced: dict[str, tuple[str, str]]
     #: Hosted tool types dropped (reported in logs, never silently turned into something else).
     dropped_tools: list[str]
+    #: Names of custom (freeform) tools, carried as one-string functions.
+    custom: frozenset[str] = frozenset()
 
 
 def _part_to_chat(part: Part, param: str) -> dict[str, Any]:
@@ -328,12 +366,12 @@ def items_to_messages(items: list[InputItem], *, param: str = "input") -> list[d
                 messages.append({"role": "assistant", "content": _text_only(item.content)})
             else:
                 messages.append({"role": item.role, "content": _content_to_chat(item.content, f"{where}.content")})
-        elif isinstance(item, FunctionCallItem):
-            call = {
-                "id": item.call_id,
-                "type": "function",
-                "function": {"name": _flat_name(item), "arguments": item.arguments},
-            }
+        elif isinstance(item, FunctionCallItem | CustomToolCallItem):
+            if isinstance(item, FunctionCallItem):
+                fn = {"name": _flat_name(item), "arguments": item.arguments}
+            else:
+                fn = {"name": item.name, "arguments": _encode({"input": item.input}).decode()}
+            call = {"id": item.call_id, "type": "function", "function": fn}
             last = messages[-1] if messages else None
             if (
                 last is not None
@@ -345,7 +383,7 @@ def items_to_messages(items: list[InputItem], *, param: str = "input") -> list[d
                     last["content"] = None
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif isinstance(item, FunctionCallOutputItem):
+        elif isinstance(item, FunctionCallOutputItem | CustomToolCallOutputItem):
             output = item.output if isinstance(item.output, str) else _text_only(item.output)
             messages.append({"role": "tool", "tool_call_id": item.call_id, "content": output})
     return messages
@@ -371,14 +409,24 @@ def _function(tool: dict[str, Any], param: str, name: str | None = None) -> dict
 
 
 def _custom(tool: dict[str, Any], param: str) -> dict[str, Any]:
-    if not isinstance(tool.get("name"), str):
+    """A freeform tool as a function of one string (its grammar, if any, described to the model)."""
+    if not isinstance(tool.get("name"), str) or not tool["name"]:
         raise GatewayError(400, "A custom tool needs a string `name`.", param=f"{param}.name", code="invalid_value")
-    custom: dict[str, Any] = {"name": tool["name"]}
+    about = "The tool's whole input, as free text."
+    fmt = tool.get("format")
+    if isinstance(fmt, dict) and isinstance(fmt.get("definition"), str):
+        about += f" It must follow this {fmt.get('syntax') or 'grammar'}:\n{fmt['definition'][:20_000]}"
+    fn: dict[str, Any] = {
+        "name": tool["name"],
+        "parameters": {
+            "type": "object",
+            "properties": {"input": {"type": "string", "description": about}},
+            "required": ["input"],
+        },
+    }
     if isinstance(tool.get("description"), str):
-        custom["description"] = tool["description"]
-    if isinstance(tool.get("format"), dict):
-        custom["format"] = tool["format"]
-    return {"type": "custom", "custom": custom}
+        fn["description"] = tool["description"]
+    return {"type": "function", "function": fn}
 
 
 def tools_to_chat(tools: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, tuple[str, str]], list[str]]:
@@ -433,7 +481,7 @@ def tool_choice_to_chat(choice: str | dict[str, Any], dropped: list[str]) -> Any
     if kind == "function" and isinstance(choice.get("name"), str):
         return {"type": "function", "function": {"name": choice["name"]}}
     if kind == "custom" and isinstance(choice.get("name"), str):
-        return {"type": "custom", "custom": {"name": choice["name"]}}
+        return {"type": "function", "function": {"name": choice["name"]}}  # carried as a function
     if kind == "allowed_tools" and choice.get("mode") in ("auto", "required"):
         return choice["mode"]  # the subset is not expressible on every egress: the mode is kept
     if isinstance(kind, str) and (kind in HOSTED_TOOLS or kind in dropped):
@@ -496,6 +544,9 @@ def responses_to_chat(
         raise GatewayError(400, "'input' must contain at least one message.", param="input", code="invalid_value")
     chat: dict[str, Any] = {"model": req.model, "messages": messages}
     namespaced, dropped = _apply_tools(req, chat)
+    custom = frozenset(
+        t["name"] for t in req.tools or () if t.get("type") == "custom" and isinstance(t.get("name"), str)
+    )
     if req.text is not None and req.text.format is not None:
         fmt = _format_to_chat(req.text.format)
         if fmt is not None:
@@ -511,7 +562,7 @@ def responses_to_chat(
         chat["stream_options"] = {"include_usage": True}
     if req.modelyard is not None:
         chat["modelyard"] = req.modelyard
-    return Translation(chat=chat, namespaced=namespaced, dropped_tools=dropped)
+    return Translation(chat=chat, namespaced=namespaced, dropped_tools=dropped, custom=custom)
 
 
 # --------------------------------------------------------------------------- answers
@@ -579,22 +630,43 @@ def response_object(
 _INCOMPLETE = {"length": "max_output_tokens", "content_filter": "content_filter"}
 
 
-def _call_item(call: dict[str, Any], namespaced: dict[str, tuple[str, str]], status: str) -> dict[str, Any]:
+def _custom_input(arguments: str) -> str:
+    """A custom call's input from the function arguments it was carried in (`{"input": ...}`)."""
+    try:
+        parsed = msgspec.json.decode(arguments)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return arguments
+    if isinstance(parsed, dict) and isinstance(parsed.get("input"), str):
+        return str(parsed["input"])
+    return arguments
+
+
+def _call_item(call: dict[str, Any], translation: Translation, status: str) -> dict[str, Any]:
     fn = call.get("function") or {}
     name = str(fn.get("name") or "")
     arguments = fn.get("arguments")
     if isinstance(arguments, dict):
         arguments = _encode(arguments).decode()
+    call_id = call.get("id") or new_id("call_")
+    if name in translation.custom:
+        return {
+            "id": new_id("ctc_"),
+            "type": "custom_tool_call",
+            "status": status,
+            "call_id": call_id,
+            "name": name,
+            "input": _custom_input(arguments or ""),
+        }
     item: dict[str, Any] = {
         "id": new_id("fc_"),
         "type": "function_call",
         "status": status,
-        "call_id": call.get("id") or new_id("call_"),
+        "call_id": call_id,
         "name": name,
         "arguments": arguments or "",
     }
-    if name in namespaced:
-        item["namespace"], item["name"] = namespaced[name]
+    if name in translation.namespaced:
+        item["namespace"], item["name"] = translation.namespaced[name]
     return item
 
 
@@ -612,9 +684,7 @@ def _reasoning_item(text: str, item_id: str | None = None) -> dict[str, Any]:
     }
 
 
-def completion_output(
-    completion: dict[str, Any], namespaced: dict[str, tuple[str, str]]
-) -> tuple[list[dict[str, Any]], str | None]:
+def completion_output(completion: dict[str, Any], translation: Translation) -> tuple[list[dict[str, Any]], str | None]:
     """A canonical chat.completion → (Responses output items, the incomplete reason or None)."""
     choices = completion.get("choices") or [{}]
     choice = choices[0]
@@ -632,7 +702,7 @@ def completion_output(
             {"id": new_id("msg_"), "type": "message", "role": "assistant", "status": "completed", "content": content}
         )
     for call in message.get("tool_calls") or ():
-        output.append(_call_item(call, namespaced, "completed"))
+        output.append(_call_item(call, translation, "completed"))
     return output, _INCOMPLETE.get(str(choice.get("finish_reason")))
 
 
@@ -645,7 +715,7 @@ def completion_to_response(
     response_id: str | None = None,
 ) -> dict[str, Any]:
     """A canonical chat.completion → a Response object (status `incomplete` when the answer was cut)."""
-    output, incomplete = completion_output(completion, translation.namespaced)
+    output, incomplete = completion_output(completion, translation)
     return response_object(
         req,
         response_id or new_id("resp_"),
@@ -701,7 +771,7 @@ class ChunksToResponseEvents:
 
     def __init__(self, req: ResponsesRequest, translation: Translation, response_id: str | None = None) -> None:
         self.req = req
-        self.namespaced = translation.namespaced
+        self.translation = translation
         self.response_id = response_id or new_id("resp_")
         self.created_at = time.time()
         self._seq = 0
@@ -856,7 +926,7 @@ class ChunksToResponseEvents:
         if opened is None:
             out += self._close_open()
             item = _call_item(
-                {"id": call.get("id"), "function": {"name": fn.get("name")}}, self.namespaced, "in_progress"
+                {"id": call.get("id"), "function": {"name": fn.get("name")}}, self.translation, "in_progress"
             )
             opened, added = self._add("function_call", item)
             self._calls[position] = opened
@@ -866,6 +936,8 @@ class ChunksToResponseEvents:
             arguments = _encode(arguments).decode()
         if arguments:
             opened.text.append(str(arguments))
+            if opened.item["type"] == "custom_tool_call":
+                return out  # its input is known once the arguments are whole (sent at the close)
             out.append(
                 self._event(
                     "response.function_call_arguments.delta",
@@ -878,6 +950,9 @@ class ChunksToResponseEvents:
         out: list[bytes] = []
         for opened in sorted(self._calls.values(), key=lambda o: o.index):
             arguments = "".join(opened.text)
+            if opened.item["type"] == "custom_tool_call":
+                out += self._close_custom(opened, _custom_input(arguments))
+                continue
             item = {**opened.item, "status": "completed", "arguments": arguments}
             out.append(
                 self._event(
@@ -888,6 +963,17 @@ class ChunksToResponseEvents:
             self._output.append(item)
             out.append(self._event("response.output_item.done", {"output_index": opened.index, "item": item}))
         self._calls.clear()
+        return out
+
+    def _close_custom(self, opened: _OpenItem, text: str) -> list[bytes]:
+        item = {**opened.item, "status": "completed", "input": text}
+        ids = {"item_id": item["id"], "output_index": opened.index}
+        out = []
+        if text:
+            out.append(self._event("response.custom_tool_call_input.delta", {**ids, "delta": text}))
+        out.append(self._event("response.custom_tool_call_input.done", {**ids, "input": text}))
+        self._output.append(item)
+        out.append(self._event("response.output_item.done", {"output_index": opened.index, "item": item}))
         return out
 
 

@@ -428,3 +428,65 @@ def test_stream_events_parse_with_the_openai_sdk_types() -> None:
     for event in _events(frames):
         parsed = adapter.validate_python(event)
         assert parsed.type == event["type"]
+
+
+PATCH_TOOL: dict[str, Any] = {
+    "type": "custom",
+    "name": "apply_patch",
+    "description": "Edit files",
+    "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"},
+}
+
+
+def test_custom_tools_travel_as_one_string_functions() -> None:
+    body = {
+        "model": "m",
+        "tools": [PATCH_TOOL],
+        "tool_choice": {"type": "custom", "name": "apply_patch"},
+        "input": [
+            {"role": "user", "content": "fix it"},
+            {"type": "custom_tool_call", "call_id": "p1", "name": "apply_patch", "input": "*** Begin Patch"},
+            {"type": "custom_tool_call_output", "call_id": "p1", "output": "Done"},
+        ],
+    }
+    chat = translate(body)
+    fn = chat["tools"][0]["function"]
+    assert fn["name"] == "apply_patch" and fn["parameters"]["required"] == ["input"]
+    assert "start: /.+/" in fn["parameters"]["properties"]["input"]["description"]
+    assert chat["tool_choice"] == {"type": "function", "function": {"name": "apply_patch"}}
+    call = chat["messages"][1]["tool_calls"][0]
+    assert call["id"] == "p1" and msgspec.json.decode(call["function"]["arguments"]) == {"input": "*** Begin Patch"}
+    assert chat["messages"][2] == {"role": "tool", "tool_call_id": "p1", "content": "Done"}
+
+
+def test_custom_calls_come_back_as_custom_tool_call_items() -> None:
+    req = validate_responses({"model": "m", "input": "x", "tools": [PATCH_TOOL]})
+    tr = responses_to_chat(req, input_items(req))
+    args = msgspec.json.encode({"input": "*** Begin Patch\n"}).decode()
+    message = {
+        "role": "assistant",
+        "tool_calls": [{"id": "p9", "function": {"name": "apply_patch", "arguments": args}}],
+    }
+    item = completion_to_response(req, tr, _completion(message, "tool_calls"), Usage(), 0.0)["output"][0]
+    assert (item["type"], item["call_id"], item["name"], item["input"]) == (
+        "custom_tool_call",
+        "p9",
+        "apply_patch",
+        "*** Begin Patch\n",
+    )
+    enc = ChunksToResponseEvents(req, tr)
+    frames = enc.feed(
+        _chunk({"tool_calls": [{"index": 0, "id": "p9", "function": {"name": "apply_patch", "arguments": args[:5]}}]})
+    )
+    frames += enc.feed(_chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[5:]}}]}, "tool_calls"))
+    frames += enc.finish(Usage(), 0.0)
+    events = _events(frames)
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    adapter: TypeAdapter[Any] = TypeAdapter(ResponseStreamEvent)
+    for event in events:
+        adapter.validate_python(event)
+    done = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
+    assert done and done[0]["input"] == "*** Begin Patch\n"
+    assert events[-1]["response"]["output"][0]["type"] == "custom_tool_call"

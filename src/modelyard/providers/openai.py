@@ -67,6 +67,17 @@ def _base(dep: Deployment) -> str:
     return (dep.api_base or DEFAULT_BASE).rstrip("/")
 
 
+def _drop_thinking_blocks(body: dict[str, Any]) -> None:
+    """Anthropic's signed thinking rides on canonical assistant messages as `thinking_blocks` (from the
+    /v1/messages ingress); a signature means nothing to another vendor, which may refuse the unknown field:
+    it never goes out from here."""
+    messages = body.get("messages")
+    if isinstance(messages, list) and any(isinstance(m, dict) and "thinking_blocks" in m for m in messages):
+        body["messages"] = [
+            {k: v for k, v in m.items() if k != "thinking_blocks"} if isinstance(m, dict) else m for m in messages
+        ]
+
+
 class OpenAIAdapter:
     """Any server that speaks OpenAI's Chat Completions and Embeddings wire format."""
 
@@ -82,6 +93,7 @@ class OpenAIAdapter:
         body = dict(raw)
         body.pop("modelyard", None)
         body["model"] = dep.model
+        _drop_thinking_blocks(body)
         if stream:
             body["stream"] = True
             if opts.stream_usage:

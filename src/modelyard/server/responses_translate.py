@@ -228,14 +228,37 @@ def validate_responses(raw: dict[str, Any]) -> ResponsesRequest:
     return req
 
 
+#: Items recording what a hosted tool did upstream (a search, a code run): nothing a translated deployment can
+#: use, and nothing it may be shown as if it had made it. Dropped in translation, like the tools themselves.
+HOSTED_ITEMS = frozenset(
+    {
+        "web_search_call",
+        "file_search_call",
+        "code_interpreter_call",
+        "image_generation_call",
+        "computer_call",
+        "computer_call_output",
+        "mcp_call",
+        "mcp_list_tools",
+        "mcp_approval_request",
+        "mcp_approval_response",
+        "tool_search_call",
+        "tool_search_output",
+    }
+)
+
+
 def input_items(req: ResponsesRequest) -> list[InputItem]:
-    """The request's `input` as typed items (a string is one user message); 400 with `param` on a bad one."""
+    """The request's `input` as typed items (a string is one user message); 400 with `param` on a bad one.
+    Items of hosted tools are left out (HOSTED_ITEMS)."""
     if req.input is None:
         return []
     if isinstance(req.input, str):
         return [MessageItem(role="user", content=req.input)]
     items: list[InputItem] = []
     for i, raw in enumerate(req.input):
+        if raw.get("type") in HOSTED_ITEMS:
+            continue
         items.append(_item(raw, f"input[{i}]"))
     return items
 
@@ -978,6 +1001,7 @@ class ChunksToResponseEvents:
 
 
 __all__ = [
+    "HOSTED_ITEMS",
     "HOSTED_TOOLS",
     "ChunksToResponseEvents",
     "InputItem",

@@ -490,3 +490,18 @@ def test_custom_calls_come_back_as_custom_tool_call_items() -> None:
     done = [e for e in events if e["type"] == "response.custom_tool_call_input.done"]
     assert done and done[0]["input"] == "*** Begin Patch\n"
     assert events[-1]["response"]["output"][0]["type"] == "custom_tool_call"
+
+
+def test_hosted_tool_items_are_left_out() -> None:
+    body = {
+        "model": "m",
+        "input": [
+            {"role": "user", "content": "search"},
+            {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search"}},
+            {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "found"}]},
+        ],
+    }
+    assert translate(body)["messages"] == [
+        {"role": "user", "content": "search"},
+        {"role": "assistant", "content": "found"},
+    ]

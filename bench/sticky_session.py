@@ -57,7 +57,7 @@ TOOLS = [
 ]
 
 
-def gateway_yaml(sim_url: str, strategy: str, sticky: bool) -> str:
+def gateway_yaml(sim_url: str, strategy: str, sticky: bool, seed: int = 1) -> str:
     lines = ["deployments:"]
     for name in DEPLOYMENTS:
         lines.append(
@@ -70,6 +70,7 @@ def gateway_yaml(sim_url: str, strategy: str, sticky: bool) -> str:
         f"options: {{sticky: {str(sticky).lower()}}}}}"
     )
     lines.append("spend: {enabled: false}")
+    lines.append(f"routing: {{seed: {seed}}}")  # the weighted draws of the non-sticky run replay
     return "\n".join(lines) + "\n"
 
 
@@ -113,8 +114,8 @@ def next_turn(history: list[dict[str, Any]], answer: dict[str, Any], turn: int) 
     history.append({"role": "user", "content": output})
 
 
-async def run_gateway(sim_url: str, strategy: str, sticky: bool, sessions: int, turns: int) -> Totals:
-    config = parse_config(gateway_yaml(sim_url, strategy, sticky), source="sticky_session.yaml")
+async def run_gateway(sim_url: str, strategy: str, sticky: bool, sessions: int, turns: int, seed: int) -> Totals:
+    config = parse_config(gateway_yaml(sim_url, strategy, sticky, seed), source="sticky_session.yaml")
     totals = Totals()
     with BackgroundServer(create_app(config)) as server:
         async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
@@ -139,8 +140,8 @@ async def _gateway_session(client: httpx.AsyncClient, index: int, turns: int, to
         next_turn(history, data, turn)
 
 
-async def run_router(sim_url: str, strategy: str, sticky: bool, sessions: int, turns: int) -> Totals:
-    config = parse_config(gateway_yaml(sim_url, strategy, sticky), source="sticky_session.yaml")
+async def run_router(sim_url: str, strategy: str, sticky: bool, sessions: int, turns: int, seed: int) -> Totals:
+    config = parse_config(gateway_yaml(sim_url, strategy, sticky, seed), source="sticky_session.yaml")
     totals = Totals()
     async with Router(config) as router:
         await asyncio.gather(*(_router_session(router, i, turns, totals) for i in range(sessions)))
@@ -171,6 +172,7 @@ async def main() -> None:
     parser.add_argument("--strategy", choices=("weighted", "least-busy"), default="weighted")
     parser.add_argument("--sessions", type=int, default=6)
     parser.add_argument("--turns", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=1, help="routing seed (the non-sticky draws)")
     args = parser.parse_args()
     fleet = fleet_from_dict({"seed": 7, "models": [{"name": n, "output_tokens": 60} for n in DEPLOYMENTS]})
     run = run_gateway if args.mode == "gateway" else run_router
@@ -178,7 +180,7 @@ async def main() -> None:
     for sticky in (False, True):
         with SimServer(fleet, seed=7, instant=True) as sim:  # a fresh (cold) prompt cache per run
             started = time.perf_counter()
-            totals = await run(sim.url, args.strategy, sticky, args.sessions, args.turns)
+            totals = await run(sim.url, args.strategy, sticky, args.sessions, args.turns, args.seed)
             row = totals.row()
             row["seconds"] = round(time.perf_counter() - started, 2)
             results["sticky on" if sticky else "sticky off"] = row

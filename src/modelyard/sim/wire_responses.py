@@ -23,7 +23,17 @@ _encode = msgspec.json.Encoder().encode
 MAX_STORED = 10_000
 MAX_PENDING = 1_024
 _FRAGMENT = 12
-_ITEM_TYPES = ("message", "function_call", "function_call_output", "reasoning", "item_reference")
+_ITEM_TYPES = (
+    "message",
+    "function_call",
+    "function_call_output",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "reasoning",
+    "item_reference",
+)
+#: What hosted tools left in a conversation: nothing the simulator reads.
+_HOSTED_ITEMS = frozenset({"web_search_call", "file_search_call", "code_interpreter_call", "image_generation_call"})
 
 
 def _text_of(content: Any, param: str) -> str | list[dict[str, Any]]:
@@ -60,6 +70,8 @@ def items_to_messages(items: list[Any]) -> list[dict[str, Any]]:
         if not isinstance(item, dict):
             raise BadRequest(f"Invalid type for '{param}': expected an object.")
         kind = item.get("type", "message" if "role" in item else None)
+        if kind in _HOSTED_ITEMS:
+            continue
         if kind not in _ITEM_TYPES:
             raise BadRequest(f"Invalid value: '{kind}'. (param '{param}.type')")
         if kind == "message":
@@ -70,8 +82,9 @@ def items_to_messages(items: list[Any]) -> list[dict[str, Any]]:
             if role == "assistant" and not isinstance(content, str):
                 content = "".join(p.get("text", "") for p in content)
             messages.append({"role": role, "content": content})
-        elif kind == "function_call":
-            call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments")
+        elif kind in ("function_call", "custom_tool_call"):
+            call_id, name = item.get("call_id"), item.get("name")
+            arguments = item.get("arguments") if kind == "function_call" else _custom_args(item.get("input"))
             if not isinstance(call_id, str) or not isinstance(name, str) or not isinstance(arguments, str):
                 raise BadRequest(f"Missing required parameter: '{param}.call_id', 'name' or 'arguments'.")
             call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
@@ -80,7 +93,7 @@ def items_to_messages(items: list[Any]) -> list[dict[str, Any]]:
                 last["tool_calls"].append(call)
             else:
                 messages.append({"role": "assistant", "content": None, "tool_calls": [call]})
-        elif kind == "function_call_output":
+        elif kind in ("function_call_output", "custom_tool_call_output"):
             output = item.get("output")
             text = output if isinstance(output, str) else _text_of(output, f"{param}.output")
             if not isinstance(item.get("call_id"), str):
@@ -91,7 +104,20 @@ def items_to_messages(items: list[Any]) -> list[dict[str, Any]]:
     return messages
 
 
-def _tools(raw: Any) -> list[dict[str, Any]]:
+def _custom_args(text: Any) -> str | None:
+    return _encode({"input": text}).decode() if isinstance(text, str) else None
+
+
+_CUSTOM_PARAMETERS = {"type": "object", "properties": {"input": {"type": "string"}}, "required": ["input"]}
+
+
+def _function(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
+    return {"type": "function", "function": fn}
+
+
+def _tools(raw: Any, kinds: dict[str, str]) -> list[dict[str, Any]]:
+    """Function tools for the behaviour; `kinds` learns each callable name's kind ("custom" or a namespace)."""
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -101,8 +127,19 @@ def _tools(raw: Any) -> list[dict[str, Any]]:
         if not isinstance(tool, dict) or not isinstance(tool.get("type"), str):
             raise BadRequest(f"Missing required parameter: 'tools[{i}].type'.")
         if tool["type"] == "function":
-            fn = {k: tool[k] for k in ("name", "description", "parameters", "strict") if tool.get(k) is not None}
-            out.append({"type": "function", "function": fn})
+            out.append(_function(tool))
+        elif tool["type"] == "custom" and isinstance(tool.get("name"), str):
+            out.append(_function({**tool, "parameters": _CUSTOM_PARAMETERS}))
+            kinds[tool["name"]] = "custom"
+        elif tool["type"] == "namespace" and isinstance(tool.get("tools"), list):
+            for member in tool["tools"]:
+                if (
+                    isinstance(member, dict)
+                    and member.get("type") == "function"
+                    and isinstance(member.get("name"), str)
+                ):
+                    out.append(_function(member))
+                    kinds[member["name"]] = f"ns:{tool.get('name')}"
         # hosted tools (web_search, …) exist upstream; the simulator never calls them
     return out
 
@@ -123,7 +160,7 @@ class ResponsesWire(OpenAIWire):
 
     def __init__(self) -> None:
         self._stored: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
-        self._pending: OrderedDict[int, tuple[dict[str, Any], list[dict[str, Any]]]] = OrderedDict()
+        self._pending: OrderedDict[int, tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]] = OrderedDict()
 
     def parse_chat(self, body: bytes, model: str | None) -> Ask:
         raw = decode_object(body)
@@ -142,7 +179,8 @@ class ResponsesWire(OpenAIWire):
         new = [{"role": "user", "content": given}] if isinstance(given, str) else items_to_messages(given or [])
         messages.extend(new)
         chat: dict[str, Any] = {"model": raw["model"], "messages": messages}
-        tools = _tools(raw.get("tools"))
+        kinds: dict[str, str] = {}
+        tools = _tools(raw.get("tools"), kinds)
         if tools:
             chat["tools"] = tools
             if raw.get("tool_choice") is not None:
@@ -161,7 +199,7 @@ class ResponsesWire(OpenAIWire):
             chat["stream"] = True
             chat["stream_options"] = {"include_usage": True}
         ask = super().parse_chat(_encode(chat), model)
-        self._pending[id(ask)] = (raw, [m for m in messages if m["role"] != "system"])
+        self._pending[id(ask)] = (raw, [m for m in messages if m["role"] != "system"], kinds)
         while len(self._pending) > MAX_PENDING:
             self._pending.popitem(last=False)
         return ask
@@ -171,8 +209,8 @@ class ResponsesWire(OpenAIWire):
 
     # ------------------------------------------------------------------ answers
 
-    def _request_of(self, answer: Answer) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        return self._pending.pop(id(answer.ask), ({"model": answer.ask.model}, []))
+    def _request_of(self, answer: Answer) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
+        return self._pending.pop(id(answer.ask), ({"model": answer.ask.model}, [], {}))
 
     def _remember(self, response_id: str, raw: dict[str, Any], messages: list[dict[str, Any]], reply: Reply) -> None:
         if raw.get("store") is False:
@@ -188,25 +226,27 @@ class ResponsesWire(OpenAIWire):
             self._stored.popitem(last=False)
 
     def completion(self, answer: Answer) -> bytes:
-        raw, messages = self._request_of(answer)
+        raw, messages, kinds = self._request_of(answer)
         reply = answer.replies[0]
-        response = _response(answer, raw, "completed", _output(answer.key, reply, "completed"))
+        response = _response(answer, raw, "completed", _output(answer.key, reply, "completed", kinds))
         if reply.finish == "length":
             response["status"], response["incomplete_details"] = "incomplete", {"reason": "max_output_tokens"}
         self._remember(response["id"], raw, messages, reply)
         return _encode(response)
 
     def stream(self, answer: Answer) -> StreamPlan:
-        raw, messages = self._request_of(answer)
+        raw, messages, kinds = self._request_of(answer)
         reply = answer.replies[0]
         events = _Events()
         skeleton = _response(answer, raw, "in_progress", [], usage=False)
         events.add("response.created", {"response": skeleton})
         events.add("response.in_progress", {"response": skeleton})
-        output = _output(answer.key, reply, "completed")
+        output = _output(answer.key, reply, "completed", kinds)
         for index, item in enumerate(output):
             if item["type"] == "message":
                 _stream_message(events, index, item)
+            elif item["type"] == "custom_tool_call":
+                _stream_custom(events, index, item)
             else:
                 _stream_call(events, index, item)
         cut_limit = len(events.list)
@@ -281,22 +321,23 @@ def _response(
     }
 
 
-def _output(key: str, reply: Reply, status: str) -> list[dict[str, Any]]:
+def _output(key: str, reply: Reply, status: str, kinds: dict[str, str]) -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
     if reply.text and not reply.tool_calls:
         part = {"type": "output_text", "text": reply.text, "annotations": [], "logprobs": []}
         out.append({"id": "msg_" + key, "type": "message", "role": "assistant", "status": status, "content": [part]})
     for call in reply.tool_calls:
-        out.append(
-            {
-                "id": "fc_" + call.key,
-                "type": "function_call",
-                "status": status,
-                "call_id": "call_" + call.key,
-                "name": call.name,
-                "arguments": call.arguments,
-            }
-        )
+        kind = kinds.get(call.name, "")
+        item: dict[str, Any] = {"id": "fc_" + call.key, "type": "function_call", "status": status}
+        item.update(call_id="call_" + call.key, name=call.name)
+        if kind == "custom":
+            text = call.args.get("input") if isinstance(call.args, dict) else None
+            item.update(id="ctc_" + call.key, type="custom_tool_call", input=text if isinstance(text, str) else "")
+        else:
+            item["arguments"] = call.arguments
+            if kind.startswith("ns:"):
+                item["namespace"] = kind[3:]
+        out.append(item)
     return out
 
 
@@ -313,6 +354,19 @@ def _stream_message(events: _Events, index: int, item: dict[str, Any]) -> None:
         events.add("response.output_text.delta", {**ids, "delta": piece, "logprobs": []}, len(piece) / 4)
     events.add("response.output_text.done", {**ids, "text": text, "logprobs": []})
     events.add("response.content_part.done", {**ids, "part": item["content"][0]})
+    events.add("response.output_item.done", {"output_index": index, "item": item})
+
+
+def _stream_custom(events: _Events, index: int, item: dict[str, Any]) -> None:
+    ids = {"item_id": item["id"], "output_index": index}
+    events.add(
+        "response.output_item.added", {"output_index": index, "item": {**item, "status": "in_progress", "input": ""}}
+    )
+    text = item["input"]
+    for at in range(0, len(text), _FRAGMENT):
+        piece = text[at : at + _FRAGMENT]
+        events.add("response.custom_tool_call_input.delta", {**ids, "delta": piece}, len(piece) / 4)
+    events.add("response.custom_tool_call_input.done", {**ids, "input": text})
     events.add("response.output_item.done", {"output_index": index, "item": item})
 
 

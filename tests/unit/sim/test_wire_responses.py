@@ -105,3 +105,46 @@ def test_bad_item_type_is_a_400(client: openai.OpenAI) -> None:
         client.responses.create(model="sim-large", input=bogus)
     body: Any = caught.value.body
     assert body["param"] == "input[0].type"
+
+
+PATCH: Any = {"type": "custom", "name": "apply_patch", "description": "Edit files"}
+NAMESPACE: Any = {
+    "type": "namespace",
+    "name": "files",
+    "description": "File tools",
+    "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object", "properties": {}}}],
+}
+
+
+def test_custom_tool_round_trip(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="sim-large", input="x", tools=[PATCH], tool_choice="required")
+    call = first.output[0]
+    assert call.type == "custom_tool_call" and call.name == "apply_patch" and isinstance(call.input, str)
+    second = client.responses.create(
+        model="sim-large",
+        previous_response_id=first.id,
+        input=[{"type": "custom_tool_call_output", "call_id": call.call_id, "output": "patched ok"}],
+        tools=[PATCH],
+    )
+    assert "patched ok" in second.output_text
+    with client.responses.stream(model="sim-large", input="x", tools=[PATCH], tool_choice="required") as stream:
+        events = list(stream)
+        final = stream.get_final_response()
+    deltas = "".join(e.delta for e in events if e.type == "response.custom_tool_call_input.delta")
+    assert final.output[0].type == "custom_tool_call" and deltas == final.output[0].input
+
+
+def test_namespace_tools_are_called_with_their_namespace(client: openai.OpenAI) -> None:
+    r = client.responses.create(model="sim-large", input="x", tools=[NAMESPACE], tool_choice="required")
+    call = r.output[0]
+    assert call.type == "function_call" and call.name == "read_file" and call.namespace == "files"
+
+
+def test_hosted_tool_items_are_accepted(client: openai.OpenAI) -> None:
+    items: Any = [
+        {"role": "user", "content": "look it up"},
+        {"type": "web_search_call", "id": "ws_1", "status": "completed", "action": {"type": "search", "query": "q"}},
+        {"role": "assistant", "content": "found it"},
+        {"role": "user", "content": "thanks"},
+    ]
+    assert client.responses.create(model="sim-large", input=items, tools=[{"type": "web_search"}]).output_text

@@ -41,7 +41,7 @@ SAMPLE_CHARS = 1024
 #: The longest explicit session id kept (ids are hashed, so a longer one only costs hashing time).
 MAX_EXPLICIT = 512
 
-_TWO64 = float(1 << 64)
+_TWO53 = float(1 << 53)
 
 
 def explicit_session(header: str | None, body: Mapping[str, Any] | None) -> str | None:
@@ -104,7 +104,7 @@ def applies(strategy: str, sticky: bool) -> bool:
 def _unit(session: str, name: str) -> float:
     """A uniform draw in (0, 1) that depends only on (session, deployment name)."""
     raw = hashlib.blake2b(f"{session}\x00{name}".encode(), digest_size=8).digest()
-    return (int.from_bytes(raw, "little") + 0.5) / _TWO64
+    return ((int.from_bytes(raw, "little") >> 11) + 0.5) / _TWO53  # 53 bits: exact, never 0 or 1
 
 
 def score(session: str, dep: Deployment, weighted: bool = True) -> float:

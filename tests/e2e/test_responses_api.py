@@ -234,3 +234,56 @@ def test_open_mode_stores_nothing_unless_enabled(sim: SimServer, tmp_path: Path)
         assert made.to_dict()["store"] is True
         assert c.responses.create(model=CHAT, input="y", previous_response_id=made.id).output_text
         assert c.responses.retrieve(made.id).id == made.id
+
+
+CODEX_TOOLS: Any = [
+    {
+        "type": "custom",
+        "name": "apply_patch",
+        "description": "Edit files",
+        "format": {"type": "grammar", "syntax": "lark", "definition": "start: /.+/"},
+    },
+    {"type": "web_search"},
+    {
+        "type": "namespace",
+        "name": "files",
+        "description": "File tools",
+        "tools": [{"type": "function", "name": "read_file", "parameters": {"type": "object", "properties": {}}}],
+    },
+]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_codex_shaped_tools_round_trip(client: openai.OpenAI, model: str) -> None:
+    """What Codex sends (custom apply_patch, a hosted web_search, a namespace, store: false with the history
+    resent, encrypted reasoning asked for): the hosted tool is dropped on translated deployments, the rest
+    round-trips on every wire."""
+    extra: Any = {"include": ["reasoning.encrypted_content"], "reasoning": {"effort": "low", "summary": "auto"}}
+    first = client.responses.create(
+        model=model,
+        input=[{"role": "developer", "content": "you edit code"}, {"role": "user", "content": "fix the bug"}],
+        tools=CODEX_TOOLS,
+        tool_choice={"type": "custom", "name": "apply_patch"},
+        store=False,
+        prompt_cache_key="session-1",
+        **extra,
+    )
+    call: Any = first.output[-1]
+    assert call.type == "custom_tool_call" and call.name == "apply_patch"
+    history: Any = [
+        {"role": "developer", "content": "you edit code"},
+        {"role": "user", "content": "fix the bug"},
+        *[item.to_dict() for item in first.output],
+        {"type": "custom_tool_call_output", "call_id": call.call_id, "output": "patch applied"},
+    ]
+    second = client.responses.create(model=model, input=history, tools=CODEX_TOOLS, store=False, **extra)
+    assert "patch applied" in second.output_text
+    named = client.responses.create(
+        model=model,
+        input="read it",
+        tools=CODEX_TOOLS,
+        tool_choice={"type": "function", "name": "files__read_file"} if model != NATIVE else "required",
+        store=False,
+    )
+    fc: Any = next(item for item in named.output if item.type in ("function_call", "custom_tool_call"))
+    assert fc.type == "custom_tool_call" or (fc.name, fc.namespace) == ("read_file", "files")

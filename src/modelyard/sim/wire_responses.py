@@ -145,7 +145,7 @@ def _tools(raw: Any, kinds: dict[str, str]) -> list[dict[str, Any]]:
 
 
 def _tool_choice(raw: Any) -> Any:
-    if isinstance(raw, dict) and raw.get("type") == "function":
+    if isinstance(raw, dict) and raw.get("type") in ("function", "custom"):
         return {"type": "function", "function": {"name": raw.get("name")}}
     if isinstance(raw, dict):
         return "auto"

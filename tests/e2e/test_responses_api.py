@@ -287,3 +287,41 @@ def test_codex_shaped_tools_round_trip(client: openai.OpenAI, model: str) -> Non
     )
     fc: Any = next(item for item in named.output if item.type in ("function_call", "custom_tool_call"))
     assert fc.type == "custom_tool_call" or (fc.name, fc.namespace) == ("read_file", "files")
+
+
+def test_passthrough_is_byte_for_byte(sim: SimServer, tmp_path: Path) -> None:
+    """Responses → Responses: the upstream receives the client's body unchanged except `model`, and the client
+    receives the upstream's bytes unchanged (JSON and SSE), with the gateway's headers added."""
+    from modelyard.testing.recorder import RecordingProxy
+
+    with RecordingProxy(sim.url) as proxy:
+        text = f"""
+deployments:
+  - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{proxy.url}/v1", api_key: sim,
+      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true}}}}
+models:
+  {NATIVE}: {{candidates: [resp@openai]}}
+server: {{responses: {{store: true}}}}
+spend: {{store: "{tmp_path / "bytes.db"}"}}
+"""
+        with BackgroundServer(create_app(parse_config(text, env={}))) as server:
+            for stream in (False, True):
+                body = (
+                    '{"model":"native","input":[{"role":"user","content":"bytes  please"}],'
+                    '"tools":[{"type":"web_search"}],"include":["reasoning.encrypted_content"],'
+                    f'"client_metadata":{{"k":"v"}},"stream":{"true" if stream else "false"},"x_vendor":[1,2.50]}}'
+                )
+                answer = httpx.post(
+                    server.url + "/v1/responses",
+                    content=body,
+                    headers={"content-type": "application/json", "authorization": "Bearer x"},
+                )
+                assert answer.status_code == 200, answer.text
+                exchange = proxy.snapshot()[-1]
+                assert exchange.path == "/v1/responses"
+                sent = json.loads(exchange.body)
+                client = json.loads(body)
+                assert list(sent) == list(client)  # same keys, same order
+                assert sent == {**client, "model": "sim-small"}
+                assert answer.content == exchange.response_body.encode()  # the upstream's bytes, unchanged
+                assert answer.headers["x-modelyard-model"] == "resp@openai"

@@ -170,10 +170,10 @@ class OpenAIAdapter:
         out = dict(body)
         out.pop("modelyard", None)
         out["model"] = dep.model
-        if stream:
+        if stream and out.get("stream") is not True:
             out["stream"] = True
-        else:
-            out.pop("stream", None)
+        elif not stream and out.get("stream"):
+            del out["stream"]  # `"stream": false` as the client wrote it stays
         return HttpCall("POST", _base(dep) + "/responses", _headers(dep), _encode(out))
 
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:

@@ -325,3 +325,38 @@ spend: {{store: "{tmp_path / "bytes.db"}"}}
                 assert sent == {**client, "model": "sim-small"}
                 assert answer.content == exchange.response_body.encode()  # the upstream's bytes, unchanged
                 assert answer.headers["x-modelyard-model"] == "resp@openai"
+
+
+def test_a_cut_stream_never_ends_cleanly(tmp_path: Path) -> None:
+    """Cut after content reached the client: a translated stream ends with `response.failed`, a passed-through
+    one with an `error` event; never with `response.completed`. Cut before: an error status."""
+    from modelyard.sim.fleet import fleet_from_dict
+
+    fleet = fleet_from_dict(
+        {"seed": 5, "models": [{"name": "quick", "ttft_ms": 0, "tokens_per_second": 0, "output_tokens": 40}]}
+    )
+    with SimServer(fleet) as cut_sim:
+        text = f"""
+deployments:
+  - {{name: cut-chat, provider: openai, model: quick, api_base: "{cut_sim.openai_base}",
+      headers: {{x-sim-fault: cut_stream}}}}
+  - {{name: cut-resp, provider: openai, model: quick, api_base: "{cut_sim.openai_base}",
+      headers: {{x-sim-fault: cut_stream}}, options: {{responses_api: true}}}}
+models:
+  cut-chat: {{candidates: [cut-chat]}}
+  cut-resp: {{candidates: [cut-resp]}}
+routing: {{retries: 0, breaker: {{failures: 1000}}}}
+"""
+        with BackgroundServer(create_app(parse_config(text, env={}))) as server:
+            for model, tail in (("cut-chat", "response.failed"), ("cut-resp", "error")):
+                cut_mid_stream = 0
+                for _ in range(10):
+                    r = httpx.post(server.url + "/v1/responses", json={"model": model, "input": "talk", "stream": True})
+                    if r.status_code != 200:
+                        assert r.json()["error"]["message"]
+                        continue
+                    events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+                    assert "response.completed" not in [e["type"] for e in events]
+                    assert events[-1]["type"] == tail, events[-1]
+                    cut_mid_stream += 1
+                assert cut_mid_stream, f"{model}: no stream was cut after its first bytes"

@@ -14,9 +14,11 @@ import anthropic
 import httpx
 import pytest
 
-from modelyard.sim import SimServer
+from modelyard.sim import SimServer, create_app
+from modelyard.sim.received import RequestLog
 from modelyard.sim.wire_anthropic import REDACTED_TRIGGER, ThinkingSigner, secret_for_seed
-from tests.unit.sim.sim_helpers import sse
+from tests.unit.sim.sim_helpers import asgi_call, sse
+from tests.unit.sim.sim_helpers import fleet as sim_fleet
 
 TOOL: Any = {
     "name": "get_weather",
@@ -223,3 +225,23 @@ def test_prompt_cache_only_at_cache_control_breakpoints(client: anthropic.Anthro
 
 def user_msgs(text: str) -> Any:
     return [{"role": "user", "content": text}]
+
+
+def test_request_log_is_bounded_per_model_and_in_models() -> None:
+    log = RequestLog(per_model=2, max_models=2)
+    for i in range(3):
+        log.record("a", "/v1/messages", [(b"x-api-key", b"secret"), (b"anthropic-beta", b"b")], b'{"n":%d}' % i)
+    assert [e["body"] for e in log.snapshot("a")] == ['{"n":1}', '{"n":2}']
+    assert log.snapshot("a")[0]["headers"] == {"anthropic-beta": "b"}
+    log.record("b", "/p", [], b"{}")
+    log.record("c", "/p", [], b"{}")  # a third model: the oldest one's entries go
+    assert log.snapshot("a") == [] and len(log.snapshot("c")) == 1
+
+
+async def test_count_tokens_needs_the_fleets_key() -> None:
+    app = create_app(sim_fleet({"name": "m"}, api_key="sim-key"))
+    body = {"model": "m", "messages": [{"role": "user", "content": "hello there"}]}
+    refused = await asgi_call(app, "POST", "/v1/messages/count_tokens", body)
+    assert refused.status == 401 and refused.json()["error"]["type"] == "authentication_error"
+    ok = await asgi_call(app, "POST", "/v1/messages/count_tokens", body, {"x-api-key": "sim-key"})
+    assert ok.status == 200 and ok.json() == {"input_tokens": 3}

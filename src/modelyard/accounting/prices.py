@@ -32,6 +32,8 @@ def cost_usd(usage: Usage, price: Price | None) -> float:
         + visible_output * price.output
         + reasoning * reasoning_price
     )
+    if usage.web_searches and price.web_search:  # server tools the provider bills per use
+        return total * PER_TOKEN + usage.web_searches * price.web_search / 1000.0
     return total * PER_TOKEN
 
 

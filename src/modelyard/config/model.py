@@ -24,6 +24,8 @@ class Price(Struct, kw_only=True, forbid_unknown_fields=True):
     cached_input: float | None = None
     cache_write: float | None = None
     reasoning: float | None = None
+    #: USD per 1,000 server-side web searches (Anthropic's web_search tool: 10.0), from the provider's usage.
+    web_search: float | None = None
 
 
 class Limits(Struct, kw_only=True, forbid_unknown_fields=True):

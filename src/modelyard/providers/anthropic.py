@@ -531,6 +531,9 @@ def usage_from(raw: Any, base: Usage | None = None) -> Usage:
     details = raw.get("output_tokens_details")
     if isinstance(details, dict) and details.get("thinking_tokens") is not None:
         usage.reasoning = int(details["thinking_tokens"])
+    server = raw.get("server_tool_use")
+    if isinstance(server, dict) and isinstance(server.get("web_search_requests"), int):
+        usage.web_searches = int(server["web_search_requests"])  # billed per search (Price.web_search)
     return usage
 
 

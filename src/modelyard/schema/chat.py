@@ -267,6 +267,9 @@ class Usage(Struct, kw_only=True):
     cached: int = 0
     cache_write: int = 0
     reasoning: int = 0
+    #: Server-side web searches the provider ran and bills per search (Anthropic
+    #: `usage.server_tool_use.web_search_requests`), priced by `Price.web_search`.
+    web_searches: int = 0
 
     @property
     def total(self) -> int:

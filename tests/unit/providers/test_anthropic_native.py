@@ -12,7 +12,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from modelyard.config.model import Deployment
+from modelyard.accounting.prices import cost_usd
+from modelyard.config.model import Deployment, Price
 from modelyard.providers.anthropic import NATIVE_FORMAT, AnthropicAdapter, NativeAnthropicStream
 from modelyard.providers.base import SSEEvent, discover
 from modelyard.providers.sse import SSEParser
@@ -127,8 +128,17 @@ def test_parse_native_keeps_the_bytes_and_reads_usage_with_cache_tokens() -> Non
     done = ADAPTER.parse_native(dep(), NATIVE_FORMAT, ANSWER)
     assert done.native is ANSWER
     assert done.model == "claude-sonnet-4-5-20250929"
-    assert done.usage == Usage(prompt=2112, completion=7, cached=2000, cache_write=100)
+    assert done.usage == Usage(prompt=2112, completion=7, cached=2000, cache_write=100, web_searches=1)
     assert done.body["content"][0]["signature"] == "c2ln"
+
+
+def test_server_web_searches_are_priced_per_search() -> None:
+    usage = ADAPTER.parse_native(dep(), NATIVE_FORMAT, ANSWER).usage
+    tokens_only = Price(input=3, output=15, cached_input=0.3, cache_write=3.75)
+    with_search = Price(input=3, output=15, cached_input=0.3, cache_write=3.75, web_search=10.0)
+    assert cost_usd(usage, with_search) == pytest.approx(cost_usd(usage, tokens_only) + 10.0 / 1000)
+    expected_tokens = (12 * 3 + 2000 * 0.3 + 100 * 3.75 + 7 * 15) / 1e6
+    assert cost_usd(usage, tokens_only) == pytest.approx(expected_tokens)
 
 
 def test_parse_native_errors() -> None:

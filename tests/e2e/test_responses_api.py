@@ -360,3 +360,23 @@ routing: {{retries: 0, breaker: {{failures: 1000}}}}
                     assert events[-1]["type"] == tail, events[-1]
                     cut_mid_stream += 1
                 assert cut_mid_stream, f"{model}: no stream was cut after its first bytes"
+
+
+def test_a_passed_through_response_is_read_and_deleted_upstream(
+    client: openai.OpenAI, other: openai.OpenAI, sim: SimServer
+) -> None:
+    made = client.responses.create(model=NATIVE, input=[{"role": "user", "content": "kept upstream"}])
+    assert httpx.get(f"{sim.url}/v1/responses/{made.id}").status_code == 200  # it lives upstream
+    got = client.responses.retrieve(made.id)  # the upstream's object, through the deployment that holds it
+    assert got.id == made.id and got.output_text == made.output_text
+    items: Any = client.responses.input_items.list(made.id, order="asc")
+    assert [item.content[0].text for item in items.data if item.type == "message"] == ["kept upstream"]
+    with pytest.raises(openai.NotFoundError):
+        other.responses.input_items.list(made.id)
+    with pytest.raises(openai.NotFoundError):
+        other.responses.delete(made.id)
+    assert httpx.get(f"{sim.url}/v1/responses/{made.id}").status_code == 200  # another key deleted nothing
+    client.responses.delete(made.id)
+    with pytest.raises(openai.NotFoundError):
+        client.responses.retrieve(made.id)
+    assert httpx.get(f"{sim.url}/v1/responses/{made.id}").status_code == 404  # gone upstream as well

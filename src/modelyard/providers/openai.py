@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 from typing import Any, ClassVar, Literal
+from urllib.parse import quote
 
 import msgspec
 
@@ -189,6 +190,12 @@ class OpenAIAdapter:
     def native_stream(self, dep: Deployment, fmt: str) -> NativeResponsesStream:
         _check_format(fmt)
         return NativeResponsesStream(dep.model)
+
+    def response_object_call(self, dep: Deployment, method: str, response_id: str, tail: str = "") -> HttpCall:
+        """GET/DELETE `{base}/responses/{id}[/input_items?…]` for a response that lives on this deployment
+        (`tail` is built by the gateway from checked values, never the client's raw text)."""
+        url = f"{_base(dep)}/responses/{quote(response_id, safe='')}{tail}"
+        return HttpCall(method, url, _headers(dep), b"")
 
     # ------------------------------------------------------------------ errors
 

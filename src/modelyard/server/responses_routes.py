@@ -8,6 +8,7 @@ by that key: another key's response id is a 404, exactly like an unknown one.
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, cast
+from urllib.parse import urlencode
 
 import msgspec
 
@@ -59,13 +60,19 @@ class ResponseObjects:
             raise not_found(response_id)
         method = request.method
         if tail == "input_items" and method == "GET":
-            await self._input_items(request, conversations, ctx, response_id)
+            await self._input_items(gw, request, conversations, ctx, response_id)
         elif tail == "" and method == "GET":
             stored = await conversations.get(ctx.key_id, response_id)
-            if stored.response is None:  # a pass-through response: its body lives upstream, not here
+            if stored.upstream is not None:  # a pass-through response: the upstream holds its body
+                await request.respond(200, await _upstream(gw, stored.upstream, "GET", response_id), list(JSON_HEADERS))
+                return
+            if stored.response is None:
                 raise not_found(response_id)
             await request.respond(200, _encode(stored.response), list(JSON_HEADERS))
         elif tail == "" and method == "DELETE":
+            stored = await conversations.get(ctx.key_id, response_id)
+            if stored.upstream is not None:  # deleted upstream too, so nothing of it is left anywhere
+                await _upstream(gw, stored.upstream, "DELETE", response_id)
             await conversations.delete(ctx.key_id, response_id)
             body = {"id": response_id, "object": "response", "deleted": True}
             await request.respond(200, _encode(body), list(JSON_HEADERS))
@@ -73,7 +80,7 @@ class ResponseObjects:
             raise GatewayError(405, f"Method {method} not allowed on {request.path[:300]}", code="method_not_allowed")
 
     async def _input_items(
-        self, request: Request, conversations: Conversations, ctx: RequestContext, response_id: str
+        self, gw: Gateway, request: Request, conversations: Conversations, ctx: RequestContext, response_id: str
     ) -> None:
         query = request.query
         limit = _limit(query.get("limit"))
@@ -81,6 +88,14 @@ class ResponseObjects:
         if order not in ("asc", "desc"):
             raise GatewayError(400, "'order' must be 'asc' or 'desc'.", param="order", code="invalid_value")
         stored = await conversations.get(ctx.key_id, response_id)
+        if stored.upstream is not None:
+            after = query.get("after")
+            params = {"limit": str(limit), "order": order, **({"after": after[:256]} if after else {})}
+            tail = "/input_items?" + urlencode(params)
+            await request.respond(
+                200, await _upstream(gw, stored.upstream, "GET", response_id, tail), list(JSON_HEADERS)
+            )
+            return
         items: list[dict[str, Any]] = list(stored.input_items)
         if order == "desc":
             items.reverse()
@@ -97,6 +112,18 @@ class ResponseObjects:
             "has_more": len(items) > limit,
         }
         await request.respond(200, _encode(body), list(JSON_HEADERS))
+
+
+async def _upstream(gw: Gateway, deployment: str, method: str, response_id: str, tail: str = "") -> bytes:
+    """The upstream's answer for a response it holds (the deployment that served it, with its credentials);
+    an upstream error becomes the gateway's error for it, like any provider error."""
+    dep = gw.config.deployment(deployment)
+    adapter = gw.router.adapters.get(dep.provider) if dep is not None else None
+    build = getattr(adapter, "response_object_call", None)
+    if dep is None or adapter is None or build is None:  # the deployment left the config since
+        raise not_found(response_id)
+    body, _ = await gw.router.executor.transport.send(build(dep, method, response_id, tail), dep.timeouts, adapter)
+    return body
 
 
 def _limit(value: str | None) -> int:

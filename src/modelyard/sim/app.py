@@ -26,7 +26,7 @@ import random
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, parse_qsl
 
 import msgspec
 
@@ -162,6 +162,10 @@ class SimApp:
                 return await self._embed(self.openai, scope, receive, send, None, False)
             if ":" in path and path.startswith(("/v1beta/models/", "/v1/models/")):
                 return await self._gemini(scope, receive, send)
+        if path.startswith("/v1/responses/") and method in ("GET", "DELETE"):
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            status, stored = self.responses.stored(method, path[len("/v1/responses/") :], query)
+            return await asgi.respond(send, status, stored)
         if path.startswith("/_sim/"):
             return await self._control(method, path, receive, send)
         if method == "GET" and path.startswith(("/v1beta/models", "/v1/models")):

@@ -160,6 +160,8 @@ class ResponsesWire(OpenAIWire):
 
     def __init__(self) -> None:
         self._stored: OrderedDict[str, list[dict[str, Any]]] = OrderedDict()
+        #: The Response objects and input items answered, for GET/DELETE /v1/responses/{id}[/input_items].
+        self._objects: OrderedDict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = OrderedDict()
         self._pending: OrderedDict[int, tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]] = OrderedDict()
 
     def parse_chat(self, body: bytes, model: str | None) -> Ask:
@@ -212,9 +214,20 @@ class ResponsesWire(OpenAIWire):
     def _request_of(self, answer: Answer) -> tuple[dict[str, Any], list[dict[str, Any]], dict[str, str]]:
         return self._pending.pop(id(answer.ask), ({"model": answer.ask.model}, [], {}))
 
-    def _remember(self, response_id: str, raw: dict[str, Any], messages: list[dict[str, Any]], reply: Reply) -> None:
+    def _remember(
+        self,
+        response_id: str,
+        raw: dict[str, Any],
+        messages: list[dict[str, Any]],
+        reply: Reply,
+        response: dict[str, Any] | None = None,
+    ) -> None:
         if raw.get("store") is False:
             return
+        if response is not None:
+            self._objects[response_id] = (response, _input_items(raw.get("input")))
+            while len(self._objects) > MAX_STORED:
+                self._objects.popitem(last=False)
         said: dict[str, Any] = {"role": "assistant", "content": reply.text if not reply.tool_calls else None}
         if reply.tool_calls:
             said["tool_calls"] = [
@@ -231,7 +244,7 @@ class ResponsesWire(OpenAIWire):
         response = _response(answer, raw, "completed", _output(answer.key, reply, "completed", kinds))
         if reply.finish == "length":
             response["status"], response["incomplete_details"] = "incomplete", {"reason": "max_output_tokens"}
-        self._remember(response["id"], raw, messages, reply)
+        self._remember(response["id"], raw, messages, reply, response)
         return _encode(response)
 
     def stream(self, answer: Answer) -> StreamPlan:
@@ -254,8 +267,33 @@ class ResponsesWire(OpenAIWire):
         if reply.finish == "length":
             done["status"], done["incomplete_details"] = "incomplete", {"reason": "max_output_tokens"}
         events.add(f"response.{done['status']}", {"response": done})
-        self._remember(done["id"], raw, messages, reply)
+        self._remember(done["id"], raw, messages, reply, done)
         return StreamPlan(events.list, cut_limit)
+
+    def stored(self, method: str, rest: str, query: dict[str, str]) -> tuple[int, bytes]:
+        """GET/DELETE `/v1/responses/{id}` and GET `…/input_items` over what was answered with `store` on."""
+        response_id, _, tail = rest.partition("/")
+        found = self._objects.get(response_id)
+        if found is None or tail not in ("", "input_items") or (tail and method != "GET"):
+            return self.error("not_found", f"Response with id '{response_id[:64]}' not found.")
+        response, items = found
+        if method == "DELETE":
+            self._objects.pop(response_id, None)
+            self._stored.pop(response_id, None)
+            return 200, _encode({"id": response_id, "object": "response", "deleted": True})
+        if not tail:
+            return 200, _encode(response)
+        listed = items if query.get("order") == "asc" else items[::-1]
+        limit = query.get("limit") or "20"
+        page = listed[: int(limit) if limit.isdigit() else 20]
+        body = {
+            "object": "list",
+            "data": page,
+            "first_id": page[0]["id"] if page else None,
+            "last_id": page[-1]["id"] if page else None,
+            "has_more": len(listed) > len(page),
+        }
+        return 200, _encode(body)
 
     def frame(self, events: list[Event], ask: Ask, complete: bool) -> list[bytes]:
         return [b"event: " + (e.name or "message").encode() + b"\ndata: " + e.data + b"\n\n" for e in events]
@@ -270,6 +308,22 @@ class ResponsesWire(OpenAIWire):
                 decoded["error"]["code"] = "previous_response_not_found"
             body = _encode(decoded)
         return status, body
+
+
+def _input_items(given: Any) -> list[dict[str, Any]]:
+    """A request's input as the items OpenAI lists (each with an id)."""
+    if isinstance(given, str):
+        given = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": given}]}]
+    items = []
+    for i, item in enumerate(given if isinstance(given, list) else []):
+        if not isinstance(item, dict):
+            continue
+        listed = {"id": f"item_{i}", "type": "message", **item}
+        if listed["type"] == "message" and isinstance(listed.get("content"), str):
+            part = "output_text" if listed.get("role") == "assistant" else "input_text"
+            listed["content"] = [{"type": part, "text": listed["content"]}]
+        items.append(listed)
+    return items
 
 
 class _Events:

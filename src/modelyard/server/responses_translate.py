@@ -574,7 +574,9 @@ def responses_to_chat(
         fmt = _format_to_chat(req.text.format)
         if fmt is not None:
             chat["response_format"] = fmt
-    for key in ("max_output_tokens", "temperature", "top_p", "user", "metadata"):
+    # `metadata` tags the Response object (echoed, stored), not the upstream call: OpenAI's chat API refuses
+    # it unless the upstream stores the completion. `include` and `prompt_cache_key` have no chat meaning.
+    for key in ("max_output_tokens", "temperature", "top_p", "user"):
         value = getattr(req, key)
         if value is not None:
             chat["max_completion_tokens" if key == "max_output_tokens" else key] = value

@@ -125,7 +125,6 @@ CASES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
             "temperature": 0.5,
             "top_p": 0.9,
             "user": "u",
-            "metadata": {"a": "b"},
             "reasoning_effort": "low",
             "response_format": {
                 "type": "json_schema",

@@ -34,7 +34,7 @@ def _config(sim: SimServer, tmp_path: Path) -> Any:
     text = f"""
 deployments:
   - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{sim.openai_base}", api_key: sim,
-      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true}}}}
+      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true, hosted_tools: true}}}}
   - {{name: chat@openai, provider: openai, model: sim-small, api_base: "{sim.openai_base}", api_key: sim,
       price: {{input: 1.0, output: 2.0}}}}
   - {{name: small@anthropic, provider: anthropic, model: sim-small, api_base: "{sim.url}", api_key: sim,
@@ -298,7 +298,7 @@ def test_passthrough_is_byte_for_byte(sim: SimServer, tmp_path: Path) -> None:
         text = f"""
 deployments:
   - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{proxy.url}/v1", api_key: sim,
-      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true}}}}
+      price: {{input: 1.0, output: 2.0}}, options: {{responses_api: true, hosted_tools: true}}}}
 models:
   {NATIVE}: {{candidates: [resp@openai]}}
 server: {{responses: {{store: true}}}}
@@ -341,7 +341,7 @@ deployments:
   - {{name: cut-chat, provider: openai, model: quick, api_base: "{cut_sim.openai_base}",
       headers: {{x-sim-fault: cut_stream}}}}
   - {{name: cut-resp, provider: openai, model: quick, api_base: "{cut_sim.openai_base}",
-      headers: {{x-sim-fault: cut_stream}}, options: {{responses_api: true}}}}
+      headers: {{x-sim-fault: cut_stream}}, options: {{responses_api: true, hosted_tools: true}}}}
 models:
   cut-chat: {{candidates: [cut-chat]}}
   cut-resp: {{candidates: [cut-resp]}}

@@ -49,6 +49,10 @@ class OpenAIOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
     #: The server speaks OpenAI's Responses API (`{base_url}/responses`): `/v1/responses` requests reach it
     #: as the client sent them (only `model` rewritten) and its bytes go back unchanged.
     responses_api: bool = False
+    #: Let hosted tools (web_search, file_search, code_interpreter, …) through to this Responses deployment:
+    #: the provider runs and bills them and the gateway does not price them. Off (the default), a request
+    #: carrying one is translated instead and the hosted tools are dropped (server/responses_translate.py).
+    hosted_tools: bool = False
 
 
 #: The wire format of `/v1/responses` bodies (NativePassthrough.native_formats).

@@ -20,7 +20,9 @@ from modelyard.state.sqlite_store import SQLiteStore
 
 CONFIG = """
 deployments:
-  - {name: resp, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1", options: {responses_api: true}}
+  - {name: resp, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1",
+     options: {responses_api: true, hosted_tools: true}}
+  - {name: resp-plain, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1", options: {responses_api: true}}
   - {name: chat, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1"}
   - {name: claude, provider: anthropic, model: m, api_base: "http://127.0.0.1:9"}
 models:
@@ -29,6 +31,7 @@ models:
   mixed: {candidates: [resp, chat]}
   falls-to-chat: {candidates: [resp], fallbacks: [plain]}
   plain: {candidates: [chat]}
+  no-hosted: {candidates: [resp-plain]}
 """
 
 
@@ -58,6 +61,14 @@ async def conversations(tmp_path: Any) -> Any:
         yield Conversations(store, ttl_s=100.0, max_per_key=10)
     finally:
         await store.close()
+
+
+async def test_hosted_tools_pass_through_only_where_the_operator_allows_them() -> None:
+    gw = _gateway()
+    codec = Responses(None, gw.config.server.responses)
+    hosted = {"model": "no-hosted", "input": "hi", "tools": [{"type": "web_search"}]}
+    assert (await _decode(codec, gw, hosted)).native is None  # translated: web_search dropped, nothing unpriced
+    assert (await _decode(codec, gw, {"model": "no-hosted", "input": "hi"})).native is not None
 
 
 def _gateway() -> Gateway:

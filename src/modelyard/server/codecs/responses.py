@@ -3,7 +3,8 @@ Codex CLI work against the gateway.
 
 Two paths, chosen per request:
 - **pass-through**: when every OpenAI deployment the request may reach speaks the Responses API
-  (`options: {responses_api: true}`) and no history must be added here, the client's body travels as sent
+  (`options: {responses_api: true}`, and `hosted_tools: true` if the request carries hosted tools such as
+  web_search, which the provider bills unpriced) and no history must be added here, the client's body travels as sent
   (only `model` rewritten) and the client gets the upstream's bytes back. Its response id lives upstream: it is
   recorded with the key that made it, and a `previous_response_id` naming it pins the request to that
   deployment (and is a 404 for every other key). Attempts at deployments of other wire formats are
@@ -24,7 +25,7 @@ from modelyard.providers.openai import RESPONSES_FORMAT
 from modelyard.routing.executor import Chunk, NativeBody, StreamResult, Success, as_dict
 from modelyard.routing.reach import request_reach
 from modelyard.schema.chat import Usage
-from modelyard.schema.errors import ProviderError
+from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server.codecs.base import NO_HEADERS, Inbound, StreamEncoder
 from modelyard.server.http import Headers, Request
 from modelyard.server.responses_translate import (
@@ -122,8 +123,17 @@ class Responses:
         state = ResponsesState(req if storing else msgspec.structs.replace(req, store=False), translation, ctx.key_id)
         state.storing = storing and req.store is not False
         state.input_items = item_dicts(items)
+        hosted = bool(translation.dropped_tools)
+        if pinned is not None and hosted and not _speaks(ctx, pinned, hosted):
+            raise GatewayError(
+                400,
+                "This conversation lives on a deployment that does not take hosted tools "
+                f"({', '.join(sorted(set(translation.dropped_tools)))}); send it without them.",
+                param="tools",
+                code="invalid_value",
+            )
         native = None
-        if pinned is not None or (history is None and self._passes_through(ctx, chat.model, chat.modelyard)):
+        if pinned is not None or (history is None and self._passes_through(ctx, chat.model, chat.modelyard, hosted)):
             native, state.native = NativeBody(WIRE, client, {}), True
         return Inbound(chat, raw, native, state)
 
@@ -144,13 +154,13 @@ class Responses:
             await self.conversations.check_quota(ctx.key_id)
 
     @staticmethod
-    def _passes_through(ctx: RequestContext, model: str, overrides: Any) -> bool:
-        """Every OpenAI deployment the request may reach speaks the Responses API (and there is one)."""
+    def _passes_through(ctx: RequestContext, model: str, overrides: Any, hosted: bool) -> bool:
+        """Every OpenAI deployment the request may reach speaks the Responses API (and there is one), and
+        takes hosted tools when the request carries some (an operator's choice: they are billed unpriced)."""
         table = ctx.gateway.router.table
         reach = request_reach(table, table.resolve(model), overrides)
-        openai = [table.deployments[n] for n in reach if n in table.deployments]
-        openai = [d for d in openai if d.provider == "openai"]
-        return bool(openai) and all(getattr(d.options, "responses_api", False) for d in openai)
+        openai = [n for n in reach if n in table.deployments and table.deployments[n].provider == "openai"]
+        return bool(openai) and all(_speaks(ctx, name, hosted) for name in openai)
 
     def headers(self, ctx: RequestContext) -> Headers:
         return NO_HEADERS
@@ -208,6 +218,15 @@ class Responses:
 
     def error_body(self, status: int, body: dict[str, Any]) -> dict[str, Any]:
         return body  # OpenAI's shape already
+
+
+def _speaks(ctx: RequestContext, deployment: str, hosted: bool) -> bool:
+    """Whether `deployment` takes Responses bodies as sent (and their hosted tools, when there are some)."""
+    dep = ctx.gateway.router.table.deployments.get(deployment)
+    options = dep.options if dep is not None and dep.provider == "openai" else None
+    if not getattr(options, "responses_api", False):
+        return False
+    return not hosted or bool(getattr(options, "hosted_tools", False))
 
 
 class TranslatedEvents:

@@ -189,7 +189,8 @@ class OpenAIAdapter:
             raise ProviderError(ErrorKind.SERVER, "malformed response: not a Response object")
         if data.get("status") == "failed":
             raise _failed(data, after_first_byte=False)
-        return Completion(data, responses_usage(data.get("usage")), str(data.get("model") or dep.model), native=body)
+        usage = responses_usage(data.get("usage"), data.get("tool_usage"))
+        return Completion(data, usage, str(data.get("model") or dep.model), native=body)
 
     def native_stream(self, dep: Deployment, fmt: str) -> NativeResponsesStream:
         _check_format(fmt)
@@ -406,10 +407,12 @@ def _check_format(fmt: str) -> None:
         raise GatewayError(400, f"the OpenAI adapter does not pass {fmt!r} bodies through")
 
 
-def responses_usage(raw: Any) -> Usage:
-    """A Responses `usage` object (input/output tokens and their details) as canonical usage."""
+def responses_usage(raw: Any, tool_usage: Any = None) -> Usage:
+    """A Responses `usage` object (input/output tokens and their details) as canonical usage, with the web
+    searches the Response's `tool_usage` reports (billed per search: Price.web_search)."""
+    searches = _obj(_obj(tool_usage).get("web_search")).get("num_requests")
     if not isinstance(raw, dict):
-        return Usage()
+        return Usage(web_searches=searches if isinstance(searches, int) else 0)
     inputs, outputs = _obj(raw.get("input_tokens_details")), _obj(raw.get("output_tokens_details"))
     return Usage(
         prompt=int(raw.get("input_tokens") or 0),
@@ -417,6 +420,7 @@ def responses_usage(raw: Any) -> Usage:
         cached=int(inputs.get("cached_tokens") or 0),
         cache_write=int(inputs.get("cache_write_tokens") or 0),
         reasoning=int(outputs.get("reasoning_tokens") or 0),
+        web_searches=searches if isinstance(searches, int) and not isinstance(searches, bool) else 0,
     )
 
 
@@ -503,7 +507,7 @@ class NativeResponsesStream:
             if kind == "response.failed":
                 raise _failed(response, after_first_byte=self.answered)
             if kind in _ENDS:
-                self.usage = responses_usage(response.get("usage"))
+                self.usage = responses_usage(response.get("usage"), response.get("tool_usage"))
                 self._done = True
                 self.answered = True
         if not self.answered and kind in _SUBSTANCE:

@@ -69,6 +69,7 @@ def test_parse_native_keeps_the_bytes_and_reads_usage() -> None:
             "status": "completed",
             "model": "gpt-upstream-2026",
             "output": [],
+            "tool_usage": {"web_search": {"num_requests": 3}, "image_gen": {}},
             "usage": {
                 "input_tokens": 100,
                 "input_tokens_details": {"cached_tokens": 60},
@@ -83,6 +84,7 @@ def test_parse_native_keeps_the_bytes_and_reads_usage() -> None:
     assert (completion.usage.prompt, completion.usage.completion) == (100, 20)
     assert (completion.usage.cached, completion.usage.reasoning) == (60, 5)
     assert completion.model == "gpt-upstream-2026"
+    assert completion.usage.web_searches == 3  # priced per search (Price.web_search)
     with pytest.raises(ProviderError):
         ADAPTER.parse_native(dep(), RESPONSES_FORMAT, b'{"object": "chat.completion"}')
 

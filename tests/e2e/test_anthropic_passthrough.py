@@ -1,5 +1,8 @@
 """/v1/messages to an Anthropic deployment is a native pass-through, checked from both ends.
 
+Both ways only `model` changes: the upstream gets the deployment's model name, the client gets back the name
+it asked for (Claude Code treats another name as a model switch and drops its thinking).
+
 The official `anthropic` SDK runs a 3-turn extended-thinking + tool-use conversation through the gateway;
 the simulator verifies every returned thinking signature (an altered or dropped one is Anthropic's 400),
 records what it received (`cache_control` must arrive intact), and answers deterministically, so a test
@@ -175,7 +178,9 @@ def test_non_stream_bytes_are_the_upstreams_and_body_is_the_clients(gateway: Bac
         content=entry["body"].encode(),
         headers={"x-api-key": "k", "content-type": "application/json"},
     )
-    assert answer.content == direct.content
+    # The one change: the answer names the model the client asked for (Claude Code relies on it).
+    assert b'"model":"sim-claude"' in direct.content and answer.json()["model"] == "claude"
+    assert answer.content == direct.content.replace(b'"model":"sim-claude"', b'"model":"claude"', 1)
 
 
 def test_stream_bytes_are_the_upstreams(gateway: BackgroundServer, sim: SimServer) -> None:
@@ -198,7 +203,9 @@ def test_stream_bytes_are_the_upstreams(gateway: BackgroundServer, sim: SimServe
         f"{sim.url}/v1/messages", content=entry["body"].encode(), headers={"content-type": "application/json"}
     )
     assert b"signature_delta" in direct.content
-    assert through_gateway == direct.content
+    # Byte for byte, but for message_start naming the model the client asked for.
+    assert through_gateway == direct.content.replace(b'"model":"sim-claude"', b'"model":"claude"', 1)
+    assert through_gateway.count(b'"model":"claude"') == 1
 
 
 def test_server_tools_are_refused_before_any_upstream_call(client: anthropic.Anthropic, sim: SimServer) -> None:

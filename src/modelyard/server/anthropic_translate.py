@@ -44,6 +44,7 @@ _log = logging.getLogger("modelyard.anthropic")
 #: skills (priced server-side work or outbound calls), context-1m (long-context pricing), oauth (credentials).
 DEFAULT_ANTHROPIC_BETAS: tuple[str, ...] = (
     "claude-code-20250219",
+    "mid-conversation-system-2026-04-07",
     "interleaved-thinking-2025-05-14",
     "fine-grained-tool-streaming-2025-05-14",
     "token-efficient-tools-2025-02-19",
@@ -551,6 +552,41 @@ def check_server_tools(body: dict[str, Any], allowed: bool) -> None:
         )
 
 
+# --------------------------------------------------------------------------- pass-through answers
+
+
+def rename_answer_model(native: bytes, upstream: Any, requested: str) -> bytes:
+    """A pass-through answer naming the model the client asked for instead of the deployment's model.
+
+    The one change made to the provider's bytes, the mirror of the request's `model` rewrite: Claude Code
+    takes an answer naming another model for a model switch and drops its thinking from the next turn
+    (which Anthropic then refuses). `native` is a Message body or a `message_start` event, whose first
+    `"model":` is the message's own (it comes before any content); left as is when not found.
+    """
+    if not isinstance(upstream, str) or upstream == requested:
+        return native
+    new = _encode(requested)
+    for sep in (b'"model":', b'"model": '):
+        old = sep + _encode(upstream)
+        if old in native:
+            return native.replace(old, sep + new, 1)
+    return native
+
+
+def rename_event_model(event: bytes, requested: str) -> bytes:
+    """`rename_answer_model` for one re-framed `message_start` event (`event: ...\ndata: {...}\n\n`)."""
+    at = event.find(b"data: ")
+    if at < 0:
+        return event
+    try:
+        data = _decode(event[at + 6 :].strip())
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return event
+    message = data.get("message") if isinstance(data, dict) else None
+    upstream = message.get("model") if isinstance(message, dict) else None
+    return rename_answer_model(event, upstream, requested)
+
+
 # --------------------------------------------------------------------------- answers
 
 
@@ -858,6 +894,8 @@ __all__ = [
     "matched_stop_sequence",
     "messages_request_to_chat",
     "passthrough_headers",
+    "rename_answer_model",
+    "rename_event_model",
     "server_tool_types",
     "server_tools_allowed",
     "stop_reason",

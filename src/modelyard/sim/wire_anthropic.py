@@ -164,8 +164,11 @@ class AnthropicWire:
         ask.system_text, _ = _text_and_images(data.get("system"))
         prompt = count_tokens(ask.system_text)
         for i, message in enumerate(messages):
-            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant"):
-                raise BadRequest("messages: each message needs a role of 'user' or 'assistant'")
+            if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
+                raise BadRequest("messages: each message needs a role of 'user', 'assistant' or 'system'")
+            if message["role"] == "system":  # mid-conversation system turns (API 2026-10-21, or its beta)
+                text, _ = _text_and_images(message.get("content"))
+                ask.system_text = f"{ask.system_text}\n\n{text}" if ask.system_text else text
             if message["role"] == "assistant":
                 self._check_thinking(message.get("content"), f"messages.{i}.content")
             prompt += _content_tokens(message.get("content"))
@@ -360,21 +363,31 @@ def _check_thinking_leads(messages: list[Any]) -> None:
         return
     if not any(isinstance(b, dict) and b.get("type") == "tool_result" for b in content):
         return
-    for i in range(len(messages) - 2, -1, -1):
-        message = messages[i]
-        if not isinstance(message, dict) or message.get("role") != "assistant":
-            continue
-        blocks = message.get("content")
-        first = blocks[0] if isinstance(blocks, list) and blocks else None
-        kind = first.get("type") if isinstance(first, dict) else "text"
-        if kind not in ("thinking", "redacted_thinking"):
-            raise BadRequest(
-                f"messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{kind}`. "
-                "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
-                "(preceding the lastmost set of `tool_use` and `tool_result` blocks). To avoid this "
-                "requirement, disable `thinking`."
-            )
+    end = len(messages) - 2
+    while end >= 0 and not (isinstance(messages[end], dict) and messages[end].get("role") == "assistant"):
+        end -= 1
+    if end < 0:
         return
+    start = end  # consecutive assistant messages are one turn to Anthropic (it merges them)
+    while start > 0 and isinstance(messages[start - 1], dict) and messages[start - 1].get("role") == "assistant":
+        start -= 1
+    first: Any = None
+    for message in messages[start : end + 1]:
+        blocks = message.get("content")
+        if isinstance(blocks, str) and blocks:
+            first = {"type": "text"}
+        elif isinstance(blocks, list) and blocks:
+            first = blocks[0]
+        if first is not None:
+            break
+    kind = first.get("type") if isinstance(first, dict) else "text"
+    if kind not in ("thinking", "redacted_thinking"):
+        raise BadRequest(
+            f"messages.{start}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{kind}`. "
+            "When `thinking` is enabled, a final `assistant` message must start with a thinking block "
+            "(preceding the lastmost set of `tool_use` and `tool_result` blocks). To avoid this "
+            "requirement, disable `thinking`."
+        )
 
 
 def _event(kind: str, payload: dict[str, Any], tokens: float = 0.0) -> Event:

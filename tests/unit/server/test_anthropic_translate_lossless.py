@@ -23,6 +23,8 @@ from modelyard.server.anthropic_translate import (
     check_server_tools,
     messages_request_to_chat,
     passthrough_headers,
+    rename_answer_model,
+    rename_event_model,
     server_tool_types,
     server_tools_allowed,
 )
@@ -253,3 +255,16 @@ def test_per_key_policy_from_metadata_overrides_the_server_setting() -> None:
     assert server_tools_allowed(False, special.anthropic_server_tools)
     denied = KeyState.from_record(new_key("t", metadata={"anthropic_server_tools": "deny"})[1])
     assert not server_tools_allowed(True, denied.anthropic_server_tools)
+
+
+def test_pass_through_answers_name_the_model_the_client_asked_for() -> None:
+    body = b'{"id":"msg_1","type":"message","role":"assistant","model":"claude-sonnet-4-5-20250929","content":[]}'
+    renamed = rename_answer_model(body, "claude-sonnet-4-5-20250929", "claude-sonnet-4-5")
+    assert renamed == body.replace(b"claude-sonnet-4-5-20250929", b"claude-sonnet-4-5")
+    assert rename_answer_model(body, "claude-sonnet-4-5-20250929", "claude-sonnet-4-5-20250929") is body
+    assert rename_answer_model(body, None, "x") is body
+    spaced = b'{"type": "message", "model": "up", "content": [{"type": "text", "text": "\\"model\\":\\"up\\""}]}'
+    assert rename_answer_model(spaced, "up", "mine").count(b'"mine"') == 1
+    event = b'event: message_start\ndata: {"type":"message_start","message":{"id":"m","model":"up","content":[]}}\n\n'
+    assert rename_event_model(event, "via-anthropic") == event.replace(b'"up"', b'"via-anthropic"')
+    assert rename_event_model(b"event: ping\ndata: {}\n\n", "x") == b"event: ping\ndata: {}\n\n"

@@ -165,7 +165,8 @@ async def test_messages_pass_through_sends_the_clients_body_and_returns_the_upst
     assert answer.status == 200 and transport.calls == ["n"]
     assert msgspec.json.decode(transport.bodies[0]) == {**sent, "model": "m-n"}  # cache_control, thinking intact
     assert transport.headers[0] == {"anthropic-version": "2023-06-01", "anthropic-beta": "prompt-caching-2024-07-31"}
-    assert answer.body == ok_body("m-n")  # the upstream's own bytes, not a translated Message
+    # The upstream's own bytes, not a translated Message; only `model` names what the client asked for.
+    assert answer.body == ok_body("m-n").replace(b'"model":"m-n"', b'"model":' + msgspec.json.encode(sent["model"]))
     assert answer.headers["request-id"] == answer.headers["x-request-id"]
     assert float(answer.headers["x-modelyard-cost-usd"]) > 0
 

@@ -26,6 +26,8 @@ from modelyard.server.anthropic_translate import (
     check_server_tools,
     messages_request_to_chat,
     passthrough_headers,
+    rename_answer_model,
+    rename_event_model,
     server_tools_allowed,
     wants_thinking,
 )
@@ -75,15 +77,15 @@ class Messages:
 
     def answer(self, inbound: Inbound, success: Success, ctx: RequestContext) -> bytes:
         completion = success.completion
-        if completion.native is not None:
-            return completion.native
+        if completion.native is not None:  # the provider's bytes, naming the model the client asked for
+            return rename_answer_model(completion.native, completion.body.get("model"), inbound.req.model)
         thinking, stops = inbound.state
         message = chat_completion_to_message(completion.body, completion.model, thinking=thinking, stop_sequences=stops)
         return _encode(message)
 
     def stream(self, inbound: Inbound, result: StreamResult) -> StreamEncoder:
         if result.native is not None:
-            return NativeEvents()
+            return NativeEvents(inbound.req.model)
         prompt = inbound.features.prompt_tokens if inbound.features is not None else 0
         thinking, stops = inbound.state
         return TranslatedEvents(ChunksToAnthropicEvents(result.model, thinking=thinking, stop_sequences=stops), prompt)
@@ -122,15 +124,26 @@ class TranslatedEvents:
 
 
 class NativeEvents:
-    """The provider's own events, already framed by its adapter: passed on byte for byte."""
+    """The provider's own events, already framed by its adapter: passed on byte for byte, but for the model
+    `message_start` names (the one the client asked for: `rename_event_model`)."""
 
-    __slots__ = ()
+    __slots__ = ("_model", "_renamed")
+
+    def __init__(self, model: str) -> None:
+        self._model = model
+        self._renamed = False
 
     def start(self) -> bytes:
         return b""
 
     def batch(self, chunks: list[Chunk]) -> bytes:
-        return b"".join(chunks)  # type: ignore[arg-type]  # msgspec.Raw is a bytes-like buffer
+        out = b"".join(chunks)  # type: ignore[arg-type]  # msgspec.Raw is a bytes-like buffer
+        if not self._renamed and chunks:
+            self._renamed = True
+            first = bytes(chunks[0])  # type: ignore[arg-type]
+            if first.startswith(b"event: message_start"):
+                out = rename_event_model(first, self._model) + out[len(first) :]
+        return out
 
     def finish(self, usage: Usage, cost: float) -> bytes:
         return b""  # message_stop came from the provider, in the held last batch

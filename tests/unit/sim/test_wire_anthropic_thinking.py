@@ -245,3 +245,27 @@ async def test_count_tokens_needs_the_fleets_key() -> None:
     assert refused.status == 401 and refused.json()["error"]["type"] == "authentication_error"
     ok = await asgi_call(app, "POST", "/v1/messages/count_tokens", body, {"x-api-key": "sim-key"})
     assert ok.status == 200 and ok.json() == {"input_tokens": 3}
+
+
+def test_split_assistant_turn_and_system_messages_as_anthropic_merges_them(client: anthropic.Anthropic) -> None:
+    messages, m = _first_turn(client)
+    thinking, tool_use = (b.model_dump() for b in m.content)
+    result: Any = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": tool_use["id"], "content": "ok"}]}
+    split: Any = [
+        *messages,
+        {"role": "system", "content": "Mind the repository's style."},
+        {"role": "assistant", "content": [thinking]},
+        {"role": "assistant", "content": [tool_use]},
+        result,
+    ]
+    ok = client.messages.create(model="sim-medium", max_tokens=2048, thinking=THINKING, tools=[TOOL], messages=split)
+    assert ok.content[-1].type == "text"
+    swapped: Any = [
+        *messages,
+        {"role": "assistant", "content": [tool_use]},
+        {"role": "assistant", "content": [thinking]},
+    ]
+    with pytest.raises(anthropic.BadRequestError, match=r"messages\.1\.content\.0\.type: Expected"):
+        client.messages.create(
+            model="sim-medium", max_tokens=2048, thinking=THINKING, tools=[TOOL], messages=[*swapped, result]
+        )

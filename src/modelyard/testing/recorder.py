@@ -23,6 +23,8 @@ from aiohttp import web
 from modelyard.testing.loopback import LOOPBACK_HOST
 
 #: Hop-by-hop headers (RFC 9110 section 7.6.1) and the ones aiohttp recomputes: never copied across.
+#: An answer keeps its content-encoding (its bytes are passed on still encoded); a request body arrives
+#: decoded (aiohttp's server decodes it), so a request's content-encoding is dropped.
 _HOP = frozenset(
     {
         "connection",
@@ -35,9 +37,9 @@ _HOP = frozenset(
         "upgrade",
         "content-length",
         "host",
-        "content-encoding",
     }
 )
+_REQUEST_SKIP = _HOP | {"content-encoding"}
 _SECRET = frozenset({"authorization", "x-api-key", "x-goog-api-key", "api-key"})
 #: A recorded body beyond this is cut (a streamed answer can be long; the request side never is here).
 MAX_BODY = 4 * 1024 * 1024
@@ -169,7 +171,7 @@ class RecordingProxy:
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         session = request.app[_SESSION]
         body = await request.read()
-        sent = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        sent = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_SKIP}
         exchange = Exchange(request.method, request.path_qs, _masked(dict(request.headers)), _text(body))
         kept = bytearray()
         try:

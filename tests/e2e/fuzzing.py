@@ -138,7 +138,7 @@ TRACEBACK_MARKS = (b"Traceback", b'File "')
 
 
 #: Routes whose errors are in Anthropic's shape; every other answer's errors are in OpenAI's.
-ANTHROPIC_ROUTES = {("POST", "/v1/messages")}
+ANTHROPIC_ROUTES = {("POST", "/v1/messages"), ("POST", "/v1/messages/count_tokens")}
 
 
 def shape_of(probe: Probe) -> Shape:

@@ -21,7 +21,6 @@ import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
-from modelyard.server.count_tokens import count_tokens
 from modelyard.server.factory import create_app
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
@@ -66,19 +65,10 @@ models:
 """
 
 
-def with_count_tokens(app: Any) -> Any:
-    """Registers POST /v1/messages/count_tokens when the app does not yet (the integrator's one line)."""
-    route = ("POST", "/v1/messages/count_tokens")
-    if route not in app.routes:
-        app.routes[route] = (count_tokens, app.routes[("POST", "/v1/messages")][1])
-        app.keyed = app.keyed | {count_tokens}
-    return app
-
-
 @pytest.fixture(scope="module")
 def gateway(sim: SimServer) -> Iterator[BackgroundServer]:
     config = parse_config(config_yaml(sim), source="passthrough.yaml")
-    with BackgroundServer(with_count_tokens(create_app(config))) as server:
+    with BackgroundServer(create_app(config)) as server:
         yield server
 
 

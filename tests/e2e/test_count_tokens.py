@@ -21,7 +21,6 @@ from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
-from tests.e2e.test_anthropic_passthrough import with_count_tokens
 
 MASTER = "sk-master-count-tokens"
 MESSAGES: Any = [{"role": "user", "content": "How many tokens does this question take, roughly?"}]
@@ -57,7 +56,7 @@ spend:
 """,
         source="count.yaml",
     )
-    with BackgroundServer(with_count_tokens(create_app(config))) as server:
+    with BackgroundServer(create_app(config)) as server:
         yield server
 
 

@@ -538,6 +538,13 @@ ROUTES = [
         ),
         1200,
     ),
+    Route(
+        "count-tokens",
+        json_posts(
+            "/v1/messages/count_tokens", messages_request, ("anthropic-version", "anthropic-beta", "content-type")
+        ),
+        400,
+    ),
     Route("embeddings", json_posts("/v1/embeddings", embeddings_request), 600),
     Route("responses", json_posts("/v1/responses", responses_request), 1200),
     Route("response-objects", response_object_probes, 300),

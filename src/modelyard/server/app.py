@@ -30,6 +30,7 @@ from modelyard.server.access import credential_of
 from modelyard.server.codecs.chat_completions import ChatCompletions
 from modelyard.server.codecs.messages import Messages
 from modelyard.server.context import ErrorWriter, Handler, RequestContext
+from modelyard.server.count_tokens import count_tokens
 from modelyard.server.embeddings import embeddings
 from modelyard.server.http import (
     ClientGone,
@@ -128,6 +129,7 @@ class Gateway:
             self.routes[("POST", f"{prefix}/embeddings")] = (embeddings, _openai_error)
             self.routes[("GET", f"{prefix}/models")] = (model_routes.list_models, _openai_error)
         self.routes[("POST", "/v1/messages")] = (messages, messages.write_error)
+        self.routes[("POST", "/v1/messages/count_tokens")] = (count_tokens, messages.write_error)
         responses, self.response_objects = responses_routes(config, services)
         self.routes[("POST", "/v1/responses")] = (responses, responses.write_error)
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route

@@ -6,6 +6,7 @@ objects, and tenancy (another key's response id is a 404, never another tenant's
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -289,6 +290,15 @@ def test_codex_shaped_tools_round_trip(client: openai.OpenAI, model: str) -> Non
     assert fc.type == "custom_tool_call" or (fc.name, fc.namespace) == ("read_file", "files")
 
 
+def _recorded(proxy: Any, count: int) -> Any:
+    """The proxy's `count`-th exchange: it is written down once the proxy has sent its last byte, which may
+    be a moment after the gateway answered."""
+    deadline = time.monotonic() + 5
+    while len(proxy.snapshot()) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return proxy.snapshot()[count - 1]
+
+
 def test_passthrough_is_byte_for_byte(sim: SimServer, tmp_path: Path) -> None:
     """Responses → Responses: the upstream receives the client's body unchanged except `model`, and the client
     receives the upstream's bytes unchanged (JSON and SSE), with the gateway's headers added."""
@@ -317,7 +327,7 @@ spend: {{store: "{tmp_path / "bytes.db"}"}}
                     headers={"content-type": "application/json", "authorization": "Bearer x"},
                 )
                 assert answer.status_code == 200, answer.text
-                exchange = proxy.snapshot()[-1]
+                exchange = _recorded(proxy, 1 + int(stream))
                 assert exchange.path == "/v1/responses"
                 sent = json.loads(exchange.body)
                 client = json.loads(body)

@@ -21,8 +21,8 @@ from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 
 MASTER = "sk-master-responses-test"
-NATIVE, CHAT, ANTHROPIC = "native", "via-chat", "via-anthropic"
-MODELS = (NATIVE, CHAT, ANTHROPIC)
+NATIVE, CHAT, ANTHROPIC, GEMINI = "native", "via-chat", "via-anthropic", "via-gemini"
+MODELS = (NATIVE, CHAT, ANTHROPIC, GEMINI)
 WEATHER: Any = {
     "type": "function",
     "name": "get_weather",
@@ -40,10 +40,13 @@ deployments:
       price: {{input: 1.0, output: 2.0}}}}
   - {{name: small@anthropic, provider: anthropic, model: sim-small, api_base: "{sim.url}", api_key: sim,
       price: {{input: 1.0, output: 2.0}}}}
+  - {{name: small@gemini, provider: gemini, model: sim-small, api_base: "{sim.url}", api_key: sim,
+      price: {{input: 1.0, output: 2.0}}}}
 models:
   {NATIVE}: {{candidates: [resp@openai]}}
   {CHAT}: {{candidates: [chat@openai]}}
   {ANTHROPIC}: {{candidates: [small@anthropic]}}
+  {GEMINI}: {{candidates: [small@gemini]}}
 access:
   master_key: {MASTER}
 spend:
@@ -89,9 +92,8 @@ def test_create(client: openai.OpenAI, model: str) -> None:
     assert r.object == "response" and r.id.startswith("resp_") and r.status == "completed"
     assert r.output_text
     assert r.usage is not None and r.usage.input_tokens > 0 and r.usage.output_tokens > 0
-    assert raw.headers["x-modelyard-model"] == {NATIVE: "resp@openai", CHAT: "chat@openai"}.get(
-        model, "small@anthropic"
-    )
+    served = {NATIVE: "resp@openai", CHAT: "chat@openai", ANTHROPIC: "small@anthropic", GEMINI: "small@gemini"}
+    assert raw.headers["x-modelyard-model"] == served[model]
     assert float(raw.headers["x-modelyard-cost-usd"]) > 0
 
 

@@ -4,7 +4,9 @@ Conventions tests rely on (checked in this order):
 
 * tools given and the tool choice asks for a call (required / any / a named tool), or is `auto` and the
   last user text names a tool (or says ``call all tools``) and the last message is not a tool result
-  → tool calls, arguments generated from each tool's JSON-Schema parameters. The tool called is the named
+  → tool calls. Arguments: the JSON object the last user text writes right after the tool's name, verbatim
+  (``Use Read {"file_path": "/tmp/x"}``), else generated from the tool's JSON-Schema parameters with only the
+  required top-level properties. The tool called is the named
   one, else the one the last user text names first (the first declared when it names none), as a model
   would; ``call all tools`` gives two calls unless parallel calls are off;
 * JSON mode → a JSON document: an instance of the request's schema when one is given (whatever the system
@@ -240,7 +242,7 @@ def compose(tokens: int, rng: random.Random) -> str:
 
 def tool_calls(ask: Ask, rng: random.Random) -> list[ToolCallOut]:
     chosen = _chosen_tools(ask)
-    return [_call(tool, rng) for tool in chosen]
+    return [_call(tool, rng, _named_arguments(tool, ask.last_user_text)) for tool in chosen]
 
 
 def _chosen_tools(ask: Ask) -> list[ToolSpec]:
@@ -272,9 +274,36 @@ def _named_first(tools: list[ToolSpec], text: str) -> ToolSpec | None:
     return found
 
 
-def _call(tool: ToolSpec, rng: random.Random) -> ToolCallOut:
-    schema = tool.parameters if tool.parameters else {"type": "object", "properties": {}}
-    args = instance(schema, rng)
+def _named_arguments(tool: ToolSpec, text: str) -> dict[str, Any] | None:
+    """The JSON object written right after the tool's name in the user's text (`Use Read {"file_path": …}`),
+    as a model would take arguments the user spelled out; None when there is none."""
+    at = text.find(tool.name) if tool.name else -1
+    if at < 0:
+        return None
+    start = at + len(tool.name)
+    while start < len(text) and text[start] in " \t\n:":
+        start += 1
+    if start >= len(text) or text[start] != "{":
+        return None
+    try:
+        args, _ = json.JSONDecoder().raw_decode(text, start)
+    except ValueError:
+        return None
+    return args if isinstance(args, dict) else None
+
+
+def _call(tool: ToolSpec, rng: random.Random, named: dict[str, Any] | None = None) -> ToolCallOut:
+    """A call of `tool`: the arguments the user named, else an instance of its parameters with only the required
+    properties at the top level (a model leaves out what it need not say; random optional arguments make real
+    agents' tools fail, e.g. Claude Code's Read with a made-up `pages`)."""
+    args: Any = named
+    if args is None:
+        schema = tool.parameters if tool.parameters else {"type": "object", "properties": {}}
+        props = schema.get("properties")
+        if isinstance(props, dict):
+            required = set(schema.get("required") or ())
+            schema = {**schema, "properties": {k: v for k, v in props.items() if k in required}}
+        args = instance(schema, rng)
     if not isinstance(args, dict):
         args = {"value": args}
     return ToolCallOut(f"{rng.getrandbits(96):024x}", tool.name, _encode(args).decode(), args)

@@ -110,3 +110,43 @@ async def test_gemini_any_mode_and_response_schema_over_the_wire() -> None:
     }
     data = (await asgi_call(app, "POST", path, body, headers)).json()
     jsonschema.validate(json.loads(data["candidates"][0]["content"]["parts"][0]["text"]), SCHEMA)
+
+
+OPTIONAL = ToolSpec(
+    "Read",
+    {
+        "type": "object",
+        "properties": {"file_path": {"type": "string"}, "pages": {"type": "string"}, "limit": {"type": "integer"}},
+        "required": ["file_path"],
+    },
+)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (
+            'Use Read {"file_path": "/tmp/x/note.txt", "limit": 3} and tell me',
+            {"file_path": "/tmp/x/note.txt", "limit": 3},
+        ),
+        ('Read: {"file_path": "a b"}', {"file_path": "a b"}),
+    ],
+)
+def test_arguments_the_user_spells_out_are_used_verbatim(text: str, expected: dict[str, Any]) -> None:
+    reply = generate(
+        Ask(model="m", prompt_tokens=9, last_user_text=text, tools=[OPTIONAL], tool_mode="required"),
+        SimModel(name="m"),
+        random.Random(1),
+    )
+    assert [json.loads(c.arguments) for c in reply.tool_calls] == [expected]
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_generated_arguments_hold_only_the_required_properties(seed: int) -> None:
+    reply = generate(
+        Ask(model="m", prompt_tokens=9, last_user_text="Use Read {broken json", tools=[OPTIONAL], tool_mode="required"),
+        SimModel(name="m"),
+        random.Random(seed),
+    )
+    (call,) = reply.tool_calls
+    assert set(json.loads(call.arguments)) == {"file_path"}

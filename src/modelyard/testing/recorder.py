@@ -95,6 +95,10 @@ class RecordingProxy:
         self.out = out
         self.exchanges: list[Exchange] = []
         self._lock = threading.Lock()
+        #: Requests being forwarded: an exchange is kept after its last byte went out, a moment after the
+        #: client may have read it, so `snapshot` waits for these to settle.
+        self._in_flight = 0
+        self._settled = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._stop: Any = None  # the loop's asyncio.Event, created on the loop
@@ -122,18 +126,27 @@ class RecordingProxy:
         if self._thread is not None:
             self._thread.join(10)
 
-    def snapshot(self) -> list[Exchange]:
-        """A copy of what was recorded so far."""
-        with self._lock:
+    def snapshot(self, settle_s: float = 5.0) -> list[Exchange]:
+        """A copy of what was recorded, once no request is being forwarded (or after `settle_s`)."""
+        with self._settled:
+            self._settled.wait_for(lambda: self._in_flight == 0, timeout=settle_s)
             return list(self.exchanges)
 
-    def _keep(self, exchange: Exchange) -> None:
+    def _begin(self) -> None:
         with self._lock:
-            if len(self.exchanges) < MAX_EXCHANGES:
-                self.exchanges.append(exchange)
-        if self.out is not None:
-            with self._lock, self.out.open("a", encoding="utf-8") as fh:
-                fh.write(json.dumps(asdict(exchange)) + "\n")
+            self._in_flight += 1
+
+    def _keep(self, exchange: Exchange) -> None:
+        with self._settled:
+            try:
+                if len(self.exchanges) < MAX_EXCHANGES:
+                    self.exchanges.append(exchange)
+                if self.out is not None:
+                    with self.out.open("a", encoding="utf-8") as fh:
+                        fh.write(json.dumps(asdict(exchange)) + "\n")
+            finally:
+                self._in_flight -= 1
+                self._settled.notify_all()
 
     def _run(self) -> None:
         import asyncio
@@ -170,7 +183,12 @@ class RecordingProxy:
 
     async def _forward(self, request: web.Request) -> web.StreamResponse:
         session = request.app[_SESSION]
-        body = await request.read()
+        self._begin()
+        try:
+            body = await request.read()
+        except BaseException:
+            self._keep(Exchange(request.method, request.path_qs, _masked(dict(request.headers)), "", status=499))
+            raise
         sent = {k: v for k, v in request.headers.items() if k.lower() not in _REQUEST_SKIP}
         exchange = Exchange(request.method, request.path_qs, _masked(dict(request.headers)), _text(body))
         kept = bytearray()

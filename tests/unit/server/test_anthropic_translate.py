@@ -193,7 +193,9 @@ def test_tool_round_trip_documented_example() -> None:
                 }
             ],
             # The signed thinking block rides along for the Anthropic egress (other adapters ignore it).
-            "thinking_blocks": [{"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCgIYAhIM"}],
+            "thinking_blocks": [
+                {"type": "thinking", "thinking": "The user wants weather.", "signature": "EqQBCgIYAhIM"}
+            ],
         },
         # The tool message must directly follow the assistant turn, before the user's text.
         {"role": "tool", "tool_call_id": "toolu_01A09q90qw90lq917835lq9", "content": "15 degrees"},

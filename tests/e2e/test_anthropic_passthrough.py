@@ -155,12 +155,19 @@ def test_non_stream_bytes_are_the_upstreams_and_body_is_the_clients(gateway: Bac
         "context_management": {"edits": [{"type": "clear_tool_uses_20250919"}]},
         "top_k": 5,
     }
-    answer = httpx.post(f"{gateway.url}/v1/messages", json=body, headers={"x-api-key": "k"}, timeout=20)
+    # json.dumps' own spelling (spaces after separators, "\u00e9" escaped, 1.0e-3): the upstream must get it.
+    sent = json.dumps({**body, "temperature": 1.0e-3}, indent=1).encode()
+    answer = httpx.post(
+        f"{gateway.url}/v1/messages",
+        content=sent,
+        headers={"x-api-key": "k", "content-type": "application/json"},
+        timeout=20,
+    )
     assert answer.status_code == 200, answer.text
     assert answer.headers["x-modelyard-provider"] == "anthropic"
     assert float(answer.headers["x-modelyard-cost-usd"]) > 0
     (entry,) = received(sim, "sim-claude")
-    assert json.loads(entry["body"]) == {**body, "model": "sim-claude"}
+    assert entry["body"].encode() == sent.replace(b'"model": "claude"', b'"model": "sim-claude"', 1)
     # Replay the exact upstream request straight at the simulator: same seed, counter and body → same bytes.
     sim.reset()
     direct = httpx.post(

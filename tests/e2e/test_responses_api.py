@@ -335,6 +335,8 @@ spend: {{store: "{tmp_path / "bytes.db"}"}}
                 client = json.loads(body)
                 assert list(sent) == list(client)  # same keys, same order
                 assert sent == {**client, "model": "sim-small"}
+                # The client's own bytes (its spacing, its `2.50`), only the model's value spliced in.
+                assert exchange.body == body.replace('"model":"native"', '"model":"sim-small"', 1)
                 assert answer.content == exchange.response_body.encode()  # the upstream's bytes, unchanged
                 assert answer.headers["x-modelyard-model"] == "resp@openai"
 

@@ -38,6 +38,7 @@ from modelyard.providers.base import (
     new_id,
     parse_retry_after,
     upstream_error,
+    with_model,
 )
 from modelyard.providers.data_url import parse_data_url
 from modelyard.schema.chat import (
@@ -713,19 +714,32 @@ class AnthropicAdapter:
     # ------------------------------------------------------------------ native pass-through
 
     def native_call(
-        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+        self,
+        dep: Deployment,
+        fmt: str,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        *,
+        raw: bytes = b"",
     ) -> HttpCall:
-        """The client's Messages body with only `model` rewritten (key order kept); everything else
-        (thinking and its signatures, cache_control, citations, documents, server tools, metadata,
-        context_management) goes out as the client sent it."""
+        """The client's Messages body with only `model` rewritten: its own bytes where the model can be spliced
+        in (`with_model`), else re-encoded with the key order kept; everything else (thinking and its
+        signatures, cache_control, citations, documents, server tools, metadata, context_management) goes out
+        as the client sent it."""
         _check_format(fmt)
+        url, sent_headers = _url(dep), _native_headers(dep, headers)
+        if bool(body.get("stream")) == stream:
+            spliced = with_model(raw, body, dep.model)
+            if spliced is not None:
+                return HttpCall("POST", url, sent_headers, spliced)
         out = dict(body)
         out["model"] = dep.model
         if stream and out.get("stream") is not True:
             out["stream"] = True
         elif not stream and "stream" in out:
             del out["stream"]
-        return HttpCall("POST", _url(dep), _native_headers(dep, headers), _encode(out))
+        return HttpCall("POST", url, sent_headers, _encode(out))
 
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
         """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""

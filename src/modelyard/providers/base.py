@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -48,6 +49,7 @@ __all__ = [
     "parse_retry_after",
     "redact",
     "upstream_error",
+    "with_model",
 ]
 
 
@@ -171,10 +173,18 @@ class NativePassthrough(Protocol):
     native_formats: ClassVar[frozenset[str]]
 
     def native_call(
-        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+        self,
+        dep: Deployment,
+        fmt: str,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        *,
+        raw: bytes = b"",
     ) -> HttpCall:
-        """The HTTP request: `body` is the client's JSON (the adapter sets `model` to `dep.model`), `headers`
-        the client headers the gateway let through (`anthropic-beta`, `anthropic-version`)."""
+        """The HTTP request: `body` is the client's JSON (the adapter sets `model` to `dep.model`), `raw` the
+        bytes the client sent (`with_model` splices the model into them, so the upstream gets the client's
+        bytes), `headers` the client headers the gateway let through (`anthropic-beta`, `anthropic-version`)."""
         ...
 
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
@@ -268,6 +278,23 @@ def discover(adapter: object) -> Capabilities:
         credentials=adapter if isinstance(adapter, CredentialRefresh) else None,
         endpoints=adapter if isinstance(adapter, Endpoints) else None,
     )
+
+
+def with_model(raw: bytes, body: Mapping[str, Any], model: str) -> bytes | None:
+    """The client's own bytes with only the top-level `model` value replaced by `model`, or None when that
+    value cannot be found exactly once as the client wrote it (a nested object with the same `"model"` pair,
+    an escaped spelling): the caller then re-encodes the decoded body. Byte-faithful pass-through: the
+    upstream sees the client's whitespace, escapes and number spellings, not ours."""
+    value = body.get("model")
+    if not raw or not isinstance(value, str):
+        return None
+    spelled = msgspec.json.encode(value)
+    found = re.findall(rb'"model"\s*:\s*' + re.escape(spelled), raw)
+    if len(found) != 1:
+        return None
+    start = raw.find(found[0])
+    end = start + len(found[0])
+    return raw[: end - len(spelled)] + msgspec.json.encode(model) + raw[end:]
 
 
 #: Ids are unique per process by a counter and across processes by a random prefix drawn at start:

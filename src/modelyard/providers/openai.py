@@ -28,6 +28,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     redact,
     upstream_error,
+    with_model,
 )
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
@@ -162,7 +163,14 @@ class OpenAIAdapter:
     # ------------------------------------------------------------------ native pass-through (Responses API)
 
     def native_call(
-        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+        self,
+        dep: Deployment,
+        fmt: str,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        *,
+        raw: bytes = b"",
     ) -> HttpCall:
         """The client's Responses body with only `model` rewritten (and the gateway's `modelyard` options
         taken out), to `{base_url}/responses`. A deployment not marked `responses_api` cannot take it: the
@@ -172,6 +180,11 @@ class OpenAIAdapter:
         opts: OpenAIOptions = dep.options
         if not opts.responses_api:
             raise GatewayError(400, f"deployment {dep.name!r} does not speak the Responses API")
+        url = _base(dep) + "/responses"
+        if "modelyard" not in body and bool(body.get("stream")) == stream:
+            spliced = with_model(raw, body, dep.model)  # the client's own bytes, only the model changed
+            if spliced is not None:
+                return HttpCall("POST", url, _headers(dep), spliced)
         out = dict(body)
         out.pop("modelyard", None)
         out["model"] = dep.model
@@ -179,7 +192,7 @@ class OpenAIAdapter:
             out["stream"] = True
         elif not stream and out.get("stream"):
             del out["stream"]  # `"stream": false` as the client wrote it stays
-        return HttpCall("POST", _base(dep) + "/responses", _headers(dep), _encode(out))
+        return HttpCall("POST", url, _headers(dep), _encode(out))
 
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
         """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""

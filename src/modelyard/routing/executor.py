@@ -56,6 +56,8 @@ class NativeBody:
     format: str
     body: dict[str, Any]
     headers: dict[str, str]
+    #: The bytes the client sent (the adapter splices `model` into them: the upstream gets the client's bytes).
+    raw: bytes = b""
 
 
 @dataclass(slots=True)
@@ -424,7 +426,9 @@ class Executor:
             try:
                 if passthrough is not None:
                     assert native is not None
-                    call = passthrough.native_call(dep, native.format, native.body, request.stream, native.headers)
+                    call = passthrough.native_call(
+                        dep, native.format, native.body, request.stream, native.headers, raw=native.raw
+                    )
                 elif isinstance(req, EmbeddingRequest):
                     call = adapter.embeddings_call(dep, req, request.raw)
                 else:

@@ -41,7 +41,14 @@ class EverythingAdapter(CountingAdapter):
     endpoints: ClassVar[frozenset[str]] = frozenset({"rerank"})
 
     def native_call(
-        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+        self,
+        dep: Deployment,
+        fmt: str,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        *,
+        raw: bytes = b"",
     ) -> HttpCall:
         return HttpCall("POST", "http://acme/native", {}, b"{}")
 

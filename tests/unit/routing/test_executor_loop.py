@@ -121,7 +121,14 @@ class NativeAnthropic:
         return getattr(self._inner, name)
 
     def native_call(
-        self, dep: Deployment, fmt: str, body: dict[str, Any], stream: bool, headers: Mapping[str, str]
+        self,
+        dep: Deployment,
+        fmt: str,
+        body: dict[str, Any],
+        stream: bool,
+        headers: Mapping[str, str],
+        *,
+        raw: bytes = b"",
     ) -> HttpCall:
         sent = {**body, "model": dep.model}
         self.sent.append((sent, dict(headers)))

@@ -67,7 +67,7 @@ class Messages:
         req = validate_chat(raw)
         client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
         betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
-        native_body = NativeBody(WIRE, native, passthrough_headers(client, betas))
+        native_body = NativeBody(WIRE, native, passthrough_headers(client, betas), body)
         stops = native.get("stop_sequences")  # to report which one ended a non-Anthropic answer
         return Inbound(req, raw, native_body, (wants_thinking(native), stops if isinstance(stops, list) else None))
 

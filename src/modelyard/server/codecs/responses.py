@@ -134,7 +134,7 @@ class Responses:
             )
         native = None
         if pinned is not None or (history is None and self._passes_through(ctx, chat.model, chat.modelyard, hosted)):
-            native, state.native = NativeBody(WIRE, client, {}), True
+            native, state.native = NativeBody(WIRE, client, {}, body), True
         return Inbound(chat, raw, native, state)
 
     async def _history(

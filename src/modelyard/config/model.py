@@ -197,7 +197,7 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     master_key: str | None = None
     #: `anthropic-beta` values a client may have forwarded to an Anthropic upstream on pass-through; others
     #: are dropped (some betas cost money or reach stored files). None: the safe default list
-    #: (server/anthropic_translate.py DEFAULT_ANTHROPIC_BETAS). A key's `anthropic_betas` metadata
+    #: (server/anthropic_request.py DEFAULT_ANTHROPIC_BETAS). A key's `anthropic_betas` metadata
     #: (comma-separated) replaces it for that key.
     anthropic_betas: list[str] | None = None
     #: Anthropic server tools (web search, code execution, ...) on pass-through: the gateway does not price

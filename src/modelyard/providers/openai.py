@@ -52,7 +52,7 @@ class OpenAIOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
     responses_api: bool = False
     #: Let hosted tools (web_search, file_search, code_interpreter, …) through to this Responses deployment:
     #: the provider runs and bills them and the gateway does not price them. Off (the default), a request
-    #: carrying one is translated instead and the hosted tools are dropped (server/responses_translate.py).
+    #: carrying one is translated instead and the hosted tools are dropped (server/responses_request.py).
     hosted_tools: bool = False
 
 

@@ -21,7 +21,7 @@ import msgspec
 from modelyard.providers.base import TokenCounter
 from modelyard.schema.chat import ChatRequest
 from modelyard.schema.errors import GatewayError, ProviderError
-from modelyard.server.anthropic_translate import (
+from modelyard.server.anthropic_request import (
     allowed_betas,
     check_server_tools,
     messages_request_to_chat,

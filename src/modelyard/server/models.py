@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from modelyard.schema.errors import GatewayError
-from modelyard.server.anthropic_translate import anthropic_error_body
+from modelyard.server.anthropic_answer import anthropic_error_body
 from modelyard.server.http import JSON_HEADERS, Request, send_json
 
 if TYPE_CHECKING:

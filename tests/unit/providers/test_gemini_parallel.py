@@ -7,7 +7,7 @@ from typing import Any
 
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import chat_request_from_dict
-from modelyard.server.anthropic_translate import messages_request_to_chat
+from modelyard.server.anthropic_request import messages_request_to_chat
 
 from .test_gemini_adapter import ADAPTER, chat, dep, frag, sse
 

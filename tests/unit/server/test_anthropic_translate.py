@@ -22,15 +22,14 @@ from modelyard.providers.base import StreamStamp
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import Usage, chat_request_from_dict
 from modelyard.schema.errors import ErrorKind, GatewayError
-from modelyard.server.anthropic_translate import (
+from modelyard.server.anthropic_answer import (
     KIND_ERROR_TYPES,
     ChunksToAnthropicEvents,
     anthropic_error_body,
     anthropic_error_type,
     chat_completion_to_message,
-    messages_request_to_chat,
-    wants_thinking,
 )
+from modelyard.server.anthropic_request import messages_request_to_chat, wants_thinking
 
 MODEL = "claude-sonnet-4-5"
 SDK_MODEL = "smart"  # what SDK clients ask the gateway for: a model group name

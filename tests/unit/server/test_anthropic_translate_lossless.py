@@ -15,16 +15,18 @@ from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import AssistantMessage, Usage, chat_request_from_dict
 from modelyard.schema.errors import GatewayError
 from modelyard.server.access import KeyState
-from modelyard.server.anthropic_translate import (
-    DEFAULT_ANTHROPIC_BETAS,
+from modelyard.server.anthropic_answer import (
     ChunksToAnthropicEvents,
-    allowed_betas,
     chat_completion_to_message,
+    rename_answer_model,
+    rename_event_model,
+)
+from modelyard.server.anthropic_request import (
+    DEFAULT_ANTHROPIC_BETAS,
+    allowed_betas,
     check_server_tools,
     messages_request_to_chat,
     passthrough_headers,
-    rename_answer_model,
-    rename_event_model,
     server_tool_types,
     server_tools_allowed,
 )

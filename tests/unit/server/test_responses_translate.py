@@ -9,15 +9,8 @@ import pytest
 
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ErrorKind, GatewayError
-from modelyard.server.responses_translate import (
-    ChunksToResponseEvents,
-    completion_to_response,
-    input_items,
-    item_dicts,
-    output_text,
-    responses_to_chat,
-    validate_responses,
-)
+from modelyard.server.responses_answer import ChunksToResponseEvents, completion_to_response, output_text
+from modelyard.server.responses_request import input_items, item_dicts, responses_to_chat, validate_responses
 from modelyard.server.validation import validate_chat
 
 

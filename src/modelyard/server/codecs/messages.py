@@ -1,7 +1,7 @@
 """Anthropic Messages (`POST /v1/messages`), so the official `anthropic` SDK and Claude Code work against
 the gateway.
 
-The body is translated into the canonical shape (server/anthropic_translate.py) and kept as the client sent
+The body is translated into the canonical shape (server/anthropic_request.py) and kept as the client sent
 it for native pass-through: an attempt at a deployment whose adapter speaks `anthropic-messages` sends the
 client's body (only `model` rewritten) and the client gets the provider's bytes back; any other attempt is
 translated there and back (a Message object, or the Messages event sequence).
@@ -17,17 +17,19 @@ from modelyard.providers.sse import encode_event
 from modelyard.routing.executor import Chunk, NativeBody, StreamResult, Success, as_dict
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import GatewayError, ProviderError
-from modelyard.server.anthropic_translate import (
+from modelyard.server.anthropic_answer import (
     KIND_ERROR_TYPES,
     ChunksToAnthropicEvents,
-    allowed_betas,
     anthropic_error_body,
     chat_completion_to_message,
+    rename_answer_model,
+    rename_event_model,
+)
+from modelyard.server.anthropic_request import (
+    allowed_betas,
     check_server_tools,
     messages_request_to_chat,
     passthrough_headers,
-    rename_answer_model,
-    rename_event_model,
     server_tools_allowed,
     wants_thinking,
 )

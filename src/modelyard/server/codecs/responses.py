@@ -9,7 +9,7 @@ Two paths, chosen per request:
   recorded with the key that made it, and a `previous_response_id` naming it pins the request to that
   deployment (and is a 404 for every other key). Attempts at deployments of other wire formats are
   translated as usual.
-- **translated**: the request becomes a canonical chat request (server/responses_translate.py), the answer a
+- **translated**: the request becomes a canonical chat request (server/responses_request.py), the answer a
   Response object or the Responses event sequence; the conversation (input and output items) is kept in the
   gateway's store when storing is on (state/conversations.py), and `previous_response_id` prepends it.
 """
@@ -28,12 +28,11 @@ from modelyard.schema.chat import Usage
 from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server.codecs.base import NO_HEADERS, Inbound, StreamEncoder
 from modelyard.server.http import Headers, Request
-from modelyard.server.responses_translate import (
-    ChunksToResponseEvents,
+from modelyard.server.responses_answer import ChunksToResponseEvents, completion_to_response
+from modelyard.server.responses_request import (
     InputItem,
     ResponsesRequest,
     Translation,
-    completion_to_response,
     input_items,
     item_dicts,
     responses_to_chat,

@@ -172,10 +172,21 @@ def clients_yaml(sim_url: str) -> str:
     return text.replace("\nmodels:\n", f"\n{responses}models:\n  via-responses: {{candidates: [small@responses]}}\n", 1)
 
 
+#: The simulator's seed fixes its thinking-signature secret: the recorded fixtures' signed thinking blocks
+#: replay only against a simulator with the seed they were recorded with.
+SIM_SEED = 11
+
+
 @pytest.fixture(scope="session")
-def clients_gateway(sim: SimServer) -> Iterator[BackgroundServer]:
+def clients_sim() -> Iterator[SimServer]:
+    with SimServer(seed=SIM_SEED, instant=True) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def clients_gateway(clients_sim: SimServer) -> Iterator[BackgroundServer]:
     """The gateway the client tests talk to (through a recording proxy): `clients_yaml`."""
-    config = parse_config(clients_yaml(sim.url), source="clients.yaml")
+    config = parse_config(clients_yaml(clients_sim.url), source="clients.yaml")
     with BackgroundServer(create_app(config)) as server:
         yield server
 

@@ -107,7 +107,7 @@ def _tool_results(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("model", ["via-anthropic", "via-openai"])
 def test_claude_code_reads_a_file_through_the_gateway(
-    claude_bin: Path, proxy: RecordingProxy, sim: SimServer, tmp_path: Path, model: str
+    claude_bin: Path, proxy: RecordingProxy, clients_sim: SimServer, tmp_path: Path, model: str
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -150,7 +150,7 @@ def test_claude_code_reads_a_file_through_the_gateway(
     assert [(b["thinking"], b["signature"]) for b in returned] == [(b["thinking"], b["signature"]) for b in thinking]
     assert all(b["signature"] for b in returned)
     if model == "via-anthropic":
-        _check_upstream(sim, calls[1])
+        _check_upstream(clients_sim, calls[1])
 
     assert run.destinations, "strace saw no connect at all: the trace is not working"
     assert run.outside() == [], f"Claude Code reached outside loopback: {run.outside()}"

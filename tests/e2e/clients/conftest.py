@@ -40,7 +40,8 @@ NPM_CLIENTS = {
 FIXTURES = Path(__file__).parent / "fixtures"
 #: `MODELYARD_RECORD_CLIENT_FIXTURES=1 pytest tests/e2e/clients` rewrites fixtures/ from the real clients' runs.
 RECORD = os.environ.get("MODELYARD_RECORD_CLIENT_FIXTURES") == "1"
-CLIENT_TIMEOUT_S = 90
+#: A client run's wall-clock limit: a healthy one takes 1-5 s here.
+CLIENT_TIMEOUT_S = 60
 
 #: Claude Code's switches for everything that is not the model call (docs: "Environment variables").
 CLAUDE_OFFLINE_ENV = {
@@ -50,6 +51,9 @@ CLAUDE_OFFLINE_ENV = {
     "DISABLE_ERROR_REPORTING": "1",
     "DISABLE_BUG_COMMAND": "1",
     "CLAUDE_CODE_DISABLE_FEEDBACK_SURVEY": "1",
+    # A failing gateway fails the test at once instead of after minutes of backoff.
+    "CLAUDE_CODE_MAX_RETRIES": "0",
+    "API_TIMEOUT_MS": "30000",
 }
 
 

@@ -21,14 +21,16 @@ it and finishes with "stop".
 `functionCallingConfig` has only `mode` and `allowedFunctionNames`, no switch for parallel calls, so the
 adapter keeps the first function call of each candidate and drops the others, in answers and in streams
 (the first call carries Gemini 3's thought signature, so the replayed turn stays valid).
+
+The work is split by job: answers, usage, errors and the thought-signature codec (providers/gemini_parse.py)
+and the stream translator (gemini_stream.py); this module holds the adapter, its options, and the requests it
+builds.
 """
 
 from __future__ import annotations
 
 import base64
-import binascii
 import struct
-import time
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
@@ -36,18 +38,21 @@ import msgspec
 
 from modelyard.config.model import Deployment
 from modelyard.config.providers import ProviderOptions
-from modelyard.providers.base import (
-    Completion,
-    HttpCall,
-    SSEEvent,
-    StreamStamp,
-    kind_from_status,
-    mentions_context_length,
-    new_id,
-    parse_retry_after,
-    upstream_error,
-)
+from modelyard.providers.base import Completion, HttpCall, StreamStamp
 from modelyard.providers.data_url import parse_data_url
+from modelyard.providers.gemini_parse import (
+    classify,
+    decode_object,
+    error_from_response,
+    finish_reason,
+    parse_response,
+    retry_delay,
+    signature_from_id,
+    split_parts,
+    tool_call_id,
+    usage_from,
+)
+from modelyard.providers.gemini_stream import GeminiStreamTranslator
 from modelyard.schema.chat import (
     AssistantMessage,
     AudioPart,
@@ -79,29 +84,6 @@ PLACEHOLDER_SIGNATURE = "skip_thought_signature_validator"
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
-
-_CALL_PREFIX = "call_"
-_SIGNATURE_MARK = "_ts_"
-_HEX = frozenset("0123456789abcdef")
-
-_FILTERED = frozenset(
-    {
-        "SAFETY",
-        "RECITATION",
-        "BLOCKLIST",
-        "PROHIBITED_CONTENT",
-        "SPII",
-        "IMAGE_SAFETY",
-        "IMAGE_PROHIBITED_CONTENT",
-        "IMAGE_RECITATION",
-        "MODEL_ARMOR",
-        "ESCALATION",
-        "PUP_LIMITED_DISABLED",
-    }
-)
-_LENGTH = frozenset({"MAX_TOKENS", "CONTINUATION"})
-#: The model produced something that cannot be handed to a client: retry rather than answer empty.
-_UNUSABLE = frozenset({"MALFORMED_FUNCTION_CALL", "UNEXPECTED_TOOL_CALL", "MALFORMED_RESPONSE"})
 
 _MIME_BY_EXTENSION = {
     "png": "image/png",
@@ -141,16 +123,6 @@ _AUDIO_MIME = {
 }
 
 _TOOL_MODES = {"none": "NONE", "auto": "AUTO", "required": "ANY"}
-_KIND_BY_GRPC = {
-    "UNAVAILABLE": ErrorKind.OVERLOADED,
-    "DEADLINE_EXCEEDED": ErrorKind.TIMEOUT,
-    "INTERNAL": ErrorKind.SERVER,
-    "UNKNOWN": ErrorKind.SERVER,
-    "CANCELLED": ErrorKind.CONNECTION,
-    "INVALID_ARGUMENT": ErrorKind.BAD_REQUEST,
-    "NOT_FOUND": ErrorKind.BAD_REQUEST,
-}
-
 #: reasoning_effort → Gemini 3 `thinkingLevel`: every Gemini 3 model takes "low" and "high", not all take
 #: the others, so those two are the portable choice.
 _THINKING_LEVEL = {"none": "low", "minimal": "low", "low": "low", "medium": "high", "high": "high", "xhigh": "high"}
@@ -211,31 +183,10 @@ class GeminiAdapter:
     # ------------------------------------------------------------------ answers
 
     def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion:
-        data = _decode_object(body)
-        if isinstance(data.get("error"), dict):
-            raise _error_from_object(data["error"], 0)
-        candidates = data.get("candidates") or []
-        if not candidates:
-            raise _no_candidates(data)
-        signatures = _signatures_on(dep)
-        single = req.parallel_tool_calls is False
-        choices = [_choice(cand, signatures, single) for cand in candidates]
-        if all(choice is None for choice in choices):
-            raise _unusable(candidates[0])
-        model = str(data.get("modelVersion") or dep.model)
-        usage = usage_from(data.get("usageMetadata"))
-        out = {
-            "id": str(data.get("responseId") or new_id("chatcmpl-")),
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": model,
-            "choices": sorted((c for c in choices if c is not None), key=lambda c: c["index"]),
-            "usage": usage.to_openai(),
-        }
-        return Completion(out, usage, model)
+        return parse_response(body, dep.model, _signatures_on(dep), req.parallel_tool_calls is False)
 
     def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
-        data = _decode_object(body)
+        data = decode_object(body)
         vectors = data.get("embeddings")
         if vectors is None and isinstance(data.get("embedding"), dict):  # :embedContent's single answer
             vectors = [data["embedding"]]
@@ -265,13 +216,7 @@ class GeminiAdapter:
     # ------------------------------------------------------------------ errors
 
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
-        err = _error_object(body)
-        kind = classify(status, str(err.get("status") or ""), str(err.get("message") or ""), err.get("details"))
-        text = str(err.get("message") or "").strip() or f"HTTP {status}"
-        retry_after = retry_delay(err.get("details"))
-        if retry_after is None:
-            retry_after = parse_retry_after(headers)
-        return upstream_error(kind, f"provider answered {status}", text, status=status, retry_after=retry_after)
+        return error_from_response(status, headers, body)
 
 
 # ============================================================================ URLs and headers
@@ -600,345 +545,8 @@ def _embedding_texts(req: EmbeddingRequest) -> list[str]:
     raise bad_request("Gemini embeds text only; token-id input is not supported", param="input")
 
 
-# ============================================================================ answers
-
-
-def _choice(cand: dict[str, Any], signatures: bool, single_call: bool = False) -> dict[str, Any] | None:
-    """One candidate as an OpenAI choice; None when the model's output for it is unusable. `single_call`:
-    only its first function call (the client turned parallel tool calls off)."""
-    text, thoughts, calls = split_parts((cand.get("content") or {}).get("parts"), signatures)
-    if single_call:
-        calls = calls[:1]
-    reason = cand.get("finishReason")
-    if reason in _UNUSABLE and not text and not calls:
-        return None
-    message: dict[str, Any] = {"role": "assistant", "content": text if (text or not calls) else None}
-    if calls:
-        message["tool_calls"] = calls
-    if thoughts:
-        message["reasoning_content"] = thoughts
-    return {
-        "index": _index(cand),
-        "message": message,
-        "finish_reason": finish_reason(reason, bool(calls)),
-        "logprobs": _logprobs(cand.get("logprobsResult")),
-    }
-
-
-def _index(cand: dict[str, Any]) -> int:
-    return int(cand.get("index") or 0)  # proto3 JSON leaves out the default: no index means 0
-
-
-def split_parts(parts: Any, signatures: bool) -> tuple[str, str, list[dict[str, Any]]]:
-    """(answer text, thought text, tool calls) of a candidate's parts."""
-    text: list[str] = []
-    thoughts: list[str] = []
-    calls: list[dict[str, Any]] = []
-    for part in parts or ():
-        if not isinstance(part, dict):
-            continue
-        call = part.get("functionCall")
-        if isinstance(call, dict):
-            signature = part.get("thoughtSignature") if signatures else None
-            calls.append(
-                {
-                    "id": tool_call_id(signature if isinstance(signature, str) else None),
-                    "type": "function",
-                    "function": {
-                        "name": str(call.get("name") or ""),
-                        "arguments": _encode(call.get("args") or {}).decode(),
-                    },
-                }
-            )
-        elif isinstance(part.get("text"), str):
-            (thoughts if part.get("thought") else text).append(part["text"])
-    return "".join(text), "".join(thoughts), calls
-
-
-def finish_reason(reason: Any, has_calls: bool) -> str | None:
-    """Gemini `finishReason` → OpenAI `finish_reason` (None while a stream is still going)."""
-    if not reason:
-        return None
-    if reason in _FILTERED:
-        return "content_filter"
-    if reason in _LENGTH:
-        return "length"
-    return "tool_calls" if has_calls else "stop"
-
-
-def usage_from(meta: Any) -> Usage:
-    """usageMetadata in OpenAI's sense: prompt includes cached (and tool-use prompt) tokens, completion
-    includes thoughts, which OpenAI counts as reasoning tokens inside completion tokens."""
-    if not isinstance(meta, dict):
-        return Usage()
-    thoughts = int(meta.get("thoughtsTokenCount") or 0)
-    return Usage(
-        prompt=int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0),
-        completion=int(meta.get("candidatesTokenCount") or 0) + thoughts,
-        cached=int(meta.get("cachedContentTokenCount") or 0),
-        reasoning=thoughts,
-    )
-
-
-def _logprobs(result: Any) -> dict[str, Any] | None:
-    if not isinstance(result, dict) or not result.get("chosenCandidates"):
-        return None
-    tops = result.get("topCandidates") or []
-    content = []
-    for i, chosen in enumerate(result["chosenCandidates"]):
-        top = tops[i] if i < len(tops) and isinstance(tops[i], dict) else {}
-        alternatives = top.get("candidates") or []
-        content.append(
-            {
-                "token": chosen.get("token", ""),
-                "logprob": float(chosen.get("logProbability", 0.0)),
-                "bytes": None,
-                "top_logprobs": [
-                    {"token": alt.get("token", ""), "logprob": float(alt.get("logProbability", 0.0)), "bytes": None}
-                    for alt in alternatives
-                ],
-            }
-        )
-    return {"content": content, "refusal": None}
-
-
-def _no_candidates(data: dict[str, Any]) -> ProviderError:
-    feedback = data.get("promptFeedback") or {}
-    reason = feedback.get("blockReason")
-    if reason:
-        detail = feedback.get("blockReasonMessage")
-        suffix = f": {detail}" if detail else ""
-        return ProviderError(ErrorKind.CONTENT_FILTER, f"Gemini blocked the prompt ({reason}){suffix}")
-    return ProviderError(ErrorKind.SERVER, "malformed response: no candidates")
-
-
-def _unusable(cand: dict[str, Any], *, after_first_byte: bool = False) -> ProviderError:
-    reason = cand.get("finishReason")
-    detail = cand.get("finishMessage")
-    suffix = f": {detail}" if detail else ""
-    return ProviderError(
-        ErrorKind.SERVER, f"Gemini produced no usable output ({reason}){suffix}", after_first_byte=after_first_byte
-    )
-
-
-# ============================================================================ thought signatures in ids
-
-
-def tool_call_id(signature: str | None = None) -> str:
-    """A fresh `call_...` id, carrying the thought signature (url-safe, unpadded) when there is one."""
-    base = new_id(_CALL_PREFIX)
-    if not signature:
-        return base
-    standard = signature.replace("-", "+").replace("_", "/").rstrip("=")
-    try:
-        raw = base64.b64decode(standard + "=" * (-len(standard) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        return base
-    return base + _SIGNATURE_MARK + base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def signature_from_id(call_id: str) -> str | None:
-    """The thought signature a `tool_call_id` carries (standard base64), or None."""
-    head = len(_CALL_PREFIX) + 24
-    tail = head + len(_SIGNATURE_MARK)
-    if not (call_id.startswith(_CALL_PREFIX) and call_id[head:tail] == _SIGNATURE_MARK):
-        return None
-    if not set(call_id[len(_CALL_PREFIX) : head]) <= _HEX:
-        return None
-    encoded = call_id[tail:]
-    try:
-        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
-    except (binascii.Error, ValueError):
-        return None
-    return base64.b64encode(raw).decode() if raw else None
-
-
-# ============================================================================ errors
-
-
-def classify(status: int, grpc_status: str, message: str, details: Any = None) -> ErrorKind:
-    """A Gemini error (HTTP status, google.rpc status name, message) → kind."""
-    grpc = grpc_status.upper()
-    lowered = message.lower()
-    if grpc == "RESOURCE_EXHAUSTED" or status == 429:
-        return ErrorKind.RATE_LIMITED
-    if grpc in ("UNAUTHENTICATED", "PERMISSION_DENIED") or status in (401, 403):
-        return ErrorKind.AUTH
-    if "api key" in lowered and ("not valid" in lowered or "expired" in lowered or "invalid" in lowered):
-        return ErrorKind.AUTH
-    if _error_reason(details) in ("API_KEY_INVALID", "API_KEY_EXPIRED"):
-        return ErrorKind.AUTH
-    if grpc == "FAILED_PRECONDITION":  # e.g. "User location is not supported", billing not enabled
-        return ErrorKind.AUTH
-    if status in (0, 200, 400, 413) and grpc in ("", "INVALID_ARGUMENT") and mentions_context_length(message):
-        return ErrorKind.CONTEXT_LENGTH
-    if grpc in _KIND_BY_GRPC:
-        return _KIND_BY_GRPC[grpc]
-    if status in (0, 200):  # an error object inside a 200 stream with no usable status
-        return ErrorKind.SERVER
-    return kind_from_status(status)
-
-
-def _error_reason(details: Any) -> str:
-    for detail in details if isinstance(details, list) else ():
-        if isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.ErrorInfo"):
-            return str(detail.get("reason") or "")
-    return ""
-
-
-def retry_delay(details: Any) -> float | None:
-    """Seconds from a `google.rpc.RetryInfo` detail (`"retryDelay": "7s"`, `"0.5s"`), or None."""
-    for detail in details if isinstance(details, list) else ():
-        if not (isinstance(detail, dict) and str(detail.get("@type", "")).endswith("google.rpc.RetryInfo")):
-            continue
-        delay = detail.get("retryDelay")
-        if isinstance(delay, dict):  # a Duration written as an object
-            return max(0.0, float(delay.get("seconds") or 0) + float(delay.get("nanos") or 0) / 1e9)
-        if isinstance(delay, str) and delay.endswith("s"):
-            try:
-                return max(0.0, float(delay[:-1]))
-            except ValueError:
-                return None
-    return None
-
-
-def _error_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        return {"message": body[:200].decode("utf-8", "replace").strip()}
-    if isinstance(data, list) and data:  # the non-SSE stream endpoint answers with a JSON array
-        data = data[0]
-    err = data.get("error") if isinstance(data, dict) else None
-    return err if isinstance(err, dict) else {}
-
-
-def _error_from_object(err: dict[str, Any], status: int, *, after_first_byte: bool = False) -> ProviderError:
-    code = err.get("code")
-    http = int(code) if isinstance(code, int) else status
-    message = str(err.get("message") or "error object from Gemini")
-    kind = classify(http, str(err.get("status") or ""), message, err.get("details"))
-    return upstream_error(
-        kind,
-        "provider error",
-        message,
-        status=http or None,
-        retry_after=retry_delay(err.get("details")),
-        after_first_byte=after_first_byte,
-    )
-
-
-def _decode_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
-    return data
-
-
 def _float32_base64(values: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(values)}f", *values)).decode()
-
-
-# ============================================================================ streaming
-
-
-class GeminiStreamTranslator:
-    """Each SSE event is a whole GenerateContentResponse fragment; Gemini sends no terminal marker, so the
-    stream is complete once every candidate seen has a finishReason."""
-
-    def __init__(self, stamp: StreamStamp, *, signatures: bool = True, single_call: bool = False) -> None:
-        self.stamp = stamp
-        #: Parallel tool calls off: the first function call of each candidate only.
-        self._single_call = single_call
-        self.usage = Usage()
-        self.model = stamp.model
-        self._signatures = signatures
-        self._seen: set[int] = set()
-        self._finished: set[int] = set()
-        self._started: set[int] = set()  # candidates whose role chunk went out
-        self._calls: dict[int, int] = {}  # candidate → tool calls emitted so far
-        self._emitted = False
-
-    @property
-    def done(self) -> bool:
-        return bool(self._finished) and self._seen <= self._finished
-
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
-        data = event.data.strip()
-        if not data:
-            return []
-        try:
-            obj = _decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
-            ) from None
-        if not isinstance(obj, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
-            )
-        if isinstance(obj.get("error"), dict):
-            raise _error_from_object(obj["error"], 0, after_first_byte=self._emitted)
-        if obj.get("usageMetadata"):
-            self.usage = usage_from(obj["usageMetadata"])
-        if obj.get("modelVersion"):
-            self.model = str(obj["modelVersion"])
-        if obj.get("responseId") and not self._emitted:  # the same on every event; ours until then
-            self.stamp.id = str(obj["responseId"])
-        candidates = obj.get("candidates") or []
-        if not candidates and (obj.get("promptFeedback") or {}).get("blockReason"):
-            raise _no_candidates(obj)
-        chunks = []
-        for cand in candidates:
-            chunk = self._chunk(cand)
-            if chunk is not None:
-                chunks.append(chunk)
-        self._emitted = self._emitted or bool(chunks)
-        return chunks
-
-    def _chunk(self, cand: dict[str, Any]) -> dict[str, Any] | None:
-        index = _index(cand)
-        self._seen.add(index)
-        text, thoughts, calls = split_parts((cand.get("content") or {}).get("parts"), self._signatures)
-        delta: dict[str, Any] = {}
-        if thoughts:
-            delta["reasoning_content"] = thoughts
-        if text:
-            delta["content"] = text
-        if calls and self._single_call:
-            calls = calls[: max(0, 1 - self._calls.get(index, 0))]
-        if calls:
-            first = self._calls.get(index, 0)
-            delta["tool_calls"] = [{"index": first + k, **call} for k, call in enumerate(calls)]
-            self._calls[index] = first + len(calls)
-        reason = cand.get("finishReason")
-        if reason:
-            self._finished.add(index)
-            if reason in _UNUSABLE and index not in self._started and not delta and not self._emitted:
-                raise _unusable(cand)  # nothing reached the client: a retry is invisible to it
-        finish = finish_reason(reason, self._calls.get(index, 0) > 0)
-        if not delta and finish is None:
-            return None
-        if index not in self._started:
-            self._started.add(index)
-            delta = {"role": "assistant", **delta}
-        return {
-            "id": self.stamp.id,
-            "object": "chat.completion.chunk",
-            "created": self.stamp.created,
-            "model": self.model,
-            "choices": [{"index": index, "delta": delta, "finish_reason": finish, "logprobs": None}],
-        }
-
-    def finish(self) -> list[dict[str, Any]]:
-        if not self._finished:
-            raise ProviderError(
-                ErrorKind.CONNECTION, "stream ended before Gemini sent a finishReason", after_first_byte=True
-            )
-        return []
 
 
 __all__ = [

@@ -78,10 +78,16 @@ def _drop_thinking_blocks(body: dict[str, Any]) -> None:
     /v1/messages ingress); a signature means nothing to another vendor, which may refuse the unknown field:
     it never goes out from here."""
     messages = body.get("messages")
-    if isinstance(messages, list) and any(isinstance(m, dict) and "thinking_blocks" in m for m in messages):
-        body["messages"] = [
-            {k: v for k, v in m.items() if k != "thinking_blocks"} if isinstance(m, dict) else m for m in messages
-        ]
+    if not isinstance(messages, list):
+        return
+    for message in messages:  # a plain loop: this runs on every chat request (a generator cost ~5 µs)
+        if isinstance(message, dict) and "thinking_blocks" in message:
+            break
+    else:
+        return
+    body["messages"] = [
+        {k: v for k, v in m.items() if k != "thinking_blocks"} if isinstance(m, dict) else m for m in messages
+    ]
 
 
 class OpenAIAdapter:

@@ -57,7 +57,7 @@ def explicit_session(header: str | None, body: Mapping[str, Any] | None) -> str 
     if isinstance(key, str) and key:
         return key
     metadata = body.get("metadata")
-    user = metadata.get("user_id") if isinstance(metadata, Mapping) else None
+    user = metadata.get("user_id") if isinstance(metadata, dict) else None  # decoded JSON: a dict, no ABC check
     return user if isinstance(user, str) and user else None
 
 

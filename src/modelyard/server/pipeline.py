@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard.routing.executor import StreamResult
 from modelyard.routing.features import RequestFeatures, chat_features
-from modelyard.routing.sticky import SESSION_HEADER, explicit_session
+from modelyard.routing.sticky import SESSION_HEADER, explicit_session, session_key
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import ProviderError
 from modelyard.server.codecs.base import Codec, Inbound
@@ -43,9 +43,11 @@ class CodecRoute:
         req = inbound.req
         features = inbound.features = gw.features(req, request, ctx)
         await gw.admit(ctx, req.model, features, req.modelyard)
-        source = inbound.native.body if inbound.native is not None else inbound.raw
-        explicit = explicit_session(request.header(SESSION_HEADER), source)
-        features.session = gw.router.table.session(req, ctx.key_id, explicit)  # None unless the model sticks
+        table = gw.router.table
+        if table.sticky(req.model):  # the session is looked for, and hashed, only for a model that sticks
+            source = inbound.native.body if inbound.native is not None else inbound.raw
+            explicit = explicit_session(request.header(SESSION_HEADER), source)
+            features.session = session_key(ctx.key_id, explicit, req)
         insight = await gw.analyse(req, features, ctx, use_cache=codec.semantic_cache)
         if insight is not None and insight.cached is not None:
             await _answer_from_cache(gw, request, ctx, insight.cached)

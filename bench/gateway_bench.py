@@ -223,9 +223,16 @@ spend:
 
 
 def modelyard(
-    upstream: str, tmp: Path, workers: int = 1, *, src: Path | None = None, name: str | None = None
+    upstream: str,
+    tmp: Path,
+    workers: int = 1,
+    *,
+    src: Path | None = None,
+    name: str | None = None,
+    prefix: list[str] | None = None,
 ) -> Contender:
-    """`modelyard serve` with everything on; `src` runs another checkout's code (its `src/` directory)."""
+    """`modelyard serve` with everything on; `src` runs another checkout's code (its `src/` directory);
+    `prefix` runs the server under a tool (bench/instructions.py: valgrind)."""
     label = name or ("modelyard" if workers == 1 else f"modelyard x{workers}")
     slug = re.sub(r"\W+", "-", label)
     config = tmp / f"{slug}.yaml"
@@ -260,6 +267,7 @@ def modelyard(
     port = free_port()
     proc = spawn(
         [
+            *(prefix or []),
             PY,
             "-m",
             "modelyard.cli.main",
@@ -277,7 +285,7 @@ def modelyard(
         env={"PYTHONPATH": str(src)} if src is not None else None,
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health/ready", proc)
+    wait_http(url + "/health/ready", proc, timeout=600 if prefix else 120)
     return Contender(label, url, "bench", key, proc)
 
 

@@ -71,7 +71,7 @@ class Success:
 
     @property
     def cost_usd(self) -> float:
-        return sum(r.cost_usd for r in self.records)
+        return records_cost(self.records)
 
 
 @dataclass(slots=True)
@@ -605,7 +605,7 @@ class StreamResult:
 
     @property
     def cost_usd(self) -> float:
-        return sum(r.cost_usd for r in self.records)
+        return records_cost(self.records)
 
     @property
     def upstream_done(self) -> bool:
@@ -734,6 +734,14 @@ def _native_usage(completion: Completion, features: RequestFeatures) -> Usage:
     if usage.prompt == 0 and usage.completion == 0:
         usage = completion.usage = Usage(prompt=features.prompt_tokens)
     return usage
+
+
+def records_cost(records: list[AttemptRecord]) -> float:
+    """What a request's attempts cost, a hedged loser's included (one attempt, the usual case, without a
+    generator: this runs twice per answer on the hot path)."""
+    if len(records) == 1:
+        return records[0].cost_usd
+    return sum([r.cost_usd for r in records])
 
 
 def _or(value: _T | None, default: _T) -> _T:

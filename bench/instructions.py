@@ -1,0 +1,98 @@
+"""Instructions per request of the whole gateway process, before/after: a measure that machine noise cannot move.
+
+    python bench/instructions.py --base cd668a9                 # chat completions, 500 vs 1500 requests
+    python bench/instructions.py --base cd668a9 --path /v1/responses
+
+wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
+the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
+with everything on (bench/gateway_bench.py's config: a key with RPM/TPM limits and a budget, the cost strategy, the
+SQLite spend log, /metrics) under `valgrind --tool=callgrind`, sent N sequential keep-alive requests after a
+warm-up; the per-request figure is the difference between an N=1500 and an N=500 run over 1000, so start-up and
+shutdown cancel out. The whole process counts: uvicorn, httptools, asyncio, our code, the spend writer.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gateway_bench as gb
+from ab_gateway import worktree
+
+CHAT = (
+    b'{"model":"bench","messages":[{"role":"system","content":"You are terse."},'
+    b'{"role":"user","content":"Say hello in five words."}],"max_tokens":16,"temperature":0}'
+)
+RESPONSES = (
+    b'{"model":"bench","instructions":"You are terse.","input":"Say hello in five words.",'
+    b'"max_output_tokens":16,"temperature":0,"store":false}'
+)
+WARM_UP = 100
+
+
+def instructions(src: Path | None, upstream: str, tmp: Path, path: str, count: int, name: str) -> int:
+    out = tmp / f"callgrind.{name}.{count}"
+    contender = gb.modelyard(
+        upstream,
+        tmp,
+        src=src,
+        name=f"{name}-{count}",
+        prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+    )
+    body = RESPONSES if path == "/v1/responses" else CHAT
+    try:
+        where = urlsplit(contender.url)
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        headers = {"content-type": "application/json", "authorization": f"Bearer {contender.key}"}
+        for _ in range(WARM_UP + count):
+            conn.request("POST", path, body, headers)
+            answer = conn.getresponse()
+            answer.read()
+            if answer.status != 200:
+                raise SystemExit(f"{name}: {path} answered {answer.status}")
+        conn.close()
+    finally:
+        contender.stop()
+    slug = re.sub(r"\W+", "-", f"{name}-{count}")  # gateway_bench names the server's log after its label
+    log = (tmp / f"{slug}.log").read_text(errors="replace")
+    found = re.findall(r"Collected : (\d+)", log)
+    if not found:
+        raise SystemExit(f"{name}: callgrind wrote no total (server log: {log[-2000:]})")
+    return int(found[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", required=True, help="git ref of the 'before' side")
+    parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument("--low", type=int, default=500)
+    parser.add_argument("--high", type=int, default=1500)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
+        tmp = Path(tmp_name)
+        base_src = worktree(args.base, tmp / "base")
+        upstream, upstream_proc = gb.start_upstream(0)
+        per_request = {}
+        try:
+            for name, src in (("base", base_src), ("head", None)):
+                low = instructions(src, upstream, tmp, args.path, args.low, name)
+                high = instructions(src, upstream, tmp, args.path, args.high, name)
+                per_request[name] = (high - low) / (args.high - args.low)
+                print(f"{name}: {per_request[name]:,.0f} instructions per request ({args.path})", flush=True)
+        finally:
+            upstream_proc.terminate()
+            subprocess.run(
+                ["git", "-C", str(gb.ROOT), "worktree", "remove", "--force", str(tmp / "base")], capture_output=True
+            )
+    print(f"head / {args.base}: {per_request['head'] / per_request['base']:.3f}x instructions per request")
+
+
+if __name__ == "__main__":
+    main()

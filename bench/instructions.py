@@ -1,7 +1,7 @@
 """Instructions per request of the whole gateway process, before/after: a measure that machine noise cannot move.
 
     python bench/instructions.py --base cd668a9                 # chat completions, 500 vs 1500 requests
-    python bench/instructions.py --base cd668a9 --path /v1/responses
+    python bench/instructions.py --versus-path /v1/responses     # the Responses codec next to chat, this checkout
 
 wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
 the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
@@ -70,28 +70,38 @@ def instructions(src: Path | None, upstream: str, tmp: Path, path: str, count: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", required=True, help="git ref of the 'before' side")
+    parser.add_argument("--base", help="git ref of the 'before' side (same path)")
     parser.add_argument("--path", default="/v1/chat/completions")
+    parser.add_argument("--versus-path", help="instead of --base: this checkout on another path (/v1/responses)")
     parser.add_argument("--low", type=int, default=500)
     parser.add_argument("--high", type=int, default=1500)
     args = parser.parse_args()
+    if (args.base is None) == (args.versus_path is None):
+        parser.error("give --base REF or --versus-path PATH")
     with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
         tmp = Path(tmp_name)
-        base_src = worktree(args.base, tmp / "base")
+        if args.base is not None:
+            sides = [("base", worktree(args.base, tmp / "base"), args.path), ("head", None, args.path)]
+        else:
+            sides = [("first", None, args.path), ("second", None, args.versus_path)]
         upstream, upstream_proc = gb.start_upstream(0)
         per_request = {}
         try:
-            for name, src in (("base", base_src), ("head", None)):
-                low = instructions(src, upstream, tmp, args.path, args.low, name)
-                high = instructions(src, upstream, tmp, args.path, args.high, name)
+            for name, src, path in sides:
+                low = instructions(src, upstream, tmp, path, args.low, name)
+                high = instructions(src, upstream, tmp, path, args.high, name)
                 per_request[name] = (high - low) / (args.high - args.low)
-                print(f"{name}: {per_request[name]:,.0f} instructions per request ({args.path})", flush=True)
+                print(f"{name}: {per_request[name]:,.0f} instructions per request ({path})", flush=True)
         finally:
             upstream_proc.terminate()
-            subprocess.run(
-                ["git", "-C", str(gb.ROOT), "worktree", "remove", "--force", str(tmp / "base")], capture_output=True
-            )
-    print(f"head / {args.base}: {per_request['head'] / per_request['base']:.3f}x instructions per request")
+            if args.base is not None:
+                subprocess.run(
+                    ["git", "-C", str(gb.ROOT), "worktree", "remove", "--force", str(tmp / "base")],
+                    capture_output=True,
+                )
+    (a, _, path_a), (b, _, path_b) = sides
+    label = f"head / {args.base}" if args.base is not None else f"{path_b} / {path_a}"
+    print(f"{label}: {per_request[b] / per_request[a]:.3f}x instructions per request")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,17 @@ async def test_quota_is_checked_before_the_model_runs(conversations: Conversatio
         await _decode(codec, gw, {"model": "plain", "input": "x"})
     assert caught.value.status == 429
     assert (await _decode(codec, gw, {"model": "plain", "input": "x", "store": False})).state.storing is False
+
+
+async def test_the_pass_through_decision_is_remembered_per_configured_model_only() -> None:
+    """Computed once per configured model (it depends on the config alone), keyed by what an alias resolves to, and
+    never for names a client makes up: a stream of invented (or wildcard-aliased) names cannot grow it."""
+    gw = Gateway(parse_config(CONFIG + 'aliases: {"gpt-*": native}\n', env={}))
+    codec = Responses(None, gw.config.server.responses)
+    for _ in range(3):
+        assert (await _decode(codec, gw, {"model": "native", "input": "hi"})).native is not None
+        assert (await _decode(codec, gw, {"model": "mixed", "input": "hi"})).native is None
+    for i in range(50):
+        assert (await _decode(codec, gw, {"model": f"gpt-{i}", "input": "hi"})).native is not None
+        await _decode(codec, gw, {"model": f"made-up-{i}", "input": "hi"})
+    assert set(codec._passes) == {("native", False), ("mixed", False)}

@@ -93,6 +93,9 @@ class Responses:
     def __init__(self, conversations: Conversations | None, settings: ResponsesSettings) -> None:
         self.conversations = conversations
         self.settings = settings
+        #: (resolved model, hosted) → (the routing table it was computed on, pass-through or not). Only
+        #: configured names are kept (a client's made-up model names never grow it); a new table recomputes.
+        self._passes: dict[tuple[str, bool], tuple[object, bool]] = {}
 
     def storing_on(self, ctx: RequestContext) -> bool:
         """Whether responses are kept: the operator's switch, and by default not in open mode."""
@@ -121,7 +124,8 @@ class Responses:
         chat = validate_chat(raw)
         state = ResponsesState(req if storing else msgspec.structs.replace(req, store=False), translation, ctx.key_id)
         state.storing = storing and req.store is not False
-        state.input_items = item_dicts(items)
+        if state.storing:  # the items are kept only with the response
+            state.input_items = item_dicts(items)
         hosted = bool(translation.dropped_tools)
         if pinned is not None and hosted and not _speaks(ctx, pinned, hosted):
             raise GatewayError(
@@ -152,14 +156,22 @@ class Responses:
         if self.conversations is not None:
             await self.conversations.check_quota(ctx.key_id)
 
-    @staticmethod
-    def _passes_through(ctx: RequestContext, model: str, overrides: Any, hosted: bool) -> bool:
+    def _passes_through(self, ctx: RequestContext, model: str, overrides: Any, hosted: bool) -> bool:
         """Every OpenAI deployment the request may reach speaks the Responses API (and there is one), and
-        takes hosted tools when the request carries some (an operator's choice: they are billed unpriced)."""
+        takes hosted tools when the request carries some (an operator's choice: they are billed unpriced).
+        Without overrides the answer depends on the config alone, so it is computed once per model."""
         table = ctx.gateway.router.table
-        reach = request_reach(table, table.resolve(model), overrides)
+        target = table.resolve(model)  # keyed by the target: a wildcard alias's names are the client's to invent
+        if overrides is None:
+            cached = self._passes.get((target, hosted))
+            if cached is not None and cached[0] is table:
+                return cached[1]
+        reach = request_reach(table, target, overrides)
         openai = [n for n in reach if n in table.deployments and table.deployments[n].provider == "openai"]
-        return bool(openai) and all(_speaks(ctx, name, hosted) for name in openai)
+        passes = bool(openai) and all(_speaks(ctx, name, hosted) for name in openai)
+        if overrides is None and (target in table.groups or target in table.deployments):
+            self._passes[(target, hosted)] = (table, passes)
+        return passes
 
     def headers(self, ctx: RequestContext) -> Headers:
         return NO_HEADERS

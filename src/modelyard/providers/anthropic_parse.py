@@ -17,6 +17,7 @@ import msgspec
 
 from modelyard.providers.base import (
     Completion,
+    decode_object,
     kind_from_status,
     mentions_context_length,
     new_id,
@@ -211,17 +212,6 @@ def error_from_response(status: int, headers: Mapping[str, str], body: bytes) ->
     return upstream_error(
         kind, f"provider answered {status}{label}", text, status=status, retry_after=parse_retry_after(headers)
     )
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    """A JSON object answer body; anything else is a malformed answer (a server-side failure)."""
-    try:
-        data = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
-    return data
 
 
 __all__ = [

@@ -42,6 +42,7 @@ __all__ = [
     "StreamStamp",
     "StreamTranslator",
     "TokenCounter",
+    "decode_object",
     "discover",
     "kind_from_status",
     "mentions_context_length",
@@ -278,6 +279,21 @@ def discover(adapter: object) -> Capabilities:
         credentials=adapter if isinstance(adapter, CredentialRefresh) else None,
         endpoints=adapter if isinstance(adapter, Endpoints) else None,
     )
+
+
+_decode_json = msgspec.json.Decoder().decode
+
+
+def decode_object(body: bytes) -> dict[str, Any]:
+    """A provider's JSON object answer body; anything else is a malformed answer (a server-side failure, so
+    the executor fails over)."""
+    try:
+        data = _decode_json(body)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
+    if not isinstance(data, dict):
+        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
+    return data
 
 
 def with_model(raw: bytes, body: Mapping[str, Any], model: str) -> bytes | None:

@@ -18,6 +18,7 @@ import msgspec
 
 from modelyard.providers.base import (
     Completion,
+    decode_object,
     kind_from_status,
     mentions_context_length,
     new_id,
@@ -315,16 +316,6 @@ def error_from_object(err: dict[str, Any], status: int, *, after_first_byte: boo
         retry_after=retry_delay(err.get("details")),
         after_first_byte=after_first_byte,
     )
-
-
-def decode_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
-    return data
 
 
 def error_from_response(status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:

@@ -22,6 +22,7 @@ from modelyard.providers.base import (
     HttpCall,
     SSEEvent,
     StreamStamp,
+    decode_object,
     kind_from_status,
     mentions_context_length,
     new_id,
@@ -129,7 +130,7 @@ class OpenAIAdapter:
     # ------------------------------------------------------------------ answers
 
     def parse_chat(self, dep: Deployment, req: ChatRequest, body: bytes) -> Completion:
-        data = _decode_object(body)
+        data = decode_object(body)
         if not isinstance(data.get("choices"), list):
             raise ProviderError(ErrorKind.SERVER, "malformed response: no choices")
         if "id" not in data:
@@ -152,7 +153,7 @@ class OpenAIAdapter:
         return Completion(data, usage, model)
 
     def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
-        data = _decode_object(body)
+        data = decode_object(body)
         if not isinstance(data.get("data"), list):
             raise ProviderError(ErrorKind.SERVER, "malformed embeddings response: no data")
         data.setdefault("object", "list")
@@ -203,7 +204,7 @@ class OpenAIAdapter:
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
         """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""
         _check_format(fmt)
-        data = _decode_object(body)
+        data = decode_object(body)
         if data.get("object") != "response":
             raise ProviderError(ErrorKind.SERVER, "malformed response: not a Response object")
         if data.get("status") == "failed":
@@ -265,16 +266,6 @@ def _error_fields(body: bytes) -> tuple[str, str, str]:
     if isinstance(data, dict) and "message" in data:
         return str(data["message"]), str(data.get("type") or ""), str(data.get("code") or "")
     return "", "", ""
-
-
-def _decode_object(body: bytes) -> dict[str, Any]:
-    try:
-        data = _decode(body)
-    except (msgspec.DecodeError, UnicodeDecodeError):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not JSON)") from None
-    if not isinstance(data, dict):
-        raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
-    return data
 
 
 def _normalise_tool_calls(tool_calls: Any) -> None:

@@ -28,7 +28,7 @@ def test_demo_runs_end_to_end_and_reports_who_served_what():
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - started < 60
     out = done.stdout
-    assert "who served what" in out and "16 requests" in out and "16 ok" in out
+    assert "who served what" in out and "16 requests" in out and "16 ok" in out and "Responses API in" in out
     rows = [line for line in out.splitlines() if line.startswith("│")]
     assert len(rows) == 16
     assert any("large@anthropic" in r and "anthropic" in r for r in rows)  # the Anthropic wire

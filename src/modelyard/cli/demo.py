@@ -58,7 +58,7 @@ def _chat(model: str, prompt: str, **extra: Any) -> dict[str, Any]:
 
 
 def demo_calls() -> list[Call]:
-    """The scripted mix: every strategy, both ingress APIs, streaming, tools, JSON, embeddings, failover."""
+    """The scripted mix: every strategy, the three ingress APIs, streaming, tools, JSON, embeddings, failover."""
     return [
         Call("cost: cheapest good-enough", "/v1/chat/completions", _chat("balanced", "Why write unit tests?")),
         Call("cost: strong model", "/v1/chat/completions", _chat("smart", "Prove it step by step.")),
@@ -98,6 +98,11 @@ def demo_calls() -> list[Call]:
             "Anthropic Messages API in",
             "/v1/messages",
             {"model": "smart", "max_tokens": 60, "messages": [{"role": "user", "content": "Hello, Claude-style"}]},
+        ),
+        Call(
+            "OpenAI Responses API in",
+            "/v1/responses",
+            {"model": "smart", "input": "Hello, Responses-style", "max_output_tokens": 60},
         ),
         Call("embeddings", "/v1/embeddings", {"model": "embed", "input": ["routing", "orchestration"]}),
         Call("failover: primary down", "/v1/chat/completions", _chat("resilient", "Status report, please.")),

@@ -206,11 +206,7 @@ class Executor:
         timeout_s: float | None = None,
         native: NativeBody | None = None,
     ) -> Success:
-        request = _Request(req, raw, features, False, timeout_s, native)
-        started = self.clock()
-        completion, dep = await self._run(plan, replan, request)
-        assert isinstance(completion, Completion)
-        return Success(completion, dep, request.records, (self.clock() - started) * 1000)
+        return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s, native))
 
     async def embed(
         self,
@@ -223,7 +219,10 @@ class Executor:
         timeout_s: float | None = None,
     ) -> Success:
         """Embeddings: the same walk, retry policy, RPM/TPM windows and error attribution as chat (no hedge)."""
-        request = _Request(req, raw, features, False, timeout_s)
+        return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s))
+
+    async def _whole(self, plan: Plan, replan: Replan, request: _Request) -> Success:
+        """A non-streaming answer (chat or embeddings) through the one walk, timed."""
         started = self.clock()
         completion, dep = await self._run(plan, replan, request)
         assert isinstance(completion, Completion)

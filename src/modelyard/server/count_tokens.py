@@ -21,15 +21,8 @@ import msgspec
 from modelyard.providers.base import TokenCounter
 from modelyard.schema.chat import ChatRequest
 from modelyard.schema.errors import GatewayError, ProviderError
-from modelyard.server.anthropic_request import (
-    allowed_betas,
-    check_server_tools,
-    messages_request_to_chat,
-    passthrough_headers,
-    server_tools_allowed,
-)
+from modelyard.server.codecs.messages import read_messages
 from modelyard.server.http import JSON_HEADERS, Headers, Request
-from modelyard.server.validation import decode_body, validate_chat
 
 if TYPE_CHECKING:
     from modelyard.config.model import Deployment
@@ -41,21 +34,11 @@ _log = logging.getLogger("modelyard.count_tokens")
 
 #: Which count the answer holds: the provider's own tokenizer, or the gateway's estimate.
 SOURCE_HEADER = b"x-modelyard-token-count"
-_FORWARDED = (b"anthropic-version", b"anthropic-beta")
 
 
 async def count_tokens(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     """The handler (route `POST /v1/messages/count_tokens`, keyed, Anthropic's error shape)."""
-    body = decode_body(await request.body(gw.max_body))
-    if not isinstance(body, dict):
-        raise GatewayError(400, "request body must be a JSON object")
-    key = ctx.key
-    settings = gw.config.server
-    tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
-    check_server_tools(body, tools_ok)
-    # A count request has no max_tokens: the translation needs one, the provider must not get it.
-    raw = messages_request_to_chat({**body, "max_tokens": 1, "stream": False}, server_tools=tools_ok)
-    req = validate_chat(raw)
+    body, _, req, forwarded = read_messages(await request.body(gw.max_body), request, ctx, counting=True)
     features = gw.features(req, request, ctx)
     try:
         await gw.admit(ctx, req.model, features, req.modelyard)
@@ -63,9 +46,7 @@ async def count_tokens(gw: Gateway, request: Request, ctx: RequestContext) -> No
         dep = plan.order[0] if plan.order else None
         count = None
         if dep is not None:
-            client = {name.decode(): value for name in _FORWARDED if (value := request.header(name)) is not None}
-            allowed = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
-            count = await _provider_count(gw, dep, req, body, passthrough_headers(client, allowed))
+            count = await _provider_count(gw, dep, req, body, forwarded)
     finally:
         if gw.access is not None:
             gw.access.release(ctx)  # nothing is generated: no budget stays reserved

@@ -15,7 +15,7 @@ import msgspec
 
 from modelyard.providers.sse import encode_event
 from modelyard.routing.executor import Chunk, NativeBody, StreamResult, Success, as_dict
-from modelyard.schema.chat import Usage
+from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import GatewayError, ProviderError
 from modelyard.server.anthropic_answer import (
     KIND_ERROR_TYPES,
@@ -47,6 +47,29 @@ WIRE = "anthropic-messages"
 FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
 
+def read_messages(
+    body: bytes, request: Request, ctx: RequestContext, *, counting: bool = False
+) -> tuple[dict[str, Any], dict[str, Any], ChatRequest, dict[str, str]]:
+    """A Messages body as /v1/messages and /v1/messages/count_tokens both read it: (the client's JSON, the
+    canonical raw dict, the validated canonical request, the client headers allowed upstream). Server tools are
+    refused (400 at the tool) unless the operator or the key allows them; only allowlisted `anthropic-beta`
+    values are kept (server.anthropic_betas, or the key's own list). `counting`: a count_tokens body, which has
+    no `max_tokens` (the translation needs one; the provider must not get it)."""
+    native = decode_body(body)
+    if not isinstance(native, dict):
+        raise GatewayError(400, "request body must be a JSON object")
+    key = ctx.key
+    settings = ctx.gateway.config.server
+    tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
+    check_server_tools(native, tools_ok)
+    translated = {**native, "max_tokens": 1, "stream": False} if counting else native
+    raw = messages_request_to_chat(translated, server_tools=tools_ok)
+    req = validate_chat(raw)
+    client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
+    betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
+    return native, raw, req, passthrough_headers(client, betas)
+
+
 class Messages:
     """The `anthropic-messages` codec (stateless; `Inbound.state`: the request's `thinking` flag and its
     `stop_sequences`)."""
@@ -58,18 +81,8 @@ class Messages:
         """The canonical request, and the body as sent for pass-through. Server tools are refused (400 at the
         tool) unless the operator or the key allows them; only allowlisted `anthropic-beta` values are kept
         for the upstream (server.anthropic_betas, or the key's own list)."""
-        native = decode_body(body)
-        if not isinstance(native, dict):
-            raise GatewayError(400, "request body must be a JSON object")
-        key = ctx.key
-        settings = ctx.gateway.config.server
-        tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
-        check_server_tools(native, tools_ok)
-        raw = messages_request_to_chat(native, server_tools=tools_ok)
-        req = validate_chat(raw)
-        client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
-        betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
-        native_body = NativeBody(WIRE, native, passthrough_headers(client, betas), body)
+        native, raw, req, headers = read_messages(body, request, ctx)
+        native_body = NativeBody(WIRE, native, headers, body)
         stops = native.get("stop_sequences")  # to report which one ended a non-Anthropic answer
         return Inbound(req, raw, native_body, (wants_thinking(native), stops if isinstance(stops, list) else None))
 

@@ -229,3 +229,58 @@ def _post(url: str, body: bytes) -> tuple[int, str]:
             return response.status, response.headers["x-request-id"]
     except HTTPError as error:
         return error.code, error.headers.get("x-request-id", "")
+
+
+class ResponsesLoad(Load):
+    """Closed-loop clients on /v1/responses with `store: true`; the ids of the responses the clients received."""
+
+    async def _one(self, client: Http1Client, body: bytes, stream: bool) -> str | None:
+        del body, stream
+        request = msgspec.json.encode({"model": "via-openai", "input": f"hello {uuid.uuid4().hex}", "store": True})
+        response = await client.request(
+            "POST", f"{self.url}/v1/responses", {"content-type": "application/json"}, request, connect_timeout=1.0
+        )
+        data = b""
+        try:
+            while chunk := await asyncio.wait_for(response.next_chunk(), 5):
+                data += chunk
+        finally:
+            response.release()
+        if response.status != 200:
+            return None
+        answer_id = msgspec.json.decode(data).get("id")
+        return answer_id if isinstance(answer_id, str) else None
+
+
+def test_kill9_loses_no_stored_response(tmp_path: Path, sim_url: str) -> None:
+    """A stored response is in the store before its answer's last byte: after kill -9 mid-load and a restart,
+    every response a client received is there for `GET /v1/responses/{id}` (and so for previous_response_id)."""
+    config = tmp_path / "gateway.yaml"
+    store = tmp_path / "spend.db"
+    config.write_text(gateway_yaml(sim_url, f'spend: {{store: "{store}"}}\nserver: {{responses: {{store: true}}}}\n'))
+    first = GatewayProcess(config, log=tmp_path / "first.log").start()
+    load = ResponsesLoad(first.url)
+    try:
+        asyncio.run(load.run(first))
+    finally:
+        first.kill()
+    assert len(load.ok) > 50, f"only {len(load.ok)} responses completed ({load.failed} failed)"
+
+    async def missing(url: str) -> list[str]:
+        client = Http1Client()
+        lost = []
+        try:
+            for response_id in load.ok:
+                answer = await client.request("GET", f"{url}/v1/responses/{response_id}", {}, b"", connect_timeout=2.0)
+                await answer.read()
+                answer.release()
+                if answer.status != 200:
+                    lost.append(response_id)
+        finally:
+            client.close()
+        return lost
+
+    with GatewayProcess(config, log=tmp_path / "second.log") as second:
+        lost = asyncio.run(missing(second.url))
+    print(f"\nresponses: {len(load.ok)} received before the kill, {len(lost)} missing after the restart")
+    assert lost == []

@@ -317,6 +317,14 @@ def check_references(config: Config, marks: Marks) -> None:
                     line=line_for(("models", model_name, "fallbacks", j), marks),
                     key=f"models.{model_name}.fallbacks[{j}]",
                 )
+        for j, entry in enumerate(group.guardrails):
+            if isinstance(entry, str) and entry not in config.guardrails:
+                raise ConfigError(
+                    f"unknown guardrail set {entry!r} (not in the top-level `guardrails:`)",
+                    source=config.source,
+                    line=line_for(("models", model_name, "guardrails", j), marks),
+                    key=f"models.{model_name}.guardrails[{j}]",
+                )
     for alias, target in config.aliases.items():
         problem = None
         if not alias.strip("*?"):

@@ -12,6 +12,7 @@ from msgspec import Meta, Struct, field
 
 from modelyard.config.providers import bind_options
 from modelyard.config.routing_options import Constraints, ModelOptions, RuleSpec, as_struct
+from modelyard.schema.guardrails import CheckSpec
 
 Capability = Literal["tools", "vision", "json_object", "json_schema", "streaming", "audio", "reasoning"]
 
@@ -125,6 +126,8 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     options: ModelOptions = field(default_factory=ModelOptions)
     #: Reuse an answer for a prompt whose embedding is this close to a cached one (off unless set).
     semantic_cache: SemanticCacheSettings | None = None
+    #: Guardrails on every request to this model: names of sets in the top-level `guardrails:`, or checks.
+    guardrails: list[str | CheckSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # Settings built in code may be given as plain mappings; the loader hands Structs (a no-op here).
@@ -293,6 +296,10 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: Client model names (exact, or `*`/`?` patterns such as `claude-*`) → a model or deployment name;
     #: exact configured names win, then exact aliases, then the most specific pattern (routing/aliases.py).
     aliases: dict[str, str] = field(default_factory=dict)
+    #: Named guardrail sets (docs/guardrails.md); models name them in `guardrails:`, keys in their metadata.
+    guardrails: dict[str, list[CheckSpec]] = field(default_factory=dict)
+    #: An acceptance-results file (`modelyard accept --write-quality`): per-task quality of each deployment.
+    quality_from: str | None = None
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"
 

@@ -15,6 +15,7 @@ import msgspec
 from msgspec import Struct
 
 from modelyard.schema.constraints import Constraints
+from modelyard.schema.guardrails import CheckSpec
 
 # --------------------------------------------------------------------------- content parts
 
@@ -192,6 +193,8 @@ class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
     task: str | None = None
     tags: list[str] | None = None
     explain: bool | None = None
+    #: Checks this request adds (built-in ones only: `REQUEST_ALLOWED`); it cannot remove configured ones.
+    guardrails: Annotated[list[CheckSpec], msgspec.Meta(max_length=32)] | None = None
 
 
 #: Client numbers are checked when a request is decoded (msgspec refuses NaN and ±inf against these bounds):

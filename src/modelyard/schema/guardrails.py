@@ -1,0 +1,83 @@
+"""What a guardrail check is, as configured (`guardrails:` sets, a model's `guardrails:`) or asked for per
+request (`extra_body.modelyard.guardrails`): one Struct shared by config and requests, like `Constraints`.
+
+The shape is checked here (which actions and stages a check allows, required parameters); compiling the
+check (RE2 patterns, the PII recognisers, a `python:` function) is `modelyard.guardrails`' job.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct, field
+
+CheckName = Literal[
+    "pii", "secrets", "regex", "keywords", "json_schema", "injection", "empty", "truncated", "max_length", "python"
+]
+Stage = Literal["input", "output"]
+Action = Literal["block", "redact", "retry", "warn"]
+
+#: Checks whose findings are spans of text, so `redact` can replace them.
+REDACTABLE: frozenset[str] = frozenset({"pii", "secrets", "regex", "keywords"})
+#: Checks that only make sense on one side.
+OUTPUT_ONLY: frozenset[str] = frozenset({"json_schema", "empty", "truncated"})
+INPUT_ONLY: frozenset[str] = frozenset({"injection"})
+#: What a client may add per request: built-in checks with parameters, never code or raw patterns.
+REQUEST_ALLOWED: frozenset[str] = frozenset(
+    {"pii", "secrets", "keywords", "json_schema", "injection", "empty", "truncated", "max_length"}
+)
+
+Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Word = Annotated[str, Meta(min_length=1, max_length=200)]
+
+
+class CheckSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One check: what it looks at (`stage`), what happens when it fires (`action`), and what happens when
+    the check itself fails (`on_error`: `fail` = fail closed, the default; `allow` = let the text through)."""
+
+    check: CheckName
+    stage: Stage = "output"
+    action: Action = "block"
+    on_error: Literal["fail", "allow"] = "fail"
+    #: The name in errors, headers, metrics and the spend log (default: the check's own name).
+    name: Label | None = None
+    #: pii: entity kinds (default: all the recogniser knows); secrets: key formats (default: all).
+    kinds: Annotated[list[Label], Meta(max_length=64)] | None = None
+    #: regex: RE2 patterns (linear time; config only, never per request).
+    patterns: Annotated[list[Annotated[str, Meta(min_length=1, max_length=2000)]], Meta(max_length=256)] = field(
+        default_factory=list
+    )
+    #: keywords: words or phrases, matched case-insensitively on word boundaries.
+    words: Annotated[list[Word], Meta(max_length=1000)] = field(default_factory=list)
+    #: max_length: the most characters the text may have.
+    max_chars: Annotated[int, Meta(ge=1, le=100_000_000)] | None = None
+    #: python: `package.module:function` (config only, never per request).
+    function: str | None = None
+    #: redact: what replaces a span; `{kind}` is the entity kind or the check's name.
+    replacement: Annotated[str, Meta(max_length=200)] = "[{kind}]"
+    #: json_schema: the schema the answer must match (default: the request's `response_format` schema, and
+    #: the check passes when the request asked for no JSON).
+    json_schema: dict[str, object] | None = None
+
+    def __post_init__(self) -> None:
+        check = self.check
+        if self.action == "redact" and check not in REDACTABLE:
+            raise ValueError(f"`{check}` cannot redact (only {', '.join(sorted(REDACTABLE))} find spans)")
+        if self.action == "retry" and self.stage != "output":
+            raise ValueError("`retry` asks the next candidate for another answer: output checks only")
+        if self.stage == "input" and check in OUTPUT_ONLY:
+            raise ValueError(f"`{check}` checks an answer: stage must be `output`")
+        if self.stage == "output" and check in INPUT_ONLY:
+            raise ValueError(f"`{check}` checks tool results and retrieved text in the request: stage must be `input`")
+        if check == "regex" and not self.patterns:
+            raise ValueError("`regex` needs `patterns`")
+        if check == "keywords" and not self.words:
+            raise ValueError("`keywords` needs `words`")
+        if check == "max_length" and self.max_chars is None:
+            raise ValueError("`max_length` needs `max_chars`")
+        if check == "python" and (self.function is None or ":" not in self.function):
+            raise ValueError("`python` needs `function: package.module:function`")
+
+    @property
+    def label(self) -> str:
+        return self.name or self.check

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from urllib.parse import parse_qs, parse_qsl
 import msgspec
 
 from modelyard.sim import asgi
+from modelyard.sim.answer_keys import AnswerKeys
 from modelyard.sim.asgi import Receive, Scope, Send
 from modelyard.sim.behaviour import cached_tokens as draw_cached
 from modelyard.sim.behaviour import count_tokens, generate
@@ -104,6 +106,10 @@ class SimApp:
         self._release = asyncio.Event()
         self._created = int(time.time())
         self.prompt_cache = PromptCache()
+        #: Acceptance suites whose cases the models answer right or wrong by their accuracy (answer_keys.py).
+        self.answer_keys = AnswerKeys()
+        for path in fleet.answer_keys:
+            self.answer_keys.add_file(path)
 
     # ------------------------------------------------------------------ control (also used in-process)
 
@@ -117,6 +123,11 @@ class SimApp:
         self.counters = {}
         self.prompt_cache.clear()
         self.received.clear()
+
+    def add_answer_keys(self, path: str | os.PathLike[str]) -> int:
+        """Answer the cases of this acceptance suite file too (again: its keys replaced); the number of cases
+        read. FleetError when the file is unreadable or not a suite."""
+        return self.answer_keys.add_file(path)
 
     def patch(self, name: str, changes: Any) -> SimModel:
         """Merge `changes` into model `name`; KeyError if unknown, FleetError if invalid."""
@@ -210,7 +221,8 @@ class SimApp:
         if call is None:
             return
         rng = call.rng
-        replies = [generate(ask, model, rng) for _ in range(ask.n)]
+        keys = self.answer_keys
+        replies = [generate(ask, model, rng, keys) for _ in range(ask.n)]
         answer = Answer(
             ask,
             replies,

@@ -2,6 +2,11 @@
 
 Conventions tests rely on (checked in this order):
 
+* the last user text is the prompt of an answer key's case (`sim/answer_keys.py`), no tool result follows it
+  and no tools are given → the case's `reference` verbatim with probability `SimModel.accuracy(task)`, else
+  its `wrong` answer (or a derived plausible wrong one); JSON mode changes nothing (the reference is the
+  document). Right or wrong is drawn from (model, prompt, the request's `seed`) alone, so it is reproducible;
+
 * tools given and the tool choice asks for a call (required / any / a named tool), or is `auto` and the
   last user text names a tool (or says ``call all tools``) and the last message is not a tool result
   → tool calls. Arguments: the JSON object the last user text writes right after the tool's name, verbatim
@@ -30,6 +35,7 @@ from typing import Any
 
 import msgspec
 
+from modelyard.sim.answer_keys import AnswerKeys
 from modelyard.sim.fleet import SimModel, TokenRange
 from modelyard.sim.instance import instance
 from modelyard.sim.shapes import Ask, Finish, Reply, ToolCallOut, ToolSpec
@@ -160,9 +166,16 @@ def draw_count(spec: int | TokenRange, rng: random.Random) -> int:
     return rng.randint(spec.min, spec.max)
 
 
-def generate(ask: Ask, model: SimModel, rng: random.Random) -> Reply:
-    """One answer (one choice) to `ask`."""
+def generate(ask: Ask, model: SimModel, rng: random.Random, keys: AnswerKeys | None = None) -> Reply:
+    """One answer (one choice) to `ask`; `keys`: the answer keys of the simulator, if any."""
     reasoning = draw_count(model.reasoning_tokens, rng)
+    if keys and not ask.tools and ask.tool_result is None:
+        key = keys.get(ask.last_user_text)
+        if key is not None:
+            text, _ = keys.answer(key, model.name, model.accuracy(key.task), ask.seed)
+            if ask.json_mode or JSON_INSTRUCTION in ask.system_text.lower():
+                return Reply(text, "stop", count_tokens(text) + reasoning, reasoning_tokens=reasoning)
+            return _finish_text(text, ask, reasoning)
     calls = tool_calls(ask, rng)
     if calls:
         tokens = sum(count_tokens(c.name) + count_tokens(c.arguments) for c in calls)

@@ -5,10 +5,11 @@ reported with its path (``models[1].ttft_ms.p95``) and the file it came from::
 
     seed: 7
     api_key: null            # optional: require this key on every model request
+    answer_keys: [suite.yaml]  # optional: acceptance suites whose cases the models answer (sim/answer_keys.py)
     models:
       - name: sim-large
         price: {input: 5.0, output: 15.0}      # USD per 1M tokens (the gateway's config can refer to it)
-        quality: 0.9                           # used by routing demos
+        quality: 0.9                           # accuracy on answer keys; or per task: {default: 0.9, extraction: 0.6}
         context_window: 128000                 # longer prompts get each provider's context-length error
         ttft_ms: {p50: 400, p95: 900}          # lognormal time to first token; or a fixed number
         tokens_per_second: 60                  # pacing of the answer; 0 = instant
@@ -143,6 +144,22 @@ class SimModel(Struct, kw_only=True, forbid_unknown_fields=True):
             raise ValueError("cache_hit_rate must be within [0, 1]")
         if self.dimensions < 1 or self.context_window < 1:
             raise ValueError("dimensions and context_window must be >= 1")
+        for value in self.quality.values() if isinstance(self.quality, dict) else (self.quality,):
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ValueError("quality (an accuracy) must be within [0, 1]")
+
+    def accuracy(self, task: str | None) -> float:
+        """The chance this model gives an answer key's reference for `task`: `quality` (a number, or per task
+        with a `default`); 1.0 when the model has no quality, or none for that task and no default."""
+        quality = self.quality
+        if quality is None:
+            return 1.0
+        if not isinstance(quality, dict):
+            return float(quality)
+        value = quality.get(task) if task is not None else None
+        if value is None:
+            value = quality.get("default")
+        return 1.0 if value is None else float(value)
 
 
 class Fleet(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -151,6 +168,9 @@ class Fleet(Struct, kw_only=True, forbid_unknown_fields=True):
     models: list[SimModel]
     seed: int = 0
     api_key: str | None = None
+    #: Acceptance suite files whose cases the models answer right with their `quality` as accuracy
+    #: (sim/answer_keys.py); relative to the fleet file when loaded from one.
+    answer_keys: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         seen: set[str] = set()
@@ -188,7 +208,11 @@ def load_fleet(path: str | Path) -> Fleet:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise FleetError(f"{path}: not valid YAML: {exc}") from None
-    return fleet_from_dict(data, str(path))
+    fleet = fleet_from_dict(data, str(path))
+    if fleet.answer_keys:
+        base = Path(path).parent
+        fleet.answer_keys = [str(base / key) for key in fleet.answer_keys]
+    return fleet
 
 
 def default_fleet() -> Fleet:

@@ -212,6 +212,10 @@ class SimServer:
         """Change fault rates of `model` at run time, e.g. `set_faults("sim-small", rate_limit=0.3)`."""
         self._on_loop(lambda: self.app.patch(model, {"faults": rates}))
 
+    def add_answer_keys(self, path: str | os.PathLike[str]) -> int:
+        """Answer the cases of this acceptance suite file (`SimApp.add_answer_keys`); the number of cases read."""
+        return self._on_loop(lambda: self.app.add_answer_keys(path))
+
     def set_model(self, model: str, **changes: Any) -> None:
         """Change any field of `model` at run time, e.g. `set_model("sim-large", ttft_ms=50)`."""
         self._on_loop(lambda: self.app.patch(model, changes))

@@ -69,6 +69,8 @@ class Ask:
     include_usage: bool = False
     #: Gemini: `alt=sse` (else a stream is one JSON array sent piece by piece).
     sse: bool = True
+    #: The request's `seed` (OpenAI chat): answer keys draw right or wrong from (model, prompt, seed).
+    seed: int | None = None
     #: The prompt cut for the prompt cache (`sim.prompt_cache.prefix_segments`); None: the app cuts the body.
     prefix: list[bytes] | None = None
 

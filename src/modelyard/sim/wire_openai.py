@@ -104,6 +104,7 @@ class OpenAIWire:
             n=n,
             stream=bool(req.stream),
             include_usage=req.wants_usage_in_stream,
+            seed=req.seed,
             prefix=prefix_segments(req.tools, req.messages),
         )
         _read_conversation(req.messages, ask)

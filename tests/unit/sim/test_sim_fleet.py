@@ -20,10 +20,10 @@ def test_default_fleet_has_three_clearly_different_chat_models_and_an_embedder()
     # price: large > medium > small, in and out
     assert large.price.input > medium.price.input > small.price.input
     assert large.price.output > medium.price.output > small.price.output
-    # quality follows price
-    assert isinstance(large.quality, float) and isinstance(medium.quality, float)
-    assert isinstance(small.quality, float)
-    assert large.quality > medium.quality > small.quality
+    # quality (the accuracy on answer keys) follows price, by default and on every task it names
+    assert large.accuracy(None) > medium.accuracy(None) > small.accuracy(None)
+    for task in ("classification", "extraction", "code_fix"):
+        assert large.accuracy(task) >= medium.accuracy(task) >= small.accuracy(task)
     # speed: the small one is the fastest to first token and per token
     assert isinstance(large.ttft_ms, Latency) and isinstance(small.ttft_ms, Latency)
     assert isinstance(medium.ttft_ms, Latency)

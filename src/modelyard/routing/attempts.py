@@ -53,7 +53,7 @@ class RetryPolicy:
 
     def next_step(self, error: ProviderError, retries_used: int) -> Next:
         kind = error.kind
-        if kind is ErrorKind.BAD_REQUEST:
+        if kind is ErrorKind.BAD_REQUEST or kind is ErrorKind.GUARDRAIL_BLOCKED:
             return Next.STOP
         if kind is ErrorKind.CONTENT_FILTER:
             return Next.FAILOVER if self.failover_on_content_filter else Next.STOP

@@ -40,6 +40,12 @@ log = logging.getLogger("modelyard.executor")
 Replan = Callable[[str], Plan]
 #: A stream chunk: a dict in the canonical shape, or canonical JSON passed through undecoded.
 Chunk = dict[str, Any] | msgspec.Raw
+#: Vets an attempt's whole answer (the gateway's output guardrails: routing never imports them). None accepts
+#: it (the vet may rewrite the body: a redaction); an error fails the attempt: `GUARDRAIL` fails over to the
+#: next candidate, `GUARDRAIL_BLOCKED` stops. The attempt's cost counts either way.
+VetAnswer = Callable[[Completion], ProviderError | None]
+#: The same for a streamed answer read whole before the client sees a byte (`open_stream(vet_chunks=...)`).
+VetChunks = Callable[[list["Chunk"]], ProviderError | None]
 _T = TypeVar("_T")
 _decode = msgspec.json.Decoder().decode
 
@@ -98,6 +104,9 @@ class _Request:
     timeout_s: float | None
     native: NativeBody | None = None
     records: list[AttemptRecord] = field(default_factory=list)
+    vet: VetAnswer | None = None
+    #: Set: the stream is read whole before the attempt counts as answered, then vetted (whole-answer checks).
+    vet_chunks: VetChunks | None = None
 
 
 class _Walk:
@@ -205,8 +214,10 @@ class Executor:
         *,
         timeout_s: float | None = None,
         native: NativeBody | None = None,
+        vet: VetAnswer | None = None,
     ) -> Success:
-        return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s, native))
+        """A whole answer; `vet` (when given) judges each attempt's answer (see `VetAnswer`)."""
+        return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s, native, vet=vet))
 
     async def embed(
         self,
@@ -238,8 +249,11 @@ class Executor:
         *,
         timeout_s: float | None = None,
         native: NativeBody | None = None,
+        vet_chunks: VetChunks | None = None,
     ) -> StreamResult:
-        request = _Request(req, raw, features, True, timeout_s, native)
+        """A stream whose first chunks are in hand; with `vet_chunks`, the whole answer is buffered and vetted
+        before the attempt counts (so a failed check can still fail over invisibly)."""
+        request = _Request(req, raw, features, True, timeout_s, native, vet_chunks=vet_chunks)
         started = self.clock()
         opened, dep = await self._run(plan, replan, request)
         assert isinstance(opened, _Opened)
@@ -481,6 +495,7 @@ class Executor:
         self.health.on_success(dep.name, now, total_ms, total_ms)
         if limited:
             self.limits.correct_tokens(dep.name, started, usage.total - estimate)
+        _vet(request.vet, completion, dep, record)
         return completion
 
     def _abandoned(self, dep: Deployment, record: AttemptRecord, started: float, recorded: int | None) -> None:
@@ -530,6 +545,8 @@ class Executor:
                         break
                 if translator.done:
                     break
+                if request.vet_chunks is not None:
+                    continue  # read whole: the answer is vetted before anything reaches the client
                 if fmt is None:
                     if first and any(map(_substantive, first)):
                         break
@@ -537,6 +554,16 @@ class Executor:
                     break
             else:
                 first.extend(translator.finish())  # a complete answer, or a cut stream (raises)
+            if request.vet_chunks is not None:
+                problem = request.vet_chunks(first)
+                if problem is not None:
+                    usage = translator.usage
+                    if usage.prompt == 0 and usage.completion == 0:
+                        usage = Usage(
+                            prompt=request.features.prompt_tokens, completion=count_text(_streamed_text(first))
+                        )
+                    record.cost_usd = cost_usd(usage, self.price(dep.name))  # a rejected answer is still paid
+                    raise problem
         except BaseException:
             stream.close()
             raise
@@ -724,6 +751,18 @@ def _leg_failed(policy: RetryPolicy, walk: _Walk, request: _Request, dep: Deploy
         raise error
     if error.kind is ErrorKind.CONTEXT_LENGTH:
         walk.require_window_above(dep.context_window or request.features.prompt_tokens)
+
+
+def _vet(vet: VetAnswer | None, completion: Completion, dep: Deployment, record: AttemptRecord) -> None:
+    """Raise the vet's verdict on a non-streamed answer, if it has one: the attempt was answered (its health
+    and cost are recorded as such); its outcome in the history says why it did not count."""
+    problem = vet(completion) if vet is not None else None
+    if problem is None:
+        return
+    problem.deployment = dep.name
+    problem.provider = dep.provider
+    record.outcome = problem.kind.value
+    raise problem
 
 
 def _native_usage(completion: Completion, features: RequestFeatures) -> Usage:

@@ -14,6 +14,7 @@ from typing import Any
 __all__ = [
     "CLIENT_ACTIONABLE",
     "GENERIC_MESSAGES",
+    "GUARDRAIL_KINDS",
     "RETRYABLE_KINDS",
     "ErrorKind",
     "GatewayError",
@@ -41,6 +42,11 @@ class ErrorKind(StrEnum):
     CONTENT_FILTER = "content_filter"
     AUTH = "auth"
     BAD_REQUEST = "bad_request"
+    #: An answer failed an output guardrail whose action is `retry`: ask the next candidate (never the same
+    #: deployment again: it would likely fail the same way). The attempt's cost still counts.
+    GUARDRAIL = "guardrail"
+    #: A guardrail blocked the answer (or the check itself failed, fail-closed): stop, name the check.
+    GUARDRAIL_BLOCKED = "guardrail_blocked"
 
 
 #: Kinds worth trying again on the same deployment (after a backoff).
@@ -59,6 +65,8 @@ _CLIENT_STATUS: dict[ErrorKind, int] = {
     ErrorKind.CONTENT_FILTER: 400,
     ErrorKind.AUTH: 502,  # the gateway's provider credentials are wrong; not the caller's fault
     ErrorKind.BAD_REQUEST: 400,
+    ErrorKind.GUARDRAIL: 422,
+    ErrorKind.GUARDRAIL_BLOCKED: 422,
 }
 
 _OPENAI_TYPE: dict[ErrorKind, str] = {
@@ -71,6 +79,8 @@ _OPENAI_TYPE: dict[ErrorKind, str] = {
     ErrorKind.CONTENT_FILTER: "invalid_request_error",
     ErrorKind.AUTH: "upstream_auth_error",
     ErrorKind.BAD_REQUEST: "invalid_request_error",
+    ErrorKind.GUARDRAIL: "guardrail_error",
+    ErrorKind.GUARDRAIL_BLOCKED: "guardrail_error",
 }
 
 _OPENAI_CODE: dict[ErrorKind, str] = {
@@ -86,6 +96,9 @@ _OPENAI_CODE: dict[ErrorKind, str] = {
 CLIENT_ACTIONABLE: frozenset[ErrorKind] = frozenset(
     {ErrorKind.BAD_REQUEST, ErrorKind.CONTEXT_LENGTH, ErrorKind.CONTENT_FILTER}
 )
+
+#: Kinds the gateway's own guardrails raise (never a provider's verdict on its health).
+GUARDRAIL_KINDS: frozenset[ErrorKind] = frozenset({ErrorKind.GUARDRAIL, ErrorKind.GUARDRAIL_BLOCKED})
 
 GENERIC_MESSAGES: dict[ErrorKind, str] = {
     ErrorKind.AUTH: "the provider refused the gateway's credentials for this deployment",

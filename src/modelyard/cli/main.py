@@ -33,6 +33,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("modelyard.cli.router", "router"),
     ("modelyard.cli.admin", None),
     ("modelyard.cli.replay", None),
+    ("modelyard.cli.accept", None),
 ]
 
 

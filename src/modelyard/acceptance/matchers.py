@@ -1,0 +1,80 @@
+"""The regex and JSON Schema primitives the assertions use, behind two small functions.
+
+Patterns are RE2 (linear time: a suite's pattern cannot hang a run whatever the answer) and JSON Schema
+validators are built once per schema. When `modelyard.guardrails` offers the same primitives they are
+one import away; until then these wrap `re2` and `jsonschema` directly, and nothing else here knows which.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+import jsonschema
+import re2
+
+_OPTIONS = re2.Options()
+_OPTIONS.log_errors = False  # a bad pattern is reported at load, not printed to stderr by RE2 itself
+
+
+def compile_regex(pattern: str) -> tuple[Any | None, str | None]:
+    """The compiled RE2 pattern, or None and why it does not compile (lookarounds and backrefs do not)."""
+    try:
+        return re2.compile(pattern, _OPTIONS), None
+    except re2.error as exc:
+        detail = exc.args[0] if exc.args else exc
+        if isinstance(detail, bytes):
+            detail = detail.decode("utf-8", "replace")
+        return None, f"not an RE2 pattern: {detail}"
+
+
+@lru_cache(maxsize=256)
+def _cached_regex(pattern: str) -> Any:
+    compiled, problem = compile_regex(pattern)
+    if compiled is None:
+        raise ValueError(problem)
+    return compiled
+
+
+def regex_search(pattern: str, text: str) -> bool:
+    """Whether `pattern` matches anywhere in `text` (compiled once per pattern)."""
+    return _cached_regex(pattern).search(text) is not None
+
+
+def schema_problem(schema: dict[str, Any]) -> str | None:
+    """Why `schema` is not a valid JSON Schema (Draft 2020-12), or None."""
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        return f"not a JSON Schema: {exc.message}"
+    return None
+
+
+@lru_cache(maxsize=256)
+def _validator(key: str) -> jsonschema.protocols.Validator:
+    return jsonschema.Draft202012Validator(json.loads(key))
+
+
+def schema_errors(schema: dict[str, Any] | bool, value: Any) -> str | None:
+    """The first reason `value` does not match `schema`, or None (validators cached per schema)."""
+    if isinstance(schema, bool):
+        return None if schema else "the schema is `false`: nothing matches"
+    validator = _validator(json.dumps(schema, sort_keys=True))
+    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    if error is None:
+        return None
+    where = "/".join(str(part) for part in error.absolute_path)
+    return f"{where + ': ' if where else ''}{error.message}"
+
+
+def parse_json(text: str) -> tuple[Any, str | None]:
+    """The JSON value of an answer (a ```json fence around it is allowed), or None and why not."""
+    body = text.strip()
+    if body.startswith("```"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+        body = body.rsplit("```", 1)[0]
+    try:
+        return json.loads(body), None
+    except json.JSONDecodeError as exc:
+        return None, f"not JSON: {exc.msg} at char {exc.pos}"

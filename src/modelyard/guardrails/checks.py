@@ -1,0 +1,302 @@
+"""The compiled checks. Two kinds:
+
+- span checks (pii, secrets, regex, keywords) find spans of text, so they can redact, and they run
+  incrementally on streams (their match shapes bound what a stream holds back);
+- text checks (json_schema, injection, empty, truncated, max_length, python) judge a whole text and return
+  why they fired, or None.
+
+Both are immutable after compilation, except the json_schema check's small bounded cache of validators for
+schemas that arrive with requests.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, NamedTuple
+
+import msgspec
+import re2
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from jsonschema.protocols import Validator
+
+from modelyard.guardrails import injection
+from modelyard.guardrails.recognisers import PII, SECRETS, Recogniser, recogniser, select, warm_up
+from modelyard.guardrails.shape import Shape
+from modelyard.schema.guardrails import CheckSpec
+
+
+class Span(NamedTuple):
+    start: int
+    end: int
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class CheckContext:
+    """What a text check may look at besides the text (`python` checks receive it as their second argument)."""
+
+    stage: str
+    finish_reason: str | None = None
+    #: The request's `response_format` (a schema.chat Struct or a plain dict), output stage only.
+    response_format: Any = None
+    #: The answer's tool calls (output) or None.
+    tool_calls: list[Any] | None = None
+    #: The canonical ChatRequest (input stage only).
+    request: Any = None
+    #: input stage: this text came from a tool result or a retrieved document.
+    untrusted: bool = False
+
+
+def spec_key(spec: CheckSpec) -> bytes:
+    """Identity of a spec for de-duplication (two equal specs are one check)."""
+    return msgspec.json.encode(spec, order="sorted")
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SpanCheck:
+    spec: CheckSpec
+    key: bytes
+    recognisers: tuple[Recogniser, ...]
+    #: One compiled "trailing run" pattern per recogniser (None: the recogniser's matches are unbounded).
+    tails: tuple[tuple[re2._Regexp[str], int] | None, ...]
+
+    @property
+    def incremental(self) -> bool:
+        """Whether a stream can check this piece by piece (every match bounded)."""
+        return all(t is not None for t in self.tails)
+
+    def spans(self, text: str, pos: int = 0) -> list[Span]:
+        """Validated matches starting at or after `pos`, non-overlapping: earlier recognisers win overlaps."""
+        taken: list[Span] = []
+        for rec in self.recognisers:
+            for m in rec.pattern.finditer(text, pos):
+                start, end = m.span()
+                if rec.validate is not None:
+                    length = rec.validate(text[start:end])
+                    if length == 0:
+                        continue
+                    end = start + length
+                if end > start and not any(s.start < end and start < s.end for s in taken):
+                    taken.append(Span(start, end, rec.kind))
+        taken.sort()
+        return taken
+
+    def hold_from(self, text: str, pos: int) -> int:
+        """The earliest index ≥ pos where a match could still start and be changed by text not yet seen."""
+        cut = len(text)
+        for tail in self.tails:
+            if tail is None:
+                return pos
+            pattern, window = tail
+            m = pattern.search(text, max(pos, len(text) - window))
+            if m is not None:
+                cut = min(cut, m.start())
+        return cut
+
+
+class Fired(NamedTuple):
+    """A text check's verdict when it names kinds (injection families) besides its message."""
+
+    message: str
+    kinds: tuple[str, ...]
+
+
+#: A text check's verdict: None (passed), or why it fired.
+Verdict = str | Fired | None
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class TextCheck:
+    spec: CheckSpec
+    key: bytes
+    judge: Callable[[str, CheckContext], Verdict]
+
+
+CompiledCheck = SpanCheck | TextCheck
+
+
+def _span_check(spec: CheckSpec, recognisers: tuple[Recogniser, ...]) -> SpanCheck:
+    tails = tuple(_tail(r.shape) for r in recognisers)
+    return SpanCheck(spec, spec_key(spec), recognisers, tails)
+
+
+def _tail(shape: Shape) -> tuple[re2._Regexp[str], int] | None:
+    if shape.max_len is None:
+        return None
+    return re2.compile(shape.tail_pattern()), shape.max_len + 1
+
+
+_QUIET = re2.Options()
+_QUIET.log_errors = False
+
+
+def compile_pattern(pattern: str) -> re2._Regexp[str]:
+    """An RE2 pattern, or ValueError with RE2's reason (linear-time engine: no backtracking to hang on)."""
+    try:
+        return re2.compile(pattern, _QUIET)
+    except re2.error as exc:
+        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+        raise ValueError(f"not an RE2 pattern {pattern!r}: {reason}") from None
+
+
+def keyword_pattern(words: list[str]) -> str:
+    """One case-insensitive alternation of the words, each on word boundaries where it starts/ends in one."""
+    parts = []
+    for word in words:
+        text = re2.escape(word)
+        left = r"\b" if word[:1].isalnum() or word[:1] == "_" else ""
+        right = r"\b" if word[-1:].isalnum() or word[-1:] == "_" else ""
+        parts.append(f"{left}{text}{right}")
+    return "(?i)(?:" + "|".join(parts) + ")"
+
+
+def compile_span(spec: CheckSpec) -> SpanCheck:
+    if spec.check == "pii":
+        warm_up()
+        return _span_check(spec, select(PII, spec.kinds, "pii"))
+    if spec.check == "secrets":
+        return _span_check(spec, select(SECRETS, spec.kinds, "secrets"))
+    if spec.check == "regex":
+        for pattern in spec.patterns:
+            compile_pattern(pattern)
+        return _span_check(spec, tuple(recogniser(spec.label, p) for p in spec.patterns))
+    return _span_check(spec, (recogniser(spec.label, keyword_pattern(spec.words)),))
+
+
+# --------------------------------------------------------------------------- text checks
+
+
+def _empty(text: str, ctx: CheckContext) -> str | None:
+    return None if text.strip() or ctx.tool_calls else "the answer is empty"
+
+
+def _truncated(text: str, ctx: CheckContext) -> str | None:
+    return (
+        "the answer was cut off at the token limit (finish_reason: length)" if ctx.finish_reason == "length" else None
+    )
+
+
+def _max_length(limit: int) -> Callable[[str, CheckContext], str | None]:
+    def judge(text: str, ctx: CheckContext) -> str | None:
+        return f"the {ctx.stage} has {len(text)} characters, more than {limit}" if len(text) > limit else None
+
+    return judge
+
+
+def _python(function: str) -> Callable[[str, CheckContext], str | None]:
+    module_name, _, attr = function.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cannot import `{function}`: {exc}") from None
+    if not callable(fn):
+        raise ValueError(f"`{function}` is not callable")
+
+    def judge(text: str, ctx: CheckContext) -> str | None:
+        verdict = fn(text, ctx)
+        if verdict is None or verdict is True:
+            return None
+        if verdict is False:
+            return f"`{function}` rejected the {ctx.stage}"
+        if isinstance(verdict, str):
+            return verdict or f"`{function}` rejected the {ctx.stage}"
+        raise TypeError(f"`{function}` returned {type(verdict).__name__}, not bool | str | None")
+
+    return judge
+
+
+@dataclass(slots=True)
+class SchemaJudge:
+    """json_schema: the spec's schema, else the one the request's response_format carries."""
+
+    fixed: Validator | None
+    cache: OrderedDict[bytes, Validator] = field(default_factory=OrderedDict)
+    cache_size: int = 256
+
+    def __call__(self, text: str, ctx: CheckContext) -> str | None:
+        wanted, schema = _asked_for(ctx.response_format)
+        validator = self.fixed
+        if validator is None:
+            if wanted is None:
+                return None  # no JSON asked for and none required by the spec
+            validator = self._validator(schema) if schema is not None else None
+        try:
+            value = msgspec.json.decode(text.strip())
+        except msgspec.DecodeError:
+            return "the answer is not valid JSON"
+        if validator is None:
+            return None if isinstance(value, dict) else "the answer is JSON but not an object"
+        error = next(iter(validator.iter_errors(value)), None)
+        if error is None:
+            return None
+        where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+        return f"the answer does not match the schema at {where}: {error.message[:200]}"
+
+    def _validator(self, schema: dict[str, Any]) -> Validator:
+        key = msgspec.json.encode(schema, order="sorted")
+        found = self.cache.get(key)
+        if found is None:
+            found = make_validator(schema)
+            self.cache[key] = found
+            if len(self.cache) > self.cache_size:
+                self.cache.popitem(last=False)
+        else:
+            self.cache.move_to_end(key)
+        return found
+
+
+def make_validator(schema: dict[str, Any]) -> Validator:
+    """A validator for `schema` (the draft it names, else 2020-12); ValueError when the schema is invalid."""
+    from jsonschema.validators import validator_for
+
+    cls = validator_for(schema, default=Draft202012Validator)
+    try:
+        cls.check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"invalid JSON schema: {exc.message}") from None
+    validator: Validator = cls(schema)
+    return validator
+
+
+def _asked_for(response_format: Any) -> tuple[str | None, dict[str, Any] | None]:
+    """(`json_object` | `json_schema` | None, the schema) from a response_format Struct or dict."""
+    if response_format is None:
+        return None, None
+    if not isinstance(response_format, dict):
+        response_format = msgspec.to_builtins(response_format)
+    kind = response_format.get("type")
+    if kind == "json_object":
+        return "json_object", None
+    if kind != "json_schema":
+        return None, None
+    inner = response_format.get("json_schema")
+    schema = inner.get("schema") if isinstance(inner, dict) else response_format.get("schema")
+    return "json_schema", schema if isinstance(schema, dict) else None
+
+
+def _injection(text: str, ctx: CheckContext) -> Verdict:
+    if not ctx.untrusted:
+        return None
+    found = tuple(injection.families_in(text))
+    if not found:
+        return None
+    return Fired(f"prompt-injection heuristics ({', '.join(found)}) in a tool result or retrieved text", found)
+
+
+def compile_text(spec: CheckSpec) -> TextCheck:
+    key = spec_key(spec)
+    if spec.check == "empty":
+        return TextCheck(spec, key, _empty)
+    if spec.check == "truncated":
+        return TextCheck(spec, key, _truncated)
+    if spec.check == "max_length":
+        return TextCheck(spec, key, _max_length(spec.max_chars or 0))
+    if spec.check == "python":
+        return TextCheck(spec, key, _python(spec.function or ""))
+    if spec.check == "json_schema":
+        return TextCheck(spec, key, SchemaJudge(make_validator(spec.json_schema) if spec.json_schema else None))
+    return TextCheck(spec, key, _injection)

@@ -1,0 +1,89 @@
+"""From check specs to a GuardSet: compiled once per config entry (a set, a model's list, a key's list),
+combined per request (operator's, key's and the request's own checks), never recompiled on the hot path."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from modelyard.guardrails.checks import CompiledCheck, SpanCheck, compile_span, compile_text
+from modelyard.schema.guardrails import REDACTABLE, REQUEST_ALLOWED, CheckSpec
+
+#: Checks that need the whole answer: a stream buffers it before they run.
+WHOLE_ANSWER: frozenset[str] = frozenset({"json_schema", "empty", "truncated", "max_length", "python"})
+
+
+@dataclass(frozen=True, slots=True)
+class GuardSet:
+    """The checks of one request, by stage, in the order they were configured."""
+
+    input_checks: tuple[CompiledCheck, ...] = ()
+    output_checks: tuple[CompiledCheck, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.input_checks or self.output_checks)
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self.output_checks)
+
+    @property
+    def redacts_output(self) -> bool:
+        return any(c.spec.action == "redact" for c in self.output_checks)
+
+    @property
+    def whole_answer(self) -> bool:
+        """An output check needs the full answer (a stream must buffer it): json_schema, empty, truncated,
+        max_length, python, and a regex whose matches are unbounded."""
+        return any(
+            c.spec.check in WHOLE_ANSWER or (isinstance(c, SpanCheck) and not c.incremental) for c in self.output_checks
+        )
+
+    @property
+    def retries(self) -> bool:
+        return any(c.spec.action == "retry" for c in self.output_checks)
+
+
+EMPTY = GuardSet()
+
+
+def compile_check(spec: CheckSpec) -> CompiledCheck:
+    """One spec compiled; ValueError (a short message naming the check) when it cannot be."""
+    try:
+        return compile_span(spec) if spec.check in REDACTABLE else compile_text(spec)
+    except ValueError as exc:
+        raise ValueError(f"guardrail `{spec.label}`: {exc}") from None
+
+
+def compile_checks(specs: Sequence[CheckSpec], *, trusted: bool = True) -> GuardSet:
+    """Compile `specs`. `trusted=False` (a client's per-request checks): built-in checks with parameters only,
+    never `python:` code or raw regexes (schema.guardrails.REQUEST_ALLOWED), else ValueError naming it."""
+    inputs: list[CompiledCheck] = []
+    outputs: list[CompiledCheck] = []
+    for spec in specs:
+        if not trusted and spec.check not in REQUEST_ALLOWED:
+            raise ValueError(
+                f"guardrail `{spec.label}`: `{spec.check}` checks can only be configured by the operator, "
+                f"not sent with a request (allowed: {', '.join(sorted(REQUEST_ALLOWED))})"
+            )
+        (inputs if spec.stage == "input" else outputs).append(compile_check(spec))
+    return combine(GuardSet(tuple(inputs), tuple(outputs)))
+
+
+def combine(*sets: GuardSet) -> GuardSet:
+    """The union of `sets`, order kept, a check present in several (an equal spec) once."""
+    present = [s for s in sets if s]
+    if len(present) == 1 and len(sets) > 1:
+        return present[0]
+    if not present:
+        return EMPTY
+    return GuardSet(
+        _unique(c for s in present for c in s.input_checks), _unique(c for s in present for c in s.output_checks)
+    )
+
+
+def _unique(checks: Iterable[CompiledCheck]) -> tuple[CompiledCheck, ...]:
+    seen: dict[bytes, CompiledCheck] = {}
+    for check in checks:
+        seen.setdefault(check.key, check)
+    return tuple(seen.values())

@@ -27,6 +27,17 @@ REQUEST_ALLOWED: frozenset[str] = frozenset(
     {"pii", "secrets", "keywords", "json_schema", "injection", "empty", "truncated", "max_length"}
 )
 
+#: The entity kinds `pii` knows (docs/guardrails.md has each one's format and validation).
+PII_KINDS: tuple[str, ...] = (
+    "email", "card", "iban", "us_ssn", "uk_nino", "us_itin", "ca_sin", "br_cpf", "in_aadhaar", "de_tax_id",
+    "fr_nir", "es_dni", "it_fiscal_code", "phone",
+)  # fmt: skip
+#: The key formats `secrets` knows.
+SECRET_KINDS: tuple[str, ...] = (
+    "private_key", "anthropic", "openai", "aws_access_key", "aws_secret_key", "github", "gitlab", "slack",
+    "slack_webhook", "google_api_key", "stripe", "huggingface", "jwt",
+)  # fmt: skip
+
 Label = Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
 Word = Annotated[str, Meta(min_length=1, max_length=200)]
 
@@ -77,7 +88,45 @@ class CheckSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=
             raise ValueError("`max_length` needs `max_chars`")
         if check == "python" and (self.function is None or ":" not in self.function):
             raise ValueError("`python` needs `function: package.module:function`")
+        self._check_parameters()
+
+    def _check_parameters(self) -> None:
+        """The parameters' own validity, so a bad one fails at config load (file:line), not at first use."""
+        known = {"pii": PII_KINDS, "secrets": SECRET_KINDS}.get(self.check)
+        if self.kinds is not None:
+            if known is None:
+                raise ValueError(f"`kinds` applies to `pii` and `secrets`, not `{self.check}`")
+            unknown = [k for k in self.kinds if k not in known]
+            if unknown:
+                raise ValueError(f"unknown {self.check} kind {unknown[0]!r} (known: {', '.join(known)})")
+        if self.patterns:
+            _check_patterns(self.patterns)
+        if self.json_schema is not None:
+            _check_schema(self.json_schema)
 
     @property
     def label(self) -> str:
         return self.name or self.check
+
+
+def _check_patterns(patterns: list[str]) -> None:
+    import re2  # imported here: the schema package stays cheap to import for the many who never compile one
+
+    options = re2.Options()
+    options.log_errors = False
+    for pattern in patterns:
+        try:
+            re2.compile(pattern, options)
+        except re2.error as exc:
+            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
+            raise ValueError(f"not an RE2 pattern {pattern!r}: {reason}") from None
+
+
+def _check_schema(schema: dict[str, object]) -> None:
+    from jsonschema.exceptions import SchemaError
+    from jsonschema.validators import validator_for
+
+    try:
+        validator_for(schema).check_schema(schema)
+    except SchemaError as exc:
+        raise ValueError(f"`json_schema` is not a valid JSON Schema: {exc.message}") from None

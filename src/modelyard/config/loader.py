@@ -6,6 +6,7 @@ number, got str`), because a config error found at start-up must be fixable with
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from collections.abc import Iterable
@@ -17,10 +18,12 @@ import yaml
 
 from modelyard.config.model import Config, ModelGroup
 from modelyard.config.providers import bind_deployment_options
+from modelyard.config.quality_file import QualityFileError, apply_results, read_results, results_path
 from modelyard.config.routing_options import Constraints, ModelOptions, RuleSpec, nest_metadata
 from modelyard.schema.errors import ModelyardError
 
 ENV_VAR = "MODELYARD_CONFIG"
+_log = logging.getLogger("modelyard.config")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENUM_HINTS = {
     "kind": "chat, embedding",
@@ -83,7 +86,22 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
         config.models = models
     config.source = source
     check_references(config, marks)
+    if config.quality_from is not None:
+        _apply_quality_file(config, config.quality_from, marks)
     return config
+
+
+def _apply_quality_file(config: Config, quality_from: str, marks: Marks) -> None:
+    """Read `quality_from:` into the deployments' per-task quality and acceptance; a missing or bad file is an
+    error at `quality_from`'s line, a deployment the file names but the config lacks only a warning."""
+    line = line_for(("quality_from",), marks)
+    try:
+        results = read_results(results_path(quality_from, config.source))
+    except QualityFileError as exc:
+        raise ConfigError(str(exc), source=config.source, line=line, key="quality_from") from None
+    where = f"{config.source}:{line}" if line else config.source
+    for warning in apply_results(config, results):
+        _log.warning("%s: quality_from: %s", where, warning)
 
 
 def problems_at_lines(path: str | os.PathLike[str], problems: Iterable[tuple[str, str]]) -> ConfigError:
@@ -246,7 +264,10 @@ def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str, *, at: 
         path: tuple[str | int, ...] = at
         if " - at `$" in message:
             message, _, where = message.rpartition(" - at `")
-            path = (*at, *parse_path(where.rstrip("`")))
+            inner = parse_path(where.rstrip("`"))
+            if _ANY_KEY in inner:
+                inner = _named_keys(data, inner, type_, message)
+            path = (*at, *inner)
         unknown = _UNKNOWN_FIELD.search(message)
         if unknown and (*path, unknown.group(1)) in marks:
             path = (*path, unknown.group(1))
@@ -255,6 +276,59 @@ def convert_with_marks(data: Any, type_: Any, marks: Marks, source: str, *, at: 
             message = f"{message} (one of {hint})"
         line = line_for(path, marks)
         raise ConfigError(message, source=source, line=line, key=format_path(path)) from None
+
+
+#: msgspec's path segment for a mapping key it does not name (`$[...].retries`).
+_ANY_KEY = "..."
+
+
+def _named_keys(data: Any, path: tuple[str | int, ...], type_: Any, message: str) -> tuple[str | int, ...]:
+    """`path` with each `[...]` (a key msgspec does not name) replaced by the key whose value fails: the only key
+    of its mapping, else the one whose value, converted alone, reproduces `message` (only on the error path)."""
+    at = path.index(_ANY_KEY)
+    node = _node_at(data, path[:at])
+    if not isinstance(node, dict):
+        return path
+    found = next(iter(node)) if len(node) == 1 else _failing_key(data, path[:at], node, type_, message)
+    if found is None or not isinstance(found, str | int):
+        return path
+    named = (*path[:at], found, *path[at + 1 :])
+    return _named_keys(data, named, type_, message) if _ANY_KEY in named[at + 1 :] else named
+
+
+def _node_at(data: Any, path: tuple[str | int, ...]) -> Any:
+    """The value at `path` in `data`, or None when the path does not lead anywhere."""
+    node = data
+    for part in path:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            return None
+    return node
+
+
+def _failing_key(data: Any, where: tuple[str | int, ...], node: dict[Any, Any], type_: Any, message: str) -> Any:
+    for key, value in node.items():
+        try:
+            msgspec.convert(_with_only(data, where, {key: value}), type_, strict=False)
+        except msgspec.ValidationError as exc:
+            if str(exc).startswith(message):
+                return key
+    return None
+
+
+def _with_only(data: Any, where: tuple[str | int, ...], replacement: Any) -> Any:
+    """`data` with the node at `where` replaced (copies along the path only)."""
+    if not where:
+        return replacement
+    head, rest = where[0], where[1:]
+    if isinstance(data, dict):
+        return {**data, head: _with_only(data[head], rest, replacement)}
+    copy = list(data)
+    copy[int(head)] = _with_only(data[int(head)], rest, replacement)
+    return copy
 
 
 def parse_path(text: str) -> tuple[str | int, ...]:
@@ -279,6 +353,18 @@ def format_path(path: tuple[str | int, ...]) -> str:
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
+
+
+def _check_guardrail_sets(config: Config, model_name: str, group: ModelGroup, marks: Marks) -> None:
+    """Every guardrail set a model names exists in the top-level `guardrails:`."""
+    for j, entry in enumerate(group.guardrails):
+        if isinstance(entry, str) and entry not in config.guardrails:
+            raise ConfigError(
+                f"unknown guardrail set {entry!r} (not in the top-level `guardrails:`)",
+                source=config.source,
+                line=line_for(("models", model_name, "guardrails", j), marks),
+                key=f"models.{model_name}.guardrails[{j}]",
+            )
 
 
 def check_references(config: Config, marks: Marks) -> None:
@@ -317,14 +403,7 @@ def check_references(config: Config, marks: Marks) -> None:
                     line=line_for(("models", model_name, "fallbacks", j), marks),
                     key=f"models.{model_name}.fallbacks[{j}]",
                 )
-        for j, entry in enumerate(group.guardrails):
-            if isinstance(entry, str) and entry not in config.guardrails:
-                raise ConfigError(
-                    f"unknown guardrail set {entry!r} (not in the top-level `guardrails:`)",
-                    source=config.source,
-                    line=line_for(("models", model_name, "guardrails", j), marks),
-                    key=f"models.{model_name}.guardrails[{j}]",
-                )
+        _check_guardrail_sets(config, model_name, group, marks)
     for alias, target in config.aliases.items():
         problem = None
         if not alias.strip("*?"):

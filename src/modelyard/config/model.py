@@ -64,6 +64,18 @@ class Timeouts(Struct, kw_only=True, forbid_unknown_fields=True):
     total: Annotated[float, Meta(gt=0, le=86_400)] = 600.0
 
 
+class TaskAcceptance(Struct, kw_only=True):
+    """An acceptance suite's verdict on one deployment for one task (`quality_from:`, config/quality_file.py).
+
+    Unknown fields are allowed: the results file may carry more than routing reads."""
+
+    pass_rate: Annotated[float, Meta(ge=0.0, le=1.0)]
+    accepted: bool
+    cases: Annotated[int, Meta(ge=0)] = 0
+    #: The suite's threshold for the task, when the file gives it (explain shows `pass rate 0.40 < 0.90`).
+    min_pass_rate: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+
+
 class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     """One model at one provider endpoint, with its price, limits and capabilities."""
 
@@ -84,6 +96,9 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     limits: Limits = field(default_factory=Limits)
     timeouts: Timeouts = field(default_factory=Timeouts)
     quality: float | dict[str, float] | None = None
+    #: Acceptance-suite results per task: filled from the config's `quality_from:` file (which also sets the
+    #: per-task `quality` to the pass rates); read by `accepted: true` routes and `learned` quality floors.
+    acceptance: dict[str, TaskAcceptance] | None = None
     #: The model name a learned router knows this deployment by (e.g. `gpt-4-1106-preview`; default: `model`);
     #: the `learned` strategy uses that model's predicted quality for this deployment.
     router_model: str | None = None
@@ -298,7 +313,9 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     aliases: dict[str, str] = field(default_factory=dict)
     #: Named guardrail sets (docs/guardrails.md); models name them in `guardrails:`, keys in their metadata.
     guardrails: dict[str, list[CheckSpec]] = field(default_factory=dict)
-    #: An acceptance-results file (`modelyard accept --write-quality`): per-task quality of each deployment.
+    #: An acceptance-results file (`modelyard accept --write-quality`), relative to this config file: each
+    #: deployment's per-task pass rate becomes its quality for that task (over `quality`) and its verdict its
+    #: `acceptance` (config/quality_file.py). Read at load (and at each reload).
     quality_from: str | None = None
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"

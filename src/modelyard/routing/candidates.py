@@ -119,3 +119,49 @@ def _missing_capability(dep: Deployment, ctx: DecisionContext) -> str | None:
     if features.needs_json_schema and not dep.has("json_schema"):
         return "json_schema"
     return None
+
+
+#: Skip reasons of the acceptance filters (plan.py maps them to a 400: no retry would change them).
+NOT_ACCEPTED = "not accepted for {} (pass rate {:.2f} < {:.2f})"
+NOT_ACCEPTED_NO_BAR = "not accepted for {} (pass rate {:.2f})"
+BELOW_FLOOR = "acceptance pass rate {:.2f} for {} < min_quality {}"
+
+
+def filter_acceptance(
+    deployments: list[Deployment], ctx: DecisionContext, *, require: bool, floor: float | None
+) -> tuple[list[Deployment], dict[str, str]]:
+    """The deployments an acceptance suite allows for the request's task, and explain notes (explain mode only).
+
+    `require` (`accepted: true`): a deployment whose results say `accepted: false` for the task is skipped;
+    `floor` (a `learned` route's `min_quality`): one whose suite pass rate for the task is below it is skipped.
+    Untested deployments, and every deployment when the request has no task, are kept: a suite can only
+    speak for what it tested, and explain says so.
+    """
+    task = ctx.features.task
+    explain = ctx.explain
+    notes: dict[str, str] = {}
+    if task is None:
+        if explain and require:
+            for dep in deployments:
+                notes[dep.name] = "no task: acceptance not checked"
+        return deployments, notes
+    kept: list[Deployment] = []
+    for dep in deployments:
+        result = dep.acceptance.get(task) if dep.acceptance else None
+        if result is None:
+            if explain:
+                notes[dep.name] = f"untested for {task}: kept"
+        elif require and not result.accepted:
+            if result.min_pass_rate is not None:
+                ctx.skip(dep, NOT_ACCEPTED, task, result.pass_rate, result.min_pass_rate)
+            else:
+                ctx.skip(dep, NOT_ACCEPTED_NO_BAR, task, result.pass_rate)
+            continue
+        elif floor is not None and result.pass_rate < floor:
+            ctx.skip(dep, BELOW_FLOOR, result.pass_rate, task, floor)
+            continue
+        elif explain:
+            verdict = "accepted" if result.accepted else "not accepted"
+            notes[dep.name] = f"{verdict} for {task} (pass rate {result.pass_rate:.2f}, {result.cases} cases)"
+        kept.append(dep)
+    return kept, notes

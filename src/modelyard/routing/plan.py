@@ -12,7 +12,14 @@ from typing import Any
 from msgspec.structs import replace
 
 from modelyard.config.model import Deployment
-from modelyard.routing.candidates import GroupProfile, filter_candidates
+from modelyard.routing.candidates import (
+    BELOW_FLOOR,
+    NOT_ACCEPTED,
+    NOT_ACCEPTED_NO_BAR,
+    GroupProfile,
+    filter_acceptance,
+    filter_candidates,
+)
 from modelyard.routing.context import DecisionContext
 from modelyard.routing.rules import Rule, first_match
 from modelyard.routing.strategies import STRATEGIES
@@ -137,15 +144,15 @@ def make_plan(
     kept = filter_candidates(candidates, ctx, profile=profile)
     if profile is not None and len(kept) == len(candidates):
         ctx.static_cache = group.cache
-    if strategy == "learned" and ctx.constraints.min_quality is None and ctx.options.lambda_ is None:
-        if ctx.default_lambda is not None:
-            ctx.options = replace(ctx.options, lambda_=ctx.default_lambda)
-        elif ctx.default_min_quality is not None:
-            ctx.constraints = replace(ctx.constraints, min_quality=ctx.default_min_quality)
+    kept, acceptance_notes = _acceptance(kept, ctx, strategy)
+    if strategy == "learned":
+        _learned_defaults(ctx)
     ranker = STRATEGIES.get(strategy)
     if ranker is None:
         raise GatewayError(400, f"unknown routing strategy `{strategy}`", param="strategy", code="bad_strategy")
     order = ranker(kept, ctx) if kept else []
+    if acceptance_notes:
+        _add_notes(ctx, acceptance_notes)
     return Plan(
         model,
         strategy,
@@ -157,6 +164,35 @@ def make_plan(
         hedge_after_ms=_hedge_after(group.hedge_after_ms, group.hedge_p95, order, ctx),
         retries=options.retries,
     )
+
+
+def _learned_defaults(ctx: DecisionContext) -> None:
+    """A `learned` route that sets neither `min_quality` nor `options.lambda` gets the router's calibrated knob."""
+    if ctx.constraints.min_quality is None and ctx.options.lambda_ is None:
+        if ctx.default_lambda is not None:
+            ctx.options = replace(ctx.options, lambda_=ctx.default_lambda)
+        elif ctx.default_min_quality is not None:
+            ctx.constraints = replace(ctx.constraints, min_quality=ctx.default_min_quality)
+
+
+def _acceptance(kept: list[Deployment], ctx: DecisionContext, strategy: str) -> tuple[list[Deployment], dict[str, str]]:
+    """`accepted: true` and a `learned` route's `min_quality` as a floor on acceptance pass rates (quality_from);
+    nothing to do, and nothing done, for the other routes."""
+    constraints = ctx.constraints
+    floor = constraints.min_quality if strategy == "learned" else None
+    if not constraints.accepted and floor is None:
+        return kept, {}
+    allowed, notes = filter_acceptance(kept, ctx, require=bool(constraints.accepted), floor=floor)
+    if len(allowed) != len(kept):
+        ctx.static_cache = None  # the cached per-model work assumed every candidate
+    return allowed, notes
+
+
+def _add_notes(ctx: DecisionContext, extra: dict[str, str]) -> None:
+    """Put the acceptance filter's notes after the strategy's own (explain mode only)."""
+    notes = ctx.notes
+    for name, text in extra.items():
+        notes[name] = f"{notes[name]}; {text}" if notes.get(name) else text
 
 
 def _direct_plan(table: RoutingTable, model: str, ctx: DecisionContext) -> Plan:
@@ -226,6 +262,9 @@ _REQUEST_REASONS = {
     "lacks capability {}": "unsupported_capability",
     "estimated cost ${:.6f} > max_cost_per_request ${}": "over_max_cost",
     OUTSIDE_SCOPE: "model_not_allowed",
+    NOT_ACCEPTED: "not_accepted",
+    NOT_ACCEPTED_NO_BAR: "not_accepted",
+    BELOW_FLOOR: "below_quality_floor",
 }
 
 

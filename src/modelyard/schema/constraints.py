@@ -25,12 +25,17 @@ class Constraints(Struct, kw_only=True, forbid_unknown_fields=True, omit_default
 
     - `max_latency_ms`: the observed p95 latency (a deployment not yet measured passes).
     - `max_cost_per_request`: the estimated cost in USD, from prompt tokens and the expected output.
-    - `min_quality`: the configured (or learned) quality for the request's task.
+    - `min_quality`: the configured (or learned) quality for the request's task; a `learned` route also
+      filters out a deployment whose acceptance-suite pass rate for the task (`quality_from:`) is below it.
+    - `accepted`: `true` keeps only deployments an acceptance suite did not reject for the request's task
+      (`quality_from:`; untested deployments and requests without a task pass, and explain says so); any
+      strategy.
     """
 
     max_latency_ms: LatencyMs | None = None
     max_cost_per_request: CostUsd | None = None
     min_quality: Quality | None = None
+    accepted: bool | None = None
 
     def overridden_by(self, other: Constraints | None) -> Constraints:
         """These constraints with each bound `other` sets replacing ours (a request's overrides onto a model's)."""

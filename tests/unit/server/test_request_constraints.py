@@ -25,7 +25,11 @@ def test_known_constraints_decode_into_the_struct() -> None:
 @pytest.mark.parametrize(
     ("constraints", "param", "needle"),
     [
-        ({"max_cost": 1}, "modelyard.constraints.max_cost", "Unknown routing constraint 'max_cost' (known: max_cost_"),
+        (
+            {"max_cost": 1},
+            "modelyard.constraints.max_cost",
+            "Unknown routing constraint 'max_cost' (known: accepted, max_cost_",
+        ),
         ({"min_qualty": 0.9}, "modelyard.constraints.min_qualty", "min_quality"),
         ({"max_cost_per_request": "x"}, "modelyard.constraints.max_cost_per_request", "Expected `float | null`"),
         ({"max_latency_ms": -1}, "modelyard.constraints.max_latency_ms", ">= 0.0"),

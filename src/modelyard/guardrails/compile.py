@@ -67,13 +67,13 @@ def compile_checks(specs: Sequence[CheckSpec], *, trusted: bool = True) -> Guard
                 f"not sent with a request (allowed: {', '.join(sorted(REQUEST_ALLOWED))})"
             )
         (inputs if spec.stage == "input" else outputs).append(compile_check(spec))
-    return combine(GuardSet(tuple(inputs), tuple(outputs)))
+    return GuardSet(_unique(inputs), _unique(outputs))
 
 
 def combine(*sets: GuardSet) -> GuardSet:
     """The union of `sets`, order kept, a check present in several (an equal spec) once."""
     present = [s for s in sets if s]
-    if len(present) == 1 and len(sets) > 1:
+    if len(present) == 1:
         return present[0]
     if not present:
         return EMPTY

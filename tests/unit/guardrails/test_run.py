@@ -100,7 +100,7 @@ def test_a_redacting_check_that_raises_blocks_and_redacts_nothing(monkeypatch: p
 
 
 def test_python_import_failure_is_a_value_error() -> None:
-    with pytest.raises(ValueError, match="cannot import `nope.nothing:fn`"):
+    with pytest.raises(ValueError, match=r"cannot import `nope\.nothing:fn`"):
         guards({"check": "python", "function": "nope.nothing:fn"})
 
 

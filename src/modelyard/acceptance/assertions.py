@@ -186,9 +186,9 @@ async def check_judge(check: Assertion, answer: Answer, case: CaseSpec, grader: 
 def judge_verdict(text: str) -> bool:
     """PASS on the first non-empty line (FAIL, or anything else, fails)."""
     for line in text.strip().splitlines():
-        words = line.strip().strip("*#`").split()
+        words = line.split()
         if words:
-            return words[0].strip(".:,!").upper() == "PASS"
+            return words[0].strip("*#`_.:,!").upper() == "PASS"
     return False
 
 

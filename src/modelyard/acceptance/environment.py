@@ -100,9 +100,10 @@ def _price_resolver() -> Any:
 def register_answer_keys(sim: Any, suite: Suite) -> bool:
     """Give the simulator the suite's answer keys (False when this simulator cannot take them)."""
     add = getattr(sim, "add_answer_keys", None)
-    if add is None:
+    source = Path(suite.source)
+    if add is None or not source.is_file():  # a suite parsed from text has no file to read keys from
         return False
-    add(Path(suite.source).resolve())
+    add(source.resolve())
     return True
 
 

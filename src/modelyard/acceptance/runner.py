@@ -17,6 +17,7 @@ from typing import Any, Protocol
 from modelyard.acceptance.assertions import evaluate
 from modelyard.acceptance.cache import AnswerCache, cache_key
 from modelyard.acceptance.outcome import Answer, CaseRun, CheckResult
+from modelyard.acceptance.request import case_body
 from modelyard.acceptance.spec import CaseSpec, Suite
 from modelyard.acceptance.targets import Target
 from modelyard.schema.errors import ModelyardError
@@ -58,23 +59,6 @@ class RunResult:
     cache_hits: int = 0
     elapsed_s: float = 0.0
     judge_usd: float = 0.0
-
-
-def case_body(case: CaseSpec, task: str, model: str, repeat: int) -> dict[str, Any]:
-    """The chat request of one case run; `seed` is the repeat index so a simulator draws independently."""
-    messages: list[dict[str, Any]] = []
-    if case.system is not None:
-        messages.append({"role": "system", "content": case.system})
-    if case.messages is not None:
-        messages.extend(case.messages)
-    else:
-        messages.append({"role": "user", "content": case.prompt or ""})
-    body: dict[str, Any] = {"model": model, "messages": messages, "seed": repeat, "modelyard": {"task": task}}
-    for key in ("tools", "tool_choice", "response_format", "max_tokens", "temperature"):
-        value = getattr(case, key)
-        if value is not None:
-            body[key] = value
-    return body
 
 
 @dataclass(slots=True)

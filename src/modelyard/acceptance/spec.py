@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Meta, Struct
 
 from modelyard.acceptance.matchers import compile_regex, schema_problem
+from modelyard.acceptance.request import case_body
 from modelyard.config.loader import (
     ConfigError,
     ConfigErrors,
@@ -28,7 +29,9 @@ from modelyard.config.loader import (
     format_path,
     line_for,
     load_yaml_with_marks,
+    parse_path,
 )
+from modelyard.schema.chat import ChatRequest
 
 SCHEMA_VERSION = "modelyard.acceptance/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -228,6 +231,13 @@ class _Checker:
             self.add(at, "a case needs exactly one of `prompt` or `messages`")
         if not case.asserts:
             self.add(at, "a case needs at least one assertion under `assert`")
+        elif (case.prompt is None) != (case.messages is None):
+            problem = request_problem(case_body(case, "task", "model", 0))
+            if problem is not None:
+                message, _, where = problem.rpartition(" - at `")
+                inner = parse_path(where.rstrip("`")) if message else ()
+                inner = _case_path(case, inner)
+                self.add((*at, *inner), f"not a valid chat request: {message or problem}")
         for j, check in enumerate(case.asserts):
             self.assertion(check, case, (*at, "assert", j), functions)
 
@@ -251,6 +261,19 @@ class _Checker:
                 self.add(where, str(exc))
 
 
+def _case_path(case: CaseSpec, inner: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """Where in the case a problem of its built request lies (the request adds `system` as message 0)."""
+    fallback: tuple[str | int, ...] = ("messages" if case.messages is not None else "prompt",)
+    if not inner or inner[0] not in CaseSpec.__struct_fields__:
+        return fallback
+    if inner[0] == "messages":
+        if case.messages is None:
+            return fallback
+        if case.system is not None and len(inner) > 1 and isinstance(inner[1], int):
+            return ("messages", inner[1] - 1, *inner[2:])
+    return inner
+
+
 def _problem(check: Assertion, case: CaseSpec) -> str | None:
     """The one thing wrong with a single-kind assertion, or None."""
     if check.regex is not None:
@@ -265,6 +288,15 @@ def _problem(check: Assertion, case: CaseSpec) -> str | None:
             return "`similar` compares with the case's `reference` (or `to:`), and this case has neither"
         if isinstance(check.similar, float | int) and not -1.0 <= check.similar <= 1.0:
             return "a cosine threshold is within [-1, 1]"
+    return None
+
+
+def request_problem(body: dict[str, Any]) -> str | None:
+    """Why a case's request would be refused (a bad message, tool or response_format), or None."""
+    try:
+        msgspec.convert(body, ChatRequest)
+    except msgspec.ValidationError as exc:
+        return str(exc)
     return None
 
 

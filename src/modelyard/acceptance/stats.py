@@ -23,7 +23,10 @@ def wilson_interval(passed: int, total: int, z: float = Z95) -> tuple[float, flo
     denominator = 1.0 + z2 / total
     centre = (p + z2 / (2 * total)) / denominator
     half = z * math.sqrt(p * (1 - p) / total + z2 / (4 * total * total)) / denominator
-    return max(0.0, centre - half), min(1.0, centre + half)
+    # At 0/n and n/n the bound is exactly 0 or 1; rounding would leave 1e-18 or 0.9999999999999999.
+    low = 0.0 if passed == 0 else max(0.0, centre - half)
+    high = 1.0 if passed == total else min(1.0, centre + half)
+    return low, high
 
 
 def median(values: Sequence[float]) -> float | None:

@@ -68,6 +68,8 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     status: str = "ok"
     error_kind: str | None = None
     content: str | None = None
+    #: What the guardrails ran and found (`x-modelyard-guardrails` text); None when none applied.
+    guardrails: str | None = None
 
 
 class SpendDataError(ModelyardError):

@@ -84,6 +84,9 @@ class KeyState:
     #: `server.anthropic_betas`; `anthropic_server_tools: allow|deny`); None: the server's setting.
     anthropic_betas: frozenset[str] | None = None
     anthropic_server_tools: bool | None = None
+    #: Guardrail sets every request of this key runs (metadata `guardrails: "set1,set2"`, names of the
+    #: config's `guardrails:` sets); a request can add checks, never drop these.
+    guardrails: tuple[str, ...] = ()
 
     def current_period(self, now: float) -> int:
         if now >= self.period_end or self.period < 0:
@@ -106,6 +109,9 @@ class KeyState:
         tools = record.metadata.get("anthropic_server_tools")
         if tools is not None:
             state.anthropic_server_tools = tools.strip().lower() in ("allow", "true", "yes", "on")
+        sets = record.metadata.get("guardrails")
+        if sets:
+            state.guardrails = tuple(dict.fromkeys(s.strip() for s in str(sets).split(",") if s.strip()))
         return state
 
     @classmethod

@@ -54,6 +54,8 @@ KIND_ERROR_TYPES: dict[ErrorKind, str] = {
     ErrorKind.CONTENT_FILTER: "invalid_request_error",
     ErrorKind.AUTH: "api_error",  # the gateway's provider credentials failed, not the caller's key
     ErrorKind.BAD_REQUEST: "invalid_request_error",
+    ErrorKind.GUARDRAIL: "invalid_request_error",  # an answer failed the gateway's guardrails (422)
+    ErrorKind.GUARDRAIL_BLOCKED: "invalid_request_error",
 }
 
 _FINISH_TO_STOP = {

@@ -19,12 +19,13 @@ import msgspec
 
 from modelyard.config.model import Config, Deployment
 from modelyard.routing.attempts import AttemptRecord, attempts_header
+from modelyard.routing.executor import records_cost
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.intelligence import Insight, Intelligence
 from modelyard.routing.plan import Plan
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, ModelyardOptions
-from modelyard.schema.errors import GatewayError, ProviderError
+from modelyard.schema.errors import GUARDRAIL_KINDS, GatewayError, ProviderError
 from modelyard.server import models as model_routes
 from modelyard.server.access import credential_of
 from modelyard.server.codecs.chat_completions import ChatCompletions
@@ -32,6 +33,8 @@ from modelyard.server.codecs.messages import Messages
 from modelyard.server.context import ErrorWriter, Handler, RequestContext
 from modelyard.server.count_tokens import count_tokens
 from modelyard.server.embeddings import embeddings
+from modelyard.server.guards import HEADER as GUARDRAILS_HEADER
+from modelyard.server.guards import GuardIndex
 from modelyard.server.http import (
     ClientGone,
     Headers,
@@ -115,6 +118,8 @@ class Gateway:
         self.services = services
         self.access = services.access if services is not None else None
         self.intelligence = Intelligence.from_config(config)
+        #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
+        self.guards = GuardIndex(config)
         self._deployment_headers: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
@@ -186,7 +191,9 @@ class Gateway:
             if not request.started:
                 headers = self._id_headers(self.error_headers(error), handler, ctx)
                 reply = write_error(send, error.client_status, error.to_body(), headers)
-            await ctx.end(ctx.failure(error, error.records), reply)
+            # Answers a guardrail turned down were still paid for: their cost goes to the spend log.
+            cost = records_cost(error.records) if error.kind in GUARDRAIL_KINDS and error.records else 0.0
+            await ctx.end(ctx.failure(error, error.records, cost=cost), reply)
         except Exception:
             log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
             self._log_error(scope, ctx, 500)
@@ -224,6 +231,8 @@ class Gateway:
     def _id_headers(headers: Headers, handler: Handler, ctx: RequestContext) -> Headers:
         """An error answer carries the request id too (and the ingress's own id header, e.g. `request-id`)."""
         headers.append((b"x-request-id", ctx.request_id.encode()))
+        if ctx.guards is not None and (found := ctx.guards.header()) is not None:
+            headers.append((GUARDRAILS_HEADER, found))
         if isinstance(handler, CodecRoute):
             headers.extend(handler.codec.headers(ctx))
         return headers
@@ -370,6 +379,8 @@ class Gateway:
             headers.append((b"x-modelyard-cost-usd", b"%.8f" % cost))
         if ctx.explain is not None:
             headers.append((b"x-modelyard-explain", msgspec.json.encode(ctx.explain)))
+        if ctx.guards is not None and (found := ctx.guards.header()) is not None:
+            headers.append((GUARDRAILS_HEADER, found))  # a stream's span checks report in the spend log
         return headers
 
     def error_headers(self, error: ProviderError) -> Headers:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from modelyard.accounting.budgets import Reservation
     from modelyard.server.access import KeyState
     from modelyard.server.app import Gateway
+    from modelyard.server.guards import RequestGuards
 
 #: A route's handler: the gateway, the request, its context.
 Handler = Callable[["Gateway", Request, "RequestContext"], Awaitable[None]]
@@ -42,6 +43,7 @@ class RequestContext:
         "explain",
         "finished",
         "gateway",
+        "guards",
         "key",
         "key_id",
         "key_name",
@@ -74,6 +76,8 @@ class RequestContext:
         self.authenticated = False
         self.reservation: Reservation | None = None
         self.content: str | None = None
+        #: This request's guardrails and their findings (server/guards.py), or None when none apply.
+        self.guards: RequestGuards | None = None
 
     @property
     def elapsed_ms(self) -> float:
@@ -87,7 +91,9 @@ class RequestContext:
     def success(
         self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float, *, ttft_ms: float | None
     ) -> Outcome:
-        return Outcome(self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms)
+        return Outcome(
+            self, "ok", dep.name, dep.provider, records, usage, cost, self.elapsed_ms, ttft_ms, guards=self.guards
+        )
 
     def failure(
         self,
@@ -102,7 +108,17 @@ class RequestContext:
         dep = error.deployment if isinstance(error, ProviderError) else None
         status = "stream_error" if after_first_byte else "error"
         return Outcome(
-            self, status, dep, None, records or [], usage or Usage(), cost, self.elapsed_ms, None, error_kind=kind
+            self,
+            status,
+            dep,
+            None,
+            records or [],
+            usage or Usage(),
+            cost,
+            self.elapsed_ms,
+            None,
+            error_kind=kind,
+            guards=self.guards,
         )
 
     async def commit(self, outcome: Outcome) -> None:
@@ -172,5 +188,6 @@ class RequestContext:
                 self.elapsed_ms,
                 None,
                 error_kind="client_disconnected",
+                guards=self.guards,
             )
         )

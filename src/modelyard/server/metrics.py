@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from modelyard.routing.router import Router
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
+    from modelyard.server.guards import RequestGuards
     from modelyard.server.http import Request
 
 #: Seconds; from a cache hit to a long reasoning answer.
@@ -84,6 +85,9 @@ class Metrics:
         self.errors: dict[str, int] = {}
         self.attempts: dict[tuple[str, str], int] = {}
         self.transitions: dict[tuple[str, str], int] = {}
+        #: Guardrail checks: (label, stage, action, result: pass | fired | error) → count, and seconds per label.
+        self.guard_checks: dict[tuple[str, str, str, str], int] = {}
+        self.guard_seconds: dict[str, float] = {}
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         router.health.listeners.append(self.on_breaker)
@@ -132,6 +136,20 @@ class Metrics:
         for record in outcome.records:
             slot = (record.deployment, record.outcome)
             attempts[slot] = attempts.get(slot, 0) + 1
+        guards = outcome.guards
+        if guards is not None and guards.findings:
+            self._guardrails(guards)
+
+    def _guardrails(self, guards: RequestGuards) -> None:
+        """Each check's result; labels are configured names or built-in checks only (bounded by the config)."""
+        checks, seconds = self.guard_checks, self.guard_seconds
+        label_of = guards.index.metric_label
+        for finding in guards.findings:
+            label = label_of(finding)
+            result = "error" if finding.error is not None else ("fired" if finding.fired else "pass")
+            slot = (label, finding.stage, finding.action, result)
+            checks[slot] = checks.get(slot, 0) + 1
+            seconds[label] = seconds.get(label, 0.0) + finding.elapsed_ms / 1000.0
 
     def on_breaker(self, deployment: str, old: BreakerState, new: BreakerState) -> None:
         slot = (deployment, new.value)
@@ -180,6 +198,22 @@ class Metrics:
         for (model, deployment), series in series_now:
             cost.add_metric([model, deployment], series.cost)
         yield from (requests, errors, attempts, tokens, cost)
+        yield from self._guardrail_families()
+
+    def _guardrail_families(self) -> Iterator[Metric]:
+        checks = CounterMetricFamily(
+            "modelyard_guardrail_checks",
+            "Guardrail checks by label, stage, action and result (pass, fired, error: the check itself failed).",
+            labels=["label", "stage", "action", "result"],
+        )
+        for (label, stage, action, result), count in list(self.guard_checks.items()):
+            checks.add_metric([label, stage, action, result], count)
+        seconds = CounterMetricFamily(
+            "modelyard_guardrail_seconds", "Time spent in guardrail checks, by label.", labels=["label"]
+        )
+        for label, spent in list(self.guard_seconds.items()):
+            seconds.add_metric([label], spent)
+        yield from (checks, seconds)
 
     def _timing(self) -> Iterator[Metric]:
         latency = HistogramMetricFamily(

@@ -16,6 +16,7 @@ from modelyard.schema.chat import Usage
 
 if TYPE_CHECKING:
     from modelyard.server.context import RequestContext
+    from modelyard.server.guards import RequestGuards
 
 log = logging.getLogger("modelyard.requests")
 
@@ -33,6 +34,8 @@ class Outcome:
     ttft_ms: float | None
     error_kind: str | None = None
     at: float = field(default_factory=time.time)
+    #: The request's guardrails and what they found (None when none applied).
+    guards: RequestGuards | None = None
 
 
 class Observer(Protocol):

@@ -44,11 +44,18 @@ class CodecRoute:
         features = inbound.features = gw.features(req, request, ctx)
         await gw.admit(ctx, req.model, features, req.modelyard)
         table = gw.router.table
+        guards = gw.guards.for_request(req, ctx, table.resolve(req.model))
+        if guards is not None:
+            ctx.guards = guards
+            guards.check_input(inbound)  # a block raises (nothing was sent upstream); a redaction rewrites
+            req = inbound.req
         if table.sticky(req.model):  # the session is looked for, and hashed, only for a model that sticks
             source = inbound.native.body if inbound.native is not None else inbound.raw
             explicit = explicit_session(request.header(SESSION_HEADER), source)
             features.session = session_key(ctx.key_id, explicit, req)
-        insight = await gw.analyse(req, features, ctx, use_cache=codec.semantic_cache)
+        # A cached answer was never checked against this request's output guardrails: not served then.
+        use_cache = codec.semantic_cache and (guards is None or not guards.has_output)
+        insight = await gw.analyse(req, features, ctx, use_cache=use_cache)
         if insight is not None and insight.cached is not None:
             await _answer_from_cache(gw, request, ctx, insight.cached)
             return
@@ -56,17 +63,41 @@ class CodecRoute:
         timeout_s = gw.timeout_override(request)
         router = gw.router
         if req.stream:
-            result = await router.stream(
-                req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
-            )
+            if guards is not None and guards.buffers_stream:
+                result = await router.executor.open_stream(
+                    plan,
+                    router.replanner(features),
+                    req,
+                    inbound.raw,
+                    features,
+                    timeout_s=timeout_s,
+                    native=inbound.native,
+                    vet_chunks=guards.vet_chunks,
+                )
+            else:
+                result = await router.stream(
+                    req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
+                )
             try:
                 await pump(gw, request, ctx, codec, inbound, result)
             finally:
                 await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
             return
-        success = await router.complete(
-            req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
-        )
+        if guards is not None and guards.has_output:
+            success = await router.executor.complete(
+                plan,
+                router.replanner(features),
+                req,
+                inbound.raw,
+                features,
+                timeout_s=timeout_s,
+                native=inbound.native,
+                vet=guards.vet,
+            )
+        else:
+            success = await router.complete(
+                req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
+            )
         completion = success.completion
         if insight is not None and insight.vector is not None and completion.native is None:
             intelligence = gw.intelligence
@@ -114,8 +145,11 @@ async def pump(
     batches = 0
     error: ProviderError | None = None
     watcher: asyncio.Future[None] | None = None
+    guards = ctx.guards
+    screen = guards.stream_filter() if guards is not None else None
+    source = result.batches() if screen is None else screen.batches(result.batches())
     try:
-        async for batch in result.batches():
+        async for batch in source:
             batches += 1
             if watcher is None:
                 # Watch for a client that goes away only once the answer spans more than one read: an answer
@@ -135,6 +169,9 @@ async def pump(
         error = exc
     finally:
         await cancel_quietly(watcher)
+    if screen is not None and screen.blocked is not None:
+        error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
+        result.records[-1].outcome = error.kind.value
     cost = result.cost_usd
     if error is not None:
         failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)

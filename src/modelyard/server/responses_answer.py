@@ -197,7 +197,11 @@ def output_text(response: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- errors
 
 #: ErrorKind → the Response object's `error.code` (OpenAI's enumeration has no finer codes for these).
-KIND_CODES: dict[ErrorKind, str] = {ErrorKind.RATE_LIMITED: "rate_limit_exceeded"}
+KIND_CODES: dict[ErrorKind, str] = {
+    ErrorKind.RATE_LIMITED: "rate_limit_exceeded",
+    ErrorKind.GUARDRAIL: "guardrail",
+    ErrorKind.GUARDRAIL_BLOCKED: "guardrail_blocked",
+}
 
 
 def error_code(kind: ErrorKind) -> str:

@@ -68,6 +68,7 @@ def spend_record(outcome: Outcome) -> SpendRecord:
         status=outcome.status,
         error_kind=outcome.error_kind,
         content=ctx.content,
+        guardrails=outcome.guards.summary() if outcome.guards is not None else None,
     )
 
 

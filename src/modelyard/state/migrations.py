@@ -110,6 +110,8 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX modelyard_responses_expiry ON modelyard_responses (expires_at)",
         ),
     ),
+    # Guardrails (server/guards.py): what each request's checks ran and found, as the header's text.
+    Migration(4, "guardrail findings in the spend log", ("ALTER TABLE modelyard_spend ADD COLUMN guardrails TEXT",)),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -137,6 +139,7 @@ SPEND_COLUMNS: tuple[str, ...] = (
     "status",
     "error_kind",
     "content",
+    "guardrails",
 )
 
 KEY_COLUMNS: tuple[str, ...] = (

@@ -1,0 +1,398 @@
+"""Guardrails on the live path: which checks apply to a request, and the pipeline's hooks that run them.
+
+The checks themselves are `modelyard.guardrails` (pure, no I/O); this module decides which apply (the model
+group's sets, the key's `guardrails` metadata, the request's `extra_body.modelyard.guardrails`, compiled once
+at start or cached per request, bounded) and turns their verdicts into the gateway's behaviour:
+
+- input: after decode and admission, before anything is sent upstream: `block` → 422 naming the check;
+  `redact` → the canonical request rewritten (and the client's own bytes never forwarded);
+- output, whole answers: a per-attempt vet in the executor (`retry` → the next candidate, `block` → 422);
+- output, streams: `StreamFilter` between the executor's batches and the codec's encoder (held tail only);
+  checks that need the whole answer make the executor read the stream whole before the client sees a byte.
+
+Every finding goes to `x-modelyard-guardrails`, the spend log's `guardrails` column and `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from modelyard.guardrails.compile import GuardSet, combine, compile_checks
+from modelyard.guardrails.findings import Finding, header_value
+from modelyard.guardrails.run import check_input, check_output
+from modelyard.guardrails.stream import StreamGuard
+from modelyard.routing.executor import Chunk, as_dict
+from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
+from modelyard.schema.guardrails import REDACTABLE, CheckSpec
+
+if TYPE_CHECKING:
+    from modelyard.config.model import Config
+    from modelyard.providers.base import Completion
+    from modelyard.schema.chat import ChatRequest
+    from modelyard.server.codecs.base import Inbound
+    from modelyard.server.context import RequestContext
+
+__all__ = ["GuardIndex", "RequestGuards", "StreamFilter", "guard_error"]
+
+#: Compiled per-request check lists kept (by their JSON); a client can send arbitrary specs, so bounded.
+REQUEST_CACHE = 256
+#: Combined sets kept, per (model, key sets, request specs).
+COMBINED_CACHE = 1024
+#: Request specs larger than this (JSON bytes) are compiled per request and never cached.
+CACHEABLE_SPEC_BYTES = 4096
+#: The built-in check names: always valid metric labels.
+BUILT_IN = frozenset(
+    {"pii", "secrets", "regex", "keywords", "json_schema", "injection", "empty", "truncated", "max_length", "python"}
+)
+HEADER = b"x-modelyard-guardrails"
+
+_encode = msgspec.json.Encoder().encode
+log = logging.getLogger("modelyard.guardrails")
+
+
+class GuardIndex:
+    """The gateway's guardrails, compiled once from the config; per-request combinations cached (bounded)."""
+
+    def __init__(self, config: Config) -> None:
+        self.sets: dict[str, GuardSet] = {name: compile_checks(specs) for name, specs in config.guardrails.items()}
+        self.models: dict[str, GuardSet] = {}
+        labels = set(BUILT_IN)
+        for specs in config.guardrails.values():
+            labels.update(spec.label for spec in specs)
+        for name, group in config.models.items():
+            if not group.guardrails:
+                continue
+            parts = [self.sets[e] if isinstance(e, str) else compile_checks([e]) for e in group.guardrails]
+            labels.update(e.label for e in group.guardrails if isinstance(e, CheckSpec))
+            self.models[name] = combine(*parts)
+        #: Label values /metrics may show: configured names and built-in checks (a client's own `name`s map
+        #: to their check's name, so traffic cannot grow the series).
+        self.labels: frozenset[str] = frozenset(labels)
+        self._requests: OrderedDict[bytes, GuardSet] = OrderedDict()
+        self._combined: OrderedDict[tuple[str | None, tuple[str, ...], bytes], GuardSet] = OrderedDict()
+
+    def metric_label(self, finding: Finding) -> str:
+        return finding.label if finding.label in self.labels else finding.check
+
+    def for_request(self, req: ChatRequest, ctx: RequestContext, target: str) -> RequestGuards | None:
+        """The checks for one request (None when none apply: the usual case costs two dict probes).
+        `target`: the configured model name the request resolved to."""
+        model_set = self.models.get(target) if self.models else None
+        key = ctx.key
+        key_sets = key.guardrails if key is not None and key.guardrails else ()
+        specs = req.modelyard.guardrails if req.modelyard is not None else None
+        if model_set is None and not key_sets and not specs:
+            return None
+        spec_json = _encode(specs) if specs else b""
+        cache_key = (target if model_set is not None else None, key_sets, spec_json)
+        cacheable = len(spec_json) <= CACHEABLE_SPEC_BYTES
+        guards = self._combined.get(cache_key) if cacheable else None
+        if guards is None:
+            guards = self._combine(model_set, key_sets, specs, spec_json, cacheable)
+            if cacheable:
+                _remember(self._combined, cache_key, guards, COMBINED_CACHE)
+        else:
+            self._combined.move_to_end(cache_key)
+        return RequestGuards(guards, self)
+
+    def _combine(
+        self,
+        model_set: GuardSet | None,
+        key_sets: tuple[str, ...],
+        specs: list[CheckSpec] | None,
+        spec_json: bytes,
+        cacheable: bool,
+    ) -> GuardSet:
+        parts: list[GuardSet] = [] if model_set is None else [model_set]
+        for name in key_sets:
+            found = self.sets.get(name)
+            if found is None:  # fail closed: the key requires checks this gateway does not have
+                raise GatewayError(
+                    500,
+                    f"this key requires the guardrail set {name!r}, which the gateway does not configure",
+                    type="server_error",
+                    code="guardrail_config",
+                )
+            parts.append(found)
+        if specs:
+            parts.append(self._request_set(specs, spec_json, cacheable))
+        return combine(*parts)
+
+    def _request_set(self, specs: list[CheckSpec], spec_json: bytes, cacheable: bool) -> GuardSet:
+        compiled = self._requests.get(spec_json) if cacheable else None
+        if compiled is not None:
+            self._requests.move_to_end(spec_json)
+            return compiled
+        try:
+            compiled = compile_checks(specs, trusted=False)
+        except ValueError as exc:
+            raise GatewayError(400, f"modelyard.guardrails: {exc}", param="modelyard.guardrails") from None
+        if cacheable:
+            _remember(self._requests, spec_json, compiled, REQUEST_CACHE)
+        return compiled
+
+
+def _remember(cache: OrderedDict[Any, GuardSet], key: Any, value: GuardSet, bound: int) -> None:
+    cache[key] = value
+    if len(cache) > bound:
+        cache.popitem(last=False)
+
+
+def incremental_output(guards: GuardSet) -> bool:
+    """Whether some output check runs on a stream piece by piece (spans: pii, secrets, regex, keywords)."""
+    return any(check.spec.check in REDACTABLE for check in guards.output_checks)
+
+
+class RequestGuards:
+    """One request's checks and everything they found (`ctx.guards`)."""
+
+    __slots__ = ("findings", "guards", "index", "response_format")
+
+    def __init__(self, guards: GuardSet, index: GuardIndex) -> None:
+        self.guards = guards
+        self.index = index
+        self.findings: list[Finding] = []
+        self.response_format: Any = None
+
+    @property
+    def has_output(self) -> bool:
+        return self.guards.has_output
+
+    @property
+    def buffers_stream(self) -> bool:
+        """A stream is read whole before the client sees a byte: a check needs the whole answer, or a check
+        may ask another candidate (only possible before the first byte)."""
+        guards = self.guards
+        return guards.has_output and (guards.whole_answer or guards.retries)
+
+    def check_input(self, inbound: Inbound) -> None:
+        """Input checks on the canonical request: raise the block, or rewrite the request when redacting."""
+        req = inbound.req
+        self.response_format = req.response_format
+        if self.guards.input_checks:
+            verdict = check_input(self.guards, req)
+            self.findings.extend(verdict.findings)
+            if verdict.blocked is not None:
+                raise guard_error(verdict.blocked, "input")
+            if verdict.request is not None:
+                inbound.req = verdict.request
+                inbound.raw = {**inbound.raw, "messages": msgspec.to_builtins(verdict.request.messages)}
+                inbound.native = None  # the client's own bytes hold what was redacted
+        if self.guards.has_output:
+            _pinned_upstream(inbound)
+            inbound.native = None  # the answer must be inspected, and may be rewritten
+
+    def vet(self, completion: Completion) -> ProviderError | None:
+        """The executor's per-attempt hook: output checks on every choice of a whole answer."""
+        for choice in completion.body.get("choices") or ():
+            message = choice.get("message") or {}
+            content = message.get("content")
+            verdict = check_output(
+                self.guards,
+                content if isinstance(content, str) else "",
+                finish_reason=choice.get("finish_reason"),
+                response_format=self.response_format,
+                tool_calls=message.get("tool_calls"),
+            )
+            self.findings.extend(verdict.findings)
+            problem = _problem(verdict.blocked, verdict.retry)
+            if problem is not None:
+                return problem
+            if verdict.text is not None:
+                message["content"] = verdict.text
+        return None
+
+    def vet_chunks(self, chunks: list[Chunk]) -> ProviderError | None:
+        """The executor's hook for a stream read whole: the whole-answer checks decided before the first
+        byte (a retry can still fail over). Span checks run in `StreamFilter`, as on any stream."""
+        for text, finish, tools in _assemble(chunks):
+            verdict = check_output(
+                self.guards,
+                text,
+                finish_reason=finish,
+                response_format=self.response_format,
+                tool_calls=tools,
+                skip_incremental=True,
+            )
+            self.findings.extend(verdict.findings)
+            problem = _problem(verdict.blocked, verdict.retry)
+            if problem is not None:
+                return problem
+        return None
+
+    def stream_filter(self) -> StreamFilter | None:
+        return StreamFilter(self) if incremental_output(self.guards) else None
+
+    def header(self) -> bytes | None:
+        return header_value(self.findings).encode() if self.findings else None
+
+    def summary(self) -> str | None:
+        """The spend log's `guardrails` column: the header's text (what ran, what fired, time)."""
+        return header_value(self.findings) if self.findings else None
+
+
+def _pinned_upstream(inbound: Inbound) -> None:
+    """A Responses conversation that lives upstream can only go through as sent: refuse it rather than send
+    it translated without its history."""
+    state = inbound.state
+    req = getattr(state, "req", None)
+    if inbound.native is not None and getattr(state, "native", False) and getattr(req, "previous_response_id", None):
+        raise GatewayError(
+            400,
+            "this conversation is stored upstream and passes through unread; output guardrails cannot apply to "
+            "it (start a new conversation on a model without pass-through)",
+            param="previous_response_id",
+        )
+
+
+def _problem(blocked: Finding | None, retry: Finding | None) -> ProviderError | None:
+    if blocked is not None:
+        return ProviderError(ErrorKind.GUARDRAIL_BLOCKED, _reason(blocked, "output"))
+    if retry is not None:
+        return ProviderError(ErrorKind.GUARDRAIL, _reason(retry, "output"))
+    return None
+
+
+def _reason(finding: Finding, stage: str) -> str:
+    """What the client is told: the check's name and why, never the text it looked at nor a traceback (a
+    failed check's own error goes to the log)."""
+    if finding.error is not None:
+        log.warning("guardrail %s failed on the %s: %s", finding.label, stage, finding.error)
+        return f"guardrail `{finding.label}` could not check the {stage} and fails closed"
+    return f"blocked by guardrails: {finding.message or f'guardrail `{finding.label}` fired'}"
+
+
+def guard_error(finding: Finding, stage: str) -> GatewayError:
+    """The client's error for a blocked input (422, in the ingress's shape once the codec writes it)."""
+    return GatewayError(
+        422, _reason(finding, stage), type="guardrail_error", param="messages", code="guardrail_blocked"
+    )
+
+
+def _assemble(chunks: list[Chunk]) -> list[tuple[str, str | None, list[Any] | None]]:
+    """(text, finish_reason, tool calls) per choice of a streamed answer, from its canonical chunks."""
+    texts: dict[int, list[str]] = {}
+    finishes: dict[int, str | None] = {}
+    tools: dict[int, list[Any]] = {}
+    for chunk in chunks:
+        for choice in as_dict(chunk).get("choices") or ():
+            index = choice.get("index", 0)
+            parts = texts.setdefault(index, [])
+            delta = choice.get("delta") or {}
+            content = delta.get("content")
+            if content:
+                parts.append(content)
+            if delta.get("tool_calls"):
+                tools.setdefault(index, []).extend(delta["tool_calls"])
+            if choice.get("finish_reason") is not None:
+                finishes[index] = choice["finish_reason"]
+    if not texts:
+        return [("", None, None)]
+    return [("".join(parts), finishes.get(i), tools.get(i)) for i, parts in texts.items()]
+
+
+class StreamFilter:
+    """Streamed content through one `StreamGuard` per choice: only the tail a pending match could still
+    change is held back; a `block` ends the stream (nothing of the blocked text is sent)."""
+
+    __slots__ = ("_done", "_guards", "_last", "_request", "blocked")
+
+    def __init__(self, request: RequestGuards) -> None:
+        self._request = request
+        self._guards: dict[int, StreamGuard] = {}
+        self._done: set[int] = set()
+        self._last: dict[str, Any] = {}
+        self.blocked: Finding | None = None
+
+    async def batches(self, source: AsyncIterator[list[Chunk]]) -> AsyncIterator[list[Chunk]]:
+        try:
+            async for batch in source:
+                out = self._filter(batch)
+                if self.blocked is not None:
+                    return
+                if out:
+                    yield out
+            tail = self._flush()
+            if self.blocked is None and tail:
+                yield tail
+        finally:
+            await source.aclose()  # type: ignore[attr-defined]  # an async generator: stop reading upstream
+            for guard in self._guards.values():
+                self._request.findings.extend(guard.findings)
+
+    def error(self) -> ProviderError:
+        assert self.blocked is not None
+        return ProviderError(ErrorKind.GUARDRAIL_BLOCKED, _reason(self.blocked, "output"), after_first_byte=True)
+
+    def _guard(self, index: int) -> StreamGuard:
+        guard = self._guards.get(index)
+        if guard is None:
+            guard = self._guards[index] = StreamGuard(self._request.guards)
+        return guard
+
+    def _filter(self, batch: list[Chunk]) -> list[Chunk]:
+        out: list[Chunk] = []
+        for raw in batch:
+            chunk = as_dict(raw)
+            choices = chunk.get("choices")
+            if not choices:
+                out.append(raw)
+                continue
+            self._last = chunk
+            keep = False
+            for choice in choices:
+                keep = self._choice(choice) or keep
+                if self.blocked is not None:
+                    return []
+            if keep:
+                out.append(chunk)
+        return out
+
+    def _choice(self, choice: dict[str, Any]) -> bool:
+        """Rewrite one choice's content delta to what may be sent now; whether the chunk still says anything."""
+        index = choice.get("index", 0)
+        delta = choice.get("delta")
+        content = delta.get("content") if isinstance(delta, dict) else None
+        finish = choice.get("finish_reason")
+        if not content and finish is None:
+            return True  # a role, a tool call, reasoning: passed on as is
+        guard = self._guard(index)
+        text = guard.feed(content) if content else ""
+        if finish is not None and guard.blocked is None:
+            text += guard.finish()
+            self._done.add(index)
+        if guard.blocked is not None:
+            self.blocked = guard.blocked
+            return False
+        if not isinstance(delta, dict):
+            delta = choice["delta"] = {}
+        delta["content"] = text
+        return bool(text) or finish is not None or len(delta) > 1
+
+    def _flush(self) -> list[Chunk]:
+        """The held tails of choices that ended without a finish chunk."""
+        out: list[Chunk] = []
+        for index, guard in self._guards.items():
+            if index in self._done:
+                continue
+            text = guard.finish()
+            if guard.blocked is not None:
+                self.blocked = guard.blocked
+                return []
+            if text:
+                last = self._last
+                out.append(
+                    {
+                        "id": last.get("id"),
+                        "object": "chat.completion.chunk",
+                        "created": last.get("created"),
+                        "model": last.get("model"),
+                        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
+                    }
+                )
+        return out

@@ -1,0 +1,270 @@
+"""The server side of guardrails (server/guards.py): which checks apply to a request, the bounded caches of
+per-request combinations, the key's sets, the stream filter between the executor and the codec, and the
+spend log's `guardrails` column on both stores (a database from before it upgraded in place)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from modelyard.accounting.spend import SpendRecord
+from modelyard.config.loader import parse_config
+from modelyard.schema.chat import ChatRequest
+from modelyard.schema.errors import GatewayError
+from modelyard.server import guards as guards_module
+from modelyard.server.access import KeyState
+from modelyard.server.guards import GuardIndex, RequestGuards, StreamFilter
+from modelyard.state import migrations
+from modelyard.state.keys import KeyRecord
+from tests.unit.state.conftest import make_store
+
+EMAIL = "alice.smith@example.com"
+CONFIG = """
+deployments:
+  - {name: d, provider: openai, model: m, api_base: "http://d.invalid/v1"}
+guardrails:
+  pii-out: [{check: pii, action: redact}]
+  no-secrets: [{check: secrets, action: block, name: no-secrets}]
+  cards-in: [{check: pii, stage: input, action: block, name: cards-in}]
+models:
+  plain: {candidates: [d]}
+  guarded: {candidates: [d], guardrails: [pii-out, {check: keywords, words: [forbidden], name: words}]}
+"""
+
+
+class Ctx:
+    """What GuardIndex reads of a RequestContext: the key."""
+
+    def __init__(self, key: KeyState | None = None) -> None:
+        self.key = key
+
+
+def index() -> GuardIndex:
+    return GuardIndex(parse_config(CONFIG, source="guards.yaml"))
+
+
+def request(model: str, guardrails: list[dict[str, Any]] | None = None) -> ChatRequest:
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": "hi"}]}
+    if guardrails is not None:
+        body["modelyard"] = {"guardrails": guardrails}
+    return msgspec.convert(body, ChatRequest)
+
+
+def key_with(sets: str) -> KeyState:
+    record = KeyRecord(id="k1", name="k", key_hash="h", key_prefix="p", created_at=0.0, metadata={"guardrails": sets})
+    return KeyState.from_record(record)
+
+
+def labels(found: RequestGuards) -> list[str]:
+    return [c.spec.label for c in (*found.guards.input_checks, *found.guards.output_checks)]
+
+
+# ---------------------------------------------------------------------------- which checks apply
+
+
+def test_nothing_applies_to_a_plain_request():
+    assert index().for_request(request("plain"), Ctx(), "plain") is None  # type: ignore[arg-type]
+
+
+def test_the_models_sets_are_compiled_once_and_shared():
+    idx = index()
+    first = idx.for_request(request("guarded"), Ctx(), "guarded")  # type: ignore[arg-type]
+    second = idx.for_request(request("guarded"), Ctx(), "guarded")  # type: ignore[arg-type]
+    assert first is not None and second is not None
+    assert labels(first) == ["pii", "words"]
+    assert first.guards is second.guards  # no compile per request
+    assert first.findings is not second.findings  # but each request has its own findings
+
+
+def test_a_keys_sets_are_added_and_an_unknown_one_fails_closed():
+    idx = index()
+    key = key_with(" no-secrets , cards-in,no-secrets")
+    assert key.guardrails == ("no-secrets", "cards-in")
+    found = idx.for_request(request("guarded"), Ctx(key), "guarded")  # type: ignore[arg-type]
+    assert found is not None and labels(found) == ["cards-in", "pii", "words", "no-secrets"]
+    alone = idx.for_request(request("plain"), Ctx(key), "plain")  # type: ignore[arg-type]
+    assert alone is not None and labels(alone) == ["cards-in", "no-secrets"]
+    with pytest.raises(GatewayError) as info:
+        idx.for_request(request("plain"), Ctx(key_with("missing")), "plain")  # type: ignore[arg-type]
+    assert info.value.status == 500 and "missing" in info.value.message
+
+
+def test_a_request_adds_built_in_checks_and_cannot_add_code_or_patterns():
+    idx = index()
+    found = idx.for_request(request("guarded", [{"check": "empty"}]), Ctx(), "guarded")  # type: ignore[arg-type]
+    assert found is not None and labels(found) == ["pii", "words", "empty"]
+    for spec in ({"check": "regex", "patterns": ["a+"]}, {"check": "python", "function": "os:getcwd"}):
+        with pytest.raises(GatewayError) as info:
+            idx.for_request(request("plain", [spec]), Ctx(), "plain")  # type: ignore[arg-type]
+        assert info.value.status == 400 and info.value.param == "modelyard.guardrails"
+        assert spec["check"] in info.value.message
+
+
+def test_a_request_cannot_drop_or_weaken_a_configured_check():
+    idx = index()
+    weaker = [{"check": "pii", "action": "warn"}, {"check": "keywords", "words": ["other"], "name": "words"}]
+    found = idx.for_request(request("guarded", weaker), Ctx(), "guarded")  # type: ignore[arg-type]
+    assert found is not None
+    actions = [(c.spec.label, c.spec.action) for c in found.guards.output_checks]
+    assert ("pii", "redact") in actions and ("words", "block") in actions  # still there, unchanged
+
+
+def test_per_request_caches_are_bounded(monkeypatch):
+    monkeypatch.setattr(guards_module, "REQUEST_CACHE", 8)
+    monkeypatch.setattr(guards_module, "COMBINED_CACHE", 8)
+    idx = index()
+    first = [{"check": "keywords", "words": ["w0"]}]
+    a = idx.for_request(request("plain", first), Ctx(), "plain")  # type: ignore[arg-type]
+    b = idx.for_request(request("plain", first), Ctx(), "plain")  # type: ignore[arg-type]
+    assert a is not None and b is not None and a.guards is b.guards  # the same specs: compiled once
+    for i in range(100):
+        idx.for_request(request("plain", [{"check": "keywords", "words": [f"w{i}"]}]), Ctx(), "plain")  # type: ignore[arg-type]
+    assert len(idx._requests) <= 8 and len(idx._combined) <= 8
+    huge = [{"check": "keywords", "words": [f"word{i}" for i in range(1000)]}]
+    idx.for_request(request("plain", huge), Ctx(), "plain")  # type: ignore[arg-type]
+    assert all(len(k) <= guards_module.CACHEABLE_SPEC_BYTES for k in idx._requests)  # compiled, not kept
+
+
+def test_metric_labels_are_bounded_by_the_config():
+    idx = index()
+    found = idx.for_request(  # type: ignore[arg-type]
+        request("plain", [{"check": "pii", "name": "client-chosen-name"}]), Ctx(), "plain"
+    )
+    assert found is not None
+    from modelyard.guardrails.findings import Finding
+
+    assert idx.metric_label(Finding("client-chosen-name", "pii", "output", "block", True, 0.1)) == "pii"
+    assert idx.metric_label(Finding("no-secrets", "secrets", "output", "block", True, 0.1)) == "no-secrets"
+
+
+# ---------------------------------------------------------------------------- the stream filter
+
+
+def chunk(text: str | None, finish: str | None = None, index: int = 0) -> dict[str, Any]:
+    delta: dict[str, Any] = {} if text is None else {"content": text}
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    return {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m", "choices": [choice]}
+
+
+async def source(batches: list[list[Any]]) -> AsyncIterator[list[Any]]:
+    for batch in batches:
+        yield batch
+
+
+def screened(model: str = "guarded", extra: list[dict[str, Any]] | None = None) -> tuple[RequestGuards, StreamFilter]:
+    found = index().for_request(request(model, extra), Ctx(), model)  # type: ignore[arg-type]
+    assert found is not None
+    screen = found.stream_filter()
+    assert screen is not None
+    return found, screen
+
+
+def sent_text(batches: list[list[Any]]) -> str:
+    return "".join(
+        (c.get("delta") or {}).get("content") or "" for batch in batches for ch in batch for c in ch["choices"]
+    )
+
+
+@pytest.mark.parametrize("cut", range(0, 60, 3))
+async def test_an_address_split_anywhere_is_never_sent_unredacted(cut):
+    answer = f"write to {EMAIL} today, or call later. Thanks!"
+    pieces = [answer[i : i + 1] for i in range(cut)] + [answer[cut:]] if cut < len(answer) else list(answer)
+    batches = [[chunk(p)] for p in pieces] + [[chunk(None, "stop")]]
+    found, screen = screened()
+    out: list[list[Any]] = []
+    async for batch in screen.batches(source(batches)):
+        out.append(batch)
+        so_far = sent_text(out)
+        assert not any(EMAIL[i : i + 6] in so_far for i in range(len(EMAIL) - 5))
+    text = sent_text(out)
+    assert text == "write to [email] today, or call later. Thanks!"
+    assert out[-1][-1]["choices"][0]["finish_reason"] == "stop"
+    assert any(f.check == "pii" and f.fired and f.spans == 1 for f in found.findings)
+
+
+async def test_a_tail_held_at_a_stream_without_finish_is_flushed():
+    _, screen = screened()
+    out = [b async for b in screen.batches(source([[chunk("mail me: " + EMAIL)]]))]
+    assert sent_text(out) == "mail me: [email]"
+
+
+async def test_a_block_stops_the_stream_before_the_blocked_text():
+    _, screen = screened()
+    batches = [[chunk("fine words, and then ")], [chunk("the forbidden")], [chunk(" word and more")]]
+    out = [b async for b in screen.batches(source(batches))]
+    assert "forbidden" not in sent_text(out)
+    assert screen.blocked is not None and screen.blocked.label == "words"
+    error = screen.error()
+    assert error.after_first_byte and "words" in error.message and error.client_status == 422
+
+
+async def test_usage_and_tool_call_chunks_pass_untouched():
+    _, screen = screened()
+    usage = {"id": "c", "object": "chat.completion.chunk", "choices": [], "usage": {"prompt_tokens": 1}}
+    tool = chunk(None)
+    tool["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}
+    out = [b async for b in screen.batches(source([[tool], [chunk("ok", "stop")], [usage]]))]
+    flat = [c for batch in out for c in batch]
+    assert flat[0] is tool and flat[-1] is usage and sent_text(out) == "ok"
+
+
+def test_raw_chunks_are_decoded_when_guards_are_on():
+    _, screen = screened()
+    raw = msgspec.Raw(json.dumps(chunk(f"to {EMAIL}", "stop")).encode())
+    assert sent_text([screen._filter([raw])]) == "to [email]"
+
+
+# ---------------------------------------------------------------------------- the spend log column
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_the_spend_logs_guardrails_column(kind, tmp_path: Path, monkeypatch):
+    """A store from before the column (migrations 1-3) is upgraded in place: old rows read as None, new rows
+    keep what the guardrails did."""
+    module = "modelyard.state.sqlite_store" if kind == "sqlite" else "modelyard.state.postgres_store"
+    before = migrations.MIGRATIONS[:3]
+    monkeypatch.setattr(f"{module}.MIGRATIONS", before)
+    old = await make_store(kind, tmp_path)
+    schema = getattr(old, "schema", None)
+    try:
+        assert await old.schema_version() == 3
+        if kind == "sqlite":
+            await old._run(
+                lambda c: (
+                    c.execute("INSERT INTO modelyard_spend (id, at, status) VALUES ('old', 1, 'ok')"),
+                    c.commit(),
+                )
+            )
+        else:
+            async with old._pool.acquire() as conn:  # type: ignore[attr-defined]
+                await conn.execute("INSERT INTO modelyard_spend (id, at, status) VALUES ('old', 1, 'ok')")
+    finally:
+        await old.close()
+    monkeypatch.setattr(f"{module}.MIGRATIONS", migrations.MIGRATIONS)
+    if kind == "sqlite":
+        from modelyard.state.sqlite_store import SQLiteStore
+
+        store: Any = SQLiteStore(str(tmp_path / "modelyard.db"))
+    else:
+        from modelyard.state.postgres_store import PostgresStore
+        from tests.unit.state.conftest import PG_DSN
+
+        store = PostgresStore(PG_DSN, schema=schema)
+    await store.open()
+    try:
+        assert await store.schema_version() == migrations.LATEST == 4
+        logged = "pii:output:redact fired 1 0.05ms, cards-in:input:block pass 0 0.01ms"
+        await store.write_spend([SpendRecord(id="new", at=time.time(), guardrails=logged)])
+        rows = {r.id: r for r in await store.spend_records()}
+        assert rows["old"].guardrails is None and rows["new"].guardrails == logged
+    finally:
+        drop = getattr(store, "drop", None)
+        if drop is not None:
+            await drop()
+        await store.close()

@@ -19,12 +19,17 @@ from modelyard.guardrails.run import redact, scan
 
 #: Released characters kept in front of the pending text, so `\b` at its start sees its left neighbour.
 CONTEXT_CHARS = 8
+#: Scan again only once this many new characters have arrived: holding a few more characters is always safe,
+#: and it keeps the cost per answer close to one scan of it (a delta is often a single token).
+MIN_STEP = 32
 
 
 class StreamGuard:
     """One per streamed answer. `feed` the text deltas in order, send what it returns, then `finish`."""
 
-    def __init__(self, guards: GuardSet) -> None:
+    def __init__(self, guards: GuardSet, *, min_step: int = MIN_STEP) -> None:
+        self._min_step = min_step
+        self._unscanned = 0
         self._checks = tuple(c for c in guards.output_checks if isinstance(c, SpanCheck))
         self._buf = ""  # released context (self._ctx chars) + text not yet released, unredacted
         self._ctx = 0
@@ -48,6 +53,10 @@ class StreamGuard:
         self._buf += text
         if not self._checks:
             return self._release(len(self._buf), [])
+        self._unscanned += len(text)
+        if self._unscanned < self._min_step:
+            return ""
+        self._unscanned = 0
         return self._step(final=False)
 
     def finish(self) -> str:

@@ -38,12 +38,13 @@ def split(text: str, cuts: list[int]) -> list[str]:
     before=st.sampled_from(["", "Sure: ", "x ", "Details (", "\n"]),
     after=st.sampled_from(["", ".", " and more text follows here", ")\n", " ok"]),
     cuts=st.lists(st.integers(min_value=0, max_value=400), max_size=40),
+    min_step=st.sampled_from([1, 5, 32]),
 )
 def test_a_value_split_anywhere_is_never_released_unredacted(
-    value: str, before: str, after: str, cuts: list[int]
+    value: str, before: str, after: str, cuts: list[int], min_step: int
 ) -> None:
     text = before + value + after
-    guard = StreamGuard(REDACT)
+    guard = StreamGuard(REDACT, min_step=min_step)
     out, released = stream(guard, split(text, cuts))
     whole = check_output(REDACT, text, finish_reason="stop").text
     assert out == whole
@@ -59,13 +60,13 @@ def test_a_value_split_anywhere_is_never_released_unredacted(
 def test_every_offset_one_character_at_a_time() -> None:
     for value in VALUES:
         text = f"A: {value} done"
-        out, _ = stream(StreamGuard(REDACT), list(text))
+        out, _ = stream(StreamGuard(REDACT, min_step=1), list(text))
         assert value not in out and out == check_output(REDACT, text, finish_reason="stop").text
 
 
 def test_private_key_is_held_from_its_begin_line_until_its_end_line() -> None:
     key = SECRET_SAMPLES["private_key"]
-    guard = StreamGuard(REDACT)
+    guard = StreamGuard(REDACT, min_step=1)
     text = "here:\n" + key + "\nbye"
     released = [guard.feed(ch) for ch in text]
     sent = "".join(released)

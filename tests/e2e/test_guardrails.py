@@ -74,7 +74,8 @@ deployments:
 {"".join(f"  - {d}{chr(10)}" for d in deployments)}
 guardrails:
   pii-out: [{{check: pii, action: redact}}]
-  cards-in: [{{check: pii, stage: input, action: block, name: cards-in}}]
+  cards-in: [{{check: pii, stage: input, action: block, name: cards-in, kinds: [card]}}]
+  words: [{{check: keywords, words: [forbidden], name: words}}]
   json-retry: [{{check: json_schema, action: retry}}]
 models:
   plain: {{candidates: [small@openai]}}
@@ -83,6 +84,10 @@ models:
   extract: {{strategy: priority, candidates: [small@openai, large@openai], guardrails: [json-retry]}}
   guarded-in: {{candidates: [small@openai], guardrails: [cards-in]}}
   buggy: {{candidates: [small@openai], guardrails: [{{check: python, function: "{RAISING}"}}]}}
+  redact-in: {{candidates: [small@anthropic], guardrails: [{{check: pii, stage: input, action: redact}}]}}
+  words: {{candidates: [small@openai, small@anthropic], guardrails: [words]}}
+  words-anthropic: {{candidates: [small@anthropic], guardrails: [words]}}
+  warned: {{candidates: [small@openai], guardrails: [{{check: pii, action: warn, name: pii-warn}}]}}
 """
 
 
@@ -298,6 +303,67 @@ def test_a_python_check_that_raises_fails_closed_naming_it(oai, stream):
     assert "unchecked answer" not in body and "Traceback" not in body
 
 
+# ---------------------------------------------------------------------------- input redaction, mid-stream block, warn
+
+
+def last_upstream_text(sim: SimServer) -> str:
+    received = httpx.get(sim.url + "/_sim/requests/sim-small").json()["requests"]
+    return json.dumps(received[-1])
+
+
+def test_input_redacted_before_it_goes_upstream_even_on_pass_through(claude, oai, sim):
+    message = claude.messages.create(
+        model="redact-in", max_tokens=200, messages=[{"role": "user", "content": PII_PROMPT}]
+    )
+    upstream = last_upstream_text(sim)
+    assert "you can reach alice at" in upstream and not leaks(upstream)  # the client's bytes were not forwarded
+    assert not leaks(message.content[0].text)  # the model only ever saw the redacted prompt
+    raw = oai.chat.completions.with_raw_response.create(
+        model="redact-in", messages=[{"role": "user", "content": PII_PROMPT}]
+    )
+    assert not leaks(last_upstream_text(sim)) and "input:redact fired" in raw.headers["x-modelyard-guardrails"]
+
+
+BLOCKED_PROMPT = "Repeat: " + "a perfectly harmless sentence goes first, " * 6 + "then the forbidden word, then more"
+
+
+@pytest.mark.parametrize(
+    ("path", "model", "body", "error_marker"),
+    [
+        ("/v1/chat/completions", "words", {"messages": [{"role": "user", "content": BLOCKED_PROMPT}]}, b'"error"'),
+        (
+            "/v1/messages",
+            "words-anthropic",
+            {"max_tokens": 500, "messages": [{"role": "user", "content": BLOCKED_PROMPT}]},
+            b"event: error",
+        ),
+        ("/v1/responses", "words", {"input": BLOCKED_PROMPT}, b"response.failed"),
+    ],
+)
+def test_a_block_mid_stream_ends_with_the_ingress_error_event(gateway, path, model, body, error_marker):
+    headers = {"x-api-key": "sk-client", "anthropic-version": "2023-06-01"}
+    raw = b""
+    with httpx.stream(
+        "POST", gateway.url + path, json={"model": model, "stream": True, **body}, headers=headers, timeout=30
+    ) as response:
+        assert response.status_code == 200
+        for piece in response.iter_raw():
+            raw += piece
+    assert b"forbidden" not in raw and b"harmless" in raw  # what came before the match was sent
+    assert error_marker in raw and b"words" in raw  # the error event names the check
+    assert b"[DONE]" not in raw and b"message_stop" not in raw and b"response.completed" not in raw
+
+
+def test_warn_only_reports(oai, gateway):
+    raw = oai.chat.completions.with_raw_response.create(
+        model="warned", messages=[{"role": "user", "content": PII_PROMPT}]
+    )
+    assert EMAIL in raw.parse().choices[0].message.content  # unchanged
+    assert "pii-warn:output:warn fired" in raw.headers["x-modelyard-guardrails"]
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'modelyard_guardrail_checks_total{action="warn",label="pii-warn",result="fired",stage="output"}' in metrics
+
+
 # ---------------------------------------------------------------------------- per request
 
 
@@ -371,3 +437,45 @@ def test_findings_counted_in_metrics(oai, gateway):
         if line.startswith("modelyard_guardrail_checks_total{") and 'label="pii"' in line and 'result="fired"' in line
     ]
     assert fired and float(fired[0].rsplit(" ", 1)[1]) >= 1
+
+
+# ---------------------------------------------------------------------------- per key
+
+MASTER = "sk-master-guardrails-e2e"
+
+
+@pytest.fixture(scope="module")
+def keyed_gateway(sim: SimServer, tmp_path_factory) -> Iterator[BackgroundServer]:
+    spend = tmp_path_factory.mktemp("guard-keyed") / "spend.db"
+    text = config_yaml(sim.url, spend) + f"access: {{master_key: {MASTER}}}\n"
+    with BackgroundServer(create_app(parse_config(text, source="guardrails-keyed.yaml"))) as server:
+        yield server
+
+
+def new_key(gateway: BackgroundServer, metadata: dict[str, str]) -> httpx.Response:
+    return httpx.post(
+        gateway.url + "/admin/keys",
+        json={"name": "guarded-key", "metadata": metadata},
+        headers={"authorization": f"Bearer {MASTER}"},
+    )
+
+
+def test_a_keys_guardrail_sets_apply_to_every_model_it_calls(keyed_gateway, sim):
+    made = new_key(keyed_gateway, {"guardrails": "cards-in, pii-out"})
+    assert made.status_code == 200, made.text
+    client = openai.OpenAI(base_url=keyed_gateway.url + "/v1", api_key=made.json()["key"], max_retries=0)
+    before = sim_requests(sim, "sim-small")
+    with pytest.raises(openai.UnprocessableEntityError) as info:
+        client.chat.completions.create(model="plain", messages=[{"role": "user", "content": f"card {CARD}"}])
+    assert "cards-in" in info.value.body["message"] and sim_requests(sim, "sim-small") == before
+    answer = client.chat.completions.create(model="plain", messages=[{"role": "user", "content": PII_PROMPT}])
+    assert not leaks(answer.choices[0].message.content)
+    unguarded = openai.OpenAI(base_url=keyed_gateway.url + "/v1", api_key=MASTER, max_retries=0)
+    plain = unguarded.chat.completions.create(model="plain", messages=[{"role": "user", "content": PII_PROMPT}])
+    assert leaks(plain.choices[0].message.content)  # another key: the model itself has no guardrails
+
+
+def test_a_key_naming_an_unknown_set_is_refused_when_made(keyed_gateway):
+    made = new_key(keyed_gateway, {"guardrails": "cards-in,no-such-set"})
+    assert made.status_code == 400 and made.json()["error"]["param"] == "metadata.guardrails"
+    assert "no-such-set" in made.json()["error"]["message"]

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -119,6 +120,18 @@ def _metadata(value: Any) -> dict[str, str]:
     return metadata
 
 
+def _known_guardrails(metadata: dict[str, str], sets: Mapping[str, object]) -> None:
+    """A key's `guardrails` metadata names sets the config has (a request with an unknown one would fail
+    closed, so the mistake is refused here, when the key is made)."""
+    named = [n.strip() for n in metadata.get("guardrails", "").split(",") if n.strip()]
+    unknown = [n for n in named if n not in sets]
+    if unknown:
+        known = ", ".join(sorted(sets)) or "none configured"
+        raise GatewayError(
+            400, f"unknown guardrail set(s) {', '.join(unknown)} (known: {known})", param="metadata.guardrails"
+        )
+
+
 def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
     """`body[name]` as seconds ("30d", "12h", a number), between `minimum` and MAX_PERIOD_S; None when absent."""
     value = body.get(name)
@@ -167,6 +180,7 @@ async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
     access = services.access
     assert access is not None
     options = key_options(body, access.clock())  # everything checked before anything is written
+    _known_guardrails(options["metadata"], gw.config.guardrails)
     raw, record = await access.store_guard.call(access.create_key(name, **options))
     await send_json(request.send, 200, {**record.public(), "key": raw})
 

@@ -189,7 +189,12 @@ def quality_results(report: Report, suite: Suite) -> dict[str, Any]:
         for task, (passed, total) in tasks.items():
             rate = passed / total
             floor = suite.spec.tasks[task].min_pass_rate
-            deployments[name][task] = {"pass_rate": round(rate, 4), "accepted": rate >= floor, "cases": total}
+            deployments[name][task] = {
+                "pass_rate": round(rate, 4),
+                "accepted": rate >= floor,
+                "cases": total,
+                "min_pass_rate": floor,
+            }
     return {
         "schema": RESULTS_SCHEMA,
         "suite": report.suite,

@@ -178,7 +178,12 @@ async def test_json_report_and_quality_file_shapes() -> None:
     assert cell["failures"][0]["case"] == "a"
     quality = quality_results(report, suite())
     assert quality["schema"] == RESULTS_SCHEMA and quality["suite"] == "tiny"
-    assert quality["deployments"]["cheap"]["classify"] == {"pass_rate": 0.75, "accepted": True, "cases": 4}
+    assert quality["deployments"]["cheap"]["classify"] == {
+        "pass_rate": 0.75,
+        "accepted": True,
+        "cases": 4,
+        "min_pass_rate": 0.75,
+    }
     assert set(quality["deployments"]) == {"cheap", "strong"}
 
 

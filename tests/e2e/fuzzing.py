@@ -233,8 +233,56 @@ MODELS = (
     "embed",
     "embed-gemini",
     "via-responses",
+    "guarded",
 )
 RESTRICTED_MODELS = ("via-openai", "embed")
+
+
+#: Guardrail sets of the `guarded` model: every stage and action, so fuzzed requests take those paths too.
+GUARDRAIL_SETS = (
+    "guardrails:",
+    "  fuzz-out: [{check: pii, action: redact}, {check: secrets, action: block}, "
+    "{check: json_schema, action: retry}, {check: max_length, max_chars: 100000}]",
+    "  fuzz-in: [{check: injection, stage: input, action: warn}, "
+    "{check: keywords, stage: input, words: [forbidden], action: redact}]",
+)
+#: What `extra_body.modelyard.guardrails` may name (and what it may not: code, raw patterns, made-up checks).
+GUARDRAIL_CHECKS = (
+    "pii",
+    "secrets",
+    "keywords",
+    "json_schema",
+    "injection",
+    "empty",
+    "truncated",
+    "max_length",
+    "regex",
+    "python",
+    "bogus",
+)
+
+
+def guardrail_specs() -> st.SearchStrategy[Any]:
+    """Per-request guardrails (`modelyard.guardrails`): mostly plausible specs, with disallowed checks, wrong
+    stage/action pairs, hostile parameters and bad schemas among them (a 4xx in the route's shape, never a
+    5xx). Use it as the `guardrails` field of the `modelyard` overrides."""
+    spec = st.fixed_dictionaries(
+        {"check": st.sampled_from(GUARDRAIL_CHECKS)},
+        optional={
+            "stage": st.sampled_from(("input", "output", "both")),
+            "action": st.sampled_from(("block", "redact", "retry", "warn", "drop")),
+            "on_error": st.sampled_from(("fail", "allow", "maybe")),
+            "name": st.one_of(st.sampled_from(("n", "fuzz-out", "a b", "")), odd_text(20)),
+            "kinds": st.lists(st.sampled_from(("email", "card", "phone", "iban", "nope")), max_size=3),
+            "words": st.lists(odd_text(20), max_size=4),
+            "patterns": st.lists(st.sampled_from(("(a+)+$", "[", "x")), max_size=2),
+            "max_chars": st.one_of(st.integers(-1, 100), hostile()),
+            "function": st.sampled_from(("os:system", "builtins:eval", "x")),
+            "replacement": odd_text(20),
+            "json_schema": st.sampled_from(({"type": "object"}, {"$ref": "#"}, {}, {"type": "nope"}, [])),
+        },
+    )
+    return st.one_of(st.lists(spec, max_size=4), st.lists(spec, min_size=33, max_size=34), hostile())
 
 
 def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
@@ -272,6 +320,9 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
                 "  embed: {candidates: [embed@openai]}",
                 "  embed-gemini: {candidates: [embed@gemini]}",
                 "  via-responses: {candidates: [resp@openai], fallbacks: [via-anthropic]}",
+                "  guarded: {candidates: [small@openai, small@anthropic, small@gemini], "
+                "guardrails: [fuzz-out, fuzz-in, {check: empty, action: retry}]}",
+                *GUARDRAIL_SETS,
                 "server: {max_body_bytes: 2000000}",
                 f"access: {{master_key: {MASTER}, refresh_s: 0}}",
                 f'spend: {{store: "{store}", flush_interval_s: 0.05}}',

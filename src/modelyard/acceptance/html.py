@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from html import escape
 
-from modelyard.acceptance.report import Cell, Report
+from modelyard.acceptance.report import FAILURES_KEPT, Cell, Report
 
 _CSS = """
 body{font:14px/1.45 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1c2430;background:#fff}
@@ -20,7 +20,7 @@ code,pre{font:12px/1.4 ui-monospace,SFMono-Regular,Menlo,monospace}pre{white-spa
 
 
 def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value * 100:.0f}%"
+    return "&ndash;" if value is None else f"{value * 100:.0f}%"
 
 
 def _cell(cell: Cell) -> str:
@@ -28,7 +28,7 @@ def _cell(cell: Cell) -> str:
         return f'<td class="cell none">not run<br><span class="muted">{cell.skipped} skipped</span></td>'
     low, high = cell.interval
     css = "ok" if cell.accepted else "no"
-    p50 = "-" if cell.p50_ms is None else f"{cell.p50_ms:.0f} ms"
+    p50 = "&ndash;" if cell.p50_ms is None else f"{cell.p50_ms:.0f} ms"
     extra = []
     if cell.cached:
         extra.append(f"{cell.cached} cached")
@@ -39,7 +39,7 @@ def _cell(cell: Cell) -> str:
     return (
         f'<td class="cell {css}"><span class="rate">{_rate(cell.pass_rate)}</span> '
         f'<span class="tag {css}">{"accepted" if cell.accepted else "rejected"}</span><br>'
-        f'<span class="muted">{cell.passed}/{cell.samples} · 95% CI {_rate(low)}-{_rate(high)} · '
+        f'<span class="muted">{cell.passed}/{cell.samples} · 95% CI {_rate(low)}&ndash;{_rate(high)} · '
         f"min {_rate(cell.min_pass_rate)}</span><br>${cell.cost_usd:.5f} · p50 {p50}"
         f"{'<br><span class=muted>' + escape(', '.join(extra)) + '</span>' if extra else ''}</td>"
     )
@@ -87,7 +87,7 @@ def render_html(report: Report) -> str:
 <span>judge ${r.judge_usd:.5f}</span><span>{r.cache_hits} cached</span><span>{r.elapsed_s:.1f} s</span>{budget}</p>
 <h2>Pass rate by model and task</h2>
 <table><tr><th>model</th>{head}</tr>{"".join(rows)}</table>
-<h2>Failures (first {5} per cell)</h2>
+<h2>Failures (the first {FAILURES_KEPT} of each cell)</h2>
 {_failures(report)}
 </body></html>
 """

@@ -1,8 +1,8 @@
-"""The regex and JSON Schema primitives the assertions use, behind two small functions.
+"""The regex and JSON Schema primitives the assertions use: the guardrails' own, cached per suite value.
 
-Patterns are RE2 (linear time: a suite's pattern cannot hang a run whatever the answer) and JSON Schema
-validators are built once per schema. When `modelyard.guardrails` offers the same primitives they are
-one import away; until then these wrap `re2` and `jsonschema` directly, and nothing else here knows which.
+Patterns are RE2 (linear time: a suite's pattern cannot hang a run whatever the answer) compiled by
+`guardrails.checks.compile_pattern`, and validators come from `guardrails.checks.make_validator` (the draft
+a schema names, else 2020-12), so a pattern or schema means the same in a suite as in a guardrail.
 """
 
 from __future__ import annotations
@@ -12,21 +12,16 @@ from functools import lru_cache
 from typing import Any
 
 import jsonschema
-import re2
 
-_OPTIONS = re2.Options()
-_OPTIONS.log_errors = False  # a bad pattern is reported at load, not printed to stderr by RE2 itself
+from modelyard.guardrails.checks import compile_pattern, make_validator
 
 
 def compile_regex(pattern: str) -> tuple[Any | None, str | None]:
     """The compiled RE2 pattern, or None and why it does not compile (lookarounds and backrefs do not)."""
     try:
-        return re2.compile(pattern, _OPTIONS), None
-    except re2.error as exc:
-        detail = exc.args[0] if exc.args else exc
-        if isinstance(detail, bytes):
-            detail = detail.decode("utf-8", "replace")
-        return None, f"not an RE2 pattern: {detail}"
+        return compile_pattern(pattern), None
+    except ValueError as exc:
+        return None, str(exc)
 
 
 @lru_cache(maxsize=256)
@@ -43,17 +38,17 @@ def regex_search(pattern: str, text: str) -> bool:
 
 
 def schema_problem(schema: dict[str, Any]) -> str | None:
-    """Why `schema` is not a valid JSON Schema (Draft 2020-12), or None."""
+    """Why `schema` is not a valid JSON Schema (the draft it names, else 2020-12), or None."""
     try:
-        jsonschema.Draft202012Validator.check_schema(schema)
-    except jsonschema.SchemaError as exc:
-        return f"not a JSON Schema: {exc.message}"
+        make_validator(schema)
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
 @lru_cache(maxsize=256)
 def _validator(key: str) -> jsonschema.protocols.Validator:
-    return jsonschema.Draft202012Validator(json.loads(key))
+    return make_validator(json.loads(key))
 
 
 def schema_errors(schema: dict[str, Any] | bool, value: Any) -> str | None:

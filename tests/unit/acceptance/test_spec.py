@@ -57,7 +57,12 @@ def test_unknown_key_is_reported_at_its_line() -> None:
         ("prompt: hi\n        assert: [{contains: x, regex: y}]", "assert", "assert[0]", "exactly one of"),
         ("prompt: hi\n        assert: [{case_sensitive: false}]", "assert", "assert[0]", "found: none"),
         ('prompt: hi\n        assert: [{regex: "(?<=a)b"}]', "regex", "assert[0].regex", "not an RE2 pattern"),
-        ("prompt: hi\n        assert: [{json_schema: {type: 12}}]", "json_schema", "json_schema", "invalid JSON schema"),
+        (
+            "prompt: hi\n        assert: [{json_schema: {type: 12}}]",
+            "json_schema",
+            "json_schema",
+            "invalid JSON schema",
+        ),
         ("prompt: hi\n        assert: [{python: 'no_such_mod:fn'}]", "python", "python", "cannot import"),
         ("prompt: hi\n        assert: [{python: 'json:no_such_fn'}]", "python", "python", "no function"),
         ("prompt: hi\n        assert: [{similar: 0.8}]", "similar", "similar", "reference"),

@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from modelyard.acceptance.api import AcceptOptions, accept
 from modelyard.acceptance.environment import minilm_similarity
+from modelyard.acceptance.report import quality_results, write_json
 from modelyard.acceptance.runner import RunOptions
 from modelyard.acceptance.spec import load_suite, parse_suite
 from modelyard.acceptance.targets import TargetError
+from modelyard.config.loader import load_config
+from modelyard.routing.features import chat_features
+from modelyard.routing.router import Router
+from modelyard.schema.chat import ChatRequest
 from modelyard.schema.errors import ModelyardError
 
 EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "acceptance" / "suite.yaml"
@@ -73,3 +80,14 @@ def test_similar_scores_a_paraphrase_above_an_unrelated_answer() -> None:
     except ModelyardError as exc:
         pytest.skip(str(exc))
     assert similarity("refund please", "I want my money back") > similarity("refund please", "the app crashes") + 0.2
+
+
+async def test_the_examples_results_send_each_task_to_the_cheapest_model_that_passed_it(tmp_path: Path) -> None:
+    suite = load_suite(EXAMPLE)
+    report = await accept(suite, AcceptOptions(cache_path=None, run=RunOptions(repeat=3, concurrency=16)))
+    shutil.copy(EXAMPLE.parent / "gateway.yaml", tmp_path / "gateway.yaml")
+    write_json(tmp_path / "results.json", quality_results(report, suite))
+    router = Router(load_config(tmp_path / "gateway.yaml", env={"SIM_URL": "http://127.0.0.1:9"}))
+    req = msgspec.convert({"model": "support", "messages": [{"role": "user", "content": "x"}]}, ChatRequest)
+    chosen = {task: router.plan("support", chat_features(req, task=task)).order[0].name for task in suite.spec.tasks}
+    assert chosen == {"classification": "cheap@sim", "extraction": "strong@sim", "code_fix": "strong@sim"}

@@ -205,3 +205,13 @@ async def test_html_is_self_contained_and_escapes_suite_text() -> None:
     assert "<style>" in page and "http://" not in page and "https://" not in page
     assert "<script" not in page and "&lt;script&gt;alert(1)" in page
     assert "cheap" in page and "75%" in page
+
+
+async def test_cached_answers_are_used_even_when_the_budget_allows_nothing(tmp_path: Path) -> None:
+    with AnswerCache(tmp_path / "c.sqlite") as cache:
+        await run(FakeCaller(), cache, repeat=1)
+        caller = FakeCaller()
+        result = await run(caller, cache, repeat=2, budget_usd=0.0)
+    assert caller.calls == []
+    assert result.cache_hits == 10 and result.budget_skipped == 10
+    assert {r.repeat for r in result.runs if r.status == "skipped"} == {1}

@@ -1,7 +1,7 @@
 """The regex and JSON Schema primitives the assertions use: the guardrails' own, cached per suite value.
 
 Patterns are RE2 (linear time: a suite's pattern cannot hang a run whatever the answer) compiled by
-`guardrails.checks.compile_pattern`, and validators come from `guardrails.checks.make_validator` (the draft
+`guardrails.patterns.compile_pattern`, and validators come from `guardrails.patterns.make_validator` (the draft
 a schema names, else 2020-12), so a pattern or schema means the same in a suite as in a guardrail.
 """
 
@@ -13,7 +13,7 @@ from typing import Any
 
 import jsonschema
 
-from modelyard.guardrails.checks import compile_pattern, make_validator
+from modelyard.guardrails.patterns import compile_pattern, make_validator
 
 
 def compile_regex(pattern: str) -> tuple[Any | None, str | None]:

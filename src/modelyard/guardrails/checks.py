@@ -19,11 +19,10 @@ from typing import Any, NamedTuple
 
 import msgspec
 import re2
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
 from jsonschema.protocols import Validator
 
 from modelyard.guardrails import injection
+from modelyard.guardrails.patterns import compile_pattern, make_validator
 from modelyard.guardrails.recognisers import PII, SECRETS, Recogniser, recogniser, select, warm_up
 from modelyard.guardrails.shape import Shape
 from modelyard.schema.guardrails import CheckSpec
@@ -130,19 +129,6 @@ def _tail(shape: Shape) -> tuple[re2._Regexp[str], int] | None:
     return re2.compile(shape.tail_pattern()), shape.max_len + 1
 
 
-_QUIET = re2.Options()
-_QUIET.log_errors = False
-
-
-def compile_pattern(pattern: str) -> re2._Regexp[str]:
-    """An RE2 pattern, or ValueError with RE2's reason (linear-time engine: no backtracking to hang on)."""
-    try:
-        return re2.compile(pattern, _QUIET)
-    except re2.error as exc:
-        reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-        raise ValueError(f"not an RE2 pattern {pattern!r}: {reason}") from None
-
-
 def keyword_pattern(words: list[str]) -> str:
     """One case-insensitive alternation of the words, each on word boundaries where it starts/ends in one."""
     parts = []
@@ -247,19 +233,6 @@ class SchemaJudge:
         else:
             self.cache.move_to_end(key)
         return found
-
-
-def make_validator(schema: dict[str, Any]) -> Validator:
-    """A validator for `schema` (the draft it names, else 2020-12); ValueError when the schema is invalid."""
-    from jsonschema.validators import validator_for
-
-    cls = validator_for(schema, default=Draft202012Validator)
-    try:
-        cls.check_schema(schema)
-    except SchemaError as exc:
-        raise ValueError(f"invalid JSON schema: {exc.message}") from None
-    validator: Validator = cls(schema)
-    return validator
 
 
 def _asked_for(response_format: Any) -> tuple[str | None, dict[str, Any] | None]:

@@ -151,13 +151,14 @@ def incremental_output(guards: GuardSet) -> bool:
 class RequestGuards:
     """One request's checks and everything they found (`ctx.guards`)."""
 
-    __slots__ = ("findings", "guards", "index", "response_format")
+    __slots__ = ("_text", "findings", "guards", "index", "response_format")
 
     def __init__(self, guards: GuardSet, index: GuardIndex) -> None:
         self.guards = guards
         self.index = index
         self.findings: list[Finding] = []
         self.response_format: Any = None
+        self._text: tuple[int, str] | None = None
 
     @property
     def has_output(self) -> bool:
@@ -229,11 +230,18 @@ class RequestGuards:
         return StreamFilter(self) if incremental_output(self.guards) else None
 
     def header(self) -> bytes | None:
-        return header_value(self.findings).encode() if self.findings else None
+        text = self.summary()
+        return text.encode() if text is not None else None
 
     def summary(self) -> str | None:
-        """The spend log's `guardrails` column: the header's text (what ran, what fired, time)."""
-        return header_value(self.findings) if self.findings else None
+        """The spend log's `guardrails` column: the header's text (what ran, what fired, time); built once
+        per set of findings (the header and the spend record share it)."""
+        findings = self.findings
+        if not findings:
+            return None
+        if self._text is None or self._text[0] != len(findings):
+            self._text = (len(findings), header_value(findings))
+        return self._text[1]
 
 
 def _pinned_upstream(inbound: Inbound) -> None:

@@ -256,7 +256,7 @@ def test_invalid_json_retried_on_the_next_candidate(oai, gateway, sim, spend_db,
         assert cost > (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6  # more than the one used
 
 
-def test_invalid_json_on_every_candidate_is_a_422_naming_the_check(oai):
+def test_invalid_json_on_every_candidate_is_a_422_naming_the_check(oai, gateway, spend_db):
     with pytest.raises(openai.UnprocessableEntityError) as info:
         oai.chat.completions.create(
             model="extract",
@@ -266,6 +266,11 @@ def test_invalid_json_on_every_candidate_is_a_422_naming_the_check(oai):
         )
     message = info.value.body["message"]
     assert "json_schema" in message and '"order": 42' not in message
+    headers = info.value.response.headers
+    assert "json_schema:output:retry fired" in headers["x-modelyard-guardrails"]
+    assert "small@openai guardrail" in headers["x-modelyard-attempts"]
+    cost, status, logged = spend_row(spend_db, gateway, headers["x-request-id"], "cost_usd, status, guardrails")
+    assert status == "error" and cost > 0 and "json_schema:output:retry fired" in logged  # the rejected answer's cost
 
 
 # ---------------------------------------------------------------------------- input blocked
@@ -293,14 +298,16 @@ def test_card_number_in_the_input_blocked_before_any_upstream_call(oai, claude, 
 
 
 @pytest.mark.parametrize("stream", [False, True])
-def test_a_python_check_that_raises_fails_closed_naming_it(oai, stream):
+def test_a_python_check_that_raises_fails_closed_naming_it(oai, gateway, stream):
     with pytest.raises(openai.UnprocessableEntityError) as info:
         oai.chat.completions.create(
             model="buggy", messages=[{"role": "user", "content": "Repeat: the unchecked answer"}], stream=stream
         )
     body = json.dumps(info.value.body)
     assert "`python`" in body and "fails closed" in body
-    assert "unchecked answer" not in body and "Traceback" not in body
+    assert "unchecked answer" not in body and "Traceback" not in body and "own bug" not in body
+    metrics = httpx.get(gateway.url + "/metrics").text
+    assert 'label="python",result="error",stage="output"' in metrics
 
 
 # ---------------------------------------------------------------------------- input redaction, mid-stream block, warn

@@ -209,8 +209,10 @@ class RequestGuards:
         return None
 
     def vet_chunks(self, chunks: list[Chunk]) -> ProviderError | None:
-        """The executor's hook for a stream read whole: the whole-answer checks decided before the first
-        byte (a retry can still fail over). Span checks run in `StreamFilter`, as on any stream."""
+        """The executor's hook for a stream read whole: the whole-answer checks, and every check whose action
+        is `retry`, decided before the first byte (so a retry can still fail over). Span checks otherwise run in
+        `StreamFilter`, as on any stream, and report from there (not twice)."""
+        retries = self.guards.retries
         for text, finish, tools in _assemble(chunks):
             verdict = check_output(
                 self.guards,
@@ -218,9 +220,13 @@ class RequestGuards:
                 finish_reason=finish,
                 response_format=self.response_format,
                 tool_calls=tools,
-                skip_incremental=True,
+                skip_incremental=not retries,
             )
-            self.findings.extend(verdict.findings)
+            self.findings.extend(
+                f
+                for f in verdict.findings
+                if f.check not in REDACTABLE or not retries or f is verdict.retry or f is verdict.blocked
+            )
             problem = _problem(verdict.blocked, verdict.retry)
             if problem is not None:
                 return problem

@@ -220,6 +220,28 @@ def test_raw_chunks_are_decoded_when_guards_are_on():
     assert sent_text([screen._filter([raw])]) == "to [email]"
 
 
+def test_a_span_check_that_retries_is_decided_on_the_buffered_stream():
+    found = index().for_request(request("plain", [{"check": "pii", "action": "warn"}]), Ctx(), "plain")  # type: ignore[arg-type]
+    assert found is not None and not found.buffers_stream  # nothing needs the whole answer: streamed as it comes
+    idx = index()
+    retrying = idx.for_request(request("plain", [{"check": "pii", "action": "retry"}]), Ctx(), "plain")  # type: ignore[arg-type]
+    assert retrying is not None and retrying.buffers_stream
+    problem = retrying.vet_chunks([chunk("mail "), chunk(EMAIL, "stop")])
+    assert problem is not None and problem.kind.value == "guardrail" and "pii" in problem.message
+    assert [f.label for f in retrying.findings] == ["pii"]  # reported once, by the vet
+    clean = idx.for_request(request("plain", [{"check": "pii", "action": "retry"}]), Ctx(), "plain")  # type: ignore[arg-type]
+    assert clean is not None and clean.vet_chunks([chunk("no address here", "stop")]) is None
+    assert clean.findings == []  # the span check's pass is reported by the stream filter, not twice
+
+
+def test_whole_answer_checks_on_a_buffered_stream():
+    found = index().for_request(request("plain", [{"check": "empty", "action": "block"}]), Ctx(), "plain")  # type: ignore[arg-type]
+    assert found is not None and found.buffers_stream
+    problem = found.vet_chunks([chunk(None), chunk(None, "stop")])
+    assert problem is not None and problem.kind.value == "guardrail_blocked" and "empty" in problem.message
+    assert found.vet_chunks([chunk("text", "stop")]) is None
+
+
 # ---------------------------------------------------------------------------- the spend log column
 
 

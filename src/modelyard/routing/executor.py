@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -642,7 +642,7 @@ class StreamResult:
     def latency_ms(self) -> float:
         return (self._executor.clock() - self._started) * 1000
 
-    async def batches(self) -> AsyncIterator[list[Chunk]]:
+    async def batches(self) -> AsyncGenerator[list[Chunk]]:
         """The answer's chunks, in batches of what arrived together; raises ProviderError(after_first_byte)
         if the stream breaks."""
         opened = self._opened

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -323,7 +323,7 @@ class StreamFilter:
         self._last: dict[str, Any] = {}
         self.blocked: Finding | None = None
 
-    async def batches(self, source: AsyncIterator[list[Chunk]]) -> AsyncIterator[list[Chunk]]:
+    async def batches(self, source: AsyncGenerator[list[Chunk]]) -> AsyncGenerator[list[Chunk]]:
         try:
             async for batch in source:
                 out = self._filter(batch)
@@ -335,7 +335,7 @@ class StreamFilter:
             if self.blocked is None and tail:
                 yield tail
         finally:
-            await source.aclose()  # type: ignore[attr-defined]  # an async generator: stop reading upstream
+            await source.aclose()  # stop reading upstream (a no-op after a whole answer)
             for guard in self._guards.values():
                 self._request.findings.extend(guard.findings)
 

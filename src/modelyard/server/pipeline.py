@@ -169,6 +169,8 @@ async def pump(
         error = exc
     finally:
         await cancel_quietly(watcher)
+        if screen is not None:
+            await source.aclose()  # a client gone mid-stream: the filter reports what it found so far
     if screen is not None and screen.blocked is not None:
         error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
         result.records[-1].outcome = error.kind.value

@@ -386,6 +386,31 @@ def test_request_may_add_built_in_checks(oai):
     assert "pii:output:redact fired" in raw.headers["x-modelyard-guardrails"]
 
 
+def test_request_guardrails_on_the_anthropic_and_responses_ingresses(claude, oai, sim):
+    added = {"modelyard": {"guardrails": [{"check": "pii", "action": "redact"}]}}
+    message = claude.messages.create(
+        model="plain", max_tokens=200, messages=[{"role": "user", "content": PII_PROMPT}], extra_body=added
+    )
+    assert "any time this week" in message.content[0].text and not leaks(message.content[0].text)
+    response = oai.responses.create(model="plain", input=PII_PROMPT, extra_body=added)
+    assert "any time this week" in response.output_text and not leaks(response.output_text)
+    passed = claude.messages.create(  # pass-through (input checks only, nothing found): options never go upstream
+        model="redact-in",
+        max_tokens=50,
+        messages=[{"role": "user", "content": "Repeat: hi"}],
+        extra_body={"modelyard": {"tags": ["e2e"]}},
+    )
+    assert passed.content[0].text == "hi" and "modelyard" not in last_upstream_text(sim)
+    with pytest.raises(anthropic.BadRequestError) as info:
+        claude.messages.create(
+            model="plain",
+            max_tokens=20,
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={"modelyard": {"guardrails": [{"check": "regex", "patterns": ["x"]}]}},
+        )
+    assert "regex" in str(info.value.body)
+
+
 @pytest.mark.parametrize(
     "spec",
     [

@@ -62,8 +62,13 @@ def read_messages(
     settings = ctx.gateway.config.server
     tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
     check_server_tools(native, tools_ok)
+    # The gateway's own options (`extra_body={"modelyard": ...}`: routing overrides, guardrails) are read like
+    # on the other ingresses and never sent upstream (Anthropic refuses unknown fields).
+    overrides = native.pop("modelyard", None)
     translated = {**native, "max_tokens": 1, "stream": False} if counting else native
     raw = messages_request_to_chat(translated, server_tools=tools_ok)
+    if overrides is not None:
+        raw["modelyard"] = overrides
     req = validate_chat(raw)
     client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
     betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
@@ -82,7 +87,8 @@ class Messages:
         tool) unless the operator or the key allows them; only allowlisted `anthropic-beta` values are kept
         for the upstream (server.anthropic_betas, or the key's own list)."""
         native, raw, req, headers = read_messages(body, request, ctx)
-        native_body = NativeBody(WIRE, native, headers, body)
+        # Without our options the client's bytes go upstream as sent; with them, the body re-encoded without.
+        native_body = NativeBody(WIRE, native, headers, body if "modelyard" not in raw else b"")
         stops = native.get("stop_sequences")  # to report which one ended a non-Anthropic answer
         return Inbound(req, raw, native_body, (wants_thinking(native), stops if isinstance(stops, list) else None))
 

@@ -38,7 +38,7 @@ SOURCE_HEADER = b"x-modelyard-token-count"
 
 async def count_tokens(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     """The handler (route `POST /v1/messages/count_tokens`, keyed, Anthropic's error shape)."""
-    body, _, req, forwarded = read_messages(await request.body(gw.max_body), request, ctx, counting=True)
+    body, _, req, forwarded, _ = read_messages(await request.body(gw.max_body), request, ctx, counting=True)
     features = gw.features(req, request, ctx)
     try:
         await gw.admit(ctx, req.model, features, req.modelyard)

@@ -49,9 +49,10 @@ FORWARDED_HEADERS = (b"anthropic-version", b"anthropic-beta")
 
 def read_messages(
     body: bytes, request: Request, ctx: RequestContext, *, counting: bool = False
-) -> tuple[dict[str, Any], dict[str, Any], ChatRequest, dict[str, str]]:
-    """A Messages body as /v1/messages and /v1/messages/count_tokens both read it: (the client's JSON, the
-    canonical raw dict, the validated canonical request, the client headers allowed upstream). Server tools are
+) -> tuple[dict[str, Any], dict[str, Any], ChatRequest, dict[str, str], bool]:
+    """A Messages body as /v1/messages and /v1/messages/count_tokens both read it: (the client's JSON without
+    the gateway's `modelyard` options, the canonical raw dict, the validated canonical request, the client headers
+    allowed upstream, whether the body carried `modelyard` options). Server tools are
     refused (400 at the tool) unless the operator or the key allows them; only allowlisted `anthropic-beta`
     values are kept (server.anthropic_betas, or the key's own list). `counting`: a count_tokens body, which has
     no `max_tokens` (the translation needs one; the provider must not get it)."""
@@ -62,17 +63,19 @@ def read_messages(
     settings = ctx.gateway.config.server
     tools_ok = server_tools_allowed(settings.anthropic_server_tools, key.anthropic_server_tools if key else None)
     check_server_tools(native, tools_ok)
-    # The gateway's own options (`extra_body={"modelyard": ...}`: routing overrides, guardrails) are read like
-    # on the other ingresses and never sent upstream (Anthropic refuses unknown fields).
-    overrides = native.pop("modelyard", None)
+    # The gateway's own options (`extra_body={"modelyard": ...}`) never go upstream (Anthropic refuses unknown
+    # fields). This ingress takes no routing overrides (it is served inside the key's scope); it does take
+    # per-request guardrails, which can only add checks.
+    had_options = "modelyard" in native
+    options = native.pop("modelyard", None)
     translated = {**native, "max_tokens": 1, "stream": False} if counting else native
     raw = messages_request_to_chat(translated, server_tools=tools_ok)
-    if overrides is not None:
-        raw["modelyard"] = overrides
+    if isinstance(options, dict) and "guardrails" in options:
+        raw["modelyard"] = {"guardrails": options["guardrails"]}
     req = validate_chat(raw)
     client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
     betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)
-    return native, raw, req, passthrough_headers(client, betas)
+    return native, raw, req, passthrough_headers(client, betas), had_options
 
 
 class Messages:
@@ -86,9 +89,10 @@ class Messages:
         """The canonical request, and the body as sent for pass-through. Server tools are refused (400 at the
         tool) unless the operator or the key allows them; only allowlisted `anthropic-beta` values are kept
         for the upstream (server.anthropic_betas, or the key's own list)."""
-        native, raw, req, headers = read_messages(body, request, ctx)
-        # Without our options the client's bytes go upstream as sent; with them, the body re-encoded without.
-        native_body = NativeBody(WIRE, native, headers, body if "modelyard" not in raw else b"")
+        native, raw, req, headers, options = read_messages(body, request, ctx)
+        # The client's bytes go upstream as sent, unless they carried our options: then the body (without them)
+        # is encoded again.
+        native_body = NativeBody(WIRE, native, headers, b"" if options else body)
         stops = native.get("stop_sequences")  # to report which one ended a non-Anthropic answer
         return Inbound(req, raw, native_body, (wants_thinking(native), stops if isinstance(stops, list) else None))
 

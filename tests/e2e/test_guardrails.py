@@ -87,6 +87,10 @@ models:
   redact-in: {{candidates: [small@anthropic], guardrails: [{{check: pii, stage: input, action: redact}}]}}
   words: {{candidates: [small@openai, small@anthropic], guardrails: [words]}}
   words-anthropic: {{candidates: [small@anthropic], guardrails: [words]}}
+  extract-anthropic:
+    strategy: priority
+    candidates: [small@anthropic, large@openai]
+    guardrails: [{{check: json_schema, action: retry, json_schema: {{type: object, required: [order]}}}}]
   warned: {{candidates: [small@openai], guardrails: [{{check: pii, action: warn, name: pii-warn}}]}}
 """
 
@@ -254,6 +258,35 @@ def test_invalid_json_retried_on_the_next_candidate(oai, gateway, sim, spend_db,
     if usage is not None:
         assert float(headers["x-modelyard-cost-usd"]) == pytest.approx(cost)
         assert cost > (usage.prompt_tokens * 1.0 + usage.completion_tokens * 2.0) / 1e6  # more than the one used
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_invalid_json_retried_through_the_responses_api(oai, sim, stream):
+    before_small = sim_requests(sim, "sim-small")
+    fmt = {"format": {"type": "json_object"}}
+    if stream:
+        with oai.responses.stream(model="extract", input=EXTRACT_PROMPT, text=fmt) as events:
+            text = events.get_final_response().output_text
+    else:
+        text = oai.responses.create(model="extract", input=EXTRACT_PROMPT, text=fmt).output_text
+    assert json.loads(text) == {"order": 42} and sim_requests(sim, "sim-small") == before_small + 1
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_invalid_json_retried_through_the_anthropic_ingress(claude, sim, stream):
+    before_small = sim_requests(sim, "sim-small")
+    kwargs: dict[str, Any] = {
+        "model": "extract-anthropic",
+        "max_tokens": 200,
+        "messages": [{"role": "user", "content": EXTRACT_PROMPT}],
+    }
+    if stream:
+        with claude.messages.stream(**kwargs) as events:
+            text = events.get_final_text()
+    else:
+        text = claude.messages.create(**kwargs).content[0].text
+    assert json.loads(text) == {"order": 42}  # the schema check asked the next candidate
+    assert sim_requests(sim, "sim-small") == before_small + 1
 
 
 def test_invalid_json_on_every_candidate_is_a_422_naming_the_check(oai, gateway, spend_db):

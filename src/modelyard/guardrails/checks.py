@@ -62,6 +62,12 @@ class SpanCheck:
     recognisers: tuple[Recogniser, ...]
     #: One compiled "trailing run" pattern per recogniser (None: the recogniser's matches are unbounded).
     tails: tuple[tuple[re2._Regexp[str], int] | None, ...]
+    #: Every recogniser's pattern in one alternation: one RE2 scan tells a clean text from one that needs the
+    #: per-kind scans (14 PII scans cost ~66 µs on a 500-token answer, this one ~5 µs). A prefilter only: a
+    #: hit runs the full scans from where it starts (no pattern can match before the leftmost hit).
+    any_match: re2._Regexp[str]
+    #: The same for the tails, with the widest window (None when a recogniser is unbounded).
+    any_tail: tuple[re2._Regexp[str], int] | None
 
     @property
     def incremental(self) -> bool:
@@ -70,10 +76,16 @@ class SpanCheck:
 
     def spans(self, text: str, pos: int = 0) -> list[Span]:
         """Validated matches starting at or after `pos`, non-overlapping: earlier recognisers win overlaps."""
+        first = self.any_match.search(text, pos)
+        if first is None:
+            return []
+        pos = first.start()
         taken: list[Span] = []
         for rec in self.recognisers:
             for m in rec.pattern.finditer(text, pos):
                 start, end = m.span()
+                if any(s.start <= start < s.end for s in taken):
+                    continue  # an earlier kind has this text (validating it, e.g. a phone parse, is the cost)
                 if rec.validate is not None:
                     length = rec.validate(text[start:end])
                     if length == 0:
@@ -87,6 +99,10 @@ class SpanCheck:
     def hold_from(self, text: str, pos: int) -> int:
         """The earliest index ≥ pos where a match could still start and be changed by text not yet seen."""
         cut = len(text)
+        if self.any_tail is not None:
+            pattern, window = self.any_tail
+            if pattern.search(text, max(pos, cut - window)) is None:
+                return cut
         for tail in self.tails:
             if tail is None:
                 return pos
@@ -120,7 +136,16 @@ CompiledCheck = SpanCheck | TextCheck
 
 def _span_check(spec: CheckSpec, recognisers: tuple[Recogniser, ...]) -> SpanCheck:
     tails = tuple(_tail(r.shape) for r in recognisers)
-    return SpanCheck(spec, spec_key(spec), recognisers, tails)
+    any_match = _alternation([r.pattern.pattern for r in recognisers])
+    any_tail = None
+    if all(t is not None for t in tails):
+        bounded = [t for t in tails if t is not None]
+        any_tail = (_alternation([t[0].pattern for t in bounded]), max(t[1] for t in bounded))
+    return SpanCheck(spec, spec_key(spec), recognisers, tails, any_match, any_tail)
+
+
+def _alternation(patterns: list[str]) -> re2._Regexp[str]:
+    return re2.compile("|".join(f"(?:{p})" for p in patterns))
 
 
 def _tail(shape: Shape) -> tuple[re2._Regexp[str], int] | None:

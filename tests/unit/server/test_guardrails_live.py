@@ -143,6 +143,32 @@ def test_metric_labels_are_bounded_by_the_config():
     assert idx.metric_label(Finding("no-secrets", "secrets", "output", "block", True, 0.1)) == "no-secrets"
 
 
+def test_output_checks_turn_pass_through_off_and_refuse_an_upstream_conversation():
+    from types import SimpleNamespace
+
+    from modelyard.routing.executor import NativeBody
+    from modelyard.server.codecs.base import Inbound
+
+    found = index().for_request(request("guarded"), Ctx(), "guarded")  # type: ignore[arg-type]
+    assert found is not None
+    req = request("guarded")
+    inbound = Inbound(req, {}, NativeBody("anthropic-messages", {}, {}, b"{}"))
+    found.check_input(inbound)
+    assert inbound.native is None  # the answer must be read: never the provider's bytes as they are
+    pinned = SimpleNamespace(native=True, req=SimpleNamespace(previous_response_id="resp_1"))
+    stored_upstream = Inbound(req, {}, NativeBody("openai-responses", {}, {}, b"{}"), pinned)
+    with pytest.raises(GatewayError) as info:
+        found.check_input(stored_upstream)
+    assert info.value.status == 400 and info.value.param == "previous_response_id"
+    input_only = index().for_request(  # type: ignore[arg-type]
+        request("plain", [{"check": "pii", "stage": "input", "action": "block"}]), Ctx(), "plain"
+    )
+    assert input_only is not None
+    kept = Inbound(req, {}, NativeBody("anthropic-messages", {}, {}, b"{}"))
+    input_only.check_input(kept)
+    assert kept.native is not None  # input checks alone (nothing found) keep pass-through
+
+
 # ---------------------------------------------------------------------------- the stream filter
 
 

@@ -44,7 +44,10 @@ class CodecRoute:
         features = inbound.features = gw.features(req, request, ctx)
         await gw.admit(ctx, req.model, features, req.modelyard)
         table = gw.router.table
-        guards = gw.guards.for_request(req, ctx, table.resolve(req.model))
+        guards = None
+        key = ctx.key
+        if gw.guards.models or req.modelyard is not None or (key is not None and key.guardrails):
+            guards = gw.guards.for_request(req, ctx, table.resolve(req.model))  # not looked for without any
         if guards is not None:
             ctx.guards = guards
             guards.check_input(inbound)  # a block raises (nothing was sent upstream); a redaction rewrites

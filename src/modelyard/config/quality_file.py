@@ -20,6 +20,7 @@ import msgspec
 from msgspec import Struct
 
 from modelyard.config.model import Config, TaskAcceptance
+from modelyard.schema.errors import ModelyardError
 
 RESULTS_SCHEMA = "modelyard.acceptance-results/v1"
 
@@ -34,7 +35,7 @@ class AcceptanceResults(Struct, kw_only=True):
     generated_at: str = ""
 
 
-class QualityFileError(ValueError):
+class QualityFileError(ModelyardError, ValueError):
     """The results file cannot be used; the loader places the message at `quality_from`'s line."""
 
 

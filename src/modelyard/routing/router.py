@@ -16,7 +16,7 @@ from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
 from modelyard.routing.attempts import RetryPolicy
 from modelyard.routing.context import DecisionContext, QualityFn
-from modelyard.routing.executor import Executor, NativeBody, StreamResult, Success
+from modelyard.routing.executor import Executor, NativeBody, StreamResult, Success, VetAnswer, VetChunks
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.health import BreakerPolicy, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
@@ -156,12 +156,14 @@ class Router:
         plan: Plan | None = None,
         timeout_s: float | None = None,
         native: NativeBody | None = None,
+        vet: VetAnswer | None = None,
     ) -> Success:
         """A whole answer. `native`: the client's own body, sent as is to a deployment whose adapter speaks
-        its format (the answer's `completion.native` then holds the provider's bytes)."""
+        its format (the answer's `completion.native` then holds the provider's bytes). `vet`: judges each
+        attempt's answer (output guardrails; a rejection fails over)."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
         return await self.executor.complete(
-            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native
+            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native, vet=vet
         )
 
     async def stream(
@@ -173,10 +175,19 @@ class Router:
         plan: Plan | None = None,
         timeout_s: float | None = None,
         native: NativeBody | None = None,
+        vet_chunks: VetChunks | None = None,
     ) -> StreamResult:
+        """A stream whose first chunks are in hand; with `vet_chunks`, read whole and vetted first."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
         return await self.executor.open_stream(
-            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native
+            plan,
+            self.replanner(features),
+            req,
+            raw,
+            features,
+            timeout_s=timeout_s,
+            native=native,
+            vet_chunks=vet_chunks,
         )
 
     async def embed(

@@ -28,6 +28,7 @@ from .fuzzing import (
     Stack,
     fuzz,
     garbage_bodies,
+    guardrail_specs,
     headers,
     hostile,
     huge_strings,
@@ -156,11 +157,13 @@ modelyard_overrides = optional(
     task=st.sampled_from(("coding", "", "x" * 500)),
     tags=st.lists(odd_text(10), max_size=3),
     explain=st.booleans(),
+    guardrails=guardrail_specs(),
     constraints=optional(
         {},
         max_cost_per_request=st.one_of(st.floats(0, 10), hostile()),
         max_latency_ms=st.one_of(st.floats(0, 1e5), hostile()),
         min_quality=st.one_of(st.floats(0, 1), hostile()),
+        accepted=st.one_of(st.booleans(), hostile()),
     ),
 )
 chat_request = optional(

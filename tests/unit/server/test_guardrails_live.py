@@ -316,3 +316,49 @@ async def test_the_spend_logs_guardrails_column(kind, tmp_path: Path, monkeypatc
         if drop is not None:
             await drop()
         await store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_spend_batches_with_and_without_guardrails_keep_every_field(kind, tmp_path: Path):
+    """SQLite leaves the column out of a batch where no request ran guardrails (a json_extract per row saved):
+    every other field must still land, and a batch mixing both keeps each row's own value."""
+    store: Any = await make_store(kind, tmp_path)
+    try:
+        full = {
+            "at": 1.5,
+            "key_id": "k",
+            "key_name": "n",
+            "model": "m",
+            "deployment": "d",
+            "provider": "openai",
+            "endpoint": "/v1/chat/completions",
+            "attempts": 2,
+            "attempt_log": "2; a guardrail 1ms, b ok 2ms",
+            "prompt_tokens": 10,
+            "completion_tokens": 5,
+            "cached_tokens": 1,
+            "cache_write_tokens": 2,
+            "reasoning_tokens": 3,
+            "cost_usd": 0.25,
+            "latency_ms": 3.0,
+            "ttft_ms": 1.0,
+            "status": "ok",
+            "error_kind": "x",
+            "content": "c",
+        }
+        plain = [SpendRecord(id=f"plain{i}", **full) for i in range(3)]
+        guarded = SpendRecord(id="g", guardrails="pii:output:redact fired 1 0.05ms", **full)
+        mixed = [guarded, SpendRecord(id="n", **full)]
+        await store.write_spend(plain)
+        await store.write_spend(mixed)
+        rows = {r.id: r for r in await store.spend_records()}
+        for rid in ("plain0", "plain2", "n", "g"):
+            got = msgspec.to_builtins(rows[rid])
+            assert {k: got[k] for k in full} == full
+        assert rows["plain1"].guardrails is None and rows["n"].guardrails is None
+        assert rows["g"].guardrails == "pii:output:redact fired 1 0.05ms"
+    finally:
+        drop = getattr(store, "drop", None)
+        if drop is not None:
+            await drop()
+        await store.close()

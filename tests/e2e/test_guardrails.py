@@ -491,6 +491,11 @@ def test_findings_reach_the_spend_log(oai, spend_db, gateway):
         "guardrails",
     )
     assert nothing is None  # no guardrails applied: nothing to log
+    body = {"model": "redact", "stream": True, "messages": [{"role": "user", "content": PII_PROMPT}]}
+    with httpx.stream("POST", gateway.url + "/v1/chat/completions", json=body, timeout=30) as response:
+        response.read()
+    (streamed,) = spend_row(spend_db, gateway, response.headers["x-request-id"], "guardrails")
+    assert "pii:output:redact fired" in streamed  # found while streaming, after the headers went out
 
 
 def test_findings_counted_in_metrics(oai, gateway):

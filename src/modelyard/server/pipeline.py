@@ -66,41 +66,25 @@ class CodecRoute:
         timeout_s = gw.timeout_override(request)
         router = gw.router
         if req.stream:
-            if guards is not None and guards.buffers_stream:
-                result = await router.executor.open_stream(
-                    plan,
-                    router.replanner(features),
-                    req,
-                    inbound.raw,
-                    features,
-                    timeout_s=timeout_s,
-                    native=inbound.native,
-                    vet_chunks=guards.vet_chunks,
-                )
-            else:
-                result = await router.stream(
-                    req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
-                )
+            vet_chunks = guards.vet_chunks if guards is not None and guards.buffers_stream else None
+            result = await router.stream(
+                req,
+                inbound.raw,
+                features,
+                plan=plan,
+                timeout_s=timeout_s,
+                native=inbound.native,
+                vet_chunks=vet_chunks,
+            )
             try:
                 await pump(gw, request, ctx, codec, inbound, result)
             finally:
                 await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
             return
-        if guards is not None and guards.has_output:
-            success = await router.executor.complete(
-                plan,
-                router.replanner(features),
-                req,
-                inbound.raw,
-                features,
-                timeout_s=timeout_s,
-                native=inbound.native,
-                vet=guards.vet,
-            )
-        else:
-            success = await router.complete(
-                req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native
-            )
+        vet = guards.vet if guards is not None and guards.has_output else None
+        success = await router.complete(
+            req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native, vet=vet
+        )
         completion = success.completion
         if insight is not None and insight.vector is not None and completion.native is None:
             intelligence = gw.intelligence

@@ -1,7 +1,7 @@
 """The regex and JSON Schema primitives the assertions use: the guardrails' own, cached per suite value.
 
 Patterns are RE2 (linear time: a suite's pattern cannot hang a run whatever the answer) compiled by
-`guardrails.patterns.compile_pattern`, and validators come from `guardrails.patterns.make_validator` (the draft
+`schema.patterns.compile_pattern`, and validators come from `schema.patterns.make_validator` (the draft
 a schema names, else 2020-12), so a pattern or schema means the same in a suite as in a guardrail.
 """
 
@@ -11,9 +11,7 @@ import json
 from functools import lru_cache
 from typing import Any
 
-import jsonschema
-
-from modelyard.guardrails.patterns import compile_pattern, make_validator
+from modelyard.schema.patterns import SchemaValidator, compile_pattern, make_validator
 
 
 def compile_regex(pattern: str) -> tuple[Any | None, str | None]:
@@ -47,7 +45,7 @@ def schema_problem(schema: dict[str, Any]) -> str | None:
 
 
 @lru_cache(maxsize=256)
-def _validator(key: str) -> jsonschema.protocols.Validator:
+def _validator(key: str) -> SchemaValidator:
     return make_validator(json.loads(key))
 
 
@@ -56,11 +54,10 @@ def schema_errors(schema: dict[str, Any] | bool, value: Any) -> str | None:
     if isinstance(schema, bool):
         return None if schema else "the schema is `false`: nothing matches"
     validator = _validator(json.dumps(schema, sort_keys=True))
-    error = jsonschema.exceptions.best_match(validator.iter_errors(value))
+    error = validator.first_error(value)
     if error is None:
         return None
-    where = "/".join(str(part) for part in error.absolute_path)
-    return f"{where + ': ' if where else ''}{error.message}"
+    return f"{error.path + ': ' if error.path else ''}{error.message}"
 
 
 def parse_json(text: str) -> tuple[Any, str | None]:

@@ -110,23 +110,16 @@ class CheckSpec(Struct, kw_only=True, forbid_unknown_fields=True, omit_defaults=
 
 
 def _check_patterns(patterns: list[str]) -> None:
-    import re2  # imported here: the schema package stays cheap to import for the many who never compile one
+    from modelyard.schema.patterns import compile_pattern  # here: importing schema stays cheap
 
-    options = re2.Options()
-    options.log_errors = False
     for pattern in patterns:
-        try:
-            re2.compile(pattern, options)
-        except re2.error as exc:
-            reason = exc.args[0].decode() if exc.args and isinstance(exc.args[0], bytes) else str(exc)
-            raise ValueError(f"not an RE2 pattern {pattern!r}: {reason}") from None
+        compile_pattern(pattern)
 
 
 def _check_schema(schema: dict[str, object]) -> None:
-    from jsonschema.exceptions import SchemaError
-    from jsonschema.validators import validator_for
+    from modelyard.schema.patterns import make_validator
 
     try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        raise ValueError(f"`json_schema` is not a valid JSON Schema: {exc.message}") from None
+        make_validator(schema)
+    except ValueError as exc:
+        raise ValueError(f"`json_schema` is not a valid JSON Schema: {exc}") from None

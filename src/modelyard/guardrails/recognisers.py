@@ -35,12 +35,16 @@ Validator = Callable[[str], int]
 class Recogniser:
     kind: str
     pattern: re2._Regexp[str]
+    #: The same pattern for an ASCII text's bytes (see `checks.SpanCheck.spans`).
+    ascii: re2._Regexp[bytes]
     validate: Validator | None
     shape: Shape
 
 
 def recogniser(kind: str, pattern: str, validate: Validator | None = None, *, shape_from: str = "") -> Recogniser:
-    return Recogniser(kind, re2.compile(pattern), validate, shape_of(shape_from or pattern))
+    return Recogniser(
+        kind, re2.compile(pattern), re2.compile(pattern.encode()), validate, shape_of(shape_from or pattern)
+    )
 
 
 def _digits(text: str) -> str:

@@ -146,3 +146,13 @@ def test_python_check_returns_bool_str_or_none() -> None:
     blocked = check_output(g, "a1", finish_reason="stop").blocked
     assert blocked is not None and blocked.message.startswith("digits are not allowed")
     assert check_output(g, "", finish_reason="stop").blocked is not None
+
+
+@pytest.mark.parametrize("kind", sorted(PII_SAMPLES))
+def test_ascii_and_unicode_texts_are_redacted_at_the_same_places(kind: str) -> None:
+    """ASCII texts are scanned as bytes (a speed path), others as str: both must cut at character offsets."""
+    g = guards({"check": "pii", "action": "redact", "replacement": "<x>"})
+    value = PII_SAMPLES[kind]
+    for prefix in ("Note: ", "Grüße, ünïcödé 非 ", "😀😀 "):
+        verdict = check_output(g, f"{prefix}{value} - done", finish_reason="stop")
+        assert verdict.text == f"{prefix}<x> - done", (kind, prefix, verdict.text)

@@ -12,6 +12,7 @@ schemas that arrive with requests.
 from __future__ import annotations
 
 import importlib
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,32 +74,49 @@ class SpanCheck:
         return self.tails is not None
 
     def spans(self, text: str, pos: int = 0) -> list[Span]:
-        """Validated matches starting at or after `pos`, non-overlapping: earlier recognisers win overlaps.
+        """Validated matches starting at or after `pos`, as their union: where two kinds' matches overlap, one
+        span covers both (the earlier kind in the table names it), so no part of either is left out, and a
+        stream never releases the start of one match because a longer, still-pending match of another kind
+        covered it.
 
         An ASCII text (most answers) is scanned as its bytes: offsets are the same, and google-re2 converts
-        a str's character offsets to byte offsets on every call (O(n): ~6 µs a call on a 2 kB answer)."""
+        a str's character offsets to byte offsets on every call (O(n): ~6 µs a call on a 2 kB answer).
+        At most `MAX_VALIDATIONS` candidates are validated per call; past that (a text crafted to be full of
+        lookalikes) a candidate counts as found unvalidated, and past `MAX_SPANS` spans the rest of the text
+        is one span: the safe side, in bounded time."""
         ascii_text = text.isascii()
         subject: Any = text.encode() if ascii_text else text
         first = (self.any_match_ascii if ascii_text else self.any_match).search(subject, pos)
         if first is None:
             return []
         pos = first.start()
-        taken: list[Span] = []
+        found: list[Span] = []
+        covered = _Covered()
+        budget = MAX_VALIDATIONS
         for rec in self.recognisers:
             pattern: Any = rec.ascii if ascii_text else rec.pattern
+            mine: list[Span] = []
             for m in pattern.finditer(subject, pos):
                 start, end = m.span()
-                if any(s.start <= start < s.end for s in taken):
-                    continue  # an earlier kind has this text (validating it, e.g. a phone parse, is the cost)
-                if rec.validate is not None:
+                if covered.holds(start, end):
+                    continue  # inside what an earlier kind found (validating it, e.g. a phone parse, is the cost)
+                if rec.validate is not None and budget > 0:
+                    budget -= 1
                     length = rec.validate(text[start:end])
                     if length == 0:
                         continue
                     end = start + length
-                if end > start and not any(s.start < end and start < s.end for s in taken):
-                    taken.append(Span(start, end, rec.kind))
-        taken.sort()
-        return taken
+                if end > start:
+                    mine.append(Span(start, end, rec.kind))
+                if len(mine) + len(found) >= MAX_SPANS:
+                    # A text this full of matches is covered from here to its end (the safe side) and the
+                    # scan stops: its cost stays bounded whatever the client sent.
+                    mine.append(Span(start, len(text), rec.kind))
+                    return union(found + mine)
+            if mine:
+                found += mine
+                covered = _Covered(union(found))
+        return union(found)
 
     def hold_from(self, text: str, pos: int) -> int:
         """The earliest index ≥ pos where a match could still start and be changed by text not yet seen: for
@@ -120,6 +138,39 @@ class SpanCheck:
                 run = base + (match.start() if match is not None else len(window))
             cut = min(cut, max(start, run))
         return cut
+
+
+#: Spans per scan at most: past that, the rest of the text counts as one span.
+MAX_SPANS = 10_000
+#: Candidates validated per scan at most (a phone parse is ~10-25 µs): bounds the time a crafted text costs.
+MAX_VALIDATIONS = 2000
+
+
+def union(spans: list[Span]) -> list[Span]:
+    """Overlapping spans merged (sorted by start; the first of a merged run names it): O(n log n)."""
+    merged: list[Span] = []
+    for span in sorted(spans, key=lambda s: s.start):  # stable: at one start, the earlier kind stays first
+        if merged and span.start < merged[-1].end:
+            last = merged[-1]
+            if span.end > last.end:
+                merged[-1] = Span(last.start, span.end, last.kind)
+        else:
+            merged.append(span)
+    return merged
+
+
+class _Covered:
+    """Disjoint sorted spans, asked whether they hold [start, end) entirely (a bisection)."""
+
+    __slots__ = ("_ends", "_starts")
+
+    def __init__(self, spans: list[Span] | None = None) -> None:
+        self._starts = [s.start for s in spans or ()]
+        self._ends = [s.end for s in spans or ()]
+
+    def holds(self, start: int, end: int) -> bool:
+        i = bisect_right(self._starts, start) - 1
+        return i >= 0 and self._ends[i] >= end
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,16 +96,18 @@ def judge(check: TextCheck, text: str, ctx: CheckContext) -> Finding:
 
 
 def redact(text: str, found: Iterable[tuple[SpanCheck, list[Span]]]) -> str:
-    """`text` with the spans replaced by each check's replacement; where checks overlap, the first wins."""
-    taken: list[tuple[Span, str]] = []
-    for check, spans in found:
-        for span in spans:
-            if not any(s.start < span.end and span.start < s.end for s, _ in taken):
-                taken.append((span, check.spec.replacement.replace("{kind}", span.kind)))
-    taken.sort(key=lambda item: item[0].start)
+    """`text` with the spans replaced by each check's replacement; where spans of different checks overlap,
+    their union is replaced (by the replacement of the one that starts first): nothing of either is left."""
+    spans: list[tuple[Span, str]] = [
+        (span, check.spec.replacement.replace("{kind}", span.kind)) for check, spans in found for span in spans
+    ]
+    spans.sort(key=lambda item: item[0].start)
     parts: list[str] = []
     at = 0
-    for span, replacement in taken:
+    for span, replacement in spans:
+        if span.start < at:  # overlaps the last replaced span: extend it
+            at = max(at, span.end)
+            continue
         parts += (text[at : span.start], replacement)
         at = span.end
     parts.append(text[at:])

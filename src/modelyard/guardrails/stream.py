@@ -116,11 +116,9 @@ class StreamGuard:
 
 
 def _not_inside(cut: int, spans: list[Span]) -> int:
-    """Move `cut` back to the start of any match that straddles it (a match is released whole or not yet)."""
-    moved = True
-    while moved:
-        moved = False
-        for span in spans:
-            if span.start < cut < span.end:
-                cut, moved = span.start, True
+    """Move `cut` back to the start of any match that straddles it (a match is released whole or not yet);
+    one pass from the last span back: a move only lowers the cut, onto spans that start earlier."""
+    for span in sorted(spans, key=lambda s: s.start, reverse=True):
+        if span.start < cut < span.end:
+            cut = span.start
     return cut

@@ -156,3 +156,29 @@ def test_ascii_and_unicode_texts_are_redacted_at_the_same_places(kind: str) -> N
     for prefix in ("Note: ", "Grüße, ünïcödé 非 ", "😀😀 "):
         verdict = check_output(g, f"{prefix}{value} - done", finish_reason="stop")
         assert verdict.text == f"{prefix}<x> - done", (kind, prefix, verdict.text)
+
+
+@pytest.mark.parametrize(
+    "text, leaked",
+    [
+        ("card 4111 1111 1111 1111.x@example.com done", ("4111", "example")),
+        ("call +1 415 555 0134.alice@example.com done", ("415", "alice")),
+    ],
+)
+def test_overlapping_kinds_are_redacted_as_their_union(text: str, leaked: tuple[str, ...]) -> None:
+    verdict = check_output(guards({"check": "pii", "action": "redact"}), text, finish_reason="stop")
+    assert verdict.text is not None
+    assert not any(piece in verdict.text for piece in leaked), verdict.text
+    assert verdict.text.endswith(" done")
+
+
+@pytest.mark.parametrize("unit", ["a.b@c.de ", "+1 415 555 0134 x ", "4111 1111 1111 1111 "])
+def test_a_text_full_of_lookalikes_is_scanned_in_bounded_time(unit: str) -> None:
+    """A client's 1 MB of PII-like text must not hold the event loop for seconds (it was quadratic)."""
+    text = unit * (1_000_000 // len(unit))
+    g = guards({"check": "pii", "action": "redact", "replacement": "#"})
+    started = time.perf_counter()
+    verdict = check_output(g, text, finish_reason="stop")
+    elapsed = time.perf_counter() - started
+    assert elapsed < 1.0, f"{elapsed:.2f} s"
+    assert verdict.text is not None and not any(ch.isdigit() or ch == "@" for ch in verdict.text[-200:])

@@ -110,3 +110,27 @@ def test_unbounded_regex_buffers_until_finish() -> None:
 def test_no_span_checks_pass_through() -> None:
     guard = StreamGuard(guards({"check": "empty"}))
     assert guard.feed("abc") == "abc" and guard.finish() == ""
+
+
+OVERLAPS = [
+    "phone +44 20 7946 0958@office.ab_c then more text",
+    "reach +1 415 555 0134.alice@example.com today",
+    "card 4111 1111 1111 1111.x@example.com ok",
+    "ssn 123-45-6789.x@example.com ok",
+]
+
+
+def test_a_pending_match_of_one_kind_never_releases_the_start_of_another() -> None:
+    """A half-typed email (`0958@office.ab`) covered the end of a phone number; when the email stopped
+    matching, the phone's start had already been sent (found by a stream fuzzer)."""
+    redacting = guards({"check": "pii", "action": "redact", "replacement": "#"})
+    blocking = guards({"check": "pii", "action": "block"})
+    for text in OVERLAPS:
+        whole = check_output(redacting, text, finish_reason="stop").text
+        for step in (1, 2, 3):
+            pieces = [text[i : i + step] for i in range(0, len(text), step)]
+            sent, _ = stream(StreamGuard(redacting, min_step=1), pieces)
+            assert sent == whole, (text, step, sent)
+            guard = StreamGuard(blocking, min_step=1)
+            released = "".join(guard.feed(p) for p in pieces) + guard.finish()
+            assert guard.blocked is not None and not any(ch.isdigit() for ch in released), (text, released)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from modelyard.guardrails.checks import SpanCheck
 from modelyard.guardrails.compile import GuardSet, combine, compile_checks
 from modelyard.guardrails.findings import Finding, header_value
 from modelyard.guardrails.run import check_input, check_output
@@ -151,7 +152,7 @@ def incremental_output(guards: GuardSet) -> bool:
 class RequestGuards:
     """One request's checks and everything they found (`ctx.guards`)."""
 
-    __slots__ = ("_text", "findings", "guards", "index", "response_format")
+    __slots__ = ("_spans", "_text", "findings", "guards", "index", "response_format")
 
     def __init__(self, guards: GuardSet, index: GuardIndex) -> None:
         self.guards = guards
@@ -159,6 +160,7 @@ class RequestGuards:
         self.findings: list[Finding] = []
         self.response_format: Any = None
         self._text: tuple[int, str] | None = None
+        self._spans: GuardSet | None = None
 
     @property
     def has_output(self) -> bool:
@@ -189,13 +191,14 @@ class RequestGuards:
             inbound.native = None  # the answer must be inspected, and may be rewritten
 
     def vet(self, completion: Completion) -> ProviderError | None:
-        """The executor's per-attempt hook: output checks on every choice of a whole answer."""
+        """The executor's per-attempt hook: output checks on every choice of a whole answer (its content with
+        every check; reasoning, refusal and tool-call arguments with the span checks; logprobs dropped)."""
         for choice in completion.body.get("choices") or ():
             message = choice.get("message") or {}
-            content = message.get("content")
+            content = _as_text(message.get("content"))
             verdict = check_output(
                 self.guards,
-                content if isinstance(content, str) else "",
+                content,
                 finish_reason=choice.get("finish_reason"),
                 response_format=self.response_format,
                 tool_calls=message.get("tool_calls"),
@@ -204,9 +207,39 @@ class RequestGuards:
             problem = _problem(verdict.blocked, verdict.retry)
             if problem is not None:
                 return problem
-            if verdict.text is not None:
-                message["content"] = verdict.text
+            if verdict.text is not None or not isinstance(message.get("content"), str | None):
+                message["content"] = verdict.text if verdict.text is not None else content
+            problem = self._vet_side_texts(choice, message)
+            if problem is not None:
+                return problem
         return None
+
+    def _vet_side_texts(self, choice: dict[str, Any], message: dict[str, Any]) -> ProviderError | None:
+        """Text a client also receives besides `content`: the span checks run on it too."""
+        spans = self.span_checks()
+        if not spans:
+            return None
+        choice.pop("logprobs", None)  # each token's text: would spell out what was redacted
+        for holder, key in _side_texts(message):
+            verdict = check_output(spans, holder[key], finish_reason=None)
+            self.findings.extend(verdict.findings)
+            problem = _problem(verdict.blocked, verdict.retry)
+            if problem is not None:
+                return problem
+            if verdict.text is not None:
+                if key == "arguments" and not _still_json(verdict.text):
+                    return ProviderError(
+                        ErrorKind.GUARDRAIL_BLOCKED, "blocked by guardrails: a tool call's arguments held a match"
+                    )
+                holder[key] = verdict.text
+        return None
+
+    def span_checks(self) -> GuardSet:
+        """The output checks that find spans (what runs on reasoning, refusals and tool arguments)."""
+        found = self._spans
+        if found is None:
+            found = self._spans = GuardSet((), tuple(c for c in self.guards.output_checks if isinstance(c, SpanCheck)))
+        return found
 
     def vet_chunks(self, chunks: list[Chunk]) -> ProviderError | None:
         """The executor's hook for a stream read whole: the whole-answer checks, and every check whose action
@@ -248,6 +281,37 @@ class RequestGuards:
         if self._text is None or self._text[0] != len(findings):
             self._text = (len(findings), header_value(findings))
         return self._text[1]
+
+
+#: Fields of an answer's message (besides `content`) whose text reaches the client.
+SIDE_FIELDS = ("reasoning_content", "refusal")
+
+
+def _side_texts(message: dict[str, Any]) -> list[tuple[dict[str, Any], str]]:
+    """(holder, key) of every non-empty side text: reasoning, refusal, each tool call's arguments."""
+    out = [(message, key) for key in SIDE_FIELDS if isinstance(message.get(key), str) and message[key]]
+    for call in message.get("tool_calls") or ():
+        function = call.get("function") if isinstance(call, dict) else None
+        if isinstance(function, dict) and isinstance(function.get("arguments"), str) and function["arguments"]:
+            out.append((function, "arguments"))
+    return out
+
+
+def _still_json(text: str) -> bool:
+    try:
+        msgspec.json.decode(text)
+    except msgspec.DecodeError:
+        return False
+    return True
+
+
+def _as_text(content: Any) -> str:
+    """An answer's content as the text a client reads (a list of parts from a lenient upstream: its texts)."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(str(p.get("text") or "") for p in content if isinstance(p, dict))
+    return ""
 
 
 def _pinned_upstream(inbound: Inbound) -> None:
@@ -311,14 +375,17 @@ def _assemble(chunks: list[Chunk]) -> list[tuple[str, str | None, list[Any] | No
 
 
 class StreamFilter:
-    """Streamed content through one `StreamGuard` per choice: only the tail a pending match could still
-    change is held back; a `block` ends the stream (nothing of the blocked text is sent)."""
+    """Streamed text through one `StreamGuard` per choice and field (content, reasoning, refusal, each tool
+    call's arguments): only the tail a pending match could still change is held back; a `block` ends the
+    stream (nothing of the blocked text is sent). Held tails are released before the choice's finish chunk;
+    logprobs are dropped (each token's text would spell out what was redacted)."""
 
     __slots__ = ("_done", "_guards", "_last", "_request", "blocked")
 
     def __init__(self, request: RequestGuards) -> None:
         self._request = request
-        self._guards: dict[int, StreamGuard] = {}
+        #: (choice index, field) → its guard; a tool call's field is ("tool", its index).
+        self._guards: dict[tuple[int, Any], StreamGuard] = {}
         self._done: set[int] = set()
         self._last: dict[str, Any] = {}
         self.blocked: Finding | None = None
@@ -343,11 +410,18 @@ class StreamFilter:
         assert self.blocked is not None
         return ProviderError(ErrorKind.GUARDRAIL_BLOCKED, _reason(self.blocked, "output"), after_first_byte=True)
 
-    def _guard(self, index: int) -> StreamGuard:
-        guard = self._guards.get(index)
+    def _guard(self, index: int, field: Any) -> StreamGuard:
+        guard = self._guards.get((index, field))
         if guard is None:
-            guard = self._guards[index] = StreamGuard(self._request.guards)
+            guard = self._guards[(index, field)] = StreamGuard(self._request.span_checks())
         return guard
+
+    def _feed(self, index: int, field: Any, text: str) -> str:
+        guard = self._guard(index, field)
+        out = guard.feed(text)
+        if guard.blocked is not None:
+            self.blocked = guard.blocked
+        return out
 
     def _filter(self, batch: list[Chunk]) -> list[Chunk]:
         out: list[Chunk] = []
@@ -360,53 +434,80 @@ class StreamFilter:
             self._last = chunk
             keep = False
             for choice in choices:
-                keep = self._choice(choice) or keep
+                index = choice.get("index", 0)
+                index = index if isinstance(index, int) else 0
+                keep = self._choice(index, choice) or keep
                 if self.blocked is not None:
                     return []
+                if choice.get("finish_reason") is not None:
+                    out += self._close(index)
+                    if self.blocked is not None:
+                        return []
             if keep:
                 out.append(chunk)
         return out
 
-    def _choice(self, choice: dict[str, Any]) -> bool:
-        """Rewrite one choice's content delta to what may be sent now; whether the chunk still says anything."""
-        index = choice.get("index", 0)
+    def _choice(self, index: int, choice: dict[str, Any]) -> bool:
+        """Rewrite one choice's deltas to what may be sent now; whether the chunk still says anything."""
+        choice.pop("logprobs", None)
         delta = choice.get("delta")
-        content = delta.get("content") if isinstance(delta, dict) else None
-        finish = choice.get("finish_reason")
-        if not content and finish is None:
-            return True  # a role, a tool call, reasoning: passed on as is
-        guard = self._guard(index)
-        text = guard.feed(content) if content else ""
-        if finish is not None and guard.blocked is None:
-            text += guard.finish()
-            self._done.add(index)
-        if guard.blocked is not None:
-            self.blocked = guard.blocked
-            return False
         if not isinstance(delta, dict):
             delta = choice["delta"] = {}
-        delta["content"] = text
-        return bool(text) or finish is not None or len(delta) > 1
+        for field in ("content", *SIDE_FIELDS):
+            value = delta.get(field)
+            if isinstance(value, str) and value:
+                delta[field] = self._feed(index, field, value)
+        for call in delta.get("tool_calls") or ():
+            function = call.get("function") if isinstance(call, dict) else None
+            if isinstance(function, dict) and isinstance(function.get("arguments"), str) and function["arguments"]:
+                function["arguments"] = self._feed(index, ("tool", call.get("index", 0)), function["arguments"])
+        finish = choice.get("finish_reason")
+        if finish is not None and self.blocked is None:
+            guard = self._guards.get((index, "content"))
+            if guard is not None:
+                delta["content"] = (delta.get("content") or "") + guard.finish()
+                if guard.blocked is not None:
+                    self.blocked = guard.blocked
+        return finish is not None or any(delta.get(k) for k in delta) or len(choice) > 3
+
+    def _close(self, index: int) -> list[Chunk]:
+        """A finished choice: its side fields' held tails (its content's went into the finish chunk), as
+        chunks sent before the finish chunk."""
+        self._done.add(index)
+        return self._tails(index, skip_content=True)
 
     def _flush(self) -> list[Chunk]:
         """The held tails of choices that ended without a finish chunk."""
         out: list[Chunk] = []
-        for index, guard in self._guards.items():
-            if index in self._done:
+        for index in sorted({i for i, _ in self._guards} - self._done):
+            out += self._tails(index, skip_content=False)
+            if self.blocked is not None:
+                return []
+        return out
+
+    def _tails(self, index: int, *, skip_content: bool) -> list[Chunk]:
+        out: list[Chunk] = []
+        for (i, field), guard in list(self._guards.items()):
+            if i != index or (skip_content and field == "content"):
                 continue
             text = guard.finish()
             if guard.blocked is not None:
                 self.blocked = guard.blocked
                 return []
             if text:
-                last = self._last
-                out.append(
-                    {
-                        "id": last.get("id"),
-                        "object": "chat.completion.chunk",
-                        "created": last.get("created"),
-                        "model": last.get("model"),
-                        "choices": [{"index": index, "delta": {"content": text}, "finish_reason": None}],
-                    }
-                )
+                if isinstance(field, tuple):
+                    delta: dict[str, Any] = {"tool_calls": [{"index": field[1], "function": {"arguments": text}}]}
+                else:
+                    delta = {field: text}
+                out.append(self._chunk(index, delta))
         return out
+
+    def _chunk(self, index: int, delta: dict[str, Any]) -> dict[str, Any]:
+        last = self._last
+        return {
+            "id": last.get("id"),
+            "object": "chat.completion.chunk",
+            "created": last.get("created"),
+            "model": last.get("model"),
+            "choices": [{"index": index, "delta": delta, "finish_reason": None}],
+        }

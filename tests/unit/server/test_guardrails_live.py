@@ -362,3 +362,59 @@ async def test_spend_batches_with_and_without_guardrails_keep_every_field(kind, 
         if drop is not None:
             await drop()
         await store.close()
+
+
+def test_output_checks_reach_every_text_of_a_whole_answer():
+    """Not only `content`: reasoning, refusals and tool-call arguments reach the client too, and logprobs
+    spell out each token (a hostile upstream put an address in each of them)."""
+    from modelyard.providers.base import Completion
+    from modelyard.schema.chat import Usage
+
+    found = index().for_request(request("guarded"), Ctx(), "guarded")  # type: ignore[arg-type]
+    assert found is not None
+    message = {
+        "role": "assistant",
+        "content": [{"type": "text", "text": f"mail {EMAIL}"}],
+        "reasoning_content": f"the user is {EMAIL}",
+        "refusal": f"not for {EMAIL}",
+        "tool_calls": [
+            {"id": "t", "type": "function", "function": {"name": "f", "arguments": json.dumps({"to": EMAIL})}}
+        ],
+    }
+    body = {
+        "choices": [
+            {"index": 0, "message": message, "finish_reason": "stop", "logprobs": {"content": [{"token": EMAIL}]}}
+        ]
+    }
+    assert found.vet(Completion(body, Usage(), "m")) is None
+    assert EMAIL not in json.dumps(body)
+    assert message["content"] == "mail [email]" and json.loads(message["tool_calls"][0]["function"]["arguments"]) == {
+        "to": "[email]"
+    }
+    assert "logprobs" not in body["choices"][0]
+
+
+async def test_a_stream_screens_reasoning_and_tool_arguments_too():
+    _, screen = screened()
+    pieces = [EMAIL[i : i + 3] for i in range(0, len(EMAIL), 3)]
+    batches = []
+    for piece in pieces:
+        reasoning = chunk(None)
+        reasoning["choices"][0]["delta"] = {"reasoning_content": piece}
+        reasoning["choices"][0]["logprobs"] = {"content": [{"token": piece}]}
+        batches.append([reasoning])
+    for piece in ['{"to": "', *pieces, '"}']:
+        tool = chunk(None)
+        tool["choices"][0]["delta"] = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+        batches.append([tool])
+    batches.append([chunk(None, "tool_calls")])
+    out: list[list[Any]] = []
+    async for batch in screen.batches(source(batches)):
+        out.append(batch)
+        assert not any(EMAIL[i : i + 6] in json.dumps(out) for i in range(len(EMAIL) - 5))
+    choices = [c for batch in out for ch in batch for c in ch["choices"]]
+    reasoning_text = "".join(c["delta"].get("reasoning_content") or "" for c in choices)
+    arguments = "".join(call["function"]["arguments"] for c in choices for call in c["delta"].get("tool_calls") or ())
+    assert reasoning_text == "[email]" and json.loads(arguments) == {"to": "[email]"}
+    assert choices[-1]["finish_reason"] == "tool_calls"
+    assert not any("logprobs" in c for c in choices)

@@ -61,9 +61,27 @@ def _whole_if(ok: Callable[[str], bool]) -> Validator:
     return validate
 
 
-def _card(candidate: str) -> bool:
-    digits = _digits(candidate)
-    return 13 <= len(digits) <= 19 and luhn.is_valid(digits)
+def _card(candidate: str) -> int:
+    """The longest prefix that is a card number (13-19 digits, Luhn): `4111111111111111 12/27` matches
+    greedily with the expiry's digits, and the number alone must still be found."""
+    return _longest_prefix(candidate, lambda c: 13 <= len(_digits(c)) <= 19 and luhn.is_valid(_digits(c)))
+
+
+#: Prefixes a validator tries per candidate at most (each may be a phone parse: the cost stays bounded).
+PREFIX_TRIES = 4
+
+
+def _longest_prefix(candidate: str, ok: Callable[[str], bool]) -> int:
+    """The longest prefix ending in a digit before a separator (or the whole candidate) that `ok` accepts."""
+    ends = [len(candidate)] + [i for i in range(len(candidate) - 1, 0, -1) if not candidate[i].isalnum()]
+    for end in ends[:PREFIX_TRIES]:
+        prefix = candidate[:end].rstrip(" .-")
+        try:
+            if prefix and ok(prefix):
+                return len(prefix)
+        except (ValidationError, ValueError):
+            continue
+    return 0
 
 
 def _iban(candidate: str) -> int:
@@ -112,7 +130,7 @@ PII: tuple[Recogniser, ...] = (
         "email",
         r"\b[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-]{1,63}){0,6}\.[A-Za-z]{2,24}\b",
     ),
-    recogniser("card", r"\b\d(?:[ -]?\d){12,18}\b", _whole_if(_card)),
+    recogniser("card", r"\b\d(?:[ -]?\d){12,18}\b", _card),
     recogniser("iban", r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b", _iban),
     recogniser("us_ssn", r"\b\d{3}[- ]\d{2}[- ]\d{4}\b", _whole_if(lambda c: ssn.is_valid(c.replace(" ", "-")))),
     recogniser("uk_nino", r"\b[A-Z]{2} ?\d{2} ?\d{2} ?\d{2} ?[A-D]\b", _whole_if(_nino)),
@@ -137,7 +155,7 @@ PII: tuple[Recogniser, ...] = (
         + r"\d{2,4}(?:"
         + _SEP
         + r"\d{1,4})?\b",
-        _whole_if(_phone),
+        lambda c: _longest_prefix(c, _phone),
     ),
 )
 

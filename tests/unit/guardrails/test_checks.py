@@ -182,3 +182,17 @@ def test_a_text_full_of_lookalikes_is_scanned_in_bounded_time(unit: str) -> None
     elapsed = time.perf_counter() - started
     assert elapsed < 1.0, f"{elapsed:.2f} s"
     assert verdict.text is not None and not any(ch.isdigit() or ch == "@" for ch in verdict.text[-200:])
+
+
+@pytest.mark.parametrize(
+    "text, value",
+    [
+        ("pay with 4111111111111111 12/27 123 please", "4111111111111111"),
+        ("pay with 4111 1111 1111 1111 12 27 cvv 123", "4111 1111 1111 1111"),
+        ("call +44 20 7946 0958 12 times", "+44 20 7946 0958"),
+    ],
+)
+def test_a_value_followed_by_more_digits_is_still_found(text: str, value: str) -> None:
+    """The candidate pattern takes the digits after the value too; the value alone must still be tried."""
+    verdict = check_output(guards({"check": "pii", "action": "redact"}), text, finish_reason="stop")
+    assert verdict.text is not None and value not in verdict.text, verdict.text

@@ -6,11 +6,22 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import msgspec
+
 from modelyard.guardrails.checks import CompiledCheck, SpanCheck, compile_span, compile_text
 from modelyard.schema.guardrails import REDACTABLE, REQUEST_ALLOWED, CheckSpec
 
+#: What one request's own checks may carry (`trusted=False`), so that a client cannot make the gateway spend
+#: seconds of CPU compiling them on the event loop (32 keyword lists of 1,000 words of 200 characters took
+#: 18 s): the characters of all `keywords` words over all the request's checks, and one `json_schema`'s
+#: size, JSON-encoded. Operator-configured checks are compiled once at start and have no such bound.
+REQUEST_KEYWORD_CHARS = 20_000
+REQUEST_SCHEMA_BYTES = 64 * 1024
+
 #: Checks that need the whole answer: a stream buffers it before they run.
 WHOLE_ANSWER: frozenset[str] = frozenset({"json_schema", "empty", "truncated", "max_length", "python"})
+
+_encode = msgspec.json.Encoder().encode
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,16 +69,36 @@ def compile_check(spec: CheckSpec) -> CompiledCheck:
 def compile_checks(specs: Sequence[CheckSpec], *, trusted: bool = True) -> GuardSet:
     """Compile `specs`. `trusted=False` (a client's per-request checks): built-in checks with parameters only,
     never `python:` code or raw regexes (schema.guardrails.REQUEST_ALLOWED), else ValueError naming it."""
+    if not trusted:
+        _check_request_specs(specs)
     inputs: list[CompiledCheck] = []
     outputs: list[CompiledCheck] = []
     for spec in specs:
-        if not trusted and spec.check not in REQUEST_ALLOWED:
+        (inputs if spec.stage == "input" else outputs).append(compile_check(spec))
+    return GuardSet(_unique(inputs), _unique(outputs))
+
+
+def _check_request_specs(specs: Sequence[CheckSpec]) -> None:
+    """A client's checks, refused before anything is compiled: operator-only checks, and parameters over the
+    request budgets (REQUEST_KEYWORD_CHARS, REQUEST_SCHEMA_BYTES). ValueError naming the check and the limit."""
+    keyword_chars = 0
+    for spec in specs:
+        if spec.check not in REQUEST_ALLOWED:
             raise ValueError(
                 f"guardrail `{spec.label}`: `{spec.check}` checks can only be configured by the operator, "
                 f"not sent with a request (allowed: {', '.join(sorted(REQUEST_ALLOWED))})"
             )
-        (inputs if spec.stage == "input" else outputs).append(compile_check(spec))
-    return GuardSet(_unique(inputs), _unique(outputs))
+        keyword_chars += sum(len(word) for word in spec.words)
+        if keyword_chars > REQUEST_KEYWORD_CHARS:
+            raise ValueError(
+                f"guardrail `{spec.label}`: a request's keyword lists may hold at most {REQUEST_KEYWORD_CHARS} "
+                "characters in all (configure longer lists as an operator guardrail set)"
+            )
+        if spec.json_schema is not None and len(_encode(spec.json_schema)) > REQUEST_SCHEMA_BYTES:
+            raise ValueError(
+                f"guardrail `{spec.label}`: a request's `json_schema` may be at most "
+                f"{REQUEST_SCHEMA_BYTES // 1024} KiB of JSON (configure larger schemas as an operator guardrail)"
+            )
 
 
 def combine(*sets: GuardSet) -> GuardSet:

@@ -25,6 +25,7 @@ from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, S
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
     from modelyard.server.context import ErrorWriter, RequestContext
+    from modelyard.server.guards import RequestGuards
 
 
 class CodecRoute:
@@ -44,14 +45,8 @@ class CodecRoute:
         features = inbound.features = gw.features(req, request, ctx)
         await gw.admit(ctx, req.model, features, req.modelyard)
         table = gw.router.table
-        guards = None
-        key = ctx.key
-        if gw.guards.models or req.modelyard is not None or (key is not None and key.guardrails):
-            guards = gw.guards.for_request(req, ctx, table.resolve(req.model))  # not looked for without any
-        if guards is not None:
-            ctx.guards = guards
-            guards.check_input(inbound)  # a block raises (nothing was sent upstream); a redaction rewrites
-            req = inbound.req
+        guards = input_guards(gw, inbound, ctx)
+        req = inbound.req
         if table.sticky(req.model):  # the session is looked for, and hashed, only for a model that sticks
             source = inbound.native.body if inbound.native is not None else inbound.raw
             explicit = explicit_session(request.header(SESSION_HEADER), source)
@@ -109,6 +104,22 @@ class CodecRoute:
 
     async def _write_error(self, send: Send, status: int, body: dict[str, Any], headers: Headers) -> None:
         await send_json(send, status, self.codec.error_body(status, body), headers)
+
+
+def input_guards(gw: Gateway, inbound: Inbound, ctx: RequestContext) -> RequestGuards | None:
+    """The request's guardrails (model group's, key's, its own), with its input checks run: a block raises
+    (nothing was sent upstream), a redaction rewrites `inbound` (its `req`, `raw`, and no native bytes).
+    Every route that reads a model request runs this one step (the pipeline, `/v1/messages/count_tokens`),
+    so no route is a way around them. None when no guardrails apply (not even looked for without any)."""
+    req = inbound.req
+    key = ctx.key
+    if not (gw.guards.models or req.modelyard is not None or (key is not None and key.guardrails)):
+        return None
+    guards = gw.guards.for_request(req, ctx, gw.router.table.resolve(req.model))
+    if guards is not None:
+        ctx.guards = guards
+        guards.check_input(inbound)
+    return guards
 
 
 async def pump(

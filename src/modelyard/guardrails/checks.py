@@ -12,7 +12,8 @@ schemas that arrive with requests.
 from __future__ import annotations
 
 import importlib
-from bisect import bisect_right
+import re
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -74,6 +75,20 @@ class SpanCheck:
         return self.tails is not None
 
     def spans(self, text: str, pos: int = 0) -> list[Span]:
+        """`_spans` on the text as a reader sees it: zero-width characters dropped, full-width forms and odd
+        spaces read as ASCII (a card with a zero-width space inside, in full-width digits, an address with a
+        full-width at sign would each slip past the
+        patterns), the spans mapped back onto `text` (a dropped character inside a match is covered too)."""
+        if text.isascii() or _FOLDABLE.search(text) is None:
+            return self._spans(text, pos)
+        folded = text.translate(_FOLD)
+        if len(folded) == len(text):
+            return self._spans(folded, pos)
+        kept = [i for i, ch in enumerate(text) if ch not in _INVISIBLE]
+        found = self._spans(folded, bisect_left(kept, pos))
+        return [Span(kept[s.start], kept[s.end - 1] + 1, s.kind) for s in found]
+
+    def _spans(self, text: str, pos: int = 0) -> list[Span]:
         """Validated matches starting at or after `pos`, as their union: where two kinds' matches overlap, one
         span covers both (the earlier kind in the table names it), so no part of either is left out, and a
         stream never releases the start of one match because a longer, still-pending match of another kind
@@ -138,6 +153,28 @@ class SpanCheck:
                 run = base + (match.start() if match is not None else len(window))
             cut = min(cut, max(start, run))
         return cut
+
+
+#: Characters a reader does not see (dropped before scanning; a match across them is still a match).
+_INVISIBLE = "\u00ad\u200b\u200c\u200d\u2060\ufeff"
+#: Spaces that look like a space.
+_SPACES = "\u00a0\u2007\u2009\u202f\u3000"
+_FOLD: dict[int, int | None] = {
+    **{ord(ch): None for ch in _INVISIBLE},
+    **{ord(ch): 0x20 for ch in _SPACES},
+    **{code: code - 0xFEE0 for code in range(0xFF01, 0xFF5F)},  # full-width ASCII forms
+}
+#: Whether a text needs folding at all (a character class: linear, whatever the text).
+_FOLDABLE = re.compile("[" + _INVISIBLE + _SPACES + "\uff01-\uff5e]")
+
+
+def _widened(members: str | None) -> str | None:
+    """A tail's characters plus what folds onto them (and the invisible ones), so a stream holds those too."""
+    if members is None:
+        return None
+    extra = _INVISIBLE + (_SPACES if " " in members else "")
+    extra += "".join(chr(ord(ch) + 0xFEE0) for ch in members if "!" <= ch <= "~")
+    return members + extra
 
 
 #: Spans per scan at most: past that, the rest of the text counts as one span.
@@ -220,7 +257,7 @@ def _tails(recognisers: tuple[Recogniser, ...]) -> tuple[Tail, ...] | None:
         window = shape.max_len + 1
         if chars not in widest or widest[chars].window < window:
             pattern = re2.compile(shape.tail_pattern())
-            widest[chars] = Tail(window, shape.members, pattern)
+            widest[chars] = Tail(window, _widened(shape.members), pattern)
     return tuple(sorted(widest.values(), key=lambda t: -t.window))
 
 

@@ -196,3 +196,26 @@ def test_a_value_followed_by_more_digits_is_still_found(text: str, value: str) -
     """The candidate pattern takes the digits after the value too; the value alone must still be tried."""
     verdict = check_output(guards({"check": "pii", "action": "redact"}), text, finish_reason="stop")
     assert verdict.text is not None and value not in verdict.text, verdict.text
+
+
+FULL_WIDTH = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+
+
+@pytest.mark.parametrize(
+    "disguised",
+    [
+        "4111\u200b1111\u200b1111\u200b1111",  # zero-width spaces
+        "4111\u00a01111\u00a01111\u00a01111",  # no-break spaces
+        "4111 1111 1111 1111".translate(FULL_WIDTH),  # full-width digits
+        "jane.doe\u200b@example.com",
+        "jane.doe@example.com".translate(FULL_WIDTH),
+    ],
+)
+def test_disguised_values_are_found_and_redacted_whole(disguised: str) -> None:
+    text = f"Here: {disguised} - thanks"
+    block = check_output(guards({"check": "pii", "action": "block"}), text, finish_reason="stop")
+    assert block.blocked is not None, disguised
+    redacted = check_output(
+        guards({"check": "pii", "action": "redact", "replacement": "#"}), text, finish_reason="stop"
+    )
+    assert redacted.text == "Here: # - thanks"

@@ -134,3 +134,16 @@ def test_a_pending_match_of_one_kind_never_releases_the_start_of_another() -> No
             guard = StreamGuard(blocking, min_step=1)
             released = "".join(guard.feed(p) for p in pieces) + guard.finish()
             assert guard.blocked is not None and not any(ch.isdigit() for ch in released), (text, released)
+
+
+def test_a_disguised_card_is_held_and_redacted_in_a_stream() -> None:
+    """Zero-width and full-width characters are inside the held tail too (a stream released `4111` first)."""
+    full_width = str.maketrans({chr(c): chr(c + 0xFEE0) for c in range(0x21, 0x7F)})
+    g = guards({"check": "pii", "action": "redact", "replacement": "#"})
+    for card in ("4111\u200b1111\u200b1111\u200b1111", "4111 1111 1111 1111".translate(full_width)):
+        text = f"Here: {card} - thanks"
+        pieces = list(text)
+        guard = StreamGuard(g, min_step=1)
+        released = [guard.feed(p) for p in pieces]
+        released.append(guard.finish())
+        assert "".join(released) == "Here: # - thanks", repr(card)

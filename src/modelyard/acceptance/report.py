@@ -170,30 +170,45 @@ def quality_results(report: Report, suite: Suite) -> dict[str, Any]:
     """The file `quality_from:` reads: per deployment and task, the pass rate and whether it is accepted.
 
     A pinned target's runs count for its deployment (errors as failures); a model group's answers count for
-    the deployment that served each (a run that failed before any deployment answered is left out)."""
+    the deployment that served each (a run that failed before any deployment answered is left out).
+
+    A cell the run did not finish (the budget skipped some of its planned runs) is written with
+    `complete: false` and `accepted: false` whatever its pass rate, so an `accepted: true` route keeps it out;
+    a deployment none of whose runs for a task took place is written too (`cases: 0`, `pass_rate: 0`), rather
+    than left out, where it would keep whatever an earlier file said."""
     counts: dict[str, dict[str, list[int]]] = {}
-    pinned = {target.name: target.pinned for target in report.result.targets}
+    short: set[tuple[str, str]] = set()  # (deployment, task) cells some of whose planned runs were skipped
+    targets = {target.name: target for target in report.result.targets}
+    cut = {(run.model, run.task) for run in report.result.runs if not run.counted}
     for run in report.result.runs:
+        target = targets.get(run.model)
+        pinned = target.pinned if target is not None else None
         if not run.counted:
+            for dep in target.deployments if target is not None else ():
+                short.add((dep.name, run.task))
+                counts.setdefault(dep.name, {}).setdefault(run.task, [0, 0])
             continue
-        dep = pinned.get(run.model)
-        name = dep.name if dep is not None else (run.answer.deployment if run.answer is not None else None)
+        name = pinned.name if pinned is not None else (run.answer.deployment if run.answer is not None else None)
         if name is None:
             continue
         tally = counts.setdefault(name, {}).setdefault(run.task, [0, 0])
         tally[0] += run.passed
         tally[1] += 1
+        if (run.model, run.task) in cut:  # whichever deployment of a cut target served it
+            short.add((name, run.task))
     deployments: dict[str, dict[str, Any]] = {}
     for name, tasks in counts.items():
         deployments[name] = {}
         for task, (passed, total) in tasks.items():
-            rate = passed / total
+            rate = passed / total if total else 0.0
             floor = suite.spec.tasks[task].min_pass_rate
+            complete = (name, task) not in short
             deployments[name][task] = {
                 "pass_rate": round(rate, 4),
-                "accepted": rate >= floor,
+                "accepted": complete and total > 0 and rate >= floor,
                 "cases": total,
                 "min_pass_rate": floor,
+                "complete": complete,
             }
     return {
         "schema": RESULTS_SCHEMA,
@@ -201,6 +216,16 @@ def quality_results(report: Report, suite: Suite) -> dict[str, Any]:
         "generated_at": report.generated_at,
         "deployments": deployments,
     }
+
+
+def incomplete_cells(quality: dict[str, Any]) -> list[tuple[str, str, int]]:
+    """(deployment, task, samples) of the cells a quality file marks `complete: false`."""
+    return [
+        (name, task, int(cell["cases"]))
+        for name, tasks in quality["deployments"].items()
+        for task, cell in tasks.items()
+        if not cell.get("complete", True)
+    ]
 
 
 def write_json(path: str | Path, data: dict[str, Any]) -> None:

@@ -19,7 +19,7 @@ from modelyard.acceptance.api import AcceptOptions, accept
 from modelyard.acceptance.cache import DEFAULT_PATH
 from modelyard.acceptance.html import render_html
 from modelyard.acceptance.outcome import CaseRun
-from modelyard.acceptance.report import Report, quality_results, write_json
+from modelyard.acceptance.report import Report, incomplete_cells, quality_results, write_json
 from modelyard.acceptance.runner import RunOptions
 from modelyard.acceptance.spec import Suite, load_suite
 from modelyard.acceptance.terminal import matrix, summary
@@ -140,5 +140,16 @@ def _outputs(report: Report, suite: Suite, json_out: Path | None, html_out: Path
         html_out.write_text(render_html(report), encoding="utf-8")
         err.print(f"HTML report: {html_out}")
     if quality is not None:
-        write_json(quality, quality_results(report, suite))
+        results = quality_results(report, suite)
+        write_json(quality, results)
         err.print(f"quality: {quality} (reference it from the gateway config as `quality_from:`)")
+        short = incomplete_cells(results)
+        if short:
+            cells = ", ".join(
+                f"{name}/{task} ({n} run)" if n == 1 else f"{name}/{task} ({n} runs)" for name, task, n in short
+            )
+            err.print(
+                f"[bold yellow]not accepted, incomplete:[/] {escape(cells)}: the budget stopped the run before "
+                "every planned case ran; written with `complete: false, accepted: false` (rerun without the cap)",
+                soft_wrap=True,
+            )

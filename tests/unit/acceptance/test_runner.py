@@ -183,6 +183,7 @@ async def test_json_report_and_quality_file_shapes() -> None:
         "accepted": True,
         "cases": 4,
         "min_pass_rate": 0.75,
+        "complete": True,
     }
     assert set(quality["deployments"]) == {"cheap", "strong"}
 

@@ -25,7 +25,7 @@ import re2
 from modelyard.guardrails import injection
 from modelyard.guardrails.recognisers import PII, SECRETS, Recogniser, recogniser, select, warm_up
 from modelyard.schema.guardrails import CheckSpec
-from modelyard.schema.patterns import SchemaValidator, compile_pattern, make_validator
+from modelyard.schema.patterns import SchemaValidator, compile_ascii, compile_pattern, make_validator
 
 
 class Span(NamedTuple):
@@ -242,7 +242,7 @@ CompiledCheck = SpanCheck | TextCheck
 
 def _span_check(spec: CheckSpec, recognisers: tuple[Recogniser, ...]) -> SpanCheck:
     any_match = _alternation([r.pattern.pattern for r in recognisers])
-    any_match_ascii = re2.compile(any_match.pattern.encode())
+    any_match_ascii = compile_ascii(any_match.pattern)
     return SpanCheck(spec, spec_key(spec), recognisers, _tails(recognisers), any_match, any_match_ascii)
 
 
@@ -256,13 +256,13 @@ def _tails(recognisers: tuple[Recogniser, ...]) -> tuple[Tail, ...] | None:
         chars = shape.chars or "(?s)."
         window = shape.max_len + 1
         if chars not in widest or widest[chars].window < window:
-            pattern = re2.compile(shape.tail_pattern())
+            pattern = compile_pattern(shape.tail_pattern())
             widest[chars] = Tail(window, _widened(shape.members), pattern)
     return tuple(sorted(widest.values(), key=lambda t: -t.window))
 
 
 def _alternation(patterns: list[str]) -> re2._Regexp[str]:
-    return re2.compile("|".join(f"(?:{p})" for p in patterns))
+    return compile_pattern("|".join(f"(?:{p})" for p in patterns))
 
 
 def keyword_pattern(words: list[str]) -> str:
@@ -390,6 +390,8 @@ def _injection(text: str, ctx: CheckContext) -> Verdict:
     if not ctx.untrusted:
         return None
     found = tuple(injection.families_in(text))
+    if not text.isascii():  # and as read: `Ig<zero-width>nore previous instructions` is the same phrase
+        found = tuple(dict.fromkeys(found + tuple(injection.families_in(text.translate(_FOLD)))))
     if not found:
         return None
     return Fired(f"prompt-injection heuristics ({', '.join(found)}) in a tool result or retrieved text", found)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re2
 
+from modelyard.schema.patterns import compile_pattern
+
 _OVERRIDE = (
     r"(?i)\b(?:ignore|disregard|forget|override|bypass|skip)\s+(?:all\s+|any\s+|the\s+|your\s+|my\s+|these\s+|"
     r"those\s+)*(?:previous|prior|above|earlier|preceding|original|system|initial)\s+"
@@ -41,10 +43,10 @@ _HIDDEN = (
 
 #: family → its RE2 pattern; the family is the finding's kind.
 FAMILIES: tuple[tuple[str, re2._Regexp[str]], ...] = (
-    ("override", re2.compile(_OVERRIDE)),
-    ("role_play", re2.compile(_ROLE_PLAY)),
-    ("template_tokens", re2.compile(_TEMPLATE)),
-    ("hidden_markup", re2.compile(_HIDDEN)),
+    ("override", compile_pattern(_OVERRIDE)),
+    ("role_play", compile_pattern(_ROLE_PLAY)),
+    ("template_tokens", compile_pattern(_TEMPLATE)),
+    ("hidden_markup", compile_pattern(_HIDDEN)),
 )
 
 

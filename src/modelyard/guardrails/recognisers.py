@@ -26,6 +26,7 @@ from stdnum.it import codicefiscale
 from stdnum.us import ssn
 
 from modelyard.guardrails.shape import Shape, shape_of
+from modelyard.schema.patterns import compile_ascii, compile_pattern
 
 #: A validator: the candidate text → how many of its leading characters are the finding (0: none).
 Validator = Callable[[str], int]
@@ -42,9 +43,7 @@ class Recogniser:
 
 
 def recogniser(kind: str, pattern: str, validate: Validator | None = None, *, shape_from: str = "") -> Recogniser:
-    return Recogniser(
-        kind, re2.compile(pattern), re2.compile(pattern.encode()), validate, shape_of(shape_from or pattern)
-    )
+    return Recogniser(kind, compile_pattern(pattern), compile_ascii(pattern), validate, shape_of(shape_from or pattern))
 
 
 def _digits(text: str) -> str:

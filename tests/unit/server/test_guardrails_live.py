@@ -98,7 +98,7 @@ def test_a_keys_sets_are_added_and_an_unknown_one_fails_closed():
 def test_a_request_adds_built_in_checks_and_cannot_add_code_or_patterns():
     idx = index()
     found = idx.for_request(request("guarded", [{"check": "empty"}]), Ctx(), "guarded")  # type: ignore[arg-type]
-    assert found is not None and labels(found) == ["pii", "words", "empty"]
+    assert found is not None and labels(found) == ["pii", "words", "request.empty"]
     for spec in ({"check": "regex", "patterns": ["a+"]}, {"check": "python", "function": "os:getcwd"}):
         with pytest.raises(GatewayError) as info:
             idx.for_request(request("plain", [spec]), Ctx(), "plain")  # type: ignore[arg-type]
@@ -254,7 +254,7 @@ def test_a_span_check_that_retries_is_decided_on_the_buffered_stream():
     assert retrying is not None and retrying.buffers_stream
     problem = retrying.vet_chunks([chunk("mail "), chunk(EMAIL, "stop")])
     assert problem is not None and problem.kind.value == "guardrail" and "pii" in problem.message
-    assert [f.label for f in retrying.findings] == ["pii"]  # reported once, by the vet
+    assert [f.label for f in retrying.findings] == ["request.pii"]  # reported once, by the vet
     clean = idx.for_request(request("plain", [{"check": "pii", "action": "retry"}]), Ctx(), "plain")  # type: ignore[arg-type]
     assert clean is not None and clean.vet_chunks([chunk("no address here", "stop")]) is None
     assert clean.findings == []  # the span check's pass is reported by the stream filter, not twice
@@ -418,3 +418,20 @@ async def test_a_stream_screens_reasoning_and_tool_arguments_too():
     assert reasoning_text == "[email]" and json.loads(arguments) == {"to": "[email]"}
     assert choices[-1]["finish_reason"] == "tool_calls"
     assert not any("logprobs" in c for c in choices)
+
+
+def test_a_clients_check_cannot_pass_for_a_configured_one():
+    """Named like the operator's `cards-in`, a request's own check shows (and is counted) as the request's."""
+    gi = index()
+    found = gi.for_request(
+        request("plain", [{"check": "pii", "stage": "input", "action": "warn", "name": "cards-in"}]),
+        Ctx(),  # type: ignore[arg-type]
+        "plain",
+    )
+    assert found is not None
+    (check,) = found.guards.input_checks
+    assert check.spec.label == "request.cards-in"
+    from modelyard.guardrails.findings import Finding
+
+    finding = Finding(check.spec.label, "pii", "input", "warn", True, 0.1)
+    assert gi.metric_label(finding) == "pii"

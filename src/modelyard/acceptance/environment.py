@@ -9,6 +9,7 @@ answer key, so each simulated model answers a case right with its per-task accur
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -36,9 +37,16 @@ _DEFAULT_OUTPUT_TOKENS = 256
 class RouterCaller:
     """A `Caller` over a started Router: a case takes exactly the path of a gateway request."""
 
-    def __init__(self, router: Router, sim_url: str | None = None, timeout_s: float | None = None) -> None:
+    def __init__(
+        self,
+        router: Router,
+        sim_url: str | None = None,
+        timeout_s: float | None = None,
+        sim_digest: str | None = None,
+    ) -> None:
         self.router = router
         self.sim_url = sim_url
+        self.sim_digest = sim_digest
         self.timeout_s = timeout_s
 
     def _request(self, body: dict[str, Any]) -> ChatRequest:
@@ -107,6 +115,17 @@ def register_answer_keys(sim: Any, suite: Suite) -> bool:
     return True
 
 
+def simulator_digest(sim: Any, suite: Suite) -> str:
+    """SHA-256 of what a simulator answers with: its fleet as loaded (models, per-task accuracy, seed; the
+    built-in fleet too), the content of every answer-key suite it reads, and the suite's own file (registered
+    as an answer key). Part of the answer cache's key, so editing a fleet's `quality` misses the cache."""
+    digest = hashlib.sha256(msgspec.json.encode(sim.fleet))
+    for name in [*sim.fleet.answer_keys, suite.source]:  # contents, not names: a rerun from elsewhere still hits
+        path = Path(name)
+        digest.update(b"\x00" + (hashlib.sha256(path.read_bytes()).digest() if path.is_file() else b"-"))
+    return digest.hexdigest()
+
+
 @asynccontextmanager
 async def open_environment(
     suite: Suite, config_path: str | os.PathLike[str] | None = None, *, timeout_s: float | None = None
@@ -126,7 +145,8 @@ async def open_environment(
             register_answer_keys(sim, suite)
         router = Router(config, resolve_price=_price_resolver())
         async with router:
-            yield Environment(config, RouterCaller(router, sim.url if sim else None, timeout_s), sim)
+            digest = simulator_digest(sim, suite) if sim is not None else None
+            yield Environment(config, RouterCaller(router, sim.url if sim else None, timeout_s, digest), sim)
     finally:
         if sim is not None:
             await asyncio.to_thread(sim.stop)

@@ -32,6 +32,9 @@ class Caller(Protocol):
 
     #: The URL of a simulator the run started (normalised out of cache keys), if any.
     sim_url: str | None
+    #: A digest of that simulator's fleet and answer keys (part of every cache key: a model's accuracy
+    #: edited in the fleet file must miss the cache), if any.
+    sim_digest: str | None
 
     async def complete(self, body: dict[str, Any]) -> Answer: ...
 
@@ -115,12 +118,18 @@ class Runner:
                 for case in task.cases:
                     for target in self.targets:
                         body = case_body(case, task_name, target.name, repeat)
-                        key = cache_key(body, target.name, target.fingerprint(self.caller.sim_url), repeat)
+                        key = cache_key(body, target.name, self._fingerprint(target), repeat)
                         estimate = self.caller.estimate_usd(body, target)
                         if any(check.kind == "judge" for check in case.asserts):
                             estimate *= 2
                         jobs.append(_Job(target, task_name, case, repeat, body, key, estimate))
         return jobs
+
+    def _fingerprint(self, target: Target) -> list[Any]:
+        """What the target stands for, and, on a simulator, what that simulator answers (fleet, answer keys)."""
+        caller = self.caller
+        found = target.fingerprint(caller.sim_url)
+        return [*found, ["simulator", caller.sim_digest]] if caller.sim_digest is not None else found
 
     async def run(self) -> RunResult:
         started = time.perf_counter()
@@ -222,7 +231,9 @@ class _RunGrader:
             "temperature": 0,
             "modelyard": {"task": "judge"},
         }
-        key = cache_key(body, chosen, ["judge", runner.caller.sim_url is not None], self.repeat)
+        key = cache_key(
+            body, chosen, ["judge", runner.caller.sim_url is not None, runner.caller.sim_digest], self.repeat
+        )
         cached = runner.cache.get(key) if runner.cache is not None else None
         if cached is not None:
             return cached

@@ -48,6 +48,7 @@ class FakeCaller:
         self, wrong: frozenset[tuple[str, str]] = frozenset(), delay: float = 0.0, fail: str | None = None
     ) -> None:
         self.sim_url: str | None = None
+        self.sim_digest: str | None = None
         self.wrong = set(wrong)
         self.delay = delay
         self.fail = fail

@@ -205,12 +205,14 @@ class _Checker:
         self.marks = marks
         self.errors: list[ConfigError] = []
         self.base = Path.cwd() if source.startswith("<") else Path(source).resolve().parent
+        self.spec: SuiteSpec | None = None
 
     def add(self, path: tuple[str | int, ...], message: str) -> None:
         line = line_for(path, self.marks)
         self.errors.append(ConfigError(message, source=self.source, line=line, key=format_path(path)))
 
     def suite(self, spec: SuiteSpec) -> dict[str, Callable[..., Any]]:
+        self.spec = spec
         for key in ("config", "simulator"):
             relative = getattr(spec, key)
             if relative is not None and not (self.base / relative).is_file():
@@ -251,7 +253,7 @@ class _Checker:
             return
         kind = kinds[0]
         where = (*at, kind)
-        problem = _problem(check, case)
+        problem = _problem(check, case) or (_judge_problem(check, self.spec) if kind == "judge" else None)
         if problem is not None:
             self.add(where, problem)
         if kind == "python" and check.python is not None:
@@ -276,6 +278,11 @@ def _case_path(case: CaseSpec, inner: tuple[str | int, ...]) -> tuple[str | int,
 
 def _problem(check: Assertion, case: CaseSpec) -> str | None:
     """The one thing wrong with a single-kind assertion, or None."""
+    for kind in ("contains", "not_contains"):
+        value = getattr(check, kind)
+        if value is not None and (value == [] or "" in (value if isinstance(value, list) else [value])):
+            # `contains: []` passes every answer and `not_contains: ""` none: almost surely a mistake.
+            return f"`{kind}` needs at least one non-empty string"
     if check.regex is not None:
         return compile_regex(check.regex)[1]
     if check.json_schema is not None and not isinstance(check.json_schema, bool):
@@ -288,6 +295,24 @@ def _problem(check: Assertion, case: CaseSpec) -> str | None:
             return "`similar` compares with the case's `reference` (or `to:`), and this case has neither"
         if isinstance(check.similar, float | int) and not -1.0 <= check.similar <= 1.0:
             return "a cosine threshold is within [-1, 1]"
+    return None
+
+
+def _judge_problem(check: Assertion, spec: SuiteSpec | None) -> str | None:
+    """A `judge` needs a rubric, and a model to grade with, known now rather than when the run gets there: the
+    assertion's `model:`, else the suite's `judge_model:`, else its `route:` (`--judge-model` replaces the suite's
+    two at run time, but a suite must name a grader of its own, so it loads and runs the same everywhere)."""
+    judge = check.judge
+    rubric = judge.rubric if isinstance(judge, JudgeCheck) else judge
+    if not rubric or not rubric.strip():
+        return '`judge` needs a rubric (`judge: "..."` or `judge: {rubric: ...}`)'
+    model = judge.model if isinstance(judge, JudgeCheck) else None
+    if model is None and spec is not None and spec.judge_model is None and spec.route is None:
+        return (
+            "`judge` has no model to grade with: give it `model:`, or set the suite's `judge_model:` (or its `route:`)"
+        )
+    if model is not None and not model.strip():
+        return "`judge` `model:` is empty"
     return None
 
 

@@ -9,8 +9,6 @@ functions, unique case ids, files that exist) is checked after conversion, at th
 
 from __future__ import annotations
 
-import importlib
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +30,7 @@ from modelyard.config.loader import (
     parse_path,
 )
 from modelyard.schema.chat import ChatRequest
+from modelyard.workflows.tools import ToolImportError, resolve_callable
 
 SCHEMA_VERSION = "modelyard.acceptance/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -327,22 +326,11 @@ def request_problem(body: dict[str, Any]) -> str | None:
 
 def import_function(ref: str, base: Path | None = None) -> Callable[..., Any]:
     """`pkg.mod:fn` imported now (a missing module or name is a load error, not a failed case). Modules
-    beside the suite file (`base`) are found too, as workflow tools are."""
-    module_name, _, attr = ref.partition(":")
-    added = base is not None and str(base) not in sys.path
-    if added:
-        sys.path.insert(0, str(base))
+    beside the suite file (`base`) are found too: the workflow tools' one rule for that."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import {module_name!r}: {exc}") from None
-    finally:
-        if added:
-            sys.path.remove(str(base))
-    fn = getattr(module, attr, None)
-    if not callable(fn):
-        raise ValueError(f"{module_name!r} has no function {attr!r}")
-    return fn  # type: ignore[no-any-return]
+        return resolve_callable(ref, base)
+    except ToolImportError as exc:
+        raise ValueError(str(exc)) from None
 
 
 def suite_json_schema() -> dict[str, Any]:

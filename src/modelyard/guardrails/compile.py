@@ -4,7 +4,7 @@ combined per request (operator's, key's and the request's own checks), never rec
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import msgspec
 
@@ -30,9 +30,25 @@ class GuardSet:
 
     input_checks: tuple[CompiledCheck, ...] = ()
     output_checks: tuple[CompiledCheck, ...] = ()
+    #: The output checks that find spans (pii, secrets, regex, keywords), and a set of only those: told once
+    #: here, since a set is compiled once per config entry or request combination, not per request.
+    span_checks: tuple[SpanCheck, ...] = field(init=False, repr=False, compare=False)
+    _spans_only: GuardSet | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        spans = tuple(c for c in self.output_checks if isinstance(c, SpanCheck))
+        object.__setattr__(self, "span_checks", spans)
+        alone = not self.input_checks and len(spans) == len(self.output_checks)
+        object.__setattr__(self, "_spans_only", None if alone else GuardSet((), spans))
 
     def __bool__(self) -> bool:
         return bool(self.input_checks or self.output_checks)
+
+    @property
+    def output_spans(self) -> GuardSet:
+        """Only the output span checks, as a set: what runs on an answer's other texts (reasoning, refusals,
+        tool arguments) and on streams."""
+        return self._spans_only or self
 
     @property
     def has_output(self) -> bool:

@@ -30,7 +30,7 @@ class StreamGuard:
     def __init__(self, guards: GuardSet, *, min_step: int = MIN_STEP) -> None:
         self._min_step = min_step
         self._unscanned = 0
-        self._checks = tuple(c for c in guards.output_checks if isinstance(c, SpanCheck))
+        self._checks = guards.span_checks
         self._buf = ""  # released context (self._ctx chars) + text not yet released, unredacted
         self._ctx = 0
         self._findings: dict[bytes, Finding] = {}

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from modelyard.guardrails.checks import SpanCheck
 from modelyard.guardrails.compile import GuardSet, combine, compile_checks
 from modelyard.guardrails.findings import Finding, header_value
 from modelyard.guardrails.run import check_input, check_output
@@ -147,15 +146,10 @@ def _remember(cache: OrderedDict[Any, GuardSet], key: Any, value: GuardSet, boun
         cache.popitem(last=False)
 
 
-def incremental_output(guards: GuardSet) -> bool:
-    """Whether some output check runs on a stream piece by piece (spans: pii, secrets, regex, keywords)."""
-    return any(check.spec.check in REDACTABLE for check in guards.output_checks)
-
-
 class RequestGuards:
     """One request's checks and everything they found (`ctx.guards`)."""
 
-    __slots__ = ("_spans", "_text", "findings", "guards", "index", "response_format")
+    __slots__ = ("_text", "findings", "guards", "index", "response_format")
 
     def __init__(self, guards: GuardSet, index: GuardIndex) -> None:
         self.guards = guards
@@ -163,7 +157,6 @@ class RequestGuards:
         self.findings: list[Finding] = []
         self.response_format: Any = None
         self._text: tuple[int, str] | None = None
-        self._spans: GuardSet | None = None
 
     @property
     def has_output(self) -> bool:
@@ -238,11 +231,8 @@ class RequestGuards:
         return None
 
     def span_checks(self) -> GuardSet:
-        """The output checks that find spans (what runs on reasoning, refusals and tool arguments)."""
-        found = self._spans
-        if found is None:
-            found = self._spans = GuardSet((), tuple(c for c in self.guards.output_checks if isinstance(c, SpanCheck)))
-        return found
+        """The output checks that find spans (what runs on streams, reasoning, refusals and tool arguments)."""
+        return self.guards.output_spans
 
     def vet_chunks(self, chunks: list[Chunk]) -> ProviderError | None:
         """The executor's hook for a stream read whole: the whole-answer checks, and every check whose action
@@ -269,7 +259,7 @@ class RequestGuards:
         return None
 
     def stream_filter(self) -> StreamFilter | None:
-        return StreamFilter(self) if incremental_output(self.guards) else None
+        return StreamFilter(self) if self.span_checks() else None
 
     def header(self) -> bytes | None:
         text = self.summary()

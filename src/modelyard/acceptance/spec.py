@@ -19,6 +19,7 @@ from msgspec import Meta, Struct
 
 from modelyard.acceptance.matchers import compile_regex, schema_problem
 from modelyard.acceptance.request import case_body
+from modelyard.config.imports import CallableImportError
 from modelyard.config.loader import (
     ConfigError,
     ConfigErrors,
@@ -30,7 +31,7 @@ from modelyard.config.loader import (
     parse_path,
 )
 from modelyard.schema.chat import ChatRequest
-from modelyard.workflows.tools import ToolImportError, resolve_callable
+from modelyard.workflows.tools import resolve_callable
 
 SCHEMA_VERSION = "modelyard.acceptance/v1"
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$"
@@ -329,7 +330,7 @@ def import_function(ref: str, base: Path | None = None) -> Callable[..., Any]:
     beside the suite file (`base`) are found too: the workflow tools' one rule for that."""
     try:
         return resolve_callable(ref, base)
-    except ToolImportError as exc:
+    except CallableImportError as exc:
         raise ValueError(str(exc)) from None
 
 

@@ -11,7 +11,6 @@ schemas that arrive with requests.
 
 from __future__ import annotations
 
-import importlib
 import re
 from bisect import bisect_left, bisect_right
 from collections import OrderedDict
@@ -22,6 +21,7 @@ from typing import Any, NamedTuple
 import msgspec
 import re2
 
+from modelyard.config.imports import CallableImportError, import_callable
 from modelyard.guardrails import injection
 from modelyard.guardrails.recognisers import PII, SECRETS, Recogniser, recogniser, select, warm_up
 from modelyard.schema.guardrails import CheckSpec
@@ -310,13 +310,10 @@ def _max_length(limit: int) -> Callable[[str, CheckContext], str | None]:
 
 
 def _python(function: str) -> Callable[[str, CheckContext], str | None]:
-    module_name, _, attr = function.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        fn = import_callable(function)
+    except CallableImportError as exc:
         raise ValueError(f"cannot import `{function}`: {exc}") from None
-    if not callable(fn):
-        raise ValueError(f"`{function}` is not callable")
 
     def judge(text: str, ctx: CheckContext) -> str | None:
         verdict = fn(text, ctx)

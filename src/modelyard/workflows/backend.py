@@ -13,7 +13,6 @@ expected answer size `plan` wants priced.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import time
@@ -25,6 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import aiohttp
 import msgspec
 
+from modelyard.config.imports import CallableImportError, import_callable
 from modelyard.providers.base import kind_from_status, parse_retry_after
 from modelyard.schema.chat import ModelyardOptions, Usage
 from modelyard.schema.constraints import Constraints
@@ -266,11 +266,7 @@ def load_backend_factory(ref: str | None) -> BackendFactory:
         return default_backend_factory
     if ref == "scripted":
         ref = "modelyard.workflows.scripted:scripted_backend_factory"
-    module_name, _, attr = ref.partition(":")
     try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+        return import_callable(ref)
+    except CallableImportError as exc:
         raise BackendUnavailable(f"cannot load backend factory {ref!r}: {exc}") from None
-    if not callable(factory):
-        raise BackendUnavailable(f"backend factory {ref!r} is not callable")
-    return factory  # type: ignore[no-any-return]

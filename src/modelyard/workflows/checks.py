@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Any
 from jsonschema import Draft202012Validator, SchemaError, ValidationError
 from jsonschema.validators import validator_for
 
+from modelyard.config.imports import CallableImportError
 from modelyard.workflows.graph import find_cycle
 from modelyard.workflows.issues import Issue
 from modelyard.workflows.schema import SCHEMA_VERSION, workflow_json_schema
 from modelyard.workflows.source import Source
 from modelyard.workflows.templates import TemplateEngine, TemplateError
-from modelyard.workflows.tools import ToolImportError, resolve_callable
+from modelyard.workflows.tools import resolve_callable
 
 if TYPE_CHECKING:
     from modelyard.workflows.spec import StepSpec, WorkflowSpec
@@ -173,7 +174,7 @@ class _Checker:
         if step.call is not None:
             try:
                 resolve_callable(step.call, self.spec.base_dir)
-            except ToolImportError as exc:
+            except CallableImportError as exc:
                 self.add(self.spec.lines.line((*step.path, "call")), f"tool {step.call}: {exc}", step)
         if step.loop is not None:
             self.check_graph(step.loop.steps, outer_needs=frozenset(step.needs))

@@ -22,6 +22,7 @@ from typing import Any
 import msgspec
 
 from modelyard.accounting.tokens import count_message_dicts, count_value
+from modelyard.config.imports import CallableImportError
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
 from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
@@ -38,7 +39,7 @@ from modelyard.workflows.records import (
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.templates import TemplateEngine, TemplateError
-from modelyard.workflows.tools import ToolImportError, resolve_callable
+from modelyard.workflows.tools import resolve_callable
 
 Listener = Callable[[RunEvent], None]
 #: What a step_started event stores: enough to show the step as running (or interrupted) later.
@@ -391,7 +392,7 @@ class Engine:
         record.context = [frame.keys.get(n, frame.prefix + n) for n in step.needs] + frame.previous_keys
         try:
             call, function, args = self._request(step, key, context)
-        except (TemplateError, ToolImportError) as exc:
+        except (TemplateError, CallableImportError) as exc:
             record.state, record.error = StepState.FAILED, f"{type(exc).__name__}: {exc}"
             return self._finish(record)
         if call is not None:

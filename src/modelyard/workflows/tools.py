@@ -12,47 +12,33 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from modelyard.schema.errors import ModelyardError
-
-
-class ToolImportError(ModelyardError):
-    pass
+from modelyard.config.imports import CallableImportError, import_callable
 
 
 def resolve_callable(ref: str, base_dir: Path | None = None) -> Callable[..., Any]:
-    """The function named by `module:function`; raises ToolImportError saying what is missing."""
-    module_name, _, attr = ref.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name is None or not module_name.startswith(exc.name):
-            raise ToolImportError(f"importing {module_name} failed: {exc}") from None
-        module = _load_local(module_name, base_dir)
-    except Exception as exc:
-        raise ToolImportError(f"importing {module_name} failed: {type(exc).__name__}: {exc}") from None
-    function = getattr(module, attr, None)
-    if not callable(function):
-        raise ToolImportError(f"{module_name} has no function {attr!r}")
-    return function  # type: ignore[no-any-return]
+    """The function named by `module:function`, or from `module.py` beside the workflow when the module is
+    not installed; raises CallableImportError saying what is missing."""
+    return import_callable(ref, fallback=lambda name: _load_local(name, base_dir))
 
 
-def _load_local(module_name: str, base_dir: Path | None) -> Any:
+def _load_local(module_name: str, base_dir: Path | None) -> ModuleType:
     file = (base_dir or Path.cwd()) / (module_name.replace(".", "/") + ".py")
     if not file.is_file():
-        raise ToolImportError(f"cannot import {module_name} (not installed, and no {file})")
+        raise CallableImportError(f"cannot import {module_name} (not installed, and no {file})")
     key = f"modelyard_workflow_local.{file.resolve().as_posix().replace('/', '_').replace('.', '_')}"
     if key in sys.modules:
         return sys.modules[key]
     spec = importlib.util.spec_from_file_location(key, file)
     if spec is None or spec.loader is None:
-        raise ToolImportError(f"cannot load {file}")
+        raise CallableImportError(f"cannot load {file}")
     module = importlib.util.module_from_spec(spec)
     try:
         spec.loader.exec_module(module)
     except Exception as exc:
-        raise ToolImportError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
+        raise CallableImportError(f"loading {file} failed: {type(exc).__name__}: {exc}") from None
     sys.modules[key] = module
     return module
 

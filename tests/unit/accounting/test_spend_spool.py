@@ -251,3 +251,20 @@ async def test_an_unusable_spool_directory_is_loud_but_not_fatal(tmp_path: Path)
     assert await writer.flush(5)
     await writer.close()
     assert list(sink.rows) == ["req_1"]
+
+
+async def test_a_crashed_writers_spool_keeps_what_the_guardrails_found(tmp_path: Path) -> None:
+    """The guardrails column rides the spool like the money: a kill -9 before the store wrote the row loses
+    neither (issue 13's column, same path as cost)."""
+    first = SpendWriter(Sink(down=10**6), spool_dir=tmp_path, retry_base_s=0.01, flush_interval_s=0.01)
+    await first.start()
+    text = "pii:output:redact fired 2 0.06ms, json_schema:output:retry fired 0 0.11ms"
+    await committed(first, record(1, cost_usd=0.5, guardrails=text))
+    crash(first)
+    store = Sink()
+    second = SpendWriter(store, spool_dir=tmp_path, flush_interval_s=0.01)
+    await second.start()
+    assert second.replayed == 1
+    assert await second.flush(5)
+    assert store.rows["req_1"].guardrails == text and store.rows["req_1"].cost_usd == 0.5
+    await second.close()

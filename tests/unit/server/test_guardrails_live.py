@@ -435,3 +435,25 @@ def test_a_clients_check_cannot_pass_for_a_configured_one():
 
     finding = Finding(check.spec.label, "pii", "input", "warn", True, 0.1)
     assert gi.metric_label(finding) == "pii"
+
+
+async def test_a_client_gone_mid_stream_stops_the_upstream_and_keeps_the_findings():
+    """The pump stops reading when the client disconnects: the filter must close the upstream stream (its
+    slot is freed) and still hand its findings to the spend record."""
+    closed = []
+
+    async def upstream() -> AsyncIterator[list[Any]]:
+        try:
+            yield [chunk(f"mail {EMAIL} now, ")]
+            yield [chunk("and more text that fills the window well past the held tail")]
+            yield [chunk("never read")]
+        finally:
+            closed.append(True)
+
+    found, screen = screened()
+    batches = screen.batches(upstream())
+    first = await anext(batches)
+    assert EMAIL not in json.dumps(first)
+    await batches.aclose()  # what the pump does when the client is gone
+    assert closed == [True]
+    assert any(f.check == "pii" and f.fired for f in found.findings)

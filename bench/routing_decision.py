@@ -61,7 +61,7 @@ def build(n: int) -> Router:
         for _ in range(5):
             router.health.on_start(dep.name, now)
             router.health.on_success(dep.name, now, rng.uniform(100, 3000), rng.uniform(20, 500))
-        router.limits.record(dep.name, now, 100)
+        router.limits.take(dep.name, dep.limits, now, 100)
     return router
 
 

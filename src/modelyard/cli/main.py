@@ -196,7 +196,7 @@ def check(config: Path = typer.Option(..., "--config", "-c", help="Config file t
             name,
             group.group.strategy,
             ", ".join(d.name for d in group.candidates),
-            ", ".join(group.group.fallbacks) or "-",
+            ", ".join([*group.fallbacks, *(f"{t} (when saturated)" for t in group.saturation_tiers)]) or "-",
         )
     out.print(grid)
     out.print(f"{len(loaded.deployments)} deployments, {len(loaded.models)} models")

@@ -395,7 +395,7 @@ def check_references(config: Config, marks: Marks) -> None:
                     line=line_for(("models", model_name, "candidates", j), marks),
                     key=f"models.{model_name}.candidates[{j}]",
                 )
-        for j, fallback in enumerate(group.fallbacks):
+        for j, fallback in enumerate([*group.error_fallbacks, *group.saturation_fallbacks]):
             if fallback not in config.models and fallback not in seen:
                 raise ConfigError(
                     f"unknown fallback {fallback!r} (not a model or a deployment)",

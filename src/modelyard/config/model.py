@@ -30,13 +30,22 @@ class Price(Struct, kw_only=True, forbid_unknown_fields=True):
 
 
 class Limits(Struct, kw_only=True, forbid_unknown_fields=True):
-    rpm: int | None = None
-    tpm: int | None = None
-    max_concurrency: int | None = None
+    """A deployment's capacity as its provider enforces it (routing/limits.py keeps to it).
+
+    `rpm`/`tpm` are token buckets, refilled continuously at the per-minute rate (how Anthropic and OpenAI
+    describe their own limits); `burst_s` is the bucket's depth in seconds of that rate: 60 lets a whole
+    minute's requests go at once when idle, 1 paces them per second (a provider that enforces "600 RPM" as
+    10 per second). Under saturation either way dispatches at the steady rate, never in minute-long waves.
+    """
+
+    rpm: Annotated[int, Meta(gt=0)] | None = None
+    tpm: Annotated[int, Meta(gt=0)] | None = None
+    max_concurrency: Annotated[int, Meta(gt=0)] | None = None
+    burst_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
 
     @property
     def rate_limited(self) -> bool:
-        """Whether a sliding-window counter must track this deployment's requests and tokens."""
+        """Whether a token bucket must track this deployment's requests and tokens."""
         return self.rpm is not None or self.tpm is not None
 
     @property
@@ -128,12 +137,36 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
         return self.quality.get("default")
 
 
+class Fallback(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A marked fallback: `{model: local-llama, when: saturated}`.
+
+    `error` (what a plain name means): tried when every candidate failed. `saturated`: a tier that serves
+    requests of classes with `fallback_when_saturated` instead of queueing while every candidate is at its
+    limits. `always`: both.
+    """
+
+    model: str
+    when: Literal["error", "saturated", "always"] = "error"
+
+
+class ModelQueue(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A model's own admission-queue bounds; unset ones take the top-level `queue:` values."""
+
+    enabled: bool | None = None
+    max_wait_ms: Annotated[float, Meta(gt=0, le=3_600_000)] | None = None
+    max_length: Annotated[int, Meta(gt=0, le=10_000_000)] | None = None
+
+
 class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     """A name clients ask for: its candidate deployments, how to choose among them, where to fall back."""
 
     candidates: list[str]
     strategy: str = "priority"
-    fallbacks: list[str] = field(default_factory=list)
+    #: Tried in order when every candidate failed: names, or `{model, when}` marks (`Fallback`). After
+    #: loading this holds only the names tried on error; `saturation_fallbacks` the saturation tiers.
+    fallbacks: list[str | Fallback] = field(default_factory=list)
+    saturation_fallbacks: list[str] = field(default_factory=list)
+    queue: ModelQueue | None = None
     constraints: Constraints = field(default_factory=Constraints)
     rules: list[RuleSpec] = field(default_factory=list)
     hedge_after_ms: float | str | None = None
@@ -149,6 +182,22 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
         self.constraints = as_struct(self.constraints, Constraints)
         self.options = as_struct(self.options, ModelOptions)
         self.rules = [as_struct(rule, RuleSpec) for rule in self.rules]
+        if any(not isinstance(f, str) for f in self.fallbacks):
+            on_error: list[str | Fallback] = []
+            tiers = list(self.saturation_fallbacks)
+            for item in self.fallbacks:
+                mark = as_struct(item, Fallback) if not isinstance(item, str) else Fallback(model=item)
+                if mark.when != "saturated":
+                    on_error.append(mark.model)
+                if mark.when != "error" and mark.model not in tiers:
+                    tiers.append(mark.model)
+            self.fallbacks = on_error
+            self.saturation_fallbacks = tiers
+
+    @property
+    def error_fallbacks(self) -> list[str]:
+        """The names tried on error (`fallbacks` after loading: marks are split out by `__post_init__`)."""
+        return [f if isinstance(f, str) else f.model for f in self.fallbacks]
 
 
 class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -191,6 +240,57 @@ class RoutingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     learned_router: str | None = None
     breaker: BreakerSettings = field(default_factory=BreakerSettings)
     seed: int | None = None
+
+
+class PriorityClass(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A priority class of the admission queue (routing/admission.py)."""
+
+    name: Annotated[str, Meta(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+    #: Its share of dispatched tokens under saturation, against the other backlogged classes.
+    weight: Annotated[float, Meta(gt=0, le=1_000_000)] = 1.0
+    #: Under saturation, serve it from the model's `when: saturated` fallbacks instead of queueing.
+    fallback_when_saturated: bool = False
+
+
+def _default_classes() -> list[PriorityClass]:
+    return [
+        PriorityClass(name="interactive", weight=8.0),
+        PriorityClass(name="default", weight=3.0),
+        PriorityClass(name="batch", weight=1.0, fallback_when_saturated=True),
+    ]
+
+
+class QueueSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The admission queue: when every candidate of a model is at its limits, requests wait their turn
+    (weighted fair by class, fair by key within a class) instead of failing (docs/queueing.md)."""
+
+    enabled: bool = True
+    #: Highest first: the order a key's `max_priority` caps by, and `strict` serves by.
+    classes: list[PriorityClass] = field(default_factory=_default_classes)
+    default_class: str = "default"
+    #: Serve a higher class whenever it has a request waiting (a lower one may starve).
+    strict: bool = False
+    #: The longest a request waits when neither its key (`max_queue_ms`) nor its header says less.
+    max_wait_ms: Annotated[float, Meta(gt=0, le=3_600_000)] = 30_000.0
+    #: Requests waiting per model, and per key per model; beyond either, a 429 at once.
+    max_length: Annotated[int, Meta(gt=0, le=10_000_000)] = 10_000
+    max_per_key: Annotated[int, Meta(gt=0, le=10_000_000)] = 1_000
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.classes]
+        if not names:
+            raise ValueError("queue.classes needs at least one class")
+        if len(set(names)) != len(names):
+            raise ValueError(f"queue.classes has duplicate names: {names}")
+        if self.default_class not in names:
+            raise ValueError(f"queue.default_class {self.default_class!r} is not one of {names}")
+
+    def rank(self, name: str) -> int | None:
+        """The class's index (0 = highest), or None for an unknown name."""
+        for i, c in enumerate(self.classes):
+            if c.name == name:
+                return i
+        return None
 
 
 class ResponsesSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -307,6 +407,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     spend: SpendSettings = field(default_factory=SpendSettings)
     state: StateSettings = field(default_factory=StateSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
+    queue: QueueSettings = field(default_factory=QueueSettings)
     semantic: SemanticSettings | None = None
     #: Client model names (exact, or `*`/`?` patterns such as `claude-*`) → a model or deployment name;
     #: exact configured names win, then exact aliases, then the most specific pattern (routing/aliases.py).

@@ -106,7 +106,7 @@ def limit_reason(
     if cap is not None and health.get(dep.name).in_flight >= cap:
         return f"max_concurrency {cap} reached"
     if dep_limits.rate_limited:
-        return limits.headroom(dep.name, now, dep_limits.rpm, dep_limits.tpm, tokens)
+        return limits.headroom(dep.name, dep_limits, now, tokens)
     return None
 
 

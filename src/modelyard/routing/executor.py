@@ -26,6 +26,7 @@ from modelyard.accounting.tokens import count_text
 from modelyard.config.model import Deployment, Price, Timeouts
 from modelyard.providers.base import Adapter, Completion, NativePassthrough, StreamTranslator, discover
 from modelyard.providers.transport import EventStream, Transport
+from modelyard.routing.admission import Grant
 from modelyard.routing.attempts import AttemptRecord, Next, RetryPolicy
 from modelyard.routing.candidates import limit_reason
 from modelyard.routing.features import RequestFeatures
@@ -74,6 +75,8 @@ class Success:
     deployment: Deployment
     records: list[AttemptRecord]
     latency_ms: float
+    #: Time spent in the admission queue before the first attempt (x-modelyard-queue-ms).
+    queue_ms: float = 0.0
 
     @property
     def cost_usd(self) -> float:
@@ -105,6 +108,8 @@ class _Request:
     native: NativeBody | None = None
     records: list[AttemptRecord] = field(default_factory=list)
     vet: VetAnswer | None = None
+    #: Capacity the admission queue took for this request (its first attempt uses it).
+    grant: Grant | None = None
     #: Set: the stream is read whole before the attempt counts as answered, then vetted (whole-answer checks).
     vet_chunks: VetChunks | None = None
 
@@ -116,9 +121,19 @@ class _Walk:
     lazily: see `candidates.filter_candidates`); a refusal is recorded as a skip in the plan.
     """
 
-    def __init__(self, plan: Plan, replan: Replan, admit: Callable[[Deployment], str | None]) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        replan: Replan,
+        admit: Callable[[Deployment], str | None],
+        granted: Deployment | None = None,
+    ) -> None:
         self._plan = plan
         self._queue = list(plan.order)
+        #: A deployment the admission queue took capacity at for this request: walked first, not re-checked.
+        self._granted = granted
+        if granted is not None:
+            self._queue = [granted, *(dep for dep in self._queue if dep.name != granted.name)]
         self._fallbacks = list(plan.fallbacks)
         self._replan = replan
         self._admit = admit
@@ -132,6 +147,8 @@ class _Walk:
     def _fits(self, dep: Deployment) -> bool:
         if dep.name in self._seen:
             return False
+        if dep is self._granted:
+            return True
         if self._allowed is not None and dep.name not in self._allowed:
             self._plan.ctx.skip(dep, OUTSIDE_SCOPE)  # a fallback's plan, or a hedge, never escapes
             self._seen.add(dep.name)
@@ -215,9 +232,12 @@ class Executor:
         timeout_s: float | None = None,
         native: NativeBody | None = None,
         vet: VetAnswer | None = None,
+        grant: Grant | None = None,
     ) -> Success:
-        """A whole answer; `vet` (when given) judges each attempt's answer (see `VetAnswer`)."""
-        return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s, native, vet=vet))
+        """A whole answer; `vet` (when given) judges each attempt's answer (see `VetAnswer`); `grant`: capacity
+        the admission queue took (the caller gives it back if no attempt used it)."""
+        request = _Request(req, raw, features, False, timeout_s, native, vet=vet, grant=grant)
+        return await self._whole(plan, replan, request)
 
     async def embed(
         self,
@@ -250,10 +270,11 @@ class Executor:
         timeout_s: float | None = None,
         native: NativeBody | None = None,
         vet_chunks: VetChunks | None = None,
+        grant: Grant | None = None,
     ) -> StreamResult:
         """A stream whose first chunks are in hand; with `vet_chunks`, the whole answer is buffered and vetted
         before the attempt counts (so a failed check can still fail over invisibly)."""
-        request = _Request(req, raw, features, True, timeout_s, native, vet_chunks=vet_chunks)
+        request = _Request(req, raw, features, True, timeout_s, native, vet_chunks=vet_chunks, grant=grant)
         started = self.clock()
         opened, dep = await self._run(plan, replan, request)
         assert isinstance(opened, _Opened)
@@ -263,7 +284,8 @@ class Executor:
 
     async def _run(self, plan: Plan, replan: Replan, request: _Request) -> tuple[Completion | _Opened, Deployment]:
         tokens = request.features.prompt_tokens + request.features.output_estimate()
-        walk = _Walk(plan, replan, lambda d: self._headroom(d, tokens))
+        grant = request.grant
+        walk = _Walk(plan, replan, lambda d: self._headroom(d, tokens), grant.deployment if grant else None)
         dep = walk.next()
         if dep is None:
             raise no_deployment_error(plan)
@@ -430,11 +452,11 @@ class Executor:
         started = self.clock()
         estimate = features.prompt_tokens + features.output_estimate()
         limited = dep.limits.rate_limited
-        settled = recorded = False
-        self.health.on_start(dep.name, started)
+        settled = False
+        recorded = self._claim(dep, request, started, estimate)
         try:
-            if limited:
-                self.limits.record(dep.name, started, estimate)
+            if limited and not recorded:
+                self.limits.take(dep.name, dep.limits, started, estimate)
                 recorded = True
             try:
                 if passthrough is not None:
@@ -494,9 +516,19 @@ class Executor:
         record.cost_usd = cost
         self.health.on_success(dep.name, now, total_ms, total_ms)
         if limited:
-            self.limits.correct_tokens(dep.name, started, usage.total - estimate)
+            self.limits.correct_tokens(dep.name, usage.total - estimate)
         _vet(request.vet, completion, dep, record)
         return completion
+
+    def _claim(self, dep: Deployment, request: _Request, started: float, estimate: int) -> bool:
+        """Take the attempt's in-flight slot, or use the admission queue's grant for `dep` (its slot and
+        bucket share were taken when it was granted). True when its bucket share is already taken."""
+        grant = request.grant
+        if grant is not None and grant.deployment is dep and not grant.used and grant.tokens == estimate:
+            grant.used = True
+            return dep.limits.rate_limited
+        self.health.on_start(dep.name, started)
+        return False
 
     def _abandoned(self, dep: Deployment, record: AttemptRecord, started: float, recorded: int | None) -> None:
         """An attempt ended by an unexpected exception: free its slot and its window record, no verdict."""
@@ -508,9 +540,7 @@ class Executor:
         log.warning("attempt at %s ended by an unexpected exception (logged with the request)", dep.name)
 
     def _unrecord(self, dep: Deployment, started: float, tokens: int) -> None:
-        windows = self.limits.windows(dep.name)
-        windows.requests.correct(started, -1)
-        windows.tokens.correct(started, -tokens)
+        self.limits.give_back(dep.name, tokens)
 
     async def _open(
         self,
@@ -617,6 +647,8 @@ class StreamResult:
         self._opened = opened
         self._started = started
         self.ttft_ms = (executor.clock() - started) * 1000
+        #: Time spent in the admission queue before the first attempt (x-modelyard-queue-ms).
+        self.queue_ms = 0.0
         self.usage = Usage()
         self.finished = False
         #: The wire format of the events when this attempt went through native pass-through (each chunk is
@@ -717,9 +749,7 @@ class StreamResult:
         finally:  # the in-flight slot is given back even if the accounting above failed
             self._settle(error, cancelled, now, total_ms)
         if dep.limits.rate_limited:
-            executor.limits.correct_tokens(
-                dep.name, opened.started, usage.total - features.prompt_tokens - features.output_estimate()
-            )
+            executor.limits.correct_tokens(dep.name, usage.total - features.prompt_tokens - features.output_estimate())
 
     def _settle(self, error: ProviderError | None, cancelled: bool, now: float, total_ms: float) -> None:
         executor, dep, record = self._executor, self.deployment, self._opened.record

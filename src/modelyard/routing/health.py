@@ -103,6 +103,9 @@ class HealthTracker:
         #: For each watched latency bound (the `max_latency_ms` values of the config), the deployments whose
         #: p95 is above it: the `cost` strategy reads a (usually empty) set instead of every p95.
         self._slow: dict[float, set[str]] = {}
+        #: Called with a deployment's name whenever one of its requests ends (its in-flight slot is free):
+        #: the admission queue's wake-up (routing/admission.py). It must not call back into this tracker.
+        self.on_release: Callable[[str], None] | None = None
 
     def watch_latency(self, bound: float) -> None:
         """Keep the set of deployments whose p95 exceeds `bound` up to date (see `slow_over`)."""
@@ -149,6 +152,8 @@ class HealthTracker:
     def on_success(self, name: str, now: float, total_ms: float, ttft_ms: float | None = None) -> None:
         health = self.get(name)
         health.in_flight = max(0, health.in_flight - 1)
+        if self.on_release is not None:
+            self.on_release(name)
         health.successes += 1
         alpha = self.alpha
         health.ewma_total_ms = (
@@ -175,6 +180,8 @@ class HealthTracker:
     def on_failure(self, name: str, now: float, kind: ErrorKind) -> None:
         health = self.get(name)
         health.in_flight = max(0, health.in_flight - 1)
+        if self.on_release is not None:
+            self.on_release(name)
         policy = self.policy_for(name)
         if kind not in policy.counted_kinds:
             if health.state is BreakerState.HALF_OPEN:
@@ -200,6 +207,8 @@ class HealthTracker:
         """An attempt abandoned by us (a lost hedge, a client that went away): no verdict."""
         health = self.get(name)
         health.in_flight = max(0, health.in_flight - 1)
+        if self.on_release is not None:
+            self.on_release(name)
         if health.state is BreakerState.HALF_OPEN:
             health.probe_in_flight = False
 

@@ -112,9 +112,7 @@ def make_plan(
     if overrides and overrides.candidates:
         candidates = _resolve_override(table, overrides.candidates)
         profile = None
-    fallbacks = (
-        tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None else tuple(options.fallbacks)
-    )
+    fallbacks = tuple(overrides.fallbacks) if overrides and overrides.fallbacks is not None else group.fallbacks
     rule = None
     if strategy == "rules":
         rule = first_match(group.rules, ctx.features)

@@ -37,7 +37,8 @@ def reached(table: RoutingTable, names: Iterable[str]) -> tuple[frozenset[str], 
             deployments.update(rule.use)
             if rule.model is not None:
                 pending.append(rule.model)
-        pending.extend(group.group.fallbacks)
+        pending.extend(group.group.error_fallbacks)
+        pending.extend(group.group.saturation_fallbacks)  # a saturated request's tier is reachable too
     return frozenset(models), frozenset(deployments)
 
 

@@ -14,6 +14,7 @@ from typing import Any
 from modelyard.config.model import Config, Price
 from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
+from modelyard.routing.admission import AdmissionQueues, Admitted, QueueTicket
 from modelyard.routing.attempts import RetryPolicy
 from modelyard.routing.context import DecisionContext, QualityFn
 from modelyard.routing.executor import Executor, NativeBody, StreamResult, Success, VetAnswer, VetChunks
@@ -60,6 +61,7 @@ class Router:
             if bound is not None:
                 self.health.watch_latency(bound)
         self.limits = DeploymentLimits()
+        self.admission = AdmissionQueues(config.queue, self.table, self.health, self.limits)
         self.adapters = load_adapters({dep.provider for dep in config.deployments})
         seed = seed if seed is not None else config.routing.seed
         self.rng = random.Random(seed)
@@ -157,14 +159,34 @@ class Router:
         timeout_s: float | None = None,
         native: NativeBody | None = None,
         vet: VetAnswer | None = None,
+        queue: QueueTicket | None = None,
     ) -> Success:
         """A whole answer. `native`: the client's own body, sent as is to a deployment whose adapter speaks
         its format (the answer's `completion.native` then holds the provider's bytes). `vet`: judges each
-        attempt's answer (output guardrails; a rejection fails over)."""
+        attempt's answer (output guardrails; a rejection fails over). `queue`: how the request may wait
+        when its model is saturated (without one it fails at once, as before the queue)."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        return await self.executor.complete(
-            plan, self.replanner(features), req, raw, features, timeout_s=timeout_s, native=native, vet=vet
-        )
+        admitted = await self.admit(plan, features, queue)
+        grant = admitted.grant
+        if timeout_s is not None and admitted.waited_ms:
+            timeout_s = max(0.001, timeout_s - admitted.waited_ms / 1000)  # the client's bound covers the wait
+        try:
+            success = await self.executor.complete(
+                admitted.plan,
+                self.replanner(features),
+                req,
+                raw,
+                features,
+                timeout_s=timeout_s,
+                native=native,
+                vet=vet,
+                grant=grant,
+            )
+        finally:
+            if grant is not None:
+                self.admission.release(grant)  # a no-op once an attempt used it
+        success.queue_ms = admitted.waited_ms
+        return success
 
     async def stream(
         self,
@@ -176,19 +198,42 @@ class Router:
         timeout_s: float | None = None,
         native: NativeBody | None = None,
         vet_chunks: VetChunks | None = None,
+        queue: QueueTicket | None = None,
     ) -> StreamResult:
         """A stream whose first chunks are in hand; with `vet_chunks`, read whole and vetted first."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        return await self.executor.open_stream(
-            plan,
-            self.replanner(features),
-            req,
-            raw,
-            features,
-            timeout_s=timeout_s,
-            native=native,
-            vet_chunks=vet_chunks,
-        )
+        admitted = await self.admit(plan, features, queue)
+        grant = admitted.grant
+        if timeout_s is not None and admitted.waited_ms:
+            timeout_s = max(0.001, timeout_s - admitted.waited_ms / 1000)  # the client's bound covers the wait
+        try:
+            result = await self.executor.open_stream(
+                admitted.plan,
+                self.replanner(features),
+                req,
+                raw,
+                features,
+                timeout_s=timeout_s,
+                native=native,
+                vet_chunks=vet_chunks,
+                grant=grant,
+            )
+        finally:
+            if grant is not None:
+                self.admission.release(grant)
+        result.queue_ms = admitted.waited_ms
+        return result
+
+    async def admit(self, plan: Plan, features: RequestFeatures, queue: QueueTicket | None) -> Admitted:
+        """Straight on when the model has headroom (the common case: one check); else wait in its admission
+        queue, or go to a saturation tier, or a 429 (routing/admission.py)."""
+        if queue is None:
+            return Admitted(plan)
+        tokens = features.prompt_tokens + features.output_estimate()
+        admission = self.admission
+        if not admission.must_wait(plan, tokens):
+            return Admitted(plan)
+        return await admission.wait(plan, tokens, queue, self.replanner(features))
 
     async def embed(
         self,

@@ -34,6 +34,10 @@ class CompiledGroup:
     cache: dict[Any, Any] = field(default_factory=dict)
     #: Whether requests for this model should carry a session key (routing/sticky.py).
     sticky: bool = False
+    #: Models (or deployments) tried when every candidate failed, in order.
+    fallbacks: tuple[str, ...] = ()
+    #: `when: saturated` tiers: they serve classes that allow it while every candidate is at its limits.
+    saturation_tiers: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -110,4 +114,6 @@ def _compile_group(name: str, group: ModelGroup, deployments: dict[str, Deployme
         hedge_p95=hedge_p95,
         sticky=sticky_applies(group.strategy, group.options.sticky)
         or (group.strategy == "rules" and group.options.sticky),
+        fallbacks=tuple(group.error_fallbacks),
+        saturation_tiers=tuple(group.saturation_fallbacks),
     )

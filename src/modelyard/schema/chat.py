@@ -195,6 +195,8 @@ class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
     explain: bool | None = None
     #: Checks this request adds (built-in ones only: `REQUEST_ALLOWED`); it cannot remove configured ones.
     guardrails: Annotated[list[CheckSpec], msgspec.Meta(max_length=32)] | None = None
+    #: The request's priority class (`queue.classes`), capped by its key's `max_priority`.
+    priority: Annotated[str, msgspec.Meta(max_length=64)] | None = None
 
 
 #: Client numbers are checked when a request is decoded (msgspec refuses NaN and ±inf against these bounds):

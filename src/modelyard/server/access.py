@@ -87,6 +87,11 @@ class KeyState:
     #: Guardrail sets every request of this key runs (metadata `guardrails: "set1,set2"`, names of the
     #: config's `guardrails:` sets); a request can add checks, never drop these.
     guardrails: tuple[str, ...] = ()
+    #: Admission queue (metadata `priority`, `max_priority`, `max_queue_ms`; server/priority.py reads them):
+    #: the key's default class, the highest it may ask for, and the longest its requests wait.
+    priority: str | None = None
+    max_priority: str | None = None
+    max_queue_s: float | None = None
 
     def current_period(self, now: float) -> int:
         if now >= self.period_end or self.period < 0:
@@ -112,6 +117,9 @@ class KeyState:
         sets = record.metadata.get("guardrails")
         if sets:
             state.guardrails = tuple(dict.fromkeys(s.strip() for s in str(sets).split(",") if s.strip()))
+        state.priority = (record.metadata.get("priority") or "").strip() or None
+        state.max_priority = (record.metadata.get("max_priority") or "").strip() or None
+        state.max_queue_s = queue_seconds(record.metadata.get("max_queue_ms"))
         return state
 
     @classmethod
@@ -144,6 +152,18 @@ class KeyState:
             False,
             unlimited,
         )
+
+
+def queue_seconds(value: str | None) -> float | None:
+    """A key's `max_queue_ms` metadata in seconds: a finite number of milliseconds > 0 (the admin API
+    refuses anything else; a value written to the store by other means that is not one is ignored)."""
+    if value is None:
+        return None
+    try:
+        ms = float(value)
+    except ValueError:
+        return None
+    return ms / 1000.0 if math.isfinite(ms) and ms > 0 else None
 
 
 def estimate_prices(table: RoutingTable) -> dict[str, tuple[float, float]]:

@@ -47,6 +47,7 @@ from modelyard.server.http import (
 )
 from modelyard.server.observe import NullObserver, Observer
 from modelyard.server.pipeline import CodecRoute, features_for
+from modelyard.server.priority import QueuePolicy
 from modelyard.server.responses_routes import PREFIX as RESPONSES_PREFIX
 from modelyard.server.responses_routes import responses_routes
 
@@ -120,6 +121,7 @@ class Gateway:
         self.intelligence = Intelligence.from_config(config)
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
+        self.queue_policy = QueuePolicy(config.queue)
         self._deployment_headers: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
@@ -373,6 +375,7 @@ class Gateway:
             fixed[1],
             (b"x-modelyard-attempts", attempts_header(records).encode()),
             (b"x-modelyard-latency-ms", b"%.1f" % ctx.elapsed_ms),
+            (b"x-modelyard-queue-ms", b"%.1f" % ctx.queue_ms),
             (b"x-request-id", ctx.request_id.encode()),
         ]
         if cost is not None:

@@ -47,6 +47,7 @@ class RequestContext:
         "key",
         "key_id",
         "key_name",
+        "queue_ms",
         "request_id",
         "requested_model",
         "reservation",
@@ -66,6 +67,8 @@ class RequestContext:
         self.explain: dict[str, Any] | None = None
         self.tags: tuple[str, ...] = ()
         self.ttft_ms: float | None = None
+        #: Time spent in the admission queue (x-modelyard-queue-ms on the answer).
+        self.queue_ms = 0.0
         self.finished = False
         self.spooled = False  # its spend record was handed to the spool
         self.credential: str | None = None

@@ -60,6 +60,7 @@ class CodecRoute:
         plan = gw.plan(req, request, features, ctx, insight)
         timeout_s = gw.timeout_override(request)
         router = gw.router
+        queue = gw.queue_policy.ticket(request, ctx.key, req.modelyard, timeout_s)
         if req.stream:
             vet_chunks = guards.vet_chunks if guards is not None and guards.buffers_stream else None
             result = await router.stream(
@@ -70,7 +71,9 @@ class CodecRoute:
                 timeout_s=timeout_s,
                 native=inbound.native,
                 vet_chunks=vet_chunks,
+                queue=queue,
             )
+            ctx.queue_ms = result.queue_ms
             try:
                 await pump(gw, request, ctx, codec, inbound, result)
             finally:
@@ -78,8 +81,9 @@ class CodecRoute:
             return
         vet = guards.vet if guards is not None and guards.has_output else None
         success = await router.complete(
-            req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native, vet=vet
+            req, inbound.raw, features, plan=plan, timeout_s=timeout_s, native=inbound.native, vet=vet, queue=queue
         )
+        ctx.queue_ms = success.queue_ms
         completion = success.completion
         if insight is not None and insight.vector is not None and completion.native is None:
             intelligence = gw.intelligence

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from modelyard.routing.health import BreakerPolicy, BreakerState, HealthTracker
+from modelyard.config.model import Limits
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.schema.errors import ErrorKind
 from modelyard.state.windows import SlidingWindow
@@ -87,11 +90,51 @@ def test_minute_window_slides_and_corrects():
     assert window.value(200) == 0
 
 
-def test_deployment_limits_headroom():
+def test_deployment_limits_are_token_buckets_refilled_continuously():
     limits = DeploymentLimits()
-    assert limits.headroom("a", 0, rpm=2, tpm=None, tokens=1) is None
-    limits.record("a", 0, 100)
-    limits.record("a", 1, 100)
-    assert "rpm" in (limits.headroom("a", 2, rpm=2, tpm=None, tokens=1) or "")
-    assert "tpm" in (limits.headroom("a", 2, rpm=None, tpm=250, tokens=100) or "")
-    assert limits.headroom("a", 70, rpm=2, tpm=250, tokens=100) is None
+    rpm2 = Limits(rpm=2)  # a bucket of two requests, one more every 30 s
+    assert limits.headroom("a", rpm2, 0, 1) is None
+    limits.take("a", rpm2, 0, 100)
+    limits.take("a", rpm2, 1, 100)
+    assert "rpm" in (limits.headroom("a", rpm2, 2, 1) or "")
+    assert limits.wait_s("a", rpm2, 2, 1) == pytest.approx(28.0)  # the first refill: 30 s after the first take
+    assert limits.headroom("a", rpm2, 31, 1) is None
+    tpm = Limits(tpm=250, burst_s=60)
+    limits.take("b", tpm, 0, 200)
+    assert "tpm" in (limits.headroom("b", tpm, 0, 100) or "")
+    assert limits.wait_s("b", tpm, 0, 100) == pytest.approx(12.0)  # 50 tokens over at 250/60 per second
+    limits.correct_tokens("b", -150)  # the answer was shorter than estimated
+    assert limits.headroom("b", tpm, 0, 100) is None
+
+
+def test_a_request_larger_than_the_bucket_goes_into_a_full_one_and_pays_its_debt():
+    limits = DeploymentLimits()
+    small = Limits(tpm=600, burst_s=1)  # a 10-token bucket, 10 tokens per second
+    assert limits.headroom("a", small, 0, 50) is None
+    limits.take("a", small, 0, 50)
+    assert limits.wait_s("a", small, 0, 1) == pytest.approx(4.1)  # 5 s of debt, then room for one token
+    assert limits.headroom("a", small, 5.0, 50) is None
+
+
+def test_paced_bucket_dispatches_at_the_steady_rate():
+    limits = DeploymentLimits()
+    paced = Limits(rpm=600, burst_s=1)  # "600 RPM" enforced as 10 per second
+    taken = 0
+    now = 0.0
+    while now < 60.0:
+        if limits.headroom("a", paced, now, 1) is None:
+            limits.take("a", paced, now, 1)
+            taken += 1
+        now += 0.01
+    assert 600 <= taken <= 611  # a minute's rate plus the one-second burst at the start
+
+
+def test_give_back_and_hold():
+    limits = DeploymentLimits()
+    one = Limits(rpm=1)
+    limits.take("a", one, 10.0, 5)
+    assert limits.held("a", 10.0) == (pytest.approx(1.0), 0.0)
+    limits.give_back("a", 5)
+    assert limits.held("a", 10.0) == (0.0, 0.0)
+    limits.hold("a", one, 10.0, 7.0)  # another replica used the shared bucket: nothing fits for 7 s
+    assert limits.wait_s("a", one, 10.0, 1) == pytest.approx(7.0)

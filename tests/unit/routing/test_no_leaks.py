@@ -181,8 +181,7 @@ def assert_released(router: Router, *names: str, windows: bool = True) -> None:
     for name in names:
         assert router.health.get(name).in_flight == 0, f"{name}: in-flight slot leaked"
         if windows:
-            w = router.limits.windows(name)
-            assert (w.requests.value(now), w.tokens.value(now)) == (0, 0), f"{name}: window record leaked"
+            assert router.limits.held(name, now) == (0.0, 0.0), f"{name}: bucket share leaked"
 
 
 @pytest.mark.parametrize(

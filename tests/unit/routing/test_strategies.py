@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+
 from collections import Counter
 
 from hypothesis import given, settings
@@ -164,7 +165,7 @@ def test_filters_context_window_capabilities_circuit_and_limits():
     health.on_start("open", 0)
     health.on_failure("open", 999.0, ErrorKind.SERVER)
     limits = DeploymentLimits()
-    limits.record("limited", 1000.0, 10)
+    limits.take("limited", Limits(rpm=1), 1000.0, 10)
     features = RequestFeatures(prompt_tokens=900, max_output_tokens=200, needs_tools=True)
     c = ctx(features, deployments=deps, health=health, limits=limits)
     kept = filter_candidates(deps, c)

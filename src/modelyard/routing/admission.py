@@ -1,0 +1,677 @@
+"""The admission queue: when every candidate of a model is at its limits, a request waits its turn.
+
+One queue per model (the plan's model name), in front of the executor. A request goes straight on when its
+model's queue is empty and one of its candidates has headroom (RPM/TPM buckets, `max_concurrency`, an
+open circuit): that check is the whole cost on an unsaturated gateway. Otherwise it waits:
+
+- **Order.** Weighted fair queuing by tokens (stride scheduling): each priority class has a pass that
+  grows by `tokens / weight` per dispatch and the backlogged class with the lowest pass goes next, so
+  under saturation the classes' shares of dispatched tokens follow their weights, and no class starves
+  (unless `strict`, which always serves the highest backlogged class). Within a class each key is a flow
+  with its own pass (equal weights): one tenant's 10,000 queued calls do not delay another's first call
+  by more than its share.
+- **Wake-ups, not polling.** A dispatch runs when a request at one of the queue's deployments ends
+  (`HealthTracker.on_release`) and at the one moment the head's bucket refills (a single timer, computed
+  by `DeploymentLimits.wait_s`) or its circuit's cooldown ends.
+- **Grants.** The dispatcher takes the capacity for the request it wakes (its bucket share and its
+  in-flight slot) before waking it, so nothing arriving meanwhile can take it; the executor's first attempt
+  uses the grant (`Grant`), and a grant that is never used is given back (`release`).
+- **Shedding.** A request whose expected wait (its class's backlog ahead of it over the class's observed
+  service rate) exceeds its deadline is refused at once with 429 and a `Retry-After` from that rate; so is
+  one that finds the queue (or its key's part of it) full. A request whose client goes away leaves the
+  queue at once.
+- **Saturation tiers.** A class with `fallback_when_saturated` is served by the model's `when: saturated`
+  fallbacks, when one of them has headroom, instead of waiting.
+
+Each replica's queue is its own; with `state.redis_url` the buckets it dispatches against are shared
+(docs/queueing.md says what that means for fairness across replicas).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from modelyard.config.model import Deployment, QueueSettings
+from modelyard.routing.health import BreakerState, HealthTracker
+from modelyard.routing.limits import DeploymentLimits
+from modelyard.routing.plan import Plan
+from modelyard.routing.table import RoutingTable
+from modelyard.schema.errors import GatewayError, ModelyardError
+
+#: How long the dispatch rate is averaged over (seconds): long enough to smooth single calls, short enough
+#: to follow a provider that slows down.
+RATE_HORIZON_S = 5.0
+#: A request is shed when its expected wait is above this share of its deadline (rates are estimates).
+SHED_MARGIN = 0.9
+#: Re-check an open circuit this often while a request waits on it (its cooldown may be per deployment).
+_CIRCUIT_RECHECK_S = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class QueueTicket:
+    """How one request may queue, as the server resolved it (class, tenant, deadline)."""
+
+    rank: int  # index into `queue.classes` (0 = highest)
+    tenant: str  # the key's id ('' in open mode): the unit of fairness within a class
+    max_wait_s: float
+    #: Resolves (or raises) when the client has gone away; awaited only while the request waits.
+    gone: Callable[[], Awaitable[None]] | None = None
+
+
+class Grant:
+    """Capacity taken for one request at one deployment: its bucket share and in-flight slot."""
+
+    __slots__ = ("at", "deployment", "released", "tokens", "used")
+
+    def __init__(self, deployment: Deployment, tokens: int, at: float) -> None:
+        self.deployment = deployment
+        self.tokens = tokens
+        self.at = at
+        self.used = False  # the executor's attempt owns it now (and gives it back itself)
+        self.released = False
+
+
+@dataclass(slots=True)
+class Admitted:
+    """What admission decided: the plan to run (a saturation tier's, maybe), a grant, the time waited."""
+
+    plan: Plan
+    grant: Grant | None = None
+    waited_ms: float = 0.0
+    #: The saturation tier that serves the request instead of the queue, if any.
+    tier: str | None = None
+
+
+class ClientLeftQueue(ModelyardError):
+    """The client went away while its request waited (the request ends without an answer)."""
+
+
+class QueueListener(Protocol):
+    """Metrics for the queue (server/metrics.py implements it)."""
+
+    def on_dispatch(self, model: str, cls: str, waited_s: float) -> None: ...
+
+    def on_shed(self, model: str, cls: str, reason: str) -> None: ...
+
+
+class _Rate:
+    """Tokens per second, exponentially decayed over `RATE_HORIZON_S`."""
+
+    __slots__ = ("first", "last", "value")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.last = -1.0
+        self.first = -1.0
+
+    def add(self, now: float, amount: float) -> None:
+        if self.first < 0:
+            self.first = self.last = now
+        self.value = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S) + amount
+        self.last = now
+
+    def per_s(self, now: float) -> float:
+        if self.first < 0:
+            return 0.0
+        decayed = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S)
+        span = min(RATE_HORIZON_S, max(now - self.first, 0.5))
+        return decayed / span
+
+
+class _Waiter:
+    __slots__ = ("cls", "deadline", "enqueued", "future", "plan", "tenant", "tokens")
+
+    def __init__(self, cls: _Class, tenant: str, tokens: int, plan: Plan, enqueued: float, deadline: float) -> None:
+        self.cls = cls
+        self.tenant = tenant
+        self.tokens = tokens
+        self.plan = plan
+        self.enqueued = enqueued
+        self.deadline = deadline
+        self.future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
+
+
+class _Flow:
+    """One key's waiters within a class."""
+
+    __slots__ = ("pass_", "seq", "tokens", "waiters")
+
+    def __init__(self, pass_: float) -> None:
+        self.waiters: deque[_Waiter] = deque()
+        self.pass_ = pass_
+        self.tokens = 0
+        self.seq = 0  # the heap entry that is current for this flow
+
+
+class _Class:
+    """One priority class of one model's queue: its flows, fair among themselves."""
+
+    __slots__ = ("depth", "flows", "heap", "name", "pass_", "rank", "rate", "seq", "tokens", "vtime", "weight")
+
+    def __init__(self, rank: int, name: str, weight: float) -> None:
+        self.rank = rank
+        self.name = name
+        self.weight = weight
+        self.pass_ = 0.0
+        self.vtime = 0.0  # the pass of the flow served last: where a newly backlogged flow starts
+        self.flows: dict[str, _Flow] = {}
+        self.heap: list[tuple[float, int, str]] = []
+        self.seq = 0
+        self.depth = 0
+        self.tokens = 0
+        self.rate = _Rate()
+
+    def push(self, waiter: _Waiter) -> None:
+        flow = self.flows.get(waiter.tenant)
+        if flow is None:
+            flow = self.flows[waiter.tenant] = _Flow(self.vtime)
+        if not flow.waiters:
+            flow.pass_ = max(flow.pass_, self.vtime)
+            self._schedule(waiter.tenant, flow)
+        flow.waiters.append(waiter)
+        flow.tokens += waiter.tokens
+        self.depth += 1
+        self.tokens += waiter.tokens
+
+    def _schedule(self, tenant: str, flow: _Flow) -> None:
+        self.seq += 1
+        flow.seq = self.seq
+        heapq.heappush(self.heap, (flow.pass_, self.seq, tenant))
+        if len(self.heap) > 2 * len(self.flows) + 64:  # stale entries of flows that left: rebuild
+            self.heap = [(f.pass_, f.seq, t) for t, f in self.flows.items() if f.waiters]
+            heapq.heapify(self.heap)
+
+    def head(self) -> _Waiter | None:
+        heap = self.heap
+        while heap:
+            _, seq, tenant = heap[0]
+            flow = self.flows.get(tenant)
+            if flow is not None and flow.seq == seq and flow.waiters:
+                return flow.waiters[0]
+            heapq.heappop(heap)
+        return None
+
+    def pop(self, waiter: _Waiter) -> None:
+        """Dispatch `waiter` (the head): charge its flow, move the flow back into the heap."""
+        heapq.heappop(self.heap)
+        flow = self.flows[waiter.tenant]
+        flow.waiters.popleft()
+        self.vtime = flow.pass_
+        flow.pass_ += waiter.tokens
+        self._forget(waiter, flow)
+        if flow.waiters:
+            self._schedule(waiter.tenant, flow)
+
+    def remove(self, waiter: _Waiter) -> bool:
+        """Take a waiter out wherever it is (deadline, client gone); False if it is not queued."""
+        flow = self.flows.get(waiter.tenant)
+        if flow is None:
+            return False
+        try:
+            flow.waiters.remove(waiter)
+        except ValueError:
+            return False
+        self._forget(waiter, flow)
+        return True
+
+    def _forget(self, waiter: _Waiter, flow: _Flow) -> None:
+        flow.tokens -= waiter.tokens
+        self.depth -= 1
+        self.tokens -= waiter.tokens
+        if not flow.waiters and flow.pass_ <= self.vtime:
+            del self.flows[waiter.tenant]  # nothing owed: a returning key starts at vtime anyway
+
+    def ahead_of(self, tenant: str, tokens: int) -> int:
+        """Tokens of this class served before a new request of `tokens` from `tenant` (fair by key)."""
+        own = self.flows.get(tenant)
+        mine = (own.tokens if own is not None else 0) + tokens
+        ahead = mine
+        for name, flow in self.flows.items():
+            if name != tenant:
+                ahead += min(flow.tokens, mine)
+        return ahead
+
+
+class _ModelQueue:
+    """The queue of one model."""
+
+    __slots__ = ("classes", "deployments", "depth", "model", "per_tenant", "rate", "scheduled", "timer", "timer_at")
+
+    def __init__(self, model: str, settings: QueueSettings) -> None:
+        self.model = model
+        self.classes = [_Class(i, c.name, c.weight) for i, c in enumerate(settings.classes)]
+        self.depth = 0
+        self.per_tenant: dict[str, int] = {}
+        self.deployments: set[str] = set()
+        self.rate = _Rate()
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.scheduled = False
+
+    def next_class(self, strict: bool) -> _Class | None:
+        best: _Class | None = None
+        for cls in self.classes:
+            if cls.depth == 0:
+                continue
+            if strict:
+                return cls
+            if best is None or cls.pass_ < best.pass_:
+                best = cls
+        return best
+
+
+class AdmissionQueues:
+    """Every model's admission queue for one router (per process)."""
+
+    def __init__(
+        self,
+        settings: QueueSettings,
+        table: RoutingTable,
+        health: HealthTracker,
+        limits: DeploymentLimits,
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        shared: bool = False,
+    ) -> None:
+        self.settings = settings
+        #: The buckets are shared with other replicas (Redis): this process's share of them is not known.
+        self.shared = shared
+        self.table = table
+        self.health = health
+        self.limits = limits
+        self.clock = clock
+        self.listener: QueueListener | None = None
+        self._queues: dict[str, _ModelQueue] = {}
+        #: Queues with requests waiting, by deployment: who to wake when a request there ends.
+        self._waiting_on: dict[str, set[_ModelQueue]] = {}
+        self._fallback_classes = frozenset(i for i, c in enumerate(settings.classes) if c.fallback_when_saturated)
+        health.on_release = self.poke
+
+    # ------------------------------------------------------------------ the request path
+
+    def enabled_for(self, model: str) -> bool:
+        group = self.table.groups.get(model)
+        own = group.group.queue if group is not None else None
+        if own is not None and own.enabled is not None:
+            return own.enabled
+        return self.settings.enabled
+
+    def must_wait(self, plan: Plan, tokens: int) -> bool:
+        """Whether this request cannot go straight on: its model's queue has waiters, or none of its
+        candidates has headroom now. O(1) for a model whose candidates have no limits."""
+        queue = self._queues.get(plan.model)
+        if queue is not None and queue.depth:
+            return self.enabled_for(plan.model)
+        order = plan.order
+        if not order:
+            return bool(self._capacity_candidates(plan)) and self.enabled_for(plan.model)
+        now = self.clock()
+        for dep in order:
+            if self._wait_at(dep, now, tokens) == 0.0:
+                return False
+        return self.enabled_for(plan.model)
+
+    async def wait(self, plan: Plan, tokens: int, ticket: QueueTicket, replan: Callable[[str], Plan]) -> Admitted:
+        """Wait for capacity (or a saturation tier), or raise the 429 that says why not."""
+        settings = self.settings
+        now = self.clock()
+        if ticket.rank in self._fallback_classes:
+            for tier in self._tiers(plan.model):
+                try:
+                    tier_plan = replan(tier)
+                except GatewayError:
+                    continue
+                for dep in tier_plan.order:
+                    if self._wait_at(dep, now, tokens) == 0.0:
+                        tier_plan.ctx.note(dep, f"saturation tier of `{plan.model}`")
+                        return Admitted(tier_plan, tier=tier)
+        queue = self._queues.get(plan.model)
+        if queue is None:
+            queue = self._queues[plan.model] = _ModelQueue(plan.model, settings)
+        cls = queue.classes[ticket.rank]
+        max_length, max_wait_s = self._bounds(plan.model, ticket.max_wait_s)
+        if queue.depth >= max_length:
+            self._shed(queue, cls, "full")
+            raise _refusal(
+                f"the queue of `{plan.model}` is full ({max_length} requests waiting)",
+                "queue_full",
+                self._drain_s(queue, queue.classes[0].tokens + tokens, now),
+            )
+        if queue.per_tenant.get(ticket.tenant, 0) >= settings.max_per_key:
+            self._shed(queue, cls, "key_full")
+            raise _refusal(
+                f"this key already has {settings.max_per_key} requests waiting for `{plan.model}`",
+                "queue_full",
+                self._drain_s(queue, cls.ahead_of(ticket.tenant, tokens), now),
+            )
+        expected = self._expected_wait(queue, cls, plan, ticket.tenant, tokens, now)
+        if expected is not None and expected > max_wait_s * SHED_MARGIN:
+            self._shed(queue, cls, "deadline")
+            raise _refusal(
+                f"`{plan.model}` is saturated: the expected wait ({expected:.1f} s) exceeds this request's "
+                f"deadline ({max_wait_s:.1f} s)",
+                "queue_deadline",
+                expected - max_wait_s * SHED_MARGIN,
+            )
+        waiter = _Waiter(cls, ticket.tenant, tokens, plan, now, now + max_wait_s)
+        self._enqueue(queue, waiter)
+        self._dispatch(queue)
+        try:
+            grant = await self._await(waiter, ticket, max_wait_s)
+        finally:
+            self._remove(queue, waiter)  # a no-op once dispatched
+        return Admitted(waiter.plan, grant, (self.clock() - now) * 1000, None)
+
+    async def _await(self, waiter: _Waiter, ticket: QueueTicket, max_wait_s: float) -> Grant:
+        future = waiter.future
+        if future.done():
+            return future.result()
+        watcher = asyncio.ensure_future(ticket.gone()) if ticket.gone is not None else None
+        try:
+            waits: set[asyncio.Future[Any]] = {future} if watcher is None else {future, watcher}
+            await asyncio.wait(waits, timeout=max(0.0, waiter.deadline - self.clock()), return_when="FIRST_COMPLETED")
+        except asyncio.CancelledError:
+            self._give_back_if_granted(waiter)
+            raise
+        finally:
+            if watcher is not None and not watcher.done():
+                watcher.cancel()
+        if future.done() and not future.cancelled():
+            return future.result()
+        queue = self._queues.get(waiter.plan.model)
+        if watcher is not None and watcher.done():
+            if queue is not None:
+                self._shed(queue, waiter.cls, "left")
+            watcher.result()  # the server's own "client gone" error
+            raise ClientLeftQueue(f"the client left the queue of `{waiter.plan.model}`")
+        if queue is not None:
+            self._shed(queue, waiter.cls, "timeout")
+        raise _refusal(
+            f"waited {max_wait_s * 1000:.0f} ms for capacity at `{waiter.plan.model}` without a turn",
+            "queue_timeout",
+            self._drain_s(queue, waiter.cls.tokens, self.clock()) if queue is not None else 1.0,
+        )
+
+    def _give_back_if_granted(self, waiter: _Waiter) -> None:
+        future = waiter.future
+        if future.done() and not future.cancelled():
+            self.release(future.result())
+        elif not future.done():
+            future.cancel()
+
+    def release(self, grant: Grant) -> None:
+        """Give back a grant the executor never used (the request ended before its first attempt)."""
+        if grant.used or grant.released:
+            return
+        grant.released = True
+        dep = grant.deployment
+        self.health.on_cancel(dep.name)
+        if dep.limits.rate_limited:
+            self.limits.give_back(dep.name, grant.tokens)
+
+    # ------------------------------------------------------------------ dispatch
+
+    def poke(self, deployment: str) -> None:
+        """A request at `deployment` ended: queues waiting on it dispatch at the next tick."""
+        queues = self._waiting_on.get(deployment)
+        if not queues:
+            return
+        for queue in queues:
+            self._schedule_dispatch(queue)
+
+    def _schedule_dispatch(self, queue: _ModelQueue) -> None:
+        if not queue.scheduled:
+            queue.scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled, queue)
+
+    def _scheduled(self, queue: _ModelQueue) -> None:
+        queue.scheduled = False
+        self._dispatch(queue)
+
+    def _dispatch(self, queue: _ModelQueue) -> None:
+        """Grant capacity to waiters in fair order until the head cannot go; then arm the one timer."""
+        now = self.clock()
+        strict = self.settings.strict
+        while queue.depth:
+            cls = queue.next_class(strict)
+            assert cls is not None
+            waiter = cls.head()
+            assert waiter is not None
+            dep, wait = self._capacity(waiter, now)
+            if dep is None:
+                self._arm(queue, now + wait)
+                return
+            cls.pop(waiter)
+            cls.pass_ += waiter.tokens / cls.weight
+            self._dequeued(queue, waiter)
+            grant = self._take(dep, waiter.tokens, now)
+            waiter.future.set_result(grant)
+            queue.rate.add(now, waiter.tokens)
+            cls.rate.add(now, waiter.tokens)
+            if self.listener is not None:
+                self.listener.on_dispatch(queue.model, cls.name, now - waiter.enqueued)
+        self._disarm(queue)
+
+    def _capacity(self, waiter: _Waiter, now: float) -> tuple[Deployment | None, float]:
+        """The first candidate of the waiter with headroom now, or None and how long until one may have."""
+        soonest = math.inf
+        for dep in self._candidates(waiter.plan):
+            wait = self._wait_at(dep, now, waiter.tokens)
+            if wait == 0.0:
+                return dep, 0.0
+            soonest = min(soonest, wait)
+        return None, soonest
+
+    def _wait_at(self, dep: Deployment, now: float, tokens: int) -> float:
+        """0.0 when `dep` can take one more request of `tokens` now; else seconds until it may (inf: only
+        when a request there ends)."""
+        state = self.health.get(dep.name)
+        if state.state is not BreakerState.CLOSED and not self.health.available(dep.name, now):
+            if state.state is BreakerState.OPEN:
+                cooldown = self.health.policy_for(dep.name).cooldown_s
+                return max(state.opened_at + cooldown - now, 1e-3)
+            return _CIRCUIT_RECHECK_S
+        limits = dep.limits
+        cap = limits.max_concurrency
+        if cap is not None and state.in_flight >= cap:
+            return math.inf
+        if limits.rate_limited:
+            return self.limits.wait_s(dep.name, limits, now, tokens)
+        return 0.0
+
+    def _take(self, dep: Deployment, tokens: int, now: float) -> Grant:
+        self.health.on_start(dep.name, now)
+        if dep.limits.rate_limited:
+            self.limits.take(dep.name, dep.limits, now, tokens)
+        return Grant(dep, tokens, now)
+
+    def _arm(self, queue: _ModelQueue, at: float) -> None:
+        if at == math.inf:
+            self._disarm(queue)  # woken when a request ends (`poke`), or by a waiter's own deadline
+            return
+        if queue.timer is not None and abs(queue.timer_at - at) < 1e-3:
+            return
+        self._disarm(queue)
+        loop = asyncio.get_running_loop()
+        queue.timer_at = at
+        queue.timer = loop.call_later(max(0.0, at - self.clock()), self._scheduled, queue)
+
+    def _disarm(self, queue: _ModelQueue) -> None:
+        if queue.timer is not None:
+            queue.timer.cancel()
+            queue.timer = None
+            queue.timer_at = math.inf
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _enqueue(self, queue: _ModelQueue, waiter: _Waiter) -> None:
+        cls = waiter.cls
+        if cls.depth == 0:
+            # A class that comes back from idle starts at the lowest pass of the backlogged ones: it may not
+            # spend credit saved while it had nothing to send.
+            active = [c.pass_ for c in queue.classes if c.depth]
+            if active:
+                cls.pass_ = max(cls.pass_, min(active))
+        cls.push(waiter)
+        queue.depth += 1
+        queue.per_tenant[waiter.tenant] = queue.per_tenant.get(waiter.tenant, 0) + 1
+        for dep in self._candidates(waiter.plan):
+            if dep.name not in queue.deployments:
+                queue.deployments.add(dep.name)
+                self._waiting_on.setdefault(dep.name, set()).add(queue)
+
+    def _remove(self, queue: _ModelQueue, waiter: _Waiter) -> bool:
+        if not waiter.cls.remove(waiter):
+            return False
+        self._dequeued(queue, waiter)
+        self._schedule_dispatch(queue)  # the head may have changed
+        return True
+
+    def _dequeued(self, queue: _ModelQueue, waiter: _Waiter) -> None:
+        queue.depth -= 1
+        left = queue.per_tenant[waiter.tenant] - 1
+        if left:
+            queue.per_tenant[waiter.tenant] = left
+        else:
+            del queue.per_tenant[waiter.tenant]
+        if queue.depth == 0:
+            for name in queue.deployments:
+                waiting = self._waiting_on.get(name)
+                if waiting is not None:
+                    waiting.discard(queue)
+                    if not waiting:
+                        del self._waiting_on[name]
+            queue.deployments.clear()
+            self._disarm(queue)
+
+    def _candidates(self, plan: Plan) -> list[Deployment]:
+        return plan.order if plan.order else self._capacity_candidates(plan)
+
+    @staticmethod
+    def _capacity_candidates(plan: Plan) -> list[Deployment]:
+        """A plan left with no candidate only because of capacity (open circuits, limits) still names what it
+        waits for; a plan emptied by the request itself (too long, a missing capability) does not."""
+        skipped = {s.deployment: s.reason for s in plan.ctx.skipped}
+        waiting = [dep for dep in plan.considered if dep.name in skipped]
+        if not waiting:
+            return []
+        if all(_capacity_reason(skipped[dep.name]) for dep in waiting):
+            return waiting
+        return []
+
+    def _tiers(self, model: str) -> tuple[str, ...]:
+        group = self.table.groups.get(model)
+        return group.saturation_tiers if group is not None else ()
+
+    def _bounds(self, model: str, ticket_wait_s: float) -> tuple[int, float]:
+        settings = self.settings
+        group = self.table.groups.get(model)
+        own = group.group.queue if group is not None else None
+        max_length = own.max_length if own is not None and own.max_length is not None else settings.max_length
+        model_wait_ms = own.max_wait_ms if own is not None and own.max_wait_ms is not None else settings.max_wait_ms
+        return max_length, min(ticket_wait_s, model_wait_ms / 1000.0)
+
+    def _expected_wait(
+        self, queue: _ModelQueue, cls: _Class, plan: Plan, tenant: str, tokens: int, now: float
+    ) -> float | None:
+        """Seconds until a new request would be dispatched, from the class's backlog ahead of it and its
+        service rate: the rate it is observed to get, and never less than its weighted share of the model's
+        capacity. The capacity is what the candidates' RPM/TPM allow when they are all rate limited and this
+        process owns its buckets; else (a concurrency cap, buckets shared with other replicas) the rate this
+        queue has been dispatching at. None while there is nothing to go by (no shedding then: the deadline
+        still holds)."""
+        total = self._configured_rate(plan, tokens) if not self.shared else None
+        if total is None:
+            total = queue.rate.per_s(now) if queue.rate.first >= 0 and now - queue.rate.first >= 1.0 else 0.0
+        if total <= 0.0:
+            return None
+        weights = sum(c.weight for c in queue.classes)
+        share = total * cls.weight / weights
+        if self.settings.strict:
+            share = total if all(c.depth == 0 for c in queue.classes[: cls.rank]) else 0.0
+        rate = max(cls.rate.per_s(now), share)
+        if rate <= 0.0:
+            return math.inf
+        return cls.ahead_of(tenant, tokens) / rate
+
+    def _configured_rate(self, plan: Plan, tokens: int) -> float | None:
+        """Tokens per second the candidates' RPM/TPM allow for requests like this one (None when one of them
+        is not rate limited: its rate is not known in advance)."""
+        total = 0.0
+        for dep in self._candidates(plan):
+            limits = dep.limits
+            if not limits.rate_limited:
+                return None
+            by_requests = limits.rpm / 60.0 * tokens if limits.rpm is not None else math.inf
+            by_tokens = limits.tpm / 60.0 if limits.tpm is not None else math.inf
+            total += min(by_requests, by_tokens)
+        return total or None
+
+    def _drain_s(self, queue: _ModelQueue, tokens: int, now: float) -> float:
+        total = queue.rate.per_s(now)
+        return tokens / total if total > 0 else 1.0
+
+    def _shed(self, queue: _ModelQueue, cls: _Class, reason: str) -> None:
+        if self.listener is not None:
+            self.listener.on_shed(queue.model, cls.name, reason)
+
+    # ------------------------------------------------------------------ observation
+
+    def snapshot(self) -> dict[str, Any]:
+        """Queue state for `GET /admin/queues`: per model and class, depth, queued tokens, service rate."""
+        now = self.clock()
+        models: dict[str, Any] = {}
+        for model, queue in self._queues.items():
+            models[model] = {
+                "depth": queue.depth,
+                "keys": len(queue.per_tenant),
+                "tokens_per_s": round(queue.rate.per_s(now), 3),
+                "next_wake_in_s": None if queue.timer is None else round(max(0.0, queue.timer_at - now), 3),
+                "waiting_on": sorted(queue.deployments),
+                "classes": {
+                    cls.name: {
+                        "depth": cls.depth,
+                        "tokens": cls.tokens,
+                        "keys": sum(1 for f in cls.flows.values() if f.waiters),
+                        "weight": cls.weight,
+                        "tokens_per_s": round(cls.rate.per_s(now), 3),
+                        "oldest_wait_s": round(_oldest(cls, now), 3),
+                    }
+                    for cls in queue.classes
+                },
+            }
+        return {"enabled": self.settings.enabled, "strict": self.settings.strict, "models": models}
+
+    def depths(self) -> list[tuple[str, str, int]]:
+        """(model, class, depth) for every queue: the metrics gauge."""
+        return [(q.model, c.name, c.depth) for q in self._queues.values() for c in q.classes]
+
+
+def _oldest(cls: _Class, now: float) -> float:
+    oldest = 0.0
+    for flow in cls.flows.values():
+        if flow.waiters:
+            oldest = max(oldest, now - flow.waiters[0].enqueued)
+    return oldest
+
+
+def _capacity_reason(reason: str) -> bool:
+    return reason.startswith(("circuit", "rpm limit", "tpm limit", "max_concurrency"))
+
+
+def _refusal(message: str, code: str, retry_after_s: float) -> GatewayError:
+    seconds = max(1, min(3600, math.ceil(retry_after_s))) if math.isfinite(retry_after_s) else 60
+    return GatewayError(
+        429,
+        f"{message}; retry after {seconds} s",
+        type="rate_limit_error",
+        code=code,
+        headers={"Retry-After": str(seconds)},
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.routing.health import BreakerPolicy, BreakerState, HealthTracker
 from modelyard.config.model import Limits
+from modelyard.routing.health import BreakerPolicy, BreakerState, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.schema.errors import ErrorKind
 from modelyard.state.windows import SlidingWindow

@@ -1,0 +1,282 @@
+"""Deployment RPM/TPM token buckets shared in Redis, so N replicas in front of one provider dispatch at the
+provider's rate in all, not N times it.
+
+The arithmetic is the GCRA of routing/limits.py, moved into one Lua script: each bucket is one number, its
+theoretical arrival time `tat` (seconds, Redis's own clock: replicas' clocks differ), with emission interval
+`T = 60 / limit` and depth `max(burst_s, T)`. A request of cost `c` fits while the backlog `tat - now` plus
+`c * T` stays within the depth, or, when `c * T` is larger than the whole depth, into a full bucket. `take`
+checks the request bucket and the token bucket together and takes from both or from neither, atomically.
+The interval and depth are computed here in Python (the same expressions as `_Bucket`) and passed as exact
+float text, so both sides decide alike.
+
+Keys: `{prefix}:rate:{<name>}:r:<rpm>:<burst_s>` and `...:t:<tpm>:<burst_s>`. The `{name}` hash tag keeps
+both in one slot (Redis Cluster). The limits are part of the key, so a reload with new limits starts a new,
+full bucket, as the local buckets do; replicas still on the old config during a rolling reload keep the old
+bucket meanwhile (so at most old + new rate for that moment, never a bucket reset over and over by replicas
+disagreeing). The old key expires on its own: every write sets a PEXPIRE of `backlog + depth`, after which
+the bucket is full again and a missing key means just that.
+
+Outage: any Redis error or no answer within `timeout_s` raises `StateUnavailable`; the caller falls back to
+its local buckets. One warning per outage; meanwhile every call raises at once (no request waits on a dead
+Redis) while a probe pings every 50-500 ms, and the calls go to Redis again once it answers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import time
+from typing import Any
+
+from modelyard.config.model import Limits
+from modelyard.state.outage import StateUnavailable
+
+log = logging.getLogger("modelyard.state")
+
+# KEYS: request bucket, token bucket. ARGV: mode ('take', 'adjust'), then per bucket (requests, tokens):
+# used ('1'/'0'), interval, depth, cost. Floats travel as text (a Lua number returned to Redis is truncated
+# to an integer). 'take' returns {wait, which}: wait '0' and both taken, else the seconds until the request
+# fits and which bucket is short ('r', 't'; nothing taken). 'adjust' moves each used bucket's tat by
+# cost * interval (negative: give back), for an existing key only, except that a positive cost on a missing
+# (expired) key charges from `now - depth`, the latest tat an expired key can have had.
+_RATES = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local EPS = 1e-9
+local function arg(i) return tonumber(ARGV[i]) end
+
+local stored = redis.call('MGET', KEYS[1], KEYS[2])  -- one call for both (a call costs more than the math)
+local function tat_of(i)
+  if stored[i] then return tonumber(stored[i]) end
+  return nil
+end
+
+local function store(key, tat, depth)
+  local ttl = math.ceil((tat - now + depth) * 1000)
+  if ttl <= 0 then
+    redis.call('DEL', key)
+  else
+    redis.call('SET', key, string.format('%.17g', tat), 'PX', ttl)
+  end
+end
+
+local function wait(tat, interval, depth, cost)
+  local backlog = tat - now
+  if backlog <= EPS then return 0 end
+  local need = cost * interval
+  if need > depth then return backlog end
+  local over = backlog + need - depth
+  if over > EPS then return over end
+  return 0
+end
+
+if ARGV[1] == 'take' then
+  local tats, longest, which = {}, 0, ''
+  for i = 1, 2 do
+    local base = 2 + (i - 1) * 4
+    if ARGV[base] == '1' then
+      local tat = tat_of(i) or 0
+      tats[i] = tat
+      local w = wait(tat, arg(base + 1), arg(base + 2), arg(base + 3))
+      if w > longest then longest, which = w, (i == 1 and 'r' or 't') end
+    end
+  end
+  if longest > 0 then return {string.format('%.17g', longest), which} end
+  for i = 1, 2 do
+    local base = 2 + (i - 1) * 4
+    if ARGV[base] == '1' then
+      store(KEYS[i], math.max(tats[i], now) + arg(base + 3) * arg(base + 1), arg(base + 2))
+    end
+  end
+  return {'0', ''}
+end
+
+for i = 1, 2 do
+  local base = 2 + (i - 1) * 4
+  local cost = arg(base + 3)
+  if ARGV[base] == '1' and cost ~= 0 then
+    local tat = tat_of(i)
+    if tat == nil and cost > 0 then tat = now - arg(base + 2) end
+    if tat ~= nil then store(KEYS[i], tat + cost * arg(base + 1), arg(base + 2)) end
+  end
+end
+return {'0', ''}
+"""
+
+#: Longest deployment name kept verbatim in a key; longer ones are cut and suffixed with a hash.
+_MAX_NAME = 100
+_UNSAFE = re.compile(r"[^A-Za-z0-9._/-]")
+
+
+def key_name(name: str) -> str:
+    """`name` safe inside a key and its hash tag: anything but `A-Za-z0-9._/-` %-escaped (so `{`, `}`, `:`
+    and spaces cannot reshape the key), at most `_MAX_NAME` characters (longer: cut, plus a hash of the
+    whole name, so two long names sharing a prefix stay apart)."""
+    safe = _UNSAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name)
+    if len(safe) <= _MAX_NAME:
+        return safe
+    digest = hashlib.sha256(name.encode()).hexdigest()[:16]
+    return f"{safe[: _MAX_NAME - 17]}~{digest}"
+
+
+def _shape(per_minute: int | None, burst_s: float) -> tuple[str, str] | None:
+    """(interval, depth) as exact float text, the expressions of routing/limits.py `_Bucket`; None: unlimited."""
+    if per_minute is None:
+        return None
+    interval = 60.0 / per_minute
+    return repr(interval), repr(max(burst_s, interval))
+
+
+def _redis_errors() -> tuple[type[BaseException], ...]:
+    from redis.exceptions import RedisError
+
+    return (RedisError, OSError, asyncio.TimeoutError)
+
+
+class SharedRates:
+    """Per-deployment RPM/TPM buckets in Redis (redis-py asyncio), shared by every replica with this `prefix`.
+
+    `client` (an existing `redis.asyncio.Redis`, e.g. the counters') is used as is and never closed here;
+    otherwise one is made from `url` with `timeout_s` connect and socket timeouts.
+    """
+
+    def __init__(
+        self,
+        url: str = "",
+        *,
+        prefix: str = "modelyard",
+        client: Any = None,
+        timeout_s: float = 0.5,
+        probe_min_s: float = 0.05,
+        probe_max_s: float = 0.5,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.timeout_s = timeout_s
+        self.probe_min_s = probe_min_s
+        self.probe_max_s = probe_max_s
+        self._own_client = client is None
+        if client is None:
+            import redis.asyncio as aioredis
+            from redis.asyncio.retry import Retry
+            from redis.backoff import NoBackoff
+
+            # As in redis_counters: short timeouts, one immediate retry (a pooled connection Redis closed).
+            client = aioredis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry=Retry(NoBackoff(), 1),
+            )
+        self._client: Any = client
+        # EVALSHA with the script cached on the server; redis-py loads it again on NOSCRIPT (a restarted Redis).
+        self._script: Any = client.register_script(_RATES)
+        self._errors = _redis_errors()
+        self._available = True
+        self._down_since = 0.0
+        self._probe: asyncio.Task[None] | None = None
+        self.outages = 0
+
+    def _keys(self, name: str, limits: Limits) -> list[str]:
+        base = f"{self.prefix}:rate:{{{key_name(name)}}}"
+        burst = repr(float(limits.burst_s))
+        return [f"{base}:r:{limits.rpm}:{burst}", f"{base}:t:{limits.tpm}:{burst}"]
+
+    @staticmethod
+    def _args(mode: str, limits: Limits, requests: int, tokens: int) -> list[str]:
+        args = [mode]
+        for shape, cost in (
+            (_shape(limits.rpm, limits.burst_s), requests),
+            (_shape(limits.tpm, limits.burst_s), tokens),
+        ):
+            if shape is None:
+                args += ["0", "0", "0", "0"]
+            else:
+                args += ["1", shape[0], shape[1], str(cost)]
+        return args
+
+    # ------------------------------------------------------------------ the buckets
+
+    async def take(self, name: str, limits: Limits, tokens: int) -> float:
+        """0.0: one request of `tokens` (estimated) fitted both buckets and was taken from both; else the
+        seconds until it would fit, with nothing taken. Raises `StateUnavailable` when Redis is down."""
+        wait, _ = await self.take_or_wait(name, limits, tokens)
+        return wait
+
+    async def take_or_wait(self, name: str, limits: Limits, tokens: int) -> tuple[float, str]:
+        """`take`, plus which bucket is short when it did not fit: 'rpm', 'tpm' ('' when taken)."""
+        if not limits.rate_limited:
+            return 0.0, ""
+        wait, which = await self._call(self._keys(name, limits), self._args("take", limits, 1, max(0, tokens)))
+        which = which.decode() if isinstance(which, bytes) else str(which)
+        return float(wait), {"r": "rpm", "t": "tpm"}.get(which, "")
+
+    async def give_back(self, name: str, limits: Limits, tokens: int) -> None:
+        """Undo a `take` whose request never reached the provider (its request and `tokens`)."""
+        if limits.rate_limited:
+            await self._call(self._keys(name, limits), self._args("adjust", limits, -1, -max(0, tokens)))
+
+    async def correct(self, name: str, limits: Limits, delta_tokens: int) -> None:
+        """The real usage differed from the estimate by `delta_tokens` (positive: more was used)."""
+        if limits.tpm is not None and delta_tokens:
+            await self._call(self._keys(name, limits), self._args("adjust", limits, 0, delta_tokens))
+
+    async def _call(self, keys: list[str], args: list[str]) -> Any:
+        if not self._available:
+            raise StateUnavailable()
+        try:
+            async with asyncio.timeout(self.timeout_s):  # not wait_for: no task per call (~70 us less)
+                return await self._script(keys=keys, args=args)
+        except self._errors as exc:
+            self._went_down(exc)
+            raise StateUnavailable() from None
+
+    # ------------------------------------------------------------------ availability
+
+    @property
+    def degraded(self) -> bool:
+        """True while Redis is unreachable (every call raises `StateUnavailable` at once)."""
+        return not self._available
+
+    def _went_down(self, exc: BaseException) -> None:
+        """Note an outage (one warning, not one per request) and start probing for Redis's return."""
+        if not self._available:
+            return
+        self._available = False
+        self._down_since = time.monotonic()
+        self.outages += 1
+        log.warning(
+            "Redis is unreachable (%s: %s): deployment rate limits are kept per replica until it returns",
+            type(exc).__name__,
+            exc or "timed out",
+        )
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._probe_loop(), name="modelyard-rates-probe")
+
+    async def _probe_loop(self) -> None:
+        delay = self.probe_min_s
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._client.connection_pool.disconnect()  # drop connections to the old server
+                await asyncio.wait_for(self._client.ping(), self.timeout_s)
+            except Exception as exc:  # anything: the probe must outlive the outage (Redis errors expected)
+                if not isinstance(exc, self._errors):
+                    log.warning("probing Redis failed unexpectedly: %r", exc)
+                delay = min(delay * 2, self.probe_max_s)
+                continue
+            log.warning(
+                "Redis is reachable again after %.1fs (shared rate limits)", time.monotonic() - self._down_since
+            )
+            self._available = True
+            return
+
+    async def close(self) -> None:
+        if self._probe is not None:
+            self._probe.cancel()
+            await asyncio.gather(self._probe, return_exceptions=True)
+            self._probe = None
+        if self._own_client:
+            await self._client.aclose()

@@ -293,6 +293,8 @@ embeddings_request = optional(
 
 # Admin API
 
+queue_classes = st.one_of(st.sampled_from(("interactive", "default", "batch", " batch ", "Batch", "")), odd_text(10))
+queue_texts = st.one_of(queue_classes, st.sampled_from(("100", "0", "-1", "3600001", "nan", "inf", "1e400", "9" * 400)))
 admin_key_body = optional(
     {"name": sometimes(st.sampled_from(("k1", "team a")), odd_text(), 20)},
     models=st.lists(st.sampled_from(NAMES), max_size=3),
@@ -301,7 +303,17 @@ admin_key_body = optional(
     budget_usd=st.one_of(st.floats(0, 1000), st.sampled_from((0.000001, 1e9))),
     period=st.sampled_from(("1d", "30d", "1h", "0s", "-1d", "x", "1e400d", "999999999d", "")),
     expires_in=st.sampled_from(("1h", "30d", "0s", "-5m", "10y", "1e9d")),
-    metadata=st.dictionaries(odd_text(8), odd_text(20), max_size=3),
+    metadata=st.one_of(
+        st.dictionaries(odd_text(8), odd_text(20), max_size=3),
+        st.dictionaries(st.sampled_from(("priority", "max_priority", "max_queue_ms")), queue_texts, max_size=3),
+    ),
+    priority=sometimes(queue_classes, hostile(), 30),
+    max_priority=sometimes(queue_classes, hostile(), 30),
+    max_queue_ms=st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from((0, -1, 1, 3_600_000, 3_600_001, 10**400, True, "100", "nan", "1e400", "")),
+        hostile(),
+    ),
 )
 query_values = st.one_of(
     st.sampled_from(
@@ -487,6 +499,12 @@ admin_probes = st.one_of(
         st.tuples(query_values, query_values).map(lambda bq: f"/admin/spend?by={q(bq[0])}&since={q(bq[1])}"),
         key=ADMIN_KEYS,
     ),
+    st.builds(
+        Probe,
+        st.sampled_from(("GET", "GET", "POST", "DELETE")),
+        st.one_of(st.just("/admin/queues"), query_values.map(lambda v: f"/admin/queues?model={q(v)}")),
+        key=ADMIN_KEYS,
+    ),
 )
 
 PATHS = (
@@ -496,6 +514,7 @@ PATHS = (
     "/v1/models",
     "/admin/keys",
     "/admin/spend",
+    "/admin/queues",
     "/metrics",
     "/health/live",
     "/health/ready",

@@ -107,6 +107,8 @@ class StoreBackend:
             config = load_config(config_path)
         except ConfigError as exc:
             raise AdminError(str(exc)) from None
+        #: The priority classes a key may name (checked here as the admin API checks them).
+        self.classes = [c.name for c in config.queue.classes]
         self.dsn = config.access.keys_store or config.spend.store
         if not self.dsn or self.dsn in (":memory:", "sqlite:///:memory:"):
             raise AdminError(
@@ -131,7 +133,7 @@ class StoreBackend:
         from modelyard.server.admin import key_options
         from modelyard.state.keys import new_key
 
-        raw, record = new_key(body.pop("name"), **key_options(body, time.time()))
+        raw, record = new_key(body.pop("name"), **key_options(body, time.time(), self.classes))
 
         async def insert(store: Any) -> None:
             await store.create_key(record)
@@ -196,6 +198,15 @@ def create(
     rpm: int = typer.Option(None, "--rpm", help="Requests per minute."),
     tpm: int = typer.Option(None, "--tpm", help="Tokens per minute (prompt + output estimate)."),
     expires_in: str = typer.Option(None, "--expires-in", help="Lifetime, e.g. 90d (default: no expiry)."),
+    priority: str = typer.Option(
+        None, "--priority", help="Its requests' queue class (one of queue.classes; default: queue.default_class)."
+    ),
+    max_priority: str = typer.Option(
+        None, "--max-priority", help="The highest class its requests may ask for (default: --priority)."
+    ),
+    max_queue_ms: float = typer.Option(
+        None, "--max-queue-ms", help="The longest its requests wait in the queue, in milliseconds."
+    ),
     config: Path = CONFIG,
     url: str = URL,
     master_key: str = MASTER,
@@ -210,6 +221,9 @@ def create(
         "rpm": rpm,
         "tpm": tpm,
         "expires_in": expires_in,
+        "priority": priority,
+        "max_priority": max_priority,
+        "max_queue_ms": max_queue_ms,
     }
     made = _run(lambda: _backend(config, url, master_key).create(body))
     if as_json:
@@ -233,7 +247,7 @@ def list_keys(
         typer.echo(json.dumps(rows, indent=2))
         return
     table = Table()
-    for column in ("id", "name", "prefix", "status", "models", "rpm", "tpm", "budget", "spent"):
+    for column in ("id", "name", "prefix", "status", "models", "rpm", "tpm", "priority", "budget", "spent"):
         table.add_column(column)
     for row in rows:
         spend = row.get("spend") or {}
@@ -248,6 +262,7 @@ def list_keys(
             ",".join(row["models"]) if row.get("models") else "all",
             _dash(row.get("rpm")),
             _dash(row.get("tpm")),
+            _priority(row.get("metadata") or {}),
             budget,
             f"${spend['spent_usd']:.4f}" if spend else "-",
         )
@@ -295,6 +310,13 @@ def spend(
         )
     table.add_row("total", str(report["total_requests"]), "", "", "", f"{report['total_cost_usd']:.6f}")
     _out().print(table)
+
+
+def _priority(metadata: dict[str, str]) -> str:
+    """`default`, `batch (max default)`, `- (max batch)`: the key's class and cap, `-` for none."""
+    own, cap = metadata.get("priority"), metadata.get("max_priority")
+    text = own or "-"
+    return f"{text} (max {cap})" if cap and cap != own else text
 
 
 def _dash(value: Any) -> str:

@@ -1,10 +1,17 @@
 """The admin API (master key only): virtual keys and spend reports.
 
     POST   /admin/keys          {"name", "models"?, "rpm"?, "tpm"?, "budget_usd"?, "period"?, "expires_in"?,
-                                 "metadata"?}  → the key record plus `key`, the raw key, shown this once
+                                 "priority"?, "max_priority"?, "max_queue_ms"?, "metadata"?}  → the key record
+                                 plus `key`, the raw key, shown this once
     GET    /admin/keys          ?all=true lists revoked keys too; each with its current budget period spend
     DELETE /admin/keys/{id}     revoke (immediate on this replica, within `access.refresh_s` on the others)
     GET    /admin/spend         ?by=model|key|day|deployment&since=7d
+    GET    /admin/queues        the admission queues now: per model and class, depth, tokens, service rate
+
+A key's admission-queue settings (server/priority.py reads them) are kept in its metadata: `priority` and
+`max_priority` name classes of `queue.classes`, `max_queue_ms` is the longest its requests wait. They may be
+given at the top level of the body or in `metadata`; either way they are checked here, so a key never holds a
+class the config does not have or a wait that is not a finite number of milliseconds.
 
 Errors are OpenAI-shaped like everywhere else: 401 without the master key, 403 when the gateway has no
 master key (the admin API is off), 404 for an unknown key id, 400 for a bad body or query (every value is
@@ -17,11 +24,12 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from modelyard.accounting.budgets import parse_duration
+from modelyard.config.model import QueueSettings
 from modelyard.schema.errors import GatewayError
 from modelyard.server.http import Request, send_json
 from modelyard.server.validation import decode_body
@@ -41,6 +49,7 @@ if TYPE_CHECKING:
     from modelyard.server.services import Services
 
 KEYS_PATH = "/admin/keys"
+QUEUES_PATH = "/admin/queues"
 _ADMIN_BODY_LIMIT = 64 * 1024
 _MAX_TEXT = 256  # a key's name, a model name, a metadata key
 _MAX_VALUE = 4096  # a metadata value
@@ -48,6 +57,9 @@ _MAX_ITEMS = 256  # models, metadata entries
 _KEY_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 #: Control characters (NUL first) have no place in names, and PostgreSQL's text cannot hold NUL.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: A key's longest queue wait may not exceed the gateway's own bound on `queue.max_wait_ms` (one hour).
+MAX_QUEUE_MS = 3_600_000.0
+_CLASS_FIELDS = ("priority", "max_priority")
 
 
 def _services(gw: Gateway, ctx: RequestContext) -> Services:
@@ -132,6 +144,59 @@ def _known_guardrails(metadata: dict[str, str], sets: Mapping[str, object]) -> N
         )
 
 
+def _queue_metadata(body: dict[str, Any], metadata: dict[str, str], classes: Collection[str]) -> dict[str, str]:
+    """The key's metadata with the body's top-level `priority`, `max_priority` and `max_queue_ms` folded in
+    (they win over the same names in `metadata`), every one of them checked: class names against the
+    config's `queue.classes`, the wait a finite number of milliseconds in (0, MAX_QUEUE_MS]."""
+    merged = dict(metadata)
+    for name in _CLASS_FIELDS:
+        top = body.get(name)
+        if top is not None:
+            if not isinstance(top, str):
+                raise GatewayError(400, f"`{name}` must be the name of a priority class", param=name)
+            merged[name] = _class_name(name, top, classes, param=name)
+        elif name in metadata:
+            merged[name] = _class_name(name, metadata[name], classes, param=f"metadata.{name}")
+    wait = body.get("max_queue_ms")
+    if wait is not None:
+        merged["max_queue_ms"] = _format_ms(_queue_ms(wait, "max_queue_ms"))
+    elif "max_queue_ms" in metadata:
+        merged["max_queue_ms"] = _format_ms(_queue_ms(metadata["max_queue_ms"], "metadata.max_queue_ms"))
+    return merged
+
+
+def _class_name(name: str, value: str, classes: Collection[str], *, param: str) -> str:
+    cleaned = value.strip()
+    if cleaned not in classes:
+        known = ", ".join(classes) or "none configured"
+        shown = _CONTROL.sub("?", value[:64])
+        raise GatewayError(400, f"`{name}`: unknown priority class {shown!r} (known: {known})", param=param)
+    return cleaned
+
+
+def _queue_ms(value: Any, param: str) -> float:
+    """Milliseconds: a number (or, in metadata, its decimal text), finite, above 0 and at most MAX_QUEUE_MS."""
+    problem = f"`{param}` must be a number of milliseconds above 0 and at most {MAX_QUEUE_MS:.0f}"
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise GatewayError(400, problem, param=param)
+    if isinstance(value, str):
+        try:
+            value = float(value.strip()) if len(value) <= 64 else math.nan
+        except ValueError:
+            raise GatewayError(400, problem, param=param) from None
+    try:
+        ms = float(value)
+    except OverflowError:  # an integer beyond any float
+        raise GatewayError(400, problem, param=param) from None
+    if not math.isfinite(ms) or not 0 < ms <= MAX_QUEUE_MS:
+        raise GatewayError(400, problem, param=param)
+    return ms
+
+
+def _format_ms(ms: float) -> str:
+    return str(int(ms)) if ms.is_integer() else repr(ms)
+
+
 def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
     """`body[name]` as seconds ("30d", "12h", a number), between `minimum` and MAX_PERIOD_S; None when absent."""
     value = body.get(name)
@@ -148,8 +213,9 @@ def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
     return seconds
 
 
-def key_options(body: dict[str, Any], now: float) -> dict[str, Any]:
-    """Validated `new_key` options from a POST /admin/keys body: every value finite and in range."""
+def key_options(body: dict[str, Any], now: float, classes: Collection[str]) -> dict[str, Any]:
+    """Validated `new_key` options from a POST /admin/keys body: every value finite and in range; `classes`
+    are the config's priority class names (`queue.classes`), highest first."""
     period = _duration(body, "period", MIN_PERIOD_S)
     expires_in = _duration(body, "expires_in", 1.0)
     expires_at = now + expires_in if expires_in is not None else _optional(body, "expires_at", float)
@@ -165,7 +231,7 @@ def key_options(body: dict[str, Any], now: float) -> dict[str, Any]:
         "budget_usd": budget,
         "period_s": period if period is not None else 30 * 86400.0,
         "expires_at": expires_at,
-        "metadata": _metadata(body.get("metadata")),
+        "metadata": _queue_metadata(body, _metadata(body.get("metadata")), classes),
         "now": now,
     }
 
@@ -179,7 +245,8 @@ async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
     _text("name", name)
     access = services.access
     assert access is not None
-    options = key_options(body, access.clock())  # everything checked before anything is written
+    # Everything checked before anything is written.
+    options = key_options(body, access.clock(), class_names(gw.config.queue))
     _known_guardrails(options["metadata"], gw.config.guardrails)
     raw, record = await access.store_guard.call(access.create_key(name, **options))
     await send_json(request.send, 200, {**record.public(), "key": raw})
@@ -211,6 +278,17 @@ async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
         raise GatewayError(404, f"no key with id `{key_id}`", code="key_not_found")
     revoked = await access.store_guard.call(access.revoke_key(key_id))
     await send_json(request.send, 200, {"id": key_id, "revoked": True, "already_revoked": not revoked})
+
+
+async def queues(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    """The admission queues of this replica now (each replica has its own; docs/queueing.md)."""
+    _services(gw, ctx)
+    await send_json(request.send, 200, gw.router.admission.snapshot())
+
+
+def class_names(settings: QueueSettings) -> list[str]:
+    """The priority classes a key may name, highest first."""
+    return [c.name for c in settings.classes]
 
 
 def parse_since(text: str | None, now: float) -> float:

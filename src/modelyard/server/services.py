@@ -91,6 +91,7 @@ class Services:
             ("POST", admin.KEYS_PATH): (admin.create_key, _json_error),
             ("GET", admin.KEYS_PATH): (admin.list_keys, _json_error),
             ("GET", "/admin/spend"): (admin.spend, _json_error),
+            ("GET", admin.QUEUES_PATH): (admin.queues, _json_error),
         }
         if self.metrics is not None:
             routes[("GET", "/metrics")] = (metrics_endpoint, _json_error)

@@ -5,6 +5,8 @@ prometheus-client families are built when /metrics is scraped, by a custom colle
 `CollectorRegistry` (never the global one, so two gateways in one process, as in tests and benchmarks,
 do not mix). In-flight requests and circuit-breaker states are read from the router's health view at
 scrape time; breaker transitions are counted as they happen (a `router.health.listeners` subscriber).
+The admission queue reports its dispatches and sheds as they happen (`Metrics` is its `QueueListener`);
+queue depths are read from it at scrape time.
 """
 
 from __future__ import annotations
@@ -33,23 +35,30 @@ if TYPE_CHECKING:
 BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _BREAKER_VALUE = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 _TOKEN_KINDS = ("prompt", "completion", "cached", "cache_write", "reasoning")
+#: Seconds in the admission queue; a request may wait up to an hour (`queue.max_wait_ms`).
+QUEUE_BUCKETS: tuple[float, ...] = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+)  # fmt: skip
+#: Why the queue refused or dropped a request (routing/admission.py); anything else is counted as `other`.
+SHED_REASONS = frozenset({"full", "key_full", "deadline", "timeout", "left"})
 
 
 class _Histogram:
-    __slots__ = ("counts", "sum")
+    __slots__ = ("bounds", "counts", "sum")
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
+    def __init__(self, bounds: tuple[float, ...] = BUCKETS) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
 
     def observe(self, value: float) -> None:
-        self.counts[bisect_left(BUCKETS, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.sum += value
 
     def cumulative(self) -> list[tuple[str, float]]:
         out: list[tuple[str, float]] = []
         running = 0.0
-        for bound, count in zip(BUCKETS, self.counts, strict=False):
+        for bound, count in zip(self.bounds, self.counts, strict=False):
             running += count
             out.append((repr(bound), running))
         out.append(("+Inf", running + self.counts[-1]))
@@ -88,9 +97,14 @@ class Metrics:
         #: Guardrail checks: (label, stage, action, result: pass | fired | error) → count, and seconds per label.
         self.guard_checks: dict[tuple[str, str, str, str], int] = {}
         self.guard_seconds: dict[str, float] = {}
+        #: Admission queue: (model, class) → seconds waited before dispatch; (model, class, reason) → sheds.
+        self.queue_waits: dict[tuple[str, str], _Histogram] = {}
+        self.queue_sheds: dict[tuple[str, str, str], int] = {}
+        self.known_classes = frozenset(c.name for c in router.config.queue.classes)
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(_Collector(self))
         router.health.listeners.append(self.on_breaker)
+        router.admission.listener = self
 
     async def start(self) -> None:
         return None
@@ -99,6 +113,8 @@ class Metrics:
         listeners = self.router.health.listeners
         if self.on_breaker in listeners:
             listeners.remove(self.on_breaker)
+        if self.router.admission.listener is self:
+            self.router.admission.listener = None
 
     # ------------------------------------------------------------------ hot path
 
@@ -155,6 +171,26 @@ class Metrics:
         slot = (deployment, new.value)
         self.transitions[slot] = self.transitions.get(slot, 0) + 1
 
+    def on_dispatch(self, model: str, cls: str, waited_s: float) -> None:
+        """A queued request got its turn after `waited_s` (routing/admission.py, QueueListener)."""
+        slot = self._queue_labels(model, cls)
+        histogram = self.queue_waits.get(slot)
+        if histogram is None:
+            histogram = self.queue_waits[slot] = _Histogram(QUEUE_BUCKETS)
+        histogram.observe(max(0.0, waited_s))
+
+    def on_shed(self, model: str, cls: str, reason: str) -> None:
+        """The queue refused a request (full, key_full, deadline) or dropped a waiting one (timeout, left)."""
+        slot = (*self._queue_labels(model, cls), reason if reason in SHED_REASONS else "other")
+        self.queue_sheds[slot] = self.queue_sheds.get(slot, 0) + 1
+
+    def _queue_labels(self, model: str, cls: str) -> tuple[str, str]:
+        """Configured names only, so the series are bounded by the config."""
+        return (
+            model if model in self.known_models else "other",
+            cls if cls in self.known_classes else "other",
+        )
+
     # ------------------------------------------------------------------ scrape
 
     def exposition(self) -> bytes:
@@ -164,6 +200,7 @@ class Metrics:
         yield from self._traffic()
         yield from self._timing()
         yield from self._state()
+        yield from self._queue()
 
     def _traffic(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -292,6 +329,45 @@ class Metrics:
                 "Failed spool writes (their records were only in memory).",
                 value=spend.spool_errors,
             )
+
+    def _queue(self) -> Iterator[Metric]:
+        depth = GaugeMetricFamily(
+            "modelyard_queue_depth",
+            "Requests waiting in the admission queue, by model and priority class (this replica).",
+            labels=["model", "class"],
+        )
+        depths: dict[tuple[str, str], int] = {}
+        for model, cls, waiting in self._depths():
+            slot = self._queue_labels(model, cls)
+            depths[slot] = depths.get(slot, 0) + waiting
+        for (model, cls), waiting in depths.items():
+            depth.add_metric([model, cls], waiting)
+        waits = HistogramMetricFamily(
+            "modelyard_queue_wait_seconds",
+            "Time queued requests waited for their turn, by model and priority class.",
+            labels=["model", "class"],
+        )
+        for (model, cls), histogram in list(self.queue_waits.items()):
+            waits.add_metric([model, cls], histogram.cumulative(), histogram.sum)
+        sheds = CounterMetricFamily(
+            "modelyard_queue_shed",
+            "Requests the admission queue refused (full, key_full, deadline) or dropped while they waited "
+            "(timeout, left: the client went away).",
+            labels=["model", "class", "reason"],
+        )
+        for (model, cls, reason), count in list(self.queue_sheds.items()):
+            sheds.add_metric([model, cls, reason], count)
+        yield from (depth, waits, sheds)
+
+    def _depths(self) -> list[tuple[str, str, int]]:
+        """The queue's depths, read from this scrape thread while the event loop may add a model's queue
+        (a dict that changes size while it is walked): tried again then, and empty rather than an error."""
+        for _ in range(3):
+            try:
+                return self.router.admission.depths()
+            except RuntimeError:
+                continue
+        return []
 
 
 class _Collector:

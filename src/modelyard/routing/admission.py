@@ -4,8 +4,9 @@ One queue per model (the plan's model name), in front of the executor. A request
 model's queue is empty and one of its candidates has headroom (RPM/TPM buckets, `max_concurrency`, an
 open circuit): that check is the whole cost on an unsaturated gateway. Otherwise it waits:
 
-- **Order.** Weighted fair queuing by tokens (stride scheduling): each priority class has a pass that
-  grows by `tokens / weight` per dispatch and the backlogged class with the lowest pass goes next, so
+- **Order.** Weighted fair queuing by tokens: each priority class has a pass that grows by
+  `tokens / weight` per dispatch and the backlogged class whose head would finish first (pass + head
+  tokens / weight) goes next, so
   under saturation the classes' shares of dispatched tokens follow their weights, and no class starves
   (unless `strict`, which always serves the highest backlogged class). Within a class each key is a flow
   with its own pass (equal weights): one tenant's 10,000 queued calls do not delay another's first call
@@ -172,10 +173,10 @@ class _Class:
         flow = self.flows.get(waiter.tenant)
         if flow is None:
             flow = self.flows[waiter.tenant] = _Flow(self.vtime)
-        if not flow.waiters:
+        flow.waiters.append(waiter)
+        if len(flow.waiters) == 1:
             flow.pass_ = max(flow.pass_, self.vtime)
             self._schedule(waiter.tenant, flow)
-        flow.waiters.append(waiter)
         flow.tokens += waiter.tokens
         self.depth += 1
         self.tokens += waiter.tokens
@@ -183,9 +184,10 @@ class _Class:
     def _schedule(self, tenant: str, flow: _Flow) -> None:
         self.seq += 1
         flow.seq = self.seq
-        heapq.heappush(self.heap, (flow.pass_, self.seq, tenant))
+        # Ordered by virtual finish (pass + the head's tokens): a small request is not kept behind a big one.
+        heapq.heappush(self.heap, (flow.pass_ + flow.waiters[0].tokens, self.seq, tenant))
         if len(self.heap) > 2 * len(self.flows) + 64:  # stale entries of flows that left: rebuild
-            self.heap = [(f.pass_, f.seq, t) for t, f in self.flows.items() if f.waiters]
+            self.heap = [(f.pass_ + f.waiters[0].tokens, f.seq, t) for t, f in self.flows.items() if f.waiters]
             heapq.heapify(self.heap)
 
     def head(self) -> _Waiter | None:
@@ -215,10 +217,13 @@ class _Class:
         if flow is None:
             return False
         try:
+            head = flow.waiters[0] is waiter
             flow.waiters.remove(waiter)
-        except ValueError:
+        except (ValueError, IndexError):
             return False
         self._forget(waiter, flow)
+        if head and flow.waiters:
+            self._schedule(waiter.tenant, flow)  # its heap entry was for the head that left
         return True
 
     def _forget(self, waiter: _Waiter, flow: _Flow) -> None:
@@ -255,15 +260,22 @@ class _ModelQueue:
         self.timer_at = math.inf
         self.scheduled = False
 
-    def next_class(self, strict: bool) -> _Class | None:
-        best: _Class | None = None
+    def next_class(self, strict: bool) -> tuple[_Class, _Waiter] | None:
+        """The class to serve next and its head: the lowest virtual finish (pass + head tokens / weight),
+        ties to the higher class; with `strict`, the highest backlogged class."""
+        best: tuple[_Class, _Waiter] | None = None
+        best_finish = math.inf
         for cls in self.classes:
             if cls.depth == 0:
                 continue
+            head = cls.head()
+            if head is None:
+                continue
             if strict:
-                return cls
-            if best is None or cls.pass_ < best.pass_:
-                best = cls
+                return cls, head
+            finish = cls.pass_ + head.tokens / cls.weight
+            if finish < best_finish:
+                best, best_finish = (cls, head), finish
         return best
 
 
@@ -440,10 +452,10 @@ class AdmissionQueues:
         now = self.clock()
         strict = self.settings.strict
         while queue.depth:
-            cls = queue.next_class(strict)
-            assert cls is not None
-            waiter = cls.head()
-            assert waiter is not None
+            chosen = queue.next_class(strict)
+            if chosen is None:
+                break
+            cls, waiter = chosen
             dep, wait = self._capacity(waiter, now)
             if dep is None:
                 self._arm(queue, now + wait)
@@ -628,7 +640,7 @@ class AdmissionQueues:
         """Queue state for `GET /admin/queues`: per model and class, depth, queued tokens, service rate."""
         now = self.clock()
         models: dict[str, Any] = {}
-        for model, queue in self._queues.items():
+        for model, queue in list(self._queues.items()):
             models[model] = {
                 "depth": queue.depth,
                 "keys": len(queue.per_tenant),
@@ -651,7 +663,8 @@ class AdmissionQueues:
 
     def depths(self) -> list[tuple[str, str, int]]:
         """(model, class, depth) for every queue: the metrics gauge."""
-        return [(q.model, c.name, c.depth) for q in self._queues.values() for c in q.classes]
+        # A copy first: the metrics scrape may run on a worker thread while the loop adds a model's queue.
+        return [(q.model, c.name, c.depth) for q in list(self._queues.values()) for c in q.classes]
 
 
 def _oldest(cls: _Class, now: float) -> float:

@@ -191,7 +191,7 @@ async def test_rate_limited_model_is_paced_by_a_timer_not_refused():
 
 
 async def test_an_impossible_deadline_is_shed_at_once_with_retry_after():
-    router, transport = make()
+    router, _transport = make()
     # 600 RPM paced: 50 queued calls need ~5 s; a request allowed to wait 0.5 s behind them is refused now.
     backlog = [asyncio.ensure_future(router.complete(*ask("rated"), queue=ticket(1, "a", 30))) for _ in range(50)]
     await settle()
@@ -285,7 +285,7 @@ async def test_batch_goes_to_the_saturation_tier_instead_of_waiting():
 
 
 async def test_unsaturated_models_never_touch_the_queue():
-    router, transport = make()
+    router, _transport = make()
     answers = await asyncio.gather(*(router.complete(*ask("open"), queue=ticket()) for _ in range(20)))
     assert all(a.queue_ms == 0.0 for a in answers)
     assert router.admission.snapshot()["models"] == {}

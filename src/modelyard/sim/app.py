@@ -10,7 +10,8 @@ Endpoints (every model of the fleet is served on every wire format):
   ``:embedContent``, ``:batchEmbedContents``, ``GET /v1beta/models[/{model}]`` (``/v1/`` works too)
 * Control: ``GET /_sim/health``, ``GET /_sim/stats``, ``GET /_sim/fleet``, ``POST /_sim/reset``,
   ``GET /_sim/requests/{model}`` (the last bodies and non-secret headers that model received),
-  ``PATCH /_sim/models/{name}`` (JSON body merged into the model, e.g. ``{"faults": {"rate_limit": 0.3}}``)
+  ``PATCH /_sim/models/{name}`` (JSON body merged into the model, e.g. ``{"faults": {"rate_limit": 0.3}}``
+  or ``{"rate_limit": {"rpm": 600, "burst_s": 1}}``: per-model token buckets, sim/rate_limits.py)
 
 Per-request overrides: ``x-sim-fault`` (``rate_limit``, ``server_error``, ``unavailable``, ``hang``,
 ``reset``, ``malformed``, ``cut_stream`` or ``none``) and ``x-sim-ttft-ms: <ms>``. Every random draw
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import math
 import os
 import random
 import time
@@ -40,6 +42,7 @@ from modelyard.sim.embedding import embed
 from modelyard.sim.faults import OVERRIDES, Fault, draw_fault, fault_edges, generation_seconds, ttft_seconds
 from modelyard.sim.fleet import Fleet, FleetError, SimModel, default_fleet, patch_model
 from modelyard.sim.prompt_cache import PromptCache, segments_from_body
+from modelyard.sim.rate_limits import RateLimits
 from modelyard.sim.received import RequestLog
 from modelyard.sim.shapes import Answer, BadRequest, ErrKind, Event, Wire
 from modelyard.sim.stats import ModelStats, Stats
@@ -99,6 +102,8 @@ class SimApp:
         self._edges = {m.name: fault_edges(m.faults) for m in fleet.models}
         self.stats = Stats(list(self.models))
         self.counters: dict[str, int] = {}
+        #: Each model's `rate_limit` buckets (sim/rate_limits.py), on `time.monotonic`.
+        self.rate_limits = RateLimits()
         self.openai, self.anthropic, self.gemini = OpenAIWire(), AnthropicWire(secret_for_seed(seed)), GeminiWire()
         self.responses = ResponsesWire()  # keeps what it answered, for `previous_response_id`
         #: The last bodies each model received (`GET /_sim/requests/{model}`), for upstream-side assertions.
@@ -118,9 +123,11 @@ class SimApp:
         self._release.set()
 
     def reset(self) -> None:
-        """Zero the stats and the per-model request counters (so a seed replays from the start)."""
+        """Zero the stats and the per-model request counters (so a seed replays from the start); every rate
+        limit bucket starts full again."""
         self.stats = Stats(list(self.models))
         self.counters = {}
+        self.rate_limits.clear()
         self.prompt_cache.clear()
         self.received.clear()
 
@@ -130,10 +137,13 @@ class SimApp:
         return self.answer_keys.add_file(path)
 
     def patch(self, name: str, changes: Any) -> SimModel:
-        """Merge `changes` into model `name`; KeyError if unknown, FleetError if invalid."""
+        """Merge `changes` into model `name`; KeyError if unknown, FleetError if invalid. A change of its
+        `rate_limit` starts its buckets full under the new limit."""
         updated = patch_model(self.models[name], changes)
         self.models[name] = updated
         self._edges[name] = fault_edges(updated.faults)
+        if "rate_limit" in changes:
+            self.rate_limits.forget(name)
         return updated
 
     # ------------------------------------------------------------------ ASGI
@@ -217,7 +227,8 @@ class SimApp:
             return await self._reject(
                 send, wire, "context_length", prompt=ask.prompt_tokens, limit=model.context_window
             )
-        call = await self._admit(wire, model, headers, body, receive, send)
+        reserved = ask.prompt_tokens + (ask.max_tokens or model.most_output_tokens()) * max(1, ask.n)
+        call = await self._admit(wire, model, headers, body, receive, send, reserved)
         if call is None:
             return
         rng = call.rng
@@ -316,10 +327,10 @@ class SimApp:
         if not 1 <= dims <= _MAX_DIMENSIONS:
             detail = f"dimensions must be 1..{_MAX_DIMENSIONS}"
             return await self._reject(send, wire, "bad_request", detail=detail)
-        call = await self._admit(wire, model, headers, body, receive, send)
+        prompt = sum(max(1, count_tokens(t)) for t in ask.texts)
+        call = await self._admit(wire, model, headers, body, receive, send, prompt)
         if call is None:
             return
-        prompt = sum(max(1, count_tokens(t)) for t in ask.texts)
         payload = wire.embeddings(ask, [embed(t, dims) for t in ask.texts], prompt, batch)
         await asgi.pause(call.ttft)
         if call.fault in (Fault.RESET, Fault.CUT_STREAM):
@@ -333,14 +344,42 @@ class SimApp:
     # ------------------------------------------------------------------ shared steps
 
     async def _admit(
-        self, wire: Wire, model: SimModel, headers: _Headers, body: bytes, receive: Receive, send: Send
+        self,
+        wire: Wire,
+        model: SimModel,
+        headers: _Headers,
+        body: bytes,
+        receive: Receive,
+        send: Send,
+        tokens: int,
     ) -> _Call | None:
-        """Count the request, draw its fault and latency; answer status faults and hangs here (→ None)."""
+        """Count the request, put it to the model's rate limit (`tokens` against TPM), draw its fault and
+        latency; answer rate limits, status faults and hangs here (→ None)."""
         forced = headers.fault
         if forced is not None and forced not in OVERRIDES:
             detail = f"x-sim-fault must be one of {sorted(OVERRIDES)}"
             await self._reject(send, wire, "bad_request", detail=detail)
             return None
+        stats = self.stats.model(model.name)
+        now = time.monotonic()
+        wait = self.rate_limits.admit(model.name, model.rate_limit, now, tokens)
+        if wait > 0.0:  # refused before the model sees it: no RNG draw, so admitted requests replay alike
+            stats.requests += 1
+            stats.by_wire[wire.name] += 1
+            stats.rate_limited += 1
+            seconds = max(1, math.ceil(wait))
+            await self._reject(
+                send,
+                wire,
+                "rate_limit",
+                count=False,
+                model=model.name,
+                retry=str(seconds),
+                retry_after=seconds,
+                retry_after_ms=max(1, math.ceil(wait * 1000.0)),
+            )
+            return None
+        stats.admitted(now)
         rng = self._rng(model.name, body)
         u = rng.random()
         ttft = ttft_seconds(model, rng)
@@ -354,7 +393,6 @@ class SimApp:
             fault = draw_fault(self._edges[model.name], u)
         else:
             fault = None if forced == "none" else Fault(forced)
-        stats = self.stats.model(model.name)
         stats.requests += 1
         stats.by_wire[wire.name] += 1
         if fault is not None:
@@ -400,6 +438,7 @@ class SimApp:
         *,
         count: bool = True,
         retry_after: float | None = None,
+        retry_after_ms: int | None = None,
         **facts: Any,
     ) -> None:
         if count:
@@ -412,7 +451,7 @@ class SimApp:
         if retry_after is not None:
             headers = [
                 (b"retry-after", f"{retry_after:g}".encode()),
-                (b"retry-after-ms", str(int(retry_after * 1000)).encode()),
+                (b"retry-after-ms", str(retry_after_ms or int(retry_after * 1000)).encode()),
             ]
         await asgi.respond(send, status, body, headers)
 

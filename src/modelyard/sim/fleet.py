@@ -18,6 +18,7 @@ reported with its path (``models[1].ttft_ms.p95``) and the file it came from::
         cache_hit_rate: 0.0                    # chance a request reports 3/4 of its prompt as cached
         faults: {rate_limit: 0.0, retry_after_s: 1, server_error: 0.0, unavailable: 0.0, hang: 0.0,
                  hang_s: 300, reset: 0.0, malformed: 0.0, cut_stream: 0.0}
+        rate_limit: {rpm: 600, tpm: 200000, burst_s: 60}  # optional: token buckets (sim/rate_limits.py)
       - name: sim-embed
         kind: embedding
         dimensions: 384
@@ -27,13 +28,14 @@ Without a file the simulator serves `default_fleet.yaml`, shipped beside this mo
 
 from __future__ import annotations
 
+import math
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 import yaml
-from msgspec import Struct, field
+from msgspec import Meta, Struct, field
 
 from modelyard.config.model import Price
 from modelyard.schema.errors import ModelyardError
@@ -109,6 +111,20 @@ class Faults(Struct, kw_only=True, forbid_unknown_fields=True):
         return tuple(getattr(self, name) for name in FAULT_NAMES)
 
 
+class RateLimit(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A provider's per-model limits as continuously refilled token buckets (sim/rate_limits.py): `rpm`
+    requests and `tpm` tokens (prompt + max_tokens) per minute, each bucket `burst_s` seconds of its rate deep
+    (60: a whole minute's worth at once when idle; 1: paced per second). None: no limit of that kind."""
+
+    rpm: Annotated[int, Meta(gt=0)] | None = None
+    tpm: Annotated[int, Meta(gt=0)] | None = None
+    burst_s: Annotated[float, Meta(gt=0)] = 60.0
+
+    def __post_init__(self) -> None:
+        if not math.isfinite(self.burst_s):
+            raise ValueError("burst_s must be a finite number of seconds")
+
+
 def _default_output() -> TokenRange:
     return TokenRange(min=20, max=120)
 
@@ -128,6 +144,8 @@ class SimModel(Struct, kw_only=True, forbid_unknown_fields=True):
     cache_hit_rate: float = 0.0
     dimensions: int = 384
     faults: Faults = field(default_factory=Faults)
+    #: Requests beyond it get the wire's 429 with `retry-after` computed from the bucket; None: unlimited.
+    rate_limit: RateLimit | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -147,6 +165,11 @@ class SimModel(Struct, kw_only=True, forbid_unknown_fields=True):
         for value in self.quality.values() if isinstance(self.quality, dict) else (self.quality,):
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError("quality (an accuracy) must be within [0, 1]")
+
+    def most_output_tokens(self) -> int:
+        """The longest answer this model draws: what a request without `max_tokens` reserves against TPM."""
+        out = self.output_tokens
+        return out if isinstance(out, int) else out.max
 
     def accuracy(self, task: str | None) -> float:
         """The chance this model gives an answer key's reference for `task`: `quality` (a number, or per task
@@ -222,7 +245,8 @@ def default_fleet() -> Fleet:
 
 
 def patch_model(model: SimModel, changes: Any) -> SimModel:
-    """`model` with `changes` merged in (faults merge key by key); raises FleetError when invalid."""
+    """`model` with `changes` merged in (faults and rate_limit merge key by key; `"rate_limit": null` removes
+    the limit); raises FleetError when invalid."""
     if not isinstance(changes, dict):
         raise FleetError('a model change is a JSON object, e.g. {"faults": {"rate_limit": 0.3}}')
     if "name" in changes and changes["name"] != model.name:
@@ -231,6 +255,8 @@ def patch_model(model: SimModel, changes: Any) -> SimModel:
     merged = {**current, **changes}
     if isinstance(changes.get("faults"), dict):
         merged["faults"] = {**current.get("faults", {}), **changes["faults"]}
+    if isinstance(changes.get("rate_limit"), dict):
+        merged["rate_limit"] = {**(current.get("rate_limit") or {}), **changes["rate_limit"]}
     try:
         return msgspec.convert(merged, SimModel, strict=False)
     except msgspec.ValidationError as exc:

@@ -201,7 +201,8 @@ class SimServer:
     # ------------------------------------------------------------------ control (runs on the server's loop)
 
     def stats(self) -> dict[str, Any]:
-        """Per-model counters: requests, successes, faults by kind, tokens in/out, requests by wire."""
+        """Per-model counters: requests, successes, faults by kind, tokens in/out, requests by wire, what the
+        rate limit accepted and refused, and the peak admitted rates (`max_per_second`, `max_per_minute`)."""
         return self._on_loop(lambda: self.app.stats.snapshot())
 
     def reset(self) -> None:

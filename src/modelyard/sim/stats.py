@@ -1,16 +1,29 @@
-"""Counters of what the simulator served, per model: requests, faults, successes, tokens, wire formats."""
+"""Counters of what the simulator served, per model: requests, faults, successes, tokens, wire formats, and
+what its rate limit admitted and refused with the peak admitted rates (per second, per minute)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from modelyard.sim.fleet import FAULT_NAMES
+from modelyard.sim.rate_limits import PeakRate
 
 WIRES: tuple[str, ...] = ("openai", "anthropic", "gemini")
 
 
 class ModelStats:
-    __slots__ = ("by_wire", "faults", "requests", "successes", "tokens_in", "tokens_out")
+    __slots__ = (
+        "accepted",
+        "by_wire",
+        "faults",
+        "per_minute",
+        "per_second",
+        "rate_limited",
+        "requests",
+        "successes",
+        "tokens_in",
+        "tokens_out",
+    )
 
     def __init__(self) -> None:
         self.requests = 0
@@ -19,6 +32,17 @@ class ModelStats:
         self.tokens_out = 0
         self.faults: dict[str, int] = dict.fromkeys(FAULT_NAMES, 0)
         self.by_wire: dict[str, int] = dict.fromkeys(WIRES, 0)
+        #: Requests the model's rate limit admitted (all, without one) and refused with a 429.
+        self.accepted = 0
+        self.rate_limited = 0
+        self.per_minute = PeakRate(60.0)
+        self.per_second = PeakRate(1.0)
+
+    def admitted(self, now: float) -> None:
+        """One request passed the rate limit at `now` (monotonic seconds)."""
+        self.accepted += 1
+        self.per_minute.add(now)
+        self.per_second.add(now)
 
     def snapshot(self) -> dict[str, Any]:
         return {
@@ -28,6 +52,10 @@ class ModelStats:
             "tokens_in": self.tokens_in,
             "tokens_out": self.tokens_out,
             "by_wire": dict(self.by_wire),
+            "accepted": self.accepted,
+            "rate_limited": self.rate_limited,
+            "max_per_minute": self.per_minute.peak,
+            "max_per_second": self.per_second.peak,
         }
 
 

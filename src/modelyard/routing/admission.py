@@ -33,24 +33,28 @@ from __future__ import annotations
 import asyncio
 import heapq
 import math
+import random
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from modelyard.config.model import Deployment, QueueSettings
+from modelyard.config.model import Deployment, Limits, QueueSettings
 from modelyard.routing.health import BreakerState, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import Plan
 from modelyard.routing.table import RoutingTable
 from modelyard.schema.errors import GatewayError, ModelyardError
+from modelyard.state.outage import StateUnavailable
 
 #: How long the dispatch rate is averaged over (seconds): long enough to smooth single calls, short enough
 #: to follow a provider that slows down.
 RATE_HORIZON_S = 5.0
 #: A request is shed when its expected wait is above this share of its deadline (rates are estimates).
 SHED_MARGIN = 0.9
+#: The most a replica sharing its buckets delays a timed dispatch, so that replicas take turns (seconds).
+SHARED_JITTER_S = 0.02
 #: Re-check an open circuit this often while a request waits on it (its cooldown may be per deployment).
 _CIRCUIT_RECHECK_S = 1.0
 
@@ -92,6 +96,16 @@ class Admitted:
 
 class ClientLeftQueue(ModelyardError):
     """The client went away while its request waited (the request ends without an answer)."""
+
+
+class SharedBuckets(Protocol):
+    """RPM/TPM buckets shared by replicas (state/redis_rates.py's SharedRates)."""
+
+    async def take(self, name: str, limits: Limits, tokens: int) -> float: ...
+
+    async def give_back(self, name: str, limits: Limits, tokens: int) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class QueueListener(Protocol):
@@ -289,12 +303,10 @@ class AdmissionQueues:
         health: HealthTracker,
         limits: DeploymentLimits,
         clock: Callable[[], float] = time.monotonic,
-        *,
-        shared: bool = False,
     ) -> None:
         self.settings = settings
-        #: The buckets are shared with other replicas (Redis): this process's share of them is not known.
-        self.shared = shared
+        #: The RPM/TPM buckets shared with other replicas (Redis, state/redis_rates.py), when configured.
+        self.rates: SharedBuckets | None = None
         self.table = table
         self.health = health
         self.limits = limits
@@ -303,10 +315,67 @@ class AdmissionQueues:
         self._queues: dict[str, _ModelQueue] = {}
         #: Queues with requests waiting, by deployment: who to wake when a request there ends.
         self._waiting_on: dict[str, set[_ModelQueue]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        self._rng = random.Random()
         self._fallback_classes = frozenset(i for i, c in enumerate(settings.classes) if c.fallback_when_saturated)
         health.on_release = self.poke
 
     # ------------------------------------------------------------------ the request path
+
+    async def admit(self, plan: Plan, tokens: int, ticket: QueueTicket, replan: Callable[[str], Plan]) -> Admitted:
+        """Straight on when the model has headroom, else wait (or a saturation tier, or a 429).
+
+        With shared buckets, a dispatch to a rate-limited deployment is confirmed with one call to the shared
+        store (the one round trip on the request path); a refusal means other replicas used the bucket: the
+        local copy holds until the shared one refills and the request waits its turn here. An unreachable
+        store leaves the local buckets in charge (each replica then keeps to the whole limit by itself)."""
+        started = self.clock()
+        first = ticket
+        while True:
+            if not self.must_wait(plan, tokens):
+                if self.rates is None:
+                    return Admitted(plan)
+                grant = self._grant_now(plan, tokens)
+                if grant is None or await self._confirmed(grant):
+                    return Admitted(plan, grant)
+                continue  # the local bucket holds now: the next pass queues
+            admitted = await self.wait(plan, tokens, ticket, replan)
+            if self.rates is None or admitted.grant is None or await self._confirmed(admitted.grant):
+                if admitted.waited_ms:  # a saturation tier's request never waited
+                    admitted.waited_ms = (self.clock() - started) * 1000
+                return admitted
+            left = first.max_wait_s - (self.clock() - started)
+            if left <= 0:
+                raise _refusal(f"no capacity at `{plan.model}` within this request's deadline", "queue_timeout", 1.0)
+            ticket = QueueTicket(ticket.rank, ticket.tenant, left, ticket.gone)
+
+    def _grant_now(self, plan: Plan, tokens: int) -> Grant | None:
+        """Take the first candidate with local headroom for this request (shared mode's fast path)."""
+        now = self.clock()
+        for dep in self._candidates(plan):
+            if self._wait_at(dep, now, tokens) == 0.0:
+                return self._take(dep, tokens, now) if dep.limits.rate_limited else None
+        return None
+
+    async def _confirmed(self, grant: Grant) -> bool:
+        """Whether the shared bucket agrees to `grant` (taking its share there too); if not, the grant is
+        given back and the local bucket held until the shared one has room."""
+        dep = grant.deployment
+        rates = self.rates
+        if rates is None or not dep.limits.rate_limited:
+            return True
+        try:
+            wait = await rates.take(dep.name, dep.limits, grant.tokens)
+        except StateUnavailable:
+            return True
+        except BaseException:
+            self.release(grant, shared=False)
+            raise
+        if wait <= 0.0:
+            return True
+        self.release(grant, shared=False)  # first: giving back moves the local bucket, the hold must stay
+        self.limits.hold(dep.name, dep.limits, self.clock(), wait)
+        return False
 
     def enabled_for(self, model: str) -> bool:
         group = self.table.groups.get(model)
@@ -418,15 +487,30 @@ class AdmissionQueues:
         elif not future.done():
             future.cancel()
 
-    def release(self, grant: Grant) -> None:
+    def release(self, grant: Grant, *, shared: bool = True) -> None:
         """Give back a grant the executor never used (the request ended before its first attempt)."""
         if grant.used or grant.released:
             return
         grant.released = True
         dep = grant.deployment
-        self.health.on_cancel(dep.name)
         if dep.limits.rate_limited:
             self.limits.give_back(dep.name, grant.tokens)
+            if shared and self.rates is not None:
+                self._spawn(self.rates.give_back(dep.name, dep.limits, grant.tokens))
+        self.health.on_cancel(dep.name)
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Fire-and-forget shared-bucket bookkeeping (a lost give-back only skews the bucket until it refills)."""
+
+        async def quietly() -> None:
+            try:
+                await work
+            except (StateUnavailable, asyncio.CancelledError):
+                pass
+
+        task = asyncio.ensure_future(quietly())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ dispatch
 
@@ -445,6 +529,11 @@ class AdmissionQueues:
 
     def _scheduled(self, queue: _ModelQueue) -> None:
         queue.scheduled = False
+        self._dispatch(queue)
+
+    def _timer_fired(self, queue: _ModelQueue) -> None:
+        queue.timer = None  # spent: the next `_arm` must set a new one, however close its time
+        queue.timer_at = math.inf
         self._dispatch(queue)
 
     def _dispatch(self, queue: _ModelQueue) -> None:
@@ -508,12 +597,16 @@ class AdmissionQueues:
         if at == math.inf:
             self._disarm(queue)  # woken when a request ends (`poke`), or by a waiter's own deadline
             return
-        if queue.timer is not None and abs(queue.timer_at - at) < 1e-3:
+        if queue.timer is not None and abs(queue.timer_at - at) < SHARED_JITTER_S:
             return
+        if self.rates is not None:
+            # Replicas whose buckets refill at the same instant would race for the shared one in the same
+            # order every time (one starving); a little jitter makes each race a coin toss.
+            at += self._rng.uniform(0.0, SHARED_JITTER_S)
         self._disarm(queue)
         loop = asyncio.get_running_loop()
         queue.timer_at = at
-        queue.timer = loop.call_later(max(0.0, at - self.clock()), self._scheduled, queue)
+        queue.timer = loop.call_later(max(0.0, at - self.clock()), self._timer_fired, queue)
 
     def _disarm(self, queue: _ModelQueue) -> None:
         if queue.timer is not None:
@@ -599,7 +692,7 @@ class AdmissionQueues:
         process owns its buckets; else (a concurrency cap, buckets shared with other replicas) the rate this
         queue has been dispatching at. None while there is nothing to go by (no shedding then: the deadline
         still holds)."""
-        total = self._configured_rate(plan, tokens) if not self.shared else None
+        total = self._configured_rate(plan, tokens) if self.rates is None else None
         if total is None:
             total = queue.rate.per_s(now) if queue.rate.first >= 0 and now - queue.rate.first >= 1.0 else 0.0
         if total <= 0.0:

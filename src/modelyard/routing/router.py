@@ -72,6 +72,13 @@ class Router:
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
+        state = self.config.state
+        if state.redis_url and self.admission.rates is None:
+            from modelyard.state.redis_rates import SharedRates
+
+            # Per-deployment RPM/TPM shared by the replicas: each dispatch to a rate-limited deployment is
+            # confirmed there (routing/admission.py); the queue itself stays per replica.
+            self.admission.rates = SharedRates(state.redis_url, prefix=state.prefix, timeout_s=state.redis_timeout_s)
         if self._transport is None:
             self._transport = make_transport(self.config.server.http_client)
             self._executor = Executor(
@@ -85,6 +92,10 @@ class Router:
             )
 
     async def close(self) -> None:
+        rates = self.admission.rates
+        if rates is not None:
+            self.admission.rates = None
+            await rates.close()
         if self._transport is not None:
             await self._transport.close()
             self._transport = None
@@ -231,9 +242,9 @@ class Router:
             return Admitted(plan)
         tokens = features.prompt_tokens + features.output_estimate()
         admission = self.admission
-        if not admission.must_wait(plan, tokens):
-            return Admitted(plan)
-        return await admission.wait(plan, tokens, queue, self.replanner(features))
+        if admission.rates is None and not admission.must_wait(plan, tokens):
+            return Admitted(plan)  # the common case, without a coroutine
+        return await admission.admit(plan, tokens, queue, self.replanner(features))
 
     async def embed(
         self,

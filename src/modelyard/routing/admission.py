@@ -59,15 +59,22 @@ SHARED_JITTER_S = 0.02
 _CIRCUIT_RECHECK_S = 1.0
 
 
-@dataclass(frozen=True, slots=True)
 class QueueTicket:
-    """How one request may queue, as the server resolved it (class, tenant, deadline)."""
+    """How one request may queue, as the server resolved it (class, tenant, deadline).
 
-    rank: int  # index into `queue.classes` (0 = highest)
-    tenant: str  # the key's id ('' in open mode): the unit of fairness within a class
-    max_wait_s: float
-    #: Resolves (or raises) when the client has gone away; awaited only while the request waits.
-    gone: Callable[[], Awaitable[None]] | None = None
+    A plain slotted class, not a frozen dataclass: one is made per request, and a frozen dataclass's
+    `__init__` costs several times more."""
+
+    __slots__ = ("gone", "max_wait_s", "rank", "tenant")
+
+    def __init__(
+        self, rank: int, tenant: str, max_wait_s: float, gone: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
+        self.rank = rank  # index into `queue.classes` (0 = highest)
+        self.tenant = tenant  # the key's id ('' in open mode): the unit of fairness within a class
+        self.max_wait_s = max_wait_s
+        #: Resolves (or raises) when the client has gone away; awaited only while the request waits.
+        self.gone = gone
 
 
 class Grant:
@@ -393,6 +400,9 @@ class AdmissionQueues:
         order = plan.order
         if not order:
             return bool(self._capacity_candidates(plan)) and self.enabled_for(plan.model)
+        first = order[0]
+        if not first.limits.configured and first.name not in self.health.unhealthy:
+            return False  # the common case: an unlimited, healthy first choice
         now = self.clock()
         for dep in order:
             if self._wait_at(dep, now, tokens) == 0.0:

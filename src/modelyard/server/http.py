@@ -115,6 +115,12 @@ class Request:
             if not message.get("more_body"):
                 return b"".join(chunks)
 
+    async def gone(self) -> None:
+        """Raises `ClientGone` once the client has disconnected (the admission queue watches this while a
+        request waits)."""
+        await self.wait_disconnect()
+        raise ClientGone
+
     async def wait_disconnect(self) -> None:
         """Returns when the client has gone (or the response is complete)."""
         while True:

@@ -9,14 +9,12 @@ request's `x-modelyard-timeout-ms`, the key's `max_queue_ms` and the model's (or
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from modelyard.config.model import QueueSettings
 from modelyard.routing.admission import QueueTicket
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
 from modelyard.server.access import MASTER_ID, KeyState
-from modelyard.server.http import ClientGone, Request
+from modelyard.server.http import Request
 
 PRIORITY_HEADER = b"x-modelyard-priority"
 
@@ -51,7 +49,7 @@ class QueuePolicy:
         if timeout_s is not None:
             max_wait_s = min(max_wait_s, timeout_s)
         tenant = key.id if key is not None else ""
-        return QueueTicket(rank, tenant, max_wait_s, _gone(request))
+        return QueueTicket(rank, tenant, max_wait_s, request.gone)
 
     def _rank_of(self, name: str, param: str) -> int:
         rank = self.ranks.get(name)
@@ -60,13 +58,3 @@ class QueuePolicy:
                 400, f"unknown priority {name[:64]!r} (one of: {self.names})", param=param, code="unknown_priority"
             )
         return rank
-
-
-def _gone(request: Request) -> Callable[[], Awaitable[None]]:
-    """Resolves, by raising `ClientGone`, when the client disconnects (watched only while it waits)."""
-
-    async def gone() -> None:
-        await request.wait_disconnect()
-        raise ClientGone
-
-    return gone

@@ -104,7 +104,7 @@ class FakeRequest:
     def header(self, name: bytes) -> str | None:
         return self.priority if name == b"x-modelyard-priority" else None
 
-    async def wait_disconnect(self) -> None:
+    async def gone(self) -> None:
         await asyncio.Event().wait()
 
 

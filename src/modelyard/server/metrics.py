@@ -337,7 +337,7 @@ class Metrics:
             labels=["model", "class"],
         )
         depths: dict[tuple[str, str], int] = {}
-        for model, cls, waiting in self._depths():
+        for model, cls, waiting in self.router.admission.depths():  # a copy, safe off the loop
             slot = self._queue_labels(model, cls)
             depths[slot] = depths.get(slot, 0) + waiting
         for (model, cls), waiting in depths.items():
@@ -358,16 +358,6 @@ class Metrics:
         for (model, cls, reason), count in list(self.queue_sheds.items()):
             sheds.add_metric([model, cls, reason], count)
         yield from (depth, waits, sheds)
-
-    def _depths(self) -> list[tuple[str, str, int]]:
-        """The queue's depths, read from this scrape thread while the event loop may add a model's queue
-        (a dict that changes size while it is walked): tried again then, and empty rather than an error."""
-        for _ in range(3):
-            try:
-                return self.router.admission.depths()
-            except RuntimeError:
-                continue
-        return []
 
 
 class _Collector:

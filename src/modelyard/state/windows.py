@@ -1,9 +1,9 @@
 """The sliding one-minute window: one-second buckets, a running sum, and how long until it has room again.
 
-One copy for both layers that count per minute: the routing executor's RPM/TPM per deployment
-(routing/limits.py, on every request's hot path) and the key limits of the in-memory counters
-(state/counters.py). The same arithmetic runs in Redis (state/redis_counters.py's Lua script), so the
-in-memory and the shared counters admit exactly the same sequences of requests.
+The key limits of the in-memory counters (state/counters.py) count with it (a deployment's RPM/TPM are
+token buckets instead: routing/limits.py, as providers describe their own). The same arithmetic runs in
+Redis (state/redis_counters.py's Lua script), so the in-memory and the shared counters admit exactly the
+same sequences of requests.
 """
 
 from __future__ import annotations

@@ -148,9 +148,12 @@ class _Rate:
 
 
 class _Waiter:
-    __slots__ = ("cls", "deadline", "enqueued", "future", "plan", "tenant", "tokens")
+    __slots__ = ("cls", "deadline", "enqueued", "future", "plan", "queue", "tenant", "tokens")
 
-    def __init__(self, cls: _Class, tenant: str, tokens: int, plan: Plan, enqueued: float, deadline: float) -> None:
+    def __init__(
+        self, queue: _ModelQueue, cls: _Class, tenant: str, tokens: int, plan: Plan, enqueued: float, deadline: float
+    ) -> None:
+        self.queue = queue
         self.cls = cls
         self.tenant = tenant
         self.tokens = tokens
@@ -281,23 +284,19 @@ class _ModelQueue:
         self.timer_at = math.inf
         self.scheduled = False
 
-    def next_class(self, strict: bool) -> tuple[_Class, _Waiter] | None:
-        """The class to serve next and its head: the lowest virtual finish (pass + head tokens / weight),
-        ties to the higher class; with `strict`, the highest backlogged class."""
-        best: tuple[_Class, _Waiter] | None = None
-        best_finish = math.inf
+    def in_turn(self, strict: bool) -> list[tuple[_Class, _Waiter]]:
+        """The backlogged classes with their heads, in the order they should be served: lowest virtual finish
+        (pass + head tokens / weight) first, ties to the higher class; with `strict`, highest class first."""
+        heads: list[tuple[float, int, _Class, _Waiter]] = []
         for cls in self.classes:
             if cls.depth == 0:
                 continue
             head = cls.head()
-            if head is None:
-                continue
-            if strict:
-                return cls, head
-            finish = cls.pass_ + head.tokens / cls.weight
-            if finish < best_finish:
-                best, best_finish = (cls, head), finish
-        return best
+            if head is not None:
+                key = float(cls.rank) if strict else cls.pass_ + head.tokens / cls.weight
+                heads.append((key, cls.rank, cls, head))
+        heads.sort(key=lambda h: (h[0], h[1]))
+        return [(cls, head) for _, _, cls, head in heads]
 
 
 class AdmissionQueues:
@@ -323,6 +322,7 @@ class AdmissionQueues:
         #: Queues with requests waiting, by deployment: who to wake when a request there ends.
         self._waiting_on: dict[str, set[_ModelQueue]] = {}
         self._background: set[asyncio.Future[None]] = set()
+        self._pools = deployment_pools(table)
         self._rng = random.Random()
         self._fallback_classes = frozenset(i for i, c in enumerate(settings.classes) if c.fallback_when_saturated)
         health.on_release = self.poke
@@ -394,7 +394,7 @@ class AdmissionQueues:
     def must_wait(self, plan: Plan, tokens: int) -> bool:
         """Whether this request cannot go straight on: its model's queue has waiters, or none of its
         candidates has headroom now. O(1) for a model whose candidates have no limits."""
-        queue = self._queues.get(plan.model)
+        queue = self._queues.get(self._pool(plan))
         if queue is not None and queue.depth:
             return self.enabled_for(plan.model)
         order = plan.order
@@ -423,9 +423,12 @@ class AdmissionQueues:
                     if self._wait_at(dep, now, tokens) == 0.0:
                         tier_plan.ctx.note(dep, f"saturation tier of `{plan.model}`")
                         return Admitted(tier_plan, tier=tier)
-        queue = self._queues.get(plan.model)
+        pool = self._pool(plan)
+        queue = self._queues.get(pool)
         if queue is None:
-            queue = self._queues[plan.model] = _ModelQueue(plan.model, settings)
+            queue = self._queues[pool] = _ModelQueue(pool, settings)
+        if queue.rate.last >= 0 and now - queue.rate.last > RATE_HORIZON_S:
+            queue.rate = _Rate()  # idle since: what it was served at then says nothing about now
         cls = queue.classes[ticket.rank]
         max_length, max_wait_s = self._bounds(plan.model, ticket.max_wait_s)
         if queue.depth >= max_length:
@@ -433,14 +436,14 @@ class AdmissionQueues:
             raise _refusal(
                 f"the queue of `{plan.model}` is full ({max_length} requests waiting)",
                 "queue_full",
-                self._drain_s(queue, queue.classes[0].tokens + tokens, now),
+                self._drain_s(queue, plan, sum(c.tokens for c in queue.classes) + tokens, now),
             )
         if queue.per_tenant.get(ticket.tenant, 0) >= settings.max_per_key:
             self._shed(queue, cls, "key_full")
             raise _refusal(
                 f"this key already has {settings.max_per_key} requests waiting for `{plan.model}`",
                 "queue_full",
-                self._drain_s(queue, cls.ahead_of(ticket.tenant, tokens), now),
+                self._drain_s(queue, plan, cls.ahead_of(ticket.tenant, tokens), now),
             )
         expected = self._expected_wait(queue, cls, plan, ticket.tenant, tokens, now)
         if expected is not None and expected > max_wait_s * SHED_MARGIN:
@@ -451,7 +454,7 @@ class AdmissionQueues:
                 "queue_deadline",
                 expected - max_wait_s * SHED_MARGIN,
             )
-        waiter = _Waiter(cls, ticket.tenant, tokens, plan, now, now + max_wait_s)
+        waiter = _Waiter(queue, cls, ticket.tenant, tokens, plan, now, now + max_wait_s)
         self._enqueue(queue, waiter)
         self._dispatch(queue)
         try:
@@ -476,18 +479,16 @@ class AdmissionQueues:
                 watcher.cancel()
         if future.done() and not future.cancelled():
             return future.result()
-        queue = self._queues.get(waiter.plan.model)
+        queue = waiter.queue
         if watcher is not None and watcher.done():
-            if queue is not None:
-                self._shed(queue, waiter.cls, "left")
+            self._shed(queue, waiter.cls, "left")
             watcher.result()  # the server's own "client gone" error
             raise ClientLeftQueue(f"the client left the queue of `{waiter.plan.model}`")
-        if queue is not None:
-            self._shed(queue, waiter.cls, "timeout")
+        self._shed(queue, waiter.cls, "timeout")
         raise _refusal(
             f"waited {max_wait_s * 1000:.0f} ms for capacity at `{waiter.plan.model}` without a turn",
             "queue_timeout",
-            self._drain_s(queue, waiter.cls.tokens, self.clock()) if queue is not None else 1.0,
+            self._drain_s(queue, waiter.plan, waiter.cls.tokens, self.clock()),
         )
 
     def _give_back_if_granted(self, waiter: _Waiter) -> None:
@@ -551,14 +552,20 @@ class AdmissionQueues:
         now = self.clock()
         strict = self.settings.strict
         while queue.depth:
-            chosen = queue.next_class(strict)
+            # The first class in turn whose head can go now; a head that cannot (it waits on a deployment
+            # that is full) does not hold back a class whose head waits on another that has room.
+            soonest = math.inf
+            chosen: tuple[_Class, _Waiter, Deployment] | None = None
+            for cls, waiter in queue.in_turn(strict):
+                dep, wait = self._capacity(waiter, now)
+                if dep is not None:
+                    chosen = (cls, waiter, dep)
+                    break
+                soonest = min(soonest, wait)
             if chosen is None:
-                break
-            cls, waiter = chosen
-            dep, wait = self._capacity(waiter, now)
-            if dep is None:
-                self._arm(queue, now + wait)
+                self._arm(queue, now + soonest)
                 return
+            cls, waiter, dep = chosen
             cls.pop(waiter)
             cls.pass_ += waiter.tokens / cls.weight
             self._dequeued(queue, waiter)
@@ -681,6 +688,18 @@ class AdmissionQueues:
             return waiting
         return []
 
+    def _pool(self, plan: Plan) -> str:
+        """The queue a plan waits in: one per pool of deployments (models that share a deployment, and the
+        deployment's own name, share one queue, so that no name is a way around another's order or bounds)."""
+        order = plan.order
+        first = order[0] if order else None
+        if first is None:
+            waiting = self._capacity_candidates(plan)
+            first = waiting[0] if waiting else None
+        if first is None:
+            return plan.model
+        return self._pools.get(first.name, first.name)
+
     def _tiers(self, model: str) -> tuple[str, ...]:
         group = self.table.groups.get(model)
         return group.saturation_tiers if group is not None else ()
@@ -702,10 +721,8 @@ class AdmissionQueues:
         process owns its buckets; else (a concurrency cap, buckets shared with other replicas) the rate this
         queue has been dispatching at. None while there is nothing to go by (no shedding then: the deadline
         still holds)."""
-        total = self._configured_rate(plan, tokens) if self.rates is None else None
+        total = self._service_rate(queue, plan, tokens, now)
         if total is None:
-            total = queue.rate.per_s(now) if queue.rate.first >= 0 and now - queue.rate.first >= 1.0 else 0.0
-        if total <= 0.0:
             return None
         weights = sum(c.weight for c in queue.classes)
         share = total * cls.weight / weights
@@ -716,22 +733,45 @@ class AdmissionQueues:
             return math.inf
         return cls.ahead_of(tenant, tokens) / rate
 
-    def _configured_rate(self, plan: Plan, tokens: int) -> float | None:
-        """Tokens per second the candidates' RPM/TPM allow for requests like this one (None when one of them
-        is not rate limited: its rate is not known in advance)."""
+    def _service_rate(self, queue: _ModelQueue, plan: Plan, tokens: int, now: float) -> float | None:
+        """Tokens per second the queue can expect to dispatch: its candidates' capacity when this process
+        owns their buckets, else the rate it has been dispatching at lately; None when neither is known."""
+        if self.rates is None:
+            capacity = self._capacity_rate(plan, tokens)
+            if capacity is not None:
+                return capacity
+        rate = queue.rate
+        if rate.first >= 0 and now - rate.first >= 1.0 and now - rate.last <= RATE_HORIZON_S:
+            return rate.per_s(now) or None
+        return None
+
+    def _capacity_rate(self, plan: Plan, tokens: int) -> float | None:
+        """Tokens per second the candidates can take for requests like this one: what their RPM/TPM allow, and
+        for a concurrency cap, the cap over the observed latency. None when a candidate's is not known (no
+        limit, or a cap with no latency observed yet)."""
         total = 0.0
         for dep in self._candidates(plan):
             limits = dep.limits
-            if not limits.rate_limited:
+            rate = math.inf
+            if limits.rpm is not None:
+                rate = limits.rpm / 60.0 * tokens
+            if limits.tpm is not None:
+                rate = min(rate, limits.tpm / 60.0)
+            if limits.max_concurrency is not None:
+                latency_ms = self.health.get(dep.name).ewma_total_ms
+                if latency_ms:
+                    rate = min(rate, limits.max_concurrency / (latency_ms / 1000.0) * tokens)
+                elif rate == math.inf:
+                    return None
+            if rate == math.inf:
                 return None
-            by_requests = limits.rpm / 60.0 * tokens if limits.rpm is not None else math.inf
-            by_tokens = limits.tpm / 60.0 if limits.tpm is not None else math.inf
-            total += min(by_requests, by_tokens)
+            total += rate
         return total or None
 
-    def _drain_s(self, queue: _ModelQueue, tokens: int, now: float) -> float:
-        total = queue.rate.per_s(now)
-        return tokens / total if total > 0 else 1.0
+    def _drain_s(self, queue: _ModelQueue, plan: Plan, tokens: int, now: float) -> float:
+        """Seconds until `tokens` of the backlog have been dispatched (the `Retry-After` of a refusal)."""
+        rate = self._service_rate(queue, plan, max(1, tokens // max(1, queue.depth or 1)), now)
+        return tokens / rate if rate else 1.0
 
     def _shed(self, queue: _ModelQueue, cls: _Class, reason: str) -> None:
         if self.listener is not None:
@@ -743,12 +783,17 @@ class AdmissionQueues:
         """Queue state for `GET /admin/queues`: per model and class, depth, queued tokens, service rate."""
         now = self.clock()
         models: dict[str, Any] = {}
+        served: dict[str, list[str]] = {}  # pool name -> the models whose requests wait in it
+        for name, group in self.table.groups.items():
+            if group.candidates:
+                served.setdefault(self._pools.get(group.candidates[0].name, name), []).append(name)
         for model, queue in list(self._queues.items()):
             models[model] = {
                 "depth": queue.depth,
                 "keys": len(queue.per_tenant),
                 "tokens_per_s": round(queue.rate.per_s(now), 3),
                 "next_wake_in_s": None if queue.timer is None else round(max(0.0, queue.timer_at - now), 3),
+                "serves": served.get(model, [model]),
                 "waiting_on": sorted(queue.deployments),
                 "classes": {
                     cls.name: {
@@ -762,12 +807,50 @@ class AdmissionQueues:
                     for cls in queue.classes
                 },
             }
-        return {"enabled": self.settings.enabled, "strict": self.settings.strict, "models": models}
+        shared = None
+        if self.rates is not None:
+            shared = "unavailable: local buckets" if getattr(self.rates, "degraded", False) else "ok"
+        return {
+            "enabled": self.settings.enabled,
+            "strict": self.settings.strict,
+            "shared_buckets": shared,
+            "models": models,
+        }
 
     def depths(self) -> list[tuple[str, str, int]]:
         """(model, class, depth) for every queue: the metrics gauge."""
         # A copy first: the metrics scrape may run on a worker thread while the loop adds a model's queue.
         return [(q.model, c.name, c.depth) for q in list(self._queues.values()) for c in q.classes]
+
+
+def deployment_pools(table: RoutingTable) -> dict[str, str]:
+    """Each deployment's pool: deployments connected by a model (its candidates and rule targets) are one
+    pool, named after the first model (in config order) over it."""
+    parent: dict[str, str] = {}
+
+    def find(name: str) -> str:
+        parent.setdefault(name, name)
+        while parent[name] != name:
+            parent[name] = parent[parent[name]]
+            name = parent[name]
+        return name
+
+    names: dict[str, str] = {}
+    for model, group in table.groups.items():
+        members = [dep.name for dep in group.candidates]
+        for rule in group.rules:
+            members.extend(rule.use)
+        if not members:
+            continue
+        root = find(members[0])
+        for other in members[1:]:
+            parent[find(other)] = root
+        names.setdefault(find(root), model)
+    pools: dict[str, str] = {}
+    for name in list(parent):
+        root = find(name)
+        pools[name] = next((n for r, n in names.items() if find(r) == root), name)  # the first model in order
+    return pools
 
 
 def _oldest(cls: _Class, now: float) -> float:

@@ -157,6 +157,14 @@ def _queue_metadata(body: dict[str, Any], metadata: dict[str, str], classes: Col
             merged[name] = _class_name(name, top, classes, param=name)
         elif name in metadata:
             merged[name] = _class_name(name, metadata[name], classes, param=f"metadata.{name}")
+    own, cap = merged.get("priority"), merged.get("max_priority")
+    order = list(classes)  # highest first
+    if own is not None and cap is not None and order.index(own) < order.index(cap):
+        raise GatewayError(
+            400,
+            f"`priority` {own!r} is above `max_priority` {cap!r}: the key would never get its own class",
+            param="priority",
+        )
     wait = body.get("max_queue_ms")
     if wait is not None:
         merged["max_queue_ms"] = _format_ms(_queue_ms(wait, "max_queue_ms"))

@@ -303,6 +303,19 @@ class Metrics:
                 "Times the shared counters became unreachable.",
                 value=getattr(self.counters, "outages", 0),
             )
+        rates = self.router.admission.rates
+        if rates is not None:
+            yield GaugeMetricFamily(
+                "modelyard_shared_buckets_unavailable",
+                "1 while the per-deployment RPM/TPM buckets shared in Redis are unreachable (each replica then "
+                "keeps to the whole limit by itself).",
+                value=int(getattr(rates, "degraded", False)),
+            )
+            yield CounterMetricFamily(
+                "modelyard_shared_buckets_outages",
+                "Times the shared per-deployment buckets became unreachable.",
+                value=getattr(rates, "outages", 0),
+            )
         if self.spend is not None:
             spend = self.spend
             yield CounterMetricFamily("modelyard_spend_log_written", "Spend records written.", value=spend.written)

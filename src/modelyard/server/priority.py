@@ -25,6 +25,7 @@ class QueuePolicy:
     def __init__(self, settings: QueueSettings) -> None:
         self.ranks = {c.name: i for i, c in enumerate(settings.classes)}
         self.default_rank = self.ranks[settings.default_class]
+        self.lowest = len(settings.classes) - 1
         self.max_wait_s = settings.max_wait_ms / 1000.0
         self.names = ", ".join(self.ranks)
 
@@ -36,12 +37,13 @@ class QueuePolicy:
         if asked is None and overrides is not None and overrides.priority is not None:
             asked, param = overrides.priority, "modelyard.priority"
         rank = self._rank_of(asked.strip(), param) if asked is not None else None
-        own = self.ranks.get(key.priority, self.default_rank) if key is not None and key.priority else None
+        # A class the config no longer has (renamed, removed) counts as the lowest: never a promotion.
+        own = self.ranks.get(key.priority, self.lowest) if key is not None and key.priority else None
         if rank is None:
             rank = own if own is not None else self.default_rank
         if key is not None and key.id != MASTER_ID:
             cap_name = key.max_priority or key.priority
-            cap = self.ranks.get(cap_name, self.default_rank) if cap_name else self.default_rank
+            cap = self.ranks.get(cap_name, self.lowest) if cap_name else self.default_rank
             rank = max(rank, cap)  # a lower rank is a higher class: never above the key's maximum
         max_wait_s = self.max_wait_s
         if key is not None and key.max_queue_s is not None:

@@ -278,7 +278,9 @@ async def test_batch_goes_to_the_saturation_tier_instead_of_waiting():
     assert batch.deployment.name == "cheap" and batch.queue_ms == 0.0
     default = asyncio.ensure_future(router.complete(*ask("tiered"), queue=ticket(rank=1)))
     await settle()
-    assert router.admission.snapshot()["models"]["tiered"]["depth"] == 1  # default waits for its own model
+    # `tiered` shares its deployment with `single`: one queue (named after the first model over it).
+    snapshot = router.admission.snapshot()["models"]["single"]
+    assert snapshot["depth"] == 1 and "tiered" in snapshot["serves"]  # default waits for its own model
     transport.gates["one"].set()
     assert (await default).deployment.name == "one"
     await blocker
@@ -289,3 +291,53 @@ async def test_unsaturated_models_never_touch_the_queue():
     answers = await asyncio.gather(*(router.complete(*ask("open"), queue=ticket()) for _ in range(20)))
     assert all(a.queue_ms == 0.0 for a in answers)
     assert router.admission.snapshot()["models"] == {}
+
+
+async def test_another_name_of_the_same_deployment_is_not_a_way_around_the_order():
+    """Found by the attacker: each model name had its own queue, so a batch tenant queueing on the bare
+    deployment name (`one`) went before interactive requests queued on `single`. One pool, one order."""
+    router, transport = make()
+    gate = transport.gates["one"] = asyncio.Event()
+    blocker = asyncio.ensure_future(router.complete(*ask("single", "blocker"), queue=ticket()))
+    await settle()
+    batch = [
+        asyncio.ensure_future(router.complete(*ask(name, f"batch-{i}"), queue=ticket(2, "b")))
+        for i, name in enumerate(["one", "single", "one", "one"])
+    ]
+    await settle()
+    urgent = asyncio.ensure_future(router.complete(*ask("single", "urgent"), queue=ticket(0, "i")))
+    await settle()
+    assert router.admission.snapshot()["models"]["single"]["depth"] == 5
+    for _ in range(3):
+        gate.set()
+        await asyncio.sleep(0)
+        gate.clear()
+        await settle()
+    gate.set()
+    await asyncio.gather(blocker, urgent, *batch)
+    assert transport.order.index("urgent") <= 2, transport.order  # at most one batch call before it
+
+
+async def test_a_queue_idle_for_a_while_does_not_shed_on_a_stale_rate():
+    """Found by the attacker: the observed dispatch rate decayed to ~0 while the queue was idle, so the next
+    request to wait was shed with an absurd expected wait, and every one after it (nothing fed the rate)."""
+    router, transport = make()
+    clock = [1000.0]
+    router.admission.clock = lambda: clock[0]
+    gate = transport.gates["one"] = asyncio.Event()
+    blocker = asyncio.ensure_future(router.complete(*ask("single"), queue=ticket()))
+    await settle()
+    second = asyncio.ensure_future(router.complete(*ask("single"), queue=ticket()))
+    await settle()
+    clock[0] += 2.0
+    gate.set()
+    await asyncio.gather(blocker, second)
+    gate.clear()
+    clock[0] += 600.0  # ten minutes of nothing
+    blocker = asyncio.ensure_future(router.complete(*ask("single"), queue=ticket()))
+    await settle()
+    waiting = asyncio.ensure_future(router.complete(*ask("single"), queue=ticket(wait_s=5.0)))
+    await settle()
+    assert not waiting.done(), waiting  # it waits (no 429 from a stale estimate)
+    gate.set()
+    await asyncio.gather(blocker, waiting)

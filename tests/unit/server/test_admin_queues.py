@@ -123,6 +123,22 @@ def test_stored_settings_set_the_class_the_cap_and_the_wait() -> None:
     assert ticket(key).max_wait_s == 1.5
 
 
+def test_a_class_the_config_no_longer_has_counts_as_the_lowest() -> None:
+    """Found by the attacker: a `batch` key became `default` once `batch` was renamed (an unknown class fell
+    back to the default class); an unknown name may never promote a key."""
+    _, record = new_key("tenant", metadata={"priority": "bulk", "max_priority": "bulk"})
+    key = KeyState.from_record(record)
+    assert ticket(key).rank == len(CLASSES) - 1
+    assert ticket(key, "interactive").rank == len(CLASSES) - 1
+
+
+def test_a_priority_above_its_own_maximum_is_refused() -> None:
+    with pytest.raises(GatewayError) as err:
+        options(priority="interactive", max_priority="batch")
+    assert err.value.status == 400 and err.value.param == "priority"
+    assert options(priority="batch", max_priority="interactive")["metadata"]["max_priority"] == "interactive"
+
+
 # --------------------------------------------------------------------------- metrics
 
 

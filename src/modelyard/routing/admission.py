@@ -65,16 +65,23 @@ class QueueTicket:
     A plain slotted class, not a frozen dataclass: one is made per request, and a frozen dataclass's
     `__init__` costs several times more."""
 
-    __slots__ = ("gone", "max_wait_s", "rank", "tenant")
+    __slots__ = ("call_s", "gone", "max_wait_s", "rank", "tenant")
 
     def __init__(
-        self, rank: int, tenant: str, max_wait_s: float, gone: Callable[[], Awaitable[None]] | None = None
+        self,
+        rank: int,
+        tenant: str,
+        max_wait_s: float,
+        gone: Callable[[], Awaitable[None]] | None = None,
+        call_s: float | None = None,
     ) -> None:
         self.rank = rank  # index into `queue.classes` (0 = highest)
         self.tenant = tenant  # the key's id ('' in open mode): the unit of fairness within a class
         self.max_wait_s = max_wait_s
         #: Resolves (or raises) when the client has gone away; awaited only while the request waits.
         self.gone = gone
+        #: The client's own bound on the whole request (x-modelyard-timeout-ms): the wait and the call.
+        self.call_s = call_s
 
 
 class Grant:
@@ -354,7 +361,8 @@ class AdmissionQueues:
             left = first.max_wait_s - (self.clock() - started)
             if left <= 0:
                 raise _refusal(f"no capacity at `{plan.model}` within this request's deadline", "queue_timeout", 1.0)
-            ticket = QueueTicket(ticket.rank, ticket.tenant, left, ticket.gone)
+            call_s = None if first.call_s is None else first.call_s - (self.clock() - started)
+            ticket = QueueTicket(ticket.rank, ticket.tenant, left, ticket.gone, call_s)
 
     def _grant_now(self, plan: Plan, tokens: int) -> Grant | None:
         """Take the first candidate with local headroom for this request (shared mode's fast path)."""
@@ -431,6 +439,17 @@ class AdmissionQueues:
             queue.rate = _Rate()  # idle since: what it was served at then says nothing about now
         cls = queue.classes[ticket.rank]
         max_length, max_wait_s = self._bounds(plan.model, ticket.max_wait_s)
+        if ticket.call_s is not None:
+            # The client's own timeout covers the call too: a turn that leaves less than the call takes would
+            # be paid for and then time out. Keep the candidates' observed latency back.
+            max_wait_s = min(max_wait_s, ticket.call_s - self._call_reserve_s(plan))
+            if max_wait_s <= 0.0:
+                self._shed(queue, cls, "deadline")
+                raise _refusal(
+                    f"`{plan.model}` is saturated and this request's timeout leaves no time to wait for it",
+                    "queue_deadline",
+                    self._drain_s(queue, plan, cls.ahead_of(ticket.tenant, tokens), now),
+                )
         if queue.depth >= max_length:
             self._shed(queue, cls, "full")
             raise _refusal(
@@ -700,6 +719,16 @@ class AdmissionQueues:
             return plan.model
         return self._pools.get(first.name, first.name)
 
+    def _call_reserve_s(self, plan: Plan) -> float:
+        """How long the call itself is expected to take once dispatched: the slowest observed latency of the
+        candidates (EWMA of the whole call), with a quarter more for its spread; 0 before any was observed."""
+        slowest = 0.0
+        for dep in self._candidates(plan):
+            latency = self.health.get(dep.name).ewma_total_ms
+            if latency is not None:
+                slowest = max(slowest, latency)
+        return slowest * 1.25 / 1000.0
+
     def _tiers(self, model: str) -> tuple[str, ...]:
         group = self.table.groups.get(model)
         return group.saturation_tiers if group is not None else ()
@@ -715,23 +744,40 @@ class AdmissionQueues:
     def _expected_wait(
         self, queue: _ModelQueue, cls: _Class, plan: Plan, tenant: str, tokens: int, now: float
     ) -> float | None:
-        """Seconds until a new request would be dispatched, from the class's backlog ahead of it and its
-        service rate: the rate it is observed to get, and never less than its weighted share of the model's
-        capacity. The capacity is what the candidates' RPM/TPM allow when they are all rate limited and this
-        process owns its buckets; else (a concurrency cap, buckets shared with other replicas) the rate this
-        queue has been dispatching at. None while there is nothing to go by (no shedding then: the deadline
-        still holds)."""
+        """Seconds until a new request would be dispatched: the tokens of its class that go before it (fair by
+        key) over the rate its class can expect now (`_class_rate`). None while the capacity is not known (no
+        shedding then: the deadline still holds)."""
         total = self._service_rate(queue, plan, tokens, now)
         if total is None:
             return None
-        weights = sum(c.weight for c in queue.classes)
-        share = total * cls.weight / weights
-        if self.settings.strict:
-            share = total if all(c.depth == 0 for c in queue.classes[: cls.rank]) else 0.0
-        rate = max(cls.rate.per_s(now), share)
+        rate = self._class_rate(queue, cls, total, now)
         if rate <= 0.0:
             return math.inf
         return cls.ahead_of(tenant, tokens) / rate
+
+    def _class_rate(self, queue: _ModelQueue, cls: _Class, total: float, now: float) -> float:
+        """What `cls` can expect of `total` under weighted fair sharing: the weighted max-min fair allocation
+        (water-filling) among the classes with demand, where a class with waiters (and `cls` itself) wants
+        all it can get and one without waiters what it was served at lately. Not the class's own observed
+        rate: at the onset of an overload that was measured while it had the capacity to itself."""
+        demands: dict[_Class, float] = {}
+        for other in queue.classes:
+            if other is cls or other.depth:
+                demands[other] = math.inf
+            elif other.rate.last >= 0 and now - other.rate.last <= RATE_HORIZON_S:
+                demands[other] = other.rate.per_s(now)
+        if self.settings.strict:
+            above = [demands.get(c, 0.0) for c in queue.classes[: cls.rank]]
+            return max(0.0, total - sum(above))
+        remaining = total
+        while demands:
+            unit = remaining / sum(c.weight for c in demands)
+            satisfied = [c for c, want in demands.items() if want <= c.weight * unit]
+            if not satisfied:
+                return cls.weight * unit
+            for c in satisfied:
+                remaining -= demands.pop(c)
+        return 0.0
 
     def _service_rate(self, queue: _ModelQueue, plan: Plan, tokens: int, now: float) -> float | None:
         """Tokens per second the queue can expect to dispatch: its candidates' capacity when this process

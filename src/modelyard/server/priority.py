@@ -51,7 +51,7 @@ class QueuePolicy:
         if timeout_s is not None:
             max_wait_s = min(max_wait_s, timeout_s)
         tenant = key.id if key is not None else ""
-        return QueueTicket(rank, tenant, max_wait_s, request.gone)
+        return QueueTicket(rank, tenant, max_wait_s, request.gone, timeout_s)
 
     def _rank_of(self, name: str, param: str) -> int:
         rank = self.ranks.get(name)

@@ -11,7 +11,7 @@ import msgspec
 import pytest
 
 from modelyard.config.loader import parse_config
-from modelyard.routing.admission import ClientLeftQueue, QueueTicket
+from modelyard.routing.admission import RATE_HORIZON_S, ClientLeftQueue, QueueTicket, _ModelQueue
 from modelyard.routing.executor import Executor
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.router import Router
@@ -341,3 +341,40 @@ async def test_a_queue_idle_for_a_while_does_not_shed_on_a_stale_rate():
     assert not waiting.done(), waiting  # it waits (no 429 from a stale estimate)
     gate.set()
     await asyncio.gather(blocker, waiting)
+
+
+async def test_a_timeout_that_leaves_no_time_for_the_call_is_refused_before_it_waits():
+    """Found by the benchmark: a waiter dispatched just before its x-modelyard-timeout-ms was paid for by the
+    provider and then timed out. The queue keeps the call's observed latency back from the wait."""
+    router, transport = make()
+    router.health.on_start("one", 0.0)
+    router.health.on_success("one", 0.0, 400.0, 100.0)  # calls to `one` take ~400 ms
+    transport.gates["one"] = asyncio.Event()
+    blocker = asyncio.ensure_future(router.complete(*ask("single"), queue=ticket()))
+    await settle()
+    with pytest.raises(GatewayError) as err:
+        await router.complete(*ask("single"), queue=QueueTicket(1, "k", 0.3, None, call_s=0.3))
+    assert err.value.status == 429 and err.value.code == "queue_deadline"
+    waiting = asyncio.ensure_future(router.complete(*ask("single"), queue=QueueTicket(1, "k", 2.0, None, call_s=2.0)))
+    await settle()
+    assert not waiting.done()  # 2 s leave room for the call: it waits
+    transport.gates["one"].set()
+    await asyncio.gather(blocker, waiting)
+
+
+async def test_a_class_alone_is_expected_to_get_the_whole_capacity():
+    """Found by the e2e tests: a lone batch tenant was shed as if it got 1/12 of the capacity (its weight
+    share) with no other class waiting; weighted max-min fair sharing gives it all of it."""
+    router, _ = make()
+    admission = router.admission
+    features = ask("rated")[2]
+    plan = router.plan("rated", features)
+    tokens = features.prompt_tokens + features.output_estimate()
+    queue = admission._queues.setdefault("rated", _ModelQueue("rated", admission.settings))
+    batch, interactive = queue.classes[2], queue.classes[0]
+    now = 100.0
+    total = admission._service_rate(queue, plan, tokens, now)
+    assert total is not None and admission._class_rate(queue, batch, total, now) == pytest.approx(total)
+    interactive.rate.add(now, 0.25 * total * RATE_HORIZON_S)  # a quarter over the last 5 s: batch gets the rest
+    interactive.rate.first = now - 10.0
+    assert admission._class_rate(queue, batch, total, now) == pytest.approx(total * 0.75, rel=0.05)

@@ -87,10 +87,11 @@ class QueueTicket:
 class Grant:
     """Capacity taken for one request at one deployment: its bucket share and in-flight slot."""
 
-    __slots__ = ("at", "deployment", "released", "tokens", "used")
+    __slots__ = ("at", "deployment", "rank", "released", "tokens", "used")
 
-    def __init__(self, deployment: Deployment, tokens: int, at: float) -> None:
+    def __init__(self, deployment: Deployment, tokens: int, at: float, rank: int = 0) -> None:
         self.deployment = deployment
+        self.rank = rank  # the request's class (0 = highest): what it may take of a shared bucket
         self.tokens = tokens
         self.at = at
         self.used = False  # the executor's attempt owns it now (and gives it back itself)
@@ -115,7 +116,7 @@ class ClientLeftQueue(ModelyardError):
 class SharedBuckets(Protocol):
     """RPM/TPM buckets shared by replicas (state/redis_rates.py's SharedRates)."""
 
-    async def take(self, name: str, limits: Limits, tokens: int) -> float: ...
+    async def take(self, name: str, limits: Limits, tokens: int, reserve_s: float = 0.0) -> float: ...
 
     async def give_back(self, name: str, limits: Limits, tokens: int) -> None: ...
 
@@ -349,7 +350,7 @@ class AdmissionQueues:
             if not self.must_wait(plan, tokens):
                 if self.rates is None:
                     return Admitted(plan)
-                grant = self._grant_now(plan, tokens)
+                grant = self._grant_now(plan, tokens, ticket.rank)
                 if grant is None or await self._confirmed(grant):
                     return Admitted(plan, grant)
                 continue  # the local bucket holds now: the next pass queues
@@ -364,13 +365,22 @@ class AdmissionQueues:
             call_s = None if first.call_s is None else first.call_s - (self.clock() - started)
             ticket = QueueTicket(ticket.rank, ticket.tenant, left, ticket.gone, call_s)
 
-    def _grant_now(self, plan: Plan, tokens: int) -> Grant | None:
+    def _grant_now(self, plan: Plan, tokens: int, rank: int) -> Grant | None:
         """Take the first candidate with local headroom for this request (shared mode's fast path)."""
         now = self.clock()
         for dep in self._candidates(plan):
             if self._wait_at(dep, now, tokens) == 0.0:
-                return self._take(dep, tokens, now) if dep.limits.rate_limited else None
+                return self._take(dep, tokens, now, rank) if dep.limits.rate_limited else None
         return None
+
+    def _reserve_s(self, dep: Deployment, rank: int) -> float:
+        """How much of a shared bucket a request of class `rank` must leave to higher classes on any replica:
+        one request interval per class above it (the queue orders classes within a replica; this orders them
+        across replicas racing for the same refill)."""
+        rpm = dep.limits.rpm
+        if rank == 0 or rpm is None:
+            return 0.0
+        return rank * 60.0 / rpm
 
     async def _confirmed(self, grant: Grant) -> bool:
         """Whether the shared bucket agrees to `grant` (taking its share there too); if not, the grant is
@@ -380,7 +390,7 @@ class AdmissionQueues:
         if rates is None or not dep.limits.rate_limited:
             return True
         try:
-            wait = await rates.take(dep.name, dep.limits, grant.tokens)
+            wait = await rates.take(dep.name, dep.limits, grant.tokens, self._reserve_s(dep, grant.rank))
         except StateUnavailable:
             return True
         except BaseException:
@@ -588,7 +598,7 @@ class AdmissionQueues:
             cls.pop(waiter)
             cls.pass_ += waiter.tokens / cls.weight
             self._dequeued(queue, waiter)
-            grant = self._take(dep, waiter.tokens, now)
+            grant = self._take(dep, waiter.tokens, now, cls.rank)
             waiter.future.set_result(grant)
             queue.rate.add(now, waiter.tokens)
             cls.rate.add(now, waiter.tokens)
@@ -623,11 +633,11 @@ class AdmissionQueues:
             return self.limits.wait_s(dep.name, limits, now, tokens)
         return 0.0
 
-    def _take(self, dep: Deployment, tokens: int, now: float) -> Grant:
+    def _take(self, dep: Deployment, tokens: int, now: float, rank: int = 0) -> Grant:
         self.health.on_start(dep.name, now)
         if dep.limits.rate_limited:
             self.limits.take(dep.name, dep.limits, now, tokens)
-        return Grant(dep, tokens, now)
+        return Grant(dep, tokens, now, rank)
 
     def _arm(self, queue: _ModelQueue, at: float) -> None:
         if at == math.inf:

@@ -121,12 +121,16 @@ def key_name(name: str) -> str:
     return f"{safe[: _MAX_NAME - 17]}~{digest}"
 
 
-def _shape(per_minute: int | None, burst_s: float) -> tuple[str, str] | None:
-    """(interval, depth) as exact float text, the expressions of routing/limits.py `_Bucket`; None: unlimited."""
+def _shape(per_minute: int | None, burst_s: float, reserve_s: float = 0.0) -> tuple[str, str] | None:
+    """(interval, depth) as exact float text, the expressions of routing/limits.py `_Bucket`; None: unlimited.
+    `reserve_s` of the depth is kept for others (a lower priority class; never below one interval)."""
     if per_minute is None:
         return None
     interval = 60.0 / per_minute
-    return repr(interval), repr(max(burst_s, interval))
+    depth = max(burst_s, interval)
+    if reserve_s > 0.0:
+        depth = max(interval, depth - reserve_s)
+    return repr(interval), repr(depth)
 
 
 def _redis_errors() -> tuple[type[BaseException], ...]:
@@ -185,11 +189,11 @@ class SharedRates:
         return [f"{base}:r:{limits.rpm}:{burst}", f"{base}:t:{limits.tpm}:{burst}"]
 
     @staticmethod
-    def _args(mode: str, limits: Limits, requests: int, tokens: int) -> list[str]:
+    def _args(mode: str, limits: Limits, requests: int, tokens: int, reserve_s: float = 0.0) -> list[str]:
         args = [mode]
         for shape, cost in (
-            (_shape(limits.rpm, limits.burst_s), requests),
-            (_shape(limits.tpm, limits.burst_s), tokens),
+            (_shape(limits.rpm, limits.burst_s, reserve_s), requests),
+            (_shape(limits.tpm, limits.burst_s, reserve_s), tokens),
         ):
             if shape is None:
                 args += ["0", "0", "0", "0"]
@@ -199,17 +203,22 @@ class SharedRates:
 
     # ------------------------------------------------------------------ the buckets
 
-    async def take(self, name: str, limits: Limits, tokens: int) -> float:
+    async def take(self, name: str, limits: Limits, tokens: int, reserve_s: float = 0.0) -> float:
         """0.0: one request of `tokens` (estimated) fitted both buckets and was taken from both; else the
-        seconds until it would fit, with nothing taken. Raises `StateUnavailable` when Redis is down."""
-        wait, _ = await self.take_or_wait(name, limits, tokens)
+        seconds until it would fit, with nothing taken. Raises `StateUnavailable` when Redis is down.
+
+        `reserve_s`: it fits only if that much of the buckets' depth is left over for others: replicas'
+        lower priority classes ask with a reserve, so when a token frees, a higher class on any replica
+        gets it first (one interval of latency for the lower class, no loss of throughput)."""
+        wait, _ = await self.take_or_wait(name, limits, tokens, reserve_s)
         return wait
 
-    async def take_or_wait(self, name: str, limits: Limits, tokens: int) -> tuple[float, str]:
+    async def take_or_wait(self, name: str, limits: Limits, tokens: int, reserve_s: float = 0.0) -> tuple[float, str]:
         """`take`, plus which bucket is short when it did not fit: 'rpm', 'tpm' ('' when taken)."""
         if not limits.rate_limited:
             return 0.0, ""
-        wait, which = await self._call(self._keys(name, limits), self._args("take", limits, 1, max(0, tokens)))
+        args = self._args("take", limits, 1, max(0, tokens), reserve_s)
+        wait, which = await self._call(self._keys(name, limits), args)
         which = which.decode() if isinstance(which, bytes) else str(which)
         return float(wait), {"r": "rpm", "t": "tpm"}.get(which, "")
 

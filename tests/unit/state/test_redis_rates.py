@@ -145,6 +145,20 @@ async def test_two_replicas_share_one_bucket(prefix: str) -> None:
 
 
 @needs_redis
+async def test_a_reserve_keeps_the_last_of_the_bucket_for_higher_classes(rates: SharedRates) -> None:
+    limits = Limits(rpm=600, burst_s=1)  # 10 requests deep, one every 0.1 s
+    for _ in range(8):
+        assert await rates.take("d", limits, 0) == 0.0
+    # Two left: a request that must leave 0.2 s (two intervals) to higher classes does not fit, and waits
+    # about one interval more than the plain request behind it would; a plain request still fits.
+    assert await rates.take("d", limits, 0, reserve_s=0.2) > 0.0
+    assert await rates.take("d", limits, 0) == 0.0
+    assert await rates.take("d", limits, 0, reserve_s=0.1) > 0.0
+    assert await rates.take("d", limits, 0) == 0.0
+    assert await rates.take("d", limits, 0) > 0.0  # now it is empty for everyone
+
+
+@needs_redis
 async def test_give_back_and_correct_move_the_bucket(rates: SharedRates) -> None:
     limits = Limits(rpm=600, tpm=1000, burst_s=1)
     assert await fits(rates, limits, 10, tokens=1) == 10

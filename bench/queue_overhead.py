@@ -47,7 +47,7 @@ def run(router: Router, policy: QueuePolicy, model: str, calls: int, on: bool) -
     if on:
         for _ in range(calls):
             policy.ticket(request, key, None, None)
-            admission.must_wait(plan, tokens)
+            admission.must_wait(plan, tokens, 1)
     else:
         for _ in range(calls):
             pass

@@ -64,12 +64,6 @@ def test_batch_is_shed_early_and_interactive_never(run: dict[str, Any]) -> None:
     assert classes["batch"]["ok"] < classes["batch"]["sent"] / 2, classes["batch"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="#14: at the onset of the overload the batch class's service rate is overestimated (the burst it got "
-    "before the other classes queued), so ~9 batch requests are admitted that then time out in the queue "
-    "(/tmp/brief/requests.md); remove this mark when the estimate is fixed",
-)
 def test_nobody_times_out_holding_a_queue_slot(run: dict[str, Any]) -> None:
     timeouts = {name: row["queue_timeouts"] for name, row in run["classes"].items()}
     assert sum(timeouts.values()) == 0, (timeouts, {name: row["codes"] for name, row in run["classes"].items()})
@@ -89,12 +83,6 @@ def test_every_request_is_answered_once(run: dict[str, Any]) -> None:
     assert loss["spend_rows"].get("ok") == loss["ok"], loss
 
 
-@pytest.mark.xfail(
-    strict=False,  # in 2 of 3 runs: 0-3 requests
-    reason="#14: a waiter dispatched just before its deadline reaches the provider (accepted, billed) and then "
-    "times out in the executor (504), so provider-accepted > 200s (/tmp/brief/requests.md); make this strict "
-    "(remove the mark) when the queue keeps time for the call",
-)
 def test_the_provider_bills_exactly_the_200s(run: dict[str, Any]) -> None:
     loss = run["loss"]
     assert loss["provider_accepted"] == loss["ok"], (loss, {n: r["codes"] for n, r in run["classes"].items()})

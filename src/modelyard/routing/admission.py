@@ -347,7 +347,7 @@ class AdmissionQueues:
         started = self.clock()
         first = ticket
         while True:
-            if not self.must_wait(plan, tokens):
+            if not self.must_wait(plan, tokens, ticket.rank):
                 if self.rates is None:
                     return Admitted(plan)
                 grant = self._grant_now(plan, tokens, ticket.rank)
@@ -409,10 +409,14 @@ class AdmissionQueues:
             return own.enabled
         return self.settings.enabled
 
-    def must_wait(self, plan: Plan, tokens: int) -> bool:
+    def must_wait(self, plan: Plan, tokens: int, rank: int | None = None) -> bool:
         """Whether this request cannot go straight on: its model's queue has waiters, or none of its
-        candidates has headroom now. O(1) for a model whose candidates have no limits."""
-        queue = self._queues.get(self._pool(plan))
+        candidates has headroom now. O(1) for a model whose candidates have no limits. A request of class
+        `rank` that goes straight on to a limited deployment is counted in its class's recent rate: that is
+        the class's demand when the pool saturates (else the first batch backlog would be admitted as if the
+        other classes wanted nothing)."""
+        pool = self._pool(plan)
+        queue = self._queues.get(pool)
         if queue is not None and queue.depth:
             return self.enabled_for(plan.model)
         order = plan.order
@@ -424,6 +428,10 @@ class AdmissionQueues:
         now = self.clock()
         for dep in order:
             if self._wait_at(dep, now, tokens) == 0.0:
+                if rank is not None:
+                    if queue is None:
+                        queue = self._queues[pool] = _ModelQueue(pool, self.settings)
+                    queue.classes[rank].rate.add(now, tokens)
                 return False
         return self.enabled_for(plan.model)
 
@@ -772,10 +780,13 @@ class AdmissionQueues:
         rate: at the onset of an overload that was measured while it had the capacity to itself."""
         demands: dict[_Class, float] = {}
         for other in queue.classes:
+            rate = other.rate
             if other is cls or other.depth:
                 demands[other] = math.inf
-            elif other.rate.last >= 0 and now - other.rate.last <= RATE_HORIZON_S:
-                demands[other] = other.rate.per_s(now)
+            elif rate.last >= 0 and now - rate.last <= RATE_HORIZON_S:
+                # A class seen for less than the horizon may want more than its few requests show: it is
+                # counted at its full weight until its rate means something (shedding early beats timeouts).
+                demands[other] = rate.per_s(now) if now - rate.first >= RATE_HORIZON_S else math.inf
         if self.settings.strict:
             above = [demands.get(c, 0.0) for c in queue.classes[: cls.rank]]
             return max(0.0, total - sum(above))

@@ -121,7 +121,7 @@ class Gateway:
         self.intelligence = Intelligence.from_config(config)
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
-        self.queue_policy = QueuePolicy(config.queue)
+        self.queue_policy = QueuePolicy(config.queue, config.models)
         self._deployment_headers: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())

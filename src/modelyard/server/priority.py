@@ -9,7 +9,9 @@ request's `x-modelyard-timeout-ms`, the key's `max_queue_ms` and the model's (or
 
 from __future__ import annotations
 
-from modelyard.config.model import QueueSettings
+from collections.abc import Mapping
+
+from modelyard.config.model import ModelGroup, QueueSettings
 from modelyard.routing.admission import QueueTicket
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
@@ -22,7 +24,10 @@ PRIORITY_HEADER = b"x-modelyard-priority"
 class QueuePolicy:
     """`queue:` compiled once: class names to ranks, and the ticket of each request."""
 
-    def __init__(self, settings: QueueSettings) -> None:
+    def __init__(self, settings: QueueSettings, models: Mapping[str, ModelGroup] | None = None) -> None:
+        #: Off when the queue is off everywhere (`queue.enabled: false` and no model turns it on): no ticket,
+        #: so a request does no queue work at all.
+        self.enabled = settings.enabled or any(g.queue is not None and g.queue.enabled for g in (models or {}).values())
         self.ranks = {c.name: i for i, c in enumerate(settings.classes)}
         self.default_rank = self.ranks[settings.default_class]
         self.lowest = len(settings.classes) - 1
@@ -31,7 +36,9 @@ class QueuePolicy:
 
     def ticket(
         self, request: Request, key: KeyState | None, overrides: ModelyardOptions | None, timeout_s: float | None
-    ) -> QueueTicket:
+    ) -> QueueTicket | None:
+        if not self.enabled:
+            return None
         asked = request.header(PRIORITY_HEADER)
         param = "x-modelyard-priority"
         if asked is None and overrides is not None and overrides.priority is not None:

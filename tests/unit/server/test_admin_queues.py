@@ -222,3 +222,14 @@ def test_a_real_queue_shows_its_depth_its_dispatch_and_its_timeout() -> None:
     assert samples(after, wait, wait + "_count") == {(("class", "interactive"), ("model", "smart")): 1}
     sheds = samples(after, "modelyard_queue_shed", "modelyard_queue_shed_total")
     assert sheds == {(("class", "batch"), ("model", "smart"), ("reason", "timeout")): 1}
+
+
+def test_a_queue_off_everywhere_gives_no_ticket_and_a_model_can_turn_it_on() -> None:
+    from modelyard.config.model import ModelGroup, ModelQueue
+
+    off = QueueSettings(enabled=False)
+    request: Any = FakeRequest()
+    assert QueuePolicy(off).ticket(request, None, None, None) is None
+    one_on = {"m": ModelGroup(candidates=["d"], queue=ModelQueue(enabled=True))}
+    made = QueuePolicy(off, one_on).ticket(request, None, None, None)
+    assert made is not None and made.rank == CLASSES.index("default")

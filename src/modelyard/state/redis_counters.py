@@ -28,7 +28,6 @@ import asyncio
 import itertools
 import logging
 import secrets
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,6 +44,7 @@ from modelyard.state.counters import (
     spent_value,
 )
 from modelyard.state.outage import StateUnavailable
+from modelyard.state.redis_link import RedisLink, make_client, redis_errors
 from modelyard.state.windows import SPAN
 
 log = logging.getLogger("modelyard.state")
@@ -189,12 +189,6 @@ def _num(value: int | None) -> int:
     return -1 if value is None else value
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError, asyncio.TimeoutError)
-
-
 class RedisCounters:
     """`Counters` on a Redis server (redis-py asyncio); `prefix` separates gateways and tests."""
 
@@ -222,7 +216,7 @@ class RedisCounters:
         self._admit: Any = None
         self._settle: Any = None
         self._seed: Any = None
-        self._errors = _redis_errors()
+        self._errors = redis_errors()
         #: Settlements that could not be sent (Redis down), replayed before admitting again.
         self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=max_pending)
         self._tokens = itertools.count()
@@ -233,10 +227,14 @@ class RedisCounters:
         #: Seeds in flight by their epoch: a settlement of a reservation carried into one waits for it.
         self._seeding: dict[str, asyncio.Future[None]] = {}
         self._local = MemoryCounters()
-        self._available = True
-        self._down_since = 0.0
-        self._probe: asyncio.Task[None] | None = None
-        self.outages = 0
+        self._link = RedisLink(
+            lambda: self._client,
+            what="key limits and budgets",
+            timeout_s=timeout_s,
+            probe_min_s=probe_min_s,
+            probe_max_s=probe_max_s,
+            on_return=self._replayed,
+        )
 
     def _key(self, account: str, what: str) -> str:
         return f"{self.prefix}:{{{account}}}:{what}"
@@ -244,29 +242,26 @@ class RedisCounters:
     # ------------------------------------------------------------------ lifecycle and availability
 
     @property
+    def _available(self) -> bool:
+        return self._link.available
+
+    @property
     def degraded(self) -> bool:
         """True while Redis is unreachable (requests follow `on_unavailable`)."""
-        return not self._available
+        return not self._link.available
 
     @property
     def unavailable_s(self) -> float:
         """Seconds the current outage has lasted (0 when Redis is reachable)."""
-        return 0.0 if self._available else time.monotonic() - self._down_since
+        return self._link.unavailable_s
+
+    @property
+    def outages(self) -> int:
+        return self._link.outages
 
     async def start(self) -> None:
         if self._client is None:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # Short timeouts and one immediate retry (a pooled connection Redis closed): an outage is noticed
-            # in `timeout_s`, not after redis-py's default backoff of several seconds.
-            self._client = aioredis.Redis.from_url(
-                self.url,
-                socket_timeout=self.timeout_s,
-                socket_connect_timeout=self.timeout_s,
-                retry=Retry(NoBackoff(), 1),
-            )
+            self._client = make_client(self.url, self.timeout_s)
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._seed = self._client.register_script(_SEED)
@@ -276,10 +271,7 @@ class RedisCounters:
             self._went_down(exc)
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
-            self._probe = None
+        await self._link.close()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
         if self._pending:
@@ -293,44 +285,18 @@ class RedisCounters:
             self._client = None
 
     def _went_down(self, exc: BaseException) -> None:
-        """Note an outage (once: one warning, not one per request) and start probing for Redis's return."""
-        if not self._available:
-            return
-        self._available = False
-        self._down_since = time.monotonic()
-        self.outages += 1
-        self._local = MemoryCounters()  # fail_open: this outage's limits start from the spend log again
-        log.warning(
-            "Redis is unreachable (%s: %s): %s until it returns",
-            type(exc).__name__,
-            exc,
+        """Note an outage (one warning, not one per request); the link probes for Redis's return."""
+        consequence = (
             "refusing limited keys with 503 (state.on_unavailable: fail_closed)"
             if self.on_unavailable == "fail_closed"
-            else "limits are kept per replica in memory (state.on_unavailable: fail_open)",
+            else "limits are kept per replica in memory (state.on_unavailable: fail_open)"
         )
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_loop(), name="modelyard-redis-probe")
+        if self._link.went_down(exc, consequence):
+            self._local = MemoryCounters()  # fail_open: this outage's limits start from the spend log again
 
-    async def _probe_loop(self) -> None:
-        delay = self.probe_min_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._client.connection_pool.disconnect()  # drop connections to the old server
-                await asyncio.wait_for(self._client.ping(), self.timeout_s)
-                replayed = await self._replay()
-            except Exception as exc:  # anything: the probe must outlive the outage (Redis errors expected)
-                if not isinstance(exc, self._errors):
-                    log.warning("probing Redis failed unexpectedly: %r", exc)
-                delay = min(delay * 2, self.probe_max_s)
-                continue
-            log.warning(
-                "Redis is reachable again after %.1fs (%d settlements replayed)",
-                time.monotonic() - self._down_since,
-                replayed,
-            )
-            self._available = True
-            return
+    async def _replayed(self) -> str:
+        """On Redis's return, before it counts as back: the settlements queued meanwhile are sent."""
+        return f"{await self._replay()} settlements replayed"
 
     async def _replay(self) -> int:
         """Send the settlements queued during the outage, in pipelined batches; raise if Redis fails again."""

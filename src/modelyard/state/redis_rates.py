@@ -25,15 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 import re
-import time
 from typing import Any
 
 from modelyard.config.model import Limits
 from modelyard.state.outage import StateUnavailable
-
-log = logging.getLogger("modelyard.state")
+from modelyard.state.redis_link import RedisLink, make_client
 
 # KEYS: request bucket, token bucket. ARGV: mode ('take', 'adjust'), then per bucket (requests, tokens):
 # used ('1'/'0'), interval, depth, cost. Floats travel as text (a Lua number returned to Redis is truncated
@@ -133,12 +130,6 @@ def _shape(per_minute: int | None, burst_s: float, reserve_s: float = 0.0) -> tu
     return repr(interval), repr(depth)
 
 
-def _redis_errors() -> tuple[type[BaseException], ...]:
-    from redis.exceptions import RedisError
-
-    return (RedisError, OSError, asyncio.TimeoutError)
-
-
 class SharedRates:
     """Per-deployment RPM/TPM buckets in Redis (redis-py asyncio), shared by every replica with this `prefix`.
 
@@ -159,29 +150,17 @@ class SharedRates:
         self.url = url
         self.prefix = prefix
         self.timeout_s = timeout_s
-        self.probe_min_s = probe_min_s
-        self.probe_max_s = probe_max_s
         self._own_client = client is None
-        if client is None:
-            import redis.asyncio as aioredis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            # As in redis_counters: short timeouts, one immediate retry (a pooled connection Redis closed).
-            client = aioredis.Redis.from_url(
-                url,
-                socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
-                retry=Retry(NoBackoff(), 1),
-            )
-        self._client: Any = client
+        self._client: Any = client if client is not None else make_client(url, timeout_s)
         # EVALSHA with the script cached on the server; redis-py loads it again on NOSCRIPT (a restarted Redis).
-        self._script: Any = client.register_script(_RATES)
-        self._errors = _redis_errors()
-        self._available = True
-        self._down_since = 0.0
-        self._probe: asyncio.Task[None] | None = None
-        self.outages = 0
+        self._script: Any = self._client.register_script(_RATES)
+        self._link = RedisLink(
+            lambda: self._client,
+            what="shared deployment rate limits",
+            timeout_s=timeout_s,
+            probe_min_s=probe_min_s,
+            probe_max_s=probe_max_s,
+        )
 
     def _keys(self, name: str, limits: Limits) -> list[str]:
         base = f"{self.prefix}:rate:{{{key_name(name)}}}"
@@ -233,13 +212,14 @@ class SharedRates:
             await self._call(self._keys(name, limits), self._args("adjust", limits, 0, delta_tokens))
 
     async def _call(self, keys: list[str], args: list[str]) -> Any:
-        if not self._available:
+        link = self._link
+        if not link.available:
             raise StateUnavailable()
         try:
             async with asyncio.timeout(self.timeout_s):  # not wait_for: no task per call (~70 us less)
                 return await self._script(keys=keys, args=args)
-        except self._errors as exc:
-            self._went_down(exc)
+        except link.errors as exc:
+            link.went_down(exc, "deployment rate limits are kept per replica")
             raise StateUnavailable() from None
 
     # ------------------------------------------------------------------ availability
@@ -247,45 +227,13 @@ class SharedRates:
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable (every call raises `StateUnavailable` at once)."""
-        return not self._available
+        return not self._link.available
 
-    def _went_down(self, exc: BaseException) -> None:
-        """Note an outage (one warning, not one per request) and start probing for Redis's return."""
-        if not self._available:
-            return
-        self._available = False
-        self._down_since = time.monotonic()
-        self.outages += 1
-        log.warning(
-            "Redis is unreachable (%s: %s): deployment rate limits are kept per replica until it returns",
-            type(exc).__name__,
-            exc or "timed out",
-        )
-        if self._probe is None or self._probe.done():
-            self._probe = asyncio.get_running_loop().create_task(self._probe_loop(), name="modelyard-rates-probe")
-
-    async def _probe_loop(self) -> None:
-        delay = self.probe_min_s
-        while True:
-            await asyncio.sleep(delay)
-            try:
-                await self._client.connection_pool.disconnect()  # drop connections to the old server
-                await asyncio.wait_for(self._client.ping(), self.timeout_s)
-            except Exception as exc:  # anything: the probe must outlive the outage (Redis errors expected)
-                if not isinstance(exc, self._errors):
-                    log.warning("probing Redis failed unexpectedly: %r", exc)
-                delay = min(delay * 2, self.probe_max_s)
-                continue
-            log.warning(
-                "Redis is reachable again after %.1fs (shared rate limits)", time.monotonic() - self._down_since
-            )
-            self._available = True
-            return
+    @property
+    def outages(self) -> int:
+        return self._link.outages
 
     async def close(self) -> None:
-        if self._probe is not None:
-            self._probe.cancel()
-            await asyncio.gather(self._probe, return_exceptions=True)
-            self._probe = None
+        await self._link.close()
         if self._own_client:
             await self._client.aclose()

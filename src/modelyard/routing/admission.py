@@ -51,8 +51,10 @@ from modelyard.state.outage import StateUnavailable
 #: How long the dispatch rate is averaged over (seconds): long enough to smooth single calls, short enough
 #: to follow a provider that slows down.
 RATE_HORIZON_S = 5.0
-#: A request is shed when its expected wait is above this share of its deadline (rates are estimates).
-SHED_MARGIN = 0.9
+#: A request is shed when its expected wait is above this share of its deadline: the estimate follows the
+#: other classes' recent demand, which moves (a critically loaded class's backlog is a random walk), and a
+#: smaller backlog costs no goodput while it still covers the deadline.
+SHED_MARGIN = 0.75
 #: The most a replica sharing its buckets delays a timed dispatch, so that replicas take turns (seconds).
 SHARED_JITTER_S = 0.02
 #: Re-check an open circuit this often while a request waits on it (its cooldown may be per deployment).

@@ -31,16 +31,22 @@ Each replica's queue is its own; with `state.redis_url` the buckets it dispatche
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from modelyard.config.model import Deployment, Limits, QueueSettings
+from modelyard.routing.fair_queue import (
+    RATE_HORIZON_S,
+    ClassQueue,
+    DecayingRate,
+    PoolQueue,
+    Waiter,
+    oldest_wait,
+)
 from modelyard.routing.health import BreakerState, HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import Plan
@@ -48,9 +54,6 @@ from modelyard.routing.table import RoutingTable
 from modelyard.schema.errors import GatewayError, ModelyardError
 from modelyard.state.outage import StateUnavailable
 
-#: How long the dispatch rate is averaged over (seconds): long enough to smooth single calls, short enough
-#: to follow a provider that slows down.
-RATE_HORIZON_S = 5.0
 #: A request is shed when its expected wait is above this share of its deadline: the estimate follows the
 #: other classes' recent demand, which moves (a critically loaded class's backlog is a random walk), and a
 #: smaller backlog costs no goodput while it still covers the deadline.
@@ -133,182 +136,6 @@ class QueueListener(Protocol):
     def on_shed(self, model: str, cls: str, reason: str) -> None: ...
 
 
-class _Rate:
-    """Tokens per second, exponentially decayed over `RATE_HORIZON_S`."""
-
-    __slots__ = ("first", "last", "value")
-
-    def __init__(self) -> None:
-        self.value = 0.0
-        self.last = -1.0
-        self.first = -1.0
-
-    def add(self, now: float, amount: float) -> None:
-        if self.first < 0:
-            self.first = self.last = now
-        self.value = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S) + amount
-        self.last = now
-
-    def per_s(self, now: float) -> float:
-        if self.first < 0:
-            return 0.0
-        decayed = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S)
-        span = min(RATE_HORIZON_S, max(now - self.first, 0.5))
-        return decayed / span
-
-
-class _Waiter:
-    __slots__ = ("cls", "deadline", "enqueued", "future", "plan", "queue", "tenant", "tokens")
-
-    def __init__(
-        self, queue: _ModelQueue, cls: _Class, tenant: str, tokens: int, plan: Plan, enqueued: float, deadline: float
-    ) -> None:
-        self.queue = queue
-        self.cls = cls
-        self.tenant = tenant
-        self.tokens = tokens
-        self.plan = plan
-        self.enqueued = enqueued
-        self.deadline = deadline
-        self.future: asyncio.Future[Grant] = asyncio.get_running_loop().create_future()
-
-
-class _Flow:
-    """One key's waiters within a class."""
-
-    __slots__ = ("pass_", "seq", "tokens", "waiters")
-
-    def __init__(self, pass_: float) -> None:
-        self.waiters: deque[_Waiter] = deque()
-        self.pass_ = pass_
-        self.tokens = 0
-        self.seq = 0  # the heap entry that is current for this flow
-
-
-class _Class:
-    """One priority class of one model's queue: its flows, fair among themselves."""
-
-    __slots__ = ("depth", "flows", "heap", "name", "pass_", "rank", "rate", "seq", "tokens", "vtime", "weight")
-
-    def __init__(self, rank: int, name: str, weight: float) -> None:
-        self.rank = rank
-        self.name = name
-        self.weight = weight
-        self.pass_ = 0.0
-        self.vtime = 0.0  # the pass of the flow served last: where a newly backlogged flow starts
-        self.flows: dict[str, _Flow] = {}
-        self.heap: list[tuple[float, int, str]] = []
-        self.seq = 0
-        self.depth = 0
-        self.tokens = 0
-        self.rate = _Rate()
-
-    def push(self, waiter: _Waiter) -> None:
-        flow = self.flows.get(waiter.tenant)
-        if flow is None:
-            flow = self.flows[waiter.tenant] = _Flow(self.vtime)
-        flow.waiters.append(waiter)
-        if len(flow.waiters) == 1:
-            flow.pass_ = max(flow.pass_, self.vtime)
-            self._schedule(waiter.tenant, flow)
-        flow.tokens += waiter.tokens
-        self.depth += 1
-        self.tokens += waiter.tokens
-
-    def _schedule(self, tenant: str, flow: _Flow) -> None:
-        self.seq += 1
-        flow.seq = self.seq
-        # Ordered by virtual finish (pass + the head's tokens): a small request is not kept behind a big one.
-        heapq.heappush(self.heap, (flow.pass_ + flow.waiters[0].tokens, self.seq, tenant))
-        if len(self.heap) > 2 * len(self.flows) + 64:  # stale entries of flows that left: rebuild
-            self.heap = [(f.pass_ + f.waiters[0].tokens, f.seq, t) for t, f in self.flows.items() if f.waiters]
-            heapq.heapify(self.heap)
-
-    def head(self) -> _Waiter | None:
-        heap = self.heap
-        while heap:
-            _, seq, tenant = heap[0]
-            flow = self.flows.get(tenant)
-            if flow is not None and flow.seq == seq and flow.waiters:
-                return flow.waiters[0]
-            heapq.heappop(heap)
-        return None
-
-    def pop(self, waiter: _Waiter) -> None:
-        """Dispatch `waiter` (the head): charge its flow, move the flow back into the heap."""
-        heapq.heappop(self.heap)
-        flow = self.flows[waiter.tenant]
-        flow.waiters.popleft()
-        self.vtime = flow.pass_
-        flow.pass_ += waiter.tokens
-        self._forget(waiter, flow)
-        if flow.waiters:
-            self._schedule(waiter.tenant, flow)
-
-    def remove(self, waiter: _Waiter) -> bool:
-        """Take a waiter out wherever it is (deadline, client gone); False if it is not queued."""
-        flow = self.flows.get(waiter.tenant)
-        if flow is None:
-            return False
-        try:
-            head = flow.waiters[0] is waiter
-            flow.waiters.remove(waiter)
-        except (ValueError, IndexError):
-            return False
-        self._forget(waiter, flow)
-        if head and flow.waiters:
-            self._schedule(waiter.tenant, flow)  # its heap entry was for the head that left
-        return True
-
-    def _forget(self, waiter: _Waiter, flow: _Flow) -> None:
-        flow.tokens -= waiter.tokens
-        self.depth -= 1
-        self.tokens -= waiter.tokens
-        if not flow.waiters and flow.pass_ <= self.vtime:
-            del self.flows[waiter.tenant]  # nothing owed: a returning key starts at vtime anyway
-
-    def ahead_of(self, tenant: str, tokens: int) -> int:
-        """Tokens of this class served before a new request of `tokens` from `tenant` (fair by key)."""
-        own = self.flows.get(tenant)
-        mine = (own.tokens if own is not None else 0) + tokens
-        ahead = mine
-        for name, flow in self.flows.items():
-            if name != tenant:
-                ahead += min(flow.tokens, mine)
-        return ahead
-
-
-class _ModelQueue:
-    """The queue of one model."""
-
-    __slots__ = ("classes", "deployments", "depth", "model", "per_tenant", "rate", "scheduled", "timer", "timer_at")
-
-    def __init__(self, model: str, settings: QueueSettings) -> None:
-        self.model = model
-        self.classes = [_Class(i, c.name, c.weight) for i, c in enumerate(settings.classes)]
-        self.depth = 0
-        self.per_tenant: dict[str, int] = {}
-        self.deployments: set[str] = set()
-        self.rate = _Rate()
-        self.timer: asyncio.TimerHandle | None = None
-        self.timer_at = math.inf
-        self.scheduled = False
-
-    def in_turn(self, strict: bool) -> list[tuple[_Class, _Waiter]]:
-        """The backlogged classes with their heads, in the order they should be served: lowest virtual finish
-        (pass + head tokens / weight) first, ties to the higher class; with `strict`, highest class first."""
-        heads: list[tuple[float, int, _Class, _Waiter]] = []
-        for cls in self.classes:
-            if cls.depth == 0:
-                continue
-            head = cls.head()
-            if head is not None:
-                key = float(cls.rank) if strict else cls.pass_ + head.tokens / cls.weight
-                heads.append((key, cls.rank, cls, head))
-        heads.sort(key=lambda h: (h[0], h[1]))
-        return [(cls, head) for _, _, cls, head in heads]
-
-
 class AdmissionQueues:
     """Every model's admission queue for one router (per process)."""
 
@@ -328,9 +155,9 @@ class AdmissionQueues:
         self.limits = limits
         self.clock = clock
         self.listener: QueueListener | None = None
-        self._queues: dict[str, _ModelQueue] = {}
+        self._queues: dict[str, PoolQueue] = {}
         #: Queues with requests waiting, by deployment: who to wake when a request there ends.
-        self._waiting_on: dict[str, set[_ModelQueue]] = {}
+        self._waiting_on: dict[str, set[PoolQueue]] = {}
         self._background: set[asyncio.Future[None]] = set()
         self._pools = deployment_pools(table)
         self._rng = random.Random()
@@ -432,7 +259,7 @@ class AdmissionQueues:
             if self._wait_at(dep, now, tokens) == 0.0:
                 if rank is not None:
                     if queue is None:
-                        queue = self._queues[pool] = _ModelQueue(pool, self.settings)
+                        queue = self._queues[pool] = PoolQueue(pool, self.settings)
                     queue.classes[rank].rate.add(now, tokens)
                 return False
         return self.enabled_for(plan.model)
@@ -454,9 +281,9 @@ class AdmissionQueues:
         pool = self._pool(plan)
         queue = self._queues.get(pool)
         if queue is None:
-            queue = self._queues[pool] = _ModelQueue(pool, settings)
+            queue = self._queues[pool] = PoolQueue(pool, settings)
         if queue.rate.last >= 0 and now - queue.rate.last > RATE_HORIZON_S:
-            queue.rate = _Rate()  # idle since: what it was served at then says nothing about now
+            queue.rate = DecayingRate()  # idle since: what it was served at then says nothing about now
         cls = queue.classes[ticket.rank]
         max_length, max_wait_s = self._bounds(plan.model, ticket.max_wait_s)
         if ticket.call_s is not None:
@@ -493,7 +320,7 @@ class AdmissionQueues:
                 "queue_deadline",
                 expected - max_wait_s * SHED_MARGIN,
             )
-        waiter = _Waiter(queue, cls, ticket.tenant, tokens, plan, now, now + max_wait_s)
+        waiter = Waiter(queue, cls, ticket.tenant, tokens, plan, now, now + max_wait_s)
         self._enqueue(queue, waiter)
         self._dispatch(queue)
         try:
@@ -502,7 +329,7 @@ class AdmissionQueues:
             self._remove(queue, waiter)  # a no-op once dispatched
         return Admitted(waiter.plan, grant, (self.clock() - now) * 1000, None)
 
-    async def _await(self, waiter: _Waiter, ticket: QueueTicket, max_wait_s: float) -> Grant:
+    async def _await(self, waiter: Waiter, ticket: QueueTicket, max_wait_s: float) -> Grant:
         future = waiter.future
         if future.done():
             return future.result()
@@ -530,7 +357,7 @@ class AdmissionQueues:
             self._drain_s(queue, waiter.plan, waiter.cls.tokens, self.clock()),
         )
 
-    def _give_back_if_granted(self, waiter: _Waiter) -> None:
+    def _give_back_if_granted(self, waiter: Waiter) -> None:
         future = waiter.future
         if future.done() and not future.cancelled():
             self.release(future.result())
@@ -572,21 +399,21 @@ class AdmissionQueues:
         for queue in queues:
             self._schedule_dispatch(queue)
 
-    def _schedule_dispatch(self, queue: _ModelQueue) -> None:
+    def _schedule_dispatch(self, queue: PoolQueue) -> None:
         if not queue.scheduled:
             queue.scheduled = True
             asyncio.get_running_loop().call_soon(self._scheduled, queue)
 
-    def _scheduled(self, queue: _ModelQueue) -> None:
+    def _scheduled(self, queue: PoolQueue) -> None:
         queue.scheduled = False
         self._dispatch(queue)
 
-    def _timer_fired(self, queue: _ModelQueue) -> None:
+    def _timer_fired(self, queue: PoolQueue) -> None:
         queue.timer = None  # spent: the next `_arm` must set a new one, however close its time
         queue.timer_at = math.inf
         self._dispatch(queue)
 
-    def _dispatch(self, queue: _ModelQueue) -> None:
+    def _dispatch(self, queue: PoolQueue) -> None:
         """Grant capacity to waiters in fair order until the head cannot go; then arm the one timer."""
         now = self.clock()
         strict = self.settings.strict
@@ -594,7 +421,7 @@ class AdmissionQueues:
             # The first class in turn whose head can go now; a head that cannot (it waits on a deployment
             # that is full) does not hold back a class whose head waits on another that has room.
             soonest = math.inf
-            chosen: tuple[_Class, _Waiter, Deployment] | None = None
+            chosen: tuple[ClassQueue, Waiter, Deployment] | None = None
             for cls, waiter in queue.in_turn(strict):
                 dep, wait = self._capacity(waiter, now)
                 if dep is not None:
@@ -605,7 +432,7 @@ class AdmissionQueues:
                 self._arm(queue, now + soonest)
                 return
             cls, waiter, dep = chosen
-            cls.pop(waiter)
+            cls.pop(waiter, now)
             cls.pass_ += waiter.tokens / cls.weight
             self._dequeued(queue, waiter)
             grant = self._take(dep, waiter.tokens, now, cls.rank)
@@ -616,7 +443,7 @@ class AdmissionQueues:
                 self.listener.on_dispatch(queue.model, cls.name, now - waiter.enqueued)
         self._disarm(queue)
 
-    def _capacity(self, waiter: _Waiter, now: float) -> tuple[Deployment | None, float]:
+    def _capacity(self, waiter: Waiter, now: float) -> tuple[Deployment | None, float]:
         """The first candidate of the waiter with headroom now, or None and how long until one may have."""
         soonest = math.inf
         for dep in self._candidates(waiter.plan):
@@ -649,7 +476,7 @@ class AdmissionQueues:
             self.limits.take(dep.name, dep.limits, now, tokens)
         return Grant(dep, tokens, now, rank)
 
-    def _arm(self, queue: _ModelQueue, at: float) -> None:
+    def _arm(self, queue: PoolQueue, at: float) -> None:
         if at == math.inf:
             self._disarm(queue)  # woken when a request ends (`poke`), or by a waiter's own deadline
             return
@@ -664,7 +491,7 @@ class AdmissionQueues:
         queue.timer_at = at
         queue.timer = loop.call_later(max(0.0, at - self.clock()), self._timer_fired, queue)
 
-    def _disarm(self, queue: _ModelQueue) -> None:
+    def _disarm(self, queue: PoolQueue) -> None:
         if queue.timer is not None:
             queue.timer.cancel()
             queue.timer = None
@@ -672,7 +499,7 @@ class AdmissionQueues:
 
     # ------------------------------------------------------------------ bookkeeping
 
-    def _enqueue(self, queue: _ModelQueue, waiter: _Waiter) -> None:
+    def _enqueue(self, queue: PoolQueue, waiter: Waiter) -> None:
         cls = waiter.cls
         if cls.depth == 0:
             # A class that comes back from idle starts at the lowest pass of the backlogged ones: it may not
@@ -688,14 +515,14 @@ class AdmissionQueues:
                 queue.deployments.add(dep.name)
                 self._waiting_on.setdefault(dep.name, set()).add(queue)
 
-    def _remove(self, queue: _ModelQueue, waiter: _Waiter) -> bool:
+    def _remove(self, queue: PoolQueue, waiter: Waiter) -> bool:
         if not waiter.cls.remove(waiter):
             return False
         self._dequeued(queue, waiter)
         self._schedule_dispatch(queue)  # the head may have changed
         return True
 
-    def _dequeued(self, queue: _ModelQueue, waiter: _Waiter) -> None:
+    def _dequeued(self, queue: PoolQueue, waiter: Waiter) -> None:
         queue.depth -= 1
         left = queue.per_tenant[waiter.tenant] - 1
         if left:
@@ -762,47 +589,22 @@ class AdmissionQueues:
         return max_length, min(ticket_wait_s, model_wait_ms / 1000.0)
 
     def _expected_wait(
-        self, queue: _ModelQueue, cls: _Class, plan: Plan, tenant: str, tokens: int, now: float
+        self, queue: PoolQueue, cls: ClassQueue, plan: Plan, tenant: str, tokens: int, now: float
     ) -> float | None:
-        """Seconds until a new request would be dispatched: the tokens of its class that go before it (fair by
-        key) over the rate its class can expect now (`_class_rate`). None while the capacity is not known (no
-        shedding then: the deadline still holds)."""
+        """Seconds until a new request would be dispatched: its key's tokens waiting in its class (its own
+        included) over the key's part of the rate the class can expect now (`PoolQueue.class_rate`), shared
+        equally by the keys active in the class (fair queuing by key: another key that keeps sending takes its
+        turns while this one waits, however short its backlog is now). None while the capacity is not known
+        (no shedding then: the deadline still holds)."""
         total = self._service_rate(queue, plan, tokens, now)
         if total is None:
             return None
-        rate = self._class_rate(queue, cls, total, now)
+        rate = queue.class_rate(cls, total, now, strict=self.settings.strict) / cls.sharing(tenant, now)
         if rate <= 0.0:
             return math.inf
-        return cls.ahead_of(tenant, tokens) / rate
+        return (cls.own_tokens(tenant) + tokens) / rate
 
-    def _class_rate(self, queue: _ModelQueue, cls: _Class, total: float, now: float) -> float:
-        """What `cls` can expect of `total` under weighted fair sharing: the weighted max-min fair allocation
-        (water-filling) among the classes with demand, where a class with waiters (and `cls` itself) wants
-        all it can get and one without waiters what it was served at lately. Not the class's own observed
-        rate: at the onset of an overload that was measured while it had the capacity to itself."""
-        demands: dict[_Class, float] = {}
-        for other in queue.classes:
-            rate = other.rate
-            if other is cls or other.depth:
-                demands[other] = math.inf
-            elif rate.last >= 0 and now - rate.last <= RATE_HORIZON_S:
-                # A class seen for less than the horizon may want more than its few requests show: it is
-                # counted at its full weight until its rate means something (shedding early beats timeouts).
-                demands[other] = rate.per_s(now) if now - rate.first >= RATE_HORIZON_S else math.inf
-        if self.settings.strict:
-            above = [demands.get(c, 0.0) for c in queue.classes[: cls.rank]]
-            return max(0.0, total - sum(above))
-        remaining = total
-        while demands:
-            unit = remaining / sum(c.weight for c in demands)
-            satisfied = [c for c, want in demands.items() if want <= c.weight * unit]
-            if not satisfied:
-                return cls.weight * unit
-            for c in satisfied:
-                remaining -= demands.pop(c)
-        return 0.0
-
-    def _service_rate(self, queue: _ModelQueue, plan: Plan, tokens: int, now: float) -> float | None:
+    def _service_rate(self, queue: PoolQueue, plan: Plan, tokens: int, now: float) -> float | None:
         """Tokens per second the queue can expect to dispatch: its candidates' capacity when this process
         owns their buckets, else the rate it has been dispatching at lately; None when neither is known."""
         if self.rates is None:
@@ -837,12 +639,12 @@ class AdmissionQueues:
             total += rate
         return total or None
 
-    def _drain_s(self, queue: _ModelQueue, plan: Plan, tokens: int, now: float) -> float:
+    def _drain_s(self, queue: PoolQueue, plan: Plan, tokens: int, now: float) -> float:
         """Seconds until `tokens` of the backlog have been dispatched (the `Retry-After` of a refusal)."""
         rate = self._service_rate(queue, plan, max(1, tokens // max(1, queue.depth or 1)), now)
         return tokens / rate if rate else 1.0
 
-    def _shed(self, queue: _ModelQueue, cls: _Class, reason: str) -> None:
+    def _shed(self, queue: PoolQueue, cls: ClassQueue, reason: str) -> None:
         if self.listener is not None:
             self.listener.on_shed(queue.model, cls.name, reason)
 
@@ -871,7 +673,7 @@ class AdmissionQueues:
                         "keys": sum(1 for f in cls.flows.values() if f.waiters),
                         "weight": cls.weight,
                         "tokens_per_s": round(cls.rate.per_s(now), 3),
-                        "oldest_wait_s": round(_oldest(cls, now), 3),
+                        "oldest_wait_s": round(oldest_wait(cls, now), 3),
                     }
                     for cls in queue.classes
                 },
@@ -920,14 +722,6 @@ def deployment_pools(table: RoutingTable) -> dict[str, str]:
         root = find(name)
         pools[name] = next((n for r, n in names.items() if find(r) == root), name)  # the first model in order
     return pools
-
-
-def _oldest(cls: _Class, now: float) -> float:
-    oldest = 0.0
-    for flow in cls.flows.values():
-        if flow.waiters:
-            oldest = max(oldest, now - flow.waiters[0].enqueued)
-    return oldest
 
 
 def _capacity_reason(reason: str) -> bool:

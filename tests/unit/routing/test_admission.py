@@ -11,8 +11,9 @@ import msgspec
 import pytest
 
 from modelyard.config.loader import parse_config
-from modelyard.routing.admission import RATE_HORIZON_S, ClientLeftQueue, QueueTicket, _ModelQueue
+from modelyard.routing.admission import ClientLeftQueue, QueueTicket
 from modelyard.routing.executor import Executor
+from modelyard.routing.fair_queue import RATE_HORIZON_S, PoolQueue
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, UserMessage
@@ -370,11 +371,11 @@ async def test_a_class_alone_is_expected_to_get_the_whole_capacity():
     features = ask("rated")[2]
     plan = router.plan("rated", features)
     tokens = features.prompt_tokens + features.output_estimate()
-    queue = admission._queues.setdefault("rated", _ModelQueue("rated", admission.settings))
+    queue = admission._queues.setdefault("rated", PoolQueue("rated", admission.settings))
     batch, interactive = queue.classes[2], queue.classes[0]
     now = 100.0
     total = admission._service_rate(queue, plan, tokens, now)
-    assert total is not None and admission._class_rate(queue, batch, total, now) == pytest.approx(total)
+    assert total is not None and queue.class_rate(batch, total, now, strict=False) == pytest.approx(total)
     interactive.rate.add(now, 0.25 * total * RATE_HORIZON_S)  # a quarter over the last 5 s: batch gets the rest
     interactive.rate.first = now - 10.0
-    assert admission._class_rate(queue, batch, total, now) == pytest.approx(total * 0.75, rel=0.05)
+    assert queue.class_rate(batch, total, now, strict=False) == pytest.approx(total * 0.75, rel=0.05)

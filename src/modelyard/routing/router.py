@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import random
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from modelyard.config.model import Config, Price
 from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
-from modelyard.routing.admission import AdmissionQueues, Admitted, QueueTicket
+from modelyard.routing.admission import AdmissionQueues, Admitted, Grant, QueueTicket
 from modelyard.routing.attempts import RetryPolicy
 from modelyard.routing.context import DecisionContext, QualityFn
 from modelyard.routing.executor import Executor, NativeBody, StreamResult, Success, VetAnswer, VetChunks
@@ -24,6 +25,8 @@ from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import Plan, make_plan
 from modelyard.routing.table import PriceResolver, RoutingTable
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
+
+_R = TypeVar("_R")
 
 
 def breaker_policy(config: Config) -> BreakerPolicy:
@@ -177,26 +180,15 @@ class Router:
         attempt's answer (output guardrails; a rejection fails over). `queue`: how the request may wait
         when its model is saturated (without one it fails at once, as before the queue)."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        admitted = await self.admit(plan, features, queue)
-        grant = admitted.grant
-        if timeout_s is not None and admitted.waited_ms:
-            timeout_s = max(0.001, timeout_s - admitted.waited_ms / 1000)  # the client's bound covers the wait
-        try:
-            success = await self.executor.complete(
-                admitted.plan,
-                self.replanner(features),
-                req,
-                raw,
-                features,
-                timeout_s=timeout_s,
-                native=native,
-                vet=vet,
-                grant=grant,
+        replan = self.replanner(features)
+
+        def run(chosen: Plan, timeout: float | None, grant: Grant | None) -> Awaitable[Success]:
+            return self.executor.complete(
+                chosen, replan, req, raw, features, timeout_s=timeout, native=native, vet=vet, grant=grant
             )
-        finally:
-            if grant is not None:
-                self.admission.release(grant)  # a no-op once an attempt used it
-        success.queue_ms = admitted.waited_ms
+
+        success, waited_ms = await self._admitted(plan, features, queue, timeout_s, run)
+        success.queue_ms = waited_ms
         return success
 
     async def stream(
@@ -213,27 +205,45 @@ class Router:
     ) -> StreamResult:
         """A stream whose first chunks are in hand; with `vet_chunks`, read whole and vetted first."""
         plan = plan or self.plan(req.model, features, overrides=req.modelyard)
-        admitted = await self.admit(plan, features, queue)
-        grant = admitted.grant
-        if timeout_s is not None and admitted.waited_ms:
-            timeout_s = max(0.001, timeout_s - admitted.waited_ms / 1000)  # the client's bound covers the wait
-        try:
-            result = await self.executor.open_stream(
-                admitted.plan,
-                self.replanner(features),
+        replan = self.replanner(features)
+
+        def run(chosen: Plan, timeout: float | None, grant: Grant | None) -> Awaitable[StreamResult]:
+            return self.executor.open_stream(
+                chosen,
+                replan,
                 req,
                 raw,
                 features,
-                timeout_s=timeout_s,
+                timeout_s=timeout,
                 native=native,
                 vet_chunks=vet_chunks,
                 grant=grant,
             )
+
+        result, waited_ms = await self._admitted(plan, features, queue, timeout_s, run)
+        result.queue_ms = waited_ms
+        return result
+
+    async def _admitted(
+        self,
+        plan: Plan,
+        features: RequestFeatures,
+        queue: QueueTicket | None,
+        timeout_s: float | None,
+        run: Callable[[Plan, float | None, Grant | None], Awaitable[_R]],
+    ) -> tuple[_R, float]:
+        """`run` once the request is admitted (at once, or after its wait), with what is left of the client's
+        timeout and the queue's grant, which is given back if no attempt used it; and the time it waited."""
+        admitted = await self.admit(plan, features, queue)
+        grant = admitted.grant
+        waited_ms = admitted.waited_ms
+        if timeout_s is not None and waited_ms:
+            timeout_s = max(0.001, timeout_s - waited_ms / 1000)  # the client's bound covers the wait
+        try:
+            return await run(admitted.plan, timeout_s, grant), waited_ms
         finally:
             if grant is not None:
-                self.admission.release(grant)
-        result.queue_ms = admitted.waited_ms
-        return result
+                self.admission.release(grant)  # a no-op once an attempt used it
 
     async def admit(self, plan: Plan, features: RequestFeatures, queue: QueueTicket | None) -> Admitted:
         """Straight on when the model has headroom (the common case: one check); else wait in its admission

@@ -758,6 +758,9 @@ MODELYARD_HEADERS: dict[str, st.SearchStrategy[bytes]] = {
     ),
     "x-modelyard-tags": _header_values(("a,b", "", ",,,", "t" * 5000, "a," * 2000, "\xe9,\xfc", "x=1;y=2")),
     "x-modelyard-task": _header_values(("coding", "", "x" * 3000, "reasoning", "None")),
+    "x-modelyard-priority": _header_values(
+        ("interactive", "batch", "default", " batch ", "BATCH", "", "x" * 5000, "interactive,batch", "\xe9", "0", "-1")
+    ),
     "x-modelyard-explain": _header_values(("1", "true", "0", "yes", "")),
     "content-type": _header_values(
         (

@@ -437,6 +437,7 @@ def json_posts(
         "x-modelyard-tags",
         "x-modelyard-task",
         "x-modelyard-explain",
+        "x-modelyard-priority",
         "content-type",
         "accept",
         "x-request-id",

@@ -255,7 +255,8 @@ def input_items(req: ResponsesRequest) -> list[InputItem]:
         return [MessageItem(role="user", content=req.input)]
     items: list[InputItem] = []
     for i, raw in enumerate(req.input):
-        if raw.get("type") in HOSTED_ITEMS:
+        kind = raw.get("type")
+        if isinstance(kind, str) and kind in HOSTED_ITEMS:  # a list or an object is no hashable name
             continue
         items.append(_item(raw, f"input[{i}]"))
     return items
@@ -275,7 +276,7 @@ def _item(raw: dict[str, Any], param: str) -> InputItem:
     kind = raw.get("type")
     if kind is None and "role" in raw:
         raw = {**raw, "type": "message"}  # EasyInputMessage: `type` is optional
-    elif kind not in _ITEM_TYPES:
+    elif not isinstance(kind, str) or kind not in _ITEM_TYPES:
         shown = str(kind)[:64] if kind is not None else "(missing)"
         raise GatewayError(
             400,

@@ -231,6 +231,9 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"model": "m", "input": "x", "tool_choice": "required"}, "tool_choice"),
     ({"model": "m", "input": "x", "text": {"format": {"type": "json_schema"}}}, "text.format"),
     ({"model": "m", "input": "x", "metadata": {"k": "v" * 600}}, "metadata"),
+    # Found by the fuzzer: an item `type` that is a list (or an object) is no name: it was a 500 (unhashable).
+    ({"model": "m", "input": [{"role": "user", "content": "x", "type": ["message"]}]}, "input[0].type"),
+    ({"model": "m", "input": [{"type": {"a": 1}}]}, "input[0].type"),
 ]
 
 

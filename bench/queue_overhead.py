@@ -46,8 +46,8 @@ def run(router: Router, policy: QueuePolicy, model: str, calls: int, on: bool) -
     started = time.perf_counter()
     if on:
         for _ in range(calls):
-            policy.ticket(request, key, None, None)
-            admission.must_wait(plan, tokens, 1)
+            ticket = policy.ticket(request, key, None, None)
+            admission.must_wait(plan, tokens, ticket)
     else:
         for _ in range(calls):
             pass

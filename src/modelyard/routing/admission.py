@@ -17,9 +17,9 @@ open circuit): that check is the whole cost on an unsaturated gateway. Otherwise
 - **Grants.** The dispatcher takes the capacity for the request it wakes (its bucket share and its
   in-flight slot) before waking it, so nothing arriving meanwhile can take it; the executor's first attempt
   uses the grant (`Grant`), and a grant that is never used is given back (`release`).
-- **Shedding.** A request whose expected wait (its class's backlog ahead of it over the class's observed
-  service rate) exceeds its deadline is refused at once with 429 and a `Retry-After` from that rate; so is
-  one that finds the queue (or its key's part of it) full. A request whose client goes away leaves the
+- **Shedding.** A request whose expected wait (its key's backlog over what the key can expect of its class's
+  fair share of the capacity: `_expected_wait`) exceeds `SHED_MARGIN` of its deadline is refused at once
+  with 429 and a `Retry-After`; so is one that finds the queue (or its key's part of it) full. A request whose client goes away leaves the
   queue at once.
 - **Saturation tiers.** A class with `fallback_when_saturated` is served by the model's `when: saturated`
   fallbacks, when one of them has headroom, instead of waiting.
@@ -42,7 +42,6 @@ from modelyard.config.model import Deployment, Limits, QueueSettings
 from modelyard.routing.fair_queue import (
     RATE_HORIZON_S,
     ClassQueue,
-    DecayingRate,
     PoolQueue,
     Waiter,
     oldest_wait,
@@ -177,7 +176,7 @@ class AdmissionQueues:
         started = self.clock()
         first = ticket
         while True:
-            if not self.must_wait(plan, tokens, ticket.rank):
+            if not self.must_wait(plan, tokens, ticket):
                 if self.rates is None:
                     return Admitted(plan)
                 grant = self._grant_now(plan, tokens, ticket.rank)
@@ -239,10 +238,10 @@ class AdmissionQueues:
             return own.enabled
         return self.settings.enabled
 
-    def must_wait(self, plan: Plan, tokens: int, rank: int | None = None) -> bool:
+    def must_wait(self, plan: Plan, tokens: int, ticket: QueueTicket | None = None) -> bool:
         """Whether this request cannot go straight on: its model's queue has waiters, or none of its
         candidates has headroom now. O(1) for a model whose candidates have no limits. A request of class
-        `rank` that goes straight on to a limited deployment is counted in its class's recent rate: that is
+        `ticket` that goes straight on to a limited deployment is counted in its class's recent rate: that is
         the class's demand when the pool saturates (else the first batch backlog would be admitted as if the
         other classes wanted nothing)."""
         pool = self._pool(plan)
@@ -258,10 +257,10 @@ class AdmissionQueues:
         now = self.clock()
         for dep in order:
             if self._wait_at(dep, now, tokens) == 0.0:
-                if rank is not None:
+                if ticket is not None:
                     if queue is None:
                         queue = self._queues[pool] = PoolQueue(pool, self.settings)
-                    queue.classes[rank].rate.add(now, tokens)
+                    queue.classes[ticket.rank].served(ticket.tenant, now, tokens)
                 return False
         return self.enabled_for(plan.model)
 
@@ -283,8 +282,6 @@ class AdmissionQueues:
         queue = self._queues.get(pool)
         if queue is None:
             queue = self._queues[pool] = PoolQueue(pool, settings)
-        if queue.rate.last >= 0 and now - queue.rate.last > RATE_HORIZON_S:
-            queue.rate = DecayingRate()  # idle since: what it was served at then says nothing about now
         cls = queue.classes[ticket.rank]
         max_length, max_wait_s = self._bounds(plan.model, ticket.max_wait_s)
         if ticket.call_s is not None:
@@ -439,7 +436,7 @@ class AdmissionQueues:
             grant = self._take(dep, waiter.tokens, now, cls.rank)
             waiter.future.set_result(grant)
             queue.rate.add(now, waiter.tokens)
-            cls.rate.add(now, waiter.tokens)
+            cls.served(waiter.tenant, now, waiter.tokens)
             if self.listener is not None:
                 self.listener.on_dispatch(queue.model, cls.name, now - waiter.enqueued)
         self._disarm(queue)
@@ -600,7 +597,7 @@ class AdmissionQueues:
         total = self._service_rate(queue, plan, tokens, now)
         if total is None:
             return None
-        rate = queue.class_rate(cls, total, now, strict=self.settings.strict) / cls.sharing(tenant, now)
+        rate = cls.key_share(tenant, queue.class_rate(cls, total, now, strict=self.settings.strict), now)
         if rate <= 0.0:
             return math.inf
         return (cls.own_tokens(tenant) + tokens) / rate

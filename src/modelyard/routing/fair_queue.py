@@ -16,7 +16,8 @@ import asyncio
 import heapq
 import math
 from collections import deque
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, TypeVar
 
 from modelyard.config.model import QueueSettings
 from modelyard.routing.plan import Plan
@@ -24,31 +25,53 @@ from modelyard.routing.plan import Plan
 if TYPE_CHECKING:
     from modelyard.routing.admission import Grant
 
+_K = TypeVar("_K")
+
 #: How long the dispatch rate is averaged over (seconds): long enough to smooth single calls, short enough
 #: to follow a provider that slows down.
 RATE_HORIZON_S = 5.0
+#: A class first seen less than this long ago (seconds) is counted at its full weight when the others'
+#: shares are estimated: its first few requests say little about what it wants (at the onset of an overload
+#: they underestimate it), and a second is enough for them to mean something.
+SETTLING_S = 1.0
+#: Events before a rate is read as one (fewer: their amount spread over the whole horizon).
+SETTLING_EVENTS = 3
 
 
 class DecayingRate:
     """Tokens per second, exponentially decayed over `RATE_HORIZON_S`."""
 
-    __slots__ = ("first", "last", "value")
+    __slots__ = ("events", "first", "last", "value")
 
     def __init__(self) -> None:
         self.value = 0.0
         self.last = -1.0
         self.first = -1.0
+        self.events = 0
 
     def add(self, now: float, amount: float) -> None:
-        if self.first < 0:
-            self.first = self.last = now
+        if self.first < 0 or now - self.last > RATE_HORIZON_S:
+            self.first = self.last = now  # (re)started: what came before says nothing about now
+            self.value = 0.0
+            self.events = 0
         self.value = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S) + amount
         self.last = now
+        self.events += 1
+
+    @property
+    def settled(self) -> bool:
+        """Enough events for a rate: a single request a moment ago is no rate of many per second."""
+        return self.events >= SETTLING_EVENTS
+
+    def fresh(self, now: float) -> bool:
+        return self.last >= 0 and now - self.last <= RATE_HORIZON_S
 
     def per_s(self, now: float) -> float:
         if self.first < 0:
             return 0.0
         decayed = self.value * math.exp(-(now - self.last) / RATE_HORIZON_S)
+        if not self.settled:
+            return decayed / RATE_HORIZON_S  # a few requests: as if spread over the horizon
         span = min(RATE_HORIZON_S, max(now - self.first, 0.5))
         return decayed / span
 
@@ -88,11 +111,11 @@ class ClassQueue:
         "depth",
         "flows",
         "heap",
+        "keys",
         "name",
         "pass_",
         "rank",
         "rate",
-        "seen",
         "seq",
         "tokens",
         "vtime",
@@ -111,11 +134,10 @@ class ClassQueue:
         self.depth = 0
         self.tokens = 0
         self.rate = DecayingRate()
-        #: When each key last queued or was served here: the keys sharing the class now (`sharing`).
-        self.seen: dict[str, float] = {}
+        #: Each key's recent dispatches in this class: its demand when the class's rate is shared (`key_share`).
+        self.keys: dict[str, DecayingRate] = {}
 
     def push(self, waiter: Waiter) -> None:
-        self.seen[waiter.tenant] = waiter.enqueued
         flow = self.flows.get(waiter.tenant)
         if flow is None:
             flow = self.flows[waiter.tenant] = Flow(self.vtime)
@@ -148,7 +170,6 @@ class ClassQueue:
 
     def pop(self, waiter: Waiter, now: float) -> None:
         """Dispatch `waiter` (the head): charge its flow, move the flow back into the heap."""
-        self.seen[waiter.tenant] = now
         heapq.heappop(self.heap)
         flow = self.flows[waiter.tenant]
         flow.waiters.popleft()
@@ -180,22 +201,36 @@ class ClassQueue:
         if not flow.waiters and flow.pass_ <= self.vtime:
             del self.flows[waiter.tenant]  # nothing owed: a returning key starts at vtime anyway
 
-    def sharing(self, tenant: str, now: float) -> int:
-        """How many keys share this class's rate now: `tenant`, and every other with waiters or served within
-        the rate horizon (a key between two requests still takes its turn). Forgets keys gone longer."""
-        count = 1
+    def served(self, tenant: str, now: float, tokens: int) -> None:
+        """A request of this class went to a provider (from the queue or straight on): its rates."""
+        self.rate.add(now, tokens)
+        rate = self.keys.get(tenant)
+        if rate is None:
+            rate = self.keys[tenant] = DecayingRate()
+        rate.add(now, tokens)
+
+    def key_share(self, tenant: str, class_rate: float, now: float) -> float:
+        """What `tenant` can expect of `class_rate`: max-min fair among the keys with demand (keys with waiters,
+        and `tenant`, want all they can get; another key what it was served at lately). Forgets keys gone
+        longer than the horizon, so the map holds only the class's recent keys."""
+        demands: dict[str, float] = {tenant: math.inf}
         gone = []
-        for name, at in self.seen.items():
+        for name, rate in self.keys.items():
             if name == tenant:
                 continue
             flow = self.flows.get(name)
-            if (flow is not None and flow.waiters) or now - at <= RATE_HORIZON_S:
-                count += 1
+            if flow is not None and flow.waiters:
+                demands[name] = math.inf
+            elif rate.fresh(now):
+                demands[name] = rate.per_s(now)
             else:
                 gone.append(name)
         for name in gone:
-            del self.seen[name]
-        return count
+            del self.keys[name]
+        for name, flow in self.flows.items():
+            if flow.waiters:
+                demands[name] = math.inf
+        return water_fill(class_rate, {name: 1.0 for name in demands}, demands, tenant)
 
     def own_tokens(self, tenant: str) -> int:
         flow = self.flows.get(tenant)
@@ -252,22 +287,15 @@ class PoolQueue:
             rate = other.rate
             if other is cls or other.depth:
                 demands[other] = math.inf
-            elif rate.last >= 0 and now - rate.last <= RATE_HORIZON_S:
-                # A class seen for less than the horizon may want more than its few requests show: it is
-                # counted at its full weight until its rate means something (shedding early beats timeouts).
-                demands[other] = rate.per_s(now) if now - rate.first >= RATE_HORIZON_S else math.inf
+            elif rate.fresh(now):
+                # A class that has just started (again) with a run of requests may want more than they show:
+                # it counts at its full weight until its rate means something (shedding early beats timeouts).
+                young = now - rate.first < SETTLING_S and rate.settled
+                demands[other] = math.inf if young else rate.per_s(now)
         if strict:
             above = [demands.get(c, 0.0) for c in self.classes[: cls.rank]]
             return max(0.0, total - sum(above))
-        remaining = total
-        while demands:
-            unit = remaining / sum(c.weight for c in demands)
-            satisfied = [c for c, want in demands.items() if want <= c.weight * unit]
-            if not satisfied:
-                return cls.weight * unit
-            for c in satisfied:
-                remaining -= demands.pop(c)
-        return 0.0
+        return water_fill(total, {c: c.weight for c in demands}, demands, cls)
 
 
 def oldest_wait(cls: ClassQueue, now: float) -> float:
@@ -276,3 +304,20 @@ def oldest_wait(cls: ClassQueue, now: float) -> float:
         if flow.waiters:
             oldest = max(oldest, now - flow.waiters[0].enqueued)
     return oldest
+
+
+def water_fill(total: float, weights: Mapping[_K, float], demands: Mapping[_K, float], whose: _K) -> float:
+    """`whose` part of `total` under weighted max-min fairness: each gets at most its demand, and what one
+    does not use is shared by the others in proportion to their weights."""
+    open_ = dict(demands)
+    remaining = total
+    while open_:
+        unit = remaining / sum(weights[k] for k in open_)
+        satisfied = [k for k, want in open_.items() if want <= weights[k] * unit]
+        if not satisfied:
+            return weights[whose] * unit if whose in open_ else 0.0
+        for k in satisfied:
+            remaining -= open_.pop(k)
+            if k == whose:
+                return demands[k]
+    return 0.0

@@ -252,7 +252,7 @@ class Router:
             return Admitted(plan)
         tokens = features.prompt_tokens + features.output_estimate()
         admission = self.admission
-        if admission.rates is None and not admission.must_wait(plan, tokens, queue.rank):
+        if admission.rates is None and not admission.must_wait(plan, tokens, queue):
             return Admitted(plan)  # the common case, without a coroutine
         return await admission.admit(plan, tokens, queue, self.replanner(features))
 

@@ -19,8 +19,8 @@ open circuit): that check is the whole cost on an unsaturated gateway. Otherwise
   uses the grant (`Grant`), and a grant that is never used is given back (`release`).
 - **Shedding.** A request whose expected wait (its key's backlog over what the key can expect of its class's
   fair share of the capacity: `_expected_wait`) exceeds `SHED_MARGIN` of its deadline is refused at once
-  with 429 and a `Retry-After`; so is one that finds the queue (or its key's part of it) full. A request whose client goes away leaves the
-  queue at once.
+  with 429 and a `Retry-After`; so is one that finds the queue (or its key's part of it) full. A request
+  whose client goes away leaves the queue at once.
 - **Saturation tiers.** A class with `fallback_when_saturated` is served by the model's `when: saturated`
   fallbacks, when one of them has headroom, instead of waiting.
 

@@ -187,6 +187,8 @@ class Router:
                 chosen, replan, req, raw, features, timeout_s=timeout, native=native, vet=vet, grant=grant
             )
 
+        if self._straight_on(plan, features, queue):
+            return await run(plan, timeout_s, None)
         success, waited_ms = await self._admitted(plan, features, queue, timeout_s, run)
         success.queue_ms = waited_ms
         return success
@@ -220,9 +222,21 @@ class Router:
                 grant=grant,
             )
 
+        if self._straight_on(plan, features, queue):
+            return await run(plan, timeout_s, None)
         result, waited_ms = await self._admitted(plan, features, queue, timeout_s, run)
         result.queue_ms = waited_ms
         return result
+
+    def _straight_on(self, plan: Plan, features: RequestFeatures, queue: QueueTicket | None) -> bool:
+        """The common case, checked without a coroutine: no ticket, or local buckets and headroom now (the
+        queue's one check); anything else goes through `_admitted` (a wait, a tier, a shared bucket)."""
+        if queue is None:
+            return True
+        admission = self.admission
+        return admission.rates is None and not admission.must_wait(
+            plan, features.prompt_tokens + features.output_estimate(), queue
+        )
 
     async def _admitted(
         self,
@@ -234,7 +248,7 @@ class Router:
     ) -> tuple[_R, float]:
         """`run` once the request is admitted (at once, or after its wait), with what is left of the client's
         timeout and the queue's grant, which is given back if no attempt used it; and the time it waited."""
-        admitted = await self.admit(plan, features, queue)
+        admitted = await self._admit(plan, features, queue)
         grant = admitted.grant
         waited_ms = admitted.waited_ms
         if timeout_s is not None and waited_ms:
@@ -245,16 +259,13 @@ class Router:
             if grant is not None:
                 self.admission.release(grant)  # a no-op once an attempt used it
 
-    async def admit(self, plan: Plan, features: RequestFeatures, queue: QueueTicket | None) -> Admitted:
-        """Straight on when the model has headroom (the common case: one check); else wait in its admission
-        queue, or go to a saturation tier, or a 429 (routing/admission.py)."""
+    async def _admit(self, plan: Plan, features: RequestFeatures, queue: QueueTicket | None) -> Admitted:
+        """Wait in the admission queue, or go to a saturation tier, or a 429 (routing/admission.py); with shared
+        buckets, each dispatch confirmed there."""
         if queue is None:
             return Admitted(plan)
         tokens = features.prompt_tokens + features.output_estimate()
-        admission = self.admission
-        if admission.rates is None and not admission.must_wait(plan, tokens, queue):
-            return Admitted(plan)  # the common case, without a coroutine
-        return await admission.admit(plan, tokens, queue, self.replanner(features))
+        return await self.admission.admit(plan, tokens, queue, self.replanner(features))
 
     async def embed(
         self,

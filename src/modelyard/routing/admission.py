@@ -92,13 +92,12 @@ class QueueTicket:
 class Grant:
     """Capacity taken for one request at one deployment: its bucket share and in-flight slot."""
 
-    __slots__ = ("at", "deployment", "rank", "released", "tokens", "used")
+    __slots__ = ("deployment", "rank", "released", "tokens", "used")
 
-    def __init__(self, deployment: Deployment, tokens: int, at: float, rank: int = 0) -> None:
+    def __init__(self, deployment: Deployment, tokens: int, rank: int = 0) -> None:
         self.deployment = deployment
         self.rank = rank  # the request's class (0 = highest): what it may take of a shared bucket
         self.tokens = tokens
-        self.at = at
         self.used = False  # the executor's attempt owns it now (and gives it back itself)
         self.released = False
 
@@ -110,8 +109,6 @@ class Admitted:
     plan: Plan
     grant: Grant | None = None
     waited_ms: float = 0.0
-    #: The saturation tier that serves the request instead of the queue, if any.
-    tier: str | None = None
 
 
 class ClientLeftQueue(ModelyardError):
@@ -277,7 +274,7 @@ class AdmissionQueues:
                 for dep in tier_plan.order:
                     if self._wait_at(dep, now, tokens) == 0.0:
                         tier_plan.ctx.note(dep, f"saturation tier of `{plan.model}`")
-                        return Admitted(tier_plan, tier=tier)
+                        return Admitted(tier_plan)  # the explain note names the tier
         pool = self._pool(plan)
         queue = self._queues.get(pool)
         if queue is None:
@@ -325,7 +322,7 @@ class AdmissionQueues:
             grant = await self._await(waiter, ticket, max_wait_s)
         finally:
             self._remove(queue, waiter)  # a no-op once dispatched
-        return Admitted(waiter.plan, grant, (self.clock() - now) * 1000, None)
+        return Admitted(waiter.plan, grant, (self.clock() - now) * 1000)
 
     async def _await(self, waiter: Waiter, ticket: QueueTicket, max_wait_s: float) -> Grant:
         future = waiter.future
@@ -472,7 +469,7 @@ class AdmissionQueues:
         self.health.on_start(dep.name, now)
         if dep.limits.rate_limited:
             self.limits.take(dep.name, dep.limits, now, tokens)
-        return Grant(dep, tokens, now, rank)
+        return Grant(dep, tokens, rank)
 
     def _arm(self, queue: PoolQueue, at: float) -> None:
         if at == math.inf:

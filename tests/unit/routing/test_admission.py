@@ -64,7 +64,11 @@ class GatedTransport:
 
 def make() -> tuple[Router, GatedTransport]:
     router = Router(parse_config(CONFIG), seed=1)
-    transport = GatedTransport()
+    return router, through(router, GatedTransport())
+
+
+def through(router: Router, transport: GatedTransport) -> GatedTransport:
+    """Send the router's calls through `transport` (after `Router.start`, which makes its own)."""
     router._executor = Executor(
         transport=transport,  # type: ignore[arg-type]
         adapters=router.adapters,
@@ -73,7 +77,7 @@ def make() -> tuple[Router, GatedTransport]:
         prices=router.table.prices,
         policy=router.policy,
     )
-    return router, transport
+    return transport
 
 
 def ask(model: str, text: str = "hello", tokens: int = 10) -> tuple[ChatRequest, dict[str, Any], RequestFeatures]:

@@ -10,9 +10,8 @@ import uuid
 import pytest
 
 from modelyard.config.loader import parse_config
-from modelyard.routing.executor import Executor
 from modelyard.routing.router import Router
-from tests.unit.routing.test_admission import GatedTransport, ask, ticket
+from tests.unit.routing.test_admission import GatedTransport, ask, through, ticket
 
 
 def _reachable() -> bool:
@@ -48,14 +47,7 @@ async def replica(url: str, prefix: str, stamps: list[float]) -> Router:
         return await send(call, timeouts, adapter)
 
     transport.send = stamped  # type: ignore[method-assign]
-    router._executor = Executor(
-        transport=transport,  # type: ignore[arg-type]
-        adapters=router.adapters,
-        health=router.health,
-        limits=router.limits,
-        prices=router.table.prices,
-        policy=router.policy,
-    )
+    through(router, transport)
     return router
 
 

@@ -86,3 +86,49 @@ def test_load_config_from_env_var_and_missing_file(tmp_path, monkeypatch):
     assert load_config().source == str(path)
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "absent.yaml")
+
+
+QUEUE_BASE = """\
+deployments:
+  - {name: d, provider: openai, model: m, api_base: "http://x/v1", limits: LIMITS}
+models:
+  m: {candidates: [d], fallbacks: FALLBACKS}
+QUEUE
+"""
+
+
+@pytest.mark.parametrize(
+    ("limits", "fallbacks", "queue", "expected"),
+    [
+        ("{rpm: 0}", "[]", "", "deployments[0].limits.rpm"),
+        ("{rpm: -5}", "[]", "", "deployments[0].limits.rpm"),
+        ("{burst_s: 0}", "[]", "", "deployments[0].limits.burst_s"),
+        ("{burst_s: .nan}", "[]", "", "deployments[0].limits.burst_s"),
+        ("{burst_s: .inf}", "[]", "", "deployments[0].limits.burst_s"),
+        ("{max_concurrency: 0}", "[]", "", "deployments[0].limits.max_concurrency"),
+        ("{}", "[{model: ghost, when: saturated}]", "", "models.m.fallbacks"),
+        ("{}", "[{model: d, when: sometimes}]", "", "models.m.fallbacks[0]"),
+        ("{}", "[]", "queue: {classes: [{name: a, weight: 0}], default_class: a}", "queue.classes[0].weight"),
+        ("{}", "[]", "queue: {classes: [{name: a, weight: .nan}], default_class: a}", "queue.classes[0].weight"),
+        ("{}", "[]", "queue: {classes: [{name: a}, {name: a}], default_class: a}", "queue"),
+        ("{}", "[]", "queue: {default_class: nope}", "queue"),
+        ("{}", "[]", "queue: {classes: [{name: 'a b'}], default_class: 'a b'}", "queue.classes[0].name"),
+        ("{}", "[]", "queue: {max_wait_ms: -1}", "queue.max_wait_ms"),
+        ("{}", "[]", "queue: {max_length: 0}", "queue.max_length"),
+    ],
+)
+def test_bad_queue_and_limit_values_are_refused_at_load_naming_the_key(
+    limits: str, fallbacks: str, queue: str, expected: str
+) -> None:
+    text = QUEUE_BASE.replace("LIMITS", limits).replace("FALLBACKS", fallbacks).replace("QUEUE", queue)
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="q.yaml")
+    assert "q.yaml:" in str(info.value) and expected in str(info.value), str(info.value)
+
+
+def test_fallback_marks_split_into_error_fallbacks_and_saturation_tiers() -> None:
+    text = (
+        QUEUE_BASE.replace("LIMITS", "{}").replace("QUEUE", "").replace("FALLBACKS", "[d, {model: d, when: saturated}]")
+    )
+    group = parse_config(text).models["m"]
+    assert group.error_fallbacks == ["d"] and group.saturation_fallbacks == ["d"]

@@ -174,6 +174,8 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     options: ModelOptions = field(default_factory=ModelOptions)
     #: Reuse an answer for a prompt whose embedding is this close to a cached one (off unless set).
     semantic_cache: SemanticCacheSettings | None = None
+    #: This model's exact-match response cache settings (top-level `cache:` otherwise).
+    cache: ModelCache | None = None
     #: Guardrails on every request to this model: names of sets in the top-level `guardrails:`, or checks.
     guardrails: list[str | CheckSpec] = field(default_factory=list)
 
@@ -198,6 +200,31 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     def error_fallbacks(self) -> list[str]:
         """The names tried on error (`fallbacks` after loading: marks are split out by `__post_init__`)."""
         return [f if isinstance(f, str) else f.model for f in self.fallbacks]
+
+
+class ModelCache(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A model's own response-cache settings; unset ones take the top-level `cache:` values."""
+
+    enabled: bool | None = None
+    ttl_s: Annotated[float, Meta(gt=0, le=30 * 86400)] | None = None
+
+
+class ResponseCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The exact-match response cache (docs/caching.md): an answer reused for the same request from the
+    same key. Only deterministic requests (`temperature: 0`, one choice) or ones that opt in
+    (`modelyard: {cache: true}`) are cached; `Cache-Control: no-cache` skips the lookup, `no-store` the
+    store. Off unless `enabled` (here, or per model)."""
+
+    enabled: bool = False
+    #: `memory` (per replica), `redis` (shared: needs `state.redis_url`); default: redis when a Redis URL
+    #: is configured, memory otherwise.
+    backend: Literal["memory", "redis"] | None = None
+    ttl_s: Annotated[float, Meta(gt=0, le=30 * 86400)] = 300.0
+    #: Bounds of the in-memory backend (least recently used go first) and of any one answer (larger ones
+    #: are not cached).
+    max_entries: Annotated[int, Meta(gt=0, le=10_000_000)] = 10_000
+    max_bytes: Annotated[int, Meta(gt=0, le=1 << 40)] = 64 * 1024 * 1024
+    max_entry_bytes: Annotated[int, Meta(gt=0, le=1 << 30)] = 1024 * 1024
 
 
 class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -389,6 +416,22 @@ class StateSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     max_pending_settlements: int = 100_000
     #: Bound on every store call made while serving a request or an admin call (a hung store → 503).
     store_timeout_s: float = 5.0
+    #: With `redis_url`: share breaker states, cooldowns and latency statistics between replicas
+    #: (state/redis_health.py); each replica reads its local copy, synced in the background.
+    shared_health: bool = True
+    #: How often the shared health view is synced (its staleness bound; a breaker opening is pushed at once).
+    health_sync_s: Annotated[float, Meta(gt=0, le=60)] = 0.25
+    #: With `redis_url`: share semantic-cache entries between replicas (synced in the background).
+    shared_semantic_cache: bool = True
+
+
+class DrainSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """What SIGTERM does (docs/operations.md): `/health/ready` turns 503 at once; new connections are still
+    accepted for `grace_s` (a load balancer's time to notice), then refused; requests and streams in flight
+    get up to `deadline_s` to finish; the spend log is flushed; the process exits."""
+
+    grace_s: Annotated[float, Meta(ge=0, le=3600)] = 5.0
+    deadline_s: Annotated[float, Meta(ge=0, le=86400)] = 60.0
 
 
 class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -408,6 +451,8 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     state: StateSettings = field(default_factory=StateSettings)
     tracing: TracingSettings = field(default_factory=TracingSettings)
     queue: QueueSettings = field(default_factory=QueueSettings)
+    cache: ResponseCacheSettings = field(default_factory=ResponseCacheSettings)
+    drain: DrainSettings = field(default_factory=DrainSettings)
     semantic: SemanticSettings | None = None
     #: Client model names (exact, or `*`/`?` patterns such as `claude-*`) → a model or deployment name;
     #: exact configured names win, then exact aliases, then the most specific pattern (routing/aliases.py).
@@ -418,6 +463,10 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     #: deployment's per-task pass rate becomes its quality for that task (over `quality`) and its verdict its
     #: `acceptance` (config/quality_file.py). Read at load (and at each reload).
     quality_from: str | None = None
+    #: A price table file (the shipped table's JSON shape, `{"models": {"vendor/model": {...}}}`), relative
+    #: to this config file, read at load and at each reload: an operator's job can refresh it and reload
+    #: (docs/operations.md). It replaces the shipped table; a deployment's own `price:` still wins.
+    prices_from: str | None = None
     #: Where the config came from, for messages; not part of the YAML.
     source: str = "<memory>"
 

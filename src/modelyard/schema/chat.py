@@ -197,6 +197,9 @@ class ModelyardOptions(Struct, kw_only=True, omit_defaults=True):
     guardrails: Annotated[list[CheckSpec], msgspec.Meta(max_length=32)] | None = None
     #: The request's priority class (`queue.classes`), capped by its key's `max_priority`.
     priority: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    #: Use the exact-match response cache for this request even if it is not deterministic (true), or not at
+    #: all (false); only where the model's cache is enabled.
+    cache: bool | None = None
 
 
 #: Client numbers are checked when a request is decoded (msgspec refuses NaN and ±inf against these bounds):

@@ -118,6 +118,7 @@ class Gateway:
         self.observer: Observer = observer or NullObserver()
         self.services = services
         self.access = services.access if services is not None else None
+        self.response_cache = services.response_cache if services is not None else None
         self.intelligence = Intelligence.from_config(config)
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)

@@ -26,6 +26,7 @@ from modelyard.server.access import Access, estimate_prices
 from modelyard.server.http import Headers, Send, send_json
 from modelyard.server.metrics import Metrics, metrics_endpoint
 from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
+from modelyard.server.response_cache import ResponseCache, build_response_cache
 from modelyard.state.counters import Counters, MemoryCounters
 from modelyard.state.store import Store, open_store, sqlite_path
 
@@ -81,6 +82,8 @@ class Services:
     metrics: Metrics | None = None
     observers: list[Any] = field(default_factory=list)
     unpriced: list[str] = field(default_factory=list)
+    #: The exact-match response cache (one per process: a reload keeps it).
+    response_cache: ResponseCache | None = None
 
     def observer(self, base: Observer | None = None) -> Observer:
         """The gateway's observer: `base` (failure logging by default) plus ours."""
@@ -105,6 +108,8 @@ class Services:
 
     async def start(self) -> None:
         await self.store.open()
+        if self.response_cache is not None:
+            await self.response_cache.start()
         if self.access is not None:
             await self.access.start()
         if self.spend is not None:
@@ -123,6 +128,8 @@ class Services:
             await self.spend.close()  # after the last request, before the store goes
         if self.access is not None:
             await self.access.close()
+        if self.response_cache is not None:
+            await self.response_cache.close()
         await self.store.close()
 
 
@@ -186,7 +193,7 @@ def build_services(
     if spend_cfg.store is None and config.access.keys_store is None:
         log.warning("no spend.store configured: keys and the spend log are kept in memory only")
     missing = unpriced(config.deployments, router.table.prices)
-    services = Services(router=router, store=store, unpriced=missing)
+    services = Services(router=router, store=store, unpriced=missing, response_cache=build_response_cache(config))
     access_cfg = config.access
     services.access = Access(
         store=store,

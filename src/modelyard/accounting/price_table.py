@@ -16,6 +16,8 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from modelyard.config.model import Deployment, Price
 from modelyard.config.providers import ProviderOptions
 
@@ -61,7 +63,10 @@ class PriceTable:
             vendor, _, model = str(key).lower().partition("/")
             if not model:
                 raise ValueError(f"price table key {key!r} must be vendor/model")
-            prices[f"{vendor}/{model}"] = Price(**entry)
+            try:  # converted, not constructed: the file's numbers are checked (finite, not negative)
+                prices[f"{vendor}/{model}"] = msgspec.convert(entry, Price)
+            except msgspec.ValidationError as exc:
+                raise ValueError(f"price table entry {key!r}: {exc}") from None
             by_model.setdefault(model, []).append(vendor)
         source = data.get("source") or {}
         return cls(

@@ -327,3 +327,71 @@ def _days(seconds: float | None) -> str:
     if not seconds:
         return "30d"
     return f"{seconds / 86400:g}d" if seconds >= 86400 else f"{seconds / 3600:g}h"
+
+
+@app.command("reload")
+def reload_command(
+    url: str = typer.Option("http://127.0.0.1:4000", "--url", help="The gateway whose config to reload."),
+    master_key: str = MASTER,
+    all_replicas: bool = typer.Option(
+        False, "--all", help="Every replica (and worker) subscribed on the config's Redis, not just --url."
+    ),
+    config: Path = typer.Option(None, "--config", "-c", help="With --all: the config naming state.redis_url."),
+    redis_url: str = typer.Option(None, "--redis-url", help="With --all: Redis, instead of --config's."),
+    prefix: str = typer.Option(None, "--prefix", help="With --all: the key prefix (default: the config's)."),
+    timeout: float = typer.Option(30.0, "--timeout", min=0.1, help="Seconds to wait for the replicas' answers."),
+    as_json: bool = AS_JSON,
+) -> None:
+    """Reload a running gateway's config (its own file, re-read and checked; on an error the old one stays).
+    Exit status 1 when any replica refused the new config."""
+    if all_replicas:
+        results = _reload_all(config, redis_url, prefix, timeout)
+    else:
+        try:
+            results = [ApiBackend(url, master_key).call("POST", "/admin/reload")]
+        except AdminError as exc:
+            _err().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(code=1) from None
+    if as_json:
+        _out().print_json(json.dumps(results))
+    else:
+        for result in results:
+            where = result.get("replica", url)
+            if result.get("ok"):
+                _out().print(f"{where}: reloaded, generation {result['generation']}: {result['summary']}")
+            else:
+                _err().print(f"[bold red]{where}: not reloaded[/] (the old config stays):", soft_wrap=True)
+                for line in result.get("errors", []):
+                    _err().print(f"  {line}", soft_wrap=True, markup=False)
+    if not all(result.get("ok") for result in results):
+        raise typer.Exit(code=1)
+
+
+def _reload_all(config: Path | None, redis_url: str | None, prefix: str | None, timeout: float) -> list[Any]:
+    from modelyard.state.redis_reload import reload_all
+
+    if redis_url is None or prefix is None:
+        if config is None:
+            _err().print("[bold red]error:[/] --all needs --config (or --redis-url)")
+            raise typer.Exit(code=2)
+        from modelyard.config.loader import ConfigError, load_config
+
+        try:
+            state = load_config(config).state
+        except ConfigError as exc:
+            _err().print(f"[bold red]error:[/] {exc}", soft_wrap=True)
+            raise typer.Exit(code=2) from None
+        if state.redis_url is None and redis_url is None:
+            _err().print("[bold red]error:[/] the config has no state.redis_url: replicas share no channel")
+            raise typer.Exit(code=2)
+        redis_url = redis_url or state.redis_url
+        prefix = prefix or state.prefix
+    assert redis_url is not None
+    reached, results = asyncio.run(reload_all(redis_url, prefix=prefix or "modelyard", timeout_s=timeout))
+    if reached == 0:
+        _err().print("[bold red]error:[/] no replica is listening on that Redis")
+        raise typer.Exit(code=1)
+    if len(results) < reached:
+        _err().print(f"[yellow]{reached - len(results)} of {reached} replicas did not answer in {timeout:g}s[/]")
+        results.append({"ok": False, "replica": "?", "errors": [f"{reached - len(results)} replicas did not answer"]})
+    return results

@@ -60,6 +60,9 @@ def serve(
     port: int = typer.Option(4000, help="Port to listen on."),
     workers: int = typer.Option(1, help="Worker processes (one per core is a good start)."),
     demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo config over a built-in simulator."),
+    watch: bool = typer.Option(
+        False, "--watch", help="Reload when the config (or its prices_from / quality_from file) changes."
+    ),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
     header_timeout: float = typer.Option(
         10.0,
@@ -83,9 +86,8 @@ def serve(
         help="Connections + requests per worker before new ones get a 503 (default: unlimited).",
     ),
 ) -> None:
-    """Run the gateway (OpenAI API at /v1, Anthropic Messages API at /v1/messages)."""
-    import uvicorn
-
+    """Run the gateway (OpenAI API at /v1, Anthropic Messages API at /v1/messages). SIGHUP reloads the config,
+    SIGTERM drains (docs/operations.md)."""
     _setup_logging(log_level)
     sim = None
     if demo:
@@ -108,13 +110,17 @@ def serve(
         f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
         f"from {path}; listening on http://{host}:{port}"
     )
+    from modelyard.server import serving
+
+    os.environ[serving.WATCH_ENV] = "1" if watch else ""
     try:
-        uvicorn.run(
+        serving.run(
             "modelyard.server.factory:app_from_env",
+            workers=workers,
+            deadline_s=loaded.drain.deadline_s,
             factory=True,
             host=host,
             port=port,
-            workers=workers,
             loop="uvloop",
             http=GuardedHttpToolsProtocol,
             log_level="warning",
@@ -163,18 +169,16 @@ def demo(
 
 def _load_checked(path: Path) -> tuple[Config, RoutingTable]:
     """The config and its compiled routing table, or exit 2 listing every problem at its `file:line` (what
-    `check` reports is what `serve` refuses to start with)."""
+    `check` reports is what `serve` refuses to start with, and what a live reload refuses)."""
     from rich.markup import escape
 
-    from modelyard.config.loader import ConfigError, ConfigErrors, load_config, problems_at_lines
-    from modelyard.routing.table import RoutingTable, compile_groups
+    from modelyard.config.loader import ConfigError, ConfigErrors
+    from modelyard.routing.table import RoutingTable
+    from modelyard.server.servable import load_servable
 
     try:
-        loaded = load_config(path)
-        _, problems = compile_groups(loaded)
-        if problems:
-            raise problems_at_lines(path, [(problem.key, problem.message) for problem in problems])
-        return loaded, RoutingTable.from_config(loaded)
+        loaded, prices = load_servable(path)
+        return loaded, RoutingTable.from_config(loaded, prices.resolve)
     except ConfigError as exc:
         for error in exc.errors if isinstance(exc, ConfigErrors) else [exc]:
             err.print(f"[bold red]error:[/] {escape(str(error))}", soft_wrap=True)

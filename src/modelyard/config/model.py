@@ -17,16 +17,21 @@ from modelyard.schema.guardrails import CheckSpec
 Capability = Literal["tools", "vision", "json_object", "json_schema", "streaming", "audio", "reasoning"]
 
 
+#: A price per 1M tokens (or per 1,000 searches): finite, not negative (a negative price would pay the caller
+#: back and turn a budget into a credit), and below a bound far above any real one.
+PriceValue = Annotated[float, Meta(ge=0, le=1_000_000)]
+
+
 class Price(Struct, kw_only=True, forbid_unknown_fields=True):
     """USD per 1M tokens. `cached_input`/`cache_write` default to `input` when the provider has none."""
 
-    input: float = 0.0
-    output: float = 0.0
-    cached_input: float | None = None
-    cache_write: float | None = None
-    reasoning: float | None = None
+    input: PriceValue = 0.0
+    output: PriceValue = 0.0
+    cached_input: PriceValue | None = None
+    cache_write: PriceValue | None = None
+    reasoning: PriceValue | None = None
     #: USD per 1,000 server-side web searches (Anthropic's web_search tool: 10.0), from the provider's usage.
-    web_search: float | None = None
+    web_search: PriceValue | None = None
 
 
 class Limits(Struct, kw_only=True, forbid_unknown_fields=True):

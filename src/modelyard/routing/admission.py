@@ -386,6 +386,11 @@ class AdmissionQueues:
 
     # ------------------------------------------------------------------ dispatch
 
+    @property
+    def has_waiters(self) -> bool:
+        """Whether any request waits in one of these queues (a reload keeps waking them until they drain)."""
+        return any(self._waiting_on.values())
+
     def poke(self, deployment: str) -> None:
         """A request at `deployment` ended: queues waiting on it dispatch at the next tick."""
         queues = self._waiting_on.get(deployment)

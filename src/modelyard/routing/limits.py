@@ -16,6 +16,8 @@ holds what the shared one refused (`hold`), so the queue knows when to try again
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from modelyard.config.model import Limits
 
 _EPSILON = 1e-9
@@ -70,6 +72,11 @@ class DeploymentLimits:
         if buckets is None or buckets.shape != (limits.rpm, limits.tpm, limits.burst_s):
             buckets = self._buckets[name] = _Buckets(limits)
         return buckets
+
+    def forget(self, names: Iterable[str]) -> None:
+        """A reload: these deployments (removed, or pointing somewhere else now) start with full buckets."""
+        for name in names:
+            self._buckets.pop(name, None)
 
     def wait_s(self, name: str, limits: Limits, now: float, tokens: int) -> float:
         """Seconds until one more request of `tokens` fits (0.0: it fits now)."""

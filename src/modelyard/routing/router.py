@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from modelyard.config.model import Config, Price
+import msgspec
+
+from modelyard.config.model import Config, Deployment, Price
 from modelyard.providers import load_adapters
 from modelyard.providers.transport import Transport, make_transport
 from modelyard.routing.admission import AdmissionQueues, Admitted, Grant, QueueTicket
@@ -26,7 +28,15 @@ from modelyard.routing.plan import Plan, make_plan
 from modelyard.routing.table import PriceResolver, RoutingTable
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
 
+if TYPE_CHECKING:
+    from modelyard.state.redis_health import SharedHealth
+
 _R = TypeVar("_R")
+
+
+def deployment_identity(dep: Deployment) -> tuple[str, str, str | None, str, bytes]:
+    """What makes two deployments of the same name the same upstream (a reload keeps its health then)."""
+    return (dep.provider, dep.model, dep.api_base, dep.kind, msgspec.json.encode(dep.options))
 
 
 def breaker_policy(config: Config) -> BreakerPolicy:
@@ -69,8 +79,55 @@ class Router:
         seed = seed if seed is not None else config.routing.seed
         self.rng = random.Random(seed)
         self.policy = retry_policy(config)
+        #: The health view's sync with the other replicas (state/redis_health.py), when configured.
+        self.shared_health: SharedHealth | None = None
         self._transport: Transport | None = None
         self._executor: Executor | None = None
+
+    def successor(self, config: Config, *, resolve_price: PriceResolver | None = None) -> Router:
+        """The router of a reloaded config, sharing this one's process state (docs/operations.md).
+
+        Kept: the connection pool, the health view (breakers, latency statistics) and the RPM/TPM buckets of
+        every deployment whose identity (provider, model, endpoint, options) did not change, the shared Redis
+        buckets and health sync. New: the routing table, prices, policies, adapters and admission queues;
+        requests already waiting in this router's queues drain under the plan they were admitted with (its
+        queues keep being woken until they are empty). This router is not closed: requests in flight finish on
+        it, and what it shares lives on in the successor.
+        """
+        new = Router.__new__(Router)
+        new.config = config
+        new.table = RoutingTable.from_config(config, resolve_price)
+        old_ids = {dep.name: deployment_identity(dep) for dep in self.config.deployments}
+        keep = {dep.name for dep in config.deployments if old_ids.get(dep.name) == deployment_identity(dep)}
+        new.health = self.health
+        new.health.reconfigure(breaker_policy(config), alpha=config.routing.latency_alpha, keep=keep)
+        for group in config.models.values():
+            bound = group.constraints.max_latency_ms
+            if bound is not None:
+                new.health.watch_latency(bound)
+        new.limits = self.limits
+        new.limits.forget(set(old_ids) - keep)
+        previous = self.health.on_release
+        new.admission = AdmissionQueues(config.queue, new.table, new.health, new.limits)
+        new.admission.rates = self.admission.rates
+        if previous is not None and self.admission.has_waiters:
+            poke = new.admission.poke
+
+            def wake_both(deployment: str) -> None:
+                poke(deployment)
+                previous(deployment)
+
+            new.health.on_release = wake_both
+        new.adapters = load_adapters({dep.provider for dep in config.deployments})
+        seed = config.routing.seed
+        new.rng = random.Random(seed) if seed is not None else self.rng
+        new.policy = retry_policy(config)
+        new.shared_health = self.shared_health
+        new._transport = self._transport
+        new._executor = None
+        if new._transport is not None:
+            new._executor = new._make_executor(new._transport)
+        return new
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -84,15 +141,18 @@ class Router:
             self.admission.rates = SharedRates(state.redis_url, prefix=state.prefix, timeout_s=state.redis_timeout_s)
         if self._transport is None:
             self._transport = make_transport(self.config.server.http_client)
-            self._executor = Executor(
-                transport=self._transport,
-                adapters=self.adapters,
-                health=self.health,
-                limits=self.limits,
-                prices=self.table.prices,
-                policy=self.policy,
-                rng=self.rng,
-            )
+            self._executor = self._make_executor(self._transport)
+
+    def _make_executor(self, transport: Transport) -> Executor:
+        return Executor(
+            transport=transport,
+            adapters=self.adapters,
+            health=self.health,
+            limits=self.limits,
+            prices=self.table.prices,
+            policy=self.policy,
+            rng=self.rng,
+        )
 
     async def close(self) -> None:
         rates = self.admission.rates

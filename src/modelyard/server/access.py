@@ -226,6 +226,14 @@ class Access:
         self._seeding: dict[tuple[str, int], asyncio.Future[None]] = {}
         self._refresher: asyncio.Task[None] | None = None
 
+    def adopt(self, table: RoutingTable) -> None:
+        """A reload: authorisation and reservations read the new routing table and its prices from now on
+        (scopes and output bounds computed from the old one are dropped)."""
+        self.table = table
+        self.prices = estimate_prices(table)
+        self._scopes = {}
+        self._output_bounds = {}
+
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:

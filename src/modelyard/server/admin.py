@@ -7,6 +7,10 @@
     DELETE /admin/keys/{id}     revoke (immediate on this replica, within `access.refresh_s` on the others)
     GET    /admin/spend         ?by=model|key|day|deployment&since=7d
     GET    /admin/queues        the admission queues now: per model and class, depth, tokens, service rate
+    POST   /admin/reload        re-read the config file (and its prices_from file) and swap it in: 200 with
+                                the changes, or 422 `config_invalid` with every problem at its file:line (the
+                                old config stays)
+    GET    /admin/reload        this process's config generation and its last reload's result
 
 A key's admission-queue settings (server/priority.py reads them) are kept in its metadata: `priority` and
 `max_priority` name classes of `queue.classes`, `max_queue_ms` is the longest its requests wait. They may be
@@ -50,6 +54,7 @@ if TYPE_CHECKING:
 
 KEYS_PATH = "/admin/keys"
 QUEUES_PATH = "/admin/queues"
+RELOAD_PATH = "/admin/reload"
 _ADMIN_BODY_LIMIT = 64 * 1024
 _MAX_TEXT = 256  # a key's name, a model name, a metadata key
 _MAX_VALUE = 4096  # a metadata value
@@ -335,4 +340,35 @@ async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
         request.send,
         200,
         {"object": "spend_report", **body, "since": datetime.fromtimestamp(since, UTC).isoformat()},
+    )
+
+
+async def reload(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    _services(gw, ctx)
+    reloader = gw.root.reloader
+    assert reloader is not None  # every root gateway has one
+    result = await reloader.reload("POST /admin/reload")
+    body = result.as_dict()
+    if not result.ok:
+        message = "the config was not reloaded (the old one stays): " + "; ".join(result.errors)
+        error = GatewayError(422, message, code="config_invalid").to_body()
+        await send_json(request.send, 422, {**error, "reload": body})
+        return
+    await send_json(request.send, 200, body)
+
+
+async def last_reload(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    _services(gw, ctx)
+    reloader = gw.root.reloader
+    assert reloader is not None
+    last = reloader.last
+    await send_json(
+        request.send,
+        200,
+        {
+            "generation": reloader.generation,
+            "source": gw.root.current.config.source,
+            "reloads": {"ok": reloader.ok, "failed": reloader.failed},
+            "last": last.as_dict() if last is not None else None,
+        },
     )

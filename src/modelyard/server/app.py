@@ -48,8 +48,10 @@ from modelyard.server.http import (
 from modelyard.server.observe import NullObserver, Observer
 from modelyard.server.pipeline import CodecRoute, features_for
 from modelyard.server.priority import QueuePolicy
+from modelyard.server.reload import Reloader
 from modelyard.server.responses_routes import PREFIX as RESPONSES_PREFIX
 from modelyard.server.responses_routes import responses_routes
+from modelyard.server.serving import ProcessControl
 
 if TYPE_CHECKING:
     from modelyard.server.services import Services
@@ -112,6 +114,8 @@ class Gateway:
         router: Router | None = None,
         observer: Observer | None = None,
         services: Services | None = None,
+        intelligence: Intelligence | None = None,
+        root: Gateway | None = None,
     ) -> None:
         self.config = config
         self.router = router or Router(config)
@@ -119,7 +123,15 @@ class Gateway:
         self.services = services
         self.access = services.access if services is not None else None
         self.response_cache = services.response_cache if services is not None else None
-        self.intelligence = Intelligence.from_config(config)
+        self.intelligence = intelligence or Intelligence.from_config(config)
+        #: The gateway the server holds, which owns the process: its lifespan, draining, reloads. A reload
+        #: builds a new generation (another Gateway with this root) and points `root.current` at it; each
+        #: request is served by the generation current when it arrived (server/reload.py).
+        self.root: Gateway = root or self
+        self.current: Gateway = self
+        #: Set on the root by SIGTERM (server/serving.py): /health/ready answers 503 from then on.
+        self.draining = False
+        self.reloader = Reloader(self) if root is None else None
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
         self.queue_policy = QueuePolicy(config.queue, config.models)
@@ -129,6 +141,11 @@ class Gateway:
         self.ready = False
         #: Set by `modelyard serve` (the process is ours): freeze start-up objects out of the collector.
         self.tune_gc = False
+        #: Set by `modelyard serve`: SIGTERM drains and SIGHUP reloads (server/serving.py); `--watch` sets
+        #: `watch`. The reload channel of `modelyard reload --all` runs whenever Redis is configured.
+        self.owns_process = False
+        self.watch = False
+        self.control: ProcessControl | None = None
         self.unknown_paths = RateLimitedLog(access_log, UNKNOWN_PATH_LINES_PER_S)
         self.routes: dict[tuple[str, str], tuple[Handler, ErrorWriter]] = {}
         chat, messages = CodecRoute(ChatCompletions()), CodecRoute(Messages())
@@ -155,7 +172,7 @@ class Gateway:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
-            await self._http(scope, receive, send)
+            await self.current._http(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
 
@@ -278,17 +295,25 @@ class Gateway:
         if self.services is not None:
             await self.services.start()
         await self.observer.start()
+        if self.root is self:
+            self.control = ProcessControl(self, signals=self.owns_process, watch=self.watch)
+            await self.control.start()
         if self.tune_gc:
             _tune_gc()
         self.ready = True
 
     async def shutdown(self) -> None:
         self.ready = False
+        if self.control is not None:
+            await self.control.close()
+        current = self.current
         await self.observer.close()
         if self.services is not None:
             await self.services.close()
-        await self.router.close()
-        self.intelligence.close()
+        await current.router.close()  # the connections and shared syncs every generation used
+        current.intelligence.close()
+        if current is not self:
+            self.intelligence.close()
 
     # ------------------------------------------------------------------ helpers for handlers
 
@@ -417,11 +442,13 @@ async def _ready(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     health = gw.router.health
     now = time.monotonic()
     open_circuits = [d.name for d in gw.config.deployments if not health.available(d.name, now)]
-    ready = gw.ready and gw.router.started
+    root = gw.root
+    ready = root.ready and gw.router.started and not root.draining
     counters = gw.access.counters if gw.access is not None else None
     degraded = counters is not None and counters.degraded  # Redis unreachable: limited keys follow the policy
+    status = "draining" if root.draining else "starting"
     body = {
-        "status": ("degraded" if degraded else "ready") if ready else "starting",
+        "status": ("degraded" if degraded else "ready") if ready else status,
         "deployments": len(gw.config.deployments),
         "open_circuits": open_circuits,
         "state": "unavailable" if degraded else "ok",

@@ -33,6 +33,10 @@ def create_app(config: Config | str | os.PathLike[str], **kwargs: Any) -> Gatewa
 
 def app_from_env() -> Gateway:
     """uvicorn's factory: reads $MODELYARD_CONFIG (set by `modelyard serve`)."""
+    from modelyard.server.serving import WATCH_ENV
+
     gateway = create_app(load_config(os.environ.get("MODELYARD_CONFIG")))
     gateway.tune_gc = True  # this process serves only the gateway
+    gateway.owns_process = True  # its signals: SIGTERM drains, SIGHUP reloads
+    gateway.watch = os.environ.get(WATCH_ENV) == "1"
     return gateway

@@ -106,6 +106,19 @@ class Metrics:
         router.health.listeners.append(self.on_breaker)
         router.admission.listener = self
 
+    def adopt(self, router: Router) -> None:
+        """A reload: scrape the new router; labels may name its models and classes too (the names of every
+        config this process has served: still bounded by the operator's files, never by traffic)."""
+        if self.router.admission.listener is self:
+            self.router.admission.listener = None
+        self.router = router
+        config = router.config
+        self.known_models = self.known_models | frozenset(config.models) | {d.name for d in config.deployments}
+        self.known_classes = self.known_classes | frozenset(c.name for c in config.queue.classes)
+        if self.on_breaker not in router.health.listeners:
+            router.health.listeners.append(self.on_breaker)
+        router.admission.listener = self
+
     async def start(self) -> None:
         return None
 

@@ -27,6 +27,7 @@ from modelyard.server.http import Headers, Send, send_json
 from modelyard.server.metrics import Metrics, metrics_endpoint
 from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
 from modelyard.server.response_cache import ResponseCache, build_response_cache
+from modelyard.server.servable import price_table
 from modelyard.state.counters import Counters, MemoryCounters
 from modelyard.state.store import Store, open_store, sqlite_path
 
@@ -95,6 +96,8 @@ class Services:
             ("GET", admin.KEYS_PATH): (admin.list_keys, _json_error),
             ("GET", "/admin/spend"): (admin.spend, _json_error),
             ("GET", admin.QUEUES_PATH): (admin.queues, _json_error),
+            ("POST", admin.RELOAD_PATH): (admin.reload, _json_error),
+            ("GET", admin.RELOAD_PATH): (admin.last_reload, _json_error),
         }
         if self.metrics is not None:
             routes[("GET", "/metrics")] = (metrics_endpoint, _json_error)
@@ -106,14 +109,20 @@ class Services:
             return admin.revoke_key, _json_error
         return None
 
-    async def start(self) -> None:
-        await self.store.open()
-        if self.response_cache is not None:
-            await self.response_cache.start()
+    def adopt(self, router: Router) -> None:
+        """A reload: access checks, metrics and the admin API read the new router from now on; the store,
+        the spend writer, the key counters and the response cache carry on unchanged."""
+        self.router = router
         if self.access is not None:
-            await self.access.start()
-        if self.spend is not None:
-            await self.spend.start()  # replays what a crashed process left in the spool
+            self.access.adopt(router.table)
+        if self.metrics is not None:
+            self.metrics.adopt(router)
+        self.unpriced = unpriced(router.config.deployments, router.table.prices)
+        if self.metrics is not None:
+            self.metrics.unpriced = list(self.unpriced)
+        self._warn_unpriced()
+
+    def _warn_unpriced(self) -> None:
         for name in self.unpriced:
             dep = self.router.config.deployment(name)
             log.warning(
@@ -122,6 +131,16 @@ class Services:
                 name,
                 dep.model if dep else "?",
             )
+
+    async def start(self) -> None:
+        await self.store.open()
+        if self.response_cache is not None:
+            await self.response_cache.start()
+        if self.access is not None:
+            await self.access.start()
+        if self.spend is not None:
+            await self.spend.start()  # replays what a crashed process left in the spool
+        self._warn_unpriced()
 
     async def close(self) -> None:
         if self.spend is not None:
@@ -172,8 +191,9 @@ def build_counters(config: Config) -> Counters:
 
 
 def build_router(config: Config, prices: PriceTable | None = None) -> Router:
-    """A router whose prices come from the config, else the default price table."""
-    table = prices or PriceTable.load()
+    """A router whose prices come from the config (`price:`), else its `prices_from:` file, else the shipped
+    price table."""
+    table = prices or price_table(config)
     return Router(config, resolve_price=table.resolve)
 
 

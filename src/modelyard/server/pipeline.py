@@ -21,6 +21,15 @@ from modelyard.schema.errors import ProviderError
 from modelyard.server.codecs.base import Codec, Inbound
 from modelyard.server.codecs.chat_completions import cached_answer
 from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, Send, cancel_quietly, send_json
+from modelyard.server.response_cache import (
+    HIT,
+    MISS,
+    SSE_OVERHEAD,
+    ResponseCache,
+    Ticket,
+    answer_body,
+    replay_stream,
+)
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
@@ -51,6 +60,16 @@ class CodecRoute:
             source = inbound.native.body if inbound.native is not None else inbound.raw
             explicit = explicit_session(request.header(SESSION_HEADER), source)
             features.session = session_key(ctx.key_id, explicit, req)
+        ticket: Ticket | None = None
+        cache = gw.response_cache
+        if cache is not None:
+            ticket = cache.ticket(gw, codec.wire, inbound, request, ctx, guards)
+            if (
+                ticket is not None
+                and ticket.lookup
+                and await _answer_from_response_cache(gw, request, ctx, codec, inbound, cache, ticket)
+            ):
+                return
         # A cached answer was never checked against this request's output guardrails: not served then.
         use_cache = codec.semantic_cache and (guards is None or not guards.has_output)
         insight = await gw.analyse(req, features, ctx, use_cache=use_cache)
@@ -75,7 +94,7 @@ class CodecRoute:
             )
             ctx.queue_ms = result.queue_ms
             try:
-                await pump(gw, request, ctx, codec, inbound, result)
+                await pump(gw, request, ctx, codec, inbound, result, ticket)
             finally:
                 await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
             return
@@ -99,6 +118,12 @@ class CodecRoute:
         extra = codec.headers(ctx)
         if extra:
             headers.extend(extra)
+        if ticket is not None:
+            headers.append(MISS)
+            if ticket.store and cache is not None:  # before the last byte: the next request, anywhere, finds it
+                await cache.keep(
+                    ticket, body, completion.usage, success.deployment.name, explained=ctx.explain is not None
+                )
         # The spend record (and the codec's own record) before the answer goes out; the rest after it.
         outcome = ctx.success(success.deployment, success.records, completion.usage, cost, ttft_ms=None)
         pending = codec.commit(inbound, ctx)
@@ -127,21 +152,30 @@ def input_guards(gw: Gateway, inbound: Inbound, ctx: RequestContext) -> RequestG
 
 
 async def pump(
-    gw: Gateway, request: Request, ctx: RequestContext, codec: Codec, inbound: Inbound, result: StreamResult
+    gw: Gateway,
+    request: Request,
+    ctx: RequestContext,
+    codec: Codec,
+    inbound: Inbound,
+    result: StreamResult,
+    ticket: Ticket | None = None,
 ) -> None:
     """SSE out: batches as they come; a failure after the first byte ends with the codec's error event,
     never a silent clean end. The batch after which the provider said it was done is held back and sent with
     the codec's tail (usage, `[DONE]`, `message_stop`) in one write; that write is the last byte, and the
-    spend record is in the spool before it."""
+    spend record is in the spool before it. With a response-cache `ticket` that may store, what was sent is
+    kept (up to a bound) and stored as the answer before the last byte."""
     send = request.send
     encoder = codec.stream(inbound, result)
     headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
     extra = codec.headers(ctx)
     if extra:
         headers.extend(extra)
+    sent = _Sent.for_ticket(ticket, headers)
     await request.start_stream(headers)
     start = encoder.start()
     if start:
+        sent.add(start)
         await send({"type": "http.response.body", "body": start, "more_body": True})
     held = b""
     batches = 0
@@ -165,6 +199,7 @@ async def pump(
             if result.upstream_done:
                 held += body
             elif body:
+                sent.add(held + body)
                 await send({"type": "http.response.body", "body": held + body, "more_body": True})
                 held = b""
     except ProviderError as exc:
@@ -183,6 +218,8 @@ async def pump(
         return
     tail = held + encoder.finish(result.usage, cost)
     outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    if sent.wanted:
+        await sent.store(gw, tail, result)
     pending = codec.commit(inbound, ctx)
     if pending is not None:
         await pending
@@ -195,6 +232,87 @@ async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext,
     headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
     headers.append((b"x-modelyard-cache", b"hit"))
     await ctx.end(ctx.success(dep, [], Usage(), 0.0, ttft_ms=None), request.respond(200, cached_answer(body), headers))
+
+
+async def _answer_from_response_cache(
+    gw: Gateway,
+    request: Request,
+    ctx: RequestContext,
+    codec: Codec,
+    inbound: Inbound,
+    cache: ResponseCache,
+    ticket: Ticket,
+) -> bool:
+    """A response-cache hit, JSON or replayed as a stream, in one write: usage as it was, cost 0, no
+    attempts; the spend row names the original deployment with no tokens (nothing was processed). False
+    (a miss) when nothing is stored or its deployment is no longer configured."""
+    entry = await cache.lookup(ticket)
+    if entry is None:
+        return False
+    dep = gw.router.table.deployments.get(entry.deployment)
+    if dep is None:
+        cache.missed()
+        return False
+    req = inbound.req
+    if not req.stream:
+        headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
+        headers.extend(codec.headers(ctx))
+        headers.append(HIT)
+        outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=None)
+        await ctx.end(outcome, request.respond(200, answer_body(ticket.wire, entry), headers))
+        return True
+    headers = SSE_HEADERS + gw.answer_headers(ctx, dep, [], None)
+    headers.extend(codec.headers(ctx))
+    headers.append(HIT)
+    body = replay_stream(ticket.wire, entry, wants_usage=req.wants_usage_in_stream)
+    await request.start_stream(headers)
+    outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=ctx.elapsed_ms)
+    await ctx.end(outcome, request.send({"type": "http.response.body", "body": body}))
+    return True
+
+
+class _Sent:
+    """A streamed answer's bytes as sent, kept for the response cache while `keeping` (a ticket that may store,
+    and within `limit`: past it the answer is too large to store and nothing more is kept)."""
+
+    __slots__ = ("keeping", "limit", "parts", "size", "ticket", "wanted")
+
+    def __init__(self, ticket: Ticket | None, limit: int) -> None:
+        self.ticket = ticket
+        #: The request may be stored; `keeping` turns False once the answer is over the bound.
+        self.wanted = self.keeping = ticket is not None and ticket.store
+        self.limit = limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    @classmethod
+    def for_ticket(cls, ticket: Ticket | None, headers: Headers) -> _Sent:
+        """The recorder for a stream; the cache's `miss` header added when the request is cacheable."""
+        if ticket is None:
+            return cls(None, 0)
+        headers.append(MISS)
+        return cls(ticket, ticket.max_bytes * SSE_OVERHEAD)
+
+    def add(self, data: bytes) -> None:
+        if not self.keeping:
+            return
+        self.size += len(data)
+        if self.size > self.limit:
+            self.keeping = False
+            self.parts.clear()
+        else:
+            self.parts.append(data)
+
+    async def store(self, gw: Gateway, tail: bytes, result: StreamResult) -> None:
+        """The whole stream (with its `tail`) read back into an answer and stored, when it fits."""
+        self.add(tail)
+        cache, ticket = gw.response_cache, self.ticket
+        if cache is None or ticket is None:
+            return
+        if self.keeping:
+            await cache.keep_stream(ticket, b"".join(self.parts), result.usage, result.deployment.name)
+        else:
+            cache.stats.too_large += 1
 
 
 def features_for(req: ChatRequest, request: Request, key_name: str | None) -> RequestFeatures:

@@ -70,8 +70,10 @@ def read_messages(
     options = native.pop("modelyard", None)
     translated = {**native, "max_tokens": 1, "stream": False} if counting else native
     raw = messages_request_to_chat(translated, server_tools=tools_ok)
-    if isinstance(options, dict) and "guardrails" in options:
-        raw["modelyard"] = {"guardrails": options["guardrails"]}
+    if isinstance(options, dict):  # guardrails, and the response cache's switch (`cache: true/false`)
+        kept = {name: options[name] for name in ("guardrails", "cache") if name in options}
+        if kept:
+            raw["modelyard"] = kept
     req = validate_chat(raw)
     client = {name.decode(): value for name in FORWARDED_HEADERS if (value := request.header(name)) is not None}
     betas = allowed_betas(settings.anthropic_betas, key.anthropic_betas if key else None)

@@ -49,7 +49,9 @@ def served(tmp_path: Path, sim: SimServer) -> Iterator[tuple[BackgroundServer, P
 
 def ask(url: str, model: str = "chat", **extra: object) -> httpx.Response:
     body = {"model": model, "messages": [{"role": "user", "content": "hello there"}], **extra}
-    return httpx.post(f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30)
+    return httpx.post(
+        f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {MASTER}"}, timeout=30
+    )
 
 
 def reload(url: str, key: str = MASTER) -> httpx.Response:

@@ -61,7 +61,10 @@ def serve(
     workers: int = typer.Option(1, help="Worker processes (one per core is a good start)."),
     demo: bool = typer.Option(False, "--demo", help="Serve the embedded demo config over a built-in simulator."),
     watch: bool = typer.Option(
-        False, "--watch", help="Reload when the config (or its prices_from / quality_from file) changes."
+        False,
+        "--watch",
+        envvar="MODELYARD_WATCH",
+        help="Reload when the config (or its prices_from / quality_from file) changes.",
     ),
     log_level: str = typer.Option("info", help="debug, info, warning, error."),
     header_timeout: float = typer.Option(

@@ -24,7 +24,8 @@ def config_text(sim_url: str, *, price: float = 1.0, model_of_chat: str = "a", e
     return f"""
 access: {{master_key: {MASTER}}}
 deployments:
-  - {{name: a, provider: openai, model: sim-small, api_base: "{sim_url}/v1", price: {{input: {price}, output: {price}}}}}
+  - {{name: a, provider: openai, model: sim-small, api_base: "{sim_url}/v1",
+     price: {{input: {price}, output: {price}}}}}
   - {{name: b, provider: openai, model: sim-medium, api_base: "{sim_url}/v1", price: {{input: 5, output: 5}}}}
 models:
   chat: {{candidates: [{model_of_chat}]}}
@@ -60,7 +61,7 @@ def reload(url: str, key: str = MASTER) -> httpx.Response:
 
 def cost_per_token(response: httpx.Response) -> float:
     usage = response.json()["usage"]
-    return float(response.headers["x-modelyard-cost-usd"]) / (usage["prompt_tokens"] + usage["completion_tokens"])
+    return float(response.headers["x-modelyard-cost-usd"]) / int(usage["prompt_tokens"] + usage["completion_tokens"])
 
 
 def test_a_price_change_shows_in_the_next_request(served: tuple[BackgroundServer, Path], sim: SimServer) -> None:
@@ -85,7 +86,7 @@ def test_a_prices_from_file_is_read_at_each_reload(
     server, path = served
     prices = tmp_path / "prices.json"
     prices.write_text(json.dumps({"models": {"openai/sim-small": {"input": 2.0, "output": 2.0}}}))
-    no_price = config_text(sim.url).replace(", price: {input: 1.0, output: 1.0}", "")
+    no_price = config_text(sim.url).replace(",\n     price: {input: 1.0, output: 1.0}", "")
     path.write_text(no_price + "prices_from: prices.json\n")
     assert reload(server.url).status_code == 200
     assert cost_per_token(ask(server.url)) == pytest.approx(2e-6)

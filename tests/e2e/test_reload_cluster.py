@@ -81,7 +81,7 @@ def ask(url: str, cluster: Cluster, model: str = "chat-openai") -> httpx.Respons
 def per_token(answer: httpx.Response) -> float:
     assert answer.status_code == 200, answer.text
     usage = answer.json()["usage"]
-    return float(answer.headers["x-modelyard-cost-usd"]) / (usage["prompt_tokens"] + usage["completion_tokens"])
+    return float(answer.headers["x-modelyard-cost-usd"]) / int(usage["prompt_tokens"] + usage["completion_tokens"])
 
 
 def generation(url: str, cluster: Cluster) -> int:
@@ -158,7 +158,8 @@ def test_a_reload_during_200_streams_cuts_none(cluster: Cluster, config: Path, s
         async with httpx.AsyncClient(timeout=60, limits=limits) as client:
             streams = [asyncio.create_task(_stream(client, cluster.url, cluster.headers)) for _ in range(200)]
             await asyncio.sleep(0.4)
-            config.write_text(config.read_text().replace(PRICE, "price: {input: 0.2, output: 0.5}", 1))
+            new_text = config.read_text().replace(PRICE, "price: {input: 0.2, output: 0.5}", 1)  # noqa: ASYNC240
+            await asyncio.to_thread(config.write_text, new_text)
             status, answers = await asyncio.to_thread(reload_all, cluster)
             assert status == 0 and len(answers) == 3, answers
             open_streams = sum(not s.done() for s in streams)
@@ -236,7 +237,7 @@ async def _load_with_sigterm(cluster: Cluster) -> tuple[list[int], set[str]]:
 
 
 async def _spend_ids(cluster: Cluster) -> set[str]:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     assert cluster.postgres_dsn is not None
     connection = await asyncpg.connect(cluster.postgres_dsn)

@@ -78,6 +78,9 @@ def test_a_price_change_shows_in_the_next_request(served: tuple[BackgroundServer
     assert result["changes"]["deployments_changed"] == ["a"]
     assert "prices ~1" in result["summary"]
     assert cost_per_token(ask(server.url)) == pytest.approx(3e-6)
+    metrics = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {MASTER}"}).text
+    assert 'modelyard_config_reloads_total{outcome="ok"} 1.0' in metrics
+    assert "modelyard_config_generation 1.0" in metrics
 
 
 def test_a_prices_from_file_is_read_at_each_reload(

@@ -132,6 +132,8 @@ class Gateway:
         #: Set on the root by SIGTERM (server/serving.py): /health/ready answers 503 from then on.
         self.draining = False
         self.reloader = Reloader(self) if root is None else None
+        if self.reloader is not None and services is not None and services.metrics is not None:
+            services.metrics.reloader = self.reloader
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
         self.queue_policy = QueuePolicy(config.queue, config.models)

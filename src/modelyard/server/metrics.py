@@ -87,6 +87,8 @@ class Metrics:
         self.unpriced = list(unpriced or [])
         #: The key counters (state/counters.py), for modelyard_state_unavailable; set by build_services.
         self.counters: Any = None
+        #: The root gateway's reloader (server/reload.py), for the reload counters; set by the gateway.
+        self.reloader: Any = None
         self.series: dict[tuple[str, str], _Series] = {}
         #: Label values a client can choose are limited to these names (anything else is `other`), so the
         #: number of series is bounded by the config, never by traffic.
@@ -315,6 +317,24 @@ class Metrics:
                 "modelyard_state_outages",
                 "Times the shared counters became unreachable.",
                 value=getattr(self.counters, "outages", 0),
+            )
+        reloader = self.reloader
+        if reloader is not None:
+            reloads = CounterMetricFamily(
+                "modelyard_config_reloads",
+                "Config reloads by outcome (an error keeps the old config).",
+                labels=["outcome"],
+            )
+            reloads.add_metric(["ok"], reloader.ok)
+            reloads.add_metric(["error"], reloader.failed)
+            yield reloads
+            yield GaugeMetricFamily(
+                "modelyard_config_generation", "Reloads applied since the process started.", value=reloader.generation
+            )
+            yield GaugeMetricFamily(
+                "modelyard_config_last_reload_timestamp_seconds",
+                "When the config in use was loaded (Unix time).",
+                value=reloader.last_ok_at,
             )
         rates = self.router.admission.rates
         if rates is not None:

@@ -10,11 +10,19 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import pytest
 
-from modelyard.testing.cluster import DEFAULT_POSTGRES, DEFAULT_REDIS, REPLICA_HEADER, Cluster, _reachable
+from modelyard.testing.cluster import (
+    DEFAULT_POSTGRES,
+    DEFAULT_REDIS,
+    REPLICA_HEADER,
+    Cluster,
+    ClusterError,
+    _reachable,
+)
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres]
 
@@ -100,3 +108,15 @@ def test_a_replica_killed_with_sigkill_is_taken_out_and_requests_keep_succeeding
     with httpx.Client(base_url=cluster.url, headers=cluster.headers, timeout=10) as client:
         back = Counter(client.post("/v1/chat/completions", json=BODY).headers[REPLICA_HEADER] for _ in range(9))
     assert set(back) == {"r0", "r1", "r2"}
+
+
+def test_a_replica_that_cannot_start_fails_the_cluster_with_its_log(tmp_path: Path) -> None:
+    bad = (
+        "deployments:\n  - {name: x, provider: openai, model: m, api_base: http://127.0.0.1:9, price: {input: oops}}\n"
+    )
+    with pytest.raises(ClusterError) as failure:
+        Cluster(bad, replicas=2, redis_url=None, postgres_dsn=None, workdir=tmp_path, ready_timeout_s=20).start()
+    message = str(failure.value)
+    assert "exited while starting" in message
+    assert "price.input" in message  # the replica's own `file:line: key: message`, from its log
+    assert (tmp_path / "replica-0" / "gateway.log").exists()  # kept for a look

@@ -6,25 +6,37 @@ strategy is `learned` or that has a `semantic_cache`, or a config with `semantic
 that did not say its task. The planner then receives plain numbers (`Insight`) and stays pure.
 The embedding stack is optional (`pip install modelyard[routing]`); a config that needs it without it
 installed fails at start with the command to run.
+
+With Redis (`state.redis_url`, `state.shared_semantic_cache`), the semantic cache is shared between replicas
+(`start_sharing`): each store is also published to a Redis stream (state/redis_semantic.py) and every replica
+inserts the others' entries into its own shelves, so a hit on one replica is a hit on all while the lookup
+stays local. The cache is touched only on the embedding thread (lookups, local stores, shared inserts), so no
+lock and no half-grown shelf is ever seen by a lookup.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
+import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from modelyard.config.model import Config, Deployment
 from modelyard.routing.context import QualityFn
 from modelyard.routing.features import RequestFeatures
+from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ModelyardError
 
 if TYPE_CHECKING:
     from modelyard.routing.learned import QualityModel
     from modelyard.routing.semantic import SemanticCache, SemanticRouter
+    from modelyard.state.redis_semantic import SemanticStream, SharedEntry
 
 log = logging.getLogger("modelyard.intelligence")
 
@@ -36,6 +48,18 @@ def router_model_of(dep: Deployment) -> str:
     """The name the quality model (and labelled data) knows a deployment by: `router_model`, else the
     provider's model id (which is what a model trained on that provider's answers knows it by)."""
     return dep.router_model or dep.model
+
+
+class SharedAnswer(msgspec.Struct, array_like=True):
+    """A cached answer as another replica reads it: the deployment by name, resolved against its own config."""
+
+    body: dict[str, Any]
+    deployment: str
+    usage: Usage
+
+
+_encode_answer = msgspec.msgpack.Encoder().encode
+_decode_answer = msgspec.msgpack.Decoder(SharedAnswer).decode
 
 
 class IntelligenceUnavailable(ModelyardError, RuntimeError):
@@ -69,6 +93,11 @@ class Intelligence:
     thresholds: dict[str, float] = field(default_factory=dict)
     #: The router's calibrated λ per learned model (preferred over the threshold when neither is configured).
     lambdas: dict[str, float] = field(default_factory=dict)
+    #: The semantic cache's Redis sync (`start_sharing`), and this replica's id in it.
+    sharing: SemanticStream | None = None
+    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: Shared entries not inserted: a deployment or model this replica's config lacks, or another vector size.
+    shared_skipped: int = 0
     _full: Any = None
     _pool: ThreadPoolExecutor | None = None
 
@@ -147,6 +176,41 @@ class Intelligence:
             if point is not None:
                 self.thresholds[model] = float(point["knob"])
 
+    async def start_sharing(
+        self,
+        url: str,
+        prefix: str,
+        timeout_s: float,
+        *,
+        max_len: int = 4096,
+        max_entry_bytes: int = 64 * 1024,
+        wait_s: float = 2.0,
+    ) -> None:
+        """Share the semantic cache through Redis (after `start`; a no-op without a cache): loads the recent
+        entries of the other replicas (up to `wait_s`), then follows them in the background. Redis being down
+        is no error: the cache stays local and recovers when Redis returns (`sharing.unavailable`)."""
+        if self.cache is None or self.sharing is not None:
+            return
+        from modelyard.state.redis_semantic import SemanticStream
+
+        signature = getattr(self._full, "signature", "vectors")
+        self.sharing = SemanticStream(
+            url,
+            key=f"{prefix}:semcache:{signature}",
+            replica_id=self.replica_id,
+            deliver=self._take_shared,
+            timeout_s=timeout_s,
+            max_len=max_len,
+            max_entry_bytes=max_entry_bytes,
+        )
+        await self.sharing.start(wait_s)
+
+    async def close_sharing(self) -> None:
+        """Stop the sync (before `close`); the local cache stays as it is."""
+        if self.sharing is not None:
+            sharing, self.sharing = self.sharing, None
+            await sharing.close()
+
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
@@ -189,8 +253,80 @@ class Intelligence:
         return quality
 
     def remember(self, cache_ns: str, insight: Insight, answer: Any) -> None:
-        if self.cache is not None and insight.vector is not None:
-            self.cache.store(cache_ns, insight.vector, answer)
+        """Cache an answer (on the embedding thread, behind any lookup in flight) and share it."""
+        cache = self.cache
+        if cache is None or insight.vector is None:
+            return
+        if self._pool is not None:
+            self._pool.submit(cache.store, cache_ns, insight.vector, answer)
+        else:
+            cache.store(cache_ns, insight.vector, answer)
+        if self.sharing is not None:
+            payload = _shareable(answer)
+            if payload is not None:
+                vector = np_float32_bytes(insight.vector)
+                self.sharing.publish(cache_ns, vector, payload, cache.ttl_s)
+
+    async def _take_shared(self, entries: list[SharedEntry]) -> None:
+        """Insert other replicas' entries into the local cache, on the embedding thread."""
+        known = {d.name: d for d in self.config.deployments}
+        now = self.sharing.wall() if self.sharing is not None else time.time()
+        items = [item for e in entries if (item := self._resolve(e, known, now)) is not None]
+        if not items:
+            return
+        if self._pool is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._insert, items)
+        else:
+            self._insert(items)
+
+    def _resolve(
+        self, entry: SharedEntry, known: dict[str, Deployment], now: float
+    ) -> tuple[str, Any, tuple[Any, ...], float] | None:
+        """(namespace, vector, answer, age) of an entry this replica can serve, else None (counted)."""
+        import numpy as np
+
+        dim = getattr(self._full, "dim", None)
+        model = entry.ns.split("\x00", 1)[0]
+        try:
+            answer = _decode_answer(entry.answer)
+        except msgspec.DecodeError:
+            answer = None
+        dep = known.get(answer.deployment) if answer is not None else None
+        size_ok = len(entry.vector) % 4 == 0 and (dim is None or len(entry.vector) == 4 * dim)
+        if answer is None or dep is None or model not in self.cached_models or not size_ok:
+            self.shared_skipped += 1
+            return None
+        vector = np.frombuffer(entry.vector, np.float32)
+        age = max(now - entry.at, 0.0)
+        return entry.ns, vector, (answer.body, dep, answer.usage), age
+
+    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float]]) -> None:
+        cache = self.cache
+        if cache is None:
+            return
+        for ns, vector, answer, age in items:
+            try:
+                cache.store(ns, vector, answer, age_s=age)
+            except ValueError:  # another vector size than this namespace's shelf
+                self.shared_skipped += 1
+
+
+def np_float32_bytes(vector: Any) -> bytes:
+    """A unit vector as it travels: float32 bytes."""
+    import numpy as np
+
+    return np.asarray(vector, dtype=np.float32).reshape(-1).tobytes()
+
+
+def _shareable(answer: Any) -> bytes | None:
+    """The pipeline's (body, deployment, usage) as bytes, or None for anything else (not shared)."""
+    if not (isinstance(answer, tuple) and len(answer) == 3 and isinstance(answer[1], Deployment)):
+        return None
+    body, dep, usage = answer
+    try:
+        return _encode_answer(SharedAnswer(body, dep.name, usage if isinstance(usage, Usage) else Usage()))
+    except (TypeError, msgspec.EncodeError):
+        return None
 
 
 Factory = Callable[[Config], Intelligence]

@@ -7,7 +7,9 @@ at construction; a decision is one embedding plus one small matrix-vector produc
 
 `SemanticCache` reuses an earlier answer for a prompt whose embedding is within a cosine threshold of a
 cached one, per namespace (model + API key, so tenants never see each other's answers), bounded in size
-and age. It is in-memory and off unless the config turns it on; the clock is injectable for tests.
+and age. It is in-memory and off unless the config turns it on; the clock is injectable for tests. With
+Redis, replicas share their entries (routing/intelligence.py, state/redis_semantic.py): another replica's
+entry is stored here with its age, so it expires when it would have where it was made.
 """
 
 from __future__ import annotations
@@ -196,20 +198,29 @@ class SemanticCache(Generic[T]):
         self.hits += 1
         return shelf.answers[slot]
 
-    def store(self, ns: str, embedding: NDArray[Any], answer: T) -> None:
-        """Keep `answer` for prompts similar to `embedding` in `ns`, evicting the least recently used."""
+    def store(self, ns: str, embedding: NDArray[Any], answer: T, age_s: float = 0.0) -> bool:
+        """Keep `answer` for prompts similar to `embedding` in `ns`, evicting the least recently used.
+
+        `age_s`: how long ago the answer was stored elsewhere (another replica's entry keeps its own expiry
+        here, not a fresh TTL); an entry already past the TTL is not kept (False)."""
+        if self.ttl_s is not None and age_s >= self.ttl_s:
+            return False
+        size = int(np.asarray(embedding).size)
         shelf = self.shelves.get(ns)
         if shelf is None:
-            shelf = self.shelves[ns] = _Shelf(int(np.asarray(embedding).size))
+            shelf = self.shelves[ns] = _Shelf(size)
+        elif shelf.vectors.shape[1] != size:
+            raise ValueError(f"a {size}-dimensional vector for a shelf of {shelf.vectors.shape[1]}")
         self._expire(shelf)
         while len(shelf.order) >= self.max_entries:
             shelf.drop(next(iter(shelf.order)))
         slot = shelf.free_slot()
         shelf.vectors[slot] = _unit(embedding)
         shelf.answers[slot] = answer
-        shelf.stored[slot] = self.clock()
+        shelf.stored[slot] = self.clock() - max(age_s, 0.0)
         shelf.live[slot] = True
         shelf.order[slot] = None
+        return True
 
     def _expire(self, shelf: _Shelf[T]) -> None:
         if self.ttl_s is None:

@@ -1,0 +1,207 @@
+"""The semantic cache shared between replicas (issue #15, item 2): two `Intelligence` objects (two replicas,
+the real MiniLM) on the shared Redis. A store on one is a hit on the other within about one round trip, with the
+other replica's own Deployment; an entry naming a deployment a replica lacks is skipped; a replica does not
+insert its own entries twice; a lookup makes no Redis call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("numpy")
+
+from modelyard.config.loader import parse_config
+from modelyard.routing.features import RequestFeatures
+from modelyard.routing.intelligence import Intelligence, IntelligenceUnavailable
+from modelyard.schema.chat import Usage
+from modelyard.state.redis_link import make_client
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+pytestmark = pytest.mark.redis
+
+REDIS_URL = os.environ.get("MODELYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+CONFIG = """
+deployments:
+  - {name: a, provider: openai, model: model-a}
+  - {name: b, provider: openai, model: model-b}
+models:
+  chat: {candidates: [a, b], semantic_cache: {threshold: 0.9, ttl_s: 600}}
+"""
+ONLY_A = """
+deployments:
+  - {name: a, provider: openai, model: model-a}
+models:
+  chat: {candidates: [a], semantic_cache: {threshold: 0.9, ttl_s: 600}}
+"""
+NS = "chat\x00key-1"
+PROMPT = "What is the capital of France?"
+
+
+def _reachable() -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture
+async def replicas() -> AsyncIterator[Callable[..., Any]]:
+    """Started replicas sharing one Redis prefix (unique per test, deleted afterwards)."""
+    if not _reachable():
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    prefix = f"modelyard_test_{uuid.uuid4().hex[:12]}"
+    made: list[Intelligence] = []
+
+    async def replica(config: str = CONFIG) -> Intelligence:
+        intelligence = Intelligence.from_config(parse_config(config))
+        try:
+            await asyncio.to_thread(intelligence.start)
+        except IntelligenceUnavailable as exc:
+            pytest.skip(str(exc))
+        made.append(intelligence)
+        await intelligence.start_sharing(REDIS_URL, prefix, 0.5)
+        return intelligence
+
+    try:
+        yield replica
+    finally:
+        for intelligence in made:
+            await intelligence.close_sharing()
+            intelligence.close()
+        client = make_client(REDIS_URL, 1.0)
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
+        await client.aclose()
+
+
+def features(text: str = PROMPT) -> RequestFeatures:
+    return RequestFeatures(prompt_text=text, task="chat")
+
+
+def answer_of(replica: Intelligence, dep: str) -> tuple[dict[str, Any], Any, Usage]:
+    deployment = next(d for d in replica.config.deployments if d.name == dep)
+    body = {"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "Paris."}}]}
+    return body, deployment, Usage(prompt=12, completion=3)
+
+
+async def first_hit(replica: Intelligence, text: str, limit_s: float = 3.0) -> tuple[Any, float]:
+    start = time.monotonic()
+    while True:
+        insight = await replica.analyse("chat", features(text), NS)
+        if insight.cached is not None:
+            return insight.cached, time.monotonic() - start
+        assert time.monotonic() - start < limit_s, "the other replica's entry never became a hit"
+        await asyncio.sleep(0.001)
+
+
+async def test_a_store_on_one_replica_is_a_hit_on_the_other_with_its_own_deployment(
+    replicas: Callable[..., Any],
+) -> None:
+    one, two = await replicas(), await replicas()
+    miss = await one.analyse("chat", features(), NS)
+    assert miss.cached is None
+    assert (await two.analyse("chat", features(), NS)).cached is None
+    sent = time.monotonic()
+    one.remember(NS, miss, answer_of(one, "b"))
+    (body, dep, usage), _ = await first_hit(two, "what's the capital of france")  # a similar prompt
+    took = time.monotonic() - sent
+    print(f"\nstore on replica 1 -> hit on replica 2: {took * 1000:.1f} ms (incl. one embedding per try)")
+    assert took < 0.5
+    assert body["choices"][0]["message"]["content"] == "Paris."
+    assert dep is next(d for d in two.config.deployments if d.name == "b")  # resolved by name, its own
+    assert usage == Usage(prompt=12, completion=3)
+    assert two.sharing is not None and two.sharing.received == 1 and not two.sharing.unavailable
+    # Another key's namespace never sees it, on either replica.
+    assert (await two.analyse("chat", features(), "chat\x00key-2")).cached is None
+
+
+async def test_a_replica_inserts_its_own_entries_once_and_skips_an_unknown_deployment(
+    replicas: Callable[..., Any],
+) -> None:
+    one, two, only_a = await replicas(), await replicas(), await replicas(ONLY_A)
+    miss = await one.analyse("chat", features(), NS)
+    one.remember(NS, miss, answer_of(one, "b"))
+    await first_hit(two, PROMPT)
+    assert one.sharing is not None and only_a.sharing is not None
+    deadline = time.monotonic() + 3
+    while only_a.sharing.received < 1 or one.sharing.last_id == b"0-0":
+        assert time.monotonic() < deadline, "the entry did not reach every reader"
+        await asyncio.sleep(0.005)
+    await asyncio.sleep(0.05)  # any insert still on the embedding thread
+    assert one.cache is not None and len(one.cache) == 1  # its own entry, read back from the stream: not added
+    assert one.sharing.received == 0
+    assert only_a.shared_skipped == 1  # names deployment b, which this replica does not have
+    assert only_a.cache is not None and len(only_a.cache) == 0
+    assert (await only_a.analyse("chat", features(), NS)).cached is None
+
+
+async def test_a_replica_started_later_has_the_earlier_entries_when_start_sharing_returns(
+    replicas: Callable[..., Any],
+) -> None:
+    one = await replicas()
+    miss = await one.analyse("chat", features(), NS)
+    one.remember(NS, miss, answer_of(one, "a"))
+    assert one.sharing is not None
+    deadline = time.monotonic() + 3
+    while one.sharing.published < 1:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.005)
+    late = await replicas()
+    assert (await late.analyse("chat", features(), NS)).cached is not None  # no wait: loaded at start
+
+
+async def test_a_lookup_makes_no_redis_call(replicas: Callable[..., Any]) -> None:
+    one, two = await replicas(), await replicas()
+    miss = await one.analyse("chat", features(), NS)
+    one.remember(NS, miss, answer_of(one, "a"))
+    await first_hit(two, PROMPT)
+    assert two.sharing is not None
+    calls = 0
+    for client in (two.sharing._client, two.sharing._reader):  # every command takes a pooled connection
+        pool = client.connection_pool
+        original = pool.get_connection
+
+        async def counting(*args: Any, _original: Any = original, **kwargs: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return await _original(*args, **kwargs)
+
+        pool.get_connection = counting
+    start = time.monotonic()
+    hits = 0
+    for i in range(100):
+        hits += (await two.analyse("chat", features(PROMPT), NS)).cached is not None
+        assert (await two.analyse("chat", features(f"tell me a story number {i}"), NS)).cached is None
+    window = time.monotonic() - start
+    assert hits == 100
+    # The reader's blocking XREAD is re-issued once per idle block_s; 200 lookups call nothing themselves.
+    assert calls <= window / two.sharing.block_s + 1, f"{calls} Redis calls during 200 lookups"
+
+
+def test_an_entry_from_another_replica_keeps_its_own_expiry_and_a_wrong_size_changes_nothing() -> None:
+    import numpy as np
+
+    from modelyard.routing.semantic import SemanticCache
+
+    now = [1000.0]
+    cache: SemanticCache[str] = SemanticCache(threshold=0.9, max_entries=1, ttl_s=60.0, clock=lambda: now[0])
+    v = np.array([1.0, 0.0, 0.0], np.float32)
+    assert not cache.store("ns", v, "too old", age_s=60.0)  # already past the TTL where it was stored
+    assert cache.store("ns", v, "fifty seconds old", age_s=50.0)
+    now[0] += 9
+    assert cache.lookup("ns", v) == "fifty seconds old"
+    now[0] += 2  # 61 s after the other replica stored it
+    assert cache.lookup("ns", v) is None
+    assert cache.store("ns", v, "fresh")
+    with pytest.raises(ValueError):
+        cache.store("ns", np.ones(4, np.float32), "another embedding space")
+    assert cache.lookup("ns", v) == "fresh"  # nothing evicted for the refused entry

@@ -22,6 +22,7 @@ from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
+from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.unit.state.conftest import REDIS_URL, _reachable
 
 MASTER = "sk-master-cache-test"
@@ -308,3 +309,38 @@ def test_two_gateways_share_a_redis_cache(sim: SimServer, tmp_path: Path) -> Non
         for name in client.scan_iter(f"{prefix}:*"):
             client.delete(name)
         client.close()
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+@pytest.mark.parametrize("outage", ["killed", "hung"])
+def test_redis_down_is_a_miss_never_an_error_and_the_cache_returns_with_it(
+    sim: SimServer, tmp_path: Path, outage: str
+) -> None:
+    """A private Redis, killed (connections refused) or paused (connections hang): every request still gets
+    its answer, as a miss, and quickly (no request waits on Redis once the outage is known); once Redis is
+    back, answers are stored and served again."""
+    with RedisServer() as redis_server:
+        state = f'state: {{redis_url: "{redis_server.url}", on_unavailable: fail_open, redis_timeout_s: 0.3}}'
+        config = parse_config(config_yaml(sim, tmp_path, state), source="outage.yaml")
+        with BackgroundServer(create_app(config)) as gw:
+            key, messages = new_key(gw.url), prompt()
+            chat(gw.url, key, messages)
+            assert chat(gw.url, key, messages).headers["x-modelyard-cache"] == "hit"
+            redis_server.kill() if outage == "killed" else redis_server.pause()
+            took = []
+            for _ in range(5):
+                start = time.monotonic()
+                answer = chat(gw.url, key, messages)
+                took.append(time.monotonic() - start)
+                assert answer.status_code == 200 and answer.headers["x-modelyard-cache"] == "miss"
+            assert max(took[1:]) < 0.25  # only the request that found the outage waited for the timeout
+            redis_server.start() if outage == "killed" else redis_server.resume()
+            fresh = prompt()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                chat(gw.url, key, fresh)
+                if chat(gw.url, key, fresh).headers["x-modelyard-cache"] == "hit":
+                    break
+                time.sleep(0.1)
+            else:
+                pytest.fail("the cache did not come back with Redis")

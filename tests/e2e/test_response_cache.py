@@ -344,3 +344,34 @@ def test_redis_down_is_a_miss_never_an_error_and_the_cache_returns_with_it(
                 time.sleep(0.1)
             else:
                 pytest.fail("the cache did not come back with Redis")
+
+
+def test_responses_api_hit_replay_and_the_hit_continues_a_conversation(
+    gateway: BackgroundServer, sim: SimServer
+) -> None:
+    """Translated Responses answers are cached as canonical completions and rebuilt per request: a new id,
+    stored so `previous_response_id` finds it; a stream replays the Responses events the SDK parses."""
+    key, text = new_key(gateway.url), prompt()[0]["content"]
+    client = oa(gateway.url, key)
+    first = client.responses.with_raw_response.create(model="chat", input=text, temperature=0)
+    assert first.headers["x-modelyard-cache"] == "miss"
+    calls = upstream_calls(sim)
+    second = client.responses.with_raw_response.create(model="chat", input=text, temperature=0)
+    assert second.headers["x-modelyard-cache"] == "hit"
+    a, b = first.parse(), second.parse()
+    assert b.output_text == a.output_text and b.output_text and b.id != a.id
+    assert b.usage is not None and a.usage is not None and b.usage.output_tokens == a.usage.output_tokens
+    with client.responses.stream(model="chat", input=text, temperature=0) as stream:
+        kinds = [event.type for event in stream]
+        final = stream.get_final_response()
+    assert upstream_calls(sim) == calls
+    assert kinds[0] == "response.created" and kinds[-1] == "response.completed"
+    assert "response.output_text.delta" in kinds and final.output_text == a.output_text
+    follow = client.responses.create(model="chat", input="And again?", previous_response_id=b.id, temperature=0)
+    assert follow.output_text and follow.previous_response_id == b.id
+    # A streamed Responses answer is replayed from the cache but not stored from the stream.
+    other = prompt()[0]["content"]
+    with client.responses.stream(model="chat", input=other, temperature=0) as stream:
+        stream.get_final_response()
+    again = client.responses.with_raw_response.create(model="chat", input=other, temperature=0)
+    assert again.headers["x-modelyard-cache"] == "miss"

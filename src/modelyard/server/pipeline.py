@@ -121,9 +121,7 @@ class CodecRoute:
         if ticket is not None:
             headers.append(MISS)
             if ticket.store and cache is not None:  # before the last byte: the next request, anywhere, finds it
-                await cache.keep(
-                    ticket, body, completion.usage, success.deployment.name, explained=ctx.explain is not None
-                )
+                await cache.keep(ticket, body, completion, success.deployment.name, explained=ctx.explain is not None)
         # The spend record (and the codec's own record) before the answer goes out; the rest after it.
         outcome = ctx.success(success.deployment, success.records, completion.usage, cost, ttft_ms=None)
         pending = codec.commit(inbound, ctx)
@@ -253,18 +251,18 @@ async def _answer_from_response_cache(
     if dep is None:
         cache.missed()
         return False
-    req = inbound.req
-    if not req.stream:
-        headers = JSON_HEADERS + gw.answer_headers(ctx, dep, [], 0.0)
-        headers.extend(codec.headers(ctx))
-        headers.append(HIT)
-        outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=None)
-        await ctx.end(outcome, request.respond(200, answer_body(ticket.wire, entry), headers))
-        return True
-    headers = SSE_HEADERS + gw.answer_headers(ctx, dep, [], None)
+    stream = bool(inbound.req.stream)
+    body = replay_stream(ticket.wire, entry, inbound) if stream else answer_body(ticket.wire, entry, inbound)
+    headers = (SSE_HEADERS if stream else JSON_HEADERS) + gw.answer_headers(ctx, dep, [], None if stream else 0.0)
     headers.extend(codec.headers(ctx))
     headers.append(HIT)
-    body = replay_stream(ticket.wire, entry, wants_usage=req.wants_usage_in_stream)
+    pending = codec.commit(inbound, ctx)  # the Responses API stores this response under its own id
+    if pending is not None:
+        await pending
+    if not stream:
+        outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=None)
+        await ctx.end(outcome, request.respond(200, body, headers))
+        return True
     await request.start_stream(headers)
     outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=ctx.elapsed_ms)
     await ctx.end(outcome, request.send({"type": "http.response.body", "body": body}))

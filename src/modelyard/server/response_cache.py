@@ -29,10 +29,13 @@ from modelyard.server.codecs.replay import (
     message_from_sse,
     message_hit,
     message_replay,
+    response_hit,
+    response_replay,
 )
 from modelyard.state.response_cache_store import CacheStats, CacheStore, MemoryCacheStore, RedisCacheStore
 
 if TYPE_CHECKING:
+    from modelyard.providers.base import Completion
     from modelyard.server.app import Gateway
     from modelyard.server.codecs.base import Inbound
     from modelyard.server.context import RequestContext
@@ -43,9 +46,10 @@ log = logging.getLogger("modelyard.cache")
 
 CHAT = "openai-chat"
 MESSAGES = "anthropic-messages"
-#: Ingresses served from the cache. The Responses API is not: its answers are stored conversations with their
-#: own ids (`previous_response_id`), which a reused answer would alias.
-WIRES = frozenset({CHAT, MESSAGES})
+RESPONSES = "openai-responses"
+#: Ingresses served from the cache. The Responses API only when translated (a pass-through answer's id and
+#: conversation live upstream), and a streamed Responses answer is not stored (only replayed).
+WIRES = frozenset({CHAT, MESSAGES, RESPONSES})
 
 #: Top-level request fields that do not change the answer, left out of the key: how it is delivered (`stream`,
 #: `stream_options`), who asks (`user`, `safety_identifier`), the provider's own storage and caching hints
@@ -126,7 +130,7 @@ class ResponseCache:
         """The request's ticket, or None when it is not cacheable: the model's cache is off, the request is
         neither deterministic (temperature 0, one choice) nor opted in, it opted out, it has output guardrails
         (a cached answer was never checked against them), or `Cache-Control` says both no-cache and no-store."""
-        if wire not in WIRES:
+        if wire not in WIRES or (wire == RESPONSES and inbound.native is not None):
             return None
         req = inbound.req
         options = req.modelyard
@@ -149,6 +153,8 @@ class ResponseCache:
             store = "no-store" not in directives
             if not (lookup or store):
                 return None
+        if wire == RESPONSES and req.stream:
+            store = False  # its events are not read back (docs/caching.md); a later JSON request stores
         key = request_key(ctx.key_id, wire, inbound, request)
         return Ticket(key, wire, ttl_s, config.cache.max_entry_bytes, lookup=lookup, store=store)
 
@@ -172,8 +178,14 @@ class ResponseCache:
         self.stats.hits -= 1
         self.stats.misses += 1
 
-    async def keep(self, ticket: Ticket, body: bytes, usage: Usage, deployment: str, *, explained: bool) -> bool:
-        """Store a non-streamed answer (`body` as the ingress sent it; an explanation is taken out)."""
+    async def keep(
+        self, ticket: Ticket, body: bytes, completion: Completion, deployment: str, *, explained: bool
+    ) -> bool:
+        """Store a non-streamed answer: `body` as the ingress sent it (an explanation taken out), or for the
+        Responses API the canonical completion."""
+        usage = completion.usage
+        if ticket.wire == RESPONSES:
+            return completion.native is None and await self._put(ticket, _json(completion.body), usage, deployment)
         if explained and ticket.wire == CHAT:
             answer = _decode_json(body)
             if isinstance(answer, dict):
@@ -239,17 +251,21 @@ def request_key(key_id: str | None, wire: str, inbound: Inbound, request: Reques
     return digest.hexdigest()
 
 
-def answer_body(wire: str, entry: CachedAnswer) -> bytes:
+def answer_body(wire: str, entry: CachedAnswer, inbound: Inbound) -> bytes:
     """A JSON hit in the ingress's wire."""
     answer = _decode_json(entry.body)
+    if wire == RESPONSES:
+        return _json(response_hit(inbound.state, answer, entry.usage))
     return _json(chat_hit(answer) if wire == CHAT else message_hit(answer))
 
 
-def replay_stream(wire: str, entry: CachedAnswer, *, wants_usage: bool) -> bytes:
+def replay_stream(wire: str, entry: CachedAnswer, inbound: Inbound) -> bytes:
     """A streamed hit: the whole event stream of the answer, in the ingress's wire."""
     answer = _decode_json(entry.body)
     if wire == CHAT:
-        return chat_replay(chat_hit(answer), entry.usage, wants_usage=wants_usage)
+        return chat_replay(chat_hit(answer), entry.usage, wants_usage=inbound.req.wants_usage_in_stream)
+    if wire == RESPONSES:
+        return response_replay(inbound.state, answer, entry.usage)
     return message_replay(message_hit(answer))
 
 

@@ -5,7 +5,8 @@ completion; an Anthropic Message). From it come a JSON hit (a new id, `usage.cos
 and a streamed replay in the same SSE shape a live answer has (chat: chunks, the usage chunk when asked for,
 `[DONE]`; messages: message_start, ping, one start/delta/stop per content block, message_delta, message_stop).
 A streamed answer is cached by reading its own SSE bytes back into that body (`chat_from_sse`,
-`message_from_sse`), which works the same for translated and pass-through answers.
+`message_from_sse`), which works the same for translated and pass-through answers. The Responses API keeps the
+canonical chat completion instead (its Response is rebuilt per request: its own id and echoed fields).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ import msgspec
 from modelyard.providers.base import new_id
 from modelyard.providers.sse import encode_event
 from modelyard.schema.chat import Usage
+from modelyard.server.codecs.responses import ResponsesState
+from modelyard.server.responses_answer import ChunksToResponseEvents, completion_to_response
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
@@ -148,6 +151,13 @@ def chat_replay(body: dict[str, Any], usage: Usage, *, wants_usage: bool) -> byt
     """A cached chat completion (already through `chat_hit`) as the chunk stream a live answer sends:
     the message in one delta (role, content, reasoning), its tool calls in one more, the finish, the usage
     chunk (cost 0) when the client asked for it, `[DONE]`."""
+    chunks = chat_chunks(body, usage, wants_usage=wants_usage)
+    return b"".join([b"data: " + _encode(chunk) + b"\n\n" for chunk in chunks]) + _DONE
+
+
+def chat_chunks(body: dict[str, Any], usage: Usage, *, wants_usage: bool) -> list[dict[str, Any]]:
+    """A chat completion as canonical stream chunks (`chat_replay`; the Responses replay feeds them to its
+    own event builder)."""
     head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body.get("model")}
     choice = (body.get("choices") or [{}])[0]
     message = choice.get("message") or {}
@@ -162,7 +172,7 @@ def chat_replay(body: dict[str, Any], usage: Usage, *, wants_usage: bool) -> byt
     chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
     if wants_usage:
         chunks.append({**head, "choices": [], "usage": {**usage.to_openai(), "cost": 0.0}})
-    return b"".join([b"data: " + _encode(chunk) + b"\n\n" for chunk in chunks]) + _DONE
+    return chunks
 
 
 def message_hit(message: dict[str, Any]) -> dict[str, Any]:
@@ -218,3 +228,22 @@ def _block_events(index: int, block: dict[str, Any]) -> list[bytes]:
 
 def _event(data: dict[str, Any]) -> bytes:
     return encode_event(_encode(data), data["type"])
+
+
+def response_hit(state: ResponsesState, completion: dict[str, Any], usage: Usage) -> dict[str, Any]:
+    """A cached canonical completion as this request's Response (its own id, its own echoed fields, cost 0);
+    kept in `state` so the codec's commit stores it for a `previous_response_id`."""
+    response = completion_to_response(state.req, state.translation, completion, usage, 0.0, state.response_id)
+    state.response, state.output = response, response["output"]
+    return response
+
+
+def response_replay(state: ResponsesState, completion: dict[str, Any], usage: Usage) -> bytes:
+    """A cached canonical completion as the Responses event stream a live translated answer sends."""
+    events = ChunksToResponseEvents(state.req, state.translation, state.response_id)
+    out = events.start()
+    for chunk in chat_chunks(completion, usage, wants_usage=False):
+        out += events.feed(chunk)
+    out += events.finish(usage, 0.0)
+    state.output, state.response = events.output, events.final
+    return b"".join(out)

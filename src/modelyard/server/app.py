@@ -48,7 +48,7 @@ from modelyard.server.http import (
 from modelyard.server.observe import NullObserver, Observer
 from modelyard.server.pipeline import CodecRoute, features_for
 from modelyard.server.priority import QueuePolicy
-from modelyard.server.reload import Reloader
+from modelyard.server.reload import Reloader, share_semantic_cache
 from modelyard.server.responses_routes import PREFIX as RESPONSES_PREFIX
 from modelyard.server.responses_routes import responses_routes
 from modelyard.server.serving import ProcessControl
@@ -133,7 +133,7 @@ class Gateway:
         self.draining = False
         self.reloader = Reloader(self) if root is None else None
         if self.reloader is not None and services is not None and services.metrics is not None:
-            services.metrics.reloader = self.reloader
+            services.metrics.gateway = self
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
         self.queue_policy = QueuePolicy(config.queue, config.models)
@@ -293,6 +293,7 @@ class Gateway:
         count_text("warm up the tokenizer")  # load the BPE table now, not on the first request
         if self.intelligence.needed:
             await asyncio.to_thread(self.intelligence.start)  # embedding models load off the event loop
+            await share_semantic_cache(self.intelligence, self.config)
         await self.router.start()
         if self.services is not None:
             await self.services.start()
@@ -313,9 +314,9 @@ class Gateway:
         if self.services is not None:
             await self.services.close()
         await current.router.close()  # the connections and shared syncs every generation used
-        current.intelligence.close()
-        if current is not self:
-            self.intelligence.close()
+        for intelligence in {id(i): i for i in (current.intelligence, self.intelligence)}.values():
+            await intelligence.close_sharing()
+            intelligence.close()
 
     # ------------------------------------------------------------------ helpers for handlers
 

@@ -87,8 +87,8 @@ class Metrics:
         self.unpriced = list(unpriced or [])
         #: The key counters (state/counters.py), for modelyard_state_unavailable; set by build_services.
         self.counters: Any = None
-        #: The root gateway's reloader (server/reload.py), for the reload counters; set by the gateway.
-        self.reloader: Any = None
+        #: The root gateway (set by it): its reloader, response cache and current generation's semantic cache.
+        self.gateway: Any = None
         self.series: dict[tuple[str, str], _Series] = {}
         #: Label values a client can choose are limited to these names (anything else is `other`), so the
         #: number of series is bounded by the config, never by traffic.
@@ -318,24 +318,7 @@ class Metrics:
                 "Times the shared counters became unreachable.",
                 value=getattr(self.counters, "outages", 0),
             )
-        reloader = self.reloader
-        if reloader is not None:
-            reloads = CounterMetricFamily(
-                "modelyard_config_reloads",
-                "Config reloads by outcome (an error keeps the old config).",
-                labels=["outcome"],
-            )
-            reloads.add_metric(["ok"], reloader.ok)
-            reloads.add_metric(["error"], reloader.failed)
-            yield reloads
-            yield GaugeMetricFamily(
-                "modelyard_config_generation", "Reloads applied since the process started.", value=reloader.generation
-            )
-            yield GaugeMetricFamily(
-                "modelyard_config_last_reload_timestamp_seconds",
-                "When the config in use was loaded (Unix time).",
-                value=reloader.last_ok_at,
-            )
+        yield from self._replica_metrics()
         rates = self.router.admission.rates
         if rates is not None:
             yield GaugeMetricFamily(
@@ -376,6 +359,101 @@ class Metrics:
                 value=spend.spool_errors,
             )
 
+    def _replica_metrics(self) -> Iterator[Metric]:
+        """What many replicas share: reloads, the shared health view, the response and semantic caches."""
+        gateway = self.gateway
+        if gateway is None:
+            return
+        reloader = gateway.reloader
+        if reloader is not None:
+            reloads = CounterMetricFamily(
+                "modelyard_config_reloads",
+                "Config reloads by outcome (an error keeps the old config).",
+                labels=["outcome"],
+            )
+            reloads.add_metric(["ok"], reloader.ok)
+            reloads.add_metric(["error"], reloader.failed)
+            yield reloads
+            yield GaugeMetricFamily(
+                "modelyard_config_generation", "Reloads applied since the process started.", value=reloader.generation
+            )
+            yield GaugeMetricFamily(
+                "modelyard_config_last_reload_timestamp_seconds",
+                "When the config in use was loaded (Unix time).",
+                value=reloader.last_ok_at,
+            )
+        shared = self.router.shared_health
+        if shared is not None:
+            yield _flag(
+                "modelyard_shared_health_unavailable",
+                "1 while the shared health view (Redis) is unreachable and this replica decides on its own view alone.",
+                shared.unavailable,
+            )
+            for name, help_text, value in (
+                ("modelyard_shared_health_outages", "Times the shared health view became unreachable.", shared.outages),
+                (
+                    "modelyard_shared_health_remote_opens",
+                    "Breakers opened here by another replica's verdict.",
+                    shared.remote_opens,
+                ),
+                (
+                    "modelyard_shared_health_probes_won",
+                    "Half-open probes this replica took for the fleet.",
+                    shared.probes_won,
+                ),
+                (
+                    "modelyard_shared_health_probes_lost",
+                    "Half-open probes another replica took first.",
+                    shared.probes_lost,
+                ),
+            ):
+                yield CounterMetricFamily(name, help_text, value=value)
+        cache = gateway.response_cache
+        if cache is not None:
+            stats = cache.stats
+            for name, help_text, value in (
+                ("modelyard_response_cache_hits", "Answers served from the response cache.", stats.hits),
+                ("modelyard_response_cache_misses", "Cacheable requests the cache did not have.", stats.misses),
+                ("modelyard_response_cache_stores", "Answers stored in the response cache.", stats.stores),
+                (
+                    "modelyard_response_cache_evictions",
+                    "Entries dropped to keep within the cache's bounds.",
+                    stats.evictions,
+                ),
+                (
+                    "modelyard_response_cache_too_large",
+                    "Answers not cached: over cache.max_entry_bytes.",
+                    stats.too_large,
+                ),
+                (
+                    "modelyard_response_cache_errors",
+                    "Cache backend (Redis) calls that failed: a miss or no store.",
+                    stats.redis_errors,
+                ),
+                ("modelyard_response_cache_written_bytes", "Bytes stored in the response cache.", stats.bytes_written),
+            ):
+                yield CounterMetricFamily(name, help_text, value=value)
+            yield GaugeMetricFamily(
+                "modelyard_response_cache_bytes", "Bytes the in-memory response cache holds now.", value=stats.bytes
+            )
+        sharing = getattr(gateway.current.intelligence, "sharing", None)
+        if sharing is not None:
+            yield _flag(
+                "modelyard_semantic_cache_shared_unavailable",
+                "1 while the shared semantic cache (Redis) is unreachable and this replica's cache is local only.",
+                sharing.unavailable,
+            )
+            yield CounterMetricFamily(
+                "modelyard_semantic_cache_shared_outages",
+                "Times the shared semantic cache became unreachable.",
+                value=sharing.outages,
+            )
+            yield CounterMetricFamily(
+                "modelyard_semantic_cache_shared_received",
+                "Entries received from other replicas.",
+                value=sharing.received,
+            )
+
     def _queue(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
             "modelyard_queue_depth",
@@ -404,6 +482,10 @@ class Metrics:
         for (model, cls, reason), count in list(self.queue_sheds.items()):
             sheds.add_metric([model, cls, reason], count)
         yield from (depth, waits, sheds)
+
+
+def _flag(name: str, help_text: str, value: bool) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, help_text, value=int(value))
 
 
 class _Collector:

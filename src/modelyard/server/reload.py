@@ -29,6 +29,7 @@ from modelyard.server.servable import load_servable, prices_path
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
 
+
 log = logging.getLogger("modelyard.reload")
 
 #: How long a replaced generation's embedding thread is kept for requests still analysing on it.
@@ -85,6 +86,20 @@ def _intelligence_shape(config: Config) -> bytes:
     return msgspec.json.encode([groups, config.semantic, config.routing.learned_router, mapping], order="sorted")
 
 
+async def share_semantic_cache(intelligence: Intelligence, config: Config) -> None:
+    """With Redis, a semantic-cache entry stored by one replica is a hit on all (state/redis_semantic.py)."""
+    state = config.state
+    if state.redis_url and state.shared_semantic_cache:
+        await intelligence.start_sharing(state.redis_url, state.prefix, state.redis_timeout_s)
+
+
+async def _retire(intelligence: Intelligence) -> None:
+    """A replaced generation's embedding models: kept for requests still analysing on them, then released."""
+    await asyncio.sleep(RETIRE_AFTER_S)
+    await intelligence.close_sharing()
+    intelligence.close()
+
+
 class Reloader:
     """Reloads one gateway process's config; results are counted for /metrics."""
 
@@ -96,6 +111,7 @@ class Reloader:
         self.last: ReloadResult | None = None
         self.last_ok_at = time.time()
         self._lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
 
     @property
     def path(self) -> Path | None:
@@ -137,6 +153,7 @@ class Reloader:
             intelligence = Intelligence.from_config(config)
             if intelligence.needed:
                 await asyncio.to_thread(intelligence.start)
+                await share_semantic_cache(intelligence, config)
         else:
             intelligence.config = config
         generation = type(root)(
@@ -152,7 +169,9 @@ class Reloader:
             root.services.adopt(router)
         root.current = generation
         if intelligence is not old.intelligence:
-            asyncio.get_running_loop().call_later(RETIRE_AFTER_S, old.intelligence.close)
+            retiring = asyncio.get_running_loop().create_task(_retire(old.intelligence))
+            self._retiring.add(retiring)
+            retiring.add_done_callback(self._retiring.discard)
         self.generation += 1
         self.ok += 1
         self.last_ok_at = time.time()

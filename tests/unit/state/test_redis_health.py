@@ -39,10 +39,10 @@ async def fleet() -> AsyncIterator[Fleet]:
 
     async def make(n: int, url: str = REDIS_URL, **kwargs: Any) -> list[tuple[HealthTracker, SharedHealth]]:
         out = []
-        for i in range(n):
+        for _ in range(n):
             tracker = HealthTracker(POLICY)
             shared = SharedHealth(
-                tracker, url, prefix=prefix, sync_s=SYNC_S, timeout_s=0.3, replica_id=f"r{i}", **kwargs
+                tracker, url, prefix=prefix, sync_s=SYNC_S, timeout_s=0.3, replica_id=f"r{len(made)}", **kwargs
             )
             made.append(shared)
             await shared.start()
@@ -266,19 +266,86 @@ async def test_a_closed_port_leaves_the_local_view_in_charge() -> None:
 async def test_redis_killed_local_view_then_recovery_republishes_open_breakers(fleet: Fleet) -> None:
     with RedisServer() as server:
         (a, sa), (b, sb) = await fleet(2, url=server.url)
+        trip(a, "e")  # shared while Redis is up
+        await until(lambda: state(b, "e") is BreakerState.OPEN)
         server.kill()
         trip(a)  # wakes A's sync, which finds Redis gone
-        await until(lambda: sa.unavailable, 2.0)
-        assert not a.shared and sa.outages == 1
+        await until(lambda: sa.unavailable and sb.unavailable, 2.0)
+        assert not a.shared and not b.shared and sa.outages == 1
         assert state(b) is BreakerState.CLOSED  # B cannot learn it; it keeps its own view
+        # Each replica's own breakers work as without sharing: local cooldowns, local probes.
         await asyncio.sleep(POLICY.cooldown_s)
-        assert fire([a]) == [0]  # A probes locally during the outage
+        assert fire([a]) == [0] and fire([b], "e") == [0]
         a.on_failure("d", time.monotonic(), ErrorKind.SERVER)
-        await until(lambda: sb.unavailable, 2.0)
+        b.on_success("e", time.monotonic(), 10.0)
+        assert state(a) is BreakerState.OPEN and state(b, "e") is BreakerState.CLOSED
         server.start()  # empty: the fleet's verdicts are gone
         back = await until(lambda: not sa.unavailable and not sb.unavailable, 5.0)
         print(f"\nshared health back {back * 1000:.0f} ms after Redis restarted")
         assert a.shared and b.shared
-        # A's open breaker was published again on return, so B learns it.
+        # What A learnt during the outage reaches B; and a replica that starts now learns both of A's open
+        # breakers, "e" included, which A had published before the restart (so published again on return).
         await until(lambda: state(b) is BreakerState.OPEN, 2.0)
-        assert sb.remote_opens == 1
+        ((c, _),) = await fleet(1, url=server.url)
+        assert state(c) is BreakerState.OPEN and state(c, "e") is BreakerState.OPEN
+        await until(lambda: state(b, "e") is BreakerState.OPEN, 2.0)
+
+
+ROUTERS = """
+deployments:
+  - {{name: bad, provider: openai, model: m-bad, api_base: "http://bad/v1", price: {{input: 1, output: 2}}}}
+  - {{name: good, provider: openai, model: m-good, api_base: "http://good/v1", price: {{input: 1, output: 2}}}}
+models:
+  chat: {{candidates: [bad, good]}}
+routing: {{breaker: {{failures: 2, cooldown_s: 30}}}}
+state: {{redis_url: "{url}", prefix: "{prefix}", redis_timeout_s: 0.3, shared_health: false}}
+"""
+
+
+async def test_two_routers_one_failing_deployment_is_tried_by_one_replica_only() -> None:
+    """Two real `Router`s (each with its own SharedHealth, as `Router.start` makes one): after A's breaker for
+    the failing deployment opens, B routes around it without a single call of its own to it."""
+    from modelyard.config.loader import parse_config
+    from modelyard.routing.router import Router
+    from modelyard.schema.errors import ProviderError
+    from tests.unit.routing.test_admission import GatedTransport, ask, through
+
+    class Failing(GatedTransport):
+        async def send(self, call: Any, timeouts: Any, adapter: Any) -> tuple[bytes, dict[str, str]]:
+            if "//bad/" in call.url:
+                self.calls["bad"] += 1
+                raise ProviderError(ErrorKind.SERVER, "upstream failed", status=500)
+            return await super().send(call, timeouts, adapter)
+
+    prefix = f"modelyard_test_{uuid.uuid4().hex[:12]}"
+    routers: list[Router] = []
+    shares: list[SharedHealth] = []
+    transports: list[Failing] = []
+    try:
+        for _ in range(2):
+            router = Router(parse_config(ROUTERS.format(url=REDIS_URL, prefix=prefix)), seed=1)
+            await router.start()
+            routers.append(router)
+            transports.append(through(router, Failing()))  # type: ignore[arg-type]
+            share = SharedHealth(router.health, REDIS_URL, prefix=prefix, sync_s=SYNC_S, timeout_s=0.3)
+            await share.start()
+            shares.append(share)
+        a, b = routers
+        for _ in range(2):
+            await a.complete(*ask("chat"))  # bad fails, good answers
+        assert transports[0].calls["bad"] == 2 and state(a.health, "bad") is BreakerState.OPEN
+        delay = await until(lambda: state(b.health, "bad") is BreakerState.OPEN, 1.0)
+        print(f"\nrouter B saw A's breaker open after {delay * 1000:.1f} ms")
+        for _ in range(10):
+            await b.complete(*ask("chat"))
+        assert transports[1].calls["bad"] == 0 and transports[1].calls["good"] == 10
+        assert shares[1].remote_opens == 1
+    finally:
+        for share in shares:
+            await share.close()
+        for router in routers:
+            await router.close()
+        client = aioredis.Redis.from_url(REDIS_URL)
+        async for key in client.scan_iter(match=f"{prefix}:*"):
+            await client.delete(key)
+        await client.aclose()

@@ -138,3 +138,95 @@ def test_give_back_and_hold():
     assert limits.held("a", 10.0) == (0.0, 0.0)
     limits.hold("a", one, 10.0, 7.0)  # another replica used the shared bucket: nothing fits for 7 s
     assert limits.wait_s("a", one, 10.0, 1) == pytest.approx(7.0)
+
+
+# ---------------------------------------------------------------- reload and the fleet (state/redis_health.py)
+
+
+def _trip(health: HealthTracker, name: str, now: float) -> None:
+    for _ in range(health.policy_for(name).failures):
+        health.on_start(name, now)
+        health.on_failure(name, now, ErrorKind.SERVER)
+
+
+def test_reconfigure_keeps_named_deployments_and_starts_the_others_afresh():
+    health = HealthTracker(BreakerPolicy(failures=1, cooldown_s=5), alpha=0.5)
+    health.watch_latency(100.0)
+    for name in ("kept", "changed"):
+        health.on_start(name, 0)
+        health.on_success(name, 0, 500.0)
+        _trip(health, name, 1)
+    assert health.unhealthy == {"kept", "changed"} and health.slow_over(100.0) == {"kept", "changed"}
+    health.reconfigure(BreakerPolicy(failures=3, cooldown_s=60), alpha=0.1, keep={"kept"})
+    assert health.policy.failures == 3 and health.alpha == 0.1
+    assert health.unhealthy == {"kept"} and "changed" not in health.all()
+    assert health.get("kept").state is BreakerState.OPEN and health.get("kept").ewma_total_ms == 500.0
+    assert health.get("changed").state is BreakerState.CLOSED and health.get("changed").ewma_total_ms is None
+    assert health.slow_over(100.0) is None  # bounds are the caller's to watch again
+    health.watch_latency(400.0)
+    assert health.slow_over(400.0) == {"kept"}
+    assert not health.available("kept", 10)  # the new 60 s cooldown applies to the kept breaker
+
+
+def test_with_sharing_a_passed_cooldown_waits_for_the_fleets_probe_grant():
+    health = HealthTracker(BreakerPolicy(failures=1, cooldown_s=5))
+    health.shared = True
+    _trip(health, "a", 0)
+    assert health.probe_due("a", 4) is None  # still cooling down
+    assert not health.available("a", 6) and health.probe_due("a", 6) == 0
+    health.on_start("a", 6)
+    assert health.get("a").state is BreakerState.OPEN  # no grant: no probe, whatever the request does
+    health.on_cancel("a")
+    health.grant_probe("a", until=9)
+    assert health.probe_due("a", 7) is None and health.available("a", 7)
+    health.on_start("a", 7)
+    assert health.get("a").state is BreakerState.HALF_OPEN
+    health.on_failure("a", 8, ErrorKind.SERVER)
+    # Reopened: the grant was spent on that probe, so the next cooldown needs a new one.
+    assert not health.available("a", 8 + 5.5) and health.probe_due("a", 8 + 5.5) == 0
+    health.shared = False
+    assert health.available("a", 8 + 5.5)  # Redis gone: local cooldowns again
+
+
+def test_apply_shared_adopts_newer_verdicts_only_and_tells_listeners_they_are_remote():
+    health = HealthTracker(BreakerPolicy(failures=1, cooldown_s=5))
+    seen: list[tuple[str, bool]] = []
+    health.subscribe(lambda name, old, new: seen.append((new.value, health.remote)))
+    assert health.apply_shared("a", open=True, open_until=15.0, epoch=7) is BreakerState.CLOSED
+    assert health.breaker("a") == (BreakerState.OPEN, 7, 15.0)
+    assert health.apply_shared("a", open=False, open_until=0, epoch=7) is None  # not newer
+    assert health.apply_shared("a", open=False, open_until=0, epoch=9) is BreakerState.OPEN
+    assert health.get("a").state is BreakerState.CLOSED and "a" not in health.unhealthy
+    assert seen == [("open", True), ("closed", True)]
+    _trip(health, "a", 20)
+    assert seen[-1] == ("open", False)
+
+
+def test_blend_mixes_the_fleet_in_and_own_stats_takes_it_back_out():
+    health = HealthTracker(alpha=0.5)
+    health.watch_latency(150.0)
+    for _ in range(4):
+        health.on_start("a", 0)
+        health.on_success("a", 0, 100.0, 10.0)
+    own = health.own_stats(0)["a"]
+    assert own[:3] == (100.0, 10.0, 100.0) and own[3] == 4
+    health.blend("a", [(300.0, 30.0, 300.0, 4.0)])
+    a = health.get("a")
+    assert a.ewma_total_ms == pytest.approx(200.0) and a.ewma_ttft_ms == pytest.approx(20.0)
+    assert a.p95_ms == pytest.approx(200.0) and health.slow_over(150.0) == {"a"}
+    for _ in range(3):  # strategies' field moves from the blend; this replica's own EWMA stays 100
+        health.on_start("a", 0)
+        health.on_success("a", 0, 100.0, 10.0)
+    assert a.ewma_total_ms == pytest.approx(100.0 + 100.0 * 0.5**3)
+    assert health.own_stats(0)["a"][:2] == pytest.approx((100.0, 10.0))
+
+
+def test_a_replica_without_samples_publishes_nothing_and_recovers_its_first_ones_exactly():
+    health = HealthTracker(alpha=0.2)
+    assert health.own_stats(0) == {}
+    health.blend("a", [(300.0, None, 300.0, 10.0)])
+    assert health.get("a").ewma_total_ms == 300.0 and health.own_stats(0) == {}
+    health.on_start("a", 0)
+    health.on_success("a", 0, 50.0, 5.0)
+    total, ttft, p95, weight = health.own_stats(0)["a"]
+    assert total == pytest.approx(50.0) and ttft == pytest.approx(5.0) and p95 == 50.0 and weight == 1

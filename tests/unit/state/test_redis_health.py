@@ -121,7 +121,7 @@ async def test_without_pubsub_the_sync_read_alone_keeps_the_bound(fleet: Fleet) 
     trip(a)
     delay = await until(lambda: state(b) is BreakerState.OPEN)
     print(f"\nbreaker opened on A seen open on B after {delay * 1000:.1f} ms (sync read only)")
-    assert delay < SYNC_S + 0.1
+    assert delay < SYNC_S + 0.25  # one sync period, with room for a loaded machine
 
 
 async def test_only_one_replica_probes_after_the_cooldown_and_success_closes_all(fleet: Fleet) -> None:

@@ -12,7 +12,8 @@ What is shared, and how:
   `{"s": "open"|"closed", "u": open-until (Redis clock, s), "e": epoch, "r": replica}`. A verdict changes
   only through one Lua script, atomically: a local *trip* (closed -> open) is written when the stored verdict
   is not open (else this replica adopts the stored one: the first opener's open-until wins); a *probe result*
-  (closed, or open again with a new open-until) is written only for the epoch its probe was won in. Every
+  (closed, or open again with a new open-until) is written only for the epoch its probe was won in (a failed
+  probe taken locally during an outage also opens a verdict that is not open). Every
   write takes a new epoch, `max(epoch + 1, Redis time in ms)`, so epochs only grow, even after Redis lost
   its data. Each write is PUBLISHed on `{prefix}:health:events`; the other replicas apply it on receipt
   (about one round trip) and also read the hash on every sync (the bound when a message is lost). Times
@@ -22,8 +23,8 @@ What is shared, and how:
   probe_ttl_s` once for that epoch; the one replica that wins lets exactly one request through (half-open),
   the others stay open until the verdict arrives: closed (close) or open again (a new epoch, a new
   open-until, the next probe key). A loser tries the same epoch again only after the key's TTL, which also
-  frees a probe whose winner died or had no traffic. A probe running longer than `probe_ttl_s` may meet a
-  second one.
+  frees a probe whose winner died or had no traffic; while the winner's probe request runs, each sync extends
+  the key's TTL, so a slow probe does not let a second replica in.
 - **Latency statistics.** Each replica writes its own EWMAs (total, TTFT), its own p95 and its recent sample
   count (decayed, half-life 30 s) per deployment into the hash `{prefix}:health:stats` under its replica id,
   stamped with Redis time; each sync reads the others' (entries older than `stats_ttl_s` are ignored and
@@ -35,7 +36,8 @@ warning per outage, `unavailable`/`outages` for /metrics) and `RedisLink` probes
 locally open breakers are published again (a restarted Redis is empty) and sharing resumes.
 
 Deployment entries are keyed by name; a reload that changes a deployment's identity resets it locally (epoch 0),
-so it adopts whatever the fleet holds for that name at the next sync.
+so it adopts whatever the fleet holds for that name at the next sync. `names` (the deployments this replica
+serves) keeps other configurations' deployments out of the local tracker during a rolling change.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from modelyard.state.redis_link import RedisLink, make_client
@@ -129,6 +131,7 @@ class SharedHealth:
         stats_ttl_s: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         events: bool = True,
+        names: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self.tracker = tracker
         self.url = url
@@ -140,6 +143,8 @@ class SharedHealth:
         self.clock = clock
         #: Apply other replicas' verdicts as they are published (pub/sub); off: only the sync's read.
         self.events = events
+        #: The deployments this replica serves (None: every name the fleet mentions).
+        self.names = names
         self._breakers = f"{prefix}:health:breakers"
         self._stats = f"{prefix}:health:stats"
         self._probe = f"{prefix}:health:probe:"
@@ -151,6 +156,8 @@ class SharedHealth:
         self._pending: dict[str, tuple[str, int, float]] = {}
         #: Probe epochs lost to another replica: name -> (epoch, retry after) (one SET NX per probe).
         self._lost: dict[str, tuple[int, float]] = {}
+        #: Probes this replica won and has not finished: name -> epoch (their keys' TTL is extended).
+        self._held: dict[str, int] = {}
         self._wake = asyncio.Event()
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -282,6 +289,8 @@ class SharedHealth:
 
     def _apply(self, name: str, value: str | bytes, redis_now: float, now: float) -> None:
         """Adopt a stored verdict (JSON) read at Redis time `redis_now`, local time `now`."""
+        if self.names is not None and name not in self.names():
+            return
         verdict = json.loads(value)
         is_open = verdict["s"] == "open"
         old = self.tracker.apply_shared(
@@ -306,6 +315,8 @@ class SharedHealth:
                 stale.append(who)
                 continue
             for name, row in entry["d"].items():
+                if self.names is not None and name not in self.names():
+                    continue
                 fleet.setdefault(name, []).append((row[0], row[1], row[2], float(row[3])))
         for name, others in fleet.items():
             self.tracker.blend(name, others)
@@ -321,6 +332,7 @@ class SharedHealth:
 
     async def _contend(self) -> None:
         """One `SET NX PX` per probe: for each open deployment whose cooldown has passed, once per epoch."""
+        await self._extend_held()
         now = self.clock()
         due: list[tuple[str, int]] = []
         for name in list(self.tracker.unhealthy):
@@ -342,11 +354,28 @@ class SharedHealth:
         for (name, epoch), ok in zip(due, won, strict=True):
             if ok:
                 self.tracker.grant_probe(name, now + self.probe_ttl_s)
+                self._held[name] = epoch
                 self._lost.pop(name, None)
                 self.probes_won += 1
             else:
                 self._lost[name] = (epoch, now + self.probe_ttl_s)
                 self.probes_lost += 1
+
+    async def _extend_held(self) -> None:
+        """Keep the probe key of a probe request still running (half-open here); forget finished ones."""
+        if not self._held:
+            return
+        pipe = self._client.pipeline(transaction=False)
+        extend = False
+        for name, epoch in list(self._held.items()):
+            state, current, _ = self.tracker.breaker(name)
+            if current != epoch or state == "closed":
+                del self._held[name]  # decided (or superseded): the key just expires
+            elif state == "half_open":
+                pipe.pexpire(f"{self._probe}{name}:{epoch}", int(self.probe_ttl_s * 1000))
+                extend = True
+        if extend:
+            await pipe.execute()
 
     # ------------------------------------------------------------------ pub/sub: verdicts at once
 

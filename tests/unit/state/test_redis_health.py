@@ -169,6 +169,31 @@ async def test_a_failed_probe_reopens_on_all_with_a_new_open_until(fleet: Fleet)
     assert sum(s.probes_won for _, s in replicas) == 2
 
 
+async def test_a_slow_probe_keeps_its_key_and_no_second_replica_probes(fleet: Fleet) -> None:
+    replicas = await fleet(3, probe_ttl_s=0.3)
+    trackers = [t for t, _ in replicas]
+    trip(trackers[0])
+    await until(lambda: all(state(t) is BreakerState.OPEN for t in trackers))
+    await asyncio.sleep(POLICY.cooldown_s)
+    winner = await probe_once(trackers)
+    # The probe request runs for 4 key TTLs: the winner's syncs keep the key, nobody else gets a probe.
+    for _ in range(60):
+        assert fire(trackers) == []
+        await asyncio.sleep(0.02)
+    assert sum(s.probes_won for _, s in replicas) == 1
+    trackers[winner].on_success("d", time.monotonic(), 50.0)
+    await until(lambda: all(state(t) is BreakerState.CLOSED for t in trackers))
+
+
+async def test_a_replica_ignores_deployments_it_does_not_serve(fleet: Fleet) -> None:
+    (a, _), (b, _) = await fleet(2, names=lambda: {"e"})
+    trip(a)
+    trip(a, "e")
+    await until(lambda: state(b, "e") is BreakerState.OPEN)
+    await asyncio.sleep(SYNC_S * 2)
+    assert "d" not in b.all() and b.unhealthy == {"e"}
+
+
 async def test_statistics_are_blended_and_each_replica_publishes_only_its_own(fleet: Fleet) -> None:
     (a, sa), (b, sb) = await fleet(2)
     a.watch_latency(250.0)

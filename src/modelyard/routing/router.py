@@ -81,6 +81,7 @@ class Router:
         self.policy = retry_policy(config)
         #: The health view's sync with the other replicas (state/redis_health.py), when configured.
         self.shared_health: SharedHealth | None = None
+        self.deployment_names = frozenset(dep.name for dep in config.deployments)
         self._transport: Transport | None = None
         self._executor: Executor | None = None
 
@@ -123,11 +124,18 @@ class Router:
         new.rng = random.Random(seed) if seed is not None else self.rng
         new.policy = retry_policy(config)
         new.shared_health = self.shared_health
+        new.deployment_names = frozenset(dep.name for dep in config.deployments)
+        if new.shared_health is not None:
+            new.shared_health.names = new.names  # the fleet's verdicts for names this replica now serves
         new._transport = self._transport
         new._executor = None
         if new._transport is not None:
             new._executor = new._make_executor(new._transport)
         return new
+
+    def names(self) -> frozenset[str]:
+        """The deployments this router serves (the shared health view adopts verdicts for these only)."""
+        return self.deployment_names
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -139,6 +147,20 @@ class Router:
             # Per-deployment RPM/TPM shared by the replicas: each dispatch to a rate-limited deployment is
             # confirmed there (routing/admission.py); the queue itself stays per replica.
             self.admission.rates = SharedRates(state.redis_url, prefix=state.prefix, timeout_s=state.redis_timeout_s)
+        if state.redis_url and state.shared_health and self.shared_health is None:
+            from modelyard.state.redis_health import SharedHealth
+
+            # Breakers, probes and latency statistics shared by the replicas, synced in the background: the
+            # request path reads and writes only the local tracker.
+            self.shared_health = SharedHealth(
+                self.health,
+                state.redis_url,
+                prefix=state.prefix,
+                sync_s=state.health_sync_s,
+                timeout_s=state.redis_timeout_s,
+                names=self.names,
+            )
+            await self.shared_health.start()
         if self._transport is None:
             self._transport = make_transport(self.config.server.http_client)
             self._executor = self._make_executor(self._transport)
@@ -155,6 +177,9 @@ class Router:
         )
 
     async def close(self) -> None:
+        if self.shared_health is not None:
+            shared, self.shared_health = self.shared_health, None
+            await shared.close()
         rates = self.admission.rates
         if rates is not None:
             self.admission.rates = None

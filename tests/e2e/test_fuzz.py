@@ -506,6 +506,13 @@ admin_probes = st.one_of(
         st.one_of(st.just("/admin/queues"), query_values.map(lambda v: f"/admin/queues?model={q(v)}")),
         key=ADMIN_KEYS,
     ),
+    st.builds(
+        Probe,
+        st.sampled_from(("POST", "POST", "GET", "DELETE")),
+        st.one_of(st.just("/admin/reload"), query_values.map(lambda v: f"/admin/reload?all={q(v)}")),
+        garbage_bodies(),
+        key=ADMIN_KEYS,
+    ),
 )
 
 PATHS = (
@@ -516,6 +523,7 @@ PATHS = (
     "/admin/keys",
     "/admin/spend",
     "/admin/queues",
+    "/admin/reload",
     "/metrics",
     "/health/live",
     "/health/ready",

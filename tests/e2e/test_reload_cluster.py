@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import subprocess
 import time
@@ -246,3 +247,33 @@ async def _spend_ids(cluster: Cluster) -> set[str]:
     finally:
         await connection.close()
     return {row["id"] for row in rows}
+
+
+def test_sighup_to_the_supervisor_reloads_every_worker(sim: SimServer, tmp_path: Path) -> None:
+    """`--workers 2`: uvicorn's supervisor would restart its workers on SIGHUP; ours passes it on, and each
+    worker reloads in place."""
+    from modelyard.testing.process import GatewayProcess
+
+    config = tmp_path / "modelyard.yaml"
+    config.write_text(
+        default_config(redis=False, postgres=False).replace("${MODELYARD_SIM_URL}", sim.url)
+        + "access: {master_key: sk-workers-test}\n"
+    )
+    headers = {"Authorization": "Bearer sk-workers-test"}
+    env = {"MODELYARD_SPOOL_DIR": str(tmp_path / "spool")}
+    with GatewayProcess(config, log=tmp_path / "gateway.log", workers=2, env=env) as gateway:
+        seen: dict[str, int] = {}
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:  # each fresh connection may land on either worker
+            status = httpx.get(f"{gateway.url}/admin/reload", headers=headers, timeout=5).json()
+            seen[status["replica"]] = status["generation"]
+        assert len(seen) == 2 and set(seen.values()) == {0}, seen
+        os.kill(gateway.pid, signal.SIGHUP)
+        reloaded: dict[str, int] = {}
+        deadline = time.monotonic() + 20
+        while len(reloaded) < 2 and time.monotonic() < deadline:
+            status = httpx.get(f"{gateway.url}/admin/reload", headers=headers, timeout=5).json()
+            if status["generation"] == 1:
+                reloaded[status["replica"]] = 1
+            time.sleep(0.05)
+        assert set(reloaded) == set(seen), (seen, reloaded, gateway.log_text()[-2000:])

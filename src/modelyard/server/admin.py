@@ -367,6 +367,7 @@ async def last_reload(gw: Gateway, request: Request, ctx: RequestContext) -> Non
         200,
         {
             "generation": reloader.generation,
+            "replica": gw.root.control.replica if gw.root.control is not None else None,
             "source": gw.root.current.config.source,
             "reloads": {"ok": reloader.ok, "failed": reloader.failed},
             "last": last.as_dict() if last is not None else None,

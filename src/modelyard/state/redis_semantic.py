@@ -86,6 +86,11 @@ class SemanticStream:
         # The reader's own client: a blocking XREAD holds its connection for up to block_s.
         self._reader: Any = make_client(url, block_s + timeout_s)
         self.link = RedisLink(lambda: self._client, what="semantic cache", timeout_s=timeout_s)
+        from redis.exceptions import ResponseError
+
+        self._refused: type[BaseException] = ResponseError
+        self._warned = False
+        self._closed = False
         self._pending: deque[tuple[bytes, float | None]] = deque()
         self._wake = asyncio.Event()
         self._settled = asyncio.Event()  # the first catch-up is done, or Redis was found down
@@ -116,7 +121,8 @@ class SemanticStream:
             loop.create_task(self._read_loop(), name="modelyard-semantic-read"),
         ]
         try:
-            await asyncio.wait_for(self._settled.wait(), wait_s)
+            async with asyncio.timeout(wait_s):
+                await self._settled.wait()
         except TimeoutError:
             log.warning("semantic cache: the shared entries were not all loaded within %.1fs", wait_s)
 
@@ -134,24 +140,44 @@ class SemanticStream:
         return True
 
     async def _write_loop(self) -> None:
-        while True:
+        while not self._closed:
             await self._wake.wait()
+            if self._closed:
+                return
             if self.unavailable:
                 await asyncio.sleep(self.link.probe_min_s)  # the probe brings it back; the queue waits
                 continue
             self._wake.clear()
-            while self._pending and not self.unavailable:
-                batch = [self._pending.popleft() for _ in range(min(len(self._pending), 64))]
+            while self._pending:
+                if self.unavailable:  # the reader found Redis gone meanwhile: resume once it is back
+                    self._wake.set()
+                    break
+                batch = [self._pending.popleft() for _ in range(min(len(self._pending), 256))]
                 try:
                     await self._append(batch)
+                except self._refused as exc:  # Redis is up but refuses (e.g. the key holds another type)
+                    self.dropped += len(batch)
+                    self._warn_once(f"semantic cache: Redis refused the stream write ({exc}); not shared")
+                    continue
                 except self.link.errors as exc:
                     self.link.went_down(exc, "semantic-cache stores stay on this replica")
-                    room = self.max_pending - len(self._pending)
-                    self.dropped += max(len(batch) - room, 0)
-                    self._pending.extendleft(reversed(batch[len(batch) - max(room, 0) :]))
+                    self._requeue(batch)
                     self._wake.set()
                     break
                 self.published += len(batch)
+
+    def _requeue(self, batch: list[tuple[bytes, float | None]]) -> None:
+        """Put a batch that was not written back in front of the queue, keeping the queue's bound (the
+        oldest go first)."""
+        room = max(self.max_pending - len(self._pending), 0)
+        keep = batch[len(batch) - min(room, len(batch)) :]
+        self.dropped += len(batch) - len(keep)
+        self._pending.extendleft(reversed(keep))
+
+    def _warn_once(self, message: str) -> None:
+        if not self._warned:
+            self._warned = True
+            log.warning(message)
 
     async def _append(self, batch: list[tuple[bytes, float | None]]) -> None:
         pipe = self._client.pipeline(transaction=False)
@@ -162,10 +188,13 @@ class SemanticStream:
             pipe.persist(self.key)
         else:
             pipe.pexpire(self.key, max(1, int(max(t for t in ttls if t is not None) * 1000)))
-        await asyncio.wait_for(pipe.execute(), self.link.timeout_s)
+        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation that arrives as the
+        # write completes (the task then never ends at close).
+        async with asyncio.timeout(self.link.timeout_s):
+            await pipe.execute()
 
     async def _read_loop(self) -> None:
-        while True:
+        while not self._closed:
             if self.unavailable:
                 await asyncio.sleep(self.link.probe_min_s)
                 continue
@@ -173,6 +202,11 @@ class SemanticStream:
             block = int(self.block_s * 1000) if self._settled.is_set() else None
             try:
                 reply = await self._reader.xread({self.key: self.last_id}, count=self.batch, block=block)
+            except self._refused as exc:  # Redis is up but refuses: not an outage; try again later
+                self._warn_once(f"semantic cache: Redis refused the stream read ({exc}); not shared")
+                self._settled.set()
+                await asyncio.sleep(self.block_s)
+                continue
             except self.link.errors as exc:
                 self.link.went_down(exc, "semantic-cache entries of other replicas are not received")
                 self._settled.set()
@@ -206,9 +240,15 @@ class SemanticStream:
         return out
 
     async def close(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # The flag as well as the cancel: redis-py can swallow a cancellation that lands inside a command
+        # (measured: a writer cancelled mid-pipeline went back to waiting), so the loops also stop on it.
+        self._closed = True
+        self._wake.set()
+        pending = set(self._tasks)
+        while pending:
+            for task in pending:
+                task.cancel()
+            _, pending = await asyncio.wait(pending, timeout=self.link.timeout_s)
         self._tasks = []
         await self.link.close()
         for client in (self._client, self._reader):

@@ -216,3 +216,24 @@ async def test_a_replica_that_starts_while_redis_is_down_starts_at_once_and_join
         finally:
             await a.stream.close()
             await b.stream.close()
+
+
+async def test_close_ends_the_sync_even_when_it_lands_in_a_write(shared: Callable[..., Any]) -> None:
+    """redis-py can swallow a cancellation inside a command (measured: the writer went back to waiting and
+    close() hung); the loops stop on the closed flag too."""
+    for _ in range(5):
+        a = await shared()
+        for i in range(3000):
+            a.stream.publish(f"m\x00k{i}", b"v" * 1536, b"x" * 1700, 60.0)
+            if i % 20 == 0:
+                await asyncio.sleep(0)
+        for _ in range(1_000_000):  # until the queue is empty: the last batch is in flight now
+            if not a.stream._pending:
+                break
+            await asyncio.sleep(0)
+        tasks = list(a.stream._tasks)
+        started = time.monotonic()
+        async with asyncio.timeout(3.0):
+            await a.stream.close()
+        assert all(task.done() for task in tasks)
+        assert time.monotonic() - started < 0.4  # no second round of cancels (timeout_s) was needed

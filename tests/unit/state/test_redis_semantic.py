@@ -237,3 +237,20 @@ async def test_close_ends_the_sync_even_when_it_lands_in_a_write(shared: Callabl
             await a.stream.close()
         assert all(task.done() for task in tasks)
         assert time.monotonic() - started < 0.4  # no second round of cancels (timeout_s) was needed
+
+
+async def test_a_key_of_another_type_is_refused_without_counting_an_outage(shared: Callable[..., Any]) -> None:
+    client = make_client(REDIS_URL, 1.0)
+    try:
+        await client.set(shared.key, b"not a stream")  # type: ignore[attr-defined]
+        a = await shared()
+        assert a.stream.publish("m\x00k", b"v", b"x", 60.0)
+        for _ in range(200):
+            if a.stream.dropped:
+                break
+            await asyncio.sleep(0.005)
+        assert a.stream.dropped == 1 and a.stream.published == 0
+        assert not a.stream.unavailable and a.stream.outages == 0  # Redis is up: no outage, no probe
+        assert await client.get(shared.key) == b"not a stream"  # type: ignore[attr-defined]
+    finally:
+        await client.aclose()

@@ -120,7 +120,9 @@ class CodecRoute:
             headers.extend(extra)
         if ticket is not None:
             headers.append(MISS)
-            if ticket.store and cache is not None:  # before the last byte: the next request, anywhere, finds it
+            # A local put (and, with Redis, a queued background write): nothing waits on Redis here. The next
+            # request on this replica finds it at once, on the others about one Redis round trip later.
+            if ticket.store and cache is not None:
                 await cache.keep(ticket, body, completion, success.deployment.name, explained=ctx.explain is not None)
         # The spend record (and the codec's own record) before the answer goes out; the rest after it.
         outcome = ctx.success(success.deployment, success.records, completion.usage, cost, ttft_ms=None)
@@ -162,7 +164,8 @@ async def pump(
     never a silent clean end. The batch after which the provider said it was done is held back and sent with
     the codec's tail (usage, `[DONE]`, `message_stop`) in one write; that write is the last byte, and the
     spend record is in the spool before it. With a response-cache `ticket` that may store, what was sent is
-    kept (up to a bound) and stored as the answer before the last byte."""
+    kept (up to a bound) and stored as the answer before the last byte (a local put; Redis is written in the
+    background)."""
     send = request.send
     encoder = codec.stream(inbound, result)
     headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)

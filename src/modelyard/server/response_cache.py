@@ -109,8 +109,14 @@ class ResponseCache:
         #: hits, misses, stores, bytes, evictions, redis errors (for /metrics).
         self.stats: CacheStats = store.stats
 
+    @property
+    def unavailable(self) -> bool:
+        """True while the backend's Redis is unreachable (the `/metrics` gauge); always False in memory."""
+        return bool(getattr(self.store, "unavailable", False))
+
     async def start(self) -> None:
-        """Connect the backend (Redis) when it has one: redis-py connects on first use, so nothing to do."""
+        """Start the backend's background work (the Redis store's writer and key listener)."""
+        await self.store.start()
 
     async def close(self) -> None:
         """Release the backend."""
@@ -182,7 +188,7 @@ class ResponseCache:
         self, ticket: Ticket, body: bytes, completion: Completion, deployment: str, *, explained: bool
     ) -> bool:
         """Store a non-streamed answer: `body` as the ingress sent it (an explanation taken out), or for the
-        Responses API the canonical completion."""
+        Responses API the canonical completion. Local work only: the Redis store writes in the background."""
         usage = completion.usage
         if ticket.wire == RESPONSES:
             return completion.native is None and await self._put(ticket, _json(completion.body), usage, deployment)
@@ -283,5 +289,12 @@ def build_response_cache(config: Config) -> ResponseCache | None:
         if state.redis_url is None:
             log.warning("cache.backend is redis but state.redis_url is not set: the response cache is in memory")
         else:
-            return ResponseCache(RedisCacheStore(state.redis_url, prefix=state.prefix, timeout_s=state.redis_timeout_s))
+            store = RedisCacheStore(
+                state.redis_url,
+                prefix=state.prefix,
+                timeout_s=state.redis_timeout_s,
+                max_entries=settings.max_entries,
+                max_bytes=settings.max_bytes,
+            )
+            return ResponseCache(store)
     return ResponseCache(MemoryCacheStore(settings.max_entries, settings.max_bytes))

@@ -1,6 +1,7 @@
 """The response cache in process (server/response_cache.py, the pipeline's hook, codecs/replay.py): what is
-cached and served, the Redis calls on a miss and a hit counted, Redis down as a miss, the replay's shapes
-read back into the same answer, and what the key is made of."""
+cached and served, the Redis calls on a miss and a hit counted (none on the request path of a miss or a local
+hit, one GET for another replica's answer), Redis down as this replica's own cache, the replay's shapes read
+back into the same answer, and what the key is made of."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from modelyard.state.response_cache_store import MemoryCacheStore, RedisCacheSto
 from modelyard.testing.process import free_port
 from tests.unit.server.test_pipeline import Recorder, call, messages_body
 from tests.unit.state.conftest import REDIS_URL, _reachable
+from tests.unit.state.test_response_cache_store import counting_client, until
 
 CONFIG = """
 deployments:
@@ -139,81 +141,80 @@ async def test_an_answer_over_max_entry_bytes_is_not_stored() -> None:
 # ----------------------------------------------------------------------------- Redis calls, counted
 
 
-class Counting:
-    """A redis-py client that records every command it is asked for."""
-
-    def __init__(self, client: Any) -> None:
-        self.client = client
-        self.commands: list[str] = []
-        self.connection_pool = client.connection_pool
-
-    async def get(self, key: str) -> Any:
-        self.commands.append("GET")
-        return await self.client.get(key)
-
-    async def set(self, key: str, value: bytes, px: int) -> Any:
-        self.commands.append(f"SET PX {px}")
-        return await self.client.set(key, value, px=px)
-
-    async def ping(self) -> Any:
-        self.commands.append("PING")
-        return await self.client.ping()
-
-    async def aclose(self) -> None:
-        await self.client.aclose()
-
-
 @pytest.fixture
-async def redis_client() -> AsyncIterator[tuple[Counting, str]]:
+async def redis_prefix() -> AsyncIterator[str]:
     if not _reachable("127.0.0.1", 6379):
         pytest.skip("Redis is not running on 127.0.0.1:6379")
     import redis.asyncio as aioredis
 
     prefix = f"rc-unit-{uuid.uuid4().hex[:8]}"
-    client = Counting(aioredis.Redis.from_url(REDIS_URL))
     try:
-        yield client, prefix
+        yield prefix
     finally:
-        async for name in client.client.scan_iter(f"{prefix}:*"):
-            await client.client.delete(name)
+        client = aioredis.Redis.from_url(REDIS_URL)
+        async for name in client.scan_iter(f"{prefix}:*"):
+            await client.delete(name)
+        await client.aclose()
 
 
-async def test_one_get_on_a_miss_one_set_after_the_answer_and_one_get_on_a_hit(
-    redis_client: tuple[Counting, str],
+async def counted_cache(prefix: str) -> tuple[ResponseCache, RedisCacheStore, list[str]]:
+    client, seen = counting_client(REDIS_URL)
+    store = RedisCacheStore(REDIS_URL, prefix=prefix, timeout_s=0.5, client=client)
+    cache = ResponseCache(store)
+    await cache.start()
+    await until(store.listening.is_set)
+    seen.clear()
+    return cache, store, seen
+
+
+async def test_no_redis_call_on_a_miss_or_a_local_hit_one_get_on_another_replicas_hit(redis_prefix: str) -> None:
+    cache, store, seen = await counted_cache(redis_prefix)
+    other_cache, other, other_seen = await counted_cache(redis_prefix)
+    try:
+        gw, transport = gateway(cache)
+        first = await call(gw, "POST", "/v1/chat/completions", chat_body())
+        assert first.headers["x-modelyard-cache"] == "miss"
+        assert seen == []  # neither the lookup nor the store waited on Redis
+        hit = await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
+        assert hit.headers["x-modelyard-cache"] == "hit" and seen == [] and transport.calls == ["b"]
+        assert await store.flush()
+        assert seen.count("SET") == 1 and seen.count("PUBLISH") == 1, seen  # written once, in the background
+        # Another replica: the announcement put the key in its index, so its lookup is exactly one GET.
+        digests = [n async for n in store.client.scan_iter(f"{store.prefix}*")]
+        assert len(digests) == 1 and len(digests[0]) == len(redis_prefix) + 4 + 64  # hashed: 64 hex digits
+        await until(lambda: len(other.index) == 1)
+        gw2, transport2 = gateway(other_cache)
+        shared = await call(gw2, "POST", "/v1/chat/completions", chat_body())
+        assert shared.headers["x-modelyard-cache"] == "hit" and other_seen == ["GET"] and transport2.calls == []
+        # Not cacheable: no Redis call at all.
+        seen.clear()
+        await call(gw, "POST", "/v1/chat/completions", chat_body(temperature=0.5))
+        await store.flush()
+        assert seen == []
+    finally:
+        await cache.close()
+        await other_cache.close()
+
+
+async def test_redis_down_falls_back_to_this_replicas_cache_counted_and_logged_once(
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    client, prefix = redis_client
-    cache = ResponseCache(RedisCacheStore(REDIS_URL, prefix=prefix, timeout_s=0.5, client=client))
-    gw, transport = gateway(cache)
-    await call(gw, "POST", "/v1/chat/completions", chat_body())
-    assert client.commands == ["GET", "SET PX 60000"]
-    client.commands.clear()
-    hit = await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
-    assert client.commands == ["GET"] and hit.headers["x-modelyard-cache"] == "hit" and transport.calls == ["b"]
-    client.commands.clear()
-    # Not cacheable: no Redis call at all.
-    await call(gw, "POST", "/v1/chat/completions", chat_body(temperature=0.5))
-    assert client.commands == []
-    # The key is hashed: the prefix, `rc`, 64 hex digits.
-    names = [name.decode() async for name in client.client.scan_iter(f"{prefix}:*")]
-    assert len(names) == 1 and len(names[0]) == len(prefix) + 4 + 64
-
-
-async def test_redis_down_is_a_miss_counted_and_logged_once(caplog: pytest.LogCaptureFixture) -> None:
-    import redis.asyncio as aioredis
-
-    client = Counting(aioredis.Redis.from_url(f"redis://127.0.0.1:{free_port()}/0", socket_connect_timeout=0.2))
+    client, seen = counting_client(f"redis://127.0.0.1:{free_port()}/0", 0.2)
     store = RedisCacheStore("unused", prefix="x", timeout_s=0.2, client=client)
     store.link.probe_min_s = store.link.probe_max_s = 30  # no probe during the test
-    gw, transport = gateway(ResponseCache(store))
+    cache = ResponseCache(store)
+    gw, transport = gateway(cache)
     with caplog.at_level(logging.WARNING, logger="modelyard.state"):
-        for _ in range(3):
-            answer = await call(gw, "POST", "/v1/chat/completions", chat_body())
-            assert answer.status == 200 and answer.headers["x-modelyard-cache"] == "miss"
-    assert transport.calls == ["b", "b", "b"]
-    assert client.commands == ["GET"]  # then nothing: neither a store nor a lookup while it is down
-    assert store.stats.redis_errors == 1 and store.stats.misses == 3 and store.stats.stores == 0
+        await cache.start()
+        await until(lambda: cache.unavailable)
+        answers = [await call(gw, "POST", "/v1/chat/completions", chat_body()) for _ in range(3)]
+    assert all(answer.status == 200 for answer in answers)
+    assert [answer.headers["x-modelyard-cache"] for answer in answers] == ["miss", "hit", "hit"]
+    assert transport.calls == ["b"]  # the local fallback served the repeats
+    assert store.stats.redis_errors == 1 and store.stats.misses == 1 and store.stats.stores == 1
+    assert all(name in ("SUBSCRIBE",) for name in seen), seen  # only the listener's one failed attempt
     assert len([r for r in caplog.records if "unreachable" in r.getMessage()]) == 1
-    await store.close()
+    await cache.close()
 
 
 # ----------------------------------------------------------------------------- replay shapes

@@ -19,13 +19,14 @@ import pytest
 pytest.importorskip("numpy")
 
 from modelyard.config.loader import parse_config
+from modelyard.routing.embeddings import EmbeddingUnavailable
 from modelyard.routing.features import RequestFeatures
 from modelyard.routing.intelligence import Intelligence, IntelligenceUnavailable
 from modelyard.schema.chat import Usage
 from modelyard.state.redis_link import make_client
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-pytestmark = pytest.mark.redis
 
 REDIS_URL = os.environ.get("MODELYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
 CONFIG = """
@@ -65,7 +66,7 @@ async def replicas() -> AsyncIterator[Callable[..., Any]]:
         intelligence = Intelligence.from_config(parse_config(config))
         try:
             await asyncio.to_thread(intelligence.start)
-        except IntelligenceUnavailable as exc:
+        except (IntelligenceUnavailable, EmbeddingUnavailable) as exc:
             pytest.skip(str(exc))
         made.append(intelligence)
         await intelligence.start_sharing(REDIS_URL, prefix, 0.5)
@@ -103,6 +104,7 @@ async def first_hit(replica: Intelligence, text: str, limit_s: float = 3.0) -> t
         await asyncio.sleep(0.001)
 
 
+@pytest.mark.redis
 async def test_a_store_on_one_replica_is_a_hit_on_the_other_with_its_own_deployment(
     replicas: Callable[..., Any],
 ) -> None:
@@ -124,6 +126,7 @@ async def test_a_store_on_one_replica_is_a_hit_on_the_other_with_its_own_deploym
     assert (await two.analyse("chat", features(), "chat\x00key-2")).cached is None
 
 
+@pytest.mark.redis
 async def test_a_replica_inserts_its_own_entries_once_and_skips_an_unknown_deployment(
     replicas: Callable[..., Any],
 ) -> None:
@@ -144,6 +147,7 @@ async def test_a_replica_inserts_its_own_entries_once_and_skips_an_unknown_deplo
     assert (await only_a.analyse("chat", features(), NS)).cached is None
 
 
+@pytest.mark.redis
 async def test_a_replica_started_later_has_the_earlier_entries_when_start_sharing_returns(
     replicas: Callable[..., Any],
 ) -> None:
@@ -159,6 +163,7 @@ async def test_a_replica_started_later_has_the_earlier_entries_when_start_sharin
     assert (await late.analyse("chat", features(), NS)).cached is not None  # no wait: loaded at start
 
 
+@pytest.mark.redis
 async def test_a_lookup_makes_no_redis_call(replicas: Callable[..., Any]) -> None:
     one, two = await replicas(), await replicas()
     miss = await one.analyse("chat", features(), NS)
@@ -205,3 +210,38 @@ def test_an_entry_from_another_replica_keeps_its_own_expiry_and_a_wrong_size_cha
     with pytest.raises(ValueError):
         cache.store("ns", np.ones(4, np.float32), "another embedding space")
     assert cache.lookup("ns", v) == "fresh"  # nothing evicted for the refused entry
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+async def test_redis_down_the_cache_serves_locally_counts_the_outage_and_shares_again_when_it_returns() -> None:
+    with RedisServer() as redis:
+        made: list[Intelligence] = []
+        try:
+            for _ in range(2):
+                intelligence = Intelligence.from_config(parse_config(CONFIG))
+                try:
+                    await asyncio.to_thread(intelligence.start)
+                except (IntelligenceUnavailable, EmbeddingUnavailable) as exc:
+                    pytest.skip(str(exc))
+                made.append(intelligence)
+                await intelligence.start_sharing(redis.url, "t", 0.3)
+            one, two = made
+            assert one.sharing is not None and two.sharing is not None
+            redis.kill()
+            miss = await one.analyse("chat", features(), NS)
+            one.remember(NS, miss, answer_of(one, "a"))  # no error, no wait
+            assert (await one.analyse("chat", features(), NS)).cached is not None  # the local cache serves
+            deadline = time.monotonic() + 3
+            while not (one.sharing.unavailable and two.sharing.unavailable):
+                assert time.monotonic() < deadline, "the outage was not noticed"
+                await asyncio.sleep(0.01)
+            assert one.sharing.outages == 1 and two.sharing.outages == 1
+            assert (await two.analyse("chat", features(), NS)).cached is None
+            redis.start()  # empty: the store made during the outage is written once Redis is back
+            _, took = await first_hit(two, PROMPT, limit_s=5.0)
+            assert not one.sharing.unavailable and not two.sharing.unavailable
+            print(f"\nafter Redis returned, the outage's store was a hit on replica 2 in {took * 1000:.0f} ms")
+        finally:
+            for intelligence in made:
+                await intelligence.close_sharing()
+                intelligence.close()

@@ -275,9 +275,10 @@ class Intelligence:
         if not items:
             return
         if self._pool is not None:
-            await asyncio.get_running_loop().run_in_executor(self._pool, self._insert, items)
+            refused = await asyncio.get_running_loop().run_in_executor(self._pool, self._insert, items)
         else:
-            self._insert(items)
+            refused = self._insert(items)
+        self.shared_skipped += refused
 
     def _resolve(
         self, entry: SharedEntry, known: dict[str, Deployment], now: float
@@ -300,15 +301,17 @@ class Intelligence:
         age = max(now - entry.at, 0.0)
         return entry.ns, vector, (answer.body, dep, answer.usage), age
 
-    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float]]) -> None:
+    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float]]) -> int:
+        """Store the entries (on the embedding thread); how many were refused."""
         cache = self.cache
-        if cache is None:
-            return
+        refused = 0
         for ns, vector, answer, age in items:
             try:
-                cache.store(ns, vector, answer, age_s=age)
+                if cache is not None:
+                    cache.store(ns, vector, answer, age_s=age)
             except ValueError:  # another vector size than this namespace's shelf
-                self.shared_skipped += 1
+                refused += 1
+        return refused
 
 
 def np_float32_bytes(vector: Any) -> bytes:

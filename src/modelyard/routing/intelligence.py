@@ -96,7 +96,7 @@ class Intelligence:
     #: The semantic cache's Redis sync (`start_sharing`), and this replica's id in it.
     sharing: SemanticStream | None = None
     replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
-    #: Shared entries not inserted: a deployment or model this replica's config lacks, or another vector size.
+    #: Shared entries not inserted: a deployment or model this replica's config lacks, another vector size, NaN.
     shared_skipped: int = 0
     _full: Any = None
     _pool: ThreadPoolExecutor | None = None
@@ -309,7 +309,7 @@ class Intelligence:
             try:
                 if cache is not None:
                     cache.store(ns, vector, answer, age_s=age)
-            except ValueError:  # another vector size than this namespace's shelf
+            except ValueError:  # another vector size than this namespace's shelf, or not finite
                 refused += 1
         return refused
 

@@ -205,7 +205,11 @@ class SemanticCache(Generic[T]):
         here, not a fresh TTL); an entry already past the TTL is not kept (False)."""
         if self.ttl_s is not None and age_s >= self.ttl_s:
             return False
-        size = int(np.asarray(embedding).size)
+        raw = np.asarray(embedding, dtype=np.float32)
+        if not np.isfinite(raw).all():  # a NaN would win every lookup (NaN < threshold is False)
+            raise ValueError("a vector with NaN or infinite values")
+        vector = _unit(raw)
+        size = int(vector.size)
         shelf = self.shelves.get(ns)
         if shelf is None:
             shelf = self.shelves[ns] = _Shelf(size)
@@ -215,7 +219,7 @@ class SemanticCache(Generic[T]):
         while len(shelf.order) >= self.max_entries:
             shelf.drop(next(iter(shelf.order)))
         slot = shelf.free_slot()
-        shelf.vectors[slot] = _unit(embedding)
+        shelf.vectors[slot] = vector
         shelf.answers[slot] = answer
         shelf.stored[slot] = self.clock() - max(age_s, 0.0)
         shelf.live[slot] = True

@@ -245,3 +245,49 @@ async def test_redis_down_the_cache_serves_locally_counts_the_outage_and_shares_
             for intelligence in made:
                 await intelligence.close_sharing()
                 intelligence.close()
+
+
+def test_a_vector_with_nan_is_refused_not_a_hit_for_every_prompt() -> None:
+    import numpy as np
+
+    from modelyard.routing.semantic import SemanticCache
+
+    cache: SemanticCache[str] = SemanticCache(threshold=0.95, ttl_s=None)
+    cache.store("ns", np.array([1.0, 0.0], np.float32), "honest")
+    with pytest.raises(ValueError):
+        cache.store("ns", np.array([np.nan, 0.0], np.float32), "poison")
+    with pytest.raises(ValueError):
+        cache.store("ns", np.array([np.inf, 0.0], np.float32), "poison")
+    assert cache.lookup("ns", np.array([0.0, 1.0], np.float32)) is None
+    assert cache.lookup("ns", np.array([1.0, 0.0], np.float32)) == "honest"
+
+
+@pytest.mark.redis
+async def test_a_poisoned_entry_in_the_stream_is_skipped_and_the_next_one_inserted(
+    replicas: Callable[..., Any],
+) -> None:
+    import msgspec
+    import numpy as np
+
+    from modelyard.routing.intelligence import SharedAnswer
+    from modelyard.state.redis_semantic import FIELD, SharedEntry
+
+    two = await replicas()
+    assert two.sharing is not None
+    answer = msgspec.msgpack.encode(SharedAnswer({"choices": []}, "a", Usage()))
+    nan = np.full(384, np.nan, np.float32).tobytes()
+    good = np.zeros(384, np.float32)
+    good[0] = 1.0
+    client = make_client(REDIS_URL, 1.0)
+    try:
+        for vector in (nan, good.tobytes()):
+            entry = SharedEntry("another replica", NS, vector, answer, time.time(), 60.0)
+            await client.xadd(two.sharing.key, {FIELD: msgspec.msgpack.encode(entry)})
+    finally:
+        await client.aclose()
+    deadline = time.monotonic() + 3
+    while two.sharing.received < 2 or two.cache is None or len(two.cache) < 1:
+        assert time.monotonic() < deadline, "the entries were not read"
+        await asyncio.sleep(0.005)
+    assert two.shared_skipped == 1 and len(two.cache) == 1
+    assert (await two.analyse("chat", features(), NS)).cached is None  # the NaN entry is no hit for any prompt

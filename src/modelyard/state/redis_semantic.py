@@ -225,9 +225,12 @@ class SemanticStream:
         now = self.wall()
         out: list[SharedEntry] = []
         for _, fields in rows:
+            raw = fields.get(FIELD)
             try:
-                entry = _decode(fields[FIELD])
-            except (KeyError, msgspec.DecodeError):
+                if raw is None or len(raw) > self.max_entry_bytes:  # not written by a replica of ours
+                    raise msgspec.DecodeError("no entry, or too large")
+                entry = _decode(raw)
+            except msgspec.DecodeError:
                 self.malformed += 1
                 continue
             if entry.origin == self.replica_id:

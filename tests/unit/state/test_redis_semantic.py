@@ -13,6 +13,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from modelyard.state.redis_link import make_client
@@ -148,12 +149,14 @@ async def test_garbage_in_the_stream_is_skipped_not_fatal(shared: Callable[..., 
     try:
         await client.xadd(shared.key, {b"e": b"\xc1not msgpack"})  # type: ignore[attr-defined]
         await client.xadd(shared.key, {b"other": b"x"})  # type: ignore[attr-defined]
+        big = SharedEntry("x", "m\x00k", b"v", b"x" * 100_000, time.time(), 60.0)
+        await client.xadd(shared.key, {b"e": msgspec.msgpack.encode(big)})  # type: ignore[attr-defined]
     finally:
         await client.aclose()
     a = await shared()
     a.stream.publish("m\x00k", b"v", b"x", 60.0)
     await b.wait_for(1)
-    assert b.stream.malformed == 2 and b.got[0][1].ns == "m\x00k"
+    assert b.stream.malformed == 3 and [e.ns for _, e in b.got] == ["m\x00k"]  # the huge one too
 
 
 # ---------------------------------------------------------------- outages (a private redis-server)

@@ -37,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.sim.server import SimServer
 from modelyard.testing.process import CLI, free_port
 
@@ -48,7 +49,7 @@ REPLICA_HEADER = "x-modelyard-replica"
 LOG_TAIL_CHARS = 4000
 
 
-class ClusterError(RuntimeError):
+class ClusterError(ModelyardError, RuntimeError):
     """The cluster could not start or did not become ready (the message carries the logs' tails)."""
 
 

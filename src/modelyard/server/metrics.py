@@ -436,6 +436,11 @@ class Metrics:
             yield GaugeMetricFamily(
                 "modelyard_response_cache_bytes", "Bytes the in-memory response cache holds now.", value=stats.bytes
             )
+            yield _flag(
+                "modelyard_response_cache_unavailable",
+                "1 while the shared response cache (Redis) is unreachable: this replica's own cache serves alone.",
+                cache.unavailable,
+            )
         sharing = getattr(gateway.current.intelligence, "sharing", None)
         if sharing is not None:
             yield _flag(

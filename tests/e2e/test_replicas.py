@@ -9,8 +9,9 @@
 - An answer cached through replica 1 is a hit through replica 2, chat and messages, JSON and streamed, at cost 0.
 - Redis unavailable (a private redis-server, killed and restarted): requests keep succeeding, every replica's
   `modelyard_shared_health_unavailable` says 1 and a breaker still opens on the local view; the response cache
-  answers misses (counted as backend errors); when Redis returns, sharing resumes: the breaker opened during
-  the outage reaches the other replicas and a cached answer is a hit elsewhere again.
+  falls back to each replica's own (the same prompt twice on one replica: the second is a hit; the outage
+  counted as backend errors); when Redis returns, sharing resumes: the breaker opened during the outage
+  reaches the other replicas and a cached answer is a hit elsewhere again.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ RATE = 100.0
 OUTAGE_S = 5.0
 #: Metric families that say 1 while Redis is unreachable (server/metrics.py).
 HEALTH_UNAVAILABLE = "modelyard_shared_health_unavailable"
-#: Response-cache backend calls that failed (each a miss, or a store skipped).
+#: Response-cache Redis calls that failed (the listener cut off, a batch of writes lost, a lookup missed).
 CACHE_ERRORS = "modelyard_response_cache_errors_total"
 
 
@@ -298,7 +299,7 @@ def test_an_answer_cached_through_replica_one_is_a_hit_through_replica_two(
         calls = sim.stats()["totals"]["requests"]
         assert cost_total(one, shared.headers) > 0  # what a live answer costs shows in /metrics
         spent = cost_total(two, shared.headers)
-        time.sleep(0.2)  # the store is written after the answer's last byte
+        time.sleep(0.2)  # the store is written to Redis after the answer, then announced to the others
         hit = ask(two, shared.headers, wire, prompt)
         assert hit.headers["x-modelyard-cache"] == "hit", (wire, first_stream)
         assert _cost(hit) == 0.0
@@ -364,6 +365,18 @@ def gauges(url: str, headers: dict[str, str]) -> dict[str, float]:
     return {m[0]: float(m[1]) for m in re.findall(r"^(modelyard_\w+) (\S+)$", text, flags=re.MULTILINE)}
 
 
+def cache_listeners(url: str) -> int:
+    """Response caches subscribed to their key announcements on this Redis (one per replica when sharing)."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=1)
+    try:
+        channels = client.pubsub_channels("*:rc-keys")
+        return sum(int(count) for _, count in client.pubsub_numsub(*channels)) if channels else 0
+    finally:
+        client.close()
+
+
 def wait_for(check: Callable[[], bool], timeout_s: float, what: str) -> float:
     started = time.monotonic()
     while not check():
@@ -393,6 +406,11 @@ def test_redis_down_falls_back_to_local_views_and_sharing_returns_with_it(sim: S
             for url in urls:
                 answer = ask(url, headers, "chat", down)
                 assert answer.headers["x-modelyard-cache"] == "miss"
+            # Each replica falls back to its own cache: the same prompt again on one replica is a hit.
+            calls = sim.stats()["totals"]["requests"]
+            assert ask(urls[0], headers, "chat", down).headers["x-modelyard-cache"] == "hit"
+            assert ask(urls[0], headers, "chat", prompt).headers["x-modelyard-cache"] == "hit"  # kept from before
+            assert sim.stats()["totals"]["requests"] == calls
             with httpx.Client(base_url=cluster.url, headers=headers, timeout=10) as client:
                 assert all(client.post("/v1/chat/completions", json=trip).status_code == 200 for _ in range(30))
             noticed = wait_for(
@@ -425,6 +443,8 @@ def test_redis_down_falls_back_to_local_views_and_sharing_returns_with_it(sim: S
                 3.0,
                 "r0's open breaker reaching r1 and r2 after Redis returned",
             )
+            # The response cache has its own probe: its listeners resubscribe once it finds Redis back.
+            wait_for(lambda: cache_listeners(redis.url) == 3, 5.0, "every replica's response cache sharing again")
             again = f"Say something short. {uuid.uuid4().hex}"
             assert ask(urls[2], headers, "chat", again).headers["x-modelyard-cache"] == "miss"
             time.sleep(0.2)

@@ -53,7 +53,7 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
-from modelyard.state.redis_link import RedisLink, make_client
+from modelyard.state.redis_link import RedisLink, cancel_until_done, make_client
 
 log = logging.getLogger("modelyard.state")
 
@@ -200,14 +200,7 @@ class SharedHealth:
         self.tracker.shared = False
         self._closing = True
         self._wake.set()
-        # Cancelled again until done: redis-py's read timeouts can swallow a cancellation that lands as they
-        # expire (the task would then run on), so one cancel() is not enough.
-        pending = self._tasks
-        while pending:
-            for task in pending:
-                task.cancel()
-            await asyncio.wait(pending, timeout=0.1)
-            pending = [task for task in pending if not task.done()]
+        await cancel_until_done(self._tasks)
         self._tasks = []
         await self.link.close()
         if self._client is not None:

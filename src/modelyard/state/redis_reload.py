@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from modelyard.state.redis_link import make_client, redis_errors
+from modelyard.state.redis_link import cancel_until_done, make_client, redis_errors
 
 log = logging.getLogger("modelyard.reload")
 
@@ -58,8 +58,7 @@ class ReloadChannel:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+            await cancel_until_done([self._task])
             self._task = None
 
     async def _run(self) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 
 import msgspec
 
-from modelyard.state.redis_link import RedisLink, make_client
+from modelyard.state.redis_link import RedisLink, cancel_until_done, make_client
 
 log = logging.getLogger("modelyard.state")
 
@@ -247,11 +247,7 @@ class SemanticStream:
         # (measured: a writer cancelled mid-pipeline went back to waiting), so the loops also stop on it.
         self._closed = True
         self._wake.set()
-        pending = set(self._tasks)
-        while pending:
-            for task in pending:
-                task.cancel()
-            _, pending = await asyncio.wait(pending, timeout=self.link.timeout_s)
+        await cancel_until_done(self._tasks)
         self._tasks = []
         await self.link.close()
         for client in (self._client, self._reader):

@@ -544,3 +544,26 @@ def test_a_cache_entry_with_a_broken_body_is_a_miss_not_a_500(redis_pair: tuple[
     value = msgspec.msgpack.encode(CachedAnswer(stored, Usage(), "a"))
     for answer in cached_on_one_read_on_two(redis_pair, value):
         assert answer.status_code == 200, answer.text[:200]
+
+
+BUDGET = 0.001
+
+
+def test_a_hit_is_refused_once_the_keys_budget_is_spent(served: Served) -> None:
+    """A hit costs nothing, but a key over its budget is refused before its cache is looked at: the key caches
+    an answer, spends the rest of its budget on other requests, then asks for the cached one."""
+    key = new_key(served.url, budget_usd=BUDGET, period="30d")["key"]
+    cached = {"messages": unique_messages("budget-cached"), "max_tokens": 40}
+    assert chat(served.url, key, cached).headers["x-modelyard-cache"] == "miss"
+    assert chat(served.url, key, cached).headers["x-modelyard-cache"] == "hit"
+    refused = None
+    for _ in range(100):  # distinct requests (misses) until the budget is gone
+        answer = chat(served.url, key, {"messages": unique_messages("spend it"), "max_tokens": 40})
+        if answer.status_code != 200:
+            refused = answer.status_code
+            break
+    assert refused in (402, 429)
+    time.sleep(0.2)  # the spend is settled after the answer
+    again = chat(served.url, key, cached)
+    assert again.status_code in (402, 429), again.text
+    assert "x-modelyard-cache" not in again.headers

@@ -567,3 +567,43 @@ def test_a_hit_is_refused_once_the_keys_budget_is_spent(served: Served) -> None:
     again = chat(served.url, key, cached)
     assert again.status_code in (402, 429), again.text
     assert "x-modelyard-cache" not in again.headers
+
+
+def drop_chat_config(sim: SimServer, tmp: Path, *, with_chat: bool) -> str:
+    chat_lines = (
+        f'  - {{name: a, provider: openai, model: sim-small, api_base: "{sim.openai_base}", '
+        "price: {input: 1, output: 2}}\n"
+        if with_chat
+        else ""
+    )
+    other = f'  - {{name: b, provider: openai, model: sim-medium, api_base: "{sim.openai_base}"}}\n'
+    return f"""
+deployments:
+{chat_lines}{other}models:
+{"  chat: {candidates: [a]}" if with_chat else ""}
+  other: {{candidates: [b]}}
+access: {{master_key: {MASTER}}}
+spend: {{store: "{tmp / "spend.db"}", spool_dir: "{tmp / "spool"}", flush_interval_s: 0.05}}
+"""
+
+
+def test_a_reload_that_removes_a_model_mid_stream_lets_the_stream_finish(slow_sim: SimServer, tmp_path: Path) -> None:
+    """A 3 s stream on `chat` while a reload deletes `chat` and its deployment: the stream ends with [DONE] on
+    the config it started with and its spend row is written; the next request for `chat` is a 404."""
+    path = tmp_path / "modelyard.yaml"
+    path.write_text(drop_chat_config(slow_sim, tmp_path, with_chat=True))
+    with BackgroundServer(create_app(path)) as server:
+        out: dict[str, Any] = {}
+        thread = stream_in_thread(server.url, out)
+        time.sleep(0.8)
+        path.write_text(drop_chat_config(slow_sim, tmp_path, with_chat=False))
+        answer = reload(server.url)
+        assert answer.status_code == 200, answer.text
+        assert "a" in answer.json()["changes"]["deployments_removed"]
+        gone = chat(server.url, MASTER, {"messages": unique_messages("gone")})
+        assert gone.status_code == 404, gone.text
+        thread.join(30)
+        assert "error" not in out, out
+        assert out["text"].rstrip().endswith("data: [DONE]")
+        rows = wait_rows(tmp_path / "spend.db", [out["id"]])
+        assert rows[out["id"]]["status"] == "ok"

@@ -49,8 +49,11 @@ deployments:
   - {{name: b, provider: openai, model: sim-medium, api_base: "{sim.openai_base}"}}
   - {{name: cut, provider: openai, model: sim-small, api_base: "{sim.openai_base}",
       headers: {{x-sim-fault: cut_stream}}, price: {{input: 1, output: 2}}}}
+  - {{name: ant, provider: anthropic, model: sim-small, api_base: "{sim.anthropic_base}",
+      price: {{input: 1, output: 2}}}}
 models:
   chat: {{candidates: [{chat}]}}
+  claude: {{candidates: [ant]}}
   other: {{candidates: [a]}}
   both: {{candidates: [a, b], strategy: cost}}
   cutm: {{candidates: [cut]}}
@@ -189,6 +192,27 @@ def test_another_ingress_with_the_same_content_is_its_own_entry(served: Served) 
     assert response.status_code == 200, response.text
     assert response.headers["x-modelyard-cache"] == "miss"
     assert response.json()["type"] == "message"
+
+
+def test_pass_through_anthropic_headers_that_reach_upstream_are_keyed(served: Served) -> None:
+    """On a pass-through, an allowed `anthropic-beta` or another `anthropic-version` changes what the upstream
+    is asked: its own entry. A beta not on the allowlist is dropped before upstream, so it cannot change the
+    answer: the same entry."""
+    key = new_key(served.url)["key"]
+    body = {"model": "claude", "messages": unique_messages("beta"), "max_tokens": 50, "temperature": 0}
+
+    def ask(**headers: str) -> str | None:
+        response = httpx.post(served.url + "/v1/messages", json=body, headers={"x-api-key": key, **headers}, timeout=30)
+        assert response.status_code == 200, response.text
+        cache: str | None = response.headers.get("x-modelyard-cache")
+        return cache
+
+    assert ask() == "miss"
+    assert ask() == "hit"
+    assert ask(**{"anthropic-beta": "interleaved-thinking-2025-05-14"}) == "miss"
+    assert ask(**{"anthropic-beta": "interleaved-thinking-2025-05-14"}) == "hit"
+    assert ask(**{"anthropic-version": "2023-01-01"}) == "miss"
+    assert ask(**{"anthropic-beta": "not-on-the-allowlist-2099-01-01"}) == "hit"
 
 
 def test_the_user_field_does_not_split_the_cache_within_a_key(served: Served) -> None:

@@ -215,6 +215,37 @@ def test_pass_through_anthropic_headers_that_reach_upstream_are_keyed(served: Se
     assert ask(**{"anthropic-beta": "not-on-the-allowlist-2099-01-01"}) == "hit"
 
 
+def test_a_request_with_output_guardrails_is_never_served_from_the_cache(served: Served) -> None:
+    """The same key and messages are cached; adding an output guardrail makes the request not cacheable (no
+    header, an upstream call): a cached answer was never checked against it."""
+    key = new_key(served.url)["key"]
+    messages = unique_messages("guarded")
+    assert chat(served.url, key, {"messages": messages}).headers["x-modelyard-cache"] == "miss"
+    guard = {"modelyard": {"guardrails": [{"check": "max_length", "max_chars": 100000}]}}
+    for _ in range(2):
+        answer = chat(served.url, key, {"messages": messages, **guard})
+        assert answer.status_code == 200, answer.text
+        assert "x-modelyard-cache" not in answer.headers
+
+
+def test_redacted_inputs_share_an_entry_only_within_one_key(served: Served) -> None:
+    """Keyed after input redaction (docs/caching.md): two prompts that differ only in a redacted email are one
+    entry for one key (the upstream saw the same text), never across keys."""
+    key, other = new_key(served.url)["key"], new_key(served.url)["key"]
+    tag = uuid.uuid4().hex
+    redact = {"modelyard": {"guardrails": [{"check": "pii", "stage": "input", "action": "redact"}]}}
+
+    def ask(who: str, email: str) -> httpx.Response:
+        messages = [{"role": "user", "content": f"Write to {email} about {tag}."}]
+        answer = chat(served.url, who, {"messages": messages, **redact})
+        assert answer.status_code == 200, answer.text
+        return answer
+
+    assert ask(key, "alice@example.com").headers["x-modelyard-cache"] == "miss"
+    assert ask(key, "bob@example.org").headers["x-modelyard-cache"] == "hit"
+    assert ask(other, "bob@example.org").headers["x-modelyard-cache"] == "miss"
+
+
 def test_the_user_field_does_not_split_the_cache_within_a_key(served: Served) -> None:
     """Documented (docs/caching.md): `user` is left out of the key, so one key's end users share its answers.
     Pinned here so a change is a decision: an operator who keys per end user must use one key per user."""

@@ -21,6 +21,10 @@ log = logging.getLogger("modelyard.reload")
 
 ANSWER_TTL_S = 300
 _MAX_ID = 64
+#: A reload request is `{"id": "<hex>"}`: anything longer is not one (and is not parsed).
+MAX_MESSAGE_BYTES = 1024
+#: Requests waiting for the next reload; beyond it they are ignored (their caller times out).
+MAX_WAITING = 1000
 
 
 def channel(prefix: str) -> str:
@@ -32,8 +36,10 @@ def answers_key(prefix: str, request_id: str) -> str:
 
 
 class ReloadChannel:
-    """A replica's subscription: each message → `on_reload(reason)` → its result pushed to the answers list.
-    Reconnects with backoff while Redis is away (reloads by signal, file watch and admin API still work)."""
+    """A replica's subscription: each message asks for a reload; the result is pushed to the answers list of
+    every request id it serves. Requests that arrive while a reload runs share the next one (a flood of
+    messages is two reloads, not one each). Reconnects with backoff while Redis is away (reloads by signal,
+    file watch and admin API still work)."""
 
     def __init__(
         self,
@@ -50,18 +56,28 @@ class ReloadChannel:
         self.on_reload = on_reload
         self.timeout_s = timeout_s
         self.received = 0
-        self._task: asyncio.Task[None] | None = None
+        self.ignored = 0
+        self._waiting: list[str] = []
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._client: Any = None
         self.subscribed = asyncio.Event()
 
     async def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="modelyard-reload-channel")
+        self._client = make_client(self.url, self.timeout_s)
+        self._tasks = [
+            asyncio.create_task(self._listen(), name="modelyard-reload-channel"),
+            asyncio.create_task(self._serve(), name="modelyard-reload-requests"),
+        ]
 
     async def close(self) -> None:
-        if self._task is not None:
-            await cancel_until_done([self._task])
-            self._task = None
+        await cancel_until_done(self._tasks)
+        self._tasks = []
+        if self._client is not None:
+            await asyncio.gather(self._client.aclose(), return_exceptions=True)
+            self._client = None
 
-    async def _run(self) -> None:
+    async def _listen(self) -> None:
         errors = redis_errors()
         delay = 0.5
         down = False
@@ -79,7 +95,7 @@ class ReloadChannel:
                 while True:
                     message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=None)
                     if message is not None and message.get("type") == "message":
-                        await self._answer(client, message.get("data"))
+                        self._request(message.get("data"))
             except errors as exc:
                 self.subscribed.clear()
                 if not down:
@@ -90,18 +106,49 @@ class ReloadChannel:
             finally:
                 await asyncio.gather(pubsub.aclose(), client.aclose(), return_exceptions=True)
 
-    async def _answer(self, client: Any, data: Any) -> None:
-        try:
-            request_id = str(json.loads(data)["id"])[:_MAX_ID]
-        except (ValueError, KeyError, TypeError):
-            log.warning("reload channel: a message that is not a reload request was ignored")
+    def _request(self, data: Any) -> None:
+        """Queue one request id; anything that is not `{"id": ...}` of a sane size is ignored (counted)."""
+        request_id = request_id_of(data)
+        if request_id is None or len(self._waiting) >= MAX_WAITING:
+            self.ignored += 1
             return
         self.received += 1
-        result = await self.on_reload(f"reload --all {request_id}")
-        result["replica"] = self.replica
-        key = answers_key(self.prefix, request_id)
-        await client.rpush(key, json.dumps(result))
-        await client.expire(key, ANSWER_TTL_S)
+        self._waiting.append(request_id)
+        self._wake.set()
+
+    async def _serve(self) -> None:
+        """One reload for every request that arrived before it started; its result answers them all."""
+        errors = redis_errors()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            ids, self._waiting = self._waiting, []
+            result = await self.on_reload(f"reload --all {ids[0]}" + (f" (+{len(ids) - 1})" if len(ids) > 1 else ""))
+            result["replica"] = self.replica
+            answer = json.dumps(result)
+            try:
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for request_id in ids:
+                        key = answers_key(self.prefix, request_id)
+                        pipe.rpush(key, answer)
+                        pipe.expire(key, ANSWER_TTL_S)
+                    await pipe.execute()
+            except errors as exc:
+                log.warning("reload channel: the reload's answer was not written (%s)", exc or type(exc).__name__)
+
+
+def request_id_of(data: Any) -> str | None:
+    """The id of a reload request, or None for anything else (garbage, a huge or deeply nested message)."""
+    if not isinstance(data, bytes | str) or len(data) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        parsed = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    request_id = parsed.get("id") if isinstance(parsed, dict) else None
+    if not isinstance(request_id, str) or not request_id:
+        return None
+    return request_id[:_MAX_ID]
 
 
 async def reload_all(url: str, *, prefix: str, timeout_s: float = 30.0) -> tuple[int, list[dict[str, Any]]]:

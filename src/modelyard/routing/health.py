@@ -187,6 +187,10 @@ class HealthTracker:
             health = self._health[name] = DeploymentHealth(name)
         return health
 
+    def knows(self, name: str) -> bool:
+        """Whether this tracker has an entry for `name` (without making one, unlike `get`)."""
+        return name in self._health
+
     def all(self) -> dict[str, DeploymentHealth]:
         return self._health
 

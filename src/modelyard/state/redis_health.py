@@ -46,6 +46,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -108,6 +109,7 @@ class HealthView(Protocol):
     def grant_probe(self, name: str, until: float) -> None: ...
     def own_stats(self, now: float) -> dict[str, Stats]: ...
     def blend(self, name: str, others: list[Stats]) -> None: ...
+    def knows(self, name: str) -> bool: ...
 
 
 def replica_id() -> str:
@@ -169,6 +171,8 @@ class SharedHealth:
         self.verdicts_written = 0
         self.syncs = 0
         self.last_sync_ms = 0.0
+        #: Verdicts and statistics in Redis that did not parse (not written by a replica of ours): skipped.
+        self.malformed = 0
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -281,15 +285,17 @@ class SharedHealth:
         await self._share_stats(stats, redis_now, now)
 
     def _apply(self, name: str, value: str | bytes, redis_now: float, now: float) -> None:
-        """Adopt a stored verdict (JSON) read at Redis time `redis_now`, local time `now`."""
+        """Adopt a stored verdict (JSON) read at Redis time `redis_now`, local time `now`. A malformed one (not
+        written by a replica of ours) costs only itself: skipped and counted, never the rest of the round."""
         if self.names is not None and name not in self.names():
             return
-        verdict = json.loads(value)
-        is_open = verdict["s"] == "open"
-        old = self.tracker.apply_shared(
-            name, open=is_open, open_until=now + (float(verdict["u"]) - redis_now), epoch=int(verdict["e"])
-        )
-        if old is None or verdict.get("r") == self.replica_id:
+        parsed = _verdict(value)
+        if parsed is None:
+            self.malformed += 1
+            return
+        is_open, until, epoch, replica = parsed
+        old = self.tracker.apply_shared(name, open=is_open, open_until=now + (until - redis_now), epoch=epoch)
+        if old is None or replica == self.replica_id:
             return
         if is_open and old != "open":
             self.remote_opens += 1
@@ -301,27 +307,41 @@ class SharedHealth:
         fleet: dict[str, list[Stats]] = {}
         stale: list[bytes] = []
         for who, raw in stored.items():
-            if who.decode() == self.replica_id:
+            if who == self.replica_id.encode():
                 continue
-            entry = json.loads(raw)
-            if redis_now - float(entry["t"]) > self.stats_ttl_s:
+            entry = _stats_entry(raw)
+            if entry is None:
+                self.malformed += 1
+                stale.append(who)  # nobody of ours wrote it: removed, like a stale one
+                continue
+            written_at, rows = entry
+            if redis_now - written_at > self.stats_ttl_s:
                 stale.append(who)
                 continue
-            for name, row in entry["d"].items():
-                if self.names is not None and name not in self.names():
-                    continue
-                fleet.setdefault(name, []).append((row[0], row[1], row[2], float(row[3])))
+            for name, row in rows.items():
+                stats = _stats_row(row)
+                if stats is None:
+                    self.malformed += 1
+                elif self._serves(name):
+                    fleet.setdefault(name, []).append(stats)
         for name, others in fleet.items():
             self.tracker.blend(name, others)
         pipe = self._client.pipeline(transaction=False)
         if mine:
-            entry = {"t": redis_now, "d": {name: list(row) for name, row in mine.items()}}
-            pipe.hset(self._stats, self.replica_id, json.dumps(entry, separators=(",", ":")))
+            own = {"t": redis_now, "d": {name: list(row) for name, row in mine.items()}}
+            pipe.hset(self._stats, self.replica_id, json.dumps(own, separators=(",", ":")))
             pipe.pexpire(self._stats, int(self.stats_ttl_s * 1000) * 2)
         if stale:
             pipe.hdel(self._stats, *stale)
         if mine or stale:
             await pipe.execute()
+
+    def _serves(self, name: str) -> bool:
+        """Whether to blend statistics for `name`: one of this replica's deployments (without `names`, one its
+        tracker knows), so another replica's entries for other names never grow the tracker."""
+        if self.names is not None:
+            return name in self.names()
+        return self.tracker.knows(name)
 
     async def _contend(self) -> None:
         """One `SET NX PX` per probe: for each open deployment whose cooldown has passed, once per epoch."""
@@ -419,3 +439,54 @@ class SharedHealth:
 
 def _new_replica_id() -> str:
     return replica_id()
+
+
+def _finite(value: Any) -> float | None:
+    """`value` as a finite float, or None (anything else: not a number, NaN, an infinity, a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def _verdict(value: str | bytes) -> tuple[bool, float, int, Any] | None:
+    """(open, open-until, epoch, replica) of a stored verdict, or None when it is not one."""
+    try:
+        verdict = json.loads(value)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(verdict, dict) or verdict.get("s") not in ("open", "closed"):
+        return None
+    until, epoch = _finite(verdict.get("u")), verdict.get("e")
+    if until is None or isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+        return None
+    return verdict["s"] == "open", until, epoch, verdict.get("r")
+
+
+def _stats_entry(raw: bytes) -> tuple[float, dict[str, Any]] | None:
+    """(written at, rows by deployment) of another replica's statistics, or None when it is not that."""
+    try:
+        entry = json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("d"), dict):
+        return None
+    written_at = _finite(entry.get("t"))
+    return None if written_at is None else (written_at, entry["d"])
+
+
+def _stats_row(row: Any) -> Stats | None:
+    """One deployment's (EWMA total, EWMA TTFT, p95, weight): each latency absent or finite and not negative,
+    the weight finite and not negative; None otherwise (a NaN blended in would be read by every decision)."""
+    if not isinstance(row, list) or len(row) != 4:
+        return None
+    latencies: list[float | None] = []
+    for value in row[:3]:
+        number = _finite(value)
+        if value is not None and (number is None or number < 0):
+            return None
+        latencies.append(number)
+    weight = _finite(row[3])
+    if weight is None or weight < 0:
+        return None
+    return (latencies[0], latencies[1], latencies[2], weight)

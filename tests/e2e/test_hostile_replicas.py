@@ -504,11 +504,6 @@ def test_sigterm_twice_during_a_stream_lets_it_finish_and_logs_it(slow_sim: SimS
     assert rows[out["id"]]["status"] == "ok"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a stream still running at drain.deadline_s is cancelled by uvicorn (CancelledError through the "
-    "pump) and no spend row is written: the tokens it used upstream are never logged or charged",
-)
 def test_a_stream_cut_at_the_drain_deadline_still_has_its_spend_row(slow_sim: SimServer, tmp_path: Path) -> None:
     with drained_gateway(slow_sim, tmp_path, "{grace_s: 0.5, deadline_s: 1}") as gateway:
         out: dict[str, Any] = {}

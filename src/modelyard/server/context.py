@@ -178,7 +178,14 @@ class RequestContext:
     ) -> None:
         self.report(self.failure(error, records, after_first_byte=after_first_byte, usage=usage, cost=cost))
 
-    def finish_cancelled(self, dep: Deployment, records: list[AttemptRecord], usage: Usage, cost: float) -> None:
+    def finish_cancelled(
+        self,
+        dep: Deployment,
+        records: list[AttemptRecord],
+        usage: Usage,
+        cost: float,
+        reason: str = "client_disconnected",
+    ) -> None:
         self.report(
             Outcome(
                 self,
@@ -190,7 +197,7 @@ class RequestContext:
                 cost,
                 self.elapsed_ms,
                 None,
-                error_kind="client_disconnected",
+                error_kind=reason,
                 guards=self.guards,
             )
         )

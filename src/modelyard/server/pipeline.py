@@ -205,6 +205,12 @@ async def pump(
                 held = b""
     except ProviderError as exc:
         error = exc
+    except asyncio.CancelledError:
+        # The server is stopping and this stream outlived the drain deadline: what was streamed was used
+        # upstream, so its spend row (estimated from the text when the provider sent no usage) is written.
+        await result.aclose()
+        ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd, "server_stopping")
+        raise
     finally:
         await cancel_quietly(watcher)
         if screen is not None:

@@ -324,6 +324,8 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
                 "guardrails: [fuzz-out, fuzz-in, {check: empty, action: retry}]}",
                 *GUARDRAIL_SETS,
                 "server: {max_body_bytes: 2000000}",
+                # The response cache on: deterministic and opted-in requests take the lookup/store/replay path.
+                "cache: {enabled: true, ttl_s: 30, max_entries: 500, max_bytes: 4000000}",
                 f"access: {{master_key: {MASTER}, refresh_s: 0}}",
                 f'spend: {{store: "{store}", flush_interval_s: 0.05}}',
                 extra,
@@ -778,6 +780,9 @@ MODELYARD_HEADERS: dict[str, st.SearchStrategy[bytes]] = {
     "x-request-id": _header_values(("abc", "", "r" * 2000)),
     "accept-encoding": _header_values(("gzip", "br", "identity;q=0")),
     "x-sim-fault": _header_values(("server_error", "unavailable", "hang")),  # must never reach the simulator
+    "cache-control": _header_values(
+        ("no-cache", "no-store", "NO-STORE", "max-age=0", "no-cache, no-store", 'no-cache="x"', "\x00", "x" * 3000)
+    ),
 }
 
 

@@ -157,6 +157,7 @@ modelyard_overrides = optional(
     task=st.sampled_from(("coding", "", "x" * 500)),
     tags=st.lists(odd_text(10), max_size=3),
     explain=st.booleans(),
+    cache=st.one_of(st.booleans(), hostile()),
     guardrails=guardrail_specs(),
     constraints=optional(
         {},

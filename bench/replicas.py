@@ -20,7 +20,10 @@ Every side is measured in each round, the order reversed every other round (the 
   - the Redis commands of cache misses on `on`: INFO commandstats deltas over N sequential misses, less the background
     rate (the health sync) measured idle for as long, and `redis-cli MONITOR` of one miss;
   - latency of a streamed replay (a hit) against a streamed miss, on `off` (memory) and `on` (Redis): p50/p95
-    of the time to the first byte and to the last byte, sequential requests.
+    of the time to the first byte and to the last byte, sequential requests;
+  - the stores alone, in this process: CPU per put of the memory store and of the two-level Redis store (its
+    background writer and key listener included) at a paced rate (`--store-rate`), which is what a miss
+    costs the replica beyond the memory backend.
 """
 
 from __future__ import annotations
@@ -232,6 +235,53 @@ def miss_commands(side: gb.Contender, redis: Redis, n: int) -> dict[str, Any]:
     return {"n": n, "seconds": busy_s, "commands": per_miss, "monitor": seen, "status": answer.status_code}
 
 
+# ------------------------------------------------------------------ the stores alone
+
+
+def store_cpu(redis_url: str, rate: float, seconds: float) -> dict[str, float]:
+    """CPU µs per put (this process, background tasks included) of each store at `rate` puts a second, 700-byte
+    values, new keys: the memory store, then the two-level Redis store (L1 + batched background writes)."""
+    import asyncio
+
+    from modelyard.state.response_cache_store import MemoryCacheStore, RedisCacheStore
+
+    async def run(store: Any) -> float:
+        await store.start()
+        await asyncio.sleep(0.3)
+        value = os.urandom(700)
+        step = 0.001
+        per_step = max(1, int(rate * step))
+        puts = 0
+        cpu, start = time.process_time(), time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            for _ in range(per_step):
+                await store.put(uuid.uuid4().hex * 2, value, 60)
+                puts += 1
+            await asyncio.sleep(step)
+        if isinstance(store, RedisCacheStore):
+            await store.flush()
+        used = time.process_time() - cpu
+        await store.close()
+        return used * 1e6 / puts
+
+    async def both() -> dict[str, float]:
+        memory = await run(MemoryCacheStore(10_000, 64 << 20))
+        prefix = f"bench-store-{uuid.uuid4().hex[:8]}"
+        shared = await run(RedisCacheStore(redis_url, prefix=prefix, timeout_s=1.0))
+        return {"memory": memory, "redis": shared}
+
+    return asyncio.run(both())
+
+
+def report_store_cpu(redis_url: str, rate: float) -> None:
+    for _ in range(2):
+        cpu = store_cpu(redis_url, rate, 3.0)
+        print(
+            f"\nthe stores alone, {rate:.0f} puts/s for 3 s (CPU per put, background included): "
+            f"memory {cpu['memory']:.1f} us, two-level Redis {cpu['redis']:.1f} us"
+        )
+
+
 # ------------------------------------------------------------------ streamed latency
 
 
@@ -285,6 +335,7 @@ def main() -> None:
     parser.add_argument("--sides", default="off,on,health,cache", help=f"of {', '.join(SIDES)}; needs off and on")
     parser.add_argument("--misses", type=int, default=300, help="sequential misses for the Redis command count")
     parser.add_argument("--latency-n", type=int, default=300, help="streamed requests per latency scenario")
+    parser.add_argument("--store-rate", type=float, default=4000, help="puts a second for the stores alone")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
     names = args.sides.split(",")
@@ -349,6 +400,7 @@ def main() -> None:
                     f"  {label}: first byte p50 {pct(first, 0.5):.2f} p95 {pct(first, 0.95):.2f}; "
                     f"last byte p50 {pct(last, 0.5):.2f} p95 {pct(last, 0.95):.2f}"
                 )
+            report_store_cpu(redis.url, args.store_rate)
         finally:
             for side in sides.values():
                 side.stop()

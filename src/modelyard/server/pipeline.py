@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from modelyard.routing.executor import StreamResult
 from modelyard.routing.features import RequestFeatures, chat_features
+from modelyard.routing.reach import request_reach
 from modelyard.routing.sticky import SESSION_HEADER, explicit_session, session_key
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import ProviderError
@@ -29,6 +30,7 @@ from modelyard.server.response_cache import (
     Ticket,
     answer_body,
     replay_stream,
+    usable_body,
 )
 
 if TYPE_CHECKING:
@@ -172,65 +174,68 @@ async def pump(
     extra = codec.headers(ctx)
     if extra:
         headers.extend(extra)
-    sent = _Sent.for_ticket(ticket, headers)
-    await request.start_stream(headers)
-    start = encoder.start()
-    if start:
-        sent.add(start)
-        await send({"type": "http.response.body", "body": start, "more_body": True})
-    held = b""
-    batches = 0
-    error: ProviderError | None = None
-    watcher: asyncio.Future[None] | None = None
-    guards = ctx.guards
-    screen = guards.stream_filter() if guards is not None else None
-    source = result.batches() if screen is None else screen.batches(result.batches())
+    sent = _Sent.for_ticket(gw.response_cache, ticket, headers)
     try:
-        async for batch in source:
-            batches += 1
-            if watcher is None:
-                # Watch for a client that goes away only once the answer spans more than one read: an answer
-                # that arrives at once needs no watcher (and saves a task per request).
-                watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
-            elif watcher.done():
-                await result.aclose()
-                ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
-                return
-            body = encoder.batch(batch)
-            if result.upstream_done:
-                held += body
-            elif body:
-                sent.add(held + body)
-                await send({"type": "http.response.body", "body": held + body, "more_body": True})
-                held = b""
-    except ProviderError as exc:
-        error = exc
-    except asyncio.CancelledError:
-        # The server is stopping and this stream outlived the drain deadline: what was streamed was used
-        # upstream, so its spend row (estimated from the text when the provider sent no usage) is written.
-        await result.aclose()
-        ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd, "server_stopping")
-        raise
+        await request.start_stream(headers)
+        start = encoder.start()
+        if start:
+            sent.add(start)
+            await send({"type": "http.response.body", "body": start, "more_body": True})
+        held = b""
+        batches = 0
+        error: ProviderError | None = None
+        watcher: asyncio.Future[None] | None = None
+        guards = ctx.guards
+        screen = guards.stream_filter() if guards is not None else None
+        source = result.batches() if screen is None else screen.batches(result.batches())
+        try:
+            async for batch in source:
+                batches += 1
+                if watcher is None:
+                    # Watch for a client that goes away only once the answer spans more than one read: an answer
+                    # that arrives at once needs no watcher (and saves a task per request).
+                    watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
+                elif watcher.done():
+                    await result.aclose()
+                    ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
+                    return
+                body = encoder.batch(batch)
+                if result.upstream_done:
+                    held += body
+                elif body:
+                    sent.add(held + body)
+                    await send({"type": "http.response.body", "body": held + body, "more_body": True})
+                    held = b""
+        except ProviderError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            # The server is stopping and this stream outlived the drain deadline: what was streamed was used
+            # upstream, so its spend row (estimated from the text when the provider sent no usage) is written.
+            await result.aclose()
+            ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd, "server_stopping")
+            raise
+        finally:
+            await cancel_quietly(watcher)
+            if screen is not None:
+                await source.aclose()  # a client gone mid-stream: the filter reports what it found so far
+        if screen is not None and screen.blocked is not None:
+            error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
+            result.records[-1].outcome = error.kind.value
+        cost = result.cost_usd
+        if error is not None:
+            failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+            await ctx.end(failed, send({"type": "http.response.body", "body": held + encoder.error(error)}))
+            return
+        tail = held + encoder.finish(result.usage, cost)
+        outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+        if sent.wanted:
+            await sent.store(gw, tail, result)
+        pending = codec.commit(inbound, ctx)
+        if pending is not None:
+            await pending
+        await ctx.end(outcome, send({"type": "http.response.body", "body": tail}))
     finally:
-        await cancel_quietly(watcher)
-        if screen is not None:
-            await source.aclose()  # a client gone mid-stream: the filter reports what it found so far
-    if screen is not None and screen.blocked is not None:
-        error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
-        result.records[-1].outcome = error.kind.value
-    cost = result.cost_usd
-    if error is not None:
-        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-        await ctx.end(failed, send({"type": "http.response.body", "body": held + encoder.error(error)}))
-        return
-    tail = held + encoder.finish(result.usage, cost)
-    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
-    if sent.wanted:
-        await sent.store(gw, tail, result)
-    pending = codec.commit(inbound, ctx)
-    if pending is not None:
-        await pending
-    await ctx.end(outcome, send({"type": "http.response.body", "body": tail}))
+        sent.release()  # the bytes kept for the cache go back to its recording budget, however the stream ended
 
 
 async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:
@@ -256,12 +261,20 @@ async def _answer_from_response_cache(
     entry = await cache.lookup(ticket)
     if entry is None:
         return False
-    dep = gw.router.table.deployments.get(entry.deployment)
-    if dep is None:
+    table = gw.router.table
+    req = inbound.req
+    dep = table.deployments.get(entry.deployment)
+    answer = usable_body(ticket.wire, entry)
+    # Served only by a deployment this request could reach now (a reload may have taken it out of the model),
+    # and only an answer that reads as one (an entry in Redis is not ours to trust blindly).
+    if dep is None or answer is None or entry.deployment not in request_reach(table, req.model, req.modelyard):
         cache.missed()
         return False
-    stream = bool(inbound.req.stream)
-    body = replay_stream(ticket.wire, entry, inbound) if stream else answer_body(ticket.wire, entry, inbound)
+    stream = bool(req.stream)
+    if stream:
+        body = replay_stream(ticket.wire, answer, entry, inbound)
+    else:
+        body = answer_body(ticket.wire, answer, entry, inbound)
     headers = (SSE_HEADERS if stream else JSON_HEADERS) + gw.answer_headers(ctx, dep, [], None if stream else 0.0)
     headers.extend(codec.headers(ctx))
     headers.append(HIT)
@@ -280,35 +293,43 @@ async def _answer_from_response_cache(
 
 class _Sent:
     """A streamed answer's bytes as sent, kept for the response cache while `keeping` (a ticket that may store,
-    and within `limit`: past it the answer is too large to store and nothing more is kept)."""
+    within `limit`, and within the cache's recording budget shared by all streams: past either the answer is
+    not stored and nothing more is kept). `release` gives the bytes back to the budget."""
 
-    __slots__ = ("keeping", "limit", "parts", "size", "ticket", "wanted")
+    __slots__ = ("cache", "keeping", "limit", "parts", "size", "ticket", "wanted")
 
-    def __init__(self, ticket: Ticket | None, limit: int) -> None:
+    def __init__(self, cache: ResponseCache | None, ticket: Ticket | None, limit: int) -> None:
+        self.cache = cache
         self.ticket = ticket
-        #: The request may be stored; `keeping` turns False once the answer is over the bound.
-        self.wanted = self.keeping = ticket is not None and ticket.store
+        #: The request may be stored; `keeping` turns False once the answer is over a bound.
+        self.wanted = self.keeping = cache is not None and ticket is not None and ticket.store
         self.limit = limit
         self.parts: list[bytes] = []
         self.size = 0
 
     @classmethod
-    def for_ticket(cls, ticket: Ticket | None, headers: Headers) -> _Sent:
+    def for_ticket(cls, cache: ResponseCache | None, ticket: Ticket | None, headers: Headers) -> _Sent:
         """The recorder for a stream; the cache's `miss` header added when the request is cacheable."""
         if ticket is None:
-            return cls(None, 0)
+            return cls(None, None, 0)
         headers.append(MISS)
-        return cls(ticket, ticket.max_bytes * SSE_OVERHEAD)
+        return cls(cache, ticket, ticket.max_bytes * SSE_OVERHEAD)
 
     def add(self, data: bytes) -> None:
         if not self.keeping:
             return
+        assert self.cache is not None
         self.size += len(data)
-        if self.size > self.limit:
-            self.keeping = False
-            self.parts.clear()
+        if self.size > self.limit or not self.cache.reserve_recording(len(data)):
+            self.keeping = False  # counted as too large when the stream ends
+            self.release()
         else:
             self.parts.append(data)
+
+    def release(self) -> None:
+        if self.parts and self.cache is not None:
+            self.cache.release_recording(sum(len(part) for part in self.parts))
+        self.parts = []
 
     async def store(self, gw: Gateway, tail: bytes, result: StreamResult) -> None:
         """The whole stream (with its `tail`) read back into an answer and stored, when it fits."""

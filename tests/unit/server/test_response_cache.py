@@ -332,3 +332,36 @@ def test_model_settings_and_build() -> None:
     assert isinstance(build_response_cache(parse_config(redis)).store, RedisCacheStore)  # type: ignore[union-attr]
     memory = redis.replace("max_entry_bytes: 4096}", "max_entry_bytes: 4096, backend: memory}")
     assert isinstance(build_response_cache(parse_config(memory)).store, MemoryCacheStore)  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("control", "served"),
+    [
+        ("max-age=0", False),
+        ("MAX-AGE = 0", False),
+        ('max-age="0"', False),
+        ('no-cache="set-cookie"', False),
+        ("max-age=60", True),
+        ("private", True),
+    ],
+)
+async def test_cache_control_max_age_zero_and_field_lists_skip_the_lookup(control: str, served: bool) -> None:
+    gw, transport = gateway()
+    await call(gw, "POST", "/v1/chat/completions", chat_body())
+    again = await call(gw, "POST", "/v1/chat/completions", chat_body(), {"cache-control": control})
+    assert again.headers["x-modelyard-cache"] == ("hit" if served else "miss")
+    assert len(transport.calls) == (1 if served else 2)
+
+
+async def test_streams_kept_for_the_cache_share_one_budget_given_back_however_they_end() -> None:
+    """Many long streams at once cannot hold more than the cache's recording budget: a stream that would go
+    over it is not stored (counted), and every stream's bytes go back when it ends."""
+    cache = ResponseCache(MemoryCacheStore(100, 1 << 20), recording_limit=60)
+    gw, transport = gateway(cache)
+    answer = await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
+    assert answer.headers["x-modelyard-cache"] == "miss" and cache.stats.too_large == 1 and cache.stats.stores == 0
+    assert cache.recording == 0
+    roomy = ResponseCache(MemoryCacheStore(100, 1 << 20), recording_limit=1 << 20)
+    gw, transport = gateway(roomy)
+    await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
+    assert roomy.stats.stores == 1 and roomy.recording == 0

@@ -156,20 +156,26 @@ def chat_replay(body: dict[str, Any], usage: Usage, *, wants_usage: bool) -> byt
 
 
 def chat_chunks(body: dict[str, Any], usage: Usage, *, wants_usage: bool) -> list[dict[str, Any]]:
-    """A chat completion as canonical stream chunks (`chat_replay`; the Responses replay feeds them to its
-    own event builder)."""
+    """A chat completion as canonical stream chunks, every choice under its own index (`chat_replay`; the
+    Responses replay feeds them to its own event builder)."""
     head = {"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": body.get("model")}
-    choice = (body.get("choices") or [{}])[0]
-    message = choice.get("message") or {}
-    delta = {k: v for k, v in message.items() if k != "tool_calls" and v is not None}
-    delta.setdefault("role", "assistant")
-    delta.setdefault("content", "")
-    chunks = [{**head, "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}]
-    calls = message.get("tool_calls")
-    if calls:
-        indexed = [{"index": i, **call} for i, call in enumerate(calls)]
-        chunks.append({**head, "choices": [{"index": 0, "delta": {"tool_calls": indexed}, "finish_reason": None}]})
-    chunks.append({**head, "choices": [{"index": 0, "delta": {}, "finish_reason": choice.get("finish_reason")}]})
+    chunks: list[dict[str, Any]] = []
+    for position, choice in enumerate(body.get("choices") or [{}]):
+        index = choice.get("index", position)
+        message = choice.get("message") or {}
+        delta = {k: v for k, v in message.items() if k != "tool_calls" and v is not None}
+        delta.setdefault("role", "assistant")
+        delta.setdefault("content", "")
+        chunks.append({**head, "choices": [{"index": index, "delta": delta, "finish_reason": None}]})
+        calls = message.get("tool_calls")
+        if calls:
+            indexed = [{"index": i, **call} for i, call in enumerate(calls)]
+            chunks.append(
+                {**head, "choices": [{"index": index, "delta": {"tool_calls": indexed}, "finish_reason": None}]}
+            )
+        chunks.append(
+            {**head, "choices": [{"index": index, "delta": {}, "finish_reason": choice.get("finish_reason")}]}
+        )
     if wants_usage:
         chunks.append({**head, "choices": [], "usage": {**usage.to_openai(), "cost": 0.0}})
     return chunks

@@ -357,11 +357,11 @@ async def test_streams_kept_for_the_cache_share_one_budget_given_back_however_th
     """Many long streams at once cannot hold more than the cache's recording budget: a stream that would go
     over it is not stored (counted), and every stream's bytes go back when it ends."""
     cache = ResponseCache(MemoryCacheStore(100, 1 << 20), recording_limit=60)
-    gw, transport = gateway(cache)
+    gw, _ = gateway(cache)
     answer = await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
     assert answer.headers["x-modelyard-cache"] == "miss" and cache.stats.too_large == 1 and cache.stats.stores == 0
     assert cache.recording == 0
     roomy = ResponseCache(MemoryCacheStore(100, 1 << 20), recording_limit=1 << 20)
-    gw, transport = gateway(roomy)
+    gw, _ = gateway(roomy)
     await call(gw, "POST", "/v1/chat/completions", chat_body(stream=True))
     assert roomy.stats.stores == 1 and roomy.recording == 0

@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-import uuid
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from modelyard.routing.context import QualityFn
 from modelyard.routing.features import RequestFeatures
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ModelyardError
+from modelyard.state.redis_link import replica_id as replica_id_of_process
 
 if TYPE_CHECKING:
     from modelyard.routing.learned import QualityModel
@@ -95,7 +95,7 @@ class Intelligence:
     lambdas: dict[str, float] = field(default_factory=dict)
     #: The semantic cache's Redis sync (`start_sharing`), and this replica's id in it.
     sharing: SemanticStream | None = None
-    replica_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    replica_id: str = field(default_factory=replica_id_of_process)
     #: Shared entries not inserted: a deployment or model this replica's config lacks, another vector size, NaN.
     shared_skipped: int = 0
     _full: Any = None

@@ -164,7 +164,6 @@ class Reloader:
             intelligence=intelligence,
             root=root,
         )
-        generation.ready = True
         if root.services is not None:
             root.services.adopt(router)
         root.current = generation

@@ -15,12 +15,11 @@ import logging
 import math
 import os
 import signal
-import socket
-import uuid
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from modelyard.server.reload import watched_files
+from modelyard.state.redis_link import replica_id
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
@@ -31,11 +30,6 @@ log = logging.getLogger("modelyard.server")
 WATCH_ENV = "MODELYARD_WATCH"
 
 
-def replica_name() -> str:
-    """This process, for answers to `reload --all` and the shared views: host, pid and a random tail."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
 class ProcessControl:
     """Signals and background reload triggers of the root gateway (started and stopped by its lifespan)."""
 
@@ -43,7 +37,7 @@ class ProcessControl:
         self.root = root
         self.signals = signals
         self.watch = watch
-        self.replica = replica_name()
+        self.replica = replica_id()
         self.channel: ReloadChannel | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._exit: Callable[[int, Any], Any] | None = None

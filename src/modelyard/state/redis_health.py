@@ -47,14 +47,12 @@ import contextlib
 import json
 import logging
 import math
-import os
-import socket
 import time
-import uuid
 from collections.abc import Callable, Collection
 from typing import Any, Protocol
 
 from modelyard.state.redis_link import RedisLink, cancel_until_done, make_client
+from modelyard.state.redis_link import replica_id as new_replica_id
 
 log = logging.getLogger("modelyard.state")
 
@@ -112,11 +110,6 @@ class HealthView(Protocol):
     def knows(self, name: str) -> bool: ...
 
 
-def replica_id() -> str:
-    """hostname:pid:random: unique per process, readable in Redis."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
 class SharedHealth:
     """Keeps one replica's `HealthTracker` in step with the fleet's (see the module docstring)."""
 
@@ -139,7 +132,7 @@ class SharedHealth:
         self.url = url
         self.sync_s = sync_s
         self.timeout_s = timeout_s
-        self.replica_id = replica_id or _new_replica_id()
+        self.replica_id = replica_id or new_replica_id()
         self.probe_ttl_s = probe_ttl_s
         self.stats_ttl_s = stats_ttl_s if stats_ttl_s is not None else max(10 * sync_s, 3.0)
         self.clock = clock
@@ -435,10 +428,6 @@ class SharedHealth:
         await self.sync()
         self.tracker.shared = True
         return "health shared again"
-
-
-def _new_replica_id() -> str:
-    return replica_id()
 
 
 def _finite(value: Any) -> float | None:

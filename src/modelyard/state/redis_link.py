@@ -10,11 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 log = logging.getLogger("modelyard.state")
+
+
+def replica_id() -> str:
+    """This process among the replicas (host:pid:random), readable in Redis: what a replica writes there is
+    tagged with it, so it can skip its own publications."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def redis_errors() -> tuple[type[BaseException], ...]:

@@ -44,6 +44,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import gateway_bench as gb
+from response_cache import run as streamed_latency
 
 from modelyard.testing.process import free_port
 
@@ -282,38 +283,6 @@ def report_store_cpu(redis_url: str, rate: float) -> None:
         )
 
 
-# ------------------------------------------------------------------ streamed latency
-
-
-def stream_latency(url: str, n: int, same: bool) -> tuple[list[float], list[float]]:
-    """(first byte ms, last byte ms) of n sequential streamed requests (20 more first, not counted)."""
-    first: list[float] = []
-    last: list[float] = []
-    fixed = f"Say something short. {uuid.uuid4().hex}"
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {MASTER}"}, timeout=10) as client:
-        for i in range(n + 20):
-            content = fixed if same else f"Say something short. {uuid.uuid4().hex}"
-            body = {
-                "model": "bench",
-                "messages": [{"role": "user", "content": content}],
-                "temperature": 0,
-                "stream": True,
-                "stream_options": {"include_usage": True},
-            }
-            start = time.perf_counter()
-            got_first = 0.0
-            with client.stream("POST", "/v1/chat/completions", json=body) as answer:
-                assert answer.status_code == 200
-                for _ in answer.iter_raw():
-                    if not got_first:
-                        got_first = time.perf_counter()
-            end = time.perf_counter()
-            if i >= 20:
-                first.append((got_first - start) * 1000)
-                last.append((end - start) * 1000)
-    return first, last
-
-
 def describe(run: dict[str, Any]) -> str:
     errors = run["errors"] + run["non2xx"]
     return (
@@ -395,7 +364,9 @@ def main() -> None:
                 ("on (Redis cache): miss, new prompts", sides["on"], False),
                 ("on (Redis cache): hit, streamed replay", sides["on"], True),
             ):
-                first, last = stream_latency(side.url, args.latency_n, same)
+                first, last = streamed_latency(
+                    side.url, args.latency_n, same, model="bench", headers={"Authorization": f"Bearer {MASTER}"}
+                )
                 print(
                     f"  {label}: first byte p50 {pct(first, 0.5):.2f} p95 {pct(first, 0.95):.2f}; "
                     f"last byte p50 {pct(last, 0.5):.2f} p95 {pct(last, 0.95):.2f}"

@@ -42,16 +42,19 @@ cache: {{enabled: {str(enabled).lower()}, backend: {backend}}}
 {state}"""
 
 
-def run(url: str, n: int, same: bool) -> tuple[list[float], list[float]]:
-    """(time to first byte, time to last byte) of n streamed requests, ms."""
+def run(
+    url: str, n: int, same: bool, *, model: str = "chat", headers: dict[str, str] | None = None
+) -> tuple[list[float], list[float]]:
+    """(time to first byte, time to last byte) of n sequential streamed requests (20 more first, not
+    counted), ms; `same`: one prompt over and over (hits after the first), else a new one each time."""
     first: list[float] = []
     last: list[float] = []
     fixed = f"Say something short. {uuid.uuid4().hex}"
-    with httpx.Client(base_url=url, timeout=10) as client:
+    with httpx.Client(base_url=url, headers=headers, timeout=10) as client:
         for i in range(n + 20):
             content = fixed if same else f"Say something short. {uuid.uuid4().hex}"
             body = {
-                "model": "chat",
+                "model": model,
                 "messages": [{"role": "user", "content": content}],
                 "temperature": 0,
                 "stream": True,

@@ -308,29 +308,22 @@ class Metrics:
             unknown.add_metric([name], 1)
         yield from (in_flight, breaker, transitions, unknown)
         if self.counters is not None:
-            yield GaugeMetricFamily(
-                "modelyard_state_unavailable",
-                "1 while the shared counters (Redis) are unreachable and state.on_unavailable applies.",
-                value=int(self.counters.degraded),
-            )
-            yield CounterMetricFamily(
-                "modelyard_state_outages",
-                "Times the shared counters became unreachable.",
-                value=getattr(self.counters, "outages", 0),
+            yield from _redis_part(
+                ("modelyard_state_unavailable", "modelyard_state_outages"),
+                "the shared counters",
+                "state.on_unavailable applies",
+                self.counters.degraded,
+                getattr(self.counters, "outages", 0),
             )
         yield from self._replica_metrics()
         rates = self.router.admission.rates
         if rates is not None:
-            yield GaugeMetricFamily(
-                "modelyard_shared_buckets_unavailable",
-                "1 while the per-deployment RPM/TPM buckets shared in Redis are unreachable (each replica then "
-                "keeps to the whole limit by itself).",
-                value=int(getattr(rates, "degraded", False)),
-            )
-            yield CounterMetricFamily(
-                "modelyard_shared_buckets_outages",
-                "Times the shared per-deployment buckets became unreachable.",
-                value=getattr(rates, "outages", 0),
+            yield from _redis_part(
+                ("modelyard_shared_buckets_unavailable", "modelyard_shared_buckets_outages"),
+                "the per-deployment RPM/TPM buckets",
+                "each replica keeps to the whole limit by itself",
+                getattr(rates, "degraded", False),
+                getattr(rates, "outages", 0),
             )
         if self.spend is not None:
             spend = self.spend
@@ -384,13 +377,14 @@ class Metrics:
             )
         shared = self.router.shared_health
         if shared is not None:
-            yield _flag(
-                "modelyard_shared_health_unavailable",
-                "1 while the shared health view (Redis) is unreachable and this replica decides on its own view alone.",
+            yield from _redis_part(
+                ("modelyard_shared_health_unavailable", "modelyard_shared_health_outages"),
+                "the shared health view",
+                "this replica decides on its own view alone",
                 shared.unavailable,
+                shared.outages,
             )
             for name, help_text, value in (
-                ("modelyard_shared_health_outages", "Times the shared health view became unreachable.", shared.outages),
                 (
                     "modelyard_shared_health_remote_opens",
                     "Breakers opened here by another replica's verdict.",
@@ -443,15 +437,12 @@ class Metrics:
             )
         sharing = getattr(gateway.current.intelligence, "sharing", None)
         if sharing is not None:
-            yield _flag(
-                "modelyard_semantic_cache_shared_unavailable",
-                "1 while the shared semantic cache (Redis) is unreachable and this replica's cache is local only.",
+            yield from _redis_part(
+                ("modelyard_semantic_cache_shared_unavailable", "modelyard_semantic_cache_shared_outages"),
+                "the shared semantic cache",
+                "this replica's cache is local only",
                 sharing.unavailable,
-            )
-            yield CounterMetricFamily(
-                "modelyard_semantic_cache_shared_outages",
-                "Times the shared semantic cache became unreachable.",
-                value=sharing.outages,
+                sharing.outages,
             )
             yield CounterMetricFamily(
                 "modelyard_semantic_cache_shared_received",
@@ -491,6 +482,15 @@ class Metrics:
 
 def _flag(name: str, help_text: str, value: bool) -> GaugeMetricFamily:
     return GaugeMetricFamily(name, help_text, value=int(value))
+
+
+def _redis_part(names: tuple[str, str], what: str, meanwhile: str, unavailable: bool, outages: int) -> Iterator[Metric]:
+    """Every part that keeps state in Redis reports the same two series: an `_unavailable` gauge (1 while Redis
+    is unreachable for it) and an `_outages` counter (how often it became unreachable). The names are written
+    out whole where they are used, so each metric name stands in this file as it is exported."""
+    flag, count = names
+    yield _flag(flag, f"1 while {what} (Redis) is unreachable: {meanwhile}.", unavailable)
+    yield CounterMetricFamily(count, f"Times {what} became unreachable.", value=outages)
 
 
 class _Collector:

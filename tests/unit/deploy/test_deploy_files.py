@@ -229,7 +229,13 @@ def metric_families() -> dict[str, str]:
     """Family name → counter | gauge | histogram, as src/modelyard/server/metrics.py builds them."""
     source = (ROOT / "src" / "modelyard" / "server" / "metrics.py").read_text()
     found = re.findall(r"(Counter|Gauge|Histogram)MetricFamily\(\s*\"(modelyard_\w+)\"", source)
-    return {name: kind.lower() for kind, name in found}
+    families = {name: kind.lower() for kind, name in found}
+    # The two helpers: `_flag("name", ...)` is a gauge; `_redis_part(("x_unavailable", "x_outages"), ...)` a gauge
+    # and a counter.
+    families.update((name, "gauge") for name in re.findall(r"_flag\(\s*\"(modelyard_\w+)\"", source))
+    for flag, count in re.findall(r"_redis_part\(\s*\(\"(modelyard_\w+)\", \"(modelyard_\w+)\"\)", source):
+        families[flag], families[count] = "gauge", "counter"
+    return families
 
 
 def exposed_names(families: dict[str, str]) -> set[str]:

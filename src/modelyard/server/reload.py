@@ -20,9 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from modelyard.config.diff import ConfigChanges, config_changes
 from modelyard.config.loader import ConfigError, ConfigErrors
 from modelyard.config.model import Config
+from modelyard.config.quality_file import results_path
 from modelyard.routing.intelligence import Intelligence
 from modelyard.server.servable import load_servable, prices_path
 
@@ -61,8 +64,6 @@ class ReloadResult:
 
 def watched_files(config: Config) -> list[Path]:
     """The files a config was built from: itself, its price table, its acceptance results."""
-    from modelyard.config.quality_file import results_path
-
     files = [Path(config.source)] if not config.source.startswith("<") else []
     prices = prices_path(config)
     if prices is not None:
@@ -75,8 +76,6 @@ def watched_files(config: Config) -> list[Path]:
 def _intelligence_shape(config: Config) -> bytes:
     """What the embedding models loaded depend on: when it is unchanged a reload keeps them (and the
     semantic cache's entries), instead of loading them again."""
-    import msgspec
-
     groups = {
         name: (group.strategy == "learned", group.semantic_cache)
         for name, group in sorted(config.models.items())

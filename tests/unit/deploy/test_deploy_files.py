@@ -208,10 +208,15 @@ def test_haproxy_balances_the_compose_gateways_on_readiness() -> None:
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
-def test_haproxy_accepts_the_compose_config() -> None:
-    check = subprocess.run(
-        ["haproxy", "-c", "-f", str(DEPLOY / "haproxy.cfg")], capture_output=True, text=True, timeout=30
-    )
+def test_haproxy_accepts_the_compose_config(tmp_path: Path) -> None:
+    """Checked as written but for address resolution: `init-addr none`, so the check looks up no compose host
+    name (with `libc` it asked the machine's DNS server, off loopback, for `gateway-1`)."""
+    cfg = (DEPLOY / "haproxy.cfg").read_text()
+    assert "init-addr last,libc,none" in cfg
+    offline = tmp_path / "haproxy.cfg"
+    offline.write_text(cfg.replace("init-addr last,libc,none", "init-addr none"))
+    assert "libc" not in offline.read_text()  # nothing left that would resolve through the system's DNS
+    check = subprocess.run(["haproxy", "-c", "-f", str(offline)], capture_output=True, text=True, timeout=30)
     assert check.returncode == 0, check.stdout + check.stderr
 
 

@@ -309,6 +309,8 @@ class Gateway:
         self.ready = False
         if self.control is not None:
             await self.control.close()
+        if self.reloader is not None:
+            await self.reloader.close()
         current = self.current
         await self.observer.close()
         if self.services is not None:

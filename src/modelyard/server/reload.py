@@ -28,6 +28,7 @@ from modelyard.config.model import Config
 from modelyard.config.quality_file import results_path
 from modelyard.routing.intelligence import Intelligence
 from modelyard.server.servable import load_servable, prices_path
+from modelyard.state.redis_link import cancel_until_done
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
@@ -93,10 +94,13 @@ async def share_semantic_cache(intelligence: Intelligence, config: Config) -> No
 
 
 async def _retire(intelligence: Intelligence) -> None:
-    """A replaced generation's embedding models: kept for requests still analysing on them, then released."""
-    await asyncio.sleep(RETIRE_AFTER_S)
-    await intelligence.close_sharing()
-    intelligence.close()
+    """A replaced generation's embedding models: kept for requests still analysing on them, then released
+    (at once when the process stops first: the wait is cancelled, the release still runs)."""
+    try:
+        await asyncio.sleep(RETIRE_AFTER_S)
+    finally:
+        await intelligence.close_sharing()
+        intelligence.close()
 
 
 class Reloader:
@@ -111,6 +115,10 @@ class Reloader:
         self.last_ok_at = time.time()
         self._lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+
+    async def close(self) -> None:
+        """The process stops: replaced generations' embedding models are released now."""
+        await cancel_until_done(self._retiring)
 
     @property
     def path(self) -> Path | None:

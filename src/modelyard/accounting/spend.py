@@ -70,6 +70,11 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     content: str | None = None
     #: What the guardrails ran and found (`x-modelyard-guardrails` text); None when none applied.
     guardrails: str | None = None
+    #: The routing decision, compact JSON (routing/trace.py: ranking, skips and their reasons, features;
+    #: every strategy note when the plan was explained); None when nothing was planned.
+    route: str | None = None
+    #: Every attempt, JSON (routing/trace.py): deployment, start and duration, outcome, status, cost, error.
+    attempt_detail: str | None = None
 
 
 class SpendDataError(ModelyardError):

@@ -72,6 +72,8 @@ def parse_config(text: str, *, source: str = "<config>", env: dict[str, str] | N
     if not isinstance(data, dict):
         raise ConfigError("the config must be a mapping with `deployments:` and `models:`", source=source, line=1)
     errors: list[ConfigError] = []
+    if isinstance(data.get("ui"), bool):  # `ui: false` turns the dashboard off
+        data["ui"] = {"enabled": data["ui"]}
     bind_deployment_options(data, marks, source, errors)
     models = _convert_models(data.get("models"), marks, source, errors)
     rest = data if models is None else {key: value for key, value in data.items() if key != "models"}

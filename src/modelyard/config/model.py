@@ -446,6 +446,30 @@ class TracingSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     service_name: str = "modelyard"
 
 
+class UiSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """The operators' dashboard at `/ui` (docs/dashboard.md): behind the master key or keys whose metadata has
+    `role: admin`; `ui: false` turns it off. Sessions live in the store, so a login works on every replica."""
+
+    enabled: bool = True
+    #: A session's life from login (sliding: each page view within it does not extend it).
+    session_ttl_s: Annotated[float, Meta(ge=60, le=30 * 86400)] = 12 * 3600.0
+    #: Peers (IP addresses or CIDR blocks) whose X-Forwarded-For / X-Forwarded-Proto are believed: the
+    #: client address for login throttling, and https for the Secure cookie flag.
+    trusted_proxies: list[str] = field(default_factory=list)
+    #: Failed logins per client address per 5 minutes before 429 (and for the whole replica: 10x this).
+    max_failed_logins: Annotated[int, Meta(ge=1, le=10_000)] = 10
+    #: Share of requests whose full routing explanation (every strategy score and note) is stored; the
+    #: others store the compact one (ranking, skips and reasons). Requests sent with x-modelyard-explain
+    #: always store the full one.
+    explain_sample: Annotated[float, Meta(ge=0, le=1)] = 0.01
+    #: The workflow run store the Runs page reads (`modelyard run --store`); default ~/.modelyard/runs.db.
+    runs_store: str | None = None
+    #: Folders of labelled files (JSONL/CSV) the What-if page may replay; relative to the config file.
+    whatif_data: list[str] = field(default_factory=list)
+    #: Seconds between live refreshes of the overview.
+    refresh_s: Annotated[float, Meta(ge=1, le=3600)] = 5.0
+
+
 class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     deployments: list[Deployment]
     models: dict[str, ModelGroup] = field(default_factory=dict)
@@ -458,6 +482,7 @@ class Config(Struct, kw_only=True, forbid_unknown_fields=True):
     queue: QueueSettings = field(default_factory=QueueSettings)
     cache: ResponseCacheSettings = field(default_factory=ResponseCacheSettings)
     drain: DrainSettings = field(default_factory=DrainSettings)
+    ui: UiSettings = field(default_factory=UiSettings)
     semantic: SemanticSettings | None = None
     #: Client model names (exact, or `*`/`?` patterns such as `claude-*`) → a model or deployment name;
     #: exact configured names win, then exact aliases, then the most specific pattern (routing/aliases.py).

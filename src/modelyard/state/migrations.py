@@ -24,6 +24,11 @@ class Migration:
     statements: tuple[str, ...]
 
 
+#: Rollup tables of the spend log (migration 5): name suffix → bucket width in seconds.
+ROLLUP_GRAINS: dict[str, int] = {"minute": 60, "hour": 3600}
+#: The rollups' dimensions; `all` has one value, ''.
+ROLLUP_DIMS = ("all", "model", "deployment", "key")
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
@@ -112,6 +117,66 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # Guardrails (server/guards.py): what each request's checks ran and found, as the header's text.
     Migration(4, "guardrail findings in the spend log", ("ALTER TABLE modelyard_spend ADD COLUMN guardrails TEXT",)),
+    # The dashboard (docs/dashboard.md). Each request's routing decision and attempts, as compact JSON
+    # (routing/trace.py). Rollups of the spend log per minute and per hour, one row per bucket and
+    # dimension value (`dim` is all, model, deployment or key; `value` '' for all and for no key), kept by
+    # the spend writer in the same transaction as the rows it inserts, with a latency histogram
+    # (accounting/traffic.py's LATENCY_EDGES_MS: h0 below the first edge … h17 above the last) for
+    # percentiles: the overview reads at most a few thousand rollup rows whatever the size of the log.
+    # {bucket_minute} / {bucket_hour}: the dialect's floor of `at` to the bucket (the backfill of rows
+    # written before this migration). Indexes for the request log's filters. Dashboard sessions.
+    Migration(
+        5,
+        "dashboard: routing traces, rollups, sessions",
+        (
+            "ALTER TABLE modelyard_spend ADD COLUMN route TEXT",
+            "ALTER TABLE modelyard_spend ADD COLUMN attempt_detail TEXT",
+            "CREATE INDEX modelyard_spend_model_at ON modelyard_spend (model, at)",
+            "CREATE INDEX modelyard_spend_deployment_at ON modelyard_spend (deployment, at)",
+            "CREATE INDEX modelyard_spend_status_at ON modelyard_spend (status, at)",
+            *(
+                f"""CREATE TABLE modelyard_spend_{grain} (
+            bucket DOUBLE PRECISION NOT NULL,
+            dim TEXT NOT NULL,
+            value TEXT NOT NULL,
+            requests BIGINT NOT NULL DEFAULT 0,
+            errors BIGINT NOT NULL DEFAULT 0,
+            prompt_tokens BIGINT NOT NULL DEFAULT 0,
+            completion_tokens BIGINT NOT NULL DEFAULT 0,
+            cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
+            latency_ms DOUBLE PRECISION NOT NULL DEFAULT 0,
+            h0 BIGINT NOT NULL DEFAULT 0,
+            h1 BIGINT NOT NULL DEFAULT 0,
+            h2 BIGINT NOT NULL DEFAULT 0,
+            h3 BIGINT NOT NULL DEFAULT 0,
+            h4 BIGINT NOT NULL DEFAULT 0,
+            h5 BIGINT NOT NULL DEFAULT 0,
+            h6 BIGINT NOT NULL DEFAULT 0,
+            h7 BIGINT NOT NULL DEFAULT 0,
+            h8 BIGINT NOT NULL DEFAULT 0,
+            h9 BIGINT NOT NULL DEFAULT 0,
+            h10 BIGINT NOT NULL DEFAULT 0,
+            h11 BIGINT NOT NULL DEFAULT 0,
+            h12 BIGINT NOT NULL DEFAULT 0,
+            h13 BIGINT NOT NULL DEFAULT 0,
+            h14 BIGINT NOT NULL DEFAULT 0,
+            h15 BIGINT NOT NULL DEFAULT 0,
+            h16 BIGINT NOT NULL DEFAULT 0,
+            h17 BIGINT NOT NULL DEFAULT 0,
+            PRIMARY KEY (dim, value, bucket)
+        )"""
+                for grain in ROLLUP_GRAINS
+            ),
+            """CREATE TABLE modelyard_ui_sessions (
+            id_hash TEXT PRIMARY KEY,
+            subject TEXT NOT NULL,
+            csrf TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION NOT NULL
+        )""",
+            "CREATE INDEX modelyard_ui_sessions_expiry ON modelyard_ui_sessions (expires_at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version
@@ -140,6 +205,8 @@ SPEND_COLUMNS: tuple[str, ...] = (
     "error_kind",
     "content",
     "guardrails",
+    "route",
+    "attempt_detail",
 )
 
 KEY_COLUMNS: tuple[str, ...] = (

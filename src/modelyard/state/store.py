@@ -55,6 +55,52 @@ def spend_report_body(by: str, rows: list[SpendRow]) -> dict[str, Any]:
     }
 
 
+class RollupRow(msgspec.Struct, kw_only=True):
+    """Summed rollup figures of one group: a bucket start (grouped by time) or a dimension value (by value)."""
+
+    bucket: float = 0.0  # unix time of the bucket's start; 0 when grouped by value
+    value: str = ""  # the dimension's value ('' for dim `all`, and for requests without a key)
+    requests: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: float = 0.0
+    latency_ms: float = 0.0  # the sum of the requests' latencies
+    histogram: tuple[int, ...] = ()  # accounting/traffic.py's latency buckets
+
+
+class SpendFilter(msgspec.Struct, kw_only=True):
+    """The request log's filters (every one optional; all given must hold). `before` pages: rows older than
+    (at, id), newest first."""
+
+    since: float | None = None
+    until: float | None = None
+    key_id: str | None = None
+    model: str | None = None
+    deployment: str | None = None
+    #: `ok`, or `error` (any status but ok: error, stream_error, cancelled)
+    status: str | None = None
+    min_cost_usd: float | None = None
+    min_latency_ms: float | None = None
+    #: `any` (a guardrail ran and found something), `block` (one blocked), `none` (nothing found)
+    guardrail: str | None = None
+    #: a request id, or its beginning
+    id_prefix: str | None = None
+    before_at: float | None = None
+    before_id: str | None = None
+
+
+class UiSession(msgspec.Struct, kw_only=True):
+    """A dashboard login: the SHA-256 of the cookie's secret (the secret itself is never stored), who logged in
+    (`master`, or a key id), the session's CSRF token, and its life."""
+
+    id_hash: str
+    subject: str
+    csrf: str
+    created_at: float
+    expires_at: float
+
+
 class Store(Protocol):
     async def open(self) -> None:
         """Connect and apply pending migrations."""
@@ -93,6 +139,38 @@ class Store(Protocol):
     async def spent_since(self, key_id: str, since: float) -> float: ...
 
     async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]: ...
+
+    # ------------------------------------------------------------------ the dashboard (docs/dashboard.md)
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        """Set the given KeyRecord fields (name, models, rpm, tpm, budget_usd, period_s, expires_at, metadata;
+        already validated) of a key not revoked; the updated record, or None when there is no such key."""
+        ...
+
+    async def traffic(
+        self, grain: str, dim: str, since: float, until: float, *, value: str | None = None, by: str = "time"
+    ) -> list[RollupRow]:
+        """Rollup sums from the `grain` table (minute | hour) for `dim`, buckets in [since, until): grouped by
+        bucket (`by="time"`, oldest first; only `value` when given) or by value (`by="value"`, dearest first)."""
+        ...
+
+    async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:
+        """The request log: rows matching `where`, newest first, at most `limit`."""
+        ...
+
+    async def get_spend(self, request_id: str) -> SpendRecord | None: ...
+
+    async def create_session(self, session: UiSession) -> None: ...
+
+    async def get_session(self, id_hash: str, now: float) -> UiSession | None:
+        """The session, when it exists and has not expired."""
+        ...
+
+    async def delete_session(self, id_hash: str) -> None: ...
+
+    async def purge_sessions(self, now: float) -> int:
+        """Delete expired sessions; how many went."""
+        ...
 
 
 def open_store(dsn: str | None) -> Store:

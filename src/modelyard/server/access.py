@@ -62,6 +62,14 @@ _OPEN_BANNER = """
 ************************************************************************"""
 
 
+ADMIN_ROLE = "admin"
+
+
+def has_admin_role(metadata: dict[str, str]) -> bool:
+    """A key whose metadata says `role: admin` may use the admin API and the dashboard."""
+    return (metadata.get("role") or "").strip().lower() == ADMIN_ROLE
+
+
 @dataclass(slots=True)
 class KeyState:
     """A key as the request path needs it: flat fields, budgets in nano-dollars."""
@@ -92,6 +100,8 @@ class KeyState:
     priority: str | None = None
     max_priority: str | None = None
     max_queue_s: float | None = None
+    #: Metadata `role: admin`: the admin API and the dashboard accept this key as they accept the master key.
+    admin: bool = False
 
     def current_period(self, now: float) -> int:
         if now >= self.period_end or self.period < 0:
@@ -120,6 +130,7 @@ class KeyState:
         state.priority = (record.metadata.get("priority") or "").strip() or None
         state.max_priority = (record.metadata.get("max_priority") or "").strip() or None
         state.max_queue_s = queue_seconds(record.metadata.get("max_queue_ms"))
+        state.admin = has_admin_role(record.metadata)
         return state
 
     @classmethod
@@ -519,6 +530,22 @@ class Access:
             self.counters.settle(reservation, 0, 0)
 
     # ------------------------------------------------------------------ admin
+
+    async def admin_subject(self, credential: str | None) -> str | None:
+        """Who may use the admin API and the dashboard with this credential: `master` for the master key, the
+        key's id for an active key with `role: admin`, None for anyone else (a missing, unknown, revoked or
+        expired key included: the caller answers 401 either way). Never more than one bounded store read."""
+        if not credential or self.master_hash is None:
+            return None
+        if self.is_master(credential):
+            return MASTER_ID
+        try:
+            key = await self.authenticate(credential)
+        except GatewayError as error:
+            if error.status == 401:
+                return None
+            raise
+        return key.id if key.admin else None
 
     def is_master(self, credential: str | None) -> bool:
         if not credential or self.master_hash is None:

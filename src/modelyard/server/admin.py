@@ -67,7 +67,9 @@ MAX_QUEUE_MS = 3_600_000.0
 _CLASS_FIELDS = ("priority", "max_priority")
 
 
-def _services(gw: Gateway, ctx: RequestContext) -> Services:
+def admin_gate(gw: Gateway) -> Services:
+    """The services the admin API and the dashboard run on: 404 without them, 403 without a master key
+    (both are off then)."""
     services = gw.services
     if services is None or services.access is None:
         raise GatewayError(404, "the admin API is not enabled on this gateway", code="not_found")
@@ -78,8 +80,16 @@ def _services(gw: Gateway, ctx: RequestContext) -> Services:
             type="permission_error",
             code="admin_disabled",
         )
-    if not services.access.is_master(ctx.credential):
-        raise GatewayError(401, "the admin API needs the master key", code="invalid_api_key")
+    return services
+
+
+async def _services(gw: Gateway, ctx: RequestContext) -> Services:
+    """The admin API's services, for the master key or a key with `role: admin` (else 401)."""
+    services = admin_gate(gw)
+    access = services.access
+    assert access is not None
+    if await access.admin_subject(ctx.credential) is None:
+        raise GatewayError(401, "the admin API needs the master key or a key with role admin", code="invalid_api_key")
     return services
 
 
@@ -250,7 +260,7 @@ def key_options(body: dict[str, Any], now: float, classes: Collection[str]) -> d
 
 
 async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = _services(gw, ctx)
+    services = await _services(gw, ctx)
     body = decode_body(await request.body(_ADMIN_BODY_LIMIT))
     name = body.get("name")
     if not isinstance(name, str) or not name.strip():
@@ -266,7 +276,7 @@ async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
 
 
 async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = _services(gw, ctx)
+    services = await _services(gw, ctx)
     access = services.access
     assert access is not None
     include_revoked = request.query.get("all", "").lower() in ("1", "true", "yes")
@@ -280,7 +290,7 @@ async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
 
 
 async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = _services(gw, ctx)
+    services = await _services(gw, ctx)
     access = services.access
     assert access is not None
     key_id = request.path[len(KEYS_PATH) + 1 :]
@@ -295,7 +305,7 @@ async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None
 
 async def queues(gw: Gateway, request: Request, ctx: RequestContext) -> None:
     """The admission queues of this replica now (each replica has its own; docs/queueing.md)."""
-    _services(gw, ctx)
+    await _services(gw, ctx)
     await send_json(request.send, 200, gw.router.admission.snapshot())
 
 
@@ -322,7 +332,7 @@ def parse_since(text: str | None, now: float) -> float:
 
 
 async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = _services(gw, ctx)
+    services = await _services(gw, ctx)
     query = request.query
     by = query.get("by", "model")
     if by not in GROUPINGS:
@@ -344,7 +354,7 @@ async def spend(gw: Gateway, request: Request, ctx: RequestContext) -> None:
 
 
 async def reload(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    _services(gw, ctx)
+    await _services(gw, ctx)
     reloader = gw.root.reloader
     assert reloader is not None  # every root gateway has one
     result = await reloader.reload("POST /admin/reload")
@@ -358,7 +368,7 @@ async def reload(gw: Gateway, request: Request, ctx: RequestContext) -> None:
 
 
 async def last_reload(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    _services(gw, ctx)
+    await _services(gw, ctx)
     reloader = gw.root.reloader
     assert reloader is not None
     last = reloader.last

@@ -18,6 +18,10 @@ SAME_DEPLOYMENT_RETRY = frozenset(
 )
 
 
+#: Characters of an attempt's error text kept in its record (the spend log's attempt detail, the dashboard).
+ERROR_CHARS = 300
+
+
 class Next(Enum):
     RETRY = "retry"  # same deployment, after a backoff
     FAILOVER = "failover"  # next candidate
@@ -34,6 +38,15 @@ class AttemptRecord:
     hedge: bool = False
     cost_usd: float = 0.0
     retry_after: float | None = None
+    #: When the attempt started, on the executor's clock (the trace gives it relative to the request's start).
+    started: float = 0.0
+    #: What went wrong (the ProviderError's client-safe message, at most ERROR_CHARS); '' when it answered.
+    error: str = ""
+
+    def fail(self, error: ProviderError) -> None:
+        """Record `error` as this attempt's outcome (its kind) and text (bounded)."""
+        self.outcome = error.kind.value
+        self.error = error.message[:ERROR_CHARS]
 
     def header_part(self) -> str:
         extra = " hedge" if self.hedge else ""

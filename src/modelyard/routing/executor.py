@@ -447,9 +447,9 @@ class Executor:
             passthrough = self._native.get(dep.provider)
             if passthrough is not None and native.format not in passthrough.native_formats:
                 passthrough = None
-        record = AttemptRecord(dep.name, dep.provider, "pending", 0.0, hedge=hedge)
-        request.records.append(record)
         started = self.clock()
+        record = AttemptRecord(dep.name, dep.provider, "pending", 0.0, hedge=hedge, started=started)
+        request.records.append(record)
         estimate = features.prompt_tokens + features.output_estimate()
         limited = dep.limits.rate_limited
         settled = False
@@ -533,6 +533,7 @@ class Executor:
     def _abandoned(self, dep: Deployment, record: AttemptRecord, started: float, recorded: int | None) -> None:
         """An attempt ended by an unexpected exception: free its slot and its window record, no verdict."""
         record.outcome = "error"
+        record.error = "ended by an unexpected exception in the gateway"
         record.latency_ms = (self.clock() - started) * 1000
         self.health.on_cancel(dep.name)
         if recorded is not None:
@@ -613,7 +614,7 @@ class Executor:
     ) -> None:
         error.deployment = dep.name
         error.provider = dep.provider
-        record.outcome = error.kind.value
+        record.fail(error)
         record.status = error.status
         record.retry_after = error.retry_after
         record.latency_ms = (self.clock() - started) * 1000
@@ -755,7 +756,9 @@ class StreamResult:
         executor, dep, record = self._executor, self.deployment, self._opened.record
         if error is not None:
             error.deployment = dep.name
-            record.outcome = error.kind.value
+            record.fail(error)
+            if error.status is not None:
+                record.status = error.status
             if _client_bound(self._request, error, now - self._opened.started, dep.timeouts.total):
                 executor.health.on_cancel(dep.name)
             else:
@@ -791,7 +794,7 @@ def _vet(vet: VetAnswer | None, completion: Completion, dep: Deployment, record:
         return
     problem.deployment = dep.name
     problem.provider = dep.provider
-    record.outcome = problem.kind.value
+    record.fail(problem)
     raise problem
 
 

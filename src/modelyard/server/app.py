@@ -11,6 +11,7 @@ import asyncio
 import gc
 import logging
 import math
+import random
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -137,6 +138,10 @@ class Gateway:
         #: Guardrails compiled once from the config (a bad `python:` check fails here, at start).
         self.guards = GuardIndex(config)
         self.queue_policy = QueuePolicy(config.queue, config.models)
+        #: Share of requests planned in explain mode for the spend log (ui.explain_sample), drawn from this
+        #: gateway's own generator (not the module's global one).
+        self.explain_sample = config.ui.explain_sample
+        self._explain_rng = random.Random()
         self._deployment_headers: dict[str, tuple[tuple[bytes, bytes], tuple[bytes, bytes]]] = {}
         self.max_body = config.server.max_body_bytes
         self.started_at = int(time.time())
@@ -358,9 +363,11 @@ class Gateway:
         ctx: RequestContext,
         insight: Insight | None = None,
     ) -> Plan:
-        explain = request.header(b"x-modelyard-explain") in ("1", "true") or bool(
-            req.modelyard and req.modelyard.explain
-        )
+        asked = request.header(b"x-modelyard-explain") in ("1", "true") or bool(req.modelyard and req.modelyard.explain)
+        # A share of requests is planned in explain mode so the spend log keeps their full explanation (the
+        # dashboard's request page); only a client that asked gets it in the answer's header.
+        sample = self.explain_sample
+        explain = asked or (sample > 0.0 and (sample >= 1.0 or self._explain_rng.random() < sample))
         quality = self.intelligence.quality_fn(insight) if insight is not None else None
         plan = self.router.plan(
             req.model,
@@ -372,8 +379,10 @@ class Gateway:
             default_min_quality=insight.default_min_quality if insight else None,
             default_lambda=insight.default_lambda if insight else None,
         )
-        if explain:
+        if asked:
             ctx.explain = plan.explain()
+        if ctx.plan is None:
+            ctx.plan = plan  # the first plan of the request is the one its spend row explains
         return plan
 
     def timeout_override(self, request: Request) -> float | None:

@@ -22,6 +22,7 @@ from modelyard.server.observe import Outcome
 
 if TYPE_CHECKING:
     from modelyard.accounting.budgets import Reservation
+    from modelyard.routing.plan import Plan
     from modelyard.server.access import KeyState
     from modelyard.server.app import Gateway
     from modelyard.server.guards import RequestGuards
@@ -47,6 +48,7 @@ class RequestContext:
         "key",
         "key_id",
         "key_name",
+        "plan",
         "queue_ms",
         "request_id",
         "requested_model",
@@ -65,6 +67,9 @@ class RequestContext:
         self.key_name: str | None = None
         self.requested_model: str | None = None
         self.explain: dict[str, Any] | None = None
+        #: The request's first routing plan (the spend log stores it, compact: routing/trace.py); None when
+        #: nothing was planned (a response-cache hit, an error before routing, embeddings).
+        self.plan: Plan | None = None
         self.tags: tuple[str, ...] = ()
         self.ttft_ms: float | None = None
         #: Time spent in the admission queue (x-modelyard-queue-ms on the answer).

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,18 +22,23 @@ from modelyard.accounting.spend import SpendRecord, SpendWriter
 from modelyard.config.model import Config, SpendSettings
 from modelyard.routing.attempts import attempts_header
 from modelyard.routing.router import Router
+from modelyard.routing.trace import attempts_json, route_json
 from modelyard.server import admin
 from modelyard.server.access import Access, estimate_prices
+from modelyard.server.admin_routes import AdminRoutes, admin_routes
 from modelyard.server.http import Headers, Send, send_json
 from modelyard.server.metrics import Metrics, metrics_endpoint
 from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
 from modelyard.server.response_cache import ResponseCache, build_response_cache
 from modelyard.server.servable import price_table
+from modelyard.server.ui.app import PREFIX as UI_PREFIX
+from modelyard.server.ui.app import UiApp
+from modelyard.server.ui.pages import build as build_ui
 from modelyard.state.counters import Counters, MemoryCounters
 from modelyard.state.store import Store, open_store, sqlite_path
 
 if TYPE_CHECKING:
-    from modelyard.server.context import ErrorWriter, Handler
+    from modelyard.server.context import ErrorWriter, Handler, RequestContext
 
 log = logging.getLogger("modelyard.server")
 
@@ -44,10 +50,12 @@ async def _json_error(send: Send, status: int, body: dict[str, Any], headers: He
 
 
 def spend_record(outcome: Outcome) -> SpendRecord:
-    """The spend log's row for one request (built when the request commits it to the spool: a few µs)."""
+    """The spend log's row for one request (built when the request commits it to the spool: a few µs), with
+    its routing decision and its attempts as bounded JSON (routing/trace.py)."""
     ctx = outcome.ctx
     usage = outcome.usage
     records = outcome.records
+    plan = ctx.plan
     return SpendRecord(
         id=ctx.request_id,
         at=outcome.at,
@@ -71,7 +79,18 @@ def spend_record(outcome: Outcome) -> SpendRecord:
         error_kind=outcome.error_kind,
         content=ctx.content,
         guardrails=outcome.guards.summary() if outcome.guards is not None else None,
+        route=route_json(plan) if plan is not None else None,
+        attempt_detail=attempts_json(records, _request_start(ctx)) if records else None,
     )
+
+
+def _request_start(ctx: RequestContext) -> float:
+    """When the request started, on the executor's clock (its attempts' `started` are on it; the context's
+    `started` is on time.perf_counter, which need not be the same clock): both read now, the elapsed time
+    taken off."""
+    router = ctx.gateway.router
+    clock = router.executor.clock if router.started else time.monotonic  # closed after a reload: the default
+    return clock() - (time.perf_counter() - ctx.started)
 
 
 @dataclass(slots=True)
@@ -85,6 +104,10 @@ class Services:
     unpriced: list[str] = field(default_factory=list)
     #: The exact-match response cache (one per process: a reload keeps it).
     response_cache: ResponseCache | None = None
+    #: The dashboard (`/ui`, server/ui/): built when the config enables it; `ui.enabled` is read per request.
+    ui: UiApp | None = None
+    #: The admin API's endpoints beyond admin.py's own (server/admin_routes.py).
+    admin: AdminRoutes = field(default_factory=admin_routes)
 
     def observer(self, base: Observer | None = None) -> Observer:
         """The gateway's observer: `base` (failure logging by default) plus ours."""
@@ -101,13 +124,20 @@ class Services:
         }
         if self.metrics is not None:
             routes[("GET", "/metrics")] = (metrics_endpoint, _json_error)
+        for path_key, handler in self.admin.exact.items():
+            routes[path_key] = (handler, _json_error)
+        if self.ui is not None:
+            routes.update(self.ui.routes(_json_error))
         return routes
 
     def match(self, method: str, path: str) -> tuple[Handler, ErrorWriter] | None:
         """Routes with a path parameter (only `DELETE /admin/keys/{id}`); called on exact-route misses."""
         if method == "DELETE" and path.startswith(admin.KEYS_PATH + "/") and path.count("/") == 3:
             return admin.revoke_key, _json_error
-        return None
+        if self.ui is not None and path.startswith(UI_PREFIX):
+            return self.ui.match(method, path, _json_error)
+        handler = self.admin.match(method, path)
+        return (handler, _json_error) if handler is not None else None
 
     def adopt(self, router: Router) -> None:
         """A reload: access checks, metrics and the admin API read the new router from now on; the store,
@@ -241,6 +271,7 @@ def build_services(
             segment_bytes=spend_cfg.spool_segment_bytes,
         )
         services.access.unsettled = services.spend.pending_cost  # a re-seeded budget counts the unwritten spend
+    services.ui = build_ui(config.ui, services.access) if config.ui.enabled else None
     services.metrics = Metrics(router, spend=services.spend, unpriced=services.unpriced)
     services.metrics.counters = services.access.counters  # modelyard_state_unavailable
     services.observers.append(services.metrics)

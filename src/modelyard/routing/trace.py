@@ -1,0 +1,177 @@
+"""A request's routing decision and attempts as compact, bounded JSON: what the spend log keeps for every
+request, and what the dashboard's request page reads back.
+
+Pure: no clock, no I/O. The writers run on the hot path (once per request, when its spend record is built),
+so they encode prebuilt Structs with one shared encoder and format a skip reason only when there is a skip.
+Every list and text is capped, so a row's size is bounded whatever the request or the config holds. The
+readers are for pages: a missing or malformed value reads as empty, never as an exception.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from itertools import islice
+from typing import Any
+
+import msgspec
+
+from modelyard.accounting.spend import escape_text
+from modelyard.routing.attempts import ERROR_CHARS, AttemptRecord
+from modelyard.routing.plan import Plan
+
+#: Ranked deployments, skipped deployments, fallbacks and strategy notes kept per request.
+MAX_RANKED = 32
+MAX_SKIPPED = 32
+MAX_FALLBACKS = 32
+MAX_NOTES = 32
+#: Attempts kept per request (a request makes at most `max_attempts`, 8 by default).
+MAX_ATTEMPTS = 16
+#: Characters kept of a skip reason, a strategy note, and any name or text that may come from a client.
+REASON_CHARS = 200
+NOTE_CHARS = 300
+NAME_CHARS = 256
+
+
+class RouteFeatures(msgspec.Struct, kw_only=True):
+    """The request features the decision read."""
+
+    prompt_tokens: int = 0
+    max_tokens: int | None = None
+    tools: bool = False
+    images: bool = False
+    json: bool = False
+    task: str | None = None
+
+
+class RouteTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The routing decision of one request (its first plan; skips the executor's walk added included)."""
+
+    model: str = ""
+    strategy: str = ""
+    rule: str | None = None
+    ranked: list[str] = msgspec.field(default_factory=list)
+    #: [deployment, reason] pairs.
+    skipped: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    #: How many were skipped in all (more than `skipped` holds when it was capped).
+    skipped_total: int = 0
+    fallbacks: list[str] = msgspec.field(default_factory=list)
+    sticky: str | None = None
+    features: RouteFeatures = msgspec.field(default_factory=RouteFeatures)
+    #: Whether the plan was made in explain mode (the client asked, or the request was sampled): only then
+    #: does `notes` hold the strategy's notes and scores per deployment.
+    explained: bool = False
+    notes: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class AttemptTrace(msgspec.Struct, kw_only=True):
+    """One attempt: where, when (ms after the request started), how long, how it ended, what it cost."""
+
+    deployment: str = ""
+    provider: str = ""
+    outcome: str = ""
+    start_ms: float = 0.0
+    ms: float = 0.0
+    status: int | None = None
+    cost_usd: float = 0.0
+    hedge: bool = False
+    error: str = ""
+
+
+_encode = msgspec.json.Encoder().encode
+_read_route = msgspec.json.Decoder(RouteTrace).decode
+_read_attempts = msgspec.json.Decoder(list[AttemptTrace]).decode
+
+
+def route_json(plan: Plan) -> str:
+    """The plan as compact JSON (see `RouteTrace`); reasons formatted here, once, and only for skips."""
+    ctx = plan.ctx
+    features = ctx.features
+    task = features.task
+    skipped = ctx.skipped
+    trace = RouteTrace(
+        model=plan.model[:NAME_CHARS],
+        strategy=plan.strategy,
+        rule=plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
+        ranked=[dep.name for dep in plan.order[:MAX_RANKED]],
+        skipped=[(s.deployment, s.reason[:REASON_CHARS]) for s in skipped[:MAX_SKIPPED]] if skipped else [],
+        skipped_total=len(skipped),
+        fallbacks=[name[:NAME_CHARS] for name in plan.fallbacks[:MAX_FALLBACKS]] if plan.fallbacks else [],
+        sticky=ctx.sticky,
+        features=RouteFeatures(
+            prompt_tokens=features.prompt_tokens,
+            max_tokens=features.max_output_tokens,
+            tools=features.needs_tools,
+            images=features.needs_vision,
+            json=features.needs_json,
+            task=task[:NAME_CHARS] if task is not None else None,
+        ),
+        explained=ctx.explain,
+    )
+    if ctx.explain and ctx.notes:
+        trace.notes = {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)}
+    return _json(trace)
+
+
+def attempts_json(records: Sequence[AttemptRecord], request_start: float) -> str:
+    """The attempts as JSON (see `AttemptTrace`); `request_start` on the clock the records' `started` is on
+    (the executor's), so `start_ms` is the attempt's start relative to the request's."""
+    return _json(
+        [
+            AttemptTrace(
+                deployment=r.deployment,
+                provider=r.provider,
+                outcome=r.outcome,
+                start_ms=round((r.started - request_start) * 1000, 1),
+                ms=round(r.latency_ms, 1),
+                status=r.status,
+                cost_usd=r.cost_usd,
+                hedge=r.hedge,
+                error=r.error[:ERROR_CHARS],
+            )
+            for r in records[:MAX_ATTEMPTS]
+        ]
+    )
+
+
+def _json(value: Any) -> str:
+    """`value` encoded; a lone surrogate in some client text (which UTF-8 cannot hold) written as an escape."""
+    try:
+        return _encode(value).decode()
+    except UnicodeEncodeError:
+        return _encode(_escaped(msgspec.to_builtins(value))).decode()
+
+
+def _escaped(value: Any) -> Any:
+    if isinstance(value, str):
+        return escape_text(value)
+    if isinstance(value, list):
+        return [_escaped(item) for item in value]
+    if isinstance(value, dict):
+        return {escape_text(key): _escaped(item) for key, item in value.items()}
+    return value
+
+
+def read_route(text: str | bytes | None) -> dict[str, Any]:
+    """A stored route as a dict with every field (defaults filled in); {} when missing or malformed."""
+    if not text:
+        return {}
+    try:
+        trace = _read_route(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, TypeError):
+        return {}
+    out = msgspec.structs.asdict(trace)  # every field (the stored form leaves out the defaults)
+    out["features"] = msgspec.structs.asdict(trace.features)
+    out["skipped"] = [list(pair) for pair in trace.skipped]
+    return out
+
+
+def read_attempts(text: str | bytes | None) -> list[dict[str, Any]]:
+    """Stored attempts as a list of dicts with every field; [] when missing or malformed."""
+    if not text:
+        return []
+    try:
+        traces = _read_attempts(text)
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, TypeError):
+        return []
+    out: list[dict[str, Any]] = msgspec.to_builtins(traces)
+    return out

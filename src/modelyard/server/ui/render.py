@@ -21,7 +21,7 @@ def money(value: Any) -> str:
         return "$0"
     if abs(usd) >= 1:
         return f"${usd:,.2f}"
-    digits = max(2, 2 - math.floor(math.log10(abs(usd))) + 1)
+    digits = max(2, 2 - math.floor(math.log10(abs(usd))))  # three significant digits
     return f"${usd:.{min(digits, 10)}f}"
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from modelyard.accounting.traffic import LATENCY_EDGES_MS
+
 VERSION_TABLE = """CREATE TABLE IF NOT EXISTS modelyard_schema (
     version BIGINT PRIMARY KEY,
     name TEXT NOT NULL,
@@ -28,6 +30,46 @@ class Migration:
 ROLLUP_GRAINS: dict[str, int] = {"minute": 60, "hour": 3600}
 #: The rollups' dimensions; `all` has one value, ''.
 ROLLUP_DIMS = ("all", "model", "deployment", "key")
+
+#: The largest finite double: a latency above it (infinity; NaN, which PostgreSQL sorts above every number)
+#: counts in the first bucket, as accounting/traffic.latency_bucket puts it.
+_FINITE_MAX = "1.7976931348623157e308"
+
+
+def _histogram_sums() -> list[str]:
+    """h0..h17 of the rollups as SQL sums over spend rows, bucket for bucket as latency_bucket() counts."""
+    edges = LATENCY_EDGES_MS
+    out = [f"SUM(CASE WHEN latency_ms >= {edges[0]!r} AND latency_ms <= {_FINITE_MAX} THEN 0 ELSE 1 END)"]
+    for i in range(1, len(edges)):
+        out.append(f"SUM(CASE WHEN latency_ms >= {edges[i - 1]!r} AND latency_ms < {edges[i]!r} THEN 1 ELSE 0 END)")
+    out.append(f"SUM(CASE WHEN latency_ms >= {edges[-1]!r} AND latency_ms <= {_FINITE_MAX} THEN 1 ELSE 0 END)")
+    return out
+
+
+def _capped_sum(column: str) -> str:
+    """A token column's sum as the rollups count it: each row within [0, 2**40] (state/rollup.TOKEN_CAP)."""
+    return f"SUM(CASE WHEN {column} < 0 THEN 0 WHEN {column} > {2**40} THEN {2**40} ELSE {column} END)"
+
+
+def _rollup_backfill() -> tuple[str, ...]:
+    """Roll up the rows already in the spend log when migration 5 runs: one INSERT … SELECT … GROUP BY per
+    table and dimension. `{bucket_minute}` / `{bucket_hour}` are left for the store to fill in with its
+    dialect's floor of `at` (state/sqlite_store.py, state/postgres_store.py)."""
+    values = {"all": "''", "model": "COALESCE(model, '')", "deployment": "COALESCE(deployment, '')"}
+    values["key"] = "COALESCE(key_id, '')"
+    histogram = ", ".join(_histogram_sums())
+    columns = ", ".join(f"h{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
+    return tuple(
+        f"INSERT INTO modelyard_spend_{grain} (bucket, dim, value, requests, errors, prompt_tokens, "
+        f"completion_tokens, cost_usd, latency_ms, {columns}) "
+        f"SELECT {{bucket_{grain}}} AS b, '{dim}', {values[dim]} AS v, COUNT(*), "
+        "SUM(CASE WHEN status = 'ok' THEN 0 ELSE 1 END), "
+        f"{_capped_sum('prompt_tokens')}, {_capped_sum('completion_tokens')}, "
+        f"SUM(cost_usd), SUM(latency_ms), {histogram} FROM modelyard_spend GROUP BY b, v"
+        for grain in ROLLUP_GRAINS
+        for dim in ROLLUP_DIMS
+    )
+
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
@@ -134,6 +176,10 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX modelyard_spend_model_at ON modelyard_spend (model, at)",
             "CREATE INDEX modelyard_spend_deployment_at ON modelyard_spend (deployment, at)",
             "CREATE INDEX modelyard_spend_status_at ON modelyard_spend (status, at)",
+            # min cost / min latency: a selective threshold reads its few rows from these (and `at`, for a
+            # time range or a keyset page, from the index itself); see SQLiteStore.find_spend for when.
+            "CREATE INDEX modelyard_spend_cost_at ON modelyard_spend (cost_usd, at)",
+            "CREATE INDEX modelyard_spend_latency_at ON modelyard_spend (latency_ms, at)",
             *(
                 f"""CREATE TABLE modelyard_spend_{grain} (
             bucket DOUBLE PRECISION NOT NULL,
@@ -167,6 +213,7 @@ MIGRATIONS: tuple[Migration, ...] = (
         )"""
                 for grain in ROLLUP_GRAINS
             ),
+            *_rollup_backfill(),
             """CREATE TABLE modelyard_ui_sessions (
             id_hash TEXT PRIMARY KEY,
             subject TEXT NOT NULL,

@@ -27,16 +27,30 @@ from modelyard.state.conversations import (
     select_sql,
 )
 from modelyard.state.keys import KeyRecord
-from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, SPEND_COLUMNS, VERSION_TABLE
+from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
+from modelyard.state.rollup import deltas, upsert_sql, values_source
 from modelyard.state.store import (
+    RollupRow,
+    SpendFilter,
     SpendRow,
+    UiSession,
     dead_row,
+    find_spend_sql,
+    get_spend_sql,
     key_from_row,
     key_row,
+    migration_statement,
     report_rows,
     report_sql,
+    rollup_rows,
+    session_from_row,
+    session_row,
+    session_sql,
     spend_from_row,
     spend_row,
+    traffic_args,
+    traffic_sql,
+    update_key_sql,
 )
 
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
@@ -57,6 +71,14 @@ _RESPONSE_INSERT = insert_sql(_ph)
 _RESPONSE_DELETE = DELETE_SQL.format("$1", "$2", "$3")
 _RESPONSE_COUNT = COUNT_SQL.format("$1", "$2")
 _RESPONSE_PURGE = PURGE_SQL.format("$1")
+_SESSION = session_sql(_ph)
+_GET_SPEND = get_spend_sql(_ph)
+_ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(_ph)) for grain in ROLLUP_GRAINS}
+
+
+def _bucket(width: int) -> str:
+    """`at` floored to `width` seconds (CAST(double AS BIGINT) would round)."""
+    return f"(FLOOR(at / {width}) * {width})"
 
 
 def _pg_type(hint: Any) -> str:
@@ -72,7 +94,7 @@ _SPEND_TYPES = typing.get_type_hints(SpendRecord)
 _SPEND_INSERT = (
     f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"${i + 1}::{_pg_type(_SPEND_TYPES[c])}[]" for i, c in enumerate(SPEND_COLUMNS))
-    + ") ON CONFLICT (id) DO NOTHING"
+    + ") ON CONFLICT (id) DO NOTHING RETURNING id"
 )
 
 
@@ -148,7 +170,7 @@ class PostgresStore:
                     if version >= migration.version:
                         continue
                     for statement in migration.statements:
-                        await conn.execute(statement)
+                        await conn.execute(migration_statement(statement, _bucket))
                     await conn.execute(
                         "INSERT INTO modelyard_schema (version, name, applied_at) VALUES ($1, $2, $3)",
                         migration.version,
@@ -196,15 +218,26 @@ class PostgresStore:
     async def write_spend(self, records: Sequence[SpendRecord]) -> None:
         """One INSERT … SELECT FROM unnest(one array per column) ON CONFLICT (id) DO NOTHING: one round trip
         per batch like COPY (which cannot skip the ids a spool replay brings back). Text is made valid first:
-        a NUL or a lone surrogate in one row used to fail every later batch."""
+        a NUL or a lone surrogate in one row used to fail every later batch. RETURNING id names the rows
+        actually inserted; only those are added to the rollups, in the same transaction."""
         import asyncpg
 
-        columns = list(zip(*[_valid_text(spend_row(r)) for r in records], strict=True)) if records else []
-        if not columns:
+        rows = [_valid_text(spend_row(r)) for r in records]
+        if not rows:
             return
+        columns = list(zip(*rows, strict=True))
         try:
-            await self.pool.execute(_SPEND_INSERT, *columns)
-        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError) as exc:
+            async with self.pool.acquire() as conn, conn.transaction():
+                inserted = {r[0] for r in await conn.fetch(_SPEND_INSERT, *columns)}
+                fresh, seen = [], set()
+                for row in rows:
+                    if row[0] in inserted and row[0] not in seen:
+                        seen.add(row[0])
+                        fresh.append(row)
+                for grain, batch in deltas(fresh).items():
+                    if batch:
+                        await conn.executemany(_ROLLUP_UPSERT[grain], batch)
+        except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, OverflowError) as exc:
             raise SpendDataError(str(exc)) from exc
 
     async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
@@ -228,6 +261,47 @@ class PostgresStore:
             f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= $1 ORDER BY at LIMIT $2", since, limit
         )
         return [spend_from_row(tuple(row)) for row in rows]
+
+    async def get_spend(self, request_id: str) -> SpendRecord | None:
+        row = await self.pool.fetchrow(_GET_SPEND, request_id)
+        return None if row is None else spend_from_row(tuple(row))
+
+    async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:
+        sql, args = find_spend_sql(where, limit, _ph)
+        return [spend_from_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+
+    async def traffic(
+        self, grain: str, dim: str, since: float, until: float, *, value: str | None = None, by: str = "time"
+    ) -> list[RollupRow]:
+        sql = traffic_sql(grain, dim, by, value is not None, _ph)
+        rows = await self.pool.fetch(sql, *traffic_args(dim, since, until, value))
+        return rollup_rows([tuple(r) for r in rows])
+
+    # ------------------------------------------------------------------ keys (the dashboard's edits)
+
+    async def update_key(self, key_id: str, changes: dict[str, Any]) -> KeyRecord | None:
+        sql, args = update_key_sql(key_id, changes, _ph)
+        async with self.pool.acquire() as conn, conn.transaction():
+            if not str(await conn.execute(sql, *args)).endswith(" 1"):
+                return None
+            row = await conn.fetchrow(f"{_KEY_SELECT} WHERE id = $1", key_id)
+        return None if row is None else key_from_row(tuple(row))
+
+    # ------------------------------------------------------------------ dashboard sessions
+
+    async def create_session(self, session: UiSession) -> None:
+        await self.pool.execute(_SESSION["create"], *session_row(session))
+
+    async def get_session(self, id_hash: str, now: float) -> UiSession | None:
+        row = await self.pool.fetchrow(_SESSION["get"], id_hash, now)
+        return None if row is None else session_from_row(tuple(row))
+
+    async def delete_session(self, id_hash: str) -> None:
+        await self.pool.execute(_SESSION["delete"], id_hash)
+
+    async def purge_sessions(self, now: float) -> int:
+        status = str(await self.pool.execute(_SESSION["purge"], now))
+        return int(status.rsplit(" ", 1)[-1]) if status.startswith("DELETE") else 0
 
     # ------------------------------------------------------------------ stored responses (state/conversations.py)
 

@@ -10,14 +10,15 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import msgspec
 
 from modelyard.accounting.spend import SpendRecord, escape_text
 from modelyard.state.keys import KeyRecord
-from modelyard.state.migrations import GROUPINGS, KEY_COLUMNS, SPEND_COLUMNS
+from modelyard.state.migrations import GROUPINGS, KEY_COLUMNS, ROLLUP_DIMS, ROLLUP_GRAINS, SPEND_COLUMNS
+from modelyard.state.rollup import SUMMED as ROLLUP_SUMMED
 
 
 class SpendRow(msgspec.Struct, kw_only=True):
@@ -284,3 +285,208 @@ def report_rows(rows: Sequence[Sequence[Any]]) -> list[SpendRow]:
         )
         for r in rows
     ]
+
+
+# --------------------------------------------------------------------------- the dashboard's SQL (shared)
+
+#: Placeholder n (1-based) in a dialect: `?n` in SQLite, `$n` in PostgreSQL.
+Placeholder = Callable[[int], str]
+
+#: The most rows one request-log page may ask for.
+MAX_PAGE = 500
+#: Fields of a key that `update_key` may set (the id, hash, prefix and dates of creation and revocation stay).
+KEY_UPDATABLE = ("name", "models", "rpm", "tpm", "budget_usd", "period_s", "expires_at", "metadata")
+#: Above every character a request id may hold: `id >= p AND id < p + this` is the prefix as an index range
+#: (binary, C or C.UTF-8 ordering; the text's own prefix test below keeps it exact under any other).
+_PREFIX_END = "\U0010ffff"
+#: A guardrail that blocked: `label:stage:block fired …` in the findings text (guardrails/findings.py).
+_BLOCK_PATTERN = "%:block fired%"
+_STATUSES = ("ok", "error")
+_GUARDRAIL_FILTERS = ("any", "block", "none")
+_SPEND_SELECT = f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend"
+
+
+def _finite(name: str, value: float | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number")
+    return float(value)
+
+
+def traffic_sql(grain: str, dim: str, by: str, with_value: bool, ph: Placeholder) -> str:
+    """The rollup query behind `Store.traffic`; its arguments: dim, since, until[, value]."""
+    if grain not in ROLLUP_GRAINS:
+        raise ValueError(f"unknown grain {grain!r} (one of {', '.join(ROLLUP_GRAINS)})")
+    if dim not in ROLLUP_DIMS:
+        raise ValueError(f"unknown dimension {dim!r} (one of {', '.join(ROLLUP_DIMS)})")
+    if by not in ("time", "value"):
+        raise ValueError(f"unknown grouping {by!r} (time or value)")
+    sums = ", ".join(f"SUM({c})" for c in ROLLUP_SUMMED)
+    where = f"dim = {ph(1)} AND bucket >= {ph(2)} AND bucket < {ph(3)}"
+    if with_value:
+        where += f" AND value = {ph(4)}"
+    if by == "time":
+        return (
+            f"SELECT bucket, '' AS v, {sums} FROM modelyard_spend_{grain} WHERE {where} GROUP BY bucket ORDER BY bucket"
+        )
+    return (
+        f"SELECT 0.0 AS b, value, {sums} FROM modelyard_spend_{grain} WHERE {where} "
+        "GROUP BY value ORDER BY SUM(cost_usd) DESC, SUM(requests) DESC, value"
+    )
+
+
+def traffic_args(dim: str, since: float, until: float, value: str | None) -> tuple[Any, ...]:
+    args: tuple[Any, ...] = (dim, _finite("since", since), _finite("until", until))
+    return args if value is None else (*args, value)
+
+
+def rollup_rows(rows: Sequence[Sequence[Any]]) -> list[RollupRow]:
+    return [
+        RollupRow(
+            bucket=float(r[0] or 0.0),
+            value=str(r[1] or ""),
+            requests=int(r[2] or 0),
+            errors=int(r[3] or 0),
+            prompt_tokens=int(r[4] or 0),
+            completion_tokens=int(r[5] or 0),
+            cost_usd=float(r[6] or 0.0),
+            latency_ms=float(r[7] or 0.0),
+            histogram=tuple(int(h or 0) for h in r[8:]),
+        )
+        for r in rows
+    ]
+
+
+def _text_and_page_conditions(where: SpendFilter, arg: Callable[[Any], str]) -> list[str]:
+    """The guardrail outcome, the id prefix (as an index range) and the keyset page's (at, id) bound."""
+    conds: list[str] = []
+    if where.guardrail is not None:
+        if where.guardrail not in _GUARDRAIL_FILTERS:
+            raise ValueError(f"guardrail must be one of {', '.join(_GUARDRAIL_FILTERS)}")
+        if where.guardrail == "block":
+            conds.append(f"guardrails LIKE {arg(_BLOCK_PATTERN)}")
+        else:
+            conds.append("guardrails IS NOT NULL" if where.guardrail == "any" else "guardrails IS NULL")
+    if where.id_prefix:
+        prefix = where.id_prefix
+        low, high = arg(prefix), arg(prefix + _PREFIX_END)
+        conds.append(f"id >= {low} AND id < {high} AND substr(id, 1, {arg(len(prefix))}) = {low}")
+    before_at = _finite("before_at", where.before_at)
+    if before_at is not None:
+        at = arg(before_at)
+        if where.before_id is None:
+            conds.append(f"at < {at}")
+        else:
+            conds.append(f"at <= {at} AND (at < {at} OR id < {arg(where.before_id)})")
+    return conds
+
+
+def find_spend_sql(
+    where: SpendFilter, limit: int, ph: Placeholder, *, index: str | None = None
+) -> tuple[str, list[Any]]:
+    """The request log's query: every filter given, newest first, keyset-paged on (at, id); ValueError for a
+    filter out of its domain. Each filter is one indexable condition where an index exists for it. `index`:
+    SQLite's INDEXED BY (its planner has no histograms to tell a selective threshold from a loose one)."""
+    args: list[Any] = []
+
+    def arg(value: Any) -> str:
+        args.append(value)
+        return ph(len(args))
+
+    conds: list[str] = []
+    since = _finite("since", where.since)
+    until = _finite("until", where.until)
+    if since is not None:
+        conds.append(f"at >= {arg(since)}")
+    if until is not None:
+        conds.append(f"at < {arg(until)}")
+    for column in ("key_id", "model", "deployment"):
+        value = getattr(where, column)
+        if value is not None:
+            conds.append(f"{column} = {arg(value)}")
+    if where.status is not None:
+        if where.status not in _STATUSES:
+            raise ValueError(f"status must be one of {', '.join(_STATUSES)}")
+        conds.append("status = 'ok'" if where.status == "ok" else "status <> 'ok'")
+    min_cost = _finite("min_cost_usd", where.min_cost_usd)
+    if min_cost is not None:
+        conds.append(f"cost_usd >= {arg(min_cost)}")
+    min_latency = _finite("min_latency_ms", where.min_latency_ms)
+    if min_latency is not None:
+        conds.append(f"latency_ms >= {arg(min_latency)}")
+    conds += _text_and_page_conditions(where, arg)
+    page = min(max(int(limit), 1), MAX_PAGE)
+    sql = _SPEND_SELECT if index is None else f"{_SPEND_SELECT} INDEXED BY {index}"
+    if conds:
+        sql += " WHERE " + " AND ".join(conds)
+    sql += f" ORDER BY at DESC, id DESC LIMIT {arg(page)}"
+    return sql, args
+
+
+#: Threshold filters and the index that serves each when it is selective.
+THRESHOLD_INDEXES = {
+    "min_cost_usd": ("cost_usd", "modelyard_spend_cost_at"),
+    "min_latency_ms": ("latency_ms", "modelyard_spend_latency_at"),
+}
+
+
+def get_spend_sql(ph: Placeholder) -> str:
+    return f"{_SPEND_SELECT} WHERE id = {ph(1)}"
+
+
+def update_key_sql(key_id: str, changes: dict[str, Any], ph: Placeholder) -> tuple[str, list[Any]]:
+    """The UPDATE of a key's settable fields (models and metadata as JSON, like `key_row`), for a key not
+    revoked; ValueError for a field that cannot be set. None of the changes: a no-op UPDATE that still tells
+    whether the key is there."""
+    unknown = sorted(set(changes) - set(KEY_UPDATABLE))
+    if unknown:
+        raise ValueError(f"these key fields cannot be changed: {', '.join(unknown)}")
+    args: list[Any] = []
+    sets: list[str] = []
+    for name in KEY_UPDATABLE:
+        if name not in changes:
+            continue
+        value = changes[name]
+        if name == "models":
+            value = None if value is None else _json_encode(list(value)).decode()
+        elif name == "metadata":
+            value = _json_encode(dict(value or {})).decode()
+        elif name == "name" and (not isinstance(value, str) or not value.strip()):
+            raise ValueError("a key needs a name")
+        args.append(value)
+        sets.append(f"{name} = {ph(len(args))}")
+    if not sets:
+        sets.append("id = id")
+    args.append(key_id)
+    return f"UPDATE modelyard_keys SET {', '.join(sets)} WHERE id = {ph(len(args))} AND revoked_at IS NULL", args
+
+
+SESSION_COLUMNS = ("id_hash", "subject", "csrf", "created_at", "expires_at")
+
+
+def session_sql(ph: Placeholder) -> dict[str, str]:
+    """create / get / delete / purge of dashboard sessions."""
+    columns = ", ".join(SESSION_COLUMNS)
+    return {
+        "create": f"INSERT INTO modelyard_ui_sessions ({columns}) VALUES ({', '.join(ph(i + 1) for i in range(5))})",
+        "get": f"SELECT {columns} FROM modelyard_ui_sessions WHERE id_hash = {ph(1)} AND expires_at > {ph(2)}",
+        "delete": f"DELETE FROM modelyard_ui_sessions WHERE id_hash = {ph(1)}",
+        "purge": f"DELETE FROM modelyard_ui_sessions WHERE expires_at <= {ph(1)}",
+    }
+
+
+def session_row(session: UiSession) -> tuple[Any, ...]:
+    return msgspec.structs.astuple(session)
+
+
+def session_from_row(row: Sequence[Any]) -> UiSession:
+    return UiSession(**dict(zip(SESSION_COLUMNS, row, strict=True)))
+
+
+def migration_statement(statement: str, bucket_expr: Callable[[int], str]) -> str:
+    """A migration's statement in one dialect: `{bucket_<grain>}` → that dialect's floor of `at` to the
+    grain's width (`bucket_expr(width)`)."""
+    for grain, width in ROLLUP_GRAINS.items():
+        statement = statement.replace(f"{{bucket_{grain}}}", bucket_expr(width))
+    return statement

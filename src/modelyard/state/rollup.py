@@ -1,0 +1,142 @@
+"""The spend log's rollups (migration 5): a batch of inserted spend rows → one delta per (grain, dim, value,
+bucket), and the SQL that adds them up.
+
+Pure: the stores call `deltas` on the rows they actually inserted (an id already stored, replayed from the
+spool, is not counted again) and run `upsert_sql` in the same transaction as the insert, so the rollups and
+the log never disagree. Aggregating in Python first makes the upsert one row per group (a few hundred per
+batch at most), not one per request.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from modelyard.accounting.traffic import BUCKETS, latency_bucket
+from modelyard.state.migrations import ROLLUP_GRAINS, SPEND_COLUMNS
+
+HISTOGRAM: tuple[str, ...] = tuple(f"h{i}" for i in range(BUCKETS))
+#: Summed figures, in table order after (bucket, dim, value).
+SUMMED: tuple[str, ...] = (
+    "requests",
+    "errors",
+    "prompt_tokens",
+    "completion_tokens",
+    "cost_usd",
+    "latency_ms",
+    *HISTOGRAM,
+)
+ROLLUP_COLUMNS: tuple[str, ...] = ("bucket", "dim", "value", *SUMMED)
+
+_AT, _KEY, _MODEL, _DEPLOYMENT, _PROMPT, _COMPLETION, _COST, _LATENCY, _STATUS = (
+    SPEND_COLUMNS.index(c)
+    for c in (
+        "at",
+        "key_id",
+        "model",
+        "deployment",
+        "prompt_tokens",
+        "completion_tokens",
+        "cost_usd",
+        "latency_ms",
+        "status",
+    )
+)
+_FIRST_BUCKET = SUMMED.index("h0")
+#: A row's token counts count at most this much in the rollups (and never below 0): a sanitised row may
+#: hold 2**63 - 1, and adding it to a bucket's BIGINT would overflow and refuse the row. migrations.py's
+#: backfill bounds them the same way.
+TOKEN_CAP = 2**40
+
+
+def _tokens(value: Any) -> int:
+    return min(max(int(value), 0), TOKEN_CAP)
+
+
+Delta = tuple[Any, ...]
+
+
+_FINEST = min(ROLLUP_GRAINS.values())
+if any(width % _FINEST for width in ROLLUP_GRAINS.values()):  # pragma: no cover - a developer's mistake
+    raise RuntimeError("every rollup grain must be a multiple of the finest")
+
+
+def deltas(rows: Iterable[Sequence[Any]]) -> dict[str, list[Delta]]:
+    """Per grain, the rollup rows (ROLLUP_COLUMNS order) the given spend rows (SPEND_COLUMNS order) add.
+
+    Each row is added to its four dimensions in the finest grain only; the coarser grains are then summed
+    from those groups (a batch of the spend writer spans a second or so: a few dozen groups, not one per
+    row). A time that is not a finite number raises ValueError (a data error: the spend writer then
+    sanitises the row)."""
+    fine: dict[tuple[float, str, str], list[Any]] = {}
+    for row in rows:
+        at = row[_AT]
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise ValueError(f"spend time {at!r} is not a finite number")
+        bucket = float(math.floor(at / _FINEST) * _FINEST)
+        latency = row[_LATENCY]
+        error = 0 if row[_STATUS] == "ok" else 1
+        prompt, completion, cost = _tokens(row[_PROMPT]), _tokens(row[_COMPLETION]), row[_COST]
+        slot = _FIRST_BUCKET + latency_bucket(float(latency))
+        for group in (
+            (bucket, "all", ""),
+            (bucket, "model", row[_MODEL] or ""),
+            (bucket, "deployment", row[_DEPLOYMENT] or ""),
+            (bucket, "key", row[_KEY] or ""),
+        ):
+            sums = fine.get(group)
+            if sums is None:
+                sums = fine[group] = [0, 0, 0, 0, 0.0, 0.0] + [0] * BUCKETS
+            sums[0] += 1
+            sums[1] += error
+            sums[2] += prompt
+            sums[3] += completion
+            sums[4] += cost
+            sums[5] += latency
+            sums[slot] += 1
+    out: dict[str, list[Delta]] = {}
+    for grain, width in ROLLUP_GRAINS.items():
+        if width == _FINEST:
+            out[grain] = [(*group, *sums) for group, sums in fine.items()]
+            continue
+        coarse: dict[tuple[float, str, str], list[Any]] = {}
+        for (bucket, dim, value), sums in fine.items():
+            group = (float(math.floor(bucket / width) * width), dim, value)
+            total = coarse.get(group)
+            if total is None:
+                coarse[group] = list(sums)
+            else:
+                coarse[group] = [a + b for a, b in zip(total, sums, strict=True)]
+        out[grain] = [(*group, *sums) for group, sums in coarse.items()]
+    return out
+
+
+def first_new(rows: Iterable[Sequence[Any]], stored: set[str]) -> list[Sequence[Any]]:
+    """The rows an `INSERT … ON CONFLICT (id) DO NOTHING` of `rows` inserts, given the ids already `stored`:
+    an id stored before, or seen earlier in the batch, is skipped."""
+    seen = set(stored)
+    out = []
+    for row in rows:
+        if row[0] in seen:
+            continue
+        seen.add(row[0])
+        out.append(row)
+    return out
+
+
+def upsert_sql(grain: str, source: str) -> str:
+    """Add rollup rows from `source` (a `VALUES (…)` or a `SELECT …`, in ROLLUP_COLUMNS order) to a grain's
+    table. SQLite wants `WHERE true` after a SELECT source, so its ON CONFLICT is not read as a join's ON."""
+    if grain not in ROLLUP_GRAINS:
+        raise ValueError(f"unknown grain {grain!r}")
+    table = f"modelyard_spend_{grain}"
+    sets = ", ".join(f"{c} = {table}.{c} + excluded.{c}" for c in SUMMED)
+    return (
+        f"INSERT INTO {table} ({', '.join(ROLLUP_COLUMNS)}) {source} "
+        f"ON CONFLICT (dim, value, bucket) DO UPDATE SET {sets}"
+    )
+
+
+def values_source(ph: Callable[[int], str]) -> str:
+    return "VALUES (" + ", ".join(ph(i + 1) for i in range(len(ROLLUP_COLUMNS))) + ")"

@@ -62,6 +62,7 @@ _MAX_AHEAD_S = 86400.0
 #: few seconds must not force a flush per view; the writer flushes on its own anyway).
 FLUSH_EVERY_S = 1.0
 _QUANTILES = (("p50_ms", 0.5), ("p95_ms", 0.95))
+_NAMES = tuple(name for name, _ in _QUANTILES)
 
 
 # --------------------------------------------------------------------------- reading fresh rows
@@ -198,6 +199,8 @@ def parse_cursor(value: str | None) -> tuple[float, str] | None:
 
 
 def _quantiles(histogram: Sequence[int]) -> dict[str, float | None]:
+    if not any(histogram):  # most buckets of a long range: no traffic, no percentiles to read
+        return dict.fromkeys(_NAMES)
     return {name: _round(percentile(histogram, q)) for name, q in _QUANTILES}
 
 

@@ -56,7 +56,7 @@ def seed(dsn: str, rows: int) -> float:
 
 def fresh_postgres(dsn: str) -> None:
     """Drop the DSN's schema, so seeding starts from an empty log."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     from modelyard.state.postgres_store import split_schema
 

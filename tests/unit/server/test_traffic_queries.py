@@ -188,11 +188,11 @@ def test_reads_flush_the_writer_at_most_once_a_second() -> None:
         assert writer.flushes == 1
         await fresh(services)
         assert writer.flushes == 1
-        admin_traffic._GATES[writer].last -= admin_traffic.FLUSH_EVERY_S  # a second later
+        admin_traffic._GATES[services.spend].last -= admin_traffic.FLUSH_EVERY_S  # a second later
         await fresh(services)
         assert writer.flushes == 2
         guard.down = True  # the store is down: no flush to wait on
-        admin_traffic._GATES[writer].last -= admin_traffic.FLUSH_EVERY_S
+        admin_traffic._GATES[services.spend].last -= admin_traffic.FLUSH_EVERY_S
         await fresh(services)
         assert writer.flushes == 2
 

@@ -2,9 +2,10 @@
 request, and what the dashboard's request page reads back.
 
 Pure: no clock, no I/O. The writers run on the hot path (once per request, when its spend record is built),
-so they encode prebuilt Structs with one shared encoder and format a skip reason only when there is a skip.
-Every list and text is capped, so a row's size is bounded whatever the request or the config holds. The
-readers are for pages: a missing or malformed value reads as empty, never as an exception.
+so the stored form is positional (JSON arrays, built as tuples, one shared encoder: smaller, and about a third
+of the cost of objects) and a skip reason is formatted only when there is a skip. Every list and text is capped,
+so a row's size is bounded whatever the request or the config holds. The readers are for pages: they give
+dicts named by the Structs' fields, and a missing or malformed value reads as empty, never as an exception.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ NOTE_CHARS = 300
 NAME_CHARS = 256
 
 
-class RouteFeatures(msgspec.Struct, kw_only=True):
+class RouteFeatures(msgspec.Struct, array_like=True):
     """The request features the decision read."""
 
     prompt_tokens: int = 0
@@ -43,8 +44,11 @@ class RouteFeatures(msgspec.Struct, kw_only=True):
     task: str | None = None
 
 
-class RouteTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """The routing decision of one request (its first plan; skips the executor's walk added included)."""
+class RouteTrace(msgspec.Struct, array_like=True):
+    """The routing decision of one request (its first plan; skips the executor's walk added included).
+
+    Stored as a JSON array in this field order (append-only: an older row reads with the newer fields' defaults).
+    """
 
     model: str = ""
     strategy: str = ""
@@ -60,11 +64,13 @@ class RouteTrace(msgspec.Struct, kw_only=True, omit_defaults=True):
     #: Whether the plan was made in explain mode (the client asked, or the request was sampled): only then
     #: does `notes` hold the strategy's notes and scores per deployment.
     explained: bool = False
-    notes: dict[str, str] = msgspec.field(default_factory=dict)
+    notes: dict[str, str] | None = None
 
 
-class AttemptTrace(msgspec.Struct, kw_only=True):
-    """One attempt: where, when (ms after the request started), how long, how it ended, what it cost."""
+class AttemptTrace(msgspec.Struct, array_like=True):
+    """One attempt: where, when (ms after the request started), how long, how it ended, what it cost.
+
+    Stored as a JSON array in this field order (append-only, as `RouteTrace`)."""
 
     deployment: str = ""
     provider: str = ""
@@ -83,50 +89,54 @@ _read_attempts = msgspec.json.Decoder(list[AttemptTrace]).decode
 
 
 def route_json(plan: Plan) -> str:
-    """The plan as compact JSON (see `RouteTrace`); reasons formatted here, once, and only for skips."""
+    """The plan as compact JSON (a `RouteTrace` array, built as tuples: about 3x cheaper than objects, and
+    this runs for every request); reasons formatted here, once, and only for skips."""
     ctx = plan.ctx
     features = ctx.features
     task = features.task
     skipped = ctx.skipped
-    trace = RouteTrace(
-        model=plan.model[:NAME_CHARS],
-        strategy=plan.strategy,
-        rule=plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
-        ranked=[dep.name for dep in plan.order[:MAX_RANKED]],
-        skipped=[(s.deployment, s.reason[:REASON_CHARS]) for s in skipped[:MAX_SKIPPED]] if skipped else [],
-        skipped_total=len(skipped),
-        fallbacks=[name[:NAME_CHARS] for name in plan.fallbacks[:MAX_FALLBACKS]] if plan.fallbacks else [],
-        sticky=ctx.sticky,
-        features=RouteFeatures(
-            prompt_tokens=features.prompt_tokens,
-            max_tokens=features.max_output_tokens,
-            tools=features.needs_tools,
-            images=features.needs_vision,
-            json=features.needs_json,
-            task=task[:NAME_CHARS] if task is not None else None,
-        ),
-        explained=ctx.explain,
+    fallbacks = plan.fallbacks
+    explained = ctx.explain
+    return _json(
+        (
+            plan.model[:NAME_CHARS],
+            plan.strategy,
+            plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
+            [dep.name for dep in plan.order[:MAX_RANKED]],
+            [(s.deployment, s.reason[:REASON_CHARS]) for s in skipped[:MAX_SKIPPED]] if skipped else (),
+            len(skipped),
+            [name[:NAME_CHARS] for name in fallbacks[:MAX_FALLBACKS]] if fallbacks else (),
+            ctx.sticky,
+            (
+                features.prompt_tokens,
+                features.max_output_tokens,
+                features.needs_tools,
+                features.needs_vision,
+                features.needs_json,
+                task[:NAME_CHARS] if task is not None else None,
+            ),
+            explained,
+            {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)} if explained else None,
+        )
     )
-    if ctx.explain and ctx.notes:
-        trace.notes = {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)}
-    return _json(trace)
 
 
 def attempts_json(records: Sequence[AttemptRecord], request_start: float) -> str:
-    """The attempts as JSON (see `AttemptTrace`); `request_start` on the clock the records' `started` is on
-    (the executor's), so `start_ms` is the attempt's start relative to the request's."""
+    """The attempts as JSON (an array of `AttemptTrace` arrays); `request_start` on the clock the records'
+    `started` is on (the executor's), so `start_ms` is the attempt's start relative to the request's. Times
+    are cut to 0.1 ms (int(): round() costs more than the rest of a record)."""
     return _json(
         [
-            AttemptTrace(
-                deployment=r.deployment,
-                provider=r.provider,
-                outcome=r.outcome,
-                start_ms=round((r.started - request_start) * 1000, 1),
-                ms=round(r.latency_ms, 1),
-                status=r.status,
-                cost_usd=r.cost_usd,
-                hedge=r.hedge,
-                error=r.error[:ERROR_CHARS],
+            (
+                r.deployment,
+                r.provider,
+                r.outcome,
+                int((r.started - request_start) * 10_000) / 10,
+                int(r.latency_ms * 10) / 10,
+                r.status,
+                r.cost_usd,
+                r.hedge,
+                r.error[:ERROR_CHARS],
             )
             for r in records[:MAX_ATTEMPTS]
         ]
@@ -138,13 +148,13 @@ def _json(value: Any) -> str:
     try:
         return _encode(value).decode()
     except UnicodeEncodeError:
-        return _encode(_escaped(msgspec.to_builtins(value))).decode()
+        return _encode(_escaped(value)).decode()
 
 
 def _escaped(value: Any) -> Any:
     if isinstance(value, str):
         return escape_text(value)
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_escaped(item) for item in value]
     if isinstance(value, dict):
         return {escape_text(key): _escaped(item) for key, item in value.items()}
@@ -152,26 +162,27 @@ def _escaped(value: Any) -> Any:
 
 
 def read_route(text: str | bytes | None) -> dict[str, Any]:
-    """A stored route as a dict with every field (defaults filled in); {} when missing or malformed."""
+    """A stored route as a dict named by `RouteTrace`'s fields (`notes` {} when not explained); {} when
+    missing or malformed."""
     if not text:
         return {}
     try:
         trace = _read_route(text)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, TypeError):
         return {}
-    out = msgspec.structs.asdict(trace)  # every field (the stored form leaves out the defaults)
+    out = msgspec.structs.asdict(trace)
     out["features"] = msgspec.structs.asdict(trace.features)
     out["skipped"] = [list(pair) for pair in trace.skipped]
+    out["notes"] = trace.notes or {}
     return out
 
 
 def read_attempts(text: str | bytes | None) -> list[dict[str, Any]]:
-    """Stored attempts as a list of dicts with every field; [] when missing or malformed."""
+    """Stored attempts as a list of dicts named by `AttemptTrace`'s fields; [] when missing or malformed."""
     if not text:
         return []
     try:
         traces = _read_attempts(text)
     except (msgspec.DecodeError, msgspec.ValidationError, UnicodeError, TypeError):
         return []
-    out: list[dict[str, Any]] = msgspec.to_builtins(traces)
-    return out
+    return [msgspec.structs.asdict(trace) for trace in traces]

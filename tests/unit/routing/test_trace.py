@@ -48,13 +48,14 @@ def big_plan(*, explain: bool, ranked: int = 40, skipped: int = 100) -> Plan:
 
 def test_route_is_bounded_however_many_candidates_were_skipped_or_ranked():
     text = route_json(big_plan(explain=True))
-    route = json.loads(text)
+    route = read_route(text)
     assert len(route["ranked"]) == MAX_RANKED == 32
     assert len(route["skipped"]) == MAX_SKIPPED == 32 and route["skipped_total"] == 100
     assert all(len(reason) == REASON_CHARS for _, reason in route["skipped"])
     assert route["skipped"][0][0] == "d0" and route["skipped"][0][1].startswith("over its limit: xxx")
     assert len(route["notes"]) == MAX_NOTES and all(len(n) == NOTE_CHARS for n in route["notes"].values())
     assert len(text) < 32 * (REASON_CHARS + 16) + 32 * (NOTE_CHARS + 16) + 32 * 16 + 1000
+    assert isinstance(json.loads(text), list)  # positional: the compact stored form
 
 
 def test_an_explained_plan_keeps_its_notes_and_a_plain_one_does_not():
@@ -118,6 +119,7 @@ def test_a_long_error_is_kept_to_300_characters_and_attempts_to_16():
     ]
     many = [AttemptRecord(f"d{i}", "openai", "server", 1.0, started=float(i)) for i in range(40)]
     assert len(read_attempts(attempts_json(many, 0.0))) == MAX_ATTEMPTS == 16
+    assert read_attempts('[["a", "openai", "ok"]]')[0]["error"] == ""  # an older, shorter row
 
 
 @pytest.mark.parametrize(
@@ -135,8 +137,9 @@ def test_malformed_or_missing_attempts_read_as_empty(text: Any):
 
 
 def test_a_route_missing_fields_reads_with_defaults():
-    assert read_route('{"strategy": "cost"}') == {
-        "model": "",
+    """Fields are only ever appended: a row written before some existed reads with their defaults."""
+    assert read_route('["m", "cost"]') == {
+        "model": "m",
         "strategy": "cost",
         "rule": None,
         "ranked": [],

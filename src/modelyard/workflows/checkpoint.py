@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from modelyard.workflows.records import RunStatus, StepRecord, StepState
 
@@ -208,6 +209,74 @@ class SqliteStore:
     def close(self) -> None:
         self.flush()
         self._db.close()
+
+
+class SqliteReader:
+    """The SQLite event log opened read-only (an `mode=ro` URI): a reader such as the gateway's dashboard can
+    never create, write or write-lock the store a running workflow appends to.
+
+    `run_ids` reads the listed runs' headers and events in two queries and answers `header`/`events` for them
+    from that batch, so `list_runs` over it costs three queries, not two per run. Writes raise. One reader
+    serves one thread; `interrupt` (any thread) stops a query that runs past its caller's deadline.
+    """
+
+    def __init__(self, path: str | Path, busy_timeout_s: float = 2.0) -> None:
+        self.path = Path(path).expanduser()
+        if not self.path.is_file():
+            raise FileNotFoundError(str(self.path))
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        self._db = sqlite3.connect(uri, uri=True, timeout=busy_timeout_s, check_same_thread=False)
+        self._headers: dict[str, RunHeader] = {}
+        self._events: dict[str, list[StoredEvent]] = {}
+
+    def create_run(self, header: RunHeader) -> None:
+        raise PermissionError("the run store is open read-only")
+
+    def append(self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0) -> None:
+        raise PermissionError("the run store is open read-only")
+
+    def header(self, run_id: str) -> RunHeader | None:
+        if run_id in self._headers:
+            return self._headers[run_id]
+        query = "SELECT run_id, workflow, source, text, inputs, created_at, deps FROM runs WHERE run_id = ?"
+        row = self._db.execute(query, (run_id,)).fetchone()
+        return None if row is None else _header(row)
+
+    def events(self, run_id: str) -> list[StoredEvent]:
+        if run_id in self._events:
+            return self._events[run_id]
+        query = "SELECT seq, run_id, at, kind, key, cost_usd, data FROM events WHERE run_id = ? ORDER BY seq"
+        return [_event(r) for r in self._db.execute(query, (run_id,)).fetchall()]
+
+    def run_ids(self, limit: int = 50) -> list[str]:
+        query = (
+            "SELECT run_id, workflow, source, text, inputs, created_at, deps FROM runs ORDER BY created_at DESC LIMIT ?"
+        )
+        headers = [_header(row) for row in self._db.execute(query, (limit,)).fetchall()]
+        self._headers = {h.run_id: h for h in headers}
+        self._events = {h.run_id: [] for h in headers}
+        if headers:
+            marks = ",".join("?" * len(headers))
+            query = (
+                f"SELECT seq, run_id, at, kind, key, cost_usd, data FROM events WHERE run_id IN ({marks}) ORDER BY seq"
+            )
+            for row in self._db.execute(query, [h.run_id for h in headers]).fetchall():
+                self._events[row[1]].append(_event(row))
+        return [h.run_id for h in headers]
+
+    def interrupt(self) -> None:
+        self._db.interrupt()
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _header(row: tuple[Any, ...]) -> RunHeader:
+    return RunHeader(row[0], row[1], row[2], row[3], json.loads(row[4]), row[5], json.loads(row[6]))
+
+
+def _event(row: tuple[Any, ...]) -> StoredEvent:
+    return StoredEvent(row[0], row[1], row[2], row[3], row[4], row[5], json.loads(row[6]))
 
 
 # --------------------------------------------------------------------------- reading a run back

@@ -1,4 +1,4 @@
-"""`modelyard keys create|list|revoke` and `modelyard spend`: virtual keys and spend reports.
+"""`modelyard keys create|list|revoke|update` and `modelyard spend`: virtual keys and spend reports.
 
 Two ways to reach the keys, same commands:
 
@@ -15,6 +15,7 @@ import asyncio
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -28,7 +29,7 @@ from modelyard.schema.errors import ModelyardError
 from modelyard.state.store import spend_report_body
 
 app = typer.Typer(add_completion=False)
-keys_app = typer.Typer(help="Virtual keys: create, list, revoke.", no_args_is_help=True)
+keys_app = typer.Typer(help="Virtual keys: create, list, revoke, update.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
 T = TypeVar("T")
@@ -92,6 +93,9 @@ class ApiBackend:
 
     def revoke(self, key_id: str) -> dict[str, Any]:
         return dict(self.call("DELETE", f"/admin/keys/{key_id}"))
+
+    def update(self, key_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.call("PATCH", f"/admin/keys/{urllib.parse.quote(key_id, safe='')}", body))
 
     def spend(self, by: str, since: str) -> dict[str, Any]:
         return dict(self.call("GET", f"/admin/spend?by={by}&since={since}"))
@@ -279,6 +283,56 @@ def revoke(
     """Revoke a key: every request with it gets a 401 from then on."""
     result = _run(lambda: _backend(config, url, master_key).revoke(key_id))
     _err().print(f"key {key_id} {'was already revoked' if result.get('already_revoked') else 'revoked'}")
+
+
+#: What `keys update --clear` may clear, and the PATCH field each one is.
+_CLEARABLE = {"models": "models", "rpm": "rpm", "tpm": "tpm", "budget": "budget_usd", "expiry": "expires_at"}
+
+
+@keys_app.command("update")
+def update(
+    key_id: str = typer.Argument(..., help="The key's id (key_...), as `keys list` shows it."),
+    name: str = typer.Option(None, "--name", help="A new name."),
+    models: str = typer.Option(None, "--models", help="Allowed model names, comma-separated."),
+    budget_usd: float = typer.Option(None, "--budget-usd", help="Budget in USD per period."),
+    period: str = typer.Option(None, "--period", help="Budget period: 30d, 7d, 24h, ..."),
+    rpm: int = typer.Option(None, "--rpm", help="Requests per minute."),
+    tpm: int = typer.Option(None, "--tpm", help="Tokens per minute."),
+    expires_in: str = typer.Option(None, "--expires-in", help="Lifetime from now, e.g. 90d."),
+    clear: list[str] = typer.Option(
+        [], "--clear", help=f"Remove a limit: {', '.join(_CLEARABLE)} (repeatable; models: all models again)."
+    ),
+    url: str = typer.Option(..., "--url", help="A running gateway: its admin API applies and re-seeds at once."),
+    master_key: str = MASTER,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Change a key's limits, budget, models, name or expiry (PATCH /admin/keys/{id}; only the values given)."""
+    body: dict[str, Any] = {
+        field: value
+        for field, value in (
+            ("name", name),
+            ("models", models),
+            ("budget_usd", budget_usd),
+            ("period", period),
+            ("rpm", rpm),
+            ("tpm", tpm),
+            ("expires_in", expires_in),
+        )
+        if value is not None
+    }
+    for what in clear:
+        if what not in _CLEARABLE:
+            _err().print(f"[bold red]error:[/] --clear takes one of {', '.join(_CLEARABLE)}, not {what!r}")
+            raise typer.Exit(code=2)
+        body[_CLEARABLE[what]] = None
+    if not body:
+        _err().print("[bold red]error:[/] nothing to change (give --rpm, --budget-usd, --clear rpm, ...)")
+        raise typer.Exit(code=2)
+    updated = _run(lambda: ApiBackend(url, master_key).update(key_id, body))
+    if as_json:
+        typer.echo(json.dumps(updated, indent=2))
+        return
+    _err().print(f"key {updated['id']} ({updated['name']}) updated")
 
 
 @app.command("spend")

@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -474,18 +474,23 @@ class Access:
             return  # the caller asks again (and seeds itself if that seed failed)
         pending = self._seeding[slot] = asyncio.get_running_loop().create_future()
         start, _ = period_bounds(key.anchor, key.period_s, period)
-
-        async def spent() -> int:
-            # The unsettled part first: a record moving into the store meanwhile is counted twice, never missed.
-            unsettled = self.unsettled(key.id, start) if self.unsettled is not None else 0.0
-            total = await self.store_guard.call(self.store.spent_since(key.id, start)) + unsettled
-            return usd_to_nano(total) if 0.0 <= total < MAX_NANO / 1e9 else (0 if not total > 0 else MAX_NANO)
-
         try:
-            await self.counters.seed_budget(key.id, period, spent, ttl)
+            await self.counters.seed_budget(key.id, period, self._spent_since(key.id, start), ttl)
         finally:
             del self._seeding[slot]
             pending.set_result(None)
+
+    def _spent_since(self, key_id: str, start: float) -> Callable[[], Awaitable[int]]:
+        """What a key has spent since `start` in nano-dollars, computed when the counters call it: the store's
+        spend log plus what is not in it yet (`unsettled`)."""
+
+        async def spent() -> int:
+            # The unsettled part first: a record moving into the store meanwhile is counted twice, never missed.
+            unsettled = self.unsettled(key_id, start) if self.unsettled is not None else 0.0
+            total = await self.store_guard.call(self.store.spent_since(key_id, start)) + unsettled
+            return usd_to_nano(total) if 0.0 <= total < MAX_NANO / 1e9 else (0 if not total > 0 else MAX_NANO)
+
+        return spent
 
     def _refusal(self, key: KeyState, reason: str, retry_after: float, period: int) -> GatewayError:
         if reason == "budget":
@@ -566,6 +571,50 @@ class Access:
         if digest is not None and digest in self._keys:
             self._keys[digest].revoked = True  # takes effect at once here; other replicas at their refresh
         return revoked
+
+    async def update_key(self, before: KeyRecord, changes: dict[str, object]) -> KeyRecord | None:
+        """Write validated `changes` to the key `before` (None: it is gone or revoked) and apply them here at
+        once: this replica's KeyState is replaced (models, limits, budget, metadata). When the budget or the
+        period was set, the current period's budget is re-seeded in the counters (in Redis: for every
+        replica at once) from the spend log, without losing what the period has spent: the same window keeps
+        the higher of the counters' and the log's figure; a new period length starts the new window from the
+        log. Other replicas read the new record itself at their `access.refresh_s` refresh."""
+        record = await self.store_guard.call(self.store.update_key(before.id, dict(changes)))
+        if record is None:
+            return None
+        if limits_problem(record) is not None:  # cannot happen after the admin API's checks; never serve it
+            raise GatewayError(500, f"key {record.id} was stored with unusable limits: {limits_problem(record)}")
+        state = KeyState.from_record(record)
+        old_digest = self._by_id.get(record.id)
+        if old_digest is not None and old_digest != record.key_hash:
+            self._keys.pop(old_digest, None)
+        self._keys[record.key_hash] = state
+        self._by_id[record.id] = record.key_hash
+        self._unknown.pop(record.key_hash, None)
+        if state.budget_nano is not None and ("budget_usd" in changes or "period_s" in changes):
+            now = self.clock()
+            period = state.current_period(now)
+            start, end = period_bounds(state.anchor, state.period_s, period)
+            old_period = before.period_s or 30 * 86400.0
+            try:
+                await self.counters.reseed_budget(
+                    state.id,
+                    period,
+                    self._spent_since(state.id, start),
+                    int(end - now) + 86400,
+                    replace=old_period != state.period_s,
+                )
+            except StateUnavailable as exc:
+                wait = str(max(1, round(exc.retry_after)))
+                raise GatewayError(
+                    503,
+                    "The key was updated, but its budget could not be re-seeded in the shared counters (they are "
+                    f"unreachable): send the same update again in {wait}s.",
+                    type="server_error",
+                    code="state_unavailable",
+                    headers={"Retry-After": wait},
+                ) from None
+        return record
 
     async def key_spend(self, record: KeyRecord) -> dict[str, float] | None:
         """Spent and reserved USD in the key's current budget period (None without a usable budget): from the

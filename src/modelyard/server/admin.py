@@ -1,10 +1,11 @@
-"""The admin API (master key only): virtual keys and spend reports.
+"""The admin API (the master key, or a key with role admin): virtual keys and spend reports.
 
     POST   /admin/keys          {"name", "models"?, "rpm"?, "tpm"?, "budget_usd"?, "period"?, "expires_in"?,
                                  "priority"?, "max_priority"?, "max_queue_ms"?, "metadata"?}  → the key record
                                  plus `key`, the raw key, shown this once
     GET    /admin/keys          ?all=true lists revoked keys too; each with its current budget period spend
     DELETE /admin/keys/{id}     revoke (immediate on this replica, within `access.refresh_s` on the others)
+    GET|PATCH /admin/keys/{id}  one key, its spend and usage; edit it (admin_keys.py)
     GET    /admin/spend         ?by=model|key|day|deployment&since=7d
     GET    /admin/queues        the admission queues now: per model and class, depth, tokens, service rate
     POST   /admin/reload        re-read the config file (and its prices_from file) and swap it in: 200 with
@@ -25,6 +26,7 @@ answer within `state.store_timeout_s` (never a hang).
 
 from __future__ import annotations
 
+import asyncio
 import math
 import re
 import time
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from modelyard.accounting.budgets import parse_duration
 from modelyard.config.model import QueueSettings
 from modelyard.schema.errors import GatewayError
+from modelyard.server.access import MASTER_ID, has_admin_role
 from modelyard.server.http import Request, send_json
 from modelyard.server.validation import decode_body
 from modelyard.state.key_limits import (
@@ -44,10 +47,12 @@ from modelyard.state.key_limits import (
     rate_problem,
     timestamp_problem,
 )
+from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import GROUPINGS
 from modelyard.state.store import spend_report_body
 
 if TYPE_CHECKING:
+    from modelyard.server.access import Access
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
     from modelyard.server.services import Services
@@ -55,7 +60,7 @@ if TYPE_CHECKING:
 KEYS_PATH = "/admin/keys"
 QUEUES_PATH = "/admin/queues"
 RELOAD_PATH = "/admin/reload"
-_ADMIN_BODY_LIMIT = 64 * 1024
+ADMIN_BODY_LIMIT = 64 * 1024
 _MAX_TEXT = 256  # a key's name, a model name, a metadata key
 _MAX_VALUE = 4096  # a metadata value
 _MAX_ITEMS = 256  # models, metadata entries
@@ -147,7 +152,7 @@ def _metadata(value: Any) -> dict[str, str]:
     return metadata
 
 
-def _known_guardrails(metadata: dict[str, str], sets: Mapping[str, object]) -> None:
+def known_guardrails(metadata: dict[str, str], sets: Mapping[str, object]) -> None:
     """A key's `guardrails` metadata names sets the config has (a request with an unknown one would fail
     closed, so the mistake is refused here, when the key is made)."""
     named = [n.strip() for n in metadata.get("guardrails", "").split(",") if n.strip()]
@@ -236,22 +241,39 @@ def _duration(body: dict[str, Any], name: str, minimum: float) -> float | None:
     return seconds
 
 
+def _expiry(body: dict[str, Any], now: float) -> float | None:
+    """`expires_in` (a duration from now) or `expires_at` (unix time), checked; None when neither is given."""
+    expires_in = _duration(body, "expires_in", 1.0)
+    expires_at: float | None = now + expires_in if expires_in is not None else _optional(body, "expires_at", float)
+    _checked("expires_in" if expires_in is not None else "expires_at", expires_at, timestamp_problem(expires_at))
+    return expires_at
+
+
+def _rate(body: dict[str, Any], name: str) -> int | None:
+    return _checked(name, _optional(body, name, int, 1), rate_problem(body.get(name)))  # type: ignore[no-any-return]
+
+
+def _budget(body: dict[str, Any]) -> float | None:
+    budget = _optional(body, "budget_usd", float, 0)
+    return _checked("budget_usd", budget, budget_problem(budget))  # type: ignore[no-any-return]
+
+
+def _name(value: Any) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise GatewayError(400, "`name` is required", param="name")
+    return _text("name", value).strip()
+
+
 def key_options(body: dict[str, Any], now: float, classes: Collection[str]) -> dict[str, Any]:
     """Validated `new_key` options from a POST /admin/keys body: every value finite and in range; `classes`
     are the config's priority class names (`queue.classes`), highest first."""
     period = _duration(body, "period", MIN_PERIOD_S)
-    expires_in = _duration(body, "expires_in", 1.0)
-    expires_at = now + expires_in if expires_in is not None else _optional(body, "expires_at", float)
-    _checked("expires_in" if expires_in is not None else "expires_at", expires_at, timestamp_problem(expires_at))
-    rpm = _checked("rpm", _optional(body, "rpm", int, 1), rate_problem(body.get("rpm")))
-    tpm = _checked("tpm", _optional(body, "tpm", int, 1), rate_problem(body.get("tpm")))
-    budget = _optional(body, "budget_usd", float, 0)
-    _checked("budget_usd", budget, budget_problem(budget))
+    expires_at = _expiry(body, now)
     return {
         "models": _models(body.get("models")),
-        "rpm": rpm,
-        "tpm": tpm,
-        "budget_usd": budget,
+        "rpm": _rate(body, "rpm"),
+        "tpm": _rate(body, "tpm"),
+        "budget_usd": _budget(body),
         "period_s": period if period is not None else 30 * 86400.0,
         "expires_at": expires_at,
         "metadata": _queue_metadata(body, _metadata(body.get("metadata")), classes),
@@ -259,48 +281,176 @@ def key_options(body: dict[str, Any], now: float, classes: Collection[str]) -> d
     }
 
 
-async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = await _services(gw, ctx)
-    body = decode_body(await request.body(_ADMIN_BODY_LIMIT))
-    name = body.get("name")
-    if not isinstance(name, str) or not name.strip():
-        raise GatewayError(400, "`name` is required", param="name")
-    _text("name", name)
+#: What a PATCH /admin/keys/{id} body may name (anything else is a 400: a misspelt field is not ignored).
+PATCH_FIELDS = frozenset(
+    (
+        "name",
+        "models",
+        "rpm",
+        "tpm",
+        "budget_usd",
+        "period",
+        "expires_in",
+        "expires_at",
+        "metadata",
+        *_CLASS_FIELDS,
+        "max_queue_ms",
+    )
+)
+
+
+def key_changes(body: dict[str, Any], before: KeyRecord, now: float, classes: Collection[str]) -> dict[str, Any]:
+    """The `Store.update_key` changes a PATCH body asks for, each checked by the same rule as POST's (`null`
+    clears a limit, an expiry, or the models list; `period: null` is the default 30d). `metadata` merges
+    into the key's (a `null` value removes that entry; `metadata: null` removes every entry); the queue
+    fields at the top level win over it, as in POST, and `null` removes them."""
+    unknown = sorted(set(body) - PATCH_FIELDS)
+    if unknown:
+        shown = ", ".join(_CONTROL.sub("?", name[:64]) for name in unknown[:5])
+        raise GatewayError(
+            400, f"unknown field(s) {shown} (a key's {', '.join(sorted(PATCH_FIELDS))})", param=unknown[0][:64]
+        )
+    changes: dict[str, Any] = {}
+    if "name" in body:
+        changes["name"] = _name(body["name"])
+    if "models" in body:
+        changes["models"] = _models(body["models"])
+    for rate in ("rpm", "tpm"):
+        if rate in body:
+            changes[rate] = _rate(body, rate)
+    if "budget_usd" in body:
+        changes["budget_usd"] = _budget(body)
+    if "period" in body:
+        changes["period_s"] = _duration(body, "period", MIN_PERIOD_S)
+    if "expires_in" in body and "expires_at" in body:
+        raise GatewayError(400, "give `expires_in` or `expires_at`, not both", param="expires_in")
+    if "expires_in" in body or "expires_at" in body:
+        changes["expires_at"] = _expiry(body, now)
+    if "metadata" in body or any(f in body for f in (*_CLASS_FIELDS, "max_queue_ms")):
+        changes["metadata"] = _patched_metadata(body, before.metadata, classes)
+    return changes
+
+
+def _patched_metadata(body: dict[str, Any], metadata: dict[str, str], classes: Collection[str]) -> dict[str, str]:
+    """A key's metadata after a PATCH body: `metadata` merged in (RFC 7396: a null value removes the entry, a
+    null `metadata` every entry), then the top-level queue fields (null removes), all checked as in POST."""
+    patch = body.get("metadata")
+    if patch is not None and not isinstance(patch, dict):
+        raise GatewayError(400, "`metadata` must be an object of strings", param="metadata")
+    merged = {} if "metadata" in body and patch is None else dict(metadata)
+    for name, value in (patch or {}).items():
+        if value is None:
+            merged.pop(name, None)
+        else:
+            merged[name] = value
+    for name in (*_CLASS_FIELDS, "max_queue_ms"):
+        if name in body and body[name] is None:
+            merged.pop(name, None)
+    return _queue_metadata(body, _metadata(merged), classes)
+
+
+def grants_admin(before: KeyRecord | None, metadata: Mapping[str, str] | None) -> bool:
+    """Whether writing `metadata` makes a key an admin that was not one (only the master key may)."""
+    if metadata is None or not has_admin_role(dict(metadata)):
+        return False
+    return before is None or not has_admin_role(before.metadata)
+
+
+def admin_minting() -> GatewayError:
+    return GatewayError(
+        403,
+        "only the master key may give a key the admin role (metadata role: admin)",
+        type="permission_error",
+        param="metadata.role",
+        code="admin_role_denied",
+    )
+
+
+async def subject_services(gw: Gateway, ctx: RequestContext) -> tuple[Services, str]:
+    """The admin API's services and who calls: `master`, or the id of a key with role admin (else 401)."""
+    services = admin_gate(gw)
     access = services.access
     assert access is not None
-    # Everything checked before anything is written.
+    subject = await access.admin_subject(ctx.credential)
+    if subject is None:
+        raise GatewayError(401, "the admin API needs the master key or a key with role admin", code="invalid_api_key")
+    return services, subject
+
+
+def _access(gw: Gateway) -> Access:
+    access = admin_gate(gw).access
+    assert access is not None
+    return access
+
+
+async def create_key_data(gw: Gateway, body: dict[str, Any], *, master: bool) -> dict[str, Any]:
+    """Make a key from a POST body (every value checked before anything is written): its record and `key`,
+    the raw key, which exists only in this answer. Only the master key may make an admin key."""
+    name = _name(body.get("name"))
+    access = _access(gw)
     options = key_options(body, access.clock(), class_names(gw.config.queue))
-    _known_guardrails(options["metadata"], gw.config.guardrails)
+    known_guardrails(options["metadata"], gw.config.guardrails)
+    if not master and grants_admin(None, options["metadata"]):
+        raise admin_minting()
     raw, record = await access.store_guard.call(access.create_key(name, **options))
-    await send_json(request.send, 200, {**record.public(), "key": raw})
+    return {**record.public(), "key": raw}
 
 
-async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = await _services(gw, ctx)
-    access = services.access
-    assert access is not None
-    include_revoked = request.query.get("all", "").lower() in ("1", "true", "yes")
+async def keys_data(gw: Gateway, *, include_revoked: bool = False) -> dict[str, Any]:
+    """Every key (revoked ones too when asked), newest first as the store lists them, each with its current
+    budget period's spend (read concurrently, a few at a time: bounded by the counters' and store's timeouts)."""
+    access = _access(gw)
     records = await access.store_guard.call(access.store.list_keys(include_revoked=include_revoked))
+    limit = asyncio.Semaphore(8)
+
+    async def spend_of(record: KeyRecord) -> dict[str, float] | None:
+        async with limit:
+            return await access.key_spend(record)
+
+    spends = await asyncio.gather(*(spend_of(r) for r in records))
     data = []
-    for record in records:
+    for record, spent in zip(records, spends, strict=True):
         entry = record.public()
-        entry["spend"] = await access.key_spend(record)  # bounded: counters and store have timeouts
+        entry["spend"] = spent
         data.append(entry)
-    await send_json(request.send, 200, {"object": "list", "data": data})
+    return {"object": "list", "data": data}
 
 
-async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    services = await _services(gw, ctx)
-    access = services.access
-    assert access is not None
-    key_id = request.path[len(KEYS_PATH) + 1 :]
+async def key_record(gw: Gateway, key_id: str) -> KeyRecord:
+    """The key with this id (revoked ones included), or a 404."""
     if not _KEY_ID.match(key_id):
-        raise GatewayError(404, f"no key with id `{key_id[:64]}`", code="key_not_found")
+        raise GatewayError(404, f"no key with id `{_CONTROL.sub('?', key_id[:64])}`", code="key_not_found")
+    access = _access(gw)
     record = await access.store_guard.call(access.store.get_key(key_id))
     if record is None:
         raise GatewayError(404, f"no key with id `{key_id}`", code="key_not_found")
+    return record
+
+
+async def revoke_key_data(gw: Gateway, key_id: str) -> dict[str, Any]:
+    """Revoke a key: at once on this replica, within `access.refresh_s` on the others."""
+    await key_record(gw, key_id)
+    access = _access(gw)
     revoked = await access.store_guard.call(access.revoke_key(key_id))
-    await send_json(request.send, 200, {"id": key_id, "revoked": True, "already_revoked": not revoked})
+    return {"id": key_id, "revoked": True, "already_revoked": not revoked}
+
+
+async def create_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    _, subject = await subject_services(gw, ctx)
+    body = decode_body(await request.body(ADMIN_BODY_LIMIT))
+    await send_json(request.send, 200, await create_key_data(gw, body, master=subject == MASTER_ID))
+
+
+async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    await _services(gw, ctx)
+    include_revoked = request.query.get("all", "").lower() in ("1", "true", "yes")
+    await send_json(request.send, 200, await keys_data(gw, include_revoked=include_revoked))
+
+
+async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
+    await _services(gw, ctx)
+    key_id = request.path[len(KEYS_PATH) + 1 :]
+    await send_json(request.send, 200, await revoke_key_data(gw, key_id))
 
 
 async def queues(gw: Gateway, request: Request, ctx: RequestContext) -> None:

@@ -82,6 +82,15 @@ class Counters(Protocol):
         replicas: only if absent)."""
         ...
 
+    async def reseed_budget(
+        self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, *, replace: bool
+    ) -> None:
+        """Restart a budget period after its key's budget or period was edited, at once and for every replica
+        sharing the counters: `replace` sets its spend to `spent_nano` (the period's bounds changed, so what
+        the counters hold may belong to another window); otherwise the higher of the two is kept (same
+        window: nothing spent is lost, a budget that was off meanwhile catches up with the spend log)."""
+        ...
+
     async def budget_state(self, account: str, period: int) -> tuple[int, int]:
         """(spent, reserved) nano-dollars."""
         ...
@@ -174,6 +183,17 @@ class MemoryCounters:
         value = await spent_value(spent_nano)
         self.ledger.seed(account, period, value)  # ignored if a concurrent seed got there first
         self.ledger.forget_before(account, period)
+
+    async def reseed_budget(
+        self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, *, replace: bool
+    ) -> None:
+        value = await spent_value(spent_nano)
+        ledger = self.ledger
+        if not ledger.seeded(account, period):
+            ledger.seed(account, period, value)
+            return
+        balance = ledger.balances[(account, period)]  # its reservations in flight stay (they settle into it)
+        balance.spent = value if replace else max(balance.spent, value)
 
     async def budget_state(self, account: str, period: int) -> tuple[int, int]:
         return self.ledger.state(account, period)

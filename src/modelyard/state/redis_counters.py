@@ -170,6 +170,30 @@ for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[4], 'EX', ARGV[5]) end
 return 1
 """
 
+# After a key's budget or period was edited, the same window: an existing budget hash gets `spent` raised to
+# ARGV[1] if lower (everything else stays: its epoch, every replica's reservations in it). KEYS: budget hash.
+# ARGV: spent, ttl. Returns 0 when there is no hash (the caller seeds it as usual).
+_RAISE = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if tonumber(ARGV[1]) > tonumber(redis.call('HGET', KEYS[1], 'spent') or '0') then
+  redis.call('HSET', KEYS[1], 'spent', ARGV[1])
+end
+if redis.call('TTL', KEYS[1]) < tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[2]) end
+return 1
+"""
+
+# After a key's period was edited: the budget hash of the (new) current period starts afresh whether it exists
+# or not (one that exists may hold another window's spend). KEYS and ARGV as _SEED. The reservations of
+# other replicas in it then settle as ones that outlived their hash: their cost is added, their `reserved`
+# is not taken back.
+_REPLACE = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], 'spent', ARGV[1], 'reserved', ARGV[3], 'epoch', ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+for i = 2, #KEYS do redis.call('SET', KEYS[i], ARGV[4], 'EX', ARGV[5]) end
+return 1
+"""
+
 
 @dataclass(slots=True)
 class RedisReservation(Reservation):
@@ -216,6 +240,8 @@ class RedisCounters:
         self._admit: Any = None
         self._settle: Any = None
         self._seed: Any = None
+        self._raise: Any = None
+        self._replace: Any = None
         self._errors = redis_errors()
         #: Settlements that could not be sent (Redis down), replayed before admitting again.
         self._pending: deque[tuple[list[str], list[Any]]] = deque(maxlen=max_pending)
@@ -265,6 +291,8 @@ class RedisCounters:
         self._admit = self._client.register_script(_ADMIT)
         self._settle = self._client.register_script(_SETTLE)
         self._seed = self._client.register_script(_SEED)
+        self._raise = self._client.register_script(_RAISE)
+        self._replace = self._client.register_script(_REPLACE)
         try:
             await asyncio.wait_for(self._client.ping(), self.timeout_s * 2)
         except self._errors as exc:  # start anyway: the outage policy applies until Redis answers
@@ -495,6 +523,53 @@ class RedisCounters:
             del self._seeding[epoch]
             done.set_result(None)
         await self._local_seed(account, period, spent_nano, ttl_s)
+
+    async def reseed_budget(
+        self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, *, replace: bool
+    ) -> None:
+        """See `Counters.reseed_budget`: one script, so every replica's next admit sees the new start. While
+        Redis is down: this replica's local counters (fail_open) or StateUnavailable (fail_closed)."""
+        if not self._available:
+            await self._local_reseed(account, period, spent_nano, ttl_s, replace)
+            return
+        if not replace:
+            spent = clamp(await spent_value(spent_nano), MAX_NANO)
+            try:
+                raised = await self._raise(keys=[self._key(account, f"budget:{period}")], args=[spent, max(1, ttl_s)])
+            except self._errors as exc:
+                self._went_down(exc)
+                await self._local_reseed(account, period, spent, ttl_s, replace)
+                return
+            if not int(raised):  # no budget hash yet: seeded as on first use
+                await self.seed_budget(account, period, spent, ttl_s)
+            return
+        # As seed_budget, but unconditional: this replica's reservations in flight are carried into the new hash.
+        epoch = secrets.token_hex(8)
+        carried = self._carry(account, period, epoch)
+        done = self._seeding[epoch] = asyncio.get_running_loop().create_future()
+        try:
+            spent = clamp(await spent_value(spent_nano), MAX_NANO)
+            reserved = sum(r.estimate_nano for r in carried)
+            markers = [self._key(account, f"r:{r.token}") for r in carried if r.token]
+            await self._replace(
+                keys=[self._key(account, f"budget:{period}"), *markers],
+                args=[spent, max(1, ttl_s), clamp(reserved, MAX_NANO), epoch, _MARKER_TTL_S],
+            )
+        except self._errors as exc:
+            self._went_down(exc)
+        else:
+            return
+        finally:
+            del self._seeding[epoch]
+            done.set_result(None)
+        await self._local_reseed(account, period, spent_nano, ttl_s, replace)
+
+    async def _local_reseed(
+        self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, replace: bool
+    ) -> None:
+        if self.on_unavailable != "fail_open":
+            raise self._unavailable()
+        await self._local.reseed_budget(account, period, spent_nano, ttl_s, replace=replace)
 
     async def _local_seed(self, account: str, period: int, spent_nano: SpentSource, ttl_s: int) -> None:
         if self.on_unavailable != "fail_open":

@@ -62,7 +62,9 @@ async def bench(label: str, store: Store, runs: int) -> list[tuple[str, str, flo
         out.append((label, "log: same, page 2 (keyset)", ms, len(rows)))
     for name, where in (
         ("log: no filter", SpendFilter()),
-        ("log: min_cost_usd=0.05", SpendFilter(min_cost_usd=0.05)),
+        ("log: min_cost_usd=0.05 (0.03% of rows)", SpendFilter(min_cost_usd=0.05)),
+        ("log: min_cost_usd=0.01 (5% of rows)", SpendFilter(min_cost_usd=0.01)),
+        ("log: model + min_cost_usd=0.02", SpendFilter(model=model, min_cost_usd=0.02)),
         ("log: key + status=error", SpendFilter(key_id="key_0000000000000003", status="error")),
         ("log: guardrail=block", SpendFilter(guardrail="block")),
         ("log: min_latency_ms=20000", SpendFilter(min_latency_ms=20000.0)),

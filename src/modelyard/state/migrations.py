@@ -214,6 +214,12 @@ MIGRATIONS: tuple[Migration, ...] = (
                 for grain in ROLLUP_GRAINS
             ),
             *_rollup_backfill(),
+            # The overview over days reads every hour of a dimension (30 days x 50 keys: 36,000 rows): from
+            # this index alone, not one table lookup per row (SQLite, 1,000,000 rows: 124 → 74 ms of CPU for the four).
+            "CREATE INDEX modelyard_spend_hour_cover ON modelyard_spend_hour (dim, bucket, value, requests, errors, "
+            "prompt_tokens, completion_tokens, cost_usd, latency_ms, "
+            + ", ".join(f"h{i}" for i in range(len(LATENCY_EDGES_MS) + 1))
+            + ")",
             """CREATE TABLE modelyard_ui_sessions (
             id_hash TEXT PRIMARY KEY,
             subject TEXT NOT NULL,

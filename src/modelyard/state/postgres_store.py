@@ -43,11 +43,13 @@ from modelyard.state.store import (
     report_rows,
     report_sql,
     rollup_rows,
+    selective_index,
     session_from_row,
     session_row,
     session_sql,
     spend_from_row,
     spend_row,
+    threshold_probes,
     traffic_args,
     traffic_sql,
     update_key_sql,
@@ -267,8 +269,19 @@ class PostgresStore:
         return None if row is None else spend_from_row(tuple(row))
 
     async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:
+        """A selective threshold filter (few rows over it, counted first) is read through its index: the
+        ORDER BY `at + 0` keeps the planner off the newest-first scan it would otherwise pick."""
         sql, args = find_spend_sql(where, limit, _ph)
-        return [spend_from_row(tuple(row)) for row in await self.pool.fetch(sql, *args)]
+        probes = threshold_probes(where, _ph)
+        if probes:
+            async with self.pool.acquire() as conn:
+                counts = [(int(await conn.fetchval(probe, value)), index) for index, probe, value in probes]
+                if selective_index(counts) is not None:
+                    sql, args = find_spend_sql(where, limit, _ph, order_at="at + 0")
+                rows = await conn.fetch(sql, *args)
+        else:
+            rows = await self.pool.fetch(sql, *args)
+        return [spend_from_row(tuple(row)) for row in rows]
 
     async def traffic(
         self, grain: str, dim: str, since: float, until: float, *, value: str | None = None, by: str = "time"

@@ -33,7 +33,6 @@ from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.rollup import ROLLUP_COLUMNS, deltas, first_new, upsert_sql
 from modelyard.state.store import (
-    THRESHOLD_INDEXES,
     RollupRow,
     SpendFilter,
     SpendRow,
@@ -47,11 +46,13 @@ from modelyard.state.store import (
     report_rows,
     report_sql,
     rollup_rows,
+    selective_index,
     session_from_row,
     session_row,
     session_sql,
     spend_from_row,
     spend_row,
+    threshold_probes,
     traffic_args,
     traffic_sql,
     update_key_sql,
@@ -244,7 +245,8 @@ class SQLiteStore:
         find_spend_sql(where, limit, _ph)  # validates before the thread sees it
 
         def find(conn: sqlite3.Connection) -> list[Any]:
-            sql, args = find_spend_sql(where, limit, _ph, index=_threshold_index(conn, where))
+            index = _threshold_index(conn, where)
+            sql, args = find_spend_sql(where, limit, _ph, from_hint=f"INDEXED BY {index}" if index else "")
             return conn.execute(sql, args).fetchall()
 
         return [spend_from_row(row) for row in await self._run(find)]
@@ -358,30 +360,16 @@ def _insert_spend(
     conn.execute("COMMIT")
 
 
-#: A threshold (min cost, min latency) matching fewer rows than this is read through its own index and
-#: sorted; a looser one is met soon enough scanning newest first (1,000,000 rows, 10,000 matching: ~5,000
-#: rows read before a 50-row page is full).
-_SELECTIVE = 10_000
-
-
 def _threshold_index(conn: sqlite3.Connection, where: SpendFilter) -> str | None:
     """The index for the request log's query when a threshold filter is selective, else None (the planner's
-    choice). SQLite has no histograms (no STAT4 in common builds): without this it scans newest first through
-    `at` whatever the threshold, 1.2 s for a page of the 0.03% dearest requests of a million. The probe counts
-    at most _SELECTIVE entries of a covering index: a few ms."""
-    best: tuple[int, str] | None = None
-    for name, (column, index) in THRESHOLD_INDEXES.items():
-        value = getattr(where, name)
-        if value is None:
-            continue
-        probe = (
-            f"SELECT COUNT(*) FROM (SELECT 1 FROM modelyard_spend INDEXED BY {index} "
-            f"WHERE {column} >= ? LIMIT {_SELECTIVE})"
-        )
-        count = int(conn.execute(probe, (float(value),)).fetchone()[0])
-        if count < _SELECTIVE and (best is None or count < best[0]):
-            best = (count, index)
-    return None if best is None else best[1]
+    choice, which without histograms is newest first through `at` whatever the threshold: 1.2 s for a page
+    of the 0.03% dearest requests of a million)."""
+    counts = [(int(conn.execute(sql, (value,)).fetchone()[0]), index) for index, sql, value in _probes(where)]
+    return selective_index(counts)
+
+
+def _probes(where: SpendFilter) -> list[tuple[str, str, float]]:
+    return threshold_probes(where, _ph)
 
 
 def _version(conn: sqlite3.Connection) -> int:

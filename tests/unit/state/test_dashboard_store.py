@@ -14,6 +14,7 @@ import pytest
 from modelyard.accounting.spend import SpendRecord, SpendWriter
 from modelyard.accounting.traffic import BUCKETS, latency_bucket
 from modelyard.state import postgres_store, sqlite_store
+from modelyard.state import store as store_module
 from modelyard.state.keys import new_key
 from modelyard.state.migrations import MIGRATIONS, ROLLUP_DIMS, ROLLUP_GRAINS, SPEND_COLUMNS
 from modelyard.state.store import SpendFilter, Store, UiSession, find_spend_sql, spend_row
@@ -293,13 +294,14 @@ async def test_sqlite_request_log_queries_use_their_indexes(tmp_path: Path, monk
     try:
         await store.write_spend([_spend(i) for i in range(3000)])
         await store._run(lambda conn: conn.execute("ANALYZE"))
-        monkeypatch.setattr(sqlite_store, "_SELECTIVE", 100)  # "few rows" out of 3,000
+        monkeypatch.setattr(store_module, "SELECTIVE", 100)  # "few rows" out of 3,000
 
         async def plan(where: SpendFilter) -> str:
             def chosen(conn: Any) -> str | None:
                 return sqlite_store._threshold_index(conn, where)
 
-            sql, args = find_spend_sql(where, 50, sqlite_store._ph, index=await store._run(chosen))
+            index = await store._run(chosen)
+            sql, args = find_spend_sql(where, 50, sqlite_store._ph, from_hint=f"INDEXED BY {index}" if index else "")
             rows = await store._run(lambda conn: conn.execute("EXPLAIN QUERY PLAN " + sql, args).fetchall())
             return " | ".join(str(r[-1]) for r in rows)
 

@@ -296,6 +296,8 @@ def test_markup_in_a_store_is_shown_as_text(browser: httpx.Client, served: Serve
     dag = re.search(r'<figure id="dag".*?</figure>', text, re.S)
     assert dag is not None and "&lt;script&gt;" in dag.group(0) and "<script" not in dag.group(0)
     assert 'data-step="&lt;script&gt;' in text
+    after = re.search(r'<tr data-step="after">(.*?)</tr>', text, re.S)  # never started: listed as pending
+    assert after is not None and 'class="badge pending">pending<' in after.group(1)
     body = admin(served.url, f"/admin/runs/{HOSTILE_ID}").json()
     assert body["steps"][0]["key"] == XSS  # the API gives the data as it is; the page escapes it
 

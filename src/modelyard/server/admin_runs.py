@@ -98,15 +98,15 @@ def parse_limit(raw: str | None) -> int:
 # --------------------------------------------------------------------------- reading, bounded
 
 
-async def _read(gw: Gateway, work: Callable[[SqliteReader], T], missing: T) -> T:
+async def _read(gw: Gateway, work: Callable[[SqliteReader], T], missing: T, *, outlines: bool = False) -> T:
     """`work(reader)` in a worker thread on a read-only connection, within `state.store_timeout_s`; `missing`
-    when the store file does not exist (or holds no run table yet)."""
+    when the store file does not exist (or holds no run table yet). `outlines`: see SqliteReader."""
     path = runs_store_path(gw.config)
     opened: list[SqliteReader] = []
 
     def run() -> T:
         try:
-            reader = SqliteReader(path, busy_timeout_s=gw.config.state.store_timeout_s)
+            reader = SqliteReader(path, busy_timeout_s=gw.config.state.store_timeout_s, outlines=outlines)
         except FileNotFoundError:
             return missing
         opened.append(reader)
@@ -148,7 +148,7 @@ async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
             rows.append({**vars(row), "status": row.status.value, "steps": steps})
         return rows
 
-    return {"object": "list", "data": await _read(gw, work, [])}
+    return {"object": "list", "data": await _read(gw, work, [], outlines=True)}
 
 
 async def run_data(gw: Gateway, run_id: str) -> dict[str, Any]:

@@ -216,11 +216,14 @@ class SqliteReader:
     never create, write or write-lock the store a running workflow appends to.
 
     `run_ids` reads the listed runs' headers and events in two queries and answers `header`/`events` for them
-    from that batch, so `list_runs` over it costs three queries, not two per run. Writes raise. One reader
-    serves one thread; `interrupt` (any thread) stops a query that runs past its caller's deadline.
+    from that batch, so `list_runs` over it costs two queries, not two per run. With `outlines`, that batch
+    holds each record's key, step, kind and state only (all `list_runs` reads), cut out by SQLite's JSON
+    functions, so listing runs never decodes their outputs. Writes raise. One reader serves one thread;
+    `interrupt` (from any thread) stops a query that runs past its caller's deadline.
     """
 
-    def __init__(self, path: str | Path, busy_timeout_s: float = 2.0) -> None:
+    def __init__(self, path: str | Path, busy_timeout_s: float = 2.0, *, outlines: bool = False) -> None:
+        self.outlines = outlines
         self.path = Path(path).expanduser()
         if not self.path.is_file():
             raise FileNotFoundError(str(self.path))
@@ -257,9 +260,9 @@ class SqliteReader:
         self._events = {h.run_id: [] for h in headers}
         if headers:
             marks = ",".join("?" * len(headers))
-            query = (
-                f"SELECT seq, run_id, at, kind, key, cost_usd, data FROM events WHERE run_id IN ({marks}) ORDER BY seq"
-            )
+            data = _OUTLINE if self.outlines else "data"
+            query = f"SELECT seq, run_id, at, kind, key, cost_usd, {data} FROM events WHERE run_id IN ({marks})"
+            query += " ORDER BY seq"
             for row in self._db.execute(query, [h.run_id for h in headers]).fetchall():
                 self._events[row[1]].append(_event(row))
         return [h.run_id for h in headers]
@@ -269,6 +272,15 @@ class SqliteReader:
 
     def close(self) -> None:
         self._db.close()
+
+
+#: An event's data with its record cut down to what a runs list reads (run events keep theirs: a session marker).
+_OUTLINE = """CASE WHEN key IS NULL THEN data
+    WHEN json_type(data, '$.record') = 'object' THEN json_object('record', json_object('key', key,
+        'step', coalesce(json_extract(data, '$.record.step'), key),
+        'kind', coalesce(json_extract(data, '$.record.kind'), ''),
+        'state', coalesce(json_extract(data, '$.record.state'), 'pending')))
+    ELSE '{}' END"""
 
 
 def _header(row: tuple[Any, ...]) -> RunHeader:

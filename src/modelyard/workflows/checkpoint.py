@@ -268,7 +268,11 @@ class SqliteReader:
         return [h.run_id for h in headers]
 
     def interrupt(self) -> None:
-        self._db.interrupt()
+        """Stop the query in flight (safe from another thread, and after `close`: then it does nothing)."""
+        try:
+            self._db.interrupt()
+        except sqlite3.ProgrammingError:
+            pass
 
     def close(self) -> None:
         self._db.close()

@@ -90,6 +90,13 @@ def test_the_reader_never_creates_a_store(tmp_path: Path) -> None:
     assert not (tmp_path / "none").exists()
 
 
+def test_interrupting_a_closed_reader_does_nothing(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "runs.db").close()
+    reader = SqliteReader(tmp_path / "runs.db")
+    reader.close()
+    reader.interrupt()
+
+
 # --------------------------------------------------------------------------- where, ids, limits
 
 

@@ -106,7 +106,7 @@ def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float], mi
         return None
     wrong = isinstance(value, bool) or not isinstance(value, int | float)
     if wrong or (kind is int and isinstance(value, float)):
-        raise GatewayError(400, f"`{name}` must be a {kind.__name__}", param=name)
+        raise GatewayError(400, f"`{name}` must be {'an integer' if kind is int else 'a number'}", param=name)
     if isinstance(value, float) and not math.isfinite(value):
         raise GatewayError(400, f"`{name}` must be a finite number", param=name)
     if minimum is not None and value < minimum:

@@ -159,6 +159,11 @@ async def revoke_key(ui: UiRequest) -> Page:
     return ui.redirect(f"{KEYS}?revoked={quote(key_id[:64], safe='')}")
 
 
+def _axis_usd(value: float) -> str:
+    """A cost axis label short enough for the chart's margin (0.00075, 12, 1,250)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 def _form_values(entry: dict[str, Any]) -> dict[str, str]:
     """The edit form's fields for a key as stored."""
     return {
@@ -201,7 +206,7 @@ async def _key_page(
         cost_chart=charts.line_chart(
             [("cost", [(p["t"], float(p["cost_usd"])) for p in points])],
             title=f"Cost per {usage['grain']} (USD)",
-            fmt=money,
+            fmt=_axis_usd,
         ),
         usage=usage,
         ranges=list(RANGES),

@@ -11,6 +11,9 @@ never create, write or write-lock it), in a worker thread, bounded by `state.sto
 `runs_store_unavailable` past it, the query interrupted). A store file that does not exist yet is an empty
 list. Where it is: `ui.runs_store` (relative to the config file), else $MODELYARD_RUNS_DB, else
 ~/.modelyard/runs.db, as the CLI.
+
+The workflow package is imported by the first runs request, not when the gateway starts: it brings
+jsonschema, rich and the engine, about a third more import time for every gateway that never shows a run.
 """
 
 from __future__ import annotations
@@ -31,14 +34,13 @@ from modelyard.schema.errors import GatewayError
 from modelyard.server.admin import _services
 from modelyard.server.admin_routes import AdminRoutes
 from modelyard.server.http import Request, send_json
-from modelyard.workflows.checkpoint import DEFAULT_STORE, SqliteReader, StoredRun, list_runs, load_run
-from modelyard.workflows.records import RunResult, StepRecord
-from modelyard.workflows.report import full_context_tokens, result_from_stored, result_json
 
 if TYPE_CHECKING:
     from modelyard.config.model import Config
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
+    from modelyard.workflows.checkpoint import SqliteReader, StoredRun
+    from modelyard.workflows.records import RunResult, StepRecord
 
 log = logging.getLogger("modelyard.admin")
 
@@ -62,6 +64,8 @@ T = TypeVar("T")
 
 def runs_store_path(config: Config) -> Path:
     """`ui.runs_store` relative to the config file's folder; else the CLI's default."""
+    from modelyard.workflows.checkpoint import DEFAULT_STORE
+
     configured = config.ui.runs_store
     if not configured:
         return Path(os.environ.get("MODELYARD_RUNS_DB") or DEFAULT_STORE).expanduser()
@@ -76,6 +80,8 @@ def runs_store_path(config: Config) -> Path:
 def resume_command(run_id: str, store: Path) -> str:
     """The exact command that continues the run (`modelyard run --resume`), naming the store unless it is
     the CLI's default."""
+    from modelyard.workflows.checkpoint import DEFAULT_STORE
+
     parts = ["modelyard", "run", "--resume", run_id]
     if store.expanduser().absolute() != DEFAULT_STORE.expanduser().absolute():
         parts += ["--store", str(store.expanduser().absolute())]
@@ -101,6 +107,8 @@ def parse_limit(raw: str | None) -> int:
 async def _read(gw: Gateway, work: Callable[[SqliteReader], T], missing: T, *, outlines: bool = False) -> T:
     """`work(reader)` in a worker thread on a read-only connection, within `state.store_timeout_s`; `missing`
     when the store file does not exist (or holds no run table yet). `outlines`: see SqliteReader."""
+    from modelyard.workflows.checkpoint import SqliteReader
+
     path = runs_store_path(gw.config)
     opened: list[SqliteReader] = []
 
@@ -139,6 +147,7 @@ def _unavailable(why: str) -> GatewayError:
 
 async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Recent runs, newest first: what `modelyard runs list --json` gives, plus each run's step count."""
+    from modelyard.workflows.checkpoint import list_runs
 
     def work(reader: SqliteReader) -> list[dict[str, Any]]:
         rows = []
@@ -153,6 +162,8 @@ async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
 
 async def run_data(gw: Gateway, run_id: str) -> dict[str, Any]:
     """One run (404 for an id that is not in the store or not a run id at all)."""
+    from modelyard.workflows.checkpoint import load_run
+
     if not valid_run_id(run_id):
         raise _not_found(run_id)
     store = runs_store_path(gw.config)
@@ -179,6 +190,9 @@ def run_detail(stored: StoredRun, store: Path) -> dict[str, Any]:
     """`result_json` with, per record: offsets (s) from the run's first start, its parent (the fan-out or loop
     it belongs to), the pass-everything tokens and context saved; per fan-out step its items' timing; the
     step graph; the summary; the resume command."""
+    from modelyard.workflows.records import StepRecord
+    from modelyard.workflows.report import full_context_tokens, result_from_stored, result_json
+
     result = result_from_stored(stored)
     data = result_json(result)
     origin = result.started_at

@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -276,3 +278,17 @@ def test_timeline_bars_are_capped() -> None:
     bars, hidden = timeline_bars(rows)
     assert len(bars) == MAX_BARS and hidden == 1 + 700 + 1 - MAX_BARS
     assert bars[1]["label"] == "[0]" and bars[1]["depth"] == 1
+
+
+def test_the_gateway_starts_without_the_workflow_package() -> None:
+    """The Runs API imports the workflow engine (jsonschema, rich) on its first request, not at start."""
+    code = (
+        "import sys\n"
+        "from modelyard.config.loader import parse_config\n"
+        "from modelyard.server.factory import create_app\n"
+        f"create_app(parse_config({MINIMAL!r} + 'access: {{master_key: sk-x}}\\n', source='x.yaml', env={{}}))\n"
+        "print('modelyard.workflows' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"

@@ -300,6 +300,7 @@ KEY_UPDATABLE = ("name", "models", "rpm", "tpm", "budget_usd", "period_s", "expi
 #: (binary, C or C.UTF-8 ordering; the text's own prefix test below keeps it exact under any other).
 _PREFIX_END = "\U0010ffff"
 #: A guardrail that blocked: `label:stage:block fired …` in the findings text (guardrails/findings.py).
+_MAX_PREFIX = 256
 _BLOCK_PATTERN = "%:block fired%"
 _STATUSES = ("ok", "error")
 _GUARDRAIL_FILTERS = ("any", "block", "none")
@@ -370,6 +371,8 @@ def _text_and_page_conditions(where: SpendFilter, arg: Callable[[Any], str]) -> 
             conds.append("guardrails IS NOT NULL" if where.guardrail == "any" else "guardrails IS NULL")
     if where.id_prefix:
         prefix = where.id_prefix
+        if len(prefix) > _MAX_PREFIX:
+            raise ValueError(f"id_prefix is longer than {_MAX_PREFIX} characters")
         low, high = arg(prefix), arg(prefix + _PREFIX_END)
         conds.append(f"id >= {low} AND id < {high} AND substr(id, 1, {arg(len(prefix))}) = {low}")
     before_at = _finite("before_at", where.before_at)

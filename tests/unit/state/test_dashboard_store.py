@@ -242,7 +242,12 @@ async def test_find_spend_filters_newest_first_and_pages_by_keyset(store: Store)
         where = SpendFilter(before_at=page[-1].at, before_id=page[-1].id)
     assert seen == newest(lambda r: True)
     assert len(await store.find_spend(SpendFilter(), limit=10_000)) == 403  # clamped to 500
-    for bad in (SpendFilter(status="weird"), SpendFilter(guardrail="maybe"), SpendFilter(min_cost_usd=math.inf)):
+    for bad in (
+        SpendFilter(status="weird"),
+        SpendFilter(guardrail="maybe"),
+        SpendFilter(min_cost_usd=math.inf),
+        SpendFilter(id_prefix="r" * 257),
+    ):
         with pytest.raises(ValueError):
             await store.find_spend(bad)
 

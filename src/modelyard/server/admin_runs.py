@@ -104,22 +104,27 @@ def parse_limit(raw: str | None) -> int:
 # --------------------------------------------------------------------------- reading, bounded
 
 
-async def _read(gw: Gateway, work: Callable[[SqliteReader], T], missing: T, *, outlines: bool = False) -> T:
-    """`work(reader)` in a worker thread on a read-only connection, within `state.store_timeout_s`; `missing`
-    when the store file does not exist (or holds no run table yet). `outlines`: see SqliteReader."""
-    from modelyard.workflows.checkpoint import SqliteReader
-
-    path = runs_store_path(gw.config)
+async def _read(gw: Gateway, work: Callable[[SqliteReader, Path], T], missing: T, *, outlines: bool = False) -> T:
+    """`work(reader, store path)` in a worker thread on a read-only connection, within
+    `state.store_timeout_s`; `missing` when the store file does not exist (or holds no run table yet).
+    Everything runs in the thread, the workflow package's first import included: never on the event loop.
+    `outlines`: see SqliteReader."""
+    config = gw.config
     opened: list[SqliteReader] = []
+    where: list[Path] = []
 
     def run() -> T:
+        from modelyard.workflows.checkpoint import SqliteReader
+
+        path = runs_store_path(config)
+        where.append(path)
         try:
-            reader = SqliteReader(path, busy_timeout_s=gw.config.state.store_timeout_s, outlines=outlines)
+            reader = SqliteReader(path, busy_timeout_s=config.state.store_timeout_s, outlines=outlines)
         except FileNotFoundError:
             return missing
         opened.append(reader)
         try:
-            return work(reader)
+            return work(reader, path)
         except sqlite3.OperationalError as exc:
             if "no such table" in str(exc):
                 return missing
@@ -128,13 +133,13 @@ async def _read(gw: Gateway, work: Callable[[SqliteReader], T], missing: T, *, o
             reader.close()
 
     try:
-        return await asyncio.wait_for(asyncio.to_thread(run), gw.config.state.store_timeout_s)
+        return await asyncio.wait_for(asyncio.to_thread(run), config.state.store_timeout_s)
     except TimeoutError:
         for reader in opened:
             reader.interrupt()
         raise _unavailable("did not answer in time") from None
     except (sqlite3.Error, ValueError, TypeError, KeyError) as exc:
-        log.warning("the run store %s could not be read: %s: %s", path, type(exc).__name__, exc)
+        log.warning("the run store %s could not be read: %s: %s", where, type(exc).__name__, exc)
         raise _unavailable("could not be read") from None
 
 
@@ -147,9 +152,10 @@ def _unavailable(why: str) -> GatewayError:
 
 async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
     """Recent runs, newest first: what `modelyard runs list --json` gives, plus each run's step count."""
-    from modelyard.workflows.checkpoint import list_runs
 
-    def work(reader: SqliteReader) -> list[dict[str, Any]]:
+    def work(reader: SqliteReader, store: Path) -> list[dict[str, Any]]:
+        from modelyard.workflows.checkpoint import list_runs
+
         rows = []
         for row in list_runs(reader, limit):
             header = reader.header(row.run_id)
@@ -162,13 +168,12 @@ async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
 
 async def run_data(gw: Gateway, run_id: str) -> dict[str, Any]:
     """One run (404 for an id that is not in the store or not a run id at all)."""
-    from modelyard.workflows.checkpoint import load_run
-
     if not valid_run_id(run_id):
         raise _not_found(run_id)
-    store = runs_store_path(gw.config)
 
-    def work(reader: SqliteReader) -> dict[str, Any] | None:
+    def work(reader: SqliteReader, store: Path) -> dict[str, Any] | None:
+        from modelyard.workflows.checkpoint import load_run
+
         stored = load_run(reader, run_id)
         return None if stored is None else run_detail(stored, store)
 

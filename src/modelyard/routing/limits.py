@@ -140,3 +140,23 @@ class DeploymentLimits:
         return tuple(  # type: ignore[return-value]
             max(0.0, b.tat - now) / b.interval if b is not None else 0.0 for b in (buckets.requests, buckets.tokens)
         )
+
+    def room(
+        self, name: str, limits: Limits, now: float
+    ) -> tuple[float | None, float | None, float | None, float | None]:
+        """(requests left, tokens left, requests capacity, tokens capacity) of the buckets at `now`, None where no
+        limit is set: what the dashboard shows as headroom (a read; nothing is taken). The capacity is the
+        bucket's depth in requests or tokens (`burst_s` of the rate, at least one request)."""
+        requests, tokens = self.held(name, now)
+        out: list[float | None] = []
+        capacities: list[float | None] = []
+        for per_minute, used in ((limits.rpm, requests), (limits.tpm, tokens)):
+            if per_minute is None:
+                out.append(None)
+                capacities.append(None)
+                continue
+            bucket = _Bucket(per_minute, limits.burst_s)
+            capacity = bucket.depth / bucket.interval
+            out.append(max(0.0, capacity - used))
+            capacities.append(capacity)
+        return out[0], out[1], capacities[0], capacities[1]

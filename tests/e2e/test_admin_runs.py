@@ -26,7 +26,7 @@ from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 from modelyard.workflows import SqliteStore, Workflow
-from modelyard.workflows.checkpoint import RunHeader
+from modelyard.workflows.checkpoint import RunHeader, session_marker
 from modelyard.workflows.inprocess import GatewayBackend
 from modelyard.workflows.records import StepRecord, StepState
 from modelyard.workflows.spec import parse_workflow
@@ -59,6 +59,7 @@ steps:
 """
 RUN_ID = "ui-run-1"
 HOSTILE_ID = "ui-run-xss"
+LIVE_ID = "ui-run-live"
 
 
 class Served:
@@ -111,6 +112,20 @@ def raw_get(url: str, path: str, headers: dict[str, str]) -> tuple[int, bytes]:
         connection.close()
 
 
+def _live_run(store: Path) -> None:
+    """A run in progress in this very process: its first step running, the second not started."""
+    runs = SqliteStore(store)
+    try:
+        now = time.time()
+        runs.create_run(RunHeader(LIVE_ID, "live", "x.yaml", "", {}, now - 3600, {"a": [], "b": ["a"]}))
+        runs.append(LIVE_ID, "run_started", None, session_marker())
+        started = StepRecord("a", "a", "model", StepState.RUNNING, model="fast")
+        started.started_at = now - 1
+        runs.append(LIVE_ID, "step_started", "a", {"record": started.to_dict()})
+    finally:
+        runs.close()
+
+
 def admin(url: str, path: str, auth: str | None = MASTER, **params: Any) -> httpx.Response:
     headers = {"Authorization": f"Bearer {auth}"} if auth is not None else {}
     return httpx.get(url + path, params=params, headers=headers, timeout=30)
@@ -133,6 +148,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         text = CONFIG.format(sim=sim.url, master=MASTER, spend=folder / "spend.db", runs=runs)
         _run_workflow(text, runs)
         _hostile_run(runs)
+        _live_run(runs)
         with BackgroundServer(create_app(parse_config(text, source=str(folder / "gw.yaml"), env={}))) as server:
             served = Served(server.url, runs)
             served.admin_key = new_key(server.url, "ops", metadata={"role": "admin"})
@@ -166,7 +182,7 @@ def test_the_list_has_the_run(served: Served) -> None:
     body = admin(served.url, "/admin/runs").json()
     assert body["object"] == "list"
     runs = {row["run_id"]: row for row in body["data"]}
-    assert set(runs) == {RUN_ID, HOSTILE_ID}
+    assert set(runs) == {RUN_ID, HOSTILE_ID, LIVE_ID} and runs[LIVE_ID]["status"] == "running"
     assert body["data"][0]["run_id"] == RUN_ID  # newest first
     run = runs[RUN_ID]
     assert run["workflow"] == "ui-runs" and run["status"] == "partial" and run["steps"] == 5
@@ -328,3 +344,15 @@ def test_a_missing_store_is_an_empty_list(tmp_path: Path) -> None:
         assert body == {"object": "list", "data": []}
         assert admin(server.url, f"/admin/runs/{RUN_ID}").status_code == 404
     assert not (tmp_path / "nothing").exists()  # the gateway created nothing
+
+
+def test_a_running_run_refreshes_itself(browser: httpx.Client) -> None:
+    listing = browser.get("/ui/runs").text
+    assert 'data-refresh="' in listing
+    row = re.search(rf'<tr data-run-id="{LIVE_ID}">(.*?)</tr>', listing, re.S)
+    assert row is not None and 'class="badge running">running<' in row.group(1)
+    text = browser.get(f"/ui/runs/{LIVE_ID}").text
+    assert 'data-refresh="' in text
+    assert re.search(r'data-node="a" data-state="running">.*?class="state-running"', text, re.S)
+    assert re.search(r'data-node="b" data-state="pending">.*?class="state-pending"', text, re.S)
+    assert 'data-refresh="' not in browser.get(f"/ui/runs/{RUN_ID}").text

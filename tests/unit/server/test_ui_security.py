@@ -56,6 +56,8 @@ def test_https_from_the_scheme_or_a_trusted_proxy_only() -> None:
         ({"sec_fetch_site": "cross-site"}, True),
         ({"sec_fetch_site": "same-site"}, True),
         ({"sec_fetch_site": "same-origin", "origin": "http://gw:8080", "host": "gw:8080"}, False),
+        # Behind a proxy that rewrites Host, the browser's Sec-Fetch-Site still decides.
+        ({"sec_fetch_site": "same-origin", "origin": "https://dash.example", "host": "10.0.0.5:4000"}, False),
         ({"origin": "http://evil.example", "host": "gw:8080"}, True),
         ({"origin": "null", "host": "gw:8080"}, True),
         ({"host": "gw:8080"}, False),  # no Origin (curl, old browsers): the CSRF token decides

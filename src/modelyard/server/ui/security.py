@@ -20,7 +20,7 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"content-security-policy", CONTENT_SECURITY_POLICY.encode()),
     (b"x-frame-options", b"DENY"),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),  # no-referrer made Chromium post `Origin: null`
     (b"cross-origin-opener-policy", b"same-origin"),
     (b"cache-control", b"no-store"),
 )
@@ -84,16 +84,17 @@ def same_token(given: str | None, expected: str) -> bool:
 
 
 def cross_site(scope: Scope) -> bool:
-    """A state-changing request a browser marked as coming from another site (Sec-Fetch-Site), or whose
-    Origin is not this host: refused before the CSRF token is even looked at."""
+    """A state-changing request from another site: by Sec-Fetch-Site when the browser sends it (every current
+    browser does, and it survives proxies that rewrite Host), else by an Origin that is not this host.
+    Refused before the CSRF token is even looked at."""
     site = _header(scope, b"sec-fetch-site")
-    if site is not None and site not in ("same-origin", "none"):
-        return True
+    if site is not None:
+        return site not in ("same-origin", "none")
     origin = _header(scope, b"origin")
+    if origin is None:
+        return False  # not a browser (curl, a script): the CSRF token decides
     host = _header(scope, b"host")
-    if origin is None or origin == "null" or host is None:
-        return origin == "null"
-    return origin.split("://", 1)[-1] != host
+    return origin == "null" or host is None or origin.split("://", 1)[-1] != host
 
 
 class LoginThrottle:

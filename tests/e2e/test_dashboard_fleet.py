@@ -63,6 +63,10 @@ def folder(tmp_path_factory: pytest.TempPathFactory, sim: SimServer) -> Path:
     secret = root / "outside.jsonl"
     secret.write_text(json.dumps({"prompt": "p", "model": "sim-big", "score": 1}) + "\n")
     (data / "escape.jsonl").symlink_to(secret)  # a symlink out of the folder is never listed
+    (data / ".hidden.jsonl").write_text("")
+    (data / "more" / "deeper").mkdir(parents=True)
+    (data / "more" / "deeper" / "b.csv").write_text("prompt,model,score\n")
+    (data / "linked").symlink_to(root, target_is_directory=True)  # not followed
     base = sim.openai_base
     (root / "modelyard.yaml").write_text(
         f"""
@@ -139,6 +143,7 @@ def test_deployments_need_the_master_key_or_an_admin_key(url: str) -> None:
     assert admin(url, "POST", "/admin/whatif", plain, json={}).status_code == 401
     role = new_key(url, metadata={"role": "admin"})
     assert admin(url, "GET", "/admin/deployments", role).status_code == 200
+    assert admin(url, "GET", "/admin/whatif", role).status_code == 200
     answer = admin(url, "GET", "/admin/deployments")
     assert answer.status_code == 200
     body = answer.json()
@@ -194,7 +199,7 @@ def whatif(url: str, **body: Any) -> httpx.Response:
 
 def test_options_list_only_labelled_files_inside_the_folders(url: str) -> None:
     body = admin(url, "GET", "/admin/whatif?from=triage").json()
-    assert body["data"] == ["traffic.jsonl"]  # not notes.txt, not the symlink out
+    assert body["data"] == ["traffic.jsonl", "more/deeper/b.csv"]  # not notes.txt, hidden files or links out
     assert "premium" in body["models"]
     assert "strategy: rules" in body["policy"] and "prompt_tokens" in body["policy"]
     assert admin(url, "GET", "/admin/whatif?from=nope").status_code == 400

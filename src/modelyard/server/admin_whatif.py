@@ -58,6 +58,8 @@ MAX_PROMPTS = 5000
 _MAX_POLICY = 32 * 1024
 _MAX_COMPARE = 8
 _MAX_FILES = 500
+_MAX_SEEN = 5000
+_MAX_DEPTH = 3
 _DATA_SUFFIXES = (".jsonl", ".csv")
 _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -78,29 +80,33 @@ def _config_file(config: Config) -> Path:
 def data_files(config: Config) -> dict[str, Path]:
     """Labelled files (JSONL/CSV) of the `ui.whatif_data` folders, relative to the config file: name (its path
     inside its folder, `/`-separated) → resolved path. A file whose real path leaves its folder (a symlink out)
-    is not listed; the first folder wins a name two of them hold; at most 500 files."""
+    and hidden files are not listed; the first folder wins a name two of them hold. Bounded: subfolders to a
+    depth of 3 (symlinked folders not followed), 5,000 entries looked at, 500 files listed."""
     files: dict[str, Path] = {}
+    seen = 0
     for folder in config.ui.whatif_data:
-        root = results_path(folder, config.source)
         try:
-            real_root = root.resolve(strict=True)
+            real_root = results_path(folder, config.source).resolve(strict=True)
         except OSError:
             continue
         if not real_root.is_dir():
             continue
-        for path in sorted(real_root.rglob("*")):
-            if len(files) >= _MAX_FILES:
-                return files
-            relative = path.relative_to(real_root)
-            if path.suffix.lower() not in _DATA_SUFFIXES or any(part.startswith(".") for part in relative.parts):
-                continue
-            try:
-                real = path.resolve(strict=True)
-            except OSError:
-                continue
-            if not real.is_file() or not real.is_relative_to(real_root):
-                continue
-            files.setdefault(relative.as_posix(), real)
+        for here, folders, names in os.walk(real_root):
+            depth = len(Path(here).relative_to(real_root).parts)
+            folders[:] = sorted(f for f in folders if not f.startswith(".")) if depth < _MAX_DEPTH else []
+            for name in sorted(names):
+                seen += 1
+                if seen > _MAX_SEEN or len(files) >= _MAX_FILES:
+                    return files
+                if name.startswith(".") or Path(name).suffix.lower() not in _DATA_SUFFIXES:
+                    continue
+                path = Path(here) / name
+                try:
+                    real = path.resolve(strict=True)
+                except OSError:
+                    continue
+                if real.is_file() and real.is_relative_to(real_root):
+                    files.setdefault(path.relative_to(real_root).as_posix(), real)
     return files
 
 

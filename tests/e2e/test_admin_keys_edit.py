@@ -484,3 +484,40 @@ def test_keys_update_patches_through_the_api(url: str) -> None:
     assert bad.exit_code == 2 and "period" in bad.output
     assert runner.invoke(app, ["keys", "update", made["id"], "--url", url]).exit_code == 2  # nothing to change
     assert record(url, made["id"])["rpm"] == 3
+
+
+@pytest.mark.redis
+def test_other_replicas_apply_an_edit_at_their_key_refresh(sim: SimServer, tmp_path: Path) -> None:
+    """Two gateways on one store and one Redis: the one that answered the PATCH applies it at the next
+    request; the other at its `access.refresh_s` refresh (docs/accounting.md), not later."""
+    if not _redis_up():
+        pytest.skip("Redis on 127.0.0.1:6379 is needed")
+    import redis
+
+    prefix = f"test-keys-replicas-{uuid.uuid4().hex[:12]}"
+    state = f'state: {{redis_url: "redis://127.0.0.1:6379/0", prefix: "{prefix}"}}'
+    text = config_text(sim, tmp_path, state).replace(
+        f"  master_key: {MASTER}\n", f"  master_key: {MASTER}\n  refresh_s: 1\n"
+    )
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    try:
+        with (
+            BackgroundServer(create_app(parse_config(text, env={}))) as one,
+            BackgroundServer(create_app(parse_config(text, env={}))) as two,
+        ):
+            made = create(one.url, name="both", budget_usd=10.0, rpm=1000)
+            cost = float(chat(two.url, made["key"]).headers["x-modelyard-cost-usd"])
+            assert chat(one.url, made["key"]).status_code == 200
+            answer = admin(one.url, "PATCH", f"/admin/keys/{made['id']}", json={"budget_usd": cost})
+            assert answer.status_code == 200
+            assert answer.json()["spend"]["spent_usd"] == pytest.approx(2 * cost, rel=1e-6)  # both replicas' spend
+            assert chat(one.url, made["key"]).status_code == 429  # here: at once
+            deadline = time.monotonic() + 5.0
+            while chat(two.url, made["key"]).status_code == 200:  # there: within refresh_s (1 s)
+                assert time.monotonic() < deadline, "the other replica never applied the lowered budget"
+                time.sleep(0.1)
+            assert time.monotonic() < deadline
+    finally:
+        for name in client.scan_iter(f"{prefix}:*"):
+            client.delete(name)
+        client.close()

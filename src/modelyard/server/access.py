@@ -236,6 +236,8 @@ class Access:
         #: Seeds in flight per (key, period): concurrent requests that find the budget unseeded wait for one.
         self._seeding: dict[tuple[str, int], asyncio.Future[None]] = {}
         self._refresher: asyncio.Task[None] | None = None
+        #: Counts this process's own key edits: a refresh whose read began before one must not undo it.
+        self._edits = 0
 
     def adopt(self, table: RoutingTable) -> None:
         """A reload: authorisation and reservations read the new routing table and its prices from now on
@@ -266,6 +268,7 @@ class Access:
 
     async def reload(self) -> None:
         """Re-read every key (revocations and keys made elsewhere show up; unknown hashes are retried)."""
+        edits = self._edits
         records = await self.store_guard.call(self.store.list_keys(include_revoked=True))
         keys: dict[str, KeyState] = {}
         by_id: dict[str, str] = {}
@@ -278,6 +281,8 @@ class Access:
             by_id[record.id] = record.key_hash
         if self.master_hash is not None:
             keys[self.master_hash] = self.master
+        if self._edits != edits:  # read before an edit made here meanwhile: keep ours, the next refresh catches up
+            return
         self._keys, self._by_id = keys, by_id
         self._unknown.clear()
 
@@ -570,6 +575,7 @@ class Access:
         digest = self._by_id.get(key_id)
         if digest is not None and digest in self._keys:
             self._keys[digest].revoked = True  # takes effect at once here; other replicas at their refresh
+        self._edits += 1
         return revoked
 
     async def update_key(self, before: KeyRecord, changes: dict[str, object]) -> KeyRecord | None:
@@ -591,6 +597,7 @@ class Access:
         self._keys[record.key_hash] = state
         self._by_id[record.id] = record.key_hash
         self._unknown.pop(record.key_hash, None)
+        self._edits += 1
         if state.budget_nano is not None and ("budget_usd" in changes or "period_s" in changes):
             now = self.clock()
             period = state.current_period(now)

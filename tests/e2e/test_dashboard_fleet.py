@@ -18,7 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
-from modelyard.config.loader import load_config
+from modelyard.config.loader import load_config, parse_config
 from modelyard.server import admin_whatif
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
@@ -60,6 +60,7 @@ def folder(tmp_path_factory: pytest.TempPathFactory, sim: SimServer) -> Path:
             fh.write(json.dumps({"prompt": prompt, "model": "sim-big", "score": bs, "cost": bc}) + "\n")
             fh.write(json.dumps({"prompt": prompt, "model": "sim-small", "score": ss, "cost": sc}) + "\n")
     (data / "notes.txt").write_text("not labelled data\n")
+    (data / "broken.jsonl").write_text('{"prompt": "p", "model": "sim-big", "score": "high"}\n')
     secret = root / "outside.jsonl"
     secret.write_text(json.dumps({"prompt": "p", "model": "sim-big", "score": 1}) + "\n")
     (data / "escape.jsonl").symlink_to(secret)  # a symlink out of the folder is never listed
@@ -199,7 +200,11 @@ def whatif(url: str, **body: Any) -> httpx.Response:
 
 def test_options_list_only_labelled_files_inside_the_folders(url: str) -> None:
     body = admin(url, "GET", "/admin/whatif?from=triage").json()
-    assert body["data"] == ["traffic.jsonl", "more/deeper/b.csv"]  # not notes.txt, hidden files or links out
+    assert body["data"] == [
+        "broken.jsonl",
+        "traffic.jsonl",
+        "more/deeper/b.csv",
+    ]  # not notes.txt, hidden files or links out
     assert "premium" in body["models"]
     assert "strategy: rules" in body["policy"] and "prompt_tokens" in body["policy"]
     assert admin(url, "GET", "/admin/whatif?from=nope").status_code == 400
@@ -275,6 +280,24 @@ def test_two_at_once_one_is_refused(url: str) -> None:
     codes = asyncio.run(both())
     assert codes == [200, 429]
     assert whatif(url).status_code == 200  # the slot is free again
+
+
+def test_a_replay_that_fails_is_a_422_with_its_last_words(url: str) -> None:
+    answer = whatif(url, data="broken.jsonl")
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert error["code"] == "whatif_failed" and "Traceback" not in error["message"]
+    assert "ValueError" in error["message"] and "high" in error["message"], error["message"]
+
+
+def test_a_gateway_without_a_config_file_has_no_whatif(folder: Path) -> None:
+    text = (folder / "modelyard.yaml").read_text().replace(str(folder / "modelyard.db"), str(folder / "m2.db"))
+    config = parse_config(text, env={})  # in memory: no file to copy
+    with BackgroundServer(create_app(config)) as server:
+        answer = admin(server.url, "POST", "/admin/whatif", json={"data": "traffic.jsonl", "policy": POLICY})
+        assert answer.status_code == 400  # its folders are relative to no file: nothing is listed
+        assert admin(server.url, "GET", "/admin/whatif").json()["data"] == []
+        assert admin(server.url, "GET", "/admin/whatif?from=premium").status_code == 409
 
 
 def _replay_children() -> list[int]:

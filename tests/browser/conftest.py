@@ -74,10 +74,11 @@ def _browser_available() -> None:
 @dataclass
 class Watch:
     """What the browser did over the whole session: requests that would have left loopback, every HTML
-    answer (url, text), console errors and page errors (url, text)."""
+    answer (url, text) and its headers, console errors and page errors (url, text)."""
 
     outside: list[str] = field(default_factory=list)
     html: list[tuple[str, str]] = field(default_factory=list)
+    headers: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     console: list[tuple[str, str]] = field(default_factory=list)
 
     def route(self, route: Any) -> None:
@@ -93,6 +94,7 @@ class Watch:
         kind = (response.headers.get("content-type") or "").split(";")[0].strip()
         if kind != "text/html" or not 200 <= response.status < 300:
             return
+        self.headers.append((response.url, response.headers))
         try:
             self.html.append((response.url, response.text()))
         except Exception as error:  # the page went away before its body was read

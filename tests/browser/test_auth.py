@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -54,6 +55,17 @@ def test_a_wrong_key_shows_the_error_and_opens_no_session(page: Any, stack: Stac
     assert _session_cookie(page) is None
     page.goto("/ui/")
     assert urlsplit(page.url).path == "/ui/login"
+
+
+def test_a_role_admin_key_logs_in_and_a_plain_key_does_not(page: Any, stack: Stack) -> None:
+    plain = stack.admin_post("/admin/keys", {"name": "plain-" + secrets.token_hex(3)})
+    assert login(page, plain["key"]).status == 401
+    assert _session_cookie(page) is None
+    name = "operator-" + secrets.token_hex(3)
+    operator = stack.admin_post("/admin/keys", {"name": name, "metadata": {"role": "admin"}})
+    assert login(page, operator["key"]).status == 303
+    assert urlsplit(page.url).path == "/ui/"
+    assert page.locator("form.logout .who").inner_text() == name
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -7,7 +7,7 @@ import re
 import time
 from typing import Any
 
-from tests.browser.conftest import Stack, open_logged, screenshot
+from tests.browser.conftest import SCREENSHOTS, Stack, open_logged, screenshot
 
 LIVE_WITHIN_S = 5.0
 
@@ -36,6 +36,10 @@ def test_traffic_appears_on_the_overview_within_5_s_without_a_reload(admin: Any,
     assert admin.locator("#main").get_attribute("data-updated")  # ui.js swapped <main> in place
     assert admin.locator('table[data-by="model"] tr[data-name="chat"]').count() == 1
     assert admin.locator('table[data-by="deployment"] tr[data-name="primary"]').count() == 1
+    if SCREENSHOTS:  # a fuller picture for docs/ui/overview.png
+        stack.traffic(40)
+        stack.traffic(8, "flaky")
+        admin.wait_for_timeout(2500)
     screenshot(admin, "overview")
 
 

@@ -88,7 +88,7 @@ def admin(url: str, method: str, path: str, key: str | None = MASTER, **kwargs: 
     return httpx.request(method, url + path, headers=headers, timeout=60, **kwargs)
 
 
-def whatif(url: str, key: str = MASTER, **body: Any) -> httpx.Response:
+def whatif(url: str, key: str | None = MASTER, **body: Any) -> httpx.Response:
     return admin(url, "POST", "/admin/whatif", key, json={"data": "traffic.jsonl", **body})
 
 

@@ -248,6 +248,13 @@ def test_only_the_master_key_makes_admin_keys(url: str) -> None:
     assert admin(url, "GET", "/admin/keys", plain["key"]).status_code == 401
     assert admin(url, "PATCH", path, json={"metadata": {"role": "admin"}}).status_code == 200  # the master may
     assert admin(url, "GET", "/admin/keys", plain["key"]).status_code == 200
+    # Admin keys are the master's to change: the deputy can lift neither its own limits nor another admin's.
+    capped = create(url, name="capped-deputy", metadata={"role": "admin"}, budget_usd=1.0, rpm=5)
+    for target in (capped["id"], plain["id"]):
+        lifted = admin(url, "PATCH", f"/admin/keys/{target}", capped["key"], json={"budget_usd": 1e6, "rpm": 100000})
+        assert lifted.status_code == 403 and lifted.json()["error"]["code"] == "admin_role_denied"
+    assert (record(url, capped["id"])["budget_usd"], record(url, capped["id"])["rpm"]) == (1.0, 5)
+    assert admin(url, "PATCH", f"/admin/keys/{capped['id']}", json={"rpm": 6}).status_code == 200
 
 
 # --------------------------------------------------------------------------- Redis: the re-seed

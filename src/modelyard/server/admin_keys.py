@@ -8,7 +8,8 @@
                              value (nothing written). Applied at once on this replica; a budget or period
                              change re-seeds the budget in the shared counters (docs/accounting.md).
 
-Only the master key may give a key the admin role (a role-admin key cannot make other admins).
+Admin keys are the master key's to manage: only it may give a key the admin role or change a key that has
+it (a role-admin key can neither make other admins nor lift its own limits).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import math
 from typing import TYPE_CHECKING, Any
 
 from modelyard.schema.errors import GatewayError
-from modelyard.server.access import MASTER_ID
+from modelyard.server.access import MASTER_ID, has_admin_role
 from modelyard.server.admin import (
     ADMIN_BODY_LIMIT,
     KEYS_PATH,
@@ -101,10 +102,19 @@ async def key_data(gw: Gateway, key_id: str, range_name: str = DEFAULT_RANGE) ->
 
 async def update_key_data(gw: Gateway, key_id: str, body: dict[str, Any], *, master: bool) -> dict[str, Any]:
     """Apply a PATCH body to a key: every value checked first (a 400 writes nothing), 404 for an unknown or
-    revoked key, 403 when a caller other than the master key would make it an admin; the updated record."""
+    revoked key, 403 when a caller other than the master key would make it an admin or edits an admin key;
+    the updated record."""
     record = await key_record(gw, key_id)
     if record.revoked_at is not None:
         raise GatewayError(404, f"key `{key_id}` is revoked", code="key_not_found")
+    if not master and has_admin_role(record.metadata):
+        raise GatewayError(
+            403,
+            "only the master key may change an admin key (a role-admin key cannot lift its own or another "
+            "admin's limits)",
+            type="permission_error",
+            code="admin_role_denied",
+        )
     access = admin_gate(gw).access
     assert access is not None
     changes = key_changes(body, record, access.clock(), class_names(gw.config.queue))

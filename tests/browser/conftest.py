@@ -1,11 +1,12 @@
 """The dashboard in a real browser: Debian's Chromium driven headless by Playwright (sync API) against a real
 `modelyard serve` process over the provider simulator.
 
-One server and one browser for the session; a fresh browser context (cookies) per test. Every request the
-browser makes goes through a route handler that lets only loopback through: anything else is aborted and
-recorded, and the session fails at its end if one was seen. Every HTML answer the browser received is kept,
-so the last test can look for secrets in all of them. Screenshots for docs/ui/ are taken only with
-MODELYARD_SCREENSHOTS=1 (a normal run leaves the tree clean).
+One server and one browser for this directory (package-scoped: in a whole-suite run they stop after its last
+test); a fresh browser context (cookies) per test. Every request the browser makes goes through a route
+handler that lets only loopback through: anything else is aborted and recorded, and the run fails at its end
+if one was seen. Every HTML answer the browser received is kept, so the last test can look for secrets in all
+of them. Screenshots for docs/ui/ are taken only with MODELYARD_SCREENSHOTS=1 (a normal run leaves the tree
+clean).
 
 Without /usr/bin/chromium the tests are skipped, unless MODELYARD_REQUIRE_BROWSER=1 (scripts/test, CI),
 where a missing browser is a failure.
@@ -126,11 +127,12 @@ class Stack:
 
     def chat(self, model: str = "chat", prompt: str = "hello", key: str | None = None) -> str:
         """One completion through the SDK; its request id (x-request-id, the spend row's id)."""
-        raw = self.client(key).chat.completions.with_raw_response.create(
-            model=model, messages=[{"role": "user", "content": prompt}], max_tokens=16
-        )
-        raw.parse()
-        return str(raw.headers["x-request-id"])
+        with self.client(key) as client:
+            raw = client.chat.completions.with_raw_response.create(
+                model=model, messages=[{"role": "user", "content": prompt}], max_tokens=16
+            )
+            raw.parse()
+            return str(raw.headers["x-request-id"])
 
     def admin_post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         """The admin JSON API with the master key (setting things up without the pages)."""
@@ -209,7 +211,7 @@ def _whatif_data(workdir: Path) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     _browser_available()
     workdir = tmp_path_factory.mktemp("browser")
@@ -229,12 +231,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 # ---------------------------------------------------------------------------------------------- the browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def watch() -> Watch:
     return Watch()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(stack: Stack, watch: Watch) -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 

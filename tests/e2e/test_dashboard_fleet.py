@@ -10,6 +10,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
+from tests.redis_server import REDIS_SERVER, RedisServer
 
 MASTER = "sk-master-fleet-0123456789"
 PROMPT = [{"role": "user", "content": "Say something short."}]
@@ -396,3 +398,36 @@ def test_the_whatif_page_runs_a_replay(url: str) -> None:
         bad = client.post("/ui/whatif", data={**form, "policy": "strategy: cheapest\ncandidates: [small]"})
         assert bad.status_code == 400 and 'class="problem"' in bad.text and "cheapest" in bad.text
         assert "strategy: cheapest" in bad.text  # the edited policy is kept in the form
+
+
+# --------------------------------------------------------------------------- two replicas sharing health
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_with_shared_health_another_replica_shows_the_fleets_breaker(folder: Path, sim: SimServer) -> None:
+    text = (folder / "modelyard.yaml").read_text()
+    with RedisServer() as redis:
+        configs = []
+        for replica in ("a", "b"):
+            own = text.replace(str(folder / "modelyard.db"), str(folder / f"replica-{replica}.db"))
+            own += f'state: {{redis_url: "{redis.url}", shared_health: true, health_sync_s: 0.05}}\n'
+            configs.append(parse_config(own, env={}))
+        with BackgroundServer(create_app(configs[0])) as first, BackgroundServer(create_app(configs[1])) as second:
+            assert admin(second.url, "GET", "/admin/deployments").json()["shared_health"] is True
+            sim.set_faults("sim-bad", server_error=1.0)
+            try:
+                for _ in range(4):
+                    chat(first.url, MASTER, "broken")
+                    if row(admin(first.url, "GET", "/admin/deployments").json(), "bad")["breaker"] == "open":
+                        break
+            finally:
+                sim.set_faults("sim-bad", server_error=0.0)
+            deadline = time.monotonic() + 5
+            seen = row(admin(second.url, "GET", "/admin/deployments").json(), "bad")
+            while seen["breaker"] != "open" and time.monotonic() < deadline:
+                time.sleep(0.05)
+                seen = row(admin(second.url, "GET", "/admin/deployments").json(), "bad")
+            body = admin(second.url, "GET", "/admin/deployments").json()
+    assert body["view"].startswith("fleet")
+    assert seen["breaker"] == "open" and seen["cooldown_s"] > 0  # opened on the other replica
+    assert seen["requests_failed"] == 0  # this replica never called it

@@ -378,6 +378,9 @@ def test_the_whatif_page_runs_a_replay(url: str) -> None:
         html = page.text
         assert "<h1>What-if</h1>" in html and 'id="whatif"' in html
         assert "strategy: rules" in html and 'value="traffic.jsonl"' in html
+        # Started from a model: the edited copy gets its own name and is compared with the original.
+        assert 'name="name" value="triage-edited"' in html
+        assert re.search(r'name="compare:triage" value="1"\s+checked', html)
         assert client.get("/ui/whatif?from=%3Cscript%3E").status_code == 400
         form = {
             "csrf": csrf(html),
@@ -398,6 +401,12 @@ def test_the_whatif_page_runs_a_replay(url: str) -> None:
         bad = client.post("/ui/whatif", data={**form, "policy": "strategy: cheapest\ncandidates: [small]"})
         assert bad.status_code == 400 and 'class="problem"' in bad.text and "cheapest" in bad.text
         assert "strategy: cheapest" in bad.text  # the edited policy is kept in the form
+        hostile = client.post("/ui/whatif", data={**form, "policy": "</textarea><script>alert(1)</script>"})
+        assert hostile.status_code == 400 and "<script>alert(1)" not in hostile.text
+        assert "&lt;/textarea&gt;&lt;script&gt;" in hostile.text
+        started = client.get("/ui/whatif?from=triage").text
+        same = {**form, "csrf": csrf(started), "name": "triage-edited", "compare:triage": "1"}
+        assert client.post("/ui/whatif", data=same).status_code == 200
 
 
 # --------------------------------------------------------------------------- two replicas sharing health

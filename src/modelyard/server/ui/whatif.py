@@ -5,6 +5,7 @@ models to compare, and see each policy's cost and quality on a chart. The option
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from markupsafe import Markup
@@ -15,6 +16,7 @@ from modelyard.server.ui.app import PREFIX, Page, UiApp, UiRequest
 from modelyard.server.ui.scatter import ScatterPoint, scatter
 
 _COMPARE = "compare:"
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 #: The policy offered when no model is picked to start from.
 _EXAMPLE = "strategy: cost\ncandidates: []\nconstraints:\n  min_quality: 0.8\n"
 
@@ -76,7 +78,8 @@ async def show_whatif(ui: UiRequest) -> Page:
     form: dict[str, Any] = {
         "data": "",
         "policy": "",
-        "name": start or "whatif",
+        # The edited copy beside the original, compared with it (a name the API accepts, whatever the model's).
+        "name": f"{_UNSAFE.sub('-', start)[:57]}-edited" if start else "whatif",
         "compare": [start] if start else [],
         "limit": "",
     }

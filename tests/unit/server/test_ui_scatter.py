@@ -42,3 +42,9 @@ def test_points_on_the_same_spot_share_one_label() -> None:
     )
     assert svg.count("<circle") == 3
     assert re.findall(r"<text [^>]*>([^<]*)</text></g>", svg) == ["edited, premium, big"]
+
+
+def test_the_cost_axis_ends_on_a_round_number_close_above_the_dearest() -> None:
+    svg = str(scatter([("a", 25.0, 0.75, "point"), ("b", 0.25, 0.5, "point-base")]))
+    labels = re.findall(r'text-anchor="(?:start|middle|end)">(\$[^<]+)</text>', svg)
+    assert labels == ["$0.00", "$7.50", "$15.00", "$22.50", "$30.00"]

@@ -8,13 +8,23 @@ from collections.abc import Sequence
 
 from markupsafe import Markup, escape
 
-from modelyard.server.ui.charts import _nice_max
-
 #: A point: (label, x: cost per 1000 tasks in USD, y: mean quality, kind: the CSS class `point`, `point-alt`
 #: or `point-base`).
 ScatterPoint = tuple[str, float | None, float | None, str]
 _KINDS = frozenset({"point", "point-alt", "point-base"})
 _ORDER = {"point-base": 0, "point-alt": 1, "point": 2}
+
+
+def _axis_top(value: float) -> float:
+    """A round axis maximum at or above `value` whose quarters are round too (27 → 30, not 50)."""
+    if value <= 0 or not math.isfinite(value):
+        return 1.0
+    exponent = math.floor(math.log10(value))
+    for step in (1.0, 1.2, 1.6, 2.0, 3.0, 4.0, 6.0, 8.0, 10.0):
+        top = step * 10.0**exponent
+        if top >= value:
+            return top
+    return 10.0 ** (exponent + 1)
 
 
 def _usd(value: float) -> str:
@@ -40,8 +50,8 @@ def scatter(
     missing = [label for label, x, y, _ in points if not any(label == s[0] for s in shown)]
     out = [f'<svg class="chart scatter" viewBox="0 0 {width} {height}" role="img" aria-label="{escape(title)}">']
     out.append(f'<text x="{left}" y="14">{escape(title)}</text>')
-    x_max = _nice_max(1.08 * max((x for _, x, _, _ in shown), default=0.0))  # room for the dearest label
-    y_max = 1.0 if all(y <= 1.0 for _, _, y, _ in shown) else _nice_max(max(y for _, _, y, _ in shown))
+    x_max = _axis_top(1.08 * max((x for _, x, _, _ in shown), default=0.0))  # room for the dearest label
+    y_max = 1.0 if all(y <= 1.0 for _, _, y, _ in shown) else _axis_top(max(y for _, _, y, _ in shown))
 
     def px(x: float) -> float:
         return left + max(0.0, x) / x_max * plot_w

@@ -470,6 +470,11 @@ def test_a_role_admin_viewer_cannot_make_admins_from_the_page(url: str) -> None:
         assert page.status_code == 200 and 'name="role"' not in page.text
         answer = browser.post("/ui/keys", data={"csrf": csrf_of(page.text), "name": "sneaky", "role": "admin"})
         assert answer.status_code == 403 and 'class="problem"' in answer.text
+        own = browser.get(f"/ui/keys/{deputy['id']}")  # an admin key: no edit form for a role-admin viewer
+        assert own.status_code == 200 and 'id="edit-key"' not in own.text and "Only the master key" in own.text
+        form = {"csrf": csrf_of(page.text), "name": "page-deputy", "rpm": "99999"}
+        assert browser.post(f"/ui/keys/{deputy['id']}", data=form).status_code == 403
+    assert record(url, deputy["id"])["rpm"] is None
     assert "sneaky" not in {k["name"] for k in admin(url, "GET", "/admin/keys").json()["data"]}
 
 

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from modelyard.schema.errors import GatewayError
-from modelyard.server.access import MASTER_ID
+from modelyard.server.access import MASTER_ID, has_admin_role
 from modelyard.server.admin import create_key_data, keys_data, revoke_key_data
 from modelyard.server.admin_keys import RANGES, key_data, update_key_data, usage_range
 from modelyard.server.ui import charts
@@ -215,7 +215,7 @@ async def _key_page(
         notice="Key updated." if ui.query.get("updated") and problem is None else None,
         values={name: shown.get(name, "") for name in _EDIT_FIELDS},
         master=is_master(ui),
-        editable=data["status"] != "revoked",
+        editable=data["status"] != "revoked" and (is_master(ui) or not has_admin_role(data.get("metadata") or {})),
     )
 
 

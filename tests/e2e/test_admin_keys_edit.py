@@ -28,7 +28,7 @@ MASTER = "sk-master-keys-edit-0123456789"
 PROMPT = [{"role": "user", "content": "Say something short about budgets."}]
 
 
-def config_text(sim: SimServer, folder: Path, state: str = "") -> str:
+def config_text(sim: SimServer, folder: Path, state: str = "", store: str | None = None) -> str:
     return f"""
 deployments:
   - name: small@openai
@@ -43,7 +43,7 @@ models:
 access:
   master_key: {MASTER}
 spend:
-  store: {folder / "modelyard.db"}
+  store: "{store or folder / "modelyard.db"}"
   flush_interval_s: 0.05
 {state}
 """
@@ -55,11 +55,40 @@ def sim() -> Iterator[SimServer]:
         yield server
 
 
-@pytest.fixture(scope="module")
-def url(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    config = parse_config(config_text(sim, tmp_path_factory.mktemp("keys")), env={})
-    with BackgroundServer(create_app(config)) as server:
-        yield server.url
+PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def url(request: pytest.FixtureRequest, sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The gateway on each store: SQLite, and PostgreSQL in a schema of its own (dropped afterwards)."""
+    store = None
+    if request.param == "postgres":
+        if not _reachable(5432):
+            pytest.skip("PostgreSQL on 127.0.0.1:5432 is needed")
+        schema = f"keys_edit_{uuid.uuid4().hex[:12]}"
+        store = f"{PG_DSN}?schema={schema}"
+    config = parse_config(config_text(sim, tmp_path_factory.mktemp("keys"), store=store), env={})
+    try:
+        with BackgroundServer(create_app(config)) as server:
+            yield server.url
+    finally:
+        if store is not None:
+            _drop_schema(schema)
+
+
+def _drop_schema(schema: str) -> None:
+    import asyncio
+
+    import asyncpg
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_DSN)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 def admin(url: str, method: str, path: str, key: str = MASTER, **kwargs: Any) -> httpx.Response:
@@ -260,12 +289,16 @@ def test_only_the_master_key_makes_admin_keys(url: str) -> None:
 # --------------------------------------------------------------------------- Redis: the re-seed
 
 
-def _redis_up() -> bool:
+def _reachable(port: int) -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
             return True
     except OSError:
         return False
+
+
+def _redis_up() -> bool:
+    return _reachable(6379)
 
 
 @pytest.mark.redis

@@ -250,12 +250,15 @@ def _expiry(body: dict[str, Any], now: float) -> float | None:
 
 
 def _rate(body: dict[str, Any], name: str) -> int | None:
-    return _checked(name, _optional(body, name, int, 1), rate_problem(body.get(name)))  # type: ignore[no-any-return]
+    rate: int | None = _optional(body, name, int, 1)
+    _checked(name, rate, rate_problem(rate))
+    return rate
 
 
 def _budget(body: dict[str, Any]) -> float | None:
-    budget = _optional(body, "budget_usd", float, 0)
-    return _checked("budget_usd", budget, budget_problem(budget))  # type: ignore[no-any-return]
+    budget: float | None = _optional(body, "budget_usd", float, 0)
+    _checked("budget_usd", budget, budget_problem(budget))
+    return budget
 
 
 def _name(value: Any) -> str:

@@ -69,6 +69,10 @@ class EvilProvider:
         if b"please fail" in body:
             status = 500
             answer: dict[str, Any] = {"error": {"message": f"upstream exploded {XSS}", "type": "server_error"}}
+        elif b"please echo" in body:  # some upstreams quote the credential they were sent in their error
+            sent = dict(scope["headers"]).get(b"authorization", b"").decode()
+            status = 400 if b"as a 400" in body else 401
+            answer = {"error": {"message": f"invalid credential {sent}", "type": "invalid_request_error"}}
         elif b"please reject" in body:
             status = 400
             answer = {"error": {"message": f"upstream refused {XSS}", "type": "invalid_request_error"}}
@@ -774,9 +778,24 @@ def traffic(gw: Gateway) -> Traffic:
         chat(gw, hostile["key"], "evil", "an answer with markup"),
         chat(gw, hostile["key"], "evil", "please reject this"),  # a 4xx whose message the provider wrote
         chat(gw, MASTER, "chat", f"master {XSS}"),
+        chat(gw, hostile["key"], "evil", "please echo as a 400"),  # the provider quotes the key it was sent
+        chat(gw, hostile["key"], "evil", "please echo"),  # ... in a 401
+        request(  # a guardrail finding (a per-request check whose words are the client's)
+            gw.url,
+            "POST",
+            "/v1/chat/completions",
+            headers={"authorization": f"Bearer {hostile['key']}"},
+            json={
+                "model": "chat",
+                "messages": [{"role": "user", "content": f"guarded {XSS}"}],
+                "max_tokens": 8,
+                "modelyard": {"guardrails": [{"check": "keywords", "words": [XSS], "stage": "input"}]},
+            },
+        ),
     ]
     assert answers[0].status_code == 200 and answers[1].status_code == 404, [a.status_code for a in answers]
     assert answers[3].status_code >= 500 and answers[4].status_code == 200
+    assert answers[10].status_code == 422 and answers[10].headers["x-modelyard-guardrails"]
     session = login(gw.url)
     csrf = csrf_of(gw.url, session)
     # A key made through the dashboard's own form: its raw value is on that one answer only.
@@ -1039,3 +1058,45 @@ def test_huge_query_strings_and_many_fields_are_refused_or_ignored_quickly(seede
     repeated = "&".join(["limit=1"] * 1000 + ["limit=1000000000"])
     answer = request(gw.url, "GET", f"/admin/requests?{repeated}", headers={"authorization": f"Bearer {MASTER}"})
     assert answer.status_code in (200, 400)
+
+
+def test_an_admin_keys_hostile_name_is_text_in_its_own_session(gw: Gateway, traffic: Traffic) -> None:
+    admin_key = next(k for k in admin(gw, "GET", "/admin/keys").json()["data"] if k["name"] == f"admin {XSS}")
+    assert admin_key["metadata"]["role"] == "admin"
+    raw = [s for s in traffic.secrets if s.startswith("sk-my-")]
+    session = next(
+        (c for r in raw if (a := login_response(gw.url, r)).status_code == 303 for c in [set_cookies(a)[COOKIE]]), None
+    )
+    assert session is not None
+    for path in ("/ui/", "/ui/keys", f"/ui/keys/{admin_key['id']}", "/ui/requests"):
+        shown = request(gw.url, "GET", path, cookies={COOKIE: session})
+        assert shown.status_code == 200 and not unescaped(shown.text), path
+        assert "admin &lt;script&gt;" in shown.text or path != "/ui/"
+
+
+def test_the_admin_api_takes_no_session_cookie(gw: Gateway) -> None:
+    session = login(gw.url)
+    for method, path in admin_routes(gw):
+        answer = request(gw.url, method, path, cookies={COOKIE: session}, json={})
+        assert answer.status_code == 401, (method, path, answer.status_code)
+
+
+KEY_FORM_VALUES = ["nan", "inf", "-1", "1e400", "\u00b2", "9" * 100, "0x10", "[1]", "a" * 10_000, "x\x00y", "\u202e"]
+
+
+def test_hostile_key_form_values_are_refused_never_stored(gw: Gateway) -> None:
+    session = login(gw.url)
+    csrf = csrf_of(gw.url, session)
+    victim = make_key(gw, name="form-victim", budget_usd=1.0, rpm=5)
+    for field in ("rpm", "tpm", "budget_usd", "period", "expires_in", "models", "name"):
+        for value in KEY_FORM_VALUES:
+            for path in ("/ui/keys", f"/ui/keys/{victim['id']}"):
+                form = {"csrf": csrf, "name": "form-fuzz", "rpm": "5", "budget_usd": "1", field: value}
+                answer = request(gw.url, "POST", path, cookies={COOKIE: session}, data=form)
+                assert answer.status_code in (200, 303, 400), (path, field, value[:20], answer.status_code)
+                assert not unescaped(answer.text)
+    for entry in admin(gw, "GET", "/admin/keys", params={"all": "true"}).json()["data"]:
+        for name in ("rpm", "tpm", "budget_usd", "period_s", "expires_at"):
+            value = entry[name]
+            assert value is None or (isinstance(value, int | float) and 0 <= value < 1e12), (entry["id"], name, value)
+        assert len(entry["name"]) <= 256 and "\x00" not in entry["name"]

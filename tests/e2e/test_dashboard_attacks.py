@@ -298,6 +298,7 @@ def test_a_plain_key_opens_no_dashboard_page_as_a_bearer_or_at_login(gw: Gateway
         assert answer.status_code == 303 and answer.headers["location"].startswith("/ui/login"), (method, path)
     refused = login_response(gw.url, plain)
     assert refused.status_code == 401 and COOKIE not in set_cookies(refused)
+    assert plain not in refused.text  # the refused key is not echoed back
     # The plain key's raw value as a session cookie is no session either.
     assert not logged_in(gw.url, plain)
 
@@ -866,9 +867,16 @@ def test_a_logged_prompt_and_a_provider_error_are_text_on_the_request_page(gw: G
 
 
 def test_no_page_holds_a_secret(gw: Gateway, traffic: Traffic) -> None:
+    csrf = csrf_of(gw.url, traffic.session)
     for path, answer in pages_of(gw, traffic).items():
         for secret in traffic.secrets:
             assert secret not in answer.text, (path, secret[:12])
+        # The CSRF token only in POST forms' hidden fields: never in a link or a GET form (URLs reach logs).
+        for href in re.findall(r'(?:href|action|src)="([^"]*)"', answer.text):
+            assert csrf not in href, (path, href)
+        for form in re.findall(r"<form[^>]*>.*?</form>", answer.text, flags=re.S):
+            if 'method="post"' not in form.lower():
+                assert csrf not in form, path
 
 
 def test_no_admin_answer_holds_a_secret(gw: Gateway, traffic: Traffic) -> None:

@@ -23,12 +23,14 @@ import copy
 import http.client
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, Phase, given, seed, settings
 from hypothesis import strategies as st
@@ -38,7 +40,7 @@ from modelyard.testing.process import CLI, GatewayProcess, free_port, wait_http
 MASTER = "sk-master-fuzz-0123456789"
 SCALE = float(os.environ.get("MODELYARD_FUZZ_SCALE", "1"))
 SEED = os.environ.get("MODELYARD_FUZZ_SEED")
-Shape = Literal["openai", "anthropic"]
+Shape = Literal["openai", "anthropic", "html"]
 
 # --------------------------------------------------------------------------- requests and answers
 
@@ -55,6 +57,9 @@ class Probe:
     headers: tuple[tuple[str, bytes], ...] = ()
     key: str = "none"
     key_header: str = "bearer"
+    #: Dashboard probes: `session` sends the logged-in session's cookie (and `{csrf}` in the body becomes its
+    #: CSRF token), `stale` a cookie of a session that was logged out, `none` no cookie.
+    session: str = "none"
 
     def repro(self, url: str, credential: str | None) -> str:
         """A curl-like reproduction: method, URL, headers, body (shortened past 1,500 bytes)."""
@@ -88,6 +93,8 @@ class Answer:
     status: int
     headers: dict[str, str]
     body: bytes
+    #: Every Set-Cookie (a dict of headers keeps only the last of them).
+    cookies: tuple[str, ...] = ()
 
 
 class Connection:
@@ -123,7 +130,9 @@ class Connection:
             raise
         if response.will_close:
             self.close()
-        return Answer(response.status, {k.lower(): v for k, v in response.getheaders()}, data)
+        pairs = response.getheaders()
+        cookies = tuple(v.split(";")[0] for k, v in pairs if k.lower() == "set-cookie")
+        return Answer(response.status, {k.lower(): v for k, v in pairs}, data, cookies)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -142,7 +151,10 @@ ANTHROPIC_ROUTES = {("POST", "/v1/messages"), ("POST", "/v1/messages/count_token
 
 
 def shape_of(probe: Probe) -> Shape:
-    return "anthropic" if (probe.method, probe.path.split("?")[0]) in ANTHROPIC_ROUTES else "openai"
+    path = probe.path.split("?")[0]
+    if path == "/ui" or path.startswith("/ui/"):
+        return "html"  # the dashboard answers its errors as pages in its own layout
+    return "anthropic" if (probe.method, path) in ANTHROPIC_ROUTES else "openai"
 
 
 #: A 504 is the right answer to a client that asked for less time than this (x-modelyard-timeout-ms).
@@ -174,6 +186,12 @@ def _short_timeout(probe: Probe) -> bool:
 
 
 def _error_shape_problems(answer: Answer, shape: Shape) -> list[str]:
+    if shape == "html":
+        kind = answer.headers.get("content-type", "")
+        found = [] if kind.startswith(("text/html", "text/plain")) else [f"dashboard error content-type {kind!r}"]
+        if "frame-ancestors 'none'" not in answer.headers.get("content-security-policy", ""):
+            found.append("dashboard error without its content-security-policy")
+        return found
     if not answer.headers.get("content-type", "").startswith("application/json"):
         return [f"error content-type {answer.headers.get('content-type')!r}"]
     try:
@@ -345,6 +363,9 @@ class Stack:
     sim: subprocess.Popen[bytes] | None = None
     gateway: GatewayProcess | None = None
     keys: dict[str, str] = field(default_factory=dict)
+    #: The dashboard: cookie headers per probe `session` value, and the live session's CSRF token.
+    sessions: dict[str, str] = field(default_factory=dict)
+    csrf: str = ""
     fresh_id: str = "key_none"
     sent: int = 0
     seconds: float = 0.0
@@ -381,6 +402,9 @@ class Stack:
             # The fuzzer may DELETE /admin/keys/{fresh_id}: never the restricted key the later tests use (it
             # was revoked whenever no fuzzed key had been made yet, e.g. when most bodies are refused).
             self.fresh_id = "key_none"
+            self.sessions["stale"], _ = self.log_in()
+            self._send_raw("POST", "/ui/logout", [("cookie", self.sessions["stale"].encode())], b"")
+            self.sessions["session"], self.csrf = self.log_in()
         except BaseException:
             self.stop()
             raise
@@ -398,11 +422,37 @@ class Stack:
     def credential(self, probe: Probe) -> str | None:
         return self.keys.get(probe.key)
 
+    def log_in(self) -> tuple[str, str]:
+        """A dashboard session for the master key, as a browser gets one: (its cookie header, its CSRF token)."""
+        form = self._send_raw("GET", "/ui/login", [], b"")
+        login_cookie = next(c for c in form.cookies if c.startswith("modelyard_ui_login="))
+        token = re.search(rb'name="login_token" value="([^"]+)"', form.body)
+        assert token is not None, form.body[:500]
+        body = urlencode({"key": MASTER, "login_token": token.group(1).decode(), "next": "/ui/keys"}).encode()
+        headers = [("cookie", login_cookie.encode()), ("content-type", b"application/x-www-form-urlencoded")]
+        answer = self._send_raw("POST", "/ui/login", headers, body)
+        assert answer.status == 303, answer.body[:500]
+        cookie = next(c for c in answer.cookies if c.startswith("modelyard_ui="))
+        page = self._send_raw("GET", "/ui/keys", [("cookie", cookie.encode())], b"")
+        csrf = re.search(rb'name="csrf" value="([^"]+)"', page.body)
+        assert csrf is not None, page.body[:500]
+        return cookie, csrf.group(1).decode()
+
+    def _send_raw(self, method: str, path: str, headers: list[tuple[str, bytes]], body: bytes) -> Answer:
+        assert self._conn is not None
+        return self._conn.request(method, path, headers, body)
+
     def send(self, probe: Probe) -> Answer:
         assert self._conn is not None
         path = probe.path.replace("{fresh_id}", self.fresh_id)
+        headers = probe._all_headers(self.credential(probe))
+        body = probe.body
+        cookie = self.sessions.get(probe.session)
+        if cookie is not None:
+            headers.append(("cookie", cookie.encode()))
+            body = body.replace(b"%7Bcsrf%7D", self.csrf.encode()).replace(b"{csrf}", self.csrf.encode())
         started = time.perf_counter()
-        answer = self._conn.request(probe.method, path, probe._all_headers(self.credential(probe)), probe.body)
+        answer = self._conn.request(probe.method, path, headers, body)
         self.seconds += time.perf_counter() - started
         self.sent += 1
         if probe.method == "POST" and path == "/admin/keys" and answer.status == 200:

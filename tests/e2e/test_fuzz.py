@@ -516,6 +516,159 @@ admin_probes = st.one_of(
     ),
 )
 
+RANGES = st.one_of(st.sampled_from(("15m", "1h", "6h", "24h", "7d", "30d", "99y", "", "0s", "-1h", "nan")), odd_text(8))
+REQUEST_FILTERS = st.fixed_dictionaries(
+    {},
+    optional={
+        name: query_values
+        for name in (
+            "key",
+            "model",
+            "deployment",
+            "status",
+            "min_cost",
+            "min_latency_ms",
+            "since",
+            "until",
+            "guardrail",
+            "q",
+            "before",
+            "limit",
+        )
+    },
+)
+
+
+def query_string(values: dict[str, str]) -> str:
+    """Each value cut to 300 characters: a request line beyond the HTTP parser's own limit is refused by the
+    server's protocol layer (400, text/plain) before any route runs."""
+    return "&".join(f"{q(name)}={q(value[:300])}" for name, value in values.items())
+
+
+#: The admin API endpoints the dashboard added (its pages are clients of them).
+dashboard_admin_probes = st.one_of(
+    st.builds(
+        Probe,
+        st.just("GET"),
+        st.tuples(RANGES, st.sampled_from(("", "model", "deployment", "key", "bogus")), query_values).map(
+            lambda r: f"/admin/overview?range={q(r[0])}&{r[1]}={q(r[2])}"
+        ),
+        key=ADMIN_KEYS,
+    ),
+    st.builds(
+        Probe, st.just("GET"), REQUEST_FILTERS.map(lambda f: f"/admin/requests?{query_string(f)}"), key=ADMIN_KEYS
+    ),
+    st.builds(
+        Probe,
+        st.sampled_from(("GET", "GET", "DELETE")),
+        st.one_of(st.just("/admin/requests/req_nope"), odd_text(30).map(lambda r: f"/admin/requests/{q(r)}")),
+        key=ADMIN_KEYS,
+    ),
+    json_posts("/admin/keys/{fresh_id}", admin_key_body, ("content-type",), ADMIN_KEYS).map(
+        lambda p: Probe("PATCH", p.path, p.body, p.headers, p.key, p.key_header)
+    ),
+    st.builds(
+        Probe,
+        st.sampled_from(("GET", "PATCH")),
+        st.tuples(odd_text(20), RANGES).map(lambda kr: f"/admin/keys/{q(kr[0])}?range={q(kr[1])}"),
+        garbage_bodies(),
+        key=ADMIN_KEYS,
+    ),
+    st.builds(
+        Probe,
+        st.just("GET"),
+        st.sampled_from(("/admin/deployments", "/admin/runs", "/admin/runs?limit=x")),
+        key=ADMIN_KEYS,
+    ),
+    st.builds(
+        Probe,
+        st.just("GET"),
+        st.one_of(odd_text(30), st.sampled_from(("../etc", "run_x", "%00"))).map(lambda r: f"/admin/runs/{q(r)}"),
+        key=ADMIN_KEYS,
+    ),
+    json_posts(
+        "/admin/whatif",
+        optional(
+            {},
+            data=st.one_of(st.sampled_from(("../../etc/passwd", "/etc/passwd", "nope.jsonl", "")), odd_text(20)),
+            policy=st.one_of(
+                st.sampled_from(("candidates: [small@openai]", "strategy: bogus", "[", "", "{a: {b: 1}}")), odd_text()
+            ),
+            compare=st.lists(st.sampled_from(NAMES), max_size=3),
+            limit=st.one_of(st.integers(-5, 10_000), hostile()),
+            name=odd_text(20),
+        ),
+        ("content-type",),
+        ADMIN_KEYS,
+    ),
+)
+
+UI_SESSIONS = st.sampled_from(("session", "session", "session", "stale", "none"))
+UI_PAGES = st.one_of(
+    st.sampled_from(("/ui", "/ui/", "/ui/keys", "/ui/requests", "/ui/deployments", "/ui/runs", "/ui/whatif")),
+    st.tuples(RANGES, st.sampled_from(("model", "deployment", "key", "x")), query_values).map(
+        lambda r: f"/ui/?range={q(r[0])}&{r[1]}={q(r[2])}"
+    ),
+    REQUEST_FILTERS.map(lambda f: f"/ui/requests?{query_string(f)}"),
+    st.tuples(st.sampled_from(("requests", "keys", "runs", "static")), odd_text(30)).map(
+        lambda pr: f"/ui/{pr[0]}/{q(pr[1])}"
+    ),
+    st.just("/ui/keys/{fresh_id}"),
+    query_values.map(lambda v: f"/ui/login?next={q(v)}"),
+    query_values.map(lambda v: f"/ui/whatif?from={q(v)}"),
+    st.sampled_from(("/ui/static/ui.css", "/ui/static/ui.js", "/ui/static/../app.py", "/ui/static/%2e%2e%2fapp.py")),
+)
+form_values = st.one_of(query_values, odd_text(40), st.sampled_from(("{csrf}", "", "0", "-1", "nan", "1e400")))
+UI_FORMS = st.fixed_dictionaries(
+    {},
+    optional={
+        "csrf": st.sampled_from(("{csrf}", "{csrf}", "{csrf}", "", "wrong")),
+        **{
+            name: form_values
+            for name in (
+                "name",
+                "models",
+                "rpm",
+                "tpm",
+                "budget_usd",
+                "period",
+                "expires_in",
+                "role",
+                "id",
+                "key",
+                "login_token",
+                "next",
+                "data",
+                "policy",
+                "compare",
+            )
+        },
+    },
+).map(lambda form: query_string(form).encode("utf-8", "surrogatepass"))
+dashboard_probes = st.one_of(
+    st.builds(Probe, st.sampled_from(("GET", "GET", "GET", "POST", "DELETE")), UI_PAGES, session=UI_SESSIONS),
+    st.builds(
+        Probe,
+        st.just("POST"),
+        st.sampled_from(
+            ("/ui/keys", "/ui/keys/revoke", "/ui/keys/{fresh_id}", "/ui/whatif", "/ui/login", "/ui/requests", "/ui/")
+        ),
+        st.one_of(UI_FORMS, garbage_bodies()),
+        st.sampled_from(
+            (
+                (("content-type", b"application/x-www-form-urlencoded"),),
+                (("content-type", b"application/x-www-form-urlencoded"), ("origin", b"http://evil.example")),
+                (("content-type", b"application/x-www-form-urlencoded"), ("sec-fetch-site", b"cross-site")),
+                (("content-type", b"multipart/form-data; boundary=x"),),
+                (),
+            )
+        ),
+        session=UI_SESSIONS,
+    ),
+    # Logging out ends a session: only ever with the stale one (the live session must survive the run).
+    st.builds(Probe, st.just("POST"), st.just("/ui/logout"), UI_FORMS, session=st.just("stale")),
+)
+
 PATHS = (
     "/v1/chat/completions",
     "/v1/messages",
@@ -540,6 +693,15 @@ PATHS = (
     "/v1/responses/resp_x/input_items",
     "/%ff",
     "/" + "a" * 3000,
+    "/ui",
+    "/ui/",
+    "/ui/login",
+    "/ui/keys",
+    "/ui/%00",
+    "/admin/overview",
+    "/admin/requests",
+    "/admin/deployments",
+    "/admin/whatif",
 )
 garbage_probes = st.builds(
     Probe,
@@ -582,6 +744,8 @@ ROUTES = [
     Route("response-objects", response_object_probes, 300),
     Route("models", model_probes, 300),
     Route("admin", admin_probes, 700),
+    Route("dashboard-admin", dashboard_admin_probes, 500),
+    Route("dashboard", dashboard_probes, 600),
     Route("garbage", garbage_probes, 600),
 ]
 MIN_REQUESTS = 5_000

@@ -144,7 +144,18 @@ class UiApp:
                 param = path[len(prefix) :]
                 if param and "/" not in param and len(param) <= 128:
                     return self._handler(fn, False, param), error_writer
+        if path == PREFIX or path.startswith(PREFIX + "/"):
+            # Any other dashboard path or method: the dashboard's own 404/405 page (with its headers), not
+            # the API's JSON error.
+            return self._handler(self._unknown, True, ""), error_writer
         return None
+
+    async def _unknown(self, ui: UiRequest) -> Page:
+        path = ui.request.path
+        known = any(p == path for _, p in self._exact) or path == PREFIX
+        if known:
+            raise GatewayError(405, f"{ui.request.method} is not allowed on {path[:200]}")
+        raise GatewayError(404, f"no dashboard page at {path[:200]}")
 
     def _handler(self, fn: PageFn, public: bool, param: str) -> Handler:
         async def handle(gw: Gateway, request: Request, ctx: RequestContext) -> None:

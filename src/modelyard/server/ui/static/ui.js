@@ -36,7 +36,14 @@
     document.addEventListener("submit", function (event) {
       var form = event.target;
       var question = form.getAttribute && form.getAttribute("data-confirm");
-      if (question && !window.confirm(question)) { event.preventDefault(); }
+      if (question && !window.confirm(question)) { event.preventDefault(); return; }
+      var busy = form.getAttribute && form.getAttribute("data-busy");
+      if (busy) {
+        Array.prototype.forEach.call(form.querySelectorAll("button[type=submit], button:not([type])"), function (b) {
+          b.disabled = true;
+          b.textContent = busy;
+        });
+      }
     });
     document.addEventListener("click", function (event) {
       var button = event.target.closest && event.target.closest("[data-copy]");

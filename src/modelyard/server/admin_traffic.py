@@ -209,13 +209,8 @@ def _round(value: float | None, digits: int = 1) -> float | None:
 
 
 def _summed(rows: Sequence[RollupRow]) -> list[int]:
-    out: list[int] = []
-    for row in rows:
-        if len(out) < len(row.histogram):
-            out.extend([0] * (len(row.histogram) - len(out)))
-        for i, count in enumerate(row.histogram):
-            out[i] += count
-    return out
+    """The rows' histograms added bucket by bucket (column sums: one pass in C, not a loop per count)."""
+    return [sum(column) for column in zip(*(r.histogram for r in rows), strict=False)]
 
 
 def _figures(row: RollupRow) -> dict[str, Any]:

@@ -1099,3 +1099,30 @@ def test_hostile_key_form_values_are_refused_never_stored(gw: Gateway) -> None:
             value = entry[name]
             assert value is None or (isinstance(value, int | float) and 0 <= value < 1e12), (entry["id"], name, value)
         assert len(entry["name"]) <= 256 and "\x00" not in entry["name"]
+
+
+def test_the_store_holds_no_session_secret_and_an_expired_row_opens_nothing(gw: Gateway) -> None:
+    import sqlite3
+
+    session = login(gw.url)
+    digest = hashlib.sha256(session.encode()).hexdigest()
+    with sqlite3.connect(gw.store) as db:
+        rows = db.execute("SELECT id_hash, subject FROM modelyard_ui_sessions").fetchall()
+        assert (digest,) in [(r[0],) for r in rows]
+        assert all(session not in " ".join(map(str, r)) for r in rows)  # only its hash is stored
+        assert all(MASTER not in str(r[1]) for r in rows)
+        db.execute("UPDATE modelyard_ui_sessions SET expires_at = ? WHERE id_hash = ?", (time.time() - 1, digest))
+    assert not logged_in(gw.url, session)
+    # A row that names a key that is not there (or another master key) opens nothing either.
+    forged = {
+        "no-such-key": "secret-a-0123456789abcdef0123456789",
+        "master:0000000000000000": "secret-b-0123456789abcdef",
+    }
+    with sqlite3.connect(gw.store) as db:
+        for subject, secret in forged.items():
+            db.execute(
+                "INSERT INTO modelyard_ui_sessions VALUES (?, ?, ?, ?, ?)",
+                (hashlib.sha256(secret.encode()).hexdigest(), subject, "csrf", time.time(), time.time() + 3600),
+            )
+    for secret in forged.values():
+        assert not logged_in(gw.url, secret)

@@ -583,6 +583,24 @@ def test_x_forwarded_for_rotation_from_an_untrusted_loopback_peer_does_not_bypas
     assert set(codes[10:]) == {429}, codes
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: `modelyard serve` runs uvicorn with proxy_headers on (trusting 127.0.0.1): the real process takes "
+    "the login throttle's client address from X-Forwarded-For of a peer ui.trusted_proxies does not name",
+)
+def test_x_forwarded_for_rotation_does_not_bypass_the_throttle_of_the_real_process(
+    sim: SimServer, evil: str, tmp_path: Path
+) -> None:
+    from modelyard.testing.process import GatewayProcess
+
+    store = tmp_path / "modelyard.db"
+    config = tmp_path / "modelyard.yaml"
+    config.write_text(config_text(sim, evil, store).replace("max_failed_logins: 1000", "max_failed_logins: 10"))
+    with GatewayProcess(config) as process:
+        codes = rotate_forwarded_for(Gateway(process.url, store, None), "127.0.0.1")
+    assert set(codes[10:]) == {429}, codes
+
+
 # =========================================================================== redirects
 
 

@@ -18,6 +18,11 @@ from modelyard.server.ui.render import milliseconds, money
 _LOG_FILTER = {"model": "model", "deployment": "deployment", "key": "key"}
 
 
+def _axis_money(usd: float) -> str:
+    """A cost on the chart's axis, short enough for its margin ($0.00075, not $0.000750)."""
+    return money(usd) if usd >= 1 or usd == 0 else f"${usd:.2g}"
+
+
 def _charts(series: list[dict[str, Any]]) -> dict[str, Markup]:
     def points(name: str, *, gaps: bool = False) -> list[tuple[float, float | None]]:
         # Latency has no value in a bucket without traffic (a gap, not a zero); rates and cost are 0 there.
@@ -30,7 +35,7 @@ def _charts(series: list[dict[str, Any]]) -> dict[str, Markup]:
             title="Latency p50 / p95 (bucket-interpolated)",
             fmt=milliseconds,
         ),
-        "cost": line_chart([("cost", points("cost_usd"))], title="Cost per bucket", fmt=money),
+        "cost": line_chart([("cost", points("cost_usd"))], title="Cost per bucket", fmt=_axis_money),
     }
 
 

@@ -273,7 +273,7 @@ def test_the_gateway_answers_while_a_policy_is_checked(url: str) -> None:
     time.sleep(0.3)
     started = time.monotonic()
     assert httpx.get(url + "/ui/login", timeout=30).status_code == 200
-    assert time.monotonic() - started < 1.0
+    assert time.monotonic() - started < 2.0
     thread.join(timeout=120)
 
 

@@ -330,6 +330,24 @@ def test_a_role_admin_key_cannot_lift_its_own_limits(gw: Gateway) -> None:
     assert record["budget_usd"] == 1.0 and record["rpm"] == 5
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: a role-admin key may not edit another admin key but revokes it (DELETE /admin/keys/{id}, the "
+    "revoke form): one stolen admin key locks every other admin out",
+)
+def test_a_role_admin_key_cannot_revoke_another_admin_key(gw: Gateway) -> None:
+    rogue = make_key(gw, name="rogue-admin", metadata={"role": "admin"})
+    victims = [make_key(gw, name=f"victim-admin-{i}", metadata={"role": "admin"}) for i in range(2)]
+    by_api = admin(gw, "DELETE", f"/admin/keys/{victims[0]['id']}", key=rogue["key"])
+    session = login(gw.url, rogue["key"])
+    form = {"csrf": csrf_of(gw.url, session), "key_id": victims[1]["id"], "id": victims[1]["id"]}
+    by_form = request(gw.url, "POST", "/ui/keys/revoke", cookies={COOKIE: session}, data=form)
+    states = {k["id"]: k["status"] for k in admin(gw, "GET", "/admin/keys", params={"all": "true"}).json()["data"]}
+    assert by_api.status_code == 403, by_api.text[:200]
+    assert by_form.status_code == 403, by_form.status_code
+    assert [states[v["id"]] for v in victims] == ["active", "active"]
+
+
 def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

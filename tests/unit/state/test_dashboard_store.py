@@ -194,7 +194,9 @@ async def test_traffic_by_time_and_by_value(store: Store) -> None:
         await store.traffic("hour", "all", math.nan, 1.0)
 
 
-async def test_find_spend_filters_newest_first_and_pages_by_keyset(store: Store) -> None:
+async def test_find_spend_filters_newest_first_and_pages_by_keyset(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     records = [_spend(i) for i in range(400)]
     records.append(_spend(400, at=records[-1].at, id="req_00399b"))  # the same time as req_00399
     records.append(_spend(401, guardrails="pii:input:redact pass 0 0.02ms, jail:input:block fired 1 0.10ms"))
@@ -219,6 +221,12 @@ async def test_find_spend_filters_newest_first_and_pages_by_keyset(store: Store)
     assert ids(await store.find_spend(SpendFilter(min_latency_ms=3900.0), 500)) == newest(
         lambda r: r.latency_ms >= 3900.0
     )
+    # the same thresholds when none counts as selective: the newest-first plan, the same rows
+    monkeypatch.setattr(store_module, "SELECTIVE", 1)
+    assert ids(await store.find_spend(SpendFilter(min_cost_usd=0.009, deployment="dep-b"), 500)) == newest(
+        lambda r: r.cost_usd >= 0.009 and r.deployment == "dep-b"
+    )
+    monkeypatch.undo()
     since, until = records[100].at, records[110].at
     assert ids(await store.find_spend(SpendFilter(since=since, until=until), 500)) == newest(
         lambda r: since <= r.at < until

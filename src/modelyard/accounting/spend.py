@@ -169,6 +169,9 @@ class SpendWriter:
         self._closing = False
         self._urgent = False
         self._synced_at = 0.0
+        #: When a reader last forced a flush (`flush_for_read`), and the one such flush in progress.
+        self._read_flushed_at = -math.inf
+        self._read_flush: asyncio.Lock | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -354,6 +357,20 @@ class SpendWriter:
         except TimeoutError:
             return False
         return True
+
+    async def flush_for_read(self, min_interval_s: float, timeout_s: float) -> None:
+        """Let a reader (the dashboard) see the newest requests: flush, but at most once per `min_interval_s`
+        (readers that come meanwhile wait for the one flush in progress, not one each; a dashboard refreshing
+        every few seconds must not force a store write per view)."""
+        if self._read_flush is None:
+            self._read_flush = asyncio.Lock()
+        if time.monotonic() - self._read_flushed_at < min_interval_s:
+            return
+        async with self._read_flush:
+            if time.monotonic() - self._read_flushed_at < min_interval_s:
+                return
+            self._read_flushed_at = time.monotonic()
+            await self.flush(timeout_s=timeout_s)
 
     # ------------------------------------------------------------------ background
 

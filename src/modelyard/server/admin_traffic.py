@@ -19,12 +19,11 @@ import asyncio
 import math
 import re
 import time
-import weakref
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from modelyard.accounting.spend import SpendRecord, SpendWriter
+from modelyard.accounting.spend import SpendRecord
 from modelyard.accounting.traffic import percentile
 from modelyard.routing.trace import read_attempts, read_route
 from modelyard.schema.errors import GatewayError
@@ -68,36 +67,13 @@ _NAMES = tuple(name for name, _ in _QUANTILES)
 # --------------------------------------------------------------------------- reading fresh rows
 
 
-class _FlushGate:
-    """When the writer was last flushed for a read: one per spend writer, so one per replica."""
-
-    __slots__ = ("last", "lock")
-
-    def __init__(self) -> None:
-        self.last = -math.inf
-        self.lock = asyncio.Lock()
-
-
-#: Keyed by the writer itself and dropped with it (a per-writer timestamp; the writer's class is not ours).
-_GATES: weakref.WeakKeyDictionary[SpendWriter, _FlushGate] = weakref.WeakKeyDictionary()
-
-
 async def fresh(services: Services) -> None:
     """Let the newest requests show: flush the spend writer, bounded by the store timeout and at most once
     per FLUSH_EVERY_S per replica (concurrent views wait for the one flush in progress, not one each)."""
     writer, access = services.spend, services.access
     if writer is None or access is None or access.store_guard.down:
         return
-    gate = _GATES.get(writer)
-    if gate is None:
-        gate = _GATES[writer] = _FlushGate()
-    if time.monotonic() - gate.last < FLUSH_EVERY_S:
-        return
-    async with gate.lock:
-        if time.monotonic() - gate.last < FLUSH_EVERY_S:
-            return
-        gate.last = time.monotonic()
-        await writer.flush(timeout_s=min(access.store_guard.timeout_s, 2.0))
+    await writer.flush_for_read(FLUSH_EVERY_S, timeout_s=min(access.store_guard.timeout_s, 2.0))
 
 
 # --------------------------------------------------------------------------- validation at the edge

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from modelyard.accounting.spend import SpendRecord
+from modelyard.accounting.spend import SpendRecord, SpendWriter
 from modelyard.schema.errors import GatewayError
 from modelyard.server import admin_traffic
 from modelyard.server.admin_traffic import (
@@ -167,8 +167,11 @@ def test_candidates_say_chosen_kept_and_skipped_with_reasons_and_notes() -> None
     assert [r["decision"] for r in candidates({}, None, [])] == []
 
 
-class _Writer:
+class _Writer(SpendWriter):
+    """The real writer's read gate over a flush that only counts."""
+
     def __init__(self) -> None:
+        super().__init__(SimpleNamespace())
         self.flushes = 0
 
     async def flush(self, timeout_s: float | None = None) -> bool:
@@ -188,11 +191,11 @@ def test_reads_flush_the_writer_at_most_once_a_second() -> None:
         assert writer.flushes == 1
         await fresh(services)
         assert writer.flushes == 1
-        admin_traffic._GATES[services.spend].last -= admin_traffic.FLUSH_EVERY_S  # a second later
+        writer._read_flushed_at -= admin_traffic.FLUSH_EVERY_S  # a second later
         await fresh(services)
         assert writer.flushes == 2
         guard.down = True  # the store is down: no flush to wait on
-        admin_traffic._GATES[services.spend].last -= admin_traffic.FLUSH_EVERY_S
+        writer._read_flushed_at -= admin_traffic.FLUSH_EVERY_S
         await fresh(services)
         assert writer.flushes == 2
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import math
 import random
 import sys
@@ -28,7 +27,10 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import msgspec
+
 from modelyard.accounting.spend import SpendRecord
+from modelyard.routing.trace import AttemptTrace, RouteFeatures, RouteTrace
 from modelyard.state.migrations import ROLLUP_GRAINS, SPEND_COLUMNS
 from modelyard.state.postgres_store import PostgresStore
 from modelyard.state.rollup import ROLLUP_COLUMNS, deltas, upsert_sql
@@ -79,8 +81,14 @@ def records(n: int, end: float, seed: int) -> Iterator[SpendRecord]:
         if rng.random() < 0.05:
             action = "block fired 1" if rng.random() < 0.1 else "redact pass 0"
             guard = f"pii:input:redact pass 0 0.03ms, policy:input:{action} 0.{rng.randint(10, 99)}ms"
-        route = {"strategy": "cost", "ranked": list(deployments), "chosen": deployment}
-        detail = [{"deployment": deployment, "ms": round(latency, 1), "outcome": "error" if failed else "ok"}]
+        ranked = [deployment, *(d for d in deployments if d != deployment)]
+        route = RouteTrace(model=model, strategy="cost", ranked=ranked, features=RouteFeatures(prompt_tokens=prompt))
+        provider = deployment.split("-", 1)[0]
+        detail = [
+            AttemptTrace(
+                deployment, provider, "server" if failed else "ok", 0.0, round(latency, 1), 503 if failed else 200
+            )
+        ]
         yield SpendRecord(
             id=f"req_{rng.getrandbits(96):024x}",
             at=at,
@@ -101,8 +109,8 @@ def records(n: int, end: float, seed: int) -> Iterator[SpendRecord]:
             status="error" if failed else "ok",
             error_kind=rng.choice(ERROR_KINDS) if failed else None,
             guardrails=guard,
-            route=json.dumps(route, separators=(",", ":")),
-            attempt_detail=json.dumps(detail, separators=(",", ":")),
+            route=msgspec.json.encode(route).decode(),  # the gateway's own encoding (routing/trace.py)
+            attempt_detail=msgspec.json.encode(detail).decode(),
         )
         if i and i % 200_000 == 0:
             print(f"  {i:,} rows", file=sys.stderr)

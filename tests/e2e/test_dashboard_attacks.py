@@ -1162,3 +1162,26 @@ def test_the_store_holds_no_session_secret_and_an_expired_row_opens_nothing(gw: 
             )
     for secret in forged.values():
         assert not logged_in(gw.url, secret)
+
+
+def test_a_flood_of_made_up_session_cookies_is_only_redirects(gw: Gateway) -> None:
+    """Each made-up cookie costs one bounded store read: a flood of them is answered, none with a 5xx."""
+    import asyncio
+    import secrets as random_secrets
+
+    async def flood() -> list[int]:
+        limits = httpx.Limits(max_connections=50)
+        async with httpx.AsyncClient(base_url=gw.url, timeout=30, limits=limits) as client:
+
+            async def one(i: int) -> int:
+                cookie = f"{COOKIE}={random_secrets.token_urlsafe(32)}"
+                path = ("/ui/", "/ui/requests", "/ui/keys", "/ui/login")[i % 4]
+                return (await client.get(path, headers={"cookie": cookie})).status_code
+
+            return await asyncio.gather(*(one(i) for i in range(400)))
+
+    started = time.perf_counter()
+    codes = asyncio.run(flood())
+    assert set(codes) <= {200, 303}, sorted(set(codes))
+    assert time.perf_counter() - started < 20
+    assert logged_in(gw.url, login(gw.url))

@@ -28,7 +28,7 @@ from modelyard.state.conversations import (
 )
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
-from modelyard.state.rollup import deltas, upsert_sql, values_source
+from modelyard.state.rollup import PURGE_MINUTES_SQL, PurgeClock, deltas, upsert_sql, values_source
 from modelyard.state.store import (
     RollupRow,
     SpendFilter,
@@ -131,6 +131,7 @@ class PostgresStore:
         self.min_size = min_size
         self.max_size = max_size
         self._pool: Any = None
+        self._purge = PurgeClock()
 
     @property
     def pool(self) -> Any:
@@ -241,6 +242,9 @@ class PostgresStore:
                         await conn.executemany(_ROLLUP_UPSERT[grain], batch)
         except (asyncpg.DataError, asyncpg.IntegrityConstraintViolationError, ValueError, OverflowError) as exc:
             raise SpendDataError(str(exc)) from exc
+        before = self._purge.due(r.at for r in records)
+        if before is not None:
+            await self.pool.execute(PURGE_MINUTES_SQL.format(ph="$1"), before)
 
     async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
         rows = [dead_row(record, reason) for record, reason in records]

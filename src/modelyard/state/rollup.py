@@ -10,6 +10,7 @@ batch at most), not one per request.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -140,3 +141,32 @@ def upsert_sql(grain: str, source: str) -> str:
 
 def values_source(ph: Callable[[int], str]) -> str:
     return "VALUES (" + ", ".join(ph(i + 1) for i in range(len(ROLLUP_COLUMNS))) + ")"
+
+
+#: Minute rollups are read only for ranges up to 6 hours (the overview, a key's usage); older minute rows
+#: are deleted (once an hour, by the store that writes spend) so the table stays bounded, about two days of
+#: rows per dimension value. The hour rollups are kept.
+MINUTE_KEEP_S = 2 * 86400.0
+PURGE_EVERY_S = 3600.0
+PURGE_MINUTES_SQL = "DELETE FROM modelyard_spend_minute WHERE bucket < {ph}"
+
+
+class PurgeClock:
+    """When this store last purged the minute rollups, and the newest request time it has written: the
+    cut-off is two days before that time (so a replay of old rows, or a log written for a test at some
+    fixed past time, never loses the minutes of its own window)."""
+
+    __slots__ = ("last", "newest")
+
+    def __init__(self) -> None:
+        self.last = -math.inf  # monotonic seconds
+        self.newest = -math.inf  # unix seconds
+
+    def due(self, written_at: Iterable[float]) -> float | None:
+        """The cut-off to purge minute rows before, when a purge is due (and then marks it done)."""
+        self.newest = max(self.newest, max((t for t in written_at if math.isfinite(t)), default=-math.inf))
+        now = time.monotonic()
+        if now - self.last < PURGE_EVERY_S or not math.isfinite(self.newest):
+            return None
+        self.last = now
+        return self.newest - MINUTE_KEEP_S

@@ -31,7 +31,14 @@ from modelyard.state.conversations import (
 )
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
-from modelyard.state.rollup import ROLLUP_COLUMNS, deltas, first_new, upsert_sql
+from modelyard.state.rollup import (
+    PURGE_MINUTES_SQL,
+    ROLLUP_COLUMNS,
+    PurgeClock,
+    deltas,
+    first_new,
+    upsert_sql,
+)
 from modelyard.state.store import (
     RollupRow,
     SpendFilter,
@@ -127,6 +134,7 @@ class SQLiteStore:
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._purge = PurgeClock()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._pool is None or self._conn is None:
@@ -218,6 +226,10 @@ class SQLiteStore:
             await self._run(lambda conn: _insert_spend(conn, payload, sql, ids, rows, rollups))
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
             raise SpendDataError(str(exc)) from exc
+        before = self._purge.due(r.at for r in records)
+        if before is not None:
+            purge = PURGE_MINUTES_SQL.format(ph="?")
+            await self._run(lambda conn: conn.execute(purge, (before,)))
 
     async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
         rows = [dead_row(record, reason) for record, reason in records]

@@ -83,7 +83,7 @@ class SpendFilter(msgspec.Struct, kw_only=True):
     status: str | None = None
     min_cost_usd: float | None = None
     min_latency_ms: float | None = None
-    #: `any` (a guardrail ran and found something), `block` (one blocked), `none` (nothing found)
+    #: `any` (guardrails ran on it), `block` (a guardrail blocked it), `none` (no guardrail ran)
     guardrail: str | None = None
     #: a request id, or its beginning
     id_prefix: str | None = None

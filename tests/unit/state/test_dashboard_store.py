@@ -13,7 +13,7 @@ import pytest
 
 from modelyard.accounting.spend import SpendRecord, SpendWriter
 from modelyard.accounting.traffic import BUCKETS, latency_bucket
-from modelyard.state import postgres_store, sqlite_store
+from modelyard.state import postgres_store, rollup, sqlite_store
 from modelyard.state import store as store_module
 from modelyard.state.keys import new_key
 from modelyard.state.migrations import MIGRATIONS, ROLLUP_DIMS, ROLLUP_GRAINS, SPEND_COLUMNS
@@ -104,6 +104,24 @@ async def test_write_spend_keeps_rollups_once_per_inserted_row(store: Store) -> 
     assert await _rollups(store) == expected
     dims = {dim for _, dim, _, _ in expected}
     assert dims == set(ROLLUP_DIMS)
+
+
+async def test_minute_rollups_older_than_two_days_are_purged_hour_rollups_kept(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = [_spend(i) for i in range(20)]
+    await store.write_spend(old)
+    assert {k for k in await _rollups(store) if k[0] == "minute"}  # the first purge cut nothing of its window
+    three_days = 3 * 86400.0
+    new = [_spend(100 + i, at=T0 + three_days + i) for i in range(5)]
+    store._purge.last -= rollup.PURGE_EVERY_S  # type: ignore[attr-defined]  # an hour later
+    await store.write_spend(new)
+    kept = await _rollups(store)
+    minutes = {bucket for grain, _, _, bucket in kept if grain == "minute"}
+    assert minutes and min(minutes) >= T0 + three_days - rollup.MINUTE_KEEP_S
+    hours = {bucket for grain, _, _, bucket in kept if grain == "hour"}
+    assert min(hours) <= T0  # the hour rollups of the old rows stay
+    assert kept == {k: v for k, v in _expected([*old, *new]).items() if k[0] == "hour" or k[3] in minutes}
 
 
 async def test_rollups_skip_dead_letters_and_count_a_sanitised_retry_once(store: Store, tmp_path: Path) -> None:

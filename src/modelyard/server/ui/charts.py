@@ -43,7 +43,7 @@ def line_chart(
     title: str = "",
 ) -> Markup:
     """Lines over time (x: unix seconds), one per named series; gaps (None) break a line."""
-    left, right, top, bottom = 56, 12, 22, 26
+    left, right, top, bottom = 64, 12, 22, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for _, points in series for x, _ in points]
     ys = [y for _, points in series for _, y in points if y is not None and math.isfinite(y)]

@@ -1199,3 +1199,60 @@ def test_a_flood_of_made_up_session_cookies_is_only_redirects(gw: Gateway) -> No
     assert set(codes) <= {200, 303}, sorted(set(codes))
     assert time.perf_counter() - started < 20
     assert logged_in(gw.url, login(gw.url))
+
+
+# =========================================================================== two replicas on PostgreSQL
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.postgres
+def test_two_replicas_on_postgres_end_sessions_together_and_hold_the_same_lines(sim: SimServer, evil: str) -> None:
+    """Sessions live in the store: a logout or a revocation on one replica ends the session on the other; bad
+    filters and hostile text behave the same on PostgreSQL."""
+    if not _reachable(5432):
+        pytest.skip("needs PostgreSQL on 127.0.0.1:5432")
+    import asyncio
+    import uuid
+
+    schema = f"e2e_dash_{uuid.uuid4().hex[:10]}"
+    dsn = f"postgresql://postgres@127.0.0.1:5432/test?schema={schema}"
+    text = config_text(sim, evil, Path("unused")).replace("store: unused", f'store: "{dsn}"')
+    try:
+        with running(text, Path("unused")) as first, running(text, Path("unused")) as second:
+            boss = make_key(first, name=f"boss {XSS}", metadata={"role": "admin"})
+            session = login(first.url, boss["key"])
+            assert logged_in(second.url, session)
+            csrf = csrf_of(second.url, session)
+            assert request(second.url, "POST", "/ui/logout", cookies={COOKIE: session}, data={"csrf": csrf}).is_redirect
+            assert not logged_in(first.url, session)
+            session = login(second.url, boss["key"])
+            assert admin(second, "DELETE", f"/admin/keys/{boss['id']}").status_code == 200
+            assert not logged_in(first.url, session)
+            hostile = make_key(first, name=XSS)
+            for words in ("hi", "please reject", "please fail"):
+                chat(first, hostile["key"], "evil", f"{words} {XSS}")
+            chat(first, hostile["key"], XSS, "an unknown model")
+            master = login(second.url)
+            for path, params in BAD_QUERIES[:30]:
+                assert admin(second, "GET", path, params=params).status_code in (400, 404), (path, params)
+            pages = crawl(second, master, ["/ui/", "/ui/requests", "/ui/keys", "/ui/deployments"], limit=80)
+            assert len(pages) > 20
+            for path, answer in pages.items():
+                assert answer.status_code < 500 and not unescaped(answer.text), path
+                assert MASTER not in answer.text and PROVIDER_SECRETS[1] not in answer.text, path
+    finally:
+        import asyncpg
+
+        async def drop() -> None:
+            conn = await asyncpg.connect("postgresql://postgres@127.0.0.1:5432/test")
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+        asyncio.run(drop())

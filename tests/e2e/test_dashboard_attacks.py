@@ -1256,3 +1256,24 @@ def test_two_replicas_on_postgres_end_sessions_together_and_hold_the_same_lines(
             await conn.close()
 
         asyncio.run(drop())
+
+
+def test_without_a_master_key_no_admin_key_or_old_session_opens_anything(
+    sim: SimServer, evil: str, tmp_path: Path
+) -> None:
+    store = tmp_path / "modelyard.db"
+    with running(config_text(sim, evil, store), store) as first:
+        boss = make_key(first, name="boss", metadata={"role": "admin"})
+        sessions = [login(first.url), login(first.url, boss["key"])]
+    text = config_text(sim, evil, store).replace(f"master_key: {MASTER}", "master_key: null")
+    with running(text, store) as second:
+        for session in sessions:
+            answer = request(second.url, "GET", "/ui/", cookies={COOKIE: session})
+            assert answer.status_code == 403, answer.status_code
+            assert_framing_refused(answer, "no master key")
+        page = request(second.url, "GET", "/ui/login")
+        assert page.status_code == 403 and COOKIE not in set_cookies(page)
+        for key in (boss["key"], MASTER):
+            assert admin(second, "GET", "/admin/keys", key=key).status_code == 403
+            posted = request(second.url, "POST", "/ui/login", data={"key": key, "login_token": "x"})
+            assert posted.status_code == 403 and COOKIE not in set_cookies(posted)

@@ -934,7 +934,7 @@ def test_no_admin_answer_holds_a_secret(gw: Gateway, traffic: Traffic) -> None:
 
 # =========================================================================== bounded inputs: 4xx, never 5xx, never slow
 
-SEEDED_ROWS = 4000
+SEEDED_ROWS = 20_000
 
 
 def seed_spend(store: Path, rows: int) -> None:

@@ -154,6 +154,13 @@ def _build(b: _Builder, node: yaml.Node, path: tuple[str | int, ...]) -> Any:
     if isinstance(node, yaml.MappingNode):
         out: dict[Any, Any] = {}
         for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # `? [a, b]`: a list or mapping as a key
+                raise ConfigError(
+                    "mapping keys must be plain names, not lists or mappings",
+                    source=source,
+                    line=key_node.start_mark.line + 1,
+                    key=format_path(path),
+                )
             key = key_node.value
             if key in out:
                 raise ConfigError(

@@ -359,6 +359,17 @@ def grants_admin(before: KeyRecord | None, metadata: Mapping[str, str] | None) -
     return before is None or not has_admin_role(before.metadata)
 
 
+def admin_changing() -> GatewayError:
+    """A role-admin key editing or revoking an admin key (its own included): the master key's to do."""
+    return GatewayError(
+        403,
+        "only the master key may change or revoke an admin key (a role-admin key cannot lift its own or another "
+        "admin's limits, nor revoke another admin)",
+        type="permission_error",
+        code="admin_role_denied",
+    )
+
+
 def admin_minting() -> GatewayError:
     return GatewayError(
         403,
@@ -430,9 +441,12 @@ async def key_record(gw: Gateway, key_id: str) -> KeyRecord:
     return record
 
 
-async def revoke_key_data(gw: Gateway, key_id: str) -> dict[str, Any]:
-    """Revoke a key: at once on this replica, within `access.refresh_s` on the others."""
-    await key_record(gw, key_id)
+async def revoke_key_data(gw: Gateway, key_id: str, *, master: bool) -> dict[str, Any]:
+    """Revoke a key: at once on this replica, within `access.refresh_s` on the others; an admin key only by
+    the master key (403)."""
+    record = await key_record(gw, key_id)
+    if not master and has_admin_role(record.metadata):
+        raise admin_changing()
     access = _access(gw)
     revoked = await access.store_guard.call(access.revoke_key(key_id))
     return {"id": key_id, "revoked": True, "already_revoked": not revoked}
@@ -451,9 +465,9 @@ async def list_keys(gw: Gateway, request: Request, ctx: RequestContext) -> None:
 
 
 async def revoke_key(gw: Gateway, request: Request, ctx: RequestContext) -> None:
-    await _services(gw, ctx)
+    _, subject = await subject_services(gw, ctx)
     key_id = request.path[len(KEYS_PATH) + 1 :]
-    await send_json(request.send, 200, await revoke_key_data(gw, key_id))
+    await send_json(request.send, 200, await revoke_key_data(gw, key_id, master=subject == MASTER_ID))
 
 
 async def queues(gw: Gateway, request: Request, ctx: RequestContext) -> None:

@@ -22,6 +22,7 @@ from modelyard.server.access import MASTER_ID, has_admin_role
 from modelyard.server.admin import (
     ADMIN_BODY_LIMIT,
     KEYS_PATH,
+    admin_changing,
     admin_gate,
     admin_minting,
     class_names,
@@ -108,13 +109,7 @@ async def update_key_data(gw: Gateway, key_id: str, body: dict[str, Any], *, mas
     if record.revoked_at is not None:
         raise GatewayError(404, f"key `{key_id}` is revoked", code="key_not_found")
     if not master and has_admin_role(record.metadata):
-        raise GatewayError(
-            403,
-            "only the master key may change an admin key (a role-admin key cannot lift its own or another "
-            "admin's limits)",
-            type="permission_error",
-            code="admin_role_denied",
-        )
+        raise admin_changing()
     access = admin_gate(gw).access
     assert access is not None
     changes = key_changes(body, record, access.clock(), class_names(gw.config.queue))

@@ -34,6 +34,7 @@ from modelyard.schema.errors import GatewayError
 from modelyard.server.admin import _services
 from modelyard.server.admin_routes import AdminRoutes
 from modelyard.server.http import Request, send_json
+from modelyard.server.validation import whole_number
 
 if TYPE_CHECKING:
     from modelyard.config.model import Config
@@ -94,11 +95,7 @@ def valid_run_id(run_id: str) -> bool:
 
 def parse_limit(raw: str | None) -> int:
     """`limit`: an integer in 1..MAX_LIMIT (400 otherwise)."""
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if len(raw) > 6 or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise GatewayError(400, f"`limit` must be an integer from 1 to {MAX_LIMIT}", param="limit")
-    return int(raw)
+    return whole_number(raw, "limit", 1, MAX_LIMIT, DEFAULT_LIMIT) or DEFAULT_LIMIT
 
 
 # --------------------------------------------------------------------------- reading, bounded

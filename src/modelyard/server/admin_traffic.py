@@ -30,6 +30,7 @@ from modelyard.schema.errors import GatewayError
 from modelyard.server.admin import _services, admin_gate
 from modelyard.server.admin_routes import AdminRoutes
 from modelyard.server.http import Request, send_json
+from modelyard.server.validation import whole_number
 from modelyard.state.store import RollupRow, SpendFilter
 
 if TYPE_CHECKING:
@@ -115,12 +116,7 @@ def _number(query: Mapping[str, str], name: str, maximum: float) -> float | None
 
 
 def _limit(query: Mapping[str, str]) -> int:
-    value = query.get("limit")
-    if value is None or value == "":
-        return DEFAULT_PAGE
-    if not value.isdigit() or len(value) > 4 or not 1 <= int(value) <= MAX_PAGE:
-        raise GatewayError(400, f"`limit` must be a whole number from 1 to {MAX_PAGE}", param="limit")
-    return int(value)
+    return whole_number(query.get("limit"), "limit", 1, MAX_PAGE, DEFAULT_PAGE) or DEFAULT_PAGE
 
 
 def parse_moment(name: str, value: str | None, now: float) -> float | None:

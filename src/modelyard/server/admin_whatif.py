@@ -87,7 +87,7 @@ def data_files(config: Config) -> dict[str, Path]:
     for folder in config.ui.whatif_data:
         try:
             real_root = results_path(folder, config.source).resolve(strict=True)
-        except OSError:
+        except (OSError, RuntimeError):  # missing, unreadable, or a symlink loop (RuntimeError before 3.13)
             continue
         if not real_root.is_dir():
             continue
@@ -103,7 +103,7 @@ def data_files(config: Config) -> dict[str, Path]:
                 path = Path(here) / name
                 try:
                     real = path.resolve(strict=True)
-                except OSError:
+                except (OSError, RuntimeError):  # a dangling link or a symlink loop: not listed
                     continue
                 if real.is_file() and real.is_relative_to(real_root):
                     files.setdefault(path.relative_to(real_root).as_posix(), real)
@@ -165,6 +165,22 @@ def _located(key: str, message: str, name: str, marks: dict[tuple[str | int, ...
         inner_key = key.split(name, 1)[1].lstrip(".") if inner else ""
         return f"{where}: {inner_key + ': ' if inner_key else ''}{message}"
     return f"{key + ': ' if key else ''}{message}"
+
+
+_MAX_NESTING = 16
+
+
+def _nesting(text: str) -> int:
+    """How deep `[`/`{` nest in the text (quotes ignored: an over-count only refuses an odd policy early). A
+    few kB of `[` cost the YAML parser seconds of CPU before it could say anything."""
+    depth = deepest = 0
+    for ch in text:
+        if ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}":
+            depth = max(0, depth - 1)
+    return deepest
 
 
 def _has_aliases(text: str) -> bool:
@@ -243,6 +259,11 @@ def whatif_ask(config: Config, body: dict[str, Any]) -> WhatifAsk:
         raise GatewayError(400, "`policy` is required: the YAML of one `models:` entry", param="policy")
     if len(policy) > _MAX_POLICY or "\x00" in policy:
         raise GatewayError(400, f"`policy` must be at most {_MAX_POLICY} characters of text", param="policy")
+    if "${" in policy:
+        # The loader would fill it from the gateway's environment, and a problem message could echo it back.
+        raise GatewayError(400, "the policy may not use ${ENV} references", param="policy")
+    if _nesting(policy) > _MAX_NESTING:
+        raise GatewayError(400, f"the policy is nested more than {_MAX_NESTING} levels deep", param="policy")
     name = body.get("name") or "whatif"
     if not isinstance(name, str) or not _NAME.match(name):
         raise GatewayError(400, "`name` must be 1-64 letters, digits, `_` or `-`", param="name")

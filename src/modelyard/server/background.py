@@ -63,6 +63,7 @@ class BackgroundServer:
             log_level=self.log_level,
             access_log=False,
             timeout_graceful_shutdown=2,
+            proxy_headers=False,  # as `serve` runs it (server/serving.py)
         )
         self._server = uvicorn.Server(config)
         # uvicorn installs signal handlers only on the main thread, so this thread leaves them alone.

@@ -121,6 +121,10 @@ def run(app: str, *, workers: int, deadline_s: float, **options: Any) -> None:
                 if process.pid is not None:
                     os.kill(process.pid, signal.SIGHUP)
 
+    # proxy_headers off: uvicorn would otherwise take the client's address and scheme from X-Forwarded-* of any
+    # peer on 127.0.0.1 (a local client could pick its address and dodge the dashboard's login throttle). Whom
+    # to believe is the config's choice (`ui.trusted_proxies`, server/ui/security.py), not the server's.
+    options.setdefault("proxy_headers", False)
     config = uvicorn.Config(app, workers=workers, timeout_graceful_shutdown=math.ceil(deadline_s), **options)
     if workers > 1:
         ForwardingSupervisor(config, sockets=[config.bind_socket()]).run()

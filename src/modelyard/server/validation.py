@@ -143,3 +143,17 @@ def validate_embeddings(raw: dict[str, Any]) -> EmbeddingRequest:
     if isinstance(req.input, list) and not req.input:
         raise GatewayError(400, "'input' must not be empty.", param="input", code="invalid_value")
     return req
+
+
+_WHOLE = re.compile(r"^[0-9]{1,12}$")  # ASCII digits only: str.isdigit() also takes "²", which int() refuses
+
+
+def whole_number(text: str | None, param: str, low: int, high: int, default: int | None = None) -> int | None:
+    """A query or form value that must be a whole number in [low, high]: `default` when blank, else a 400
+    naming `param`."""
+    if text is None or text.strip() == "":
+        return default
+    text = text.strip()
+    if not _WHOLE.match(text) or not low <= int(text) <= high:
+        raise GatewayError(400, f"`{param}` must be a whole number from {low} to {high}", param=param)
+    return int(text)

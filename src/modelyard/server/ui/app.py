@@ -102,6 +102,8 @@ def safe_next(target: str | None) -> str:
     """Where to go after login: a dashboard path only (never another site: no `//`, no backslash)."""
     if not target or not target.startswith(PREFIX + "/") or "//" in target or "\\" in target:
         return PREFIX + "/"
+    if any(not "!" <= ch <= "~" for ch in target):  # CR/LF (a header injection), spaces, anything not ASCII
+        return PREFIX + "/"
     return target[:512]
 
 
@@ -206,7 +208,8 @@ class UiApp:
         headers: Headers = with_security([])
         headers.extend(page.cookies)
         if page.location is not None:
-            headers.append((b"location", page.location.encode("latin-1", "replace")))
+            location = page.location if page.location.isascii() and page.location.isprintable() else PREFIX + "/"
+            headers.append((b"location", location.encode()))
             body = b""
         else:
             template = self.templates.get_template(page.template or "error.html")

@@ -15,7 +15,7 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from modelyard.schema.errors import GatewayError
-from modelyard.server.access import MASTER_ID, has_admin_role
+from modelyard.server.access import has_admin_role
 from modelyard.server.admin import create_key_data, keys_data, revoke_key_data
 from modelyard.server.admin_keys import RANGES, key_data, update_key_data, usage_range
 from modelyard.server.ui import charts
@@ -32,7 +32,7 @@ _EDIT_FIELDS = ("name", "models", "rpm", "tpm", "budget_usd", "period", "expires
 
 def is_master(ui: UiRequest) -> bool:
     """The master key's sessions (only they may make admin keys)."""
-    return ui.viewer is not None and ui.viewer.subject.startswith(MASTER_ID + ":")
+    return ui.viewer is not None and ui.viewer.master
 
 
 def form_number(text: str) -> int | float | str | None:
@@ -155,7 +155,7 @@ async def create_key(ui: UiRequest) -> Page:
 
 async def revoke_key(ui: UiRequest) -> Page:
     key_id = ui.form.get("id", "")
-    await revoke_key_data(ui.gw, key_id)
+    await revoke_key_data(ui.gw, key_id, master=is_master(ui))
     return ui.redirect(f"{KEYS}?revoked={quote(key_id[:64], safe='')}")
 
 

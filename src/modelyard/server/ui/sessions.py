@@ -38,6 +38,11 @@ class Viewer:
     id_hash: str
     expires_at: float
 
+    @property
+    def master(self) -> bool:
+        """Logged in with the master key (only it may make, change or revoke admin keys)."""
+        return self.subject.startswith(MASTER_ID + ":")
+
 
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()

@@ -14,6 +14,7 @@ from modelyard.schema.errors import GatewayError
 from modelyard.server.admin_whatif import runner_of, whatif_ask, whatif_options
 from modelyard.server.ui.app import PREFIX, Page, UiApp, UiRequest
 from modelyard.server.ui.scatter import ScatterPoint, scatter
+from modelyard.server.validation import whole_number
 
 _COMPARE = "compare:"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
@@ -42,11 +43,9 @@ def _form_body(form: dict[str, str]) -> dict[str, Any]:
         "name": form.get("name", "").strip() or "whatif",
         "compare": [key[len(_COMPARE) :] for key, value in form.items() if key.startswith(_COMPARE) and value],
     }
-    limit = form.get("limit", "").strip()
-    if limit:
-        if not limit.isdigit() or len(limit) > 6:
-            raise GatewayError(400, "`limit` must be a whole number", param="limit")
-        body["limit"] = int(limit)
+    limit = whole_number(form.get("limit"), "limit", 1, 1_000_000)
+    if limit is not None:
+        body["limit"] = limit  # the admin API applies its own, tighter bound
     return body
 
 

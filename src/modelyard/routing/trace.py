@@ -47,20 +47,21 @@ class RouteFeatures(msgspec.Struct, array_like=True):
 class RouteTrace(msgspec.Struct, array_like=True):
     """The routing decision of one request (its first plan; skips the executor's walk added included).
 
-    Stored as a JSON array in this field order (append-only: an older row reads with the newer fields' defaults).
+    Stored as a JSON array in this field order, trailing empty values left out (the usual request stores
+    `["cost",["a","b"],[30,64],"m"]`); fields are only ever appended, so an older row reads with defaults.
     """
 
-    model: str = ""
     strategy: str = ""
-    rule: str | None = None
     ranked: list[str] = msgspec.field(default_factory=list)
-    #: [deployment, reason] pairs.
-    skipped: list[tuple[str, str]] = msgspec.field(default_factory=list)
+    features: RouteFeatures = msgspec.field(default_factory=RouteFeatures)
+    model: str = ""
     #: How many were skipped in all (more than `skipped` holds when it was capped).
     skipped_total: int = 0
+    #: [deployment, reason] pairs.
+    skipped: list[tuple[str, str]] = msgspec.field(default_factory=list)
     fallbacks: list[str] = msgspec.field(default_factory=list)
     sticky: str | None = None
-    features: RouteFeatures = msgspec.field(default_factory=RouteFeatures)
+    rule: str | None = None
     #: Whether the plan was made in explain mode (the client asked, or the request was sampled): only then
     #: does `notes` hold the strategy's notes and scores per deployment.
     explained: bool = False
@@ -70,22 +71,31 @@ class RouteTrace(msgspec.Struct, array_like=True):
 class AttemptTrace(msgspec.Struct, array_like=True):
     """One attempt: where, when (ms after the request started), how long, how it ended, what it cost.
 
-    Stored as a JSON array in this field order (append-only, as `RouteTrace`)."""
+    Stored as a JSON array in this field order, trailing empty values left out (as `RouteTrace`)."""
 
     deployment: str = ""
     provider: str = ""
     outcome: str = ""
     start_ms: float = 0.0
     ms: float = 0.0
-    status: int | None = None
     cost_usd: float = 0.0
-    hedge: bool = False
+    status: int | None = None
     error: str = ""
+    hedge: bool = False
 
 
 _encode = msgspec.json.Encoder().encode
 _read_route = msgspec.json.Decoder(RouteTrace).decode
 _read_attempts = msgspec.json.Decoder(list[AttemptTrace]).decode
+
+
+def _trimmed(values: tuple[Any, ...]) -> tuple[Any, ...]:
+    """`values` without its trailing empty ones (every field's default is empty: the reader restores them).
+    Each byte of a spend row costs the store's batched insert ~175 instructions (callgrind), so they count."""
+    end = len(values)
+    while end and not values[end - 1]:
+        end -= 1
+    return values if end == len(values) else values[:end]
 
 
 def route_json(plan: Plan) -> str:
@@ -98,25 +108,29 @@ def route_json(plan: Plan) -> str:
     fallbacks = plan.fallbacks
     explained = ctx.explain
     return _json(
-        (
-            plan.model[:NAME_CHARS],
-            plan.strategy,
-            plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
-            [dep.name for dep in plan.order[:MAX_RANKED]],
-            [(s.deployment, s.reason[:REASON_CHARS]) for s in skipped[:MAX_SKIPPED]] if skipped else (),
-            len(skipped),
-            [name[:NAME_CHARS] for name in fallbacks[:MAX_FALLBACKS]] if fallbacks else (),
-            ctx.sticky,
+        _trimmed(
             (
-                features.prompt_tokens,
-                features.max_output_tokens,
-                features.needs_tools,
-                features.needs_vision,
-                features.needs_json,
-                task[:NAME_CHARS] if task is not None else None,
-            ),
-            explained,
-            {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)} if explained else None,
+                plan.strategy,
+                [dep.name for dep in plan.order[:MAX_RANKED]],
+                _trimmed(
+                    (
+                        features.prompt_tokens,
+                        features.max_output_tokens,
+                        features.needs_tools,
+                        features.needs_vision,
+                        features.needs_json,
+                        task[:NAME_CHARS] if task is not None else None,
+                    )
+                ),
+                plan.model[:NAME_CHARS],
+                len(skipped),
+                [(s.deployment, s.reason[:REASON_CHARS]) for s in skipped[:MAX_SKIPPED]] if skipped else (),
+                [name[:NAME_CHARS] for name in fallbacks[:MAX_FALLBACKS]] if fallbacks else (),
+                ctx.sticky,
+                plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
+                explained,
+                {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)} if explained else None,
+            )
         )
     )
 
@@ -127,16 +141,18 @@ def attempts_json(records: Sequence[AttemptRecord], request_start: float) -> str
     are cut to 0.1 ms (int(): round() costs more than the rest of a record)."""
     return _json(
         [
-            (
-                r.deployment,
-                r.provider,
-                r.outcome,
-                int((r.started - request_start) * 10_000) / 10,
-                int(r.latency_ms * 10) / 10,
-                r.status,
-                r.cost_usd,
-                r.hedge,
-                r.error[:ERROR_CHARS],
+            _trimmed(
+                (
+                    r.deployment,
+                    r.provider,
+                    r.outcome,
+                    int((r.started - request_start) * 10_000) / 10,
+                    int(r.latency_ms * 10) / 10,
+                    r.cost_usd,
+                    r.status,
+                    r.error[:ERROR_CHARS],
+                    r.hedge,
+                )
             )
             for r in records[:MAX_ATTEMPTS]
         ]

@@ -76,6 +76,8 @@ def test_an_explained_plan_keeps_its_notes_and_a_plain_one_does_not():
             "task": "code",
         }
     assert read_route(route_json(big_plan(explain=False)))["notes"] == {}
+    # the usual request: trailing empty values left out (each byte of a row costs the store's insert)
+    assert route_json(router.plan("m", RequestFeatures(prompt_tokens=10))) == '["priority",["a","b","c"],[10],"m"]'
 
 
 def test_client_text_in_the_route_is_bounded_and_a_lone_surrogate_does_not_break_it():
@@ -138,7 +140,7 @@ def test_malformed_or_missing_attempts_read_as_empty(text: Any):
 
 def test_a_route_missing_fields_reads_with_defaults():
     """Fields are only ever appended: a row written before some existed reads with their defaults."""
-    assert read_route('["m", "cost"]') == {
+    assert read_route('["cost", [], [], "m"]') == {
         "model": "m",
         "strategy": "cost",
         "rule": None,

@@ -1277,3 +1277,22 @@ def test_without_a_master_key_no_admin_key_or_old_session_opens_anything(
             assert admin(second, "GET", "/admin/keys", key=key).status_code == 403
             posted = request(second.url, "POST", "/ui/login", data={"key": key, "login_token": "x"})
             assert posted.status_code == 403 and COOKIE not in set_cookies(posted)
+
+
+def test_no_get_changes_anything(gw: Gateway, traffic: Traffic) -> None:
+    """Every GET a page links to (and GETs of the POST-only paths) leaves keys and sessions as they were."""
+    import sqlite3
+
+    def state() -> tuple[Any, ...]:
+        with sqlite3.connect(gw.store) as db:
+            keys = db.execute("SELECT id, name, revoked_at, rpm, budget_usd, metadata FROM modelyard_keys").fetchall()
+            sessions = db.execute("SELECT id_hash FROM modelyard_ui_sessions").fetchall()
+        return sorted(keys), sorted(sessions)
+
+    before = state()
+    cookies = {COOKIE: traffic.session}
+    for path in ("/ui/logout", "/ui/keys/revoke", f"/ui/keys/{traffic.key_ids[0]}?rpm=1&budget_usd=0", "/ui/whatif"):
+        assert request(gw.url, "GET", path, cookies=cookies).status_code < 500
+    pages_of(gw, traffic)
+    assert state() == before
+    assert logged_in(gw.url, traffic.session)

@@ -330,11 +330,6 @@ def test_a_role_admin_key_cannot_lift_its_own_limits(gw: Gateway) -> None:
     assert record["budget_usd"] == 1.0 and record["rpm"] == 5
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a role-admin key may not edit another admin key but revokes it (DELETE /admin/keys/{id}, the "
-    "revoke form): one stolen admin key locks every other admin out",
-)
 def test_a_role_admin_key_cannot_revoke_another_admin_key(gw: Gateway) -> None:
     rogue = make_key(gw, name="rogue-admin", metadata={"role": "admin"})
     victims = [make_key(gw, name=f"victim-admin-{i}", metadata={"role": "admin"}) for i in range(2)]
@@ -603,11 +598,6 @@ def test_x_forwarded_for_rotation_from_an_untrusted_remote_peer_does_not_bypass_
     assert codes[:10] == [401] * 10 and set(codes[10:]) == {429}, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: uvicorn's proxy_headers (on by default, trusts 127.0.0.1) takes the client from "
-    "X-Forwarded-For before ui.trusted_proxies is asked: a loopback peer rotates it past the login throttle",
-)
 def test_x_forwarded_for_rotation_from_an_untrusted_loopback_peer_does_not_bypass_the_throttle(
     strict_gw: Gateway,
 ) -> None:
@@ -615,11 +605,6 @@ def test_x_forwarded_for_rotation_from_an_untrusted_loopback_peer_does_not_bypas
     assert set(codes[10:]) == {429}, codes
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: `modelyard serve` runs uvicorn with proxy_headers on (trusting 127.0.0.1): the real process takes "
-    "the login throttle's client address from X-Forwarded-For of a peer ui.trusted_proxies does not name",
-)
 def test_x_forwarded_for_rotation_does_not_bypass_the_throttle_of_the_real_process(
     sim: SimServer, evil: str, tmp_path: Path
 ) -> None:
@@ -688,9 +673,6 @@ def raw_get(url: str, target: bytes, headers: bytes = b"") -> bytes:
     return b"".join(chunks)
 
 
-@pytest.mark.xfail(
-    strict=True, reason="HOLE: CR/LF in `next` reaches the Location header: 500 and a dropped connection"
-)
 def test_crlf_in_next_is_no_header_and_no_5xx(gw: Gateway) -> None:
     session = login(gw.url)
     for target in ("/ui/%0d%0aSet-Cookie:%20x=y", "/ui/%0aX-Injected:%201", "/ui/%0d%0a%0d%0a<script>"):
@@ -1049,7 +1031,6 @@ def test_bad_filter_values_are_a_400_in_the_api_and_on_the_page(
         assert_framing_refused(shown, page_path)
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: `limit=²` (str.isdigit but not int()) is a 500 (requests and runs)")
 @pytest.mark.parametrize("path", ["/admin/requests", "/admin/runs", "/ui/requests", "/ui/runs"])
 def test_a_unicode_digit_limit_is_a_400(seeded: tuple[Gateway, str], path: str) -> None:
     gw, session = seeded

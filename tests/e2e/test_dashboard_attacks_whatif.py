@@ -161,11 +161,6 @@ def test_a_data_value_of_another_type_is_a_400(url: str) -> None:
         assert answer.status_code == 400, (value, answer.text[:200])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a symlink loop in a ui.whatif_data folder (RuntimeError from resolve) makes every what-if "
-    "request and page a 500",
-)
 def test_a_symlink_loop_in_the_data_folder_costs_only_itself(folder: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
@@ -183,11 +178,6 @@ def test_a_symlink_loop_in_the_data_folder_costs_only_itself(folder: Path, tmp_p
 # --------------------------------------------------------------------------- the policy
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: a what-if policy's ${VAR} is interpolated from the gateway's environment and echoed in the 400: "
-    "any admin key reads MODELYARD_MASTER_KEY or a provider key",
-)
 @pytest.mark.parametrize(
     "policy",
     [
@@ -232,7 +222,7 @@ BILLION_LAUGHS = "\n".join(
         ("- a list", "mapping"),
         ("just text", "mapping"),
         ("candidates: [small]\n" + "x" * 40_000, "32768"),
-        ("candidates: " + "[" * 300 + "]" * 300, "candidates[0]"),
+        ("candidates: " + "[" * 300 + "]" * 300, "nested"),
     ],
 )
 def test_a_hostile_policy_is_a_quick_400(url: str, policy: str, words: str) -> None:
@@ -245,14 +235,12 @@ def test_a_hostile_policy_is_a_quick_400(url: str, policy: str, words: str) -> N
     assert not Path("/tmp/modelyard-pwned").exists()
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: a policy with a complex mapping key (`? [a, b]`) is a 500 (loader.py)")
 def test_a_policy_with_a_complex_key_is_a_400(url: str) -> None:
     for policy in ("? [a, b]\n: 1\ncandidates: [small]", "candidates: [small]\n? {a: 1}\n: 2"):
         answer = whatif(url, policy=policy)
         assert answer.status_code == 400, answer.text[:300]
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: 32 kB of `[` in a policy costs 10+ s of gateway CPU before its 400")
 def test_a_deeply_nested_policy_is_refused_quickly(url: str) -> None:
     started = time.monotonic()
     answer = whatif(url, policy="candidates: " + "[" * 8000 + "]" * 8000)
@@ -362,7 +350,6 @@ def test_odd_run_ids_are_4xx(url: str, path: str) -> None:
     assert b"<script>" not in body
 
 
-@pytest.mark.xfail(strict=True, reason="HOLE: the What-if form's `limit=²` (str.isdigit but not int()) is a 500")
 def test_a_unicode_digit_limit_on_the_what_if_form_is_a_400(url: str) -> None:
     session = login(url)
     form = {"csrf": csrf_of(url, session), "data": "traffic.jsonl", "policy": "candidates: [small]", "limit": "\u00b2"}

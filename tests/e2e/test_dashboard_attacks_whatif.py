@@ -475,3 +475,11 @@ def test_one_unreadable_run_costs_only_itself(folder: Path, tmp_path: Path) -> N
         listed = admin(server.url, "GET", "/admin/runs")
         assert listed.status_code == 200, listed.text[:300]
         assert "hostile-output" in {run["run_id"] for run in listed.json()["data"]}
+
+
+@pytest.mark.parametrize("name", ["--help", "-h", "--"])
+def test_a_policy_name_that_looks_like_an_option_is_only_a_name(url: str, name: str) -> None:
+    """The name reaches the replay's command line: it must stay a value there, never become an option."""
+    answer = whatif(url, policy="candidates: [small]", name=name, limit=3)
+    assert answer.status_code == 200, answer.text[:300]
+    assert [p["policy"] for p in answer.json()["policies"]] == [name]

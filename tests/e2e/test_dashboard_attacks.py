@@ -1277,3 +1277,101 @@ def test_no_get_changes_anything(gw: Gateway, traffic: Traffic) -> None:
     pages_of(gw, traffic)
     assert state() == before
     assert logged_in(gw.url, traffic.session)
+
+
+# =========================================================================== a provider that reports absurd usage
+
+ABSURD_USAGE: dict[str, dict[str, Any]] = {
+    "negative": {"prompt_tokens": -1_000_000, "completion_tokens": -5, "total_tokens": -1_000_005},
+    "huge": {"prompt_tokens": 10**30, "completion_tokens": 10**30, "total_tokens": 10**30},
+    "float": {"prompt_tokens": 1e308, "completion_tokens": 1.5, "total_tokens": 3},
+    "text": {"prompt_tokens": "NaN", "completion_tokens": "x", "total_tokens": "y"},
+    "details": {
+        "prompt_tokens": 5,
+        "completion_tokens": 5,
+        "total_tokens": 10,
+        "prompt_tokens_details": {"cached_tokens": 10**9},
+        "completion_tokens_details": {"reasoning_tokens": -(10**9)},
+    },
+}
+
+
+class UsageProvider:
+    """An OpenAI-wire provider that answers with the usage named by the prompt (ABSURD_USAGE)."""
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            await EvilProvider()(scope, receive, send)
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        usage = ABSURD_USAGE[json.loads(body)["messages"][-1]["content"]]
+        answer = {
+            "id": "chatcmpl-usage",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "evil",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+            "usage": usage,
+        }
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": json.dumps(answer).encode()})
+
+
+@pytest.fixture
+def usage_gw(sim: SimServer, tmp_path: Path) -> Iterator[Gateway]:
+    with BackgroundServer(UsageProvider()) as provider:
+        store = tmp_path / "modelyard.db"
+        with running(config_text(sim, provider.url, store), store) as gateway:
+            yield gateway
+
+
+def _answer_and_log(gw: Gateway, case: str) -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+    key = make_key(gw, name="usage", budget_usd=1.0)
+    answer = chat(gw, key["key"], "evil", case)
+    time.sleep(0.2)
+    session = login(gw.url)
+    return (
+        answer,
+        admin(gw, "GET", "/admin/requests"),
+        request(gw.url, "GET", "/ui/requests", cookies={COOKIE: session}),
+    )
+
+
+def test_a_providers_absurd_details_are_clamped(usage_gw: Gateway) -> None:
+    answer, log, page = _answer_and_log(usage_gw, "details")
+    assert answer.status_code == 200 and 0 <= float(answer.headers["x-modelyard-cost-usd"]) < 1
+    assert log.status_code == 200 and page.status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: a provider's token counts beyond int64 (1e30, 1e308) are stored as REAL: every request-log read "
+    "then fails to decode, the store guard calls the store down (503 for the admin API too) and the log stays "
+    "unreadable",
+)
+@pytest.mark.parametrize("case", ["huge", "float"])
+def test_a_providers_huge_token_counts_leave_the_request_log_readable(usage_gw: Gateway, case: str) -> None:
+    answer, log, page = _answer_and_log(usage_gw, case)
+    assert log.status_code == 200, log.text[:300]
+    assert page.status_code == 200
+    assert admin(usage_gw, "POST", "/admin/keys", json={"name": "after"}).status_code == 200
+    assert answer.status_code in (200, 502) and float(answer.headers.get("x-modelyard-cost-usd", "0")) < 1e6
+
+
+@pytest.mark.xfail(strict=True, reason="HOLE: a provider's negative token counts are a negative cost in the log")
+def test_a_providers_negative_usage_is_no_negative_cost(usage_gw: Gateway) -> None:
+    answer, log, _ = _answer_and_log(usage_gw, "negative")
+    assert float(answer.headers.get("x-modelyard-cost-usd", "0")) >= 0
+    assert all(row["cost_usd"] >= 0 and row["prompt_tokens"] >= 0 for row in log.json()["data"])
+
+
+@pytest.mark.xfail(strict=True, reason="HOLE: a provider's usage with text token counts is a 500 to the client")
+def test_a_providers_non_numeric_usage_is_no_500(usage_gw: Gateway) -> None:
+    answer, log, page = _answer_and_log(usage_gw, "text")
+    assert answer.status_code in (200, 502), answer.text[:300]
+    assert log.status_code == 200 and page.status_code == 200

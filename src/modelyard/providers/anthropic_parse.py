@@ -24,7 +24,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     upstream_error,
 )
-from modelyard.schema.chat import Usage
+from modelyard.schema.chat import Usage, token_count
 from modelyard.schema.errors import ErrorKind, ProviderError
 
 _decode = msgspec.json.Decoder().decode
@@ -67,20 +67,20 @@ def usage_from(raw: Any, base: Usage | None = None) -> Usage:
         return usage
     fresh = usage.prompt - usage.cached - usage.cache_write
     if raw.get("input_tokens") is not None:
-        fresh = int(raw["input_tokens"])
+        fresh = token_count(raw["input_tokens"])
     if raw.get("cache_read_input_tokens") is not None:
-        usage.cached = int(raw["cache_read_input_tokens"])
+        usage.cached = token_count(raw["cache_read_input_tokens"])
     if raw.get("cache_creation_input_tokens") is not None:
-        usage.cache_write = int(raw["cache_creation_input_tokens"])
+        usage.cache_write = token_count(raw["cache_creation_input_tokens"])
     usage.prompt = fresh + usage.cached + usage.cache_write
     if raw.get("output_tokens") is not None:
-        usage.completion = int(raw["output_tokens"])
+        usage.completion = token_count(raw["output_tokens"])
     details = raw.get("output_tokens_details")
     if isinstance(details, dict) and details.get("thinking_tokens") is not None:
-        usage.reasoning = int(details["thinking_tokens"])
+        usage.reasoning = token_count(details["thinking_tokens"])
     server = raw.get("server_tool_use")
     if isinstance(server, dict) and isinstance(server.get("web_search_requests"), int):
-        usage.web_searches = int(server["web_search_requests"])  # billed per search (Price.web_search)
+        usage.web_searches = token_count(server["web_search_requests"])  # billed per search (Price.web_search)
     return usage
 
 

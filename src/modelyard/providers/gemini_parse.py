@@ -25,7 +25,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     upstream_error,
 )
-from modelyard.schema.chat import Usage
+from modelyard.schema.chat import Usage, token_count
 from modelyard.schema.errors import ErrorKind, ProviderError
 
 _decode = msgspec.json.Decoder().decode
@@ -161,11 +161,11 @@ def usage_from(meta: Any) -> Usage:
     includes thoughts, which OpenAI counts as reasoning tokens inside completion tokens."""
     if not isinstance(meta, dict):
         return Usage()
-    thoughts = int(meta.get("thoughtsTokenCount") or 0)
+    thoughts = token_count(meta.get("thoughtsTokenCount"))
     return Usage(
-        prompt=int(meta.get("promptTokenCount") or 0) + int(meta.get("toolUsePromptTokenCount") or 0),
-        completion=int(meta.get("candidatesTokenCount") or 0) + thoughts,
-        cached=int(meta.get("cachedContentTokenCount") or 0),
+        prompt=token_count(meta.get("promptTokenCount")) + token_count(meta.get("toolUsePromptTokenCount")),
+        completion=token_count(meta.get("candidatesTokenCount")) + thoughts,
+        cached=token_count(meta.get("cachedContentTokenCount")),
         reasoning=thoughts,
     )
 

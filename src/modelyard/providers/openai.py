@@ -31,7 +31,7 @@ from modelyard.providers.base import (
     upstream_error,
     with_model,
 )
-from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage, token_count
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 DEFAULT_BASE = "https://api.openai.com/v1"
@@ -422,15 +422,15 @@ def responses_usage(raw: Any, tool_usage: Any = None) -> Usage:
     searches the Response's `tool_usage` reports (billed per search: Price.web_search)."""
     searches = _obj(_obj(tool_usage).get("web_search")).get("num_requests")
     if not isinstance(raw, dict):
-        return Usage(web_searches=searches if isinstance(searches, int) else 0)
+        return Usage(web_searches=token_count(searches))
     inputs, outputs = _obj(raw.get("input_tokens_details")), _obj(raw.get("output_tokens_details"))
     return Usage(
-        prompt=int(raw.get("input_tokens") or 0),
-        completion=int(raw.get("output_tokens") or 0),
-        cached=int(inputs.get("cached_tokens") or 0),
-        cache_write=int(inputs.get("cache_write_tokens") or 0),
-        reasoning=int(outputs.get("reasoning_tokens") or 0),
-        web_searches=searches if isinstance(searches, int) and not isinstance(searches, bool) else 0,
+        prompt=token_count(raw.get("input_tokens")),
+        completion=token_count(raw.get("output_tokens")),
+        cached=token_count(inputs.get("cached_tokens")),
+        cache_write=token_count(inputs.get("cache_write_tokens")),
+        reasoning=token_count(outputs.get("reasoning_tokens")),
+        web_searches=token_count(searches),
     )
 
 

@@ -9,6 +9,7 @@ straight to the client.
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal
 
 import msgspec
@@ -298,16 +299,37 @@ class Usage(Struct, kw_only=True):
             return cls()
         prompt_details = usage.get("prompt_tokens_details") or {}
         completion_details = usage.get("completion_tokens_details") or {}
+        if not isinstance(prompt_details, dict):
+            prompt_details = {}
+        if not isinstance(completion_details, dict):
+            completion_details = {}
         return cls(
-            prompt=int(usage.get("prompt_tokens") or 0),
-            completion=int(usage.get("completion_tokens") or 0),
-            cached=int(prompt_details.get("cached_tokens") or 0),
-            cache_write=int(prompt_details.get("cache_write_tokens") or 0),
-            reasoning=int(completion_details.get("reasoning_tokens") or 0),
+            prompt=token_count(usage.get("prompt_tokens")),
+            completion=token_count(usage.get("completion_tokens")),
+            cached=token_count(prompt_details.get("cached_tokens")),
+            cache_write=token_count(prompt_details.get("cache_write_tokens")),
+            reasoning=token_count(completion_details.get("reasoning_tokens")),
         )
 
 
 # --------------------------------------------------------------------------- helpers
+
+#: The most tokens one count of a provider's usage may report (a billion: far above any context window).
+MAX_TOKEN_COUNT = 10**9
+
+
+def token_count(value: Any) -> int:
+    """A provider's token count as the gateway believes it: a whole number in [0, MAX_TOKEN_COUNT]; anything
+    else (negative, 1e308, NaN, text, a bool) counts 0. A provider's usage is not trusted: a count beyond
+    64 bits made every later read of the spend log fail, a negative one a negative cost."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            return 0
+        value = int(value)
+    return value if 0 <= value <= MAX_TOKEN_COUNT else 0
+
 
 _decoder = msgspec.json.Decoder()
 _request_decoder = msgspec.json.Decoder(ChatRequest)

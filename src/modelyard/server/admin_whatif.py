@@ -183,6 +183,18 @@ def _nesting(text: str) -> int:
     return deepest
 
 
+def _builds_env_reference(value: Any) -> bool:
+    """Whether a parsed policy holds `${` in any key or text (the loader would fill it from the gateway's
+    environment, and a problem message could echo the secret back)."""
+    if isinstance(value, str):
+        return "${" in value
+    if isinstance(value, dict):
+        return any(_builds_env_reference(k) or _builds_env_reference(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_builds_env_reference(item) for item in value)
+    return False
+
+
 def _has_aliases(text: str) -> bool:
     """Whether the YAML text uses anchors or aliases (a text that does not scan is left to the loader)."""
     try:
@@ -212,6 +224,8 @@ def check_policy(config_data: dict[str, Any], policy: str, name: str, source: st
             "the policy must be one `models:` entry: a mapping with `candidates:` (and `strategy:`, ...)",
             param="policy",
         )
+    if _builds_env_reference(entry):  # `"\u0024{VAR}"` is `${VAR}` only once YAML has read it
+        raise GatewayError(400, "the policy may not use ${ENV} references", param="policy")
     data = dict(config_data)
     models = data.get("models")
     data["models"] = {**(models if isinstance(models, dict) else {}), name: entry}

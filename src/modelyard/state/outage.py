@@ -12,6 +12,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 
+import msgspec
+
 from modelyard.schema.errors import GatewayError, ModelyardError
 
 log = logging.getLogger("modelyard.state")
@@ -102,6 +104,12 @@ class StoreGuard:
             result = await _within(call, self.timeout_s)
         except GatewayError:
             raise
+        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+            # What the store answered could not be read: a data problem, not an outage (a 503 and "the store
+            # is unavailable" for every later call would be wrong).
+            raise GatewayError(
+                500, f"the store holds data this version cannot read: {exc}", code="store_data"
+            ) from None
         except Exception as exc:
             self._down_until = time.monotonic() + self.fail_fast_s
             if not self._logged:

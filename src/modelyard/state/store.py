@@ -248,8 +248,25 @@ def dead_row(record: SpendRecord, reason: str) -> tuple[str, float, float, str, 
     )
 
 
+_INT_FIELDS = frozenset(field.name for field in msgspec.structs.fields(SpendRecord) if field.type is int)
+
+
 def spend_from_row(row: Sequence[Any]) -> SpendRecord:
-    return msgspec.convert(dict(zip(SPEND_COLUMNS, row, strict=True)), SpendRecord)
+    """A stored spend row as a record. A row this version cannot take as is (SQLite keeps an integer beyond
+    64 bits, written by an older version, as REAL) is read with such counts as 0, not refused: one bad row
+    must not make the request log unreadable."""
+    values = dict(zip(SPEND_COLUMNS, row, strict=True))
+    try:
+        return msgspec.convert(values, SpendRecord)
+    except msgspec.ValidationError:
+        for name in _INT_FIELDS:
+            value = values.get(name)
+            if not isinstance(value, int) or isinstance(value, bool) or not -(2**63) <= value < 2**63:
+                values[name] = 0
+        for name, value in values.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                values[name] = 0.0
+        return msgspec.convert(values, SpendRecord)
 
 
 def report_sql(by: str, day_expr: str, placeholder: str) -> str:

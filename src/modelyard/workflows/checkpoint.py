@@ -355,7 +355,10 @@ def _status(last: StoredEvent | None) -> RunStatus:
     if last is None:
         return RunStatus.INTERRUPTED
     if last.kind == "run_finished":
-        return RunStatus(last.data.get("status", RunStatus.FAILED))
+        try:
+            return RunStatus(last.data.get("status", RunStatus.FAILED))
+        except ValueError:  # written by another version: shown as failed, never a run list that cannot load
+            return RunStatus.FAILED
     return RunStatus.RUNNING if _alive(last.data) else RunStatus.INTERRUPTED
 
 

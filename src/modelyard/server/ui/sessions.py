@@ -109,7 +109,8 @@ class UiSessions:
         if session is None:
             return None
         label = await self._label(session.subject)
-        if label is None:
+        if label is None:  # its key was revoked, expired or demoted: ended for good, not just hidden
+            await access.store_guard.call(access.store.delete_session(session.id_hash))
             return None
         return Viewer(session.subject, label, session.csrf, session.id_hash, session.expires_at)
 

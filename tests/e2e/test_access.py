@@ -502,3 +502,27 @@ def test_two_replicas_share_keys_limits_and_budgets(sim: SimServer, tmp_path: Pa
         for key in client.scan_iter(match=f"modelyard_e2e_{tag}:*"):
             client.delete(key)
         client.close()
+
+
+def test_cli_makes_an_admin_key_the_admin_api_accepts(sim: SimServer, tmp_path: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from modelyard.cli.admin import app
+
+    config_file = tmp_path / "modelyard.yaml"
+    config_file.write_text(f"deployments: []\nspend: {{store: {tmp_path / 'cli.db'}}}\n")
+    runner = CliRunner()
+    made = runner.invoke(app, ["keys", "create", "--name", "ops", "--admin", "--config", str(config_file), "--json"])
+    plain = runner.invoke(app, ["keys", "create", "--name", "app", "--config", str(config_file), "--json"])
+    assert made.exit_code == 0 and plain.exit_code == 0, made.output + plain.output
+    admin_key, plain_key = json.loads(made.stdout), json.loads(plain.stdout)
+    assert admin_key["metadata"] == {"role": "admin"} and plain_key["metadata"] == {}
+    config = make_config(sim, tmp_path)
+    config.spend.store = str(tmp_path / "cli.db")
+    with gateway(config) as address:
+        listed = httpx.get(f"{address}/admin/keys", headers={"authorization": f"Bearer {admin_key['key']}"})
+        refused = httpx.get(f"{address}/admin/keys", headers={"authorization": f"Bearer {plain_key['key']}"})
+    assert listed.status_code == 200 and {k["name"] for k in listed.json()["data"]} == {"ops", "app"}
+    assert refused.status_code == 401

@@ -211,6 +211,9 @@ def create(
     max_queue_ms: float = typer.Option(
         None, "--max-queue-ms", help="The longest its requests wait in the queue, in milliseconds."
     ),
+    admin: bool = typer.Option(
+        False, "--admin", help="An admin key (metadata role: admin): the admin API and the dashboard accept it."
+    ),
     config: Path = CONFIG,
     url: str = URL,
     master_key: str = MASTER,
@@ -229,6 +232,8 @@ def create(
         "max_priority": max_priority,
         "max_queue_ms": max_queue_ms,
     }
+    if admin:
+        body["metadata"] = {"role": "admin"}
     made = _run(lambda: _backend(config, url, master_key).create(body))
     if as_json:
         typer.echo(json.dumps(made, indent=2))

@@ -73,6 +73,9 @@ class EvilProvider:
             sent = dict(scope["headers"]).get(b"authorization", b"").decode()
             status = 400 if b"as a 400" in body else 401
             answer = {"error": {"message": f"invalid credential {sent}", "type": "invalid_request_error"}}
+        elif b"please flood" in body:  # a long error text without digits (what masking key-like runs chews on)
+            status = 400
+            answer = {"error": {"message": "x" * 20_000, "type": "invalid_request_error"}}
         elif b"please reject" in body:
             status = 400
             answer = {"error": {"message": f"upstream refused {XSS}", "type": "invalid_request_error"}}
@@ -1375,3 +1378,35 @@ def test_a_providers_non_numeric_usage_is_no_500(usage_gw: Gateway) -> None:
     answer, log, page = _answer_and_log(usage_gw, "text")
     assert answer.status_code in (200, 502), answer.text[:300]
     assert log.status_code == 200 and page.status_code == 200
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="HOLE: masking a provider's error text (schema/errors.py _SECRET: two lookaheads per start position) is "
+    "quadratic and runs on the event loop: 20 kB of letters freeze the whole gateway for seconds (2 MB: hours)",
+)
+def test_a_long_provider_error_does_not_freeze_the_gateway(sim: SimServer, evil: str, tmp_path: Path) -> None:
+    import threading
+
+    store = tmp_path / "modelyard.db"
+    with running(config_text(sim, evil, store), store) as gw:
+        done: dict[str, Any] = {}
+
+        def flood() -> None:
+            started = time.perf_counter()
+            done["status"] = chat(gw, MASTER, "evil", "please flood").status_code
+            done["took"] = time.perf_counter() - started
+
+        assert chat(gw, MASTER, "evil", "warm up").status_code == 200  # connections and plans made
+        thread = threading.Thread(target=flood)
+        thread.start()
+        waits = []
+        while thread.is_alive() and len(waits) < 50:  # the gateway's answer time to others while it runs
+            started = time.perf_counter()
+            assert request(gw.url, "GET", "/ui/login").status_code == 200
+            waits.append(time.perf_counter() - started)
+            time.sleep(0.05)
+        thread.join(timeout=120)
+        waited = max(waits, default=0.0)
+        assert done["status"] == 400
+        assert waited < 1.0 and done["took"] < 2.0, (waited, done["took"])

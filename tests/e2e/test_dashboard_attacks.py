@@ -1400,7 +1400,7 @@ def test_a_long_provider_error_does_not_freeze_the_gateway(sim: SimServer, evil:
         assert chat(gw, MASTER, "evil", "warm up").status_code == 200  # connections and plans made
         thread = threading.Thread(target=flood)
         thread.start()
-        waits = []
+        waits: list[float] = []
         while thread.is_alive() and len(waits) < 50:  # the gateway's answer time to others while it runs
             started = time.perf_counter()
             assert request(gw.url, "GET", "/ui/login").status_code == 200

@@ -1307,7 +1307,24 @@ class UsageProvider:
             body += message.get("body", b"")
             if not message.get("more_body"):
                 break
-        usage = ABSURD_USAGE[json.loads(body)["messages"][-1]["content"]]
+        asked = json.loads(body)
+        usage = ABSURD_USAGE[asked["messages"][-1]["content"]]
+        if asked.get("stream"):
+            chunks: list[dict[str, Any]] = [
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "content": "ok"}, "finish_reason": None}]},
+                {"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+                {"choices": [], "usage": usage},
+            ]
+            events = b"".join(
+                b"data: "
+                + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, **c}).encode()
+                + b"\n\n"
+                for c in chunks
+            )
+            start = {"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/event-stream")]}
+            await send(start)
+            await send({"type": "http.response.body", "body": events + b"data: [DONE]\n\n"})
+            return
         answer = {
             "id": "chatcmpl-usage",
             "object": "chat.completion",
@@ -1397,3 +1414,26 @@ def test_a_long_provider_error_does_not_freeze_the_gateway(sim: SimServer, evil:
         waited = max(waits, default=0.0)
         assert done["status"] == 400
         assert waited < 1.0 and done["took"] < 2.0, (waited, done["took"])
+
+
+@pytest.mark.parametrize("case", ["negative", "huge", "float", "text"])
+def test_a_providers_absurd_usage_in_a_stream_is_not_trusted(usage_gw: Gateway, case: str) -> None:
+    key = make_key(usage_gw, name="streamed", budget_usd=1.0)
+    body = {
+        "model": "evil",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": case}],
+    }
+    answer = request(
+        usage_gw.url, "POST", "/v1/chat/completions", headers={"authorization": f"Bearer {key['key']}"}, json=body
+    )
+    assert answer.status_code == 200, answer.text[:300]
+    time.sleep(0.2)
+    log = admin(usage_gw, "GET", "/admin/requests")
+    assert log.status_code == 200, log.text[:300]
+    for row in log.json()["data"]:
+        assert 0 <= row["prompt_tokens"] <= 10**9 and 0 <= row["completion_tokens"] <= 10**9
+        assert 0 <= row["cost_usd"] < 1
+    spent = admin(usage_gw, "GET", f"/admin/keys/{key['id']}").json()["spend"]["spent_usd"]
+    assert 0 <= spent < 1

@@ -794,7 +794,13 @@ def traffic(gw: Gateway) -> Traffic:
     answers = [
         chat(gw, hostile["key"], "chat", f"prompt {XSS}"),  # content logged (spend.log_content: true)
         chat(gw, hostile["key"], XSS, "an unknown model"),  # 404, logged with the model asked for
-        chat(gw, hostile["key"], "chat", "tagged", **{"x-modelyard-tags": XSS, "x-modelyard-explain": "1"}),
+        chat(
+            gw,
+            hostile["key"],
+            "chat",
+            "tagged",
+            **{"x-modelyard-tags": XSS, "x-modelyard-task": XSS, "x-modelyard-explain": "1"},
+        ),
         chat(gw, hostile["key"], "evil", f"please fail {XSS}"),  # the provider's error text carries markup
         chat(gw, hostile["key"], "failover", "please fail then recover"),  # two attempts, one with that error
         chat(gw, hostile["key"], "evil", "an answer with markup"),

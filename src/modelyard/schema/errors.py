@@ -112,22 +112,36 @@ GENERIC_MESSAGES: dict[ErrorKind, str] = {
 #: Key-like strings: API keys (OpenAI `sk-…`, masked `sk-proj-****abcd` included; Anthropic `sk-ant-…`;
 #: Google `AIza…`), bearer tokens, `key=`/`token=` parameters, organisation ids, and long hex or base64 runs.
 _SECRET = re.compile(
-    r"\bsk-[A-Za-z0-9_*\-]{6,}"
-    r"|\bAIza[0-9A-Za-z_\-]{10,}"
-    r"|\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=*\-]{4,}"
-    r"|(?P<param>(?i:\b(?:api[_-]?key|key|token|access_token|secret|password|signature|sig)=))[^&\s\"',;]+"
-    r"|\borg-[A-Za-z0-9]{8,}"
-    r"|\b[0-9a-fA-F]{32,}\b"
-    r"|(?=[A-Za-z0-9+/_\-]*\d)(?=[A-Za-z0-9+/_\-]*[A-Za-z])[A-Za-z0-9+/_\-]{40,}={0,2}"
+    r"\bsk-[A-Za-z0-9_*\-]{6,}+"
+    r"|\bAIza[0-9A-Za-z_\-]{10,}+"
+    r"|\b(?:Bearer|Basic)\s+[A-Za-z0-9._~+/=*\-]{4,}+"
+    r"|(?P<param>(?i:\b(?:api[_-]?key|key|token|access_token|secret|password|signature|sig)=))[^&\s\"',;]++"
+    r"|\borg-[A-Za-z0-9]{8,}+"
+    r"|\b[0-9a-fA-F]{32,}+\b"
+    r"|(?P<run>[A-Za-z0-9+/_\-]{40,}+={0,2})"
 )
+#: Provider text is masked up to this many characters and cut there: masking is linear (possessive runs, no
+#: look-aheads), but an error text has no business being longer, and it reaches logs and the spend log.
+MAX_ERROR_TEXT = 4096
+_HAS_DIGIT = re.compile(r"\d")
+_HAS_LETTER = re.compile(r"[A-Za-z]")
 
 
 def mask_secrets(text: str) -> str:
-    """`text` with every key-like string replaced by `[redacted]` (provider text may quote our key)."""
-    return _SECRET.sub(_redacted, text) if text else text
+    """`text` with every key-like string replaced by `[redacted]` (provider text may quote our key); cut to
+    MAX_ERROR_TEXT characters first. Linear in the text's length: a provider quoting a long input back in its
+    error once cost seconds of the event loop (look-aheads at every position of a long run)."""
+    if not text:
+        return text
+    if len(text) > MAX_ERROR_TEXT:
+        text = text[:MAX_ERROR_TEXT] + "…(cut)"
+    return _SECRET.sub(_redacted, text)
 
 
 def _redacted(match: re.Match[str]) -> str:
+    run = match.group("run")
+    if run is not None and not (_HAS_DIGIT.search(run) and _HAS_LETTER.search(run)):
+        return run  # a long run of only letters (or only digits) is a word or a number, not a key
     return f"{match.group('param') or ''}[redacted]"
 
 

@@ -63,6 +63,9 @@ _OPEN_BANNER = """
 
 
 ADMIN_ROLE = "admin"
+#: With `spend.log_content`, the prompt text kept per request (characters); longer ones end with CUT_MARK.
+MAX_LOGGED_CONTENT = 32 * 1024
+CUT_MARK = "\n…(cut: spend.log_content keeps the first 32 kB)"
 
 
 def has_admin_role(metadata: dict[str, str]) -> bool:
@@ -344,7 +347,9 @@ class Access:
         parsed request is checked: its model, and every deployment its overrides could lead to.
         """
         if self.capture_content:
-            ctx.content = features.prompt_text
+            text = features.prompt_text
+            # Bounded: the spend log is not a prompt archive (a 10 MB body was a 10 MB row and a 30 MB page).
+            ctx.content = text if len(text) <= MAX_LOGGED_CONTENT else text[:MAX_LOGGED_CONTENT] + CUT_MARK
         if self.open:
             return
         key = ctx.key if ctx.key is not None else await self.authenticate(ctx.credential)

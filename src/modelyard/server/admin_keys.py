@@ -33,6 +33,7 @@ from modelyard.server.admin import (
     subject_services,
 )
 from modelyard.server.admin_routes import AdminRoutes
+from modelyard.server.admin_traffic import fresh
 from modelyard.server.http import Request, send_json
 from modelyard.server.validation import decode_body
 
@@ -73,6 +74,7 @@ async def key_data(gw: Gateway, key_id: str, range_name: str = DEFAULT_RANGE) ->
     now = access.clock()
     until = math.floor(now / width) * width + width  # the bucket in progress included
     since = until - span
+    await fresh(admin_gate(gw))  # the key's newest requests in its usage (bounded, at most once a second)
     rows = await access.store_guard.call(access.store.traffic(grain, "key", since, until, value=record.id, by="time"))
     by_bucket = {int(row.bucket): row for row in rows}
     points = []

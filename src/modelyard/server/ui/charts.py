@@ -34,6 +34,24 @@ def _time_label(t: float, span: float) -> str:
     return moment.strftime("%m-%d %H:%M" if span > 2 * 86400 else "%H:%M")
 
 
+def _lines(points: Sequence[tuple[float, float] | None], index: int) -> list[str]:
+    """One series as polylines broken at its gaps (None); a lone point as a dot."""
+    runs: list[list[str]] = [[]]
+    for point in points:
+        if point is not None:
+            runs[-1].append(f"{point[0]:.1f},{point[1]:.1f}")
+        elif runs[-1]:
+            runs.append([])
+    out = []
+    for run in runs:
+        if len(run) == 1:
+            cx, cy = run[0].split(",")
+            out.append(f'<circle class="legend-{index % 3}" cx="{cx}" cy="{cy}" r="2.5"/>')
+        elif run:
+            out.append(f'<polyline class="series-{index % 3}" points="{" ".join(run)}"/>')
+    return out
+
+
 def line_chart(
     series: Sequence[tuple[str, Sequence[Point]]],
     *,
@@ -41,8 +59,10 @@ def line_chart(
     height: int = 200,
     fmt: Callable[[float], str] = lambda v: f"{v:g}",
     title: str = "",
+    whole: bool = False,
 ) -> Markup:
-    """Lines over time (x: unix seconds), one per named series; gaps (None) break a line."""
+    """Lines over time (x: unix seconds), one per named series; gaps (None) break a line. `whole`: the values
+    are counts (the axis keeps whole-number ticks)."""
     left, right, top, bottom = 64, 12, 22, 26
     plot_w, plot_h = width - left - right, height - top - bottom
     xs = [x for _, points in series for x, _ in points]
@@ -56,6 +76,8 @@ def line_chart(
     x0, x1 = min(xs), max(xs)
     span = max(x1 - x0, 1.0)
     y_max = _nice_max(max(ys) if ys else 0.0)
+    if whole and y_max < 4:
+        y_max = 4.0  # counts: every tick a whole number (not 0, 0, 0, 1, 1 for a maximum of 1)
 
     def px(x: float) -> float:
         return left + (x - x0) / span * plot_w
@@ -75,18 +97,8 @@ def line_chart(
         out.append(f'<text x="{px(x):.1f}" y="{height - 8}" text-anchor="{anchor}">{label}</text>')
     legend_x = width - right
     for index, (name, points) in enumerate(series):
-        runs: list[list[str]] = [[]]
-        for at, level in points:
-            if level is not None and math.isfinite(level):
-                runs[-1].append(f"{px(at):.1f},{py(level):.1f}")
-            elif runs[-1]:
-                runs.append([])
-        for run in runs:
-            if len(run) == 1:
-                cx, cy = run[0].split(",")
-                out.append(f'<circle class="legend-{index % 3}" cx="{cx}" cy="{cy}" r="2.5"/>')
-            elif run:
-                out.append(f'<polyline class="series-{index % 3}" points="{" ".join(run)}"/>')
+        drawn = [(px(at), py(level)) if level is not None and math.isfinite(level) else None for at, level in points]
+        out.extend(_lines(drawn, index))
         if len(series) > 1:
             label = escape(name)
             out.append(f'<text x="{legend_x}" y="14" text-anchor="end" class="legend-{index % 3}">{label}</text>')

@@ -202,6 +202,7 @@ async def _key_page(
             [("requests", [(p["t"], float(p["requests"])) for p in points])],
             title=f"Requests per {usage['grain']}",
             fmt=lambda v: f"{v:,.0f}",
+            whole=True,
         ),
         cost_chart=charts.line_chart(
             [("cost", [(p["t"], float(p["cost_usd"])) for p in points])],

@@ -70,32 +70,49 @@ def deltas(rows: Iterable[Sequence[Any]]) -> dict[str, list[Delta]]:
     from those groups (a batch of the spend writer spans a second or so: a few dozen groups, not one per
     row). A time that is not a finite number raises ValueError (a data error: the spend writer then
     sanitises the row)."""
-    fine: dict[tuple[float, str, str], list[Any]] = {}
+    # One dict step per row, keyed by everything a row's four dimensions need; expanded to the dimensions
+    # per group afterwards (a batch has a few dozen groups, not one per row).
+    rows_by: dict[tuple[float, str, str, str, int, int], list[Any]] = {}
     for row in rows:
         at = row[_AT]
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
             raise ValueError(f"spend time {at!r} is not a finite number")
-        bucket = float(math.floor(at / _FINEST) * _FINEST)
         latency = row[_LATENCY]
-        error = 0 if row[_STATUS] == "ok" else 1
-        prompt, completion, cost = _tokens(row[_PROMPT]), _tokens(row[_COMPLETION]), row[_COST]
-        slot = _FIRST_BUCKET + latency_bucket(float(latency))
+        key = (
+            float(math.floor(at / _FINEST) * _FINEST),
+            row[_MODEL] or "",
+            row[_DEPLOYMENT] or "",
+            row[_KEY] or "",
+            0 if row[_STATUS] == "ok" else 1,
+            _FIRST_BUCKET + latency_bucket(float(latency)),
+        )
+        sums = rows_by.get(key)
+        if sums is None:
+            rows_by[key] = [1, _tokens(row[_PROMPT]), _tokens(row[_COMPLETION]), row[_COST], latency]
+        else:
+            sums[0] += 1
+            sums[1] += _tokens(row[_PROMPT])
+            sums[2] += _tokens(row[_COMPLETION])
+            sums[3] += row[_COST]
+            sums[4] += latency
+    fine: dict[tuple[float, str, str], list[Any]] = {}
+    for (bucket, model, deployment, key_id, error, slot), (n, prompt, completion, cost, latency) in rows_by.items():
         for group in (
             (bucket, "all", ""),
-            (bucket, "model", row[_MODEL] or ""),
-            (bucket, "deployment", row[_DEPLOYMENT] or ""),
-            (bucket, "key", row[_KEY] or ""),
+            (bucket, "model", model),
+            (bucket, "deployment", deployment),
+            (bucket, "key", key_id),
         ):
             sums = fine.get(group)
             if sums is None:
                 sums = fine[group] = [0, 0, 0, 0, 0.0, 0.0] + [0] * BUCKETS
-            sums[0] += 1
-            sums[1] += error
+            sums[0] += n
+            sums[1] += error * n
             sums[2] += prompt
             sums[3] += completion
             sums[4] += cost
             sums[5] += latency
-            sums[slot] += 1
+            sums[slot] += n
     out: dict[str, list[Delta]] = {}
     for grain, width in ROLLUP_GRAINS.items():
         if width == _FINEST:

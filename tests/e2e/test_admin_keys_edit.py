@@ -553,6 +553,10 @@ def test_other_replicas_apply_an_edit_at_their_key_refresh(sim: SimServer, tmp_p
             made = create(one.url, name="both", budget_usd=10.0, rpm=1000)
             cost = float(chat(two.url, made["key"]).headers["x-modelyard-cost-usd"])
             assert chat(one.url, made["key"]).status_code == 200
+            settled = time.monotonic() + 5.0  # each replica settles its request just after the answer's last byte
+            while admin(one.url, "GET", f"/admin/keys/{made['id']}").json()["spend"]["spent_usd"] < 1.999 * cost:
+                assert time.monotonic() < settled, "the two requests' spend never showed"
+                time.sleep(0.05)
             answer = admin(one.url, "PATCH", f"/admin/keys/{made['id']}", json={"budget_usd": cost})
             assert answer.status_code == 200
             assert answer.json()["spend"]["spent_usd"] == pytest.approx(2 * cost, rel=1e-6)  # both replicas' spend

@@ -504,6 +504,12 @@ class RedisCounters:
         if not self._available:
             await self._local_seed(account, period, spent_nano, ttl_s)
             return
+        if not await self._seed_carrying(self._seed, account, period, spent_nano, ttl_s):
+            await self._local_seed(account, period, spent_nano, ttl_s)
+
+    async def _seed_carrying(self, script: Any, account: str, period: int, spent_nano: SpentSource, ttl_s: int) -> bool:
+        """Run a budget-seeding `script` (seed or replace) with this replica's reservations in flight carried
+        into the new hash; False when Redis failed (the caller falls back to its local counters)."""
         epoch = secrets.token_hex(8)
         carried = self._carry(account, period, epoch)
         done = self._seeding[epoch] = asyncio.get_running_loop().create_future()
@@ -511,18 +517,17 @@ class RedisCounters:
             spent = clamp(await spent_value(spent_nano), MAX_NANO)
             reserved = sum(r.estimate_nano for r in carried)
             markers = [self._key(account, f"r:{r.token}") for r in carried if r.token]
-            await self._seed(
+            await script(
                 keys=[self._key(account, f"budget:{period}"), *markers],
                 args=[spent, max(1, ttl_s), clamp(reserved, MAX_NANO), epoch, _MARKER_TTL_S],
             )
         except self._errors as exc:
             self._went_down(exc)
-        else:
-            return
+            return False
         finally:
             del self._seeding[epoch]
             done.set_result(None)
-        await self._local_seed(account, period, spent_nano, ttl_s)
+        return True
 
     async def reseed_budget(
         self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, *, replace: bool
@@ -544,25 +549,8 @@ class RedisCounters:
                 await self.seed_budget(account, period, spent, ttl_s)
             return
         # As seed_budget, but unconditional: this replica's reservations in flight are carried into the new hash.
-        epoch = secrets.token_hex(8)
-        carried = self._carry(account, period, epoch)
-        done = self._seeding[epoch] = asyncio.get_running_loop().create_future()
-        try:
-            spent = clamp(await spent_value(spent_nano), MAX_NANO)
-            reserved = sum(r.estimate_nano for r in carried)
-            markers = [self._key(account, f"r:{r.token}") for r in carried if r.token]
-            await self._replace(
-                keys=[self._key(account, f"budget:{period}"), *markers],
-                args=[spent, max(1, ttl_s), clamp(reserved, MAX_NANO), epoch, _MARKER_TTL_S],
-            )
-        except self._errors as exc:
-            self._went_down(exc)
-        else:
-            return
-        finally:
-            del self._seeding[epoch]
-            done.set_result(None)
-        await self._local_reseed(account, period, spent_nano, ttl_s, replace)
+        if not await self._seed_carrying(self._replace, account, period, spent_nano, ttl_s):
+            await self._local_reseed(account, period, spent_nano, ttl_s, replace)
 
     async def _local_reseed(
         self, account: str, period: int, spent_nano: SpentSource, ttl_s: int, replace: bool

@@ -123,6 +123,16 @@ def share_bar(used: float | None, limit: float | None) -> Markup:
     )
 
 
+def time_axis(left: float, plot_w: float, top: float, height: float, label: Callable[[int], str]) -> list[str]:
+    """Five vertical grid lines across a time chart and their labels (`label(i)` for i in 0..4)."""
+    out = []
+    for i in range(5):
+        x = left + plot_w * i / 4
+        out.append(f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 20}"/>')
+        out.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">{escape(label(i))}</text>')
+    return out
+
+
 def waterfall(attempts: Sequence[dict[str, Any]], total_ms: float, *, width: int = 760) -> Markup:
     """One bar per attempt on the request's time axis: where it started, how long it took, how it ended."""
     row, left, right, top = 26, 210, 90, 20
@@ -130,10 +140,7 @@ def waterfall(attempts: Sequence[dict[str, Any]], total_ms: float, *, width: int
     span = max([total_ms, *[float(a.get("start_ms", 0)) + float(a.get("ms", 0)) for a in attempts], 1.0])
     plot_w = width - left - right
     out = [f'<svg class="chart" viewBox="0 0 {width} {height}" role="img" aria-label="attempts">']
-    for i in range(5):
-        x = left + plot_w * i / 4
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{top - 6}" x2="{x:.1f}" y2="{height - 20}"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">{span * i / 4:,.0f} ms</text>')
+    out += time_axis(left, plot_w, top - 6, height, lambda i: f"{span * i / 4:,.0f} ms")
     for index, attempt in enumerate(attempts):
         y = top + index * row
         start = max(0.0, float(attempt.get("start_ms", 0.0)))

@@ -13,6 +13,8 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
+from modelyard.server.ui.charts import time_axis
+
 #: A step's state (workflows/records.py StepState) → the colour class it is drawn with.
 _STATE_CLASS = {
     "succeeded": "finished",
@@ -163,10 +165,7 @@ def gantt(bars: Sequence[Mapping[str, Any]], *, width: int = 900, row: int = 20)
     plot_w = width - left - right
     height = top + row * max(1, len(bars)) + 24
     out = [f'<svg class="chart gantt" viewBox="0 0 {width} {height}" role="img" aria-label="timeline">']
-    for i in range(5):
-        x = left + plot_w * i / 4
-        out.append(f'<line class="grid" x1="{x:.1f}" y1="{top}" x2="{x:.1f}" y2="{height - 20}"/>')
-        out.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle">{span * i / 4:.2f} s</text>')
+    out += time_axis(left, plot_w, top, height, lambda i: f"{span * i / 4:.2f} s")
     for index, bar in enumerate(bars):
         y = top + index * row
         depth = max(0, min(_int(bar.get("depth")), 6))

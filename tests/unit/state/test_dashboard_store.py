@@ -338,6 +338,7 @@ async def test_sqlite_request_log_queries_use_their_indexes(tmp_path: Path, monk
 
         assert "modelyard_spend_model_at" in await plan(SpendFilter(model="smart", status="error"))
         assert "modelyard_spend_deployment_at" in await plan(SpendFilter(deployment="dep-a"))
+        assert "modelyard_spend_errors_at" in await plan(SpendFilter(status="error"))  # the partial index
         assert "modelyard_spend_key_at" in await plan(SpendFilter(key_id="key_1"))
         assert "modelyard_spend_id" in await plan(SpendFilter(id_prefix="req_001"))
         newest = await plan(SpendFilter(min_cost_usd=0.005, before_at=T0 + 100, before_id="req_00010"))

@@ -229,7 +229,6 @@ class UiApp:
             "navigation": NAVIGATION,
             "path": ui.request.path,
             "refresh_s": self.settings.refresh_s,
-            "now": time.time(),
         }
 
     def secure_cookies(self, request: Request) -> bool:

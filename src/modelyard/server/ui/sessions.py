@@ -36,7 +36,6 @@ class Viewer:
     label: str  # what the page shows: "master key" or the key's name
     csrf: str
     id_hash: str
-    expires_at: float
 
     @property
     def master(self) -> bool:
@@ -112,7 +111,7 @@ class UiSessions:
         if label is None:  # its key was revoked, expired or demoted: ended for good, not just hidden
             await access.store_guard.call(access.store.delete_session(session.id_hash))
             return None
-        return Viewer(session.subject, label, session.csrf, session.id_hash, session.expires_at)
+        return Viewer(session.subject, label, session.csrf, session.id_hash)
 
     async def _label(self, subject: str) -> str | None:
         access = self.access

@@ -4,45 +4,7 @@ the spend log, with the reservations this replica holds carried in and settling 
 
 from __future__ import annotations
 
-import socket
-import uuid
-from collections.abc import AsyncIterator
-
-import pytest
-
-from modelyard.state.counters import Ask, Counters, MemoryCounters
-
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def _redis_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
-async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
-    if request.param == "memory":
-        yield MemoryCounters()
-        return
-    if not _redis_up():
-        pytest.skip("Redis is not running on 127.0.0.1:6379")
-    from modelyard.state.redis_counters import RedisCounters
-
-    prefix = f"modelyard_reseed_{uuid.uuid4().hex[:12]}"
-    made = RedisCounters(REDIS_URL, prefix=prefix)
-    await made.start()
-    try:
-        yield made
-    finally:
-        await made.drain()
-        client = made._client
-        async for key in client.scan_iter(match=f"{prefix}:*"):
-            await client.delete(key)
-        await made.close()
+from modelyard.state.counters import Ask, Counters
 
 
 def ask(estimate: int, budget: int = 10_000, period: int = 0) -> Ask:

@@ -6,16 +6,21 @@ from __future__ import annotations
 
 import pytest
 
-from modelyard.testing.faults import SuiteSettings, run_fault_suite
+from modelyard.testing.faults import SuiteReport, SuiteSettings, run_fault_suite
 
 FIRST_TOKEN_S = 0.5
 TOTAL_S = 1.5
 
 
-@pytest.fixture(scope="module")
-def reports():
+def _pair() -> tuple[SuiteReport, SuiteReport]:
+    """The suite with hedging off, then on (100 ms)."""
     base = dict(requests=2000, concurrency=50, first_token_timeout_s=FIRST_TOKEN_S, total_timeout_s=TOTAL_S)
     return run_fault_suite(SuiteSettings(**base)), run_fault_suite(SuiteSettings(**base, hedge_after_ms=100))
+
+
+@pytest.fixture(scope="module")
+def reports():
+    return _pair()
 
 
 @pytest.mark.parametrize("which", [0, 1], ids=["hedging-off", "hedging-on"])
@@ -97,6 +102,21 @@ def test_latency_is_bounded_by_the_timeouts(reports):
         assert report.percentile(0.99) < (TOTAL_S + 1.0) * 1000, report.as_dict()
 
 
+def _hedging_wins(off, on) -> bool:
+    """Hedging at 100 ms rescues the requests stuck on a hung attempt, which without it wait for the 500 ms
+    first-token timeout: the tail must be clearly lower (locally 0.2-0.5 of hedging-off's p99)."""
+    return on.percentile(0.99) < 0.8 * off.percentile(0.99)
+
+
 def test_hedging_lowers_p99(reports):
-    off, on = reports
-    assert on.percentile(0.99) < off.percentile(0.99), (off.as_dict(), on.as_dict())
+    """A p99 over 2,000 requests is the 20th slowest: one stall of the machine (CI once saw 20 requests of the
+    hedged run take 950 ms) can decide it. So hedging must win two pairs of up to three, each by a margin
+    that a broken hedge (both runs alike) would not reach."""
+    pairs = [reports]
+    base = dict(requests=2000, concurrency=50, first_token_timeout_s=FIRST_TOKEN_S, total_timeout_s=TOTAL_S)
+    while sum(_hedging_wins(*pair) for pair in pairs) < 2 and len(pairs) < 3:
+        pairs.append(
+            (run_fault_suite(SuiteSettings(**base)), run_fault_suite(SuiteSettings(**base, hedge_after_ms=100)))
+        )
+    wins = sum(_hedging_wins(*pair) for pair in pairs)
+    assert wins >= 2, [(off.as_dict(), on.as_dict()) for off, on in pairs]

@@ -32,9 +32,23 @@ def cost_usd(usage: Usage, price: Price | None) -> float:
         + visible_output * price.output
         + reasoning * reasoning_price
     )
+    cost = total * PER_TOKEN
     if usage.web_searches and price.web_search:  # server tools the provider bills per use
-        return total * PER_TOKEN + usage.web_searches * price.web_search / 1000.0
-    return total * PER_TOKEN
+        cost += usage.web_searches * price.web_search / 1000.0
+    if usage.audio_seconds or usage.characters or usage.images or usage.search_units:
+        cost += units_cost_usd(usage, price)
+    return cost
+
+
+def units_cost_usd(usage: Usage, price: Price) -> float:
+    """The cost of the non-chat endpoints' units (audio minutes, characters, images, search units); a unit
+    without a price costs nothing, as an unpriced token does."""
+    return (
+        usage.audio_seconds / 60.0 * (price.audio_minute or 0.0)
+        + usage.characters * (price.characters or 0.0) * PER_TOKEN
+        + usage.images * (price.image or 0.0)
+        + usage.search_units * (price.search_unit or 0.0) / 1000.0
+    )
 
 
 def estimate_cost_usd(prompt_tokens: int, output_tokens: int, price: Price | None) -> float:

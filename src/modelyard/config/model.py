@@ -32,6 +32,14 @@ class Price(Struct, kw_only=True, forbid_unknown_fields=True):
     reasoning: PriceValue | None = None
     #: USD per 1,000 server-side web searches (Anthropic's web_search tool: 10.0), from the provider's usage.
     web_search: PriceValue | None = None
+    #: USD per minute of audio transcribed or translated (whisper-1: 0.006), by the upload's measured duration.
+    audio_minute: PriceValue | None = None
+    #: USD per 1M characters of text spoken (tts-1: 15.0).
+    characters: PriceValue | None = None
+    #: USD per image generated (dall-e-3 1024x1024 standard: 0.04).
+    image: PriceValue | None = None
+    #: USD per 1,000 rerank search units (Cohere rerank: 2.0; a unit is one query over up to 100 documents).
+    search_unit: PriceValue | None = None
 
 
 class Limits(Struct, kw_only=True, forbid_unknown_fields=True):
@@ -100,7 +108,10 @@ class Deployment(Struct, kw_only=True, forbid_unknown_fields=True):
     model: str
     api_base: str | None = None
     api_key: str | None = None
-    kind: Literal["chat", "embedding"] = "chat"
+    #: What it serves: chat completions, embeddings, or one of the non-chat endpoints (schema/endpoints.py:
+    #: `transcription` serves /v1/audio/transcriptions and /translations, `speech` /v1/audio/speech, `image`
+    #: /v1/images/generations, `rerank` /v1/rerank).
+    kind: Literal["chat", "embedding", "transcription", "speech", "image", "rerank"] = "chat"
     price: Price | None = None
     context_window: int | None = None
     max_output_tokens: int | None = None

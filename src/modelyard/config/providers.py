@@ -28,6 +28,13 @@ BUILTIN_ADAPTERS: dict[str, str] = {
     "openai": "modelyard.providers.openai:OpenAIAdapter",
     "anthropic": "modelyard.providers.anthropic:AnthropicAdapter",
     "gemini": "modelyard.providers.gemini:GeminiAdapter",
+    "azure": "modelyard.providers.azure:AzureAdapter",
+    "bedrock": "modelyard.providers.bedrock:BedrockAdapter",
+    "vertex": "modelyard.providers.vertex:VertexGeminiAdapter",
+    "vertex_anthropic": "modelyard.providers.vertex:VertexAnthropicAdapter",
+    "cohere": "modelyard.providers.rerank:CohereAdapter",
+    "jina": "modelyard.providers.rerank:JinaAdapter",
+    "voyage": "modelyard.providers.rerank:VoyageAdapter",
 }
 #: The names of the built-in providers, for messages and docs.
 BUILTIN_PROVIDERS: tuple[str, ...] = tuple(BUILTIN_ADAPTERS)

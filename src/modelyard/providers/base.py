@@ -26,6 +26,7 @@ import msgspec
 
 from modelyard.config.model import Deployment
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
+from modelyard.schema.endpoints import EndpointRequest
 from modelyard.schema.errors import CLIENT_ACTIONABLE, GENERIC_MESSAGES, ErrorKind, ProviderError
 
 __all__ = [
@@ -79,8 +80,11 @@ class Completion:
     body: dict[str, Any]
     usage: Usage
     model: str
-    #: The provider's own bytes when the answer came through native pass-through (sent to the client as is).
+    #: The provider's own bytes when the answer came through native pass-through (sent to the client as is),
+    #: or a non-JSON answer of a non-chat endpoint (speech audio), sent with `media_type`.
     native: bytes | None = None
+    #: The content type of `native` when it is not JSON (`audio/mpeg`); None: JSON.
+    media_type: str | None = None
 
 
 @dataclass(slots=True)
@@ -155,9 +159,9 @@ class Adapter(Protocol):
 
 # ----------------------------------------------------------------------------- optional capabilities
 #
-# Each is a small protocol an adapter may implement besides the contract. None is implemented or used yet:
-# later issues wire each into the pipeline, which asks `discover(adapter)` once per adapter (at start, not
-# per request) and takes the generic path when a capability is absent.
+# Each is a small protocol an adapter may implement besides the contract. The executor asks
+# `discover(adapter)` once per adapter (at start, not per request) and takes the generic path when a
+# capability is absent.
 
 
 @runtime_checkable
@@ -228,10 +232,14 @@ class StreamFraming(Protocol):
 @runtime_checkable
 class CredentialRefresh(Protocol):
     """Short-lived credentials (OAuth tokens, signed requests): the one capability that may do I/O and keep
-    state. The executor awaits it before each attempt and merges the headers into the `HttpCall`."""
+    state. The executor awaits `authorize` for every attempt, after the adapter built the call and before it
+    is sent, inside the attempt (a failure to get a credential is that attempt's ProviderError(auth), and
+    the walk fails over)."""
 
-    async def credentials(self, dep: Deployment) -> Mapping[str, str]:
-        """Headers carrying a valid credential, refreshed (and cached by the adapter) when needed."""
+    async def authorize(self, dep: Deployment, call: HttpCall) -> HttpCall:
+        """`call` with a valid credential on it: a bearer token refreshed (and cached by the adapter) before
+        it expires, or a signature over the method, URL, headers and body (SigV4). Blocking credential
+        chains run on a worker thread, never on the event loop."""
         ...
 
     def credentials_rejected(self, dep: Deployment) -> None:
@@ -241,14 +249,23 @@ class CredentialRefresh(Protocol):
 
 @runtime_checkable
 class Endpoints(Protocol):
-    """Endpoints beyond chat and embeddings (images, audio, rerank, batches), named like OpenAI's paths."""
+    """Endpoints beyond chat and embeddings (schema/endpoints.py: audio, images, rerank), named like OpenAI's
+    paths. The executor calls them for deployments whose `kind` serves the endpoint."""
 
     #: What it serves, e.g. frozenset({"images/generations", "audio/transcriptions"}).
     endpoints: ClassVar[frozenset[str]]
 
-    def endpoint_call(self, dep: Deployment, endpoint: str, raw: dict[str, Any]) -> HttpCall: ...
+    def endpoint_call(self, dep: Deployment, req: EndpointRequest) -> HttpCall:
+        """The provider's request (JSON, or multipart for an upload); GatewayError (400) for a field this
+        provider cannot take."""
+        ...
 
-    def parse_endpoint(self, dep: Deployment, endpoint: str, body: bytes) -> Completion: ...
+    def parse_endpoint(
+        self, dep: Deployment, req: EndpointRequest, body: bytes, headers: Mapping[str, str]
+    ) -> Completion:
+        """A 2xx answer as the client's shape (`body`; or `native` bytes + `media_type` for audio) with its
+        usage: the provider's own units when it reports them, else `req.units`."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,17 @@ class OpenAIAdapter:
     #: Responses bodies pass through to deployments with `options: {responses_api: true}`.
     native_formats: ClassVar[frozenset[str]] = frozenset({RESPONSES_FORMAT})
 
+    # ------------------------------------------------------------------ where and who (a subclass's seam)
+
+    def url(self, dep: Deployment, path: str) -> str:
+        """The URL of an OpenAI path (`chat/completions`, `audio/speech`) on this deployment; Azure's adapter
+        puts the deployment name and `api-version` in it."""
+        return f"{_base(dep)}/{path}"
+
+    def auth_headers(self, dep: Deployment) -> dict[str, str]:
+        """JSON content type, the credential and the deployment's own headers (a fresh dict per call)."""
+        return _headers(dep)
+
     # ------------------------------------------------------------------ requests
 
     def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
@@ -119,13 +130,13 @@ class OpenAIAdapter:
         field = opts.max_tokens_field
         if field and "max_tokens" in body and field != "max_tokens":
             body[field] = body.pop("max_tokens")
-        return HttpCall("POST", _base(dep) + "/chat/completions", _headers(dep), _encode(body))
+        return HttpCall("POST", self.url(dep, "chat/completions"), self.auth_headers(dep), _encode(body))
 
     def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
         body = dict(raw)
         body.pop("modelyard", None)
         body["model"] = dep.model
-        return HttpCall("POST", _base(dep) + "/embeddings", _headers(dep), _encode(body))
+        return HttpCall("POST", self.url(dep, "embeddings"), self.auth_headers(dep), _encode(body))
 
     # ------------------------------------------------------------------ answers
 
@@ -187,11 +198,11 @@ class OpenAIAdapter:
         opts: OpenAIOptions = dep.options
         if not opts.responses_api:
             raise GatewayError(400, f"deployment {dep.name!r} does not speak the Responses API")
-        url = _base(dep) + "/responses"
+        url = self.url(dep, "responses")
         if "modelyard" not in body and bool(body.get("stream")) == stream:
             spliced = with_model(raw, body, dep.model)  # the client's own bytes, only the model changed
             if spliced is not None:
-                return HttpCall("POST", url, _headers(dep), spliced)
+                return HttpCall("POST", url, self.auth_headers(dep), spliced)
         out = dict(body)
         out.pop("modelyard", None)
         out["model"] = dep.model
@@ -199,7 +210,7 @@ class OpenAIAdapter:
             out["stream"] = True
         elif not stream and out.get("stream"):
             del out["stream"]  # `"stream": false` as the client wrote it stays
-        return HttpCall("POST", url, _headers(dep), _encode(out))
+        return HttpCall("POST", url, self.auth_headers(dep), _encode(out))
 
     def parse_native(self, dep: Deployment, fmt: str, body: bytes) -> Completion:
         """The provider's bytes kept as `native` (sent on unchanged); usage and model read for accounting."""
@@ -219,8 +230,8 @@ class OpenAIAdapter:
     def response_object_call(self, dep: Deployment, method: str, response_id: str, tail: str = "") -> HttpCall:
         """GET/DELETE `{base}/responses/{id}[/input_items?…]` for a response that lives on this deployment
         (`tail` is built by the gateway from checked values, never the client's raw text)."""
-        url = f"{_base(dep)}/responses/{quote(response_id, safe='')}{tail}"
-        return HttpCall(method, url, _headers(dep), b"")
+        url = self.url(dep, f"responses/{quote(response_id, safe='')}") + tail
+        return HttpCall(method, url, self.auth_headers(dep), b"")
 
     # ------------------------------------------------------------------ errors
 

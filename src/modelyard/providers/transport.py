@@ -21,7 +21,7 @@ from typing import Any, Protocol
 import aiohttp
 
 from modelyard.config.model import Timeouts
-from modelyard.providers.base import Adapter, HttpCall, SSEEvent
+from modelyard.providers.base import Adapter, HttpCall, SSEEvent, StreamDecoder
 from modelyard.providers.http1 import Http1Client, HttpError
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -41,8 +41,11 @@ class Transport(Protocol):
         ProviderError."""
         ...
 
-    async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
-        """Send a streaming request and wait for its headers (bounded by the first-token timeout)."""
+    async def open_stream(
+        self, call: HttpCall, timeouts: Timeouts, adapter: Adapter, decoder: StreamDecoder | None = None
+    ) -> EventStream:
+        """Send a streaming request and wait for its headers (bounded by the first-token timeout); `decoder`
+        frames the body into events (the adapter's `StreamFraming`; None: server-sent events)."""
         ...
 
     async def close(self) -> None: ...
@@ -121,7 +124,9 @@ class FastTransport:
             raise adapter.error(resp.status, resp.headers, body)
         return body, resp.headers
 
-    async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
+    async def open_stream(
+        self, call: HttpCall, timeouts: Timeouts, adapter: Adapter, decoder: StreamDecoder | None = None
+    ) -> EventStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
@@ -136,7 +141,9 @@ class FastTransport:
             raise _timeout_error(exc, "no response headers within the timeout") from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
-        return EventStream(resp.next_chunk, resp.close, resp.release, resp.headers, deadline, timeouts.first_token)
+        return EventStream(
+            resp.next_chunk, resp.close, resp.release, resp.headers, deadline, timeouts.first_token, decoder
+        )
 
 
 class AiohttpTransport:
@@ -182,7 +189,9 @@ class AiohttpTransport:
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
 
-    async def open_stream(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> EventStream:
+    async def open_stream(
+        self, call: HttpCall, timeouts: Timeouts, adapter: Adapter, decoder: StreamDecoder | None = None
+    ) -> EventStream:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
@@ -201,11 +210,14 @@ class AiohttpTransport:
             raise _timeout_error(exc, "no response headers within the timeout") from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
-        return EventStream(resp.content.readany, resp.close, resp.release, resp.headers, deadline, timeouts.first_token)
+        return EventStream(
+            resp.content.readany, resp.close, resp.release, resp.headers, deadline, timeouts.first_token, decoder
+        )
 
 
 class EventStream:
-    """The SSE events of one streaming response; always `close()` it (or use `async with`)."""
+    """The events of one streaming response (SSE, or the adapter's own framing); always `close()` it (or use
+    `async with`)."""
 
     def __init__(
         self,
@@ -215,8 +227,10 @@ class EventStream:
         headers: Mapping[str, str],
         deadline: float,
         first_event_timeout: float,
+        decoder: StreamDecoder | None = None,
     ) -> None:
         self._read = read
+        self._decoder = decoder
         self._close = close
         self._release = release
         self._deadline = deadline
@@ -255,7 +269,7 @@ class EventStream:
         to the client together (one write instead of one per event). A clean end of the byte stream just
         ends the iteration: whether that end was premature is the adapter's call (`finish`).
         """
-        parser = SSEParser()
+        parser = self._decoder or SSEParser()
         loop = asyncio.get_running_loop()
         read = self._read
         # One timer for the whole stream (not one per read): first the first-event bound, then, once an

@@ -56,7 +56,9 @@ def filter_candidates(
     features = ctx.features
     check_limits = ctx.explain if check_limits is None else check_limits
     needed = features.prompt_tokens + (features.max_output_tokens or 0)
-    check_capabilities = features.needs_tools or features.needs_vision or features.needs_json_schema
+    check_capabilities = (
+        features.needs_tools or features.needs_vision or features.needs_audio or features.needs_json_schema
+    )
     health = ctx.health
     if (
         profile is not None
@@ -116,6 +118,8 @@ def _missing_capability(dep: Deployment, ctx: DecisionContext) -> str | None:
         return "tools"
     if features.needs_vision and not dep.has("vision"):
         return "vision"
+    if features.needs_audio and not dep.has("audio"):
+        return "audio"
     if features.needs_json_schema and not dep.has("json_schema"):
         return "json_schema"
     return None

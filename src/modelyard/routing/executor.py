@@ -15,7 +15,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,7 +24,17 @@ import msgspec
 from modelyard.accounting.prices import cost_usd, estimate_cost_usd
 from modelyard.accounting.tokens import count_text
 from modelyard.config.model import Deployment, Price, Timeouts
-from modelyard.providers.base import Adapter, Completion, NativePassthrough, StreamTranslator, discover
+from modelyard.providers.base import (
+    Adapter,
+    Completion,
+    CredentialRefresh,
+    Endpoints,
+    HttpCall,
+    NativePassthrough,
+    StreamFraming,
+    StreamTranslator,
+    discover,
+)
 from modelyard.providers.transport import EventStream, Transport
 from modelyard.routing.admission import Grant
 from modelyard.routing.attempts import AttemptRecord, Next, RetryPolicy
@@ -34,6 +44,7 @@ from modelyard.routing.health import HealthTracker
 from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import OUTSIDE_SCOPE, Plan, no_deployment_error
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
+from modelyard.schema.endpoints import EndpointRequest
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 log = logging.getLogger("modelyard.executor")
@@ -98,9 +109,24 @@ class _Opened:
     native: str | None = None
 
 
+async def _authorized(credentials: CredentialRefresh, dep: Deployment, call: HttpCall) -> HttpCall:
+    """`call` with its credential (a refreshed token, a signature); failing to get one is this attempt's
+    AUTH error, so the walk fails over, and the message never carries the credential chain's own text
+    beyond its type (it may name files and roles)."""
+    try:
+        return await credentials.authorize(dep, call)
+    except (ProviderError, asyncio.CancelledError):
+        raise
+    except Exception as exc:  # a credential chain's own error (botocore, google-auth, a token endpoint)
+        log.warning("credentials for %s failed: %s", dep.name, type(exc).__name__)
+        raise ProviderError(
+            ErrorKind.AUTH, f"could not get credentials for {dep.name}: {type(exc).__name__}", untranslatable=True
+        ) from None
+
+
 @dataclass(slots=True)
 class _Request:
-    req: ChatRequest | EmbeddingRequest
+    req: ChatRequest | EmbeddingRequest | EndpointRequest
     raw: dict[str, Any]
     features: RequestFeatures
     stream: bool
@@ -214,9 +240,22 @@ class Executor:
         self.policy = policy or RetryPolicy()
         self.rng = rng or random.Random()
         self.clock = clock
+        capabilities = {name: discover(adapter) for name, adapter in adapters.items()}
         #: The adapters that forward some wire formats as they are, discovered once (never per request).
         self._native: dict[str, NativePassthrough] = {
-            name: cap for name, adapter in adapters.items() if (cap := discover(adapter).native) is not None
+            name: cap.native for name, cap in capabilities.items() if cap.native is not None
+        }
+        #: Adapters whose credentials are short-lived or whose calls are signed (awaited on every attempt).
+        self._credentials: dict[str, CredentialRefresh] = {
+            name: cap.credentials for name, cap in capabilities.items() if cap.credentials is not None
+        }
+        #: Adapters whose streams are not server-sent events (Bedrock's binary event stream).
+        self._framing: dict[str, StreamFraming] = {
+            name: cap.framing for name, cap in capabilities.items() if cap.framing is not None
+        }
+        #: Adapters serving the non-chat endpoints (audio, images, rerank).
+        self._endpoints: dict[str, Endpoints] = {
+            name: cap.endpoints for name, cap in capabilities.items() if cap.endpoints is not None
         }
 
     # ------------------------------------------------------------------ public
@@ -251,6 +290,19 @@ class Executor:
     ) -> Success:
         """Embeddings: the same walk, retry policy, RPM/TPM windows and error attribution as chat (no hedge)."""
         return await self._whole(plan, replan, _Request(req, raw, features, False, timeout_s))
+
+    async def call_endpoint(
+        self,
+        plan: Plan,
+        replan: Replan,
+        req: EndpointRequest,
+        features: RequestFeatures,
+        *,
+        timeout_s: float | None = None,
+    ) -> Success:
+        """A non-chat endpoint (audio, images, rerank): the same walk, retry policy, RPM/TPM windows and error
+        attribution as chat, never hedged (an image or a transcription is paid for each time)."""
+        return await self._whole(plan, replan, _Request(req, req.fields, features, False, timeout_s))
 
     async def _whole(self, plan: Plan, replan: Replan, request: _Request) -> Success:
         """A non-streaming answer (chat or embeddings) through the one walk, timed."""
@@ -291,8 +343,8 @@ class Executor:
             raise no_deployment_error(plan)
         policy = self._policy_for(plan)
         hedge_s = plan.hedge_after_ms / 1000.0 if plan.hedge_after_ms else None
-        if isinstance(request.req, EmbeddingRequest):
-            hedge_s = None  # an embedding is cheap and quick: never two in flight
+        if not isinstance(request.req, ChatRequest):
+            hedge_s = None  # an embedding is cheap and quick, an image or a transcription paid twice: never two
         retries_used = 0
         last_error: ProviderError | None = None
         while dep is not None and len(request.records) < policy.max_attempts:
@@ -440,7 +492,6 @@ class Executor:
         bug of ours, or of an adapter, must never take a deployment's capacity with it)."""
         adapter = self.adapters[dep.provider]
         features = request.features
-        req = request.req
         native = request.native
         passthrough: NativePassthrough | None = None
         if native is not None:
@@ -458,34 +509,14 @@ class Executor:
             if limited and not recorded:
                 self.limits.take(dep.name, dep.limits, started, estimate)
                 recorded = True
-            try:
-                if passthrough is not None:
-                    assert native is not None
-                    call = passthrough.native_call(
-                        dep, native.format, native.body, request.stream, native.headers, raw=native.raw
-                    )
-                elif isinstance(req, EmbeddingRequest):
-                    call = adapter.embeddings_call(dep, req, request.raw)
-                else:
-                    call = adapter.chat_call(dep, req, request.raw, request.stream)
-            except GatewayError as exc:
-                raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
+            call = await self._call(dep, adapter, request, passthrough)
             timeouts = self._timeouts(dep, request)
             if request.stream:
                 opened = await self._open(dep, adapter, call, timeouts, request, record, started, passthrough)
                 settled = True  # the slot now belongs to the stream (StreamResult._finish gives it back)
                 return opened
-            body, _ = await self.transport.send(call, timeouts, adapter)
-            if passthrough is not None:
-                assert native is not None
-                completion = passthrough.parse_native(dep, native.format, body)
-                usage = _native_usage(completion, features)
-            elif isinstance(req, EmbeddingRequest):
-                completion = adapter.parse_embeddings(dep, req, body)
-                usage = completion.usage
-            else:
-                completion = adapter.parse_chat(dep, req, body)
-                usage = ensure_usage(completion, features)
+            body, headers = await self.transport.send(call, timeouts, adapter)
+            completion, usage = self._parse(dep, adapter, request, passthrough, body, headers)
             cost = cost_usd(usage, self.prices.get(dep.name))
             settled = True  # settled just below, by on_success
         except asyncio.CancelledError:
@@ -494,6 +525,8 @@ class Executor:
             raise
         except ProviderError as error:
             settled = True
+            if error.kind is ErrorKind.AUTH and dep.provider in self._credentials:
+                self._credentials[dep.provider].credentials_rejected(dep)  # the next attempt gets a fresh one
             if error.untranslatable and recorded:
                 self._unrecord(dep, started, estimate)  # nothing was sent
             base = dep.timeouts
@@ -519,6 +552,67 @@ class Executor:
             self.limits.correct_tokens(dep.name, usage.total - estimate)
         _vet(request.vet, completion, dep, record)
         return completion
+
+    async def _call(
+        self, dep: Deployment, adapter: Adapter, request: _Request, passthrough: NativePassthrough | None
+    ) -> HttpCall:
+        """The attempt's HTTP request, with its credential: a request this wire cannot express is an
+        untranslatable BAD_REQUEST (nothing was sent: the walk fails over)."""
+        req = request.req
+        native = request.native
+        try:
+            if passthrough is not None:
+                assert native is not None
+                call = passthrough.native_call(
+                    dep, native.format, native.body, request.stream, native.headers, raw=native.raw
+                )
+            elif isinstance(req, EmbeddingRequest):
+                call = adapter.embeddings_call(dep, req, request.raw)
+            elif isinstance(req, EndpointRequest):
+                call = self._endpoint_adapter(dep, req).endpoint_call(dep, req)
+            else:
+                call = adapter.chat_call(dep, req, request.raw, request.stream)
+        except GatewayError as exc:
+            raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
+        credentials = self._credentials.get(dep.provider)
+        if credentials is not None:
+            call = await _authorized(credentials, dep, call)
+        return call
+
+    def _parse(
+        self,
+        dep: Deployment,
+        adapter: Adapter,
+        request: _Request,
+        passthrough: NativePassthrough | None,
+        body: bytes,
+        headers: Mapping[str, str],
+    ) -> tuple[Completion, Usage]:
+        """A whole 2xx answer in the canonical shape, with the usage it is priced by."""
+        req = request.req
+        native = request.native
+        if passthrough is not None:
+            assert native is not None
+            completion = passthrough.parse_native(dep, native.format, body)
+            return completion, _native_usage(completion, request.features)
+        if isinstance(req, EmbeddingRequest):
+            completion = adapter.parse_embeddings(dep, req, body)
+            return completion, completion.usage
+        if isinstance(req, EndpointRequest):
+            completion = self._endpoint_adapter(dep, req).parse_endpoint(dep, req, body, headers)
+            return completion, completion.usage
+        completion = adapter.parse_chat(dep, req, body)
+        return completion, ensure_usage(completion, request.features)
+
+    def _endpoint_adapter(self, dep: Deployment, req: EndpointRequest) -> Endpoints:
+        """The adapter serving `req.endpoint` for `dep`, or a 400 naming what is missing (the config check
+        refuses such a deployment at load; an outside adapter may still lack it)."""
+        served = self._endpoints.get(dep.provider)
+        if served is None or req.endpoint not in served.endpoints:
+            raise GatewayError(
+                400, f"provider {dep.provider!r} of deployment {dep.name!r} does not serve /v1/{req.endpoint}"
+            )
+        return served
 
     def _claim(self, dep: Deployment, request: _Request, started: float, estimate: int) -> bool:
         """Take the attempt's in-flight slot, or use the admission queue's grant for `dep` (its slot and
@@ -554,7 +648,11 @@ class Executor:
         started: float,
         passthrough: NativePassthrough | None,
     ) -> _Opened:
-        stream = await self.transport.open_stream(call, timeouts, adapter)
+        framing = self._framing.get(dep.provider)
+        if framing is None:
+            stream = await self.transport.open_stream(call, timeouts, adapter)
+        else:
+            stream = await self.transport.open_stream(call, timeouts, adapter, framing.stream_decoder(dep))
         fmt: str | None = None
         try:
             if passthrough is not None:

@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 
 from modelyard.accounting.tokens import count_request
 from modelyard.schema.chat import (
+    AudioPart,
     ChatRequest,
     ImagePart,
     ResponseFormatJsonObject,
     ResponseFormatJsonSchema,
+    Usage,
     UserMessage,
     text_of,
 )
@@ -25,6 +27,8 @@ class RequestFeatures:
     max_output_tokens: int | None = None
     needs_tools: bool = False
     needs_vision: bool = False
+    #: An `input_audio` part in a user turn: only deployments listing the `audio` capability may serve it.
+    needs_audio: bool = False
     needs_json: bool = False
     needs_json_schema: bool = False
     stream: bool = False
@@ -44,6 +48,10 @@ class RequestFeatures:
     #: The conversation this request belongs to (`routing.sticky.session_key`), set by the ingress when the
     #: model keeps sessions sticky: strategies that would draw at random choose by rendezvous hashing on it.
     session: str | None = None
+    #: Units other than tokens the request will be billed for, known at the edge (an upload's audio seconds,
+    #: the characters to speak, the images asked for, the rerank search units): budgets reserve them at the
+    #: dearest reachable price, and a provider that reports no usage is charged them.
+    units: Usage | None = None
 
     def output_estimate(self, default: int = 256) -> int:
         """Tokens we expect the answer to take: the cap when given, else a typical answer length."""
@@ -62,13 +70,17 @@ def chat_features(
     `routing.sticky.session_key` (None: no stickiness)."""
     metadata = req.metadata or {}
     options = req.modelyard
-    needs_vision = False
+    needs_vision = needs_audio = False
     last_user = ""
     for message in req.messages:
         if isinstance(message, UserMessage):
             content = message.content
-            if not isinstance(content, str) and any(isinstance(p, ImagePart) for p in content):
-                needs_vision = True
+            if not isinstance(content, str):
+                for part in content:
+                    if isinstance(part, ImagePart):
+                        needs_vision = True
+                    elif isinstance(part, AudioPart):
+                        needs_audio = True
             last_user = text_of(content)
     fmt = req.response_format
     body_tags = tuple(options.tags) if options and options.tags else ()
@@ -77,6 +89,7 @@ def chat_features(
         max_output_tokens=req.output_limit,
         needs_tools=bool(req.tools),
         needs_vision=needs_vision,
+        needs_audio=needs_audio,
         needs_json=isinstance(fmt, ResponseFormatJsonObject | ResponseFormatJsonSchema),
         needs_json_schema=isinstance(fmt, ResponseFormatJsonSchema),
         stream=bool(req.stream),

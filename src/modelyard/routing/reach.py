@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from modelyard.accounting.prices import units_cost_usd
 from modelyard.config.model import Price
 from modelyard.routing.table import RoutingTable
-from modelyard.schema.chat import ModelyardOptions
+from modelyard.schema.chat import ModelyardOptions, Usage
 
 
 def reached(table: RoutingTable, names: Iterable[str]) -> tuple[frozenset[str], frozenset[str]]:
@@ -88,6 +89,17 @@ def dearest_per_token(prices: dict[str, Price | None], deployments: Iterable[str
         per_in = max(per_in, price.input, price.cache_write or 0.0, price.cached_input or 0.0)
         per_out = max(per_out, price.output, price.reasoning or 0.0)
     return per_in * 1000, per_out * 1000
+
+
+def dearest_units_nano(prices: dict[str, Price | None], deployments: Iterable[str], units: Usage) -> float:
+    """The most the non-chat `units` (audio seconds, characters, images, search units) cost at any of
+    `deployments`, in nano-dollars: the budget reservation of an audio, image or rerank request."""
+    dearest = 0.0
+    for name in deployments:
+        price = prices.get(name)
+        if price is not None:
+            dearest = max(dearest, units_cost_usd(units, price))
+    return dearest * 1e9
 
 
 def _names(names: list[str]) -> str:

@@ -27,6 +27,7 @@ from modelyard.routing.limits import DeploymentLimits
 from modelyard.routing.plan import Plan, make_plan
 from modelyard.routing.table import PriceResolver, RoutingTable
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, ModelyardOptions
+from modelyard.schema.endpoints import EndpointRequest
 
 if TYPE_CHECKING:
     from modelyard.state.redis_health import SharedHealth
@@ -365,6 +366,19 @@ class Router:
         attribution), never hedged."""
         plan = plan or self.plan(req.model, features)
         return await self.executor.embed(plan, self.replanner(features), req, raw, features, timeout_s=timeout_s)
+
+    async def call_endpoint(
+        self,
+        req: EndpointRequest,
+        features: RequestFeatures,
+        *,
+        plan: Plan | None = None,
+        timeout_s: float | None = None,
+    ) -> Success:
+        """A non-chat endpoint (audio, images, rerank; `features.kind` names the deployment kind that serves
+        it): the executor's one attempt loop, never hedged."""
+        plan = plan or self.plan(req.model, features)
+        return await self.executor.call_endpoint(plan, self.replanner(features), req, features, timeout_s=timeout_s)
 
     def price(self, deployment: str) -> Price | None:
         return self.table.prices.get(deployment)

@@ -279,6 +279,13 @@ class Usage(Struct, kw_only=True):
     #: Server-side web searches the provider ran and bills per search (Anthropic
     #: `usage.server_tool_use.web_search_requests`), priced by `Price.web_search`.
     web_searches: int = 0
+    #: Units of the non-chat endpoints (schema/endpoints.py), priced by `Price.audio_minute`, `characters`,
+    #: `image` and `search_unit`: seconds of audio transcribed, characters spoken, images made, rerank search
+    #: units (one per query and up to 100 documents, as Cohere bills them).
+    audio_seconds: float = 0.0
+    characters: int = 0
+    images: int = 0
+    search_units: int = 0
 
     @property
     def total(self) -> int:

@@ -32,7 +32,7 @@ from modelyard.accounting.budgets import (
 )
 from modelyard.config.model import KeyLimits
 from modelyard.routing.features import RequestFeatures
-from modelyard.routing.reach import Scope, dearest_per_token, reached, request_reach
+from modelyard.routing.reach import Scope, dearest_per_token, dearest_units_nano, reached, request_reach
 from modelyard.schema.chat import ModelyardOptions
 from modelyard.schema.errors import GatewayError
 from modelyard.state.counters import MAX_NANO, MAX_TOKENS, Ask, Counters
@@ -402,12 +402,18 @@ class Access:
             # The model's own reach, priced once at start; for a restricted key it lies inside the key's scope
             # by construction (the scope is what its models reach), so no per-request walk is needed.
             per_in, per_out = self.prices.get(model, (0.0, 0.0))
-        return round(features.prompt_tokens * per_in + output * per_out)
+        estimate = features.prompt_tokens * per_in + output * per_out
+        if features.units is not None and self.table is not None:
+            reach = request_reach(self.table, model, overrides)
+            estimate += dearest_units_nano(
+                self.table.prices, reach if features.allowed is None else reach & features.allowed, features.units
+            )
+        return round(estimate)
 
     def output_tokens(self, model: str, features: RequestFeatures) -> int:
         """Output tokens to reserve for: the request's cap, else (with `reserve_output: max_output`) the
         largest output any deployment of the model allows, else a typical answer; times `n`."""
-        if features.kind == "embedding":
+        if features.kind != "chat":  # embeddings and the non-chat endpoints: no output tokens (units instead)
             return 0
         cap = features.max_output_tokens
         if cap is None and self.reserve_max_output and self.table is not None:

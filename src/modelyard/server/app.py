@@ -34,6 +34,7 @@ from modelyard.server.codecs.messages import Messages
 from modelyard.server.context import ErrorWriter, Handler, RequestContext
 from modelyard.server.count_tokens import count_tokens
 from modelyard.server.embeddings import embeddings
+from modelyard.server.endpoints import ROUTES as ENDPOINT_ROUTES
 from modelyard.server.guards import HEADER as GUARDRAILS_HEADER
 from modelyard.server.guards import GuardIndex
 from modelyard.server.http import (
@@ -162,6 +163,8 @@ class Gateway:
             self.routes[("GET", f"{prefix}/models")] = (model_routes.list_models, _openai_error)
         self.routes[("POST", "/v1/messages")] = (messages, messages.write_error)
         self.routes[("POST", "/v1/messages/count_tokens")] = (count_tokens, messages.write_error)
+        for path, handler in ENDPOINT_ROUTES.items():
+            self.routes[("POST", path)] = (handler, _openai_error)
         responses, self.response_objects = responses_routes(config, services)
         self.routes[("POST", "/v1/responses")] = (responses, responses.write_error)
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route

@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, parse_qsl
 
 import msgspec
 
-from modelyard.sim import asgi
+from modelyard.sim import asgi, cloud_azure, cloud_bedrock, cloud_vertex, media
 from modelyard.sim.answer_keys import AnswerKeys
 from modelyard.sim.asgi import Receive, Scope, Send
 from modelyard.sim.behaviour import cached_tokens as draw_cached
@@ -51,6 +51,7 @@ from modelyard.sim.wire_gemini import GeminiWire
 from modelyard.sim.wire_openai import OpenAIWire
 from modelyard.sim.wire_responses import ResponsesWire
 
+_CLOUD_AND_MEDIA = (cloud_azure, cloud_bedrock, cloud_vertex, media)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 
@@ -189,6 +190,10 @@ class SimApp:
             return await asgi.respond(send, status, stored)
         if path.startswith("/_sim/"):
             return await self._control(method, path, receive, send)
+        for module in _CLOUD_AND_MEDIA:  # Azure, Bedrock, Vertex and their token endpoints; audio, images, rerank
+            if module.claims(method, path):
+                await module.handle(self, scope, receive, send)
+                return
         if method == "GET" and path.startswith(("/v1beta/models", "/v1/models")):
             return await self._models(scope, path, send)
         status, body = self.openai.error("not_found", f"Unknown request URL: {method} {path}.")
@@ -205,9 +210,13 @@ class SimApp:
         path_model: str | None,
         stream: bool | None,
         sse: bool = True,
+        *,
+        checked: bool = False,
     ) -> None:
+        """A chat call on `wire`; `checked`: the caller verified the credential itself (a Vertex bearer token,
+        a SigV4 signature), so the fleet's `api_key` is not asked for."""
         headers = _read_headers(scope)
-        if not self._authorised(headers, scope):
+        if not checked and not self._authorised(headers, scope):
             return await self._reject(send, wire, "auth")
         body = await asgi.read_body(receive)
         try:
@@ -287,7 +296,10 @@ class SimApp:
         frames = call.wire.frame(events, answer.ask, complete)
         tps = call.model.tokens_per_second
         offsets = _offsets(events, call.ttft, tps) if frames else []
-        content_type = asgi.SSE_TYPE if answer.ask.sse else asgi.JSON_TYPE
+        # A wire with its own framing (Bedrock's binary event stream) names its content type.
+        content_type = getattr(call.wire, "stream_content_type", None) or (
+            asgi.SSE_TYPE if answer.ask.sse else asgi.JSON_TYPE
+        )
         await asgi.send_stream(
             send, frames, offsets, self._release, content_type=content_type, abort=fault is Fault.RESET
         )
@@ -557,7 +569,7 @@ def _read_headers(scope: Scope) -> _Headers:
         if name == b"authorization":
             text = value.decode("latin-1")
             found.key = text[7:] if text[:7].lower() == "bearer " else text
-        elif name in (b"x-api-key", b"x-goog-api-key"):
+        elif name in (b"x-api-key", b"x-goog-api-key", b"api-key"):  # api-key: Azure OpenAI
             found.key = value.decode("latin-1")
         elif name == b"x-sim-fault":
             found.fault = value.decode("latin-1").strip().lower()

@@ -58,16 +58,17 @@ class EverythingAdapter(CountingAdapter):
     def native_stream(self, dep: Deployment, fmt: str) -> Any:
         return None
 
-    async def credentials(self, dep: Deployment) -> Mapping[str, str]:
-        return {"authorization": "Bearer fresh"}
+    async def authorize(self, dep: Deployment, call: HttpCall) -> HttpCall:
+        call.headers["authorization"] = "Bearer fresh"
+        return call
 
     def credentials_rejected(self, dep: Deployment) -> None:
         return None
 
-    def endpoint_call(self, dep: Deployment, endpoint: str, raw: dict[str, Any]) -> HttpCall:
-        return HttpCall("POST", f"http://acme/{endpoint}", {}, b"{}")
+    def endpoint_call(self, dep: Deployment, req: Any) -> HttpCall:
+        return HttpCall("POST", f"http://acme/{req.endpoint}", {}, b"{}")
 
-    def parse_endpoint(self, dep: Deployment, endpoint: str, body: bytes) -> Any:
+    def parse_endpoint(self, dep: Deployment, req: Any, body: bytes, headers: Mapping[str, str]) -> Any:
         return None
 
 

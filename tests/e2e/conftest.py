@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -10,8 +12,48 @@ from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
+from tests.e2e.cloud import CloudWire
 
 WIRES = ("openai", "anthropic", "gemini")
+
+
+def _cloud_wires() -> dict[str, CloudWire]:
+    """The cloud wires whose module exists (tests/e2e/cloud/)."""
+    found: dict[str, CloudWire] = {}
+    for name in ("azure", "bedrock", "vertex"):
+        try:
+            module = importlib.import_module(f"tests.e2e.cloud.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"tests.e2e.cloud.{name}":
+                raise
+            continue
+        found.update(module.WIRES)
+    return found
+
+
+CLOUD_WIRES = _cloud_wires()
+#: Every wire the conformance suite runs on: the three first adapters and the clouds'.
+CONFORMANCE_WIRES = WIRES + tuple(CLOUD_WIRES)
+
+
+def requires(wire: str, *features: str) -> None:
+    """Skip a conformance test on a cloud wire whose provider cannot do `features` (listed per wire)."""
+    cloud = CLOUD_WIRES.get(wire)
+    missing = [f for f in features if cloud is not None and f in cloud.unsupported]
+    if missing:
+        pytest.skip(f"{wire} does not support {', '.join(missing)}")
+
+
+def cloud_yaml(sim_url: str, workdir: Path) -> tuple[str, str]:
+    """(deployment lines, model lines) for every cloud wire, in the shape `gateway_yaml` writes."""
+    deployments, models = [], []
+    for wire, cloud in CLOUD_WIRES.items():
+        deployments.append(
+            f"  - {{name: small@{wire}, provider: {wire}, model: sim-small, price: {{input: 0.1, output: 0.4}}, "
+            f"timeouts: {{connect: 2, first_token: 5, total: 10}}, {cloud.deployment(sim_url, workdir)}}}"
+        )
+        models.append(f"  via-{wire}: {{candidates: [small@{wire}]}}")
+    return "\n".join(deployments), "\n".join(models)
 
 
 def gateway_yaml(sim_url: str, extra: str = "") -> str:
@@ -47,7 +89,12 @@ def sim() -> Iterator[SimServer]:
 
 
 @pytest.fixture(scope="session")
-def gateway(sim: SimServer) -> Iterator[BackgroundServer]:
-    config = parse_config(gateway_yaml(sim.url), source="e2e.yaml")
+def gateway(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    """The three first wires plus every cloud wire (the conformance suite's gateway)."""
+    cloud_deployments, cloud_models = cloud_yaml(sim.url, tmp_path_factory.mktemp("cloud"))
+    text = gateway_yaml(sim.url)
+    if cloud_deployments:
+        text = text.replace("models:\n", cloud_deployments + "\nmodels:\n", 1) + cloud_models + "\n"
+    config = parse_config(text, source="e2e.yaml")
     with BackgroundServer(create_app(config)) as server:
         yield server

@@ -5,7 +5,7 @@ from __future__ import annotations
 import anthropic
 import pytest
 
-from .conftest import WIRES
+from .conftest import CONFORMANCE_WIRES, requires
 
 WEATHER = {
     "name": "get_weather",
@@ -19,7 +19,7 @@ def client(gateway) -> anthropic.Anthropic:
     return anthropic.Anthropic(base_url=gateway.url, api_key="sk-ant-client", max_retries=0)
 
 
-@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("wire", CONFORMANCE_WIRES)
 def test_message(client, wire):
     message = client.messages.create(
         model=f"via-{wire}",
@@ -33,7 +33,7 @@ def test_message(client, wire):
     assert message.usage.input_tokens > 0 and message.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("wire", CONFORMANCE_WIRES)
 def test_stream(client, wire):
     with client.messages.stream(
         model=f"via-{wire}", max_tokens=100, messages=[{"role": "user", "content": "Repeat: one two three"}]
@@ -44,8 +44,9 @@ def test_stream(client, wire):
     assert final.stop_reason == "end_turn" and final.usage.output_tokens > 0
 
 
-@pytest.mark.parametrize("wire", WIRES)
+@pytest.mark.parametrize("wire", CONFORMANCE_WIRES)
 def test_tool_use_round_trip_streaming(client, wire):
+    requires(wire, "stream_tools")
     with client.messages.stream(
         model=f"via-{wire}",
         max_tokens=200,

@@ -133,7 +133,8 @@ class SimModel(Struct, kw_only=True, forbid_unknown_fields=True):
     """One simulated model: served on the OpenAI, Anthropic and Gemini wire formats alike."""
 
     name: str
-    kind: Literal["chat", "embedding"] = "chat"
+    #: `transcription`, `speech`, `image`, `rerank`: served by the media routes (sim/media.py, media_rerank.py).
+    kind: Literal["chat", "embedding", "transcription", "speech", "image", "rerank"] = "chat"
     price: Price | None = None
     quality: float | dict[str, float] | None = None
     context_window: int = 128_000

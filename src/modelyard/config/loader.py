@@ -26,7 +26,7 @@ ENV_VAR = "MODELYARD_CONFIG"
 _log = logging.getLogger("modelyard.config")
 _INTERPOLATION = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _ENUM_HINTS = {
-    "kind": "chat, embedding",
+    "kind": "chat, embedding, transcription, speech, image, rerank",
 }
 _UNKNOWN_FIELD = re.compile(r"unknown field `([^`]+)`")
 _PATH_TOKEN = re.compile(r"\.([A-Za-z_][\w\-]*)|\[(\d+)\]|\[`?([^\]`]+)`?\]")

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgspec
 
+from modelyard.schema.endpoints import ENDPOINT_KINDS
 from modelyard.schema.errors import ModelyardError
 
 #: Built-in provider name → "module:class" (strings: resolved on use, see the module docstring).
@@ -152,6 +153,20 @@ def bind_options(provider: str, options: Any) -> msgspec.Struct:
     return converted
 
 
+def _check_kind_served(provider: str, kind: object) -> None:
+    """A deployment of a non-chat kind (`rerank`, `speech`, …) needs an adapter that serves one of its endpoints
+    (the `Endpoints` capability's `endpoints`): found at load, not at the first request."""
+    if not isinstance(kind, str):
+        return
+    paths = {path for path, served_by in ENDPOINT_KINDS.items() if served_by == kind}
+    if not paths:
+        return
+    served = getattr(adapter_class(provider), "endpoints", frozenset())
+    if not paths & set(served):
+        wanted = " or ".join(f"/v1/{path}" for path in sorted(paths))
+        raise AdapterConfigError(f"provider {provider!r} does not serve {wanted} (kind: {kind})", key="kind")
+
+
 def bind_deployment_options(
     data: dict[str, Any], marks: dict[tuple[str | int, ...], int], source: str, errors: list[Any]
 ) -> None:
@@ -172,6 +187,7 @@ def bind_deployment_options(
             continue
         try:
             entry["options"] = bind_options(entry["provider"], entry.get("options"))
+            _check_kind_served(entry["provider"], entry.get("kind"))
         except AdapterConfigError as exc:
             path = ("deployments", i, *parse_path("$." + exc.key))
             errors.append(ConfigError(exc.message, source=source, line=line_for(path, marks), key=format_path(path)))

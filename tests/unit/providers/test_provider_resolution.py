@@ -81,7 +81,11 @@ def test_an_installed_entry_point_names_an_adapter(monkeypatch: pytest.MonkeyPat
 @pytest.mark.parametrize(
     ("provider", "needle"),
     [
-        ("openia", "unknown provider 'openia': one of openai, anthropic, gemini, an installed 'modelyard.providers'"),
+        (
+            "openia",
+            "unknown provider 'openia': one of openai, anthropic, gemini, azure, bedrock, vertex, vertex_anthropic, "
+            "cohere, jina, voyage, an installed 'modelyard.providers'",
+        ),
         ("tests.plugins.nowhere:Adapter", "cannot import 'tests.plugins.nowhere'"),
         ("tests.plugins.acme_adapter:Nope", "'tests.plugins.acme_adapter:Nope' names nothing"),
         ("tests.plugins.acme_adapter:PATH", "names a str, not a class"),
@@ -149,3 +153,20 @@ def test_price_model_is_an_option_every_built_in_adapter_takes() -> None:
     for provider in ("openai", "anthropic", "gemini"):
         dep = Deployment(name="d", provider=provider, model="m", options={"price_model": "openai/gpt-4o-mini"})
         assert dep.options.price_model == "openai/gpt-4o-mini"
+
+
+@pytest.mark.parametrize(
+    ("provider", "kind", "says"),
+    [
+        ("anthropic", "speech", "provider 'anthropic' does not serve /v1/audio/speech (kind: speech)"),
+        ("gemini", "image", "provider 'gemini' does not serve /v1/images/generations (kind: image)"),
+        (ACME, "rerank", "does not serve /v1/rerank (kind: rerank)"),
+    ],
+)
+def test_a_kind_the_adapter_does_not_serve_is_a_file_line_error(provider: str, kind: str, says: str) -> None:
+    """A deployment of a non-chat kind needs an adapter with that endpoint: refused at load, at its `kind:` line."""
+    text = f"deployments:\n  - name: a\n    provider: '{provider}'\n    model: m\n    kind: {kind}\n"
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, source="c.yaml")
+    assert str(info.value).startswith("c.yaml:5: deployments[0].kind: "), str(info.value)
+    assert says in str(info.value)

@@ -33,11 +33,10 @@ deployments:
      price: {{search_unit: 2.0}}}}
   - {{name: rr2, provider: "{CAPABLE}", kind: rerank, model: r2, api_base: "http://rr2/v1",
      price: {{search_unit: 1.0}}}}
-  - {{name: rr-openai, provider: openai, kind: rerank, model: r3, api_base: "http://rr3/v1"}}
 models:
   m: {{candidates: [signed, plain]}}
   ranked: {{candidates: [rr, rr2], hedge_after_ms: 1}}
-  unserved: {{candidates: [rr-openai]}}
+  unserved: {{candidates: [rr]}}
 """
 
 
@@ -165,10 +164,13 @@ async def test_an_endpoint_fails_over_and_is_never_hedged() -> None:
     assert not any(r.hedge for r in result.records)
 
 
-async def test_a_deployment_whose_adapter_lacks_the_endpoint_is_a_400_before_any_call() -> None:
+async def test_an_endpoint_the_adapter_does_not_serve_is_a_400_before_any_call() -> None:
+    """The loader refuses a deployment whose kind its adapter does not serve (tests/unit/config); the executor
+    still guards the call, e.g. against an outside adapter's `endpoints` that do not match its kind."""
     transport = RecordingTransport()
-    req, features = rerank("unserved")
+    units = Usage(images=1)
+    req = EndpointRequest(endpoint="images/generations", model="unserved", fields={"prompt": "a cat"}, units=units)
     with pytest.raises(ProviderError) as info:
-        await make(transport).call_endpoint(req, features)
-    assert info.value.kind is ErrorKind.BAD_REQUEST and "does not serve /v1/rerank" in info.value.message
+        await make(transport).call_endpoint(req, RequestFeatures(kind="rerank", units=units))
+    assert info.value.kind is ErrorKind.BAD_REQUEST and "does not serve /v1/images/generations" in info.value.message
     assert transport.calls == []

@@ -161,7 +161,7 @@ def _check_kind_served(provider: str, kind: object) -> None:
     paths = {path for path, served_by in ENDPOINT_KINDS.items() if served_by == kind}
     if not paths:
         return
-    served = getattr(adapter_class(provider), "endpoints", frozenset())
+    served: frozenset[str] = getattr(adapter_class(provider), "endpoints", frozenset())
     if not paths & set(served):
         wanted = " or ".join(f"/v1/{path}" for path in sorted(paths))
         raise AdapterConfigError(f"provider {provider!r} does not serve {wanted} (kind: {kind})", key="kind")

@@ -26,6 +26,23 @@ _VENDORS_BY_PROVIDER: dict[str, tuple[str, ...]] = {
     "openai": ("openai",),
     "anthropic": ("anthropic",),
     "gemini": ("google",),
+    "azure": ("openai",),
+    "bedrock": ("anthropic", "amazon", "meta", "mistral", "cohere"),
+    "vertex": ("google",),
+    "vertex_anthropic": ("anthropic",),
+    "cohere": ("cohere",),
+    "jina": ("jina",),
+    "voyage": ("voyage",),
+}
+#: Bedrock's cross-region inference profile prefixes (`us.anthropic.claude-…`, `global.amazon.nova-…`).
+_BEDROCK_REGION_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
+#: Bedrock's model-id vendor prefixes (`anthropic.claude-…`, `meta.llama3-…`) → the table's vendor.
+_BEDROCK_VENDORS = {
+    "anthropic": "anthropic",
+    "amazon": "amazon",
+    "meta": "meta",
+    "mistral": "mistral",
+    "cohere": "cohere",
 }
 
 #: Suffixes that name a snapshot of a model rather than another model, tried one at a time.
@@ -90,11 +107,16 @@ class PriceTable:
     def lookup(self, model: str, vendors: tuple[str, ...] = ()) -> Price | None:
         """The price of `model` (optionally `vendor/model`), preferring `vendors`; None when unknown."""
         name = model.strip().lower().removeprefix("models/")
+        if name.startswith("arn:"):  # a Bedrock inference profile or foundation-model ARN: the id is its last part
+            name = name.rpartition("/")[2]
         if "/" in name:
             vendor, _, bare = name.rpartition("/")
             vendors = (vendor.rpartition("/")[2], *vendors)
             name = bare
-        name = name.rpartition(".")[2] if name.startswith(("anthropic.", "us.anthropic.")) else name
+        name, vendor_hint = _bedrock_id(name)
+        if vendor_hint is not None:
+            vendors = (vendor_hint, *vendors)
+        name = name.partition("@")[0]  # Vertex's Claude ids: claude-sonnet-4@20250514
         for candidate in _family_names(name):
             price = self._find(candidate, vendors)
             if price is not None:
@@ -118,6 +140,19 @@ class PriceTable:
         options = dep.options
         model = (options.price_model if isinstance(options, ProviderOptions) else None) or dep.model
         return self.lookup(model, _VENDORS_BY_PROVIDER.get(dep.provider, ()))
+
+
+def _bedrock_id(name: str) -> tuple[str, str | None]:
+    """A Bedrock model id without its region profile and vendor prefixes, and that vendor
+    (`us.anthropic.claude-3-5-sonnet-20241022-v2:0` → `claude-3-5-sonnet-20241022-v2:0`, anthropic)."""
+    for prefix in _BEDROCK_REGION_PREFIXES:
+        if name.startswith(prefix) and name[len(prefix) :].partition(".")[0] in _BEDROCK_VENDORS:
+            name = name[len(prefix) :]
+            break
+    vendor, dot, rest = name.partition(".")
+    if dot and vendor in _BEDROCK_VENDORS and rest:
+        return rest, _BEDROCK_VENDORS[vendor]
+    return name, None
 
 
 def _family_names(name: str) -> list[str]:

@@ -22,7 +22,17 @@ def dep(provider: str, model: str, **extra: object) -> Deployment:
 def test_table_is_dated_versioned_and_sourced() -> None:
     assert TABLE.version >= 1
     assert len(TABLE.date) == 10 and TABLE.date[4] == "-"
-    assert set(TABLE.source) == {"openai", "anthropic", "google", "mistral", "deepseek"}
+    assert set(TABLE.source) == {
+        "openai",
+        "anthropic",
+        "google",
+        "mistral",
+        "deepseek",
+        "amazon",
+        "meta",
+        "cohere",
+        "voyage",
+    }
     vendors = {key.partition("/")[0] for key in TABLE.prices}
     assert vendors == {"openai", "anthropic", "google", "mistral", "deepseek"}
 
@@ -97,3 +107,34 @@ def test_bad_tables_are_rejected() -> None:
         PriceTable.from_dict({"version": 1})
     with pytest.raises(ValueError):
         PriceTable.from_dict({"models": {"gpt-4o": {"input": 1, "output": 1}}})
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "expected"),
+    [
+        ("bedrock", "us.anthropic.claude-3-5-sonnet-20241022-v2:0", {"input": 3.0, "output": 15.0}),
+        ("bedrock", "anthropic.claude-3-haiku-20240307-v1:0", {"input": 0.25, "output": 1.25}),
+        (
+            "bedrock",
+            "arn:aws:bedrock:us-east-1:123456789012:inference-profile/global.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            {"input": 3.0, "output": 15.0},
+        ),
+        ("bedrock", "eu.amazon.nova-lite-v1:0", {"input": 0.06, "output": 0.24}),
+        ("bedrock", "meta.llama3-1-70b-instruct-v1:0", {"input": 0.72, "output": 0.72}),
+        ("bedrock", "mistral.mistral-large-2407-v1:0", {"input": 2.0, "output": 6.0}),
+        ("vertex_anthropic", "claude-sonnet-4@20250514", {"input": 3.0, "output": 15.0}),
+        ("vertex_anthropic", "claude-3-5-sonnet-v2@20241022", {"input": 3.0, "output": 15.0}),
+        ("vertex", "gemini-2.5-flash", {"input": 0.3, "output": 2.5}),
+        ("azure", "gpt-4o-2024-08-06", {"input": 2.5, "output": 10.0}),
+        ("openai", "whisper-1", {"audio_minute": 0.006}),
+        ("openai", "tts-1-hd", {"characters": 30.0}),
+        ("openai", "dall-e-3", {"image": 0.04}),
+        ("cohere", "rerank-v3.5", {"search_unit": 2.0}),
+        ("voyage", "rerank-2-lite", {"input": 0.02}),
+    ],
+)
+def test_cloud_and_media_model_ids_find_their_price(provider: str, model: str, expected: dict[str, float]) -> None:
+    """Bedrock's profile, vendor and version decorations, ARNs, Vertex's `@date` ids and the non-chat models."""
+    price = PriceTable.load().resolve(Deployment(name="d", provider=provider, model=model))
+    assert price is not None
+    assert {key: getattr(price, key) for key in expected} == expected

@@ -13,7 +13,18 @@ from typing import Any
 
 from modelyard.server.observe import Outcome
 
-_OPERATION = {"/v1/embeddings": "embeddings", "/embeddings": "embeddings"}
+#: gen_ai.operation.name by path (chat otherwise); the non-chat endpoints use the names OpenTelemetry's GenAI
+#: conventions leave open, after OpenAI's own resource names.
+_OPERATION = {
+    "/v1/embeddings": "embeddings",
+    "/embeddings": "embeddings",
+    "/v1/audio/transcriptions": "audio.transcriptions",
+    "/v1/audio/translations": "audio.translations",
+    "/v1/audio/speech": "audio.speech",
+    "/v1/images/generations": "images.generations",
+    "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank",
+}
 
 
 class Tracing:

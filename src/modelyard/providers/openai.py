@@ -31,7 +31,11 @@ from modelyard.providers.base import (
     upstream_error,
     with_model,
 )
+from modelyard.providers.openai_endpoints import OPENAI_ENDPOINTS
+from modelyard.providers.openai_endpoints import endpoint_call as _endpoint_call
+from modelyard.providers.openai_endpoints import parse_endpoint as _parse_endpoint
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage, token_count
+from modelyard.schema.endpoints import EndpointRequest
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 DEFAULT_BASE = "https://api.openai.com/v1"
@@ -98,6 +102,8 @@ class OpenAIAdapter:
     options_type: ClassVar[type[OpenAIOptions]] = OpenAIOptions
     #: Responses bodies pass through to deployments with `options: {responses_api: true}`.
     native_formats: ClassVar[frozenset[str]] = frozenset({RESPONSES_FORMAT})
+    #: Audio, images and rerank (the `Endpoints` capability: providers/openai_endpoints.py).
+    endpoints: ClassVar[frozenset[str]] = OPENAI_ENDPOINTS
 
     # ------------------------------------------------------------------ where and who (a subclass's seam)
 
@@ -137,6 +143,16 @@ class OpenAIAdapter:
         body.pop("modelyard", None)
         body["model"] = dep.model
         return HttpCall("POST", self.url(dep, "embeddings"), self.auth_headers(dep), _encode(body))
+
+    def endpoint_call(self, dep: Deployment, req: EndpointRequest) -> HttpCall:
+        """Audio, images or rerank at this deployment's URL for the path, with its credential (multipart for
+        an upload: its own Content-Type with the boundary)."""
+        return _endpoint_call(self.url(dep, req.endpoint), self.auth_headers(dep), dep, req)
+
+    def parse_endpoint(
+        self, dep: Deployment, req: EndpointRequest, body: bytes, headers: Mapping[str, str]
+    ) -> Completion:
+        return _parse_endpoint(dep, req, body, headers)
 
     # ------------------------------------------------------------------ answers
 

@@ -157,3 +157,171 @@ def whole_number(text: str | None, param: str, low: int, high: int, default: int
     if not _WHOLE.match(text) or not low <= int(text) <= high:
         raise GatewayError(400, f"`{param}` must be a whole number from {low} to {high}", param=param)
     return int(text)
+
+
+# --------------------------------------------------------------------------- the non-chat endpoints
+#
+# Audio, images and rerank (server/endpoints.py). Each check answers a 400 naming the `param` at fault; JSON
+# values are checked for type (a bool is not a number), finiteness (NaN, inf) and range, form values (text)
+# are parsed the same way, so a value the provider would refuse, or bill oddly, never leaves the gateway.
+
+#: OpenAI's transcription answer formats (`text`, `srt`, `vtt`: plain text, not JSON).
+TRANSCRIPTION_FORMATS = frozenset({"json", "text", "srt", "verbose_json", "vtt"})
+#: OpenAI's speech audio formats.
+SPEECH_FORMATS = frozenset({"mp3", "opus", "aac", "flac", "wav", "pcm"})
+IMAGE_FORMATS = frozenset({"url", "b64_json"})
+#: OpenAI's limits: 4,096 characters to speak, 10 images per request; Cohere's: 1,000 documents per query.
+MAX_SPEECH_CHARS = 4096
+MAX_IMAGES = 10
+MAX_RERANK_DOCUMENTS = 1000
+MAX_PROMPT_CHARS = 32_000
+
+
+def _bad(param: str, message: str) -> GatewayError:
+    return GatewayError(400, message, param=param, code="invalid_value")
+
+
+def finite_number(value: Any, param: str, low: float, high: float) -> float:
+    """A JSON number or form text in [low, high]: not a bool, not NaN or infinite."""
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            raise _bad(param, f"`{param}` must be a number from {low:g} to {high:g}") from None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not (low <= float(value) <= high):
+        raise _bad(param, f"`{param}` must be a number from {low:g} to {high:g}")  # NaN fails the comparison
+    return float(value)
+
+
+def whole_value(value: Any, param: str, low: int, high: int) -> int:
+    """A JSON integer (or form text of one) in [low, high]; 2.0, true, NaN and "1e3" are refused."""
+    if isinstance(value, str):
+        number = whole_number(value, param, low, high)
+        if number is None:
+            raise _bad(param, f"`{param}` is empty")
+        return number
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(param, f"`{param}` must be a whole number from {low} to {high}")
+    return value
+
+
+def _text(raw: dict[str, Any], param: str, *, required: bool, limit: int) -> str | None:
+    value = raw.get(param)
+    if value is None:
+        if required:
+            raise GatewayError(
+                400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter"
+            )
+        return None
+    if not isinstance(value, str):
+        raise _bad(param, f"`{param}` must be a string")
+    if len(value) > limit:
+        raise _bad(param, f"`{param}` is longer than {limit} characters")
+    return value
+
+
+def _choice(raw: dict[str, Any], param: str, allowed: frozenset[str]) -> str | None:
+    value = raw.get(param)
+    if value is None:
+        return None
+    if not isinstance(value, str) or value not in allowed:
+        raise _bad(param, f"`{param}` must be one of {', '.join(sorted(allowed))}")
+    return value
+
+
+def endpoint_model(raw: dict[str, Any]) -> str:
+    """The `model` of a non-chat request (a non-empty string)."""
+    model = _text(raw, "model", required=True, limit=256)
+    if not model:
+        raise _bad("model", "`model` must not be empty")
+    return model
+
+
+def validate_transcription_fields(fields: dict[str, Any]) -> None:
+    """A transcription or translation form's text fields (values as the form carried them)."""
+    for name in ("language", "prompt", "chunking_strategy"):
+        _text(fields, name, required=False, limit=MAX_PROMPT_CHARS)
+    _choice(fields, "response_format", TRANSCRIPTION_FORMATS)
+    if "temperature" in fields:
+        finite_number(fields["temperature"], "temperature", 0.0, 1.0)
+    if "stream" in fields and str(fields["stream"]).strip().lower() not in ("false", "0", ""):
+        raise _bad("stream", "streamed transcriptions are not supported by the gateway; leave `stream` unset")
+    granularities = fields.get("timestamp_granularities[]", fields.get("timestamp_granularities"))
+    if granularities is not None:
+        values = granularities if isinstance(granularities, list) else [granularities]
+        if any(v not in ("word", "segment") for v in values):
+            raise _bad("timestamp_granularities", "`timestamp_granularities` values must be word or segment")
+
+
+def validate_speech(raw: dict[str, Any]) -> str:
+    """A speech request; the text to speak."""
+    text = _text(raw, "input", required=True, limit=MAX_SPEECH_CHARS)
+    assert text is not None
+    if not text:
+        raise _bad("input", "`input` must not be empty")
+    voice = raw.get("voice")
+    if voice is None:
+        raise GatewayError(
+            400, "Missing required parameter: 'voice'.", param="voice", code="missing_required_parameter"
+        )
+    if not (isinstance(voice, str) and 0 < len(voice) <= 256) and not (
+        isinstance(voice, dict) and isinstance(voice.get("id"), str) and len(voice) == 1
+    ):
+        raise _bad("voice", '`voice` must be a voice name or {"id": ...}')
+    _choice(raw, "response_format", SPEECH_FORMATS)
+    if raw.get("speed") is not None:
+        finite_number(raw["speed"], "speed", 0.25, 4.0)
+    _text(raw, "instructions", required=False, limit=MAX_SPEECH_CHARS)
+    if raw.get("stream_format") not in (None, "audio"):
+        raise _bad("stream_format", "`stream_format` must be audio (server-sent speech events are not supported)")
+    return text
+
+
+def validate_image_generation(raw: dict[str, Any]) -> int:
+    """An image generation request; the number of images it asks for."""
+    prompt = _text(raw, "prompt", required=True, limit=MAX_PROMPT_CHARS)
+    if not prompt:
+        raise _bad("prompt", "`prompt` must not be empty")
+    n = 1 if raw.get("n") is None else whole_value(raw["n"], "n", 1, MAX_IMAGES)
+    _choice(raw, "response_format", IMAGE_FORMATS)
+    if raw.get("stream"):
+        raise _bad("stream", "streamed image generation is not supported by the gateway; leave `stream` unset")
+    for name in ("size", "quality", "style", "background", "moderation", "output_format", "user"):
+        _text(raw, name, required=False, limit=256)
+    if raw.get("output_compression") is not None:
+        whole_value(raw["output_compression"], "output_compression", 0, 100)
+    if raw.get("partial_images") is not None:
+        whole_value(raw["partial_images"], "partial_images", 0, 3)
+    return n
+
+
+def validate_rerank(raw: dict[str, Any]) -> list[str]:
+    """A rerank request in Cohere's shape; its documents as text (an object document's `text`, else its
+    string fields as `key: value` lines, as Cohere asks structured documents to be sent)."""
+    query = _text(raw, "query", required=True, limit=MAX_PROMPT_CHARS)
+    if not query:
+        raise _bad("query", "`query` must not be empty")
+    documents = raw.get("documents")
+    if documents is None:
+        raise GatewayError(
+            400, "Missing required parameter: 'documents'.", param="documents", code="missing_required_parameter"
+        )
+    if not isinstance(documents, list) or not documents:
+        raise _bad("documents", "`documents` must be a non-empty list of strings or objects")
+    if len(documents) > MAX_RERANK_DOCUMENTS:
+        raise _bad("documents", f"`documents` must have at most {MAX_RERANK_DOCUMENTS} items")
+    texts: list[str] = []
+    for doc in documents:
+        if isinstance(doc, str):
+            texts.append(doc)
+        elif isinstance(doc, dict) and doc and all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+            texts.append(doc["text"] if "text" in doc else "\n".join(f"{k}: {v}" for k, v in doc.items()))
+        else:
+            raise _bad("documents", "`documents` must be strings or objects of string fields")
+    if raw.get("top_n") is not None:
+        whole_value(raw["top_n"], "top_n", 1, MAX_RERANK_DOCUMENTS)
+    if raw.get("max_tokens_per_doc") is not None:
+        whole_value(raw["max_tokens_per_doc"], "max_tokens_per_doc", 1, 1_000_000)
+    if raw.get("return_documents") is not None and not isinstance(raw["return_documents"], bool):
+        raise _bad("return_documents", "`return_documents` must be a boolean")
+    return texts

@@ -40,6 +40,7 @@ from modelyard.config.model import Deployment
 from modelyard.config.providers import ProviderOptions
 from modelyard.providers.base import Completion, HttpCall, StreamStamp
 from modelyard.providers.data_url import parse_data_url
+from modelyard.providers.gemini_audio import GeminiAudioEndpoints
 from modelyard.providers.gemini_parse import (
     classify,
     decode_object,
@@ -154,8 +155,9 @@ class GeminiOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
     include_thoughts: bool | None = None
 
 
-class GeminiAdapter:
-    """The Gemini API wire format (`models/{model}:generateContent`, `:streamGenerateContent`, embeddings)."""
+class GeminiAdapter(GeminiAudioEndpoints):
+    """The Gemini API wire format (`models/{model}:generateContent`, `:streamGenerateContent`, embeddings);
+    audio transcription and translation through generateContent (providers/gemini_audio.py)."""
 
     name: ClassVar[str] = "gemini"
     options_type: ClassVar[type[GeminiOptions]] = GeminiOptions

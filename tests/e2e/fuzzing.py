@@ -229,6 +229,10 @@ models:
   - {name: sim-small, context_window: 32000, output_tokens: {min: 1, max: 6}, quality: 0.6}
   - {name: sim-tiny, context_window: 8000, output_tokens: 3, quality: 0.4}
   - {name: sim-embed, kind: embedding, dimensions: 16}
+  - {name: sim-whisper, kind: transcription}
+  - {name: sim-tts, kind: speech}
+  - {name: sim-image, kind: image}
+  - {name: sim-rerank, kind: rerank}
 """
 
 #: Deployment names, the models over them, and the one model of the restricted key.
@@ -240,6 +244,10 @@ DEPLOYMENTS = (
     "embed@openai",
     "embed@gemini",
     "resp@openai",
+    "whisper@openai",
+    "tts@openai",
+    "image@openai",
+    "rerank@openai",
 )
 MODELS = (
     "via-openai",
@@ -252,6 +260,10 @@ MODELS = (
     "embed-gemini",
     "via-responses",
     "guarded",
+    "whisper",
+    "tts",
+    "image",
+    "rerank",
 )
 RESTRICTED_MODELS = ("via-openai", "embed")
 
@@ -321,6 +333,15 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
         f'api_base: "{sim_url}", price: {{input: 0.02, output: 0}}}}',
         f'  - {{name: resp@openai, provider: openai, model: sim-small, api_base: "{bases["openai"]}", '
         "price: {input: 0.1, output: 0.4}, options: {responses_api: true}}",
+        # The non-chat endpoints (server/endpoints.py): audio, images, rerank.
+        f"  - {{name: whisper@openai, provider: openai, kind: transcription, model: sim-whisper, "
+        f'api_base: "{bases["openai"]}", price: {{audio_minute: 0.006}}}}',
+        f'  - {{name: tts@openai, provider: openai, kind: speech, model: sim-tts, api_base: "{bases["openai"]}", '
+        "price: {characters: 15.0}}",
+        f'  - {{name: image@openai, provider: openai, kind: image, model: sim-image, api_base: "{bases["openai"]}", '
+        "price: {image: 0.04}}",
+        f"  - {{name: rerank@openai, provider: openai, kind: rerank, model: sim-rerank, "
+        f'api_base: "{bases["openai"]}", price: {{search_unit: 2.0}}}}',
     ]
     return (
         "\n".join(
@@ -338,6 +359,10 @@ def gateway_yaml(sim_url: str, store: str, extra: str = "") -> str:
                 "  embed: {candidates: [embed@openai]}",
                 "  embed-gemini: {candidates: [embed@gemini]}",
                 "  via-responses: {candidates: [resp@openai], fallbacks: [via-anthropic]}",
+                "  whisper: {candidates: [whisper@openai]}",
+                "  tts: {candidates: [tts@openai]}",
+                "  image: {candidates: [image@openai]}",
+                "  rerank: {candidates: [rerank@openai]}",
                 "  guarded: {candidates: [small@openai, small@anthropic, small@gemini], "
                 "guardrails: [fuzz-out, fuzz-in, {check: empty, action: retry}]}",
                 *GUARDRAIL_SETS,

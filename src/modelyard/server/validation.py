@@ -181,9 +181,9 @@ def _bad(param: str, message: str) -> GatewayError:
     return GatewayError(400, message, param=param, code="invalid_value")
 
 
-def finite_number(value: Any, param: str, low: float, high: float) -> float:
-    """A JSON number or form text in [low, high]: not a bool, not NaN or infinite."""
-    if isinstance(value, str):
+def finite_number(value: Any, param: str, low: float, high: float, *, form: bool = False) -> float:
+    """A JSON number (or, from a `form`, text of one) in [low, high]: not a bool, not NaN or infinite."""
+    if form and isinstance(value, str):
         try:
             value = float(value.strip())
         except ValueError:
@@ -193,9 +193,9 @@ def finite_number(value: Any, param: str, low: float, high: float) -> float:
     return float(value)
 
 
-def whole_value(value: Any, param: str, low: int, high: int) -> int:
-    """A JSON integer (or form text of one) in [low, high]; 2.0, true, NaN and "1e3" are refused."""
-    if isinstance(value, str):
+def whole_value(value: Any, param: str, low: int, high: int, *, form: bool = False) -> int:
+    """A JSON integer (or, from a `form`, text of one) in [low, high]; 2.0, true, "3" in JSON, NaN are refused."""
+    if form and isinstance(value, str):
         number = whole_number(value, param, low, high)
         if number is None:
             raise _bad(param, f"`{param}` is empty")
@@ -243,7 +243,7 @@ def validate_transcription_fields(fields: dict[str, Any]) -> None:
         _text(fields, name, required=False, limit=MAX_PROMPT_CHARS)
     _choice(fields, "response_format", TRANSCRIPTION_FORMATS)
     if "temperature" in fields:
-        finite_number(fields["temperature"], "temperature", 0.0, 1.0)
+        finite_number(fields["temperature"], "temperature", 0.0, 1.0, form=True)
     if "stream" in fields and str(fields["stream"]).strip().lower() not in ("false", "0", ""):
         raise _bad("stream", "streamed transcriptions are not supported by the gateway; leave `stream` unset")
     granularities = fields.get("timestamp_granularities[]", fields.get("timestamp_granularities"))

@@ -5,8 +5,9 @@
   ``api-version`` → 404 ``Resource not found`` as Azure answers), ``POST /openai/responses?api-version=…``;
 * the v1 API: ``POST /openai/v1/chat/completions|embeddings|responses`` (``model`` in the body names the
   deployment), ``GET|DELETE /openai/v1/responses/{id}``;
-* credentials: an ``api-key`` header (the fleet's ``api_key`` when it has one), or ``Authorization: Bearer``
-  with a token this simulator's Entra endpoint issued: ``POST /{tenant}/oauth2/v2.0/token`` (client
+* credentials: an ``api-key`` header (the fleet's ``api_key`` when it has one; the v1 API also takes it as
+  ``Authorization: Bearer``, as the plain OpenAI SDK sends it), or ``Authorization: Bearer`` with a token
+  this simulator's Entra endpoint issued: ``POST /{tenant}/oauth2/v2.0/token`` (client
   credentials; the secret must be the fleet's ``api_key`` when it has one; a client id ending ``-ttl-N``
   gets N-second tokens, for refresh tests) and ``GET /{tenant}/v2.0/.well-known/openid-configuration``
   (what MSAL reads first). Tokens are signed, not stored: nothing here keeps state;
@@ -99,11 +100,11 @@ async def handle(app: SimApp, scope: Scope, receive: Receive, send: Send) -> Non
     if not v1 and not version:
         return await _error(send, 404, "404", "Resource not found")
     bearer = _bearer(scope)
-    if bearer is not None and not _valid_token(app, bearer):
+    checked = bearer is not None and _valid_token(app, bearer)
+    if bearer is not None and not checked and not v1:  # the v1 API also takes the api-key as a bearer
         return await _error(send, 401, "401", _AUTH_TOKEN)
     if bearer is None and _header(scope, b"api-key") is None:
         return await _error(send, 401, "401", _AUTH_KEY)
-    checked = bearer is not None
     stored = _STORED.match(path)
     if stored and method in ("GET", "DELETE"):
         status, body = app.responses.stored(method, stored.group(1), query)

@@ -157,6 +157,9 @@ def _scored(entries: Any, ask: _Ask, where: str) -> list[dict[str, Any]]:
         if isinstance(score, bool) or not isinstance(score, int | float):
             raise ProviderError(ErrorKind.SERVER, "malformed rerank response: a result has no relevance_score")
         result: dict[str, Any] = {"index": index, "relevance_score": float(score)}
+        spans = entry.get("relevant_spans")
+        if isinstance(spans, list):  # Cohere's rerank v5 models, when the request enabled them
+            result["relevant_spans"] = spans
         if ask.return_documents:
             result["document"] = {"text": ask.documents[index]}
         results.append(result)
@@ -234,6 +237,8 @@ class _RerankOnly:
     name: ClassVar[str]
     #: What the Endpoints capability serves.
     endpoints: ClassVar[frozenset[str]] = frozenset({_RERANK})
+    #: Whether the provider can return each result's relevant spans (Cohere's `relevant_spans`).
+    returns_spans: ClassVar[bool] = False
 
     def _refuse(self) -> GatewayError:
         return GatewayError(400, f"provider {self.name!r} serves rerank only (POST /v1/rerank)")
@@ -256,18 +261,22 @@ class _RerankOnly:
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         return rerank_error(status, headers, body)
 
-    @staticmethod
-    def _check(req: EndpointRequest) -> _Ask:
+    def _check(self, req: EndpointRequest) -> _Ask:
         if req.endpoint != _RERANK:
             raise GatewayError(400, f"rerank providers do not serve /v1/{req.endpoint}")
+        spans = req.fields.get("relevant_spans")
+        if not self.returns_spans and isinstance(spans, dict) and spans.get("mode") == "enabled":
+            raise bad_request(f"provider {self.name!r} does not return relevant spans", param="relevant_spans")
         return _ask(req)
 
 
 class CohereAdapter(_RerankOnly):
     """Cohere's v2 rerank: `POST {base}/v2/rerank` with `model, query, documents, top_n,
-    max_tokens_per_doc` → `{id, results: [{index, relevance_score}], meta: {billed_units: {search_units}}}`."""
+    max_tokens_per_doc` (and `relevant_spans`, `priority` when the client sends them) → `{id, results: [{index,
+    relevance_score, relevant_spans?}], meta: {billed_units: {search_units}}}`."""
 
     name: ClassVar[str] = "cohere"
+    returns_spans: ClassVar[bool] = True
     options_type: ClassVar[type[CohereOptions]] = CohereOptions
     default_base: ClassVar[str] = "https://api.cohere.com"
 
@@ -282,6 +291,16 @@ class CohereAdapter(_RerankOnly):
             if isinstance(per_doc, bool) or not isinstance(per_doc, int) or per_doc < 1:
                 raise bad_request("max_tokens_per_doc must be a positive integer", param="max_tokens_per_doc")
             body["max_tokens_per_doc"] = per_doc
+        spans = req.fields.get("relevant_spans")
+        if spans is not None:
+            if not isinstance(spans, dict):
+                raise bad_request("relevant_spans must be an object", param="relevant_spans")
+            body["relevant_spans"] = spans
+        priority = req.fields.get("priority")
+        if priority is not None:
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise bad_request("priority must be an integer", param="priority")
+            body["priority"] = priority
         return HttpCall("POST", _url(dep, self.default_base, "v2"), _headers(dep), _encode(body))
 
     def parse_endpoint(

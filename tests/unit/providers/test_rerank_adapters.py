@@ -167,6 +167,37 @@ def test_request_bodies(adapter: Any, fields: dict[str, Any], options: Any, body
     assert got == body
 
 
+def test_cohere_relevant_spans_and_priority_pass_through() -> None:
+    spans = {"mode": "enabled", "threshold": 0.2, "max_spans": 2}
+    _, _, got = sent(COHERE, dep("cohere"), request(relevant_spans=spans, priority=3))
+    assert got["relevant_spans"] == spans
+    assert got["priority"] == 3
+    answer = {
+        "results": [
+            {"index": 0, "relevance_score": 0.9, "relevant_spans": [{"start": 0, "end": 5, "relevance_score": 0.8}]}
+        ]
+    }
+    done = parse(COHERE, answer)
+    assert done.body["results"][0]["relevant_spans"] == [{"start": 0, "end": 5, "relevance_score": 0.8}]
+
+
+@pytest.mark.parametrize(("field", "value"), [("relevant_spans", "on"), ("priority", "high"), ("priority", True)])
+def test_cohere_bad_spans_or_priority_are_a_400(field: str, value: Any) -> None:
+    with pytest.raises(GatewayError) as caught:
+        COHERE.endpoint_call(dep("cohere"), request(**{field: value}))
+    assert caught.value.param == field
+
+
+@pytest.mark.parametrize("adapter", [JINA, VOYAGE])
+def test_enabled_relevant_spans_are_a_400_where_the_provider_has_none(adapter: Any) -> None:
+    with pytest.raises(GatewayError) as caught:
+        adapter.endpoint_call(dep(adapter.name), request(relevant_spans={"mode": "enabled"}))
+    assert caught.value.param == "relevant_spans"
+    _, _, got = sent(adapter, dep(adapter.name), request(relevant_spans={"mode": "disabled"}, priority=1))
+    assert "relevant_spans" not in got
+    assert "priority" not in got
+
+
 def test_cohere_v1_document_objects_go_out_as_strings() -> None:
     req = request(documents=[{"text": "a"}, "b"])
     _, _, got = sent(COHERE, dep("cohere"), req)

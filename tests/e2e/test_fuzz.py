@@ -713,6 +713,134 @@ garbage_probes = st.builds(
     key_headers(),
 )
 
+# Audio, images and rerank (server/endpoints.py): JSON bodies, and multipart forms with hostile structure.
+
+MEDIA_MODELS = ("whisper", "tts", "image", "rerank", "via-openai", "image@openai", "nope")
+media_model = sometimes(st.sampled_from(MEDIA_MODELS), st.one_of(odd_text(), hostile()), 10)
+odd_numbers = st.one_of(
+    st.integers(-5, 12),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from((0.25, 4.0, 1e308, -0.0, True, "2", None)),
+)
+speech_request = optional(
+    {"model": media_model, "input": st.one_of(prompt_text, st.just("x" * 4097), hostile())},
+    voice=st.one_of(st.sampled_from(("alloy", "", {"id": "v"}, {"id": 3})), hostile()),
+    response_format=st.sampled_from(("mp3", "wav", "opus", "pcm", "flac", "aac", "mp4", "")),
+    speed=odd_numbers,
+    instructions=prompt_text,
+    stream_format=st.sampled_from(("audio", "sse", "")),
+)
+image_request = optional(
+    {"model": media_model, "prompt": st.one_of(prompt_text, hostile())},
+    n=odd_numbers,
+    size=st.sampled_from(("256x256", "1024x1024", "huge", "")),
+    response_format=st.sampled_from(("url", "b64_json", "png")),
+    quality=st.sampled_from(("standard", "hd", "")),
+    output_compression=odd_numbers,
+    stream=st.booleans(),
+)
+rerank_document = st.one_of(prompt_text, st.fixed_dictionaries({"text": prompt_text}), hostile())
+rerank_request = optional(
+    {
+        "model": media_model,
+        "query": st.one_of(prompt_text, hostile()),
+        "documents": st.one_of(
+            st.lists(rerank_document, max_size=6),
+            st.lists(st.just("d"), min_size=999, max_size=1002),
+            hostile(),
+        ),
+    },
+    top_n=odd_numbers,
+    return_documents=st.one_of(st.booleans(), hostile()),
+    max_tokens_per_doc=odd_numbers,
+)
+
+MEDIA_BOUNDARY = b"fuzz-media-boundary"
+AUDIO_BYTES = (
+    b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\x01\x00@\x1f\x00\x00\x80>\x00\x00\x02\x00\x10\x00"
+    b"data\x00\x00\x00\x00"
+)
+
+
+def _part(name: bytes, value: bytes, filename: bytes | None = None, extra: bytes = b"") -> bytes:
+    disposition = b'form-data; name="' + name + b'"' + (b'; filename="' + filename + b'"' if filename else b"")
+    return (
+        b"--"
+        + MEDIA_BOUNDARY
+        + b"\r\nContent-Disposition: "
+        + disposition
+        + b"\r\n"
+        + extra
+        + b"\r\n"
+        + value
+        + b"\r\n"
+    )
+
+
+@st.composite
+def media_forms(draw: Any) -> bytes:
+    """A transcription form: drawn fields and file, then (one draw in three) broken: many parts, a long
+    header line, no closing boundary, a bare part header, or bytes cut short."""
+    model = draw(st.sampled_from((b"whisper", b"tts", b"nope", b"", "w\u00e9".encode(), b"\xff\xfe")))
+    parts = [_part(b"model", model)]
+    for name, values in (
+        (b"response_format", (b"json", b"text", b"srt", b"vtt", b"verbose_json", b"mp4")),
+        (b"temperature", (b"0.2", b"nan", b"inf", b"-1", b"", b"1e999")),
+        (b"language", (b"en", b"x" * 70_000)),
+        (b"timestamp_granularities[]", (b"word", b"segment", b"year")),
+        (b"stream", (b"true", b"false")),
+    ):
+        if draw(st.booleans()):
+            parts.append(_part(name, draw(st.sampled_from(values))))
+    file = draw(
+        st.sampled_from(
+            (AUDIO_BYTES, AUDIO_BYTES + b"\x00" * 16000, b"", b"not audio at all", b"ID3" + b"\x00" * 64, None)
+        )
+    )
+    if file is not None:
+        filename = draw(st.sampled_from((b"a.wav", b"a.mp3", b"", b"../../etc/passwd", b"\xff.wav")))
+        parts.append(_part(b"file", file, filename, b"Content-Type: audio/wav\r\n"))
+    end = b"--" + MEDIA_BOUNDARY + b"--\r\n"
+    breakage = draw(st.sampled_from(("none", "none", "many", "long-header", "no-end", "bare", "cut", "two-files")))
+    if breakage == "many":
+        parts += [_part(b"f%d" % i, b"x") for i in range(draw(st.integers(60, 200)))]
+    elif breakage == "long-header":
+        parts.append(_part(b"x", b"y", None, b"X-Long: " + b"a" * draw(st.integers(4000, 20000)) + b"\r\n"))
+    elif breakage == "no-end":
+        end = b""
+    elif breakage == "bare":
+        parts.append(b"--" + MEDIA_BOUNDARY + b"\r\nX-Nothing: 1\r\n\r\nvalue\r\n")
+    elif breakage == "two-files":
+        parts.append(_part(b"file", AUDIO_BYTES, b"b.wav"))
+    body = b"".join(parts) + end
+    if breakage == "cut":
+        body = body[: draw(st.integers(0, len(body)))]
+    return body
+
+
+form_types = st.sampled_from(
+    (
+        b"multipart/form-data; boundary=" + MEDIA_BOUNDARY,
+        b"multipart/form-data; boundary=" + MEDIA_BOUNDARY,
+        b"multipart/form-data",
+        b"multipart/form-data; boundary=" + b"b" * 300,
+        b"application/json",
+        b"multipart/form-data; boundary=other",
+    )
+)
+
+
+def form_posts(path: str) -> st.SearchStrategy[Probe]:
+    return st.builds(
+        Probe,
+        st.just("POST"),
+        st.just(path),
+        st.one_of(media_forms(), media_forms(), garbage_bodies()),
+        st.tuples(st.tuples(st.just("content-type"), form_types)),
+        keys(),
+    )
+
+
 ROUTES = [
     Route("chat", json_posts("/v1/chat/completions", chat_request), 1800),
     Route(
@@ -747,6 +875,12 @@ ROUTES = [
     Route("dashboard-admin", dashboard_admin_probes, 500),
     Route("dashboard", dashboard_probes, 600),
     Route("garbage", garbage_probes, 600),
+    Route("transcriptions", form_posts("/v1/audio/transcriptions"), 300),
+    Route("translations", form_posts("/v1/audio/translations"), 150),
+    Route("speech", json_posts("/v1/audio/speech", speech_request), 300),
+    Route("images", json_posts("/v1/images/generations", image_request), 300),
+    Route("rerank", json_posts("/v1/rerank", rerank_request), 300),
+    Route("rerank-v2", json_posts("/v2/rerank", rerank_request), 100),
 ]
 MIN_REQUESTS = 5_000
 

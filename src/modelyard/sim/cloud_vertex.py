@@ -15,8 +15,9 @@ Routes (every fleet model on both publishers; any project and location):
   ``{"access_token", "expires_in", "token_type"}``.
 * Control (outside ``/_sim/``, which the app answers itself): ``GET /_vertex/service-account?project=&
   lifetime_s=`` returns a freshly generated service-account key file whose ``token_uri`` is this simulator
-  (its tokens live ``lifetime_s`` seconds, default 3600); ``POST /_vertex/revoke`` invalidates every issued
-  token; ``GET /_vertex/tokens`` counts what was issued, refused and revoked.
+  (its tokens live ``lifetime_s`` seconds, default 3600); ``POST /_vertex/revoke[?client_email=]``
+  invalidates every issued token (or one account's); ``GET /_vertex/tokens`` counts what was issued,
+  refused and revoked.
 
 A model request without a live token (missing, unknown, expired or revoked) is answered 401
 ``UNAUTHENTICATED`` in Google's error shape, before the model sees it; everything after that (faults,
@@ -85,10 +86,11 @@ class _Account:
 
 @dataclass(slots=True)
 class VertexState:
-    """Registered service accounts (by key id), live tokens (token → expiry, wall clock) and counters."""
+    """Registered service accounts (by key id), live tokens (token → expiry on the wall clock, and the
+    account's email) and counters."""
 
     accounts: dict[str, _Account] = field(default_factory=dict)
-    tokens: dict[str, float] = field(default_factory=dict)
+    tokens: dict[str, tuple[float, str]] = field(default_factory=dict)
     issued: int = 0
     refused: int = 0
     revoked: int = 0
@@ -96,8 +98,16 @@ class VertexState:
     unauthenticated: int = 0
 
     def live(self, token: str | None, now: float) -> bool:
-        expires = self.tokens.get(token or "")
-        return expires is not None and now < expires
+        found = self.tokens.get(token or "")
+        return found is not None and now < found[0]
+
+    def revoke(self, email: str | None) -> int:
+        """Invalidate every token (of one account's, when `email` is given); how many were live."""
+        gone = [t for t, (_, owner) in self.tokens.items() if email is None or owner == email]
+        for token in gone:
+            del self.tokens[token]
+        self.revoked += len(gone)
+        return len(gone)
 
 
 def state_of(app: SimApp) -> VertexState:
@@ -251,8 +261,8 @@ async def _token(app: SimApp, scope: Scope, receive: Receive, send: Send) -> Non
         state.refused += 1
         return await _oauth_error(send, "invalid_grant", str(exc))
     token = "ya29.sim-" + secrets.token_urlsafe(32)
-    state.tokens = {t: exp for t, exp in state.tokens.items() if exp > now}  # forget the dead ones
-    state.tokens[token] = now + account.lifetime_s
+    state.tokens = {t: held for t, held in state.tokens.items() if held[0] > now}  # forget the dead ones
+    state.tokens[token] = (now + account.lifetime_s, account.email)
     state.issued += 1
     lifetime = max(1, round(account.lifetime_s))
     answer = {"access_token": token, "expires_in": lifetime, "token_type": "Bearer"}
@@ -324,14 +334,14 @@ async def _control(app: SimApp, scope: Scope, method: str, name: str, receive: R
         return await asgi.respond(send, 200, _encode(key_file))
     if method == "POST" and name == "revoke":
         await asgi.read_body(receive)
-        state.revoked += len(state.tokens)
-        state.tokens.clear()
-        return await asgi.respond(send, 200, b'{"status":"revoked"}')
+        email = parse_qs(scope.get("query_string", b"").decode()).get("client_email")
+        count = state.revoke(email[0] if email else None)
+        return await asgi.respond(send, 200, _encode({"revoked": count}))
     if method == "GET" and name == "tokens":
         now = time.time()
         counts = {
             "issued": state.issued,
-            "live": sum(1 for exp in state.tokens.values() if exp > now),
+            "live": sum(1 for expires, _ in state.tokens.values() if expires > now),
             "refused": state.refused,
             "revoked": state.revoked,
             "unauthenticated": state.unauthenticated,

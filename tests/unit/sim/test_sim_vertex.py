@@ -198,7 +198,7 @@ async def test_missing_unknown_expired_and_revoked_tokens_are_unauthenticated(ap
         result = await asgi_call(app, "POST", path, body, headers)
         assert result.status == 401
         assert result.json()["error"]["status"] == "UNAUTHENTICATED" and result.json()["error"]["code"] == 401
-    state_of(app).tokens[token] = time.time() - 1  # expired
+    state_of(app).tokens[token] = (time.time() - 1, "expired@p.iam.gserviceaccount.com")
     assert (await asgi_call(app, "POST", path, body, bearer(token))).status == 401
     fresh = await access_token(app)
     assert (await asgi_call(app, "POST", "/_vertex/revoke", b"")).status == 200
@@ -313,3 +313,15 @@ async def test_predict_embeddings(app: SimApp) -> None:
     assert [p["embeddings"]["statistics"]["token_count"] for p in predictions] == [2, 3]
     bad = await asgi_call(app, "POST", f"{VERTEX}/google/models/e:predict", {"instances": []}, bearer(token))
     assert bad.status == 400 and bad.json()["error"]["status"] == "INVALID_ARGUMENT"
+
+
+async def test_revoke_one_accounts_tokens(app: SimApp) -> None:
+    first, second = await service_account(app), await service_account(app)
+    tokens = [(await exchange(app, assertion(info))).json()["access_token"] for info in (first, second)]
+    revoked = await asgi_call(
+        app, "POST", "/_vertex/revoke", b"", query=f"client_email={first['client_email']}".encode()
+    )
+    assert revoked.json() == {"revoked": 1}
+    path = f"{VERTEX}/google/models/m:generateContent"
+    assert (await asgi_call(app, "POST", path, GEMINI_BODY, bearer(tokens[0]))).status == 401
+    assert (await asgi_call(app, "POST", path, GEMINI_BODY, bearer(tokens[1]))).status == 200

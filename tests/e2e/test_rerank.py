@@ -1,6 +1,7 @@
 """Rerank through the real gateway to Cohere, Jina and Voyage deployments on the simulator: the client speaks
 Cohere's v2 shape (httpx, and Cohere's own Python SDK), each upstream gets its vendor's request, the answer
-comes back in Cohere's shape, billed by search unit or by token, and nothing leaves loopback."""
+comes back in Cohere's shape, billed by search unit or by token, and nothing leaves loopback. Jina's and
+Voyage's embeddings too, with the openai SDK."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
+from modelyard.sim.embedding import embed
 from modelyard.sim.server import SimServer
 from modelyard.testing.loopback import LoopbackGuard
 
@@ -33,6 +36,10 @@ deployments:
   - {{name: broken@cohere, provider: cohere, kind: rerank, model: sim-rerank, api_base: "{sim}",
      api_key: {cohere}, headers: {{x-sim-fault: server_error}}, price: {{search_unit: 2.0}}}}
   - {{name: small@openai, provider: openai, model: sim-small, api_base: "{sim}/v1"}}
+  - {{name: emb@jina, provider: jina, kind: embedding, model: sim-embed, api_base: "{sim}", api_key: {jina},
+     price: {{input: 0.02}}, options: {{task: retrieval.passage}}}}
+  - {{name: emb@voyage, provider: voyage, kind: embedding, model: sim-embed, api_base: "{sim}", api_key: {voyage},
+     price: {{input: 0.06}}, options: {{input_type: query}}}}
 models:
   cohere: {{candidates: [rr@cohere]}}
   jina: {{candidates: [rr@jina]}}
@@ -40,6 +47,8 @@ models:
   failover: {{candidates: [broken@cohere, rr@voyage]}}
   broken: {{candidates: [broken@cohere]}}
   chat: {{candidates: [small@openai]}}
+  embed-jina: {{candidates: [emb@jina]}}
+  embed-voyage: {{candidates: [emb@voyage]}}
 access: {{master_key: {master}, refresh_s: 0}}
 """
 
@@ -191,3 +200,22 @@ def test_cohere_sdk_client(gateway: BackgroundServer, sim: SimServer) -> None:
     assert answer.meta is not None and answer.meta.billed_units is not None
     assert answer.meta.billed_units.search_units == 1
     assert upstream(sim)["body"]["top_n"] == 2
+
+
+@pytest.mark.parametrize("provider", ["jina", "voyage"])
+def test_embeddings_through_jina_and_voyage(gateway: BackgroundServer, provider: str) -> None:
+    """The upstream bodies (`task`, `input_type`, `truncation`) are the unit tests' business: the simulator
+    does not log embedding requests. Here: the round trip, the vectors the simulator made, usage and cost."""
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=MASTER, max_retries=0, timeout=30)
+    texts = ["hello world", "goodbye"]
+    with LoopbackGuard() as guard:
+        raw = client.embeddings.with_raw_response.create(model=f"embed-{provider}", input=texts)
+    assert guard.outside() == []
+    assert raw.headers["x-modelyard-model"] == f"emb@{provider}"
+    answer = raw.parse()
+    assert [d.index for d in answer.data] == [0, 1]
+    for item, text in zip(answer.data, texts, strict=True):
+        assert item.embedding == pytest.approx(embed(text, 384))
+    assert answer.model == "sim-embed"
+    assert answer.usage.prompt_tokens > 0
+    assert float(raw.headers["x-modelyard-cost-usd"]) > 0

@@ -15,14 +15,15 @@ Usage: the provider's search units when it reports them (Cohere), else the ones 
 (`req.units`); Jina's and Voyage's token counts go in `Usage.prompt`, so a deployment priced per token
 (`price.input`) is billed as those vendors bill.
 
-Chat and embeddings are not served: these deployments are `kind: rerank`, and a chat call that reaches one
-anyway is a 400 naming the reason.
+Jina and Voyage also serve embeddings (`kind: embedding` deployments: `POST {base}/v1/embeddings`, answers
+in OpenAI's shape, as both nearly send them). Chat is not served, nor Cohere's embeddings: a call that
+reaches one anyway is a 400 naming the reason.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
 
 import msgspec
 
@@ -47,6 +48,7 @@ __all__ = [
     "CohereAdapter",
     "CohereOptions",
     "JinaAdapter",
+    "JinaOptions",
     "RerankOptions",
     "VoyageAdapter",
     "VoyageOptions",
@@ -63,7 +65,14 @@ _AUTH_STATUSES = frozenset({401, 402, 403, 498})
 
 
 class RerankOptions(ProviderOptions, kw_only=True, forbid_unknown_fields=True):
-    """`options:` of a Jina rerank deployment (nothing beyond the shared ones)."""
+    """What the rerank providers' options share (nothing beyond every adapter's)."""
+
+
+class JinaOptions(RerankOptions, kw_only=True, forbid_unknown_fields=True):
+    """`options:` of a Jina deployment."""
+
+    #: Embeddings: Jina's `task` (`retrieval.query`, `retrieval.passage`, `text-matching`, ...).
+    task: str | None = None
 
 
 class CohereOptions(RerankOptions, kw_only=True, forbid_unknown_fields=True):
@@ -79,6 +88,8 @@ class VoyageOptions(RerankOptions, kw_only=True, forbid_unknown_fields=True):
     #: `truncation`, always sent (Voyage's own default is true): false makes Voyage refuse over-long inputs
     #: instead of cutting them.
     truncation: bool = True
+    #: Embeddings: Voyage's `input_type` (it prepends a retrieval prompt for `query` and `document`).
+    input_type: Literal["query", "document"] | None = None
 
 
 # ============================================================================ the request, read once
@@ -121,13 +132,13 @@ def _document_text(doc: Any, param: str) -> str:
     raise bad_request("each document must be a string or an object with a `text` string", param=param)
 
 
-def _url(dep: Deployment, default_base: str, version: str) -> str:
-    """`{base}/{version}/rerank`; an `api_base` that already ends in a version (`.../v1`) is used as is."""
+def _url(dep: Deployment, default_base: str, version: str, path: str = _RERANK) -> str:
+    """`{base}/{version}/{path}`; an `api_base` that already ends in a version (`.../v1`) is used as is."""
     base = (dep.api_base or default_base).rstrip("/")
     last = base.rsplit("/", 1)[-1]
     if not (last.startswith("v") and last[1:].isdigit()):
         base = f"{base}/{version}"
-    return f"{base}/{_RERANK}"
+    return f"{base}/{path}"
 
 
 def _headers(dep: Deployment) -> dict[str, str]:
@@ -185,6 +196,44 @@ def _int(value: Any) -> int | None:
     return int(value)
 
 
+# ============================================================================ embeddings (Jina, Voyage)
+
+
+def _embedding_texts(req: EmbeddingRequest) -> list[str]:
+    value = req.input
+    if isinstance(value, str):
+        return [value]
+    if value and all(isinstance(item, str) for item in value):
+        return [str(item) for item in value]
+    raise bad_request("this provider embeds text only: `input` must be a string or a list of strings", param="input")
+
+
+def _parse_embeddings(dep: Deployment, body: bytes) -> Completion:
+    """Jina's and Voyage's answers are OpenAI's shape but for the details: normalised to it, usage from
+    `usage.total_tokens` (both bill the input tokens)."""
+    data = decode_object(body)
+    entries = data.get("data")
+    if not isinstance(entries, list):
+        raise ProviderError(ErrorKind.SERVER, "malformed embeddings response: no data")
+    items = []
+    for position, entry in enumerate(entries):
+        vector = entry.get("embedding") if isinstance(entry, dict) else None
+        if not isinstance(vector, list | str):
+            raise ProviderError(ErrorKind.SERVER, "malformed embeddings response: an entry has no embedding")
+        index = entry.get("index", position)
+        items.append(
+            {"object": "embedding", "index": index if isinstance(index, int) else position, "embedding": vector}
+        )
+    prompt = _total_tokens(data) or 0
+    out = {
+        "object": "list",
+        "data": items,
+        "model": dep.model,
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+    return Completion(out, Usage(prompt=prompt), dep.model)
+
+
 # ============================================================================ errors
 
 
@@ -232,16 +281,19 @@ def rerank_error(status: int, headers: Mapping[str, str], body: bytes) -> Provid
 
 
 class _RerankOnly:
-    """The chat and embeddings half of the contract for a provider served for rerank only."""
+    """The chat and embeddings half of the contract for a provider served for rerank (Jina and Voyage
+    override the embeddings half)."""
 
     name: ClassVar[str]
     #: What the Endpoints capability serves.
     endpoints: ClassVar[frozenset[str]] = frozenset({_RERANK})
     #: Whether the provider can return each result's relevant spans (Cohere's `relevant_spans`).
     returns_spans: ClassVar[bool] = False
+    #: What it serves, for the 400 a chat request gets.
+    serves: ClassVar[str] = "rerank only (POST /v1/rerank)"
 
     def _refuse(self) -> GatewayError:
-        return GatewayError(400, f"provider {self.name!r} serves rerank only (POST /v1/rerank)")
+        return GatewayError(400, f"provider {self.name!r} serves {self.serves}")
 
     def chat_call(self, dep: Deployment, req: ChatRequest, raw: dict[str, Any], stream: bool) -> HttpCall:
         raise self._refuse()
@@ -321,8 +373,25 @@ class JinaAdapter(_RerankOnly):
     `{model, results: [{index, relevance_score, document?}], usage: {total_tokens}}`."""
 
     name: ClassVar[str] = "jina"
-    options_type: ClassVar[type[RerankOptions]] = RerankOptions
+    serves: ClassVar[str] = "rerank and embeddings only (POST /v1/rerank, /v1/embeddings)"
+    options_type: ClassVar[type[JinaOptions]] = JinaOptions
     default_base: ClassVar[str] = "https://api.jina.ai"
+
+    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        """`POST {base}/v1/embeddings` with `model, input` and `dimensions`, `embedding_type: base64`, `task`
+        when asked."""
+        opts: JinaOptions = dep.options
+        body: dict[str, Any] = {"model": dep.model, "input": _embedding_texts(req)}
+        if req.dimensions is not None:
+            body["dimensions"] = req.dimensions
+        if req.encoding_format == "base64":
+            body["embedding_type"] = "base64"
+        if opts.task:
+            body["task"] = opts.task
+        return HttpCall("POST", _url(dep, self.default_base, "v1", "embeddings"), _headers(dep), _encode(body))
+
+    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
+        return _parse_embeddings(dep, body)
 
     def endpoint_call(self, dep: Deployment, req: EndpointRequest) -> HttpCall:
         ask = self._check(req)
@@ -350,8 +419,25 @@ class VoyageAdapter(_RerankOnly):
     truncation` → `{object: "list", data: [{index, relevance_score, document?}], usage: {total_tokens}}`."""
 
     name: ClassVar[str] = "voyage"
+    serves: ClassVar[str] = "rerank and embeddings only (POST /v1/rerank, /v1/embeddings)"
     options_type: ClassVar[type[VoyageOptions]] = VoyageOptions
     default_base: ClassVar[str] = "https://api.voyageai.com"
+
+    def embeddings_call(self, dep: Deployment, req: EmbeddingRequest, raw: dict[str, Any]) -> HttpCall:
+        """`POST {base}/v1/embeddings` with `input, model, truncation` and `output_dimension`,
+        `encoding_format: base64`, `input_type` when asked."""
+        opts: VoyageOptions = dep.options
+        body: dict[str, Any] = {"input": _embedding_texts(req), "model": dep.model, "truncation": opts.truncation}
+        if req.dimensions is not None:
+            body["output_dimension"] = req.dimensions
+        if req.encoding_format == "base64":
+            body["encoding_format"] = "base64"
+        if opts.input_type:
+            body["input_type"] = opts.input_type
+        return HttpCall("POST", _url(dep, self.default_base, "v1", "embeddings"), _headers(dep), _encode(body))
+
+    def parse_embeddings(self, dep: Deployment, req: EmbeddingRequest, body: bytes) -> Completion:
+        return _parse_embeddings(dep, body)
 
     def endpoint_call(self, dep: Deployment, req: EndpointRequest) -> HttpCall:
         ask = self._check(req)

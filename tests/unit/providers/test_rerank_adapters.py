@@ -48,19 +48,32 @@ def test_each_serves_rerank_through_the_endpoints_capability(adapter: Any) -> No
     assert caps.names == ("endpoints",)
 
 
-@pytest.mark.parametrize(("adapter", "provider"), [(COHERE, "cohere"), (JINA, "jina"), (VOYAGE, "voyage")])
-def test_chat_and_embeddings_are_a_400_naming_rerank(adapter: Adapter, provider: str) -> None:
+@pytest.mark.parametrize(
+    ("adapter", "provider", "serves"),
+    [
+        (COHERE, "cohere", "rerank only"),
+        (JINA, "jina", "rerank and embeddings"),
+        (VOYAGE, "voyage", "rerank and embeddings"),
+    ],
+)
+def test_chat_is_a_400_naming_what_is_served(adapter: Adapter, provider: str, serves: str) -> None:
     d = dep(provider)
     chat = ChatRequest(model="m", messages=[])
     with pytest.raises(GatewayError) as caught:
         adapter.chat_call(d, chat, {}, False)
     assert caught.value.status == 400
-    assert f"provider {provider!r} serves rerank only" in caught.value.message
-    with pytest.raises(GatewayError) as caught:
-        adapter.embeddings_call(d, EmbeddingRequest(model="m", input="x"), {})
-    assert caught.value.status == 400
+    assert f"provider {provider!r} serves {serves}" in caught.value.message
     with pytest.raises(GatewayError):
         adapter.stream_translator(d, chat)
+    with pytest.raises(ProviderError):
+        adapter.parse_chat(d, chat, b"{}")
+
+
+def test_cohere_embeddings_are_a_400() -> None:
+    with pytest.raises(GatewayError) as caught:
+        COHERE.embeddings_call(dep("cohere"), EmbeddingRequest(model="m", input="x"), {})
+    assert caught.value.status == 400
+    assert "rerank only" in caught.value.message
 
 
 @pytest.mark.parametrize("adapter", [COHERE, JINA, VOYAGE])
@@ -393,3 +406,124 @@ def test_an_auth_error_keeps_the_providers_text_out_of_the_client_message() -> N
     err = rerank_error(401, {}, json.dumps({"message": f"invalid api token {KEY}"}).encode())
     assert KEY not in err.message
     assert "invalid api token" not in err.message
+
+
+# ============================================================================ embeddings (Jina, Voyage)
+
+
+def embed_dep(provider: str, **kw: Any) -> Deployment:
+    return Deployment(name=f"{provider}-emb", provider=provider, model="emb-v3", api_key=KEY, kind="embedding", **kw)
+
+
+@pytest.mark.parametrize(
+    ("adapter", "req", "options", "url", "body"),
+    [
+        (
+            JINA,
+            EmbeddingRequest(model="e", input="hello"),
+            None,
+            "https://api.jina.ai/v1/embeddings",
+            {"model": "emb-v3", "input": ["hello"]},
+        ),
+        (
+            JINA,
+            EmbeddingRequest(model="e", input=["a", "b"], dimensions=256, encoding_format="base64"),
+            {"task": "retrieval.query"},
+            "https://api.jina.ai/v1/embeddings",
+            {
+                "model": "emb-v3",
+                "input": ["a", "b"],
+                "dimensions": 256,
+                "embedding_type": "base64",
+                "task": "retrieval.query",
+            },
+        ),
+        (
+            VOYAGE,
+            EmbeddingRequest(model="e", input="hello"),
+            None,
+            "https://api.voyageai.com/v1/embeddings",
+            {"input": ["hello"], "model": "emb-v3", "truncation": True},
+        ),
+        (
+            VOYAGE,
+            EmbeddingRequest(model="e", input=["a"], dimensions=512, encoding_format="base64"),
+            {"input_type": "document", "truncation": False},
+            "https://api.voyageai.com/v1/embeddings",
+            {
+                "input": ["a"],
+                "model": "emb-v3",
+                "truncation": False,
+                "output_dimension": 512,
+                "encoding_format": "base64",
+                "input_type": "document",
+            },
+        ),
+    ],
+)
+def test_embedding_requests(adapter: Any, req: EmbeddingRequest, options: Any, url: str, body: dict[str, Any]) -> None:
+    call = adapter.embeddings_call(embed_dep(adapter.name, options=options), req, {})
+    assert call.url == url
+    assert call.headers["Authorization"] == f"Bearer {KEY}"
+    assert json.loads(call.body) == body
+
+
+@pytest.mark.parametrize("adapter", [JINA, VOYAGE])
+@pytest.mark.parametrize("value", [[1, 2, 3], [[1, 2]], []])
+def test_token_id_input_is_a_400(adapter: Any, value: Any) -> None:
+    with pytest.raises(GatewayError) as caught:
+        adapter.embeddings_call(embed_dep(adapter.name), EmbeddingRequest(model="e", input=value), {})
+    assert caught.value.param == "input"
+
+
+def test_input_type_must_be_voyages() -> None:
+    with pytest.raises(Exception, match="input_type"):
+        embed_dep("voyage", options={"input_type": "passage"})
+
+
+@pytest.mark.parametrize(
+    ("adapter", "answer", "prompt"),
+    [
+        (
+            JINA,
+            {
+                "model": "jina-embeddings-v3",
+                "object": "list",
+                "usage": {"total_tokens": 8, "prompt_tokens": 8},
+                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, -0.2]}],
+            },
+            8,
+        ),
+        (
+            VOYAGE,
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "embedding": [0.5, 0.25], "index": 0}],
+                "model": "voyage-3.5",
+                "usage": {"total_tokens": 5},
+            },
+            5,
+        ),
+        (VOYAGE, {"data": [{"embedding": "AAAAPw=="}]}, 0),
+    ],
+)
+def test_embedding_answers_in_openai_shape(adapter: Any, answer: dict[str, Any], prompt: int) -> None:
+    done = adapter.parse_embeddings(
+        embed_dep(adapter.name), EmbeddingRequest(model="e", input="x"), json.dumps(answer).encode()
+    )
+    assert done.body == {
+        "object": "list",
+        "data": [{"object": "embedding", "index": 0, "embedding": answer["data"][0]["embedding"]}],
+        "model": "emb-v3",
+        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
+    }
+    assert done.usage == Usage(prompt=prompt)
+
+
+@pytest.mark.parametrize("answer", [{"embeddings": []}, {"data": [{"index": 0}]}, {"data": [{"embedding": 3}]}])
+def test_malformed_embedding_answers_are_server_errors(answer: dict[str, Any]) -> None:
+    with pytest.raises(ProviderError) as caught:
+        VOYAGE.parse_embeddings(
+            embed_dep("voyage"), EmbeddingRequest(model="e", input="x"), json.dumps(answer).encode()
+        )
+    assert caught.value.kind is ErrorKind.SERVER

@@ -128,6 +128,15 @@ def test_response_object_call_keeps_the_tail_before_the_query() -> None:
     assert v1.headers["api-key"] == "sk-azure-key-123"
 
 
+def test_responses_pass_through_call_on_v1() -> None:
+    d = dep(options={"api_version": "v1", "responses_api": True})
+    body = {"model": "smart", "input": "hi"}
+    call = AzureAdapter().native_call(d, "openai-responses", body, False, {}, raw=b'{"model": "smart", "input": "hi"}')
+    assert call.url == f"{BASE}/openai/v1/responses"
+    assert call.headers["api-key"] == "sk-azure-key-123"
+    assert call.body == b'{"model": "prod-gpt4o", "input": "hi"}'
+
+
 @pytest.mark.parametrize(
     ("options", "where"),
     [

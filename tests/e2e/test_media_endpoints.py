@@ -23,6 +23,7 @@ from modelyard.server.app import Gateway
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
+from modelyard.testing.loopback import LoopbackGuard
 
 MASTER = "sk-master-media-0123456789"
 
@@ -218,3 +219,15 @@ def test_a_chat_model_cannot_serve_an_endpoint(served: Served) -> None:
     with pytest.raises(openai.APIStatusError) as caught:
         client(served).images.generate(model="chat", prompt="a square")
     assert caught.value.status_code in (400, 404)
+
+
+def test_every_connection_stays_on_loopback(served: Served) -> None:
+    """The SDK, the gateway (in this process) and its upstream calls connect to loopback only."""
+    with LoopbackGuard() as guard:
+        sdk = client(served)
+        sdk.audio.transcriptions.create(model="whisper", file=("a.wav", wav_bytes(0.5), "audio/wav"))
+        sdk.images.generate(model="image", prompt="loopback")
+        with sdk.audio.speech.with_streaming_response.create(model="tts", voice="v", input="hi") as response:
+            assert len(response.read()) > 44
+    assert guard.seen, "the guard saw no connection at all"
+    assert guard.outside() == []

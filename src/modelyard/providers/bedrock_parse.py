@@ -102,6 +102,7 @@ def parse_converse(body: bytes, model: str, json_tool: str | None) -> Completion
         raise ProviderError(ErrorKind.SERVER, "malformed Converse response: no output.message")
     reason = data.get("stopReason")
     text: list[str] = []
+    answer: str | None = None  # the forced JSON tool's input: the whole content (any preamble dropped)
     reasoning: list[str] = []
     calls: list[dict[str, Any]] = []
     for block in message.get("content") or ():
@@ -112,13 +113,15 @@ def parse_converse(body: bytes, model: str, json_tool: str | None) -> Completion
         elif isinstance(block.get("toolUse"), dict):
             use = block["toolUse"]
             if json_tool is not None and use.get("name") == json_tool:
-                text.append(_encode(use.get("input") or {}).decode())
+                answer = _encode(use.get("input") or {}).decode()
             else:
                 calls.append(tool_call(use))
         elif isinstance(block.get("reasoningContent"), dict):
             thought = (block["reasoningContent"].get("reasoningText") or {}).get("text")
             if isinstance(thought, str):
                 reasoning.append(thought)
+    if answer is not None:
+        text = [answer]
     if reason in UNUSABLE and not text and not calls:
         raise ProviderError(ErrorKind.SERVER, f"Bedrock produced no usable output ({reason})")
     finish = finish_reason(reason) or "stop"

@@ -176,7 +176,8 @@ class BedrockStreamTranslator:
         delta = data.get("delta") or {}
         text = delta.get("text")
         if isinstance(text, str):
-            return [self._chunk({"content": text})] if text else []
+            # With the JSON tool forced, text is preamble around the answer: only the tool's input is content.
+            return [self._chunk({"content": text})] if text and self._json_tool is None else []
         use = delta.get("toolUse")
         if isinstance(use, dict):
             fragment = str(use.get("input") or "")

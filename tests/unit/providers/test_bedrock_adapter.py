@@ -464,7 +464,10 @@ def test_tool_calls_only_have_null_content() -> None:
 
 
 def test_forced_json_tool_answer_is_content() -> None:
-    content = [{"toolUse": {"toolUseId": "t", "name": JSON_TOOL, "input": {"label": "yes"}}}]
+    content = [
+        {"text": "Here is the JSON:"},
+        {"toolUse": {"toolUseId": "t", "name": JSON_TOOL, "input": {"label": "yes"}}},
+    ]
     body = parse(answer(content, "tool_use"), response_format={"type": "json_object"})
     assert body["choices"][0]["finish_reason"] == "stop"
     assert json.loads(body["choices"][0]["message"]["content"]) == {"label": "yes"}

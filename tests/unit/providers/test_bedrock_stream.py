@@ -175,9 +175,10 @@ def test_tool_use_stream() -> None:
 def test_forced_json_tool_streams_as_content() -> None:
     stream = [
         ("messageStart", {"role": "assistant"}),
-        ("contentBlockStart", {"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t", "name": JSON_TOOL}}}),
-        ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": '{"label"'}}}),
-        ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"toolUse": {"input": ': "yes"}'}}}),
+        ("contentBlockDelta", {"contentBlockIndex": 0, "delta": {"text": "Sure:"}}),
+        ("contentBlockStart", {"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t", "name": JSON_TOOL}}}),
+        ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": '{"label"'}}}),
+        ("contentBlockDelta", {"contentBlockIndex": 1, "delta": {"toolUse": {"input": ': "yes"}'}}}),
         ("messageStop", {"stopReason": "tool_use"}),
         ("metadata", {"usage": {"inputTokens": 5, "outputTokens": 9, "totalTokens": 14}, "metrics": {"latencyMs": 1}}),
     ]

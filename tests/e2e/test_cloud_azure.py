@@ -201,9 +201,9 @@ def test_responses_api_on_v1(client: openai.OpenAI, sim: SimServer) -> None:
     response = client.responses.create(model="azure-responses", input="hello")
     assert response.output_text
     assert response.usage is not None and response.usage.output_tokens > 0
-    # Passed through once the Responses codec asks the adapter rather than `provider == "openai"` (requested:
-    # server/codecs/responses.py `_speaks`); translated to chat completions until then.
-    assert upstream_paths(sim)[-1] in ("/openai/v1/responses", "/openai/v1/chat/completions")
+    # The Responses codec asks the adapter whether it speaks the Responses wire: Azure's inherits OpenAI's, so
+    # the client's body passes through to Azure's v1 Responses route.
+    assert upstream_paths(sim)[-1] == "/openai/v1/responses"
 
 
 # ----------------------------------------------------------------------------- content filter

@@ -73,6 +73,7 @@ class Plan:
                 "max_tokens": features.max_output_tokens,
                 "tools": features.needs_tools,
                 "images": features.needs_vision,
+                "audio": features.needs_audio,
                 "json": features.needs_json,
                 "task": features.task,
             },

@@ -332,6 +332,7 @@ class SimApp:
             ask = wire.parse_embed(body, path_model, batch)
         except BadRequest as exc:
             return await self._reject(send, wire, "bad_request", detail=str(exc))
+        self.received.record(ask.model, scope["path"], scope["headers"], body)
         model = self.models.get(ask.model)
         if model is None:
             return await self._reject(send, wire, "not_found", model=ask.model)
@@ -377,7 +378,7 @@ class SimApp:
         wait = self.rate_limits.admit(model.name, model.rate_limit, now, tokens)
         if wait > 0.0:  # refused before the model sees it: no RNG draw, so admitted requests replay alike
             stats.requests += 1
-            stats.by_wire[wire.name] += 1
+            stats.by_wire[wire.name] = stats.by_wire.get(wire.name, 0) + 1  # clouds and rerankers too
             stats.rate_limited += 1
             seconds = max(1, math.ceil(wait))
             await self._reject(
@@ -406,7 +407,7 @@ class SimApp:
         else:
             fault = None if forced == "none" else Fault(forced)
         stats.requests += 1
-        stats.by_wire[wire.name] += 1
+        stats.by_wire[wire.name] = stats.by_wire.get(wire.name, 0) + 1  # clouds and rerankers too
         if fault is not None:
             stats.faults[fault.value] += 1
         kind = _STATUS_FAULTS.get(fault) if fault is not None else None

@@ -80,8 +80,9 @@ class HalfACounter(AcmeAdapter):
 
 
 # The Anthropic adapter has native pass-through and token counting (tests/unit/providers/test_anthropic_native.py),
-# the OpenAI adapter native pass-through of Responses bodies (tests/unit/server/test_responses_passthrough.py).
-@pytest.mark.parametrize("provider", ["gemini", "tests.plugins.acme_adapter:AcmeAdapter"])
+# the OpenAI adapter native pass-through of Responses bodies (tests/unit/server/test_responses_passthrough.py), the
+# Gemini adapter the audio endpoints (below).
+@pytest.mark.parametrize("provider", ["tests.plugins.acme_adapter:AcmeAdapter"])
 def test_an_adapter_with_no_capability_discovers_none(provider: str) -> None:
     assert discover(load_adapter(provider)) == Capabilities()
     assert discover(load_adapter(provider)).names == ()
@@ -105,3 +106,17 @@ def test_every_capability_is_discoverable() -> None:
 
 def test_half_a_capability_is_no_capability() -> None:
     assert discover(HalfACounter()).names == ()
+
+
+@pytest.mark.parametrize(
+    ("provider", "names"),
+    [
+        ("gemini", ("endpoints",)),
+        ("bedrock", ("framing", "credentials")),
+        ("vertex", ("credentials",)),
+        ("vertex_anthropic", ("native", "count_tokens", "credentials")),
+        ("cohere", ("endpoints",)),
+    ],
+)
+def test_the_built_in_adapters_capabilities(provider: str, names: tuple[str, ...]) -> None:
+    assert set(discover(load_adapter(provider)).names) >= set(names)

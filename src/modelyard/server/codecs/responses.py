@@ -167,7 +167,7 @@ class Responses:
             if cached is not None and cached[0] is table:
                 return cached[1]
         reach = request_reach(table, target, overrides)
-        openai = [n for n in reach if n in table.deployments and table.deployments[n].provider == "openai"]
+        openai = [n for n in reach if n in table.deployments and _responses_wire(ctx, n)]
         passes = bool(openai) and all(_speaks(ctx, name, hosted) for name in openai)
         if overrides is None and (target in table.groups or target in table.deployments):
             self._passes[(target, hosted)] = (table, passes)
@@ -231,10 +231,18 @@ class Responses:
         return body  # OpenAI's shape already
 
 
+def _responses_wire(ctx: RequestContext, deployment: str) -> bool:
+    """Whether `deployment`'s adapter can forward Responses bodies at all (OpenAI's, and adapters built on it
+    such as Azure's): its native formats include the Responses wire."""
+    dep = ctx.gateway.router.table.deployments.get(deployment)
+    adapter = ctx.gateway.router.adapters.get(dep.provider) if dep is not None else None
+    return RESPONSES_FORMAT in getattr(adapter, "native_formats", ())
+
+
 def _speaks(ctx: RequestContext, deployment: str, hosted: bool) -> bool:
     """Whether `deployment` takes Responses bodies as sent (and their hosted tools, when there are some)."""
     dep = ctx.gateway.router.table.deployments.get(deployment)
-    options = dep.options if dep is not None and dep.provider == "openai" else None
+    options = dep.options if dep is not None and _responses_wire(ctx, deployment) else None
     if not getattr(options, "responses_api", False):
         return False
     return not hosted or bool(getattr(options, "hosted_tools", False))

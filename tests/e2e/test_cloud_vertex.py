@@ -53,6 +53,7 @@ def sim() -> Iterator[SimServer]:
         SimModel(name="sim-claude", output_tokens=12, reasoning_tokens=16),
         SimModel(name="sim-gemini", output_tokens=12),
         SimModel(name="sim-short", output_tokens=4),
+        SimModel(name="sim-embed", kind="embedding", dimensions=16),
         *(SimModel(name=name, output_tokens=4) for name in FAULTS),
     ]
     with SimServer(Fleet(seed=7, models=models), instant=True) as server:
@@ -96,6 +97,9 @@ def gateway(sim: SimServer, keys: dict[str, dict[str, Any]]) -> Iterator[Backgro
         _dep("e429@vertex", "vertex_anthropic", "sim-429", sim, main),
         _dep("e500@vertex", "vertex_anthropic", "sim-500", sim, main),
         _dep("e503@vertex", "vertex", "sim-503", sim, main),
+        _dep("embed@vertex", "vertex", "sim-embed", sim, main, "{input: 0.02, output: 0}").replace(
+            "provider: vertex,", "provider: vertex, kind: embedding,"
+        ),
         "models:",
         "  claude: {candidates: [claude@vertex]}",
         "  gemini: {candidates: [gemini@vertex]}",
@@ -105,6 +109,7 @@ def gateway(sim: SimServer, keys: dict[str, dict[str, Any]]) -> Iterator[Backgro
         "  e429: {candidates: [e429@vertex]}",
         "  e500: {candidates: [e500@vertex]}",
         "  e503: {candidates: [e503@vertex]}",
+        "  embed: {candidates: [embed@vertex]}",
     ]
     config = parse_config("\n".join(lines) + "\n", source="vertex.yaml")
     with BackgroundServer(create_app(config)) as server:
@@ -284,6 +289,14 @@ def test_gemini_reasoning_and_tools_through_vertex(oai: openai.OpenAI, sim: SimS
         entry["path"]
         == "/v1/projects/sim-project/locations/us-east5/publishers/google/models/sim-gemini:generateContent"
     )
+
+
+def test_embeddings_through_vertex_predict(oai: openai.OpenAI, sim: SimServer) -> None:
+    raw = oai.embeddings.with_raw_response.create(model="embed", input=["alpha", "beta gamma"], dimensions=8)
+    answer = raw.parse()
+    assert [len(item.embedding) for item in answer.data] == [8, 8]
+    assert answer.usage.prompt_tokens == 5  # the provider's own token counts (2 + 3)
+    assert float(raw.headers["x-modelyard-cost-usd"]) == pytest.approx(5 * 0.02 / 1e6, rel=1e-6)
 
 
 @pytest.mark.parametrize(

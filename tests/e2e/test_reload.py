@@ -183,3 +183,48 @@ def test_streams_in_flight_finish_on_the_config_they_started_with(
         sim.set_model("sim-small", tokens_per_second=250, output_tokens={"min": 20, "max": 80})
     assert all(model == "a" and text.rstrip().endswith("data: [DONE]") for model, text in finished)
     assert all(model == "b" and text.rstrip().endswith("data: [DONE]") for model, text in later)
+
+
+def test_a_cloud_provider_and_a_rerank_deployment_join_a_running_gateway_by_config_alone(
+    served: tuple[BackgroundServer, Path], sim: SimServer
+) -> None:
+    """Issue 17: adding Bedrock (SigV4-signed, event-stream framed) and a Cohere reranker to a running config is a
+    config change: one reload, no restart, no code."""
+    from modelyard.sim.cloud_bedrock import ACCESS_KEY, SECRET_KEY
+
+    server, path = served
+    assert ask(server.url, model="claude").status_code == 404
+    extra_deployments = (
+        f'  - {{name: claude@bedrock, provider: bedrock, model: "us.anthropic.sim-small-v1:0", api_base: "{sim.url}",\n'
+        f"     options: {{region: us-east-1, aws_access_key_id: {ACCESS_KEY}, aws_secret_access_key: {SECRET_KEY}}},\n"
+        "     price: {input: 3, output: 15}}\n"
+        f'  - {{name: ranker@cohere, provider: cohere, kind: rerank, model: sim-rerank, api_base: "{sim.url}",\n'
+        "     price: {search_unit: 2.0}}\n"
+    )
+    text = config_text(sim.url).replace("models:\n", extra_deployments + "models:\n", 1)
+    text = text.replace(
+        "  chat: {candidates: [a]}\n",
+        "  chat: {candidates: [a]}\n  claude: {candidates: [claude@bedrock]}\n"
+        "  ranker: {candidates: [ranker@cohere]}\n",
+        1,
+    )
+    path.write_text(text)
+    answer = reload(server.url)
+    assert answer.status_code == 200, answer.text
+    streamed = httpx.post(
+        f"{server.url}/v1/chat/completions",
+        json={"model": "claude", "stream": True, "messages": [{"role": "user", "content": "Repeat: cloud joined"}]},
+        headers={"Authorization": f"Bearer {MASTER}"},
+        timeout=30,
+    )
+    assert streamed.status_code == 200 and streamed.headers["x-modelyard-model"] == "claude@bedrock"
+    assert "cloud" in streamed.text and streamed.text.rstrip().endswith("data: [DONE]")
+    ranked = httpx.post(
+        f"{server.url}/v2/rerank",
+        json={"model": "ranker", "query": "cloud", "documents": ["a cloud joined", "nothing here"], "top_n": 1},
+        headers={"Authorization": f"Bearer {MASTER}"},
+        timeout=30,
+    )
+    assert ranked.status_code == 200, ranked.text
+    assert ranked.json()["results"][0]["index"] == 0
+    assert float(ranked.headers["x-modelyard-cost-usd"]) == pytest.approx(2.0 / 1000)

@@ -19,6 +19,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from modelyard.schema.errors import ModelyardError
+
 #: The OAuth scope Vertex AI accepts.
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 #: Refresh when less than this many seconds of a token's life remain (Google's tokens live an hour).
@@ -35,7 +37,7 @@ class GoogleCredentials(Protocol):
     def refresh(self, request: Any) -> None: ...
 
 
-class CredentialsUnavailable(RuntimeError):
+class CredentialsUnavailable(ModelyardError, RuntimeError):
     """google-auth is missing, or the refresh produced no token (the attempt fails as an AUTH error)."""
 
 

@@ -112,6 +112,9 @@ class SimApp:
         self._release = asyncio.Event()
         self._created = int(time.time())
         self.prompt_cache = PromptCache()
+        #: What a cloud module keeps between requests (issued tokens, service accounts), by module: each
+        #: simulator has its own.
+        self.cloud_state: dict[str, Any] = {}
         #: Acceptance suites whose cases the models answer right or wrong by their accuracy (answer_keys.py).
         self.answer_keys = AnswerKeys()
         for path in fleet.answer_keys:
@@ -322,10 +325,19 @@ class SimApp:
     # ------------------------------------------------------------------ embeddings
 
     async def _embed(
-        self, wire: Wire, scope: Scope, receive: Receive, send: Send, path_model: str | None, batch: bool
+        self,
+        wire: Wire,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        path_model: str | None,
+        batch: bool,
+        *,
+        checked: bool = False,
     ) -> None:
+        """An embeddings call on `wire`; `checked` as for `_chat` (the caller verified the credential)."""
         headers = _read_headers(scope)
-        if not self._authorised(headers, scope):
+        if not checked and not self._authorised(headers, scope):
             return await self._reject(send, wire, "auth")
         body = await asgi.read_body(receive)
         try:

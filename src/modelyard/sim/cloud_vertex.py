@@ -112,10 +112,9 @@ class VertexState:
 
 def state_of(app: SimApp) -> VertexState:
     """This app's Vertex state, made on first use (kept on the app: every simulator has its own)."""
-    state = getattr(app, "vertex_state", None)
+    state = app.cloud_state.get("vertex")
     if not isinstance(state, VertexState):
-        state = VertexState()
-        setattr(app, "vertex_state", state)  # noqa: B010 - an attribute SimApp does not declare
+        state = app.cloud_state["vertex"] = VertexState()
     return state
 
 
@@ -153,7 +152,7 @@ async def handle(app: SimApp, scope: Scope, receive: Receive, send: Send) -> Non
             sse = (parse_qs(scope.get("query_string", b"").decode()).get("alt") or [""])[0] == "sse"
             return await app._chat(gemini, scope, receive, send, model, _GOOGLE_CHAT[verb], sse, checked=True)
         if verb == "predict":
-            return await app._embed(VertexEmbedWire(), scope, receive, send, model, True)
+            return await app._embed(VertexEmbedWire(), scope, receive, send, model, True, checked=True)
     elif verb in _ANTHROPIC_CHAT:
         if model == "count-tokens":
             return await _count_tokens(app, scope, receive, send)

@@ -509,7 +509,10 @@ class Executor:
             if limited and not recorded:
                 self.limits.take(dep.name, dep.limits, started, estimate)
                 recorded = True
-            call = await self._call(dep, adapter, request, passthrough)
+            call = self._call(dep, adapter, request, passthrough)
+            credentials = self._credentials.get(dep.provider)
+            if credentials is not None:  # awaited only for adapters that have it: no coroutine per attempt else
+                call = await _authorized(credentials, dep, call)
             timeouts = self._timeouts(dep, request)
             if request.stream:
                 opened = await self._open(dep, adapter, call, timeouts, request, record, started, passthrough)
@@ -553,11 +556,11 @@ class Executor:
         _vet(request.vet, completion, dep, record)
         return completion
 
-    async def _call(
+    def _call(
         self, dep: Deployment, adapter: Adapter, request: _Request, passthrough: NativePassthrough | None
     ) -> HttpCall:
-        """The attempt's HTTP request, with its credential: a request this wire cannot express is an
-        untranslatable BAD_REQUEST (nothing was sent: the walk fails over)."""
+        """The attempt's HTTP request: a request this wire cannot express is an untranslatable BAD_REQUEST
+        (nothing was sent: the walk fails over)."""
         req = request.req
         native = request.native
         try:
@@ -574,9 +577,6 @@ class Executor:
                 call = adapter.chat_call(dep, req, request.raw, request.stream)
         except GatewayError as exc:
             raise ProviderError(ErrorKind.BAD_REQUEST, exc.message, untranslatable=True) from None
-        credentials = self._credentials.get(dep.provider)
-        if credentials is not None:
-            call = await _authorized(credentials, dep, call)
         return call
 
     def _parse(

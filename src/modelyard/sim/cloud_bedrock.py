@@ -68,9 +68,6 @@ async def handle(app: SimApp, scope: Scope, receive: Receive, send: Send) -> Non
         return await _error(send, 403, name, message)
     model = resolve_model(unquote(match["model"]), app.models)
     wire = BedrockWire()
-    if model in app.models:
-        # sim/stats.py counts by a fixed tuple of wire names that lacks this one (a request is filed to add it).
-        app.stats.model(model).by_wire.setdefault(wire.name, 0)
     stream = match["op"] == "converse-stream"
     await app._chat(wire, scope, _replay(body, receive), _typed_errors(send), model, stream, checked=True)
 

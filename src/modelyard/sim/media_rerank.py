@@ -207,7 +207,6 @@ async def handle(app: SimApp, scope: Scope, receive: Receive, send: Send) -> Non
         return await _reject(app, send, wire, "bad_request", detail=f"`{model.name}` is not a rerank model")
     query_tokens = max(1, count_tokens(ask.query))
     tokens = query_tokens * len(ask.documents) + sum(max(1, count_tokens(d)) for d in ask.documents)
-    app.stats.model(model.name).by_wire.setdefault(wire.name, 0)  # the stats know the chat wires only
     # The admission step reads only a wire's `name`, `messages` and `error` (the chat Wire protocol has more).
     call = await app._admit(wire, model, headers, raw, receive, send, tokens)  # type: ignore[arg-type]
     if call is None:

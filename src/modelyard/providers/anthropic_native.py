@@ -12,7 +12,7 @@ from typing import Any
 import msgspec
 
 from modelyard.providers.anthropic_parse import decode_object, error_from_event, usage_from
-from modelyard.providers.base import Completion, SSEEvent, with_model
+from modelyard.providers.base import Completion, SSEEvent, decode_event, with_model
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
@@ -81,16 +81,7 @@ class NativeAnthropicStream:
             return [msgspec.Raw(b"event: content_block_delta\ndata: " + data + b"\n\n")]
         if not data.strip():
             return [msgspec.Raw(_frame(name, data))]
-        try:
-            payload = _decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self.answered
-            ) from None
-        if not isinstance(payload, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self.answered
-            )
+        payload = decode_event(data, after_first_byte=self.answered)
         kind = payload.get("type") or name
         if kind == "error":
             raise error_from_event(payload, after_first_byte=self.answered)

@@ -13,7 +13,7 @@ from typing import Any
 import msgspec
 
 from modelyard.providers.anthropic_parse import error_from_event, finish_reason, usage_from
-from modelyard.providers.base import SSEEvent, StreamStamp, new_id
+from modelyard.providers.base import SSEEvent, StreamStamp, decode_event, new_id
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ErrorKind, ProviderError
 
@@ -41,16 +41,7 @@ class AnthropicStreamTranslator:
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if not event.data.strip():
             return []
-        try:
-            data = _decode(event.data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
-            ) from None
-        if not isinstance(data, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
-            )
+        data = decode_event(event.data, after_first_byte=self._emitted)
         kind = data.get("type") or event.event
         if kind == "content_block_delta":  # the hot path first
             return self._on_delta(data)

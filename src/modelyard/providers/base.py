@@ -43,6 +43,7 @@ __all__ = [
     "StreamStamp",
     "StreamTranslator",
     "TokenCounter",
+    "decode_event",
     "decode_object",
     "discover",
     "kind_from_status",
@@ -311,6 +312,22 @@ def decode_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
     return data
+
+
+def decode_event(data: bytes, *, after_first_byte: bool = False) -> dict[str, Any]:
+    """One stream event's JSON object; anything else is a malformed stream (a server-side failure: before the
+    first byte reached the client it fails over, after it the stream ends with an error event)."""
+    try:
+        payload = _decode_json(data)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        raise ProviderError(
+            ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=after_first_byte
+        ) from None
+    if not isinstance(payload, dict):
+        raise ProviderError(
+            ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=after_first_byte
+        )
+    return payload
 
 
 def with_model(raw: bytes, body: Mapping[str, Any], model: str) -> bytes | None:

@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
 
-from modelyard.providers.base import SSEEvent, StreamStamp, new_id
+from modelyard.providers.base import SSEEvent, StreamStamp, decode_event, new_id
 from modelyard.providers.bedrock_parse import UNUSABLE, error_from_exception, finish_reason, usage_from
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -105,16 +105,7 @@ class BedrockStreamTranslator:
     def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
         if not event.data.strip():
             return []
-        try:
-            data = _decode(event.data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
-            ) from None
-        if not isinstance(data, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
-            )
+        data = decode_event(event.data, after_first_byte=self._emitted)
         kind = event.event
         if kind == "contentBlockDelta":  # the hot path first
             return self._on_delta(data)

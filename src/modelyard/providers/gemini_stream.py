@@ -11,7 +11,7 @@ from typing import Any
 
 import msgspec
 
-from modelyard.providers.base import SSEEvent, StreamStamp
+from modelyard.providers.base import SSEEvent, StreamStamp, decode_event
 from modelyard.providers.gemini_parse import (
     UNUSABLE,
     candidate_index,
@@ -53,16 +53,7 @@ class GeminiStreamTranslator:
         data = event.data.strip()
         if not data:
             return []
-        try:
-            obj = _decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self._emitted
-            ) from None
-        if not isinstance(obj, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self._emitted
-            )
+        obj = decode_event(data, after_first_byte=self._emitted)
         if isinstance(obj.get("error"), dict):
             raise error_from_object(obj["error"], 0, after_first_byte=self._emitted)
         if obj.get("usageMetadata"):

@@ -22,6 +22,7 @@ from modelyard.providers.base import (
     HttpCall,
     SSEEvent,
     StreamStamp,
+    decode_event,
     decode_object,
     kind_from_status,
     mentions_context_length,
@@ -366,12 +367,7 @@ class OpenAIStreamTranslator:
             return [msgspec.Raw(data)]
         if not data.strip():
             return []
-        try:
-            chunk = _decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not JSON)") from None
-        if not isinstance(chunk, dict):
-            raise ProviderError(ErrorKind.SERVER, "malformed stream event (not an object)")
+        chunk = decode_event(data)
         if "error" in chunk or event.event == "error":
             inner = chunk.get("error")
             err: dict[str, Any] = inner if isinstance(inner, dict) else chunk
@@ -514,16 +510,7 @@ class NativeResponsesStream:
             return [msgspec.Raw(frame)]
         if not data.strip() or data == b"[DONE]":
             return [msgspec.Raw(frame)]
-        try:
-            payload = _decode(data)
-        except (msgspec.DecodeError, UnicodeDecodeError):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not JSON)", after_first_byte=self.answered
-            ) from None
-        if not isinstance(payload, dict):
-            raise ProviderError(
-                ErrorKind.SERVER, "malformed stream event (not an object)", after_first_byte=self.answered
-            )
+        payload = decode_event(data, after_first_byte=self.answered)
         kind = str(payload.get("type") or name or "")
         if kind == "error":
             inner = _obj(payload.get("error")) or payload

@@ -46,6 +46,7 @@ __all__ = [
     "decode_event",
     "decode_object",
     "discover",
+    "embeddings_answer",
     "kind_from_status",
     "mentions_context_length",
     "new_id",
@@ -312,6 +313,18 @@ def decode_object(body: bytes) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ProviderError(ErrorKind.SERVER, "malformed response body (not an object)")
     return data
+
+
+def embeddings_answer(items: list[dict[str, Any]], model: str, prompt_tokens: int) -> Completion:
+    """Embedding vectors as OpenAI's list object (what every embeddings adapter answers with), billed by the
+    prompt tokens."""
+    body = {
+        "object": "list",
+        "data": items,
+        "model": model,
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    }
+    return Completion(body, Usage(prompt=prompt_tokens), model)
 
 
 def decode_event(data: bytes, *, after_first_byte: bool = False) -> dict[str, Any]:

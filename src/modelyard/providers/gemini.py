@@ -38,7 +38,7 @@ import msgspec
 
 from modelyard.config.model import Deployment
 from modelyard.config.providers import ProviderOptions
-from modelyard.providers.base import Completion, HttpCall, StreamStamp
+from modelyard.providers.base import Completion, HttpCall, StreamStamp, embeddings_answer
 from modelyard.providers.data_url import parse_data_url
 from modelyard.providers.gemini_audio import GeminiAudioEndpoints
 from modelyard.providers.gemini_parse import (
@@ -72,7 +72,6 @@ from modelyard.schema.chat import (
     ToolChoiceAllowed,
     ToolChoiceFunction,
     ToolMessage,
-    Usage,
     UserMessage,
     text_of,
 )
@@ -202,13 +201,7 @@ class GeminiAdapter(GeminiAudioEndpoints):
             items.append({"object": "embedding", "index": index, "embedding": embedding})
         reported = (data.get("usageMetadata") or {}).get("promptTokenCount")
         prompt = int(reported) if reported else sum(len(text) // 4 for text in _embedding_texts(req))
-        out = {
-            "object": "list",
-            "data": items,
-            "model": dep.model,
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        }
-        return Completion(out, Usage(prompt=prompt), dep.model)
+        return embeddings_answer(items, dep.model, prompt)
 
     def stream_translator(self, dep: Deployment, req: ChatRequest) -> GeminiStreamTranslator:
         return GeminiStreamTranslator(

@@ -34,6 +34,7 @@ from modelyard.providers.base import (
     HttpCall,
     StreamTranslator,
     decode_object,
+    embeddings_answer,
     kind_from_status,
     mentions_context_length,
     new_id,
@@ -225,13 +226,7 @@ def _parse_embeddings(dep: Deployment, body: bytes) -> Completion:
             {"object": "embedding", "index": index if isinstance(index, int) else position, "embedding": vector}
         )
     prompt = _total_tokens(data) or 0
-    out = {
-        "object": "list",
-        "data": items,
-        "model": dep.model,
-        "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-    }
-    return Completion(out, Usage(prompt=prompt), dep.model)
+    return embeddings_answer(items, dep.model, prompt)
 
 
 # ============================================================================ errors

@@ -30,10 +30,10 @@ from modelyard.providers.anthropic import AnthropicAdapter, AnthropicOptions, sp
 from modelyard.providers.anthropic_body import build_body
 from modelyard.providers.anthropic_native import check_format
 from modelyard.providers.anthropic_parse import error_from_response as anthropic_error
-from modelyard.providers.base import Completion, HttpCall
+from modelyard.providers.base import Completion, HttpCall, embeddings_answer
 from modelyard.providers.gemini import GeminiAdapter, GeminiOptions, build_request
 from modelyard.providers.vertex_auth import TokenSource, load_default, load_service_account
-from modelyard.schema.chat import ChatRequest, EmbeddingRequest, Usage
+from modelyard.schema.chat import ChatRequest, EmbeddingRequest
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
 #: The `anthropic_version` Claude on Vertex takes in the body (no `anthropic-version` header there).
@@ -206,13 +206,7 @@ class VertexGeminiAdapter(GeminiAdapter, VertexCredentials):
             prompt += int(stats.get("token_count") or 0) if isinstance(stats, dict) else 0
             embedding: Any = _float32_base64(values) if req.encoding_format == "base64" else values
             items.append({"object": "embedding", "index": index, "embedding": embedding})
-        out = {
-            "object": "list",
-            "data": items,
-            "model": dep.model,
-            "usage": {"prompt_tokens": prompt, "total_tokens": prompt},
-        }
-        return Completion(out, Usage(prompt=prompt), dep.model)
+        return embeddings_answer(items, dep.model, prompt)
 
     @staticmethod
     def _url(dep: Deployment, method: str) -> str:

@@ -16,6 +16,7 @@ import asyncio
 import binascii
 import io
 import json
+import socket
 import struct
 import threading
 import time
@@ -748,7 +749,8 @@ def process(hostile: HostileServer, tmp_path_factory: pytest.TempPathFactory) ->
         "models:\n  tts: {candidates: [huge-tts], retries: 0}\n"
         f"access: {{master_key: {MASTER}}}\n"
     )
-    with GatewayProcess(config, env={"AWS_EC2_METADATA_DISABLED": "true"}) as gateway:
+    env = {"AWS_EC2_METADATA_DISABLED": "true", "MODELYARD_BODY_TIMEOUT_S": "2"}
+    with GatewayProcess(config, env=env) as gateway:
         yield gateway
 
 
@@ -781,3 +783,36 @@ def test_a_half_gigabyte_speech_answer_does_not_balloon_the_gateway(process: Gat
         pass  # a gateway that cuts the answer off is fine: what matters is its memory
     growth = peak_rss(process.pid) - before
     assert growth < 128 * 1024 * 1024, f"peak RSS grew {growth / 2**20:.0f} MiB (client got {received} bytes)"
+
+
+def test_a_slowloris_upload_is_cut_off_at_the_body_timeout(process: GatewayProcess) -> None:
+    """A form announced at 1 MB, trickled a few bytes a second: the gateway stops waiting at its body bound."""
+    boundary = "slow-boundary"
+    head = (
+        "POST /v1/audio/transcriptions HTTP/1.1\r\nhost: 127.0.0.1\r\n"
+        f"authorization: Bearer {MASTER}\r\ncontent-type: multipart/form-data; boundary={boundary}\r\n"
+        "content-length: 1000000\r\n\r\n"
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\n'
+    ).encode()
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", process.port), timeout=15) as sock:
+        sock.sendall(head)
+        answer = b""
+        while time.monotonic() - started < 12:
+            try:
+                sock.sendall(b"\x00" * 4)
+            except OSError:
+                break  # the gateway closed the connection
+            sock.settimeout(1.0)
+            try:
+                got = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not got:
+                break
+            answer += got
+            if b"\r\n\r\n" in answer:
+                break
+    elapsed = time.monotonic() - started
+    assert elapsed < 8, f"the trickled upload was held {elapsed:.1f}s (body timeout 2 s)"
+    assert answer == b"" or answer.split(b" ")[1] in (b"408", b"400", b"413"), answer[:200]

@@ -383,11 +383,6 @@ def wav_claiming(data_bytes: int, rate: int = 1) -> bytes:
 # --------------------------------------------------------------------------- audio billing
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: server/audio_length.py trusts an MP3's Xing frame count: 26 minutes of MPEG frames are billed "
-    "as 0.026 s when the upstream reports no usage (response_format=text)",
-)
 def test_an_mp3_whose_xing_header_lies_is_billed_for_the_audio_it_carries(served: Served) -> None:
     frames = 60_000  # 60,000 x 1152 samples / 44.1 kHz ≈ 1,567 s of audio, 25 MB
     audio = mp3_with_lying_xing(frames)
@@ -408,11 +403,6 @@ def test_an_mp3_whose_xing_header_lies_is_billed_by_the_upstreams_report_in_json
     assert float(answer.headers["x-modelyard-cost-usd"]) == pytest.approx(1564 / 60 * 0.006, rel=0.01)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: server/audio_length.py bills what a WAV header claims even when the bytes cannot hold it: "
-    "a 52-byte upload claiming 2^31 seconds is billed about $214,748 (text format)",
-)
 def test_a_tiny_upload_claiming_years_of_audio_is_not_billed_as_years(served: Served) -> None:
     audio = wav_claiming(0xFFFFFFF0)
     body = {"model": "whisper", "response_format": "text"}
@@ -425,15 +415,19 @@ def test_a_tiny_upload_claiming_years_of_audio_is_not_billed_as_years(served: Se
 
 
 def test_a_budgeted_key_cannot_upload_a_header_claiming_years(served: Served) -> None:
-    """The reservation math takes a 2^31-second claim without overflow: the request is refused, not a 500."""
+    """A 2^31-second claim in 52 bytes is measured by what the bytes can hold (well under a second), so the
+    reservation is tiny and nothing overflows: the request is served and billed a fraction of a cent."""
     key = new_key(served, {"name": "whisper-budget", "models": ["whisper"], "budget_usd": 1.0})
     audio = wav_claiming(0xFFFFFFF0)
     answer = post(
-        served, "/v1/audio/transcriptions", key=key, data={"model": "whisper"}, files={"file": ("a.wav", audio)}
+        served,
+        "/v1/audio/transcriptions",
+        key=key,
+        data={"model": "whisper", "response_format": "text"},
+        files={"file": ("a.wav", audio)},
     )
-    error = assert_openai_error(answer)
-    assert answer.status_code in (400, 402, 429), answer.text
-    assert "budget" in error["message"].lower() or error.get("param") == "file"
+    assert answer.status_code == 200, answer.text
+    assert float(answer.headers["x-modelyard-cost-usd"]) < 0.01
     # and an honest second still goes through on the same key
     ok = post(served, "/v1/audio/transcriptions", key=key, data={"model": "whisper"}, files={"file": ("a.wav", wav())})
     assert ok.status_code == 200, ok.text

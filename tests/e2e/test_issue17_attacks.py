@@ -651,11 +651,6 @@ def test_a_401_storm_does_not_refresh_tokens_in_a_loop(served: Served, hostile: 
     assert 1 <= tokens <= calls + 1, (tokens, calls)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="HOLE: routing/executor.py `_call` awaits CredentialRefresh.authorize with no timeout: a token endpoint "
-    "that hangs holds the attempt for google-auth's 120 s default, past the deployment's total of 4 s",
-)
 def test_a_hanging_token_endpoint_times_out_within_the_deployments_bound(served: Served) -> None:
     started = time.monotonic()
     try:

@@ -4,6 +4,7 @@ executor's tests; nothing in src/ knows it."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
@@ -39,8 +40,12 @@ class CapableAdapter(OpenAIAdapter):
     decoders: ClassVar[list[NDJSONDecoder]] = []
     #: Deployment names whose credential chain fails (with a message naming a secret file).
     broken: ClassVar[set[str]] = set()
+    #: Deployment names whose token endpoint hangs.
+    hanging: ClassVar[set[str]] = set()
 
     async def authorize(self, dep: Deployment, call: HttpCall) -> HttpCall:
+        if dep.name in self.hanging:
+            await asyncio.sleep(3600)
         if dep.name in self.broken:
             raise RuntimeError("could not read /home/ops/.secrets/credentials for role admin")
         self.authorized.append(dep.name)
@@ -71,3 +76,4 @@ class CapableAdapter(OpenAIAdapter):
         cls.rejected.clear()
         cls.decoders.clear()
         cls.broken.clear()
+        cls.hanging.clear()

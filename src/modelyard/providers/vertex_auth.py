@@ -67,9 +67,28 @@ def _google(module: str) -> Any:
         raise CredentialsUnavailable("Vertex AI deployments need google-auth: pip install 'modelyard[gcp]'") from None
 
 
+#: The longest one call to the token endpoint may take (google-auth's own default is 120 s); the executor bounds
+#: the attempt that waits for it by the deployment's `timeouts.total` as well.
+TOKEN_TIMEOUT_S = 30.0
+
+
+class _BoundedRequest:
+    """google-auth's transport with every call's timeout capped, so a hung token endpoint frees its worker
+    thread (and the source's one refresh at a time) within `TOKEN_TIMEOUT_S`."""
+
+    def __init__(self, inner: Any, timeout_s: float) -> None:
+        self._inner = inner
+        self._timeout_s = timeout_s
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        asked = kwargs.get("timeout")
+        kwargs["timeout"] = self._timeout_s if not isinstance(asked, int | float) else min(asked, self._timeout_s)
+        return self._inner(*args, **kwargs)
+
+
 def _transport_request() -> Any:
     """google-auth's HTTP transport for the token endpoint (one per source, reused between refreshes)."""
-    return _google("google.auth.transport.requests").Request()
+    return _BoundedRequest(_google("google.auth.transport.requests").Request(), TOKEN_TIMEOUT_S)
 
 
 def _wall_clock() -> float:

@@ -109,12 +109,19 @@ class _Opened:
     native: str | None = None
 
 
-async def _authorized(credentials: CredentialRefresh, dep: Deployment, call: HttpCall) -> HttpCall:
-    """`call` with its credential (a refreshed token, a signature); failing to get one is this attempt's
-    AUTH error, so the walk fails over, and the message never carries the credential chain's own text
-    beyond its type (it may name files and roles)."""
+async def _authorized(credentials: CredentialRefresh, dep: Deployment, call: HttpCall, bound_s: float) -> HttpCall:
+    """`call` with its credential (a refreshed token, a signature), within the attempt's `total` bound (a token
+    endpoint that hangs must not hold the request past it); failing to get one in time is this attempt's AUTH
+    error, so the walk fails over, and the message never carries the credential chain's own text beyond its
+    type (it may name files and roles)."""
     try:
-        return await credentials.authorize(dep, call)
+        async with asyncio.timeout(bound_s):
+            return await credentials.authorize(dep, call)
+    except TimeoutError:
+        log.warning("credentials for %s took longer than %.1f s", dep.name, bound_s)
+        raise ProviderError(
+            ErrorKind.AUTH, f"no credentials for {dep.name} within {bound_s:g} s", untranslatable=True
+        ) from None
     except (ProviderError, asyncio.CancelledError):
         raise
     except Exception as exc:  # a credential chain's own error (botocore, google-auth, a token endpoint)
@@ -510,10 +517,10 @@ class Executor:
                 self.limits.take(dep.name, dep.limits, started, estimate)
                 recorded = True
             call = self._call(dep, adapter, request, passthrough)
+            timeouts = self._timeouts(dep, request)
             credentials = self._credentials.get(dep.provider)
             if credentials is not None:  # awaited only for adapters that have it: no coroutine per attempt else
-                call = await _authorized(credentials, dep, call)
-            timeouts = self._timeouts(dep, request)
+                call = await _authorized(credentials, dep, call, timeouts.total)
             if request.stream:
                 opened = await self._open(dep, adapter, call, timeouts, request, record, started, passthrough)
                 settled = True  # the slot now belongs to the stream (StreamResult._finish gives it back)

@@ -27,7 +27,8 @@ from tests.unit.routing.test_executor import FakeStream, ok_body
 CAPABLE = "tests.plugins.capable_adapter:CapableAdapter"
 CONFIG = f"""
 deployments:
-  - {{name: signed, provider: "{CAPABLE}", model: m-s, api_base: "http://signed/v1", price: {{input: 1, output: 2}}}}
+  - {{name: signed, provider: "{CAPABLE}", model: m-s, api_base: "http://signed/v1", price: {{input: 1, output: 2}},
+     timeouts: {{total: 0.2}}}}
   - {{name: plain, provider: openai, model: m-p, api_base: "http://plain/v1", price: {{input: 1, output: 2}}}}
   - {{name: rr, provider: "{CAPABLE}", kind: rerank, model: r, api_base: "http://rr/v1",
      price: {{search_unit: 2.0}}}}
@@ -127,6 +128,16 @@ async def test_a_failing_credential_chain_fails_over_without_its_own_words() -> 
     first = result.records[0]
     assert first.deployment == "signed" and first.outcome == "auth"
     assert "RuntimeError" in (first.error or "") and "/home/ops" not in (first.error or "")
+
+
+async def test_a_hanging_credential_is_bounded_by_the_attempts_total_and_fails_over() -> None:
+    CapableAdapter.hanging.add("signed")
+    transport = RecordingTransport()
+    started = asyncio.get_running_loop().time()
+    result = await make(transport).complete(*chat())
+    assert asyncio.get_running_loop().time() - started < 2.0  # the deployment's total is 0.2 s
+    assert result.deployment.name == "plain" and [host for host, _ in transport.calls] == ["plain"]
+    assert result.records[0].outcome == "auth" and "within 0.2 s" in (result.records[0].error or "")
 
 
 async def test_a_refused_credential_is_dropped_for_the_next_attempt() -> None:

@@ -16,6 +16,7 @@ RESTART_ONLY = (
     ("server", "host"),
     ("server", "port"),
     ("server", "http_client"),
+    ("server", "max_answer_bytes"),
     ("state", "redis_url"),
     ("state", "prefix"),
     ("state", "on_unavailable"),

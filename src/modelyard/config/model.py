@@ -352,6 +352,10 @@ class ServerSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     host: str = "127.0.0.1"
     port: int = 4000
     max_body_bytes: int = 10 * 1024 * 1024
+    #: The largest whole answer read from a provider (a speech file, a batch of base64 images; streams are not
+    #: bound by it): a provider sending more fails the attempt, so a hostile or broken upstream cannot fill the
+    #: gateway's memory. Error bodies are read up to 1 MiB.
+    max_answer_bytes: Annotated[int, Meta(ge=65_536, le=4 * 1024**3)] = 64 * 1024 * 1024
     #: The HTTP client for provider calls: `fast` (our HTTP/1.1 client), `aiohttp`, or `auto` (fast, but
     #: aiohttp when HTTP(S)_PROXY is set, since only aiohttp speaks to proxies).
     http_client: Literal["auto", "fast", "aiohttp"] = "auto"

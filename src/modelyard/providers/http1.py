@@ -37,6 +37,14 @@ class MalformedResponse(HttpError):
     pass
 
 
+class AnswerTooLarge(HttpError):
+    """A whole body passed the bound it was read with (the connection is closed: the rest is not read)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the answer is larger than {limit} bytes")
+        self.limit = limit
+
+
 @dataclass(frozen=True, slots=True)
 class Origin:
     scheme: str
@@ -73,8 +81,9 @@ class Response:
         self.status = status
         self.headers = headers
 
-    async def read(self) -> bytes:
-        return await self._conn.read_body()
+    async def read(self, limit: int | None = None) -> bytes:
+        """The whole body; AnswerTooLarge (the connection closed) as soon as it passes `limit` bytes."""
+        return await self._conn.read_body(limit)
 
     async def next_chunk(self) -> bytes:
         """The next piece of the body, b"" at its end; raises ConnectionBroken if it cannot complete."""
@@ -166,12 +175,17 @@ class Connection(asyncio.Protocol):
             self.close()  # cancelled or failed mid-request: this connection's state is unknown
             raise
 
-    async def read_body(self) -> bytes:
+    async def read_body(self, limit: int | None = None) -> bytes:
         parts: list[bytes] = []
+        size = 0
         while True:
             chunk = await self.next_chunk()
             if not chunk:
                 return b"".join(parts)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                self.close()
+                raise AnswerTooLarge(limit)
             parts.append(chunk)
 
     async def next_chunk(self) -> bytes:

@@ -22,7 +22,7 @@ import aiohttp
 
 from modelyard.config.model import Timeouts
 from modelyard.providers.base import Adapter, HttpCall, SSEEvent, StreamDecoder
-from modelyard.providers.http1 import Http1Client, HttpError
+from modelyard.providers.http1 import AnswerTooLarge, Http1Client, HttpError
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.errors import ErrorKind, ProviderError
 
@@ -51,15 +51,20 @@ class Transport(Protocol):
     async def close(self) -> None: ...
 
 
-def make_transport(kind: str = "auto", *, pool_size: int = 1000) -> Transport:
+#: The default bound of a whole answer (config `server.max_answer_bytes`), and of an error body.
+MAX_ANSWER_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BYTES = 1024 * 1024
+
+
+def make_transport(kind: str = "auto", *, pool_size: int = 1000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> Transport:
     """`fast` (default), `aiohttp`, or `auto` (aiohttp when a proxy is set in the environment)."""
     if kind == "auto":
         proxied = any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"))
         kind = "aiohttp" if proxied else "fast"
     if kind == "aiohttp":
-        return AiohttpTransport(pool_size=pool_size)
+        return AiohttpTransport(pool_size=pool_size, max_answer_bytes=max_answer_bytes)
     if kind == "fast":
-        return FastTransport(pool_size=pool_size)
+        return FastTransport(pool_size=pool_size, max_answer_bytes=max_answer_bytes)
     raise ValueError(f"unknown http client {kind!r} (fast, aiohttp or auto)")
 
 
@@ -72,6 +77,13 @@ def _timeout_error(exc: BaseException, what: str) -> ProviderError:
     return ProviderError(ErrorKind.TIMEOUT, f"{what} ({_what(exc)})")
 
 
+def _too_large(limit: int) -> ProviderError:
+    """An answer past the bound: the provider's failure (fail over), never a gateway out of memory."""
+    return ProviderError(
+        ErrorKind.SERVER, f"the provider's answer is larger than {limit} bytes (server.max_answer_bytes)"
+    )
+
+
 class _OpenedResponse(Protocol):
     """What both transports' responses offer once their headers are in."""
 
@@ -81,17 +93,20 @@ class _OpenedResponse(Protocol):
     @property
     def headers(self) -> Mapping[str, str]: ...
 
-    async def read(self) -> bytes: ...
-
     def release(self) -> Any: ...
 
 
-async def _raise_for_error_status(resp: _OpenedResponse, adapter: Adapter) -> None:
-    """A stream opened with an error status: read its short body, free the connection, raise the provider's error."""
+async def _raise_for_error_status(
+    resp: _OpenedResponse, adapter: Adapter, read: Callable[[int], Awaitable[bytes]]
+) -> None:
+    """A stream opened with an error status: read its short body (at most MAX_ERROR_BYTES), free the connection,
+    raise the provider's error."""
     if resp.status < 400:
         return
     try:
-        body = await resp.read()
+        body = await read(MAX_ERROR_BYTES)
+    except _CONNECTION_ERRORS:
+        body = b""  # an error body too large or cut: the status alone classifies it
     finally:
         resp.release()
     raise adapter.error(resp.status, resp.headers, body)
@@ -100,8 +115,9 @@ async def _raise_for_error_status(resp: _OpenedResponse, adapter: Adapter) -> No
 class FastTransport:
     """The default transport, on `Http1Client`."""
 
-    def __init__(self, *, pool_size: int = 1000) -> None:
+    def __init__(self, *, pool_size: int = 1000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._client = Http1Client(limit_per_origin=pool_size)
+        self._max_answer = max_answer_bytes
 
     async def close(self) -> None:
         self._client.close()
@@ -113,11 +129,13 @@ class FastTransport:
                     call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
                 )
                 try:
-                    body = await resp.read()
+                    body = await resp.read(self._max_answer if resp.status < 400 else MAX_ERROR_BYTES)
                 finally:
                     resp.release()
         except TimeoutError as exc:
             raise _timeout_error(exc, "no answer within the timeout") from None
+        except AnswerTooLarge as exc:
+            raise _too_large(exc.limit) from None
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
         if resp.status >= 400:
@@ -134,7 +152,7 @@ class FastTransport:
                 resp = await self._client.request(
                     call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
                 )
-                await _raise_for_error_status(resp, adapter)
+                await _raise_for_error_status(resp, adapter, resp.read)
         except ProviderError:
             raise
         except TimeoutError as exc:
@@ -149,7 +167,8 @@ class FastTransport:
 class AiohttpTransport:
     """aiohttp's ClientSession (honours HTTP(S)_PROXY)."""
 
-    def __init__(self, *, pool_size: int = 1000) -> None:
+    def __init__(self, *, pool_size: int = 1000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
+        self._max_answer = max_answer_bytes
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=pool_size, limit_per_host=pool_size, ttl_dns_cache=300),
             auto_decompress=True,
@@ -178,12 +197,14 @@ class AiohttpTransport:
                 headers=call.headers,
                 timeout=self._client_timeout(timeouts.connect, response_timeout(timeouts)),
             ) as resp:
-                body = await resp.read()
+                body = await _read_bounded(resp, self._max_answer if resp.status < 400 else MAX_ERROR_BYTES)
                 if resp.status >= 400:
                     raise adapter.error(resp.status, resp.headers, body)
                 return body, resp.headers
         except ProviderError:
             raise
+        except AnswerTooLarge as exc:
+            raise _too_large(exc.limit) from None
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise _timeout_error(exc, "no answer within the timeout") from None
         except _CONNECTION_ERRORS as exc:
@@ -203,7 +224,7 @@ class AiohttpTransport:
                     headers=call.headers,
                     timeout=self._client_timeout(timeouts.connect, None),
                 )
-                await _raise_for_error_status(resp, adapter)
+                await _raise_for_error_status(resp, adapter, lambda limit: _read_bounded(resp, limit))
         except ProviderError:
             raise
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
@@ -213,6 +234,19 @@ class AiohttpTransport:
         return EventStream(
             resp.content.readany, resp.close, resp.release, resp.headers, deadline, timeouts.first_token, decoder
         )
+
+
+async def _read_bounded(resp: aiohttp.ClientResponse, limit: int) -> bytes:
+    """aiohttp's body, read piece by piece up to `limit` bytes (AnswerTooLarge past it)."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in resp.content.iter_chunked(65_536):
+        size += len(piece)
+        if size > limit:
+            resp.close()
+            raise AnswerTooLarge(limit)
+        parts.append(piece)
+    return b"".join(parts)
 
 
 class EventStream:

@@ -163,7 +163,8 @@ class Router:
             )
             await self.shared_health.start()
         if self._transport is None:
-            self._transport = make_transport(self.config.server.http_client)
+            server = self.config.server
+            self._transport = make_transport(server.http_client, max_answer_bytes=server.max_answer_bytes)
             self._executor = self._make_executor(self._transport)
 
     def _make_executor(self, transport: Transport) -> Executor:

@@ -299,3 +299,40 @@ async def test_a_stream_left_mid_iteration_and_closed_never_cancels_its_task_lat
         break  # the answer is complete as far as the consumer is concerned
     stream.close()
     await asyncio.sleep(0.15)  # past the deadline: a live timer would cancel this task here
+
+
+@pytest.mark.parametrize("kind", ["fast", "aiohttp"])
+async def test_an_answer_past_the_bound_fails_the_attempt_without_reading_the_rest(kind: str) -> None:
+    """A provider sending more than `server.max_answer_bytes` (here 100 kB of an announced 64 MB) is a server
+    error of that attempt, found as soon as the bound is passed; an error body is read up to 1 MiB only."""
+    sent: dict[str, int] = {}
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        request = await reader.readuntil(b"\r\n\r\n")
+        status = b"500 Internal Server Error" if b"/error" in request else b"200 OK"
+        writer.write(b"HTTP/1.1 " + status + b"\r\ncontent-type: application/json\r\ncontent-length: 67108864\r\n\r\n")
+        sent["bytes"] = 0
+        try:
+            for _ in range(1024):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+                sent["bytes"] += 65536
+        except (ConnectionError, OSError):
+            pass
+        writer.close()
+
+    server, port = await _serve(handler)
+    transport = make_transport(kind, max_answer_bytes=100_000)
+    try:
+        call = HttpCall("POST", f"http://127.0.0.1:{port}/answer", {}, b"{}")
+        with pytest.raises(ProviderError) as info:
+            await transport.send(call, FAST, ADAPTER)
+        assert info.value.kind is ErrorKind.SERVER and "larger than 100000 bytes" in info.value.message
+        assert sent["bytes"] < 32 * 1024 * 1024  # the gateway stopped reading long before the 64 MB
+        call = HttpCall("POST", f"http://127.0.0.1:{port}/error", {}, b"{}")
+        with pytest.raises(ProviderError) as info:
+            await transport.send(call, FAST, ADAPTER)
+        assert info.value.kind is ErrorKind.SERVER
+    finally:
+        await transport.close()
+        server.close()

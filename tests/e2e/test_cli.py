@@ -40,7 +40,7 @@ def test_demo_runs_end_to_end_and_reports_who_served_what():
 
 def test_check_validates_and_reports_errors_with_file_and_line(tmp_path):
     ok = run("check", "--config", "examples/modelyard.yaml")
-    assert ok.returncode == 0 and "OK" in ok.stdout and "4 deployments, 7 models" in ok.stdout
+    assert ok.returncode == 0 and "OK" in ok.stdout and "16 deployments, 13 models" in ok.stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text("deployments:\n  - name: a\n    provider: openai\n    model: m\nmodels:\n  x: {candidates: [b]}\n")
     failed = run("check", "--config", str(bad))

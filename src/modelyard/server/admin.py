@@ -111,7 +111,10 @@ def _optional(body: dict[str, Any], name: str, kind: type[int] | type[float], mi
         raise GatewayError(400, f"`{name}` must be a finite number", param=name)
     if minimum is not None and value < minimum:
         raise GatewayError(400, f"`{name}` must be at least {minimum:g}", param=name)
-    return kind(value)
+    try:
+        return kind(value)
+    except OverflowError:  # an integer beyond a float's range (JSON has no bound on digits)
+        raise GatewayError(400, f"`{name}` is out of range", param=name) from None
 
 
 def _checked(name: str, value: Any, problem: str | None) -> Any:

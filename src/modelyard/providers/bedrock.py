@@ -31,10 +31,14 @@ from typing import Annotated, Any, ClassVar
 from urllib.parse import quote
 
 import msgspec
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
-from botocore.session import Session
+
+try:
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+    from botocore.session import Session
+except ImportError as exc:  # the `aws` extra: a config naming `provider: bedrock` says what to install
+    raise ImportError("Bedrock deployments need botocore: pip install 'modelyard[aws]'") from exc
 
 from modelyard.config.model import Deployment
 from modelyard.config.providers import ProviderOptions

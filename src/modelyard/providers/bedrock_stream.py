@@ -16,7 +16,11 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+
+try:
+    from botocore.eventstream import EventStreamBuffer, EventStreamMessage, ParserError
+except ImportError as exc:  # the `aws` extra
+    raise ImportError("Bedrock deployments need botocore: pip install 'modelyard[aws]'") from exc
 
 from modelyard.providers.base import SSEEvent, StreamStamp, decode_event, new_id
 from modelyard.providers.bedrock_parse import UNUSABLE, error_from_exception, finish_reason, usage_from

@@ -28,10 +28,6 @@ from calendar import timegm
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, unquote
 
-from botocore.auth import SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
-
 from modelyard.sim import asgi
 from modelyard.sim.asgi import Message, Receive, Scope, Send
 from modelyard.sim.wire_bedrock import BedrockWire, error_type
@@ -111,7 +107,12 @@ def verify(scope: Scope, headers: dict[str, str], body: bytes) -> tuple[str, str
 
 
 def _signature(scope: Scope, headers: dict[str, str], body: bytes, match: re.Match[str], stamp: str) -> str:
-    """The signature botocore computes for the request as received, with the simulator's secret."""
+    """The signature botocore computes for the request as received, with the simulator's secret. botocore is
+    imported here, not with the module: the simulator runs without the `aws` extra (`modelyard demo`)."""
+    from botocore.auth import SigV4Auth
+    from botocore.awsrequest import AWSRequest
+    from botocore.credentials import Credentials
+
     signed = match["signed"].split(";")
     raw_path = scope.get("raw_path") or quote(scope["path"]).encode()
     query = scope.get("query_string", b"").decode("latin-1")

@@ -572,9 +572,11 @@ def test_other_replicas_apply_an_edit_at_their_key_refresh(sim: SimServer, tmp_p
         client.close()
 
 
-def test_a_budget_with_more_digits_than_a_float_holds_is_a_400_naming_it(url: str) -> None:
-    """Found by the fuzzer: `budget_usd` written as 401 digits overflowed float() into a 500, on create and edit."""
-    body = b'{"name": "overflow", "budget_usd": 1' + b"0" * 400 + b"}"
+@pytest.mark.parametrize("field", ["budget_usd", "period", "expires_in", "expires_at"])
+def test_a_number_with_more_digits_than_a_float_holds_is_a_400_naming_it(url: str, field: str) -> None:
+    """Found by the fuzzer: `budget_usd`, then `period`, written as 401 digits overflowed float() into a 500, on
+    create and edit."""
+    body = b'{"name": "overflow", "' + field.encode() + b'": 1' + b"0" * 400 + b"}"
     made = create(url, name="overflow-target")
     for method, path in (("POST", "/admin/keys"), ("PATCH", f"/admin/keys/{made['id']}")):
         answer = httpx.request(
@@ -585,4 +587,4 @@ def test_a_budget_with_more_digits_than_a_float_holds_is_a_400_naming_it(url: st
             timeout=10,
         )
         assert answer.status_code == 400, answer.text
-        assert answer.json()["error"]["param"] == "budget_usd"
+        assert answer.json()["error"]["param"] == field

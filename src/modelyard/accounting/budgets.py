@@ -33,7 +33,10 @@ def nano_to_usd(nano: int) -> float:
 def parse_duration(text: str | float | int) -> float:
     """Seconds in "30d", "12h", "90m", "45s", "2w" or a plain number of seconds."""
     if isinstance(text, int | float):
-        seconds = float(text)
+        try:
+            seconds = float(text)
+        except OverflowError:  # an integer beyond a float's range (JSON has no bound on digits)
+            raise ValueError(f"a duration of {len(str(text))} digits is out of range") from None
     else:
         match = _DURATION.match(text.lower())
         if match is None:

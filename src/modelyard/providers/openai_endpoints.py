@@ -17,7 +17,8 @@ import msgspec
 from urllib3 import encode_multipart_formdata
 
 from modelyard.config.model import Deployment
-from modelyard.providers.base import Completion, HttpCall, decode_object, new_id
+from modelyard.providers.base import Completion, HttpCall, decode_object
+from modelyard.providers.rerank import ranked_results, rerank_answer, rerank_ask, total_tokens
 from modelyard.schema.chat import Usage, token_count
 from modelyard.schema.endpoints import EndpointRequest
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -46,7 +47,7 @@ def endpoint_call(url: str, headers: dict[str, str], dep: Deployment, req: Endpo
     if req.endpoint in ("audio/transcriptions", "audio/translations"):
         return _upload_call(url, headers, dep, req)
     if req.endpoint == "rerank":
-        return HttpCall("POST", url, headers, _encode(rerank_body(dep, req.fields)))
+        return HttpCall("POST", url, headers, _encode(rerank_body(dep, req)))
     body = {k: v for k, v in req.fields.items() if k != "modelyard"}
     body["model"] = dep.model
     return HttpCall("POST", url, headers, _encode(body))
@@ -69,11 +70,12 @@ def _upload_call(url: str, headers: dict[str, str], dep: Deployment, req: Endpoi
     return HttpCall("POST", url, out, body)
 
 
-def rerank_body(dep: Deployment, fields: dict[str, Any]) -> dict[str, Any]:
+def rerank_body(dep: Deployment, req: EndpointRequest) -> dict[str, Any]:
     """`{model, query, documents, top_n}` as vLLM's and Jina's `/rerank` take it."""
-    body: dict[str, Any] = {"model": dep.model, "query": fields["query"], "documents": list(fields["documents"])}
-    if fields.get("top_n") is not None:
-        body["top_n"] = fields["top_n"]
+    ask = rerank_ask(req)
+    body: dict[str, Any] = {"model": dep.model, "query": ask.query, "documents": ask.documents}
+    if ask.top_n is not None:
+        body["top_n"] = ask.top_n
     return body
 
 
@@ -162,36 +164,7 @@ def _images(dep: Deployment, data: dict[str, Any]) -> Completion:
 
 def parse_rerank(dep: Deployment, req: EndpointRequest, data: dict[str, Any]) -> Completion:
     """A Jina/vLLM rerank answer (`results: [{index, relevance_score}]`, `usage.total_tokens`) in Cohere's v2
-    shape: results by score, at most `top_n`, `document: {text}` when `return_documents` asked for it."""
-    documents: list[str] = list(req.fields.get("documents") or [])
-    results = data.get("results")
-    if not isinstance(results, list):
-        raise ProviderError(ErrorKind.SERVER, "malformed rerank response: no results")
-    ranked = []
-    for item in results:
-        index = item.get("index") if isinstance(item, dict) else None
-        score = item.get("relevance_score") if isinstance(item, dict) else None
-        if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < len(documents):
-            raise ProviderError(ErrorKind.SERVER, "malformed rerank response: a result's index is out of range")
-        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
-            raise ProviderError(ErrorKind.SERVER, "malformed rerank response: a result has no relevance score")
-        ranked.append((float(score), index))
-    ranked.sort(key=lambda pair: (-pair[0], pair[1]))
-    top_n = req.fields.get("top_n")
-    if isinstance(top_n, int) and not isinstance(top_n, bool):
-        ranked = ranked[:top_n]
-    with_docs = req.fields.get("return_documents") is True
-    out = []
-    for score, index in ranked:
-        entry: dict[str, Any] = {"index": index, "relevance_score": score}
-        if with_docs:
-            entry["document"] = {"text": documents[index]}
-        out.append(entry)
-    raw_usage = data.get("usage")
-    tokens = token_count(raw_usage.get("total_tokens")) if isinstance(raw_usage, dict) else 0
-    units = req.units.search_units
-    meta: dict[str, Any] = {"api_version": {"version": "2"}, "billed_units": {"search_units": units}}
-    if tokens:
-        meta["tokens"] = {"input_tokens": tokens, "output_tokens": 0}
-    answer = {"id": str(data.get("id") or new_id("rerank-")), "results": out, "meta": meta}
-    return Completion(answer, Usage(prompt=tokens, search_units=units), str(data.get("model") or dep.model))
+    shape, read as the Jina adapter reads it (providers/rerank.py)."""
+    results = ranked_results(data.get("results"), rerank_ask(req), "results")
+    model = str(data.get("model") or dep.model)
+    return rerank_answer(model, data.get("id"), results, req.units.search_units, total_tokens(data))

@@ -22,6 +22,7 @@ reaches one anyway is a 400 naming the reason.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
@@ -96,7 +97,7 @@ class VoyageOptions(RerankOptions, kw_only=True, forbid_unknown_fields=True):
 # ============================================================================ the request, read once
 
 
-class _Ask(msgspec.Struct, frozen=True):
+class RerankAsk(msgspec.Struct, frozen=True):
     """The rerank fields every provider needs, checked (the ingress checked them too; an adapter called
     another way must not send garbage)."""
 
@@ -106,7 +107,7 @@ class _Ask(msgspec.Struct, frozen=True):
     return_documents: bool
 
 
-def _ask(req: EndpointRequest) -> _Ask:
+def rerank_ask(req: EndpointRequest) -> RerankAsk:
     fields = req.fields
     query = fields.get("query")
     if not isinstance(query, str) or not query:
@@ -121,7 +122,7 @@ def _ask(req: EndpointRequest) -> _Ask:
     returned = fields.get("return_documents", False)
     if not isinstance(returned, bool):
         raise bad_request("return_documents must be a boolean", param="return_documents")
-    return _Ask(query, texts, top_n, returned)
+    return RerankAsk(query, texts, top_n, returned)
 
 
 def _document_text(doc: Any, param: str) -> str:
@@ -154,7 +155,7 @@ def _headers(dep: Deployment) -> dict[str, str]:
 # ============================================================================ the answer, in Cohere's v2 shape
 
 
-def _scored(entries: Any, ask: _Ask, where: str) -> list[dict[str, Any]]:
+def ranked_results(entries: Any, ask: RerankAsk, where: str) -> list[dict[str, Any]]:
     """The provider's `[{index, relevance_score}]` as Cohere's results: sorted by score (highest first),
     cut to `top_n`, each with its document's text when asked. Malformed entries are a server failure."""
     if not isinstance(entries, list):
@@ -166,7 +167,7 @@ def _scored(entries: Any, ask: _Ask, where: str) -> list[dict[str, Any]]:
         score = entry.get("relevance_score") if isinstance(entry, dict) else None
         if isinstance(index, bool) or not isinstance(index, int) or not 0 <= index < count:
             raise ProviderError(ErrorKind.SERVER, "malformed rerank response: a result's index is out of range")
-        if isinstance(score, bool) or not isinstance(score, int | float):
+        if isinstance(score, bool) or not isinstance(score, int | float) or not math.isfinite(score):
             raise ProviderError(ErrorKind.SERVER, "malformed rerank response: a result has no relevance_score")
         result: dict[str, Any] = {"index": index, "relevance_score": float(score)}
         spans = entry.get("relevant_spans")
@@ -179,16 +180,18 @@ def _scored(entries: Any, ask: _Ask, where: str) -> list[dict[str, Any]]:
     return results[: ask.top_n] if ask.top_n is not None else results
 
 
-def _answer(
-    dep: Deployment, rid: Any, results: list[dict[str, Any]], search_units: int, tokens: int | None
+def rerank_answer(
+    model: str, rid: Any, results: list[dict[str, Any]], search_units: int, tokens: int | None
 ) -> Completion:
+    """Cohere's v2 answer around `results`, billed by `search_units` and, where the provider counts them, its
+    input `tokens` (Jina, Voyage and OpenAI-compatible rerankers bill per token)."""
     billed: dict[str, Any] = {"search_units": search_units}
     meta: dict[str, Any] = {"api_version": {"version": "2"}, "billed_units": billed}
     if tokens is not None:
         billed["input_tokens"] = tokens
         meta["tokens"] = {"input_tokens": tokens, "output_tokens": 0}
     body = {"id": rid if isinstance(rid, str) and rid else new_id("rerank-"), "results": results, "meta": meta}
-    return Completion(body, Usage(prompt=tokens or 0, search_units=search_units), dep.model)
+    return Completion(body, Usage(prompt=tokens or 0, search_units=search_units), model)
 
 
 def _int(value: Any) -> int | None:
@@ -225,7 +228,7 @@ def _parse_embeddings(dep: Deployment, body: bytes) -> Completion:
         items.append(
             {"object": "embedding", "index": index if isinstance(index, int) else position, "embedding": vector}
         )
-    prompt = _total_tokens(data) or 0
+    prompt = total_tokens(data) or 0
     return embeddings_answer(items, dep.model, prompt)
 
 
@@ -308,13 +311,13 @@ class _RerankOnly:
     def error(self, status: int, headers: Mapping[str, str], body: bytes) -> ProviderError:
         return rerank_error(status, headers, body)
 
-    def _check(self, req: EndpointRequest) -> _Ask:
+    def _check(self, req: EndpointRequest) -> RerankAsk:
         if req.endpoint != _RERANK:
             raise GatewayError(400, f"rerank providers do not serve /v1/{req.endpoint}")
         spans = req.fields.get("relevant_spans")
         if not self.returns_spans and isinstance(spans, dict) and spans.get("mode") == "enabled":
             raise bad_request(f"provider {self.name!r} does not return relevant spans", param="relevant_spans")
-        return _ask(req)
+        return rerank_ask(req)
 
 
 class CohereAdapter(_RerankOnly):
@@ -355,12 +358,12 @@ class CohereAdapter(_RerankOnly):
     ) -> Completion:
         ask = self._check(req)
         data = decode_object(body)
-        results = _scored(data.get("results"), ask, "results")
+        results = ranked_results(data.get("results"), ask, "results")
         meta = data.get("meta")
         billed = meta.get("billed_units") if isinstance(meta, dict) else None
         reported = _int(billed.get("search_units")) if isinstance(billed, dict) else None
         units = reported if reported is not None else req.units.search_units
-        return _answer(dep, data.get("id"), results, units, None)
+        return rerank_answer(dep.model, data.get("id"), results, units, None)
 
 
 class JinaAdapter(_RerankOnly):
@@ -405,8 +408,8 @@ class JinaAdapter(_RerankOnly):
     ) -> Completion:
         ask = self._check(req)
         data = decode_object(body)
-        results = _scored(data.get("results"), ask, "results")
-        return _answer(dep, data.get("id"), results, req.units.search_units, _total_tokens(data))
+        results = ranked_results(data.get("results"), ask, "results")
+        return rerank_answer(dep.model, data.get("id"), results, req.units.search_units, total_tokens(data))
 
 
 class VoyageAdapter(_RerankOnly):
@@ -453,10 +456,11 @@ class VoyageAdapter(_RerankOnly):
     ) -> Completion:
         ask = self._check(req)
         data = decode_object(body)
-        results = _scored(data.get("data"), ask, "data")
-        return _answer(dep, data.get("id"), results, req.units.search_units, _total_tokens(data))
+        results = ranked_results(data.get("data"), ask, "data")
+        return rerank_answer(dep.model, data.get("id"), results, req.units.search_units, total_tokens(data))
 
 
-def _total_tokens(data: dict[str, Any]) -> int | None:
+def total_tokens(data: dict[str, Any]) -> int | None:
+    """`usage.total_tokens` of a Jina-shaped answer (Jina, Voyage, vLLM), or None when not reported."""
     usage = data.get("usage")
     return _int(usage.get("total_tokens")) if isinstance(usage, dict) else None

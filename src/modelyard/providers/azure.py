@@ -17,11 +17,9 @@ What differs from OpenAI, and only that, lives here (the bodies and answers are 
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
@@ -37,6 +35,7 @@ from modelyard.providers.base import (
     parse_retry_after,
     upstream_error,
 )
+from modelyard.providers.bearer_token import BearerToken
 from modelyard.providers.openai import OpenAIAdapter, OpenAIOptions, OpenAIStreamTranslator, classify
 from modelyard.schema.chat import ChatRequest
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
@@ -51,8 +50,6 @@ DEFAULT_API_VERSION = "2024-10-21"
 V1 = "v1"
 #: The scope of an Entra ID token for Azure OpenAI (Cognitive Services).
 ENTRA_SCOPE = "https://cognitiveservices.azure.com/.default"
-#: A token is refreshed this long before it expires at most (half its lifetime when that is shorter).
-REFRESH_MARGIN_S = 300.0
 
 _RETRY_IN_MESSAGE = re.compile(r"retry after (\d+(?:\.\d+)?) seconds?", re.IGNORECASE)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
@@ -97,13 +94,6 @@ class AzureOptions(OpenAIOptions, kw_only=True, forbid_unknown_fields=True):
         return self.entra_id or self.client_secret is not None
 
 
-@dataclass(slots=True)
-class _Token:
-    value: str
-    refresh_at: float
-    expires_at: float
-
-
 class AzureAdapter(OpenAIAdapter):
     """Azure OpenAI deployments. One instance per gateway: it keeps each Entra deployment's credential and
     token (the only state, as `CredentialRefresh` allows)."""
@@ -112,9 +102,8 @@ class AzureAdapter(OpenAIAdapter):
     options_type: ClassVar[type[AzureOptions]] = AzureOptions
 
     def __init__(self) -> None:
-        self._tokens: dict[str, _Token] = {}
+        self._tokens: dict[str, BearerToken] = {}
         self._credentials: dict[str, TokenCredential] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
 
     # ------------------------------------------------------------------ where and who
 
@@ -152,43 +141,34 @@ class AzureAdapter(OpenAIAdapter):
     # ------------------------------------------------------------------ Entra ID (CredentialRefresh)
 
     async def authorize(self, dep: Deployment, call: HttpCall) -> HttpCall:
-        """An Entra deployment's call with its bearer token (cached; fetched on a worker thread when due)."""
+        """An Entra deployment's call with its bearer token (providers/bearer_token.py: cached, fetched on a
+        worker thread when due, one fetch per deployment at a time; a failed fetch keeps an unexpired token)."""
         opts: AzureOptions = dep.options
         if not opts.uses_entra:
             return call
         token = self._tokens.get(dep.name)
-        if token is None or time.time() >= token.refresh_at:
-            lock = self._locks.setdefault(dep.name, asyncio.Lock())
-            async with lock:  # one fetch per deployment at a time; the others reuse what it got
-                token = self._tokens.get(dep.name)
-                if token is None or time.time() >= token.refresh_at:
-                    token = await asyncio.to_thread(self._fetch, dep, token)
-                    self._tokens[dep.name] = token
-        call.headers["Authorization"] = f"Bearer {token.value}"
+        if token is None:
+            token = self._tokens[dep.name] = BearerToken(
+                lambda: self._fetch(dep), clock=lambda: time.time(), keep_on_failure=True
+            )
+        call.headers["Authorization"] = f"Bearer {await token.token()}"
         return call
 
     def credentials_rejected(self, dep: Deployment) -> None:
         """Azure refused the token: forget it and the credential (whose own cache would hand it out again)."""
-        self._tokens.pop(dep.name, None)
+        token = self._tokens.get(dep.name)
+        if token is not None:
+            token.reject()
         self._credentials.pop(dep.name, None)
 
-    def _fetch(self, dep: Deployment, stale: _Token | None) -> _Token:
-        """A fresh token (worker thread: azure-identity's chains block). A failed refresh keeps a token
-        that has not expired yet, so a token endpoint's hiccup does not fail requests early."""
+    def _fetch(self, dep: Deployment) -> tuple[str, float]:
+        """A fresh token and its expiry (worker thread: azure-identity's chains block)."""
         credential = self._credentials.get(dep.name)
         if credential is None:
             credential = self._credentials[dep.name] = _credential(dep.options)
         opts: AzureOptions = dep.options
-        try:
-            got = credential.get_token(opts.token_scope)
-        except Exception:
-            if stale is not None and time.time() < stale.expires_at - 5.0:
-                return stale
-            raise
-        now = time.time()
-        expires = float(got.expires_on)
-        margin = min(REFRESH_MARGIN_S, max(0.0, expires - now) / 2.0)
-        return _Token(got.token, expires - margin, expires)
+        got = credential.get_token(opts.token_scope)
+        return got.token, float(got.expires_on)
 
     # ------------------------------------------------------------------ answers
 

@@ -13,18 +13,16 @@ deployment never needs it.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from modelyard.providers.bearer_token import REFRESH_MARGIN_S, BearerToken
 from modelyard.schema.errors import ModelyardError
 
 #: The OAuth scope Vertex AI accepts.
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
-#: Refresh when less than this many seconds of a token's life remain (Google's tokens live an hour).
-REFRESH_MARGIN_S = 300.0
 
 
 class GoogleCredentials(Protocol):
@@ -95,8 +93,8 @@ def _wall_clock() -> float:
     return time.time()
 
 
-class TokenSource:
-    """One credentials source's current access token, refreshed before it expires.
+class TokenSource(BearerToken):
+    """One google-auth credentials source's access token (providers/bearer_token.py refreshes it).
 
     `load` builds the google-auth credentials (on the worker thread, at the first refresh: it may read files
     or probe the metadata server); `clock` is wall-clock seconds (google-auth's expiry is a UTC datetime).
@@ -110,47 +108,11 @@ class TokenSource:
         margin_s: float = REFRESH_MARGIN_S,
         request_factory: Callable[[], Any] = _transport_request,
     ) -> None:
+        super().__init__(self._refresh, clock=clock, margin_s=margin_s)
         self._load = load
-        self._clock = clock
-        self._margin_s = margin_s
         self._request_factory = request_factory
         self._credentials: GoogleCredentials | None = None
         self._request: Any = None
-        self._token: str | None = None
-        #: When to refresh (wall-clock seconds); None: never by time.
-        self._refresh_at: float | None = None
-        self._lock = asyncio.Lock()
-        #: How many refreshes succeeded (for tests and logs).
-        self.refreshes = 0
-
-    def _fresh(self) -> str | None:
-        token = self._token
-        if token is None:
-            return None
-        if self._refresh_at is not None and self._clock() >= self._refresh_at:
-            return None
-        return token
-
-    async def token(self) -> str:
-        """A token with time left: the cached one, or a fresh one (concurrent callers share one refresh)."""
-        token = self._fresh()
-        if token is not None:
-            return token
-        async with self._lock:
-            token = self._fresh()  # a refresh that finished while this caller waited
-            if token is not None:
-                return token
-            fresh, expiry = await asyncio.to_thread(self._refresh)
-            now = self._clock()
-            self._token = fresh
-            self._refresh_at = None if expiry is None else now + _refresh_delay(expiry - now, self._margin_s)
-            self.refreshes += 1
-            return fresh
-
-    def reject(self) -> None:
-        """The provider refused the current token: the next caller refreshes."""
-        self._token = None
-        self._refresh_at = None
 
     def _refresh(self) -> tuple[str, float | None]:
         """On a worker thread: load the credentials once, then ask google-auth for a new token."""
@@ -165,11 +127,6 @@ class TokenSource:
             raise CredentialsUnavailable("the credentials refreshed without an access token")
         expiry = credentials.expiry
         return token, None if expiry is None else _timestamp(expiry)
-
-
-def _refresh_delay(lifetime_s: float, margin_s: float) -> float:
-    """Seconds from now to refresh: `margin_s` before expiry, or at half-life when the token is short-lived."""
-    return max(0.0, lifetime_s - min(margin_s, lifetime_s / 2.0))
 
 
 def _timestamp(expiry: datetime) -> float:

@@ -73,6 +73,8 @@ class ModelCall:
     route: RouteHints = field(default_factory=RouteHints)
     #: The answer size to price an estimate at (a step's `estimate.output_tokens`); None: the backend's guess.
     estimate_output_tokens: int | None = None
+    #: The gateway's admission-queue class (`queue.classes`; `modelyard batch` sends `batch`); None: the default.
+    priority: str | None = None
     #: Labels, not routing: `workflow`, `run`, `step`, `step_name` (logs, scripted answers).
     metadata: dict[str, str] = field(default_factory=dict)
 
@@ -137,6 +139,8 @@ def chat_body(call: ModelCall) -> dict[str, Any]:
     if call.response_format is not None:
         body["response_format"] = call.response_format
     options = call.route.options()
+    if call.priority is not None:
+        options = msgspec.structs.replace(options or ModelyardOptions(), priority=call.priority)
     if options is not None:
         body["modelyard"] = msgspec.to_builtins(options)
     return body

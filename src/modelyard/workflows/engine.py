@@ -58,6 +58,8 @@ _EVENT_FOR_STATE = {
 class EngineOptions:
     backoff_s: float = 0.5
     backoff_max_s: float = 10.0
+    #: The admission-queue class every model call of the run asks for (`modelyard batch`: `batch`).
+    priority: str | None = None
 
 
 @dataclass
@@ -465,13 +467,15 @@ class Engine:
 
     def _model_call(self, step: StepSpec, key: str, context: dict[str, Any]) -> ModelCall:
         assert step.model is not None and step.prompt is not None
-        return step_call(
+        call = step_call(
             step,
             lambda template: self.templates.render(template, context),
             workflow=self.spec.name,
             key=key,
             run_id=self.run_id,
         )
+        call.priority = self.options.priority
+        return call
 
     async def _execute(
         self,

@@ -19,6 +19,7 @@ import msgspec
 from modelyard.accounting.prices import cost_usd, estimate_cost_usd
 from modelyard.config.loader import load_config
 from modelyard.config.model import Config, Deployment
+from modelyard.routing.admission import QueueTicket
 from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, Usage
@@ -50,10 +51,29 @@ class GatewayBackend:
             raise GatewayError(400, f"invalid model call: {exc}") from None
         return req, raw, chat_features(req, tags=call.route.tags)
 
+    def _ticket(self, priority: str | None, timeout_s: float | None) -> QueueTicket | None:
+        """The admission-queue place of a call that names a class: it waits its turn (weighted fair against
+        the gateway's other classes) instead of failing when its model is saturated."""
+        if priority is None:
+            return None
+        settings = self.router.config.queue
+        models = self.router.config.models.values()
+        if not (settings.enabled or any(g.queue is not None and g.queue.enabled for g in models)):
+            return None
+        rank = settings.rank(priority)
+        if rank is None:
+            names = ", ".join(c.name for c in settings.classes)
+            raise GatewayError(400, f"unknown priority {priority[:64]!r} (one of: {names})", param="modelyard.priority")
+        max_wait_s = settings.max_wait_ms / 1000.0
+        if timeout_s is not None:
+            max_wait_s = min(max_wait_s, timeout_s)
+        return QueueTicket(rank, "workflow", max_wait_s, None, timeout_s)
+
     async def call(self, call: ModelCall) -> ModelAnswer:
         req, raw, features = self._request(call)
         started = time.perf_counter()
-        success = await self.router.complete(req, raw, features, timeout_s=call.timeout_s)
+        queue = self._ticket(call.priority, call.timeout_s)
+        success = await self.router.complete(req, raw, features, timeout_s=call.timeout_s, queue=queue)
         body = success.completion.body
         message = (body.get("choices") or [{}])[0].get("message") or {}
         return ModelAnswer(

@@ -148,3 +148,29 @@ class Submission:
     job_id: str | None = None
     state: str = "pending"  # pending -> submitted -> ended -> collected
     created_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class BackendRef:
+    """How a worker process builds its model backend: the same factory reference, config and gateway URL as the
+    CLI's `--backend`, `--config` and `--gateway-url` (picklable: a Ray actor rebuilds it on its node)."""
+
+    factory: str | None = None
+    config: str | None = None
+    gateway_url: str | None = None
+
+
+@dataclass
+class BatchOptions:
+    """The options of one `modelyard batch` session (stored in the header; a resume may override some)."""
+
+    concurrency: int = 16
+    max_cost_usd: float | None = None
+    out: str | None = None
+    ordered: bool = False
+    retry_failed: bool = False
+    engine: str = "local"  # "local" | "ray"
+    ray_address: str | None = None
+    provider_batch: bool = False
+    #: The admission-queue class of every call (the gateway's `queue.classes`).
+    priority: str = "batch"

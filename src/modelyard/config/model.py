@@ -40,6 +40,9 @@ class Price(Struct, kw_only=True, forbid_unknown_fields=True):
     image: PriceValue | None = None
     #: USD per 1,000 rerank search units (Cohere rerank: 2.0; a unit is one query over up to 100 documents).
     search_unit: PriceValue | None = None
+    #: The multiplier of the token prices for provider Batch API jobs (`modelyard batch --provider-batch`):
+    #: OpenAI and Anthropic both bill batched requests at 50%.
+    batch: PriceValue = 0.5
 
 
 class Limits(Struct, kw_only=True, forbid_unknown_fields=True):

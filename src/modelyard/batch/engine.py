@@ -9,11 +9,12 @@ each already saved in the batch store. It pulls the next task from `tasks` only 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator
-from typing import Protocol
+from typing import Any, Protocol
 
 from modelyard.batch.model import RowResult, RowTask
-from modelyard.batch.runner import RowRunner
+from modelyard.batch.runner import MAX_ERROR_CHARS, RowRunner
 
 
 class RowEngine(Protocol):
@@ -30,7 +31,12 @@ class RowEngine(Protocol):
 
 
 class LocalEngine:
-    """Rows as asyncio tasks in this process, over one `RowRunner` (one backend, one store)."""
+    """Rows as asyncio tasks in this process, over one `RowRunner` (one backend, one store).
+
+    Memory is bounded by `concurrency`: one pending pull of the feed at a time, and only while fewer than
+    `concurrency` rows run. The pull runs alongside the running rows (the driver's feed may wait on a result,
+    e.g. the budget's probe row), so a feed that waits never blocks the results it waits for.
+    """
 
     name = "local"
 
@@ -38,11 +44,78 @@ class LocalEngine:
         self.runner = runner
 
     async def run(self, tasks: AsyncIterator[RowTask], concurrency: int) -> AsyncIterator[RowResult]:
-        raise NotImplementedError  # see the batch brief: owned by the local-engine helper
-        yield  # pragma: no cover
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        wake = asyncio.Event()
+        finished: deque[asyncio.Task[RowResult]] = deque()
+        running: set[asyncio.Task[RowResult]] = set()
+        pull: asyncio.Task[RowTask | None] | None = None
+        exhausted = False
+
+        def on_done(task: asyncio.Task[RowResult]) -> None:
+            finished.append(task)
+            wake.set()
+
+        try:
+            while True:
+                if pull is None and not exhausted and len(running) < concurrency:
+                    pull = asyncio.ensure_future(_pull(tasks))
+                    pull.add_done_callback(lambda _: wake.set())
+                if pull is not None and pull.done():
+                    task = pull.result()  # a feed that raised ends the batch (the finally cancels the rows)
+                    pull = None
+                    if task is None:
+                        exhausted = True
+                    else:
+                        row = asyncio.ensure_future(self._row(task))
+                        running.add(row)
+                        row.add_done_callback(on_done)
+                    continue
+                while finished:
+                    done = finished.popleft()
+                    running.discard(done)
+                    yield done.result()
+                if exhausted and not running:
+                    return
+                wake.clear()
+                if finished or (pull is not None and pull.done()):
+                    continue
+                if pull is None and len(running) < concurrency and not exhausted:
+                    continue
+                await wake.wait()
+        finally:
+            await _cancel(running, pull)
+
+    async def _row(self, task: RowTask) -> RowResult:
+        """Run one row; an exception (a bug, not a model failure: those are a failed run) fails only this row."""
+        try:
+            return await self.runner.run(task)
+        except Exception as exc:  # one row's bug must not end a million-row batch
+            error = f"{type(exc).__name__}: {exc}".replace("\n", "; ")[:MAX_ERROR_CHARS]
+            result = RowResult(task.row, "failed", error=error, worker=self.runner.worker)
+            self.runner.store.save_row(self.runner.batch_id, result)
+            return result
 
     async def aclose(self) -> None:
         pass
 
 
-__all__ = ["LocalEngine", "RowEngine", "asyncio"]
+async def _pull(tasks: AsyncIterator[RowTask]) -> RowTask | None:
+    try:
+        return await anext(tasks)
+    except StopAsyncIteration:
+        return None
+
+
+async def _cancel(running: set[asyncio.Task[RowResult]], pull: asyncio.Task[RowTask | None] | None) -> None:
+    """Cancel what still runs (Ctrl-C, or a consumer that stopped): those rows stay unfinished, no result."""
+    pending: list[asyncio.Future[Any]] = [*running]
+    if pull is not None:
+        pending.append(pull)
+    for future in pending:
+        future.cancel()
+    if pending:
+        await asyncio.gather(*pending, return_exceptions=True)
+
+
+__all__ = ["LocalEngine", "RowEngine"]

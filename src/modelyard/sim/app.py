@@ -33,7 +33,7 @@ from urllib.parse import parse_qs, parse_qsl
 
 import msgspec
 
-from modelyard.sim import asgi, cloud_azure, cloud_bedrock, cloud_vertex, media, media_rerank
+from modelyard.sim import asgi, batch_api, cloud_azure, cloud_bedrock, cloud_vertex, media, media_rerank
 from modelyard.sim.answer_keys import AnswerKeys
 from modelyard.sim.asgi import Receive, Scope, Send
 from modelyard.sim.behaviour import cached_tokens as draw_cached
@@ -51,7 +51,7 @@ from modelyard.sim.wire_gemini import GeminiWire
 from modelyard.sim.wire_openai import OpenAIWire
 from modelyard.sim.wire_responses import ResponsesWire
 
-_CLOUD_AND_MEDIA = (cloud_azure, cloud_bedrock, cloud_vertex, media, media_rerank)
+_CLOUD_AND_MEDIA = (cloud_azure, cloud_bedrock, cloud_vertex, media, media_rerank, batch_api)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
 

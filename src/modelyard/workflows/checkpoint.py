@@ -396,3 +396,14 @@ def list_runs(store: RunStore, limit: int = 50) -> list[RunRow]:
         times = (run.started_at, run.updated_at)
         rows.append(RunRow(run_id, run.header.workflow, run.status, *times, run.cost_usd, done))
     return rows
+
+
+def open_run_store(location: str | Path | None) -> RunStore:
+    """`postgresql://...` (or `postgres://`, `?schema=` allowed) -> PostgreSQL, shared by machines; anything
+    else is a SQLite file path; None -> $MODELYARD_RUNS_DB or ~/.modelyard/runs.db."""
+    text = str(location) if location is not None else os.environ.get("MODELYARD_RUNS_DB")
+    if text is not None and text.startswith(("postgresql://", "postgres://")):
+        from modelyard.workflows.checkpoint_pg import PostgresRunStore
+
+        return PostgresRunStore(text)
+    return SqliteStore(Path(text or DEFAULT_STORE).expanduser())

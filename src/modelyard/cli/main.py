@@ -34,6 +34,7 @@ _GROUPS: list[tuple[str, str | None]] = [
     ("modelyard.cli.admin", None),
     ("modelyard.cli.replay", None),
     ("modelyard.cli.accept", None),
+    ("modelyard.cli.batch", None),
 ]
 
 

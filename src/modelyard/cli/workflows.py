@@ -17,7 +17,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -40,13 +40,19 @@ from modelyard.workflows.report import (
 )
 from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
 
+if TYPE_CHECKING:
+    from modelyard.workflows.checkpoint_pg import PostgresRunStore
+
 app = typer.Typer(help="Declarative multi-model workflows: run, plan and inspect them.", no_args_is_help=True)
 runs_app = typer.Typer(help="Inspect stored workflow runs.", no_args_is_help=True)
 app.add_typer(runs_app, name="runs")
 
-_STORE_HELP = "Run store (SQLite). Default: $MODELYARD_RUNS_DB or ~/.modelyard/runs.db."
+_STORE_HELP = (
+    "Run store: a SQLite file or postgresql://... (?schema=name; shared by machines). "
+    "Default: $MODELYARD_RUNS_DB or ~/.modelyard/runs.db."
+)
 _BACKEND_HELP = "Backend factory: 'scripted' (fake answers) or package.module:function. Default: the gateway."
-StoreOption = Annotated[Path | None, typer.Option("--store", help=_STORE_HELP)]
+StoreOption = Annotated[str | None, typer.Option("--store", help=_STORE_HELP)]
 BackendOption = Annotated[
     str | None, typer.Option("--backend", envvar="MODELYARD_WORKFLOW_BACKEND", help=_BACKEND_HELP)
 ]
@@ -81,9 +87,17 @@ def _fail(message: str, code: int = 2) -> typer.Exit:
     return typer.Exit(code)
 
 
-def _store(path: Path | None) -> SqliteStore:
-    chosen = path or Path(os.environ.get("MODELYARD_RUNS_DB") or DEFAULT_STORE)
-    return SqliteStore(chosen)
+def _store(location: str | None) -> SqliteStore | PostgresRunStore:
+    """The run store `--store` (or $MODELYARD_RUNS_DB) names: a SQLite file or a PostgreSQL DSN."""
+    chosen = location or os.environ.get("MODELYARD_RUNS_DB") or str(DEFAULT_STORE)
+    if not chosen.startswith(("postgresql://", "postgres://")):
+        return SqliteStore(Path(chosen).expanduser())
+    from modelyard.workflows.checkpoint_pg import PostgresRunStore, StoreWriteError
+
+    try:
+        return PostgresRunStore(chosen)
+    except (StoreWriteError, ValueError) as exc:
+        raise _fail(f"--store: {exc}") from None
 
 
 def _load(path: Path) -> WorkflowSpec:
@@ -173,7 +187,7 @@ def run_command(
     raise typer.Exit(0 if result.status is RunStatus.SUCCEEDED else 1)
 
 
-def _resume_spec(runs: SqliteStore, run_id: str, workflow: Path | None) -> WorkflowSpec:
+def _resume_spec(runs: SqliteStore | PostgresRunStore, run_id: str, workflow: Path | None) -> WorkflowSpec:
     if workflow is not None:
         return _load(workflow)
     stored = runs.header(run_id)
@@ -189,7 +203,7 @@ async def _run(
     spec: WorkflowSpec,
     inputs: dict[str, Any] | None,
     factory: BackendFactory,
-    runs: SqliteStore,
+    runs: SqliteStore | PostgresRunStore,
     config: str | None,
     gateway_url: str | None,
     resume: str | None,

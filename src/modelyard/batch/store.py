@@ -63,8 +63,9 @@ class BatchStore(Protocol):
         ...
 
     def steps(self, batch_id: str, rows: Sequence[int] | None = None) -> dict[int, dict[str, dict[str, Any]]]:
-        """Checkpointed step records (as dicts) of rows that have no result yet: row -> key -> record.
-        `rows` limits the query (a Ray worker asks for its own chunk)."""
+        """Checkpointed step records (as dicts): row -> key -> record. Without `rows`: every row that has no
+        result yet. With `rows`: those rows, finished or not (a Ray worker's chunk; a `--retry-failed` row keeps
+        the steps it finished, which its retry reuses)."""
         ...
 
     def spent_in_unfinished(self, batch_id: str) -> float:

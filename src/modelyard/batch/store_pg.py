@@ -162,9 +162,11 @@ class PostgresBatchStore:
         return BatchTotals({r[0]: r[1] for r in rows}, float(sum(r[2] for r in rows)))
 
     def steps(self, batch_id: str, rows: Sequence[int] | None = None) -> dict[int, dict[str, dict[str, Any]]]:
-        query = f"SELECT row, key, data FROM modelyard_batch_steps s WHERE batch_id = %s AND {_UNFINISHED}"
+        query = "SELECT row, key, data FROM modelyard_batch_steps s WHERE batch_id = %s"
         args: tuple[Any, ...] = (batch_id,)
-        if rows is not None:
+        if rows is None:
+            query += f" AND {_UNFINISHED}"
+        else:  # the rows named, finished or not (a retried row's steps)
             query += " AND row = ANY(%s)"
             args = (batch_id, sorted({int(r) for r in rows}))
         out: dict[int, dict[str, dict[str, Any]]] = {}

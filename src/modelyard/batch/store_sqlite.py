@@ -258,10 +258,10 @@ class SqliteBatchStore:
         return BatchTotals({r[0]: r[1] for r in found}, sum(r[2] for r in found))
 
     def steps(self, batch_id: str, rows: Sequence[int] | None = None) -> dict[int, dict[str, dict[str, Any]]]:
-        base = f"SELECT row, key, data FROM batch_steps s WHERE batch_id = ? AND {_UNFINISHED}"
+        base = "SELECT row, key, data FROM batch_steps s WHERE batch_id = ?"
         out: dict[int, dict[str, dict[str, Any]]] = {}
-        queries = (
-            [(base, [batch_id])]
+        queries = (  # with `rows`: the rows named, finished or not (a retried row's steps)
+            [(f"{base} AND {_UNFINISHED}", [batch_id])]
             if rows is None
             else [(f"{base} AND row IN ({','.join('?' * len(part))})", [batch_id, *part]) for part in chunks(rows)]
         )

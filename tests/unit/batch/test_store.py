@@ -156,7 +156,9 @@ def test_steps_are_kept_per_row_until_its_result_and_a_duplicate_step_is_ignored
     store.save_row("b1", result(0))  # finished: its steps are no longer anyone's to reuse
     store.save_row("b1", result(2, "failed"))  # retryable: its steps stay stored but it has a result
     assert set(store.steps("b1")) == {1}
-    assert set(store.steps("b1", rows=[0, 1, 2, 7])) == {1}
+    # named rows: finished or not, what each still has (row 0 succeeded: dropped; row 2 failed: kept for a retry)
+    assert set(store.steps("b1", rows=[0, 1, 2, 7])) == {1, 2}
+    assert StepRecord.from_dict(store.steps("b1", rows=[2])[2]["a"]).cost_usd == 0.8
     assert store.steps("b1", rows=[]) == {}
     assert store.spent_in_unfinished("b1") == pytest.approx(0.4)
     assert set(store.steps("b2")) == {0}

@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder().decode
 #: How long a partly filled job waits for more rows before it is submitted as it is.
 _LINGER_S = 0.5
+#: The first poll's wait; each next one doubles up to `poll_s`.
+_FIRST_POLL_S = 0.5
 _END = object()
 
 
@@ -307,8 +309,10 @@ class ProviderEngine:
                     return
             assert sub.job_id is not None
             status = await self.client.status(sub.job_id)
-            while not status.ended:
-                await asyncio.sleep(self.poll_s)
+            wait = min(self.poll_s, _FIRST_POLL_S)
+            while not status.ended:  # quick first polls for a small job, then every `poll_s`
+                await asyncio.sleep(wait)
+                wait = min(self.poll_s, wait * 2)
                 status = await self.client.status(sub.job_id)
             sub.state = "ended"
             self._save(sub)

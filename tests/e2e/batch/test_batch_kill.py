@@ -159,3 +159,40 @@ def _wait_for(path: Path, timeout_s: float = 30.0) -> bool:
             return False
         time.sleep(0.02)
     return True
+
+
+def test_ctrl_c_saves_what_finished_exits_130_and_resume_finishes(sim: SimServer, tmp_path: Path) -> None:
+    config = write_config(sim, tmp_path / "gateway.yaml")
+    workflow = tmp_path / "two.yaml"
+    workflow.write_text(textwrap.dedent(WORKFLOW), encoding="utf-8")
+    rows, out, db = write_rows(tmp_path / "rows.jsonl", ROWS), tmp_path / "out.jsonl", tmp_path / "batch.db"
+    common = ["--store", str(db), "--config", str(config), "--no-progress"]
+    start = [*CLI, "batch", str(workflow), "--inputs", str(rows), "--out", str(out), "--batch-id", "b-int"]
+    process = subprocess.Popen(
+        [*start, *common], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert _wait_for(db)
+    store = SqliteBatchStore(db)
+    try:
+        deadline = time.monotonic() + 60
+        while store.totals("b-int").done < ROWS // 4:
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.01)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=30)
+        assert process.returncode == 130, stdout + stderr
+        assert "Traceback" not in stderr and "Continue with: modelyard batch --resume b-int" in stdout
+        state = store.state("b-int")
+        assert state is not None and state[0] == "stopped" and state[1]["reason"] == "interrupted"
+        saved = store.totals("b-int").done
+        lines = out.read_text(encoding="utf-8").splitlines()
+        assert len(lines) == saved and ROWS // 4 <= saved < ROWS  # every finished row is in the output
+        resumed = subprocess.run(
+            [*CLI, "batch", "--resume", "b-int", *common], cwd=ROOT, env=env(), capture_output=True, text=True
+        )
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert store.totals("b-int").by_status == {"succeeded": ROWS}
+    finally:
+        if process.poll() is None:
+            process.kill()
+        store.close()

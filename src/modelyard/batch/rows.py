@@ -51,7 +51,8 @@ class InputsFile:
     #: sha256 of the file's bytes (hex): a resume refuses a file that changed since the batch started.
     fingerprint: str
     rows: int
-    #: The columns (CSV header, Parquet schema, the union of keys of the first JSON lines).
+    #: The columns (CSV header, Parquet schema, the union of the JSON lines' keys: the first MAX_COLUMNS,
+    #: and the workflow's own columns wherever they appear). Empty when built from a stored header.
     columns: tuple[str, ...]
 
 
@@ -332,7 +333,8 @@ class _CsvLines:
 
 def _csv_rows(path: Path, digest: Any = None) -> Iterator[tuple[int, list[str]]]:
     """(line the record starts on, its cells) of the header and every non-empty record."""
-    csv.field_size_limit(MAX_RECORD_BYTES)
+    # process-wide: only ever raised (to let one field fill a record; `_CsvLines` bounds the record itself)
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD_BYTES))
     try:
         with path.open("rb") as file:
             lines = _CsvLines(file, path, digest)
@@ -398,6 +400,8 @@ def _parquet_file(path: Path) -> Any:
 
     try:
         return pq.ParquetFile(path)
+    except OSError as exc:
+        raise RowsError(f"{path}: cannot read: {exc.strerror or exc}") from None
     except (pa.ArrowException, ValueError) as exc:
         raise RowsError(f"{path}: not a Parquet file: {exc}") from None
 

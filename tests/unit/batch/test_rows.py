@@ -324,3 +324,10 @@ def test_read_rows_is_lazy(tmp_path: Path) -> None:
     assert next(stream) == (1, {"text": "b"})
     with pytest.raises(RowsError, match=":3: not JSON"):
         next(stream)
+
+
+def test_a_csv_field_larger_than_the_csv_module_default_is_read(tmp_path: Path) -> None:
+    """The csv module refuses fields over 128 KiB by default; a long document in one cell is a normal row."""
+    path = tmp_path / "in.csv"
+    path.write_text('text\n"' + "y" * 1_000_000 + '"\nshort\n')
+    assert [len(row["text"]) for _, row in rows_of(path)] == [1_000_000, 5]

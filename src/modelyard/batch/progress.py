@@ -13,6 +13,7 @@ from typing import Protocol
 from rich.console import Console, Group, RenderableType
 from rich.live import Live
 from rich.progress_bar import ProgressBar
+from rich.table import Table
 from rich.text import Text
 
 from modelyard.batch.budget import BudgetView
@@ -72,9 +73,10 @@ class ProgressState:
         return None
 
     def line(self) -> str:
+        return f"rows {self.done:,}/{self.total:,}  failed {self.failed:,}  " + self.details()
+
+    def details(self) -> str:
         parts = [
-            f"rows {self.done:,}/{self.total:,}",
-            f"failed {self.failed:,}",
             f"{self.rate():.1f} rows/s",
             f"cost ${self.spent:.4f}" + (f" of ${self.limit:g}" if self.limit is not None else ""),
             f"ETA {_duration(self.eta_s())}",
@@ -136,11 +138,15 @@ class BatchProgress:
             self.console.print(self.state.line(), highlight=False, markup=False, soft_wrap=True)
 
     def __rich__(self) -> RenderableType:
-        """Drawn by Live's refresh thread, at most REFRESH_PER_S times a second."""
+        """Drawn by Live's refresh thread, at most REFRESH_PER_S times a second; two short lines (80 columns)."""
         state = self.state
-        bar = ProgressBar(total=max(1, state.total), completed=state.done, width=40)
         share = state.done / state.total * 100 if state.total else 100.0
-        return Group(bar, Text(f"{share:5.1f}%  " + state.line()))
+        top = Table.grid(padding=(0, 2))
+        top.add_row(
+            ProgressBar(total=max(1, state.total), completed=state.done, width=30),
+            Text(f"{share:5.1f}%  rows {state.done:,}/{state.total:,}  failed {state.failed:,}"),
+        )
+        return Group(top, Text(state.details()))
 
 
 def _duration(seconds: float | None) -> str:

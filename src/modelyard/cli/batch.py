@@ -140,6 +140,8 @@ def _check(given: Given) -> None:
         raise BadInput(f"--engine must be local or ray, not {given.engine!r}")
     if given.out is not None and not given.out.endswith(_OUT_SUFFIXES):
         raise BadInput(f"--out {given.out}: the results file must end in .jsonl or .parquet")
+    if given.out is not None:
+        given.out = str(Path(given.out).resolve())  # stored: a resume from another directory writes the same file
 
 
 def _new(

@@ -412,7 +412,9 @@ def test_a_resume_while_the_first_driver_is_alive_is_refused(batch: Batch) -> No
         first.wait(10)
 
 
-@pytest.mark.xfail(strict=True, reason="two --resume started together both pass the liveness check: rows paid twice")
+# Not strict: a race. Run alone it double-pays every time (~150 of 193 rows); under a loaded full-file run the
+# second process sometimes starts late enough to be refused, which is the safe outcome and would XPASS.
+@pytest.mark.xfail(strict=False, reason="two --resume started together both pass the liveness check: rows paid twice")
 def test_two_resumes_started_together_never_pay_a_row_twice(batch: Batch) -> None:
     rows = batch.root / "rows.jsonl"
     pad = "p" * 400_000  # a wide ignored column: the inputs check takes a while, as on a real big file

@@ -222,8 +222,10 @@ class RayEngine:
                 if exhausted and not held:
                     return
                 self._wake.clear()
-                if self._events or (pull is not None and pull.done()):
-                    continue
+                if self._events or (pull is not None and pull.done()) or (queue and self.workers):
+                    continue  # (rows a dead worker lost are queued again: send them now)
+                if pull is None and not exhausted and len(held) < concurrency:
+                    continue  # rows were settled from the store: room to pull again
                 if queue and not self.workers:
                     await self._no_workers()
                     continue

@@ -480,6 +480,8 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
         if address:
             ray.init(address=address, **options)
             return True
+        # its notice that a local Ray uses token authentication (it does: nothing to act on) is not printed
+        logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with _loopback_only(ray):
             ray.init(num_cpus=num_cpus or os.cpu_count() or 1, _node_ip_address="127.0.0.1", **options)
         return True

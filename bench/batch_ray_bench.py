@@ -11,7 +11,8 @@ in-process router from one config, SQLite store, same rows and concurrency. Vari
 rows/s counts the rows' run only (first pull to last result), not Ray's or the actors' start-up (printed
 apart). Runs alternate between variants for `--repeat` rounds; prints median and spread (min-max).
 
-    python bench/batch_ray_bench.py [--rows 2000] [--concurrency 64] [--repeat 3] [--variants local,actors-1,...]
+    [BENCH_RAY_CHUNK=8] python bench/batch_ray_bench.py [--rows 2000] [--concurrency 64] [--repeat 3]
+        [--variants local,actors-1,actors-2,tasks-2]
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from batch_bench import WORKFLOW, start_sim, write_inputs
 
 from modelyard.batch.engine import LocalEngine
 from modelyard.batch.model import BackendRef, BatchHeader, RowResult, RowTask
-from modelyard.batch.ray_engine import _connect, import_ray, open_ray_engine
+from modelyard.batch.ray_engine import DEFAULT_CHUNK, _connect, import_ray, open_ray_engine
 from modelyard.batch.runner import RowRunner
 from modelyard.batch.store import open_batch_store
 from modelyard.workflows.api import Workflow
@@ -83,7 +84,8 @@ async def run_actors(
     header: BatchHeader, store: str, config: str, rows: int, concurrency: int, workers: int
 ) -> tuple[float, float]:
     started = time.perf_counter()
-    async with open_ray_engine(header, store, BackendRef(config=config), workers=workers) as engine:
+    chunk = int(os.environ.get("BENCH_RAY_CHUNK", DEFAULT_CHUNK))
+    async with open_ray_engine(header, store, BackendRef(config=config), workers=workers, chunk=chunk) as engine:
         startup = time.perf_counter() - started
         return await drain(engine.run(feed(rows), concurrency), rows), startup
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import glob
 import json
 import logging
 import math
@@ -65,8 +66,22 @@ def result_line(result: RowResult) -> bytes:
         "cost_usd": result.cost_usd,
         "error": result.error,
     }
-    text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str)
+    try:
+        text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:  # a non-finite number in an output (a tool's float): null, so the line stays JSON
+        text = json.dumps(_finite(data), separators=(",", ":"), ensure_ascii=False, default=str)
     return text.encode("utf-8", errors="backslashreplace") + b"\n"
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, ±inf) as None: what JSON and Parquet columns can hold."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 class _Bitmap:
@@ -125,6 +140,9 @@ class ResultsWriter:
         if not self.path.parent.is_dir():
             raise ResultsError(f"--out {self.path}: the directory {self.path.parent} does not exist")
         try:
+            _remove_dead_temps(self.live)
+            if self.live != self.path:
+                _remove_dead_temps(self.path)
             self._rebuild()
             self._file = self.live.open("ab")
         except OSError as exc:
@@ -293,6 +311,28 @@ def _temp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def _remove_dead_temps(path: Path) -> None:
+    """Temp files a killed rewrite of `path` left behind (their writer's pid is gone on this host)."""
+    prefix = f".{path.name}."
+    for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
+        pid = temp.name[len(prefix) : -len(".tmp")]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return False  # this process's own leftover: no rewrite of ours is running while we open
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _atomic_write(path: Path, lines: Iterable[bytes]) -> None:
     """Write next to `path`, fsync, then replace it: a crash leaves the old file or the new one, never half."""
     temp = _temp_path(path)
@@ -418,10 +458,6 @@ def write_parquet(path: Path, store: BatchStore, batch_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
     _fsync_dir(path.parent)
-
-
-def _finite(value: float) -> float | None:
-    return value if math.isfinite(value) else None
 
 
 def _groups(results: Iterable[RowResult]) -> Iterator[list[RowResult]]:

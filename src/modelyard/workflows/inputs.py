@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 from modelyard.schema.errors import ModelyardError
@@ -50,9 +51,22 @@ def _type_problem(declared: InputSpec, value: Any) -> str | None:
     wrong_bool = isinstance(value, bool) and declared.type in ("number", "integer")
     if not isinstance(value, expected) or wrong_bool:
         return f"input '{declared.name}' should be {declared.type}, got {type(value).__name__} {value!r}"
+    if _non_finite(value):
+        return f"input '{declared.name}' holds a number out of range (NaN or infinite)"
     if declared.enum is not None and value not in declared.enum:
         return f"input '{declared.name}' must be one of {list(declared.enum)}, got {value!r}"
     return None
+
+
+def _non_finite(value: Any) -> bool:
+    """NaN or ±inf anywhere in a value (JSON's `1e999` parses to inf): no JSON document can carry it onward."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_non_finite(v) for v in value)
+    return False
 
 
 def parse_cli_inputs(spec: WorkflowSpec, pairs: list[str]) -> dict[str, Any]:

@@ -192,15 +192,29 @@ class OpenAIBatches:
                 continue
             content = await self.http.request("GET", f"{self.base}/files/{file_id}/content")
             for line in content.splitlines():
-                if line.strip():
-                    custom_id, outcome = _openai_line(line)
+                item = _result_item(line)
+                if item is not None:
+                    custom_id, outcome = _openai_line(item)
                     found[custom_id] = outcome
         return found
 
 
-def _openai_line(line: bytes) -> tuple[str, Outcome]:
-    item = _decode(line)
-    custom_id = str(item.get("custom_id"))
+def _result_item(line: bytes) -> dict[str, Any] | None:
+    """One line of a results file as an object with a custom id; None for a blank or malformed line (it answers
+    no row: the row it meant fails as unanswered, the others are still collected)."""
+    if not line.strip():
+        return None
+    try:
+        item = _decode(line)
+    except (msgspec.DecodeError, UnicodeDecodeError):
+        return None
+    if not isinstance(item, dict) or not isinstance(item.get("custom_id"), str):
+        return None
+    return item
+
+
+def _openai_line(item: dict[str, Any]) -> tuple[str, Outcome]:
+    custom_id = str(item["custom_id"])
     response = item.get("response") or {}
     status = response.get("status_code")
     if status == 200 and isinstance(response.get("body"), dict):
@@ -259,9 +273,9 @@ class AnthropicBatches:
         content = await self.http.request("GET", f"{self.base}/{job_id}/results")
         found: dict[str, Outcome] = {}
         for line in content.splitlines():
-            if not line.strip():
+            item = _result_item(line)
+            if item is None:
                 continue
-            item = _decode(line)
             result = item.get("result") or {}
             kind = result.get("type")
             if kind == "succeeded" and isinstance(result.get("message"), dict):

@@ -58,17 +58,17 @@ def test_custom_ids_fit_anthropic_pattern() -> None:
 
 def test_openai_result_lines() -> None:
     ok = {"id": "r", "custom_id": "c1", "response": {"status_code": 200, "body": {"choices": []}}, "error": None}
-    custom_id, outcome = _openai_line(msgspec.json.encode(ok))
+    custom_id, outcome = _openai_line(ok)
     assert custom_id == "c1" and outcome.body is not None and outcome.error is None
     bad = {
         "custom_id": "c2",
         "response": {"status_code": 400, "body": {"error": {"message": "bad thing"}}},
         "error": None,
     }
-    _, failed = _openai_line(msgspec.json.encode(bad))
+    _, failed = _openai_line(bad)
     assert failed.body is None and failed.error == "HTTP 400: bad thing"
     expired = {"custom_id": "c3", "response": None, "error": {"code": "batch_expired", "message": "too late"}}
-    _, late = _openai_line(msgspec.json.encode(expired))
+    _, late = _openai_line(expired)
     assert late.error == "batch_expired: too late"
 
 

@@ -21,7 +21,7 @@ from modelyard.batch.budget import BatchBudget, Estimator, check_concurrency
 from modelyard.batch.engine import RowEngine
 from modelyard.batch.model import RETRYABLE_STATES, BatchHeader, BatchOptions, RowResult, RowTask
 from modelyard.batch.progress import NoProgress, ProgressSink
-from modelyard.batch.store import BatchStore
+from modelyard.batch.store import HEARTBEAT_S, BatchBusy, BatchStore
 from modelyard.batch.summary import BatchReport, BatchSummary
 from modelyard.workflows.api import Workflow
 from modelyard.workflows.checkpoint import session_marker
@@ -63,6 +63,7 @@ class BatchDriver:
         rows: RowSource | None = None,
         writer: Callable[[], AbstractContextManager[Writer]] | None = None,
         planned_row_cost: float | None = None,
+        force: bool = False,
     ) -> None:
         self.workflow = workflow
         self.header = header
@@ -75,6 +76,8 @@ class BatchDriver:
         self.rows = rows or self._file_rows
         self.writer = writer or self._file_writer
         self.planned_row_cost = planned_row_cost
+        #: Run even when another live driver holds the batch (`--force`).
+        self.force = force
         self.summary = BatchSummary()
         #: Rows handed to the engine this session (the feed's laziness is observable).
         self.fed = 0
@@ -86,7 +89,28 @@ class BatchDriver:
     async def run(self) -> BatchReport:
         started = time.perf_counter()
         batch_id = self.header.batch_id
-        self.store.set_state(batch_id, "running", {**session_marker(), "started_at": time.time()})
+        marker = {**session_marker(), "started_at": time.time(), "heartbeat_at": time.time()}
+        held = self.store.claim(batch_id, marker, force=self.force)
+        if held is not None:
+            holder = held[1]
+            raise BatchBusy(
+                f"batch {batch_id} still looks alive (pid {holder.get('pid')} on {holder.get('host')}); "
+                "use --force to resume it anyway (a second driver pays its rows twice)"
+            )
+        heartbeat = asyncio.ensure_future(self._heartbeat(marker))
+        try:
+            return await self._session(started)
+        finally:
+            heartbeat.cancel()
+
+    async def _heartbeat(self, marker: dict[str, Any]) -> None:
+        """Refresh the running marker: a driver on another host takes a silent one for a dead driver's."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_S)
+            self.store.set_state(self.header.batch_id, "running", {**marker, "heartbeat_at": time.time()})
+
+    async def _session(self, started: float) -> BatchReport:
+        batch_id = self.header.batch_id
         done = self.store.done_rows(batch_id)
         retry = (
             {row for row, state in done.items() if state in RETRYABLE_STATES} if self.options.retry_failed else set()

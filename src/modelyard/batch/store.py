@@ -12,13 +12,42 @@ row, therefore never record it twice, and a resumed row reuses exactly the steps
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 from modelyard.batch.model import BatchHeader, BatchTotals, RowResult, Submission
-from modelyard.workflows.checkpoint import RunHeader, StoredEvent, StoredRun
+from modelyard.schema.errors import ModelyardError
+from modelyard.workflows.checkpoint import RunHeader, StoredEvent, StoredRun, marker_alive
 from modelyard.workflows.records import LEAF_KINDS, RunStatus, StepRecord, StepState
+
+
+class StoreUnavailable(ModelyardError, RuntimeError):
+    """A store that cannot be opened (a directory, a file that is not SQLite, no permission)."""
+
+
+class BatchBusy(ModelyardError, RuntimeError):
+    """Another driver is running this batch now: a second one would pay its rows twice."""
+
+
+#: A running driver refreshes its marker this often, and a marker from another host that has not been
+#: refreshed for LEASE_S is taken as a dead driver's (a process on this host is asked directly).
+HEARTBEAT_S = 10.0
+LEASE_S = 45.0
+
+
+def holds_batch(state: tuple[str, dict[str, Any]] | None, now: float) -> bool:
+    """Whether a stored state says another live driver runs the batch: `running`, and its process alive (this
+    host) or its heartbeat fresh (another host). A marker of this very process holds nothing."""
+    if state is None or state[0] != "running":
+        return False
+    marker = state[1]
+    if marker.get("host") == socket.gethostname():
+        return marker.get("pid") != os.getpid() and marker_alive(marker)
+    beat = marker.get("heartbeat_at")
+    return isinstance(beat, int | float) and now - beat < LEASE_S
 
 
 class BatchStore(Protocol):
@@ -39,6 +68,12 @@ class BatchStore(Protocol):
         ...
 
     def state(self, batch_id: str) -> tuple[str, dict[str, Any]] | None: ...
+
+    def claim(self, batch_id: str, marker: dict[str, Any], *, force: bool = False) -> tuple[str, dict[str, Any]] | None:
+        """Mark the batch `running` with this driver's marker, atomically with reading who holds it (two
+        drivers started together cannot both pass): None when claimed; else the state of the live driver that
+        holds it (`holds_batch`), unless `force`."""
+        ...
 
     def save_row(self, batch_id: str, result: RowResult) -> bool:
         """Store a finished row (first write wins); False when the row already had a result.

@@ -10,6 +10,7 @@ their natural keys, so the first write wins and a re-sent transaction changes no
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import psycopg
 
 from modelyard.batch.model import BatchHeader, BatchTotals, RowResult, Submission
+from modelyard.batch.store import holds_batch
 from modelyard.batch.store_sqlite import (
     FINAL_STATES,
     MAX_PAGE,
@@ -90,6 +92,21 @@ class PostgresBatchStore:
 
     def set_state(self, batch_id: str, state: str, data: dict[str, Any]) -> None:
         self._writer.queue(_SET_STATE, (batch_id, state, dumps(data)))
+
+    def claim(self, batch_id: str, marker: dict[str, Any], *, force: bool = False) -> tuple[str, dict[str, Any]] | None:
+        def claim(conn: psycopg.Connection[Any]) -> tuple[str, dict[str, Any]] | None:
+            with conn.transaction():  # one claimer at a time per batch, until its transaction ends
+                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"modelyard_batch:{batch_id}",))
+                query = "SELECT state, data FROM modelyard_batch_state WHERE batch_id = %s"
+                row = conn.execute(query, (batch_id,)).fetchone()
+                held = None if row is None else (str(row[0]), json.loads(row[1]))
+                if not force and holds_batch(held, time.time()):
+                    return held
+                conn.execute(_SET_STATE, (batch_id, "running", dumps(marker)))
+            return None
+
+        self._writer.flush()
+        return self._writer.call(claim)
 
     def save_row(self, batch_id: str, result: RowResult) -> bool:
         """First write wins. The answer is this store's view (its pending rows and the table): two processes

@@ -15,6 +15,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from modelyard.batch.model import RETRYABLE_STATES, ROW_STATES, BatchHeader, BatchTotals, RowResult, Submission
+from modelyard.batch.store import StoreUnavailable, holds_batch
 from modelyard.workflows.checkpoint import DEFAULT_STORE
 from modelyard.workflows.records import StepRecord
 
@@ -101,13 +103,31 @@ def chunks(rows: Sequence[int]) -> Iterator[list[int]]:
         yield ordered[start : start + IN_CHUNK]
 
 
+def _use_wal(db: sqlite3.Connection, wait_s: float = 60.0) -> None:
+    """WAL mode, which one opener sets for all: switching needs the file to itself, and SQLite answers "locked"
+    at once (no busy wait) while another process writes, so a second opener retries for up to `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            if str(db.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class SqliteBatchStore:
     """`BatchStore` in one SQLite file. One object per process; safe to call from several threads."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).expanduser()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60.0, check_same_thread=False)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, isolation_level=None, timeout=60.0, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"cannot open the batch store {self.path}: {exc}") from None
         self._lock = threading.RLock()
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         #: (batch_id, row) of results queued but not committed: a second save_row of one is a duplicate.
@@ -115,9 +135,12 @@ class SqliteBatchStore:
         self._flush_scheduled = False
         self._error: BaseException | None = None
         try:
-            self._db.execute("PRAGMA journal_mode=WAL")
+            _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:  # a directory, a file that is not SQLite, a read-only place
+            self._db.close()
+            raise StoreUnavailable(f"cannot open the batch store {self.path}: {exc}") from None
         except BaseException:
             self._db.close()
             raise
@@ -137,6 +160,24 @@ class SqliteBatchStore:
 
     def set_state(self, batch_id: str, state: str, data: dict[str, Any]) -> None:
         self._queue(_SET_STATE, (batch_id, state, dumps(data)))
+
+    def claim(self, batch_id: str, marker: dict[str, Any], *, force: bool = False) -> tuple[str, dict[str, Any]] | None:
+        self.flush()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")  # the write lock first: a second claimer waits, then reads ours
+            try:
+                found = self._db.execute("SELECT state, data FROM batch_state WHERE batch_id = ?", (batch_id,))
+                row = found.fetchone()
+                held = None if row is None else (str(row[0]), json.loads(row[1]))
+                if not force and holds_batch(held, time.time()):
+                    self._db.execute("ROLLBACK")
+                    return held
+                self._db.execute(_SET_STATE, (batch_id, "running", dumps(marker)))
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+        return None
 
     def save_row(self, batch_id: str, result: RowResult) -> bool:
         with self._lock:

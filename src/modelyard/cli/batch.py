@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -112,13 +112,14 @@ def batch_command(
     try:
         try:
             if resume:
-                spec, header, options = _resumed(opened, resume, workflow, inputs, mapping, given, force)
+                spec, header, options = _resumed(opened, resume, workflow, inputs, mapping, given, _store_file(store))
             else:
-                spec, header, options = _new(opened, workflow, inputs, mapping, given, batch_id)
+                _check_batch_id(batch_id)
+                spec, header, options = _new(opened, workflow, inputs, mapping, given, batch_id, _store_file(store))
         except (BadInput, BudgetError, ModelyardError, ValueError, OSError) as exc:
             raise _fail(str(exc)) from None
         backend_ref = BackendRef(backend, config, gateway_url)
-        session = _Session(Workflow(spec), header, opened, options, factory, backend_ref, store, progress)
+        session = _Session(Workflow(spec), header, opened, options, factory, backend_ref, store, progress, force)
         try:
             report = asyncio.run(session.run())
         except (BackendUnavailable, ModelyardError) as exc:
@@ -130,6 +131,45 @@ def batch_command(
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(0 if report.all_succeeded else 1)
+
+
+#: A batch id: it names rows in stores and custom ids at providers, so no paths, quotes or control characters.
+_BATCH_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+def _check_batch_id(batch_id: str | None) -> None:
+    if batch_id is not None and not _BATCH_ID.match(batch_id):
+        raise BadInput("--batch-id: 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+
+
+def _check_out(out: str | None, inputs_path: str, store: str | None) -> None:
+    """Never write the results over the rows they come from, or over the store that keeps them."""
+    if out is None:
+        return
+    targets = [out, out + ".partial.jsonl"] if out.endswith(".parquet") else [out]
+    for target in targets:
+        for name, other in (("--inputs", inputs_path), ("--store", store)):
+            if other and _same_file(target, other):
+                raise BadInput(f"--out {out} is the {name} file: give the results a file of their own")
+
+
+def _store_file(location: str | None) -> str | None:
+    """The SQLite file a store location names (None for PostgreSQL)."""
+    from modelyard.batch.store_sqlite import default_path
+    from modelyard.workflows.checkpoint_pg import is_postgres
+
+    if location is None:
+        return str(default_path())
+    return None if is_postgres(location) else location
+
+
+def _same_file(a: str, b: str) -> bool:
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist yet: not the same file
+        return False
 
 
 def _check(given: Given) -> None:
@@ -151,6 +191,7 @@ def _new(
     pairs: list[str] | None,
     given: Given,
     batch_id: str | None,
+    store_location: str | None,
 ) -> tuple[WorkflowSpec, BatchHeader, BatchOptions]:
     from modelyard.batch.rows import inspect_inputs, parse_mapping
 
@@ -159,6 +200,7 @@ def _new(
     spec = _load(workflow)
     mapping = parse_mapping(pairs or [])
     found = inspect_inputs(inputs, spec, mapping)
+    _check_out(given.out, str(found.path), store_location)
     options = _merge(BatchOptions(), given)
     header = BatchHeader(
         batch_id=batch_id or new_batch_id(),
@@ -183,7 +225,7 @@ def _resumed(
     inputs: Path | None,
     pairs: list[str] | None,
     given: Given,
-    force: bool,
+    store_location: str | None,
 ) -> tuple[WorkflowSpec, BatchHeader, BatchOptions]:
     """The stored batch, its workflow text, its inputs file (or the same bytes at --inputs), options overridden."""
     from modelyard.batch.rows import inspect_inputs
@@ -193,9 +235,6 @@ def _resumed(
     header = store.header(batch_id)
     if header is None:
         raise BadInput(f"no batch {batch_id!r} in the store")
-    state = store.state(batch_id)
-    if state is not None and state[0] == "running" and _alive(state[1]) and not force:
-        raise BadInput(f"batch {batch_id} still looks alive (pid {state[1].get('pid')}); use --force to resume")
     try:
         spec = parse_workflow(header.text, header.source)
     except WorkflowError as exc:
@@ -205,6 +244,7 @@ def _resumed(
     if found.fingerprint != header.inputs_fingerprint:
         raise BadInput(f"{path} changed since batch {batch_id} started (its bytes differ); give the original file")
     header.inputs_path = str(found.path.resolve())
+    _check_out(given.out or header.options.get("out"), header.inputs_path, store_location)
     stored = BatchOptions(**{f.name: header.options[f.name] for f in fields(BatchOptions) if f.name in header.options})
     stored.retry_failed = False  # a flag of one session
     return spec, header, _merge(stored, given)
@@ -225,23 +265,6 @@ def _load(path: Path) -> WorkflowSpec:
         raise BadInput(f"{path}: {count} problem{'s' if count != 1 else ''}\n{exc}") from None
 
 
-def _alive(marker: dict[str, Any]) -> bool:
-    """Whether the process that marked the batch running still runs (knowable on the same host only)."""
-    pid = marker.get("pid")
-    if not isinstance(pid, int) or marker.get("host") != socket.gethostname() or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3]
-    except OSError:
-        return True
-
-
 # --------------------------------------------------------------------------- one session
 
 
@@ -258,6 +281,7 @@ class _Session:
         backend_ref: BackendRef,
         store_location: str | None,
         progress: bool,
+        force: bool = False,
     ) -> None:
         self.workflow = workflow
         self.header = header
@@ -267,6 +291,7 @@ class _Session:
         self.backend_ref = backend_ref
         self.store_location = store_location
         self.progress = progress
+        self.force = force
 
     async def run(self) -> BatchReport:
         async with self.factory(self.backend_ref.config, self.backend_ref.gateway_url) as backend:
@@ -282,6 +307,7 @@ class _Session:
                     estimator=estimator if self.options.max_cost_usd is not None else None,
                     progress=BatchProgress(console, enabled=self.progress),
                     planned_row_cost=planned,
+                    force=self.force,
                 )
                 with _sigint(driver):
                     return await driver.run()

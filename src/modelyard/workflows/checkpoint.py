@@ -359,10 +359,10 @@ def _status(last: StoredEvent | None) -> RunStatus:
             return RunStatus(last.data.get("status", RunStatus.FAILED))
         except ValueError:  # written by another version: shown as failed, never a run list that cannot load
             return RunStatus.FAILED
-    return RunStatus.RUNNING if _alive(last.data) else RunStatus.INTERRUPTED
+    return RunStatus.RUNNING if marker_alive(last.data) else RunStatus.INTERRUPTED
 
 
-def _alive(marker: dict[str, Any]) -> bool:
+def marker_alive(marker: dict[str, Any]) -> bool:
     """Whether the process that wrote a session marker still runs (only knowable on the same host)."""
     pid = marker.get("pid")
     if not isinstance(pid, int) or marker.get("host") != socket.gethostname():

@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.checkpoint import RunHeader, StoredEvent
 
 T = TypeVar("T")
@@ -34,7 +35,7 @@ _SCHEMA_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 DDL_LOCK = 0x6D7977667374
 
 
-class StoreWriteError(RuntimeError):
+class StoreWriteError(ModelyardError, RuntimeError):
     """A write the store could not make (after one reconnect): the caller must not go on as if it was."""
 
 
@@ -54,12 +55,15 @@ def split_schema(dsn: str) -> tuple[str, str | None]:
 
 
 def redacted(dsn: str) -> str:
-    """The DSN without its password, for messages."""
+    """The DSN without its password (in the user part or as `?password=`), for messages."""
     parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn
-    host = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(k == "password" for k, _ in query):
+        parts = parts._replace(query=urlencode([(k, "***" if k == "password" else v) for k, v in query]))
+    if parts.password is not None:
+        host = parts.netloc.rsplit("@", 1)[-1]
+        parts = parts._replace(netloc=f"{parts.username}:***@{host}")
+    return urlunsplit(parts)
 
 
 class PgWriter:

@@ -216,7 +216,6 @@ def test_a_wrongly_typed_cell_fails_its_row_as_invalid_and_pays_nothing(batch: B
     assert batch.calls() == 2
 
 
-@pytest.mark.xfail(strict=True, reason="1e999 in a number input becomes inf: the row runs and --out gets Infinity")
 def test_an_overflowing_number_never_reaches_the_output_as_non_json(batch: Batch) -> None:
     batch.workflow.write_text(textwrap.dedent(NUMBER_WORKFLOW), encoding="utf-8")
     inputs = batch.root / "rows.jsonl"
@@ -278,7 +277,6 @@ def test_an_unknown_engine_is_exit_2(batch: Batch) -> None:
     ["../../etc/passwd", "a/b", "line\nbreak", "bell\x07", "x" * 100_000],
     ids=["dotdot", "slash", "newline", "control", "100k-chars"],
 )
-@pytest.mark.xfail(strict=True, reason="--batch-id accepts path separators, control characters and any length")
 def test_a_batch_id_with_path_or_control_characters_or_unbounded_length_is_exit_2(batch: Batch, batch_id: str) -> None:
     clean_exit_2(batch.new(batch.rows(2), "out.jsonl", "--batch-id", batch_id), "--batch-id")
 
@@ -310,7 +308,6 @@ def test_a_resume_after_the_inputs_changed_is_refused(batch: Batch) -> None:
     clean_exit_2(batch.run("--resume", "b1", "--inputs", str(batch.root / "other.jsonl")))
 
 
-@pytest.mark.xfail(strict=True, reason="--out equal to --inputs replaces the inputs file with the results")
 def test_out_equal_to_inputs_is_refused_and_the_inputs_survive(batch: Batch) -> None:
     rows = batch.rows(5)
     before = rows.read_bytes()
@@ -319,7 +316,6 @@ def test_out_equal_to_inputs_is_refused_and_the_inputs_survive(batch: Batch) -> 
     clean_exit_2(done, "--out")
 
 
-@pytest.mark.xfail(strict=True, reason="43e6572 resolves --out through the symlink: the inputs are replaced")
 def test_out_as_a_symlink_to_the_inputs_never_clobbers_them(batch: Batch) -> None:
     rows = batch.rows(5)
     before = rows.read_bytes()
@@ -342,7 +338,6 @@ def test_an_unwritable_out_is_exit_2_before_anything_is_paid(batch: Batch, out: 
 # --------------------------------------------------------------------------- stores
 
 
-@pytest.mark.xfail(strict=True, reason="a --store that is a directory or not SQLite is a sqlite3 traceback, exit 1")
 @pytest.mark.parametrize("kind", ["directory", "not-sqlite"])
 def test_an_unusable_sqlite_store_is_exit_2_without_a_traceback(batch: Batch, kind: str) -> None:
     store = batch.root / "store.db"
@@ -354,7 +349,6 @@ def test_an_unusable_sqlite_store_is_exit_2_without_a_traceback(batch: Batch, ki
     assert batch.calls() == 0
 
 
-@pytest.mark.xfail(strict=True, reason="a PostgreSQL DSN that cannot connect is a StoreWriteError traceback, exit 1")
 @pytest.mark.parametrize(
     "dsn",
     [
@@ -370,7 +364,6 @@ def test_a_postgresql_store_that_fails_is_exit_2_without_traceback_or_password(b
     clean_exit_2(done)
 
 
-@pytest.mark.xfail(strict=True, reason="a password given as ?password= in the DSN is printed in the error")
 def test_a_password_in_the_dsn_query_is_never_printed(batch: Batch) -> None:
     done = batch.new(batch.rows(3), "out.jsonl", store=f"postgresql://postgres@127.0.0.1:1/test?password={PASSWORD}")
     assert PASSWORD not in done.stdout + done.stderr
@@ -412,9 +405,6 @@ def test_a_resume_while_the_first_driver_is_alive_is_refused(batch: Batch) -> No
         first.wait(10)
 
 
-# Not strict: a race. Run alone it double-pays every time (~150 of 193 rows); under a loaded full-file run the
-# second process sometimes starts late enough to be refused, which is the safe outcome and would XPASS.
-@pytest.mark.xfail(strict=False, reason="two --resume started together both pass the liveness check: rows paid twice")
 def test_two_resumes_started_together_never_pay_a_row_twice(batch: Batch) -> None:
     rows = batch.root / "rows.jsonl"
     pad = "p" * 400_000  # a wide ignored column: the inputs check takes a while, as on a real big file

@@ -23,7 +23,6 @@ import argparse
 import asyncio
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,6 +37,7 @@ from modelyard.batch.engine import LocalEngine
 from modelyard.batch.model import RowResult, RowTask
 from modelyard.batch.runner import RowRunner
 from modelyard.batch.store_sqlite import SqliteBatchStore
+from modelyard.testing.process import start_sim_process
 from modelyard.workflows.api import Workflow
 from modelyard.workflows.scripted import ScriptedBackend
 
@@ -61,27 +61,11 @@ models:
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_sim(base: Path) -> tuple[subprocess.Popen[bytes], str]:
     fleet = base / "fleet.yaml"
     fleet.write_text(FLEET, encoding="utf-8")
-    port = free_port()
-    process = subprocess.Popen([*CLI, "sim", "--port", str(port), "--fleet", str(fleet)], cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, f"http://127.0.0.1:{port}"
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the simulator did not start") from None
-            time.sleep(0.1)
+    process, port = start_sim_process(fleet, cwd=ROOT)
+    return process, f"http://127.0.0.1:{port}"
 
 
 def write_inputs(base: Path, rows: int, sim_url: str) -> dict[str, Path]:

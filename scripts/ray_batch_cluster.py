@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -49,6 +48,7 @@ os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
 from ray.cluster_utils import Cluster
 
 from modelyard.batch.store import open_batch_store
+from modelyard.testing.process import start_sim_process
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "modelyard.cli.main"]
@@ -73,27 +73,11 @@ models:
 SYSTEM_CONFIG = {"health_check_period_ms": 1000, "health_check_failure_threshold": 3}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def start_sim(base: Path) -> tuple[subprocess.Popen[bytes], int]:
     fleet = base / "fleet.yaml"
     fleet.write_text(FLEET, encoding="utf-8")
-    port = free_port()
-    process = subprocess.Popen([*CLI, "sim", "--port", str(port), "--fleet", str(fleet)], cwd=ROOT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return process, port
-        except OSError:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                raise RuntimeError("the simulator did not start") from None
-            time.sleep(0.1)
+    process, port = start_sim_process(fleet, cwd=ROOT)
+    return process, port
 
 
 def sim_requests(port: int) -> int:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from modelyard.batch.model import RowResult, RowTask
@@ -109,9 +109,12 @@ async def _pull(tasks: AsyncIterator[RowTask]) -> RowTask | None:
 
 async def _cancel(running: set[asyncio.Task[RowResult]], pull: asyncio.Task[RowTask | None] | None) -> None:
     """Cancel what still runs (Ctrl-C, or a consumer that stopped): those rows stay unfinished, no result."""
-    pending: list[asyncio.Future[Any]] = [*running]
-    if pull is not None:
-        pending.append(pull)
+    await cancel_all([*running, pull])
+
+
+async def cancel_all(futures: Iterable[asyncio.Future[Any] | None]) -> None:
+    """Cancel every future given (None skipped) and wait until each has ended, its errors swallowed."""
+    pending = [f for f in futures if f is not None]
     for future in pending:
         future.cancel()
     if pending:

@@ -26,7 +26,7 @@ from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-from modelyard.batch.engine import RowEngine
+from modelyard.batch.engine import RowEngine, cancel_all
 from modelyard.batch.model import BackendRef, BatchHeader, RowResult, RowTask
 from modelyard.batch.runner import MAX_ERROR_CHARS, RowRunner
 from modelyard.batch.store import BatchStore, open_batch_store
@@ -364,13 +364,7 @@ class RayEngine:
 
     async def _stop(self, pull: asyncio.Task[RowTask | None] | None) -> None:
         """Stop reading streams and feeding (a consumer that stopped, or Ctrl-C): unreported rows stay unfinished."""
-        pending: list[asyncio.Future[Any]] = [*self._streams, *self._spawning]
-        if pull is not None:
-            pending.append(pull)
-        for future in pending:
-            future.cancel()
-        if pending:
-            await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_all([*self._streams, *self._spawning, pull])
 
     async def aclose(self) -> None:
         """Let every worker close its backend and store, then end the actors."""

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import IO, Any
 from modelyard.batch.model import RowResult
 from modelyard.batch.store import BatchStore, iter_results
 from modelyard.schema.errors import ModelyardError
+from modelyard.workflows.checkpoint import marker_alive
 
 log = logging.getLogger(__name__)
 
@@ -312,25 +314,15 @@ def _temp_path(path: Path) -> Path:
 
 
 def _remove_dead_temps(path: Path) -> None:
-    """Temp files a killed rewrite of `path` left behind (their writer's pid is gone on this host)."""
+    """Temp files a killed rewrite of `path` left behind (their writer's pid is gone on this host; this process
+    opens the writer only when no rewrite of its own runs)."""
     prefix = f".{path.name}."
+    host = socket.gethostname()
     for temp in path.parent.glob(f"{glob.escape(prefix)}*.tmp"):
         pid = temp.name[len(prefix) : -len(".tmp")]
-        if pid.isdigit() and not _pid_alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or not marker_alive({"pid": int(pid), "host": host})):
             with contextlib.suppress(OSError):
                 temp.unlink()
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return False  # this process's own leftover: no rewrite of ours is running while we open
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _atomic_write(path: Path, lines: Iterable[bytes]) -> None:

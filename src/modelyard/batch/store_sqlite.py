@@ -9,7 +9,6 @@ the end of the loop turn (`call_soon`), as `workflows.checkpoint.SqliteStore` do
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -25,6 +24,7 @@ from typing import Any
 from modelyard.batch.model import RETRYABLE_STATES, ROW_STATES, BatchHeader, BatchTotals, RowResult, Submission
 from modelyard.batch.store import StoreUnavailable, holds_batch
 from modelyard.workflows.checkpoint import DEFAULT_STORE
+from modelyard.workflows.group_commit import TurnCommit
 from modelyard.workflows.records import StepRecord
 
 #: Row states whose step checkpoints are dropped when the result is saved (nothing will ever reuse them);
@@ -132,8 +132,7 @@ class SqliteBatchStore:
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         #: (batch_id, row) of results queued but not committed: a second save_row of one is a duplicate.
         self._pending_rows: set[tuple[str, int]] = set()
-        self._flush_scheduled = False
-        self._error: BaseException | None = None
+        self._turns = TurnCommit(self.flush, self._lock)
         try:
             _use_wal(self._db)
             self._db.execute("PRAGMA synchronous=NORMAL")
@@ -209,32 +208,14 @@ class SqliteBatchStore:
         self._schedule()
 
     def _schedule(self) -> None:
-        """Commit at the end of this loop turn (before anything a write wakes up runs), or now outside a loop."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        with self._lock:
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        loop.call_soon(self._flush_in_loop)
-
-    def _flush_in_loop(self) -> None:
-        """The loop's flush: a failure is kept and raised by the next call, never dropped by the loop."""
-        try:
-            self.flush()
-        except Exception as exc:  # re-raised by the next flush
-            self._error = exc
+        self._turns.schedule()
 
     def flush(self) -> None:
         """Commit every pending write in one transaction (in order; one executemany per run of one statement)."""
         with self._lock:
-            self._flush_scheduled = False
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise RuntimeError(f"batch store {self.path}: an earlier commit failed: {error}") from error
+            failed = self._turns.begin()
+            if failed is not None:
+                raise RuntimeError(f"batch store {self.path}: an earlier commit failed: {failed}") from failed
             if not self._pending:
                 return
             pending = self._pending

@@ -33,6 +33,7 @@ from modelyard.batch.model import BackendRef, BatchHeader, BatchOptions, new_bat
 from modelyard.batch.progress import BatchProgress
 from modelyard.batch.store import BatchStore, open_batch_store
 from modelyard.batch.summary import BatchReport, print_report
+from modelyard.cli.workflows import emit_json
 from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.api import Workflow
 from modelyard.workflows.backend import BackendFactory, BackendUnavailable, ModelBackend, load_backend_factory
@@ -127,7 +128,7 @@ def batch_command(
     finally:
         opened.close()
     print_report(report, console)
-    _emit_json(report.to_json(), json_out, console)
+    emit_json(report.to_json(), json_out, console)
     if report.interrupted:
         raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(0 if report.all_succeeded else 1)
@@ -393,17 +394,6 @@ class _sigint:
 def _fail(message: str, code: int = 2) -> typer.Exit:
     Console(stderr=True).print(message, style="red", highlight=False, markup=False, soft_wrap=True)
     return typer.Exit(code)
-
-
-def _emit_json(data: dict[str, Any], target: str | None, console: Console) -> None:
-    if target is None:
-        return
-    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
-    if target == "-":
-        print(text)
-    else:
-        Path(target).write_text(text + "\n", encoding="utf-8")
-        console.print(f"wrote {target}", highlight=False)
 
 
 # --------------------------------------------------------------------------- batches list | show

@@ -131,7 +131,8 @@ def _factory(ref: str | None) -> BackendFactory:
         raise _fail(str(exc)) from None
 
 
-def _emit_json(data: dict[str, Any], target: str | None, console: Console) -> None:
+def emit_json(data: dict[str, Any], target: str | None, console: Console) -> None:
+    """`--json PATH`: the data as indented JSON to PATH, or to stdout for `-`."""
     if target is None:
         return
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
@@ -183,7 +184,7 @@ def run_command(
         runs.close()
     print_run(result, console)
     console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
-    _emit_json(result_json(result), json_out, console)
+    emit_json(result_json(result), json_out, console)
     raise typer.Exit(0 if result.status is RunStatus.SUCCEEDED else 1)
 
 
@@ -253,7 +254,7 @@ def plan_command(
     console.print(plan_table(plan))
     for line in plan_lines(plan):
         console.print(line, highlight=False, markup=False)
-    _emit_json(plan.to_json(), json_out, console)
+    emit_json(plan.to_json(), json_out, console)
 
 
 # --------------------------------------------------------------------------- runs
@@ -274,7 +275,7 @@ def runs_list(
         runs.close()
     console.print(runs_table(rows))
     data = {"runs": [{**vars(row), "status": row.status.value} for row in rows]}
-    _emit_json(data, json_out, console)
+    emit_json(data, json_out, console)
 
 
 @runs_app.command("show")
@@ -298,7 +299,7 @@ def runs_show(
     console.print("timeline:", highlight=False)
     for line in timeline(result):
         console.print(line, highlight=False, markup=False)
-    _emit_json(result_json(result), json_out, console)
+    emit_json(result_json(result), json_out, console)
 
 
 if __name__ == "__main__":

@@ -41,6 +41,19 @@ def wait_http(url: str, proc: subprocess.Popen[bytes], timeout_s: float = 30.0) 
     raise RuntimeError(f"{url} did not answer within {timeout_s}s")
 
 
+def start_sim_process(fleet: Path, cwd: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
+    """`modelyard sim` with `fleet` in its own process on a free loopback port, once it answers; (process, port).
+    Benchmarks run it apart so the simulator does not share the measured process's interpreter."""
+    port = free_port()
+    process = subprocess.Popen([*CLI, "sim", "--port", str(port), "--fleet", str(fleet)], cwd=cwd)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_sim/health", process)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process, port
+
+
 class GatewayProcess:
     """`with GatewayProcess(config_path) as gw: gw.url` — `modelyard serve` on loopback, ready when entered."""
 

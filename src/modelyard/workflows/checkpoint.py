@@ -9,7 +9,6 @@ the same log in a list for tests and embedding.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import socket
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from modelyard.workflows.group_commit import TurnCommit
 from modelyard.workflows.records import RunStatus, StepRecord, StepState
 
 DEFAULT_STORE = Path("~/.modelyard/runs.db")
@@ -76,6 +76,12 @@ class RunStore(Protocol):
     def run_ids(self, limit: int = 50) -> list[str]: ...
 
     def close(self) -> None: ...
+
+
+def header_row(header: RunHeader) -> tuple[Any, ...]:
+    """A run header as the stores' `runs` row: run_id, workflow, source, text, inputs, deps, created_at."""
+    inputs, deps = json.dumps(header.inputs, default=str), json.dumps(header.deps)
+    return (header.run_id, header.workflow, header.source, header.text, inputs, deps, header.created_at)
 
 
 def session_marker() -> dict[str, Any]:
@@ -147,36 +153,20 @@ class SqliteStore:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
         self._pending: list[tuple[Any, ...]] = []
-        self._flush_scheduled = False
+        self._turns = TurnCommit(self.flush)
 
     def create_run(self, header: RunHeader) -> None:
-        self._db.execute(
-            "INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)",
-            (
-                header.run_id,
-                header.workflow,
-                header.source,
-                header.text,
-                json.dumps(header.inputs, default=str),
-                json.dumps(header.deps),
-                header.created_at,
-            ),
-        )
+        self._db.execute("INSERT INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", header_row(header))
 
     def append(self, run_id: str, kind: str, key: str | None, data: dict[str, Any], cost_usd: float = 0.0) -> None:
         self._pending.append((run_id, time.time(), kind, key, cost_usd, json.dumps(data, default=str)))
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            loop.call_soon(self.flush)
+        self._turns.schedule()
 
     def flush(self) -> None:
         """Commit every pending event in one transaction."""
-        self._flush_scheduled = False
+        failed = self._turns.begin()
+        if failed is not None:
+            raise RuntimeError(f"run store {self.path}: an earlier commit failed: {failed}") from failed
         if not self._pending:
             return
         rows, self._pending = self._pending, []

@@ -11,7 +11,6 @@ still cannot be made raises, from the next call when the loop's flush failed: no
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import re
@@ -26,7 +25,8 @@ import psycopg
 from psycopg import sql
 
 from modelyard.schema.errors import ModelyardError
-from modelyard.workflows.checkpoint import RunHeader, StoredEvent
+from modelyard.workflows.checkpoint import RunHeader, StoredEvent, header_row
+from modelyard.workflows.group_commit import TurnCommit
 
 T = TypeVar("T")
 
@@ -78,8 +78,7 @@ class PgWriter:
         self._pending: list[tuple[str, tuple[Any, ...]]] = []
         #: Keys a store marks as written-but-pending (the batch store's rows); cleared by a commit.
         self.pending_keys: set[Any] = set()
-        self._flush_scheduled = False
-        self._error: BaseException | None = None
+        self._turns = TurnCommit(self.flush, self._lock)
         self._conn = self._connect(create=True)
 
     def _connect(self, create: bool) -> psycopg.Connection[Any]:
@@ -115,30 +114,14 @@ class PgWriter:
             self._pending.append((statement, values))
             if key is not None:
                 self.pending_keys.add(key)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:
-            self.flush()
-            return
-        with self._lock:
-            if self._flush_scheduled:
-                return
-            self._flush_scheduled = True
-        loop.call_soon(self._flush_in_loop)
-
-    def _flush_in_loop(self) -> None:
-        try:
-            self.flush()
-        except Exception as exc:  # kept, and raised by the next call: the loop would only log it
-            self._error = exc
+        self._turns.schedule()
 
     def flush(self) -> None:
         """Send every pending write in one transaction (reconnecting once); raise when that fails."""
         with self._lock:
-            self._flush_scheduled = False
-            if self._error is not None:
-                error, self._error = self._error, None
-                raise StoreWriteError(f"store {self.where}: an earlier commit failed: {error}") from error
+            failed = self._turns.begin()
+            if failed is not None:
+                raise StoreWriteError(f"store {self.where}: an earlier commit failed: {failed}") from failed
             if not self._pending:
                 return
             pending = self._pending
@@ -232,15 +215,7 @@ class PostgresRunStore:
         self._count = itertools.count()
 
     def create_run(self, header: RunHeader) -> None:
-        values = (
-            header.run_id,
-            header.workflow,
-            header.source,
-            header.text,
-            json.dumps(header.inputs, default=str),
-            json.dumps(header.deps),
-            header.created_at,
-        )
+        values = header_row(header)
         try:
             self._writer.execute("INSERT INTO modelyard_runs VALUES (%s, %s, %s, %s, %s, %s, %s)", values)
         except psycopg.errors.UniqueViolation:

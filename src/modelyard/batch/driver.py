@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from modelyard.batch.budget import BatchBudget, Estimator, check_concurrency
 from modelyard.batch.engine import RowEngine
-from modelyard.batch.model import RETRYABLE_STATES, BatchHeader, BatchOptions, RowResult, RowTask
+from modelyard.batch.model import RETRYABLE_STATES, BatchHeader, BatchOptions, RowResult, RowSet, RowTask
 from modelyard.batch.progress import NoProgress, ProgressSink
 from modelyard.batch.store import HEARTBEAT_S, BatchBusy, BatchStore
 from modelyard.batch.summary import BatchReport, BatchSummary
@@ -83,6 +83,8 @@ class BatchDriver:
         self.fed = 0
         self._consumer: asyncio.Task[None] | None = None
         self._interrupted = False
+        #: Rows whose result this session has taken (an engine may yield a row before the feed reaches it).
+        self._settled = RowSet()
 
     # ------------------------------------------------------------------ the session
 
@@ -146,6 +148,8 @@ class BatchDriver:
                 results = self.engine.run(feed, self.concurrency)
                 try:
                     async for result in results:
+                        if not self._settled.add(result.row):
+                            continue  # an engine that hands a row back twice (a resumed provider job): once
                         if result.row in retry:
                             self.store.replace_row(batch_id, result)
                         writer.write(result)
@@ -165,7 +169,7 @@ class BatchDriver:
     ) -> AsyncIterator[RowTask]:
         """Rows the engine pulls, one at a time: skip finished ones, reserve each row's budget, stop at it."""
         for index, inputs in self.rows():
-            if index in done and index not in retry:
+            if (index in done and index not in retry) or index in self._settled:
                 continue
             if not await self.budget.admit(index, inputs):
                 return

@@ -22,6 +22,29 @@ def new_batch_id() -> str:
     return time.strftime("b-%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
 
 
+class RowSet:
+    """A set of row indexes, a bit each (a million rows: 125 KB)."""
+
+    def __init__(self) -> None:
+        self.bits = bytearray()
+        self.count = 0
+
+    def __contains__(self, row: int) -> bool:
+        byte = row >> 3
+        return 0 <= byte < len(self.bits) and bool(self.bits[byte] & (1 << (row & 7)))
+
+    def add(self, row: int) -> bool:
+        """False when the row was there already."""
+        if row < 0 or row in self:
+            return False
+        byte = row >> 3
+        if byte >= len(self.bits):
+            self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
+        self.bits[byte] |= 1 << (row & 7)
+        self.count += 1
+        return True
+
+
 @dataclass
 class BatchHeader:
     """What a batch was started with: enough to resume it with `--resume BATCH_ID` alone."""

@@ -24,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from modelyard.batch.model import RowResult
+from modelyard.batch.model import RowResult, RowSet
 from modelyard.batch.store import BatchStore, iter_results
 from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.checkpoint import marker_alive
@@ -86,29 +86,6 @@ def _finite(value: Any) -> Any:
     return value
 
 
-class _Bitmap:
-    """A set of row indexes, a bit each (a million rows: 125 KB)."""
-
-    def __init__(self) -> None:
-        self.bits = bytearray()
-        self.count = 0
-
-    def __contains__(self, row: int) -> bool:
-        byte = row >> 3
-        return 0 <= byte < len(self.bits) and bool(self.bits[byte] & (1 << (row & 7)))
-
-    def add(self, row: int) -> bool:
-        """False when the row was there already."""
-        if row < 0 or row in self:
-            return False
-        byte = row >> 3
-        if byte >= len(self.bits):
-            self.bits.extend(bytes(max(byte + 1 - len(self.bits), len(self.bits))))
-        self.bits[byte] |= 1 << (row & 7)
-        self.count += 1
-        return True
-
-
 class ResultsWriter:
     """`--out`: every finished row once. Open: rebuilds the file from the store's results (a resumed batch's
     output has every row finished before the crash, once, and no torn last line). `write`: appends a finished
@@ -126,14 +103,14 @@ class ResultsWriter:
         #: What the CLI may show once (e.g. ordering given up past MAX_HELD held rows).
         self.warnings: list[str] = []
         self._file: IO[bytes] | None = None
-        self._written = _Bitmap()
+        self._written = RowSet()
         self._buffer: list[bytes] = []
         self._last_flush = time.monotonic()
         self._timer: asyncio.TimerHandle | None = None
         #: `ordered`: the next row to write, rows held back, rows the store had at open but not yet written.
         self._next = 0
         self._held: dict[int, bytes] = {}
-        self._stored = _Bitmap()
+        self._stored = RowSet()
         self._finished = False
 
     # ------------------------------------------------------------------ open / close

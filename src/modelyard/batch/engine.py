@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any, Protocol
 
 from modelyard.batch.model import RowResult, RowTask
-from modelyard.batch.runner import MAX_ERROR_CHARS, RowRunner
+from modelyard.batch.runner import RowRunner
 
 
 class RowEngine(Protocol):
@@ -67,7 +67,7 @@ class LocalEngine:
                     if task is None:
                         exhausted = True
                     else:
-                        row = asyncio.ensure_future(self._row(task))
+                        row = asyncio.ensure_future(self.runner.run(task))
                         running.add(row)
                         row.add_done_callback(on_done)
                     continue
@@ -85,16 +85,6 @@ class LocalEngine:
                 await wake.wait()
         finally:
             await _cancel(running, pull)
-
-    async def _row(self, task: RowTask) -> RowResult:
-        """Run one row; an exception (a bug, not a model failure: those are a failed run) fails only this row."""
-        try:
-            return await self.runner.run(task)
-        except Exception as exc:  # one row's bug must not end a million-row batch
-            error = f"{type(exc).__name__}: {exc}".replace("\n", "; ")[:MAX_ERROR_CHARS]
-            result = RowResult(task.row, "failed", error=error, worker=self.runner.worker)
-            self.runner.store.save_row(self.runner.batch_id, result)
-            return result
 
     async def aclose(self) -> None:
         pass

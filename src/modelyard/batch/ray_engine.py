@@ -94,7 +94,7 @@ class RowWorker:
         runner = self.runner
         if runner is None:
             raise RuntimeError("RowWorker.setup was not called")
-        pending = {asyncio.ensure_future(_run_row(runner, task)) for task in tasks}
+        pending = {asyncio.ensure_future(runner.run(task)) for task in tasks}
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
@@ -114,17 +114,6 @@ def _node_id() -> str | None:
         return str(import_ray().get_runtime_context().get_node_id())
     except Exception:  # outside Ray (a unit test of the class)
         return None
-
-
-async def _run_row(runner: RowRunner, task: RowTask) -> RowResult:
-    """One row; an exception (a bug, not a model failure) fails only this row, saved like any result."""
-    try:
-        return await runner.run(task)
-    except Exception as exc:
-        error = f"{type(exc).__name__}: {exc}".replace("\n", "; ")[:MAX_ERROR_CHARS]
-        result = RowResult(task.row, "failed", error=error, worker=runner.worker)
-        runner.store.save_row(runner.batch_id, result)
-        return result
 
 
 # --------------------------------------------------------------------------- the driver's side

@@ -53,7 +53,17 @@ class RowRunner:
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
     async def run(self, task: RowTask) -> RowResult:
-        """Run one row, save its result (first write wins) and return it."""
+        """Run one row, save its result (first write wins) and return it. An exception (a bug, not a model
+        failure: those are a failed run) fails only this row: one row must not end a million-row batch."""
+        try:
+            return await self._run(task)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}".replace("\n", "; ")[:MAX_ERROR_CHARS]
+            result = RowResult(task.row, "failed", error=error, worker=self.worker)
+            self.store.save_row(self.batch_id, result)
+            return result
+
+    async def _run(self, task: RowTask) -> RowResult:
         started = time.perf_counter()
         spec = self.workflow.spec
         run_id = f"{self.batch_id}:{task.row}"

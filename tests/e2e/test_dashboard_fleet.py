@@ -153,7 +153,7 @@ def test_deployments_need_the_master_key_or_an_admin_key(url: str) -> None:
     assert body["object"] == "deployments" and body["view"] == "this replica"
     big = row(body, "big")
     assert big["provider"] == "openai" and big["model"] == "sim-big" and big["kind"] == "chat"
-    assert big["price"] == {"input": 10.0, "output": 30.0, "source": "config"}
+    assert big["price"] == {"input": 10.0, "output": 30.0, "batch": 0.5, "source": "config"}
     assert row(body, "bad")["price"]["source"] in ("unknown", "price table")
     assert big["limits"]["rpm"] == 6 and big["headroom"]["concurrency_left"] is None
     assert row(body, "small")["headroom"]["concurrency_left"] == 4

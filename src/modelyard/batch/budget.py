@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.backend import ModelBackend
 from modelyard.workflows.inputs import InputError, resolve_inputs
 from modelyard.workflows.planner import plan_workflow
@@ -31,7 +32,7 @@ OBSERVED_MARGIN = 1.25
 MAX_CONCURRENCY = 10_000
 
 
-class BudgetError(ValueError):
+class BudgetError(ModelyardError, ValueError):
     """A budget or concurrency option out of range (the CLI's exit 2)."""
 
 

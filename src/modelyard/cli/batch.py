@@ -26,7 +26,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.batch.budget import BudgetError, Estimator, check_concurrency, check_limit, planner_estimator
+from modelyard.batch.budget import Estimator, check_concurrency, check_limit, planner_estimator
 from modelyard.batch.driver import BatchDriver
 from modelyard.batch.engine import LocalEngine, RowEngine
 from modelyard.batch.model import BackendRef, BatchHeader, BatchOptions, new_batch_id
@@ -51,7 +51,7 @@ StoreOption = Annotated[str | None, typer.Option("--store", envvar="MODELYARD_BA
 JsonOption = Annotated[str | None, typer.Option("--json", help="Write the report as JSON to PATH ('-': stdout).")]
 
 
-class BadInput(Exception):
+class BadInput(ModelyardError):
     """Bad input or options: printed without a traceback, exit 2."""
 
 
@@ -108,7 +108,7 @@ def batch_command(
         _check(given)
         factory = load_backend_factory(backend)
         opened = open_batch_store(store)
-    except (BadInput, BudgetError, BackendUnavailable, ModelyardError, ValueError, OSError) as exc:
+    except (ModelyardError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from None
     try:
         try:
@@ -117,7 +117,7 @@ def batch_command(
             else:
                 _check_batch_id(batch_id)
                 spec, header, options = _new(opened, workflow, inputs, mapping, given, batch_id, _store_file(store))
-        except (BadInput, BudgetError, ModelyardError, ValueError, OSError) as exc:
+        except (ModelyardError, ValueError, OSError) as exc:
             raise _fail(str(exc)) from None
         backend_ref = BackendRef(backend, config, gateway_url)
         session = _Session(Workflow(spec), header, opened, options, factory, backend_ref, store, progress, force)

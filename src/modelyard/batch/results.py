@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import glob
+import importlib.util
 import json
 import logging
 import math
@@ -389,6 +390,12 @@ def _cell(value: Any, kind: str) -> Any:
     if kind == "float":
         return float(value)
     return value
+
+
+def require_writer(out: str) -> None:
+    """Refuse at the start, before any row is paid, an output the batch could only fail to write at its end."""
+    if out.endswith(".parquet") and importlib.util.find_spec("pyarrow") is None:
+        raise ResultsError(f"--out {out}: writing Parquet needs pyarrow: pip install 'modelyard[parquet]'")
 
 
 def write_parquet(path: Path, store: BatchStore, batch_id: str) -> None:

@@ -31,6 +31,7 @@ from modelyard.batch.driver import BatchDriver
 from modelyard.batch.engine import LocalEngine, RowEngine
 from modelyard.batch.model import BackendRef, BatchHeader, BatchOptions, new_batch_id
 from modelyard.batch.progress import BatchProgress
+from modelyard.batch.results import require_writer
 from modelyard.batch.store import BatchStore, open_batch_store
 from modelyard.batch.summary import BatchReport, print_report
 from modelyard.cli.workflows import emit_json
@@ -144,9 +145,11 @@ def _check_batch_id(batch_id: str | None) -> None:
 
 
 def _check_out(out: str | None, inputs_path: str, store: str | None) -> None:
-    """Never write the results over the rows they come from, or over the store that keeps them."""
+    """Never write the results over the rows they come from, or over the store that keeps them; never run a
+    batch whose results could only fail to be written at its end."""
     if out is None:
         return
+    require_writer(out)
     targets = [out, out + ".partial.jsonl"] if out.endswith(".parquet") else [out]
     for target in targets:
         for name, other in (("--inputs", inputs_path), ("--store", store)):

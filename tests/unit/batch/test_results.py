@@ -312,3 +312,15 @@ def test_finish_twice_and_exit_after_finish_change_nothing(tmp_path: Path, store
         writer.finish()
         writer.write(result(1))
     assert out.read_bytes() == before and os.path.getsize(out) > 0
+
+
+def test_a_parquet_output_without_pyarrow_is_refused_before_any_row_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from modelyard.batch.results import ResultsError, require_writer
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pyarrow" else real(name, *a))
+    with pytest.raises(ResultsError, match=r"pip install 'modelyard\[parquet\]'"):
+        require_writer("/tmp/out.parquet")
+    require_writer("/tmp/out.jsonl")  # JSON lines need nothing more

@@ -463,6 +463,7 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
         if address:
             ray.init(address=address, **options)
             return True
+        options["runtime_env"] = {"env_vars": {**WORKER_ENV, **_caller_proxy_env()}}
         # its notice that a local Ray uses token authentication (it does: nothing to act on) is not printed
         logging.getLogger("ray._private.authentication.authentication_token_setup").setLevel(logging.ERROR)
         with _loopback_only(ray):
@@ -473,18 +474,43 @@ def _connect(ray: Any, address: str | None, num_cpus: int | None) -> bool:
         raise BatchEngineError(f"cannot start or join a Ray cluster {where}: {exc}") from None
 
 
+#: While a local Ray starts, its processes (they inherit the environment) send plain-HTTP requests to a closed
+#: loopback port: the dashboard's usage module asks the clouds' metadata addresses (169.254.169.254,
+#: metadata.google.internal) which cloud it runs on even with usage stats off. Ray's own traffic is loopback
+#: gRPC and HTTP, exempted by NO_PROXY. The workers get the caller's values back (WORKER_PROXY_ENV).
+_PROXY_ENV = {
+    "http_proxy": "http://127.0.0.1:9",
+    "HTTP_PROXY": "http://127.0.0.1:9",
+    "no_proxy": "127.0.0.1,localhost,::1",
+    "NO_PROXY": "127.0.0.1,localhost,::1",
+}
+
+
 @contextmanager
 def _loopback_only(ray: Any) -> Iterator[None]:
     """On Linux Ray turns 127.0.0.1 into the machine's routable address and listens on every interface; as a
     single-node cluster (the switch Ray reads from $RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER when it is imported) it
-    keeps the node's address, and so every socket it listens on, on loopback. Restored once Ray is up."""
+    keeps the node's address, and so every socket it listens on, on loopback. Its processes start with
+    `_PROXY_ENV`, so no cloud-metadata probe leaves the machine. Both restored once Ray is up."""
     constants = ray._private.ray_constants
     saved = constants.ENABLE_RAY_CLUSTER
+    saved_env = {name: os.environ.get(name) for name in _PROXY_ENV}
     constants.ENABLE_RAY_CLUSTER = False
+    os.environ.update(_PROXY_ENV)
     try:
         yield
     finally:
         constants.ENABLE_RAY_CLUSTER = saved
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _caller_proxy_env() -> dict[str, str]:
+    """The caller's own proxy settings for the workers ("" where it had none): the probe guard is not theirs."""
+    return {name: os.environ.get(name, "") for name in _PROXY_ENV}
 
 
 def _check_cluster(ray: Any, store_location: str, workers: int | None) -> int:

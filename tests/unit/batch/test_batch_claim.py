@@ -14,18 +14,7 @@ from pathlib import Path
 import pytest
 
 from modelyard.batch.store import LEASE_S, BatchStore, holds_batch, open_batch_store
-from modelyard.batch.store_pg import PostgresBatchStore
-from tests.unit.batch.test_store import header, location
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    chosen = location(request.param, tmp_path)
-    yield chosen
-    if request.param == "postgres":
-        dropper = PostgresBatchStore(chosen)
-        dropper.drop()
-        dropper.close()
+from tests.unit.batch.test_store import header
 
 
 @pytest.fixture

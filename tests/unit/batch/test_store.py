@@ -10,11 +10,9 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,35 +24,7 @@ from modelyard.batch.store import BatchStore, iter_results, open_batch_store
 from modelyard.batch.store_pg import PostgresBatchStore
 from modelyard.batch.store_sqlite import SqliteBatchStore
 from modelyard.workflows.records import StepRecord, StepState
-
-PG = os.environ.get("MODELYARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-ROOT = Path(__file__).resolve().parents[3]
-
-
-def _pg_up() -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", 5432), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def location(kind: str, tmp_path: Path) -> str:
-    if kind == "sqlite":
-        return str(tmp_path / "runs.db")
-    if not _pg_up():
-        pytest.skip("PostgreSQL is not running on 127.0.0.1:5432")
-    return f"{PG}?schema=bt_{uuid.uuid4().hex[:12]}"
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def where(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    chosen = location(request.param, tmp_path)
-    yield chosen
-    if request.param == "postgres":
-        dropper = PostgresBatchStore(chosen)
-        dropper.drop()
-        dropper.close()
+from tests.unit.batch.conftest import PG, ROOT, location
 
 
 @pytest.fixture
@@ -244,6 +214,7 @@ import asyncio, sys
 from modelyard.batch.model import RowResult
 from modelyard.batch.store import open_batch_store
 from modelyard.workflows.records import StepRecord, StepState
+from tests.unit.batch.conftest import PG, ROOT, location
 
 where, name, rows = sys.argv[1], sys.argv[2], int(sys.argv[3])
 

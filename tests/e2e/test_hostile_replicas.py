@@ -592,7 +592,10 @@ def test_a_hit_is_refused_once_the_keys_budget_is_spent(served: Served) -> None:
     """A hit costs nothing, but a key over its budget is refused before its cache is looked at: the key caches
     an answer, spends the rest of its budget on other requests, then asks for the cached one."""
     key = new_key(served.url, budget_usd=BUDGET, period="30d")["key"]
-    cached = {"messages": unique_messages("budget-cached"), "max_tokens": 40}
+    # The cached request reserves more than any spending request (a longer answer cap, its prompt no shorter): a
+    # refused miss then means the hit's reservation cannot fit either. With equal caps the budget's last sliver
+    # could sit between the two estimates (their prompts' token counts differ), and the hit was served.
+    cached = {"messages": unique_messages("budget-cached spend it"), "max_tokens": 80}
     assert chat(served.url, key, cached).headers["x-modelyard-cache"] == "miss"
     assert chat(served.url, key, cached).headers["x-modelyard-cache"] == "hit"
     refused = None

@@ -414,3 +414,7 @@ def plot_curve(rep: ev.ManyReport, path: Path, title: str) -> None:
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+# The commands that change a trained router (add-model, retrain) live in their own module, on this group.
+from modelyard.cli import router_models as _router_models  # noqa: E402, F401

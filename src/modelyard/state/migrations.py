@@ -232,6 +232,32 @@ MIGRATIONS: tuple[Migration, ...] = (
             "CREATE INDEX modelyard_ui_sessions_expiry ON modelyard_ui_sessions (expires_at)",
         ),
     ),
+    # Feedback on answers (server/feedback.py, state/feedback.py, docs/feedback.md). What retraining and
+    # recalibration need of the request, kept with its spend row: the recognised task, the learned router's
+    # P(good) for the deployment that answered, and the prompt's embedding (`space|base64 float32`, only for
+    # requests that were embedded; the text stays in `content`, which only `log_content` fills). Feedback rows
+    # are their own table, since feedback may arrive before the spend row is written and several may concern
+    # one request; `request_id` is indexed for the join, `at` for the recalibration's cursor.
+    Migration(
+        6,
+        "feedback, and what learning from it needs in the spend log",
+        (
+            "ALTER TABLE modelyard_spend ADD COLUMN task TEXT",
+            "ALTER TABLE modelyard_spend ADD COLUMN predicted DOUBLE PRECISION",
+            "ALTER TABLE modelyard_spend ADD COLUMN embedding TEXT",
+            """CREATE TABLE modelyard_feedback (
+            id TEXT PRIMARY KEY,
+            request_id TEXT NOT NULL,
+            at DOUBLE PRECISION NOT NULL,
+            score DOUBLE PRECISION NOT NULL,
+            label TEXT,
+            key_id TEXT,
+            source TEXT NOT NULL
+        )""",
+            "CREATE INDEX modelyard_feedback_request ON modelyard_feedback (request_id)",
+            "CREATE INDEX modelyard_feedback_at ON modelyard_feedback (at)",
+        ),
+    ),
 )
 
 LATEST = MIGRATIONS[-1].version

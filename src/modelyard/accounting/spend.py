@@ -75,6 +75,12 @@ class SpendRecord(msgspec.Struct, kw_only=True):
     route: str | None = None
     #: Every attempt, JSON (routing/trace.py): deployment, start and duration, outcome, status, cost, error.
     attempt_detail: str | None = None
+    #: What learning from feedback needs (docs/feedback.md), only for requests the routing intelligence
+    #: analysed: the task (given or recognised), the learned router's P(good) for the deployment that answered,
+    #: and the prompt's embedding (`space|base64 float32`, state/feedback.py), never its text.
+    task: str | None = None
+    predicted: float | None = None
+    embedding: str | None = None
 
 
 class SpendDataError(ModelyardError):

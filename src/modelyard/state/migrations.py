@@ -288,6 +288,9 @@ SPEND_COLUMNS: tuple[str, ...] = (
     "guardrails",
     "route",
     "attempt_detail",
+    "task",
+    "predicted",
+    "embedding",
 )
 
 KEY_COLUMNS: tuple[str, ...] = (

@@ -26,6 +26,7 @@ from modelyard.state.conversations import (
     response_row,
     select_sql,
 )
+from modelyard.state.feedback import FeedbackRecord, FeedbackSample
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.rollup import PURGE_MINUTES_SQL, PurgeClock, deltas, upsert_sql, values_source
@@ -35,6 +36,10 @@ from modelyard.state.store import (
     SpendRow,
     UiSession,
     dead_row,
+    feedback_insert_sql,
+    feedback_row,
+    feedback_samples_args,
+    feedback_samples_sql,
     find_spend_sql,
     get_spend_sql,
     key_from_row,
@@ -43,6 +48,7 @@ from modelyard.state.store import (
     report_rows,
     report_sql,
     rollup_rows,
+    sample_from_row,
     selective_index,
     session_from_row,
     session_row,
@@ -75,6 +81,8 @@ _RESPONSE_COUNT = COUNT_SQL.format("$1", "$2")
 _RESPONSE_PURGE = PURGE_SQL.format("$1")
 _SESSION = session_sql(_ph)
 _GET_SPEND = get_spend_sql(_ph)
+_FEEDBACK_INSERT = feedback_insert_sql(_ph)
+_FEEDBACK_SAMPLES = {with_model: feedback_samples_sql(_ph, with_model) for with_model in (False, True)}
 _ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(_ph)) for grain in ROLLUP_GRAINS}
 
 
@@ -271,6 +279,20 @@ class PostgresStore:
     async def get_spend(self, request_id: str) -> SpendRecord | None:
         row = await self.pool.fetchrow(_GET_SPEND, request_id)
         return None if row is None else spend_from_row(tuple(row))
+
+    # ------------------------------------------------------------------ feedback (state/feedback.py)
+
+    async def write_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        rows = [feedback_row(r) for r in records]  # ValueError before anything is written
+        if rows:
+            await self.pool.executemany(_FEEDBACK_INSERT, rows)
+
+    async def feedback_samples(
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+    ) -> list[FeedbackSample]:
+        args = feedback_samples_args(since, limit, model)
+        rows = await self.pool.fetch(_FEEDBACK_SAMPLES[model is not None], *args)
+        return [sample_from_row(tuple(row)) for row in rows]
 
     async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:
         """A selective threshold filter (few rows over it, counted first) is read through its index: the

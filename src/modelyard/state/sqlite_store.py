@@ -2,7 +2,7 @@
 
 Every call runs on a single-worker thread pool, so the event loop never blocks on disk and the
 connection is only ever touched by the thread that made it. A spend batch is one JSON parameter unpacked
-by SQLite in one statement and one transaction (see `_SPEND_INSERT_JSON` for why not `executemany`).
+by SQLite in one statement and one transaction (see `_spend_insert` for why not `executemany`).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from modelyard.state.conversations import (
     response_row,
     select_sql,
 )
+from modelyard.state.feedback import FeedbackRecord, FeedbackSample
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.rollup import (
@@ -46,6 +47,10 @@ from modelyard.state.store import (
     SpendRow,
     UiSession,
     dead_row,
+    feedback_insert_sql,
+    feedback_row,
+    feedback_samples_args,
+    feedback_samples_sql,
     find_spend_sql,
     get_spend_sql,
     key_from_row,
@@ -54,6 +59,7 @@ from modelyard.state.store import (
     report_rows,
     report_sql,
     rollup_rows,
+    sample_from_row,
     selective_index,
     session_from_row,
     session_row,
@@ -87,11 +93,47 @@ def _spend_insert(columns: tuple[str, ...]) -> str:
     )
 
 
-_SPEND_INSERT_JSON = _spend_insert(SPEND_COLUMNS)
-#: Every column costs a json_extract per row (~7,000 instructions, measured under callgrind), so a batch in
-#: which no request ran guardrails (the usual case) leaves the `guardrails` column out (NULL).
-_GUARDRAILS_AT = SPEND_COLUMNS.index("guardrails")
-_SPEND_INSERT_NO_GUARDRAILS = _spend_insert(tuple(c for c in SPEND_COLUMNS if c != "guardrails"))
+#: Every column costs a json_extract per row (~7,000 instructions, measured under callgrind), so a batch
+#: leaves out (NULL) the optional columns none of its rows fills: `guardrails` (no request ran guardrails,
+#: the usual case) and the learning columns (no request was analysed by the routing intelligence).
+_OPTIONAL: tuple[tuple[str, ...], ...] = (("guardrails",), ("task", "predicted", "embedding"))
+_OPTIONAL_AT = tuple(tuple(SPEND_COLUMNS.index(c) for c in group) for group in _OPTIONAL)
+
+
+def _insert_for(present: tuple[bool, ...]) -> tuple[str, tuple[slice, ...]]:
+    """The insert, and the row slices it reads (a few contiguous runs: slicing a tuple is much cheaper per row
+    than picking its items one by one), for a batch filling the optional groups marked present."""
+    left_out = {i for group, there in zip(_OPTIONAL_AT, present, strict=True) if not there for i in group}
+    kept = [i for i in range(len(SPEND_COLUMNS)) if i not in left_out]
+    runs: list[slice] = []
+    for i in kept:
+        if runs and runs[-1].stop == i:
+            runs[-1] = slice(runs[-1].start, i + 1)
+        else:
+            runs.append(slice(i, i + 1))
+    return _spend_insert(tuple(SPEND_COLUMNS[i] for i in kept)), tuple(runs)
+
+
+def _cut(row: tuple[Any, ...], runs: tuple[slice, ...]) -> tuple[Any, ...]:
+    if len(runs) == 1:
+        return row[runs[0]]
+    out = row[runs[0]]
+    for run in runs[1:]:
+        out += row[run]
+    return out
+
+
+_SPEND_INSERTS = {present: _insert_for(present) for present in ((a, b) for a in (False, True) for b in (False, True))}
+
+
+def _present(records: Sequence[SpendRecord]) -> tuple[bool, bool]:
+    """Which optional column groups some record of the batch fills."""
+    return (
+        any(r.guardrails is not None for r in records),
+        any(r.task is not None or r.predicted is not None or r.embedding is not None for r in records),
+    )
+
+
 #: Rollup deltas go in as plain parameters (executemany): a batch adds a few dozen groups, and a json_extract
 #: per column (~7,000 instructions each) made the upsert cost more than the spend rows themselves.
 _ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(lambda _: "?")) for grain in ROLLUP_GRAINS}
@@ -114,6 +156,8 @@ _RESPONSE_COUNT = COUNT_SQL.format("?1", "?2")
 _RESPONSE_PURGE = PURGE_SQL.format("?1")
 _SESSION = session_sql(_ph)
 _GET_SPEND = get_spend_sql(_ph)
+_FEEDBACK_INSERT = feedback_insert_sql(_ph)
+_FEEDBACK_SAMPLES = {with_model: feedback_samples_sql(_ph, with_model) for with_model in (False, True)}
 
 
 def _bucket(width: int) -> str:
@@ -207,11 +251,10 @@ class SQLiteStore:
         were partly stored already (a spool replay), so each row is counted once."""
         if not records:
             return
-        guarded = any(r.guardrails is not None for r in records)
-        sql = _SPEND_INSERT_JSON if guarded else _SPEND_INSERT_NO_GUARDRAILS
+        sql, kept = _SPEND_INSERTS[_present(records)]
         try:
             rows = [spend_row(r) for r in records]
-            payload = _encode(rows if guarded else [_without_guardrails(row) for row in rows])
+            payload = _encode([_cut(row, kept) for row in rows])
             ids = _encode([row[0] for row in rows])
             rollups = deltas(rows)
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # lone surrogates, big ints
@@ -246,6 +289,21 @@ class SQLiteStore:
     async def get_spend(self, request_id: str) -> SpendRecord | None:
         row = await self._run(lambda conn: conn.execute(_GET_SPEND, (request_id,)).fetchone())
         return None if row is None else spend_from_row(row)
+
+    # ------------------------------------------------------------------ feedback (state/feedback.py)
+
+    async def write_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        rows = [feedback_row(r) for r in records]  # ValueError before anything is written
+        if rows:
+            await self._run(lambda conn: _executemany(conn, _FEEDBACK_INSERT, rows))
+
+    async def feedback_samples(
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+    ) -> list[FeedbackSample]:
+        sql = _FEEDBACK_SAMPLES[model is not None]
+        args = feedback_samples_args(since, limit, model)
+        rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
+        return [sample_from_row(row) for row in rows]
 
     async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:
         find_spend_sql(where, limit, _ph)  # validates before the thread sees it
@@ -336,10 +394,6 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
         conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
-
-
-def _without_guardrails(row: tuple[Any, ...]) -> tuple[Any, ...]:
-    return row[:_GUARDRAILS_AT] + row[_GUARDRAILS_AT + 1 :]
 
 
 def _insert_spend(

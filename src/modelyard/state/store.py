@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgspec
 
 from modelyard.accounting.spend import SpendRecord, escape_text
+from modelyard.state.feedback import FeedbackRecord, FeedbackSample
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import GROUPINGS, KEY_COLUMNS, ROLLUP_DIMS, ROLLUP_GRAINS, SPEND_COLUMNS
 from modelyard.state.rollup import SUMMED as ROLLUP_SUMMED
@@ -140,6 +141,19 @@ class Store(Protocol):
     async def spent_since(self, key_id: str, since: float) -> float: ...
 
     async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]: ...
+
+    async def write_feedback(self, records: Sequence[FeedbackRecord]) -> None:
+        """Store feedback rows, skipping ids already stored (a retried write never doubles one); ValueError
+        for a record out of its domain (a score not finite or outside [0, 1]), before anything is written."""
+        ...
+
+    async def feedback_samples(
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+    ) -> list[FeedbackSample]:
+        """Feedback with `at >= since` (only for requests of `model` when given), oldest first by (at, id),
+        each joined with its request's spend row; feedback whose spend row is not stored yet is left out
+        until the row lands (the writer may be seconds behind, another replica's too)."""
+        ...
 
     # ------------------------------------------------------------------ the dashboard (docs/dashboard.md)
 
@@ -529,6 +543,64 @@ def session_row(session: UiSession) -> tuple[Any, ...]:
 
 def session_from_row(row: Sequence[Any]) -> UiSession:
     return UiSession(**dict(zip(SESSION_COLUMNS, row, strict=True)))
+
+
+# --------------------------------------------------------------------------- feedback (shared)
+
+FEEDBACK_COLUMNS = ("id", "request_id", "at", "score", "label", "key_id", "source")
+#: The most feedback samples one read returns (a recalibration pass or a retrain pages with `since`).
+MAX_SAMPLES = 100_000
+_SAMPLE_COLUMNS = (
+    "f.id, f.request_id, f.at, f.score, f.source, f.label, s.key_id, s.model, s.deployment, s.task, "
+    "s.predicted, s.embedding, s.content"
+)
+_SAMPLE_FIELDS = (
+    "feedback_id", "request_id", "at", "score", "source", "label", "key_id", "model", "deployment", "task",
+    "predicted", "embedding", "content",
+)  # fmt: skip
+
+
+def feedback_insert_sql(ph: Placeholder) -> str:
+    values = ", ".join(ph(i + 1) for i in range(len(FEEDBACK_COLUMNS)))
+    return (
+        f"INSERT INTO modelyard_feedback ({', '.join(FEEDBACK_COLUMNS)}) VALUES ({values}) ON CONFLICT (id) DO NOTHING"
+    )
+
+
+def feedback_row(record: FeedbackRecord) -> tuple[Any, ...]:
+    """A feedback row, checked (the endpoint validates too; the store must not take a NaN from elsewhere) and
+    with its text storable everywhere (NUL and lone surrogates escaped)."""
+    score = _finite("score", record.score)
+    at = _finite("at", record.at)
+    if score is None or not 0.0 <= score <= 1.0:
+        raise ValueError("score must be a number in [0, 1]")
+    if record.source not in ("key", "admin"):
+        raise ValueError("source must be key or admin")
+    label = None if record.label is None else escape_text(record.label)
+    key_id = None if record.key_id is None else escape_text(record.key_id)
+    return (escape_text(record.id), escape_text(record.request_id), at, score, label, key_id, record.source)
+
+
+def feedback_samples_sql(ph: Placeholder, with_model: bool) -> str:
+    """Feedback joined with its spend row, from `since` ($1), oldest first; `limit` is the last argument."""
+    where = f"f.at >= {ph(1)}"
+    if with_model:
+        where += f" AND s.model = {ph(2)}"
+    limit = ph(3 if with_model else 2)
+    return (
+        f"SELECT {_SAMPLE_COLUMNS} FROM modelyard_feedback f JOIN modelyard_spend s ON s.id = f.request_id "
+        f"WHERE {where} ORDER BY f.at, f.id LIMIT {limit}"
+    )
+
+
+def feedback_samples_args(since: float, limit: int, model: str | None) -> tuple[Any, ...]:
+    start = _finite("since", since)
+    page = min(max(int(limit), 1), MAX_SAMPLES)
+    return (start, page) if model is None else (start, model, page)
+
+
+def sample_from_row(row: Sequence[Any]) -> FeedbackSample:
+    return msgspec.convert(dict(zip(_SAMPLE_FIELDS, row, strict=True)), FeedbackSample)
 
 
 def migration_statement(statement: str, bucket_expr: Callable[[int], str]) -> str:

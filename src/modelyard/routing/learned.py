@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -170,6 +170,41 @@ class Blend:
         return total
 
 
+@dataclass(frozen=True)
+class AddedModel:
+    """A model added after training (`modelyard router add-model`) without refitting the heads.
+
+    Its P(good) is read off the trained models' predictions for the same prompt:
+    ``sigmoid(coef . logit(P_trained) + bias)``. The trained models' logits are the prompt representation
+    the heads learned, shared; a new model only fits its coordinates in that space (one per trained model,
+    plus a bias), which a few dozen labelled rows can do and a per-model head over 397 features cannot.
+    """
+
+    name: str
+    coef: tuple[float, ...]  # one per trained model, in `QualityModel.trained_models` order
+    bias: float
+    source: dict[str, Any] = field(default_factory=dict)  # how it was fitted, for the card
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "coef": list(self.coef), "bias": self.bias, "source": self.source}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> AddedModel:
+        coef = tuple(float(c) for c in raw["coef"])
+        return cls(str(raw["name"]), coef, float(raw["bias"]), dict(raw.get("source", {})))
+
+
+#: Probabilities are clipped this far from 0 and 1 before their logit is taken (added models' inputs).
+LOGIT_EPS = 1e-3
+
+
+def logit(p: Array) -> Array:
+    """The inverse of `sigmoid`, on probabilities clipped to [LOGIT_EPS, 1 - LOGIT_EPS]."""
+    q = np.clip(p, LOGIT_EPS, 1.0 - LOGIT_EPS)
+    out: Array = np.log(q / (1.0 - q))
+    return out
+
+
 def _part_from(kind: str, arrays: Mapping[str, NDArray[Any]]) -> Part:
     if kind == "logistic":
         return LogisticHead(arrays["weights"], arrays["bias"])
@@ -184,7 +219,10 @@ def _part_from(kind: str, arrays: Mapping[str, NDArray[Any]]) -> Part:
 
 @dataclass
 class QualityModel:
-    """A trained quality model (implements `QualityPredictor`): the `learned` strategy's predictor."""
+    """A trained quality model (implements `QualityPredictor`): the `learned` strategy's predictor.
+
+    `models` lists the head's columns, then the `added` models (router add-model) in order.
+    """
 
     models: list[str]
     head: Blend
@@ -196,6 +234,21 @@ class QualityModel:
     card: dict[str, Any] = field(default_factory=dict)
     embedder: Embedder | None = None
     embedder_factory: Callable[[int], Embedder] | None = None
+    #: Models added after training; their names end `models` (see AddedModel).
+    added: list[AddedModel] = field(default_factory=list)
+
+    @property
+    def trained_models(self) -> list[str]:
+        """The models the heads predict (the artifact's own columns, before any added model)."""
+        return self.models[: len(self.models) - len(self.added)]
+
+    def with_added(self, extra: AddedModel) -> QualityModel:
+        """A copy that also predicts `extra` (the heads, calibration and embedder are shared, not copied)."""
+        if extra.name in self.models:
+            raise ValueError(f"{extra.name!r} is already one of the router's models")
+        if len(extra.coef) != len(self.trained_models):
+            raise ValueError(f"{extra.name!r}: {len(extra.coef)} coefficients for {len(self.trained_models)} models")
+        return replace(self, models=[*self.models, extra.name], added=[*self.added, extra])
 
     def ready_embedder(self) -> Embedder:
         """The embedder, loaded on first use (the configured one, else MiniLM at `max_tokens`)."""
@@ -216,7 +269,12 @@ class QualityModel:
     def predict_embedded(self, emb: NDArray[Any], prompts: Sequence[str]) -> Array:
         """Predictions from precomputed embeddings (training, evaluation and replay use cached ones)."""
         e = np.asarray(emb, np.float32)
-        return np.clip(self.head(self.features(e, prompts), e), 0.0, 1.0)
+        base: Array = np.clip(self.head(self.features(e, prompts), e), 0.0, 1.0)
+        if not self.added:
+            return base
+        coef = np.array([a.coef for a in self.added], dtype=np.float64).T  # (trained, added)
+        bias = np.array([a.bias for a in self.added], dtype=np.float64)
+        return np.hstack([base, sigmoid(logit(base) @ coef + bias)])
 
     def predict_batch(self, prompts: list[str]) -> Array:
         """(n, len(models)) P(good answer); the batch path for replay and evaluation."""
@@ -249,13 +307,15 @@ class QualityModel:
         parts = zip(self.head.parts, self.head.weights, strict=True)
         meta = {
             "format": FORMAT,
-            "models": self.models,
+            "models": self.trained_models,
             "max_tokens": self.max_tokens,
             "heads": [{"kind": p.kind, "weight": float(w)} for p, w in parts],
             "text_features": list(TEXT_FEATURES),
             "calibration": self.calibration,
             "card": self.card,
         }
+        if self.added:  # absent otherwise: an artifact without added models is byte-for-byte what it was
+            meta["added"] = [a.to_json() for a in self.added]
         arrays: dict[str, Any] = {f"h{i}_{k}": v for i, p in enumerate(self.head.parts) for k, v in p.arrays().items()}
         arrays["feature_mean"], arrays["feature_std"] = self.feature_mean, self.feature_std
         np.savez_compressed(target, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
@@ -277,8 +337,9 @@ class QualityModel:
                 own = {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")}
                 parts.append(_part_from(h["kind"], own))
             head = Blend(parts, [h["weight"] for h in meta["heads"]])
+            added = [AddedModel.from_json(a) for a in meta.get("added", [])]
             return cls(
-                models=list(meta["models"]),
+                models=[*meta["models"], *(a.name for a in added)],
                 head=head,
                 feature_mean=z["feature_mean"],
                 feature_std=z["feature_std"],
@@ -286,6 +347,7 @@ class QualityModel:
                 calibration=list(meta.get("calibration", [])),
                 card=dict(meta.get("card", {})),
                 embedder=embedder,
+                added=added,
             )
 
 

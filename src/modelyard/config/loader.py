@@ -413,6 +413,13 @@ def check_references(config: Config, marks: Marks) -> None:
                     key=f"models.{model_name}.fallbacks[{j}]",
                 )
         _check_guardrail_sets(config, model_name, group, marks)
+        if group.recalibrate is not None and group.strategy != "learned":
+            raise ConfigError(
+                "`recalibrate` adjusts a learned router's beliefs: it needs `strategy: learned`",
+                source=config.source,
+                line=line_for(("models", model_name, "recalibrate"), marks),
+                key=f"models.{model_name}.recalibrate",
+            )
     for alias, target in config.aliases.items():
         problem = None
         if not alias.strip("*?"):

@@ -195,6 +195,8 @@ class ModelGroup(Struct, kw_only=True, forbid_unknown_fields=True):
     semantic_cache: SemanticCacheSettings | None = None
     #: This model's exact-match response cache settings (top-level `cache:` otherwise).
     cache: ModelCache | None = None
+    #: A `learned` model's online recalibration from feedback (routing/recalibration.py; off unless set).
+    recalibrate: RecalibrateSettings | None = None
     #: Guardrails on every request to this model: names of sets in the top-level `guardrails:`, or checks.
     guardrails: list[str | CheckSpec] = field(default_factory=list)
 
@@ -252,6 +254,32 @@ class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     threshold: float = 0.95
     ttl_s: float = 3600.0
     max_entries: int = 1000
+
+
+class RecalibrateSettings(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Online recalibration of a `learned` model from `POST /v1/feedback` (docs/feedback.md): every bound here
+    is a limit on how far, and how fast, feedback may move the route."""
+
+    #: The quality the route must keep (mean feedback score); None: the router's calibrated target.
+    target: Annotated[float, Meta(ge=0.0, le=1.0)] | None = None
+    #: Seconds of feedback each estimate reads, and the length of one step's period.
+    window_s: Annotated[float, Meta(gt=0.0, le=30 * 86400.0)] = 3600.0
+    period_s: Annotated[float, Meta(gt=0.0, le=86400.0)] = 60.0
+    #: How often each replica re-reads the store's feedback (seconds).
+    refresh_s: Annotated[float, Meta(gt=0.0, le=3600.0)] = 30.0
+    #: Pseudo-samples pulling each correction towards zero (towards the route's own, for a task).
+    prior: Annotated[float, Meta(ge=0.0, le=10_000.0)] = 20.0
+    #: Largest change of a quality correction, and of the knob, per period; largest correction and knob shift.
+    max_step: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.1
+    max_correction: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.5
+    knob_step: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.02
+    max_knob_shift: Annotated[float, Meta(ge=0.0, le=1.0)] = 0.2
+    #: Samples before the knob moves at all.
+    min_samples: Annotated[int, Meta(ge=1, le=1_000_000)] = 30
+    #: The most samples one key counts for per route within the window (its feedback is down-weighted beyond).
+    max_per_key: Annotated[float, Meta(gt=0.0, le=1_000_000.0)] = 50.0
+    #: Share of the route's requests sent to a candidate the router rates lower, so it keeps learning about it.
+    explore: Annotated[float, Meta(ge=0.0, le=0.5)] = 0.05
 
 
 class SemanticSettings(Struct, kw_only=True, forbid_unknown_fields=True):

@@ -35,6 +35,7 @@ from modelyard.state.redis_link import replica_id as replica_id_of_process
 
 if TYPE_CHECKING:
     from modelyard.routing.learned import QualityModel
+    from modelyard.routing.recalibration import FeedbackReader, Recalibration
     from modelyard.routing.semantic import SemanticCache, SemanticRouter
     from modelyard.state.redis_semantic import SemanticStream, SharedEntry
 
@@ -77,6 +78,10 @@ class Insight:
     cached: Any = None  # a cached answer, when the semantic cache had one
     default_min_quality: float | None = None
     default_lambda: float | None = None
+    #: `predicted` with the route's feedback corrections added (routing/recalibration.py); None: not recalibrated.
+    adjusted: dict[str, float] | None = None
+    #: The deployment this request explores (recalibration's share of requests to an under-rated candidate).
+    explore: str | None = None
 
 
 @dataclass
@@ -98,6 +103,11 @@ class Intelligence:
     replica_id: str = field(default_factory=replica_id_of_process)
     #: Shared entries not inserted: a deployment or model this replica's config lacks, another vector size, NaN.
     shared_skipped: int = 0
+    #: Online recalibration of the `recalibrate:` models from feedback (built at `start`, refreshed in the
+    #: background by `start_recalibration`).
+    recalibration: Recalibration | None = None
+    _recal_task: asyncio.Task[None] | None = None
+    _served: int = 0
     _full: Any = None
     _pool: ThreadPoolExecutor | None = None
 
@@ -175,6 +185,37 @@ class Intelligence:
             point = self.learned.operating_point(known_models, "threshold")
             if point is not None:
                 self.thresholds[model] = float(point["knob"])
+        self._build_recalibration()
+
+    def _build_recalibration(self) -> None:
+        """One `RouteSpec` per learned model with `recalibrate:`: its candidates the router knows, its knob."""
+        from modelyard.routing.recalibration import Recalibration, RouteSpec, route_target
+
+        assert self.learned is not None
+        known = set(self.learned.models)
+        specs = {}
+        for model in sorted(self.learned_models):
+            group = self.config.models[model]
+            if group.recalibrate is None:
+                continue
+            mapped = {c: rm for c in group.candidates if (rm := self.router_models.get(c)) in known and rm}
+            point = self.learned.operating_point(list(mapped.values()))
+            specs[model] = RouteSpec(
+                model,
+                group.recalibrate,
+                mapped,
+                target=route_target(group.recalibrate, point),
+                lam=self.lambdas.get(model),
+                threshold=None if model in self.lambdas else self.thresholds.get(model),
+            )
+        self.recalibration = Recalibration(specs) if specs else None
+
+    def start_recalibration(self, store: FeedbackReader) -> None:
+        """Refresh the recalibration from the store's feedback in the background (after `start`; a no-op
+        without `recalibrate:`). Every replica runs its own: the state is a fold of the same rows."""
+        if self.recalibration is None or self._recal_task is not None:
+            return
+        self._recal_task = asyncio.get_running_loop().create_task(self.recalibration.run(store))
 
     async def start_sharing(
         self,
@@ -212,17 +253,39 @@ class Intelligence:
             await sharing.close()
 
     def close(self) -> None:
+        if self._recal_task is not None:
+            self._recal_task.cancel()
+            self._recal_task = None
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
     # ------------------------------------------------------------------ per request
 
-    async def analyse(self, model: str, features: RequestFeatures, cache_ns: str | None) -> Insight:
+    async def analyse(
+        self, model: str, features: RequestFeatures, cache_ns: str | None, request_id: str | None = None
+    ) -> Insight:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(
+        insight = await loop.run_in_executor(
             self._pool, self._analyse, model, features.prompt_text, features.task is None, cache_ns
         )
+        if self.recalibration is not None and model in self.recalibration and insight.predicted is not None:
+            self._served += 1
+            self._recalibrate(model, features.task or insight.task, insight, request_id or f"n{self._served}")
+        return insight
+
+    def _recalibrate(self, model: str, task: str | None, insight: Insight, request_key: str) -> None:
+        """Feedback's corrections, the shifted knob, and exploration for one request of a recalibrated route
+        (`predicted` stays the router's own: it is what the spend row keeps and feedback is compared with)."""
+        recal = self.recalibration
+        assert recal is not None and insight.predicted is not None
+        insight.adjusted = recal.adjusted(model, task, insight.predicted)
+        lam, threshold = recal.knobs(model)
+        if lam is not None:
+            insight.default_lambda = lam
+        elif threshold is not None:
+            insight.default_min_quality = threshold
+        insight.explore = recal.explore(model, request_key, insight.adjusted)
 
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
         insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))
@@ -241,10 +304,18 @@ class Intelligence:
         return insight
 
     def quality_fn(self, insight: Insight) -> QualityFn | None:
-        predicted = insight.predicted
+        predicted = insight.adjusted if insight.adjusted is not None else insight.predicted
         if predicted is None:
             return None
         mapping = self.router_models
+        explore = insight.explore
+        if explore is not None:
+            # Exploration: this request is planned as if only `explore` were any good, so the learned strategy
+            # puts it first under either knob (the others keep their order as fallbacks).
+            def explored(dep: Deployment) -> float | None:
+                return 1.0 if dep.name == explore else 0.0
+
+            return explored
 
         def quality(dep: Deployment) -> float | None:
             name = mapping.get(dep.name)

@@ -34,9 +34,16 @@ class AdminRoutes:
 
 def admin_routes() -> AdminRoutes:
     """Every admin module's endpoints (beyond admin.py's own, which services.py lists)."""
-    from modelyard.server import admin_fleet, admin_keys, admin_runs, admin_traffic, admin_whatif
+    from modelyard.server import (
+        admin_fleet,
+        admin_keys,
+        admin_recalibration,
+        admin_runs,
+        admin_traffic,
+        admin_whatif,
+    )
 
     routes = AdminRoutes()
-    for module in (admin_traffic, admin_keys, admin_fleet, admin_runs, admin_whatif):
+    for module in (admin_traffic, admin_keys, admin_fleet, admin_runs, admin_whatif, admin_recalibration):
         module.install(routes)
     return routes

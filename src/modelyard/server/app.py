@@ -305,6 +305,7 @@ class Gateway:
         await self.router.start()
         if self.services is not None:
             await self.services.start()
+            self.intelligence.start_recalibration(self.services.store)  # routing/recalibration.py
         await self.observer.start()
         if self.root is self:
             self.control = ProcessControl(self, signals=self.owns_process, watch=self.watch)
@@ -353,7 +354,7 @@ class Gateway:
         cache_ns = None
         if use_cache and req.model in intelligence.cached_models and not req.stream:
             cache_ns = f"{req.model}\x00{ctx.key_id or ''}"
-        insight = await intelligence.analyse(req.model, features, cache_ns)
+        insight = await intelligence.analyse(req.model, features, cache_ns, ctx.request_id)
         if features.task is None and insight.task is not None:
             features.task = insight.task
         return insight

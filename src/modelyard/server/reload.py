@@ -78,7 +78,7 @@ def _intelligence_shape(config: Config) -> bytes:
     """What the embedding models loaded depend on: when it is unchanged a reload keeps them (and the
     semantic cache's entries), instead of loading them again."""
     groups = {
-        name: (group.strategy == "learned", group.semantic_cache)
+        name: (group.strategy == "learned", group.semantic_cache, group.recalibrate)
         for name, group in sorted(config.models.items())
         if group.strategy == "learned" or group.semantic_cache is not None
     }
@@ -161,6 +161,8 @@ class Reloader:
             if intelligence.needed:
                 await asyncio.to_thread(intelligence.start)
                 await share_semantic_cache(intelligence, config)
+                if root.services is not None:
+                    intelligence.start_recalibration(root.services.store)  # a fold of the store: no state moves
         else:
             intelligence.config = config
         generation = type(root)(

@@ -27,7 +27,7 @@ import logging
 import math
 import re
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -87,6 +87,34 @@ class SpendDataError(ModelyardError):
     """The store refused records for what they hold (bad data), not because it is unreachable."""
 
 
+class RecentRequests:
+    """Request id → key id of the requests this process committed lately: how `POST /v1/feedback` tells, with
+    no store read, whose request an id is, even before its row reaches the store (server/feedback.py).
+    Bounded: past `max_entries` the oldest go (an OrderedDict: O(1) either end; about 170 bytes an entry)."""
+
+    __slots__ = ("_ids", "max_entries")
+
+    def __init__(self, max_entries: int = 100_000) -> None:
+        self.max_entries = max(1, max_entries)
+        self._ids: OrderedDict[str, str | None] = OrderedDict()
+
+    def add(self, request_id: str, key_id: str | None) -> None:
+        ids = self._ids
+        ids[request_id] = key_id
+        if len(ids) > self.max_entries:
+            ids.popitem(last=False)
+
+    def lookup(self, request_id: str) -> tuple[bool, str | None]:
+        """(known, the key id that made it: None in open mode)."""
+        try:
+            return True, self._ids[request_id]
+        except KeyError:
+            return False, None
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+
 class SpendSink(Protocol):
     async def write_spend(self, records: Sequence[SpendRecord]) -> None: ...
 
@@ -143,6 +171,7 @@ class SpendWriter:
         retry_max_s: float = 5.0,
         spool_dir: str | Path | None = None,
         segment_bytes: int = SEGMENT_BYTES,
+        recent_max: int = 100_000,
     ) -> None:
         self.sink = sink
         self.convert = convert
@@ -161,6 +190,8 @@ class SpendWriter:
         self.replayed = 0  # records found in the spool at start
         self.spool_errors = 0  # failed spool writes (disk full...): those records are only in memory
         self.spool: Spool | None = None
+        #: The requests committed lately, whose ids feedback may name (see RecentRequests).
+        self.recent = RecentRequests(recent_max)
         self._queue: deque[_Entry] = deque()
         self._inflight: list[_Entry] = []
         self._tick_scheduled = False
@@ -257,6 +288,7 @@ class SpendWriter:
         record = self._record(item)
         if record is None:
             return False
+        self.recent.add(record.id, record.key_id)
         if self.spool is None:
             self._enqueue(record, None)
             return False
@@ -389,6 +421,7 @@ class SpendWriter:
                 bad += 1  # a line torn by a power loss: nothing to replay
                 continue
             self._queue.append((record, segment))
+            self.recent.add(record.id, record.key_id)
             self.replayed += 1
         if bad and self.spool is not None:
             log.warning("spend spool: %d unreadable lines in %s skipped", bad, segment.path.name)

@@ -75,6 +75,9 @@ class Insight:
     task: str | None = None
     task_similarity: float | None = None
     vector: Any = None  # the full embedding (numpy), for the semantic cache
+    #: The learned router's prompt embedding as the spend log keeps it (state/feedback.encode_embedding), so
+    #: feedback on this request can retrain the router; None when the learned router did not run.
+    embedding: str | None = None
     cached: Any = None  # a cached answer, when the semantic cache had one
     default_min_quality: float | None = None
     default_lambda: float | None = None
@@ -290,7 +293,7 @@ class Intelligence:
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
         insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))
         if model in self.learned_models and self.learned is not None:
-            insight.predicted = self.learned.predict(text)
+            insight.predicted, insight.embedding = predict_with_embedding(self.learned, text)
         if self._full is not None and ((infer_task and self.semantic is not None) or cache_ns is not None):
             from modelyard.routing.semantic import embed_prompt
 
@@ -383,6 +386,24 @@ class Intelligence:
             except ValueError:  # another vector size than this namespace's shelf, or not finite
                 refused += 1
         return refused
+
+
+def predict_with_embedding(learned: Any, text: str) -> tuple[dict[str, float], str | None]:
+    """The learned router's P(good) per model and its prompt embedding (`space|base64 float32`), from one
+    embedding: `QualityModel.predict`'s steps, keeping the vector. A predictor without an embedder (a test's
+    stand-in) gives its prediction and no embedding."""
+    ready = getattr(learned, "ready_embedder", None)
+    if ready is None:
+        return learned.predict(text), None
+    from modelyard.state.feedback import encode_embedding
+
+    embedder = ready()
+    one = getattr(embedder, "embed_one", None)
+    vec = one(text)[None, :] if callable(one) else embedder.embed([text])
+    row = learned.predict_embedded(vec, [text])[0]
+    predicted = {m: float(p) for m, p in zip(learned.models, row, strict=True)}
+    space = getattr(embedder, "signature", None) or "vectors"
+    return predicted, encode_embedding(space, np_float32_bytes(vec))
 
 
 def np_float32_bytes(vector: Any) -> bytes:

@@ -35,6 +35,8 @@ from modelyard.server.context import ErrorWriter, Handler, RequestContext
 from modelyard.server.count_tokens import count_tokens
 from modelyard.server.embeddings import embeddings
 from modelyard.server.endpoints import ROUTES as ENDPOINT_ROUTES
+from modelyard.server.feedback import PATH as FEEDBACK_PATH
+from modelyard.server.feedback import FeedbackRoute, feedback_wait
 from modelyard.server.guards import HEADER as GUARDRAILS_HEADER
 from modelyard.server.guards import GuardIndex
 from modelyard.server.http import (
@@ -167,6 +169,8 @@ class Gateway:
             self.routes[("POST", path)] = (handler, _openai_error)
         responses, self.response_objects = responses_routes(config, services)
         self.routes[("POST", "/v1/responses")] = (responses, responses.write_error)
+        self.feedback = FeedbackRoute(wait_s=feedback_wait(config.spend.flush_interval_s))
+        self.routes[("POST", FEEDBACK_PATH)] = (self.feedback, _openai_error)
         #: Handlers that serve models: the key is checked from the headers before the body is read. A route
         #: added later (with a path parameter or not) is keyed by naming its handler here.
         self.keyed: frozenset[Handler] = frozenset(
@@ -357,6 +361,7 @@ class Gateway:
         insight = await intelligence.analyse(req.model, features, cache_ns, ctx.request_id)
         if features.task is None and insight.task is not None:
             features.task = insight.task
+        ctx.insight, ctx.task = insight, features.task  # kept in the spend row for learning from feedback
         return insight
 
     def plan(

@@ -22,6 +22,7 @@ from modelyard.server.observe import Outcome
 
 if TYPE_CHECKING:
     from modelyard.accounting.budgets import Reservation
+    from modelyard.routing.intelligence import Insight
     from modelyard.routing.plan import Plan
     from modelyard.server.access import KeyState
     from modelyard.server.app import Gateway
@@ -45,6 +46,7 @@ class RequestContext:
         "finished",
         "gateway",
         "guards",
+        "insight",
         "key",
         "key_id",
         "key_name",
@@ -56,6 +58,7 @@ class RequestContext:
         "spooled",
         "started",
         "tags",
+        "task",
         "ttft_ms",
     )
 
@@ -86,6 +89,11 @@ class RequestContext:
         self.content: str | None = None
         #: This request's guardrails and their findings (server/guards.py), or None when none apply.
         self.guards: RequestGuards | None = None
+        #: What the routing intelligence found (only for requests it analysed) and the task, given or
+        #: recognised: the spend row keeps them for learning from feedback (`learning_fields`).
+        self.insight: Insight | None = None
+        self.task: str | None = None
+
 
     @property
     def elapsed_ms(self) -> float:
@@ -206,3 +214,17 @@ class RequestContext:
                 guards=self.guards,
             )
         )
+
+
+def learning_fields(ctx: Any, deployment: str | None) -> tuple[str | None, float | None, str | None]:
+    """(task, the learned router's P(good) for `deployment`, the prompt embedding) for the spend row; all None
+    for a request the routing intelligence did not analyse (nothing is computed for those). Reads the
+    context's `insight` when it has one (a stand-in context without it counts as not analysed)."""
+    insight: Insight | None = getattr(ctx, "insight", None)
+    if insight is None:
+        return None, None, None
+    predicted = None
+    if insight.predicted is not None and deployment is not None:
+        name = ctx.gateway.intelligence.router_models.get(deployment)
+        predicted = insight.predicted.get(name) if name is not None else None
+    return ctx.task, predicted, insight.embedding

@@ -26,6 +26,7 @@ from modelyard.routing.trace import attempts_json, route_json
 from modelyard.server import admin
 from modelyard.server.access import Access, estimate_prices
 from modelyard.server.admin_routes import AdminRoutes, admin_routes
+from modelyard.server.context import learning_fields
 from modelyard.server.http import Headers, Send, send_json
 from modelyard.server.metrics import Metrics, metrics_endpoint
 from modelyard.server.observe import FanOut, NullObserver, Observer, Outcome
@@ -56,6 +57,7 @@ def spend_record(outcome: Outcome) -> SpendRecord:
     usage = outcome.usage
     records = outcome.records
     plan = ctx.plan
+    task, predicted, embedding = learning_fields(ctx, outcome.deployment)
     return SpendRecord(
         id=ctx.request_id,
         at=outcome.at,
@@ -81,6 +83,9 @@ def spend_record(outcome: Outcome) -> SpendRecord:
         guardrails=outcome.guards.summary() if outcome.guards is not None else None,
         route=route_json(plan) if plan is not None else None,
         attempt_detail=attempts_json(records, _request_start(ctx)) if records else None,
+        task=task,
+        predicted=predicted,
+        embedding=embedding,
     )
 
 

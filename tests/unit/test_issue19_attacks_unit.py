@@ -203,41 +203,121 @@ def test_train_refuses_fewer_than_two_folds(work: Path, folds: str) -> None:
 
 
 def _has(command: str) -> bool:
-    return any(c.name == command for c in app.registered_commands)
+    names = {c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands}
+    return command in names
 
 
-@pytest.mark.parametrize("command", ["add-model", "retrain"])
-def test_new_commands_refuse_a_missing_router_in_one_line(work: Path, command: str) -> None:
-    if not _has(command):
-        pytest.xfail(f"router {command} is not built yet (H1/H2)")
-    args = [command]
-    if command == "add-model":
-        args += ["newmodel", "--data", str(work / "ok.jsonl")]
-    else:
-        args += ["--data", str(work / "ok.jsonl")]
-    result = runner.invoke(app, [*args, "--router", str(work / "missing.npz"), "--out", str(work / "r.npz")])
-    refused(result)
+def invoke(*args: str) -> Result:
+    return runner.invoke(app, list(args))
 
 
-def test_retrain_never_prints_the_store_password_and_refuses_an_unreachable_store(work: Path) -> None:
-    if not _has("retrain"):
-        pytest.xfail("router retrain is not built yet (H1/H2)")
-    np.savez(work / "r0.npz", foo=np.zeros(1))  # never read: the store fails first or the router does
-    dsn = "postgresql://attacker:hunter2secret@127.0.0.1:1/none"
-    result = runner.invoke(
-        app,
-        [
-            "retrain",
+@pytest.fixture
+def new_commands() -> None:
+    if not (_has("add-model") and _has("retrain")):
+        pytest.xfail("router add-model / retrain are not built yet (H1/H2)")
+
+
+def test_add_model_refuses_a_missing_router_and_no_source(work: Path, new_commands: None) -> None:
+    out = str(work / "r.npz")
+    refused(
+        invoke(
+            "add-model", "small", "--router", str(work / "missing.npz"), "--data", str(work / "ok.jsonl"), "--out", out
+        )
+    )
+    refused(invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--out", out))  # neither --from nor --data
+    assert not (work / "r.npz").exists()
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param(k, marks=pytest.mark.xfail(strict=True, reason="add-model: " + ROUTER_HOLES[k]))
+        if k in ("empty", "truncated")
+        else k
+        for k in ("garbage", "empty", "truncated", "wrong arrays", "meta not json")
+    ],
+)
+def test_add_model_refuses_a_router_file_that_is_not_one(work: Path, new_commands: None, kind: str) -> None:
+    router = work / "router.npz"
+    _write_router(router, kind)
+    refused(
+        invoke(
+            "add-model",
+            "small",
             "--router",
-            str(DEFAULT_ROUTER),
+            str(router),
             "--data",
             str(work / "ok.jsonl"),
-            "--from-feedback",
-            "--store",
-            dsn,
             "--out",
             str(work / "r.npz"),
-        ],
+        )
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [("no rows of the model", rows().replace('"small"', '"other"')), ("NaN score", rows(float("nan"))), ("empty", "")],
+)
+def test_add_model_refuses_data_it_cannot_fit_on(work: Path, new_commands: None, name: str, text: str) -> None:
+    data = work / "few.jsonl"
+    data.write_text(text, encoding="utf-8")
+    refused(
+        invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--data", str(data), "--out", str(work / "r.npz"))
+    )
+
+
+def test_add_model_refuses_missing_acceptance_results(work: Path, new_commands: None) -> None:
+    out = str(work / "r.npz")
+    refused(
+        invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--from", str(work / "none.json"), "--out", out)
+    )
+    (work / "bad.json").write_text("{not json", encoding="utf-8")
+    refused(
+        invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--from", str(work / "bad.json"), "--out", out)
+    )
+    (work / "list.json").write_text("[1, 2, 3]", encoding="utf-8")
+    refused(
+        invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--from", str(work / "list.json"), "--out", out)
+    )
+
+
+def test_retrain_refuses_a_missing_router_and_feedback_without_a_store(work: Path, new_commands: None) -> None:
+    data, out = str(work / "ok.jsonl"), str(work / "r.npz")
+    refused(invoke("retrain", "--router", str(work / "missing.npz"), "--data", data, "--out", out))
+    refused(invoke("retrain", "--router", str(DEFAULT_ROUTER), "--data", data, "--from-feedback", "--out", out))
+
+
+@pytest.mark.parametrize(
+    "store",
+    [
+        pytest.param(dsn, marks=pytest.mark.xfail(strict=True, reason=f"retrain prints the DSN's password ({why})"))
+        for dsn, why in (
+            ("postgresql://attacker:hunter2secret@127.0.0.1:1/none", "connection refused"),
+            ("postgresql://attacker:hunter2secret@127.0.0.1:5432/no_such_db_h6", "unknown role"),
+            ("postgresql://127.0.0.1:1/none?password=hunter2secret", "?password= parameter"),
+        )
+    ]
+    + [
+        "{work}",
+        "{work}/ok.jsonl",
+        "{work}/no/such/dir/store.db",
+    ],
+)
+def test_retrain_refuses_a_store_it_cannot_read_without_printing_its_password(
+    work: Path, new_commands: None, store: str
+) -> None:
+    result = invoke(
+        "retrain",
+        "--router",
+        str(DEFAULT_ROUTER),
+        "--data",
+        str(work / "ok.jsonl"),
+        "--from-feedback",
+        "--store",
+        store.format(work=work),
+        "--out",
+        str(work / "r.npz"),
     )
     refused(result)
     assert "hunter2secret" not in result.output
+    assert not (work / "r.npz").exists()

@@ -392,6 +392,8 @@ class Stack:
     sessions: dict[str, str] = field(default_factory=dict)
     csrf: str = ""
     fresh_id: str = "key_none"
+    #: The x-request-id of the last answered request: `{request_id}` in a probe's body becomes it (feedback).
+    request_id: str = "req_none"
     sent: int = 0
     seconds: float = 0.0
     routes_run: set[str] = field(default_factory=set)
@@ -471,7 +473,7 @@ class Stack:
         assert self._conn is not None
         path = probe.path.replace("{fresh_id}", self.fresh_id)
         headers = probe._all_headers(self.credential(probe))
-        body = probe.body
+        body = probe.body.replace(b"{request_id}", self.request_id.encode())
         cookie = self.sessions.get(probe.session)
         if cookie is not None:
             headers.append(("cookie", cookie.encode()))
@@ -482,6 +484,8 @@ class Stack:
         self.sent += 1
         if probe.method == "POST" and path == "/admin/keys" and answer.status == 200:
             self._remember_fresh_key(answer)
+        if answer.status == 200 and "x-request-id" in answer.headers:
+            self.request_id = answer.headers["x-request-id"]
         return answer
 
     def _remember_fresh_key(self, answer: Answer) -> None:

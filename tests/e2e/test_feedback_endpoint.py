@@ -196,7 +196,7 @@ def test_no_key_or_a_bad_key_is_401(url: str, keys: dict[str, str]) -> None:
 @pytest.mark.parametrize(
     ("content", "param"),
     [
-        (b'{"request_id": "req_1", "score": 1e999}', "body"),
+        (b'{"request_id": "req_1", "score": 1e999}', "score"),
         (b'{"request_id": "req_1", "score": NaN}', "body"),
         (b'{"request_id": "req_1", "score": true}', "score"),
         (b'{"request_id": "req_1", "score": "1"}', "score"),

@@ -422,6 +422,27 @@ responses_request = optional(
 )
 
 
+# Feedback (server/feedback.py): `{request_id}` is the id of the fuzzer's last answered request.
+
+feedback_request = optional(
+    {
+        "request_id": st.one_of(
+            st.just("{request_id}"),
+            st.just("{request_id}"),
+            st.sampled_from(("req_nope", "", "req_" + "0" * 24, "../../etc/passwd", "r" * 129)),
+            odd_text(),
+            hostile(),
+        )
+    },
+    score=st.one_of(
+        st.floats(0, 1),
+        st.sampled_from((0, 1, -0.0, 1.0000001, -1, True, "1", None, 10**400, [0.5])),
+        hostile(),
+    ),
+    thumbs=st.one_of(st.sampled_from(("up", "down", "UP", "", "sideways")), hostile()),
+    label=st.one_of(odd_text(40), huge_strings(), st.just("x" * 201), hostile()),
+)
+
 # --------------------------------------------------------------------------- probes per route
 
 
@@ -702,6 +723,7 @@ PATHS = (
     "/admin/requests",
     "/admin/deployments",
     "/admin/whatif",
+    "/v1/feedback",
 )
 garbage_probes = st.builds(
     Probe,
@@ -881,6 +903,7 @@ ROUTES = [
     Route("images", json_posts("/v1/images/generations", image_request), 300),
     Route("rerank", json_posts("/v1/rerank", rerank_request), 300),
     Route("rerank-v2", json_posts("/v2/rerank", rerank_request), 100),
+    Route("feedback", json_posts("/v1/feedback", feedback_request), 300),
 ]
 MIN_REQUESTS = 5_000
 

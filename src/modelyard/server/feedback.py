@@ -19,7 +19,7 @@ import asyncio
 import math
 import re
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -43,7 +43,6 @@ _FIELDS = frozenset({"request_id", "score", "thumbs", "label"})
 _THUMBS = {"up": 1.0, "down": 0.0}
 #: The longest a lookup waits for a spend row another replica has not flushed yet.
 MAX_WAIT_S = 2.0
-_decode = msgspec.json.Decoder().decode
 
 
 def feedback_wait(flush_interval_s: float) -> float:
@@ -60,47 +59,66 @@ class Verdict(msgspec.Struct, frozen=True):
     label: str | None
 
 
+class _Body(msgspec.Struct, forbid_unknown_fields=True):
+    """The body as decoded: typed, so a hostile value (a 100,000-deep array, a bool for a number) is refused by
+    the decoder where it stands, without building it."""
+
+    request_id: str
+    score: float | None = None
+    thumbs: str | None = None
+    label: str | None = None
+
+
+_decode = msgspec.json.Decoder(_Body).decode
+_AT_FIELD = re.compile(r"`\$\.(\w{1,64})")
+_NAMED_FIELD = re.compile(r"field `(\w{1,64})`")
+
+
 def parse_verdict(body: bytes) -> Verdict:
     """The body as a `Verdict`, or a 400 naming the field at fault (`param`)."""
     try:
         data = _decode(body)
-    except msgspec.DecodeError:
+    except msgspec.ValidationError as exc:
+        raise _invalid(str(exc)) from None
+    except (msgspec.DecodeError, RecursionError):
         raise bad_request("The body must be a JSON object.", param="body") from None
-    if not isinstance(data, dict):
-        raise bad_request("The body must be a JSON object.", param="body")
-    unknown = sorted(str(k)[:64] for k in data if k not in _FIELDS)
-    if unknown:
-        raise bad_request(
-            f"Unknown field {unknown[0]!r}: feedback takes request_id, score or thumbs, label.", param=unknown[0]
-        )
-    request_id = data.get("request_id")
-    if not isinstance(request_id, str) or _REQUEST_ID.fullmatch(request_id) is None:
+    if _REQUEST_ID.fullmatch(data.request_id) is None:
         raise bad_request("request_id must be the x-request-id of an answer (e.g. req_…).", param="request_id")
-    return Verdict(request_id, _score(data), _label(data.get("label")))
+    return Verdict(data.request_id, _score(data), _label(data.label))
 
 
-def _score(data: dict[str, Any]) -> float:
-    if ("score" in data) == ("thumbs" in data):
+def _invalid(reason: str) -> GatewayError:
+    """A 400 for what the typed decoder refused, naming the field (`$.score`, or the unknown/missing one)."""
+    found = _AT_FIELD.search(reason) or _NAMED_FIELD.search(reason)
+    param = found.group(1) if found else "body"
+    if param not in _FIELDS:
+        return bad_request(f"Unknown field {param!r}: feedback takes request_id, score or thumbs, label.", param=param)
+    if param == "request_id":
+        return bad_request("request_id must be the x-request-id of an answer (e.g. req_…).", param=param)
+    if param == "score":
+        return bad_request("score must be a finite number in [0, 1].", param=param)
+    if param == "thumbs":
+        return bad_request('thumbs must be "up" or "down".', param=param)
+    return bad_request(f"label must be text of at most {MAX_LABEL} printable characters.", param=param)
+
+
+def _score(data: _Body) -> float:
+    if (data.score is None) == (data.thumbs is None):
         raise bad_request("Give exactly one of score (a number in [0, 1]) or thumbs (up or down).", param="score")
-    if "thumbs" in data:
-        thumbs = data["thumbs"]
-        if not isinstance(thumbs, str) or thumbs not in _THUMBS:
+    if data.thumbs is not None:
+        if data.thumbs not in _THUMBS:
             raise bad_request('thumbs must be "up" or "down".', param="thumbs")
-        return _THUMBS[thumbs]
-    score = data["score"]
-    # bool is an int in Python, and JSON's 1e999 decodes to inf: both refused, as are strings and NaN.
-    if isinstance(score, bool) or not isinstance(score, int | float):
-        raise bad_request("score must be a number in [0, 1].", param="score")
-    value = float(score) if not isinstance(score, int) or abs(score) <= 1 else math.inf
+        return _THUMBS[data.thumbs]
+    value = float(data.score)  # type: ignore[arg-type]
     if not math.isfinite(value) or not 0.0 <= value <= 1.0:
         raise bad_request("score must be a finite number in [0, 1].", param="score")
     return value
 
 
-def _label(label: Any) -> str | None:
+def _label(label: str | None) -> str | None:
     if label is None:
         return None
-    if not isinstance(label, str) or len(label) > MAX_LABEL or not label.isprintable():
+    if len(label) > MAX_LABEL or not label.isprintable():
         raise bad_request(
             f"label must be text of at most {MAX_LABEL} printable characters (no control characters).", param="label"
         )

@@ -31,8 +31,11 @@ def test_a_good_body_with_a_score_or_thumbs() -> None:
     [
         (b'{"request_id": "req_1", "score": true}', "score"),
         (b'{"request_id": "req_1", "score": "1"}', "score"),
-        (b'{"request_id": "req_1", "score": 1e999}', "body"),  # the decoder refuses it: out of range
-        (b'{"request_id": "req_1", "score": -1e999}', "body"),
+        (b'{"request_id": "req_1", "score": 1e999}', "score"),
+        (b'{"request_id": "req_1", "score": -1e999}', "score"),
+        (b'{"request_id": ' + b"[" * 100_000 + b"]" * 100_000 + b', "score": 1}', "request_id"),  # found by the fuzzer
+        (b'{"label": ' + b"[" * 100_000 + b"]" * 100_000 + b', "request_id": "req_1", "score": 1}', "label"),
+        (b'{"extra": ' + b"[" * 100_000 + b"]" * 100_000 + b', "request_id": "req_1", "score": 1}', "extra"),
         (b'{"request_id": "req_1", "score": NaN}', "body"),  # not JSON at all
         (b'{"request_id": "req_1", "score": 1.0000001}', "score"),
         (b'{"request_id": "req_1", "score": -0.5}', "score"),

@@ -14,6 +14,7 @@ import importlib.util
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -321,3 +322,72 @@ def test_retrain_refuses_a_store_it_cannot_read_without_printing_its_password(
     refused(result)
     assert "hunter2secret" not in result.output
     assert not (work / "r.npz").exists()
+
+
+# --------------------------------------------------------------------------- recalibration steered by one key
+
+
+def _samples(
+    key: str, n: int, score: float, start: float, *, request: str | None = None, spread_s: float = 50.0
+) -> list[Any]:
+    """n verdicts of one key spread over `spread_s` seconds from `start` (50 s: one 60 s period)."""
+    from modelyard.state.feedback import FeedbackSample
+
+    return [
+        FeedbackSample(
+            feedback_id=f"fb_{key}_{i:06d}",
+            request_id=request or f"req_{key}_{i:06d}",
+            at=start + spread_s * i / n,
+            score=score,
+            source="key",
+            key_id=key,
+            model="smart",
+            deployment="cheap@sim",
+            task="chat",
+            predicted=0.7,
+        )
+        for i in range(n)
+    ]
+
+
+#: The start of a 60 s period (feedback periods are aligned to the epoch).
+START = 999_960.0
+
+
+def _fold(samples: list[Any], periods: int = 1) -> Any:
+    from modelyard.config.model import RecalibrateSettings
+    from modelyard.routing.recalibration import RouteSpec, fold
+
+    spec = RouteSpec("smart", RecalibrateSettings(), {"cheap@sim": "cheap"}, target=0.9, lam=0.1)
+    ordered = sorted(samples, key=lambda s: (s.at, s.feedback_id))
+    return fold(spec, ordered, now=START + 60.0 * periods + 1.0)
+
+
+def test_one_key_with_10000_thumbs_down_weighs_what_max_per_key_allows() -> None:
+    """10,000 verdicts of one key move a shared route exactly as far as its first 50 (`max_per_key`)."""
+    honest = [s for k in range(10) for s in _samples(f"honest{k}", 30, 1.0, START)]
+    flood = _fold(honest + _samples("mallory", 10_000, 0.0, START))
+    capped = _fold(honest + _samples("mallory", 50, 0.0, START))
+    alone = _fold(honest)
+    cell = ("cheap", "chat")
+    assert flood.corrections[cell] == pytest.approx(capped.corrections[cell], abs=1e-9)
+    assert flood.corrections[cell] > 0.0, "300 honest ups outweigh one key's flood"
+    assert alone.corrections[cell] - flood.corrections[cell] < 0.2
+
+
+def test_one_request_replayed_10000_times_counts_as_one_key() -> None:
+    replayed = _fold(_samples("mallory", 10_000, 0.0, START, request="req_same"))
+    capped = _fold(_samples("mallory", 50, 0.0, START))
+    assert replayed.corrections == pytest.approx(capped.corrections)
+
+
+def test_a_flood_moves_the_route_by_at_most_its_bounds() -> None:
+    from modelyard.config.model import RecalibrateSettings
+
+    cfg = RecalibrateSettings()
+    one = _fold(_samples("mallory", 10_000, 0.0, START), periods=1)
+    assert all(abs(v) <= cfg.max_step + 1e-12 for v in one.corrections.values())
+    assert one.corrections[("cheap", "chat")] == pytest.approx(-cfg.max_step)  # it did move: one step
+    many = _fold(_samples("mallory", 10_000, 0.0, START, spread_s=3600.0), periods=60)
+    assert all(abs(v) <= cfg.max_correction + 1e-12 for v in many.corrections.values())
+    assert abs(many.knob_shift) <= cfg.max_knob_shift + 1e-12

@@ -288,7 +288,7 @@ class Intelligence:
             insight.default_lambda = lam
         elif threshold is not None:
             insight.default_min_quality = threshold
-        insight.explore = recal.explore(model, request_key, insight.adjusted)
+        insight.explore = recal.explore(model, request_key, task)
 
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
         insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))

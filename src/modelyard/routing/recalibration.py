@@ -76,6 +76,8 @@ class RouteState:
     """What feedback changed for one route: corrections per (router model, task or None), the knob's shift."""
 
     corrections: dict[tuple[str, str | None], float] = field(default_factory=dict)
+    #: The weight of feedback on each (router model, task or None) in the window: exploration goes to the least.
+    observed: dict[tuple[str, str | None], float] = field(default_factory=dict)
     knob_shift: float = 0.0
     quality: float | None = None  # estimated: weighted mean feedback score in the last folded window
     weight: float = 0.0  # the effective number of samples behind `quality`
@@ -169,6 +171,8 @@ def _period_step(spec: RouteSpec, window: _Window, state: RouteState) -> None:
         if task is not None:
             per_task[(rm, task)][0] += wk * n
             per_task[(rm, task)][1] += wk * r
+    state.observed = {(rm, None): n for rm, (n, _) in per_model.items()}
+    state.observed.update({cell: n for cell, (n, _) in per_task.items()})
     pooled = {rm: r / (n + cfg.prior) if n + cfg.prior > 0 else 0.0 for rm, (n, r) in per_model.items()}
     targets: dict[tuple[str, str | None], float] = {(rm, None): v for rm, v in pooled.items()}
     for (rm, task), (n, r) in per_task.items():
@@ -252,19 +256,20 @@ class Recalibration:
         threshold = None if spec.threshold is None else min(1.0, max(0.0, spec.threshold - state.knob_shift))
         return lam, threshold
 
-    def explore(self, route: str, request_key: str, quality: Mapping[str, float]) -> str | None:
-        """The deployment this request explores (a share `explore` of requests), else None: one the router
-        rates below its best, chosen by the request id's hash."""
-        spec = self.specs.get(route)
-        if spec is None or spec.settings.explore <= 0.0:
+    def explore(self, route: str, request_key: str, task: str | None) -> str | None:
+        """The deployment this request explores (a share `explore` of requests, by the request id's hash),
+        else None: the candidate with the least feedback in the window for this task (the one the router
+        learns least about: at first the one it under-rates, later the one it stopped choosing)."""
+        spec, state = self.specs.get(route), self.state.get(route)
+        if spec is None or state is None or spec.settings.explore <= 0.0 or len(spec.router_models) < 2:
             return None
         if unit_hash("explore", route, request_key) >= spec.settings.explore:
             return None
-        rated = sorted((quality[rm], dep) for dep, rm in spec.router_models.items() if rm in quality)
-        if len(rated) < 2:
-            return None
-        others = [dep for _, dep in rated[:-1]]
-        return others[int(unit_hash("pick", route, request_key) * len(others))]
+        seen = state.observed
+        weights = {dep: seen.get((rm, task), 0.0) for dep, rm in spec.router_models.items()}
+        least = min(weights.values())
+        tied = sorted(dep for dep, w in weights.items() if w == least)
+        return tied[int(unit_hash("pick", route, request_key) * len(tied))]
 
     # ------------------------------------------------------------------ refresh (every replica)
 
@@ -338,7 +343,12 @@ class Recalibration:
                 "threshold": threshold,
                 "explore": spec.settings.explore,
                 "corrections": [
-                    {"router_model": rm, "task": task, "correction": round(c, 6)}
+                    {
+                        "router_model": rm,
+                        "task": task,
+                        "correction": round(c, 6),
+                        "weight": state.observed.get((rm, task)),
+                    }
                     for (rm, task), c in sorted(state.corrections.items(), key=lambda i: (i[0][0], i[0][1] or ""))
                 ],
             }

@@ -193,17 +193,24 @@ def test_a_store_error_keeps_the_last_state() -> None:
     assert recal.state["smart"] is before
 
 
-def test_exploration_is_a_bounded_deterministic_share_to_a_lower_rated_candidate() -> None:
+def test_exploration_is_a_bounded_deterministic_share_to_the_least_observed_candidate() -> None:
     recal = Recalibration({"smart": spec(explore=0.05)})
-    rated = {"cheap": 0.3, "strong": 0.95}
-    picks = [recal.explore("smart", f"req_{i}", rated) for i in range(20_000)]
+    recal.state["smart"].observed = {("strong", "a"): 40.0, ("cheap", "a"): 2.0, ("strong", "b"): 1.0}
+    picks = [recal.explore("smart", f"req_{i}", "a") for i in range(20_000)]
     share = sum(p is not None for p in picks) / len(picks)
     assert 0.04 < share < 0.06
     assert set(picks) == {None, "cheap@sim"}
-    assert picks == [recal.explore("smart", f"req_{i}", rated) for i in range(20_000)]
-    assert all(recal.explore("smart", f"req_{i}", {"cheap": 0.99, "strong": 0.5}) != "cheap@sim" for i in range(500))
-    assert Recalibration({"smart": spec(explore=0.0)}).explore("smart", "req_1", rated) is None
+    assert picks == [recal.explore("smart", f"req_{i}", "a") for i in range(20_000)]
+    # Task b: cheap has no feedback at all, strong one: cheap; an unseen task: a tie, split by the hash.
+    assert {recal.explore("smart", f"req_{i}", "b") for i in range(2000)} == {None, "cheap@sim"}
+    assert {recal.explore("smart", f"req_{i}", "c") for i in range(2000)} == {None, "cheap@sim", "strong@sim"}
+    assert Recalibration({"smart": spec(explore=0.0)}).explore("smart", "req_1", "a") is None
     assert 0.0 <= unit_hash("x") < 1.0
+
+
+def test_the_fold_counts_what_it_observed_per_model_and_task() -> None:
+    state = fold(spec(max_per_key=1e6), honest(300), now=10_000.0)
+    assert state.observed[("cheap", "a")] == pytest.approx(150) and state.observed[("strong", None)] == 150
 
 
 def test_adjusted_predictions_and_the_shifted_knob() -> None:
@@ -255,7 +262,8 @@ def test_the_gateway_plans_on_corrected_quality_and_explores_by_request_id() -> 
     intel._check_mapping()
     recal = intel.recalibration
     assert recal is not None and recal.specs["smart"].target == 0.9 and recal.specs["smart"].lam == 0.2
-    recal.state["smart"].corrections = {("cheap", "a"): 0.68}
+    recal.state["smart"].corrections = {("cheap", "a"): 0.6}
+    recal.state["smart"].observed = {("cheap", "a"): 100.0, ("strong", "a"): 3.0}
     deps = {d.name: d for d in config.deployments}
     seen = {}
     for i in range(200):
@@ -266,6 +274,7 @@ def test_the_gateway_plans_on_corrected_quality_and_explores_by_request_id() -> 
         seen[i] = (insight.explore, quality(deps["cheap@sim"]), quality(deps["strong@sim"]))
     explored = [i for i, (e, _, _) in seen.items() if e is not None]
     assert 5 <= len(explored) <= 40
-    assert all(seen[i][0] == "strong@sim" and seen[i][1:] == (0.0, 1.0) for i in explored)  # cheap is now best
+    assert all(seen[i][0] == "strong@sim" and seen[i][1:] == (0.0, 1.0) for i in explored)  # the least observed
     plain = [v for v in seen.values() if v[0] is None]
-    assert all(v[1:] == pytest.approx((0.98, 0.95)) for v in plain)
+    assert all(v[1:] == pytest.approx((0.9, 0.95)) for v in plain)
+    assert [seen[i][0] for i in range(200)] == [recal.explore("smart", f"req_{i}", "a") for i in range(200)]

@@ -221,6 +221,9 @@ def retrain(
     except Exception as exc:  # any store failure is one line, not a traceback
         raise _fail(f"cannot read feedback from {store}: {type(exc).__name__}: {exc}") from None
     rows = fd.feedback_rows(samples, space=_space(old.max_tokens), known_models=labelled.models, router_models=mapping)
+    if not len(rows):
+        _print_merge(len(samples), rows, None)
+        raise _fail("no feedback row to merge (see the skipped counts above); nothing retrained")
     need_text = [p for p, v in zip(rows.prompts, rows.embeddings, strict=True) if v is None and p is not None]
     emb_all = _embed([*labelled.prompts, *need_text], old.max_tokens)
     n = len(labelled)
@@ -269,17 +272,17 @@ def _space(max_tokens: int) -> str:
     return f"minilm-l6-v2/t{max_tokens}"
 
 
-def _print_merge(n_samples: int, rows: Any, merged: Any) -> None:
+def _print_merge(n_samples: int, rows: Any, merged: Any | None) -> None:
     per_model: dict[str, int] = {}
     for m in rows.models:
         per_model[m] = per_model.get(m, 0) + 1
     out.print(
-        f"feedback: {n_samples} samples -> {len(rows)} labelled rows (several verdicts on one prompt averaged) "
-        f"appended to {len(merged.prompts) - merged.added_rows} training prompts"
+        f"feedback: {n_samples} samples -> {len(rows)} labelled rows (several verdicts on one prompt averaged)"
+        + ("" if merged is None else f" appended to {len(merged.prompts) - merged.added_rows} training prompts")
     )
     if per_model:
         out.print("  rows per model: " + json.dumps(dict(sorted(per_model.items()))))
-    if merged.imputed_rows:
+    if merged is not None and merged.imputed_rows:
         out.print(
             f"  {merged.imputed_rows} rows are known by their stored embedding only (no log_content): their text "
             "features are the nearest training prompt's"

@@ -144,7 +144,11 @@ def merge_feedback(
     texts = iter(text_emb if text_emb is not None else np.zeros((0, base.shape[1]), np.float32))
     imputed = 0
     for i, (text, vec) in enumerate(zip(rows.prompts, rows.embeddings, strict=True)):
-        new_emb[i] = vec if vec is not None else next(texts)
+        if vec is None:
+            vec = next(texts, None)
+            if vec is None:
+                raise ValueError("no embedding for a feedback row known by its text only (pass text_emb)")
+        new_emb[i] = vec
         if text is not None:
             new_prompts.append(text)
         else:

@@ -363,3 +363,14 @@ def test_retrain_errors(trained: tuple[Path, Path], tmp_path: Path) -> None:
     res = runner.invoke(app, [*base, "--from-feedback", "--store", str(tmp_path / "empty.db")])
     assert_one_line_error(res, "no feedback row to merge")
     assert not Path(out).exists()
+
+
+def test_an_added_model_survives_a_retrain_only_over_the_same_trained_models() -> None:
+    from modelyard.cli.router_models import _carry
+    from modelyard.routing.learned import AddedModel
+
+    added = AddedModel("mini", (0.25, 0.75), -1.0, {"method": "rows"})
+    kept = _carry(added, ["large", "small"], ["small", "large"])
+    assert kept == AddedModel("mini", (0.75, 0.25), -1.0, {"method": "rows"})  # re-ordered by name
+    assert _carry(added, ["small", "large", "huge"], ["small", "large"]) is None
+    assert _carry(added, ["small", "mini"], ["small", "mini"]) is None  # now trained: the added copy goes

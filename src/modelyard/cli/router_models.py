@@ -13,6 +13,7 @@ import asyncio
 import json
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +23,7 @@ from modelyard.cli.router import _embed, _kinds, _load, app, out
 
 if TYPE_CHECKING:
     from modelyard.lab.cold_start import LikeChoice
-    from modelyard.routing.learned import QualityModel
+    from modelyard.routing.learned import AddedModel, QualityModel
     from modelyard.state.feedback import FeedbackSample
 
 __all__ = ["app"]
@@ -291,10 +292,10 @@ def _print_merge(n_samples: int, rows: Any, merged: Any | None) -> None:
         out.print(f"  skipped {count}: {why}")
 
 
-def _carry(added: Any, new_models: list[str], old_models: list[str]) -> Any:
+def _carry(added: AddedModel, new_models: list[str], old_models: list[str]) -> AddedModel | None:
     """An added model kept across a retrain when the trained models are the same set (coefficients
     re-ordered by name); None otherwise: its coordinates meant something in the old set only."""
     if set(new_models) != set(old_models) or added.name in new_models:
         return None
     coef = dict(zip(old_models, added.coef, strict=True))
-    return type(added)(added.name, tuple(coef[m] for m in new_models), added.bias, added.source)
+    return replace(added, coef=tuple(coef[m] for m in new_models))

@@ -30,19 +30,22 @@ import hashlib
 import logging
 import math
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
+
+import msgspec
 
 from modelyard.config.model import RecalibrateSettings
 from modelyard.state.feedback import FeedbackSample
 
 log = logging.getLogger("modelyard.recalibration")
 
-#: Feedback rows read per store call, and at most per refresh and route (the fold is linear in them).
+#: Feedback rows read per store call, and kept at most per refresh and route (the newest; the fold is linear
+#: in them). Kept rows drop their embedding and text, so 100,000 of them are a few tens of MB at most.
 PAGE = 10_000
-MAX_ROWS = 200_000
+MAX_ROWS = 100_000
 #: The 90% interval's z: the knob moves only when the target lies outside it (noise does not move it).
 Z90 = 1.645
 #: Changes smaller than this are not logged (rounding of a fold, not a decision).
@@ -276,21 +279,20 @@ class Recalibration:
     async def read(self, store: FeedbackReader, route: str, since: float) -> list[FeedbackSample]:
         """The route's feedback since `since`, ordered by (at, id), each feedback once."""
         seen: set[str] = set()
-        rows: list[FeedbackSample] = []
+        rows: deque[FeedbackSample] = deque(maxlen=MAX_ROWS)  # beyond it, the oldest go
         cursor = since
-        while len(rows) < MAX_ROWS:
+        while True:
             page = await store.feedback_samples(cursor, PAGE, model=route)
             fresh = 0
             for s in page:
                 if s.feedback_id not in seen and s.model == route:
                     seen.add(s.feedback_id)
-                    rows.append(s)
+                    rows.append(msgspec.structs.replace(s, embedding=None, content=None))
                     fresh += 1
             if len(page) < PAGE or not fresh or page[-1].at <= cursor:
                 break
             cursor = page[-1].at
-        rows.sort(key=lambda s: (s.at, s.feedback_id))
-        return rows[:MAX_ROWS]
+        return sorted(rows, key=lambda s: (s.at, s.feedback_id))
 
     async def refresh(self, store: FeedbackReader) -> list[Change]:
         """Re-read every route's window of feedback and fold it; the changes, each logged."""
@@ -301,7 +303,7 @@ class Recalibration:
             first = math.floor((now - cfg.window_s) / cfg.period_s) * cfg.period_s  # aligned: replicas agree
             samples = await self.read(store, route, first - cfg.window_s)
             folded = [s for s in samples if s.at >= first - cfg.window_s]
-            new = fold(spec, folded, now)
+            new = await asyncio.to_thread(fold, spec, folded, now)  # CPU: off the event loop
             old = self.state.get(route, RouteState())
             moved = changes(route, old, new, spec.target)
             for c in moved:

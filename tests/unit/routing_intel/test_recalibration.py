@@ -147,19 +147,21 @@ def test_replicas_folding_the_same_rows_agree_whenever_they_refresh_within_a_per
     assert a.state["smart"].corrections[("cheap", "a")] > 0.2
 
 
-def test_reading_pages_through_the_store() -> None:
+def test_reading_pages_through_the_store_keeping_the_newest_rows_without_their_embedding(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     import modelyard.routing.recalibration as recal
 
-    rows = honest(250, start=0.0, dt=0.1)
+    rows = [msgspec.structs.replace(s, embedding="space|AAAA", content="text") for s in honest(250, dt=0.1)]
     store = FakeStore(rows)
-    old = recal.PAGE
-    recal.PAGE = 40
-    try:
-        got = asyncio.run(Recalibration({"smart": spec()}).read(store, "smart", 0.0))
-    finally:
-        recal.PAGE = old
+    monkeypatch.setattr(recal, "PAGE", 40)
+    got = asyncio.run(Recalibration({"smart": spec()}).read(store, "smart", 0.0))
     assert [s.feedback_id for s in got] == [s.feedback_id for s in rows]
     assert store.calls >= 7
+    assert all(s.embedding is None and s.content is None for s in got)
+    monkeypatch.setattr(recal, "MAX_ROWS", 100)
+    newest = asyncio.run(Recalibration({"smart": spec()}).read(FakeStore(rows), "smart", 0.0))
+    assert [s.feedback_id for s in newest] == [s.feedback_id for s in rows[-100:]]
 
 
 def test_every_change_is_logged_with_route_old_new_why_and_n(caplog: pytest.LogCaptureFixture) -> None:

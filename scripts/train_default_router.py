@@ -9,7 +9,9 @@ LLMRouter (9 open models), RouteLLM's MMLU/GSM8K/MT-Bench (GPT-4-1106 vs Mixtral
 (Claude-3-Haiku vs Gemini-2.0-Flash). Head: logistic regression only (kilobytes, microseconds; a kNN
 bank of 18k prompts would not fit the 5 MB budget), L2 chosen by 5-fold cross-fitting. Embedding: MiniLM
 over the first 16 tokens, which keeps a decision under 5 ms on two CPU cores (see bench/router_latency.py).
-The figures on each test split are stored in the artifact's card and printed for docs/router_model_card.md.
+The figures on each test split (with, per calibrated knob, its achieved quality ratio, 90% band and cost against
+the cheapest knob reaching the target: `lab.calibration.knob_report`) are stored in the artifact's card and
+printed for docs/router_model_card.md.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from modelyard.lab import calibration as calib
 from modelyard.lab import converters as cv
 from modelyard.lab import datasets as ds
 from modelyard.lab import evaluation as ev
@@ -66,6 +69,13 @@ def measure(model: QualityModel, test: ds.LabelledSet, emb: np.ndarray) -> dict[
             "cost_for_95_vs_best": {k: v / best.cost for k, v in rep.cost_for_95.items()},
             "oracle_quality": rep.oracle.quality,
         }
+        reports: dict[str, object] = {}
+        for mode in ev.MODES:
+            point = model.operating_point(models, mode)
+            if point is not None and set(point["models"]) == set(models):
+                got = calib.knob_report(pred, sub.scores, sub.costs, mode, point["knob"], point["target"])
+                reports[mode] = got.as_dict()
+        entry["calibration"] = reports
         if cal is not None:
             kw = {"threshold": cal["knob"]} if cal["mode"] == "threshold" else {"lam": cal["knob"]}
             o = ev.outcome(ev.choose_batch(pred, sub.costs, **kw), sub.scores, sub.costs)

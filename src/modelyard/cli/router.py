@@ -59,11 +59,25 @@ def _load(
     return labelled
 
 
+#: `router train`'s default prompt tokens: see docs/routing.md "Training speed" for why not 256.
+TRAIN_TOKENS = 64
 SPLIT_HELP = "Rows of this split; 'all' for every row (all rows too when the data has no split)."
 TASK_HELP = "Only rows of this task family (e.g. mmlu, gsm8k: the part of `task` before '/')."
 
 
+def _progress() -> Any:
+    """A progress bar on stderr (rows/s for the embedding, steps for the fitting); the tables go to stdout."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    rate = TextColumn("{task.fields[rate]}")
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), rate, TimeElapsedColumn(), console=err
+    )
+
+
 def _embed(prompts: list[str], max_tokens: int) -> np.ndarray[Any, Any]:
+    import time
+
     from modelyard.lab.embedding_cache import EmbeddingStore
     from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
 
@@ -72,8 +86,15 @@ def _embed(prompts: list[str], max_tokens: int) -> np.ndarray[Any, Any]:
         embedder = MiniLM(max_tokens=max_tokens)
     except EmbeddingUnavailable as exc:
         raise _fail(str(exc)) from None
-    with out.status(f"embedding {len(prompts)} prompts (cached after the first run)"):
-        return EmbeddingStore(embedder.signature).embed(embedder, prompts)
+    with _progress() as bar:
+        task = bar.add_task(f"embedding ({max_tokens} tokens, cached)", total=None, rate="")
+        t0 = time.perf_counter()
+
+        def step(done: int, total: int) -> None:
+            speed = done / max(time.perf_counter() - t0, 1e-9)
+            bar.update(task, completed=done, total=total, rate=f"{speed:.0f} prompts/s")
+
+        return EmbeddingStore(embedder.signature).embed(embedder, prompts, progress=step)
 
 
 @app.command()
@@ -120,7 +141,7 @@ def train(
     split: str = typer.Option("train", help=SPLIT_HELP),
     task: str = typer.Option(None, help=TASK_HELP),
     kind: str = typer.Option("auto", help="auto (compare logistic and knn), logistic or knn."),
-    max_tokens: int = typer.Option(256, help="Prompt tokens the embedding reads (latency vs accuracy)."),
+    max_tokens: int = typer.Option(TRAIN_TOKENS, help="Prompt tokens the embedding reads (latency vs accuracy)."),
     folds: int = typer.Option(5, help="Cross-fitting folds for model choice and calibration."),
     target: float = typer.Option(0.95, help="Calibrate for this share of the strongest model's quality."),
     prices: Path = typer.Option(None, help="JSON {model: {input, output}} USD/1M for rows without cost."),
@@ -132,7 +153,12 @@ def train(
     labelled = _load(data, split, prices, models, task)
     kinds = _kinds(kind)
     emb = _embed(labelled.prompts, max_tokens)
-    with out.status("training"):
+    with _progress() as bar:
+        job = bar.add_task("fitting", total=None, rate="")
+
+        def step(what: str, done: int, total: int) -> None:
+            bar.update(job, description=what, completed=done, total=total)
+
         result = train_quality_model(
             labelled.prompts,
             emb,
@@ -143,7 +169,9 @@ def train(
             folds=folds,
             target=target,
             max_tokens=max_tokens,
+            progress=step,
         )
+        bar.update(job, description="fitted", completed=1, total=1)
     result.model.card.update({"data": data.name, "split": split, "task": task})
     path = result.model.save(out_path)
     table = Table("head", "param", f"cross-fitted score ({folds} folds)")
@@ -151,9 +179,11 @@ def train(
         table.add_row(c.kind, f"{c.param:g}", f"{c.score:.4f}")
     out.print(table)
     for cal in result.model.calibration:
+        band = cal.get("band", [float("nan")] * 2)
         out.print(
-            f"calibrated {cal['mode']} = {cal['knob']:.4g} for {len(cal['models'])} models: "
-            f"quality {cal['quality']:.4f} of best {cal['best_quality']:.4f} at "
+            f"calibrated {cal['mode']} = {cal['knob']:.4g} for {len(cal['models'])} models: expected "
+            f"{cal.get('expected_ratio', cal['quality'] / cal['best_quality']):.1%} of the best model's quality "
+            f"(90% band {band[0]:.1%}-{band[1]:.1%} on its cross-fitted data) at "
             f"{cal['cost'] / cal['best_cost']:.1%} of its cost"
         )
     params = ", ".join(f"{v:g}" for v in result.model.card["params"])
@@ -252,10 +282,12 @@ def evaluate(
     report = _report(pred, labelled, target)
     for table in report["tables"]:
         out.print(table)
-    own = _own_point(r.operating_point(known), pred, labelled)
-    if own:
-        out.print(own["text"])
-        report["json"]["artifact_point"] = own
+    points = [_own_point(r.operating_point(known, mode), pred, labelled) for mode in ("lambda", "threshold")]
+    points = [p for p in points if p]
+    if points:
+        out.print(_point_table(points))
+        report["json"]["artifact_point"] = points[0]
+        report["json"]["artifact_points"] = points
     if plot:
         plot_curve(report["many"], plot, title=f"{data.name} ({split}, {len(labelled)} prompts)")
         out.print(f"plot written to {plot}")
@@ -322,32 +354,48 @@ def crossval(
 
 
 def _own_point(point: dict[str, Any] | None, pred: np.ndarray[Any, Any], labelled: ds.LabelledSet) -> dict[str, Any]:
-    """What the knob calibrated at training time (stored in the artifact) does on this data."""
-    import numpy as np
-
-    from modelyard.lab import evaluation as ev
+    """What the knob calibrated at training time (stored in the artifact) does on this data, with its band."""
+    from modelyard.lab import calibration as cal
 
     if point is None or set(point["models"]) != set(labelled.models):
         return {}
-    kw = {"threshold": point["knob"]} if point["mode"] == "threshold" else {"lam": point["knob"]}
-    got = ev.outcome(ev.choose_batch(pred, labelled.costs, **kw), labelled.scores, labelled.costs)
-    best = int(np.argmax(labelled.scores.mean(0)))
-    q_best, c_best = float(labelled.scores[:, best].mean()), float(labelled.costs[:, best].mean())
-    text = (
-        f"the artifact's own {point['mode']} = {point['knob']:.4g} (calibrated on its training data for "
-        f"{point['target']:.0%}): quality {got.quality:.4f} ({got.quality / q_best:.1%} of the best) "
-        f"at {got.cost / c_best:.1%} of its cost, accuracy {got.accuracy:.1%}"
+    rep = cal.knob_report(pred, labelled.scores, labelled.costs, point["mode"], point["knob"], point["target"])
+    return rep.as_dict()
+
+
+def _point_table(reps: list[dict[str, Any]]) -> Table:
+    """The artifact's calibrated knobs on this data against issue 19's criteria."""
+    t = Table(
+        "policy",
+        "knob",
+        "target",
+        "achieved (90% band)",
+        "cost vs best",
+        "cheapest reaching target",
+        "cost / cheapest",
+        "passes",
+        title="the artifact's calibrated knobs on this data",
     )
-    return {
-        "text": text,
-        "mode": point["mode"],
-        "knob": point["knob"],
-        "quality": got.quality,
-        "quality_vs_best": got.quality / q_best,
-        "cost_vs_best": got.cost / c_best,
-        "accuracy": got.accuracy,
-        "decision_accuracy": got.decision_accuracy,
-    }
+    for r in reps:
+        lo, hi = r["band"]
+        cheap = r["cheapest_cost_ratio"]
+        vs = r["cost_vs_cheapest"]
+        verdict = "yes" if r["passes"] else "NO"
+        if r["best_is_cheapest"]:
+            verdict += " (best model is cheapest: cost only)"
+        elif not r["band_ok"]:
+            verdict += f" (band +-{r['half_width']:.1%} > 2 points on {r['prompts']} prompts)"
+        t.add_row(
+            r["mode"],
+            f"{r['knob']:.4g}",
+            f"{r['target']:.1%}",
+            f"{r['quality_ratio']:.1%} ({lo:.1%}-{hi:.1%})",
+            f"{r['cost_ratio']:.1%}",
+            "never" if cheap is None else f"{cheap:.1%}",
+            "-" if vs is None else f"{vs:.2f}x",
+            verdict,
+        )
+    return t
 
 
 def _report(pred: np.ndarray[Any, Any], labelled: ds.LabelledSet, target: float) -> dict[str, Any]:

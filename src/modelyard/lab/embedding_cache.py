@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ from numpy.typing import NDArray
 
 from modelyard.routing.embeddings import DIM, Embedder, Vectors, default_cache_dir
 from modelyard.routing.learned import Array, QualityModel
+
+#: Texts embedded per call when filling the cache (a progress step; batches inside are the embedder's).
+CHUNK = 256
 
 
 class EmbeddingStore:
@@ -43,8 +46,14 @@ class EmbeddingStore:
                 return keys, vecs
         return np.zeros(0, "U32"), np.zeros((0, DIM), np.float32)
 
-    def embed(self, embedder: Embedder, texts: Sequence[str]) -> Vectors:
-        """Vectors for `texts`, computing (and storing) only the ones not cached yet."""
+    def embed(
+        self, embedder: Embedder, texts: Sequence[str], progress: Callable[[int, int], None] | None = None
+    ) -> Vectors:
+        """Vectors for `texts`, computing (and storing) only the ones not cached yet.
+
+        The missing texts are embedded shortest first in chunks of `CHUNK` (each chunk's lengths are close,
+        so the embedder's batches carry little padding), with `progress(done, total)` after each chunk.
+        """
         keys, vecs = self._load()
         if not len(keys):
             vecs = np.zeros((0, embedder.dim), np.float32)
@@ -52,7 +61,13 @@ class EmbeddingStore:
         wanted = [self.digest(t) for t in texts]
         missing = sorted({d: i for i, d in enumerate(wanted) if d not in index}.values())
         if missing:
-            fresh = embedder.embed([texts[i] for i in missing])
+            missing.sort(key=lambda i: len(texts[i]))
+            fresh = np.zeros((len(missing), embedder.dim), np.float32)
+            for start in range(0, len(missing), CHUNK):
+                part = missing[start : start + CHUNK]
+                fresh[start : start + len(part)] = embedder.embed([texts[i] for i in part])
+                if progress is not None:
+                    progress(start + len(part), len(missing))
             new_keys = np.array([wanted[i] for i in missing], dtype="U32")
             keys = np.concatenate([keys, new_keys])
             vecs = np.concatenate([vecs, fresh.astype(np.float32)])

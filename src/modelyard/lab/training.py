@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from modelyard.lab import calibration as cal
 from modelyard.lab import evaluation as ev
 from modelyard.routing.embeddings import MAX_TOKENS
 from modelyard.routing.learned import (
@@ -176,27 +177,32 @@ def routing_score(pred: Array, scores: Array, costs: Array) -> float:
 def calibrate_groups(
     pred: Array, scores: Array, costs: Array, models: Sequence[str], target: float
 ) -> list[dict[str, Any]]:
-    """For each label group, the cheapest threshold and lambda reaching `target` x the best model."""
+    """For each label group, the threshold and lambda whose EXPECTED quality on new prompts is `target` x best.
+
+    `pred` are cross-fitted predictions; see `lab.calibration.fit_knob` for why not the in-sample crossing.
+    """
     points = []
     for rows, cols in label_groups(scores):
         s, c, p = scores[np.ix_(rows, cols)], costs[np.ix_(rows, cols)], pred[np.ix_(rows, cols)]
         if len(cols) < 2 or np.isnan(c).any():
             continue
-        best = float(s.mean(0).max())
         for mode in ev.MODES:
-            pt = ev.calibrate(p, s, c, target, mode)
-            if pt is not None:
+            fit = cal.fit_knob(p, s, c, target, mode)
+            if fit is not None:
                 points.append(
                     {
                         "models": [models[j] for j in cols],
                         "mode": mode,
-                        "knob": pt.knob,
+                        "knob": fit.knob,
                         "target": target,
-                        "quality": pt.quality,
-                        "best_quality": best,
-                        "cost": pt.cost,
-                        "best_cost": float(c.mean(0)[int(np.argmax(s.mean(0)))]),
+                        "quality": fit.quality,
+                        "best_quality": fit.best_quality,
+                        "cost": fit.cost,
+                        "best_cost": fit.best_cost,
                         "rows": len(rows),
+                        "expected_ratio": fit.expected_ratio,
+                        "band": list(fit.band),
+                        "method": "bootstrap-isotonic",
                     }
                 )
     return points

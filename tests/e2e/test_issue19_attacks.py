@@ -194,6 +194,26 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
         "write a bash script that uploads every file in the folder to the backup server over sftp",
         "write a bash script that downloads every file in the folder to the backup server over sftp",
     ),
+    "decimal comma": (
+        "multiply 1,5 by 2 and give only the result as a number with no explanation",
+        "multiply 15 by 2 and give only the result as a number with no explanation",
+    ),
+    "compress vs decompress": (
+        "write a python script that can compress every file in the current folder with gzip",
+        "write a python script that can decompress every file in the current folder with gzip",
+    ),
+    "install vs uninstall": (
+        "give me the exact shell commands to install docker on a fresh ubuntu server",
+        "give me the exact shell commands to uninstall docker on a fresh ubuntu server",
+    ),
+    "lock vs unlock": (
+        "explain step by step how to lock the screen on a windows laptop using only the keyboard",
+        "explain step by step how to unlock the screen on a windows laptop using only the keyboard",
+    ),
+    "odd vs even": (
+        "list every odd number between one hundred and one hundred and twenty, separated by commas",
+        "list every even number between one hundred and one hundred and twenty, separated by commas",
+    ),
     "tail past 256 tokens": (
         " ".join(f"Clause {i}: the tenant keeps the flat clean and quiet." for i in range(40))
         + " Question: may the tenant keep a dog? Answer yes.",
@@ -208,6 +228,7 @@ NEAR_MISS_HOLES: dict[str, str] = {
     "swapped translation direction": "bags of words: english->french is served the french->english answer",
     "tense": "'was' and 'is' are filler words: 'who was the CEO' is served 'who is the CEO'",
     "number word above ten": "number words past ten are not protected: eleven lines is served twelve lines",
+    "decimal comma": "numbers lose their commas: 'multiply 1,5 by 2' (1.5 in Europe) is served 'multiply 15 by 2'",
 }
 
 

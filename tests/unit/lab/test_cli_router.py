@@ -67,6 +67,16 @@ def test_train_then_eval_with_plot(cache: Path, minilm) -> None:  # type: ignore
     # A perfect ranking scores APGR 0.75 here (half the prompts gain) and CPT(50%) 25%; random: 0.5 and 50%.
     assert pair["apgr_exact"] > 0.7 and pair["cpt50"] < 0.3
     assert pair["q_strong"] == 1.0 and pair["q_weak"] == 0.5
+    # The artifact's calibrated knobs judged on this split: target, achieved ratio and band, cost, verdict.
+    points = figures["artifact_points"]
+    assert {p["mode"] for p in points} <= {"lambda", "threshold"} and points
+    for p in points:
+        lo, hi = p["band"]
+        assert lo <= p["quality_ratio"] <= hi and p["target"] == 0.95 and p["prompts"] == 16
+        assert p["target_in_band"] == (lo <= 0.95 <= hi)
+        assert p["passes"] == (p["target_in_band"] and p["cost_ok"])
+        assert p["cost_ratio"] < 1.0  # the cheap model answers the easy half
+    assert "achieved (90% band)" in res.output
 
 
 def test_eval_refuses_unknown_models(cache: Path, minilm) -> None:  # type: ignore[no-untyped-def]

@@ -55,3 +55,40 @@ def test_logistic_fits_soft_labels_and_masks() -> None:
     p = head(x[:2], x[:2])
     assert p[0, 0] == pytest.approx(0.2, abs=0.01) and p[1, 0] == pytest.approx(0.8, abs=0.01)
     assert p[1, 1] > 0.9  # trained only on the rows where it is labelled
+
+
+def test_stacked_logistic_fits_equal_separate_fits() -> None:
+    """The speed lever (every fold and L2 in one L-BFGS problem) finds the same heads as one fit at a time."""
+    from modelyard.lab.training import fit_logistic_many
+
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(300, 6)).astype(np.float32) + 2.0  # off-centre features: the intercept matters
+    p = 1 / (1 + np.exp(-(x[:, :2] @ np.array([[1.5, -1.0], [-0.5, 2.0]]) - 3.0)))
+    labels = (rng.random(p.shape) < p).astype(float)
+    labels[::7, 1] = np.nan
+    rows = [np.arange(300) % 3 != f for f in range(3)] + [np.ones(300, bool)]
+    l2s = [1.0, 10.0, 0.1, 3.0]
+    stacked = fit_logistic_many(x, labels, rows, l2s)
+    for r, l2, head in zip(rows, l2s, stacked, strict=True):
+        alone = fit_logistic(x[r], labels[r], l2=l2)
+        assert np.abs(head(x, x) - alone(x, x)).max() < 2e-3
+
+
+def test_knn_all_k_at_once_equals_one_head_per_k() -> None:
+    """One similarity matrix per fold for every k gives KnnHead's own out-of-fold predictions."""
+    from modelyard.lab.training import _folds, knn_oof_many
+    from modelyard.routing.learned import KnnHead
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(200, 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    labels = rng.random((200, 3))
+    labels[:50, 2] = np.nan  # two label groups
+    fold = _folds(200, 4, 0)
+    fast = knn_oof_many(emb, labels, fold, [5, 20])
+    for k, got in zip([5, 20], fast, strict=True):
+        slow = np.zeros_like(labels)
+        for f in range(4):
+            tr, te = fold != f, fold == f
+            slow[te] = KnnHead(emb[tr], labels[tr], k=k)(emb[te], emb[te])
+        assert np.abs(got - slow).max() < 1e-5

@@ -221,15 +221,10 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
         + " Question: may the tenant keep a dog? Answer no.",
     ),
 }
-NEAR_MISS_HOLES: dict[str, str] = {
-    "sort order": "ascending and descending are no polarity axis: the two sorts share a cached answer",
-    "swapped lowercase units": "the guard compares bags of words: kilograms->pounds is served pounds->kilograms",
-    "swapped comparison": "the guard compares bags of words: 'is A heavier than B' is served 'is B heavier than A'",
-    "swapped translation direction": "bags of words: english->french is served the french->english answer",
-    "tense": "'was' and 'is' are filler words: 'who was the CEO' is served 'who is the CEO'",
-    "number word above ten": "number words past ten are not protected: eleven lines is served twelve lines",
-    "decimal comma": "numbers lose their commas: 'multiply 1,5 by 2' (1.5 in Europe) is served 'multiply 15 by 2'",
-}
+#: Pairs the guard lets through (strict xfails). Empty: the seven found when this file was written (word
+#: swaps in three forms, ascending/descending, was/is, number words past ten, a decimal comma) were closed by
+#: the guard's word-order, tense and number-word checks; their tests stay as guards.
+NEAR_MISS_HOLES: dict[str, str] = {}
 
 
 def near_miss_params() -> list[Any]:

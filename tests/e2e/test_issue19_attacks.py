@@ -214,6 +214,26 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
         "list every odd number between one hundred and one hundred and twenty, separated by commas",
         "list every even number between one hundred and one hundred and twenty, separated by commas",
     ),
+    "arithmetic symbol": (
+        "what is 1234 + 5678? answer with the number only",
+        "what is 1234 - 5678? answer with the number only",
+    ),
+    "code operator": (
+        "write a python if statement that prints yes when a == b and no otherwise",
+        "write a python if statement that prints yes when a != b and no otherwise",
+    ),
+    "comparison symbol": (
+        "write a sql query that selects every order where the total is > 100 dollars",
+        "write a sql query that selects every order where the total is < 100 dollars",
+    ),
+    "emoji": (
+        "classify the customer's reaction to our new menu as positive or negative: 👍",
+        "classify the customer's reaction to our new menu as positive or negative: 👎",
+    ),
+    "chinese negation": (
+        "classify the sentiment of this review as positive or negative: 我喜欢这个产品",
+        "classify the sentiment of this review as positive or negative: 我不喜欢这个产品",
+    ),
     "tail past 256 tokens": (
         " ".join(f"Clause {i}: the tenant keeps the flat clean and quiet." for i in range(40))
         + " Question: may the tenant keep a dog? Answer yes.",
@@ -221,10 +241,16 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
         + " Question: may the tenant keep a dog? Answer no.",
     ),
 }
-#: Pairs the guard lets through (strict xfails). Empty: the seven found when this file was written (word
-#: swaps in three forms, ascending/descending, was/is, number words past ten, a decimal comma) were closed by
-#: the guard's word-order, tense and number-word checks; their tests stay as guards.
-NEAR_MISS_HOLES: dict[str, str] = {}
+#: Pairs the guard lets through (strict xfails). The seven found first (word swaps in three forms,
+#: ascending/descending, was/is, number words past ten, a decimal comma) were closed by the guard's
+#: word-order, tense and number-word checks; their tests stay as guards. The guard's tokens are words and
+#: numbers only, so what is neither (operators, emoji) is invisible to it:
+NEAR_MISS_HOLES: dict[str, str] = {
+    "arithmetic symbol": "operators are not words: 'what is 1234 + 5678' is served the answer to '1234 - 5678'",
+    "code operator": "operators are not words: 'when a == b' is served the answer for 'when a != b'",
+    "comparison symbol": "operators are not words: 'total is > 100' is served the answer for 'total is < 100'",
+    "emoji": "emoji are not words: a thumbs-down reaction is served the thumbs-up's classification",
+}
 
 
 def near_miss_params() -> list[Any]:

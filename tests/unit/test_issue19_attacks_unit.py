@@ -391,3 +391,76 @@ def test_a_flood_moves_the_route_by_at_most_its_bounds() -> None:
     many = _fold(_samples("mallory", 10_000, 0.0, START, spread_s=3600.0), periods=60)
     assert all(abs(v) <= cfg.max_correction + 1e-12 for v in many.corrections.values())
     assert abs(many.knob_shift) <= cfg.max_knob_shift + 1e-12
+
+
+# --------------------------------------------------------------------------- the shared semantic cache's old entries
+
+
+def _redis_up() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+SHARED = """
+deployments:
+  - {name: a, provider: openai, model: model-a}
+models:
+  chat: {candidates: [a], semantic_cache: {ttl_s: 600}}
+"""
+
+
+async def test_a_shared_entry_of_the_format_before_the_guard_is_never_served() -> None:
+    """An entry another (older) replica wrote without its prompt text cannot be checked by the guard: a replica
+    must not insert it, so the very prompt it was made for misses instead of being served it unchecked."""
+    import asyncio
+    import time
+    import uuid
+
+    import msgspec
+
+    from modelyard.config.loader import parse_config
+    from modelyard.routing.features import RequestFeatures
+    from modelyard.routing.intelligence import Intelligence, SharedAnswer
+    from modelyard.routing.semantic import embed_prompt
+    from modelyard.schema.chat import Usage
+    from modelyard.state.redis_link import make_client
+    from modelyard.state.redis_semantic import FIELD
+
+    if not _redis_up():
+        pytest.skip("Redis is not running on 127.0.0.1:6379")
+    prefix = f"modelyard_h6_{uuid.uuid4().hex[:10]}"
+    replica = Intelligence.from_config(parse_config(SHARED))
+    await asyncio.to_thread(replica.start)
+    await replica.start_sharing("redis://127.0.0.1:6379/0", prefix, 0.5)
+    assert replica.sharing is not None
+    client = make_client("redis://127.0.0.1:6379/0", 0.5)
+    try:
+        prompt = "Transfer the remaining balance of my account to the account of my landlord"
+        ns = "chat\x00key-1"
+        vector = embed_prompt(replica._full, prompt).astype(np.float32).tobytes()
+        body = {"choices": [{"message": {"role": "assistant", "content": "done: forged"}}]}
+        answer = msgspec.msgpack.encode(SharedAnswer(body, "a", Usage()))
+        old = msgspec.msgpack.encode(["an-old-replica", ns, vector, answer, time.time(), 600.0])  # 6 fields
+        control_ns = "chat\x00key-2"  # the same entry with its prompt (today's format): served, the control
+        new = msgspec.msgpack.encode(["a-new-replica", control_ns, vector, answer, time.time(), 600.0, prompt])
+        await client.xadd(replica.sharing.key, {FIELD: old})
+        await client.xadd(replica.sharing.key, {FIELD: new})
+        for _ in range(60):
+            control = await replica.analyse("chat", RequestFeatures(prompt_text=prompt), control_ns)
+            if control.cached is not None:
+                break
+            await asyncio.sleep(0.05)
+        assert control.cached is not None, "control: a shared entry with its prompt is a hit"
+        assert replica.shared_skipped >= 1, "the old entry was read and skipped"
+        insight = await replica.analyse("chat", RequestFeatures(prompt_text=prompt), ns)
+        assert insight.cached is None
+    finally:
+        await client.delete(replica.sharing.key)
+        await client.aclose()
+        await replica.close_sharing()
+        replica.close()

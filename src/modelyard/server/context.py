@@ -94,7 +94,6 @@ class RequestContext:
         self.insight: Insight | None = None
         self.task: str | None = None
 
-
     @property
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

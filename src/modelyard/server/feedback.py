@@ -178,8 +178,11 @@ class FeedbackRoute:
         await send_json(request.send, 200, answer, [(b"x-request-id", ctx.request_id.encode())])
 
     async def _owned(self, gw: Gateway, request_id: str, owner: str | None) -> bool:
-        """Whether the request exists and, when `owner` is given, was made by that key. False only after the
-        full wait (when a wait slot is free), found or not, so a mismatch takes as long as an unknown id."""
+        """Whether the request exists and, when `owner` is given, was made by that key.
+
+        An id of another key is treated exactly like an unknown one from the moment it is found: the same
+        store reads at the same pace until the same deadline (when a wait slot is free), so neither the time
+        of the 404 nor a store outage (a 503 from those reads) tells the two apart."""
         services = gw.services
         access = gw.access
         assert services is not None and access is not None
@@ -190,24 +193,23 @@ class FeedbackRoute:
             self.waiting += 1
         try:
             pause = self.first_poll_s
+            foreign = False
             while True:
-                known, key_id = spend.recent.lookup(request_id) if spend is not None else (False, None)
-                if not known:
-                    row = await access.store_guard.call(services.store.get_spend(request_id))
-                    known, key_id = row is not None, row.key_id if row is not None else None
-                if known:
-                    if owner is None or key_id == owner:
+                if not foreign and spend is not None:
+                    known, key_id = spend.recent.lookup(request_id)
+                    if known and (owner is None or key_id == owner):
                         return True
-                    break  # another key's request: wait out the same deadline as an unknown id
+                    foreign = known
+                row = await access.store_guard.call(services.store.get_spend(request_id))
+                if row is not None and not foreign:
+                    if owner is None or row.key_id == owner:
+                        return True
+                    foreign = True
                 left = deadline - time.monotonic()
                 if not may_wait or left <= 0:
                     return False
                 await asyncio.sleep(min(pause, left))
                 pause *= 2
-            left = deadline - time.monotonic()
-            if may_wait and left > 0:
-                await asyncio.sleep(left)
-            return False
         finally:
             if may_wait:
                 self.waiting -= 1

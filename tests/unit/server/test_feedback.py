@@ -153,11 +153,17 @@ async def test_past_the_cap_of_waiting_lookups_every_404_is_immediate(store: SQL
     assert route.waiting == 0
 
 
-async def test_a_store_outage_is_a_503_not_a_404(store: SQLiteStore) -> None:
-    gw = _gateway(store, RecentRequests())
+@pytest.mark.parametrize("request_id", ["req_unknown", "req_theirs"])
+async def test_a_store_outage_is_a_503_for_unknown_and_foreign_ids_alike(store: SQLiteStore, request_id: str) -> None:
+    recent = RecentRequests()
+    recent.add("req_theirs", "key_a")
+    recent.add("req_mine", "key_b")
+    gw = _gateway(store, recent)
     await store.close()  # every store call now fails
+    route = FeedbackRoute(wait_s=WAIT)
+    assert await route._owned(gw, "req_mine", "key_b") is True  # the index alone answers the owner
     with pytest.raises(GatewayError) as caught:
-        await FeedbackRoute(wait_s=WAIT)._owned(gw, "req_x", "key_a")
+        await route._owned(gw, request_id, "key_b")
     assert caught.value.status == 503 and caught.value.headers.get("Retry-After")
 
 

@@ -173,3 +173,17 @@ def test_the_recent_index_is_bounded_and_forgets_the_oldest() -> None:
         recent.add(f"req_{i}", f"key_{i}")
     assert len(recent) == 3
     assert recent.lookup("req_0") == (False, None) and recent.lookup("req_4") == (True, "key_4")
+
+
+def test_who_sends_feedback_master_and_admin_keys_are_admins_open_mode_is_anyone() -> None:
+    from modelyard.server.access import MASTER_ID
+    from modelyard.server.feedback import _sender
+
+    def ctx(key_id: str | None, admin: bool = False) -> Any:
+        key = None if key_id is None else SimpleNamespace(id=key_id, admin=admin)
+        return SimpleNamespace(key=key)
+
+    assert _sender(ctx("key_a"), open_mode=False) == ("key", "key_a")
+    assert _sender(ctx(MASTER_ID), open_mode=False) == ("admin", MASTER_ID)
+    assert _sender(ctx("key_ops", admin=True), open_mode=False) == ("admin", "key_ops")
+    assert _sender(ctx(None), open_mode=True) == ("key", None)

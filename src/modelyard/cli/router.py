@@ -60,7 +60,7 @@ def _load(
 
 
 #: `router train`'s default prompt tokens: see docs/routing.md "Training speed" for why not 256.
-TRAIN_TOKENS = 64
+TRAIN_TOKENS = 32
 SPLIT_HELP = "Rows of this split; 'all' for every row (all rows too when the data has no split)."
 TASK_HELP = "Only rows of this task family (e.g. mmlu, gsm8k: the part of `task` before '/')."
 
@@ -301,7 +301,7 @@ def crossval(
     split: str = typer.Option("all", help=SPLIT_HELP),
     task: str = typer.Option(None, help=TASK_HELP),
     kind: str = typer.Option("auto", help="auto (compare logistic and knn), logistic or knn."),
-    max_tokens: int = typer.Option(256, help="Prompt tokens the embedding reads."),
+    max_tokens: int = typer.Option(TRAIN_TOKENS, help="Prompt tokens the embedding reads."),
     folds: int = typer.Option(5, help="Outer folds: each is predicted by a router trained on the others."),
     target: float = typer.Option(0.95, help="Report the cheapest setting reaching this share of the best."),
     seed: int = typer.Option(1, help="Fold assignment seed."),

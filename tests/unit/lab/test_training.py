@@ -92,3 +92,26 @@ def test_knn_all_k_at_once_equals_one_head_per_k() -> None:
             tr, te = fold != f, fold == f
             slow[te] = KnnHead(emb[tr], labels[tr], k=k)(emb[te], emb[te])
         assert np.abs(got - slow).max() < 1e-5
+
+
+def test_lbfgs_matches_scipy_on_the_plain_logistic_loss() -> None:
+    """The hand-written L-BFGS behind the stacked fit reaches scipy L-BFGS-B's optimum."""
+    from scipy.optimize import minimize
+
+    from modelyard.lab.training import lbfgs
+    from modelyard.routing.learned import sigmoid
+
+    rng = np.random.default_rng(8)
+    x = rng.normal(size=(400, 5)) * np.array([1.0, 10.0, 0.1, 3.0, 1.0])  # badly scaled on purpose
+    y = (rng.random(400) < sigmoid(x @ np.array([1.0, 0.1, 5.0, -0.3, 0.0]) + 0.5)).astype(float)
+
+    def loss(theta: np.ndarray) -> tuple[float, np.ndarray]:
+        z = x @ theta[:5] + theta[5]
+        err = (sigmoid(z) - y) / len(y)
+        value = float((np.logaddexp(0.0, z) - y * z).mean() + 0.005 * theta[:5] @ theta[:5])
+        return value, np.concatenate([x.T @ err + 0.01 * theta[:5], [err.sum()]])
+
+    ours = lbfgs(loss, np.zeros(6), gtol=1e-8, ftol=1e-14)
+    ref = minimize(loss, np.zeros(6), jac=True, method="L-BFGS-B", options={"gtol": 1e-8, "ftol": 1e-14}).x
+    assert loss(ours)[0] == pytest.approx(loss(ref)[0], abs=1e-9)
+    assert np.abs(ours - ref).max() < 1e-3

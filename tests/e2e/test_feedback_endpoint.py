@@ -236,3 +236,21 @@ def test_a_10_mb_body_is_refused_without_being_read(url: str, keys: dict[str, st
     assert seconds < 5  # answered from the announced length: the 10 MB never came
     answer, _ = _raw_post(url, "", b"{" * 1024)  # no key: the key is checked before the body
     assert answer.startswith(b"HTTP/1.1 401")
+
+
+def _counter(url: str, line_start: str) -> float:
+    """A sample's value in /metrics (0 when absent)."""
+    for line in httpx.get(url + "/metrics", timeout=30).text.splitlines():
+        if line.startswith(line_start):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_metrics_count_verdicts_by_outcome(url: str, keys: dict[str, str]) -> None:
+    accepted = 'modelyard_feedback_total{outcome="accepted"}'
+    missing = 'modelyard_feedback_total{outcome="not_found"}'
+    before = (_counter(url, accepted), _counter(url, missing))
+    request_id = chat(url, keys["a"], "plain", "count me").headers["x-request-id"]
+    assert feedback(url, keys["a"], {"request_id": request_id, "thumbs": "up"}).status_code == 200
+    assert feedback(url, keys["a"], {"request_id": "req_nobody_made_this_one", "score": 1}).status_code == 404
+    assert (_counter(url, accepted), _counter(url, missing)) == (before[0] + 1, before[1] + 1)

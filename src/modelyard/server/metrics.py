@@ -25,6 +25,7 @@ from modelyard.server.observe import Outcome
 
 if TYPE_CHECKING:
     from modelyard.accounting.spend import SpendWriter
+    from modelyard.routing.recalibration import Recalibration
     from modelyard.routing.router import Router
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
@@ -449,6 +450,16 @@ class Metrics:
                 "Entries received from other replicas.",
                 value=sharing.received,
             )
+        yield from _recalibration_metrics(getattr(gateway.current.intelligence, "recalibration", None))
+        feedback = gateway.current.feedback
+        verdicts = CounterMetricFamily(
+            "modelyard_feedback",
+            "POST /v1/feedback verdicts by outcome (stored, or no such request).",
+            labels=["outcome"],
+        )
+        verdicts.add_metric(["accepted"], feedback.accepted)
+        verdicts.add_metric(["not_found"], feedback.not_found)
+        yield verdicts
 
     def _queue(self) -> Iterator[Metric]:
         depth = GaugeMetricFamily(
@@ -478,6 +489,36 @@ class Metrics:
         for (model, cls, reason), count in list(self.queue_sheds.items()):
             sheds.add_metric([model, cls, reason], count)
         yield from (depth, waits, sheds)
+
+
+def _recalibration_metrics(recal: Recalibration | None) -> Iterator[Metric]:
+    """Per recalibrated route: the quality feedback estimates next to its target, the knob's shift, the weight
+    of evidence behind the estimate (docs/feedback.md); read at scrape time from the folded state."""
+    if recal is None:
+        return
+    gauges = {
+        name: GaugeMetricFamily(name, help_text, labels=["model"])
+        for name, help_text in (
+            ("modelyard_recalibration_estimated_quality", "Mean feedback score of the route's last folded window."),
+            ("modelyard_recalibration_target", "The quality the route's knob is calibrated to reach."),
+            ("modelyard_recalibration_knob_shift", "How far feedback has moved the route's calibrated knob."),
+            ("modelyard_recalibration_weight", "Effective number of feedback samples behind the estimate."),
+        )
+    }
+    for route, spec in recal.specs.items():
+        state = recal.state.get(route)
+        if state is None:
+            continue
+        if state.quality is not None:
+            gauges["modelyard_recalibration_estimated_quality"].add_metric([route], state.quality)
+        if spec.target is not None:
+            gauges["modelyard_recalibration_target"].add_metric([route], spec.target)
+        gauges["modelyard_recalibration_knob_shift"].add_metric([route], state.knob_shift)
+        gauges["modelyard_recalibration_weight"].add_metric([route], state.weight)
+    yield from gauges.values()
+    yield CounterMetricFamily(
+        "modelyard_recalibration_refresh_errors", "Recalibration refreshes that failed (the store).", value=recal.errors
+    )
 
 
 def _flag(name: str, help_text: str, value: bool) -> GaugeMetricFamily:

@@ -238,6 +238,11 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
     # the correction (a shrunk mean over ~weight samples, residuals within [-1, 1]) can fall by at most
     # 20 x (correction + 1) / (weight + 20 + prior); uncapped, 150 zeros would take it below strong's.
     flooder = new_key(gateway.url)
+    for credential in (flooder, "sk-not-a-key"):  # the state is the operator's: an ordinary key reads nothing
+        refused = httpx.get(
+            gateway.url + "/admin/recalibration", headers={"Authorization": f"Bearer {credential}"}, timeout=10
+        )
+        assert refused.status_code == 401 and "corrections" not in refused.text
     for _ in range(150):
         request_id, _, _ = loop.ask(flooder)
         loop.tell(request_id, 0.0, key=flooder)

@@ -225,6 +225,15 @@ def test_adjusted_predictions_and_the_shifted_knob() -> None:
     assert recal.snapshot()["routes"]["smart"]["lambda"] == pytest.approx(0.25)  # type: ignore[index]
 
 
+def test_a_threshold_knob_moves_the_other_way_and_stays_a_probability() -> None:
+    recal = Recalibration({"smart": RouteSpec("smart", settings(), ROUTES, target=0.9, threshold=0.7)})
+    recal.state["smart"].knob_shift = 0.2  # quality to spare: a lower floor, so cheaper
+    assert recal.knobs("smart") == (None, pytest.approx(0.5))
+    recal.specs["smart"] = RouteSpec("smart", settings(), ROUTES, target=0.9, threshold=0.05)
+    assert recal.knobs("smart") == (None, 0.0)
+    assert Recalibration({}).knobs("smart") == (None, None)
+
+
 CONFIG = """
 deployments:
   - {name: cheap@sim, provider: openai, model: m1, router_model: cheap, price: {input: 0.1, output: 0.1}}

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import msgspec
 import pytest
@@ -289,3 +290,48 @@ def test_the_gateway_plans_on_corrected_quality_and_explores_by_request_id() -> 
     plain = [v for v in seen.values() if v[0] is None]
     assert all(v[1:] == pytest.approx((0.9, 0.95)) for v in plain)
     assert [seen[i][0] for i in range(200)] == [recal.explore("smart", f"req_{i}", "a") for i in range(200)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+async def test_the_real_stores_give_the_fold_its_rows_and_replicas_agree(kind: str, tmp_path: Path) -> None:
+    """Spend rows and feedback written to a real store; two replicas (refreshing at different moments of the
+    same period) read them back through `feedback_samples` and fold the same state as the rows in memory."""
+    from modelyard.accounting.spend import SpendRecord
+    from modelyard.state.feedback import FeedbackRecord
+    from tests.unit.state.conftest import make_store
+
+    rows = honest(300, start=1_700_000_000.0, dt=0.5)
+    store = await make_store(kind, tmp_path)
+    try:
+        await store.write_spend(
+            [
+                SpendRecord(
+                    id=s.request_id,
+                    at=s.at - 1,
+                    model="smart",
+                    deployment=s.deployment or "",
+                    key_id=s.key_id,
+                    task=s.task,
+                    predicted=s.predicted,
+                )
+                for s in rows
+            ]
+        )
+        feedback = [
+            FeedbackRecord(id=s.feedback_id, request_id=s.request_id, at=s.at, score=s.score, source="key", key_id="k1")
+            for s in rows
+        ]
+        await store.write_feedback(feedback[::-1])  # in any order
+        now = rows[-1].at + 30
+        a = Recalibration({"smart": spec(window_s=900.0)}, clock=lambda: now)
+        b = Recalibration({"smart": spec(window_s=900.0)}, clock=lambda: now + 5)
+        await a.refresh(store)
+        await b.refresh(store)
+    finally:
+        drop = getattr(store, "drop", None)
+        if drop is not None:
+            await drop()
+        await store.close()
+    assert a.state["smart"].samples == 300
+    assert a.state["smart"] == b.state["smart"]
+    assert a.state["smart"].corrections == fold(spec(window_s=900.0), rows, now).corrections

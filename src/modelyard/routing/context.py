@@ -69,6 +69,9 @@ class DecisionContext:
     static_cache: dict[Any, Any] | None = None
     #: The deployment a session's rendezvous hashing put first (explain: `sticky: <deployment>`).
     sticky: str | None = None
+    #: The deployment recalibration's exploration sent this request to (routing/recalibration.py), kept in
+    #: the routing trace so an audit sees why a learned route chose a candidate it rates lower.
+    explored: str | None = None
 
     @property
     def session(self) -> str | None:

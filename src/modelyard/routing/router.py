@@ -235,11 +235,14 @@ class Router:
         quality: QualityFn | None = None,
         default_min_quality: float | None = None,
         default_lambda: float | None = None,
+        explored: str | None = None,
     ) -> Plan:
-        """Rank the deployments for `model`. `quality` carries learned per-deployment quality, if any."""
+        """Rank the deployments for `model`. `quality` carries learned per-deployment quality, if any;
+        `explored` names the deployment recalibration explores with this request (recorded in the trace)."""
         ctx = self.context(features, explain=explain, quality=quality)
         ctx.default_min_quality = default_min_quality
         ctx.default_lambda = default_lambda
+        ctx.explored = explored
         return make_plan(self.table, model, ctx, overrides, strategy)
 
     def replanner(self, features: RequestFeatures, explain: bool = False) -> Any:

@@ -66,6 +66,9 @@ class RouteTrace(msgspec.Struct, array_like=True):
     #: does `notes` hold the strategy's notes and scores per deployment.
     explained: bool = False
     notes: dict[str, str] | None = None
+    #: The deployment recalibration's exploration sent the request to (the learned strategy ranked it first
+    #: because it was explored, not because it was predicted best).
+    explored: str | None = None
 
 
 class AttemptTrace(msgspec.Struct, array_like=True):
@@ -130,6 +133,7 @@ def route_json(plan: Plan) -> str:
                 plan.rule.text[:NOTE_CHARS] if plan.rule is not None else None,
                 explained,
                 {name: text[:NOTE_CHARS] for name, text in islice(ctx.notes.items(), MAX_NOTES)} if explained else None,
+                ctx.explored,
             )
         )
     )

@@ -387,6 +387,7 @@ class Gateway:
             quality=quality,
             default_min_quality=insight.default_min_quality if insight else None,
             default_lambda=insight.default_lambda if insight else None,
+            explored=insight.explore if insight else None,
         )
         if asked:
             ctx.explain = plan.explain()

@@ -159,6 +159,7 @@ def test_a_route_missing_fields_reads_with_defaults():
         },
         "explained": False,
         "notes": {},
+        "explored": None,
     }
 
 
@@ -238,3 +239,13 @@ def test_the_spend_row_gives_attempt_starts_relative_to_the_request_whatever_the
     no_plan = spend_record(Outcome(context, "ok", "d1", "openai", [], Usage(), 0.0, 1.0, None))
     assert no_plan.route is None and no_plan.attempt_detail is None
     assert msgspec.json.decode(msgspec.json.encode(row))["route"] == row.route  # the spool's round trip
+
+
+def test_an_explored_request_says_which_deployment_it_explored():
+    router = Router(parse_config(CONFIG), seed=1)
+    features = RequestFeatures(prompt_tokens=10)
+    explored = read_route(route_json(router.plan("m", features, explored="c")))
+    assert explored["explored"] == "c" and explored["notes"] == {}
+    assert read_route(route_json(router.plan("m", features)))["explored"] is None
+    # a row written before the field existed still reads
+    assert read_route('["priority",["a"],[10],"m"]')["explored"] is None

@@ -251,9 +251,17 @@ class ResponseCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
 class SemanticCacheSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     """Per model and API key; non-streaming requests only; temperature-0 style reuse, so opt in."""
 
-    threshold: float = 0.95
+    #: Cosine similarity that makes an entry a candidate; the precision guard (routing/cache_guard.py)
+    #: then decides. 0.92: measured by bench/semantic_cache_precision.py (docs/routing.md, "Semantic cache
+    #: precision"): no false hit on its pair set at any threshold, and the paraphrase hit rate within half a
+    #: point of its best, with fewer candidates for the guard than lower thresholds.
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.92
     ttl_s: float = 3600.0
     max_entries: int = 1000
+    #: The guard: how close (word-embedding cosine) two differing words must be to count as synonyms, and
+    #: how many such swaps one prompt may have.
+    synonym_similarity: Annotated[float, Meta(gt=0, le=1)] = 0.85
+    max_swaps: Annotated[int, Meta(ge=0, le=8)] = 2
 
 
 class RecalibrateSettings(Struct, kw_only=True, forbid_unknown_fields=True):

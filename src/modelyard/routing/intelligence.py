@@ -10,8 +10,10 @@ installed fails at start with the command to run.
 With Redis (`state.redis_url`, `state.shared_semantic_cache`), the semantic cache is shared between replicas
 (`start_sharing`): each store is also published to a Redis stream (state/redis_semantic.py) and every replica
 inserts the others' entries into its own shelves, so a hit on one replica is a hit on all while the lookup
-stays local. The cache is touched only on the embedding thread (lookups, local stores, shared inserts), so no
-lock and no half-grown shelf is ever seen by a lookup.
+stays local. Every hit passes the precision guard (routing/cache_guard.py), so a shared entry travels with
+its prompt's text (an entry without it is not inserted: it could never be checked). The cache is touched only
+on the embedding thread (lookups, local stores, shared inserts), so no lock and no half-grown shelf is ever
+seen by a lookup.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from modelyard.schema.errors import ModelyardError
 from modelyard.state.redis_link import replica_id as replica_id_of_process
 
 if TYPE_CHECKING:
+    from modelyard.routing.cache_guard import Fingerprint
     from modelyard.routing.learned import QualityModel
     from modelyard.routing.recalibration import FeedbackReader, Recalibration
     from modelyard.routing.semantic import SemanticCache, SemanticRouter
@@ -79,6 +82,7 @@ class Insight:
     #: feedback on this request can retrain the router; None when the learned router did not run.
     embedding: str | None = None
     cached: Any = None  # a cached answer, when the semantic cache had one
+    cache_print: Fingerprint | None = None  # the prompt as the cache's precision guard compares it
     default_min_quality: float | None = None
     default_lambda: float | None = None
     #: `predicted` with the route's feedback corrections added (routing/recalibration.py); None: not recalibrated.
@@ -142,7 +146,7 @@ class Intelligence:
         if not self.needed:
             return
         try:
-            from modelyard.routing import embeddings, learned, semantic
+            from modelyard.routing import cache_guard, embeddings, learned, semantic
         except ImportError as exc:
             raise IntelligenceUnavailable(
                 "learned/semantic routing needs the embedding stack: pip install 'modelyard[routing]' "
@@ -162,8 +166,11 @@ class Intelligence:
             settings = [g.semantic_cache for n, g in self.config.models.items() if n in self.cached_models]
             first = settings[0]
             assert first is not None
+            guard = cache_guard.PrecisionGuard(
+                self._full, synonym_similarity=first.synonym_similarity, max_swaps=first.max_swaps
+            )
             self.cache = semantic.SemanticCache(
-                threshold=first.threshold, max_entries=first.max_entries, ttl_s=first.ttl_s
+                threshold=first.threshold, max_entries=first.max_entries, ttl_s=first.ttl_s, guard=guard
             )
 
     def _check_mapping(self) -> None:
@@ -303,7 +310,11 @@ class Intelligence:
                 match = self.semantic.match_vector(vector)
                 insight.task, insight.task_similarity = match.route, match.similarity
             if cache_ns is not None and self.cache is not None:
-                insight.cached = self.cache.lookup(cache_ns, vector)
+                from modelyard.routing.cache_guard import fingerprint
+
+                insight.cache_print = fingerprint(text)  # None for a prompt too long to guard: no hit
+                if insight.cache_print is not None:
+                    insight.cached = self.cache.lookup(cache_ns, vector, insight.cache_print)
         return insight
 
     def quality_fn(self, insight: Insight) -> QualityFn | None:
@@ -329,17 +340,18 @@ class Intelligence:
     def remember(self, cache_ns: str, insight: Insight, answer: Any) -> None:
         """Cache an answer (on the embedding thread, behind any lookup in flight) and share it."""
         cache = self.cache
-        if cache is None or insight.vector is None:
+        prompt = insight.cache_print
+        if cache is None or insight.vector is None or prompt is None:
             return
         if self._pool is not None:
-            self._pool.submit(cache.store, cache_ns, insight.vector, answer)
+            self._pool.submit(cache.store, cache_ns, insight.vector, answer, 0.0, prompt)
         else:
-            cache.store(cache_ns, insight.vector, answer)
+            cache.store(cache_ns, insight.vector, answer, 0.0, prompt)
         if self.sharing is not None:
             payload = _shareable(answer)
             if payload is not None:
                 vector = np_float32_bytes(insight.vector)
-                self.sharing.publish(cache_ns, vector, payload, cache.ttl_s)
+                self.sharing.publish(cache_ns, vector, payload, cache.ttl_s, prompt.text)
 
     async def _take_shared(self, entries: list[SharedEntry]) -> None:
         """Insert other replicas' entries into the local cache, on the embedding thread."""
@@ -356,9 +368,12 @@ class Intelligence:
 
     def _resolve(
         self, entry: SharedEntry, known: dict[str, Deployment], now: float
-    ) -> tuple[str, Any, tuple[Any, ...], float] | None:
-        """(namespace, vector, answer, age) of an entry this replica can serve, else None (counted)."""
+    ) -> tuple[str, Any, tuple[Any, ...], float, Fingerprint] | None:
+        """(namespace, vector, answer, age, prompt) of an entry this replica can serve, else None (counted).
+        An entry without its prompt (written before the guard) is not one: it could never be checked."""
         import numpy as np
+
+        from modelyard.routing.cache_guard import fingerprint
 
         dim = getattr(self._full, "dim", None)
         model = entry.ns.split("\x00", 1)[0]
@@ -368,21 +383,22 @@ class Intelligence:
             answer = None
         dep = known.get(answer.deployment) if answer is not None else None
         size_ok = len(entry.vector) % 4 == 0 and (dim is None or len(entry.vector) == 4 * dim)
-        if answer is None or dep is None or model not in self.cached_models or not size_ok:
+        prompt = fingerprint(entry.prompt) if isinstance(entry.prompt, str) else None
+        if answer is None or dep is None or model not in self.cached_models or not size_ok or prompt is None:
             self.shared_skipped += 1
             return None
         vector = np.frombuffer(entry.vector, np.float32)
         age = max(now - entry.at, 0.0)
-        return entry.ns, vector, (answer.body, dep, answer.usage), age
+        return entry.ns, vector, (answer.body, dep, answer.usage), age, prompt
 
-    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float]]) -> int:
+    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float, Fingerprint]]) -> int:
         """Store the entries (on the embedding thread); how many were refused."""
         cache = self.cache
         refused = 0
-        for ns, vector, answer, age in items:
+        for ns, vector, answer, age, prompt in items:
             try:
                 if cache is not None:
-                    cache.store(ns, vector, answer, age_s=age)
+                    cache.store(ns, vector, answer, age_s=age, prompt=prompt)
             except ValueError:  # another vector size than this namespace's shelf, or not finite
                 refused += 1
         return refused

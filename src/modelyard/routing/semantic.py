@@ -7,7 +7,10 @@ at construction; a decision is one embedding plus one small matrix-vector produc
 
 `SemanticCache` reuses an earlier answer for a prompt whose embedding is within a cosine threshold of a
 cached one, per namespace (model + API key, so tenants never see each other's answers), bounded in size
-and age. It is in-memory and off unless the config turns it on; the clock is injectable for tests. With
+and age. Every hit passes the precision guard (routing/cache_guard.py): similarity finds candidates, the
+guard refuses one whose numbers, names, negations or wording differ from the new prompt's, and a prompt whose
+normalised text equals a stored one's hits without the threshold. It is in-memory and off unless the config
+turns it on; the clock is injectable for tests. With
 Redis, replicas share their entries (routing/intelligence.py, state/redis_semantic.py): another replica's
 entry is stored here with its age, so it expires when it would have where it was made.
 """
@@ -23,6 +26,7 @@ from typing import Any, Generic, Literal, TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from modelyard.routing.cache_guard import Fingerprint, PrecisionGuard
 from modelyard.routing.embeddings import Embedder
 
 Vector = NDArray[np.float32]
@@ -136,6 +140,8 @@ class _Shelf(Generic[T]):
         self.answers: list[T | None] = [None] * 8
         self.stored = np.zeros(8, np.float64)
         self.live = np.zeros(8, bool)
+        self.prints: list[Fingerprint | None] = [None] * 8
+        self.keys: dict[str, int] = {}  # normalised prompt -> slot: the guard's exact hit
         self.order: OrderedDict[int, None] = OrderedDict()  # slot -> None, least recently used first
 
     def free_slot(self) -> int:
@@ -145,6 +151,7 @@ class _Shelf(Generic[T]):
         n = len(self.live)
         self.vectors = np.concatenate([self.vectors, np.zeros_like(self.vectors)])
         self.answers.extend([None] * n)
+        self.prints.extend([None] * n)
         self.stored = np.concatenate([self.stored, np.zeros(n)])
         self.live = np.concatenate([self.live, np.zeros(n, bool)])
         return n
@@ -152,6 +159,10 @@ class _Shelf(Generic[T]):
     def drop(self, slot: int) -> None:
         self.live[slot] = False
         self.answers[slot] = None
+        fp = self.prints[slot]
+        if fp is not None and self.keys.get(fp.key) == slot:
+            del self.keys[fp.key]
+        self.prints[slot] = None
         self.order.pop(slot, None)
 
 
@@ -160,6 +171,9 @@ class SemanticCache(Generic[T]):
     `threshold` cosine similarity of `v` (the most similar live entry), else None.
 
     `max_entries` bounds each namespace (least recently used goes first); `ttl_s` bounds an entry's age.
+    With a `guard`, an entry is stored and found only with its prompt's fingerprint, the `candidates` most
+    similar entries over the threshold are offered to the guard in turn, and the first it accepts is the
+    hit; without one (tests, the bench's baseline) the nearest entry over the threshold is.
     """
 
     def __init__(
@@ -168,6 +182,8 @@ class SemanticCache(Generic[T]):
         max_entries: int = 1000,
         ttl_s: float | None = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        guard: PrecisionGuard | None = None,
+        candidates: int = 4,
     ) -> None:
         if not 0.0 < threshold <= 1.0:
             raise ValueError("threshold is a cosine similarity in (0, 1]")
@@ -177,33 +193,64 @@ class SemanticCache(Generic[T]):
         self.max_entries = max_entries
         self.ttl_s = ttl_s
         self.clock = clock
+        self.guard = guard
+        self.candidates = max(int(candidates), 1)
         self.shelves: dict[str, _Shelf[T]] = {}
         self.hits = 0
         self.misses = 0
+        self.refused = 0  # lookups with a candidate over the threshold that the guard refused
 
-    def lookup(self, ns: str, embedding: NDArray[Any]) -> T | None:
-        """The cached answer nearest to `embedding` in `ns` when similar enough and not expired."""
-        shelf = self.shelves.get(ns)
-        if shelf is None or not shelf.live.any():
+    def lookup(self, ns: str, embedding: NDArray[Any], prompt: Fingerprint | None = None) -> T | None:
+        """The cached answer for `embedding` (and, with a guard, `prompt`) in `ns`, else None."""
+        slot = self._find(ns, embedding, prompt)
+        if slot is None:
             self.misses += 1
             return None
-        self._expire(shelf)
-        sims = shelf.vectors @ _unit(embedding)
-        sims[~shelf.live] = -np.inf
-        slot = int(np.argmax(sims))
-        if sims[slot] < self.threshold:
-            self.misses += 1
-            return None
+        shelf = self.shelves[ns]
         shelf.order.move_to_end(slot)
         self.hits += 1
         return shelf.answers[slot]
 
-    def store(self, ns: str, embedding: NDArray[Any], answer: T, age_s: float = 0.0) -> bool:
+    def _find(self, ns: str, embedding: NDArray[Any], prompt: Fingerprint | None) -> int | None:
+        shelf = self.shelves.get(ns)
+        if shelf is None or not shelf.live.any():
+            return None
+        guard = self.guard
+        if guard is not None and prompt is None:
+            return None  # nothing to check a candidate against
+        self._expire(shelf)
+        if prompt is not None and guard is not None:
+            same = shelf.keys.get(prompt.key)
+            if same is not None and shelf.live[same]:
+                return same
+        sims = shelf.vectors @ _unit(embedding)
+        sims[~shelf.live] = -np.inf
+        if guard is None:
+            slot = int(np.argmax(sims))
+            return slot if sims[slot] >= self.threshold else None
+        assert prompt is not None
+        over = np.flatnonzero(sims >= self.threshold)
+        if not len(over):
+            return None
+        for slot in over[np.argsort(-sims[over])][: self.candidates]:
+            stored = shelf.prints[int(slot)]
+            if stored is not None and guard.agrees(prompt, stored):
+                return int(slot)
+        self.refused += 1
+        return None
+
+    def store(
+        self, ns: str, embedding: NDArray[Any], answer: T, age_s: float = 0.0, prompt: Fingerprint | None = None
+    ) -> bool:
         """Keep `answer` for prompts similar to `embedding` in `ns`, evicting the least recently used.
 
         `age_s`: how long ago the answer was stored elsewhere (another replica's entry keeps its own expiry
-        here, not a fresh TTL); an entry already past the TTL is not kept (False)."""
+        here, not a fresh TTL); an entry already past the TTL is not kept (False), nor, with a guard, one
+        without its prompt's fingerprint (it could never be checked). A newer answer for the same normalised
+        prompt replaces the older one."""
         if self.ttl_s is not None and age_s >= self.ttl_s:
+            return False
+        if self.guard is not None and prompt is None:
             return False
         raw = np.asarray(embedding, dtype=np.float32)
         if not np.isfinite(raw).all():  # a NaN would win every lookup (NaN < threshold is False)
@@ -216,11 +263,16 @@ class SemanticCache(Generic[T]):
         elif shelf.vectors.shape[1] != size:
             raise ValueError(f"a {size}-dimensional vector for a shelf of {shelf.vectors.shape[1]}")
         self._expire(shelf)
+        if prompt is not None and prompt.key in shelf.keys:
+            shelf.drop(shelf.keys[prompt.key])
         while len(shelf.order) >= self.max_entries:
             shelf.drop(next(iter(shelf.order)))
         slot = shelf.free_slot()
         shelf.vectors[slot] = vector
         shelf.answers[slot] = answer
+        shelf.prints[slot] = prompt
+        if prompt is not None:
+            shelf.keys[prompt.key] = slot
         shelf.stored[slot] = self.clock() - max(age_s, 0.0)
         shelf.live[slot] = True
         shelf.order[slot] = None

@@ -45,6 +45,9 @@ class SharedEntry(msgspec.Struct, array_like=True, frozen=True):
     answer: bytes  # the owner's serialisation (routing/intelligence.py)
     at: float  # wall-clock time of the store (replicas' monotonic clocks are not comparable)
     ttl_s: float | None = None
+    #: The prompt's text, for the receiver's precision guard (routing/cache_guard.py). Last and optional so
+    #: entries written before it decode (as None: such an entry is never inserted, so never a hit).
+    prompt: str | None = None
 
 
 _encode = msgspec.msgpack.Encoder().encode
@@ -126,9 +129,9 @@ class SemanticStream:
         except TimeoutError:
             log.warning("semantic cache: the shared entries were not all loaded within %.1fs", wait_s)
 
-    def publish(self, ns: str, vector: bytes, answer: bytes, ttl_s: float | None) -> bool:
+    def publish(self, ns: str, vector: bytes, answer: bytes, ttl_s: float | None, prompt: str | None = None) -> bool:
         """Queue one store for the other replicas (never waits); False when it is not shared (too large)."""
-        payload = _encode(SharedEntry(self.replica_id, ns, vector, answer, self.wall(), ttl_s))
+        payload = _encode(SharedEntry(self.replica_id, ns, vector, answer, self.wall(), ttl_s, prompt))
         if len(payload) > self.max_entry_bytes:
             self.oversized += 1
             return False

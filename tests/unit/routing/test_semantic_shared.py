@@ -281,7 +281,7 @@ async def test_a_poisoned_entry_in_the_stream_is_skipped_and_the_next_one_insert
     client = make_client(REDIS_URL, 1.0)
     try:
         for vector in (nan, good.tobytes()):
-            entry = SharedEntry("another replica", NS, vector, answer, time.time(), 60.0)
+            entry = SharedEntry("another replica", NS, vector, answer, time.time(), 60.0, "Tell me a joke")
             await client.xadd(two.sharing.key, {FIELD: msgspec.msgpack.encode(entry)})
     finally:
         await client.aclose()
@@ -291,3 +291,31 @@ async def test_a_poisoned_entry_in_the_stream_is_skipped_and_the_next_one_insert
         await asyncio.sleep(0.005)
     assert two.shared_skipped == 1 and len(two.cache) == 1
     assert (await two.analyse("chat", features(), NS)).cached is None  # the NaN entry is no hit for any prompt
+
+
+@pytest.mark.redis
+async def test_an_entry_written_before_the_guard_is_never_inserted_so_never_a_hit(
+    replicas: Callable[..., Any],
+) -> None:
+    """An old replica's entry (the layout without the prompt) cannot be checked by the precision guard."""
+    import msgspec
+
+    from modelyard.routing.intelligence import SharedAnswer, np_float32_bytes
+    from modelyard.state.redis_semantic import FIELD
+
+    two = await replicas()
+    assert two.sharing is not None and two._full is not None
+    answer = msgspec.msgpack.encode(SharedAnswer({"choices": []}, "a", Usage()))
+    vector = np_float32_bytes(two._full.embed_one(PROMPT))  # the very prompt: a hit if it were inserted
+    old_layout = ["old replica", NS, vector, answer, time.time(), 60.0]
+    client = make_client(REDIS_URL, 1.0)
+    try:
+        await client.xadd(two.sharing.key, {FIELD: msgspec.msgpack.encode(old_layout)})
+    finally:
+        await client.aclose()
+    deadline = time.monotonic() + 3
+    while two.sharing.received < 1 or two.shared_skipped < 1:
+        assert time.monotonic() < deadline, "the entry was not read"
+        await asyncio.sleep(0.005)
+    assert two.cache is not None and len(two.cache) == 0
+    assert (await two.analyse("chat", features(), NS)).cached is None

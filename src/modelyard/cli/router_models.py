@@ -39,13 +39,15 @@ def _fail(message: str) -> typer.Exit:
 
 
 def _load_router(path: Path) -> QualityModel:
-    from modelyard.routing.learned import QualityModel
+    from modelyard.routing.learned import QualityModel, RouterFileError
 
     if not path.is_file() and not (path / "router.npz").is_file():
         raise _fail(f"{path}: no such router file")
     try:
         return QualityModel.load(path)
-    except (OSError, ValueError, KeyError) as exc:
+    except RouterFileError as exc:  # its message names the file
+        raise _fail(str(exc)) from None
+    except OSError as exc:
         raise _fail(f"cannot load router {path}: {exc}") from None
 
 
@@ -174,7 +176,7 @@ async def _read_samples(dsn: str, since: float) -> list[FeedbackSample]:
     try:
         read = getattr(store, "feedback_samples", None)
         if read is None:
-            raise _fail(f"store {dsn} keeps no feedback (upgrade modelyard)")
+            raise _fail(f"store {_where(dsn)} keeps no feedback (upgrade modelyard)")
         found: dict[str, FeedbackSample] = {}
         while True:
             page = await read(since=since, limit=PAGE)
@@ -220,7 +222,8 @@ def retrain(
     except typer.Exit:
         raise
     except Exception as exc:  # any store failure is one line, not a traceback
-        raise _fail(f"cannot read feedback from {store}: {type(exc).__name__}: {exc}") from None
+        why = _scrub(f"{type(exc).__name__}: {exc}", store)
+        raise _fail(f"cannot read feedback from {_where(store)}: {why}") from None
     rows = fd.feedback_rows(samples, space=_space(old.max_tokens), known_models=labelled.models, router_models=mapping)
     if not len(rows):
         _print_merge(len(samples), rows, None)
@@ -266,6 +269,32 @@ def retrain(
     if dropped:
         out.print(f"added models dropped (their trained models changed; add them again): {', '.join(dropped)}")
     out.print(f"kept {model.card['head']}; trained in {result.seconds:.1f}s; saved {path}")
+
+
+def _where(dsn: str) -> str:
+    """The store for messages: a PostgreSQL DSN without its password (the batch and workflow stores' rule)."""
+    from modelyard.workflows.checkpoint_pg import is_postgres, redacted
+
+    return redacted(dsn) if is_postgres(dsn) else dsn
+
+
+def _scrub(text: str, dsn: str) -> str:
+    """A driver's error text without the DSN's password, should the driver quote the DSN or its parts back."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    from modelyard.schema.errors import mask_secrets
+    from modelyard.workflows.checkpoint_pg import is_postgres, redacted
+
+    if not is_postgres(dsn):
+        return text
+    parts = urlsplit(dsn)
+    secrets = [v for k, v in parse_qsl(parts.query) if k == "password" and v]
+    if parts.password:
+        secrets += [parts.password, unquote(parts.password)]
+    text = text.replace(dsn, redacted(dsn))
+    for secret in sorted(set(secrets), key=len, reverse=True):
+        text = text.replace(secret, "***")
+    return mask_secrets(text)
 
 
 def _space(max_tokens: int) -> str:

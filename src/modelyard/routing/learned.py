@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import math
 import re
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -32,6 +34,7 @@ Array = NDArray[np.float64]
 Floats = NDArray[np.float32]
 HeadKind = Literal["logistic", "knn"]
 FORMAT = "modelyard.router/v1"
+_ZIP_MAGIC = b"PK\x03\x04"  # how every .npz (a zip archive) starts
 #: The quality model that ships in the package (trained by scripts/train_default_router.py).
 DEFAULT_QUALITY_MODEL = Path(__file__).resolve().parent / "default_router" / "router.npz"
 TEXT_FEATURES = (
@@ -323,32 +326,95 @@ class QualityModel:
 
     @classmethod
     def load(cls, path: str | Path, embedder: Embedder | None = None) -> QualityModel:
+        """The artifact at `path` (an .npz, or a directory holding router.npz).
+
+        Raises OSError when the file cannot be read (missing, a permission) and `RouterFileError` for a file
+        that is not a usable router (empty, truncated, another npz, wrong shapes): one message each, because
+        operators meet these in a CLI line or a gateway's start-up error, never in a traceback.
+        """
         source = Path(path)
         if source.is_dir():
             source = source / "router.npz"
-        with np.load(source, allow_pickle=False) as z:
-            meta = json.loads(bytes(z["meta"]).decode())
-            if meta.get("format") != FORMAT:
-                raise ValueError(f"{source}: not a {FORMAT} artifact")
-            if meta.get("text_features") != list(TEXT_FEATURES):
-                raise ValueError(f"{source}: trained with other text features; retrain it")
-            parts = []
-            for i, h in enumerate(meta["heads"]):
-                own = {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")}
-                parts.append(_part_from(h["kind"], own))
-            head = Blend(parts, [h["weight"] for h in meta["heads"]])
-            added = [AddedModel.from_json(a) for a in meta.get("added", [])]
-            return cls(
-                models=[*meta["models"], *(a.name for a in added)],
-                head=head,
-                feature_mean=z["feature_mean"],
-                feature_std=z["feature_std"],
-                max_tokens=int(meta["max_tokens"]),
-                calibration=list(meta.get("calibration", [])),
-                card=dict(meta.get("card", {})),
-                embedder=embedder,
-                added=added,
-            )
+        with source.open("rb") as f:  # OSError (missing, a folder, a permission) goes out as it is
+            magic = f.read(4)
+        if magic != _ZIP_MAGIC:  # np.load would try a pickle here and suggest allow_pickle: never for a router
+            why = "the file is empty" if not magic else "not an npz archive (it does not start like a zip file)"
+            raise RouterFileError(f"{source} is not a modelyard router: {why}")
+        try:
+            with np.load(source, allow_pickle=False) as z:
+                model = cls._from_npz(z, embedder)
+            _check_shapes(model)
+        except RouterFileError as exc:
+            raise RouterFileError(f"{source} {exc}") from None
+        except OSError:
+            raise
+        except (EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise RouterFileError(f"{source} is not a modelyard router: not a whole npz archive ({exc})") from None
+        except KeyError as exc:
+            raise RouterFileError(f"{source} is not a modelyard router: no {exc} in it") from None
+        except (ValueError, TypeError, AttributeError, IndexError) as exc:  # JSON and decode errors included
+            raise RouterFileError(f"{source} is not a modelyard router: {type(exc).__name__}: {exc}") from None
+        return model
+
+    @classmethod
+    def _from_npz(cls, z: Any, embedder: Embedder | None) -> QualityModel:
+        if "meta" not in z.files:
+            raise RouterFileError("is not a modelyard router: it has no `meta` array (another npz?)")
+        meta = json.loads(bytes(z["meta"]).decode())
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            raise RouterFileError(f"is not a modelyard router: its meta does not say format {FORMAT}")
+        if meta.get("text_features") != list(TEXT_FEATURES):
+            raise RouterFileError("was trained with other text features; retrain it")
+        parts = []
+        for i, h in enumerate(meta["heads"]):
+            own = {k.split("_", 1)[1]: z[k] for k in z.files if k.startswith(f"h{i}_")}
+            parts.append(_part_from(h["kind"], own))
+        if not parts:
+            raise RouterFileError("is not a modelyard router: it has no predictor head")
+        head = Blend(parts, [float(h["weight"]) for h in meta["heads"]])
+        added = [AddedModel.from_json(a) for a in meta.get("added", [])]
+        return cls(
+            models=[*(str(m) for m in meta["models"]), *(a.name for a in added)],
+            head=head,
+            feature_mean=z["feature_mean"],
+            feature_std=z["feature_std"],
+            max_tokens=int(meta["max_tokens"]),
+            calibration=list(meta.get("calibration", [])),
+            card=dict(meta.get("card", {})),
+            embedder=embedder,
+            added=added,
+        )
+
+
+def _embedding_length(part: Part, n_text: int) -> int:
+    """The embedding length a head was trained on (0 when its arrays have the wrong number of axes)."""
+    if isinstance(part, LogisticHead):
+        return int(part.weights.shape[0]) - n_text if part.weights.ndim == 2 else 0
+    return int(part.bank.shape[1]) if part.bank.ndim == 2 else 0
+
+
+class RouterFileError(ValueError):
+    """A file that is not a usable router artifact (its message names the file and what is wrong)."""
+
+
+def _check_shapes(model: QualityModel) -> None:
+    """Raise `RouterFileError` unless the arrays fit together: one prediction of a zero embedding runs and
+    gives one finite probability per model. Cheap (one row), and it turns a hand-edited or mixed-up artifact
+    into a load-time error instead of a shape error on the first request."""
+    if len(set(model.models)) != len(model.models) or not model.trained_models:
+        raise RouterFileError("is not a modelyard router: its model list is empty or repeats a name")
+    n_text = len(TEXT_FEATURES)
+    if np.shape(model.feature_mean) != (n_text,) or np.shape(model.feature_std) != (n_text,):
+        raise RouterFileError(f"is not a modelyard router: the text feature scaling is not {n_text} numbers")
+    dims = {_embedding_length(p, n_text) for p in model.head.parts}
+    if len(dims) != 1 or min(dims) <= 0 or model.max_tokens <= 0:
+        raise RouterFileError("is not a modelyard router: its heads disagree on the embedding's length")
+    try:
+        row = model.predict_embedded(np.zeros((1, dims.pop()), np.float32), [""])
+    except (ValueError, IndexError) as exc:
+        raise RouterFileError(f"is not a modelyard router: its arrays do not fit together ({exc})") from None
+    if row.shape != (1, len(model.models)) or not np.isfinite(row).all():
+        raise RouterFileError("is not a modelyard router: its heads do not give one probability per model")
 
 
 def load_quality_model(path: str | Path | None = None, embedder: Embedder | None = None) -> QualityModel:

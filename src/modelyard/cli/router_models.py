@@ -280,7 +280,7 @@ def _where(dsn: str) -> str:
 
 def _scrub(text: str, dsn: str) -> str:
     """A driver's error text without the DSN's password, should the driver quote the DSN or its parts back."""
-    from urllib.parse import parse_qsl, unquote, urlsplit
+    from urllib.parse import unquote, urlsplit
 
     from modelyard.schema.errors import mask_secrets
     from modelyard.workflows.checkpoint_pg import is_postgres, redacted
@@ -288,7 +288,8 @@ def _scrub(text: str, dsn: str) -> str:
     if not is_postgres(dsn):
         return text
     parts = urlsplit(dsn)
-    secrets = [v for k, v in parse_qsl(parts.query) if k == "password" and v]
+    raw = [v for k, _, v in (f.partition("=") for f in parts.query.split("&")) if unquote(k) == "password"]
+    secrets = [s for v in raw for s in (v, unquote(v.replace("+", " "))) if s]  # as written and as decoded
     if parts.password:
         secrets += [parts.password, unquote(parts.password)]
     text = text.replace(dsn, redacted(dsn))

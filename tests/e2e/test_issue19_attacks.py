@@ -359,19 +359,11 @@ CONTEXTS: dict[str, tuple[list[dict[str, Any]], list[dict[str, Any]]]] = {
         ],
     ),
 }
-CONTEXT_HOLES = {
-    "system prompt": "the cache keys on the last user turn only: another system prompt is served the same answer",
-    "earlier turns": "the cache keys on the last user turn only: Bob's conversation is served Alice's answer",
-    "another image": "the cache embeds the text parts only: a dog picture is served the cat picture's answer",
-}
 
 
 @pytest.mark.parametrize(
     "name",
-    [
-        pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=CONTEXT_HOLES[n])) if n in CONTEXT_HOLES else n
-        for n in CONTEXTS
-    ],
+    list(CONTEXTS),
 )
 def test_the_same_last_turn_in_another_conversation_is_not_a_hit(gateway: BackgroundServer, name: str) -> None:
     first, second = CONTEXTS[name]
@@ -381,22 +373,12 @@ def test_the_same_last_turn_in_another_conversation_is_not_a_hit(gateway: Backgr
     assert not hit(chat(gateway.url, key, second))
 
 
-SHAPE_HOLES = {
-    "json mode": "a request for JSON output (response_format json_object) is served an earlier plain-text answer",
-    "two choices": "a request for n=2 is served an earlier answer with one choice",
-    "a tool to call": "a request offering tools is served an earlier answer made without them",
-}
-
-
 @pytest.mark.parametrize(
     ("name", "extra"),
     [
-        pytest.param(n, e, marks=pytest.mark.xfail(strict=True, reason=SHAPE_HOLES[n]))
-        for n, e in (
-            ("json mode", {"response_format": {"type": "json_object"}}),
-            ("two choices", {"n": 2}),
-            ("a tool to call", {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]}),
-        )
+        ("json mode", {"response_format": {"type": "json_object"}}),
+        ("two choices", {"n": 2}),
+        ("a tool to call", {"tools": [{"type": "function", "function": {"name": "lookup", "parameters": {}}}]}),
     ],
 )
 def test_a_request_asking_for_another_shape_is_not_served_a_cached_answer(

@@ -349,15 +349,13 @@ class Gateway:
             await self.access.admit(ctx, model, features, overrides)
 
     async def analyse(
-        self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *, use_cache: bool = True
+        self, req: ChatRequest, features: RequestFeatures, ctx: RequestContext, *, cache_ns: str | None = None
     ) -> Insight | None:
-        """Embedding-based insight (learned quality, task from examples, a cached answer), only if needed."""
+        """Embedding-based insight (learned quality, task from examples, a cached answer in `cache_ns`, the
+        request's semantic-cache partition: `semantic_scope.semantic_namespace`), only if needed."""
         intelligence = self.intelligence
         if not intelligence.needed or not intelligence.wanted_for(req.model, features):
             return None
-        cache_ns = None
-        if use_cache and req.model in intelligence.cached_models and not req.stream:
-            cache_ns = f"{req.model}\x00{ctx.key_id or ''}"
         insight = await intelligence.analyse(req.model, features, cache_ns, ctx.request_id)
         if features.task is None and insight.task is not None:
             features.task = insight.task

@@ -32,6 +32,7 @@ from modelyard.server.response_cache import (
     replay_stream,
     usable_body,
 )
+from modelyard.server.semantic_scope import semantic_namespace
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
@@ -72,9 +73,15 @@ class CodecRoute:
                 and await _answer_from_response_cache(gw, request, ctx, codec, inbound, cache, ticket)
             ):
                 return
+        intelligence = gw.intelligence
+        cache_ns = (
+            semantic_namespace(req.model, ctx.key_id, inbound.raw)
+            if codec.semantic_cache and not req.stream and req.model in intelligence.cached_models
+            else None
+        )
         # A cached answer was never checked against this request's output guardrails: not served then.
-        use_cache = codec.semantic_cache and (guards is None or not guards.has_output)
-        insight = await gw.analyse(req, features, ctx, use_cache=use_cache)
+        use_cache = guards is None or not guards.has_output
+        insight = await gw.analyse(req, features, ctx, cache_ns=cache_ns if use_cache else None)
         if insight is not None and insight.cached is not None:
             await _answer_from_cache(gw, request, ctx, insight.cached)
             return
@@ -106,14 +113,8 @@ class CodecRoute:
         )
         ctx.queue_ms = success.queue_ms
         completion = success.completion
-        if insight is not None and insight.vector is not None and completion.native is None:
-            intelligence = gw.intelligence
-            if req.model in intelligence.cached_models:
-                intelligence.remember(
-                    f"{req.model}\x00{ctx.key_id or ''}",
-                    insight,
-                    (completion.body, success.deployment, completion.usage),
-                )
+        if cache_ns is not None and insight is not None and insight.vector is not None and completion.native is None:
+            intelligence.remember(cache_ns, insight, (completion.body, success.deployment, completion.usage))
         body = codec.answer(inbound, success, ctx)
         cost = success.cost_usd
         headers = JSON_HEADERS + gw.answer_headers(ctx, success.deployment, success.records, cost)

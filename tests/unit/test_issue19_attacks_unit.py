@@ -370,11 +370,6 @@ def test_a_flood_moves_the_route_by_at_most_its_bounds() -> None:
     assert abs(many.knob_shift) <= cfg.max_knob_shift + 1e-12
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open mode: anonymous feedback (source key, key_id None) falls in the admin bucket, trusted and uncapped, "
-    "so any caller's 10,000 thumbs-down outweigh 300 honest verdicts",
-)
 def test_anonymous_feedback_in_open_mode_is_capped_like_one_key() -> None:
     honest = [s for k in range(10) for s in _samples(f"honest{k}", 30, 1.0, START)]
     flood = _fold(honest + _samples(None, 10_000, 0.0, START))

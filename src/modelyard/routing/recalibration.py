@@ -50,7 +50,10 @@ MAX_ROWS = 100_000
 Z90 = 1.645
 #: Changes smaller than this are not logged (rounding of a fold, not a decision).
 LOG_EPSILON = 1e-4
-_ADMIN = ""  # the bucket of admin feedback (key_id None): trusted, not capped
+_ADMIN = ""  # the bucket of admin feedback (source "admin"): trusted, not capped
+#: The bucket of feedback without a key (a gateway in open mode): every anonymous caller shares it, capped
+#: like one key, so no caller steers a route by not presenting a key. Not a possible key id.
+_ANONYMOUS = "\x00anonymous"
 
 
 class FeedbackReader(Protocol):
@@ -118,7 +121,7 @@ class _Window:
         self.resid: dict[tuple[str, str, str | None], list[float]] = defaultdict(lambda: [0.0, 0.0])
 
     def add(self, s: FeedbackSample, rm: str | None, sign: int) -> None:
-        key = s.key_id if s.source != "admin" and s.key_id is not None else _ADMIN
+        key = _ADMIN if s.source == "admin" else (s.key_id if s.key_id is not None else _ANONYMOUS)
         self.count[key] += sign
         self.score[key] += sign * s.score
         if rm is not None and s.predicted is not None:

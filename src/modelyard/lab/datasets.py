@@ -119,26 +119,53 @@ def read_rows(path: str | os.PathLike[str]) -> Iterator[Row]:
     with p.open(encoding="utf-8") as fh:
         for n, line in enumerate(fh, start=1):
             if line.strip():
-                yield _typed(json.loads(line), f"{p}:{n}")
+                try:
+                    raw = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{p}:{n}: not JSON ({exc.msg} at column {exc.colno})") from None
+                yield _typed(raw, f"{p}:{n}")
 
 
-def _typed(row: Row, where: str) -> Row:
+def _typed(row: object, where: str) -> Row:
+    """One row checked and typed; every defect is a ValueError that starts with `file:line`."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where}: a row must be a JSON object, not {type(row).__name__} {_short(row)}")
     for key in ("prompt", "model", "score"):
         if row.get(key) in (None, ""):
             raise ValueError(f"{where}: missing required field {key!r}")
-    out: Row = {"prompt": str(row["prompt"]), "model": str(row["model"]), "score": float(row["score"])}
+    out: Row = {"prompt": str(row["prompt"]), "model": str(row["model"]), "score": _number(row, "score", where)}
     if not 0.0 <= out["score"] <= 1.0:
         raise ValueError(f"{where}: score {out['score']} is outside [0, 1]")
     for key in ("cost",):
         if row.get(key) not in (None, ""):
-            out[key] = float(row[key])
+            out[key] = _number(row, key, where)
     for key in ("input_tokens", "output_tokens"):
         if row.get(key) not in (None, ""):
-            out[key] = int(float(row[key]))
+            value = _number(row, key, where)
+            if not math.isfinite(value):
+                raise ValueError(f"{where}: {key} {value} is not a finite number")
+            out[key] = int(value)
     for key in ("id", "task", "split"):
         if row.get(key) not in (None, ""):
             out[key] = str(row[key])
     return out
+
+
+def _number(row: Row, key: str, where: str) -> float:
+    """`row[key]` as a float: a number, true/false (a correctness label) or a numeric string (CSV); never a
+    list or an object, which float() would answer with a TypeError instead of a line the operator can fix."""
+    value = row[key]
+    if not isinstance(value, (int, float, str)):
+        raise ValueError(f"{where}: {key} must be a number, not {type(value).__name__} {_short(value)}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"{where}: {key} {_short(value)} is not a number") from None
+
+
+def _short(value: object) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def write_rows(path: str | os.PathLike[str], rows: Iterable[Row]) -> int:

@@ -63,6 +63,10 @@ _TOKEN = re.compile(
     r"(?P<url>(?:https?://|www\.)[^\s\"'<>]+)"
     r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
     r"|(?P<num>[-+]?(?:\d[\d,_]*)?\.?\d+(?:[eE][-+]?\d+)?%?)"
+    # Operators and symbols (emoji, currency, math) are words too: "a == b" is not "a != b", a thumbs-down
+    # is not a thumbs-up. Ordinary punctuation and a hyphen inside a word are not.
+    r"|(?P<sym>[!<>=]=|->|=>|&&|\|\||\*\*|<<|>>|[+*/=<>^&|~%\\]|(?<![^\W\d_])-|-(?![^\W\d_])"
+    r"|[^\w\s.,;:!?'\"()\[\]{}-])"
     r"|(?P<word>\w+(?:['.]\w+)*)",
 )
 _SENTENCES = re.compile(r"(?<=[.!?;:])\s+")
@@ -219,8 +223,8 @@ def _opens(text: str, at: int) -> bool:
 
 
 def _number(raw: str) -> str:
-    # Separators are kept: "1,5" (a decimal comma) is not 15, so "1,234" and "1234" are not matched either.
-    return raw.lstrip("+")
+    # As written: "1,5" (a decimal comma) is not 15, so "1,234" and "1234" (or "+5" and "5") do not match.
+    return raw
 
 
 def fingerprint(text: str) -> Fingerprint | None:
@@ -235,6 +239,8 @@ def fingerprint(text: str) -> Fingerprint | None:
         low = raw.casefold()
         if kind in ("url", "email"):
             protected.add(low.rstrip(".,;:!?)"))
+        elif kind == "sym":
+            protected.add(low)
         elif kind == "num":
             protected.add(_number(low))
         elif kind == "word":

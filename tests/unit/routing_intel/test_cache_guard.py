@@ -187,3 +187,25 @@ def test_near_synonyms_pass_and_unrelated_words_do_not(minilm: Any) -> None:
     assert same is not None and other is not None
     assert guard.check(fa, same).agree
     assert not guard.check(fa, other).agree
+
+
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        ("what is 1234 + 5678", "what is 1234 - 5678"),
+        ("return x when a == b", "return x when a != b"),
+        ("flag the order if the total is > 100", "flag the order if the total is < 100"),
+        ("classify this reaction: \U0001f44d", "classify this reaction: \U0001f44e"),
+        ("Price: $500", "Price: \u20ac500"),
+    ],
+)
+def test_operators_and_symbols_are_words_too(a: str, b: str) -> None:
+    fa, fb = fingerprint(a), fingerprint(b)
+    assert fa is not None and fb is not None
+    assert not PrecisionGuard().check(fa, fb).agree
+
+
+def test_a_hyphen_inside_a_word_is_punctuation() -> None:
+    fa, fb = fingerprint("Give a well-known example."), fingerprint("give a well known example")
+    assert fa is not None and fb is not None
+    assert PrecisionGuard().check(fa, fb).agree

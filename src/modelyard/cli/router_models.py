@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from modelyard.cli.router import _embed, _kinds, _load, app, out
+from modelyard.cli.router_checks import check_folds_fit, check_out, check_training
+from modelyard.cli.router_checks import fail as _fail
 
 if TYPE_CHECKING:
     from modelyard.lab.cold_start import LikeChoice
@@ -30,12 +32,6 @@ __all__ = ["app"]
 
 #: Feedback samples read from the store per call (the store pages by time).
 PAGE = 10_000
-
-
-def _fail(message: str) -> typer.Exit:
-    """One line on stderr, exit 2 (plain echo: a rich console would wrap a long path over lines)."""
-    typer.echo(f"error: {' '.join(message.split())}", err=True)
-    return typer.Exit(code=2)
 
 
 def _load_router(path: Path) -> QualityModel:
@@ -87,6 +83,7 @@ def add_model(
 
     if (from_results is None) == (data is None):
         raise _fail("give one of --from (acceptance results) or --data (labelled rows)")
+    check_out(out_path)
     r = _load_router(router)
     if name in r.models:
         raise _fail(f"{name!r} is already one of the router's models")
@@ -213,6 +210,8 @@ def retrain(
         raise _fail("--from-feedback needs --store (the gateway's SQLite file or PostgreSQL DSN)")
     if since is not None and not (math.isfinite(since) and since > 0):
         raise _fail("--since must be a positive number of days")
+    check_training(folds=folds, target=target)
+    check_out(out_path)
     old = _load_router(router)
     labelled = _load(data, split, None, None)
     mapping = _router_models(config)
@@ -235,6 +234,7 @@ def retrain(
         labelled.prompts, emb_all[:n], labelled.scores, labelled.costs, labelled.models, rows, emb_all[n:]
     )
     _print_merge(len(samples), rows, merged)
+    check_folds_fit(folds, len(merged.prompts))
     with out.status("training"):
         result = train_quality_model(
             merged.prompts,

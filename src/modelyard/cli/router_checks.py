@@ -59,3 +59,16 @@ def check_out(path: Path) -> None:
         raise fail(f"--out {path}: the folder {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise fail(f"--out {path}: cannot write there")
+
+
+def check_report_out(path: Path | None, option: str) -> None:
+    """Raise `fail` unless a report file (`--json`, `--plot`) can be written at `path`: checked before the
+    evaluation runs, so its figures are not lost to a typo at the end."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise fail(f"{option} {path} is a folder; name the file to write")
+    if not path.parent.is_dir():
+        raise fail(f"{option} {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise fail(f"{option} {path}: cannot write there")

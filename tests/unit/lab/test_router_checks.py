@@ -9,7 +9,14 @@ from pathlib import Path
 import pytest
 import typer
 
-from modelyard.cli.router_checks import MAX_TOKENS, MIN_TOKENS, check_folds_fit, check_out, check_training
+from modelyard.cli.router_checks import (
+    MAX_TOKENS,
+    MIN_TOKENS,
+    check_folds_fit,
+    check_out,
+    check_report_out,
+    check_training,
+)
 
 
 def refused(call: object, capsys: pytest.CaptureFixture[str], says: str) -> None:
@@ -70,3 +77,10 @@ def test_a_folder_without_write_permission_is_refused(tmp_path: Path, capsys: py
         refused(lambda: check_out(locked / "sub"), capsys, "cannot write")
     finally:
         locked.chmod(0o700)
+
+
+def test_a_report_file_must_be_writable_before_the_work(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    refused(lambda: check_report_out(tmp_path / "no" / "r.json", "--json"), capsys, "--json")
+    refused(lambda: check_report_out(tmp_path, "--plot"), capsys, "is a folder")
+    check_report_out(tmp_path / "r.json", "--json")  # the control
+    check_report_out(None, "--json")

@@ -32,6 +32,11 @@ def check_training(*, folds: int, target: float, max_tokens: int | None = None) 
         raise fail(f"--max-tokens must be {MIN_TOKENS} to {MAX_TOKENS} (MiniLM's range), not {max_tokens}")
     if folds < MIN_FOLDS:
         raise fail(f"--folds must be {MIN_FOLDS} or more (one part to fit on, one to score), not {folds}")
+    check_target(target)
+
+
+def check_target(target: float) -> None:
+    """Raise `fail` unless `target` is a share of the best model's quality: in (0, 1], not NaN."""
     if not (math.isfinite(target) and 0.0 < target <= 1.0):
         raise fail(f"--target is a share of the best model's quality, in (0, 1], not {target}")
 

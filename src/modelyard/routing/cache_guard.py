@@ -59,9 +59,10 @@ _POLITE_HEAD = re.compile(
     r"(?:(?:please|kindly|pls)[\s,]+)?"
 )
 _POLITE_TAIL = re.compile(r"(?:[\s,.;!-]*(?:please|thanks|thank you|thx|ty|cheers)(?: (?:so|very) much)?)+[\s.!?]*$")
+_TAIL_WINDOW = 160
 _TOKEN = re.compile(
     r"(?P<url>(?:https?://|www\.)[^\s\"'<>]+)"
-    r"|(?P<email>[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"
+    r"|(?P<email>(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+)"  # from a run's start only: linear
     r"|(?P<num>[-+]?(?:\d[\d,_]*)?\.?\d+(?:[eE][-+]?\d+)?%?)"
     # Operators and symbols (emoji, currency, math) are words too: "a == b" is not "a != b", a thumbs-down
     # is not a thumbs-up. Ordinary punctuation and a hyphen inside a word are not.
@@ -211,7 +212,10 @@ def normalise(text: str) -> str:
     for pattern, repl in _CONTRACTIONS:
         t = pattern.sub(repl, t)
     t = _POLITE_HEAD.sub("", t, count=1)
-    return _POLITE_TAIL.sub("", t)
+    # The tail pattern is tried from every position, over runs of punctuation: on the last characters only,
+    # so a prompt of 32,000 dots costs microseconds, not seconds (measured 22 s on the whole text).
+    cut = max(len(t) - _TAIL_WINDOW, 0)
+    return t[:cut] + _POLITE_TAIL.sub("", t[cut:])
 
 
 def _opens(text: str, at: int) -> bool:

@@ -209,3 +209,17 @@ def test_a_hyphen_inside_a_word_is_punctuation() -> None:
     fa, fb = fingerprint("Give a well-known example."), fingerprint("give a well known example")
     assert fa is not None and fb is not None
     assert PrecisionGuard().check(fa, fb).agree
+
+
+@pytest.mark.parametrize(
+    "hostile", [". " * 16_000, "," * 32_000, "-" * 32_000, " please" * 4_500, "a@" * 16_000, ",.;!- " * 5_000]
+)
+def test_a_hostile_prompt_is_fingerprinted_in_linear_time(hostile: str) -> None:
+    """The guard runs on the embedding thread: a pattern tried from every position over a long run of
+    punctuation was quadratic (32,000 dots took 22 s, hyphens 13 s); each is now tens of milliseconds."""
+    import time
+
+    start = time.perf_counter()
+    fp = fingerprint(hostile[:MAX_PROMPT_CHARS])
+    assert fp is not None
+    assert time.perf_counter() - start < 2.0

@@ -226,11 +226,6 @@ def _opens(text: str, at: int) -> bool:
     return i < 0 or text[i] in _OPENERS or text[i].isdigit()
 
 
-def _number(raw: str) -> str:
-    # As written: "1,5" (a decimal comma) is not 15, so "1,234" and "1234" (or "+5" and "5") do not match.
-    return raw
-
-
 def fingerprint(text: str) -> Fingerprint | None:
     """The prompt's fingerprint, or None for one too long to guard (such a prompt is not cached)."""
     if len(text) > MAX_PROMPT_CHARS:
@@ -246,7 +241,7 @@ def fingerprint(text: str) -> Fingerprint | None:
         elif kind == "sym":
             protected.add(low)
         elif kind == "num":
-            protected.add(_number(low))
+            protected.add(low)  # as written: 1,5 (a decimal comma) is not 15
         elif kind == "word":
             codeish = any(c.isdigit() for c in raw) and any(c.isalpha() for c in raw)
             caps = len(raw) > 1 and raw.isupper()
@@ -255,7 +250,7 @@ def fingerprint(text: str) -> Fingerprint | None:
                 protected.add(low)
     for m in _QUOTED.finditer(original):
         for w in _TOKEN.finditer((m.group(1) or m.group(2)).casefold()):
-            protected.add(_number(w.group()) if w.lastgroup == "num" else w.group())
+            protected.add(w.group())
     sentences = tuple(s for s in (_words(part) for part in _SENTENCES.split(normalise(text))) if s)
     words = tuple(w for s in sentences for w in s)
     return Fingerprint(text, " ".join(words), words, frozenset(protected), sentences)
@@ -265,8 +260,8 @@ def _words(text: str) -> tuple[str, ...]:
     words: list[str] = []
     for m in _TOKEN.finditer(text):
         raw = m.group()
-        if m.lastgroup == "num":
-            words.append(_number(raw))
+        if m.lastgroup in ("num", "sym"):
+            words.append(raw)  # as written: .5 is not 5, 1,5 is not 15
         elif m.lastgroup in ("url", "email"):
             words.append(raw.rstrip(".,;:!?)"))
         else:

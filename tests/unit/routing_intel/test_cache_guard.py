@@ -223,3 +223,10 @@ def test_a_hostile_prompt_is_fingerprinted_in_linear_time(hostile: str) -> None:
     fp = fingerprint(hostile[:MAX_PROMPT_CHARS])
     assert fp is not None
     assert time.perf_counter() - start < 2.0
+
+
+@pytest.mark.parametrize(("a", "b"), [("add .5 to x", "add 5 to x"), ("add 0.5 to x", "add 05 to x"), ("+5", "5")])
+def test_numbers_are_compared_as_written(a: str, b: str) -> None:
+    fa, fb = fingerprint(a), fingerprint(b)
+    assert fa is not None and fb is not None
+    assert not PrecisionGuard().check(fa, fb).agree

@@ -227,7 +227,8 @@ def _opens(text: str, at: int) -> bool:
 
 
 def fingerprint(text: str) -> Fingerprint | None:
-    """The prompt's fingerprint, or None for one too long to guard (such a prompt is not cached)."""
+    """The prompt's fingerprint, or None for one too long to guard or with no words left once normalised
+    (such a prompt is not cached and never hits)."""
     if len(text) > MAX_PROMPT_CHARS:
         return None
     original = unicodedata.normalize("NFKC", text).translate(_QUOTES)
@@ -253,6 +254,8 @@ def fingerprint(text: str) -> Fingerprint | None:
             protected.add(w.group())
     sentences = tuple(s for s in (_words(part) for part in _SENTENCES.split(normalise(text))) if s)
     words = tuple(w for s in sentences for w in s)
+    if not words:  # "Thanks!", "???": nothing to compare, and every such prompt would share one key
+        return None
     return Fingerprint(text, " ".join(words), words, frozenset(protected), sentences)
 
 

@@ -61,7 +61,7 @@ def antonym_probe(embedder: MiniLM, synonym_similarity: float) -> None:
     at = {w: vecs[i] for i, w in enumerate(words)}
     sims = np.array([float(at[a] @ at[b]) for a, b in pairs])
     print(f"\nunseen antonyms ({len(pairs)} pairs in no word list) the synonym check would pass:")
-    for cut in (0.6, 0.7, 0.75, 0.8, 0.85, synonym_similarity):
+    for cut in sorted({0.6, 0.7, 0.75, 0.8, 0.85, synonym_similarity}):
         print(f"  synonym_similarity {cut:.2f}: {int((sims >= cut).sum())}")
 
 
@@ -155,6 +155,17 @@ def main() -> None:
         f"\nguard cost: fingerprint {fp_us:.0f} us per prompt (mean over {len(texts)}); check: cold mean "
         f"{cold.mean():.0f} us p99 {np.percentile(cold, 99):.0f} us, warm word vectors mean {hot.mean():.0f} us "
         f"p99 {np.percentile(hot, 99):.0f} us"
+    )
+    sample = texts[:: max(len(texts) // 100, 1)][:100]
+    embedder.embed_one(sample[0])
+    spent = []
+    for text in sample:
+        t = time.perf_counter()
+        embedder.embed_one(text)
+        spent.append((time.perf_counter() - t) * 1e3)
+    print(
+        f"for scale, the embedding the request already pays: median {np.median(spent):.1f} ms "
+        f"over {len(sample)} prompts"
     )
     antonym_probe(embedder, guard.synonym_similarity)
     shown = 0

@@ -368,12 +368,13 @@ class Intelligence:
 
     def _resolve(
         self, entry: SharedEntry, known: dict[str, Deployment], now: float
-    ) -> tuple[str, Any, tuple[Any, ...], float, Fingerprint] | None:
+    ) -> tuple[str, Any, tuple[Any, ...], float, str] | None:
         """(namespace, vector, answer, age, prompt) of an entry this replica can serve, else None (counted).
-        An entry without its prompt (written before the guard) is not one: it could never be checked."""
+        An entry without its prompt (written before the guard) is not one: it could never be checked. On the
+        event loop, so cheap checks only: the prompt is fingerprinted by `_insert`, on the embedding thread."""
         import numpy as np
 
-        from modelyard.routing.cache_guard import fingerprint
+        from modelyard.routing.cache_guard import MAX_PROMPT_CHARS
 
         dim = getattr(self._full, "dim", None)
         model = entry.ns.split("\x00", 1)[0]
@@ -383,7 +384,7 @@ class Intelligence:
             answer = None
         dep = known.get(answer.deployment) if answer is not None else None
         size_ok = len(entry.vector) % 4 == 0 and (dim is None or len(entry.vector) == 4 * dim)
-        prompt = fingerprint(entry.prompt) if isinstance(entry.prompt, str) else None
+        prompt = entry.prompt if isinstance(entry.prompt, str) and len(entry.prompt) <= MAX_PROMPT_CHARS else None
         if answer is None or dep is None or model not in self.cached_models or not size_ok or prompt is None:
             self.shared_skipped += 1
             return None
@@ -391,11 +392,17 @@ class Intelligence:
         age = max(now - entry.at, 0.0)
         return entry.ns, vector, (answer.body, dep, answer.usage), age, prompt
 
-    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float, Fingerprint]]) -> int:
-        """Store the entries (on the embedding thread); how many were refused."""
+    def _insert(self, items: list[tuple[str, Any, tuple[Any, ...], float, str]]) -> int:
+        """Fingerprint and store the entries (on the embedding thread); how many were refused."""
+        from modelyard.routing.cache_guard import fingerprint
+
         cache = self.cache
         refused = 0
-        for ns, vector, answer, age, prompt in items:
+        for ns, vector, answer, age, text in items:
+            prompt = fingerprint(text)
+            if prompt is None:  # no words to compare: never a hit, so not kept
+                refused += 1
+                continue
             try:
                 if cache is not None:
                     cache.store(ns, vector, answer, age_s=age, prompt=prompt)

@@ -83,7 +83,7 @@ def _lexicon(text: str) -> frozenset[str]:
 
 FILLER = _lexicon(
     "please kindly pls just basically actually really simply hey hi hello thanks thank thx "
-    "the a an this that these those it its of in on at by as so also here there certain "
+    "the a an this that these those it its of as so also here there certain "
     "um uh well okay ok oh hmm"
 )
 NEGATIONS = _lexicon("not no never none nobody nothing neither nor without nowhere nope")
@@ -129,7 +129,7 @@ EXCLUSIVE = _lexicon(
     "must should may might optional required both either one two three four five six seven eight nine ten "
     "first second third fourth fifth final single double half twice "
     # directions, relations, colours
-    "to from into onto before after above below over under up down left right north south east west "
+    "to from into onto in on at by before after above below over under up down left right north south east west "
     "inside outside within between against versus vs and or but if unless than "
     "red green blue yellow black white orange purple pink brown grey gray"
 )

@@ -57,6 +57,7 @@ NEAR_MISSES = {
     "negating prefix": ("how do I lock the screen on windows", "how do I unlock the screen on windows"),
     "arithmetic": ("multiply 1234 by 5678", "divide 1234 by 5678"),
     "added word": ("Write a poem about the sea.", "Write a sad poem about the sea."),
+    "preposition": ("put the red book in the box", "put the red book on the box"),
 }
 PARAPHRASES = {
     "case only": ("What is the capital of France?", "WHAT IS THE CAPITAL OF FRANCE?"),

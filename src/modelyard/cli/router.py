@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +21,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from modelyard.cli.router_checks import check_folds_fit, check_out, check_report_out, check_target, check_training
 
 if TYPE_CHECKING:  # numpy and the lab modules load inside the commands: `modelyard` runs without them
     import numpy as np
@@ -47,10 +50,14 @@ def _load(
     try:
         table = ds.load_prices(prices) if prices else None
         labelled = ds.load_labelled(data, split=None if split == "all" else split, prices=table)
-    except (ValueError, KeyError, json.JSONDecodeError) as exc:
-        raise _fail(str(exc)) from None
+    except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
+        raise _fail(str(exc)) from None  # a JSONL line that is a list, a score that is a list: one error line
     if models:
-        labelled = labelled.with_models([m.strip() for m in models.split(",")])
+        named = [m.strip() for m in models.split(",")]
+        unknown = [m for m in named if m not in labelled.models]
+        if unknown:
+            raise _fail(f"--models: {', '.join(unknown)} not in the data (it has {', '.join(labelled.models)})")
+        labelled = labelled.with_models(named)
     if task:
         labelled = labelled.with_task(task)
     if not len(labelled):
@@ -150,7 +157,10 @@ def train(
     """Train a quality model: cross-fit logistic and kNN heads, keep the better, calibrate, save."""
     from modelyard.lab.training import train_quality_model
 
+    check_training(folds=folds, target=target, max_tokens=max_tokens)
+    check_out(out_path)
     labelled = _load(data, split, prices, models, task)
+    check_folds_fit(folds, len(labelled))
     kinds = _kinds(kind)
     emb = _embed(labelled.prompts, max_tokens)
     with _progress() as bar:
@@ -260,13 +270,17 @@ def evaluate(
     from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
     from modelyard.routing.learned import load_quality_model
 
+    check_target(target)
+    check_report_out(json_out, "--json")
+    check_report_out(plot, "--plot")
+
     try:
         r = load_quality_model(None if router == "default" else router)
         r.embedder = MiniLM(max_tokens=r.max_tokens)
     except EmbeddingUnavailable as exc:
         raise _fail(str(exc)) from None
-    except (OSError, ValueError) as exc:
-        raise _fail(f"cannot load router {router}: {exc}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # empty, truncated, foreign
+        raise _fail(f"cannot load router {router}: {exc or type(exc).__name__}") from None
     labelled = _load(data, split, prices, None, task)
     named = [m.strip() for m in models.split(",")] if models else None
     known = named or [m for m in labelled.models if m in r.models]
@@ -316,7 +330,10 @@ def crossval(
 
     from modelyard.lab.training import train_quality_model
 
+    check_training(folds=folds, target=target, max_tokens=max_tokens)
+    check_report_out(json_out, "--json")
     labelled = _load(data, split, prices, None, task)
+    check_folds_fit(folds, len(labelled))
     emb = _embed(labelled.prompts, max_tokens)
     fold = np.random.default_rng(seed).permutation(len(labelled)) % folds
     pred = np.zeros_like(labelled.scores)

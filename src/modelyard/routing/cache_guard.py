@@ -192,17 +192,36 @@ class WordEmbedder(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
-    """What the guard keeps of a prompt: its normalised words, which of them are protected, and the text.
+    """What the guard keeps of a prompt: the text, its normalised words, which of them are protected.
 
     `text` is the prompt as given (bounded by MAX_PROMPT_CHARS), so a replica that receives a shared entry
-    rebuilds the same fingerprint; `key` is the normalised text, equal for case/punctuation/filler-only
-    changes (an exact hit needs no embedding)."""
+    rebuilds the same fingerprint; `key` is the normalised words joined by single spaces, equal for
+    case/punctuation/filler-only changes (an exact hit needs no embedding). The words and sentences are read
+    back from `key` when a check needs them: a cached entry holds about twice its prompt's size, not the
+    sixteen times a tuple of word objects took (likewise the protected words)."""
 
     text: str
     key: str
-    words: tuple[str, ...]
-    protected: frozenset[str]
-    sentences: tuple[tuple[str, ...], ...]  # `words` cut into sentences: order is compared within each
+    marked: str  # the protected words, space-separated (a set of thousands of names would outweigh the text)
+    lengths: tuple[int, ...]  # words per sentence: order is compared within each, sentences in any order
+
+    @property
+    def protected(self) -> frozenset[str]:
+        return frozenset(self.marked.split(" ")) if self.marked else frozenset()
+
+    @property
+    def words(self) -> list[str]:
+        return self.key.split(" ")
+
+    @property
+    def sentences(self) -> list[list[str]]:
+        words = self.words
+        out: list[list[str]] = []
+        start = 0
+        for n in self.lengths:
+            out.append(words[start : start + n])
+            start += n
+        return out
 
 
 def normalise(text: str) -> str:
@@ -256,7 +275,8 @@ def fingerprint(text: str) -> Fingerprint | None:
     words = tuple(w for s in sentences for w in s)
     if not words:  # "Thanks!", "???": nothing to compare, and every such prompt would share one key
         return None
-    return Fingerprint(text, " ".join(words), words, frozenset(protected), sentences)
+    marked = " ".join(sorted(w for w in protected if w and " " not in w))
+    return Fingerprint(text, " ".join(words), marked, tuple(len(s) for s in sentences))
 
 
 def _words(text: str) -> tuple[str, ...]:
@@ -354,8 +374,9 @@ class PrecisionGuard:
         protected = a.protected | b.protected
         if _protected_runs(a, protected) != _protected_runs(b, protected):
             return Verdict(False, "numbers, names, codes or quoted words differ")
-        count_a = Counter(w for w in a.words if w not in FILLER)
-        count_b = Counter(w for w in b.words if w not in FILLER)
+        words_a, words_b = a.words, b.words
+        count_a = Counter(w for w in words_a if w not in FILLER)
+        count_b = Counter(w for w in words_b if w not in FILLER)
         only_a = list((count_a - count_b).elements())
         only_b = list((count_b - count_a).elements())
         if _order(a, set(only_a)) != _order(b, set(only_b)):

@@ -7,12 +7,15 @@ asks*; the guard checks the parts that change the answer. It runs only on a cand
 the similarity threshold, or one whose normalised text is the same), so a miss pays nothing for it.
 
 Two prompts agree when, after normalising case, punctuation, whitespace, contractions and polite fillers:
-1. the protected tokens (numbers, quoted words, named entities, e-mails, URLs, codes) are the same, in order;
-2. every word that differs is neither protected, nor a negation, nor a word of a closed class whose members
-   exclude each other (audience, units, dates, languages, pronouns, directions and other polarity axes);
-3. the remaining differing content words pair up one to one (at most `max_swaps` pairs), each pair a near
-   synonym: the embedder's cosine of the two words at least `synonym_similarity` and not opposite ends of
-   one polarity axis. Without an embedder, no content word may differ.
+1. the protected tokens (numbers as written, quoted words, named entities, e-mails, URLs, codes, operators
+   and symbols) are the same, in the same order within each sentence (sentences may be swapped);
+2. the shared words come in the same order within each sentence ("from english into french");
+3. every word that differs is neither a negation, nor a word of a closed class whose members exclude each
+   other (audience, units, dates, languages, tense, number words, pronouns, prepositions...), nor the other
+   end of a polarity axis, nor its counterpart with a negating prefix (lock/unlock);
+4. the remaining differing content words pair up one to one (at most `max_swaps` pairs), each pair a near
+   synonym: the embedder's cosine of the two words at least `synonym_similarity`. Without an embedder, no
+   content word may differ.
 
 Function words ("the", "a", "of") may differ freely. The guard compares the whole prompt, not the
 embedding's first 256 tokens, so a difference past the embedding window is still seen.

@@ -243,14 +243,9 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
 }
 #: Pairs the guard lets through (strict xfails). The seven found first (word swaps in three forms,
 #: ascending/descending, was/is, number words past ten, a decimal comma) were closed by the guard's
-#: word-order, tense and number-word checks; their tests stay as guards. The guard's tokens are words and
-#: numbers only, so what is neither (operators, emoji) is invisible to it:
-NEAR_MISS_HOLES: dict[str, str] = {
-    "arithmetic symbol": "operators are not words: 'what is 1234 + 5678' is served the answer to '1234 - 5678'",
-    "code operator": "operators are not words: 'when a == b' is served the answer for 'when a != b'",
-    "comparison symbol": "operators are not words: 'total is > 100' is served the answer for 'total is < 100'",
-    "emoji": "emoji are not words: a thumbs-down reaction is served the thumbs-up's classification",
-}
+#: word-order, tense and number-word checks, and four more (operators and emoji: `+`/`-`, `==`/`!=`, `>`/`<`,
+#: thumbs up/down) when the guard made symbols words; their tests stay as guards.
+NEAR_MISS_HOLES: dict[str, str] = {}
 
 
 def near_miss_params() -> list[Any]:

@@ -19,26 +19,13 @@ from typer.testing import CliRunner
 from modelyard.cli.router import app
 from modelyard.routing.learned import QualityModel
 from modelyard.state.feedback import FeedbackRecord, FeedbackSample, encode_embedding
+from tests.unit.lab.prompts import EASY, HARD
 from tests.unit.routing_intel.conftest import minilm
 
 pytest.importorskip("scipy")
 __all__ = ["minilm"]
 runner = CliRunner()
 
-EASY = [
-    "Say hello to my friend {}.",
-    "What is a good name for a cat called {}?",
-    "Translate 'thank you' for {}.",
-    "Write a short birthday greeting for {}.",
-    "Suggest a weekend activity for {}.",
-]
-HARD = [
-    "Prove that the integral of x^{} from 0 to 1 equals 1/({}+1).",
-    "Find all eigenvalues of the {}x{} matrix with ones on the diagonal.",
-    "Show that every group of order {} squared is abelian.",
-    "Compute the derivative of sin(x)^{} and simplify.",
-    "Solve the recurrence a(n) = {} a(n-1) + 1.",
-]
 TOKENS = 32
 SPACE = f"minilm-l6-v2/t{TOKENS}"
 

@@ -231,6 +231,17 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
     assert share(after, "cheap@sim") >= 0.75  # all but exploration
     assert quality_after >= TARGET
     assert state["estimated_quality"] >= TARGET
+    # The same estimate next to the target in /metrics, for dashboards and alerts.
+    metrics = {
+        line.split(" ")[0]: float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(gateway.url + "/metrics", timeout=10).text.splitlines()
+        if line.startswith("modelyard_recalibration_")
+    }
+    assert metrics['modelyard_recalibration_estimated_quality{model="smart"}'] == pytest.approx(
+        state["estimated_quality"], abs=1e-6
+    )
+    assert metrics['modelyard_recalibration_target{model="smart"}'] == pytest.approx(TARGET)
+    assert metrics['modelyard_recalibration_weight{model="smart"}'] == pytest.approx(state["weight"], abs=1e-3)
     learned = {(c["router_model"], c["task"]): c for c in state["corrections"]}
     cheap = learned[("cheap", "extract")]
 

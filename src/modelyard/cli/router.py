@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import zipfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +21,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from modelyard.cli.router_checks import check_folds_fit, check_out, check_report_out, check_target, check_training
+from modelyard.cli.router_checks import (
+    check_folds_fit,
+    check_out,
+    check_report_out,
+    check_target,
+    check_training,
+    fail,
+)
 
 if TYPE_CHECKING:  # numpy and the lab modules load inside the commands: `modelyard` runs without them
     import numpy as np
@@ -36,8 +42,8 @@ err = Console(stderr=True)
 
 
 def _fail(message: str) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}")
-    return typer.Exit(code=2)
+    """One `error:` line, exit 2 (plain: a rich console would wrap a long path over lines)."""
+    return fail(message)
 
 
 def _load(
@@ -50,8 +56,8 @@ def _load(
     try:
         table = ds.load_prices(prices) if prices else None
         labelled = ds.load_labelled(data, split=None if split == "all" else split, prices=table)
-    except (ValueError, KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
-        raise _fail(str(exc)) from None  # a JSONL line that is a list, a score that is a list: one error line
+    except (ValueError, KeyError) as exc:  # the loaders say file:line and what is wrong (JSON errors included)
+        raise _fail(str(exc)) from None
     if models:
         named = [m.strip() for m in models.split(",")]
         unknown = [m for m in named if m not in labelled.models]
@@ -268,7 +274,7 @@ def evaluate(
 
     from modelyard.lab.embedding_cache import predict_cached
     from modelyard.routing.embeddings import EmbeddingUnavailable, MiniLM
-    from modelyard.routing.learned import load_quality_model
+    from modelyard.routing.learned import RouterFileError, load_quality_model
 
     check_target(target)
     check_report_out(json_out, "--json")
@@ -279,13 +285,18 @@ def evaluate(
         r.embedder = MiniLM(max_tokens=r.max_tokens)
     except EmbeddingUnavailable as exc:
         raise _fail(str(exc)) from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:  # empty, truncated, foreign
-        raise _fail(f"cannot load router {router}: {exc or type(exc).__name__}") from None
+    except RouterFileError as exc:  # empty, truncated, foreign: its message names the file and what is wrong
+        raise _fail(str(exc)) from None
+    except (OSError, ValueError) as exc:
+        raise _fail(f"cannot load router {router}: {exc}") from None
     labelled = _load(data, split, prices, None, task)
     named = [m.strip() for m in models.split(",")] if models else None
     known = named or [m for m in labelled.models if m in r.models]
     if len(known) < 2 or not set(known) <= set(r.models):
         raise _fail(f"need two or more of the router's models in the data (it knows {', '.join(r.models)})")
+    if not set(known) <= set(labelled.models):
+        missing = ", ".join(m for m in known if m not in labelled.models)
+        raise _fail(f"--models: {missing} not in the data (it has {', '.join(labelled.models)})")
     labelled = labelled.with_models(known)
     if np.isnan(labelled.costs).any():
         raise _fail("some rows have no cost: add `cost` or tokens to the data, or pass --prices")
@@ -332,6 +343,7 @@ def crossval(
 
     check_training(folds=folds, target=target, max_tokens=max_tokens)
     check_report_out(json_out, "--json")
+    kinds = _kinds(kind)
     labelled = _load(data, split, prices, None, task)
     check_folds_fit(folds, len(labelled))
     emb = _embed(labelled.prompts, max_tokens)
@@ -347,7 +359,7 @@ def crossval(
                 part.scores,
                 part.costs,
                 part.models,
-                kinds=_kinds(kind),
+                kinds=kinds,
                 max_tokens=max_tokens,
             ).model
             test_rows = np.flatnonzero(fold == f)

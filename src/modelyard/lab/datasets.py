@@ -227,9 +227,20 @@ def load_labelled(
 
 
 def load_prices(path: str | os.PathLike[str]) -> dict[str, dict[str, float]]:
-    """A JSON price table `{model: {"input": usd_per_M, "output": usd_per_M}}`."""
-    raw = json.loads(Path(path).read_text(encoding="utf-8"))
-    return {str(m): {k: float(v) for k, v in p.items()} for m, p in raw.items()}
+    """A JSON price table `{model: {"input": usd_per_M, "output": usd_per_M}}`; any other shape is one
+    ValueError naming the file (a list, a price that is not a number, a negative or infinite one)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not JSON ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(raw, dict) or not all(isinstance(p, dict) for p in raw.values()):
+        raise ValueError(f'{path}: prices must be {{model: {{"input": usd, "output": usd}}}} per 1M tokens')
+    table: dict[str, dict[str, float]] = {}
+    for model, price in raw.items():
+        table[str(model)] = {k: _number(price, k, f"{path}: {model}") for k in price}
+        if not all(math.isfinite(v) and v >= 0 for v in table[str(model)].values()):
+            raise ValueError(f"{path}: {model}: prices must be finite and not negative")
+    return table
 
 
 def hash_split(key: str, test_percent: int = TEST_PERCENT) -> str:

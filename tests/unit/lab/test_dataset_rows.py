@@ -49,3 +49,26 @@ def test_numbers_as_json_booleans_and_csv_strings_still_load(tmp_path: Path) -> 
     assert rows[0]["input_tokens"] == 12 and rows[0]["cost"] == 0.0
     (tmp_path / "rows.csv").write_text("prompt,model,score,cost\np,m,0.5,1e-3\n", encoding="utf-8")
     assert list(read_rows(tmp_path / "rows.csv")) == [{"prompt": "p", "model": "m", "score": 0.5, "cost": 1e-3}]
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("[1]", "prices must be {model:"),
+        ('{"a": [1]}', "prices must be {model:"),
+        ('{"a": {"input": [1]}}', "a: input must be a number"),
+        ('{"a": {"input": -1}}', "finite and not negative"),
+        ('{"a": {"output": 1e999}}', "finite and not negative"),
+        ("{bad", "not JSON"),
+    ],
+)
+def test_a_bad_price_table_is_one_value_error_naming_the_file(tmp_path: Path, text: str, says: str) -> None:
+    from modelyard.lab.datasets import load_prices
+
+    path = tmp_path / "prices.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError) as info:
+        load_prices(path)
+    assert type(info.value) is ValueError and str(info.value).startswith(str(path)) and says in str(info.value)
+    path.write_text('{"a": {"input": 0.5, "output": "2"}}', encoding="utf-8")  # the control
+    assert load_prices(path) == {"a": {"input": 0.5, "output": 2.0}}

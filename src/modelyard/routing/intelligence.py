@@ -281,10 +281,18 @@ class Intelligence:
         )
         if self.recalibration is not None and model in self.recalibration and insight.predicted is not None:
             self._served += 1
-            self._recalibrate(model, features.task or insight.task, insight, request_id or f"n{self._served}")
+            key = request_id or f"n{self._served}"
+            self._recalibrate(model, features.task or insight.task, insight, key, features.allowed)
         return insight
 
-    def _recalibrate(self, model: str, task: str | None, insight: Insight, request_key: str) -> None:
+    def _recalibrate(
+        self,
+        model: str,
+        task: str | None,
+        insight: Insight,
+        request_key: str,
+        allowed: frozenset[str] | None = None,
+    ) -> None:
         """Feedback's corrections, the shifted knob, and exploration for one request of a recalibrated route
         (`predicted` stays the router's own: it is what the spend row keeps and feedback is compared with)."""
         recal = self.recalibration
@@ -295,7 +303,7 @@ class Intelligence:
             insight.default_lambda = lam
         elif threshold is not None:
             insight.default_min_quality = threshold
-        insight.explore = recal.explore(model, request_key, task)
+        insight.explore = recal.explore(model, request_key, task, allowed)
 
     def _analyse(self, model: str, text: str, infer_task: bool, cache_ns: str | None) -> Insight:
         insight = Insight(default_min_quality=self.thresholds.get(model), default_lambda=self.lambdas.get(model))

@@ -262,17 +262,21 @@ class Recalibration:
         threshold = None if spec.threshold is None else min(1.0, max(0.0, spec.threshold - state.knob_shift))
         return lam, threshold
 
-    def explore(self, route: str, request_key: str, task: str | None) -> str | None:
+    def explore(
+        self, route: str, request_key: str, task: str | None, allowed: frozenset[str] | None = None
+    ) -> str | None:
         """The deployment this request explores (a share `explore` of requests, by the request id's hash),
         else None: the candidate with the least feedback in the window for this task (the one the router
-        learns least about: at first the one it under-rates, later the one it stopped choosing)."""
+        learns least about: at first the one it under-rates, later the one it stopped choosing), among the
+        deployments the request's key may reach (`allowed`; None: all)."""
         spec, state = self.specs.get(route), self.state.get(route)
-        if spec is None or state is None or spec.settings.explore <= 0.0 or len(spec.router_models) < 2:
+        if spec is None or state is None or spec.settings.explore <= 0.0:
             return None
-        if unit_hash("explore", route, request_key) >= spec.settings.explore:
+        reachable = {d: rm for d, rm in spec.router_models.items() if allowed is None or d in allowed}
+        if len(reachable) < 2 or unit_hash("explore", route, request_key) >= spec.settings.explore:
             return None
         seen = state.observed
-        weights = {dep: seen.get((rm, task), 0.0) for dep, rm in spec.router_models.items()}
+        weights = {dep: seen.get((rm, task), 0.0) for dep, rm in reachable.items()}
         least = min(weights.values())
         tied = sorted(dep for dep, w in weights.items() if w == least)
         return tied[int(unit_hash("pick", route, request_key) * len(tied))]

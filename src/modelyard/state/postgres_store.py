@@ -82,7 +82,11 @@ _RESPONSE_PURGE = PURGE_SQL.format("$1")
 _SESSION = session_sql(_ph)
 _GET_SPEND = get_spend_sql(_ph)
 _FEEDBACK_INSERT = feedback_insert_sql(_ph)
-_FEEDBACK_SAMPLES = {with_model: feedback_samples_sql(_ph, with_model) for with_model in (False, True)}
+_FEEDBACK_SAMPLES = {
+    (with_model, lean): feedback_samples_sql(_ph, with_model, lean)
+    for with_model in (False, True)
+    for lean in (False, True)
+}
 _ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(_ph)) for grain in ROLLUP_GRAINS}
 
 
@@ -288,10 +292,10 @@ class PostgresStore:
             await self.pool.executemany(_FEEDBACK_INSERT, rows)
 
     async def feedback_samples(
-        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None, lean: bool = False
     ) -> list[FeedbackSample]:
         args = feedback_samples_args(since, limit, model)
-        rows = await self.pool.fetch(_FEEDBACK_SAMPLES[model is not None], *args)
+        rows = await self.pool.fetch(_FEEDBACK_SAMPLES[(model is not None, lean)], *args)
         return [sample_from_row(tuple(row)) for row in rows]
 
     async def find_spend(self, where: SpendFilter, limit: int = 50) -> list[SpendRecord]:

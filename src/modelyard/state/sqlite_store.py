@@ -157,7 +157,11 @@ _RESPONSE_PURGE = PURGE_SQL.format("?1")
 _SESSION = session_sql(_ph)
 _GET_SPEND = get_spend_sql(_ph)
 _FEEDBACK_INSERT = feedback_insert_sql(_ph)
-_FEEDBACK_SAMPLES = {with_model: feedback_samples_sql(_ph, with_model) for with_model in (False, True)}
+_FEEDBACK_SAMPLES = {
+    (with_model, lean): feedback_samples_sql(_ph, with_model, lean)
+    for with_model in (False, True)
+    for lean in (False, True)
+}
 
 
 def _bucket(width: int) -> str:
@@ -298,9 +302,9 @@ class SQLiteStore:
             await self._run(lambda conn: _executemany(conn, _FEEDBACK_INSERT, rows))
 
     async def feedback_samples(
-        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None, lean: bool = False
     ) -> list[FeedbackSample]:
-        sql = _FEEDBACK_SAMPLES[model is not None]
+        sql = _FEEDBACK_SAMPLES[(model is not None, lean)]
         args = feedback_samples_args(since, limit, model)
         rows = await self._run(lambda conn: conn.execute(sql, args).fetchall())
         return [sample_from_row(row) for row in rows]

@@ -148,11 +148,12 @@ class Store(Protocol):
         ...
 
     async def feedback_samples(
-        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None
+        self, since: float = 0.0, limit: int = 10_000, *, model: str | None = None, lean: bool = False
     ) -> list[FeedbackSample]:
         """Feedback with `at >= since` (only for requests of `model` when given), oldest first by (at, id),
         each joined with its request's spend row; feedback whose spend row is not stored yet is left out
-        until the row lands (the writer may be seconds behind, another replica's too)."""
+        until the row lands (the writer may be seconds behind, another replica's too). `lean`: without the
+        prompt's embedding and text (what recalibration reads every refresh does not need ~2 KB a row)."""
         ...
 
     # ------------------------------------------------------------------ the dashboard (docs/dashboard.md)
@@ -551,8 +552,7 @@ FEEDBACK_COLUMNS = ("id", "request_id", "at", "score", "label", "key_id", "sourc
 #: The most feedback samples one read returns (a recalibration pass or a retrain pages with `since`).
 MAX_SAMPLES = 100_000
 _SAMPLE_COLUMNS = (
-    "f.id, f.request_id, f.at, f.score, f.source, f.label, s.key_id, s.model, s.deployment, s.task, "
-    "s.predicted, s.embedding, s.content"
+    "f.id, f.request_id, f.at, f.score, f.source, f.label, s.key_id, s.model, s.deployment, s.task, s.predicted"
 )
 _SAMPLE_FIELDS = (
     "feedback_id", "request_id", "at", "score", "source", "label", "key_id", "model", "deployment", "task",
@@ -581,14 +581,16 @@ def feedback_row(record: FeedbackRecord) -> tuple[Any, ...]:
     return (escape_text(record.id), escape_text(record.request_id), at, score, label, key_id, record.source)
 
 
-def feedback_samples_sql(ph: Placeholder, with_model: bool) -> str:
-    """Feedback joined with its spend row, from `since` ($1), oldest first; `limit` is the last argument."""
+def feedback_samples_sql(ph: Placeholder, with_model: bool, lean: bool = False) -> str:
+    """Feedback joined with its spend row, from `since` ($1), oldest first; `limit` is the last argument;
+    `lean`: the embedding and text columns read as NULL (not read from the table)."""
     where = f"f.at >= {ph(1)}"
     if with_model:
         where += f" AND s.model = {ph(2)}"
     limit = ph(3 if with_model else 2)
+    learning = "NULL, NULL" if lean else "s.embedding, s.content"
     return (
-        f"SELECT {_SAMPLE_COLUMNS} FROM modelyard_feedback f JOIN modelyard_spend s ON s.id = f.request_id "
+        f"SELECT {_SAMPLE_COLUMNS}, {learning} FROM modelyard_feedback f JOIN modelyard_spend s ON s.id = f.request_id "
         f"WHERE {where} ORDER BY f.at, f.id LIMIT {limit}"
     )
 

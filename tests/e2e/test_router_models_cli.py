@@ -113,21 +113,8 @@ def test_add_model_from_acceptance_results_reads_off_the_nearest_model(
         },
     )
     out = tmp_path / "r3.npz"
-    res = runner.invoke(
-        app,
-        [
-            "add-model",
-            "mini",
-            "--router",
-            str(model),
-            "--from",
-            str(results),
-            "--deployment",
-            "mini@sim",
-            "--out",
-            str(out),
-        ],
-    )
+    from_results = ["add-model", "mini", "--router", str(model), "--from", str(results), "--deployment", "mini@sim"]
+    res = runner.invoke(app, [*from_results, "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "read off small" in res.output
     r = QualityModel.load(out)
@@ -135,23 +122,7 @@ def test_add_model_from_acceptance_results_reads_off_the_nearest_model(
     _, p = predict(out, minilm, [prompt(301), prompt(300)])
     assert (p[:, 2] < p[:, 0]).all()
     # --like overrides the nearest; a name the file lacks for the router's models is refused
-    res = runner.invoke(
-        app,
-        [
-            "add-model",
-            "mini",
-            "--router",
-            str(model),
-            "--from",
-            str(results),
-            "--deployment",
-            "mini@sim",
-            "--like",
-            "large",
-            "--out",
-            str(out),
-        ],
-    )
+    res = runner.invoke(app, [*from_results, "--like", "large", "--out", str(out)])
     assert res.exit_code == 0 and "read off large" in res.output, res.output
 
 

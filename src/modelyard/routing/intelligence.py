@@ -421,19 +421,15 @@ class Intelligence:
 
 def predict_with_embedding(learned: Any, text: str) -> tuple[dict[str, float], str | None]:
     """The learned router's P(good) per model and its prompt embedding (`space|base64 float32`), from one
-    embedding: `QualityModel.predict`'s steps, keeping the vector. A predictor without an embedder (a test's
-    stand-in) gives its prediction and no embedding."""
-    ready = getattr(learned, "ready_embedder", None)
-    if ready is None:
+    embedding (`QualityModel.predict_with_vector`). A predictor without it (a test's stand-in) gives its
+    prediction and no embedding."""
+    with_vector = getattr(learned, "predict_with_vector", None)
+    if with_vector is None:
         return learned.predict(text), None
     from modelyard.state.feedback import encode_embedding
 
-    embedder = ready()
-    one = getattr(embedder, "embed_one", None)
-    vec = one(text)[None, :] if callable(one) else embedder.embed([text])
-    row = learned.predict_embedded(vec, [text])[0]
-    predicted = {m: float(p) for m, p in zip(learned.models, row, strict=True)}
-    space = getattr(embedder, "signature", None) or "vectors"
+    predicted, vec = with_vector(text)
+    space = getattr(learned.ready_embedder(), "signature", None) or "vectors"
     return predicted, encode_embedding(space, np_float32_bytes(vec))
 
 

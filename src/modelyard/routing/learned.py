@@ -286,11 +286,15 @@ class QualityModel:
 
     def predict(self, prompt: str) -> dict[str, float]:
         """P(good answer) per known model for one prompt: the hot path (one embedding, one matrix product)."""
+        return self.predict_with_vector(prompt)[0]
+
+    def predict_with_vector(self, prompt: str) -> tuple[dict[str, float], NDArray[Any]]:
+        """`predict`, and the prompt's embedding it was made from (the gateway keeps it for learning)."""
         emb = self.ready_embedder()
         one = getattr(emb, "embed_one", None)
         vec = one(prompt)[None, :] if callable(one) else emb.embed([prompt])
         row = self.predict_embedded(vec, [prompt])[0]
-        return {m: float(p) for m, p in zip(self.models, row, strict=True)}
+        return {m: float(p) for m, p in zip(self.models, row, strict=True)}, vec
 
     def operating_point(self, models: Sequence[str], mode: str | None = None) -> dict[str, Any] | None:
         """The calibrated point (of `mode`, "lambda" first when None) whose models overlap `models` most.

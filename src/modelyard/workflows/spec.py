@@ -20,7 +20,7 @@ from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
 from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
 
-StepKind = Literal["model", "tool", "loop"]
+StepKind = Literal["model", "tool", "loop", "approval", "workflow"]
 YamlPath = tuple[str | int, ...]
 DEFAULT_MAX_PARALLEL = 16
 DEFAULT_LOOP_ITERATIONS = 3
@@ -65,6 +65,30 @@ class LoopSpec:
 
 
 @dataclass(frozen=True)
+class ApprovalSpec:
+    """`approve:` — the run pauses (checkpointed; the process may exit) until a person decides."""
+
+    prompt: str
+    #: A template rendered from the step's context: what the person is shown.
+    show: str | None = None
+    #: Seconds to wait; None waits for ever.
+    timeout: float | None = None
+    on_timeout: Literal["reject", "approve"] = "reject"
+
+
+@dataclass(frozen=True)
+class SubWorkflowSpec:
+    """`workflow: path.yaml` — another workflow run as one step; its outputs are the step's output."""
+
+    #: As written in the YAML (relative to the including file).
+    path: str
+    #: The included workflow, loaded and validated with its own file's line numbers.
+    spec: WorkflowSpec
+    #: Templates over the including step's context, one per input of the included workflow.
+    inputs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class StepSpec:
     """One step. `qualname` is `id` at the top level and `loop.id` inside a loop."""
 
@@ -93,6 +117,12 @@ class StepSpec:
     output_schema: dict[str, Any] | bool | None = None
     loop: LoopSpec | None = None
     estimate: EstimateHint = field(default_factory=EstimateHint)
+    approve: ApprovalSpec | None = None
+    workflow: SubWorkflowSpec | None = None
+    #: A template choosing which of the declared successors (`successors`) run, from this step's output.
+    next: str | None = None
+    #: The steps `next` may choose among (each of them `needs` this step); empty without `next`.
+    successors: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -119,6 +149,8 @@ class WorkflowSpec:
     description: str = ""
     inputs: dict[str, InputSpec] = field(default_factory=dict)
     outputs: dict[str, str] = field(default_factory=dict)
+    #: JSON Schemas declared for outputs (`outputs: {name: {value: ..., schema: ...}}`), by output name.
+    output_schemas: dict[str, dict[str, Any] | bool] = field(default_factory=dict)
     budget: Budget = field(default_factory=Budget)
     max_parallel: int = DEFAULT_MAX_PARALLEL
     report: ReportSpec = field(default_factory=ReportSpec)

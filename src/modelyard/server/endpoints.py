@@ -145,9 +145,9 @@ async def _send_media(request: Request, data: bytes, media_type: str, extra: Hea
     for start in range(0, len(data), AUDIO_CHUNK):
         piece = bytes(view[start : start + AUDIO_CHUNK])
         more = start + AUDIO_CHUNK < len(data)
-        await request.send({"type": "http.response.body", "body": piece, "more_body": more})
+        await request.send_body(piece, more)
     if not data:
-        await request.send({"type": "http.response.body", "body": b""})
+        await request.send_body(b"")
 
 
 #: Path → handler, registered by the gateway as keyed routes (authenticate first).

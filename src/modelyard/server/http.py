@@ -33,7 +33,7 @@ _encode = msgspec.json.Encoder().encode
 class Request:
     """One HTTP request: scope accessors, a size-limited body, and whether the response has started."""
 
-    __slots__ = ("_headers", "receive", "scope", "send", "started")
+    __slots__ = ("_headers", "_start", "receive", "scope", "send", "started")
 
     def __init__(self, scope: Scope, receive: Receive, send: Send) -> None:
         self.scope = scope
@@ -41,6 +41,8 @@ class Request:
         self.send = send
         self.started = False
         self._headers: dict[bytes, bytes] | None = None
+        #: A streamed response's status and headers, sent with its first body bytes (`send_body`).
+        self._start: Message | None = None
 
     @property
     def method(self) -> str:
@@ -71,8 +73,25 @@ class Request:
         await self.send({"type": "http.response.body", "body": body})
 
     async def start_stream(self, headers: Headers) -> None:
+        """Commit to a 200 response in pieces; its headers leave with the first piece (`send_body`), so an
+        answer that is ready at once is one write, not headers first and the body a loop turn later."""
         self.started = True
-        await self.send({"type": "http.response.start", "status": 200, "headers": headers})
+        self._start = {"type": "http.response.start", "status": 200, "headers": headers}
+
+    async def send_body(self, body: bytes, more_body: bool = False) -> None:
+        """One piece of a streamed response (after `start_stream`); the last one has `more_body` False."""
+        start = self._start
+        if start is not None:
+            self._start = None
+            await self.send(start)
+        await self.send({"type": "http.response.body", "body": body, "more_body": more_body})
+
+    async def flush_start(self) -> None:
+        """Send a started stream's headers if no piece has been sent (a stream that ends without a byte)."""
+        start = self._start
+        if start is not None:
+            self._start = None
+            await self.send(start)
 
     @property
     def query(self) -> dict[str, str]:

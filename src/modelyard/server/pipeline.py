@@ -169,7 +169,7 @@ async def pump(
     spend record is in the spool before it. With a response-cache `ticket` that may store, what was sent is
     kept (up to a bound) and stored as the answer before the last byte (a local put; Redis is written in the
     background)."""
-    send = request.send
+    send = request.send_body
     encoder = codec.stream(inbound, result)
     headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
     extra = codec.headers(ctx)
@@ -181,7 +181,7 @@ async def pump(
         start = encoder.start()
         if start:
             sent.add(start)
-            await send({"type": "http.response.body", "body": start, "more_body": True})
+            await send(start, True)
         held = b""
         batches = 0
         error: ProviderError | None = None
@@ -205,7 +205,7 @@ async def pump(
                     held += body
                 elif body:
                     sent.add(held + body)
-                    await send({"type": "http.response.body", "body": held + body, "more_body": True})
+                    await send(held + body, True)
                     held = b""
         except ProviderError as exc:
             error = exc
@@ -225,7 +225,7 @@ async def pump(
         cost = result.cost_usd
         if error is not None:
             failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-            await ctx.end(failed, send({"type": "http.response.body", "body": held + encoder.error(error)}))
+            await ctx.end(failed, send(held + encoder.error(error)))
             return
         tail = held + encoder.finish(result.usage, cost)
         outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
@@ -234,9 +234,10 @@ async def pump(
         pending = codec.commit(inbound, ctx)
         if pending is not None:
             await pending
-        await ctx.end(outcome, send({"type": "http.response.body", "body": tail}))
+        await ctx.end(outcome, send(tail))
     finally:
         sent.release()  # the bytes kept for the cache go back to its recording budget, however the stream ended
+        await request.flush_start()  # a stream that ended before its first byte still answers with its headers
 
 
 async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:
@@ -288,7 +289,7 @@ async def _answer_from_response_cache(
         return True
     await request.start_stream(headers)
     outcome = ctx.success(dep, [], Usage(), 0.0, ttft_ms=ctx.elapsed_ms)
-    await ctx.end(outcome, request.send({"type": "http.response.body", "body": body}))
+    await ctx.end(outcome, request.send_body(body))
     return True
 
 

@@ -26,6 +26,8 @@ from typing import Any
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from modelyard.server.coalesce import CoalescingTransport
+
 
 def _env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
@@ -49,7 +51,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._waiting_for: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
+        # A response's writes within one loop turn leave in one send() (server/coalesce.py).
+        super().connection_made(CoalescingTransport(transport, self.loop))
         self._arm("head")  # a connection that never sends a request is cut off too
 
     def connection_lost(self, exc: Exception | None) -> None:

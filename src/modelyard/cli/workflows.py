@@ -1,4 +1,4 @@
-"""`modelyard run | plan | runs list | runs show`: workflows from the command line.
+"""`modelyard run | plan | graph | runs list | runs show`: workflows from the command line.
 
 A typer sub-app: the main CLI merges it with `main_app.add_typer(workflows.app)` (or `register(main_app)`),
 and `python -m modelyard.cli.workflows ...` runs it alone. The model backend comes from a factory:
@@ -29,6 +29,7 @@ from modelyard.workflows.inputs import InputError, parse_cli_inputs
 from modelyard.workflows.issues import WorkflowError
 from modelyard.workflows.progress import LiveProgress
 from modelyard.workflows.records import RunResult, RunStatus
+from modelyard.workflows.render_graph import GraphFormat, render
 from modelyard.workflows.report import (
     plan_lines,
     plan_table,
@@ -65,6 +66,7 @@ InputsFileOption = Annotated[Path | None, typer.Option("--inputs-file", help="In
 JsonOption = Annotated[str | None, typer.Option("--json", help="Write the whole result as JSON to PATH ('-': stdout).")]
 WorkflowArgument = Annotated[Path | None, typer.Argument(help="The workflow YAML (optional with --resume).")]
 ResumeOption = Annotated[str | None, typer.Option("--resume", help="Continue the run RUN_ID from the store.")]
+OutOption = Annotated[Path | None, typer.Option("--out", "-o", help="Write to FILE instead of stdout.")]
 RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Id for a new run (default: generated).")]
 
 
@@ -283,16 +285,25 @@ def runs_show(
     run_id: Annotated[str, typer.Argument(help="The run id (see `runs list`).")],
     store: StoreOption = None,
     json_out: JsonOption = None,
+    html: Annotated[bool, typer.Option("--html", help="The timeline as a self-contained HTML page.")] = False,
+    out: OutOption = None,
 ) -> None:
-    """One run: its steps, totals, outputs and a text timeline."""
-    console = _console(stderr=json_out == "-")
+    """One run: its steps, totals, outputs and a text timeline (or, with --html, an HTML timeline)."""
+    console = _console(stderr=json_out == "-" or (html and out is None))
     runs = _store(store)
     try:
         stored = load_run(runs, run_id)
+        where = Path(str(runs.path))
     finally:
         runs.close()
     if stored is None:
         raise _fail(f"no run {run_id!r} in the store")
+    if html:
+        from modelyard.server.admin_runs import run_detail
+        from modelyard.workflows.run_html import run_html
+
+        _write(run_html(run_detail(stored, where)), out, console)
+        return
     result = result_from_stored(stored)
     print_run(result, console)
     console.print(f"sessions: {result.sessions}", highlight=False)
@@ -300,6 +311,31 @@ def runs_show(
     for line in timeline(result):
         console.print(line, highlight=False, markup=False)
     emit_json(result_json(result), json_out, console)
+
+
+# --------------------------------------------------------------------------- graph
+
+
+@app.command("graph")
+def graph_command(
+    workflow: Annotated[Path, typer.Argument(help="The workflow YAML.")],
+    fmt: Annotated[GraphFormat, typer.Option("--format", "-f", help="mermaid, dot or svg.")] = "mermaid",
+    out: OutOption = None,
+) -> None:
+    """A picture of the step graph: steps, needs, fan-outs, loops, conditions, next: and sub-workflows."""
+    _write(render(_load(workflow), fmt), out, _console(stderr=out is None))
+
+
+def _write(text: str, out: Path | None, console: Console) -> None:
+    """`--out FILE`, or stdout."""
+    if out is None:
+        sys.stdout.write(text)
+        return
+    try:
+        out.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise _fail(f"--out {out}: {exc.strerror or exc}") from None
+    console.print(f"wrote {out}", highlight=False)
 
 
 if __name__ == "__main__":

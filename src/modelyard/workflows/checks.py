@@ -171,6 +171,9 @@ class _Checker:
                 self.add(line, _unknown_need(need, siblings, outer), step)
         self.check_templates(step, siblings)
         self.check_output_schema(step)
+        if step.next is not None and not step.successors:
+            line = self.spec.lines.line((*step.path, "next"))
+            self.add(line, "`next` chooses among the steps that need this one, and no step needs it", step)
         if step.call is not None:
             try:
                 resolve_callable(step.call, self.spec.base_dir)
@@ -211,6 +214,9 @@ class _Checker:
                 self.check_template(step, (*step.path, field), value, field_scope)
         for path, value in _strings(step.args, (*step.path, "args")):
             self.check_template(step, path, value, scope)
+        if step.next is not None:  # `next` also reads the step's own output, by its id
+            own = _Scope(frozenset({*base, step.id}), siblings, self.all_names)
+            self.check_template(step, (*step.path, "next"), step.next, own)
         if step.loop is not None and isinstance(step.loop.until, str):
             body = frozenset(step.loop.steps)
             names = frozenset({"inputs", "workflow", "iteration", *step.needs} | body)

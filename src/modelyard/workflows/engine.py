@@ -36,6 +36,7 @@ from modelyard.workflows.records import (
     StepRecord,
     StepState,
 )
+from modelyard.workflows.routing import NextError, choose_next, not_chosen
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.templates import TemplateEngine, TemplateError
@@ -72,6 +73,8 @@ class Frame:
     keys: dict[str, str]
     iteration: dict[str, Any] | None = None
     previous_keys: list[str] = field(default_factory=list)
+    #: What each step with `next:` chose in this graph (routing.py), by step id.
+    chosen: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def new_run_id() -> str:
@@ -253,6 +256,8 @@ class Engine:
             record = self._finish(StepRecord(key, step.qualname, _kind(step), state, error=error))
         else:
             record = await self._step(step, frame, key, (*frame.order, index))
+            if step.next is not None and record.state is StepState.SUCCEEDED:
+                record = self._route(step, frame, record)
         if record.state in DONE_OK:
             frame.outputs[step.id] = record.output
         frame.keys[step.id] = key
@@ -264,6 +269,10 @@ class Engine:
             stopped = StepRecord(key, step.qualname, kind, StepState.STOPPED, error=self.stop_reason)
             return self._finish(stopped)
         context = self._context(step, frame)
+        unchosen = not_chosen(step.id, step.needs, frame.chosen)
+        if unchosen is not None:
+            skipped = StepRecord(key, step.qualname, kind, StepState.SKIPPED, order=list(order), note=unchosen)
+            return self._finish(skipped)
         try:
             if step.when is not None and not self.templates.truthy(step.when, context):
                 skipped = StepRecord(key, step.qualname, kind, StepState.SKIPPED, order=list(order))
@@ -278,6 +287,20 @@ class Engine:
             failed.error = f"template: {exc.message}"
             return self._finish(failed)
         return await self._leaf(step, frame, key, order, context)
+
+    def _route(self, step: StepSpec, frame: Frame, record: StepRecord) -> StepRecord:
+        """Evaluate `next:` over the step's output (again on resume: same output, same choice); an
+        invalid choice fails the step, recorded again without paying again."""
+        assert step.next is not None
+        context = {**self._context(step, frame), step.id: record.output}
+        try:
+            frame.chosen[step.id] = choose_next(step.id, step.next, step.successors, context, self.templates)
+        except NextError as exc:
+            record.state, record.error = StepState.FAILED, str(exc)
+            return self._finish(record, paid_before=True)
+        choice = "next: " + (", ".join(frame.chosen[step.id]) or "none")
+        record.note = f"{record.note}; {choice}" if record.note else choice
+        return record
 
     def _context(self, step: StepSpec, frame: Frame) -> dict[str, Any]:
         """Exactly what the step declared: inputs, its needs' outputs, the loop round. Nothing else."""
@@ -546,10 +569,10 @@ class Engine:
         self.store.append(self.run_id, "step_started", record.key, {"record": started})
         self._emit(RunEvent("step_started", time.time(), record.key, record))
 
-    def _finish(self, record: StepRecord) -> StepRecord:
+    def _finish(self, record: StepRecord, paid_before: bool = False) -> StepRecord:
         self.records[record.key] = record
         kind = _EVENT_FOR_STATE.get(record.state, "step_finished")
-        paying = record.is_leaf and record.state in (StepState.SUCCEEDED, StepState.FAILED)
+        paying = record.is_leaf and record.state in (StepState.SUCCEEDED, StepState.FAILED) and not paid_before
         paid = record.cost_usd if paying else 0.0
         self.store.append(self.run_id, kind, record.key, {"record": record.to_dict()}, paid)
         self._emit(RunEvent(kind, time.time(), record.key, record))

@@ -54,6 +54,10 @@ def _step() -> dict[str, Any]:
         },
         "max_parallel": positive_int,
         "when": {"type": ["string", "boolean"], "description": "Skip the step when this is false."},
+        "next": {
+            "type": "string",
+            "description": "A template over the step's output giving the id(s) of the successors that run.",
+        },
         "retries": {"type": "integer", "minimum": 0, "maximum": 10},
         "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds per attempt."},
         "temperature": {"type": "number", "minimum": 0, "maximum": 2},

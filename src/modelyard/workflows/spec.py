@@ -8,6 +8,7 @@ is reported at once, as `file:line: step 'x': message`.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ import msgspec
 from modelyard.workflows import checks
 from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
+from modelyard.workflows.routing import successors_of
 from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
 
 StepKind = Literal["model", "tool", "loop", "approval", "workflow"]
@@ -225,7 +227,12 @@ class _Builder:
         )
 
     def steps(self, raw: dict[str, Any], path: YamlPath, prefix: str) -> dict[str, StepSpec]:
-        return {sid: self.step(sid, body, (*path, sid), prefix) for sid, body in raw.items()}
+        steps = {sid: self.step(sid, body, (*path, sid), prefix) for sid, body in raw.items()}
+        needs = {sid: step.needs for sid, step in steps.items()}
+        for sid, step in steps.items():
+            if step.next is not None:
+                steps[sid] = dataclasses.replace(step, successors=successors_of(sid, needs))
+        return steps
 
     def step(self, sid: str, body: dict[str, Any], path: YamlPath, prefix: str) -> StepSpec:
         qualname = f"{prefix}{sid}"
@@ -264,6 +271,7 @@ class _Builder:
             output_schema=self.output_schema(body.get("output") or {}, path, qualname),
             loop=loop,
             estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
+            next=body.get("next"),
         )
 
     def route(self, body: dict[str, Any], path: YamlPath, qualname: str) -> RouteHints:

@@ -22,6 +22,7 @@ class StepState(StrEnum):
     STOPPED = "stopped"  # the budget ran out before it started
     CANCELLED = "cancelled"  # the time budget ran out while it ran
     INTERRUPTED = "interrupted"  # the process died while it ran (seen in the store)
+    WAITING = "waiting"  # an approval step waits for a person's decision
 
 
 class RunStatus(StrEnum):
@@ -31,6 +32,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"  # a budget stopped it
     INTERRUPTED = "interrupted"  # the process died; `run --resume` continues it
+    WAITING = "waiting"  # an approval step waits for a person (`runs approve` / `runs reject`)
 
 
 LEAF_KINDS = frozenset({"model", "tool"})

@@ -146,7 +146,9 @@ def decide(
         named = [r for r in records.values() if step in (r.key, r.step)]
         if named:
             state = named[-1].state.value
-            raise DecisionError(f"step {step!r} of run {run_id} is not waiting for approval ({state})", 409, "not_waiting")
+            raise DecisionError(
+                f"step {step!r} of run {run_id} is not waiting for approval ({state})", 409, "not_waiting"
+            )
         raise DecisionError(f"run {run_id} has no step {step!r}", 404, "step_not_found")
     record = waiting[-1]
     output = record.output if isinstance(record.output, dict) else {}
@@ -160,9 +162,9 @@ def decide(
         )
     made_now = decision(approved, comment, decided_by)
     if not decisions.add_decision(run_id, record.key, made_now):
-        held = decisions.decisions(run_id).get(record.key)
-        if held != made_now:  # not our own write whose answer was lost
-            verdict = "approved" if held and held.get("approved") else "rejected"
+        existing = decisions.decisions(run_id).get(record.key)
+        if existing != made_now:  # not our own write whose answer was lost
+            verdict = "approved" if existing and existing.get("approved") else "rejected"
             raise DecisionError(
                 f"step {record.key!r} of run {run_id} was already decided ({verdict})", 409, "already_decided"
             )
@@ -199,5 +201,7 @@ def waiting_lines(result: RunResult) -> list[str]:
         elif record.state is StepState.SUCCEEDED and "approved" in output:
             verdict = "approved" if output.get("approved") else "rejected"
             comment = f": {output['comment']}" if output.get("comment") else ""
-            lines.append(f"decision: {record.key} {verdict} by {output.get('decided_by')} at {output.get('decided_at')}{comment}")
+            lines.append(
+                f"decision: {record.key} {verdict} by {output.get('decided_by')} at {output.get('decided_at')}{comment}"
+            )
     return lines

@@ -35,7 +35,7 @@ def _input() -> dict[str, Any]:
 def _step() -> dict[str, Any]:
     positive_int = {"type": "integer", "minimum": 1}
     properties: dict[str, Any] = {
-        "kind": {"enum": ["model", "tool", "loop", "approval"], "description": "Inferred from model/call/loop/approve."},
+        "kind": {"enum": ["model", "tool", "loop", "approval"], "description": "Inferred from the step's keys."},
         "description": {"type": "string"},
         "needs": {
             "type": "array",

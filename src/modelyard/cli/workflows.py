@@ -315,9 +315,12 @@ def exit_code(status: RunStatus) -> int:
     return 0 if status is RunStatus.SUCCEEDED else 3 if status is RunStatus.WAITING else 1
 
 
-from modelyard.cli import approval_cli  # noqa: E402  (registers `runs approve` and `runs reject`)
-
-approval_cli.register(runs_app)
-
 if __name__ == "__main__":
-    app()
+    # The importable module, not this __main__ copy: importing it registers `runs approve|reject` once.
+    from modelyard.cli.workflows import app as importable_app
+
+    importable_app()
+else:
+    from modelyard.cli import approval_cli  # `runs approve` and `runs reject` (they use this module's helpers)
+
+    approval_cli.register(runs_app)

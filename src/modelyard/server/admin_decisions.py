@@ -29,6 +29,7 @@ from modelyard.server.http import Request, send_json
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
+    from modelyard.workflows.checkpoint import SqliteReader
 
 DECISION_PATH = re.compile(r"/admin/runs/([^/]{1,128})/steps/([^/]{1,256})/(approve|reject)")
 #: A step key as the engine makes them: names, loop rounds (`build#2.gate`), fan-out items (`s[3]`).
@@ -70,12 +71,12 @@ async def _decide(
 
     def work() -> dict[str, Any]:
         from modelyard.workflows.approval import DecisionError, decide
-        from modelyard.workflows.checkpoint import SqliteStore
+        from modelyard.workflows.checkpoint import SqliteReader, SqliteStore
 
         path = runs_store_path(config)
-        if not path.is_file():
+        if not path.is_file() or not _has_run(SqliteReader(path, busy_timeout_s=timeout), run_id):
             raise GatewayError(404, "no such workflow run", code="run_not_found")
-        store = SqliteStore(path, busy_timeout_s=timeout)
+        store = SqliteStore(path, busy_timeout_s=timeout)  # written only for a run that exists
         try:
             key, made = decide(store, run_id, step, approved=approved, comment=comment, decided_by=f"admin:{subject}")
         except DecisionError as exc:
@@ -92,6 +93,18 @@ async def _decide(
         raise GatewayError(
             503, f"the workflow run store cannot be written: {type(exc).__name__}", type="api_error"
         ) from None
+
+
+def _has_run(reader: SqliteReader, run_id: str) -> bool:
+    """Whether the store holds the run, read without writing (a hostile path never changes the store)."""
+    try:
+        return reader.header(run_id) is not None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return False
+        raise
+    finally:
+        reader.close()
 
 
 def _answer(run_id: str, key: str, made: dict[str, Any], store: Path) -> dict[str, Any]:

@@ -103,7 +103,7 @@ _KNOWN = frozenset(_FIELDS)  # from_dict's filter (dataclasses.fields per record
 @dataclass
 class RunEvent:
     """Progress as it happens: `kind` is run_started, step_started, step_finished, step_failed,
-    step_skipped, step_blocked, step_stopped, step_cached, run_finished."""
+    step_skipped, step_blocked, step_stopped, step_waiting (an approval step), step_cached, run_finished."""
 
     kind: str
     at: float

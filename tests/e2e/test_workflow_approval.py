@@ -100,6 +100,9 @@ def test_the_code_review_gate_waits_is_rejected_with_a_comment_then_approved(sim
     assert approved.returncode == 0, approved.stdout + approved.stderr
     assert "status: succeeded" in approved.stdout
     assert sim_requests(sim) - before == 5  # completing the run called nothing again
+    decisions = cli("runs", "show", "cr-1", "--store", str(tmp_path / "runs.db")).stdout
+    assert "decision: build#1.review_gate rejected by cli:" in decisions and COMMENT in decisions
+    assert "decision: build#2.review_gate approved by cli:" in decisions and "waiting for approval" not in decisions
 
     store = SqliteStore(tmp_path / "runs.db")
     try:

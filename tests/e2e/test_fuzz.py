@@ -624,6 +624,24 @@ dashboard_admin_probes = st.one_of(
     ),
 )
 
+#: Decisions for waiting approval steps (issue 21): odd run ids, step keys and verbs, hostile comments.
+decision_paths = st.tuples(
+    st.one_of(st.sampled_from(("run_x", "../etc", "%00", "20261205-000000-abcdef")), odd_text(30)),
+    st.one_of(st.sampled_from(("gate", "build#1.review_gate", "s[3]", "..")), odd_text(30), huge_strings()),
+    st.sampled_from(("approve", "reject", "approve", "reject", "APPROVE", "maybe")),
+).map(lambda r: f"/admin/runs/{q(r[0])}/steps/{q(r[1][:300])}/{r[2]}")
+decision_probes = st.one_of(
+    st.builds(
+        Probe,
+        st.just("POST"),
+        decision_paths,
+        json_bodies(mutated(optional({}, comment=st.one_of(odd_text(60), huge_strings(), hostile())))),
+        headers(("content-type",)),
+        ADMIN_KEYS,
+    ),
+    st.builds(Probe, st.sampled_from(("POST", "GET", "PUT")), decision_paths, garbage_bodies(), key=ADMIN_KEYS),
+)
+
 UI_SESSIONS = st.sampled_from(("session", "session", "session", "stale", "none"))
 UI_PAGES = st.one_of(
     st.sampled_from(("/ui", "/ui/", "/ui/keys", "/ui/requests", "/ui/deployments", "/ui/runs", "/ui/whatif")),
@@ -895,6 +913,7 @@ ROUTES = [
     Route("models", model_probes, 300),
     Route("admin", admin_probes, 700),
     Route("dashboard-admin", dashboard_admin_probes, 500),
+    Route("run-decisions", decision_probes, 300),
     Route("dashboard", dashboard_probes, 600),
     Route("garbage", garbage_probes, 600),
     Route("transcriptions", form_posts("/v1/audio/transcriptions"), 300),

@@ -7,7 +7,7 @@ gateway for `--config` (a remote one with `--gateway-url`). MODELYARD_WORKFLOW_B
 MODELYARD_RUNS_DB sets `--store`.
 
 Exit codes: 0 the run succeeded; 1 it failed, partly failed or a budget stopped it; 2 the workflow, its
-inputs or the options are invalid.
+inputs or the options are invalid; 3 the run waits for approval (`runs approve|reject`, see approval_cli.py).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import typer
 from rich.console import Console
 
 from modelyard.workflows.api import ResumeError, Workflow, resume_run
+from modelyard.workflows.approval import waiting_lines
 from modelyard.workflows.backend import BackendFactory, BackendUnavailable, load_backend_factory
 from modelyard.workflows.checkpoint import DEFAULT_STORE, SqliteStore, list_runs, load_run
 from modelyard.workflows.inputs import InputError, parse_cli_inputs
@@ -186,8 +187,10 @@ def run_command(
         runs.close()
     print_run(result, console)
     console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
+    for line in waiting_lines(result):
+        console.print(line, highlight=False, markup=False)
     emit_json(result_json(result), json_out, console)
-    raise typer.Exit(0 if result.status is RunStatus.SUCCEEDED else 1)
+    raise typer.Exit(exit_code(result.status))
 
 
 def _resume_spec(runs: SqliteStore | PostgresRunStore, run_id: str, workflow: Path | None) -> WorkflowSpec:
@@ -267,6 +270,7 @@ def runs_list(
     store: StoreOption = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="How many recent runs.")] = 20,
     json_out: JsonOption = None,
+    waiting: Annotated[bool, typer.Option("--waiting", help="Only runs waiting for approval.")] = False,
 ) -> None:
     """Recent runs, newest first."""
     console = _console(stderr=json_out == "-")
@@ -275,6 +279,8 @@ def runs_list(
         rows = list_runs(runs, limit)
     finally:
         runs.close()
+    if waiting:
+        rows = [row for row in rows if row.status is RunStatus.WAITING]
     console.print(runs_table(rows))
     data = {"runs": [{**vars(row), "status": row.status.value} for row in rows]}
     emit_json(data, json_out, console)
@@ -310,6 +316,8 @@ def runs_show(
     console.print("timeline:", highlight=False)
     for line in timeline(result):
         console.print(line, highlight=False, markup=False)
+    for line in waiting_lines(result):
+        console.print(line, highlight=False, markup=False)
     emit_json(result_json(result), json_out, console)
 
 
@@ -338,5 +346,17 @@ def _write(text: str, out: Path | None, console: Console) -> None:
     console.print(f"wrote {out}", highlight=False)
 
 
+def exit_code(status: RunStatus) -> int:
+    """0 succeeded, 3 waiting for approval, 1 anything else that ran."""
+    return 0 if status is RunStatus.SUCCEEDED else 3 if status is RunStatus.WAITING else 1
+
+
 if __name__ == "__main__":
-    app()
+    # The importable module, not this __main__ copy: importing it registers `runs approve|reject` once.
+    from modelyard.cli.workflows import app as importable_app
+
+    importable_app()
+else:
+    from modelyard.cli import approval_cli  # `runs approve` and `runs reject` (they use this module's helpers)
+
+    approval_cli.register(runs_app)

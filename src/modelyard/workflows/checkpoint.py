@@ -78,6 +78,16 @@ class RunStore(Protocol):
     def close(self) -> None: ...
 
 
+class DecisionStore(Protocol):
+    """Where approval decisions live (`approval.py`): one row per run and step key, written once."""
+
+    def add_decision(self, run_id: str, key: str, decision: dict[str, Any]) -> bool:
+        """Store the decision unless one exists for (run_id, key); whether this call stored it."""
+        ...
+
+    def decisions(self, run_id: str) -> dict[str, dict[str, Any]]: ...
+
+
 def header_row(header: RunHeader) -> tuple[Any, ...]:
     """A run header as the stores' `runs` row: run_id, workflow, source, text, inputs, deps, created_at."""
     inputs, deps = json.dumps(header.inputs, default=str), json.dumps(header.deps)
@@ -95,6 +105,16 @@ class MemoryStore:
     def __init__(self) -> None:
         self._headers: dict[str, RunHeader] = {}
         self._events: list[StoredEvent] = []
+        self._decisions: dict[tuple[str, str], dict[str, Any]] = {}
+
+    def add_decision(self, run_id: str, key: str, decision: dict[str, Any]) -> bool:
+        if (run_id, key) in self._decisions:
+            return False
+        self._decisions[(run_id, key)] = json.loads(json.dumps(decision, default=str))
+        return True
+
+    def decisions(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return {key: dict(value) for (run, key), value in self._decisions.items() if run == run_id}
 
     def create_run(self, header: RunHeader) -> None:
         if header.run_id in self._headers:
@@ -130,7 +150,13 @@ CREATE TABLE IF NOT EXISTS events (
     at REAL NOT NULL, kind TEXT NOT NULL, key TEXT, cost_usd REAL NOT NULL DEFAULT 0, data TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, seq);
+CREATE TABLE IF NOT EXISTS decisions (
+    run_id TEXT NOT NULL REFERENCES runs(run_id), key TEXT NOT NULL, data TEXT NOT NULL, decided_at REAL NOT NULL,
+    PRIMARY KEY (run_id, key)
+);
 """
+_INSERT_DECISION = "INSERT OR IGNORE INTO decisions (run_id, key, data, decided_at) VALUES (?, ?, ?, ?)"
+_DECISIONS = "SELECT key, data FROM decisions WHERE run_id = ?"
 
 
 _INSERT_EVENT = "INSERT INTO events (run_id, at, kind, key, cost_usd, data) VALUES (?, ?, ?, ?, ?, ?)"
@@ -145,10 +171,10 @@ class SqliteStore:
     every append is committed at once. A kill -9 loses only events of the loop turn it interrupts.
     """
 
-    def __init__(self, path: str | Path = DEFAULT_STORE) -> None:
+    def __init__(self, path: str | Path = DEFAULT_STORE, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path).expanduser()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=30.0)
+        self._db = sqlite3.connect(self.path, isolation_level=None, timeout=busy_timeout_s)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.executescript(_SCHEMA)
@@ -195,6 +221,14 @@ class SqliteStore:
         query = "SELECT run_id FROM runs ORDER BY created_at DESC LIMIT ?"
         rows = self._db.execute(query, (limit,)).fetchall()
         return [r[0] for r in rows]
+
+    def add_decision(self, run_id: str, key: str, decision: dict[str, Any]) -> bool:
+        self.flush()
+        row = (run_id, key, json.dumps(decision, default=str), time.time())
+        return self._db.execute(_INSERT_DECISION, row).rowcount == 1
+
+    def decisions(self, run_id: str) -> dict[str, dict[str, Any]]:
+        return {key: json.loads(data) for key, data in self._db.execute(_DECISIONS, (run_id,)).fetchall()}
 
     def close(self) -> None:
         self.flush()
@@ -256,6 +290,19 @@ class SqliteReader:
             for row in self._db.execute(query, [h.run_id for h in headers]).fetchall():
                 self._events[row[1]].append(_event(row))
         return [h.run_id for h in headers]
+
+    def add_decision(self, run_id: str, key: str, decision: dict[str, Any]) -> bool:
+        raise PermissionError("the run store is open read-only")
+
+    def decisions(self, run_id: str) -> dict[str, dict[str, Any]]:
+        """The run's decisions ({} for a store written before decisions had a table)."""
+        try:
+            rows = self._db.execute(_DECISIONS, (run_id,)).fetchall()
+        except sqlite3.OperationalError as exc:
+            if "no such table" in str(exc):
+                return {}
+            raise
+        return {key: json.loads(data) for key, data in rows}
 
     def interrupt(self) -> None:
         """Stop the query in flight (safe from another thread, and after `close`: then it does nothing)."""

@@ -192,6 +192,13 @@ _RUN_DDL = (
         at DOUBLE PRECISION NOT NULL, kind TEXT NOT NULL, key TEXT, cost_usd DOUBLE PRECISION NOT NULL DEFAULT 0,
         data TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS modelyard_run_events_run ON modelyard_run_events (run_id, seq)",
+    """CREATE TABLE IF NOT EXISTS modelyard_run_decisions (
+        run_id TEXT NOT NULL REFERENCES modelyard_runs (run_id), key TEXT NOT NULL, data TEXT NOT NULL,
+        decided_at DOUBLE PRECISION NOT NULL, PRIMARY KEY (run_id, key))""",
+)
+_INSERT_DECISION = (
+    "INSERT INTO modelyard_run_decisions (run_id, key, data, decided_at) VALUES (%s, %s, %s, %s) "
+    "ON CONFLICT (run_id, key) DO NOTHING"
 )
 _INSERT_EVENT = (
     "INSERT INTO modelyard_run_events (uid, run_id, at, kind, key, cost_usd, data) "
@@ -243,6 +250,14 @@ class PostgresRunStore:
     def run_ids(self, limit: int = 50) -> list[str]:
         rows = self._writer.fetch("SELECT run_id FROM modelyard_runs ORDER BY created_at DESC LIMIT %s", (limit,))
         return [r[0] for r in rows]
+
+    def add_decision(self, run_id: str, key: str, decision: dict[str, Any]) -> bool:
+        values = (run_id, key, json.dumps(decision, default=str), time.time())
+        return self._writer.execute(_INSERT_DECISION, values) == 1
+
+    def decisions(self, run_id: str) -> dict[str, dict[str, Any]]:
+        rows = self._writer.fetch("SELECT key, data FROM modelyard_run_decisions WHERE run_id = %s", (run_id,))
+        return {key: json.loads(data) for key, data in rows}
 
     def drop(self) -> None:
         """Drop the store's schema (tests; only with `?schema=`)."""

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator, SchemaError, ValidationError
 from jsonschema.validators import validator_for
 
 from modelyard.config.imports import CallableImportError
+from modelyard.workflows.approval_checks import check_approval
 from modelyard.workflows.graph import find_cycle
 from modelyard.workflows.issues import Issue
 from modelyard.workflows.schema import SCHEMA_VERSION, workflow_json_schema
@@ -89,7 +90,7 @@ def _schema_message(path: tuple[Any, ...], error: ValidationError) -> str:
     if keyword == "required" and "'schema'" in error.message:
         return f"missing `schema: {SCHEMA_VERSION}` (the workflow format version)"
     if keyword == "oneOf" and _is_step_path(path):
-        return "a step has exactly one of `model` (with `prompt`), `call` (a tool) or `loop`"
+        return "a step has exactly one of `model` (with `prompt`), `call` (a tool), `loop` or `approve`"
     if keyword == "oneOf" and len(path) == 2 and path[0] == "inputs":
         return "an input is a type name (string, number, ...) or a mapping {type, default, description, enum}"
     if keyword == "oneOf" and path[-1:] == ("foreach",):
@@ -217,6 +218,8 @@ class _Checker:
         if step.next is not None:  # `next` also reads the step's own output, by its id
             own = _Scope(frozenset({*base, step.id}), siblings, self.all_names)
             self.check_template(step, (*step.path, "next"), step.next, own)
+        if step.approve is not None:
+            check_approval(self, step, once)
         if step.loop is not None and isinstance(step.loop.until, str):
             body = frozenset(step.loop.steps)
             names = frozenset({"inputs", "workflow", "iteration", *step.needs} | body)

@@ -23,6 +23,7 @@ import msgspec
 
 from modelyard.accounting.tokens import count_message_dicts, count_value
 from modelyard.config.imports import CallableImportError
+from modelyard.workflows import approval
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
 from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
@@ -52,6 +53,7 @@ _EVENT_FOR_STATE = {
     StepState.BLOCKED: "step_blocked",
     StepState.STOPPED: "step_stopped",
     StepState.CANCELLED: "step_cancelled",
+    StepState.WAITING: "step_waiting",
 }
 
 
@@ -162,6 +164,8 @@ class Engine:
         errors = [f"step '{r.step}' {r.state.value}: {r.error}" for r in top.values() if r.error] + errors
         status = self._status(top)
         message = self.stop_reason or (errors[0] if errors else None)
+        if status is RunStatus.WAITING:
+            errors, message = approval.waiting_errors(self.records, errors)
         result = RunResult(
             run_id=self.run_id,
             workflow=self.spec.name,
@@ -200,6 +204,8 @@ class Engine:
     def _status(self, top: dict[str, StepRecord]) -> RunStatus:
         if self.stop_reason:
             return RunStatus.STOPPED
+        if any(r.state is StepState.WAITING for r in self.records.values()):
+            return RunStatus.WAITING
         if all(r.state in DONE_OK for r in top.values()):
             return RunStatus.SUCCEEDED
         if any(r.is_leaf and r.state is StepState.SUCCEEDED for r in self.records.values()):
@@ -250,7 +256,7 @@ class Engine:
         key = frame.prefix + step.id
         bad = [r for r in needed if r.state not in DONE_OK]
         if bad:
-            quiet = all(r.state in (StepState.STOPPED, StepState.CANCELLED) for r in bad)
+            quiet = all(r.state in (StepState.STOPPED, StepState.CANCELLED, StepState.WAITING) for r in bad)
             state = StepState.STOPPED if quiet else StepState.BLOCKED
             error = f"needs '{bad[0].step}', which {bad[0].state.value}"
             record = self._finish(StepRecord(key, step.qualname, _kind(step), state, error=error))
@@ -282,6 +288,13 @@ class Engine:
                 return await self._loop(step, frame, key, order)
             if step.foreach is not None:
                 return await self._foreach(step, frame, key, order, context)
+            if step.approve is not None:
+                previous = self.resume.records.get(key) if self.resume else None
+                gate = approval.gate(
+                    step, key, list(order), context, store=self.store, run_id=self.run_id,
+                    templates=self.templates, previous=previous,
+                )  # fmt: skip
+                return self._finish(gate)
         except TemplateError as exc:
             failed = StepRecord(key, step.qualname, kind, StepState.FAILED, order=list(order))
             failed.error = f"template: {exc.message}"
@@ -384,6 +397,9 @@ class Engine:
             previous = {sid: r.output for sid, r in records.items()}
             previous_keys = [r.key for r in records.values()]
             bad = [r for r in records.values() if r.state not in DONE_OK]
+            if any(r.state is StepState.WAITING for r in bad):  # a person decides this round's gate
+                aggregate.state = StepState.WAITING
+                break
             if bad:
                 aggregate.state = StepState.STOPPED if self.stop_reason else StepState.FAILED
                 first = bad[0]

@@ -26,6 +26,8 @@ DEFAULT_ITEMS = 5
 DEFAULT_OUTPUT_TOKENS = 200
 DEFAULT_ITEM_TOKENS = 20
 DEFAULT_INPUT_TOKENS = 20
+#: An approval step's output as a later prompt sees it: {approved, comment, decided_by, decided_at}.
+APPROVAL_OUTPUT_TOKENS = 40
 _EXPRESSION = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _STATEMENT = re.compile(r"\{%.*?%\}|\{#.*?#\}", re.DOTALL)
 
@@ -124,6 +126,12 @@ class WorkflowPlanner:
     def _step(self, step: StepSpec, sizes: dict[str, int], depth: int) -> float:
         if step.loop is not None:
             return self._loop(step, sizes, depth)
+        if step.approve is not None:  # no call, no money; the time a person takes is not estimated
+            row = PlanRow(step.qualname, "approval", depth=depth, conditional=step.when is not None)
+            row.note = "approval: waits for a person (not in the time estimate)"
+            self.rows.append(row)
+            sizes[step.id] = APPROVAL_OUTPUT_TOKENS
+            return 0.0
         items = self._items(step) if step.foreach is not None else 1
         row = PlanRow(step.qualname, "model" if step.kind == "model" else "tool", step.model, depth=depth)
         row.conditional = step.when is not None

@@ -22,6 +22,7 @@ class StepState(StrEnum):
     STOPPED = "stopped"  # the budget ran out before it started
     CANCELLED = "cancelled"  # the time budget ran out while it ran
     INTERRUPTED = "interrupted"  # the process died while it ran (seen in the store)
+    WAITING = "waiting"  # an approval step waits for a person's decision
 
 
 class RunStatus(StrEnum):
@@ -31,6 +32,7 @@ class RunStatus(StrEnum):
     FAILED = "failed"
     STOPPED = "stopped"  # a budget stopped it
     INTERRUPTED = "interrupted"  # the process died; `run --resume` continues it
+    WAITING = "waiting"  # an approval step waits for a person (`runs approve` / `runs reject`)
 
 
 LEAF_KINDS = frozenset({"model", "tool"})
@@ -101,7 +103,7 @@ _KNOWN = frozenset(_FIELDS)  # from_dict's filter (dataclasses.fields per record
 @dataclass
 class RunEvent:
     """Progress as it happens: `kind` is run_started, step_started, step_finished, step_failed,
-    step_skipped, step_blocked, step_stopped, step_cached, run_finished."""
+    step_skipped, step_blocked, step_stopped, step_waiting (an approval step), step_cached, run_finished."""
 
     kind: str
     at: float

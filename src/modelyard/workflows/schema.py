@@ -35,7 +35,7 @@ def _input() -> dict[str, Any]:
 def _step() -> dict[str, Any]:
     positive_int = {"type": "integer", "minimum": 1}
     properties: dict[str, Any] = {
-        "kind": {"enum": ["model", "tool", "loop"], "description": "Inferred from model/call/loop."},
+        "kind": {"enum": ["model", "tool", "loop", "approval"], "description": "Inferred from the step's keys."},
         "description": {"type": "string"},
         "needs": {
             "type": "array",
@@ -92,6 +92,18 @@ def _step() -> dict[str, Any]:
                 "steps": {"$ref": "#/$defs/steps"},
             },
         },
+        "approve": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["prompt"],
+            "description": "Wait for a person: `modelyard runs approve|reject RUN STEP` decides (see Approval steps).",
+            "properties": {
+                "prompt": {**_TEMPLATE, "description": "The question the person answers (a template)."},
+                "show": {**_TEMPLATE, "description": "What the person is shown (a template over `needs`)."},
+                "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds to wait."},
+                "on_timeout": {"enum": ["reject", "approve"], "description": "The decision once timeout passed."},
+            },
+        },
         "estimate": {
             "type": "object",
             "additionalProperties": False,
@@ -103,7 +115,7 @@ def _step() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
-        "oneOf": [{"required": ["model"]}, {"required": ["call"]}, {"required": ["loop"]}],
+        "oneOf": [{"required": ["model"]}, {"required": ["call"]}, {"required": ["loop"]}, {"required": ["approve"]}],
         "dependentRequired": {"model": ["prompt"], "prompt": ["model"]},
     }
 

@@ -237,6 +237,8 @@ class _Builder:
     def step(self, sid: str, body: dict[str, Any], path: YamlPath, prefix: str) -> StepSpec:
         qualname = f"{prefix}{sid}"
         kind: StepKind = "loop" if "loop" in body else "tool" if "call" in body else "model"
+        if "approve" in body:
+            kind = "approval"
         loop = None
         if "loop" in body:
             raw_loop = body["loop"]
@@ -272,6 +274,7 @@ class _Builder:
             loop=loop,
             estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
             next=body.get("next"),
+            approve=_approval(body.get("approve")),
         )
 
     def route(self, body: dict[str, Any], path: YamlPath, qualname: str) -> RouteHints:
@@ -313,6 +316,12 @@ def _input(name: str, raw: Any) -> InputSpec:
         description=raw.get("description", ""),
         enum=tuple(enum) if enum is not None else None,
     )
+
+
+def _approval(raw: dict[str, Any] | None) -> ApprovalSpec | None:
+    if raw is None:
+        return None
+    return ApprovalSpec(raw["prompt"], raw.get("show"), raw.get("timeout"), raw.get("on_timeout", "reject"))
 
 
 def walk_steps(steps: dict[str, StepSpec]) -> list[StepSpec]:

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 
 from modelyard.schema.errors import ErrorKind, ProviderError
 from modelyard.workflows import Workflow, resume_run
+from modelyard.workflows.approval import DecisionError, decide
 from modelyard.workflows.checkpoint import RunHeader, SqliteStore, list_runs, load_run, open_run_store
 from modelyard.workflows.checkpoint_pg import PostgresRunStore, split_schema
 from modelyard.workflows.records import RunStatus, StepState
@@ -128,3 +129,21 @@ def test_the_cli_runs_and_lists_runs_in_postgres(dsn: str, tmp_path: Path, monke
     assert shown.exit_code == 0 and "cli-1" in shown.output, shown.output
     bad = runner.invoke(app, ["runs", "list", "--store", "postgresql://u:pw@127.0.0.1:1/x?connect_timeout=1"])
     assert bad.exit_code == 2 and "cannot connect" in bad.output and "pw@" not in bad.output
+
+
+async def test_approval_decisions_are_stored_once_and_resume_the_run(store: PostgresRunStore, dsn: str) -> None:
+    gated = 'steps:\n  a: {model: m, prompt: hi}\n  gate: {needs: [a], approve: {prompt: "ok?", show: "{{ a }}"}}\n'
+    gated += '  b: {model: m, needs: [gate], prompt: "{{ gate.comment }}"}\n'
+    backend = ScriptedBackend()
+    first = await Workflow(workflow(gated)).run(backend=backend, store=store, run_id="pg-gate")
+    assert first.status is RunStatus.WAITING
+    decide(store, "pg-gate", "gate", approved=False, comment="again", decided_by="t")
+    with pytest.raises(DecisionError):
+        decide(store, "pg-gate", "gate", approved=True, comment=None, decided_by="t")
+    again = PostgresRunStore(dsn)  # a second opening: the table exists already (idempotent DDL)
+    try:
+        done = await resume_run("pg-gate", backend=backend, store=again)
+    finally:
+        again.close()
+    assert done.status is RunStatus.SUCCEEDED and done.records["gate"].output["comment"] == "again"
+    assert len(backend.calls) == 2  # `a` was reused, not paid again

@@ -35,7 +35,7 @@ def _input() -> dict[str, Any]:
 def _step() -> dict[str, Any]:
     positive_int = {"type": "integer", "minimum": 1}
     properties: dict[str, Any] = {
-        "kind": {"enum": ["model", "tool", "loop"], "description": "Inferred from model/call/loop."},
+        "kind": {"enum": ["model", "tool", "loop", "workflow"], "description": "Inferred from the step's keys."},
         "description": {"type": "string"},
         "needs": {
             "type": "array",
@@ -88,6 +88,16 @@ def _step() -> dict[str, Any]:
                 "steps": {"$ref": "#/$defs/steps"},
             },
         },
+        "workflow": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A sub-workflow: another workflow file (relative to this one) run as this step.",
+        },
+        "inputs": {
+            "type": "object",
+            "propertyNames": {"pattern": STEP_ID_PATTERN},
+            "description": "The sub-workflow's inputs; values are templates.",
+        },
         "estimate": {
             "type": "object",
             "additionalProperties": False,
@@ -99,7 +109,7 @@ def _step() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
-        "oneOf": [{"required": ["model"]}, {"required": ["call"]}, {"required": ["loop"]}],
+        "oneOf": [{"required": ["model"]}, {"required": ["call"]}, {"required": ["loop"]}, {"required": ["workflow"]}],
         "dependentRequired": {"model": ["prompt"], "prompt": ["model"]},
     }
 

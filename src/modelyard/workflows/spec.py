@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from modelyard.workflows import checks
+from modelyard.workflows import checks, include
 from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
 from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
@@ -180,8 +180,11 @@ def load_workflow(path: str | Path) -> WorkflowSpec:
     return parse_workflow(text, str(path))
 
 
-def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
-    """Validate workflow YAML text; `name` is the file name used in messages and for relative paths."""
+def parse_workflow(text: str, name: str = "<string>", *, chain: tuple[Path, ...] = ()) -> WorkflowSpec:
+    """Validate workflow YAML text; `name` is the file name used in messages and for relative paths.
+
+    `chain`: the files including this one (sub-workflows), to refuse a cycle at the including step.
+    """
     try:
         source = load_source(text, name)
     except YamlSyntaxError as exc:
@@ -189,7 +192,7 @@ def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
     issues = checks.structural_issues(source)
     if issues:
         raise WorkflowError(issues)
-    builder = _Builder(source)
+    builder = _Builder(source, chain)
     spec = builder.workflow()
     issues = builder.issues + checks.semantic_issues(spec)
     if issues:
@@ -200,8 +203,9 @@ def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
 class _Builder:
     """Turns schema-valid data into dataclasses; collects the problems only building can see."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, chain: tuple[Path, ...] = ()) -> None:
         self.source = source
+        self.chain = chain
         self.issues: list[Issue] = []
         self.base_dir = Path.cwd() if source.name.startswith("<") else Path(source.name).resolve().parent
 
@@ -230,6 +234,7 @@ class _Builder:
     def step(self, sid: str, body: dict[str, Any], path: YamlPath, prefix: str) -> StepSpec:
         qualname = f"{prefix}{sid}"
         kind: StepKind = "loop" if "loop" in body else "tool" if "call" in body else "model"
+        kind = "workflow" if "workflow" in body else kind
         loop = None
         if "loop" in body:
             raw_loop = body["loop"]
@@ -264,6 +269,7 @@ class _Builder:
             output_schema=self.output_schema(body.get("output") or {}, path, qualname),
             loop=loop,
             estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
+            workflow=self.subworkflow(body, path, qualname) if "workflow" in body else None,
         )
 
     def route(self, body: dict[str, Any], path: YamlPath, qualname: str) -> RouteHints:
@@ -277,6 +283,29 @@ class _Builder:
             line = self.source.lines.line((*path, "route", "constraints"))
             self.issues.append(Issue(self.source.name, line, f"route: {exc}", qualname))
             return RouteHints()
+
+    def subworkflow(self, body: dict[str, Any], path: YamlPath, qualname: str) -> SubWorkflowSpec | None:
+        """The included file, loaded with its own line numbers; a cycle or a bad file is an issue here."""
+        target = include.locate(self.source.name, body["workflow"])
+        line = self.source.lines.line((*path, "workflow"))
+        own = include.identity(self.source.name)
+        chain = (*self.chain, own) if own is not None else self.chain
+        problem = include.chain_problem(target, chain)
+        text = None
+        if problem is None:
+            text, problem = include.read(target)
+        if problem is not None or text is None:
+            self.issues.append(Issue(self.source.name, line, problem or "", qualname))
+            return None
+        try:
+            child = parse_workflow(text, target.name, chain=chain)
+        except WorkflowError as exc:  # the included file's own problems, at its own file:line
+            self.issues.extend(exc.issues)
+            count = f"{len(exc.issues)} problem" + ("s" if len(exc.issues) > 1 else "")
+            message = f"sub-workflow {target.name} is invalid ({count})"
+            self.issues.append(Issue(self.source.name, line, message, qualname))
+            return None
+        return SubWorkflowSpec(path=body["workflow"], spec=child, inputs=dict(body.get("inputs") or {}))
 
     def output_schema(self, output: dict[str, Any], path: YamlPath, qualname: str) -> Any:
         schema = output.get("schema")

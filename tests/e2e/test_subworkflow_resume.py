@@ -171,3 +171,29 @@ def test_plan_then_kill_9_inside_the_sub_workflow_then_resume_pays_nothing_twice
     assert isinstance(review["ready"], bool) and review["ready"] == final.records["review/verdict"].output["ready"]
     assert data["outputs"]["text"] == final.records["revise"].output and data["outputs"]["text"]
     assert data["outputs"]["ready_before_revision"] == review["ready"]
+
+
+def test_a_workflow_that_includes_itself_is_refused_with_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "loop.yaml"
+    path.write_text(
+        "schema: modelyard.workflow/v1\nname: loop\nsteps:\n  a: {model: fast, prompt: hi}\n"
+        "  again: {workflow: loop.yaml}\n",
+        encoding="utf-8",
+    )
+    for args in (["plan", str(path)], ["run", str(path), "--store", str(tmp_path / "runs.db")]):
+        done = subprocess.run(
+            [*CLI, *args],
+            cwd=ROOT,
+            env=env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stdout + done.stderr
+        assert f"{path}:5: step 'again': sub-workflow cycle: loop.yaml -> loop.yaml" in done.stdout + done.stderr
+        assert "Traceback" not in done.stderr
+    store = SqliteStore(tmp_path / "runs.db")
+    try:
+        assert store.run_ids() == []  # refused before anything ran
+    finally:
+        store.close()

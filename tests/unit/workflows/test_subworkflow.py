@@ -10,13 +10,14 @@ import pytest
 from rich.console import Console
 
 from modelyard.schema.errors import ErrorKind, ProviderError
-from modelyard.server.admin_runs import display_order, parent_key
+from modelyard.server.admin_runs import display_order, parent_key, run_detail
 from modelyard.workflows import SqliteStore, Workflow, resume_run
 from modelyard.workflows.checkpoint import load_run
 from modelyard.workflows.include import MAX_DEPTH
 from modelyard.workflows.issues import WorkflowError
 from modelyard.workflows.keys import depth, top_key
 from modelyard.workflows.planner import plan_workflow
+from modelyard.workflows.progress import LiveProgress
 from modelyard.workflows.records import RunStatus, StepState
 from modelyard.workflows.report import print_run, result_from_stored, timeline
 from modelyard.workflows.scripted import ScriptedBackend
@@ -306,9 +307,31 @@ async def test_runs_show_and_the_admin_detail_nest_the_child_steps(parent: Path,
     assert stored is not None
     result = result_from_stored(stored)
     assert display_order(result) == ["draft", "review", "review/critique", "review/verdict", "revise"]
+    detail = {step["key"]: step for step in run_detail(stored, tmp_path / "runs.db")["steps"]}
+    assert detail["review/verdict"]["parent"] == "review" and detail["review/verdict"]["depth"] == 1
+    assert detail["review"]["parent"] is None and detail["review"]["depth"] == 0
+    assert (
+        detail["review"]["pass_everything_tokens"]
+        == sum(detail[k]["pass_everything_tokens"] for k in ("review/critique", "review/verdict"))
+        > 0
+    )
     console = Console(record=True, width=200)
     print_run(result, console)
     table = console.export_text()
     assert "│   critique " in table and "│   verdict " in table
     lines = timeline(result)
     assert any(line.startswith("  review/critique ") for line in lines)
+
+
+async def test_live_progress_counts_a_fanned_out_sub_workflow_by_item(tmp_path: Path) -> None:
+    write(tmp_path, "child.yaml", CHILD)
+    path = write(
+        tmp_path, "p.yaml", "name: p\nsteps:\n  each: {workflow: child.yaml, foreach: [a, b, c], inputs: {draft: x}}\n"
+    )
+    flow = Workflow.from_yaml(path)
+    progress = LiveProgress(flow.spec, Console(width=120), enabled=False)
+    await flow.run(backend=ScriptedBackend(), listener=progress.on_event)
+    assert list(progress.steps) == ["each"] and progress.done_items == {"each": 3}
+    shown = Console(record=True, width=120)
+    shown.print(progress.table())
+    assert "3/3" in shown.export_text()

@@ -192,6 +192,7 @@ def run_detail(stored: StoredRun, store: Path) -> dict[str, Any]:
     """`result_json` with, per record: offsets (s) from the run's first start, its parent (the fan-out or loop
     it belongs to), the pass-everything tokens and context saved; per fan-out step its items' timing; the
     step graph; the summary; the resume command."""
+    from modelyard.workflows.keys import depth
     from modelyard.workflows.records import StepRecord
     from modelyard.workflows.report import full_context_tokens, result_from_stored, result_json
 
@@ -213,7 +214,7 @@ def run_detail(stored: StoredRun, store: Path) -> dict[str, Any]:
         entry = _bounded_record(record.to_dict())
         entry.update(_timing(record, origin))
         entry["parent"] = parent_key(record.key)
-        entry["depth"] = record.key.count("#") + (1 if record.key.endswith("]") else 0)
+        entry["depth"] = depth(record.key)
         full_tokens = full_by.get(record.key, 0)
         entry["pass_everything_tokens"] = full_tokens
         entry["context_saved_tokens"] = max(0, full_tokens - sent_by.get(record.key, 0))
@@ -235,24 +236,23 @@ def run_detail(stored: StoredRun, store: Path) -> dict[str, Any]:
 
 
 def parent_key(key: str) -> str | None:
-    """The record a key belongs to: `fan` for `fan[3]`, `loop` for `loop#2.check`, None at the top level."""
-    if key.endswith("]") and "[" in key:
-        return key[: key.rindex("[")]
-    if "#" in key:
-        return key[: key.rindex("#")]
-    return None
+    """The record a key belongs to (workflows/keys.py; imported here, when a run is read)."""
+    from modelyard.workflows.keys import parent_key as parent
+
+    return parent(key)
 
 
 def display_order(result: RunResult) -> list[str]:
     """The steps table's rows, as `runs show` prints them: top-level steps in declared order (those not
     started yet too), each loop followed by its rounds' steps; fan-out items folded into their step."""
+    from modelyard.workflows.keys import nested_rows
+
     rows: list[str] = []
     for key in result.deps:
         rows.append(key)
         record = result.records.get(key)
-        if record is not None and record.kind == "loop":
-            prefix = key + "#"
-            rows += [k for k in result.records if k.startswith(prefix) and "[" not in k[len(prefix) :]]
+        if record is not None:
+            rows += nested_rows(result.records, key, record.kind)
     return rows
 
 

@@ -16,6 +16,7 @@ from jsonschema import Draft202012Validator, SchemaError, ValidationError
 from jsonschema.validators import validator_for
 
 from modelyard.config.imports import CallableImportError
+from modelyard.workflows import include
 from modelyard.workflows.approval_checks import check_approval
 from modelyard.workflows.graph import find_cycle
 from modelyard.workflows.issues import Issue
@@ -36,8 +37,9 @@ _ONLY_FOR: dict[str, frozenset[str]] = {
     "task": frozenset({"model"}),
     "route": frozenset({"model"}),
     "args": frozenset({"tool"}),
-    "foreach": frozenset({"model", "tool"}),
-    "max_parallel": frozenset({"model", "tool"}),
+    "foreach": frozenset({"model", "tool", "workflow"}),
+    "max_parallel": frozenset({"model", "tool", "workflow"}),
+    "inputs": frozenset({"workflow"}),
     "retries": frozenset({"model", "tool"}),
     "timeout": frozenset({"model", "tool"}),
 }
@@ -90,7 +92,7 @@ def _schema_message(path: tuple[Any, ...], error: ValidationError) -> str:
     if keyword == "required" and "'schema'" in error.message:
         return f"missing `schema: {SCHEMA_VERSION}` (the workflow format version)"
     if keyword == "oneOf" and _is_step_path(path):
-        return "a step has exactly one of `model` (with `prompt`), `call` (a tool), `loop` or `approve`"
+        return "a step has exactly one of `model` (with `prompt`), `call` (a tool), `loop`, `approve` or `workflow`"
     if keyword == "oneOf" and len(path) == 2 and path[0] == "inputs":
         return "an input is a type name (string, number, ...) or a mapping {type, default, description, enum}"
     if keyword == "oneOf" and path[-1:] == ("foreach",):
@@ -182,6 +184,8 @@ class _Checker:
                 self.add(self.spec.lines.line((*step.path, "call")), f"tool {step.call}: {exc}", step)
         if step.loop is not None:
             self.check_graph(step.loop.steps, outer_needs=frozenset(step.needs))
+        if step.workflow is not None:
+            self.issues.extend(include.input_issues(self.spec, step))
 
     def check_keys(self, step: StepSpec) -> None:
         raw = self._raw(step)
@@ -220,6 +224,8 @@ class _Checker:
             self.check_template(step, (*step.path, "next"), step.next, own)
         if step.approve is not None:
             check_approval(self, step, once)
+        for path, value in _strings(step.workflow.inputs if step.workflow else {}, (*step.path, "inputs")):
+            self.check_template(step, path, value, scope)
         if step.loop is not None and isinstance(step.loop.until, str):
             body = frozenset(step.loop.steps)
             names = frozenset({"inputs", "workflow", "iteration", *step.needs} | body)
@@ -251,6 +257,8 @@ class _Checker:
         target = self._lookup(step, name)
         if target is None or attr in _DICT_METHODS:
             return None
+        if target.workflow is not None:
+            return include.output_problem(target, attr)
         if target.loop is not None and attr not in target.loop.steps:
             return f"loop '{name}' has no step '{attr}' (its steps: {', '.join(target.loop.steps)})"
         schema = target.output_schema

@@ -28,6 +28,7 @@ from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
 from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
 from modelyard.workflows.graph import topo_order
+from modelyard.workflows.inputs import InputError
 from modelyard.workflows.pricing import premium_comparison
 from modelyard.workflows.records import (
     DONE_OK,
@@ -40,6 +41,7 @@ from modelyard.workflows.records import (
 from modelyard.workflows.routing import NextError, choose_next, not_chosen
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.stepcall import step_call
+from modelyard.workflows.subworkflow import Scope, conclude, nested_scope
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import resolve_callable
 
@@ -77,6 +79,8 @@ class Frame:
     previous_keys: list[str] = field(default_factory=list)
     #: What each step with `next:` chose in this graph (routing.py), by step id.
     chosen: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    #: Inside a sub-workflow: its inputs and `workflow` vars (None: the run's own).
+    scope: Scope | None = None
 
 
 def new_run_id() -> str:
@@ -317,7 +321,7 @@ class Engine:
 
     def _context(self, step: StepSpec, frame: Frame) -> dict[str, Any]:
         """Exactly what the step declared: inputs, its needs' outputs, the loop round. Nothing else."""
-        context: dict[str, Any] = {"inputs": self.inputs, "workflow": self.workflow_vars}
+        context = self._bare(frame)
         for name in step.needs:
             context[name] = frame.outputs.get(name)
         if frame.iteration is not None:
@@ -390,6 +394,7 @@ class Engine:
                 keys={name: frame.keys.get(name, name) for name in step.needs},
                 iteration=iteration,
                 previous_keys=previous_keys,
+                scope=frame.scope,
             )
             records = await self._graph(spec.steps, inner)
             rounds.extend(records.values())
@@ -426,18 +431,45 @@ class Engine:
 
     # ------------------------------------------------------------------ leaves
 
+    async def _subworkflow(
+        self, step: StepSpec, frame: Frame, key: str, order: tuple[int, ...], context: dict[str, Any]
+    ) -> StepRecord:
+        """The included graph in a nested frame (child keys `key/step`); its outputs are the step's output."""
+        assert step.workflow is not None
+        aggregate = StepRecord(key, step.qualname, "workflow", StepState.RUNNING, order=list(order))
+        aggregate.started_at = time.time()
+        self._start(aggregate)
+        try:
+            scope = nested_scope(step.workflow, key, lambda v: self._evaluate_deep(v, context), self.run_id)
+        except (TemplateError, InputError) as exc:
+            aggregate.state, aggregate.error = StepState.FAILED, f"sub-workflow inputs: {exc}"
+            return self._finish(aggregate)
+        inner = Frame(prefix=scope.prefix, order=order, outputs={}, keys={}, scope=scope)
+        records = await self._graph(step.workflow.spec.steps, inner)
+        _summarise(aggregate, list(records.values()))
+        conclude(aggregate, records, scope, self.templates, self.stop_reason is not None)
+        return self._finish(aggregate)
+
+    def _bare(self, frame: Frame) -> dict[str, Any]:
+        """`inputs` and `workflow`: the run's, or the sub-workflow's the frame belongs to."""
+        if frame.scope is not None:
+            return {"inputs": frame.scope.inputs, "workflow": frame.scope.workflow_vars}
+        return {"inputs": self.inputs, "workflow": self.workflow_vars}
+
     async def _leaf(
         self, step: StepSpec, frame: Frame, key: str, order: tuple[int, ...], context: dict[str, Any]
     ) -> StepRecord:
+        if step.workflow is not None:
+            return await self._subworkflow(step, frame, key, order, context)
         record = StepRecord(key, step.qualname, step.kind, model=step.model, order=list(order))
         record.context = [frame.keys.get(n, frame.prefix + n) for n in step.needs] + frame.previous_keys
         try:
-            call, function, args = self._request(step, key, context)
+            call, function, args = self._request(step, key, context, frame)
         except (TemplateError, CallableImportError) as exc:
             record.state, record.error = StepState.FAILED, f"{type(exc).__name__}: {exc}"
             return self._finish(record)
         if call is not None:
-            record.instruction_tokens = self._instruction_tokens(step, call)
+            record.instruction_tokens = self._instruction_tokens(step, call, frame)
         record.inputs_hash = digest(_call_identity(call) if call else {"call": step.call, "args": args})
         cached = self.cache.get(key)
         if cached is not None and cached.inputs_hash == record.inputs_hash:
@@ -464,26 +496,28 @@ class Engine:
             self.reserved -= reservation
 
     def _request(
-        self, step: StepSpec, key: str, context: dict[str, Any]
+        self, step: StepSpec, key: str, context: dict[str, Any], frame: Frame
     ) -> tuple[ModelCall | None, Callable[..., Any] | None, dict[str, Any]]:
         if step.kind == "tool":
             assert step.call is not None
-            function = self._tools.get(step.call)
+            base_dir = (frame.scope.spec if frame.scope else self.spec).base_dir
+            function = self._tools.get(f"{base_dir}|{step.call}")
             if function is None:
-                function = self._tools[step.call] = resolve_callable(step.call, self.spec.base_dir)
+                function = self._tools[f"{base_dir}|{step.call}"] = resolve_callable(step.call, base_dir)
             args = {name: self._evaluate_deep(value, context) for name, value in step.args.items()}
             return None, function, args
         return self._model_call(step, key, context), None, {}
 
-    def _instruction_tokens(self, step: StepSpec, call: ModelCall) -> int:
+    def _instruction_tokens(self, step: StepSpec, call: ModelCall, frame: Frame) -> int:
         """Tokens of the call's messages without the step data in them (inputs kept).
 
         The same for every item and round of a step, so it is counted once per step and run.
         """
-        known = self._instructions.get(step.qualname)
+        name = (frame.scope.prefix if frame.scope else "") + step.qualname
+        known = self._instructions.get(name)
         if known is not None:
             return known
-        bare = {"inputs": self.inputs, "workflow": self.workflow_vars}
+        bare = self._bare(frame)
         data = (*step.needs, "item", "item_index", "iteration")
         messages: list[dict[str, Any]] = []
         try:
@@ -494,7 +528,7 @@ class Engine:
             tokens = count_message_dicts([*messages, {"role": "user", "content": prompt}])
         except TemplateError:  # a template that cannot render without its data: count it whole
             tokens = count_message_dicts(call.messages)
-        self._instructions[step.qualname] = tokens
+        self._instructions[name] = tokens
         return tokens
 
     def _evaluate_deep(self, value: Any, context: dict[str, Any]) -> Any:

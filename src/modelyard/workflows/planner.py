@@ -132,6 +132,8 @@ class WorkflowPlanner:
             self.rows.append(row)
             sizes[step.id] = APPROVAL_OUTPUT_TOKENS
             return 0.0
+        if step.workflow is not None:
+            return self._subworkflow(step, sizes, depth)
         items = self._items(step) if step.foreach is not None else 1
         row = PlanRow(step.qualname, "model" if step.kind == "model" else "tool", step.model, depth=depth)
         row.conditional = step.when is not None
@@ -179,13 +181,51 @@ class WorkflowPlanner:
             inner.output_tokens *= rounds
             inner.cost_usd *= rounds
             inner.latency_ms *= rounds
-        parts = self.rows[first:]
+        parts = [r for r in self.rows[first:] if r.kind in ("model", "tool")]  # each call once
         row.calls = sum(r.calls for r in parts)
         row.prompt_tokens = sum(r.prompt_tokens for r in parts)
         row.output_tokens = sum(r.output_tokens for r in parts)
         row.cost_usd = sum(r.cost_usd for r in parts)
         row.latency_ms = round_ms * rounds
         sizes[step.id] = sum(inner_sizes[s] for s in step.loop.steps if s in inner_sizes)
+        return row.latency_ms
+
+    def _subworkflow(self, step: StepSpec, sizes: dict[str, int], depth: int) -> float:
+        """The included workflow planned as its own graph (its inputs sized like a prompt's data), its rows
+        listed under this step as `step/child`, times the step's fan-out."""
+        assert step.workflow is not None
+        child = step.workflow.spec
+        items = self._items(step) if step.foreach is not None else 1
+        row = PlanRow(step.qualname, "workflow", depth=depth, conditional=step.when is not None)
+        self.rows.append(row)
+        if isinstance(step.foreach, str):
+            self._item_tokens = max(1, self._expression_tokens(step.foreach, sizes) // max(1, items))
+        given = {n: self._sized(v, sizes) if isinstance(v, str) else v for n, v in step.workflow.inputs.items()}
+        defaults = {n: d.default for n, d in child.inputs.items() if not d.required}
+        nested = WorkflowPlanner(child, self.backend, {**defaults, **given})
+        child_sizes: dict[str, int] = {}
+        round_ms, _ = critical_path(child.deps(), nested._graph(child.steps, child_sizes, depth + 1))
+        width = min(step.max_parallel or self.spec.max_parallel, self.spec.max_parallel)
+        waves = math.ceil(items / max(1, width))
+        for inner in nested.rows:
+            inner.step = f"{step.qualname}/{inner.step}"
+            inner.calls *= items
+            inner.prompt_tokens *= items
+            inner.output_tokens *= items
+            inner.cost_usd *= items
+            inner.latency_ms *= waves
+        self.rows.extend(nested.rows)
+        self.warnings.extend(w for w in nested.warnings if w not in self.warnings)
+        self._no_estimate = self._no_estimate or nested._no_estimate
+        parts = [r for r in nested.rows if r.kind in ("model", "tool")]
+        row.calls = sum(r.calls for r in parts)
+        row.prompt_tokens = sum(r.prompt_tokens for r in parts)
+        row.output_tokens = sum(r.output_tokens for r in parts)
+        row.cost_usd = sum(r.cost_usd for r in parts)
+        row.latency_ms = round_ms * waves
+        row.note = f"sub-workflow {step.workflow.path}" + (f", fan-out x{items}" if step.foreach is not None else "")
+        sizes[step.id] = step.estimate.output_tokens or sum(child_sizes.values()) * items
+        self._item_tokens = DEFAULT_ITEM_TOKENS
         return row.latency_ms
 
     def _items(self, step: StepSpec) -> int:

@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
+from modelyard.workflows.keys import parent_key, top_key
 from modelyard.workflows.records import RunEvent, StepRecord, StepState
 from modelyard.workflows.spec import WorkflowSpec
 
@@ -57,10 +58,14 @@ class LiveProgress:
     def on_event(self, event: RunEvent) -> None:
         record = event.record
         if record is not None:
-            top = record.key.split("[", 1)[0].split("#", 1)[0]
+            top = top_key(record.key)
             if record.key == top:
                 self.steps[top] = record
-            elif event.kind in ("step_finished", "step_cached") and "[" in record.key:
+            elif (
+                event.kind in ("step_finished", "step_cached")
+                and record.key.endswith("]")
+                and parent_key(record.key) == top
+            ):
                 self.done_items[top] = self.done_items.get(top, 0) + 1
         now = time.monotonic()
         if self._live is not None and (now - self._last > 0.1 or event.kind == "run_finished"):

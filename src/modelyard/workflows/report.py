@@ -19,6 +19,8 @@ from rich.table import Table
 
 from modelyard.workflows.checkpoint import StoredRun
 from modelyard.workflows.graph import critical_path
+from modelyard.workflows.keys import depth as key_depth
+from modelyard.workflows.keys import nested_rows, top_key
 from modelyard.workflows.planner import WorkflowPlan
 from modelyard.workflows.records import RunResult, StepRecord, StepState
 
@@ -78,7 +80,7 @@ def summarize(result: RunResult) -> Summary:
     total_full = sum(full.values())
     per_step: dict[str, int] = {}
     for key, tokens in full.items():
-        top = _top_key(key)
+        top = top_key(key)
         per_step[top] = per_step.get(top, 0) + tokens
     durations = {sid: r.duration_s for sid, r in result.steps.items()}
     length, path = critical_path(result.deps, durations) if result.deps else (0.0, [])
@@ -96,13 +98,6 @@ def summarize(result: RunResult) -> Summary:
         cached_calls=sum(1 for r in leaves if r.cached),
         per_step_full=per_step,
     )
-
-
-def _top_key(key: str) -> str:
-    for index, char in enumerate(key):
-        if char in "[#.":
-            return key[:index]
-    return key
 
 
 # --------------------------------------------------------------------------- JSON
@@ -174,11 +169,7 @@ def _display_rows(result: RunResult) -> list[tuple[int, StepRecord]]:
     rows: list[tuple[int, StepRecord]] = []
     for key, record in result.steps.items():
         rows.append((0, record))
-        if record.kind == "loop":
-            prefix = key + "#"
-            for inner_key, inner in result.records.items():
-                if inner_key.startswith(prefix) and "[" not in inner_key[len(prefix) :]:
-                    rows.append((inner_key[len(prefix) :].count("."), inner))
+        rows += [(key_depth(k), result.records[k]) for k in nested_rows(result.records, key, record.kind)]
     return rows
 
 
@@ -190,7 +181,7 @@ def step_table(result: RunResult, summary: Summary) -> Table:
     for name in (*names, "cost", "time", "note"):
         table.add_column(name, justify="left" if name in left else "right", overflow="fold")
     for depth, record in _display_rows(result):
-        label = ("  " * depth) + (record.key.split("#", 1)[-1] if depth else record.key)
+        label = ("  " * depth) + (record.key[len(top_key(record.key)) + 1 :] if depth else record.key)
         sent_full = _record_full(record, full)
         calls = {"foreach": record.items, "loop": record.iterations}.get(record.kind, 1)
         note = record.error or record.note or ("reused from the store" if record.cached else "")
@@ -216,7 +207,7 @@ def step_table(result: RunResult, summary: Summary) -> Table:
 def _record_full(record: StepRecord, full: dict[str, int]) -> int:
     if record.key in full:
         return full[record.key]
-    return sum(v for k, v in full.items() if k.startswith((record.key + "[", record.key + "#")))
+    return sum(v for k, v in full.items() if k.startswith((record.key + "[", record.key + "#", record.key + "/")))
 
 
 def totals_lines(result: RunResult, summary: Summary) -> list[str]:

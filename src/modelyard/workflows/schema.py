@@ -35,7 +35,10 @@ def _input() -> dict[str, Any]:
 def _step() -> dict[str, Any]:
     positive_int = {"type": "integer", "minimum": 1}
     properties: dict[str, Any] = {
-        "kind": {"enum": ["model", "tool", "loop", "approval"], "description": "Inferred from the step's keys."},
+        "kind": {
+            "enum": ["model", "tool", "loop", "approval", "workflow"],
+            "description": "Inferred from the step's keys.",
+        },
         "description": {"type": "string"},
         "needs": {
             "type": "array",
@@ -104,6 +107,16 @@ def _step() -> dict[str, Any]:
                 "on_timeout": {"enum": ["reject", "approve"], "description": "The decision once timeout passed."},
             },
         },
+        "workflow": {
+            "type": "string",
+            "minLength": 1,
+            "description": "A sub-workflow: another workflow file (relative to this one) run as this step.",
+        },
+        "inputs": {
+            "type": "object",
+            "propertyNames": {"pattern": STEP_ID_PATTERN},
+            "description": "The sub-workflow's inputs; values are templates.",
+        },
         "estimate": {
             "type": "object",
             "additionalProperties": False,
@@ -115,7 +128,13 @@ def _step() -> dict[str, Any]:
         "type": "object",
         "additionalProperties": False,
         "properties": properties,
-        "oneOf": [{"required": ["model"]}, {"required": ["call"]}, {"required": ["loop"]}, {"required": ["approve"]}],
+        "oneOf": [
+            {"required": ["model"]},
+            {"required": ["call"]},
+            {"required": ["loop"]},
+            {"required": ["approve"]},
+            {"required": ["workflow"]},
+        ],
         "dependentRequired": {"model": ["prompt"], "prompt": ["model"]},
     }
 

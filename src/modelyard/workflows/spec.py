@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from modelyard.workflows import checks
+from modelyard.workflows import checks, include
 from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
 from modelyard.workflows.routing import successors_of
@@ -182,8 +182,11 @@ def load_workflow(path: str | Path) -> WorkflowSpec:
     return parse_workflow(text, str(path))
 
 
-def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
-    """Validate workflow YAML text; `name` is the file name used in messages and for relative paths."""
+def parse_workflow(text: str, name: str = "<string>", *, chain: tuple[Path, ...] = ()) -> WorkflowSpec:
+    """Validate workflow YAML text; `name` is the file name used in messages and for relative paths.
+
+    `chain`: the files including this one (sub-workflows), to refuse a cycle at the including step.
+    """
     try:
         source = load_source(text, name)
     except YamlSyntaxError as exc:
@@ -191,7 +194,7 @@ def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
     issues = checks.structural_issues(source)
     if issues:
         raise WorkflowError(issues)
-    builder = _Builder(source)
+    builder = _Builder(source, chain)
     spec = builder.workflow()
     issues = builder.issues + checks.semantic_issues(spec)
     if issues:
@@ -202,8 +205,9 @@ def parse_workflow(text: str, name: str = "<string>") -> WorkflowSpec:
 class _Builder:
     """Turns schema-valid data into dataclasses; collects the problems only building can see."""
 
-    def __init__(self, source: Source) -> None:
+    def __init__(self, source: Source, chain: tuple[Path, ...] = ()) -> None:
         self.source = source
+        self.chain = chain
         self.issues: list[Issue] = []
         self.base_dir = Path.cwd() if source.name.startswith("<") else Path(source.name).resolve().parent
 
@@ -239,6 +243,7 @@ class _Builder:
         kind: StepKind = "loop" if "loop" in body else "tool" if "call" in body else "model"
         if "approve" in body:
             kind = "approval"
+        kind = "workflow" if "workflow" in body else kind
         loop = None
         if "loop" in body:
             raw_loop = body["loop"]
@@ -275,6 +280,7 @@ class _Builder:
             estimate=EstimateHint(hint.get("items"), hint.get("output_tokens"), hint.get("iterations")),
             next=body.get("next"),
             approve=_approval(body.get("approve")),
+            workflow=self.subworkflow(body, path, qualname) if "workflow" in body else None,
         )
 
     def route(self, body: dict[str, Any], path: YamlPath, qualname: str) -> RouteHints:
@@ -288,6 +294,29 @@ class _Builder:
             line = self.source.lines.line((*path, "route", "constraints"))
             self.issues.append(Issue(self.source.name, line, f"route: {exc}", qualname))
             return RouteHints()
+
+    def subworkflow(self, body: dict[str, Any], path: YamlPath, qualname: str) -> SubWorkflowSpec | None:
+        """The included file, loaded with its own line numbers; a cycle or a bad file is an issue here."""
+        target = include.locate(self.source.name, body["workflow"])
+        line = self.source.lines.line((*path, "workflow"))
+        own = include.identity(self.source.name)
+        chain = (*self.chain, own) if own is not None else self.chain
+        problem = include.chain_problem(target, chain)
+        text = None
+        if problem is None:
+            text, problem = include.read(target)
+        if problem is not None or text is None:
+            self.issues.append(Issue(self.source.name, line, problem or "", qualname))
+            return None
+        try:
+            child = parse_workflow(text, target.name, chain=chain)
+        except WorkflowError as exc:  # the included file's own problems, at its own file:line
+            self.issues.extend(exc.issues)
+            count = f"{len(exc.issues)} problem" + ("s" if len(exc.issues) > 1 else "")
+            message = f"sub-workflow {target.name} is invalid ({count})"
+            self.issues.append(Issue(self.source.name, line, message, qualname))
+            return None
+        return SubWorkflowSpec(path=body["workflow"], spec=child, inputs=dict(body.get("inputs") or {}))
 
     def output_schema(self, output: dict[str, Any], path: YamlPath, qualname: str) -> Any:
         schema = output.get("schema")

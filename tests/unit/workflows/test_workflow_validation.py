@@ -315,7 +315,7 @@ def test_missing_file() -> None:
 
 def test_shipped_examples_are_valid(examples_dir: Path) -> None:
     names = sorted(p.name for p in examples_dir.glob("*.yaml"))
-    assert names == ["classify.yaml", "code_review.yaml", "research.yaml"]
+    assert names == ["classify.yaml", "code_review.yaml", "research.yaml", "review.yaml", "write_and_review.yaml"]
     for path in examples_dir.glob("*.yaml"):
         spec = load_workflow(path)
         assert spec.steps

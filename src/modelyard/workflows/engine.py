@@ -38,6 +38,7 @@ from modelyard.workflows.records import (
 )
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.stepcall import step_call
+from modelyard.workflows.streaming import TokenSource, TokenTap
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import resolve_callable
 
@@ -60,6 +61,8 @@ class EngineOptions:
     backoff_max_s: float = 10.0
     #: The admission-queue class every model call of the run asks for (`modelyard batch`: `batch`).
     priority: str | None = None
+    #: Stream each model call's text as `step_token` events (`run --stream`); the results are the same.
+    stream: bool = False
 
 
 @dataclass
@@ -418,9 +421,12 @@ class Engine:
                 return self._finish(record)
             reservation = estimate.cost_usd if estimate else 0.0
         self.reserved += reservation
+        backend = self.backend
+        if call is not None and self.options.stream:
+            backend = TokenTap(backend, TokenSource.of(key, step.qualname, context), self._emit)
         try:
             async with self._sem:
-                return await self._execute(step, record, call, function, args)
+                return await self._execute(step, record, call, function, args, backend)
         finally:
             self.reserved -= reservation
 
@@ -484,6 +490,7 @@ class Engine:
         call: ModelCall | None,
         function: Callable[..., Any] | None,
         args: dict[str, Any],
+        backend: ModelBackend | None = None,
     ) -> StepRecord:
         if self.stop_reason:
             record.state, record.error = StepState.STOPPED, self.stop_reason
@@ -495,7 +502,7 @@ class Engine:
         try:
             if call is not None:
                 record.output, record.output_tokens = await run_model(
-                    self.backend, call, step.output_schema, retry, spend
+                    backend or self.backend, call, step.output_schema, retry, spend
                 )
             else:
                 assert function is not None

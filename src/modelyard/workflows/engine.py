@@ -24,7 +24,7 @@ import msgspec
 from modelyard.accounting.tokens import count_message_dicts, count_value
 from modelyard.config.imports import CallableImportError
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
-from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
+from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool, with_retries
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
 from modelyard.workflows.graph import topo_order
 from modelyard.workflows.pricing import premium_comparison
@@ -41,6 +41,7 @@ from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.streaming import TokenSource, TokenTap
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import resolve_callable
+from modelyard.workflows.typed_outputs import check_outputs, repair_call, spent_on_repair
 
 Listener = Callable[[RunEvent], None]
 #: What a step_started event stores: enough to show the step as running (or interrupted) later.
@@ -141,7 +142,7 @@ class Engine:
         except TimeoutError:
             self.stop_reason = f"the time budget of {max_seconds:g}s ran out; unfinished steps were cancelled"
             self._cancel_unfinished()
-        return self._finish_run(started)
+        return await self._finish_run(started)
 
     def _begin(self) -> None:
         marker = session_marker()
@@ -156,11 +157,14 @@ class Engine:
             self.store.append(self.run_id, "run_resumed", None, {**marker, "reusable": len(self.cache)})
         self._emit(RunEvent("run_started", time.time(), message=self.run_id))
 
-    def _finish_run(self, started: float) -> RunResult:
+    async def _finish_run(self, started: float) -> RunResult:
         top = {sid: self._top_record(sid) for sid in self.spec.steps}
         outputs, errors = self._outputs(top)
-        errors = [f"step '{r.step}' {r.state.value}: {r.error}" for r in top.values() if r.error] + errors
+        typed = await check_outputs(self.spec, outputs, self._repair_output) if self.spec.output_schemas else []
+        errors = [f"step '{r.step}' {r.state.value}: {r.error}" for r in top.values() if r.error] + errors + typed
         status = self._status(top)
+        if typed and status is RunStatus.SUCCEEDED:
+            status = RunStatus.FAILED
         message = self.stop_reason or (errors[0] if errors else None)
         result = RunResult(
             run_id=self.run_id,
@@ -217,6 +221,27 @@ class Engine:
             except TemplateError as exc:
                 errors.append(f"output '{name}': {exc.message}")
         return outputs, errors
+
+    async def _repair_output(
+        self, name: str, step: StepSpec, field: str | None, schema: dict[str, Any] | bool, problem: str
+    ) -> str | None:
+        """Ask `step` once to repair its answer for typed output `name`; the repair's cost joins its record."""
+        record = self.records.get(step.id)
+        if record is None or record.state is not StepState.SUCCEEDED or self.stop_reason:
+            return None
+        outputs = {sid: r.output for sid, r in self.records.items() if sid in self.spec.steps}
+        call = self._model_call(step, step.id, self._context(step, Frame("", (), outputs, {})))
+        call = repair_call(call, record.output, name, field, schema, problem)
+        retry = Retry(step.retries, step.timeout, self.options.backoff_s, self.options.backoff_max_s)
+        spend = Spend()
+        try:
+            answer = await with_retries(lambda: self.backend.call(call), retry, spend)
+            spend.add(answer)
+        finally:  # paid even when the repair failed: into the record and the log, counted once
+            spent_on_repair(record, spend)
+            self.spent += spend.cost_usd
+            self.store.append(self.run_id, "step_finished", record.key, {"record": record.to_dict()}, spend.cost_usd)
+        return answer.text
 
     def _cancel_unfinished(self) -> None:
         for record in list(self.records.values()):

@@ -1,7 +1,8 @@
 """Reading a gateway's streamed chat answer (OpenAI SSE) into a `ModelAnswer`, deltas passed on as they come.
 
-Bounded: a line longer than the reader's limit, a malformed chunk, an error event or a stream that ends
-without `[DONE]` each fail the call as a `ProviderError` (retryable, like any broken upstream answer).
+Bounded: a line over `MAX_LINE` bytes, an answer over `MAX_TEXT` characters, a malformed chunk, an error event
+or a stream that ends without `[DONE]` each fail the call as a `ProviderError` (retryable, like any broken
+upstream answer); the call's total timeout bounds the time.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -20,6 +21,9 @@ from modelyard.workflows.backend import ModelAnswer, delta_texts
 
 _DATA = b"data:"
 _DONE = b"[DONE]"
+#: Far above any chunk or answer a gateway sends; a stream past them is broken or hostile.
+MAX_LINE = 1 << 20
+MAX_TEXT = 16 << 20
 
 
 async def read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str], None], started: float) -> ModelAnswer:
@@ -29,23 +33,24 @@ async def read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str],
     usage: dict[str, Any] | None = None
     model = ""
     done = False
-    try:
-        async for line in response.content:
-            if not line.startswith(_DATA):
-                continue
-            data = line[len(_DATA) :].strip()
-            if data == _DONE:
-                done = True
-                break
-            chunk = _chunk(data)
-            model = str(chunk.get("model") or model)
-            if isinstance(chunk.get("usage"), dict):
-                usage = chunk["usage"]
-            for text in delta_texts(chunk):
-                parts.append(text)
-                on_text(text)
-    except ValueError:  # aiohttp: a line over the reader's limit
-        raise ProviderError(ErrorKind.SERVER, "the gateway's stream sent an over-long line") from None
+    size = 0
+    async for line in _lines(response.content):
+        if not line.startswith(_DATA):
+            continue
+        data = line[len(_DATA) :].strip()
+        if data == _DONE:
+            done = True
+            break
+        chunk = _chunk(data)
+        model = str(chunk.get("model") or model)
+        if isinstance(chunk.get("usage"), dict):
+            usage = chunk["usage"]
+        for text in delta_texts(chunk):
+            size += len(text)
+            if size > MAX_TEXT:
+                raise ProviderError(ErrorKind.SERVER, "the gateway's stream sent an over-long answer")
+            parts.append(text)
+            on_text(text)
     if not done:
         raise ProviderError(ErrorKind.CONNECTION, "the gateway's stream ended before [DONE]")
     cost = (usage or {}).get("cost")
@@ -58,6 +63,22 @@ async def read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str],
         latency_ms=(time.perf_counter() - started) * 1000,
         attempts=_attempts(headers.get("x-modelyard-attempts")),
     )
+
+
+async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """The stream's lines as they arrive, none longer than MAX_LINE (the reader's own limit varies by version)."""
+    buffer = bytearray()
+    async for data in content.iter_any():
+        buffer += data
+        start = 0
+        while (end := buffer.find(b"\n", start)) != -1:
+            yield bytes(buffer[start:end])
+            start = end + 1
+        del buffer[:start]
+        if len(buffer) > MAX_LINE:
+            raise ProviderError(ErrorKind.SERVER, "the gateway's stream sent an over-long line")
+    if buffer:
+        yield bytes(buffer)
 
 
 def _chunk(data: bytes) -> dict[str, Any]:

@@ -232,6 +232,11 @@ class Engine:
         outputs = {sid: r.output for sid, r in self.records.items() if sid in self.spec.steps}
         call = self._model_call(step, step.id, self._context(step, Frame("", (), outputs, {})))
         call = repair_call(call, record.output, name, field, schema, problem)
+        budget = self.spec.budget
+        budgeted = budget.max_cost_usd is not None or budget.max_seconds is not None
+        over = self._budget_problem(step.id, self._estimate(call) if budgeted else None)
+        if over:
+            raise StepFailure(over)
         retry = Retry(step.retries, step.timeout, self.options.backoff_s, self.options.backoff_max_s)
         spend = Spend()
         try:

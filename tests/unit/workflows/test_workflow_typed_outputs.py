@@ -129,3 +129,16 @@ def test_an_output_schema_file_is_read_beside_the_workflow(tmp_path: Path) -> No
     (tmp_path / "wf.yaml").write_text(text.replace("count.json", "missing.json"))
     with pytest.raises(WorkflowError, match=r"wf\.yaml:8: cannot read schema file missing\.json"):
         load_workflow(tmp_path / "wf.yaml")
+
+
+async def test_a_repair_that_would_pass_the_money_budget_is_not_made() -> None:
+    body = (
+        "budget: {max_cost_usd: 0.0008}\n"  # room for the step's estimate, not for a repair's on top of it
+        "steps:\n  pick: {model: m, prompt: choose}\n"
+        f"outputs:\n  count: {{value: '{{{{ pick }}}}', schema: {COUNT}}}\n"
+    )
+    backend = ScriptedBackend(answers={"pick": ['{"n": "seven"}', '{"n": 7}']})
+    result = await run(body, backend)
+    assert result.status is RunStatus.FAILED and len(backend.calls) == 1  # the step ran; no repair call
+    assert result.message is not None and "its repair failed: stopped before 'pick'" in result.message
+    assert "over the $0.0008 budget" in result.message

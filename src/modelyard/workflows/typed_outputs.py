@@ -104,6 +104,22 @@ def repaired_value(text: str, field: str | None, schema: Schema) -> Any:
     return conform(text, schema)
 
 
+def unrepaired_problems(spec: WorkflowSpec, outputs: dict[str, Any]) -> list[str]:
+    """Typed outputs checked with no repair, where no second call is made (a provider batch's rows)."""
+    errors: list[str] = []
+    for name, schema in spec.output_schemas.items():
+        if name in outputs:
+            try:
+                outputs[name] = conform(outputs[name], schema)
+            except AnswerInvalid as invalid:
+                errors.append(_mismatch(name, str(invalid)))
+    return errors
+
+
+def _mismatch(name: str, problem: str) -> str:
+    return f"output '{name}' does not match its schema: {problem}"
+
+
 async def check_outputs(spec: WorkflowSpec, outputs: dict[str, Any], repair: Repair) -> list[str]:
     """Check every typed output in `outputs` (repaired values replace the invalid ones); the problems left."""
     errors: list[str] = []
@@ -121,7 +137,7 @@ async def check_outputs(spec: WorkflowSpec, outputs: dict[str, Any], repair: Rep
             if source is not None:
                 reply = await repair(name, source[0], source[1], schema, problem)
             if reply is None:
-                errors.append(f"output '{name}' does not match its schema: {problem}")
+                errors.append(_mismatch(name, problem))
                 continue
             outputs[name] = repaired_value(reply, source[1] if source else None, schema)
         except AnswerInvalid as again:

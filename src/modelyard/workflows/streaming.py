@@ -48,7 +48,7 @@ class TokenSource:
 
     @property
     def label(self) -> str:
-        """`search#2` for item 2 of `search`; `review.coder@3` for round 3 of a loop's step."""
+        """`search#2` for item 2 of `search`; `build.code@2` for round 2 of the loop step `build.code`."""
         text = self.step if self.item is None else f"{self.step}#{self.item}"
         return text if self.iteration is None else f"{text}@{self.iteration}"
 

@@ -137,6 +137,23 @@ async def test_the_inprocess_backend_streams_through_the_gateway_with_the_same_a
     assert streamed_answer.cost_usd == whole.cost_usd > 0 and streamed_answer.attempts == 1
 
 
+async def test_a_loops_tokens_say_their_round() -> None:
+    rejected = '{"approved": false, "feedback": "more tests"}'
+    backend = ScriptedBackend(answers={"build.review": [rejected, '{"approved": true, "feedback": ""}']})
+    events, result = await streamed(Workflow.from_yaml(RESEARCH.with_name("code_review.yaml")), backend)
+    assert result.records["build"].iterations == 2
+    tokens = tokens_by_key(events)
+    for round_no in (1, 2):
+        mine = tokens[f"build#{round_no}.code"]
+        assert {(e.step, e.item, e.iteration) for e in mine} == {("build.code", None, round_no)}
+        assert "".join(e.message or "" for e in mine) == result.records[f"build#{round_no}.code"].output
+    out = io.StringIO()
+    printer = TokenPrinter(out)
+    for event in tokens["build#2.code"][:1]:
+        printer.on_event(event)
+    assert out.getvalue().startswith("[build.code@2] ")
+
+
 def _token(key: str, step: str, item: int | None, text: str, attempt: int = 1) -> RunEvent:
     return RunEvent(TOKEN_EVENT, 0.0, key, message=text, step=step, item=item, attempt=attempt)
 

@@ -48,6 +48,7 @@ from modelyard.workflows.jsonout import AnswerInvalid, parse_structured
 from modelyard.workflows.spec import StepSpec
 from modelyard.workflows.stepcall import step_call
 from modelyard.workflows.templates import TemplateError
+from modelyard.workflows.typed_outputs import unrepaired_problems
 
 log = logging.getLogger(__name__)
 _decode = msgspec.json.Decoder().decode
@@ -491,6 +492,9 @@ class ProviderEngine:
                 result.error = reason[:MAX_ERROR_CHARS]
                 return result
         result.outputs, result.error = self._outputs(row, inputs, output)
+        typed = unrepaired_problems(self.workflow.spec, result.outputs)
+        if typed:  # checked as steps' schemas are here: without a repair call
+            result.status, result.error = "failed", typed[0][:MAX_ERROR_CHARS]
         return result
 
     def _outputs(self, row: int, inputs: dict[str, Any] | None, output: Any) -> tuple[dict[str, Any], str | None]:

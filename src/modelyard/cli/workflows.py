@@ -26,6 +26,7 @@ from modelyard.workflows.api import ResumeError, Workflow, resume_run
 from modelyard.workflows.approval import waiting_lines
 from modelyard.workflows.backend import BackendFactory, BackendUnavailable, load_backend_factory
 from modelyard.workflows.checkpoint import DEFAULT_STORE, SqliteStore, list_runs, load_run
+from modelyard.workflows.engine import EngineOptions
 from modelyard.workflows.inputs import InputError, parse_cli_inputs
 from modelyard.workflows.issues import WorkflowError
 from modelyard.workflows.progress import LiveProgress
@@ -41,6 +42,7 @@ from modelyard.workflows.report import (
     timeline,
 )
 from modelyard.workflows.spec import WorkflowSpec, load_workflow, parse_workflow
+from modelyard.workflows.streaming import TokenPrinter
 
 if TYPE_CHECKING:
     from modelyard.workflows.checkpoint_pg import PostgresRunStore
@@ -163,6 +165,7 @@ def run_command(
     gateway_url: GatewayOption = None,
     backend: BackendOption = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Live progress table.")] = True,
+    stream: Annotated[bool, typer.Option("--stream", help="Print model steps' text as it arrives.")] = False,
 ) -> None:
     """Run a workflow (or resume one) and print its report."""
     console = _console(stderr=json_out == "-")
@@ -178,7 +181,7 @@ def run_command(
         else:
             spec = _load(workflow)
             given = _inputs(spec, inputs, inputs_file)
-        job = _run(spec, given, factory, runs, config, gateway_url, resume, run_id, force, progress, console)
+        job = _run(spec, given, factory, runs, config, gateway_url, resume, run_id, force, progress, console, stream)
         try:
             result = asyncio.run(job)
         except (InputError, ResumeError, BackendUnavailable) as exc:
@@ -217,16 +220,22 @@ async def _run(
     force: bool,
     progress: bool,
     console: Console,
+    stream: bool = False,
 ) -> RunResult:
     async with factory(config, gateway_url) as backend:
-        with LiveProgress(spec, console, enabled=progress and console.is_terminal) as live:
+        # Streamed text and a live table would overwrite each other: --stream prints lines instead.
+        with LiveProgress(spec, console, enabled=progress and console.is_terminal and not stream) as live:
+            listener, options = live.on_event, None
+            if stream:
+                listener, options = TokenPrinter(console.file, also=live.on_event).on_event, EngineOptions(stream=True)
             if resume:
                 return await resume_run(
-                    resume, backend=backend, store=runs, spec=spec, listener=live.on_event, force=force
+                    resume, backend=backend, store=runs, spec=spec, listener=listener, options=options, force=force
                 )
             workflow = Workflow(spec)
-            listener = live.on_event
-            return await workflow.run(inputs, backend=backend, store=runs, run_id=run_id, listener=listener)
+            return await workflow.run(
+                inputs, backend=backend, store=runs, run_id=run_id, listener=listener, options=options
+            )
 
 
 # --------------------------------------------------------------------------- plan

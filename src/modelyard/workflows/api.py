@@ -6,12 +6,16 @@ result = await workflow.run({"goal": "..."}, backend=backend)      # RunResult, 
 async for event in (stream := workflow.stream({"goal": "..."}, backend=backend)):
     print(event.kind, event.key)
 print(stream.result.status)
+async for event in workflow.stream({"goal": "..."}, backend=backend, tokens=True):
+    if event.kind == "step_token":                                   # a model step's text as it arrives
+        print(event.step, event.item, event.message)
 ```
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -77,8 +81,13 @@ class Workflow:
         )
         return await engine.run()
 
-    def stream(self, inputs: dict[str, Any] | None = None, **kwargs: Any) -> RunStream:
-        """The run's events as an async iterator; `.result` holds the RunResult once it is exhausted."""
+    def stream(self, inputs: dict[str, Any] | None = None, *, tokens: bool = False, **kwargs: Any) -> RunStream:
+        """The run's events as an async iterator; `.result` holds the RunResult once it is exhausted.
+
+        `tokens`: model steps' text as it arrives too, as `step_token` events (see `streaming`).
+        """
+        if tokens:
+            kwargs["options"] = dataclasses.replace(kwargs.get("options") or EngineOptions(), stream=True)
         return RunStream(lambda listener: self.run(inputs, listener=listener, **kwargs))
 
     def plan(self, inputs: dict[str, Any] | None = None, *, backend: ModelBackend) -> WorkflowPlan:

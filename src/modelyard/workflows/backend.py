@@ -198,8 +198,38 @@ class HttpBackend:
         except aiohttp.ClientError as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"{type(exc).__name__}: {exc}") from None
 
+    async def call_streaming(self, call: ModelCall, on_text: Callable[[str], None]) -> ModelAnswer:
+        """`call` as a `stream: true` request (SSE), each content delta passed to `on_text` as it arrives;
+        the price comes from the priced usage chunk the gateway sends last."""
+        from modelyard.workflows.sse import read_stream  # the SSE reader, loaded only when streaming
+
+        started = time.perf_counter()
+        timeout = aiohttp.ClientTimeout(total=call.timeout_s or self.timeout_s)
+        body = {**self.request_body(call), "stream": True, "stream_options": {"include_usage": True}}
+        url = f"{self.base_url}/chat/completions"
+        try:
+            async with self._client().post(url, json=body, timeout=timeout) as response:
+                if response.status >= 400:
+                    raise http_error(response.status, dict(response.headers), await response.read())
+                return await read_stream(response, on_text, started)
+        except TimeoutError:
+            raise ProviderError(ErrorKind.TIMEOUT, f"no answer from {self.base_url} in time") from None
+        except aiohttp.ClientError as exc:
+            raise ProviderError(ErrorKind.CONNECTION, f"{type(exc).__name__}: {exc}") from None
+
     def estimate(self, call: ModelCall) -> ModelEstimate:
         raise NotImplementedError("the HTTP gateway backend cannot estimate; plan with the in-process one")
+
+
+def delta_texts(chunk: dict[str, Any]) -> list[str]:
+    """The content deltas of one OpenAI stream chunk (usually one, none in the usage chunk)."""
+    texts: list[str] = []
+    for choice in chunk.get("choices") or ():
+        delta = choice.get("delta") if isinstance(choice, dict) else None
+        content = delta.get("content") if isinstance(delta, dict) else None
+        if isinstance(content, str) and content:
+            texts.append(content)
+    return texts
 
 
 def parse_answer(raw: bytes, headers: dict[str, str], measured_ms: float) -> ModelAnswer:

@@ -280,21 +280,31 @@ class _Checker:
         schema = step.output_schema
         if schema is None or isinstance(schema, bool):
             return
-        try:
-            validator_for(schema).check_schema(schema)
-        except SchemaError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-            line = self.spec.lines.line((*step.path, "output", "schema", *exc.absolute_path))
-            self.add(line, f"output.schema is not a valid JSON Schema ({where}): {exc.message}", step)
+        self.check_schema(schema, (*step.path, "output", "schema"), "output.schema", step)
         if step.kind != "model":
             line = self.spec.lines.line((*step.path, "output"))
             self.add(line, "`output.schema` applies to model steps", step)
 
+    def check_schema(self, schema: Any, path: tuple[Any, ...], what: str, step: StepSpec | None) -> None:
+        """A declared JSON Schema must itself be valid: the problem at its own line."""
+        if schema is None or isinstance(schema, bool):
+            return
+        try:
+            validator_for(schema).check_schema(schema)
+        except SchemaError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+            line = self.spec.lines.line((*path, *exc.absolute_path))
+            self.add(line, f"{what} is not a valid JSON Schema ({where}): {exc.message}", step)
+
     def check_outputs(self) -> None:
         top = frozenset(self.spec.steps)
         scope = _Scope(frozenset({"inputs", "workflow"} | top), top, self.all_names)
+        raw = (self.spec.raw or {}).get("outputs") if isinstance(self.spec.raw, dict) else None
         for name, text in self.spec.outputs.items():
-            self.check_template(None, ("outputs", name), text, scope)
+            typed = isinstance(raw, dict) and isinstance(raw.get(name), dict)
+            self.check_template(None, ("outputs", name, "value") if typed else ("outputs", name), text, scope)
+        for name, schema in self.spec.output_schemas.items():
+            self.check_schema(schema, ("outputs", name, "schema"), f"outputs.{name}.schema", None)
 
     def check_report(self) -> None:
         tasks = self.spec.report.tasks_step

@@ -25,7 +25,7 @@ from modelyard.accounting.tokens import count_message_dicts, count_value
 from modelyard.config.imports import CallableImportError
 from modelyard.workflows import approval
 from modelyard.workflows.backend import ModelBackend, ModelCall, ModelEstimate
-from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool
+from modelyard.workflows.calls import Retry, Spend, StepFailure, run_model, run_tool, with_retries
 from modelyard.workflows.checkpoint import MemoryStore, RunHeader, RunStore, StoredRun, session_marker
 from modelyard.workflows.graph import topo_order
 from modelyard.workflows.inputs import InputError
@@ -41,9 +41,11 @@ from modelyard.workflows.records import (
 from modelyard.workflows.routing import NextError, choose_next, not_chosen
 from modelyard.workflows.spec import StepSpec, WorkflowSpec
 from modelyard.workflows.stepcall import step_call
+from modelyard.workflows.streaming import TokenSource, TokenTap
 from modelyard.workflows.subworkflow import Scope, conclude, nested_scope
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import resolve_callable
+from modelyard.workflows.typed_outputs import check_outputs, repair_call, spent_on_repair
 
 Listener = Callable[[RunEvent], None]
 #: What a step_started event stores: enough to show the step as running (or interrupted) later.
@@ -65,6 +67,8 @@ class EngineOptions:
     backoff_max_s: float = 10.0
     #: The admission-queue class every model call of the run asks for (`modelyard batch`: `batch`).
     priority: str | None = None
+    #: Stream each model call's text as `step_token` events (`run --stream`); the results are the same.
+    stream: bool = False
 
 
 @dataclass
@@ -147,7 +151,7 @@ class Engine:
         except TimeoutError:
             self.stop_reason = f"the time budget of {max_seconds:g}s ran out; unfinished steps were cancelled"
             self._cancel_unfinished()
-        return self._finish_run(started)
+        return await self._finish_run(started)
 
     def _begin(self) -> None:
         marker = session_marker()
@@ -162,11 +166,14 @@ class Engine:
             self.store.append(self.run_id, "run_resumed", None, {**marker, "reusable": len(self.cache)})
         self._emit(RunEvent("run_started", time.time(), message=self.run_id))
 
-    def _finish_run(self, started: float) -> RunResult:
+    async def _finish_run(self, started: float) -> RunResult:
         top = {sid: self._top_record(sid) for sid in self.spec.steps}
         outputs, errors = self._outputs(top)
-        errors = [f"step '{r.step}' {r.state.value}: {r.error}" for r in top.values() if r.error] + errors
+        typed = await check_outputs(self.spec, outputs, self._repair_output) if self.spec.output_schemas else []
+        errors = [f"step '{r.step}' {r.state.value}: {r.error}" for r in top.values() if r.error] + errors + typed
         status = self._status(top)
+        if typed and status is RunStatus.SUCCEEDED:
+            status = RunStatus.FAILED
         message = self.stop_reason or (errors[0] if errors else None)
         if status is RunStatus.WAITING:
             errors, message = approval.waiting_errors(self.records, errors)
@@ -227,6 +234,32 @@ class Engine:
             except TemplateError as exc:
                 errors.append(f"output '{name}': {exc.message}")
         return outputs, errors
+
+    async def _repair_output(
+        self, name: str, step: StepSpec, field: str | None, schema: dict[str, Any] | bool, problem: str
+    ) -> str | None:
+        """Ask `step` once to repair its answer for typed output `name`; the repair's cost joins its record."""
+        record = self.records.get(step.id)
+        if record is None or record.state is not StepState.SUCCEEDED or self.stop_reason:
+            return None
+        outputs = {sid: r.output for sid, r in self.records.items() if sid in self.spec.steps}
+        call = self._model_call(step, step.id, self._context(step, Frame("", (), outputs, {})))
+        call = repair_call(call, record.output, name, field, schema, problem)
+        budget = self.spec.budget
+        budgeted = budget.max_cost_usd is not None or budget.max_seconds is not None
+        over = self._budget_problem(step.id, self._estimate(call) if budgeted else None)
+        if over:
+            raise StepFailure(over)
+        retry = Retry(step.retries, step.timeout, self.options.backoff_s, self.options.backoff_max_s)
+        spend = Spend()
+        try:
+            answer = await with_retries(lambda: self.backend.call(call), retry, spend)
+            spend.add(answer)
+        finally:  # paid even when the repair failed: into the record and the log, counted once
+            spent_on_repair(record, spend)
+            self.spent += spend.cost_usd
+            self.store.append(self.run_id, "step_finished", record.key, {"record": record.to_dict()}, spend.cost_usd)
+        return answer.text
 
     def _cancel_unfinished(self) -> None:
         for record in list(self.records.values()):
@@ -489,9 +522,12 @@ class Engine:
                 return self._finish(record)
             reservation = estimate.cost_usd if estimate else 0.0
         self.reserved += reservation
+        backend = self.backend
+        if call is not None and self.options.stream:
+            backend = TokenTap(backend, TokenSource.of(key, step.qualname, context), self._emit)
         try:
             async with self._sem:
-                return await self._execute(step, record, call, function, args)
+                return await self._execute(step, record, call, function, args, backend)
         finally:
             self.reserved -= reservation
 
@@ -557,6 +593,7 @@ class Engine:
         call: ModelCall | None,
         function: Callable[..., Any] | None,
         args: dict[str, Any],
+        backend: ModelBackend | None = None,
     ) -> StepRecord:
         if self.stop_reason:
             record.state, record.error = StepState.STOPPED, self.stop_reason
@@ -568,7 +605,7 @@ class Engine:
         try:
             if call is not None:
                 record.output, record.output_tokens = await run_model(
-                    self.backend, call, step.output_schema, retry, spend
+                    backend or self.backend, call, step.output_schema, retry, spend
                 )
             else:
                 assert function is not None

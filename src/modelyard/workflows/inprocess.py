@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,7 +24,7 @@ from modelyard.routing.features import RequestFeatures, chat_features
 from modelyard.routing.router import Router
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import GatewayError
-from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, chat_body
+from modelyard.workflows.backend import ModelAnswer, ModelCall, ModelEstimate, chat_body, delta_texts
 
 _DEFAULT_OUTPUT_TOKENS = 256
 
@@ -43,8 +43,10 @@ class GatewayBackend:
     def __init__(self, router: Router) -> None:
         self.router = router
 
-    def _request(self, call: ModelCall) -> tuple[ChatRequest, dict[str, Any], RequestFeatures]:
+    def _request(self, call: ModelCall, *, stream: bool = False) -> tuple[ChatRequest, dict[str, Any], RequestFeatures]:
         raw = chat_body(call)
+        if stream:  # the usage chunk too, so a streamed answer is priced on the provider's own counts
+            raw.update(stream=True, stream_options={"include_usage": True})
         try:
             req = msgspec.convert(raw, ChatRequest)
         except msgspec.ValidationError as exc:
@@ -84,6 +86,31 @@ class GatewayBackend:
             cost_usd=success.cost_usd,
             latency_ms=(time.perf_counter() - started) * 1000,
             attempts=len(success.records),
+        )
+
+    async def call_streaming(self, call: ModelCall, on_text: Callable[[str], None]) -> ModelAnswer:
+        """`call` through the gateway's streaming path (`Router.stream`, as a `stream: true` request takes),
+        each content delta passed to `on_text` as it arrives."""
+        req, raw, features = self._request(call, stream=True)
+        started = time.perf_counter()
+        queue = self._ticket(call.priority, call.timeout_s)
+        result = await self.router.stream(req, raw, features, timeout_s=call.timeout_s, queue=queue)
+        parts: list[str] = []
+        try:
+            async for chunk in result.chunks():
+                for text in delta_texts(chunk):
+                    parts.append(text)
+                    on_text(text)
+        finally:
+            await result.aclose()  # a no-op after a whole answer; else the upstream call and its slot are freed
+        return ModelAnswer(
+            text="".join(parts),
+            model=result.model,
+            deployment=result.deployment.name,
+            usage=result.usage,
+            cost_usd=result.cost_usd,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            attempts=len(result.records),
         )
 
     def _first(self, call: ModelCall) -> tuple[Deployment, RequestFeatures]:

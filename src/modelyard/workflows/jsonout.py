@@ -33,6 +33,11 @@ def parse_structured(text: str, schema: dict[str, Any] | bool) -> Any:
         value = json.loads(body)
     except ValueError as exc:
         raise AnswerInvalid(f"the answer is not JSON ({exc})") from None
+    return validate(value, schema)
+
+
+def validate(value: Any, schema: dict[str, Any] | bool) -> Any:
+    """`value` if it is valid against `schema`; raises AnswerInvalid naming the first problem and where."""
     validator = validator_for(schema)(schema)
     error: ValidationError | None = next(iter(sorted(validator.iter_errors(value), key=str)), None)
     if error is not None:

@@ -103,13 +103,19 @@ _KNOWN = frozenset(_FIELDS)  # from_dict's filter (dataclasses.fields per record
 @dataclass
 class RunEvent:
     """Progress as it happens: `kind` is run_started, step_started, step_finished, step_failed,
-    step_skipped, step_blocked, step_stopped, step_waiting (an approval step), step_cached, run_finished."""
+    step_skipped, step_blocked, step_stopped, step_waiting (an approval step), step_cached, run_finished; and,
+    when the run streams, step_token (`message` is the text delta; `step`, `item`, `iteration` and `attempt` say
+    whose)."""
 
     kind: str
     at: float
     key: str | None = None
     record: StepRecord | None = None
     message: str | None = None
+    step: str | None = None
+    item: int | None = None
+    iteration: int | None = None
+    attempt: int = 0
 
 
 @dataclass

@@ -167,7 +167,26 @@ def workflow_json_schema() -> dict[str, Any]:
             },
             "max_parallel": {"type": "integer", "minimum": 1, "description": "Model/tool calls in flight."},
             "steps": {"$ref": "#/$defs/steps"},
-            "outputs": {"type": "object", "additionalProperties": {"type": "string"}},
+            "outputs": {
+                "type": "object",
+                "additionalProperties": {
+                    "oneOf": [
+                        {"type": "string"},
+                        {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["value", "schema"],
+                            "properties": {
+                                "value": {"type": "string", "description": "The output's template."},
+                                "schema": {
+                                    "type": ["object", "boolean", "string"],
+                                    "description": "JSON Schema the value must match, or a .json file.",
+                                },
+                            },
+                        },
+                    ]
+                },
+            },
             "report": {
                 "type": "object",
                 "additionalProperties": False,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -31,6 +32,8 @@ DEFAULT_PRICES: dict[str, tuple[float, float]] = {
     "fast": (0.15, 0.60),
 }
 DEFAULT_PRICE = (1.00, 3.00)
+#: How a streamed scripted answer is cut: a word with the spaces after it (the pieces join back exactly).
+_WORDS = re.compile(r"\S+\s*|\s+")
 
 
 class ScriptedBackend:
@@ -70,6 +73,13 @@ class ScriptedBackend:
         return self.delay_s
 
     async def call(self, call: ModelCall) -> ModelAnswer:
+        return await self._answer(call, None)
+
+    async def call_streaming(self, call: ModelCall, on_text: Callable[[str], None]) -> ModelAnswer:
+        """The same answer as `call`, its words handed to `on_text` spread over the call's delay."""
+        return await self._answer(call, on_text)
+
+    async def _answer(self, call: ModelCall, on_text: Callable[[str], None] | None) -> ModelAnswer:
         self.calls.append(call)
         self.in_flight += 1
         self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
@@ -77,9 +87,16 @@ class ScriptedBackend:
         self._log("started", call)
         try:
             delay = self.delay_for(call)
-            if delay > 0:
-                await asyncio.sleep(delay)
-            text = self.answer_text(call)
+            if on_text is None:
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                text = self.answer_text(call)
+            else:
+                text = self.answer_text(call)
+                pieces = _WORDS.findall(text)
+                for piece in pieces:
+                    await asyncio.sleep(delay / len(pieces))
+                    on_text(piece)
         finally:
             self.in_flight -= 1
         usage = Usage(prompt=count_message_dicts(call.messages), completion=count_text(text))

@@ -21,6 +21,7 @@ from modelyard.workflows.backend import RouteHints
 from modelyard.workflows.issues import Issue, WorkflowError
 from modelyard.workflows.routing import successors_of
 from modelyard.workflows.source import LineMap, Source, YamlSyntaxError, load_source
+from modelyard.workflows.typed_outputs import split_outputs
 
 StepKind = Literal["model", "tool", "loop", "approval", "workflow"]
 YamlPath = tuple[str | int, ...]
@@ -215,6 +216,7 @@ class _Builder:
         data: dict[str, Any] = self.source.data
         budget = data.get("budget") or {}
         report = data.get("report") or {}
+        outputs, output_schemas = split_outputs(data.get("outputs") or {})
         return WorkflowSpec(
             name=data["name"],
             description=data.get("description", ""),
@@ -222,7 +224,11 @@ class _Builder:
             source=self.source.name,
             text=self.source.text,
             inputs={name: _input(name, raw) for name, raw in (data.get("inputs") or {}).items()},
-            outputs=dict(data.get("outputs") or {}),
+            outputs=outputs,
+            output_schemas={
+                name: self.schema_file(schema, ("outputs", name, "schema"), None)
+                for name, schema in output_schemas.items()
+            },
             budget=Budget(budget.get("max_cost_usd"), budget.get("max_seconds")),
             max_parallel=data.get("max_parallel", DEFAULT_MAX_PARALLEL),
             report=ReportSpec(report.get("premium_model"), report.get("tasks_step"), report.get("per_tasks", 1000)),
@@ -319,11 +325,14 @@ class _Builder:
         return SubWorkflowSpec(path=body["workflow"], spec=child, inputs=dict(body.get("inputs") or {}))
 
     def output_schema(self, output: dict[str, Any], path: YamlPath, qualname: str) -> Any:
-        schema = output.get("schema")
+        return self.schema_file(output.get("schema"), (*path, "output", "schema"), qualname)
+
+    def schema_file(self, schema: Any, path: YamlPath, qualname: str | None) -> Any:
+        """An inline schema as it is; a file name read as JSON beside the workflow (a problem at its line)."""
         if not isinstance(schema, str):
             return schema
         file = self.base_dir / schema
-        line = self.source.lines.line((*path, "output", "schema"))
+        line = self.source.lines.line(path)
         try:
             return json.loads(file.read_text(encoding="utf-8"))
         except OSError as exc:

@@ -131,6 +131,26 @@ def test_schema_checked_without_repair(tmp_path: Path, sim: SimServer) -> None:
     store.close()
 
 
+def test_typed_outputs_are_checked_without_repair(tmp_path: Path, sim: SimServer) -> None:
+    typed = SCHEMA_WORKFLOW.replace(
+        'outputs: {fields: "{{ extract }}"}',
+        'outputs: {fields: {value: "{{ extract }}", schema: {type: object}}, id: {value: "{{ inputs.id }}", '
+        "schema: {type: string}}}",
+    )
+    workflow, store, header, config = setup(tmp_path, sim, "via-openai", typed)
+    assert set(workflow.spec.output_schemas) == {"fields", "id"}
+    results = asyncio.run(run_all(workflow, header, store, config, range(5)))
+    assert sorted(r.row for r in results) == list(range(5))
+    for result in results:  # `fields` is an object: valid; `id` is a number, not the declared string
+        assert result.status == "failed"
+        assert (
+            result.error
+            == "output 'id' does not match its schema: at the top level: " + f"{result.row} is not of type 'string'"
+        )
+    assert sim.stats()["models"]["sim-small"]["requests"] == 5  # no repair calls
+    store.close()
+
+
 def test_expired_rows_fail_with_the_reason(tmp_path: Path, sim: SimServer) -> None:
     workflow, store, header, config = setup(tmp_path, sim, "via-anthropic")
     text = Path(config).read_text().replace("x-sim-batch-delay-s:", 'x-sim-batch-expire: "3", x-sim-batch-delay-s:')

@@ -507,12 +507,13 @@ def figure(runs: list[dict[str, Any]], field_: str) -> tuple[float, float, float
     return spread([r[field_] for r in runs if field_ in r])
 
 
-def fmt(found: tuple[float, float, float] | None, digits: int = 0, sign: str = "") -> str:
-    """`median (min-max)`."""
+def fmt(found: tuple[float, float, float] | None, digits: int = 0, signed: bool = False) -> str:
+    """`median (min-max)`; `signed` writes every number with its sign (differences)."""
     if found is None:
         return "-"
-    median, low, high = found
-    return f"{sign}{median:.{digits}f} ({sign}{low:.{digits}f}-{sign}{high:.{digits}f})"
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
+    median, low, high = (form.format(v) for v in found)
+    return f"{median} ({low} to {high})" if signed else f"{median} ({low}-{high})"
 
 
 # (column title, scenario, field, digits, higher is better) — the table's columns and the ratio table's.
@@ -546,7 +547,7 @@ def table(samples: dict[str, dict[str, list[dict[str, Any]]]], rss: dict[str, fl
         if name != "direct" and direct_c1 and runs.get("c1"):
             p50 = [r["p50_ms"] - d["p50_ms"] for r, d in zip(runs["c1"], direct_c1, strict=False)]
             p99 = [r["p99_ms"] - d["p99_ms"] for r, d in zip(runs["c1"], direct_c1, strict=False)]
-            added = f"{fmt(spread(p50), 2, '+')} / {fmt(spread(p99), 2, '+')}"
+            added = f"{fmt(spread(p50), 2, True)} / {fmt(spread(p99), 2, True)}"
         peak = f"{rss[name]:.0f}" if name in rss else "-"
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {added} | {peak} |")
     if "passthrough" in samples:
@@ -590,7 +591,7 @@ def targets(samples: dict[str, dict[str, list[dict[str, Any]]]], name: str = "mo
     ]
     if direct_runs and mine.get("c1"):
         added = spread([r["p99_ms"] - d["p99_ms"] for r, d in zip(mine["c1"], direct_runs["c1"], strict=False)])
-        rows.append(("added p99 at c=1 ≤ 0.5 ms", added[0] if added else None, lambda v: v <= 0.5, "+{:.2f} ms"))
+        rows.append(("added p99 at c=1 ≤ 0.5 ms", added[0] if added else None, lambda v: v <= 0.5, "{:+.2f} ms"))
     p99 = figure(mine.get("rate1000", []), "p99_ms")
     rows.append(("p99 ≤ 3 ms at 1,000 RPS", p99[0] if p99 else None, lambda v: v <= 3.0, "{:.1f} ms"))
     lines = [f"issue #20 targets, row {name}:", "", "| target | measured | |", "|---|---|---|"]

@@ -214,13 +214,14 @@ def modelyard(
     prefix: list[str] | None = None,
     python: str | None = None,
     server: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> Contender:
     """`modelyard serve` with every feature on (bench/configs/everything_on.yaml, row `variant`: plain,
     guardrails, redis), self-checked (everything_on.self_check) before it is returned. `src` runs another
     checkout's code (its `src/` directory); `prefix` runs the server under a tool (bench/instructions.py:
     valgrind; no self-check then); `python` is the interpreter (server_compare.py's venv); `server` replaces
     `modelyard serve` by another command serving the same app (`{port}` is filled in, MODELYARD_CONFIG names
-    the config)."""
+    the config; `extra_env` is added to its environment)."""
     suffix = "" if variant == "plain" else f"+{variant}"
     label = name or ("modelyard" + suffix if workers == 1 else f"modelyard{suffix} x{workers}")
     slug = re.sub(r"\W+", "-", label)
@@ -262,7 +263,11 @@ def modelyard(
     proc = spawn(
         [*(prefix or []), *command],
         log=tmp / f"{slug}.log",
-        env={"MODELYARD_CONFIG": str(config), **({"PYTHONPATH": str(src)} if src is not None else {})},
+        env={
+            "MODELYARD_CONFIG": str(config),
+            **({"PYTHONPATH": str(src)} if src is not None else {}),
+            **(extra_env or {}),
+        },
     )
     url = f"http://127.0.0.1:{port}"
     contender = Contender(label, url, "bench", key, proc)

@@ -215,13 +215,14 @@ def modelyard(
     python: str | None = None,
     server: list[str] | None = None,
     extra_env: dict[str, str] | None = None,
+    check: bool | None = None,
 ) -> Contender:
     """`modelyard serve` with every feature on (bench/configs/everything_on.yaml, row `variant`: plain,
     guardrails, redis), self-checked (everything_on.self_check) before it is returned. `src` runs another
     checkout's code (its `src/` directory); `prefix` runs the server under a tool (bench/instructions.py:
     valgrind; no self-check then); `python` is the interpreter (server_compare.py's venv); `server` replaces
     `modelyard serve` by another command serving the same app (`{port}` is filled in, MODELYARD_CONFIG names
-    the config; `extra_env` is added to its environment)."""
+    the config; `extra_env` is added to its environment); `check`: self-check (default: unless `prefix`)."""
     suffix = "" if variant == "plain" else f"+{variant}"
     label = name or ("modelyard" + suffix if workers == 1 else f"modelyard{suffix} x{workers}")
     slug = re.sub(r"\W+", "-", label)
@@ -275,7 +276,7 @@ def modelyard(
         contender.cleanup.append(lambda: everything_on.drop_redis_prefix(redis_prefix))
     try:
         wait_http(url + "/health/ready", proc, timeout=600 if prefix else 120)
-        if not prefix:
+        if (not prefix) if check is None else check:
             checked = everything_on.self_check(url, key, BENCH_KEY_MASTER, variant, config, store, redis_prefix)
             print(f"  {label}: self-check ok: " + "; ".join(checked), flush=True)
     except BaseException:
@@ -351,9 +352,11 @@ def wrk(
     *,
     script: str = "chat.lua",
     path: str = "/v1/chat/completions",
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; `script`/`path` pick the ingress (chat.lua on chat completions, responses.lua on /v1/responses)."""
-    threads = 1 if connections == 1 else 2
+    """One wrk run; `script`/`path` pick the ingress (chat.lua on chat completions, responses.lua on /v1/responses);
+    `threads`: wrk's threads (default 2, 1 at c=1)."""
+    threads = threads or (1 if connections == 1 else 2)
     env = {**os.environ, "MODEL": contender.model, "KEY": contender.key, "STREAM": "1" if stream else "0"}
     cmd = [
         "wrk",

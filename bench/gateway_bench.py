@@ -550,7 +550,12 @@ def table(samples: dict[str, dict[str, list[dict[str, Any]]]], rss: dict[str, fl
     ]
     direct_c1 = samples.get("direct", {}).get("c1", [])
     for name, runs in samples.items():
-        cells = [fmt(figure(runs.get(scn, []), fld), digits) for _, scn, fld, digits, _ in COLUMNS]
+        cells = [
+            "cannot keep up"
+            if runs.get(scn) and all("skipped" in r for r in runs[scn])
+            else fmt(figure(runs.get(scn, []), fld), digits)
+            for _, scn, fld, digits, _ in COLUMNS
+        ]
         added = "-"
         if name != "direct" and direct_c1 and runs.get("c1"):
             p50 = [r["p50_ms"] - d["p50_ms"] for r, d in zip(runs["c1"], direct_c1, strict=False)]
@@ -577,6 +582,13 @@ def table(samples: dict[str, dict[str, list[dict[str, Any]]]], rss: dict[str, fl
                 ratios = [a[fld] / b[fld] for a, b in pairs if fld in a and fld in b and b[fld]]
                 cells.append(fmt(spread(ratios), 2))
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "litellm" in samples:
+        theirs = samples["litellm"].get("c16", [])
+        for name, runs in samples.items():
+            if name.startswith("modelyard"):
+                pairs = zip(runs.get("c16", []), theirs, strict=False)
+                found = spread([a["rps"] / b["rps"] for a, b in pairs if "rps" in a and b.get("rps")])
+                lines.append(f"\n{name} / LiteLLM, req/s at c=16: {fmt(found, 1)}")
     return "\n".join(lines)
 
 

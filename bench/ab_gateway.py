@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import everything_on
 import gateway_bench as gb
 
 SCENARIOS = {"c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
@@ -59,7 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--scenarios", default="c16,stream-c16")
-    parser.add_argument("--variant", default="plain", choices=gb.everything_on.VARIANTS)
+    parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
     with tempfile.TemporaryDirectory(prefix="modelyard-ab-") as tmp_name:

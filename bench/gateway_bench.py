@@ -30,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def wait_http(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urlopen(Request(url, headers=headers or {}), timeout=2):
                 return
@@ -603,7 +604,7 @@ def targets(samples: dict[str, dict[str, list[dict[str, Any]]]], name: str = "mo
         found = spread([a[fld] / b[fld] for a, b in pairs if fld in a and fld in b and b[fld]])
         return found[0] if found else None
 
-    rows = [
+    rows: list[tuple[str, float | None, Callable[[float], bool], str]] = [
         ("req/s c=16 ≥ 0.9x pass-through", ratio("c16", "rps"), lambda v: v >= 0.9, "{:.2f}x"),
         ("req/s c=64 ≥ 0.9x pass-through", ratio("c64", "rps"), lambda v: v >= 0.9, "{:.2f}x"),
         ("streams/s ≥ 0.9x pass-through", ratio("stream-c16", "rps"), lambda v: v >= 0.9, "{:.2f}x"),

@@ -34,6 +34,7 @@ import argparse
 import http.client
 import importlib.util
 import json
+import os
 import socket
 import statistics
 import sys
@@ -368,7 +369,7 @@ def main() -> None:
     missing = [s for s in args.servers.split(",") if s not in available]
     if missing:
         print(f"not installed in {sys.prefix}, left out: {', '.join(missing)}", flush=True)
-    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "nproc": gb.os.cpu_count(), "servers": servers}
+    report: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M"), "nproc": os.cpu_count(), "servers": servers}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         upstream, upstream_proc = gb.start_upstream(0)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from gateway_bench import everything_on, modelyard, rss_mb, start_upstream, wrk
+import everything_on
+from gateway_bench import modelyard, rss_mb, start_upstream, wrk
 
 
 def main() -> None:

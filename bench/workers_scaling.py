@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import everything_on
 import gateway_bench as gb
 
 SCENARIOS = {"c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
@@ -63,7 +64,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=8.0)
     parser.add_argument("--quick", action="store_true", help="1 s runs")
-    parser.add_argument("--variant", default="plain", choices=gb.everything_on.VARIANTS)
+    parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
     parser.add_argument("--pin", action="store_true", help="gateway on cores 0..N-1, load and upstream above")
     args = parser.parse_args()
     if args.rounds < 3:

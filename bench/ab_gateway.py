@@ -5,8 +5,9 @@
 
 The developers' guide's protocol for every "within X%" claim: both sides in the same run, alternating
 (which side goes first alternates too), at least five rounds, the median ratio and its spread reported.
-Each side is `modelyard serve` with every feature on (bench/gateway_bench.py's config: a virtual key with
-RPM/TPM limits and a budget, the cost strategy over two deployments, the spend log in SQLite, /metrics),
+Each side is `modelyard serve` with every feature on (bench/configs/everything_on.yaml, the row chosen by
+`--variant`: plain, guardrails or redis; each side self-checked before it is measured; a base older than a
+field of that file refuses to start, naming it),
 behind wrk with bench/chat.lua, against bench/upstream.py. The base side runs from a `git worktree` of
 `--base` through PYTHONPATH, in the same virtual environment.
 """
@@ -21,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import everything_on
 import gateway_bench as gb
 
 SCENARIOS = {"c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
@@ -34,9 +36,9 @@ def worktree(ref: str, into: Path) -> Path:
 
 
 def measure(
-    name: str, src: Path | None, upstream: str, tmp: Path, scenarios: list[str], duration: float
+    name: str, src: Path | None, upstream: str, tmp: Path, scenarios: list[str], duration: float, variant: str
 ) -> dict[str, float]:
-    contender = gb.modelyard(upstream, tmp, src=src, name=name)
+    contender = gb.modelyard(upstream, tmp, src=src, name=name, variant=variant)
     try:
         gb.wrk(contender, 16, 2)  # warm-up
         out = {}
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--scenarios", default="c16,stream-c16")
+    parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
     with tempfile.TemporaryDirectory(prefix="modelyard-ab-") as tmp_name:
@@ -71,7 +74,10 @@ def main() -> None:
                 sides = [("base", base_src), ("head", None)]
                 if i % 2:
                     sides.reverse()
-                got = {name: measure(name, src, upstream, tmp, scenarios, args.duration) for name, src in sides}
+                got = {
+                    name: measure(name, src, upstream, tmp, scenarios, args.duration, args.variant)
+                    for name, src in sides
+                }
                 for s in scenarios:
                     rows[s].append((got["base"][s], got["head"][s]))
                     cpu[s].append((got["base"][s + " cpu_us"], got["head"][s + " cpu_us"]))

@@ -25,14 +25,19 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import everything_on
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -54,7 +59,7 @@ def wait_http(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"{proc.args} exited with {proc.returncode}")
+            raise RuntimeError(f"{proc.args!r} exited with {proc.returncode}")
         try:
             with urlopen(Request(url, headers=headers or {}), timeout=2):
                 return
@@ -181,45 +186,22 @@ def direct(upstream: str) -> Contender:
     return Contender("direct", upstream, "bench", "sk-none")
 
 
-def passthrough(upstream: str, tmp: Path) -> Contender:
+def passthrough(upstream: str, tmp: Path, *, name: str = "passthrough", server: list[str] | None = None) -> Contender:
+    """The floor under uvicorn; `server` replaces uvicorn by another command serving `passthrough:app` from
+    bench/ (`{port}` is filled in; server_compare.py)."""
     port = free_port()
-    proc = spawn(
-        uvicorn_cmd("passthrough:app", port, app_dir=HERE), env={"UPSTREAM": upstream}, log=tmp / "passthrough.log"
+    command = (
+        [part.format(port=port) for part in server] if server else uvicorn_cmd("passthrough:app", port, app_dir=HERE)
     )
+    slug = re.sub(r"\W+", "-", name)
+    proc = spawn(command, env={"UPSTREAM": upstream, "PYTHONPATH": str(HERE)}, log=tmp / f"{slug}.log")
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/v1/models", proc)
-    return Contender("passthrough", url, "bench", "sk-none", proc)
-
-
-MODELYARD_CONFIG = """
-deployments:
-  - name: primary
-    provider: openai
-    model: bench-primary
-    api_base: {upstream}/v1
-    api_key: sk-upstream-secret
-    price: {{input: 2.5, output: 10}}
-    quality: 0.9
-    context_window: 128000
-    limits: {{rpm: 10000000, tpm: 100000000000}}
-  - name: secondary
-    provider: openai
-    model: bench-secondary
-    api_base: {upstream}/v1
-    api_key: sk-upstream-secret
-    price: {{input: 5, output: 15}}
-    quality: 0.95
-    context_window: 128000
-models:
-  bench:
-    strategy: cost
-    candidates: [primary, secondary]
-    constraints: {{min_quality: 0.8}}
-access:
-  master_key: {master}
-spend:
-  store: {store}
-"""
+    try:
+        wait_http(url + "/v1/models", proc)
+    except BaseException:
+        Contender(name, url, "bench", "sk-none", proc).stop()
+        raise
+    return Contender(name, url, "bench", "sk-none", proc)
 
 
 def modelyard(
@@ -227,21 +209,33 @@ def modelyard(
     tmp: Path,
     workers: int = 1,
     *,
+    variant: str = "plain",
     src: Path | None = None,
     name: str | None = None,
     prefix: list[str] | None = None,
+    python: str | None = None,
+    server: list[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    check: bool | None = None,
 ) -> Contender:
-    """`modelyard serve` with everything on; `src` runs another checkout's code (its `src/` directory);
-    `prefix` runs the server under a tool (bench/instructions.py: valgrind)."""
-    label = name or ("modelyard" if workers == 1 else f"modelyard x{workers}")
+    """`modelyard serve` with every feature on (bench/configs/everything_on.yaml, row `variant`: plain,
+    guardrails, redis), self-checked (everything_on.self_check) before it is returned. `src` runs another
+    checkout's code (its `src/` directory); `prefix` runs the server under a tool (bench/instructions.py:
+    valgrind; no self-check then); `python` is the interpreter (server_compare.py's venv); `server` replaces
+    `modelyard serve` by another command serving the same app (`{port}` is filled in, MODELYARD_CONFIG names
+    the config; `extra_env` is added to its environment); `check`: self-check (default: unless `prefix`)."""
+    suffix = "" if variant == "plain" else f"+{variant}"
+    label = name or ("modelyard" + suffix if workers == 1 else f"modelyard{suffix} x{workers}")
     slug = re.sub(r"\W+", "-", label)
     config = tmp / f"{slug}.yaml"
     store = tmp / f"{slug}.db"
-    config.write_text(MODELYARD_CONFIG.format(upstream=upstream, master=BENCH_KEY_MASTER, store=store))
+    redis_prefix = everything_on.new_redis_prefix() if variant == "redis" else None
+    config.write_text(everything_on.render(upstream, BENCH_KEY_MASTER, store, variant, redis_prefix))
+    py = python or PY
     env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
     made = subprocess.run(
         [
-            PY,
+            py,
             "-m",
             "modelyard.cli.main",
             "keys",
@@ -265,28 +259,31 @@ def modelyard(
     )
     key = json.loads(made.stdout)["key"]
     port = free_port()
+    serve = [py, "-m", "modelyard.cli.main", "serve", "--config", str(config), "--port", str(port)]
+    serve += ["--workers", str(workers), "--log-level", "warning"]
+    command = [part.format(port=port) for part in server] if server else serve
     proc = spawn(
-        [
-            *(prefix or []),
-            PY,
-            "-m",
-            "modelyard.cli.main",
-            "serve",
-            "--config",
-            str(config),
-            "--port",
-            str(port),
-            "--workers",
-            str(workers),
-            "--log-level",
-            "warning",
-        ],
+        [*(prefix or []), *command],
         log=tmp / f"{slug}.log",
-        env={"PYTHONPATH": str(src)} if src is not None else None,
+        env={
+            "MODELYARD_CONFIG": str(config),
+            **({"PYTHONPATH": str(src)} if src is not None else {}),
+            **(extra_env or {}),
+        },
     )
     url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/health/ready", proc, timeout=600 if prefix else 120)
-    return Contender(label, url, "bench", key, proc)
+    contender = Contender(label, url, "bench", key, proc)
+    if redis_prefix:
+        contender.cleanup.append(lambda: everything_on.drop_redis_prefix(redis_prefix))
+    try:
+        wait_http(url + "/health/ready", proc, timeout=600 if prefix else 120)
+        if (not prefix) if check is None else check:
+            checked = everything_on.self_check(url, key, BENCH_KEY_MASTER, variant, config, store, redis_prefix)
+            print(f"  {label}: self-check ok: " + "; ".join(checked), flush=True)
+    except BaseException:
+        contender.stop()
+        raise
+    return contender
 
 
 LITELLM_CONFIG = """
@@ -356,9 +353,11 @@ def wrk(
     *,
     script: str = "chat.lua",
     path: str = "/v1/chat/completions",
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """One wrk run; `script`/`path` pick the ingress (chat.lua on chat completions, responses.lua on /v1/responses)."""
-    threads = 1 if connections == 1 else 2
+    """One wrk run; `script`/`path` pick the ingress (chat.lua on chat completions, responses.lua on /v1/responses);
+    `threads`: wrk's threads (default 2, 1 at c=1)."""
+    threads = threads or (1 if connections == 1 else 2)
     env = {**os.environ, "MODEL": contender.model, "KEY": contender.key, "STREAM": "1" if stream else "0"}
     cmd = [
         "wrk",
@@ -452,90 +451,187 @@ SCENARIOS = [
     ("c64", "wrk", 64, False),
     ("stream-c16", "wrk", 16, True),
     ("rate500", "rate", 500, False),
+    ("rate1000", "rate", 1000, False),
     ("ttft-c1", "ttft", 1, True),
+]
+Scenario = tuple[str, str, int, bool]
+QUICK = {"duration": 1.0, "repetitions": 3, "ttft_requests": 60, "delays": "0"}
+QUICK_ONLY = "direct,passthrough,modelyard,modelyard-guardrails,modelyard-redis"
+
+
+def run_scenario(contender: Contender, scenario: Scenario, duration: float, ttft_requests: int) -> dict[str, Any]:
+    """One run of one scenario, with the contender's CPU per request (process tree, user + system) over it."""
+    _, kind, amount, stream = scenario
+    pid = contender.proc.pid if contender.proc else None
+    cpu_before = cpu_seconds(pid) if pid else 0.0
+    if kind == "wrk":
+        result = wrk(contender, amount, duration, stream)
+        count = result["requests"]
+    elif kind == "rate":
+        result = fixed_rate(contender, amount, duration)
+        count = int(result["sent"]) + 32  # + the generator's warm-up requests
+    else:
+        result = ttft(contender, ttft_requests)
+        count = ttft_requests + 20
+    if pid:
+        result["cpu_ms_per_req"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, count)
+    return result
+
+
+def measure_all(
+    contenders: list[Contender], scenarios: list[Scenario], repetitions: int, duration: float, ttft_requests: int
+) -> dict[str, dict[str, list[dict[str, Any]]]]:
+    """Every scenario `repetitions` times for every contender, round-robin: repetition r runs each scenario
+    for all contenders in turn (the order rotated by r), so drift of a shared machine hits all of them alike.
+    A fixed-rate run is skipped for a contender whose c=16 throughput in the same repetition was below the
+    rate (its p99 would be the length of its queue)."""
+    samples: dict[str, dict[str, list[dict[str, Any]]]] = {c.name: {s[0]: [] for s in scenarios} for c in contenders}
+    for contender in contenders:
+        wrk(contender, 16, min(2.0, duration))  # warm-up
+    for rep in range(repetitions):
+        shift = rep % len(contenders)
+        order = contenders[shift:] + contenders[:shift]
+        for scenario in scenarios:
+            name, kind, amount, _ = scenario
+            for contender in order:
+                runs = samples[contender.name]
+                capacity = runs["c16"][-1]["rps"] if runs.get("c16") else None
+                if kind == "rate" and capacity is not None and capacity < amount:
+                    result: dict[str, Any] = {"skipped": f"c=16 gives {capacity:.0f} req/s < {amount}"}
+                else:
+                    result = run_scenario(contender, scenario, duration, ttft_requests)
+                runs[name].append(result)
+                shown = ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items())
+                print(f"  rep {rep + 1} {contender.name:>22} {name:>10}: {shown}", flush=True)
+    return samples
+
+
+def spread(values: list[float]) -> tuple[float, float, float] | None:
+    """(median, min, max), or None when there is nothing to summarise."""
+    values = [v for v in values if isinstance(v, int | float) and v == v]
+    return (statistics.median(values), min(values), max(values)) if values else None
+
+
+def figure(runs: list[dict[str, Any]], field_: str) -> tuple[float, float, float] | None:
+    return spread([r[field_] for r in runs if field_ in r])
+
+
+def fmt(found: tuple[float, float, float] | None, digits: int = 0, signed: bool = False) -> str:
+    """`median (min-max)`; `signed` writes every number with its sign (differences)."""
+    if found is None:
+        return "-"
+    form = f"{{:{'+' if signed else ''}.{digits}f}}"
+    median, low, high = (form.format(v) for v in found)
+    return f"{median} ({low} to {high})" if signed else f"{median} ({low}-{high})"
+
+
+# (column title, scenario, field, digits, higher is better) — the table's columns and the ratio table's.
+COLUMNS = [
+    ("c=1 p50 ms", "c1", "p50_ms", 2, False),
+    ("c=1 p99 ms", "c1", "p99_ms", 2, False),
+    ("req/s c=16", "c16", "rps", 0, True),
+    ("req/s c=64", "c64", "rps", 0, True),
+    ("streams/s c=16", "stream-c16", "rps", 0, True),
+    ("500 RPS p99 ms", "rate500", "p99_ms", 1, False),
+    ("1,000 RPS p99 ms", "rate1000", "p99_ms", 1, False),
+    ("TTFT p50 ms", "ttft-c1", "ttft_p50_ms", 2, False),
+    ("CPU ms/req c=16", "c16", "cpu_ms_per_req", 3, False),
+    ("CPU ms/stream c=16", "stream-c16", "cpu_ms_per_req", 3, False),
 ]
 
 
-def measure(
-    contender: Contender, duration: float, tmp: Path, scenarios: list[tuple[str, str, int, bool]]
-) -> dict[str, Any]:
-    results: dict[str, Any] = {}
-    pid = contender.proc.pid if contender.proc else None
-    wrk(contender, 16, 2)  # warm-up
-    for name, kind, amount, stream in scenarios:
-        cpu_before = cpu_seconds(pid) if pid else 0.0
-        if kind == "wrk":
-            result = wrk(contender, amount, duration, stream)
-            count = result["requests"]
-        elif kind == "rate":
-            result = fixed_rate(contender, amount, duration)
-            count = int(result["rps"] * duration)
-        else:
-            result = ttft(contender, 300)
-            count = 320
-        if pid:
-            result["cpu_ms_per_req"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, count)
-        results[name] = result
-        print(
-            f"  {contender.name:>14} {name:>10}: "
-            + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()),
-            flush=True,
-        )
-    if pid:
-        results["rss_peak_mb"] = rss_mb(pid)
-        results["rss_now_mb"] = rss_mb(pid, peak=False)
-    return results
-
-
-def table(results: dict[str, dict[str, Any]], delay_ms: float) -> str:
-    direct_c1 = results.get("direct", {}).get("c1", {})
+def table(samples: dict[str, dict[str, list[dict[str, Any]]]], rss: dict[str, float], delay_ms: float) -> str:
+    """The docs/benchmarks.md table (every cell `median (min-max)` over the repetitions), the added latency
+    against `direct`, and the ratios contender/pass-through per column from paired repetitions."""
     lines = [
-        f"upstream latency {delay_ms:.0f} ms",
-        "| contender | c=1 p50 / p99 ms | added p50 / p99 at c=1 | req/s c=16 | req/s c=64 | stream req/s c=16 "
-        "| 500 RPS p99 ms | TTFT p50 ms (added) | CPU ms/req c=16 | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        f"upstream latency {delay_ms:.0f} ms; each cell: median (min-max) of the repetitions",
+        "",
+        "| contender | " + " | ".join(c[0] for c in COLUMNS) + " | added p50 / p99 at c=1 ms | peak RSS MB |",
+        "|---|" + "---|" * (len(COLUMNS) + 2),
     ]
-    base_ttft = results.get("direct", {}).get("ttft-c1", {}).get("ttft_p50_ms")
-    for name, r in results.items():
-        c1 = r.get("c1", {})
-        added = (
-            f"+{c1['p50_ms'] - direct_c1['p50_ms']:.2f} / +{c1['p99_ms'] - direct_c1['p99_ms']:.2f}"
-            if c1 and direct_c1 and name != "direct"
-            else "-"
-        )
-        t = r.get("ttft-c1", {})
-        ttft_cell = (
-            f"{t['ttft_p50_ms']:.2f} (+{t['ttft_p50_ms'] - base_ttft:.2f})"
-            if t and base_ttft is not None and name != "direct"
-            else (f"{t['ttft_p50_ms']:.2f}" if t else "-")
-        )
-        rate_p99 = r.get("rate500", {}).get("p99_ms")
-        rate_cell = f"{rate_p99:.1f}" if isinstance(rate_p99, int | float) else "-"
+    direct_c1 = samples.get("direct", {}).get("c1", [])
+    for name, runs in samples.items():
+        cells = [
+            "cannot keep up"
+            if runs.get(scn) and all("skipped" in r for r in runs[scn])
+            else fmt(figure(runs.get(scn, []), fld), digits)
+            for _, scn, fld, digits, _ in COLUMNS
+        ]
+        added = "-"
+        if name != "direct" and direct_c1 and runs.get("c1"):
+            p50 = [r["p50_ms"] - d["p50_ms"] for r, d in zip(runs["c1"], direct_c1, strict=False)]
+            p99 = [r["p99_ms"] - d["p99_ms"] for r, d in zip(runs["c1"], direct_c1, strict=False)]
+            added = f"{fmt(spread(p50), 2, True)} / {fmt(spread(p99), 2, True)}"
+        peak = f"{rss[name]:.0f}" if name in rss else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {added} | {peak} |")
+    if "passthrough" in samples:
+        lines += [
+            "",
+            "Ratio contender / pass-through per column, from the repetitions paired in time: median (min-max)"
+            " (req/s: higher is better; latency and CPU: lower is better)",
+            "",
+            "| contender | " + " | ".join(c[0] for c in COLUMNS) + " |",
+            "|---|" + "---|" * len(COLUMNS),
+        ]
+        floor = samples["passthrough"]
+        for name, runs in samples.items():
+            if name in ("direct", "passthrough"):
+                continue
+            cells = []
+            for _, scn, fld, _, _ in COLUMNS:
+                pairs = zip(runs.get(scn, []), floor.get(scn, []), strict=False)
+                ratios = [a[fld] / b[fld] for a, b in pairs if fld in a and fld in b and b[fld]]
+                cells.append(fmt(spread(ratios), 2))
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "litellm" in samples:
+        theirs = samples["litellm"].get("c16", [])
+        for name, runs in samples.items():
+            if name.startswith("modelyard"):
+                pairs = zip(runs.get("c16", []), theirs, strict=False)
+                found = spread([a["rps"] / b["rps"] for a, b in pairs if "rps" in a and b.get("rps")])
+                lines.append(f"\n{name} / LiteLLM, req/s at c=16: {fmt(found, 1)}")
+    return "\n".join(lines)
 
-        def cell(key: str, field_: str, fmt: str = "{:.0f}", r: dict[str, Any] = r) -> str:
-            value = r.get(key, {}).get(field_)
-            return fmt.format(value) if isinstance(value, int | float) else "-"
 
-        lines.append(
-            f"| {name} | {cell('c1', 'p50_ms', '{:.2f}')} / {cell('c1', 'p99_ms', '{:.2f}')} | {added} "
-            f"| {cell('c16', 'rps')} | {cell('c64', 'rps')} | {cell('stream-c16', 'rps')} "
-            f"| {rate_cell} | {ttft_cell} "
-            f"| {cell('c16', 'cpu_ms_per_req', '{:.3f}')} | {r.get('rss_peak_mb', 0):.0f} |"
-        )
-    ratios = []
-    for name in results:
-        if name in ("direct", "passthrough") or "passthrough" not in results:
-            continue
-        for scenario in ("c16", "c64", "stream-c16"):
-            mine = results[name].get(scenario, {}).get("rps")
-            floor = results["passthrough"].get(scenario, {}).get("rps")
-            if mine and floor:
-                ratios.append(f"{name}/passthrough {scenario}: {mine / floor:.2f}x")
-        if "litellm" in results and name != "litellm":
-            mine, theirs = results[name].get("c16", {}).get("rps"), results["litellm"].get("c16", {}).get("rps")
-            if mine and theirs:
-                ratios.append(f"{name}/litellm c16: {mine / theirs:.1f}x")
-    return "\n".join(lines + (["", *ratios] if ratios else []))
+def targets(samples: dict[str, dict[str, list[dict[str, Any]]]], name: str = "modelyard") -> str:
+    """issue #20's "done when", for the plain everything-on row (medians of paired ratios)."""
+    mine, floor, direct_runs = samples.get(name), samples.get("passthrough"), samples.get("direct")
+    if not mine or not floor:
+        return ""
+
+    def ratio(scn: str, fld: str) -> float | None:
+        pairs = zip(mine.get(scn, []), floor.get(scn, []), strict=False)
+        found = spread([a[fld] / b[fld] for a, b in pairs if fld in a and fld in b and b[fld]])
+        return found[0] if found else None
+
+    rows: list[tuple[str, float | None, Callable[[float], bool], str]] = [
+        ("req/s c=16 ≥ 0.9x pass-through", ratio("c16", "rps"), lambda v: v >= 0.9, "{:.2f}x"),
+        ("req/s c=64 ≥ 0.9x pass-through", ratio("c64", "rps"), lambda v: v >= 0.9, "{:.2f}x"),
+        ("streams/s ≥ 0.9x pass-through", ratio("stream-c16", "rps"), lambda v: v >= 0.9, "{:.2f}x"),
+        ("CPU/request ≤ 1.1x pass-through", ratio("c16", "cpu_ms_per_req"), lambda v: v <= 1.1, "{:.2f}x"),
+    ]
+    if direct_runs and mine.get("c1"):
+        added = spread([r["p99_ms"] - d["p99_ms"] for r, d in zip(mine["c1"], direct_runs["c1"], strict=False)])
+        rows.append(("added p99 at c=1 ≤ 0.5 ms", added[0] if added else None, lambda v: v <= 0.5, "{:+.2f} ms"))
+    p99 = figure(mine.get("rate1000", []), "p99_ms")
+    rows.append(("p99 ≤ 3 ms at 1,000 RPS", p99[0] if p99 else None, lambda v: v <= 3.0, "{:.1f} ms"))
+    lines = [f"issue #20 targets, row {name}:", "", "| target | measured | |", "|---|---|---|"]
+    for title, value, ok, form in rows:
+        shown = form.format(value) if value is not None else "-"
+        verdict = "-" if value is None else ("met" if ok(value) else "**not met**")
+        lines.append(f"| {title} | {shown} | {verdict} |")
+    return "\n".join(lines)
+
+
+CONTENDERS = {
+    "direct": "direct",
+    "passthrough": "the floor: bench/passthrough.py under uvicorn",
+    "modelyard": "everything on (bench/configs/everything_on.yaml)",
+    "modelyard-guardrails": "everything on + the input guardrail set",
+    "modelyard-redis": "everything on + shared state in Redis",
+    "modelyard2": "everything on, --workers 2",
+    "litellm": "LiteLLM's proxy",
+}
 
 
 def _start(name: str, upstream_url: str, tmp: Path) -> Contender | None:
@@ -545,51 +641,71 @@ def _start(name: str, upstream_url: str, tmp: Path) -> Contender | None:
         return passthrough(upstream_url, tmp)
     if name == "modelyard":
         return modelyard(upstream_url, tmp)
+    if name == "modelyard-guardrails":
+        return modelyard(upstream_url, tmp, variant="guardrails")
+    if name == "modelyard-redis":
+        return modelyard(upstream_url, tmp, variant="redis")
     if name == "modelyard2":
         return modelyard(upstream_url, tmp, workers=2)
     if name == "litellm":
         return litellm(upstream_url, tmp)
-    raise SystemExit(f"unknown contender {name!r}")
+    raise SystemExit(f"unknown contender {name!r} (one of {', '.join(CONTENDERS)})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per load run")
-    parser.add_argument("--only", default="direct,passthrough,modelyard,modelyard2,litellm")
+    parser.add_argument("--quick", action="store_true", help=f"~2 minutes: {QUICK} and --only {QUICK_ONLY}")
+    parser.add_argument("--duration", type=float, default=None, help="seconds per load run (default 8)")
+    parser.add_argument("--repetitions", type=int, default=None, help="runs of each scenario (default 3, min 3)")
+    parser.add_argument("--only", default=None, help=f"contenders, of {','.join(CONTENDERS)}")
     parser.add_argument("--no-litellm", action="store_true")
-    parser.add_argument("--delays", default="0,50", help="upstream latencies in ms")
+    parser.add_argument("--delays", default=None, help="upstream latencies in ms (default 0,50)")
     parser.add_argument("--scenarios", default=",".join(s[0] for s in SCENARIOS))
+    parser.add_argument("--ttft-requests", type=int, default=None, help="streamed requests per TTFT run (300)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk not found: apt-get install -y wrk")
-    wanted = [w for w in args.only.split(",") if not (args.no_litellm and w == "litellm")]
+    quick: dict[str, Any] = QUICK if args.quick else {}
+    duration = args.duration or quick.get("duration", 8.0)
+    repetitions = args.repetitions or quick.get("repetitions", 3)
+    if repetitions < 3:
+        sys.exit("error: --repetitions must be at least 3 (every figure is a median with its spread)")
+    ttft_requests = args.ttft_requests or quick.get("ttft_requests", 300)
+    delays = args.delays or quick.get("delays", "0,50")
+    only = args.only or (QUICK_ONLY if args.quick else ",".join(CONTENDERS))
+    wanted = [w for w in only.split(",") if not (args.no_litellm and w == "litellm")]
     chosen = [s for s in SCENARIOS if s[0] in args.scenarios.split(",")]
     report: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d %H:%M"),
         "nproc": os.cpu_count(),
         "cpu": _cpu_model(),
+        "duration_s": duration,
+        "repetitions": repetitions,
         "runs": {},
     }
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
-        for delay in [float(d) for d in args.delays.split(",")]:
+        for delay in [float(d) for d in delays.split(",")]:
             upstream_url, upstream = start_upstream(delay)
-            results: dict[str, dict[str, Any]] = {}
             scenarios = chosen if delay == 0 else [s for s in chosen if s[0] in ("c1", "c16", "stream-c16")]
+            started: list[Contender] = []
             try:
                 for name in wanted:
                     contender = _start(name, upstream_url, tmp)
-                    if contender is None:
-                        continue
-                    try:
-                        results[contender.name] = measure(contender, args.duration, tmp, scenarios)
-                    finally:
-                        contender.stop()
+                    if contender is not None:
+                        started.append(contender)
+                samples = measure_all(started, scenarios, repetitions, duration, ttft_requests)
+                rss = {c.name: rss_mb(c.proc.pid) for c in started if c.proc is not None}
             finally:
+                for contender in started:
+                    contender.stop()
                 upstream.terminate()
-            report["runs"][f"{delay:.0f}ms"] = results
+            report["runs"][f"{delay:.0f}ms"] = {"samples": samples, "rss_peak_mb": rss}
             print()
-            print(table(results, delay))
+            print(table(samples, rss, delay))
+            if delay == 0:
+                print()
+                print(targets(samples))
             print()
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)

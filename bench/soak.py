@@ -1,7 +1,8 @@
 """Memory soak: RSS of `modelyard serve` (every feature on) over many requests; is it flat after warm-up?
 
-    python bench/soak.py [--requests 500000] [--connections 16] [--stream-share 0.25]
+    python bench/soak.py [--requests 500000] [--connections 16] [--stream-share 0.25] [--variant plain]
 
+The gateway runs bench/configs/everything_on.yaml (`--variant`: plain, guardrails or redis), self-checked.
 Drives the gateway with wrk in 10-second slices (non-streaming, and a share of streaming slices) against
 the fast mock upstream, and samples the gateway's RSS after each slice. Prints the series, the RSS after
 warm-up (the first 10% of requests) and at the end, and the growth between them (target: within 5%).
@@ -16,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import everything_on
 from gateway_bench import modelyard, rss_mb, start_upstream, wrk
 
 
@@ -25,11 +27,12 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--slice-s", type=int, default=10)
     parser.add_argument("--stream-share", type=float, default=0.25, help="share of slices that stream")
+    parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
     args = parser.parse_args()
     upstream_url, upstream = start_upstream(0)
     samples: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        gateway = modelyard(upstream_url, Path(tmp))
+        gateway = modelyard(upstream_url, Path(tmp), variant=args.variant)
         assert gateway.proc is not None
         try:
             done = 0

@@ -43,7 +43,10 @@ def _completion(model: str) -> bytes:
     ).encode()
 
 
-def _events(model: str, include_usage: bool) -> list[bytes]:
+BIG_STREAM_FROM = 1000  # max_tokens at which a stream carries max_tokens chunks (backpressure tests)
+
+
+def _events(model: str, include_usage: bool, chunks: int = len(WORDS)) -> list[bytes]:
     base = {"id": "chatcmpl-bench", "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
 
     def event(choices: list[dict[str, object]], usage: dict[str, int] | None = None) -> bytes:
@@ -53,10 +56,11 @@ def _events(model: str, include_usage: bool) -> list[bytes]:
         return b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\n"
 
     out = [event([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}])]
-    out += [event([{"index": 0, "delta": {"content": w}, "finish_reason": None}]) for w in WORDS]
+    words = [WORDS[i % len(WORDS)] for i in range(chunks)]
+    out += [event([{"index": 0, "delta": {"content": w}, "finish_reason": None}]) for w in words]
     out.append(event([{"index": 0, "delta": {}, "finish_reason": "stop"}]))
     if include_usage:
-        out.append(event([], {"prompt_tokens": 20, "completion_tokens": len(WORDS), "total_tokens": 28}))
+        out.append(event([], {"prompt_tokens": 20, "completion_tokens": chunks, "total_tokens": 20 + chunks}))
     out.append(b"data: [DONE]\n\n")
     return out
 
@@ -105,7 +109,9 @@ class _Handler(asyncio.Protocol):
         model = str(request.get("model", "bench"))
         if request.get("stream"):
             include = bool((request.get("stream_options") or {}).get("include_usage"))
-            payload = b"".join(_events(model, include))
+            max_tokens = request.get("max_tokens")
+            big = isinstance(max_tokens, int) and max_tokens >= BIG_STREAM_FROM
+            payload = b"".join(_events(model, include, max_tokens if big else len(WORDS)))
             head = (
                 b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncache-control: no-cache\r\n"
                 b"transfer-encoding: chunked\r\n\r\n"

@@ -24,6 +24,12 @@ import httptools
 
 from modelyard.schema.errors import ModelyardError
 
+#: Unread body bytes at which a connection stops reading its socket, and at which it reads again: a client
+#: that reads a stream slowly holds at most this much of the upstream's answer here, the rest waits in the
+#: kernel's buffers and then the upstream's (TCP flow control), as with any proxy.
+HIGH_WATER = 256 * 1024
+LOW_WATER = 64 * 1024
+
 
 class HttpError(ModelyardError):
     """A transport-level failure (the connection broke, the response was not valid HTTP)."""
@@ -114,6 +120,10 @@ class Connection(asyncio.Protocol):
         self._error: BaseException | None = None
         self._in_use = False
         self._keep_alive = False
+        #: Body bytes received and not yet read; past HIGH_WATER the socket is not read until the reader
+        #: (a stream pump waiting on a slow client) has taken them down to LOW_WATER.
+        self._buffered = 0
+        self._paused = False
 
     # ------------------------------------------------------------------ protocol callbacks
 
@@ -150,6 +160,10 @@ class Connection(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
         self._wake()
 
     def on_message_complete(self) -> None:
@@ -164,6 +178,7 @@ class Connection(asyncio.Protocol):
         self._complete = False
         self._error = None
         self._chunks.clear()
+        self._buffered = 0
         self._head = loop.create_future()
         assert self.transport is not None
         self.transport.write(head + body if len(body) < 65536 else head)
@@ -191,7 +206,13 @@ class Connection(asyncio.Protocol):
     async def next_chunk(self) -> bytes:
         while True:
             if self._chunks:
-                return self._chunks.popleft()
+                chunk = self._chunks.popleft()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= LOW_WATER:
+                    self._paused = False
+                    if self.transport is not None and not self.closed:
+                        self.transport.resume_reading()
+                return chunk
             if self._error is not None:
                 raise self._error
             if self._complete:

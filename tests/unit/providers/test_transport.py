@@ -336,3 +336,41 @@ async def test_an_answer_past_the_bound_fails_the_attempt_without_reading_the_re
     finally:
         await transport.close()
         server.close()
+
+
+async def test_a_reader_that_stops_reading_stops_the_upstream_not_our_memory() -> None:
+    """An upstream that streams 32 MB to a reader that takes one chunk and waits (a stream pump behind a client
+    that reads nothing): the connection holds at most HIGH_WATER unread bytes and one socket read, the upstream's writes
+    block in TCP flow control, and everything arrives once the reader reads again."""
+    from modelyard.providers import http1
+
+    total = 32 * 1024 * 1024
+    piece = b"x" * 65536
+    written = 0
+
+    async def handler(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal written
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % total)
+        while written < total:
+            writer.write(piece)
+            written += len(piece)
+            await writer.drain()
+        writer.close()
+
+    server, port = await _serve(handler)
+    client = Http1Client()
+    try:
+        response = await client.request("GET", f"http://127.0.0.1:{port}/big", {}, b"", connect_timeout=1)
+        first = await response.next_chunk()
+        await asyncio.sleep(0.5)  # the reader stalls
+        conn = response._conn
+        assert conn._buffered <= http1.HIGH_WATER + 256 * 1024, conn._buffered  # + at most one socket read
+        assert written < total // 2, written  # the upstream is held back, not drained into our memory
+        received = len(first)
+        while chunk := await response.next_chunk():
+            received += len(chunk)
+        assert received == total and conn._buffered == 0
+    finally:
+        client.close()
+        server.close()

@@ -44,6 +44,7 @@ from modelyard.state.counters import (
     spent_value,
 )
 from modelyard.state.outage import StateUnavailable
+from modelyard.state.redis_batch import ScriptBatcher
 from modelyard.state.redis_link import RedisLink, make_client, redis_errors
 from modelyard.state.windows import SPAN
 
@@ -253,6 +254,8 @@ class RedisCounters:
         #: Seeds in flight by their epoch: a settlement of a reservation carried into one waits for it.
         self._seeding: dict[str, asyncio.Future[None]] = {}
         self._local = MemoryCounters()
+        #: Admissions and settlements of one loop turn go to Redis as one pipeline.
+        self._batch = ScriptBatcher(lambda: self._client)
         self._link = RedisLink(
             lambda: self._client,
             what="key limits and budgets",
@@ -302,6 +305,7 @@ class RedisCounters:
         await self._link.close()
         if self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        await self._batch.drain()
         if self._pending:
             log.warning(
                 "%d budget settlements could not be sent to Redis before shutdown (their spend is in "
@@ -371,7 +375,7 @@ class RedisCounters:
             _MARKER_TTL_S,
         ]
         try:
-            ok, reason, wait, second, epoch = await self._admit(keys=keys, args=args)
+            ok, reason, wait, second, epoch = await self._batch.call(self._admit, keys, args)
         except self._errors as exc:
             if budget:  # it may have run with its answer lost: undone once Redis answers (if it did run)
                 self._queue(self._settle_call(account, ask.period, 0, 0, 0, 0, "", "", -estimate, token, "undo"))
@@ -467,6 +471,10 @@ class RedisCounters:
         if not self._available:
             self._queue(call)
             return
+        if after is None:  # the common case: into this turn's pipeline, no task of its own
+            sent = self._batch.call(self._settle, *call)
+            sent.add_done_callback(lambda done: self._settle_failed(call, done))
+            return
         task = asyncio.get_running_loop().create_task(self._send_settle(call, after))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -479,10 +487,23 @@ class RedisCounters:
             return
         keys, args = call
         try:
-            await self._settle(keys=keys, args=args)
+            await self._batch.call(self._settle, keys, args)
         except self._errors as exc:  # replayed when Redis is back
             self._queue(call)
             self._went_down(exc)
+
+    def _settle_failed(self, call: tuple[list[str], list[Any]], sent: asyncio.Future[Any]) -> None:
+        """A settlement that did not reach Redis is replayed when Redis is back (as in `_send_settle`)."""
+        if sent.cancelled():
+            return
+        exc = sent.exception()
+        if exc is None:
+            return
+        if isinstance(exc, self._errors):
+            self._queue(call)
+            self._went_down(exc)
+        else:
+            log.error("budget settlement failed: %s", exc)
 
     def _queue(self, call: tuple[list[str], list[Any]]) -> None:
         if len(self._pending) == self._pending.maxlen:
@@ -595,5 +616,7 @@ class RedisCounters:
 
     async def drain(self) -> None:
         """Wait for the settlements in flight (tests, shutdown)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        while self._tasks or self._batch.busy:
+            if self._tasks:
+                await asyncio.gather(*list(self._tasks), return_exceptions=True)
+            await self._batch.drain()

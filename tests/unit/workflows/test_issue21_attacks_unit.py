@@ -272,3 +272,34 @@ def test_run_html_escapes_hostile_outputs_errors_and_keys(tmp_path: Path) -> Non
     parser.feed(page)
     assert "script" not in parser.tags and "img" not in parser.tags
     assert page.count("&lt;script&gt;") >= 3
+
+
+# --------------------------------------------------------------------------- a stream nobody reads
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: RunStream's event queue is unbounded: a consumer that stops reading holds every token event "
+    "of the run (measured: a 100-way fan-out of 2,000-word answers queues 200,303 events, about +50 MiB RSS)",
+)
+def test_a_stream_that_is_not_read_holds_a_bounded_number_of_events() -> None:
+    spec = workflow(
+        """
+        steps:
+          fan: {model: m, foreach: "{{ range(100) | list }}", prompt: "x {{ item }}"}
+        """
+    )
+
+    async def never_read_again() -> int:
+        stream = Workflow(spec).stream(tokens=True, backend=ScriptedBackend(answer_words=2000))
+        await stream.__anext__()  # the run starts; then the consumer goes away without closing it
+        assert stream._task is not None
+        try:  # a fix may hold the run back (backpressure) instead of finishing it: either way, measure
+            await asyncio.wait_for(asyncio.shield(stream._task), 10)
+        except TimeoutError:
+            pass
+        held = stream._queue.qsize()
+        stream._task.cancel()
+        return held
+
+    assert asyncio.run(never_read_again()) <= 10_000

@@ -408,3 +408,52 @@ def test_run_stream_against_a_gateway_that_breaks_mid_stream_fails_the_step_in_o
     assert "[a] alpha" in done.stdout or "alpha" in done.stdout  # what arrived was shown
     assert "status: failed" in done.stdout
     assert ("upstream fell over" if mode == "error" else "ended before [DONE]") in done.stdout + done.stderr
+
+
+BRANCHED = HEADER.format(name="branched") + (
+    "steps:\n"
+    "  gate: {approve: {prompt: 'OK?'}}\n"
+    "  slow: {model: m, prompt: slow}\n"
+    "  ship: {model: m, needs: [gate, slow], prompt: '{{ gate.comment }}'}\n"
+)
+
+
+def test_deciding_while_the_run_still_runs_stores_the_decision_and_resumes_nothing_twice(tmp_path: Path) -> None:
+    """The gate waits while `slow` is in flight in the first process: `runs approve` (which would resume)
+    stores the decision but does not start a second session beside the live one; the first process ends
+    waiting, and `run --resume` completes the run with the stored decision, calling `slow` once."""
+    import time
+
+    source = tmp_path / "branched.yaml"
+    source.write_text(BRANCHED, encoding="utf-8")
+    db, first, second, third = (tmp_path / n for n in ("runs.db", "1.log", "2.log", "3.log"))
+    process = subprocess.Popen(
+        [*CLI, "run", str(source), "--store", str(db), "--run-id", "live", "--no-progress"],
+        cwd=ROOT, env=_cli_env(first, {"slow": 4}), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not any(e["event"] == "started" for e in _log(first)):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)  # the gate's waiting record reaches the store
+        decided = subprocess.run(
+            [*CLI, "runs", "approve", "live", "gate", "--comment", "go", "--store", str(db), "--no-progress"],
+            cwd=ROOT, env=_cli_env(second, {}), capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert process.poll() is None, "the first process ended before the decision"
+        out, err = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert decided.returncode == 0, decided.stdout + decided.stderr
+    assert "approved step gate of run live" in decided.stdout and "not resumed now" in decided.stdout
+    assert _log(second) == []  # no second session beside the live one
+    assert process.returncode == 3, out + err  # the first session still ends waiting: it read no decision
+    resumed = subprocess.run(
+        [*CLI, "run", "--resume", "live", "--store", str(db), "--no-progress"],
+        cwd=ROOT, env=_cli_env(third, {}), capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    calls = [e["step"] for log in (first, third) for e in _log(log) if e["event"] == "started"]
+    assert sorted(calls) == ["ship", "slow"]

@@ -303,3 +303,51 @@ def test_a_stream_that_is_not_read_holds_a_bounded_number_of_events() -> None:
         return held
 
     assert asyncio.run(never_read_again()) <= 10_000
+
+
+# --------------------------------------------------------------------------- next: and inputs in sub-workflows
+
+CHOOSER = HEADER.format(name="chooser") + (
+    "inputs: {x: {type: string}}\n"
+    "steps:\n"
+    "  pick: {model: m, prompt: p, next: \"{{ 'b' if inputs.x == 'go' else 'zzz' }}\"}\n"
+    "  a: {model: m, needs: [pick], prompt: a}\n"
+    "  b: {model: m, needs: [pick], prompt: b}\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("given", "states", "error"),
+    [
+        ("go", {"s/pick": "succeeded", "s/a": "skipped", "s/b": "succeeded"}, None),
+        ("other", {"s/pick": "failed", "s/a": "blocked", "s/b": "blocked"}, "chose 'zzz', which is not a successor"),
+    ],
+)
+def test_next_inside_a_sub_workflow_chooses_among_the_childs_successors(
+    tmp_path: Path, given: str, states: dict[str, str], error: str | None
+) -> None:
+    write(tmp_path, "chooser.yaml", CHOOSER)
+    parent = write(
+        tmp_path,
+        "p.yaml",
+        HEADER.format(name="p") + f"steps:\n  s: {{workflow: chooser.yaml, inputs: {{x: {given}}}}}\n",
+    )
+    result = run(load(parent), MemoryStore())
+    assert {k: result.records[k].state.value for k in states} == states
+    assert error is None or error in (result.records["s"].error or "")
+
+
+@pytest.mark.parametrize(
+    ("template", "message"),
+    [
+        ("{{ nosuch.out }}", "step 's': unknown name 'nosuch'"),
+        ("{{ a }}", "step 's': the template reads step 'a' but the step does not list it in `needs`"),
+    ],
+)
+def test_sub_workflow_inputs_reading_undeclared_steps_are_refused_at_their_line(
+    tmp_path: Path, template: str, message: str
+) -> None:
+    write(tmp_path, "chooser.yaml", CHOOSER)
+    body = f"steps:\n  a: {{model: m, prompt: p}}\n  s: {{workflow: chooser.yaml, inputs: {{x: '{template}'}}}}\n"
+    with pytest.raises(WorkflowError, match=r"p\.yaml:5: " + re.escape(message)):
+        load(write(tmp_path, "p.yaml", HEADER.format(name="p") + body))

@@ -627,7 +627,9 @@ dashboard_admin_probes = st.one_of(
 #: Decisions for waiting approval steps (issue 21): odd run ids, step keys and verbs, hostile comments.
 decision_paths = st.tuples(
     st.one_of(st.sampled_from(("run_x", "../etc", "%00", "20261205-000000-abcdef")), odd_text(30)),
-    st.one_of(st.sampled_from(("gate", "build#1.review_gate", "s[3]", "..")), odd_text(30), huge_strings()),
+    st.one_of(
+        st.sampled_from(("gate", "build#1.review_gate", "s[3]", "..", "review[1]/gate")), odd_text(30), huge_strings()
+    ),
     st.sampled_from(("approve", "reject", "approve", "reject", "APPROVE", "maybe")),
 ).map(lambda r: f"/admin/runs/{q(r[0])}/steps/{q(r[1][:300])}/{r[2]}")
 decision_probes = st.one_of(

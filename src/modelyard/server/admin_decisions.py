@@ -31,9 +31,11 @@ if TYPE_CHECKING:
     from modelyard.server.context import RequestContext
     from modelyard.workflows.checkpoint import SqliteReader
 
-DECISION_PATH = re.compile(r"/admin/runs/([^/]{1,128})/steps/([^/]{1,256})/(approve|reject)")
-#: A step key as the engine makes them: names, loop rounds (`build#2.gate`), fan-out items (`s[3]`).
-_STEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.#\[\]]{0,255}$")
+#: The step may hold `/` (sent as %2F, decoded by the server): a sub-workflow's gate is `review/gate`.
+DECISION_PATH = re.compile(r"/admin/runs/([^/]{1,128})/steps/(.{1,256})/(approve|reject)")
+#: A step key as the engine makes them: names, loop rounds (`build#2.gate`), fan-out items (`s[3]`),
+#: sub-workflow steps (`review[1]/gate`).
+_STEP_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_.#\[\]/]{0,255}$")
 
 
 class DecisionBody(msgspec.Struct, forbid_unknown_fields=True):

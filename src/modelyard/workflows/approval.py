@@ -150,7 +150,13 @@ def decide(
                 f"step {step!r} of run {run_id} is not waiting for approval ({state})", 409, "not_waiting"
             )
         raise DecisionError(f"run {run_id} has no step {step!r}", 404, "step_not_found")
-    record = waiting[-1]
+    exact = [r for r in waiting if r.key == step]
+    undecided = [r for r in waiting if r.key not in made]
+    if not exact and len(undecided) > 1:  # a name shared by fan-out items or sub-workflow instances
+        keys = ", ".join(r.key for r in undecided)
+        message = f"{len(undecided)} steps named {step!r} wait in run {run_id}: name one of {keys}"
+        raise DecisionError(message, 409, "ambiguous_step")
+    record = (exact or undecided or waiting)[-1]
     output = record.output if isinstance(record.output, dict) else {}
     if _timed_out(output, time.time()):
         held = _store_timeout(decisions, run_id, record.key, output)

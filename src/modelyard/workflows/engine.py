@@ -381,7 +381,9 @@ class Engine:
         _summarise(aggregate, leaves)
         aggregate.output = [leaf.output for leaf in leaves]
         failed = [leaf for leaf in leaves if leaf.state not in DONE_OK]
-        if failed:
+        if any(leaf.state is StepState.WAITING for leaf in failed):  # items' gates wait for a person
+            aggregate.state = StepState.WAITING
+        elif failed:
             stopped = all(leaf.state is StepState.STOPPED for leaf in failed)
             aggregate.state = StepState.STOPPED if stopped else StepState.FAILED
             first = failed[0]

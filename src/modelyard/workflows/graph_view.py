@@ -8,6 +8,7 @@ step, whatever file they came from.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
@@ -17,6 +18,8 @@ from modelyard.workflows.spec import StepSpec, WorkflowSpec
 EdgeKind = Literal["needs", "next", "body", "until"]
 #: Templates shown on a node or edge are cut to this many characters (the picture is not the spec).
 MAX_TEXT = 48
+#: Characters XML 1.0 does not allow (and no picture needs): C0 controls but tab and newlines, DEL, surrogates.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,8 @@ class GraphView:
 
 
 def short(text: object, limit: int = MAX_TEXT) -> str:
-    flat = " ".join(str(text).split())
+    """One line of at most `limit` characters, without control characters (XML forbids them in the SVG)."""
+    flat = " ".join(_CONTROL.sub(" ", str(text)).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
@@ -92,7 +96,7 @@ def _scope(
             id=node_id,
             step=sid,
             kind=step.kind,
-            detail=_detail(step),
+            detail=short(_detail(step), 2 * MAX_TEXT),
             foreach=short(step.foreach) if step.foreach is not None else None,
             when=short(step.when) if step.when is not None else None,
             next=short(step.next) if step.next is not None else None,

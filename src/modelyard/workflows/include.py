@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 
 #: Sub-workflows nested deeper than this are refused (a chain this long is a mistake, not a design).
 MAX_DEPTH = 8
+#: An included file larger than this is refused unread (a workflow is a page of YAML, not a data file).
+MAX_BYTES = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -58,7 +60,15 @@ def chain_problem(target: Included, chain: tuple[Path, ...]) -> str | None:
 def read(target: Included) -> tuple[str | None, str | None]:
     """The included file's text, or why it cannot be read."""
     try:
-        return target.resolved.read_text(encoding="utf-8"), None
+        if (
+            target.resolved.exists() and not target.resolved.is_file()
+        ):  # a device or FIFO (`/dev/zero`) would be read forever
+            return None, f"the sub-workflow {target.name} is not a regular file"
+        with target.resolved.open("rb") as handle:
+            data = handle.read(MAX_BYTES + 1)
+        if len(data) > MAX_BYTES:
+            return None, f"the sub-workflow {target.name} is larger than {MAX_BYTES // 1024 // 1024} MiB"
+        return data.decode("utf-8"), None
     except OSError as exc:
         return None, f"cannot read the sub-workflow {target.name}: {exc.strerror or exc}"
     except UnicodeDecodeError as exc:

@@ -24,6 +24,10 @@ _MERMAID_SHAPES = {
     "approval": ('{"', '"}'),
     "workflow": ('[/"', '"/]'),
 }
+#: Words Mermaid's flowchart grammar reads as statements where a node id starts a line.
+_MERMAID_KEYWORDS = frozenset(
+    ("end", "subgraph", "graph", "flowchart", "style", "class", "classdef", "click", "linkstyle", "direction")
+)
 _DOT_SHAPES = {"model": "box", "tool": "component", "loop": "ellipse", "approval": "diamond", "workflow": "folder"}
 
 
@@ -48,6 +52,8 @@ def mermaid_ids(view: GraphView) -> dict[str, str]:
     taken: set[str] = set()
     for node_id in view.nodes:
         base = re.sub(r"[^A-Za-z0-9_]", "_", node_id.replace(".", "__").replace("/", "___"))
+        if base.lower() in _MERMAID_KEYWORDS:  # `end`, `style`... as a node id would end or restyle the chart
+            base += "_"
         candidate, n = base, 1
         while candidate in taken:
             n += 1

@@ -54,6 +54,9 @@ def conclude(
 ) -> None:
     """The including step's state, error and output from its child steps' records (by step id)."""
     bad = [r for r in records.values() if r.state not in DONE_OK]
+    if any(r.state is StepState.WAITING for r in bad):  # a person decides a gate inside: not a failure
+        aggregate.state = StepState.WAITING
+        return
     if bad:
         quiet = all(r.state in (StepState.STOPPED, StepState.CANCELLED) for r in bad)
         aggregate.state = StepState.STOPPED if stopping and quiet else StepState.FAILED

@@ -321,11 +321,6 @@ TYPED = HEADER.format(name="typed") + (
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a typed output's repaired answer is not checkpointed (only its cost is): killed after the "
-    "repair was paid and logged, the resumed run pays a second repair and may take a different value",
-)
 def test_kill_9_after_a_typed_outputs_repair_then_resume_does_not_repair_again(tmp_path: Path) -> None:
     import sys
 

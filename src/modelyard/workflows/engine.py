@@ -45,7 +45,7 @@ from modelyard.workflows.streaming import TokenSource, TokenTap
 from modelyard.workflows.subworkflow import Scope, conclude, nested_scope
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 from modelyard.workflows.tools import resolve_callable
-from modelyard.workflows.typed_outputs import check_outputs, repair_call, spent_on_repair
+from modelyard.workflows.typed_outputs import check_outputs, paid_repair, repair_call, spent_on_repair
 
 Listener = Callable[[RunEvent], None]
 #: What a step_started event stores: enough to show the step as running (or interrupted) later.
@@ -240,8 +240,11 @@ class Engine:
     ) -> str | None:
         """Ask `step` once to repair its answer for typed output `name`; the repair's cost joins its record."""
         record = self.records.get(step.id)
-        if record is None or record.state is not StepState.SUCCEEDED or self.stop_reason:
+        if record is None or record.state is not StepState.SUCCEEDED:
             return None
+        paid = paid_repair(record, name)
+        if paid is not None or self.stop_reason:  # a resumed run reuses the reply it paid for: nothing twice
+            return paid
         outputs = {sid: r.output for sid, r in self.records.items() if sid in self.spec.steps}
         call = self._model_call(step, step.id, self._context(step, Frame("", (), outputs, {})))
         call = repair_call(call, record.output, name, field, schema, problem)
@@ -252,14 +255,16 @@ class Engine:
             raise StepFailure(over)
         retry = Retry(step.retries, step.timeout, self.options.backoff_s, self.options.backoff_max_s)
         spend = Spend()
+        reply: str | None = None
         try:
             answer = await with_retries(lambda: self.backend.call(call), retry, spend)
             spend.add(answer)
-        finally:  # paid even when the repair failed: into the record and the log, counted once
-            spent_on_repair(record, spend)
+            reply = answer.text
+        finally:  # paid even when the repair failed: into the record and the log (with the reply), counted once
+            spent_on_repair(record, spend, name, reply)
             self.spent += spend.cost_usd
             self.store.append(self.run_id, "step_finished", record.key, {"record": record.to_dict()}, spend.cost_usd)
-        return answer.text
+        return reply
 
     def _cancel_unfinished(self) -> None:
         for record in list(self.records.values()):

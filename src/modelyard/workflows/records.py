@@ -72,6 +72,9 @@ class StepRecord:
     iterations: int = 0
     note: str | None = None
     error: str | None = None
+    #: A typed output's repair reply by output name (typed_outputs.py), logged in the write that pays for it:
+    #: a resumed run reuses it with the record instead of paying for (and maybe getting) another answer.
+    output_repairs: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_leaf(self) -> bool:

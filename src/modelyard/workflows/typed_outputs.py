@@ -82,14 +82,22 @@ def repair_call(call: ModelCall, output: Any, name: str, field: str | None, sche
     return replace(call, messages=messages, response_format=fmt, metadata={**call.metadata, "repair": "output"})
 
 
-def spent_on_repair(record: StepRecord, spend: Spend) -> None:
-    """A repair's money, tokens and attempts added to the step's record (which counts them once)."""
+def spent_on_repair(record: StepRecord, spend: Spend, name: str, reply: str | None) -> None:
+    """A repair's money, tokens and attempts added to the step's record (which counts them once), and its
+    reply for output `name` kept beside them, so the one log write that pays for it also records what was bought."""
     record.cost_usd += spend.cost_usd
     record.prompt_tokens += spend.prompt_tokens
     record.completion_tokens += spend.completion_tokens
     record.latency_ms += spend.latency_ms
     record.attempts += spend.attempts
     record.repaired = True
+    if reply is not None:
+        record.output_repairs = {**record.output_repairs, name: reply}  # a new dict: a reused record's is shared
+
+
+def paid_repair(record: StepRecord, name: str) -> str | None:
+    """The reply an earlier session of this run already paid for to repair output `name` (None: not bought)."""
+    return record.output_repairs.get(name)
 
 
 def repaired_value(text: str, field: str | None, schema: Schema) -> Any:

@@ -147,3 +147,29 @@ async def test_approval_decisions_are_stored_once_and_resume_the_run(store: Post
         again.close()
     assert done.status is RunStatus.SUCCEEDED and done.records["gate"].output["comment"] == "again"
     assert len(backend.calls) == 2  # `a` was reused, not paid again
+
+
+async def test_a_typed_outputs_paid_repair_is_reused_on_resume_from_another_connection(
+    store: PostgresRunStore, dsn: str
+) -> None:
+    typed = (
+        "steps:\n  pick: {model: m, prompt: p}\n  other: {model: m, prompt: o}\n"
+        "outputs:\n  plain: '{{ other }}'\n"
+        "  count: {value: '{{ pick }}', schema: {type: object, required: [n], properties: {n: {type: integer}}}}\n"
+    )
+    failing = ScriptedBackend(
+        answers={"pick": ['{"n": "seven"}', '{"n": 7}'], "other": [ProviderError(ErrorKind.BAD_REQUEST, "no")]}
+    )
+    first = await Workflow(workflow(typed)).run(backend=failing, store=store, run_id="pg-typed")
+    assert first.status is RunStatus.PARTIAL and first.outputs["count"] == {"n": 7}
+    await asyncio.sleep(0)  # the end of the loop turn: its last events are committed
+    again = ScriptedBackend(answers={"pick": ['{"n": 8}']})
+    other = PostgresRunStore(dsn)
+    try:
+        second = await resume_run("pg-typed", backend=again, store=other)
+    finally:
+        other.close()
+    assert second.status is RunStatus.SUCCEEDED and second.outputs["count"] == {"n": 7}
+    assert [c.metadata["step"] for c in again.calls] == ["other"]  # the repair was reused, not bought again
+    stored = load_run(store, "pg-typed")
+    assert stored is not None and stored.records["pick"].output_repairs == {"count": '{"n": 7}'}

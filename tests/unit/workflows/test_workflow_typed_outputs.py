@@ -3,13 +3,15 @@ the model step they come from, and failing the run with a message that names the
 
 from __future__ import annotations
 
+import asyncio
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from modelyard.workflows import Workflow
-from modelyard.workflows.checkpoint import MemoryStore, load_run
+from modelyard.schema.errors import ErrorKind, ProviderError
+from modelyard.workflows import Workflow, resume_run
+from modelyard.workflows.checkpoint import MemoryStore, RunStore, SqliteStore, load_run
 from modelyard.workflows.issues import WorkflowError
 from modelyard.workflows.records import RunResult, RunStatus
 from modelyard.workflows.scripted import ScriptedBackend
@@ -30,7 +32,7 @@ def typed(value: str, schema: str = COUNT, step_output: str = "") -> str:
     )
 
 
-async def run(body: str, backend: ScriptedBackend, store: MemoryStore | None = None) -> RunResult:
+async def run(body: str, backend: ScriptedBackend, store: RunStore | None = None) -> RunResult:
     return await Workflow(workflow(body)).run(backend=backend, store=store, run_id="r")
 
 
@@ -142,3 +144,37 @@ async def test_a_repair_that_would_pass_the_money_budget_is_not_made() -> None:
     assert result.status is RunStatus.FAILED and len(backend.calls) == 1  # the step ran; no repair call
     assert result.message is not None and "its repair failed: stopped before 'pick'" in result.message
     assert "over the $0.0008 budget" in result.message
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+async def test_a_run_that_failed_after_a_repair_is_resumed_with_the_repair_it_paid_for(
+    kind: str, tmp_path: Path
+) -> None:
+    store: RunStore = MemoryStore() if kind == "memory" else SqliteStore(tmp_path / "runs.db")
+    try:
+        failing = ScriptedBackend(
+            answers={"pick": ['{"n": "seven"}', '{"n": 7}'], "other": [ProviderError(ErrorKind.BAD_REQUEST, "no")]}
+        )
+        first = await run(typed("{{ pick }}"), failing, store)
+        assert first.status is RunStatus.PARTIAL and first.outputs["count"] == {"n": 7}  # repaired; `other` failed
+        await asyncio.sleep(0)  # the loop turn ends: its events are committed
+        stored = load_run(store, "r")
+        assert stored is not None and stored.records["pick"].output_repairs == {"count": '{"n": 7}'}
+        again = ScriptedBackend(answers={"pick": ['{"n": 8}'], "other": ["free text"]})
+        second = await resume_run("r", backend=again, store=store)
+        assert second.status is RunStatus.SUCCEEDED, second.errors
+        assert [c.metadata["step"] for c in again.calls] == ["other"]  # no second repair of `pick`
+        assert second.outputs == {"plain": "free text", "count": {"n": 7}}  # the value that was paid for
+        assert second.cost_usd == pytest.approx(first.cost_usd + second.records["other"].cost_usd)
+    finally:
+        store.close()
+
+
+async def test_a_repair_still_invalid_is_reused_on_resume_and_fails_the_same_way() -> None:
+    store = MemoryStore()
+    first = await run(typed("{{ pick }}"), ScriptedBackend(answers={"pick": ['{"n": "a"}', '{"n": "b"}']}), store)
+    assert first.status is RunStatus.FAILED
+    again = ScriptedBackend(answers={"pick": ['{"n": 9}']})
+    second = await resume_run("r", backend=again, store=store)
+    assert again.calls == [] and second.status is RunStatus.FAILED
+    assert second.message == first.message and "'b' is not of type 'integer'" in (second.message or "")

@@ -24,6 +24,7 @@ from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.backend import ModelBackend
 from modelyard.workflows.checkpoint import RunStore, load_run
 from modelyard.workflows.engine import Engine, EngineOptions, Listener
+from modelyard.workflows.event_queue import DEFAULT_LIMIT, EventQueue
 from modelyard.workflows.inputs import resolve_inputs
 from modelyard.workflows.planner import WorkflowPlan, plan_workflow
 from modelyard.workflows.records import RunEvent, RunResult, RunStatus
@@ -84,7 +85,8 @@ class Workflow:
     def stream(self, inputs: dict[str, Any] | None = None, *, tokens: bool = False, **kwargs: Any) -> RunStream:
         """The run's events as an async iterator; `.result` holds the RunResult once it is exhausted.
 
-        `tokens`: model steps' text as it arrives too, as `step_token` events (see `streaming`).
+        `tokens`: model steps' text as it arrives too, as `step_token` events (see `streaming`); a reader
+        that falls behind gets a call's waiting tokens merged into fewer events (see `event_queue`).
         """
         if tokens:
             kwargs["options"] = dataclasses.replace(kwargs.get("options") or EngineOptions(), stream=True)
@@ -137,11 +139,15 @@ def _backend(backend: ModelBackend | None, router: ModelBackend | None) -> Model
 
 
 class RunStream:
-    """Async iterator over a run's events; the run starts on the first `__anext__`."""
+    """Async iterator over a run's events; the run starts on the first `__anext__`.
 
-    def __init__(self, start: Callable[[Listener], Coroutine[Any, Any, RunResult]]) -> None:
+    The run never waits for the reader; what it has not read yet is bounded (`event_queue`): past
+    `limit` waiting events, a call's new tokens join its newest waiting token event instead of queueing.
+    """
+
+    def __init__(self, start: Callable[[Listener], Coroutine[Any, Any, RunResult]], limit: int = DEFAULT_LIMIT) -> None:
         self._start = start
-        self._queue: asyncio.Queue[RunEvent] = asyncio.Queue()
+        self._queue = EventQueue(limit)
         self._task: asyncio.Task[RunResult] | None = None
         self.result: RunResult | None = None
 

@@ -3,6 +3,7 @@ and checkpoint as an unstreamed run, schema steps and retries still right, and t
 
 from __future__ import annotations
 
+import asyncio
 import io
 import itertools
 from pathlib import Path
@@ -13,6 +14,7 @@ from modelyard.workflows import Workflow
 from modelyard.workflows.backend import ModelCall, default_backend_factory
 from modelyard.workflows.checkpoint import MemoryStore
 from modelyard.workflows.engine import EngineOptions
+from modelyard.workflows.event_queue import DEFAULT_LIMIT, EventQueue
 from modelyard.workflows.records import RunEvent, RunResult, StepRecord
 from modelyard.workflows.scripted import ScriptedBackend
 from modelyard.workflows.streaming import TOKEN_EVENT, TokenPrinter
@@ -179,3 +181,66 @@ def test_the_printer_starts_a_prefixed_line_whenever_another_item_speaks() -> No
         "[review.coder] code",
         "[search#2] (attempt 2) again",
     ]
+
+
+# --------------------------------------------------------------------------- a reader that falls behind
+
+
+def token(key: str, text: str, attempt: int = 1) -> RunEvent:
+    return RunEvent(TOKEN_EVENT, 0.0, key, message=text, step=key, attempt=attempt)
+
+
+def test_past_its_limit_the_queue_merges_a_calls_tokens_and_still_queues_every_other_event() -> None:
+    queue = EventQueue(limit=2)
+    for event in (RunEvent("step_started", 0.0, "a"), token("a", "one "), token("a", "two ")):
+        queue.put_nowait(event)  # up to the limit and one past it: all queued
+    queue.put_nowait(token("a", "three "))  # past the limit: joins "two "
+    queue.put_nowait(token("b", "bee"))  # no waiting token of b's: queued
+    queue.put_nowait(token("a", "retry", attempt=2))  # another attempt is another call: queued
+    queue.put_nowait(RunEvent("step_finished", 0.0, "a"))  # step events are always queued
+    queue.put_nowait(token("b", "!"))
+    assert queue.qsize() == 6
+    read = [queue.get_nowait() for _ in range(6)]
+    assert [(e.kind, e.key, e.message) for e in read] == [
+        ("step_started", "a", None),
+        (TOKEN_EVENT, "a", "one "),
+        (TOKEN_EVENT, "a", "two three "),
+        (TOKEN_EVENT, "b", "bee!"),
+        (TOKEN_EVENT, "a", "retry"),
+        ("step_finished", "a", None),
+    ]
+    assert queue.empty()
+    queue.put_nowait(token("a", "after"))  # what was read is never written to again
+    assert queue.get_nowait().message == "after" and read[2].message == "two three "
+
+
+async def test_the_queues_reader_waits_for_the_next_event() -> None:
+    queue = EventQueue()
+    getter = asyncio.ensure_future(queue.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    queue.put_nowait(token("a", "x"))
+    assert (await getter).message == "x"
+
+
+async def test_a_reader_that_starts_late_gets_every_items_text_in_order_from_a_bounded_queue() -> None:
+    spec = workflow('steps:\n  fan: {model: m, foreach: "{{ range(20) | list }}", prompt: "x {{ item }}"}\n')
+    stream = Workflow(spec).stream(tokens=True, backend=ScriptedBackend(answer_words=200))
+    events = [await stream.__anext__()]  # the run starts; nothing more is read until it has finished
+    assert stream._task is not None
+    await asyncio.wait_for(asyncio.shield(stream._task), 30)
+    held = stream._queue.qsize()
+    events += [event async for event in stream]
+    result = stream.result
+    assert result is not None and result.status.value == "succeeded"
+    step_events = sum(1 for e in events if e.kind != TOKEN_EVENT)
+    assert DEFAULT_LIMIT < held <= DEFAULT_LIMIT + 20 + step_events  # the limit, one token per item, steps
+    tokens = tokens_by_key(events)
+    assert sum(len(mine) for mine in tokens.values()) < 20 * 200  # the late tokens were merged
+    kinds = [(e.kind, e.key) for e in events]
+    for index in range(20):
+        key = f"fan[{index}]"
+        assert "".join(e.message or "" for e in tokens[key]) == result.records[key].output  # all of it, in order
+        positions = [i for i, (kind, k) in enumerate(kinds) if k == key and kind == TOKEN_EVENT]
+        assert kinds.index(("step_started", key)) < positions[0]
+        assert positions[-1] < kinds.index(("step_finished", key))

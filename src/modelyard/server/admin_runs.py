@@ -337,6 +337,7 @@ def _bounded_record(entry: dict[str, Any]) -> dict[str, Any]:
     for name in ("error", "note"):
         entry[name] = _cut(entry.get(name), MAX_ERROR_CHARS)
     entry["output"], entry["output_truncated"] = _bounded(entry.get("output"))
+    entry["output_repairs"] = _bounded_values(entry.get("output_repairs") or {})  # as long as an output can be
     return entry
 
 

@@ -183,10 +183,12 @@ def test_long_outputs_are_cut(tmp_path: Path) -> None:
     stored = load_run(store, "long")
     assert stored is not None
     stored.records["a"].output = long
+    stored.records["a"].output_repairs = {"o": long}  # a typed output's repair reply is as long as an output
     stored.outputs = {"o": long}
     body = run_detail(stored, tmp_path / "r.db")
     step = body["steps"][0]
     assert step["output_truncated"] is True and len(step["output"]) <= admin_runs.MAX_OUTPUT_CHARS + 1
+    assert len(step["output_repairs"]["o"]) <= admin_runs.MAX_OUTPUT_CHARS + 1
     assert len(body["outputs"]["o"]) <= admin_runs.MAX_OUTPUT_CHARS + 1
 
 

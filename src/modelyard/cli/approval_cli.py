@@ -25,14 +25,12 @@ from modelyard.cli.workflows import (
     _resume_spec,
     _run,
     _store,
-    emit_json,
-    exit_code,
+    finish,
 )
 from modelyard.workflows.api import ResumeError
-from modelyard.workflows.approval import DecisionError, decide, waiting_lines
+from modelyard.workflows.approval import DecisionError, decide
 from modelyard.workflows.backend import BackendUnavailable
 from modelyard.workflows.inputs import InputError
-from modelyard.workflows.report import print_run, result_json
 
 RunIdArgument = Annotated[str, typer.Argument(help="The run id (see `runs list --waiting`).")]
 StepArgument = Annotated[str, typer.Argument(help="The waiting step: its key (loop.round key) or its name.")]
@@ -42,6 +40,9 @@ ProgressFlag = Annotated[bool, typer.Option("--progress/--no-progress", help="Li
 
 
 def register(runs_app: typer.Typer) -> None:
+    """Add the two commands to `runs` (once, however often the CLI is assembled)."""
+    if any(command.callback is approve_command for command in runs_app.registered_commands):
+        return
     runs_app.command("approve")(approve_command)
     runs_app.command("reject")(reject_command)
 
@@ -115,12 +116,7 @@ def _decide(
             raise _fail(f"error: {exc}") from None
     finally:
         runs.close()
-    print_run(result, console)
-    console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
-    for line in waiting_lines(result):
-        console.print(line, highlight=False, markup=False)
-    emit_json(result_json(result), json_out, console)
-    raise typer.Exit(exit_code(result.status))
+    finish(result, json_out, console)
 
 
 def _who() -> str:

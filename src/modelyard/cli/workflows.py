@@ -74,8 +74,17 @@ RunIdOption = Annotated[str | None, typer.Option("--run-id", help="Id for a new 
 
 
 def register(parent: typer.Typer) -> None:
-    """Add `run`, `plan` and `runs` to the main CLI."""
+    """Add `run`, `plan` and `runs` (with `runs approve|reject`) to the main CLI."""
+    add_decisions()
     parent.add_typer(app)
+
+
+def add_decisions() -> None:
+    """`runs approve` and `runs reject` (cli/approval_cli.py, which uses this module's helpers: imported here,
+    not at the top, as the two modules import each other)."""
+    from modelyard.cli import approval_cli
+
+    approval_cli.register(runs_app)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -188,12 +197,7 @@ def run_command(
             raise _fail(str(exc)) from None
     finally:
         runs.close()
-    print_run(result, console)
-    console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
-    for line in waiting_lines(result):
-        console.print(line, highlight=False, markup=False)
-    emit_json(result_json(result), json_out, console)
-    raise typer.Exit(exit_code(result.status))
+    finish(result, json_out, console)
 
 
 def _resume_spec(runs: SqliteStore | PostgresRunStore, run_id: str, workflow: Path | None) -> WorkflowSpec:
@@ -355,17 +359,25 @@ def _write(text: str, out: Path | None, console: Console) -> None:
     console.print(f"wrote {out}", highlight=False)
 
 
+def finish(result: RunResult, json_out: str | None, console: Console) -> None:
+    """A run's end on the command line (run, resume, approve, reject): the report, how to see it again, what
+    it waits for, the JSON file, and the exit code."""
+    print_run(result, console)
+    console.print(f"run id: {result.run_id}  (modelyard runs show {result.run_id})", highlight=False)
+    for line in waiting_lines(result):
+        console.print(line, highlight=False, markup=False)
+    emit_json(result_json(result), json_out, console)
+    raise typer.Exit(exit_code(result.status))
+
+
 def exit_code(status: RunStatus) -> int:
     """0 succeeded, 3 waiting for approval, 1 anything else that ran."""
     return 0 if status is RunStatus.SUCCEEDED else 3 if status is RunStatus.WAITING else 1
 
 
 if __name__ == "__main__":
-    # The importable module, not this __main__ copy: importing it registers `runs approve|reject` once.
-    from modelyard.cli.workflows import app as importable_app
+    # The importable module, not this __main__ copy, so `runs approve|reject` attach to the app that runs.
+    from modelyard.cli import workflows as importable
 
-    importable_app()
-else:
-    from modelyard.cli import approval_cli  # `runs approve` and `runs reject` (they use this module's helpers)
-
-    approval_cli.register(runs_app)
+    importable.add_decisions()
+    importable.app()

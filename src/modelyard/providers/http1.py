@@ -179,6 +179,10 @@ class Connection(asyncio.Protocol):
         self._error = None
         self._chunks.clear()
         self._buffered = 0
+        if self._paused:  # never left paused by an answer read to its end, but a reused connection must read
+            self._paused = False
+            assert self.transport is not None
+            self.transport.resume_reading()
         self._head = loop.create_future()
         assert self.transport is not None
         self.transport.write(head + body if len(body) < 65536 else head)

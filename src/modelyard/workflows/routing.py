@@ -12,13 +12,14 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.workflows.templates import TemplateEngine, TemplateError
 
 #: A choice longer than this is not a step id list anyone meant; cut it in messages.
 _SHOWN_CHARS = 80
 
 
-class NextError(ValueError):
+class NextError(ModelyardError, ValueError):
     """The `next` template failed or named something that is not a declared successor."""
 
 

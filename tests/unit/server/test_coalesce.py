@@ -73,7 +73,8 @@ async def test_nothing_is_written_to_a_transport_the_peer_closed() -> None:
     assert real.writes == []
 
 
-async def test_a_stream_sends_its_headers_with_its_first_piece() -> None:
+def recording_request() -> tuple[Request, list[dict[str, Any]]]:
+    """A Request whose ASGI messages are kept, in order."""
     sent: list[dict[str, Any]] = []
 
     async def send(message: Any) -> None:
@@ -82,7 +83,11 @@ async def test_a_stream_sends_its_headers_with_its_first_piece() -> None:
     async def receive() -> Any:
         return {"type": "http.disconnect"}
 
-    request = Request({"type": "http", "headers": []}, receive, send)
+    return Request({"type": "http", "headers": []}, receive, send), sent
+
+
+async def test_a_stream_sends_its_headers_with_its_first_piece() -> None:
+    request, sent = recording_request()
     await request.start_stream([(b"content-type", b"text/event-stream")])
     assert request.started and sent == []
     await request.send_body(b"data: 1\n\n", True)
@@ -95,15 +100,7 @@ async def test_a_stream_sends_its_headers_with_its_first_piece() -> None:
 
 
 async def test_a_stream_that_ends_before_its_first_piece_still_sends_its_headers() -> None:
-    sent: list[dict[str, Any]] = []
-
-    async def send(message: Any) -> None:
-        sent.append(message)
-
-    async def receive() -> Any:
-        return {"type": "http.disconnect"}
-
-    request = Request({"type": "http", "headers": []}, receive, send)
+    request, sent = recording_request()
     await request.start_stream([])
     await request.flush_start()
     assert [m["type"] for m in sent] == ["http.response.start"]

@@ -15,11 +15,12 @@ from typing import Any
 
 import aiohttp
 
+from modelyard.providers.base import SSEEvent
+from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import Usage
 from modelyard.schema.errors import ErrorKind, ProviderError
 from modelyard.workflows.backend import ModelAnswer, delta_texts
 
-_DATA = b"data:"
 _DONE = b"[DONE]"
 #: Far above any chunk or answer a gateway sends; a stream past them is broken or hostile.
 MAX_LINE = 1 << 20
@@ -34,13 +35,13 @@ async def read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str],
     model = ""
     done = False
     size = 0
-    async for line in _lines(response.content):
-        if not line.startswith(_DATA):
-            continue
-        data = line[len(_DATA) :].strip()
+    async for event in _events(response.content):
+        data = event.data.strip()
         if data == _DONE:
             done = True
             break
+        if not data:
+            continue
         chunk = _chunk(data)
         model = str(chunk.get("model") or model)
         if isinstance(chunk.get("usage"), dict):
@@ -65,20 +66,17 @@ async def read_stream(response: aiohttp.ClientResponse, on_text: Callable[[str],
     )
 
 
-async def _lines(content: aiohttp.StreamReader) -> AsyncIterator[bytes]:
-    """The stream's lines as they arrive, none longer than MAX_LINE (the reader's own limit varies by version)."""
-    buffer = bytearray()
+async def _events(content: aiohttp.StreamReader) -> AsyncIterator[SSEEvent]:
+    """The stream's events as they arrive (the providers' SSE framing), no line or event longer than MAX_LINE
+    (the reader's own limit varies by aiohttp version)."""
+    parser = SSEParser()
     async for data in content.iter_any():
-        buffer += data
-        start = 0
-        while (end := buffer.find(b"\n", start)) != -1:
-            yield bytes(buffer[start:end])
-            start = end + 1
-        del buffer[:start]
-        if len(buffer) > MAX_LINE:
+        for event in parser.feed(data):
+            yield event
+        if len(parser.pending) > MAX_LINE:
             raise ProviderError(ErrorKind.SERVER, "the gateway's stream sent an over-long line")
-    if buffer:
-        yield bytes(buffer)
+    for event in parser.flush():
+        yield event
 
 
 def _chunk(data: bytes) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """A small layered layout of a `GraphView`, drawn as a self-contained SVG (no Graphviz, no network).
 
 Layers are longest paths from the first steps (a `needs` chain reads top to bottom); within a layer nodes
-keep the order of the layer above them (two barycentre sweeps) with each group's nodes side by side, and a
-group is the box around its nodes. Enough for the tens of steps a workflow has; `--format dot` is there
+keep the order of the layer above them (two barycentre sweeps). Each top-level group (a loop, a sub-workflow)
+and the steps outside every group get a column band of their own, so a group's box, drawn around its nodes,
+holds no other step. Enough for the tens of steps a workflow has; `--format dot` is there
 for anyone who wants Graphviz's layout.
 """
 
@@ -75,6 +76,46 @@ def _top_group(view: GraphView, node_id: str) -> str | None:
     return group
 
 
+def _place(view: GraphView, rows: list[list[str]]) -> tuple[dict[str, _Box], float, float]:
+    """Boxes for the nodes: each top-level group, and the steps outside every group, in a column band of its
+    own (a group's box then holds its own steps only), bands ordered as their nodes first appear in the
+    layers; within a band and a layer, the layer's order. Returns the boxes, the width and the height used."""
+    bands: list[str | None] = []
+    for row in rows:
+        for node in row:
+            band = _top_group(view, node)
+            if band not in bands:
+                bands.append(band)
+    band_width: dict[str | None, float] = {}
+    for band in bands:
+        widths = [_row_width(view, [n for n in row if _top_group(view, n) == band]) for row in rows]
+        band_width[band] = max(widths, default=0.0)
+    left: dict[str | None, float] = {}
+    x = MARGIN
+    for band in bands:
+        left[band] = x
+        x += band_width[band] + 2 * GAP_X  # room for the group's own padding and label
+    total_w = x - 2 * GAP_X + MARGIN if bands else 2 * MARGIN
+    boxes: dict[str, _Box] = {}
+    y = MARGIN + LINE_H
+    for row in rows:
+        height = 0.0
+        for band in bands:
+            members = [n for n in row if _top_group(view, n) == band]
+            bx = left[band] + (band_width[band] - _row_width(view, members)) / 2
+            for node_id in members:
+                w, h = _size(view.nodes[node_id])
+                boxes[node_id] = _Box(bx, y, w, h)
+                bx += w + GAP_X
+                height = max(height, h)
+        y += height + GAP_Y
+    return boxes, total_w, y
+
+
+def _row_width(view: GraphView, nodes: list[str]) -> float:
+    return sum(_size(view.nodes[n])[0] for n in nodes) + GAP_X * max(len(nodes) - 1, 0)
+
+
 def _size(node: Node) -> tuple[float, float]:
     width = max(len(line) for line in node.lines) * CHAR_W + 2 * PAD
     return max(width, 80.0), len(node.lines) * LINE_H + 2 * PAD
@@ -82,22 +123,9 @@ def _size(node: Node) -> tuple[float, float]:
 
 def svg(view: GraphView) -> str:
     rows = layers(view)
-    boxes: dict[str, _Box] = {}
-    y = MARGIN + LINE_H
-    widths = []
-    for row in rows:
-        sizes = [_size(view.nodes[n]) for n in row]
-        widths.append(sum(w for w, _ in sizes) + GAP_X * max(len(row) - 1, 0))
-    total_w = max(widths, default=0.0) + 2 * MARGIN
-    for row, row_w in zip(rows, widths, strict=True):
-        x = (total_w - row_w) / 2
-        height = 0.0
-        for node_id in row:
-            w, h = _size(view.nodes[node_id])
-            boxes[node_id] = _Box(x, y, w, h)
-            x += w + GAP_X
-            height = max(height, h)
-        y += height + GAP_Y
+    boxes, total_w, y = _place(view, rows)
+    if any(edge.kind == "until" for edge in view.edges):
+        total_w += 4 * GAP_X  # the loop's back edge bends right of its box, with its label
     total_h = y - GAP_Y + MARGIN + LINE_H
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w:.0f}" height="{total_h:.0f}" '

@@ -174,3 +174,26 @@ def test_the_graph_command_writes_each_format(tmp_path: Path) -> None:
     assert ET.parse(out).getroot().tag == f"{SVG_NS}svg"
     bad = runner.invoke(app, ["graph", example, "--format", "png"])
     assert bad.exit_code == 2
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_a_groups_box_in_the_svg_holds_its_own_steps_only(path: Path) -> None:
+    """A step outside a loop or sub-workflow is never drawn inside that group's box (it was: `revise` of
+    write_and_review.yaml sat inside the `review` sub-workflow's box)."""
+    from modelyard.workflows import graph_svg
+    from modelyard.workflows.graph_view import graph_view
+
+    view = graph_view(load_workflow(path))
+    boxes, _, _ = graph_svg._place(view, graph_svg.layers(view))
+    for group in view.groups:
+        members = [n for n in view.nodes if graph_svg._within(view, n, group)]
+        x0 = min(boxes[n].x for n in members) - graph_svg.PAD
+        x1 = max(boxes[n].x + boxes[n].w for n in members) + graph_svg.PAD
+        y0 = min(boxes[n].y for n in members) - graph_svg.PAD
+        y1 = max(boxes[n].y + boxes[n].h for n in members) + graph_svg.PAD
+        for node in view.nodes:
+            if node in members:
+                continue
+            box = boxes[node]
+            overlaps = box.x < x1 and box.x + box.w > x0 and box.y < y1 and box.y + box.h > y0
+            assert not overlaps, f"{node} is drawn inside the box of {group}"

@@ -479,21 +479,13 @@ class RedisCounters:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _send_settle(self, call: tuple[list[str], list[Any]], after: asyncio.Future[None] | None) -> None:
-        if after is not None:  # the seed that carried this reservation must reach Redis first
-            await asyncio.gather(after, return_exceptions=True)
-        if not self._available:
-            self._queue(call)
-            return
-        keys, args = call
-        try:
-            await self._batch.call(self._settle, keys, args)
-        except self._errors as exc:  # replayed when Redis is back
-            self._queue(call)
-            self._went_down(exc)
+    async def _send_settle(self, call: tuple[list[str], list[Any]], after: asyncio.Future[None]) -> None:
+        """Send `call` once the seed that carried its reservation has reached Redis."""
+        await asyncio.gather(after, return_exceptions=True)
+        self._send(call)
 
     def _settle_failed(self, call: tuple[list[str], list[Any]], sent: asyncio.Future[Any]) -> None:
-        """A settlement that did not reach Redis is replayed when Redis is back (as in `_send_settle`)."""
+        """A settlement that did not reach Redis is replayed when Redis is back."""
         if sent.cancelled():
             return
         exc = sent.exception()

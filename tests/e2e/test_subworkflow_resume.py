@@ -25,6 +25,7 @@ from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
 from modelyard.workflows.checkpoint import SqliteStore, StoredRun, load_run
 from modelyard.workflows.records import RunStatus, StepState
+from tests.e2e.cli_env import cli_env
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKFLOW = ROOT / "examples" / "workflows" / "write_and_review.yaml"
@@ -47,10 +48,6 @@ def write_config(sim: SimServer, path: Path) -> Path:
     models = "models:\n  fast: {candidates: [fast]}\n  smart: {candidates: [smart]}\n"
     path.write_text(f"deployments:\n{deployments}{models}routing: {{retries: 0}}\n", encoding="utf-8")
     return path
-
-
-def env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}, "COLUMNS": "160"}
 
 
 def requests(sim: SimServer) -> dict[str, int]:
@@ -102,7 +99,7 @@ def test_plan_then_kill_9_inside_the_sub_workflow_then_resume_pays_nothing_twice
     planned = subprocess.run(
         [*CLI, "plan", str(WORKFLOW), "--config", str(config), "--json", "-"],
         cwd=ROOT,
-        env=env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -118,7 +115,7 @@ def test_plan_then_kill_9_inside_the_sub_workflow_then_resume_pays_nothing_twice
     process = subprocess.Popen(
         [*CLI, "run", str(WORKFLOW), *common, "--run-id", "sub-1", "--no-progress"],
         cwd=ROOT,
-        env=env(),
+        env=cli_env(),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -148,7 +145,7 @@ def test_plan_then_kill_9_inside_the_sub_workflow_then_resume_pays_nothing_twice
     resumed = subprocess.run(
         [*CLI, "run", "--resume", "sub-1", *common, "--json", str(out), "--no-progress"],
         cwd=ROOT,
-        env=env(),
+        env=cli_env(),
         capture_output=True,
         text=True,
         timeout=120,
@@ -184,7 +181,7 @@ def test_a_workflow_that_includes_itself_is_refused_with_file_and_line(tmp_path:
         done = subprocess.run(
             [*CLI, *args],
             cwd=ROOT,
-            env=env(),
+            env=cli_env(),
             capture_output=True,
             text=True,
             timeout=60,

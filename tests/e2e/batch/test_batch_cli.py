@@ -4,7 +4,6 @@ continues it), bad options and inputs (exit 2, no traceback), and the README's c
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -16,6 +15,7 @@ import pytest
 
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
+from tests.e2e.cli_env import cli_env
 
 ROOT = Path(__file__).resolve().parents[3]
 CLI = [sys.executable, "-m", "modelyard.cli.main"]
@@ -30,12 +30,8 @@ outputs: {label: "{{ classify }}"}
 """
 
 
-def env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}, "COLUMNS": "160"}
-
-
 def cli(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([*CLI, *args], cwd=ROOT, env=cli_env(), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from modelyard.batch.store import iter_results
 from modelyard.batch.store_sqlite import SqliteBatchStore
 from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
+from tests.e2e.cli_env import cli_env
 
 ROOT = Path(__file__).resolve().parents[3]
 CLI = [sys.executable, "-m", "modelyard.cli.main"]
@@ -77,10 +78,6 @@ def write_rows(path: Path, n: int) -> Path:
     return path
 
 
-def env() -> dict[str, str]:
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_")}, "COLUMNS": "160"}
-
-
 def requests(sim: SimServer) -> dict[str, int]:
     models = sim.stats()["models"]
     return {name: models[f"sim-{name}"]["requests"] for name in ("classify", "extract")}
@@ -104,7 +101,7 @@ def test_kill_9_at_half_then_resume_finishes_without_paying_a_finished_step_twic
     process = subprocess.Popen(
         [*start, "--concurrency", str(CONCURRENCY), *common],
         cwd=ROOT,
-        env=env(),
+        env=cli_env(),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -128,7 +125,7 @@ def test_kill_9_at_half_then_resume_finishes_without_paying_a_finished_step_twic
         resumed = subprocess.run(
             [*CLI, "batch", "--resume", "b-kill", *common],
             cwd=ROOT,
-            env=env(),
+            env=cli_env(),
             capture_output=True,
             text=True,
             timeout=120,
@@ -169,7 +166,7 @@ def test_ctrl_c_saves_what_finished_exits_130_and_resume_finishes(sim: SimServer
     common = ["--store", str(db), "--config", str(config), "--no-progress"]
     start = [*CLI, "batch", str(workflow), "--inputs", str(rows), "--out", str(out), "--batch-id", "b-int"]
     process = subprocess.Popen(
-        [*start, *common], cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [*start, *common], cwd=ROOT, env=cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert _wait_for(db)
     store = SqliteBatchStore(db)
@@ -188,7 +185,7 @@ def test_ctrl_c_saves_what_finished_exits_130_and_resume_finishes(sim: SimServer
         lines = out.read_text(encoding="utf-8").splitlines()
         assert len(lines) == saved and ROWS // 4 <= saved < ROWS  # every finished row is in the output
         resumed = subprocess.run(
-            [*CLI, "batch", "--resume", "b-int", *common], cwd=ROOT, env=env(), capture_output=True, text=True
+            [*CLI, "batch", "--resume", "b-int", *common], cwd=ROOT, env=cli_env(), capture_output=True, text=True
         )
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         assert store.totals("b-int").by_status == {"succeeded": ROWS}

@@ -26,6 +26,7 @@ from modelyard.workflows.backend import (
 from modelyard.workflows.jsonout import AnswerInvalid, example_for_schema, parse_structured, response_format
 from modelyard.workflows.schema import workflow_json_schema
 from modelyard.workflows.scripted import ScriptedBackend, scripted_backend_factory
+from tests.unit.workflows.helpers import served
 
 COMPLETION = {
     "id": "chatcmpl-1",
@@ -68,13 +69,8 @@ async def gateway() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url, seen
 
 
 async def test_http_backend_reads_answer_usage_and_modelyard_headers(gateway: Any) -> None:

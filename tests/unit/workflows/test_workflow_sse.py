@@ -14,6 +14,7 @@ from aiohttp import web
 from modelyard.schema.errors import ProviderError
 from modelyard.workflows import sse
 from modelyard.workflows.backend import HttpBackend, ModelCall
+from tests.unit.workflows.helpers import served
 
 HEADERS = {"x-modelyard-model": "small@openai", "x-modelyard-attempts": "2"}
 
@@ -54,13 +55,8 @@ async def gateway() -> AsyncIterator[tuple[str, list[dict[str, Any]]]]:
 
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", seen
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url, seen
 
 
 def _call(model: str) -> ModelCall:

@@ -23,13 +23,12 @@ import msgspec
 from modelyard.schema.errors import GatewayError
 from modelyard.server.admin import ADMIN_BODY_LIMIT, subject_services
 from modelyard.server.admin_routes import AdminRoutes
-from modelyard.server.admin_runs import resume_command, runs_store_path, valid_run_id
+from modelyard.server.admin_runs import read_run_store, resume_command, runs_store_path, valid_run_id
 from modelyard.server.http import Request, send_json
 
 if TYPE_CHECKING:
     from modelyard.server.app import Gateway
     from modelyard.server.context import RequestContext
-    from modelyard.workflows.checkpoint import SqliteReader
 
 #: The step may hold `/` (sent as %2F, decoded by the server): a sub-workflow's gate is `review/gate`.
 DECISION_PATH = re.compile(r"/admin/runs/([^/]{1,128})/steps/(.{1,256})/(approve|reject)")
@@ -70,14 +69,15 @@ async def _decide(
 ) -> dict[str, Any]:
     config = gw.config
     timeout = config.state.store_timeout_s
+    # Read first, through the admin API's read-only reader: a hostile path never writes to the run store.
+    if not await read_run_store(gw, lambda reader, _: reader.header(run_id) is not None, False):
+        raise GatewayError(404, "no such workflow run", code="run_not_found")
 
     def work() -> dict[str, Any]:
         from modelyard.workflows.approval import DecisionError, decide
-        from modelyard.workflows.checkpoint import SqliteReader, SqliteStore
+        from modelyard.workflows.checkpoint import SqliteStore
 
         path = runs_store_path(config)
-        if not path.is_file() or not _has_run(SqliteReader(path, busy_timeout_s=timeout), run_id):
-            raise GatewayError(404, "no such workflow run", code="run_not_found")
         store = SqliteStore(path, busy_timeout_s=timeout)  # written only for a run that exists
         try:
             key, made = decide(store, run_id, step, approved=approved, comment=comment, decided_by=f"admin:{subject}")
@@ -95,18 +95,6 @@ async def _decide(
         raise GatewayError(
             503, f"the workflow run store cannot be written: {type(exc).__name__}", type="api_error"
         ) from None
-
-
-def _has_run(reader: SqliteReader, run_id: str) -> bool:
-    """Whether the store holds the run, read without writing (a hostile path never changes the store)."""
-    try:
-        return reader.header(run_id) is not None
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
-            return False
-        raise
-    finally:
-        reader.close()
 
 
 def _answer(run_id: str, key: str, made: dict[str, Any], store: Path) -> dict[str, Any]:

@@ -101,7 +101,9 @@ def parse_limit(raw: str | None) -> int:
 # --------------------------------------------------------------------------- reading, bounded
 
 
-async def _read(gw: Gateway, work: Callable[[SqliteReader, Path], T], missing: T, *, outlines: bool = False) -> T:
+async def read_run_store(
+    gw: Gateway, work: Callable[[SqliteReader, Path], T], missing: T, *, outlines: bool = False
+) -> T:
     """`work(reader, store path)` in a worker thread on a read-only connection, within
     `state.store_timeout_s`; `missing` when the store file does not exist (or holds no run table yet).
     Everything runs in the thread, the workflow package's first import included: never on the event loop.
@@ -160,7 +162,7 @@ async def runs_data(gw: Gateway, limit: int = DEFAULT_LIMIT) -> dict[str, Any]:
             rows.append({**vars(row), "status": row.status.value, "steps": steps})
         return rows
 
-    return {"object": "list", "data": await _read(gw, work, [], outlines=True)}
+    return {"object": "list", "data": await read_run_store(gw, work, [], outlines=True)}
 
 
 async def run_data(gw: Gateway, run_id: str) -> dict[str, Any]:
@@ -174,7 +176,7 @@ async def run_data(gw: Gateway, run_id: str) -> dict[str, Any]:
         stored = load_run(reader, run_id)
         return None if stored is None else run_detail(stored, store)
 
-    found = await _read(gw, work, None)
+    found = await read_run_store(gw, work, None)
     if found is None:
         raise _not_found(run_id)
     return found

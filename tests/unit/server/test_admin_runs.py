@@ -210,7 +210,7 @@ def test_a_read_past_the_timeout_is_503_and_a_broken_file_is_503(tmp_path: Path)
     path = tmp_path / "runs.db"
     SqliteStore(path).close()
     with pytest.raises(GatewayError) as caught:
-        asyncio.run(admin_runs._read(_gateway(path, 0.05), lambda reader, store: time.sleep(0.5), None))
+        asyncio.run(admin_runs.read_run_store(_gateway(path, 0.05), lambda reader, store: time.sleep(0.5), None))
     assert caught.value.status == 503 and caught.value.code == "runs_store_unavailable"
     broken = tmp_path / "broken.db"
     broken.write_bytes(b"this is not a database" * 100)

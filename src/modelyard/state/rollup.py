@@ -70,9 +70,18 @@ def deltas(rows: Iterable[Sequence[Any]]) -> dict[str, list[Delta]]:
     from those groups (a batch of the spend writer spans a second or so: a few dozen groups, not one per
     row). A time that is not a finite number raises ValueError (a data error: the spend writer then
     sanitises the row)."""
+    return deltas_of(group_rows(rows, {}))
+
+
+#: Rows grouped by everything a row's four dimensions need (`group_rows`), before `deltas_of` expands them.
+Grouped = dict[tuple[float, str, str, str, int, int], list[Any]]
+
+
+def group_rows(rows: Iterable[Sequence[Any]], rows_by: Grouped) -> Grouped:
+    """Add `rows` to `rows_by` (and return it): a batch may be grouped in slices, the event loop getting
+    control back between them, and expanded once."""
     # One dict step per row, keyed by everything a row's four dimensions need; expanded to the dimensions
     # per group afterwards (a batch has a few dozen groups, not one per row).
-    rows_by: dict[tuple[float, str, str, str, int, int], list[Any]] = {}
     for row in rows:
         at = row[_AT]
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
@@ -95,6 +104,11 @@ def deltas(rows: Iterable[Sequence[Any]]) -> dict[str, list[Delta]]:
             sums[2] += _tokens(row[_COMPLETION])
             sums[3] += row[_COST]
             sums[4] += latency
+    return rows_by
+
+
+def deltas_of(rows_by: Grouped) -> dict[str, list[Delta]]:
+    """The rollup rows of grouped spend rows (see `deltas`)."""
     fine: dict[tuple[float, str, str], list[Any]] = {}
     for (bucket, model, deployment, key_id, error, slot), (n, prompt, completion, cost, latency) in rows_by.items():
         for group in (

@@ -227,3 +227,29 @@ def test_spend_report_body_is_the_one_report_shape() -> None:
         "completion_tokens": 0,
         "cost_usd": 0.0,
     }
+
+
+@pytest.mark.parametrize("installed", [True, False])
+async def test_a_long_sqlite_write_gives_up_the_cpu_between_opcodes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool
+) -> None:
+    """A 500-row batch is one C call of milliseconds: the store's thread must yield the core while it runs (the
+    c=1 p99 tail of issue #20), every YIELD_EVERY_OPCODES opcodes, and the write must still be whole. Where
+    the platform has no sched_yield, nothing is installed and the write is the same."""
+    from modelyard.state import sqlite_store
+
+    yields: list[int] = []
+    monkeypatch.setattr(sqlite_store, "_YIELD", (lambda: yields.append(1)) if installed else None)
+    store = SQLiteStore(str(tmp_path / "db.sqlite"))
+    await store.open()
+    try:
+        await store.write_spend([_spend(i, at=1000.0 + i) for i in range(500)])  # several PREP_SLICEs
+        assert len(await store.spend_records(limit=1000)) == 500
+        hours = await store.traffic("hour", "all", 0.0, 5000.0)
+        assert sum(r.requests for r in hours) == 500 and sum(r.prompt_tokens for r in hours) == 500 * 100
+    finally:
+        await store.close()
+    if installed:
+        assert len(yields) >= 500 * 100 // sqlite_store.YIELD_EVERY_OPCODES  # ~130 opcodes a row, measured
+    else:
+        assert yields == []

@@ -55,6 +55,29 @@ async def test_a_small_batch_waits_at_most_the_flush_interval() -> None:
     await writer.close()
 
 
+async def test_a_write_starts_at_write_at_and_a_backlog_still_goes_in_full_batches() -> None:
+    """A write does not wait for a whole batch_size (the c=1 tail of issue #20: one short burst of store work
+    at a time), but records that piled up meanwhile go in batches of batch_size, where a row is cheapest."""
+    from modelyard.accounting.spend import WRITE_AT
+
+    sink = Sink(delay=0.05)
+    writer = SpendWriter(sink, batch_size=WRITE_AT * 3, flush_interval_s=60.0)
+    assert writer.write_at == WRITE_AT
+    await writer.start()
+    for i in range(WRITE_AT - 1):
+        writer.submit(record(i))
+    await asyncio.sleep(0.02)
+    assert sink.calls == 0  # one short of write_at, and the flush interval is a minute away
+    writer.submit(record(WRITE_AT - 1))
+    await asyncio.sleep(0.01)
+    assert sink.calls == 1  # started at write_at, not at batch_size
+    for i in range(WRITE_AT, WRITE_AT * 5):
+        writer.submit(record(i))  # queued while the first write is in flight
+    await writer.flush()
+    assert [len(b) for b in sink.batches] == [WRITE_AT, WRITE_AT * 3, WRITE_AT]
+    await writer.close()
+
+
 async def test_close_writes_everything_queued() -> None:
     sink = Sink(delay=0.01)
     writer = SpendWriter(sink, batch_size=7, flush_interval_s=60.0)

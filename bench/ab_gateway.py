@@ -2,6 +2,7 @@
 
     python bench/ab_gateway.py --base 1bc281e                 # 5 rounds, c=16, plain and streaming
     python bench/ab_gateway.py --base HEAD~3 --rounds 7 --duration 6 --scenarios c16
+    python bench/ab_gateway.py --base 3e52848 --scenarios c1     # the c=1 p99, before/after
 
 The developers' guide's protocol for every "within X%" claim: both sides in the same run, alternating
 (which side goes first alternates too), at least five rounds, the median ratio and its spread reported.
@@ -25,7 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import everything_on
 import gateway_bench as gb
 
-SCENARIOS = {"c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
+#: name: (connections, streamed). `c1` is the latency one: its p99 is compared too (issue #20's c=1 tail).
+SCENARIOS = {"c1": (1, False), "c16": (16, False), "c64": (64, False), "stream-c16": (16, True)}
 
 
 def worktree(ref: str, into: Path) -> Path:
@@ -49,6 +51,7 @@ def measure(
             result = gb.wrk(contender, connections, duration, stream)
             out[scenario] = float(result["rps"])
             out[scenario + " cpu_us"] = (gb.cpu_seconds(pid) - cpu) * 1e6 / max(1, result["requests"])
+            out[scenario + " p99"] = float(result["p99_ms"])
         return out
     finally:
         contender.stop()
@@ -69,6 +72,7 @@ def main() -> None:
         upstream, upstream_proc = gb.start_upstream(0)
         rows: dict[str, list[tuple[float, float]]] = {s: [] for s in scenarios}
         cpu: dict[str, list[tuple[float, float]]] = {s: [] for s in scenarios}
+        p99: dict[str, list[tuple[float, float]]] = {s: [] for s in scenarios}
         try:
             for i in range(args.rounds):
                 sides = [("base", base_src), ("head", None)]
@@ -81,6 +85,7 @@ def main() -> None:
                 for s in scenarios:
                     rows[s].append((got["base"][s], got["head"][s]))
                     cpu[s].append((got["base"][s + " cpu_us"], got["head"][s + " cpu_us"]))
+                    p99[s].append((got["base"][s + " p99"], got["head"][s + " p99"]))
                     print(
                         f"round {i + 1} {s}: base {got['base'][s]:.0f} req/s, head {got['head'][s]:.0f} req/s "
                         f"({got['head'][s] / got['base'][s]:.3f}x)",
@@ -101,6 +106,13 @@ def main() -> None:
             f"{statistics.median(h for _, h in rows[s]):.0f}; CPU/request ratio median "
             f"{statistics.median(cpu_ratios):.3f}"
         )
+        if s == "c1":
+            change = sorted(h - b for b, h in p99[s])
+            print(
+                f"  {s}: p99 ms base median {statistics.median(b for b, _ in p99[s]):.2f}, head median "
+                f"{statistics.median(h for _, h in p99[s]):.2f}; head - base median {statistics.median(change):+.2f} "
+                f"(min {change[0]:+.2f}, max {change[-1]:+.2f})"
+            )
 
 
 if __name__ == "__main__":

@@ -459,9 +459,36 @@ QUICK = {"duration": 1.0, "repetitions": 3, "ttft_requests": 60, "delays": "0"}
 QUICK_ONLY = "direct,passthrough,modelyard,modelyard-guardrails,modelyard-redis"
 
 
+def machine_busy(window: float = 0.2) -> float:
+    """The share of the machine's CPU time (all cores) that was busy over `window` seconds (/proc/stat)."""
+
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields[:8]) - idle, sum(fields[:8])
+
+    busy0, total0 = sample()
+    time.sleep(window)
+    busy1, total1 = sample()
+    return (busy1 - busy0) / max(1, total1 - total0)
+
+
+def quiesce(limit: float = 0.05, timeout: float = 15.0) -> float:
+    """Wait until the machine is quiet (under `limit` busy over 0.2 s) before a measured run, at most
+    `timeout` seconds; returns the seconds waited. Every contender stays up for the whole run, and what one
+    left behind (a spend backlog written after a saturating run, a flush) would otherwise land in the next
+    contender's measurement: the c=1 tail above all (issue #20)."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout and machine_busy() > limit:
+        pass
+    return time.monotonic() - start
+
+
 def run_scenario(contender: Contender, scenario: Scenario, duration: float, ttft_requests: int) -> dict[str, Any]:
-    """One run of one scenario, with the contender's CPU per request (process tree, user + system) over it."""
+    """One run of one scenario, with the contender's CPU per request (process tree, user + system) over it;
+    started on a quiet machine (`quiesce`)."""
     _, kind, amount, stream = scenario
+    quiesce()
     pid = contender.proc.pid if contender.proc else None
     cpu_before = cpu_seconds(pid) if pid else 0.0
     if kind == "wrk":

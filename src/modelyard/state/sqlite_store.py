@@ -83,8 +83,11 @@ T = TypeVar("T")
 #: lets such a burst finish its time slice before the event loop's thread, woken by a request, gets the core
 #: back, and that wait was the gateway's whole c=1 p99 tail (issue #20: 2.0 → 1.2 ms measured; a yield costs
 #: ~1 µs, ~70 of them per 500-row batch). Priorities do not do this: nice +19 and SCHED_IDLE were measured
-#: and moved nothing.
+#: and moved nothing. A spend batch of more than YIELD_UP_TO_ROWS rows does not yield: the writer only
+#: builds such batches when it is behind (spend.WRITE_AT), that is on a saturated machine, where each yield
+#: is one more GIL hand-off with the busy event loop (measured: 6% of c=16 req/s and CPU per request).
 YIELD_EVERY_OPCODES = 1000
+YIELD_UP_TO_ROWS = 256
 _YIELD: Callable[[], None] | None = getattr(os, "sched_yield", None)
 #: A spend batch is made ready for the store (rows, JSON, rollup groups) on the event loop in slices of this
 #: many records, the loop serving requests between them, and inserted one slice per statement (one
@@ -438,6 +441,23 @@ def _insert_spend(
 ) -> None:
     """Insert a batch (one statement per slice: see PREP_SLICE) and add what it inserted to the rollups, in
     one transaction."""
+    if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
+        conn.set_progress_handler(None, 0)
+    try:
+        _insert_spend_rows(conn, payloads, sql, ids, rows, rollups)
+    finally:
+        if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
+            conn.set_progress_handler(_YIELD, YIELD_EVERY_OPCODES)
+
+
+def _insert_spend_rows(
+    conn: sqlite3.Connection,
+    payloads: list[bytes],
+    sql: str,
+    ids: bytes,
+    rows: list[tuple[Any, ...]],
+    rollups: dict[str, list[Delta]],
+) -> None:
     conn.execute("BEGIN")
     try:
         stored = {r[0] for r in conn.execute(_STORED_IDS, (ids.decode(),)).fetchall()}

@@ -233,9 +233,10 @@ def test_spend_report_body_is_the_one_report_shape() -> None:
 async def test_a_long_sqlite_write_gives_up_the_cpu_between_opcodes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, installed: bool
 ) -> None:
-    """A 500-row batch is one C call of milliseconds: the store's thread must yield the core while it runs (the
-    c=1 p99 tail of issue #20), every YIELD_EVERY_OPCODES opcodes, and the write must still be whole. Where
-    the platform has no sched_yield, nothing is installed and the write is the same."""
+    """A spend batch is one C call of milliseconds: the store's thread must yield the core while it runs (the
+    c=1 p99 tail of issue #20), every YIELD_EVERY_OPCODES opcodes, and the write must still be whole. A batch
+    over YIELD_UP_TO_ROWS (a writer that is behind, a saturated machine) does not yield, and is whole too.
+    Where the platform has no sched_yield, nothing is installed and the writes are the same."""
     from modelyard.state import sqlite_store
 
     yields: list[int] = []
@@ -243,13 +244,21 @@ async def test_a_long_sqlite_write_gives_up_the_cpu_between_opcodes(
     store = SQLiteStore(str(tmp_path / "db.sqlite"))
     await store.open()
     try:
-        await store.write_spend([_spend(i, at=1000.0 + i) for i in range(500)])  # several PREP_SLICEs
-        assert len(await store.spend_records(limit=1000)) == 500
+        small = sqlite_store.YIELD_UP_TO_ROWS - 6  # several PREP_SLICEs
+        await store.write_spend([_spend(i, at=1000.0 + i) for i in range(small)])
+        yielded_small = len(yields)
+        await store.write_spend([_spend(i, at=1000.0 + i) for i in range(small, small + 500)])
+        yielded_big = len(yields) - yielded_small
+        await store.write_spend([_spend(i, at=1000.0 + i) for i in range(small + 500, small + 510)])
+        assert len(await store.spend_records(limit=1000)) == small + 510
         hours = await store.traffic("hour", "all", 0.0, 5000.0)
-        assert sum(r.requests for r in hours) == 500 and sum(r.prompt_tokens for r in hours) == 500 * 100
+        assert sum(r.requests for r in hours) == small + 510
+        assert sum(r.prompt_tokens for r in hours) == (small + 510) * 100
     finally:
         await store.close()
     if installed:
-        assert len(yields) >= 500 * 100 // sqlite_store.YIELD_EVERY_OPCODES  # ~130 opcodes a row, measured
+        assert yielded_small >= small * 100 // sqlite_store.YIELD_EVERY_OPCODES  # ~130 opcodes a row, measured
+        assert yielded_big == 0
+        assert len(yields) > yielded_small  # the handler is back after the big batch
     else:
         assert yields == []

@@ -108,9 +108,12 @@ def group_rows(rows: Iterable[Sequence[Any]], rows_by: Grouped) -> Grouped:
 
 
 def deltas_of(rows_by: Grouped) -> dict[str, list[Delta]]:
-    """The rollup rows of grouped spend rows (see `deltas`)."""
+    """The rollup rows of grouped spend rows (see `deltas`). A cost or latency that is not a finite number
+    raises ValueError, like a time (a data error: the row is sanitised, its number made 0)."""
     fine: dict[tuple[float, str, str], list[Any]] = {}
     for (bucket, model, deployment, key_id, error, slot), (n, prompt, completion, cost, latency) in rows_by.items():
+        if not (math.isfinite(cost) and math.isfinite(latency)):
+            raise ValueError(f"spend cost {cost!r} or latency {latency!r} is not a finite number")
         for group in (
             (bucket, "all", ""),
             (bucket, "model", model),

@@ -13,6 +13,7 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from itertools import chain
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -78,81 +79,51 @@ from modelyard.state.store import (
 
 T = TypeVar("T")
 
-#: The store's thread gives up its CPU every this many SQLite opcodes (~130 µs of a spend batch's insert on
-#: this project's reference machine). A batch insert is one C call of ~8 ms; on a small machine the kernel
-#: lets such a burst finish its time slice before the event loop's thread, woken by a request, gets the core
-#: back, and that wait was the gateway's whole c=1 p99 tail (issue #20: 2.0 → 1.2 ms measured; a yield costs
-#: ~1 µs, ~70 of them per 500-row batch). Priorities do not do this: nice +19 and SCHED_IDLE were measured
-#: and moved nothing. A spend batch of more than YIELD_UP_TO_ROWS rows does not yield: the writer only
-#: builds such batches when it is behind (spend.WRITE_AT), that is on a saturated machine, where each yield
-#: is one more GIL hand-off with the busy event loop (measured: 6% of c=16 req/s and CPU per request).
+#: The store's thread gives up its CPU every this many SQLite opcodes (~70 µs of a spend insert, ~12 rows, on
+#: this project's reference machine). A spend batch is one C call of milliseconds; on a small machine the
+#: kernel lets such a burst finish its time slice before the event loop's thread, woken by a request, gets
+#: the core back, and that wait was most of the gateway's c=1 p99 tail (issue #20, docs/benchmarks.md; a
+#: yield costs ~1 µs). Priorities do not do this: nice +19 and SCHED_IDLE were measured and moved nothing.
+#: A spend batch of more than YIELD_UP_TO_ROWS rows does not yield: the writer only builds such batches when
+#: it is behind (spend.WRITE_AT), that is on a saturated machine, where each yield is one more GIL hand-off
+#: with the busy event loop (measured: 6% of c=16 req/s and CPU per request).
 YIELD_EVERY_OPCODES = 1000
 YIELD_UP_TO_ROWS = 256
 _YIELD: Callable[[], None] | None = getattr(os, "sched_yield", None)
-#: A spend batch is made ready for the store (rows, JSON, rollup groups) on the event loop in slices of this
-#: many records, the loop serving requests between them, and inserted one slice per statement (one
-#: transaction still): SQLite's json_each parses its whole argument in one opcode, where the yields above
-#: cannot reach, so a 500-row statement was a ~1 ms stretch the loop's thread could not preempt.
-PREP_SLICE = 100
+#: Rows per insert statement. A spend batch goes in as multi-row VALUES statements with bound parameters, in
+#: one transaction: SQLite's module binds a statement's parameters in one C loop (one GIL hold per statement,
+#: where `executemany` took the GIL back for every row and, under load, waited for the busy event loop each
+#: time), and no JSON is built or parsed (json_each + a json_extract per column cost 15.4 µs a row in the
+#: store's thread, this 5.6; issue #20, measured). Slices are prepared on the event loop, which serves
+#: requests between them; a statement of this size is also short enough for the yields above to matter.
+#: (SQLite before 3.32 allows 999 parameters a statement, not 32,766.)
+INSERT_ROWS = 128 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
+#: The row counts a statement has: full slices, then the rest in powers of two, so that the connection's
+#: statement cache holds every form instead of one per remainder.
+_STATEMENT_ROWS = tuple(INSERT_ROWS >> shift for shift in range(INSERT_ROWS.bit_length()))
 
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
 _KEY_INSERT = f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join('?' * len(KEY_COLUMNS))})"
 
 
-#: A whole batch as one JSON parameter, unpacked by SQLite itself: binding rows one by one in `executemany`
-#: needs the GIL for every row, and under load the writer thread then waits on the busy event loop for it
-#: (measured: the writer fell to ~800 rows/s at 3,000 requests/s and its queue grew without bound). One
-#: parameter means one GIL hand-off per batch; SQLite does the rest with the GIL released.
-#: ON CONFLICT (id) DO NOTHING: an id already stored (a spool replay after a crash) is skipped, never doubled.
-#: Not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL, silently. (`WHERE true` is SQLite's
-#: way to tell an upsert's ON CONFLICT from a join's ON after a SELECT.)
-def _spend_insert(columns: tuple[str, ...]) -> str:
+#: ON CONFLICT (id) DO NOTHING: an id already stored (a spool replay after a crash) or seen earlier in the
+#: batch is skipped, never doubled. Not `INSERT OR IGNORE`, which would also skip a row breaking NOT NULL,
+#: silently.
+def _spend_insert(rows: int) -> str:
+    one = "(" + ", ".join("?" * len(SPEND_COLUMNS)) + ")"
     return (
-        f"INSERT INTO modelyard_spend ({', '.join(columns)}) SELECT "
-        + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-        + " FROM json_each(?) WHERE true ON CONFLICT (id) DO NOTHING"
+        f"INSERT INTO modelyard_spend ({', '.join(SPEND_COLUMNS)}) VALUES {', '.join([one] * rows)}"
+        " ON CONFLICT (id) DO NOTHING"
     )
 
 
-#: Every column costs a json_extract per row (~7,000 instructions, measured under callgrind), so a batch
-#: leaves out (NULL) the optional columns none of its rows fills: `guardrails` (no request ran guardrails,
-#: the usual case) and the learning columns (no request was analysed by the routing intelligence).
-_OPTIONAL: tuple[tuple[str, ...], ...] = (("guardrails",), ("task", "predicted", "embedding"))
-_OPTIONAL_AT = tuple(tuple(SPEND_COLUMNS.index(c) for c in group) for group in _OPTIONAL)
+_SPEND_INSERTS = {rows: _spend_insert(rows) for rows in _STATEMENT_ROWS}
 
 
-def _insert_for(present: tuple[bool, ...]) -> tuple[str, tuple[slice, ...]]:
-    """The insert, and the row slices it reads (a few contiguous runs: slicing a tuple is much cheaper per row
-    than picking its items one by one), for a batch filling the optional groups marked present."""
-    left_out = {i for group, there in zip(_OPTIONAL_AT, present, strict=True) if not there for i in group}
-    kept = [i for i in range(len(SPEND_COLUMNS)) if i not in left_out]
-    runs: list[slice] = []
-    for i in kept:
-        if runs and runs[-1].stop == i:
-            runs[-1] = slice(runs[-1].start, i + 1)
-        else:
-            runs.append(slice(i, i + 1))
-    return _spend_insert(tuple(SPEND_COLUMNS[i] for i in kept)), tuple(runs)
-
-
-def _cut(row: tuple[Any, ...], runs: tuple[slice, ...]) -> tuple[Any, ...]:
-    if len(runs) == 1:
-        return row[runs[0]]
-    out = row[runs[0]]
-    for run in runs[1:]:
-        out += row[run]
-    return out
-
-
-_SPEND_INSERTS = {present: _insert_for(present) for present in ((a, b) for a in (False, True) for b in (False, True))}
-
-
-def _present(records: Sequence[SpendRecord]) -> tuple[bool, bool]:
-    """Which optional column groups some record of the batch fills."""
-    return (
-        any(r.guardrails is not None for r in records),
-        any(r.task is not None or r.predicted is not None or r.embedding is not None for r in records),
-    )
+def _statement_rows(total: int) -> list[int]:
+    """The row counts of the statements that insert `total` rows (see _STATEMENT_ROWS)."""
+    rest = total % INSERT_ROWS
+    return [INSERT_ROWS] * (total // INSERT_ROWS) + [n for n in _STATEMENT_ROWS[1:] if rest & n]
 
 
 #: Rollup deltas go in as plain parameters (executemany): a batch adds a few dozen groups, and a json_extract
@@ -278,25 +249,32 @@ class SQLiteStore:
         were partly stored already (a spool replay), so each row is counted once."""
         if not records:
             return
-        sql, kept = _SPEND_INSERTS[_present(records)]
         rows: list[tuple[Any, ...]] = []
-        payloads: list[bytes] = []
+        statements: list[tuple[str, tuple[Any, ...]]] = []
         grouped: Grouped = {}
+        start = 0
         try:
-            for start in range(0, len(records), PREP_SLICE):
-                if start:
-                    await asyncio.sleep(0)  # the event loop's turn: see PREP_SLICE
-                chunk = [spend_row(r) for r in records[start : start + PREP_SLICE]]
+            for size in _statement_rows(len(records)):
+                if start and size == INSERT_ROWS:
+                    await asyncio.sleep(0)  # the event loop's turn: see INSERT_ROWS
+                chunk = [spend_row(r) for r in records[start : start + size]]
+                start += size
                 rows += chunk
-                payloads.append(_encode([_cut(row, kept) for row in chunk]))
+                parameters = tuple(chain.from_iterable(chunk))
+                if "\x00" in "".join([p for p in parameters if type(p) is str]):
+                    # SQLite would keep it; PostgreSQL cannot: refused, so the writer sanitises the row
+                    raise ValueError("a NUL character in a spend row's text")
+                statements.append((_SPEND_INSERTS[size], parameters))
                 group_rows(chunk, grouped)
             ids = _encode([row[0] for row in rows])
             rollups = deltas_of(grouped)
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # lone surrogates, big ints
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # lone surrogates, NaN times
             raise SpendDataError(str(exc)) from exc
         try:
-            await self._run(lambda conn: _insert_spend(conn, payloads, sql, ids, rows, rollups))
+            await self._run(lambda conn: _insert_spend(conn, statements, ids, rows, rollups))
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
+            raise SpendDataError(str(exc)) from exc
+        except (UnicodeEncodeError, OverflowError) as exc:  # binding: lone surrogates, ints beyond 64 bits
             raise SpendDataError(str(exc)) from exc
         before = self._purge.due(r.at for r in records)
         if before is not None:
@@ -433,18 +411,17 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
 
 def _insert_spend(
     conn: sqlite3.Connection,
-    payloads: list[bytes],
-    sql: str,
+    statements: list[tuple[str, tuple[Any, ...]]],
     ids: bytes,
     rows: list[tuple[Any, ...]],
     rollups: dict[str, list[Delta]],
 ) -> None:
-    """Insert a batch (one statement per slice: see PREP_SLICE) and add what it inserted to the rollups, in
-    one transaction."""
+    """Insert a batch (`statements`: SQL and parameters, see INSERT_ROWS) and add what it inserted to the
+    rollups, in one transaction."""
     if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
         conn.set_progress_handler(None, 0)
     try:
-        _insert_spend_rows(conn, payloads, sql, ids, rows, rollups)
+        _insert_spend_rows(conn, statements, ids, rows, rollups)
     finally:
         if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
             conn.set_progress_handler(_YIELD, YIELD_EVERY_OPCODES)
@@ -452,8 +429,7 @@ def _insert_spend(
 
 def _insert_spend_rows(
     conn: sqlite3.Connection,
-    payloads: list[bytes],
-    sql: str,
+    statements: list[tuple[str, tuple[Any, ...]]],
     ids: bytes,
     rows: list[tuple[Any, ...]],
     rollups: dict[str, list[Delta]],
@@ -463,8 +439,8 @@ def _insert_spend_rows(
         stored = {r[0] for r in conn.execute(_STORED_IDS, (ids.decode(),)).fetchall()}
         if stored or len({row[0] for row in rows}) < len(rows):
             rollups = deltas(first_new(rows, stored))
-        for payload in payloads:
-            conn.execute(sql, (payload.decode(),))
+        for sql, parameters in statements:
+            conn.execute(sql, parameters)
         for grain, upsert in _ROLLUP_UPSERT.items():
             if rollups[grain]:
                 conn.executemany(upsert, rollups[grain])

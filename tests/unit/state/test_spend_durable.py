@@ -69,3 +69,39 @@ async def test_poison_rows_are_sanitised_or_set_aside_and_later_batches_flow(sto
     finally:
         await writer.close()
     assert os.listdir(tmp_path / "spool") == []
+
+
+async def test_a_cost_or_latency_that_is_not_finite_is_stored_as_zero_and_the_rollups_stay_finite(
+    store: Store, tmp_path: Path
+) -> None:
+    """Non-finite money must not reach the rollups' sums (one inf would poison a bucket for good): the row is
+    a data error, sanitised (the number made 0) and written; the rest of the batch is untouched."""
+    writer = SpendWriter(store, batch_size=50, flush_interval_s=0.01)
+    await writer.start()
+    try:
+        for i in range(10):
+            fields: dict[str, Any] = {}
+            if i == 2:
+                fields = {"cost_usd": float("inf")}
+            elif i == 5:
+                fields = {"latency_ms": float("nan")}
+            writer.submit(_spend(i, **fields))
+        assert await writer.flush(10)
+    finally:
+        await writer.close()
+    rows = dict(await _rows(store, "SELECT id, cost_usd FROM modelyard_spend"))
+    assert len(rows) == 10 and rows["req_2"] == 0.0 and rows["req_1"] == 0.001
+    latency = dict(await _rows(store, "SELECT id, latency_ms FROM modelyard_spend WHERE id = 'req_5'"))
+    assert latency["req_5"] == 0.0
+    hours = await store.traffic("hour", "all", 0.0, 2_000_000_000.0)
+    assert sum(r.requests for r in hours) == 10
+    assert abs(sum(r.cost_usd for r in hours) - 9 * 0.001) < 1e-12
+
+
+def test_a_batch_of_any_size_is_cut_into_statements_of_the_cached_sizes() -> None:
+    from modelyard.state import sqlite_store
+
+    for total in range(0, 3 * sqlite_store.INSERT_ROWS + 2):
+        sizes = sqlite_store._statement_rows(total)
+        assert sum(sizes) == total and set(sizes) <= set(sqlite_store._SPEND_INSERTS)
+        assert sizes == sorted(sizes, reverse=True) and len(sizes) <= total // sqlite_store.INSERT_ROWS + 7

@@ -485,7 +485,8 @@ def quiesce(limit: float = 0.05, timeout: float = 15.0) -> float:
 
 
 def run_scenario(contender: Contender, scenario: Scenario, duration: float, ttft_requests: int) -> dict[str, Any]:
-    """One run of one scenario, with the contender's CPU per request (process tree, user + system) over it;
+    """One run of one scenario, with the contender's CPU per request (process tree, user + system) over it and
+    until the machine is quiet again (work the run deferred, such as spend rows written after it, counts);
     started on a quiet machine (`quiesce`)."""
     _, kind, amount, stream = scenario
     quiesce()
@@ -501,6 +502,7 @@ def run_scenario(contender: Contender, scenario: Scenario, duration: float, ttft
         result = ttft(contender, ttft_requests)
         count = ttft_requests + 20
     if pid:
+        quiesce()  # what the run left to do (a spend backlog written after it) is the run's CPU too
         result["cpu_ms_per_req"] = (cpu_seconds(pid) - cpu_before) * 1000 / max(1, count)
     return result
 

@@ -79,28 +79,27 @@ from modelyard.state.store import (
 
 T = TypeVar("T")
 
-#: The store's thread gives up its CPU every this many SQLite opcodes (~70 µs of a spend insert, ~12 rows, on
-#: this project's reference machine). A spend batch is one C call of milliseconds; on a small machine the
-#: kernel lets such a burst finish its time slice before the event loop's thread, woken by a request, gets
-#: the core back, and that wait was most of the gateway's c=1 p99 tail (issue #20, docs/benchmarks.md; a
-#: yield costs ~1 µs). Priorities do not do this: nice +19 and SCHED_IDLE were measured and moved nothing.
-#: A spend batch of more than YIELD_UP_TO_ROWS rows does not yield: the writer only builds such batches when
-#: it is behind (spend.WRITE_AT), that is on a saturated machine, where each yield is one more GIL hand-off
-#: with the busy event loop (measured: 6% of c=16 req/s and CPU per request).
-YIELD_EVERY_OPCODES = 1000
-YIELD_UP_TO_ROWS = 256
-_YIELD: Callable[[], None] | None = getattr(os, "sched_yield", None)
 #: Rows per insert statement. A spend batch goes in as multi-row VALUES statements with bound parameters, in
 #: one transaction: SQLite's module binds a statement's parameters in one C loop (one GIL hold per statement,
 #: where `executemany` took the GIL back for every row and, under load, waited for the busy event loop each
 #: time), and no JSON is built or parsed (json_each + a json_extract per column cost 15.4 µs a row in the
-#: store's thread, this 5.6; issue #20, measured). Slices are prepared on the event loop, which serves
-#: requests between them; a statement of this size is also short enough for the yields above to matter.
-#: (SQLite before 3.32 allows 999 parameters a statement, not 32,766.)
-INSERT_ROWS = 128 if sqlite3.sqlite_version_info >= (3, 32, 0) else 32
+#: store's thread, this 5.6; issue #20, measured). 32 rows of 27 columns is within SQLite's oldest limit of
+#: 999 parameters a statement.
+INSERT_ROWS = 32
 #: The row counts a statement has: full slices, then the rest in powers of two, so that the connection's
 #: statement cache holds every form instead of one per remainder.
 _STATEMENT_ROWS = tuple(INSERT_ROWS >> shift for shift in range(INSERT_ROWS.bit_length()))
+#: The event loop gets a turn after preparing this many rows of a batch (rows, parameters, rollup groups).
+_LOOP_TURN_ROWS = 128
+#: Between two statements of a batch of at most this many rows, the store's thread gives up its core
+#: (`sched_yield`, ~180 µs of inserting apart). A batch is milliseconds of C; on a small machine the kernel
+#: lets such a burst finish its time slice before the event loop's thread, woken by a request, gets the core
+#: back, and that wait was most of the gateway's c=1 p99 tail (issue #20, docs/benchmarks.md). Priorities do
+#: not do this: nice +19 and SCHED_IDLE were measured and moved nothing. A bigger batch does not yield: the
+#: writer only builds one when it is behind (spend.WRITE_AT), that is on a saturated machine, where a yield
+#: helps no latency and costs a GIL hand-off with the busy loop.
+YIELD_UP_TO_ROWS = 256
+_YIELD: Callable[[], None] | None = getattr(os, "sched_yield", None)
 
 _KEY_SELECT = f"SELECT {', '.join(KEY_COLUMNS)} FROM modelyard_keys"
 _KEY_INSERT = f"INSERT INTO modelyard_keys ({', '.join(KEY_COLUMNS)}) VALUES ({', '.join('?' * len(KEY_COLUMNS))})"
@@ -194,8 +193,6 @@ class SQLiteStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
-        if _YIELD is not None:
-            conn.set_progress_handler(_YIELD, YIELD_EVERY_OPCODES)
         return conn
 
     async def close(self) -> None:
@@ -255,8 +252,8 @@ class SQLiteStore:
         start = 0
         try:
             for size in _statement_rows(len(records)):
-                if start and size == INSERT_ROWS:
-                    await asyncio.sleep(0)  # the event loop's turn: see INSERT_ROWS
+                if start and start % _LOOP_TURN_ROWS == 0:
+                    await asyncio.sleep(0)  # the event loop's turn
                 chunk = [spend_row(r) for r in records[start : start + size]]
                 start += size
                 rows += chunk
@@ -417,23 +414,8 @@ def _insert_spend(
     rollups: dict[str, list[Delta]],
 ) -> None:
     """Insert a batch (`statements`: SQL and parameters, see INSERT_ROWS) and add what it inserted to the
-    rollups, in one transaction."""
-    if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
-        conn.set_progress_handler(None, 0)
-    try:
-        _insert_spend_rows(conn, statements, ids, rows, rollups)
-    finally:
-        if _YIELD is not None and len(rows) > YIELD_UP_TO_ROWS:
-            conn.set_progress_handler(_YIELD, YIELD_EVERY_OPCODES)
-
-
-def _insert_spend_rows(
-    conn: sqlite3.Connection,
-    statements: list[tuple[str, tuple[Any, ...]]],
-    ids: bytes,
-    rows: list[tuple[Any, ...]],
-    rollups: dict[str, list[Delta]],
-) -> None:
+    rollups, in one transaction; a short batch yields the core between statements (YIELD_UP_TO_ROWS)."""
+    pause = _YIELD if len(rows) <= YIELD_UP_TO_ROWS else None
     conn.execute("BEGIN")
     try:
         stored = {r[0] for r in conn.execute(_STORED_IDS, (ids.decode(),)).fetchall()}
@@ -441,6 +423,8 @@ def _insert_spend_rows(
             rollups = deltas(first_new(rows, stored))
         for sql, parameters in statements:
             conn.execute(sql, parameters)
+            if pause is not None:
+                pause()
         for grain, upsert in _ROLLUP_UPSERT.items():
             if rollups[grain]:
                 conn.executemany(upsert, rollups[grain])

@@ -1,8 +1,8 @@
 """The SQLite store: one file (WAL mode), one connection, used from one dedicated thread.
 
 Every call runs on a single-worker thread pool, so the event loop never blocks on disk and the
-connection is only ever touched by the thread that made it. A spend batch is one JSON parameter unpacked
-by SQLite in one statement and one transaction (see `_spend_insert` for why not `executemany`).
+connection is only ever touched by the thread that made it. A spend batch is a few multi-row VALUES
+statements in one transaction (see INSERT_ROWS for why not `executemany`, nor JSON).
 """
 
 from __future__ import annotations

@@ -42,9 +42,9 @@ log = logging.getLogger("modelyard.spend")
 #: A write starts once this many records wait, not a whole `batch_size`. The store's CPU work for a batch is
 #: one burst on the machine's cores, and a burst of 500 rows (~8 ms in SQLite then) was most of the gateway's
 #: c=1 p99 tail (issue #20, docs/benchmarks.md: +0.64-0.75 ms over the pass-through with 500-row writes,
-#: +0.41-0.44 with 100-200, measured before the store's insert got cheaper); a loaded gateway finds more than `batch_size` waiting when a write ends and still writes full batches,
-#: where a row costs least (SQLite's write_spend: 10.0 µs of CPU a row at 500, 11.1 at 200;
-#: bench/spend_write_cost.py).
+#: +0.41-0.44 with 100-200, measured before the store's insert got cheaper); a loaded gateway finds more
+#: than `batch_size` waiting when a write ends and still writes full batches, where a row costs least
+#: (SQLite's write_spend: 10.0 µs of CPU a row at 500, 11.1 at 200; bench/spend_write_cost.py).
 WRITE_AT = 200
 
 _INT64 = (-(2**63), 2**63 - 1)

@@ -127,9 +127,14 @@ class SpendSink(Protocol):
     async def write_spend(self, records: Sequence[SpendRecord]) -> None: ...
 
 
+def unstorable(text: str) -> bool:
+    """Whether `text` holds a character some store cannot (NUL, a lone surrogate): `escape_text` would change it."""
+    return _UNSTORABLE.search(text) is not None
+
+
 def escape_text(text: str) -> str:
     """`text` with NUL and lone surrogates written as `\\u0000`-style escapes (storable everywhere)."""
-    if _UNSTORABLE.search(text) is None:
+    if not unstorable(text):
         return text
     return _UNSTORABLE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 

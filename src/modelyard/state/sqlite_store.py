@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 import msgspec
 
-from modelyard.accounting.spend import SpendDataError, SpendRecord
+from modelyard.accounting.spend import SpendDataError, SpendRecord, unstorable
 from modelyard.state.conversations import (
     COUNT_SQL,
     DELETE_SQL,
@@ -258,20 +258,20 @@ class SQLiteStore:
                 start += size
                 rows += chunk
                 parameters = tuple(chain.from_iterable(chunk))
-                if "\x00" in "".join([p for p in parameters if type(p) is str]):
-                    # SQLite would keep it; PostgreSQL cannot: refused, so the writer sanitises the row
-                    raise ValueError("a NUL character in a spend row's text")
+                if unstorable("".join([p for p in parameters if type(p) is str])):
+                    # SQLite would keep a NUL, PostgreSQL cannot: refused, so the writer sanitises the row
+                    raise ValueError("a NUL or a lone surrogate in a spend row's text")
                 statements.append((_SPEND_INSERTS[size], parameters))
                 group_rows(chunk, grouped)
             ids = _encode([row[0] for row in rows])
             rollups = deltas_of(grouped)
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # lone surrogates, NaN times
+        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # unstorable text, NaN times
             raise SpendDataError(str(exc)) from exc
         try:
             await self._run(lambda conn: _insert_spend(conn, statements, ids, rows, rollups))
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
             raise SpendDataError(str(exc)) from exc
-        except (UnicodeEncodeError, OverflowError) as exc:  # binding: lone surrogates, ints beyond 64 bits
+        except OverflowError as exc:  # binding an int beyond 64 bits
             raise SpendDataError(str(exc)) from exc
         before = self._purge.due(r.at for r in records)
         if before is not None:

@@ -16,7 +16,6 @@ machine (gateway_bench.quiesce).
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import subprocess
 import sys
@@ -97,7 +96,6 @@ def main() -> None:
             floor.stop()
             ours.stop()
             upstream_proc.terminate()
-            os.environ.pop("C1_TAIL_STANDIN", None)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.accounting.spend import SpendDataError, SpendRecord, SpendWriter, escape_text, sanitise
+from modelyard.accounting.spend import SpendDataError, SpendRecord, SpendWriter, escape_text, sanitise, unstorable
 
 
 class Sink:
@@ -268,3 +268,11 @@ async def test_a_crashed_writers_spool_keeps_what_the_guardrails_found(tmp_path:
     assert await second.flush(5)
     assert store.rows["req_1"].guardrails == text and store.rows["req_1"].cost_usd == 0.5
     await second.close()
+
+
+def test_unstorable_text_is_told_apart_on_both_paths_ascii_and_not() -> None:
+    """The one rule a store's text check and escape_text share: NUL (ASCII or not) and lone surrogates."""
+    for text in ("a\x00b", "\x00", "é\x00", "half \ud800 pair", "\udfff"):
+        assert unstorable(text) and escape_text(text) != text
+    for text in ("", "plain ascii", "héllo wörld", "emoji \U0001f600", "\\u0000 written out"):
+        assert not unstorable(text) and escape_text(text) == text

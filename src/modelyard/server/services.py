@@ -244,7 +244,7 @@ def build_services(
     router = router or build_router(config)
     spend_cfg = config.spend
     dsn = config.access.keys_store or spend_cfg.store
-    store = store or open_store(dsn)
+    store = store or open_store(dsn, sqlite_inserts=spend_cfg.sqlite_inserts)
     if spend_cfg.store is None and config.access.keys_store is None:
         log.warning("no spend.store configured: keys and the spend log are kept in memory only")
     missing = unpriced(config.deployments, router.table.prices)

@@ -2,7 +2,8 @@
 
 Every call runs on a single-worker thread pool, so the event loop never blocks on disk and the
 connection is only ever touched by the thread that made it. A spend batch is a few multi-row VALUES
-statements in one transaction (see INSERT_ROWS for why not `executemany`, nor JSON).
+statements in one transaction (see INSERT_ROWS for why not `executemany`, nor JSON), made by that thread or,
+for a file under load, by a helper process on its own connection (`inserts`, sqlite_insert_process.py).
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from modelyard.accounting.spend import SpendDataError, SpendRecord, unstorable
+from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, unstorable
 from modelyard.state.conversations import (
     COUNT_SQL,
     DELETE_SQL,
@@ -46,6 +47,7 @@ from modelyard.state.rollup import (
     upsert_sql,
     values_source,
 )
+from modelyard.state.sqlite_insert_process import InsertProcess
 from modelyard.state.store import (
     RollupRow,
     SpendFilter,
@@ -160,13 +162,21 @@ def _bucket(width: int) -> str:
     return f"(CAST(at / {width} AS INTEGER) * {width})"
 
 
+#: Where spend inserts are made: the store's thread, a helper process (sqlite_insert_process.py), or `auto`:
+#: the thread until a batch of `spend.WRITE_AT` rows or more (a gateway under load) starts the process,
+#: which then takes every insert. An in-memory database is always written by the thread.
+InsertsIn = Literal["auto", "thread", "process"]
+
+
 class SQLiteStore:
     """`Store` on a SQLite file (or `:memory:`)."""
 
-    def __init__(self, path: str = ":memory:") -> None:
+    def __init__(self, path: str = ":memory:", *, inserts: InsertsIn = "thread") -> None:
         self.path = path
+        self.inserts: InsertsIn = "thread" if path == ":memory:" else inserts
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
+        self._process: InsertProcess | None = None
         self._purge = PurgeClock()
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -182,23 +192,21 @@ class SQLiteStore:
             return
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="modelyard-sqlite")
         loop = asyncio.get_running_loop()
-        self._conn = await loop.run_in_executor(self._pool, self._connect)
+        self._conn = await loop.run_in_executor(self._pool, connect, self.path)
         await self._run(_migrate)
 
-    def _connect(self) -> sqlite3.Connection:
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
-        return conn
+    @property
+    def insert_pid(self) -> int | None:
+        """The helper process making the spend inserts, once started."""
+        return None if self._process is None else self._process.pid
 
     async def close(self) -> None:
         if self._conn is None or self._pool is None:
             return
         pool = self._pool
+        process, self._process = self._process, None
+        if process is not None:
+            await self._run(lambda conn: process.close())
         await self._run(lambda conn: conn.close())
         self._conn = None
         self._pool = None
@@ -268,7 +276,11 @@ class SQLiteStore:
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # unstorable text, NaN times
             raise SpendDataError(str(exc)) from exc
         try:
-            await self._run(lambda conn: _insert_spend(conn, statements, ids, rows, rollups))
+            process = self._insert_process(len(rows))
+            if process is None:
+                await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
+            else:
+                await self._run(lambda conn: process.call(statements, ids, rows, rollups))
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
             raise SpendDataError(str(exc)) from exc
         except OverflowError as exc:  # binding an int beyond 64 bits
@@ -277,6 +289,12 @@ class SQLiteStore:
         if before is not None:
             purge = PURGE_MINUTES_SQL.format(ph="?")
             await self._run(lambda conn: conn.execute(purge, (before,)))
+
+    def _insert_process(self, rows: int) -> InsertProcess | None:
+        """The helper process for this batch's insert, started when `inserts` asks for it; None = the thread."""
+        if self._process is None and (self.inserts == "process" or (self.inserts == "auto" and rows >= WRITE_AT)):
+            self._process = InsertProcess(self.path)
+        return self._process
 
     async def write_dead_spend(self, records: Sequence[tuple[SpendRecord, str]]) -> None:
         rows = [dead_row(record, reason) for record, reason in records]
@@ -406,7 +424,19 @@ def _executemany(conn: sqlite3.Connection, sql: str, rows: list[tuple[Any, ...]]
     conn.execute("COMMIT")
 
 
-def _insert_spend(
+def connect(path: str) -> sqlite3.Connection:
+    """A connection as the store uses it (WAL for a file; the helper process opens its own the same way)."""
+    if path != ":memory:":
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    if path != ":memory:":
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def insert_spend(
     conn: sqlite3.Connection,
     statements: list[tuple[str, tuple[Any, ...]]],
     ids: bytes,

@@ -11,7 +11,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import msgspec
 
@@ -189,15 +189,16 @@ class Store(Protocol):
         ...
 
 
-def open_store(dsn: str | None) -> Store:
-    """The store a DSN names: postgresql://… (asyncpg), else a SQLite path (None or :memory: = in memory)."""
+def open_store(dsn: str | None, *, sqlite_inserts: Literal["auto", "thread", "process"] = "thread") -> Store:
+    """The store a DSN names: postgresql://… (asyncpg), else a SQLite path (None or :memory: = in memory);
+    `sqlite_inserts`: where a SQLite store makes its spend inserts (sqlite_store.InsertsIn)."""
     if dsn and dsn.startswith(("postgres://", "postgresql://")):
         from modelyard.state.postgres_store import PostgresStore
 
         return PostgresStore(dsn)
     from modelyard.state.sqlite_store import SQLiteStore
 
-    return SQLiteStore(sqlite_path(dsn))
+    return SQLiteStore(sqlite_path(dsn), inserts=sqlite_inserts)
 
 
 def sqlite_path(dsn: str | None) -> str:

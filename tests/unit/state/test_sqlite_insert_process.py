@@ -1,0 +1,237 @@
+"""The SQLite store's spend inserts in a helper process (state/sqlite_insert_process.py): when it starts, that a
+bad row and a dead child keep their meanings (data error vs outage), that nothing is lost or counted twice
+across a child's death, and that the child never outlives the gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, SpendWriter
+from modelyard.state.sqlite_insert_process import InsertProcessGone
+from modelyard.state.sqlite_store import SQLiteStore
+
+
+def _spend(i: int, **fields: object) -> SpendRecord:
+    base: dict[str, object] = {
+        "id": f"req_{i}",
+        "at": 1000.0 + i,
+        "model": "smart",
+        "deployment": "gpt-4o@openai",
+        "provider": "openai",
+        "status": "ok",
+        "prompt_tokens": 100,
+        "completion_tokens": 20,
+        "cost_usd": 0.001,
+        "attempts": 1,
+    }
+    base.update(fields)
+    return SpendRecord(**base)  # type: ignore[arg-type]
+
+
+def _batch(first: int, count: int) -> list[SpendRecord]:
+    return [_spend(i) for i in range(first, first + count)]
+
+
+async def _totals(store: SQLiteStore) -> tuple[int, int, int]:
+    """(rows, requests in the hour rollups, prompt tokens in the hour rollups)."""
+    hours = await store.traffic("hour", "all", 0.0, 10**6)
+    rows = len(await store.spend_records(limit=10**6))
+    return rows, sum(r.requests for r in hours), sum(r.prompt_tokens for r in hours)
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie that nobody reaped counts as exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")
+
+
+def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _gone(pid):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+async def test_auto_uses_the_thread_until_a_batch_under_load_then_the_process(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="auto")
+    await store.open()
+    try:
+        await store.write_spend(_batch(0, WRITE_AT - 1))
+        assert store.insert_pid is None  # a gateway that is not under load keeps one process
+        await store.write_spend(_batch(WRITE_AT, WRITE_AT))
+        pid = store.insert_pid
+        assert pid is not None and pid != os.getpid() and not _gone(pid)
+        await store.write_spend(_batch(3 * WRITE_AT, 5))  # from then on every insert goes there
+        assert store.insert_pid == pid
+        assert await _totals(store) == (2 * WRITE_AT + 4, 2 * WRITE_AT + 4, (2 * WRITE_AT + 4) * 100)
+    finally:
+        await store.close()
+    assert _wait_gone(pid), "close() ends the helper process"
+
+
+async def test_an_in_memory_store_never_starts_a_process() -> None:
+    store = SQLiteStore(":memory:", inserts="process")
+    await store.open()
+    try:
+        await store.write_spend(_batch(0, WRITE_AT))
+        assert store.insert_pid is None
+        assert (await _totals(store))[0] == WRITE_AT
+    finally:
+        await store.close()
+
+
+async def test_a_row_the_child_cannot_bind_is_a_data_error_in_the_gateway(tmp_path: Path) -> None:
+    """An int beyond 64 bits fails at binding, in the child: the writer must still see a data error (to
+    bisect and sanitise the row), not an outage (which it would retry forever)."""
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    try:
+        with pytest.raises(SpendDataError):
+            await store.write_spend([*_batch(0, 3), _spend(3, prompt_tokens=2**70)])
+        assert store.insert_pid is not None  # the child is fine, and kept
+        await store.write_spend(_batch(0, 4))
+        assert await _totals(store) == (4, 4, 400)  # the refused batch left nothing behind
+    finally:
+        await store.close()
+
+
+async def test_a_killed_child_is_an_outage_and_a_retry_counts_each_row_once(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    try:
+        first = _batch(0, 50)
+        await store.write_spend(first)
+        pid = store.insert_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(pid)
+        second = _batch(50, 50)
+        with pytest.raises(InsertProcessGone) as caught:
+            await store.write_spend(second)
+        assert isinstance(caught.value, ConnectionError)  # an outage to the spend writer: kept and retried
+        await store.write_spend(second)
+        assert store.insert_pid not in (None, pid)  # a new child
+        await store.write_spend(first)  # a replay of rows already stored (a spool after a crash)
+        assert await _totals(store) == (100, 100, 10_000)
+    finally:
+        await store.close()
+
+
+async def test_the_child_ignores_sigterm_so_the_last_flush_still_lands(tmp_path: Path) -> None:
+    """SIGTERM reaches a whole service (systemd's control group) or process group; the gateway drains and
+    flushes the spend log after it, so its helper must still be there."""
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    try:
+        await store.write_spend(_batch(0, 5))
+        pid = store.insert_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGTERM)
+        os.kill(pid, signal.SIGINT)
+        await asyncio.sleep(0.2)
+        await store.write_spend(_batch(5, 5))
+        assert store.insert_pid == pid
+        assert (await _totals(store))[0] == 10
+    finally:
+        await store.close()
+
+
+async def test_the_spend_writer_loses_nothing_when_the_child_dies_mid_stream(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    writer = SpendWriter(store, batch_size=40, flush_interval_s=0.05, spool_dir=tmp_path / "spool")
+    writer.retry_base_s = 0.01
+    await writer.start()
+    try:
+        for i in range(120):
+            writer.submit(_spend(i))
+        await writer.flush(10)
+        pid = store.insert_pid
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        assert _wait_gone(pid)
+        for i in range(120, 240):
+            writer.submit(_spend(i))
+        await writer.flush(10)
+    finally:
+        await writer.close()
+    try:
+        assert await _totals(store) == (240, 240, 24_000)
+        assert writer.failures >= 1  # the dead child was met, and waited out
+    finally:
+        await store.close()
+
+
+def test_the_child_does_not_outlive_a_gateway_killed_with_sigkill(tmp_path: Path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio, sys, time
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        from test_sqlite_insert_process import _batch
+        from modelyard.state.sqlite_store import SQLiteStore
+
+        async def main():
+            store = SQLiteStore({str(tmp_path / "db.sqlite")!r}, inserts="process")
+            await store.open()
+            await store.write_spend(_batch(0, 10))
+            print(store.insert_pid, flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    gateway = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        child = int(gateway.stdout.readline())
+        assert not _gone(child)
+        gateway.kill()
+        gateway.wait()
+        assert _wait_gone(child), "the helper exits when its gateway dies"
+    finally:
+        if gateway.poll() is None:
+            gateway.kill()
+
+
+@pytest.mark.parametrize("setting", [None, "thread", "process"])
+def test_the_config_picks_where_inserts_are_made(tmp_path: Path, setting: str | None) -> None:
+    from modelyard.config.loader import parse_config
+    from modelyard.server.services import build_services
+
+    line = f"\n  sqlite_inserts: {setting}" if setting else ""
+    text = f"""
+deployments:
+  - {{name: d, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1"}}
+spend:
+  store: {tmp_path / "spend.db"}{line}
+"""
+    store = build_services(parse_config(text, env={})).store
+    assert isinstance(store, SQLiteStore)
+    assert store.inserts == (setting or "auto")
+
+
+def test_an_unknown_insert_place_is_a_config_error() -> None:
+    from modelyard.config.loader import parse_config
+    from modelyard.schema.errors import ModelyardError
+
+    text = """
+deployments:
+  - {name: d, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1"}
+spend: {store: x.db, sqlite_inserts: elsewhere}
+"""
+    with pytest.raises(ModelyardError, match="sqlite_inserts"):
+        parse_config(text, env={})

@@ -38,9 +38,17 @@ MODEL = "bench"
 PLANTED_SECRET = "ghp_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7r8"
 
 
-def render(upstream: str, master_key: str, store: Path, variant: str, redis_prefix: str | None = None) -> str:
+def render(
+    upstream: str,
+    master_key: str,
+    store: Path,
+    variant: str,
+    redis_prefix: str | None = None,
+    spend: dict[str, Any] | None = None,
+) -> str:
     """The config text of one row: the committed file with its ${BENCH_*} values filled in, plus the row's
-    switch (the model's guardrails, or Redis state under `redis_prefix`)."""
+    switch (the model's guardrails, or Redis state under `redis_prefix`); `spend`: settings laid over the
+    file's `spend:` (bench/spend_inserts.py compares `sqlite_inserts`)."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
     text = CONFIG_FILE.read_text()
@@ -51,6 +59,7 @@ def render(upstream: str, master_key: str, store: Path, variant: str, redis_pref
     }.items():
         text = text.replace("${" + name + "}", value)
     config: dict[str, Any] = yaml.safe_load(text)
+    config["spend"].update(spend or {})
     if variant == "guardrails":
         config["models"][MODEL]["guardrails"] = [GUARDRAIL_SET]
     if variant == "redis":

@@ -62,6 +62,8 @@ class InsertProcess:
     def __init__(self, path: str) -> None:
         self.path = path
         self._child: subprocess.Popen[bytes] | None = None
+        #: Batches handed to a child (for tests and diagnostics).
+        self.calls = 0
 
     @property
     def pid(self) -> int | None:
@@ -70,6 +72,7 @@ class InsertProcess:
     def call(self, *arguments: Any) -> None:
         """Run `insert_spend(connection, *arguments)` in the child; re-raise what it raised."""
         child = self._child or self._start()
+        self.calls += 1
         assert child.stdin is not None and child.stdout is not None
         try:
             _write_frame(child.stdin, arguments)

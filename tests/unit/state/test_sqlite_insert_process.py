@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, SpendWriter
+from modelyard.accounting.spend import SpendDataError, SpendRecord, SpendWriter
 from modelyard.state.sqlite_insert_process import InsertProcessGone
-from modelyard.state.sqlite_store import SQLiteStore
+from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, SQLiteStore
 
 
 def _spend(i: int, **fields: object) -> SpendRecord:
@@ -66,30 +66,49 @@ def _wait_gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
-async def test_auto_uses_the_thread_until_a_batch_under_load_then_the_process(tmp_path: Path) -> None:
+async def test_auto_sends_a_batch_of_a_writer_that_is_behind_to_the_process_and_a_short_one_to_the_thread(
+    tmp_path: Path,
+) -> None:
+    """A short batch (the writer keeps up; latency counts) stays on the thread, which yields between statements;
+    a long one (the writer is behind: a saturated gateway) goes to the helper process."""
+    short, long = YIELD_UP_TO_ROWS, YIELD_UP_TO_ROWS + 1
     store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="auto")
     await store.open()
     try:
-        await store.write_spend(_batch(0, WRITE_AT - 1))
-        assert store.insert_pid is None  # a gateway that is not under load keeps one process
-        await store.write_spend(_batch(WRITE_AT, WRITE_AT))
+        await store.write_spend(_batch(0, short))
+        assert store.insert_pid is None  # a gateway that keeps up never starts a process
+        await store.write_spend(_batch(1000, long))
         pid = store.insert_pid
         assert pid is not None and pid != os.getpid() and not _gone(pid)
-        await store.write_spend(_batch(3 * WRITE_AT, 5))  # from then on every insert goes there
-        assert store.insert_pid == pid
-        assert await _totals(store) == (2 * WRITE_AT + 4, 2 * WRITE_AT + 4, (2 * WRITE_AT + 4) * 100)
+        assert store.process_inserts == 1
+        await store.write_spend(_batch(2000, 5))
+        assert store.process_inserts == 1 and store.insert_pid == pid  # back on the thread; the helper is kept
+        await store.write_spend(_batch(3000, long))
+        assert store.process_inserts == 2 and store.insert_pid == pid
+        rows = short + 2 * long + 5
+        assert await _totals(store) == (rows, rows, rows * 100)
     finally:
         await store.close()
     assert _wait_gone(pid), "close() ends the helper process"
+
+
+async def test_thread_never_starts_a_process(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="thread")
+    await store.open()
+    try:
+        await store.write_spend(_batch(0, 2 * YIELD_UP_TO_ROWS))
+        assert store.insert_pid is None and store.process_inserts == 0
+    finally:
+        await store.close()
 
 
 async def test_an_in_memory_store_never_starts_a_process() -> None:
     store = SQLiteStore(":memory:", inserts="process")
     await store.open()
     try:
-        await store.write_spend(_batch(0, WRITE_AT))
+        await store.write_spend(_batch(0, 300))
         assert store.insert_pid is None
-        assert (await _totals(store))[0] == WRITE_AT
+        assert (await _totals(store))[0] == 300
     finally:
         await store.close()
 
@@ -182,7 +201,7 @@ def test_the_child_does_not_outlive_a_gateway_killed_with_sigkill(tmp_path: Path
         import asyncio, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_sqlite_insert_process import _batch
-        from modelyard.state.sqlite_store import SQLiteStore
+        from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, SQLiteStore
 
         async def main():
             store = SQLiteStore({str(tmp_path / "db.sqlite")!r}, inserts="process")

@@ -12,11 +12,30 @@ from pathlib import Path
 
 import pytest
 
+from modelyard.accounting.spend import SpendRecord
 from modelyard.state.counters import Counters, MemoryCounters
 from modelyard.state.store import Store
 
 PG_DSN = os.environ.get("MODELYARD_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("MODELYARD_TEST_REDIS", "redis://127.0.0.1:6379/0")
+
+
+def spend_record(i: int, **fields: object) -> SpendRecord:
+    """A spend row numbered `i` (its id and second), `fields` laid over a typical request's."""
+    base: dict[str, object] = {
+        "id": f"req_{i}",
+        "at": 1_700_000_000.0 + i,
+        "model": "smart",
+        "deployment": "gpt-4o@openai",
+        "provider": "openai",
+        "status": "ok",
+        "prompt_tokens": 100,
+        "completion_tokens": 20,
+        "cost_usd": 0.001,
+        "attempts": 1,
+    }
+    base.update(fields)
+    return SpendRecord(**base)  # type: ignore[arg-type]
 
 
 def _reachable(host: str, port: int) -> bool:

@@ -18,32 +18,16 @@ import pytest
 from modelyard.accounting.spend import SpendDataError, SpendRecord, SpendWriter
 from modelyard.state.sqlite_insert_process import InsertProcessGone
 from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, SQLiteStore
-
-
-def _spend(i: int, **fields: object) -> SpendRecord:
-    base: dict[str, object] = {
-        "id": f"req_{i}",
-        "at": 1000.0 + i,
-        "model": "smart",
-        "deployment": "gpt-4o@openai",
-        "provider": "openai",
-        "status": "ok",
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "cost_usd": 0.001,
-        "attempts": 1,
-    }
-    base.update(fields)
-    return SpendRecord(**base)  # type: ignore[arg-type]
+from tests.unit.state.conftest import spend_record
 
 
 def _batch(first: int, count: int) -> list[SpendRecord]:
-    return [_spend(i) for i in range(first, first + count)]
+    return [spend_record(i) for i in range(first, first + count)]
 
 
 async def _totals(store: SQLiteStore) -> tuple[int, int, int]:
     """(rows, requests in the hour rollups, prompt tokens in the hour rollups)."""
-    hours = await store.traffic("hour", "all", 0.0, 10**6)
+    hours = await store.traffic("hour", "all", 0.0, 2e9)
     rows = len(await store.spend_records(limit=10**6))
     return rows, sum(r.requests for r in hours), sum(r.prompt_tokens for r in hours)
 
@@ -120,7 +104,7 @@ async def test_a_row_the_child_cannot_bind_is_a_data_error_in_the_gateway(tmp_pa
     await store.open()
     try:
         with pytest.raises(SpendDataError):
-            await store.write_spend([*_batch(0, 3), _spend(3, prompt_tokens=2**70)])
+            await store.write_spend([*_batch(0, 3), spend_record(3, prompt_tokens=2**70)])
         assert store.insert_pid is not None  # the child is fine, and kept
         await store.write_spend(_batch(0, 4))
         assert await _totals(store) == (4, 4, 400)  # the refused batch left nothing behind
@@ -177,14 +161,14 @@ async def test_the_spend_writer_loses_nothing_when_the_child_dies_mid_stream(tmp
     await writer.start()
     try:
         for i in range(120):
-            writer.submit(_spend(i))
+            writer.submit(spend_record(i))
         await writer.flush(10)
         pid = store.insert_pid
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         assert _wait_gone(pid)
         for i in range(120, 240):
-            writer.submit(_spend(i))
+            writer.submit(spend_record(i))
         await writer.flush(10)
     finally:
         await writer.close()
@@ -199,9 +183,9 @@ def test_the_child_does_not_outlive_a_gateway_killed_with_sigkill(tmp_path: Path
     script = textwrap.dedent(
         f"""
         import asyncio, sys, time
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
-        from test_sqlite_insert_process import _batch
-        from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, SQLiteStore
+        sys.path.insert(0, {str(Path(__file__).parents[3])!r})
+        from tests.unit.state.test_sqlite_insert_process import _batch
+        from modelyard.state.sqlite_store import SQLiteStore
 
         async def main():
             store = SQLiteStore({str(tmp_path / "db.sqlite")!r}, inserts="process")

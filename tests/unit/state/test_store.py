@@ -7,11 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from modelyard.accounting.spend import SpendRecord
 from modelyard.state.keys import KEY_PREFIX, hash_key, new_key
 from modelyard.state.migrations import LATEST
 from modelyard.state.sqlite_store import SQLiteStore
 from modelyard.state.store import Store, open_store, sqlite_path
+from tests.unit.state.conftest import spend_record
 
 DAY = 86400.0
 
@@ -80,21 +80,7 @@ async def test_duplicate_hash_is_rejected(store: Store) -> None:
         await store.create_key(clone)
 
 
-def _spend(i: int, **fields: object) -> SpendRecord:
-    base: dict[str, object] = {
-        "id": f"req_{i}",
-        "at": 1_700_000_000.0 + i,
-        "model": "smart",
-        "deployment": "gpt-4o@openai",
-        "provider": "openai",
-        "status": "ok",
-        "prompt_tokens": 100,
-        "completion_tokens": 20,
-        "cost_usd": 0.001,
-        "attempts": 1,
-    }
-    base.update(fields)
-    return SpendRecord(**base)  # type: ignore[arg-type]
+_spend = spend_record
 
 
 async def test_spend_round_trip(store: Store) -> None:

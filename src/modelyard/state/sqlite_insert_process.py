@@ -39,6 +39,11 @@ class InsertProcessGone(ConnectionError):
     """The helper process died or its pipe broke; the batch may or may not have been committed."""
 
 
+class InsertProcessUnavailable(InsertProcessGone):
+    """No helper could be started, or it died before its first answer (an interpreter that cannot run it, a
+    broken install): retrying would fail the same way, so the store goes back to its thread."""
+
+
 def _write_frame(out: IO[bytes], value: Any) -> None:
     data = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     out.write(_LENGTH.pack(len(data)) + data)
@@ -61,7 +66,10 @@ class InsertProcess:
 
     def __init__(self, path: str) -> None:
         self.path = path
+        #: The child's command line, the file's path appended.
+        self.command = [sys.executable, "-m", __name__]
         self._child: subprocess.Popen[bytes] | None = None
+        self._answered = False  # the current child has answered a call
         #: Batches handed to a child (for tests and diagnostics).
         self.calls = 0
 
@@ -79,7 +87,10 @@ class InsertProcess:
             reply = _read_frame(child.stdout)
         except (OSError, EOFError, pickle.UnpicklingError) as exc:
             self._kill()
+            if not self._answered:
+                raise InsertProcessUnavailable(f"the spend insert process for {self.path} died at start") from exc
             raise InsertProcessGone(f"the spend insert process for {self.path} is gone ({exc!r})") from exc
+        self._answered = True
         if reply is not None:
             raise reply
 
@@ -101,13 +112,13 @@ class InsertProcess:
         package_root = str(Path(__file__).resolve().parents[2])
         path = os.environ.get("PYTHONPATH")
         env = {**os.environ, "PYTHONPATH": package_root + (os.pathsep + path if path else "")}
-        self._child = subprocess.Popen(
-            [sys.executable, "-m", __name__, self.path],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            env=env,
-            close_fds=True,
-        )
+        try:
+            self._child = subprocess.Popen(
+                [*self.command, self.path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True
+            )
+        except OSError as exc:
+            raise InsertProcessUnavailable(f"could not start the spend insert process ({exc!r})") from exc
+        self._answered = False
         return self._child
 
     def _kill(self) -> None:

@@ -9,6 +9,7 @@ for a file under load, by a helper process on its own connection (`inserts`, sql
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import time
@@ -47,7 +48,7 @@ from modelyard.state.rollup import (
     upsert_sql,
     values_source,
 )
-from modelyard.state.sqlite_insert_process import InsertProcess
+from modelyard.state.sqlite_insert_process import InsertProcess, InsertProcessUnavailable
 from modelyard.state.store import (
     RollupRow,
     SpendFilter,
@@ -80,6 +81,7 @@ from modelyard.state.store import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger("modelyard.state")
 
 #: Rows per insert statement. A spend batch goes in as multi-row VALUES statements with bound parameters, in
 #: one transaction: SQLite's module binds a statement's parameters in one C loop (one GIL hold per statement,
@@ -284,11 +286,18 @@ class SQLiteStore:
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # unstorable text, NaN times
             raise SpendDataError(str(exc)) from exc
         try:
-            process = self._insert_process(len(rows))
-            if process is None:
+            helper = self._insert_process(len(rows))
+            written = False
+            if helper is not None:
+                call = helper.call
+                try:
+                    await self._run(lambda conn: call(statements, ids, rows, rollups))
+                    written = True
+                except InsertProcessUnavailable as exc:
+                    log.warning("spend log: %s; SQLite's inserts stay on the store's thread", exc)
+                    self.inserts, self._process = "thread", None
+            if not written:
                 await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
-            else:
-                await self._run(lambda conn: process.call(statements, ids, rows, rollups))
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
             raise SpendDataError(str(exc)) from exc
         except OverflowError as exc:  # binding an int beyond 64 bits

@@ -238,3 +238,36 @@ spend: {store: x.db, sqlite_inserts: elsewhere}
 """
     with pytest.raises(ModelyardError, match="sqlite_inserts"):
         parse_config(text, env={})
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["/nonexistent/python"],  # cannot be started at all
+        [sys.executable, "-c", "import sys; sys.exit(1)"],  # dies before its first answer
+    ],
+)
+async def test_a_helper_that_cannot_run_leaves_the_inserts_on_the_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Retrying a helper that cannot start would fail the same way forever (and the spend log would stop):
+    the store says so once and goes back to its thread; the batch is written."""
+    from modelyard.state import sqlite_insert_process
+
+    real_init = sqlite_insert_process.InsertProcess.__init__
+
+    def broken(self: sqlite_insert_process.InsertProcess, path: str) -> None:
+        real_init(self, path)
+        self.command = command
+
+    monkeypatch.setattr(sqlite_insert_process.InsertProcess, "__init__", broken)
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    try:
+        await store.write_spend(_batch(0, 20))
+        assert store.inserts == "thread" and store.insert_pid is None
+        await store.write_spend(_batch(20, 20))
+        assert await _totals(store) == (40, 40, 4000)
+    finally:
+        await store.close()
+    assert "stay on the store's thread" in caplog.text

@@ -30,12 +30,14 @@ import sys
 from pathlib import Path
 from typing import IO, Any
 
+from modelyard.schema.errors import ModelyardError
+
 _LENGTH = struct.Struct(">I")
 #: How long `close` waits for the child to finish its last insert and exit before killing it.
 CLOSE_WAIT_S = 10.0
 
 
-class InsertProcessGone(ConnectionError):
+class InsertProcessGone(ModelyardError, ConnectionError):
     """The helper process died or its pipe broke; the batch may or may not have been committed."""
 
 

@@ -12,13 +12,16 @@ Each mode is `modelyard serve` with every feature on (bench/configs/everything_o
 `spend.sqlite_inserts` changed, behind wrk against bench/upstream.py; the modes run in a rotating order each
 round, each run on a quiet machine. CPU per request is the whole process tree's (the helper process
 included), read once the machine is quiet again (the spend rows a run left to write count). Also printed:
-the CPU of the serving process's event-loop thread alone. Ratios are against the first mode, per round.
+the CPU of the serving process's event-loop thread alone, and the spend rows written during the run as a
+share of its requests (a writer that falls behind, e.g. a starved helper, shows there). Ratios are against
+the first mode, per round.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import sqlite3
 import statistics
 import tempfile
 from pathlib import Path
@@ -32,6 +35,12 @@ def loop_thread_cpu(pid: int) -> float:
     """CPU seconds of the process's first thread (the event loop's)."""
     fields = Path(f"/proc/{pid}/task/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def spend_rows(tmp: Path, mode: str) -> int:
+    """Rows in the spend log of `mode`'s server (its SQLite file, named by gateway_bench.modelyard)."""
+    with sqlite3.connect(tmp / f"{mode}.db", timeout=30) as db:
+        return int(db.execute("SELECT count(*) FROM modelyard_spend").fetchone()[0])
 
 
 def start(mode: str, upstream: str, tmp: Path) -> gb.Contender:
@@ -68,10 +77,13 @@ def main() -> None:
                     pid = server.proc.pid
                     gb.quiesce()
                     cpu, loop = gb.cpu_seconds(pid), loop_thread_cpu(pid)
+                    rows = spend_rows(tmp, mode)
                     result = gb.wrk(server, connections, args.duration, stream)
+                    written = spend_rows(tmp, mode) - rows
                     gb.quiesce()
                     requests = max(1, result["requests"])
                     run = {
+                        "kept_up": written / requests,
                         "rps": result["rps"],
                         "p99_ms": result["p99_ms"],
                         "cpu_us": (gb.cpu_seconds(pid) - cpu) / requests * 1e6,
@@ -80,7 +92,8 @@ def main() -> None:
                     runs[(mode, scenario)].append(run)
                     print(
                         f"round {round_ + 1} {scenario} {mode}: {run['rps']:.0f} req/s, p99 {run['p99_ms']:.2f} ms, "
-                        f"CPU {run['cpu_us']:.0f} µs/request (loop thread {run['loop_us']:.0f})",
+                        f"CPU {run['cpu_us']:.0f} µs/request (loop thread {run['loop_us']:.0f}), "
+                        f"spend rows written during the run {run['kept_up']:.0%}",
                         flush=True,
                     )
     finally:
@@ -100,7 +113,8 @@ def main() -> None:
                 f"p99 {statistics.median(r['p99_ms'] for r in mine):.2f} ms "
                 f"({statistics.median(p99_delta):+.2f}, {min(p99_delta):+.2f} to {max(p99_delta):+.2f}), "
                 f"CPU {statistics.median(r['cpu_us'] for r in mine):.0f} µs/request "
-                f"(loop thread {statistics.median(r['loop_us'] for r in mine):.0f})"
+                f"(loop thread {statistics.median(r['loop_us'] for r in mine):.0f}), "
+                f"rows written during the run {min(r['kept_up'] for r in mine):.0%} at least"
             )
 
 

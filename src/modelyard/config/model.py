@@ -459,8 +459,8 @@ class SpendSettings(Struct, kw_only=True, forbid_unknown_fields=True):
     #: A spool segment is rotated at this size and deleted once the store holds all its records.
     spool_segment_bytes: int = 16 * 1024 * 1024
     #: Where a SQLite store makes its spend inserts: `thread` (the store's thread in the gateway's process),
-    #: `process` (a helper process on its own connection: the insert's CPU and GIL leave the gateway) or
-    #: `auto` (the thread until the first batch of 200 rows or more, a gateway under load, starts the process).
+    #: `process` (a helper process at idle priority on its own connection: the insert's CPU and GIL leave the
+    #: gateway) or `auto` (the helper, except for the big batches of a writer that has fallen behind).
     sqlite_inserts: Literal["auto", "thread", "process"] = "auto"
 
 

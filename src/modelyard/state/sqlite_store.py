@@ -21,7 +21,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from modelyard.accounting.spend import SpendDataError, SpendRecord, unstorable
+from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, unstorable
 from modelyard.state.conversations import (
     COUNT_SQL,
     DELETE_SQL,
@@ -164,12 +164,14 @@ def _bucket(width: int) -> str:
     return f"(CAST(at / {width} AS INTEGER) * {width})"
 
 
-#: Where spend inserts are made: the store's thread, a helper process (sqlite_insert_process.py), or `auto`:
-#: a batch of more than YIELD_UP_TO_ROWS rows (a writer that is behind: a saturated gateway, where the
-#: insert's CPU and its GIL hand-offs with the loop cost throughput) goes to the helper, a shorter one (a
-#: writer that keeps up, where latency counts) to the thread, which yields between statements. Measured
-#: (docs/benchmarks.md): every batch in the helper cost the c=1 p99 0.6 ms. An in-memory database is always
-#: written by the thread.
+#: Where spend inserts are made: the store's thread, a helper process (sqlite_insert_process.py, at idle
+#: priority), or `auto`: once a batch of spend.WRITE_AT rows has been written (a gateway serving ~200 requests
+#: a second or more: a quieter one never starts a helper), a batch of at most YIELD_UP_TO_ROWS rows (a writer
+#: that keeps up) goes to the helper,
+#: which takes only idle CPU and hands the gateway the insert's CPU and GIL (docs/benchmarks.md: +6-7% req/s
+#: at saturation, the same c=1 p99); a bigger one (a writer that is behind, perhaps because the machine has
+#: no idle CPU left for the helper) to the thread, whose share of the CPU the GIL guarantees. An in-memory
+#: database is always written by the thread.
 InsertsIn = Literal["auto", "thread", "process"]
 
 
@@ -309,9 +311,12 @@ class SQLiteStore:
 
     def _insert_process(self, rows: int) -> InsertProcess | None:
         """The helper process for this batch's insert (started on first use); None = the store's thread."""
-        if self.inserts == "thread" or (self.inserts == "auto" and rows <= YIELD_UP_TO_ROWS):
+        auto = self.inserts == "auto"
+        if self.inserts == "thread" or (auto and rows > YIELD_UP_TO_ROWS):
             return None
         if self._process is None:
+            if auto and rows < WRITE_AT:
+                return None  # a gateway below ~200 requests a second (a demo, a test) keeps to one process
             self._process = InsertProcess(self.path)
         return self._process
 

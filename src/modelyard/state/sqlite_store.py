@@ -164,14 +164,13 @@ def _bucket(width: int) -> str:
     return f"(CAST(at / {width} AS INTEGER) * {width})"
 
 
-#: Where spend inserts are made: the store's thread, a helper process (sqlite_insert_process.py, at idle
-#: priority), or `auto`: once a batch of spend.WRITE_AT rows has been written (a gateway serving ~200 requests
-#: a second or more: a quieter one never starts a helper), a batch of at most YIELD_UP_TO_ROWS rows (a writer
-#: that keeps up) goes to the helper,
-#: which takes only idle CPU and hands the gateway the insert's CPU and GIL (docs/benchmarks.md: +6-7% req/s
-#: at saturation, the same c=1 p99); a bigger one (a writer that is behind, perhaps because the machine has
-#: no idle CPU left for the helper) to the thread, whose share of the CPU the GIL guarantees. An in-memory
-#: database is always written by the thread.
+#: Where spend inserts are made: the store's thread; a helper process at idle priority
+#: (sqlite_insert_process.py), which hands the gateway's process the insert's CPU and GIL (docs/benchmarks.md:
+#: +6-7% req/s at saturation, the same c=1 p99); or `auto`: once a batch of spend.WRITE_AT rows has been
+#: written (a gateway serving ~200 requests a second or more; a quieter one never starts a helper), a batch of
+#: at most YIELD_UP_TO_ROWS rows (a writer that keeps up) goes to the helper, and a bigger one (a writer that
+#: is behind, perhaps because the machine leaves the helper no idle CPU) to the thread, whose share of the CPU
+#: the GIL guarantees. An in-memory database is always written by the thread.
 InsertsIn = Literal["auto", "thread", "process"]
 
 
@@ -288,18 +287,7 @@ class SQLiteStore:
         except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # unstorable text, NaN times
             raise SpendDataError(str(exc)) from exc
         try:
-            helper = self._insert_process(len(rows))
-            written = False
-            if helper is not None:
-                call = helper.call
-                try:
-                    await self._run(lambda conn: call(statements, ids, rows, rollups))
-                    written = True
-                except InsertProcessUnavailable as exc:
-                    log.warning("spend log: %s; SQLite's inserts stay on the store's thread", exc)
-                    self.inserts, self._process = "thread", None
-            if not written:
-                await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
+            await self._insert(statements, ids, rows, rollups)
         except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
             raise SpendDataError(str(exc)) from exc
         except OverflowError as exc:  # binding an int beyond 64 bits
@@ -308,6 +296,25 @@ class SQLiteStore:
         if before is not None:
             purge = PURGE_MINUTES_SQL.format(ph="?")
             await self._run(lambda conn: conn.execute(purge, (before,)))
+
+    async def _insert(
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]],
+        ids: bytes,
+        rows: list[tuple[Any, ...]],
+        rollups: dict[str, list[Delta]],
+    ) -> None:
+        """One batch's `insert_spend`: in the helper process when `inserts` says so, else (or when no helper can
+        run here) on the store's thread."""
+        helper = self._insert_process(len(rows))
+        if helper is not None:
+            call = helper.call
+            try:
+                return await self._run(lambda conn: call(statements, ids, rows, rollups))
+            except InsertProcessUnavailable as exc:
+                log.warning("spend log: %s; SQLite's inserts stay on the store's thread", exc)
+                self.inserts, self._process = "thread", None
+        await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
 
     def _insert_process(self, rows: int) -> InsertProcess | None:
         """The helper process for this batch's insert (started on first use); None = the store's thread."""

@@ -9,19 +9,11 @@ from typing import Any
 
 from modelyard.accounting.spend import SpendRecord, SpendWriter
 from modelyard.state.store import Store
+from tests.unit.state.conftest import spend_record
 
 
 def _spend(i: int, **fields: Any) -> SpendRecord:
-    base: dict[str, Any] = {
-        "id": f"req_{i}",
-        "at": 1_700_000_000.0 + i,
-        "model": "smart",
-        "status": "ok",
-        "prompt_tokens": 10,
-        "cost_usd": 0.001,
-    }
-    base.update(fields)
-    return SpendRecord(**base)
+    return spend_record(i, **{"prompt_tokens": 10, **fields})
 
 
 async def _rows(store: Store, sql: str) -> list[tuple[Any, ...]]:

@@ -11,14 +11,26 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
 
 from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, SpendWriter
 from modelyard.state.sqlite_insert_process import InsertProcessGone
-from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, SQLiteStore
+from modelyard.state.sqlite_store import YIELD_UP_TO_ROWS, InsertsIn, SQLiteStore
 from tests.unit.state.conftest import spend_record
+
+
+@asynccontextmanager
+async def _opened(path: str, inserts: InsertsIn) -> AsyncIterator[SQLiteStore]:
+    store = SQLiteStore(path, inserts=inserts)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 def _batch(first: int, count: int) -> list[SpendRecord]:
@@ -56,9 +68,7 @@ async def test_auto_starts_the_helper_under_load_and_keeps_a_lagging_writers_big
     """Below WRITE_AT rows a batch (a quiet gateway) no helper is started; from the first such batch on, the
     batches of a writer that keeps up go to the helper, and a batch over YIELD_UP_TO_ROWS (a writer that is
     behind, perhaps because the idle-priority helper finds no idle CPU) to the thread."""
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="auto")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="auto") as store:
         await store.write_spend(_batch(0, WRITE_AT - 1))
         assert store.insert_pid is None  # a quiet gateway keeps to one process
         await store.write_spend(_batch(1000, WRITE_AT))
@@ -71,64 +81,57 @@ async def test_auto_starts_the_helper_under_load_and_keeps_a_lagging_writers_big
         assert store.process_inserts == 2 and store.insert_pid == pid  # on the thread; the helper is kept
         rows = 2 * WRITE_AT - 1 + 5 + YIELD_UP_TO_ROWS + 1
         assert await _totals(store) == (rows, rows, rows * 100)
-    finally:
-        await store.close()
     assert _wait_gone(pid), "close() ends the helper process"
 
 
 @pytest.mark.skipif(not hasattr(os, "SCHED_IDLE"), reason="SCHED_IDLE is Linux's")
 async def test_the_helper_runs_at_idle_priority(tmp_path: Path) -> None:
     """It must take only CPU nobody else wants: at normal priority its bursts cost the c=1 p99 0.4-0.6 ms."""
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
         await store.write_spend(_batch(0, 5))
         assert store.insert_pid is not None
         assert os.sched_getscheduler(store.insert_pid) == os.SCHED_IDLE
-    finally:
-        await store.close()
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="reads /proc")
+async def test_the_helper_holds_no_socket(tmp_path: Path) -> None:
+    """Nothing leaves the machine: the helper talks to its gateway over its stdin/stdout pipes and to the
+    database file, nothing else."""
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
+        await store.write_spend(_batch(0, 5))
+        pid = store.insert_pid
+        assert pid is not None
+        targets = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")]
+        assert any(t.startswith("pipe:") for t in targets)  # the reading works: its pipes are there
+        assert not [t for t in targets if t.startswith("socket:")]
 
 
 async def test_thread_never_starts_a_process(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="thread")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="thread") as store:
         await store.write_spend(_batch(0, 2 * YIELD_UP_TO_ROWS))
         assert store.insert_pid is None and store.process_inserts == 0
-    finally:
-        await store.close()
 
 
 async def test_an_in_memory_store_never_starts_a_process() -> None:
-    store = SQLiteStore(":memory:", inserts="process")
-    await store.open()
-    try:
+    async with _opened(":memory:", inserts="process") as store:
         await store.write_spend(_batch(0, 300))
         assert store.insert_pid is None
         assert (await _totals(store))[0] == 300
-    finally:
-        await store.close()
 
 
 async def test_a_row_the_child_cannot_bind_is_a_data_error_in_the_gateway(tmp_path: Path) -> None:
     """An int beyond 64 bits fails at binding, in the child: the writer must still see a data error (to
     bisect and sanitise the row), not an outage (which it would retry forever)."""
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
         with pytest.raises(SpendDataError):
             await store.write_spend([*_batch(0, 3), spend_record(3, prompt_tokens=2**70)])
         assert store.insert_pid is not None  # the child is fine, and kept
         await store.write_spend(_batch(0, 4))
         assert await _totals(store) == (4, 4, 400)  # the refused batch left nothing behind
-    finally:
-        await store.close()
 
 
 async def test_a_killed_child_is_an_outage_and_a_retry_counts_each_row_once(tmp_path: Path) -> None:
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
         first = _batch(0, 50)
         await store.write_spend(first)
         pid = store.insert_pid
@@ -143,16 +146,12 @@ async def test_a_killed_child_is_an_outage_and_a_retry_counts_each_row_once(tmp_
         assert store.insert_pid not in (None, pid)  # a new child
         await store.write_spend(first)  # a replay of rows already stored (a spool after a crash)
         assert await _totals(store) == (100, 100, 10_000)
-    finally:
-        await store.close()
 
 
 async def test_the_child_ignores_sigterm_so_the_last_flush_still_lands(tmp_path: Path) -> None:
     """SIGTERM reaches a whole service (systemd's control group) or process group; the gateway drains and
     flushes the spend log after it, so its helper must still be there."""
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
         await store.write_spend(_batch(0, 5))
         pid = store.insert_pid
         assert pid is not None
@@ -162,8 +161,6 @@ async def test_the_child_ignores_sigterm_so_the_last_flush_still_lands(tmp_path:
         await store.write_spend(_batch(5, 5))
         assert store.insert_pid == pid
         assert (await _totals(store))[0] == 10
-    finally:
-        await store.close()
 
 
 async def test_the_spend_writer_loses_nothing_when_the_child_dies_mid_stream(tmp_path: Path) -> None:
@@ -274,13 +271,9 @@ async def test_a_helper_that_cannot_run_leaves_the_inserts_on_the_thread(
         self.command = command
 
     monkeypatch.setattr(sqlite_insert_process.InsertProcess, "__init__", broken)
-    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
-    await store.open()
-    try:
+    async with _opened(str(tmp_path / "db.sqlite"), inserts="process") as store:
         await store.write_spend(_batch(0, 20))
         assert store.inserts == "thread" and store.insert_pid is None
         await store.write_spend(_batch(20, 20))
         assert await _totals(store) == (40, 40, 4000)
-    finally:
-        await store.close()
     assert "stay on the store's thread" in caplog.text

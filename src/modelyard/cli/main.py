@@ -106,10 +106,10 @@ def serve(
     # Read by the protocol of every worker process (server/protocol.py).
     os.environ["MODELYARD_HEADER_TIMEOUT_S"] = str(header_timeout)
     os.environ["MODELYARD_BODY_TIMEOUT_S"] = str(body_timeout)
-    from modelyard.server.protocol import GuardedHttpToolsProtocol
+    from modelyard.server.protocol import GatewayHttpProtocol
 
-    GuardedHttpToolsProtocol.header_timeout_s = header_timeout
-    GuardedHttpToolsProtocol.body_timeout_s = body_timeout
+    GatewayHttpProtocol.header_timeout_s = header_timeout
+    GatewayHttpProtocol.body_timeout_s = body_timeout
     err.print(
         f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
         f"from {path}; listening on http://{host}:{port}"
@@ -126,7 +126,7 @@ def serve(
             host=host,
             port=port,
             loop="uvloop",
-            http=GuardedHttpToolsProtocol,
+            http=GatewayHttpProtocol,
             log_level="warning",
             access_log=False,
             lifespan="on",

@@ -27,12 +27,16 @@ class BackgroundServer:
         port: int = 0,
         log_level: str = "warning",
         startup_timeout: float = 20.0,
+        keep_alive_s: int = 5,
+        limit_concurrency: int | None = None,
     ) -> None:
         self.app = app
         self.host = host
         self._port = port
         self.log_level = log_level
         self.startup_timeout = startup_timeout
+        self.keep_alive_s = keep_alive_s
+        self.limit_concurrency = limit_concurrency
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
         self._socket: socket.socket | None = None
@@ -53,16 +57,18 @@ class BackgroundServer:
         sock.listen(2048)
         self._socket = sock
         self._port = sock.getsockname()[1]
-        from modelyard.server.protocol import GuardedHttpToolsProtocol  # slow-client deadlines, as in `serve`
+        from modelyard.server.protocol import GatewayHttpProtocol  # the server protocol `serve` runs
 
         config = uvicorn.Config(
             self.app,
             loop="uvloop",
-            http=GuardedHttpToolsProtocol,
+            http=GatewayHttpProtocol,
             lifespan="on",
             log_level=self.log_level,
             access_log=False,
             timeout_graceful_shutdown=2,
+            timeout_keep_alive=self.keep_alive_s,
+            limit_concurrency=self.limit_concurrency,
             proxy_headers=False,  # as `serve` runs it (server/serving.py)
         )
         self._server = uvicorn.Server(config)

@@ -1,6 +1,6 @@
 """One send() per event-loop turn and connection: the response's writes are joined before they leave.
 
-uvicorn writes a response's status line and headers as soon as `http.response.start` is sent and the body
+The server writes a response's status line and headers as soon as `http.response.start` is sent and the body
 when `http.response.body` is; a streamed answer writes its headers, then its batches. On loopback and on a
 busy machine each write is a system call that also wakes the client for a partial response: measured, the
 header write alone was 12% of a streamed answer's CPU (docs/benchmarks.md, issue 20). This transport keeps
@@ -8,10 +8,10 @@ what is written during one turn of the event loop and sends it at the end of tha
 whole answer (headers and body, or headers, every batch that arrived at once and `[DONE]`) is one send().
 
 Nothing waits longer than the turn it was written in (the flush is a `call_soon` callback, which runs before
-the loop polls for I/O again), the order of writes is kept, `close()` sends what is pending first and
-`abort()` drops it, as an abort drops the kernel's buffer. Flow control is unchanged: the real transport
-calls the protocol's `pause_writing` when the flushed bytes exceed its high-water mark, and uvicorn waits
-for `resume_writing` before its next send, as before.
+the loop polls for I/O again) nor once more than `FLUSH_AT` bytes wait, the order of writes is kept, `close()`
+sends what is pending first and `abort()` drops it, as an abort drops the kernel's buffer. Flow control is
+unchanged: the real transport calls the protocol's `pause_writing` when the flushed bytes exceed its
+high-water mark, and the server protocol (server/protocol.py) waits for `resume_writing` before its next send.
 """
 
 from __future__ import annotations
@@ -19,17 +19,22 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+#: Bytes held for the end of the turn at most: past this they are written at once, so the real transport
+#: sees them, and calls `pause_writing` when its buffer is full, even while the writer never yields.
+FLUSH_AT = 65536
+
 
 class CoalescingTransport(asyncio.Transport):
     """A transport that joins the writes of one event-loop turn into one write to `transport`."""
 
-    __slots__ = ("_loop", "_pending", "_transport")
+    __slots__ = ("_loop", "_pending", "_pending_bytes", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
         self._transport = transport
         self._loop = loop
         self._pending: list[bytes] | None = None
+        self._pending_bytes = 0
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if not data:
@@ -37,9 +42,13 @@ class CoalescingTransport(asyncio.Transport):
         pending = self._pending
         if pending is None:
             self._pending = [bytes(data)]
+            self._pending_bytes = len(data)
             self._loop.call_soon(self._flush)
-        else:
-            pending.append(bytes(data))
+            return
+        pending.append(bytes(data))
+        self._pending_bytes += len(data)
+        if self._pending_bytes > FLUSH_AT:
+            self._flush()  # a writer that does not yield still meets the real transport's flow control
 
     def writelines(self, list_of_data: Any) -> None:
         for data in list_of_data:

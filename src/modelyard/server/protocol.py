@@ -38,6 +38,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl, service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
+from modelyard.schema.errors import ModelyardError
 from modelyard.server.coalesce import CoalescingTransport
 
 #: uvicorn's logger and message, so a failure reads the same as under uvicorn's own protocol (and the
@@ -58,7 +59,7 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 32
 
 
-class TooManyPipelined(Exception):
+class TooManyPipelined(ModelyardError):
     """Raised from a parser callback to stop parsing a connection that pipelines past `MAX_PIPELINED`."""
 
 

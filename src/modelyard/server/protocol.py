@@ -46,8 +46,9 @@ from modelyard.server.coalesce import CoalescingTransport
 log = logging.getLogger("uvicorn.error")
 
 #: Bytes that may not appear in a header name (anything but an RFC 9110 token character) or a value.
-_BAD_NAME = re.compile(b'[\x00-\x20\x7f()<>@,;:\\[\\]={}\\\\"]')
-_BAD_VALUE = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTROL = re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: The response headers the protocol acts on (framing, and whether the connection stays open).
+_FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
 _STATUS_LINES: dict[int, bytes] = {
     int(status): b"HTTP/1.1 %d %s\r\n" % (status, status.phrase.encode()) for status in HTTPStatus
@@ -208,17 +209,17 @@ class Exchange:
 
     def _head(self, status: int, headers: Any) -> bytes:
         """The status line and header block; decides the framing (Content-Length or chunked) and whether the
-        connection stays open. A name or value that could split the block is refused (a 500, not a header
-        injected from a value an upstream or a client shaped)."""
-        pairs = [*self.protocol.server_state.default_headers, *headers]
-        # One search over all names and one over all values, each joined by a character it allows.
-        if _BAD_NAME.search(b"!".join([name for name, _ in pairs])) or _BAD_VALUE.search(
-            b"\t".join([value for _, value in pairs])
-        ):
+        connection stays open. A block in which a name or value would start a line of its own (CR or LF) or
+        carries another control character is refused: a 500, never a header injected from a value that an
+        upstream or a client shaped. Names are written as given (ASGI's are lower-case)."""
+        lines = [b"%b: %b\r\n" % pair for pair in headers]
+        block = b"".join(lines)
+        if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines) or _CONTROL.search(block):
             raise RuntimeError("Invalid HTTP header name or value.")
-        lines = [_status_line(status)]
         framed = close = False
-        for name, value in pairs:
+        for name, value in headers:
+            if name not in _FRAMING and (name.islower() or name.lower() not in _FRAMING):
+                continue
             name = name.lower()
             if name == b"content-length" and not framed:
                 self.remaining = int(value)
@@ -229,14 +230,12 @@ class Exchange:
             elif name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
                 self.keep_alive = False
                 close = True
-            lines.append(b"%b: %b\r\n" % (name, value))
         if not self.keep_alive and not close:
-            lines.append(b"connection: close\r\n")
+            block += b"connection: close\r\n"
         if not framed and self.scope["method"] != "HEAD" and status not in (204, 304):
             self.chunked = True
-            lines.append(b"transfer-encoding: chunked\r\n")
-        lines.append(b"\r\n")
-        return b"".join(lines)
+            block += b"transfer-encoding: chunked\r\n"
+        return _status_line(status) + self.protocol.default_head() + block + b"\r\n"
 
 
 class GatewayHttpProtocol(asyncio.Protocol):
@@ -283,6 +282,17 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._since = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = 0.0
+        self._defaults: object = None
+        self._default_head = b""
+
+    def default_head(self) -> bytes:
+        """uvicorn's default headers (`server`, `date`: its list is replaced once a second), formatted once
+        per list."""
+        defaults = self.server_state.default_headers
+        if defaults is not self._defaults:
+            self._defaults = defaults
+            self._default_head = b"".join(b"%b: %b\r\n" % (name.lower(), value) for name, value in defaults)
+        return self._default_head
 
     # asyncio.Protocol
 

@@ -8,9 +8,9 @@ Run it with an interpreter whose environment has the servers (the main .venv sta
 
 Apps: modelyard with every feature on (bench/configs/everything_on.yaml, plain row, self-checked) and the
 pass-through floor (bench/passthrough.py). Servers, one worker each: `uvicorn` (today: `modelyard serve`,
-uvloop + modelyard's guarded httptools protocol; the pass-through under plain uvicorn + httptools), `granian`
-(its ASGI interface, uvloop, HTTP/1, its header read timeout set to modelyard serve's 10 s: the default is
-30 s), `socketify` (its ASGI interface), each only if it imports here.
+uvloop + modelyard's own HTTP/1.1 protocol, server/protocol.py; the pass-through under plain uvicorn +
+httptools), `granian` (its ASGI interface, uvloop, HTTP/1, its header read timeout set to modelyard serve's
+10 s: the default is 30 s), `socketify` (its ASGI interface), each only if it imports here.
 
 Throughput: wrk with bench/chat.lua at c=16, c=64 and streaming c=16, against bench/upstream.py; req/s and
 CPU per request of the server's process tree; every server/app pair in turn within a round (the order rotated

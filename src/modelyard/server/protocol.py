@@ -335,9 +335,10 @@ class GatewayHttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             pass  # no upgrades here: the request is served as HTTP/1.1 (its handler runs already)
         except httptools.HttpParserCallbackError as exc:
-            if not isinstance(exc.__context__, TooManyPipelined):
-                raise
-            self._refuse(429, f"more than {MAX_PIPELINED} pipelined requests", "too_many_pipelined_requests")
+            if isinstance(exc.__context__, TooManyPipelined):
+                self._refuse(429, f"more than {MAX_PIPELINED} pipelined requests", "too_many_pipelined_requests")
+            else:  # a request line our callbacks cannot read (an absolute URL httptools will not parse)
+                self._refuse(400, "Invalid HTTP request received.", "invalid_request")
             return
         except httptools.HttpParserError:
             self._refuse(400, "Invalid HTTP request received.", "invalid_request")

@@ -326,9 +326,14 @@ def test_a_header_that_would_split_the_block_or_carries_a_control_character_is_r
     assert b"set-cookie" not in answer.lower() and b"x-note" not in answer
 
 
-def test_a_malformed_request_is_a_400_in_the_api_error_shape(server: BackgroundServer) -> None:
+@pytest.mark.parametrize(
+    "malformed",
+    [b"NOT HTTP AT ALL\r\n\r\n", b"GET http://[::1 HTTP/1.1\r\nhost: x\r\n\r\n", b"GET /\xff\xfe HTTP/1.1\r\n\r\n"],
+    ids=["not-http", "unparsable-absolute-url", "non-ascii-path"],
+)
+def test_a_malformed_request_is_a_400_in_the_api_error_shape(server: BackgroundServer, malformed: bytes) -> None:
     with connect(server) as sock:
-        sock.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        sock.sendall(malformed)
         answer = read_all(sock)
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 Bad Request")

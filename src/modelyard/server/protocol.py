@@ -212,6 +212,8 @@ class Exchange:
         connection stays open. A block in which a name or value would start a line of its own (CR or LF) or
         carries another control character is refused: a 500, never a header injected from a value that an
         upstream or a client shaped. Names are written as given (ASGI's are lower-case)."""
+        if not isinstance(headers, (list, tuple)):
+            headers = list(headers)  # any iterable, as ASGI allows: it is read twice below
         lines = [b"%b: %b\r\n" % pair for pair in headers]
         block = b"".join(lines)
         if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines) or _CONTROL.search(block):

@@ -46,6 +46,7 @@ class App:
         await handler(scope, receive, send)
 
     async def echo(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Answers with what it read; its headers are a generator (any iterable will do, as ASGI allows)."""
         body = b""
         while True:
             message = await receive()
@@ -54,12 +55,16 @@ class App:
                 break
         fields = {"method": scope["method"], "path": scope["path"], "query": scope["query_string"].decode()}
         answer = json.dumps({**fields, "body": body.decode()}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(answer)).encode())]
+        headers = (
+            (name, value)
+            for name, value in ((b"content-type", b"application/json"), (b"content-length", b"%d" % len(answer)))
+        )
         await send({"type": "http.response.start", "status": 200, "headers": headers})
         await send({"type": "http.response.body", "body": answer})
 
     async def stream(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+        headers = iter([(b"content-type", b"text/plain")])  # any iterable will do (ASGI)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
         for piece in (b"one ", b"two ", b"three"):
             await send({"type": "http.response.body", "body": piece, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -1,24 +1,33 @@
 """The gateway's HTTP/1.1 server protocol: httptools parsing, one ASGI task per request, slow-client deadlines.
 
 uvicorn still runs the server (sockets, `--workers`, signals, graceful shutdown, lifespan); this protocol
-replaces its `HttpToolsProtocol`, which spent ~30 µs of CPU a request where a bare httptools protocol spends
-~7 (docs/benchmarks.md, issue 20): a timer armed and cancelled per request for keep-alive, two regular
-expressions per response header, an `asyncio.Event` and a twenty-field cycle object per request, the body
-copied twice. Here a request costs one small object, one scope dict and one task; the response's header
-block is checked with two searches; and one timer per connection serves every deadline, re-armed only when
-it fires (at most once per deadline period, never per request).
+replaces its `HttpToolsProtocol`, which spent, per request, a timer armed and cancelled for keep-alive, two
+regular expression searches per response header, an `asyncio.Event`, a twenty-field cycle object and two
+copies of the body (measured: 24.5 µs of CPU a request against 20.1 here, docs/benchmarks.md, issue 20).
+Here a request costs one small object, one scope dict and one task; the response's header block is checked
+by counting its line ends plus one search; and one timer per connection serves every deadline, re-armed only
+when it fires (at most once per deadline period, never per request).
 
 The deadlines (each a 408, or a 431 for a header block over `max_header_bytes`, then the connection closes):
-- headers: from the connection's first byte (or the next request's first byte on a kept-alive connection,
-  or the connection's opening: a client that never sends a byte is cut off too) to the end of the header
-  block, at most `header_timeout_s`;
+- headers: from the connection's opening (a client that never sends a byte is cut off too) or the next
+  request's first byte on a kept-alive connection, to the end of the header block, at most `header_timeout_s`;
 - body: from the end of the headers to the end of the body, at most `body_timeout_s`;
 - an idle kept-alive connection is closed (no answer) after `timeout_keep_alive` (uvicorn's setting).
+A deadline does not run while the server, not the client, holds the request back: a head or body pipelined
+behind an answer, a body not read because the handler has not asked for it (reading paused at 64 KiB), a
+100 Continue not yet sent; its clock restarts when the hold ends.
 
-A pipelined request waits, unread, for the answer before it (reading pauses), and its header deadline does
-not run out while it waits. What it does not cover: a client that reads the response slowly (bounded by the
-transport's write buffer: a send waits while writing is paused), HTTP/2, TLS and WebSocket upgrades (put a
-proxy in front for those; an `Upgrade` header is ignored and the request served as HTTP/1.1).
+Requests are answered in the order they came (pipelining): at most `MAX_PIPELINED` wait behind the one being
+answered, unread further. When a connection must stop being read (a broken or oversized request, one past
+that limit, an `Upgrade`/CONNECT request), the requests read before it keep their answers and the connection
+closes after the last of them; the refusal (a 400, 431, ...) is sent only when nothing is owed before it, as
+RFC 9112 section 9.3.2 wants the client to retry what a closed connection left unanswered. An `Upgrade` or
+CONNECT request is served as plain HTTP/1.1 and is the last on its connection (httptools stops parsing at
+its head, so a body would be read as a request of its own: such a request with a body is a 400). An answer of
+unknown length to an HTTP/1.0 request ends with the connection, not in chunks. A client's end of stream is
+its disconnect (so an abandoned request stops paying upstream): a client that only half-closes gets no answer.
+Not covered: a client that reads the response slowly (bounded by the transport's write buffer: a send waits
+while writing is paused), HTTP/2 and TLS (put a proxy in front for those).
 """
 
 from __future__ import annotations
@@ -56,12 +65,19 @@ _STATUS_LINES: dict[int, bytes] = {
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 #: Requests one connection may pipeline behind the one being answered (each is parsed and held until its
-#: turn); past that the connection gets a 429 and is closed (a client cannot queue unbounded work).
+#: turn); past that nothing more is read: those get their answers and the connection closes (a client cannot
+#: queue unbounded work, and retries what a closed connection left unanswered, RFC 9112 section 9.3.2).
 MAX_PIPELINED = 32
 
 
-class TooManyPipelined(ModelyardError):
-    """Raised from a parser callback to stop parsing a connection that pipelines past `MAX_PIPELINED`."""
+class Refused(ModelyardError):
+    """Raised from a parser callback to stop reading a connection: what it sent cannot be served."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
 
 
 def _env_float(name: str, default: float) -> float:
@@ -91,6 +107,7 @@ class Exchange:
         "response_complete",
         "response_started",
         "scope",
+        "until_close",
     )
 
     def __init__(self, protocol: GatewayHttpProtocol, scope: dict[str, Any], keep_alive: bool, expect: bool) -> None:
@@ -103,6 +120,8 @@ class Exchange:
         self.response_started = False
         self.response_complete = False
         self.chunked = False
+        #: An HTTP/1.0 answer of unknown length: its end is the connection's close (no chunked framing there).
+        self.until_close = False
         self.remaining = 0
         #: Body bytes received and not yet handed to the app: bytes, or a bytearray once more than one piece.
         self._body: bytes | bytearray = b""
@@ -191,6 +210,10 @@ class Exchange:
         if self.scope["method"] == "HEAD":
             return
         write = self.protocol.transport.write
+        if self.until_close:
+            if body:
+                write(body)
+            return
         if self.chunked:
             if body:
                 frame = b"%x\r\n%b\r\n" % (len(body), body)
@@ -232,11 +255,15 @@ class Exchange:
             elif name == b"connection" and b"close" in [token.strip() for token in value.lower().split(b",")]:
                 self.keep_alive = False
                 close = True
+        if not framed and self.scope["method"] != "HEAD" and status not in (204, 304):
+            if self.scope["http_version"] == "1.0":  # no chunked framing in HTTP/1.0 (RFC 9112 section 6.1)
+                self.until_close = True
+                self.keep_alive = False
+            else:
+                self.chunked = True
+                block += b"transfer-encoding: chunked\r\n"
         if not self.keep_alive and not close:
             block += b"connection: close\r\n"
-        if not framed and self.scope["method"] != "HEAD" and status not in (204, 304):
-            self.chunked = True
-            block += b"transfer-encoding: chunked\r\n"
         return _status_line(status) + self.protocol.default_head() + block + b"\r\n"
 
 
@@ -278,7 +305,11 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
         self._expect = False
+        #: Bytes of the current request's head: received while in it (between reads), and parsed (callbacks).
         self._head_bytes = 0
+        self._head_size = 0
+        #: Nothing more is read on this connection (a refusal, an upgrade, or too many pipelined requests).
+        self._stopped = False
         # deadlines: what the connection is waiting for, since when, and the one timer that checks it
         self._phase: str | None = None
         self._since = 0.0
@@ -326,19 +357,26 @@ class GatewayHttpProtocol(asyncio.Protocol):
             self.transport.close()
 
     def eof_received(self) -> None:
-        pass
+        """The client's end of the stream closes the connection (asyncio's default), so a request whose
+        client is gone is seen as a disconnect and stops paying upstream; a client that only half-closes after
+        its request gets no answer either (as under uvicorn's protocol)."""
+        return None
 
     def data_received(self, data: bytes) -> None:
-        in_head = self._phase != "body"
-        if in_head:
+        if self._stopped:
+            return  # what follows a refusal, an upgrade or the pipelining limit is not read
+        if self._phase != "body":
             self._head_bytes += len(data)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            pass  # no upgrades here: the request is served as HTTP/1.1 (its handler runs already)
+            # The request (served as HTTP/1.1, without a body: see on_headers_complete) is the last one read
+            # on this connection: httptools would parse what follows as a new request.
+            self._stopped = True
         except httptools.HttpParserCallbackError as exc:
-            if isinstance(exc.__context__, TooManyPipelined):
-                self._refuse(429, f"more than {MAX_PIPELINED} pipelined requests", "too_many_pipelined_requests")
+            refused = exc.__context__
+            if isinstance(refused, Refused):
+                self._refuse(refused.status, refused.message, refused.code)
             else:  # a request line our callbacks cannot read (an absolute URL httptools will not parse)
                 self._refuse(400, "Invalid HTTP request received.", "invalid_request")
             return
@@ -370,13 +408,19 @@ class GatewayHttpProtocol(asyncio.Protocol):
         self._url = b""
         self._headers = []
         self._expect = False
+        self._head_size = 0
         if self._phase != "head":
             self._wait_for("head")
 
     def on_url(self, url: bytes) -> None:
         self._url += url
+        self._head_size += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        # A head that arrives whole in one read is measured here (the check between reads cannot see it).
+        self._head_size += len(name) + len(value) + 4
+        if self._head_size > self.max_header_bytes:
+            raise Refused(431, "request headers too large", "request_headers_too_large")
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes from a value
         if name == b"expect" and value.lower() == b"100-continue":
@@ -410,7 +454,14 @@ class GatewayHttpProtocol(asyncio.Protocol):
             "raw_path": self.root_path.encode("ascii") + raw_path if self.root_path else raw_path,
             "query_string": query,
         }
-        exchange = Exchange(self, scope, version != "1.0" and parser.should_keep_alive(), self._expect)
+        http_1_0 = version == "1.0"
+        exchange = Exchange(self, scope, not http_1_0 and parser.should_keep_alive(), self._expect and not http_1_0)
+        if parser.should_upgrade():  # Upgrade or CONNECT: not served here, and its body is never parsed
+            if self._declares_body():
+                raise Refused(
+                    400, "a request with Upgrade (or CONNECT) cannot carry a body here", "upgrade_unsupported"
+                )
+            exchange.keep_alive = False
         self.incoming = exchange
         self._head_bytes = 0
         self._wait_for("body")
@@ -423,7 +474,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if current is None or current.response_complete:
             self._start(exchange, app)
         elif len(self.waiting) >= MAX_PIPELINED:
-            raise TooManyPipelined  # stops the parser: data_received answers it
+            raise Refused(429, f"more than {MAX_PIPELINED} pipelined requests", "too_many_pipelined_requests")
         else:  # pipelined: answered after the request before it; reading stays paused until then
             self.flow.pause_reading()
             self.waiting.append((exchange, app))
@@ -526,8 +577,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
             return
         now = self.loop.time()
         deadline = self._since + self._limit(phase)
-        if phase == "head" and self.current is not None and not self.current.response_complete:
-            deadline = now + self.header_timeout_s  # pipelined behind an answer: not the client's delay
+        if self._held_back(phase):
+            deadline = now + self._limit(phase)  # held back by this server, not by the client: its clock restarts
             self._since = now
         if now < deadline:
             self._timer_at = deadline
@@ -539,14 +590,44 @@ class GatewayHttpProtocol(asyncio.Protocol):
         else:
             self._refuse(408, f"request body not received within {self.body_timeout_s:g} s", "request_timeout")
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
-        """Answer in the API's error shape (unless an answer already on the wire has begun) and close the
-        connection; a request's task reads a disconnect, and whatever it sends is dropped."""
-        parsing = self.incoming if self._phase == "body" else None  # the request whose body was awaited
-        self._wait_for(None)
+    def _held_back(self, phase: str) -> bool:
+        """Whether the request being read waits on this server rather than on its client: its head is
+        pipelined behind an answer, or its body is not being read (reading paused behind an answer or a full
+        buffer, or the 100 Continue it asked for not yet sent)."""
+        if phase == "head":
+            return self.current is not None and not self.current.response_complete
+        incoming = self.incoming
+        return phase == "body" and (self.flow.read_paused or (incoming is not None and incoming.expect_continue))
+
+    def _last_unanswered(self) -> Exchange | None:
+        """The newest request read whose answer is not complete (queued or being answered), if any."""
+        if self.waiting:
+            return self.waiting[-1][0]
         current = self.current
-        wire_busy = current is not None and not current.response_complete and current.response_started
-        if not wire_busy and (parsing is None or not parsing.response_started):
+        return current if current is not None and not current.response_complete else None
+
+    def _declares_body(self) -> bool:
+        return any(
+            (name == b"content-length" and value.strip(b" 0")) or name == b"transfer-encoding"
+            for name, value in self._headers
+        )
+
+    def _refuse(self, status: int, message: str, code: str) -> None:
+        """Stop reading this connection. Requests read before the refused one keep their answers, in order
+        (RFC 9112 section 9.3.2): the connection closes after the last of them, and the refusal is not sent
+        (a client retries what a closed connection left unanswered). With none, the refusal is sent in the
+        API's error shape (unless the refused request's own answer has begun) and the connection closed; the
+        refused request's task reads a disconnect, and whatever it sends is dropped."""
+        refused = self.incoming if self._phase == "body" else None  # a request whose body could not be read
+        self._wait_for(None)
+        self._stopped = True
+        if refused is not None and refused is not self.current:  # queued, never started: it goes
+            self.waiting = deque(item for item in self.waiting if item[0] is not refused)
+        last = self._last_unanswered()
+        if last is not None and last is not refused:
+            last.keep_alive = False
+            return
+        if refused is None or not refused.response_started:
             body = json.dumps(
                 {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
             ).encode()
@@ -555,8 +636,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
                 + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
                 + body
             )
-        for exchange in (current, self.incoming):
-            if exchange is not None and not exchange.response_complete:
-                exchange.disconnected = True
-                exchange.wake()
+        if refused is not None and not refused.response_complete:
+            refused.disconnected = True
+            refused.wake()
         self.transport.close()

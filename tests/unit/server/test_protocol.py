@@ -34,6 +34,7 @@ class App:
 
     def __init__(self) -> None:
         self.sent_bytes = 0
+        self.requests = 0
         self.disconnected = threading.Event()
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -42,6 +43,7 @@ class App:
                 await send({"type": "lifespan.startup.complete"})
             await send({"type": "lifespan.shutdown.complete"})
             return
+        self.requests += 1
         handler = getattr(self, scope["path"].strip("/").replace("-", "_"))
         await handler(scope, receive, send)
 
@@ -81,6 +83,17 @@ class App:
         await asyncio.sleep(float(scope["query_string"]))
         await send({"type": "http.response.start", "status": 204, "headers": []})
         await send({"type": "http.response.body", "body": b""})
+
+    async def late_echo(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """Works for `query` seconds before it reads the body (the protocol must not blame the client)."""
+        await asyncio.sleep(float(scope["query_string"]))
+        await self.echo(scope, receive, send)
+
+    async def unframed(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        """An answer of unknown length (no Content-Length): chunked in HTTP/1.1, until close in HTTP/1.0."""
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"a", "more_body": True})
+        await send({"type": "http.response.body", "body": b"b"})
 
     async def boom(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         raise ValueError("the app failed before answering")
@@ -228,13 +241,55 @@ def test_a_pipelined_request_in_pieces_is_not_timed_out_while_the_answer_before_
     assert json.loads(body)["query"] == "after"
 
 
-def test_a_connection_that_pipelines_past_the_limit_gets_a_429_and_is_closed(server: BackgroundServer) -> None:
+def test_past_the_pipelining_limit_the_read_requests_are_answered_in_order_then_the_connection_closes(
+    server: BackgroundServer,
+) -> None:
+    """One answered, 32 queued, the 33rd past the limit: 33 answers in order, then the connection closes
+    (no refusal ahead of earlier answers; the client retries what was not answered)."""
+    echoes = b"".join(request(f"/echo?{n}", b"x") for n in range(MAX_PIPELINED + 1))
     with connect(server) as sock:
-        sock.sendall(b"GET /slow?0.3 HTTP/1.1\r\nhost: test\r\n\r\n" * (MAX_PIPELINED + 2))
+        sock.sendall(b"GET /slow?0.3 HTTP/1.1\r\nhost: test\r\n\r\n" + echoes)
+        buffered = bytearray()
+        assert read_response(sock, buffered)[0] == b"HTTP/1.1 204 No Content"
+        queries = [json.loads(read_response(sock, buffered)[2])["query"] for _ in range(MAX_PIPELINED)]
+        assert queries == [str(n) for n in range(MAX_PIPELINED)]
+        assert read_all(sock) == bytes(buffered) == b""
+
+
+def test_a_broken_request_after_a_valid_one_leaves_the_valid_ones_answer_first(server: BackgroundServer) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /slow?0.2 HTTP/1.1\r\nhost: test\r\n\r\n" + b"NOT HTTP\r\n\r\n")
         answer = read_all(sock)
-    head, _, body = answer.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 429 ")
-    assert json.loads(body)["error"]["code"] == "too_many_pipelined_requests"
+    assert answer.startswith(b"HTTP/1.1 204 No Content")
+    assert b"400" not in answer  # the answer first; what could not be read is dropped with the connection
+
+
+@pytest.mark.parametrize("start", [b"POST /echo?outer", b"CONNECT /echo?outer"])
+def test_an_upgrade_request_with_a_body_is_refused_and_nothing_in_it_is_served(
+    server: BackgroundServer, app: App, start: bytes
+) -> None:
+    """httptools stops at an Upgrade (or CONNECT) request's head: its body would otherwise be parsed as a
+    request of its own (a smuggled request)."""
+    smuggled = request("/echo?smuggled", b"s")
+    head = b" HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: h2c\r\ncontent-length: %d\r\n\r\n" % len(smuggled)
+    with connect(server) as sock:
+        sock.sendall(start + head)
+        time.sleep(0.2)
+        sock.sendall(smuggled)
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    assert json.loads(answer.partition(b"\r\n\r\n")[2])["error"]["code"] == "upgrade_unsupported"
+    assert b"smuggled" not in answer and app.requests == 0
+
+
+def test_an_upgrade_request_without_a_body_is_served_as_http_1_1_and_is_the_last(server: BackgroundServer) -> None:
+    upgrade = b"GET /echo?upgrade HTTP/1.1\r\nhost: t\r\nconnection: upgrade\r\nupgrade: h2c\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(upgrade + request("/echo?after", b"a"))
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
+    assert b"connection: close" in answer and b'"query": "upgrade"' in answer
+    assert b"after" not in answer
 
 
 def test_a_chunked_request_body_arrives_whole(server: BackgroundServer) -> None:
@@ -253,6 +308,38 @@ def test_a_large_body_in_many_reads_arrives_whole(server: BackgroundServer) -> N
         sock.sendall(request("/echo", payload))
         body = read_response(sock, bytearray())[2]
     assert json.loads(body)["body"] == payload.decode()
+
+
+def test_a_pipelined_body_is_not_timed_out_while_the_server_holds_it_unread(server: BackgroundServer) -> None:
+    """The second request's body arrives after 0.2 s, while the first answer takes 1.5 s (over twice the body
+    deadline) and reading is paused behind it: the server's delay, not the client's."""
+    with connect(server) as sock:
+        sock.sendall(b"GET /slow?1.5 HTTP/1.1\r\nhost: t\r\n\r\n" + request("/echo?second", b"12345")[:-5])
+        time.sleep(0.2)
+        sock.sendall(b"12345")
+        buffered = bytearray()
+        assert read_response(sock, buffered)[0] == b"HTTP/1.1 204 No Content"
+        status, _, body = read_response(sock, buffered)
+    assert status == b"HTTP/1.1 200 OK" and json.loads(body)["body"] == "12345"
+
+
+def test_a_large_body_read_late_by_a_busy_handler_is_not_timed_out(server: BackgroundServer) -> None:
+    """300 KB (over the 64 KiB read-ahead, so reading pauses) to a handler that reads it after 1.2 s."""
+    payload = b"z" * 300_000
+    with connect(server) as sock:
+        sock.sendall(request("/late-echo?1.2", payload))
+        status, _, body = read_response(sock, bytearray())
+    assert status == b"HTTP/1.1 200 OK" and len(json.loads(body)["body"]) == len(payload)
+
+
+def test_expect_100_continue_to_a_busy_handler_is_not_timed_out(server: BackgroundServer) -> None:
+    """The client waits for the 100 Continue, which the handler asks for only after 1.2 s."""
+    with connect(server) as sock:
+        sock.sendall(request("/late-echo?1.2", extra="expect: 100-continue\r\n").replace(b"length: 0", b"length: 4"))
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"body")
+        status, _, body = read_response(sock, bytearray())
+    assert status == b"HTTP/1.1 200 OK" and json.loads(body)["body"] == "body"
 
 
 def test_expect_100_continue_gets_the_interim_answer_before_the_body_is_sent(server: BackgroundServer) -> None:
@@ -283,6 +370,15 @@ def test_a_streamed_answer_without_a_length_is_chunked_and_terminated(server: Ba
         _, headers, body = read_response(sock, bytearray())
     assert headers[b"transfer-encoding"] == b"chunked"
     assert body == b"one two three"
+
+
+def test_an_http_1_0_answer_of_unknown_length_ends_with_the_connection_not_chunks(server: BackgroundServer) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /unframed HTTP/1.0\r\n\r\n")
+        answer = read_all(sock)
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"transfer-encoding" not in head and b"connection: close" in head
+    assert body == b"ab"
 
 
 def test_http_1_0_gets_its_answer_and_a_closed_connection(server: BackgroundServer) -> None:
@@ -379,6 +475,13 @@ def test_a_body_that_stops_arriving_is_cut_off(server: BackgroundServer, app: Ap
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b"request body not received within 0.6 s" in answer
+
+
+def test_an_oversized_header_block_in_one_read_is_a_431(server: BackgroundServer) -> None:
+    with connect(server) as sock:
+        sock.sendall(b"GET /echo HTTP/1.1\r\nhost: test\r\nx-big: " + b"a" * 9000 + b"\r\n\r\n")
+        answer = read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 431 ")
 
 
 def test_an_oversized_header_block_is_a_431(server: BackgroundServer) -> None:

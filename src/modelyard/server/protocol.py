@@ -47,7 +47,7 @@ import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl, service_unavailable
 from uvicorn.protocols.utils import get_local_addr, get_remote_addr, is_ssl
 
-from modelyard.schema.errors import ModelyardError
+from modelyard.schema.errors import GatewayError
 from modelyard.server.coalesce import CoalescingTransport
 
 #: uvicorn's logger and message, so a failure reads the same as under uvicorn's own protocol (and the
@@ -70,14 +70,12 @@ _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 MAX_PIPELINED = 32
 
 
-class Refused(ModelyardError):
-    """Raised from a parser callback to stop reading a connection: what it sent cannot be served."""
+def _unreadable() -> GatewayError:
+    return GatewayError(400, "Invalid HTTP request received.", code="invalid_request")
 
-    def __init__(self, status: int, message: str, code: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.code = code
+
+def _headers_too_large() -> GatewayError:
+    return GatewayError(431, "request headers too large", code="request_headers_too_large")
 
 
 def _env_float(name: str, default: float) -> float:
@@ -373,20 +371,16 @@ class GatewayHttpProtocol(asyncio.Protocol):
             # The request (served as HTTP/1.1, without a body: see on_headers_complete) is the last one read
             # on this connection: httptools would parse what follows as a new request.
             self._stopped = True
-        except httptools.HttpParserCallbackError as exc:
-            refused = exc.__context__
-            if isinstance(refused, Refused):
-                self._refuse(refused.status, refused.message, refused.code)
-            else:  # a request line our callbacks cannot read (an absolute URL httptools will not parse)
-                self._refuse(400, "Invalid HTTP request received.", "invalid_request")
-            return
-        except httptools.HttpParserError:
-            self._refuse(400, "Invalid HTTP request received.", "invalid_request")
+        except httptools.HttpParserError as exc:
+            # A callback's own refusal (a GatewayError), else unreadable bytes, or a request line our callbacks
+            # cannot read (an absolute URL httptools will not parse).
+            refused = exc.__context__ if isinstance(exc, httptools.HttpParserCallbackError) else None
+            self._refuse(refused if isinstance(refused, GatewayError) else _unreadable())
             return
         if self.transport.is_closing():
             self._wait_for(None)
         elif self._phase == "head" and self._head_bytes > self.max_header_bytes:
-            self._refuse(431, "request headers too large", "request_headers_too_large")
+            self._refuse(_headers_too_large())
 
     def pause_writing(self) -> None:
         self.flow.pause_writing()
@@ -420,7 +414,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         # A head that arrives whole in one read is measured here (the check between reads cannot see it).
         self._head_size += len(name) + len(value) + 4
         if self._head_size > self.max_header_bytes:
-            raise Refused(431, "request headers too large", "request_headers_too_large")
+            raise _headers_too_large()
         name = name.lower()
         value = value.rstrip(b" \t")  # llhttp keeps trailing whitespace, which RFC 9110 excludes from a value
         if name == b"expect" and value.lower() == b"100-continue":
@@ -458,8 +452,8 @@ class GatewayHttpProtocol(asyncio.Protocol):
         exchange = Exchange(self, scope, not http_1_0 and parser.should_keep_alive(), self._expect and not http_1_0)
         if parser.should_upgrade():  # Upgrade or CONNECT: not served here, and its body is never parsed
             if self._declares_body():
-                raise Refused(
-                    400, "a request with Upgrade (or CONNECT) cannot carry a body here", "upgrade_unsupported"
+                raise GatewayError(
+                    400, "a request with Upgrade (or CONNECT) cannot carry a body here", code="upgrade_unsupported"
                 )
             exchange.keep_alive = False
         self.incoming = exchange
@@ -474,7 +468,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
         if current is None or current.response_complete:
             self._start(exchange, app)
         elif len(self.waiting) >= MAX_PIPELINED:
-            raise Refused(429, f"more than {MAX_PIPELINED} pipelined requests", "too_many_pipelined_requests")
+            raise GatewayError(429, f"more than {MAX_PIPELINED} pipelined requests", code="too_many_pipelined_requests")
         else:  # pipelined: answered after the request before it; reading stays paused until then
             self.flow.pause_reading()
             self.waiting.append((exchange, app))
@@ -586,9 +580,15 @@ class GatewayHttpProtocol(asyncio.Protocol):
         elif phase == "idle":
             self.transport.close()
         elif phase == "head":
-            self._refuse(408, f"request headers not received within {self.header_timeout_s:g} s", "request_timeout")
+            self._refuse(
+                GatewayError(
+                    408, f"request headers not received within {self.header_timeout_s:g} s", code="request_timeout"
+                )
+            )
         else:
-            self._refuse(408, f"request body not received within {self.body_timeout_s:g} s", "request_timeout")
+            self._refuse(
+                GatewayError(408, f"request body not received within {self.body_timeout_s:g} s", code="request_timeout")
+            )
 
     def _held_back(self, phase: str) -> bool:
         """Whether the request being read waits on this server rather than on its client: its head is
@@ -612,7 +612,7 @@ class GatewayHttpProtocol(asyncio.Protocol):
             for name, value in self._headers
         )
 
-    def _refuse(self, status: int, message: str, code: str) -> None:
+    def _refuse(self, error: GatewayError) -> None:
         """Stop reading this connection. Requests read before the refused one keep their answers, in order
         (RFC 9112 section 9.3.2): the connection closes after the last of them, and the refusal is not sent
         (a client retries what a closed connection left unanswered). With none, the refusal is sent in the
@@ -628,11 +628,9 @@ class GatewayHttpProtocol(asyncio.Protocol):
             last.keep_alive = False
             return
         if refused is None or not refused.response_started:
-            body = json.dumps(
-                {"error": {"message": message, "type": "invalid_request_error", "param": None, "code": code}}
-            ).encode()
+            body = json.dumps(error.to_body()).encode()
             self.transport.write(
-                _status_line(status)
+                _status_line(error.status)
                 + b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n" % len(body)
                 + body
             )

@@ -66,25 +66,59 @@ def retry_policy(config: Config) -> RetryPolicy:
 class Router:
     """Plans and executes requests over the deployments of one config."""
 
-    def __init__(self, config: Config, *, resolve_price: PriceResolver | None = None, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        resolve_price: PriceResolver | None = None,
+        seed: int | None = None,
+        predecessor: Router | None = None,
+    ) -> None:
+        """`predecessor`: the router this one replaces on a reload, whose process state it takes over
+        (`successor`)."""
         self.config = config
         self.table = RoutingTable.from_config(config, resolve_price)
-        self.health = HealthTracker(breaker_policy(config), alpha=config.routing.latency_alpha)
+        previous_release: Callable[[str], None] | None = None
+        if predecessor is None:
+            self.health = HealthTracker(breaker_policy(config), alpha=config.routing.latency_alpha)
+            self.limits = DeploymentLimits()
+        else:
+            old_ids = {dep.name: deployment_identity(dep) for dep in predecessor.config.deployments}
+            keep = {dep.name for dep in config.deployments if old_ids.get(dep.name) == deployment_identity(dep)}
+            self.health = predecessor.health
+            self.health.reconfigure(breaker_policy(config), alpha=config.routing.latency_alpha, keep=keep)
+            self.limits = predecessor.limits
+            self.limits.forget(set(old_ids) - keep)
+            previous_release = self.health.on_release
         for group in config.models.values():
             bound = group.constraints.max_latency_ms
             if bound is not None:
                 self.health.watch_latency(bound)
-        self.limits = DeploymentLimits()
         self.admission = AdmissionQueues(config.queue, self.table, self.health, self.limits)
+        if predecessor is not None:
+            self.admission.rates = predecessor.admission.rates
+            if previous_release is not None and predecessor.admission.has_waiters:
+                poke = self.admission.poke
+                earlier = previous_release
+
+                def wake_both(deployment: str) -> None:
+                    poke(deployment)
+                    earlier(deployment)
+
+                self.health.on_release = wake_both
         self.adapters = load_adapters({dep.provider for dep in config.deployments})
         seed = seed if seed is not None else config.routing.seed
-        self.rng = random.Random(seed)
+        self.rng: random.Random = predecessor.rng if predecessor is not None and seed is None else random.Random(seed)
         self.policy = retry_policy(config)
         #: The health view's sync with the other replicas (state/redis_health.py), when configured.
-        self.shared_health: SharedHealth | None = None
+        self.shared_health: SharedHealth | None = predecessor.shared_health if predecessor is not None else None
         self.deployment_names = frozenset(dep.name for dep in config.deployments)
-        self._transport: Transport | None = None
+        if self.shared_health is not None:
+            self.shared_health.names = self.names  # the fleet's verdicts for names this replica now serves
+        self._transport: Transport | None = predecessor._transport if predecessor is not None else None
         self._executor: Executor | None = None
+        if self._transport is not None:
+            self._executor = self._make_executor(self._transport)
 
     def successor(self, config: Config, *, resolve_price: PriceResolver | None = None) -> Router:
         """The router of a reloaded config, sharing this one's process state (docs/operations.md).
@@ -96,43 +130,7 @@ class Router:
         queues keep being woken until they are empty). This router is not closed: requests in flight finish on
         it, and what it shares lives on in the successor.
         """
-        new = Router.__new__(Router)
-        new.config = config
-        new.table = RoutingTable.from_config(config, resolve_price)
-        old_ids = {dep.name: deployment_identity(dep) for dep in self.config.deployments}
-        keep = {dep.name for dep in config.deployments if old_ids.get(dep.name) == deployment_identity(dep)}
-        new.health = self.health
-        new.health.reconfigure(breaker_policy(config), alpha=config.routing.latency_alpha, keep=keep)
-        for group in config.models.values():
-            bound = group.constraints.max_latency_ms
-            if bound is not None:
-                new.health.watch_latency(bound)
-        new.limits = self.limits
-        new.limits.forget(set(old_ids) - keep)
-        previous = self.health.on_release
-        new.admission = AdmissionQueues(config.queue, new.table, new.health, new.limits)
-        new.admission.rates = self.admission.rates
-        if previous is not None and self.admission.has_waiters:
-            poke = new.admission.poke
-
-            def wake_both(deployment: str) -> None:
-                poke(deployment)
-                previous(deployment)
-
-            new.health.on_release = wake_both
-        new.adapters = load_adapters({dep.provider for dep in config.deployments})
-        seed = config.routing.seed
-        new.rng = random.Random(seed) if seed is not None else self.rng
-        new.policy = retry_policy(config)
-        new.shared_health = self.shared_health
-        new.deployment_names = frozenset(dep.name for dep in config.deployments)
-        if new.shared_health is not None:
-            new.shared_health.names = new.names  # the fleet's verdicts for names this replica now serves
-        new._transport = self._transport
-        new._executor = None
-        if new._transport is not None:
-            new._executor = new._make_executor(new._transport)
-        return new
+        return Router(config, resolve_price=resolve_price, predecessor=self)
 
     def names(self) -> frozenset[str]:
         """The deployments this router serves (the shared health view adopts verdicts for these only)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import time
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -155,12 +155,16 @@ def test_health_is_kept_for_unchanged_deployments_and_reset_for_repointed_ones(
     assert httpx.get(f"{server.url}/health/ready").json()["open_circuits"] == []
 
 
-def _stream(url: str) -> tuple[str, str]:
+def _stream(url: str, under_way: threading.Semaphore | None = None) -> tuple[str, str]:
+    """One streamed answer: (the model that served it, its text); `under_way` is released once its headers are
+    in (the request was routed)."""
     body = {"model": "chat", "messages": [{"role": "user", "content": "tell me a story"}], "stream": True}
     with httpx.stream(
         "POST", f"{url}/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {MASTER}"}, timeout=60
     ) as response:
         assert response.status_code == 200
+        if under_way is not None:
+            under_way.release()
         text = "".join(response.iter_text())
         return response.headers["x-modelyard-model"], text
 
@@ -171,9 +175,12 @@ def test_streams_in_flight_finish_on_the_config_they_started_with(
     server, path = served
     sim.set_model("sim-small", tokens_per_second=40, output_tokens={"min": 40, "max": 40})
     try:
+        under_way = threading.Semaphore(0)
         with concurrent.futures.ThreadPoolExecutor(40) as pool:
-            started = [pool.submit(_stream, server.url) for _ in range(40)]
-            time.sleep(0.3)  # every stream is under way (40 tokens at 40/s: about a second each)
+            started = [pool.submit(_stream, server.url, under_way) for _ in range(40)]
+            # Every stream routed before the reload (40 tokens at 40/s: about a second each; a sleep was not
+            # enough on a busy machine, where some requests had not arrived yet).
+            assert all(under_way.acquire(timeout=30) for _ in started)
             path.write_text(config_text(sim.url, model_of_chat="b"))
             assert reload(server.url).status_code == 200
             after = [pool.submit(_stream, server.url) for _ in range(5)]

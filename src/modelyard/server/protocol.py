@@ -41,7 +41,7 @@ import urllib.parse
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import Any
+from typing import Any, ClassVar
 
 import httptools
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, FlowControl, service_unavailable
@@ -268,11 +268,12 @@ class Exchange:
 class GatewayHttpProtocol(asyncio.Protocol):
     """One HTTP/1.1 connection (uvicorn's `http=` protocol class: same constructor, `shutdown()` and server
     state). Deadline settings come from the environment (set by `modelyard serve`) so every worker process
-    reads the same."""
+    reads the same. Class variables (ClassVar): `modelyard serve` and tests set them on the class, which a
+    compiled build (hot_path.py) only honours for declared class variables."""
 
-    header_timeout_s = _env_float("MODELYARD_HEADER_TIMEOUT_S", 10.0)
-    body_timeout_s = _env_float("MODELYARD_BODY_TIMEOUT_S", 30.0)
-    max_header_bytes = int(_env_float("MODELYARD_MAX_HEADER_BYTES", 64 * 1024))
+    header_timeout_s: ClassVar[float] = _env_float("MODELYARD_HEADER_TIMEOUT_S", 10.0)
+    body_timeout_s: ClassVar[float] = _env_float("MODELYARD_BODY_TIMEOUT_S", 30.0)
+    max_header_bytes: ClassVar[int] = int(_env_float("MODELYARD_MAX_HEADER_BYTES", 64 * 1024))
 
     def __init__(
         self, config: Any, server_state: Any, app_state: dict[str, Any], _loop: asyncio.AbstractEventLoop | None = None

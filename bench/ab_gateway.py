@@ -3,6 +3,7 @@
     python bench/ab_gateway.py --base 1bc281e                 # 5 rounds, c=16, plain and streaming
     python bench/ab_gateway.py --base HEAD~3 --rounds 7 --duration 6 --scenarios c16
     python bench/ab_gateway.py --base 3e52848 --scenarios c1     # the c=1 p99, before/after
+    python bench/ab_gateway.py --base HEAD --head-src build/compiled   # pure Python vs the compiled hot path
 
 The developers' guide's protocol for every "within X%" claim: both sides in the same run, alternating
 (which side goes first alternates too), at least five rounds, the median ratio and its spread reported.
@@ -10,7 +11,8 @@ Each side is `modelyard serve` with every feature on (bench/configs/everything_o
 `--variant`: plain, guardrails or redis; each side self-checked before it is measured; a base older than a
 field of that file refuses to start, naming it),
 behind wrk with bench/chat.lua, against bench/upstream.py. The base side runs from a `git worktree` of
-`--base` through PYTHONPATH, in the same virtual environment.
+`--base` through PYTHONPATH, in the same virtual environment; `--head-src` runs the head side from another
+source directory the same way (`scripts/compile`'s build/compiled: the same code with its hot path compiled).
 """
 
 from __future__ import annotations
@@ -66,8 +68,12 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run")
     parser.add_argument("--scenarios", default="c16,stream-c16")
     parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
+    parser.add_argument("--head-src", type=Path, default=None, help="head side from this directory (build/compiled)")
     args = parser.parse_args()
     scenarios = args.scenarios.split(",")
+    head_src = args.head_src.resolve() if args.head_src else None
+    if head_src is not None and not (head_src / "modelyard").is_dir():
+        sys.exit(f"error: no modelyard package under {head_src} (scripts/compile builds build/compiled)")
     with tempfile.TemporaryDirectory(prefix="modelyard-ab-") as tmp_name:
         tmp = Path(tmp_name)
         base_src = worktree(args.base, tmp / "base")
@@ -77,7 +83,7 @@ def main() -> None:
         p99: dict[str, list[tuple[float, float]]] = {s: [] for s in scenarios}
         try:
             for i in range(args.rounds):
-                sides = [("base", base_src), ("head", None)]
+                sides = [("base", base_src), ("head", head_src)]
                 if i % 2:
                     sides.reverse()
                 got = {

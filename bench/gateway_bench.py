@@ -288,6 +288,24 @@ def modelyard(
     return contender
 
 
+COMPILED = ROOT / "build" / "compiled"
+
+
+def compiled_modelyard(upstream: str, tmp: Path) -> Contender | None:
+    """The everything-on row on the compiled copy `scripts/compile` builds, or None (with a notice) when there is
+    none. Its start-up banner must say the hot path is compiled: a copy that silently runs pure Python would
+    make the row a second pure one."""
+    if not (COMPILED / "modelyard").is_dir():
+        print(f"  modelyard-compiled: skipped, no {COMPILED} (run scripts/compile)", flush=True)
+        return None
+    contender = modelyard(upstream, tmp, src=COMPILED, name="modelyard-compiled")
+    banner = (tmp / "modelyard-compiled.log").read_text()
+    if "hot path: compiled" not in banner:
+        contender.stop()
+        raise RuntimeError(f"{COMPILED} did not load compiled: {banner.strip()[:300]}")
+    return contender
+
+
 LITELLM_CONFIG = """
 model_list:
   - model_name: bench
@@ -661,6 +679,7 @@ CONTENDERS = {
     "modelyard-guardrails": "everything on + the input guardrail set",
     "modelyard-redis": "everything on + shared state in Redis",
     "modelyard2": "everything on, --workers 2",
+    "modelyard-compiled": "everything on, the hot path compiled with mypyc (scripts/compile; skipped without it)",
     "litellm": "LiteLLM's proxy",
 }
 
@@ -678,6 +697,8 @@ def _start(name: str, upstream_url: str, tmp: Path) -> Contender | None:
         return modelyard(upstream_url, tmp, variant="redis")
     if name == "modelyard2":
         return modelyard(upstream_url, tmp, workers=2)
+    if name == "modelyard-compiled":
+        return compiled_modelyard(upstream_url, tmp)
     if name == "litellm":
         return litellm(upstream_url, tmp)
     raise SystemExit(f"unknown contender {name!r} (one of {', '.join(CONTENDERS)})")
@@ -737,6 +758,9 @@ def main() -> None:
             if delay == 0:
                 print()
                 print(targets(samples))
+                if "modelyard-compiled" in samples:
+                    print()
+                    print(targets(samples, "modelyard-compiled"))
             print()
     out_dir = HERE / "results"
     out_dir.mkdir(exist_ok=True)

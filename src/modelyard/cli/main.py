@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 import typer
 from rich.console import Console
 
-from modelyard import __version__
+from modelyard import __version__, hot_path
 
 if TYPE_CHECKING:
     from modelyard.config.model import Config
@@ -112,7 +112,7 @@ def serve(
     GatewayHttpProtocol.body_timeout_s = body_timeout
     err.print(
         f"modelyard {__version__}: {len(loaded.deployments)} deployments, {len(loaded.models)} models "
-        f"from {path}; listening on http://{host}:{port}"
+        f"from {path}; listening on http://{host}:{port}; {hot_path.describe()}"
     )
     from modelyard.server import serving
 

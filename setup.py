@@ -1,6 +1,10 @@
-"""Optional compiled build (issue #20): `MODELYARD_COMPILE=1 pip install .` compiles the hot-path modules
-listed in src/modelyard/hot_path.py with mypyc (needs a C compiler and Python's headers); without the flag the
-package is pure Python. Everything else about the package is in pyproject.toml."""
+"""Optional compiled build (issue #20): the hot-path modules listed in src/modelyard/hot_path.py compiled with
+mypyc. It needs a C compiler, Python's headers and mypy in the building environment:
+
+    pip install mypy setuptools wheel && MODELYARD_COMPILE=1 pip install --no-build-isolation .
+
+Without the flag the package is pure Python (what `pip install .` and `pip install -e .` build). Everything else
+about the package is in pyproject.toml."""
 
 from __future__ import annotations
 
@@ -13,7 +17,13 @@ from setuptools import setup
 def ext_modules() -> list[object]:
     if os.environ.get("MODELYARD_COMPILE") != "1":
         return []
-    from mypyc.build import mypycify
+    try:
+        from mypyc.build import mypycify
+    except ImportError as exc:
+        raise SystemExit(
+            "MODELYARD_COMPILE=1 needs mypy in the building environment: "
+            "pip install mypy setuptools wheel, then pip install --no-build-isolation ."
+        ) from exc
 
     hot_path = runpy.run_path(os.path.join("src", "modelyard", "hot_path.py"))
     return list(mypycify(hot_path["source_paths"](), opt_level="3"))

@@ -2,6 +2,7 @@
 
     python bench/instructions.py --base cd668a9                 # chat completions, 500 vs 1500 requests
     python bench/instructions.py --versus-path /v1/responses     # the Responses codec next to chat, this checkout
+    python bench/instructions.py --base HEAD --head-src build/compiled   # pure Python vs the compiled hot path
 
 wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
 the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
@@ -73,6 +74,7 @@ def main() -> None:
     parser.add_argument("--base", help="git ref of the 'before' side (same path)")
     parser.add_argument("--path", default="/v1/chat/completions")
     parser.add_argument("--versus-path", help="instead of --base: this checkout on another path (/v1/responses)")
+    parser.add_argument("--head-src", type=Path, default=None, help="with --base: the head side from this directory")
     parser.add_argument("--low", type=int, default=500)
     parser.add_argument("--high", type=int, default=1500)
     args = parser.parse_args()
@@ -81,7 +83,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
         tmp = Path(tmp_name)
         if args.base is not None:
-            sides = [("base", worktree(args.base, tmp / "base"), args.path), ("head", None, args.path)]
+            head_src = args.head_src.resolve() if args.head_src else None
+            sides = [("base", worktree(args.base, tmp / "base"), args.path), ("head", head_src, args.path)]
         else:
             sides = [("first", None, args.path), ("second", None, args.versus_path)]
         upstream, upstream_proc = gb.start_upstream(0)

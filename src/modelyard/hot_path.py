@@ -12,7 +12,8 @@ reason: `providers/transport.py` and `routing/executor.py` (async generators, wh
 subclassed by Azure's and by third-party adapters, which a compiled base class refuses, and its msgspec
 options lose their annotations compiled), `server/pipeline.py` (compiled, its stream pump let a
 cancellation escape that it handles in Python: tests/unit/server/test_pipeline.py's native stream test fails;
-not pinned down further).
+the trigger is `await cancel_quietly(watcher)` in a `finally` block, awaiting a cancelled task; a
+`cancel_quietly` that waits with `asyncio.wait` instead passes, which is the next step).
 
 Compiled code checks the declared types of arguments at run time, and reads class attributes set after
 import only when they are declared `ClassVar`: the compiled pass of `scripts/test` runs the suites that

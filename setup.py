@@ -30,10 +30,7 @@ def ext_modules() -> list[object]:
         ) from exc
 
     hot_path = runpy.run_path(os.path.join("src", "modelyard", "hot_path.py"))
-    # The project's strict mypy settings are for development (CI enforces them with every extra installed); the
-    # build type-checks the listed modules only, whatever optional extras (numpy) this environment lacks.
-    options = ["--config-file=", "--ignore-missing-imports", "--follow-imports=silent"]
-    return list(mypycify([*options, *hot_path["source_paths"]()], opt_level="3"))
+    return list(mypycify([*hot_path["MYPY_OPTIONS"], *hot_path["source_paths"]()], opt_level="3"))
 
 
 setup(ext_modules=ext_modules())

@@ -56,6 +56,12 @@ MODULES: tuple[str, ...] = (
 )
 
 
+#: mypy's options for the compiling run (setup.py and scripts/compile): the listed modules are checked, not the
+#: project's strict development settings (CI enforces those with every extra installed; a plain install has no
+#: numpy), and what they import is analysed silently.
+MYPY_OPTIONS: tuple[str, ...] = ("--config-file=", "--ignore-missing-imports", "--follow-imports=silent")
+
+
 def source_paths(root: str = "src") -> list[str]:
     """The source file of each module under `root` (the layout mypyc is given)."""
     return [os.path.join(root, *name.split(".")) + ".py" for name in MODULES]

@@ -11,13 +11,15 @@ reason: `providers/transport.py` and `routing/executor.py` (async generators, wh
 (a surrogate code point in a literal), `providers/openai.py` (its adapter and stream translator are
 subclassed by Azure's and by third-party adapters, which a compiled base class refuses, and its msgspec
 options lose their annotations compiled), `server/pipeline.py` (compiled, its stream pump let a
-cancellation escape that it handles in Python: tests/unit/server/test_pipeline.py's native stream test fails;
-the trigger is `await cancel_quietly(watcher)` in a `finally` block, awaiting a cancelled task; a
-`cancel_quietly` that waits with `asyncio.wait` instead passes, which is the next step).
+cancellation escape that it handles in Python, from `await cancel_quietly(watcher)` in a `finally` block).
 
 Compiled code checks the declared types of arguments at run time, and reads class attributes set after
 import only when they are declared `ClassVar`: the compiled pass of `scripts/test` runs the suites that
-exercise these modules through real objects.
+exercise these modules through real objects. A compiled coroutine keeps the exception it is handling in the
+thread's state rather than its own, so these modules never await inside an `except` or `finally` block
+(another task would run with that state: a handled exception leaks, and a later clean `finally` elsewhere
+raises it again); cleanup that awaits runs after the block (`server.http.always`), which
+tests/unit/house/test_hot_path.py enforces and tests/e2e/test_exception_state.py shows.
 
 Stdlib only: `setup.py` runs this file before the package is installed.
 """

@@ -196,30 +196,51 @@ class Gateway:
         if route is None:
             await self._not_found(scope, send)
             return
-        handler, write_error = route
+        handler = route[0]
         request = Request(scope, receive, send)
         ctx = RequestContext(self, path)
         access = self.access
         if access is not None:
             ctx.credential = credential_of(scope["headers"])
+        failed: Exception | None = None
         try:
-            if access is None or access.open:
-                ctx.authenticated = True
-            elif handler in self.keyed:
-                # From the headers alone, before any work that grows with the request (body, parse, tokens).
-                ctx.key = await access.authenticate(ctx.credential)
-                ctx.key_id, ctx.key_name, ctx.authenticated = ctx.key.id, ctx.key.name, True
-            await handler(self, request, ctx)
-        except ClientGone:
-            return
-        except GatewayError as error:
+            try:
+                if access is None or access.open:
+                    ctx.authenticated = True
+                elif handler in self.keyed:
+                    # From the headers alone, before any work that grows with the request (body, parse, tokens).
+                    ctx.key = await access.authenticate(ctx.credential)
+                    ctx.key_id, ctx.key_name, ctx.authenticated = ctx.key.id, ctx.key.name, True
+                await handler(self, request, ctx)
+            except Exception as exc:
+                failed = exc  # answered after the block: no await inside one (hot_path: the compiled build)
+            if failed is not None and not isinstance(failed, ClientGone):
+                await self._answer_failure(scope, request, ctx, route, failed)
+        finally:
+            failed = None  # no cycle through its traceback to this frame
+            if ctx.reservation is not None and self.access is not None:
+                self.access.release(ctx)  # ended without an outcome: give the budget back
+
+    async def _answer_failure(
+        self,
+        scope: Scope,
+        request: Request,
+        ctx: RequestContext,
+        route: tuple[Handler, ErrorWriter],
+        error: Exception,
+    ) -> None:
+        """A handler's failure as the ingress's own error answer (a 500 without a traceback for the
+        unexpected), unless the answer had already begun; the spend record is spooled before it goes out."""
+        handler, write_error = route
+        send = request.send
+        if isinstance(error, GatewayError):
             self._log_error(scope, ctx, error.status)
             reply = None
             if not request.started:
                 headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
                 reply = write_error(send, error.status, error.to_body(), self._id_headers(headers, handler, ctx))
-            await ctx.end(ctx.failure(error), reply)  # the spend record is spooled before the error goes out
-        except ProviderError as error:
+            await ctx.end(ctx.failure(error), reply)
+        elif isinstance(error, ProviderError):
             self._log_error(scope, ctx, error.client_status)
             reply = None
             if not request.started:
@@ -228,8 +249,8 @@ class Gateway:
             # Answers a guardrail turned down were still paid for: their cost goes to the spend log.
             cost = records_cost(error.records) if error.kind in GUARDRAIL_KINDS and error.records else 0.0
             await ctx.end(ctx.failure(error, error.records, cost=cost), reply)
-        except Exception:
-            log.exception("unexpected error in %s (request %s)", path, ctx.request_id)
+        else:
+            log.error("unexpected error in %s (request %s)", scope["path"], ctx.request_id, exc_info=error)
             self._log_error(scope, ctx, 500)
             if not request.started:
                 body = {
@@ -241,9 +262,6 @@ class Gateway:
                     }
                 }
                 await write_error(send, 500, body, [])
-        finally:
-            if ctx.reservation is not None and self.access is not None:
-                self.access.release(ctx)  # ended without an outcome: give the budget back
 
     def _path_route(self, method: str, path: str) -> tuple[Handler, ErrorWriter] | None:
         """The route of a path that carries a parameter (a model or response id, an admin object)."""
@@ -288,10 +306,13 @@ class Gateway:
         while True:
             message = await receive()
             if message["type"] == "lifespan.startup":
+                failed: str | None = None
                 try:
                     await self.startup()
                 except Exception as exc:  # pragma: no cover - reported to the server
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    failed = str(exc)  # sent after the block: no await inside one (hot_path)
+                if failed is not None:  # pragma: no cover
+                    await send({"type": "lifespan.startup.failed", "message": failed})
                     return
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":

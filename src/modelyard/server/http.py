@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
 from modelyard.schema.errors import GatewayError, ModelyardError
+
+T = TypeVar("T")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -173,11 +175,35 @@ async def send_error(send: Send, error: GatewayError, extra: Headers | None = No
     await send_json(send, error.status, error.to_body(), headers)
 
 
+async def always(work: Awaitable[T], cleanup: Callable[[], Awaitable[object]]) -> T:
+    """`try: return await work` / `finally: await cleanup()`, written for the compiled build: mypyc keeps a
+    coroutine's handled exception in the thread's state, not the coroutine's, so an await inside an `except` or
+    `finally` block that lets another task run leaks that exception or raises a stale one later
+    (tests/e2e/test_exception_state.py). Here the cleanup is awaited after the block."""
+    try:
+        value = await work
+    except BaseException as exc:
+        failure = exc
+    else:
+        await cleanup()
+        return value
+    await cleanup()
+    try:
+        raise failure
+    finally:
+        del failure  # no cycle through its traceback to this frame
+
+
 async def cancel_quietly(task: asyncio.Future[Any] | None) -> None:
+    """Cancel `task` and wait until it has finished, its outcome consumed (nothing logged as never retrieved).
+
+    It waits with `asyncio.wait` rather than `await task`: a cancellation of the caller itself still propagates
+    (awaiting the task would swallow it with the task's own), and the compiled build runs it the same way in a
+    `finally` block (issue #20: awaiting a cancelled task there let its `CancelledError` escape).
+    """
     if task is None or task.done():
         return
     task.cancel()
-    try:
-        await task
-    except (asyncio.CancelledError, Exception):
-        pass
+    await asyncio.wait((task,))
+    if not task.cancelled():
+        task.exception()

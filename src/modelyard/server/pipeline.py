@@ -19,9 +19,9 @@ from modelyard.routing.reach import request_reach
 from modelyard.routing.sticky import SESSION_HEADER, explicit_session, session_key
 from modelyard.schema.chat import ChatRequest, Usage
 from modelyard.schema.errors import ProviderError
-from modelyard.server.codecs.base import Codec, Inbound
+from modelyard.server.codecs.base import Codec, Inbound, StreamEncoder
 from modelyard.server.codecs.chat_completions import cached_answer
-from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, Send, cancel_quietly, send_json
+from modelyard.server.http import JSON_HEADERS, SSE_HEADERS, Headers, Request, Send, always, cancel_quietly, send_json
 from modelyard.server.response_cache import (
     HIT,
     MISS,
@@ -102,10 +102,8 @@ class CodecRoute:
                 queue=queue,
             )
             ctx.queue_ms = result.queue_ms
-            try:
-                await pump(gw, request, ctx, codec, inbound, result, ticket)
-            finally:
-                await result.aclose()  # a no-op after a full answer; else the upstream call and its slot are freed
+            # result.aclose: a no-op after a full answer; else the upstream call and its slot are freed.
+            await always(pump(gw, request, ctx, codec, inbound, result, ticket), result.aclose)
             return
         vet = guards.vet if guards is not None and guards.has_output else None
         success = await router.complete(
@@ -169,7 +167,6 @@ async def pump(
     spend record is in the spool before it. With a response-cache `ticket` that may store, what was sent is
     kept (up to a bound) and stored as the answer before the last byte (a local put; Redis is written in the
     background)."""
-    send = request.send_body
     encoder = codec.stream(inbound, result)
     headers = SSE_HEADERS + gw.answer_headers(ctx, result.deployment, result.records, None)
     extra = codec.headers(ctx)
@@ -177,67 +174,112 @@ async def pump(
         headers.extend(extra)
     sent = _Sent.for_ticket(gw.response_cache, ticket, headers)
     try:
-        await request.start_stream(headers)
-        start = encoder.start()
-        if start:
-            sent.add(start)
-            await send(start, True)
-        held = b""
-        batches = 0
-        error: ProviderError | None = None
-        watcher: asyncio.Future[None] | None = None
-        guards = ctx.guards
-        screen = guards.stream_filter() if guards is not None else None
-        source = result.batches() if screen is None else screen.batches(result.batches())
-        try:
-            async for batch in source:
-                batches += 1
-                if watcher is None:
-                    # Watch for a client that goes away only once the answer spans more than one read: an answer
-                    # that arrives at once needs no watcher (and saves a task per request).
-                    watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
-                elif watcher.done():
-                    await result.aclose()
-                    ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd)
-                    return
-                body = encoder.batch(batch)
-                if result.upstream_done:
-                    held += body
-                elif body:
-                    sent.add(held + body)
-                    await send(held + body, True)
-                    held = b""
-        except ProviderError as exc:
-            error = exc
-        except asyncio.CancelledError:
-            # The server is stopping and this stream outlived the drain deadline: what was streamed was used
-            # upstream, so its spend row (estimated from the text when the provider sent no usage) is written.
-            await result.aclose()
-            ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd, "server_stopping")
-            raise
-        finally:
-            await cancel_quietly(watcher)
-            if screen is not None:
-                await source.aclose()  # a client gone mid-stream: the filter reports what it found so far
-        if screen is not None and screen.blocked is not None:
-            error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
-            result.records[-1].outcome = error.kind.value
-        cost = result.cost_usd
-        if error is not None:
-            failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-            await ctx.end(failed, send(held + encoder.error(error)))
-            return
-        tail = held + encoder.finish(result.usage, cost)
-        outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
-        if sent.wanted:
-            await sent.store(gw, tail, result)
-        pending = codec.commit(inbound, ctx)
-        if pending is not None:
-            await pending
-        await ctx.end(outcome, send(tail))
+        # A stream that ended before its first byte still answers with its headers.
+        await always(_stream_out(gw, request, ctx, codec, inbound, result, encoder, headers, sent), request.flush_start)
     finally:
         sent.release()  # the bytes kept for the cache go back to its recording budget, however the stream ended
-        await request.flush_start()  # a stream that ended before its first byte still answers with its headers
+
+
+async def _stream_out(
+    gw: Gateway,
+    request: Request,
+    ctx: RequestContext,
+    codec: Codec,
+    inbound: Inbound,
+    result: StreamResult,
+    encoder: StreamEncoder,
+    headers: Headers,
+    sent: _Sent,
+) -> None:
+    """`pump`'s stream: the start, each batch, then the tail or the error event. Cleanup that awaits runs
+    after the `except` blocks, not in them (hot_path: the compiled build)."""
+    send = request.send_body
+    await request.start_stream(headers)
+    start = encoder.start()
+    if start:
+        sent.add(start)
+        await send(start, True)
+    held = b""
+    batches = 0
+    error: ProviderError | None = None
+    stopped: BaseException | None = None
+    gone = False
+    watcher: asyncio.Future[None] | None = None
+    guards = ctx.guards
+    screen = guards.stream_filter() if guards is not None else None
+    source = result.batches() if screen is None else screen.batches(result.batches())
+    try:
+        async for batch in source:
+            batches += 1
+            if watcher is None:
+                # Watch for a client that goes away only once the answer spans more than one read: an answer
+                # that arrives at once needs no watcher (and saves a task per request).
+                watcher = asyncio.ensure_future(request.wait_disconnect()) if batches > 1 else None
+            elif watcher.done():
+                gone = True
+                break
+            body = encoder.batch(batch)
+            if result.upstream_done:
+                held += body
+            elif body:
+                sent.add(held + body)
+                await send(held + body, True)
+                held = b""
+    except ProviderError as exc:
+        error = exc
+    except BaseException as exc:
+        stopped = exc  # the server stopping, a write to a client gone: cleaned up below, then raised
+    if gone or isinstance(stopped, asyncio.CancelledError):
+        # The client went away, or the server is stopping and this stream outlived the drain deadline: what was
+        # streamed was used upstream, so its spend row (estimated from the text when the provider sent no
+        # usage) is written.
+        await result.aclose()
+        reason = "client_disconnected" if stopped is None else "server_stopping"
+        ctx.finish_cancelled(result.deployment, result.records, result.usage, result.cost_usd, reason)
+    await cancel_quietly(watcher)
+    if screen is not None:
+        await source.aclose()  # a client gone mid-stream: the filter reports what it found so far
+    if stopped is not None:
+        try:
+            raise stopped
+        finally:
+            stopped = None  # no cycle through its traceback to this frame
+    if gone:
+        return
+    if screen is not None and screen.blocked is not None:
+        error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
+        result.records[-1].outcome = error.kind.value
+    await _end_stream(gw, request, ctx, codec, inbound, result, encoder, sent, held, error)
+
+
+async def _end_stream(
+    gw: Gateway,
+    request: Request,
+    ctx: RequestContext,
+    codec: Codec,
+    inbound: Inbound,
+    result: StreamResult,
+    encoder: StreamEncoder,
+    sent: _Sent,
+    held: bytes,
+    error: ProviderError | None,
+) -> None:
+    """The last write: the error event, or the tail (usage, cost, the end marker) with the held-back batch;
+    the spend record (and the cache's copy) first."""
+    send = request.send_body
+    cost = result.cost_usd
+    if error is not None:
+        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        await ctx.end(failed, send(held + encoder.error(error)))
+        return
+    tail = held + encoder.finish(result.usage, cost)
+    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    if sent.wanted:
+        await sent.store(gw, tail, result)
+    pending = codec.commit(inbound, ctx)
+    if pending is not None:
+        await pending
+    await ctx.end(outcome, send(tail))
 
 
 async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:

@@ -503,21 +503,23 @@ class GatewayHttpProtocol(asyncio.Protocol):
     async def _run(self, exchange: Exchange, app: Callable[..., Any]) -> None:
         """The app on one request; whatever it does wrong ends as a 500 or a closed connection, never a
         request left hanging."""
+        failed = False
         try:
             await app(exchange.scope, exchange.receive, exchange.send)
         except BaseException as exc:
             log.error("Exception in ASGI application\n", exc_info=exc)
+            failed = True  # answered after the block: no await inside one (hot_path: the compiled build)
+        if failed:
             if not exchange.response_started:
                 await self._send_500(exchange)
             else:
                 self.transport.close()
-        else:
-            if not exchange.response_started and not exchange.disconnected:
-                log.error("ASGI callable returned without starting response.")
-                await self._send_500(exchange)
-            elif not exchange.response_complete and not exchange.disconnected:
-                log.error("ASGI callable returned without completing response.")
-                self.transport.close()
+        elif not exchange.response_started and not exchange.disconnected:
+            log.error("ASGI callable returned without starting response.")
+            await self._send_500(exchange)
+        elif not exchange.response_complete and not exchange.disconnected:
+            log.error("ASGI callable returned without completing response.")
+            self.transport.close()
 
     @staticmethod
     async def _send_500(exchange: Exchange) -> None:

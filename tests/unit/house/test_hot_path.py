@@ -39,6 +39,38 @@ def test_the_list_keeps_out_what_mypyc_cannot_compile() -> None:
                 assert node.id != "runtime_checkable", path
 
 
+def awaits_in_handlers(source: str) -> list[int]:
+    """Lines that await (or `async for` / `async with`) inside an `except` or `finally` block, and `async with`
+    statements anywhere except `asyncio.timeout` (whose exit never suspends): mypyc keeps a coroutine's handled
+    exception in the thread's state, so a switch to another task there leaks or resurrects one."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Try | ast.TryStar):
+            bodies = [handler.body for handler in node.handlers] + [node.finalbody]
+            for stmt in (stmt for body in bodies for stmt in body):
+                found += [n.lineno for n in ast.walk(stmt) if isinstance(n, ast.Await | ast.AsyncFor | ast.AsyncWith)]
+        if isinstance(node, ast.AsyncWith):
+            timeouts = [item for item in node.items if ast.unparse(item.context_expr).startswith("asyncio.timeout(")]
+            if len(timeouts) != len(node.items):
+                found.append(node.lineno)
+    return sorted(set(found))
+
+
+def test_hot_path_coroutines_do_not_await_in_except_or_finally_blocks() -> None:
+    """tests/e2e/test_exception_state.py shows what it breaks; cleanup that awaits runs after the block
+    (`modelyard.server.http.always`)."""
+    for path in hot_path.source_paths(str(ROOT)):
+        assert awaits_in_handlers(Path(path).read_text()) == [], path
+
+
+def test_the_await_rule_sees_each_form() -> None:
+    assert awaits_in_handlers("async def f():\n    try:\n        pass\n    except E:\n        await g()\n") == [5]
+    assert awaits_in_handlers("async def f():\n    try:\n        pass\n    finally:\n        await g()\n") == [5]
+    assert awaits_in_handlers("async def f():\n    async with lock:\n        pass\n") == [2]
+    assert awaits_in_handlers("async def f():\n    async with asyncio.timeout(1):\n        await g()\n") == []
+    assert awaits_in_handlers("async def f():\n    try:\n        await g()\n    except E:\n        x = 1\n") == []
+
+
 @pytest.mark.skipif(os.environ.get("MODELYARD_EXPECT_COMPILED") == "1", reason="the compiled pass checks the other way")
 def test_a_source_tree_runs_pure_python() -> None:
     assert hot_path.compiled() == []

@@ -10,8 +10,7 @@ reason: `providers/transport.py` and `routing/executor.py` (async generators, wh
 `providers/base.py` (runtime-checkable protocols), `routing/trace.py` (msgspec structs), `accounting/spend.py`
 (a surrogate code point in a literal), `providers/openai.py` (its adapter and stream translator are
 subclassed by Azure's and by third-party adapters, which a compiled base class refuses, and its msgspec
-options lose their annotations compiled), `server/pipeline.py` (compiled, its stream pump let a
-cancellation escape that it handles in Python, from `await cancel_quietly(watcher)` in a `finally` block).
+options lose their annotations compiled).
 
 Compiled code checks the declared types of arguments at run time, and reads class attributes set after
 import only when they are declared `ClassVar`: the compiled pass of `scripts/test` runs the suites that
@@ -48,6 +47,7 @@ MODULES: tuple[str, ...] = (
     "modelyard.server.context",
     "modelyard.server.http",
     "modelyard.server.metrics",
+    "modelyard.server.pipeline",
     "modelyard.server.priority",
     "modelyard.server.protocol",
     "modelyard.server.services",

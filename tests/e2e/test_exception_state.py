@@ -23,34 +23,21 @@ import pytest
 from modelyard.config.loader import parse_config
 from modelyard.server.background import BackgroundServer
 from modelyard.server.factory import create_app
-from modelyard.sim.fleet import Fleet, SimModel
 from modelyard.sim.server import SimServer
+
+from .conftest import gateway_yaml
+from .keys import create_key
 
 MASTER = "sk-master-exception-state-0123"
 PROMPT: Any = [{"role": "user", "content": "Say something short."}]
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
-    fleet = Fleet(models=[SimModel(name="sim-fast", output_tokens=12)])
-    with SimServer(fleet) as sim:
-        text = f"""
-deployments:
-  - name: fast@openai
-    provider: openai
-    model: sim-fast
-    api_base: {sim.openai_base}
-    api_key: sim
-    price: {{input: 3.0, output: 15.0}}
-models:
-  fast: {{candidates: [fast@openai]}}
-access:
-  master_key: {MASTER}
-spend:
-  store: {tmp_path_factory.mktemp("gw") / "modelyard.db"}
-"""
-        with BackgroundServer(create_app(parse_config(text, env={}))) as gateway:
-            yield gateway
+def server(sim: SimServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[BackgroundServer]:
+    spend = tmp_path_factory.mktemp("gw") / "modelyard.db"
+    text = gateway_yaml(sim.url, f"access:\n  master_key: {MASTER}\nspend:\n  store: {spend}\n")
+    with BackgroundServer(create_app(parse_config(text, env={}))) as gateway:
+        yield gateway
 
 
 def handled_on_server_thread(server: BackgroundServer) -> BaseException | None:
@@ -70,7 +57,7 @@ def refuse_concurrently(url: str, key: str, count: int) -> list[int]:
                 client.post(
                     "/v1/chat/completions",
                     headers={"Authorization": f"Bearer {key}"},
-                    json={"model": "fast", "messages": PROMPT, "stream": i % 2 == 0},
+                    json={"model": "via-openai", "messages": PROMPT, "stream": i % 2 == 0},
                 )
                 for i in range(count)
             ]
@@ -81,24 +68,17 @@ def refuse_concurrently(url: str, key: str, count: int) -> list[int]:
 
 def test_refusals_leave_no_exception_and_streams_still_end_cleanly(server: BackgroundServer) -> None:
     url = server.url
-    made = httpx.post(
-        url + "/admin/keys",
-        headers={"Authorization": f"Bearer {MASTER}"},
-        json={"name": "elsewhere", "models": ["other"]},
-        timeout=30,
-    ).json()
+    elsewhere = create_key(url, MASTER, models=["other"])
     for _ in range(3):
-        assert set(refuse_concurrently(url, made["key"], 60)) == {403}
+        assert set(refuse_concurrently(url, elsewhere["key"], 60)) == {403}
     assert handled_on_server_thread(server) is None
 
-    allowed = httpx.post(
-        url + "/admin/keys", headers={"Authorization": f"Bearer {MASTER}"}, json={"name": "allowed"}, timeout=30
-    ).json()
+    allowed = create_key(url, MASTER)
     client = openai.OpenAI(base_url=url + "/v1", api_key=allowed["key"], max_retries=0)
     for _ in range(5):
         chunks = list(
             client.chat.completions.create(
-                model="fast", messages=PROMPT, stream=True, stream_options={"include_usage": True}
+                model="via-openai", messages=PROMPT, stream=True, stream_options={"include_usage": True}
             )
         )
         assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0  # the final chunk came

@@ -191,14 +191,41 @@ async def _stream_out(
     headers: Headers,
     sent: _Sent,
 ) -> None:
-    """`pump`'s stream: the start, each batch, then the tail or the error event. Cleanup that awaits runs
-    after the `except` blocks, not in them (hot_path: the compiled build)."""
+    """`pump`'s stream: the start, each batch (`_forward`), then the last write, the error event or the tail
+    (usage, cost, the end marker) with the held-back batch; the spend record (and the cache's copy) first."""
     send = request.send_body
     await request.start_stream(headers)
     start = encoder.start()
     if start:
         sent.add(start)
         await send(start, True)
+    forwarded = await _forward(request, ctx, result, encoder, sent)
+    if forwarded is None:
+        return  # the client went away: its spend row is written
+    held, error = forwarded
+    cost = result.cost_usd
+    if error is not None:
+        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
+        await ctx.end(failed, send(held + encoder.error(error)))
+        return
+    tail = held + encoder.finish(result.usage, cost)
+    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
+    if sent.wanted:
+        await sent.store(gw, tail, result)
+    pending = codec.commit(inbound, ctx)
+    if pending is not None:
+        await pending
+    await ctx.end(outcome, send(tail))
+
+
+async def _forward(
+    request: Request, ctx: RequestContext, result: StreamResult, encoder: StreamEncoder, sent: _Sent
+) -> tuple[bytes, ProviderError | None] | None:
+    """The batches as they come (through the stream filter when guardrails screen the output), the one after
+    which the provider said it was done held back: what is left to send and the error that ended the stream
+    (a provider's, or the filter's block), or None when the client went away. Cleanup that awaits runs after
+    the `except` blocks, not in them (hot_path: the compiled build)."""
+    send = request.send_body
     held = b""
     batches = 0
     error: ProviderError | None = None
@@ -245,41 +272,11 @@ async def _stream_out(
         finally:
             stopped = None  # no cycle through its traceback to this frame
     if gone:
-        return
+        return None
     if screen is not None and screen.blocked is not None:
         error = screen.error()  # the stream ends with the error event; no byte of the blocked text was sent
         result.records[-1].outcome = error.kind.value
-    await _end_stream(gw, request, ctx, codec, inbound, result, encoder, sent, held, error)
-
-
-async def _end_stream(
-    gw: Gateway,
-    request: Request,
-    ctx: RequestContext,
-    codec: Codec,
-    inbound: Inbound,
-    result: StreamResult,
-    encoder: StreamEncoder,
-    sent: _Sent,
-    held: bytes,
-    error: ProviderError | None,
-) -> None:
-    """The last write: the error event, or the tail (usage, cost, the end marker) with the held-back batch;
-    the spend record (and the cache's copy) first."""
-    send = request.send_body
-    cost = result.cost_usd
-    if error is not None:
-        failed = ctx.failure(error, result.records, after_first_byte=True, usage=result.usage, cost=cost)
-        await ctx.end(failed, send(held + encoder.error(error)))
-        return
-    tail = held + encoder.finish(result.usage, cost)
-    outcome = ctx.success(result.deployment, result.records, result.usage, cost, ttft_ms=result.ttft_ms)
-    if sent.wanted:
-        await sent.store(gw, tail, result)
-    pending = codec.commit(inbound, ctx)
-    if pending is not None:
-        await pending
-    await ctx.end(outcome, send(tail))
+    return held, error
 
 
 async def _answer_from_cache(gw: Gateway, request: Request, ctx: RequestContext, cached: Any) -> None:

@@ -350,6 +350,11 @@ class OpenAIStreamTranslator:
         self._finished = False
         #: The first chunk carried id, created and model: later plain content deltas can pass through raw.
         self._shaped = False
+        #: The bytes before and after the content string of the first plain content delta (`_delta_shape`):
+        #: a later event with the same bytes around a string without quotes is plain too, checked in three
+        #: cheap scans instead of `_plain_delta`'s five.
+        self._head: bytes | None = None
+        self._tail = b""
 
     @property
     def done(self) -> bool:
@@ -360,11 +365,17 @@ class OpenAIStreamTranslator:
         if data == b"[DONE]":
             self._done = True
             return []
-        if self._shaped and _plain_delta(data) and event.event is None:
-            # A content delta of a well-formed stream needs no change: its bytes go out as they came
-            # (no decode, no encode). Anything else (the first chunk, a finish, tool calls, usage, errors)
-            # is decoded and normalised below.
-            return [msgspec.Raw(data)]
+        if event.event is None:
+            head = self._head
+            if head is not None and _same_shape(data, head, self._tail):
+                return [msgspec.Raw(data)]
+            if self._shaped and _plain_delta(data):
+                # A content delta of a well-formed stream needs no change: its bytes go out as they came
+                # (no decode, no encode). Anything else (the first chunk, a finish, tool calls, usage,
+                # errors) is decoded and normalised below.
+                if head is None:
+                    self._head, self._tail = _delta_shape(data)
+                return [msgspec.Raw(data)]
         if not data.strip():
             return []
         chunk = decode_event(data)
@@ -420,6 +431,36 @@ def _plain_delta(data: bytes) -> bool:
         and b'"tool_calls"' not in data
         and b'"usage":{' not in data
         and b'"error"' not in data
+    )
+
+
+_CONTENT = b'"delta":{"content":"'
+
+
+def _delta_shape(plain: bytes) -> tuple[bytes | None, bytes]:
+    """The bytes before and after the content string of a plain delta (one `_plain_delta` passed), or
+    (None, b"") when its string has an escape (its closing quote is then not simply the next quote)."""
+    start = plain.find(_CONTENT)
+    if start < 0:
+        return None, b""
+    head_end = start + len(_CONTENT)
+    close = plain.find(b'"', head_end)
+    if close < 0 or plain.find(b"\\", head_end, close) >= 0:
+        return None, b""
+    return plain[:head_end], plain[close:]
+
+
+def _same_shape(data: bytes, head: bytes, tail: bytes) -> bool:
+    """`data` is the learned plain delta with another content string: the same bytes before and after it,
+    and between them no quote (the string cannot end early) and no final backslash (it cannot escape the
+    closing quote). Such an event is as plain as the one the shape was learned from."""
+    end = len(data) - len(tail)
+    return (
+        end >= len(head)
+        and data.startswith(head)
+        and data.endswith(tail)
+        and data.find(b'"', len(head), end) < 0
+        and data[end - 1] != 0x5C
     )
 
 

@@ -27,6 +27,9 @@ class SSEParser:
         self._buf = blocks.pop()
         events: list[SSEEvent] = []
         for block in blocks:
+            if block.startswith(b"data: ") and b"\n" not in block:  # the common case, one data line, inline
+                events.append(SSEEvent(block[6:]))
+                continue
             event = _parse_block(block)
             if event is not None:
                 events.append(event)
@@ -46,8 +49,6 @@ class SSEParser:
 
 
 def _parse_block(block: bytes) -> SSEEvent | None:
-    if block.startswith(b"data: ") and b"\n" not in block:  # the common case: one data line
-        return SSEEvent(block[6:])
     name: str | None = None
     data: list[bytes] = []
     for line in block.split(b"\n"):

@@ -9,7 +9,7 @@ import pytest
 
 from modelyard.config.model import Deployment
 from modelyard.providers.base import SSEEvent
-from modelyard.providers.openai import OpenAIAdapter
+from modelyard.providers.openai import OpenAIAdapter, _delta_shape, _same_shape
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.chat import ChatRequest, EmbeddingRequest
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -205,6 +205,53 @@ def test_stream_chunks_needing_care_are_never_passed_raw():
     assert isinstance(translator.feed(SSEEvent(spaced))[0], dict)  # not compact JSON: decoded
     with pytest.raises(ProviderError):
         translator.feed(SSEEvent(b'{"error": {"message": "boom"}, "choices": [{"finish_reason":null}]}'))
+
+
+def _shaped_translator(first_content: str = "Hi") -> tuple[object, bytes, bytes]:
+    """A translator that has seen a stream's first chunk and one plain delta; the bytes around that delta's
+    content string."""
+    base = b'{"id":"c9","object":"chat.completion.chunk","created":7,"model":"m","choices":[{"index":0,'
+    translator = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
+    translator.feed(SSEEvent(base + b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}'))
+    head = base + b'"delta":{"content":"'
+    tail = b'"},"logprobs":null,"finish_reason":null}],"usage":null}'
+    out = translator.feed(SSEEvent(head + first_content.encode() + tail))
+    assert isinstance(out[0], msgspec.Raw)
+    return translator, head, tail
+
+
+@pytest.mark.parametrize("content", ["", " world", "caf\\u00e9 \\\\ ok", "{},[]:"])
+def test_deltas_shaped_like_a_plain_one_pass_through_as_they_came(content: str) -> None:
+    translator, head, tail = _shaped_translator()
+    data = head + content.encode() + tail
+    out = translator.feed(SSEEvent(data))
+    assert len(out) == 1 and isinstance(out[0], msgspec.Raw) and bytes(out[0]) == data
+    assert msgspec.json.decode(bytes(out[0]))["choices"][0]["delta"]["content"] == json.loads(f'"{content}"')
+
+
+def test_a_delta_that_only_looks_like_the_plain_shape_is_decoded() -> None:
+    translator, head, tail = _shaped_translator()
+    # The same bytes around it, but its content string closes early and a tool call follows: normalised.
+    smuggled = head + b'x","tool_calls":[{"index":0,"function":{"arguments":{"a":1}}}],"role":"assistant' + tail
+    out = translator.feed(SSEEvent(smuggled))
+    assert isinstance(out[0], dict)
+    assert out[0]["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"] == '{"a":1}'
+    # Another tail (a finishing chunk) is decoded as before; another head (another choice) is checked in full.
+    finishing = head + b'!"},"logprobs":null,"finish_reason":"max_tokens"}],"usage":null}'
+    assert translator.feed(SSEEvent(finishing))[0]["choices"][0]["finish_reason"] == "length"
+    other = head.replace(b'"index":0', b'"index":1') + b"y" + tail
+    assert isinstance(translator.feed(SSEEvent(other))[0], msgspec.Raw)
+
+
+def test_the_shape_check_leaves_nothing_that_could_end_the_string_to_chance() -> None:
+    _, head, tail = _shaped_translator()
+    assert _same_shape(head + b"plain" + tail, head, tail)
+    assert not _same_shape(head + b'a"b' + tail, head, tail)  # a quote: the string could end there
+    assert not _same_shape(head + b"a\\" + tail, head, tail)  # would escape the closing quote
+    assert not _same_shape(head[:-1] + tail, head, tail)  # head and tail overlap: not this shape
+    # A first delta whose string has an escape teaches no shape (its closing quote is not simply the next one).
+    assert _delta_shape(head + b'say \\"hi' + tail) == (None, b"")
+    assert _delta_shape(head + b"hi" + tail) == (head, tail)
 
 
 def test_stream_cut_and_error_event():

@@ -46,7 +46,7 @@ while True:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--standin", default="real", choices=["real", "none", "sleep", "burn", "burn-idle"])
+    parser.add_argument("--standin", default="real", choices=["real", "none", "sleep", "burn", "burn-idle", "prepare"])
     parser.add_argument("--burner", default=None, help="BURN_S,PERIOD_S[,PIECE_S]: another process's bursts")
     parser.add_argument("--batch-size", type=int, default=None, help="spend.batch_size")
     parser.add_argument("--rounds", type=int, default=6)

@@ -5,7 +5,9 @@ PYTHONPATH) to find what makes the c=1 p99 tail (issue #20). C1_TAIL_STANDIN pic
 - `none`: the store's write_spend does nothing;
 - `sleep`: the store's thread sleeps as long as a write would take (16 µs a row), the GIL released;
 - `burn`: the store's thread burns the CPU as long, the GIL released between 40 µs pieces (hashlib);
-- `burn-idle`: `burn` at SCHED_IDLE.
+- `burn-idle`: `burn` at SCHED_IDLE;
+- `prepare`: the store's own write_spend prepares each batch on the event loop (rows, parameters, rollups)
+  as it does, but inserts nothing (the cost of the preparation alone).
 """
 
 from __future__ import annotations
@@ -40,6 +42,12 @@ def _install() -> None:
 
         await self._run(work)
 
+    async def insert_nothing(self: Any, *args: Any) -> None:
+        return None
+
+    if _STANDIN == "prepare":
+        sqlite_store.SQLiteStore._insert = insert_nothing  # type: ignore[method-assign]
+        return
     standins = {"none": nothing, "sleep": sleep, "burn": burn, "burn-idle": burn}
     sqlite_store.SQLiteStore.write_spend = standins[_STANDIN]  # type: ignore[method-assign]
 

@@ -8,9 +8,11 @@ included.
 
 The protocol is private to this module and the store's thread: a frame is a 4-byte big-endian length and a
 pickle, over the child's stdin and stdout (the child moves its stdout aside first, so that a stray print
-cannot corrupt a frame). A request is the arguments of `sqlite_store.insert_spend`; the reply is `None`, or
-the exception it raised (a `sqlite3.IntegrityError`, an `OverflowError` at binding ...), re-raised in the
-caller so the spend writer tells bad rows from outages as before.
+cannot corrupt a frame). A request is a batch of spend records, msgpack-encoded by the store
+(`sqlite_store.insert_records` prepares and inserts it here, so that the preparation's CPU leaves the gateway's
+event loop too); the reply is `None`, or the exception it raised (a `SpendDataError` for a record that cannot be
+stored, a `sqlite3.IntegrityError`, an `OverflowError` at binding ...), re-raised in the caller so the spend
+writer tells bad rows from outages as before.
 
 Dying processes: the child exits when its stdin ends, so it never outlives the gateway (kill -9 included);
 it ignores SIGINT and SIGTERM, which reach a whole process group or service, so that the gateway's last flush
@@ -82,7 +84,7 @@ class InsertProcess:
         return None if self._child is None else self._child.pid
 
     def call(self, *arguments: Any) -> None:
-        """Run `insert_spend(connection, *arguments)` in the child; re-raise what it raised."""
+        """Run `insert_records(connection, *arguments)` in the child; re-raise what it raised."""
         child = self._child or self._start()
         self.calls += 1
         assert child.stdin is not None and child.stdout is not None
@@ -167,7 +169,7 @@ def _serve(path: str) -> None:
     replies = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)  # a stray print goes to stderr, never into a frame
     requests = os.fdopen(0, "rb")
-    from modelyard.state.sqlite_store import connect, insert_spend
+    from modelyard.state.sqlite_store import connect, insert_records
 
     conn = connect(path)
     _step_aside(conn)
@@ -179,7 +181,7 @@ def _serve(path: str) -> None:
                 return
             reply: BaseException | None = None
             try:
-                insert_spend(conn, *arguments)
+                insert_records(conn, *arguments)
             except Exception as exc:  # sent back to be re-raised by the caller
                 reply = exc
             try:

@@ -124,9 +124,19 @@ _SPEND_INSERTS = {rows: _spend_insert(rows) for rows in _STATEMENT_ROWS}
 
 
 def _statement_rows(total: int) -> list[int]:
-    """The row counts of the statements that insert `total` rows (see _STATEMENT_ROWS)."""
+    """The row counts of the statements that insert `total` rows: full ones, then the rest in powers of two
+    (see _STATEMENT_ROWS)."""
     rest = total % INSERT_ROWS
     return [INSERT_ROWS] * (total // INSERT_ROWS) + [n for n in _STATEMENT_ROWS[1:] if rest & n]
+
+
+def _statements(total: int) -> list[tuple[int, int]]:
+    """The first row and the row count of each statement that inserts `total` rows."""
+    sizes = _statement_rows(total)
+    starts = [0]
+    for size in sizes[:-1]:
+        starts.append(starts[-1] + size)
+    return list(zip(starts, sizes, strict=True))
 
 
 #: Rollup deltas go in as plain parameters (executemany): a batch adds a few dozen groups, and a json_extract
@@ -260,61 +270,54 @@ class SQLiteStore:
     # ------------------------------------------------------------------ spend
 
     async def write_spend(self, records: Sequence[SpendRecord]) -> None:
-        """The rows and their rollups in one transaction. The rollup deltas are summed here, on the caller's
-        side, assuming every id is new; the writer thread sums again only the rows of a batch whose ids
-        were partly stored already (a spool replay), so each row is counted once."""
+        """The rows and their rollups in one transaction. The rollup deltas are summed with the rows, assuming
+        every id is new; the insert sums again only the rows of a batch whose ids were partly stored already
+        (a spool replay), so each row is counted once."""
         if not records:
             return
-        rows: list[tuple[Any, ...]] = []
-        statements: list[tuple[str, tuple[Any, ...]]] = []
-        grouped: Grouped = {}
-        start = 0
-        try:
-            for size in _statement_rows(len(records)):
-                if start and start % _LOOP_TURN_ROWS == 0:
-                    await asyncio.sleep(0)  # the event loop's turn
-                chunk = [spend_row(r) for r in records[start : start + size]]
-                start += size
-                rows += chunk
-                parameters = tuple(chain.from_iterable(chunk))
-                if unstorable("".join([p for p in parameters if type(p) is str])):
-                    # SQLite would keep a NUL, PostgreSQL cannot: refused, so the writer sanitises the row
-                    raise ValueError("a NUL or a lone surrogate in a spend row's text")
-                statements.append((_SPEND_INSERTS[size], parameters))
-                group_rows(chunk, grouped)
-            ids = _encode([row[0] for row in rows])
-            rollups = deltas_of(grouped)
-        except (UnicodeEncodeError, OverflowError, TypeError, ValueError) as exc:  # unstorable text, NaN times
-            raise SpendDataError(str(exc)) from exc
-        try:
-            await self._insert(statements, ids, rows, rollups)
-        except (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError) as exc:
-            raise SpendDataError(str(exc)) from exc
-        except OverflowError as exc:  # binding an int beyond 64 bits
-            raise SpendDataError(str(exc)) from exc
+        helper = self._insert_process(len(records))
+        if helper is None or not await self._insert_in(helper, records):
+            await self._insert_here(records)
         before = self._purge.due(r.at for r in records)
         if before is not None:
             purge = PURGE_MINUTES_SQL.format(ph="?")
             await self._run(lambda conn: conn.execute(purge, (before,)))
 
-    async def _insert(
-        self,
-        statements: list[tuple[str, tuple[Any, ...]]],
-        ids: bytes,
-        rows: list[tuple[Any, ...]],
-        rollups: dict[str, list[Delta]],
-    ) -> None:
-        """One batch's `insert_spend`: in the helper process when `inserts` says so, else (or when no helper can
-        run here) on the store's thread."""
-        helper = self._insert_process(len(rows))
-        if helper is not None:
-            call = helper.call
-            try:
-                return await self._run(lambda conn: call(statements, ids, rows, rollups))
-            except InsertProcessUnavailable as exc:
-                log.warning("spend log: %s; SQLite's inserts stay on the store's thread", exc)
-                self.inserts, self._process = "thread", None
-        await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
+    async def _insert_in(self, helper: InsertProcess, records: Sequence[SpendRecord]) -> bool:
+        """The batch prepared and inserted by the helper process (`insert_records`): the event loop only
+        encodes the records (~0.3 µs a row, where preparing them costs ~3), so a write no longer holds up the
+        requests behind it (the c=1 tail, docs/benchmarks.md). False when no helper can run here: the store's
+        thread makes this insert and every later one."""
+        try:
+            payload = [_RECORDS.encode(records[start : start + size]) for start, size in _statements(len(records))]
+        except _PREPARE_ERRORS as exc:
+            raise SpendDataError(str(exc)) from exc
+        try:
+            await self._run(lambda conn: helper.call(payload))
+        except InsertProcessUnavailable as exc:
+            log.warning("spend log: %s; SQLite's inserts stay on the store's thread", exc)
+            self.inserts, self._process = "thread", None
+            return False
+        except _BIND_ERRORS as exc:
+            raise SpendDataError(str(exc)) from exc
+        return True
+
+    async def _insert_here(self, records: Sequence[SpendRecord]) -> None:
+        """The batch prepared on the event loop, a turn between every _LOOP_TURN_ROWS rows, and inserted on the
+        store's thread."""
+        batch = SpendBatch()
+        try:
+            for start, size in _statements(len(records)):
+                if start and start % _LOOP_TURN_ROWS == 0:
+                    await asyncio.sleep(0)  # the event loop's turn
+                batch.add(records[start : start + size])
+            statements, ids, rows, rollups = batch.arguments()
+        except _PREPARE_ERRORS as exc:
+            raise SpendDataError(str(exc)) from exc
+        try:
+            await self._run(lambda conn: insert_spend(conn, statements, ids, rows, rollups))
+        except _BIND_ERRORS as exc:
+            raise SpendDataError(str(exc)) from exc
 
     def _insert_process(self, rows: int) -> InsertProcess | None:
         """The helper process for this batch's insert (started on first use); None = the store's thread."""
@@ -465,6 +468,62 @@ def connect(path: str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
+
+
+#: What preparing a batch raises for a record it cannot store: unstorable text, NaN or huge times.
+_PREPARE_ERRORS = (UnicodeEncodeError, OverflowError, TypeError, ValueError)
+#: What SQLite raises for a row it refuses: a constraint, a value it cannot bind (an int beyond 64 bits).
+_BIND_ERRORS = (sqlite3.IntegrityError, sqlite3.DataError, sqlite3.InterfaceError, OverflowError)
+_RECORDS = msgspec.msgpack.Encoder()
+_DECODE_RECORDS = msgspec.msgpack.Decoder(list[SpendRecord]).decode
+
+
+class SpendBatch:
+    """A spend batch as `insert_spend` takes it, built a statement's rows at a time (the event loop takes turns
+    between them; the helper process builds it whole)."""
+
+    __slots__ = ("_grouped", "rows", "statements")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.statements: list[tuple[str, tuple[Any, ...]]] = []
+        self._grouped: Grouped = {}
+
+    def add(self, records: Sequence[SpendRecord]) -> None:
+        """One statement's records (a count in _STATEMENT_ROWS); raises one of _PREPARE_ERRORS for a record
+        that cannot be stored."""
+        chunk = [spend_row(r) for r in records]
+        self.rows += chunk
+        parameters = tuple(chain.from_iterable(chunk))
+        if unstorable("".join([p for p in parameters if type(p) is str])):
+            # SQLite would keep a NUL, PostgreSQL cannot: refused, so the writer sanitises the row
+            raise ValueError("a NUL or a lone surrogate in a spend row's text")
+        self.statements.append((_SPEND_INSERTS[len(chunk)], parameters))
+        group_rows(chunk, self._grouped)
+
+    def arguments(
+        self,
+    ) -> tuple[list[tuple[str, tuple[Any, ...]]], bytes, list[tuple[Any, ...]], dict[str, list[Delta]]]:
+        """`insert_spend`'s arguments after the connection: statements, ids, rows and rollup deltas."""
+        return self.statements, _encode([row[0] for row in self.rows]), self.rows, deltas_of(self._grouped)
+
+
+def insert_records(conn: sqlite3.Connection, payload: list[bytes]) -> None:
+    """The helper process's insert (sqlite_insert_process.py): a batch as `SQLiteStore._insert_in` encoded it, a
+    msgpack list of records per statement, decoded and prepared here a statement at a time with the core given
+    up between (decoding and preparing 200 rows at once is a ~0.7 ms burst that, even at idle priority, held up
+    the requests behind it on two cores), then inserted; a record that cannot be stored is a SpendDataError, as
+    on the event loop."""
+    batch = SpendBatch()
+    try:
+        for index, records in enumerate(payload):
+            if index and _YIELD is not None:
+                _YIELD()
+            batch.add(_DECODE_RECORDS(records))
+        arguments = batch.arguments()
+    except (*_PREPARE_ERRORS, msgspec.DecodeError) as exc:  # DecodeError: a record that did not survive the trip
+        raise SpendDataError(str(exc)) from exc
+    insert_spend(conn, *arguments)
 
 
 def insert_spend(

@@ -6,8 +6,9 @@ PYTHONPATH) to find what makes the c=1 p99 tail (issue #20). C1_TAIL_STANDIN pic
 - `sleep`: the store's thread sleeps as long as a write would take (16 µs a row), the GIL released;
 - `burn`: the store's thread burns the CPU as long, the GIL released between 40 µs pieces (hashlib);
 - `burn-idle`: `burn` at SCHED_IDLE;
-- `prepare`: the store's own write_spend prepares each batch on the event loop (rows, parameters, rollups)
-  as it does, but inserts nothing (the cost of the preparation alone).
+- `prepare`: every batch prepared on the event loop (rows, parameters, rollups), as the store's thread path
+  does, and nothing inserted (the cost of that preparation alone; before 2026-12-06 the helper's batches were
+  prepared there too).
 """
 
 from __future__ import annotations
@@ -42,11 +43,9 @@ def _install() -> None:
 
         await self._run(work)
 
-    async def insert_nothing(self: Any, *args: Any) -> None:
-        return None
-
-    if _STANDIN == "prepare":
-        sqlite_store.SQLiteStore._insert = insert_nothing  # type: ignore[method-assign]
+    if _STANDIN == "prepare":  # the thread's path for every batch (prepared on the loop), its insert a no-op
+        sqlite_store.SQLiteStore._insert_process = lambda self, rows: None  # type: ignore[method-assign]
+        sqlite_store.insert_spend = lambda *args: None
         return
     standins = {"none": nothing, "sleep": sleep, "burn": burn, "burn-idle": burn}
     sqlite_store.SQLiteStore.write_spend = standins[_STANDIN]  # type: ignore[method-assign]

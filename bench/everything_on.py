@@ -21,6 +21,7 @@ import secrets
 import sqlite3
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -45,10 +46,12 @@ def render(
     variant: str,
     redis_prefix: str | None = None,
     spend: dict[str, Any] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> str:
     """The config text of one row: the committed file with its ${BENCH_*} values filled in, plus the row's
     switch (the model's guardrails, or Redis state under `redis_prefix`); `spend`: settings laid over the
-    file's `spend:` (bench/spend_inserts.py compares `sqlite_inserts`)."""
+    file's `spend:` (bench/spend_inserts.py compares `sqlite_inserts`); `edit` changes the parsed config last
+    (bench/feature_costs.py turns one feature off)."""
     if variant not in VARIANTS:
         raise SystemExit(f"unknown variant {variant!r} (one of {', '.join(VARIANTS)})")
     text = CONFIG_FILE.read_text()
@@ -66,6 +69,8 @@ def render(
         if not redis_prefix:
             raise ValueError("the redis row needs a private key prefix")
         config["state"] = {"redis_url": REDIS_URL, "prefix": redis_prefix}
+    if edit is not None:
+        edit(config)
     return yaml.safe_dump(config, sort_keys=False)
 
 

@@ -218,6 +218,7 @@ def modelyard(
     extra_env: dict[str, str] | None = None,
     check: bool | None = None,
     spend: dict[str, Any] | None = None,
+    edit: Callable[[dict[str, Any]], None] | None = None,
 ) -> Contender:
     """`modelyard serve` with every feature on (bench/configs/everything_on.yaml, row `variant`: plain,
     guardrails, redis), self-checked (everything_on.self_check) before it is returned. `src` runs another
@@ -225,14 +226,15 @@ def modelyard(
     valgrind; no self-check then); `python` is the interpreter (server_compare.py's venv); `server` replaces
     `modelyard serve` by another command serving the same app (`{port}` is filled in, MODELYARD_CONFIG names
     the config; `extra_env` is added to its environment); `check`: self-check (default: unless `prefix`);
-    `spend`: settings laid over the config's `spend:`."""
+    `spend`: settings laid over the config's `spend:`; `edit`: a change to the parsed config
+    (`everything_on.render`)."""
     suffix = "" if variant == "plain" else f"+{variant}"
     label = name or ("modelyard" + suffix if workers == 1 else f"modelyard{suffix} x{workers}")
     slug = re.sub(r"\W+", "-", label)
     config = tmp / f"{slug}.yaml"
     store = tmp / f"{slug}.db"
     redis_prefix = everything_on.new_redis_prefix() if variant == "redis" else None
-    config.write_text(everything_on.render(upstream, BENCH_KEY_MASTER, store, variant, redis_prefix, spend))
+    config.write_text(everything_on.render(upstream, BENCH_KEY_MASTER, store, variant, redis_prefix, spend, edit))
     py = python or PY
     env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
     made = subprocess.run(

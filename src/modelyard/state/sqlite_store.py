@@ -289,7 +289,7 @@ class SQLiteStore:
         requests behind it (the c=1 tail, docs/benchmarks.md). False when no helper can run here: the store's
         thread makes this insert and every later one."""
         try:
-            payload = [_RECORDS.encode(records[start : start + size]) for start, size in _statements(len(records))]
+            payload = encoded_batch(records)
         except _PREPARE_ERRORS as exc:
             raise SpendDataError(str(exc)) from exc
         try:
@@ -506,6 +506,12 @@ class SpendBatch:
     ) -> tuple[list[tuple[str, tuple[Any, ...]]], bytes, list[tuple[Any, ...]], dict[str, list[Delta]]]:
         """`insert_spend`'s arguments after the connection: statements, ids, rows and rollup deltas."""
         return self.statements, _encode([row[0] for row in self.rows]), self.rows, deltas_of(self._grouped)
+
+
+def encoded_batch(records: Sequence[SpendRecord]) -> list[bytes]:
+    """A batch as `insert_records` takes it: the records of each insert statement, msgpack-encoded (~0.3 µs a
+    record; raises one of _PREPARE_ERRORS for text or a number msgpack cannot carry)."""
+    return [_RECORDS.encode(records[start : start + size]) for start, size in _statements(len(records))]
 
 
 def insert_records(conn: sqlite3.Connection, payload: list[bytes]) -> None:

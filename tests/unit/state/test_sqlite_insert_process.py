@@ -178,10 +178,7 @@ def test_the_helper_gives_its_core_up_between_the_statements_it_prepares(
     yields: list[int] = []
     monkeypatch.setattr(sqlite_store, "_YIELD", lambda: yields.append(1))
     records = _batch(0, 100)  # statements of 32, 32, 32 and 4 rows
-    payload = [
-        sqlite_store._RECORDS.encode(records[start : start + size])
-        for start, size in sqlite_store._statements(len(records))
-    ]
+    payload = sqlite_store.encoded_batch(records)
     assert len(payload) == 4
     conn = sqlite_store.connect(str(tmp_path / "db.sqlite"))
     try:

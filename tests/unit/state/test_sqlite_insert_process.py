@@ -249,6 +249,44 @@ async def test_the_spend_writer_loses_nothing_when_the_child_dies_mid_stream(tmp
         await store.close()
 
 
+async def test_poison_rows_through_the_helper_are_sanitised_or_set_aside_and_the_rest_flows(tmp_path: Path) -> None:
+    """The hostile rows of the thread's poison test (test_spend_durable.py), now refused in the helper or by
+    the gateway's encoding: each is still a data error the writer bisects to, sanitises or sets aside; every
+    other row lands once, and the rollups stay finite."""
+    poison: dict[int, dict[str, object]] = {
+        3: {"model": "evil\x00model"},  # NUL: refused by the helper's preparation
+        5: {"latency_ms": float("nan")},  # not finite: stored as 0
+        7: {"key_name": "half \ud800 pair"},  # a lone surrogate: msgpack cannot encode it
+        9: {"cost_usd": float("inf")},  # not finite: stored as 0, never summed
+        11: {"prompt_tokens": 2**70},  # beyond msgpack: clamped when sanitised
+        13: {"completion_tokens": 2**63},  # beyond SQLite's integers: refused at binding in the helper
+        15: {"status": None},  # NOT NULL: nothing can fix it, set aside
+    }
+    store = SQLiteStore(str(tmp_path / "db.sqlite"), inserts="process")
+    await store.open()
+    writer = SpendWriter(store, batch_size=50, flush_interval_s=0.01, spool_dir=tmp_path / "spool")
+    await writer.start()
+    try:
+        for i in range(20):
+            writer.submit(spend_record(i, **poison.get(i, {})))
+        assert await writer.flush(10)
+    finally:
+        await writer.close()
+    try:
+        stored = await store.spend_records(limit=100)
+        assert {r.id for r in stored} == {f"req_{i}" for i in range(20)} - {"req_15"}
+        by_id = {r.id: r for r in stored}
+        assert "\x00" not in (by_id["req_3"].model or "") and by_id["req_9"].cost_usd == 0.0
+        assert by_id["req_5"].latency_ms == 0.0 and writer.dead_letters == 1
+        hours = await store.traffic("hour", "all", 0.0, 2e9)
+        assert sum(r.requests for r in hours) == 19
+        assert abs(sum(r.cost_usd for r in hours) - 18 * 0.001) < 1e-12
+        assert store.process_inserts >= 2  # the helper made the inserts (the bisection's halves too)
+    finally:
+        await store.close()
+    assert os.listdir(tmp_path / "spool") == []
+
+
 def test_the_child_does_not_outlive_a_gateway_killed_with_sigkill(tmp_path: Path) -> None:
     script = textwrap.dedent(
         f"""

@@ -244,9 +244,13 @@ def build_services(
     router = router or build_router(config)
     spend_cfg = config.spend
     dsn = config.access.keys_store or spend_cfg.store
-    store = store or open_store(dsn, sqlite_inserts=spend_cfg.sqlite_inserts)
+    store = store or open_store(dsn, sqlite_inserts=spend_cfg.sqlite_inserts, memory_rows=spend_cfg.memory_rows)
     if spend_cfg.store is None and config.access.keys_store is None:
-        log.warning("no spend.store configured: keys and the spend log are kept in memory only")
+        log.warning(
+            "no spend.store configured: keys and the spend log are kept in memory only (the log: the newest "
+            "%d requests, spend.memory_rows)",
+            spend_cfg.memory_rows,
+        )
     missing = unpriced(config.deployments, router.table.prices)
     services = Services(router=router, store=store, unpriced=missing, response_cache=build_response_cache(config))
     access_cfg = config.access

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sqlite3
 import time
@@ -22,6 +23,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from modelyard.accounting.spend import WRITE_AT, SpendDataError, SpendRecord, unstorable
+from modelyard.config.model import MEMORY_SPEND_ROWS
 from modelyard.state.conversations import (
     COUNT_SQL,
     DELETE_SQL,
@@ -37,6 +39,7 @@ from modelyard.state.feedback import FeedbackRecord, FeedbackSample
 from modelyard.state.keys import KeyRecord
 from modelyard.state.migrations import KEY_COLUMNS, MIGRATIONS, ROLLUP_GRAINS, SPEND_COLUMNS, VERSION_TABLE
 from modelyard.state.rollup import (
+    MINUTE_KEEP_S,
     PURGE_MINUTES_SQL,
     Delta,
     Grouped,
@@ -144,6 +147,16 @@ def _statements(total: int) -> list[tuple[int, int]]:
 _ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(lambda _: "?")) for grain in ROLLUP_GRAINS}
 #: The ids of a batch already stored (a spool replay): usually none, found through the unique id index.
 _STORED_IDS = "SELECT id FROM modelyard_spend WHERE id IN (SELECT value FROM json_each(?))"
+#: Spend rows an in-memory store deletes at once (~10 ms with the log's indexes: a key lookup or a budget
+#: seed on the store's thread waits at most that long behind an eviction, not the ~100 ms of 10,000 rows).
+EVICT_ROWS = 1000
+_SPENT_SINCE = "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?"
+#: A key's spend: its rows from a rollup bucket boundary on, plus its rollup buckets before that boundary.
+_SPENT_SINCE_EVICTED = (
+    "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?) + "
+    "(SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend_{grain} "
+    "WHERE dim = 'key' AND value = ? AND bucket >= ? AND bucket < ?)"
+)
 _DEAD_INSERT = "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES (?, ?, ?, ?, ?)"
 _encode = msgspec.json.Encoder().encode
 _DAY = "strftime('%Y-%m-%d', at, 'unixepoch')"
@@ -187,13 +200,20 @@ InsertsIn = Literal["auto", "thread", "process"]
 class SQLiteStore:
     """`Store` on a SQLite file (or `:memory:`)."""
 
-    def __init__(self, path: str = ":memory:", *, inserts: InsertsIn = "thread") -> None:
+    def __init__(
+        self, path: str = ":memory:", *, inserts: InsertsIn = "thread", memory_rows: int = MEMORY_SPEND_ROWS
+    ) -> None:
         self.path = path
         self.inserts: InsertsIn = "thread" if path == ":memory:" else inserts
+        #: In memory only: the spend rows kept (about; see evict_oldest). A file or a server keeps them all.
+        self.memory_rows: int | None = max(1, memory_rows) if path == ":memory:" else None
         self._conn: sqlite3.Connection | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._process: InsertProcess | None = None
         self._purge = PurgeClock()
+        self._unchecked = 0  # rows written since the last eviction check
+        #: The newest `at` of a spend row evicted so far (read and written on the store's thread only).
+        self._evicted_through = -math.inf
 
     async def _run(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._pool is None or self._conn is None:
@@ -278,6 +298,12 @@ class SQLiteStore:
         helper = self._insert_process(len(records))
         if helper is None or not await self._insert_in(helper, records):
             await self._insert_here(records)
+        if self.memory_rows is not None:
+            self._unchecked += len(records)
+            if self._unchecked >= self.memory_rows // 10:  # so the log holds between 1 and 1.1 memory_rows
+                self._unchecked = 0
+                while await self._run(self._evict):  # a chunk at a time: other store calls get in between
+                    pass
         before = self._purge.due(r.at for r in records)
         if before is not None:
             purge = PURGE_MINUTES_SQL.format(ph="?")
@@ -340,8 +366,31 @@ class SQLiteStore:
         return report_rows(rows)
 
     async def spent_since(self, key_id: str, since: float) -> float:
-        sql = "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?"
-        return float(await self._run(lambda conn: conn.execute(sql, (key_id, since)).fetchone()[0]))
+        return float(await self._run(lambda conn: self._spent_since(conn, key_id, since)))
+
+    def _evict(self, conn: sqlite3.Connection) -> bool:
+        """One chunk of the oldest rows beyond `memory_rows` deleted; True while more are beyond it."""
+        assert self.memory_rows is not None
+        newest, beyond = evict_oldest(conn, self.memory_rows)
+        if newest is not None:
+            self._evicted_through = max(self._evicted_through, newest)
+        return beyond > 0
+
+    def _spent_since(self, conn: sqlite3.Connection, key_id: str, since: float) -> float:
+        """A key's spend since `since`: its rows; where an in-memory log has evicted rows at or after `since`,
+        those come from the key's rollups instead. The rollup bucket holding `since` counts whole, so the
+        answer may be high by that bucket's spend before `since` (a minute, or an hour once the minutes are
+        purged), never low: a budget seeded from it can refuse early, never overspend."""
+        through = self._evicted_through  # on the store's thread, as every eviction: no write can race it
+        if since > through:
+            return float(conn.execute(_SPENT_SINCE, (key_id, since)).fetchone()[0])
+        minute = ROLLUP_GRAINS["minute"]
+        grain = "minute" if math.floor(since / minute) * minute >= self._purge.newest - MINUTE_KEEP_S else "hour"
+        width = ROLLUP_GRAINS[grain]
+        start = math.floor(since / width) * width
+        boundary = math.floor(through / width) * width + width  # every evicted row lies before it
+        sql = _SPENT_SINCE_EVICTED.format(grain=grain)
+        return float(conn.execute(sql, (key_id, boundary, key_id, start, boundary)).fetchone()[0])
 
     async def spend_records(self, since: float = 0.0, limit: int = 1000) -> list[SpendRecord]:
         sql = f"SELECT {', '.join(SPEND_COLUMNS)} FROM modelyard_spend WHERE at >= ? ORDER BY at LIMIT ?"
@@ -512,6 +561,24 @@ def encoded_batch(records: Sequence[SpendRecord]) -> list[bytes]:
     """A batch as `insert_records` takes it: the records of each insert statement, msgpack-encoded (~0.3 µs a
     record; raises one of _PREPARE_ERRORS for text or a number msgpack cannot carry)."""
     return [_RECORDS.encode(records[start : start + size]) for start, size in _statements(len(records))]
+
+
+def evict_oldest(conn: sqlite3.Connection, keep: int, most: int = EVICT_ROWS) -> tuple[float | None, int]:
+    """Delete up to `most` of the oldest-inserted spend rows beyond the newest `keep`: (the newest `at`
+    deleted, or None; how many rows are still beyond `keep`). A row's rowid grows with its insert and only
+    the lowest are ever deleted, so MAX - MIN + 1 counts the rows."""
+    high = conn.execute("SELECT MAX(rowid) FROM modelyard_spend").fetchone()[0]
+    if high is None:
+        return None, 0
+    low = conn.execute("SELECT MIN(rowid) FROM modelyard_spend").fetchone()[0]
+    excess = high - low + 1 - keep
+    if excess <= 0:
+        return None, 0
+    count = min(excess, most)
+    cut = low + count - 1
+    newest = conn.execute("SELECT MAX(at) FROM modelyard_spend WHERE rowid <= ?", (cut,)).fetchone()[0]
+    conn.execute("DELETE FROM modelyard_spend WHERE rowid <= ?", (cut,))
+    return (None if newest is None else float(newest)), excess - count
 
 
 def insert_records(conn: sqlite3.Connection, payload: list[bytes]) -> None:

@@ -189,16 +189,24 @@ class Store(Protocol):
         ...
 
 
-def open_store(dsn: str | None, *, sqlite_inserts: Literal["auto", "thread", "process"] = "thread") -> Store:
+def open_store(
+    dsn: str | None,
+    *,
+    sqlite_inserts: Literal["auto", "thread", "process"] = "thread",
+    memory_rows: int | None = None,
+) -> Store:
     """The store a DSN names: postgresql://… (asyncpg), else a SQLite path (None or :memory: = in memory);
-    `sqlite_inserts`: where a SQLite store makes its spend inserts (sqlite_store.InsertsIn)."""
+    `sqlite_inserts`: where a SQLite store makes its spend inserts (sqlite_store.InsertsIn); `memory_rows`:
+    the spend rows an in-memory store keeps (default config.model.MEMORY_SPEND_ROWS)."""
     if dsn and dsn.startswith(("postgres://", "postgresql://")):
         from modelyard.state.postgres_store import PostgresStore
 
         return PostgresStore(dsn)
     from modelyard.state.sqlite_store import SQLiteStore
 
-    return SQLiteStore(sqlite_path(dsn), inserts=sqlite_inserts)
+    if memory_rows is None:
+        return SQLiteStore(sqlite_path(dsn), inserts=sqlite_inserts)
+    return SQLiteStore(sqlite_path(dsn), inserts=sqlite_inserts, memory_rows=memory_rows)
 
 
 def sqlite_path(dsn: str | None) -> str:

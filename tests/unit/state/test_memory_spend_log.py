@@ -1,0 +1,131 @@
+"""An in-memory spend log (no `spend.store`) is bounded: it keeps about the newest `spend.memory_rows` requests,
+and a key's spend since any time still counts the evicted rows (from the rollups), never less than was spent."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from modelyard.accounting.spend import SpendRecord
+from modelyard.state import rollup
+from modelyard.state.sqlite_store import SQLiteStore
+from tests.unit.state.conftest import spend_record
+
+T0 = 1_700_000_000.0  # T0 % 60 == 20: a minute starts at T0 + 40
+KEEP = 1000
+
+
+def _rows(count: int, start_at: float, first_id: int = 0) -> list[SpendRecord]:
+    """One request a second; even ones by key `k` (0.125 USD), odd ones by `other` (1 USD)."""
+    return [
+        spend_record(
+            first_id + i,
+            at=start_at + i,
+            key_id="k" if i % 2 == 0 else "other",
+            cost_usd=0.125 if i % 2 == 0 else 1.0,
+        )
+        for i in range(count)
+    ]
+
+
+async def _write(store: SQLiteStore, records: list[SpendRecord], batch: int = 100) -> None:
+    for start in range(0, len(records), batch):
+        await store.write_spend(records[start : start + batch])
+
+
+async def _count(store: SQLiteStore, sql: str) -> int:
+    return int(await store._run(lambda conn: conn.execute(sql).fetchone()[0]))
+
+
+def _spent(records: list[SpendRecord], since: float) -> float:
+    return sum(r.cost_usd for r in records if r.key_id == "k" and r.at >= since)
+
+
+async def test_an_in_memory_log_keeps_about_the_newest_rows_and_every_total() -> None:
+    store = SQLiteStore(":memory:", memory_rows=KEEP)
+    await store.open()
+    try:
+        records = _rows(5000, T0)
+        await _write(store, records)
+        kept = await _count(store, "SELECT COUNT(*) FROM modelyard_spend")
+        assert KEEP <= kept <= KEEP + KEEP // 10
+        assert await store.get_spend(records[-1].id) is not None  # the newest stay
+        assert await store.get_spend(records[0].id) is None  # the oldest went
+        oldest_kept = await _count(store, "SELECT MIN(CAST(substr(id, 5) AS INTEGER)) FROM modelyard_spend")
+        assert oldest_kept == 5000 - kept  # exactly the newest `kept`, none skipped
+        for grain in ("minute", "hour"):  # the rollups still hold every request
+            total = f"SELECT SUM(requests) FROM modelyard_spend_{grain} WHERE dim = 'all'"
+            assert await _count(store, total) == 5000
+    finally:
+        await store.close()
+
+
+async def test_a_file_store_keeps_every_row(tmp_path: Path) -> None:
+    store = SQLiteStore(str(tmp_path / "spend.db"), memory_rows=KEEP)
+    await store.open()
+    try:
+        await _write(store, _rows(3000, T0))
+        assert await _count(store, "SELECT COUNT(*) FROM modelyard_spend") == 3000
+    finally:
+        await store.close()
+
+
+async def test_a_keys_spend_counts_the_evicted_rows_and_is_never_low() -> None:
+    store = SQLiteStore(":memory:", memory_rows=KEEP)
+    await store.open()
+    try:
+        records = _rows(5000, T0)
+        await _write(store, records)
+        evicted_through = 5000 - await _count(store, "SELECT COUNT(*) FROM modelyard_spend") - 1
+        assert evicted_through > 2000
+        # Kept rows only: exact.
+        assert await store.spent_since("k", T0 + 4500) == pytest.approx(_spent(records, T0 + 4500))
+        # From a minute boundary inside the evicted rows: the rollups, exact.
+        for since in (T0 + 40, T0 + 40 + 60 * 20, T0 - 3600):
+            assert await store.spent_since("k", since) == pytest.approx(_spent(records, since))
+        # From inside a minute: at most that minute's spend before `since` too, never less than spent.
+        for since in (T0 + 41, T0 + 40 + 60 * 30 + 33):
+            minute_start = math.floor(since / 60) * 60
+            got = await store.spent_since("k", since)
+            assert _spent(records, since) <= got + 1e-9
+            assert got <= _spent(records, minute_start) + 1e-9
+        assert await store.spent_since("nobody", T0) == 0.0
+    finally:
+        await store.close()
+
+
+async def test_past_the_minute_rollups_the_hours_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(rollup, "PURGE_EVERY_S", 0.0)  # purge old minutes at every write
+    store = SQLiteStore(":memory:", memory_rows=KEEP)
+    await store.open()
+    try:
+        old = _rows(200, T0 - 3 * 86400, first_id=100_000)  # minutes purged once newer rows come
+        new = _rows(3000, T0)
+        await _write(store, old)
+        await _write(store, new)
+        old_minutes = f"SELECT COUNT(*) FROM modelyard_spend_minute WHERE bucket < {T0 - 2 * 86400}"
+        assert await _count(store, old_minutes) == 0
+        everything = old + new
+        since = T0 - 3 * 86400 + 50  # inside an hour whose minutes are gone
+        got = await store.spent_since("k", since)
+        assert _spent(everything, since) <= got + 1e-9
+        assert got <= _spent(everything, math.floor(since / 3600) * 3600) + 1e-9
+    finally:
+        await store.close()
+
+
+def test_the_config_sets_what_memory_keeps() -> None:
+    from modelyard.config.loader import parse_config
+    from modelyard.schema.errors import ModelyardError
+    from modelyard.server.services import build_services
+
+    deployments = 'deployments:\n  - {name: d, provider: openai, model: m, api_base: "http://127.0.0.1:9/v1"}\n'
+    store = build_services(parse_config(deployments + "spend: {memory_rows: 5000}\n", env={})).store
+    assert isinstance(store, SQLiteStore)
+    assert store.memory_rows == 5000
+    default = build_services(parse_config(deployments, env={})).store
+    assert isinstance(default, SQLiteStore) and default.memory_rows == 100_000
+    with pytest.raises(ModelyardError, match="memory_rows"):
+        parse_config(deployments + "spend: {memory_rows: 10}\n", env={})

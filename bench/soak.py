@@ -1,11 +1,15 @@
 """Memory soak: RSS of `modelyard serve` (every feature on) over many requests; is it flat after warm-up?
 
     python bench/soak.py [--requests 500000] [--connections 16] [--stream-share 0.25] [--variant plain]
+    python bench/soak.py --memory-log 100000      # no spend.store: the log in memory, bounded (spend.memory_rows)
 
 The gateway runs bench/configs/everything_on.yaml (`--variant`: plain, guardrails or redis), self-checked.
 Drives the gateway with wrk in 10-second slices (non-streaming, and a share of streaming slices) against
 the fast mock upstream, and samples the gateway's RSS after each slice. Prints the series, the RSS after
 warm-up (the first 10% of requests) and at the end, and the growth between them (target: within 5%).
+`--memory-log ROWS`: the same config with no `spend.store`, so the spend log is in memory and keeps about
+ROWS requests; the master key calls (a virtual key needs a store). Its RSS grows until the log holds ROWS
+rows (~0.56 kB each), then stays flat.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import argparse
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import everything_on
-from gateway_bench import modelyard, rss_mb, start_upstream, wrk
+from feature_costs import without_virtual_key
+from gateway_bench import BENCH_KEY_MASTER, modelyard, rss_mb, start_upstream, wrk
 
 
 def main() -> None:
@@ -28,11 +34,20 @@ def main() -> None:
     parser.add_argument("--slice-s", type=int, default=10)
     parser.add_argument("--stream-share", type=float, default=0.25, help="share of slices that stream")
     parser.add_argument("--variant", default="plain", choices=everything_on.VARIANTS)
+    parser.add_argument("--memory-log", type=int, metavar="ROWS", help="no spend.store: the log in memory (ROWS kept)")
     args = parser.parse_args()
     upstream_url, upstream = start_upstream(0)
     samples: list[tuple[int, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        gateway = modelyard(upstream_url, Path(tmp), variant=args.variant)
+        if args.memory_log:
+            rows = args.memory_log
+
+            def in_memory(config: dict[str, Any]) -> None:
+                config["spend"] = {"memory_rows": rows}
+
+            gateway = without_virtual_key(upstream_url, Path(tmp), "in-memory log", in_memory, BENCH_KEY_MASTER)
+        else:
+            gateway = modelyard(upstream_url, Path(tmp), variant=args.variant)
         assert gateway.proc is not None
         try:
             done = 0

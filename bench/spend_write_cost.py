@@ -3,6 +3,7 @@ size: the part of the spend log that issue #20's profile charged to every reques
 
     python bench/spend_write_cost.py                                   # this tree
     PYTHONPATH=/path/to/other/checkout/src python bench/spend_write_cost.py   # another tree, for a before/after
+    python bench/spend_write_cost.py --memory-rows 100000 --rows 300000 --batches 500   # in memory, bounded
 
 Writes `--rows` realistic records (the shape of a bench request's row: ids, key, deployment, route and
 attempt detail JSON) into a fresh SQLite file per batch size and prints the process CPU (user + system) per
@@ -48,8 +49,12 @@ def cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def cost_per_row(batch: int, rows: int, directory: Path) -> float:
-    store = SQLiteStore(str(directory / f"spend-{batch}.db"))
+async def cost_per_row(batch: int, rows: int, directory: Path, memory_rows: int | None = None) -> float:
+    """CPU µs a row; `memory_rows`: an in-memory store keeping that many (its trims counted), not a file."""
+    if memory_rows is None:
+        store = SQLiteStore(str(directory / f"spend-{batch}.db"))
+    else:
+        store = SQLiteStore(":memory:", memory_rows=memory_rows)
     await store.open()
     try:
         spent = 0.0
@@ -67,10 +72,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=30_000)
     parser.add_argument("--batches", default="200,500")
+    parser.add_argument("--memory-rows", type=int, help="an in-memory store keeping this many rows, not a file")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="modelyard-spend-cost-") as tmp:
         for batch in (int(b) for b in args.batches.split(",")):
-            row_us = asyncio.run(cost_per_row(batch, args.rows, Path(tmp)))
+            row_us = asyncio.run(cost_per_row(batch, args.rows, Path(tmp), args.memory_rows))
             print(f"batch {batch}: {row_us:.1f} µs of CPU a row ({args.rows} rows)", flush=True)
 
 

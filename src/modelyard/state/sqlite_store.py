@@ -302,8 +302,7 @@ class SQLiteStore:
             self._unchecked += len(records)
             if self._unchecked >= self.memory_rows // 10:  # so the log holds between 1 and 1.1 memory_rows
                 self._unchecked = 0
-                while await self._run(self._evict):  # a chunk at a time: other store calls get in between
-                    pass
+                await self._trim()
         before = self._purge.due(r.at for r in records)
         if before is not None:
             purge = PURGE_MINUTES_SQL.format(ph="?")
@@ -367,6 +366,16 @@ class SQLiteStore:
 
     async def spent_since(self, key_id: str, since: float) -> float:
         return float(await self._run(lambda conn: self._spent_since(conn, key_id, since)))
+
+    async def _trim(self) -> None:
+        """The in-memory log back to `memory_rows`, a chunk at a time (other store calls get in between). The
+        batch is stored by now: a failed trim is logged and tried again later, never a failed write (which
+        the writer would retry for ever)."""
+        try:
+            while await self._run(self._evict):
+                pass
+        except sqlite3.Error as exc:
+            log.warning("spend log: could not trim the in-memory log (%s); trying again later", exc)
 
     def _evict(self, conn: sqlite3.Connection) -> bool:
         """One chunk of the oldest rows beyond `memory_rows` deleted; True while more are beyond it."""

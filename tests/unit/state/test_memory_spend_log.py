@@ -4,6 +4,7 @@ and a key's spend since any time still counts the evicted rows (from the rollups
 from __future__ import annotations
 
 import math
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,25 @@ async def test_past_the_minute_rollups_the_hours_count(monkeypatch: pytest.Monke
         got = await store.spent_since("k", since)
         assert _spent(everything, since) <= got + 1e-9
         assert got <= _spent(everything, math.floor(since / 3600) * 3600) + 1e-9
+    finally:
+        await store.close()
+
+
+async def test_a_failed_trim_is_not_a_failed_write(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.state import sqlite_store
+
+    def broken(conn: sqlite3.Connection, keep: int, most: int = 0) -> tuple[float | None, int]:
+        raise sqlite3.OperationalError("database is locked")
+
+    store = SQLiteStore(":memory:", memory_rows=KEEP)
+    await store.open()
+    try:
+        monkeypatch.setattr(sqlite_store, "evict_oldest", broken)
+        await _write(store, _rows(2000, T0))  # no exception: the rows are stored, the trim waits
+        assert await _count(store, "SELECT COUNT(*) FROM modelyard_spend") == 2000
+        monkeypatch.undo()
+        await _write(store, _rows(200, T0 + 2000, first_id=2000))
+        assert await _count(store, "SELECT COUNT(*) FROM modelyard_spend") == KEEP  # trimmed at the next check
     finally:
         await store.close()
 

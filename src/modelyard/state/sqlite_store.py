@@ -147,6 +147,17 @@ def _statements(total: int) -> list[tuple[int, int]]:
 _ROLLUP_UPSERT = {grain: upsert_sql(grain, values_source(lambda _: "?")) for grain in ROLLUP_GRAINS}
 #: The ids of a batch already stored (a spool replay): usually none, found through the unique id index.
 _STORED_IDS = "SELECT id FROM modelyard_spend WHERE id IN (SELECT value FROM json_each(?))"
+#: The spend log's indexes that only a large log needs: the request log's filters (key, model, deployment,
+#: errors, cost and latency thresholds). An in-memory log, bounded by `spend.memory_rows`, has none of them:
+#: a filtered page scans at most ~110,000 rows in memory, and a row's insert and its trim skip six B-trees.
+_BIG_LOG_INDEXES = (
+    "modelyard_spend_key_at",
+    "modelyard_spend_model_at",
+    "modelyard_spend_deployment_at",
+    "modelyard_spend_errors_at",
+    "modelyard_spend_cost_at",
+    "modelyard_spend_latency_at",
+)
 #: Spend rows an in-memory store deletes at once (~10 ms with the log's indexes: a key lookup or a budget
 #: seed on the store's thread waits at most that long behind an eviction, not the ~100 ms of 10,000 rows).
 EVICT_ROWS = 1000
@@ -230,6 +241,8 @@ class SQLiteStore:
         loop = asyncio.get_running_loop()
         self._conn = await loop.run_in_executor(self._pool, connect, self.path)
         await self._run(_migrate)
+        if self.memory_rows is not None:
+            await self._run(_drop_big_log_indexes)
 
     @property
     def insert_pid(self) -> int | None:
@@ -429,7 +442,7 @@ class SQLiteStore:
         find_spend_sql(where, limit, _ph)  # validates before the thread sees it
 
         def find(conn: sqlite3.Connection) -> list[Any]:
-            index = _threshold_index(conn, where)
+            index = _threshold_index(conn, where) if self.memory_rows is None else None  # none in memory
             sql, args = find_spend_sql(where, limit, _ph, from_hint=f"INDEXED BY {index}" if index else "")
             return conn.execute(sql, args).fetchall()
 
@@ -642,6 +655,11 @@ def _threshold_index(conn: sqlite3.Connection, where: SpendFilter) -> str | None
     of the 0.03% dearest requests of a million)."""
     counts = [(int(conn.execute(sql, (value,)).fetchone()[0]), index) for index, sql, value in _probes(where)]
     return selective_index(counts)
+
+
+def _drop_big_log_indexes(conn: sqlite3.Connection) -> None:
+    for index in _BIG_LOG_INDEXES:
+        conn.execute(f"DROP INDEX IF EXISTS {index}")
 
 
 def _probes(where: SpendFilter) -> list[tuple[str, str, float]]:

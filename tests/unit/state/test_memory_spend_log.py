@@ -136,6 +136,57 @@ async def test_a_failed_trim_is_not_a_failed_write(monkeypatch: pytest.MonkeyPat
         await store.close()
 
 
+def _varied(i: int) -> SpendRecord:
+    return spend_record(
+        i,
+        key_id=f"key_{i % 3}" if i % 4 else None,
+        model=("smart", "fast")[i % 2],
+        deployment=("dep-a", "dep-b", "dep-c")[i % 3],
+        status="ok" if i % 5 else "error",
+        cost_usd=0.001 * (i % 11),
+        latency_ms=float((i * 37) % 4000),
+    )
+
+
+async def _indexes(store: SQLiteStore) -> set[str]:
+    sql = "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'modelyard_spend'"
+    return {row[0] for row in await store._run(lambda conn: conn.execute(sql).fetchall())}
+
+
+async def test_an_in_memory_log_answers_every_filter_as_a_file_does_without_the_big_log_indexes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from modelyard.state import store as store_module
+    from modelyard.state.sqlite_store import _BIG_LOG_INDEXES
+    from modelyard.state.store import SpendFilter
+
+    monkeypatch.setattr(store_module, "SELECTIVE", 100)  # the file store takes its threshold indexes' hint
+    memory = SQLiteStore(":memory:")
+    file = SQLiteStore(str(tmp_path / "spend.db"))
+    records = [_varied(i) for i in range(3000)]
+    for store in (memory, file):
+        await store.open()
+        await _write(store, records, batch=500)
+    try:
+        assert set(_BIG_LOG_INDEXES) <= await _indexes(file)  # the names are the migrations' own
+        assert not set(_BIG_LOG_INDEXES) & await _indexes(memory)
+        for where in (
+            SpendFilter(),
+            SpendFilter(key_id="key_1"),
+            SpendFilter(model="fast", status="error"),
+            SpendFilter(deployment="dep-c", since=T0 + 500),
+            SpendFilter(min_cost_usd=0.0095),
+            SpendFilter(min_latency_ms=3990.0, min_cost_usd=0.0),
+            SpendFilter(before_at=T0 + 1500, before_id="req_1500"),
+        ):
+            found = [r.id for r in await memory.find_spend(where, 50)]
+            assert found == [r.id for r in await file.find_spend(where, 50)], where
+            assert found, where
+    finally:
+        await memory.close()
+        await file.close()
+
+
 def test_the_config_sets_what_memory_keeps() -> None:
     from modelyard.config.loader import parse_config
     from modelyard.schema.errors import ModelyardError

@@ -18,6 +18,7 @@ included), median; `cost` is CPU per request of everything on minus that row's.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -68,15 +69,19 @@ ROWS: list[tuple[str, Edit | None]] = [
 ]
 
 
-def without_virtual_key(upstream: str, tmp: Path, name: str, edit: Edit | None, key: str) -> gb.Contender:
+def without_virtual_key(
+    upstream: str, tmp: Path, name: str, edit: Edit | None, key: str, src: Path | None = None
+) -> gb.Contender:
     """A row with no virtual key in the store: `key` is the master key (requests are the master's: no budget,
-    no key RPM/TPM) or, with `access:` removed by `edit`, anything (open mode: no authentication)."""
+    no key RPM/TPM) or, with `access:` removed by `edit`, anything (open mode: no authentication); `src`
+    runs another checkout's code (its `src/` directory)."""
     slug = name.replace(" ", "-")
     config = tmp / f"{slug}.yaml"
     config.write_text(everything_on.render(upstream, gb.BENCH_KEY_MASTER, tmp / f"{slug}.db", "plain", edit=edit))
     port = gb.free_port()
     serve = [gb.PY, "-m", "modelyard.cli.main", "serve", "--config", str(config), "--port", str(port)]
-    proc = gb.spawn([*serve, "--log-level", "warning"], log=tmp / f"{slug}.log")
+    env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
+    proc = gb.spawn([*serve, "--log-level", "warning"], env=env, log=tmp / f"{slug}.log")
     contender = gb.Contender(name, f"http://127.0.0.1:{port}", everything_on.MODEL, key, proc)
     try:
         gb.wait_http(contender.url + "/health/ready", proc)

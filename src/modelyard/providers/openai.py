@@ -352,9 +352,11 @@ class OpenAIStreamTranslator:
         self._shaped = False
         #: The bytes before and after the content string of the first plain content delta (`_delta_shape`):
         #: a later event with the same bytes around a string without quotes is plain too, checked in three
-        #: cheap scans instead of `_plain_delta`'s five.
+        #: cheap scans instead of `_plain_delta`'s five. `_tail_varies`: the tail ends in OpenAI's random
+        #: `obfuscation` value, which only has to be a plain string.
         self._head: bytes | None = None
         self._tail = b""
+        self._tail_varies = False
 
     @property
     def done(self) -> bool:
@@ -367,14 +369,14 @@ class OpenAIStreamTranslator:
             return []
         if event.event is None:
             head = self._head
-            if head is not None and _same_shape(data, head, self._tail):
+            if head is not None and _same_shape(data, head, self._tail, self._tail_varies):
                 return [msgspec.Raw(data)]
             if self._shaped and _plain_delta(data):
                 # A content delta of a well-formed stream needs no change: its bytes go out as they came
                 # (no decode, no encode). Anything else (the first chunk, a finish, tool calls, usage,
                 # errors) is decoded and normalised below.
                 if head is None:
-                    self._head, self._tail = _delta_shape(data)
+                    self._head, self._tail, self._tail_varies = _delta_shape(data)
                 return [msgspec.Raw(data)]
         if not data.strip():
             return []
@@ -435,32 +437,51 @@ def _plain_delta(data: bytes) -> bool:
 
 
 _CONTENT = b'"delta":{"content":"'
+#: OpenAI's API ends every chunk with a random-length random string (`"obfuscation":"…"}`, padding against
+#: length side channels): a tail that ends in one is learned up to its value.
+_OBFUSCATION = b',"obfuscation":"'
+_STRING_END = b'"}'
 
 
-def _delta_shape(plain: bytes) -> tuple[bytes | None, bytes]:
-    """The bytes before and after the content string of a plain delta (one `_plain_delta` passed), or
-    (None, b"") when its string has an escape (its closing quote is then not simply the next quote)."""
+def _delta_shape(plain: bytes) -> tuple[bytes | None, bytes, bool]:
+    """The bytes before and after the content string of a plain delta (one `_plain_delta` passed), and
+    whether the tail ends in an `obfuscation` value (the tail then stops before it); (None, b"", False) when
+    its string has an escape (its closing quote is then not simply the next quote)."""
     start = plain.find(_CONTENT)
     if start < 0:
-        return None, b""
+        return None, b"", False
     head_end = start + len(_CONTENT)
     close = plain.find(b'"', head_end)
     if close < 0 or plain.find(b"\\", head_end, close) >= 0:
-        return None, b""
-    return plain[:head_end], plain[close:]
+        return None, b"", False
+    head, tail = plain[:head_end], plain[close:]
+    cut = tail.rfind(_OBFUSCATION)
+    if cut >= 0 and _plain_string_end(tail, cut + len(_OBFUSCATION)):
+        return head, tail[: cut + len(_OBFUSCATION)], True
+    return head, tail, False
 
 
-def _same_shape(data: bytes, head: bytes, tail: bytes) -> bool:
-    """`data` is the learned plain delta with another content string: the same bytes before and after it,
-    and between them no quote (the string cannot end early) and no final backslash (it cannot escape the
-    closing quote). Such an event is as plain as the one the shape was learned from."""
-    end = len(data) - len(tail)
+def _same_shape(data: bytes, head: bytes, tail: bytes, varies: bool = False) -> bool:
+    """`data` is the learned plain delta with another content string (and, when the tail `varies`, another
+    `obfuscation` value): the same bytes before and after it. Its content string ends at the first quote
+    after the head and that quote is not escaped, so the string cannot end early or run on; a varying
+    value has neither a quote nor a backslash before the closing `"}`. Such an event is as plain as the one
+    the shape was learned from."""
+    close = data.find(b'"', len(head))
+    if close < 0 or data[close - 1] == 0x5C or not data.startswith(head) or not data.startswith(tail, close):
+        return False
+    rest = close + len(tail)
+    return _plain_string_end(data, rest) if varies else rest == len(data)
+
+
+def _plain_string_end(data: bytes, start: int) -> bool:
+    """From `start` to the end, `data` is a string's value without a quote or a backslash, then `"}`."""
+    end = len(data) - len(_STRING_END)
     return (
-        end >= len(head)
-        and data.startswith(head)
-        and data.endswith(tail)
-        and data.find(b'"', len(head), end) < 0
-        and data[end - 1] != 0x5C
+        end >= start
+        and data.endswith(_STRING_END)
+        and data.find(b'"', start, end) < 0
+        and data.find(b"\\", start, end) < 0
     )
 
 

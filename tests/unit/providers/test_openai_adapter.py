@@ -8,6 +8,7 @@ import msgspec
 import pytest
 
 from modelyard.config.model import Deployment
+from modelyard.providers import openai as openai_module
 from modelyard.providers.base import SSEEvent
 from modelyard.providers.openai import OpenAIAdapter, _delta_shape, _same_shape
 from modelyard.providers.sse import SSEParser
@@ -250,8 +251,51 @@ def test_the_shape_check_leaves_nothing_that_could_end_the_string_to_chance() ->
     assert not _same_shape(head + b"a\\" + tail, head, tail)  # would escape the closing quote
     assert not _same_shape(head[:-1] + tail, head, tail)  # head and tail overlap: not this shape
     # A first delta whose string has an escape teaches no shape (its closing quote is not simply the next one).
-    assert _delta_shape(head + b'say \\"hi' + tail) == (None, b"")
-    assert _delta_shape(head + b"hi" + tail) == (head, tail)
+    assert _delta_shape(head + b'say \\"hi' + tail) == (None, b"", False)
+    assert _delta_shape(head + b"hi" + tail) == (head, tail, False)
+
+
+OBFUSCATED_TAIL = b'"},"logprobs":null,"finish_reason":null}],"usage":null,"obfuscation":"'
+
+
+def _obfuscated_translator() -> tuple[object, bytes]:
+    """A translator that has learned its shape from a delta ending in OpenAI's `obfuscation` padding."""
+    _, head, _ = _shaped_translator()  # its head: the bytes before a delta's content string
+    fresh = ADAPTER.stream_translator(DEP, ChatRequest(model="m", messages=[]))
+    base = head[: -len(b'"delta":{"content":"')]
+    fresh.feed(SSEEvent(base + b'"delta":{"role":"assistant","content":""},"finish_reason":null}]}'))
+    out = fresh.feed(SSEEvent(head + b"Hi" + OBFUSCATED_TAIL + b'q7Zk"}'))
+    assert isinstance(out[0], msgspec.Raw)
+    assert _delta_shape(head + b"Hi" + OBFUSCATED_TAIL + b'q7Zk"}') == (head, OBFUSCATED_TAIL, True)
+    return fresh, head
+
+
+def test_openai_deltas_with_obfuscation_padding_take_the_shape_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    translator, head = _obfuscated_translator()
+
+    def no_full_check(data: bytes) -> bool:
+        raise AssertionError("the shape should have recognised this delta")
+
+    monkeypatch.setattr(openai_module, "_plain_delta", no_full_check)
+    for content, padding in ((b" world", b"x"), (b"", b"AbCdEfGhIjKlMnOp"), (b"caf\\u00e9", b"")):
+        data = head + content + OBFUSCATED_TAIL + padding + b'"}'
+        out = translator.feed(SSEEvent(data))  # type: ignore[attr-defined]
+        assert len(out) == 1 and isinstance(out[0], msgspec.Raw) and bytes(out[0]) == data
+
+
+def test_an_obfuscation_value_cannot_smuggle_anything_past_the_shape() -> None:
+    _, head = _obfuscated_translator()
+    tail = OBFUSCATED_TAIL
+    assert _same_shape(head + b"ok" + tail + b'pad"}', head, tail, True)
+    assert not _same_shape(head + b"ok" + tail + b'p","tool_calls":[1],"x":"y"}', head, tail, True)  # a quote
+    assert not _same_shape(head + b"ok" + tail + b'p\\"}', head, tail, True)  # would escape the closing quote
+    assert not _same_shape(head + b"ok" + tail + b'pad"}]}', head, tail, True)  # more after the string
+    assert not _same_shape(head + b"ok" + tail + b"pad", head, tail, True)  # no closing quote
+    assert not _same_shape(head + b"o\\" + tail + b'pad"}', head, tail, True)  # the content's quote escaped
+    assert not _same_shape(head + b"ok" + tail + b'pad"}', head, tail, False)  # a fixed tail must match whole
+    # A decoy `obfuscation` inside a tail that does not end in a plain string teaches a fixed tail.
+    decoy = b'"},"obfuscation":"a\\"b"}'
+    assert _delta_shape(head + b"hi" + decoy) == (head, decoy, False)
 
 
 def test_stream_cut_and_error_event():

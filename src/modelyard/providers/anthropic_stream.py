@@ -8,6 +8,7 @@ instead (providers/anthropic_native.py).
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import msgspec
@@ -19,6 +20,64 @@ from modelyard.schema.errors import ErrorKind, ProviderError
 
 _decode = msgspec.json.Decoder().decode
 _encode = msgspec.json.Encoder().encode
+#: What a translator hands out: chunk dicts, or a text delta's chunk as encoded bytes (`_TextDeltas`).
+Chunk = dict[str, Any] | msgspec.Raw
+_TEXT_DELTA = b'"text_delta","text":"'
+_CONTENT = b'"content":"'
+#: What a JSON string's bytes may not hold for the encoder to write them back unchanged: a quote, a backslash
+#: (an escape, which the encoder may write another way) or a control character (which it escapes).
+_NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
+
+
+class _TextDeltas:
+    """The plain text deltas of one text block, recognised by their bytes: the same bytes before and after a
+    text string that holds no quote, backslash or control character (valid UTF-8) are that block's next
+    delta, and its chunk is the template of an empty content chunk with those bytes spliced in. That is
+    byte for byte what decoding the event and encoding its chunk writes (msgspec escapes nothing else),
+    without the decode, the dicts and the encode."""
+
+    __slots__ = ("head", "prefix", "suffix", "tail")
+
+    def __init__(self, head: bytes, tail: bytes, prefix: bytes, suffix: bytes) -> None:
+        self.head = head
+        self.tail = tail
+        self.prefix = prefix
+        self.suffix = suffix
+
+    @classmethod
+    def learn(cls, data: bytes, empty_chunk: bytes) -> _TextDeltas | None:
+        """The shape of the text delta `data`, whose chunks are `empty_chunk` with the text in its content."""
+        start = data.find(_TEXT_DELTA)
+        at = empty_chunk.rfind(_CONTENT + b'"')
+        if start < 0 or at < 0:
+            return None
+        head_end = start + len(_TEXT_DELTA)
+        close = data.find(b'"', head_end)
+        if close < 0 or _NOT_VERBATIM.search(data, head_end, close) is not None:
+            return None
+        cut = at + len(_CONTENT)
+        return cls(data[:head_end], data[close:], empty_chunk[:cut], empty_chunk[cut:])
+
+    def chunk(self, data: bytes) -> msgspec.Raw | None:
+        """The chunk of a text delta of this shape, or None (anything else: decoded as usual)."""
+        head = self.head
+        start = len(head)
+        close = data.find(b'"', start)
+        if (
+            close <= start  # no string, or an empty one (which emits nothing)
+            or not data.startswith(head)
+            or _NOT_VERBATIM.search(data, start, close) is not None
+            or len(data) - close != len(self.tail)
+            or not data.endswith(self.tail)
+        ):
+            return None
+        text = data[start:close]
+        if not text.isascii():
+            try:
+                text.decode()
+            except UnicodeDecodeError:
+                return None  # the decoder refuses it: the usual path raises the stream's error
+        return msgspec.Raw(self.prefix + text + self.suffix)
 
 
 class AnthropicStreamTranslator:
@@ -33,18 +92,28 @@ class AnthropicStreamTranslator:
         self._tool_count = 0
         #: Anthropic block index → ("text" | "thinking" | "tool", tool-call index or -1); others ignored.
         self._blocks: dict[int, tuple[str, int]] = {}
+        #: The current text block's deltas, once one was decoded (`_TextDeltas`).
+        self._text: _TextDeltas | None = None
 
     @property
     def done(self) -> bool:
         return self._done
 
-    def feed(self, event: SSEEvent) -> list[dict[str, Any]]:
+    def feed(self, event: SSEEvent) -> list[Chunk]:
+        text = self._text
+        if text is not None:
+            raw = text.chunk(event.data)
+            if raw is not None:
+                return [raw]
         if not event.data.strip():
             return []
         data = decode_event(event.data, after_first_byte=self._emitted)
         kind = data.get("type") or event.event
         if kind == "content_block_delta":  # the hot path first
-            return self._on_delta(data)
+            chunks = self._on_delta(data)
+            if chunks and text is None and self._is_text_delta(data):
+                self._text = _TextDeltas.learn(event.data, _encode(self._chunk({"content": ""}, content=False)))
+            return chunks
         if kind == "content_block_start":
             return self._on_block_start(data)
         if kind == "message_start":
@@ -74,7 +143,13 @@ class AnthropicStreamTranslator:
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
 
-    def _on_message_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _is_text_delta(self, data: dict[str, Any]) -> bool:
+        delta = data.get("delta") or {}
+        known = self._blocks.get(int(data.get("index", 0)))
+        return delta.get("type") == "text_delta" and known is not None and known[0] == "text"
+
+    def _on_message_start(self, data: dict[str, Any]) -> list[Chunk]:
+        self._text = None  # its chunks carry this message's id and model
         message = data.get("message") or {}
         if message.get("model"):
             self.model = str(message["model"])
@@ -84,7 +159,7 @@ class AnthropicStreamTranslator:
         # The role chunk carries no content, so an error right after it still allows a clean retry.
         return [self._chunk({"role": "assistant", "content": ""}, content=False)]
 
-    def _on_block_start(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _on_block_start(self, data: dict[str, Any]) -> list[Chunk]:
         index = int(data.get("index", 0))
         block = data.get("content_block") or {}
         kind = block.get("type")
@@ -107,7 +182,7 @@ class AnthropicStreamTranslator:
             "type": "function",
             "function": {"name": block.get("name", ""), "arguments": ""},
         }
-        chunks = [self._chunk({"tool_calls": [call]})]
+        chunks: list[Chunk] = [self._chunk({"tool_calls": [call]})]
         if block.get("input"):  # the input normally streams as input_json_delta; keep one given up front
             chunks.append(self._args_chunk(call_index, _encode(block["input"]).decode()))
         return chunks
@@ -115,7 +190,7 @@ class AnthropicStreamTranslator:
     def _args_chunk(self, call_index: int, fragment: str) -> dict[str, Any]:
         return self._chunk({"tool_calls": [{"index": call_index, "function": {"arguments": fragment}}]})
 
-    def _on_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _on_delta(self, data: dict[str, Any]) -> list[Chunk]:
         known = self._blocks.get(int(data.get("index", 0)))
         delta = data.get("delta") or {}
         if known is None:
@@ -137,7 +212,7 @@ class AnthropicStreamTranslator:
             return [self._chunk({"thinking_blocks": [block]})]
         return []  # citations_delta: nothing in the OpenAI shape carries it
 
-    def _on_message_delta(self, data: dict[str, Any]) -> list[dict[str, Any]]:
+    def _on_message_delta(self, data: dict[str, Any]) -> list[Chunk]:
         self.usage = usage_from(data.get("usage"), self.usage)  # cumulative counts: overwrite
         delta = data.get("delta") or {}
         reason = finish_reason(delta.get("stop_reason"))

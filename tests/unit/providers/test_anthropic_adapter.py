@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 import pydantic
 import pytest
 from anthropic.types import (
@@ -32,6 +33,7 @@ from modelyard.config.model import Deployment
 from modelyard.providers.anthropic import TOOL_ERROR_MARKER, AnthropicAdapter, AnthropicStreamTranslator
 from modelyard.providers.base import SSEEvent, StreamStamp
 from modelyard.providers.sse import SSEParser
+from modelyard.routing.executor import as_dict
 from modelyard.schema.chat import EmbeddingRequest, Usage, chat_request_from_dict
 from modelyard.schema.errors import ErrorKind, GatewayError, ProviderError
 
@@ -952,9 +954,9 @@ def translate(
     data = text.encode()
     for start in range(0, len(data), 37):  # arbitrary read boundaries, as from a socket
         for event in parser.feed(data[start : start + 37]):
-            chunks.extend(translator.feed(event))
+            chunks.extend(as_dict(chunk) for chunk in translator.feed(event))
     for event in parser.flush():
-        chunks.extend(translator.feed(event))
+        chunks.extend(as_dict(chunk) for chunk in translator.feed(event))
     return translator, chunks
 
 
@@ -1206,3 +1208,89 @@ def test_embeddings_are_not_served() -> None:
         ADAPTER.embeddings_call(dep(), EmbeddingRequest(model="e", input="x"), {"model": "e", "input": "x"})
     assert err.value.status == 400
     assert "does not serve embeddings" in err.value.message
+
+
+_START = (
+    b'{"type":"message_start","message":{"id":"msg_01Q","type":"message","role":"assistant",'
+    b'"model":"claude-x-1","content":[],"stop_reason":null,"usage":{"input_tokens":9,"output_tokens":1}}}'
+)
+
+
+def _text_block(index: int) -> bytes:
+    return b'{"type":"content_block_start","index":%d,"content_block":{"type":"text","text":""}}' % index
+
+
+def _text_delta(text: bytes, index: int = 0) -> bytes:
+    return b'{"type":"content_block_delta","index":%d,"delta":{"type":"text_delta","text":"%s"}}' % (index, text)
+
+
+def _chunk_bytes(translator: AnthropicStreamTranslator, data: bytes) -> list[bytes]:
+    return [bytes(c) if isinstance(c, msgspec.Raw) else msgspec.json.encode(c) for c in translator.feed(SSEEvent(data))]
+
+
+# Plain text deltas (the shape is learned from the first), then ones that must be decoded: escapes, a new block.
+TEXT_STREAM = [
+    _START,
+    _text_block(0),
+    _text_delta(b"Hello"),
+    _text_delta(b" world, {ok} [1]: caf\xc3\xa9 \xe6\x97\xa5\xe6\x9c\xac \xf0\x9f\x99\x82 \x7f"),
+    _text_delta(b""),
+    _text_delta(b'line\\nbreak \\"quoted\\" caf\\u00e9 \\\\ slash\\/'),
+    _text_delta(b"after"),
+    b'{"type":"content_block_stop","index":0}',
+    _text_block(1),
+    _text_delta(b"second block", 1),
+    _text_delta(b"again", 0),
+    _text_delta(b'x","text":"the decoder keeps this one'),  # a duplicate key: the same text as decoded
+    _START.replace(b"msg_01Q", b"msg_02R").replace(b"claude-x-1", b"claude-y-2"),  # new id and model
+    _text_delta(b"in the new message"),
+    b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":12}}',
+    b'{"type":"message_stop"}',
+]
+
+
+def test_text_deltas_spliced_into_chunks_are_byte_for_byte_what_decoding_gives(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from modelyard.providers import anthropic_stream
+
+    def fresh() -> AnthropicStreamTranslator:
+        return ADAPTER.stream_translator(dep(), chat_request_from_dict({"model": "smart", "messages": [user()]}))
+
+    spliced = fresh()
+    fast = [_chunk_bytes(spliced, data) for data in TEXT_STREAM]
+    monkeypatch.setattr(anthropic_stream._TextDeltas, "learn", classmethod(lambda cls, data, empty: None))
+    decoded = fresh()
+    assert fast == [_chunk_bytes(decoded, data) for data in TEXT_STREAM]
+    assert fast[4] == [] and len(fast[3]) == 1  # an empty delta emits nothing, as decoded
+    assert spliced.usage.completion == decoded.usage.completion == 12 and spliced.done
+
+
+def test_plain_text_deltas_skip_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
+    from modelyard.providers import anthropic_stream
+
+    translator = ADAPTER.stream_translator(dep(), chat_request_from_dict({"model": "smart", "messages": [user()]}))
+    for data in (_START, _text_block(0), _text_delta(b"Hi")):
+        translator.feed(SSEEvent(data))
+
+    def no_decode(data: bytes, *, after_first_byte: bool = False) -> dict[str, Any]:
+        raise AssertionError(f"decoded {data!r}")
+
+    monkeypatch.setattr(anthropic_stream, "decode_event", no_decode)
+    (chunk,) = translator.feed(SSEEvent(_text_delta(b" there \xc3\xa9")))
+    assert isinstance(chunk, msgspec.Raw)
+    assert msgspec.json.decode(bytes(chunk))["choices"][0]["delta"] == {"content": " there é"}
+    for unplain in (b"a\\nb", b'a\\"b', b"tab\there", b"bad \xff utf-8", b"x\\u00e9"):
+        with pytest.raises(AssertionError, match="decoded"):
+            translator.feed(SSEEvent(_text_delta(unplain)))  # each goes to the decoder
+
+
+def test_a_text_delta_the_decoder_refuses_is_still_an_error() -> None:
+    translator = ADAPTER.stream_translator(dep(), chat_request_from_dict({"model": "smart", "messages": [user()]}))
+    for data in (_START, _text_block(0), _text_delta(b"Hi")):
+        translator.feed(SSEEvent(data))
+    for broken in (b"raw \x01 control", b"bad \xff utf-8"):
+        with pytest.raises(ProviderError):
+            translator.feed(SSEEvent(_text_delta(broken)))
+    with pytest.raises(ProviderError):  # the same length as a delta, but not one: not JSON
+        translator.feed(SSEEvent(_text_delta(b"abc")[:-2] + b"]]"))

@@ -9,6 +9,7 @@ instead (providers/anthropic_native.py).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -23,6 +24,10 @@ _encode = msgspec.json.Encoder().encode
 #: What a translator hands out: chunk dicts, or a text delta's chunk as encoded bytes (`_TextDeltas`).
 Chunk = dict[str, Any] | msgspec.Raw
 _TEXT_DELTA = b'"text_delta","text":"'
+#: How a text delta event ends: its text is the last member of `delta`, and `delta` the last of the event (so
+#: no member after the string, such as a repeated "text" that a decoder would keep instead, can go unseen:
+#: the string runs from the learned head to these bytes and holds no quote).
+_TEXT_END = b'"}}'
 _CONTENT = b'"content":"'
 #: What a JSON string's bytes may not hold for the encoder to write them back unchanged: a quote, a backslash
 #: (an escape, which the encoder may write another way) or a control character (which it escapes).
@@ -30,45 +35,41 @@ _NOT_VERBATIM = re.compile(rb'["\\\x00-\x1f]')
 
 
 class _TextDeltas:
-    """The plain text deltas of one text block, recognised by their bytes: the same bytes before and after a
-    text string that holds no quote, backslash or control character (valid UTF-8) are that block's next
-    delta, and its chunk is the template of an empty content chunk with those bytes spliced in. That is
+    """The plain text deltas of one text block, recognised by their bytes: the same bytes before a text string
+    that holds no quote, backslash or control character (valid UTF-8) and ends the event are that block's
+    next delta, and its chunk is the template of an empty content chunk with those bytes spliced in. That is
     byte for byte what decoding the event and encoding its chunk writes (msgspec escapes nothing else),
     without the decode, the dicts and the encode."""
 
-    __slots__ = ("head", "prefix", "suffix", "tail")
+    __slots__ = ("head", "prefix", "suffix")
 
-    def __init__(self, head: bytes, tail: bytes, prefix: bytes, suffix: bytes) -> None:
+    def __init__(self, head: bytes, prefix: bytes, suffix: bytes) -> None:
         self.head = head
-        self.tail = tail
         self.prefix = prefix
         self.suffix = suffix
 
     @classmethod
-    def learn(cls, data: bytes, empty_chunk: bytes) -> _TextDeltas | None:
-        """The shape of the text delta `data`, whose chunks are `empty_chunk` with the text in its content."""
+    def learn(cls, data: bytes, empty_chunk: Callable[[], bytes]) -> _TextDeltas | None:
+        """The shape of the text delta `data` (its bytes up to the text), whose chunks are `empty_chunk()` with
+        the text in its content; None if the text member is not where this shape expects it."""
         start = data.find(_TEXT_DELTA)
-        at = empty_chunk.rfind(_CONTENT + b'"')
+        template = empty_chunk()
+        at = template.rfind(_CONTENT + b'"')
         if start < 0 or at < 0:
             return None
-        head_end = start + len(_TEXT_DELTA)
-        close = data.find(b'"', head_end)
-        if close < 0 or _NOT_VERBATIM.search(data, head_end, close) is not None:
-            return None
         cut = at + len(_CONTENT)
-        return cls(data[:head_end], data[close:], empty_chunk[:cut], empty_chunk[cut:])
+        return cls(data[: start + len(_TEXT_DELTA)], template[:cut], template[cut:])
 
     def chunk(self, data: bytes) -> msgspec.Raw | None:
         """The chunk of a text delta of this shape, or None (anything else: decoded as usual)."""
         head = self.head
         start = len(head)
-        close = data.find(b'"', start)
+        close = len(data) - len(_TEXT_END)
         if (
-            close <= start  # no string, or an empty one (which emits nothing)
+            close <= start  # too short for this shape, or an empty string (which emits nothing)
             or not data.startswith(head)
-            or _NOT_VERBATIM.search(data, start, close) is not None
-            or len(data) - close != len(self.tail)
-            or not data.endswith(self.tail)
+            or not data.endswith(_TEXT_END)
+            or _NOT_VERBATIM.search(data, start, close) is not None  # also: no quote before the last
         ):
             return None
         text = data[start:close]
@@ -92,7 +93,7 @@ class AnthropicStreamTranslator:
         self._tool_count = 0
         #: Anthropic block index → ("text" | "thinking" | "tool", tool-call index or -1); others ignored.
         self._blocks: dict[int, tuple[str, int]] = {}
-        #: The current text block's deltas, once one was decoded (`_TextDeltas`).
+        #: The latest text block's deltas, once one of them was decoded (`_TextDeltas`).
         self._text: _TextDeltas | None = None
 
     @property
@@ -111,8 +112,8 @@ class AnthropicStreamTranslator:
         kind = data.get("type") or event.event
         if kind == "content_block_delta":  # the hot path first
             chunks = self._on_delta(data)
-            if chunks and text is None and self._is_text_delta(data):
-                self._text = _TextDeltas.learn(event.data, _encode(self._chunk({"content": ""}, content=False)))
+            if chunks and self._is_text_delta(data) and (text is None or not event.data.startswith(text.head)):
+                self._text = _TextDeltas.learn(event.data, self._empty_chunk) or text  # a new text block's shape
             return chunks
         if kind == "content_block_start":
             return self._on_block_start(data)
@@ -142,6 +143,9 @@ class AnthropicStreamTranslator:
             "model": self.model,
             "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
         }
+
+    def _empty_chunk(self) -> bytes:
+        return _encode(self._chunk({"content": ""}, content=False))
 
     def _is_text_delta(self, data: dict[str, Any]) -> bool:
         delta = data.get("delta") or {}

@@ -1240,6 +1240,7 @@ TEXT_STREAM = [
     b'{"type":"content_block_stop","index":0}',
     _text_block(1),
     _text_delta(b"second block", 1),
+    _text_delta(b" goes on", 1),
     _text_delta(b"again", 0),
     _text_delta(b'x","text":"the decoder keeps this one'),  # a duplicate key: the same text as decoded
     _START.replace(b"msg_01Q", b"msg_02R").replace(b"claude-x-1", b"claude-y-2"),  # new id and model
@@ -1266,6 +1267,23 @@ def test_text_deltas_spliced_into_chunks_are_byte_for_byte_what_decoding_gives(
     assert spliced.usage.completion == decoded.usage.completion == 12 and spliced.done
 
 
+def test_a_delta_with_a_repeated_text_member_teaches_no_shape(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decoder keeps the last of two "text" members: a shape learned up to the first would splice the
+    wrong one into every later delta of that form."""
+    from modelyard.providers import anthropic_stream
+
+    stream = [_START, _text_block(0), _text_delta(b'first","text":"kept'), _text_delta(b'other","text":"kept')]
+
+    def run() -> list[list[bytes]]:
+        translator = ADAPTER.stream_translator(dep(), chat_request_from_dict({"model": "m", "messages": [user()]}))
+        return [_chunk_bytes(translator, data) for data in stream]
+
+    spliced = run()
+    monkeypatch.setattr(anthropic_stream._TextDeltas, "learn", classmethod(lambda cls, data, empty: None))
+    assert spliced == run()
+    assert msgspec.json.decode(spliced[3][0])["choices"][0]["delta"] == {"content": "kept"}
+
+
 def test_plain_text_deltas_skip_the_decoder(monkeypatch: pytest.MonkeyPatch) -> None:
     from modelyard.providers import anthropic_stream
 
@@ -1283,6 +1301,11 @@ def test_plain_text_deltas_skip_the_decoder(monkeypatch: pytest.MonkeyPatch) -> 
     for unplain in (b"a\\nb", b'a\\"b', b"tab\there", b"bad \xff utf-8", b"x\\u00e9"):
         with pytest.raises(AssertionError, match="decoded"):
             translator.feed(SSEEvent(_text_delta(unplain)))  # each goes to the decoder
+    monkeypatch.undo()
+    for data in (_text_block(1), _text_delta(b"next block", 1)):  # its first plain delta teaches its shape
+        translator.feed(SSEEvent(data))
+    monkeypatch.setattr(anthropic_stream, "decode_event", no_decode)
+    assert isinstance(translator.feed(SSEEvent(_text_delta(b"more", 1)))[0], msgspec.Raw)
 
 
 def test_a_text_delta_the_decoder_refuses_is_still_an_error() -> None:

@@ -58,6 +58,12 @@ def _tokens(value: Any) -> int:
 Delta = tuple[Any, ...]
 
 
+def bucket_start(at: float, width: float) -> float:
+    """The start of the rollup bucket of `width` seconds that holds time `at` (how every row is bucketed;
+    readers that combine rows and rollups cut at the same boundaries)."""
+    return float(math.floor(at / width) * width)
+
+
 _FINEST = min(ROLLUP_GRAINS.values())
 if any(width % _FINEST for width in ROLLUP_GRAINS.values()):  # pragma: no cover - a developer's mistake
     raise RuntimeError("every rollup grain must be a multiple of the finest")
@@ -88,7 +94,7 @@ def group_rows(rows: Iterable[Sequence[Any]], rows_by: Grouped) -> Grouped:
             raise ValueError(f"spend time {at!r} is not a finite number")
         latency = row[_LATENCY]
         key = (
-            float(math.floor(at / _FINEST) * _FINEST),
+            bucket_start(at, _FINEST),
             row[_MODEL] or "",
             row[_DEPLOYMENT] or "",
             row[_KEY] or "",
@@ -137,7 +143,7 @@ def deltas_of(rows_by: Grouped) -> dict[str, list[Delta]]:
             continue
         coarse: dict[tuple[float, str, str], list[Any]] = {}
         for (bucket, dim, value), sums in fine.items():
-            group = (float(math.floor(bucket / width) * width), dim, value)
+            group = (bucket_start(bucket, width), dim, value)
             total = coarse.get(group)
             if total is None:
                 coarse[group] = list(sums)

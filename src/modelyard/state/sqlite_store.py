@@ -44,6 +44,7 @@ from modelyard.state.rollup import (
     Delta,
     Grouped,
     PurgeClock,
+    bucket_start,
     deltas,
     deltas_of,
     first_new,
@@ -164,8 +165,7 @@ EVICT_ROWS = 1000
 _SPENT_SINCE = "SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?"
 #: A key's spend: its rows from a rollup bucket boundary on, plus its rollup buckets before that boundary.
 _SPENT_SINCE_EVICTED = (
-    "SELECT (SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend WHERE key_id = ? AND at >= ?) + "
-    "(SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend_{grain} "
+    f"SELECT ({_SPENT_SINCE}) + (SELECT COALESCE(SUM(cost_usd), 0) FROM modelyard_spend_{{grain}} "
     "WHERE dim = 'key' AND value = ? AND bucket >= ? AND bucket < ?)"
 )
 _DEAD_INSERT = "INSERT INTO modelyard_spend_dead (id, at, failed_at, error, record) VALUES (?, ?, ?, ?, ?)"
@@ -406,11 +406,12 @@ class SQLiteStore:
         through = self._evicted_through  # on the store's thread, as every eviction: no write can race it
         if since > through or math.isnan(since):
             return float(conn.execute(_SPENT_SINCE, (key_id, since)).fetchone()[0])
-        minute = ROLLUP_GRAINS["minute"]
-        grain = "minute" if math.floor(since / minute) * minute >= self._purge.newest - MINUTE_KEEP_S else "hour"
+        grain = (
+            "minute" if bucket_start(since, ROLLUP_GRAINS["minute"]) >= self._purge.newest - MINUTE_KEEP_S else "hour"
+        )
         width = ROLLUP_GRAINS[grain]
-        start = math.floor(since / width) * width
-        boundary = math.floor(through / width) * width + width  # every evicted row lies before it
+        start = bucket_start(since, width)
+        boundary = bucket_start(through, width) + width  # every evicted row lies before it
         sql = _SPENT_SINCE_EVICTED.format(grain=grain)
         return float(conn.execute(sql, (key_id, boundary, key_id, start, boundary)).fetchone()[0])
 

@@ -112,8 +112,10 @@ class AnthropicStreamTranslator:
         kind = data.get("type") or event.event
         if kind == "content_block_delta":  # the hot path first
             chunks = self._on_delta(data)
-            if chunks and self._is_text_delta(data) and (text is None or not event.data.startswith(text.head)):
-                self._text = _TextDeltas.learn(event.data, self._empty_chunk) or text  # a new text block's shape
+            # A new text block's first decoded delta teaches its shape (a delta of the learned block that had
+            # to be decoded, an escape in it, is not looked at again).
+            if chunks and (text is None or not event.data.startswith(text.head)) and self._is_text_delta(data):
+                self._text = _TextDeltas.learn(event.data, self._empty_chunk) or text
             return chunks
         if kind == "content_block_start":
             return self._on_block_start(data)

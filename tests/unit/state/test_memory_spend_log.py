@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -40,27 +41,33 @@ async def _count(store: SQLiteStore, sql: str) -> int:
     return int(await store._run(lambda conn: conn.execute(sql).fetchone()[0]))
 
 
+@pytest.fixture
+async def memory() -> AsyncIterator[SQLiteStore]:
+    """An open in-memory store keeping KEEP rows."""
+    store = SQLiteStore(":memory:", memory_rows=KEEP)
+    await store.open()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
 def _spent(records: list[SpendRecord], since: float) -> float:
     return sum(r.cost_usd for r in records if r.key_id == "k" and r.at >= since)
 
 
-async def test_an_in_memory_log_keeps_about_the_newest_rows_and_every_total() -> None:
-    store = SQLiteStore(":memory:", memory_rows=KEEP)
-    await store.open()
-    try:
-        records = _rows(5000, T0)
-        await _write(store, records)
-        kept = await _count(store, "SELECT COUNT(*) FROM modelyard_spend")
-        assert KEEP <= kept <= KEEP + KEEP // 10
-        assert await store.get_spend(records[-1].id) is not None  # the newest stay
-        assert await store.get_spend(records[0].id) is None  # the oldest went
-        oldest_kept = await _count(store, "SELECT MIN(CAST(substr(id, 5) AS INTEGER)) FROM modelyard_spend")
-        assert oldest_kept == 5000 - kept  # exactly the newest `kept`, none skipped
-        for grain in ("minute", "hour"):  # the rollups still hold every request
-            total = f"SELECT SUM(requests) FROM modelyard_spend_{grain} WHERE dim = 'all'"
-            assert await _count(store, total) == 5000
-    finally:
-        await store.close()
+async def test_an_in_memory_log_keeps_about_the_newest_rows_and_every_total(memory: SQLiteStore) -> None:
+    records = _rows(5000, T0)
+    await _write(memory, records)
+    kept = await _count(memory, "SELECT COUNT(*) FROM modelyard_spend")
+    assert KEEP <= kept <= KEEP + KEEP // 10
+    assert await memory.get_spend(records[-1].id) is not None  # the newest stay
+    assert await memory.get_spend(records[0].id) is None  # the oldest went
+    oldest_kept = await _count(memory, "SELECT MIN(CAST(substr(id, 5) AS INTEGER)) FROM modelyard_spend")
+    assert oldest_kept == 5000 - kept  # exactly the newest `kept`, none skipped
+    for grain in ("minute", "hour"):  # the rollups still hold every request
+        total = f"SELECT SUM(requests) FROM modelyard_spend_{grain} WHERE dim = 'all'"
+        assert await _count(memory, total) == 5000
 
 
 async def test_a_file_store_keeps_every_row(tmp_path: Path) -> None:
@@ -73,67 +80,54 @@ async def test_a_file_store_keeps_every_row(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_a_keys_spend_counts_the_evicted_rows_and_is_never_low() -> None:
-    store = SQLiteStore(":memory:", memory_rows=KEEP)
-    await store.open()
-    try:
-        records = _rows(5000, T0)
-        await _write(store, records)
-        evicted_through = 5000 - await _count(store, "SELECT COUNT(*) FROM modelyard_spend") - 1
-        assert evicted_through > 2000
-        # Kept rows only: exact.
-        assert await store.spent_since("k", T0 + 4500) == pytest.approx(_spent(records, T0 + 4500))
-        # From a minute boundary inside the evicted rows: the rollups, exact.
-        for since in (T0 + 40, T0 + 40 + 60 * 20, T0 - 3600):
-            assert await store.spent_since("k", since) == pytest.approx(_spent(records, since))
-        # From inside a minute: at most that minute's spend before `since` too, never less than spent.
-        for since in (T0 + 41, T0 + 40 + 60 * 30 + 33):
-            minute_start = math.floor(since / 60) * 60
-            got = await store.spent_since("k", since)
-            assert _spent(records, since) <= got + 1e-9
-            assert got <= _spent(records, minute_start) + 1e-9
-        assert await store.spent_since("nobody", T0) == 0.0
-    finally:
-        await store.close()
+async def test_a_keys_spend_counts_the_evicted_rows_and_is_never_low(memory: SQLiteStore) -> None:
+    records = _rows(5000, T0)
+    await _write(memory, records)
+    evicted_through = 5000 - await _count(memory, "SELECT COUNT(*) FROM modelyard_spend") - 1
+    assert evicted_through > 2000
+    # Kept rows only: exact.
+    assert await memory.spent_since("k", T0 + 4500) == pytest.approx(_spent(records, T0 + 4500))
+    # From a minute boundary inside the evicted rows: the rollups, exact.
+    for since in (T0 + 40, T0 + 40 + 60 * 20, T0 - 3600):
+        assert await memory.spent_since("k", since) == pytest.approx(_spent(records, since))
+    # From inside a minute: at most that minute's spend before `since` too, never less than spent.
+    for since in (T0 + 41, T0 + 40 + 60 * 30 + 33):
+        minute_start = math.floor(since / 60) * 60
+        got = await memory.spent_since("k", since)
+        assert _spent(records, since) <= got + 1e-9
+        assert got <= _spent(records, minute_start) + 1e-9
+    assert await memory.spent_since("nobody", T0) == 0.0
+    # A time that is not a number never reaches the bucket arithmetic: the rows' answer (nothing is >= NaN).
+    assert await memory.spent_since("k", math.nan) == 0.0
 
 
-async def test_past_the_minute_rollups_the_hours_count(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_past_the_minute_rollups_the_hours_count(memory: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(rollup, "PURGE_EVERY_S", 0.0)  # purge old minutes at every write
-    store = SQLiteStore(":memory:", memory_rows=KEEP)
-    await store.open()
-    try:
-        old = _rows(200, T0 - 3 * 86400, first_id=100_000)  # minutes purged once newer rows come
-        new = _rows(3000, T0)
-        await _write(store, old)
-        await _write(store, new)
-        old_minutes = f"SELECT COUNT(*) FROM modelyard_spend_minute WHERE bucket < {T0 - 2 * 86400}"
-        assert await _count(store, old_minutes) == 0
-        everything = old + new
-        since = T0 - 3 * 86400 + 50  # inside an hour whose minutes are gone
-        got = await store.spent_since("k", since)
-        assert _spent(everything, since) <= got + 1e-9
-        assert got <= _spent(everything, math.floor(since / 3600) * 3600) + 1e-9
-    finally:
-        await store.close()
+    old = _rows(200, T0 - 3 * 86400, first_id=100_000)  # minutes purged once newer rows come
+    new = _rows(3000, T0)
+    await _write(memory, old)
+    await _write(memory, new)
+    old_minutes = f"SELECT COUNT(*) FROM modelyard_spend_minute WHERE bucket < {T0 - 2 * 86400}"
+    assert await _count(memory, old_minutes) == 0
+    everything = old + new
+    since = T0 - 3 * 86400 + 50  # inside an hour whose minutes are gone
+    got = await memory.spent_since("k", since)
+    assert _spent(everything, since) <= got + 1e-9
+    assert got <= _spent(everything, math.floor(since / 3600) * 3600) + 1e-9
 
 
-async def test_a_failed_trim_is_not_a_failed_write(monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_a_failed_trim_is_not_a_failed_write(memory: SQLiteStore, monkeypatch: pytest.MonkeyPatch) -> None:
     from modelyard.state import sqlite_store
 
     def broken(conn: sqlite3.Connection, keep: int, most: int = 0) -> tuple[float | None, int]:
         raise sqlite3.OperationalError("database is locked")
 
-    store = SQLiteStore(":memory:", memory_rows=KEEP)
-    await store.open()
-    try:
-        monkeypatch.setattr(sqlite_store, "evict_oldest", broken)
-        await _write(store, _rows(2000, T0))  # no exception: the rows are stored, the trim waits
-        assert await _count(store, "SELECT COUNT(*) FROM modelyard_spend") == 2000
-        monkeypatch.undo()
-        await _write(store, _rows(200, T0 + 2000, first_id=2000))
-        assert await _count(store, "SELECT COUNT(*) FROM modelyard_spend") == KEEP  # trimmed at the next check
-    finally:
-        await store.close()
+    monkeypatch.setattr(sqlite_store, "evict_oldest", broken)
+    await _write(memory, _rows(2000, T0))  # no exception: the rows are stored, the trim waits
+    assert await _count(memory, "SELECT COUNT(*) FROM modelyard_spend") == 2000
+    monkeypatch.undo()
+    await _write(memory, _rows(200, T0 + 2000, first_id=2000))
+    assert await _count(memory, "SELECT COUNT(*) FROM modelyard_spend") == KEEP  # trimmed at the next check
 
 
 def _varied(i: int) -> SpendRecord:
@@ -198,5 +192,6 @@ def test_the_config_sets_what_memory_keeps() -> None:
     assert store.memory_rows == 5000
     default = build_services(parse_config(deployments, env={})).store
     assert isinstance(default, SQLiteStore) and default.memory_rows == 100_000
-    with pytest.raises(ModelyardError, match="memory_rows"):
-        parse_config(deployments + "spend: {memory_rows: 10}\n", env={})
+    for bad in ("10", "-5", "1000000000000", ".nan", "lots"):
+        with pytest.raises(ModelyardError, match="memory_rows"):
+            parse_config(deployments + f"spend: {{memory_rows: {bad}}}\n", env={})

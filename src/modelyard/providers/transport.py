@@ -22,6 +22,7 @@ import aiohttp
 
 from modelyard.config.model import Timeouts
 from modelyard.providers.base import Adapter, HttpCall, SSEEvent, StreamDecoder
+from modelyard.providers.deadlines import Deadline, Deadlines
 from modelyard.providers.http1 import AnswerTooLarge, Http1Client, HttpError
 from modelyard.providers.sse import SSEParser
 from modelyard.schema.errors import ErrorKind, ProviderError
@@ -118,13 +119,14 @@ class FastTransport:
     def __init__(self, *, pool_size: int = 1000, max_answer_bytes: int = MAX_ANSWER_BYTES) -> None:
         self._client = Http1Client(limit_per_origin=pool_size)
         self._max_answer = max_answer_bytes
+        self._deadlines = Deadlines()
 
     async def close(self) -> None:
         self._client.close()
 
     async def send(self, call: HttpCall, timeouts: Timeouts, adapter: Adapter) -> tuple[bytes, Mapping[str, str]]:
         try:
-            async with asyncio.timeout(response_timeout(timeouts)):
+            with self._deadlines.timeout(response_timeout(timeouts)):
                 resp = await self._client.request(
                     call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
                 )
@@ -148,7 +150,7 @@ class FastTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
-            async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
+            with self._deadlines.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._client.request(
                     call.method, call.url, call.headers, call.body, connect_timeout=timeouts.connect
                 )
@@ -160,7 +162,14 @@ class FastTransport:
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
         return EventStream(
-            resp.next_chunk, resp.close, resp.release, resp.headers, deadline, timeouts.first_token, decoder
+            resp.next_chunk,
+            resp.close,
+            resp.release,
+            resp.headers,
+            deadline,
+            timeouts.first_token,
+            decoder,
+            deadlines=self._deadlines,
         )
 
 
@@ -176,6 +185,7 @@ class AiohttpTransport:
             trust_env=True,
         )
         self._timeouts: dict[tuple[float, float | None], aiohttp.ClientTimeout] = {}
+        self._deadlines = Deadlines()
 
     async def close(self) -> None:
         await self._session.close()
@@ -216,7 +226,7 @@ class AiohttpTransport:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeouts.total
         try:
-            async with asyncio.timeout(min(timeouts.first_token, timeouts.total)):
+            with self._deadlines.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._session.request(
                     call.method,
                     call.url,
@@ -232,7 +242,14 @@ class AiohttpTransport:
         except _CONNECTION_ERRORS as exc:
             raise ProviderError(ErrorKind.CONNECTION, f"connection failed: {_what(exc)}") from None
         return EventStream(
-            resp.content.readany, resp.close, resp.release, resp.headers, deadline, timeouts.first_token, decoder
+            resp.content.readany,
+            resp.close,
+            resp.release,
+            resp.headers,
+            deadline,
+            timeouts.first_token,
+            decoder,
+            deadlines=self._deadlines,
         )
 
 
@@ -262,8 +279,11 @@ class EventStream:
         deadline: float,
         first_event_timeout: float,
         decoder: StreamDecoder | None = None,
+        *,
+        deadlines: Deadlines,
     ) -> None:
         self._read = read
+        self._deadlines = deadlines
         self._decoder = decoder
         self._close = close
         self._release = release
@@ -273,7 +293,7 @@ class EventStream:
         self.received_any = False
         self.finished = False
         #: The stream's one timer while `batches()` runs (it cancels the task iterating when it fires).
-        self._timer: asyncio.Timeout | None = None
+        self._timer: Deadline | None = None
 
     async def __aenter__(self) -> EventStream:
         return self
@@ -310,7 +330,7 @@ class EventStream:
         # event has arrived, the overall deadline.
         first_deadline = min(self._deadline, loop.time() + self._first_event_timeout)
         try:
-            async with asyncio.timeout_at(self._deadline if self.received_any else first_deadline) as timer:
+            with self._deadlines.timeout_at(self._deadline if self.received_any else first_deadline) as timer:
                 self._timer = timer
                 try:
                     while True:

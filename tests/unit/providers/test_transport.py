@@ -15,6 +15,7 @@ import pytest
 
 from modelyard.config.model import Deployment, Timeouts
 from modelyard.providers.base import HttpCall
+from modelyard.providers.deadlines import Deadlines
 from modelyard.providers.http1 import Http1Client
 from modelyard.providers.openai import OpenAIAdapter
 from modelyard.providers.transport import AiohttpTransport, EventStream, FastTransport, Transport, make_transport
@@ -293,7 +294,7 @@ async def test_a_stream_left_mid_iteration_and_closed_never_cancels_its_task_lat
         return chunks.pop(0) if chunks else b""
 
     loop = asyncio.get_running_loop()
-    stream = EventStream(read, lambda: None, lambda: None, {}, loop.time() + 0.05, 0.05)
+    stream = EventStream(read, lambda: None, lambda: None, {}, loop.time() + 0.05, 0.05, deadlines=Deadlines())
     batches = stream.batches()  # kept alive, as the executor keeps it: no garbage collection closes it
     async for _ in batches:
         break  # the answer is complete as far as the consumer is concerned

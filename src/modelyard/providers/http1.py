@@ -108,6 +108,9 @@ class Connection(asyncio.Protocol):
 
     def __init__(self, pool: OriginPool) -> None:
         self.pool = pool
+        #: Made in its loop (by `create_connection`), used there: asked once, not per request (each
+        #: `asyncio.get_running_loop()` is a getpid system call).
+        self._loop = asyncio.get_running_loop()
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.closed = False
@@ -173,7 +176,6 @@ class Connection(asyncio.Protocol):
     # ------------------------------------------------------------------ request side
 
     async def request(self, head: bytes, body: bytes) -> Response:
-        loop = asyncio.get_running_loop()
         self._in_use = True
         self._complete = False
         self._error = None
@@ -183,7 +185,7 @@ class Connection(asyncio.Protocol):
             self._paused = False
             assert self.transport is not None
             self.transport.resume_reading()
-        self._head = loop.create_future()
+        self._head = self._loop.create_future()
         assert self.transport is not None
         self.transport.write(head + body if len(body) < 65536 else head)
         if len(body) >= 65536:
@@ -221,7 +223,7 @@ class Connection(asyncio.Protocol):
                 raise self._error
             if self._complete:
                 return b""
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             except BaseException:

@@ -12,7 +12,6 @@ the adapters.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from types import TracebackType
@@ -147,8 +146,7 @@ class FastTransport:
     async def open_stream(
         self, call: HttpCall, timeouts: Timeouts, adapter: Adapter, decoder: StreamDecoder | None = None
     ) -> EventStream:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.total
+        deadline = self._deadlines.loop().time() + timeouts.total
         try:
             with self._deadlines.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._client.request(
@@ -223,8 +221,7 @@ class AiohttpTransport:
     async def open_stream(
         self, call: HttpCall, timeouts: Timeouts, adapter: Adapter, decoder: StreamDecoder | None = None
     ) -> EventStream:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeouts.total
+        deadline = self._deadlines.loop().time() + timeouts.total
         try:
             with self._deadlines.timeout(min(timeouts.first_token, timeouts.total)):
                 resp = await self._session.request(
@@ -324,7 +321,7 @@ class EventStream:
         ends the iteration: whether that end was premature is the adapter's call (`finish`).
         """
         parser = self._decoder or SSEParser()
-        loop = asyncio.get_running_loop()
+        loop = self._deadlines.loop()
         read = self._read
         # One timer for the whole stream (not one per read): first the first-event bound, then, once an
         # event has arrived, the overall deadline.

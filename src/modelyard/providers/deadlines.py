@@ -33,9 +33,10 @@ Entry = list[Any]
 
 
 class Deadlines:
-    """The deadlines of one event loop: the loop it was first used in, until that loop is closed (then the next
-    one's: `asyncio.run` after `asyncio.run`). The loop is remembered rather than asked for on every use:
-    `asyncio.get_running_loop()` makes a system call (getpid) each time, ~0.3 µs."""
+    """The deadlines of one event loop: the loop it was first used in, for as long as that loop runs (then the
+    running one's: `asyncio.run` after `asyncio.run`, or a test's loop after another that was left open). The
+    loop is remembered rather than asked for on every use: `asyncio.get_running_loop()` makes a system call
+    (getpid) each time, ~0.3 µs, and `is_running()` on the remembered one does not."""
 
     __slots__ = ("_armed_at", "_heap", "_loop", "_marked", "_sequence", "_timer")
 
@@ -58,9 +59,9 @@ class Deadlines:
 
     def loop(self) -> asyncio.AbstractEventLoop:
         """The event loop these deadlines are on (bound to the running one when there is none yet, or the last
-        one was closed)."""
+        one no longer runs)."""
         loop = self._loop
-        if loop is None or loop.is_closed():
+        if loop is None or not loop.is_running():
             loop = asyncio.get_running_loop()
             self._start(loop)
         return loop

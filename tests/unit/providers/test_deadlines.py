@@ -213,3 +213,15 @@ def test_one_instance_serves_one_loop_after_another() -> None:
     for _ in range(2):
         assert asyncio.run(outcome(deadlines.timeout_at, 0.02, 0.5)) == "timeout"
         assert uvloop.run(outcome(deadlines.timeout_at, 0.5, 0.01)) == "done"
+
+
+def test_a_loop_left_open_does_not_keep_the_deadlines() -> None:
+    """A loop that stopped but was not closed (a test's, say) hands the deadlines on to the running one."""
+    deadlines = Deadlines()
+    first = uvloop.new_event_loop()
+    try:
+        assert first.run_until_complete(outcome(deadlines.timeout_at, 0.5, 0.01)) == "done"
+        assert asyncio.run(outcome(deadlines.timeout_at, 0.02, 0.5)) == "timeout"
+        assert asyncio.run(outcome(lambda when: deadlines.timeout(0.02), 0.0, 0.5)) == "timeout"
+    finally:
+        first.close()

@@ -134,7 +134,7 @@ _CREATED, _ENTERED, _EXPIRING, _EXPIRED, _EXITED = range(5)
 
 
 class Deadline:
-    """One scope's deadline, with `asyncio.Timeout`'s behaviour (`reschedule`, `when`, `expired`)."""
+    """One scope's deadline, with `asyncio.Timeout`'s behaviour (`reschedule`, `expired`)."""
 
     __slots__ = ("_cancelling", "_deadlines", "_entry", "_state", "_task", "_when")
 
@@ -145,9 +145,6 @@ class Deadline:
         self._task: asyncio.Task[Any] | None = None
         self._cancelling = 0
         self._entry: Entry | None = None
-
-    def when(self) -> float | None:
-        return self._when
 
     def expired(self) -> bool:
         """Whether the deadline passed and cancelled the task (as `asyncio.Timeout.expired`)."""
@@ -160,7 +157,6 @@ class Deadline:
         entry = self._entry
         if entry is not None:
             self._deadlines.cancel(entry)
-        self._when = when
         self._entry = None if when is None else self._deadlines.add(when, self._expire)
 
     def __enter__(self) -> Deadline:

@@ -87,6 +87,21 @@ from modelyard.state.store import (
 T = TypeVar("T")
 log = logging.getLogger("modelyard.state")
 
+
+def _null(value: None) -> None:
+    """The adapter for None: NULL, as sqlite3 would bind it without one."""
+    return value
+
+
+#: sqlite3 binds an int, float or str as it is, but sends any other value, None included, through its
+#: adapter lookup. Without an adapter for the type, that lookup raises and clears two AttributeErrors
+#: (`__adapt__` on the protocol, `__conform__` on the value), each with a formatted message: ~0.26 µs per
+#: None with the GIL held, against ~0.09 through an adapter. A spend row binds about seven (ttft, error
+#: kind, content, guardrails, task, prediction, embedding). A registered adapter is found at the lookup's
+#: first step, and this one returns its argument, so every None is still stored as NULL. sqlite3's registry
+#: is per process: every SQLite user in this process binds None this way, with the same result.
+sqlite3.register_adapter(type(None), _null)
+
 #: Rows per insert statement. A spend batch goes in as multi-row VALUES statements with bound parameters, in
 #: one transaction: SQLite's module binds a statement's parameters in one C loop (one GIL hold per statement,
 #: where `executemany` took the GIL back for every row and, under load, waited for the busy event loop each

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from pathlib import Path
 
@@ -112,6 +113,25 @@ async def test_spend_text_survives_the_batch_encoding(store: Store) -> None:
     )
     await store.write_spend([record])
     assert (await store.spend_records())[-1] == record
+
+
+async def test_sqlite_binds_none_through_a_registered_adapter_and_stores_null(tmp_path: Path) -> None:
+    # Without an adapter, each None a statement binds costs two raised and cleared AttributeErrors (sqlite_store).
+    assert (type(None), sqlite3.PrepareProtocol) in sqlite3.adapters
+    store = SQLiteStore(str(tmp_path / "nulls.db"))
+    await store.open()
+    try:
+        record = _spend(3, ttft_ms=None, error_kind=None, content=None, task=None, predicted=None)
+        await store.write_spend([record])
+        assert (await store.spend_records())[-1] == record
+    finally:
+        await store.close()
+    with sqlite3.connect(tmp_path / "nulls.db") as conn:
+        stored = conn.execute(
+            "SELECT ttft_ms IS NULL, error_kind IS NULL, content IS NULL, task IS NULL, predicted IS NULL"
+            " FROM modelyard_spend"
+        ).fetchone()
+    assert stored == (1, 1, 1, 1, 1)
 
 
 async def test_spend_report_by_model_key_and_day(store: Store) -> None:

@@ -36,7 +36,6 @@ import asyncio
 import json
 import logging
 import os
-import re
 import urllib.parse
 from collections import deque
 from collections.abc import Callable
@@ -54,8 +53,10 @@ from modelyard.server.coalesce import CoalescingTransport
 #: simulator's filter of deliberate aborts, sim/asgi.py, still applies).
 log = logging.getLogger("uvicorn.error")
 
-#: Bytes that may not appear in a header name (anything but an RFC 9110 token character) or a value.
-_CONTROL = re.compile(b"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+#: Control bytes that may not appear in a header name or value (CR and LF are counted separately). A header
+#: block holds one if deleting them shortens it: bytes.translate's table loop takes ~0.3 µs for a response's
+#: ~350 bytes, where a regular expression's character class took ~1.1.
+_CONTROL = bytes([*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F])
 #: The response headers the protocol acts on (framing, and whether the connection stays open).
 _FRAMING = frozenset((b"content-length", b"transfer-encoding", b"connection"))
 
@@ -237,7 +238,11 @@ class Exchange:
             headers = list(headers)  # any iterable, as ASGI allows: it is read twice below
         lines = [b"%b: %b\r\n" % pair for pair in headers]
         block = b"".join(lines)
-        if block.count(b"\n") != len(lines) or block.count(b"\r") != len(lines) or _CONTROL.search(block):
+        if (
+            block.count(b"\n") != len(lines)
+            or block.count(b"\r") != len(lines)
+            or len(block.translate(None, _CONTROL)) != len(block)
+        ):
             raise RuntimeError("Invalid HTTP header name or value.")
         framed = close = False
         for name, value in headers:

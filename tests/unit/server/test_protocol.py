@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from modelyard.server.background import BackgroundServer
-from modelyard.server.protocol import MAX_PIPELINED, GatewayHttpProtocol
+from modelyard.server.protocol import MAX_PIPELINED, Exchange, GatewayHttpProtocol
 
 PIECE = b"x" * 65536
 #: Response headers an app must not be able to send: each would split the header block or carry a control
@@ -430,6 +430,30 @@ def test_a_header_that_would_split_the_block_or_carries_a_control_character_is_r
         answer = read_all(sock)
     assert answer.startswith(b"HTTP/1.1 500 ")
     assert b"set-cookie" not in answer.lower() and b"x-note" not in answer
+
+
+class _HeadOnly:
+    """The one thing `Exchange._head` asks of its protocol."""
+
+    def default_head(self) -> bytes:
+        return b""
+
+
+#: What RFC 9110 refuses in a field value: every control byte but horizontal tab, and DEL. CR and LF are
+#: refused too, as lines of their own (INJECTIONS above).
+REFUSED_BYTES = frozenset([*range(0x09), *range(0x0A, 0x20), 0x7F])
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_a_header_value_is_refused_exactly_for_a_control_byte(byte: int) -> None:
+    scope = {"method": "GET", "http_version": "1.1"}
+    exchange = Exchange(_HeadOnly(), scope, keep_alive=True, expect=False)  # type: ignore[arg-type]
+    headers = [(b"content-length", b"0"), (b"x-note", b"a" + bytes([byte]) + b"b")]
+    if byte in REFUSED_BYTES:
+        with pytest.raises(RuntimeError, match="Invalid HTTP header"):
+            exchange._head(200, headers)
+    else:
+        assert exchange._head(200, headers).endswith(b"x-note: a" + bytes([byte]) + b"b\r\n\r\n")
 
 
 @pytest.mark.parametrize(

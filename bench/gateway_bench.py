@@ -219,6 +219,7 @@ def modelyard(
     check: bool | None = None,
     spend: dict[str, Any] | None = None,
     edit: Callable[[dict[str, Any]], None] | None = None,
+    make_key: bool = True,
 ) -> Contender:
     """`modelyard serve` with every feature on (bench/configs/everything_on.yaml, row `variant`: plain,
     guardrails, redis), self-checked (everything_on.self_check) before it is returned. `src` runs another
@@ -227,7 +228,8 @@ def modelyard(
     `modelyard serve` by another command serving the same app (`{port}` is filled in, MODELYARD_CONFIG names
     the config; `extra_env` is added to its environment); `check`: self-check (default: unless `prefix`);
     `spend`: settings laid over the config's `spend:`; `edit`: a change to the parsed config
-    (`everything_on.render`)."""
+    (`everything_on.render`); `make_key`: create the virtual key (without it, requests carry the master key,
+    or with `access:` edited away, run in open mode)."""
     suffix = "" if variant == "plain" else f"+{variant}"
     label = name or ("modelyard" + suffix if workers == 1 else f"modelyard{suffix} x{workers}")
     slug = re.sub(r"\W+", "-", label)
@@ -237,31 +239,33 @@ def modelyard(
     config.write_text(everything_on.render(upstream, BENCH_KEY_MASTER, store, variant, redis_prefix, spend, edit))
     py = python or PY
     env = {**os.environ, "PYTHONPATH": str(src)} if src is not None else None
-    made = subprocess.run(
-        [
-            py,
-            "-m",
-            "modelyard.cli.main",
-            "keys",
-            "create",
-            "--config",
-            str(config),
-            "--name",
-            "bench",
-            "--budget-usd",
-            "1000000",
-            "--rpm",
-            "100000000",
-            "--tpm",
-            "100000000000",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        env=env,
-    )
-    key = json.loads(made.stdout)["key"]
+    key = BENCH_KEY_MASTER
+    if make_key:
+        made = subprocess.run(
+            [
+                py,
+                "-m",
+                "modelyard.cli.main",
+                "keys",
+                "create",
+                "--config",
+                str(config),
+                "--name",
+                "bench",
+                "--budget-usd",
+                "1000000",
+                "--rpm",
+                "100000000",
+                "--tpm",
+                "100000000000",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        )
+        key = json.loads(made.stdout)["key"]
     port = free_port()
     serve = [py, "-m", "modelyard.cli.main", "serve", "--config", str(config), "--port", str(port)]
     serve += ["--workers", str(workers), "--log-level", "warning"]

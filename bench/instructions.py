@@ -4,6 +4,7 @@
     python bench/instructions.py --versus-path /v1/responses     # the Responses codec next to chat, this checkout
     python bench/instructions.py --base HEAD --head-src build/compiled   # pure Python vs the compiled hot path
     python bench/instructions.py --base HEAD --stream            # a streamed answer (wrk's stream body), per stream
+    python bench/instructions.py --features [--stream]           # everything on, then each feature off (this tree)
 
 wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
 the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
@@ -25,6 +26,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import feature_costs as fc
 import gateway_bench as gb
 from ab_gateway import worktree
 
@@ -41,8 +43,26 @@ CHAT_STREAM = CHAT[:-1] + b',"stream":true,"stream_options":{"include_usage":tru
 WARM_UP = 100
 
 
+#: `--features`: the rows of bench/feature_costs.py, each (name, edit of the config, requests sent with the master
+#: key and no virtual key in the store: no key admission, budget or key RPM/TPM; open mode once `access:` is gone).
+FEATURE_ROWS: list[tuple[str, fc.Edit | None, bool]] = [
+    ("everything on", None, False),
+    ("no virtual key", None, True),
+    *[(name, edit, False) for name, edit in fc.ROWS[1:]],
+    ("every feature off", fc.every_feature_off, True),
+]
+
+
 def instructions(
-    src: Path | None, upstream: str, tmp: Path, path: str, count: int, name: str, stream: bool = False
+    src: Path | None,
+    upstream: str,
+    tmp: Path,
+    path: str,
+    count: int,
+    name: str,
+    stream: bool = False,
+    edit: fc.Edit | None = None,
+    master: bool = False,
 ) -> int:
     out = tmp / f"callgrind.{name}.{count}"
     contender = gb.modelyard(
@@ -51,6 +71,8 @@ def instructions(
         src=src,
         name=f"{name}-{count}",
         prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+        edit=edit,
+        make_key=not master,
     )
     body = RESPONSES if path == "/v1/responses" else CHAT_STREAM if stream else CHAT
     try:
@@ -81,11 +103,15 @@ def main() -> None:
     parser.add_argument("--versus-path", help="instead of --base: this checkout on another path (/v1/responses)")
     parser.add_argument("--head-src", type=Path, default=None, help="with --base: the head side from this directory")
     parser.add_argument("--stream", action="store_true", help="streamed chat completions (per stream)")
+    parser.add_argument("--features", action="store_true", help="this tree, everything on and each feature off")
     parser.add_argument("--low", type=int, default=500)
     parser.add_argument("--high", type=int, default=1500)
     args = parser.parse_args()
+    if args.features:
+        features(args.path, args.stream, args.low, args.high)
+        return
     if (args.base is None) == (args.versus_path is None):
-        parser.error("give --base REF or --versus-path PATH")
+        parser.error("give --base REF, --versus-path PATH or --features")
     with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
         tmp = Path(tmp_name)
         if args.base is not None:
@@ -111,6 +137,29 @@ def main() -> None:
     (a, _, path_a), (b, _, path_b) = sides
     label = f"head / {args.base}" if args.base is not None else f"{path_b} / {path_a}"
     print(f"{label}: {per_request[b] / per_request[a]:.3f}x instructions per request")
+
+
+def features(path: str, stream: bool, low: int, high: int) -> None:
+    """What each feature costs in instructions of the gateway's process: everything on less the row. The
+    spend log's helper process is not counted (callgrind follows the server only); at this rate its inserts
+    are made by the store's thread, which is."""
+    with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
+        tmp = Path(tmp_name)
+        upstream, upstream_proc = gb.start_upstream(0)
+        found: dict[str, float] = {}
+        try:
+            for name, edit, master in FEATURE_ROWS:
+                slug = re.sub(r"\W+", "-", name)
+                counts = [instructions(None, upstream, tmp, path, n, slug, stream, edit, master) for n in (low, high)]
+                found[name] = (counts[1] - counts[0]) / (high - low)
+                print(f"{name}: {found[name]:,.0f} instructions per {'stream' if stream else 'request'}", flush=True)
+        finally:
+            upstream_proc.terminate()
+    whole = found["everything on"]
+    print("\n| row | instructions | cost (everything on - row) |\n|---|---|---|")
+    for name, count in found.items():
+        cost = "" if name == "everything on" else f"{whole - count:+,.0f}"
+        print(f"| {name} | {count:,.0f} | {cost} |")
 
 
 if __name__ == "__main__":

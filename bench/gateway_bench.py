@@ -186,18 +186,28 @@ def direct(upstream: str) -> Contender:
     return Contender("direct", upstream, "bench", "sk-none")
 
 
-def passthrough(upstream: str, tmp: Path, *, name: str = "passthrough", server: list[str] | None = None) -> Contender:
+def passthrough(
+    upstream: str,
+    tmp: Path,
+    *,
+    name: str = "passthrough",
+    server: list[str] | None = None,
+    prefix: list[str] | None = None,
+) -> Contender:
     """The floor under uvicorn; `server` replaces uvicorn by another command serving `passthrough:app` from
-    bench/ (`{port}` is filled in; server_compare.py)."""
+    bench/ (`{port}` is filled in; server_compare.py); `prefix` runs it under a tool (bench/instructions.py:
+    valgrind)."""
     port = free_port()
     command = (
         [part.format(port=port) for part in server] if server else uvicorn_cmd("passthrough:app", port, app_dir=HERE)
     )
     slug = re.sub(r"\W+", "-", name)
-    proc = spawn(command, env={"UPSTREAM": upstream, "PYTHONPATH": str(HERE)}, log=tmp / f"{slug}.log")
+    proc = spawn(
+        [*(prefix or []), *command], env={"UPSTREAM": upstream, "PYTHONPATH": str(HERE)}, log=tmp / f"{slug}.log"
+    )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(url + "/v1/models", proc)
+        wait_http(url + "/v1/models", proc, timeout=600 if prefix else 120)
     except BaseException:
         Contender(name, url, "bench", "sk-none", proc).stop()
         raise

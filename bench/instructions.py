@@ -4,7 +4,7 @@
     python bench/instructions.py --versus-path /v1/responses     # the Responses codec next to chat, this checkout
     python bench/instructions.py --base HEAD --head-src build/compiled   # pure Python vs the compiled hot path
     python bench/instructions.py --base HEAD --stream            # a streamed answer (wrk's stream body), per stream
-    python bench/instructions.py --features [--stream]           # everything on, then each feature off (this tree)
+    python bench/instructions.py --features [--stream]           # the floor (pass-through), everything on, each off
 
 wrk's requests/s on a shared 2-core VM moved ±30% between identical runs (docs/benchmarks.md); callgrind counts
 the instructions the server process executes, repeatable to a fraction of a percent. Each side is `modelyard serve`
@@ -75,9 +75,25 @@ def instructions(
         make_key=not master,
     )
     body = RESPONSES if path == "/v1/responses" else CHAT_STREAM if stream else CHAT
+    slug = re.sub(r"\W+", "-", f"{name}-{count}")  # gateway_bench names the server's log after its label
+    return sent(contender, path, body, count, name, tmp / f"{slug}.log")
+
+
+def floor_instructions(upstream: str, tmp: Path, path: str, count: int, stream: bool = False) -> int:
+    """The pass-through (bench/passthrough.py under uvicorn, the issue's floor) under callgrind, sent `count`
+    requests after the warm-up: the same body and client as a modelyard side."""
+    out = tmp / f"callgrind.floor.{count}"
+    prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+    contender = gb.passthrough(upstream, tmp, name=f"floor-{count}", prefix=prefix)
+    return sent(contender, path, CHAT_STREAM if stream else CHAT, count, "floor", tmp / f"floor-{count}.log")
+
+
+def sent(contender: gb.Contender, path: str, body: bytes, count: int, name: str, log_path: Path) -> int:
+    """Send the warm-up and `count` sequential keep-alive requests, stop the server, and read callgrind's
+    total from its log."""
     try:
         where = urlsplit(contender.url)
-        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+        conn = http.client.HTTPConnection(where.hostname or "127.0.0.1", where.port, timeout=60)
         headers = {"content-type": "application/json", "authorization": f"Bearer {contender.key}"}
         for _ in range(WARM_UP + count):
             conn.request("POST", path, body, headers)
@@ -88,8 +104,7 @@ def instructions(
         conn.close()
     finally:
         contender.stop()
-    slug = re.sub(r"\W+", "-", f"{name}-{count}")  # gateway_bench names the server's log after its label
-    log = (tmp / f"{slug}.log").read_text(errors="replace")
+    log = log_path.read_text(errors="replace")
     found = re.findall(r"Collected : (\d+)", log)
     if not found:
         raise SystemExit(f"{name}: callgrind wrote no total (server log: {log[-2000:]})")
@@ -148,6 +163,9 @@ def features(path: str, stream: bool, low: int, high: int) -> None:
         upstream, upstream_proc = gb.start_upstream(0)
         found: dict[str, float] = {}
         try:
+            counts = [floor_instructions(upstream, tmp, path, n, stream) for n in (low, high)]
+            floor = (counts[1] - counts[0]) / (high - low)
+            print(f"pass-through (the floor): {floor:,.0f} instructions per {'stream' if stream else 'request'}")
             for name, edit, master in FEATURE_ROWS:
                 slug = re.sub(r"\W+", "-", name)
                 counts = [instructions(None, upstream, tmp, path, n, slug, stream, edit, master) for n in (low, high)]
@@ -156,10 +174,11 @@ def features(path: str, stream: bool, low: int, high: int) -> None:
         finally:
             upstream_proc.terminate()
     whole = found["everything on"]
-    print("\n| row | instructions | cost (everything on - row) |\n|---|---|---|")
+    print("\n| row | instructions | / the floor | cost (everything on - row) |\n|---|---|---|---|")
+    print(f"| pass-through (the floor) | {floor:,.0f} | 1.000x | |")
     for name, count in found.items():
         cost = "" if name == "everything on" else f"{whole - count:+,.0f}"
-        print(f"| {name} | {count:,.0f} | {cost} |")
+        print(f"| {name} | {count:,.0f} | {count / floor:.3f}x | {cost} |")
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ import re
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -64,28 +66,40 @@ def instructions(
     edit: fc.Edit | None = None,
     master: bool = False,
 ) -> int:
-    out = tmp / f"callgrind.{name}.{count}"
     contender = gb.modelyard(
         upstream,
         tmp,
         src=src,
         name=f"{name}-{count}",
-        prefix=["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"],
+        prefix=callgrind(tmp / f"callgrind.{name}.{count}"),
         edit=edit,
         make_key=not master,
     )
-    body = RESPONSES if path == "/v1/responses" else CHAT_STREAM if stream else CHAT
     slug = re.sub(r"\W+", "-", f"{name}-{count}")  # gateway_bench names the server's log after its label
-    return sent(contender, path, body, count, name, tmp / f"{slug}.log")
+    return sent(contender, path, body(path, stream), count, name, tmp / f"{slug}.log")
 
 
 def floor_instructions(upstream: str, tmp: Path, path: str, count: int, stream: bool = False) -> int:
     """The pass-through (bench/passthrough.py under uvicorn, the issue's floor) under callgrind, sent `count`
     requests after the warm-up: the same body and client as a modelyard side."""
-    out = tmp / f"callgrind.floor.{count}"
-    prefix = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
-    contender = gb.passthrough(upstream, tmp, name=f"floor-{count}", prefix=prefix)
-    return sent(contender, path, CHAT_STREAM if stream else CHAT, count, "floor", tmp / f"floor-{count}.log")
+    contender = gb.passthrough(upstream, tmp, name=f"floor-{count}", prefix=callgrind(tmp / f"callgrind.floor.{count}"))
+    return sent(contender, path, body(path, stream), count, "floor", tmp / f"floor-{count}.log")
+
+
+def callgrind(out: Path) -> list[str]:
+    """The command prefix that runs a server under callgrind, its profile written to `out`."""
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}"]
+
+
+def body(path: str, stream: bool) -> bytes:
+    """What every side is sent on `path`."""
+    return RESPONSES if path == "/v1/responses" else CHAT_STREAM if stream else CHAT
+
+
+def per_unit(measure: Callable[[int], int], low: int, high: int) -> float:
+    """Instructions per request (or stream): the difference between a `high` and a `low` run over their
+    difference, so that start-up and shutdown cancel out."""
+    return (measure(high) - measure(low)) / (high - low)
 
 
 def sent(contender: gb.Contender, path: str, body: bytes, count: int, name: str, log_path: Path) -> int:
@@ -138,9 +152,8 @@ def main() -> None:
         per_request = {}
         try:
             for name, src, path in sides:
-                low = instructions(src, upstream, tmp, path, args.low, name, args.stream)
-                high = instructions(src, upstream, tmp, path, args.high, name, args.stream)
-                per_request[name] = (high - low) / (args.high - args.low)
+                measure = partial(instructions, src, upstream, tmp, path, name=name, stream=args.stream)
+                per_request[name] = per_unit(measure, args.low, args.high)
                 print(f"{name}: {per_request[name]:,.0f} instructions per request ({path})", flush=True)
         finally:
             upstream_proc.terminate()
@@ -155,22 +168,24 @@ def main() -> None:
 
 
 def features(path: str, stream: bool, low: int, high: int) -> None:
-    """What each feature costs in instructions of the gateway's process: everything on less the row. The
-    spend log's helper process is not counted (callgrind follows the server only); at this rate its inserts
-    are made by the store's thread, which is."""
+    """The floor (the pass-through), then what each feature costs in instructions of the gateway's process:
+    everything on less the row. The spend log's helper process is not counted (callgrind follows the server
+    only); at this rate its inserts are made by the store's thread, which is."""
+    unit = "stream" if stream else "request"
     with tempfile.TemporaryDirectory(prefix="modelyard-ir-") as tmp_name:
         tmp = Path(tmp_name)
         upstream, upstream_proc = gb.start_upstream(0)
         found: dict[str, float] = {}
         try:
-            counts = [floor_instructions(upstream, tmp, path, n, stream) for n in (low, high)]
-            floor = (counts[1] - counts[0]) / (high - low)
-            print(f"pass-through (the floor): {floor:,.0f} instructions per {'stream' if stream else 'request'}")
+            floor = per_unit(partial(floor_instructions, upstream, tmp, path, stream=stream), low, high)
+            print(f"pass-through (the floor): {floor:,.0f} instructions per {unit}", flush=True)
             for name, edit, master in FEATURE_ROWS:
                 slug = re.sub(r"\W+", "-", name)
-                counts = [instructions(None, upstream, tmp, path, n, slug, stream, edit, master) for n in (low, high)]
-                found[name] = (counts[1] - counts[0]) / (high - low)
-                print(f"{name}: {found[name]:,.0f} instructions per {'stream' if stream else 'request'}", flush=True)
+                measure = partial(
+                    instructions, None, upstream, tmp, path, name=slug, stream=stream, edit=edit, master=master
+                )
+                found[name] = per_unit(measure, low, high)
+                print(f"{name}: {found[name]:,.0f} instructions per {unit}", flush=True)
         finally:
             upstream_proc.terminate()
     whole = found["everything on"]
